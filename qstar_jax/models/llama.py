@@ -1,0 +1,163 @@
+"""The Llama-family decoder as Flax NNX modules, attending through a KV slot pool.
+
+Shapes: B rows, T new tokens per row, S cache slots, M = max cache length, L layers,
+H query heads, K kv heads, D head_dim, E hidden size, V vocab.
+
+A forward call writes the new tokens' keys and values into the cache at
+``cache[layer, slot[b], :, position[b, t]]`` and lets every query attend to the entries of
+its slot at positions ``<= position`` (and inside the sliding window). Rows with a
+position of ``M`` or more are padding: their writes are dropped, their outputs ignored.
+The layers are stacked and run under ``jax.lax.scan`` so compile time does not grow
+with depth.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from qstar_jax.models.config import ModelConfig
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, *, dtype, rngs: nnx.Rngs):
+        del rngs
+        self.weight = nnx.Param(jnp.ones((dim,), dtype))
+        self.eps = eps
+
+    def __call__(self, x):
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (x32 * self.weight[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def _linear(n_in, n_out, bias, dtype, rngs):
+    return nnx.Linear(n_in, n_out, use_bias=bias, dtype=dtype, param_dtype=dtype, rngs=rngs,
+                      kernel_init=nnx.initializers.normal(0.02))
+
+
+def rotate_half_rope(x, positions, inv_freq):
+    """x: [B, T, heads, D]; positions: [B, T]; inv_freq: [D // 2]."""
+    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, D/2]
+    cos = jnp.cos(jnp.concatenate([angles, angles], -1))[:, :, None, :]
+    sin = jnp.sin(jnp.concatenate([angles, angles], -1))[:, :, None, :]
+    x32 = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], -1)
+    return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
+        e, d = cfg.hidden_size, cfg.head_dim
+        self.q_proj = _linear(e, cfg.num_heads * d, cfg.attention_bias, dtype, rngs)
+        self.k_proj = _linear(e, cfg.num_kv_heads * d, cfg.attention_bias, dtype, rngs)
+        self.v_proj = _linear(e, cfg.num_kv_heads * d, cfg.attention_bias, dtype, rngs)
+        self.o_proj = _linear(cfg.num_heads * d, e, cfg.attention_out_bias, dtype, rngs)
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, d
+        self.window = cfg.uniform_sliding_window
+
+    def __call__(self, x, positions, slots, cache_k, cache_v, layer, inv_freq):
+        """x: [B, T, E]; cache_k/v: [L, S, K, M, D]; layer: this layer's index.
+
+        Returns (out, cache_k, cache_v). The cache travels whole so XLA updates it in place.
+        """
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        q = rotate_half_rope(q, positions, inv_freq)
+        k = rotate_half_rope(k, positions, inv_freq)
+        row_slots = jnp.broadcast_to(slots[:, None], positions.shape)
+        # Advanced indices [B, T] around a slice put the result dims first: [B, T, K, D].
+        cache_k = cache_k.at[layer, row_slots, :, positions].set(k.astype(cache_k.dtype),
+                                                                 mode="drop")
+        cache_v = cache_v.at[layer, row_slots, :, positions].set(v.astype(cache_v.dtype),
+                                                                 mode="drop")
+        keys, values = cache_k[layer, slots], cache_v[layer, slots]  # [B, K, M, D]
+        groups = self.num_heads // self.num_kv_heads
+        q = q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)
+        scores = jnp.einsum("btkgd,bkmd->bkgtm", q, keys,
+                            preferred_element_type=jnp.float32) * self.head_dim ** -0.5
+        key_pos = jnp.arange(cache_k.shape[3])
+        visible = key_pos[None, None, :] <= positions[:, :, None]  # [B, T, M]
+        if self.window is not None:
+            visible &= key_pos[None, None, :] > positions[:, :, None] - self.window
+        scores = jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+        out = jnp.einsum("bkgtm,bkmd->btkgd", probs, values)
+        return self.o_proj(out.reshape(b, t, -1)), cache_k, cache_v
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
+        e, f = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = _linear(e, f, False, dtype, rngs)
+        self.up_proj = _linear(e, f, False, dtype, rngs)
+        self.down_proj = _linear(f, e, False, dtype, rngs)
+
+    def __call__(self, x):
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
+        self.self_attn = Attention(cfg, dtype=dtype, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype,
+                                                rngs=rngs)
+        self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x, positions, slots, cache_k, cache_v, layer, inv_freq):
+        attn, cache_k, cache_v = self.self_attn(self.input_layernorm(x), positions, slots,
+                                                cache_k, cache_v, layer, inv_freq)
+        x = x + attn
+        return x + self.mlp(self.post_attention_layernorm(x)), cache_k, cache_v
+
+
+class LlamaModel(nnx.Module):
+    """Embedding, a scanned stack of decoder layers, the final norm and the LM head."""
+
+    def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config = cfg
+        self.embed_tokens = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype,
+                                      param_dtype=dtype, rngs=rngs,
+                                      embedding_init=nnx.initializers.normal(0.02))
+
+        @nnx.split_rngs(splits=cfg.num_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make_layers(layer_rngs):
+            return DecoderLayer(cfg, dtype=dtype, rngs=layer_rngs)
+
+        self.layers = make_layers(rngs)  # every parameter has a leading [L] axis
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype, rngs=rngs)
+        self.lm_head = (None if cfg.tie_word_embeddings
+                        else _linear(cfg.hidden_size, cfg.vocab_size, False, dtype, rngs))
+        self.inv_freq = nnx.Variable(jnp.asarray(cfg.rope_inv_freq()))
+
+    def __call__(self, tokens, positions, slots, cache_k, cache_v):
+        """tokens, positions: [B, T] int32; slots: [B] int32; cache_k/v: [L, S, K, M, D].
+
+        Returns (hidden [B, T, E] after the final norm, cache_k, cache_v).
+        """
+        x = self.embed_tokens(tokens)
+        layer_def, layer_state = nnx.split(self.layers)
+        inv_freq = self.inv_freq[...]
+
+        def one_layer(carry, per_layer):
+            x, cache_k, cache_v = carry
+            state, index = per_layer
+            layer = nnx.merge(layer_def, state)
+            return layer(x, positions, slots, cache_k, cache_v, index, inv_freq), None
+
+        indices = jnp.arange(self.config.num_layers)
+        (x, cache_k, cache_v), _ = jax.lax.scan(one_layer, (x, cache_k, cache_v),
+                                                (layer_state, indices))
+        return self.norm(x), cache_k, cache_v
+
+    def logits(self, hidden):
+        """hidden: [..., E] -> float32 logits [..., V]."""
+        if self.lm_head is None:
+            return self.embed_tokens.attend(hidden).astype(jnp.float32)
+        return self.lm_head(hidden).astype(jnp.float32)

@@ -1,0 +1,62 @@
+"""The contract every task meets: load problems, prompt, step format, extract, grade.
+
+A reasoning trace is a sequence of steps, one per line (``STEP_SEPARATOR``); the last
+step of a finished trace is the task's final-answer line. ``tasks/`` knows nothing of
+models: prompts are strings, and a chat template is applied only through the
+``ChatFormatter`` callable the caller passes in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Protocol, Sequence
+
+STEP_SEPARATOR = "\n"
+
+# (messages) -> prompt text; e.g. a tokenizer's ``apply_chat_template(..., tokenize=False,
+# add_generation_prompt=True)``.
+ChatFormatter = Callable[[list[dict[str, str]]], str]
+
+
+class MalformedRecordError(ValueError):
+    """A dataset record lacks what the task needs; the message names the record index."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Problem:
+    """One problem. ``reference`` is what the grader compares against (an answer string,
+    or for code the hidden tests); ``metadata`` carries task-specific extras."""
+
+    id: str
+    question: str
+    reference: Any
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class Task(Protocol):
+    name: str
+
+    def load(self, split: str, *, limit: int | None = None, seed: int = 0,
+             skip_malformed: bool = False) -> list[Problem]:
+        """Problems of a split; ``limit`` takes a seeded random subset of that size."""
+
+    def prompt(self, problem: Problem, chat: ChatFormatter | None = None) -> str:
+        """The text the policy continues: plain few-shot text, or the chat template."""
+
+    def is_terminal_step(self, step: str) -> bool:
+        """True when this step (one line) ends the trace with a final answer."""
+
+    def extract_answer(self, completion: str) -> str | None:
+        """The final answer in a completion (all steps joined), or None."""
+
+    def grade(self, problem: Problem, completion: str) -> bool:
+        """Exact verdict for a completion; never raises on model text."""
+
+
+def split_steps(completion: str) -> list[str]:
+    """Non-empty steps of a completion, in order."""
+    return [line for line in completion.split(STEP_SEPARATOR) if line.strip()]
+
+
+def join_steps(steps: Sequence[str]) -> str:
+    return STEP_SEPARATOR.join(steps)
