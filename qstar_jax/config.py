@@ -1,0 +1,244 @@
+"""Run configuration: frozen dataclasses for every stage, filled from YAML plus overrides.
+
+OmegaConf validates a YAML file and ``key=value`` overrides against these dataclasses:
+an unknown key or a value of the wrong type is an error that names it. ``check_config``
+adds the range checks a type cannot express, so a bad run fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration names something missing or holds a value out of range."""
+
+
+class Agg(str, enum.Enum):
+    """How step rewards along a path aggregate into g(s)."""
+
+    min = "min"
+    max = "max"
+    sum = "sum"
+    last = "last"
+    product = "product"
+
+
+class Utility(str, enum.Enum):
+    """Where the process reward R_P of a step comes from."""
+
+    zero = "zero"  # g = 0 (MATH in the paper)
+    prm = "prm"  # a process reward model (GSM8K in the paper)
+    code_rule = "code_rule"  # -0.5 when the code so far fails Python's tokenizer (MBPP)
+    countdown_rule = "countdown_rule"  # -1 for an illegal Countdown step
+
+
+class LabelMethod(str, enum.Enum):
+    best_of_rollouts = "best_of_rollouts"
+    fitted_q_iteration = "fitted_q_iteration"
+    stronger_model = "stronger_model"
+
+
+class QBackbone(str, enum.Enum):
+    policy = "policy"  # the frozen policy's own hidden states
+    separate = "separate"  # a separate, trainable model
+
+
+class Loss(str, enum.Enum):
+    bce = "bce"
+    mse = "mse"
+
+
+class Scorer(str, enum.Enum):
+    """What ranks complete trajectories for best-of-N."""
+
+    q = "q"
+    prm = "prm"
+
+
+METHODS = ("greedy", "self_consistency", "best_of_n", "beam", "qstar")
+STAGES = ("train_policy", "collect", "label", "train_q", "evaluate")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PolicyConfig:
+    # An HF directory, a .gguf file, an alias (smollm2-135m-instruct), or "scratch": the
+    # train_policy stage trains a small decoder of our architecture (Countdown only).
+    source: str = "scratch"
+    dtype: str = "float32"
+    chat_template: bool = False
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PolicyTrainingConfig:
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    train_problems: int = 20000
+    steps: int = 2000
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TaskConfig:
+    name: str = "countdown"
+    # Passed to the task's constructor (e.g. data_files for offline machines, Countdown's
+    # difficulty knobs); the task rejects keys it does not know.
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    eval_split: str = "test"
+    eval_problems: int = 500
+    train_split: str = "train"
+    train_problems: int = 2000
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DecodeConfig:
+    slots: int = 256
+    max_len: int = 256
+    step_token_cap: int = 64
+    max_steps: int = 16  # steps per trajectory before it is cut off
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CollectConfig:
+    rollouts_per_problem: int = 4
+    temperature: float = 1.0  # paper: 0.9 for math, 0.2 for code
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LabelConfig:
+    method: LabelMethod = LabelMethod.best_of_rollouts
+    rollouts_per_state: int = 4
+    gamma: float = 1.0
+    rounds: int = 3  # fitted Q-iteration
+    stronger_model: Optional[str] = None  # completion by a stronger LLM
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QTrainConfig:
+    backbone: QBackbone = QBackbone.policy
+    separate_model: Optional[str] = None
+    trainable_layers: int = -1  # separate backbone: last n layers trainable; -1 = all
+    hidden_layers: int = 1  # 0 = a linear head
+    loss: Loss = Loss.bce
+    learning_rate: float = 1e-3
+    batch_size: int = 256
+    max_epochs: int = 30
+    holdout_fraction: float = 0.1
+    patience: int = 3
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SearchConfig:
+    k: int = 6  # candidate steps per expansion
+    lam: float = 1.0  # f = g + lam * h
+    n_complete: int = 6  # stop after this many complete trajectories
+    agg: Agg = Agg.min
+    utility: Utility = Utility.zero
+    prm_model: Optional[str] = None
+    temperature: float = 1.0
+    max_expansions: int = 64
+    max_generated_tokens: int = 100000
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    methods: tuple[str, ...] = METHODS
+    samples: int = 6  # N for self-consistency and best-of-N
+    best_of_n_scorer: Scorer = Scorer.q
+    beam_width: int = 2
+    beam_k: int = 3
+    temperature: float = 1.0
+    dump_trees: bool = False
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    seed: int = 0
+    out_dir: str = "runs/default"
+    stages: tuple[str, ...] = STAGES
+    policy: PolicyConfig = dataclasses.field(default_factory=PolicyConfig)
+    policy_training: PolicyTrainingConfig = dataclasses.field(default_factory=PolicyTrainingConfig)
+    task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
+    decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
+    collect: CollectConfig = dataclasses.field(default_factory=CollectConfig)
+    label: LabelConfig = dataclasses.field(default_factory=LabelConfig)
+    q_train: QTrainConfig = dataclasses.field(default_factory=QTrainConfig)
+    search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """The defaults, then the YAML file at ``path``, then dotted ``key=value`` overrides."""
+    layers = [OmegaConf.structured(RunConfig)]
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        layers.append(OmegaConf.load(path))
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides must look like key=value, got {bad}")
+    layers.append(OmegaConf.from_dotlist(list(overrides)))
+    try:
+        config = OmegaConf.to_object(OmegaConf.merge(*layers))
+    except OmegaConfBaseException as error:
+        raise ConfigError(str(error).splitlines()[0] + _where(error)) from None
+    check_config(config)
+    return config
+
+
+def _where(error: OmegaConfBaseException) -> str:
+    key = getattr(error, "full_key", None)
+    return f" (at {key})" if key else ""
+
+
+def to_yaml(config: RunConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def check_config(config: RunConfig) -> None:
+    """Range checks no type can express; each error names the key."""
+    def require(ok: bool, key: str, message: str):
+        if not ok:
+            raise ConfigError(f"{key}: {message}")
+
+    s, e, d = config.search, config.eval, config.decode
+    require(s.k >= 1, "search.k", f"must be >= 1, got {s.k}")
+    require(s.n_complete >= 1, "search.n_complete", f"must be >= 1, got {s.n_complete}")
+    require(s.max_expansions >= 1, "search.max_expansions", f"must be >= 1, got {s.max_expansions}")
+    require(s.max_generated_tokens >= d.step_token_cap, "search.max_generated_tokens",
+            f"{s.max_generated_tokens} cannot finish one step of up to "
+            f"decode.step_token_cap={d.step_token_cap} tokens")
+    require(s.utility != Utility.prm or s.prm_model is not None, "search.prm_model",
+            "utility=prm needs a PRM checkpoint")
+    require(e.samples >= 1, "eval.samples", f"must be >= 1, got {e.samples}")
+    require(e.beam_width >= 1 and e.beam_k >= 1, "eval.beam_width/beam_k", "must be >= 1")
+    unknown = [m for m in e.methods if m not in METHODS]
+    require(not unknown, "eval.methods", f"unknown {unknown}; choose from {METHODS}")
+    unknown = [st for st in config.stages if st not in STAGES]
+    require(not unknown, "stages", f"unknown {unknown}; choose from {STAGES}")
+    require(d.slots >= 1 and d.max_len > d.step_token_cap, "decode",
+            "needs slots >= 1 and max_len > step_token_cap")
+    require(config.task.eval_problems >= 1, "task.eval_problems", "must be >= 1")
+    require(0.0 <= config.q_train.holdout_fraction < 1.0, "q_train.holdout_fraction",
+            "must be in [0, 1)")
+    require(config.label.method != LabelMethod.stronger_model
+            or config.label.stronger_model is not None, "label.stronger_model",
+            "label.method=stronger_model needs a model")
+    require(config.q_train.backbone != QBackbone.separate
+            or config.q_train.separate_model is not None, "q_train.separate_model",
+            "q_train.backbone=separate needs a model")
+    require(config.policy.source != "scratch" or config.task.name == "countdown",
+            "policy.source", "'scratch' (train a policy from scratch) is for Countdown only; "
+            "point it at an HF directory, a .gguf file or an alias")

@@ -1,0 +1,146 @@
+"""What a run leaves behind: results.jsonl, summary.json, a Markdown table and a plot.
+
+``results.jsonl`` gets one line per (method, problem), appended and fsynced as each
+problem finishes, so a killed run loses nothing finished and resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+from typing import Iterable
+
+# Counters summed per method in summary.json.
+COUNTERS = ("generated_tokens", "prefilled_tokens", "q_calls", "prm_calls", "expansions",
+            "wall_s")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ProblemResult:
+    method: str
+    problem_id: str
+    correct: bool
+    answer: str | None
+    completion: str
+    completed: bool
+    generated_tokens: int
+    prefilled_tokens: int
+    q_calls: int
+    prm_calls: int
+    expansions: int
+    wall_s: float
+
+
+class ResultsLog:
+    """Append-only per-problem results; what is on disk is what is done."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def read(self) -> list[ProblemResult]:
+        if not self.path.exists():
+            return []
+        results = []
+        with self.path.open() as f:
+            for line in f:
+                try:
+                    results.append(ProblemResult(**json.loads(line)))
+                except (json.JSONDecodeError, TypeError):
+                    # A line cut short by a kill: the problem is simply not done yet.
+                    continue
+        return results
+
+    def done(self, method: str) -> set[str]:
+        return {r.problem_id for r in self.read() if r.method == method}
+
+    def append(self, results: Iterable[ProblemResult]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            for result in results:
+                f.write(json.dumps(dataclasses.asdict(result)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def compact(self) -> None:
+        """Rewrite without torn lines, so the next append starts on a clean line."""
+        results = self.read()
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in results))
+        tmp.replace(self.path)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval for a binomial proportion."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def summarize(results: Iterable[ProblemResult], methods: Iterable[str]) -> dict:
+    by_method: dict[str, list[ProblemResult]] = {m: [] for m in methods}
+    for r in results:
+        by_method.setdefault(r.method, []).append(r)
+    summary = {}
+    for method, rows in by_method.items():
+        if not rows:
+            continue
+        correct = sum(r.correct for r in rows)
+        lo, hi = wilson_interval(correct, len(rows))
+        entry = {"accuracy": correct / len(rows), "n": len(rows), "ci95": [lo, hi]}
+        for counter in COUNTERS:
+            total = sum(getattr(r, counter) for r in rows)
+            entry[counter] = round(total, 3) if counter == "wall_s" else int(total)
+        summary[method] = entry
+    return {"methods": summary}
+
+
+def markdown_table(summary: dict) -> str:
+    lines = ["| method | accuracy (95% CI) | n | generated tok/problem | prefilled tok/problem "
+             "| Q̂ calls/problem | PRM calls/problem | wall s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for method, s in summary["methods"].items():
+        n = s["n"]
+        lo, hi = s["ci95"]
+        lines.append(
+            f"| {method} | {100 * s['accuracy']:.1f} ({100 * lo:.1f}–{100 * hi:.1f}) | {n} "
+            f"| {s['generated_tokens'] / n:.1f} | {s['prefilled_tokens'] / n:.1f} "
+            f"| {s['q_calls'] / n:.1f} | {s['prm_calls'] / n:.1f} | {s['wall_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_accuracy_vs_tokens(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, s in summary["methods"].items():
+        x = s["generated_tokens"] / s["n"]
+        lo, hi = s["ci95"]
+        ax.errorbar([x], [100 * s["accuracy"]], yerr=[[100 * (s["accuracy"] - lo)],
+                                                      [100 * (hi - s["accuracy"])]],
+                    fmt="o", capsize=4, label=method)
+    ax.set_xlabel("generated tokens per problem")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_reports(out_dir: Path, results: list[ProblemResult], methods: Iterable[str]) -> dict:
+    summary = summarize(results, methods)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out_dir / "summary.md").write_text(markdown_table(summary))
+    if summary["methods"]:
+        plot_accuracy_vs_tokens(summary, out_dir / "accuracy_vs_tokens.png")
+    return summary

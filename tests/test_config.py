@@ -1,0 +1,50 @@
+import pytest
+
+from qstar_jax.config import Agg, ConfigError, RunConfig, load_config, to_yaml
+
+
+def test_defaults_are_the_paper_search_settings():
+    config = load_config()
+    assert isinstance(config, RunConfig)
+    assert (config.search.k, config.search.n_complete, config.search.lam) == (6, 6, 1.0)
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("search:\n  k: 3\n  agg: max\ntask:\n  options:\n    count: 5\n")
+    config = load_config(path, ["search.k=4", "eval.methods=[greedy,qstar]"])
+    assert config.search.k == 4
+    assert config.search.agg is Agg.max
+    assert config.eval.methods == ("greedy", "qstar")
+    assert config.task.options == {"count": 5}
+
+
+def test_round_trip_through_yaml(tmp_path):
+    config = load_config(None, ["search.k=2", "seed=7"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(to_yaml(config))
+    assert load_config(path) == config
+
+
+@pytest.mark.parametrize("override, message", [
+    ("search.kk=3", "kk"),
+    ("search.k=abc", "abc"),
+    ("search.agg=mean", "mean"),
+    ("search.k=0", "search.k"),
+    ("search.n_complete=0", "search.n_complete"),
+    ("search.max_generated_tokens=3", "cannot finish one step"),
+    ("eval.methods=[greedy,magic]", "magic"),
+    ("stages=[collect,dance]", "dance"),
+    ("search.utility=prm", "prm_model"),
+    ("task.name=gsm8k", "scratch"),
+])
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_missing_file_and_malformed_override(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["search.k"])

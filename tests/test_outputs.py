@@ -1,0 +1,44 @@
+import json
+
+import pytest
+
+from qstar_jax.outputs import ProblemResult, ResultsLog, summarize, wilson_interval, write_reports
+
+
+def result(method, pid, correct, tokens=10):
+    return ProblemResult(method=method, problem_id=pid, correct=correct, answer="1",
+                         completion="x", completed=True, generated_tokens=tokens,
+                         prefilled_tokens=5, q_calls=2, prm_calls=0, expansions=1, wall_s=0.5)
+
+
+def test_log_survives_a_torn_last_line(tmp_path):
+    log = ResultsLog(tmp_path / "results.jsonl")
+    log.append([result("greedy", "a", True), result("greedy", "b", False)])
+    with log.path.open("a") as f:
+        f.write('{"method": "greedy", "problem_id": "c", "corr')  # killed mid-write
+    assert log.done("greedy") == {"a", "b"}
+    log.compact()
+    log.append([result("greedy", "c", True)])
+    assert [r.problem_id for r in log.read()] == ["a", "b", "c"]
+
+
+def test_wilson_interval_known_values():
+    lo, hi = wilson_interval(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-4) and hi == pytest.approx(0.5962, abs=1e-4)
+    assert wilson_interval(0, 10)[0] == 0.0
+    assert wilson_interval(10, 10)[1] == pytest.approx(1.0)
+
+
+def test_summary_counts_and_reports(tmp_path):
+    rows = [result("greedy", "a", True, 10), result("greedy", "b", False, 30),
+            result("qstar", "a", True, 50)]
+    summary = summarize(rows, ["greedy", "qstar", "beam"])
+    assert summary["methods"]["greedy"]["accuracy"] == 0.5
+    assert summary["methods"]["greedy"]["generated_tokens"] == 40
+    assert summary["methods"]["qstar"]["n"] == 1
+    assert "beam" not in summary["methods"]
+    write_reports(tmp_path, rows, ["greedy", "qstar"])
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    table = (tmp_path / "summary.md").read_text()
+    assert "| greedy | 50.0 (" in table and "| 20.0 |" in table
+    assert (tmp_path / "accuracy_vs_tokens.png").stat().st_size > 1000
