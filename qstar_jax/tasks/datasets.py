@@ -1,0 +1,209 @@
+"""Load a task's records through Hugging Face ``datasets``: from the hub, or local files.
+
+Local files are JSON, JSONL or Parquet with the hub's column names; the builder is picked
+from the file extension. Without local files the hub is used, but only after a quick
+reachability check (or when the offline flags are set), so an offline machine gets a
+clear error in seconds naming the option that points the task at local files, instead
+of minutes of retries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Union
+
+import datasets as hf_datasets
+import huggingface_hub
+import numpy as np
+
+from qstar_jax.tasks.base import MalformedRecordError, Problem
+
+logger = logging.getLogger(__name__)
+
+# Files for the requested split, or a mapping split -> files (each a path or a list).
+DataFiles = Union[str, os.PathLike, Sequence[str], Mapping[str, Any]]
+
+BUILDER_BY_EXTENSION = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+OFFLINE_ENV_VARS = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+class DatasetUnavailableError(RuntimeError):
+    """Neither local files nor the hub can provide a split; the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Column:
+    name: str
+    holds: str  # what the task expects in it, for error messages
+    required: bool = True
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DatasetSource:
+    """Where a task's records come from and which columns it reads.
+
+    ``hub_configs`` are loaded and concatenated in order (MATH has one per subject);
+    ``(None,)`` loads the dataset's default config.
+    """
+
+    task_name: str
+    hub_name: str
+    hub_configs: tuple[str | None, ...]
+    columns: tuple[Column, ...]
+
+
+def load_records(source: DatasetSource, split: str, *, data_files: DataFiles | None = None,
+                 cache_dir: str | None = None,
+                 hub_probe_timeout_s: float = HUB_PROBE_TIMEOUT_S) -> hf_datasets.Dataset:
+    """All records of ``split``, from ``data_files`` when given, else from the hub."""
+    if data_files is not None:
+        files = _files_for_split(data_files, split)
+        dataset = hf_datasets.load_dataset(_builder_for(files), data_files={split: files},
+                                           split=split, cache_dir=cache_dir)
+        where = f"local files {files}"
+    else:
+        dataset = _load_from_hub(source, split, cache_dir, hub_probe_timeout_s)
+        where = f"hub dataset {source.hub_name}"
+    missing = [c.name for c in source.columns
+               if c.required and c.name not in dataset.column_names]
+    if missing:
+        raise MalformedRecordError(
+            f"{source.task_name} split {split!r} from {where} lacks the column(s) {missing}; "
+            f"it has {dataset.column_names}. Expected columns: {_describe_columns(source)}.")
+    return dataset
+
+
+def load_problems(source: DatasetSource, split: str,
+                  to_problem: Callable[[dict[str, Any], str], Problem], *,
+                  data_files: DataFiles | None = None, cache_dir: str | None = None,
+                  limit: int | None = None, seed: int = 0,
+                  skip_malformed: bool = False) -> list[Problem]:
+    """Problems of ``split``; ``limit`` keeps a seeded random subset, in dataset order.
+
+    ``to_problem(record, default_id)`` makes a Problem, with ``default_id``
+    (``task/split/index``) as its id unless the record has its own; it raises ValueError
+    for a malformed record. That is an
+    error naming the record's index, or, with ``skip_malformed``, the record is dropped
+    and the count logged. Subsets are drawn from the well-formed records only, and a
+    smaller ``limit`` with the same seed gives a subset of a larger one.
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number of problems or None, got {limit}")
+    records = load_records(source, split, data_files=data_files, cache_dir=cache_dir)
+    problems, skipped = [], []
+    for index, record in enumerate(records):
+        try:
+            problems.append(to_problem(record, f"{source.task_name}/{split}/{index}"))
+        except ValueError as err:
+            if not skip_malformed:
+                raise MalformedRecordError(
+                    f"{source.task_name} split {split!r}, record {index}: {err}. Fix or remove "
+                    f"that record, or pass skip_malformed=True to skip such records. Expected "
+                    f"columns: {_describe_columns(source)}.") from err
+            skipped.append(f"record {index}: {err}")
+    if skipped:
+        logger.warning("%s split %r: skipped %d malformed record(s) of %d; first: %s",
+                       source.task_name, split, len(skipped), len(records), skipped[0])
+    if not problems:
+        raise MalformedRecordError(
+            f"{source.task_name} split {split!r} has no well-formed records "
+            f"({len(records)} read, {len(skipped)} malformed).")
+    if limit is None or limit >= len(problems):
+        return problems
+    chosen = np.random.default_rng(seed).permutation(len(problems))[:limit]
+    return [problems[i] for i in sorted(chosen)]
+
+
+def hub_unreachable_reason(endpoint: str | None = None,
+                           timeout_s: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """Why the hub cannot be used now (an offline flag, or no answer within
+    ``timeout_s``), or None when it answers."""
+    for var in OFFLINE_ENV_VARS:
+        if os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+            return f"{var} is set"
+    endpoint = endpoint or huggingface_hub.constants.ENDPOINT
+    finished = threading.Event()
+    errors: list[Exception] = []
+
+    def probe() -> None:
+        try:
+            huggingface_hub.get_session().head(endpoint, timeout=timeout_s)
+        except Exception as err:  # whatever stops the request makes the hub unusable
+            errors.append(err)
+        finally:
+            finished.set()
+
+    # A thread bounds the wait: an HTTP timeout does not cover a hanging DNS lookup.
+    threading.Thread(target=probe, daemon=True).start()
+    if not finished.wait(timeout_s + 0.5):
+        return f"{endpoint} did not answer within {timeout_s:g} s"
+    if errors:
+        return f"{endpoint} could not be reached ({type(errors[0]).__name__}: {errors[0]})"
+    return None
+
+
+def _load_from_hub(source: DatasetSource, split: str, cache_dir: str | None,
+                   probe_timeout_s: float) -> hf_datasets.Dataset:
+    # In datasets' own offline mode it reads its cache without network retries, so the
+    # probe is only needed when that mode is off.
+    if not hf_datasets.config.HF_HUB_OFFLINE:
+        reason = hub_unreachable_reason(timeout_s=probe_timeout_s)
+        if reason is not None:
+            raise DatasetUnavailableError(_how_to_use_local_files(source, split, reason))
+    try:
+        parts = [hf_datasets.load_dataset(source.hub_name, config, split=split,
+                                          cache_dir=cache_dir)
+                 for config in source.hub_configs]
+    except ConnectionError as err:  # offline mode and not in the cache
+        raise DatasetUnavailableError(
+            _how_to_use_local_files(source, split, f"not cached ({err})")) from err
+    return parts[0] if len(parts) == 1 else hf_datasets.concatenate_datasets(parts)
+
+
+def _how_to_use_local_files(source: DatasetSource, split: str, reason: str) -> str:
+    configs = ", ".join(str(c) for c in source.hub_configs)
+    return (
+        f"{source.task_name} split {split!r} needs the Hugging Face hub dataset "
+        f"{source.hub_name} (config(s): {configs}), which cannot be used: {reason}. "
+        f"Point the task at local files instead: in a run config set "
+        f"task.options.data_files.{split}=/path/to/{split}.jsonl, or in Python "
+        f"make_task({source.task_name!r}, data_files={{{split!r}: '/path/to/{split}.jsonl'}}). "
+        f"Files may be .json, .jsonl or .parquet (a path, a glob, or a list of them); "
+        f"each record needs the columns: {_describe_columns(source)}.")
+
+
+def _describe_columns(source: DatasetSource) -> str:
+    return "; ".join(f"{c.name} ({c.holds}{'' if c.required else ', optional'})"
+                     for c in source.columns)
+
+
+def _files_for_split(data_files: DataFiles, split: str) -> list[str]:
+    if isinstance(data_files, Mapping):
+        if split not in data_files:
+            raise ValueError(
+                f"data_files has no entry for split {split!r} (it has {sorted(data_files)}); "
+                f"add one, e.g. data_files.{split}=/path/to/{split}.jsonl")
+        data_files = data_files[split]
+    if isinstance(data_files, (str, os.PathLike)):
+        return [os.fspath(data_files)]
+    return [os.fspath(f) for f in data_files]
+
+
+def _builder_for(files: list[str]) -> str:
+    if not files:
+        raise ValueError("data_files lists no files")
+    builders = set()
+    for path in files:
+        extension = os.path.splitext(path)[1].lower()
+        if extension not in BUILDER_BY_EXTENSION:
+            raise ValueError(f"cannot load {path!r}: data files must end in one of "
+                             f"{sorted(BUILDER_BY_EXTENSION)}")
+        builders.add(BUILDER_BY_EXTENSION[extension])
+    if len(builders) > 1:
+        raise ValueError(f"data files of one split must share a format, got {files}")
+    return builders.pop()

@@ -1,0 +1,173 @@
+"""Loading records from local files, seeded subsets, malformed records, the offline error."""
+
+import http.server
+import logging
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from qstar_jax.tasks.base import MalformedRecordError, Problem
+from qstar_jax.tasks.datasets import (Column, DatasetSource, DatasetUnavailableError,
+                                      hub_unreachable_reason, load_problems, load_records)
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+GSM8K_TEST = FIXTURES / "gsm8k" / "test.jsonl"  # 6 records
+GSM8K_MALFORMED = FIXTURES / "gsm8k" / "malformed.jsonl"  # record 2 has no '####'
+
+SOURCE = DatasetSource(task_name="toy", hub_name="example/toy", hub_configs=("main",),
+                       columns=(Column(name="question", holds="str: the question"),
+                                Column(name="answer", holds="str: ends with '#### N'")))
+
+
+def question_and_number(record, default_id):
+    if "####" not in record["answer"]:
+        raise ValueError("its 'answer' has no '####' line")
+    return Problem(id=default_id, question=record["question"],
+                   reference=record["answer"].split("####")[-1].strip())
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("hf_cache"))
+
+
+def load(cache_dir, **kwargs):
+    kwargs.setdefault("data_files", {"test": str(GSM8K_TEST)})
+    return load_problems(SOURCE, "test", question_and_number, cache_dir=cache_dir, **kwargs)
+
+
+def test_jsonl_records_load_in_file_order(cache_dir):
+    records = load_records(SOURCE, "test", data_files=str(GSM8K_TEST), cache_dir=cache_dir)
+    assert records.column_names == ["question", "answer"]
+    assert len(records) == 6
+    assert records[0]["answer"].endswith("#### 38")
+
+
+def test_parquet_records_keep_hub_types(cache_dir):
+    source = DatasetSource(task_name="toy", hub_name="example/toy", hub_configs=(None,),
+                           columns=(Column(name="test_list", holds="list[str]"),))
+    records = load_records(source, "test", cache_dir=cache_dir,
+                           data_files={"test": [str(FIXTURES / "mbpp" / "full_test.parquet")]})
+    assert records.features["task_id"].dtype == "int32"
+    assert records[0]["task_id"] == 901
+    assert records[0]["test_list"][0] == "assert max_of_three(1, 5, 3) == 5"
+
+
+def test_problem_ids_name_task_split_and_index(cache_dir):
+    problems = load(cache_dir)
+    assert [p.id for p in problems] == [f"toy/test/{i}" for i in range(6)]
+    assert [p.reference for p in problems] == ["38", "26", "450", "8", "-6", "195"]
+
+
+def test_seeded_subset_is_reproducible_ordered_and_nested(cache_dir):
+    three = [p.id for p in load(cache_dir, limit=3, seed=7)]
+    assert three == [p.id for p in load(cache_dir, limit=3, seed=7)]
+    assert len(set(three)) == 3 and three == sorted(three)
+    assert set(three) <= {p.id for p in load(cache_dir, limit=5, seed=7)}
+    subsets = {tuple(p.id for p in load(cache_dir, limit=3, seed=seed)) for seed in range(6)}
+    assert len(subsets) > 1
+
+
+def test_limit_at_or_above_size_keeps_everything(cache_dir):
+    assert len(load(cache_dir, limit=6)) == 6
+    assert len(load(cache_dir, limit=100)) == 6
+
+
+def test_nonpositive_limit_is_rejected(cache_dir):
+    with pytest.raises(ValueError, match="limit must be a positive"):
+        load(cache_dir, limit=0)
+
+
+def test_malformed_record_error_names_its_index(cache_dir):
+    with pytest.raises(MalformedRecordError, match=r"record 2: its 'answer' has no '####'.*"
+                                                   r"skip_malformed=True"):
+        load(cache_dir, data_files={"test": str(GSM8K_MALFORMED)})
+
+
+def test_skip_malformed_drops_and_logs_the_count(cache_dir, caplog):
+    with caplog.at_level(logging.WARNING, logger="qstar_jax.tasks.datasets"):
+        problems = load(cache_dir, data_files={"test": str(GSM8K_MALFORMED)},
+                        skip_malformed=True)
+    assert [p.id for p in problems] == ["toy/test/0", "toy/test/1", "toy/test/3"]
+    assert "skipped 1 malformed record(s) of 4" in caplog.text
+    assert "record 2" in caplog.text
+
+
+def test_subset_is_drawn_from_well_formed_records_only(cache_dir):
+    problems = load(cache_dir, data_files={"test": str(GSM8K_MALFORMED)},
+                    skip_malformed=True, limit=3, seed=1)
+    assert [p.id for p in problems] == ["toy/test/0", "toy/test/1", "toy/test/3"]
+
+
+def test_missing_column_is_named(cache_dir):
+    source = DatasetSource(task_name="toy", hub_name="example/toy", hub_configs=("main",),
+                           columns=(Column(name="problem", holds="str: the problem"),))
+    with pytest.raises(MalformedRecordError, match=r"lacks the column\(s\) \['problem'\]"):
+        load_records(source, "test", data_files=str(GSM8K_TEST), cache_dir=cache_dir)
+
+
+def test_data_files_without_the_split_says_how_to_add_it(cache_dir):
+    with pytest.raises(ValueError, match=r"no entry for split 'train'.*data_files\.train="):
+        load_records(SOURCE, "train", data_files={"test": str(GSM8K_TEST)},
+                     cache_dir=cache_dir)
+
+
+def test_unknown_or_mixed_extensions_are_rejected(cache_dir):
+    with pytest.raises(ValueError, match=r"must end in one of \['\.json', '\.jsonl', "
+                                         r"'\.parquet'\]"):
+        load_records(SOURCE, "test", data_files="problems.csv", cache_dir=cache_dir)
+    with pytest.raises(ValueError, match="must share a format"):
+        load_records(SOURCE, "test", data_files=["a.jsonl", "b.parquet"], cache_dir=cache_dir)
+
+
+def test_no_hub_and_no_files_says_how_to_point_at_local_files(cache_dir, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DatasetUnavailableError) as raised:
+        load_records(SOURCE, "test", cache_dir=cache_dir)
+    message = str(raised.value)
+    assert "example/toy" in message
+    assert "task.options.data_files.test=/path/to/test.jsonl" in message
+    assert "make_task('toy', data_files={'test': '/path/to/test.jsonl'})" in message
+    assert "question (str: the question); answer (str: ends with '#### N')" in message
+
+
+def test_offline_flag_is_the_reason(monkeypatch):
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub_unreachable_reason() == "HF_HUB_OFFLINE is set"
+
+
+def test_probe_reports_an_endpoint_that_refuses(monkeypatch):
+    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    with socket.socket() as sock:  # a port that was free a moment ago refuses connections
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    assert hub_unreachable_reason(endpoint, timeout_s=1.0).startswith(
+        f"{endpoint} could not be reached (")
+
+
+def test_probe_accepts_an_endpoint_that_answers(monkeypatch):
+    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+
+    class Quiet(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert hub_unreachable_reason(f"http://127.0.0.1:{server.server_port}",
+                                      timeout_s=5.0) is None
+    finally:
+        server.shutdown()
+        server.server_close()
