@@ -1,0 +1,127 @@
+"""Countdown problem generation: difficulty knobs, seeded sampling, disjoint splits.
+
+A problem is a multiset of numbers (written in ascending order) and an integer target.
+Which split a problem belongs to is a stable hash of that canonical pair, so no test
+problem can ever be drawn for train, whatever the seeds and sizes (as long as
+``test_fraction`` is the same). Sampling draws the multiset uniformly (each multiset
+equally likely, not each ordered tuple) and the target uniformly from its range, and
+keeps solvable, unseen problems of the asked split: the result is a uniform random
+sequence of the split's distinct problems.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import random
+from typing import Sequence
+
+from qstar_jax.tasks.countdown.rules import CountdownRules
+from qstar_jax.tasks.countdown.solver import CountdownSolver
+from qstar_jax.tasks.countdown.steps import MAX_DIGITS, format_numbers
+
+SPLITS = ("train", "test")
+
+# Draws in a row without a new problem before a split counts as exhausted: 20 draws
+# per problem in the space leave a missed problem a chance of about e^-20.
+_STALE_DRAWS_PER_PROBLEM = 20
+_MAX_STALE_DRAWS = 200_000
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CountdownConfig:
+    """The game's rules and the problem distribution; ranges are inclusive.
+
+    train_size / test_size: how many problems ``load`` gives when no limit is asked.
+    """
+
+    rules: CountdownRules = dataclasses.field(default_factory=CountdownRules)
+    num_count: int = 4
+    number_range: tuple[int, int] = (1, 13)
+    target_range: tuple[int, int] = (1, 100)
+    test_fraction: float = 0.1
+    train_size: int = 20_000
+    test_size: int = 500
+
+    def __post_init__(self):
+        object.__setattr__(self, "number_range", tuple(self.number_range))
+        object.__setattr__(self, "target_range", tuple(self.target_range))
+        lo, hi = self.number_range
+        if self.num_count < 2:
+            raise ValueError(f"CountdownConfig.num_count={self.num_count}: a step combines "
+                             "two numbers, so give at least 2")
+        if not 1 <= lo <= hi:
+            raise ValueError(f"CountdownConfig.number_range={self.number_range}: give "
+                             "(low, high) with 1 <= low <= high")
+        if self.target_range[0] > self.target_range[1]:
+            raise ValueError(f"CountdownConfig.target_range={self.target_range}: give "
+                             "(low, high) with low <= high")
+        if hi ** self.num_count >= 10 ** MAX_DIGITS:
+            raise ValueError(f"CountdownConfig: {self.num_count} numbers up to {hi} can "
+                             f"make values past {MAX_DIGITS} digits, which the step format "
+                             "does not spell; lower num_count or number_range")
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(f"CountdownConfig.test_fraction={self.test_fraction}: give a "
+                             "fraction strictly between 0 and 1")
+        if self.train_size < 0 or self.test_size < 0:
+            raise ValueError("CountdownConfig.train_size and test_size must be >= 0")
+
+    def split_size(self, split: str) -> int:
+        return {"train": self.train_size, "test": self.test_size}[check_split(split)]
+
+
+# The classic: four numbers from 1..13 (a card deck), make 24.
+GAME_OF_24 = CountdownConfig(num_count=4, number_range=(1, 13), target_range=(24, 24),
+                             test_fraction=0.2, train_size=1000, test_size=250)
+
+
+def check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"Countdown has splits {SPLITS}, not {split!r}")
+    return split
+
+
+def canonical_key(numbers: Sequence[int], target: int) -> str:
+    """``"2 3 5 8 -> 24"``: the problem with its numbers sorted."""
+    return f"{format_numbers(sorted(numbers))} -> {target}"
+
+
+def split_of(numbers: Sequence[int], target: int, test_fraction: float) -> str:
+    digest = hashlib.blake2b(canonical_key(numbers, target).encode(), digest_size=8).digest()
+    return "test" if int.from_bytes(digest, "big") < test_fraction * 2 ** 64 else "train"
+
+
+def generate_problems(config: CountdownConfig, split: str, count: int, *, seed: int,
+                      solver: CountdownSolver) -> list[tuple[tuple[int, ...], int]]:
+    """``count`` distinct solvable (numbers, target) problems of ``split``, a fixed
+    sequence for each seed (the first k of a longer call are the same k problems)."""
+    check_split(split)
+    if solver.rules != config.rules:
+        raise ValueError("generate_problems: the solver plays different rules from config")
+    rng = random.Random(f"countdown/{split}/{seed}")
+    lo, hi = config.number_range
+    k = config.num_count
+    slots = hi - lo + k  # stars and bars: a k-subset of these is a k-multiset of lo..hi
+    target_lo, target_hi = config.target_range
+    space = math.comb(slots, k) * (target_hi - target_lo + 1)
+    stale_limit = min(_STALE_DRAWS_PER_PROBLEM * space, _MAX_STALE_DRAWS)
+    problems, seen, stale = [], set(), 0
+    while len(problems) < count:
+        picks = sorted(rng.sample(range(slots), k))
+        numbers = tuple(lo + pick - index for index, pick in enumerate(picks))
+        target = rng.randint(target_lo, target_hi)
+        if ((numbers, target) not in seen
+                and split_of(numbers, target, config.test_fraction) == split
+                and solver.solvable_from(numbers, target)):
+            seen.add((numbers, target))
+            problems.append((numbers, target))
+            stale = 0
+            continue
+        stale += 1
+        if stale > stale_limit:
+            raise ValueError(
+                f"Countdown: found only {len(problems)} distinct solvable {split} problems "
+                f"for {config} ({stale} draws in a row gave nothing new); ask for at most "
+                f"{len(problems)}, or widen number_range, target_range or num_count")
+    return problems

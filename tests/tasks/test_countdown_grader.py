@@ -1,0 +1,110 @@
+"""Exact grading of Countdown traces: each illegal step is caught for its own reason."""
+
+import random
+
+import pytest
+
+from qstar_jax.tasks.countdown.grader import (
+    can_still_succeed, check_trace, grade_trace, step_legality)
+from qstar_jax.tasks.countdown.rules import CountdownRules, StepError
+from qstar_jax.tasks.countdown.solver import CountdownSolver
+from qstar_jax.tasks.countdown.steps import COUNTDOWN_ALPHABET
+
+RULES = CountdownRules()
+NUMBERS, TARGET = (4, 4, 10, 10), 24
+SOLUTION = ["10 * 10 = 100 (left: 4 4 100)", "100 - 4 = 96 (left: 4 96)",
+            "96 / 4 = 24 (left: 24)"]
+
+
+def errors(steps, rules=RULES, numbers=NUMBERS, target=TARGET):
+    return [check.error for check in check_trace(numbers, target, steps, rules)]
+
+
+def test_solution_is_legal_and_correct():
+    assert errors(SOLUTION) == [None, None, None]
+    assert grade_trace(NUMBERS, TARGET, SOLUTION, RULES)
+
+
+def test_left_list_may_come_in_any_order():
+    steps = ["10 * 10 = 100 (left: 100 4 4)", "100 - 4 = 96 (left: 96 4)",
+             "96 / 4 = 24 (left: 24)"]
+    assert grade_trace(NUMBERS, TARGET, steps, RULES)
+
+
+@pytest.mark.parametrize("steps, reason", [
+    (["10 * 10 = 110 (left: 4 4 110)"], StepError.WRONG_ARITHMETIC),
+    (["10 * 5 = 50 (left: 4 4 10 50)"], StepError.MISSING_OPERAND),
+    (["4 * 4 = 16 (left: 10 10 16)", "16 + 4 = 20 (left: 10 20)"], StepError.MISSING_OPERAND),
+    (["10 * 10 = 100 (left: 4 100)"], StepError.WRONG_LEFT_LIST),
+    (["10 * 10 = 100 (left: 4 4 10 100)"], StepError.WRONG_LEFT_LIST),
+    (["4 - 4 = 0 (left: 10 10 0)", "10 / 0 = 0 (left: 10 0)"], StepError.DIVISION_BY_ZERO),
+    (["10 / 4 = 5/2 (left: 4 10 5/2)"], StepError.NOT_AN_INTEGER),
+    (["4 - 10 = -6 (left: 4 10 -6)"], StepError.NEGATIVE_RESULT),
+    (["10 * 10 = 100 (left: 4 4 100) done"], StepError.DONE_NOT_ALLOWED),
+    (["10*10 = 100 (left: 4 4 100)"], StepError.MALFORMED),
+    (["10 * 10 = 100"], StepError.MALFORMED),
+    (["10 * 10 = 100 (left: 4 4 100) "], StepError.MALFORMED),
+    (["ten times ten"], StepError.MALFORMED),
+    (SOLUTION + ["24 - 0 = 24 (left: 24)"], StepError.AFTER_END),
+], ids=["arithmetic", "operand", "reused", "left-short", "left-long", "div0", "integer",
+        "negative", "done", "spacing", "no-left", "trailing", "words", "after-end"])
+def test_each_illegal_step_is_caught_for_its_reason(steps, reason):
+    assert errors(steps)[-1] == reason
+    assert errors(steps)[:-1] == [None] * (len(steps) - 1)
+    assert not grade_trace(NUMBERS, TARGET, steps, RULES)
+
+
+def test_rules_knobs_make_steps_legal():
+    fractions = CountdownRules(allow_fractions=True)
+    negatives = CountdownRules(allow_negatives=True)
+    no_minus = CountdownRules(operations=("+", "*", "/"))
+    assert errors(["10 / 4 = 5/2 (left: 4 10 5/2)"], fractions) == [None]
+    assert errors(["10 / 4 = 2 (left: 4 10 2)"], fractions) == [StepError.WRONG_ARITHMETIC]
+    assert errors(["4 - 10 = -6 (left: 4 10 -6)"], negatives) == [None]
+    assert errors(["10 - 4 = 6 (left: 4 10 6)"], no_minus) == [StepError.OPERATION_NOT_ALLOWED]
+    # A fraction spelled as an operand is not among the integers left.
+    assert errors(["10 / 4 = 5/2 (left: 4 10 5/2)", "5/2 * 4 = 10 (left: 10 10)"]) == \
+        [StepError.NOT_AN_INTEGER, StepError.NOT_AN_INTEGER]
+
+
+def test_any_step_mode_done_marker():
+    rules = CountdownRules(must_use_all=False)
+    assert grade_trace((2, 3, 5, 8), 8, ["5 + 3 = 8 (left: 2 8 8) done"], rules)
+    assert grade_trace((2, 3, 5, 8), 8, ["5 + 3 = 8 (left: 2 8 8)"], rules)
+    assert errors(["5 + 3 = 8 (left: 2 8 8) done"], rules, (2, 3, 5, 8), 9) == \
+        [StepError.FALSE_DONE]
+    assert errors(["5 + 3 = 8 (left: 2 8 8) done", "8 * 2 = 16 (left: 8 16)"], rules,
+                  (2, 3, 5, 8), 8) == [None, StepError.AFTER_END]
+    assert not grade_trace((2, 3, 5, 8), 9, ["5 + 3 = 8 (left: 2 8 8)"], rules)
+
+
+def test_step_legality_of_partial_traces():
+    assert step_legality(NUMBERS, TARGET, SOLUTION[:2], RULES) == [True, True]
+    assert not grade_trace(NUMBERS, TARGET, SOLUTION[:2], RULES)  # legal but unfinished
+    broken = [SOLUTION[0], "100 - 4 = 95 (left: 4 95)", "95 - 4 = 91 (left: 91)"]
+    assert step_legality(NUMBERS, TARGET, broken, RULES) == [True, False, False]
+    assert step_legality(NUMBERS, TARGET, [], RULES) == []
+    assert not grade_trace(NUMBERS, TARGET, [], RULES)
+
+
+def test_can_still_succeed_is_an_exact_oracle():
+    solver = CountdownSolver(RULES)
+    assert can_still_succeed(NUMBERS, TARGET, [], solver)
+    assert can_still_succeed(NUMBERS, TARGET, SOLUTION[:1], solver)
+    assert can_still_succeed(NUMBERS, TARGET, SOLUTION, solver)
+    assert not can_still_succeed(NUMBERS, TARGET, ["10 + 10 = 20 (left: 4 4 20)"], solver)
+    assert not can_still_succeed(NUMBERS, TARGET, ["10 * 10 = 101 (left: 4 4 101)"], solver)
+    assert not can_still_succeed((1, 1, 1, 1), 24, [], solver)
+    any_step = CountdownSolver(CountdownRules(must_use_all=False))
+    assert can_still_succeed((2, 3, 5, 8), 8, ["5 + 3 = 8 (left: 2 8 8)"], any_step)
+    assert not can_still_succeed((2, 3, 5, 8), 99, ["8 - 5 = 3 (left: 2 3 3)"], any_step)
+
+
+def test_grading_never_raises_on_garbage():
+    rng = random.Random(0)
+    symbols = COUNTDOWN_ALPHABET + "é\t"
+    for _ in range(300):
+        steps = ["".join(rng.choice(symbols) for _ in range(rng.randrange(40)))
+                 for _ in range(rng.randrange(1, 4))]
+        assert len(step_legality(NUMBERS, TARGET, steps, RULES)) == len(steps)
+        assert grade_trace(NUMBERS, TARGET, steps, RULES) is False
