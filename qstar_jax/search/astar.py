@@ -1,0 +1,148 @@
+"""Q*: best-first (A*) search over reasoning steps on f = g + λ·h.
+
+h of a child is Q̂(s, a) of the edge that made it, so children are scored without being
+expanded; g aggregates the process rewards along the path. The frontier is a heap on
+(−f, node id): the highest f first, ties to the older node. Goal test on pop: a popped
+terminal node is a complete trajectory. Goal tests cost nothing, so terminal nodes at the
+top of the frontier are popped even when the expansion budget is spent. Identical sibling
+steps (same text) merge into the first sample (``SearchTree.add_children``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from typing import Any, Sequence
+
+from qstar_jax.config import Agg
+from qstar_jax.search.checks import as_agg, require_positive, require_temperature
+from qstar_jax.search.interface import ExpandRequest, Node
+from qstar_jax.search.planner import Outcome, ScoredStep, ScoredTrajectory, SearchResult
+from qstar_jax.search.tree import SearchTree, best_by_f
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Budget:
+    """Per-problem limits; None = unlimited. The token limit is checked before each
+    round, so the last round may overshoot it by what that round generates."""
+
+    max_expansions: int | None = None
+    max_generated_tokens: int | None = None
+
+    def __post_init__(self):
+        for name in ("max_expansions", "max_generated_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"Budget.{name} must be >= 0 or None, got {value}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AStarConfig:
+    """Paper defaults: K = 6 children per expansion, N = 6 complete trajectories, λ = 1."""
+
+    num_children: int = 6  # K
+    max_complete: int = 6  # N
+    heuristic_weight: float = 1.0  # λ
+    agg: Agg = Agg.min
+    temperature: float = 1.0
+    budget: Budget = Budget()
+    expansions_per_round: int = 1  # best nodes of a problem expanded in one round
+
+    def __post_init__(self):
+        object.__setattr__(self, "agg", as_agg(self.agg))
+        require_positive(self, "num_children", "max_complete", "expansions_per_round")
+        require_temperature(self)
+
+
+class AStarPlanner:
+    """Q* on one problem; see the module docstring for the search rules.
+
+    The answer is the complete trajectory with the best f. If none was reached within
+    the budget it is the best-f terminal node generated (``terminal_over_budget``), else
+    the best-f frontier node, the partial trajectory the search would have expanded next
+    (``partial``; the root, with no steps, if the frontier is empty).
+    """
+
+    def __init__(self, problem_index: int, config: AStarConfig):
+        self.problem_index = problem_index
+        self._config = config
+        self._tree = SearchTree(problem_index, agg=config.agg,
+                                heuristic_weight=config.heuristic_weight)
+        self._frontier: list[tuple[float, int, Node]] = []
+        self._push(self._tree.root)
+        self._expanding: list[Node] = []
+        self._complete: list[Node] = []
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def propose(self) -> list[ExpandRequest]:
+        if self._done or self._expanding:
+            raise RuntimeError("propose() called on a finished planner or before absorb()")
+        batch, limit = [], self._round_limit()
+        self._goal_test_top()
+        while (len(batch) < limit and self._frontier
+               and len(self._complete) < self._config.max_complete):
+            batch.append(heapq.heappop(self._frontier)[2])
+            if len(batch) < limit:  # the next node this round is popped now
+                self._goal_test_top()
+        if not batch or len(self._complete) >= self._config.max_complete:
+            self._finish()
+            return []
+        self._expanding = batch
+        return [self._tree.request(node, self._config.num_children, self._config.temperature)
+                for node in batch]
+
+    def absorb(self, children: Sequence[Sequence[ScoredStep]]) -> None:
+        if len(children) != len(self._expanding):
+            raise ValueError(f"absorb() got {len(children)} child lists for "
+                             f"{len(self._expanding)} requests")
+        for parent, scored in zip(self._expanding, children):
+            self._tree.release(parent)
+            for child in self._tree.add_children(parent, scored, merge_identical=True):
+                if child.terminal:
+                    self._tree.release(child)
+                self._push(child)
+        self._expanding = []
+
+    def take_released(self) -> list[Any]:
+        return self._tree.take_released()
+
+    def result(self, *, include_tree: bool = False) -> SearchResult:
+        if self._complete:
+            chosen, outcome = best_by_f(self._complete), Outcome.complete
+        elif terminals := [node for _, _, node in self._frontier if node.terminal]:
+            chosen, outcome = best_by_f(terminals), Outcome.terminal_over_budget
+        else:
+            frontier = [node for _, _, node in self._frontier]
+            chosen, outcome = best_by_f(frontier) if frontier else self._tree.root, Outcome.partial
+        return SearchResult(
+            problem_index=self.problem_index, steps=chosen.steps, node_id=chosen.id,
+            outcome=outcome, score=chosen.f,
+            trajectories=tuple(ScoredTrajectory(node_id=n.id, steps=n.steps, score=n.f)
+                               for n in self._complete),
+            tree=self._tree.dump() if include_tree else None)
+
+    def _round_limit(self) -> int:
+        budget, tree = self._config.budget, self._tree
+        if (budget.max_generated_tokens is not None
+                and tree.generated_tokens >= budget.max_generated_tokens):
+            return 0
+        if budget.max_expansions is None:
+            return self._config.expansions_per_round
+        return min(self._config.expansions_per_round, budget.max_expansions - tree.expansions)
+
+    def _goal_test_top(self) -> None:
+        while (self._frontier and self._frontier[0][2].terminal
+               and len(self._complete) < self._config.max_complete):
+            self._complete.append(heapq.heappop(self._frontier)[2])
+
+    def _push(self, node: Node) -> None:
+        heapq.heappush(self._frontier, (-node.f, node.id, node))
+
+    def _finish(self) -> None:
+        self._tree.release_all()
+        self._done = True
+

@@ -1,0 +1,141 @@
+"""Runs many per-problem planners side by side, one batched decoder call per round.
+
+Each round collects the requests of every unfinished planner, calls the expander once,
+scores every new child with one Q̂ call and one process-utility call, hands the children
+back to their planners and releases the handles they no longer need, in one call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from qstar_jax.search.interface import (ExpandRequest, ProcessUtility, QItem, QValueFunction,
+                                        Step, StepExpander)
+from qstar_jax.search.planner import Planner, ScoredStep, SearchCounters, SearchResult
+from qstar_jax.search.process_utility import ZeroUtility
+
+
+def run_search(problems_count: int, make_planner: Callable[[int], Planner],
+               expander: StepExpander, q_fn: QValueFunction | None,
+               utility: ProcessUtility = ZeroUtility(), *, include_trees: bool = False,
+               progress: bool = True, description: str = "search") -> list[SearchResult]:
+    """Search ``problems_count`` problems; result i is that of ``make_planner(i)``.
+
+    Planners must have distinct ``problem_index`` values: the expander counts tokens per
+    problem index. ``q_fn=None`` sets every Q̂ to 0 and spends no Q̂ calls (for planners
+    that do not use it, such as self-consistency). A tqdm bar counts finished problems.
+    """
+    planners = [make_planner(i) for i in range(problems_count)]
+    indices = [p.problem_index for p in planners]
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"planners share problem indices {sorted(indices)}; run problems "
+                         "with the same index (e.g. two methods) in separate run_search calls")
+    tallies = [_Tally(expander.generated_tokens(i), expander.prefilled_tokens(i))
+               for i in indices]
+    start = time.perf_counter()
+    with tqdm(total=problems_count, desc=description, disable=not progress) as bar:
+        while True:
+            for planner, tally in zip(planners, tallies):
+                if planner.done and tally.wall_s is None:
+                    tally.wall_s = time.perf_counter() - start
+                    bar.update(1)
+            active = [slot for slot, p in enumerate(planners) if not p.done]
+            if not active:
+                break
+            _run_round([planners[slot] for slot in active], [tallies[slot] for slot in active],
+                       expander, q_fn, utility)
+    return [dataclasses.replace(planner.result(include_tree=include_trees),
+                                counters=tally.counters(expander, index))
+            for planner, tally, index in zip(planners, tallies, indices)]
+
+
+@dataclasses.dataclass
+class _Tally:
+    """What the driver counts for one problem while it runs."""
+
+    generated_before: int
+    prefilled_before: int
+    q_calls: int = 0
+    prm_calls: int = 0
+    expansions: int = 0
+    wall_s: float | None = None
+
+    def counters(self, expander: StepExpander, index: int) -> SearchCounters:
+        return SearchCounters(
+            generated_tokens=expander.generated_tokens(index) - self.generated_before,
+            prefilled_tokens=expander.prefilled_tokens(index) - self.prefilled_before,
+            q_calls=self.q_calls, prm_calls=self.prm_calls, expansions=self.expansions,
+            wall_s=self.wall_s)
+
+
+def _run_round(planners: list[Planner], tallies: list[_Tally], expander: StepExpander,
+               q_fn: QValueFunction | None, utility: ProcessUtility) -> None:
+    """One expander call, one Q̂ call, one utility call, one release call (if needed)."""
+    proposals = [planner.propose() for planner in planners]
+    for planner, proposal in zip(planners, proposals):
+        if not proposal and not planner.done:
+            raise RuntimeError(f"planner of problem {planner.problem_index} proposed nothing "
+                               "but is not done")
+    requests = [request for proposal in proposals for request in proposal]
+    children = _expand(expander, requests)
+    items = [QItem(problem_index=r.problem_index, prefix_steps=r.node.steps,
+                   step_text=step.text, hidden=step.hidden)
+             for r, steps in zip(requests, children) for step in steps]
+    q_values = (_scores(q_fn.score, items, "QValueFunction.score") if q_fn is not None
+                else np.zeros(len(items)))
+    rewards = _scores(utility.step_rewards, items, "ProcessUtility.step_rewards")
+    scored = iter(_scored_steps(children, q_values, rewards))
+    released = []
+    for planner, tally, proposal in zip(planners, tallies, proposals):
+        if proposal:
+            mine = [next(scored) for _ in proposal]
+            planner.absorb(mine)
+            new = sum(len(steps) for steps in mine)
+            tally.expansions += len(proposal)
+            tally.q_calls += new if q_fn is not None else 0
+            tally.prm_calls += new if utility.calls_reward_model else 0
+        released += planner.take_released()
+    if released:
+        expander.release(released)
+
+
+def _expand(expander: StepExpander, requests: list[ExpandRequest]) -> list[list[Step]]:
+    if not requests:
+        return []
+    children = expander.expand(requests)
+    if len(children) != len(requests):
+        raise ValueError(f"expander returned {len(children)} child lists for "
+                         f"{len(requests)} requests")
+    for request, steps in zip(requests, children):
+        if len(steps) > request.num_children:
+            raise ValueError(f"expander returned {len(steps)} steps for a request of "
+                             f"{request.num_children} (problem {request.problem_index})")
+    return children
+
+
+def _scores(score: Callable[[Sequence[QItem]], np.ndarray], items: list[QItem],
+            name: str) -> np.ndarray:
+    if not items:
+        return np.zeros(0)
+    values = np.asarray(score(items), np.float64)
+    if values.shape != (len(items),):
+        raise ValueError(f"{name} returned shape {values.shape} for {len(items)} items; "
+                         f"expected ({len(items)},)")
+    return values
+
+
+def _scored_steps(children: list[list[Step]], q_values: np.ndarray,
+                  rewards: np.ndarray) -> list[list[ScoredStep]]:
+    """Each request's children with their Q̂ and reward; the scores are flat, in order."""
+    scored, flat = [], 0
+    for steps in children:
+        scored.append([ScoredStep(step=step, q_value=float(q_values[flat + j]),
+                                  reward=float(rewards[flat + j]))
+                       for j, step in enumerate(steps)])
+        flat += len(steps)
+    return scored

@@ -1,0 +1,120 @@
+"""All that search knows of the decoder and the models: records and protocols.
+
+A planner sees the policy only as a ``StepExpander`` (expand these nodes by K steps
+each, free these cache handles), Q̂ only as a ``QValueFunction`` and the process reward
+R_P only as a ``ProcessUtility``. Every call takes one batch across all problems of a
+search round, so the implementations behind them can fill an accelerator.
+
+Shapes: E = hidden size of the policy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Node:
+    """One state of a problem's search tree: the question plus ``steps``.
+
+    ``id`` is unique within a problem and assigned in creation order (root 0), so it
+    does not depend on how problems were batched; the decoder derives its sampling keys
+    from it. ``g`` is the aggregated process reward, ``h`` the Q̂ of the edge that made
+    the node, ``f = g + λ·h``. ``handle`` is the expander's cache handle, opaque to search
+    (None for the root: the expander prefills the prompt itself). ``hidden`` [E] is the
+    policy's hidden state at the last token of the node's last step, or None.
+    """
+
+    id: int
+    parent: int | None
+    steps: tuple[str, ...]
+    depth: int
+    g: float
+    h: float
+    f: float
+    terminal: bool
+    handle: Any
+    step_logprob: float
+    hidden: np.ndarray | None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExpandRequest:
+    """Sample ``num_children`` next steps of ``node`` at ``temperature`` (0 = greedy)."""
+
+    problem_index: int
+    node: Node
+    num_children: int
+    temperature: float
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Step:
+    """One sampled next step. ``ends_trace``: EOS or the task's final-answer line, so the
+    child is terminal. ``handle``: the cache handle of the child state (None when the
+    expander keeps no cache for it). ``hidden`` [E] or None as in ``Node``."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    logprob: float
+    hidden: np.ndarray | None
+    ends_trace: bool
+    handle: Any
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QItem:
+    """A candidate edge (s, a) of one problem: s = question ⊕ ``prefix_steps``, a =
+    ``step_text``. ``hidden`` [E] is the policy's hidden state at a's last token, or None.
+    The same item is what process utilities and PRMs score (the reward of a)."""
+
+    problem_index: int
+    prefix_steps: tuple[str, ...]
+    step_text: str
+    hidden: np.ndarray | None
+
+
+class StepExpander(Protocol):
+    """The decoder as search sees it.
+
+    A node is expanded at most once; the planners release its handle after the
+    ``expand`` call that expanded it returned, and release every other handle they were
+    given once its node can no longer be expanded (terminal, pruned, or search over).
+    """
+
+    def expand(self, requests: Sequence[ExpandRequest]) -> list[list[Step]]:
+        """One batched call for every request of a round, across problems: for each
+        request, at most ``num_children`` steps in a deterministic order."""
+
+    def release(self, handles: Sequence[Any]) -> None:
+        """Free the cache slots behind these handles."""
+
+    def generated_tokens(self, problem_index: int) -> int:
+        """Tokens sampled so far for this problem (all steps returned for it)."""
+
+    def prefilled_tokens(self, problem_index: int) -> int:
+        """Tokens prefilled so far for this problem (prompt and any re-prefill)."""
+
+
+class QValueFunction(Protocol):
+    """Q̂(s, a): reads the policy's hidden state, or runs its own backbone on the text."""
+
+    def score(self, items: Sequence[QItem]) -> np.ndarray:
+        """float [len(items)]."""
+
+
+class ProcessRewardModel(Protocol):
+    def score_steps(self, items: Sequence[QItem]) -> np.ndarray:
+        """float [len(items)]: probability that each item's step (the latest) is good."""
+
+
+class ProcessUtility(Protocol):
+    """R_P of a new step. ``calls_reward_model`` says whether scoring spends PRM calls."""
+
+    calls_reward_model: bool
+
+    def step_rewards(self, items: Sequence[QItem]) -> np.ndarray:
+        """float [len(items)]."""

@@ -1,0 +1,96 @@
+"""The contract between the search driver and a per-problem planner, and what it returns.
+
+A planner is a state machine over one problem, so the driver can batch every unfinished
+problem's requests into one expander call per round:
+
+    while not planner.done:
+        requests = planner.propose()          # may finish the planner and return []
+        children = expander.expand(requests)  # batched with other problems' requests
+        planner.absorb(scored children)       # each child with its Q̂ and process reward
+        expander.release(planner.take_released())
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any, Protocol, Sequence
+
+from qstar_jax.search.interface import ExpandRequest, Step
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ScoredStep:
+    """A sampled step with Q̂ of its edge and its process reward R_P."""
+
+    step: Step
+    q_value: float
+    reward: float
+
+
+class Outcome(str, enum.Enum):
+    """How the chosen trajectory was found."""
+
+    complete = "complete"  # a terminal node the search reached (popped / finished chain)
+    # A terminal node that was generated but not reached before the budget ran out.
+    terminal_over_budget = "terminal_over_budget"
+    partial = "partial"  # no terminal node at all: the fallback partial trajectory
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ScoredTrajectory:
+    node_id: int
+    steps: tuple[str, ...]
+    score: float
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SearchCounters:
+    """Compute one problem's search spent. ``wall_s`` runs from the start of the batched
+    run to this problem's finish, so problems searched side by side overlap."""
+
+    generated_tokens: int
+    prefilled_tokens: int
+    q_calls: int  # (s, a) items Q̂ scored
+    prm_calls: int  # steps a reward model scored
+    expansions: int  # expand requests issued
+    wall_s: float
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SearchResult:
+    """The chosen trajectory of one problem. ``score`` is the planner's ranking value of
+    it (f for Q* and beam search, votes for self-consistency, the scorer's value for
+    best-of-N); ``trajectories`` are all complete ones with their scores. ``counters``
+    is filled by the driver; ``tree`` is a JSON-serialisable dump when asked for."""
+
+    problem_index: int
+    steps: tuple[str, ...]
+    node_id: int
+    outcome: Outcome
+    score: float
+    trajectories: tuple[ScoredTrajectory, ...]
+    counters: SearchCounters | None = None
+    tree: dict[str, Any] | None = None
+
+    @property
+    def completed(self) -> bool:
+        return self.outcome is Outcome.complete
+
+
+class Planner(Protocol):
+    problem_index: int
+
+    @property
+    def done(self) -> bool: ...
+
+    def propose(self) -> list[ExpandRequest]:
+        """This round's requests; [] only when the planner has just finished."""
+
+    def absorb(self, children: Sequence[Sequence[ScoredStep]]) -> None:
+        """The scored children of each request of the last ``propose``, in order."""
+
+    def take_released(self) -> list[Any]:
+        """Handles that can be freed now; each handle is returned exactly once."""
+
+    def result(self, *, include_tree: bool = False) -> SearchResult: ...

@@ -1,0 +1,106 @@
+"""One problem's search tree: node ids, scores of new children, handle bookkeeping, dump.
+
+Every planner builds its nodes here, so ids, g/h/f and the release of cache handles
+follow one rule for Q* and every baseline.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from qstar_jax.config import Agg
+from qstar_jax.search.interface import ExpandRequest, Node
+from qstar_jax.search.planner import ScoredStep
+from qstar_jax.search.process_utility import aggregate
+
+
+class SearchTree:
+    """Nodes of one problem, ids in creation order (root 0), f = g + ``heuristic_weight``·h.
+
+    A handle is handed back for release exactly once: when its node is released, when a
+    duplicate sibling is dropped, or by ``release_all`` when the search ends.
+    """
+
+    def __init__(self, problem_index: int, *, agg: Agg, heuristic_weight: float):
+        self.problem_index = problem_index
+        self._agg = agg
+        self._weight = heuristic_weight
+        self.root = Node(id=0, parent=None, steps=(), depth=0, g=0.0, h=0.0, f=0.0,
+                         terminal=False, handle=None, step_logprob=0.0, hidden=None)
+        self._nodes: dict[int, Node] = {0: self.root}
+        self._held: dict[int, Any] = {}  # node id -> handle not yet released
+        self._released: list[Any] = []
+        self._expansion_order: list[int] = []
+        self.generated_tokens = 0  # tokens of every step received, duplicates included
+
+    @property
+    def expansions(self) -> int:
+        return len(self._expansion_order)
+
+    def request(self, node: Node, num_children: int, temperature: float) -> ExpandRequest:
+        """An expansion of ``node``; the order of these calls is the expansion order."""
+        self._expansion_order.append(node.id)
+        return ExpandRequest(problem_index=self.problem_index, node=node,
+                             num_children=num_children, temperature=temperature)
+
+    def add_children(self, parent: Node, scored: Sequence[ScoredStep], *,
+                     merge_identical: bool) -> list[Node]:
+        """New child nodes of ``parent``, in the expander's order.
+
+        With ``merge_identical``, a step whose text equals an earlier sibling's is dropped
+        and its handle released: the first sample is kept as it is (its logprob, Q̂ and
+        reward), nothing of the duplicate is added to it.
+        """
+        children, seen = [], set()
+        for item in scored:
+            step = item.step
+            self.generated_tokens += len(step.token_ids)
+            if merge_identical and step.text in seen:
+                self._release_handle(step.handle)
+                continue
+            seen.add(step.text)
+            g = aggregate(self._agg, parent.g if parent.depth else None, item.reward)
+            h = float(item.q_value)
+            node = Node(id=len(self._nodes), parent=parent.id, steps=parent.steps + (step.text,),
+                        depth=parent.depth + 1, g=g, h=h, f=g + self._weight * h,
+                        terminal=step.ends_trace, handle=step.handle,
+                        step_logprob=float(step.logprob), hidden=step.hidden)
+            self._nodes[node.id] = node
+            if step.handle is not None:
+                self._held[node.id] = step.handle
+            children.append(node)
+        return children
+
+    def release(self, node: Node) -> None:
+        """The node will not be expanded (again): its handle can be freed."""
+        if node.id in self._held:
+            self._release_handle(self._held.pop(node.id))
+
+    def release_all(self) -> None:
+        for node_id in sorted(self._held):
+            self._release_handle(self._held.pop(node_id))
+
+    def take_released(self) -> list[Any]:
+        released, self._released = self._released, []
+        return released
+
+    def _release_handle(self, handle: Any) -> None:
+        if handle is not None:
+            self._released.append(handle)
+
+    def dump(self) -> dict[str, Any]:
+        """JSON-serialisable: every node with its steps, scores and expansion index."""
+        order = {node_id: i for i, node_id in enumerate(self._expansion_order)}
+        return {
+            "problem_index": self.problem_index,
+            "expansion_order": list(self._expansion_order),
+            "nodes": [{"id": n.id, "parent": n.parent, "steps": list(n.steps), "depth": n.depth,
+                       "g": n.g, "h": n.h, "f": n.f, "terminal": n.terminal,
+                       "expansion_index": order.get(n.id)}
+                      for n in self._nodes.values()],
+        }
+
+
+def best_by_f(nodes: Sequence[Node]) -> Node:
+    """The highest f, ties to the lowest node id."""
+    return min(nodes, key=lambda node: (-node.f, node.id))

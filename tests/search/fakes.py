@@ -1,0 +1,120 @@
+"""Hand-built search trees behind the search interfaces, for planner tests.
+
+A tree maps a step prefix (written as space-separated step texts, "" for the root) to
+the children an expansion samples, in order. At temperature 0 the expander returns the
+first listed child (repeated), otherwise the first ``num_children`` listed. Each child's
+hidden vector is [q, reward], so ``HiddenQ`` reads Q̂ from it and ``reward_rule`` looks
+the reward up: every value a planner sees is written in the test.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from qstar_jax.search.interface import ExpandRequest, QItem, Step
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FakeChild:
+    text: str
+    q: float
+    reward: float = 0.0
+    tokens: int = 1
+    end: bool = False
+
+
+def child(text: str, q: float, *, reward: float = 0.0, tokens: int = 1,
+          end: bool = False) -> FakeChild:
+    return FakeChild(text=text, q=q, reward=reward, tokens=tokens, end=end)
+
+
+def tree(spec: Mapping[str, Sequence[FakeChild]]) -> dict[tuple[str, ...], list[FakeChild]]:
+    return {tuple(prefix.split()): list(children) for prefix, children in spec.items()}
+
+
+class FakeExpander:
+    """A ``StepExpander`` over fixed trees, one per problem index, that checks the handle
+    discipline: only live handles may be expanded, each handle is released exactly once."""
+
+    def __init__(self, trees: Mapping[int, Mapping[tuple[str, ...], Sequence[FakeChild]]],
+                 *, prompt_tokens: int = 10):
+        self.trees = trees
+        self.prompt_tokens = prompt_tokens
+        self.expand_calls: list[list[ExpandRequest]] = []
+        self.release_calls: list[list[int]] = []
+        self.live: set[int] = set()
+        self.issued = 0
+        self.terminal_handles: set[int] = set()
+        self.issued_in: dict[int, int] = {}  # handle -> number of the expand call
+        self.released_after: dict[int, int] = {}  # handle -> expand calls made before
+        self._generated: collections.Counter[int] = collections.Counter()
+        self._prefilled: collections.Counter[int] = collections.Counter()
+
+    def expand(self, requests: Sequence[ExpandRequest]) -> list[list[Step]]:
+        self.expand_calls.append(list(requests))
+        return [self._expand_one(request) for request in requests]
+
+    def _expand_one(self, request: ExpandRequest) -> list[Step]:
+        node, problem = request.node, request.problem_index
+        if node.handle is None:
+            assert node.depth == 0, f"non-root node {node.steps} has no handle"
+            self._prefilled[problem] += self.prompt_tokens
+        else:
+            assert node.handle in self.live, f"expanding {node.steps} with a released handle"
+        listed = self.trees[problem][node.steps]
+        if request.temperature == 0:
+            chosen = listed[:1] * request.num_children
+        else:
+            chosen = listed[:request.num_children]
+        steps = []
+        for fake in chosen:
+            self.issued += 1
+            self.live.add(self.issued)
+            self.issued_in[self.issued] = len(self.expand_calls)
+            if fake.end:
+                self.terminal_handles.add(self.issued)
+            self._generated[problem] += fake.tokens
+            steps.append(Step(text=fake.text, token_ids=tuple(range(fake.tokens)), logprob=-1.0,
+                              hidden=np.array([fake.q, fake.reward]), ends_trace=fake.end,
+                              handle=self.issued))
+        return steps
+
+    def release(self, handles: Sequence[int]) -> None:
+        self.release_calls.append(list(handles))
+        for handle in handles:
+            assert handle in self.live, f"handle {handle} released twice or never issued"
+            self.live.remove(handle)
+            self.released_after[handle] = len(self.expand_calls)
+
+    def generated_tokens(self, problem_index: int) -> int:
+        return self._generated[problem_index]
+
+    def prefilled_tokens(self, problem_index: int) -> int:
+        return self._prefilled[problem_index]
+
+    def reward_rule(self, problem_index: int, steps: tuple[str, ...]) -> float:
+        """A ``RuleUtility`` rule: the reward written on the step's child entry."""
+        listed = self.trees[problem_index][steps[:-1]]
+        return next(fake.reward for fake in listed if fake.text == steps[-1])
+
+
+class HiddenQ:
+    """A ``QValueFunction`` reading Q̂ from the hidden vector, counting its calls."""
+
+    def __init__(self):
+        self.batches: list[int] = []
+
+    def score(self, items: Sequence[QItem]) -> np.ndarray:
+        self.batches.append(len(items))
+        return np.array([item.hidden[0] for item in items])
+
+
+class HiddenRewardPRM:
+    """A ``ProcessRewardModel`` reading the reward from the hidden vector."""
+
+    def score_steps(self, items: Sequence[QItem]) -> np.ndarray:
+        return np.array([item.hidden[1] for item in items])

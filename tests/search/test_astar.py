@@ -1,0 +1,213 @@
+import json
+
+import pytest
+
+from qstar_jax.config import Agg
+from qstar_jax.search.astar import AStarConfig, AStarPlanner, Budget
+from qstar_jax.search.driver import run_search
+from qstar_jax.search.planner import Outcome
+from qstar_jax.search.process_utility import RuleUtility, ZeroUtility
+from tests.search.fakes import FakeExpander, HiddenQ, child, tree
+
+# With g = 0 and λ = 1, f = Q̂. By hand: expand root (0); frontier b .9, a .5, c .2;
+# expand b (2) -> b1 .3 (4), b2 .4 (5); expand a (1) -> a1 .8 end (6), a2 .6 (7);
+# pop a1: complete #1; expand a2 (7) -> x .1 end (8); expand b2 (5) -> y .45 end (9);
+# pop y: complete #2.
+QSTAR_TREE = tree({
+    "": [child("a", .5, tokens=2), child("b", .9, tokens=3), child("c", .2, tokens=4)],
+    "b": [child("b1", .3, tokens=5), child("b2", .4, tokens=6)],
+    "a": [child("a1", .8, tokens=7, end=True), child("a2", .6, tokens=8)],
+    "a a2": [child("x", .1, tokens=9, end=True)],
+    "b b2": [child("y", .45, tokens=10, end=True)],
+    "b b1": [],
+    "c": [],
+})
+
+
+def search(trees, config, *, utility=ZeroUtility(), problems=None):
+    problems = list(trees) if problems is None else problems
+    expander, q_fn = FakeExpander(trees), HiddenQ()
+    results = run_search(len(problems), lambda i: AStarPlanner(problems[i], config), expander,
+                         q_fn, utility, include_trees=True, progress=False)
+    assert not expander.live, "every handle is released"
+    return results, expander, q_fn
+
+
+def test_expands_in_best_first_order_and_returns_the_best_complete_trajectory():
+    [result], expander, q_fn = search({0: QSTAR_TREE}, AStarConfig(num_children=3, max_complete=2))
+    assert result.tree["expansion_order"] == [0, 2, 1, 7, 5]
+    assert result.outcome is Outcome.complete and result.completed
+    assert result.steps == ("a", "a1") and result.node_id == 6
+    assert result.score == pytest.approx(.8)
+    assert [(t.node_id, t.steps) for t in result.trajectories] == [(6, ("a", "a1")),
+                                                                 (9, ("b", "b2", "y"))]
+    assert [t.score for t in result.trajectories] == pytest.approx([.8, .45])
+    c = result.counters
+    assert (c.expansions, c.q_calls, c.prm_calls) == (5, 9, 0)
+    assert c.generated_tokens == sum(range(2, 11)) and c.prefilled_tokens == 10
+    assert q_fn.batches == [3, 2, 2, 1, 1] and len(expander.expand_calls) == 5
+    assert expander.issued == 9
+    json.dumps(result.tree)  # the dump is plain JSON
+
+
+def test_handles_are_released_as_soon_as_their_node_cannot_be_expanded():
+    _, expander, _ = search({0: QSTAR_TREE}, AStarConfig(num_children=3, max_complete=2))
+    for round_number, call in enumerate(expander.expand_calls, start=1):
+        for request in call:
+            if request.node.handle is not None:  # an expanded node: freed after its round
+                assert expander.released_after[request.node.handle] == round_number
+    # Terminal children are freed in the round that made them; all the rest at the end.
+    assert all(expander.released_after[h] == expander.issued_in[h]
+               for h in expander.terminal_handles)
+    assert set(expander.released_after) == set(range(1, expander.issued + 1))
+
+
+def test_stops_after_n_complete_trajectories():
+    [one], _, _ = search({0: QSTAR_TREE}, AStarConfig(num_children=3, max_complete=1))
+    assert one.tree["expansion_order"] == [0, 2, 1]
+    assert [t.node_id for t in one.trajectories] == [6]
+    assert one.steps == ("a", "a1") and one.counters.expansions == 3
+    # With no N reached the search runs until the frontier is empty.
+    [all_of_it], _, _ = search({0: QSTAR_TREE}, AStarConfig(num_children=3, max_complete=6))
+    assert [t.node_id for t in all_of_it.trajectories] == [6, 9, 8]
+    assert all_of_it.tree["expansion_order"] == [0, 2, 1, 7, 5, 4, 3]
+
+
+def test_several_expansions_per_round_pop_the_best_nodes_together():
+    config = AStarConfig(num_children=3, max_complete=2, expansions_per_round=2)
+    [result], expander, _ = search({0: QSTAR_TREE}, config)
+    assert [[r.node.id for r in call] for call in expander.expand_calls] == [[0], [2, 1], [7, 5]]
+    assert result.steps == ("a", "a1")
+    assert [t.node_id for t in result.trajectories] == [6, 9]
+
+
+LAMBDA_TREE = tree({
+    "": [child("a", .9), child("b", .2, reward=.5)],
+    "a": [child("a1", .1, end=True)],
+    "b": [child("b1", 0., reward=.5, end=True)],
+})
+
+
+@pytest.mark.parametrize("weight, order, answer", [(1.0, [0, 1, 2], ("b", "b1")),
+                                                   (0.1, [0, 2], ("b", "b1")),
+                                                   (10.0, [0, 1, 2], ("a", "a1"))])
+def test_heuristic_weight_trades_q_against_g(weight, order, answer):
+    expander = FakeExpander({0: LAMBDA_TREE})
+    config = AStarConfig(num_children=2, max_complete=1, heuristic_weight=weight, agg=Agg.last)
+    [result], _, _ = search({0: LAMBDA_TREE}, config,
+                            utility=RuleUtility(rule=expander.reward_rule))
+    assert result.tree["expansion_order"] == order
+    assert result.steps == answer
+    f = {n["id"]: n["f"] for n in result.tree["nodes"]}
+    assert f[1] == pytest.approx(0.0 + weight * .9) and f[2] == pytest.approx(.5 + weight * .2)
+
+
+# Rewards only (Q̂ = 0): after root and a, a1's g decides whether b is expanded.
+AGG_TREE = tree({
+    "": [child("a", 0., reward=.9), child("b", 0., reward=.5)],
+    "a": [child("a1", 0., reward=.1, end=True)],
+    "b": [child("b1", 0., reward=.6, end=True)],
+})
+
+
+@pytest.mark.parametrize("agg, g_a1, g_b1, answer", [
+    (Agg.min, .1, .5, ("b", "b1")),
+    (Agg.last, .1, .6, ("b", "b1")),
+    (Agg.product, .09, .3, ("b", "b1")),
+    (Agg.sum, 1.0, None, ("a", "a1")),
+    (Agg.max, .9, None, ("a", "a1")),
+])
+def test_aggregation_of_process_rewards_sets_g_and_the_order(agg, g_a1, g_b1, answer):
+    expander = FakeExpander({0: AGG_TREE})
+    config = AStarConfig(num_children=2, max_complete=1, agg=agg)
+    [result], _, _ = search({0: AGG_TREE}, config, utility=RuleUtility(rule=expander.reward_rule))
+    g = {tuple(n["steps"]): n["g"] for n in result.tree["nodes"]}
+    assert g[("a", "a1")] == pytest.approx(g_a1)
+    if g_b1 is None:  # a1 outranks b: b is never expanded
+        assert result.tree["expansion_order"] == [0, 1] and ("b", "b1") not in g
+    else:
+        assert g[("b", "b1")] == pytest.approx(g_b1)
+        assert result.tree["expansion_order"] == [0, 1, 2]
+    assert result.steps == answer
+
+
+def test_identical_siblings_merge_into_the_first_sample():
+    duplicates = tree({"": [child("a", .3, tokens=2), child("a", .9, tokens=3),
+                            child("b", .1, tokens=4, end=True)],
+                       "a": [child("a1", .5, end=True)]})
+    [result], expander, q_fn = search({0: duplicates}, AStarConfig(num_children=3, max_complete=2))
+    nodes = {n["id"]: (tuple(n["steps"]), n["h"]) for n in result.tree["nodes"]}
+    assert nodes == {0: ((), 0.0), 1: (("a",), .3), 2: (("b",), .1), 3: (("a", "a1"), .5)}
+    assert result.counters.generated_tokens == 2 + 3 + 4 + 1  # the duplicate was generated
+    assert result.counters.q_calls == 4 and q_fn.batches == [3, 1]
+    # The duplicate's handle (issued second) is released in the round that produced it.
+    assert 2 in expander.release_calls[0]
+
+
+def test_expansion_budget_falls_back_to_the_best_frontier_node():
+    config = AStarConfig(num_children=3, max_complete=2, budget=Budget(max_expansions=2))
+    [result], _, _ = search({0: QSTAR_TREE}, config)
+    assert result.tree["expansion_order"] == [0, 2]
+    assert result.outcome is Outcome.partial and not result.completed
+    assert result.steps == ("a",) and result.score == pytest.approx(.5)
+    assert result.trajectories == () and result.counters.expansions == 2
+
+
+def test_goal_test_is_free_once_the_expansion_budget_is_spent():
+    config = AStarConfig(num_children=3, max_complete=2, budget=Budget(max_expansions=3))
+    [result], _, _ = search({0: QSTAR_TREE}, config)
+    assert result.tree["expansion_order"] == [0, 2, 1]
+    assert result.outcome is Outcome.complete and result.steps == ("a", "a1")
+
+
+def test_budget_falls_back_to_a_terminal_the_search_did_not_reach():
+    low_terminal = tree({"": [child("a", .9), child("t", .1, end=True)]})
+    config = AStarConfig(num_children=2, budget=Budget(max_expansions=1))
+    [result], _, _ = search({0: low_terminal}, config)
+    assert result.outcome is Outcome.terminal_over_budget and not result.completed
+    assert result.steps == ("t",) and result.score == pytest.approx(.1)
+
+
+@pytest.mark.parametrize("max_tokens, expansions", [(6, 1), (9, 1), (10, 2), (20, 2), (21, 3)])
+def test_token_budget_is_checked_before_each_round(max_tokens, expansions):
+    # The root's children cost 2 + 3 + 4 = 9 tokens, b's 5 + 6: 20 in all after two.
+    config = AStarConfig(num_children=3, max_complete=2,
+                         budget=Budget(max_generated_tokens=max_tokens))
+    [result], _, _ = search({0: QSTAR_TREE}, config)
+    assert result.counters.expansions == expansions
+
+
+def test_a_root_without_children_gives_the_empty_partial_answer():
+    [result], _, _ = search({0: tree({"": []})}, AStarConfig())
+    assert result.outcome is Outcome.partial and result.steps == () and result.node_id == 0
+
+
+def test_results_do_not_depend_on_batch_packing():
+    trees = {0: QSTAR_TREE, 1: LAMBDA_TREE, 2: AGG_TREE}
+    config = AStarConfig(num_children=3, max_complete=2)
+
+    def comparable(result):
+        counters = {k: v for k, v in vars(result.counters).items() if k != "wall_s"}
+        return (result.problem_index, result.steps, result.outcome, result.score,
+                result.trajectories, result.tree, counters)
+
+    together, expander, q_fn = search(trees, config)
+    alone = [search({i: trees[i]}, config)[0][0] for i in trees]
+    reordered, _, _ = search(trees, config, problems=[2, 0, 1])
+    assert [comparable(r) for r in together] == [comparable(r) for r in alone]
+    assert sorted(map(comparable, reordered), key=lambda c: c[0]) == [comparable(r) for r in together]
+    # One expander call and one Q̂ call per round, across problems.
+    rounds = max(len(r.tree["expansion_order"]) for r in together)
+    assert len(expander.expand_calls) == rounds and len(q_fn.batches) == rounds
+    assert sum(q_fn.batches) == sum(r.counters.q_calls for r in together)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: AStarConfig(num_children=0), "num_children must be an integer >= 1"),
+    (lambda: AStarConfig(agg="mean"), "unknown aggregation 'mean'"),
+    (lambda: AStarConfig(temperature=-1.0), "temperature must be >= 0"),
+    (lambda: Budget(max_expansions=-1), "max_expansions must be >= 0"),
+])
+def test_bad_config_is_a_clear_error(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()

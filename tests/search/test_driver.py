@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+
+from qstar_jax.config import Agg
+from qstar_jax.search.astar import AStarConfig, AStarPlanner
+from qstar_jax.search.beam import BeamConfig, BeamPlanner
+from qstar_jax.search.chains import greedy_planner
+from qstar_jax.search.driver import run_search
+from qstar_jax.search.process_utility import PRMUtility, aggregate
+from tests.search.fakes import FakeExpander, HiddenQ, HiddenRewardPRM, child, tree
+
+# Problem 0: A* expands root (3 children, 6 tokens) and a (2 children, 9 tokens).
+# Problem 1: greedy takes 3 steps of 4 tokens. Problem 2: beam, 2 rounds of 2 children.
+TREES = {
+    0: tree({"": [child("a", .9, reward=.5, tokens=1), child("b", .1, reward=.2, tokens=2),
+                  child("c", .2, reward=.3, tokens=3)],
+             "a": [child("a1", .8, reward=.7, tokens=4, end=True),
+                   child("a2", .1, reward=.1, tokens=5)]}),
+    1: tree({"": [child("s", .1, tokens=4)], "s": [child("t", .2, tokens=4)],
+             "s t": [child("=1", .3, tokens=4, end=True)]}),
+    2: tree({"": [child("u", .4, tokens=2), child("v", .3, tokens=2)],
+             "u": [child("=2", .6, tokens=2, end=True), child("w", .1, tokens=2)]}),
+}
+
+
+def make_planner(i):
+    if i == 0:
+        return AStarPlanner(0, AStarConfig(num_children=3, max_complete=1, agg=Agg.sum))
+    if i == 1:
+        return greedy_planner(1)
+    return BeamPlanner(2, BeamConfig(beam_width=1, num_children=2))
+
+
+def test_mixed_planners_share_rounds_and_counters_add_up():
+    expander, q_fn = FakeExpander(TREES, prompt_tokens=7), HiddenQ()
+    results = run_search(3, make_planner, expander, q_fn, PRMUtility(prm=HiddenRewardPRM()),
+                         progress=False)
+    assert not expander.live
+    counters = [(r.counters.generated_tokens, r.counters.prefilled_tokens, r.counters.q_calls,
+                 r.counters.prm_calls, r.counters.expansions) for r in results]
+    assert counters == [(15, 7, 5, 5, 2), (12, 7, 3, 3, 3), (8, 7, 4, 4, 2)]
+    # Round 1: three roots; round 2: a, s, u; round 3: s t only.
+    assert [len(call) for call in expander.expand_calls] == [3, 3, 1]
+    assert q_fn.batches == [6, 5, 1]
+    assert len(expander.release_calls) <= 3  # at most one release call per round
+    assert [r.steps for r in results] == [("a", "a1"), ("s", "t", "=1"), ("u", "=2")]
+    # g sums PRM rewards along the path: .5 + .7, and f adds Q̂ .8.
+    assert results[0].score == pytest.approx(.5 + .7 + .8)
+    assert all(r.counters.wall_s >= 0 for r in results)
+
+
+def test_planners_must_have_distinct_problem_indices():
+    with pytest.raises(ValueError, match="share problem indices"):
+        run_search(2, lambda i: greedy_planner(0), FakeExpander(TREES), None, progress=False)
+
+
+def test_an_expander_that_drops_requests_is_an_error():
+    class Dropping(FakeExpander):
+        def expand(self, requests):
+            return super().expand(requests)[:-1]
+
+    with pytest.raises(ValueError, match="2 child lists for 3 requests"):
+        run_search(3, make_planner, Dropping(TREES), HiddenQ(), progress=False)
+
+
+def test_a_q_function_of_the_wrong_shape_is_an_error():
+    class Scalar:
+        def score(self, items):
+            return np.zeros(())
+
+    with pytest.raises(ValueError, match=r"QValueFunction.score returned shape \(\) for 6 items"):
+        run_search(3, make_planner, FakeExpander(TREES), Scalar(), progress=False)
+
+
+@pytest.mark.parametrize("agg, expected", [(Agg.min, .2), (Agg.max, .8), (Agg.sum, 1.5),
+                                           (Agg.last, .5), (Agg.product, .08)])
+def test_aggregate_folds_rewards(agg, expected):
+    g = None
+    for reward in (.2, .8, .5):
+        g = aggregate(agg, g, reward)
+    assert g == pytest.approx(expected)
