@@ -1,0 +1,103 @@
+"""Step-level beam search: each live beam expanded by K, the top B children kept.
+
+Every round pools the children of all live beams (identical siblings merged as in Q*),
+keeps the B with the highest f = g + λ·Q̂ (ties to the lower node id) and drops the
+rest. A kept terminal child is a finished beam: it is set aside and expanded no more.
+The search ends once B beams have finished, when no beam is live, or when the live beams
+have taken ``max_steps`` steps. The answer is the finished beam with the best f.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+from qstar_jax.config import Agg
+from qstar_jax.search.checks import as_agg, require_positive, require_temperature
+from qstar_jax.search.interface import ExpandRequest, Node
+from qstar_jax.search.planner import Outcome, ScoredStep, ScoredTrajectory, SearchResult
+from qstar_jax.search.tree import SearchTree, best_by_f
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BeamConfig:
+    beam_width: int  # B
+    num_children: int  # K
+    heuristic_weight: float = 1.0  # λ
+    agg: Agg = Agg.min
+    temperature: float = 1.0
+    max_steps: int = 32
+
+    def __post_init__(self):
+        object.__setattr__(self, "agg", as_agg(self.agg))
+        require_positive(self, "beam_width", "num_children", "max_steps")
+        require_temperature(self)
+
+
+class BeamPlanner:
+    """Beam search on one problem. With no finished beam the answer is the best-f beam
+    of the last round (``partial``), or the empty root if no step was ever kept."""
+
+    def __init__(self, problem_index: int, config: BeamConfig):
+        self.problem_index = problem_index
+        self._config = config
+        self._tree = SearchTree(problem_index, agg=config.agg,
+                                heuristic_weight=config.heuristic_weight)
+        self._live: list[Node] = [self._tree.root]
+        self._last_kept: list[Node] = []
+        self._finished: list[Node] = []
+        self._expanding: list[Node] = []
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def propose(self) -> list[ExpandRequest]:
+        if self._done or self._expanding:
+            raise RuntimeError("propose() called on a finished planner or before absorb()")
+        self._expanding, self._live = self._live, []
+        return [self._tree.request(node, self._config.num_children, self._config.temperature)
+                for node in self._expanding]
+
+    def absorb(self, children: Sequence[Sequence[ScoredStep]]) -> None:
+        if len(children) != len(self._expanding):
+            raise ValueError(f"absorb() got {len(children)} child lists for "
+                             f"{len(self._expanding)} requests")
+        pool = []
+        for parent, scored in zip(self._expanding, children):
+            self._tree.release(parent)
+            pool += self._tree.add_children(parent, scored, merge_identical=True)
+        self._expanding = []
+        pool.sort(key=lambda node: (-node.f, node.id))
+        kept, dropped = pool[:self._config.beam_width], pool[self._config.beam_width:]
+        for node in dropped:
+            self._tree.release(node)
+        for node in kept:
+            if node.terminal:
+                self._finished.append(node)
+                self._tree.release(node)
+            else:
+                self._live.append(node)
+        if kept:
+            self._last_kept = kept
+        if (len(self._finished) >= self._config.beam_width or not self._live
+                or self._live[0].depth >= self._config.max_steps):
+            self._tree.release_all()
+            self._done = True
+
+    def take_released(self) -> list[Any]:
+        return self._tree.take_released()
+
+    def result(self, *, include_tree: bool = False) -> SearchResult:
+        if self._finished:
+            chosen, outcome = best_by_f(self._finished), Outcome.complete
+        else:
+            chosen = best_by_f(self._last_kept) if self._last_kept else self._tree.root
+            outcome = Outcome.partial
+        return SearchResult(
+            problem_index=self.problem_index, steps=chosen.steps, node_id=chosen.id,
+            outcome=outcome, score=chosen.f,
+            trajectories=tuple(ScoredTrajectory(node_id=n.id, steps=n.steps, score=n.f)
+                               for n in self._finished),
+            tree=self._tree.dump() if include_tree else None)

@@ -1,0 +1,177 @@
+"""Sampled-chain baselines: greedy chain of thought, self-consistency, best-of-N.
+
+A chain planner expands the root by N children once (chain i starts with the i-th
+child), then each live chain by one child per round, through the same expander as Q*,
+so compute is counted the same way. A chain ends at a terminal step, after
+``max_steps`` steps, or when the expander returns no step for it. The complete chains
+are ranked by a function of their final nodes; the best wins, ties to the lower chain.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any, Callable, Hashable, Protocol, Sequence
+
+import numpy as np
+
+from qstar_jax.config import Agg
+from qstar_jax.search.checks import as_agg, require_positive, require_temperature
+from qstar_jax.search.interface import ExpandRequest, Node
+from qstar_jax.search.planner import Outcome, ScoredStep, ScoredTrajectory, SearchResult
+from qstar_jax.search.tree import SearchTree
+
+# Scores [n] for the final nodes of n complete chains of one problem.
+ChainRanking = Callable[[Sequence[Node]], np.ndarray]
+ROOT = -1  # stands for the root in the list of chains being expanded
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ChainConfig:
+    num_chains: int  # N
+    temperature: float
+    max_steps: int = 32
+    agg: Agg = Agg.min  # aggregates process rewards into g along a chain
+
+    def __post_init__(self):
+        object.__setattr__(self, "agg", as_agg(self.agg))
+        require_positive(self, "num_chains", "max_steps")
+        require_temperature(self)
+
+
+class TrajectoryScorer(Protocol):
+    """Ranks complete trajectories for best-of-N: an ORM, the aggregated PRM, or Q̂."""
+
+    def score_trajectories(self, finals: Sequence[Node]) -> np.ndarray:
+        """float [len(finals)] for the final nodes of one problem's complete chains."""
+
+
+class FinalQScorer:
+    """Q̂ of the final step (the edge that ended the trajectory)."""
+
+    def score_trajectories(self, finals: Sequence[Node]) -> np.ndarray:
+        return np.array([node.h for node in finals], np.float64)
+
+
+class ProcessRewardScorer:
+    """g: the process rewards of the chain aggregated by the chain config's Agg."""
+
+    def score_trajectories(self, finals: Sequence[Node]) -> np.ndarray:
+        return np.array([node.g for node in finals], np.float64)
+
+
+class ChainPlanner:
+    """N sampled chains of one problem, the best complete one by ``rank``.
+
+    With no complete chain the answer is chain 0's partial trajectory (``partial``,
+    scored by its f); with no chain at all, the empty root.
+    """
+
+    def __init__(self, problem_index: int, config: ChainConfig, rank: ChainRanking):
+        self.problem_index = problem_index
+        self._config = config
+        self._rank = rank
+        self._tree = SearchTree(problem_index, agg=config.agg, heuristic_weight=1.0)
+        self._tips: list[Node] = []  # the last node of each chain
+        self._live: list[bool] = []
+        self._expanding: list[int] = []  # chains being extended, or [ROOT]
+        self._scores = np.zeros(0)
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def propose(self) -> list[ExpandRequest]:
+        if self._done or self._expanding:
+            raise RuntimeError("propose() called on a finished planner or before absorb()")
+        config = self._config
+        if self._tree.expansions == 0:
+            self._expanding = [ROOT]
+            return [self._tree.request(self._tree.root, config.num_chains, config.temperature)]
+        self._expanding = [chain for chain, live in enumerate(self._live) if live]
+        return [self._tree.request(self._tips[chain], 1, config.temperature)
+                for chain in self._expanding]
+
+    def absorb(self, children: Sequence[Sequence[ScoredStep]]) -> None:
+        if len(children) != len(self._expanding):
+            raise ValueError(f"absorb() got {len(children)} child lists for "
+                             f"{len(self._expanding)} requests")
+        for chain, scored in zip(self._expanding, children):
+            parent = self._tree.root if chain == ROOT else self._tips[chain]
+            self._tree.release(parent)
+            nodes = self._tree.add_children(parent, scored, merge_identical=False)
+            if chain == ROOT:
+                self._tips, self._live = nodes, [True] * len(nodes)
+            elif nodes:
+                self._tips[chain] = nodes[0]
+            else:
+                self._live[chain] = False
+        self._expanding = []
+        for chain, tip in enumerate(self._tips):
+            if self._live[chain] and (tip.terminal or tip.depth >= self._config.max_steps):
+                self._live[chain] = False
+                self._tree.release(tip)
+        if not any(self._live):
+            self._finish()
+
+    def take_released(self) -> list[Any]:
+        return self._tree.take_released()
+
+    def result(self, *, include_tree: bool = False) -> SearchResult:
+        complete = self._complete()
+        trajectories = tuple(ScoredTrajectory(node_id=n.id, steps=n.steps, score=float(s))
+                             for n, s in zip(complete, self._scores))
+        if complete:
+            best = int(np.argmax(self._scores))  # first maximum: ties to the lower chain
+            chosen, outcome, score = complete[best], Outcome.complete, float(self._scores[best])
+        else:
+            chosen = self._tips[0] if self._tips else self._tree.root
+            outcome, score = Outcome.partial, chosen.f
+        return SearchResult(problem_index=self.problem_index, steps=chosen.steps,
+                            node_id=chosen.id, outcome=outcome, score=score,
+                            trajectories=trajectories,
+                            tree=self._tree.dump() if include_tree else None)
+
+    def _complete(self) -> list[Node]:
+        return [tip for tip in self._tips if tip.terminal]
+
+    def _finish(self) -> None:
+        self._tree.release_all()
+        complete = self._complete()
+        if complete:
+            self._scores = np.asarray(self._rank(complete), np.float64)
+            if self._scores.shape != (len(complete),):
+                raise ValueError(f"chain ranking returned shape {self._scores.shape} for "
+                                 f"{len(complete)} complete chains")
+        self._done = True
+
+
+def greedy_planner(problem_index: int, *, max_steps: int = 32,
+                   agg: Agg = Agg.min) -> ChainPlanner:
+    """One chain at temperature 0; its score is its f = g + Q̂ of the final step."""
+    config = ChainConfig(num_chains=1, temperature=0.0, max_steps=max_steps, agg=agg)
+    return ChainPlanner(problem_index, config,
+                        lambda finals: np.array([n.f for n in finals], np.float64))
+
+
+def self_consistency_planner(problem_index: int, config: ChainConfig,
+                             answer_key: Callable[[tuple[str, ...]], Hashable | None]
+                             ) -> ChainPlanner:
+    """Majority vote over ``answer_key(steps)`` of the complete chains (None: no vote).
+
+    A chain's score is the number of votes its answer got; of equally voted answers the
+    one first reached by the lower-numbered chain wins.
+    """
+    def votes(finals: Sequence[Node]) -> np.ndarray:
+        keys = [answer_key(node.steps) for node in finals]
+        counts = collections.Counter(key for key in keys if key is not None)
+        return np.array([counts[key] if key is not None else 0 for key in keys], np.float64)
+
+    return ChainPlanner(problem_index, config, votes)
+
+
+def best_of_n_planner(problem_index: int, config: ChainConfig,
+                      scorer: TrajectoryScorer) -> ChainPlanner:
+    """The complete chain the scorer ranks highest."""
+    return ChainPlanner(problem_index, config, scorer.score_trajectories)

@@ -1,0 +1,58 @@
+import pytest
+
+from qstar_jax.search.beam import BeamConfig, BeamPlanner
+from qstar_jax.search.driver import run_search
+from qstar_jax.search.planner import Outcome
+from tests.search.fakes import FakeExpander, HiddenQ, child, tree
+
+# B = 2, K = 3, f = Q̂. Round 1 keeps b .9 (2), c .7 (3), drops a (1). Round 2 pools
+# b1 .2 (4), b2 .6 (5), b3 .95 end (6), c1 .8 (7), c2 .1 (8), c3 .3 (9): keeps b3
+# (finished) and c1. Round 3 pools d1 .4 end (10), d2 .3 (11), d3 .35 (12): keeps d1
+# (finished: two beams done) and d3.
+BEAM_TREE = tree({
+    "": [child("a", .5), child("b", .9), child("c", .7)],
+    "b": [child("b1", .2), child("b2", .6), child("b3", .95, end=True)],
+    "c": [child("c1", .8), child("c2", .1), child("c3", .3)],
+    "c c1": [child("d1", .4, end=True), child("d2", .3), child("d3", .35)],
+})
+
+
+def search(trees, config):
+    expander = FakeExpander(trees)
+    results = run_search(len(trees), lambda i: BeamPlanner(i, config), expander, HiddenQ(),
+                         include_trees=True, progress=False)
+    assert not expander.live, "every handle is released"
+    return results, expander
+
+
+def test_keeps_the_top_b_children_and_returns_the_best_finished_beam():
+    [result], expander = search({0: BEAM_TREE}, BeamConfig(beam_width=2, num_children=3))
+    assert [[r.node.id for r in call] for call in expander.expand_calls] == [[0], [2, 3], [7]]
+    assert result.outcome is Outcome.complete and result.steps == ("b", "b3")
+    assert result.score == pytest.approx(.95)
+    assert [(t.node_id, t.score) for t in result.trajectories] == [(6, .95), (10, .4)]
+    assert result.counters.q_calls == 3 + 6 + 3
+    # The dropped child a is released in round 1, before anything else is expanded.
+    assert 1 in expander.release_calls[0]
+
+
+def test_duplicate_children_take_one_beam_slot():
+    duplicates = tree({"": [child("a", .9), child("a", .9), child("b", .5)],
+                       "a": [child("=1", .1, end=True)], "b": [child("=2", .2, end=True)]})
+    [result], expander = search({0: duplicates}, BeamConfig(beam_width=2, num_children=3))
+    assert [[r.node.steps for r in call] for call in expander.expand_calls] == [
+        [()], [("a",), ("b",)]]
+    assert result.steps == ("b", "=2")
+
+
+def test_beams_cut_by_max_steps_give_the_best_partial_beam():
+    config = BeamConfig(beam_width=2, num_children=3, max_steps=1)
+    [result], expander = search({0: BEAM_TREE}, config)
+    assert len(expander.expand_calls) == 1
+    assert result.outcome is Outcome.partial and result.steps == ("b",)
+    assert result.trajectories == ()
+
+
+def test_bad_beam_config_is_a_clear_error():
+    with pytest.raises(ValueError, match="beam_width must be an integer >= 1"):
+        BeamConfig(beam_width=0, num_children=3)

@@ -1,0 +1,118 @@
+import numpy as np
+import pytest
+
+from qstar_jax.config import Agg
+from qstar_jax.search.chains import (ChainConfig, FinalQScorer, ProcessRewardScorer,
+                                     best_of_n_planner, greedy_planner, self_consistency_planner)
+from qstar_jax.search.driver import run_search
+from qstar_jax.search.planner import Outcome
+from qstar_jax.search.process_utility import RuleUtility, ZeroUtility
+from tests.search.fakes import FakeExpander, HiddenQ, child, tree
+
+
+def search(trees, make_planner, *, utility=ZeroUtility(), q_fn=None):
+    expander = FakeExpander(trees)
+    results = run_search(len(trees), make_planner, expander, q_fn, utility, progress=False)
+    assert not expander.live, "every handle is released"
+    return results, expander
+
+
+def answer_key(steps):
+    return steps[-1] if steps and steps[-1].startswith("=") else None
+
+
+def test_greedy_follows_the_temperature_zero_children():
+    greedy = tree({"": [child("a", .1), child("b", .9)],
+                   "a": [child("a1", .2), child("a2", .8, end=True)],
+                   "a a1": [child("=5", .4, end=True)]})
+    [result], expander = search({0: greedy}, lambda i: greedy_planner(i), q_fn=HiddenQ())
+    assert result.steps == ("a", "a1", "=5") and result.outcome is Outcome.complete
+    assert result.score == pytest.approx(.4)  # f = g + Q̂ of the final step, g = 0
+    requests = [r for call in expander.expand_calls for r in call]
+    assert [(r.node.steps, r.num_children, r.temperature) for r in requests] == [
+        ((), 1, 0.0), (("a",), 1, 0.0), (("a", "a1"), 1, 0.0)]
+    assert result.counters.expansions == 3 and result.counters.generated_tokens == 3
+
+
+# Six chains; answers =3 (chains 0, 3, 4), =4 (chains 1, 2), and no answer (chain 5).
+VOTES = tree({"": [child(f"p{i}", 0.) for i in range(6)],
+              **{f"p{i}": [child(answer, 0., end=True)]
+                 for i, answer in enumerate(["=3", "=4", "=4", "=3", "=3", "none"])}})
+
+
+def test_self_consistency_returns_the_majority_answer():
+    config = ChainConfig(num_chains=6, temperature=0.7)
+    [result], expander = search({0: VOTES},
+                                lambda i: self_consistency_planner(i, config, answer_key))
+    assert result.steps == ("p0", "=3") and result.score == 3.0 and result.completed
+    assert [t.score for t in result.trajectories] == [3, 2, 2, 3, 3, 0]
+    assert [[(r.num_children, r.temperature) for r in call] for call in expander.expand_calls] == [
+        [(6, 0.7)], [(1, 0.7)] * 6]
+    assert result.counters.q_calls == 0  # no Q̂ function: none spent
+
+
+def test_self_consistency_breaks_vote_ties_toward_the_earlier_chain():
+    tie = tree({"": [child(f"p{i}", 0.) for i in range(4)],
+                **{f"p{i}": [child(answer, 0., end=True)]
+                   for i, answer in enumerate(["=4", "=3", "=3", "=4"])}})
+    config = ChainConfig(num_chains=4, temperature=1.0)
+    [result], _ = search({0: tie}, lambda i: self_consistency_planner(i, config, answer_key))
+    assert result.steps == ("p0", "=4") and result.score == 2.0
+
+
+def test_chains_that_do_not_finish_are_not_candidates():
+    unfinished = tree({"": [child("loop", 0.), child("dead", 0.), child("p", 0.)],
+                       "loop": [child("again", 0.)], "loop again": [child("and again", 0.)],
+                       "dead": [], "p": [child("=7", 0., end=True)]})
+    config = ChainConfig(num_chains=3, temperature=1.0, max_steps=2)
+    [result], _ = search({0: unfinished}, lambda i: self_consistency_planner(i, config, answer_key))
+    assert result.steps == ("p", "=7") and [t.steps for t in result.trajectories] == [("p", "=7")]
+    # With no complete chain the answer is chain 0's partial trajectory.
+    [partial], _ = search({0: unfinished},
+                          lambda i: self_consistency_planner(
+                              i, ChainConfig(num_chains=2, temperature=1.0, max_steps=2),
+                              answer_key))
+    assert partial.outcome is Outcome.partial and partial.steps == ("loop", "again")
+    assert partial.trajectories == ()
+
+
+# Final steps: Q̂ ranks chain 1 first; g ranks chain 0 first under last, chain 2 under min.
+BEST_OF = tree({"": [child("p0", 0., reward=.1), child("p1", 0., reward=.9),
+                     child("p2", 0., reward=.6)],
+                "p0": [child("=0", .2, reward=.9, end=True)],
+                "p1": [child("=1", .8, reward=.1, end=True)],
+                "p2": [child("=2", .5, reward=.5, end=True)]})
+
+
+class AnswerORM:
+    """An outcome reward model that likes one answer."""
+
+    def score_trajectories(self, finals):
+        return np.array([1.0 if node.steps[-1] == "=2" else 0.0 for node in finals])
+
+
+@pytest.mark.parametrize("scorer, agg, answer, score", [
+    (FinalQScorer(), Agg.last, "=1", .8),
+    (ProcessRewardScorer(), Agg.last, "=0", .9),
+    (ProcessRewardScorer(), Agg.min, "=2", .5),
+    (AnswerORM(), Agg.last, "=2", 1.0),
+])
+def test_best_of_n_returns_the_top_scored_chain(scorer, agg, answer, score):
+    expander = FakeExpander({0: BEST_OF})
+    config = ChainConfig(num_chains=3, temperature=1.0, agg=agg)
+    [result], _ = search({0: BEST_OF}, lambda i: best_of_n_planner(i, config, scorer),
+                         utility=RuleUtility(rule=expander.reward_rule), q_fn=HiddenQ())
+    assert result.steps[-1] == answer and result.score == pytest.approx(score)
+    assert len(result.trajectories) == 3
+
+
+def test_identical_samples_stay_separate_chains():
+    same = tree({"": [child("p", 0.), child("p", 0.)], "p": [child("=1", 0., end=True)]})
+    config = ChainConfig(num_chains=2, temperature=1.0)
+    [result], _ = search({0: same}, lambda i: self_consistency_planner(i, config, answer_key))
+    assert [t.node_id for t in result.trajectories] == [3, 4] and result.score == 2.0
+
+
+def test_bad_chain_config_is_a_clear_error():
+    with pytest.raises(ValueError, match="num_chains must be an integer >= 1"):
+        ChainConfig(num_chains=0, temperature=1.0)
