@@ -1,0 +1,88 @@
+"""A Math-Shepherd style process reward model over our ``LlamaModel``.
+
+The PRM reads ``question step_1 TAG\\nstep_2 TAG ...`` and, at the last step tag, the
+probability of the "good" token against the "bad" one (a softmax over those two logits)
+is the probability that the latest step is good.
+
+Shapes: B rows (padded to a power of two), T tokens (padded to a power of two), E hidden.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from qstar_jax.models.llama import LlamaModel
+from qstar_jax.search.interface import QItem
+
+
+def shepherd_text(question: str, steps: Sequence[str], step_tag: str) -> str:
+    """The PRM's input: each step followed by the tag, steps one per line."""
+    return f"{question} " + "\n".join(f"{step} {step_tag}" for step in steps)
+
+
+class ShepherdPRM:
+    """``ProcessRewardModel`` reading the good/bad token at the latest step tag.
+
+    ``encode`` turns text into token ids (BOS included if the model wants one; nothing
+    after the text, so the last token is the tag's). ``question(problem_index)`` gives
+    the question text of a problem. The forward pass is one ``jax.jit`` of a pure
+    function of the model state, compiled once per (B, T) bucket.
+    """
+
+    def __init__(self, model: LlamaModel, *, encode: Callable[[str], list[int]],
+                 question: Callable[[int], str], step_tag: str, good_token_id: int,
+                 bad_token_id: int):
+        vocab = model.config.vocab_size
+        for name, token in (("good_token_id", good_token_id), ("bad_token_id", bad_token_id)):
+            if not 0 <= token < vocab:
+                raise ValueError(f"{name}={token} is outside the model's vocabulary [0, {vocab})")
+        graphdef, self._state = nnx.split(model)
+        self._encode, self._question, self._step_tag = encode, question, step_tag
+        self._good_probability = jax.jit(
+            functools.partial(_good_probability, graphdef, good_token_id, bad_token_id))
+
+    def score_steps(self, items: Sequence[QItem]) -> np.ndarray:
+        """float [len(items)]: P(good) at the tag after each item's step."""
+        if not items:
+            return np.zeros(0, np.float64)
+        rows = [self._encode(shepherd_text(self._question(item.problem_index),
+                                           item.prefix_steps + (item.step_text,),
+                                           self._step_tag))
+                for item in items]
+        if any(not row for row in rows):
+            raise ValueError("encode() returned no tokens for a PRM input")
+        batch, length = _bucket(len(rows)), _bucket(max(len(row) for row in rows))
+        tokens = np.zeros((batch, length), np.int32)
+        positions = np.full((batch, length), length, np.int32)  # >= max_len: padding
+        last = np.zeros(batch, np.int32)
+        for b, row in enumerate(rows):
+            tokens[b, :len(row)] = row
+            positions[b, :len(row)] = np.arange(len(row))
+            last[b] = len(row) - 1
+        probs = self._good_probability(self._state, tokens, positions, last)
+        return np.asarray(probs[:len(rows)], np.float64)
+
+
+def _good_probability(graphdef, good_token_id, bad_token_id, state, tokens, positions, last):
+    """tokens, positions: [B, T]; last: [B] index of each row's tag -> P(good) [B]."""
+    model = nnx.merge(graphdef, state)
+    cfg = model.config
+    batch, length = tokens.shape
+    cache = jnp.zeros((cfg.num_layers, batch, cfg.num_kv_heads, length, cfg.head_dim),
+                      model.embed_tokens.embedding[...].dtype)
+    hidden, _, _ = model(tokens, positions, jnp.arange(batch, dtype=jnp.int32), cache, cache)
+    at_tag = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]  # [B, E]
+    logits = model.logits(at_tag)
+    pair = jnp.stack([logits[:, good_token_id], logits[:, bad_token_id]], axis=-1)
+    return jax.nn.softmax(pair, axis=-1)[:, 0]
+
+
+def _bucket(n: int) -> int:
+    """The next power of two >= n, so shapes (and compiles) come from a small set."""
+    return 1 << max(n - 1, 0).bit_length()

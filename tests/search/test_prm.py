@@ -1,0 +1,65 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from qstar_jax.models.config import ModelConfig
+from qstar_jax.models.llama import LlamaModel
+from qstar_jax.search.interface import QItem
+from qstar_jax.search.prm import ShepherdPRM, shepherd_text
+
+CONFIG = ModelConfig(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=64,
+                     num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)
+QUESTIONS = ["What is 2+3?", "Reach 24 from 4 6 1 1."]
+TAG, GOOD, BAD = "#", 5, 7
+
+
+def encode(text):
+    return [1] + [2 + ord(ch) % 60 for ch in text]  # BOS, then one token per character
+
+
+@pytest.fixture(scope="module")
+def model():
+    return LlamaModel(CONFIG, rngs=nnx.Rngs(0))
+
+
+def direct_good_probability(model, text):
+    """The tag's P(good) from one unpadded row with a cache of exactly its length."""
+    graphdef, state = nnx.split(model)
+
+    @jax.jit  # one compile per row length; cheaper than running the layers eagerly
+    def tag_logits(state, tokens):
+        row_model = nnx.merge(graphdef, state)
+        length = tokens.shape[1]
+        cache = jnp.zeros((CONFIG.num_layers, 1, CONFIG.num_kv_heads, length, CONFIG.head_dim))
+        hidden, _, _ = row_model(tokens, jnp.arange(length)[None], jnp.zeros(1, jnp.int32),
+                                 cache, cache)
+        return row_model.logits(hidden[0, -1])
+
+    logits = np.asarray(tag_logits(state, jnp.asarray([encode(text)], jnp.int32)), np.float64)
+    return np.exp(logits[GOOD]) / (np.exp(logits[GOOD]) + np.exp(logits[BAD]))
+
+
+def test_shepherd_prm_matches_a_direct_computation(model):
+    prm = ShepherdPRM(model, encode=encode, question=QUESTIONS.__getitem__, step_tag=TAG,
+                      good_token_id=GOOD, bad_token_id=BAD)
+    items = [QItem(problem_index=0, prefix_steps=(), step_text="2+3=5", hidden=None),
+             QItem(problem_index=1, prefix_steps=("6-1=5", "5-1=4"), step_text="4*6=24",
+                   hidden=None),
+             QItem(problem_index=0, prefix_steps=("2+3=6",), step_text="The answer is 6",
+                   hidden=None)]
+    texts = [shepherd_text(QUESTIONS[i.problem_index], i.prefix_steps + (i.step_text,), TAG)
+             for i in items]
+    assert texts[1] == "Reach 24 from 4 6 1 1. 6-1=5 #\n5-1=4 #\n4*6=24 #"
+    got = prm.score_steps(items)  # three rows of different lengths, padded to 4 x 64
+    expected = [direct_good_probability(model, text) for text in texts]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert len(set(np.round(got, 6))) == 3  # the rows are really different
+    assert prm.score_steps([]).shape == (0,)
+
+
+def test_shepherd_prm_rejects_token_ids_outside_the_vocabulary(model):
+    with pytest.raises(ValueError, match="bad_token_id=64 is outside the model's vocabulary"):
+        ShepherdPRM(model, encode=encode, question=QUESTIONS.__getitem__, step_tag=TAG,
+                    good_token_id=GOOD, bad_token_id=64)
