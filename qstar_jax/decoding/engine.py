@@ -1,0 +1,252 @@
+"""The decoder callers use: a model, its KV slot pool, and the jitted hot functions.
+
+Shapes: B rows, C token cap, E hidden size, V vocabulary.
+
+Callers speak in slots: ``allocate`` slots, ``prefill`` prompts into them, ``fork`` a
+node's slot into its children, ``sample_steps`` to extend slots by one reasoning step,
+``free`` them when a node is done. Inputs are checked on the host before any device work;
+row counts are padded to powers of two and lengths to buckets so that, after warm-up,
+calls differing only in data never recompile (``trace_counts`` shows it).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from qstar_jax.decoding.kv_cache import SlotPool, fork_slots, init_cache
+from qstar_jax.decoding.prefill import (MIN_PREFILL_BUCKET, bucket_size, check_token_lists,
+                                        pack_rows, prefill)
+from qstar_jax.decoding.sampling import SamplingParams
+from qstar_jax.decoding.step_sampler import EndReason, sample_step
+from qstar_jax.models.llama import LlamaModel
+
+MIN_STEP_BUCKET = 8
+MAX_NODE_ID = 2**31 - 1
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StepBatch:
+    """One sampled step per row, on the host.
+
+    slots: [B]; tokens, logprobs: [B, C] with entries past num_tokens set to 0, where a
+    logprob is under the model's unmodified distribution; num_tokens: [B];
+    end_reason: [B] EndReason values; hidden: [B, E] float32 final-norm hidden state after
+    the row's last token (what a Q-value head reads).
+    """
+
+    slots: np.ndarray
+    tokens: np.ndarray
+    logprobs: np.ndarray
+    num_tokens: np.ndarray
+    end_reason: np.ndarray
+    hidden: np.ndarray
+
+    def row_tokens(self, row: int) -> list[int]:
+        return self.tokens[row, :self.num_tokens[row]].tolist()
+
+
+class Decoder:
+    """Batched KV-cache decoding of one model over a pool of ``num_slots`` sequences of up
+    to ``max_len`` tokens.
+
+    newline_table: [V] bool, True for the tokens whose text contains a newline (the step
+    boundary; all False disables it). eos_ids: the ids that end a trajectory (default: the
+    model config's). cache_dtype: k/v storage dtype (default: the model's parameter dtype).
+    """
+
+    def __init__(self, model: LlamaModel, *, num_slots: int, max_len: int,
+                 newline_table: np.ndarray, eos_ids: Sequence[int] | None = None,
+                 cache_dtype=None, min_prefill_bucket: int = MIN_PREFILL_BUCKET,
+                 min_step_bucket: int = MIN_STEP_BUCKET):
+        self.config = model.config
+        vocab = self.config.vocab_size
+        newline_table = np.asarray(newline_table)
+        if newline_table.shape != (vocab,) or newline_table.dtype != np.bool_:
+            raise ValueError(f"newline_table must be a bool array of shape ({vocab},), got "
+                             f"{newline_table.dtype} {newline_table.shape}; build it with "
+                             "Tokenizer.newline_table(model.config.vocab_size)")
+        eos_ids = np.asarray(self.config.eos_token_ids if eos_ids is None else eos_ids,
+                             np.int32).reshape(-1)
+        if np.any((eos_ids < 0) | (eos_ids >= vocab)):
+            raise ValueError(f"eos_ids {eos_ids.tolist()} fall outside the vocabulary [0, {vocab})")
+        self.max_len = max_len
+        self.min_prefill_bucket = min_prefill_bucket
+        self.min_step_bucket = min_step_bucket
+        graphdef, self._state = nnx.split(model)
+        if cache_dtype is None:
+            cache_dtype = model.embed_tokens.embedding[...].dtype
+        self.cache = init_cache(self.config, slots=num_slots, max_len=max_len, dtype=cache_dtype)
+        self.pool = SlotPool(num_slots)
+        self._lengths = np.zeros(num_slots, np.int64)  # host mirror of cache.lengths
+        self._newline_table = jnp.asarray(newline_table)
+        self._eos_ids = jnp.asarray(eos_ids)
+        self.trace_counts: collections.Counter[str] = collections.Counter()
+        counts = self.trace_counts
+
+        def counted_jit(name, fn, **jit_kwargs):
+            def traced(*args):
+                counts[name] += 1  # runs only while tracing
+                return fn(graphdef, *args)
+            return jax.jit(traced, donate_argnums=1, **jit_kwargs)
+
+        self._prefill = counted_jit("prefill", prefill)
+        self._sample_step = counted_jit("sample_step", sample_step, static_argnums=9)
+
+    @property
+    def num_slots(self) -> int:
+        return self.pool.num_slots
+
+    def lengths(self, slots: Sequence[int]) -> np.ndarray:
+        """Tokens held by each slot, [len(slots)]."""
+        return self._lengths[self._checked_slots(slots, "slots")].copy()
+
+    def allocate(self, n: int) -> list[int]:
+        return self.pool.allocate(n)
+
+    def free(self, slots: Sequence[int]) -> None:
+        slots = self._checked_slots(slots, "slots")
+        self.pool.free(slots)
+        self._lengths[slots] = 0
+
+    def prefill(self, slots: Sequence[int], token_lists: Sequence[Sequence[int]]) -> None:
+        """Replace each slot's contents with its token list (a prompt: question, steps)."""
+        slots = self._checked_slots(slots, "slots")
+        self._write(slots, token_lists, starts=np.zeros(len(slots), np.int64))
+
+    def extend(self, slots: Sequence[int], token_lists: Sequence[Sequence[int]]) -> None:
+        """Append each token list to what its slot already holds."""
+        slots = self._checked_slots(slots, "slots")
+        self._write(slots, token_lists, starts=self._lengths[slots])
+
+    def fork(self, parents: Sequence[int], children: Sequence[int]) -> None:
+        """Make each allocated ``children[i]`` continue exactly from ``parents[i]`` (parents
+        may repeat; all are read before any child is written)."""
+        children = self._checked_slots(children, "children")
+        parents = self._checked_slots(parents, "parents", distinct=False, filled=True)
+        if len(parents) != len(children):
+            raise ValueError(f"fork got {len(parents)} parents for {len(children)} children; "
+                             "give one parent per child")
+        batch = bucket_size(len(children))
+        self.cache = fork_slots(self.cache, jnp.asarray(self._pad(parents, batch, 0)),
+                                jnp.asarray(self._pad(children, batch, self.num_slots)))
+        self._lengths[children] = self._lengths[parents]
+
+    def sample_steps(self, slots: Sequence[int], *, problem_keys: jax.Array,
+                     node_ids: Sequence[int], params: SamplingParams,
+                     max_tokens: int | Sequence[int]) -> StepBatch:
+        """Extend each slot by one sampled step (until a newline token, EOS, its token cap
+        or a full slot, whichever comes first).
+
+        problem_keys: [B] typed PRNG keys (``jax.random.key``); node_ids: [B] ints in
+        [0, 2**31); together with a token's position they fix its random draw, so a row's
+        result does not depend on which rows share the batch. params: SamplingParams [B];
+        max_tokens: the token cap, one for all rows or one per row.
+        """
+        slots = self._checked_slots(slots, "slots", filled=True)
+        rows = len(slots)
+        node_ids = np.asarray(node_ids)
+        caps = np.broadcast_to(np.asarray(max_tokens), (rows,))
+        self._check_step_inputs(rows, problem_keys, node_ids, params, caps)
+        batch, cap_bucket = bucket_size(rows), bucket_size(int(caps.max()),
+                                                           minimum=self.min_step_bucket)
+        greedy_padding = SamplingParams.make(batch - rows)
+        padded_params = SamplingParams(
+            **{f.name: np.concatenate([getattr(params, f.name), getattr(greedy_padding, f.name)])
+               for f in dataclasses.fields(SamplingParams)})
+        padded_keys = jnp.concatenate(
+            [problem_keys, jnp.broadcast_to(problem_keys[:1], (batch - rows,))])
+        self.cache, out = self._sample_step(
+            self._state, self.cache, self._pad(slots, batch, self.num_slots), padded_keys,
+            self._pad(node_ids, batch, 0), padded_params, self._pad(caps, batch, 0),
+            self._newline_table, self._eos_ids, cap_bucket)
+        out = jax.device_get(out)
+        width = int(caps.max())
+        self._lengths[slots] += out.num_tokens[:rows]
+        return StepBatch(slots=slots, tokens=out.tokens[:rows, :width],
+                         logprobs=out.logprobs[:rows, :width], num_tokens=out.num_tokens[:rows],
+                         end_reason=out.end_reason[:rows], hidden=out.hidden[:rows])
+
+    def generate_steps(self, slots: Sequence[int], *, problem_keys: jax.Array,
+                       node_ids: Sequence[int], params: SamplingParams,
+                       max_tokens: int | Sequence[int], max_steps: int) -> Iterator[StepBatch]:
+        """Sample step after step, yielding each StepBatch, until every row has ended its
+        trajectory (EOS or a full slot) or ``max_steps`` steps. Each batch holds only the
+        rows still going; its ``slots`` say which."""
+        slots = np.asarray(slots)
+        node_ids = np.asarray(node_ids)
+        caps = np.broadcast_to(np.asarray(max_tokens), slots.shape)
+        going = np.ones(len(slots), bool)
+        for _ in range(max_steps):
+            rows = np.flatnonzero(going)
+            if rows.size == 0:
+                return
+            step = self.sample_steps(
+                slots[rows], problem_keys=problem_keys[rows], node_ids=node_ids[rows],
+                params=jax.tree.map(lambda x: np.asarray(x)[rows], params),
+                max_tokens=caps[rows])
+            yield step
+            going[rows] = ~np.isin(step.end_reason, (EndReason.EOS, EndReason.CACHE_FULL))
+
+    def _write(self, slots: np.ndarray, token_lists, *, starts: np.ndarray) -> None:
+        if len(token_lists) != len(slots):
+            raise ValueError(f"{len(token_lists)} token lists for {len(slots)} slots; give one "
+                             "token list per slot")
+        check_token_lists(token_lists, room=self.max_len - starts,
+                          vocab_size=self.config.vocab_size)
+        num_tokens = np.array([len(t) for t in token_lists], np.int64)
+        batch = bucket_size(len(slots))
+        length = min(bucket_size(int(num_tokens.max()), minimum=self.min_prefill_bucket),
+                     self.max_len)
+        self.cache = self._prefill(
+            self._state, self.cache, pack_rows(token_lists, batch=batch, length=length),
+            self._pad(num_tokens, batch, 0), self._pad(starts, batch, 0),
+            self._pad(slots, batch, self.num_slots))
+        self._lengths[slots] = starts + num_tokens
+
+    def _checked_slots(self, slots, what: str, *, distinct: bool = True,
+                       filled: bool = False) -> np.ndarray:
+        slots = np.asarray(slots)
+        if slots.ndim != 1 or slots.size == 0 or not np.issubdtype(slots.dtype, np.integer):
+            raise ValueError(f"{what} must be a non-empty 1-D list of slot ids, got {slots!r}")
+        if distinct and slots.size > self.num_slots:
+            raise ValueError(f"{slots.size} {what} for a pool of {self.num_slots} slots; split "
+                             "the batch or build the decoder with a larger num_slots")
+        bad = [int(s) for s in slots if not (0 <= s < self.num_slots and self.pool.is_allocated(s))]
+        if bad:
+            raise ValueError(f"{what} {bad} are not allocated slots of this decoder (ids "
+                             f"0..{self.num_slots - 1}); get slots from Decoder.allocate")
+        if distinct and len(set(slots.tolist())) != slots.size:
+            raise ValueError(f"{what} {slots.tolist()} repeat a slot; each row needs its own slot")
+        if filled and np.any(self._lengths[slots] == 0):
+            empty = slots[self._lengths[slots] == 0].tolist()
+            raise ValueError(f"{what} {empty} hold no tokens; prefill them first")
+        return slots.astype(np.int64)
+
+    def _check_step_inputs(self, rows, problem_keys, node_ids, params, caps) -> None:
+        if (not isinstance(problem_keys, jax.Array)
+                or not jnp.issubdtype(problem_keys.dtype, jax.dtypes.prng_key)
+                or problem_keys.shape != (rows,)):
+            raise ValueError(f"problem_keys must be {rows} typed PRNG keys (shape ({rows},), "
+                             "e.g. jax.random.split(jax.random.key(seed), rows)), got "
+                             f"{getattr(problem_keys, 'dtype', type(problem_keys))} "
+                             f"{np.shape(problem_keys)}")
+        if (node_ids.shape != (rows,) or not np.issubdtype(node_ids.dtype, np.integer)
+                or np.any((node_ids < 0) | (node_ids > MAX_NODE_ID))):
+            raise ValueError(f"node_ids must be {rows} integers in [0, 2**31), got {node_ids!r}")
+        params.check(rows)
+        if not np.issubdtype(caps.dtype, np.integer) or np.any(caps < 1):
+            raise ValueError(f"max_tokens must be integers >= 1, got {caps!r}")
+
+    @staticmethod
+    def _pad(values: np.ndarray, batch: int, fill: int) -> np.ndarray:
+        """values [n] -> int32 [batch], padded with ``fill``."""
+        padded = np.full(batch, fill, np.int32)
+        padded[:len(values)] = values
+        return padded

@@ -1,0 +1,117 @@
+"""The KV slot pool: preallocated per-slot keys/values, lengths and last hidden states.
+
+Shapes: L layers, S slots, K kv heads, M = max cache length, D head_dim, E hidden size,
+N forks.
+
+A slot holds one token sequence (a search node's question and steps so far). Entries
+at positions >= ``lengths[slot]`` are stale and never read: a query only attends to
+positions <= its own, and every such position has been written first. So freeing a slot
+or reusing it needs no zeroing.
+
+Jitted functions in ``qstar_jax.decoding`` take a row's slot equal to ``S`` (one past
+the last slot) to mean "padding row": its writes are dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import heapq
+
+import jax
+import jax.numpy as jnp
+
+from qstar_jax.models.config import ModelConfig
+
+
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["k", "v", "lengths", "last_hidden"], meta_fields=[])
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KVCache:
+    """k, v: [L, S, K, M, D]; lengths: [S] int32 tokens written per slot;
+    last_hidden: [S, E] float32, the final-norm hidden state of the last token fed to
+    each slot (its next-token logits are ``model.logits(last_hidden)``)."""
+
+    k: jax.Array
+    v: jax.Array
+    lengths: jax.Array
+    last_hidden: jax.Array
+
+    @property
+    def num_slots(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+
+def init_cache(cfg: ModelConfig, *, slots: int, max_len: int, dtype=jnp.float32) -> KVCache:
+    """An empty pool. k/v are stored in ``dtype``; last_hidden is float32, which holds a
+    hidden state of any model dtype exactly."""
+    if slots < 1 or max_len < 1:
+        raise ValueError(f"a cache needs slots >= 1 and max_len >= 1, got {slots=} {max_len=}")
+    shape = (cfg.num_layers, slots, cfg.num_kv_heads, max_len, cfg.head_dim)
+    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+                   lengths=jnp.zeros((slots,), jnp.int32),
+                   last_hidden=jnp.zeros((slots, cfg.hidden_size), jnp.float32))
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def fork_slots(cache: KVCache, parents: jax.Array, children: jax.Array) -> KVCache:
+    """Make each ``children[i]`` continue exactly from ``parents[i]``.
+
+    parents, children: [N] int32. All parents are read before any child is written.
+    A child equal to ``S`` is a padding entry and writes nothing.
+    """
+    def copy_rows(x, slot_axis):
+        rows = jnp.take(x, parents, axis=slot_axis, mode="clip")
+        index = (slice(None),) * slot_axis + (children,)
+        return x.at[index].set(rows, mode="drop")
+
+    return KVCache(k=copy_rows(cache.k, 1), v=copy_rows(cache.v, 1),
+                   lengths=copy_rows(cache.lengths, 0),
+                   last_hidden=copy_rows(cache.last_hidden, 0))
+
+
+class SlotPoolExhausted(RuntimeError):
+    """More slots were asked for than the pool has free."""
+
+
+class SlotPool:
+    """Host-side allocator of cache slots; hands out the lowest free slots first."""
+
+    def __init__(self, num_slots: int):
+        self.num_slots = num_slots
+        self._free = list(range(num_slots))  # a heap; sorted is a valid heap
+        self._allocated: set[int] = set()
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    def is_allocated(self, slot: int) -> bool:
+        return slot in self._allocated
+
+    def allocate(self, n: int) -> list[int]:
+        if n < 0:
+            raise ValueError(f"cannot allocate a negative number of slots ({n})")
+        if n > len(self._free):
+            raise SlotPoolExhausted(
+                f"asked for {n} cache slots but only {len(self._free)} of {self.num_slots} "
+                "are free; free the slots of finished nodes, or build the decoder with a "
+                "larger num_slots")
+        slots = [heapq.heappop(self._free) for _ in range(n)]
+        self._allocated.update(slots)
+        return slots
+
+    def free(self, slots) -> None:
+        slots = [int(s) for s in slots]
+        not_allocated = sorted(set(s for s in slots if s not in self._allocated))
+        if not_allocated or len(set(slots)) != len(slots):
+            raise ValueError(
+                f"cannot free slots {slots}: {not_allocated or 'duplicates'} "
+                "are not allocated once each (double free?)")
+        for s in slots:
+            self._allocated.remove(s)
+            heapq.heappush(self._free, s)

@@ -1,0 +1,114 @@
+"""The step sampler: sample one reasoning step per row, entirely on device.
+
+Shapes: B rows, C = the static token cap (a bucket), S slots, M max cache length,
+E hidden size, V vocabulary.
+
+One ``lax.while_loop`` repeatedly turns each row's last hidden state into logits,
+samples a token, and feeds it to the model, until every row has ended its step. A row
+ends on its own when its token contains a newline, is an EOS id, reaches the row's
+token cap, or fills its slot; from then on it writes nothing (its position is M).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from qstar_jax.decoding.kv_cache import KVCache
+from qstar_jax.decoding.sampling import SamplingParams, sample
+
+
+class EndReason(enum.IntEnum):
+    """Why a row's step ended. When several hold at once the first listed wins."""
+
+    EOS = 0         # the last token is an end-of-sequence id: the trajectory is over
+    NEWLINE = 1     # the last token contains a newline: the step is complete
+    CACHE_FULL = 2  # the slot holds max_len tokens and cannot grow
+    CAP = 3         # the row produced its token cap without finishing the step
+
+
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["tokens", "logprobs", "num_tokens", "end_reason", "hidden"],
+                   meta_fields=[])
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StepOutput:
+    """tokens, logprobs: [B, C] (entries past num_tokens are 0); num_tokens, end_reason: [B]
+    int32; hidden: [B, E] float32, the final-norm hidden state after the step's last token
+    (the slot's new last_hidden; unchanged for a row that produced no token)."""
+
+    tokens: jax.Array
+    logprobs: jax.Array
+    num_tokens: jax.Array
+    end_reason: jax.Array
+    hidden: jax.Array
+
+
+def sample_step(graphdef: nnx.GraphDef, state: nnx.State, cache: KVCache, slots: jax.Array,
+                problem_keys: jax.Array, node_ids: jax.Array, params: SamplingParams,
+                caps: jax.Array, newline_table: jax.Array, eos_ids: jax.Array,
+                max_tokens: int) -> tuple[KVCache, StepOutput]:
+    """Sample one step for each row.
+
+    slots: [B] int32 (``S`` marks a padding row); problem_keys: [B] typed PRNG keys;
+    node_ids: [B] int32. The token at absolute position p of row b is drawn with
+    ``fold_in(fold_in(problem_keys[b], node_ids[b]), p)``, so it does not depend on the
+    other rows. params: per-row SamplingParams [B]; caps: [B] int32 per-row token caps
+    <= max_tokens; newline_table: [V] bool, True for tokens containing a newline;
+    eos_ids: [n] int32; max_tokens: C, static. Pure: jit it with the cache donated.
+    """
+    model = nnx.merge(graphdef, state)
+    node_keys = jax.vmap(jax.random.fold_in)(problem_keys, node_ids)
+    num_slots, max_len = cache.num_slots, cache.max_len
+    batch = slots.shape[0]
+    model_slots = jnp.minimum(slots, num_slots - 1)
+    is_padding = slots >= num_slots
+    start_positions = jnp.where(is_padding, max_len, cache.lengths[model_slots])
+    full_at_start = start_positions >= max_len
+    capped_at_start = caps <= 0
+    rows = jnp.arange(batch)
+
+    def still_going(carry):
+        return ~jnp.all(carry["done"])
+
+    def feed_one_token(carry):
+        done, positions, num = carry["done"], carry["positions"], carry["num_tokens"]
+        logits = model.logits(carry["hidden"])
+        keys = jax.vmap(jax.random.fold_in)(node_keys, positions)
+        tokens, logprobs = sample(logits, keys, params)
+        feed_positions = jnp.where(done, max_len, positions)
+        hidden, k, v = model(tokens[:, None], feed_positions[:, None], model_slots,
+                             carry["k"], carry["v"])
+        write_at = jnp.where(done, max_tokens, num)  # out of range: dropped
+        positions = jnp.where(done, positions, positions + 1)
+        num = jnp.where(done, num, num + 1)
+        reason = jnp.select(
+            [jnp.isin(tokens, eos_ids), newline_table[tokens], positions >= max_len, num >= caps],
+            [EndReason.EOS, EndReason.NEWLINE, EndReason.CACHE_FULL, EndReason.CAP], -1
+        ).astype(jnp.int32)
+        ends_now = ~done & (reason >= 0)
+        return dict(
+            k=k, v=v, done=done | ends_now, positions=positions, num_tokens=num,
+            hidden=jnp.where(done[:, None], carry["hidden"], hidden[:, 0].astype(jnp.float32)),
+            end_reason=jnp.where(ends_now, reason, carry["end_reason"]),
+            tokens=carry["tokens"].at[rows, write_at].set(tokens, mode="drop"),
+            logprobs=carry["logprobs"].at[rows, write_at].set(logprobs, mode="drop"))
+
+    initial = dict(
+        k=cache.k, v=cache.v, done=is_padding | full_at_start | capped_at_start,
+        positions=start_positions, num_tokens=jnp.zeros((batch,), jnp.int32),
+        hidden=cache.last_hidden[model_slots],
+        end_reason=jnp.where(full_at_start, EndReason.CACHE_FULL, EndReason.CAP).astype(jnp.int32),
+        tokens=jnp.zeros((batch, max_tokens), jnp.int32),
+        logprobs=jnp.zeros((batch, max_tokens), jnp.float32))
+    final = jax.lax.while_loop(still_going, feed_one_token, initial)
+    cache = KVCache(k=final["k"], v=final["v"],
+                    lengths=cache.lengths.at[slots].set(final["positions"], mode="drop"),
+                    last_hidden=cache.last_hidden.at[slots].set(final["hidden"], mode="drop"))
+    return cache, StepOutput(tokens=final["tokens"], logprobs=final["logprobs"],
+                             num_tokens=final["num_tokens"], end_reason=final["end_reason"],
+                             hidden=final["hidden"])

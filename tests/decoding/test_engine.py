@@ -1,0 +1,116 @@
+import jax
+import numpy as np
+import pytest
+
+from qstar_jax.decoding.engine import Decoder
+from qstar_jax.decoding.kv_cache import SlotPoolExhausted
+from qstar_jax.decoding.sampling import SamplingParams
+from qstar_jax.decoding.step_sampler import EndReason
+from tests.decoding.tiny_models import RANDOM_MAX_LEN
+
+
+def _step_args(rows: int, **overrides) -> dict:
+    args = dict(problem_keys=jax.random.split(jax.random.key(0), rows), node_ids=[0] * rows,
+                params=SamplingParams.make(rows), max_tokens=4)
+    return {**args, **overrides}
+
+
+def test_generate_steps_yields_each_step_until_eos(counting_decoder):
+    # Counting model: after 27 come 28..31, 0.., 7 (newline) ends a step, 9 (EOS) ends all.
+    slots = counting_decoder.allocate(2)
+    counting_decoder.prefill(slots, [[2, 3], [26, 27]])
+    steps = list(counting_decoder.generate_steps(slots, **_step_args(2, max_tokens=[8, 4]),
+                                                 max_steps=10))
+    got = [(s.slots.tolist(), [s.row_tokens(i) for i in range(len(s.slots))],
+            s.end_reason.tolist()) for s in steps]
+    assert got == [
+        (slots, [[4, 5, 6, 7], [28, 29, 30, 31]], [EndReason.NEWLINE, EndReason.CAP]),
+        (slots, [[8, 9], [0, 1, 2, 3]], [EndReason.EOS, EndReason.CAP]),
+        (slots[1:], [[4, 5, 6, 7]], [EndReason.NEWLINE]),
+        (slots[1:], [[8, 9]], [EndReason.EOS]),
+    ]
+
+
+def test_generate_steps_stops_after_max_steps(counting_decoder):
+    slots = counting_decoder.allocate(1)
+    counting_decoder.prefill(slots, [[10]])
+    steps = list(counting_decoder.generate_steps(slots, **_step_args(1, max_tokens=2),
+                                                 max_steps=3))
+    assert [s.row_tokens(0) for s in steps] == [[11, 12], [13, 14], [15, 16]]
+
+
+def test_exhausted_pool_says_what_to_do(random_decoder):
+    random_decoder.allocate(random_decoder.num_slots)
+    with pytest.raises(SlotPoolExhausted, match="free the slots of finished nodes"):
+        random_decoder.allocate(1)
+
+
+@pytest.mark.parametrize("slots, token_lists, message", [
+    ([0], [[]], "row 0 has no tokens"),
+    ([0], [[1] * (RANDOM_MAX_LEN + 1)], "has 65 tokens but its slot has room for 64"),
+    ([0], [[1, 64]], r"outside \[0, 64\)"),
+    ([0, 1], [[1]], "1 token lists for 2 slots; give one token list per slot"),
+    ([5], [[1]], r"\[5\] are not allocated"),
+    ([99], [[1]], r"\[99\] are not allocated"),
+    ([0, 0], [[1], [2]], "repeat a slot"),
+    (list(range(9)), [[1]] * 9, "9 slots for a pool of 8 slots"),
+])
+def test_bad_prefill_is_rejected_before_device_work(random_decoder, slots, token_lists, message):
+    random_decoder.allocate(2)
+    cache = random_decoder.cache
+    with pytest.raises(ValueError, match=message):
+        random_decoder.prefill(slots, token_lists)
+    assert random_decoder.cache is cache
+
+
+def test_extend_past_the_cache_is_rejected(random_decoder):
+    slots = random_decoder.allocate(1)
+    random_decoder.prefill(slots, [[1] * 60])
+    with pytest.raises(ValueError, match="has 5 tokens but its slot has room for 4"):
+        random_decoder.extend(slots, [[2] * 5])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(problem_keys=np.arange(2)), "problem_keys must be 2 typed PRNG keys"),
+    (dict(problem_keys=jax.random.split(jax.random.key(0), 3)), "problem_keys must be 2"),
+    (dict(node_ids=[0, -1]), r"node_ids must be 2 integers in \[0, 2\*\*31\)"),
+    (dict(params=SamplingParams.make(3)), r"temperature has shape \(3,\), expected \(2,\)"),
+    (dict(max_tokens=0), "max_tokens must be integers >= 1"),
+    (dict(max_tokens=[3, 2.5]), "max_tokens must be integers >= 1"),
+])
+def test_bad_step_inputs_are_rejected_before_device_work(random_decoder, overrides, message):
+    slots = random_decoder.allocate(2)
+    random_decoder.prefill(slots, [[1, 2], [3]])
+    cache = random_decoder.cache
+    with pytest.raises(ValueError, match=message):
+        random_decoder.sample_steps(slots, **_step_args(2, **overrides))
+    assert random_decoder.cache is cache
+
+
+def test_sampling_or_forking_an_empty_slot_is_rejected(random_decoder):
+    filled, empty, child = random_decoder.allocate(3)
+    random_decoder.prefill([filled], [[1, 2]])
+    with pytest.raises(ValueError, match=r"slots \[%d\] hold no tokens; prefill them first" % empty):
+        random_decoder.sample_steps([filled, empty], **_step_args(2))
+    with pytest.raises(ValueError, match="parents .* hold no tokens"):
+        random_decoder.fork([empty], [child])
+    with pytest.raises(ValueError, match="give one parent per child"):
+        random_decoder.fork([filled, filled], [child])
+
+
+def test_freed_slots_cannot_be_used(random_decoder):
+    slots = random_decoder.allocate(1)
+    random_decoder.prefill(slots, [[1, 2]])
+    random_decoder.free(slots)
+    with pytest.raises(ValueError, match="not allocated slots"):
+        random_decoder.sample_steps(slots, **_step_args(1))
+    with pytest.raises(ValueError, match="not allocated slots"):
+        random_decoder.free(slots)
+
+
+def test_newline_table_must_match_the_vocabulary(random_model):
+    with pytest.raises(ValueError, match=r"newline_table must be a bool array of shape \(64,\)"):
+        Decoder(random_model, num_slots=2, max_len=8, newline_table=np.zeros(50, bool))
+    with pytest.raises(ValueError, match="eos_ids .* outside the vocabulary"):
+        Decoder(random_model, num_slots=2, max_len=8, newline_table=np.zeros(64, bool),
+                eos_ids=[64])

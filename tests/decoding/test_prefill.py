@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+
+from qstar_jax.decoding.prefill import bucket_size
+
+PROMPTS = [[3, 14, 15, 9, 26], [5, 35, 8, 9, 7, 9, 32, 3, 8, 4, 6], [2, 7, 1]]
+
+
+def _last_hidden(decoder, slots) -> np.ndarray:
+    return np.asarray(decoder.cache.last_hidden)[slots]
+
+
+@pytest.mark.parametrize("n, minimum, expected", [(1, 1, 1), (3, 1, 4), (4, 1, 4), (5, 16, 16),
+                                                   (17, 16, 32), (64, 16, 64)])
+def test_bucket_size_is_the_next_power_of_two(n, minimum, expected):
+    assert bucket_size(n, minimum=minimum) == expected
+
+
+def test_prefill_sets_lengths_and_last_hidden_like_a_full_forward(random_decoder, full_forward):
+    slots = random_decoder.allocate(3)
+    random_decoder.prefill(slots, PROMPTS)
+    np.testing.assert_array_equal(random_decoder.lengths(slots), [5, 11, 3])
+    np.testing.assert_array_equal(np.asarray(random_decoder.cache.lengths)[slots], [5, 11, 3])
+    for slot, prompt in zip(slots, PROMPTS):
+        hidden, _ = full_forward(prompt)
+        np.testing.assert_allclose(_last_hidden(random_decoder, slot), hidden[-1], atol=1e-5)
+
+
+def test_prefill_replaces_what_a_slot_held(random_decoder, full_forward):
+    slots = random_decoder.allocate(2)
+    random_decoder.prefill(slots, PROMPTS[1:])
+    random_decoder.prefill(slots[::-1], PROMPTS[:2])
+    np.testing.assert_array_equal(random_decoder.lengths(slots), [11, 5])
+    hidden, _ = full_forward(PROMPTS[0])
+    np.testing.assert_allclose(_last_hidden(random_decoder, slots[1]), hidden[-1], atol=1e-5)
+
+
+def test_extend_equals_prefilling_the_concatenation(random_decoder, full_forward):
+    slots = random_decoder.allocate(2)
+    random_decoder.prefill(slots, [PROMPTS[0], PROMPTS[2]])
+    random_decoder.extend(slots, [PROMPTS[1], PROMPTS[0]])
+    np.testing.assert_array_equal(random_decoder.lengths(slots), [16, 8])
+    for slot, tokens in zip(slots, [PROMPTS[0] + PROMPTS[1], PROMPTS[2] + PROMPTS[0]]):
+        hidden, _ = full_forward(tokens)
+        np.testing.assert_allclose(_last_hidden(random_decoder, slot), hidden[-1], atol=1e-5)

@@ -1,0 +1,115 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from qstar_jax.decoding import sampling
+from qstar_jax.decoding.sampling import SamplingParams
+
+# Jitted once per shape: op-by-op dispatch of the sampling code is far slower to test.
+filtered_logits = jax.jit(sampling.filtered_logits)
+sample = jax.jit(sampling.sample)
+PROBS = np.array([0.5, 0.2, 0.15, 0.1, 0.05], np.float32)
+LOGITS = np.log(PROBS)
+
+
+def _kept(logits, **settings) -> list[list[int]]:
+    """Token ids that survive filtering, per row of ``logits`` [B <= 4, 5]."""
+    logits = np.atleast_2d(logits)
+    rows = len(logits)
+    params = SamplingParams.make(rows, **settings)
+    # Pad to 4 rows so that every call shares one compiled shape.
+    padded = np.concatenate([logits, np.repeat(logits[:1], 4 - rows, axis=0)])
+    params = jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[:1], 4 - rows)]), params)
+    filtered = np.asarray(filtered_logits(jnp.asarray(padded), params))[:rows]
+    return [np.flatnonzero(row > -np.inf).tolist() for row in filtered]
+
+
+def test_greedy_is_argmax_whatever_top_k_and_top_p():
+    logits = jax.random.normal(jax.random.key(0), (4, 50)) * 3
+    params = SamplingParams.make(4, temperature=0.0, top_k=[0, 1, 5, 2], top_p=[1.0, 0.1, 0.5, 0.3])
+    tokens, logprobs = sample(logits, jax.random.split(jax.random.key(1), 4), params)
+    np.testing.assert_array_equal(tokens, np.argmax(logits, axis=-1))
+    np.testing.assert_allclose(logprobs, np.max(jax.nn.log_softmax(logits), axis=-1), rtol=1e-6)
+
+
+def test_top_k_keeps_the_k_largest_and_ties_at_the_threshold():
+    logits = np.array([1.0, 5.0, 3.0, 5.0, 2.0])
+    assert _kept(logits, temperature=1.0, top_k=3) == [[1, 2, 3]]
+    assert _kept(logits, temperature=1.0, top_k=2) == [[1, 3]]
+    assert _kept(logits, temperature=1.0, top_k=1) == [[1, 3]]  # HF keeps ties too
+    assert _kept(logits, temperature=1.0, top_k=0) == [[0, 1, 2, 3, 4]]
+    assert _kept(logits, temperature=1.0, top_k=99) == [[0, 1, 2, 3, 4]]
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    assert _kept(LOGITS, temperature=1.0, top_p=0.6) == [[0, 1]]      # 0.5 < 0.6 <= 0.7
+    assert _kept(LOGITS, temperature=1.0, top_p=0.75) == [[0, 1, 2]]  # 0.7 < 0.75 <= 0.85
+    assert _kept(LOGITS, temperature=1.0, top_p=0.3) == [[0]]         # always at least one
+    assert _kept(LOGITS, temperature=1.0, top_p=1.0) == [[0, 1, 2, 3, 4]]
+
+
+def test_temperature_comes_before_top_p():
+    # At temperature 2 the probabilities are ~[.34, .21, .19, .15, .11]: four tokens are
+    # needed to reach 0.75, against three at temperature 1.
+    assert _kept(LOGITS, temperature=2.0, top_p=0.75) == [[0, 1, 2, 3]]
+    assert _kept(LOGITS, temperature=0.5, top_p=0.75) == [[0]]
+
+
+def test_top_k_comes_before_top_p():
+    # After top-2 the renormalised mass is [0.714, 0.286], so top_p 0.6 keeps one token;
+    # top-p on the full distribution first would have kept two.
+    assert _kept(LOGITS, temperature=1.0, top_k=2, top_p=0.6) == [[0]]
+    assert _kept(LOGITS, temperature=1.0, top_k=2, top_p=0.75) == [[0, 1]]
+
+
+def test_each_row_uses_its_own_params():
+    logits = np.stack([LOGITS] * 4)
+    kept = _kept(logits, temperature=[1.0, 2.0, 1.0, 1.0], top_k=[0, 0, 2, 1],
+                 top_p=[0.75, 0.75, 1.0, 1.0])
+    assert kept == [[0, 1, 2], [0, 1, 2, 3], [0, 1], [0]]
+
+
+def test_samples_follow_the_filtered_distribution_and_report_unmodified_logprobs():
+    draws = 20000
+    logits = jnp.broadcast_to(jnp.asarray(LOGITS), (draws, len(PROBS)))
+    keys = jax.random.split(jax.random.key(7), draws)
+    params = SamplingParams.make(draws, temperature=2.0, top_p=0.75)
+    tokens, logprobs = sample(logits, keys, params)
+    nucleus = np.sqrt(PROBS[:4]) / np.sqrt(PROBS[:4]).sum()
+    frequencies = np.bincount(np.asarray(tokens), minlength=5) / draws
+    np.testing.assert_allclose(frequencies, np.append(nucleus, 0.0), atol=0.015)
+    np.testing.assert_allclose(logprobs, np.log(PROBS)[np.asarray(tokens)], rtol=1e-5)
+
+
+def test_a_row_draw_depends_only_on_its_own_key_and_logits():
+    logits = jax.random.normal(jax.random.key(3), (4, 50)) * 2
+    keys = jax.random.split(jax.random.key(4), 4)
+    params = SamplingParams.make(4, temperature=[1.0, 0.7, 1.3, 1.0], top_k=[0, 10, 0, 5],
+                                 top_p=[0.9, 1.0, 0.8, 1.0])
+    tokens, logprobs = sample(logits, keys, params)
+    order = np.array([2, 0, 3, 1])
+    shuffled_params = jax.tree.map(lambda x: x[order], params)
+    tokens_shuffled, logprobs_shuffled = sample(logits[order], keys[order], shuffled_params)
+    np.testing.assert_array_equal(tokens_shuffled, np.asarray(tokens)[order])
+    np.testing.assert_array_equal(logprobs_shuffled, np.asarray(logprobs)[order])
+    # Row 1 again, now beside other rows (at index 3): the same draw.
+    other_logits = jax.random.normal(jax.random.key(5), (4, 50)).at[3].set(logits[1])
+    other_keys = jax.random.split(jax.random.key(6), 4).at[3].set(keys[1])
+    other_params = SamplingParams.make(4, temperature=[2.0, 0.0, 0.5, 0.7], top_k=[0, 0, 3, 10],
+                                       top_p=[1.0, 1.0, 0.5, 1.0])
+    other_tokens, other_logprobs = sample(other_logits, other_keys, other_params)
+    assert int(other_tokens[3]) == int(tokens[1])
+    assert float(other_logprobs[3]) == float(logprobs[1])
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(temperature=-0.5), "temperature must be finite and >= 0"),
+    (dict(top_k=-1), "top_k must be >= 0"),
+    (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
+    (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
+    (dict(temperature=[1.0, 1.0, 1.0]), r"temperature has shape \(3,\), expected \(2,\)"),
+])
+def test_bad_params_are_rejected(settings, message):
+    with pytest.raises(ValueError, match=message):
+        SamplingParams.make(2, **settings)

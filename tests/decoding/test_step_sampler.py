@@ -1,0 +1,125 @@
+import jax
+import numpy as np
+
+from qstar_jax.decoding.sampling import SamplingParams
+from qstar_jax.decoding.step_sampler import EndReason
+from tests.decoding.tiny_models import COUNTING_MAX_LEN
+
+PROMPTS = [[3, 14, 15, 9, 26], [5, 35, 8, 9, 7, 9, 32, 3, 8, 4, 6], [2, 7, 1]]
+SAMPLED = dict(temperature=1.0, top_k=40, top_p=0.95)
+
+
+def _keys(*seeds) -> jax.Array:
+    return jax.vmap(jax.random.key)(np.array(seeds))
+
+
+def _greedy_reference(full_forward, tokens, n):
+    """Greedy continuation by re-running the whole sequence each token: (tokens, logprobs,
+    hidden after the last one)."""
+    tokens, new, logprobs = list(tokens), [], []
+    for _ in range(n):
+        _, logits = full_forward(tokens)
+        log_probs = jax.nn.log_softmax(logits[-1])
+        new.append(int(np.argmax(logits[-1])))
+        logprobs.append(float(log_probs[new[-1]]))
+        tokens.append(new[-1])
+    hidden, _ = full_forward(tokens)
+    return new, np.array(logprobs), hidden[-1]
+
+
+def test_greedy_steps_equal_the_full_forward_pass(random_decoder, full_forward):
+    slots = random_decoder.allocate(3)
+    random_decoder.prefill(slots, PROMPTS)
+    caps = [[12, 5, 9], [4, 7, 2]]  # rows stop at different times, then continue
+    histories = [list(p) for p in PROMPTS]
+    for step_index, step_caps in enumerate(caps):
+        step = random_decoder.sample_steps(slots, problem_keys=_keys(0, 1, 2), node_ids=[0, 0, 0],
+                                           params=SamplingParams.make(3), max_tokens=step_caps)
+        np.testing.assert_array_equal(step.num_tokens, step_caps)
+        np.testing.assert_array_equal(step.end_reason, [EndReason.CAP] * 3)
+        for row, history in enumerate(histories):
+            tokens, logprobs, hidden = _greedy_reference(full_forward, history, step_caps[row])
+            assert step.row_tokens(row) == tokens, (step_index, row)
+            np.testing.assert_allclose(step.logprobs[row, :step_caps[row]], logprobs, atol=1e-5)
+            np.testing.assert_allclose(step.hidden[row], hidden, atol=1e-5)
+            history.extend(tokens)
+    np.testing.assert_array_equal(random_decoder.lengths(slots), [len(h) for h in histories])
+
+
+def test_forked_slot_decodes_like_a_fresh_prefill(random_decoder):
+    parent, child, fresh = random_decoder.allocate(3)
+    random_decoder.prefill([parent], [PROMPTS[1]])
+    first = random_decoder.sample_steps([parent], problem_keys=_keys(5), node_ids=[0],
+                                        params=SamplingParams.make(1, **SAMPLED), max_tokens=6)
+    random_decoder.fork([parent], [child])
+    random_decoder.prefill([fresh], [PROMPTS[1] + first.row_tokens(0)])
+    np.testing.assert_array_equal(random_decoder.lengths([parent, child, fresh]), [17, 17, 17])
+    # All three continue with the same key and node id, so they must sample the same step.
+    step = random_decoder.sample_steps([child, fresh, parent], problem_keys=_keys(9, 9, 9),
+                                       node_ids=[3, 3, 3],
+                                       params=SamplingParams.make(3, **SAMPLED), max_tokens=10)
+    assert step.row_tokens(0) == step.row_tokens(1) == step.row_tokens(2)
+    np.testing.assert_array_equal(step.logprobs[0], step.logprobs[2])
+    np.testing.assert_array_equal(step.hidden[0], step.hidden[2])
+    np.testing.assert_allclose(step.logprobs[0], step.logprobs[1], atol=1e-5)
+    np.testing.assert_allclose(step.hidden[0], step.hidden[1], atol=1e-5)
+
+
+def test_rows_do_not_depend_on_batch_company_or_order(random_decoder):
+    params = dict(temperature=[1.0, 0.8, 1.2], top_k=[0, 20, 40], top_p=[0.9, 1.0, 0.95])
+
+    def run(rows):
+        slots = random_decoder.allocate(len(rows))
+        random_decoder.prefill(slots, [PROMPTS[r] for r in rows])
+        step = random_decoder.sample_steps(
+            slots, problem_keys=_keys(*(10 + r for r in rows)), node_ids=[7 * r for r in rows],
+            params=SamplingParams.make(len(rows), **{k: [v[r] for r in rows]
+                                                     for k, v in params.items()}),
+            max_tokens=12)
+        random_decoder.free(slots)
+        return {r: (step.row_tokens(i), step.logprobs[i], step.hidden[i])
+                for i, r in enumerate(rows)}
+
+    together = run([0, 1, 2])
+    apart = {**run([2, 0]), **run([1])}
+    for r in range(3):
+        assert together[r][0] == apart[r][0]
+        np.testing.assert_allclose(together[r][1], apart[r][1], atol=1e-5)
+        np.testing.assert_allclose(together[r][2], apart[r][2], atol=1e-5)
+    assert together[0][0] != together[2][0]  # sampling really is on
+
+
+def test_each_row_ends_its_step_for_its_own_reason(counting_decoder):
+    # The counting model continues i with i + 1; token 7 holds a newline, 9 is EOS.
+    two_short_of_full = [(i - 9) % 32 for i in range(COUNTING_MAX_LEN - 2)]  # ends with 20
+    prompts = [[1, 2, 3, 4], [6, 7], [10], two_short_of_full, [5], list(range(COUNTING_MAX_LEN))]
+    caps = [16, 16, 4, 16, 2, 16]
+    expected = [([5, 6, 7], EndReason.NEWLINE), ([8, 9], EndReason.EOS),
+                ([11, 12, 13, 14], EndReason.CAP), ([21, 22], EndReason.CACHE_FULL),
+                ([6, 7], EndReason.NEWLINE), ([], EndReason.CACHE_FULL)]
+    slots = counting_decoder.allocate(6)
+    counting_decoder.prefill(slots, prompts)
+    step = counting_decoder.sample_steps(slots, problem_keys=_keys(*range(6)), node_ids=[0] * 6,
+                                         params=SamplingParams.make(6), max_tokens=caps)
+    got = [(step.row_tokens(i), EndReason(int(step.end_reason[i]))) for i in range(6)]
+    assert got == expected
+    np.testing.assert_array_equal(counting_decoder.lengths(slots),
+                                  [len(p) + len(t) for p, (t, _) in zip(prompts, got)])
+
+
+def test_no_retrace_when_only_data_changes(random_decoder):
+    def round_trip(seed, prompts, caps, params):
+        slots = random_decoder.allocate(3)
+        random_decoder.prefill(slots, prompts)
+        random_decoder.fork(slots[:1], slots[2:])
+        random_decoder.sample_steps(slots, problem_keys=_keys(seed, seed + 1, seed + 2),
+                                    node_ids=[seed, 1, 2], params=params, max_tokens=caps)
+        random_decoder.free(slots)
+
+    round_trip(0, PROMPTS, 9, SamplingParams.make(3))
+    warm = dict(random_decoder.trace_counts)
+    round_trip(1, PROMPTS[::-1], [3, 16, 1], SamplingParams.make(3, **SAMPLED))
+    round_trip(2, [[1] * 16, [4], [9, 9]], [16, 16, 16],
+               SamplingParams.make(3, temperature=[0.0, 2.0, 0.5], top_k=[0, 1, 5]))
+    assert warm["prefill"] >= 1 and warm["sample_step"] >= 1
+    assert dict(random_decoder.trace_counts) == warm
