@@ -87,6 +87,8 @@ def test_any_step_and_signed_rules_generate_solvable_problems():
     ({"number_range": (0, 5)}, "1 <= low <= high"),
     ({"number_range": (6, 5)}, "1 <= low <= high"),
     ({"target_range": (9, 1)}, "low <= high"),
+    ({"target_range": (1, 5, 9)}, "two integers"),
+    ({"number_range": (1.5, 9)}, "two integers"),
     ({"num_count": 12, "number_range": (1, 999)}, "digits"),
     ({"test_fraction": 1.0}, "strictly between"),
     ({"train_size": -1}, ">= 0"),

@@ -98,3 +98,18 @@ def test_problem_without_countdown_metadata_is_a_clear_error(task):
     stranger = Problem(id="gsm8k/1", question="?", reference="3")
     with pytest.raises(ValueError, match="gsm8k/1.*CountdownTask.load"):
         task.grade(stranger, "1 + 2 = 3 (left: 3)")
+
+
+def test_config_can_come_as_yaml_mappings():
+    task = CountdownTask({"num_count": 3, "number_range": [1, 6],
+                          "rules": {"must_use_all": False, "operations": ["+", "*"]}})
+    assert task.config == CountdownConfig(
+        num_count=3, number_range=(1, 6),
+        rules=CountdownRules(must_use_all=False, operations=("+", "*")))
+    assert task.solver.rules == task.config.rules
+    with pytest.raises(ValueError, match=r"CountdownConfig has no field\(s\) \['numbers'\]"):
+        CountdownTask({"numbers": 3})
+    with pytest.raises(ValueError, match=r"CountdownRules has no field\(s\) \['fractions'\]"):
+        CountdownTask({"rules": {"fractions": True}})
+    with pytest.raises(ValueError, match="expected a CountdownConfig or a mapping"):
+        CountdownTask(4)

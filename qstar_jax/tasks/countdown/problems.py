@@ -15,7 +15,7 @@ import dataclasses
 import hashlib
 import math
 import random
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from qstar_jax.tasks.countdown.rules import CountdownRules
 from qstar_jax.tasks.countdown.solver import CountdownSolver
@@ -27,6 +27,22 @@ SPLITS = ("train", "test")
 # per problem in the space leave a missed problem a chance of about e^-20.
 _STALE_DRAWS_PER_PROBLEM = 20
 _MAX_STALE_DRAWS = 200_000
+
+
+def from_fields(cls: type, value: Any) -> Any:
+    """``value`` if it is a ``cls``, else a ``cls`` built from a mapping of its fields
+    (as a YAML config gives them)."""
+    if isinstance(value, cls):
+        return value
+    names = sorted(field.name for field in dataclasses.fields(cls))
+    if not isinstance(value, Mapping):
+        raise ValueError(f"expected a {cls.__name__} or a mapping of its fields "
+                         f"({', '.join(names)}), got {value!r}")
+    unknown = sorted(set(value) - set(names))
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {unknown}; its fields are: "
+                         f"{', '.join(names)}")
+    return cls(**value)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -45,8 +61,13 @@ class CountdownConfig:
     test_size: int = 500
 
     def __post_init__(self):
-        object.__setattr__(self, "number_range", tuple(self.number_range))
-        object.__setattr__(self, "target_range", tuple(self.target_range))
+        object.__setattr__(self, "rules", from_fields(CountdownRules, self.rules))
+        for name in ("number_range", "target_range"):
+            bounds = tuple(getattr(self, name))
+            if len(bounds) != 2 or not all(isinstance(b, int) for b in bounds):
+                raise ValueError(f"CountdownConfig.{name}={getattr(self, name)!r}: give two "
+                                 "integers (low, high), both included")
+            object.__setattr__(self, name, bounds)
         lo, hi = self.number_range
         if self.num_count < 2:
             raise ValueError(f"CountdownConfig.num_count={self.num_count}: a step combines "

@@ -9,12 +9,13 @@ newline, compact so a tiny policy trained from scratch on it needs only
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from qstar_jax.tasks.base import STEP_SEPARATOR, ChatFormatter, Problem, split_steps
 from qstar_jax.tasks.countdown.grader import (
     StepCheck, can_still_succeed, check_trace, grade_trace, is_final, step_legality)
-from qstar_jax.tasks.countdown.problems import CountdownConfig, canonical_key, generate_problems
+from qstar_jax.tasks.countdown.problems import (
+    CountdownConfig, canonical_key, from_fields, generate_problems)
 from qstar_jax.tasks.countdown.solver import CountdownSolver
 from qstar_jax.tasks.countdown.steps import format_number, format_question, parse_step
 
@@ -22,8 +23,11 @@ from qstar_jax.tasks.countdown.steps import format_number, format_question, pars
 class CountdownTask:
     name = "countdown"
 
-    def __init__(self, config: CountdownConfig | None = None):
-        self.config = config or CountdownConfig()
+    def __init__(self, config: CountdownConfig | Mapping[str, Any] | None = None):
+        """``config`` may be a mapping of CountdownConfig's fields (from YAML), its
+        ``rules`` a mapping of CountdownRules' fields."""
+        self.config = CountdownConfig() if config is None else from_fields(CountdownConfig,
+                                                                           config)
         # Memoised over states for every problem this task generates or grades.
         self.solver = CountdownSolver(self.config.rules)
 
