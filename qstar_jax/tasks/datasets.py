@@ -86,11 +86,11 @@ def load_problems(source: DatasetSource, split: str,
     """Problems of ``split``; ``limit`` keeps a seeded random subset, in dataset order.
 
     ``to_problem(record, default_id)`` makes a Problem, with ``default_id``
-    (``task/split/index``) as its id unless the record has its own; it raises ValueError
-    for a malformed record. That is an
-    error naming the record's index, or, with ``skip_malformed``, the record is dropped
-    and the count logged. Subsets are drawn from the well-formed records only, and a
-    smaller ``limit`` with the same seed gives a subset of a larger one.
+    (``task/split/index``) as its id unless the record has its own, and raises ValueError
+    for a malformed record. That is an error naming the record's index, or, with
+    ``skip_malformed``, the record is dropped and the count logged. Subsets are drawn from
+    the well-formed records only, and a smaller ``limit`` with the same seed gives a
+    subset of a larger one.
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of problems or None, got {limit}")

@@ -1,0 +1,186 @@
+"""MBPP: short Python programming problems graded by hidden assert tests.
+
+Hub ``google-research-datasets/mbpp``. Config ``full`` (splits train/test/validation/
+prompt): ``task_id``, ``text``, ``code``, ``test_list``, ``test_setup_code``,
+``challenge_test_list``. Config ``sanitized``: ``prompt`` instead of ``text`` and
+``test_imports`` (import lines) instead of ``test_setup_code``, no challenge tests.
+
+The prompt shows the description and the first test only, so the model learns the
+function's name and signature; grading runs every hidden test (``test_list`` plus any
+``challenge_test_list``) after the setup code, in the sandbox. The answer opens with a
+```` ```python ```` fence in the prompt; a step is one line of code and the terminal step
+is the closing fence (a line that is exactly ```` ``` ````), or EOS, which the decoder
+handles. ``code_from_completion`` recovers the program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from qstar_jax.tasks import sandbox
+from qstar_jax.tasks.base import STEP_SEPARATOR, ChatFormatter, Problem
+from qstar_jax.tasks.datasets import Column, DataFiles, DatasetSource, load_problems
+from qstar_jax.tasks.prompts import PromptFormat, WorkedExample, build_prompt
+
+CODE_FENCE = "```"
+
+MBPP_FORMAT = PromptFormat(
+    instruction=("Write a Python function for the task. Reply with the code only, in one "
+                 "```python block, and make sure it passes the given test."),
+    answer_opening=f"{CODE_FENCE}python\n",
+    examples=(
+        WorkedExample(
+            question=("Write a function to return the sum of the squares of a list of numbers."
+                      "\nYour code should pass this test:\n"
+                      "assert sum_of_squares([1, 2, 3]) == 14"),
+            solution=("def sum_of_squares(numbers):\n"
+                      "    return sum(n * n for n in numbers)\n"
+                      f"{CODE_FENCE}")),
+        WorkedExample(
+            question=("Write a python function to check whether a string reads the same "
+                      "forwards and backwards.\nYour code should pass this test:\n"
+                      "assert is_palindrome(\"level\") == True"),
+            solution=("def is_palindrome(text):\n"
+                      "    return text == text[::-1]\n"
+                      f"{CODE_FENCE}")),
+        WorkedExample(
+            question=("Write a function to count the vowels in a string.\n"
+                      "Your code should pass this test:\n"
+                      "assert count_vowels(\"banana\") == 3"),
+            solution=("def count_vowels(text):\n"
+                      "    count = 0\n"
+                      "    for ch in text.lower():\n"
+                      "        if ch in \"aeiou\":\n"
+                      "            count += 1\n"
+                      "    return count\n"
+                      f"{CODE_FENCE}")),
+    ),
+)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HiddenTests:
+    """What grading runs: ``setup`` code, then every assert in ``tests``."""
+
+    setup: str
+    tests: tuple[str, ...]
+
+
+def code_from_completion(completion: str) -> str:
+    """The program in a completion: its lines up to the closing fence. An opening fence
+    on the first non-blank line (a reply that re-opens the block) is dropped."""
+    lines = completion.split(STEP_SEPARATOR)
+    first = next((i for i, line in enumerate(lines) if line.strip()), len(lines))
+    if first < len(lines) and lines[first].strip().startswith(CODE_FENCE) \
+            and lines[first].strip() != CODE_FENCE:
+        lines = lines[first + 1:]
+    code = []
+    for line in lines:
+        if line.strip() == CODE_FENCE:
+            break
+        code.append(line)
+    return STEP_SEPARATOR.join(code).strip("\n")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _MbppBase:
+    """Loading, prompt, step format and grading shared by both MBPP configs; a subclass
+    names its config's columns and reads a record."""
+
+    data_files: DataFiles | None = None
+    hub_name: str = "google-research-datasets/mbpp"
+    cache_dir: str | None = None
+    n_shot: int = 3
+    timeout_s: float = 5.0  # per program, all its tests together
+    memory_mb: int = 512
+
+    hub_config: ClassVar[str]
+    columns: ClassVar[tuple[Column, ...]]
+
+    def load(self, split: str, *, limit: int | None = None, seed: int = 0,
+             skip_malformed: bool = False) -> list[Problem]:
+        source = DatasetSource(task_name=self.name, hub_name=self.hub_name,
+                               hub_configs=(self.hub_config,), columns=self.columns)
+        return load_problems(source, split, self._problem_from_record,
+                             data_files=self.data_files, cache_dir=self.cache_dir,
+                             limit=limit, seed=seed, skip_malformed=skip_malformed)
+
+    def prompt(self, problem: Problem, chat: ChatFormatter | None = None) -> str:
+        question = (f"{problem.question}\nYour code should pass this test:\n"
+                    f"{problem.metadata['shown_test']}")
+        return build_prompt(MBPP_FORMAT, question, n_shot=self.n_shot, chat=chat)
+
+    def is_terminal_step(self, step: str) -> bool:
+        return step.strip() == CODE_FENCE
+
+    def extract_answer(self, completion: str) -> str | None:
+        return code_from_completion(completion) or None
+
+    def grade(self, problem: Problem, completion: str) -> bool:
+        program = self.extract_answer(completion)
+        if program is None:
+            return False
+        hidden: HiddenTests = problem.reference
+        result = sandbox.run_program(program, list(hidden.tests), setup=hidden.setup,
+                                     timeout_s=self.timeout_s, memory_mb=self.memory_mb)
+        return result.passed
+
+    def _problem(self, record: dict[str, Any], default_id: str, *, description: str,
+                 setup: str, challenge_tests: list[str]) -> Problem:
+        tests = list(record["test_list"] or [])
+        if not description:
+            raise ValueError("empty or missing task description")
+        if not tests or not all(isinstance(t, str) and t.strip() for t in tests):
+            raise ValueError("no tests in 'test_list', or an empty one")
+        task_id = record["task_id"]
+        hidden = HiddenTests(setup=setup, tests=tuple(tests + challenge_tests))
+        return Problem(
+            id=default_id if task_id is None else f"{self.name}/{task_id}",
+            question=description, reference=hidden,
+            metadata={"shown_test": tests[0], "task_id": task_id,
+                      "reference_code": record.get("code")})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MbppTask(_MbppBase):
+    """MBPP ``full``: hidden tests are ``test_list`` plus ``challenge_test_list``."""
+
+    name: ClassVar[str] = "mbpp"
+    hub_config: ClassVar[str] = "full"
+    columns: ClassVar[tuple[Column, ...]] = (
+        Column(name="task_id", holds="int: the problem's id"),
+        Column(name="text", holds="str: the task description"),
+        Column(name="test_list", holds="list[str]: assert statements, the first one shown"),
+        Column(name="test_setup_code", holds="str: code run before the tests",
+               required=False),
+        Column(name="challenge_test_list", holds="list[str]: more hidden asserts",
+               required=False),
+        Column(name="code", holds="str: a reference solution", required=False),
+    )
+
+    def _problem_from_record(self, record: dict[str, Any], default_id: str) -> Problem:
+        return self._problem(record, default_id, description=record["text"],
+                             setup=record.get("test_setup_code") or "",
+                             challenge_tests=list(record.get("challenge_test_list") or []))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MbppSanitizedTask(_MbppBase):
+    """MBPP ``sanitized``: hidden tests are ``test_list`` after ``test_imports``."""
+
+    name: ClassVar[str] = "mbpp_sanitized"
+    hub_config: ClassVar[str] = "sanitized"
+    columns: ClassVar[tuple[Column, ...]] = (
+        Column(name="task_id", holds="int: the problem's id"),
+        Column(name="prompt", holds="str: the task description"),
+        Column(name="test_list", holds="list[str]: assert statements, the first one shown"),
+        Column(name="test_imports", holds="list[str]: import lines run before the tests",
+               required=False),
+        Column(name="code", holds="str: a reference solution", required=False),
+    )
+
+    def _problem_from_record(self, record: dict[str, Any], default_id: str) -> Problem:
+        return self._problem(record, default_id, description=record["prompt"],
+                             setup="\n".join(record.get("test_imports") or []),
+                             challenge_tests=[])

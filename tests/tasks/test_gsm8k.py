@@ -1,0 +1,114 @@
+"""GSM8K: loading, prompts, the answer line, grading."""
+
+from pathlib import Path
+
+import pytest
+
+from qstar_jax.tasks.base import MalformedRecordError, Problem
+from qstar_jax.tasks.gsm8k import GSM8K_FORMAT, Gsm8kTask
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "gsm8k"
+
+
+def fake_chat(messages):
+    return "".join(f"<{m['role']}>{m['content']}</{m['role']}>" for m in messages) + "<assistant>"
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    return Gsm8kTask(data_files={"test": str(FIXTURES / "test.jsonl")},
+                     cache_dir=str(tmp_path_factory.mktemp("hf_cache")))
+
+
+@pytest.fixture(scope="module")
+def problems(task):
+    return task.load("test")
+
+
+def test_load_reads_question_reference_and_solution(problems):
+    assert len(problems) == 6
+    first = problems[0]
+    assert first.id == "gsm8k/test/0"
+    assert first.question.startswith("Nora buys 4 packs of stickers")
+    assert first.reference == "38"
+    assert first.metadata["solution"].endswith("#### 38")
+    assert [p.reference for p in problems][2:] == ["450", "8", "-6", "195"]
+
+
+def test_seeded_subset(task):
+    subset = task.load("test", limit=2, seed=3)
+    assert [p.id for p in subset] == [p.id for p in task.load("test", limit=2, seed=3)]
+    assert len(subset) == 2
+
+
+def test_answer_without_hashes_is_malformed_and_skippable(task):
+    bad = Gsm8kTask(data_files=str(FIXTURES / "malformed.jsonl"), cache_dir=task.cache_dir)
+    with pytest.raises(MalformedRecordError, match="gsm8k split 'test', record 2"):
+        bad.load("test")
+    assert [p.id for p in bad.load("test", skip_malformed=True)] == \
+        ["gsm8k/test/0", "gsm8k/test/1", "gsm8k/test/3"]
+
+
+def test_plain_prompt_is_instruction_shots_then_open_answer(problems):
+    problem = problems[0]
+    prompt = Gsm8kTask(n_shot=2).prompt(problem)
+    assert prompt.startswith(GSM8K_FORMAT.instruction + "\n\nQuestion: Mia has 3 boxes")
+    assert prompt.endswith(f"\n\nQuestion: {problem.question}\nAnswer:\n")
+    assert prompt.count("Question:") == 3
+    assert "The answer is: 27\n\nQuestion: A train ticket" in prompt
+    assert prompt.count("The answer is:") == 2 + 1  # two shots, and the instruction
+
+
+def test_zero_shot_prompt_and_shot_count_bounds(problems):
+    problem = problems[0]
+    assert Gsm8kTask(n_shot=0).prompt(problem) == (
+        f"{GSM8K_FORMAT.instruction}\n\nQuestion: {problem.question}\nAnswer:\n")
+    with pytest.raises(ValueError, match="n_shot must be between 0 and 4"):
+        Gsm8kTask(n_shot=5).prompt(problem)
+
+
+def test_chat_prompt_is_system_and_user_through_the_formatter(problems):
+    problem = problems[1]
+    seen = []
+    prompt = Gsm8kTask(n_shot=1).prompt(problem, chat=lambda m: seen.append(m) or fake_chat(m))
+    (messages,) = seen
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert messages[0]["content"].startswith(GSM8K_FORMAT.instruction + "\n\nExamples:\n\n")
+    assert messages[0]["content"].endswith("The answer is: 27")
+    assert messages[1]["content"] == problem.question
+    assert prompt == fake_chat(messages)
+
+
+def test_terminal_step_states_an_answer():
+    task = Gsm8kTask()
+    assert task.is_terminal_step("The answer is: 38")
+    assert task.is_terminal_step("So the answer is 38.")
+    assert task.is_terminal_step("#### 38")
+    assert not task.is_terminal_step("She has 60 - 22 = 38 stickers left.")
+    assert not task.is_terminal_step("The answer is:")
+
+
+def test_extraction_takes_the_first_answer_line():
+    task = Gsm8kTask()
+    completion = "4 * 15 = 60\n60 - 22 = 38\nThe answer is: 38.\nThe answer is: 40"
+    assert task.extract_answer(completion) == "38"
+    assert task.extract_answer("60 - 22 = 38\nSo the answer is 38 stickers.") == "38 stickers"
+    assert task.extract_answer("4 * 15 = 60\n60 - 22 = 38") is None
+
+
+def test_grading_right_and_wrong_answers(problems):
+    task, nora = Gsm8kTask(), problems[0]
+    assert task.grade(nora, "4 * 15 = 60 stickers.\n60 - 22 = 38 left.\nThe answer is: 38")
+    assert task.grade(nora, "The answer is: 38.0")
+    assert task.grade(nora, "60 - 22 = 38\nSo the answer is 38 stickers.")
+    assert not task.grade(nora, "4 * 15 = 60 stickers.\nThe answer is: 37")
+    assert not task.grade(nora, "4 * 15 = 60 stickers.\n60 - 22 = 38 left.")
+    assert task.grade(problems[4], "4 - 10 = -6\nThe answer is: -6")
+    assert not task.grade(problems[4], "The answer is: 6")
+
+
+def test_grading_never_raises_on_odd_text():
+    task = Gsm8kTask()
+    problem = Problem(id="x", question="q", reference="12")
+    assert not task.grade(problem, "The answer is: twelve?!}{")
+    assert not task.grade(problem, "")

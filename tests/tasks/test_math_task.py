@@ -1,0 +1,118 @@
+"""MATH and MATH-500: loading, the boxed answer line, prompts, grading."""
+
+from pathlib import Path
+
+import pytest
+
+from qstar_jax.tasks.base import MalformedRecordError
+from qstar_jax.tasks.hendrycks_math import MATH_FORMAT, MATH_SUBJECTS, Math500Task, MathTask
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("hf_cache"))
+
+
+@pytest.fixture(scope="module")
+def math_problems(cache_dir):
+    return MathTask(data_files=str(FIXTURES / "math" / "test.jsonl"),
+                    cache_dir=cache_dir).load("test")
+
+
+@pytest.fixture(scope="module")
+def math500_problems(cache_dir):
+    return Math500Task(data_files={"test": str(FIXTURES / "math500" / "test.jsonl")},
+                       cache_dir=cache_dir).load("test")
+
+
+def test_math_reference_is_the_last_box_of_the_solution(math_problems):
+    assert [p.reference for p in math_problems] == \
+        ["7", "2", "\\frac{3}{4}", "24", "10", "-3, 3", "2"]
+    geometry = math_problems[4]
+    assert geometry.id == "math/test/4"
+    assert geometry.metadata["subject"] == "Geometry"
+    assert geometry.metadata["level"] == "Level 2"
+    assert geometry.question.startswith("A right triangle has legs")
+
+
+def test_math_loads_all_seven_subject_configs_from_the_hub_by_default():
+    assert MathTask().hub_configs == MATH_SUBJECTS
+    assert len(MATH_SUBJECTS) == 7 and "counting_and_probability" in MATH_SUBJECTS
+
+
+def test_math_solution_without_box_is_malformed(cache_dir):
+    bad = MathTask(data_files=str(FIXTURES / "math" / "malformed.jsonl"), cache_dir=cache_dir)
+    with pytest.raises(MalformedRecordError, match=r"record 1: its 'solution' has no \\boxed"):
+        bad.load("test")
+    assert [p.reference for p in bad.load("test", skip_malformed=True)] == ["7", "\\frac{3}{4}"]
+
+
+def test_math500_uses_its_answer_column_and_unique_id(math500_problems):
+    assert [p.reference for p in math500_problems] == \
+        ["12", "15", "\\frac{5}{6}", "[2, \\infty)", "\\frac{1}{4}"]
+    assert math500_problems[0].id == "test/number_theory/9001.json"
+    assert math500_problems[3].metadata == {
+        "solution": "Adding $2$ gives $x \\ge 2$, that is $\\boxed{[2, \\infty)}$.",
+        "level": 2, "subject": "Intermediate Algebra"}
+
+
+def test_math500_record_without_answer_is_malformed(cache_dir):
+    bad = Math500Task(data_files=str(FIXTURES / "math500" / "malformed.jsonl"),
+                      cache_dir=cache_dir)
+    with pytest.raises(MalformedRecordError, match="math500 split 'test', record 1"):
+        bad.load("test")
+    assert len(bad.load("test", skip_malformed=True)) == 2
+
+
+def test_seeded_subset_of_math(cache_dir, math_problems):
+    task = MathTask(data_files=str(FIXTURES / "math" / "test.jsonl"), cache_dir=cache_dir)
+    subset = task.load("test", limit=4, seed=11)
+    assert [p.id for p in subset] == [p.id for p in task.load("test", limit=4, seed=11)]
+    assert {p.id for p in subset} < {p.id for p in math_problems}
+
+
+def test_prompts(math500_problems):
+    problem = math500_problems[2]
+    plain = MathTask(n_shot=1).prompt(problem)
+    assert plain == (f"{MATH_FORMAT.instruction}\n\nQuestion: {MATH_FORMAT.examples[0].question}"
+                     f"\nAnswer:\n{MATH_FORMAT.examples[0].solution}\n\n"
+                     f"Question: {problem.question}\nAnswer:\n")
+    messages = []
+    chat = Math500Task(n_shot=0).prompt(problem, chat=lambda m: messages.extend(m) or "CHAT")
+    assert chat == "CHAT"
+    assert messages == [{"role": "system", "content": MATH_FORMAT.instruction},
+                        {"role": "user", "content": problem.question}]
+
+
+def test_terminal_steps_hold_a_complete_box_or_an_answer_line():
+    task = MathTask()
+    assert task.is_terminal_step("The answer is: $\\boxed{\\frac{5}{6}}$")
+    assert task.is_terminal_step("So the final answer is $\\boxed{12}$.")
+    assert task.is_terminal_step("The answer is: 12")
+    assert not task.is_terminal_step("The sum is $\\frac{3}{6} + \\frac{2}{6}$.")
+    assert not task.is_terminal_step("The answer is: $\\boxed{\\frac{5}{")  # cut off
+
+
+def test_extraction_takes_the_box_and_stops_at_the_first_terminal_step():
+    task = MathTask()
+    assert task.extract_answer("We add.\nThe answer is: $\\boxed{\\frac{5}{6}}$") == \
+        "\\frac{5}{6}"
+    assert task.extract_answer("We add.\nThe answer is: $\\frac{5}{6}$") == "$\\frac{5}{6}$"
+    assert task.extract_answer("So $x = \\boxed{3}$.\nThe answer is: $\\boxed{4}$") == "3"
+    assert task.extract_answer("We add the fractions.") is None
+
+
+def test_grading_right_and_wrong(math_problems, math500_problems):
+    task = MathTask()
+    fraction, interval = math500_problems[2], math500_problems[3]
+    assert task.grade(fraction, "Common denominator 6.\nThe answer is: $\\boxed{\\frac{5}{6}}$")
+    assert task.grade(fraction, "The answer is: $\\boxed{\\dfrac{5}{6}}$")
+    assert task.grade(fraction, "The answer is: $\\frac{5}{6}$.")
+    assert not task.grade(fraction, "The answer is: $\\boxed{\\frac{6}{5}}$")
+    assert not task.grade(fraction, "Common denominator 6.")
+    assert task.grade(interval, "The answer is: $\\boxed{[2,\\infty)}$")
+    assert not task.grade(interval, "The answer is: $\\boxed{(2, \\infty)}$")
+    assert task.grade(math_problems[0], "Add 5.\nDivide by 3.\nThe answer is: $\\boxed{7}$")
+    assert not task.grade(math_problems[0], "The answer is: $\\boxed{8}$")

@@ -1,0 +1,144 @@
+"""MBPP: loading both configs, the one-test prompt, code steps, grading on hidden tests."""
+
+from pathlib import Path
+
+import pytest
+
+from qstar_jax.tasks.base import MalformedRecordError
+from qstar_jax.tasks.mbpp import (MBPP_FORMAT, HiddenTests, MbppSanitizedTask, MbppTask,
+                                  code_from_completion)
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "mbpp"
+
+
+def fake_chat(messages):
+    return "".join(f"<{m['role']}>{m['content']}</{m['role']}>" for m in messages) + "<assistant>"
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("hf_cache"))
+
+
+@pytest.fixture(scope="module")
+def full_task(cache_dir):
+    return MbppTask(data_files={"test": str(FIXTURES / "full_test.parquet")},
+                    cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="module")
+def full(full_task):
+    return {p.metadata["task_id"]: p for p in full_task.load("test")}
+
+
+@pytest.fixture(scope="module")
+def sanitized(cache_dir):
+    task = MbppSanitizedTask(data_files=str(FIXTURES / "sanitized_test.jsonl"),
+                             cache_dir=cache_dir)
+    return {p.metadata["task_id"]: p for p in task.load("test")}
+
+
+def test_full_config_hides_test_list_and_challenge_tests(full):
+    assert sorted(full) == [901, 902, 903, 904, 905]
+    evens = full[904]
+    assert evens.id == "mbpp/904"
+    assert evens.question == "Write a function to count the even numbers in a list."
+    assert evens.reference == HiddenTests(setup="", tests=(
+        "assert count_even([1, 2, 3, 4]) == 2", "assert count_even([]) == 0",
+        "assert count_even([5, 7]) == 0", "assert count_even(list(range(100))) == 50"))
+    assert evens.metadata["shown_test"] == "assert count_even([1, 2, 3, 4]) == 2"
+    assert full[903].reference.setup == "import math"
+
+
+def test_sanitized_config_runs_test_imports_as_setup(sanitized):
+    circle = sanitized[912]
+    assert circle.id == "mbpp_sanitized/912"
+    assert circle.question == "Write a function to compute the area of a circle from its radius."
+    assert circle.reference.setup == "import math"
+    assert len(circle.reference.tests) == 3
+
+
+def test_records_without_tests_are_malformed(cache_dir):
+    with pytest.raises(MalformedRecordError, match="mbpp split 'test', record 1: no tests"):
+        MbppTask(data_files=str(FIXTURES / "full_malformed.parquet"),
+                 cache_dir=cache_dir).load("test")
+    sanitized = MbppSanitizedTask(data_files=str(FIXTURES / "sanitized_malformed.jsonl"),
+                                  cache_dir=cache_dir)
+    with pytest.raises(MalformedRecordError, match="mbpp_sanitized split 'test', record 2"):
+        sanitized.load("test")
+    assert [p.metadata["task_id"] for p in sanitized.load("test", skip_malformed=True)] == \
+        [911, 912]
+
+
+def test_prompt_shows_the_description_and_only_the_first_test(full):
+    problem = full[901]
+    prompt = MbppTask(n_shot=1).prompt(problem)
+    assert prompt.endswith(
+        "Question: Write a function to find the largest of three numbers.\n"
+        "Your code should pass this test:\nassert max_of_three(1, 5, 3) == 5\n"
+        "Answer:\n```python\n")
+    assert "max_of_three(-1, -5, -3)" not in prompt
+    assert "max_of_three(7, 7, 2)" not in prompt
+    assert prompt.count("```python\n") == 2
+    assert "    return sum(n * n for n in numbers)\n```\n\nQuestion:" in prompt
+
+
+def test_chat_prompt_opens_the_code_block_after_the_template(full):
+    problem = full[902]
+    prompt = MbppTask(n_shot=0).prompt(problem, chat=fake_chat)
+    assert prompt == fake_chat([
+        {"role": "system", "content": MBPP_FORMAT.instruction},
+        {"role": "user", "content": problem.question + "\nYour code should pass this test:\n"
+                                    "assert reverse_words('hello big world') == "
+                                    "'world big hello'"},
+    ]) + "```python\n"
+
+
+def test_terminal_step_is_the_closing_fence():
+    task = MbppTask()
+    assert task.is_terminal_step("```")
+    assert task.is_terminal_step("  ```  ")
+    assert not task.is_terminal_step("```python")
+    assert not task.is_terminal_step("    return a + b")
+
+
+def test_code_from_completion():
+    code = "def add(a, b):\n    return a + b"
+    assert code_from_completion(code + "\n```\nSome words after the block.") == code
+    assert code_from_completion("```python\n" + code + "\n```") == code
+    assert code_from_completion("\n" + code) == code  # cut off before the fence
+    assert code_from_completion("```\nprint(1)") == ""
+    assert MbppTask().extract_answer("```") is None
+
+
+def test_reference_programs_pass_all_hidden_tests(full, sanitized):
+    full_task, sanitized_task = MbppTask(), MbppSanitizedTask()
+    for problem in full.values():
+        assert full_task.grade(problem, problem.metadata["reference_code"] + "\n```"), problem.id
+    for problem in (sanitized[911], sanitized[912]):
+        assert sanitized_task.grade(problem, problem.metadata["reference_code"] + "\n```")
+
+
+def test_a_program_that_passes_only_the_shown_test_fails(full):
+    task, problem = MbppTask(), full[901]
+    cheat = "def max_of_three(a, b, c):\n    return 5\n```"
+    assert task.grade(problem, "def max_of_three(a, b, c):\n    return max(a, b, c)\n```")
+    assert not task.grade(problem, cheat)
+
+
+def test_challenge_tests_are_graded_too(full):
+    only_small_lists = ("def count_even(numbers):\n"
+                        "    return min(2, sum(1 for n in numbers if n % 2 == 0))\n```")
+    assert not MbppTask().grade(full[904], only_small_lists)
+
+
+def test_setup_code_is_run_before_the_tests(full):
+    # The tests of 903 call math.sqrt; the program itself imports nothing.
+    program = "def root2(x):\n    return round(x ** 0.5, 2)\n```"
+    assert MbppTask().grade(full[903], program)
+
+
+def test_broken_or_empty_programs_fail(full):
+    task = MbppTask()
+    assert not task.grade(full[902], "def reverse_words(sentence)\n    return sentence\n```")
+    assert not task.grade(full[902], "```")
