@@ -15,7 +15,8 @@ from typing import Any, ClassVar
 from qstar_jax.tasks import grading
 from qstar_jax.tasks.base import ChatFormatter, Problem
 from qstar_jax.tasks.datasets import Column, DataFiles, DatasetSource, load_problems
-from qstar_jax.tasks.prompts import PromptFormat, WorkedExample, build_prompt, first_step_answer
+from qstar_jax.tasks.prompts import (PromptFormat, WorkedExample, build_prompt, check_n_shot,
+                                     first_step_answer)
 
 GSM8K_FORMAT = PromptFormat(
     instruction=("Solve the math word problem step by step. Write one step per line and "
@@ -67,6 +68,9 @@ class Gsm8kTask:
     hub_config: str = "main"
     cache_dir: str | None = None
     n_shot: int = 4
+
+    def __post_init__(self):
+        check_n_shot(GSM8K_FORMAT, self.n_shot)
 
     def load(self, split: str, *, limit: int | None = None, seed: int = 0,
              skip_malformed: bool = False) -> list[Problem]:

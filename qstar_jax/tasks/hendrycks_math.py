@@ -22,7 +22,8 @@ from typing import Any, ClassVar
 from qstar_jax.tasks import grading
 from qstar_jax.tasks.base import ChatFormatter, Problem
 from qstar_jax.tasks.datasets import Column, DataFiles, DatasetSource, load_problems
-from qstar_jax.tasks.prompts import PromptFormat, WorkedExample, build_prompt, first_step_answer
+from qstar_jax.tasks.prompts import (PromptFormat, WorkedExample, build_prompt, check_n_shot,
+                                     first_step_answer)
 
 MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra",
                  "number_theory", "prealgebra", "precalculus")
@@ -73,6 +74,9 @@ class _MathTrace:
     data_files: DataFiles | None = None
     cache_dir: str | None = None
     n_shot: int = 4
+
+    def __post_init__(self):
+        check_n_shot(MATH_FORMAT, self.n_shot)
 
     def prompt(self, problem: Problem, chat: ChatFormatter | None = None) -> str:
         return build_prompt(MATH_FORMAT, problem.question, n_shot=self.n_shot, chat=chat)

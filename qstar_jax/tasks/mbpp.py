@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from qstar_jax.tasks import sandbox
 from qstar_jax.tasks.base import STEP_SEPARATOR, ChatFormatter, Problem
 from qstar_jax.tasks.datasets import Column, DataFiles, DatasetSource, load_problems
-from qstar_jax.tasks.prompts import PromptFormat, WorkedExample, build_prompt
+from qstar_jax.tasks.prompts import PromptFormat, WorkedExample, build_prompt, check_n_shot
 
 CODE_FENCE = "```"
 
@@ -97,6 +97,9 @@ class _MbppBase:
 
     hub_config: ClassVar[str]
     columns: ClassVar[tuple[Column, ...]]
+
+    def __post_init__(self):
+        check_n_shot(MBPP_FORMAT, self.n_shot)
 
     def load(self, split: str, *, limit: int | None = None, seed: int = 0,
              skip_malformed: bool = False) -> list[Problem]:

@@ -1,4 +1,4 @@
-"""Prompts and the final-answer line: plain few-shot text, or chat messages.
+"""Prompts (plain few-shot text, or chat messages) and where a trace's answer is.
 
 Plain prompts are an instruction, ``n_shot`` worked examples, then the question, laid out
 as ``Question: ...`` / ``Answer:`` blocks; the model continues after ``Answer:`` plus a
@@ -19,7 +19,6 @@ from typing import Callable
 from qstar_jax.tasks.base import ChatFormatter, split_steps
 
 
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class WorkedExample:
     question: str
@@ -36,9 +35,7 @@ class PromptFormat:
 def build_prompt(fmt: PromptFormat, question: str, *, n_shot: int,
                  chat: ChatFormatter | None = None) -> str:
     """The text the policy continues for ``question``; see the module docstring."""
-    if not 0 <= n_shot <= len(fmt.examples):
-        raise ValueError(f"n_shot must be between 0 and {len(fmt.examples)} "
-                         f"(the worked examples there are), got {n_shot}")
+    check_n_shot(fmt, n_shot)
     shots = "".join(_qa_block(ex.question, fmt.answer_opening + ex.solution) + "\n\n"
                     for ex in fmt.examples[:n_shot])
     if chat is None:
@@ -46,6 +43,12 @@ def build_prompt(fmt: PromptFormat, question: str, *, n_shot: int,
     system = fmt.instruction + (f"\n\nExamples:\n\n{shots.rstrip()}" if shots else "")
     messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
     return chat(messages) + fmt.answer_opening
+
+
+def check_n_shot(fmt: PromptFormat, n_shot: int) -> None:
+    if not 0 <= n_shot <= len(fmt.examples):
+        raise ValueError(f"n_shot must be between 0 and {len(fmt.examples)} "
+                         f"(the worked examples there are), got {n_shot}")
 
 
 def first_step_answer(completion: str, step_answer: Callable[[str], str | None]) -> str | None:

@@ -64,7 +64,7 @@ def test_zero_shot_prompt_and_shot_count_bounds(problems):
     assert Gsm8kTask(n_shot=0).prompt(problem) == (
         f"{GSM8K_FORMAT.instruction}\n\nQuestion: {problem.question}\nAnswer:\n")
     with pytest.raises(ValueError, match="n_shot must be between 0 and 4"):
-        Gsm8kTask(n_shot=5).prompt(problem)
+        Gsm8kTask(n_shot=5)
 
 
 def test_chat_prompt_is_system_and_user_through_the_formatter(problems):

@@ -39,6 +39,11 @@ def test_unknown_name_lists_the_known_ones():
         make_task("gsm9k")
 
 
+def test_bad_option_value_fails_when_the_task_is_made():
+    with pytest.raises(ValueError, match="n_shot must be between 0 and 3"):
+        make_task("mbpp_sanitized", n_shot=4)
+
+
 def test_unknown_option_lists_the_task_options():
     with pytest.raises(ValueError, match=r"task 'mbpp' has no option\(s\) \['nshot'\]; its "
                                          r"options are: cache_dir, data_files, hub_name, "
