@@ -1,0 +1,313 @@
+"""Where the sandboxed interpreter runs: bubblewrap namespaces, a throwaway user, clean-up.
+
+Two isolation levels:
+  * ``bubblewrap``: a new mount, pid, network, IPC and UTS namespace; the filesystem is a
+    tmpfs holding read-only binds of the system directories and the interpreter's install
+    only (no repository, no home, no datasets), a private ``/tmp``, and the scratch
+    directory as the only writable place. ``--die-with-parent`` and the pid namespace
+    take every process down with the sandbox, daemonized grandchildren included.
+  * ``limits``: resource limits alone, where bubblewrap is missing or does not work.
+
+Run as root (CI, containers), the program runs as a fresh unprivileged uid drawn per run:
+RLIMIT_NPROC does not bind root, so this is what contains a fork bomb, and because the uid
+is unused by anything else, "every process and file of that uid" is exactly what the run
+left behind, which ``kill_processes_of`` and ``remove_files_of`` clear. Without bubblewrap
+and without root the program runs as the caller: then only its process group is killed,
+a daemon that left the group survives, and files it wrote to ``/tmp`` stay.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+HARNESS = Path(__file__).with_name("sandbox_harness.py")
+SANDBOX_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+ISOLATION_LEVELS = ("auto", "bubblewrap", "limits")
+_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+# World-writable places a program without bubblewrap can still write to.
+_SHARED_WRITABLE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+_FIRST_SANDBOX_UID = 100_000
+_LAST_SANDBOX_UID = 2**31 - 2
+_PROBE_TIMEOUT_S = 30.0
+_REAP_ROUNDS = 200
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BubblewrapProbe:
+    """Whether bubblewrap can start this interpreter here; ``reason`` when it cannot."""
+
+    works: bool
+    reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Identity:
+    """The throwaway user a root caller's sandbox runs as."""
+
+    uid: int
+    gid: int
+    # The interpreter lives where that user cannot read it (e.g. pyenv under /root).
+    keep_read_search: bool
+
+    def as_job(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+def use_bubblewrap(isolation: str) -> bool:
+    """Resolve the ``isolation`` argument of ``run_program`` to bubblewrap on or off."""
+    if isolation not in ISOLATION_LEVELS:
+        raise ValueError(f"isolation must be one of {ISOLATION_LEVELS}, got {isolation!r}")
+    if isolation == "limits":
+        return False
+    probe = probe_bubblewrap(sys.executable, os.geteuid() == 0)
+    if isolation == "bubblewrap" and not probe.works:
+        raise RuntimeError(f"isolation='bubblewrap' but bubblewrap does not work here: "
+                           f"{probe.reason}; install it (apt-get install bubblewrap) or pass "
+                           "isolation='auto'")
+    return probe.works
+
+
+@functools.cache
+def probe_bubblewrap(executable: str, as_root: bool) -> BubblewrapProbe:
+    """Start the interpreter under the exact bubblewrap set-up runs use, once per process;
+    warn (once) when it fails and runs fall back to resource limits alone."""
+    probe = _try_bubblewrap(executable, as_root)
+    if not probe.works:
+        warnings.warn(f"code sandbox: bubblewrap unusable ({probe.reason}); falling back to "
+                      "resource limits alone (no network, filesystem or pid isolation)",
+                      RuntimeWarning, stacklevel=2)
+    return probe
+
+
+def _try_bubblewrap(executable: str, as_root: bool) -> BubblewrapProbe:
+    if shutil.which("bwrap") is None:
+        return BubblewrapProbe(works=False, reason="bwrap is not installed")
+    check = "import json, math"  # stdlib files, and an extension module, are reachable
+    if as_root:
+        user = sandbox_identity(bubblewrap=True)
+        check = (f"import os; os.setgroups([]); os.setresgid({user.gid}, {user.gid}, {user.gid}); "
+                 f"os.setresuid({user.uid}, {user.uid}, {user.uid}); {check}")
+    with tempfile.TemporaryDirectory(prefix="qstar-sandbox-probe-") as scratch:
+        command = bubblewrap_command(scratch=scratch, as_root=as_root) + [
+            executable, "-I", "-c", check]
+        try:
+            done = subprocess.run(command, capture_output=True, timeout=_PROBE_TIMEOUT_S,
+                                  env=SANDBOX_ENV, check=False)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return BubblewrapProbe(works=False, reason=f"{type(error).__name__}: {error}")
+    if done.returncode != 0:
+        reason = done.stderr.decode(errors="replace").strip()[-500:]
+        return BubblewrapProbe(works=False, reason=f"exit {done.returncode}: {reason}")
+    return BubblewrapProbe(works=True)
+
+
+def bubblewrap_command(*, scratch: str, as_root: bool) -> list[str]:
+    """``bwrap`` and its options; the command to run inside follows."""
+    command = ["bwrap", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+               "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--clearenv",
+               "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    if not as_root:
+        # Unprivileged bubblewrap needs a user namespace; none may be nested inside it.
+        command += ["--unshare-user", "--disable-userns"]
+    for name, value in SANDBOX_ENV.items():
+        command += ["--setenv", name, value]
+    command += ["--setenv", "HOME", scratch, "--setenv", "TMPDIR", scratch]
+    layout = _Layout()
+    for path in _SYSTEM_DIRS:
+        if os.path.islink(path):
+            command += layout.symlink(os.readlink(path), path)
+        elif os.path.isdir(path):
+            command += layout.bind(path, writable=False)
+    for path in _interpreter_paths():
+        command += layout.bind(path, writable=False)
+    command += layout.bind(str(HARNESS), writable=False)
+    command += layout.bind(scratch, writable=True)
+    return command + ["--chdir", scratch]
+
+
+class _Layout:
+    """The sandbox's filesystem as bubblewrap builds it: a tmpfs root plus binds."""
+
+    def __init__(self) -> None:
+        self.visible: list[str] = []  # trees bound or linked from the host
+        self.directories = {"/", "/proc", "/dev", "/tmp"}
+
+    def symlink(self, target: str, path: str) -> list[str]:
+        self.visible.append(path)
+        self.directories.add(path)
+        return ["--symlink", target, path]
+
+    def bind(self, path: str, *, writable: bool) -> list[str]:
+        if not writable and any(_inside(path, tree) for tree in self.visible):
+            return []
+        self.visible.append(path)
+        return self._parents(path) + ["--bind" if writable else "--ro-bind", path, path]
+
+    def _parents(self, path: str) -> list[str]:
+        # Created world-traversable: bubblewrap would make them 0700, which the sandbox
+        # user could not enter.
+        options = []
+        for parent in map(str, reversed(Path(path).parents)):
+            if parent not in self.directories:
+                options += ["--perms", "0755", "--dir", parent]
+                self.directories.add(parent)
+        return options
+
+
+def _inside(path: str, tree: str) -> bool:
+    return path == tree or path.startswith(tree.rstrip("/") + "/")
+
+
+def _interpreter_paths() -> list[str]:
+    """The install trees the interpreter needs, deepest-first duplicates removed."""
+    paths = {os.path.realpath(p) for p in (sys.prefix, sys.exec_prefix, sys.base_prefix,
+                                           sys.base_exec_prefix)}
+    paths |= {os.path.abspath(p) for p in (sys.prefix, sys.base_prefix)}
+    paths.add(os.path.dirname(os.path.realpath(sys.executable)))
+    ordered = sorted(paths, key=len)
+    return [p for i, p in enumerate(ordered) if not any(_inside(p, q) for q in ordered[:i])]
+
+
+# ---------------------------------------------------------------- the throwaway user
+
+def sandbox_identity(*, bubblewrap: bool) -> Identity | None:
+    """A fresh unprivileged uid/gid for a root caller; None when not root."""
+    if os.geteuid() != 0:
+        return None
+    low, high = _mapped_range("/proc/self/uid_map")
+    low_gid, high_gid = _mapped_range("/proc/self/gid_map")
+    low, high = max(low, low_gid, _FIRST_SANDBOX_UID), min(high, high_gid, _LAST_SANDBOX_UID)
+    if low > high:
+        raise RuntimeError("cannot pick an unprivileged uid for the sandbox: this user "
+                           f"namespace maps no ids in [{_FIRST_SANDBOX_UID}, {_LAST_SANDBOX_UID}]; "
+                           "run as a non-root user")
+    for _ in range(8):
+        uid = low + secrets.randbelow(high - low + 1)
+        if not _uid_in_use(uid):
+            # Under bubblewrap the interpreter's install is bound where anyone can read it.
+            reachable = bubblewrap or _world_readable(sys.executable)
+            return Identity(uid=uid, gid=uid, keep_read_search=not reachable)
+    raise RuntimeError("no free uid found for the sandbox after 8 draws")
+
+
+def _mapped_range(map_file: str) -> tuple[int, int]:
+    """The widest id range this namespace maps (inclusive)."""
+    try:
+        rows = [line.split() for line in Path(map_file).read_text().splitlines()]
+    except OSError:
+        return 0, 2**32 - 2
+    start, _, count = max((tuple(map(int, row)) for row in rows), key=lambda r: r[2])
+    return start, start + count - 1
+
+
+def _uid_in_use(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+        return True
+    except KeyError:
+        return bool(processes_of(uid))
+
+
+def _world_readable(executable: str) -> bool:
+    """Whether a stranger can reach the interpreter binary and its standard library."""
+    targets = [os.path.realpath(executable), os.path.realpath(os.__file__)]
+    for target in targets:
+        for parent in Path(target).parents:
+            if not os.stat(parent).st_mode & 0o001:
+                return False
+        if not os.stat(target).st_mode & 0o004:
+            return False
+    return True
+
+
+def processes_of(uid: int) -> list[int]:
+    """Live (not zombie) processes whose real uid is ``uid``."""
+    return [pid for pid, _ in _live_processes_of(uid)]
+
+
+def threads_of(uid: int) -> int:
+    """How many threads ``uid`` runs: what RLIMIT_NPROC counts against."""
+    return sum(threads for _, threads in _live_processes_of(uid))
+
+
+def _live_processes_of(uid: int) -> list[tuple[int, int]]:
+    """(pid, thread count) of each live process whose real uid is ``uid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if int(fields["Uid"].split()[0]) == uid and not fields["State"].strip().startswith(("Z", "X")):
+            found.append((int(entry), int(fields["Threads"])))
+    return found
+
+
+def kill_processes_of(uid: int) -> None:
+    """SIGKILL every process of ``uid`` until none is left (forks racing the kill are
+    caught by the next round; RLIMIT_NPROC bounds how many there can be)."""
+    for _ in range(_REAP_ROUNDS):
+        pids = processes_of(uid)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.005)
+    raise RuntimeError(f"sandbox processes of uid {uid} survived {_REAP_ROUNDS} kill rounds")
+
+
+def remove_files_of(uid: int, *, sparing: str) -> None:
+    """Delete what ``uid`` created directly in the shared world-writable directories,
+    except ``sparing`` (the scratch directory, removed on its own)."""
+    sparing = os.path.realpath(sparing)
+    for directory in _SHARED_WRITABLE_DIRS:
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if os.path.realpath(entry.path) == sparing or entry.stat(follow_symlinks=False).st_uid != uid:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+            except OSError:
+                continue
+
+
+def make_scratch(identity: Identity | None) -> str:
+    scratch = tempfile.mkdtemp(prefix="qstar-sandbox-")
+    if identity is not None:
+        os.chown(scratch, identity.uid, identity.gid)
+    return scratch
+
+
+def remove_scratch(scratch: str) -> None:
+    """Remove the scratch tree, even where the program took away its own permissions."""
+    os.chmod(scratch, 0o700)
+    for parent, directories, _ in os.walk(scratch):
+        for name in directories:
+            path = os.path.join(parent, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o700)  # before os.walk descends into it
+    shutil.rmtree(scratch)

@@ -1,0 +1,104 @@
+"""How tests are split between child and parent, and how the parent judges values."""
+
+from __future__ import annotations
+
+import pytest
+
+from qstar_jax.tasks.sandbox_checks import check_failure, parse_check
+
+# (test, what the child evaluates, None when the child runs the test as a statement)
+SPLITS = [
+    ("assert remove_odd([1,2,3]) == [2]", ["remove_odd([1,2,3])"]),
+    ("assert [2] == remove_odd([1,2,3])", ["remove_odd([1,2,3])"]),
+    ("assert set(f((3, 4), (4, 5))) == set((4,))", ["set(f((3, 4), (4, 5)))", "set((4,))"]),
+    ("assert 1 < f(2) <= 3", ["f(2)"]),
+    ("assert f(1) in [1, 2]", ["f(1)"]),
+    ("assert not is_prime(4)", ["is_prime(4)"]),
+    ("assert is_prime(5)", ["is_prime(5)"]),
+    ("assert f(None) is None", ["f(None)"]),
+    ("assert math.isclose(area(2), 12.566, rel_tol=0.001)", ["area(2)"]),
+    ("assert f(1) == 2 and g(2) == 3", ["f(1)", "g(2)"]),
+    ("assert f(1) is g(1)", None),
+    ("assert math.isclose(f(1), 2, tol=3)", None),
+    ("assert f(1) == 2 or g(2) == 3", ["f(1) == 2 or g(2) == 3"]),
+    ("x = f(1)\nassert x == 2", None),
+    ("print(f(1))", None),
+]
+
+
+@pytest.mark.parametrize(("test", "child"), SPLITS, ids=[s[0] for s in SPLITS])
+def test_split_between_child_and_parent(test: str, child: list[str] | None) -> None:
+    check = parse_check(test, 1)
+    if child is None:
+        assert check.condition is None and check.child_job() == {"statement": test}
+    else:
+        assert check.child_job() == {"exprs": child}
+
+
+def test_expected_values_never_go_to_the_child() -> None:
+    job = parse_check("assert remove_odd([1, 2, 3]) == [2, 'secret-expected']", 1).child_job()
+    assert "secret-expected" not in repr(job)
+
+
+# (test, child values as literals, passes)
+JUDGEMENTS = [
+    ("assert remove_odd([1,2,3]) == [2]", ["[2]"], True),
+    ("assert remove_odd([1,2,3]) == [2]", ["[1, 3]"], False),
+    ("assert f(1) == (1, 2)", ["[1, 2]"], False),  # a list is not a tuple, as in Python
+    ("assert f(1) == 1", ["1.0"], True),  # 1.0 == 1, as in Python
+    ("assert f(1) == True", ["1"], True),
+    ("assert f(1) is True", ["1"], False),
+    ("assert f(1) is None", ["None"], True),
+    ("assert f() == float('inf')", ["1e999", "1e999"], True),
+    ("assert set(f()) == set((4, 5))", ["{4, 5}", "{5, 4}"], True),
+    ("assert 1 < f(2) <= 3", ["3"], True),
+    ("assert 1 < f(2) <= 3", ["4"], False),
+    ("assert not is_prime(4)", ["False"], True),
+    ("assert not is_prime(4)", ["[0]"], False),
+    ("assert math.isclose(area(2), 12.566, rel_tol=0.001)", ["12.5664"], True),
+    ("assert math.isclose(area(2), 12.566, rel_tol=0.001)", ["12.7"], False),
+    ("assert f(1) == 2 and g(2) == 3", ["2", "3"], True),
+    ("assert f(1) == 2 and g(2) == 3", ["2", "4"], False),
+    ("assert f(1) in 'abc'", ["'b'"], True),
+    ("assert f(1) == {'a': (1, b'x')}", ["{'a': (1, b'x')}"], True),
+]
+
+
+@pytest.mark.parametrize(("test", "values", "passes"), JUDGEMENTS)
+def test_check_failure(test: str, values: list[str], passes: bool) -> None:
+    failure = check_failure(parse_check(test, 1), values)
+    assert (failure is None) is passes, failure
+
+
+@pytest.mark.parametrize("literal", [
+    "Ellipsis", "...", "__import__('os')", "nan", "[1, 2", "frozenset({1})", "x"])
+def test_non_plain_child_values_fail(literal: str) -> None:
+    failure = check_failure(parse_check("assert f(1) == 1", 1), [literal])
+    assert failure is not None and failure.startswith("f(1) returned")
+
+
+def test_failure_message_shows_the_returned_value() -> None:
+    failure = check_failure(parse_check("assert remove_odd([1,2,3]) == [2]", 1), ["[1, 3]"])
+    assert failure == "  remove_odd([1,2,3]) returned [1, 3]"
+
+
+def test_type_errors_in_comparison_fail_the_test() -> None:
+    failure = check_failure(parse_check("assert f(1) < 3", 1), ["'a'"])
+    assert failure is not None and failure.startswith("TypeError: '<' not supported")
+
+
+def test_wrong_number_of_values_fails() -> None:
+    failure = check_failure(parse_check("assert f(1) == 3", 1), ["3", "3"])
+    assert failure == "the sandbox returned 2 values for 1 expressions"
+
+
+def test_statement_checks_have_no_value_verdict() -> None:
+    with pytest.raises(ValueError, match="decided by the child"):
+        check_failure(parse_check("x = f(1)\nassert x", 1), [])
+
+
+def test_invalid_test_source_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="test 4 is not valid Python"):
+        parse_check("assert f(1) ==", 4)
+    with pytest.raises(TypeError, match="test 2 must be a string"):
+        parse_check(b"assert True", 2)  # type: ignore[arg-type]
