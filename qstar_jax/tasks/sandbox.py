@@ -29,8 +29,8 @@ from typing import Any, Literal
 
 from qstar_jax.tasks.sandbox_checks import Check, check_failure, parse_check
 from qstar_jax.tasks.sandbox_isolation import (
-    HARNESS, SANDBOX_ENV, Identity, bubblewrap_command, kill_processes_of, make_scratch,
-    remove_files_of, remove_scratch, sandbox_identity, threads_of, use_bubblewrap)
+    HARNESS, SANDBOX_ENV, Identity, bubblewrap_command, bubblewrap_for, kill_processes_of,
+    make_scratch, remove_files_of, remove_scratch, sandbox_identity, threads_of)
 from qstar_jax.tasks.sandbox_streams import SandboxStreams
 
 Status = Literal["passed", "failed", "timeout", "error", "memory_exceeded", "killed"]
@@ -62,7 +62,8 @@ class _Run:
     report: list[dict[str, Any]] | None  # None: corrupted or forged
     report_problem: str
     timed_out: bool
-    exit_code: int
+    exit_code: int  # of the process started: the supervisor, or bwrap around it
+    bubblewrap: bool
     output: str  # the first _OUTPUT_LIMIT bytes, decoded
     output_bytes: int  # how many the program wrote in all
 
@@ -79,15 +80,15 @@ def run_program(program: str, tests: list[str], *, setup: str = "", timeout_s: f
     """
     _check_arguments(program, tests, setup, timeout_s, memory_mb)
     checks = [parse_check(test, number) for number, test in enumerate(tests, start=1)]
-    bubblewrap = use_bubblewrap(isolation)
-    identity = sandbox_identity(bubblewrap=bubblewrap)
+    bwrap = bubblewrap_for(isolation)
+    identity = sandbox_identity(bubblewrap=bwrap is not None)
     scratch = make_scratch(identity)
     try:
         run = _run_in_sandbox(program, setup, checks, timeout_s=timeout_s, memory_mb=memory_mb,
-                              bubblewrap=bubblewrap, identity=identity, scratch=scratch)
+                              bwrap=bwrap, identity=identity, scratch=scratch)
     finally:
         remove_scratch(scratch)
-    return _verdict(checks, run, timeout_s=timeout_s, bubblewrap=bubblewrap)
+    return _verdict(checks, run, timeout_s=timeout_s)
 
 
 def _check_arguments(program: Any, tests: Any, setup: Any, timeout_s: Any, memory_mb: Any) -> None:
@@ -97,6 +98,9 @@ def _check_arguments(program: Any, tests: Any, setup: Any, timeout_s: Any, memor
         raise TypeError(f"setup must be Python source as str, got {type(setup).__name__}")
     if isinstance(tests, str) or not isinstance(tests, (list, tuple)):
         raise TypeError(f"tests must be a list of test source strings, got {type(tests).__name__}")
+    if not tests:
+        raise ValueError("tests is empty: a program with no tests cannot be graded "
+                         "(pass at least one, e.g. 'assert True' to only check that it loads)")
     if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s > 0):
         raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
     if not (isinstance(memory_mb, int) and memory_mb >= _MIN_MEMORY_MB):
@@ -105,26 +109,29 @@ def _check_arguments(program: Any, tests: Any, setup: Any, timeout_s: Any, memor
 
 
 def _run_in_sandbox(program: str, setup: str, checks: list[Check], *, timeout_s: float,
-                    memory_mb: int, bubblewrap: bool, identity: Identity | None,
+                    memory_mb: int, bwrap: str | None, identity: Identity | None,
                     scratch: str) -> _Run:
     nonce = secrets.token_hex(16)
     job = json.dumps({
         "program": program, "setup": setup, "checks": [c.child_job() for c in checks],
-        "limits": _limits(timeout_s, memory_mb, bubblewrap, identity),
+        "limits": _limits(timeout_s, memory_mb, bwrap is not None, identity),
         "identity": None if identity is None else identity.as_job(),
         "value_limit": _VALUE_LIMIT,
     }).encode()
     stdin = len(job).to_bytes(4, "big") + job + nonce.encode("ascii")
     report_fd, report_write_fd = os.pipe()
     command = [sys.executable, "-I", str(HARNESS), str(report_write_fd)]
-    if bubblewrap:
-        command = bubblewrap_command(scratch=scratch, as_root=identity is not None) + command
+    if bwrap is not None:
+        command = bubblewrap_command(bwrap, scratch=scratch, as_root=identity is not None) + command
     deadline = time.monotonic() + timeout_s
     try:
         process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             pass_fds=(report_write_fd,), cwd=scratch, start_new_session=True,
-            env={**SANDBOX_ENV, "HOME": scratch, "TMPDIR": scratch})
+            env={**SANDBOX_ENV, "HOME": scratch, "TMPDIR": scratch, "PWD": scratch})
+    except BaseException:
+        os.close(report_fd)
+        raise
     finally:
         os.close(report_write_fd)
     streams = SandboxStreams(process, report_fd, stdin, output_limit=_OUTPUT_LIMIT,
@@ -132,13 +139,13 @@ def _run_in_sandbox(program: str, setup: str, checks: list[Check], *, timeout_s:
     try:
         finished = streams.pump_until_report_ends(deadline)
     finally:
-        _kill_everything(process, identity, bubblewrap, scratch)
+        _kill_everything(process, identity, bwrap is not None, scratch)
         streams.drain_output(_DRAIN_GRACE_S)
         streams.close()
     report, problem = _parse_report(bytes(streams.report), nonce, streams.report_overflowed)
     return _Run(report=report, report_problem=problem, timed_out=not finished,
-                exit_code=process.returncode, output=streams.output.decode(errors="replace"),
-                output_bytes=streams.output_bytes)
+                exit_code=process.returncode, bubblewrap=bwrap is not None,
+                output=streams.output.decode(errors="replace"), output_bytes=streams.output_bytes)
 
 
 def _limits(timeout_s: float, memory_mb: int, bubblewrap: bool,
@@ -173,7 +180,8 @@ def _parse_report(raw: bytes, nonce: str, overflowed: bool) -> tuple[list[dict] 
     if overflowed:
         return None, f"the report exceeded {_REPORT_LIMIT} bytes"
     records = []
-    for line in raw.decode(errors="replace").splitlines():
+    # A line cut short by the kill at a timeout is not part of the report.
+    for line in raw.decode(errors="replace").split("\n")[:-1]:
         try:
             record = json.loads(line)
         except ValueError:
@@ -190,8 +198,8 @@ def _parse_report(raw: bytes, nonce: str, overflowed: bool) -> tuple[list[dict] 
     return records, ""
 
 
-def _verdict(checks: list[Check], run: _Run, *, timeout_s: float, bubblewrap: bool) -> ExecResult:
-    status, summary = _decide(checks, run, timeout_s=timeout_s, bubblewrap=bubblewrap)
+def _verdict(checks: list[Check], run: _Run, *, timeout_s: float) -> ExecResult:
+    status, summary = _decide(checks, run, timeout_s=timeout_s)
     detail = summary
     if run.output_bytes > _OUTPUT_LIMIT:
         detail += (f"\n--- program output (truncated to its first {_OUTPUT_LIMIT} of "
@@ -201,21 +209,20 @@ def _verdict(checks: list[Check], run: _Run, *, timeout_s: float, bubblewrap: bo
     return ExecResult(passed=status == "passed", status=status, detail=detail)
 
 
-def _decide(checks: list[Check], run: _Run, *, timeout_s: float, bubblewrap: bool) -> tuple[Status, str]:
+def _decide(checks: list[Check], run: _Run, *, timeout_s: float) -> tuple[Status, str]:
     if run.report is None:
         return "error", f"the sandbox report cannot be trusted: {run.report_problem}"
     by_step = {record["step"]: record for record in run.report}
     program = by_step.get("program")
     if program is None:
-        return _unfinished(run, by_step.get("end"), "before the program finished loading",
-                           timeout_s, bubblewrap)
+        return _unfinished(run, by_step.get("end"), "while the program was loading", timeout_s)
     if "error" in program:
         status = "memory_exceeded" if program["kind"] == "memory" else "error"
-        return status, f"the program raised while loading:\n{program['error']}"
+        return status, f"the program (or setup) raised before the tests ran:\n{program['error']}"
     for number, check in enumerate(checks, start=1):
         record = by_step.get(number - 1)
         if record is None:
-            return _unfinished(run, by_step.get("end"), f"during test {number}", timeout_s, bubblewrap)
+            return _unfinished(run, by_step.get("end"), f"during test {number}", timeout_s)
         failure = _check_failure(check, record)
         if failure is not None:
             status = "memory_exceeded" if record.get("kind") == "memory" else "failed"
@@ -233,8 +240,8 @@ def _check_failure(check: Check, record: dict[str, Any]) -> str | None:
     return check_failure(check, record["values"])
 
 
-def _unfinished(run: _Run, end: dict[str, Any] | None, where: str, timeout_s: float,
-                bubblewrap: bool) -> tuple[Status, str]:
+def _unfinished(run: _Run, end: dict[str, Any] | None, where: str,
+                timeout_s: float) -> tuple[Status, str]:
     """Why the report stops short of a verdict."""
     if run.timed_out:
         return "timeout", f"timed out after {timeout_s:g} s {where}"
@@ -243,9 +250,9 @@ def _unfinished(run: _Run, end: dict[str, Any] | None, where: str, timeout_s: fl
             return "error", f"the program broke the sandbox protocol {where}: {end['protocol_error']}"
         if end["worker_signal"] is not None:
             return _signalled(end["worker_signal"], "the program's process", where)
-        return "error", f"the program ended its process (exit status {end['worker_exit']}) {where}"
+        return "error", f"the program's process exited with status {end['worker_exit']} {where}"
     code = run.exit_code
-    if code < 0 or (bubblewrap and code > 128):
+    if code < 0 or (run.bubblewrap and code > 128):  # bwrap exits 128 + signal
         return _signalled(-code if code < 0 else code - 128, "the sandbox supervisor", where)
     return "error", f"the sandbox supervisor exited with status {code} {where}"
 

@@ -90,7 +90,10 @@ def main(argv: list[str]) -> None:
         # Dumpable again: the program may read its own /proc files (they hold nothing of
         # the supervisor's), while the supervisor's stay closed to it.
         _prctl(libc, _PR_SET_DUMPABLE, 1)
-        _run_worker(job, worker_end)
+        try:
+            _run_worker(job, worker_end)
+        finally:
+            os._exit(1)  # never fall through into the supervisor's code
     worker_end.close()
     nonce = _read_exact(0, _NONCE_CHARS).decode("ascii")
     os.close(0)
@@ -234,8 +237,6 @@ def _run_worker(job: dict, channel: socket.socket) -> None:
     outcome = _execute(job["program"], "<program>", namespace)
     if outcome == {"ok": True} and job["setup"]:
         outcome = _execute(job["setup"], "<setup>", namespace)
-        if "error" in outcome:
-            outcome["error"] = "setup: " + outcome["error"]
     restore_builtins()
     send(outcome)
     if outcome == {"ok": True}:

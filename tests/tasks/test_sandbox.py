@@ -13,6 +13,7 @@ import socket
 import sys
 import textwrap
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,7 @@ def isolation(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def marker() -> str:
+def marker() -> Iterator[str]:
     """A unique argument for ``/bin/sleep``: any process still carrying it after a run
     is one the sandbox failed to kill."""
     token = f"{secrets.randbelow(10**9)}.{secrets.randbelow(10**9)}"
@@ -183,7 +184,7 @@ def test_early_exit_never_passes(program: str) -> None:
 def test_exit_status_is_reported(isolation: str) -> None:
     result = _run("import os\nos._exit(0)\n", isolation=isolation)
     assert (result.status, result.detail) == (
-        "error", "the program ended its process (exit status 0) before the program finished loading")
+        "error", "the program's process exited with status 0 while the program was loading")
 
 
 ALWAYS_EQUAL = {
@@ -224,7 +225,7 @@ def test_printed_pass_markers_and_forged_report_lines_do_not_pass(isolation: str
         """)
     result = _run(program, isolation=isolation)
     assert (result.passed, result.status) == (False, "error")
-    assert result.detail.startswith("the program ended its process (exit status 0)")
+    assert result.detail.startswith("the program's process exited with status 0")
 
 
 def test_nonce_and_report_pipe_are_out_of_reach(isolation: str) -> None:
@@ -270,8 +271,8 @@ def test_nonce_and_report_pipe_are_out_of_reach(isolation: str) -> None:
     assert (result.passed, result.status) == (False, "error")
     # The report arrived intact and authentic: the only forgery that got anywhere is the
     # garbage written down the worker's own channel, which the supervisor reported.
-    assert result.detail.startswith("the program broke the sandbox protocol before the "
-                                    "program finished loading")
+    assert result.detail.startswith("the program broke the sandbox protocol while the "
+                                    "program was loading")
     assert "nonce-shaped strings in memory: 0\nsupervisor files reachable: 0\n" in result.detail
 
 
@@ -433,9 +434,24 @@ def test_bubblewrap_has_no_network_and_hides_the_repository() -> None:
     assert result.status == "passed", result.detail
 
 
-def test_sandbox_runs_as_an_unprivileged_user(isolation: str) -> None:
-    tests = ["assert os.getuid() != 0", "assert os.geteuid() != 0", "assert os.getgroups() == []"]
-    result = _run("import os\n", tests, isolation=isolation)
+def test_sandbox_process_is_isolated_limited_and_unprivileged(isolation: str) -> None:
+    tests = [
+        "assert sys.flags.isolated == 1",
+        "assert sorted(os.environ) == ['HOME', 'LANG', 'LC_ALL', 'PATH', 'PWD', 'TMPDIR']",
+        "assert os.getcwd() == os.environ['HOME'] == os.environ['TMPDIR'] == os.environ['PWD']",
+        "assert sys.stdin.read() == ''",
+        "assert resource.getrlimit(resource.RLIMIT_AS) == (256 << 20, 256 << 20)",
+        "assert resource.getrlimit(resource.RLIMIT_CPU) == (4, 5)",
+        "assert resource.getrlimit(resource.RLIMIT_FSIZE) == (16 << 20, 16 << 20)",
+        "assert resource.getrlimit(resource.RLIMIT_NOFILE) == (64, 64)",
+    ]
+    if os.geteuid() == 0 or isolation == "bubblewrap":
+        # Otherwise the limit also covers the caller's own threads.
+        tests.append("assert resource.getrlimit(resource.RLIMIT_NPROC) == (32, 32)")
+    if os.geteuid() == 0:
+        tests += ["assert os.getuid() != 0", "assert os.geteuid() != 0", "assert os.getgroups() == []"]
+    result = _run("import os, resource, sys\n", tests, isolation=isolation, timeout_s=3.0,
+                  memory_mb=256)
     assert result.status == "passed", result.detail
 
 
