@@ -1,0 +1,174 @@
+"""One canonical spelling for a LaTeX answer, so equal answers become equal strings.
+
+``normalize_latex`` drops what never changes a value (math delimiters, ``\\left`` and
+``\\right``, spacing commands, ``\\displaystyle``, degree signs, percent signs, currency
+signs, units in ``\\text{}`` or after a plain number, a trailing full stop, thousands
+separators, whitespace) and spells what has several spellings one way (``\\dfrac`` and
+``\\tfrac`` as ``\\frac``, ``\\frac12`` as ``\\frac{1}{2}``, ``\\sqrt2`` as ``\\sqrt{2}``,
+``\\le`` as ``\\leq``, ``x^{2}`` as ``x^2``). It keeps bracket types: ``(1,2]`` stays a
+half-open interval. Inputs longer than ``MAX_ANSWER_CHARS`` or nested deeper than
+``MAX_NESTING`` are refused (None): they are not answers, and refusing them bounds the
+work of every later stage.
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_ANSWER_CHARS = 1000
+MAX_NESTING = 40
+
+_OPENERS, _CLOSERS = "([{", ")]}"
+_UNICODE = str.maketrans({"\u2212": "-", "\u00d7": r"\times ", "\u00b7": r"\cdot ",
+                          "\u03c0": r"\pi ", "\u221e": r"\infty ", "\u00b0": "",
+                          "\u20ac": "", "\u00a3": "", "\u00a5": "", "\u20b9": ""})
+# "\\" (a matrix row break) is matched first so its second backslash never starts "\(".
+_DELIMITERS = re.compile(r"(\\\\)|\\\$|\$|\\[()\[\]]")
+_SIZING = re.compile(r"\\(?:left|right)\.|\\(?:left|right|[bB]igg?[lr]?|displaystyle|textstyle)"
+                     r"(?![A-Za-z])")
+_SPACING = re.compile(r"(\\\\)|\\[,;: ]|\\q?quad(?![A-Za-z])|~")
+_RENAMES = (
+    (re.compile(r"\\[dtc]frac(?![A-Za-z])"), r"\\frac"),
+    (re.compile(r"\\(le|ge)(?![A-Za-z])"), r"\\\1q"),
+    (re.compile(r"\\ne(?![A-Za-z])"), r"\\neq"),
+    (re.compile(r"\\lbrace(?![A-Za-z])"), r"\\{"),
+    (re.compile(r"\\rbrace(?![A-Za-z])"), r"\\}"),
+    (re.compile(r"\\varnothing(?![A-Za-z])|\\\{\s*\\\}"), r"\\emptyset"),
+    (re.compile(r"\{,\}"), ","),
+    (re.compile(r"\\!"), ""),
+    (re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ(?![A-Za-z])|\\circ(?![A-Za-z])"
+                r"|\\degree(?![A-Za-z])"), ""),
+    (re.compile(r"\\?%"), ""),
+)
+_TEXT_COMMAND = r"\\(?:text|textbf|textit|textrm|textnormal|mbox|mathrm|mathbf|mathit|" \
+                r"boldsymbol|operatorname|boxed|fbox)\s*\{"
+_TEXT_OPENER = re.compile(_TEXT_COMMAND)
+# "5\text{ cm}^2": a unit in text after some maths; the maths is the answer.
+_TRAILING_UNIT = re.compile(_TEXT_COMMAND + r"\s*[A-Za-z][A-Za-z .,/]*\}(?:\^\{?\d\}?)?\s*$")
+_NUMBER = r"[-+]?(?:\d[\d,]*(?:\.\d*)?|\.\d+)"
+# "12 square feet", "18 dollars.": words after a plain number are its unit.
+_NUMBER_WITH_UNIT = re.compile(rf"(?P<number>{_NUMBER})\s+(?P<first>[A-Za-z]{{2,}})"
+                               r"(?:[\s.\-/]+[A-Za-z]+)*\.?")
+# Words that are maths, not units, when written after a number ("2 pi").
+_MATH_WORDS = frozenset({"pi", "sqrt", "sin", "cos", "tan", "log", "ln", "exp", "times",
+                         "cdot", "over", "plus", "minus"})
+_THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_WHITESPACE = re.compile(r"(\\[A-Za-z]+)\s+(?=[A-Za-z])|\s+")
+_SINGLE_TOKEN_SCRIPT = re.compile(r"([\^_])\{([A-Za-z0-9])\}")
+_ARGUMENT_COMMANDS = re.compile(r"\\(frac|sqrt|binom)(?![A-Za-z])")
+
+
+def normalize_latex(text: str) -> str | None:
+    """The canonical spelling of a LaTeX answer (see the module docstring), or None when
+    it is too long or too deeply nested to be an answer."""
+    text = text.strip()
+    if len(text) > MAX_ANSWER_CHARS or nesting_depth(text) > MAX_NESTING:
+        return None
+    text = _DELIMITERS.sub(_keep_row_breaks, text.translate(_UNICODE))
+    text = _SIZING.sub("", text)
+    text = _SPACING.sub(lambda m: _keep_row_breaks(m) or " ", text)
+    for pattern, replacement in _RENAMES:
+        text = pattern.sub(replacement, text)
+    text = _drop_trailing_unit(text)
+    text = _unwrap_text_commands(text).strip().rstrip(".").strip()
+    unit_match = _NUMBER_WITH_UNIT.fullmatch(text)
+    if unit_match is not None and unit_match["first"].lower() not in _MATH_WORDS:
+        text = unit_match["number"]
+    if _THOUSANDS.fullmatch(text):
+        text = text.replace(",", "")
+    text = _WHITESPACE.sub(lambda m: m[1] + " " if m[1] else "", text)
+    text = _SINGLE_TOKEN_SCRIPT.sub(r"\1\2", _brace_arguments(text))
+    return _strip_outer_braces(text)
+
+
+def nesting_depth(text: str) -> int:
+    """The deepest bracket nesting in ``text``, counting ``( [ {`` alike."""
+    depth = deepest = 0
+    for char in text:
+        if char in _OPENERS:
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in _CLOSERS:
+            depth -= 1
+    return deepest
+
+
+def matching_close(text: str, open_index: int) -> int | None:
+    """Index of the bracket closing the one at ``open_index`` (any of ``([{`` closes with
+    any of ``)]}``, so half-open intervals balance), or None when it never closes."""
+    depth = 0
+    for index in range(open_index, len(text)):
+        if text[index] in _OPENERS:
+            depth += 1
+        elif text[index] in _CLOSERS:
+            depth -= 1
+            if depth == 0:
+                return index
+    return None
+
+
+def _keep_row_breaks(match: re.Match[str]) -> str:
+    """Replacement that keeps a matched ``\\\\`` (group 1) and deletes anything else."""
+    return match[1] or ""
+
+
+def _drop_trailing_unit(text: str) -> str:
+    match = _TRAILING_UNIT.search(text)
+    if match is None or not text[:match.start()].strip():
+        return text
+    return text[:match.start()]
+
+
+def _unwrap_text_commands(text: str) -> str:
+    """``\\text{(A)}`` -> ``(A)``: the command goes, its braced content stays."""
+    while (opener := _TEXT_OPENER.search(text)) is not None:
+        close = matching_close(text, opener.end() - 1)
+        if close is None:
+            return text[:opener.start()] + text[opener.end():]
+        text = text[:opener.start()] + text[opener.end():close] + text[close + 1:]
+    return text
+
+
+def _brace_arguments(text: str) -> str:
+    """Braces every argument of ``\\frac``, ``\\sqrt`` and ``\\binom``: ``\\frac12`` ->
+    ``\\frac{1}{2}``, ``\\sqrt\\pi`` -> ``\\sqrt{\\pi}``, ``\\sqrt[3]8`` -> ``\\sqrt[3]{8}``."""
+    pieces, position = [], 0
+    while (command := _ARGUMENT_COMMANDS.search(text, position)) is not None:
+        pieces.append(text[position:command.end()])
+        position = command.end()
+        if command[1] == "sqrt" and text.startswith("[", position):
+            close = matching_close(text, position)
+            if close is None:
+                break
+            pieces.append("[" + _brace_arguments(text[position + 1:close]) + "]")
+            position = close + 1
+        for _ in range(1 if command[1] == "sqrt" else 2):
+            argument, position = _read_argument(text, position)
+            if argument is None:
+                break
+            pieces.append("{" + _brace_arguments(argument) + "}")
+    pieces.append(text[position:])
+    return "".join(pieces)
+
+
+def _read_argument(text: str, position: int) -> tuple[str | None, int]:
+    """(the argument starting at ``position``, where it ends): a braced group, a command
+    name, or one character; (None, position) at the end or at a closing bracket."""
+    while position < len(text) and text[position] == " ":
+        position += 1
+    if position >= len(text) or text[position] in _CLOSERS:
+        return None, position
+    if text[position] == "{":
+        close = matching_close(text, position)
+        if close is None:
+            return None, position
+        return text[position + 1:close], close + 1
+    command = re.match(r"\\[A-Za-z]+", text[position:])
+    end = position + (command.end() if command else 1)
+    return text[position:end], end
+
+
+def _strip_outer_braces(text: str) -> str:
+    while text.startswith("{") and matching_close(text, 0) == len(text) - 1:
+        text = text[1:-1]
+    return text

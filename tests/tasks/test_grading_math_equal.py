@@ -1,0 +1,191 @@
+"""math_equal: MATH answers, table-driven, with one warm sympy worker for the module."""
+
+from __future__ import annotations
+
+import pytest
+
+from qstar_jax.tasks.grading import SymbolicChecker, math_equal
+
+PMATRIX = "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}"
+BMATRIX = "\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}"
+TRANSPOSED = "\\begin{pmatrix} 1 & 3 \\\\ 2 & 4 \\end{pmatrix}"
+ROW = "\\begin{pmatrix} 1 & 2 & 3 & 4 \\end{pmatrix}"
+COLUMN = "\\begin{pmatrix} \\frac12 \\\\ 0 \\end{pmatrix}"
+
+# (prediction, reference, verdict)
+CASES = [
+    # Exact rationals in every spelling.
+    ("\\frac{1}{2}", "0.5", True),
+    ("\\frac12", "\\frac{1}{2}", True),
+    ("\\dfrac{1}{2}", "\\frac12", True),
+    ("\\tfrac{1}{2}", "1/2", True),
+    ("\\frac1{2}", "\\frac{1}2", True),
+    ("\\frac{2}{4}", "\\frac{1}{2}", True),
+    ("-\\frac{1}{2}", "\\frac{-1}{2}", True),
+    ("\\frac{1}{-2}", "-0.5", True),
+    ("-1/2", "-\\frac12", True),
+    ("2\\frac{1}{3}", "\\frac{7}{3}", True),
+    ("-2\\frac{1}{3}", "-\\frac{7}{3}", True),
+    ("7/3", "2\\frac13", True),
+    ("\\frac{3}{1}", "3", True),
+    ("3.0", "3", True),
+    ("\\frac{1.5}{3}", "\\frac{1}{2}", True),
+    ("-3", "-3.00", True),
+    ("10,000", "10000", True),
+    ("10,\\!000", "10000", True),
+    ("10{,}000", "10000", True),
+    # Normalised LaTeX.
+    ("\\left( 1, 2 \\right)", "(1,2)", True),
+    ("\\$5", "5", True),
+    ("$\\frac{1}{2}$", "\\frac12", True),
+    ("5\\text{ cm}", "5", True),
+    ("5 \\text{cm}^2", "5", True),
+    ("\\mbox{5 inches}", "5", True),
+    ("90^\\circ", "90", True),
+    ("90^{\\circ}", "90", True),
+    ("90 degrees", "90", True),
+    ("50\\%", "50", True),
+    ("3.", "3", True),
+    ("\\displaystyle \\frac{1}{2}", "0.5", True),
+    ("4\\,\\sqrt{2}", "4\\sqrt2", True),
+    ("{5}", "5", True),
+    ("(5)", "5", True),
+    ("\\text{Monday}", "Monday", True),
+    ("Monday", "monday", True),
+    ("x^{2}+1", "x^2 + 1", True),
+    # Assignments against bare values.
+    ("x = 3", "3", True),
+    ("3", "x=3", True),
+    ("y = 2x + 3", "2x+3", True),
+    ("x \\in [1, 2)", "[1,2)", True),
+    ("f(x) = x^2", "x^2", True),
+    ("x+y=3", "y+x=3", True),
+    # Tuples and intervals keep their brackets.
+    ("(1, 2)", "(1,2)", True),
+    ("(1,2]", "(1, 2]", True),
+    ("[2, \\infty)", "[2,\\infty)", True),
+    ("(\\frac12, 3)", "(0.5, 3)", True),
+    ("(-\\infty, -1) \\cup (1, \\infty)", "(1,\\infty)\\cup(-\\infty,-1)", True),
+    ("\\langle 1, 2 \\rangle", "\\langle1,2\\rangle", True),
+    # Sets and lists compare as sets.
+    ("\\{1, 2\\}", "\\{2, 1\\}", True),
+    ("1, 2", "2, 1", True),
+    ("\\{1,2\\}", "1,2", True),
+    ("\\{5\\}", "5", True),
+    ("\\{(1,2), (3,4)\\}", "\\{(3,4),(1,2)\\}", True),
+    ("\\{\\frac12, -1\\}", "-1, 0.5", True),
+    # Matrices entrywise; pmatrix and bmatrix alike.
+    (PMATRIX, BMATRIX, True),
+    (COLUMN, "\\begin{pmatrix}0.5\\\\0\\end{pmatrix}", True),
+    # Multiple choice.
+    ("(A)", "A", True),
+    ("\\text{(B)}", "B", True),
+    ("C", "(C)", True),
+    ("A, C", "\\text{C, A}", True),
+    # Sympy, in the child process.
+    ("2\\sqrt2", "\\sqrt8", True),
+    ("\\frac{\\sqrt{3}}{3}", "1/\\sqrt3", True),
+    ("\\frac{1}{\\sqrt{2}}", "\\frac{\\sqrt2}{2}", True),
+    ("3\\sqrt{12}", "6\\sqrt3", True),
+    ("(x+1)^2", "x^2+2x+1", True),
+    ("x^2-1", "(x-1)(x+1)", True),
+    ("b + a", "a + b", True),
+    ("\\pi/2", "\\frac{\\pi}{2}", True),
+    ("2\\pi", "\\pi \\cdot 2", True),
+    ("\\frac{x}{2}", "0.5x", True),
+    ("\\sqrt{4}", "2", True),
+    ("\\sqrt[3]{8}", "2", True),
+    ("2^{10}", "1024", True),
+    ("\\frac{1+\\sqrt5}{2}", "\\frac{\\sqrt5+1}{2}", True),
+    # The known false positives of popular graders.
+    ("(1,2)", "[1,2]", False),
+    ("100000", "100001", False),
+    ("50", "0.5", False),
+    ("50\\%", "0.5", False),
+    ("a+b", "c+b", False),
+    ("1/2", "2", False),
+    ("\\frac12", "2", False),
+    # Brackets, order and kind matter for tuples and intervals.
+    ("(1,2]", "(1,2)", False),
+    ("[1,2)", "(1,2]", False),
+    ("[2,\\infty)", "(2,\\infty)", False),
+    ("(1,2)", "(2,1)", False),
+    ("(1,2)", "\\{1,2\\}", False),
+    ("(1,2)", "1,2", False),
+    ("(1,2,3)", "(1,2)", False),
+    ("5", "(5,5)", False),
+    ("\\langle 1, 2\\rangle", "\\langle 2, 1\\rangle", False),
+    ("\\langle 1, 2\\rangle", "(1, 2)", False),
+    # Sets must hold the same elements.
+    ("\\{1,2\\}", "\\{1,2,3\\}", False),
+    ("\\{1,2\\}", "\\{1,3\\}", False),
+    ("1,2", "1", False),
+    # Matrices: same shape, same entries, same place.
+    (PMATRIX, TRANSPOSED, False),
+    (PMATRIX, ROW, False),
+    (PMATRIX, "(1,2,3,4)", False),
+    # Exact: no rounding.
+    ("0.333", "\\frac13", False),
+    ("\\pi", "3.14", False),
+    ("\\pi", "\\frac{22}{7}", False),
+    ("3.14", "3.14159", False),
+    ("\\sqrt2", "1.41421356", False),
+    ("2\\frac{1}{3}", "\\frac{2}{3}", False),
+    ("\\frac{1}{2}", "\\frac{2}{1}", False),
+    ("-3", "3", False),
+    # Multiple choice letters only equal themselves.
+    ("(A)", "(B)", False),
+    ("A", "B", False),
+    ("A", "5", False),
+    # Different variables, equations and expressions.
+    ("x = 3", "y = 3", False),
+    ("x=3", "4", False),
+    ("f(x) = x^2", "g(x) = x^2", False),
+    ("x+y=3", "x-y=3", False),
+    ("x+y=3", "3", False),
+    ("2\\sqrt2", "\\sqrt6", False),
+    ("\\frac{\\sqrt3}{3}", "\\sqrt3", False),
+    ("x^2+2x+1", "(x-1)^2", False),
+    ("x", "y", False),
+    ("2", "2x", False),
+    ("\\infty", "-\\infty", False),
+    ("\\frac{1}{0}", "\\frac{2}{0}", False),
+    ("Monday", "Tuesday", False),
+    ("2abc", "2ABC", False),
+    ("5\\text{ cm}", "6", False),
+    # Empty and non-string input.
+    ("", "5", False),
+    ("5", "", False),
+    ("\\boxed{}", "5", False),
+    ("$$", "0", False),
+    (None, "5", False),
+    ("5", None, False),
+    (5, "5", False),
+]
+
+
+@pytest.fixture(scope="module")
+def checker():
+    with SymbolicChecker() as warm_checker:
+        yield warm_checker
+
+
+def test_table_is_large_and_balanced():
+    verdicts = [verdict for _, _, verdict in CASES]
+    assert len(CASES) >= 80
+    assert verdicts.count(True) >= 30 and verdicts.count(False) >= 30
+
+
+@pytest.mark.parametrize(("pred", "ref", "verdict"), CASES)
+def test_math_equal(pred, ref, verdict, checker):
+    assert math_equal(pred, ref, symbolic=checker) is verdict
+
+
+@pytest.mark.parametrize(("pred", "ref", "verdict"), CASES)
+def test_math_equal_is_symmetric(pred, ref, verdict, checker):
+    assert math_equal(ref, pred, symbolic=checker) is verdict
+
+
+def test_without_a_checker_one_is_started_and_stopped_per_call():
+    assert math_equal("2\\sqrt2", "\\sqrt8")
+    assert not math_equal("2\\sqrt2", "\\sqrt6")

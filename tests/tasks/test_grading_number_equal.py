@@ -1,0 +1,135 @@
+"""number_equal: GSM8K answers compared as exact numbers, table-driven."""
+
+from __future__ import annotations
+
+import pytest
+
+from qstar_jax.tasks.grading import number_equal
+
+# (prediction, reference, verdict)
+CASES = [
+    # Plain spellings of the same number.
+    ("18", "18", True),
+    ("18.0", "18", True),
+    ("18.00", "18", True),
+    ("18", "18.000", True),
+    ("007", "7", True),
+    ("+7", "7", True),
+    ("4.20", "4.2", True),
+    (".5", "0.5", True),
+    ("0.50", "0.5", True),
+    ("0", "0", True),
+    ("-0", "0", True),
+    ("0.0", "0", True),
+    ("  42  ", "42", True),
+    ("42\n", "42", True),
+    # Thousands separators.
+    ("1,000", "1000", True),
+    ("1000", "1,000", True),
+    ("1,000,000", "1000000", True),
+    ("1,234,567.00", "1234567", True),
+    ("2,500.50", "2500.5", True),
+    ("10,\\!000", "10000", True),
+    # Currency, before or after, with or without a sign.
+    ("$18", "18", True),
+    ("$18.00", "18", True),
+    ("\\$18", "18", True),
+    ("$ 42", "42", True),
+    ("$1,000,000", "1000000", True),
+    ("\\$1,200", "1200", True),
+    ("€20", "20", True),
+    ("20€", "20", True),
+    ("£3.50", "3.5", True),
+    ("-$5", "-5", True),
+    ("$-5", "-5", True),
+    ("$18$", "18", True),
+    # Trailing full stop and unit words.
+    ("18.", "18", True),
+    ("$18.", "18", True),
+    ("18 dollars", "18", True),
+    ("18 dollars.", "18", True),
+    ("$18 per hour", "18", True),
+    ("18 apples", "18", True),
+    ("12 square feet", "12", True),
+    ("5 hours.", "5", True),
+    ("12\\text{ dollars}", "12", True),
+    ("\\boxed{18}", "18", True),
+    # Negatives, including the Unicode minus.
+    ("-5", "-5", True),
+    ("\u22125", "-5", True),
+    ("-12.5", "-12.50", True),
+    # Fractions are numbers too.
+    ("1/2", "0.5", True),
+    ("\\frac{1}{2}", "0.5", True),
+    ("3/4", "0.75", True),
+    ("-3/4", "-0.75", True),
+    # Percent is a unit: the number before it is the answer.
+    ("50%", "50", True),
+    ("50\\%", "50", True),
+    ("50 percent", "50", True),
+    ("50", "50%", True),
+    # The right-hand side of an equation is the answer.
+    ("x = 18", "18", True),
+    ("5 + 13 = 18", "18", True),
+    # Exact comparison: no float tolerance, however close.
+    ("100000", "100001", False),
+    ("100001", "100000", False),
+    ("17.999999999999", "18", False),
+    ("18.01", "18", False),
+    ("999999999999999999999", "1000000000000000000000", False),
+    ("0.333", "1/3", False),
+    ("1/3", "0.33", False),
+    # The known traps.
+    ("50", "0.5", False),
+    ("0.5", "50", False),
+    ("50%", "0.5", False),
+    ("1/2", "2", False),
+    ("2", "1/2", False),
+    # Different numbers.
+    ("18", "-18", False),
+    ("-18", "18", False),
+    ("18", "180", False),
+    ("1,000", "100", False),
+    ("2 + 2 = 5", "4", False),
+    # Malformed numerals are not numbers.
+    ("1,00", "100", False),
+    ("10,0000", "100000", False),
+    ("5,5", "5.5", False),
+    ("1.2.3", "1.2", False),
+    ("2.5e3", "2500", False),
+    ("1e3", "1000", False),
+    ("18/0", "18", False),
+    ("0/0", "0", False),
+    ("3:00", "3", False),
+    # Not a single number.
+    ("five", "5", False),
+    ("3 hours and 20 minutes", "3", False),
+    ("18 or 19", "18", False),
+    ("18, 19", "18", False),
+    ("about 18", "18", False),
+    ("18?", "18", False),
+    ("2 pi", "2", False),
+    ("18x", "18", False),
+    ("x", "18", False),
+    # Empty and non-string input.
+    ("", "5", False),
+    ("   ", "5", False),
+    ("18", "", False),
+    ("$", "0", False),
+    ("-", "0", False),
+    (".", "0", False),
+    (None, "18", False),
+    (18, "18", False),
+    ("18", None, False),
+]
+
+
+def test_table_is_large_and_balanced():
+    verdicts = [verdict for _, _, verdict in CASES]
+    assert len(CASES) >= 80
+    assert verdicts.count(True) >= 30 and verdicts.count(False) >= 30
+
+
+@pytest.mark.parametrize(("pred", "ref", "verdict"), CASES)
+def test_number_equal(pred, ref, verdict):
+    assert number_equal(pred, ref) is verdict

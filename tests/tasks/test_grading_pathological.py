@@ -1,0 +1,114 @@
+"""Hostile inputs: huge numbers, exponent towers, deep nesting, megabyte strings.
+
+Every case runs in one child interpreter that this test kills after ``HARD_LIMIT_S``, so
+a grader that hangs (even inside C code holding the GIL) fails the test instead of
+stalling the suite. Graders must answer False; extractors their exact answer.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HARD_LIMIT_S = 120
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+CHILD_SCRIPT = r'''
+import json, random
+from qstar_jax.tasks.grading import (SymbolicCheckConfig, SymbolicChecker, extract_boxed,
+                                     extract_final_answer, extract_gsm8k_reference,
+                                     math_equal, number_equal)
+
+megabyte_number = "1" + "0" * 10**6
+noise = "".join(random.Random(0).choices("\\{}()[]^_0123456789+-*/x,&=$ ", k=1000)) * 1000
+math_cases = {
+    "megabyte numeral": (megabyte_number, "1"),
+    "megabyte numeral against itself": (megabyte_number, megabyte_number),
+    "999-digit numeral": ("9" * 999, "9" * 998),
+    "10^{10^{10}}": ("10^{10^{10}}", "1"),
+    "10^{10^{10}} against itself plus one": ("10^{10^{10}}", "10^{10^{10}}+1"),
+    "python power": ("10**10**10", "1"),
+    "tower of twos": ("2^{2^{2^{2^{2^{2}}}}}", "0"),
+    "tower of nines": ("9^{9^{9^{9}}}", "1"),
+    "huge factorial": ("(10^{5})!", "1"),
+    "huge binomial": ("\\binom{100000}{50000}", "1"),
+    "huge symbolic exponent": ("x^{100000}", "x^{100000}+1"),
+    "slow expansion": ("(x+y+1)^{60}", "(x+y+2)^{60}"),
+    "5000 nested braces": ("{" * 5000 + "1" + "}" * 5000, "1"),
+    "200 nested braces": ("{" * 200 + "1" + "}" * 200, "1"),
+    "nested fractions": ("\\frac{1}{" * 30 + "2" + "}" * 30, "1"),
+    "nested roots": ("\\sqrt{" * 35 + "2" + "}" * 35, "2"),
+    "open parentheses": ("(" * 100000, "1"),
+    "open left parentheses": ("\\left(" * 100000, "1"),
+    "open boxes": ("\\boxed{" * 100000, "5"),
+    "megabyte of letters": ("x" * 10**6, "x"),
+    "megabyte of noise": (noise, "1"),
+    "400 list items": ("1," * 400, "1"),
+    "surrogate and nul": ("\ud800\x00", "1"),
+}
+number_cases = {
+    "megabyte numeral": (megabyte_number, "1"),
+    "101-digit numerals": ("9" * 101, "9" * 101),
+    "python power": ("10**10**10", "1"),
+    "exponent notation": ("1e1000000", "1"),
+    "megabyte of dollars": ("$" * 10**6, "0"),
+    "100000 thousands groups": (",".join(["1"] * 10**5), "1"),
+    "megabyte of minus signs": ("-" * 10**6 + "1", "-1"),
+    "megabyte of noise": (noise, "1"),
+}
+with SymbolicChecker(SymbolicCheckConfig(timeout_s=2.0)) as checker:
+    verdicts = {f"math_equal: {name}": math_equal(*pair, symbolic=checker)
+                for name, pair in math_cases.items()}
+verdicts.update({f"number_equal: {name}": number_equal(*pair)
+                 for name, pair in number_cases.items()})
+verdicts.update({
+    "extract_boxed: open boxes": extract_boxed("\\boxed{" * 100000),
+    "extract_boxed: open boxes, innermost closed": extract_boxed("\\boxed{" * 100000 + "5}"),
+    "extract_boxed: megabyte of braces": extract_boxed("{" * 10**6),
+    "extract_boxed: megabyte of noise": extract_boxed(noise + "\\boxed{42}"),
+    "extract_final_answer: megabyte of noise": extract_final_answer(noise + "\nThe answer is: 9"),
+    "extract_final_answer: repeated phrase": extract_final_answer("The answer is " * 100000 + "7"),
+    "extract_final_answer: megabyte of spaces": extract_final_answer("#### " + " " * 10**6 + "5"),
+    "extract_final_answer: spaces after phrase":
+        extract_final_answer("the answer is" + " " * 10**6 + "x."),
+    "extract_gsm8k_reference: megabyte of spaces":
+        extract_gsm8k_reference("#### " + " " * 10**6 + "72 " + " " * 10**6),
+})
+print(json.dumps(verdicts))
+'''
+
+EXTRACTIONS = {
+    "extract_boxed: open boxes": None,
+    "extract_boxed: open boxes, innermost closed": "5",
+    "extract_boxed: megabyte of braces": None,
+    "extract_boxed: megabyte of noise": "42",
+    "extract_final_answer: megabyte of noise": "9",
+    "extract_final_answer: repeated phrase": "7",
+    "extract_final_answer: megabyte of spaces": "5",
+    "extract_final_answer: spaces after phrase": "x",
+    "extract_gsm8k_reference: megabyte of spaces": "72",
+}
+GRADER_CASES = 23 + 8
+
+
+@pytest.fixture(scope="module")
+def verdicts():
+    finished = subprocess.run([sys.executable, "-c", CHILD_SCRIPT], cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=HARD_LIMIT_S)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    return json.loads(finished.stdout)
+
+
+def test_every_grader_case_returns_false(verdicts):
+    graders = {name: verdict for name, verdict in verdicts.items()
+               if name.startswith(("math_equal", "number_equal"))}
+    assert len(graders) == GRADER_CASES
+    assert graders == dict.fromkeys(graders, False)
+
+
+def test_extractors_return_their_exact_answer(verdicts):
+    assert {name: verdicts[name] for name in EXTRACTIONS} == EXTRACTIONS

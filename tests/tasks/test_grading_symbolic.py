@@ -1,0 +1,144 @@
+"""The sympy stage: the worker's LaTeX reader and its size guards (run here on our own
+strings), and the checker's process handling: limits, timeouts, restarts, clean-up."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import sympy
+
+from qstar_jax.tasks import symbolic_check
+from qstar_jax.tasks.grading import (SymbolicCheckConfig, SymbolicChecker, SymbolicWorkerError,
+                                     math_equal)
+from qstar_jax.tasks.symbolic_worker import LatexParseError, LatexToSympy, answers_equal
+
+x, r = sympy.Symbol("x"), sympy.Symbol("r")
+
+# A pair sympy needs tens of seconds to decide: expanding two 60th powers.
+SLOW_PAIR = ("(x+y+1)^{60}", "(x+y+2)^{60}")
+
+
+@pytest.mark.parametrize(("latex", "value"), [
+    ("2\\sqrt{2}", 2 * sympy.sqrt(2)),
+    ("\\frac{\\sqrt{3}}{3}", sympy.sqrt(3) / 3),
+    ("1/\\sqrt{3}", sympy.sqrt(3) / 3),
+    ("2\\pi r", 2 * sympy.pi * r),
+    ("x^2+2x+1", x**2 + 2 * x + 1),
+    ("-x^2", -x**2),
+    ("10^{-2}", sympy.Rational(1, 100)),
+    ("0.5x", x / 2),
+    ("6\\div4", sympy.Rational(3, 2)),
+    ("2\\cdot3\\times4", sympy.Integer(24)),
+    ("\\sqrt[3]{27}", sympy.Integer(3)),
+    ("|x-1|", sympy.Abs(x - 1)),
+    ("3+4i", 3 + 4 * sympy.I),
+    ("e^{i\\pi}", sympy.Integer(-1)),
+    ("\\log_2 8", sympy.Integer(3)),
+    ("\\binom{5}{2}", sympy.Integer(10)),
+    ("5!", sympy.Integer(120)),
+    ("x_1+x_{12}", sympy.Symbol("x_1") + sympy.Symbol("x_12")),
+    ("\\sin^2x", sympy.sin(x)**2),
+])
+def test_reader_builds_exact_values(latex, value):
+    assert LatexToSympy(latex).parse() == value
+
+
+@pytest.mark.parametrize("latex", [
+    "10^{10^{10}}",                   # 10**10**10
+    "2^{2^{2^{2^{2}}}}",              # 2**65536 is allowed, 2 to that is not
+    "9^{9^{9}}",
+    "(\\frac{1}{2})^{100000}",        # tiny values have huge denominators
+    "\\pi^{100000}",
+    "x^{100000}",
+    "(10^{5})!",
+    "\\binom{100000}{50000}",
+    "1" + "0" * 200,
+])
+def test_reader_refuses_astronomical_values(latex):
+    with pytest.raises(LatexParseError):
+        LatexToSympy(latex).parse()
+
+
+@pytest.mark.parametrize("latex", ["x<3", "\\leq", "(1", "1)", "\\unknown{2}", "x^", "'", "@"])
+def test_reader_refuses_what_it_does_not_read(latex):
+    with pytest.raises(LatexParseError):
+        LatexToSympy(latex).parse()
+
+
+def test_equality_is_exact_and_refuses_infinities():
+    assert answers_equal("(x+1)^2", "x^2+2x+1")
+    assert not answers_equal("\\pi", "3.14159265358979323846264338327950288")
+    assert not answers_equal("2\\infty", "\\infty")
+    assert not answers_equal("\\frac{1}{0}", "\\frac{1}{0}")
+
+
+def test_config_rejects_non_positive_limits():
+    with pytest.raises(ValueError, match="timeout_s must be positive"):
+        SymbolicCheckConfig(timeout_s=0)
+    with pytest.raises(ValueError, match="memory_limit_mb must be positive"):
+        SymbolicCheckConfig(memory_limit_mb=-1)
+
+
+@pytest.fixture(scope="module")
+def checker():
+    with SymbolicChecker(SymbolicCheckConfig(memory_limit_mb=384)) as warm_checker:
+        yield warm_checker
+
+
+def test_a_spent_budget_answers_false_without_asking():
+    with SymbolicChecker() as fresh_checker:
+        assert not fresh_checker.equal("2\\sqrt{2}", "\\sqrt{8}",
+                                       deadline=time.monotonic() - 1.0)
+        assert fresh_checker.worker_pid is None
+
+
+def test_worker_runs_under_an_address_space_cap(checker):
+    assert checker.equal("2\\sqrt{2}", "\\sqrt{8}", deadline=time.monotonic() + 60.0)
+    limits = Path(f"/proc/{checker.worker_pid}/limits")
+    if not limits.exists():
+        pytest.skip("no /proc on this system")
+    address_space = next(line for line in limits.read_text().splitlines()
+                         if line.startswith("Max address space"))
+    assert address_space.split()[3:5] == [str(384 << 20)] * 2
+
+
+def test_a_late_reply_kills_the_worker_and_the_next_check_starts_a_new_one(checker):
+    assert checker.equal("x+x", "2x")
+    first_pid = checker.worker_pid
+    assert not checker.equal(*SLOW_PAIR, deadline=time.monotonic() + 0.5)
+    assert checker.worker_pid is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(first_pid, 0)
+    assert checker.equal("x+x", "2x")
+    assert checker.worker_pid not in (None, first_pid)
+
+
+def test_a_dead_worker_is_replaced_without_losing_the_verdict(checker):
+    assert checker.equal("x+x", "2x")
+    first_pid = checker.worker_pid
+    os.kill(first_pid, signal.SIGKILL)
+    assert checker.equal("2\\sqrt{2}", "\\sqrt{8}")
+    assert checker.worker_pid != first_pid
+
+
+def test_a_forgotten_checker_takes_its_worker_with_it():
+    checker = SymbolicChecker()
+    assert checker.equal("x+x", "2x")
+    pid = checker.worker_pid
+    del checker
+    gc.collect()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_a_worker_that_cannot_start_is_a_clear_error_and_exact_stages_need_none(monkeypatch):
+    monkeypatch.setattr(symbolic_check, "_WORKER_SCRIPT", Path("/nonexistent/worker.py"))
+    with pytest.raises(SymbolicWorkerError, match="exited with code"):
+        math_equal("2\\sqrt2", "\\sqrt8")
+    assert math_equal("\\frac{1}{2}", "0.5")
+    assert not math_equal("(1,2)", "[1,2]")
