@@ -234,7 +234,9 @@ def _check_failure(check: Check, record: dict[str, Any]) -> str | None:
     if "error" in record:
         return record["error"]
     if check.condition is None:
-        return None if record.get("ok") is True else "the sandbox sent no verdict for this statement"
+        if record.get("ok") is True:
+            return None
+        return "the sandbox sent no verdict for this statement"
     if "values" not in record:
         return "the sandbox sent no values for this test"
     return check_failure(check, record["values"])
@@ -247,7 +249,8 @@ def _unfinished(run: _Run, end: dict[str, Any] | None, where: str,
         return "timeout", f"timed out after {timeout_s:g} s {where}"
     if end is not None:
         if end["protocol_error"]:
-            return "error", f"the program broke the sandbox protocol {where}: {end['protocol_error']}"
+            return "error", (f"the program broke the sandbox protocol {where}: "
+                             f"{end['protocol_error']}")
         if end["worker_signal"] is not None:
             return _signalled(end["worker_signal"], "the program's process", where)
         return "error", f"the program's process exited with status {end['worker_exit']} {where}"

@@ -164,7 +164,8 @@ class _ConditionBuilder:
             return None
         nodes = [node.left, *node.comparators]
         for op, left, right in zip(node.ops, nodes, nodes[1:]):
-            if isinstance(op, (ast.Is, ast.IsNot)) and not (_is_singleton(left) or _is_singleton(right)):
+            singleton = _is_singleton(left) or _is_singleton(right)
+            if isinstance(op, (ast.Is, ast.IsNot)) and not singleton:
                 return None  # identity of objects does not survive the trip out of the sandbox
         return Comparison(operands=tuple(self.operand(n) for n in nodes),
                           operators=tuple(type(op) for op in node.ops))

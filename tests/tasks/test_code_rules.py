@@ -66,7 +66,8 @@ def test_every_prefix_of_a_valid_program_is_accepted() -> None:
     assert rejected == []
 
 
-@pytest.mark.skipif(sys.version_info < (3, 12), reason="the 3.11 tokenizer ignores tab/space mixing")
+@pytest.mark.skipif(sys.version_info < (3, 12),
+                    reason="the 3.11 tokenizer ignores tab/space mixing")
 def test_inconsistent_tabs_are_rejected_on_312() -> None:
     assert python_tokenizes("if x:\n  a = 1\n\tb = 2\n") is False
 

@@ -1,14 +1,16 @@
 """run_program: honest programs are graded right; hostile ones are contained and never pass.
 
-Every hostile case runs under bubblewrap (where it works here) and under resource limits
-alone, and afterwards checks that nothing it started is still running (a marker process
-is looked up in /proc) and that nothing it wrote survives.
+Most cases run twice: under bubblewrap (where it works here) and under resource limits
+alone. Hostile programs that can start processes leave a marked ``sleep`` daemon behind
+them, which the ``marker`` fixture then looks for in /proc; writes outside the scratch
+directory are looked for on disk.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import sys
 import textwrap
@@ -18,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from qstar_jax.tasks import sandbox_isolation
 from qstar_jax.tasks.sandbox import ExecResult, run_program
-from qstar_jax.tasks.sandbox_isolation import probe_bubblewrap
+from qstar_jax.tasks.sandbox_isolation import BubblewrapProbe, probe_bubblewrap
 
 BUBBLEWRAP_WORKS = probe_bubblewrap(sys.executable, os.geteuid() == 0).works
 ISOLATIONS = [
@@ -50,7 +53,10 @@ def marker() -> Iterator[str]:
     is one the sandbox failed to kill."""
     token = f"{secrets.randbelow(10**9)}.{secrets.randbelow(10**9)}"
     yield token
-    assert _processes_with(token) == []
+    survivors = _processes_with(token)
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)  # do not leave them on a shared machine
+    assert survivors == []
 
 
 def _processes_with(argument: str) -> list[int]:
@@ -102,7 +108,8 @@ def test_incorrect_program_fails_naming_the_test_and_value(isolation: str) -> No
 
 
 def test_exception_in_a_test_fails_with_its_traceback() -> None:
-    program = "def remove_odd(l):\n    return [x for x in l if x % 2 == 0] if l[0] != 10 else 1 / 0\n"
+    program = ("def remove_odd(l):\n"
+               "    return [x for x in l if x % 2 == 0] if l[0] != 10 else 1 / 0\n")
     result = _run(program)
     assert result.status == "failed"
     assert result.detail.startswith("test 3 failed: assert remove_odd([10,20,3]) == [10,20]")
@@ -117,7 +124,8 @@ def test_syntax_error_is_an_error() -> None:
 
 def test_setup_code_and_test_imports_run_before_the_tests() -> None:
     program = "def half(n):\n    return n / 2\n"
-    tests = ["assert math.floor(half(5)) == 2", "assert as_sorted(half(x) for x in (4, 2)) == [1, 2]"]
+    tests = ["assert math.floor(half(5)) == 2",
+             "assert as_sorted(half(x) for x in (4, 2)) == [1, 2]"]
     setup = "import math\ndef as_sorted(values):\n    return sorted(values)\n"
     assert _run(program, tests, setup=setup).status == "passed"
     without = _run(program, tests)
@@ -160,7 +168,8 @@ def test_output_is_captured_in_the_detail() -> None:
 def test_large_but_finite_output_is_truncated_and_the_program_still_passes() -> None:
     result = _run("import sys\nsys.stdout.write('y' * (20 << 20))\n" + REMOVE_ODD)
     assert result.status == "passed"
-    assert f"--- program output (truncated to its first 4096 of {20 << 20} bytes) ---\n" in result.detail
+    header = f"--- program output (truncated to its first 4096 of {20 << 20} bytes) ---\n"
+    assert header in result.detail
     assert result.detail.endswith("y" * 4096)
 
 
@@ -171,7 +180,8 @@ EARLY_EXITS = {
     "os._exit(0)": "import os\nos._exit(0)\n",
     "exit in a test": "import os\ndef remove_odd(l):\n    os._exit(0)\n",
     "raise SystemExit in a test": "def remove_odd(l):\n    raise SystemExit(0)\n",
-    "kill itself": "import os, signal\ndef remove_odd(l):\n    os.kill(os.getpid(), signal.SIGKILL)\n",
+    "kill itself": ("import os, signal\n"
+                    "def remove_odd(l):\n    os.kill(os.getpid(), signal.SIGKILL)\n"),
 }
 
 
@@ -196,7 +206,8 @@ ALWAYS_EQUAL = {
     "patched builtins and AssertionError": (
         "import builtins\nclass Never(Exception):\n    pass\n"
         "builtins.AssertionError = Never\nbuiltins.isinstance = lambda *a: True\n"
-        "builtins.repr = lambda o: '[2]'\nbuiltins.sorted = lambda *a, **k: [2]\n" + WRONG_REMOVE_ODD),
+        "builtins.repr = lambda o: '[2]'\nbuiltins.sorted = lambda *a, **k: [2]\n"
+        + WRONG_REMOVE_ODD),
 }
 
 
@@ -285,7 +296,8 @@ def test_killing_the_supervisor_is_killed_not_passed(isolation: str, marker: str
 
 
 def test_killing_every_process_it_can_is_killed_not_passed(isolation: str) -> None:
-    result = _run("import os, signal\nos.kill(-1, signal.SIGKILL)\n" + REMOVE_ODD, isolation=isolation)
+    program = "import os, signal\nos.kill(-1, signal.SIGKILL)\n" + REMOVE_ODD
+    result = _run(program, isolation=isolation)
     assert (result.passed, result.status) == (False, "killed")
 
 
@@ -424,7 +436,8 @@ def test_bubblewrap_has_no_network_and_hides_the_repository() -> None:
             except OSError:
                 return False
         """)
-    tests = ["assert can_connect() is False", f"assert visible({str(repository / 'tests')!r}) is False",
+    tests = ["assert can_connect() is False",
+             f"assert visible({str(repository / 'tests')!r}) is False",
              "assert can_write('/usr/escape') is False",
              "assert os.getuid() != 0"]
     with listener:
@@ -449,7 +462,8 @@ def test_sandbox_process_is_isolated_limited_and_unprivileged(isolation: str) ->
         # Otherwise the limit also covers the caller's own threads.
         tests.append("assert resource.getrlimit(resource.RLIMIT_NPROC) == (32, 32)")
     if os.geteuid() == 0:
-        tests += ["assert os.getuid() != 0", "assert os.geteuid() != 0", "assert os.getgroups() == []"]
+        tests += ["assert os.getuid() != 0", "assert os.geteuid() != 0",
+                  "assert os.getgroups() == []"]
     result = _run("import os, resource, sys\n", tests, isolation=isolation, timeout_s=3.0,
                   memory_mb=256)
     assert result.status == "passed", result.detail
@@ -472,7 +486,19 @@ def test_bad_arguments_are_clear_errors(arguments: dict, error: type, message: s
         run_program(call.pop("program"), call.pop("tests"), **call)
 
 
-def test_unusable_bubblewrap_warns_once_and_falls_back() -> None:
+def test_auto_falls_back_to_limits_when_bubblewrap_does_not_work(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = BubblewrapProbe(works=False, reason="broken for this test")
+    monkeypatch.setattr(sandbox_isolation, "probe_bubblewrap", lambda *_: broken)
+    repository_tests = str(Path(__file__).resolve().parent)
+    # Visible only without bubblewrap's private filesystem.
+    result = _run("import os\n", [f"assert os.path.isdir({repository_tests!r})"])
+    assert result.status == "passed", result.detail
+    with pytest.raises(RuntimeError, match="bubblewrap does not work here: broken for this test"):
+        _run("import os\n", ["assert True"], isolation="bubblewrap")
+
+
+def test_unusable_bubblewrap_is_probed_once_with_one_warning() -> None:
     missing = "/nonexistent/python3"
     with pytest.warns(RuntimeWarning, match="falling back to resource limits alone"):
         probe = probe_bubblewrap(missing, os.geteuid() == 0)
