@@ -62,6 +62,7 @@ class Attention(nnx.Module):
         """x: [B, T, E]; cache_k/v: [L, S, K, M, D]; layer: this layer's index.
 
         Returns (out, cache_k, cache_v). The cache travels whole so XLA updates it in place.
+        With ``cache_k is None`` the rows attend only to their own T tokens (training).
         """
         b, t, _ = x.shape
         q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
@@ -69,25 +70,34 @@ class Attention(nnx.Module):
         v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         q = rotate_half_rope(q, positions, inv_freq)
         k = rotate_half_rope(k, positions, inv_freq)
-        row_slots = jnp.broadcast_to(slots[:, None], positions.shape)
-        # Advanced indices [B, T] around a slice put the result dims first: [B, T, K, D].
-        cache_k = cache_k.at[layer, row_slots, :, positions].set(k.astype(cache_k.dtype),
-                                                                 mode="drop")
-        cache_v = cache_v.at[layer, row_slots, :, positions].set(v.astype(cache_v.dtype),
-                                                                 mode="drop")
-        keys, values = cache_k[layer, slots], cache_v[layer, slots]  # [B, K, M, D]
+        if cache_k is None:
+            keys, values = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, D]
+            key_pos = positions  # [B, T]
+        else:
+            row_slots = jnp.broadcast_to(slots[:, None], positions.shape)
+            # Advanced indices [B, T] around a slice put the result dims first: [B, T, K, D].
+            cache_k = cache_k.at[layer, row_slots, :, positions].set(k.astype(cache_k.dtype),
+                                                                     mode="drop")
+            cache_v = cache_v.at[layer, row_slots, :, positions].set(v.astype(cache_v.dtype),
+                                                                     mode="drop")
+            keys, values = cache_k[layer, slots], cache_v[layer, slots]  # [B, K, M, D]
+            key_pos = jnp.arange(cache_k.shape[3])[None, :]  # [1, M]
+        out = self._attend(q, keys, values, positions, key_pos)
+        return self.o_proj(out.reshape(b, t, -1)), cache_k, cache_v
+
+    def _attend(self, q, keys, values, positions, key_pos):
+        """q: [B, T, H, D]; keys/values: [B, K, M, D]; key_pos: [B or 1, M] -> [B, T, H, D]."""
+        b, t = positions.shape
         groups = self.num_heads // self.num_kv_heads
         q = q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)
         scores = jnp.einsum("btkgd,bkmd->bkgtm", q, keys,
                             preferred_element_type=jnp.float32) * self.head_dim ** -0.5
-        key_pos = jnp.arange(cache_k.shape[3])
-        visible = key_pos[None, None, :] <= positions[:, :, None]  # [B, T, M]
+        visible = key_pos[:, None, :] <= positions[:, :, None]  # [B, T, M]
         if self.window is not None:
-            visible &= key_pos[None, None, :] > positions[:, :, None] - self.window
+            visible &= key_pos[:, None, :] > positions[:, :, None] - self.window
         scores = jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
-        out = jnp.einsum("bkgtm,bkmd->btkgd", probs, values)
-        return self.o_proj(out.reshape(b, t, -1)), cache_k, cache_v
+        return jnp.einsum("bkgtm,bkmd->btkgd", probs, values)
 
 
 class MLP(nnx.Module):
@@ -155,6 +165,21 @@ class LlamaModel(nnx.Module):
         (x, cache_k, cache_v), _ = jax.lax.scan(one_layer, (x, cache_k, cache_v),
                                                 (layer_state, indices))
         return self.norm(x), cache_k, cache_v
+
+    def forward_sequence(self, tokens):
+        """Whole sequences without a KV cache (training): tokens [B, T] -> hidden [B, T, E]."""
+        b, t = tokens.shape
+        positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        layer_def, layer_state = nnx.split(self.layers)
+        inv_freq = self.inv_freq[...]
+
+        def one_layer(x, state):
+            layer = nnx.merge(layer_def, state)
+            x, _, _ = layer(x, positions, None, None, None, None, inv_freq)
+            return x, None
+
+        x, _ = jax.lax.scan(one_layer, self.embed_tokens(tokens), layer_state)
+        return self.norm(x)
 
     def logits(self, hidden):
         """hidden: [..., E] -> float32 logits [..., V]."""
