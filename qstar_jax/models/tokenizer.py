@@ -1,0 +1,88 @@
+"""The tokenizer the decoder and the search use: a thin wrapper over an HF fast tokenizer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import transformers
+
+
+class Tokenizer:
+    """Encoding, decoding, the chat template, stop ids, and the per-token newline table."""
+
+    def __init__(self, hf_tokenizer: transformers.PreTrainedTokenizerBase, *,
+                 extra_eos_ids: Iterable[int] = ()):
+        """``extra_eos_ids``: stop ids the model config or generation config adds to the
+        tokenizer's own EOS (chat models often end turns with a token that is not EOS)."""
+        if not hf_tokenizer.is_fast:
+            raise ValueError(f"{type(hf_tokenizer).__name__} is a slow tokenizer; "
+                             "load a fast one (a checkpoint with tokenizer.json)")
+        self._hf = hf_tokenizer
+        own = () if hf_tokenizer.eos_token_id is None else (hf_tokenizer.eos_token_id,)
+        self._eos_ids = tuple(dict.fromkeys((*own, *map(int, extra_eos_ids))))
+        if not self._eos_ids:
+            raise ValueError("the tokenizer defines no EOS token and the model config names none, "
+                             "so generation could never stop; set eos_token_id in config.json")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, gguf_file: str | None = None,
+                        extra_eos_ids: Iterable[int] = ()) -> "Tokenizer":
+        """From an HF directory's tokenizer files, or from the vocabulary inside a GGUF."""
+        kwargs = {} if gguf_file is None else {"gguf_file": gguf_file}
+        hf = transformers.AutoTokenizer.from_pretrained(str(directory), **kwargs)
+        return cls(hf, extra_eos_ids=extra_eos_ids)
+
+    @property
+    def hf_tokenizer(self) -> transformers.PreTrainedTokenizerBase:
+        return self._hf
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        """Every id that ends generation: the tokenizer's EOS first, then the configs' extra."""
+        return self._eos_ids
+
+    @property
+    def pad_id(self) -> int:
+        """The pad token, or the first EOS id where the tokenizer has none (a common choice)."""
+        return self._hf.pad_token_id if self._hf.pad_token_id is not None else self._eos_ids[0]
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids the tokenizer can produce, added tokens included."""
+        return len(self._hf)
+
+    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
+        """Token ids of ``text``. Special tokens are off by default: chat-template output
+        already carries them, and a second BOS changes what the model sees."""
+        return self._hf.encode(text, add_special_tokens=add_special_tokens)
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = False) -> str:
+        return self._hf.decode(list(ids), skip_special_tokens=skip_special_tokens,
+                               clean_up_tokenization_spaces=False)
+
+    def apply_chat_template(self, messages: Sequence[dict[str, str]]) -> str:
+        """The prompt text for ``messages`` ({"role", "content"} dicts), ending with the
+        assistant's generation prompt."""
+        if not self._hf.chat_template:
+            raise ValueError("this tokenizer has no chat template; format the prompt yourself "
+                             "or load a checkpoint whose tokenizer_config has one")
+        return self._hf.apply_chat_template(list(messages), tokenize=False,
+                                            add_generation_prompt=True)
+
+    def newline_table(self, vocab_size: int) -> np.ndarray:
+        """bool [vocab_size]: True where the token's text contains a newline.
+
+        Each id is decoded on its own through the tokenizer's decoder, which maps byte-level
+        symbols (``Ċ``) and byte-fallback pieces (``<0x0A>``) back to bytes. A token holding
+        part of a multi-byte character decodes to U+FFFD, and since a newline byte is never
+        part of a multi-byte UTF-8 sequence this cannot hide one. Ids past the tokenizer
+        (model vocabularies are often padded) are False.
+        """
+        known = min(vocab_size, len(self._hf))
+        texts = self._hf.batch_decode([[i] for i in range(known)], skip_special_tokens=False,
+                                      clean_up_tokenization_spaces=False)
+        table = np.zeros(vocab_size, dtype=bool)
+        table[:known] = ["\n" in text for text in texts]
+        return table
