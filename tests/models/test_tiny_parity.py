@@ -1,0 +1,115 @@
+"""Parity of our loaded models with PyTorch `transformers` on tiny random checkpoints.
+
+Each family runs a batch of two rows in separate cache slots: a 300-token sequence split
+over two calls (so the second call reads keys the first one cached, across the sliding
+window), and a 40-token row padded with out-of-range positions.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import jax.numpy as jnp
+
+from qstar_jax.models import load_model
+from tests.models.model_runs import empty_cache, forward
+from tests.support.tiny_checkpoints import (FAMILIES, SLIDING_WINDOW, VOCAB_SIZE,
+                                            make_tiny_torch_model, save_tiny_checkpoint,
+                                            save_tiny_gguf)
+
+LONG, SHORT, CHUNK = 300, 40, 150  # the long row goes in two equal calls: one compile
+MAX_LEN = 320
+FLOAT32_TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def token_rows():
+    rng = np.random.default_rng(1234)
+    return rng.integers(0, VOCAB_SIZE, LONG).tolist(), rng.integers(0, VOCAB_SIZE, SHORT).tolist()
+
+
+def torch_logits(model, tokens) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.tensor([tokens])).logits[0].float().numpy()
+
+
+def our_logits(model, long_row, short_row):
+    """(logits [LONG, V] of the long row over two calls, logits [SHORT, V] of the short row)."""
+    pad = MAX_LEN  # a position past the cache: the write is dropped, the output ignored
+    cache = empty_cache(model, slots=2, max_len=MAX_LEN)
+    first, cache = forward(model, [long_row[:CHUNK], short_row + [0] * (CHUNK - SHORT)],
+                           [list(range(CHUNK)), list(range(SHORT)) + [pad] * (CHUNK - SHORT)],
+                           [0, 1], cache)
+    second, _ = forward(model, [long_row[CHUNK:], [0] * CHUNK],
+                        [list(range(CHUNK, LONG)), [pad] * CHUNK], [0, 1], cache)
+    return np.concatenate([first[0], second[0]]), first[1, :SHORT]
+
+
+def assert_parity(model, reference, token_rows, tolerance=FLOAT32_TOLERANCE):
+    long_row, short_row = token_rows
+    got_long, got_short = our_logits(model, long_row, short_row)
+    np.testing.assert_allclose(got_long, torch_logits(reference, long_row), rtol=0, atol=tolerance)
+    np.testing.assert_allclose(got_short, torch_logits(reference, short_row), rtol=0,
+                               atol=tolerance)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tiny_family_logits_parity(tmp_path, token_rows, family):
+    loaded = load_model(save_tiny_checkpoint(tmp_path, family))
+    assert_parity(loaded.model, make_tiny_torch_model(family), token_rows)
+
+
+def test_tiny_families_exercise_their_feature(tmp_path, token_rows):
+    """Guards the parity test against passing because a feature is silently off."""
+    configs = {f: load_model(save_tiny_checkpoint(tmp_path / f, f, with_tokenizer=False)).config
+               for f in FAMILIES}
+    assert configs["llama3_rope"].rope_scaling is not None
+    assert not np.allclose(configs["llama3_rope"].rope_inv_freq(), configs["llama"].rope_inv_freq())
+    assert configs["mistral_sliding"].sliding_windows == (SLIDING_WINDOW, SLIDING_WINDOW)
+    assert configs["qwen2"].attention_bias and configs["qwen2"].tie_word_embeddings
+    assert not configs["qwen2"].attention_out_bias
+    # Past the window, full attention gives different logits than the windowed reference.
+    windowed = make_tiny_torch_model("mistral_sliding")
+    full = copy.deepcopy(windowed)
+    full.config.sliding_window = None
+    long_row = token_rows[0]
+    gap = np.abs(torch_logits(full, long_row) - torch_logits(windowed, long_row))
+    assert gap[:SLIDING_WINDOW].max() < FLOAT32_TOLERANCE
+    assert gap[SLIDING_WINDOW + 1:].max() > 0.1
+
+
+def test_sharded_checkpoint_parity(tmp_path, token_rows):
+    path = save_tiny_checkpoint(tmp_path, "qwen2", sharded=True, with_tokenizer=False)
+    assert len(list(path.glob("model-*-of-*.safetensors"))) > 1
+    loaded = load_model(path)
+    assert loaded.tokenizer is None
+    assert_parity(loaded.model, make_tiny_torch_model("qwen2"), token_rows)
+
+
+def test_bfloat16_checkpoint_parity(tmp_path, token_rows):
+    path = save_tiny_checkpoint(tmp_path, "llama", dtype="bfloat16", with_tokenizer=False)
+    reference = make_tiny_torch_model("llama")
+    with torch.no_grad():  # round the weights only: RoPE buffers stay float32, as on reload
+        for param in reference.parameters():
+            param.copy_(param.to(torch.bfloat16))
+    # Upcast on load: the bf16 values are exact in float32, so the float32 bound holds.
+    upcast = load_model(path, dtype=jnp.float32)
+    assert upcast.model.embed_tokens.embedding.get_value().dtype == jnp.float32
+    assert_parity(upcast.model, reference, token_rows)
+    # Computing in bf16 rounds activations to 8 bits of mantissa: on logits of size ~4 the
+    # drift over two layers measured 0.043, so 0.1 holds it and still catches a wrong weight.
+    in_bf16 = load_model(path, dtype=jnp.bfloat16)
+    assert in_bf16.model.embed_tokens.embedding.get_value().dtype == jnp.bfloat16
+    assert_parity(in_bf16.model, reference, token_rows, tolerance=0.1)
+
+
+def test_tiny_gguf_parity(tmp_path, token_rows):
+    """An F32 GGUF with llama.cpp's Q/K row order loads back to the original model."""
+    loaded = load_model(save_tiny_gguf(tmp_path / "tiny.gguf"))
+    assert loaded.tokenizer is None  # the file has no vocabulary
+    assert not loaded.config.tie_word_embeddings  # output.weight is present
+    assert_parity(loaded.model, make_tiny_torch_model("llama"), token_rows)

@@ -1,0 +1,70 @@
+"""The Tokenizer wrapper on the tiny byte-level BPE (SmolLM2's is in test_smollm2.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from qstar_jax.models import Tokenizer, load_model
+from tests.models.byte_level import byte_level_newline_table
+from tests.support.tiny_checkpoints import VOCAB_SIZE, save_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), "llama", with_tokenizer=True)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_dir) -> Tokenizer:
+    return load_model(tiny_dir).tokenizer
+
+
+def test_newline_table_marks_tokens_that_merge_newlines_with_text(tokenizer):
+    table = tokenizer.newline_table(VOCAB_SIZE)
+    hf = tokenizer.hf_tokenizer
+    for text in [".\n", ".\n\n", ":\n", "?\n", "\n"]:
+        ids = tokenizer.encode(text)
+        assert len(ids) == 1, f"{text!r} should be one token of the tiny vocabulary"
+        assert table[ids[0]]
+    assert not table[tokenizer.encode("Step")].any()
+    assert (table == byte_level_newline_table(hf, VOCAB_SIZE)).all()
+    assert not table[tokenizer.vocab_size:].any()  # model ids past the tokenizer
+
+
+def test_newline_table_handles_partial_utf8_tokens(tokenizer):
+    # "×" is two bytes; its lone lead byte decodes to U+FFFD, which is not a newline.
+    lead_byte_id = tokenizer.hf_tokenizer.convert_tokens_to_ids("Ã")
+    assert tokenizer.decode([lead_byte_id]) == "\ufffd"
+    assert not tokenizer.newline_table(VOCAB_SIZE)[lead_byte_id]
+
+
+def test_encode_decode_round_trip(tokenizer):
+    text = "Step 1: 8 × 3 = 24.\n\nCafé\n"
+    ids = tokenizer.encode(text)
+    assert tokenizer.decode(ids) == text
+    assert tokenizer.encode(text, add_special_tokens=True) == ids  # no BOS post-processor here
+
+
+def test_chat_template_ends_with_generation_prompt(tokenizer):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
+    assert tokenizer.apply_chat_template(messages) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n"
+        "<|im_start|>assistant\n")
+
+
+def test_eos_pad_and_vocab_size(tokenizer):
+    assert tokenizer.eos_ids == (2,)
+    assert tokenizer.decode(tokenizer.eos_ids) == "<|im_end|>"
+    assert tokenizer.pad_id == 0
+    assert tokenizer.vocab_size == len(tokenizer.hf_tokenizer) == 420
+
+
+def test_generation_config_adds_eos_ids(tiny_dir, tmp_path):
+    directory = shutil.copytree(tiny_dir, tmp_path / "copy")
+    generation_config = directory / "generation_config.json"
+    config = json.loads(generation_config.read_text())
+    generation_config.write_text(json.dumps({**config, "eos_token_id": [2, 1]}))
+    assert load_model(directory).tokenizer.eos_ids == (2, 1)

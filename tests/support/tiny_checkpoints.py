@@ -1,0 +1,182 @@
+"""Tiny random `transformers` checkpoints (and a tiny byte-level BPE tokenizer) for tests.
+
+Every family is hidden 64, 2 layers, 4 heads, 2 kv heads, so a forward pass is instant.
+Weights are redrawn from a seeded generator at a scale where logits are O(1) and biases
+are non-zero, so parity against PyTorch is a meaningful check, not a comparison of zeros.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from pathlib import Path
+
+import gguf
+import numpy as np
+import tokenizers
+import torch
+import transformers
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+FAMILIES = ("llama", "llama3_rope", "mistral_sliding", "qwen2")
+VOCAB_SIZE = 512  # model vocab; the tiny tokenizer stays below it
+SLIDING_WINDOW = 96  # shorter than the 300-token parity sequence
+EOS_TOKEN = "<|im_end|>"
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# Step-by-step text, so the tokenizer learns merges of punctuation with newlines.
+TRAINING_TEXT = """\
+Question: Tom has 3 apples and buys 5 more. How many apples does he have?
+Step 1: Tom starts with 3 apples.
+Step 2: He buys 5 more, so 3 + 5 = 8.
+The answer is 8.
+
+Question: A train travels 60 km in 1.5 hours. What is its speed?
+Step 1: Speed is distance divided by time.
+Step 2: 60 / 1.5 = 40.
+The answer is 40 km/h.
+
+Question: Use 4, 6, 8 and 2 to reach 24.
+Step 1: 8 × 2 = 16.
+Step 2: 16 + 6 = 22.
+Step 3: 22 + 4 − 2 = 24? No: 2 is used twice.
+Step 3: 6 ÷ 2 = 3, then 8 × 3 = 24.
+The answer is 24.
+
+def add(a, b):
+    return a + b
+
+def solve(numbers):
+    total = 0
+    for n in numbers:
+        total += n
+    return total
+Café, naïve, résumé: words with accents.
+"""
+
+
+def _model_config(family: str) -> transformers.PretrainedConfig:
+    common = dict(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128,
+                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  max_position_embeddings=1024, rms_norm_eps=1e-5, bos_token_id=0,
+                  eos_token_id=2)
+    if family == "llama":
+        return transformers.LlamaConfig(**common, rope_parameters={"rope_type": "default",
+                                                                  "rope_theta": 10000.0})
+    if family == "llama3_rope":
+        # With head_dim 16 the wavelengths span 6..20000 tokens, so all three regions of
+        # the Llama-3 rule (kept, blended, divided by factor) are exercised.
+        return transformers.LlamaConfig(**common, rope_parameters={
+            "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64})
+    if family == "mistral_sliding":
+        return transformers.MistralConfig(**common, sliding_window=SLIDING_WINDOW)
+    if family == "qwen2":
+        return transformers.Qwen2Config(**common, tie_word_embeddings=True)
+    raise ValueError(f"unknown tiny family {family!r}; choose one of {FAMILIES}")
+
+
+def make_tiny_torch_model(family: str, *, seed: int = 0) -> transformers.PreTrainedModel:
+    """A float32 PyTorch model of ``family`` with seeded, O(1)-logit random weights."""
+    config = _model_config(family)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator) * 0.1
+            param.copy_(1.0 + noise if "norm" in name else noise)
+    return model.eval()
+
+
+def train_tiny_tokenizer() -> transformers.PreTrainedTokenizerFast:
+    """A byte-level BPE (~400 tokens) with a ChatML template and ``<|im_end|>`` as EOS."""
+    tok = tokenizers.Tokenizer(models.BPE())
+    # Split before each space-led word but keep trailing newlines with it, so BPE can learn
+    # tokens such as ".\n" and ".\n\n" the way large byte-level vocabularies have them.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(tokenizers.Regex(r" ?[^\s]+\n*|\s+"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    special = ["<|endoftext|>", "<|im_start|>", EOS_TOKEN]
+    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=special, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([TRAINING_TEXT] * 4, trainer=trainer)
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token=EOS_TOKEN,
+        pad_token="<|endoftext|>", chat_template=CHAT_TEMPLATE)
+
+
+def save_tiny_checkpoint(path: str | Path, family: str, *, seed: int = 0,
+                         with_tokenizer: bool = True, sharded: bool = False,
+                         dtype: str = "float32") -> Path:
+    """Write a tiny HF checkpoint of ``family`` (one of FAMILIES) into ``path``.
+
+    ``sharded`` splits the safetensors into several files with an index; ``dtype`` is the
+    stored precision ("float32" or "bfloat16"). Returns the directory.
+    """
+    path = Path(path)
+    model = make_tiny_torch_model(family, seed=seed).to(getattr(torch, dtype))
+    model.save_pretrained(path, max_shard_size="100KB" if sharded else "1GB")
+    if with_tokenizer:
+        train_tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+def _llama_cpp_permute(weight: np.ndarray, num_heads: int) -> np.ndarray:
+    """llama.cpp's converter order for Q/K rows: each head's two rotary halves interleaved."""
+    return (weight.reshape(num_heads, 2, weight.shape[0] // num_heads // 2, *weight.shape[1:])
+            .swapaxes(1, 2).reshape(weight.shape))
+
+
+def save_tiny_gguf(path: str | Path, *, seed: int = 0, drop: Collection[str] = (),
+                   raw: Mapping[str, tuple[np.ndarray, gguf.GGMLQuantizationType]] | None = None
+                   ) -> Path:
+    """Write the tiny "llama" family model as a llama.cpp-style F32 GGUF (no vocabulary).
+
+    Q/K rows are permuted as llama.cpp's converter does, so a loader must undo it. ``drop``
+    leaves out GGUF tensors by name; ``raw`` replaces a tensor by (bytes, quantization type),
+    for tests of bad files. Returns ``path``.
+    """
+    path = Path(path)
+    model = make_tiny_torch_model("llama", seed=seed)
+    cfg = model.config
+    writer = gguf.GGUFWriter(path, arch="llama")
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_rope_dimension_count(cfg.head_dim)
+    writer.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_vocab_size(cfg.vocab_size)
+    writer.add_bos_token_id(cfg.bos_token_id)
+    writer.add_eos_token_id(cfg.eos_token_id)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
+    for hf_name, tensor in model.state_dict().items():
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name in drop:
+            continue
+        if raw and name in raw:
+            data, quant = raw[name]
+            writer.add_tensor(name, data, raw_dtype=quant)
+            continue
+        value = tensor.numpy()
+        if ".attn_q." in name:
+            value = _llama_cpp_permute(value, cfg.num_attention_heads)
+        elif ".attn_k." in name:
+            value = _llama_cpp_permute(value, cfg.num_key_value_heads)
+        writer.add_tensor(name, np.ascontiguousarray(value))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
