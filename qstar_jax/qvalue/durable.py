@@ -1,0 +1,83 @@
+"""Crash-safe files: append-only JSONL that survives a kill mid-write, and atomic writes.
+
+A JSONL record counts only once its closing newline is on disk, so a kill during a write
+leaves at most a torn tail after the last newline. Readers skip that tail; appenders cut
+it off before writing, so the next record never lands glued to half a line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, IO
+
+logger = logging.getLogger(__name__)
+
+
+class CorruptRecordError(ValueError):
+    """A complete JSONL line (not the torn tail) does not parse: the file was damaged."""
+
+
+def read_jsonl(path: str | os.PathLike) -> tuple[list[Any], int]:
+    """All complete records of a JSONL file and the byte length they span.
+
+    A missing file reads as empty. A torn last line (no closing newline, as a kill
+    mid-write leaves) is skipped with a warning; any other unparseable line raises
+    ``CorruptRecordError`` naming the file and line.
+    """
+    path = Path(path)
+    if not path.exists():
+        return [], 0
+    data = path.read_bytes()
+    complete = data.rfind(b"\n") + 1
+    if complete < len(data):
+        logger.warning("%s: ignoring a torn last line of %d bytes (an interrupted write)",
+                       path, len(data) - complete)
+    records = []
+    for number, line in enumerate(data[:complete].splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise CorruptRecordError(
+                f"{path}:{number} is not valid JSON ({err.msg}); the file is damaged beyond a "
+                "torn last line: repair or delete that line, or start a new file") from None
+    return records, complete
+
+
+def open_for_append(path: str | os.PathLike) -> IO[str]:
+    """Open a JSONL file for appending after cutting off any torn tail."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _, complete = read_jsonl(path)
+    if path.exists() and path.stat().st_size > complete:
+        with open(path, "r+b") as f:
+            f.truncate(complete)
+    return open(path, "a", encoding="utf-8")
+
+
+def append_record(file: IO[str], record: Any) -> None:
+    """Write one JSON line and force it to disk before returning."""
+    file.write(json.dumps(record, ensure_ascii=False) + "\n")
+    file.flush()
+    os.fsync(file.fileno())
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """Write a whole file so that readers see either the old file or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # makes the rename itself durable
+    finally:
+        os.close(directory)
