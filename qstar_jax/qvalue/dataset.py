@@ -1,0 +1,110 @@
+"""(state, action) pairs taken from rollouts, and the labelled dataset Q̂ trains on.
+
+A state is a problem plus the steps so far; an action is the next step. The labelled
+dataset is a JSONL file of records with, optionally, the policy's hidden state at each
+step's last token in a companion ``.npz`` (row i belongs to record i).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from qstar_jax.qvalue import durable
+from qstar_jax.qvalue.rollouts import ProblemRollouts
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StepPair:
+    """The pair (s, a): state s = problem ⊕ ``prefix_steps``, action a = ``step_text``.
+
+    ``terminal_reward`` is the trace's reward when a ended its trace, else None.
+    """
+
+    problem_index: int
+    prefix_steps: tuple[str, ...]
+    step_text: str
+    terminal_reward: float | None = None
+
+    @property
+    def next_state(self) -> tuple[str, ...]:
+        """The steps of s' = s ⊕ a."""
+        return (*self.prefix_steps, self.step_text)
+
+    @property
+    def key(self) -> tuple[int, tuple[str, ...], str]:
+        return self.problem_index, self.prefix_steps, self.step_text
+
+
+def step_pairs(rollouts: Iterable[ProblemRollouts]) -> list[StepPair]:
+    """Every distinct (s, a) along the rollouts' traces, in first-seen order."""
+    pairs: dict[tuple, StepPair] = {}
+    for record in rollouts:
+        for rollout in record.rollouts:
+            last = len(rollout.steps) - 1
+            for t, step in enumerate(rollout.steps):
+                pair = StepPair(problem_index=record.problem_index,
+                                prefix_steps=rollout.steps[:t], step_text=step,
+                                terminal_reward=rollout.reward if t == last else None)
+                pairs.setdefault(pair.key, pair)
+    return list(pairs.values())
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LabelledStep:
+    problem_index: int
+    prefix_steps: tuple[str, ...]
+    step_text: str
+    label: float
+
+
+def labelled(pairs: Sequence[StepPair], labels: Sequence[float]) -> list[LabelledStep]:
+    return [LabelledStep(problem_index=p.problem_index, prefix_steps=p.prefix_steps,
+                         step_text=p.step_text, label=float(y)) for p, y in zip(pairs, labels)]
+
+
+def features_path(path: str | os.PathLike) -> Path:
+    """Where the hidden features of the dataset at ``path`` live."""
+    path = Path(path)
+    return path.with_name(path.name + ".features.npz")
+
+
+def save_labelled(path: str | os.PathLike, steps: Sequence[LabelledStep], *,
+                  features: np.ndarray | None = None) -> None:
+    """Write the dataset atomically; ``features`` [N, E] go to ``features_path(path)``."""
+    if features is not None and (features.ndim != 2 or len(features) != len(steps)):
+        raise ValueError(f"features must be [N={len(steps)}, E], got shape {features.shape}")
+    lines = "".join(json.dumps(dataclasses.asdict(s), ensure_ascii=False) + "\n" for s in steps)
+    if features is not None:
+        buffer = io.BytesIO()
+        np.savez(buffer, features=features)
+        durable.write_atomically(features_path(path), lambda f: f.write(buffer.getvalue()))
+    else:
+        features_path(path).unlink(missing_ok=True)  # stale rows would pair with new records
+    durable.write_atomically(path, lambda f: f.write(lines.encode("utf-8")))
+
+
+def load_labelled(path: str | os.PathLike) -> tuple[list[LabelledStep], np.ndarray | None]:
+    """The records at ``path`` and their features [N, E] (None when none were saved)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no labelled dataset at {path}")
+    records, _ = durable.read_jsonl(path)
+    steps = [LabelledStep(problem_index=int(r["problem_index"]),
+                          prefix_steps=tuple(r["prefix_steps"]), step_text=r["step_text"],
+                          label=float(r["label"])) for r in records]
+    feature_file = features_path(path)
+    if not feature_file.exists():
+        return steps, None
+    with np.load(feature_file) as archive:
+        features = archive["features"]
+    if len(features) != len(steps):
+        raise ValueError(f"{feature_file} has {len(features)} feature rows for {len(steps)} "
+                         f"records in {path}; the two were not saved together: save again")
+    return steps, features

@@ -1,0 +1,64 @@
+"""Best-of-rollouts labels (the paper's most robust choice).
+
+y(s, a) = R(s') when a ends the trace, else the best discounted return
+γ^k · R(s' ⊕ c) over rollouts c (k steps long) from s' = s ⊕ a. Rollouts are either M
+independent samples from s', or the rollouts of an M-simulation UCT search from s'.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, Sequence
+
+from tqdm.auto import tqdm
+
+from qstar_jax.qvalue.dataset import LabelledStep, StepPair, labelled
+from qstar_jax.qvalue.rollouts import RewardFn, RolloutSampler, memoized, sample_checked
+from qstar_jax.qvalue.uct import UCTConfig, uct_best_returns
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BestOfRolloutsConfig:
+    method: Literal["sample", "mcts"] = "sample"
+    rollouts: int = 4  # M: samples from s' ("sample") or UCT simulations ("mcts")
+    temperature: float = 0.9  # paper: 0.9 for math, 0.2 for code
+    discount: float = 1.0  # γ per step
+    max_steps: int | None = None  # cap on a rollout's length
+    mcts_branching: int = 3  # single steps sampled per UCT expansion
+    mcts_exploration: float = 1.0
+    batch_pairs: int = 32  # pairs whose rollouts share one sampler call
+
+    def __post_init__(self):
+        if self.method not in ("sample", "mcts"):
+            raise ValueError(f"method={self.method!r}: choose 'sample' or 'mcts'")
+        if self.rollouts < 1 or self.batch_pairs < 1:
+            raise ValueError(f"rollouts={self.rollouts} and batch_pairs={self.batch_pairs} "
+                             "must both be at least 1")
+        if not 0.0 < self.discount <= 1.0:
+            raise ValueError(f"discount={self.discount} must lie in (0, 1]")
+
+
+def best_of_rollouts_labels(pairs: Sequence[StepPair], sampler: RolloutSampler,
+                            reward_fn: RewardFn, config: BestOfRolloutsConfig, *,
+                            progress: bool = True) -> list[LabelledStep]:
+    """One label per pair, in order."""
+    reward_fn = memoized(reward_fn)
+    labels = [p.terminal_reward for p in pairs]
+    open_pairs = [i for i, p in enumerate(pairs) if p.terminal_reward is None]
+    uct = UCTConfig(simulations=config.rollouts, branching=config.mcts_branching,
+                    exploration=config.mcts_exploration, temperature=config.temperature,
+                    discount=config.discount, max_steps=config.max_steps)
+    for start in tqdm(range(0, len(open_pairs), config.batch_pairs), desc="best-of-rollouts",
+                      unit="batch", disable=not progress):
+        batch = open_pairs[start:start + config.batch_pairs]
+        roots = [(pairs[i].problem_index, pairs[i].next_state) for i in batch]
+        if config.method == "mcts":
+            best = uct_best_returns(roots, sampler, reward_fn, uct)
+        else:
+            continuations = sample_checked(sampler, roots, config.rollouts, config.temperature,
+                                           config.max_steps)
+            best = [max(config.discount ** len(c) * reward_fn(problem, (*state, *c))
+                        for c in row) for (problem, state), row in zip(roots, continuations)]
+        for i, y in zip(batch, best):
+            labels[i] = float(y)
+    return labelled(pairs, labels)

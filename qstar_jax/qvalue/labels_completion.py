@@ -1,0 +1,35 @@
+"""Labels from a stronger model's completion: y(s, a) = γ^k · R(s' ⊕ c), where c (k steps)
+is the stronger model's greedy completion from s' = s ⊕ a, and y = R(s') when a ends the
+trace."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from tqdm.auto import tqdm
+
+from qstar_jax.qvalue.dataset import LabelledStep, StepPair, labelled
+from qstar_jax.qvalue.rollouts import RewardFn, RolloutSampler, memoized, sample_checked
+
+
+def stronger_completion_labels(pairs: Sequence[StepPair], strong_sampler: RolloutSampler,
+                               reward_fn: RewardFn, *, discount: float = 1.0,
+                               max_steps: int | None = None, batch_pairs: int = 32,
+                               progress: bool = True) -> list[LabelledStep]:
+    """One label per pair, in order; ``strong_sampler`` decodes greedily (temperature 0)."""
+    if not 0.0 < discount <= 1.0:
+        raise ValueError(f"discount={discount} must lie in (0, 1]")
+    if batch_pairs < 1:
+        raise ValueError(f"batch_pairs={batch_pairs} must be at least 1")
+    reward_fn = memoized(reward_fn)
+    labels = [p.terminal_reward for p in pairs]
+    open_pairs = [i for i, p in enumerate(pairs) if p.terminal_reward is None]
+    for start in tqdm(range(0, len(open_pairs), batch_pairs), desc="stronger completions",
+                      unit="batch", disable=not progress):
+        batch = open_pairs[start:start + batch_pairs]
+        roots = [(pairs[i].problem_index, pairs[i].next_state) for i in batch]
+        completions = sample_checked(strong_sampler, roots, 1, 0.0, max_steps)
+        for i, (problem, state), (completion,) in zip(batch, roots, completions):
+            labels[i] = discount ** len(completion) * float(
+                reward_fn(problem, (*state, *completion)))
+    return labelled(pairs, labels)

@@ -1,0 +1,101 @@
+import math
+
+import pytest
+
+from qstar_jax.qvalue.dataset import StepPair
+from qstar_jax.qvalue.labels_best_of import BestOfRolloutsConfig, best_of_rollouts_labels
+from tests.qvalue.toy_tree import (PROBLEM, REWARDS, EnumeratingSampler, all_pairs, best_return,
+                                   reward)
+
+GAMMA = 0.9
+
+
+def brute_force(pairs) -> list[float]:
+    return [best_return(p.next_state, GAMMA) for p in pairs]
+
+
+@pytest.mark.parametrize("method", ["sample", "mcts"])
+def test_enough_rollouts_find_the_brute_force_best_return(method):
+    pairs = all_pairs()
+    config = BestOfRolloutsConfig(method=method, rollouts=4, discount=GAMMA, mcts_branching=2,
+                                  batch_pairs=3)
+    labels = best_of_rollouts_labels(pairs, EnumeratingSampler(), reward, config, progress=False)
+    assert [(l.prefix_steps, l.step_text) for l in labels] == [
+        (p.prefix_steps, p.step_text) for p in pairs]
+    assert [l.label for l in labels] == pytest.approx(brute_force(pairs))
+    by_pair = {(l.prefix_steps, l.step_text): l.label for l in labels}
+    assert by_pair[((), "b")] == pytest.approx(GAMMA ** 2)  # b b1 b11 wins, 2 steps after b
+    assert by_pair[((), "a")] == pytest.approx(GAMMA)
+
+
+def test_one_rollout_labels_with_the_return_it_saw_not_the_best():
+    pairs = [StepPair(problem_index=PROBLEM, prefix_steps=(), step_text="a")]
+    sampler = EnumeratingSampler()
+    config = BestOfRolloutsConfig(rollouts=1, discount=GAMMA, temperature=0.3, max_steps=5)
+    (one,) = best_of_rollouts_labels(pairs, sampler, reward, config, progress=False)
+    assert one.label == 0.0  # its only rollout is a2, reward 0
+    assert sampler.calls == [{"items": [(PROBLEM, ("a",))], "n": 1, "temperature": 0.3,
+                              "max_steps": 5}]
+    (two,) = best_of_rollouts_labels(pairs, EnumeratingSampler(), reward,
+                                     BestOfRolloutsConfig(rollouts=2, discount=GAMMA),
+                                     progress=False)
+    assert two.label == pytest.approx(GAMMA)
+
+
+def test_uct_simulation_count_bounds_what_it_finds():
+    pairs = [StepPair(problem_index=PROBLEM, prefix_steps=(), step_text="a")]
+    found = [best_of_rollouts_labels(
+        pairs, EnumeratingSampler(), reward,
+        BestOfRolloutsConfig(method="mcts", rollouts=n, discount=GAMMA, mcts_branching=2),
+        progress=False)[0].label for n in (1, 2)]
+    assert found == pytest.approx([0.0, GAMMA])  # a2 is expanded first, a1 second
+
+
+def test_uct_expands_single_steps_and_batches_pairs_in_lockstep():
+    pairs = [p for p in all_pairs() if p.terminal_reward is None]
+    sampler = EnumeratingSampler()
+    simulations = 3
+    best_of_rollouts_labels(pairs, sampler, reward,
+                            BestOfRolloutsConfig(method="mcts", rollouts=simulations,
+                                                 mcts_branching=2), progress=False)
+    assert len(sampler.calls) <= 2 * simulations  # one expansion + one rollout call per round
+    expansions = [c for c in sampler.calls if c["max_steps"] == 1]
+    assert expansions and all(c["n"] == 2 for c in expansions)
+    assert len(sampler.calls[0]["items"]) == len(pairs)  # the first round expands every root
+
+
+def test_terminal_pairs_take_their_reward_without_sampling():
+    pairs = [p for p in all_pairs() if p.terminal_reward is not None]
+    sampler = EnumeratingSampler()
+    labels = best_of_rollouts_labels(pairs, sampler, reward, BestOfRolloutsConfig(),
+                                     progress=False)
+    assert [l.label for l in labels] == [REWARDS[p.next_state] for p in pairs]
+    assert sampler.calls == []
+
+
+def test_discount_applies_once_per_step_after_the_action():
+    pairs = [StepPair(problem_index=PROBLEM, prefix_steps=(), step_text="b")]
+    (label,) = best_of_rollouts_labels(pairs, EnumeratingSampler(), reward,
+                                       BestOfRolloutsConfig(rollouts=2, discount=0.5),
+                                       progress=False)
+    assert math.isclose(label.label, 0.25)
+
+
+def test_bad_config_is_rejected():
+    with pytest.raises(ValueError, match="method"):
+        BestOfRolloutsConfig(method="beam")
+    with pytest.raises(ValueError, match="discount"):
+        BestOfRolloutsConfig(discount=0.0)
+
+
+def test_each_distinct_trace_is_graded_once():
+    graded = []
+
+    def counting_reward(problem, steps):
+        graded.append(steps)
+        return reward(problem, steps)
+
+    pairs = [StepPair(problem_index=PROBLEM, prefix_steps=(), step_text="a")]
+    best_of_rollouts_labels(pairs, EnumeratingSampler(), counting_reward,
+                            BestOfRolloutsConfig(rollouts=4), progress=False)
+    assert sorted(graded) == [("a", "a1"), ("a", "a2")]  # 4 rollouts, 2 distinct traces

@@ -1,0 +1,39 @@
+import pytest
+
+from qstar_jax.qvalue.dataset import StepPair
+from qstar_jax.qvalue.labels_completion import stronger_completion_labels
+from tests.qvalue.toy_tree import PROBLEM, REWARDS, reward
+
+
+class GreedyStrongModel:
+    """Completes each state with one fixed continuation; records its calls."""
+
+    COMPLETIONS = {("a",): ("a1",), ("b",): ("b1", "b12"), ("b", "b1"): ("b11",)}
+
+    def __init__(self):
+        self.calls = []
+
+    def continue_from(self, items, n, temperature, max_steps=None):
+        self.calls.append((list(items), n, temperature, max_steps))
+        return [[self.COMPLETIONS[prefix]] * n for _, prefix in items]
+
+
+def pair(prefix, step, terminal_reward=None):
+    return StepPair(problem_index=PROBLEM, prefix_steps=prefix, step_text=step,
+                    terminal_reward=terminal_reward)
+
+
+def test_label_is_the_discounted_reward_of_the_strong_greedy_completion():
+    pairs = [pair((), "a"), pair((), "b"), pair(("b",), "b1"), pair(("a",), "a2", 0.0)]
+    strong = GreedyStrongModel()
+    labels = stronger_completion_labels(pairs, strong, reward, discount=0.5, batch_pairs=2,
+                                        max_steps=8, progress=False)
+    # a ⊕ a1 -> 1 after one step; b ⊕ b1 b12 -> 0; b b1 ⊕ b11 -> 1 after one step; a a2 ends.
+    assert [l.label for l in labels] == pytest.approx([0.5, 0.0, 0.5, REWARDS[("a", "a2")]])
+    assert strong.calls == [([(PROBLEM, ("a",)), (PROBLEM, ("b",))], 1, 0.0, 8),
+                            ([(PROBLEM, ("b", "b1"))], 1, 0.0, 8)]
+
+
+def test_bad_discount_is_rejected():
+    with pytest.raises(ValueError, match="discount"):
+        stronger_completion_labels([], GreedyStrongModel(), reward, discount=1.5)

@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+
+from qstar_jax.qvalue.dataset import StepPair
+from qstar_jax.qvalue.labels_fqi import FittedQConfig, fitted_q_iteration_labels
+from tests.qvalue.toy_tree import PROBLEM, EnumeratingSampler, all_pairs
+
+GAMMA = 0.9
+# Q*(s, a) of the deterministic toy tree (reward 1 only at a a1 and b b1 b11), γ = 0.9.
+OPTIMAL_Q = {
+    ((), "a"): 0.9, ((), "b"): 0.81, ((), "c"): 0.0,
+    (("a",), "a1"): 1.0, (("a",), "a2"): 0.0,
+    (("b",), "b1"): 0.9,
+    (("b", "b1"), "b11"): 1.0, (("b", "b1"), "b12"): 0.0,
+}
+
+
+def tabular_fit(pairs, targets):
+    table = {p.key: float(t) for p, t in zip(pairs, targets)}
+    return lambda query: np.array([table.get(p.key, 0.0) for p in query])
+
+
+def as_table(labels):
+    return {(l.prefix_steps, l.step_text): l.label for l in labels}
+
+
+def test_converges_to_the_optimal_q_values():
+    pairs = all_pairs()
+    labels, q_fn = fitted_q_iteration_labels(pairs, tabular_fit,
+                                             FittedQConfig(rounds=3, discount=GAMMA))
+    assert as_table(labels) == pytest.approx(OPTIMAL_Q)
+    assert q_fn(pairs) == pytest.approx([OPTIMAL_Q[(p.prefix_steps, p.step_text)]
+                                         for p in pairs])
+    more_rounds, _ = fitted_q_iteration_labels(pairs, tabular_fit,
+                                               FittedQConfig(rounds=6, discount=GAMMA))
+    assert as_table(more_rounds) == pytest.approx(OPTIMAL_Q)  # a fixed point
+
+
+def test_each_round_propagates_value_one_step_back():
+    labels, _ = fitted_q_iteration_labels(all_pairs(), tabular_fit,
+                                          FittedQConfig(rounds=2, discount=GAMMA))
+    table = as_table(labels)
+    assert table[((), "a")] == pytest.approx(0.9)
+    assert table[(("b",), "b1")] == pytest.approx(0.9)
+    assert table[((), "b")] == 0.0  # three steps from its reward: needs a third round
+
+
+def test_sampled_candidates_match_observed_ones_on_the_full_tree():
+    sampler = EnumeratingSampler()
+    labels, _ = fitted_q_iteration_labels(
+        all_pairs(), tabular_fit,
+        FittedQConfig(rounds=3, discount=GAMMA, candidates="sampled", sampled_candidates=2,
+                      temperature=0.7),
+        sampler=sampler)
+    assert as_table(labels) == pytest.approx(OPTIMAL_Q)
+    assert [(c["n"], c["max_steps"], c["temperature"]) for c in sampler.calls] == [(2, 1, 0.7)]
+
+
+def test_an_open_pair_without_any_observed_next_step_is_an_error():
+    dangling = [StepPair(problem_index=PROBLEM, prefix_steps=(), step_text="b")]
+    with pytest.raises(ValueError, match="no observed next step"):
+        fitted_q_iteration_labels(dangling, tabular_fit, FittedQConfig())
+    with pytest.raises(ValueError, match="needs a sampler"):
+        fitted_q_iteration_labels(dangling, tabular_fit, FittedQConfig(candidates="sampled"))
+
+
+def test_a_fit_returning_the_wrong_shape_is_named():
+    def bad_fit(pairs, targets):
+        return lambda query: np.zeros(1)
+
+    with pytest.raises(ValueError, match="one value per pair"):
+        fitted_q_iteration_labels(all_pairs(), bad_fit, FittedQConfig(rounds=2))
