@@ -1,0 +1,222 @@
+"""Orbax checkpoints of Q̂ training, tied to the backbone the head reads.
+
+Each step directory holds the trainable params, the optimizer state, the best params so
+far (what search should load), the training progress, and metadata naming the backbone
+(its kind, hidden size and a fingerprint of its config) and the head's config. Restoring
+against a different backbone raises ``BackboneMismatchError`` naming both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from qstar_jax.models.config import Llama3RopeScaling, ModelConfig
+from qstar_jax.qvalue.backbone import BackboneQ
+from qstar_jax.qvalue.head import QHead, QHeadConfig
+
+_ARRAY_ITEMS = ("params", "opt_state", "best_params")
+
+
+class BackboneMismatchError(ValueError):
+    """A Q̂ checkpoint was trained on another backbone than the one it is restored against."""
+
+
+# Token ids do not change hidden states; a retokenized config must still match.
+_NOT_FINGERPRINTED = ("bos_token_id", "eos_token_ids")
+
+
+def config_fingerprint(config: ModelConfig) -> str:
+    """A short stable hash of the model-config fields that shape the hidden states."""
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_FINGERPRINTED}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def model_config_from_dict(fields: dict[str, Any]) -> ModelConfig:
+    """Inverse of ``dataclasses.asdict`` for ``ModelConfig`` (as read back from JSON)."""
+    rope = fields.get("rope_scaling")
+    return ModelConfig(**{
+        **fields,
+        "rope_scaling": Llama3RopeScaling(**rope) if rope else None,
+        "sliding_windows": tuple(fields.get("sliding_windows", ())),
+        "eos_token_ids": tuple(fields.get("eos_token_ids", ())),
+    })
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BackboneIdentity:
+    """Which backbone's hidden states a Q̂ head was trained on."""
+
+    kind: Literal["policy_features", "separate_backbone"]
+    hidden_size: int
+    config_fingerprint: str
+    # The separate backbone's full config, so a checkpoint can rebuild its model.
+    model_config: dict[str, Any] | None = None
+
+    @classmethod
+    def of_policy(cls, policy_config: ModelConfig) -> "BackboneIdentity":
+        """A head on the frozen policy's own hidden states."""
+        return cls(kind="policy_features", hidden_size=policy_config.hidden_size,
+                   config_fingerprint=config_fingerprint(policy_config))
+
+    @classmethod
+    def of_separate_backbone(cls, config: ModelConfig) -> "BackboneIdentity":
+        return cls(kind="separate_backbone", hidden_size=config.hidden_size,
+                   config_fingerprint=config_fingerprint(config),
+                   model_config=dataclasses.asdict(config))
+
+    def describe(self) -> str:
+        return (f"{self.kind} backbone (hidden size {self.hidden_size}, config fingerprint "
+                f"{self.config_fingerprint})")
+
+    def same_backbone(self, other: "BackboneIdentity") -> bool:
+        return (self.kind, self.hidden_size, self.config_fingerprint) == (
+            other.kind, other.hidden_size, other.config_fingerprint)
+
+
+def _abstract(tree):
+    """Shape/dtype/sharding templates for arrays or already-abstract leaves."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        tree)
+
+
+class QCheckpointer:
+    """Saves and restores Q̂ training state in ``directory`` with an orbax CheckpointManager."""
+
+    def __init__(self, directory: str | os.PathLike, *, identity: BackboneIdentity,
+                 head_config: QHeadConfig, max_to_keep: int = 2):
+        self.directory = Path(directory).absolute()
+        self.identity = identity
+        self.head_config = head_config
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep,
+                # A kill mid-save leaves a temporary step directory; the resumed run saves
+                # that step again.
+                cleanup_tmp_directories=True))
+
+    def __enter__(self) -> "QCheckpointer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Wait for pending writes and release the manager."""
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, *, params, opt_state, best_params, progress: dict) -> None:
+        """Save the arrays (pytrees) and the JSON-able ``progress`` as ``step``."""
+        meta = {"identity": dataclasses.asdict(self.identity),
+                "head_config": dataclasses.asdict(self.head_config)}
+        self._manager.save(step, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+            best_params=ocp.args.StandardSave(best_params), meta=ocp.args.JsonSave(meta),
+            progress=ocp.args.JsonSave(progress)))
+
+    def restore(self, *, params, opt_state, best_params, step: int | None = None
+                ) -> tuple[Any, Any, Any, dict]:
+        """(params, opt_state, best_params, progress) at ``step`` (default: the latest).
+
+        The arguments are templates giving each pytree's structure, shapes and dtypes.
+        """
+        step = self._checked_step(step)
+        templates = {"params": params, "opt_state": opt_state, "best_params": best_params}
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            progress=ocp.args.JsonRestore(),
+            **{name: ocp.args.StandardRestore(_abstract(templates[name]))
+               for name in _ARRAY_ITEMS}))
+        return restored.params, restored.opt_state, restored.best_params, restored.progress
+
+    def restore_best_params(self, template, step: int | None = None):
+        """Only the best params (for search), restored into ``template``'s structure."""
+        step = self._checked_step(step)
+        return self._manager.restore(step, args=ocp.args.Composite(
+            best_params=ocp.args.StandardRestore(_abstract(template)))).best_params
+
+    def _checked_step(self, step: int | None) -> int:
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no Q̂ checkpoint in {self.directory}")
+        stored_identity, stored_head = _read_meta(self._manager, step)
+        if not stored_identity.same_backbone(self.identity):
+            raise BackboneMismatchError(
+                f"the Q̂ checkpoint in {self.directory} was trained on the "
+                f"{stored_identity.describe()}, but it is being restored against the "
+                f"{self.identity.describe()}; use a checkpoint trained on this backbone, "
+                "or retrain Q̂ (in a new directory)")
+        if stored_head != self.head_config:
+            raise ValueError(f"the Q̂ checkpoint in {self.directory} has head {stored_head}, "
+                             f"not {self.head_config}; match the head config or use a new "
+                             "directory")
+        return step
+
+
+def _read_meta(manager: ocp.CheckpointManager, step: int
+               ) -> tuple[BackboneIdentity, QHeadConfig]:
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    head = meta["head_config"]
+    return (BackboneIdentity(**meta["identity"]),
+            QHeadConfig(**{**head, "mlp_widths": tuple(head["mlp_widths"])}))
+
+
+def read_metadata(directory: str | os.PathLike) -> tuple[BackboneIdentity, QHeadConfig]:
+    """The backbone identity and head config of the latest checkpoint in ``directory``."""
+    directory = Path(directory).absolute()
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no Q̂ checkpoint directory at {directory}")
+    with ocp.CheckpointManager(directory,
+                               options=ocp.CheckpointManagerOptions(create=False)) as manager:
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no Q̂ checkpoint in {directory}")
+        return _read_meta(manager, step)
+
+
+def _load_best(directory: str | os.PathLike, build: Callable[[], nnx.Module],
+               identity: BackboneIdentity, head_config: QHeadConfig) -> nnx.Module:
+    """The module ``build`` makes, with the checkpoint's best params.
+
+    Only shapes are built for the params (no random init of a large model); the other
+    state (e.g. RoPE tables) is computed under jit, where the unused param init is dead code.
+    """
+    graphdef, abstract_params, _ = nnx.split(nnx.eval_shape(build), nnx.Param, ...)
+    rest = jax.jit(lambda: nnx.split(build(), nnx.Param, ...)[2])()
+    with QCheckpointer(directory, identity=identity, head_config=head_config) as checkpointer:
+        params = checkpointer.restore_best_params(nnx.to_pure_dict(abstract_params))
+    return nnx.merge(graphdef, params, rest)
+
+
+def load_q_head(directory: str | os.PathLike, *, policy_config: ModelConfig) -> QHead:
+    """The trained head for hidden states of the policy with ``policy_config``."""
+    _, head_config = read_metadata(directory)
+    return _load_best(directory, lambda: QHead(head_config, rngs=nnx.Rngs(0)),
+                      BackboneIdentity.of_policy(policy_config), head_config)
+
+
+def load_backbone_q(directory: str | os.PathLike, *, model_config: ModelConfig | None = None,
+                    dtype=jnp.float32) -> BackboneQ:
+    """The trained separate-backbone Q̂; ``model_config``, when given, must be the one the
+    checkpoint was trained with (by default it is rebuilt from the checkpoint)."""
+    identity, head_config = read_metadata(directory)
+    if identity.model_config is None:
+        raise BackboneMismatchError(f"the Q̂ checkpoint in {directory} is a head on the "
+                                    f"{identity.describe()}; load it with load_q_head")
+    config = model_config or model_config_from_dict(identity.model_config)
+    return _load_best(directory,
+                      lambda: BackboneQ(config, head_config, dtype=dtype, rngs=nnx.Rngs(0)),
+                      BackboneIdentity.of_separate_backbone(config), head_config)

@@ -1,0 +1,130 @@
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from qstar_jax.models.config import Llama3RopeScaling, ModelConfig
+from qstar_jax.qvalue.backbone import BackboneQ
+from qstar_jax.qvalue.checkpoint import (BackboneIdentity, BackboneMismatchError, QCheckpointer,
+                                         config_fingerprint, load_backbone_q, load_q_head,
+                                         model_config_from_dict, read_metadata)
+from qstar_jax.qvalue.head import QHead, QHeadConfig
+from qstar_jax.qvalue.train import TrainConfig, train_q_model
+from tests.qvalue.tiny import BACKBONE, BACKBONE_HEAD, E, separable_features
+
+POLICY = ModelConfig(model_type="llama", vocab_size=32, hidden_size=E, intermediate_size=16,
+                     num_layers=2, num_heads=2, num_kv_heads=1, head_dim=4)
+OTHER_POLICY = dataclasses.replace(POLICY, rope_theta=5e5)  # same hidden size
+HEAD = QHeadConfig(hidden_size=E, mlp_widths=(4,))
+CONFIG = TrainConfig(learning_rate=0.05, warmup_steps=2, max_steps=12, batch_size=16,
+                     heldout_fraction=0.25, eval_every=3, patience=10, checkpoint_every=4)
+
+
+class Killed(Exception):
+    """Stands in for the process dying mid-run."""
+
+
+def params_of(module):
+    return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(module, nnx.Param)))
+
+
+def checkpointer(directory, policy=POLICY):
+    return QCheckpointer(directory, identity=BackboneIdentity.of_policy(policy), head_config=HEAD)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return separable_features(n=120)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data):
+    head = QHead(HEAD, rngs=nnx.Rngs(0))
+    result = train_q_model(head, *data, CONFIG, progress=False)
+    return head, result
+
+
+def test_a_killed_run_resumes_to_the_same_result(tmp_path, data, uninterrupted):
+    def die_at_step_6(step, loss):
+        if step == 6:
+            raise Killed
+
+    with checkpointer(tmp_path) as ck, pytest.raises(Killed):
+        train_q_model(QHead(HEAD, rngs=nnx.Rngs(0)), *data, CONFIG, checkpointer=ck,
+                      on_step=die_at_step_6, progress=False)
+    steps_run = []
+    head = QHead(HEAD, rngs=nnx.Rngs(0))
+    with checkpointer(tmp_path) as ck:
+        assert ck.latest_step() == 4  # the last periodic save before the kill
+        result = train_q_model(head, *data, CONFIG, checkpointer=ck,
+                               on_step=lambda step, loss: steps_run.append(step),
+                               progress=False)
+        assert ck.latest_step() == 12
+    assert steps_run == list(range(5, 13))  # steps 5 and 6 replayed, then on to the end
+    reference, reference_result = uninterrupted
+    jax.tree.map(np.testing.assert_array_equal, params_of(head), params_of(reference))
+    assert result == reference_result
+    loaded = load_q_head(tmp_path, policy_config=POLICY)
+    jax.tree.map(np.testing.assert_array_equal, params_of(loaded), params_of(reference))
+
+
+def test_a_finished_run_restores_without_training(tmp_path, data, uninterrupted):
+    with checkpointer(tmp_path) as ck:
+        train_q_model(QHead(HEAD, rngs=nnx.Rngs(0)), *data, CONFIG, checkpointer=ck,
+                      progress=False)
+    steps_run = []
+    head = QHead(HEAD, rngs=nnx.Rngs(5))
+    with checkpointer(tmp_path) as ck:
+        result = train_q_model(head, *data, CONFIG, checkpointer=ck, progress=False,
+                               on_step=lambda step, loss: steps_run.append(step))
+    assert steps_run == [] and result == uninterrupted[1]
+    jax.tree.map(np.testing.assert_array_equal, params_of(head), params_of(uninterrupted[0]))
+    with checkpointer(tmp_path) as ck, pytest.raises(ValueError, match="same config and data"):
+        train_q_model(head, *data, dataclasses.replace(CONFIG, seed=1), checkpointer=ck,
+                      progress=False)
+
+
+def test_restoring_against_another_backbone_names_both(tmp_path, data):
+    quick = dataclasses.replace(CONFIG, max_steps=1, warmup_steps=0, heldout_fraction=0.0)
+    with checkpointer(tmp_path) as ck:
+        train_q_model(QHead(HEAD, rngs=nnx.Rngs(0)), *data, quick, checkpointer=ck,
+                      progress=False)
+    ours, theirs = config_fingerprint(POLICY), config_fingerprint(OTHER_POLICY)
+    assert ours != theirs
+    with pytest.raises(BackboneMismatchError) as error:
+        load_q_head(tmp_path, policy_config=OTHER_POLICY)
+    assert ours in str(error.value) and theirs in str(error.value)
+    with checkpointer(tmp_path, OTHER_POLICY) as ck, pytest.raises(BackboneMismatchError):
+        train_q_model(QHead(HEAD, rngs=nnx.Rngs(0)), *data, quick, checkpointer=ck,
+                      progress=False)
+    with pytest.raises(BackboneMismatchError, match="load_q_head"):
+        load_backbone_q(tmp_path)
+    assert read_metadata(tmp_path) == (BackboneIdentity.of_policy(POLICY), HEAD)
+    with pytest.raises(FileNotFoundError):
+        load_q_head(tmp_path / "missing", policy_config=POLICY)
+
+
+def test_separate_backbone_checkpoint_rebuilds_its_model(tmp_path):
+    assert model_config_from_dict(dataclasses.asdict(BACKBONE)) == BACKBONE
+    llama3 = dataclasses.replace(BACKBONE, eos_token_ids=(2, 3), rope_scaling=Llama3RopeScaling(
+        factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+        original_max_position_embeddings=64))
+    assert model_config_from_dict(json.loads(json.dumps(dataclasses.asdict(llama3)))) == llama3
+    shapes = nnx.eval_shape(lambda: BackboneQ(BACKBONE, BACKBONE_HEAD, rngs=nnx.Rngs(0)))
+    params = jax.tree.map(lambda s: np.full(s.shape, 0.5, s.dtype),
+                          nnx.to_pure_dict(nnx.state(shapes, nnx.Param)))
+    best = jax.tree.map(lambda p: p + 1.0, params)
+    with QCheckpointer(tmp_path, identity=BackboneIdentity.of_separate_backbone(BACKBONE),
+                       head_config=BACKBONE_HEAD) as ck:
+        ck.save(3, params=params, opt_state={"count": np.zeros((), np.int32)}, best_params=best,
+                progress={"step": 3})
+    loaded = load_backbone_q(tmp_path)  # built from the config stored in the checkpoint
+    assert loaded.backbone.config == BACKBONE
+    jax.tree.map(np.testing.assert_array_equal, params_of(loaded), best)
+    np.testing.assert_allclose(np.asarray(loaded.backbone.inv_freq[...]),
+                               BACKBONE.rope_inv_freq())
+    with pytest.raises(BackboneMismatchError, match=config_fingerprint(BACKBONE)):
+        load_backbone_q(tmp_path, model_config=llama3)

@@ -1,0 +1,51 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from qstar_jax.qvalue.head import QHead, QHeadConfig, QHeadModel
+
+E = 6
+
+
+@pytest.fixture(scope="module")
+def mlp_head():
+    return QHead(QHeadConfig(hidden_size=E, mlp_widths=(5, 3)), rngs=nnx.Rngs(1))
+
+
+def test_vmapped_scores_equal_a_loop_over_candidates(mlp_head):
+    hiddens = np.random.default_rng(0).normal(size=(2, 4, E)).astype(np.float32)
+    one = jax.jit(lambda h: jax.nn.sigmoid(mlp_head.raw_score(h)))
+    loop = np.array([[float(one(hiddens[b, k]))
+                      for k in range(4)] for b in range(2)])
+    values = jax.jit(mlp_head.values)
+    np.testing.assert_allclose(np.asarray(values(hiddens)), loop, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(values(hiddens[1])), loop[1], rtol=1e-6)
+    assert values(hiddens).shape == (2, 4)
+
+
+def test_linear_raw_head_is_an_affine_map():
+    head = QHead(QHeadConfig(hidden_size=E, output="raw"), rngs=nnx.Rngs(0))
+    hiddens = np.random.default_rng(1).normal(size=(3, E)).astype(np.float32)
+    expected = hiddens @ np.asarray(head.out.kernel[...])[:, 0] + np.asarray(head.out.bias[...])
+    np.testing.assert_allclose(np.asarray(jax.jit(head.values)(hiddens)), expected, rtol=1e-5)
+
+
+def test_score_hidden_pads_to_a_bucket_and_returns_exactly_n_values(mlp_head):
+    model = QHeadModel(mlp_head)
+    hiddens = np.random.default_rng(2).normal(size=(5, E)).astype(np.float32)
+    scores = model.score_hidden(jnp.asarray(hiddens, jnp.bfloat16))
+    assert scores.shape == (5,) and scores.dtype == np.float32
+    expected = np.asarray(jax.jit(mlp_head.values)(jnp.asarray(hiddens, jnp.bfloat16)))
+    np.testing.assert_allclose(scores, expected, rtol=1e-6)
+    assert np.all((scores > 0) & (scores < 1))
+    with pytest.raises(ValueError, match=r"\[N, E=6\]"):
+        model.score_hidden(hiddens[:, :4])
+
+
+def test_bad_head_config_is_rejected():
+    with pytest.raises(ValueError, match="output"):
+        QHeadConfig(hidden_size=E, output="tanh")
+    with pytest.raises(ValueError, match="positive"):
+        QHeadConfig(hidden_size=E, mlp_widths=(0,))
