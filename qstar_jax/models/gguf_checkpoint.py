@@ -7,7 +7,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from qstar_jax.models.config import ModelConfig
+from qstar_jax.models.config import ModelConfig, UnsupportedConfigError
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.models.weights import (CheckpointError, StoredTensor, build_model,
                                       expected_tensor_names)
@@ -46,22 +46,28 @@ def gguf_config(reader: gguf.GGUFReader, path: Path) -> ModelConfig:
     def key(name, default=None):
         return _field(reader, f"{arch}.{name}", default)
 
-    num_heads = key("attention.head_count")
-    hidden = key("embedding_length")
+    required = {name: key(name) for name in ("block_count", "embedding_length",
+                                             "feed_forward_length", "attention.head_count")}
+    token_embd = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+    # Older files omit vocab_size; the embedding's row count says the same.
+    required["vocab_size"] = key("vocab_size") or (
+        int(token_embd.shape[-1]) if token_embd is not None else None)
+    missing = [f"{arch}.{name}" for name, value in required.items() if value is None]
+    if missing:
+        raise CheckpointError(f"{path}: GGUF metadata lacks {missing}; the file is incomplete")
+    num_heads, hidden = required["attention.head_count"], required["embedding_length"]
     head_dim = key("attention.key_length", hidden // num_heads)
     rope_dim = key("rope.dimension_count", head_dim)
     if rope_dim != head_dim:
         raise CheckpointError(f"{path}: partial rotary embedding (rope dimension {rope_dim} of "
                               f"head_dim {head_dim}) is not supported")
     scaling = key("rope.scaling.type", "none")
-    token_embd = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
-    vocab = key("vocab_size") or (int(token_embd.shape[-1]) if token_embd is not None else None)
     hf_style = {
         "model_type": "llama",
-        "vocab_size": vocab,
+        "vocab_size": required["vocab_size"],
         "hidden_size": hidden,
-        "intermediate_size": key("feed_forward_length"),
-        "num_hidden_layers": key("block_count"),
+        "intermediate_size": required["feed_forward_length"],
+        "num_hidden_layers": required["block_count"],
         "num_attention_heads": num_heads,
         "num_key_value_heads": key("attention.head_count_kv", num_heads),
         "head_dim": head_dim,
@@ -74,11 +80,10 @@ def gguf_config(reader: gguf.GGUFReader, path: Path) -> ModelConfig:
         "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
         "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
     }
-    missing = sorted(k for k, v in hf_style.items() if v is None and not k.endswith("token_id")
-                     and k != "rope_scaling")
-    if missing:
-        raise CheckpointError(f"{path}: GGUF metadata lacks {missing} (keys under '{arch}.')")
-    return ModelConfig.from_hf(hf_style)
+    try:
+        return ModelConfig.from_hf(hf_style)
+    except UnsupportedConfigError as err:
+        raise UnsupportedConfigError(f"{path}: {err}") from None
 
 
 def unpermute_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
@@ -92,7 +97,7 @@ def unpermute_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
     return split.swapaxes(1, 2).reshape(weight.shape)
 
 
-def _reader(tensor, path: Path, permuted_heads: int | None):
+def _dequantizer(tensor, path: Path, permuted_heads: int | None):
     """Reads ``tensor`` as float32 in HF layout; ``permuted_heads`` set for Q and K rows."""
     def read() -> np.ndarray:
         try:
@@ -126,6 +131,6 @@ def load_gguf_model(path: Path, *, dtype) -> tuple[ModelConfig, LlamaModel, bool
                  else cfg.num_kv_heads if ".self_attn.k_proj." in hf_name else None)
         tensors[hf_name] = StoredTensor(file=path,
                                         shape=tuple(int(d) for d in reversed(tensor.shape)),
-                                        read=_reader(tensor, path, heads))
+                                        read=_dequantizer(tensor, path, heads))
     has_vocabulary = reader.get_field("tokenizer.ggml.tokens") is not None
     return cfg, build_model(cfg, tensors, dtype=dtype), has_vocabulary

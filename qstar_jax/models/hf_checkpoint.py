@@ -68,20 +68,27 @@ def safetensors_files(directory: Path) -> list[Path]:
 
 
 def _open_safetensors(path: Path, stack: contextlib.ExitStack):
-    # The flax framework reads bfloat16 (numpy's cannot); pinning it to the CPU keeps the
-    # tensor on the host so np.asarray is a view, not a device round trip.
+    # The flax framework reads bfloat16, which safetensors' numpy framework cannot.
     try:
-        with jax.default_device(jax.devices("cpu")[0]):
-            return stack.enter_context(safe_open(str(path), framework="flax"))
+        return stack.enter_context(safe_open(str(path), framework="flax"))
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path} is not a readable safetensors file "
                               f"(corrupt or truncated?): {err}") from None
 
 
-def _reader(handle, name: str, path: Path):
+def _host_device():
+    """The CPU device, so np.asarray of a read tensor is a view, not a device round trip;
+    None (the default device) where JAX_PLATFORMS leaves out the CPU backend."""
+    try:
+        return jax.devices("cpu")[0]
+    except RuntimeError:
+        return None
+
+
+def _tensor_reader(handle, name: str, path: Path):
     def read() -> np.ndarray:
         try:
-            with jax.default_device(jax.devices("cpu")[0]):
+            with jax.default_device(_host_device()):
                 return np.asarray(handle.get_tensor(name))
         except SafetensorError as err:
             raise CheckpointError(f"cannot read tensor {name!r} from {path}: {err}") from None
@@ -101,5 +108,5 @@ def load_hf_model(directory: Path, *, dtype) -> tuple[ModelConfig, LlamaModel]:
                         f"tensor {name!r} is stored twice: in {tensors[name].file} and {path}")
                 shape = tuple(handle.get_slice(name).get_shape())
                 tensors[name] = StoredTensor(file=path, shape=shape,
-                                             read=_reader(handle, name, path))
+                                             read=_tensor_reader(handle, name, path))
         return cfg, build_model(cfg, tensors, dtype=dtype)

@@ -62,7 +62,9 @@ def load_model(source: str | Path, *, dtype=jnp.float32) -> LoadedModel:
     ``source``: an HF checkpoint directory (config.json, single or sharded safetensors,
     tokenizer files), a ``.gguf`` file, or an alias from PACKAGED_MODELS.
     """
-    path = resolve_alias(source) if str(source) in PACKAGED_MODELS else Path(source)
+    path = Path(source)
+    if not path.exists() and str(source) in PACKAGED_MODELS:
+        path = resolve_alias(str(source))
     if path.is_dir():
         config, model = load_hf_model(path, dtype=dtype)
         tokenizer = None
@@ -76,10 +78,11 @@ def load_model(source: str | Path, *, dtype=jnp.float32) -> LoadedModel:
             tokenizer = Tokenizer.from_pretrained(path.parent, gguf_file=path.name,
                                                   extra_eos_ids=config.eos_token_ids)
     elif path.exists():
-        raise CheckpointError(f"{path} is neither a checkpoint directory nor a .gguf file")
+        raise CheckpointError(f"{path} is neither a checkpoint directory nor a .gguf file; "
+                              "pass an HF checkpoint directory or a .gguf file")
     else:
         raise CheckpointError(
-            f"{source!r} does not exist and is not a known alias ({', '.join(PACKAGED_MODELS)}); "
+            f"'{source}' does not exist and is not a known alias ({', '.join(PACKAGED_MODELS)}); "
             "pass an HF checkpoint directory (config.json + *.safetensors) or a .gguf file")
     if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
         raise CheckpointError(

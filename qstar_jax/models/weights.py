@@ -91,7 +91,8 @@ def build_model(cfg: ModelConfig, tensors: Mapping[str, StoredTensor], *,
 
 def _check_names_and_shapes(cfg, tensors, params, plan) -> None:
     expected = {name for names in plan.values() for name in names}
-    unexpected = sorted(n for n in tensors if n not in expected and not _is_known_non_weight(n, cfg))
+    unexpected = sorted(n for n in tensors
+                        if n not in expected and not _is_known_non_weight(n, cfg))
     if unexpected:
         name = unexpected[0]
         raise CheckpointError(

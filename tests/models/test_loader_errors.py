@@ -41,8 +41,8 @@ def truncate(path, keep_fraction=0.5):
 
 def test_missing_tensor_is_named(tiny_dir):
     rewrite_weights(tiny_dir, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
-    with pytest.raises(CheckpointError,
-                       match=r"'model\.layers\.1\.mlp\.up_proj\.weight' is missing .*model\.safetensors"):
+    with pytest.raises(CheckpointError, match=r"'model\.layers\.1\.mlp\.up_proj\.weight' is "
+                                              r"missing .*model\.safetensors"):
         load_model(tiny_dir)
 
 

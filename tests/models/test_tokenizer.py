@@ -6,6 +6,8 @@ import json
 import shutil
 
 import pytest
+import tokenizers
+import transformers
 
 from qstar_jax.models import Tokenizer, load_model
 from tests.models.byte_level import byte_level_newline_table
@@ -68,3 +70,32 @@ def test_generation_config_adds_eos_ids(tiny_dir, tmp_path):
     config = json.loads(generation_config.read_text())
     generation_config.write_text(json.dumps({**config, "eos_token_id": [2, 1]}))
     assert load_model(directory).tokenizer.eos_ids == (2, 1)
+
+
+def byte_fallback_tokenizer() -> Tokenizer:
+    """A Llama-2-style vocabulary: "▁" word pieces, <0xNN> byte pieces for everything else."""
+    pieces = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)),
+              "▁", "t", "h", "e", ".", "▁t", "▁th", "▁the", "▁the.", ".\n"]
+    merges = [("▁", "t"), ("▁t", "h"), ("▁th", "e"), ("▁the", ".")]
+    model = tokenizers.models.BPE({p: i for i, p in enumerate(pieces)}, merges,
+                                  unk_token="<unk>", byte_fallback=True)
+    tok = tokenizers.Tokenizer(model)
+    tok.normalizer = tokenizers.normalizers.Sequence([
+        tokenizers.normalizers.Prepend("▁"), tokenizers.normalizers.Replace(" ", "▁")])
+    tok.decoder = tokenizers.decoders.Sequence([
+        tokenizers.decoders.Replace("▁", " "), tokenizers.decoders.ByteFallback(),
+        tokenizers.decoders.Fuse(), tokenizers.decoders.Strip(" ", 1, 0)])
+    return Tokenizer(transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"))
+
+
+def test_newline_table_on_byte_fallback_pieces():
+    tokenizer = byte_fallback_tokenizer()
+    hf = tokenizer.hf_tokenizer
+    newline_byte, lead_byte = hf.convert_tokens_to_ids(["<0x0A>", "<0xE2>"])
+    assert newline_byte in tokenizer.encode("the\nthe")  # "\n" is not a piece: bytes
+    table = tokenizer.newline_table(300)
+    assert table[newline_byte] and table[hf.convert_tokens_to_ids(".\n")]
+    assert not table[lead_byte]  # the first byte of a 3-byte character
+    assert not table[hf.convert_tokens_to_ids(["▁the", "</s>"])].any()
+    assert table.sum() == 2
