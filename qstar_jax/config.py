@@ -58,8 +58,9 @@ class Loss(str, enum.Enum):
 class Scorer(str, enum.Enum):
     """What ranks complete trajectories for best-of-N."""
 
-    q = "q"
-    prm = "prm"
+    f = "f"  # g + λ·Q̂ of the final step: the score Q* ranks its complete trajectories by
+    q = "q"  # Q̂ of the final step
+    prm = "prm"  # the aggregated process reward g
 
 
 METHODS = ("greedy", "self_consistency", "best_of_n", "beam", "qstar")
@@ -155,10 +156,11 @@ class SearchConfig:
 class EvalConfig:
     methods: tuple[str, ...] = METHODS
     samples: int = 6  # N for self-consistency and best-of-N
-    best_of_n_scorer: Scorer = Scorer.q
+    best_of_n_scorer: Scorer = Scorer.f
     beam_width: int = 2
     beam_k: int = 3
     temperature: float = 1.0
+    problems_per_batch: int = 32  # problems searched side by side (bounded by decode.slots)
     dump_trees: bool = False
 
 

@@ -1,0 +1,109 @@
+"""The policy as search and rollout collection see it: a decoder, a tokenizer and a task.
+
+``PolicyRuntime`` turns problems into prefilled cache slots and sampled token rows into
+step texts. ``DecoderExpander`` (search's ``StepExpander``) and ``DecoderRolloutSampler``
+(Q̂ labelling's ``RolloutSampler``) are thin adapters over it, so both measure compute
+the same way and draw the same random numbers for the same (problem, node, position).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import zlib
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from qstar_jax.decoding.engine import Decoder, StepBatch
+from qstar_jax.decoding.sampling import SamplingParams
+from qstar_jax.decoding.step_sampler import EndReason
+from qstar_jax.models.tokenizer import Tokenizer
+from qstar_jax.tasks.base import STEP_SEPARATOR, Problem, Task
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SampledStep:
+    text: str
+    token_ids: tuple[int, ...]
+    logprob: float
+    hidden: np.ndarray
+    ends_trace: bool
+    slot: int
+
+
+def stable_id(*parts) -> int:
+    """A 31-bit id from text parts, the same in every process and run."""
+    return zlib.crc32("/".join(map(str, parts)).encode()) & 0x7FFFFFFF
+
+
+class PolicyRuntime:
+    """Prompts in slots, steps out of them; counts prefilled and generated tokens."""
+
+    def __init__(self, decoder: Decoder, tokenizer: Tokenizer, task: Task,
+                 problems: Sequence[Problem], prompts: Sequence[str], *, seed: int,
+                 step_token_cap: int, top_k: int = 0, top_p: float = 1.0):
+        self.decoder, self.tokenizer, self.task = decoder, tokenizer, task
+        self.problems, self.prompts = list(problems), list(prompts)
+        self.step_token_cap, self.top_k, self.top_p = step_token_cap, top_k, top_p
+        base = jax.random.key(seed)
+        self._keys = [jax.random.fold_in(base, stable_id(p.id)) for p in self.problems]
+        self.generated = collections.Counter()
+        self.prefilled = collections.Counter()
+
+    def prefill(self, problem_indices: Sequence[int], prefixes: Sequence[Sequence[str]]
+                ) -> list[int]:
+        """A fresh slot per item holding the prompt and the given steps."""
+        if not problem_indices:
+            return []
+        texts = [self.prompts[i] + "".join(s + STEP_SEPARATOR for s in steps)
+                 for i, steps in zip(problem_indices, prefixes)]
+        token_lists = [self.tokenizer.encode(t) for t in texts]
+        slots = self.decoder.allocate(len(token_lists))
+        self.decoder.prefill(slots, token_lists)
+        for i, tokens in zip(problem_indices, token_lists):
+            self.prefilled[i] += len(tokens)
+        return slots
+
+    def sample(self, slots: Sequence[int], problem_indices: Sequence[int],
+               node_ids: Sequence[int], temperatures: Sequence[float]) -> list[SampledStep]:
+        """One step for each slot, which it extends in place."""
+        if not slots:
+            return []
+        rows = len(slots)
+        params = SamplingParams.make(rows, temperature=np.asarray(temperatures, np.float32),
+                                     top_k=self.top_k, top_p=self.top_p)
+        keys = jax.numpy.stack([self._keys[i] for i in problem_indices])
+        batch = self.decoder.sample_steps(slots, problem_keys=keys, node_ids=node_ids,
+                                          params=params, max_tokens=self.step_token_cap)
+        steps = [self._step(batch, row) for row in range(rows)]
+        for i, step in zip(problem_indices, steps):
+            self.generated[i] += len(step.token_ids)
+        return steps
+
+    def _step(self, batch: StepBatch, row: int) -> SampledStep:
+        tokens = batch.row_tokens(row)
+        reason = EndReason(int(batch.end_reason[row]))
+        text_tokens = tokens[:-1] if reason == EndReason.EOS else tokens
+        # A merged token may carry text past the newline; the step is the first line.
+        text = self.tokenizer.decode(text_tokens).split(STEP_SEPARATOR)[0]
+        ends = (reason != EndReason.NEWLINE) or self.task.is_terminal_step(text)
+        return SampledStep(text=text, token_ids=tuple(tokens),
+                           logprob=float(batch.logprobs[row, :len(tokens)].sum()),
+                           hidden=batch.hidden[row], ends_trace=ends,
+                           slot=int(batch.slots[row]))
+
+    def fork(self, parents: Sequence[int], counts: Sequence[int]) -> list[list[int]]:
+        """``counts[i]`` new slots continuing from ``parents[i]``."""
+        children = self.decoder.allocate(sum(counts))
+        self.decoder.fork(np.repeat(np.asarray(parents), counts), children)
+        out, start = [], 0
+        for n in counts:
+            out.append(children[start:start + n])
+            start += n
+        return out
+
+    def free(self, slots: Sequence[int]) -> None:
+        if len(slots):
+            self.decoder.free(slots)

@@ -1,0 +1,81 @@
+"""What every stage of a run shares: the config, the output folder, the task, the policy.
+
+Stages communicate only through files in the output folder, so each can be skipped when
+its outputs exist and a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+
+import jax.numpy as jnp
+
+from qstar_jax.config import RunConfig
+from qstar_jax.decoding.engine import Decoder
+from qstar_jax.models.loading import LoadedModel, load_model
+from qstar_jax.policy_runtime import PolicyRuntime
+from qstar_jax.tasks.base import Problem, Task
+from qstar_jax.tasks.registry import make_task
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunContext:
+    config: RunConfig
+    out: Path
+
+    @functools.cached_property
+    def task(self) -> Task:
+        return make_task(self.config.task.name, **self.config.task.options)
+
+    @property
+    def rollouts_path(self) -> Path:
+        return self.out / "rollouts.jsonl"
+
+    @property
+    def labels_path(self) -> Path:
+        return self.out / "labels.jsonl"
+
+    @property
+    def q_dir(self) -> Path:
+        return (self.out / "q_checkpoint").absolute()
+
+    @property
+    def policy_dir(self) -> Path:
+        """Where the policy comes from: the trained one, or the configured checkpoint."""
+        source = self.config.policy.source
+        return self.out / "policy" if source == "scratch" else Path(source)
+
+    @functools.cached_property
+    def policy(self) -> LoadedModel:
+        return self.load(self.policy_dir)
+
+    def load(self, source: str | Path) -> LoadedModel:
+        loaded = load_model(source, dtype=DTYPES[self.config.policy.dtype])
+        if loaded.tokenizer is None:
+            raise ValueError(f"model {source} ships no tokenizer; point the config at a "
+                             "checkpoint with tokenizer files")
+        return loaded
+
+    def problems(self, split: str, count: int) -> list[Problem]:
+        return self.task.load(split, limit=count, seed=self.config.seed)
+
+    def prompts(self, problems: list[Problem]) -> list[str]:
+        chat = None
+        if self.config.policy.chat_template:
+            chat = self.policy.tokenizer.apply_chat_template
+        return [self.task.prompt(p, chat) for p in problems]
+
+    def runtime(self, problems: list[Problem], *, model: str | None = None) -> PolicyRuntime:
+        """The policy (or the model at ``model``) decoding ``problems``."""
+        d = self.config.decode
+        loaded = self.policy if model is None else self.load(model)
+        tokenizer = loaded.tokenizer
+        decoder = Decoder(loaded.model, num_slots=d.slots, max_len=d.max_len,
+                          newline_table=tokenizer.newline_table(loaded.config.vocab_size),
+                          eos_ids=tokenizer.eos_ids)
+        return PolicyRuntime(decoder, tokenizer, self.task, problems, self.prompts(problems),
+                             seed=self.config.seed, step_token_cap=d.step_token_cap)

@@ -1,0 +1,125 @@
+"""Stage evaluate: every configured method on the held-out problems, graded and logged.
+
+Problems go through in batches searched side by side; each finished batch is appended to
+results.jsonl before the next starts, so a killed run loses no finished problem and
+resumes with the problems not yet logged.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Callable
+
+import numpy as np
+
+from qstar_jax.config import Scorer, Utility
+from qstar_jax.decoder_expander import DecoderExpander
+from qstar_jax.outputs import ProblemResult, ResultsLog, write_reports
+from qstar_jax.search.astar import AStarConfig, AStarPlanner, Budget
+from qstar_jax.search.beam import BeamConfig, BeamPlanner
+from qstar_jax.search.chains import (ChainConfig, ChainPlanner, greedy_planner,
+                                     self_consistency_planner)
+from qstar_jax.search.driver import run_search
+from qstar_jax.search.planner import Planner, SearchResult
+from qstar_jax.search.process_utility import RuleUtility, ZeroUtility
+from qstar_jax.stages.context import RunContext
+from qstar_jax.stages.train_q import load_q_function
+from qstar_jax.tasks.base import join_steps
+from qstar_jax.tasks.code_rules import python_tokenizes
+
+
+# Greedy decoding and majority voting never read Q̂, so they spend no Q̂ calls.
+USES_Q = ("best_of_n", "beam", "qstar")
+
+
+def process_utility(ctx: RunContext, problems):
+    kind = ctx.config.search.utility
+    if kind == Utility.zero:
+        return ZeroUtility()
+    if kind == Utility.code_rule:
+        return RuleUtility(rule=lambda i, steps: 0.0 if python_tokenizes(
+            "\n".join(steps) + "\n") else -0.5)
+    if kind == Utility.countdown_rule:
+        return RuleUtility(rule=lambda i, steps: 0.0 if ctx.task.step_legality(
+            problems[i], steps)[-1] else -1.0)
+    raise NotImplementedError(f"search.utility={kind.value} is not wired into the run yet")
+
+
+def planner_factory(ctx: RunContext, method: str) -> Callable[[int], Planner]:
+    s, e, max_steps = ctx.config.search, ctx.config.eval, ctx.config.decode.max_steps
+    chains = ChainConfig(num_chains=e.samples, temperature=e.temperature, max_steps=max_steps,
+                         agg=s.agg)
+    if method == "greedy":
+        return lambda i: greedy_planner(i, max_steps=max_steps, agg=s.agg)
+    if method == "self_consistency":
+        return lambda i: self_consistency_planner(
+            i, chains, lambda steps: ctx.task.extract_answer(join_steps(steps)))
+    if method == "best_of_n":
+        rank = {Scorer.f: lambda n: n.g + s.lam * n.h, Scorer.q: lambda n: n.h,
+                Scorer.prm: lambda n: n.g}[e.best_of_n_scorer]
+        return lambda i: ChainPlanner(i, chains, lambda finals: np.array(
+            [rank(node) for node in finals], np.float64))
+    if method == "beam":
+        config = BeamConfig(beam_width=e.beam_width, num_children=e.beam_k,
+                            heuristic_weight=s.lam, agg=s.agg, temperature=e.temperature,
+                            max_steps=max_steps)
+        return lambda i: BeamPlanner(i, config)
+    config = AStarConfig(num_children=s.k, max_complete=s.n_complete, heuristic_weight=s.lam,
+                         agg=s.agg, temperature=s.temperature,
+                         budget=Budget(max_expansions=s.max_expansions,
+                                       max_generated_tokens=s.max_generated_tokens))
+    return lambda i: AStarPlanner(i, config)
+
+
+def evaluate(ctx: RunContext) -> dict:
+    cfg = ctx.config
+    problems = ctx.problems(cfg.task.eval_split, cfg.task.eval_problems)
+    log = ResultsLog(ctx.out / "results.jsonl")
+    log.compact()
+    runtime = ctx.runtime(problems)
+    expander = DecoderExpander(runtime)
+    q_fn = load_q_function(ctx)
+    utility = process_utility(ctx, problems)
+    for method in cfg.eval.methods:
+        done = log.done(method)
+        pending = [i for i, p in enumerate(problems) if p.id not in done]
+        make = planner_factory(ctx, method)
+        size = cfg.eval.problems_per_batch
+        for start in range(0, len(pending), size):
+            batch = pending[start:start + size]
+            began = time.perf_counter()
+            results = run_search(len(batch), lambda k: make(batch[k]), expander,
+                                 q_fn if method in USES_Q else None, utility,
+                                 include_trees=cfg.eval.dump_trees,
+                                 description=f"{method} {start + len(batch)}/{len(pending)}")
+            share = (time.perf_counter() - began) / len(batch)
+            log.append(_graded(ctx, method, problems, results, share))
+            if cfg.eval.dump_trees:
+                _dump_trees(ctx, method, problems, results)
+    return write_reports(ctx.out, log.read(), cfg.eval.methods)
+
+
+def _graded(ctx: RunContext, method: str, problems, results: list[SearchResult],
+            wall_share: float):
+    """Results as logged; problems searched side by side share the batch's wall-clock
+    equally, so a method's summed wall_s is the time it really took."""
+    for result in results:
+        problem = problems[result.problem_index]
+        completion = join_steps(result.steps)
+        c = result.counters
+        yield ProblemResult(
+            method=method, problem_id=problem.id,
+            correct=result.completed and ctx.task.grade(problem, completion),
+            answer=ctx.task.extract_answer(completion), completion=completion,
+            completed=result.completed, generated_tokens=c.generated_tokens,
+            prefilled_tokens=c.prefilled_tokens, q_calls=c.q_calls, prm_calls=c.prm_calls,
+            expansions=c.expansions, wall_s=round(wall_share, 4))
+
+
+def _dump_trees(ctx: RunContext, method: str, problems, results: list[SearchResult]) -> None:
+    folder = ctx.out / "trees" / method
+    folder.mkdir(parents=True, exist_ok=True)
+    for result in results:
+        name = problems[result.problem_index].id.replace("/", "_")
+        (folder / f"{name}.json").write_text(json.dumps(result.tree, default=str) + "\n")

@@ -1,0 +1,63 @@
+"""Stages collect and label: the policy's own rollouts on training problems, then a Q̂
+label for every (s, a) along them, with the policy hidden features Q̂ trains on."""
+
+from __future__ import annotations
+
+from qstar_jax.config import LabelMethod
+from qstar_jax.decoder_rollouts import DecoderRolloutSampler
+from qstar_jax.qvalue.dataset import save_labelled, step_pairs
+from qstar_jax.qvalue.labels_best_of import BestOfRolloutsConfig, best_of_rollouts_labels
+from qstar_jax.qvalue.labels_completion import stronger_completion_labels
+from qstar_jax.qvalue.rollouts import collect_rollouts, read_rollouts
+from qstar_jax.stages.context import RunContext
+from qstar_jax.stages.features import last_token_hidden
+from qstar_jax.stages.fitted_q import fitted_q_labels
+from qstar_jax.tasks.base import STEP_SEPARATOR, join_steps
+
+
+def _train_problems(ctx: RunContext):
+    return ctx.problems(ctx.config.task.train_split, ctx.config.task.train_problems)
+
+
+def _reward_fn(ctx: RunContext, problems):
+    def reward(problem_index: int, steps: tuple[str, ...]) -> float:
+        return 1.0 if ctx.task.grade(problems[problem_index], join_steps(steps)) else 0.0
+    return reward
+
+
+def collect(ctx: RunContext) -> None:
+    """Sample ``collect.rollouts_per_problem`` traces per training problem (resumable)."""
+    problems = _train_problems(ctx)
+    sampler = DecoderRolloutSampler(ctx.runtime(problems), max_steps=ctx.config.decode.max_steps)
+    collect_rollouts(list(range(len(problems))), sampler, _reward_fn(ctx, problems),
+                     per_problem=ctx.config.collect.rollouts_per_problem,
+                     temperature=ctx.config.collect.temperature, out_path=ctx.rollouts_path,
+                     max_steps=ctx.config.decode.max_steps)
+
+
+def label(ctx: RunContext) -> None:
+    """One label per distinct (s, a) of the rollouts, by the configured estimator."""
+    if ctx.labels_path.exists():
+        return
+    cfg = ctx.config
+    problems = _train_problems(ctx)
+    pairs = step_pairs(read_rollouts(ctx.rollouts_path))
+    prompts = ctx.prompts(problems)
+    texts = [prompts[p.problem_index] + "".join(x + STEP_SEPARATOR for x in p.next_state)
+             for p in pairs]
+    features = last_token_hidden(ctx.policy.model, ctx.policy.tokenizer, texts)
+    reward = _reward_fn(ctx, problems)
+    method = cfg.label.method
+    if method == LabelMethod.best_of_rollouts:
+        sampler = DecoderRolloutSampler(ctx.runtime(problems), max_steps=cfg.decode.max_steps)
+        steps = best_of_rollouts_labels(pairs, sampler, reward, BestOfRolloutsConfig(
+            rollouts=cfg.label.rollouts_per_state, temperature=cfg.collect.temperature,
+            discount=cfg.label.gamma, max_steps=cfg.decode.max_steps))
+    elif method == LabelMethod.stronger_model:
+        strong = ctx.runtime(problems, model=cfg.label.stronger_model)
+        steps = stronger_completion_labels(
+            pairs, DecoderRolloutSampler(strong, max_steps=cfg.decode.max_steps), reward,
+            discount=cfg.label.gamma, max_steps=cfg.decode.max_steps)
+    else:
+        steps = fitted_q_labels(ctx, pairs, features)
+    save_labelled(ctx.labels_path, steps, features=features)

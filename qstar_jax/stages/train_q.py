@@ -1,0 +1,75 @@
+"""Stage train_q: fit the Q̂ head on the labelled steps' policy features (optax), with
+orbax checkpoints so a killed run resumes; and load the trained Q̂ for search."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Sequence
+
+import numpy as np
+from flax import nnx
+
+from qstar_jax.config import Loss, QBackbone
+from qstar_jax.qvalue.checkpoint import BackboneIdentity, QCheckpointer, load_q_head
+from qstar_jax.qvalue.dataset import load_labelled
+from qstar_jax.qvalue.head import QHead, QHeadConfig, QHeadModel
+from qstar_jax.qvalue.train import TrainConfig, train_q_model
+from qstar_jax.search.interface import QItem
+from qstar_jax.stages.context import RunContext
+
+
+def head_config(ctx: RunContext) -> QHeadConfig:
+    q = ctx.config.q_train
+    width = ctx.policy.config.hidden_size
+    return QHeadConfig(hidden_size=width, mlp_widths=(width,) * q.hidden_layers,
+                       output="sigmoid" if q.loss == Loss.bce else "raw")
+
+
+def train_config(ctx: RunContext, examples: int) -> TrainConfig:
+    q = ctx.config.q_train
+    train_examples = max(1, int(examples * (1 - q.holdout_fraction)))
+    batch_size = min(q.batch_size, train_examples)  # a small label set is one batch
+    steps_per_epoch = math.ceil(train_examples / batch_size)
+    return TrainConfig(loss=q.loss.value, learning_rate=q.learning_rate,
+                       max_steps=q.max_epochs * steps_per_epoch, batch_size=batch_size,
+                       heldout_fraction=q.holdout_fraction, eval_every=steps_per_epoch,
+                       patience=q.patience, checkpoint_every=steps_per_epoch,
+                       warmup_steps=min(steps_per_epoch, 100), seed=ctx.config.seed)
+
+
+def train_q(ctx: RunContext) -> None:
+    done = ctx.out / "q_training.json"
+    if done.exists():
+        return
+    if ctx.config.q_train.backbone != QBackbone.policy:
+        raise NotImplementedError("q_train.backbone=separate is not wired into the run yet; "
+                                  "use q_train.backbone=policy")
+    steps, features = load_labelled(ctx.labels_path)
+    labels = np.array([s.label for s in steps], np.float32)
+    config = head_config(ctx)
+    head = QHead(config, rngs=nnx.Rngs(ctx.config.seed))
+    identity = BackboneIdentity.of_policy(ctx.policy.config)
+    with QCheckpointer(ctx.q_dir, identity=identity, head_config=config) as checkpointer:
+        result = train_q_model(head, features, labels, train_config(ctx, len(labels)),
+                               checkpointer=checkpointer)
+    done.write_text(json.dumps({"steps": result.steps, "stopped_early": result.stopped_early,
+                                "best_heldout_loss": result.best_heldout_loss,
+                                "examples": len(labels),
+                                "positive_fraction": float((labels > 0.5).mean())}) + "\n")
+
+
+class PolicyHiddenQ:
+    """search's ``QValueFunction`` over a head reading the policy's hidden states."""
+
+    def __init__(self, model: QHeadModel):
+        self.model = model
+
+    def score(self, items: Sequence[QItem]) -> np.ndarray:
+        if not items:
+            return np.zeros(0, np.float32)
+        return self.model.score_hidden(np.stack([item.hidden for item in items]))
+
+
+def load_q_function(ctx: RunContext) -> PolicyHiddenQ:
+    return PolicyHiddenQ(QHeadModel(load_q_head(ctx.q_dir, policy_config=ctx.policy.config)))
