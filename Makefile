@@ -23,7 +23,7 @@ run: $(STAMP)
 	$(PY) -m qstar_jax.run $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 -q $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) experiments/bench_decode.py
