@@ -147,6 +147,10 @@ class SearchConfig:
     agg: Agg = Agg.min
     utility: Utility = Utility.zero
     prm_model: Optional[str] = None
+    # Math-Shepherd's format: a tag after each step, scored by P(good) over {good, bad}.
+    prm_step_tag: str = "ки"
+    prm_good_token: str = "+"
+    prm_bad_token: str = "-"
     temperature: float = 1.0
     max_expansions: int = 64
     max_generated_tokens: int = 100000

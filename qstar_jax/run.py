@@ -8,11 +8,13 @@ killed run resumes it. With no arguments: the default Countdown experiment.
 from __future__ import annotations
 
 import argparse
+import glob
 import sys
 import time
 from pathlib import Path
 
-from qstar_jax.config import ConfigError, load_config, to_yaml
+from qstar_jax.config import ConfigError, Utility, load_config, to_yaml
+from qstar_jax.models.loading import PACKAGED_MODELS
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.evaluate import evaluate
 from qstar_jax.stages.rollouts import collect, label
@@ -36,10 +38,31 @@ def parse_args(argv):
     return args
 
 
+def preflight(config) -> None:
+    """Every checkpoint and data file the config names must exist before work starts."""
+    named = {"policy.source": config.policy.source if config.policy.source != "scratch" else None,
+             "search.prm_model": config.search.prm_model,
+             "label.stronger_model": config.label.stronger_model,
+             "q_train.separate_model": config.q_train.separate_model}
+    if config.search.utility != Utility.prm:
+        named["search.prm_model"] = None
+    for key, source in named.items():
+        if source is not None and source not in PACKAGED_MODELS and not Path(source).exists():
+            raise ConfigError(f"{key}: checkpoint {source} does not exist; give an HF "
+                              f"directory, a .gguf file or one of {sorted(PACKAGED_MODELS)}")
+    data_files = config.task.options.get("data_files") or {}
+    files = data_files.values() if isinstance(data_files, dict) else [data_files]
+    for file in files:
+        for path in [file] if isinstance(file, str) else file:
+            if not glob.glob(path):
+                raise ConfigError(f"task.options.data_files: {path} does not exist")
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         config = load_config(args.config, args.overrides)
+        preflight(config)
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2

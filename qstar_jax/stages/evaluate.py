@@ -22,7 +22,8 @@ from qstar_jax.search.chains import (ChainConfig, ChainPlanner, greedy_planner,
                                      self_consistency_planner)
 from qstar_jax.search.driver import run_search
 from qstar_jax.search.planner import Planner, SearchResult
-from qstar_jax.search.process_utility import RuleUtility, ZeroUtility
+from qstar_jax.search.process_utility import PRMUtility, RuleUtility, ZeroUtility
+from qstar_jax.search.prm import ShepherdPRM
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.train_q import load_q_function
 from qstar_jax.tasks.base import join_steps
@@ -43,7 +44,25 @@ def process_utility(ctx: RunContext, problems):
     if kind == Utility.countdown_rule:
         return RuleUtility(rule=lambda i, steps: 0.0 if ctx.task.step_legality(
             problems[i], steps)[-1] else -1.0)
-    raise NotImplementedError(f"search.utility={kind.value} is not wired into the run yet")
+    return PRMUtility(prm=shepherd_prm(ctx, problems))
+
+
+def shepherd_prm(ctx: RunContext, problems) -> ShepherdPRM:
+    s = ctx.config.search
+    loaded = ctx.load(s.prm_model)
+    encode = loaded.tokenizer.encode
+
+    def token_id(text: str) -> int:
+        ids = encode(text)
+        if len(ids) != 1:
+            raise ValueError(f"search.prm_good_token/prm_bad_token {text!r} is {len(ids)} tokens "
+                             f"for the PRM's tokenizer; give a single-token label")
+        return ids[0]
+
+    return ShepherdPRM(loaded.model, encode=encode,
+                       question=lambda i: problems[i].question, step_tag=s.prm_step_tag,
+                       good_token_id=token_id(s.prm_good_token),
+                       bad_token_id=token_id(s.prm_bad_token))
 
 
 def planner_factory(ctx: RunContext, method: str) -> Callable[[int], Planner]:

@@ -1,0 +1,93 @@
+"""The run CLI end to end on a tiny Countdown world: every stage, every method, resume."""
+
+import json
+import shutil
+
+import pytest
+
+from qstar_jax.outputs import ResultsLog
+from qstar_jax.run import main
+
+METHODS = ("greedy", "self_consistency", "best_of_n", "beam", "qstar")
+TINY = [
+    "policy_training.steps=40", "policy_training.train_problems=200",
+    "policy_training.hidden_size=32", "policy_training.intermediate_size=64",
+    "policy_training.num_layers=1", "policy_training.num_heads=2",
+    "policy_training.num_kv_heads=1", "policy_training.batch_size=16",
+    "task.train_problems=6", "task.eval_problems=6",
+    "collect.rollouts_per_problem=2", "label.rollouts_per_state=2", "q_train.max_epochs=2",
+    "decode.max_len=96", "decode.step_token_cap=32", "decode.slots=256", "decode.max_steps=4",
+    "search.k=3", "search.n_complete=2", "search.max_expansions=4",
+    "eval.samples=2", "eval.beam_k=2", "eval.problems_per_batch=4",
+    "search.utility=countdown_rule",
+]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main([*TINY, "--out", str(out)]) == 0
+    return out
+
+
+def _without_wall(results):
+    return [{k: v for k, v in vars(r).items() if k != "wall_s"} for r in results]
+
+
+def test_every_stage_writes_its_outputs(finished_run):
+    out = finished_run
+    for name in ("config.yaml", "policy/config.json", "policy/model.safetensors",
+                 "rollouts.jsonl", "labels.jsonl", "q_training.json", "results.jsonl",
+                 "summary.json", "summary.md", "accuracy_vs_tokens.png"):
+        assert (out / name).exists(), name
+    summary = json.loads((out / "summary.json").read_text())["methods"]
+    assert tuple(summary) == METHODS
+    for method, entry in summary.items():
+        assert entry["n"] == 6
+        assert 0.0 <= entry["accuracy"] <= 1.0
+        assert entry["generated_tokens"] > 0 and entry["prefilled_tokens"] > 0
+    assert summary["greedy"]["q_calls"] == 0 and summary["qstar"]["q_calls"] > 0
+    # Q* expands K children per expansion: it samples more than one greedy chain.
+    assert summary["qstar"]["generated_tokens"] > summary["greedy"]["generated_tokens"]
+    results = ResultsLog(out / "results.jsonl").read()
+    assert len(results) == 6 * len(METHODS)
+    assert len({(r.method, r.problem_id) for r in results}) == len(results)
+
+
+def test_rerun_is_a_no_op_and_a_killed_run_resumes_to_the_same_results(finished_run, tmp_path):
+    original = ResultsLog(finished_run / "results.jsonl").read()
+    assert main([*TINY, "--out", str(finished_run)]) == 0
+    assert _without_wall(ResultsLog(finished_run / "results.jsonl").read()) == \
+        _without_wall(original)
+
+    killed = tmp_path / "killed"
+    shutil.copytree(finished_run, killed)
+    lines = (finished_run / "results.jsonl").read_text().splitlines(keepends=True)
+    # Killed mid-way through the third method, in the middle of writing a line.
+    (killed / "results.jsonl").write_text("".join(lines[:15]) + lines[15][:40])
+    (killed / "summary.json").unlink()
+    assert main([*TINY, "--out", str(killed)]) == 0
+    resumed = ResultsLog(killed / "results.jsonl").read()
+    key = lambda r: (r["method"], r["problem_id"])
+    assert sorted(_without_wall(resumed), key=key) == sorted(_without_wall(original), key=key)
+
+
+def test_a_different_config_in_the_same_folder_is_refused(finished_run, capsys):
+    assert main([*TINY, "search.k=4", "--out", str(finished_run)]) == 2
+    assert "different config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("search.k=0", "search.k"),
+    ("search.n_complete=0", "search.n_complete"),
+    ("search.max_generated_tokens=2", "cannot finish one step"),
+    ("policy.source=/no/such/checkpoint", "does not exist"),
+    ("task.options.data_files=/no/such/file.jsonl", "does not exist"),
+])
+def test_bad_configs_fail_before_any_work(override, message, tmp_path, capsys):
+    extra = ["task.name=gsm8k"] if "policy.source" in override or "data_files" in override else []
+    if "data_files" in override:
+        extra.append("policy.source=smollm2-135m-instruct")
+    assert main([override, *extra, "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "results.jsonl").exists()
