@@ -28,14 +28,17 @@ def head_config(ctx: RunContext) -> QHeadConfig:
 
 def train_config(ctx: RunContext, examples: int) -> TrainConfig:
     q = ctx.config.q_train
-    train_examples = max(1, int(examples * (1 - q.holdout_fraction)))
+    # Too few labels to hold any out: train on all of them, without early stopping.
+    holdout = q.holdout_fraction if examples * q.holdout_fraction >= 1 else 0.0
+    train_examples = max(1, int(examples * (1 - holdout)))
     batch_size = min(q.batch_size, train_examples)  # a small label set is one batch
     steps_per_epoch = math.ceil(train_examples / batch_size)
     return TrainConfig(loss=q.loss.value, learning_rate=q.learning_rate,
                        max_steps=q.max_epochs * steps_per_epoch, batch_size=batch_size,
-                       heldout_fraction=q.holdout_fraction, eval_every=steps_per_epoch,
+                       heldout_fraction=holdout, eval_every=steps_per_epoch,
                        patience=q.patience, checkpoint_every=steps_per_epoch,
-                       warmup_steps=min(steps_per_epoch, 100), seed=ctx.config.seed)
+                       warmup_steps=min(steps_per_epoch, 100, q.max_epochs * steps_per_epoch - 1),
+                       seed=ctx.config.seed)
 
 
 def train_q(ctx: RunContext) -> None:
