@@ -19,6 +19,12 @@ def _train_problems(ctx: RunContext):
     return ctx.problems(ctx.config.task.train_split, ctx.config.task.train_problems)
 
 
+def _pairs_per_call(cfg) -> int:
+    """As many pairs per sampler call as the slot pool holds with their rollouts: decoder
+    calls are overhead-bound at small batch sizes."""
+    return max(1, cfg.decode.slots // (cfg.label.rollouts_per_state + 1))
+
+
 def _reward_fn(ctx: RunContext, problems):
     def reward(problem_index: int, steps: tuple[str, ...]) -> float:
         return 1.0 if ctx.task.grade(problems[problem_index], join_steps(steps)) else 0.0
@@ -32,7 +38,9 @@ def collect(ctx: RunContext) -> None:
     collect_rollouts(list(range(len(problems))), sampler, _reward_fn(ctx, problems),
                      per_problem=ctx.config.collect.rollouts_per_problem,
                      temperature=ctx.config.collect.temperature, out_path=ctx.rollouts_path,
-                     max_steps=ctx.config.decode.max_steps)
+                     max_steps=ctx.config.decode.max_steps,
+                     batch_problems=max(1, ctx.config.decode.slots
+                                        // (ctx.config.collect.rollouts_per_problem + 1)))
 
 
 def label(ctx: RunContext) -> None:
@@ -52,12 +60,14 @@ def label(ctx: RunContext) -> None:
         sampler = DecoderRolloutSampler(ctx.runtime(problems), max_steps=cfg.decode.max_steps)
         steps = best_of_rollouts_labels(pairs, sampler, reward, BestOfRolloutsConfig(
             rollouts=cfg.label.rollouts_per_state, temperature=cfg.collect.temperature,
-            discount=cfg.label.gamma, max_steps=cfg.decode.max_steps))
+            discount=cfg.label.gamma, max_steps=cfg.decode.max_steps,
+            batch_pairs=_pairs_per_call(cfg)))
     elif method == LabelMethod.stronger_model:
         strong = ctx.runtime(problems, model=cfg.label.stronger_model)
         steps = stronger_completion_labels(
             pairs, DecoderRolloutSampler(strong, max_steps=cfg.decode.max_steps), reward,
-            discount=cfg.label.gamma, max_steps=cfg.decode.max_steps)
+            discount=cfg.label.gamma, max_steps=cfg.decode.max_steps,
+            batch_pairs=_pairs_per_call(cfg))
     else:
         steps = fitted_q_labels(ctx, pairs, features)
     save_labelled(ctx.labels_path, steps, features=features)
