@@ -42,3 +42,15 @@ def test_paper_config_runs_end_to_end_with_tiny_stand_ins(config, tiny_checkpoin
     assert all(entry["n"] == 2 for entry in summary.values())
     assert summary["qstar"]["q_calls"] > 0
     assert (summary["qstar"]["prm_calls"] > 0) == ("gsm8k" in config)
+
+
+def test_q_on_a_separate_trainable_backbone(tiny_checkpoint, tmp_path):
+    config, data = "configs/math_deepseek_math_7b.yaml", DATA["configs/math_deepseek_math_7b.yaml"]
+    overrides = [f"policy.source={tiny_checkpoint}", *SMALL, "eval.methods=[qstar]",
+                 f"task.options.data_files.train={data}", f"task.options.data_files.test={data}",
+                 "q_train.backbone=separate", f"q_train.separate_model={tiny_checkpoint}",
+                 "q_train.trainable_layers=1"]
+    assert main([config, *overrides, "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())["methods"]
+    assert summary["qstar"]["n"] == 2 and summary["qstar"]["q_calls"] > 0
+    assert json.loads((tmp_path / "q_training.json").read_text())["steps"] >= 1

@@ -98,7 +98,7 @@ def evaluate(ctx: RunContext) -> dict:
     log.compact()
     runtime = ctx.runtime(problems)
     expander = DecoderExpander(runtime)
-    q_fn = load_q_function(ctx)
+    q_fn = load_q_function(ctx, problems)
     utility = process_utility(ctx, problems)
     for method in cfg.eval.methods:
         done = log.done(method)

@@ -17,6 +17,7 @@ from qstar_jax.qvalue.head import QHead, QHeadConfig, QHeadModel
 from qstar_jax.qvalue.train import TrainConfig, train_q_model
 from qstar_jax.search.interface import QItem
 from qstar_jax.stages.context import RunContext
+from qstar_jax.stages.separate_q import SeparateBackboneQ, train_separate_q
 
 
 def head_config(ctx: RunContext) -> QHeadConfig:
@@ -45,9 +46,10 @@ def train_q(ctx: RunContext) -> None:
     done = ctx.out / "q_training.json"
     if done.exists():
         return
-    if ctx.config.q_train.backbone != QBackbone.policy:
-        raise NotImplementedError("q_train.backbone=separate is not wired into the run yet; "
-                                  "use q_train.backbone=policy")
+    if ctx.config.q_train.backbone == QBackbone.separate:
+        result = train_separate_q(ctx, head_config(ctx).output, train_config)
+        _write_summary(done, result, np.array([s.label for s in load_labelled(ctx.labels_path)[0]]))
+        return
     steps, features = load_labelled(ctx.labels_path)
     labels = np.array([s.label for s in steps], np.float32)
     config = head_config(ctx)
@@ -56,7 +58,11 @@ def train_q(ctx: RunContext) -> None:
     with QCheckpointer(ctx.q_dir, identity=identity, head_config=config) as checkpointer:
         result = train_q_model(head, features, labels, train_config(ctx, len(labels)),
                                checkpointer=checkpointer)
-    done.write_text(json.dumps({"steps": result.steps, "stopped_early": result.stopped_early,
+    _write_summary(done, result, labels)
+
+
+def _write_summary(path, result, labels: np.ndarray) -> None:
+    path.write_text(json.dumps({"steps": result.steps, "stopped_early": result.stopped_early,
                                 "best_heldout_loss": result.best_heldout_loss,
                                 "examples": len(labels),
                                 "positive_fraction": float((labels > 0.5).mean())}) + "\n")
@@ -74,5 +80,8 @@ class PolicyHiddenQ:
         return self.model.score_hidden(np.stack([item.hidden for item in items]))
 
 
-def load_q_function(ctx: RunContext) -> PolicyHiddenQ:
+def load_q_function(ctx: RunContext, problems):
+    """Q̂ for search over ``problems``, on the backbone it was trained with."""
+    if ctx.config.q_train.backbone == QBackbone.separate:
+        return SeparateBackboneQ(ctx, problems)
     return PolicyHiddenQ(QHeadModel(load_q_head(ctx.q_dir, policy_config=ctx.policy.config)))

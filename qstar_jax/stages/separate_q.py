@@ -1,0 +1,66 @@
+"""Q̂ on a separate, trainable backbone: a loadable model plus the Q̂ head, reading the
+text of (question ⊕ steps ⊕ candidate step) instead of the policy's hidden state."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+from flax import nnx
+
+from qstar_jax.qvalue.backbone import (BackboneQ, BackboneQModel, backbone_update_mask,
+                                       pad_token_batch)
+from qstar_jax.qvalue.checkpoint import BackboneIdentity, QCheckpointer, load_backbone_q
+from qstar_jax.qvalue.dataset import load_labelled
+from qstar_jax.qvalue.head import QHeadConfig
+from qstar_jax.qvalue.train import TrainConfig, TrainResult, train_q_model
+from qstar_jax.search.interface import QItem
+from qstar_jax.stages.context import RunContext
+from qstar_jax.tasks.base import STEP_SEPARATOR
+
+
+def _text(prompt: str, steps: Sequence[str]) -> str:
+    return prompt + "".join(step + STEP_SEPARATOR for step in steps)
+
+
+def train_separate_q(ctx: RunContext, output: str,
+                     make_train_config: Callable[[RunContext, int], TrainConfig]) -> TrainResult:
+    """Fit backbone and head on the labelled texts (``output``: the head's squashing;
+    ``make_train_config(ctx, examples)``: the optimiser settings, shared with the head-only
+    path)."""
+    q = ctx.config.q_train
+    loaded = ctx.load(q.separate_model)
+    config = QHeadConfig(hidden_size=loaded.config.hidden_size,
+                         mlp_widths=(loaded.config.hidden_size,) * q.hidden_layers,
+                         output=output)
+    model = BackboneQ(loaded.config, config, rngs=nnx.Rngs(ctx.config.seed))
+    nnx.update(model.backbone, nnx.state(loaded.model))  # start from the pretrained weights
+    steps, _ = load_labelled(ctx.labels_path)
+    problems = ctx.problems(ctx.config.task.train_split, ctx.config.task.train_problems)
+    prompts = ctx.prompts(problems)
+    tokens = [loaded.tokenizer.encode(_text(prompts[s.problem_index],
+                                            (*s.prefix_steps, s.step_text))) for s in steps]
+    labels = np.array([s.label for s in steps], np.float32)
+    mask = backbone_update_mask(model, None if q.trainable_layers < 0 else q.trainable_layers)
+    identity = BackboneIdentity.of_separate_backbone(loaded.config)
+    with QCheckpointer(ctx.q_dir, identity=identity, head_config=config) as checkpointer:
+        return train_q_model(model, pad_token_batch(tokens, pad_id=loaded.tokenizer.pad_id),
+                             labels, make_train_config(ctx, len(labels)), update_mask=mask,
+                             checkpointer=checkpointer)
+
+
+class SeparateBackboneQ:
+    """search's ``QValueFunction`` over a separate backbone scoring texts."""
+
+    def __init__(self, ctx: RunContext, problems):
+        tokenizer = ctx.load(ctx.config.q_train.separate_model).tokenizer
+        self._encode = tokenizer.encode
+        self._prompts = ctx.prompts(problems)
+        self._model = BackboneQModel(load_backbone_q(ctx.q_dir), pad_id=tokenizer.pad_id)
+
+    def score(self, items: Sequence[QItem]) -> np.ndarray:
+        if not items:
+            return np.zeros(0, np.float32)
+        return self._model.score_texts([
+            self._encode(_text(self._prompts[i.problem_index], (*i.prefix_steps, i.step_text)))
+            for i in items])
