@@ -59,11 +59,15 @@ class Decoder:
     newline_table: [V] bool, True for the tokens whose text contains a newline (the step
     boundary; all False disables it). eos_ids: the ids that end a trajectory (default: the
     model config's). cache_dtype: k/v storage dtype (default: the model's parameter dtype).
+    Row counts are padded to powers of two of at least ``min_batch_bucket``, prompt lengths
+    to at least ``min_prefill_bucket`` and step caps to at least ``min_step_bucket``: larger
+    minimums mean fewer compiled variants.
     """
 
     def __init__(self, model: LlamaModel, *, num_slots: int, max_len: int,
                  newline_table: np.ndarray, eos_ids: Sequence[int] | None = None,
-                 cache_dtype=None, min_prefill_bucket: int = MIN_PREFILL_BUCKET,
+                 cache_dtype=None, min_batch_bucket: int = 1,
+                 min_prefill_bucket: int = MIN_PREFILL_BUCKET,
                  min_step_bucket: int = MIN_STEP_BUCKET):
         self.config = model.config
         vocab = self.config.vocab_size
@@ -77,6 +81,7 @@ class Decoder:
         if np.any((eos_ids < 0) | (eos_ids >= vocab)):
             raise ValueError(f"eos_ids {eos_ids.tolist()} fall outside the vocabulary [0, {vocab})")
         self.max_len = max_len
+        self.min_batch_bucket = min_batch_bucket
         self.min_prefill_bucket = min_prefill_bucket
         self.min_step_bucket = min_step_bucket
         graphdef, self._state = nnx.split(model)
@@ -133,7 +138,7 @@ class Decoder:
         if len(parents) != len(children):
             raise ValueError(f"fork got {len(parents)} parents for {len(children)} children; "
                              "give one parent per child")
-        batch = bucket_size(len(children))
+        batch = bucket_size(len(children), minimum=self.min_batch_bucket)
         self.cache = fork_slots(self.cache, jnp.asarray(self._pad(parents, batch, 0)),
                                 jnp.asarray(self._pad(children, batch, self.num_slots)))
         self._lengths[children] = self._lengths[parents]
@@ -154,8 +159,8 @@ class Decoder:
         node_ids = np.asarray(node_ids)
         caps = np.broadcast_to(np.asarray(max_tokens), (rows,))
         self._check_step_inputs(rows, problem_keys, node_ids, params, caps)
-        batch, cap_bucket = bucket_size(rows), bucket_size(int(caps.max()),
-                                                           minimum=self.min_step_bucket)
+        batch = bucket_size(rows, minimum=self.min_batch_bucket)
+        cap_bucket = bucket_size(int(caps.max()), minimum=self.min_step_bucket)
         greedy_padding = SamplingParams.make(batch - rows)
         padded_params = SamplingParams(
             **{f.name: np.concatenate([getattr(params, f.name), getattr(greedy_padding, f.name)])
@@ -201,7 +206,7 @@ class Decoder:
         check_token_lists(token_lists, room=self.max_len - starts,
                           vocab_size=self.config.vocab_size)
         num_tokens = np.array([len(t) for t in token_lists], np.int64)
-        batch = bucket_size(len(slots))
+        batch = bucket_size(len(slots), minimum=self.min_batch_bucket)
         length = min(bucket_size(int(num_tokens.max()), minimum=self.min_prefill_bucket),
                      self.max_len)
         self.cache = self._prefill(

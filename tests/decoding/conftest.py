@@ -24,7 +24,8 @@ def random_model() -> LlamaModel:
 @pytest.fixture(scope="session")
 def shared_random_decoder(random_model) -> Decoder:
     return Decoder(random_model, num_slots=8, max_len=RANDOM_MAX_LEN,
-                   newline_table=np.zeros(64, bool), eos_ids=[], min_step_bucket=STEP_BUCKET)
+                   newline_table=np.zeros(64, bool), eos_ids=[], min_batch_bucket=2,
+                   min_step_bucket=STEP_BUCKET)
 
 
 def _free_all(decoder: Decoder) -> None:
@@ -60,7 +61,7 @@ def shared_counting_decoder(counting_model) -> Decoder:
     newline_table[COUNTING_NEWLINE_ID] = True
     return Decoder(counting_model, num_slots=8, max_len=COUNTING_MAX_LEN,
                    newline_table=newline_table, eos_ids=[COUNTING_EOS_ID],
-                   min_step_bucket=STEP_BUCKET)
+                   min_batch_bucket=8, min_step_bucket=STEP_BUCKET)
 
 
 @pytest.fixture
