@@ -11,12 +11,14 @@ def test_defaults_are_the_paper_search_settings():
 
 def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("search:\n  k: 3\n  agg: max\ntask:\n  options:\n    count: 5\n")
+    path.write_text("search:\n  k: 3\n  agg: max\ntask:\n  options:\n    count: 5\n"
+                    "  countdown:\n    num_count: 3\n")
     config = load_config(path, ["search.k=4", "eval.methods=[greedy,qstar]"])
     assert config.search.k == 4
     assert config.search.agg is Agg.max
     assert config.eval.methods == ("greedy", "qstar")
     assert config.task.options == {"count": 5}
+    assert config.task.countdown.num_count == 3
 
 
 def test_round_trip_through_yaml(tmp_path):
@@ -36,11 +38,16 @@ def test_round_trip_through_yaml(tmp_path):
     ("eval.methods=[greedy,magic]", "magic"),
     ("stages=[collect,dance]", "dance"),
     ("search.utility=prm", "prm_model"),
-    ("task.name=gsm8k", "scratch"),
+    ("task.name=gsm8k", "countdown_rule"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+def test_scratch_policy_is_for_countdown_only():
+    with pytest.raises(ConfigError, match="scratch"):
+        load_config(None, ["task.name=gsm8k", "search.utility=zero"])
 
 
 def test_missing_file_and_malformed_override(tmp_path):

@@ -85,7 +85,8 @@ def test_a_different_config_in_the_same_folder_is_refused(finished_run, capsys):
     ("task.options.data_files=/no/such/file.jsonl", "does not exist"),
 ])
 def test_bad_configs_fail_before_any_work(override, message, tmp_path, capsys):
-    extra = ["task.name=gsm8k"] if "policy.source" in override or "data_files" in override else []
+    extra = (["task.name=gsm8k", "search.utility=zero"]
+             if "policy.source" in override or "data_files" in override else [])
     if "data_files" in override:
         extra.append("policy.source=smollm2-135m-instruct")
     assert main([override, *extra, "--out", str(tmp_path / "out")]) == 2

@@ -29,7 +29,11 @@ class RunContext:
 
     @functools.cached_property
     def task(self) -> Task:
-        return make_task(self.config.task.name, **self.config.task.options)
+        t = self.config.task
+        if t.name == "countdown":
+            world = dataclasses.asdict(t.countdown)
+            return make_task("countdown", config={**world, **t.options.get("config", {})})
+        return make_task(t.name, **t.options)
 
     @property
     def rollouts_path(self) -> Path:
