@@ -107,11 +107,12 @@ class SlotPool:
 
     def free(self, slots) -> None:
         slots = [int(s) for s in slots]
-        not_allocated = sorted(set(s for s in slots if s not in self._allocated))
-        if not_allocated or len(set(slots)) != len(slots):
-            raise ValueError(
-                f"cannot free slots {slots}: {not_allocated or 'duplicates'} "
-                "are not allocated once each (double free?)")
+        if len(set(slots)) != len(slots):
+            raise ValueError(f"cannot free slots {slots}: a slot is listed more than once")
+        not_allocated = sorted(s for s in slots if s not in self._allocated)
+        if not_allocated:
+            raise ValueError(f"cannot free slots {not_allocated}: they are not allocated "
+                             "(freed already, or never handed out by allocate)")
         for s in slots:
             self._allocated.remove(s)
             heapq.heappush(self._free, s)

@@ -90,7 +90,7 @@ def test_bad_step_inputs_are_rejected_before_device_work(random_decoder, overrid
 def test_sampling_or_forking_an_empty_slot_is_rejected(random_decoder):
     filled, empty, child = random_decoder.allocate(3)
     random_decoder.prefill([filled], [[1, 2]])
-    with pytest.raises(ValueError, match=r"slots \[%d\] hold no tokens; prefill them first" % empty):
+    with pytest.raises(ValueError, match=rf"slots \[{empty}\] hold no tokens; prefill them first"):
         random_decoder.sample_steps([filled, empty], **_step_args(2))
     with pytest.raises(ValueError, match="parents .* hold no tokens"):
         random_decoder.fork([empty], [child])
