@@ -65,6 +65,21 @@ def shepherd_prm(ctx: RunContext, problems) -> ShepherdPRM:
                        bad_token_id=token_id(s.prm_bad_token))
 
 
+def slots_per_problem(ctx: RunContext, method: str) -> int:
+    """Cache slots one problem can hold at once, so a batch of problems fits the pool.
+    A* keeps a slot per frontier node: K per expansion, for the expansions the budget
+    allows (at least one step of every child per expansion)."""
+    s, e, d = ctx.config.search, ctx.config.eval, ctx.config.decode
+    if method in ("self_consistency", "best_of_n"):
+        return e.samples + 1
+    if method == "beam":
+        return e.beam_width * e.beam_k + 1
+    if method == "qstar":
+        expansions = min(s.max_expansions, s.max_generated_tokens // s.k + 1)
+        return s.k * expansions + 1
+    return 2
+
+
 def planner_factory(ctx: RunContext, method: str) -> Callable[[int], Planner]:
     s, e, max_steps = ctx.config.search, ctx.config.eval, ctx.config.decode.max_steps
     chains = ChainConfig(num_chains=e.samples, temperature=e.temperature, max_steps=max_steps,
@@ -104,7 +119,8 @@ def evaluate(ctx: RunContext) -> dict:
         done = log.done(method)
         pending = [i for i, p in enumerate(problems) if p.id not in done]
         make = planner_factory(ctx, method)
-        size = cfg.eval.problems_per_batch
+        size = max(1, min(cfg.eval.problems_per_batch, cfg.decode.slots // slots_per_problem(
+            ctx, method)))
         for start in range(0, len(pending), size):
             batch = pending[start:start + size]
             began = time.perf_counter()
