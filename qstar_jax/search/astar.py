@@ -17,7 +17,8 @@ from typing import Any, Sequence
 from qstar_jax.config import Agg
 from qstar_jax.search.checks import as_agg, require_positive, require_temperature
 from qstar_jax.search.interface import ExpandRequest, Node
-from qstar_jax.search.planner import Outcome, ScoredStep, ScoredTrajectory, SearchResult
+from qstar_jax.search.planner import (Outcome, RoundGuard, ScoredStep, ScoredTrajectory,
+                                      SearchResult)
 from qstar_jax.search.tree import SearchTree, best_by_f
 
 
@@ -54,7 +55,7 @@ class AStarConfig:
         require_temperature(self)
 
 
-class AStarPlanner:
+class AStarPlanner(RoundGuard):
     """Q* on one problem; see the module docstring for the search rules.
 
     The answer is the complete trajectory with the best f. If none was reached within
@@ -64,23 +65,17 @@ class AStarPlanner:
     """
 
     def __init__(self, problem_index: int, config: AStarConfig):
+        super().__init__()
         self.problem_index = problem_index
         self._config = config
         self._tree = SearchTree(problem_index, agg=config.agg,
                                 heuristic_weight=config.heuristic_weight)
         self._frontier: list[tuple[float, int, Node]] = []
         self._push(self._tree.root)
-        self._expanding: list[Node] = []
         self._complete: list[Node] = []
-        self._done = False
-
-    @property
-    def done(self) -> bool:
-        return self._done
 
     def propose(self) -> list[ExpandRequest]:
-        if self._done or self._expanding:
-            raise RuntimeError("propose() called on a finished planner or before absorb()")
+        self._check_can_propose()
         batch, limit = [], self._round_limit()
         self._goal_test_top()
         while (len(batch) < limit and self._frontier
@@ -96,9 +91,7 @@ class AStarPlanner:
                 for node in batch]
 
     def absorb(self, children: Sequence[Sequence[ScoredStep]]) -> None:
-        if len(children) != len(self._expanding):
-            raise ValueError(f"absorb() got {len(children)} child lists for "
-                             f"{len(self._expanding)} requests")
+        self._check_absorb(children)
         for parent, scored in zip(self._expanding, children):
             self._tree.release(parent)
             for child in self._tree.add_children(parent, scored, merge_identical=True):

@@ -15,7 +15,8 @@ from typing import Any, Sequence
 from qstar_jax.config import Agg
 from qstar_jax.search.checks import as_agg, require_positive, require_temperature
 from qstar_jax.search.interface import ExpandRequest, Node
-from qstar_jax.search.planner import Outcome, ScoredStep, ScoredTrajectory, SearchResult
+from qstar_jax.search.planner import (Outcome, RoundGuard, ScoredStep, ScoredTrajectory,
+                                      SearchResult)
 from qstar_jax.search.tree import SearchTree, best_by_f
 
 
@@ -34,11 +35,12 @@ class BeamConfig:
         require_temperature(self)
 
 
-class BeamPlanner:
+class BeamPlanner(RoundGuard):
     """Beam search on one problem. With no finished beam the answer is the best-f beam
     of the last round (``partial``), or the empty root if no step was ever kept."""
 
     def __init__(self, problem_index: int, config: BeamConfig):
+        super().__init__()
         self.problem_index = problem_index
         self._config = config
         self._tree = SearchTree(problem_index, agg=config.agg,
@@ -46,24 +48,15 @@ class BeamPlanner:
         self._live: list[Node] = [self._tree.root]
         self._last_kept: list[Node] = []
         self._finished: list[Node] = []
-        self._expanding: list[Node] = []
-        self._done = False
-
-    @property
-    def done(self) -> bool:
-        return self._done
 
     def propose(self) -> list[ExpandRequest]:
-        if self._done or self._expanding:
-            raise RuntimeError("propose() called on a finished planner or before absorb()")
+        self._check_can_propose()
         self._expanding, self._live = self._live, []
         return [self._tree.request(node, self._config.num_children, self._config.temperature)
                 for node in self._expanding]
 
     def absorb(self, children: Sequence[Sequence[ScoredStep]]) -> None:
-        if len(children) != len(self._expanding):
-            raise ValueError(f"absorb() got {len(children)} child lists for "
-                             f"{len(self._expanding)} requests")
+        self._check_absorb(children)
         pool = []
         for parent, scored in zip(self._expanding, children):
             self._tree.release(parent)

@@ -18,7 +18,8 @@ import numpy as np
 from qstar_jax.config import Agg
 from qstar_jax.search.checks import as_agg, require_positive, require_temperature
 from qstar_jax.search.interface import ExpandRequest, Node
-from qstar_jax.search.planner import Outcome, ScoredStep, ScoredTrajectory, SearchResult
+from qstar_jax.search.planner import (Outcome, RoundGuard, ScoredStep, ScoredTrajectory,
+                                      SearchResult)
 from qstar_jax.search.tree import SearchTree
 
 # Scores [n] for the final nodes of n complete chains of one problem.
@@ -60,7 +61,7 @@ class ProcessRewardScorer:
         return np.array([node.g for node in finals], np.float64)
 
 
-class ChainPlanner:
+class ChainPlanner(RoundGuard):
     """N sampled chains of one problem, the best complete one by ``rank``.
 
     With no complete chain the answer is chain 0's partial trajectory (``partial``,
@@ -68,23 +69,17 @@ class ChainPlanner:
     """
 
     def __init__(self, problem_index: int, config: ChainConfig, rank: ChainRanking):
+        super().__init__()
         self.problem_index = problem_index
         self._config = config
         self._rank = rank
         self._tree = SearchTree(problem_index, agg=config.agg, heuristic_weight=1.0)
         self._tips: list[Node] = []  # the last node of each chain
         self._live: list[bool] = []
-        self._expanding: list[int] = []  # chains being extended, or [ROOT]
         self._scores = np.zeros(0)
-        self._done = False
-
-    @property
-    def done(self) -> bool:
-        return self._done
 
     def propose(self) -> list[ExpandRequest]:
-        if self._done or self._expanding:
-            raise RuntimeError("propose() called on a finished planner or before absorb()")
+        self._check_can_propose()
         config = self._config
         if self._tree.expansions == 0:
             self._expanding = [ROOT]
@@ -94,9 +89,7 @@ class ChainPlanner:
                 for chain in self._expanding]
 
     def absorb(self, children: Sequence[Sequence[ScoredStep]]) -> None:
-        if len(children) != len(self._expanding):
-            raise ValueError(f"absorb() got {len(children)} child lists for "
-                             f"{len(self._expanding)} requests")
+        self._check_absorb(children)
         for chain, scored in zip(self._expanding, children):
             parent = self._tree.root if chain == ROOT else self._tips[chain]
             self._tree.release(parent)

@@ -94,3 +94,25 @@ class Planner(Protocol):
         """Handles that can be freed now; each handle is returned exactly once."""
 
     def result(self, *, include_tree: bool = False) -> SearchResult: ...
+
+
+class RoundGuard:
+    """The propose/absorb alternation every planner keeps: ``propose`` only on a live
+    planner between rounds, ``absorb`` exactly one result list per request proposed."""
+
+    def __init__(self):
+        self._expanding: list = []
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def _check_can_propose(self) -> None:
+        if self._done or self._expanding:
+            raise RuntimeError("propose() called on a finished planner or before absorb()")
+
+    def _check_absorb(self, children: Sequence) -> None:
+        if len(children) != len(self._expanding):
+            raise ValueError(f"absorb() got {len(children)} child lists for "
+                             f"{len(self._expanding)} requests")
