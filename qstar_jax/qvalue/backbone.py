@@ -57,19 +57,12 @@ class BackboneQ(nnx.Module):
     def last_token_hidden(self, batch: TokenBatch) -> jax.Array:
         """[B, T] right-padded tokens -> final hidden state at each row's last real token [B, E].
 
-        A fresh cache with one slot per row and M = T serves the full-sequence pass; pad
-        positions are set to T (>= M), so they write nothing and no real token sees them.
+        One cache-free pass over the whole rows: padding sits after each row's last real
+        token, so the causal mask keeps it out of every hidden state read here.
         """
         tokens, lengths = jnp.asarray(batch.tokens), jnp.asarray(batch.lengths)
-        b, t = tokens.shape
-        cfg = self.backbone.config
-        steps = jnp.arange(t, dtype=jnp.int32)[None, :]
-        positions = jnp.where(steps < lengths[:, None], steps, t)
-        dtype = self.backbone.embed_tokens.embedding[...].dtype
-        cache = jnp.zeros((cfg.num_layers, b, cfg.num_kv_heads, t, cfg.head_dim), dtype)
-        hidden, _, _ = self.backbone(tokens, positions, jnp.arange(b, dtype=jnp.int32),
-                                     cache, cache)
-        return hidden[jnp.arange(b), lengths - 1]
+        hidden = self.backbone.forward_sequence(tokens)
+        return hidden[jnp.arange(tokens.shape[0]), lengths - 1]
 
     def raw_scores(self, batch: TokenBatch) -> jax.Array:
         """[B] float32 logits (or raw values) for the B sequences."""
