@@ -19,24 +19,22 @@ class DecoderExpander:
 
     def expand(self, requests: Sequence[ExpandRequest]) -> list[list[Step]]:
         rt = self.runtime
-        roots = [r for r in requests if r.node.handle is None]
-        root_slots = dict(zip((id(r) for r in roots), rt.prefill(
-            [r.problem_index for r in roots], [r.node.steps for r in roots])))
-        parents = [root_slots.get(id(r), r.node.handle) for r in requests]
+        roots = [k for k, r in enumerate(requests) if r.node.handle is None]
+        root_slots = dict(zip(roots, rt.prefill([requests[k].problem_index for k in roots],
+                                                [requests[k].node.steps for k in roots])))
+        parents = [root_slots.get(k, r.node.handle) for k, r in enumerate(requests)]
         children = rt.fork(parents, [r.num_children for r in requests])
         rt.free(list(root_slots.values()))
-        flat = [(r, i, slot) for r, slots in zip(requests, children)
-                for i, slot in enumerate(slots)]
+        # One row per child: (index of its request, child number, its slot).
+        flat = [(k, i, slot) for k, slots in enumerate(children) for i, slot in enumerate(slots)]
         sampled = rt.sample(
-            [slot for _, _, slot in flat], [r.problem_index for r, _, _ in flat],
-            [stable_id("child", r.node.id, i) for r, i, _ in flat],
-            [r.temperature for r, _, _ in flat])
+            [slot for _, _, slot in flat], [requests[k].problem_index for k, _, _ in flat],
+            [stable_id("child", requests[k].node.id, i) for k, i, _ in flat],
+            [requests[k].temperature for k, _, _ in flat])
         steps: list[list[Step]] = [[] for _ in requests]
-        owner = {id(r): k for k, r in enumerate(requests)}
-        for (request, _, _), s in zip(flat, sampled):
-            steps[owner[id(request)]].append(Step(
-                text=s.text, token_ids=s.token_ids, logprob=s.logprob, hidden=s.hidden,
-                ends_trace=s.ends_trace, handle=s.slot))
+        for (k, _, _), s in zip(flat, sampled):
+            steps[k].append(Step(text=s.text, token_ids=s.token_ids, logprob=s.logprob,
+                                 hidden=s.hidden, ends_trace=s.ends_trace, handle=s.slot))
         return steps
 
     def release(self, handles: Sequence[Any]) -> None:

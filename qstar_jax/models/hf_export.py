@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.llama import LlamaModel
-from qstar_jax.models.weights import _hf_names
+from qstar_jax.models.weights import hf_names
 
 
 def hf_config_dict(cfg: ModelConfig) -> dict:
@@ -52,7 +52,7 @@ def save_hf_checkpoint(model: LlamaModel, tokenizer: PreTrainedTokenizerBase,
         value = np.asarray(var.get_value(), np.float32)
         if path[-1] == "kernel":  # nnx.Linear is [in, out]; HF stores [out, in]
             value = np.swapaxes(value, -1, -2)
-        names = _hf_names(path, cfg.num_layers)
+        names = hf_names(path, cfg.num_layers)
         parts = value if path[0] == "layers" else value[None]
         tensors.update({name: np.ascontiguousarray(part) for name, part in zip(names, parts)})
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})

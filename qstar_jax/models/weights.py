@@ -39,7 +39,7 @@ def _is_known_non_weight(name: str, cfg: ModelConfig) -> bool:
         cfg.tie_word_embeddings and name == "lm_head.weight")
 
 
-def _hf_names(path: tuple[str, ...], num_layers: int) -> list[str]:
+def hf_names(path: tuple[str, ...], num_layers: int) -> list[str]:
     """HF tensor names that make up the NNX parameter at ``path`` (one per layer if stacked)."""
     *modules, leaf = path
     suffix = "bias" if leaf == "bias" else "weight"
@@ -66,7 +66,7 @@ def _abstract_params(cfg: ModelConfig, dtype):
 def expected_tensor_names(cfg: ModelConfig) -> list[str]:
     """The HF names of every tensor a checkpoint for ``cfg`` must hold."""
     _, _, params = _abstract_params(cfg, jnp.float32)
-    return [name for path, _ in params for name in _hf_names(path, cfg.num_layers)]
+    return [name for path, _ in params for name in hf_names(path, cfg.num_layers)]
 
 
 def build_model(cfg: ModelConfig, tensors: Mapping[str, StoredTensor], *,
@@ -77,7 +77,7 @@ def build_model(cfg: ModelConfig, tensors: Mapping[str, StoredTensor], *,
     tensor, or a shape mismatch; all three are checked before any tensor is read.
     """
     graphdef, state, params = _abstract_params(cfg, dtype)
-    plan = {path: _hf_names(path, cfg.num_layers) for path, _ in params}
+    plan = {path: hf_names(path, cfg.num_layers) for path, _ in params}
     _check_names_and_shapes(cfg, tensors, params, plan)
     for path, var in params:
         parts = [tensors[name].read() for name in plan[path]]

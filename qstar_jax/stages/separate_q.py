@@ -24,10 +24,11 @@ def _text(prompt: str, steps: Sequence[str]) -> str:
 
 
 def train_separate_q(ctx: RunContext, output: str,
-                     make_train_config: Callable[[RunContext, int], TrainConfig]) -> TrainResult:
+                     make_train_config: Callable[[RunContext, int], TrainConfig]
+                     ) -> tuple[TrainResult, np.ndarray]:
     """Fit backbone and head on the labelled texts (``output``: the head's squashing;
     ``make_train_config(ctx, examples)``: the optimiser settings, shared with the head-only
-    path)."""
+    path). Returns the training result and the labels it fitted."""
     q = ctx.config.q_train
     loaded = ctx.load(q.separate_model)
     config = QHeadConfig(hidden_size=loaded.config.hidden_size,
@@ -44,9 +45,10 @@ def train_separate_q(ctx: RunContext, output: str,
     mask = backbone_update_mask(model, None if q.trainable_layers < 0 else q.trainable_layers)
     identity = BackboneIdentity.of_separate_backbone(loaded.config)
     with QCheckpointer(ctx.q_dir, identity=identity, head_config=config) as checkpointer:
-        return train_q_model(model, pad_token_batch(tokens, pad_id=loaded.tokenizer.pad_id),
-                             labels, make_train_config(ctx, len(labels)), update_mask=mask,
-                             checkpointer=checkpointer)
+        result = train_q_model(model, pad_token_batch(tokens, pad_id=loaded.tokenizer.pad_id),
+                               labels, make_train_config(ctx, len(labels)), update_mask=mask,
+                               checkpointer=checkpointer)
+    return result, labels
 
 
 class SeparateBackboneQ:

@@ -47,8 +47,8 @@ def train_q(ctx: RunContext) -> None:
     if done.exists():
         return
     if ctx.config.q_train.backbone == QBackbone.separate:
-        result = train_separate_q(ctx, head_config(ctx).output, train_config)
-        _write_summary(done, result, np.array([s.label for s in load_labelled(ctx.labels_path)[0]]))
+        result, labels = train_separate_q(ctx, head_config(ctx).output, train_config)
+        _write_summary(done, result, labels)
         return
     steps, features = load_labelled(ctx.labels_path)
     labels = np.array([s.label for s in steps], np.float32)
