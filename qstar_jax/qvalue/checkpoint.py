@@ -8,6 +8,7 @@ against a different backbone raises ``BackboneMismatchError`` naming both.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -120,13 +121,17 @@ class QCheckpointer:
         return self._manager.latest_step()
 
     def save(self, step: int, *, params, opt_state, best_params, progress: dict) -> None:
-        """Save the arrays (pytrees) and the JSON-able ``progress`` as ``step``."""
+        """Save the arrays (pytrees) and the JSON-able ``progress`` as ``step``.
+
+        The save is asynchronous, so ``progress`` is copied now: the caller goes on
+        mutating its bookkeeping while orbax writes in the background.
+        """
         meta = {"identity": dataclasses.asdict(self.identity),
                 "head_config": dataclasses.asdict(self.head_config)}
         self._manager.save(step, args=ocp.args.Composite(
             params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
             best_params=ocp.args.StandardSave(best_params), meta=ocp.args.JsonSave(meta),
-            progress=ocp.args.JsonSave(progress)))
+            progress=ocp.args.JsonSave(copy.deepcopy(progress))))
 
     def restore(self, *, params, opt_state, best_params, step: int | None = None
                 ) -> tuple[Any, Any, Any, dict]:

@@ -128,3 +128,26 @@ def test_separate_backbone_checkpoint_rebuilds_its_model(tmp_path):
                                BACKBONE.rope_inv_freq())
     with pytest.raises(BackboneMismatchError, match=config_fingerprint(BACKBONE)):
         load_backbone_q(tmp_path, model_config=llama3)
+
+
+def test_progress_is_saved_as_it_was_when_save_was_called(tmp_path):
+    # Saves after the first are asynchronous, and training goes on mutating its
+    # bookkeeping at once; whether the writer thread sees the mutation is a race, so
+    # the save is repeated in a few fresh directories.
+    params = {"w": np.ones((3,), np.float32)}
+    opt_state = {"count": np.zeros((), np.int32)}
+    for attempt in range(4):
+        progress = {"step": 0, "heldout_losses": []}
+        with checkpointer(tmp_path / str(attempt)) as ck:
+            for step in (4, 8):
+                progress["step"] = step
+                progress["heldout_losses"].append([step, 1.0 / step])
+                ck.save(step, params=params, opt_state=opt_state, best_params=params,
+                        progress=progress)
+                progress["step"] = step + 1
+        with checkpointer(tmp_path / str(attempt)) as ck:
+            for step in (4, 8):
+                *_, restored = ck.restore(params=params, opt_state=opt_state,
+                                          best_params=params, step=step)
+                assert restored["step"] == step
+                assert restored["heldout_losses"][-1] == [step, 1.0 / step]
