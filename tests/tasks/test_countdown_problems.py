@@ -41,10 +41,20 @@ def test_generated_problems_are_solvable_distinct_and_in_range():
 
 
 def test_splits_are_disjoint_whatever_the_seeds():
-    train = set(generate(SMALL, "train", 800, seed=0))
+    train = set(generate(SMALL, "train", 700, seed=0))
+    validation = set(generate(SMALL, "validation", 60, seed=0))
     test = set(generate(SMALL, "test", 80, seed=0)) | set(generate(SMALL, "test", 80, seed=9))
-    assert not train & test
+    assert not train & test and not train & validation and not validation & test
     assert all(split_of(n, t, SMALL.test_fraction) == "test" for n, t in test)
+
+
+def test_a_validation_share_never_moves_a_test_problem():
+    problems = list(itertools.product(itertools.combinations(range(1, 40), 2), range(10)))
+    without = [split_of(n, t, 0.1) for n, t in problems]
+    with_validation = [split_of(n, t, 0.1, 0.2) for n, t in problems]
+    assert [s == "test" for s in without] == [s == "test" for s in with_validation]
+    moved = [w for w, v in zip(without, with_validation) if v == "validation"]
+    assert set(moved) == {"train"} and 0.17 < len(moved) / len(problems) < 0.23
 
 
 def test_split_hash_is_stable_and_near_the_asked_fraction():
@@ -56,18 +66,21 @@ def test_split_hash_is_stable_and_near_the_asked_fraction():
 
 
 def test_game_of_24_splits_partition_every_solvable_hand(game_of_24_solver):
-    """The whole space is small enough to enumerate: train and test hold every solvable
+    """The whole space is small enough to enumerate: the three splits hold every solvable
     multiset exactly once, and asking for one problem more than a split holds fails."""
     solvable = {hand for hand in itertools.combinations_with_replacement(range(1, 14), 4)
                 if game_of_24_solver.solvable_from(hand, 24)}
-    n_test = sum(split_of(hand, 24, GAME_OF_24.test_fraction) == "test" for hand in solvable)
-    train = generate_problems(GAME_OF_24, "train", len(solvable) - n_test, seed=0,
-                              solver=game_of_24_solver)
-    test = generate_problems(GAME_OF_24, "test", n_test, seed=0, solver=game_of_24_solver)
-    assert {t for _, t in train + test} == {24}
-    assert {n for n, _ in train} | {n for n, _ in test} == solvable
-    assert len(train) + len(test) == len(solvable)
-    assert GAME_OF_24.test_size <= n_test and GAME_OF_24.train_size <= len(train)
+    sizes = {split: sum(split_of(hand, 24, GAME_OF_24.test_fraction,
+                                 GAME_OF_24.validation_fraction) == split for hand in solvable)
+             for split in ("train", "validation", "test")}
+    splits = {split: generate_problems(GAME_OF_24, split, size, seed=0,
+                                       solver=game_of_24_solver)
+              for split, size in sizes.items()}
+    every = [problem for problems in splits.values() for problem in problems]
+    assert {t for _, t in every} == {24}
+    assert {n for n, _ in every} == solvable and len(every) == len(solvable)
+    assert all(GAME_OF_24.split_size(split) <= sizes[split] for split in sizes)
+    n_test = sizes["test"]
     with pytest.raises(ValueError, match=f"found only {n_test} distinct solvable test"):
         generate_problems(GAME_OF_24, "test", n_test + 1, seed=0, solver=game_of_24_solver)
 
@@ -91,6 +104,7 @@ def test_any_step_and_signed_rules_generate_solvable_problems():
     ({"number_range": (1.5, 9)}, "two integers"),
     ({"num_count": 12, "number_range": (1, 999)}, "digits"),
     ({"test_fraction": 1.0}, "strictly between"),
+    ({"test_fraction": 0.5, "validation_fraction": 0.5}, "train keeps a share"),
     ({"train_size": -1}, ">= 0"),
 ])
 def test_bad_configs_say_what_to_fix(kwargs, message):
@@ -104,6 +118,6 @@ def test_config_accepts_lists_from_yaml_and_rejects_unknown_splits():
     assert config.number_range == (1, 9) and config.target_range == (2, 20)
     assert config.rules.operations == ("+", "*")
     with pytest.raises(ValueError, match="splits"):
-        generate(config, "validation", 1, seed=0)
+        generate(config, "dev", 1, seed=0)
     with pytest.raises(ValueError, match="different rules"):
         generate_problems(config, "train", 1, seed=0, solver=CountdownSolver(CountdownRules()))

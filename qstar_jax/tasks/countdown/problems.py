@@ -2,8 +2,10 @@
 
 A problem is a multiset of numbers (written in ascending order) and an integer target.
 Which split a problem belongs to is a stable hash of that canonical pair, so no test
-problem can ever be drawn for train, whatever the seeds and sizes (as long as
-``test_fraction`` is the same). Sampling draws the multiset uniformly (each multiset
+problem can ever be drawn for train or validation, whatever the seeds and sizes (as long
+as the fractions are the same): the lowest ``test_fraction`` of the hash range is test,
+the next ``validation_fraction`` validation (for choosing settings without looking at
+test), the rest train. Changing ``validation_fraction`` never moves a test problem. Sampling draws the multiset uniformly (each multiset
 equally likely, not each ordered tuple) and the target uniformly from its range, and
 keeps solvable, unseen problems of the asked split: the result is a uniform random
 sequence of the split's distinct problems.
@@ -21,7 +23,7 @@ from qstar_jax.tasks.countdown.rules import CountdownRules
 from qstar_jax.tasks.countdown.solver import CountdownSolver
 from qstar_jax.tasks.countdown.steps import MAX_DIGITS, format_numbers
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation", "test")
 
 # Draws in a row without a new problem before a split counts as exhausted: 20 draws
 # per problem in the space leave a missed problem a chance of about e^-20.
@@ -49,7 +51,8 @@ def from_fields(cls: type, value: Any) -> Any:
 class CountdownConfig:
     """The game's rules and the problem distribution; ranges are inclusive.
 
-    train_size / test_size: how many problems ``load`` gives when no limit is asked.
+    train_size / validation_size / test_size: how many problems ``load`` gives when no
+    limit is asked.
     """
 
     rules: CountdownRules = dataclasses.field(default_factory=CountdownRules)
@@ -57,7 +60,9 @@ class CountdownConfig:
     number_range: tuple[int, int] = (1, 13)
     target_range: tuple[int, int] = (1, 100)
     test_fraction: float = 0.1
+    validation_fraction: float = 0.1
     train_size: int = 20_000
+    validation_size: int = 500
     test_size: int = 500
 
     def __post_init__(self):
@@ -85,16 +90,22 @@ class CountdownConfig:
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"CountdownConfig.test_fraction={self.test_fraction}: give a "
                              "fraction strictly between 0 and 1")
-        if self.train_size < 0 or self.test_size < 0:
-            raise ValueError("CountdownConfig.train_size and test_size must be >= 0")
+        if not 0 <= self.validation_fraction < 1 - self.test_fraction:
+            raise ValueError(f"CountdownConfig.validation_fraction={self.validation_fraction}: "
+                             f"give a fraction in [0, 1 - test_fraction) so train keeps a share")
+        if min(self.train_size, self.validation_size, self.test_size) < 0:
+            raise ValueError("CountdownConfig.train_size, validation_size and test_size must "
+                             "be >= 0")
 
     def split_size(self, split: str) -> int:
-        return {"train": self.train_size, "test": self.test_size}[check_split(split)]
+        return {"train": self.train_size, "validation": self.validation_size,
+                "test": self.test_size}[check_split(split)]
 
 
 # The classic: four numbers from 1..13 (a card deck), make 24.
 GAME_OF_24 = CountdownConfig(num_count=4, number_range=(1, 13), target_range=(24, 24),
-                             test_fraction=0.2, train_size=1000, test_size=250)
+                             test_fraction=0.2, validation_fraction=0.1, train_size=900,
+                             validation_size=120, test_size=250)
 
 
 def check_split(split: str) -> str:
@@ -108,9 +119,13 @@ def canonical_key(numbers: Sequence[int], target: int) -> str:
     return f"{format_numbers(sorted(numbers))} -> {target}"
 
 
-def split_of(numbers: Sequence[int], target: int, test_fraction: float) -> str:
+def split_of(numbers: Sequence[int], target: int, test_fraction: float,
+             validation_fraction: float = 0.0) -> str:
     digest = hashlib.blake2b(canonical_key(numbers, target).encode(), digest_size=8).digest()
-    return "test" if int.from_bytes(digest, "big") < test_fraction * 2 ** 64 else "train"
+    position = int.from_bytes(digest, "big") / 2 ** 64
+    if position < test_fraction:
+        return "test"
+    return "validation" if position < test_fraction + validation_fraction else "train"
 
 
 def generate_problems(config: CountdownConfig, split: str, count: int, *, seed: int,
@@ -133,7 +148,8 @@ def generate_problems(config: CountdownConfig, split: str, count: int, *, seed: 
         numbers = tuple(lo + pick - index for index, pick in enumerate(picks))
         target = rng.randint(target_lo, target_hi)
         if ((numbers, target) not in seen
-                and split_of(numbers, target, config.test_fraction) == split
+                and split_of(numbers, target, config.test_fraction,
+                             config.validation_fraction) == split
                 and solver.solvable_from(numbers, target)):
             seen.add((numbers, target))
             problems.append((numbers, target))
