@@ -13,9 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from qstar_jax.decoding.prefill import bucket_size
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.llama import LlamaModel
-from qstar_jax.qvalue.head import QHead, QHeadConfig, bucket_size, to_value
+from qstar_jax.qvalue.head import QHead, QHeadConfig, to_value
 
 
 class TokenBatch(NamedTuple):
@@ -29,7 +30,7 @@ def pad_token_batch(token_id_lists: Sequence[Sequence[int]], *, pad_id: int = 0,
     if not token_id_lists or any(len(ids) == 0 for ids in token_id_lists):
         raise ValueError("pad_token_batch needs at least one sequence, and no empty sequence")
     longest = max(len(ids) for ids in token_id_lists)
-    length = bucket_size(longest) if length is None else length
+    length = bucket_size(longest, minimum=8) if length is None else length
     if longest > length:
         raise ValueError(f"a sequence of {longest} tokens does not fit length={length}")
     tokens = np.full((len(token_id_lists), length), pad_id, np.int32)
@@ -120,13 +121,23 @@ class BackboneQModel:
 
         self._values = jax.jit(values)
 
-    def score_texts(self, token_id_lists: Sequence[Sequence[int]]) -> np.ndarray:
-        """Token ids of each (question ⊕ steps so far ⊕ candidate step) -> Q̂ values [N]."""
+    def score_texts(self, token_id_lists: Sequence[Sequence[int]], *,
+                    keep_last: bool = False) -> np.ndarray:
+        """Token ids of each (question ⊕ steps so far ⊕ candidate step) -> Q̂ values [N].
+
+        A sequence longer than the backbone's max_position_embeddings is an error, or with
+        ``keep_last`` is scored on its last max_position_embeddings tokens (search can grow
+        a path past what the Q̂ backbone was built for; its latest steps matter most).
+        """
+        limit = self.model_config.max_position_embeddings
+        if keep_last:
+            token_id_lists = [ids[-limit:] for ids in token_id_lists]
         n = len(token_id_lists)
         longest = max((len(ids) for ids in token_id_lists), default=0)
-        if longest > self.model_config.max_position_embeddings:
+        if longest > limit:
             raise ValueError(f"a sequence of {longest} tokens exceeds the Q̂ backbone's "
-                             f"max_position_embeddings={self.model_config.max_position_embeddings}")
+                             f"max_position_embeddings={limit}; shorten it, or pass "
+                             "keep_last=True to score its last tokens")
         rows = list(token_id_lists) + [[self._pad_id]] * (bucket_size(n, minimum=1) - n)
         batch = pad_token_batch(rows, pad_id=self._pad_id)
         return np.asarray(self._values(self._state, batch.tokens, batch.lengths)[:n], np.float32)

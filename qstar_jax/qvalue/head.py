@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from qstar_jax.decoding.prefill import bucket_size
+
 OUTPUTS = ("sigmoid", "raw")
 
 
@@ -66,12 +68,6 @@ class QHead(nnx.Module):
         return to_value(self.raw_scores(hiddens), self.head_config.output)
 
 
-def bucket_size(n: int, minimum: int = 8) -> int:
-    """The power of two >= n (and >= minimum) that a dimension of n is padded to, so that
-    varying sizes reuse a few compiled shapes."""
-    return max(minimum, 1 << max(n - 1, 0).bit_length())
-
-
 class QHeadModel:
     """Q̂ on the frozen policy's own hidden states, for search: ``score_hidden``.
 
@@ -89,5 +85,5 @@ class QHeadModel:
         if hiddens.ndim != 2 or hiddens.shape[1] != self.head_config.hidden_size:
             raise ValueError(f"score_hidden takes [N, E={self.head_config.hidden_size}] hidden "
                              f"states, got shape {hiddens.shape}")
-        padded = jnp.zeros((bucket_size(n), hiddens.shape[1]), hiddens.dtype).at[:n].set(hiddens)
+        padded = jnp.zeros((bucket_size(n, minimum=8), hiddens.shape[1]), hiddens.dtype).at[:n].set(hiddens)
         return np.asarray(self._values(self._params, padded)[:n], np.float32)

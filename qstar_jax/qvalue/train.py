@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import scipy.stats
 from flax import nnx
 from tqdm.auto import tqdm
 
@@ -64,6 +65,11 @@ class TrainResult:
     best_step: int | None  # step of the lowest held-out loss (None without a held-out split)
     best_heldout_loss: float | None
     heldout_losses: tuple[tuple[int, float], ...]  # (step, loss) at each evaluation
+    # What the best held-out loss is read against: the loss of always predicting the mean
+    # training label; and how well the final model ranks held-out positives (label > 0.5)
+    # above negatives (ROC AUC; None without a held-out split or with one class only).
+    constant_heldout_loss: float | None = None
+    heldout_auc: float | None = None
 
 
 def make_optimizer(config: TrainConfig, update_mask: Any = None) -> optax.GradientTransformation:
@@ -167,15 +173,28 @@ def train_q_model(model: nnx.Module, inputs: Any, labels: np.ndarray, config: Tr
     heldout_loss_sum = jax.jit(heldout_loss_sum)
     inputs, device_labels = jax.tree.map(jnp.asarray, inputs), jnp.asarray(labels)
 
-    def heldout_loss(params) -> float:
-        total = 0.0
+    @jax.jit
+    def raw_scores(params, rest, inputs, batch):
+        return nnx.merge(graphdef, params, rest).raw_scores(
+            jax.tree.map(lambda x: x[batch], inputs))
+
+    def heldout_chunks():
+        """Held-out indices in batch_size chunks padded to a static shape, with weights."""
         for start in range(0, len(heldout), config.batch_size):
             chunk = heldout[start:start + config.batch_size]
-            pad = config.batch_size - len(chunk)  # a static shape for the last chunk
+            pad = config.batch_size - len(chunk)
             weights = np.concatenate([np.ones(len(chunk)), np.zeros(pad)]).astype(np.float32)
-            chunk = np.concatenate([chunk, np.zeros(pad, chunk.dtype)])
-            total += float(heldout_loss_sum(params, rest, inputs, device_labels, chunk, weights))
+            yield np.concatenate([chunk, np.zeros(pad, chunk.dtype)]), weights
+
+    def heldout_loss(params) -> float:
+        total = sum(float(heldout_loss_sum(params, rest, inputs, device_labels, chunk, weights))
+                    for chunk, weights in heldout_chunks())
         return total / len(heldout)
+
+    def heldout_auc(params) -> float | None:
+        scores = np.concatenate([np.asarray(raw_scores(params, rest, inputs, chunk))[w > 0]
+                                 for chunk, w in heldout_chunks()])
+        return roc_auc(scores, labels[heldout] > 0.5)
 
     has_heldout = len(heldout) > 0
     opt_state = optimizer.init(params)
@@ -214,10 +233,36 @@ def train_q_model(model: nnx.Module, inputs: Any, labels: np.ndarray, config: Tr
                 checkpointer.save(step, params=params, opt_state=opt_state,
                                   best_params=best_params if has_heldout else params,
                                   progress=state)
-    nnx.update(model, best_params if has_heldout else params)
-    return TrainResult(steps=state["step"], stopped_early=state["stopped_early"],
-                       best_step=state["best_step"], best_heldout_loss=state["best_loss"],
-                       heldout_losses=tuple((s, l) for s, l in state["heldout_losses"]))
+    final_params = best_params if has_heldout else params
+    nnx.update(model, final_params)
+    return TrainResult(
+        steps=state["step"], stopped_early=state["stopped_early"],
+        best_step=state["best_step"], best_heldout_loss=state["best_loss"],
+        heldout_losses=tuple((s, l) for s, l in state["heldout_losses"]),
+        constant_heldout_loss=(constant_loss(labels[train], labels[heldout], config.loss)
+                               if has_heldout else None),
+        heldout_auc=heldout_auc(final_params) if has_heldout else None)
+
+
+def constant_loss(train_labels: np.ndarray, heldout_labels: np.ndarray, loss: str) -> float:
+    """The held-out loss of predicting the mean training label everywhere."""
+    mean = float(train_labels.mean())
+    if loss == "bce":
+        mean = min(max(mean, 1e-6), 1 - 1e-6)
+        return float(-np.mean(heldout_labels * np.log(mean)
+                              + (1 - heldout_labels) * np.log(1 - mean)))
+    return float(np.mean(np.square(heldout_labels - mean)))
+
+
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
+    """P(a random positive scores above a random negative), ties counting half
+    (the Mann-Whitney statistic on average ranks); None when a class is empty."""
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = scipy.stats.rankdata(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _record_evaluation(state: dict, loss: float, config: TrainConfig) -> None:

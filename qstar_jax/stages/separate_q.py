@@ -45,9 +45,13 @@ def train_separate_q(ctx: RunContext, output: str,
     mask = backbone_update_mask(model, None if q.trainable_layers < 0 else q.trainable_layers)
     identity = BackboneIdentity.of_separate_backbone(loaded.config)
     with QCheckpointer(ctx.q_dir, identity=identity, head_config=config) as checkpointer:
-        result = train_q_model(model, pad_token_batch(tokens, pad_id=loaded.tokenizer.pad_id),
-                               labels, make_train_config(ctx, len(labels)), update_mask=mask,
-                               checkpointer=checkpointer)
+        # One static shape for all of training: the longest text rounded up to a multiple
+        # of 16, not to a power of two, which could nearly double every step's work.
+        length = -(-max(len(ids) for ids in tokens) // 16) * 16
+        result = train_q_model(
+            model, pad_token_batch(tokens, pad_id=loaded.tokenizer.pad_id, length=length),
+            labels, make_train_config(ctx, len(labels)), update_mask=mask,
+            checkpointer=checkpointer)
     return result, labels
 
 
@@ -65,4 +69,4 @@ class SeparateBackboneQ:
             return np.zeros(0, np.float32)
         return self._model.score_texts([
             self._encode(_text(self._prompts[i.problem_index], (*i.prefix_steps, i.step_text)))
-            for i in items])
+            for i in items], keep_last=True)

@@ -64,6 +64,8 @@ def train_q(ctx: RunContext) -> None:
 def _write_summary(path, result, labels: np.ndarray) -> None:
     path.write_text(json.dumps({"steps": result.steps, "stopped_early": result.stopped_early,
                                 "best_heldout_loss": result.best_heldout_loss,
+                                "constant_heldout_loss": result.constant_heldout_loss,
+                                "heldout_auc": result.heldout_auc,
                                 "examples": len(labels),
                                 "positive_fraction": float((labels > 0.5).mean())}) + "\n")
 

@@ -40,6 +40,16 @@ def test_scores_read_the_last_real_token_whatever_the_padding(model):
     assert abs(scores[0] - scores[1]) > 1e-3  # the sequences really score differently
 
 
+def test_a_sequence_past_the_positions_fails_or_keeps_its_last_tokens(model):
+    scorer = BackboneQModel(model)
+    limit = BACKBONE.max_position_embeddings
+    long = [(7 * i) % 30 + 1 for i in range(limit + 5)]
+    with pytest.raises(ValueError, match="keep_last"):
+        scorer.score_texts([long])
+    kept = scorer.score_texts([long, SEQUENCES[0]], keep_last=True)
+    np.testing.assert_allclose(kept, scorer.score_texts([long[-limit:], SEQUENCES[0]]), rtol=1e-6)
+
+
 def param_tree(model):
     return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 

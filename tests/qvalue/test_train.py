@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 from qstar_jax.qvalue.head import QHead, QHeadConfig, QHeadModel
-from qstar_jax.qvalue.train import TrainConfig, train_q_model
+from qstar_jax.qvalue.train import TrainConfig, roc_auc, train_q_model
 from tests.qvalue.tiny import E, separable_features
 
 
@@ -37,6 +37,13 @@ def test_head_learns_separable_features_and_ranks_positives_first():
     positives, negatives = scores[heldout][y[heldout] == 1], scores[heldout][y[heldout] == 0]
     assert len(positives) and len(negatives)
     assert positives.min() > negatives.max()
+    assert result.heldout_auc == 1.0  # the run's own figure says the same
+    # The constant predictor's loss is the held-out labels' cross-entropy at the training
+    # base rate: with balanced classes near ln 2.
+    base = y[order[int(round(len(y) * 0.25)):]].mean()
+    held = y[heldout]
+    assert result.constant_heldout_loss == pytest.approx(
+        -np.mean(held * np.log(base) + (1 - held) * np.log(1 - base)), rel=1e-6)
 
 
 def test_mse_on_a_raw_head_fits_regression_targets():
@@ -49,6 +56,7 @@ def test_mse_on_a_raw_head_fits_regression_targets():
     # Predicting the targets' mean scores their variance, 0.0625; below half of it the head
     # explains most of the variance (R² > 0.5), which only the separating direction gives.
     assert result.best_heldout_loss < 0.0625 / 2
+    assert result.constant_heldout_loss == pytest.approx(0.0625, abs=0.01)
 
 
 def test_early_stopping_triggers_on_a_plateau():
@@ -92,3 +100,12 @@ def test_bad_inputs_get_clear_errors():
                       progress=False)
     with pytest.raises(ValueError, match="warmup_steps"):
         TrainConfig(max_steps=5, warmup_steps=5)
+
+
+def test_roc_auc_counts_ordered_pairs_with_ties_as_half():
+    positive = np.array([True, False, True, False, False])
+    # Positive scores 3 and 1 against negatives 2, 1, 0: pairs won 3>2, 3>1, 3>0, 1>0
+    # and the tie 1=1 counts half: 4.5 of 6.
+    assert roc_auc(np.array([3.0, 2.0, 1.0, 1.0, 0.0]), positive) == pytest.approx(4.5 / 6)
+    assert roc_auc(np.array([0.0, 1.0, 0.5, 2.0, 3.0]), positive) == 0.0
+    assert roc_auc(np.ones(3), np.array([True, True, True])) is None
