@@ -1,4 +1,4 @@
-"""python -m qstar_jax.run [CONFIG.yaml] [key=value ...] [--out DIR]
+"""python -m qstar_jax.run [CONFIG.yaml] [key=value ...] [--out DIR] [--reuse DIR]
 
 Runs the configured stages in order (train_policy, collect, label, train_q, evaluate);
 each is skipped when its outputs already exist in the output folder, so rerunning a
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from qstar_jax.config import ConfigError, Utility, load_config, to_yaml
 from qstar_jax.models.loading import PACKAGED_MODELS
+from qstar_jax.reuse import reuse_trained_outputs
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.evaluate import evaluate
 from qstar_jax.stages.rollouts import collect, label
@@ -31,6 +32,9 @@ def parse_args(argv):
     parser.add_argument("config", nargs="?", help="YAML config (default: built-in defaults)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     parser.add_argument("--out", help="output folder (default: the config's out_dir)")
+    parser.add_argument("--reuse", metavar="DIR",
+                        help="evaluate on the policy, labels and Q̂ an earlier run trained in "
+                             "DIR (its training settings must match; search and eval may differ)")
     args = parser.parse_args(argv)
     if args.config and "=" in args.config:  # no YAML file, only overrides
         args.overrides.insert(0, args.config)
@@ -73,6 +77,14 @@ def main(argv=None) -> int:
         print(f"config error: {out} holds a run with a different config ({resolved}); "
               "choose another --out or delete the folder", file=sys.stderr)
         return 2
+    if args.reuse:
+        try:
+            linked = reuse_trained_outputs(Path(args.reuse), out, config)
+        except ConfigError as error:
+            print(f"config error: {error}", file=sys.stderr)
+            return 2
+        print(f"[qstar] reusing {', '.join(linked) or 'nothing new'} from {args.reuse}",
+              flush=True)
     resolved.write_text(to_yaml(config))
     ctx = RunContext(config=config, out=out)
     for stage in config.stages:

@@ -77,6 +77,33 @@ def test_a_different_config_in_the_same_folder_is_refused(finished_run, capsys):
     assert "different config" in capsys.readouterr().err
 
 
+def test_reuse_evaluates_on_the_trained_outputs_of_another_run(finished_run, tmp_path):
+    out = tmp_path / "ablation"
+    assert main([*TINY, "eval.methods=[qstar]", "--reuse", str(finished_run),
+                 "--out", str(out)]) == 0
+    for name in ("policy", "labels.jsonl", "q_checkpoint", "q_training.json"):
+        assert (out / name).is_symlink() and (out / name).resolve() == (finished_run / name)
+    # The same Q̂, policy and search settings: the same results as the original run's.
+    original = [r for r in ResultsLog(finished_run / "results.jsonl").read() if r.method == "qstar"]
+    assert _without_wall(ResultsLog(out / "results.jsonl").read()) == _without_wall(original)
+    # Search settings may differ; a training setting may not.
+    assert main([*TINY, "eval.methods=[qstar]", "search.k=2", "--reuse", str(finished_run),
+                 "--out", str(tmp_path / "k2")]) == 0
+
+
+@pytest.mark.parametrize("override, source, message", [
+    ("label.rollouts_per_state=3", "finished", "label.rollouts_per_state"),
+    ("eval.samples=3", "empty", "finished train_q"),
+])
+def test_reuse_refuses_what_it_cannot_stand_on(finished_run, tmp_path, capsys, override, source,
+                                               message):
+    folder = finished_run if source == "finished" else tmp_path / "empty"
+    folder.mkdir(exist_ok=True)
+    assert main([*TINY, override, "--reuse", str(folder), "--out", str(tmp_path / "x")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x" / "config.yaml").exists()
+
+
 @pytest.mark.parametrize("override, message", [
     ("search.k=0", "search.k"),
     ("search.n_complete=0", "search.n_complete"),

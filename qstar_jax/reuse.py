@@ -1,0 +1,68 @@
+"""``--reuse DIR``: evaluate new search settings on what an earlier run trained.
+
+Ablations over K, N, λ, budgets or the evaluation split need the same policy, labels and
+Q̂; retraining them per setting wastes the most expensive stages. A run that reuses
+``DIR`` links DIR's trained outputs into its own folder, so its training stages are
+skipped, after checking that every setting those stages read is the same in both runs.
+Only the settings that evaluation alone reads may differ.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from qstar_jax.config import ConfigError, RunConfig, load_config
+
+# What only the evaluate stage reads (decode.slots sizes batches, never results).
+EVALUATION_ONLY = ("out_dir", "stages", "search", "eval", "task.eval_split",
+                   "task.eval_problems", "decode.slots")
+TRAINED_OUTPUTS = ("policy", "rollouts.jsonl", "labels.jsonl", "labels.jsonl.features.npz",
+                   "q_checkpoint", "q_training.json")
+NOTE = "reused_from.txt"
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat = {}
+    for key, value in tree.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _training_settings(config: RunConfig) -> dict[str, Any]:
+    flat = _flatten(OmegaConf.to_container(OmegaConf.structured(config), resolve=True))
+    return {key: value for key, value in flat.items()
+            if not any(key == skip or key.startswith(skip + ".") for skip in EVALUATION_ONLY)}
+
+
+def reuse_trained_outputs(source: Path, out: Path, config: RunConfig) -> list[str]:
+    """Symlink ``source``'s trained outputs into ``out``; returns the names linked.
+
+    ``source`` must hold a finished train_q stage (so nothing linked is still being
+    written, and no stage of this run writes into a link) and a config that agrees with
+    ``config`` on every setting outside EVALUATION_ONLY; otherwise ConfigError.
+    """
+    source = source.absolute()
+    resolved = source / "config.yaml"
+    if not resolved.exists() or not (source / "q_training.json").exists():
+        raise ConfigError(f"--reuse {source}: not a run folder with a finished train_q stage "
+                          "(config.yaml and q_training.json); run its training stages first")
+    theirs = _training_settings(load_config(resolved))
+    ours = _training_settings(config)
+    differing = sorted(key for key in ours.keys() | theirs.keys()
+                       if ours.get(key) != theirs.get(key))
+    if differing:
+        raise ConfigError(f"--reuse {source}: its run was trained with different settings for "
+                          f"{', '.join(differing)}; only {', '.join(EVALUATION_ONLY)} may differ")
+    linked = []
+    for name in TRAINED_OUTPUTS:
+        target, link = source / name, out / name
+        if target.exists() and not link.exists():
+            link.symlink_to(target, target_is_directory=target.is_dir())
+            linked.append(name)
+    (out / NOTE).write_text(f"{source}\n")
+    return linked
