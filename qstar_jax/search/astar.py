@@ -2,7 +2,10 @@
 
 h of a child is Q̂(s, a) of the edge that made it, so children are scored without being
 expanded; g aggregates the process rewards along the path. The frontier is a heap on
-(−f, node id): the highest f first, ties to the older node. Goal test on pop: a popped
+(−f, −depth, node id): the highest f first, ties to the deeper node, then the older one.
+Ties to depth keep a search whose Q̂ saturates (or is a 0/1 oracle) going down one path
+instead of widening breadth-first over equally scored nodes, as A* breaks ties toward
+the larger g. Goal test on pop: a popped
 terminal node is a complete trajectory. Goal tests cost nothing, so terminal nodes at the
 top of the frontier are popped even when the expansion budget is spent. Identical sibling
 steps (same text) merge into the first sample (``SearchTree.add_children``).
@@ -70,7 +73,7 @@ class AStarPlanner(RoundGuard):
         self._config = config
         self._tree = SearchTree(problem_index, agg=config.agg,
                                 heuristic_weight=config.heuristic_weight)
-        self._frontier: list[tuple[float, int, Node]] = []
+        self._frontier: list[tuple[float, int, int, Node]] = []
         self._push(self._tree.root)
         self._complete: list[Node] = []
 
@@ -80,7 +83,7 @@ class AStarPlanner(RoundGuard):
         self._goal_test_top()
         while (len(batch) < limit and self._frontier
                and len(self._complete) < self._config.max_complete):
-            batch.append(heapq.heappop(self._frontier)[2])
+            batch.append(heapq.heappop(self._frontier)[-1])
             if len(batch) < limit:  # the next node this round is popped now
                 self._goal_test_top()
         if not batch or len(self._complete) >= self._config.max_complete:
@@ -106,10 +109,10 @@ class AStarPlanner(RoundGuard):
     def result(self, *, include_tree: bool = False) -> SearchResult:
         if self._complete:
             chosen, outcome = best_by_f(self._complete), Outcome.complete
-        elif terminals := [node for _, _, node in self._frontier if node.terminal]:
+        elif terminals := [entry[-1] for entry in self._frontier if entry[-1].terminal]:
             chosen, outcome = best_by_f(terminals), Outcome.terminal_over_budget
         else:
-            frontier = [node for _, _, node in self._frontier]
+            frontier = [entry[-1] for entry in self._frontier]
             chosen, outcome = best_by_f(frontier) if frontier else self._tree.root, Outcome.partial
         return SearchResult(
             problem_index=self.problem_index, steps=chosen.steps, node_id=chosen.id,
@@ -128,12 +131,12 @@ class AStarPlanner(RoundGuard):
         return min(self._config.expansions_per_round, budget.max_expansions - tree.expansions)
 
     def _goal_test_top(self) -> None:
-        while (self._frontier and self._frontier[0][2].terminal
+        while (self._frontier and self._frontier[0][-1].terminal
                and len(self._complete) < self._config.max_complete):
-            self._complete.append(heapq.heappop(self._frontier)[2])
+            self._complete.append(heapq.heappop(self._frontier)[-1])
 
     def _push(self, node: Node) -> None:
-        heapq.heappush(self._frontier, (-node.f, node.id, node))
+        heapq.heappush(self._frontier, (-node.f, -node.depth, node.id, node))
 
     def _finish(self) -> None:
         self._tree.release_all()

@@ -211,3 +211,16 @@ def test_results_do_not_depend_on_batch_packing():
 def test_bad_config_is_a_clear_error(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_equal_scores_go_to_the_deeper_node_first():
+    """A saturated Q̂: every child scores 1. Ties to depth follow one path down (root, a,
+    a1) to its end instead of expanding a's siblings b and c first, as ties to age would."""
+    saturated = tree({
+        "": [child("a", 1.), child("b", 1.), child("c", 1.)],
+        "a": [child("a1", 1.), child("a2", 1.)],
+        "a a1": [child("z", 1., end=True)],
+    })
+    [result], _, _ = search({0: saturated}, AStarConfig(num_children=3, max_complete=1))
+    assert result.tree["expansion_order"] == [0, 1, 4]
+    assert result.steps == ("a", "a1", "z") and result.completed
