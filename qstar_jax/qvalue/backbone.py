@@ -25,12 +25,16 @@ class TokenBatch(NamedTuple):
 
 
 def pad_token_batch(token_id_lists: Sequence[Sequence[int]], *, pad_id: int = 0,
-                    length: int | None = None) -> TokenBatch:
-    """Right-pad sequences to ``length`` (default: the power-of-two bucket of the longest)."""
+                    length: int | None = None, multiple_of: int | None = None) -> TokenBatch:
+    """Right-pad sequences to ``length``; by default to the longest rounded up to a
+    multiple of ``multiple_of`` (one static shape, little waste: training), or without it
+    to the longest's power-of-two bucket (few shapes over calls of varying length: search)."""
     if not token_id_lists or any(len(ids) == 0 for ids in token_id_lists):
         raise ValueError("pad_token_batch needs at least one sequence, and no empty sequence")
     longest = max(len(ids) for ids in token_id_lists)
-    length = bucket_size(longest, minimum=8) if length is None else length
+    if length is None:
+        length = (bucket_size(longest, minimum=8) if multiple_of is None
+                  else -(-longest // multiple_of) * multiple_of)
     if longest > length:
         raise ValueError(f"a sequence of {longest} tokens does not fit length={length}")
     tokens = np.full((len(token_id_lists), length), pad_id, np.int32)

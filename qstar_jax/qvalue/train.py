@@ -92,8 +92,12 @@ def make_optimizer(config: TrainConfig, update_mask: Any = None) -> optax.Gradie
         optax.stateless(lambda updates, params: jax.tree.map(jnp.multiply, updates, masks)))
 
 
+def _raw_scores(graphdef, params, rest, inputs):
+    return nnx.merge(graphdef, params, rest).raw_scores(inputs)
+
+
 def _per_example_loss(graphdef, loss: str, output: str, params, rest, inputs, labels):
-    raw = nnx.merge(graphdef, params, rest).raw_scores(inputs)
+    raw = _raw_scores(graphdef, params, rest, inputs)
     if loss == "bce":
         return optax.sigmoid_binary_cross_entropy(raw, labels)
     return jnp.square(to_value(raw, output) - labels)
@@ -175,8 +179,7 @@ def train_q_model(model: nnx.Module, inputs: Any, labels: np.ndarray, config: Tr
 
     @jax.jit
     def raw_scores(params, rest, inputs, batch):
-        return nnx.merge(graphdef, params, rest).raw_scores(
-            jax.tree.map(lambda x: x[batch], inputs))
+        return _raw_scores(graphdef, params, rest, jax.tree.map(lambda x: x[batch], inputs))
 
     def heldout_chunks():
         """Held-out indices in batch_size chunks padded to a static shape, with weights."""

@@ -5,9 +5,9 @@ expanded; g aggregates the process rewards along the path. The frontier is a hea
 (−f, −depth, node id): the highest f first, ties to the deeper node, then the older one.
 Ties to depth keep a search whose Q̂ saturates (or is a 0/1 oracle) going down one path
 instead of widening breadth-first over equally scored nodes, as A* breaks ties toward
-the larger g. Goal test on pop: a popped
-terminal node is a complete trajectory. Goal tests cost nothing, so terminal nodes at the
-top of the frontier are popped even when the expansion budget is spent. Identical sibling
+the larger g. Goal test on pop: a popped terminal node is a complete trajectory. Goal
+tests cost nothing, so terminal nodes at the top of the frontier are popped even when
+the expansion budget is spent. Identical sibling
 steps (same text) merge into the first sample (``SearchTree.add_children``).
 """
 

@@ -45,13 +45,11 @@ def train_separate_q(ctx: RunContext, output: str,
     mask = backbone_update_mask(model, None if q.trainable_layers < 0 else q.trainable_layers)
     identity = BackboneIdentity.of_separate_backbone(loaded.config)
     with QCheckpointer(ctx.q_dir, identity=identity, head_config=config) as checkpointer:
-        # One static shape for all of training: the longest text rounded up to a multiple
-        # of 16, not to a power of two, which could nearly double every step's work.
-        length = -(-max(len(ids) for ids in tokens) // 16) * 16
-        result = train_q_model(
-            model, pad_token_batch(tokens, pad_id=loaded.tokenizer.pad_id, length=length),
-            labels, make_train_config(ctx, len(labels)), update_mask=mask,
-            checkpointer=checkpointer)
+        # One static shape for all of training, rounded to a multiple of 16 rather than a
+        # power of two, which could nearly double every step's work.
+        batch = pad_token_batch(tokens, pad_id=loaded.tokenizer.pad_id, multiple_of=16)
+        result = train_q_model(model, batch, labels, make_train_config(ctx, len(labels)),
+                               update_mask=mask, checkpointer=checkpointer)
     return result, labels
 
 

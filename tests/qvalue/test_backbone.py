@@ -98,3 +98,12 @@ def test_bad_inputs_are_rejected(model):
         pad_token_batch([[1], []])
     with pytest.raises(ValueError, match="does not match"):
         BackboneQ(BACKBONE, QHeadConfig(hidden_size=8), rngs=nnx.Rngs(0))
+
+
+def test_padding_rounds_to_a_multiple_or_to_a_power_of_two():
+    rows = [list(range(1, 34)), [5, 6]]  # the longest holds 33 tokens
+    assert pad_token_batch(rows, multiple_of=16).tokens.shape == (2, 48)
+    assert pad_token_batch(rows).tokens.shape == (2, 64)
+    padded = pad_token_batch(rows, pad_id=0, multiple_of=16)
+    np.testing.assert_array_equal(padded.lengths, [33, 2])
+    assert padded.tokens[1, 2:].tolist() == [0] * 46

@@ -5,10 +5,10 @@ Which split a problem belongs to is a stable hash of that canonical pair, so no 
 problem can ever be drawn for train or validation, whatever the seeds and sizes (as long
 as the fractions are the same): the lowest ``test_fraction`` of the hash range is test,
 the next ``validation_fraction`` validation (for choosing settings without looking at
-test), the rest train. Changing ``validation_fraction`` never moves a test problem. Sampling draws the multiset uniformly (each multiset
-equally likely, not each ordered tuple) and the target uniformly from its range, and
-keeps solvable, unseen problems of the asked split: the result is a uniform random
-sequence of the split's distinct problems.
+test), the rest train. Changing ``validation_fraction`` never moves a test problem.
+Sampling draws the multiset uniformly (each multiset equally likely, not each ordered
+tuple) and the target uniformly from its range, and keeps solvable, unseen problems of
+the asked split: the result is a uniform random sequence of the split's distinct problems.
 """
 
 from __future__ import annotations
