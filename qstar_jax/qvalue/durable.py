@@ -11,7 +11,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, IO
+from typing import IO, Any, Callable, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,12 @@ def open_for_append(path: str | os.PathLike) -> IO[str]:
 
 def append_record(file: IO[str], record: Any) -> None:
     """Write one JSON line and force it to disk before returning."""
-    file.write(json.dumps(record, ensure_ascii=False) + "\n")
+    append_records(file, [record])
+
+
+def append_records(file: IO[str], records: Sequence[Any]) -> None:
+    """Write JSON lines and force them to disk once, before returning."""
+    file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     file.flush()
     os.fsync(file.fileno())
 

@@ -13,6 +13,7 @@ from typing import Literal, Sequence
 from tqdm.auto import tqdm
 
 from qstar_jax.qvalue.dataset import LabelledStep, StepPair, labelled
+from qstar_jax.qvalue.label_journal import LabelJournal, starting_labels
 from qstar_jax.qvalue.rollouts import RewardFn, RolloutSampler, memoized, sample_checked
 from qstar_jax.qvalue.uct import UCTConfig, uct_best_returns
 
@@ -40,11 +41,13 @@ class BestOfRolloutsConfig:
 
 def best_of_rollouts_labels(pairs: Sequence[StepPair], sampler: RolloutSampler,
                             reward_fn: RewardFn, config: BestOfRolloutsConfig, *,
-                            progress: bool = True) -> list[LabelledStep]:
-    """One label per pair, in order."""
+                            progress: bool = True,
+                            journal: LabelJournal | None = None) -> list[LabelledStep]:
+    """One label per pair, in order. With a ``journal``, labels it recorded are reused and
+    each finished batch is recorded."""
     reward_fn = memoized(reward_fn)
-    labels = [p.terminal_reward for p in pairs]
-    open_pairs = [i for i, p in enumerate(pairs) if p.terminal_reward is None]
+    labels = starting_labels(pairs, journal)
+    open_pairs = [i for i, y in enumerate(labels) if y is None]
     uct = UCTConfig(simulations=config.rollouts, branching=config.mcts_branching,
                     exploration=config.mcts_exploration, temperature=config.temperature,
                     discount=config.discount, max_steps=config.max_steps)
@@ -61,4 +64,6 @@ def best_of_rollouts_labels(pairs: Sequence[StepPair], sampler: RolloutSampler,
                         for c in row) for (problem, state), row in zip(roots, continuations)]
         for i, y in zip(batch, best):
             labels[i] = float(y)
+        if journal is not None:
+            journal.record([pairs[i] for i in batch], [labels[i] for i in batch])
     return labelled(pairs, labels)

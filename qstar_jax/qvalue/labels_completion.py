@@ -9,21 +9,24 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from qstar_jax.qvalue.dataset import LabelledStep, StepPair, labelled
+from qstar_jax.qvalue.label_journal import LabelJournal, starting_labels
 from qstar_jax.qvalue.rollouts import RewardFn, RolloutSampler, memoized, sample_checked
 
 
 def stronger_completion_labels(pairs: Sequence[StepPair], strong_sampler: RolloutSampler,
                                reward_fn: RewardFn, *, discount: float = 1.0,
                                max_steps: int | None = None, batch_pairs: int = 32,
-                               progress: bool = True) -> list[LabelledStep]:
-    """One label per pair, in order; ``strong_sampler`` decodes greedily (temperature 0)."""
+                               progress: bool = True,
+                               journal: LabelJournal | None = None) -> list[LabelledStep]:
+    """One label per pair, in order; ``strong_sampler`` decodes greedily (temperature 0).
+    With a ``journal``, labels it recorded are reused and each finished batch recorded."""
     if not 0.0 < discount <= 1.0:
         raise ValueError(f"discount={discount} must lie in (0, 1]")
     if batch_pairs < 1:
         raise ValueError(f"batch_pairs={batch_pairs} must be at least 1")
     reward_fn = memoized(reward_fn)
-    labels = [p.terminal_reward for p in pairs]
-    open_pairs = [i for i, p in enumerate(pairs) if p.terminal_reward is None]
+    labels = starting_labels(pairs, journal)
+    open_pairs = [i for i, y in enumerate(labels) if y is None]
     for start in tqdm(range(0, len(open_pairs), batch_pairs), desc="stronger completions",
                       unit="batch", disable=not progress):
         batch = open_pairs[start:start + batch_pairs]
@@ -32,4 +35,6 @@ def stronger_completion_labels(pairs: Sequence[StepPair], strong_sampler: Rollou
         for i, (problem, state), (completion,) in zip(batch, roots, completions):
             labels[i] = discount ** len(completion) * float(
                 reward_fn(problem, (*state, *completion)))
+        if journal is not None:
+            journal.record([pairs[i] for i in batch], [labels[i] for i in batch])
     return labelled(pairs, labels)

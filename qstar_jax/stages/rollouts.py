@@ -6,6 +6,7 @@ from __future__ import annotations
 from qstar_jax.config import LabelMethod
 from qstar_jax.decoder_rollouts import DecoderRolloutSampler
 from qstar_jax.qvalue.dataset import save_labelled, step_pairs
+from qstar_jax.qvalue.label_journal import LabelJournal
 from qstar_jax.qvalue.labels_best_of import BestOfRolloutsConfig, best_of_rollouts_labels
 from qstar_jax.qvalue.labels_completion import stronger_completion_labels
 from qstar_jax.qvalue.rollouts import collect_rollouts, read_rollouts
@@ -44,7 +45,8 @@ def collect(ctx: RunContext) -> None:
 
 
 def label(ctx: RunContext) -> None:
-    """One label per distinct (s, a) of the rollouts, by the configured estimator."""
+    """One label per distinct (s, a) of the rollouts, by the configured estimator; the
+    rollout-based estimators journal each finished batch, so a killed stage resumes."""
     if ctx.labels_path.exists():
         return
     cfg = ctx.config
@@ -55,19 +57,21 @@ def label(ctx: RunContext) -> None:
              for p in pairs]
     features = last_token_hidden(ctx.policy.model, ctx.policy.tokenizer, texts)
     reward = _reward_fn(ctx, problems)
+    journal = LabelJournal(ctx.out / "labels.partial.jsonl")
     method = cfg.label.method
     if method == LabelMethod.best_of_rollouts:
         sampler = DecoderRolloutSampler(ctx.runtime(problems), max_steps=cfg.decode.max_steps)
         steps = best_of_rollouts_labels(pairs, sampler, reward, BestOfRolloutsConfig(
             rollouts=cfg.label.rollouts_per_state, temperature=cfg.collect.temperature,
             discount=cfg.label.gamma, max_steps=cfg.decode.max_steps,
-            batch_pairs=_pairs_per_call(cfg)))
+            batch_pairs=_pairs_per_call(cfg)), journal=journal)
     elif method == LabelMethod.stronger_model:
         strong = ctx.runtime(problems, model=cfg.label.stronger_model)
         steps = stronger_completion_labels(
             pairs, DecoderRolloutSampler(strong, max_steps=cfg.decode.max_steps), reward,
             discount=cfg.label.gamma, max_steps=cfg.decode.max_steps,
-            batch_pairs=_pairs_per_call(cfg))
+            batch_pairs=_pairs_per_call(cfg), journal=journal)
     else:
         steps = fitted_q_labels(ctx, pairs, features)
     save_labelled(ctx.labels_path, steps, features=features)
+    journal.remove()
