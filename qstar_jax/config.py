@@ -36,7 +36,7 @@ class Utility(str, enum.Enum):
     zero = "zero"  # g = 0 (MATH in the paper)
     prm = "prm"  # a process reward model (GSM8K in the paper)
     code_rule = "code_rule"  # -0.5 when the code so far fails Python's tokenizer (MBPP)
-    countdown_rule = "countdown_rule"  # -1 for an illegal Countdown step
+    countdown_rule = "countdown_rule"  # -1 for an illegal step, +1 for reaching the target
 
 
 class LabelMethod(str, enum.Enum):
@@ -155,7 +155,9 @@ class SearchConfig:
     k: int = 6  # candidate steps per expansion
     lam: float = 1.0  # f = g + lam * h
     n_complete: int = 6  # stop after this many complete trajectories
-    agg: Agg = Agg.min
+    # sum: Countdown's rule counts illegal steps and adds 1 for a solved trace, so A* pops
+    # a solution as soon as it is generated; the paper's configs set min or last.
+    agg: Agg = Agg.sum
     utility: Utility = Utility.countdown_rule
     prm_model: Optional[str] = None
     # Math-Shepherd's format: a tag after each step, scored by P(good) over {good, bad}.

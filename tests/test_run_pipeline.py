@@ -1,7 +1,9 @@
 """The run CLI end to end on a tiny Countdown world: every stage, every method, resume."""
 
 import json
+import runpy
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +121,24 @@ def test_bad_configs_fail_before_any_work(override, message, tmp_path, capsys):
     assert main([override, *extra, "--out", str(tmp_path / "out")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_exact_q_experiment_scores_every_edge_by_the_solver(finished_run, tmp_path, capsys):
+    from qstar_jax.config import load_config
+    from qstar_jax.stages.context import RunContext
+
+    script = runpy.run_path(str(Path(__file__).parents[1] / "experiments/countdown_exact_q.py"))
+    out = tmp_path / "exact"
+    assert script["main"](["--reuse", str(finished_run), "--out", str(out), *TINY,
+                           "eval.methods=[qstar]", "eval.dump_trees=true"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["methods"]["qstar"]["n"] == 6
+    ctx = RunContext(config=load_config(out / "config.yaml"), out=out)
+    problems = {p.id.replace("/", "_"): p for p in ctx.problems("test", 6)}
+    scored = 0
+    for dump in (out / "trees" / "qstar").glob("*.json"):
+        problem = problems[dump.stem]
+        for node in json.loads(dump.read_text())["nodes"][1:]:  # the root has no edge
+            assert node["h"] == float(ctx.task.can_still_succeed(problem, node["steps"]))
+            scored += 1
+    assert scored > 6

@@ -21,6 +21,7 @@ from qstar_jax.search.beam import BeamConfig, BeamPlanner
 from qstar_jax.search.chains import (ChainConfig, ChainPlanner, greedy_planner,
                                      self_consistency_planner)
 from qstar_jax.search.driver import run_search
+from qstar_jax.search.interface import QValueFunction
 from qstar_jax.search.planner import Planner, SearchResult
 from qstar_jax.search.process_utility import PRMUtility, RuleUtility, ZeroUtility
 from qstar_jax.search.prm import ShepherdPRM
@@ -42,8 +43,7 @@ def process_utility(ctx: RunContext, problems):
         return RuleUtility(rule=lambda i, steps: 0.0 if python_tokenizes(
             "\n".join(steps) + "\n") else -0.5)
     if kind == Utility.countdown_rule:
-        return RuleUtility(rule=lambda i, steps: 0.0 if ctx.task.step_legality(
-            problems[i], steps)[-1] else -1.0)
+        return RuleUtility(rule=lambda i, steps: ctx.task.step_reward(problems[i], steps))
     return PRMUtility(prm=shepherd_prm(ctx, problems))
 
 
@@ -106,14 +106,16 @@ def planner_factory(ctx: RunContext, method: str) -> Callable[[int], Planner]:
     return lambda i: AStarPlanner(i, config)
 
 
-def evaluate(ctx: RunContext) -> dict:
+def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
+    """Every configured method on the evaluation problems; ``q_fn`` replaces the trained
+    Q̂ (e.g. an exact value function, to measure what a perfect Q̂ would give)."""
     cfg = ctx.config
     problems = ctx.problems(cfg.task.eval_split, cfg.task.eval_problems)
     log = ResultsLog(ctx.out / "results.jsonl")
     log.compact()
     runtime = ctx.runtime(problems)
     expander = DecoderExpander(runtime)
-    q_fn = load_q_function(ctx, problems)
+    q_fn = load_q_function(ctx, problems) if q_fn is None else q_fn
     utility = process_utility(ctx, problems)
     for method in cfg.eval.methods:
         done = log.done(method)

@@ -2,7 +2,7 @@
 4-number case. The synthetic task on which the whole Q* pipeline runs on a CPU."""
 
 from qstar_jax.tasks.countdown.grader import StepCheck, can_still_succeed, check_step, \
-    check_trace, grade_trace, step_legality
+    check_trace, grade_trace, step_legality, step_reward
 from qstar_jax.tasks.countdown.problems import GAME_OF_24, SPLITS, CountdownConfig, \
     canonical_key, generate_problems, split_of
 from qstar_jax.tasks.countdown.rules import OPERATIONS, CountdownRules, StepError, \
@@ -16,5 +16,5 @@ __all__ = [
     "CountdownRules", "CountdownSolver", "CountdownTask", "SolveResult", "Step", "StepCheck",
     "StepError", "apply_operation", "can_still_succeed", "canonical_key", "check_step",
     "check_trace", "format_step", "generate_problems", "grade_trace", "parse_step", "solve",
-    "split_of", "step_legality",
+    "split_of", "step_legality", "step_reward",
 ]

@@ -13,7 +13,8 @@ from typing import Any, Mapping, Sequence
 
 from qstar_jax.tasks.base import STEP_SEPARATOR, ChatFormatter, Problem, split_steps
 from qstar_jax.tasks.countdown.grader import (
-    StepCheck, can_still_succeed, check_trace, grade_trace, is_final, step_legality)
+    StepCheck, can_still_succeed, check_trace, grade_trace, is_final, step_legality,
+    step_reward)
 from qstar_jax.tasks.countdown.problems import (
     CountdownConfig, canonical_key, from_fields, generate_problems)
 from qstar_jax.tasks.countdown.solver import CountdownSolver
@@ -84,6 +85,11 @@ class CountdownTask:
         """Per-step legality of a partial trace (a rule-based process utility)."""
         numbers, target = _numbers_and_target(problem)
         return step_legality(numbers, target, steps, self.config.rules)
+
+    def step_reward(self, problem: Problem, steps: Sequence[str]) -> float:
+        """The rule's process reward of the last step: −1 illegal, +1 reaches the target."""
+        numbers, target = _numbers_and_target(problem)
+        return step_reward(numbers, target, steps, self.config.rules)
 
     def can_still_succeed(self, problem: Problem, steps: Sequence[str]) -> bool:
         """Exact oracle: is this partial trace correct, or still completable?"""
