@@ -84,7 +84,7 @@ class PolicyTrainingConfig:
     num_heads: int = 4
     num_kv_heads: int = 2
     train_problems: int = 5000
-    steps: int = 1500
+    steps: int = 1000
     batch_size: int = 64
     learning_rate: float = 3e-3
     warmup_steps: int = 100
@@ -110,7 +110,7 @@ class TaskConfig:
     eval_split: str = "test"
     eval_problems: int = 500
     train_split: str = "train"
-    train_problems: int = 1000
+    train_problems: int = 700
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
