@@ -2,7 +2,7 @@
 
 Q̂(s, a) is 1 when the trace s ⊕ a is correct or can still reach the target (the
 exhaustive solver decides), else 0. Everything else — the policy, K, N, λ, the
-legality utility, the budgets — is the run's, so the gap between this and the learned
+rule utility g, the budgets — is the run's, so the gap between this and the learned
 Q̂ on the same problems is what Q̂'s errors cost. It evaluates on the policy of an
 earlier run (``--reuse``, whose training settings must match the overrides):
 

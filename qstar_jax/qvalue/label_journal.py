@@ -18,6 +18,8 @@ from qstar_jax.qvalue.dataset import StepPair
 
 
 class LabelJournal:
+    """An append-only JSONL file of (pair, label) records; a torn last line is ignored."""
+
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
 
