@@ -67,13 +67,15 @@ def shepherd_prm(ctx: RunContext, problems) -> ShepherdPRM:
 
 def slots_per_problem(ctx: RunContext, method: str) -> int:
     """Cache slots one problem can hold at once, so a batch of problems fits the pool.
-    A* keeps a slot per frontier node: K per expansion, for the expansions the budget
-    allows (at least one step of every child per expansion)."""
+    A node's slot is freed only after its children are forked, so a step of N chains
+    holds 2N slots and a beam step its parents and their children. A* keeps a slot per
+    frontier node: K per expansion, for the expansions the budget allows (at least one
+    step of every child per expansion)."""
     s, e, d = ctx.config.search, ctx.config.eval, ctx.config.decode
     if method in ("self_consistency", "best_of_n"):
-        return e.samples + 1
+        return 2 * e.samples
     if method == "beam":
-        return e.beam_width * e.beam_k + 1
+        return e.beam_width * (e.beam_k + 1)
     if method == "qstar":
         expansions = min(s.max_expansions, s.max_generated_tokens // s.k + 1)
         return s.k * expansions + 1

@@ -51,12 +51,18 @@ class FakeExpander:
         self.terminal_handles: set[int] = set()
         self.issued_in: dict[int, int] = {}  # handle -> number of the expand call
         self.released_after: dict[int, int] = {}  # handle -> expand calls made before
+        # Most cache slots a decoder would hold at once: live handles after an expand call
+        # (its parents are released only after it returns) plus the roots it prefilled.
+        self.peak_held = 0
         self._generated: collections.Counter[int] = collections.Counter()
         self._prefilled: collections.Counter[int] = collections.Counter()
 
     def expand(self, requests: Sequence[ExpandRequest]) -> list[list[Step]]:
         self.expand_calls.append(list(requests))
-        return [self._expand_one(request) for request in requests]
+        out = [self._expand_one(request) for request in requests]
+        roots = sum(request.node.handle is None for request in requests)
+        self.peak_held = max(self.peak_held, len(self.live) + roots)
+        return out
 
     def _expand_one(self, request: ExpandRequest) -> list[Step]:
         node, problem = request.node, request.problem_index

@@ -1,0 +1,39 @@
+"""Evaluation sizes batches of problems by the cache slots one problem's search holds at
+once; undercounting them runs the decoder's slot pool dry mid-evaluation."""
+
+import itertools
+from types import SimpleNamespace
+
+import pytest
+
+from qstar_jax.config import load_config
+from qstar_jax.search.driver import run_search
+from qstar_jax.search.process_utility import ZeroUtility
+from qstar_jax.stages.evaluate import planner_factory, slots_per_problem
+from tests.search.fakes import FakeExpander, HiddenQ, child, tree
+
+WIDTH, DEPTH = 5, 3
+
+
+def full_tree():
+    """Every state has WIDTH distinct children; traces end at DEPTH steps."""
+    spec = {}
+    for depth in range(DEPTH):
+        for path in itertools.product(range(WIDTH), repeat=depth):
+            prefix = " ".join(f"s{depth_}-{i}" for depth_, i in enumerate(path))
+            spec[prefix] = [child(f"s{depth}-{i}", q=i / WIDTH, end=depth == DEPTH - 1)
+                            for i in range(WIDTH)]
+    return tree(spec)
+
+
+@pytest.mark.parametrize("method, overrides, held", [
+    ("best_of_n", ["eval.samples=5"], 10),  # 5 chain tips and the 5 steps forked from them
+    ("beam", ["eval.beam_width=2", "eval.beam_k=4"], 10),  # 2 beams and their 8 children
+])
+def test_slots_per_problem_covers_what_a_search_holds_at_once(method, overrides, held):
+    ctx = SimpleNamespace(config=load_config(None, overrides))
+    expander = FakeExpander({0: full_tree()})
+    run_search(1, planner_factory(ctx, method), expander, HiddenQ(), ZeroUtility(),
+               progress=False)
+    assert expander.peak_held == held
+    assert slots_per_problem(ctx, method) >= held
