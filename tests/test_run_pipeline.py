@@ -142,3 +142,17 @@ def test_exact_q_experiment_scores_every_edge_by_the_solver(finished_run, tmp_pa
             assert node["h"] == float(ctx.task.can_still_succeed(problem, node["steps"]))
             scored += 1
     assert scored > 6
+
+
+def test_label_quality_experiment_reads_labels_against_the_exact_value(finished_run):
+    script = Path(__file__).parents[1] / "experiments/countdown_label_quality.py"
+    rows = runpy.run_path(str(script))["main"]([str(finished_run)])
+    assert sum(r["pairs"] for r in rows) == len((finished_run / "labels.jsonl").read_text()
+                                                 .splitlines())
+    for row in rows:
+        # A positive best-of-rollouts label is a found solution, never a dead state, so the
+        # positive labels are exactly the recalled share of the exactly positive pairs.
+        assert row["label_positive"] <= row["exact_positive"]
+        if row["label_recall"] is not None:
+            assert row["label_positive"] == pytest.approx(
+                row["exact_positive"] * row["label_recall"], abs=0.002)

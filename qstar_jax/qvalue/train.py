@@ -103,7 +103,8 @@ def _per_example_loss(graphdef, loss: str, output: str, params, rest, inputs, la
     return jnp.square(to_value(raw, output) - labels)
 
 
-def _split_indices(n: int, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(n: int, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, held-out rows) of ``n`` examples: a permutation seeded by config."""
     order = np.random.default_rng(config.seed).permutation(n)
     n_heldout = int(round(n * config.heldout_fraction))
     if config.heldout_fraction > 0 and n_heldout == 0:
@@ -153,7 +154,7 @@ def train_q_model(model: nnx.Module, inputs: Any, labels: np.ndarray, config: Tr
     labels = np.asarray(labels, np.float32)
     output = model.head_config.output
     _validate(inputs, labels, config.loss, output)
-    train, heldout = _split_indices(len(labels), config)
+    train, heldout = split_indices(len(labels), config)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     # The step donates its params; a copy keeps the model's own arrays (maybe shared) alive.
     params = jax.tree.map(jnp.copy, nnx.to_pure_dict(params))
