@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import IO, Sequence
 
 from qstar_jax.qvalue import durable
 from qstar_jax.qvalue.dataset import StepPair
 
 
 class LabelJournal:
-    """An append-only JSONL file of (pair, label) records; a torn last line is ignored."""
+    """An append-only JSONL file of (pair, label) records; a torn last line is ignored.
+    The file is opened for appending once, at the first ``record``."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self._file: IO[str] | None = None
 
     def known(self) -> dict[tuple, float]:
         """Labels recorded so far, by pair key."""
@@ -30,12 +32,16 @@ class LabelJournal:
                 for r in records}
 
     def record(self, pairs: Sequence[StepPair], labels: Sequence[float]) -> None:
-        with durable.open_for_append(self.path) as file:
-            durable.append_records(file, [
-                {"problem_index": p.problem_index, "prefix_steps": list(p.prefix_steps),
-                 "step_text": p.step_text, "label": float(y)} for p, y in zip(pairs, labels)])
+        if self._file is None:
+            self._file = durable.open_for_append(self.path)
+        durable.append_records(self._file, [
+            {"problem_index": p.problem_index, "prefix_steps": list(p.prefix_steps),
+             "step_text": p.step_text, "label": float(y)} for p, y in zip(pairs, labels)])
 
     def remove(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         self.path.unlink(missing_ok=True)
 
 

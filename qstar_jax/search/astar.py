@@ -7,8 +7,8 @@ Ties to depth keep a search whose Q̂ saturates (or is a 0/1 oracle) going down 
 instead of widening breadth-first over equally scored nodes, as A* breaks ties toward
 the larger g. Goal test on pop: a popped terminal node is a complete trajectory. Goal
 tests cost nothing, so terminal nodes at the top of the frontier are popped even when
-the expansion budget is spent. Identical sibling
-steps (same text) merge into the first sample (``SearchTree.add_children``).
+the expansion budget is spent. Identical sibling steps (same text) merge into the first
+sample (``SearchTree.add_children``).
 """
 
 from __future__ import annotations
