@@ -155,6 +155,7 @@ class SearchConfig:
     k: int = 6  # candidate steps per expansion
     lam: float = 1.0  # f = g + lam * h
     n_complete: int = 6  # stop after this many complete trajectories
+    expansions_per_node: int = 1  # times A* may expand a node, K new steps each (paper: 1)
     # sum: Countdown's rule counts illegal steps and adds 1 for a solved trace, so A* pops
     # a solution as soon as it is generated; the paper's configs set min or last.
     agg: Agg = Agg.sum
@@ -235,6 +236,8 @@ def check_config(config: RunConfig) -> None:
     s, e, d = config.search, config.eval, config.decode
     require(s.k >= 1, "search.k", f"must be >= 1, got {s.k}")
     require(s.n_complete >= 1, "search.n_complete", f"must be >= 1, got {s.n_complete}")
+    require(s.expansions_per_node >= 1, "search.expansions_per_node",
+            f"must be >= 1, got {s.expansions_per_node}")
     require(s.max_expansions >= 1, "search.max_expansions", f"must be >= 1, got {s.max_expansions}")
     require(s.max_generated_tokens >= d.step_token_cap, "search.max_generated_tokens",
             f"{s.max_generated_tokens} cannot finish one step of up to "

@@ -1,8 +1,9 @@
 """Search's ``StepExpander`` over the batched decoder: fork, sample, hand back steps.
 
-A root (handle None) is prefilled on first expansion and its slot freed right after,
-since every planner expands a node at most once. A child's sampling stream is keyed by
-(problem, parent node, child index), so a search does not depend on batch packing.
+A root (handle None) is prefilled on each expansion and its slot freed right after, so
+no slot is held for a node that may never be expanded again. A child's sampling stream
+is keyed by (problem, parent node, child number), so a search does not depend on batch
+packing and a node expanded again samples new steps.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class DecoderExpander:
         flat = [(k, i, slot) for k, slots in enumerate(children) for i, slot in enumerate(slots)]
         sampled = rt.sample(
             [slot for _, _, slot in flat], [requests[k].problem_index for k, _, _ in flat],
-            [stable_id("child", requests[k].node.id, i) for k, i, _ in flat],
+            [stable_id("child", requests[k].node.id, requests[k].first_child + i) for k, i, _ in flat],
             [requests[k].temperature for k, _, _ in flat])
         steps: list[list[Step]] = [[] for _ in requests]
         for (k, _, _), s in zip(flat, sampled):

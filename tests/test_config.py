@@ -34,6 +34,7 @@ def test_round_trip_through_yaml(tmp_path):
     ("search.agg=mean", "mean"),
     ("search.k=0", "search.k"),
     ("search.n_complete=0", "search.n_complete"),
+    ("search.expansions_per_node=0", "search.expansions_per_node"),
     ("search.max_generated_tokens=3", "cannot finish one step"),
     ("eval.methods=[greedy,magic]", "magic"),
     ("stages=[collect,dance]", "dance"),

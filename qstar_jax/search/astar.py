@@ -9,6 +9,14 @@ the larger g. Goal test on pop: a popped terminal node is a complete trajectory.
 tests cost nothing, so terminal nodes at the top of the frontier are popped even when
 the expansion budget is spent. Identical sibling steps (same text) merge into the first
 sample (``SearchTree.add_children``).
+
+The paper expands a node once. With ``expansions_per_node`` > 1 an expanded node goes
+back on the frontier at its own f until it has been expanded that many times, each time
+sampling K new steps: when none of a promising node's K children scores as well as the
+node itself (the policy missed the good step), the search samples there again instead
+of descending into worse children. Q̂(s, a) estimates the best value reachable after a,
+so a child's h below its parent's says the sampled steps fall short of what the parent
+was worth.
 """
 
 from __future__ import annotations
@@ -51,10 +59,12 @@ class AStarConfig:
     temperature: float = 1.0
     budget: Budget = Budget()
     expansions_per_round: int = 1  # best nodes of a problem expanded in one round
+    expansions_per_node: int = 1  # times a node may be expanded (paper: once)
 
     def __post_init__(self):
         object.__setattr__(self, "agg", as_agg(self.agg))
-        require_positive(self, "num_children", "max_complete", "expansions_per_round")
+        require_positive(self, "num_children", "max_complete", "expansions_per_round",
+                         "expansions_per_node")
         require_temperature(self)
 
 
@@ -76,6 +86,8 @@ class AStarPlanner(RoundGuard):
         self._frontier: list[tuple[float, int, int, Node]] = []
         self._push(self._tree.root)
         self._complete: list[Node] = []
+        self._times_expanded: dict[int, int] = {}
+        self._root_best = float("-inf")
 
     def propose(self) -> list[ExpandRequest]:
         self._check_can_propose()
@@ -96,11 +108,16 @@ class AStarPlanner(RoundGuard):
     def absorb(self, children: Sequence[Sequence[ScoredStep]]) -> None:
         self._check_absorb(children)
         for parent, scored in zip(self._expanding, children):
-            self._tree.release(parent)
-            for child in self._tree.add_children(parent, scored, merge_identical=True):
+            times = self._times_expanded[parent.id] = self._times_expanded.get(parent.id, 0) + 1
+            new = self._tree.add_children(parent, scored, merge_identical=True)
+            for child in new:
                 if child.terminal:
                     self._tree.release(child)
                 self._push(child)
+            if times < self._config.expansions_per_node:
+                self._push(parent, self._reentry_f(parent, new))
+            else:
+                self._tree.release(parent)
         self._expanding = []
 
     def take_released(self) -> list[Any]:
@@ -135,8 +152,16 @@ class AStarPlanner(RoundGuard):
                and len(self._complete) < self._config.max_complete):
             self._complete.append(heapq.heappop(self._frontier)[-1])
 
-    def _push(self, node: Node) -> None:
-        heapq.heappush(self._frontier, (-node.f, -node.depth, node.id, node))
+    def _reentry_f(self, node: Node, children: Sequence[Node]) -> float:
+        """A node's f on the frontier again: its own, g + λ·Q̂ of the edge into it; the
+        root, which has no such edge, takes the best f of its children, max_a Q̂(s0, a)."""
+        if node.depth:
+            return node.f
+        self._root_best = max([self._root_best, *(child.f for child in children)])
+        return self._root_best
+
+    def _push(self, node: Node, f: float | None = None) -> None:
+        heapq.heappush(self._frontier, (-(node.f if f is None else f), -node.depth, node.id, node))
 
     def _finish(self) -> None:
         self._tree.release_all()

@@ -43,12 +43,15 @@ class Node:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ExpandRequest:
-    """Sample ``num_children`` next steps of ``node`` at ``temperature`` (0 = greedy)."""
+    """Sample ``num_children`` next steps of ``node`` at ``temperature`` (0 = greedy).
+    Children are numbered from ``first_child``: a node expanded again asks for the
+    numbers after those it already has, so it samples new steps."""
 
     problem_index: int
     node: Node
     num_children: int
     temperature: float
+    first_child: int = 0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -80,9 +83,9 @@ class QItem:
 class StepExpander(Protocol):
     """The decoder as search sees it.
 
-    A node is expanded at most once; the planners release its handle after the
-    ``expand`` call that expanded it returned, and release every other handle they were
-    given once its node can no longer be expanded (terminal, pruned, or search over).
+    The planners release a node's handle after the ``expand`` call of its last
+    expansion returned, and every other handle they were given once its node can no
+    longer be expanded (terminal, pruned, or search over).
     """
 
     def expand(self, requests: Sequence[ExpandRequest]) -> list[list[Step]]:

@@ -31,6 +31,8 @@ class SearchTree:
         self._held: dict[int, Any] = {}  # node id -> handle not yet released
         self._released: list[Any] = []
         self._expansion_order: list[int] = []
+        self._children_requested: dict[int, int] = {}  # node id -> children asked so far
+        self._child_texts: dict[int, set[str]] = {}  # node id -> its children's step texts
         self.generated_tokens = 0  # tokens of every step received, duplicates included
 
     @property
@@ -38,20 +40,26 @@ class SearchTree:
         return len(self._expansion_order)
 
     def request(self, node: Node, num_children: int, temperature: float) -> ExpandRequest:
-        """An expansion of ``node``; the order of these calls is the expansion order."""
+        """An expansion of ``node``; the order of these calls is the expansion order. A
+        node expanded again asks for children numbered after those it already asked for."""
         self._expansion_order.append(node.id)
+        first_child = self._children_requested.get(node.id, 0)
+        self._children_requested[node.id] = first_child + num_children
         return ExpandRequest(problem_index=self.problem_index, node=node,
-                             num_children=num_children, temperature=temperature)
+                             num_children=num_children, temperature=temperature,
+                             first_child=first_child)
 
     def add_children(self, parent: Node, scored: Sequence[ScoredStep], *,
                      merge_identical: bool) -> list[Node]:
         """New child nodes of ``parent``, in the expander's order.
 
-        With ``merge_identical``, a step whose text equals an earlier sibling's is dropped
-        and its handle released: the first sample is kept as it is (its logprob, Q̂ and
-        reward), nothing of the duplicate is added to it.
+        With ``merge_identical``, a step whose text equals an earlier sibling's (from this
+        or an earlier expansion of ``parent``) is dropped and its handle released: the
+        first sample is kept as it is (its logprob, Q̂ and reward), nothing of the
+        duplicate is added to it.
         """
-        children, seen = [], set()
+        children = []
+        seen = self._child_texts.setdefault(parent.id, set()) if merge_identical else set()
         for item in scored:
             step = item.step
             self.generated_tokens += len(step.token_ids)

@@ -103,6 +103,7 @@ def planner_factory(ctx: RunContext, method: str) -> Callable[[int], Planner]:
         return lambda i: BeamPlanner(i, config)
     config = AStarConfig(num_children=s.k, max_complete=s.n_complete, heuristic_weight=s.lam,
                          agg=s.agg, temperature=s.temperature,
+                         expansions_per_node=s.expansions_per_node,
                          budget=Budget(max_expansions=s.max_expansions,
                                        max_generated_tokens=s.max_generated_tokens))
     return lambda i: AStarPlanner(i, config)

@@ -2,7 +2,7 @@
 
 A tree maps a step prefix (written as space-separated step texts, "" for the root) to
 the children an expansion samples, in order. At temperature 0 the expander returns the
-first listed child (repeated), otherwise the first ``num_children`` listed. Each child's
+first listed child (repeated), otherwise ``num_children`` listed from ``first_child`` on. Each child's
 hidden vector is [q, reward], so ``HiddenQ`` reads Q̂ from it and ``reward_rule`` looks
 the reward up: every value a planner sees is written in the test.
 """
@@ -75,7 +75,7 @@ class FakeExpander:
         if request.temperature == 0:
             chosen = listed[:1] * request.num_children
         else:
-            chosen = listed[:request.num_children]
+            chosen = listed[request.first_child:request.first_child + request.num_children]
         steps = []
         for fake in chosen:
             self.issued += 1

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -224,3 +225,43 @@ def test_equal_scores_go_to_the_deeper_node_first():
     [result], _, _ = search({0: saturated}, AStarConfig(num_children=3, max_complete=1))
     assert result.tree["expansion_order"] == [0, 1, 4]
     assert result.steps == ("a", "a1", "z") and result.completed
+
+
+# Expanding "a" once gives a1 and a2; a second expansion asks for children 2 and 3: a2
+# again (merged into the first) and a3, the solution the first two samples missed.
+REEXPAND_TREE = tree({
+    "": [child("a", .9), child("b", .1)],
+    "a": [child("a1", .2), child("a2", .3), child("a2", .3), child("a3", .95, end=True)],
+    "a a2": [child("z", .25, end=True)],
+    "a a1": [], "b": [],
+})
+
+
+def test_a_node_expanded_again_samples_new_steps_while_it_outscores_its_children():
+    config = AStarConfig(num_children=2, max_complete=1)
+    [once], _, _ = search({0: REEXPAND_TREE}, config)
+    assert once.tree["expansion_order"] == [0, 1, 4] and once.steps == ("a", "a2", "z")
+
+    again = dataclasses.replace(config, expansions_per_node=2)
+    [result], expander, _ = search({0: REEXPAND_TREE}, again)
+    # a (.9) goes back on the frontier above its children (.2, .3) and is expanded again.
+    assert result.tree["expansion_order"] == [0, 1, 1]
+    assert [r.first_child for call in expander.expand_calls for r in call] == [0, 0, 2]
+    assert result.steps == ("a", "a3") and result.node_id == 5
+    assert [n["steps"] for n in result.tree["nodes"]].count(["a", "a2"]) == 1
+    # a's slot is kept for its second expansion and freed right after it.
+    a_handle = expander.expand_calls[1][0].node.handle
+    assert expander.expand_calls[2][0].node.handle == a_handle
+    assert expander.released_after[a_handle] == 3
+    assert result.counters.generated_tokens == 6  # the merged duplicate still cost its token
+
+
+def test_the_root_goes_back_on_the_frontier_at_its_best_childs_f():
+    spec = tree({"": [child("a", .3), child("b", .8, end=True)],
+                 "a": [child("a1", .1), child("a2", .05)], "a a1": [], "a a2": []})
+    config = AStarConfig(num_children=1, max_complete=1, expansions_per_node=2)
+    [result], _, _ = search({0: spec}, config)
+    # The root re-enters at .3 (its child a): behind a (a tie, a is deeper) but ahead of
+    # a's children, so once a has had both its expansions the root samples b.
+    assert result.tree["expansion_order"] == [0, 1, 1, 0]
+    assert result.steps == ("b",)
