@@ -87,20 +87,21 @@ def test_step_legality_of_partial_traces():
     assert not grade_trace(NUMBERS, TARGET, [], RULES)
 
 
-def test_step_reward_is_minus_one_illegal_plus_one_on_the_target_else_zero():
+def test_step_reward_is_minus_one_illegal_or_lost_plus_one_on_the_target_else_zero():
     def reward(steps, numbers=NUMBERS, target=TARGET, rules=RULES):
         return step_reward(numbers, target, steps, rules)
 
     assert [reward(SOLUTION[:n]) for n in (1, 2, 3)] == [0.0, 0.0, 1.0]
     assert reward([SOLUTION[0], "100 - 4 = 95 (left: 4 95)"]) == -1.0
     assert reward([*SOLUTION[:2], "96 / 4 = 24 (left: 4)"]) == -1.0  # wrong left list
-    # Legal to the end but the last number is not the target: no reward, no penalty.
-    assert reward([*SOLUTION[:2], "96 + 4 = 100 (left: 100)"]) == 0.0
+    # Legal to the end but the last number is not the target: the game is lost.
+    assert reward([*SOLUTION[:2], "96 + 4 = 100 (left: 100)"]) == -1.0
     # A step after an illegal one is illegal too, so a sum counts every broken step.
     assert reward(["10 * 10 = 110 (left: 4 4 110)", "110 - 4 = 106 (left: 4 106)"]) == -1.0
     done_rules = CountdownRules(must_use_all=False)
     assert reward(["5 + 3 = 8 (left: 2 8 8) done"], (2, 3, 5, 8), 8, done_rules) == 1.0
     assert reward(["5 + 3 = 8 (left: 2 8 8)"], (2, 3, 5, 8), 8, done_rules) == 0.0
+    assert reward(["5 + 3 = 8 (left: 2 8 8) done"], (2, 3, 5, 8), 9, done_rules) == -1.0
 
 
 def test_can_still_succeed_is_an_exact_oracle():

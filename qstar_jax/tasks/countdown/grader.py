@@ -88,12 +88,14 @@ def step_legality(numbers: Sequence[int], target: int, steps: Sequence[str],
 def step_reward(numbers: Sequence[int], target: int, steps: Sequence[str],
                 rules: CountdownRules) -> float:
     """The game's rule as the process reward of the last of ``steps``: −1 when it is
-    illegal, +1 when it legally ends the game on the target (the question states the
-    target, so this needs no answer key), else 0."""
+    illegal or ends the game off the target, +1 when it ends the game on the target
+    (the question states the target, so this needs no answer key), else 0."""
     last = check_trace(numbers, target, steps, rules)[-1]
     if not last.legal:
         return -1.0
-    return 1.0 if is_final(last.step) and _finishes_correctly(last.step, target, rules) else 0.0
+    if not is_final(last.step):
+        return 0.0
+    return 1.0 if _finishes_correctly(last.step, target, rules) else -1.0
 
 
 def grade_trace(numbers: Sequence[int], target: int, steps: Sequence[str],
