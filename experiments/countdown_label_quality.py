@@ -5,15 +5,17 @@ reach the target (the exhaustive solver decides). Per step number of a (1 = the 
 step): how many pairs, the share labelled positive, the share exactly positive, the share
 of exactly positive pairs the labels call positive (recall; a positive best-of-rollouts
 label is a found solution, so a dead state is never called positive), and the ROC AUC
-of the run's Q̂ on its held-out rows against the labels and against the exact value.
-Low recall means the labels limit Q̂; high recall with a low AUC against the exact value
-means Q̂'s input (the policy's hidden state) does.
+of the run's Q̂ on its held-out rows against the labels and against the exact value;
+last, the same AUC for a head trained the same way on the exact values instead of the
+labels. Low recall means the labels limit Q̂; a low AUC even when trained on the exact
+values means Q̂'s input (the policy's hidden state) does.
 
     python experiments/countdown_label_quality.py runs/default
 
 Prints a table and, as its last line, JSON: {"steps": [{"step": 1, "pairs": ...,
 "label_positive": ..., "exact_positive": ..., "label_recall": ...,
-"heldout_q_auc_vs_label": ..., "heldout_q_auc_vs_exact": ...}, ...]}.
+"heldout_q_auc_vs_label": ..., "heldout_q_auc_vs_exact": ...,
+"exact_trained_auc_vs_exact": ...}, ...]}.
 """
 
 from __future__ import annotations
@@ -24,13 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
+from flax import nnx
+
 from qstar_jax.config import QBackbone, load_config
 from qstar_jax.qvalue.checkpoint import load_q_head
 from qstar_jax.qvalue.dataset import load_labelled
-from qstar_jax.qvalue.head import QHeadModel
-from qstar_jax.qvalue.train import roc_auc, split_indices
+from qstar_jax.qvalue.head import QHead, QHeadModel
+from qstar_jax.qvalue.train import roc_auc, split_indices, train_q_model
 from qstar_jax.stages.context import RunContext
-from qstar_jax.stages.train_q import train_config
+from qstar_jax.stages.train_q import head_config, train_config
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -48,27 +52,35 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                                  (*s.prefix_steps, s.step_text))
                       for s in steps])
     q = QHeadModel(load_q_head(ctx.q_dir, policy_config=ctx.policy.config)).score_hidden(features)
+    training = train_config(ctx, len(steps))
+    exact_head = QHead(head_config(ctx), rngs=nnx.Rngs(ctx.config.seed))
+    train_q_model(exact_head, features, exact.astype(np.float32), training, progress=False)
+    q_exact = QHeadModel(exact_head).score_hidden(features)
     heldout = np.zeros(len(steps), bool)
-    heldout[split_indices(len(steps), train_config(ctx, len(steps)))[1]] = True
+    heldout[split_indices(len(steps), training)[1]] = True
     number = np.array([len(s.prefix_steps) + 1 for s in steps])
     rows = []
     for step in sorted(set(number)):
         on = number == step
         held = on & heldout
         auc_label, auc_exact = roc_auc(q[held], labels[held]), roc_auc(q[held], exact[held])
+        auc_upper = roc_auc(q_exact[held], exact[held])
         rows.append({"step": int(step), "pairs": int(on.sum()),
                      "label_positive": round(float(labels[on].mean()), 3),
                      "exact_positive": round(float(exact[on].mean()), 3),
                      "label_recall": (round(float(labels[on & exact].mean()), 3)
                                       if (on & exact).any() else None),
                      "heldout_q_auc_vs_label": None if auc_label is None else round(auc_label, 3),
-                     "heldout_q_auc_vs_exact": None if auc_exact is None else round(auc_exact, 3)})
+                     "heldout_q_auc_vs_exact": None if auc_exact is None else round(auc_exact, 3),
+                     "exact_trained_auc_vs_exact": (None if auc_upper is None
+                                                    else round(auc_upper, 3))})
     print(f"{'step':>4} {'pairs':>6} {'label+':>7} {'exact+':>7} {'recall':>7} "
-          f"{'AUC/label':>10} {'AUC/exact':>10}")
+          f"{'AUC/label':>10} {'AUC/exact':>10} {'exact-fit':>10}")
     for r in rows:
         print(f"{r['step']:>4} {r['pairs']:>6} {r['label_positive']:>7} {r['exact_positive']:>7} "
               f"{str(r['label_recall']):>7} {str(r['heldout_q_auc_vs_label']):>10} "
-              f"{str(r['heldout_q_auc_vs_exact']):>10}")
+              f"{str(r['heldout_q_auc_vs_exact']):>10} "
+              f"{str(r['exact_trained_auc_vs_exact']):>10}")
     print(json.dumps({"steps": rows}))
     return rows
 

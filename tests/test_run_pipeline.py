@@ -156,3 +156,5 @@ def test_label_quality_experiment_reads_labels_against_the_exact_value(finished_
         if row["label_recall"] is not None:
             assert row["label_positive"] == pytest.approx(
                 row["exact_positive"] * row["label_recall"], abs=0.002)
+        auc = row["exact_trained_auc_vs_exact"]  # None when a step's held-out rows are one class
+        assert auc is None or 0.0 <= auc <= 1.0
