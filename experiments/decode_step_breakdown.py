@@ -108,7 +108,8 @@ def main() -> None:
     print(f"SmolLM2-135M-Instruct, float32, batch {batch}, {args.threads} threads")
     print(f"prefill of {batch} x {PROMPT_TOKENS} tokens: {prefill_ms / 1e3:.2f} s")
     print(f"step sampler, per new token: {sampler_ms:.1f} ms "
-          f"({gflop:.1f} GFLOP of layer and LM-head matmuls: {gflop / sampler_ms * 1e3:.0f} GFLOP/s)")
+          f"({gflop:.1f} GFLOP of layer and LM-head matmuls: "
+          f"{gflop / sampler_ms * 1e3:.0f} GFLOP/s)")
     for name, ms in parts.items():
         print(f"  {name.removesuffix('_ms').replace('_', ' ')}: {ms:.1f} ms")
     print(json.dumps({"batch": batch, "prefill_s": round(prefill_ms / 1e3, 3),

@@ -30,7 +30,8 @@ class DecoderExpander:
         flat = [(k, i, slot) for k, slots in enumerate(children) for i, slot in enumerate(slots)]
         sampled = rt.sample(
             [slot for _, _, slot in flat], [requests[k].problem_index for k, _, _ in flat],
-            [stable_id("child", requests[k].node.id, requests[k].first_child + i) for k, i, _ in flat],
+            [stable_id("child", requests[k].node.id, requests[k].first_child + i)
+             for k, i, _ in flat],
             [requests[k].temperature for k, _, _ in flat])
         steps: list[list[Step]] = [[] for _ in requests]
         for (k, _, _), s in zip(flat, sampled):

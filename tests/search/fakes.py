@@ -2,9 +2,9 @@
 
 A tree maps a step prefix (written as space-separated step texts, "" for the root) to
 the children an expansion samples, in order. At temperature 0 the expander returns the
-first listed child (repeated), otherwise ``num_children`` listed from ``first_child`` on. Each child's
-hidden vector is [q, reward], so ``HiddenQ`` reads Q̂ from it and ``reward_rule`` looks
-the reward up: every value a planner sees is written in the test.
+first listed child (repeated), otherwise ``num_children`` listed from ``first_child``
+on. Each child's hidden vector is [q, reward], so ``HiddenQ`` reads Q̂ from it and
+``reward_rule`` looks the reward up: every value a planner sees is written in the test.
 """
 
 from __future__ import annotations
