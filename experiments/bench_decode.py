@@ -7,8 +7,20 @@ torch start, and torch uses that many threads. Timings include the prompt's pref
 
     python experiments/bench_decode.py [--batches 1 8 32] [--reps 5] [--threads N]
 
-Prints a table, the memory-bandwidth floor at batch 1, and as its last line JSON:
-{"batch": [...], "jax_tok_s": [...], "hf_tok_s": [...], "ratio": [...]} (ratio = ours / HF).
+On an accelerator, ``--random-llama 1b`` times our decoder alone on random weights of
+Llama-3.2-1B's shape (no checkpoint, no transformers side), by default in bfloat16:
+
+    python experiments/bench_decode.py --random-llama 1b --batches 1 8 32 128
+
+Besides the whole-generation rate it times the 64 new tokens alone and reads them
+against the memory roofline: a decode step must read every weight and each row's KV
+cache once, so at the measured copy bandwidth of the device no decoder can beat
+batch / ((weight bytes + KV bytes) / bandwidth) tokens per second.
+
+Prints a table and as its last line JSON: {"batch": [...], "jax_tok_s": [...],
+"hf_tok_s": [...], "ratio": [...], "decode_tok_s": [...], "roofline_tok_s": [...],
+"bandwidth_gb_s": ..., "device": ...} (ratio = ours / HF; the HF lists are null without
+the transformers side).
 """
 
 from __future__ import annotations
@@ -23,18 +35,33 @@ PROMPT_TOKENS = 64
 NEW_TOKENS = 64
 PROMPT_TEXT = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many "
                "clips in May. How many clips did Natalia sell altogether in April and May? ")
+# Random-weight shapes: Llama-3.2-1B, and a tiny one that checks the script runs anywhere.
+RANDOM_LLAMAS = {
+    "1b": dict(model_type="llama", vocab_size=128256, hidden_size=2048, intermediate_size=8192,
+               num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+               head_dim=64, rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
+               max_position_embeddings=131072),
+    "tiny": dict(model_type="llama", vocab_size=512, hidden_size=64, intermediate_size=128,
+                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+}
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions after warm-up")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"],
+                        help="default: float32, bfloat16 with --random-llama")
     parser.add_argument("--model", default="smollm2-135m-instruct",
                         help="a packaged alias or a .gguf file")
+    parser.add_argument("--random-llama", choices=sorted(RANDOM_LLAMAS),
+                        help="random weights of this shape instead of --model; ours only")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="CPU cores for both sides (default: all this process may use)")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.dtype is None:
+        args.dtype = "bfloat16" if args.random_llama else "float32"
+    return args
 
 
 def median_seconds(run, reps: int) -> float:
@@ -48,13 +75,52 @@ def median_seconds(run, reps: int) -> float:
 
 
 def copy_bandwidth(nbytes: int = 1 << 29) -> float:
-    """Bytes per second that a large numpy copy moves (read + write)."""
+    """Bytes per second a large copy moves (read + write) in the memory the weights live
+    in: a numpy copy on a CPU (multi-threaded, unlike XLA:CPU's), an on-device one else."""
+    import jax
+    import jax.numpy as jnp
     import numpy as np
-    src = np.ones(nbytes // 4, np.float32)
-    dst = np.empty_like(src)
-    np.copyto(dst, src)
-    seconds = median_seconds(lambda: np.copyto(dst, src), 5)
+    if jax.default_backend() == "cpu":
+        src = np.ones(nbytes // 4, np.float32)
+        dst = np.empty_like(src)
+        seconds = median_seconds(lambda: np.copyto(dst, src), 5)
+    else:
+        src = jnp.ones(nbytes // 4, jnp.float32)
+        copy = jax.jit(lambda x: x + 1.0)
+        seconds = median_seconds(lambda: copy(src).block_until_ready(), 5)
     return 2 * nbytes / seconds
+
+
+def roofline_tok_s(batch: int, weight_bytes: int, kv_bytes_per_token: int,
+                   bandwidth: float) -> float:
+    """The most tokens/s a decode step can give at ``bandwidth``: every weight and each
+    row's cache (at the mean length over the new tokens) read once per step."""
+    mean_length = PROMPT_TOKENS + NEW_TOKENS / 2
+    step_bytes = weight_bytes + batch * mean_length * kv_bytes_per_token
+    return batch * bandwidth / step_bytes
+
+
+def transformers_generate(gguf_path, dtype: str, threads: int, prompt: list[int], pad_id: int):
+    """``generate`` of the same GGUF in transformers: batch -> new token ids [batch, 64]."""
+    import torch
+    import transformers
+
+    torch.set_num_threads(threads)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=getattr(torch, dtype)).eval()
+    # No EOS, like our decoder here: generation neither stops nor has its logits altered.
+    # The model's own generation config must lose its EOS too, or generate merges it back in.
+    model.generation_config.eos_token_id = None
+    greedy_no_eos = transformers.GenerationConfig(
+        do_sample=False, max_new_tokens=NEW_TOKENS, eos_token_id=None, pad_token_id=pad_id)
+
+    def generate(batch):
+        with torch.inference_mode():
+            out = model.generate(torch.tensor([prompt] * batch), generation_config=greedy_no_eos,
+                                 attention_mask=torch.ones(batch, PROMPT_TOKENS, dtype=torch.long))
+        return out[:, PROMPT_TOKENS:].numpy()
+
+    return generate
 
 
 def main() -> None:
@@ -64,68 +130,79 @@ def main() -> None:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    import torch
-    import transformers
     from flax import nnx
 
     from qstar_jax.decoding.engine import Decoder
     from qstar_jax.decoding.sampling import SamplingParams
-    from qstar_jax.models.loading import PACKAGED_MODELS, load_model, resolve_alias
 
-    torch.set_num_threads(args.threads)
-    gguf_path = resolve_alias(args.model) if args.model in PACKAGED_MODELS else args.model
-    loaded = load_model(gguf_path, dtype=jnp.dtype(args.dtype))
-    cfg = loaded.config
-    prompt = loaded.tokenizer.encode(PROMPT_TEXT * 8)[:PROMPT_TOKENS]
-    decoder = Decoder(loaded.model, num_slots=max(args.batches),
-                      max_len=PROMPT_TOKENS + NEW_TOKENS,
+    dtype = jnp.dtype(args.dtype)
+    theirs = None
+    if args.random_llama:
+        from qstar_jax.models.config import ModelConfig
+        from qstar_jax.models.llama import LlamaModel
+        cfg = ModelConfig.from_hf(RANDOM_LLAMAS[args.random_llama])
+        model = LlamaModel(cfg, dtype=dtype, rngs=nnx.Rngs(0))
+        prompt = [(7 * i + 3) % cfg.vocab_size for i in range(PROMPT_TOKENS)]
+        name = f"random-weight Llama ({args.random_llama})"
+    else:
+        from qstar_jax.models.loading import PACKAGED_MODELS, load_model, resolve_alias
+        gguf_path = resolve_alias(args.model) if args.model in PACKAGED_MODELS else args.model
+        loaded = load_model(gguf_path, dtype=dtype)
+        model, cfg, name = loaded.model, loaded.config, args.model
+        prompt = loaded.tokenizer.encode(PROMPT_TEXT * 8)[:PROMPT_TOKENS]
+        theirs = transformers_generate(gguf_path, args.dtype, args.threads, prompt,
+                                       loaded.tokenizer.pad_id)
+    decoder = Decoder(model, num_slots=max(args.batches), max_len=PROMPT_TOKENS + NEW_TOKENS,
                       newline_table=np.zeros(cfg.vocab_size, bool), eos_ids=[])
-    hf_model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=getattr(torch, args.dtype)).eval()
+    prefill_s: list[float] = []  # of the latest calls of ours()
 
     def ours(batch):
         slots = decoder.allocate(batch)
+        start = time.perf_counter()
         decoder.prefill(slots, [prompt] * batch)
+        jax.block_until_ready(decoder.cache)
+        prefill_s.append(time.perf_counter() - start)
         step = decoder.sample_steps(slots, problem_keys=jax.random.split(jax.random.key(0), batch),
                                     node_ids=[0] * batch, params=SamplingParams.make(batch),
                                     max_tokens=NEW_TOKENS)
         decoder.free(slots)
         return step.tokens
 
-    # No EOS, like our decoder here: generation neither stops nor has its logits altered.
-    # The model's own generation config must lose its EOS too, or generate merges it back in.
-    hf_model.generation_config.eos_token_id = None
-    greedy_no_eos = transformers.GenerationConfig(
-        do_sample=False, max_new_tokens=NEW_TOKENS, eos_token_id=None,
-        pad_token_id=loaded.tokenizer.pad_id)
-
-    def theirs(batch):
-        with torch.inference_mode():
-            out = hf_model.generate(torch.tensor([prompt] * batch), generation_config=greedy_no_eos,
-                                    attention_mask=torch.ones(batch, PROMPT_TOKENS,
-                                                              dtype=torch.long))
-        return out[:, PROMPT_TOKENS:].numpy()
-
-    agree = int(np.cumprod(ours(1)[0] == theirs(1)[0]).sum())
-    print(f"{args.model}, {args.dtype}, {args.threads} threads; greedy tokens agreeing with "
-          f"transformers before the first difference: {agree}/{NEW_TOKENS}")
-    jax_tok_s, hf_tok_s = [], []
-    print(f"{'batch':>5} {'ours tok/s':>11} {'HF tok/s':>9} {'ratio':>6}")
+    device = jax.devices()[0].device_kind
+    print(f"{name}, {args.dtype}, {device}, {args.threads} host threads")
+    if theirs is not None:
+        agree = int(np.cumprod(ours(1)[0] == theirs(1)[0]).sum())
+        print(f"greedy tokens agreeing with transformers before the first difference: "
+              f"{agree}/{NEW_TOKENS}")
+    weight_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model)))
+    kv_bytes_per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * dtype.itemsize
+    bandwidth = copy_bandwidth()
+    print(f"{weight_bytes / 1e6:.0f} MB of weights, {kv_bytes_per_token / 1e3:.1f} kB of KV cache "
+          f"per token, {bandwidth / 1e9:.1f} GB/s measured copy bandwidth")
+    jax_tok_s, hf_tok_s, decode_tok_s, roofline = [], [], [], []
+    print(f"{'batch':>5} {'ours tok/s':>11} {'decode tok/s':>13} {'roofline':>9} {'of it':>6} "
+          f"{'HF tok/s':>9} {'ratio':>6}")
     for batch in args.batches:
         tokens = batch * NEW_TOKENS
-        jax_tok_s.append(tokens / median_seconds(lambda: ours(batch), args.reps))
-        hf_tok_s.append(tokens / median_seconds(lambda: theirs(batch), args.reps))
-        print(f"{batch:>5} {jax_tok_s[-1]:>11.1f} {hf_tok_s[-1]:>9.1f} "
-              f"{jax_tok_s[-1] / hf_tok_s[-1]:>6.2f}", flush=True)
+        prefill_s.clear()
+        total = median_seconds(lambda: ours(batch), args.reps)
+        jax_tok_s.append(tokens / total)
+        decode_tok_s.append(tokens / (total - statistics.median(prefill_s[1:])))
+        roofline.append(roofline_tok_s(batch, weight_bytes, kv_bytes_per_token, bandwidth))
+        if theirs is not None:
+            hf_tok_s.append(tokens / median_seconds(lambda: theirs(batch), args.reps))
+        hf = f"{hf_tok_s[-1]:>9.1f} {jax_tok_s[-1] / hf_tok_s[-1]:>6.2f}" if hf_tok_s else ""
+        print(f"{batch:>5} {jax_tok_s[-1]:>11.1f} {decode_tok_s[-1]:>13.1f} {roofline[-1]:>9.0f} "
+              f"{decode_tok_s[-1] / roofline[-1]:>6.0%} {hf}", flush=True)
 
-    weight_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(loaded.model)))
-    bandwidth = copy_bandwidth()
-    print(f"batch-1 memory-bandwidth floor: {weight_bytes / 1e6:.0f} MB of weights per token at "
-          f"{bandwidth / 1e9:.1f} GB/s copy bandwidth = {weight_bytes / bandwidth * 1e3:.1f} ms "
-          f"per token, at most {bandwidth / weight_bytes:.0f} tok/s")
-    print(json.dumps({"batch": args.batches, "jax_tok_s": [round(x, 1) for x in jax_tok_s],
-                      "hf_tok_s": [round(x, 1) for x in hf_tok_s],
-                      "ratio": [round(a / b, 3) for a, b in zip(jax_tok_s, hf_tok_s)]}))
+    def rounded(values):
+        return [round(x, 1) for x in values] if values else None
+
+    print(json.dumps({
+        "batch": args.batches, "jax_tok_s": rounded(jax_tok_s), "hf_tok_s": rounded(hf_tok_s),
+        "ratio": [round(a / b, 3) for a, b in zip(jax_tok_s, hf_tok_s)] if hf_tok_s else None,
+        "decode_tok_s": rounded(decode_tok_s), "roofline_tok_s": rounded(roofline),
+        "bandwidth_gb_s": round(bandwidth / 1e9, 1), "device": device}))
 
 
 if __name__ == "__main__":
