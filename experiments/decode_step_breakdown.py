@@ -9,13 +9,15 @@ work they do:
   so the prefill cancels);
 - one forward pass of the decoder stack for one token per row, with the KV cache (slot
   gather, scatter and attention over the slot; cache donated, as the sampler does) and
-  without it (each row attends only to itself), and the LM head on its own.
+  without it (each row attends only to itself), and the LM head on its own;
+- the same cached forward with the layers unrolled in Python over one cache array per
+  layer instead of scanned over the stacked cache: what that layout would buy.
 
     python experiments/decode_step_breakdown.py [--batch 32] [--reps 5] [--threads N]
 
 Prints a table and, as its last line, JSON: {"batch": B, "prefill_s": ...,
 "sampler_ms_per_token": ..., "forward_cached_ms": ..., "forward_uncached_ms": ...,
-"lm_head_ms": ..., "gflop_per_token_step": ...}.
+"forward_unrolled_ms": ..., "lm_head_ms": ..., "gflop_per_token_step": ...}.
 """
 
 from __future__ import annotations
@@ -93,6 +95,27 @@ def main() -> None:
         hidden, kv[0], kv[1] = cached_jit(state, kv[0], kv[1])
         jax.block_until_ready(hidden)
 
+    layer_def, stacked = nnx.split(loaded.model.layers)
+    per_layer = [jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(cfg.num_layers)]
+
+    def unrolled(state, per_layer, ks, vs):
+        model = nnx.merge(graphdef, state)
+        x, new_k, new_v = model.embed_tokens(tokens), [], []
+        for i, layer_state in enumerate(per_layer):
+            x, k, v = nnx.merge(layer_def, layer_state)(x, positions, slots, ks[i][None],
+                                                        vs[i][None], 0, model.inv_freq[...])
+            new_k.append(k[0])
+            new_v.append(v[0])
+        return model.norm(x), new_k, new_v
+
+    unrolled_jit = jax.jit(unrolled, donate_argnums=(2, 3))
+    layer_kv = [[jnp.zeros_like(decoder.cache.k[0]) for _ in range(cfg.num_layers)]
+                for _ in range(2)]
+
+    def run_unrolled():
+        hidden, layer_kv[0], layer_kv[1] = unrolled_jit(state, per_layer, *layer_kv)
+        jax.block_until_ready(hidden)
+
     uncached = jax.jit(lambda state: nnx.merge(graphdef, state).forward_sequence(tokens))
     hidden = uncached(state)
     head = jax.jit(lambda state, h: nnx.merge(graphdef, state).logits(h))
@@ -100,6 +123,7 @@ def main() -> None:
         "forward_cached_ms": median_ms(run_cached, args.reps),
         "forward_uncached_ms": median_ms(lambda: jax.block_until_ready(uncached(state)),
                                          args.reps),
+        "forward_unrolled_ms": median_ms(run_unrolled, args.reps),
         "lm_head_ms": median_ms(lambda: jax.block_until_ready(head(state, hidden[:, 0])),
                                 args.reps),
     }
