@@ -115,6 +115,25 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def budget_match_note(summary: dict, samples: int, out_dir: Path) -> str:
+    """A line saying how many best-of-N samples would spend Q*'s generated tokens, when
+    the table compares them at unequal budgets (the fair comparison is at equal tokens);
+    "" when either is missing or best-of-N already spent as much."""
+    methods = summary["methods"]
+    if "best_of_n" not in methods or "qstar" not in methods:
+        return ""
+    per_problem = {m: methods[m]["generated_tokens"] / methods[m]["n"]
+                   for m in ("best_of_n", "qstar")}
+    per_sample = per_problem["best_of_n"] / samples
+    if per_sample <= 0 or per_problem["best_of_n"] >= per_problem["qstar"]:
+        return ""
+    matched = round(per_problem["qstar"] / per_sample)
+    return (f"\nQ* generated {per_problem['qstar']:.0f} tokens per problem, best-of-{samples} "
+            f"{per_problem['best_of_n']:.0f}: at equal tokens best-of-N takes N = {matched} "
+            f"(`python -m qstar_jax.run --reuse {out_dir} --out NEW_DIR "
+            f"'eval.methods=[best_of_n]' eval.samples={matched}`, with this run's overrides).\n")
+
+
 def plot_accuracy_vs_tokens(summary: dict, path: Path) -> None:
     import matplotlib
 
@@ -137,10 +156,12 @@ def plot_accuracy_vs_tokens(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_reports(out_dir: Path, results: list[ProblemResult], methods: Iterable[str]) -> dict:
+def write_reports(out_dir: Path, results: list[ProblemResult], methods: Iterable[str], *,
+                  best_of_n_samples: int | None = None) -> dict:
     summary = summarize(results, methods)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out_dir / "summary.md").write_text(markdown_table(summary))
+    note = budget_match_note(summary, best_of_n_samples, out_dir) if best_of_n_samples else ""
+    (out_dir / "summary.md").write_text(markdown_table(summary) + note)
     if summary["methods"]:
         plot_accuracy_vs_tokens(summary, out_dir / "accuracy_vs_tokens.png")
     return summary

@@ -42,3 +42,17 @@ def test_summary_counts_and_reports(tmp_path):
     table = (tmp_path / "summary.md").read_text()
     assert "| greedy | 50.0 (" in table and "| 20.0 |" in table
     assert (tmp_path / "accuracy_vs_tokens.png").stat().st_size > 1000
+
+
+def test_summary_says_which_best_of_n_would_spend_qstars_tokens(tmp_path):
+    # best-of-6 spends 60 tokens per problem (10 a sample), Q* 410: N = 41 matches it.
+    rows = [result("best_of_n", "a", False, 60), result("qstar", "a", True, 410)]
+    write_reports(tmp_path, rows, ["best_of_n", "qstar"], best_of_n_samples=6)
+    assert "best-of-N takes N = 41" in (tmp_path / "summary.md").read_text()
+    assert "eval.samples=41" in (tmp_path / "summary.md").read_text()
+    # Nothing to say when best-of-N spent at least Q*'s tokens, or one of them is absent.
+    write_reports(tmp_path, [result("best_of_n", "a", False, 600), rows[1]],
+                  ["best_of_n", "qstar"], best_of_n_samples=6)
+    assert "best-of-N takes" not in (tmp_path / "summary.md").read_text()
+    write_reports(tmp_path, rows[1:], ["qstar"], best_of_n_samples=6)
+    assert "best-of-N takes" not in (tmp_path / "summary.md").read_text()

@@ -137,7 +137,8 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
             log.append(_graded(ctx, method, problems, results, share))
             if cfg.eval.dump_trees:
                 _dump_trees(ctx, method, problems, results)
-    return write_reports(ctx.out, log.read(), cfg.eval.methods)
+    return write_reports(ctx.out, log.read(), cfg.eval.methods,
+                         best_of_n_samples=cfg.eval.samples)
 
 
 def _graded(ctx: RunContext, method: str, problems, results: list[SearchResult],
