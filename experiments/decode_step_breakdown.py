@@ -25,21 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 
-PROMPT_TOKENS = 64
-NEW_TOKENS = 64
+# The sibling benchmark's shapes and timer (this script's folder is on sys.path when it
+# runs as ``python experiments/decode_step_breakdown.py``).
+from bench_decode import NEW_TOKENS, PROMPT_TOKENS, median_seconds
 
 
 def median_ms(run, reps: int) -> float:
-    run()  # warm-up: compiles
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * median_seconds(run, reps)
 
 
 def main() -> None:

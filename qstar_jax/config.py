@@ -36,7 +36,7 @@ class Utility(str, enum.Enum):
     zero = "zero"  # g = 0 (MATH in the paper)
     prm = "prm"  # a process reward model (GSM8K in the paper)
     code_rule = "code_rule"  # -0.5 when the code so far fails Python's tokenizer (MBPP)
-    countdown_rule = "countdown_rule"  # -1 for an illegal step, +1 for reaching the target
+    countdown_rule = "countdown_rule"  # -1 illegal step or lost game, +1 reaching the target
 
 
 class LabelMethod(str, enum.Enum):

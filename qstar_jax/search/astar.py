@@ -86,7 +86,6 @@ class AStarPlanner(RoundGuard):
         self._frontier: list[tuple[float, int, int, Node]] = []
         self._push(self._tree.root)
         self._complete: list[Node] = []
-        self._times_expanded: dict[int, int] = {}
         self._root_best = float("-inf")
 
     def propose(self) -> list[ExpandRequest]:
@@ -108,13 +107,12 @@ class AStarPlanner(RoundGuard):
     def absorb(self, children: Sequence[Sequence[ScoredStep]]) -> None:
         self._check_absorb(children)
         for parent, scored in zip(self._expanding, children):
-            times = self._times_expanded[parent.id] = self._times_expanded.get(parent.id, 0) + 1
             new = self._tree.add_children(parent, scored, merge_identical=True)
             for child in new:
                 if child.terminal:
                     self._tree.release(child)
                 self._push(child)
-            if times < self._config.expansions_per_node:
+            if self._tree.expansions_of(parent) < self._config.expansions_per_node:
                 self._push(parent, self._reentry_f(parent, new))
             else:
                 self._tree.release(parent)

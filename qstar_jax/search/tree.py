@@ -31,7 +31,7 @@ class SearchTree:
         self._held: dict[int, Any] = {}  # node id -> handle not yet released
         self._released: list[Any] = []
         self._expansion_order: list[int] = []
-        self._children_requested: dict[int, int] = {}  # node id -> children asked so far
+        self._requests: dict[int, list[int]] = {}  # node id -> children asked, per expansion
         self._child_texts: dict[int, set[str]] = {}  # node id -> its children's step texts
         self.generated_tokens = 0  # tokens of every step received, duplicates included
 
@@ -43,11 +43,16 @@ class SearchTree:
         """An expansion of ``node``; the order of these calls is the expansion order. A
         node expanded again asks for children numbered after those it already asked for."""
         self._expansion_order.append(node.id)
-        first_child = self._children_requested.get(node.id, 0)
-        self._children_requested[node.id] = first_child + num_children
+        requested = self._requests.setdefault(node.id, [])
+        first_child = sum(requested)
+        requested.append(num_children)
         return ExpandRequest(problem_index=self.problem_index, node=node,
                              num_children=num_children, temperature=temperature,
                              first_child=first_child)
+
+    def expansions_of(self, node: Node) -> int:
+        """How many times ``node`` has been requested for expansion."""
+        return len(self._requests.get(node.id, ()))
 
     def add_children(self, parent: Node, scored: Sequence[ScoredStep], *,
                      merge_identical: bool) -> list[Node]:

@@ -87,7 +87,8 @@ class CountdownTask:
         return step_legality(numbers, target, steps, self.config.rules)
 
     def step_reward(self, problem: Problem, steps: Sequence[str]) -> float:
-        """The rule's process reward of the last step: −1 illegal, +1 reaches the target."""
+        """The rule's process reward of the last step: −1 illegal or off the target at the
+        end, +1 ends on the target, else 0."""
         numbers, target = _numbers_and_target(problem)
         return step_reward(numbers, target, steps, self.config.rules)
 
