@@ -25,6 +25,7 @@ from qstar_jax.decoding.prefill import (MIN_PREFILL_BUCKET, bucket_size, check_t
                                         pack_rows, prefill)
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_sampler import EndReason, sample_step
+from qstar_jax.decoding.weights import DecoderWeights
 from qstar_jax.models.llama import LlamaModel
 
 MIN_STEP_BUCKET = 8
@@ -84,7 +85,10 @@ class Decoder:
         self.min_batch_bucket = min_batch_bucket
         self.min_prefill_bucket = min_prefill_bucket
         self.min_step_bucket = min_step_bucket
-        graphdef, self._state = nnx.split(model)
+        graphdef = nnx.graphdef(model)
+        # The layer weights are held twice (stacked in the model, per layer here): the
+        # price of a decode step that does not copy them (see DecoderWeights).
+        self._weights = DecoderWeights.of(model)
         if cache_dtype is None:
             cache_dtype = model.embed_tokens.embedding[...].dtype
         self.cache = init_cache(self.config, slots=num_slots, max_len=max_len, dtype=cache_dtype)
@@ -168,7 +172,7 @@ class Decoder:
         padded_keys = jnp.concatenate(
             [problem_keys, jnp.broadcast_to(problem_keys[:1], (batch - rows,))])
         self.cache, out = self._sample_step(
-            self._state, self.cache, self._pad(slots, batch, self.num_slots), padded_keys,
+            self._weights, self.cache, self._pad(slots, batch, self.num_slots), padded_keys,
             self._pad(node_ids, batch, 0), padded_params, self._pad(caps, batch, 0),
             self._newline_table, self._eos_ids, cap_bucket)
         out = jax.device_get(out)
@@ -210,7 +214,7 @@ class Decoder:
         length = min(bucket_size(int(num_tokens.max()), minimum=self.min_prefill_bucket),
                      self.max_len)
         self.cache = self._prefill(
-            self._state, self.cache, pack_rows(token_lists, batch=batch, length=length),
+            self._weights, self.cache, pack_rows(token_lists, batch=batch, length=length),
             self._pad(num_tokens, batch, 0), self._pad(starts, batch, 0),
             self._pad(slots, batch, self.num_slots))
         self._lengths[slots] = starts + num_tokens

@@ -14,6 +14,7 @@ import numpy as np
 from flax import nnx
 
 from qstar_jax.decoding.kv_cache import KVCache
+from qstar_jax.decoding.weights import DecoderWeights
 
 MIN_PREFILL_BUCKET = 16
 
@@ -48,19 +49,22 @@ def pack_rows(token_lists: Sequence[Sequence[int]], *, batch: int, length: int) 
     return packed
 
 
-def prefill(graphdef: nnx.GraphDef, state: nnx.State, cache: KVCache, tokens: jax.Array,
-            num_tokens: jax.Array, starts: jax.Array, slots: jax.Array) -> KVCache:
+def prefill(graphdef: nnx.GraphDef, weights: DecoderWeights, cache: KVCache,
+            tokens: jax.Array, num_tokens: jax.Array, starts: jax.Array,
+            slots: jax.Array) -> KVCache:
     """Write ``tokens[b, :num_tokens[b]]`` into slot ``slots[b]`` from position ``starts[b]``.
 
     tokens: [B, T] int32; num_tokens, starts, slots: [B] int32. A slot of ``S`` marks a
     padding row. Sets each slot's length to ``starts + num_tokens`` and its last_hidden to
-    the hidden state of its last written token. Pure: jit it with the cache donated.
+    the hidden state of its last written token. weights: the model's, as the decoder
+    holds them. Pure: jit it with the cache donated.
     """
-    model = nnx.merge(graphdef, state)
+    model = nnx.merge(graphdef, weights.model)
     num_slots, max_len = cache.num_slots, cache.max_len
     steps = jnp.arange(tokens.shape[1])
     positions = jnp.where(steps[None, :] < num_tokens[:, None], starts[:, None] + steps, max_len)
-    hidden, k, v = model(tokens, positions, jnp.minimum(slots, num_slots - 1), cache.k, cache.v)
+    hidden, k, v = model(tokens, positions, jnp.minimum(slots, num_slots - 1), cache.k, cache.v,
+                         layers=weights.layers)
     last = jnp.take_along_axis(hidden, jnp.maximum(num_tokens - 1, 0)[:, None, None], axis=1)
     return KVCache(k=k, v=v,
                    lengths=cache.lengths.at[slots].set(starts + num_tokens, mode="drop"),

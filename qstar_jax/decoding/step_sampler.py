@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from qstar_jax.decoding.kv_cache import KVCache
+from qstar_jax.decoding.weights import DecoderWeights
 from qstar_jax.decoding.sampling import SamplingParams, sample
 
 
@@ -48,10 +49,10 @@ class StepOutput:
     hidden: jax.Array
 
 
-def sample_step(graphdef: nnx.GraphDef, state: nnx.State, cache: KVCache, slots: jax.Array,
-                problem_keys: jax.Array, node_ids: jax.Array, params: SamplingParams,
-                caps: jax.Array, newline_table: jax.Array, eos_ids: jax.Array,
-                max_tokens: int) -> tuple[KVCache, StepOutput]:
+def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights, cache: KVCache,
+                slots: jax.Array, problem_keys: jax.Array, node_ids: jax.Array,
+                params: SamplingParams, caps: jax.Array, newline_table: jax.Array,
+                eos_ids: jax.Array, max_tokens: int) -> tuple[KVCache, StepOutput]:
     """Sample one step for each row.
 
     slots: [B] int32 (``S`` marks a padding row); problem_keys: [B] typed PRNG keys;
@@ -61,7 +62,7 @@ def sample_step(graphdef: nnx.GraphDef, state: nnx.State, cache: KVCache, slots:
     <= max_tokens; newline_table: [V] bool, True for tokens containing a newline;
     eos_ids: [n] int32; max_tokens: C, static. Pure: jit it with the cache donated.
     """
-    model = nnx.merge(graphdef, state)
+    model = nnx.merge(graphdef, weights.model)
     node_keys = jax.vmap(jax.random.fold_in)(problem_keys, node_ids)
     num_slots, max_len = cache.num_slots, cache.max_len
     batch = slots.shape[0]
@@ -82,7 +83,7 @@ def sample_step(graphdef: nnx.GraphDef, state: nnx.State, cache: KVCache, slots:
         tokens, logprobs = sample(logits, keys, params)
         feed_positions = jnp.where(done, max_len, positions)
         hidden, k, v = model(tokens[:, None], feed_positions[:, None], model_slots,
-                             carry["k"], carry["v"])
+                             carry["k"], carry["v"], layers=weights.layers)
         write_at = jnp.where(done, max_tokens, num)  # out of range: dropped
         positions = jnp.where(done, positions, positions + 1)
         num = jnp.where(done, num, num + 1)

@@ -13,6 +13,8 @@ with depth.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -90,6 +92,8 @@ class Attention(nnx.Module):
         b, t = positions.shape
         groups = self.num_heads // self.num_kv_heads
         q = q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)
+        if t == 1:
+            return self._attend_one_token(q, keys, values, positions, key_pos)
         scores = jnp.einsum("btkgd,bkmd->bkgtm", q, keys,
                             preferred_element_type=jnp.float32) * self.head_dim ** -0.5
         visible = key_pos[:, None, :] <= positions[:, :, None]  # [B, T, M]
@@ -98,6 +102,26 @@ class Attention(nnx.Module):
         scores = jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
         return jnp.einsum("bkgtm,bkmd->btkgd", probs, values)
+
+    def _attend_one_token(self, q, keys, values, positions, key_pos):
+        """The decode step (T = 1) as multiply-and-reduce: q [B, 1, K, G, D] -> [B, 1, H, D].
+
+        For one query per row the einsums above lower to B·K tiny matrix products, which
+        XLA's CPU backend runs at a fraction of the bandwidth of a fused elementwise
+        product summed over D (``experiments/decode_step_breakdown.py``: a batch-32
+        SmolLM2 token drops from 123 to 110 ms). The arithmetic is the same, in float32
+        whatever the cache dtype.
+        """
+        f32 = jnp.float32
+        scores = (q[:, 0, :, :, None, :].astype(f32)
+                  * keys[:, :, None].astype(f32)).sum(-1) * self.head_dim ** -0.5  # [B,K,G,M]
+        visible = key_pos <= positions  # [B, M]
+        if self.window is not None:
+            visible &= key_pos > positions - self.window
+        scores = jnp.where(visible[:, None, None], scores, jnp.finfo(f32).min)
+        probs = jax.nn.softmax(scores, axis=-1)
+        out = (probs[..., None] * values[:, :, None].astype(f32)).sum(-2)  # [B, K, G, D]
+        return out.astype(values.dtype)[:, None]
 
 
 class MLP(nnx.Module):
@@ -146,14 +170,26 @@ class LlamaModel(nnx.Module):
                         else _linear(cfg.hidden_size, cfg.vocab_size, False, dtype, rngs))
         self.inv_freq = nnx.Variable(jnp.asarray(cfg.rope_inv_freq()))
 
-    def __call__(self, tokens, positions, slots, cache_k, cache_v):
+    def __call__(self, tokens, positions, slots, cache_k, cache_v, *,
+                 layers: Sequence[nnx.State] | None = None):
         """tokens, positions: [B, T] int32; slots: [B] int32; cache_k/v: [L, S, K, M, D].
+
+        ``layers``: the layer weights one state per layer (``unstack_layers``), run in a
+        Python loop instead of scanned over the stacked weights. A scan slices every
+        layer's weights out of the stacked arrays, which XLA's CPU backend does by copying
+        them: at batch 1 that costs more than the matrix products
+        (``experiments/decode_step_breakdown.py``). The decoder passes them.
 
         Returns (hidden [B, T, E] after the final norm, cache_k, cache_v).
         """
         x = self.embed_tokens(tokens)
         layer_def, layer_state = nnx.split(self.layers)
         inv_freq = self.inv_freq[...]
+        if layers is not None:
+            for index, state in enumerate(layers):
+                x, cache_k, cache_v = nnx.merge(layer_def, state)(
+                    x, positions, slots, cache_k, cache_v, index, inv_freq)
+            return self.norm(x), cache_k, cache_v
 
         def one_layer(carry, per_layer):
             x, cache_k, cache_v = carry
@@ -186,3 +222,10 @@ class LlamaModel(nnx.Module):
         if self.lm_head is None:
             return self.embed_tokens.attend(hidden).astype(jnp.float32)
         return self.lm_head(hidden).astype(jnp.float32)
+
+
+def unstack_layers(model: LlamaModel) -> list[nnx.State]:
+    """A copy of the model's stacked layer weights as one state per layer (``layers=`` of
+    ``LlamaModel.__call__``)."""
+    _, stacked = nnx.split(model.layers)
+    return [jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(model.config.num_layers)]
