@@ -1,7 +1,10 @@
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from qstar_jax.decoding.prefill import bucket_size
+from qstar_jax.models.llama import unstack_layers
+from tests.decoding.tiny_models import RANDOM_MAX_LEN
 
 PROMPTS = [[3, 14, 15, 9, 26], [5, 35, 8, 9, 7, 9, 32, 3, 8, 4, 6], [2, 7, 1]]
 
@@ -43,3 +46,22 @@ def test_extend_equals_prefilling_the_concatenation(random_decoder, full_forward
     for slot, tokens in zip(slots, [PROMPTS[0] + PROMPTS[1], PROMPTS[2] + PROMPTS[0]]):
         hidden, _ = full_forward(tokens)
         np.testing.assert_allclose(_last_hidden(random_decoder, slot), hidden[-1], atol=1e-5)
+
+
+@pytest.mark.parametrize("tokens_per_row", [1, 5])  # the one-query attention path, and T > 1
+def test_per_layer_weights_compute_what_the_scanned_stack_computes(random_model, tokens_per_row):
+    """The decoder's loop over per-layer weights (``unstack_layers``) against the stacked
+    layers under ``lax.scan``: same hidden states, same cache writes."""
+    config = random_model.config
+    rng = np.random.default_rng(0)
+    # Two rows into slots 2 and 0 of a 3-slot cache already holding 6 random positions.
+    cache = [jnp.asarray(rng.standard_normal((config.num_layers, 3, config.num_kv_heads,
+                                              RANDOM_MAX_LEN, config.head_dim)), jnp.float32)
+             for _ in range(2)]
+    tokens = jnp.asarray(rng.integers(0, config.vocab_size, (2, tokens_per_row)), jnp.int32)
+    positions = 6 + jnp.broadcast_to(jnp.arange(tokens_per_row, dtype=jnp.int32), tokens.shape)
+    slots = jnp.array([2, 0], jnp.int32)
+    scanned = random_model(tokens, positions, slots, *cache)
+    looped = random_model(tokens, positions, slots, *cache, layers=unstack_layers(random_model))
+    for ours, reference in zip(looped, scanned):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(reference), atol=1e-5, rtol=1e-5)
