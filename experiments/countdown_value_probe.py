@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
     head = QHeadConfig(hidden_size=pt.hidden_size,
                        mlp_widths=(pt.hidden_size,) * config.q_train.hidden_layers)
     model = BackboneQ(model_config, head, rngs=nnx.Rngs(config.seed))
-    training = TrainConfig(learning_rate=config.q_train.learning_rate, warmup_steps=100,
+    training = TrainConfig(learning_rate=config.q_train.learning_rate,
+                           warmup_steps=min(100, args.steps // 10),
                            max_steps=args.steps, batch_size=128,
                            heldout_fraction=config.q_train.holdout_fraction, eval_every=250,
                            patience=config.q_train.patience, seed=config.seed)

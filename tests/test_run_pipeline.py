@@ -158,3 +158,26 @@ def test_label_quality_experiment_reads_labels_against_the_exact_value(finished_
                 row["exact_positive"] * row["label_recall"], abs=0.002)
         auc = row["exact_trained_auc_vs_exact"]  # None when a step's held-out rows are one class
         assert auc is None or 0.0 <= auc <= 1.0
+
+
+def test_value_probe_trains_on_exactly_labelled_legal_states(capsys):
+    script = runpy.run_path(str(Path(__file__).parents[1] / "experiments/countdown_value_probe.py"))
+    from qstar_jax.config import load_config
+    from qstar_jax.stages.context import RunContext
+    from qstar_jax.tasks.base import STEP_SEPARATOR
+
+    ctx = RunContext(config=load_config(None, TINY), out=Path("unused"))
+    texts, values, steps = script["random_states"](ctx, 40, seed=0)
+    problems = ctx.problems("train", ctx.config.policy_training.train_problems)
+    by_prompt = dict(zip(ctx.prompts(problems), problems))
+    for text, value, step_count in zip(texts, values, steps):
+        prompt = next(p for p in by_prompt if text.startswith(p))
+        lines = text[len(prompt):].split(STEP_SEPARATOR)[:-1]
+        assert len(lines) == step_count
+        assert all(ctx.task.step_legality(by_prompt[prompt], lines))
+        assert value == float(ctx.task.can_still_succeed(by_prompt[prompt], lines))
+    assert set(steps) == {1, 2} and 0 < values.mean() < 1
+
+    result = script["main"](["--states", "200", "--steps", "20", *TINY])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+    assert sum(row["states"] for row in result["steps"]) == 200
