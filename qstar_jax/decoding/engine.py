@@ -62,14 +62,17 @@ class Decoder:
     model config's). cache_dtype: k/v storage dtype (default: the model's parameter dtype).
     Row counts are padded to powers of two of at least ``min_batch_bucket``, prompt lengths
     to at least ``min_prefill_bucket`` and step caps to at least ``min_step_bucket``: larger
-    minimums mean fewer compiled variants.
+    minimums mean fewer compiled variants. per_layer_weights: also hold the layer weights
+    as one array per layer, so a decode step reads them without copying them out of the
+    stacked arrays; it doubles their memory (default: on CPU only, see DecoderWeights).
     """
 
     def __init__(self, model: LlamaModel, *, num_slots: int, max_len: int,
                  newline_table: np.ndarray, eos_ids: Sequence[int] | None = None,
                  cache_dtype=None, min_batch_bucket: int = 1,
                  min_prefill_bucket: int = MIN_PREFILL_BUCKET,
-                 min_step_bucket: int = MIN_STEP_BUCKET):
+                 min_step_bucket: int = MIN_STEP_BUCKET,
+                 per_layer_weights: bool | None = None):
         self.config = model.config
         vocab = self.config.vocab_size
         newline_table = np.asarray(newline_table)
@@ -86,9 +89,7 @@ class Decoder:
         self.min_prefill_bucket = min_prefill_bucket
         self.min_step_bucket = min_step_bucket
         graphdef = nnx.graphdef(model)
-        # The layer weights are held twice (stacked in the model, per layer here): the
-        # price of a decode step that does not copy them (see DecoderWeights).
-        self._weights = DecoderWeights.of(model)
+        self._weights = DecoderWeights.of(model, per_layer=per_layer_weights)
         if cache_dtype is None:
             cache_dtype = model.embed_tokens.embedding[...].dtype
         self.cache = init_cache(self.config, slots=num_slots, max_len=max_len, dtype=cache_dtype)

@@ -1,6 +1,7 @@
 import jax
 import numpy as np
 
+from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_sampler import EndReason
 from tests.decoding.tiny_models import COUNTING_MAX_LEN
@@ -123,3 +124,20 @@ def test_no_retrace_when_only_data_changes(random_decoder):
                SamplingParams.make(3, temperature=[0.0, 2.0, 0.5], top_k=[0, 1, 5]))
     assert warm["prefill"] >= 1 and warm["sample_step"] >= 1
     assert dict(random_decoder.trace_counts) == warm
+
+
+def test_scanned_layers_sample_what_per_layer_weights_sample(random_decoder, random_model):
+    """A decoder that scans the stacked layers (the default off CPU) samples the same steps
+    as the per-layer default on CPU."""
+    scanning = Decoder(random_model, num_slots=4, max_len=random_decoder.max_len,
+                       newline_table=np.zeros(random_model.config.vocab_size, bool), eos_ids=[],
+                       per_layer_weights=False)
+    steps = []
+    for decoder in (random_decoder, scanning):
+        slots = decoder.allocate(3)
+        decoder.prefill(slots, PROMPTS)
+        steps.append(decoder.sample_steps(slots, problem_keys=_keys(0, 1, 2), node_ids=[0, 1, 2],
+                                          params=SamplingParams.make(3, **SAMPLED),
+                                          max_tokens=9))
+    np.testing.assert_array_equal(steps[0].tokens, steps[1].tokens)
+    np.testing.assert_allclose(steps[0].hidden, steps[1].hidden, atol=1e-5)
