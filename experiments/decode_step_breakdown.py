@@ -7,9 +7,11 @@ work they do:
 - prefill: the 64-token prompt of every row written into its slot;
 - per new token in the step sampler (from two runs that differ only in the token count,
   so the prefill cancels);
-- one forward pass of the decoder stack for one token per row, with the KV cache (slot
-  gather, scatter and attention over the slot; cache donated, as the sampler does) and
-  without it (each row attends only to itself), and the LM head on its own;
+- one forward pass of the decoder stack for one token per row, scanned over the stacked
+  layer weights (the sampler on CPU loops over per-layer copies instead, see
+  ``DecoderWeights``), with the KV cache (slot gather, scatter and attention over the
+  slot; cache donated, as the sampler does) and without it (each row attends only to
+  itself), and the LM head on its own;
 - the same cached forward with the layers unrolled in Python over one cache array per
   layer instead of scanned over the stacked cache: what that layout would buy.
 
