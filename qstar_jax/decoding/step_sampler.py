@@ -20,8 +20,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from qstar_jax.decoding.kv_cache import KVCache
-from qstar_jax.decoding.weights import DecoderWeights
 from qstar_jax.decoding.sampling import SamplingParams, sample
+from qstar_jax.decoding.weights import DecoderWeights
 
 
 class EndReason(enum.IntEnum):

@@ -178,7 +178,7 @@ class LlamaModel(nnx.Module):
         Python loop instead of scanned over the stacked weights. A scan slices every
         layer's weights out of the stacked arrays, which XLA's CPU backend does by copying
         them: at batch 1 that costs more than the matrix products
-        (``experiments/decode_step_breakdown.py``). The decoder passes them.
+        (``experiments/decode_step_breakdown.py``). The decoder passes them on CPU.
 
         Returns (hidden [B, T, E] after the final norm, cache_k, cache_v).
         """
