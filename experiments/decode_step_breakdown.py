@@ -104,8 +104,8 @@ def main() -> None:
         return model.norm(x), new_k, new_v
 
     unrolled_jit = jax.jit(unrolled, donate_argnums=(2, 3))
-    layer_kv = [[jnp.zeros_like(decoder.cache.k[0]) for _ in range(cfg.num_layers)]
-                for _ in range(2)]
+    layer_kv = [[jnp.zeros_like(stacked[0]) for _ in range(cfg.num_layers)]
+                for stacked in (decoder.cache.k, decoder.cache.v)]
 
     def run_unrolled():
         hidden, layer_kv[0], layer_kv[1] = unrolled_jit(state, per_layer, *layer_kv)

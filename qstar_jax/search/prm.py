@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from qstar_jax.decoding.kv_cache import init_cache
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.search.interface import QItem
 
@@ -72,11 +73,11 @@ class ShepherdPRM:
 def _good_probability(graphdef, good_token_id, bad_token_id, state, tokens, positions, last):
     """tokens, positions: [B, T]; last: [B] index of each row's tag -> P(good) [B]."""
     model = nnx.merge(graphdef, state)
-    cfg = model.config
     batch, length = tokens.shape
-    cache = jnp.zeros((cfg.num_layers, batch, cfg.num_kv_heads, length, cfg.head_dim),
-                      model.embed_tokens.embedding[...].dtype)
-    hidden, _, _ = model(tokens, positions, jnp.arange(batch, dtype=jnp.int32), cache, cache)
+    cache = init_cache(model.config, slots=batch, max_len=length,
+                       dtype=model.embed_tokens.embedding[...].dtype)
+    hidden, _, _ = model(tokens, positions, jnp.arange(batch, dtype=jnp.int32), cache.k,
+                         cache.v)
     at_tag = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]  # [B, E]
     logits = model.logits(at_tag)
     pair = jnp.stack([logits[:, good_token_id], logits[:, bad_token_id]], axis=-1)

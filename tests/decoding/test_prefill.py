@@ -2,6 +2,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from qstar_jax.decoding.kv_cache import init_cache
 from qstar_jax.decoding.prefill import bucket_size
 from qstar_jax.models.llama import unstack_layers
 from tests.decoding.tiny_models import RANDOM_MAX_LEN
@@ -55,9 +56,8 @@ def test_per_layer_weights_compute_what_the_scanned_stack_computes(random_model,
     config = random_model.config
     rng = np.random.default_rng(0)
     # Two rows into slots 2 and 0 of a 3-slot cache already holding 6 random positions.
-    cache = [jnp.asarray(rng.standard_normal((config.num_layers, 3, config.num_kv_heads,
-                                              RANDOM_MAX_LEN, config.head_dim)), jnp.float32)
-             for _ in range(2)]
+    empty = init_cache(config, slots=3, max_len=RANDOM_MAX_LEN)
+    cache = [jnp.asarray(rng.standard_normal(x.shape), jnp.float32) for x in (empty.k, empty.v)]
     tokens = jnp.asarray(rng.integers(0, config.vocab_size, (2, tokens_per_row)), jnp.int32)
     positions = 6 + jnp.broadcast_to(jnp.arange(tokens_per_row, dtype=jnp.int32), tokens.shape)
     slots = jnp.array([2, 0], jnp.int32)

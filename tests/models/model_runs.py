@@ -12,15 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from qstar_jax.decoding.kv_cache import init_cache
 from qstar_jax.models import LlamaModel
 
 
 def empty_cache(model: LlamaModel, *, slots: int, max_len: int):
-    """Zeroed (cache_k, cache_v), each [L, slots, K, max_len, D] in the model's dtype."""
-    cfg = model.config
-    shape = (cfg.num_layers, slots, cfg.num_kv_heads, max_len, cfg.head_dim)
-    dtype = model.embed_tokens.embedding.get_value().dtype
-    return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
+    """Zeroed (cache_k, cache_v) in the model's dtype (``init_cache``'s layout)."""
+    cache = init_cache(model.config, slots=slots, max_len=max_len,
+                       dtype=model.embed_tokens.embedding.get_value().dtype)
+    return cache.k, cache.v
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from qstar_jax.decoding.kv_cache import init_cache
 from qstar_jax.models.char_tokenizer import build_char_tokenizer
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.llama import LlamaModel
@@ -17,9 +18,9 @@ def test_cache_free_forward_equals_cached_forward(window):
                       sliding_windows=(window, window))
     model = LlamaModel(cfg, rngs=nnx.Rngs(0))
     tokens = jax.random.randint(jax.random.key(1), (2, 9), 0, 50)
-    cache = jnp.zeros((2, 2, 2, 9, 8))
+    cache = init_cache(cfg, slots=2, max_len=9)
     positions = jnp.broadcast_to(jnp.arange(9), (2, 9))
-    cached, _, _ = model(tokens, positions, jnp.arange(2), cache, cache)
+    cached, _, _ = model(tokens, positions, jnp.arange(2), cache.k, cache.v)
     np.testing.assert_allclose(model.forward_sequence(tokens), cached, atol=1e-5)
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from qstar_jax.decoding.kv_cache import init_cache
 from qstar_jax.qvalue.backbone import (BackboneQ, BackboneQModel, pad_token_batch,
                                        backbone_update_mask)
 from qstar_jax.qvalue.head import QHeadConfig
@@ -29,10 +30,9 @@ def test_scores_read_the_last_real_token_whatever_the_padding(model):
     @jax.jit
     def unpadded_value(tokens):
         length = tokens.shape[1]
-        cache = jnp.zeros((BACKBONE.num_layers, 1, BACKBONE.num_kv_heads, length,
-                           BACKBONE.head_dim))
+        cache = init_cache(BACKBONE, slots=1, max_len=length)
         hidden, _, _ = model.backbone(tokens, jnp.arange(length)[None], jnp.zeros(1, jnp.int32),
-                                      cache, cache)
+                                      cache.k, cache.v)
         return model.head.values(hidden[:, -1])[0]
 
     alone = [float(unpadded_value(jnp.asarray([ids], jnp.int32))) for ids in sequences]

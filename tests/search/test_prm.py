@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from qstar_jax.decoding.kv_cache import init_cache
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.search.interface import QItem
@@ -32,9 +33,9 @@ def direct_good_probability(model, text):
     def tag_logits(state, tokens):
         row_model = nnx.merge(graphdef, state)
         length = tokens.shape[1]
-        cache = jnp.zeros((CONFIG.num_layers, 1, CONFIG.num_kv_heads, length, CONFIG.head_dim))
+        cache = init_cache(CONFIG, slots=1, max_len=length)
         hidden, _, _ = row_model(tokens, jnp.arange(length)[None], jnp.zeros(1, jnp.int32),
-                                 cache, cache)
+                                 cache.k, cache.v)
         return row_model.logits(hidden[0, -1])
 
     logits = np.asarray(tag_logits(state, jnp.asarray([encode(text)], jnp.int32)), np.float64)
