@@ -3,10 +3,6 @@
 Shapes: L layers, S slots, K kv heads, M = max cache length, D head_dim, E hidden size,
 N forks.
 
-Keys are stored transposed, [.., D, M], values as [.., M, D]: a decode step's scores then
-sum over D with M the contiguous axis, and its output sums over M with D contiguous,
-which XLA:CPU vectorises far better than either over the other layout.
-
 A slot holds one token sequence (a search node's question and steps so far). Entries
 at positions >= ``lengths[slot]`` are stale and never read: a query only attends to
 positions <= its own, and every such position has been written first. So freeing a slot
@@ -32,7 +28,7 @@ from qstar_jax.models.config import ModelConfig
                    data_fields=["k", "v", "lengths", "last_hidden"], meta_fields=[])
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class KVCache:
-    """k: [L, S, K, D, M]; v: [L, S, K, M, D]; lengths: [S] int32 tokens written per slot;
+    """k, v: [L, S, K, M, D]; lengths: [S] int32 tokens written per slot;
     last_hidden: [S, E] float32, the final-norm hidden state of the last token fed to
     each slot (its next-token logits are ``model.logits(last_hidden)``)."""
 
@@ -47,7 +43,7 @@ class KVCache:
 
     @property
     def max_len(self) -> int:
-        return self.v.shape[3]
+        return self.k.shape[3]
 
 
 def init_cache(cfg: ModelConfig, *, slots: int, max_len: int, dtype=jnp.float32) -> KVCache:
@@ -56,8 +52,7 @@ def init_cache(cfg: ModelConfig, *, slots: int, max_len: int, dtype=jnp.float32)
     if slots < 1 or max_len < 1:
         raise ValueError(f"a cache needs slots >= 1 and max_len >= 1, got {slots=} {max_len=}")
     shape = (cfg.num_layers, slots, cfg.num_kv_heads, max_len, cfg.head_dim)
-    key_shape = shape[:3] + (cfg.head_dim, max_len)
-    return KVCache(k=jnp.zeros(key_shape, dtype), v=jnp.zeros(shape, dtype),
+    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
                    lengths=jnp.zeros((slots,), jnp.int32),
                    last_hidden=jnp.zeros((slots, cfg.hidden_size), jnp.float32))
 

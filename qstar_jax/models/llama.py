@@ -4,9 +4,7 @@ Shapes: B rows, T new tokens per row, S cache slots, M = max cache length, L lay
 H query heads, K kv heads, D head_dim, E hidden size, V vocab.
 
 A forward call writes the new tokens' keys and values into the cache at
-``cache_k[layer, slot[b], :, :, position[b, t]]`` (keys are stored transposed,
-[L, S, K, D, M]) and ``cache_v[layer, slot[b], :, position[b, t]]`` ([L, S, K, M, D]), and
-lets every query attend to the entries of
+``cache[layer, slot[b], :, position[b, t]]`` and lets every query attend to the entries of
 its slot at positions ``<= position`` (and inside the sliding window). Rows with a
 position of ``M`` or more are padding: their writes are dropped, their outputs ignored.
 The layers are stacked and run under ``jax.lax.scan`` so compile time does not grow
@@ -63,8 +61,7 @@ class Attention(nnx.Module):
         self.window = cfg.uniform_sliding_window
 
     def __call__(self, x, positions, slots, cache_k, cache_v, layer, inv_freq):
-        """x: [B, T, E]; cache_k: [L, S, K, D, M]; cache_v: [L, S, K, M, D]; layer: this
-        layer's index.
+        """x: [B, T, E]; cache_k/v: [L, S, K, M, D]; layer: this layer's index.
 
         Returns (out, cache_k, cache_v). The cache travels whole so XLA updates it in place.
         With ``cache_k is None`` the rows attend only to their own T tokens (training).
@@ -76,31 +73,27 @@ class Attention(nnx.Module):
         q = rotate_half_rope(q, positions, inv_freq)
         k = rotate_half_rope(k, positions, inv_freq)
         if cache_k is None:
-            keys, values = k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)  # [B,K,D,T], [B,K,T,D]
+            keys, values = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, D]
             key_pos = positions  # [B, T]
         else:
             row_slots = jnp.broadcast_to(slots[:, None], positions.shape)
-            # Advanced indices [B, T] around slices put the result dims first: [B, T, K, D].
-            cache_k = cache_k.at[layer, row_slots, :, :, positions].set(
-                k.astype(cache_k.dtype), mode="drop")
+            # Advanced indices [B, T] around a slice put the result dims first: [B, T, K, D].
+            cache_k = cache_k.at[layer, row_slots, :, positions].set(k.astype(cache_k.dtype),
+                                                                     mode="drop")
             cache_v = cache_v.at[layer, row_slots, :, positions].set(v.astype(cache_v.dtype),
                                                                      mode="drop")
-            keys, values = cache_k[layer, slots], cache_v[layer, slots]  # [B,K,D,M], [B,K,M,D]
-            key_pos = jnp.arange(cache_v.shape[3])[None, :]  # [1, M]
+            keys, values = cache_k[layer, slots], cache_v[layer, slots]  # [B, K, M, D]
+            key_pos = jnp.arange(cache_k.shape[3])[None, :]  # [1, M]
         out = self._attend(q, keys, values, positions, key_pos)
         return self.o_proj(out.reshape(b, t, -1)), cache_k, cache_v
 
     def _attend(self, q, keys, values, positions, key_pos):
-        """q: [B, T, H, D]; keys: [B, K, D, M]; values: [B, K, M, D]; key_pos: [B or 1, M]
-        -> [B, T, H, D]."""
+        """q: [B, T, H, D]; keys/values: [B, K, M, D]; key_pos: [B or 1, M] -> [B, T, H, D]."""
         b, t = positions.shape
         groups = self.num_heads // self.num_kv_heads
         q = q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)
         if t == 1:
             return self._attend_one_token(q, keys, values, positions, key_pos)
-        # Keys back to [B, K, M, D], kept apart from the dot by the barrier: XLA:CPU has no
-        # bfloat16 dot to float32 with the [D, M] operand that folding the transpose gives.
-        keys = jax.lax.optimization_barrier(keys.swapaxes(-1, -2))
         scores = jnp.einsum("btkgd,bkmd->bkgtm", q, keys,
                             preferred_element_type=jnp.float32) * self.head_dim ** -0.5
         visible = key_pos[:, None, :] <= positions[:, :, None]  # [B, T, M]
@@ -120,8 +113,8 @@ class Attention(nnx.Module):
         whatever the cache dtype.
         """
         f32 = jnp.float32
-        scores = (q[:, 0, :, :, :, None].astype(f32)
-                  * keys[:, :, None].astype(f32)).sum(-2) * self.head_dim ** -0.5  # [B,K,G,M]
+        scores = (q[:, 0, :, :, None, :].astype(f32)
+                  * keys[:, :, None].astype(f32)).sum(-1) * self.head_dim ** -0.5  # [B,K,G,M]
         visible = key_pos <= positions  # [B, M]
         if self.window is not None:
             visible &= key_pos > positions - self.window
@@ -179,8 +172,7 @@ class LlamaModel(nnx.Module):
 
     def __call__(self, tokens, positions, slots, cache_k, cache_v, *,
                  layers: Sequence[nnx.State] | None = None):
-        """tokens, positions: [B, T] int32; slots: [B] int32; cache_k: [L, S, K, D, M];
-        cache_v: [L, S, K, M, D] (``init_cache`` makes them).
+        """tokens, positions: [B, T] int32; slots: [B] int32; cache_k/v: [L, S, K, M, D].
 
         ``layers``: the layer weights one state per layer (``unstack_layers``), run in a
         Python loop instead of scanned over the stacked weights. A scan slices every

@@ -20,8 +20,7 @@ def _random_cache(slots=4, max_len=8) -> KVCache:
 
 def test_init_cache_shapes_and_dtypes():
     cache = init_cache(tiny_config(16), slots=3, max_len=10, dtype=jnp.bfloat16)
-    assert cache.k.shape == (2, 3, 2, 8, 10)  # keys transposed: [L, S, K, D, M]
-    assert cache.v.shape == (2, 3, 2, 10, 8)
+    assert cache.k.shape == cache.v.shape == (2, 3, 2, 10, 8)
     assert cache.k.dtype == jnp.bfloat16
     assert cache.lengths.shape == (3,) and cache.lengths.dtype == jnp.int32
     assert cache.last_hidden.shape == (3, 32) and cache.last_hidden.dtype == jnp.float32
