@@ -30,11 +30,11 @@ from flax import nnx
 
 from qstar_jax.config import load_config
 from qstar_jax.models.char_tokenizer import build_char_tokenizer
-from qstar_jax.models.config import ModelConfig
 from qstar_jax.qvalue.backbone import BackboneQ, BackboneQModel, pad_token_batch
 from qstar_jax.qvalue.head import QHeadConfig
 from qstar_jax.qvalue.train import TrainConfig, roc_auc, split_indices, train_q_model
 from qstar_jax.stages.context import RunContext
+from qstar_jax.stages.train_policy import policy_model_config
 from qstar_jax.tasks.base import STEP_SEPARATOR
 from qstar_jax.tasks.countdown import COUNTDOWN_ALPHABET
 
@@ -74,17 +74,9 @@ def main(argv: list[str] | None = None) -> dict:
     texts, values, step_numbers = random_states(ctx, args.states, config.seed)
     tokenizer = build_char_tokenizer(COUNTDOWN_ALPHABET)
     token_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    pt = config.policy_training
-    model_config = ModelConfig(
-        model_type="llama", vocab_size=len(tokenizer), hidden_size=pt.hidden_size,
-        intermediate_size=pt.intermediate_size, num_layers=pt.num_layers,
-        num_heads=pt.num_heads, num_kv_heads=pt.num_kv_heads,
-        head_dim=pt.hidden_size // pt.num_heads, tie_word_embeddings=True,
-        max_position_embeddings=config.decode.max_len,
-        bos_token_id=tokenizer.bos_token_id, eos_token_ids=(tokenizer.eos_token_id,))
-    head = QHeadConfig(hidden_size=pt.hidden_size,
-                       mlp_widths=(pt.hidden_size,) * config.q_train.hidden_layers)
-    model = BackboneQ(model_config, head, rngs=nnx.Rngs(config.seed))
+    width = config.policy_training.hidden_size
+    head = QHeadConfig(hidden_size=width, mlp_widths=(width,) * config.q_train.hidden_layers)
+    model = BackboneQ(policy_model_config(ctx, tokenizer), head, rngs=nnx.Rngs(config.seed))
     training = TrainConfig(learning_rate=config.q_train.learning_rate,
                            warmup_steps=min(100, args.steps // 10),
                            max_steps=args.steps, batch_size=128,

@@ -183,13 +183,14 @@ class LlamaModel(nnx.Module):
         Returns (hidden [B, T, E] after the final norm, cache_k, cache_v).
         """
         x = self.embed_tokens(tokens)
-        layer_def, layer_state = nnx.split(self.layers)
         inv_freq = self.inv_freq[...]
         if layers is not None:
+            layer_def = nnx.graphdef(self.layers)
             for index, state in enumerate(layers):
                 x, cache_k, cache_v = nnx.merge(layer_def, state)(
                     x, positions, slots, cache_k, cache_v, index, inv_freq)
             return self.norm(x), cache_k, cache_v
+        layer_def, layer_state = nnx.split(self.layers)
 
         def one_layer(carry, per_layer):
             x, cache_k, cache_v = carry

@@ -18,6 +18,18 @@ from qstar_jax.tasks.base import STEP_SEPARATOR
 from qstar_jax.tasks.countdown import COUNTDOWN_ALPHABET
 
 
+def policy_model_config(ctx: RunContext, tokenizer) -> ModelConfig:
+    """The from-scratch policy's architecture (``policy_training``) over ``tokenizer``."""
+    pt = ctx.config.policy_training
+    return ModelConfig(
+        model_type="llama", vocab_size=len(tokenizer), hidden_size=pt.hidden_size,
+        intermediate_size=pt.intermediate_size, num_layers=pt.num_layers,
+        num_heads=pt.num_heads, num_kv_heads=pt.num_kv_heads,
+        head_dim=pt.hidden_size // pt.num_heads, tie_word_embeddings=True,
+        max_position_embeddings=ctx.config.decode.max_len,
+        bos_token_id=tokenizer.bos_token_id, eos_token_ids=(tokenizer.eos_token_id,))
+
+
 def train_policy(ctx: RunContext) -> None:
     target = ctx.out / "policy"
     if (target / "config.json").exists() or ctx.config.policy.source != "scratch":
@@ -32,14 +44,7 @@ def train_policy(ctx: RunContext) -> None:
     trace_ids = tokenizer(traces, add_special_tokens=False)["input_ids"]
     examples = [(p, t + [tokenizer.eos_token_id]) for p, t in zip(prompt_ids, trace_ids)]
     tokens, mask = pack_examples(examples, tokenizer.pad_token_id)
-    config = ModelConfig(
-        model_type="llama", vocab_size=len(tokenizer), hidden_size=pt.hidden_size,
-        intermediate_size=pt.intermediate_size, num_layers=pt.num_layers,
-        num_heads=pt.num_heads, num_kv_heads=pt.num_kv_heads,
-        head_dim=pt.hidden_size // pt.num_heads, tie_word_embeddings=True,
-        max_position_embeddings=ctx.config.decode.max_len,
-        bos_token_id=tokenizer.bos_token_id, eos_token_ids=(tokenizer.eos_token_id,))
-    model = LlamaModel(config, rngs=nnx.Rngs(ctx.config.seed))
+    model = LlamaModel(policy_model_config(ctx, tokenizer), rngs=nnx.Rngs(ctx.config.seed))
     train_causal_lm(model, tokens, mask, LMTrainingConfig(
         steps=pt.steps, batch_size=pt.batch_size, learning_rate=pt.learning_rate,
         warmup_steps=pt.warmup_steps, seed=ctx.config.seed))
