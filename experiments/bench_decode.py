@@ -17,10 +17,17 @@ against the memory roofline: a decode step must read every weight and each row's
 cache once, so at the measured copy bandwidth of the device no decoder can beat
 batch / ((weight bytes + KV bytes) / bandwidth) tokens per second.
 
+Where many rows share a step, the matrix products rather than memory set the limit, so
+it also times the products alone: every weight product of the generation (prompt and
+new tokens), each shape run by XLA as a separate operation. Where they take the time (a
+real model, not the tiny test one), a decoder built on XLA's products cannot beat
+batch x 64 tokens over their sum: the "matmul cap", and its ratio to transformers the
+"ratio cap".
+
 Prints a table and as its last line JSON: {"batch": [...], "jax_tok_s": [...],
 "hf_tok_s": [...], "ratio": [...], "decode_tok_s": [...], "roofline_tok_s": [...],
-"bandwidth_gb_s": ..., "device": ...} (ratio = ours / HF; the HF lists are null without
-the transformers side).
+"matmul_cap_tok_s": [...], "bandwidth_gb_s": ..., "device": ...} (ratio = ours / HF; the
+HF lists are null without the transformers side).
 """
 
 from __future__ import annotations
@@ -111,6 +118,55 @@ def roofline_tok_s(batch: int, weight_bytes: int, kv_bytes_per_token: int,
     return batch * bandwidth / step_bytes
 
 
+def layer_product_shapes(cfg) -> list[tuple[int, int]]:
+    """(inputs, outputs) of each weight matrix product one decoder layer applies to a token."""
+    e, f, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    q, kv = cfg.num_heads * d, cfg.num_kv_heads * d
+    return [(e, q), (e, kv), (e, kv), (q, e), (e, f), (e, f), (f, e)]
+
+
+def product_seconds(rows: int, shape: tuple[int, int], copies: int, dtype,
+                    reps: int = 3) -> float:
+    """Seconds XLA takes for one [rows, n_in] x [n_in, n_out] product, on ``copies``
+    distinct weights (they stream from memory as in a forward pass): one jitted call with
+    ``2 * copies`` products less one with ``copies``, so the call's dispatch cancels; each
+    call the fastest of ``reps``."""
+    import jax
+    import jax.numpy as jnp
+    n_in, n_out = shape
+    keys = jax.random.split(jax.random.key(0), 2 * copies + 1)
+    x = jax.random.normal(keys[0], (rows, n_in), dtype)
+    weights = [jax.random.normal(key, shape, dtype) for key in keys[1:]]
+    products = jax.jit(lambda x, weights: [x @ w for w in weights])
+
+    def fastest(weights):
+        jax.block_until_ready(products(x, weights))  # warm-up: compilation
+        seconds = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            jax.block_until_ready(products(x, weights))
+            seconds.append(time.perf_counter() - start)
+        return min(seconds)
+
+    return max(fastest(weights) - fastest(weights[:copies]), 1e-9) / copies
+
+
+def matmul_cap_tok_s(cfg, batch: int, dtype) -> float:
+    """The most tokens/s a decoder built on XLA's matrix products can give here: the
+    generation's weight products alone (every layer on the prompt's batch x 64 rows, then
+    every layer and the LM head on the batch's rows per new token), each shape timed as
+    XLA runs it, with nothing else (no attention, no cache, no sampling)."""
+    layers = cfg.num_layers
+
+    def layer_pass(rows):
+        return layers * sum(product_seconds(rows, shape, layers, dtype)
+                            for shape in layer_product_shapes(cfg))
+
+    head = product_seconds(batch, (cfg.hidden_size, cfg.vocab_size), 1, dtype)
+    total = layer_pass(batch * PROMPT_TOKENS) + NEW_TOKENS * (layer_pass(batch) + head)
+    return batch * NEW_TOKENS / total
+
+
 def transformers_generate(gguf_path, dtype: str, threads: int, prompt: list[int], pad_id: int):
     """``generate`` of the same GGUF in transformers: batch -> new token ids [batch, 64]."""
     import torch
@@ -190,9 +246,9 @@ def main() -> None:
     bandwidth = copy_bandwidth()
     print(f"{weight_bytes / 1e6:.0f} MB of weights, {kv_bytes_per_token / 1e3:.1f} kB of KV cache "
           f"per token, {bandwidth / 1e9:.1f} GB/s measured copy bandwidth")
-    jax_tok_s, hf_tok_s, decode_tok_s, roofline = [], [], [], []
+    jax_tok_s, hf_tok_s, decode_tok_s, roofline, matmul_cap = [], [], [], [], []
     print(f"{'batch':>5} {'ours tok/s':>11} {'decode tok/s':>13} {'roofline':>9} {'of it':>6} "
-          f"{'HF tok/s':>9} {'ratio':>6}")
+          f"{'matmul cap':>11} {'HF tok/s':>9} {'ratio':>6} {'ratio cap':>10}")
     for batch in args.batches:
         tokens = batch * NEW_TOKENS
         prefill_s.clear()
@@ -200,11 +256,14 @@ def main() -> None:
         jax_tok_s.append(tokens / total)
         decode_tok_s.append(tokens / (total - statistics.median(prefill_s[1:])))
         roofline.append(roofline_tok_s(batch, weight_bytes, kv_bytes_per_token, bandwidth))
+        matmul_cap.append(matmul_cap_tok_s(cfg, batch, dtype))
         if theirs is not None:
             hf_tok_s.append(tokens / median_seconds(lambda: theirs(batch), args.reps))
-        hf = f"{hf_tok_s[-1]:>9.1f} {jax_tok_s[-1] / hf_tok_s[-1]:>6.2f}" if hf_tok_s else ""
+        hf = (f"{hf_tok_s[-1]:>9.1f} {jax_tok_s[-1] / hf_tok_s[-1]:>6.2f} "
+              f"{matmul_cap[-1] / hf_tok_s[-1]:>10.2f}" if hf_tok_s else "")
         print(f"{batch:>5} {jax_tok_s[-1]:>11.1f} {decode_tok_s[-1]:>13.1f} {roofline[-1]:>9.0f} "
-              f"{decode_tok_s[-1] / roofline[-1]:>6.0%} {hf}", flush=True)
+              f"{decode_tok_s[-1] / roofline[-1]:>6.0%} {matmul_cap[-1]:>11.0f} {hf}",
+              flush=True)
 
     def rounded(values):
         return [round(x, 1) for x in values] if values else None
@@ -213,6 +272,7 @@ def main() -> None:
         "batch": args.batches, "jax_tok_s": rounded(jax_tok_s), "hf_tok_s": rounded(hf_tok_s),
         "ratio": [round(a / b, 3) for a, b in zip(jax_tok_s, hf_tok_s)] if hf_tok_s else None,
         "decode_tok_s": rounded(decode_tok_s), "roofline_tok_s": rounded(roofline),
+        "matmul_cap_tok_s": rounded(matmul_cap),
         "bandwidth_gb_s": round(bandwidth / 1e9, 1), "device": device}))
 
 

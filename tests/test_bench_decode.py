@@ -14,9 +14,9 @@ def test_random_weight_benchmark_reports_decode_rate_against_the_roofline(monkey
     runpy.run_path(str(SCRIPT), run_name="__main__")
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert figures["batch"] == [1, 2] and figures["hf_tok_s"] is None
-    for whole, decode, roof in zip(figures["jax_tok_s"], figures["decode_tok_s"],
-                                   figures["roofline_tok_s"]):
+    for whole, decode, roof, cap in zip(figures["jax_tok_s"], figures["decode_tok_s"],
+                                        figures["roofline_tok_s"], figures["matmul_cap_tok_s"]):
         assert 0 < whole < decode  # the whole generation also prefills the prompt
-        assert roof > 0
+        assert roof > 0 and cap > 0
     # Two rows read the weights once per step, as one does: the roofline nearly doubles.
     assert 1.5 < figures["roofline_tok_s"][1] / figures["roofline_tok_s"][0] <= 2
