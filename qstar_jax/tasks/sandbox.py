@@ -116,6 +116,8 @@ def _run_in_sandbox(program: str, setup: str, checks: list[Check], *, timeout_s:
         "program": program, "setup": setup, "checks": [c.child_job() for c in checks],
         "limits": _limits(timeout_s, memory_mb, bwrap is not None, identity),
         "identity": None if identity is None else identity.as_job(),
+        # Bubblewrap has its own; as root, limits alone can still leave the network.
+        "new_network": bwrap is None and identity is not None,
         "value_limit": _VALUE_LIMIT,
     }).encode()
     stdin = len(job).to_bytes(4, "big") + job + nonce.encode("ascii")

@@ -5,7 +5,8 @@ A test such as ``assert remove_odd([1, 2, 3]) == [2]`` is split: the child evalu
 parent reads it back with ``ast.literal_eval``, checks the types, and compares it with
 ``[2]``, which never enters the sandbox. A program therefore passes only by computing the
 right value: an object whose ``__eq__`` always returns True is not plain data, and
-patching builtins or ``AssertionError`` changes nothing the parent looks at.
+patching builtins, ``AssertionError`` or the child's channel to its supervisor changes
+nothing the parent looks at.
 
 Decided in the parent (any operand may be a literal, kept in the parent, or an
 expression, evaluated in the child):
@@ -13,9 +14,13 @@ expression, evaluated in the child):
     ``is not`` against ``None``, ``True`` or ``False``;
   * ``math.isclose(a, b, rel_tol=..., abs_tol=...)`` with literal tolerances;
   * ``not X``, ``X and Y`` of the above, and the truth of any other expression's value.
-Anything else (several statements, ``is`` between objects, a test that is not an assert)
-runs as a plain statement in the child, which reports only whether it raised; a program
-that rebinds a name such a test uses can fool it (builtins are restored before each test).
+A test of several statements runs them in order in the child, which evaluates the
+expressions of each top-level assert of these forms where the assert stands (``r =
+f(1)`` then ``assert r == 2``: the child returns ``r``, the parent compares it with 2).
+What is left (``is`` between objects, an assert inside a loop, a test with no assert)
+the child runs as plain statements and reports only whether they raised: a program can
+fake that report (it shares the child's process), so only the parent's comparisons
+prove a value right. Builtins are restored before each test.
 """
 
 from __future__ import annotations
@@ -84,18 +89,31 @@ Condition = Union[Comparison, IsClose, Truth, Negation, Conjunction]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class ChildStep:
+    """Statements the child runs, or (``statement`` None) expressions it evaluates."""
+
+    statement: str | None = None
+    expressions: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Check:
-    """One test. ``condition`` is None when the child runs ``test`` as a statement."""
+    """One test: the steps the child takes in order, and the parent's condition on the
+    values of every expression they evaluate (None when no step evaluates any: the child
+    runs the whole test as statements and the parent learns only whether it raised)."""
 
     test: str
     condition: Condition | None
-    child_expressions: tuple[str, ...] = ()
+    steps: tuple[ChildStep, ...]
+
+    @property
+    def child_expressions(self) -> tuple[str, ...]:
+        return tuple(e for step in self.steps if step.statement is None for e in step.expressions)
 
     def child_job(self) -> dict[str, Any]:
-        """What the child is told: expressions to evaluate, or a statement to run."""
-        if self.condition is None:
-            return {"statement": self.test}
-        return {"exprs": list(self.child_expressions)}
+        """What the child is told; expected values stay out of it."""
+        return {"steps": [{"statement": step.statement} if step.statement is not None
+                          else {"exprs": list(step.expressions)} for step in self.steps]}
 
 
 def parse_check(test: str, number: int) -> Check:
@@ -108,13 +126,28 @@ def parse_check(test: str, number: int) -> Check:
     except SyntaxError as error:
         raise ValueError(f"test {number} is not valid Python ({error.msg}): {test!r}; "
                          "fix the dataset record") from None
-    if len(module.body) == 1 and isinstance(module.body[0], ast.Assert):
-        builder = _ConditionBuilder(test)
-        condition = builder.condition(module.body[0].test)
-        if condition is not None:
-            return Check(test=test, condition=condition,
-                         child_expressions=tuple(builder.expressions))
-    return Check(test=test, condition=None)
+    builder = _ConditionBuilder(test)
+    steps: list[ChildStep] = []
+    statements: list[ast.stmt] = []
+    conditions: list[Condition] = []
+    for node in module.body:
+        first = len(builder.expressions)
+        condition = builder.condition(node.test) if isinstance(node, ast.Assert) else None
+        if condition is None:
+            del builder.expressions[first:]  # an undecidable part may have added some
+            statements.append(node)
+            continue
+        if statements:
+            steps.append(ChildStep(statement=ast.unparse(ast.Module(statements, []))))
+            statements = []
+        steps.append(ChildStep(expressions=tuple(builder.expressions[first:])))
+        conditions.append(condition)
+    if not conditions:
+        return Check(test=test, condition=None, steps=(ChildStep(statement=test),))
+    if statements:
+        steps.append(ChildStep(statement=ast.unparse(ast.Module(statements, []))))
+    condition = conditions[0] if len(conditions) == 1 else Conjunction(parts=tuple(conditions))
+    return Check(test=test, condition=condition, steps=tuple(steps))
 
 
 def check_failure(check: Check, literals: list[str]) -> str | None:

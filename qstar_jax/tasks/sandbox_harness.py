@@ -15,7 +15,7 @@ against expected values that never enter the sandbox.
 Worker -> supervisor messages (4-byte big-endian length + JSON), one for the program (and
 setup), then one per check, in order::
 
-    {"ok": true}                                  program/setup ran; a statement check passed
+    {"ok": true}                                  program/setup ran; a check of statements only ran
     {"values": ["<literal>", ...]}                the check's expressions, as Python literals
     {"error": "<text>", "kind": "exception" | "memory" | "not_plain"}
 
@@ -49,6 +49,7 @@ _ERROR_TEXT_LIMIT = 4000
 _PLAIN_DEPTH_LIMIT = 64
 _ERROR_KINDS = ("exception", "memory", "not_plain")
 
+_CLONE_NEWNET = 0x40000000
 _PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
 _PR_SET_KEEPCAPS = 8
@@ -76,6 +77,8 @@ def main(argv: list[str]) -> None:
     job = json.loads(_read_exact(0, length))
     libc = ctypes.CDLL(None, use_errno=True)
     _apply_limits(job["limits"])
+    if job["new_network"]:
+        _leave_the_network(libc)
     if job["identity"] is not None:
         _drop_privileges(libc, **job["identity"])
     _prctl(libc, _PR_SET_NO_NEW_PRIVS, 1)
@@ -113,6 +116,13 @@ def _apply_limits(limits: dict[str, int]) -> None:
     # SIGXCPU at the soft limit, SIGKILL a second later: a backstop for the wall clock.
     cpu = limits["cpu_seconds"]
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+
+
+def _leave_the_network(libc: ctypes.CDLL) -> None:
+    """A network namespace of our own, holding only a loopback that is down: no route to
+    anything. Needs CAP_SYS_ADMIN (root outside a container that withholds it); without
+    it the network stays reachable, the gap ``sandbox_isolation`` documents for limits."""
+    libc.unshare(_CLONE_NEWNET)
 
 
 def _drop_privileges(libc: ctypes.CDLL, *, uid: int, gid: int, keep_read_search: bool) -> None:
@@ -241,17 +251,34 @@ def _run_worker(job: dict, channel: socket.socket) -> None:
     send(outcome)
     if outcome == {"ok": True}:
         for index, check in enumerate(job["checks"]):
-            filename = f"<test {index + 1}>"
-            if "statement" in check:
-                outcome = _execute(check["statement"], filename, namespace)
-            else:
-                outcome = _evaluate(check["exprs"], filename, namespace)
+            outcome = _run_check(check["steps"], f"<test {index + 1}>", namespace)
             restore_builtins()
             if "values" in outcome:
-                outcome = _encoded(outcome["values"], check["exprs"], job["value_limit"])
+                outcome = _encoded(outcome["values"], outcome["exprs"], job["value_limit"])
             send(outcome)
             restore_builtins()
     os._exit(0)
+
+
+def _run_check(steps: list[dict], filename: str, namespace: dict) -> dict:
+    """Run a test's steps in order: ``{"ok": True}`` when they are all statements,
+    ``{"values": [objects], "exprs": [...]}`` of every evaluated expression otherwise, or
+    the first error."""
+    values, expressions = [], []
+    for step in steps:
+        if "statement" in step:
+            outcome = _execute(step["statement"], filename, namespace)
+        else:
+            outcome = _evaluate(step["exprs"], filename, namespace)
+            if "values" in outcome:
+                values += outcome["values"]
+                expressions += step["exprs"]
+                continue
+        if "error" in outcome:
+            return outcome
+    if all("statement" in step for step in steps):
+        return {"ok": True}
+    return {"values": values, "exprs": expressions}
 
 
 def _builtins_restorer():

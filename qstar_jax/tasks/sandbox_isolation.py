@@ -13,8 +13,10 @@ RLIMIT_NPROC does not bind root, so this is what contains a fork bomb, and becau
 is unused by anything else, "every process and file of that uid" is exactly what the run
 left behind, which ``kill_processes_of`` and ``remove_files_of`` clear.
 
-Gaps of ``limits`` (documented, not fixable without namespaces): the network is reachable;
-as root, when the interpreter is installed where strangers cannot read it (pyenv under
+Gaps of ``limits`` (documented, not fixable without namespaces): the network is reachable
+unless the caller is root with CAP_SYS_ADMIN (the harness then moves the program into a
+network namespace of its own, as bubblewrap does; a container may withhold that); as
+root, when the interpreter is installed where strangers cannot read it (pyenv under
 ``/root``), the sandbox user keeps CAP_DAC_READ_SEARCH and so can read any file; files
 written below other users' world-writable directories (``/tmp/.X11-unix/...``) stay.
 Without root as well, the program runs as the caller: it can signal the caller's other
@@ -97,7 +99,8 @@ def probe_bubblewrap(executable: str, as_root: bool) -> BubblewrapProbe:
     probe = _try_bubblewrap(executable, as_root)
     if not probe.works:
         warnings.warn(f"code sandbox: bubblewrap unusable ({probe.reason}); falling back to "
-                      "resource limits alone (no network, filesystem or pid isolation)",
+                      "resource limits alone (no filesystem or pid isolation, and the "
+                      "network stays reachable unless this runs as root)",
                       RuntimeWarning, stacklevel=2)
     return probe
 

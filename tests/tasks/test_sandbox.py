@@ -12,6 +12,7 @@ import os
 import secrets
 import signal
 import socket
+import subprocess
 import sys
 import textwrap
 import warnings
@@ -44,6 +45,12 @@ WRONG_REMOVE_ODD = "def remove_odd(l):\n    return l\n"
 
 @pytest.fixture(params=ISOLATIONS)
 def isolation(request: pytest.FixtureRequest) -> str:
+    if (request.param == "limits" and os.geteuid() != 0
+            and request.node.get_closest_marker("hostile")):
+        # sandbox_isolation's documented gaps: without root, limits alone run the program
+        # as the caller, so this program could kill the caller's processes (pytest and
+        # the shell running it) or leave daemons behind.
+        pytest.skip("a hostile program under limits alone needs root to be contained")
     return request.param
 
 
@@ -132,8 +139,15 @@ def test_setup_code_and_test_imports_run_before_the_tests() -> None:
     assert without.status == "failed" and "NameError: name 'math' is not defined" in without.detail
 
 
-def test_statement_tests_run_in_the_child() -> None:
+def test_tests_of_several_statements_are_judged_on_their_values() -> None:
     tests = ["result = remove_odd([1, 2, 3, 4])\nassert result == [2, 4]"]
+    assert _run(REMOVE_ODD, tests).status == "passed"
+    failed = _run(WRONG_REMOVE_ODD, tests)
+    assert failed.status == "failed" and "result returned [1, 2, 3, 4]" in failed.detail
+
+
+def test_statement_tests_run_in_the_child() -> None:
+    tests = ["for n in [1, 2]:\n    assert remove_odd([n]) == [n] * (n % 2 == 0)"]
     assert _run(REMOVE_ODD, tests).status == "passed"
     failed = _run(WRONG_REMOVE_ODD, tests)
     assert failed.status == "failed" and "AssertionError" in failed.detail
@@ -222,7 +236,7 @@ def test_always_equal_and_patched_builtins_fail(program: str, isolation: str) ->
 def test_tests_run_with_the_builtins_restored() -> None:
     program = "import builtins\nbuiltins.sorted = lambda *a, **k: []\n" + WRONG_REMOVE_ODD
     result = _run(program, ["x = remove_odd([1])\nassert sorted(x) == []"])
-    assert result.status == "failed" and "AssertionError" in result.detail
+    assert result.status == "failed" and "sorted(x) returned [1]" in result.detail
 
 
 def test_printed_pass_markers_and_forged_report_lines_do_not_pass(isolation: str) -> None:
@@ -237,6 +251,31 @@ def test_printed_pass_markers_and_forged_report_lines_do_not_pass(isolation: str
     result = _run(program, isolation=isolation)
     assert (result.passed, result.status) == (False, "error")
     assert result.detail.startswith("the program's process exited with status 0")
+
+
+@pytest.mark.parametrize("forged", ['{"ok": True}', '{"values": ["[]"]}'])
+def test_forged_worker_messages_do_not_pass(forged: str, isolation: str) -> None:
+    # The program shares the worker's process, so it can write well-formed messages down
+    # the worker's channel: "loaded", then a verdict for the test. A test whose assert the
+    # parent judges still fails: its expected value never entered the sandbox.
+    program = textwrap.dedent(f"""\
+        import json, os, socket, struct
+        def frame(message):
+            body = json.dumps(message).encode()
+            return struct.pack(">I", len(body)) + body
+        for fd in range(3, 64):
+            try:
+                channel = socket.socket(fileno=os.dup(fd))
+            except OSError:
+                continue
+            if channel.type == socket.SOCK_STREAM:
+                channel.sendall(frame({{"ok": True}}) + frame({forged}))
+        os._exit(0)
+        """)
+    tests = ["result = remove_odd([1, 2, 3, 4])\nassert result == [2, 4]"]
+    result = _run(program, tests, isolation=isolation)
+    assert (result.passed, result.status) == (False, "failed")
+    assert result.detail.startswith("test 1 failed")
 
 
 def test_nonce_and_report_pipe_are_out_of_reach(isolation: str) -> None:
@@ -287,6 +326,7 @@ def test_nonce_and_report_pipe_are_out_of_reach(isolation: str) -> None:
     assert "nonce-shaped strings in memory: 0\nsupervisor files reachable: 0\n" in result.detail
 
 
+@pytest.mark.hostile
 def test_killing_the_supervisor_is_killed_not_passed(isolation: str, marker: str) -> None:
     program = (_daemon(marker) + "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n"
                + REMOVE_ODD)
@@ -295,12 +335,14 @@ def test_killing_the_supervisor_is_killed_not_passed(isolation: str, marker: str
     assert result.detail.startswith("the sandbox supervisor was killed by SIGKILL")
 
 
+@pytest.mark.hostile
 def test_killing_every_process_it_can_is_killed_not_passed(isolation: str) -> None:
     program = "import os, signal\nos.kill(-1, signal.SIGKILL)\n" + REMOVE_ODD
     result = _run(program, isolation=isolation)
     assert (result.passed, result.status) == (False, "killed")
 
 
+@pytest.mark.hostile
 def test_stopping_the_supervisor_times_out(isolation: str, marker: str) -> None:
     program = (_daemon(marker) + "import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)\n"
                + REMOVE_ODD)
@@ -310,6 +352,7 @@ def test_stopping_the_supervisor_times_out(isolation: str, marker: str) -> None:
 
 # ---------------------------------------------------------------- containment
 
+@pytest.mark.hostile
 def test_infinite_loop_ignoring_signals_times_out(isolation: str, marker: str) -> None:
     program = _daemon(marker) + textwrap.dedent("""\
         import signal
@@ -336,6 +379,7 @@ def test_memory_bomb_inside_a_test_is_memory_exceeded() -> None:
     assert (result.status, result.detail.splitlines()[1]) == ("memory_exceeded", "MemoryError")
 
 
+@pytest.mark.hostile
 def test_fork_bomb_is_capped_and_cleaned_up(isolation: str, marker: str) -> None:
     # Every child becomes a marked sleeper; the parent forks until refused, then spins.
     program = textwrap.dedent(f"""\
@@ -359,6 +403,7 @@ def test_fork_bomb_is_capped_and_cleaned_up(isolation: str, marker: str) -> None
     assert refused_after <= 32
 
 
+@pytest.mark.hostile
 def test_output_flood_is_capped(isolation: str, marker: str) -> None:
     program = _daemon(marker) + "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n"
     result = _run(program, isolation=isolation, timeout_s=HOSTILE_TIMEOUT_S)
@@ -367,11 +412,13 @@ def test_output_flood_is_capped(isolation: str, marker: str) -> None:
     assert result.detail.endswith("x" * 4096)
 
 
+@pytest.mark.hostile
 def test_daemonized_grandchild_does_not_survive(isolation: str, marker: str) -> None:
     result = _run(_daemon(marker) + REMOVE_ODD, isolation=isolation)
     assert result.status == "passed"  # and the marker fixture finds no survivor
 
 
+@pytest.mark.hostile
 def test_writes_outside_scratch_leave_no_trace(isolation: str) -> None:
     name = f"qstar-escape-{secrets.token_hex(8)}"
     repository = Path(__file__).resolve().parents[2]
@@ -411,22 +458,42 @@ def test_scratch_is_writable_and_removed_even_when_locked() -> None:
     assert not Path(result.detail.split("scratch: ")[1].split()[0]).exists()
 
 
-@pytest.mark.skipif(not BUBBLEWRAP_WORKS, reason="bubblewrap unusable here")
-def test_bubblewrap_has_no_network_and_hides_the_repository() -> None:
+# Limits alone leave the network only as root with CAP_SYS_ADMIN (a container may
+# withhold it): the sandbox's own probe is the same call the harness makes.
+LIMITS_LEAVE_THE_NETWORK = os.geteuid() == 0 and subprocess.run(
+    [sys.executable, "-c", "import ctypes, sys; sys.exit(ctypes.CDLL(None).unshare(0x40000000))"],
+    check=False).returncode == 0
+
+
+def test_no_network(isolation: str) -> None:
+    if isolation == "limits" and not LIMITS_LEAVE_THE_NETWORK:
+        pytest.skip("limits alone keep the network without root and CAP_SYS_ADMIN")
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     listener.setblocking(False)
-    port = listener.getsockname()[1]
-    repository = Path(__file__).resolve().parents[2]
     program = textwrap.dedent(f"""\
-        import os, socket
+        import socket
         def can_connect():
             try:
-                socket.create_connection(("127.0.0.1", {port}), timeout=0.5).close()
+                socket.create_connection(("127.0.0.1", {listener.getsockname()[1]}),
+                                         timeout=0.5).close()
                 return True
             except OSError:
                 return False
+        """)
+    with listener:
+        result = _run(program, ["assert can_connect() is False"], isolation=isolation)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody connected
+    assert result.status == "passed", result.detail
+
+
+@pytest.mark.skipif(not BUBBLEWRAP_WORKS, reason="bubblewrap unusable here")
+def test_bubblewrap_hides_the_repository_and_the_system_is_read_only() -> None:
+    repository = Path(__file__).resolve().parents[2]
+    program = textwrap.dedent("""\
+        import os
         def visible(path):
             return os.path.exists(path)
         def can_write(path):
@@ -436,14 +503,10 @@ def test_bubblewrap_has_no_network_and_hides_the_repository() -> None:
             except OSError:
                 return False
         """)
-    tests = ["assert can_connect() is False",
-             f"assert visible({str(repository / 'tests')!r}) is False",
+    tests = [f"assert visible({str(repository / 'tests')!r}) is False",
              "assert can_write('/usr/escape') is False",
              "assert os.getuid() != 0"]
-    with listener:
-        result = _run(program, tests, isolation="bubblewrap")
-        with pytest.raises(BlockingIOError):
-            listener.accept()  # nobody connected
+    result = _run(program, tests, isolation="bubblewrap")
     assert result.status == "passed", result.detail
 
 

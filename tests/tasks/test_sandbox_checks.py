@@ -21,8 +21,8 @@ SPLITS = [
     ("assert f(1) is g(1)", None),
     ("assert math.isclose(f(1), 2, tol=3)", None),
     ("assert f(1) == 2 or g(2) == 3", ["f(1) == 2 or g(2) == 3"]),
-    ("x = f(1)\nassert x == 2", None),
     ("print(f(1))", None),
+    ("for x in [1, 2]:\n    assert f(x) == x", None),
 ]
 
 
@@ -30,9 +30,35 @@ SPLITS = [
 def test_split_between_child_and_parent(test: str, child: list[str] | None) -> None:
     check = parse_check(test, 1)
     if child is None:
-        assert check.condition is None and check.child_job() == {"statement": test}
+        assert check.condition is None
+        assert check.child_job() == {"steps": [{"statement": test}]}
     else:
-        assert check.child_job() == {"exprs": child}
+        assert check.child_job() == {"steps": [{"exprs": child}]}
+
+
+# Tests of several statements: the child runs the statements and evaluates each top-level
+# assert's expressions where it stands; undecidable asserts stay statements.
+STEPS = [
+    ("x = f(1)\nassert x == 2", [{"statement": "x = f(1)"}, {"exprs": ["x"]}]),
+    ("r = f(1)\nassert r == 2\nr = f(2)\nassert r > 3 and g(r)",
+     [{"statement": "r = f(1)"}, {"exprs": ["r"]}, {"statement": "r = f(2)"},
+      {"exprs": ["r", "g(r)"]}]),
+    ("import math\nassert f(1) is g(1)\nassert f(1) == 2 and h() is f",
+     [{"statement": "import math\nassert f(1) is g(1)\nassert f(1) == 2 and h() is f"}]),
+    ("assert f(1) == 2\nprint('done')", [{"exprs": ["f(1)"]}, {"statement": "print('done')"}]),
+]
+
+
+@pytest.mark.parametrize(("test", "steps"), STEPS, ids=[s[0] for s in STEPS])
+def test_several_statements_are_judged_in_the_parent(test: str, steps: list[dict]) -> None:
+    assert parse_check(test, 1).child_job() == {"steps": steps}
+
+
+def test_each_assert_of_several_is_judged_on_its_own_values() -> None:
+    check = parse_check("r = f(1)\nassert r == 2\nr = f(2)\nassert r in (5, 6)", 1)
+    assert check_failure(check, ["2", "5"]) is None
+    assert check_failure(check, ["2", "4"]) is not None
+    assert check_failure(check, ["3", "5"]) is not None
 
 
 def test_expected_values_never_go_to_the_child() -> None:
@@ -94,7 +120,7 @@ def test_wrong_number_of_values_fails() -> None:
 
 def test_statement_checks_have_no_value_verdict() -> None:
     with pytest.raises(ValueError, match="decided by the child"):
-        check_failure(parse_check("x = f(1)\nassert x", 1), [])
+        check_failure(parse_check("for x in [1]:\n    assert f(x)", 1), [])
 
 
 def test_invalid_test_source_is_a_clear_error() -> None:
