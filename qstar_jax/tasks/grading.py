@@ -48,6 +48,7 @@ __all__ = ["SymbolicCheckConfig", "SymbolicChecker", "SymbolicWorkerError", "ext
 _CHOICE = re.compile(r"\(?([A-E])\)?")
 _ASSIGNMENT = re.compile(r"(?P<name>[A-Za-z](?:_\{?[A-Za-z0-9]+\}?|\([A-Za-z,]+\))?|\\[A-Za-z]+)"
                          r"(?:=|\\in(?![A-Za-z]))(?P<value>[^=]+)")
+_SEPARATE_NUMBERS = re.compile(r"\d \d")  # kept apart by normalize_latex
 _WORD = re.compile(r"(?<![A-Za-z\\])[A-Za-z]{3,}")
 
 
@@ -131,6 +132,8 @@ class _Comparison:
             pred_sides, ref_sides = pred.split("="), ref.split("=")
             return len(pred_sides) == len(ref_sides) == 2 and all(
                 self.equal(a, b) for a, b in zip(pred_sides, ref_sides))
+        if _SEPARATE_NUMBERS.search(pred) or _SEPARATE_NUMBERS.search(ref):
+            return False  # "18 19" is two numbers; no parser may read it as one
         pred_number, ref_number = parse_latex_number(pred), parse_latex_number(ref)
         if pred_number is not None and ref_number is not None:
             return pred_number == ref_number

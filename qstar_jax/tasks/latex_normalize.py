@@ -3,12 +3,12 @@
 ``normalize_latex`` drops what never changes a value (math delimiters, ``\\left`` and
 ``\\right``, spacing commands, ``\\displaystyle``, degree signs, percent signs, currency
 signs, units in ``\\text{}`` or after a plain number, a trailing full stop, thousands
-separators, whitespace) and spells what has several spellings one way (``\\dfrac`` and
-``\\tfrac`` as ``\\frac``, ``\\frac12`` as ``\\frac{1}{2}``, ``\\sqrt2`` as ``\\sqrt{2}``,
-``\\le`` as ``\\leq``, ``x^{2}`` as ``x^2``). It keeps bracket types: ``(1,2]`` stays a
-half-open interval. Inputs longer than ``MAX_ANSWER_CHARS`` or nested deeper than
-``MAX_NESTING`` are refused (None): they are not answers, and refusing them bounds the
-work of every later stage.
+separators, whitespace except between two digits) and spells what has several spellings
+one way (``\\dfrac`` and ``\\tfrac`` as ``\\frac``, ``\\frac12`` as ``\\frac{1}{2}``,
+``\\sqrt2`` as ``\\sqrt{2}``, ``\\le`` as ``\\leq``, ``x^{2}`` as ``x^2``, ``3 1/2`` as
+``3\\frac{1}{2}``). It keeps bracket types: ``(1,2]`` stays a half-open interval. Inputs
+longer than ``MAX_ANSWER_CHARS`` or nested deeper than ``MAX_NESTING`` are refused
+(None): they are not answers, and refusing them bounds the work of every later stage.
 """
 
 from __future__ import annotations
@@ -53,7 +53,13 @@ _NUMBER_WITH_UNIT = re.compile(rf"(?P<number>{_NUMBER})\s+(?P<first>[A-Za-z]{{2,
 _MATH_WORDS = frozenset({"pi", "sqrt", "sin", "cos", "tan", "log", "ln", "exp", "times",
                          "cdot", "over", "plus", "minus"})
 _THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-_WHITESPACE = re.compile(r"(\\[A-Za-z]+)\s+(?=[A-Za-z])|\s+")
+# "1 000 000": digits grouped by spaces, as SI writes thousands.
+_SPACED_THOUSANDS = re.compile(r"(?<![\d.])\d{1,3}(?: \d{3})+(?!\d)")
+# "3 1/2": a mixed number, read like "3\frac{1}{2}".
+_PLAIN_MIXED_NUMBER = re.compile(r"([-+]?\d+) (\d+)/(\d+)")
+# Whitespace goes, except after a command before a letter ("\pi r") and between digits:
+# "18 19" is two numbers, never 1819.
+_WHITESPACE = re.compile(r"(\\[A-Za-z]+)\s+(?=[A-Za-z])|(?<=\d)(\s+)(?=\d)|\s+")
 _SINGLE_TOKEN_SCRIPT = re.compile(r"([\^_])\{([A-Za-z0-9])\}")
 _ARGUMENT_COMMANDS = re.compile(r"\\(frac|sqrt|binom)(?![A-Za-z])")
 
@@ -76,7 +82,11 @@ def normalize_latex(text: str) -> str | None:
         text = unit_match["number"]
     if _THOUSANDS.fullmatch(text):
         text = text.replace(",", "")
-    text = _WHITESPACE.sub(lambda m: m[1] + " " if m[1] else "", text)
+    text = _SPACED_THOUSANDS.sub(lambda m: m[0].replace(" ", ""), re.sub(r"\s+", " ", text))
+    mixed = _PLAIN_MIXED_NUMBER.fullmatch(text)
+    if mixed is not None:
+        text = rf"{mixed[1]}\frac{{{mixed[2]}}}{{{mixed[3]}}}"
+    text = _WHITESPACE.sub(lambda m: m[1] + " " if m[1] else " " if m[2] else "", text)
     text = _SINGLE_TOKEN_SCRIPT.sub(r"\1\2", _brace_arguments(text))
     return _strip_outer_braces(text)
 

@@ -161,6 +161,14 @@ CASES = [
     (None, "5", False),
     ("5", None, False),
     (5, "5", False),
+    # Spaces between digits: SI thousands join, a mixed number is one, anything else is
+    # two numbers, whatever the symbolic stage would make of them.
+    ("1 000 000", "10^6", True),
+    ("3 1/2", "\\frac{7}{2}", True),
+    ("3 1/2", "\\frac{31}{2}", False),
+    ("2 3", "23", False),
+    ("2 3", "6", False),
+    ("x y", "xy", True),
 ]
 
 

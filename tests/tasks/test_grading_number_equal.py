@@ -121,6 +121,16 @@ CASES = [
     (None, "18", False),
     (18, "18", False),
     ("18", None, False),
+    # Spaces between digits: SI thousands join, a mixed number is one, anything else is
+    # two numbers.
+    ("1 000", "1000", True),
+    ("1 000 000", "1000000", True),
+    ("10 000.5", "10000.5", True),
+    ("3 1/2", "7/2", True),
+    ("-3 1/2", "-3.5", True),
+    ("3 1/2", "31/2", False),
+    ("18 19", "1819", False),
+    ("18 19", "342", False),
 ]
 
 

@@ -2,7 +2,8 @@
 
 Every case runs in one child interpreter that this test kills after ``HARD_LIMIT_S``, so
 a grader that hangs (even inside C code holding the GIL) fails the test instead of
-stalling the suite. Graders must answer False; extractors their exact answer.
+stalling the suite. Graders must answer False, each within ``CASE_LIMIT_S``; extractors
+their exact answer.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from pathlib import Path
 import pytest
 
 HARD_LIMIT_S = 120
+CASE_LIMIT_S = 10  # "within seconds", with room for a slow shared CI machine
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 CHILD_SCRIPT = r'''
-import json, random
+import json, random, time
 from qstar_jax.tasks.grading import (SymbolicCheckConfig, SymbolicChecker, extract_boxed,
                                      extract_final_answer, extract_gsm8k_reference,
                                      math_equal, number_equal)
@@ -60,11 +62,20 @@ number_cases = {
     "megabyte of minus signs": ("-" * 10**6 + "1", "-1"),
     "megabyte of noise": (noise, "1"),
 }
+verdicts, seconds = {}, {}
+
+
+def timed(name, grader, *args, **kwargs):
+    start = time.perf_counter()
+    verdicts[name] = grader(*args, **kwargs)
+    seconds[name] = time.perf_counter() - start
+
+
 with SymbolicChecker(SymbolicCheckConfig(timeout_s=2.0)) as checker:
-    verdicts = {f"math_equal: {name}": math_equal(*pair, symbolic=checker)
-                for name, pair in math_cases.items()}
-verdicts.update({f"number_equal: {name}": number_equal(*pair)
-                 for name, pair in number_cases.items()})
+    for name, pair in math_cases.items():
+        timed(f"math_equal: {name}", math_equal, *pair, symbolic=checker)
+for name, pair in number_cases.items():
+    timed(f"number_equal: {name}", number_equal, *pair)
 verdicts.update({
     "extract_boxed: open boxes": extract_boxed("\\boxed{" * 100000),
     "extract_boxed: open boxes, innermost closed": extract_boxed("\\boxed{" * 100000 + "5}"),
@@ -78,7 +89,7 @@ verdicts.update({
     "extract_gsm8k_reference: megabyte of spaces":
         extract_gsm8k_reference("#### " + " " * 10**6 + "72 " + " " * 10**6),
 })
-print(json.dumps(verdicts))
+print(json.dumps({"verdicts": verdicts, "seconds": seconds}))
 '''
 
 EXTRACTIONS = {
@@ -96,11 +107,23 @@ GRADER_CASES = 23 + 8
 
 
 @pytest.fixture(scope="module")
-def verdicts():
+def child_output():
     finished = subprocess.run([sys.executable, "-c", CHILD_SCRIPT], cwd=REPO_ROOT,
                               capture_output=True, text=True, timeout=HARD_LIMIT_S)
     assert finished.returncode == 0, finished.stderr[-2000:]
     return json.loads(finished.stdout)
+
+
+@pytest.fixture(scope="module")
+def verdicts(child_output):
+    return child_output["verdicts"]
+
+
+def test_every_grader_case_answers_within_seconds(child_output):
+    seconds = child_output["seconds"]
+    assert len(seconds) == GRADER_CASES
+    slow = {name: round(s, 1) for name, s in seconds.items() if s > CASE_LIMIT_S}
+    assert slow == {}
 
 
 def test_every_grader_case_returns_false(verdicts):
