@@ -102,8 +102,10 @@ class CountdownConfig:
                 "test": self.test_size}[check_split(split)]
 
 
-# The classic: four numbers from 1..13 (a card deck), make 24.
-GAME_OF_24 = CountdownConfig(num_count=4, number_range=(1, 13), target_range=(24, 24),
+# The classic: four numbers from 1..13 (a card deck), make 24, fractions allowed on the way
+# (1 5 5 5: 5 * (5 - 1/5)).
+GAME_OF_24 = CountdownConfig(rules=CountdownRules(allow_fractions=True), num_count=4,
+                             number_range=(1, 13), target_range=(24, 24),
                              test_fraction=0.2, validation_fraction=0.1, train_size=900,
                              validation_size=120, test_size=250)
 
