@@ -1,6 +1,7 @@
 """Loading records from local files, seeded subsets, malformed records, the offline error."""
 
 import http.server
+import json
 import logging
 import socket
 import threading
@@ -171,3 +172,57 @@ def test_probe_accepts_an_endpoint_that_answers(monkeypatch):
     finally:
         server.shutdown()
         server.server_close()
+
+
+# Each task on the hub: (task, hub name, configs loaded in order, a fixture in that
+# dataset's format that stands in for one config's split).
+HUB_TASKS = [
+    ("gsm8k", "openai/gsm8k", ["main"], FIXTURES / "gsm8k" / "test.jsonl"),
+    ("math", "EleutherAI/hendrycks_math",
+     ["algebra", "counting_and_probability", "geometry", "intermediate_algebra",
+      "number_theory", "prealgebra", "precalculus"], FIXTURES / "math" / "test.jsonl"),
+    ("math500", "HuggingFaceH4/MATH-500", [None], FIXTURES / "math500" / "test.jsonl"),
+    ("mbpp", "google-research-datasets/mbpp", ["full"], FIXTURES / "mbpp" / "full_test.parquet"),
+    ("mbpp_sanitized", "google-research-datasets/mbpp", ["sanitized"],
+     FIXTURES / "mbpp" / "sanitized_test.jsonl"),
+]
+
+
+@pytest.mark.parametrize(("task_name", "hub_name", "configs", "fixture"), HUB_TASKS,
+                         ids=[t[0] for t in HUB_TASKS])
+def test_without_local_files_each_task_loads_its_hub_dataset(
+        task_name, hub_name, configs, fixture, cache_dir, monkeypatch):
+    """Where the hub answers, ``datasets.load_dataset`` gets the task's hub name and every
+    config in order (MATH: all seven subjects), and their records are concatenated."""
+    import datasets
+
+    from qstar_jax.tasks import datasets as task_datasets
+    from qstar_jax.tasks.registry import make_task
+
+    builder = "parquet" if fixture.suffix == ".parquet" else "json"
+    one_config = datasets.load_dataset(builder, data_files={"test": str(fixture)}, split="test",
+                                       cache_dir=cache_dir)
+    from_file = make_task(task_name, data_files={"test": str(fixture)},
+                          cache_dir=cache_dir).load("test")
+    assert len(from_file) == len(one_config)
+    calls = []
+
+    def hub(name, config, *, split, cache_dir):
+        calls.append((name, config, split))
+        return one_config
+
+    monkeypatch.setattr(task_datasets, "hub_unreachable_reason", lambda **_: None)
+    monkeypatch.setattr(task_datasets.hf_datasets, "load_dataset", hub)
+    monkeypatch.setattr(task_datasets.hf_datasets.config, "HF_HUB_OFFLINE", False)
+    from_hub = make_task(task_name, cache_dir=cache_dir).load("test")
+    assert calls == [(hub_name, config, "test") for config in configs]
+    assert ([(p.question, p.reference) for p in from_hub]
+            == [(p.question, p.reference) for p in from_file] * len(configs))
+
+
+def test_a_json_array_file_loads_like_jsonl(cache_dir, tmp_path):
+    records = load_records(SOURCE, "test", data_files=str(GSM8K_TEST), cache_dir=cache_dir)
+    array_file = tmp_path / "test.json"
+    array_file.write_text(json.dumps(records.to_list()))
+    from_array = load_records(SOURCE, "test", data_files=str(array_file), cache_dir=cache_dir)
+    assert from_array.to_list() == records.to_list()
