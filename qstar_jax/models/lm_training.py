@@ -8,6 +8,7 @@ policy learns to continue prompts, not to write them. The model is split once in
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import jax
@@ -17,6 +18,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
+from qstar_jax.models.compile_options import training_compiler_options
 from qstar_jax.models.llama import LlamaModel
 
 
@@ -62,7 +64,7 @@ def train_causal_lm(model: LlamaModel, tokens: np.ndarray, mask: np.ndarray,
         weights = batch_mask[:, :-1]
         return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=training_compiler_options())
     def train_step(params, opt_state, batch_tokens, batch_mask):
         loss, grads = jax.value_and_grad(loss_fn)(params, batch_tokens, batch_mask)
         updates, opt_state = optimizer.update(grads, opt_state, params)

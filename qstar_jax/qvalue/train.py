@@ -22,6 +22,7 @@ import scipy.stats
 from flax import nnx
 from tqdm.auto import tqdm
 
+from qstar_jax.models.compile_options import training_compiler_options
 from qstar_jax.qvalue.checkpoint import QCheckpointer
 from qstar_jax.qvalue.head import to_value
 
@@ -174,7 +175,8 @@ def train_q_model(model: nnx.Module, inputs: Any, labels: np.ndarray, config: Tr
         chunk = jax.tree.map(lambda x: x[batch], inputs)
         return jnp.sum(loss_fn(params, rest, chunk, labels[batch]) * weights)
 
-    train_step = jax.jit(train_step, donate_argnums=(0, 1))
+    train_step = jax.jit(train_step, donate_argnums=(0, 1),
+                         compiler_options=training_compiler_options())
     heldout_loss_sum = jax.jit(heldout_loss_sum)
     inputs, device_labels = jax.tree.map(jnp.asarray, inputs), jnp.asarray(labels)
 
