@@ -170,8 +170,8 @@ class Decoder:
         padded_params = SamplingParams(
             **{f.name: np.concatenate([getattr(params, f.name), getattr(greedy_padding, f.name)])
                for f in dataclasses.fields(SamplingParams)})
-        padded_keys = jnp.concatenate(
-            [problem_keys, jnp.broadcast_to(problem_keys[:1], (batch - rows,))])
+        # One gather (padding rows repeat row 0): each eager op compiles once per row count.
+        padded_keys = problem_keys[self._pad(np.arange(rows), batch, 0)]
         self.cache, out = self._sample_step(
             self._weights, self.cache, self._pad(slots, batch, self.num_slots), padded_keys,
             self._pad(node_ids, batch, 0), padded_params, self._pad(caps, batch, 0),
