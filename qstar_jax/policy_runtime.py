@@ -76,7 +76,9 @@ class PolicyRuntime:
         rows = len(slots)
         params = SamplingParams.make(rows, temperature=np.asarray(temperatures, np.float32),
                                      top_k=self.top_k, top_p=self.top_p)
-        keys = self._keys[np.asarray(problem_indices)]
+        # Unsigned indices: JAX skips the negative-index fix-up ops, which would each
+        # compile once per distinct row count.
+        keys = self._keys[np.asarray(problem_indices, np.uint32)]
         batch = self.decoder.sample_steps(slots, problem_keys=keys, node_ids=node_ids,
                                           params=params, max_tokens=self.step_token_cap)
         steps = [self._step(batch, row) for row in range(rows)]

@@ -170,8 +170,9 @@ class Decoder:
         padded_params = SamplingParams(
             **{f.name: np.concatenate([getattr(params, f.name), getattr(greedy_padding, f.name)])
                for f in dataclasses.fields(SamplingParams)})
-        # One gather (padding rows repeat row 0): each eager op compiles once per row count.
-        padded_keys = problem_keys[self._pad(np.arange(rows), batch, 0)]
+        # One gather with unsigned indices (no negative-index fix-up ops), padding rows
+        # repeating row 0: each eager op compiles once per distinct row count.
+        padded_keys = problem_keys[self._pad(np.arange(rows), batch, 0).astype(np.uint32)]
         self.cache, out = self._sample_step(
             self._weights, self.cache, self._pad(slots, batch, self.num_slots), padded_keys,
             self._pad(node_ids, batch, 0), padded_params, self._pad(caps, batch, 0),

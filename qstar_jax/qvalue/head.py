@@ -85,6 +85,8 @@ class QHeadModel:
         if hiddens.ndim != 2 or hiddens.shape[1] != self.head_config.hidden_size:
             raise ValueError(f"score_hidden takes [N, E={self.head_config.hidden_size}] hidden "
                              f"states, got shape {hiddens.shape}")
-        rows = bucket_size(n, minimum=8)
-        padded = jnp.zeros((rows, hiddens.shape[1]), hiddens.dtype).at[:n].set(hiddens)
-        return np.asarray(self._values(self._params, padded)[:n], np.float32)
+        # Padded on the host: an eager op shaped by N would compile once per distinct N.
+        hiddens = np.asarray(hiddens)
+        padded = np.zeros((bucket_size(n, minimum=8), hiddens.shape[1]), hiddens.dtype)
+        padded[:n] = hiddens
+        return np.asarray(self._values(self._params, padded), np.float32)[:n]
