@@ -72,14 +72,25 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def median_seconds(run, reps: int) -> float:
-    run()  # warm-up: compiles, allocator growth
-    times = []
+def timings(run, reps: int) -> list[float]:
+    """Seconds of ``reps`` calls of ``run``, after one warm-up call (compilation, page
+    faults, allocator growth)."""
+    run()
+    seconds = []
     for _ in range(reps):
         start = time.perf_counter()
         run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def median_seconds(run, reps: int) -> float:
+    return statistics.median(timings(run, reps))
+
+
+def fastest_seconds(run, reps: int) -> float:
+    """The best the hardware gives, for rooflines and caps (a shared host's medians swing)."""
+    return min(timings(run, reps))
 
 
 def copy_bandwidth(nbytes: int = 1 << 29, reps: int = 10) -> float:
@@ -100,13 +111,7 @@ def copy_bandwidth(nbytes: int = 1 << 29, reps: int = 10) -> float:
 
         def copy():
             plus_one(src).block_until_ready()
-    copy()  # warm-up: page faults, compilation
-    seconds = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        copy()
-        seconds.append(time.perf_counter() - start)
-    return 2 * nbytes / min(seconds)
+    return 2 * nbytes / fastest_seconds(copy, reps)
 
 
 def roofline_tok_s(batch: int, weight_bytes: int, kv_bytes_per_token: int,
@@ -140,13 +145,7 @@ def product_seconds(rows: int, shape: tuple[int, int], copies: int, dtype,
     products = jax.jit(lambda x, weights: [x @ w for w in weights])
 
     def fastest(weights):
-        jax.block_until_ready(products(x, weights))  # warm-up: compilation
-        seconds = []
-        for _ in range(reps):
-            start = time.perf_counter()
-            jax.block_until_ready(products(x, weights))
-            seconds.append(time.perf_counter() - start)
-        return min(seconds)
+        return fastest_seconds(lambda: jax.block_until_ready(products(x, weights)), reps)
 
     return max(fastest(weights) - fastest(weights[:copies]), 1e-9) / copies
 

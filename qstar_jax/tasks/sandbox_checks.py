@@ -130,6 +130,12 @@ def parse_check(test: str, number: int) -> Check:
     steps: list[ChildStep] = []
     statements: list[ast.stmt] = []
     conditions: list[Condition] = []
+
+    def flush_statements() -> None:
+        if statements:
+            steps.append(ChildStep(statement=ast.unparse(ast.Module(statements, []))))
+            statements.clear()
+
     for node in module.body:
         first = len(builder.expressions)
         condition = builder.condition(node.test) if isinstance(node, ast.Assert) else None
@@ -137,15 +143,12 @@ def parse_check(test: str, number: int) -> Check:
             del builder.expressions[first:]  # an undecidable part may have added some
             statements.append(node)
             continue
-        if statements:
-            steps.append(ChildStep(statement=ast.unparse(ast.Module(statements, []))))
-            statements = []
+        flush_statements()
         steps.append(ChildStep(expressions=tuple(builder.expressions[first:])))
         conditions.append(condition)
     if not conditions:
         return Check(test=test, condition=None, steps=(ChildStep(statement=test),))
-    if statements:
-        steps.append(ChildStep(statement=ast.unparse(ast.Module(statements, []))))
+    flush_statements()
     condition = conditions[0] if len(conditions) == 1 else Conjunction(parts=tuple(conditions))
     return Check(test=test, condition=condition, steps=tuple(steps))
 

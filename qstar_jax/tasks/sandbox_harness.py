@@ -270,12 +270,11 @@ def _run_check(steps: list[dict], filename: str, namespace: dict) -> dict:
             outcome = _execute(step["statement"], filename, namespace)
         else:
             outcome = _evaluate(step["exprs"], filename, namespace)
-            if "values" in outcome:
-                values += outcome["values"]
-                expressions += step["exprs"]
-                continue
         if "error" in outcome:
             return outcome
+        if "values" in outcome:
+            values += outcome["values"]
+            expressions += step["exprs"]
     if all("statement" in step for step in steps):
         return {"ok": True}
     return {"values": values, "exprs": expressions}
