@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          "the policy's hidden states (q_train.backbone=policy)")
     problems = ctx.problems(ctx.config.task.train_split, ctx.config.task.train_problems)
     steps, features = load_labelled(ctx.labels_path)
-    labels = np.array([s.label > 0.5 for s in steps])
+    labels = np.array([s.label > 0 for s in steps])  # a solution found, discounted or not
     exact = np.array([ctx.task.can_still_succeed(problems[s.problem_index],
                                                  (*s.prefix_steps, s.step_text))
                       for s in steps])

@@ -67,8 +67,9 @@ class TrainResult:
     best_heldout_loss: float | None
     heldout_losses: tuple[tuple[int, float], ...]  # (step, loss) at each evaluation
     # What the best held-out loss is read against: the loss of always predicting the mean
-    # training label; and how well the final model ranks held-out positives (label > 0.5)
-    # above negatives (ROC AUC; None without a held-out split or with one class only).
+    # training label; and how well the final model orders held-out pairs by their labels
+    # (``roc_auc``: the ROC AUC for 0/1 labels; None without a held-out split or when all
+    # its labels are equal).
     constant_heldout_loss: float | None = None
     heldout_auc: float | None = None
 
@@ -200,7 +201,7 @@ def train_q_model(model: nnx.Module, inputs: Any, labels: np.ndarray, config: Tr
     def heldout_auc(params) -> float | None:
         scores = np.concatenate([np.asarray(raw_scores(params, rest, inputs, chunk))[w > 0]
                                  for chunk, w in heldout_chunks()])
-        return roc_auc(scores, labels[heldout] > 0.5)
+        return roc_auc(scores, labels[heldout])
 
     has_heldout = len(heldout) > 0
     opt_state = optimizer.init(params)
@@ -260,15 +261,35 @@ def constant_loss(train_labels: np.ndarray, heldout_labels: np.ndarray, loss: st
     return float(np.mean(np.square(heldout_labels - mean)))
 
 
-def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
-    """P(a random positive scores above a random negative), ties counting half
-    (the Mann-Whitney statistic on average ranks); None when a class is empty."""
-    n_pos = int(positive.sum())
-    n_neg = len(positive) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return None
-    ranks = scipy.stats.rankdata(scores)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """Of two items with different labels, P(the higher-labelled one scores higher), ties
+    in score counting half: the ROC AUC for 0/1 (or boolean) labels, Harrell's
+    concordance for graded ones such as discounted returns; None when every label is the
+    same. Items go in by rising label into a Fenwick tree over score ranks, each counting
+    the lower-labelled items it outscores: O(n log n)."""
+    labels = np.asarray(labels, np.float64)
+    ranks = scipy.stats.rankdata(np.asarray(scores, np.float64), method="dense").astype(np.int64)
+    tree = np.zeros(int(ranks.max(initial=0)) + 1, np.int64)
+
+    def count_at_or_below(rank: int) -> int:
+        total = 0
+        while rank > 0:
+            total, rank = total + int(tree[rank]), rank - (rank & -rank)
+        return total
+
+    won = pairs = seen = 0.0
+    for level in np.unique(labels):
+        group = ranks[labels == level]
+        for rank in group:
+            below = count_at_or_below(rank - 1)
+            won += below + 0.5 * (count_at_or_below(rank) - below)
+        pairs += len(group) * seen
+        for rank in group:
+            while rank < len(tree):
+                tree[rank] += 1
+                rank += rank & -rank
+        seen += len(group)
+    return won / pairs if pairs else None
 
 
 def _record_evaluation(state: dict, loss: float, config: TrainConfig) -> None:

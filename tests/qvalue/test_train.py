@@ -109,3 +109,15 @@ def test_roc_auc_counts_ordered_pairs_with_ties_as_half():
     assert roc_auc(np.array([3.0, 2.0, 1.0, 1.0, 0.0]), positive) == pytest.approx(4.5 / 6)
     assert roc_auc(np.array([0.0, 1.0, 0.5, 2.0, 3.0]), positive) == 0.0
     assert roc_auc(np.ones(3), np.array([True, True, True])) is None
+
+
+def test_roc_auc_of_graded_labels_is_the_share_of_label_ordered_pairs_scored_in_order():
+    labels = np.array([0.0, 0.0625, 0.25, 1.0, 0.25])  # discounted returns
+    scores = np.array([0.1, 0.3, 0.2, 0.9, 0.2])
+    # Pairs with different labels: 9. Out of order: (0.0625 scores 0.3) above both 0.25s.
+    assert roc_auc(scores, labels) == pytest.approx(7 / 9)
+    rng = np.random.default_rng(0)
+    scores, labels = rng.normal(size=300), rng.integers(0, 4, 300) / 4
+    brute = [(s_i > s_j) + 0.5 * (s_i == s_j) for s_i, l_i in zip(scores, labels)
+             for s_j, l_j in zip(scores, labels) if l_i > l_j]
+    assert roc_auc(scores, labels) == pytest.approx(np.mean(brute))
