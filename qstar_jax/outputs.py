@@ -115,23 +115,61 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def budget_match_note(summary: dict, samples: int, out_dir: Path) -> str:
-    """A line saying how many best-of-N samples would spend Q*'s generated tokens, when
-    the table compares them at unequal budgets (the fair comparison is at equal tokens);
-    "" when either is missing or best-of-N already spent as much."""
+def matched_samples(summary: dict, samples: int) -> int | None:
+    """The smallest N whose best-of-N spends at least Q*'s generated tokens per problem,
+    at the tokens per sample best-of-``samples`` spent; None when either method is
+    missing or best-of-``samples`` already spent as much as Q*."""
     methods = summary["methods"]
     if "best_of_n" not in methods or "qstar" not in methods:
-        return ""
+        return None
     per_problem = {m: methods[m]["generated_tokens"] / methods[m]["n"]
                    for m in ("best_of_n", "qstar")}
     per_sample = per_problem["best_of_n"] / samples
     if per_sample <= 0 or per_problem["best_of_n"] >= per_problem["qstar"]:
+        return None
+    return math.ceil(per_problem["qstar"] / per_sample - 1e-9)
+
+
+def paired_difference(results: Iterable[ProblemResult], first: str,
+                      second: str) -> tuple[float, float, float, int] | None:
+    """Accuracy of ``first`` minus ``second`` over the problems both were evaluated on,
+    with a 95% normal interval of the per-problem differences: (diff, lo, hi, n)."""
+    correct: dict[str, dict[str, bool]] = {first: {}, second: {}}
+    for r in results:
+        if r.method in correct:
+            correct[r.method][r.problem_id] = r.correct
+    shared = sorted(correct[first].keys() & correct[second].keys())
+    if not shared:
+        return None
+    diffs = [float(correct[first][p]) - float(correct[second][p]) for p in shared]
+    n, mean = len(diffs), sum(diffs) / len(diffs)
+    variance = sum((d - mean) ** 2 for d in diffs) / max(1, n - 1)
+    half = 1.959964 * math.sqrt(variance / n)
+    return mean, mean - half, mean + half, n
+
+
+def budget_match_note(summary: dict, results: list[ProblemResult], samples: int,
+                      out_dir: Path) -> str:
+    """Q* against best-of-N at equal generated tokens: the paired accuracy difference
+    when the run evaluated ``best_of_n_matched``, else the N that would match and the
+    command that evaluates it; "" when best-of-N already spent at least Q*'s tokens."""
+    matched = matched_samples(summary, samples)
+    if matched is None:
         return ""
-    matched = round(per_problem["qstar"] / per_sample)
-    return (f"\nQ* generated {per_problem['qstar']:.0f} tokens per problem, best-of-{samples} "
-            f"{per_problem['best_of_n']:.0f}: at equal tokens best-of-N takes N = {matched} "
-            f"(`python -m qstar_jax.run --reuse {out_dir} --out NEW_DIR "
-            f"'eval.methods=[best_of_n]' eval.samples={matched}`, with this run's overrides).\n")
+    methods = summary["methods"]
+    qstar_tokens = methods["qstar"]["generated_tokens"] / methods["qstar"]["n"]
+    if "best_of_n_matched" not in methods:
+        return (f"\nQ* generated {qstar_tokens:.0f} tokens per problem: at equal tokens "
+                f"best-of-N takes N = {matched} (`python -m qstar_jax.run --reuse {out_dir} "
+                f"--out NEW_DIR 'eval.methods=[best_of_n]' eval.samples={matched}`, with this "
+                f"run's overrides).\n")
+    entry = methods["best_of_n_matched"]
+    diff, lo, hi, n = paired_difference(results, "qstar", "best_of_n_matched")
+    return (f"\nbest_of_n_matched is best-of-{matched}, the smallest N that spends at least "
+            f"Q*'s {qstar_tokens:.0f} generated tokens per problem (it spent "
+            f"{entry['generated_tokens'] / entry['n']:.0f}). Q* minus best-of-{matched}: "
+            f"{100 * diff:+.1f} points (95% CI {100 * lo:+.1f} to {100 * hi:+.1f}, paired over "
+            f"{n} problems).\n")
 
 
 def plot_accuracy_vs_tokens(summary: dict, path: Path) -> None:
@@ -160,7 +198,8 @@ def write_reports(out_dir: Path, results: list[ProblemResult], methods: Iterable
                   best_of_n_samples: int | None = None) -> dict:
     summary = summarize(results, methods)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    note = budget_match_note(summary, best_of_n_samples, out_dir) if best_of_n_samples else ""
+    note = (budget_match_note(summary, results, best_of_n_samples, out_dir)
+            if best_of_n_samples else "")
     (out_dir / "summary.md").write_text(markdown_table(summary) + note)
     if summary["methods"]:
         plot_accuracy_vs_tokens(summary, out_dir / "accuracy_vs_tokens.png")

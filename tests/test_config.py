@@ -1,12 +1,15 @@
 import pytest
 
 from qstar_jax.config import Agg, ConfigError, RunConfig, load_config, to_yaml
+from qstar_jax.search.astar import AStarConfig
 
 
-def test_defaults_are_the_paper_search_settings():
+def test_planner_has_the_paper_defaults_and_the_countdown_run_stops_at_one_trajectory():
+    planner = AStarConfig()
+    assert (planner.num_children, planner.max_complete, planner.heuristic_weight) == (6, 6, 1.0)
     config = load_config()
     assert isinstance(config, RunConfig)
-    assert (config.search.k, config.search.n_complete, config.search.lam) == (6, 6, 1.0)
+    assert (config.search.k, config.search.n_complete, config.search.lam) == (6, 1, 1.0)
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -37,6 +40,8 @@ def test_round_trip_through_yaml(tmp_path):
     ("search.expansions_per_node=0", "search.expansions_per_node"),
     ("search.max_generated_tokens=3", "cannot finish one step"),
     ("eval.methods=[greedy,magic]", "magic"),
+    ("eval.methods=[qstar,best_of_n_matched]", "best_of_n_matched"),
+    ("eval.methods=[best_of_n_matched,best_of_n,qstar]", "best_of_n_matched"),
     ("stages=[collect,dance]", "dance"),
     ("search.utility=prm", "prm_model"),
     ("task.name=gsm8k", "countdown_rule"),

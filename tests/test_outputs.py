@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from qstar_jax.outputs import ProblemResult, ResultsLog, summarize, wilson_interval, write_reports
+from qstar_jax.outputs import (ProblemResult, ResultsLog, matched_samples, paired_difference,
+                               summarize, wilson_interval, write_reports)
 
 
 def result(method, pid, correct, tokens=10):
@@ -56,3 +57,34 @@ def test_summary_says_which_best_of_n_would_spend_qstars_tokens(tmp_path):
     assert "best-of-N takes" not in (tmp_path / "summary.md").read_text()
     write_reports(tmp_path, rows[1:], ["qstar"], best_of_n_samples=6)
     assert "best-of-N takes" not in (tmp_path / "summary.md").read_text()
+
+
+def test_matched_best_of_n_spends_at_least_qstars_tokens():
+    def summary(best_of_n_tokens, qstar_tokens):
+        return summarize([result("best_of_n", "a", False, best_of_n_tokens),
+                          result("qstar", "a", True, qstar_tokens)], ["best_of_n", "qstar"])
+    assert matched_samples(summary(60, 410), 6) == 41  # 10 tokens a sample
+    assert matched_samples(summary(60, 411), 6) == 42  # 41 samples would spend 410 < 411
+    assert matched_samples(summary(60, 60), 6) is None
+    assert matched_samples(summarize([result("qstar", "a", True)], ["qstar"]), 6) is None
+
+
+def test_paired_difference_over_shared_problems():
+    rows = [result("qstar", p, c) for p, c in zip("abcd", (True, True, False, True))]
+    rows += [result("best_of_n_matched", p, c) for p, c in zip("abce", (True, False, False, True))]
+    diff, lo, hi, n = paired_difference(rows, "qstar", "best_of_n_matched")
+    # Shared: a, b, c; differences 0, 1, 0: mean 1/3, sample sd 0.577, se 0.333.
+    assert n == 3 and diff == pytest.approx(1 / 3)
+    assert (lo, hi) == pytest.approx((1 / 3 - 1.959964 / 3, 1 / 3 + 1.959964 / 3))
+    assert paired_difference(rows, "qstar", "beam") is None
+
+
+def test_summary_reports_qstar_against_the_matched_best_of_n(tmp_path):
+    rows = [result("best_of_n", "a", False, 60), result("best_of_n", "b", False, 60),
+            result("qstar", "a", True, 400), result("qstar", "b", True, 420),
+            result("best_of_n_matched", "a", True, 410), result("best_of_n_matched", "b", False, 430)]
+    write_reports(tmp_path, rows, ["best_of_n", "qstar", "best_of_n_matched"],
+                  best_of_n_samples=6)
+    note = (tmp_path / "summary.md").read_text()
+    assert "best_of_n_matched is best-of-41" in note and "(it spent 420)" in note
+    assert "Q* minus best-of-41: +50.0 points" in note and "paired over 2 problems" in note

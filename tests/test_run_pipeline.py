@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from qstar_jax.outputs import ResultsLog
+from qstar_jax.outputs import ResultsLog, matched_samples
 from qstar_jax.run import main
 
-METHODS = ("greedy", "self_consistency", "best_of_n", "beam", "qstar")
+METHODS = ("greedy", "self_consistency", "best_of_n", "beam", "qstar", "best_of_n_matched")
 TINY = [
     "policy_training.steps=40", "policy_training.train_problems=200",
     "policy_training.hidden_size=32", "policy_training.intermediate_size=64",
@@ -91,6 +91,20 @@ def test_reuse_evaluates_on_the_trained_outputs_of_another_run(finished_run, tmp
     # Search settings may differ; a training setting may not.
     assert main([*TINY, "eval.methods=[qstar]", "search.k=2", "--reuse", str(finished_run),
                  "--out", str(tmp_path / "k2")]) == 0
+
+
+def test_matched_best_of_n_is_best_of_n_at_the_n_that_spends_qstars_tokens(finished_run,
+                                                                          tmp_path):
+    summary = json.loads((finished_run / "summary.json").read_text())
+    n = matched_samples(summary, samples=2)
+    assert n is not None and n > 2  # Q* spent more than best-of-2 on the tiny world
+    assert f"best_of_n_matched is best-of-{n}," in (finished_run / "summary.md").read_text()
+    out = tmp_path / "matched"
+    assert main([*TINY, "eval.methods=[best_of_n]", f"eval.samples={n}", "--reuse",
+                 str(finished_run), "--out", str(out)]) == 0
+    matched = [dict(r, method="best_of_n") for r in _without_wall(
+        ResultsLog(finished_run / "results.jsonl").read()) if r["method"] == "best_of_n_matched"]
+    assert _without_wall(ResultsLog(out / "results.jsonl").read()) == matched
 
 
 @pytest.mark.parametrize("override, source, message", [

@@ -15,7 +15,8 @@ import numpy as np
 
 from qstar_jax.config import Scorer, Utility
 from qstar_jax.decoder_expander import DecoderExpander
-from qstar_jax.outputs import ProblemResult, ResultsLog, write_reports
+from qstar_jax.outputs import (ProblemResult, ResultsLog, matched_samples, summarize,
+                               write_reports)
 from qstar_jax.search.astar import AStarConfig, AStarPlanner, Budget
 from qstar_jax.search.beam import BeamConfig, BeamPlanner
 from qstar_jax.search.chains import (ChainConfig, ChainPlanner, greedy_planner,
@@ -32,7 +33,8 @@ from qstar_jax.tasks.code_rules import python_tokenizes
 
 
 # Greedy decoding and majority voting never read Q̂, so they spend no Q̂ calls.
-USES_Q = ("best_of_n", "beam", "qstar")
+USES_Q = ("best_of_n", "beam", "qstar", "best_of_n_matched")
+CHAIN_METHODS = ("self_consistency", "best_of_n", "best_of_n_matched")
 
 
 def process_utility(ctx: RunContext, problems):
@@ -65,15 +67,16 @@ def shepherd_prm(ctx: RunContext, problems) -> ShepherdPRM:
                        bad_token_id=token_id(s.prm_bad_token))
 
 
-def slots_per_problem(ctx: RunContext, method: str) -> int:
+def slots_per_problem(ctx: RunContext, method: str, samples: int | None = None) -> int:
     """Cache slots one problem can hold at once, so a batch of problems fits the pool.
     A node's slot is freed only after its children are forked, so a step of N chains
     holds 2N slots and a beam step its parents and their children. A* keeps a slot per
     frontier node: K per expansion, for the expansions the budget allows (at least one
-    step of every child per expansion)."""
+    step of every child per expansion). ``samples``: N of a chain method (default
+    eval.samples)."""
     s, e, d = ctx.config.search, ctx.config.eval, ctx.config.decode
-    if method in ("self_consistency", "best_of_n"):
-        return 2 * e.samples
+    if method in CHAIN_METHODS:
+        return 2 * (samples or e.samples)
     if method == "beam":
         return e.beam_width * (e.beam_k + 1)
     if method == "qstar":
@@ -82,16 +85,17 @@ def slots_per_problem(ctx: RunContext, method: str) -> int:
     return 2
 
 
-def planner_factory(ctx: RunContext, method: str) -> Callable[[int], Planner]:
+def planner_factory(ctx: RunContext, method: str,
+                    samples: int | None = None) -> Callable[[int], Planner]:
     s, e, max_steps = ctx.config.search, ctx.config.eval, ctx.config.decode.max_steps
-    chains = ChainConfig(num_chains=e.samples, temperature=e.temperature, max_steps=max_steps,
-                         agg=s.agg)
+    chains = ChainConfig(num_chains=samples or e.samples, temperature=e.temperature,
+                         max_steps=max_steps, agg=s.agg)
     if method == "greedy":
         return lambda i: greedy_planner(i, max_steps=max_steps, agg=s.agg)
     if method == "self_consistency":
         return lambda i: self_consistency_planner(
             i, chains, lambda steps: ctx.task.extract_answer(join_steps(steps)))
-    if method == "best_of_n":
+    if method in ("best_of_n", "best_of_n_matched"):
         rank = {Scorer.f: lambda n: n.g + s.lam * n.h, Scorer.q: lambda n: n.h,
                 Scorer.prm: lambda n: n.g}[e.best_of_n_scorer]
         return lambda i: ChainPlanner(i, chains, lambda finals: np.array(
@@ -123,9 +127,10 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
     for method in cfg.eval.methods:
         done = log.done(method)
         pending = [i for i, p in enumerate(problems) if p.id not in done]
-        make = planner_factory(ctx, method)
+        samples = _samples(log, method, cfg.eval.samples)
+        make = planner_factory(ctx, method, samples)
         size = max(1, min(cfg.eval.problems_per_batch, cfg.decode.slots // slots_per_problem(
-            ctx, method)))
+            ctx, method, samples)))
         for start in range(0, len(pending), size):
             batch = pending[start:start + size]
             began = time.perf_counter()
@@ -139,6 +144,15 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
                 _dump_trees(ctx, method, problems, results)
     return write_reports(ctx.out, log.read(), cfg.eval.methods,
                          best_of_n_samples=cfg.eval.samples)
+
+
+def _samples(log: ResultsLog, method: str, samples: int) -> int:
+    """N for a chain method: eval.samples, or for best_of_n_matched the N that spends
+    Q*'s tokens, read from the logged results (config checks list both methods first)."""
+    if method != "best_of_n_matched":
+        return samples
+    matched = matched_samples(summarize(log.read(), ("best_of_n", "qstar")), samples)
+    return samples if matched is None else matched
 
 
 def _graded(ctx: RunContext, method: str, problems, results: list[SearchResult],
