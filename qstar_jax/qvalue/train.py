@@ -69,7 +69,10 @@ class TrainResult:
     # What the best held-out loss is read against: the loss of always predicting the mean
     # training label; and how well the final model orders held-out pairs by their labels
     # (``roc_auc``: the ROC AUC for 0/1 labels; None without a held-out split or when all
-    # its labels are equal).
+    # its labels are equal). Pooled over depths: with discounted labels a first step that
+    # led to a solution (label γ²) outranks a failed last step (0), while a calibrated Q̂
+    # scores first steps low, so it can read below 0.5 here;
+    # experiments/countdown_label_quality.py gives the figures per step.
     constant_heldout_loss: float | None = None
     heldout_auc: float | None = None
 
