@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
+
 # Counters summed per method in summary.json.
 COUNTERS = ("generated_tokens", "prefilled_tokens", "q_calls", "prm_calls", "expansions",
             "wall_s")
@@ -72,7 +74,7 @@ class ResultsLog:
         tmp.replace(self.path)
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     """95% Wilson score interval for a binomial proportion."""
     if n == 0:
         return (0.0, 1.0)
@@ -138,13 +140,13 @@ def paired_difference(results: Iterable[ProblemResult], first: str,
     for r in results:
         if r.method in correct:
             correct[r.method][r.problem_id] = r.correct
-    shared = sorted(correct[first].keys() & correct[second].keys())
+    shared = correct[first].keys() & correct[second].keys()
     if not shared:
         return None
     diffs = [float(correct[first][p]) - float(correct[second][p]) for p in shared]
     n, mean = len(diffs), sum(diffs) / len(diffs)
     variance = sum((d - mean) ** 2 for d in diffs) / max(1, n - 1)
-    half = 1.959964 * math.sqrt(variance / n)
+    half = Z95 * math.sqrt(variance / n)
     return mean, mean - half, mean + half, n
 
 
