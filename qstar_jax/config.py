@@ -12,6 +12,7 @@ import enum
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -213,17 +214,36 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        layers.append(OmegaConf.load(path))
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise ConfigError(f"overrides must look like key=value, got {bad}")
-    layers.append(OmegaConf.from_dotlist(list(overrides)))
+        try:
+            layers.append(OmegaConf.load(path))
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {path} is not valid YAML: "
+                              f"{_yaml_problem(error)}") from None
+    layers.append(_overrides_layer(overrides))
     try:
         config = OmegaConf.to_object(OmegaConf.merge(*layers))
     except OmegaConfBaseException as error:
         raise ConfigError(str(error).splitlines()[0] + _where(error)) from None
     check_config(config)
     return config
+
+
+def _overrides_layer(overrides: Sequence[str]):
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides must look like key=value, got {bad}")
+    for override in overrides:  # name the override whose value YAML cannot read
+        try:
+            OmegaConf.from_dotlist([override])
+        except yaml.YAMLError as error:
+            raise ConfigError(f"override {override!r}: its value is not valid YAML "
+                              f"({_yaml_problem(error)}; a flow mapping needs a space after "
+                              "each colon: {key: value})") from None
+    return OmegaConf.from_dotlist(list(overrides))
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    return getattr(error, "problem", None) or str(error).splitlines()[0]
 
 
 def _where(error: OmegaConfBaseException) -> str:

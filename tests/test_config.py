@@ -61,3 +61,10 @@ def test_missing_file_and_malformed_override(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="key=value"):
         load_config(None, ["search.k"])
+    bad_yaml = "task.options={config:{rules: 1}}"  # YAML wants a space after each colon
+    with pytest.raises(ConfigError, match=r"'task.options=\{config:.*not valid YAML"):
+        load_config(None, ["search.k=3", bad_yaml])
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("search:\n  k: [3\n")
+    with pytest.raises(ConfigError, match="broken.yaml is not valid YAML"):
+        load_config(broken)
