@@ -17,12 +17,13 @@ from qstar_jax.config import Scorer, Utility
 from qstar_jax.decoder_expander import DecoderExpander
 from qstar_jax.outputs import (ProblemResult, ResultsLog, matched_samples, summarize,
                                write_reports)
+from qstar_jax.policy_runtime import PolicyRuntime
 from qstar_jax.search.astar import AStarConfig, AStarPlanner, Budget
 from qstar_jax.search.beam import BeamConfig, BeamPlanner
 from qstar_jax.search.chains import (ChainConfig, ChainPlanner, greedy_planner,
                                      self_consistency_planner)
 from qstar_jax.search.driver import run_search
-from qstar_jax.search.interface import QValueFunction
+from qstar_jax.search.interface import QValueFunction, StepExpander
 from qstar_jax.search.planner import Planner, SearchResult
 from qstar_jax.search.process_utility import PRMUtility, RuleUtility, ZeroUtility
 from qstar_jax.search.prm import ShepherdPRM
@@ -113,15 +114,17 @@ def planner_factory(ctx: RunContext, method: str,
     return lambda i: AStarPlanner(i, config)
 
 
-def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
+def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None,
+             make_expander: Callable[[PolicyRuntime], StepExpander] = DecoderExpander) -> dict:
     """Every configured method on the evaluation problems; ``q_fn`` replaces the trained
-    Q̂ (e.g. an exact value function, to measure what a perfect Q̂ would give)."""
+    Q̂ (e.g. an exact value function, to measure what a perfect Q̂ would give), and
+    ``make_expander`` the decoder's expander, one per method (e.g. one that counts tokens
+    another way)."""
     cfg = ctx.config
     problems = ctx.problems(cfg.task.eval_split, cfg.task.eval_problems)
     log = ResultsLog(ctx.out / "results.jsonl")
     log.compact()
     runtime = ctx.runtime(problems)
-    expander = DecoderExpander(runtime)
     q_fn = load_q_function(ctx, problems) if q_fn is None else q_fn
     utility = process_utility(ctx, problems)
     for method in cfg.eval.methods:
@@ -129,6 +132,7 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
         pending = [i for i, p in enumerate(problems) if p.id not in done]
         samples = _samples(log, method, cfg.eval.samples)
         make = planner_factory(ctx, method, samples)
+        expander = make_expander(runtime)
         size = max(1, min(cfg.eval.problems_per_batch, cfg.decode.slots // slots_per_problem(
             ctx, method, samples)))
         for start in range(0, len(pending), size):
