@@ -6,9 +6,9 @@ samples from a shared prefix, and a peaked policy repeats itself (A* merges iden
 siblings, but the decoder has generated every copy). A sampler that keeps one row per
 distinct prefix, with a count, and splits the count over the tokens it draws (a
 multinomial on the next-token distribution) draws samples with the same joint
-distribution, computing only the trie of distinct prefixes. This script does not
-implement that sampler: the decoder samples as it always does, and the expander
-recounts each method's generated tokens on a trie per problem (prefilled tokens, Q̂
+distribution, computing only the trie of distinct prefixes (``eval.prefix_sharing``
+runs one, on the host for now). This script keeps the decoder's own sampling, and the
+expander recounts each method's generated tokens on a trie per problem (prefilled tokens, Q̂
 calls and wall-clock are the decoder's own). Accuracy is the search's; the token figures
 are the ones such a sampler would have; every method is charged alike, and
 ``best_of_n_matched`` starts from Q*'s recounted tokens (a recounted best-of-N grows

@@ -18,6 +18,7 @@ import numpy as np
 
 from qstar_jax.decoding.engine import Decoder, StepBatch
 from qstar_jax.decoding.sampling import SamplingParams
+from qstar_jax.decoding.shared_steps import sample_shared_steps
 from qstar_jax.decoding.step_sampler import EndReason
 from qstar_jax.models.tokenizer import Tokenizer
 from qstar_jax.tasks.base import STEP_SEPARATOR, Problem, Task
@@ -86,22 +87,56 @@ class PolicyRuntime:
             self.generated[i] += len(step.token_ids)
         return steps
 
+    def sample_shared(self, slots: Sequence[int], problem_indices: Sequence[int],
+                      group_ids: Sequence[int], temperatures: Sequence[float],
+                      counts: Sequence[int]) -> list[list[SampledStep]]:
+        """``counts[g]`` independent steps after ``slots[g]``, sampled as a trie
+        (``sample_shared_steps``): a problem is charged the distinct tokens computed. Each
+        step has its own slot, ``slots[g]`` among them; a step drawn c times is forked into
+        c slots after sampling (a cache copy, no tokens)."""
+        if not slots:
+            return []
+        params = SamplingParams.make(len(slots),
+                                     temperature=np.asarray(temperatures, np.float32),
+                                     top_k=self.top_k, top_p=self.top_p)
+        shared, fed = sample_shared_steps(self.decoder, slots, counts, key_table=self._keys,
+                                          key_rows=problem_indices, group_ids=group_ids,
+                                          params=params, max_tokens=self.step_token_cap)
+        for i, tokens in zip(problem_indices, fed):
+            self.generated[i] += tokens
+        copies = self.fork([s.slot for steps in shared for s in steps],
+                           [s.count - 1 for steps in shared for s in steps])
+        copies.reverse()
+        out = []
+        for steps in shared:
+            group = []
+            for s in steps:
+                for slot in [s.slot, *copies.pop()]:
+                    group.append(self._sampled_step(list(s.tokens), s.end_reason, s.logprob,
+                                                    s.hidden, slot))
+            out.append(group)
+        return out
+
     def _step(self, batch: StepBatch, row: int) -> SampledStep:
         tokens = batch.row_tokens(row)
-        reason = EndReason(int(batch.end_reason[row]))
+        return self._sampled_step(tokens, EndReason(int(batch.end_reason[row])),
+                                  float(batch.logprobs[row, :len(tokens)].sum()),
+                                  batch.hidden[row], int(batch.slots[row]))
+
+    def _sampled_step(self, tokens: list[int], reason: EndReason, logprob: float,
+                      hidden: np.ndarray, slot: int) -> SampledStep:
         text_tokens = tokens[:-1] if reason == EndReason.EOS else tokens
         # A merged token may carry text past the newline; the step is the first line.
         text = self.tokenizer.decode(text_tokens).split(STEP_SEPARATOR)[0]
         ends = (reason != EndReason.NEWLINE) or self.task.is_terminal_step(text)
-        return SampledStep(text=text, token_ids=tuple(tokens),
-                           logprob=float(batch.logprobs[row, :len(tokens)].sum()),
-                           hidden=batch.hidden[row], ends_trace=ends,
-                           slot=int(batch.slots[row]))
+        return SampledStep(text=text, token_ids=tuple(tokens), logprob=logprob, hidden=hidden,
+                           ends_trace=ends, slot=slot)
 
     def fork(self, parents: Sequence[int], counts: Sequence[int]) -> list[list[int]]:
         """``counts[i]`` new slots continuing from ``parents[i]``."""
         children = self.decoder.allocate(sum(counts))
-        self.decoder.fork(np.repeat(np.asarray(parents), counts), children)
+        if children:
+            self.decoder.fork(np.repeat(np.asarray(parents), counts), children)
         out, start = [], 0
         for n in counts:
             out.append(children[start:start + n])

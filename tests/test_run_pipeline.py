@@ -191,6 +191,24 @@ def test_prefix_sharing_experiment_recounts_tokens_of_the_same_searches(finished
     assert shared > 0  # some sampled steps repeat a sibling's tokens
 
 
+def test_prefix_sharing_keeps_greedy_and_charges_qstar_only_what_it_computed(finished_run,
+                                                                            tmp_path):
+    out = tmp_path / "shared"
+    assert main(["--reuse", str(finished_run), "--out", str(out), *TINY,
+                 "eval.prefix_sharing=true", "eval.methods=[greedy,qstar]"]) == 0
+    original = {(r.method, r.problem_id): r
+                for r in ResultsLog(finished_run / "results.jsonl").read()}
+    shared = ResultsLog(out / "results.jsonl").read()
+    assert len(shared) == 2 * 6
+    for r in shared:
+        if r.method == "greedy":  # one draw at temperature 0: the same chain, the same cost
+            before = original[("greedy", r.problem_id)]
+            assert (r.completion, r.generated_tokens) == (before.completion,
+                                                          before.generated_tokens)
+        else:
+            assert 0 < r.generated_tokens
+
+
 def test_label_quality_experiment_reads_labels_against_the_exact_value(finished_run):
     script = Path(__file__).parents[1] / "experiments/countdown_label_quality.py"
     rows = runpy.run_path(str(script))["main"]([str(finished_run)])

@@ -24,7 +24,7 @@ from qstar_jax.decoding.kv_cache import SlotPool, fork_slots, init_cache
 from qstar_jax.decoding.prefill import (MIN_PREFILL_BUCKET, bucket_size, check_token_lists,
                                         pack_rows, prefill)
 from qstar_jax.decoding.sampling import SamplingParams
-from qstar_jax.decoding.step_sampler import EndReason, sample_step
+from qstar_jax.decoding.step_sampler import EndReason, draw_tokens, sample_step
 from qstar_jax.decoding.weights import DecoderWeights
 from qstar_jax.models.llama import LlamaModel
 
@@ -95,6 +95,7 @@ class Decoder:
         self.cache = init_cache(self.config, slots=num_slots, max_len=max_len, dtype=cache_dtype)
         self.pool = SlotPool(num_slots)
         self._lengths = np.zeros(num_slots, np.int64)  # host mirror of cache.lengths
+        self.newline_table, self.eos_ids = newline_table, frozenset(eos_ids.tolist())
         self._newline_table = jnp.asarray(newline_table)
         self._eos_ids = jnp.asarray(eos_ids)
         self.trace_counts: collections.Counter[str] = collections.Counter()
@@ -108,6 +109,11 @@ class Decoder:
 
         self._prefill = counted_jit("prefill", prefill)
         self._sample_step = counted_jit("sample_step", sample_step, static_argnums=9)
+
+        def traced_draw(*args):
+            counts["draw_tokens"] += 1
+            return draw_tokens(graphdef, *args)
+        self._draw_tokens = jax.jit(traced_draw)  # reads the cache, so nothing is donated
 
     @property
     def num_slots(self) -> int:
@@ -166,10 +172,7 @@ class Decoder:
         self._check_step_inputs(rows, problem_keys, node_ids, params, caps)
         batch = bucket_size(rows, minimum=self.min_batch_bucket)
         cap_bucket = bucket_size(int(caps.max()), minimum=self.min_step_bucket)
-        greedy_padding = SamplingParams.make(batch - rows)
-        padded_params = SamplingParams(
-            **{f.name: np.concatenate([getattr(params, f.name), getattr(greedy_padding, f.name)])
-               for f in dataclasses.fields(SamplingParams)})
+        padded_params = _padded_params(params, batch)
         # One gather with unsigned indices (no negative-index fix-up ops), padding rows
         # repeating row 0: each eager op compiles once per distinct row count.
         padded_keys = problem_keys[self._pad(np.arange(rows), batch, 0).astype(np.uint32)]
@@ -183,6 +186,55 @@ class Decoder:
         return StepBatch(slots=slots, tokens=out.tokens[:rows, :width],
                          logprobs=out.logprobs[:rows, :width], num_tokens=out.num_tokens[:rows],
                          end_reason=out.end_reason[:rows], hidden=out.hidden[:rows])
+
+    def draw_tokens(self, slots: Sequence[int], draw_rows: Sequence[int], *,
+                    key_table: jax.Array, key_rows: Sequence[int], node_ids: Sequence[int],
+                    path_ids: Sequence[int], draw_ids: Sequence[int],
+                    params: SamplingParams) -> tuple[np.ndarray, np.ndarray]:
+        """Draw D next tokens from R slots without feeding them: draw d samples from the
+        distribution after ``slots[draw_rows[d]]``'s last token with the key
+        ``fold_in(fold_in(fold_in(key_table[key_rows[d]], node_ids[d]), path_ids[d]),
+        draw_ids[d])``. key_table: typed PRNG keys (e.g. one per problem; gathered on
+        device, so calls of any size reuse few compiled shapes). params: SamplingParams
+        [D]. Returns (tokens [D] int32, logprobs [D] float32, each logprob under the
+        model's unmodified distribution)."""
+        slots = self._checked_slots(slots, "slots", filled=True)
+        draw_rows = np.asarray(draw_rows)
+        draws = len(draw_rows)
+        if draws == 0 or draw_rows.min() < 0 or draw_rows.max() >= len(slots):
+            raise ValueError(f"draw_rows must be indices into the {len(slots)} slots, got "
+                             f"{draw_rows!r}")
+        node_ids, path_ids, draw_ids = (np.asarray(node_ids), np.asarray(path_ids),
+                                        np.asarray(draw_ids))
+        key_rows = np.asarray(key_rows)
+        if key_rows.shape != (draws,) or np.any((key_rows < 0) | (key_rows >= len(key_table))):
+            raise ValueError(f"key_rows must be {draws} indices into the {len(key_table)} keys, "
+                             f"got {key_rows!r}")
+        _check_keys(key_table, "key_table", (len(key_table),))
+        self._check_step_inputs(draws, None, node_ids, params, np.ones(draws, np.int32))
+        for name, ids in (("path_ids", path_ids), ("draw_ids", draw_ids)):
+            if ids.shape != (draws,) or np.any((ids < 0) | (ids > MAX_NODE_ID)):
+                raise ValueError(f"{name} must be {draws} integers in [0, 2**31), got {ids!r}")
+        rows = bucket_size(len(slots), minimum=self.min_batch_bucket)
+        batch = bucket_size(draws, minimum=self.min_batch_bucket)
+        padded_params = _padded_params(params, batch)
+        tokens, logprobs = jax.device_get(self._draw_tokens(
+            self._weights, self.cache.last_hidden, self._pad(slots, rows, 0),
+            self._pad(draw_rows, batch, 0),
+            key_table, self._pad(key_rows, batch, 0), self._pad(node_ids, batch, 0),
+            self._pad(path_ids, batch, 0), self._pad(draw_ids, batch, 0), padded_params))
+        return tokens[:draws], logprobs[:draws]
+
+    def feed_tokens(self, slots: Sequence[int], tokens: Sequence[int]) -> None:
+        """Append one token to each slot (its last_hidden becomes that token's)."""
+        slots = self._checked_slots(slots, "slots")
+        self._write(slots, [[int(t)] for t in tokens], starts=self._lengths[slots],
+                    min_length=1)
+
+    def last_hidden(self, slots: Sequence[int]) -> np.ndarray:
+        """float32 [len(slots), E]: the final-norm hidden state after each slot's last token."""
+        slots = self._checked_slots(slots, "slots", distinct=False, filled=True)
+        return np.asarray(jax.device_get(self.cache.last_hidden))[slots]  # no per-size gather
 
     def generate_steps(self, slots: Sequence[int], *, problem_keys: jax.Array,
                        node_ids: Sequence[int], params: SamplingParams,
@@ -205,7 +257,8 @@ class Decoder:
             yield step
             going[rows] = ~np.isin(step.end_reason, (EndReason.EOS, EndReason.CACHE_FULL))
 
-    def _write(self, slots: np.ndarray, token_lists, *, starts: np.ndarray) -> None:
+    def _write(self, slots: np.ndarray, token_lists, *, starts: np.ndarray,
+               min_length: int | None = None) -> None:
         if len(token_lists) != len(slots):
             raise ValueError(f"{len(token_lists)} token lists for {len(slots)} slots; give one "
                              "token list per slot")
@@ -213,8 +266,8 @@ class Decoder:
                           vocab_size=self.config.vocab_size)
         num_tokens = np.array([len(t) for t in token_lists], np.int64)
         batch = bucket_size(len(slots), minimum=self.min_batch_bucket)
-        length = min(bucket_size(int(num_tokens.max()), minimum=self.min_prefill_bucket),
-                     self.max_len)
+        length = min(bucket_size(int(num_tokens.max()), minimum=min_length or
+                                 self.min_prefill_bucket), self.max_len)
         self.cache = self._prefill(
             self._weights, self.cache, pack_rows(token_lists, batch=batch, length=length),
             self._pad(num_tokens, batch, 0), self._pad(starts, batch, 0),
@@ -241,13 +294,8 @@ class Decoder:
         return slots.astype(np.int64)
 
     def _check_step_inputs(self, rows, problem_keys, node_ids, params, caps) -> None:
-        if (not isinstance(problem_keys, jax.Array)
-                or not jnp.issubdtype(problem_keys.dtype, jax.dtypes.prng_key)
-                or problem_keys.shape != (rows,)):
-            raise ValueError(f"problem_keys must be {rows} typed PRNG keys (shape ({rows},), "
-                             "e.g. jax.random.split(jax.random.key(seed), rows)), got "
-                             f"{getattr(problem_keys, 'dtype', type(problem_keys))} "
-                             f"{np.shape(problem_keys)}")
+        if problem_keys is not None:
+            _check_keys(problem_keys, "problem_keys", (rows,))
         if (node_ids.shape != (rows,) or not np.issubdtype(node_ids.dtype, np.integer)
                 or np.any((node_ids < 0) | (node_ids > MAX_NODE_ID))):
             raise ValueError(f"node_ids must be {rows} integers in [0, 2**31), got {node_ids!r}")
@@ -261,3 +309,19 @@ class Decoder:
         padded = np.full(batch, fill, np.int32)
         padded[:len(values)] = values
         return padded
+
+
+def _check_keys(keys, name: str, shape: tuple[int, ...]) -> None:
+    if (not isinstance(keys, jax.Array) or not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key)
+            or keys.shape != shape or not shape[0]):
+        raise ValueError(f"{name} must be {shape[0]} typed PRNG keys (shape {shape}, e.g. "
+                         "jax.random.split(jax.random.key(seed), n)), got "
+                         f"{getattr(keys, 'dtype', type(keys))} {np.shape(keys)}")
+
+
+def _padded_params(params: SamplingParams, batch: int) -> SamplingParams:
+    """``params`` for its rows, then greedy padding rows up to ``batch``."""
+    padding = SamplingParams.make(batch - len(params.temperature))
+    return SamplingParams(**{f.name: np.concatenate([getattr(params, f.name),
+                                                     getattr(padding, f.name)])
+                             for f in dataclasses.fields(SamplingParams)})

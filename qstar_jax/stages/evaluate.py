@@ -115,11 +115,11 @@ def planner_factory(ctx: RunContext, method: str,
 
 
 def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None,
-             make_expander: Callable[[PolicyRuntime], StepExpander] = DecoderExpander) -> dict:
+             make_expander: Callable[[PolicyRuntime], StepExpander] | None = None) -> dict:
     """Every configured method on the evaluation problems; ``q_fn`` replaces the trained
     Q̂ (e.g. an exact value function, to measure what a perfect Q̂ would give), and
-    ``make_expander`` the decoder's expander, one per method (e.g. one that counts tokens
-    another way)."""
+    ``make_expander`` the decoder's expander, one per method (default: ``DecoderExpander``
+    with ``eval.prefix_sharing``; e.g. one that counts tokens another way)."""
     cfg = ctx.config
     problems = ctx.problems(cfg.task.eval_split, cfg.task.eval_problems)
     log = ResultsLog(ctx.out / "results.jsonl")
@@ -132,7 +132,8 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None,
         pending = [i for i, p in enumerate(problems) if p.id not in done]
         samples = _samples(log, method, cfg.eval.samples)
         make = planner_factory(ctx, method, samples)
-        expander = make_expander(runtime)
+        expander = (DecoderExpander(runtime, prefix_sharing=cfg.eval.prefix_sharing)
+                    if make_expander is None else make_expander(runtime))
         size = max(1, min(cfg.eval.problems_per_batch, cfg.decode.slots // slots_per_problem(
             ctx, method, samples)))
         for start in range(0, len(pending), size):
