@@ -236,14 +236,15 @@ def _overrides_layer(overrides: Sequence[str]):
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"overrides must look like key=value, got {bad}")
-    for override in overrides:  # name the override whose value YAML cannot read
+    layer = OmegaConf.create()
+    for override in overrides:  # one at a time, to name the one YAML cannot read
         try:
-            OmegaConf.from_dotlist([override])
+            layer.merge_with_dotlist([override])
         except yaml.YAMLError as error:
             raise ConfigError(f"override {override!r}: its value is not valid YAML "
                               f"({_yaml_problem(error)}; a flow mapping needs a space after "
                               "each colon: {key: value})") from None
-    return OmegaConf.from_dotlist(list(overrides))
+    return layer
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:

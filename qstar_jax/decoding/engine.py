@@ -215,11 +215,11 @@ class Decoder:
         for name, ids in (("path_ids", path_ids), ("draw_ids", draw_ids)):
             if ids.shape != (draws,) or np.any((ids < 0) | (ids > MAX_NODE_ID)):
                 raise ValueError(f"{name} must be {draws} integers in [0, 2**31), got {ids!r}")
-        rows = bucket_size(len(slots), minimum=self.min_batch_bucket)
-        batch = bucket_size(draws, minimum=self.min_batch_bucket)
+        # Slots and draws padded to one bucket: one compiled variant per size, not per pair.
+        batch = bucket_size(max(len(slots), draws), minimum=self.min_batch_bucket)
         padded_params = _padded_params(params, batch)
         tokens, logprobs = jax.device_get(self._draw_tokens(
-            self._weights, self.cache.last_hidden, self._pad(slots, rows, 0),
+            self._weights, self.cache.last_hidden, self._pad(slots, batch, 0),
             self._pad(draw_rows, batch, 0),
             key_table, self._pad(key_rows, batch, 0), self._pad(node_ids, batch, 0),
             self._pad(path_ids, batch, 0), self._pad(draw_ids, batch, 0), padded_params))

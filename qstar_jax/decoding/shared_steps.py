@@ -82,13 +82,14 @@ def sample_shared_steps(decoder: Decoder, slots: Sequence[int], counts: Sequence
             row.end_reason = EndReason.CAP
     fed = [0] * groups
     while active := [r for r in rows if r.end_reason is None]:
-        draw_rows = np.repeat(np.arange(len(active)), [r.count for r in active])
-        draw_groups = np.array([active[i].group for i in draw_rows])
-        draw_ids = np.concatenate([np.arange(r.count) for r in active])
+        per_row = [r.count for r in active]
+        draw_rows = np.repeat(np.arange(len(active)), per_row)
+        draw_groups = np.repeat([r.group for r in active], per_row)
         tokens, logprobs = decoder.draw_tokens(
             [r.slot for r in active], draw_rows, key_table=key_table,
             key_rows=np.asarray(key_rows)[draw_groups], node_ids=np.asarray(group_ids)[draw_groups],
-            path_ids=[path_id(active[i].tokens) for i in draw_rows], draw_ids=draw_ids,
+            path_ids=np.repeat([path_id(r.tokens) for r in active], per_row),
+            draw_ids=np.concatenate([np.arange(c) for c in per_row]),
             params=jax.tree.map(lambda x: np.asarray(x)[draw_groups], params))
         plan = []  # (row, token, count, logprob): the first per row keeps the row's slot
         splits = []  # (parent slot, new row)
