@@ -189,10 +189,11 @@ class EvalConfig:
     temperature: float = 1.0
     problems_per_batch: int = 100  # problems searched side by side (bounded by decode.slots)
     dump_trees: bool = False
-    # Sample each node's children as a token trie: the same distribution, each distinct
-    # token computed and counted once (decoding/shared_steps.py). Off by default for now:
-    # its host loop over tokens is slower on the CPU than the on-device step sampler.
-    prefix_sharing: bool = False
+    # Sample each node's children (and best-of-N's chains) as a token trie: the same
+    # distribution, each distinct token computed and counted once
+    # (decoding/trie_sampler.py). False: every sample is its own row and pays for every
+    # token, copies included.
+    prefix_sharing: bool = True
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

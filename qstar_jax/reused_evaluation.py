@@ -1,6 +1,6 @@
-"""The command line the experiments share that search a finished run's policy another
-way (an exact Q̂, a different token count): ``--reuse DIR --out DIR [key=value ...]``;
-evaluate on what DIR trained, then print the summary table and a JSON line."""
+"""The command line of experiments that search a finished run's policy another way (e.g.
+with an exact Q̂): ``--reuse DIR --out DIR [key=value ...]``; evaluate on what DIR
+trained, then print the summary table and a JSON line."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def evaluate_reused_run(argv: Sequence[str], description: str, *,
                         evaluate_options: Callable[[RunContext], dict[str, Any]],
                         countdown_only: bool = False) -> int:
     """Exit status 0, or 2 on a config error. ``evaluate_options(ctx)``: keyword
-    arguments for ``evaluate`` (``q_fn``, ``make_expander``).
+    arguments for ``evaluate`` (e.g. ``q_fn``).
 
     Last line printed, JSON: {"methods": {NAME: {"accuracy": ..., "n": ...,
     "generated_tokens_per_problem": ...}}}.

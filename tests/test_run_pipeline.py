@@ -158,55 +158,24 @@ def test_exact_q_experiment_scores_every_edge_by_the_solver(finished_run, tmp_pa
     assert scored > 6
 
 
-def test_token_trie_charges_each_prefix_once():
-    script = runpy.run_path(str(Path(__file__).parents[1] / "experiments/prefix_sharing_tokens.py"))
-    trie = script["TokenTrie"]()
-    assert trie.charge(["a"], [1, 2, 3]) == 3
-    assert trie.charge(["a"], [1, 2, 3]) == 0  # the same step again
-    assert trie.charge(["a"], [1, 2, 4, 5]) == 2  # shares its first two tokens
-    assert trie.charge(["b"], [1, 2, 3]) == 3  # the same tokens after another path
-    assert trie.charge([], [7]) == 1
-
-
-def test_prefix_sharing_experiment_recounts_tokens_of_the_same_searches(finished_run, tmp_path,
-                                                                        capsys):
-    script = runpy.run_path(str(Path(__file__).parents[1] / "experiments/prefix_sharing_tokens.py"))
-    out = tmp_path / "trie"
-    assert script["main"](["--reuse", str(finished_run), "--out", str(out), *TINY,
-                           "eval.methods=[greedy,best_of_n,qstar]"]) == 0
-    assert "qstar" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["methods"]
-    original = {(r.method, r.problem_id): r
-                for r in ResultsLog(finished_run / "results.jsonl").read()}
-    recounted = ResultsLog(out / "results.jsonl").read()
-    assert len(recounted) == 3 * 6
-    shared = 0
-    for r in recounted:
-        before = original[(r.method, r.problem_id)]
-        assert (r.completion, r.correct) == (before.completion, before.correct)  # same search
-        if r.method == "greedy":  # one chain: every token extends a new prefix
-            assert r.generated_tokens == before.generated_tokens
-        else:
-            assert 0 < r.generated_tokens <= before.generated_tokens
-            shared += before.generated_tokens - r.generated_tokens
-    assert shared > 0  # some sampled steps repeat a sibling's tokens
-
-
-def test_prefix_sharing_keeps_greedy_and_charges_qstar_only_what_it_computed(finished_run,
-                                                                            tmp_path):
-    out = tmp_path / "shared"
-    assert main(["--reuse", str(finished_run), "--out", str(out), *TINY,
-                 "eval.prefix_sharing=true", "eval.methods=[greedy,qstar]"]) == 0
-    original = {(r.method, r.problem_id): r
-                for r in ResultsLog(finished_run / "results.jsonl").read()}
-    shared = ResultsLog(out / "results.jsonl").read()
-    assert len(shared) == 2 * 6
-    for r in shared:
-        if r.method == "greedy":  # one draw at temperature 0: the same chain, the same cost
-            before = original[("greedy", r.problem_id)]
-            assert (r.completion, r.generated_tokens) == (before.completion,
-                                                          before.generated_tokens)
-        else:
-            assert 0 < r.generated_tokens
+def test_prefix_sharing_computes_identical_chains_once(finished_run, tmp_path):
+    """At temperature 0 best-of-N's chains are all the greedy chain: with prefix sharing
+    it costs what greedy does, without it N times that."""
+    results = {}
+    for sharing in ("true", "false"):
+        out = tmp_path / sharing
+        assert main(["--reuse", str(finished_run), "--out", str(out), *TINY,
+                     "eval.temperature=0", "eval.methods=[greedy,best_of_n]",
+                     f"eval.prefix_sharing={sharing}"]) == 0
+        results[sharing] = {(r.method, r.problem_id): r
+                            for r in ResultsLog(out / "results.jsonl").read()}
+    for (method, problem), r in results["true"].items():
+        unshared = results["false"][(method, problem)]
+        greedy = results["true"][("greedy", problem)]
+        assert r.completion == unshared.completion == greedy.completion
+        copies = 1 if method == "greedy" else 2  # eval.samples=2
+        assert (r.generated_tokens, unshared.generated_tokens) == (
+            greedy.generated_tokens, copies * greedy.generated_tokens)
 
 
 def test_label_quality_experiment_reads_labels_against_the_exact_value(finished_run):

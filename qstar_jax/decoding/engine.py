@@ -3,7 +3,8 @@
 Shapes: B rows, C token cap, E hidden size, V vocabulary.
 
 Callers speak in slots: ``allocate`` slots, ``prefill`` prompts into them, ``fork`` a
-node's slot into its children, ``sample_steps`` to extend slots by one reasoning step,
+node's slot into its children, ``sample_steps`` to extend slots by one reasoning step
+(or ``sample_trie`` for several steps after one slot, shared prefixes computed once),
 ``free`` them when a node is done. Inputs are checked on the host before any device work;
 row counts are padded to powers of two and lengths to buckets so that, after warm-up,
 calls differing only in data never recompile (``trace_counts`` shows it).
@@ -24,7 +25,8 @@ from qstar_jax.decoding.kv_cache import SlotPool, fork_slots, init_cache
 from qstar_jax.decoding.prefill import (MIN_PREFILL_BUCKET, bucket_size, check_token_lists,
                                         pack_rows, prefill)
 from qstar_jax.decoding.sampling import SamplingParams
-from qstar_jax.decoding.step_sampler import EndReason, draw_tokens, sample_step
+from qstar_jax.decoding.step_sampler import EndReason, sample_step
+from qstar_jax.decoding.trie_sampler import TrieOutput, sample_trie
 from qstar_jax.decoding.weights import DecoderWeights
 from qstar_jax.models.llama import LlamaModel
 
@@ -95,7 +97,6 @@ class Decoder:
         self.cache = init_cache(self.config, slots=num_slots, max_len=max_len, dtype=cache_dtype)
         self.pool = SlotPool(num_slots)
         self._lengths = np.zeros(num_slots, np.int64)  # host mirror of cache.lengths
-        self.newline_table, self.eos_ids = newline_table, frozenset(eos_ids.tolist())
         self._newline_table = jnp.asarray(newline_table)
         self._eos_ids = jnp.asarray(eos_ids)
         self.trace_counts: collections.Counter[str] = collections.Counter()
@@ -110,10 +111,7 @@ class Decoder:
         self._prefill = counted_jit("prefill", prefill)
         self._sample_step = counted_jit("sample_step", sample_step, static_argnums=9)
 
-        def traced_draw(*args):
-            counts["draw_tokens"] += 1
-            return draw_tokens(graphdef, *args)
-        self._draw_tokens = jax.jit(traced_draw)  # reads the cache, so nothing is donated
+        self._sample_trie = counted_jit("sample_trie", sample_trie, static_argnums=(11, 12))
 
     @property
     def num_slots(self) -> int:
@@ -187,54 +185,53 @@ class Decoder:
                          logprobs=out.logprobs[:rows, :width], num_tokens=out.num_tokens[:rows],
                          end_reason=out.end_reason[:rows], hidden=out.hidden[:rows])
 
-    def draw_tokens(self, slots: Sequence[int], draw_rows: Sequence[int], *,
-                    key_table: jax.Array, key_rows: Sequence[int], node_ids: Sequence[int],
-                    path_ids: Sequence[int], draw_ids: Sequence[int],
-                    params: SamplingParams) -> tuple[np.ndarray, np.ndarray]:
-        """Draw D next tokens from R slots without feeding them: draw d samples from the
-        distribution after ``slots[draw_rows[d]]``'s last token with the key
-        ``fold_in(fold_in(fold_in(key_table[key_rows[d]], node_ids[d]), path_ids[d]),
-        draw_ids[d])``. key_table: typed PRNG keys (e.g. one per problem; gathered on
-        device, so calls of any size reuse few compiled shapes). params: SamplingParams
-        [D]. Returns (tokens [D] int32, logprobs [D] float32, each logprob under the
-        model's unmodified distribution)."""
+    def sample_trie(self, slots: Sequence[int], counts: Sequence[int], spares: Sequence[int],
+                    *, key_table: jax.Array, key_rows: Sequence[int], group_ids: Sequence[int],
+                    params: SamplingParams, max_tokens: int) -> tuple[np.ndarray, TrieOutput]:
+        """For group g, ``counts[g]`` independent steps after ``slots[g]``, each distinct
+        token prefix computed once (see ``trie_sampler``). Each step ends as in
+        ``sample_steps``.
+
+        spares: allocated slots for the steps that split off, ``sum(counts) - len(slots)``
+        of them (a step's slot is its group's or a spare; unused spares are left as they
+        were). Group g draws with ``fold_in(key_table[key_rows[g]], group_ids[g])``;
+        key_table: typed PRNG keys (e.g. one per problem, gathered on device); params:
+        SamplingParams [G]. Returns (the slot of each row [R], TrieOutput of R = G +
+        len(spares) rows on the host, whose ``group`` is -1 for an unused spare).
+        """
         slots = self._checked_slots(slots, "slots", filled=True)
-        draw_rows = np.asarray(draw_rows)
-        draws = len(draw_rows)
-        if draws == 0 or draw_rows.min() < 0 or draw_rows.max() >= len(slots):
-            raise ValueError(f"draw_rows must be indices into the {len(slots)} slots, got "
-                             f"{draw_rows!r}")
-        node_ids, path_ids, draw_ids = (np.asarray(node_ids), np.asarray(path_ids),
-                                        np.asarray(draw_ids))
-        key_rows = np.asarray(key_rows)
-        if key_rows.shape != (draws,) or np.any((key_rows < 0) | (key_rows >= len(key_table))):
-            raise ValueError(f"key_rows must be {draws} indices into the {len(key_table)} keys, "
-                             f"got {key_rows!r}")
+        groups = len(slots)
+        counts = np.asarray(counts)
+        if counts.shape != (groups,) or not np.issubdtype(counts.dtype, np.integer) \
+                or np.any(counts < 1):
+            raise ValueError(f"give one count >= 1 per slot; got {len(slots)} slots, counts "
+                             f"{counts.tolist()}")
+        spares = np.asarray(spares, np.int64).reshape(-1)
+        if spares.size != counts.sum() - groups:
+            raise ValueError(f"{counts.sum()} steps after {groups} slots need "
+                             f"{counts.sum() - groups} spare slots, got {spares.size}")
+        row_slots = self._checked_slots(np.concatenate([slots, spares]), "slots and spares")
+        key_rows, group_ids = np.asarray(key_rows), np.asarray(group_ids)
         _check_keys(key_table, "key_table", (len(key_table),))
-        self._check_step_inputs(draws, None, node_ids, params, np.ones(draws, np.int32))
-        for name, ids in (("path_ids", path_ids), ("draw_ids", draw_ids)):
-            if ids.shape != (draws,) or np.any((ids < 0) | (ids > MAX_NODE_ID)):
-                raise ValueError(f"{name} must be {draws} integers in [0, 2**31), got {ids!r}")
-        # Slots and draws padded to one bucket: one compiled variant per size, not per pair.
-        batch = bucket_size(max(len(slots), draws), minimum=self.min_batch_bucket)
-        padded_params = _padded_params(params, batch)
-        tokens, logprobs = jax.device_get(self._draw_tokens(
-            self._weights, self.cache.last_hidden, self._pad(slots, batch, 0),
-            self._pad(draw_rows, batch, 0),
-            key_table, self._pad(key_rows, batch, 0), self._pad(node_ids, batch, 0),
-            self._pad(path_ids, batch, 0), self._pad(draw_ids, batch, 0), padded_params))
-        return tokens[:draws], logprobs[:draws]
-
-    def feed_tokens(self, slots: Sequence[int], tokens: Sequence[int]) -> None:
-        """Append one token to each slot (its last_hidden becomes that token's)."""
-        slots = self._checked_slots(slots, "slots")
-        self._write(slots, [[int(t)] for t in tokens], starts=self._lengths[slots],
-                    min_length=1)
-
-    def last_hidden(self, slots: Sequence[int]) -> np.ndarray:
-        """float32 [len(slots), E]: the final-norm hidden state after each slot's last token."""
-        slots = self._checked_slots(slots, "slots", distinct=False, filled=True)
-        return np.asarray(jax.device_get(self.cache.last_hidden))[slots]  # no per-size gather
+        if key_rows.shape != (groups,) or np.any((key_rows < 0) | (key_rows >= len(key_table))):
+            raise ValueError(f"key_rows must be {groups} indices into the {len(key_table)} "
+                             f"keys, got {key_rows!r}")
+        self._check_step_inputs(groups, None, group_ids, params, np.asarray([max_tokens]),
+                                ids_name="group_ids")
+        rows = len(row_slots)
+        batch = bucket_size(rows, minimum=self.min_batch_bucket)
+        cap_bucket = bucket_size(max_tokens, minimum=self.min_step_bucket)
+        self.cache, out = self._sample_trie(
+            self._weights, self.cache, self._pad(row_slots, batch, self.num_slots),
+            self._pad(counts, batch, 0), key_table, self._pad(key_rows, batch, 0),
+            self._pad(group_ids, batch, 0), _padded_params(params, batch),
+            np.int32(max_tokens), self._newline_table, self._eos_ids, cap_bucket,
+            bucket_size(int(counts.max())))
+        out = jax.tree.map(lambda x: x[:rows], jax.device_get(out))
+        live = out.group >= 0
+        self._lengths[row_slots[live]] = (self._lengths[row_slots[out.group[live]]]
+                                          + out.num_tokens[live])
+        return row_slots, out
 
     def generate_steps(self, slots: Sequence[int], *, problem_keys: jax.Array,
                        node_ids: Sequence[int], params: SamplingParams,
@@ -257,8 +254,7 @@ class Decoder:
             yield step
             going[rows] = ~np.isin(step.end_reason, (EndReason.EOS, EndReason.CACHE_FULL))
 
-    def _write(self, slots: np.ndarray, token_lists, *, starts: np.ndarray,
-               min_length: int | None = None) -> None:
+    def _write(self, slots: np.ndarray, token_lists, *, starts: np.ndarray) -> None:
         if len(token_lists) != len(slots):
             raise ValueError(f"{len(token_lists)} token lists for {len(slots)} slots; give one "
                              "token list per slot")
@@ -266,8 +262,8 @@ class Decoder:
                           vocab_size=self.config.vocab_size)
         num_tokens = np.array([len(t) for t in token_lists], np.int64)
         batch = bucket_size(len(slots), minimum=self.min_batch_bucket)
-        length = min(bucket_size(int(num_tokens.max()), minimum=min_length or
-                                 self.min_prefill_bucket), self.max_len)
+        length = min(bucket_size(int(num_tokens.max()), minimum=self.min_prefill_bucket),
+                     self.max_len)
         self.cache = self._prefill(
             self._weights, self.cache, pack_rows(token_lists, batch=batch, length=length),
             self._pad(num_tokens, batch, 0), self._pad(starts, batch, 0),
@@ -293,12 +289,13 @@ class Decoder:
             raise ValueError(f"{what} {empty} hold no tokens; prefill them first")
         return slots.astype(np.int64)
 
-    def _check_step_inputs(self, rows, problem_keys, node_ids, params, caps) -> None:
+    def _check_step_inputs(self, rows, problem_keys, node_ids, params, caps, *,
+                           ids_name: str = "node_ids") -> None:
         if problem_keys is not None:
             _check_keys(problem_keys, "problem_keys", (rows,))
         if (node_ids.shape != (rows,) or not np.issubdtype(node_ids.dtype, np.integer)
                 or np.any((node_ids < 0) | (node_ids > MAX_NODE_ID))):
-            raise ValueError(f"node_ids must be {rows} integers in [0, 2**31), got {node_ids!r}")
+            raise ValueError(f"{ids_name} must be {rows} integers in [0, 2**31), got {node_ids!r}")
         params.check(rows)
         if not np.issubdtype(caps.dtype, np.integer) or np.any(caps < 1):
             raise ValueError(f"max_tokens must be integers >= 1, got {caps!r}")

@@ -114,20 +114,3 @@ def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights, cache: KVCache,
                              num_tokens=final["num_tokens"], end_reason=final["end_reason"],
                              hidden=final["hidden"])
 
-
-def draw_tokens(graphdef, weights, last_hidden, slots: jax.Array, draw_rows: jax.Array,
-                key_table: jax.Array, key_rows: jax.Array, node_ids: jax.Array,
-                path_ids: jax.Array, draw_ids: jax.Array, params: SamplingParams):
-    """Tokens drawn after the slots' last tokens, not fed back (see ``Decoder.draw_tokens``).
-
-    last_hidden: the cache's [S, E]; slots: [R]; draw_rows, key_rows,
-    node_ids, path_ids, draw_ids: [D] int32; key_table: typed keys; params:
-    SamplingParams [D]. The LM head runs once per slot, the sampling once per draw.
-    Returns (tokens [D] int32, logprobs [D] float32).
-    """
-    model = nnx.merge(graphdef, weights.model)
-    logits = model.logits(last_hidden[jnp.minimum(slots, last_hidden.shape[0] - 1)])
-    keys = jax.vmap(jax.random.fold_in)(key_table[key_rows], node_ids)
-    keys = jax.vmap(jax.random.fold_in)(keys, path_ids)
-    keys = jax.vmap(jax.random.fold_in)(keys, draw_ids)
-    return sample(logits[draw_rows], keys, params)

@@ -5,13 +5,23 @@ import jax
 import numpy as np
 import pytest
 
+from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.shared_steps import sample_shared_steps
 from qstar_jax.decoding.step_sampler import EndReason
+from tests.decoding.tiny_models import RANDOM_MAX_LEN, STEP_BUCKET
 
 PROMPT = [3, 1, 4]
 KEYS = jax.random.split(jax.random.key(0), 4)
 HOT = 30.0  # the random model's logits are sharpened 50x; this spreads its draws again
+
+
+@pytest.fixture
+def wide_decoder(random_model):
+    """The random model with room for several groups' splits (more than 16 in one round)."""
+    return Decoder(random_model, num_slots=64, max_len=RANDOM_MAX_LEN,
+                   newline_table=np.zeros(64, bool), eos_ids=[], min_batch_bucket=2,
+                   min_step_bucket=STEP_BUCKET)
 
 
 def _sample(decoder, counts, group_ids, *, temperature=HOT, cap=5):
@@ -23,21 +33,26 @@ def _sample(decoder, counts, group_ids, *, temperature=HOT, cap=5):
                                max_tokens=cap)
 
 
+@pytest.mark.parametrize("counts", [[6], [6, 1, 5, 6, 6, 4, 6, 6]])
 def test_shared_steps_are_whole_steps_of_the_model_and_pay_for_each_prefix_once(
-        random_decoder, full_forward):
-    (steps,), (fed,) = _sample(random_decoder, [6], [11])
-    assert sum(s.count for s in steps) == 6 and len(steps) > 1  # it split at least once
-    assert len({s.slot for s in steps}) == len(steps)
-    prefixes = {s.tokens[:end] for s in steps for end in range(1, len(s.tokens) + 1)}
-    assert fed == len(prefixes)  # one fed token per trie node
-    for s in steps:
-        assert len(s.tokens) == 5 and s.end_reason == EndReason.CAP
-        assert random_decoder.lengths([s.slot])[0] == len(PROMPT) + 5
-        hidden, logits = full_forward(PROMPT + list(s.tokens))
-        np.testing.assert_allclose(s.hidden, hidden[-1], atol=1e-4)
-        logprobs = jax.nn.log_softmax(logits[len(PROMPT) - 1:-1], axis=-1)
-        expected = float(sum(logprobs[i, t] for i, t in enumerate(s.tokens)))
-        assert s.logprob == pytest.approx(expected, abs=1e-3)
+        wide_decoder, full_forward, counts):
+    groups, fed = _sample(wide_decoder, counts, list(range(11, 11 + len(counts))))
+    all_slots = [s.slot for steps in groups for s in steps]
+    assert len(set(all_slots)) == len(all_slots)
+    assert wide_decoder.pool.num_free == wide_decoder.num_slots - len(all_slots)
+    for count, steps, group_fed in zip(counts, groups, fed):
+        assert sum(s.count for s in steps) == count
+        assert len(steps) > 1 or count == 1  # it split at least once
+        prefixes = {s.tokens[:end] for s in steps for end in range(1, len(s.tokens) + 1)}
+        assert group_fed == len(prefixes)  # one fed token per trie node
+        for s in steps:
+            assert len(s.tokens) == 5 and s.end_reason == EndReason.CAP
+            assert wide_decoder.lengths([s.slot])[0] == len(PROMPT) + 5
+            hidden, logits = full_forward(PROMPT + list(s.tokens))
+            np.testing.assert_allclose(s.hidden, hidden[-1], atol=1e-4)
+            logprobs = jax.nn.log_softmax(logits[len(PROMPT) - 1:-1], axis=-1)
+            expected = float(sum(logprobs[i, t] for i, t in enumerate(s.tokens)))
+            assert s.logprob == pytest.approx(expected, abs=1e-3)
 
 
 def test_a_groups_steps_do_not_depend_on_the_other_groups(random_decoder):
@@ -69,3 +84,37 @@ def test_greedy_draws_are_one_step_counted_once(random_decoder):
     batch = random_decoder.sample_steps(slot, problem_keys=KEYS[:1], node_ids=[0],
                                         params=SamplingParams.make(1), max_tokens=5)
     assert tuple(batch.row_tokens(0)) == steps[0].tokens
+
+
+def test_a_full_slot_gives_one_empty_step_and_costs_nothing(random_decoder):
+    slots = random_decoder.allocate(2)
+    random_decoder.prefill(slots, [[1] * RANDOM_MAX_LEN, PROMPT])
+    (full_steps, steps), (full_fed, fed) = sample_shared_steps(
+        random_decoder, slots, [3, 2], key_table=KEYS, key_rows=[0, 0], group_ids=[1, 2],
+        params=SamplingParams.make(2, temperature=HOT), max_tokens=5)
+    assert [(s.slot, s.tokens, s.count, s.end_reason) for s in full_steps] == [
+        (slots[0], (), 3, EndReason.CACHE_FULL)]
+    assert full_fed == 0 and random_decoder.lengths(slots[:1])[0] == RANDOM_MAX_LEN
+    assert sum(s.count for s in steps) == 2 and fed >= 5
+    assert random_decoder.pool.num_free == random_decoder.num_slots - 1 - len(steps)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(counts=[2, 0]), "give one count >= 1 per slot"),
+    (dict(key_rows=[0, 4]), "key_rows must be 2 indices into the 4 keys"),
+    (dict(group_ids=[0, -1]), r"group_ids must be 2 integers in \[0, 2\*\*31\)"),
+    (dict(params=SamplingParams.make(3)), r"temperature has shape \(3,\), expected \(2,\)"),
+    (dict(max_tokens=0), "max_tokens must be integers >= 1"),
+])
+def test_bad_trie_inputs_are_rejected_before_device_work(random_decoder, overrides, message):
+    slots = random_decoder.allocate(2)
+    random_decoder.prefill(slots, [PROMPT, PROMPT])
+    cache, free = random_decoder.cache, random_decoder.pool.num_free
+    args = dict(counts=[2, 1], key_table=KEYS, key_rows=[0, 1], group_ids=[0, 1],
+                params=SamplingParams.make(2), max_tokens=3) | overrides
+    with pytest.raises(ValueError, match=message):
+        sample_shared_steps(random_decoder, slots, **args)
+    with pytest.raises(ValueError, match="2 slots need 1 spare slots, got 0"):
+        random_decoder.sample_trie(slots, [2, 1], [], **{k: v for k, v in args.items()
+                                                         if k != "counts"})
+    assert random_decoder.cache is cache and random_decoder.pool.num_free == free

@@ -1,0 +1,207 @@
+"""The trie sampler: ``count`` independent steps after a slot, each distinct token prefix
+computed once, entirely on device.
+
+Shapes: R rows (a batch bucket), C = the static token cap (a bucket), S slots, M max
+cache length, E hidden size, V vocabulary, K = the static bound on a row's count.
+
+A row holds one distinct token prefix of a group's steps and a count: how many of the
+group's draws share it. Rows 0..G-1 start as the groups (a slot and the number of steps
+wanted); the other rows are spares with slots of their own. Each round of one
+``lax.while_loop`` draws, for every unfinished row, ``count`` next tokens from its
+distribution; the row keeps its first distinct token and hands each further distinct
+token, with its share of the count, to a spare row, whose slot first gets a copy of the
+parent's cache. Then every row that took a token feeds it, one model call for all. A
+group's draws therefore have the joint distribution of independent samples, while the
+model computes each distinct prefix once. The spares a call needs never exceed the
+groups' counts minus one each, so the host gives that many.
+
+A row's random key is its group's key folded with each token of its prefix in turn,
+and a draw folds that with its draw number: a group's steps depend only on its own key,
+not on the rows or groups sharing the call. Spares are taken lowest row first and never
+given back, so a group's rows in row order are its steps in the order they split off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from qstar_jax.decoding.kv_cache import KVCache
+from qstar_jax.decoding.sampling import SamplingParams, sample
+from qstar_jax.decoding.step_sampler import EndReason
+from qstar_jax.decoding.weights import DecoderWeights
+
+FORK_CHUNK = 16  # cache copies per inner iteration: rounds rarely split more rows
+
+
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["group", "count", "tokens", "num_tokens", "logprob",
+                                "end_reason", "hidden", "fed"], meta_fields=[])
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrieOutput:
+    """One row per distinct step. group: [R] int32, the group's row (-1: an unused spare);
+    count: [R] draws that produced the step; tokens: [R, C] (0 past num_tokens);
+    num_tokens, end_reason: [R] int32; logprob: [R] float32, the step's summed
+    log-probability under the unmodified distribution; hidden: [R, E] float32 after the
+    step's last token; fed: [R] int32 tokens the row fed itself (a group's sum is the
+    size of its trie)."""
+
+    group: jax.Array
+    count: jax.Array
+    tokens: jax.Array
+    num_tokens: jax.Array
+    logprob: jax.Array
+    end_reason: jax.Array
+    hidden: jax.Array
+    fed: jax.Array
+
+
+def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights, cache: KVCache,
+                slots: jax.Array, counts: jax.Array, key_table: jax.Array,
+                key_rows: jax.Array, group_ids: jax.Array, params: SamplingParams,
+                cap: jax.Array, newline_table: jax.Array, eos_ids: jax.Array,
+                max_tokens: int, max_count: int) -> tuple[KVCache, TrieOutput]:
+    """Sample each group's steps as a trie.
+
+    slots: [R] int32, distinct (``S`` marks a padding row); counts: [R] int32, a group
+    row's number of steps (>= 1) and 0 for a spare or padding row; key_table: typed PRNG
+    keys, key_rows: [R] indices into it; group_ids: [R] int32 (a group's key is
+    ``fold_in(key_table[key_rows[g]], group_ids[g])``); params: SamplingParams [R]; cap:
+    int32 token cap <= max_tokens (C, static); max_count: K, static, >= every count.
+    newline_table: [V] bool; eos_ids: [n] int32. A step ends as in ``sample_step``.
+    Pure: jit it with the cache donated.
+    """
+    model = nnx.merge(graphdef, weights.model)
+    num_slots, max_len = cache.num_slots, cache.max_len
+    batch = slots.shape[0]
+    rows = jnp.arange(batch)
+    model_slots = jnp.minimum(slots, num_slots - 1)
+    spare = (counts == 0) & (slots < num_slots)
+    live = counts > 0
+    positions = jnp.where(live, cache.lengths[model_slots], max_len)
+    full_at_start = live & (positions >= max_len)
+    shifts = jnp.arange(1, max_count)  # a row's other draws lie within K - 1
+
+    def copy_caches(k, v, children, parents, num_new):
+        """k/v of slot ``parents[i]`` into slot ``children[i]`` for i < num_new."""
+        def copy_chunk(i, kv):
+            k, v = kv
+            child = jax.lax.dynamic_slice(children, (i * FORK_CHUNK,), (FORK_CHUNK,))
+            parent = jax.lax.dynamic_slice(parents, (i * FORK_CHUNK,), (FORK_CHUNK,))
+            return (k.at[:, child].set(k[:, parent], mode="drop"),
+                    v.at[:, child].set(v[:, parent], mode="drop"))
+
+        chunks = (num_new + FORK_CHUNK - 1) // FORK_CHUNK
+        return jax.lax.fori_loop(0, chunks, copy_chunk, (k, v))
+
+    def still_going(carry):
+        return jnp.any(carry["live"] & ~carry["done"])
+
+    def one_round(carry):
+        going = carry["live"] & ~carry["done"]
+        row_draws = jnp.where(going, carry["count"], 0)
+        ends = jnp.cumsum(row_draws)
+        drawn = rows < ends[-1]
+        parent = jnp.minimum(jnp.searchsorted(ends, rows, side="right"), batch - 1)
+        draw_ids = rows - (ends - row_draws)[parent]
+        keys = jax.vmap(jax.random.fold_in)(carry["keys"][parent], draw_ids)
+        row_params = jax.tree.map(lambda x: x[parent], carry["params"])
+        tokens, logprobs = sample(model.logits(carry["hidden"])[parent], keys, row_params)
+        target, draws, is_new = _split(tokens, parent, drawn, carry["spare"], shifts)
+
+        # The cache copies for new rows, padded to whole chunks with dropped writes.
+        new_draws = jnp.nonzero(is_new, size=batch + FORK_CHUNK, fill_value=batch)[0]
+        valid = new_draws < batch
+        new_draws = jnp.minimum(new_draws, batch - 1)
+        children = jnp.where(valid, slots[target[new_draws]], num_slots)
+        k, v = copy_caches(carry["k"], carry["v"], children,
+                           model_slots[parent[new_draws]], jnp.sum(is_new))
+
+        def moved(values, new_values=None):
+            """values with each target row set from its draw's parent row (or new_values)."""
+            source = values[parent] if new_values is None else new_values
+            return values.at[target].set(source, mode="drop")
+
+        num = carry["num_tokens"][parent]
+        step_tokens = carry["tokens"][parent].at[rows, num].set(tokens, mode="drop")
+        fed_now = jnp.zeros(batch, bool).at[target].set(True, mode="drop")
+        token_now = jnp.zeros(batch, jnp.int32).at[target].set(tokens, mode="drop")
+        moved_positions = moved(carry["positions"])
+        feed_positions = jnp.where(fed_now, moved_positions, max_len)
+        hidden, k, v = model(token_now[:, None], feed_positions[:, None], model_slots, k, v,
+                             layers=weights.layers)
+        positions = jnp.where(fed_now, moved_positions + 1, moved_positions)
+        num_tokens = moved(carry["num_tokens"], num + 1)
+        reason = jnp.select(
+            [jnp.isin(token_now, eos_ids), newline_table[token_now], positions >= max_len,
+             num_tokens >= cap],
+            [EndReason.EOS, EndReason.NEWLINE, EndReason.CACHE_FULL, EndReason.CAP], -1
+        ).astype(jnp.int32)
+        ends_now = fed_now & (reason >= 0)
+        return dict(
+            k=k, v=v, positions=positions, num_tokens=num_tokens,
+            live=carry["live"] | fed_now, spare=carry["spare"] & ~fed_now,
+            done=carry["done"] | ends_now,
+            end_reason=jnp.where(ends_now, reason, carry["end_reason"]),
+            group=moved(carry["group"]), count=moved(carry["count"], draws),
+            keys=moved(carry["keys"], jax.vmap(jax.random.fold_in)(carry["keys"][parent],
+                                                                    tokens)),
+            params=jax.tree.map(moved, carry["params"]),
+            tokens=moved(carry["tokens"], step_tokens),
+            logprob=moved(carry["logprob"], carry["logprob"][parent] + logprobs),
+            fed=moved(carry["fed"], jnp.where(is_new, 0, carry["fed"][parent]) + 1),
+            hidden=jnp.where(fed_now[:, None], hidden[:, 0].astype(jnp.float32),
+                             carry["hidden"]))
+
+    group_keys = jax.vmap(jax.random.fold_in)(key_table[key_rows], group_ids)
+    initial = dict(
+        k=cache.k, v=cache.v, positions=positions, num_tokens=jnp.zeros(batch, jnp.int32),
+        live=live, spare=spare, done=full_at_start,
+        # A row not full at the start sets its own reason when it ends.
+        end_reason=jnp.full(batch, EndReason.CACHE_FULL, jnp.int32),
+        group=jnp.where(live, rows, -1).astype(jnp.int32), count=counts.astype(jnp.int32),
+        keys=group_keys, params=params,
+        tokens=jnp.zeros((batch, max_tokens), jnp.int32), logprob=jnp.zeros(batch, jnp.float32),
+        fed=jnp.zeros(batch, jnp.int32), hidden=cache.last_hidden[model_slots])
+    final = jax.lax.while_loop(still_going, one_round, initial)
+    written = jnp.where(final["live"], slots, num_slots)
+    cache = KVCache(k=final["k"], v=final["v"],
+                    lengths=cache.lengths.at[written].set(final["positions"], mode="drop"),
+                    last_hidden=cache.last_hidden.at[written].set(final["hidden"], mode="drop"))
+    return cache, TrieOutput(
+        group=jnp.where(final["live"], final["group"], -1), count=final["count"],
+        tokens=final["tokens"], num_tokens=final["num_tokens"], logprob=final["logprob"],
+        end_reason=final["end_reason"], hidden=final["hidden"], fed=final["fed"])
+
+
+def _split(tokens, parent, drawn, spare, shifts):
+    """Where each draw goes: its parent row for the parent's first distinct token, a spare
+    row for each further distinct token, nowhere (R) for a repeat or an empty draw.
+
+    tokens, parent: [R] int32 per draw; drawn: [R] bool; spare: [R] bool, the free rows;
+    shifts: 1..K-1 (a row's draws are contiguous and at most K, so its others lie within
+    K-1 either side). Returns (target [R], the draws of each target's token [R], whether
+    the target is a new row [R]).
+    """
+    batch = tokens.shape[0]
+
+    def alike(offsets):
+        """[R, J] twice: draw d + offsets[j] is drawn from d's parent; and took d's token."""
+        index = jnp.arange(batch)[:, None] + offsets[None, :]
+        index_ok = (index >= 0) & (index < batch)
+        index = jnp.clip(index, 0, batch - 1)
+        same_row = index_ok & drawn[index] & (parent[index] == parent[:, None])
+        return same_row, same_row & (tokens[index] == tokens[:, None]), index
+
+    same_row_before, same_token_before, before = alike(-shifts)
+    _, same_token_after, _ = alike(shifts)
+    first = drawn & ~jnp.any(same_token_before, axis=1)
+    is_new = first & jnp.any(same_row_before & first[before], axis=1)
+    free_rows = jnp.nonzero(spare, size=batch, fill_value=batch)[0]
+    new_row = free_rows[jnp.clip(jnp.cumsum(is_new) - 1, 0, batch - 1)]
+    target = jnp.where(is_new, new_row, jnp.where(first, parent, batch))
+    return target, 1 + jnp.sum(same_token_after, axis=1), is_new
