@@ -64,8 +64,8 @@ class Scorer(str, enum.Enum):
     prm = "prm"  # the aggregated process reward g
 
 
-# best_of_n_matched: best-of-N with the N whose samples spend at least Q*'s generated
-# tokens per problem (read from this run's results), the budget-matched baseline.
+# best_of_n_matched: best-of-N at the smallest N found to spend at least Q*'s generated
+# tokens per problem (counted up from this run's results), the budget-matched baseline.
 METHODS = ("greedy", "self_consistency", "best_of_n", "beam", "qstar", "best_of_n_matched")
 STAGES = ("train_policy", "collect", "label", "train_q", "evaluate")
 

@@ -68,7 +68,13 @@ class ResultsLog:
 
     def compact(self) -> None:
         """Rewrite without torn lines, so the next append starts on a clean line."""
-        results = self.read()
+        self._rewrite(self.read())
+
+    def drop(self, method: str) -> None:
+        """Remove every result of ``method`` (to evaluate it again another way)."""
+        self._rewrite([r for r in self.read() if r.method != method])
+
+    def _rewrite(self, results: list[ProblemResult]) -> None:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in results))
         tmp.replace(self.path)
@@ -120,7 +126,8 @@ def markdown_table(summary: dict) -> str:
 def matched_samples(summary: dict, samples: int) -> int | None:
     """The smallest N whose best-of-N spends at least Q*'s generated tokens per problem,
     at the tokens per sample best-of-``samples`` spent; None when either method is
-    missing or best-of-``samples`` already spent as much as Q*."""
+    missing or best-of-``samples`` already spent as much as Q*. With prefix sharing a
+    chain costs less the more chains share it, so best-of-N may need a larger N."""
     methods = summary["methods"]
     if "best_of_n" not in methods or "qstar" not in methods:
         return None
@@ -151,23 +158,26 @@ def paired_difference(results: Iterable[ProblemResult], first: str,
 
 
 def budget_match_note(summary: dict, results: list[ProblemResult], samples: int,
-                      out_dir: Path) -> str:
+                      out_dir: Path, matched: int | None = None) -> str:
     """Q* against best-of-N at equal generated tokens: the paired accuracy difference
-    when the run evaluated ``best_of_n_matched``, else the N that would match and the
-    command that evaluates it; "" when best-of-N already spent at least Q*'s tokens."""
-    matched = matched_samples(summary, samples)
-    if matched is None:
-        return ""
+    when the run evaluated ``best_of_n_matched`` (at N = ``matched``), else the N that
+    would match and the command that evaluates it; "" when best-of-N already spent at
+    least Q*'s tokens."""
     methods = summary["methods"]
+    if "qstar" not in methods:
+        return ""
     qstar_tokens = methods["qstar"]["generated_tokens"] / methods["qstar"]["n"]
-    if "best_of_n_matched" not in methods:
+    if "best_of_n_matched" not in methods or matched is None:
+        estimate = matched_samples(summary, samples)
+        if estimate is None:
+            return ""
         return (f"\nQ* generated {qstar_tokens:.0f} tokens per problem: at equal tokens "
-                f"best-of-N takes N = {matched} (`python -m qstar_jax.run --reuse {out_dir} "
-                f"--out NEW_DIR 'eval.methods=[best_of_n]' eval.samples={matched}`, with this "
-                f"run's overrides).\n")
+                f"best-of-N takes N = {estimate} or more (`python -m qstar_jax.run --reuse "
+                f"{out_dir} --out NEW_DIR 'eval.methods=[best_of_n]' eval.samples={estimate}`, "
+                f"with this run's overrides).\n")
     entry = methods["best_of_n_matched"]
     diff, lo, hi, n = paired_difference(results, "qstar", "best_of_n_matched")
-    return (f"\nbest_of_n_matched is best-of-{matched}, the smallest N that spends at least "
+    return (f"\nbest_of_n_matched is best-of-{matched}, the smallest N found to spend at least "
             f"Q*'s {qstar_tokens:.0f} generated tokens per problem (it spent "
             f"{entry['generated_tokens'] / entry['n']:.0f}). Q* minus best-of-{matched}: "
             f"{100 * diff:+.1f} points (95% CI {100 * lo:+.1f} to {100 * hi:+.1f}, paired over "
@@ -197,10 +207,12 @@ def plot_accuracy_vs_tokens(summary: dict, path: Path) -> None:
 
 
 def write_reports(out_dir: Path, results: list[ProblemResult], methods: Iterable[str], *,
-                  best_of_n_samples: int | None = None) -> dict:
+                  best_of_n_samples: int | None = None, matched: int | None = None) -> dict:
+    """summary.json, summary.md (with the budget-match note when ``best_of_n_samples``,
+    eval.samples, is given; ``matched``: best_of_n_matched's N) and the plot."""
     summary = summarize(results, methods)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    note = (budget_match_note(summary, results, best_of_n_samples, out_dir)
+    note = (budget_match_note(summary, results, best_of_n_samples, out_dir, matched)
             if best_of_n_samples else "")
     (out_dir / "summary.md").write_text(markdown_table(summary) + note)
     if summary["methods"]:

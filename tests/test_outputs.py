@@ -23,6 +23,16 @@ def test_log_survives_a_torn_last_line(tmp_path):
     assert [r.problem_id for r in log.read()] == ["a", "b", "c"]
 
 
+def test_dropping_a_method_keeps_the_others_in_order(tmp_path):
+    log = ResultsLog(tmp_path / "results.jsonl")
+    log.append([result("greedy", "a", True), result("qstar", "a", True),
+                result("greedy", "b", False)])
+    log.drop("greedy")
+    assert [(r.method, r.problem_id) for r in log.read()] == [("qstar", "a")]
+    log.append([result("greedy", "a", False)])
+    assert [(r.method, r.problem_id) for r in log.read()] == [("qstar", "a"), ("greedy", "a")]
+
+
 def test_wilson_interval_known_values():
     lo, hi = wilson_interval(50, 100)
     assert lo == pytest.approx(0.4038, abs=1e-4) and hi == pytest.approx(0.5962, abs=1e-4)
@@ -49,7 +59,7 @@ def test_summary_says_which_best_of_n_would_spend_qstars_tokens(tmp_path):
     # best-of-6 spends 60 tokens per problem (10 a sample), Q* 410: N = 41 matches it.
     rows = [result("best_of_n", "a", False, 60), result("qstar", "a", True, 410)]
     write_reports(tmp_path, rows, ["best_of_n", "qstar"], best_of_n_samples=6)
-    assert "best-of-N takes N = 41" in (tmp_path / "summary.md").read_text()
+    assert "best-of-N takes N = 41 or more" in (tmp_path / "summary.md").read_text()
     assert "eval.samples=41" in (tmp_path / "summary.md").read_text()
     # Nothing to say when best-of-N spent at least Q*'s tokens, or one of them is absent.
     write_reports(tmp_path, [result("best_of_n", "a", False, 600), rows[1]],
@@ -84,7 +94,7 @@ def test_summary_reports_qstar_against_the_matched_best_of_n(tmp_path):
             result("qstar", "a", True, 400), result("qstar", "b", True, 420),
             result("best_of_n_matched", "a", True, 410), result("best_of_n_matched", "b", False, 430)]
     write_reports(tmp_path, rows, ["best_of_n", "qstar", "best_of_n_matched"],
-                  best_of_n_samples=6)
+                  best_of_n_samples=6, matched=43)
     note = (tmp_path / "summary.md").read_text()
-    assert "best_of_n_matched is best-of-41" in note and "(it spent 420)" in note
-    assert "Q* minus best-of-41: +50.0 points" in note and "paired over 2 problems" in note
+    assert "best_of_n_matched is best-of-43" in note and "(it spent 420)" in note
+    assert "Q* minus best-of-43: +50.0 points" in note and "paired over 2 problems" in note

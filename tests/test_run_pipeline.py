@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qstar_jax.outputs import ResultsLog, matched_samples
+from qstar_jax.outputs import ResultsLog
 from qstar_jax.run import main
 
 METHODS = ("greedy", "self_consistency", "best_of_n", "beam", "qstar", "best_of_n_matched")
@@ -93,18 +93,27 @@ def test_reuse_evaluates_on_the_trained_outputs_of_another_run(finished_run, tmp
                  "--out", str(tmp_path / "k2")]) == 0
 
 
-def test_matched_best_of_n_is_best_of_n_at_the_n_that_spends_qstars_tokens(finished_run,
-                                                                          tmp_path):
-    summary = json.loads((finished_run / "summary.json").read_text())
-    n = matched_samples(summary, samples=2)
-    assert n is not None and n > 2  # Q* spent more than best-of-2 on the tiny world
+def test_matched_best_of_n_is_the_smallest_n_that_spends_qstars_tokens(finished_run, tmp_path):
+    def tokens_per_problem(folder, method):
+        entry = json.loads((folder / "summary.json").read_text())["methods"][method]
+        return entry["generated_tokens"] / entry["n"]
+
+    n = json.loads((finished_run / "best_of_n_matched.json").read_text())["samples"]
+    assert n > 2  # Q* spent more than best-of-2 on the tiny world
     assert f"best_of_n_matched is best-of-{n}," in (finished_run / "summary.md").read_text()
-    out = tmp_path / "matched"
-    assert main([*TINY, "eval.methods=[best_of_n]", f"eval.samples={n}", "--reuse",
-                 str(finished_run), "--out", str(out)]) == 0
-    matched = [dict(r, method="best_of_n") for r in _without_wall(
-        ResultsLog(finished_run / "results.jsonl").read()) if r["method"] == "best_of_n_matched"]
-    assert _without_wall(ResultsLog(out / "results.jsonl").read()) == matched
+    qstar = tokens_per_problem(finished_run, "qstar")
+    assert tokens_per_problem(finished_run, "best_of_n_matched") >= qstar
+    for samples in (n, n - 1):
+        out = tmp_path / f"bon{samples}"
+        assert main([*TINY, "eval.methods=[best_of_n]", f"eval.samples={samples}", "--reuse",
+                     str(finished_run), "--out", str(out)]) == 0
+        if samples == n:  # the same searches as the run's best_of_n_matched
+            matched = [dict(r, method="best_of_n") for r in _without_wall(
+                ResultsLog(finished_run / "results.jsonl").read())
+                if r["method"] == "best_of_n_matched"]
+            assert _without_wall(ResultsLog(out / "results.jsonl").read()) == matched
+        else:  # one sample fewer falls short
+            assert tokens_per_problem(out, "best_of_n") < qstar
 
 
 @pytest.mark.parametrize("override, source, message", [

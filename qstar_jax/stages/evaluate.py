@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -34,6 +35,7 @@ from qstar_jax.tasks.code_rules import python_tokenizes
 
 # Greedy decoding and majority voting never read Q̂, so they spend no Q̂ calls.
 USES_Q = ("best_of_n", "beam", "qstar", "best_of_n_matched")
+MATCHED_STATE = "best_of_n_matched.json"  # the N best_of_n_matched is evaluated at
 CHAIN_METHODS = ("self_consistency", "best_of_n", "best_of_n_matched")
 
 
@@ -123,10 +125,11 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
     runtime = ctx.runtime(problems)
     q_fn = load_q_function(ctx, problems) if q_fn is None else q_fn
     utility = process_utility(ctx, problems)
-    for method in cfg.eval.methods:
+    def search(method: str, samples: int) -> None:
+        """Evaluate ``method`` (N = ``samples`` for a chain method) on the problems it has
+        no logged result for, a batch at a time."""
         done = log.done(method)
         pending = [i for i, p in enumerate(problems) if p.id not in done]
-        samples = _samples(log, method, cfg.eval.samples)
         make = planner_factory(ctx, method, samples)
         # One expander per method: its token counts are that method's alone.
         expander = DecoderExpander(runtime, prefix_sharing=cfg.eval.prefix_sharing)
@@ -143,17 +146,49 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
             log.append(_graded(ctx, method, problems, results, share))
             if cfg.eval.dump_trees:
                 _dump_trees(ctx, method, problems, results)
+
+    matched = None
+    for method in cfg.eval.methods:
+        if method == "best_of_n_matched":
+            matched = evaluate_best_of_n_matched(ctx.out / MATCHED_STATE, log, search,
+                                                 cfg.eval.samples)
+        else:
+            search(method, cfg.eval.samples)
     return write_reports(ctx.out, log.read(), cfg.eval.methods,
-                         best_of_n_samples=cfg.eval.samples)
+                         best_of_n_samples=cfg.eval.samples, matched=matched)
 
 
-def _samples(log: ResultsLog, method: str, samples: int) -> int:
-    """N for a chain method: eval.samples, or for best_of_n_matched the N that spends
-    Q*'s tokens, read from the logged results (config checks list both methods first)."""
-    if method != "best_of_n_matched":
-        return samples
-    matched = matched_samples(summarize(log.read(), ("best_of_n", "qstar")), samples)
-    return samples if matched is None else matched
+def evaluate_best_of_n_matched(state: Path, log: ResultsLog,
+                               search: Callable[[str, int], None], samples: int) -> int:
+    """best_of_n_matched: best-of-N at the smallest N found whose results spend at least
+    Q*'s generated tokens per problem; returns that N. N starts from best_of_n's tokens
+    per sample (``matched_samples``; eval.samples when best_of_n already spent as much)
+    and, while the method spends less, grows by one, its results dropped and searched
+    again: with prefix sharing a chain costs less the more chains share it, so the start
+    can fall short. ``state`` (JSON) keeps the N in use, so a killed run resumes at it.
+    The config checks list best_of_n and qstar before it."""
+    def tokens_per_problem(method: str) -> float:
+        entry = summarize(log.read(), (method,))["methods"][method]
+        return entry["generated_tokens"] / entry["n"]
+
+    if state.exists():
+        n = json.loads(state.read_text())["samples"]
+    else:
+        n = matched_samples(summarize(log.read(), ("best_of_n", "qstar")), samples) or samples
+    target = tokens_per_problem("qstar")
+    while True:
+        _write_json(state, {"samples": n})
+        search("best_of_n_matched", n)
+        if tokens_per_problem("best_of_n_matched") >= target:
+            return n
+        log.drop("best_of_n_matched")  # before the new N is saved: no mixed results
+        n += 1
+
+
+def _write_json(path: Path, value) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value) + "\n")
+    tmp.replace(path)
 
 
 def _graded(ctx: RunContext, method: str, problems, results: list[SearchResult],
