@@ -35,8 +35,8 @@ from qstar_jax.tasks.code_rules import python_tokenizes
 
 # Greedy decoding and majority voting never read Q̂, so they spend no Q̂ calls.
 USES_Q = ("best_of_n", "beam", "qstar", "best_of_n_matched")
-MATCHED_STATE = "best_of_n_matched.json"  # the N best_of_n_matched is evaluated at
 CHAIN_METHODS = ("self_consistency", "best_of_n", "best_of_n_matched")
+MATCHED_STATE = "best_of_n_matched.json"  # the N best_of_n_matched is evaluated at
 
 
 def process_utility(ctx: RunContext, problems):
