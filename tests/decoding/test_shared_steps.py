@@ -118,3 +118,10 @@ def test_bad_trie_inputs_are_rejected_before_device_work(random_decoder, overrid
         random_decoder.sample_trie(slots, [2, 1], [], **{k: v for k, v in args.items()
                                                          if k != "counts"})
     assert random_decoder.cache is cache and random_decoder.pool.num_free == free
+
+
+def test_calls_in_the_same_buckets_compile_once(wide_decoder):
+    _sample(wide_decoder, [3, 2], [1, 2])  # 5 rows (bucket 8), counts up to 3 (bucket 4)
+    assert wide_decoder.trace_counts["sample_trie"] == 1
+    _sample(wide_decoder, [4, 1, 2], [3, 4, 5], temperature=0.5)  # 7 rows, counts up to 4
+    assert wide_decoder.trace_counts["sample_trie"] == 1
