@@ -15,11 +15,17 @@ Prints the summary table and, as its last line, JSON:
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
-from qstar_jax.reused_evaluation import evaluate_reused_run
+from qstar_jax.config import ConfigError, load_config, to_yaml
+from qstar_jax.reuse import reuse_trained_outputs
+from qstar_jax.stages.context import RunContext
+from qstar_jax.stages.evaluate import evaluate
 
 
 class ExactCountdownQ:
@@ -35,11 +41,34 @@ class ExactCountdownQ:
 
 
 def main(argv: list[str]) -> int:
-    def exact_q(ctx):
-        split, count = ctx.config.task.eval_split, ctx.config.task.eval_problems
-        return {"q_fn": ExactCountdownQ(ctx.task, ctx.problems(split, count))}
-    return evaluate_reused_run(argv, __doc__.split("\n\n")[0], evaluate_options=exact_q,
-                               countdown_only=True)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reuse", required=True, metavar="DIR",
+                        help="a run whose training stages finished (its policy is searched)")
+    parser.add_argument("--out", required=True, help="output folder (new)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(None, [*args.overrides, "stages=[evaluate]"])
+        if config.task.name != "countdown":
+            raise ConfigError("task.name: the exact Q̂ exists for Countdown only")
+        out = Path(args.out)
+        if out.exists():
+            raise ConfigError(f"--out {out} exists; give a new folder")
+        out.mkdir(parents=True)
+        reuse_trained_outputs(Path(args.reuse), out, config)
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        return 2
+    (out / "config.yaml").write_text(to_yaml(config))
+    ctx = RunContext(config=config, out=out)
+    problems = ctx.problems(config.task.eval_split, config.task.eval_problems)
+    summary = evaluate(ctx, q_fn=ExactCountdownQ(ctx.task, problems))
+    print((out / "summary.md").read_text())
+    print(json.dumps({"methods": {name: {
+        "accuracy": entry["accuracy"], "n": entry["n"],
+        "generated_tokens_per_problem": round(entry["generated_tokens"] / entry["n"], 1)}
+        for name, entry in summary["methods"].items()}}))
+    return 0
 
 
 if __name__ == "__main__":

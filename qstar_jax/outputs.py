@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from qstar_jax.qvalue.durable import write_atomically
+
 Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
 
 # Counters summed per method in summary.json.
@@ -75,9 +77,8 @@ class ResultsLog:
         self._rewrite([r for r in self.read() if r.method != method])
 
     def _rewrite(self, results: list[ProblemResult]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in results))
-        tmp.replace(self.path)
+        text = "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in results)
+        write_atomically(self.path, lambda f: f.write(text.encode()))
 
 
 def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:

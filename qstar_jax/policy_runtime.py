@@ -111,9 +111,9 @@ class PolicyRuntime:
         for steps in shared:
             group = []
             for s in steps:
-                for slot in [s.slot, *copies.pop()]:
-                    group.append(self._sampled_step(list(s.tokens), s.end_reason, s.logprob,
-                                                    s.hidden, slot))
+                step = self._sampled_step(list(s.tokens), s.end_reason, s.logprob, s.hidden,
+                                          s.slot)
+                group += [step, *(dataclasses.replace(step, slot=c) for c in copies.pop())]
             out.append(group)
         return out
 

@@ -45,16 +45,14 @@ def sample_shared_steps(decoder: Decoder, slots: Sequence[int], counts: Sequence
     a step's slot is ``slots[g]`` or a newly allocated one), and the tokens fed per group:
     the size of its trie, what the sampling computed.
     """
-    if len(counts) != len(slots) or min(counts, default=1) < 1:
-        raise ValueError(f"give one count >= 1 per slot; got {len(slots)} slots, counts "
-                         f"{list(counts)}")
-    spares = decoder.allocate(sum(counts) - len(slots))
+    spares = decoder.allocate(max(0, sum(counts) - len(slots)))  # sample_trie checks counts
     try:
         row_slots, out = decoder.sample_trie(slots, counts, spares, key_table=key_table,
                                              key_rows=key_rows, group_ids=group_ids,
                                              params=params, max_tokens=max_tokens)
     except BaseException:
-        decoder.free(spares)
+        if spares:
+            decoder.free(spares)
         raise
     unused = row_slots[out.group < 0]
     if unused.size:

@@ -113,4 +113,3 @@ def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights, cache: KVCache,
     return cache, StepOutput(tokens=final["tokens"], logprobs=final["logprobs"],
                              num_tokens=final["num_tokens"], end_reason=final["end_reason"],
                              hidden=final["hidden"])
-

@@ -18,6 +18,7 @@ from qstar_jax.config import Scorer, Utility
 from qstar_jax.decoder_expander import DecoderExpander
 from qstar_jax.outputs import (ProblemResult, ResultsLog, matched_samples, summarize,
                                write_reports)
+from qstar_jax.qvalue.durable import write_atomically
 from qstar_jax.search.astar import AStarConfig, AStarPlanner, Budget
 from qstar_jax.search.beam import BeamConfig, BeamPlanner
 from qstar_jax.search.chains import (ChainConfig, ChainPlanner, greedy_planner,
@@ -177,18 +178,12 @@ def evaluate_best_of_n_matched(state: Path, log: ResultsLog,
         n = matched_samples(summarize(log.read(), ("best_of_n", "qstar")), samples) or samples
     target = tokens_per_problem("qstar")
     while True:
-        _write_json(state, {"samples": n})
+        write_atomically(state, lambda f: f.write(json.dumps({"samples": n}).encode()))
         search("best_of_n_matched", n)
         if tokens_per_problem("best_of_n_matched") >= target:
             return n
         log.drop("best_of_n_matched")  # before the new N is saved: no mixed results
         n += 1
-
-
-def _write_json(path: Path, value) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value) + "\n")
-    tmp.replace(path)
 
 
 def _graded(ctx: RunContext, method: str, problems, results: list[SearchResult],
