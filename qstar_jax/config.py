@@ -16,19 +16,11 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from qstar_jax.search.aggregate import Agg
+
 
 class ConfigError(ValueError):
     """A configuration names something missing or holds a value out of range."""
-
-
-class Agg(str, enum.Enum):
-    """How step rewards along a path aggregate into g(s)."""
-
-    min = "min"
-    max = "max"
-    sum = "sum"
-    last = "last"
-    product = "product"
 
 
 class Utility(str, enum.Enum):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from qstar_jax.config import ConfigError, Utility, load_config, to_yaml
 from qstar_jax.models.loading import PACKAGED_MODELS
-from qstar_jax.reuse import reuse_trained_outputs
+from qstar_jax.stages.reuse import reuse_trained_outputs
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.evaluate import evaluate
 from qstar_jax.stages.rollouts import collect, label

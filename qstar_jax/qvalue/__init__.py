@@ -7,4 +7,7 @@
 - ``labels_best_of`` (with ``uct``), ``labels_fqi``, ``labels_completion``: the paper's
   three label estimators.
 - ``train`` and ``checkpoint``: optax training and orbax checkpoints.
+- ``features``: the policy's hidden state at a step's last token, Q̂'s training input.
+- ``scorers``: search's ``QValueFunction`` over a trained Q̂ (policy hidden or separate
+  backbone); ``prm``: the Math-Shepherd process reward model.
 """

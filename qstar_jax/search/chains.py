@@ -15,7 +15,7 @@ from typing import Any, Callable, Hashable, Protocol, Sequence
 
 import numpy as np
 
-from qstar_jax.config import Agg
+from qstar_jax.search.aggregate import Agg
 from qstar_jax.search.checks import as_agg, require_positive, require_temperature
 from qstar_jax.search.interface import ExpandRequest, Node
 from qstar_jax.search.planner import (Outcome, RoundGuard, ScoredStep, ScoredTrajectory,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qstar_jax.config import Agg
+from qstar_jax.search.aggregate import Agg
 
 
 def as_agg(value: Agg | str) -> Agg:

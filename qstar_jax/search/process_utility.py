@@ -1,4 +1,4 @@
-"""Process utilities R_P and their aggregation into g(s) = Agg(R_P(s_1), ..., R_P(s_t)).
+"""Process utilities R_P (``aggregate.py`` folds them into g(s) = Agg(R_P(s_1), ..., R_P(s_t))).
 
 The paper uses a PRM on GSM8K, a rule on MBPP (−0.5 when the code so far fails Python's
 tokenizer, with Agg = last) and zero on MATH, where g = 0 for every aggregation.
@@ -11,24 +11,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from qstar_jax.config import Agg
 from qstar_jax.search.interface import ProcessRewardModel, QItem
-
-
-def aggregate(agg: Agg, previous: float | None, reward: float) -> float:
-    """g of a child from its parent's g (None when the parent is the root, whose path is
-    empty) and the new step's reward; every Agg is a fold, so this is exact."""
-    if previous is None or agg is Agg.last:
-        return float(reward)
-    if agg is Agg.min:
-        return min(previous, float(reward))
-    if agg is Agg.max:
-        return max(previous, float(reward))
-    if agg is Agg.sum:
-        return previous + float(reward)
-    if agg is Agg.product:
-        return previous * float(reward)
-    raise ValueError(f"unknown aggregation {agg!r}; choose one of {[a.value for a in Agg]}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from qstar_jax.config import Agg
+from qstar_jax.search.aggregate import Agg, aggregate
 from qstar_jax.search.interface import ExpandRequest, Node
 from qstar_jax.search.planner import ScoredStep
-from qstar_jax.search.process_utility import aggregate
 
 
 class SearchTree:

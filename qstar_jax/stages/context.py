@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from qstar_jax.config import RunConfig
 from qstar_jax.decoding.engine import Decoder
 from qstar_jax.models.loading import LoadedModel, load_model
-from qstar_jax.policy_runtime import PolicyRuntime
+from qstar_jax.policy.runtime import PolicyRuntime
 from qstar_jax.tasks.base import Problem, Task
 from qstar_jax.tasks.registry import make_task
 

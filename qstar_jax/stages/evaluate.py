@@ -15,10 +15,11 @@ from typing import Callable
 import numpy as np
 
 from qstar_jax.config import Scorer, Utility
-from qstar_jax.decoder_expander import DecoderExpander
 from qstar_jax.outputs import (ProblemResult, ResultsLog, matched_samples, summarize,
                                write_reports)
+from qstar_jax.policy.expander import DecoderExpander
 from qstar_jax.qvalue.durable import write_atomically
+from qstar_jax.qvalue.prm import ShepherdPRM
 from qstar_jax.search.astar import AStarConfig, AStarPlanner, Budget
 from qstar_jax.search.beam import BeamConfig, BeamPlanner
 from qstar_jax.search.chains import (ChainConfig, ChainPlanner, greedy_planner,
@@ -27,7 +28,6 @@ from qstar_jax.search.driver import run_search
 from qstar_jax.search.interface import QValueFunction
 from qstar_jax.search.planner import Planner, SearchResult
 from qstar_jax.search.process_utility import PRMUtility, RuleUtility, ZeroUtility
-from qstar_jax.search.prm import ShepherdPRM
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.train_q import load_q_function
 from qstar_jax.tasks.base import join_steps

@@ -4,14 +4,14 @@ label for every (s, a) along them, with the policy hidden features Q̂ trains on
 from __future__ import annotations
 
 from qstar_jax.config import LabelMethod
-from qstar_jax.decoder_rollouts import DecoderRolloutSampler
+from qstar_jax.policy.rollouts import DecoderRolloutSampler
 from qstar_jax.qvalue.dataset import save_labelled, step_pairs
+from qstar_jax.qvalue.features import last_token_hidden
 from qstar_jax.qvalue.label_journal import LabelJournal
 from qstar_jax.qvalue.labels_best_of import BestOfRolloutsConfig, best_of_rollouts_labels
 from qstar_jax.qvalue.labels_completion import stronger_completion_labels
 from qstar_jax.qvalue.rollouts import collect_rollouts, read_rollouts
 from qstar_jax.stages.context import RunContext
-from qstar_jax.stages.features import last_token_hidden
 from qstar_jax.stages.fitted_q import fitted_q_labels
 from qstar_jax.tasks.base import STEP_SEPARATOR, join_steps
 

@@ -1,26 +1,21 @@
-"""Q̂ on a separate, trainable backbone: a loadable model plus the Q̂ head, reading the
-text of (question ⊕ steps ⊕ candidate step) instead of the policy's hidden state."""
+"""Train Q̂ on a separate, trainable backbone: a loadable model plus the Q̂ head, reading
+the text of (question ⊕ steps ⊕ candidate step) instead of the policy's hidden state.
+Search scores with it through ``qvalue.scorers.SeparateBackboneQ``."""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 from flax import nnx
 
-from qstar_jax.qvalue.backbone import (BackboneQ, BackboneQModel, backbone_update_mask,
-                                       pad_token_batch)
-from qstar_jax.qvalue.checkpoint import BackboneIdentity, QCheckpointer, load_backbone_q
+from qstar_jax.qvalue.backbone import BackboneQ, backbone_update_mask, pad_token_batch
+from qstar_jax.qvalue.checkpoint import BackboneIdentity, QCheckpointer
 from qstar_jax.qvalue.dataset import load_labelled
 from qstar_jax.qvalue.head import QHeadConfig
+from qstar_jax.qvalue.scorers import _text
 from qstar_jax.qvalue.train import TrainConfig, TrainResult, train_q_model
-from qstar_jax.search.interface import QItem
 from qstar_jax.stages.context import RunContext
-from qstar_jax.tasks.base import STEP_SEPARATOR
-
-
-def _text(prompt: str, steps: Sequence[str]) -> str:
-    return prompt + "".join(step + STEP_SEPARATOR for step in steps)
 
 
 def train_separate_q(ctx: RunContext, output: str,
@@ -51,20 +46,3 @@ def train_separate_q(ctx: RunContext, output: str,
         result = train_q_model(model, batch, labels, make_train_config(ctx, len(labels)),
                                update_mask=mask, checkpointer=checkpointer)
     return result, labels
-
-
-class SeparateBackboneQ:
-    """search's ``QValueFunction`` over a separate backbone scoring texts."""
-
-    def __init__(self, ctx: RunContext, problems):
-        tokenizer = ctx.load(ctx.config.q_train.separate_model).tokenizer
-        self._encode = tokenizer.encode
-        self._prompts = ctx.prompts(problems)
-        self._model = BackboneQModel(load_backbone_q(ctx.q_dir), pad_id=tokenizer.pad_id)
-
-    def score(self, items: Sequence[QItem]) -> np.ndarray:
-        if not items:
-            return np.zeros(0, np.float32)
-        return self._model.score_texts([
-            self._encode(_text(self._prompts[i.problem_index], (*i.prefix_steps, i.step_text)))
-            for i in items], keep_last=True)

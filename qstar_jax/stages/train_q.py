@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Sequence
 
 import numpy as np
 from flax import nnx
@@ -14,10 +13,10 @@ from qstar_jax.config import Loss, QBackbone
 from qstar_jax.qvalue.checkpoint import BackboneIdentity, QCheckpointer, load_q_head
 from qstar_jax.qvalue.dataset import load_labelled
 from qstar_jax.qvalue.head import QHead, QHeadConfig, QHeadModel
+from qstar_jax.qvalue.scorers import PolicyHiddenQ, SeparateBackboneQ
 from qstar_jax.qvalue.train import TrainConfig, train_q_model
-from qstar_jax.search.interface import QItem
 from qstar_jax.stages.context import RunContext
-from qstar_jax.stages.separate_q import SeparateBackboneQ, train_separate_q
+from qstar_jax.stages.separate_q import train_separate_q
 
 
 def head_config(ctx: RunContext) -> QHeadConfig:
@@ -68,18 +67,6 @@ def _write_summary(path, result, labels: np.ndarray) -> None:
                                 "heldout_auc": result.heldout_auc,
                                 "examples": len(labels),
                                 "positive_fraction": float((labels > 0.5).mean())}) + "\n")
-
-
-class PolicyHiddenQ:
-    """search's ``QValueFunction`` over a head reading the policy's hidden states."""
-
-    def __init__(self, model: QHeadModel):
-        self.model = model
-
-    def score(self, items: Sequence[QItem]) -> np.ndarray:
-        if not items:
-            return np.zeros(0, np.float32)
-        return self.model.score_hidden(np.stack([item.hidden for item in items]))
 
 
 def load_q_function(ctx: RunContext, problems):

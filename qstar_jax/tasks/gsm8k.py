@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-from qstar_jax.tasks import grading
+from qstar_jax.tasks.math import grading
 from qstar_jax.tasks.base import ChatFormatter, Problem
 from qstar_jax.tasks.datasets import Column, DataFiles, DatasetSource, load_problems
 from qstar_jax.tasks.prompts import (PromptFormat, WorkedExample, build_prompt, check_n_shot,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-from qstar_jax.tasks import sandbox
+from qstar_jax.tasks.sandbox import sandbox
 from qstar_jax.tasks.base import STEP_SEPARATOR, ChatFormatter, Problem
 from qstar_jax.tasks.datasets import Column, DataFiles, DatasetSource, load_problems
 from qstar_jax.tasks.prompts import PromptFormat, WorkedExample, build_prompt, check_n_shot

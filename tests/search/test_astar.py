@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from qstar_jax.config import Agg
+from qstar_jax.search.aggregate import Agg
 from qstar_jax.search.astar import AStarConfig, AStarPlanner, Budget
 from qstar_jax.search.driver import run_search
 from qstar_jax.search.planner import Outcome

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from qstar_jax.config import Agg
+from qstar_jax.search.aggregate import Agg
 from qstar_jax.search.chains import (ChainConfig, FinalQScorer, ProcessRewardScorer,
                                      best_of_n_planner, greedy_planner, self_consistency_planner)
 from qstar_jax.search.driver import run_search

@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 
-from qstar_jax.config import Agg
+from qstar_jax.search.aggregate import Agg, aggregate
 from qstar_jax.search.astar import AStarConfig, AStarPlanner
 from qstar_jax.search.beam import BeamConfig, BeamPlanner
 from qstar_jax.search.chains import greedy_planner
 from qstar_jax.search.driver import run_search
-from qstar_jax.search.process_utility import PRMUtility, aggregate
+from qstar_jax.search.process_utility import PRMUtility
 from tests.search.fakes import FakeExpander, HiddenQ, HiddenRewardPRM, child, tree
 
 # Problem 0: A* expands root (3 children, 6 tokens) and a (2 children, 9 tokens).

@@ -33,14 +33,14 @@ import re
 import time
 from fractions import Fraction
 
-from qstar_jax.tasks.answer_extraction import (extract_boxed, extract_final_answer,
-                                               extract_gsm8k_reference)
-from qstar_jax.tasks.exact_numbers import parse_latex_number
-from qstar_jax.tasks.latex_normalize import matching_close, normalize_latex
-from qstar_jax.tasks.math_structures import (AnswerStructure, StructureKind, TooManyItemsError,
-                                             parse_structure)
-from qstar_jax.tasks.symbolic_check import (SymbolicCheckConfig, SymbolicChecker,
-                                            SymbolicWorkerError)
+from qstar_jax.tasks.math.answer_extraction import (extract_boxed, extract_final_answer,
+                                                    extract_gsm8k_reference)
+from qstar_jax.tasks.math.exact_numbers import parse_latex_number
+from qstar_jax.tasks.math.latex_normalize import matching_close, normalize_latex
+from qstar_jax.tasks.math.math_structures import (AnswerStructure, StructureKind, TooManyItemsError,
+                                                  parse_structure)
+from qstar_jax.tasks.math.symbolic_check import (SymbolicCheckConfig, SymbolicChecker,
+                                                 SymbolicWorkerError)
 
 __all__ = ["SymbolicCheckConfig", "SymbolicChecker", "SymbolicWorkerError", "extract_boxed",
            "extract_final_answer", "extract_gsm8k_reference", "math_equal", "number_equal"]

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from qstar_jax.tasks import sandbox_isolation
-from qstar_jax.tasks.sandbox import ExecResult, run_program
-from qstar_jax.tasks.sandbox_isolation import BubblewrapProbe, probe_bubblewrap
+from qstar_jax.tasks.sandbox import sandbox_isolation
+from qstar_jax.tasks.sandbox.sandbox import ExecResult, run_program
+from qstar_jax.tasks.sandbox.sandbox_isolation import BubblewrapProbe, probe_bubblewrap
 
 BUBBLEWRAP_WORKS = probe_bubblewrap(sys.executable, os.geteuid() == 0).works
 ISOLATIONS = [
@@ -421,7 +421,7 @@ def test_daemonized_grandchild_does_not_survive(isolation: str, marker: str) -> 
 @pytest.mark.hostile
 def test_writes_outside_scratch_leave_no_trace(isolation: str) -> None:
     name = f"qstar-escape-{secrets.token_hex(8)}"
-    repository = Path(__file__).resolve().parents[2]
+    repository = Path(__file__).resolve().parents[3]
     targets = [f"/tmp/{name}", f"/var/tmp/{name}", f"/dev/shm/{name}", f"../{name}",
                str(repository / name), f"/{name}"]
     program = textwrap.dedent(f"""\
@@ -491,7 +491,7 @@ def test_no_network(isolation: str) -> None:
 
 @pytest.mark.skipif(not BUBBLEWRAP_WORKS, reason="bubblewrap unusable here")
 def test_bubblewrap_hides_the_repository_and_the_system_is_read_only() -> None:
-    repository = Path(__file__).resolve().parents[2]
+    repository = Path(__file__).resolve().parents[3]
     program = textwrap.dedent("""\
         import os
         def visible(path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from qstar_jax.policy_runtime import PolicyRuntime, SampledStep, stable_id
+from qstar_jax.policy.runtime import PolicyRuntime, SampledStep, stable_id
 from qstar_jax.search.interface import ExpandRequest, Step
 
 

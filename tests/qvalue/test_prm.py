@@ -8,7 +8,7 @@ from qstar_jax.decoding.kv_cache import init_cache
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.search.interface import QItem
-from qstar_jax.search.prm import ShepherdPRM, shepherd_text
+from qstar_jax.qvalue.prm import ShepherdPRM, shepherd_text
 
 CONFIG = ModelConfig(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=64,
                      num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)

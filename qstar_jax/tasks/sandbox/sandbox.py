@@ -27,11 +27,11 @@ import sys
 import time
 from typing import Any, Literal
 
-from qstar_jax.tasks.sandbox_checks import Check, check_failure, parse_check
-from qstar_jax.tasks.sandbox_isolation import (
+from qstar_jax.tasks.sandbox.sandbox_checks import Check, check_failure, parse_check
+from qstar_jax.tasks.sandbox.sandbox_isolation import (
     HARNESS, SANDBOX_ENV, Identity, bubblewrap_command, bubblewrap_for, kill_processes_of,
     make_scratch, remove_files_of, remove_scratch, sandbox_identity, threads_of)
-from qstar_jax.tasks.sandbox_streams import SandboxStreams
+from qstar_jax.tasks.sandbox.sandbox_streams import SandboxStreams
 
 Status = Literal["passed", "failed", "timeout", "error", "memory_exceeded", "killed"]
 

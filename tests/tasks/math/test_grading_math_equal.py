@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qstar_jax.tasks.grading import SymbolicChecker, math_equal
+from qstar_jax.tasks.math.grading import SymbolicChecker, math_equal
 
 PMATRIX = "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}"
 BMATRIX = "\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}"

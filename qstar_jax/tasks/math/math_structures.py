@@ -12,7 +12,7 @@ import dataclasses
 import enum
 import re
 
-from qstar_jax.tasks.latex_normalize import matching_close
+from qstar_jax.tasks.math.latex_normalize import matching_close
 
 # Answers with more parts than this are not MATH answers; refusing them bounds the
 # pairwise comparisons of unordered collections.

@@ -13,9 +13,9 @@ import pytest
 import sympy
 
 from qstar_jax.tasks import symbolic_check
-from qstar_jax.tasks.grading import (SymbolicCheckConfig, SymbolicChecker, SymbolicWorkerError,
-                                     math_equal)
-from qstar_jax.tasks.symbolic_worker import LatexParseError, LatexToSympy, answers_equal
+from qstar_jax.tasks.math.grading import (SymbolicCheckConfig, SymbolicChecker, SymbolicWorkerError,
+                                          math_equal)
+from qstar_jax.tasks.math.symbolic_worker import LatexParseError, LatexToSympy, answers_equal
 
 x, r = sympy.Symbol("x"), sympy.Symbol("r")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from qstar_jax.policy_runtime import PolicyRuntime, stable_id
+from qstar_jax.policy.runtime import PolicyRuntime, stable_id
 
 
 class DecoderRolloutSampler:

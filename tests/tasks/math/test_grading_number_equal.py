@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qstar_jax.tasks.grading import number_equal
+from qstar_jax.tasks.math.grading import number_equal
 
 # (prediction, reference, verdict)
 CASES = [

@@ -4,8 +4,8 @@ import itertools
 
 import numpy as np
 
-from qstar_jax.decoder_expander import DecoderExpander
-from qstar_jax.policy_runtime import SampledStep
+from qstar_jax.policy.expander import DecoderExpander
+from qstar_jax.policy.runtime import SampledStep
 from qstar_jax.search.interface import ExpandRequest, Node
 
 

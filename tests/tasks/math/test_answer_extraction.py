@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from qstar_jax.tasks import grading
-from qstar_jax.tasks.answer_extraction import (extract_boxed, extract_final_answer,
-                                               extract_gsm8k_reference)
+from qstar_jax.tasks.math import grading
+from qstar_jax.tasks.math.answer_extraction import (extract_boxed, extract_final_answer,
+                                                    extract_gsm8k_reference)
 
 BOXED_CASES = [
     ("So the answer is $\\boxed{5}$.", "5"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qstar_jax.tasks.sandbox_checks import check_failure, parse_check
+from qstar_jax.tasks.sandbox.sandbox_checks import check_failure, parse_check
 
 # (test, what the child evaluates, None when the child runs the test as a statement)
 SPLITS = [

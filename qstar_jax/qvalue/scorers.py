@@ -1,0 +1,50 @@
+"""search's ``QValueFunction`` over a trained Q̂: on the policy's hidden states, or on a
+separate backbone reading the text of (question ⊕ steps ⊕ candidate step)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from qstar_jax.qvalue.backbone import BackboneQModel
+from qstar_jax.qvalue.checkpoint import load_backbone_q
+from qstar_jax.qvalue.head import QHeadModel
+from qstar_jax.search.interface import QItem
+from qstar_jax.tasks.base import STEP_SEPARATOR
+
+if TYPE_CHECKING:
+    from qstar_jax.stages.context import RunContext
+
+
+def _text(prompt: str, steps: Sequence[str]) -> str:
+    return prompt + "".join(step + STEP_SEPARATOR for step in steps)
+
+
+class PolicyHiddenQ:
+    """search's ``QValueFunction`` over a head reading the policy's hidden states."""
+
+    def __init__(self, model: QHeadModel):
+        self.model = model
+
+    def score(self, items: Sequence[QItem]) -> np.ndarray:
+        if not items:
+            return np.zeros(0, np.float32)
+        return self.model.score_hidden(np.stack([item.hidden for item in items]))
+
+
+class SeparateBackboneQ:
+    """search's ``QValueFunction`` over a separate backbone scoring texts."""
+
+    def __init__(self, ctx: RunContext, problems):
+        tokenizer = ctx.load(ctx.config.q_train.separate_model).tokenizer
+        self._encode = tokenizer.encode
+        self._prompts = ctx.prompts(problems)
+        self._model = BackboneQModel(load_backbone_q(ctx.q_dir), pad_id=tokenizer.pad_id)
+
+    def score(self, items: Sequence[QItem]) -> np.ndarray:
+        if not items:
+            return np.zeros(0, np.float32)
+        return self._model.score_texts([
+            self._encode(_text(self._prompts[i.problem_index], (*i.prefix_steps, i.step_text)))
+            for i in items], keep_last=True)
