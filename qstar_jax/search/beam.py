@@ -5,19 +5,22 @@ keeps the B with the highest f = g + λ·Q̂ (ties to the lower node id) and dro
 rest. A kept terminal child is a finished beam: it is set aside and expanded no more.
 The search ends once B beams have finished, when no beam is live, or when the live beams
 have taken ``max_steps`` steps. The answer is the finished beam with the best f.
+
+``value`` ranks by another function of a node instead of f: Tree of Thoughts' BFS is
+this search ranked by its state evaluator (``search/tot.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from qstar_jax.search.aggregate import Agg
 from qstar_jax.search.checks import as_agg, require_positive, require_temperature
 from qstar_jax.search.interface import ExpandRequest, Node
 from qstar_jax.search.planner import (Outcome, RoundGuard, ScoredStep, ScoredTrajectory,
                                       SearchResult)
-from qstar_jax.search.tree import SearchTree, best_by_f
+from qstar_jax.search.tree import SearchTree, best_by
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -37,12 +40,15 @@ class BeamConfig:
 
 class BeamPlanner(RoundGuard):
     """Beam search on one problem. With no finished beam the answer is the best-f beam
-    of the last round (``partial``), or the empty root if no step was ever kept."""
+    of the last round (``partial``), or the empty root if no step was ever kept.
+    ``value``: what ranks nodes (default f); ties go to the lower node id."""
 
-    def __init__(self, problem_index: int, config: BeamConfig):
+    def __init__(self, problem_index: int, config: BeamConfig,
+                 value: Callable[[Node], float] = lambda node: node.f):
         super().__init__()
         self.problem_index = problem_index
         self._config = config
+        self._value = value
         self._tree = SearchTree(problem_index, agg=config.agg,
                                 heuristic_weight=config.heuristic_weight)
         self._live: list[Node] = [self._tree.root]
@@ -62,7 +68,7 @@ class BeamPlanner(RoundGuard):
             self._tree.release(parent)
             pool += self._tree.add_children(parent, scored, merge_identical=True)
         self._expanding = []
-        pool.sort(key=lambda node: (-node.f, node.id))
+        pool.sort(key=lambda node: (-self._value(node), node.id))
         kept, dropped = pool[:self._config.beam_width], pool[self._config.beam_width:]
         for node in dropped:
             self._tree.release(node)
@@ -84,13 +90,14 @@ class BeamPlanner(RoundGuard):
 
     def result(self, *, include_tree: bool = False) -> SearchResult:
         if self._finished:
-            chosen, outcome = best_by_f(self._finished), Outcome.complete
+            chosen, outcome = best_by(self._finished, self._value), Outcome.complete
         else:
-            chosen = best_by_f(self._last_kept) if self._last_kept else self._tree.root
+            chosen = best_by(self._last_kept, self._value) if self._last_kept else self._tree.root
             outcome = Outcome.partial
         return SearchResult(
             problem_index=self.problem_index, steps=chosen.steps, node_id=chosen.id,
-            outcome=outcome, score=chosen.f,
-            trajectories=tuple(ScoredTrajectory(node_id=n.id, steps=n.steps, score=n.f)
+            outcome=outcome, score=self._value(chosen),
+            trajectories=tuple(ScoredTrajectory(node_id=n.id, steps=n.steps,
+                                                score=self._value(n))
                                for n in self._finished),
             tree=self._tree.dump() if include_tree else None)

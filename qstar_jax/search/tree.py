@@ -6,7 +6,7 @@ follow one rule for Q* and every baseline.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from qstar_jax.search.aggregate import Agg, aggregate
 from qstar_jax.search.interface import ExpandRequest, Node
@@ -115,4 +115,9 @@ class SearchTree:
 
 def best_by_f(nodes: Sequence[Node]) -> Node:
     """The highest f, ties to the lowest node id."""
-    return min(nodes, key=lambda node: (-node.f, node.id))
+    return best_by(nodes, lambda node: node.f)
+
+
+def best_by(nodes: Sequence[Node], value: Callable[[Node], float]) -> Node:
+    """The highest ``value``, ties to the lowest node id."""
+    return min(nodes, key=lambda node: (-value(node), node.id))

@@ -1,0 +1,137 @@
+"""Tree of Thoughts (Yao et al. 2023): breadth-first and depth-first search over steps,
+each new state judged by a state evaluator.
+
+The evaluator is a function of a node: Q̂ of the edge that made it (``node.h``: the
+trained Q̂, or a value prompt sampled V times, ``search/value_prompt.py``, both arrive
+as the driver's Q̂ scores), or the aggregated process reward (``node.g``: a PRM).
+
+- BFS: at each depth, K proposed steps per kept state, the best b new states kept: step
+  beam search ranked by the evaluator instead of f (``BeamPlanner`` with ``value``).
+- DFS: expand the best unexplored state first; children whose value falls below a
+  threshold are pruned, and a state whose children are all pruned or spent sends the
+  search back to the best remaining sibling of the deepest ancestor that has one
+  (backtracking). Ends at ``max_complete`` terminal states above the threshold or after
+  ``max_expansions`` expansions (the step limit).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+from qstar_jax.search.aggregate import Agg
+from qstar_jax.search.beam import BeamConfig, BeamPlanner
+from qstar_jax.search.checks import as_agg, require_positive, require_temperature
+from qstar_jax.search.interface import ExpandRequest, Node
+from qstar_jax.search.planner import (Outcome, RoundGuard, ScoredStep, ScoredTrajectory,
+                                      SearchResult)
+from qstar_jax.search.tree import SearchTree, best_by
+
+StateValue = Callable[[Node], float]
+
+
+def q_value(node: Node) -> float:
+    """Q̂ of the edge into the node (the trained Q̂, or a value prompt behind the Q̂ call)."""
+    return node.h
+
+
+def process_value(node: Node) -> float:
+    """The aggregated process reward g (a PRM's, under the search's Agg)."""
+    return node.g
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ToTConfig:
+    num_children: int = 5  # K: steps proposed per state
+    keep: int = 5  # b: states kept per depth (BFS)
+    threshold: float = 0.5  # DFS: a child valued below this is pruned
+    max_expansions: int = 100  # DFS: the step limit
+    max_complete: int = 1  # DFS: terminal states to collect before stopping
+    temperature: float = 1.0
+    max_steps: int = 32  # depth limit
+    agg: Agg = Agg.min
+
+    def __post_init__(self):
+        object.__setattr__(self, "agg", as_agg(self.agg))
+        require_positive(self, "num_children", "keep", "max_expansions", "max_complete",
+                         "max_steps")
+        require_temperature(self)
+
+
+def tot_bfs_planner(problem_index: int, config: ToTConfig, value: StateValue) -> BeamPlanner:
+    """ToT-BFS: a beam of ``keep`` states, ``num_children`` proposals each, ranked by
+    ``value``; the answer is the finished state ``value`` ranks highest."""
+    beam = BeamConfig(beam_width=config.keep, num_children=config.num_children,
+                      agg=config.agg, temperature=config.temperature,
+                      max_steps=config.max_steps)
+    return BeamPlanner(problem_index, beam, value=value)
+
+
+class ToTDFSPlanner(RoundGuard):
+    """ToT-DFS on one problem, one expansion per round (depth first is sequential).
+
+    The stack holds unexplored states; children of an expansion go on it best-last, so
+    the best is expanded next and the rest wait for backtracking. Ties in value go to
+    the lower node id. The answer is the best-valued terminal state collected; with
+    none, the last state expanded (``partial``; the root before any expansion).
+    """
+
+    def __init__(self, problem_index: int, config: ToTConfig, value: StateValue):
+        super().__init__()
+        self.problem_index = problem_index
+        self._config = config
+        self._value = value
+        self._tree = SearchTree(problem_index, agg=config.agg, heuristic_weight=1.0)
+        self._stack: list[Node] = [self._tree.root]
+        self._complete: list[Node] = []
+        self._last_expanded: Node = self._tree.root
+        self.pruned: list[int] = []  # node ids cut by the threshold, in order
+
+    def propose(self) -> list[ExpandRequest]:
+        self._check_can_propose()
+        config = self._config
+        if (not self._stack or self._tree.expansions >= config.max_expansions
+                or len(self._complete) >= config.max_complete):
+            self._tree.release_all()
+            self._done = True
+            return []
+        node = self._stack.pop()
+        self._expanding, self._last_expanded = [node], node
+        return [self._tree.request(node, config.num_children, config.temperature)]
+
+    def absorb(self, children: Sequence[Sequence[ScoredStep]]) -> None:
+        self._check_absorb(children)
+        [parent], [scored] = self._expanding, children
+        self._expanding = []
+        self._tree.release(parent)
+        ranked = sorted(self._tree.add_children(parent, scored, merge_identical=True),
+                        key=lambda node: (-self._value(node), node.id))
+        kept = []
+        for node in ranked:
+            if self._value(node) < self._config.threshold:
+                self.pruned.append(node.id)
+                self._tree.release(node)
+            elif node.terminal:
+                self._complete.append(node)
+                self._tree.release(node)
+            elif node.depth >= self._config.max_steps:
+                self._tree.release(node)
+            else:
+                kept.append(node)
+        self._stack.extend(reversed(kept))
+
+    def take_released(self) -> list[Any]:
+        return self._tree.take_released()
+
+    def result(self, *, include_tree: bool = False) -> SearchResult:
+        if self._complete:
+            chosen, outcome = best_by(self._complete, self._value), Outcome.complete
+        else:
+            chosen, outcome = self._last_expanded, Outcome.partial
+        return SearchResult(
+            problem_index=self.problem_index, steps=chosen.steps, node_id=chosen.id,
+            outcome=outcome, score=self._value(chosen),
+            trajectories=tuple(ScoredTrajectory(node_id=n.id, steps=n.steps,
+                                                score=self._value(n))
+                               for n in self._complete),
+            tree=self._tree.dump() if include_tree else None)

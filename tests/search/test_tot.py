@@ -1,0 +1,100 @@
+import pytest
+
+from qstar_jax.search.driver import run_search
+from qstar_jax.search.planner import Outcome
+from qstar_jax.search.process_utility import RuleUtility
+from qstar_jax.search.tot import (ToTConfig, ToTDFSPlanner, process_value, q_value,
+                                  tot_bfs_planner)
+from tests.search.fakes import FakeExpander, HiddenQ, child, tree
+
+# Node ids in creation order: a 1, b 2, c 3; b's children 4-6, c's 7-9 (or a's 4-6 and
+# c's 7-9 when a and c are kept), then the children of the next expansions.
+# Q̂ ranks b (.9) and c (.5) first, the PRM (Agg = min of rewards) a (.9) and c (.6).
+BFS_TREE = tree({
+    "": [child("a", .1, reward=.9), child("b", .9, reward=.2), child("c", .5, reward=.6)],
+    "a": [child("a1", .9, reward=.3, end=True), child("a2", .1, reward=.7),
+          child("a3", .2, reward=.95)],
+    "b": [child("b1", .3, end=True), child("b2", .8), child("b3", .4)],
+    "c": [child("c1", .6, reward=.5, end=True), child("c2", .2, reward=.65),
+          child("c3", .1, reward=.1)],
+    "b b2": [child("z1", .7, end=True), child("z2", .2), child("z3", .1)],
+    "a a3": [child("x1", 0, reward=.8, end=True), child("x2", 0, reward=.1),
+             child("x3", 0, reward=.9, end=True)],
+    "a a2": [child("y1", 0, reward=1.0, end=True), child("y2", 0), child("y3", 0)],
+})
+
+
+def search(make_planner, spec, utility=None):
+    expander = FakeExpander({0: spec})
+    extra = {} if utility is None else {"utility": utility(expander)}
+    [result] = run_search(1, make_planner, expander, HiddenQ(), progress=False, **extra)
+    assert not expander.live, "every handle is released"
+    return result, [[r.node.id for r in call] for call in expander.expand_calls]
+
+
+def test_bfs_with_q_keeps_the_best_b_states_by_q():
+    config = ToTConfig(num_children=3, keep=2)
+    result, expanded = search(lambda i: tot_bfs_planner(i, config, q_value), BFS_TREE)
+    # Depth 1 keeps b, c; depth 2 pools b1 .3, b2 .8, b3 .4, c1 .6, c2 .2, c3 .1 and keeps
+    # b2 and c1 (finished); depth 3 keeps z1 (finished: two states done) and z2.
+    assert expanded == [[0], [2, 3], [5]]
+    assert [(t.node_id, t.score) for t in result.trajectories] == [(7, .6), (10, .7)]
+    assert result.outcome is Outcome.complete and result.steps == ("b", "b2", "z1")
+
+
+def test_bfs_with_a_prm_keeps_the_best_b_states_by_aggregated_reward():
+    config = ToTConfig(num_children=3, keep=2)
+    result, expanded = search(lambda i: tot_bfs_planner(i, config, process_value), BFS_TREE,
+                              lambda fake: RuleUtility(rule=fake.reward_rule))
+    # Depth 1 keeps a .9, c .6; depth 2: g = min(parent, r) is a1 .3, a2 .7, a3 .9, c1 .5,
+    # c2 .6, c3 .1, so a3 (6) and a2 (5) are kept; depth 3 pools x1 .8, x2 .1, x3 .9, y1 .7
+    # and keeps x3 and x1, both finished.
+    assert expanded == [[0], [1, 3], [6, 5]]
+    assert [(t.node_id, t.score) for t in result.trajectories] == [(12, .9), (10, .8)]
+    assert result.steps == ("a", "a3", "x3") and result.score == pytest.approx(.9)
+
+
+# Threshold .5: c (3) is pruned at once; a's children (4-6) all fall below it, so the
+# search backtracks to b, whose best child b2 (8) leads to the terminal e1 (10).
+DFS_TREE = tree({
+    "": [child("a", .9), child("b", .6), child("c", .2)],
+    "a": [child("a1", .3), child("a2", .4), child("a3", .1, end=True)],
+    "b": [child("b1", .7), child("b2", .8), child("b3", .55)],
+    "b b2": [child("e1", .9, end=True), child("e2", .6), child("e3", .2)],
+})
+
+
+def test_dfs_backtracks_past_a_pruned_branch():
+    planners = []
+
+    def make(i):
+        planners.append(ToTDFSPlanner(i, ToTConfig(num_children=3, threshold=.5), q_value))
+        return planners[-1]
+
+    result, expanded = search(make, DFS_TREE)
+    assert expanded == [[0], [1], [2], [8]]
+    # Pruned in value order within each expansion; the terminal a3 below the threshold
+    # is pruned, not collected.
+    assert planners[0].pruned == [3, 5, 4, 6, 12]
+    assert result.outcome is Outcome.complete and result.steps == ("b", "b2", "e1")
+    assert [t.node_id for t in result.trajectories] == [10]
+
+
+def test_dfs_stops_at_the_step_limit_with_the_last_expanded_state():
+    config = ToTConfig(num_children=3, threshold=.5, max_expansions=2)
+    result, expanded = search(lambda i: ToTDFSPlanner(i, config, q_value), DFS_TREE)
+    assert expanded == [[0], [1]]
+    assert result.outcome is Outcome.partial and result.steps == ("a",)
+    assert result.trajectories == ()
+
+
+def test_dfs_does_not_go_deeper_than_max_steps():
+    config = ToTConfig(num_children=3, threshold=.5, max_steps=1)
+    result, expanded = search(lambda i: ToTDFSPlanner(i, config, q_value), DFS_TREE)
+    assert expanded == [[0]]
+    assert result.outcome is Outcome.partial and result.steps == ()
+
+
+def test_bad_tot_config_is_a_clear_error():
+    with pytest.raises(ValueError, match="keep must be an integer >= 1"):
+        ToTConfig(keep=0)
