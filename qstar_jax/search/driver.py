@@ -15,7 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from qstar_jax.search.interface import (ExpandRequest, ProcessUtility, QItem, QValueFunction,
-                                        Step, StepExpander)
+                                        Step, StepExpander, TextGenerator)
 from qstar_jax.search.planner import Planner, ScoredStep, SearchCounters, SearchResult
 from qstar_jax.search.process_utility import ZeroUtility
 
@@ -30,15 +30,25 @@ def run_search(problems_count: int, make_planner: Callable[[int], Planner],
     problem index. ``q_fn=None`` sets every Q̂ to 0 and spends no Q̂ calls (for planners
     that do not use it, such as self-consistency). A tqdm bar counts finished problems.
     """
-    planners = [make_planner(i) for i in range(problems_count)]
+    def run_round(planners: list[Planner], tallies: list[Tally]) -> None:
+        _run_round(planners, tallies, expander, q_fn, utility)
+
+    return drive([make_planner(i) for i in range(problems_count)], expander, run_round,
+                 include_trees=include_trees, progress=progress, description=description)
+
+
+def drive(planners: list, tokens: StepExpander | TextGenerator,
+          run_round: Callable[[list, list[Tally]], None], *, include_trees: bool,
+          progress: bool, description: str) -> list[SearchResult]:
+    """Rounds of ``run_round`` over the unfinished planners (each with its ``Tally``) until
+    all are done; their results with the compute each spent, read from ``tokens``."""
     indices = [p.problem_index for p in planners]
     if len(set(indices)) != len(indices):
         raise ValueError(f"planners share problem indices {sorted(indices)}; run problems "
                          "with the same index (e.g. two methods) in separate run_search calls")
-    tallies = [_Tally(expander.generated_tokens(i), expander.prefilled_tokens(i))
-               for i in indices]
+    tallies = [Tally(tokens.generated_tokens(i), tokens.prefilled_tokens(i)) for i in indices]
     start = time.perf_counter()
-    with tqdm(total=problems_count, desc=description, disable=not progress) as bar:
+    with tqdm(total=len(planners), desc=description, disable=not progress) as bar:
         while True:
             for planner, tally in zip(planners, tallies):
                 if planner.done and tally.wall_s is None:
@@ -47,15 +57,14 @@ def run_search(problems_count: int, make_planner: Callable[[int], Planner],
             active = [slot for slot, p in enumerate(planners) if not p.done]
             if not active:
                 break
-            _run_round([planners[slot] for slot in active], [tallies[slot] for slot in active],
-                       expander, q_fn, utility)
+            run_round([planners[slot] for slot in active], [tallies[slot] for slot in active])
     return [dataclasses.replace(planner.result(include_tree=include_trees),
-                                counters=tally.counters(expander, index))
+                                counters=tally.counters(tokens, index))
             for planner, tally, index in zip(planners, tallies, indices)]
 
 
 @dataclasses.dataclass
-class _Tally:
+class Tally:
     """What the driver counts for one problem while it runs."""
 
     generated_before: int
@@ -65,15 +74,15 @@ class _Tally:
     expansions: int = 0
     wall_s: float | None = None
 
-    def counters(self, expander: StepExpander, index: int) -> SearchCounters:
+    def counters(self, tokens: StepExpander | TextGenerator, index: int) -> SearchCounters:
         return SearchCounters(
-            generated_tokens=expander.generated_tokens(index) - self.generated_before,
-            prefilled_tokens=expander.prefilled_tokens(index) - self.prefilled_before,
+            generated_tokens=tokens.generated_tokens(index) - self.generated_before,
+            prefilled_tokens=tokens.prefilled_tokens(index) - self.prefilled_before,
             q_calls=self.q_calls, prm_calls=self.prm_calls, expansions=self.expansions,
             wall_s=self.wall_s)
 
 
-def _run_round(planners: list[Planner], tallies: list[_Tally], expander: StepExpander,
+def _run_round(planners: list[Planner], tallies: list[Tally], expander: StepExpander,
                q_fn: QValueFunction | None, utility: ProcessUtility) -> None:
     """One expander call, one Q̂ call, one utility call, one release call (if needed)."""
     proposals = [planner.propose() for planner in planners]

@@ -121,3 +121,40 @@ class ProcessUtility(Protocol):
 
     def step_rewards(self, items: Sequence[QItem]) -> np.ndarray:
         """float [len(items)]."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TextRequest:
+    """Sample ``num_samples`` completions of ``prompt`` (a whole text, not a step) at
+    ``temperature`` (0 = greedy). ``stream`` names the request within its problem (e.g.
+    "critique/3"): the random numbers derive from (problem, stream, sample), so they do
+    not depend on how requests were batched."""
+
+    problem_index: int
+    prompt: str
+    num_samples: int
+    temperature: float
+    stream: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Generation:
+    """One completion and the tokens sampled for it."""
+
+    text: str
+    generated_tokens: int
+
+
+class TextGenerator(Protocol):
+    """The policy as a writer of whole texts from arbitrary prompts (MCTSr's answers,
+    critiques and self-scores; ToT's value prompts), with the expander's accounting."""
+
+    def generate(self, requests: Sequence[TextRequest]) -> list[list[Generation]]:
+        """One batched call for every request of a round: ``num_samples`` completions
+        each, in sample order."""
+
+    def generated_tokens(self, problem_index: int) -> int:
+        """Tokens sampled so far for this problem."""
+
+    def prefilled_tokens(self, problem_index: int) -> int:
+        """Tokens prefilled so far for this problem."""

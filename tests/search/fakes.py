@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from qstar_jax.search.interface import ExpandRequest, QItem, Step
+from qstar_jax.search.interface import ExpandRequest, Generation, QItem, Step, TextRequest
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -124,3 +124,32 @@ class HiddenRewardPRM:
 
     def score_steps(self, items: Sequence[QItem]) -> np.ndarray:
         return np.array([item.hidden[1] for item in items])
+
+
+class ScriptedWriter:
+    """A ``TextGenerator`` that answers each prompt from a script: prompt -> the
+    completions, in sample order (a request takes the first ``num_samples``). Tokens
+    are counted as words, so every count is written in the test."""
+
+    def __init__(self, script: Mapping[str, Sequence[str]]):
+        self.script = script
+        self.requests: list[TextRequest] = []
+        self._generated: collections.Counter[int] = collections.Counter()
+        self._prefilled: collections.Counter[int] = collections.Counter()
+
+    def generate(self, requests: Sequence[TextRequest]) -> list[list[Generation]]:
+        self.requests += requests
+        out = []
+        for request in requests:
+            texts = list(self.script[request.prompt][:request.num_samples])
+            assert len(texts) == request.num_samples, f"script too short for {request.prompt!r}"
+            self._prefilled[request.problem_index] += len(request.prompt.split())
+            self._generated[request.problem_index] += sum(len(t.split()) for t in texts)
+            out.append([Generation(text=t, generated_tokens=len(t.split())) for t in texts])
+        return out
+
+    def generated_tokens(self, problem_index: int) -> int:
+        return self._generated[problem_index]
+
+    def prefilled_tokens(self, problem_index: int) -> int:
+        return self._prefilled[problem_index]

@@ -1,0 +1,133 @@
+import math
+
+import pytest
+
+from qstar_jax.search.mctsr import (DONT_KNOW, MCTSrConfig, MCTSrPlanner, answer_q,
+                                    parse_score, uct)
+from qstar_jax.search.text_driver import run_text_search
+from tests.search.fakes import ScriptedWriter
+
+
+class Prompts:
+    """Prompts that spell out what is asked, so a script can answer them."""
+
+    def answer(self, i):
+        return f"answer {i}"
+
+    def critique(self, i, answer):
+        return f"critique {answer}"
+
+    def refine(self, i, answer, critique):
+        return f"refine {answer} | {critique}"
+
+    def score(self, i, answer):
+        return f"score {answer}"
+
+
+def planner(**config):
+    return MCTSrPlanner(0, MCTSrConfig(**config), Prompts())
+
+
+def test_scores_are_parsed_suppressed_and_aggregated():
+    assert parse_score("Score: 85.") == 85 and parse_score("[-120]") == -100
+    assert parse_score("no number") is None
+    config = MCTSrConfig(score_ceiling=95, suppression=50)
+    # 100 and 96 are above the ceiling: 50 and 46; Q = (46 + (50 + 90 + 46) / 3) / 2.
+    assert answer_q([100, 90, 96], config) == pytest.approx((46 + 62) / 2)
+    assert answer_q([95, 95], config) == 95  # at the ceiling: kept
+    assert answer_q([], config) == -100
+
+
+def hand_built(**config):
+    """root R (0) [0]; A (1) [40] and B (2) [5] under R; C (3) [-10] under A."""
+    p = planner(**config)
+    root = p.add_node("R", [0], parent=None)
+    a = p.add_node("A", [40], parent=root)
+    p.add_node("B", [5], parent=root)
+    p.add_node("C", [-10], parent=a)
+    return p
+
+
+def test_backpropagation_by_hand():
+    p = hand_built()
+    root, a, b, c = p.nodes
+    # A: (40 + max(C -10)) / 2 = 15; R: (0 + max(A 15, B 5)) / 2 = 7.5.
+    assert (a.q, root.q, b.q, c.q) == (15, 7.5, 5, -10)
+    assert (root.visits, a.visits, b.visits, c.visits) == (3, 1, 0, 0)
+    assert [n.own_q for n in p.nodes] == [0, 40, 5, -10]
+
+
+def test_uct_picks_the_unvisited_child_and_greedy_q_without_exploration():
+    p = hand_built(max_children=2)
+    root, a, b, c = p.nodes
+    # R has its 2 children and A (15) beats it (7.5): fully expanded, not selectable.
+    assert uct(a.q, 3, 1, p.config) == pytest.approx(
+        15 + 1.4 * math.sqrt(math.log(4) / 1.00001))
+    assert uct(b.q, 3, 0, p.config) == pytest.approx(5 + 1.4 * math.sqrt(math.log(4) / 1e-5))
+    assert uct(c.q, 1, 0, p.config) == pytest.approx(-10 + 1.4 * math.sqrt(math.log(2) / 1e-5))
+    assert p.select() is b  # 526 against C's 359 and A's 16.6
+    assert hand_built(exploration=0.0).select().answer == "A"  # the best open Q: 15
+
+
+def test_a_node_no_child_improved_on_stays_open():
+    def two_nodes(child_score):
+        p = planner(max_children=1, exploration=0.0)
+        p.add_node("child", [child_score], parent=p.add_node("root", [50], parent=None))
+        return p
+
+    # A worse child leaves the root open, and its Q (50 + 10) / 2 = 30 wins.
+    assert two_nodes(10).select().answer == "root"
+    # A better child (90 > 70) makes the root fully expanded.
+    assert two_nodes(90).select().answer == "child"
+
+
+SCRIPT = {
+    f"score {DONT_KNOW}": ["-50", "-60", "no idea"],
+    f"critique {DONT_KNOW}": ["be concrete"],
+    f"refine {DONT_KNOW} | be concrete": ["The answer is: 7"],
+    "score The answer is: 7": ["100", "90", "96"],
+    "critique The answer is: 7": ["check the sum"],
+    "refine The answer is: 7 | check the sum": ["The answer is: 8"],
+    "score The answer is: 8": ["40", "40", "40"],
+}
+
+
+def test_search_answers_with_the_best_q_node_not_the_right_one():
+    writer = ScriptedWriter(SCRIPT)
+    [result] = run_text_search(1, lambda i: planner(rollouts=2), writer, include_trees=True,
+                               progress=False)
+    asked = [(r.prompt.split()[0], r.num_samples, r.temperature, r.stream)
+             for r in writer.requests]
+    assert asked == [("score", 3, 1.0, "score/0"),
+                     ("critique", 1, 1.0, "critique/0"), ("refine", 1, 1.0, "refine/0"),
+                     ("score", 3, 1.0, "score/1"),
+                     ("critique", 1, 1.0, "critique/1"), ("refine", 1, 1.0, "refine/1"),
+                     ("score", 3, 1.0, "score/2")]
+    # Q: seed (-60 + -55) / 2 = -57.5; "7" (46 + 62) / 2 = 54; "8" 40. Rollout 2 refines
+    # "7", the fresh node. Say "8" is right: the answer is still "7", the best Q.
+    assert [(t.steps, t.score) for t in result.trajectories] == [
+        ((DONT_KNOW,), -57.5), (("The answer is: 7",), 54), (("The answer is: 8",), 40)]
+    assert result.steps == ("The answer is: 7",) and result.node_id == 1
+    assert [n["parent"] for n in result.tree["nodes"]] == [None, 0, 1]
+    c = result.counters
+    assert c.expansions == 7
+    assert c.generated_tokens == sum(len(t.split()) for texts in SCRIPT.values()
+                                     for t in texts)
+    assert c.prefilled_tokens == sum(len(r.prompt.split()) for r in writer.requests)
+
+
+def test_greedy_root_is_the_policy_answer_at_temperature_zero():
+    writer = ScriptedWriter({"answer 0": ["The answer is: 7"], **SCRIPT})
+    [result] = run_text_search(1, lambda i: planner(rollouts=1, root="greedy"), writer,
+                               progress=False)
+    assert [(r.stream, r.temperature) for r in writer.requests[:2]] == [
+        ("answer", 0.0), ("score/0", 1.0)]
+    assert [t.steps for t in result.trajectories] == [("The answer is: 7",),
+                                                      ("The answer is: 8",)]
+
+
+def test_bad_mctsr_config_is_a_clear_error():
+    with pytest.raises(ValueError, match="rollouts must be an integer >= 1"):
+        MCTSrConfig(rollouts=0)
+    with pytest.raises(ValueError, match="'best'"):
+        MCTSrConfig(root="best")
