@@ -17,7 +17,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 from qstar_jax.decoding.kv_cache import KVCache
 from qstar_jax.decoding.sampling import SamplingParams, sample
@@ -49,6 +49,46 @@ class StepOutput:
     hidden: jax.Array
 
 
+@struct.dataclass
+class StepRows:
+    """What stays fixed while a step is sampled."""
+
+    node_keys: jax.Array      # [B] typed PRNG keys: fold_in(problem key, node id)
+    model_slots: jax.Array    # [B] int32 slots clipped into the pool (a padding row reads slot
+                              # S - 1 and writes nothing: it is done from the start)
+    params: SamplingParams    # [B] per-row settings
+    caps: jax.Array           # [B] int32 token caps
+    newline_table: jax.Array  # [V] bool, True for tokens containing a newline
+    eos_ids: jax.Array        # [n] int32
+
+
+@struct.dataclass
+class StepLoopState:
+    """The while-loop's carry."""
+
+    k: jax.Array           # [L, S, K, M, D] the pool's keys, donated through the loop
+    v: jax.Array           # [L, S, K, M, D] its values
+    done: jax.Array        # [B] bool, the row's step has ended
+    positions: jax.Array   # [B] int32, where the row's next token is written
+    num_tokens: jax.Array  # [B] int32 tokens sampled so far
+    hidden: jax.Array      # [B, E] float32, after the row's last fed token
+    end_reason: jax.Array  # [B] int32 EndReason, final once done
+    tokens: jax.Array      # [B, C] int32 (0 past num_tokens)
+    logprobs: jax.Array    # [B, C] float32 (0 past num_tokens)
+
+
+def end_reason_after(tokens: jax.Array, positions: jax.Array, num_tokens: jax.Array,
+                     caps: jax.Array, newline_table: jax.Array, eos_ids: jax.Array,
+                     max_len: int) -> jax.Array:
+    """[B] int32: the EndReason of a row that just fed ``tokens`` and now stands at
+    ``positions`` with ``num_tokens`` sampled, or -1 while its step goes on."""
+    return jnp.select(
+        [jnp.isin(tokens, eos_ids), newline_table[tokens], positions >= max_len,
+         num_tokens >= caps],
+        [EndReason.EOS, EndReason.NEWLINE, EndReason.CACHE_FULL, EndReason.CAP], -1
+    ).astype(jnp.int32)
+
+
 def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights, cache: KVCache,
                 slots: jax.Array, problem_keys: jax.Array, node_ids: jax.Array,
                 params: SamplingParams, caps: jax.Array, newline_table: jax.Array,
@@ -63,53 +103,52 @@ def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights, cache: KVCache,
     eos_ids: [n] int32; max_tokens: C, static. Pure: jit it with the cache donated.
     """
     model = nnx.merge(graphdef, weights.model)
-    node_keys = jax.vmap(jax.random.fold_in)(problem_keys, node_ids)
     num_slots, max_len = cache.num_slots, cache.max_len
     batch = slots.shape[0]
     model_slots = jnp.minimum(slots, num_slots - 1)
     is_padding = slots >= num_slots
     start_positions = jnp.where(is_padding, max_len, cache.lengths[model_slots])
     full_at_start = start_positions >= max_len
-    capped_at_start = caps <= 0
-    rows = jnp.arange(batch)
-
-    def still_going(carry):
-        return ~jnp.all(carry["done"])
-
-    def feed_one_token(carry):
-        done, positions, num = carry["done"], carry["positions"], carry["num_tokens"]
-        logits = model.logits(carry["hidden"])
-        keys = jax.vmap(jax.random.fold_in)(node_keys, positions)
-        tokens, logprobs = sample(logits, keys, params)
-        feed_positions = jnp.where(done, max_len, positions)
-        hidden, k, v = model(tokens[:, None], feed_positions[:, None], model_slots,
-                             carry["k"], carry["v"], layers=weights.layers)
-        write_at = jnp.where(done, max_tokens, num)  # out of range: dropped
-        positions = jnp.where(done, positions, positions + 1)
-        num = jnp.where(done, num, num + 1)
-        reason = jnp.select(
-            [jnp.isin(tokens, eos_ids), newline_table[tokens], positions >= max_len, num >= caps],
-            [EndReason.EOS, EndReason.NEWLINE, EndReason.CACHE_FULL, EndReason.CAP], -1
-        ).astype(jnp.int32)
-        ends_now = ~done & (reason >= 0)
-        return dict(
-            k=k, v=v, done=done | ends_now, positions=positions, num_tokens=num,
-            hidden=jnp.where(done[:, None], carry["hidden"], hidden[:, 0].astype(jnp.float32)),
-            end_reason=jnp.where(ends_now, reason, carry["end_reason"]),
-            tokens=carry["tokens"].at[rows, write_at].set(tokens, mode="drop"),
-            logprobs=carry["logprobs"].at[rows, write_at].set(logprobs, mode="drop"))
-
-    initial = dict(
-        k=cache.k, v=cache.v, done=is_padding | full_at_start | capped_at_start,
+    rows = StepRows(node_keys=jax.vmap(jax.random.fold_in)(problem_keys, node_ids),
+                    model_slots=model_slots, params=params, caps=caps,
+                    newline_table=newline_table, eos_ids=eos_ids)
+    initial = StepLoopState(
+        k=cache.k, v=cache.v, done=is_padding | full_at_start | (caps <= 0),
         positions=start_positions, num_tokens=jnp.zeros((batch,), jnp.int32),
         hidden=cache.last_hidden[model_slots],
         end_reason=jnp.where(full_at_start, EndReason.CACHE_FULL, EndReason.CAP).astype(jnp.int32),
         tokens=jnp.zeros((batch, max_tokens), jnp.int32),
         logprobs=jnp.zeros((batch, max_tokens), jnp.float32))
-    final = jax.lax.while_loop(still_going, feed_one_token, initial)
-    cache = KVCache(k=final["k"], v=final["v"],
-                    lengths=cache.lengths.at[slots].set(final["positions"], mode="drop"),
-                    last_hidden=cache.last_hidden.at[slots].set(final["hidden"], mode="drop"))
-    return cache, StepOutput(tokens=final["tokens"], logprobs=final["logprobs"],
-                             num_tokens=final["num_tokens"], end_reason=final["end_reason"],
-                             hidden=final["hidden"])
+    final = jax.lax.while_loop(lambda state: ~jnp.all(state.done),
+                               functools.partial(_feed_one_token, model, weights.layers, rows),
+                               initial)
+    cache = KVCache(k=final.k, v=final.v,
+                    lengths=cache.lengths.at[slots].set(final.positions, mode="drop"),
+                    last_hidden=cache.last_hidden.at[slots].set(final.hidden, mode="drop"))
+    return cache, StepOutput(tokens=final.tokens, logprobs=final.logprobs,
+                             num_tokens=final.num_tokens, end_reason=final.end_reason,
+                             hidden=final.hidden)
+
+
+def _feed_one_token(model, layers, rows: StepRows, state: StepLoopState) -> StepLoopState:
+    """One round: every unfinished row samples a token and feeds it to the model."""
+    max_len, max_tokens = state.k.shape[3], state.tokens.shape[1]
+    done, positions, num = state.done, state.positions, state.num_tokens
+    keys = jax.vmap(jax.random.fold_in)(rows.node_keys, positions)
+    tokens, logprobs = sample(model.logits(state.hidden), keys, rows.params)
+    feed_positions = jnp.where(done, max_len, positions)
+    hidden, k, v = model(tokens[:, None], feed_positions[:, None], rows.model_slots,
+                         state.k, state.v, layers=layers)
+    write_at = jnp.where(done, max_tokens, num)  # out of range: dropped
+    positions = jnp.where(done, positions, positions + 1)
+    num = jnp.where(done, num, num + 1)
+    reason = end_reason_after(tokens, positions, num, rows.caps, rows.newline_table,
+                              rows.eos_ids, max_len)
+    ends_now = ~done & (reason >= 0)
+    batch_rows = jnp.arange(tokens.shape[0])
+    return StepLoopState(
+        k=k, v=v, done=done | ends_now, positions=positions, num_tokens=num,
+        hidden=jnp.where(done[:, None], state.hidden, hidden[:, 0].astype(jnp.float32)),
+        end_reason=jnp.where(ends_now, reason, state.end_reason),
+        tokens=state.tokens.at[batch_rows, write_at].set(tokens, mode="drop"),
+        logprobs=state.logprobs.at[batch_rows, write_at].set(logprobs, mode="drop"))

@@ -28,11 +28,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 from qstar_jax.decoding.kv_cache import KVCache
 from qstar_jax.decoding.sampling import SamplingParams, sample
-from qstar_jax.decoding.step_sampler import EndReason
+from qstar_jax.decoding.step_sampler import EndReason, end_reason_after
 from qstar_jax.decoding.weights import DecoderWeights
 
 FORK_CHUNK = 16  # cache copies per inner iteration: rounds rarely split more rows
@@ -60,6 +60,40 @@ class TrieOutput:
     fed: jax.Array
 
 
+@struct.dataclass
+class TrieRows:
+    """What stays fixed while a trie is sampled."""
+
+    slots: jax.Array          # [R] int32 (S: a padding row)
+    model_slots: jax.Array    # [R] int32 slots clipped into the pool
+    cap: jax.Array            # [] int32 token cap
+    newline_table: jax.Array  # [V] bool, True for tokens containing a newline
+    eos_ids: jax.Array        # [n] int32
+    shifts: jax.Array         # [K - 1] int32, 1..K-1: how far a row's other draws can lie
+
+
+@struct.dataclass
+class TrieLoopState:
+    """The while-loop's carry: one row per distinct prefix (or a free spare)."""
+
+    k: jax.Array           # [L, S, K, M, D] the pool's keys, donated through the loop
+    v: jax.Array           # [L, S, K, M, D] its values
+    positions: jax.Array   # [R] int32, where the row's next token is written
+    num_tokens: jax.Array  # [R] int32 tokens in the row's prefix
+    live: jax.Array        # [R] bool, the row holds a prefix (a group or a taken spare)
+    spare: jax.Array       # [R] bool, the row is free to take a new prefix
+    done: jax.Array        # [R] bool, the row's step has ended
+    end_reason: jax.Array  # [R] int32 EndReason, final once done
+    group: jax.Array       # [R] int32, the group's row (-1: not live)
+    count: jax.Array       # [R] int32 draws that share the prefix
+    keys: jax.Array        # [R] typed PRNG keys: the group's key folded with each token
+    params: SamplingParams # [R] the group's settings
+    tokens: jax.Array      # [R, C] int32 the prefix (0 past num_tokens)
+    logprob: jax.Array     # [R] float32 the prefix's summed log-probability
+    fed: jax.Array         # [R] int32 tokens the row fed itself
+    hidden: jax.Array      # [R, E] float32, after the row's last fed token
+
+
 def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights, cache: KVCache,
                 slots: jax.Array, counts: jax.Array, key_table: jax.Array,
                 key_rows: jax.Array, group_ids: jax.Array, params: SamplingParams,
@@ -78,104 +112,103 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights, cache: KVCache,
     model = nnx.merge(graphdef, weights.model)
     num_slots, max_len = cache.num_slots, cache.max_len
     batch = slots.shape[0]
-    rows = jnp.arange(batch)
     model_slots = jnp.minimum(slots, num_slots - 1)
-    spare = (counts == 0) & (slots < num_slots)
     live = counts > 0
     positions = jnp.where(live, cache.lengths[model_slots], max_len)
-    full_at_start = live & (positions >= max_len)
-    shifts = jnp.arange(1, max_count)  # a row's other draws lie within K - 1
-
-    def copy_caches(k, v, children, parents, num_new):
-        """k/v of slot ``parents[i]`` into slot ``children[i]`` for i < num_new."""
-        def copy_chunk(i, kv):
-            k, v = kv
-            child = jax.lax.dynamic_slice(children, (i * FORK_CHUNK,), (FORK_CHUNK,))
-            parent = jax.lax.dynamic_slice(parents, (i * FORK_CHUNK,), (FORK_CHUNK,))
-            return (k.at[:, child].set(k[:, parent], mode="drop"),
-                    v.at[:, child].set(v[:, parent], mode="drop"))
-
-        chunks = (num_new + FORK_CHUNK - 1) // FORK_CHUNK
-        return jax.lax.fori_loop(0, chunks, copy_chunk, (k, v))
-
-    def still_going(carry):
-        return jnp.any(carry["live"] & ~carry["done"])
-
-    def one_round(carry):
-        going = carry["live"] & ~carry["done"]
-        row_draws = jnp.where(going, carry["count"], 0)
-        ends = jnp.cumsum(row_draws)
-        drawn = rows < ends[-1]
-        parent = jnp.minimum(jnp.searchsorted(ends, rows, side="right"), batch - 1)
-        draw_ids = rows - (ends - row_draws)[parent]
-        keys = jax.vmap(jax.random.fold_in)(carry["keys"][parent], draw_ids)
-        row_params = jax.tree.map(lambda x: x[parent], carry["params"])
-        tokens, logprobs = sample(model.logits(carry["hidden"])[parent], keys, row_params)
-        target, draws, is_new = _split(tokens, parent, drawn, carry["spare"], shifts)
-
-        # The cache copies for new rows, padded to whole chunks with dropped writes.
-        new_draws = jnp.nonzero(is_new, size=batch + FORK_CHUNK, fill_value=batch)[0]
-        valid = new_draws < batch
-        new_draws = jnp.minimum(new_draws, batch - 1)
-        children = jnp.where(valid, slots[target[new_draws]], num_slots)
-        k, v = copy_caches(carry["k"], carry["v"], children,
-                           model_slots[parent[new_draws]], jnp.sum(is_new))
-
-        def moved(values, new_values=None):
-            """values with each target row set from its draw's parent row (or new_values)."""
-            source = values[parent] if new_values is None else new_values
-            return values.at[target].set(source, mode="drop")
-
-        num = carry["num_tokens"][parent]
-        step_tokens = carry["tokens"][parent].at[rows, num].set(tokens, mode="drop")
-        fed_now = jnp.zeros(batch, bool).at[target].set(True, mode="drop")
-        token_now = jnp.zeros(batch, jnp.int32).at[target].set(tokens, mode="drop")
-        moved_positions = moved(carry["positions"])
-        feed_positions = jnp.where(fed_now, moved_positions, max_len)
-        hidden, k, v = model(token_now[:, None], feed_positions[:, None], model_slots, k, v,
-                             layers=weights.layers)
-        positions = jnp.where(fed_now, moved_positions + 1, moved_positions)
-        num_tokens = moved(carry["num_tokens"], num + 1)
-        reason = jnp.select(
-            [jnp.isin(token_now, eos_ids), newline_table[token_now], positions >= max_len,
-             num_tokens >= cap],
-            [EndReason.EOS, EndReason.NEWLINE, EndReason.CACHE_FULL, EndReason.CAP], -1
-        ).astype(jnp.int32)
-        ends_now = fed_now & (reason >= 0)
-        return dict(
-            k=k, v=v, positions=positions, num_tokens=num_tokens,
-            live=carry["live"] | fed_now, spare=carry["spare"] & ~fed_now,
-            done=carry["done"] | ends_now,
-            end_reason=jnp.where(ends_now, reason, carry["end_reason"]),
-            group=moved(carry["group"]), count=moved(carry["count"], draws),
-            keys=moved(carry["keys"], jax.vmap(jax.random.fold_in)(carry["keys"][parent],
-                                                                    tokens)),
-            params=jax.tree.map(moved, carry["params"]),
-            tokens=moved(carry["tokens"], step_tokens),
-            logprob=moved(carry["logprob"], carry["logprob"][parent] + logprobs),
-            fed=moved(carry["fed"], jnp.where(is_new, 0, carry["fed"][parent]) + 1),
-            hidden=jnp.where(fed_now[:, None], hidden[:, 0].astype(jnp.float32),
-                             carry["hidden"]))
-
-    group_keys = jax.vmap(jax.random.fold_in)(key_table[key_rows], group_ids)
-    initial = dict(
+    rows = TrieRows(slots=slots, model_slots=model_slots, cap=cap,
+                    newline_table=newline_table, eos_ids=eos_ids,
+                    shifts=jnp.arange(1, max_count))  # a row's other draws lie within K - 1
+    initial = TrieLoopState(
         k=cache.k, v=cache.v, positions=positions, num_tokens=jnp.zeros(batch, jnp.int32),
-        live=live, spare=spare, done=full_at_start,
+        live=live, spare=(counts == 0) & (slots < num_slots),
+        done=live & (positions >= max_len),
         # A row not full at the start sets its own reason when it ends.
         end_reason=jnp.full(batch, EndReason.CACHE_FULL, jnp.int32),
-        group=jnp.where(live, rows, -1).astype(jnp.int32), count=counts.astype(jnp.int32),
-        keys=group_keys, params=params,
+        group=jnp.where(live, jnp.arange(batch), -1).astype(jnp.int32),
+        count=counts.astype(jnp.int32),
+        keys=jax.vmap(jax.random.fold_in)(key_table[key_rows], group_ids), params=params,
         tokens=jnp.zeros((batch, max_tokens), jnp.int32), logprob=jnp.zeros(batch, jnp.float32),
         fed=jnp.zeros(batch, jnp.int32), hidden=cache.last_hidden[model_slots])
-    final = jax.lax.while_loop(still_going, one_round, initial)
-    written = jnp.where(final["live"], slots, num_slots)
-    cache = KVCache(k=final["k"], v=final["v"],
-                    lengths=cache.lengths.at[written].set(final["positions"], mode="drop"),
-                    last_hidden=cache.last_hidden.at[written].set(final["hidden"], mode="drop"))
+    final = jax.lax.while_loop(lambda state: jnp.any(state.live & ~state.done),
+                               functools.partial(_one_round, model, weights.layers, rows),
+                               initial)
+    written = jnp.where(final.live, slots, num_slots)
+    cache = KVCache(k=final.k, v=final.v,
+                    lengths=cache.lengths.at[written].set(final.positions, mode="drop"),
+                    last_hidden=cache.last_hidden.at[written].set(final.hidden, mode="drop"))
     return cache, TrieOutput(
-        group=jnp.where(final["live"], final["group"], -1), count=final["count"],
-        tokens=final["tokens"], num_tokens=final["num_tokens"], logprob=final["logprob"],
-        end_reason=final["end_reason"], hidden=final["hidden"], fed=final["fed"])
+        group=jnp.where(final.live, final.group, -1), count=final.count,
+        tokens=final.tokens, num_tokens=final.num_tokens, logprob=final.logprob,
+        end_reason=final.end_reason, hidden=final.hidden, fed=final.fed)
+
+
+def _one_round(model, layers, rows: TrieRows, state: TrieLoopState) -> TrieLoopState:
+    """Every unfinished row draws ``count`` next tokens; each distinct token beyond a row's
+    first moves to a spare row with a copy of the cache; every row that took a token feeds it."""
+    batch, num_slots, max_len = rows.slots.shape[0], state.k.shape[1], state.k.shape[3]
+    batch_rows = jnp.arange(batch)
+    going = state.live & ~state.done
+    row_draws = jnp.where(going, state.count, 0)
+    ends = jnp.cumsum(row_draws)
+    drawn = batch_rows < ends[-1]
+    parent = jnp.minimum(jnp.searchsorted(ends, batch_rows, side="right"), batch - 1)
+    draw_ids = batch_rows - (ends - row_draws)[parent]
+    keys = jax.vmap(jax.random.fold_in)(state.keys[parent], draw_ids)
+    row_params = jax.tree.map(lambda x: x[parent], state.params)
+    tokens, logprobs = sample(model.logits(state.hidden)[parent], keys, row_params)
+    target, draws, is_new = _split(tokens, parent, drawn, state.spare, rows.shifts)
+
+    # The cache copies for new rows, padded to whole chunks with dropped writes.
+    new_draws = jnp.nonzero(is_new, size=batch + FORK_CHUNK, fill_value=batch)[0]
+    valid = new_draws < batch
+    new_draws = jnp.minimum(new_draws, batch - 1)
+    children = jnp.where(valid, rows.slots[target[new_draws]], num_slots)
+    k, v = _copy_caches(state.k, state.v, children, rows.model_slots[parent[new_draws]],
+                        jnp.sum(is_new))
+
+    def moved(values, new_values=None):
+        """values with each target row set from its draw's parent row (or new_values)."""
+        source = values[parent] if new_values is None else new_values
+        return values.at[target].set(source, mode="drop")
+
+    num = state.num_tokens[parent]
+    step_tokens = state.tokens[parent].at[batch_rows, num].set(tokens, mode="drop")
+    fed_now = jnp.zeros(batch, bool).at[target].set(True, mode="drop")
+    token_now = jnp.zeros(batch, jnp.int32).at[target].set(tokens, mode="drop")
+    moved_positions = moved(state.positions)
+    feed_positions = jnp.where(fed_now, moved_positions, max_len)
+    hidden, k, v = model(token_now[:, None], feed_positions[:, None], rows.model_slots, k, v,
+                         layers=layers)
+    positions = jnp.where(fed_now, moved_positions + 1, moved_positions)
+    num_tokens = moved(state.num_tokens, num + 1)
+    reason = end_reason_after(token_now, positions, num_tokens, rows.cap, rows.newline_table,
+                              rows.eos_ids, max_len)
+    ends_now = fed_now & (reason >= 0)
+    return TrieLoopState(
+        k=k, v=v, positions=positions, num_tokens=num_tokens,
+        live=state.live | fed_now, spare=state.spare & ~fed_now,
+        done=state.done | ends_now,
+        end_reason=jnp.where(ends_now, reason, state.end_reason),
+        group=moved(state.group), count=moved(state.count, draws),
+        keys=moved(state.keys, jax.vmap(jax.random.fold_in)(state.keys[parent], tokens)),
+        params=jax.tree.map(moved, state.params),
+        tokens=moved(state.tokens, step_tokens),
+        logprob=moved(state.logprob, state.logprob[parent] + logprobs),
+        fed=moved(state.fed, jnp.where(is_new, 0, state.fed[parent]) + 1),
+        hidden=jnp.where(fed_now[:, None], hidden[:, 0].astype(jnp.float32), state.hidden))
+
+
+def _copy_caches(k, v, children, parents, num_new):
+    """k/v of slot ``parents[i]`` into slot ``children[i]`` for i < num_new."""
+    def copy_chunk(i, kv):
+        k, v = kv
+        child = jax.lax.dynamic_slice(children, (i * FORK_CHUNK,), (FORK_CHUNK,))
+        parent = jax.lax.dynamic_slice(parents, (i * FORK_CHUNK,), (FORK_CHUNK,))
+        return (k.at[:, child].set(k[:, parent], mode="drop"),
+                v.at[:, child].set(v[:, parent], mode="drop"))
+
+    chunks = (num_new + FORK_CHUNK - 1) // FORK_CHUNK
+    return jax.lax.fori_loop(0, chunks, copy_chunk, (k, v))
 
 
 def _split(tokens, parent, drawn, spare, shifts):
