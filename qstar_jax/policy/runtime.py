@@ -58,10 +58,14 @@ class PolicyRuntime:
     def prefill(self, problem_indices: Sequence[int], prefixes: Sequence[Sequence[str]]
                 ) -> list[int]:
         """A fresh slot per item holding the prompt and the given steps."""
+        return self.prefill_texts(problem_indices, [
+            self.prompts[i] + "".join(s + STEP_SEPARATOR for s in steps)
+            for i, steps in zip(problem_indices, prefixes)])
+
+    def prefill_texts(self, problem_indices: Sequence[int], texts: Sequence[str]) -> list[int]:
+        """A fresh slot per text holding it, charged to its problem."""
         if not problem_indices:
             return []
-        texts = [self.prompts[i] + "".join(s + STEP_SEPARATOR for s in steps)
-                 for i, steps in zip(problem_indices, prefixes)]
         token_lists = [self.tokenizer.encode(t) for t in texts]
         slots = self.decoder.allocate(len(token_lists))
         self.decoder.prefill(slots, token_lists)
