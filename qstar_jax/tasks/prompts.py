@@ -62,3 +62,58 @@ def first_step_answer(completion: str, step_answer: Callable[[str], str | None])
 
 def _qa_block(question: str, answer: str) -> str:
     return f"Question: {question}\nAnswer:\n{answer}"
+
+
+# MCTSr's requests (after Zhang et al. 2024's prompts): the model critiques an answer
+# harshly, rewrites it from the critique, and grades it, never with full marks.
+ANSWER_LINE = "End with the line 'The answer is: <your final answer>'."
+CRITIQUE_ASK = ("Since this answer may be weak, analyse it strictly and critically: point "
+                "out every flaw and every imperfection that should lose it points.")
+REFINE_ASK = ("Please refine your answer according to this feedback. Reason step by step, "
+              "verify the result, and " + ANSWER_LINE[0].lower() + ANSWER_LINE[1:])
+SCORE_ASK = ("Analyse this answer strictly and critically and grade it. Be very harsh: "
+             "never give full marks. Reply with a single integer score between -100 and "
+             "100 first, e.g. 'Score: 40'.")
+# Tree of Thoughts' value prompt: a verdict on a partial solution.
+VALUE_ASK = ("Evaluate whether the steps so far can still lead to a correct final answer. "
+             "Reply with one word: sure, likely or impossible.")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ReasonerPrompts:
+    """MCTSr's prompts (search/mctsr.py's ``MCTSrPrompts``) and ToT's value prompt for
+    these questions: a chat conversation where a formatter is given, else plain text in
+    the ``Question:`` / ``Answer:`` layout."""
+
+    questions: tuple[str, ...]
+    chat: ChatFormatter | None = None
+
+    def answer(self, problem_index: int) -> str:
+        return self._conversation(problem_index, [], f"Think step by step. {ANSWER_LINE}")
+
+    def critique(self, problem_index: int, answer: str) -> str:
+        return self._conversation(problem_index, [answer], CRITIQUE_ASK)
+
+    def refine(self, problem_index: int, answer: str, critique: str) -> str:
+        return self._conversation(problem_index, [answer, CRITIQUE_ASK, critique], REFINE_ASK)
+
+    def score(self, problem_index: int, answer: str) -> str:
+        return self._conversation(problem_index, [answer], SCORE_ASK)
+
+    def value(self, problem_index: int, steps: tuple[str, ...]) -> str:
+        return self._conversation(problem_index, ["\n".join(steps)], VALUE_ASK)
+
+    def _conversation(self, problem_index: int, turns: list[str], ask: str) -> str:
+        """The question, then alternating assistant/user ``turns`` (the assistant first),
+        then ``ask`` from the user; the model's reply comes next."""
+        question = self.questions[problem_index]
+        if self.chat is None:
+            text = _qa_block(question, turns[0]) if turns else f"Question: {question}"
+            text += "".join(f"\n\n{turn}" for turn in turns[1:])
+            return f"{text}\n\n{ask}\nReply:\n"
+        roles = ["assistant", "user"]
+        messages = [{"role": "user", "content": question if turns else f"{question}\n\n{ask}"}]
+        messages += [{"role": roles[k % 2], "content": turn} for k, turn in enumerate(turns)]
+        if turns:
+            messages.append({"role": "user", "content": ask})
+        return self.chat(messages)

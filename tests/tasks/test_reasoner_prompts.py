@@ -1,0 +1,25 @@
+import json
+
+from qstar_jax.tasks.prompts import (CRITIQUE_ASK, REFINE_ASK, SCORE_ASK, VALUE_ASK,
+                                     ReasonerPrompts)
+
+
+def test_plain_prompts_lay_out_the_conversation_in_order():
+    prompts = ReasonerPrompts(questions=("What is 2+3?",))
+    assert prompts.score(0, "The answer is: 5") == (
+        f"Question: What is 2+3?\nAnswer:\nThe answer is: 5\n\n{SCORE_ASK}\nReply:\n")
+    assert prompts.refine(0, "A", "too short") == (
+        f"Question: What is 2+3?\nAnswer:\nA\n\n{CRITIQUE_ASK}\n\ntoo short\n\n"
+        f"{REFINE_ASK}\nReply:\n")
+    assert prompts.value(0, ("x", "y")).startswith("Question: What is 2+3?\nAnswer:\nx\ny\n\n"
+                                                   + VALUE_ASK)
+
+
+def test_chat_prompts_alternate_roles_and_end_with_the_user_asking():
+    prompts = ReasonerPrompts(questions=("q0", "q1"), chat=json.dumps)
+    assert json.loads(prompts.refine(1, "A", "C")) == [
+        {"role": "user", "content": "q1"}, {"role": "assistant", "content": "A"},
+        {"role": "user", "content": CRITIQUE_ASK}, {"role": "assistant", "content": "C"},
+        {"role": "user", "content": REFINE_ASK}]
+    [only] = json.loads(prompts.answer(0))
+    assert only["role"] == "user" and only["content"].startswith("q0\n\nThink step by step.")
