@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from qstar_jax.search.aggregate import Agg
+from qstar_jax.search.mctsr import MCTSrConfig
 
 
 class ConfigError(ValueError):
@@ -59,6 +60,9 @@ class Scorer(str, enum.Enum):
 # best_of_n_matched: best-of-N at the smallest N found to spend at least Q*'s generated
 # tokens per problem (counted up from this run's results), the budget-matched baseline.
 METHODS = ("greedy", "self_consistency", "best_of_n", "beam", "qstar", "best_of_n_matched")
+# The other reasoners on the same engine, run only when eval.methods lists them: Tree of
+# Thoughts (breadth and depth first over steps) and MCTS self-refine (whole answers).
+REASONER_METHODS = ("tot_bfs", "tot_dfs", "mctsr")
 STAGES = ("train_policy", "collect", "label", "train_q", "evaluate")
 
 
@@ -171,6 +175,24 @@ class SearchConfig:
     max_generated_tokens: int = 100000
 
 
+class ToTEvaluator(str, enum.Enum):
+    """What judges a new state in Tree of Thoughts."""
+
+    q = "q"  # Q̂ of the edge into it: the search's h
+    prm = "prm"  # g: the process utility (search.utility) under search.agg
+    value_prompt = "value_prompt"  # the policy asked V times: sure / likely / impossible
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ToTSettings:
+    evaluator: ToTEvaluator = ToTEvaluator.q
+    k: int = 5  # steps proposed per state
+    keep: int = 5  # b: states kept per depth (tot_bfs)
+    threshold: float = 0.5  # tot_dfs: a state valued below this is pruned
+    max_expansions: int = 100  # tot_dfs: the step limit
+    value_samples: int = 3  # V, for the value prompt
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class EvalConfig:
     methods: tuple[str, ...] = METHODS
@@ -186,6 +208,11 @@ class EvalConfig:
     # (decoding/trie_sampler.py). False: every sample is its own row and pays for every
     # token, copies included.
     prefix_sharing: bool = True
+    tot: ToTSettings = dataclasses.field(default_factory=ToTSettings)
+    mctsr: MCTSrConfig = dataclasses.field(default_factory=MCTSrConfig)
+    # Token limit of one whole text the policy writes (MCTSr's answers, critiques and
+    # scores; ToT's value verdicts).
+    text_max_tokens: int = 256
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -275,8 +302,15 @@ def check_config(config: RunConfig) -> None:
             f"task.name={config.task.name} choose zero, prm or code_rule")
     require(e.samples >= 1, "eval.samples", f"must be >= 1, got {e.samples}")
     require(e.beam_width >= 1 and e.beam_k >= 1, "eval.beam_width/beam_k", "must be >= 1")
-    unknown = [m for m in e.methods if m not in METHODS]
-    require(not unknown, "eval.methods", f"unknown {unknown}; choose from {METHODS}")
+    unknown = [m for m in e.methods if m not in METHODS + REASONER_METHODS]
+    require(not unknown, "eval.methods",
+            f"unknown {unknown}; choose from {METHODS + REASONER_METHODS}")
+    t = e.tot
+    require(min(t.k, t.keep, t.max_expansions, t.value_samples) >= 1, "eval.tot",
+            "k, keep, max_expansions and value_samples must be >= 1")
+    require(t.evaluator != ToTEvaluator.prm or s.utility != Utility.zero,
+            "eval.tot.evaluator", "prm ranks states by g, which search.utility=zero fixes at 0")
+    require(e.text_max_tokens >= 1, "eval.text_max_tokens", "must be >= 1")
     if "best_of_n_matched" in e.methods:
         before = e.methods[:e.methods.index("best_of_n_matched")]
         require("best_of_n" in before and "qstar" in before, "eval.methods",

@@ -68,3 +68,14 @@ def test_missing_file_and_malformed_override(tmp_path):
     broken.write_text("search:\n  k: [3\n")
     with pytest.raises(ConfigError, match="broken.yaml is not valid YAML"):
         load_config(broken)
+
+
+def test_reasoner_methods_are_listed_only_on_request_and_their_settings_checked():
+    assert "mctsr" not in load_config().eval.methods
+    config = load_config(overrides=["eval.methods=[tot_bfs,tot_dfs,mctsr]",
+                                    "eval.mctsr.rollouts=4", "eval.tot.evaluator=value_prompt"])
+    assert config.eval.mctsr.rollouts == 4 and config.eval.tot.evaluator.value == "value_prompt"
+    with pytest.raises(ConfigError, match="eval.tot.evaluator: prm ranks states by g"):
+        load_config(overrides=["eval.tot.evaluator=prm", "search.utility=zero"])
+    with pytest.raises(ConfigError, match="eval.tot: k, keep"):
+        load_config(overrides=["eval.tot.keep=0"])
