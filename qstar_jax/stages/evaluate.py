@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from qstar_jax.config import Scorer, Utility
+from qstar_jax.config import REASONER_METHODS, Scorer, Utility
 from qstar_jax.outputs import (ProblemResult, ResultsLog, matched_samples, summarize,
                                write_reports)
 from qstar_jax.policy.expander import DecoderExpander
@@ -29,6 +29,7 @@ from qstar_jax.search.interface import QValueFunction
 from qstar_jax.search.planner import Planner, SearchResult
 from qstar_jax.search.process_utility import PRMUtility, RuleUtility, ZeroUtility
 from qstar_jax.stages.context import RunContext
+from qstar_jax.stages.reasoners import BatchSearch, reasoner_search, reasoner_slots
 from qstar_jax.stages.train_q import load_q_function
 from qstar_jax.tasks.base import join_steps
 from qstar_jax.tasks.code_rules import python_tokenizes
@@ -78,6 +79,8 @@ def slots_per_problem(ctx: RunContext, method: str, samples: int | None = None) 
     step of every child per expansion). ``samples``: N of a chain method (default
     eval.samples)."""
     s, e, d = ctx.config.search, ctx.config.eval, ctx.config.decode
+    if method in REASONER_METHODS:
+        return reasoner_slots(ctx, method)
     if method in CHAIN_METHODS:
         return 2 * (samples or e.samples)
     if method == "beam":
@@ -131,18 +134,15 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
         no logged result for, a batch at a time."""
         done = log.done(method)
         pending = [i for i, p in enumerate(problems) if p.id not in done]
-        make = planner_factory(ctx, method, samples)
-        # One expander per method: its token counts are that method's alone.
-        expander = DecoderExpander(runtime, prefix_sharing=cfg.eval.prefix_sharing)
+        search_batch = (reasoner_search(ctx, method, problems, runtime, q_fn, utility)
+                        if method in REASONER_METHODS
+                        else _step_search(ctx, method, samples, runtime, q_fn, utility))
         size = max(1, min(cfg.eval.problems_per_batch, cfg.decode.slots // slots_per_problem(
             ctx, method, samples)))
         for start in range(0, len(pending), size):
             batch = pending[start:start + size]
             began = time.perf_counter()
-            results = run_search(len(batch), lambda k: make(batch[k]), expander,
-                                 q_fn if method in USES_Q else None, utility,
-                                 include_trees=cfg.eval.dump_trees,
-                                 description=f"{method} {start + len(batch)}/{len(pending)}")
+            results = search_batch(batch, f"{method} {start + len(batch)}/{len(pending)}")
             share = (time.perf_counter() - began) / len(batch)
             log.append(_graded(ctx, method, problems, results, share))
             if cfg.eval.dump_trees:
@@ -157,6 +157,17 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
             search(method, cfg.eval.samples)
     return write_reports(ctx.out, log.read(), cfg.eval.methods,
                          best_of_n_samples=cfg.eval.samples, matched=matched)
+
+
+def _step_search(ctx: RunContext, method: str, samples: int, runtime, q_fn: QValueFunction,
+                 utility) -> BatchSearch:
+    """How evaluate searches a batch with one of the step planners of ``planner_factory``."""
+    make = planner_factory(ctx, method, samples)
+    # One expander per method: its token counts are that method's alone.
+    expander = DecoderExpander(runtime, prefix_sharing=ctx.config.eval.prefix_sharing)
+    return lambda batch, description: run_search(
+        len(batch), lambda k: make(batch[k]), expander, q_fn if method in USES_Q else None,
+        utility, include_trees=ctx.config.eval.dump_trees, description=description)
 
 
 def evaluate_best_of_n_matched(state: Path, log: ResultsLog,

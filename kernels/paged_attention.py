@@ -1,0 +1,44 @@
+"""Paged decode attention: pick the Pallas kernel of the backend, or the ``jnp`` path.
+
+``implementation``: "auto" takes the Pallas kernel on GPU and TPU and the ``jnp``
+reference on CPU (where XLA fuses the reference well and Pallas only interprets);
+"pallas" or "jnp" forces one. On CPU "pallas" runs the GPU kernel in interpret mode,
+which is for tests, not speed.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from kernels.paged_attention_gpu import paged_decode_attention_gpu
+from kernels.paged_attention_reference import paged_decode_attention_reference
+from kernels.paged_attention_tpu import paged_decode_attention_tpu
+
+IMPLEMENTATIONS = ("auto", "pallas", "jnp")
+
+
+def resolve_implementation(implementation: str, platform: str | None = None) -> str:
+    """"auto" | "pallas" | "jnp" -> "pallas_gpu" | "pallas_tpu" | "pallas_interpret" |
+    "jnp" for the platform (default: JAX's default backend)."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"attention implementation must be one of {IMPLEMENTATIONS}, got "
+                         f"{implementation!r}")
+    platform = jax.default_backend() if platform is None else platform
+    if implementation == "jnp" or (implementation == "auto" and platform == "cpu"):
+        return "jnp"
+    return {"gpu": "pallas_gpu", "cuda": "pallas_gpu", "rocm": "pallas_gpu",
+            "tpu": "pallas_tpu"}.get(platform, "pallas_interpret")
+
+
+def paged_decode_attention(q, k_pages, v_pages, page_table, lengths, layer, *,
+                           window: int | None = None, scale: float | None = None,
+                           implementation: str = "auto"):
+    """Shapes and contract: ``paged_decode_attention_reference``."""
+    chosen = resolve_implementation(implementation)
+    args = (q, k_pages, v_pages, page_table, lengths, layer)
+    if chosen == "jnp":
+        return paged_decode_attention_reference(*args, window=window, scale=scale)
+    if chosen == "pallas_tpu":
+        return paged_decode_attention_tpu(*args, window=window, scale=scale)
+    return paged_decode_attention_gpu(*args, window=window, scale=scale,
+                                      interpret=chosen == "pallas_interpret")

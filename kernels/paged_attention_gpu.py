@@ -1,0 +1,87 @@
+"""Paged decode attention as a Pallas Triton kernel (GPU), one program per (slot, kv head).
+
+Shapes and contract: ``paged_attention_reference``. The program loads its slot's length
+and page ids as scalars and walks only the pages that hold the slot's tokens
+(``cdiv(length, S)`` of them, fewer with a window), so a short slot costs little however
+long the page table is, and an empty slot costs nothing.
+
+Why not JAX's own ``jax.experimental.pallas.ops.gpu.paged_attention``: it takes one
+layer's pages as ``[K, P, S, D]``, so the decoder would pass ``pages[layer]`` and XLA would
+copy a whole layer of the pool into the custom call every layer of every token; it has
+one query per slot and no causal mask among several. This kernel reads the layer's pages
+in place from ``[L, P, K, S, D]``. The two agree where both apply
+(``tests/kernels/test_paged_attention.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from kernels.online_softmax import fold_page, finish, initial_state, mask_scores
+from kernels.paged_attention_layout import first_page, from_rows, row_positions, to_rows
+from kernels.paged_attention_reference import check_paged_inputs
+
+MIN_ROWS = 16  # Triton's matrix product needs 16 rows or more
+
+
+def _kernel(lengths_ref, layer_ref, page_table_ref, q_ref, k_ref, v_ref, o_ref, *,
+            num_queries: int, group: int, scale: float, window: int | None):
+    slot, head = pl.program_id(0), pl.program_id(1)
+    length, layer = lengths_ref[slot], layer_ref[0]
+    rows, head_dim = q_ref.shape
+    page_size = k_ref.shape[3]
+    q = q_ref[...]
+    q_positions = row_positions(length, num_queries, group, rows)
+
+    def one_page(index, state):
+        page = page_table_ref[slot, index]
+        keys, values = k_ref[layer, page, head], v_ref[layer, page, head]  # [S, D]
+        scores = plgpu.dot(q, keys, trans_b=True).astype(jnp.float32) * scale
+        key_positions = index * page_size + jax.lax.broadcasted_iota(jnp.int32,
+                                                                      (1, page_size), 1)
+        scores = mask_scores(scores, key_positions, q_positions, window)
+        return fold_page(state, scores, values,
+                         lambda a, b: plgpu.dot(a, b).astype(jnp.float32))
+
+    state = jax.lax.fori_loop(first_page(length, num_queries, page_size, window),
+                              pl.cdiv(length, page_size), one_page,
+                              initial_state(rows, head_dim))
+    o_ref[...] = finish(state).astype(o_ref.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("window", "scale", "interpret"))
+def paged_decode_attention_gpu(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array,
+                               page_table: jax.Array, lengths: jax.Array,
+                               layer: jax.Array | int, *, window: int | None = None,
+                               scale: float | None = None,
+                               interpret: bool = False) -> jax.Array:
+    """As ``paged_decode_attention_reference``. Page size and head_dim must be powers of
+    two of at least 16 (Triton's block rules); ``interpret=True`` runs it on CPU."""
+    check_paged_inputs(q, k_pages, v_pages, page_table, lengths)
+    batch, num_queries, heads, head_dim = q.shape
+    kv_heads, page_size = k_pages.shape[2], k_pages.shape[3]
+    for name, size in (("page size", page_size), ("head_dim", head_dim)):
+        if size < 16 or size & (size - 1):
+            raise ValueError(f"the GPU kernel needs a {name} that is a power of two >= 16, "
+                             f"got {size}")
+    group = heads // kv_heads
+    rows = max(MIN_ROWS, pl.next_power_of_2(num_queries * group))
+    kernel = functools.partial(_kernel, num_queries=num_queries, group=group,
+                               scale=head_dim ** -0.5 if scale is None else scale,
+                               window=window)
+    whole = pl.BlockSpec()  # Triton reads an un-blocked operand through its pointer
+    row_block = pl.BlockSpec((None, None, rows, head_dim), lambda b, h: (b, h, 0, 0))
+    out = pl.pallas_call(
+        kernel, grid=(batch, kv_heads),
+        in_specs=[whole, whole, whole, row_block, whole, whole], out_specs=row_block,
+        out_shape=jax.ShapeDtypeStruct((batch, kv_heads, rows, head_dim), q.dtype),
+        interpret=interpret, name="paged_decode_attention",
+        compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2),
+    )(lengths.astype(jnp.int32), jnp.asarray(layer, jnp.int32).reshape(1),
+      page_table.astype(jnp.int32), to_rows(q, kv_heads, rows), k_pages, v_pages)
+    return from_rows(out, q.shape)

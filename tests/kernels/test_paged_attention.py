@@ -1,0 +1,131 @@
+"""The paged decode-attention kernels against their jnp reference (Pallas interpret mode on
+CPU), and the reference against a float64 loop over contiguous sequences."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental.pallas.ops.gpu import paged_attention as jax_paged_attention
+
+from kernels import (paged_decode_attention, paged_decode_attention_gpu,
+                     paged_decode_attention_reference, paged_decode_attention_tpu,
+                     resolve_implementation)
+
+LAYERS, HEAD_DIM = 2, 16
+
+
+def random_paged_cache(seed, *, lengths, page_size, kv_heads, heads, queries, entries=4):
+    """Random sequences scattered over shuffled pages. Returns (args of the kernels,
+    contiguous keys and values [B, K, max_len, D] of the layer read)."""
+    rng = np.random.default_rng(seed)
+    batch = len(lengths)
+    num_pages = batch * entries + 1
+    k_pages = rng.normal(size=(LAYERS, num_pages, kv_heads, page_size, HEAD_DIM))
+    v_pages = rng.normal(size=k_pages.shape)
+    page_table = rng.permutation(num_pages)[:batch * entries].reshape(batch, entries)
+    q = rng.normal(size=(batch, queries, heads, HEAD_DIM))
+    args = tuple(jnp.asarray(x, jnp.float32) for x in (q, k_pages, v_pages)) + (
+        jnp.asarray(page_table, jnp.int32), jnp.asarray(lengths, jnp.int32), jnp.int32(1))
+
+    def contiguous(pages):
+        return pages[1][page_table].transpose(0, 2, 1, 3, 4).reshape(batch, kv_heads, -1,
+                                                                       HEAD_DIM)
+    return args, contiguous(k_pages), contiguous(v_pages)
+
+
+def float64_attention(q, keys, values, lengths, window):
+    q = np.asarray(q, np.float64)
+    batch, queries, heads, _ = q.shape
+    group = heads // keys.shape[1]
+    out = np.zeros_like(q)
+    for b in range(batch):
+        for t in range(queries):
+            pos = lengths[b] - queries + t
+            seen = [i for i in range(pos + 1) if window is None or i > pos - window]
+            for h in range(heads):
+                if not seen:
+                    continue
+                k, v = keys[b, h // group, seen], values[b, h // group, seen]
+                scores = k @ q[b, t, h] / np.sqrt(HEAD_DIM)
+                weights = np.exp(scores - scores.max())
+                out[b, t, h] = weights @ v / weights.sum()
+    return out
+
+
+@pytest.mark.parametrize("queries,window", [(1, None), (3, None), (2, 5)])
+def test_reference_matches_float64_attention_over_contiguous_keys(queries, window):
+    lengths = [0, 1, 17, 40, 64]
+    args, keys, values = random_paged_cache(0, lengths=lengths, page_size=16, kv_heads=2,
+                                            heads=6, queries=queries)
+    out = paged_decode_attention_reference(*args, window=window)
+    np.testing.assert_allclose(np.asarray(out), float64_attention(args[0], keys, values,
+                                                                  lengths, window),
+                               atol=2e-6)
+
+
+CASES = [  # page size, kv heads, query heads, queries per slot, window
+    dict(page_size=16, kv_heads=2, heads=2, queries=1, window=None),   # MHA
+    dict(page_size=16, kv_heads=3, heads=9, queries=1, window=None),   # SmolLM2's 3:1 GQA
+    dict(page_size=32, kv_heads=1, heads=4, queries=1, window=None),   # MQA, larger pages
+    dict(page_size=16, kv_heads=2, heads=8, queries=3, window=None),   # a few queries per slot
+    dict(page_size=16, kv_heads=2, heads=4, queries=2, window=20),     # sliding window
+]
+RAGGED_LENGTHS = [0, 1, 16, 33, 64, 2]  # empty, one token, page edges, full table, < queries
+
+
+@pytest.mark.parametrize("kernel", [paged_decode_attention_gpu, paged_decode_attention_tpu],
+                         ids=["gpu", "tpu"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{v}" for v in c.values()))
+def test_pallas_kernel_matches_reference_in_interpret_mode(kernel, case):
+    case = dict(case)
+    window = case.pop("window")
+    args, _, _ = random_paged_cache(1, lengths=RAGGED_LENGTHS, **case)
+    expected = np.asarray(paged_decode_attention_reference(*args, window=window))
+    got = np.asarray(kernel(*args, window=window, interpret=True))
+    np.testing.assert_allclose(got, expected, atol=2e-6)
+    empty_queries = np.asarray(RAGGED_LENGTHS)[:, None] - case["queries"] + np.arange(
+        case["queries"]) < 0
+    assert np.all(got[empty_queries] == 0)
+
+
+def test_gpu_kernel_agrees_with_jax_shipped_paged_attention():
+    """JAX's kernel takes one layer's pages as [K, P, S, D], one query per slot, and a
+    softmax scale of 1: give it the same data laid out its way."""
+    args, _, _ = random_paged_cache(2, lengths=[1, 30, 64, 47], page_size=16, kv_heads=2,
+                                    heads=4, queries=1)
+    q, k_pages, v_pages, page_table, lengths, layer = args
+    theirs = jax_paged_attention.paged_attention(
+        q[:, 0] * HEAD_DIM ** -0.5, k_pages[layer].transpose(1, 0, 2, 3),
+        v_pages[layer].transpose(1, 0, 2, 3), page_table, lengths, k_splits=2,
+        pages_per_compute_block=2, interpret=True)
+    ours = paged_decode_attention_gpu(*args, interpret=True)
+    np.testing.assert_allclose(np.asarray(ours[:, 0]), np.asarray(theirs), atol=2e-6)
+
+
+def test_auto_takes_jnp_on_cpu_and_pallas_on_accelerators():
+    assert resolve_implementation("auto", "cpu") == "jnp"
+    assert resolve_implementation("auto", "gpu") == "pallas_gpu"
+    assert resolve_implementation("auto", "tpu") == "pallas_tpu"
+    assert resolve_implementation("pallas", "cpu") == "pallas_interpret"
+    assert resolve_implementation("jnp", "tpu") == "jnp"
+    with pytest.raises(ValueError, match="one of"):
+        resolve_implementation("triton")
+
+
+def test_forced_pallas_on_cpu_interprets_the_gpu_kernel():
+    args, _, _ = random_paged_cache(3, lengths=[5, 20], page_size=16, kv_heads=1, heads=2,
+                                    queries=1)
+    np.testing.assert_allclose(np.asarray(paged_decode_attention(*args, implementation="pallas")),
+                               np.asarray(paged_decode_attention(*args)), atol=2e-6)
+
+
+def test_bad_inputs_are_named():
+    args, _, _ = random_paged_cache(4, lengths=[5, 20], page_size=16, kv_heads=2, heads=3,
+                                    queries=1)
+    with pytest.raises(ValueError, match="cannot share"):
+        paged_decode_attention_reference(*args)
+    args, _, _ = random_paged_cache(4, lengths=[5, 20], page_size=8, kv_heads=1, heads=2,
+                                    queries=1)
+    with pytest.raises(ValueError, match="page size that is a power of two >= 16"):
+        paged_decode_attention_gpu(*args, interpret=True)
+    with pytest.raises(ValueError, match="lengths must be"):
+        paged_decode_attention_reference(*args[:4], args[4][:1], args[5])
