@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -97,4 +98,38 @@ def test_summary_reports_qstar_against_the_matched_best_of_n(tmp_path):
                   best_of_n_samples=6, matched=43)
     note = (tmp_path / "summary.md").read_text()
     assert "best_of_n_matched is best-of-43" in note and "(it spent 420)" in note
-    assert "Q* minus best-of-43: +50.0 points" in note and "paired over 2 problems" in note
+    assert ("qstar − best_of_n_matched (planning against sampling more, at no fewer generated "
+            "tokens): +50.0 points") in note and "paired over 2 problems" in note
+    assert "generated tokens per problem 410 against 420" in note
+
+
+def test_summary_ends_with_what_q_hat_adds_and_says_when_wall_clock_disagrees(tmp_path):
+    def timed(method, problem, correct, tokens, wall):
+        return dataclasses.replace(result(method, problem, correct, tokens), wall_s=wall)
+    rows = [timed("qstar", "a", True, 100, 5.0), timed("qstar", "b", True, 100, 5.0),
+            timed("qstar_no_q", "a", False, 80, 1.0), timed("qstar_no_q", "b", True, 80, 1.0),
+            timed("best_of_n_matched", "a", True, 120, 2.0),
+            timed("best_of_n_matched", "b", False, 120, 2.0)]
+    write_reports(tmp_path, rows, ["qstar", "qstar_no_q", "best_of_n_matched"])
+    lines = (tmp_path / "summary.md").read_text().splitlines()
+    assert lines[-2].startswith("- qstar − qstar_no_q (what Q̂ adds: the same search with λ = 0): "
+                                "+50.0 points")
+    assert "generated tokens per problem 100 against 80, wall-clock 10 s against 2 s" in lines[-2]
+    assert lines[-1].startswith("- qstar − best_of_n_matched")
+    assert "Equal tokens and equal wall-clock disagree here" in lines[-1]
+    # Without the other method there is nothing to compare.
+    write_reports(tmp_path, rows[:2], ["qstar"])
+    assert "qstar −" not in (tmp_path / "summary.md").read_text()
+
+
+def test_best_of_n_pass_at_n_is_a_separate_ceiling_row(tmp_path):
+    rows = [dataclasses.replace(result("best_of_n", p, c), any_correct=a)
+            for p, c, a in (("a", False, True), ("b", True, True), ("c", False, False))]
+    summary = write_reports(tmp_path, rows, ["best_of_n"])
+    assert summary["methods"]["best_of_n"]["accuracy"] == pytest.approx(1 / 3)
+    assert summary["methods"]["best_of_n"]["pass_at_n"]["accuracy"] == pytest.approx(2 / 3)
+    table = (tmp_path / "summary.md").read_text()
+    assert "| best_of_n pass@N: any chain right (a ceiling read with the grader, not an answer) " \
+           "| 66.7 (" in table
+    # Methods that log no any_correct get no such entry.
+    assert "pass_at_n" not in summarize([result("qstar", "a", True)], ["qstar"])["methods"]["qstar"]

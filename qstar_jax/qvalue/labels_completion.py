@@ -1,16 +1,30 @@
 """Labels from a stronger model's completion: y(s, a) = γ^k · R(s' ⊕ c), where c (k steps)
 is the stronger model's greedy completion from s' = s ⊕ a, and y = R(s') when a ends the
-trace."""
+trace. The stronger model may be an exact solver (``SolverSampler``), which makes y the
+exact discounted value of s'."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
 from qstar_jax.qvalue.dataset import LabelledStep, StepPair, labelled
 from qstar_jax.qvalue.label_journal import LabelJournal, starting_labels
 from qstar_jax.qvalue.rollouts import RewardFn, RolloutSampler, memoized, sample_checked
+
+
+class SolverSampler:
+    """A ``RolloutSampler`` whose every continuation is ``complete(problem_index, steps)``,
+    an exact solver's completion: the stronger model of the paper's third labelling way
+    where the task has a solver (``label.stronger_model=solver``)."""
+
+    def __init__(self, complete: Callable[[int, tuple[str, ...]], Sequence[str]]):
+        self._complete = complete
+
+    def continue_from(self, items, n, temperature, max_steps=None):
+        return [[tuple(self._complete(problem, steps))[:max_steps]] * n
+                for problem, steps in items]
 
 
 def stronger_completion_labels(pairs: Sequence[StepPair], strong_sampler: RolloutSampler,

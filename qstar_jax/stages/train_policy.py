@@ -1,5 +1,7 @@
-"""Stage train_policy (Countdown only): a small decoder of our architecture trained from
-scratch on solver traces, saved as an HF checkpoint directory in ``out/policy``."""
+"""Stage train_policy (synthetic worlds: Countdown, arithmetic chains): a small decoder of
+our architecture trained from scratch on solver traces, saved as an HF checkpoint
+directory in ``out/policy``. With ``policy_training.value_weight`` > 0 a value head is
+trained jointly on traces with a wrong step in them (``lm_training.ValueRows``)."""
 
 from __future__ import annotations
 
@@ -12,10 +14,10 @@ from qstar_jax.models.char_tokenizer import build_char_tokenizer
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.hf_export import save_hf_checkpoint
 from qstar_jax.models.llama import LlamaModel
-from qstar_jax.models.lm_training import LMTrainingConfig, pack_examples, train_causal_lm
+from qstar_jax.models.lm_training import (LMTrainingConfig, pack_examples,
+                                          pack_value_rows, train_causal_lm)
 from qstar_jax.stages.context import RunContext
-from qstar_jax.tasks.base import STEP_SEPARATOR
-from qstar_jax.tasks.countdown import COUNTDOWN_ALPHABET
+from qstar_jax.tasks.base import STEP_SEPARATOR, Problem
 
 
 def policy_model_config(ctx: RunContext, tokenizer) -> ModelConfig:
@@ -37,19 +39,53 @@ def train_policy(ctx: RunContext) -> None:
     pt = ctx.config.policy_training
     problems = ctx.problems(ctx.config.task.train_split, pt.train_problems)
     rng = random.Random(ctx.config.seed)
-    traces = ["".join(s + STEP_SEPARATOR for s in ctx.task.solution_steps(p, rng))
-              for p in problems]
-    tokenizer = build_char_tokenizer(COUNTDOWN_ALPHABET)
-    prompt_ids = tokenizer(ctx.prompts(problems), add_special_tokens=False)["input_ids"]
-    trace_ids = tokenizer(traces, add_special_tokens=False)["input_ids"]
+    solutions = [ctx.task.solution_steps(p, rng) for p in problems]
+    tokenizer = build_char_tokenizer(ctx.task.alphabet)
+    encode = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prompts = ctx.prompts(problems)
+    prompt_ids = encode(prompts)
+    trace_ids = encode(["".join(s + STEP_SEPARATOR for s in steps) for steps in solutions])
     examples = [(p, t + [tokenizer.eos_token_id]) for p, t in zip(prompt_ids, trace_ids)]
-    tokens, mask = pack_examples(examples, tokenizer.pad_token_id)
+    value_rows = None
+    length = max(len(p) + len(c) for p, c in examples)
+    if pt.value_weight > 0:
+        rows = value_training_rows(ctx, problems, prompts, solutions, rng, encode)
+        length = max(length, *(len(ids) for ids, _ in rows))
+        value_rows = pack_value_rows(rows, tokenizer.pad_token_id, length)
+    tokens, mask = pack_examples(examples, tokenizer.pad_token_id, length)
     model = LlamaModel(policy_model_config(ctx, tokenizer), rngs=nnx.Rngs(ctx.config.seed))
     train_causal_lm(model, tokens, mask, LMTrainingConfig(
         steps=pt.steps, batch_size=pt.batch_size, learning_rate=pt.learning_rate,
-        warmup_steps=pt.warmup_steps, seed=ctx.config.seed))
+        warmup_steps=pt.warmup_steps, seed=ctx.config.seed, value_weight=pt.value_weight,
+        value_batch_size=pt.value_batch_size), value_rows=value_rows)
     # Written aside and moved in whole: a killed run never leaves a half-saved policy.
     partial = ctx.out / "policy.partial"
     shutil.rmtree(partial, ignore_errors=True)
     save_hf_checkpoint(model, tokenizer, partial)
     partial.rename(target)
+
+
+def value_training_rows(ctx: RunContext, problems: list[Problem], prompts: list[str],
+                        solutions: list[list[str]], rng: random.Random, encode
+                        ) -> list[tuple[list[int], list[tuple[int, float]]]]:
+    """For each problem its solution, and a copy with one wrong step (``task.wrong_step``
+    at a random depth) continued by the task's solver from there, each step end labelled
+    with the state's exact value (``task.can_still_succeed``): 1 before the wrong step, 0
+    from it on (as a later step cannot undo it)."""
+    task = ctx.task
+    if not all(hasattr(task, name) for name in ("wrong_step", "solver_completion",
+                                                 "can_still_succeed")):
+        raise ValueError(f"policy_training.value_weight > 0 needs a task that can write wrong "
+                         f"steps and complete traces exactly; {task.name} cannot")
+    rows = []
+    for problem, prompt, solution in zip(problems, prompts, solutions):
+        depth = rng.randrange(len(solution))
+        wrong = [*solution[:depth], task.wrong_step(problem, solution[:depth], rng)]
+        for steps in (solution, wrong + task.solver_completion(problem, wrong)):
+            ids, labelled = list(encode([prompt])[0]), []
+            for t, step in enumerate(steps):
+                ids += encode([step + STEP_SEPARATOR])[0]
+                labelled.append((len(ids) - 1, float(task.can_still_succeed(problem,
+                                                                             steps[:t + 1]))))
+            rows.append((ids, labelled))
+    return rows

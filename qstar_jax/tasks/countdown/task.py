@@ -18,11 +18,13 @@ from qstar_jax.tasks.countdown.grader import (
 from qstar_jax.tasks.countdown.problems import (
     CountdownConfig, canonical_key, from_fields, generate_problems)
 from qstar_jax.tasks.countdown.solver import CountdownSolver
-from qstar_jax.tasks.countdown.steps import format_number, format_question, parse_step
+from qstar_jax.tasks.countdown.steps import (COUNTDOWN_ALPHABET, format_number, format_question,
+                                            parse_step)
 
 
 class CountdownTask:
     name = "countdown"
+    alphabet = COUNTDOWN_ALPHABET  # a from-scratch policy's char-level vocabulary
 
     def __init__(self, config: CountdownConfig | Mapping[str, Any] | None = None):
         """``config`` may be a mapping of CountdownConfig's fields (from YAML), its

@@ -1,0 +1,106 @@
+"""The arithmetic-chain world: generation, splits, the step format, grading, the solver's
+completion (the exact value of a state) and the wrong steps the value head trains on."""
+
+import random
+
+import pytest
+
+from qstar_jax.tasks.arithmetic import ArithmeticConfig, ArithmeticTask, parse_answer, parse_step
+from qstar_jax.tasks.arithmetic.world import split_of
+
+
+def make_problem(task, start, ops):
+    from qstar_jax.tasks.arithmetic.steps import Operation
+    from qstar_jax.tasks.arithmetic.world import Chain
+    return task.problem(Chain(start, tuple(Operation(o, n) for o, n in ops)))
+
+
+def test_question_solution_and_grading_by_hand():
+    task = ArithmeticTask()
+    problem = make_problem(task, 12, [("+", 7), ("*", 3), ("-", 15)])
+    assert task.prompt(problem) == "Left to right: 12 + 7 * 3 - 15\n"
+    assert task.solution_steps(problem) == ["12 + 7 = 19", "19 * 3 = 57", "57 - 15 = 42",
+                                            "#### 42"]
+    assert problem.reference == "42"
+    assert task.grade(problem, "12 + 7 = 19\n19 * 3 = 57\n57 - 15 = 42\n#### 42")
+    # Only the answer line is graded, as GSM8K's grader does.
+    assert task.grade(problem, "#### 42")
+    assert not task.grade(problem, "12 + 7 = 19\n19 * 3 = 57\n57 - 15 = 41\n#### 41")
+    assert not task.grade(problem, "12 + 7 = 19\n19 * 3 = 57")  # no answer line
+    assert task.extract_answer("1 + 1 = 2\n#### 2") == "2"
+    assert task.extract_answer("1 + 1 = 2") is None
+    assert task.is_terminal_step("#### 42\n") and not task.is_terminal_step("57 - 15 = 42")
+
+
+@pytest.mark.parametrize("line", ["12 + 7 = 19", "0 * 3 = 0", "999 - 999 = 0"])
+def test_parse_step_reads_well_formed_lines(line):
+    assert parse_step(line) is not None
+
+
+@pytest.mark.parametrize("line", ["12 + 7 = 019", "12 +7 = 19", "12 + 7 = -5", "12 / 3 = 4",
+                                  "#### 4", "", "9" * 40 + " + 1 = 1", "12 + 7 = 19 "])
+def test_parse_step_rejects_anything_else(line):
+    assert parse_step(line) is None
+
+
+def test_parse_answer():
+    assert parse_answer("#### 17") == 17
+    assert parse_answer("####17") is None and parse_answer("#### 017") is None
+
+
+def test_solver_completion_is_the_exact_value():
+    task = ArithmeticTask()
+    problem = make_problem(task, 12, [("+", 7), ("*", 3), ("-", 15)])
+    assert task.solver_completion(problem, ["12 + 7 = 19"]) == ["19 * 3 = 57", "57 - 15 = 42",
+                                                                "#### 42"]
+    assert task.can_still_succeed(problem, ["12 + 7 = 19"])
+    assert not task.can_still_succeed(problem, ["12 + 7 = 18"])  # a slip dooms the answer
+    # A wrong operand with the right result leaves the value right: the state lives.
+    assert task.can_still_succeed(problem, ["13 + 7 = 19"])
+    assert not task.can_still_succeed(problem, ["12 + 7 = 19", "#### 19"])  # early answer
+    assert not task.can_still_succeed(problem, ["not a step"])
+    assert task.solver_completion(problem, ["#### 42"]) == []
+
+
+def test_wrong_steps_are_well_formed_and_dead():
+    task = ArithmeticTask()
+    rng = random.Random(0)
+    for problem in task.load("train", limit=100):
+        solution = task.solution_steps(problem)
+        depth = rng.randrange(len(solution))
+        wrong = task.wrong_step(problem, solution[:depth], rng)
+        assert wrong != solution[depth]
+        assert parse_step(wrong) is not None or parse_answer(wrong) is not None
+        assert not task.can_still_succeed(problem, [*solution[:depth], wrong])
+
+
+def test_generation_is_seeded_distinct_in_range_and_splits_are_disjoint():
+    config = ArithmeticConfig(operations=(2, 4), train_size=300)
+    task = ArithmeticTask(config)
+    splits = {s: task.load(s, limit=200, seed=3) for s in ("train", "validation", "test")}
+    assert [p.id for p in task.load("train", limit=50, seed=3)] == \
+        [p.id for p in splits["train"][:50]]
+    assert task.load("train", limit=20, seed=4) != splits["train"][:20]
+    ids = [{p.id for p in problems} for problems in splits.values()]
+    assert all(len(s) == 200 for s in ids)
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    for split, problems in splits.items():
+        for problem in problems:
+            assert split_of(problem.question, config) == split
+            values = [int(line.split(" = ")[1]) for line in task.solution_steps(problem)[:-1]]
+            assert all(0 <= v <= config.max_value for v in values)
+            assert 2 <= len(problem.metadata["operations"]) <= 4
+
+
+def test_bad_config_and_bad_problems_are_clear_errors():
+    with pytest.raises(ValueError, match="operators"):
+        ArithmeticConfig(operators="/")
+    with pytest.raises(ValueError, match="start_range"):
+        ArithmeticConfig(start_range=(5, 2))
+    with pytest.raises(ValueError, match="no field|unexpected keyword"):
+        ArithmeticTask({"bogus": 1})
+    with pytest.raises(ValueError, match="splits"):
+        ArithmeticTask().load("dev")
+    from qstar_jax.tasks.base import Problem
+    with pytest.raises(ValueError, match="no arithmetic chain"):
+        ArithmeticTask().solution_steps(Problem(id="x", question="q", reference="1"))
