@@ -6,7 +6,7 @@ from qstar_jax.search.astar import AStarConfig
 
 def test_planner_has_the_paper_defaults_and_the_countdown_run_stops_at_one_trajectory():
     planner = AStarConfig()
-    assert (planner.num_children, planner.max_complete, planner.heuristic_weight) == (6, 6, 1.0)
+    assert (planner.k, planner.n_complete, planner.lam) == (6, 6, 1.0)
     config = load_config()
     assert isinstance(config, RunConfig)
     assert (config.search.k, config.search.n_complete, config.search.lam) == (6, 1, 1.0)

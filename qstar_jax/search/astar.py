@@ -52,9 +52,9 @@ class Budget:
 class AStarConfig:
     """Paper defaults: K = 6 children per expansion, N = 6 complete trajectories, λ = 1."""
 
-    num_children: int = 6  # K
-    max_complete: int = 6  # N
-    heuristic_weight: float = 1.0  # λ
+    k: int = 6  # K
+    n_complete: int = 6  # N
+    lam: float = 1.0  # λ
     agg: Agg = Agg.min
     temperature: float = 1.0
     budget: Budget = Budget()
@@ -63,7 +63,7 @@ class AStarConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "agg", as_agg(self.agg))
-        require_positive(self, "num_children", "max_complete", "expansions_per_round",
+        require_positive(self, "k", "n_complete", "expansions_per_round",
                          "expansions_per_node")
         require_temperature(self)
 
@@ -81,8 +81,7 @@ class AStarPlanner(RoundGuard):
         super().__init__()
         self.problem_index = problem_index
         self._config = config
-        self._tree = SearchTree(problem_index, agg=config.agg,
-                                heuristic_weight=config.heuristic_weight)
+        self._tree = SearchTree(problem_index, agg=config.agg, lam=config.lam)
         self._frontier: list[tuple[float, int, int, Node]] = []
         self._push(self._tree.root)
         self._complete: list[Node] = []
@@ -93,15 +92,15 @@ class AStarPlanner(RoundGuard):
         batch, limit = [], self._round_limit()
         self._goal_test_top()
         while (len(batch) < limit and self._frontier
-               and len(self._complete) < self._config.max_complete):
+               and len(self._complete) < self._config.n_complete):
             batch.append(heapq.heappop(self._frontier)[-1])
             if len(batch) < limit:  # the next node this round is popped now
                 self._goal_test_top()
-        if not batch or len(self._complete) >= self._config.max_complete:
+        if not batch or len(self._complete) >= self._config.n_complete:
             self._finish()
             return []
         self._expanding = batch
-        return [self._tree.request(node, self._config.num_children, self._config.temperature)
+        return [self._tree.request(node, self._config.k, self._config.temperature)
                 for node in batch]
 
     def absorb(self, children: Sequence[Sequence[ScoredStep]]) -> None:
@@ -147,7 +146,7 @@ class AStarPlanner(RoundGuard):
 
     def _goal_test_top(self) -> None:
         while (self._frontier and self._frontier[0][-1].terminal
-               and len(self._complete) < self._config.max_complete):
+               and len(self._complete) < self._config.n_complete):
             self._complete.append(heapq.heappop(self._frontier)[-1])
 
     def _reentry_f(self, node: Node, children: Sequence[Node]) -> float:

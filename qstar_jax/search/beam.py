@@ -26,15 +26,15 @@ from qstar_jax.search.tree import SearchTree, best_by
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class BeamConfig:
     beam_width: int  # B
-    num_children: int  # K
-    heuristic_weight: float = 1.0  # λ
+    k: int  # K
+    lam: float = 1.0  # λ
     agg: Agg = Agg.min
     temperature: float = 1.0
     max_steps: int = 32
 
     def __post_init__(self):
         object.__setattr__(self, "agg", as_agg(self.agg))
-        require_positive(self, "beam_width", "num_children", "max_steps")
+        require_positive(self, "beam_width", "k", "max_steps")
         require_temperature(self)
 
 
@@ -49,8 +49,7 @@ class BeamPlanner(RoundGuard):
         self.problem_index = problem_index
         self._config = config
         self._value = value
-        self._tree = SearchTree(problem_index, agg=config.agg,
-                                heuristic_weight=config.heuristic_weight)
+        self._tree = SearchTree(problem_index, agg=config.agg, lam=config.lam)
         self._live: list[Node] = [self._tree.root]
         self._last_kept: list[Node] = []
         self._finished: list[Node] = []
@@ -58,7 +57,7 @@ class BeamPlanner(RoundGuard):
     def propose(self) -> list[ExpandRequest]:
         self._check_can_propose()
         self._expanding, self._live = self._live, []
-        return [self._tree.request(node, self._config.num_children, self._config.temperature)
+        return [self._tree.request(node, self._config.k, self._config.temperature)
                 for node in self._expanding]
 
     def absorb(self, children: Sequence[Sequence[ScoredStep]]) -> None:

@@ -73,7 +73,7 @@ class ChainPlanner(RoundGuard):
         self.problem_index = problem_index
         self._config = config
         self._rank = rank
-        self._tree = SearchTree(problem_index, agg=config.agg, heuristic_weight=1.0)
+        self._tree = SearchTree(problem_index, agg=config.agg, lam=1.0)
         self._tips: list[Node] = []  # the last node of each chain
         self._live: list[bool] = []
         self._scores = np.zeros(0)

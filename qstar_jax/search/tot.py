@@ -10,7 +10,7 @@ as the driver's Q̂ scores), or the aggregated process reward (``node.g``: a PRM
 - DFS: expand the best unexplored state first; children whose value falls below a
   threshold are pruned, and a state whose children are all pruned or spent sends the
   search back to the best remaining sibling of the deepest ancestor that has one
-  (backtracking). Ends at ``max_complete`` terminal states above the threshold or after
+  (backtracking). Ends at ``n_complete`` terminal states above the threshold or after
   ``max_expansions`` expansions (the step limit).
 """
 
@@ -42,26 +42,26 @@ def process_value(node: Node) -> float:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ToTConfig:
-    num_children: int = 5  # K: steps proposed per state
+    k: int = 5  # K: steps proposed per state
     keep: int = 5  # b: states kept per depth (BFS)
     threshold: float = 0.5  # DFS: a child valued below this is pruned
     max_expansions: int = 100  # DFS: the step limit
-    max_complete: int = 1  # DFS: terminal states to collect before stopping
+    n_complete: int = 1  # DFS: terminal states to collect before stopping
     temperature: float = 1.0
     max_steps: int = 32  # depth limit
     agg: Agg = Agg.min
 
     def __post_init__(self):
         object.__setattr__(self, "agg", as_agg(self.agg))
-        require_positive(self, "num_children", "keep", "max_expansions", "max_complete",
+        require_positive(self, "k", "keep", "max_expansions", "n_complete",
                          "max_steps")
         require_temperature(self)
 
 
 def tot_bfs_planner(problem_index: int, config: ToTConfig, value: StateValue) -> BeamPlanner:
-    """ToT-BFS: a beam of ``keep`` states, ``num_children`` proposals each, ranked by
+    """ToT-BFS: a beam of ``keep`` states, ``k`` proposals each, ranked by
     ``value``; the answer is the finished state ``value`` ranks highest."""
-    beam = BeamConfig(beam_width=config.keep, num_children=config.num_children,
+    beam = BeamConfig(beam_width=config.keep, k=config.k,
                       agg=config.agg, temperature=config.temperature,
                       max_steps=config.max_steps)
     return BeamPlanner(problem_index, beam, value=value)
@@ -81,7 +81,7 @@ class ToTDFSPlanner(RoundGuard):
         self.problem_index = problem_index
         self._config = config
         self._value = value
-        self._tree = SearchTree(problem_index, agg=config.agg, heuristic_weight=1.0)
+        self._tree = SearchTree(problem_index, agg=config.agg, lam=1.0)
         self._stack: list[Node] = [self._tree.root]
         self._complete: list[Node] = []
         self._last_expanded: Node = self._tree.root
@@ -91,13 +91,13 @@ class ToTDFSPlanner(RoundGuard):
         self._check_can_propose()
         config = self._config
         if (not self._stack or self._tree.expansions >= config.max_expansions
-                or len(self._complete) >= config.max_complete):
+                or len(self._complete) >= config.n_complete):
             self._tree.release_all()
             self._done = True
             return []
         node = self._stack.pop()
         self._expanding, self._last_expanded = [node], node
-        return [self._tree.request(node, config.num_children, config.temperature)]
+        return [self._tree.request(node, config.k, config.temperature)]
 
     def absorb(self, children: Sequence[Sequence[ScoredStep]]) -> None:
         self._check_absorb(children)

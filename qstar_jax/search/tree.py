@@ -14,16 +14,16 @@ from qstar_jax.search.planner import ScoredStep
 
 
 class SearchTree:
-    """Nodes of one problem, ids in creation order (root 0), f = g + ``heuristic_weight``·h.
+    """Nodes of one problem, ids in creation order (root 0), f = g + ``lam``·h.
 
     A handle is handed back for release exactly once: when its node is released, when a
     duplicate sibling is dropped, or by ``release_all`` when the search ends.
     """
 
-    def __init__(self, problem_index: int, *, agg: Agg, heuristic_weight: float):
+    def __init__(self, problem_index: int, *, agg: Agg, lam: float):
         self.problem_index = problem_index
         self._agg = agg
-        self._weight = heuristic_weight
+        self._lam = lam
         self.root = Node(id=0, parent=None, steps=(), depth=0, g=0.0, h=0.0, f=0.0,
                          terminal=False, handle=None, step_logprob=0.0, hidden=None)
         self._nodes: dict[int, Node] = {0: self.root}
@@ -74,7 +74,7 @@ class SearchTree:
             g = aggregate(self._agg, parent.g if parent.depth else None, item.reward)
             h = float(item.q_value)
             node = Node(id=len(self._nodes), parent=parent.id, steps=parent.steps + (step.text,),
-                        depth=parent.depth + 1, g=g, h=h, f=g + self._weight * h,
+                        depth=parent.depth + 1, g=g, h=h, f=g + self._lam * h,
                         terminal=step.ends_trace, handle=step.handle,
                         step_logprob=float(step.logprob), hidden=step.hidden)
             self._nodes[node.id] = node

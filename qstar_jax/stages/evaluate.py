@@ -107,11 +107,11 @@ def planner_factory(ctx: RunContext, method: str,
         return lambda i: ChainPlanner(i, chains, lambda finals: np.array(
             [rank(node) for node in finals], np.float64))
     if method == "beam":
-        config = BeamConfig(beam_width=e.beam_width, num_children=e.beam_k,
-                            heuristic_weight=s.lam, agg=s.agg, temperature=e.temperature,
+        config = BeamConfig(beam_width=e.beam_width, k=e.beam_k,
+                            lam=s.lam, agg=s.agg, temperature=e.temperature,
                             max_steps=max_steps)
         return lambda i: BeamPlanner(i, config)
-    config = AStarConfig(num_children=s.k, max_complete=s.n_complete, heuristic_weight=s.lam,
+    config = AStarConfig(k=s.k, n_complete=s.n_complete, lam=s.lam,
                          agg=s.agg, temperature=s.temperature,
                          expansions_per_node=s.expansions_per_node,
                          budget=Budget(max_expansions=s.max_expansions,

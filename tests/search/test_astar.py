@@ -35,7 +35,7 @@ def search(trees, config, *, utility=ZeroUtility(), problems=None):
 
 
 def test_expands_in_best_first_order_and_returns_the_best_complete_trajectory():
-    [result], expander, q_fn = search({0: QSTAR_TREE}, AStarConfig(num_children=3, max_complete=2))
+    [result], expander, q_fn = search({0: QSTAR_TREE}, AStarConfig(k=3, n_complete=2))
     assert result.tree["expansion_order"] == [0, 2, 1, 7, 5]
     assert result.outcome is Outcome.complete and result.completed
     assert result.steps == ("a", "a1") and result.node_id == 6
@@ -52,7 +52,7 @@ def test_expands_in_best_first_order_and_returns_the_best_complete_trajectory():
 
 
 def test_handles_are_released_as_soon_as_their_node_cannot_be_expanded():
-    _, expander, _ = search({0: QSTAR_TREE}, AStarConfig(num_children=3, max_complete=2))
+    _, expander, _ = search({0: QSTAR_TREE}, AStarConfig(k=3, n_complete=2))
     for round_number, call in enumerate(expander.expand_calls, start=1):
         for request in call:
             if request.node.handle is not None:  # an expanded node: freed after its round
@@ -64,18 +64,18 @@ def test_handles_are_released_as_soon_as_their_node_cannot_be_expanded():
 
 
 def test_stops_after_n_complete_trajectories():
-    [one], _, _ = search({0: QSTAR_TREE}, AStarConfig(num_children=3, max_complete=1))
+    [one], _, _ = search({0: QSTAR_TREE}, AStarConfig(k=3, n_complete=1))
     assert one.tree["expansion_order"] == [0, 2, 1]
     assert [t.node_id for t in one.trajectories] == [6]
     assert one.steps == ("a", "a1") and one.counters.expansions == 3
     # With no N reached the search runs until the frontier is empty.
-    [all_of_it], _, _ = search({0: QSTAR_TREE}, AStarConfig(num_children=3, max_complete=6))
+    [all_of_it], _, _ = search({0: QSTAR_TREE}, AStarConfig(k=3, n_complete=6))
     assert [t.node_id for t in all_of_it.trajectories] == [6, 9, 8]
     assert all_of_it.tree["expansion_order"] == [0, 2, 1, 7, 5, 4, 3]
 
 
 def test_several_expansions_per_round_pop_the_best_nodes_together():
-    config = AStarConfig(num_children=3, max_complete=2, expansions_per_round=2)
+    config = AStarConfig(k=3, n_complete=2, expansions_per_round=2)
     [result], expander, _ = search({0: QSTAR_TREE}, config)
     assert [[r.node.id for r in call] for call in expander.expand_calls] == [[0], [2, 1], [7, 5]]
     assert result.steps == ("a", "a1")
@@ -92,9 +92,9 @@ LAMBDA_TREE = tree({
 @pytest.mark.parametrize("weight, order, answer", [(1.0, [0, 1, 2], ("b", "b1")),
                                                    (0.1, [0, 2], ("b", "b1")),
                                                    (10.0, [0, 1, 2], ("a", "a1"))])
-def test_heuristic_weight_trades_q_against_g(weight, order, answer):
+def test_lam_trades_q_against_g(weight, order, answer):
     expander = FakeExpander({0: LAMBDA_TREE})
-    config = AStarConfig(num_children=2, max_complete=1, heuristic_weight=weight, agg=Agg.last)
+    config = AStarConfig(k=2, n_complete=1, lam=weight, agg=Agg.last)
     [result], _, _ = search({0: LAMBDA_TREE}, config,
                             utility=RuleUtility(rule=expander.reward_rule))
     assert result.tree["expansion_order"] == order
@@ -120,7 +120,7 @@ AGG_TREE = tree({
 ])
 def test_aggregation_of_process_rewards_sets_g_and_the_order(agg, g_a1, g_b1, answer):
     expander = FakeExpander({0: AGG_TREE})
-    config = AStarConfig(num_children=2, max_complete=1, agg=agg)
+    config = AStarConfig(k=2, n_complete=1, agg=agg)
     [result], _, _ = search({0: AGG_TREE}, config, utility=RuleUtility(rule=expander.reward_rule))
     g = {tuple(n["steps"]): n["g"] for n in result.tree["nodes"]}
     assert g[("a", "a1")] == pytest.approx(g_a1)
@@ -136,7 +136,7 @@ def test_identical_siblings_merge_into_the_first_sample():
     duplicates = tree({"": [child("a", .3, tokens=2), child("a", .9, tokens=3),
                             child("b", .1, tokens=4, end=True)],
                        "a": [child("a1", .5, end=True)]})
-    [result], expander, q_fn = search({0: duplicates}, AStarConfig(num_children=3, max_complete=2))
+    [result], expander, q_fn = search({0: duplicates}, AStarConfig(k=3, n_complete=2))
     nodes = {n["id"]: (tuple(n["steps"]), n["h"]) for n in result.tree["nodes"]}
     assert nodes == {0: ((), 0.0), 1: (("a",), .3), 2: (("b",), .1), 3: (("a", "a1"), .5)}
     assert result.counters.generated_tokens == 2 + 3 + 4 + 1  # the duplicate was generated
@@ -146,7 +146,7 @@ def test_identical_siblings_merge_into_the_first_sample():
 
 
 def test_expansion_budget_falls_back_to_the_best_frontier_node():
-    config = AStarConfig(num_children=3, max_complete=2, budget=Budget(max_expansions=2))
+    config = AStarConfig(k=3, n_complete=2, budget=Budget(max_expansions=2))
     [result], _, _ = search({0: QSTAR_TREE}, config)
     assert result.tree["expansion_order"] == [0, 2]
     assert result.outcome is Outcome.partial and not result.completed
@@ -155,7 +155,7 @@ def test_expansion_budget_falls_back_to_the_best_frontier_node():
 
 
 def test_goal_test_is_free_once_the_expansion_budget_is_spent():
-    config = AStarConfig(num_children=3, max_complete=2, budget=Budget(max_expansions=3))
+    config = AStarConfig(k=3, n_complete=2, budget=Budget(max_expansions=3))
     [result], _, _ = search({0: QSTAR_TREE}, config)
     assert result.tree["expansion_order"] == [0, 2, 1]
     assert result.outcome is Outcome.complete and result.steps == ("a", "a1")
@@ -163,7 +163,7 @@ def test_goal_test_is_free_once_the_expansion_budget_is_spent():
 
 def test_budget_falls_back_to_a_terminal_the_search_did_not_reach():
     low_terminal = tree({"": [child("a", .9), child("t", .1, end=True)]})
-    config = AStarConfig(num_children=2, budget=Budget(max_expansions=1))
+    config = AStarConfig(k=2, budget=Budget(max_expansions=1))
     [result], _, _ = search({0: low_terminal}, config)
     assert result.outcome is Outcome.terminal_over_budget and not result.completed
     assert result.steps == ("t",) and result.score == pytest.approx(.1)
@@ -172,7 +172,7 @@ def test_budget_falls_back_to_a_terminal_the_search_did_not_reach():
 @pytest.mark.parametrize("max_tokens, expansions", [(6, 1), (9, 1), (10, 2), (20, 2), (21, 3)])
 def test_token_budget_is_checked_before_each_round(max_tokens, expansions):
     # The root's children cost 2 + 3 + 4 = 9 tokens, b's 5 + 6: 20 in all after two.
-    config = AStarConfig(num_children=3, max_complete=2,
+    config = AStarConfig(k=3, n_complete=2,
                          budget=Budget(max_generated_tokens=max_tokens))
     [result], _, _ = search({0: QSTAR_TREE}, config)
     assert result.counters.expansions == expansions
@@ -185,7 +185,7 @@ def test_a_root_without_children_gives_the_empty_partial_answer():
 
 def test_results_do_not_depend_on_batch_packing():
     trees = {0: QSTAR_TREE, 1: LAMBDA_TREE, 2: AGG_TREE}
-    config = AStarConfig(num_children=3, max_complete=2)
+    config = AStarConfig(k=3, n_complete=2)
 
     def comparable(result):
         counters = {k: v for k, v in vars(result.counters).items() if k != "wall_s"}
@@ -204,7 +204,7 @@ def test_results_do_not_depend_on_batch_packing():
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda: AStarConfig(num_children=0), "num_children must be an integer >= 1"),
+    (lambda: AStarConfig(k=0), "k must be an integer >= 1"),
     (lambda: AStarConfig(agg="mean"), "unknown aggregation 'mean'"),
     (lambda: AStarConfig(temperature=-1.0), "temperature must be >= 0"),
     (lambda: Budget(max_expansions=-1), "max_expansions must be >= 0"),
@@ -222,7 +222,7 @@ def test_equal_scores_go_to_the_deeper_node_first():
         "a": [child("a1", 1.), child("a2", 1.)],
         "a a1": [child("z", 1., end=True)],
     })
-    [result], _, _ = search({0: saturated}, AStarConfig(num_children=3, max_complete=1))
+    [result], _, _ = search({0: saturated}, AStarConfig(k=3, n_complete=1))
     assert result.tree["expansion_order"] == [0, 1, 4]
     assert result.steps == ("a", "a1", "z") and result.completed
 
@@ -238,7 +238,7 @@ REEXPAND_TREE = tree({
 
 
 def test_a_node_expanded_again_samples_new_steps_while_it_outscores_its_children():
-    config = AStarConfig(num_children=2, max_complete=1)
+    config = AStarConfig(k=2, n_complete=1)
     [once], _, _ = search({0: REEXPAND_TREE}, config)
     assert once.tree["expansion_order"] == [0, 1, 4] and once.steps == ("a", "a2", "z")
 
@@ -259,7 +259,7 @@ def test_a_node_expanded_again_samples_new_steps_while_it_outscores_its_children
 def test_the_root_goes_back_on_the_frontier_at_its_best_childs_f():
     spec = tree({"": [child("a", .3), child("b", .8, end=True)],
                  "a": [child("a1", .1), child("a2", .05)], "a a1": [], "a a2": []})
-    config = AStarConfig(num_children=1, max_complete=1, expansions_per_node=2)
+    config = AStarConfig(k=1, n_complete=1, expansions_per_node=2)
     [result], _, _ = search({0: spec}, config)
     # The root re-enters at .3 (its child a): behind a (a tie, a is deeper) but ahead of
     # a's children, so once a has had both its expansions the root samples b.

@@ -26,7 +26,7 @@ def search(trees, config):
 
 
 def test_keeps_the_top_b_children_and_returns_the_best_finished_beam():
-    [result], expander = search({0: BEAM_TREE}, BeamConfig(beam_width=2, num_children=3))
+    [result], expander = search({0: BEAM_TREE}, BeamConfig(beam_width=2, k=3))
     assert [[r.node.id for r in call] for call in expander.expand_calls] == [[0], [2, 3], [7]]
     assert result.outcome is Outcome.complete and result.steps == ("b", "b3")
     assert result.score == pytest.approx(.95)
@@ -39,14 +39,14 @@ def test_keeps_the_top_b_children_and_returns_the_best_finished_beam():
 def test_duplicate_children_take_one_beam_slot():
     duplicates = tree({"": [child("a", .9), child("a", .9), child("b", .5)],
                        "a": [child("=1", .1, end=True)], "b": [child("=2", .2, end=True)]})
-    [result], expander = search({0: duplicates}, BeamConfig(beam_width=2, num_children=3))
+    [result], expander = search({0: duplicates}, BeamConfig(beam_width=2, k=3))
     assert [[r.node.steps for r in call] for call in expander.expand_calls] == [
         [()], [("a",), ("b",)]]
     assert result.steps == ("b", "=2")
 
 
 def test_beams_cut_by_max_steps_give_the_best_partial_beam():
-    config = BeamConfig(beam_width=2, num_children=3, max_steps=1)
+    config = BeamConfig(beam_width=2, k=3, max_steps=1)
     [result], expander = search({0: BEAM_TREE}, config)
     assert len(expander.expand_calls) == 1
     assert result.outcome is Outcome.partial and result.steps == ("b",)
@@ -55,4 +55,4 @@ def test_beams_cut_by_max_steps_give_the_best_partial_beam():
 
 def test_bad_beam_config_is_a_clear_error():
     with pytest.raises(ValueError, match="beam_width must be an integer >= 1"):
-        BeamConfig(beam_width=0, num_children=3)
+        BeamConfig(beam_width=0, k=3)

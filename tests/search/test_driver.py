@@ -25,10 +25,10 @@ TREES = {
 
 def make_planner(i):
     if i == 0:
-        return AStarPlanner(0, AStarConfig(num_children=3, max_complete=1, agg=Agg.sum))
+        return AStarPlanner(0, AStarConfig(k=3, n_complete=1, agg=Agg.sum))
     if i == 1:
         return greedy_planner(1)
-    return BeamPlanner(2, BeamConfig(beam_width=1, num_children=2))
+    return BeamPlanner(2, BeamConfig(beam_width=1, k=2))
 
 
 def test_mixed_planners_share_rounds_and_counters_add_up():

@@ -33,7 +33,7 @@ def search(make_planner, spec, utility=None):
 
 
 def test_bfs_with_q_keeps_the_best_b_states_by_q():
-    config = ToTConfig(num_children=3, keep=2)
+    config = ToTConfig(k=3, keep=2)
     result, expanded = search(lambda i: tot_bfs_planner(i, config, q_value), BFS_TREE)
     # Depth 1 keeps b, c; depth 2 pools b1 .3, b2 .8, b3 .4, c1 .6, c2 .2, c3 .1 and keeps
     # b2 and c1 (finished); depth 3 keeps z1 (finished: two states done) and z2.
@@ -43,7 +43,7 @@ def test_bfs_with_q_keeps_the_best_b_states_by_q():
 
 
 def test_bfs_with_a_prm_keeps_the_best_b_states_by_aggregated_reward():
-    config = ToTConfig(num_children=3, keep=2)
+    config = ToTConfig(k=3, keep=2)
     result, expanded = search(lambda i: tot_bfs_planner(i, config, process_value), BFS_TREE,
                               lambda fake: RuleUtility(rule=fake.reward_rule))
     # Depth 1 keeps a .9, c .6; depth 2: g = min(parent, r) is a1 .3, a2 .7, a3 .9, c1 .5,
@@ -68,7 +68,7 @@ def test_dfs_backtracks_past_a_pruned_branch():
     planners = []
 
     def make(i):
-        planners.append(ToTDFSPlanner(i, ToTConfig(num_children=3, threshold=.5), q_value))
+        planners.append(ToTDFSPlanner(i, ToTConfig(k=3, threshold=.5), q_value))
         return planners[-1]
 
     result, expanded = search(make, DFS_TREE)
@@ -81,7 +81,7 @@ def test_dfs_backtracks_past_a_pruned_branch():
 
 
 def test_dfs_stops_at_the_step_limit_with_the_last_expanded_state():
-    config = ToTConfig(num_children=3, threshold=.5, max_expansions=2)
+    config = ToTConfig(k=3, threshold=.5, max_expansions=2)
     result, expanded = search(lambda i: ToTDFSPlanner(i, config, q_value), DFS_TREE)
     assert expanded == [[0], [1]]
     assert result.outcome is Outcome.partial and result.steps == ("a",)
@@ -89,7 +89,7 @@ def test_dfs_stops_at_the_step_limit_with_the_last_expanded_state():
 
 
 def test_dfs_does_not_go_deeper_than_max_steps():
-    config = ToTConfig(num_children=3, threshold=.5, max_steps=1)
+    config = ToTConfig(k=3, threshold=.5, max_steps=1)
     result, expanded = search(lambda i: ToTDFSPlanner(i, config, q_value), DFS_TREE)
     assert expanded == [[0]]
     assert result.outcome is Outcome.partial and result.steps == ()
