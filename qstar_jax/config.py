@@ -216,6 +216,28 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class MeshConfig:
+    """The device mesh (qstar_jax/parallel.py): ``data`` shards cache slots and batches,
+    ``model`` shards heads, MLP and vocabulary; -1 = every device the other axis leaves."""
+
+    data: int = -1
+    model: int = 1
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DistributedConfig:
+    """Multi-process start-up (``jax.distributed.initialize``): all three, or none of
+    them (then JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, or, with
+    auto_detect, JAX's own detection on TPU pod slices, SLURM, Open MPI). Launch settings,
+    not the experiment's: config.yaml leaves them out."""
+
+    coordinator: Optional[str] = None  # host:port of process 0
+    num_processes: Optional[int] = None
+    process_id: Optional[int] = None
+    auto_detect: bool = False
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class RunConfig:
     seed: int = 0
     out_dir: str = "runs/default"
@@ -229,6 +251,8 @@ class RunConfig:
     q_train: QTrainConfig = dataclasses.field(default_factory=QTrainConfig)
     search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
@@ -277,6 +301,9 @@ def _where(error: OmegaConfBaseException) -> str:
 
 
 def to_yaml(config: RunConfig) -> str:
+    """The experiment's settings; the per-process launch settings are left out, so every
+    process of a run writes and compares the same text."""
+    config = dataclasses.replace(config, distributed=DistributedConfig())
     return OmegaConf.to_yaml(OmegaConf.structured(config))
 
 
@@ -319,6 +346,11 @@ def check_config(config: RunConfig) -> None:
     require(not unknown, "stages", f"unknown {unknown}; choose from {STAGES}")
     require(d.slots >= 1 and d.max_len > d.step_token_cap, "decode",
             "needs slots >= 1 and max_len > step_token_cap")
+    m = config.mesh
+    require(m.model >= 1 and (m.data >= 1 or m.data == -1), "mesh",
+            f"sizes must be >= 1 (data may be -1), got data={m.data} model={m.model}")
+    require(m.data == -1 or d.slots % m.data == 0, "decode.slots",
+            f"{d.slots} slots do not split over mesh.data={m.data} shards")
     require(config.task.eval_problems >= 1, "task.eval_problems", "must be >= 1")
     require(0.0 <= config.q_train.holdout_fraction < 1.0, "q_train.holdout_fraction",
             "must be in [0, 1)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 from collections.abc import Iterator, Sequence
 
 import jax
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from qstar_jax.decoding.kv_cache import SlotPool, fork_slots, init_cache
+from qstar_jax.decoding.kv_cache import SlotPool, cache_shardings, fork_slots, init_cache
 from qstar_jax.decoding.prefill import (MIN_PREFILL_BUCKET, bucket_size, check_token_lists,
                                         pack_rows, prefill)
 from qstar_jax.decoding.sampling import SamplingParams
@@ -29,6 +30,8 @@ from qstar_jax.decoding.step_sampler import EndReason, sample_step
 from qstar_jax.decoding.trie_sampler import TrieOutput, sample_trie
 from qstar_jax.decoding.weights import DecoderWeights
 from qstar_jax.models.llama import LlamaModel
+from qstar_jax.parallel import (ShardingRules, check_slots, place, replicated,
+                                weight_shardings)
 
 MIN_STEP_BUCKET = 8
 MAX_NODE_ID = 2**31 - 1
@@ -67,6 +70,9 @@ class Decoder:
     minimums mean fewer compiled variants. per_layer_weights: also hold the layer weights
     as one array per layer, so a decode step reads them without copying them out of the
     stacked arrays; it doubles their memory (default: on CPU only, see DecoderWeights).
+    mesh: a (data, model) ``jax.sharding.Mesh`` to spread the weights and the slot pool
+    over (``qstar_jax.parallel``), laid out by ``rules``; outputs come back replicated,
+    so every process of a multi-host run reads them. None: one device.
     """
 
     def __init__(self, model: LlamaModel, *, num_slots: int, max_len: int,
@@ -74,7 +80,8 @@ class Decoder:
                  cache_dtype=None, min_batch_bucket: int = 1,
                  min_prefill_bucket: int = MIN_PREFILL_BUCKET,
                  min_step_bucket: int = MIN_STEP_BUCKET,
-                 per_layer_weights: bool | None = None):
+                 per_layer_weights: bool | None = None, mesh: jax.sharding.Mesh | None = None,
+                 rules: ShardingRules = ShardingRules()):
         self.config = model.config
         vocab = self.config.vocab_size
         newline_table = np.asarray(newline_table)
@@ -94,7 +101,23 @@ class Decoder:
         self._weights = DecoderWeights.of(model, per_layer=per_layer_weights)
         if cache_dtype is None:
             cache_dtype = model.embed_tokens.embedding[...].dtype
-        self.cache = init_cache(self.config, slots=num_slots, max_len=max_len, dtype=cache_dtype)
+        make_cache = functools.partial(init_cache, self.config, slots=num_slots,
+                                       max_len=max_len, dtype=cache_dtype)
+        self.mesh = mesh
+        shardings = {}  # jit keyword arguments per function: none on one device
+        if mesh is None:
+            self.cache = make_cache()
+        else:
+            check_slots(mesh, num_slots)
+            rules = rules.for_model(self.config, mesh)
+            self._weights = place(self._weights, weight_shardings(self._weights, mesh, rules))
+            cache_sharding = cache_shardings(mesh, rules)
+            self.cache = jax.jit(make_cache, out_shardings=cache_sharding)()
+            # Pinning the cache's layout on the way out keeps every call's input sharding,
+            # so a call never recompiles for a drifted layout.
+            shardings = {"prefill": cache_sharding, "fork": cache_sharding,
+                         "sample_step": (cache_sharding, replicated(mesh)),
+                         "sample_trie": (cache_sharding, replicated(mesh))}
         self.pool = SlotPool(num_slots)
         self._lengths = np.zeros(num_slots, np.int64)  # host mirror of cache.lengths
         self._newline_table = jnp.asarray(newline_table)
@@ -106,12 +129,16 @@ class Decoder:
             def traced(*args):
                 counts[name] += 1  # runs only while tracing
                 return fn(graphdef, *args)
+            if name in shardings:
+                jit_kwargs["out_shardings"] = shardings[name]
             return jax.jit(traced, donate_argnums=1, **jit_kwargs)
 
         self._prefill = counted_jit("prefill", prefill)
         self._sample_step = counted_jit("sample_step", sample_step, static_argnums=9)
 
         self._sample_trie = counted_jit("sample_trie", sample_trie, static_argnums=(11, 12))
+        self._fork = (jax.jit(fork_slots, donate_argnums=0, out_shardings=shardings["fork"])
+                      if "fork" in shardings else fork_slots)
 
     @property
     def num_slots(self) -> int:
@@ -148,7 +175,7 @@ class Decoder:
             raise ValueError(f"fork got {len(parents)} parents for {len(children)} children; "
                              "give one parent per child")
         batch = bucket_size(len(children), minimum=self.min_batch_bucket)
-        self.cache = fork_slots(self.cache, jnp.asarray(self._pad(parents, batch, 0)),
+        self.cache = self._fork(self.cache, jnp.asarray(self._pad(parents, batch, 0)),
                                 jnp.asarray(self._pad(children, batch, self.num_slots)))
         self._lengths[children] = self._lengths[parents]
 

@@ -20,6 +20,7 @@ import heapq
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding
 
 from qstar_jax.models.config import ModelConfig
 
@@ -55,6 +56,15 @@ def init_cache(cfg: ModelConfig, *, slots: int, max_len: int, dtype=jnp.float32)
     return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
                    lengths=jnp.zeros((slots,), jnp.int32),
                    last_hidden=jnp.zeros((slots, cfg.hidden_size), jnp.float32))
+
+
+def cache_shardings(mesh: Mesh, rules) -> KVCache:
+    """A KVCache of NamedShardings: slots on the rules' ``slots`` mesh axis, kv heads on
+    ``kv_heads`` (rules: ``qstar_jax.parallel.ShardingRules``)."""
+    def named(*logical):
+        return NamedSharding(mesh, rules.spec(*logical))
+    rows = named(None, "slots", "kv_heads", None, None)
+    return KVCache(k=rows, v=rows, lengths=named("slots"), last_hidden=named("slots", "embed"))
 
 
 @functools.partial(jax.jit, donate_argnums=0)

@@ -11,6 +11,7 @@ import functools
 from pathlib import Path
 
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
 from qstar_jax.config import RunConfig
 from qstar_jax.decoding.engine import Decoder
@@ -26,6 +27,8 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 class RunContext:
     config: RunConfig
     out: Path
+    # The devices decoding and Q-hat training spread over (qstar_jax.parallel); None: one.
+    mesh: Mesh | None = None
 
     @functools.cached_property
     def task(self) -> Task:
@@ -80,6 +83,6 @@ class RunContext:
         tokenizer = loaded.tokenizer
         decoder = Decoder(loaded.model, num_slots=d.slots, max_len=d.max_len,
                           newline_table=tokenizer.newline_table(loaded.config.vocab_size),
-                          eos_ids=tokenizer.eos_ids)
+                          eos_ids=tokenizer.eos_ids, mesh=self.mesh)
         return PolicyRuntime(decoder, tokenizer, self.task, problems, self.prompts(problems),
                              seed=self.config.seed, step_token_cap=d.step_token_cap)

@@ -1,0 +1,201 @@
+"""Device mesh, logical-axis sharding rules, placement of weights and cache, multi-host
+start-up.
+
+One ``jax.sharding.Mesh`` with two axes: ``data`` (independent rows: cache slots, decode
+batches, training batches, problems) and ``model`` (a model too large for one device:
+vocabulary, attention heads, MLP width). Arrays name their dimensions with logical axes;
+``ShardingRules`` maps those to mesh axes, in the style of jax-llm-examples'
+``ShardingRules``. A logical axis whose size the mesh axis does not divide (SmolLM2-135M's
+3 kv heads on a 2-way model axis) is replicated instead: the jitted code stays correct
+under any placement, GSPMD only moves more data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from qstar_jax.models.config import ModelConfig
+
+DATA, MODEL = "data", "model"
+
+
+class MeshError(ValueError):
+    """The mesh asked for cannot be built from the devices there are."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ShardingRules:
+    """Logical axis -> mesh axis (None: replicated)."""
+
+    batch: str | None = DATA
+    slots: str | None = DATA
+    problems: str | None = DATA
+    vocab: str | None = MODEL
+    heads: str | None = MODEL
+    kv_heads: str | None = MODEL
+    mlp: str | None = MODEL
+    embed: str | None = None  # no FSDP: decoding would all-gather every weight each token
+
+    def spec(self, *logical: str | None) -> PartitionSpec:
+        """PartitionSpec of an array whose dimensions have these logical names (None: a
+        dimension that is never sharded)."""
+        axes = [None if name is None else getattr(self, name) for name in logical]
+        used = [a for a in axes if a is not None]
+        if len(used) != len(set(used)):
+            raise ValueError(f"logical axes {logical} map two dimensions to one mesh axis "
+                             f"({axes})")
+        return PartitionSpec(*axes)
+
+    def for_model(self, config: ModelConfig, mesh: Mesh) -> ShardingRules:
+        """These rules with every logical axis the mesh cannot split evenly for ``config``
+        replicated."""
+        sizes = {"vocab": config.vocab_size, "heads": config.num_heads,
+                 "kv_heads": config.num_kv_heads, "mlp": config.intermediate_size}
+        return dataclasses.replace(self, **{
+            name: None for name, size in sizes.items()
+            if getattr(self, name) is not None and size % mesh.shape[getattr(self, name)]})
+
+
+# The logical axes of each weight, by its module and leaf name (HF layout turned into
+# nnx's: kernels are [in, out]). Weights not listed (norms, RoPE table) are replicated; a
+# leading stacked-layers axis is never sharded.
+_WEIGHT_AXES = {
+    ("embed_tokens", "embedding"): ("vocab", "embed"),
+    ("q_proj", "kernel"): ("embed", "heads"), ("q_proj", "bias"): ("heads",),
+    ("k_proj", "kernel"): ("embed", "kv_heads"), ("k_proj", "bias"): ("kv_heads",),
+    ("v_proj", "kernel"): ("embed", "kv_heads"), ("v_proj", "bias"): ("kv_heads",),
+    ("o_proj", "kernel"): ("heads", "embed"),
+    ("gate_proj", "kernel"): ("embed", "mlp"), ("up_proj", "kernel"): ("embed", "mlp"),
+    ("down_proj", "kernel"): ("mlp", "embed"),
+    ("lm_head", "kernel"): ("embed", "vocab"),
+}
+
+
+def make_mesh(data: int = -1, model: int = 1, *, devices: Sequence[jax.Device] | None = None
+              ) -> Mesh:
+    """A (data, model) mesh over ``devices`` (default: every device of every process);
+    ``data = -1`` takes all the devices the model axis leaves. Raises MeshError, before
+    anything is loaded, when the sizes do not multiply to the device count."""
+    devices = list(jax.devices() if devices is None else devices)
+    count = len(devices)
+    if model < 1 or (data < 1 and data != -1):
+        raise MeshError(f"mesh sizes must be >= 1 (data may be -1), got data={data} "
+                        f"model={model}")
+    if data == -1:
+        if count % model:
+            raise MeshError(f"mesh.model={model} does not divide the {count} devices; choose "
+                            f"a divisor of {count}")
+        data = count // model
+    if data * model != count:
+        raise MeshError(f"mesh data={data} x model={model} needs {data * model} devices, but "
+                        f"there are {count}; set mesh.data=-1 to use every device")
+    # Auto axes, said explicitly: jax.make_mesh defaults to Explicit, which would make
+    # every jitted function spell out its shardings instead of letting GSPMD propagate.
+    return jax.make_mesh((data, model), (DATA, MODEL), devices=devices,
+                         axis_types=(AxisType.Auto, AxisType.Auto))
+
+
+def check_slots(mesh: Mesh, slots: int) -> None:
+    """The slot pool is split evenly over ``data``."""
+    if slots % mesh.shape[DATA]:
+        raise MeshError(f"decode.slots={slots} does not split over the {mesh.shape[DATA]} "
+                        f"data shards; make it a multiple of {mesh.shape[DATA]}")
+
+
+def weight_shardings(weights, mesh: Mesh, rules: ShardingRules):
+    """A NamedSharding for every array of a model-state pytree (nnx State, or a tuple
+    holding them), from ``_WEIGHT_AXES``."""
+    def sharding(path, leaf):
+        names = [getattr(k, "key", None) for k in path]
+        names = [n for n in names if isinstance(n, str)]
+        logical = _WEIGHT_AXES.get(tuple(names[-2:]), ())
+        logical = (None,) * (leaf.ndim - len(logical)) + tuple(logical)
+        return NamedSharding(mesh, rules.spec(*logical))
+    return jax.tree_util.tree_map_with_path(sharding, weights)
+
+
+def place(tree, shardings):
+    """``tree``'s arrays laid out as ``shardings`` says. Works across processes: each
+    process fills the shards of its own devices from its (identical) host copy."""
+    def put(x, sharding):
+        if sharding.is_fully_addressable:
+            return jax.device_put(x, sharding)
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+    return jax.tree.map(put, tree, shardings)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def replicate(tree, mesh: Mesh):
+    """``tree``'s arrays copied whole onto every device of ``mesh``."""
+    return place(tree, jax.tree.map(lambda _: replicated(mesh), tree))
+
+
+def shard_rows(tree, mesh: Mesh | None, rules: ShardingRules = ShardingRules()):
+    """Inside a jitted function: each array's leading axis (a batch's rows) split over
+    the ``batch`` mesh axis, so each device computes on its own rows and GSPMD sums the
+    gradients. Arrays whose rows the axis does not divide (a small last label set) are
+    left whole, as is everything without a mesh: the same result, computed on every
+    device."""
+    if mesh is None or rules.batch is None:
+        return tree
+    shards = mesh.shape[rules.batch]
+
+    def constrain(x):
+        if x.shape[0] % shards:
+            return x
+        return jax.lax.with_sharding_constraint(
+            x, NamedSharding(mesh, rules.spec("batch", *(None,) * (x.ndim - 1))))
+    return jax.tree.map(constrain, tree)
+
+
+def initialize_distributed(*, coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None, auto_detect: bool = False) -> bool:
+    """Join a multi-process run with ``jax.distributed.initialize`` before anything touches
+    a device; returns whether it did. The three settings come from the arguments, else
+    from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID; with none of them
+    set, ``auto_detect`` lets JAX find the cluster (TPU pod slices, SLURM, Open MPI) and
+    without it the run is single-process."""
+    env = os.environ
+    coordinator = coordinator or env.get("JAX_COORDINATOR_ADDRESS")
+    if num_processes is None and "JAX_NUM_PROCESSES" in env:
+        num_processes = int(env["JAX_NUM_PROCESSES"])
+    if process_id is None and "JAX_PROCESS_ID" in env:
+        process_id = int(env["JAX_PROCESS_ID"])
+    given = (coordinator, num_processes, process_id)
+    if all(v is None for v in given):
+        if auto_detect:
+            jax.distributed.initialize()
+        return auto_detect
+    if any(v is None for v in given):
+        raise ValueError("distributed: give coordinator, num_processes and process_id "
+                         f"together (got {given}), or none of them for auto_detect")
+    if not 0 <= process_id < num_processes:
+        raise ValueError(f"distributed.process_id={process_id} must lie in "
+                         f"[0, num_processes={num_processes})")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
+    return True
+
+
+def is_writer() -> bool:
+    """Whether this process writes the run's shared outputs (process 0 of a multi-process
+    run; every single-process run)."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Wait until every process gets here (no-op in a single-process run)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+

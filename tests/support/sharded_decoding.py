@@ -1,0 +1,100 @@
+"""The tiny random decoder on one device and on meshes of 4 devices, the same calls on
+each; prints one JSON line comparing every mesh with the single device. Run in a child
+process, as a process's device count is fixed before JAX first runs:
+
+    JAX_NUM_CPU_DEVICES=4 python -m tests.support.sharded_decoding
+        meshes 4x1, 2x2 and 1x4 in one process;
+    JAX_NUM_CPU_DEVICES=2 python -m tests.support.sharded_decoding PORT PROCESS_ID
+        one of two processes (jax.distributed on localhost:PORT): meshes 4x1 and 2x2
+        over both processes' devices; process 0 prints the report.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from qstar_jax.decoding.engine import Decoder
+from qstar_jax.decoding.sampling import SamplingParams
+from qstar_jax.models.llama import LlamaModel
+from qstar_jax.parallel import initialize_distributed, is_writer, make_mesh
+from tests.decoding.tiny_models import RANDOM_MAX_LEN, STEP_BUCKET, tiny_config
+PROMPTS = [[1, 2, 3], [4, 5], [6, 7, 8, 9], [10]]
+
+
+def decode(model: LlamaModel, mesh) -> dict:
+    """Prefill, fork, greedy and sampled steps, a trie; the same calls twice over, the
+    second with other data to show it reuses the compiled functions."""
+    decoder = Decoder(model, num_slots=16, max_len=RANDOM_MAX_LEN,
+                      newline_table=np.zeros(64, bool), eos_ids=[], min_batch_bucket=8,
+                      min_step_bucket=STEP_BUCKET, mesh=mesh)
+    out = {}
+    for call in range(2):
+        slots = decoder.allocate(len(PROMPTS))
+        decoder.prefill(slots, [[t + call for t in p] for p in PROMPTS])
+        last_hidden = multihost_utils.process_allgather(decoder.cache.last_hidden, tiled=True)
+        out[f"logits{call}"] = np.asarray(model.logits(np.asarray(last_hidden)[slots]))
+        children = decoder.allocate(2)
+        decoder.fork(slots[:2], children)
+        rows = slots + children
+        keys = jax.random.split(jax.random.key(call), len(rows))
+        greedy = decoder.sample_steps(rows, problem_keys=keys, node_ids=range(len(rows)),
+                                      params=SamplingParams.make(len(rows)), max_tokens=6)
+        hot = decoder.sample_steps(rows, problem_keys=keys, node_ids=range(len(rows)),
+                                   params=SamplingParams.make(len(rows), temperature=30.0),
+                                   max_tokens=5)
+        spares = decoder.allocate(5)
+        trie_slots, trie = decoder.sample_trie(
+            slots[:2], [4, 3], spares, key_table=keys, key_rows=[0, 1], group_ids=[3, 4],
+            params=SamplingParams.make(2, temperature=30.0), max_tokens=5)
+        out[f"greedy{call}"] = greedy.tokens
+        out[f"hot{call}"] = hot.tokens
+        out[f"hot_logprobs{call}"] = hot.logprobs
+        out[f"trie{call}"] = np.concatenate([trie.tokens, trie.group[:, None],
+                                             trie.count[:, None], trie_slots[:, None]], 1)
+        out[f"trie_logprob{call}"] = trie.logprob
+        out[f"traces{call}"] = np.array(sorted(decoder.trace_counts.values()))
+        decoder.free(rows + list(spares))
+    out["layout"] = {
+        "q_proj": str(decoder._weights.model["layers"]["self_attn"]["q_proj"]["kernel"]
+                      .get_value().sharding.spec),
+        "k_proj": str(decoder._weights.model["layers"]["self_attn"]["k_proj"]["kernel"]
+                      .get_value().sharding.spec),
+        "cache": str(decoder.cache.k.sharding.spec)}
+    return out
+
+
+def main() -> None:
+    meshes = ((4, 1), (2, 2), (1, 4))
+    if len(sys.argv) == 3:
+        initialize_distributed(coordinator=f"localhost:{sys.argv[1]}", num_processes=2,
+                               process_id=int(sys.argv[2]))
+        meshes = ((4, 1), (2, 2))
+    model = LlamaModel(tiny_config(64), rngs=nnx.Rngs(0))
+    model.lm_head.kernel[...] = model.lm_head.kernel[...] * 50  # greedy far from ties
+    single = decode(model, None)
+    report = {}
+    for shape in meshes:
+        sharded = decode(model, make_mesh(*shape))
+        report["x".join(map(str, shape))] = {
+            "logits_max_diff": max(float(np.abs(single[f"logits{c}"]
+                                                - sharded[f"logits{c}"]).max())
+                                   for c in range(2)),
+            "logprob_max_diff": max(float(np.abs(single[f"{n}{c}"] - sharded[f"{n}{c}"]).max())
+                                    for n in ("hot_logprobs", "trie_logprob") for c in range(2)),
+            "same_tokens": {name: all(np.array_equal(single[f"{name}{c}"], sharded[f"{name}{c}"])
+                                      for c in range(2))
+                            for name in ("greedy", "hot", "trie")},
+            "recompiled": not np.array_equal(sharded["traces0"], sharded["traces1"]),
+            "layout": sharded["layout"]}
+    if is_writer():
+        print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
