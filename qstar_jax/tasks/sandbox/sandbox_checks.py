@@ -17,10 +17,14 @@ expression, evaluated in the child):
 A test of several statements runs them in order in the child, which evaluates the
 expressions of each top-level assert of these forms where the assert stands (``r =
 f(1)`` then ``assert r == 2``: the child returns ``r``, the parent compares it with 2).
-What is left (``is`` between objects, an assert inside a loop, a test with no assert)
-the child runs as plain statements and reports only whether they raised: a program can
-fake that report (it shares the child's process), so only the parent's comparisons
-prove a value right. Builtins are restored before each test.
+A test in HumanEval's shape, a test function called once on the entry point (``def
+check(candidate): assert candidate(1) == 2`` then ``check(f)``), is judged the same way:
+its body is inlined (``candidate = f``, then the body's statements) and its asserts are
+split as top-level ones, in a namespace of its own (a copy of the program's), as the
+function's locals would be. What is left (``is`` between objects, an assert inside a
+loop, a test with no assert) the child runs as plain statements and reports only
+whether they raised: a program can fake that report (it shares the child's process), so
+only the parent's comparisons prove a value right. Builtins are restored before each test.
 """
 
 from __future__ import annotations
@@ -105,6 +109,7 @@ class Check:
     test: str
     condition: Condition | None
     steps: tuple[ChildStep, ...]
+    own_scope: bool = False  # run in a copy of the program's namespace (an inlined function)
 
     @property
     def child_expressions(self) -> tuple[str, ...]:
@@ -112,8 +117,9 @@ class Check:
 
     def child_job(self) -> dict[str, Any]:
         """What the child is told; expected values stay out of it."""
-        return {"steps": [{"statement": step.statement} if step.statement is not None
-                          else {"exprs": list(step.expressions)} for step in self.steps]}
+        steps = [{"statement": step.statement} if step.statement is not None
+                 else {"exprs": list(step.expressions)} for step in self.steps]
+        return {"steps": steps, "own_scope": True} if self.own_scope else {"steps": steps}
 
 
 def parse_check(test: str, number: int) -> Check:
@@ -136,7 +142,8 @@ def parse_check(test: str, number: int) -> Check:
             steps.append(ChildStep(statement=ast.unparse(ast.Module(statements, []))))
             statements.clear()
 
-    for node in module.body:
+    inlined = _inlined_test_function(module.body)
+    for node in module.body if inlined is None else inlined:
         first = len(builder.expressions)
         condition = builder.condition(node.test) if isinstance(node, ast.Assert) else None
         if condition is None:
@@ -150,7 +157,8 @@ def parse_check(test: str, number: int) -> Check:
         return Check(test=test, condition=None, steps=(ChildStep(statement=test),))
     flush_statements()
     condition = conditions[0] if len(conditions) == 1 else Conjunction(parts=tuple(conditions))
-    return Check(test=test, condition=condition, steps=tuple(steps))
+    return Check(test=test, condition=condition, steps=tuple(steps),
+                 own_scope=inlined is not None)
 
 
 def check_failure(check: Check, literals: list[str]) -> str | None:
@@ -171,6 +179,54 @@ def check_failure(check: Check, literals: list[str]) -> str | None:
     except Exception as error:  # noqa: BLE001 - e.g. '<' between str and int, as in Python
         return f"{type(error).__name__}: {error}\n{_shown(check, values)}"
     return None if holds else _shown(check, values)
+
+
+def _inlined_test_function(statements: list[ast.stmt]) -> list[ast.stmt] | None:
+    """The statements of a test that ends by calling, once, a test function it defines
+    with one parameter (``def check(candidate): ...`` then ``check(f)``), with that call
+    replaced by ``candidate = f`` and the function's body; None for any other shape, or
+    when the body could not run inlined (``return``, ``yield``, ``global``, ``nonlocal``
+    at its level, or the function referred to anywhere but the call)."""
+    if not statements:
+        return None
+    call = statements[-1]
+    if not (isinstance(call, ast.Expr) and isinstance(call.value, ast.Call)
+            and isinstance(call.value.func, ast.Name) and len(call.value.args) == 1
+            and not call.value.keywords and not isinstance(call.value.args[0], ast.Starred)):
+        return None
+    name = call.value.func.id
+    definitions = [node for node in statements[:-1]
+                   if isinstance(node, ast.FunctionDef) and node.name == name]
+    if len(definitions) != 1:
+        return None
+    function = definitions[0]
+    arguments = function.args
+    if (function.decorator_list or arguments.posonlyargs or arguments.kwonlyargs
+            or arguments.vararg or arguments.kwarg or arguments.defaults
+            or len(arguments.args) != 1):
+        return None
+    rest = [node for node in statements[:-1] if node is not function]
+    uses = sum(isinstance(node, ast.Name) and node.id == name
+               for statement in [*rest, *function.body] for node in ast.walk(statement))
+    if uses or any(isinstance(node, _NOT_INLINABLE) for node in _own_level(function.body)):
+        return None
+    binding = ast.Assign(targets=[ast.Name(arguments.args[0].arg, ast.Store())],
+                         value=call.value.args[0], lineno=call.lineno)
+    return [*rest, ast.fix_missing_locations(binding), *function.body]
+
+
+_NOT_INLINABLE = (ast.Return, ast.Yield, ast.YieldFrom, ast.Await, ast.Global, ast.Nonlocal)
+_NEW_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+
+
+def _own_level(statements: list[ast.stmt]):
+    """Every node of ``statements`` outside nested functions, lambdas and classes."""
+    pending: list[ast.AST] = list(statements)
+    while pending:
+        node = pending.pop()
+        yield node
+        if not isinstance(node, _NEW_SCOPES):
+            pending.extend(ast.iter_child_nodes(node))
 
 
 class _ConditionBuilder:

@@ -251,7 +251,9 @@ def _run_worker(job: dict, channel: socket.socket) -> None:
     send(outcome)
     if outcome == {"ok": True}:
         for index, check in enumerate(job["checks"]):
-            outcome = _run_check(check["steps"], f"<test {index + 1}>", namespace)
+            # An inlined test function gets a namespace of its own, as its locals were.
+            scope = dict(namespace) if check.get("own_scope") else namespace
+            outcome = _run_check(check["steps"], f"<test {index + 1}>", scope)
             restore_builtins()
             if "values" in outcome:
                 outcome = _encoded(outcome["values"], outcome["exprs"], job["value_limit"])

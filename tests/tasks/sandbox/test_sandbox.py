@@ -278,6 +278,60 @@ def test_forged_worker_messages_do_not_pass(forged: str, isolation: str) -> None
     assert result.detail.startswith("test 1 failed")
 
 
+# HumanEval's shape: the asserts sit inside a test function called on the entry point.
+CHECK_REMOVE_ODD = ("def check(candidate):\n    assert candidate([1, 2, 3]) == [2]\n"
+                    "    assert candidate([2, 4, 6]) == [2, 4, 6]\n\ncheck(remove_odd)\n")
+
+
+def test_asserts_inside_a_test_function_are_judged_on_their_values() -> None:
+    assert _run(REMOVE_ODD, [CHECK_REMOVE_ODD]).status == "passed"
+    failed = _run(WRONG_REMOVE_ODD, [CHECK_REMOVE_ODD])
+    assert failed.status == "failed" and "candidate([1, 2, 3]) returned [1, 2, 3]" in failed.detail
+
+
+def test_a_test_function_runs_in_a_namespace_of_its_own() -> None:
+    # Its locals are not the program's globals, as when check() really runs.
+    program = "scale = 2\ndef f(x):\n    return scale * x\n"
+    test = "def check(candidate):\n    scale = 10\n    assert candidate(3) == 6\ncheck(f)"
+    assert _run(program, [test]).status == "passed"
+
+
+@pytest.mark.parametrize("program", [*ALWAYS_EQUAL.values(),
+                                     "def remove_odd(l):\n    return object()\n"],
+                         ids=[*ALWAYS_EQUAL.keys(), "not plain data"])
+def test_always_equal_and_unplain_values_fail_inside_a_test_function(
+        program: str, isolation: str) -> None:
+    result = _run(program, [CHECK_REMOVE_ODD], isolation=isolation)
+    assert (result.passed, result.status) == (False, "failed")
+    assert result.detail.startswith("test 1 failed")
+
+
+@pytest.mark.parametrize("forged", ['{"ok": True}', '{"values": ["[1]"]}',
+                                    '{"values": []}'])
+def test_forged_worker_messages_inside_a_test_function_do_not_pass(
+        forged: str, isolation: str) -> None:
+    # The entry point, called inside check(), writes well-formed messages down the worker's
+    # channel: "the test ran", or values for it, then exits before the real answer.
+    program = textwrap.dedent(f"""\
+        import json, os, socket, struct
+        def frame(message):
+            body = json.dumps(message).encode()
+            return struct.pack(">I", len(body)) + body
+        def remove_odd(l):
+            for fd in range(3, 64):
+                try:
+                    channel = socket.socket(fileno=os.dup(fd))
+                except OSError:
+                    continue
+                if channel.type == socket.SOCK_STREAM:
+                    channel.sendall(frame({forged}))
+            os._exit(0)
+        """)
+    result = _run(program, [CHECK_REMOVE_ODD], isolation=isolation)
+    assert (result.passed, result.status) == (False, "failed")
+    assert result.detail.startswith("test 1 failed")
+
+
 def test_nonce_and_report_pipe_are_out_of_reach(isolation: str) -> None:
     # The program scans its own memory for anything shaped like the nonce, tries the
     # supervisor's files in /proc, then writes forged reports to every descriptor it has.

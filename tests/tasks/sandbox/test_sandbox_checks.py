@@ -54,6 +54,62 @@ def test_several_statements_are_judged_in_the_parent(test: str, steps: list[dict
     assert parse_check(test, 1).child_job() == {"steps": steps}
 
 
+# HumanEval's shape: a test function called once on the entry point is inlined, in a
+# namespace of its own, and its asserts are judged in the parent like top-level ones.
+HUMANEVAL_CHECK = ("METADATA = {}\n\n\ndef check(candidate):\n"
+                   "    assert candidate([1, 2]) == 3\n"
+                   "    assert abs(candidate([0.5]) - 0.5) < 1e-6, 'message'\n\n"
+                   "check(total)\n")
+INLINED = [
+    (HUMANEVAL_CHECK,
+     [{"statement": "METADATA = {}\ncandidate = total"}, {"exprs": ["candidate([1, 2])"]},
+      {"exprs": ["abs(candidate([0.5]) - 0.5)"]}]),
+    ("def check(f):\n    import math\n    x = f(2)\n    assert math.isclose(x, 4.0)\n"
+     "    for n in [1, 2]:\n        assert f(n) == 2 * n\ncheck(double)",
+     [{"statement": "f = double\nimport math\nx = f(2)"}, {"exprs": ["x"]},
+      {"statement": "for n in [1, 2]:\n    assert f(n) == 2 * n"}]),
+]
+
+
+@pytest.mark.parametrize(("test", "steps"), INLINED, ids=["humaneval", "statements and loop"])
+def test_a_test_function_called_once_is_inlined(test: str, steps: list[dict]) -> None:
+    assert parse_check(test, 1).child_job() == {"steps": steps, "own_scope": True}
+
+
+def test_inlined_asserts_are_judged_on_their_values() -> None:
+    check = parse_check(HUMANEVAL_CHECK, 1)
+    assert check_failure(check, ["3", "0.0"]) is None
+    assert check_failure(check, ["3", "0.5"]) is not None
+    assert check_failure(check, ["4", "0.0"]) is not None
+
+
+# Shapes that cannot run inlined stay one statement, run (and only run) by the child.
+NOT_INLINED = [
+    "def check(c):\n    assert c(1) == 2\n    return 5\ncheck(f)",
+    "def check(c):\n    yield c(1)\ncheck(f)",
+    "def check(c):\n    global g\n    g = c(1)\ncheck(f)",
+    "def check(c):\n    assert c(1) == 2\ncheck(f)\ncheck(g)",
+    "def check(c):\n    assert c(1) == 2\nx = check\ncheck(f)",
+    "def check(c, d=1):\n    assert c(1) == d\ncheck(f)",
+    "@decorate\ndef check(c):\n    assert c(1) == 2\ncheck(f)",
+    "def check(c):\n    assert c(1) == 2\ncheck(*f)",
+    "def check(c):\n    assert c(1) == 2\ndef check(c):\n    assert c(1) == 3\ncheck(f)",
+]
+
+
+@pytest.mark.parametrize("test", NOT_INLINED)
+def test_other_function_shapes_stay_statements(test: str) -> None:
+    check = parse_check(test, 1)
+    assert check.child_job() == {"steps": [{"statement": test}]} and check.condition is None
+
+
+def test_a_returning_helper_inside_the_test_function_is_still_inlined() -> None:
+    test = ("def check(candidate):\n    def expected(n):\n        return n + 1\n"
+            "    assert candidate(1) == expected(1)\ncheck(inc)")
+    assert parse_check(test, 1).child_job()["steps"][-1] == {
+        "exprs": ["candidate(1)", "expected(1)"]}
+
+
 def test_each_assert_of_several_is_judged_on_its_own_values() -> None:
     check = parse_check("r = f(1)\nassert r == 2\nr = f(2)\nassert r in (5, 6)", 1)
     assert check_failure(check, ["2", "5"]) is None
