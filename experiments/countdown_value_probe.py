@@ -29,8 +29,9 @@ import numpy as np
 from flax import nnx
 
 from qstar_jax.config import load_config
+from qstar_jax.decoding.token_batch import pad_token_batch
 from qstar_jax.models.char_tokenizer import build_char_tokenizer
-from qstar_jax.qvalue.backbone import BackboneQ, BackboneQModel, pad_token_batch
+from qstar_jax.qvalue.backbone import BackboneQ, BackboneQModel
 from qstar_jax.qvalue.head import QHeadConfig
 from qstar_jax.qvalue.train import TrainConfig, roc_auc, split_indices, train_q_model
 from qstar_jax.stages.context import RunContext

@@ -23,10 +23,10 @@ import numpy as np
 from flax import nnx
 
 from qstar_jax.decoding.kv_cache import SlotPool, cache_shardings, fork_slots, init_cache
-from qstar_jax.decoding.prefill import (MIN_PREFILL_BUCKET, bucket_size, check_token_lists,
-                                        pack_rows, prefill)
+from qstar_jax.decoding.prefill import MIN_PREFILL_BUCKET, check_token_lists, prefill
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_sampler import EndReason, sample_step
+from qstar_jax.decoding.token_batch import bucket_size, pad_token_batch
 from qstar_jax.decoding.trie_sampler import TrieOutput, sample_trie
 from qstar_jax.decoding.weights import DecoderWeights
 from qstar_jax.models.llama import LlamaModel
@@ -291,10 +291,10 @@ class Decoder:
         batch = bucket_size(len(slots), minimum=self.min_batch_bucket)
         length = min(bucket_size(int(num_tokens.max()), minimum=self.min_prefill_bucket),
                      self.max_len)
-        self.cache = self._prefill(
-            self._weights, self.cache, pack_rows(token_lists, batch=batch, length=length),
-            self._pad(num_tokens, batch, 0), self._pad(starts, batch, 0),
-            self._pad(slots, batch, self.num_slots))
+        packed = pad_token_batch(token_lists, batch=batch, length=length)
+        self.cache = self._prefill(self._weights, self.cache, packed.tokens, packed.lengths,
+                                   self._pad(starts, batch, 0),
+                                   self._pad(slots, batch, self.num_slots))
         self._lengths[slots] = starts + num_tokens
 
     def _checked_slots(self, slots, what: str, *, distinct: bool = True,

@@ -19,11 +19,6 @@ from qstar_jax.decoding.weights import DecoderWeights
 MIN_PREFILL_BUCKET = 16
 
 
-def bucket_size(n: int, *, minimum: int = 1) -> int:
-    """The power of two >= max(n, minimum) that shapes a batch or a length dimension."""
-    return 1 << (max(n, minimum) - 1).bit_length()
-
-
 def check_token_lists(token_lists: Sequence[Sequence[int]], *, room: Sequence[int],
                       vocab_size: int) -> None:
     """Raise ValueError unless every list is non-empty, fits its row's ``room`` (free
@@ -39,14 +34,6 @@ def check_token_lists(token_lists: Sequence[Sequence[int]], *, room: Sequence[in
         ids = np.asarray(tokens)
         if not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= vocab_size:
             raise ValueError(f"row {row} holds token ids outside [0, {vocab_size})")
-
-
-def pack_rows(token_lists: Sequence[Sequence[int]], *, batch: int, length: int) -> np.ndarray:
-    """Token lists -> a zero-padded int32 array [batch, length]."""
-    packed = np.zeros((batch, length), np.int32)
-    for row, tokens in enumerate(token_lists):
-        packed[row, :len(tokens)] = tokens
-    return packed
 
 
 def prefill(graphdef: nnx.GraphDef, weights: DecoderWeights, cache: KVCache,

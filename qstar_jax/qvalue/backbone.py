@@ -6,42 +6,17 @@ Shapes: B sequences, T padded length (right padding), E hidden size, L layers.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from qstar_jax.decoding.prefill import bucket_size
+from qstar_jax.decoding.token_batch import TokenBatch, bucket_size, pad_token_batch
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.qvalue.head import QHead, QHeadConfig, to_value
-
-
-class TokenBatch(NamedTuple):
-    tokens: jax.Array | np.ndarray  # [B, T] int32, right-padded
-    lengths: jax.Array | np.ndarray  # [B] int32, real tokens per row (>= 1)
-
-
-def pad_token_batch(token_id_lists: Sequence[Sequence[int]], *, pad_id: int = 0,
-                    length: int | None = None, multiple_of: int | None = None) -> TokenBatch:
-    """Right-pad sequences to ``length``; by default to the longest rounded up to a
-    multiple of ``multiple_of`` (one static shape, little waste: training), or without it
-    to the longest's power-of-two bucket (few shapes over calls of varying length: search)."""
-    if not token_id_lists or any(len(ids) == 0 for ids in token_id_lists):
-        raise ValueError("pad_token_batch needs at least one sequence, and no empty sequence")
-    longest = max(len(ids) for ids in token_id_lists)
-    if length is None:
-        length = (bucket_size(longest, minimum=8) if multiple_of is None
-                  else -(-longest // multiple_of) * multiple_of)
-    if longest > length:
-        raise ValueError(f"a sequence of {longest} tokens does not fit length={length}")
-    tokens = np.full((len(token_id_lists), length), pad_id, np.int32)
-    for row, ids in enumerate(token_id_lists):
-        tokens[row, :len(ids)] = ids
-    return TokenBatch(tokens=tokens, lengths=np.array([len(ids) for ids in token_id_lists],
-                                                      np.int32))
 
 
 class BackboneQ(nnx.Module):
@@ -67,7 +42,7 @@ class BackboneQ(nnx.Module):
         """
         tokens, lengths = jnp.asarray(batch.tokens), jnp.asarray(batch.lengths)
         hidden = self.backbone.forward_sequence(tokens)
-        return hidden[jnp.arange(tokens.shape[0]), lengths - 1]
+        return hidden[jnp.arange(tokens.shape[0]), jnp.maximum(lengths - 1, 0)]
 
     def raw_scores(self, batch: TokenBatch) -> jax.Array:
         """[B] float32 logits (or raw values) for the B sequences."""
@@ -142,6 +117,5 @@ class BackboneQModel:
             raise ValueError(f"a sequence of {longest} tokens exceeds the Q̂ backbone's "
                              f"max_position_embeddings={limit}; shorten it, or pass "
                              "keep_last=True to score its last tokens")
-        rows = list(token_id_lists) + [[self._pad_id]] * (bucket_size(n, minimum=1) - n)
-        batch = pad_token_batch(rows, pad_id=self._pad_id)
+        batch = pad_token_batch(token_id_lists, pad_id=self._pad_id, batch=bucket_size(n))
         return np.asarray(self._values(self._state, batch.tokens, batch.lengths)[:n], np.float32)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from qstar_jax.decoding.prefill import bucket_size
+from qstar_jax.decoding.token_batch import last_positions, pad_token_batch
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.models.tokenizer import Tokenizer
 
@@ -33,11 +33,8 @@ def last_token_hidden(model: LlamaModel, tokenizer: Tokenizer, texts: Sequence[s
     order = np.argsort([len(t) for t in token_lists], kind="stable")  # similar lengths share a bucket
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        length = bucket_size(max(len(token_lists[r]) for r in rows), minimum=16)
-        tokens = np.full((batch_size, length), tokenizer.pad_id, np.int32)
-        last = np.zeros(batch_size, np.int32)
-        for k, r in enumerate(rows):
-            tokens[k, :len(token_lists[r])] = token_lists[r]
-            last[k] = len(token_lists[r]) - 1
-        out[rows] = np.asarray(forward(state, tokens, last), np.float32)[:len(rows)]
+        batch = pad_token_batch([token_lists[r] for r in rows], pad_id=tokenizer.pad_id,
+                                batch=batch_size, min_length=16)
+        out[rows] = np.asarray(forward(state, batch.tokens, last_positions(batch)),
+                               np.float32)[:len(rows)]
     return out

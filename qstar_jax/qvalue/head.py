@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from qstar_jax.decoding.prefill import bucket_size
+from qstar_jax.decoding.token_batch import bucket_size
 
 OUTPUTS = ("sigmoid", "raw")
 

@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from qstar_jax.decoding.kv_cache import init_cache
+from qstar_jax.decoding.token_batch import bucket_size, last_positions, pad_token_batch
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.search.interface import QItem
 
@@ -58,15 +59,13 @@ class ShepherdPRM:
                 for item in items]
         if any(not row for row in rows):
             raise ValueError("encode() returned no tokens for a PRM input")
-        batch, length = _bucket(len(rows)), _bucket(max(len(row) for row in rows))
-        tokens = np.zeros((batch, length), np.int32)
-        positions = np.full((batch, length), length, np.int32)  # >= max_len: padding
-        last = np.zeros(batch, np.int32)
-        for b, row in enumerate(rows):
-            tokens[b, :len(row)] = row
-            positions[b, :len(row)] = np.arange(len(row))
-            last[b] = len(row) - 1
-        probs = self._good_probability(self._state, tokens, positions, last)
+        batch = pad_token_batch(rows, batch=bucket_size(len(rows)), min_length=1)
+        length = batch.tokens.shape[1]
+        steps = np.arange(length)
+        # A position >= the cache's length (here the row length) marks a padding token.
+        positions = np.where(steps < batch.lengths[:, None], steps, length).astype(np.int32)
+        probs = self._good_probability(self._state, batch.tokens, positions,
+                                       last_positions(batch))
         return np.asarray(probs[:len(rows)], np.float64)
 
 
@@ -83,7 +82,3 @@ def _good_probability(graphdef, good_token_id, bad_token_id, state, tokens, posi
     pair = jnp.stack([logits[:, good_token_id], logits[:, bad_token_id]], axis=-1)
     return jax.nn.softmax(pair, axis=-1)[:, 0]
 
-
-def _bucket(n: int) -> int:
-    """The next power of two >= n, so shapes (and compiles) come from a small set."""
-    return 1 << max(n - 1, 0).bit_length()

@@ -9,7 +9,8 @@ from typing import Callable
 import numpy as np
 from flax import nnx
 
-from qstar_jax.qvalue.backbone import BackboneQ, backbone_update_mask, pad_token_batch
+from qstar_jax.decoding.token_batch import pad_token_batch
+from qstar_jax.qvalue.backbone import BackboneQ, backbone_update_mask
 from qstar_jax.qvalue.checkpoint import BackboneIdentity, QCheckpointer
 from qstar_jax.qvalue.dataset import load_labelled
 from qstar_jax.qvalue.head import QHeadConfig

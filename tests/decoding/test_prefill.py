@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 from qstar_jax.decoding.kv_cache import init_cache
-from qstar_jax.decoding.prefill import bucket_size
 from qstar_jax.models.llama import unstack_layers
 from tests.decoding.tiny_models import RANDOM_MAX_LEN
 
@@ -12,12 +11,6 @@ PROMPTS = [[3, 14, 15, 9, 26], [5, 35, 8, 9, 7, 9, 32, 3, 8, 4, 6], [2, 7, 1]]
 
 def _last_hidden(decoder, slots) -> np.ndarray:
     return np.asarray(decoder.cache.last_hidden)[slots]
-
-
-@pytest.mark.parametrize("n, minimum, expected", [(1, 1, 1), (3, 1, 4), (4, 1, 4), (5, 16, 16),
-                                                   (17, 16, 32), (64, 16, 64)])
-def test_bucket_size_is_the_next_power_of_two(n, minimum, expected):
-    assert bucket_size(n, minimum=minimum) == expected
 
 
 def test_prefill_sets_lengths_and_last_hidden_like_a_full_forward(random_decoder, full_forward):

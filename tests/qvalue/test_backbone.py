@@ -5,8 +5,8 @@ import pytest
 from flax import nnx
 
 from qstar_jax.decoding.kv_cache import init_cache
-from qstar_jax.qvalue.backbone import (BackboneQ, BackboneQModel, pad_token_batch,
-                                       backbone_update_mask)
+from qstar_jax.decoding.token_batch import pad_token_batch
+from qstar_jax.qvalue.backbone import BackboneQ, BackboneQModel, backbone_update_mask
 from qstar_jax.qvalue.head import QHeadConfig
 from qstar_jax.qvalue.train import TrainConfig, train_q_model
 from tests.qvalue.tiny import BACKBONE, random_backbone_q
@@ -94,16 +94,6 @@ def test_masks_for_the_whole_backbone_and_for_the_head_alone(model):
 def test_bad_inputs_are_rejected(model):
     with pytest.raises(ValueError, match="trainable_layers=3"):
         backbone_update_mask(model, 3)
-    with pytest.raises(ValueError, match="no empty sequence"):
-        pad_token_batch([[1], []])
     with pytest.raises(ValueError, match="does not match"):
         BackboneQ(BACKBONE, QHeadConfig(hidden_size=8), rngs=nnx.Rngs(0))
 
-
-def test_padding_rounds_to_a_multiple_or_to_a_power_of_two():
-    rows = [list(range(1, 34)), [5, 6]]  # the longest holds 33 tokens
-    assert pad_token_batch(rows, multiple_of=16).tokens.shape == (2, 48)
-    assert pad_token_batch(rows).tokens.shape == (2, 64)
-    padded = pad_token_batch(rows, pad_id=0, multiple_of=16)
-    np.testing.assert_array_equal(padded.lengths, [33, 2])
-    assert padded.tokens[1, 2:].tolist() == [0] * 46
