@@ -36,7 +36,7 @@ from qstar_jax.qvalue.head import QHeadConfig
 from qstar_jax.qvalue.train import TrainConfig, roc_auc, split_indices, train_q_model
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.train_policy import policy_model_config
-from qstar_jax.tasks.base import STEP_SEPARATOR
+from qstar_jax.tasks.base import state_text
 from qstar_jax.tasks.countdown import COUNTDOWN_ALPHABET
 
 
@@ -56,7 +56,7 @@ def random_states(ctx: RunContext, count: int, seed: int):
             move, _, state = rng.choice(task.solver.moves(state))
             moves.append(move)
         lines = task.solver.trace_lines(numbers, moves)
-        texts.append(prompts[index] + "".join(line + STEP_SEPARATOR for line in lines))
+        texts.append(state_text(prompts[index], lines))
         values.append(task.can_still_succeed(problems[index], lines))
         steps.append(len(lines))
     return texts, np.array(values, np.float32), np.array(steps)

@@ -21,7 +21,7 @@ from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.shared_steps import sample_shared_steps
 from qstar_jax.decoding.step_sampler import EndReason
 from qstar_jax.models.tokenizer import Tokenizer
-from qstar_jax.tasks.base import STEP_SEPARATOR, Problem, Task
+from qstar_jax.tasks.base import STEP_SEPARATOR, Problem, Task, state_text
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -59,8 +59,7 @@ class PolicyRuntime:
                 ) -> list[int]:
         """A fresh slot per item holding the prompt and the given steps."""
         return self.prefill_texts(problem_indices, [
-            self.prompts[i] + "".join(s + STEP_SEPARATOR for s in steps)
-            for i, steps in zip(problem_indices, prefixes)])
+            state_text(self.prompts[i], steps) for i, steps in zip(problem_indices, prefixes)])
 
     def prefill_texts(self, problem_indices: Sequence[int], texts: Sequence[str]) -> list[int]:
         """A fresh slot per text holding it, charged to its problem."""

@@ -11,14 +11,10 @@ from qstar_jax.qvalue.backbone import BackboneQModel
 from qstar_jax.qvalue.checkpoint import load_backbone_q
 from qstar_jax.qvalue.head import QHeadModel
 from qstar_jax.search.interface import QItem
-from qstar_jax.tasks.base import STEP_SEPARATOR
+from qstar_jax.tasks.base import state_text
 
 if TYPE_CHECKING:
     from qstar_jax.stages.context import RunContext
-
-
-def _text(prompt: str, steps: Sequence[str]) -> str:
-    return prompt + "".join(step + STEP_SEPARATOR for step in steps)
 
 
 class PolicyHiddenQ:
@@ -46,5 +42,5 @@ class SeparateBackboneQ:
         if not items:
             return np.zeros(0, np.float32)
         return self._model.score_texts([
-            self._encode(_text(self._prompts[i.problem_index], (*i.prefix_steps, i.step_text)))
+            self._encode(state_text(self._prompts[i.problem_index], (*i.prefix_steps, i.step_text)))
             for i in items], keep_last=True)

@@ -31,7 +31,7 @@ from qstar_jax.search.process_utility import PRMUtility, RuleUtility, ZeroUtilit
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.reasoners import BatchSearch, reasoner_search, reasoner_slots
 from qstar_jax.stages.train_q import load_q_function
-from qstar_jax.tasks.base import join_steps
+from qstar_jax.tasks.base import join_steps, state_text
 from qstar_jax.tasks.code_rules import python_tokenizes
 
 
@@ -47,7 +47,7 @@ def process_utility(ctx: RunContext, problems):
         return ZeroUtility()
     if kind == Utility.code_rule:
         return RuleUtility(rule=lambda i, steps: 0.0 if python_tokenizes(
-            "\n".join(steps) + "\n") else -0.5)
+            state_text("", steps)) else -0.5)
     if kind == Utility.countdown_rule:
         return RuleUtility(rule=lambda i, steps: ctx.task.step_reward(problems[i], steps))
     return PRMUtility(prm=shepherd_prm(ctx, problems))

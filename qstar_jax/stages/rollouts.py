@@ -13,7 +13,7 @@ from qstar_jax.qvalue.labels_completion import stronger_completion_labels
 from qstar_jax.qvalue.rollouts import collect_rollouts, read_rollouts
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.fitted_q import fitted_q_labels
-from qstar_jax.tasks.base import STEP_SEPARATOR, join_steps
+from qstar_jax.tasks.base import join_steps, state_text
 
 
 def _train_problems(ctx: RunContext):
@@ -53,8 +53,7 @@ def label(ctx: RunContext) -> None:
     problems = _train_problems(ctx)
     pairs = step_pairs(read_rollouts(ctx.rollouts_path))
     prompts = ctx.prompts(problems)
-    texts = [prompts[p.problem_index] + "".join(x + STEP_SEPARATOR for x in p.next_state)
-             for p in pairs]
+    texts = [state_text(prompts[p.problem_index], p.next_state) for p in pairs]
     features = last_token_hidden(ctx.policy.model, ctx.policy.tokenizer, texts)
     reward = _reward_fn(ctx, problems)
     journal = LabelJournal(ctx.out / "labels.partial.jsonl")

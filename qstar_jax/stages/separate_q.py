@@ -14,9 +14,9 @@ from qstar_jax.qvalue.backbone import BackboneQ, backbone_update_mask
 from qstar_jax.qvalue.checkpoint import BackboneIdentity, QCheckpointer
 from qstar_jax.qvalue.dataset import load_labelled
 from qstar_jax.qvalue.head import QHeadConfig
-from qstar_jax.qvalue.scorers import _text
 from qstar_jax.qvalue.train import TrainConfig, TrainResult, train_q_model
 from qstar_jax.stages.context import RunContext
+from qstar_jax.tasks.base import state_text
 
 
 def train_separate_q(ctx: RunContext, output: str,
@@ -35,8 +35,8 @@ def train_separate_q(ctx: RunContext, output: str,
     steps, _ = load_labelled(ctx.labels_path)
     problems = ctx.problems(ctx.config.task.train_split, ctx.config.task.train_problems)
     prompts = ctx.prompts(problems)
-    tokens = [loaded.tokenizer.encode(_text(prompts[s.problem_index],
-                                            (*s.prefix_steps, s.step_text))) for s in steps]
+    tokens = [loaded.tokenizer.encode(state_text(prompts[s.problem_index],
+                                                 (*s.prefix_steps, s.step_text))) for s in steps]
     labels = np.array([s.label for s in steps], np.float32)
     mask = backbone_update_mask(model, None if q.trainable_layers < 0 else q.trainable_layers)
     identity = BackboneIdentity.of_separate_backbone(loaded.config)

@@ -60,3 +60,9 @@ def split_steps(completion: str) -> list[str]:
 
 def join_steps(steps: Sequence[str]) -> str:
     return STEP_SEPARATOR.join(steps)
+
+
+def state_text(prompt: str, steps: Sequence[str]) -> str:
+    """The text of state s = prompt ⊕ steps, each step ended by the separator as the
+    policy wrote it: what the policy continues and what Q̂ reads."""
+    return prompt + "".join(step + STEP_SEPARATOR for step in steps)
