@@ -32,7 +32,11 @@ def fitted_q_labels(ctx: RunContext, pairs: Sequence[StepPair],
         train_q_model(head, features[rows], np.asarray(targets, np.float32), settings,
                       progress=False)
         model = QHeadModel(head)
-        return lambda candidates: model.score_hidden(features[[row[c.key] for c in candidates]])
+        # Rewards are 0 or 1 and γ <= 1, so every true Q lies in [0, 1]; the raw MSE head
+        # overshoots both ways, and a value outside would become a label that BCE
+        # training rejects (and compound over rounds).
+        return lambda candidates: np.clip(
+            model.score_hidden(features[[row[c.key] for c in candidates]]), 0.0, 1.0)
 
     steps, _ = fitted_q_iteration_labels(pairs, fit, FittedQConfig(
         rounds=ctx.config.label.rounds, discount=ctx.config.label.gamma))

@@ -1,11 +1,12 @@
-"""The decoder adapter keys each child's sampling stream by (node, child number)."""
+"""The decoder adapter keys each child's sampling stream by (node, child number); with
+prefix sharing it samples one trie per (problem, path, temperature) and slices it back."""
 
 import itertools
 
 import numpy as np
 
 from qstar_jax.policy.expander import DecoderExpander
-from qstar_jax.policy.runtime import SampledStep
+from qstar_jax.policy.runtime import SampledStep, stable_id
 from qstar_jax.search.interface import ExpandRequest, Node
 
 
@@ -16,11 +17,14 @@ class RecordingRuntime:
     def __init__(self):
         self._slots = itertools.count(1)
         self.freed: list[int] = []
+        self.forked: list[tuple[list[int], list[int]]] = []
+        self.shared_calls: list[dict] = []
 
     def prefill(self, problem_indices, prefixes):
         return [next(self._slots) for _ in problem_indices]
 
     def fork(self, parents, counts):
+        self.forked.append((list(parents), list(counts)))
         return [[next(self._slots) for _ in range(n)] for n in counts]
 
     def free(self, slots):
@@ -29,6 +33,17 @@ class RecordingRuntime:
     def sample(self, slots, problem_indices, node_ids, temperatures):
         return [SampledStep(text=str(key), token_ids=(1,), logprob=0.0, hidden=np.zeros(2),
                             ends_trace=False, slot=slot) for slot, key in zip(slots, node_ids)]
+
+    def sample_shared(self, slots, problem_indices, group_ids, temperatures, counts):
+        """Group g's steps are "<group id>/<j>" for j < counts[g], j = 0 in slots[g]."""
+        self.shared_calls.append(dict(slots=list(slots), problems=list(problem_indices),
+                                      group_ids=list(group_ids),
+                                      temperatures=list(temperatures), counts=list(counts)))
+        return [[SampledStep(text=f"{key}/{j}", token_ids=(1,), logprob=0.0,
+                             hidden=np.zeros(2), ends_trace=False,
+                             slot=slot if j == 0 else next(self._slots))
+                 for j in range(count)]
+                for slot, key, count in zip(slots, group_ids, counts)]
 
 
 ROOT = Node(id=0, parent=None, steps=(), depth=0, g=0.0, h=0.0, f=0.0, terminal=False,
@@ -47,3 +62,48 @@ def test_a_second_expansion_samples_the_children_after_the_first():
     first, second = _texts(0, 3), _texts(3, 3)
     assert first + second == _texts(0, 6)  # two expansions of 3 = one of 6
     assert len(set(first + second)) == 6
+
+
+def _node(id, steps, handle):
+    return Node(id=id, parent=0, steps=steps, depth=len(steps), g=0.0, h=0.0, f=0.0,
+                terminal=False, handle=handle, step_logprob=0.0, hidden=None)
+
+
+def test_shared_expansion_samples_one_trie_per_path_and_slices_it_back():
+    """Requests of one problem on the same steps at the same temperature share a trie
+    (chains standing on equal paths); another problem, path or temperature does not."""
+    runtime = RecordingRuntime()
+    first, twin = _node(5, ("x",), handle=101), _node(9, ("x",), handle=102)
+    requests = [
+        ExpandRequest(problem_index=0, node=first, num_children=2, temperature=1.0,
+                      first_child=4),
+        ExpandRequest(problem_index=1, node=_node(5, ("x",), handle=103), num_children=3,
+                      temperature=1.0),
+        ExpandRequest(problem_index=0, node=twin, num_children=1, temperature=1.0),
+        ExpandRequest(problem_index=0, node=_node(6, ("y",), handle=104), num_children=2,
+                      temperature=1.0),
+        ExpandRequest(problem_index=0, node=_node(7, ("x",), handle=105), num_children=1,
+                      temperature=0.5),
+        ExpandRequest(problem_index=2, node=ROOT, num_children=2, temperature=1.0),
+    ]
+    steps = DecoderExpander(runtime, prefix_sharing=True).expand(requests)
+
+    root_slot = 1  # the first slot the runtime hands out: the prefilled root's
+    # One work slot per group, forked from its first request's node (the root from its
+    # prefilled slot, which is freed once forked).
+    assert runtime.forked == [([101, 103, 104, 105, root_slot], [1] * 5)]
+    assert runtime.freed == [root_slot]
+    [call] = runtime.shared_calls
+    group_ids = [stable_id("children", 5, 4), stable_id("children", 5, 0),
+                 stable_id("children", 6, 0), stable_id("children", 7, 0),
+                 stable_id("children", 0, 0)]
+    assert call["group_ids"] == group_ids
+    assert call["problems"] == [0, 1, 0, 0, 2]
+    assert call["temperatures"] == [1.0, 1.0, 1.0, 0.5, 1.0]
+    assert call["counts"] == [3, 3, 2, 1, 2]  # the twins' 2 + 1 in one trie
+    a, b, c, d, e = group_ids
+    assert [[step.text for step in mine] for mine in steps] == [
+        [f"{a}/0", f"{a}/1"], [f"{b}/0", f"{b}/1", f"{b}/2"], [f"{a}/2"],
+        [f"{c}/0", f"{c}/1"], [f"{d}/0"], [f"{e}/0", f"{e}/1"]]
+    handles = [step.handle for mine in steps for step in mine]
+    assert len(set(handles)) == len(handles)  # every child owns its slot

@@ -1,0 +1,32 @@
+"""The ranker best-of-N uses in evaluate: planner_factory's chains ranked by the scorer
+eval.best_of_n_scorer names (f = g + λ·Q̂, Q̂, or g)."""
+
+from pathlib import Path
+
+import pytest
+
+from qstar_jax.config import load_config
+from qstar_jax.search.driver import run_search
+from qstar_jax.search.process_utility import RuleUtility
+from qstar_jax.stages.context import RunContext
+from qstar_jax.stages.evaluate import planner_factory
+from tests.search.fakes import FakeExpander, HiddenQ, child, tree
+
+# Three one-step chains; with λ = 0.5: f(a) = 0.9, f(b) = 0.5, f(c) = 0.6 + 0.4 = 1.0.
+CHAINS = tree({"": [child("a", q=0.0, reward=0.9, end=True),
+                    child("b", q=1.0, reward=0.0, end=True),
+                    child("c", q=0.8, reward=0.6, end=True)]})
+
+
+@pytest.mark.parametrize("scorer, best, score", [("f", "c", 1.0), ("q", "b", 1.0),
+                                                 ("prm", "a", 0.9)])
+def test_best_of_n_picks_the_chain_its_scorer_ranks_highest(scorer, best, score):
+    config = load_config(None, ["search.utility=zero", "search.agg=sum", "search.lam=0.5",
+                                "eval.samples=3", f"eval.best_of_n_scorer={scorer}"])
+    make = planner_factory(RunContext(config=config, out=Path("unused")), "best_of_n")
+    expander = FakeExpander({0: CHAINS})
+    [result] = run_search(1, make, expander, HiddenQ(),
+                          RuleUtility(rule=expander.reward_rule), progress=False)
+    assert [t.steps for t in result.trajectories] == [("a",), ("b",), ("c",)]
+    assert result.steps == (best,)
+    assert result.score == pytest.approx(score)
