@@ -1,7 +1,9 @@
 """What a run leaves behind: results.jsonl, summary.json, a Markdown table and a plot.
 
 ``results.jsonl`` gets one line per (method, problem), appended and fsynced as each
-problem finishes, so a killed run loses nothing finished and resumes where it stopped.
+problem finishes, so a killed run loses nothing finished and resumes where it stopped. It
+is read and written through ``qvalue.durable``: a torn last line (a kill mid-write) is
+skipped and cut off before the next append; a damaged line anywhere else is an error.
 """
 
 from __future__ import annotations
@@ -9,11 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from pathlib import Path
 from typing import Iterable
 
-from qstar_jax.qvalue.durable import write_atomically
+from qstar_jax.qvalue import durable
 
 Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
 
@@ -48,32 +49,15 @@ class ResultsLog:
         self.path = Path(path)
 
     def read(self) -> list[ProblemResult]:
-        if not self.path.exists():
-            return []
-        results = []
-        with self.path.open() as f:
-            for line in f:
-                try:
-                    results.append(ProblemResult(**json.loads(line)))
-                except (json.JSONDecodeError, TypeError):
-                    # A line cut short by a kill: the problem is simply not done yet.
-                    continue
-        return results
+        records, _ = durable.read_jsonl(self.path)
+        return [ProblemResult(**record) for record in records]
 
     def done(self, method: str) -> set[str]:
         return {r.problem_id for r in self.read() if r.method == method}
 
     def append(self, results: Iterable[ProblemResult]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            for result in results:
-                f.write(json.dumps(dataclasses.asdict(result)) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    def compact(self) -> None:
-        """Rewrite without torn lines, so the next append starts on a clean line."""
-        self._rewrite(self.read())
+        with durable.open_for_append(self.path) as f:
+            durable.append_records(f, [dataclasses.asdict(r) for r in results])
 
     def drop(self, method: str) -> None:
         """Remove every result of ``method`` (to evaluate it again another way)."""
@@ -81,7 +65,7 @@ class ResultsLog:
 
     def _rewrite(self, results: list[ProblemResult]) -> None:
         text = "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in results)
-        write_atomically(self.path, lambda f: f.write(text.encode()))
+        durable.write_atomically(self.path, lambda f: f.write(text.encode()))
 
 
 def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:

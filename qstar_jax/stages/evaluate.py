@@ -125,7 +125,6 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
     cfg = ctx.config
     problems = ctx.problems(cfg.task.eval_split, cfg.task.eval_problems)
     log = ResultsLog(ctx.out / "results.jsonl")
-    log.compact()
     runtime = ctx.runtime(problems)
     q_fn = load_q_function(ctx, problems) if q_fn is None else q_fn
     utility = process_utility(ctx, problems)
