@@ -32,10 +32,14 @@ class RunContext:
 
     @functools.cached_property
     def task(self) -> Task:
+        """The configured task. A synthetic world's settings sit in the task config's field
+        of its name (``task.countdown``): its constructor gets them as ``config``, under
+        whatever ``task.options.config`` overrides (and no other option)."""
         t = self.config.task
-        if t.name == "countdown":
-            world = dataclasses.asdict(t.countdown)
-            return make_task("countdown", config={**world, **t.options.get("config", {})})
+        world = getattr(t, t.name, None)
+        if dataclasses.is_dataclass(world):
+            return make_task(t.name, config={**dataclasses.asdict(world),
+                                             **t.options.get("config", {})})
         return make_task(t.name, **t.options)
 
     @property

@@ -9,6 +9,7 @@ models: prompts are strings, and a chat template is applied only through the
 from __future__ import annotations
 
 import dataclasses
+import random
 from typing import Any, Callable, Protocol, Sequence
 
 STEP_SEPARATOR = "\n"
@@ -34,6 +35,10 @@ class Problem:
 
 
 class Task(Protocol):
+    """What every task has. A synthetic world (Countdown, the arithmetic chains) may also
+    have the optional parts of ``SyntheticWorld``; a stage that needs one checks for it
+    with ``hasattr`` and says so when it is missing."""
+
     name: str
 
     def load(self, split: str, *, limit: int | None = None, seed: int = 0,
@@ -51,6 +56,34 @@ class Task(Protocol):
 
     def grade(self, problem: Problem, completion: str) -> bool:
         """Exact verdict for a completion; never raises on model text."""
+
+
+class SyntheticWorld(Task, Protocol):
+    """The optional parts of a task whose problems an exact solver understands; each is
+    optional on its own (Countdown has no ``solver_completion`` or ``wrong_step``).
+
+    train_policy (policy.source=scratch) needs ``alphabet`` and ``solution_steps``, and
+    for a value head ``wrong_step``, ``solver_completion`` and ``can_still_succeed``;
+    search.utility=countdown_rule needs ``step_reward``; label.stronger_model=solver needs
+    ``solver_completion``; the exact-Q̂ experiments need ``can_still_succeed``.
+    """
+
+    alphabet: str  # every character a from-scratch char-level policy may read or write
+
+    def solution_steps(self, problem: Problem, rng: random.Random) -> list[str]:
+        """One solution trace as step lines (supervised training of the policy)."""
+
+    def step_reward(self, problem: Problem, steps: Sequence[str]) -> float:
+        """The rule's process reward of the last of ``steps`` (g's R_P)."""
+
+    def can_still_succeed(self, problem: Problem, steps: Sequence[str]) -> bool:
+        """Exact value of a partial trace: is it correct, or still completable?"""
+
+    def solver_completion(self, problem: Problem, steps: Sequence[str]) -> list[str]:
+        """The lines an exact solver writes after ``steps`` to finish the trace."""
+
+    def wrong_step(self, problem: Problem, steps: Sequence[str], rng: random.Random) -> str:
+        """A plausible wrong next line after ``steps``, a prefix of a solution."""
 
 
 def split_steps(completion: str) -> list[str]:
