@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qstar_jax.outputs import ResultsLog
+from qstar_jax.outputs.results_log import ResultsLog
 from qstar_jax.run import main
 
 METHODS = ("greedy", "self_consistency", "best_of_n", "beam", "qstar", "best_of_n_matched")

@@ -15,8 +15,8 @@ from typing import Callable
 import numpy as np
 
 from qstar_jax.config import REASONER_METHODS, Scorer, Utility
-from qstar_jax.outputs import (ProblemResult, ResultsLog, matched_samples, summarize,
-                               write_reports)
+from qstar_jax.outputs.reports import matched_samples, summarize, write_reports
+from qstar_jax.outputs.results_log import ProblemResult, ResultsLog
 from qstar_jax.policy.expander import DecoderExpander
 from qstar_jax.qvalue.durable import write_atomically
 from qstar_jax.qvalue.prm import ShepherdPRM

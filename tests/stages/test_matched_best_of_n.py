@@ -2,7 +2,7 @@
 
 import json
 
-from qstar_jax.outputs import ProblemResult, ResultsLog
+from qstar_jax.outputs.results_log import ProblemResult, ResultsLog
 from qstar_jax.stages.evaluate import evaluate_best_of_n_matched
 
 PROBLEMS = ("a", "b")

@@ -1,71 +1,20 @@
-"""What a run leaves behind: results.jsonl, summary.json, a Markdown table and a plot.
-
-``results.jsonl`` gets one line per (method, problem), appended and fsynced as each
-problem finishes, so a killed run loses nothing finished and resumes where it stopped. It
-is read and written through ``qvalue.durable``: a torn last line (a kill mid-write) is
-skipped and cut off before the next append; a damaged line anywhere else is an error.
-"""
+"""The reports of a run's results: summary.json (per-method statistics), summary.md (the
+Markdown table and the paired comparisons) and the accuracy-against-tokens plot."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
 from typing import Iterable
 
-from qstar_jax.qvalue import durable
+from qstar_jax.outputs.results_log import ProblemResult
 
 Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
 
 # Counters summed per method in summary.json.
 COUNTERS = ("generated_tokens", "prefilled_tokens", "q_calls", "prm_calls", "expansions",
             "wall_s")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ProblemResult:
-    method: str
-    problem_id: str
-    correct: bool
-    answer: str | None
-    completion: str
-    completed: bool
-    generated_tokens: int
-    prefilled_tokens: int
-    q_calls: int
-    prm_calls: int
-    expansions: int
-    wall_s: float
-    # Chain methods: whether any of the complete chains is right (pass@N, a ceiling read
-    # with the grader); None for the others.
-    any_correct: bool | None = None
-
-
-class ResultsLog:
-    """Append-only per-problem results; what is on disk is what is done."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-
-    def read(self) -> list[ProblemResult]:
-        records, _ = durable.read_jsonl(self.path)
-        return [ProblemResult(**record) for record in records]
-
-    def done(self, method: str) -> set[str]:
-        return {r.problem_id for r in self.read() if r.method == method}
-
-    def append(self, results: Iterable[ProblemResult]) -> None:
-        with durable.open_for_append(self.path) as f:
-            durable.append_records(f, [dataclasses.asdict(r) for r in results])
-
-    def drop(self, method: str) -> None:
-        """Remove every result of ``method`` (to evaluate it again another way)."""
-        self._rewrite([r for r in self.read() if r.method != method])
-
-    def _rewrite(self, results: list[ProblemResult]) -> None:
-        text = "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in results)
-        durable.write_atomically(self.path, lambda f: f.write(text.encode()))
 
 
 def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
