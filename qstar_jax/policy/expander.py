@@ -15,7 +15,7 @@ from qstar_jax.search.interface import ExpandRequest, Step
 
 
 class DecoderExpander:
-    """``prefix_sharing``: sample each node's children as a trie (``sample_shared``), one
+    """``prefix_sharing``: sample each node's children as a trie (``sample_trie``), one
     group per (problem, path, temperature) so that chains standing on the same steps
     share too; the samples have the same distribution, each distinct token is computed
     and charged once. Off: every child is its own row and pays for every token."""
@@ -31,7 +31,7 @@ class DecoderExpander:
                                                 [requests[k].node.steps for k in roots])))
         parents = [root_slots.get(k, r.node.handle) for k, r in enumerate(requests)]
         if self.prefix_sharing:
-            return self._expand_shared(requests, parents, list(root_slots.values()))
+            return self._expand_as_tries(requests, parents, list(root_slots.values()))
         children = rt.fork(parents, [r.num_children for r in requests])
         rt.free(list(root_slots.values()))
         # One row per child: (index of its request, child number, its slot).
@@ -46,8 +46,8 @@ class DecoderExpander:
             steps[k].append(_as_step(s))
         return steps
 
-    def _expand_shared(self, requests: Sequence[ExpandRequest], parents: list[int],
-                       root_slots: list[int]) -> list[list[Step]]:
+    def _expand_as_tries(self, requests: Sequence[ExpandRequest], parents: list[int],
+                         root_slots: list[int]) -> list[list[Step]]:
         rt = self.runtime
         groups: dict[tuple, list[int]] = {}
         for k, r in enumerate(requests):
@@ -56,7 +56,7 @@ class DecoderExpander:
         work = rt.fork([parents[ks[0]] for ks in members], [1] * len(members))
         rt.free(root_slots)
         first = [requests[ks[0]] for ks in members]
-        sampled = rt.sample_shared(
+        sampled = rt.sample_trie(
             [slots[0] for slots in work], [r.problem_index for r in first],
             [stable_id("children", r.node.id, r.first_child) for r in first],
             [r.temperature for r in first],

@@ -18,7 +18,7 @@ import numpy as np
 
 from qstar_jax.decoding.engine import Decoder, StepBatch
 from qstar_jax.decoding.sampling import SamplingParams
-from qstar_jax.decoding.shared_steps import sample_shared_steps
+from qstar_jax.decoding.trie_steps import sample_trie_steps
 from qstar_jax.decoding.step_sampler import EndReason
 from qstar_jax.models.tokenizer import Tokenizer
 from qstar_jax.tasks.base import STEP_SEPARATOR, Problem, Task, state_text
@@ -90,11 +90,11 @@ class PolicyRuntime:
             self.generated[i] += len(step.token_ids)
         return steps
 
-    def sample_shared(self, slots: Sequence[int], problem_indices: Sequence[int],
-                      group_ids: Sequence[int], temperatures: Sequence[float],
-                      counts: Sequence[int]) -> list[list[SampledStep]]:
+    def sample_trie(self, slots: Sequence[int], problem_indices: Sequence[int],
+                    group_ids: Sequence[int], temperatures: Sequence[float],
+                    counts: Sequence[int]) -> list[list[SampledStep]]:
         """``counts[g]`` independent steps after ``slots[g]``, sampled as a trie
-        (``sample_shared_steps``): a problem is charged the distinct tokens computed. Each
+        (``sample_trie_steps``): a problem is charged the distinct tokens computed. Each
         step has its own slot, ``slots[g]`` among them; a step drawn c times is forked into
         c slots after sampling (a cache copy, no tokens)."""
         if not slots:
@@ -102,16 +102,16 @@ class PolicyRuntime:
         params = SamplingParams.make(len(slots),
                                      temperature=np.asarray(temperatures, np.float32),
                                      top_k=self.top_k, top_p=self.top_p)
-        shared, fed = sample_shared_steps(self.decoder, slots, counts, key_table=self._keys,
-                                          key_rows=problem_indices, group_ids=group_ids,
-                                          params=params, max_tokens=self.step_token_cap)
+        tries, fed = sample_trie_steps(self.decoder, slots, counts, key_table=self._keys,
+                                       key_rows=problem_indices, group_ids=group_ids,
+                                       params=params, max_tokens=self.step_token_cap)
         for i, tokens in zip(problem_indices, fed):
             self.generated[i] += tokens
-        copies = self.fork([s.slot for steps in shared for s in steps],
-                           [s.count - 1 for steps in shared for s in steps])
+        copies = self.fork([s.slot for steps in tries for s in steps],
+                           [s.count - 1 for steps in tries for s in steps])
         copies.reverse()
         out = []
-        for steps in shared:
+        for steps in tries:
             group = []
             for s in steps:
                 step = self._sampled_step(list(s.tokens), s.end_reason, s.logprob, s.hidden,

@@ -34,7 +34,7 @@ class RecordingRuntime:
         return [SampledStep(text=str(key), token_ids=(1,), logprob=0.0, hidden=np.zeros(2),
                             ends_trace=False, slot=slot) for slot, key in zip(slots, node_ids)]
 
-    def sample_shared(self, slots, problem_indices, group_ids, temperatures, counts):
+    def sample_trie(self, slots, problem_indices, group_ids, temperatures, counts):
         """Group g's steps are "<group id>/<j>" for j < counts[g], j = 0 in slots[g]."""
         self.shared_calls.append(dict(slots=list(slots), problems=list(problem_indices),
                                       group_ids=list(group_ids),

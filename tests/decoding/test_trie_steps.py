@@ -7,7 +7,7 @@ import pytest
 
 from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.sampling import SamplingParams
-from qstar_jax.decoding.shared_steps import sample_shared_steps
+from qstar_jax.decoding.trie_steps import sample_trie_steps
 from qstar_jax.decoding.step_sampler import EndReason
 from tests.decoding.tiny_models import RANDOM_MAX_LEN, STEP_BUCKET
 
@@ -28,13 +28,13 @@ def _sample(decoder, counts, group_ids, *, temperature=HOT, cap=5):
     slots = decoder.allocate(len(counts))
     decoder.prefill(slots, [PROMPT] * len(counts))
     params = SamplingParams.make(len(counts), temperature=temperature)
-    return sample_shared_steps(decoder, slots, counts, key_table=KEYS,
-                               key_rows=[0] * len(counts), group_ids=group_ids, params=params,
-                               max_tokens=cap)
+    return sample_trie_steps(decoder, slots, counts, key_table=KEYS,
+                             key_rows=[0] * len(counts), group_ids=group_ids, params=params,
+                             max_tokens=cap)
 
 
 @pytest.mark.parametrize("counts", [[6], [6, 1, 5, 6, 6, 4, 6, 6]])
-def test_shared_steps_are_whole_steps_of_the_model_and_pay_for_each_prefix_once(
+def test_trie_steps_are_whole_steps_of_the_model_and_pay_for_each_prefix_once(
         wide_decoder, full_forward, counts):
     groups, fed = _sample(wide_decoder, counts, list(range(11, 11 + len(counts))))
     all_slots = [s.slot for steps in groups for s in steps]
@@ -89,7 +89,7 @@ def test_greedy_draws_are_one_step_counted_once(random_decoder):
 def test_a_full_slot_gives_one_empty_step_and_costs_nothing(random_decoder):
     slots = random_decoder.allocate(2)
     random_decoder.prefill(slots, [[1] * RANDOM_MAX_LEN, PROMPT])
-    (full_steps, steps), (full_fed, fed) = sample_shared_steps(
+    (full_steps, steps), (full_fed, fed) = sample_trie_steps(
         random_decoder, slots, [3, 2], key_table=KEYS, key_rows=[0, 0], group_ids=[1, 2],
         params=SamplingParams.make(2, temperature=HOT), max_tokens=5)
     assert [(s.slot, s.tokens, s.count, s.end_reason) for s in full_steps] == [
@@ -113,7 +113,7 @@ def test_bad_trie_inputs_are_rejected_before_device_work(random_decoder, overrid
     args = dict(counts=[2, 1], key_table=KEYS, key_rows=[0, 1], group_ids=[0, 1],
                 params=SamplingParams.make(2), max_tokens=3) | overrides
     with pytest.raises(ValueError, match=message):
-        sample_shared_steps(random_decoder, slots, **args)
+        sample_trie_steps(random_decoder, slots, **args)
     with pytest.raises(ValueError, match="2 slots need 1 spare slots, got 0"):
         random_decoder.sample_trie(slots, [2, 1], [], **{k: v for k, v in args.items()
                                                          if k != "counts"})

@@ -19,7 +19,7 @@ from qstar_jax.decoding.step_sampler import EndReason
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class SharedStep:
+class TrieStep:
     """A distinct step drawn ``count`` times; ``slot`` holds it.
     logprob: its tokens' summed log-probabilities under the unmodified distribution;
     hidden: the final-norm hidden state after its last token."""
@@ -32,10 +32,10 @@ class SharedStep:
     count: int
 
 
-def sample_shared_steps(decoder: Decoder, slots: Sequence[int], counts: Sequence[int], *,
-                        key_table: jax.Array, key_rows: Sequence[int],
-                        group_ids: Sequence[int], params: SamplingParams, max_tokens: int
-                        ) -> tuple[list[list[SharedStep]], list[int]]:
+def sample_trie_steps(decoder: Decoder, slots: Sequence[int], counts: Sequence[int], *,
+                      key_table: jax.Array, key_rows: Sequence[int],
+                      group_ids: Sequence[int], params: SamplingParams, max_tokens: int
+                      ) -> tuple[list[list[TrieStep]], list[int]]:
     """For group g, ``counts[g]`` independent steps after ``slots[g]`` (each ends at a
     newline token, EOS, ``max_tokens`` or a full slot, as in ``Decoder.sample_steps``).
 
@@ -57,12 +57,12 @@ def sample_shared_steps(decoder: Decoder, slots: Sequence[int], counts: Sequence
     unused = row_slots[out.group < 0]
     if unused.size:
         decoder.free(unused)
-    steps: list[list[SharedStep]] = [[] for _ in slots]
+    steps: list[list[TrieStep]] = [[] for _ in slots]
     fed = [0] * len(slots)
     for row in np.flatnonzero(out.group >= 0):
         group = int(out.group[row])
         fed[group] += int(out.fed[row])
-        steps[group].append(SharedStep(
+        steps[group].append(TrieStep(
             slot=int(row_slots[row]), tokens=tuple(out.tokens[row, :out.num_tokens[row]].tolist()),
             logprob=float(out.logprob[row]), end_reason=EndReason(int(out.end_reason[row])),
             hidden=out.hidden[row], count=int(out.count[row])))
