@@ -5,7 +5,8 @@ Shapes: B rows, C token cap, E hidden size, V vocabulary.
 Callers speak in slots: ``allocate`` slots, ``prefill`` prompts into them, ``fork`` a
 node's slot into its children, ``sample_steps`` to extend slots by one reasoning step
 (or ``sample_trie`` for several steps after one slot, shared prefixes computed once),
-``free`` them when a node is done. Inputs are checked on the host before any device work;
+``free`` them when a node is done. Inputs are checked on the host before any device work
+(``input_checks``);
 row counts are padded to powers of two and lengths to buckets so that, after warm-up,
 calls differing only in data never recompile (``trace_counts`` shows it).
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,9 +24,12 @@ import numpy as np
 from flax import nnx
 
 from qstar_jax.decoding.kv_cache import SlotPool, cache_shardings, fork_slots, init_cache
-from qstar_jax.decoding.prefill import MIN_PREFILL_BUCKET, check_token_lists, prefill
+from qstar_jax.decoding.input_checks import (check_step_inputs, check_token_lists,
+                                             check_trie_groups, checked_eos_ids,
+                                             checked_newline_table, checked_slots)
+from qstar_jax.decoding.prefill import MIN_PREFILL_BUCKET, prefill
 from qstar_jax.decoding.sampling import SamplingParams
-from qstar_jax.decoding.step_sampler import EndReason, sample_step
+from qstar_jax.decoding.step_sampler import sample_step
 from qstar_jax.decoding.token_batch import bucket_size, pad_token_batch
 from qstar_jax.decoding.trie_sampler import TrieOutput, sample_trie
 from qstar_jax.decoding.weights import DecoderWeights
@@ -34,7 +38,6 @@ from qstar_jax.parallel import (ShardingRules, check_slots, place, replicated,
                                 weight_shardings)
 
 MIN_STEP_BUCKET = 8
-MAX_NODE_ID = 2**31 - 1
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -84,15 +87,9 @@ class Decoder:
                  rules: ShardingRules = ShardingRules()):
         self.config = model.config
         vocab = self.config.vocab_size
-        newline_table = np.asarray(newline_table)
-        if newline_table.shape != (vocab,) or newline_table.dtype != np.bool_:
-            raise ValueError(f"newline_table must be a bool array of shape ({vocab},), got "
-                             f"{newline_table.dtype} {newline_table.shape}; build it with "
-                             "Tokenizer.newline_table(model.config.vocab_size)")
-        eos_ids = np.asarray(self.config.eos_token_ids if eos_ids is None else eos_ids,
-                             np.int32).reshape(-1)
-        if np.any((eos_ids < 0) | (eos_ids >= vocab)):
-            raise ValueError(f"eos_ids {eos_ids.tolist()} fall outside the vocabulary [0, {vocab})")
+        newline_table = checked_newline_table(newline_table, vocab)
+        eos_ids = checked_eos_ids(self.config.eos_token_ids if eos_ids is None else eos_ids,
+                                  vocab)
         self.max_len = max_len
         self.min_batch_bucket = min_batch_bucket
         self.min_prefill_bucket = min_prefill_bucket
@@ -159,12 +156,16 @@ class Decoder:
     def prefill(self, slots: Sequence[int], token_lists: Sequence[Sequence[int]]) -> None:
         """Replace each slot's contents with its token list (a prompt: question, steps)."""
         slots = self._checked_slots(slots, "slots")
-        self._write(slots, token_lists, starts=np.zeros(len(slots), np.int64))
-
-    def extend(self, slots: Sequence[int], token_lists: Sequence[Sequence[int]]) -> None:
-        """Append each token list to what its slot already holds."""
-        slots = self._checked_slots(slots, "slots")
-        self._write(slots, token_lists, starts=self._lengths[slots])
+        check_token_lists(token_lists, slots=len(slots), room=[self.max_len] * len(slots),
+                          vocab_size=self.config.vocab_size)
+        num_tokens = np.array([len(t) for t in token_lists], np.int64)
+        batch = bucket_size(len(slots), minimum=self.min_batch_bucket)
+        length = min(bucket_size(int(num_tokens.max()), minimum=self.min_prefill_bucket),
+                     self.max_len)
+        packed = pad_token_batch(token_lists, batch=batch, length=length)
+        self.cache = self._prefill(self._weights, self.cache, packed.tokens, packed.lengths,
+                                   self._pad(slots, batch, self.num_slots))
+        self._lengths[slots] = num_tokens
 
     def fork(self, parents: Sequence[int], children: Sequence[int]) -> None:
         """Make each allocated ``children[i]`` continue exactly from ``parents[i]`` (parents
@@ -194,7 +195,7 @@ class Decoder:
         rows = len(slots)
         node_ids = np.asarray(node_ids)
         caps = np.broadcast_to(np.asarray(max_tokens), (rows,))
-        self._check_step_inputs(rows, problem_keys, node_ids, params, caps)
+        check_step_inputs(rows, problem_keys, node_ids, params, caps)
         batch = bucket_size(rows, minimum=self.min_batch_bucket)
         cap_bucket = bucket_size(int(caps.max()), minimum=self.min_step_bucket)
         padded_params = _padded_params(params, batch)
@@ -228,23 +229,12 @@ class Decoder:
         """
         slots = self._checked_slots(slots, "slots", filled=True)
         groups = len(slots)
-        counts = np.asarray(counts)
-        if counts.shape != (groups,) or not np.issubdtype(counts.dtype, np.integer) \
-                or np.any(counts < 1):
-            raise ValueError(f"give one count >= 1 per slot; got {len(slots)} slots, counts "
-                             f"{counts.tolist()}")
-        spares = np.asarray(spares, np.int64).reshape(-1)
-        if spares.size != counts.sum() - groups:
-            raise ValueError(f"{counts.sum()} steps after {groups} slots need "
-                             f"{counts.sum() - groups} spare slots, got {spares.size}")
-        row_slots = self._checked_slots(np.concatenate([slots, spares]), "slots and spares")
+        counts, spares = np.asarray(counts), np.asarray(spares, np.int64).reshape(-1)
         key_rows, group_ids = np.asarray(key_rows), np.asarray(group_ids)
-        _check_keys(key_table, "key_table", (len(key_table),))
-        if key_rows.shape != (groups,) or np.any((key_rows < 0) | (key_rows >= len(key_table))):
-            raise ValueError(f"key_rows must be {groups} indices into the {len(key_table)} "
-                             f"keys, got {key_rows!r}")
-        self._check_step_inputs(groups, None, group_ids, params, np.asarray([max_tokens]),
-                                ids_name="group_ids")
+        check_trie_groups(groups, counts, spares, key_table, key_rows)
+        row_slots = self._checked_slots(np.concatenate([slots, spares]), "slots and spares")
+        check_step_inputs(groups, None, group_ids, params, np.asarray([max_tokens]),
+                          ids_name="group_ids")
         rows = len(row_slots)
         batch = bucket_size(rows, minimum=self.min_batch_bucket)
         cap_bucket = bucket_size(max_tokens, minimum=self.min_step_bucket)
@@ -260,72 +250,8 @@ class Decoder:
                                           + out.num_tokens[live])
         return row_slots, out
 
-    def generate_steps(self, slots: Sequence[int], *, problem_keys: jax.Array,
-                       node_ids: Sequence[int], params: SamplingParams,
-                       max_tokens: int | Sequence[int], max_steps: int) -> Iterator[StepBatch]:
-        """Sample step after step, yielding each StepBatch, until every row has ended its
-        trajectory (EOS or a full slot) or ``max_steps`` steps. Each batch holds only the
-        rows still going; its ``slots`` say which."""
-        slots = np.asarray(slots)
-        node_ids = np.asarray(node_ids)
-        caps = np.broadcast_to(np.asarray(max_tokens), slots.shape)
-        going = np.ones(len(slots), bool)
-        for _ in range(max_steps):
-            rows = np.flatnonzero(going)
-            if rows.size == 0:
-                return
-            step = self.sample_steps(
-                slots[rows], problem_keys=problem_keys[rows], node_ids=node_ids[rows],
-                params=jax.tree.map(lambda x: np.asarray(x)[rows], params),
-                max_tokens=caps[rows])
-            yield step
-            going[rows] = ~np.isin(step.end_reason, (EndReason.EOS, EndReason.CACHE_FULL))
-
-    def _write(self, slots: np.ndarray, token_lists, *, starts: np.ndarray) -> None:
-        if len(token_lists) != len(slots):
-            raise ValueError(f"{len(token_lists)} token lists for {len(slots)} slots; give one "
-                             "token list per slot")
-        check_token_lists(token_lists, room=self.max_len - starts,
-                          vocab_size=self.config.vocab_size)
-        num_tokens = np.array([len(t) for t in token_lists], np.int64)
-        batch = bucket_size(len(slots), minimum=self.min_batch_bucket)
-        length = min(bucket_size(int(num_tokens.max()), minimum=self.min_prefill_bucket),
-                     self.max_len)
-        packed = pad_token_batch(token_lists, batch=batch, length=length)
-        self.cache = self._prefill(self._weights, self.cache, packed.tokens, packed.lengths,
-                                   self._pad(starts, batch, 0),
-                                   self._pad(slots, batch, self.num_slots))
-        self._lengths[slots] = starts + num_tokens
-
-    def _checked_slots(self, slots, what: str, *, distinct: bool = True,
-                       filled: bool = False) -> np.ndarray:
-        slots = np.asarray(slots)
-        if slots.ndim != 1 or slots.size == 0 or not np.issubdtype(slots.dtype, np.integer):
-            raise ValueError(f"{what} must be a non-empty 1-D list of slot ids, got {slots!r}")
-        if distinct and slots.size > self.num_slots:
-            raise ValueError(f"{slots.size} {what} for a pool of {self.num_slots} slots; split "
-                             "the batch or build the decoder with a larger num_slots")
-        bad = [int(s) for s in slots if not (0 <= s < self.num_slots and self.pool.is_allocated(s))]
-        if bad:
-            raise ValueError(f"{what} {bad} are not allocated slots of this decoder (ids "
-                             f"0..{self.num_slots - 1}); get slots from Decoder.allocate")
-        if distinct and len(set(slots.tolist())) != slots.size:
-            raise ValueError(f"{what} {slots.tolist()} repeat a slot; each row needs its own slot")
-        if filled and np.any(self._lengths[slots] == 0):
-            empty = slots[self._lengths[slots] == 0].tolist()
-            raise ValueError(f"{what} {empty} hold no tokens; prefill them first")
-        return slots.astype(np.int64)
-
-    def _check_step_inputs(self, rows, problem_keys, node_ids, params, caps, *,
-                           ids_name: str = "node_ids") -> None:
-        if problem_keys is not None:
-            _check_keys(problem_keys, "problem_keys", (rows,))
-        if (node_ids.shape != (rows,) or not np.issubdtype(node_ids.dtype, np.integer)
-                or np.any((node_ids < 0) | (node_ids > MAX_NODE_ID))):
-            raise ValueError(f"{ids_name} must be {rows} integers in [0, 2**31), got {node_ids!r}")
-        params.check(rows)
-        if not np.issubdtype(caps.dtype, np.integer) or np.any(caps < 1):
-            raise ValueError(f"max_tokens must be integers >= 1, got {caps!r}")
+    def _checked_slots(self, slots, what: str, **kwargs) -> np.ndarray:
+        return checked_slots(slots, what, pool=self.pool, lengths=self._lengths, **kwargs)
 
     @staticmethod
     def _pad(values: np.ndarray, batch: int, fill: int) -> np.ndarray:
@@ -333,14 +259,6 @@ class Decoder:
         padded = np.full(batch, fill, np.int32)
         padded[:len(values)] = values
         return padded
-
-
-def _check_keys(keys, name: str, shape: tuple[int, ...]) -> None:
-    if (not isinstance(keys, jax.Array) or not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key)
-            or keys.shape != shape or not shape[0]):
-        raise ValueError(f"{name} must be {shape[0]} typed PRNG keys (shape {shape}, e.g. "
-                         "jax.random.split(jax.random.key(seed), n)), got "
-                         f"{getattr(keys, 'dtype', type(keys))} {np.shape(keys)}")
 
 
 def _padded_params(params: SamplingParams, batch: int) -> SamplingParams:

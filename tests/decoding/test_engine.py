@@ -6,6 +6,7 @@ from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.kv_cache import SlotPoolExhausted
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_sampler import EndReason
+from tests.decoding.stepping import generate_steps
 from tests.decoding.tiny_models import RANDOM_MAX_LEN
 
 
@@ -19,8 +20,8 @@ def test_generate_steps_yields_each_step_until_eos(counting_decoder):
     # Counting model: after 27 come 28..31, 0.., 7 (newline) ends a step, 9 (EOS) ends all.
     slots = counting_decoder.allocate(2)
     counting_decoder.prefill(slots, [[2, 3], [26, 27]])
-    steps = list(counting_decoder.generate_steps(slots, **_step_args(2, max_tokens=[8, 4]),
-                                                 max_steps=10))
+    steps = list(generate_steps(counting_decoder, slots, **_step_args(2, max_tokens=[8, 4]),
+                                max_steps=10))
     got = [(s.slots.tolist(), [s.row_tokens(i) for i in range(len(s.slots))],
             s.end_reason.tolist()) for s in steps]
     assert got == [
@@ -34,8 +35,8 @@ def test_generate_steps_yields_each_step_until_eos(counting_decoder):
 def test_generate_steps_stops_after_max_steps(counting_decoder):
     slots = counting_decoder.allocate(1)
     counting_decoder.prefill(slots, [[10]])
-    steps = list(counting_decoder.generate_steps(slots, **_step_args(1, max_tokens=2),
-                                                 max_steps=3))
+    steps = list(generate_steps(counting_decoder, slots, **_step_args(1, max_tokens=2),
+                                max_steps=3))
     assert [s.row_tokens(0) for s in steps] == [[11, 12], [13, 14], [15, 16]]
 
 
@@ -61,13 +62,6 @@ def test_bad_prefill_is_rejected_before_device_work(random_decoder, slots, token
     with pytest.raises(ValueError, match=message):
         random_decoder.prefill(slots, token_lists)
     assert random_decoder.cache is cache
-
-
-def test_extend_past_the_cache_is_rejected(random_decoder):
-    slots = random_decoder.allocate(1)
-    random_decoder.prefill(slots, [[1] * 60])
-    with pytest.raises(ValueError, match="has 5 tokens but its slot has room for 4"):
-        random_decoder.extend(slots, [[2] * 5])
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -32,16 +32,6 @@ def test_prefill_replaces_what_a_slot_held(random_decoder, full_forward):
     np.testing.assert_allclose(_last_hidden(random_decoder, slots[1]), hidden[-1], atol=1e-5)
 
 
-def test_extend_equals_prefilling_the_concatenation(random_decoder, full_forward):
-    slots = random_decoder.allocate(2)
-    random_decoder.prefill(slots, [PROMPTS[0], PROMPTS[2]])
-    random_decoder.extend(slots, [PROMPTS[1], PROMPTS[0]])
-    np.testing.assert_array_equal(random_decoder.lengths(slots), [16, 8])
-    for slot, tokens in zip(slots, [PROMPTS[0] + PROMPTS[1], PROMPTS[2] + PROMPTS[0]]):
-        hidden, _ = full_forward(tokens)
-        np.testing.assert_allclose(_last_hidden(random_decoder, slot), hidden[-1], atol=1e-5)
-
-
 @pytest.mark.parametrize("tokens_per_row", [1, 5])  # the one-query attention path, and T > 1
 def test_per_layer_weights_compute_what_the_scanned_stack_computes(random_model, tokens_per_row):
     """The decoder's loop over per-layer weights (``unstack_layers``) against the stacked

@@ -12,6 +12,7 @@ from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_sampler import EndReason
 from qstar_jax.models import load_model
+from tests.decoding.stepping import generate_steps
 from tests.models.model_runs import greedy_generate
 
 QUESTION = "Explain step by step how to compute 17 * 24 without a calculator."
@@ -33,9 +34,9 @@ def test_greedy_steps_equal_the_plain_greedy_loop(smollm2):
     slots = decoder.allocate(1)
     decoder.prefill(slots, [prompt])
     steps, generated = [], []
-    for step in decoder.generate_steps(slots, problem_keys=jax.random.split(jax.random.key(0), 1),
-                                       node_ids=[0], params=SamplingParams.make(1),
-                                       max_tokens=16, max_steps=50):
+    for step in generate_steps(decoder, slots, problem_keys=jax.random.split(jax.random.key(0), 1),
+                               node_ids=[0], params=SamplingParams.make(1), max_tokens=16,
+                               max_steps=50):
         steps.append((step.row_tokens(0), EndReason(int(step.end_reason[0]))))
         generated += steps[-1][0]
         if len(generated) >= MIN_TOKENS:
