@@ -46,8 +46,9 @@ def process_utility(ctx: RunContext, problems):
     if kind == Utility.zero:
         return ZeroUtility()
     if kind == Utility.code_rule:
+        # The steps continue the task's code prefix (HumanEval's signature and docstring).
         return RuleUtility(rule=lambda i, steps: 0.0 if python_tokenizes(
-            state_text("", steps)) else -0.5)
+            state_text(ctx.task.code_prefix(problems[i]), steps)) else -0.5)
     if kind == Utility.countdown_rule:
         return RuleUtility(rule=lambda i, steps: ctx.task.step_reward(problems[i], steps))
     return PRMUtility(prm=shepherd_prm(ctx, problems))

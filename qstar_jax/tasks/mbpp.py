@@ -114,6 +114,10 @@ class _MbppBase:
                     f"{problem.metadata['shown_test']}")
         return build_prompt(MBPP_FORMAT, question, n_shot=self.n_shot, chat=chat)
 
+    def code_prefix(self, problem: Problem) -> str:
+        """The code the steps continue: none, the answer is the whole program."""
+        return ""
+
     def is_terminal_step(self, step: str) -> bool:
         return step.strip() == CODE_FENCE
 

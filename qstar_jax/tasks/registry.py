@@ -19,6 +19,8 @@ TASK_CLASSES = {
     "mbpp": ("qstar_jax.tasks.mbpp", "MbppTask"),
     "mbpp_sanitized": ("qstar_jax.tasks.mbpp", "MbppSanitizedTask"),
     "countdown": ("qstar_jax.tasks.countdown", "CountdownTask"),
+    "humaneval": ("qstar_jax.tasks.humaneval", "HumanEvalTask"),
+    "gsm_symbolic": ("qstar_jax.tasks.gsm_symbolic", "GsmSymbolicTask"),
 }
 
 

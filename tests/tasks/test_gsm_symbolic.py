@@ -1,0 +1,118 @@
+"""GSM-Symbolic: splits dealt from reasoning-gym's stream (reproducible, disjoint), the
+GSM8K prompt and grading, worked solutions as training traces, and bad input."""
+
+import sys
+
+import pytest
+
+from qstar_jax.tasks import make_task
+from qstar_jax.tasks.gsm_symbolic import GsmSymbolicTask, problem_from_instance
+
+SIZES = {"test_size": 12, "validation_size": 5, "train_size": 20}
+
+
+@pytest.fixture(scope="module")
+def task():
+    return GsmSymbolicTask(**SIZES)
+
+
+@pytest.fixture(scope="module")
+def splits(task):
+    return {split: task.load(split) for split in ("test", "validation", "train")}
+
+
+def test_splits_have_their_sizes_and_share_no_problem(splits):
+    assert {split: len(problems) for split, problems in splits.items()} == {
+        "test": 12, "validation": 5, "train": 20}
+    questions = [p.question for problems in splits.values() for p in problems]
+    ids = [p.id for problems in splits.values() for p in problems]
+    assert len(set(questions)) == len(questions) == 37 and len(set(ids)) == 37
+
+
+def test_splits_are_reproducible_by_seed(task, splits):
+    assert [p.id for p in task.load("train")] == [p.id for p in splits["train"]]
+    assert GsmSymbolicTask(**SIZES).load("test") == splits["test"]
+    other = GsmSymbolicTask(**SIZES, split_seed=1).load("test")
+    assert [p.question for p in other] != [p.question for p in splits["test"]]
+    # The test split depends on its own size and the seed only.
+    assert GsmSymbolicTask(test_size=12, train_size=3).load("test") == splits["test"]
+
+
+def test_the_first_problem_is_reasoning_gyms_first_instance(splits):
+    problem = splits["test"][0]
+    assert problem.id == "gsm_symbolic/0"
+    assert problem.question == (
+        "A carpenter works for 2 weeks every month and for 6 days every week. If he gets paid "
+        "\u00a3195 every day, how much does he earn if he works for a year?")
+    assert problem.reference == "28080"
+
+
+def test_worked_solutions_are_gsm8k_traces_that_grade_right(task, splits):
+    problem = splits["test"][0]
+    steps = task.solution_steps(problem)
+    assert steps[-1] == "The answer is: 28080" and len(steps) == 4
+    assert not any(step.startswith("####") for step in steps)
+    for problems in splits.values():
+        for p in problems:
+            assert task.grade(p, "\n".join(task.solution_steps(p)))
+
+
+def test_grading_reads_the_answer_line_as_a_number(task, splits):
+    problem = splits["test"][0]
+    assert task.is_terminal_step("The answer is: 28,080")
+    assert not task.is_terminal_step("He earns 2340 a month.")
+    assert task.grade(problem, "12 days a month.\nThe answer is: 28,080")
+    assert task.grade(problem, "The answer is: \u00a328080.00")
+    assert not task.grade(problem, "The answer is: 28081")
+    assert not task.grade(problem, "He earns 28080 a year.")
+
+
+def test_the_prompt_is_gsm8ks(task, splits):
+    problem = splits["test"][0]
+    prompt = GsmSymbolicTask(n_shot=1).prompt(problem)
+    assert prompt.endswith(f"Question: {problem.question}\nAnswer:\n")
+    assert "The answer is: 27" in prompt
+
+
+def test_subsets_are_drawn_by_seed(task, splits):
+    subset = task.load("train", limit=6, seed=2)
+    assert len(subset) == 6 and {p.id for p in subset} <= {p.id for p in splits["train"]}
+    assert subset == task.load("train", limit=6, seed=2)
+
+
+def test_it_is_registered_with_its_options():
+    task = make_task("gsm_symbolic", test_size=3, split_seed=4)
+    assert type(task) is GsmSymbolicTask and (task.test_size, task.split_seed) == (3, 4)
+
+
+@pytest.mark.parametrize(("options", "split", "limit", "message"), [
+    ({}, "dev", None, r"gsm_symbolic has no split 'dev'; its splits are "
+                      r"\('test', 'validation', 'train'\)"),
+    ({"test_size": 4}, "test", 5, r"gsm_symbolic split 'test' has 4 problems; asked for 5\. "
+                                  r".*change task\.options\.test_size"),
+    ({"validation_size": 0}, "validation", None, "split 'validation' is empty"),
+])
+def test_splits_and_sizes_it_cannot_give_are_clear_errors(options, split, limit, message):
+    with pytest.raises(ValueError, match=message):
+        GsmSymbolicTask(**options).load(split, limit=limit)
+
+
+def test_bad_sizes_fail_when_the_task_is_made():
+    with pytest.raises(ValueError, match="train_size must be an int >= 0, got -1"):
+        GsmSymbolicTask(train_size=-1)
+
+
+def test_an_instance_whose_answer_disagrees_with_its_solution_is_an_error():
+    instance = {"question": "Q?", "answer": "5",
+                "metadata": {"answer_cot": "2 + 2 = 4\n#### 4"}}
+    with pytest.raises(ValueError, match=r"instance 7: its answer '5' is not the worked "
+                                         r"solution's '4'"):
+        problem_from_instance(instance, 7)
+
+
+def test_a_missing_package_names_the_pip_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "reasoning_gym.arithmetic.gsm_symbolic.gsm_symbolic", None)
+    with pytest.raises(ModuleNotFoundError, match=r"task 'gsm_symbolic' needs the "
+                                                  r"'reasoning-gym' package.*`pip install "
+                                                  r"reasoning-gym`"):
+        GsmSymbolicTask(test_size=2).load("test")

