@@ -105,3 +105,11 @@ def test_decoding_on_meshes_4x1_2x2_1x4_matches_one_device():
                                                                  None))
     assert report["1x4"]["layout"]["q_proj"] == str(PartitionSpec(None, None, "model"))
     assert report["1x4"]["layout"]["k_proj"] == str(PartitionSpec(None, None, None))
+
+
+def test_sharded_q_training_and_checkpoints(tmp_path):
+    report = json.loads(run_child("tests.support.sharded_training",
+                                  str(tmp_path / "q")).splitlines()[-1])
+    for mesh in ("4x1", "2x2"):
+        assert report[mesh]["q"] < 1e-6 and report[mesh]["policy"] < 1e-5, mesh
+    assert report["round_trip"] == {"equal": True, "shardings_as_target": True}

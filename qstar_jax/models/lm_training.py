@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from qstar_jax.models.compile_options import training_compiler_options
 from qstar_jax.models.llama import LlamaModel
+from qstar_jax.parallel import replicate, shard_rows
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -94,10 +95,13 @@ def pack_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], pad_i
 
 def train_causal_lm(model: LlamaModel, tokens: np.ndarray, mask: np.ndarray,
                     config: LMTrainingConfig, *, value_rows: ValueRows | None = None,
-                    desc: str = "train policy") -> dict[str, list[float]]:
+                    desc: str = "train policy",
+                    mesh: jax.sharding.Mesh | None = None) -> dict[str, list[float]]:
     """Trains ``model`` in place on packed rows (and, with ``value_rows`` and
     ``config.value_weight`` > 0, a joint value head on them); returns the next-token loss
-    every 50 steps (``loss``) and the value head's BCE (``value_loss``, joint only)."""
+    every 50 steps (``loss``) and the value head's BCE (``value_loss``, joint only).
+    With a ``mesh`` the parameters are replicated and each batch's rows split over its
+    ``data`` axis (``parallel.shard_rows``)."""
     joint = value_rows is not None and config.value_weight > 0
     if joint and value_rows.tokens.shape[1] != tokens.shape[1]:
         raise ValueError(f"value rows are {value_rows.tokens.shape[1]} tokens long and LM rows "
@@ -106,6 +110,8 @@ def train_causal_lm(model: LlamaModel, tokens: np.ndarray, mask: np.ndarray,
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     head_def, head_params = nnx.split(head)
     params = {"model": params, "value_head": head_params} if joint else {"model": params}
+    if mesh is not None:
+        params, rest = replicate(params, mesh), replicate(rest, mesh)
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, config.learning_rate, config.warmup_steps, max(config.steps, config.warmup_steps + 1))
     optimizer = optax.adamw(schedule, weight_decay=config.weight_decay)
@@ -133,6 +139,7 @@ def train_causal_lm(model: LlamaModel, tokens: np.ndarray, mask: np.ndarray,
 
     @functools.partial(jax.jit, compiler_options=training_compiler_options())
     def train_step(params, opt_state, batch):
+        batch = shard_rows(batch, mesh)
         (_, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, parts

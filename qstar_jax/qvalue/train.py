@@ -23,6 +23,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from qstar_jax.models.compile_options import training_compiler_options
+from qstar_jax.parallel import replicate, shard_rows
 from qstar_jax.qvalue.checkpoint import QCheckpointer
 from qstar_jax.qvalue.head import to_value
 
@@ -149,12 +150,14 @@ def _validate(inputs, labels: np.ndarray, loss: str, output: str) -> None:
 def train_q_model(model: nnx.Module, inputs: Any, labels: np.ndarray, config: TrainConfig, *,
                   update_mask: Any = None, checkpointer: QCheckpointer | None = None,
                   on_step: Callable[[int, float], None] | None = None,
-                  progress: bool = True) -> TrainResult:
+                  progress: bool = True, mesh: jax.sharding.Mesh | None = None) -> TrainResult:
     """Fit ``model`` (in place) to ``labels`` [N] on ``inputs`` (a pytree of [N, ...]).
 
     With a held-out split the model ends with the params of its best held-out loss, else
     with its last params. With a ``checkpointer`` the run resumes from its latest
     checkpoint. ``on_step(step, train_loss)`` is called after every step (for logging).
+    With a ``mesh`` (``qstar_jax.parallel``) the parameters and data are replicated and
+    each minibatch is split over its ``data`` axis (``parallel.shard_rows``).
     """
     labels = np.asarray(labels, np.float32)
     output = model.head_config.output
@@ -164,12 +167,15 @@ def train_q_model(model: nnx.Module, inputs: Any, labels: np.ndarray, config: Tr
     # The step donates its params; a copy keeps the model's own arrays (maybe shared) alive.
     params = jax.tree.map(jnp.copy, nnx.to_pure_dict(params))
     rest = nnx.to_pure_dict(rest)
+    if mesh is not None:
+        params, rest = replicate(params, mesh), replicate(rest, mesh)
     optimizer = make_optimizer(config, update_mask)
     loss_fn = functools.partial(_per_example_loss, graphdef, config.loss, output)
 
     def train_step(params, opt_state, rest, inputs, labels, batch):
         def mean_loss(p):
-            return loss_fn(p, rest, jax.tree.map(lambda x: x[batch], inputs), labels[batch]).mean()
+            rows = shard_rows(jax.tree.map(lambda x: x[batch], inputs), mesh)
+            return loss_fn(p, rest, rows, labels[batch]).mean()
 
         loss, grads = jax.value_and_grad(mean_loss)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -183,6 +189,8 @@ def train_q_model(model: nnx.Module, inputs: Any, labels: np.ndarray, config: Tr
                          compiler_options=training_compiler_options())
     heldout_loss_sum = jax.jit(heldout_loss_sum)
     inputs, device_labels = jax.tree.map(jnp.asarray, inputs), jnp.asarray(labels)
+    if mesh is not None:
+        inputs, device_labels = replicate((inputs, device_labels), mesh)
 
     @jax.jit
     def raw_scores(params, rest, inputs, batch):

@@ -16,6 +16,7 @@ from qstar_jax.models.hf_export import save_hf_checkpoint
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.models.lm_training import (LMTrainingConfig, pack_examples,
                                           pack_value_rows, train_causal_lm)
+from qstar_jax.parallel import is_writer
 from qstar_jax.stages.context import RunContext
 from qstar_jax.tasks.base import STEP_SEPARATOR, Problem
 
@@ -57,7 +58,9 @@ def train_policy(ctx: RunContext) -> None:
     train_causal_lm(model, tokens, mask, LMTrainingConfig(
         steps=pt.steps, batch_size=pt.batch_size, learning_rate=pt.learning_rate,
         warmup_steps=pt.warmup_steps, seed=ctx.config.seed, value_weight=pt.value_weight,
-        value_batch_size=pt.value_batch_size), value_rows=value_rows)
+        value_batch_size=pt.value_batch_size), value_rows=value_rows, mesh=ctx.mesh)
+    if not is_writer():  # process 0 saves the policy every process trained alike
+        return
     # Written aside and moved in whole: a killed run never leaves a half-saved policy.
     partial = ctx.out / "policy.partial"
     shutil.rmtree(partial, ignore_errors=True)

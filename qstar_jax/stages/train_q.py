@@ -10,6 +10,7 @@ import numpy as np
 from flax import nnx
 
 from qstar_jax.config import Loss, QBackbone
+from qstar_jax.parallel import is_writer
 from qstar_jax.qvalue.checkpoint import BackboneIdentity, QCheckpointer, load_q_head
 from qstar_jax.qvalue.dataset import load_labelled
 from qstar_jax.qvalue.head import QHead, QHeadConfig, QHeadModel
@@ -56,11 +57,13 @@ def train_q(ctx: RunContext) -> None:
     identity = BackboneIdentity.of_policy(ctx.policy.config)
     with QCheckpointer(ctx.q_dir, identity=identity, head_config=config) as checkpointer:
         result = train_q_model(head, features, labels, train_config(ctx, len(labels)),
-                               checkpointer=checkpointer)
+                               checkpointer=checkpointer, mesh=ctx.mesh)
     _write_summary(done, result, labels)
 
 
 def _write_summary(path, result, labels: np.ndarray) -> None:
+    if not is_writer():
+        return
     path.write_text(json.dumps({"steps": result.steps, "stopped_early": result.stopped_early,
                                 "best_heldout_loss": result.best_heldout_loss,
                                 "constant_heldout_loss": result.constant_heldout_loss,

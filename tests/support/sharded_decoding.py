@@ -60,12 +60,11 @@ def decode(model: LlamaModel, mesh) -> dict:
         out[f"trie_logprob{call}"] = trie.logprob
         out[f"traces{call}"] = np.array(sorted(decoder.trace_counts.values()))
         decoder.free(rows + list(spares))
-    out["layout"] = {
-        "q_proj": str(decoder._weights.model["layers"]["self_attn"]["q_proj"]["kernel"]
-                      .get_value().sharding.spec),
-        "k_proj": str(decoder._weights.model["layers"]["self_attn"]["k_proj"]["kernel"]
-                      .get_value().sharding.spec),
-        "cache": str(decoder.cache.k.sharding.spec)}
+    if mesh is not None:
+        attention = decoder._weights.model["layers"]["self_attn"]
+        out["layout"] = {name: str(attention[name]["kernel"].get_value().sharding.spec)
+                         for name in ("q_proj", "k_proj")}
+        out["layout"]["cache"] = str(decoder.cache.k.sharding.spec)
     return out
 
 
