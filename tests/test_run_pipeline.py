@@ -224,3 +224,22 @@ def test_value_probe_trains_on_exactly_labelled_legal_states(capsys):
     result = script["main"](["--states", "200", "--steps", "20", *TINY])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
     assert sum(row["states"] for row in result["steps"]) == 200
+
+
+
+def test_tree_of_thoughts_runs_on_the_trained_policy_and_its_q_hat(finished_run, tmp_path):
+    """(MCTSr's prompts do not fit this policy's 96-token window: tests/stages/
+    test_reasoners.py runs it over a scripted runtime.)"""
+    out = tmp_path / "reasoners"
+    assert main(["--reuse", str(finished_run), "--out", str(out), *TINY,
+                 "eval.methods=[tot_bfs,tot_dfs]", "eval.tot.k=2", "eval.tot.keep=2",
+                 "eval.tot.max_expansions=3", "eval.tot.threshold=0"]) == 0
+    rows = ResultsLog(out / "results.jsonl").read()
+    for method in ("tot_bfs", "tot_dfs"):
+        mine = [r for r in rows if r.method == method]
+        assert len(mine) == 6
+        # Q̂ judges every new state; every expansion prefills its node and samples steps.
+        assert all(r.q_calls > 0 and r.generated_tokens > 0 and r.prefilled_tokens > 0
+                   for r in mine)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["methods"]) == {"tot_bfs", "tot_dfs"}

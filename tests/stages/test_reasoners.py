@@ -1,0 +1,103 @@
+"""evaluate's wiring of ToT and MCTSr over a scripted runtime: each method runs through
+the decoder adapters and is charged what the runtime sampled for its problem."""
+
+import collections
+import itertools
+import types
+
+import numpy as np
+import pytest
+
+from qstar_jax.config import load_config
+from qstar_jax.policy.runtime import SampledStep
+from qstar_jax.search.process_utility import ZeroUtility
+from qstar_jax.stages.reasoners import reasoner_search, reasoner_slots
+from qstar_jax.tasks.base import Problem
+
+TOKENS = 2  # per sampled line
+
+
+class OneLineRuntime:
+    """Every sampled line is "Score: 50" (TOKENS tokens) and ends its trace; a prompt
+    costs one token per character."""
+
+    def __init__(self):
+        self._slots = itertools.count(1)
+        self.held = set()
+        self.generated = collections.Counter()
+        self.prefilled = collections.Counter()
+
+    def prefill(self, problem_indices, prefixes):
+        return self.prefill_texts(problem_indices, ["prompt"] * len(problem_indices))
+
+    def prefill_texts(self, problem_indices, texts):
+        for i, text in zip(problem_indices, texts):
+            self.prefilled[i] += len(text)
+        return self._take(len(texts))
+
+    def fork(self, parents, counts):
+        return [self._take(n) for n in counts]
+
+    def free(self, slots):
+        self.held -= set(slots)
+
+    def sample(self, slots, problem_indices, node_ids, temperatures):
+        for i in problem_indices:
+            self.generated[i] += TOKENS
+        return [SampledStep(text="Score: 50", token_ids=(0,) * TOKENS, logprob=0.0,
+                            hidden=np.zeros(1), ends_trace=True, slot=s) for s in slots]
+
+    def _take(self, n):
+        slots = [next(self._slots) for _ in range(n)]
+        self.held |= set(slots)
+        return slots
+
+
+class CountingQ:
+    def score(self, items):
+        return np.full(len(items), 0.5)
+
+
+def run(method, *overrides):
+    config = load_config(overrides=["eval.tot.k=2", "eval.tot.keep=2",
+                                    "eval.mctsr.rollouts=1", "eval.mctsr.score_samples=2",
+                                    "eval.prefix_sharing=false", *overrides])
+    problems = [Problem(id=f"p{i}", question=f"q{i}", reference=None) for i in range(3)]
+    runtime = OneLineRuntime()
+    ctx = types.SimpleNamespace(config=config)
+    search = reasoner_search(ctx, method, problems, runtime, CountingQ(), ZeroUtility())
+    results = search([0, 2], method)
+    assert not runtime.held, "every slot is freed"
+    return results, ctx
+
+
+@pytest.mark.parametrize("method", ["tot_bfs", "tot_dfs"])
+def test_tot_expands_through_the_decoder_and_q_judges_the_states(method):
+    results, _ = run(method)
+    assert [r.problem_index for r in results] == [0, 2]
+    for r in results:  # the root's 2 children both end: one expansion
+        c = r.counters
+        assert (c.expansions, c.q_calls, c.generated_tokens) == (1, 2, 2 * TOKENS)
+        assert r.completed and r.steps == ("Score: 50",)
+
+
+def test_tot_with_the_value_prompt_charges_its_verdicts_to_the_problem():
+    [result, _], _ = run("tot_bfs", "eval.tot.evaluator=value_prompt", "eval.tot.value_samples=3")
+    # 2 steps, then 3 verdicts for each of the 2 new states.
+    assert result.counters.generated_tokens == (2 + 2 * 3) * TOKENS
+    assert result.counters.q_calls == 2
+
+
+def test_mctsr_writes_critiques_refinements_and_scores_through_the_generator():
+    [result, _], _ = run("mctsr")
+    # Seed scored (2 samples), then one rollout: critique, refine, score (2 samples).
+    assert result.counters.expansions == 4
+    assert result.counters.generated_tokens == (2 + 1 + 1 + 2) * TOKENS
+    assert [t.score for t in result.trajectories] == [50, 50]
+
+
+def test_slots_per_problem_cover_what_a_problem_holds():
+    _, ctx = run("mctsr")
+    assert reasoner_slots(ctx, "mctsr") == 3  # a prompt row and 2 score samples
+    assert reasoner_slots(ctx, "tot_bfs") == 2 * 3
+    assert reasoner_slots(ctx, "tot_dfs") == 1 * 8 + 2 + 1  # decode.max_steps = 8
