@@ -1,0 +1,1 @@
+"""Training loops over the policy's own samples: ``star`` (STaR self-training)."""
