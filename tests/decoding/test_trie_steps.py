@@ -76,6 +76,48 @@ def test_first_tokens_follow_the_models_distribution(random_decoder, full_forwar
     assert np.all(np.abs(freq - probs) <= tolerance)
 
 
+def test_split_rows_draw_like_independent_samples(wide_decoder, full_forward):
+    """Groups of 4 draws that split: how many distinct first tokens a group has, and the
+    second token given the first (its frequencies, and how often two draws of one group
+    repeat it), against independent draws from the model."""
+    count, groups_per_call, calls, temperature = 4, 8, 24, 2.0  # most groups split
+    distinct, draws_by_group = [], []
+    for call in range(calls):
+        ids = list(range(1000 + call * groups_per_call, 1000 + (call + 1) * groups_per_call))
+        groups, _ = _sample(wide_decoder, [count] * groups_per_call, ids,
+                            temperature=temperature, cap=2)
+        for steps in groups:
+            distinct.append(len({s.tokens[0] for s in steps}))
+            draws_by_group.append([s.tokens for s in steps for _ in range(s.count)])
+        wide_decoder.free([s.slot for steps in groups for s in steps])
+
+    def next_token_probs(tokens):
+        _, logits = full_forward(tokens)
+        return np.asarray(jax.nn.softmax(logits[-1] / temperature), np.float64)
+
+    def within(got, expected, n):
+        return np.all(np.abs(got - expected) <= 5 * np.sqrt(expected * (1 - expected) / n) + 1e-3)
+
+    first = next_token_probs(PROMPT)
+    independent = np.random.default_rng(0).choice(len(first), size=(100_000, count),
+                                                  p=first / first.sum())
+    expected = np.bincount([len(set(row)) for row in independent], minlength=count + 1)[1:]
+    got = np.bincount(distinct, minlength=count + 1)[1:]
+    assert within(got / len(distinct), expected / expected.sum(), len(distinct))
+    assert got[1:].sum() > 0.5 * len(distinct)
+
+    top = int(np.argmax(first))
+    given_top = next_token_probs(PROMPT + [top])
+    seconds = [b for draws in draws_by_group for a, b in draws if a == top]
+    freq = np.bincount(seconds, minlength=len(given_top)) / len(seconds)
+    assert within(freq, given_top, len(seconds))
+    # Two draws of a group that share the first token draw their second independently.
+    same = [b == c for draws in draws_by_group
+            for i, (a, b) in enumerate(draws) for x, c in draws[i + 1:] if a == x == top]
+    repeat = float(np.sum(given_top ** 2))
+    assert len(same) >= 100 and within(np.mean(same), repeat, len(same))
+
+
 def test_greedy_draws_are_one_step_counted_once(random_decoder):
     (steps,), (fed,) = _sample(random_decoder, [4], [5], temperature=0.0)
     assert len(steps) == 1 and steps[0].count == 4 and fed == 5
