@@ -20,6 +20,9 @@ _NUMERAL = rf"{_SIGN}?(?:{_UNSIGNED})"
 _DECIMAL = re.compile(rf"(?P<sign>{_SIGN})?(?P<digits>{_UNSIGNED})")
 _RATIO = re.compile(rf"(?P<num>{_NUMERAL})/(?P<den>{_NUMERAL})")
 _FRAC = re.compile(rf"(?P<sign>{_SIGN})?\\frac\{{(?P<num>{_NUMERAL})\}}\{{(?P<den>{_NUMERAL})\}}")
+# "0.1\overline{6}" is 0.1666..., 1/6: digits under the bar repeat for ever.
+_REPEATING = re.compile(rf"(?P<sign>{_SIGN})?(?P<whole>\d*)\.(?P<fixed>\d*)"
+                        r"\\overline\{(?P<repeat>\d+)\}")
 # "2\frac{1}{3}" is a mixed number, 7/3; the sign applies to the whole of it.
 _MIXED = re.compile(rf"(?P<sign>{_SIGN})?(?P<whole>\d+)\\frac\{{(?P<num>\d+)\}}\{{(?P<den>\d+)\}}")
 
@@ -43,8 +46,9 @@ def parse_latex_number(text: str) -> Fraction | None:
     Accepted spellings (after ``latex_normalize.normalize_latex``, so ``\\frac12`` and
     ``\\dfrac`` are already ``\\frac{1}{2}``): ``3``, ``-0.75``, ``1,000``, ``3/4``,
     ``-1/2``, ``\\frac{3}{4}``, ``-\\frac{1}{2}``, ``\\frac{-1}{2}``, ``\\frac{1.5}{3}``,
-    mixed numbers ``2\\frac{1}{3}`` (7/3) and ``-2\\frac{1}{3}`` (-7/3). A zero
-    denominator is not a number.
+    mixed numbers ``2\\frac{1}{3}`` (7/3) and ``-2\\frac{1}{3}`` (-7/3), repeating decimals
+    ``0.\\overline{3}`` (1/3) and ``0.1\\overline{6}`` (1/6). A zero denominator is not a
+    number.
     """
     if len(text) > 3 * MAX_NUMERAL_CHARS:
         return None
@@ -55,7 +59,17 @@ def parse_latex_number(text: str) -> Fraction | None:
         match = pattern.fullmatch(text)
         if match is not None:
             return _value_of(match)
-    return None
+    repeating = _REPEATING.fullmatch(text)
+    return None if repeating is None else _repeating_value(repeating)
+
+
+def _repeating_value(match: re.Match[str]) -> Fraction:
+    """whole.fixed(repeat)(repeat)... exactly: the repeating part is repeat / (10^r - 1),
+    shifted past the fixed digits."""
+    fixed, repeat = match["fixed"], match["repeat"]
+    value = Fraction(int(match["whole"] or "0")) + Fraction(int(fixed or "0"), 10 ** len(fixed))
+    value += Fraction(int(repeat), (10 ** len(repeat) - 1) * 10 ** len(fixed))
+    return -value if match["sign"] in ("-", "\u2212") else value
 
 
 def _value_of(match: re.Match[str]) -> Fraction | None:

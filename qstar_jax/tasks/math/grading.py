@@ -11,11 +11,13 @@ graders do not happen: ``100000`` vs ``100001``, ``50`` vs ``0.5``, ``1/2`` vs `
 1. equal canonical strings;
 2. multiple-choice letters: ``(A)``, ``A`` and ``\\text{(A)}`` agree, and a letter only
    ever equals the same letter;
-3. ``x = 3`` / ``f(x) = x^2`` / ``x \\in [1,2)`` against ``3`` / ``x^2`` / ``[1,2)``; two
+3. ``x = 3`` / ``f(x) = x^2`` / ``x \\in [1,2)`` against ``3`` / ``x^2`` / ``[1,2)``, and an
+   inequality as its interval (``x \\geq 2`` is ``[2,\\infty)``, ``answer_forms``); two
    different names on the two sides do not agree;
 4. structures (``math_structures``), compared item by item with these same stages:
-   tuples and intervals keep their brackets and order; sets, bare lists and unions of
-   intervals compare as sets; matrices entry by entry with the same shape;
+   tuples and intervals keep their brackets and order; sets, bare lists (also answers
+   joined by "or") and unions of intervals compare as sets; ``a \\pm b`` is the set of
+   its two values; matrices entry by entry with the same shape;
 5. equations ``lhs = rhs`` side by side;
 6. plain numbers as exact rationals (``exact_numbers``): every spelling of ``1/2``;
 7. text answers (a word of three or more letters): only a single word matches, and
@@ -26,7 +28,6 @@ graders do not happen: ``100000`` vs ``100001``, ``50`` vs ``0.5``, ``1/2`` vs `
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import re
@@ -35,12 +36,13 @@ from fractions import Fraction
 
 from qstar_jax.tasks.math.answer_extraction import (extract_boxed, extract_final_answer,
                                                     extract_gsm8k_reference)
+from qstar_jax.tasks.math.answer_forms import inequality_interval, plus_minus_values
 from qstar_jax.tasks.math.exact_numbers import parse_latex_number
 from qstar_jax.tasks.math.latex_normalize import matching_close, normalize_latex
 from qstar_jax.tasks.math.math_structures import (AnswerStructure, StructureKind, TooManyItemsError,
                                                   parse_structure)
 from qstar_jax.tasks.math.symbolic_check import (SymbolicCheckConfig, SymbolicChecker,
-                                                 SymbolicWorkerError)
+                                                 SymbolicWorkerError, shared_checker)
 
 __all__ = ["SymbolicCheckConfig", "SymbolicChecker", "SymbolicWorkerError", "extract_boxed",
            "extract_final_answer", "extract_gsm8k_reference", "math_equal", "number_equal"]
@@ -68,8 +70,9 @@ def number_equal(pred: str, ref: str) -> bool:
 
 def math_equal(pred: str, ref: str, *, symbolic: SymbolicChecker | None = None) -> bool:
     """Whether a MATH answer ``pred`` equals the reference ``ref`` (stages in the module
-    docstring). ``symbolic`` is a warm checker to reuse across calls; without one, a
-    worker is started only if the sympy stage is reached, and stopped before returning.
+    docstring). ``symbolic`` is the sympy checker to use; without one, the process's
+    shared warm checker (``symbolic_check.shared_checker``), started the first time the
+    sympy stage is reached.
 
     Raises:
         SymbolicWorkerError: only when the sympy worker cannot start at all (a broken
@@ -80,14 +83,12 @@ def math_equal(pred: str, ref: str, *, symbolic: SymbolicChecker | None = None) 
     pred_norm, ref_norm = normalize_latex(pred), normalize_latex(ref)
     if not pred_norm or not ref_norm:
         return False
-    with contextlib.ExitStack() as stack:
-        checker = symbolic if symbolic is not None else stack.enter_context(SymbolicChecker())
-        comparison = _Comparison(checker=checker,
-                                 deadline=time.monotonic() + checker.config.budget_s)
-        try:
-            return comparison.equal(pred_norm, ref_norm)
-        except TooManyItemsError:
-            return False
+    checker = symbolic if symbolic is not None else shared_checker()
+    comparison = _Comparison(checker=checker, deadline=time.monotonic() + checker.config.budget_s)
+    try:
+        return comparison.equal(pred_norm, ref_norm)
+    except TooManyItemsError:
+        return False
 
 
 def _gsm8k_number(text: str) -> Fraction | None:
@@ -112,14 +113,14 @@ class _Comparison:
         pred_choice, ref_choice = _CHOICE.fullmatch(pred), _CHOICE.fullmatch(ref)
         if pred_choice or ref_choice:
             return bool(pred_choice and ref_choice and pred_choice[1] == ref_choice[1])
-        pred_assignment, ref_assignment = _ASSIGNMENT.fullmatch(pred), _ASSIGNMENT.fullmatch(ref)
-        if pred_assignment or ref_assignment:
-            if pred_assignment and ref_assignment and \
-                    pred_assignment["name"] != ref_assignment["name"]:
+        pred_named, ref_named = _named_value(pred), _named_value(ref)
+        if pred_named or ref_named:
+            if pred_named and ref_named and pred_named[0] != ref_named[0]:
                 return False
-            return self.equal(pred_assignment["value"] if pred_assignment else pred,
-                              ref_assignment["value"] if ref_assignment else ref)
-        pred_structure, ref_structure = parse_structure(pred), parse_structure(ref)
+            return self.equal(pred_named[1] if pred_named else pred,
+                              ref_named[1] if ref_named else ref)
+        pred_structure = _plus_minus_structure(pred) or parse_structure(pred)
+        ref_structure = _plus_minus_structure(ref) or parse_structure(ref)
         if pred_structure or ref_structure:
             return self._structures_equal(pred_structure or _as_singleton(pred),
                                           ref_structure or _as_singleton(ref))
@@ -155,6 +156,23 @@ class _Comparison:
         pred_range, ref_range = range(len(pred.items)), range(len(ref.items))
         return all(any(items_equal(i, j) for j in ref_range) for i in pred_range) and all(
             any(items_equal(i, j) for i in pred_range) for j in ref_range)
+
+
+def _named_value(text: str) -> tuple[str, str] | None:
+    """(name, value) of ``x = 3``, ``x \\in [1,2)`` or an inequality (its interval)."""
+    assignment = _ASSIGNMENT.fullmatch(text)
+    if assignment is not None:
+        return assignment["name"], assignment["value"]
+    inequality = inequality_interval(text)
+    return None if inequality is None else (inequality.name, inequality.interval)
+
+
+def _plus_minus_structure(text: str) -> AnswerStructure | None:
+    """``1 \\pm \\sqrt{2}`` as the set of its two values; None for a structure (its
+    items are compared one by one, each read on its own) or text without ``\\pm``."""
+    values = plus_minus_values(text) if parse_structure(text) is None else None
+    return None if values is None else AnswerStructure(kind=StructureKind.UNORDERED,
+                                                       items=values)
 
 
 def _as_singleton(text: str) -> AnswerStructure:

@@ -6,7 +6,8 @@ signs, units in ``\\text{}`` or after a plain number, a trailing full stop, thou
 separators, whitespace except between two digits) and spells what has several spellings
 one way (``\\dfrac`` and ``\\tfrac`` as ``\\frac``, ``\\frac12`` as ``\\frac{1}{2}``,
 ``\\sqrt2`` as ``\\sqrt{2}``, ``\\le`` as ``\\leq``, ``x^{2}`` as ``x^2``, ``3 1/2`` as
-``3\\frac{1}{2}``). It keeps bracket types: ``(1,2]`` stays a half-open interval. Inputs
+``3\\frac{1}{2}``, ``\\log_2 8`` as ``\\log_{2}8``, ``\\mathbb{R}`` as ``(-\\infty,\\infty)``,
+answers joined by "or" as a list: ``x=2 \\text{ or } x=3`` as ``x=2,x=3``). It keeps bracket types: ``(1,2]`` stays a half-open interval. Inputs
 longer than ``MAX_ANSWER_CHARS`` or nested deeper than ``MAX_NESTING`` are refused
 (None): they are not answers, and refusing them bounds the work of every later stage.
 """
@@ -21,7 +22,8 @@ MAX_NESTING = 40
 _OPENERS, _CLOSERS = "([{", ")]}"
 _UNICODE = str.maketrans({"\u2212": "-", "\u00d7": r"\times ", "\u00b7": r"\cdot ",
                           "\u03c0": r"\pi ", "\u221e": r"\infty ", "\u00b0": "",
-                          "\u20ac": "", "\u00a3": "", "\u00a5": "", "\u20b9": ""})
+                          "\u20ac": "", "\u00a3": "", "\u00a5": "", "\u20b9": "",
+                          "\u00b1": r"\pm ", "\u2264": r"\leq ", "\u2265": r"\geq "})
 # "\\" (a matrix row break) is matched first so its second backslash never starts "\(".
 _DELIMITERS = re.compile(r"(\\\\)|\\\$|\$|\\[()\[\]]")
 _SIZING = re.compile(r"\\(?:left|right)\.|\\(?:left|right|[bB]igg?[lr]?|displaystyle|textstyle)"
@@ -31,6 +33,13 @@ _RENAMES = (
     (re.compile(r"\\[dtc]frac(?![A-Za-z])"), r"\\frac"),
     (re.compile(r"\\(le|ge)(?![A-Za-z])"), r"\\\1q"),
     (re.compile(r"\\ne(?![A-Za-z])"), r"\\neq"),
+    (re.compile(r"<="), r"\\leq "),
+    (re.compile(r">="), r"\\geq "),
+    (re.compile(r"\\mathbb\s*(?:\{\s*R\s*\}|R(?![A-Za-z]))"), r"(-\\infty,\\infty)"),
+    # "\log_2 8", "\log_{2}8": the base braced, so it never runs into the argument.
+    (re.compile(r"\\log\s*_\s*(?:\{\s*([^{}]*?)\s*\}|([A-Za-z0-9]))"), r"\\log_{\1\2}"),
+    # "x=2 \text{ or } x=3" lists two answers; read as "x=2, x=3" once the text is unwrapped.
+    (re.compile(r"\\(?:text|textrm|mbox)\s*\{\s*or\s*\}"), " or "),
     (re.compile(r"\\lbrace(?![A-Za-z])"), r"\\{"),
     (re.compile(r"\\rbrace(?![A-Za-z])"), r"\\}"),
     (re.compile(r"\\varnothing(?![A-Za-z])|\\\{\s*\\\}"), r"\\emptyset"),
@@ -60,8 +69,11 @@ _PLAIN_MIXED_NUMBER = re.compile(r"([-+]?\d+) (\d+)/(\d+)")
 # Whitespace goes, except after a command before a letter ("\pi r") and between digits:
 # "18 19" is two numbers, never 1819.
 _WHITESPACE = re.compile(r"(\\[A-Za-z]+)\s+(?=[A-Za-z])|(?<=\d)(\s+)(?=\d)|\s+")
-_SINGLE_TOKEN_SCRIPT = re.compile(r"([\^_])\{([A-Za-z0-9])\}")
-_ARGUMENT_COMMANDS = re.compile(r"\\(frac|sqrt|binom)(?![A-Za-z])")
+_OR = re.compile(r"\s+or\s+")
+# A log's base keeps its braces: "\log_{2}8" must not become "\log_28".
+_SINGLE_TOKEN_SCRIPT = re.compile(r"(?<!\\log)([\^_])\{([A-Za-z0-9])\}")
+_ARGUMENT_COMMANDS = re.compile(r"\\(frac|sqrt|binom|overline)(?![A-Za-z])")
+_ONE_ARGUMENT = ("sqrt", "overline")
 
 
 def normalize_latex(text: str) -> str | None:
@@ -77,6 +89,7 @@ def normalize_latex(text: str) -> str | None:
         text = pattern.sub(replacement, text)
     text = _drop_trailing_unit(text)
     text = _unwrap_text_commands(text).strip().rstrip(".").strip()
+    text = _OR.sub(",", text)
     unit_match = _NUMBER_WITH_UNIT.fullmatch(text)
     if unit_match is not None and unit_match["first"].lower() not in _MATH_WORDS:
         text = unit_match["number"]
@@ -140,8 +153,9 @@ def _unwrap_text_commands(text: str) -> str:
 
 
 def _brace_arguments(text: str) -> str:
-    """Braces every argument of ``\\frac``, ``\\sqrt`` and ``\\binom``: ``\\frac12`` ->
-    ``\\frac{1}{2}``, ``\\sqrt\\pi`` -> ``\\sqrt{\\pi}``, ``\\sqrt[3]8`` -> ``\\sqrt[3]{8}``."""
+    """Braces every argument of ``\\frac``, ``\\sqrt``, ``\\binom`` and ``\\overline``:
+    ``\\frac12`` -> ``\\frac{1}{2}``, ``\\sqrt\\pi`` -> ``\\sqrt{\\pi}``, ``\\sqrt[3]8`` ->
+    ``\\sqrt[3]{8}``, ``0.\\overline3`` -> ``0.\\overline{3}``."""
     pieces, position = [], 0
     while (command := _ARGUMENT_COMMANDS.search(text, position)) is not None:
         pieces.append(text[position:command.end()])
@@ -152,7 +166,7 @@ def _brace_arguments(text: str) -> str:
                 break
             pieces.append("[" + _brace_arguments(text[position + 1:close]) + "]")
             position = close + 1
-        for _ in range(1 if command[1] == "sqrt" else 2):
+        for _ in range(1 if command[1] in _ONE_ARGUMENT else 2):
             argument, position = _read_argument(text, position)
             if argument is None:
                 break

@@ -4,9 +4,10 @@ sympy is the grader's last resort (``2\\sqrt2`` vs ``\\sqrt8``) and the one stag
 could hang or exhaust memory on hostile input, so it never runs in the grading process:
 ``SymbolicChecker`` keeps one warm worker (``symbolic_worker.py`` under ``python -I``,
 its own session, an address-space cap), sends it one pair at a time, and kills it when
-a reply is late; the next check starts a fresh one. Keep one checker for many grading
-calls (``math_equal(..., symbolic=checker)``) so the start-up cost (a Python start and
-a sympy import, about a second) is paid once.
+a reply is late; the next check starts a fresh one. The start-up (a Python start and a
+sympy import, about a second; a warm check takes about a millisecond) is paid once per
+process and thread: ``shared_checker`` keeps that one warm checker, which ``math_equal``
+uses unless it is handed its own.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import selectors
 import subprocess
 import sys
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -43,6 +45,23 @@ class SymbolicCheckConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"SymbolicCheckConfig.{name} must be positive, got "
                                  f"{getattr(self, name)!r}")
+
+
+# The one piece of module state: a warm worker per process and thread, so grading
+# thousands of answers does not start thousands of interpreters.
+_PER_THREAD = threading.local()
+
+
+def shared_checker() -> SymbolicChecker:
+    """This process's and thread's warm checker, made on first use. A process forked
+    from one that had a checker makes its own: the parent's worker pipes are not its to
+    use, nor its worker to stop."""
+    checker = getattr(_PER_THREAD, "checker", None)
+    if checker is None or _PER_THREAD.pid != os.getpid():
+        if checker is not None:
+            checker.disown()
+        _PER_THREAD.checker, _PER_THREAD.pid = SymbolicChecker(), os.getpid()
+    return _PER_THREAD.checker
 
 
 class SymbolicWorkerError(RuntimeError):
@@ -111,6 +130,13 @@ class SymbolicChecker:
         """Stops the worker (if any); the next check starts a new one."""
         if self._finalizer is not None:
             self._finalizer()
+        self._process = self._selector = self._finalizer = None
+
+    def disown(self) -> None:
+        """Forgets the worker without stopping it: in a forked child, the worker is the
+        parent's."""
+        if self._finalizer is not None:
+            self._finalizer.detach()
         self._process = self._selector = self._finalizer = None
 
     def _ensure_started(self) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from qstar_jax.tasks.math.grading import SymbolicChecker, math_equal
+from qstar_jax.tasks.math.symbolic_check import shared_checker
 
 PMATRIX = "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}"
 BMATRIX = "\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}"
@@ -169,6 +172,59 @@ CASES = [
     ("2 3", "23", False),
     ("2 3", "6", False),
     ("x y", "xy", True),
+    # \pm is the set of its two values; one of them, or others, is not the answer.
+    ("1 \\pm \\sqrt{2}", "1+\\sqrt2, 1-\\sqrt2", True),
+    ("x = 1 \\pm \\sqrt{2}", "\\{1-\\sqrt{2}, 1+\\sqrt{2}\\}", True),
+    ("\\frac{-1 \\pm \\sqrt{5}}{2}", "\\frac{-1+\\sqrt5}{2}, \\frac{-1-\\sqrt5}{2}", True),
+    ("\\pm 3", "3, -3", True),
+    ("\u00b13", "-3, 3", True),
+    ("1 \\pm \\sqrt{2}", "1+\\sqrt2", False),
+    ("1 \\pm \\sqrt{2}", "1+\\sqrt2, -1-\\sqrt2", False),
+    ("1 \\pm \\sqrt{2}", "1 \\pm \\sqrt{3}", False),
+    ("\\pm 3", "3", False),
+    # Logarithms with a base.
+    ("\\log_2 8", "3", True),
+    ("\\log_{2}8", "3", True),
+    ("\\log_{10} 100", "2", True),
+    ("\\log_3 9", "\\log_2 4", True),
+    ("\\log_2 8", "4", False),
+    ("\\log_3 8", "3", False),
+    ("\\log_2 9", "3", False),
+    # \mathbb{R} is the whole line.
+    ("\\mathbb{R}", "(-\\infty, \\infty)", True),
+    ("x \\in \\mathbb{R}", "(-\\infty,\\infty)", True),
+    ("\\mathbb{R}", "[0, \\infty)", False),
+    ("\\mathbb{R}", "(-\\infty, 0) \\cup (0, \\infty)", False),
+    # Answers joined by "or" are a list.
+    ("x=2 \\text{ or } x=3", "2, 3", True),
+    ("x = 2 \\quad\\text{or}\\quad x = 3", "\\{3, 2\\}", True),
+    ("2 or 3", "3, 2", True),
+    ("x=2 \\text{ or } x=3", "2, 4", False),
+    ("x=2 \\text{ or } x=3", "2", False),
+    ("x=2 \\text{ or } y=3", "x=2, x=3", False),
+    # Repeating decimals, exactly.
+    ("0.\\overline{3}", "\\frac13", True),
+    ("0.1\\overline{6}", "\\frac{1}{6}", True),
+    ("0.\\overline{12}", "\\frac{4}{33}", True),
+    ("-1.\\overline{3}", "-\\frac{4}{3}", True),
+    ("0.\\overline{9}", "1", True),
+    ("0.\\overline{3}", "0.333", False),
+    ("0.\\overline{3}", "0.3", False),
+    ("0.\\overline{12}", "\\frac{12}{100}", False),
+    # A one-sided inequality is its interval; the end is closed only for \leq / \geq.
+    ("x \\geq 2", "[2, \\infty)", True),
+    ("x > 2", "(2, \\infty)", True),
+    ("x \\le -\\frac12", "(-\\infty, -\\frac{1}{2}]", True),
+    ("2 \\leq x", "[2,\\infty)", True),
+    ("1 < x \\leq 3", "(1, 3]", True),
+    ("x \\geq 2", "x \\in [2, \\infty)", True),
+    ("x \u2265 2", "[2,\\infty)", True),
+    ("x > 2", "[2, \\infty)", False),
+    ("x \\geq 2", "(2, \\infty)", False),
+    ("x \\geq 2", "(-\\infty, 2]", False),
+    ("x \\geq 2", "[3, \\infty)", False),
+    ("x \\geq 2", "y \\geq 2", False),
+    ("1 < x \\leq 3", "[1, 3]", False),
 ]
 
 
@@ -194,6 +250,20 @@ def test_math_equal_is_symmetric(pred, ref, verdict, checker):
     assert math_equal(ref, pred, symbolic=checker) is verdict
 
 
-def test_without_a_checker_one_is_started_and_stopped_per_call():
+def test_without_a_checker_the_process_reuses_one_warm_worker():
     assert math_equal("2\\sqrt2", "\\sqrt8")
+    worker = shared_checker().worker_pid
+    assert worker is not None
     assert not math_equal("2\\sqrt2", "\\sqrt6")
+    assert math_equal("\\log_2 8", "3")
+    assert shared_checker().worker_pid == worker
+
+
+def test_a_thread_gets_its_own_shared_worker():
+    math_equal("2\\sqrt2", "\\sqrt8")
+    pids = []
+    thread = threading.Thread(target=lambda: (math_equal("2\\sqrt2", "\\sqrt8"),
+                                              pids.append(shared_checker().worker_pid)))
+    thread.start()
+    thread.join()
+    assert pids[0] is not None and pids[0] != shared_checker().worker_pid

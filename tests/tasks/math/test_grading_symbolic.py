@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import sympy
 
-from qstar_jax.tasks import symbolic_check
+from qstar_jax.tasks.math import symbolic_check
 from qstar_jax.tasks.math.grading import (SymbolicCheckConfig, SymbolicChecker, SymbolicWorkerError,
                                           math_equal)
 from qstar_jax.tasks.math.symbolic_worker import LatexParseError, LatexToSympy, answers_equal
@@ -138,7 +138,8 @@ def test_a_forgotten_checker_takes_its_worker_with_it():
 
 def test_a_worker_that_cannot_start_is_a_clear_error_and_exact_stages_need_none(monkeypatch):
     monkeypatch.setattr(symbolic_check, "_WORKER_SCRIPT", Path("/nonexistent/worker.py"))
-    with pytest.raises(SymbolicWorkerError, match="exited with code"):
-        math_equal("2\\sqrt2", "\\sqrt8")
+    with SymbolicChecker() as fresh_checker, \
+            pytest.raises(SymbolicWorkerError, match="exited with code"):
+        math_equal("2\\sqrt2", "\\sqrt8", symbolic=fresh_checker)
     assert math_equal("\\frac{1}{2}", "0.5")
     assert not math_equal("(1,2)", "[1,2]")
