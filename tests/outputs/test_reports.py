@@ -107,3 +107,12 @@ def test_best_of_n_pass_at_n_is_a_separate_ceiling_row(tmp_path):
            "| 66.7 (" in table
     # Methods that log no any_correct get no such entry.
     assert "pass_at_n" not in summarize([result("qstar", "a", True)], ["qstar"])["methods"]["qstar"]
+
+
+def test_mctsr_pass_at_k_is_a_separate_ceiling_row_named_for_its_nodes(tmp_path):
+    rows = [dataclasses.replace(result("mctsr", p, c), any_correct=a)
+            for p, c, a in (("a", False, True), ("b", False, False))]
+    summary = write_reports(tmp_path, rows, ["mctsr"])
+    assert summary["methods"]["mctsr"]["accuracy"] == 0
+    assert "| mctsr pass@k: any node right (a ceiling read with the grader, not an answer) " \
+           "| 50.0 (" in (tmp_path / "summary.md").read_text()
