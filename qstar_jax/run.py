@@ -8,6 +8,7 @@ killed run resumes it. With no arguments: the default Countdown experiment.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import sys
 import time
@@ -15,6 +16,8 @@ from pathlib import Path
 
 from qstar_jax.config import ConfigError, Utility, load_config, to_yaml
 from qstar_jax.models.loading import PACKAGED_MODELS
+from qstar_jax.parallel import (barrier, check_slots, initialize_distributed, is_writer,
+                                make_mesh)
 from qstar_jax.stages.reuse import reuse_trained_outputs
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.evaluate import evaluate
@@ -67,7 +70,11 @@ def main(argv=None) -> int:
     try:
         config = load_config(args.config, args.overrides)
         preflight(config)
-    except ConfigError as error:
+        # Before anything touches a device; the mesh is checked before weights load.
+        initialize_distributed(**dataclasses.asdict(config.distributed))
+        mesh = make_mesh(config.mesh.data, config.mesh.model)
+        check_slots(mesh, config.decode.slots)
+    except ValueError as error:  # ConfigError, MeshError, bad distributed settings
         print(f"config error: {error}", file=sys.stderr)
         return 2
     out = Path(args.out or config.out_dir)
@@ -77,7 +84,7 @@ def main(argv=None) -> int:
         print(f"config error: {out} holds a run with a different config ({resolved}); "
               "choose another --out or delete the folder", file=sys.stderr)
         return 2
-    if args.reuse:
+    if args.reuse and is_writer():
         try:
             linked = reuse_trained_outputs(Path(args.reuse), out, config)
         except ConfigError as error:
@@ -85,14 +92,21 @@ def main(argv=None) -> int:
             return 2
         print(f"[qstar] reusing {', '.join(linked) or 'nothing new'} from {args.reuse}",
               flush=True)
-    resolved.write_text(to_yaml(config))
-    ctx = RunContext(config=config, out=out)
+    # Every process of a multi-process run computes everything, in step; process 0 alone
+    # writes the output folder, which the others read (it must be shared storage).
+    if is_writer():
+        resolved.write_text(to_yaml(config))
+    ctx = RunContext(config=config, out=out, mesh=mesh)
     for stage in config.stages:
+        # What process 0 wrote before is on disk for all, so each process decides alike
+        # whether the stage is done.
+        barrier(f"before {stage}")
         start = time.perf_counter()
         print(f"[qstar] stage {stage} ...", flush=True)
         STAGE_FUNCTIONS[stage](ctx)
         print(f"[qstar] stage {stage} done in {time.perf_counter() - start:.1f}s", flush=True)
-    if "evaluate" in config.stages:
+    barrier("end")
+    if "evaluate" in config.stages and is_writer():
         print((out / "summary.md").read_text())
     return 0
 

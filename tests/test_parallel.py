@@ -1,4 +1,5 @@
-"""The mesh, the sharding rules, and the decoder on 4 CPU devices against one device."""
+"""The mesh and its sharding rules; decoding and training on 4 CPU devices, and
+decoding over two processes, each against one device."""
 
 import json
 import os
@@ -113,3 +114,11 @@ def test_sharded_q_training_and_checkpoints(tmp_path):
     for mesh in ("4x1", "2x2"):
         assert report[mesh]["q"] < 1e-6 and report[mesh]["policy"] < 1e-5, mesh
     assert report["round_trip"] == {"equal": True, "shardings_as_target": True}
+
+
+def test_decoding_over_two_processes_matches_one_device():
+    """2 processes x 2 CPU devices (jax.distributed, gloo collectives on localhost)."""
+    port = str(free_port())
+    outputs = finish([start_child("tests.support.sharded_decoding", port, str(process),
+                                  devices=2) for process in (0, 1)])
+    assert_same_as_one_device(json.loads(outputs[0].splitlines()[-1]), {"4x1", "2x2"})

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterable
 
 from qstar_jax.outputs.results_log import ProblemResult
+from qstar_jax.parallel import is_writer
 
 Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
 # Methods whose any-right ceiling gets its own row in the table, and what it counts.
@@ -181,8 +182,11 @@ def plot_accuracy_vs_tokens(summary: dict, path: Path) -> None:
 def write_reports(out_dir: Path, results: list[ProblemResult], methods: Iterable[str], *,
                   best_of_n_samples: int | None = None, matched: int | None = None) -> dict:
     """summary.json, summary.md (with the budget-match note when ``best_of_n_samples``,
-    eval.samples, is given; ``matched``: best_of_n_matched's N) and the plot."""
+    eval.samples, is given; ``matched``: best_of_n_matched's N) and the plot; process 0
+    alone writes them in a multi-process run."""
     summary = summarize(results, methods)
+    if not is_writer():
+        return summary
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     note = (budget_match_note(summary, results, best_of_n_samples, out_dir, matched)
             if best_of_n_samples else "")

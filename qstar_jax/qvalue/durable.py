@@ -3,6 +3,9 @@
 A JSONL record counts only once its closing newline is on disk, so a kill during a write
 leaves at most a torn tail after the last newline. Readers skip that tail; appenders cut
 it off before writing, so the next record never lands glued to half a line.
+
+In a multi-process run only process 0 writes (``qstar_jax.parallel.is_writer``); the
+others, computing the same records in step, write nowhere and read process 0's files.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import logging
 import os
 from pathlib import Path
 from typing import IO, Any, Callable, Sequence
+
+from qstar_jax.parallel import is_writer
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +55,8 @@ def read_jsonl(path: str | os.PathLike) -> tuple[list[Any], int]:
 
 def open_for_append(path: str | os.PathLike) -> IO[str]:
     """Open a JSONL file for appending after cutting off any torn tail."""
+    if not is_writer():
+        return open(os.devnull, "a", encoding="utf-8")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _, complete = read_jsonl(path)
@@ -73,6 +80,8 @@ def append_records(file: IO[str], records: Sequence[Any]) -> None:
 
 def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
     """Write a whole file so that readers see either the old file or the complete new one."""
+    if not is_writer():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -17,6 +17,7 @@ import numpy as np
 from qstar_jax.config import REASONER_METHODS, Scorer, Utility
 from qstar_jax.outputs.reports import matched_samples, summarize, write_reports
 from qstar_jax.outputs.results_log import ProblemResult, ResultsLog
+from qstar_jax.parallel import barrier
 from qstar_jax.policy.expander import DecoderExpander
 from qstar_jax.qvalue.durable import write_atomically
 from qstar_jax.qvalue.prm import ShepherdPRM
@@ -145,6 +146,7 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
             results = search_batch(batch, f"{method} {start + len(batch)}/{len(pending)}")
             share = (time.perf_counter() - began) / len(batch)
             log.append(_graded(ctx, method, problems, results, share))
+            barrier("results appended")  # so every process reads the log alike
             if cfg.eval.dump_trees:
                 _dump_trees(ctx, method, problems, results)
 
