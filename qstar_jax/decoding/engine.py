@@ -27,6 +27,8 @@ from qstar_jax.decoding.kv_cache import SlotPool, cache_shardings, fork_slots, i
 from qstar_jax.decoding.input_checks import (check_step_inputs, check_token_lists,
                                              check_trie_groups, checked_eos_ids,
                                              checked_newline_table, checked_slots)
+from qstar_jax.decoding.paged_cache import (PageTable, Paging, copy_pages, fork_slot_state,
+                                            init_paged_cache)
 from qstar_jax.decoding.prefill import MIN_PREFILL_BUCKET, prefill
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_sampler import sample_step
@@ -76,6 +78,8 @@ class Decoder:
     mesh: a (data, model) ``jax.sharding.Mesh`` to spread the weights and the slot pool
     over (``qstar_jax.parallel``), laid out by ``rules``; outputs come back replicated,
     so every process of a multi-host run reads them. None: one device.
+    paging: hold K/V in pages that forks share (``paged_cache``) instead of one max_len
+    row per slot; one device only, and the trie sampler does not run on it yet.
     """
 
     def __init__(self, model: LlamaModel, *, num_slots: int, max_len: int,
@@ -84,7 +88,7 @@ class Decoder:
                  min_prefill_bucket: int = MIN_PREFILL_BUCKET,
                  min_step_bucket: int = MIN_STEP_BUCKET,
                  per_layer_weights: bool | None = None, mesh: jax.sharding.Mesh | None = None,
-                 rules: ShardingRules = ShardingRules()):
+                 rules: ShardingRules = ShardingRules(), paging: Paging | None = None):
         self.config = model.config
         vocab = self.config.vocab_size
         newline_table = checked_newline_table(newline_table, vocab)
@@ -100,6 +104,17 @@ class Decoder:
             cache_dtype = model.embed_tokens.embedding[...].dtype
         make_cache = functools.partial(init_cache, self.config, slots=num_slots,
                                        max_len=max_len, dtype=cache_dtype)
+        self.pages = None
+        if paging is not None:
+            if mesh is not None:
+                raise ValueError("a paged cache runs on one device for now: build the "
+                                 "decoder without a mesh or without paging")
+            make_cache = functools.partial(
+                init_paged_cache, self.config, slots=num_slots, pages=paging.num_pages,
+                page_size=paging.page_size, max_len=max_len, dtype=cache_dtype,
+                attention=paging.attention)
+            self.pages = PageTable(num_slots=num_slots, num_pages=paging.num_pages,
+                                   page_size=paging.page_size, max_len=max_len)
         self.mesh = mesh
         shardings = {}  # jit keyword arguments per function: none on one device
         if mesh is None:
@@ -115,7 +130,7 @@ class Decoder:
             shardings = {"prefill": cache_sharding, "fork": cache_sharding,
                          "sample_step": (cache_sharding, replicated(mesh)),
                          "sample_trie": (cache_sharding, replicated(mesh))}
-        self.pool = SlotPool(num_slots)
+        self.pool = SlotPool(num_slots) if self.pages is None else self.pages.slots
         self._lengths = np.zeros(num_slots, np.int64)  # host mirror of cache.lengths
         self._newline_table = jnp.asarray(newline_table)
         self._eos_ids = jnp.asarray(eos_ids)
@@ -150,7 +165,7 @@ class Decoder:
 
     def free(self, slots: Sequence[int]) -> None:
         slots = self._checked_slots(slots, "slots")
-        self.pool.free(slots)
+        (self.pool if self.pages is None else self.pages).free(slots)
         self._lengths[slots] = 0
 
     def prefill(self, slots: Sequence[int], token_lists: Sequence[Sequence[int]]) -> None:
@@ -163,9 +178,11 @@ class Decoder:
         length = min(bucket_size(int(num_tokens.max()), minimum=self.min_prefill_bucket),
                      self.max_len)
         packed = pad_token_batch(token_lists, batch=batch, length=length)
+        self._own_pages(slots, np.zeros_like(num_tokens), num_tokens)
         self.cache = self._prefill(self._weights, self.cache, packed.tokens, packed.lengths,
                                    self._pad(slots, batch, self.num_slots))
         self._lengths[slots] = num_tokens
+        self._trim_pages(slots)
 
     def fork(self, parents: Sequence[int], children: Sequence[int]) -> None:
         """Make each allocated ``children[i]`` continue exactly from ``parents[i]`` (parents
@@ -176,8 +193,14 @@ class Decoder:
             raise ValueError(f"fork got {len(parents)} parents for {len(children)} children; "
                              "give one parent per child")
         batch = bucket_size(len(children), minimum=self.min_batch_bucket)
-        self.cache = self._fork(self.cache, jnp.asarray(self._pad(parents, batch, 0)),
-                                jnp.asarray(self._pad(children, batch, self.num_slots)))
+        fork = self._fork
+        if self.pages is not None:  # children share their parents' pages: nothing to copy
+            self.pages.fork(parents, children)
+            self.cache = dataclasses.replace(self.cache,
+                                             page_table=jnp.asarray(self.pages.table))
+            fork = fork_slot_state
+        self.cache = fork(self.cache, jnp.asarray(self._pad(parents, batch, 0)),
+                          jnp.asarray(self._pad(children, batch, self.num_slots)))
         self._lengths[children] = self._lengths[parents]
 
     def sample_steps(self, slots: Sequence[int], *, problem_keys: jax.Array,
@@ -202,6 +225,8 @@ class Decoder:
         # One gather with unsigned indices (no negative-index fix-up ops), padding rows
         # repeating row 0: each eager op compiles once per distinct row count.
         padded_keys = problem_keys[self._pad(np.arange(rows), batch, 0).astype(np.uint32)]
+        self._own_pages(slots, self._lengths[slots],
+                        np.minimum(self._lengths[slots] + caps, self.max_len))
         self.cache, out = self._sample_step(
             self._weights, self.cache, self._pad(slots, batch, self.num_slots), padded_keys,
             self._pad(node_ids, batch, 0), padded_params, self._pad(caps, batch, 0),
@@ -209,6 +234,7 @@ class Decoder:
         out = jax.device_get(out)
         width = int(caps.max())
         self._lengths[slots] += out.num_tokens[:rows]
+        self._trim_pages(slots)
         return StepBatch(slots=slots, tokens=out.tokens[:rows, :width],
                          logprobs=out.logprobs[:rows, :width], num_tokens=out.num_tokens[:rows],
                          end_reason=out.end_reason[:rows], hidden=out.hidden[:rows])
@@ -227,6 +253,9 @@ class Decoder:
         SamplingParams [G]. Returns (the slot of each row [R], TrieOutput of R = G +
         len(spares) rows on the host, whose ``group`` is -1 for an unused spare).
         """
+        if self.pages is not None:
+            raise ValueError("the trie sampler does not run on a paged cache yet; build the "
+                             "decoder without paging, or sample with sample_steps")
         slots = self._checked_slots(slots, "slots", filled=True)
         groups = len(slots)
         counts, spares = np.asarray(counts), np.asarray(spares, np.int64).reshape(-1)
@@ -249,6 +278,27 @@ class Decoder:
         self._lengths[row_slots[live]] = (self._lengths[row_slots[out.group[live]]]
                                           + out.num_tokens[live])
         return row_slots, out
+
+    def _own_pages(self, slots: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
+        """Paged cache: give the slots pages of their own for positions [start, end) before
+        a write, copying shared ones that hold earlier tokens (raises PagePoolExhausted
+        before any change)."""
+        if self.pages is None:
+            return
+        sources, targets = self.pages.reserve(slots, starts, ends)
+        if len(sources):
+            copies = bucket_size(len(sources))
+            self.cache = copy_pages(self.cache, jnp.asarray(self._pad(sources, copies, 0)),
+                                    jnp.asarray(self._pad(targets, copies,
+                                                          self.pages.num_pages)))
+        self.cache = dataclasses.replace(self.cache, page_table=jnp.asarray(self.pages.table))
+
+    def _trim_pages(self, slots: np.ndarray) -> None:
+        """Paged cache: free the pages reserved past what the slots now hold. The device's
+        page table keeps the stale entries until the next write uploads it, and nothing
+        reads them before."""
+        if self.pages is not None:
+            self.pages.trim(slots, self._lengths[slots])
 
     def _checked_slots(self, slots, what: str, **kwargs) -> np.ndarray:
         return checked_slots(slots, what, pool=self.pool, lengths=self._lengths, **kwargs)

@@ -46,6 +46,11 @@ class KVCache:
     def max_len(self) -> int:
         return self.k.shape[3]
 
+    def model_rows(self, slots: jax.Array) -> jax.Array:
+        """What the model's forward call takes to address the rows of ``slots`` [B]: the
+        slots themselves (a PagedKVCache gives their page tables)."""
+        return slots
+
 
 def init_cache(cfg: ModelConfig, *, slots: int, max_len: int, dtype=jnp.float32) -> KVCache:
     """An empty pool. k/v are stored in ``dtype``; last_hidden is float32, which holds a

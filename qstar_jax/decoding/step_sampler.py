@@ -20,8 +20,10 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from qstar_jax.decoding.kv_cache import KVCache
+from qstar_jax.decoding.paged_cache import PagedKVCache
 from qstar_jax.decoding.sampling import SamplingParams, sample
 from qstar_jax.decoding.weights import DecoderWeights
+from qstar_jax.models.cache_pages import PagedRows
 
 
 class EndReason(enum.IntEnum):
@@ -54,20 +56,23 @@ class StepRows:
     """What stays fixed while a step is sampled."""
 
     node_keys: jax.Array      # [B] typed PRNG keys: fold_in(problem key, node id)
-    model_slots: jax.Array    # [B] int32 slots clipped into the pool (a padding row reads slot
-                              # S - 1 and writes nothing: it is done from the start)
+    model_rows: jax.Array | PagedRows  # the rows' slots clipped into the pool (a padding
+                              # row reads slot S - 1 and writes nothing: it is done from
+                              # the start), or their page tables for a paged cache
     params: SamplingParams    # [B] per-row settings
     caps: jax.Array           # [B] int32 token caps
     newline_table: jax.Array  # [V] bool, True for tokens containing a newline
     eos_ids: jax.Array        # [n] int32
+    max_len: int = struct.field(pytree_node=False)  # M, the most tokens a slot holds
 
 
 @struct.dataclass
 class StepLoopState:
     """The while-loop's carry."""
 
-    k: jax.Array           # [L, S, K, M, D] the pool's keys, donated through the loop
-    v: jax.Array           # [L, S, K, M, D] its values
+    k: jax.Array           # [L, S, K, M, D] the pool's keys (or [L, P, K, page, D] pages),
+                           # donated through the loop
+    v: jax.Array           # its values, likewise
     done: jax.Array        # [B] bool, the row's step has ended
     positions: jax.Array   # [B] int32, where the row's next token is written
     num_tokens: jax.Array  # [B] int32 tokens sampled so far
@@ -89,10 +94,12 @@ def end_reason_after(tokens: jax.Array, positions: jax.Array, num_tokens: jax.Ar
     ).astype(jnp.int32)
 
 
-def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights, cache: KVCache,
+def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights,
+                cache: KVCache | PagedKVCache,
                 slots: jax.Array, problem_keys: jax.Array, node_ids: jax.Array,
                 params: SamplingParams, caps: jax.Array, newline_table: jax.Array,
-                eos_ids: jax.Array, max_tokens: int) -> tuple[KVCache, StepOutput]:
+                eos_ids: jax.Array,
+                max_tokens: int) -> tuple[KVCache | PagedKVCache, StepOutput]:
     """Sample one step for each row.
 
     slots: [B] int32 (``S`` marks a padding row); problem_keys: [B] typed PRNG keys;
@@ -100,7 +107,8 @@ def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights, cache: KVCache,
     ``fold_in(fold_in(problem_keys[b], node_ids[b]), p)``, so it does not depend on the
     other rows. params: per-row SamplingParams [B]; caps: [B] int32 per-row token caps
     <= max_tokens; newline_table: [V] bool, True for tokens containing a newline;
-    eos_ids: [n] int32; max_tokens: C, static. Pure: jit it with the cache donated.
+    eos_ids: [n] int32; max_tokens: C, static. Pure: jit it with the cache donated. On a
+    PagedKVCache every row must own its pages up to its cap (``PageTable.reserve``).
     """
     model = nnx.merge(graphdef, weights.model)
     num_slots, max_len = cache.num_slots, cache.max_len
@@ -110,8 +118,8 @@ def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights, cache: KVCache,
     start_positions = jnp.where(is_padding, max_len, cache.lengths[model_slots])
     full_at_start = start_positions >= max_len
     rows = StepRows(node_keys=jax.vmap(jax.random.fold_in)(problem_keys, node_ids),
-                    model_slots=model_slots, params=params, caps=caps,
-                    newline_table=newline_table, eos_ids=eos_ids)
+                    model_rows=cache.model_rows(model_slots), params=params, caps=caps,
+                    newline_table=newline_table, eos_ids=eos_ids, max_len=max_len)
     initial = StepLoopState(
         k=cache.k, v=cache.v, done=is_padding | full_at_start | (caps <= 0),
         positions=start_positions, num_tokens=jnp.zeros((batch,), jnp.int32),
@@ -122,9 +130,10 @@ def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights, cache: KVCache,
     final = jax.lax.while_loop(lambda state: ~jnp.all(state.done),
                                functools.partial(_feed_one_token, model, weights.layers, rows),
                                initial)
-    cache = KVCache(k=final.k, v=final.v,
-                    lengths=cache.lengths.at[slots].set(final.positions, mode="drop"),
-                    last_hidden=cache.last_hidden.at[slots].set(final.hidden, mode="drop"))
+    cache = dataclasses.replace(
+        cache, k=final.k, v=final.v,
+        lengths=cache.lengths.at[slots].set(final.positions, mode="drop"),
+        last_hidden=cache.last_hidden.at[slots].set(final.hidden, mode="drop"))
     return cache, StepOutput(tokens=final.tokens, logprobs=final.logprobs,
                              num_tokens=final.num_tokens, end_reason=final.end_reason,
                              hidden=final.hidden)
@@ -132,12 +141,12 @@ def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights, cache: KVCache,
 
 def _feed_one_token(model, layers, rows: StepRows, state: StepLoopState) -> StepLoopState:
     """One round: every unfinished row samples a token and feeds it to the model."""
-    max_len, max_tokens = state.k.shape[3], state.tokens.shape[1]
+    max_len, max_tokens = rows.max_len, state.tokens.shape[1]
     done, positions, num = state.done, state.positions, state.num_tokens
     keys = jax.vmap(jax.random.fold_in)(rows.node_keys, positions)
     tokens, logprobs = sample(model.logits(state.hidden), keys, rows.params)
     feed_positions = jnp.where(done, max_len, positions)
-    hidden, k, v = model(tokens[:, None], feed_positions[:, None], rows.model_slots,
+    hidden, k, v = model(tokens[:, None], feed_positions[:, None], rows.model_rows,
                          state.k, state.v, layers=layers)
     write_at = jnp.where(done, max_tokens, num)  # out of range: dropped
     positions = jnp.where(done, positions, positions + 1)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from qstar_jax.models.cache_pages import PagedRows
 from qstar_jax.models.config import ModelConfig
 
 
@@ -61,7 +62,8 @@ class Attention(nnx.Module):
         self.window = cfg.uniform_sliding_window
 
     def __call__(self, x, positions, slots, cache_k, cache_v, layer, inv_freq):
-        """x: [B, T, E]; cache_k/v: [L, S, K, M, D]; layer: this layer's index.
+        """x: [B, T, E]; cache_k/v: [L, S, K, M, D]; layer: this layer's index. For a
+        paged cache, ``slots`` is the rows' PagedRows and cache_k/v are [L, P, K, S, D].
 
         Returns (out, cache_k, cache_v). The cache travels whole so XLA updates it in place.
         With ``cache_k is None`` the rows attend only to their own T tokens (training).
@@ -75,6 +77,14 @@ class Attention(nnx.Module):
         if cache_k is None:
             keys, values = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, D]
             key_pos = positions  # [B, T]
+        elif isinstance(slots, PagedRows):
+            cache_k = slots.write(cache_k, layer, k, positions)
+            cache_v = slots.write(cache_v, layer, v, positions)
+            if t == 1 and slots.uses_kernel():
+                out = slots.attend_one_token(q, cache_k, cache_v, layer, positions, self.window)
+                return self.o_proj(out.reshape(b, t, -1)), cache_k, cache_v
+            keys, values = slots.gather(cache_k, layer), slots.gather(cache_v, layer)
+            key_pos = jnp.arange(keys.shape[2])[None, :]  # [1, N * S]
         else:
             row_slots = jnp.broadcast_to(slots[:, None], positions.shape)
             # Advanced indices [B, T] around a slice put the result dims first: [B, T, K, D].

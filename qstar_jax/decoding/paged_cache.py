@@ -1,0 +1,231 @@
+"""A paged KV cache whose forks share pages: a tree's cache costs its distinct tokens.
+
+Shapes: L layers, P pages, K kv heads, S page size, D head_dim, E hidden size, N pages
+per slot (N * S = max_len), n copies.
+
+The device holds the pages and, per slot, its length and last hidden state
+(``PagedKVCache``); the host holds each slot's page table and every page's reference
+count (``PageTable``). A slot's table lists exactly the pages that hold its tokens,
+``cdiv(length, S)`` of them. A fork copies the parent's table and bumps the counts;
+nothing moves on the device. Before a write, ``PageTable.reserve`` gives every page the
+write touches to the writer alone: a page shared with another slot is replaced by a new
+one, copied first when it holds tokens the writer keeps (the last, partly filled page of
+a fork), so a write never changes a sibling's tokens. When the pool cannot supply the
+pages, ``PagePoolExhausted`` is raised before anything changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import heapq
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qstar_jax.decoding.kv_cache import SlotPool
+from qstar_jax.models.cache_pages import PagedRows
+from qstar_jax.models.config import ModelConfig
+
+
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["k", "v", "page_table", "lengths", "last_hidden"],
+                   meta_fields=["attention"])
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PagedKVCache:
+    """k, v: [L, P, K, S, D]; page_table: [slots, N] int32, the device copy of
+    ``PageTable.table``; lengths: [slots] int32; last_hidden: [slots, E] float32.
+    attention: the decode step's attention ("auto", "pallas" or "jnp"; PagedRows)."""
+
+    k: jax.Array
+    v: jax.Array
+    page_table: jax.Array
+    lengths: jax.Array
+    last_hidden: jax.Array
+    attention: str = "auto"
+
+    @property
+    def num_slots(self) -> int:
+        return self.lengths.shape[0]
+
+    @property
+    def max_len(self) -> int:
+        return self.page_table.shape[1] * self.k.shape[3]
+
+    def model_rows(self, slots: jax.Array) -> PagedRows:
+        """What the model's forward call takes to address the rows of ``slots`` [B]."""
+        return PagedRows(page_table=self.page_table[slots], attention=self.attention)
+
+
+def init_paged_cache(cfg: ModelConfig, *, slots: int, pages: int, page_size: int,
+                     max_len: int, dtype=jnp.float32, attention: str = "auto") -> PagedKVCache:
+    """An empty cache of ``pages`` pages for ``slots`` slots of up to ``max_len`` tokens
+    (a multiple of ``page_size``)."""
+    if min(slots, pages, page_size, max_len) < 1 or max_len % page_size:
+        raise ValueError(f"a paged cache needs slots, pages, page_size >= 1 and a max_len "
+                         f"that is a multiple of page_size, got {slots=} {pages=} "
+                         f"{page_size=} {max_len=}")
+    shape = (cfg.num_layers, pages, cfg.num_kv_heads, page_size, cfg.head_dim)
+    return PagedKVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+                        page_table=jnp.full((slots, max_len // page_size), pages, jnp.int32),
+                        lengths=jnp.zeros((slots,), jnp.int32),
+                        last_hidden=jnp.zeros((slots, cfg.hidden_size), jnp.float32),
+                        attention=attention)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def copy_pages(cache: PagedKVCache, sources: jax.Array, targets: jax.Array) -> PagedKVCache:
+    """Copy page ``sources[i]`` to ``targets[i]`` in every layer; [n] int32, a target of P
+    is padding. All sources are read before any target is written."""
+    def copy(pages):
+        return pages.at[:, targets].set(jnp.take(pages, sources, axis=1, mode="clip"),
+                                        mode="drop")
+    return dataclasses.replace(cache, k=copy(cache.k), v=copy(cache.v))
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def fork_slot_state(cache: PagedKVCache, parents: jax.Array,
+                    children: jax.Array) -> PagedKVCache:
+    """The per-slot half of a fork: each child takes its parent's length and last hidden
+    state. [n] int32; a child equal to the slot count is padding."""
+    return dataclasses.replace(
+        cache, lengths=cache.lengths.at[children].set(cache.lengths[parents], mode="drop"),
+        last_hidden=cache.last_hidden.at[children].set(cache.last_hidden[parents],
+                                                       mode="drop"))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Paging:
+    """A decoder's paged cache: ``num_pages`` pages of ``page_size`` tokens; ``attention``
+    picks the decode step's attention ("auto": the Pallas kernel on GPU/TPU, jnp on CPU;
+    "pallas" or "jnp" to force one)."""
+
+    page_size: int = 16
+    num_pages: int
+    attention: str = "auto"
+
+
+class PagePoolExhausted(RuntimeError):
+    """A write needs more free pages than the pool has."""
+
+
+class PageTable:
+    """Host bookkeeping of a paged cache: slots, their page tables, page reference counts.
+
+    ``table``: [slots, N] int32, the page ids of each slot's tokens in order; entries past a
+    slot's pages hold P (no page: a write there is dropped, a read is never made).
+    """
+
+    def __init__(self, *, num_slots: int, num_pages: int, page_size: int, max_len: int):
+        if max_len % page_size:
+            raise ValueError(f"max_len {max_len} must be a multiple of the page size "
+                             f"{page_size}")
+        self.num_pages, self.page_size = num_pages, page_size
+        self.slots = SlotPool(num_slots)
+        self.table = np.full((num_slots, max_len // page_size), num_pages, np.int32)
+        self.pages_held = np.zeros(num_slots, np.int64)  # live entries of each table row
+        self.refcounts = np.zeros(num_pages, np.int64)
+        self._free_pages = list(range(num_pages))  # a heap; sorted is a valid heap
+
+    @property
+    def num_free_pages(self) -> int:
+        return len(self._free_pages)
+
+    def allocate(self, n: int) -> list[int]:
+        return self.slots.allocate(n)
+
+    def free(self, slots: Sequence[int]) -> None:
+        """Drop the slots' pages and hand the slots back."""
+        self.slots.free(slots)
+        for slot in slots:
+            self._release(slot, keep=0)
+
+    def fork(self, parents: Sequence[int], children: Sequence[int]) -> None:
+        """Each child (allocated; its old pages are dropped) shares its parent's pages."""
+        unallocated = [s for s in (*parents, *children) if not self.slots.is_allocated(s)]
+        if unallocated:
+            raise ValueError(f"cannot fork: slots {unallocated} are not allocated")
+        rows = [self.table[p, :self.pages_held[p]].copy() for p in parents]
+        for child, row in zip(children, rows, strict=True):
+            self._release(child, keep=0)
+            self.table[child, :len(row)] = row
+            self.pages_held[child] = len(row)
+            self.refcounts[row] += 1
+
+    def trim(self, slots: Sequence[int], lengths: Sequence[int]) -> None:
+        """Drop the pages past each slot's length (reserved for a write that stopped short)."""
+        for slot, length in zip(slots, lengths, strict=True):
+            self._release(slot, keep=-(-int(length) // self.page_size))
+
+    def reserve(self, slots: Sequence[int], starts: Sequence[int],
+                ends: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Give each slot pages of its own for positions [start, end), which it may then
+        write. Returns (sources, targets) [n]: the pages to copy on the device before the
+        write (``copy_pages``); after it, ``trim`` to the lengths written. Raises PagePoolExhausted, changing nothing, when the pool is short."""
+        if len(set(slots)) != len(slots):
+            raise ValueError(f"cannot reserve for slots {list(slots)}: a slot is listed twice")
+        plan = [self._pages_to_replace(s, int(a), int(b)) for s, a, b in
+                zip(slots, starts, ends, strict=True)]
+        needed = sum(len(entries) for entries, _ in plan)
+        if needed > len(self._free_pages):
+            raise PagePoolExhausted(
+                f"this write needs {needed} new pages of {self.page_size} tokens but only "
+                f"{len(self._free_pages)} of {self.num_pages} are free; free finished "
+                "slots, run fewer rows at once, or build the cache with more pages")
+        sources, targets = [], []
+        for slot, (entries, copy_first) in zip(slots, plan):
+            for entry in entries:
+                page = heapq.heappop(self._free_pages)
+                self.refcounts[page] = 1
+                if entry < self.pages_held[slot]:
+                    old = self.table[slot, entry]
+                    if entry == copy_first:
+                        sources.append(old)
+                        targets.append(page)
+                    self._drop_page(old)
+                self.table[slot, entry] = page
+            if entries:
+                self.pages_held[slot] = max(self.pages_held[slot], entries[-1] + 1)
+        return np.asarray(sources, np.int32), np.asarray(targets, np.int32)
+
+    def check_counts(self) -> None:
+        """Raise AssertionError unless every page's count is the number of table entries
+        that hold it and the free pages are exactly those counted zero (for tests)."""
+        held = np.zeros(self.num_pages, np.int64)
+        for slot in range(len(self.table)):
+            np.add.at(held, self.table[slot, :self.pages_held[slot]], 1)
+        assert np.array_equal(held, self.refcounts), "page counts disagree with the tables"
+        assert sorted(self._free_pages) == np.flatnonzero(self.refcounts == 0).tolist(), \
+            "the free list disagrees with the counts"
+
+    def _pages_to_replace(self, slot: int, start: int, end: int) -> tuple[list[int], int]:
+        """(table entries that need a new page, the entry whose old page must be copied
+        into its new one, or -1) for a write of positions [start, end)."""
+        if not self.slots.is_allocated(slot):
+            raise ValueError(f"cannot write to slot {slot}: it is not allocated")
+        limit = self.table.shape[1] * self.page_size
+        if not 0 <= start <= end <= limit:
+            raise ValueError(f"cannot write positions [{start}, {end}) of slot {slot}: a slot "
+                             f"holds at most {limit} tokens")
+        held = int(self.pages_held[slot])
+        if start > held * self.page_size:
+            raise ValueError(f"a write from position {start} would leave a gap in slot "
+                             f"{slot}, whose pages end at {held * self.page_size}")
+        entries = [e for e in range(start // self.page_size, -(-end // self.page_size))
+                   if e >= held or self.refcounts[self.table[slot, e]] > 1]
+        first = start // self.page_size
+        keeps_tokens = start % self.page_size and first < held
+        return entries, first if keeps_tokens and first in entries else -1
+
+    def _release(self, slot: int, *, keep: int) -> None:
+        for page in self.table[slot, keep:self.pages_held[slot]]:
+            self._drop_page(page)
+        self.table[slot, keep:] = self.num_pages
+        self.pages_held[slot] = min(self.pages_held[slot], keep)
+
+    def _drop_page(self, page: int) -> None:
+        self.refcounts[page] -= 1
+        if self.refcounts[page] == 0:
+            heapq.heappush(self._free_pages, int(page))

@@ -1,0 +1,224 @@
+"""The paged cache: forks share pages, writes copy on write, counts never leak, and a
+forked slot decodes exactly as a freshly prefilled one (and as the slot pool does)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from qstar_jax.decoding.engine import Decoder
+from qstar_jax.decoding.kv_cache import init_cache
+from qstar_jax.decoding.paged_cache import (PagePoolExhausted, PageTable, Paging, copy_pages,
+                                            fork_slot_state, init_paged_cache)
+from qstar_jax.decoding.sampling import SamplingParams
+from qstar_jax.models.cache_pages import PagedRows
+
+PAGE_SIZE, MAX_LEN = 4, 32
+
+
+class PagedModel:
+    """The random tiny model over a paged cache, fed through its forward call as the
+    samplers feed it: reserve, copy on write, write, trim."""
+
+    def __init__(self, model, *, slots=6, pages=40, attention="jnp"):
+        self.model, self.attention = model, attention
+        self.cache = init_paged_cache(model.config, slots=slots, pages=pages,
+                                      page_size=PAGE_SIZE, max_len=MAX_LEN, attention=attention)
+        self.table = PageTable(num_slots=slots, num_pages=pages, page_size=PAGE_SIZE,
+                               max_len=MAX_LEN)
+        self.lengths = np.zeros(slots, np.int64)
+
+    def reserve(self, slots, ends):
+        """Give the slots pages of their own up to ``ends``, copying on write."""
+        sources, targets = self.table.reserve(slots, self.lengths[slots], ends)
+        if len(sources):
+            self.cache = copy_pages(self.cache, jnp.asarray(sources), jnp.asarray(targets))
+        self.cache = dataclasses.replace(self.cache, page_table=jnp.asarray(self.table.table))
+
+    def feed(self, slots, token_lists):
+        """Append each token list to its slot; returns hidden [B, T, E]."""
+        starts = self.lengths[slots]
+        ends = starts + [len(t) for t in token_lists]
+        self.reserve(slots, ends)
+        width = max(len(t) for t in token_lists)
+        tokens = np.zeros((len(slots), width), np.int32)
+        positions = np.full((len(slots), width), MAX_LEN, np.int32)
+        for row, (t, start) in enumerate(zip(token_lists, starts)):
+            tokens[row, :len(t)] = t
+            positions[row, :len(t)] = start + np.arange(len(t))
+        rows = PagedRows(page_table=jnp.asarray(self.table.table[slots]),
+                         attention=self.attention)
+        hidden, k, v = self.model(jnp.asarray(tokens), jnp.asarray(positions), rows,
+                                  self.cache.k, self.cache.v)
+        self.cache = dataclasses.replace(self.cache, k=k, v=v)
+        self.lengths[slots] = ends
+        self.table.trim(slots, ends)
+        return np.asarray(hidden)
+
+    def fork(self, parents, children):
+        self.table.fork(parents, children)
+        self.cache = fork_slot_state(self.cache, jnp.asarray(parents, jnp.int32),
+                                     jnp.asarray(children, jnp.int32))
+        self.lengths[children] = self.lengths[parents]
+
+    def tokens_of(self, slot):
+        """The slot's keys in position order [L, K, length, D], as stored."""
+        pages = self.table.table[slot, :self.table.pages_held[slot]]
+        keys = np.asarray(self.cache.k)[:, pages]  # [L, n, K, S, D]
+        keys = keys.transpose(0, 2, 1, 3, 4).reshape(keys.shape[0], keys.shape[2], -1,
+                                                     keys.shape[4])
+        return keys[:, :, :self.lengths[slot]]
+
+
+PREFIX = [3, 14, 15, 9, 26, 5, 35, 8, 9, 7]  # 10 tokens: the third page is partly filled
+
+
+def test_forked_slot_decodes_exactly_as_a_fresh_prefill_and_as_the_slot_pool_does(random_model):
+    paged = PagedModel(random_model)
+    parent, child, fresh = paged.table.allocate(3)
+    paged.feed([parent], [PREFIX])
+    paged.fork([parent], [child])
+    assert paged.table.refcounts[paged.table.table[parent, :3]].tolist() == [2, 2, 2]
+    # One row per call, as the fresh slot is fed: XLA may round a batch of two otherwise.
+    paged.feed([parent], [[11]])
+    forked = paged.feed([child], [[12]])[0, 0]
+    assert paged.table.table[child, 2] != paged.table.table[parent, 2]  # copied on write
+    assert paged.table.table[child, 0] == paged.table.table[parent, 0]  # full pages shared
+    paged.feed([fresh], [PREFIX])
+    fresh_hidden = paged.feed([fresh], [[12]])[0, 0]
+    np.testing.assert_array_equal(forked, fresh_hidden)
+
+    cache = init_cache(random_model.config, slots=2, max_len=MAX_LEN)
+    slots = jnp.asarray([0], jnp.int32)
+    _, k, v = random_model(jnp.asarray([PREFIX]), jnp.arange(10)[None], slots, cache.k, cache.v)
+    slot_hidden, _, _ = random_model(jnp.asarray([[12]]), jnp.asarray([[10]]), slots, k, v)
+    # XLA fuses the two layouts' programs differently: equal to float32 rounding.
+    np.testing.assert_allclose(np.asarray(slot_hidden)[0, 0], fresh_hidden, rtol=1e-5, atol=1e-6)
+
+
+def test_a_paged_decoder_samples_exactly_what_the_slot_pool_decoder_samples(random_model):
+    steps, decoders = [], []
+    for paging in (None, Paging(page_size=PAGE_SIZE, num_pages=24)):
+        decoder = Decoder(random_model, num_slots=4, max_len=MAX_LEN,
+                          newline_table=np.zeros(64, bool), eos_ids=[], min_batch_bucket=4,
+                          paging=paging)
+        parent, first, second = decoder.allocate(3)
+        decoder.prefill([parent], [PREFIX])
+        decoder.fork([parent, parent], [first, second])
+        rows = [parent, first, second]
+        steps.append(decoder.sample_steps(rows, problem_keys=_keys(3), node_ids=[0, 1, 2],
+                                          params=SamplingParams.make(3, temperature=1.0),
+                                          max_tokens=5))
+        decoder.free([second])
+        decoder.fork([first], [parent])  # a slot with pages of its own takes a sibling's
+        steps.append(decoder.sample_steps([parent, first], problem_keys=_keys(2),
+                                          node_ids=[3, 4],
+                                          params=SamplingParams.make(2, temperature=1.0),
+                                          max_tokens=7))
+        decoders.append(decoder)
+    for slot_step, paged_step in zip(steps[:2], steps[2:]):
+        assert slot_step.tokens[0].tolist() != slot_step.tokens[1].tolist()
+        for name in ("slots", "tokens", "num_tokens", "end_reason"):
+            np.testing.assert_array_equal(getattr(paged_step, name), getattr(slot_step, name))
+        for name in ("logprobs", "hidden"):  # to float32 rounding, as above
+            np.testing.assert_allclose(getattr(paged_step, name), getattr(slot_step, name),
+                                       rtol=1e-5, atol=1e-6)
+    paged = decoders[1]
+    paged.pages.check_counts()
+    # Two slots of 22 tokens share pages 0-2 (the prefix) and own 3 each.
+    assert paged.pages.num_free_pages == 24 - (3 + 2 * 3)
+    paged.free([s for s in range(4) if paged.pool.is_allocated(s)])
+    assert paged.pages.num_free_pages == 24 and not paged.pages.refcounts.any()
+
+
+def test_a_paged_decoder_that_runs_out_of_pages_says_so_before_it_writes(random_model):
+    decoder = Decoder(random_model, num_slots=4, max_len=MAX_LEN,
+                      newline_table=np.zeros(64, bool), eos_ids=[], min_batch_bucket=4,
+                      paging=Paging(page_size=PAGE_SIZE, num_pages=4))
+    parent, child = decoder.allocate(2)
+    decoder.prefill([parent], [PREFIX])
+    decoder.fork([parent], [child])
+    with pytest.raises(PagePoolExhausted, match="needs 4 new pages .* only 1 of 4"):
+        decoder.sample_steps([parent, child], problem_keys=_keys(2), node_ids=[0, 1],
+                             params=SamplingParams.make(2), max_tokens=5)
+    assert decoder.lengths([parent, child]).tolist() == [10, 10]
+    decoder.pages.check_counts()
+
+
+def _keys(n):
+    return jax.random.split(jax.random.key(11), n)
+
+
+def test_copy_on_write_never_changes_a_siblings_tokens(random_model):
+    paged = PagedModel(random_model)
+    parent, first, second = paged.table.allocate(3)
+    paged.feed([parent], [PREFIX])
+    paged.fork([parent, parent], [first, second])
+    before = paged.tokens_of(parent)
+    paged.feed([first], [[1, 2, 3, 4, 5]])
+    paged.feed([second], [[6]])
+    paged.feed([parent], [[7, 8]])
+    np.testing.assert_array_equal(paged.tokens_of(parent)[:, :, :10], before)
+    np.testing.assert_array_equal(paged.tokens_of(first)[:, :, :10], before)
+    np.testing.assert_array_equal(paged.tokens_of(second)[:, :, :10], before)
+    paged.table.check_counts()
+
+
+def test_decode_through_the_pallas_kernel_matches_the_jnp_path(random_model):
+    hidden = {}
+    for attention in ("jnp", "pallas"):  # "pallas" interprets the GPU kernel on CPU
+        paged = PagedModel(random_model, attention=attention)
+        parent, child = paged.table.allocate(2)
+        paged.feed([parent], [PREFIX])
+        paged.fork([parent], [child])
+        hidden[attention] = paged.feed([parent, child], [[11], [12]])
+    np.testing.assert_allclose(hidden["pallas"], hidden["jnp"], atol=1e-5)
+
+
+def test_counts_return_to_zero_over_1000_random_fork_and_free_sequences():
+    rng = np.random.default_rng(0)
+    table = PageTable(num_slots=12, num_pages=48, page_size=PAGE_SIZE, max_len=MAX_LEN)
+    lengths = np.zeros(12, np.int64)
+    for _ in range(1000):
+        held = [s for s in range(12) if table.slots.is_allocated(s)]
+        op = rng.integers(4)
+        if op == 0 and table.slots.num_free:
+            slot = table.allocate(1)[0]
+            lengths[slot] = 0
+        elif op == 1 and held and table.slots.num_free:
+            parent, child = int(rng.choice(held)), table.allocate(1)[0]
+            table.fork([parent], [child])
+            lengths[child] = lengths[parent]
+        elif op == 2 and held:
+            slot = int(rng.choice(held))
+            end = min(MAX_LEN, lengths[slot] + int(rng.integers(1, 9)))
+            try:
+                table.reserve([slot], [lengths[slot]], [end])
+            except PagePoolExhausted:
+                continue
+            lengths[slot] = int(rng.integers(lengths[slot], end + 1))  # a step may stop short
+            table.trim([slot], [lengths[slot]])
+        elif op == 3 and held:
+            table.free([int(rng.choice(held))])
+        table.check_counts()
+    table.free([s for s in range(12) if table.slots.is_allocated(s)])
+    assert not table.refcounts.any() and table.num_free_pages == 48
+
+
+def test_pool_exhaustion_is_raised_before_anything_changes():
+    table = PageTable(num_slots=3, num_pages=5, page_size=PAGE_SIZE, max_len=MAX_LEN)
+    a, b = table.allocate(2)
+    table.reserve([a], [0], [10])  # 3 pages
+    table.fork([a], [b])
+    snapshot = (table.table.copy(), table.refcounts.copy(), table.num_free_pages)
+    with pytest.raises(PagePoolExhausted, match="needs 4 new pages .* only 2 of 5 are free"):
+        table.reserve([a, b], [10, 10], [13, 16])  # two copies of page 2, a page more each
+    assert np.array_equal(table.table, snapshot[0])
+    assert np.array_equal(table.refcounts, snapshot[1])
+    assert table.num_free_pages == snapshot[2]
+    with pytest.raises(ValueError, match="at most 32 tokens"):
+        table.reserve([a], [10], [33])
+    with pytest.raises(ValueError, match="leave a gap"):
+        table.reserve([a], [20], [21])
