@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from qstar_jax.config import ConfigError, Utility, load_config, to_yaml
+from qstar_jax.memory_plan import check_memory
 from qstar_jax.models.loading import PACKAGED_MODELS
 from qstar_jax.parallel import (barrier, check_slots, initialize_distributed, is_writer,
                                 make_mesh)
@@ -74,6 +75,7 @@ def main(argv=None) -> int:
         initialize_distributed(**dataclasses.asdict(config.distributed))
         mesh = make_mesh(config.mesh.data, config.mesh.model)
         check_slots(mesh, config.decode.slots)
+        check_memory(config)  # the weights and the cache fit, or say what does
     except ValueError as error:  # ConfigError, MeshError, bad distributed settings
         print(f"config error: {error}", file=sys.stderr)
         return 2
