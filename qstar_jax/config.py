@@ -63,7 +63,9 @@ METHODS = ("greedy", "self_consistency", "best_of_n", "beam", "qstar", "best_of_
 # The other reasoners on the same engine, run only when eval.methods lists them: Tree of
 # Thoughts (breadth and depth first over steps) and MCTS self-refine (whole answers).
 REASONER_METHODS = ("tot_bfs", "tot_dfs", "mctsr")
-STAGES = ("train_policy", "collect", "label", "train_q", "evaluate")
+STAGES = ("train_policy", "collect", "label", "train_q", "train_prm", "evaluate")
+# train_prm (a learned PRM for search.utility=prm) runs only when stages lists it.
+DEFAULT_STAGES = tuple(stage for stage in STAGES if stage != "train_prm")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -136,6 +138,22 @@ class LabelConfig:
     gamma: float = 0.25
     rounds: int = 3  # fitted Q-iteration
     stronger_model: Optional[str] = None  # completion by a stronger LLM
+
+
+class PRMLabels(str, enum.Enum):
+    """Math-Shepherd's estimate of a step from M completions sampled after it."""
+
+    hard = "hard"  # good when any completion reaches the right answer
+    soft = "soft"  # the share of completions that do
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PRMTrainingConfig:
+    """Stage train_prm: a head on the policy's hidden states, trained with BCE (and
+    q_train's optimiser settings) on per-step labels from label.rollouts_per_state
+    completions per step, written to <out>/prm for search.utility=prm."""
+
+    labels: PRMLabels = PRMLabels.hard
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -241,7 +259,7 @@ class DistributedConfig:
 class RunConfig:
     seed: int = 0
     out_dir: str = "runs/default"
-    stages: tuple[str, ...] = STAGES
+    stages: tuple[str, ...] = DEFAULT_STAGES
     policy: PolicyConfig = dataclasses.field(default_factory=PolicyConfig)
     policy_training: PolicyTrainingConfig = dataclasses.field(default_factory=PolicyTrainingConfig)
     task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
@@ -249,6 +267,7 @@ class RunConfig:
     collect: CollectConfig = dataclasses.field(default_factory=CollectConfig)
     label: LabelConfig = dataclasses.field(default_factory=LabelConfig)
     q_train: QTrainConfig = dataclasses.field(default_factory=QTrainConfig)
+    prm_training: PRMTrainingConfig = dataclasses.field(default_factory=PRMTrainingConfig)
     search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
@@ -322,8 +341,10 @@ def check_config(config: RunConfig) -> None:
     require(s.max_generated_tokens >= d.step_token_cap, "search.max_generated_tokens",
             f"{s.max_generated_tokens} cannot finish one step of up to "
             f"decode.step_token_cap={d.step_token_cap} tokens")
-    require(s.utility != Utility.prm or s.prm_model is not None, "search.prm_model",
-            "utility=prm needs a PRM checkpoint")
+    require(s.utility != Utility.prm or s.prm_model is not None
+            or "train_prm" in config.stages, "search.prm_model",
+            "utility=prm needs a PRM: a Math-Shepherd checkpoint, a PRM directory written by "
+            "train_prm, or train_prm in stages (to train one in this run)")
     require(s.utility != Utility.countdown_rule or config.task.name == "countdown",
             "search.utility", "countdown_rule scores Countdown steps; for "
             f"task.name={config.task.name} choose zero, prm or code_rule")

@@ -22,12 +22,13 @@ from qstar_jax.parallel import (barrier, check_slots, initialize_distributed, is
 from qstar_jax.stages.reuse import reuse_trained_outputs
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.evaluate import evaluate
+from qstar_jax.stages.prm import prm_kind, train_prm
 from qstar_jax.stages.rollouts import collect, label
 from qstar_jax.stages.train_policy import train_policy
 from qstar_jax.stages.train_q import train_q
 
 STAGE_FUNCTIONS = {"train_policy": train_policy, "collect": collect, "label": label,
-                   "train_q": train_q, "evaluate": evaluate}
+                   "train_q": train_q, "train_prm": train_prm, "evaluate": evaluate}
 
 
 def parse_args(argv):
@@ -58,6 +59,8 @@ def preflight(config) -> None:
         if source is not None and source not in PACKAGED_MODELS and not Path(source).exists():
             raise ConfigError(f"{key}: checkpoint {source} does not exist; give an HF "
                               f"directory, a .gguf file or one of {sorted(PACKAGED_MODELS)}")
+    if named["search.prm_model"] is not None:
+        prm_kind(named["search.prm_model"])  # neither a learned PRM nor a checkpoint: error
     data_files = config.task.options.get("data_files") or {}
     files = data_files.values() if isinstance(data_files, dict) else [data_files]
     for file in files:

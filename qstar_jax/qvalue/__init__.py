@@ -9,5 +9,7 @@
 - ``train`` and ``checkpoint``: optax training and orbax checkpoints.
 - ``features``: the policy's hidden state at a step's last token, Q̂'s training input.
 - ``scorers``: search's ``QValueFunction`` over a trained Q̂ (policy hidden or separate
-  backbone); ``prm``: the Math-Shepherd process reward model.
+  backbone), and its ``ProcessRewardModel`` over a learned PRM head; ``prm``: the
+  Math-Shepherd process reward model; ``labels_shepherd``: Math-Shepherd's per-step
+  labels (hard or soft) that the learned PRM trains on.
 """

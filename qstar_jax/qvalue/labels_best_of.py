@@ -3,6 +3,7 @@
 y(s, a) = R(s') when a ends the trace, else the best discounted return
 γ^k · R(s' ⊕ c) over rollouts c (k steps long) from s' = s ⊕ a. Rollouts are either M
 independent samples from s', or the rollouts of an M-simulation UCT search from s'.
+The M samples' rewards can be recorded for the PRM's per-step labels (``labels_shepherd``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from tqdm.auto import tqdm
 
 from qstar_jax.qvalue.dataset import LabelledStep, StepPair, labelled
 from qstar_jax.qvalue.label_journal import LabelJournal, starting_labels
+from qstar_jax.qvalue.labels_shepherd import OutcomeJournal
 from qstar_jax.qvalue.rollouts import RewardFn, RolloutSampler, memoized, sample_checked
 from qstar_jax.qvalue.uct import UCTConfig, uct_best_returns
 
@@ -42,9 +44,11 @@ class BestOfRolloutsConfig:
 def best_of_rollouts_labels(pairs: Sequence[StepPair], sampler: RolloutSampler,
                             reward_fn: RewardFn, config: BestOfRolloutsConfig, *,
                             progress: bool = True,
-                            journal: LabelJournal | None = None) -> list[LabelledStep]:
+                            journal: LabelJournal | None = None,
+                            outcomes: OutcomeJournal | None = None) -> list[LabelledStep]:
     """One label per pair, in order. With a ``journal``, labels it recorded are reused and
-    each finished batch is recorded."""
+    each finished batch is recorded; with ``outcomes`` (method "sample"), each batch's
+    completion rewards are recorded first."""
     reward_fn = memoized(reward_fn)
     labels = starting_labels(pairs, journal)
     open_pairs = [i for i, y in enumerate(labels) if y is None]
@@ -60,8 +64,12 @@ def best_of_rollouts_labels(pairs: Sequence[StepPair], sampler: RolloutSampler,
         else:
             continuations = sample_checked(sampler, roots, config.rollouts, config.temperature,
                                            config.max_steps)
-            best = [max(config.discount ** len(c) * reward_fn(problem, (*state, *c))
-                        for c in row) for (problem, state), row in zip(roots, continuations)]
+            rewards = [[reward_fn(problem, (*state, *c)) for c in row]
+                       for (problem, state), row in zip(roots, continuations)]
+            if outcomes is not None:
+                outcomes.record([pairs[i] for i in batch], rewards)
+            best = [max(config.discount ** len(c) * r for c, r in zip(row, row_rewards))
+                    for row, row_rewards in zip(continuations, rewards)]
         for i, y in zip(batch, best):
             labels[i] = float(y)
         if journal is not None:

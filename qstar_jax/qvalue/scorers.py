@@ -1,5 +1,6 @@
 """search's ``QValueFunction`` over a trained Q̂: on the policy's hidden states, or on a
-separate backbone reading the text of (question ⊕ steps ⊕ candidate step)."""
+separate backbone reading the text of (question ⊕ steps ⊕ candidate step); and its
+``ProcessRewardModel`` over a learned PRM head on the policy's hidden states."""
 
 from __future__ import annotations
 
@@ -27,6 +28,21 @@ class PolicyHiddenQ:
         if not items:
             return np.zeros(0, np.float32)
         return self.model.score_hidden(np.stack([item.hidden for item in items]))
+
+
+class PolicyHiddenPRM:
+    """search's ``ProcessRewardModel`` over a head reading the policy's hidden states (the
+    learned PRM): a step's P(good) from the hidden state the decoder computed at its last
+    token, so scoring costs no forward pass of the policy."""
+
+    def __init__(self, model: QHeadModel):
+        self._head = PolicyHiddenQ(model)
+
+    def score_steps(self, items: Sequence[QItem]) -> np.ndarray:
+        if any(item.hidden is None for item in items):
+            raise ValueError("the learned PRM reads the policy's hidden state of each step, "
+                             "but an item has none; use an expander that returns them")
+        return self._head.score(items)
 
 
 class SeparateBackboneQ:

@@ -51,6 +51,11 @@ class RunContext:
         return self.out / "labels.jsonl"
 
     @property
+    def step_outcomes_path(self) -> Path:
+        """Rewards of the completions sampled after each labelled step (the PRM's labels)."""
+        return self.out / "step_outcomes.jsonl"
+
+    @property
     def q_dir(self) -> Path:
         return (self.out / "q_checkpoint").absolute()
 

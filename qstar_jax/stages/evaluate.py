@@ -20,7 +20,6 @@ from qstar_jax.outputs.results_log import ProblemResult, ResultsLog
 from qstar_jax.parallel import barrier
 from qstar_jax.policy.expander import DecoderExpander
 from qstar_jax.qvalue.durable import write_atomically
-from qstar_jax.qvalue.prm import ShepherdPRM
 from qstar_jax.search.astar import AStarConfig, AStarPlanner, Budget
 from qstar_jax.search.beam import BeamConfig, BeamPlanner
 from qstar_jax.search.chains import (ChainConfig, ChainPlanner, greedy_planner,
@@ -30,6 +29,7 @@ from qstar_jax.search.interface import QValueFunction
 from qstar_jax.search.planner import Planner, SearchResult
 from qstar_jax.search.process_utility import PRMUtility, RuleUtility, ZeroUtility
 from qstar_jax.stages.context import RunContext
+from qstar_jax.stages.prm import load_prm
 from qstar_jax.stages.reasoners import BatchSearch, reasoner_search, reasoner_slots
 from qstar_jax.stages.train_q import load_q_function
 from qstar_jax.tasks.base import join_steps, state_text
@@ -52,25 +52,7 @@ def process_utility(ctx: RunContext, problems):
             state_text(ctx.task.code_prefix(problems[i]), steps)) else -0.5)
     if kind == Utility.countdown_rule:
         return RuleUtility(rule=lambda i, steps: ctx.task.step_reward(problems[i], steps))
-    return PRMUtility(prm=shepherd_prm(ctx, problems))
-
-
-def shepherd_prm(ctx: RunContext, problems) -> ShepherdPRM:
-    s = ctx.config.search
-    loaded = ctx.load(s.prm_model)
-    encode = loaded.tokenizer.encode
-
-    def token_id(text: str) -> int:
-        ids = encode(text)
-        if len(ids) != 1:
-            raise ValueError(f"search.prm_good_token/prm_bad_token {text!r} is {len(ids)} tokens "
-                             f"for the PRM's tokenizer; give a single-token label")
-        return ids[0]
-
-    return ShepherdPRM(loaded.model, encode=encode,
-                       question=lambda i: problems[i].question, step_tag=s.prm_step_tag,
-                       good_token_id=token_id(s.prm_good_token),
-                       bad_token_id=token_id(s.prm_bad_token))
+    return PRMUtility(prm=load_prm(ctx, problems))
 
 
 def slots_per_problem(ctx: RunContext, method: str, samples: int | None = None) -> int:

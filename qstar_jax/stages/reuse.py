@@ -20,7 +20,8 @@ from qstar_jax.config import ConfigError, RunConfig, load_config
 EVALUATION_ONLY = ("out_dir", "stages", "search", "eval", "task.eval_split",
                    "task.eval_problems", "decode.slots")
 TRAINED_OUTPUTS = ("policy", "rollouts.jsonl", "labels.jsonl", "labels.jsonl.features.npz",
-                   "q_checkpoint", "q_training.json")
+                   "q_checkpoint", "q_training.json", "step_outcomes.jsonl", "prm",
+                   "prm_training.json")
 NOTE = "reused_from.txt"
 
 

@@ -9,6 +9,7 @@ from qstar_jax.qvalue.dataset import save_labelled, step_pairs
 from qstar_jax.qvalue.features import last_token_hidden
 from qstar_jax.qvalue.label_journal import LabelJournal
 from qstar_jax.qvalue.labels_best_of import BestOfRolloutsConfig, best_of_rollouts_labels
+from qstar_jax.qvalue.labels_shepherd import OutcomeJournal
 from qstar_jax.qvalue.labels_completion import stronger_completion_labels
 from qstar_jax.qvalue.rollouts import collect_rollouts, read_rollouts
 from qstar_jax.stages.context import RunContext
@@ -57,13 +58,15 @@ def label(ctx: RunContext) -> None:
     features = last_token_hidden(ctx.policy.model, ctx.policy.tokenizer, texts)
     reward = _reward_fn(ctx, problems)
     journal = LabelJournal(ctx.out / "labels.partial.jsonl")
+    # The completions' rewards, kept for the PRM's per-step labels (stage train_prm).
+    outcomes = OutcomeJournal(ctx.step_outcomes_path)
     method = cfg.label.method
     if method == LabelMethod.best_of_rollouts:
         sampler = DecoderRolloutSampler(ctx.runtime(problems), max_steps=cfg.decode.max_steps)
         steps = best_of_rollouts_labels(pairs, sampler, reward, BestOfRolloutsConfig(
             rollouts=cfg.label.rollouts_per_state, temperature=cfg.collect.temperature,
             discount=cfg.label.gamma, max_steps=cfg.decode.max_steps,
-            batch_pairs=_pairs_per_call(cfg)), journal=journal)
+            batch_pairs=_pairs_per_call(cfg)), journal=journal, outcomes=outcomes)
     elif method == LabelMethod.stronger_model:
         strong = ctx.runtime(problems, model=cfg.label.stronger_model)
         steps = stronger_completion_labels(
@@ -74,3 +77,4 @@ def label(ctx: RunContext) -> None:
         steps = fitted_q_labels(ctx, pairs, features)
     save_labelled(ctx.labels_path, steps, features=features)
     journal.remove()
+    outcomes.close()

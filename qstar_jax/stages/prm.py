@@ -1,0 +1,147 @@
+"""Stage train_prm: a learned process reward model, Math-Shepherd style; and the PRM that
+``search.utility=prm`` scores steps with.
+
+The learned PRM is a head on the policy's hidden states at a step's last token, trained
+with BCE on per-step labels from M completions per step (``labels_shepherd``). Search
+scores a step from the hidden state the decoder computed while sampling it, so a PRM
+call costs no forward pass. ``search.prm_model`` names either such a directory (it holds
+``prm.json``) or a Math-Shepherd checkpoint (an HF directory, a .gguf file, an alias),
+scored by ``ShepherdPRM``; unset with train_prm in the stages, it is this run's own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+from flax import nnx
+
+from qstar_jax.config import ConfigError
+from qstar_jax.models.loading import PACKAGED_MODELS
+from qstar_jax.parallel import is_writer
+from qstar_jax.policy.rollouts import DecoderRolloutSampler
+from qstar_jax.qvalue.checkpoint import BackboneIdentity, QCheckpointer, load_q_head
+from qstar_jax.qvalue.dataset import load_labelled, step_pairs
+from qstar_jax.qvalue.head import QHead, QHeadConfig, QHeadModel
+from qstar_jax.qvalue.labels_shepherd import (OutcomeJournal, missing_outcomes,
+                                              sample_outcomes, shepherd_labels)
+from qstar_jax.qvalue.prm import ShepherdPRM
+from qstar_jax.qvalue.rollouts import read_rollouts
+from qstar_jax.qvalue.scorers import PolicyHiddenPRM
+from qstar_jax.qvalue.train import train_q_model
+from qstar_jax.search.interface import ProcessRewardModel
+from qstar_jax.stages.context import RunContext
+from qstar_jax.stages.rollouts import _pairs_per_call, _reward_fn, _train_problems
+from qstar_jax.stages.train_q import _write_summary, train_config
+
+PRM_DIR = "prm"  # in the run folder: the learned PRM
+LEARNED_PRM_MARKER = "prm.json"  # what tells a learned PRM's directory apart
+OUTCOMES_FILE = "step_outcomes.jsonl"  # completion rewards per (s, a), from the label stage
+SUMMARY_FILE = "prm_training.json"
+
+
+def train_prm(ctx: RunContext) -> None:
+    """Label every (s, a) of the rollouts by its completions (those the label stage
+    recorded, the rest sampled now), train the head, write ``<out>/prm``."""
+    done = ctx.out / SUMMARY_FILE
+    if done.exists():
+        return
+    cfg = ctx.config
+    steps, features = load_labelled(ctx.labels_path)
+    pairs = step_pairs(read_rollouts(ctx.rollouts_path))
+    if features is None or [p.key for p in pairs] != [
+            (s.problem_index, s.prefix_steps, s.step_text) for s in steps]:
+        raise ValueError(f"{ctx.labels_path} and its features do not belong to the rollouts "
+                         f"in {ctx.rollouts_path}; rerun the label stage")
+    journal = OutcomeJournal(ctx.out / OUTCOMES_FILE)
+    missing = missing_outcomes(pairs, journal)
+    if missing:  # another label method, UCT rollouts, or a label stage killed mid-batch
+        problems = _train_problems(ctx)
+        sampler = DecoderRolloutSampler(ctx.runtime(problems), max_steps=cfg.decode.max_steps)
+        sample_outcomes(missing, sampler, _reward_fn(ctx, problems), journal,
+                        completions=cfg.label.rollouts_per_state,
+                        temperature=cfg.collect.temperature, max_steps=cfg.decode.max_steps,
+                        batch_pairs=_pairs_per_call(cfg))
+        journal.close()
+    estimation = cfg.prm_training.labels.value
+    labels = np.array([s.label for s in shepherd_labels(pairs, journal.known(), estimation)],
+                      np.float32)
+    directory = ctx.out / PRM_DIR
+    # Hidden states alone, so that search scores a step with what the decoder computed.
+    width = ctx.policy.config.hidden_size
+    head = QHead(QHeadConfig(hidden_size=width, mlp_widths=(width,) * cfg.q_train.hidden_layers,
+                             output="sigmoid"), rngs=nnx.Rngs(cfg.seed))
+    settings = dataclasses.replace(train_config(ctx, len(labels)), loss="bce")
+    result = train_learned_prm(head, features, labels, settings, directory,
+                               BackboneIdentity.of_policy(ctx.policy.config), mesh=ctx.mesh)
+    if is_writer():
+        (directory / LEARNED_PRM_MARKER).write_text(json.dumps(
+            {"kind": "head on the policy's hidden states", "labels": estimation,
+             "completions_per_step": cfg.label.rollouts_per_state}) + "\n")
+    _write_summary(done, result, labels)
+
+
+def train_learned_prm(head: QHead, features: np.ndarray, labels: np.ndarray, settings,
+                      directory: Path, identity: BackboneIdentity, *, mesh=None):
+    """Fit ``head`` (output sigmoid) to the labels with BCE, checkpointed with orbax in
+    ``directory / "checkpoint"`` (a killed stage resumes); returns the TrainResult."""
+    with QCheckpointer(directory / "checkpoint", identity=identity,
+                       head_config=head.head_config) as checkpointer:
+        return train_q_model(head, features, labels, settings, checkpointer=checkpointer,
+                             mesh=mesh)
+
+
+def load_learned_prm(directory: str | Path, *, policy_config) -> PolicyHiddenPRM:
+    """The PRM train_prm wrote to ``directory``, for the policy with ``policy_config``."""
+    head = load_q_head(Path(directory) / "checkpoint", policy_config=policy_config)
+    return PolicyHiddenPRM(QHeadModel(head))
+
+
+def prm_kind(source: str) -> str:
+    """"learned" for a directory train_prm wrote, "shepherd" for a Math-Shepherd
+    checkpoint; anything else is a ConfigError naming both."""
+    path = Path(source)
+    if (path / LEARNED_PRM_MARKER).is_file():
+        return "learned"
+    if (source in PACKAGED_MODELS or (path / "config.json").is_file()
+            or (path.is_file() and path.suffix == ".gguf")):
+        return "shepherd"
+    raise ConfigError(f"search.prm_model={source} is neither a PRM the train_prm stage wrote "
+                      f"(a directory holding {LEARNED_PRM_MARKER}) nor a Math-Shepherd "
+                      "checkpoint (an HF directory with config.json, a .gguf file or one of "
+                      f"{sorted(PACKAGED_MODELS)})")
+
+
+def load_prm(ctx: RunContext, problems) -> ProcessRewardModel:
+    """The PRM search.prm_model names, or this run's learned one when it names none."""
+    source = ctx.config.search.prm_model
+    if source is None:
+        directory = ctx.out / PRM_DIR
+        if not (directory / LEARNED_PRM_MARKER).is_file():
+            raise ConfigError(f"search.utility=prm with no search.prm_model reads this run's "
+                              f"learned PRM, but {directory} holds none; list train_prm in "
+                              "stages before evaluate")
+        return load_learned_prm(directory, policy_config=ctx.policy.config)
+    if prm_kind(source) == "learned":
+        return load_learned_prm(source, policy_config=ctx.policy.config)
+    return shepherd_prm(ctx, problems)
+
+
+def shepherd_prm(ctx: RunContext, problems) -> ShepherdPRM:
+    s = ctx.config.search
+    loaded = ctx.load(s.prm_model)
+    encode = loaded.tokenizer.encode
+
+    def token_id(text: str) -> int:
+        ids = encode(text)
+        if len(ids) != 1:
+            raise ValueError(f"search.prm_good_token/prm_bad_token {text!r} is {len(ids)} tokens "
+                             f"for the PRM's tokenizer; give a single-token label")
+        return ids[0]
+
+    return ShepherdPRM(loaded.model, encode=encode,
+                       question=lambda i: problems[i].question, step_tag=s.prm_step_tag,
+                       good_token_id=token_id(s.prm_good_token),
+                       bad_token_id=token_id(s.prm_bad_token))
