@@ -15,6 +15,12 @@ DATA = {
     "configs/math_deepseek_math_7b.yaml": f"{FIXTURES}/math/test.jsonl",
     "configs/mbpp_codeqwen1.5_7b.yaml": f"{FIXTURES}/mbpp/full_test.parquet",
 }
+# Configs whose problems ship with a package: a small split instead of fixture files.
+PACKAGED = {
+    "configs/humaneval_codeqwen1.5_7b.yaml": ["task.options.train_size=2", "decode.max_len=2048"],
+    "configs/gsm_symbolic_llama2_7b.yaml": ["task.options.test_size=2", "task.options.train_size=2",
+                                            "task.options.validation_size=0"],
+}
 SMALL = [
     "policy.dtype=float32", "task.options.n_shot=0",
     "task.train_problems=2", "task.eval_problems=2",
@@ -29,19 +35,25 @@ def tiny_checkpoint(tmp_path_factory):
     return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "llama", "llama")
 
 
-@pytest.mark.parametrize("config", sorted(DATA))
-def test_paper_config_runs_end_to_end_with_tiny_stand_ins(config, tiny_checkpoint, tmp_path):
+def problem_overrides(config: str) -> list[str]:
+    if config in PACKAGED:
+        return PACKAGED[config]
     data = DATA[config]
-    overrides = [f"policy.source={tiny_checkpoint}", *SMALL,
-                 f"task.options.data_files.train={data}", f"task.options.data_files.test={data}"]
-    if "gsm8k" in config:  # the PRM utility: the tiny model stands in for Math-Shepherd
+    return [f"task.options.data_files.train={data}", f"task.options.data_files.test={data}"]
+
+
+@pytest.mark.parametrize("config", sorted([*DATA, *PACKAGED]))
+def test_paper_config_runs_end_to_end_with_tiny_stand_ins(config, tiny_checkpoint, tmp_path):
+    overrides = [f"policy.source={tiny_checkpoint}", *SMALL, *problem_overrides(config)]
+    uses_prm = "gsm" in config
+    if uses_prm:  # the tiny model stands in for Math-Shepherd
         overrides += [f"search.prm_model={tiny_checkpoint}", "search.prm_step_tag= ки"]
     assert main([config, *overrides, "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())["methods"]
     assert set(summary) == {"greedy", "best_of_n", "qstar"}
     assert all(entry["n"] == 2 for entry in summary.values())
     assert summary["qstar"]["q_calls"] > 0
-    assert (summary["qstar"]["prm_calls"] > 0) == ("gsm8k" in config)
+    assert (summary["qstar"]["prm_calls"] > 0) == uses_prm
 
 
 def test_q_on_a_separate_trainable_backbone(tiny_checkpoint, tmp_path):
