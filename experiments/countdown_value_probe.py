@@ -1,7 +1,7 @@
 """Can a small model learn Countdown's value at all? A separate backbone trained on the
 exact value of random states, read against it on held-out states, step by step.
 
-``countdown_label_quality.py`` asks whether a run's labels or the policy's hidden state
+``label_quality.py`` asks whether a run's labels or the policy's hidden state
 limit Q̂. This asks the question under both: with no policy and no rollout labels, take
 states reached by uniformly random legal steps from training problems (one step, or
 two), label each with the exact value (the exhaustive solver: can the target still be

@@ -33,6 +33,9 @@ class Utility(str, enum.Enum):
     countdown_rule = "countdown_rule"  # -1 illegal step or lost game, +1 reaching the target
 
 
+SOLVER = "solver"  # label.stronger_model naming the task's exact solver
+
+
 class LabelMethod(str, enum.Enum):
     best_of_rollouts = "best_of_rollouts"
     fitted_q_iteration = "fitted_q_iteration"
@@ -57,9 +60,17 @@ class Scorer(str, enum.Enum):
     prm = "prm"  # the aggregated process reward g
 
 
-# best_of_n_matched: best-of-N at the smallest N found to spend at least Q*'s generated
-# tokens per problem (counted up from this run's results), the budget-matched baseline.
-METHODS = ("greedy", "self_consistency", "best_of_n", "beam", "qstar", "best_of_n_matched")
+# Tasks whose policy the train_policy stage can train from scratch (policy.source=scratch).
+FROM_SCRATCH_TASKS = ("countdown", "arithmetic")
+# Tasks whose exact solver decides whether a partial trace can still succeed, and those
+# whose solver also writes the rest of a trace (label.stronger_model=solver).
+EXACT_VALUE_TASKS = ("countdown", "arithmetic")
+SOLVER_TASKS = ("arithmetic",)
+# qstar_no_q: the same A* with λ = 0 (Q̂ ignored), what Q̂ adds. best_of_n_matched:
+# best-of-N at the smallest N found to spend at least Q*'s generated tokens per problem
+# (counted up from this run's results), the budget-matched baseline.
+METHODS = ("greedy", "self_consistency", "best_of_n", "beam", "qstar", "qstar_no_q",
+           "best_of_n_matched")
 # The other reasoners on the same engine, run only when eval.methods lists them: Tree of
 # Thoughts (breadth and depth first over steps) and MCTS self-refine (whole answers).
 REASONER_METHODS = ("tot_bfs", "tot_dfs", "mctsr")
@@ -89,12 +100,16 @@ class PolicyTrainingConfig:
     batch_size: int = 64
     learning_rate: float = 3e-3
     warmup_steps: int = 100
+    # A value head trained jointly on traces with a wrong step (weight of its BCE; 0 = no
+    # head): the trunk learns to carry, at a step's end, whether the trace went wrong.
+    value_weight: float = 0.0
+    value_batch_size: int = 32
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CountdownWorldConfig:
-    """The default experiment's world: small numbers keep the arithmetic learnable by a
-    tiny policy, so what it gets wrong is mostly planning."""
+    """Countdown's world (configs/countdown_verifier.yaml): small numbers keep the
+    arithmetic learnable by a tiny policy, so what it gets wrong is mostly planning."""
 
     num_count: int = 4
     number_range: tuple[int, int] = (1, 9)
@@ -103,7 +118,9 @@ class CountdownWorldConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TaskConfig:
-    name: str = "countdown"
+    # The default experiment's world: arithmetic chains (tasks/arithmetic), whose
+    # difficulty lives in task.options.config (ArithmeticConfig's fields).
+    name: str = "arithmetic"
     # Passed to the task's constructor (e.g. data_files for offline machines, n_shot); the
     # task rejects keys it does not know.
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -130,14 +147,22 @@ class CollectConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LabelConfig:
-    method: LabelMethod = LabelMethod.best_of_rollouts
+    # The default: completion by the arithmetic task's exact solver (stronger_model=solver).
+    method: LabelMethod = LabelMethod.stronger_model
     rollouts_per_state: int = 4
     # Discount per step: a label is gamma^(steps to the reward) * reward. Below 1 a deeper
     # node on a winning path scores above its shallower ancestors, so A* dives instead of
-    # widening over first steps; 0.25 chosen on Countdown's validation split.
-    gamma: float = 0.25
+    # widening over first steps (Countdown's validation split chose 0.25).
+    gamma: float = 0.8
     rounds: int = 3  # fitted Q-iteration
-    stronger_model: Optional[str] = None  # completion by a stronger LLM
+    # Completion by a stronger LLM: a model directory, or "solver" for the task's exact
+    # solver (where it has one), which makes each label the state's exact value.
+    stronger_model: Optional[str] = "solver"
+    # Label only the steps taken from states that can still reach the answer (decided by
+    # the task's exact solver): Q̂ is then fitted on the choice A* makes, among a live
+    # state's candidate steps, instead of also on states an earlier mistake has doomed,
+    # where nothing in the last step tells right from wrong.
+    live_states_only: bool = True
 
 
 class PRMLabels(str, enum.Enum):
@@ -162,6 +187,9 @@ class QTrainConfig:
     separate_model: Optional[str] = None
     trainable_layers: int = -1  # separate backbone: last n layers trainable; -1 = all
     hidden_layers: int = 1  # 0 = a linear head
+    # The head on the policy's hidden states also reads each step's log-probability under
+    # the policy (its confidence in the step).
+    step_logprob: bool = True
     loss: Loss = Loss.bce
     learning_rate: float = 1e-3
     batch_size: int = 256
@@ -174,15 +202,13 @@ class QTrainConfig:
 class SearchConfig:
     k: int = 6  # candidate steps per expansion
     lam: float = 1.0  # f = g + lam * h
-    # Stop after this many complete trajectories (paper: 6). Under Countdown's rule a
-    # solution scores +1 and a lost game is popped only when no legal open node is left,
-    # so more trajectories than the first cannot turn a wrong answer right.
+    # Stop after this many complete trajectories (paper: 6; its configs keep 6).
     n_complete: int = 1
     expansions_per_node: int = 1  # times A* may expand a node, K new steps each (paper: 1)
-    # sum: Countdown's rule counts illegal steps and adds 1 for a solved trace, so A* pops
-    # a solution as soon as it is generated; the paper's configs set min or last.
-    agg: Agg = Agg.sum
-    utility: Utility = Utility.countdown_rule
+    # g = 0 by default: nothing inside the search knows whether an answer is right, so
+    # the learned Q̂ plans (Agg is moot then; the paper's configs set min or last).
+    agg: Agg = Agg.min
+    utility: Utility = Utility.zero
     prm_model: Optional[str] = None
     # Math-Shepherd's format: a tag after each step, scored by P(good) over {good, bad}.
     prm_step_tag: str = "ки"
@@ -375,12 +401,18 @@ def check_config(config: RunConfig) -> None:
     require(config.task.eval_problems >= 1, "task.eval_problems", "must be >= 1")
     require(0.0 <= config.q_train.holdout_fraction < 1.0, "q_train.holdout_fraction",
             "must be in [0, 1)")
+    require(not config.label.live_states_only or config.task.name in EXACT_VALUE_TASKS,
+            "label.live_states_only", f"needs a task with an exact solver {EXACT_VALUE_TASKS}")
     require(config.label.method != LabelMethod.stronger_model
             or config.label.stronger_model is not None, "label.stronger_model",
             "label.method=stronger_model needs a model")
+    require(config.label.method != LabelMethod.stronger_model
+            or config.label.stronger_model != SOLVER or config.task.name in SOLVER_TASKS,
+            "label.stronger_model", f"'solver' completes traces with a task's exact solver; "
+            f"the tasks that have one are {SOLVER_TASKS}: give a model directory")
     require(config.q_train.backbone != QBackbone.separate
             or config.q_train.separate_model is not None, "q_train.separate_model",
             "q_train.backbone=separate needs a model")
-    require(config.policy.source != "scratch" or config.task.name == "countdown",
-            "policy.source", "'scratch' (train a policy from scratch) is for Countdown only; "
-            "point it at an HF directory, a .gguf file or an alias")
+    require(config.policy.source != "scratch" or config.task.name in FROM_SCRATCH_TASKS,
+            "policy.source", f"'scratch' (train a policy from scratch) is for the synthetic "
+            f"worlds {FROM_SCRATCH_TASKS}; point it at an HF directory, a .gguf file or an alias")

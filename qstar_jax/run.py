@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from qstar_jax.config import ConfigError, Utility, load_config, to_yaml
+from qstar_jax.config import SOLVER, ConfigError, Utility, load_config, to_yaml
 from qstar_jax.memory_plan import check_memory
 from qstar_jax.models.loading import PACKAGED_MODELS
 from qstar_jax.parallel import (barrier, check_slots, initialize_distributed, is_writer,
@@ -51,7 +51,8 @@ def preflight(config) -> None:
     """Every checkpoint and data file the config names must exist before work starts."""
     named = {"policy.source": config.policy.source if config.policy.source != "scratch" else None,
              "search.prm_model": config.search.prm_model,
-             "label.stronger_model": config.label.stronger_model,
+             "label.stronger_model": (None if config.label.stronger_model == SOLVER
+                                      else config.label.stronger_model),
              "q_train.separate_model": config.q_train.separate_model}
     if config.search.utility != Utility.prm:
         named["search.prm_model"] = None

@@ -44,16 +44,27 @@ def test_round_trip_through_yaml(tmp_path):
     ("eval.methods=[best_of_n_matched,best_of_n,qstar]", "best_of_n_matched"),
     ("stages=[collect,dance]", "dance"),
     ("search.utility=prm", "prm_model"),
-    ("task.name=gsm8k", "countdown_rule"),
+    ("search.utility=countdown_rule", "countdown_rule"),
+    ("task.name=gsm8k", "live_states_only"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
 
 
-def test_scratch_policy_is_for_countdown_only():
+def test_scratch_policy_is_for_the_synthetic_worlds_only():
+    real_task = ["task.name=gsm8k", "label.live_states_only=false"]
     with pytest.raises(ConfigError, match="scratch"):
-        load_config(None, ["task.name=gsm8k", "search.utility=zero"])
+        load_config(None, [*real_task, "label.method=best_of_rollouts"])
+    with pytest.raises(ConfigError, match="'solver' completes traces"):
+        load_config(None, [*real_task, "policy.source=x"])
+    assert load_config("configs/countdown_verifier.yaml").task.name == "countdown"
+
+
+def test_the_default_experiment_has_no_verifier_inside_the_search():
+    config = load_config()
+    assert config.task.name == "arithmetic" and config.search.utility.value == "zero"
+    assert "qstar_no_q" in config.eval.methods and config.label.stronger_model == "solver"
 
 
 def test_missing_file_and_malformed_override(tmp_path):

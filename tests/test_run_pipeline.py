@@ -10,8 +10,12 @@ import pytest
 from qstar_jax.outputs.results_log import ResultsLog
 from qstar_jax.run import main
 
-METHODS = ("greedy", "self_consistency", "best_of_n", "beam", "qstar", "best_of_n_matched")
+METHODS = ("greedy", "self_consistency", "best_of_n", "beam", "qstar", "qstar_no_q",
+           "best_of_n_matched")
+# The verifier-guided Countdown world (configs/countdown_verifier.yaml), tiny.
 TINY = [
+    "task.name=countdown", "search.agg=sum", "label.method=best_of_rollouts",
+    "label.gamma=0.25", "label.live_states_only=false", "q_train.step_logprob=false",
     "policy_training.steps=40", "policy_training.train_problems=200",
     "policy_training.hidden_size=32", "policy_training.intermediate_size=64",
     "policy_training.num_layers=1", "policy_training.num_heads=2",
@@ -188,7 +192,7 @@ def test_prefix_sharing_computes_identical_chains_once(finished_run, tmp_path):
 
 
 def test_label_quality_experiment_reads_labels_against_the_exact_value(finished_run):
-    script = Path(__file__).parents[1] / "experiments/countdown_label_quality.py"
+    script = Path(__file__).parents[1] / "experiments/label_quality.py"
     rows = runpy.run_path(str(script))["main"]([str(finished_run)])
     assert sum(r["pairs"] for r in rows) == len((finished_run / "labels.jsonl").read_text()
                                                  .splitlines())

@@ -148,11 +148,12 @@ class PageTable:
         if unallocated:
             raise ValueError(f"cannot fork: slots {unallocated} are not allocated")
         rows = [self.table[p, :self.pages_held[p]].copy() for p in parents]
+        for row in rows:  # counted before any child lets go, so a page a child held and
+            np.add.at(self.refcounts, row, 1)  # inherits again is never freed in between
         for child, row in zip(children, rows, strict=True):
             self._release(child, keep=0)
             self.table[child, :len(row)] = row
             self.pages_held[child] = len(row)
-            self.refcounts[row] += 1
 
     def trim(self, slots: Sequence[int], lengths: Sequence[int]) -> None:
         """Drop the pages past each slot's length (reserved for a write that stopped short)."""

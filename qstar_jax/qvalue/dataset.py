@@ -76,14 +76,19 @@ def features_path(path: str | os.PathLike) -> Path:
 
 
 def save_labelled(path: str | os.PathLike, steps: Sequence[LabelledStep], *,
-                  features: np.ndarray | None = None) -> None:
-    """Write the dataset atomically; ``features`` [N, E] go to ``features_path(path)``."""
+                  features: np.ndarray | None = None,
+                  step_logprobs: np.ndarray | None = None) -> None:
+    """Write the dataset atomically; ``features`` [N, E] (and the steps' log-probabilities
+    under the policy, [N]) go to ``features_path(path)``."""
     if features is not None and (features.ndim != 2 or len(features) != len(steps)):
         raise ValueError(f"features must be [N={len(steps)}, E], got shape {features.shape}")
+    if step_logprobs is not None and (features is None or step_logprobs.shape != (len(steps),)):
+        raise ValueError(f"step_logprobs go with features and must be [N={len(steps)}]")
     lines = "".join(json.dumps(dataclasses.asdict(s), ensure_ascii=False) + "\n" for s in steps)
     if features is not None:
         buffer = io.BytesIO()
-        np.savez(buffer, features=features)
+        np.savez(buffer, features=features, **(
+            {} if step_logprobs is None else {"step_logprobs": step_logprobs}))
         durable.write_atomically(features_path(path), lambda f: f.write(buffer.getvalue()))
     else:
         features_path(path).unlink(missing_ok=True)  # stale rows would pair with new records
@@ -108,3 +113,13 @@ def load_labelled(path: str | os.PathLike) -> tuple[list[LabelledStep], np.ndarr
         raise ValueError(f"{feature_file} has {len(features)} feature rows for {len(steps)} "
                          f"records in {path}; the two were not saved together: save again")
     return steps, features
+
+
+def load_step_logprobs(path: str | os.PathLike) -> np.ndarray | None:
+    """The labelled steps' log-probabilities under the policy [N], saved with the features
+    (None when none were saved)."""
+    feature_file = features_path(path)
+    if not feature_file.exists():
+        return None
+    with np.load(feature_file) as archive:
+        return archive["step_logprobs"] if "step_logprobs" in archive.files else None

@@ -25,6 +25,10 @@ OUTPUTS = ("sigmoid", "raw")
 class QHeadConfig:
     hidden_size: int  # E of the backbone whose hidden states the head reads
     mlp_widths: tuple[int, ...] = ()  # widths of hidden GELU layers; () is a linear head
+    # The head also reads the step's log-probability under the policy (one more input
+    # column, ``head_inputs``): the policy's own confidence in a step is evidence about it
+    # that its hidden state at the step's end does not carry.
+    step_logprob: bool = False
     output: Literal["sigmoid", "raw"] = "sigmoid"
 
     def __post_init__(self):
@@ -35,6 +39,35 @@ class QHeadConfig:
                              f"{self.mlp_widths} must be positive")
 
 
+# A log-probability below this says "very unlikely" as well as any lower one; the clip
+# keeps the head's input in a range an initialised layer handles.
+MIN_STEP_LOGPROB = -30.0
+# The column enters as 10 x the log-probability: beside ~100 hidden-state entries of unit
+# scale, an unscaled column is learned too weakly. On the arithmetic world's validation
+# labels the head's held-out AUC within each step (experiments/label_quality.py) was
+# 0.75-0.87 on steps 1-4 unscaled and 0.80-0.88 scaled by 10 (0.2 gave 0.60-0.76).
+STEP_LOGPROB_SCALE = 10.0
+
+
+def head_inputs(hidden: np.ndarray, step_logprob: np.ndarray | None,
+                config: QHeadConfig) -> np.ndarray:
+    """The head's input rows [N, width]: hidden states [N, E], with the steps'
+    log-probabilities [N] (clipped at ``MIN_STEP_LOGPROB``) as one more column when the
+    head reads them."""
+    hidden = np.asarray(hidden, np.float32)
+    if not config.step_logprob:
+        return hidden
+    if step_logprob is None:
+        raise ValueError("this Q̂ head reads each step's log-probability, and none was given")
+    column = STEP_LOGPROB_SCALE * np.clip(np.asarray(step_logprob, np.float32),
+                                          MIN_STEP_LOGPROB, 0.0)
+    return np.concatenate([hidden, column.reshape(-1, 1)], axis=1)
+
+
+def input_width(config: QHeadConfig) -> int:
+    return config.hidden_size + int(config.step_logprob)
+
+
 def to_value(raw: jax.Array, output: str) -> jax.Array:
     """The head's raw output -> Q̂ value (sigmoid of a logit, or the raw value)."""
     return jax.nn.sigmoid(raw) if output == "sigmoid" else raw
@@ -43,7 +76,7 @@ def to_value(raw: jax.Array, output: str) -> jax.Array:
 class QHead(nnx.Module):
     def __init__(self, config: QHeadConfig, *, rngs: nnx.Rngs):
         self.head_config = config
-        widths = (config.hidden_size, *config.mlp_widths)
+        widths = (input_width(config), *config.mlp_widths)
         self.hidden_layers = nnx.List([nnx.Linear(w_in, w_out, rngs=rngs)
                                        for w_in, w_out in zip(widths[:-1], widths[1:])])
         self.out = nnx.Linear(widths[-1], 1, rngs=rngs)
@@ -57,9 +90,10 @@ class QHead(nnx.Module):
 
     def raw_scores(self, hiddens: jax.Array) -> jax.Array:
         """Each candidate scored alone: [K, E] -> [K], or [B, K, E] -> [B, K]."""
-        if hiddens.ndim not in (2, 3) or hiddens.shape[-1] != self.head_config.hidden_size:
-            raise ValueError(f"hidden states must be [K, E] or [B, K, E] with "
-                             f"E={self.head_config.hidden_size}, got shape {hiddens.shape}")
+        width = input_width(self.head_config)
+        if hiddens.ndim not in (2, 3) or hiddens.shape[-1] != width:
+            raise ValueError(f"head inputs must be [K, W] or [B, K, W] with W={width}, got "
+                             f"shape {hiddens.shape}")
         score = jax.vmap(self.raw_score)
         return jax.vmap(score)(hiddens) if hiddens.ndim == 3 else score(hiddens)
 
@@ -82,9 +116,10 @@ class QHeadModel:
     def score_hidden(self, hiddens: np.ndarray | jax.Array) -> np.ndarray:
         """hiddens [N, E] at each candidate step's last token -> Q̂ values [N] (float32)."""
         n = hiddens.shape[0]
-        if hiddens.ndim != 2 or hiddens.shape[1] != self.head_config.hidden_size:
-            raise ValueError(f"score_hidden takes [N, E={self.head_config.hidden_size}] hidden "
-                             f"states, got shape {hiddens.shape}")
+        width = input_width(self.head_config)
+        if hiddens.ndim != 2 or hiddens.shape[1] != width:
+            raise ValueError(f"score_hidden takes [N, W={width}] head inputs (head_inputs), "
+                             f"got shape {hiddens.shape}")
         # Padded on the host: an eager op shaped by N would compile once per distinct N.
         hiddens = np.asarray(hiddens)
         padded = np.zeros((bucket_size(n, minimum=8), hiddens.shape[1]), hiddens.dtype)

@@ -10,7 +10,7 @@ import numpy as np
 
 from qstar_jax.qvalue.backbone import BackboneQModel
 from qstar_jax.qvalue.checkpoint import load_backbone_q
-from qstar_jax.qvalue.head import QHeadModel
+from qstar_jax.qvalue.head import QHeadModel, head_inputs
 from qstar_jax.search.interface import QItem
 from qstar_jax.tasks.base import state_text
 
@@ -27,7 +27,10 @@ class PolicyHiddenQ:
     def score(self, items: Sequence[QItem]) -> np.ndarray:
         if not items:
             return np.zeros(0, np.float32)
-        return self.model.score_hidden(np.stack([item.hidden for item in items]))
+        logprobs = (None if any(item.logprob is None for item in items)
+                    else np.array([item.logprob for item in items], np.float32))
+        return self.model.score_hidden(head_inputs(
+            np.stack([item.hidden for item in items]), logprobs, self.model.head_config))
 
 
 class PolicyHiddenPRM:

@@ -73,7 +73,7 @@ class TrainResult:
     # its labels are equal). Pooled over depths: with discounted labels a first step that
     # led to a solution (label γ²) outranks a failed last step (0), while a calibrated Q̂
     # scores first steps low, so it can read below 0.5 here;
-    # experiments/countdown_label_quality.py gives the figures per step.
+    # experiments/label_quality.py gives the figures per step.
     constant_heldout_loss: float | None = None
     heldout_auc: float | None = None
 

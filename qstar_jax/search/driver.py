@@ -93,7 +93,7 @@ def _run_round(planners: list[Planner], tallies: list[Tally], expander: StepExpa
     requests = [request for proposal in proposals for request in proposal]
     children = _expand(expander, requests)
     items = [QItem(problem_index=r.problem_index, prefix_steps=r.node.steps,
-                   step_text=step.text, hidden=step.hidden)
+                   step_text=step.text, hidden=step.hidden, logprob=step.logprob)
              for r, steps in zip(requests, children) for step in steps]
     q_values = (_scores(q_fn.score, items, "QValueFunction.score") if q_fn is not None
                 else np.zeros(len(items)))

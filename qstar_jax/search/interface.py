@@ -71,13 +71,15 @@ class Step:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class QItem:
     """A candidate edge (s, a) of one problem: s = question ⊕ ``prefix_steps``, a =
-    ``step_text``. ``hidden`` [E] is the policy's hidden state at a's last token, or None.
+    ``step_text``. ``hidden`` [E] is the policy's hidden state at a's last token, or None;
+    ``logprob`` a's summed log-probability under the policy, or None.
     The same item is what process utilities and PRMs score (the reward of a)."""
 
     problem_index: int
     prefix_steps: tuple[str, ...]
     step_text: str
     hidden: np.ndarray | None
+    logprob: float | None = None
 
 
 class StepExpander(Protocol):

@@ -3,14 +3,14 @@ label for every (s, a) along them, with the policy hidden features Q̂ trains on
 
 from __future__ import annotations
 
-from qstar_jax.config import LabelMethod
+from qstar_jax.config import SOLVER, LabelMethod
 from qstar_jax.policy.rollouts import DecoderRolloutSampler
 from qstar_jax.qvalue.dataset import save_labelled, step_pairs
-from qstar_jax.qvalue.features import last_token_hidden
+from qstar_jax.qvalue.features import last_step_features
 from qstar_jax.qvalue.label_journal import LabelJournal
 from qstar_jax.qvalue.labels_best_of import BestOfRolloutsConfig, best_of_rollouts_labels
 from qstar_jax.qvalue.labels_shepherd import OutcomeJournal
-from qstar_jax.qvalue.labels_completion import stronger_completion_labels
+from qstar_jax.qvalue.labels_completion import SolverSampler, stronger_completion_labels
 from qstar_jax.qvalue.rollouts import collect_rollouts, read_rollouts
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.fitted_q import fitted_q_labels
@@ -33,6 +33,19 @@ def _reward_fn(ctx: RunContext, problems):
     return reward
 
 
+def _stronger_sampler(ctx: RunContext, problems):
+    """The stronger model that completes labelled states: the task's exact solver for
+    ``label.stronger_model=solver``, else the model at that path."""
+    model = ctx.config.label.stronger_model
+    if model == SOLVER:
+        if not hasattr(ctx.task, "solver_completion"):
+            raise ValueError(f"label.stronger_model=solver: task {ctx.task.name} has no exact "
+                             "solver; give a model directory")
+        return SolverSampler(lambda i, steps: ctx.task.solver_completion(problems[i], steps))
+    return DecoderRolloutSampler(ctx.runtime(problems, model=model),
+                                 max_steps=ctx.config.decode.max_steps)
+
+
 def collect(ctx: RunContext) -> None:
     """Sample ``collect.rollouts_per_problem`` traces per training problem (resumable)."""
     problems = _train_problems(ctx)
@@ -53,9 +66,14 @@ def label(ctx: RunContext) -> None:
     cfg = ctx.config
     problems = _train_problems(ctx)
     pairs = step_pairs(read_rollouts(ctx.rollouts_path))
+    if cfg.label.live_states_only:
+        pairs = [p for p in pairs
+                 if ctx.task.can_still_succeed(problems[p.problem_index], p.prefix_steps)]
     prompts = ctx.prompts(problems)
-    texts = [state_text(prompts[p.problem_index], p.next_state) for p in pairs]
-    features = last_token_hidden(ctx.policy.model, ctx.policy.tokenizer, texts)
+    states = [state_text(prompts[p.problem_index], p.prefix_steps) for p in pairs]
+    features, step_logprobs = last_step_features(
+        ctx.policy.model, ctx.policy.tokenizer, states,
+        [state_text("", (p.step_text,)) for p in pairs])
     reward = _reward_fn(ctx, problems)
     journal = LabelJournal(ctx.out / "labels.partial.jsonl")
     # The completions' rewards, kept for the PRM's per-step labels (stage train_prm).
@@ -68,13 +86,12 @@ def label(ctx: RunContext) -> None:
             discount=cfg.label.gamma, max_steps=cfg.decode.max_steps,
             batch_pairs=_pairs_per_call(cfg)), journal=journal, outcomes=outcomes)
     elif method == LabelMethod.stronger_model:
-        strong = ctx.runtime(problems, model=cfg.label.stronger_model)
         steps = stronger_completion_labels(
-            pairs, DecoderRolloutSampler(strong, max_steps=cfg.decode.max_steps), reward,
+            pairs, _stronger_sampler(ctx, problems), reward,
             discount=cfg.label.gamma, max_steps=cfg.decode.max_steps,
             batch_pairs=_pairs_per_call(cfg), journal=journal)
     else:
         steps = fitted_q_labels(ctx, pairs, features)
-    save_labelled(ctx.labels_path, steps, features=features)
+    save_labelled(ctx.labels_path, steps, features=features, step_logprobs=step_logprobs)
     journal.remove()
     outcomes.close()

@@ -5,6 +5,7 @@ trained jointly on traces with a wrong step in them (``lm_training.ValueRows``).
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 
@@ -55,7 +56,7 @@ def train_policy(ctx: RunContext) -> None:
         value_rows = pack_value_rows(rows, tokenizer.pad_token_id, length)
     tokens, mask = pack_examples(examples, tokenizer.pad_token_id, length)
     model = LlamaModel(policy_model_config(ctx, tokenizer), rngs=nnx.Rngs(ctx.config.seed))
-    train_causal_lm(model, tokens, mask, LMTrainingConfig(
+    log = train_causal_lm(model, tokens, mask, LMTrainingConfig(
         steps=pt.steps, batch_size=pt.batch_size, learning_rate=pt.learning_rate,
         warmup_steps=pt.warmup_steps, seed=ctx.config.seed, value_weight=pt.value_weight,
         value_batch_size=pt.value_batch_size), value_rows=value_rows, mesh=ctx.mesh)
@@ -65,6 +66,7 @@ def train_policy(ctx: RunContext) -> None:
     partial = ctx.out / "policy.partial"
     shutil.rmtree(partial, ignore_errors=True)
     save_hf_checkpoint(model, tokenizer, partial)
+    (partial / "training_log.json").write_text(json.dumps(log) + "\n")
     partial.rename(target)
 
 

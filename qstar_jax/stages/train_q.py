@@ -12,8 +12,8 @@ from flax import nnx
 from qstar_jax.config import Loss, QBackbone
 from qstar_jax.parallel import is_writer
 from qstar_jax.qvalue.checkpoint import BackboneIdentity, QCheckpointer, load_q_head
-from qstar_jax.qvalue.dataset import load_labelled
-from qstar_jax.qvalue.head import QHead, QHeadConfig, QHeadModel
+from qstar_jax.qvalue.dataset import load_labelled, load_step_logprobs
+from qstar_jax.qvalue.head import QHead, QHeadConfig, QHeadModel, head_inputs
 from qstar_jax.qvalue.scorers import PolicyHiddenQ, SeparateBackboneQ
 from qstar_jax.qvalue.train import TrainConfig, train_q_model
 from qstar_jax.stages.context import RunContext
@@ -24,7 +24,8 @@ def head_config(ctx: RunContext) -> QHeadConfig:
     q = ctx.config.q_train
     width = ctx.policy.config.hidden_size
     return QHeadConfig(hidden_size=width, mlp_widths=(width,) * q.hidden_layers,
-                       output="sigmoid" if q.loss == Loss.bce else "raw")
+                       output="sigmoid" if q.loss == Loss.bce else "raw",
+                       step_logprob=q.step_logprob)
 
 
 def train_config(ctx: RunContext, examples: int) -> TrainConfig:
@@ -53,6 +54,7 @@ def train_q(ctx: RunContext) -> None:
     steps, features = load_labelled(ctx.labels_path)
     labels = np.array([s.label for s in steps], np.float32)
     config = head_config(ctx)
+    features = head_inputs(features, load_step_logprobs(ctx.labels_path), config)
     head = QHead(config, rngs=nnx.Rngs(ctx.config.seed))
     identity = BackboneIdentity.of_policy(ctx.policy.config)
     with QCheckpointer(ctx.q_dir, identity=identity, head_config=config) as checkpointer:

@@ -187,8 +187,10 @@ def test_counts_return_to_zero_over_1000_random_fork_and_free_sequences():
         if op == 0 and table.slots.num_free:
             slot = table.allocate(1)[0]
             lengths[slot] = 0
-        elif op == 1 and held and table.slots.num_free:
-            parent, child = int(rng.choice(held)), table.allocate(1)[0]
+        elif op == 1 and held:  # into a new slot, or over a held one (itself included)
+            parent = int(rng.choice(held))
+            child = (table.allocate(1)[0] if table.slots.num_free and rng.random() < 0.7
+                     else int(rng.choice(held)))
             table.fork([parent], [child])
             lengths[child] = lengths[parent]
         elif op == 2 and held:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from qstar_jax.qvalue.head import QHead, QHeadConfig, QHeadModel
+from qstar_jax.qvalue.head import QHead, QHeadConfig, QHeadModel, head_inputs
 
 E = 6
 
@@ -40,8 +40,21 @@ def test_score_hidden_pads_to_a_bucket_and_returns_exactly_n_values(mlp_head):
     expected = np.asarray(jax.jit(mlp_head.values)(jnp.asarray(hiddens, jnp.bfloat16)))
     np.testing.assert_allclose(scores, expected, rtol=1e-6)
     assert np.all((scores > 0) & (scores < 1))
-    with pytest.raises(ValueError, match=r"\[N, E=6\]"):
+    with pytest.raises(ValueError, match=r"\[N, W=6\]"):
         model.score_hidden(hiddens[:, :4])
+
+
+def test_a_head_reading_step_logprobs_takes_them_as_one_more_scaled_clipped_column():
+    config = QHeadConfig(hidden_size=E, mlp_widths=(4,), step_logprob=True)
+    hidden = np.ones((3, E), np.float32)
+    inputs = head_inputs(hidden, np.array([-0.5, -2.0, -100.0]), config)
+    assert inputs.shape == (3, E + 1) and np.all(inputs[:, :E] == 1)
+    np.testing.assert_allclose(inputs[:, E], [-5.0, -20.0, -300.0])  # 10 x, clipped at -30
+    assert head_inputs(hidden, None, QHeadConfig(hidden_size=E)) is not None
+    with pytest.raises(ValueError, match="log-probability"):
+        head_inputs(hidden, None, config)
+    head = QHead(config, rngs=nnx.Rngs(0))
+    assert QHeadModel(head).score_hidden(inputs).shape == (3,)
 
 
 def test_bad_head_config_is_rejected():

@@ -96,7 +96,7 @@ class ArithmeticTask:
         """A plausible wrong next line after ``steps`` (a prefix of the solution), of the
         kinds a policy gets wrong: a slip in the result's digits, a misread operand or
         earlier value, an operation skipped, or an early or miscopied answer. For training
-        a value model on states known to be dead; the line differs from the solver's."""
+        a value model on states known to be dead: the line leaves no way to the answer."""
         right = self.solver_completion(problem, steps)[0]
         chain = _chain(problem)
         done = len(steps)
@@ -118,7 +118,10 @@ class ArithmeticTask:
                                                                len(chain.operations) - 1)])
             else:
                 line = format_answer(value)
-            if line != right and (parse_step(line) or parse_answer(line) is not None):
+            # A slip can land on the right value by chance (an early answer equal to the
+            # final one): only a line that dooms the trace will do.
+            if (parse_step(line) or parse_answer(line) is not None) \
+                    and not self.can_still_succeed(problem, [*steps, line]):
                 return line
         return format_answer(chain.values[-1] + 1)
 

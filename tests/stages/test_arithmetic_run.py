@@ -1,0 +1,92 @@
+"""The default experiment's world end to end on a tiny scale: the arithmetic chains, a
+policy trained from scratch with its joint value head, labels by the task's exact
+solver, Q̂, and every method with no verifier inside a search (g = 0)."""
+
+import json
+
+import numpy as np
+
+import pytest
+
+from qstar_jax.config import METHODS, load_config
+from qstar_jax.outputs.results_log import ResultsLog
+from qstar_jax.qvalue.dataset import load_labelled
+from qstar_jax.run import main
+from qstar_jax.stages.context import RunContext
+
+TINY = [
+    "task.name=arithmetic", "search.utility=zero",
+    "label.method=stronger_model", "label.stronger_model=solver", "label.gamma=0.5",
+    "policy_training.value_weight=1.0", "policy_training.value_batch_size=8",
+    "policy_training.steps=30", "policy_training.train_problems=100",
+    "policy_training.hidden_size=32", "policy_training.intermediate_size=64",
+    "policy_training.num_layers=1", "policy_training.num_heads=2",
+    "policy_training.num_kv_heads=1", "policy_training.batch_size=16",
+    "task.train_problems=6", "task.eval_problems=4", "q_train.max_epochs=2",
+    "collect.rollouts_per_problem=2", "decode.max_len=96", "decode.step_token_cap=24",
+    "decode.slots=256", "decode.max_steps=6", "search.k=3", "search.max_expansions=6",
+    "eval.samples=2", "eval.beam_k=2", "eval.problems_per_batch=4",
+    "task.options={config: {operations: [2, 3]}}",
+]
+
+
+@pytest.fixture(scope="module")
+def arithmetic_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("arithmetic")
+    assert main([*TINY, "--out", str(out)]) == 0
+    return out
+
+
+def test_labels_are_the_solvers_exact_discounted_values(arithmetic_run):
+    ctx = RunContext(config=load_config(None, TINY), out=arithmetic_run)
+    problems = ctx.problems("train", 6)
+    steps, features = load_labelled(arithmetic_run / "labels.jsonl")
+    assert len(steps) == len(features) > 0
+    for step in steps:
+        state = (*step.prefix_steps, step.step_text)
+        problem = problems[step.problem_index]
+        remaining = len(ctx.task.solver_completion(problem, state))
+        exact = ctx.task.can_still_succeed(problem, state)
+        assert step.label == pytest.approx(0.5 ** remaining if exact else 0.0)
+
+
+def test_every_method_runs_and_qstar_no_q_spends_no_q_hat(arithmetic_run):
+    summary = json.loads((arithmetic_run / "summary.json").read_text())["methods"]
+    assert tuple(summary) == METHODS
+    assert summary["qstar_no_q"]["q_calls"] == 0 < summary["qstar"]["q_calls"]
+    assert summary["greedy"]["prm_calls"] == summary["qstar"]["prm_calls"] == 0
+    assert "pass_at_n" in summary["best_of_n"]
+    results = ResultsLog(arithmetic_run / "results.jsonl").read()
+    for r in results:
+        if r.method == "best_of_n":
+            assert r.any_correct or not r.correct  # a right answer is one of the chains
+    lines = (arithmetic_run / "summary.md").read_text().splitlines()
+    assert lines[-2].startswith("- qstar − qstar_no_q") and lines[-1].startswith(
+        "- qstar − best_of_n_matched")
+
+
+def test_policy_training_logs_the_value_head(arithmetic_run):
+    log = json.loads((arithmetic_run / "policy" / "training_log.json").read_text())
+    assert len(log["value_loss"]) == len(log["loss"]) >= 1
+
+
+def test_label_features_are_what_the_decoder_gives_search(arithmetic_run):
+    """Q̂ trains on features recomputed by a full forward pass (hidden state at the step's
+    end, the step's log-probability); search reads the decoder's: they must agree."""
+    from qstar_jax.qvalue.features import last_step_features
+
+    ctx = RunContext(config=load_config(None, TINY), out=arithmetic_run)
+    problems = ctx.problems("validation", 3)
+    runtime = ctx.runtime(problems)
+    prompts = ctx.prompts(problems)
+    slots = runtime.prefill([0, 1, 2], [() for _ in problems])
+    sampled = runtime.sample(slots, [0, 1, 2], node_ids=[7, 8, 9], temperatures=[1.0] * 3)
+    runtime.free([s.slot for s in sampled])
+    # The step exactly as sampled (an untrained policy may stop at the token cap, without
+    # the newline a finished step ends with).
+    decode = ctx.policy.tokenizer.decode
+    hidden, logprob = last_step_features(ctx.policy.model, ctx.policy.tokenizer, prompts,
+                                         [decode(list(s.token_ids)) for s in sampled])
+    np.testing.assert_allclose(hidden, np.stack([s.hidden for s in sampled]), atol=1e-4)
+    np.testing.assert_allclose(logprob, [s.logprob for s in sampled], atol=1e-3)
+    assert all(s.logprob < 0 for s in sampled)
