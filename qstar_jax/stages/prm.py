@@ -38,7 +38,6 @@ from qstar_jax.stages.train_q import _write_summary, train_config
 
 PRM_DIR = "prm"  # in the run folder: the learned PRM
 LEARNED_PRM_MARKER = "prm.json"  # what tells a learned PRM's directory apart
-OUTCOMES_FILE = "step_outcomes.jsonl"  # completion rewards per (s, a), from the label stage
 SUMMARY_FILE = "prm_training.json"
 
 
@@ -55,7 +54,7 @@ def train_prm(ctx: RunContext) -> None:
             (s.problem_index, s.prefix_steps, s.step_text) for s in steps]:
         raise ValueError(f"{ctx.labels_path} and its features do not belong to the rollouts "
                          f"in {ctx.rollouts_path}; rerun the label stage")
-    journal = OutcomeJournal(ctx.out / OUTCOMES_FILE)
+    journal = OutcomeJournal(ctx.step_outcomes_path)
     missing = missing_outcomes(pairs, journal)
     if missing:  # another label method, UCT rollouts, or a label stage killed mid-batch
         problems = _train_problems(ctx)
