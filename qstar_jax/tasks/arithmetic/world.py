@@ -10,11 +10,12 @@ the next ``validation_fraction`` validation, the rest train).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import random
-from qstar_jax.tasks.arithmetic.steps import OPERATORS, Operation, format_question
 
-SPLITS = ("train", "validation", "test")
+from qstar_jax.tasks.arithmetic.steps import OPERATORS, Operation, format_question
+from qstar_jax.tasks.hashed_splits import hashed_split
+from qstar_jax.tasks.hashed_splits import check_split as check_hashed_split
+
 _MAX_DRAWS_PER_PROBLEM = 1000
 
 
@@ -87,19 +88,11 @@ class Chain:
 
 
 def check_split(split: str) -> str:
-    if split not in SPLITS:
-        raise ValueError(f"arithmetic has splits {SPLITS}, not {split!r}")
-    return split
+    return check_hashed_split(split, "arithmetic")
 
 
 def split_of(question: str, config: ArithmeticConfig) -> str:
-    digest = hashlib.blake2b(question.encode(), digest_size=8).digest()
-    position = int.from_bytes(digest, "big") / 2 ** 64
-    if position < config.test_fraction:
-        return "test"
-    if position < config.test_fraction + config.validation_fraction:
-        return "validation"
-    return "train"
+    return hashed_split(question, config.test_fraction, config.validation_fraction)
 
 
 def _draw_chain(config: ArithmeticConfig, rng: random.Random) -> Chain | None:

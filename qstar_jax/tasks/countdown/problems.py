@@ -14,7 +14,6 @@ the asked split: the result is a uniform random sequence of the split's distinct
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import random
 from typing import Any, Mapping, Sequence
@@ -22,8 +21,9 @@ from typing import Any, Mapping, Sequence
 from qstar_jax.tasks.countdown.rules import CountdownRules
 from qstar_jax.tasks.countdown.solver import CountdownSolver
 from qstar_jax.tasks.countdown.steps import MAX_DIGITS, format_numbers
+from qstar_jax.tasks.hashed_splits import SPLITS, hashed_split
+from qstar_jax.tasks.hashed_splits import check_split as check_hashed_split
 
-SPLITS = ("train", "validation", "test")
 
 # Draws in a row without a new problem before a split counts as exhausted: 20 draws
 # per problem in the space leave a missed problem a chance of about e^-20.
@@ -111,9 +111,7 @@ GAME_OF_24 = CountdownConfig(rules=CountdownRules(allow_fractions=True), num_cou
 
 
 def check_split(split: str) -> str:
-    if split not in SPLITS:
-        raise ValueError(f"Countdown has splits {SPLITS}, not {split!r}")
-    return split
+    return check_hashed_split(split, "Countdown")
 
 
 def canonical_key(numbers: Sequence[int], target: int) -> str:
@@ -123,11 +121,7 @@ def canonical_key(numbers: Sequence[int], target: int) -> str:
 
 def split_of(numbers: Sequence[int], target: int, test_fraction: float,
              validation_fraction: float = 0.0) -> str:
-    digest = hashlib.blake2b(canonical_key(numbers, target).encode(), digest_size=8).digest()
-    position = int.from_bytes(digest, "big") / 2 ** 64
-    if position < test_fraction:
-        return "test"
-    return "validation" if position < test_fraction + validation_fraction else "train"
+    return hashed_split(canonical_key(numbers, target), test_fraction, validation_fraction)
 
 
 def generate_problems(config: CountdownConfig, split: str, count: int, *, seed: int,
