@@ -58,8 +58,28 @@ _GSM8K_COLUMNS = (
 )
 
 
+class Gsm8kTraces:
+    """GSM8K's prompt, steps and grading, for any task of GSM8K-style problems whose
+    reference is the answer number; the task has an ``n_shot``."""
+
+    n_shot: int
+
+    def prompt(self, problem: Problem, chat: ChatFormatter | None = None) -> str:
+        return build_prompt(GSM8K_FORMAT, problem.question, n_shot=self.n_shot, chat=chat)
+
+    def is_terminal_step(self, step: str) -> bool:
+        return grading.extract_final_answer(step) is not None
+
+    def extract_answer(self, completion: str) -> str | None:
+        return first_step_answer(completion, grading.extract_final_answer)
+
+    def grade(self, problem: Problem, completion: str) -> bool:
+        answer = self.extract_answer(completion)
+        return answer is not None and grading.number_equal(answer, problem.reference)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Gsm8kTask:
+class Gsm8kTask(Gsm8kTraces):
     """GSM8K; ``data_files`` (see ``datasets.load_records``) replaces the hub."""
 
     name: ClassVar[str] = "gsm8k"
@@ -79,19 +99,6 @@ class Gsm8kTask:
         return load_problems(source, split, self._problem_from_record,
                              data_files=self.data_files, cache_dir=self.cache_dir,
                              limit=limit, seed=seed, skip_malformed=skip_malformed)
-
-    def prompt(self, problem: Problem, chat: ChatFormatter | None = None) -> str:
-        return build_prompt(GSM8K_FORMAT, problem.question, n_shot=self.n_shot, chat=chat)
-
-    def is_terminal_step(self, step: str) -> bool:
-        return grading.extract_final_answer(step) is not None
-
-    def extract_answer(self, completion: str) -> str | None:
-        return first_step_answer(completion, grading.extract_final_answer)
-
-    def grade(self, problem: Problem, completion: str) -> bool:
-        answer = self.extract_answer(completion)
-        return answer is not None and grading.number_equal(answer, problem.reference)
 
     def _problem_from_record(self, record: dict[str, Any], default_id: str) -> Problem:
         question, solution = record["question"], record["answer"]

@@ -2,7 +2,7 @@
 
 Each instance has a question, a worked solution (``answer_cot``, GSM8K's layout: one
 step per line, last line ``#### N``) and the answer N. Prompt, steps and grading are
-GSM8K's (``gsm8k``): one step per line, ``The answer is: N``, compared as a number
+GSM8K's (``gsm8k.Gsm8kTraces``): one step per line, ``The answer is: N``, compared as a number
 (``grading.number_equal``). ``solution_steps`` gives the worked solution in that
 layout, for training traces.
 
@@ -20,11 +20,11 @@ import dataclasses
 import random
 from typing import Any, ClassVar
 
-from qstar_jax.tasks.base import ChatFormatter, Problem
-from qstar_jax.tasks.gsm8k import GSM8K_FORMAT
+from qstar_jax.tasks.base import Problem
+from qstar_jax.tasks.gsm8k import GSM8K_FORMAT, Gsm8kTraces
 from qstar_jax.tasks.math import grading
 from qstar_jax.tasks.package_data import import_package, seeded_subset
-from qstar_jax.tasks.prompts import build_prompt, check_n_shot, first_step_answer
+from qstar_jax.tasks.prompts import check_n_shot
 
 SPLITS = ("test", "validation", "train")  # the order instances are dealt in
 # Draws allowed per problem asked for before giving up: repeats are rare (about 1 in 200).
@@ -33,7 +33,7 @@ _GENERATOR_SUFFIX = " Give the result as your final answer. Do not include units
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class GsmSymbolicTask:
+class GsmSymbolicTask(Gsm8kTraces):
     """GSM-Symbolic from ``reasoning-gym``; sizes are problems per split."""
 
     name: ClassVar[str] = "gsm_symbolic"
@@ -62,19 +62,6 @@ class GsmSymbolicTask:
                              f"task.options.{split}_size above 0")
         return seeded_subset(problems, limit, seed, task=self.name, split=split,
                              size_option=f"task.options.{split}_size")
-
-    def prompt(self, problem: Problem, chat: ChatFormatter | None = None) -> str:
-        return build_prompt(GSM8K_FORMAT, problem.question, n_shot=self.n_shot, chat=chat)
-
-    def is_terminal_step(self, step: str) -> bool:
-        return grading.extract_final_answer(step) is not None
-
-    def extract_answer(self, completion: str) -> str | None:
-        return first_step_answer(completion, grading.extract_final_answer)
-
-    def grade(self, problem: Problem, completion: str) -> bool:
-        answer = self.extract_answer(completion)
-        return answer is not None and grading.number_equal(answer, problem.reference)
 
     def solution_steps(self, problem: Problem, rng: random.Random | None = None) -> list[str]:
         """The worked solution, one step per line, ending ``The answer is: N`` (the

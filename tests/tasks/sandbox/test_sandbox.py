@@ -253,25 +253,33 @@ def test_printed_pass_markers_and_forged_report_lines_do_not_pass(isolation: str
     assert result.detail.startswith("the program's process exited with status 0")
 
 
+def _forger(frames: str) -> str:
+    """Program text defining ``forge()``: it writes well-formed worker messages (``frames``,
+    a Python expression of the messages in order) down every stream socket it holds, the
+    worker's channel among them, then exits before the worker can answer."""
+    return textwrap.dedent(f"""\
+        import json, os, socket, struct
+        def frame(message):
+            body = json.dumps(message).encode()
+            return struct.pack(">I", len(body)) + body
+        def forge():
+            for fd in range(3, 64):
+                try:
+                    channel = socket.socket(fileno=os.dup(fd))
+                except OSError:
+                    continue
+                if channel.type == socket.SOCK_STREAM:
+                    channel.sendall(b"".join(frame(m) for m in {frames}))
+            os._exit(0)
+        """)
+
+
 @pytest.mark.parametrize("forged", ['{"ok": True}', '{"values": ["[]"]}'])
 def test_forged_worker_messages_do_not_pass(forged: str, isolation: str) -> None:
     # The program shares the worker's process, so it can write well-formed messages down
     # the worker's channel: "loaded", then a verdict for the test. A test whose assert the
     # parent judges still fails: its expected value never entered the sandbox.
-    program = textwrap.dedent(f"""\
-        import json, os, socket, struct
-        def frame(message):
-            body = json.dumps(message).encode()
-            return struct.pack(">I", len(body)) + body
-        for fd in range(3, 64):
-            try:
-                channel = socket.socket(fileno=os.dup(fd))
-            except OSError:
-                continue
-            if channel.type == socket.SOCK_STREAM:
-                channel.sendall(frame({{"ok": True}}) + frame({forged}))
-        os._exit(0)
-        """)
+    program = _forger(f'[{{"ok": True}}, {forged}]') + "forge()\n"
     tests = ["result = remove_odd([1, 2, 3, 4])\nassert result == [2, 4]"]
     result = _run(program, tests, isolation=isolation)
     assert (result.passed, result.status) == (False, "failed")
@@ -312,21 +320,7 @@ def test_forged_worker_messages_inside_a_test_function_do_not_pass(
         forged: str, isolation: str) -> None:
     # The entry point, called inside check(), writes well-formed messages down the worker's
     # channel: "the test ran", or values for it, then exits before the real answer.
-    program = textwrap.dedent(f"""\
-        import json, os, socket, struct
-        def frame(message):
-            body = json.dumps(message).encode()
-            return struct.pack(">I", len(body)) + body
-        def remove_odd(l):
-            for fd in range(3, 64):
-                try:
-                    channel = socket.socket(fileno=os.dup(fd))
-                except OSError:
-                    continue
-                if channel.type == socket.SOCK_STREAM:
-                    channel.sendall(frame({forged}))
-            os._exit(0)
-        """)
+    program = _forger(f"[{forged}]") + "def remove_odd(l):\n    forge()\n"
     result = _run(program, [CHECK_REMOVE_ODD], isolation=isolation)
     assert (result.passed, result.status) == (False, "failed")
     assert result.detail.startswith("test 1 failed")
