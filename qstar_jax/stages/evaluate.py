@@ -62,14 +62,14 @@ def slots_per_problem(ctx: RunContext, method: str, samples: int | None = None) 
     frontier node: K per expansion, for the expansions the budget allows (at least one
     step of every child per expansion). ``samples``: N of a chain method (default
     eval.samples)."""
-    s, e, d = ctx.config.search, ctx.config.eval, ctx.config.decode
+    s, e = ctx.config.search, ctx.config.eval
     if method in REASONER_METHODS:
         return reasoner_slots(ctx, method)
     if method in CHAIN_METHODS:
         return 2 * (samples or e.samples)
     if method == "beam":
         return e.beam_width * (e.beam_k + 1)
-    if method == "qstar":
+    if method in ("qstar", "qstar_no_q"):
         expansions = min(s.max_expansions, s.max_generated_tokens // s.k + 1)
         return s.k * expansions + 1
     return 2
@@ -95,7 +95,8 @@ def planner_factory(ctx: RunContext, method: str,
                             lam=s.lam, agg=s.agg, temperature=e.temperature,
                             max_steps=max_steps)
         return lambda i: BeamPlanner(i, config)
-    config = AStarConfig(k=s.k, n_complete=s.n_complete, lam=s.lam,
+    lam = 0.0 if method == "qstar_no_q" else s.lam
+    config = AStarConfig(k=s.k, n_complete=s.n_complete, lam=lam,
                          agg=s.agg, temperature=s.temperature,
                          expansions_per_node=s.expansions_per_node,
                          budget=Budget(max_expansions=s.max_expansions,
@@ -189,8 +190,13 @@ def _graded(ctx: RunContext, method: str, problems, results: list[SearchResult],
         problem = problems[result.problem_index]
         completion = join_steps(result.steps)
         c = result.counters
+        # pass@N of a chain method (any complete chain right), pass@k of MCTSr (any node
+        # right): a ceiling that needs the grader, never what the method answers.
+        any_correct = (any(ctx.task.grade(problem, join_steps(t.steps))
+                           for t in result.trajectories)
+                       if method in CHAIN_METHODS + ("mctsr",) else None)
         yield ProblemResult(
-            method=method, problem_id=problem.id,
+            method=method, problem_id=problem.id, any_correct=any_correct,
             correct=result.completed and ctx.task.grade(problem, completion),
             answer=ctx.task.extract_answer(completion), completion=completion,
             completed=result.completed, generated_tokens=c.generated_tokens,

@@ -19,7 +19,7 @@ from qstar_jax.models.lm_training import (LMTrainingConfig, pack_examples,
                                           pack_value_rows, train_causal_lm)
 from qstar_jax.parallel import is_writer
 from qstar_jax.stages.context import RunContext
-from qstar_jax.tasks.base import STEP_SEPARATOR, Problem
+from qstar_jax.tasks.base import Problem, state_text
 
 
 def policy_model_config(ctx: RunContext, tokenizer) -> ModelConfig:
@@ -46,7 +46,7 @@ def train_policy(ctx: RunContext) -> None:
     encode = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]  # noqa: E731
     prompts = ctx.prompts(problems)
     prompt_ids = encode(prompts)
-    trace_ids = encode(["".join(s + STEP_SEPARATOR for s in steps) for steps in solutions])
+    trace_ids = encode([state_text("", steps) for steps in solutions])
     examples = [(p, t + [tokenizer.eos_token_id]) for p, t in zip(prompt_ids, trace_ids)]
     value_rows = None
     length = max(len(p) + len(c) for p, c in examples)
@@ -89,7 +89,7 @@ def value_training_rows(ctx: RunContext, problems: list[Problem], prompts: list[
         for steps in (solution, wrong + task.solver_completion(problem, wrong)):
             ids, labelled = list(encode([prompt])[0]), []
             for t, step in enumerate(steps):
-                ids += encode([step + STEP_SEPARATOR])[0]
+                ids += encode([state_text("", (step,))])[0]
                 labelled.append((len(ids) - 1, float(task.can_still_succeed(problem,
                                                                              steps[:t + 1]))))
             rows.append((ids, labelled))
