@@ -61,12 +61,13 @@ def paged_decode_attention_gpu(q: jax.Array, k_pages: jax.Array, v_pages: jax.Ar
                                scale: float | None = None,
                                interpret: bool = False) -> jax.Array:
     """As ``paged_decode_attention_reference``. Page size and head_dim must be powers of
-    two of at least 16 (Triton's block rules); ``interpret=True`` runs it on CPU."""
+    two of at least 16 (Triton's block rules); ``interpret=True`` runs it on CPU, where
+    any sizes do."""
     check_paged_inputs(q, k_pages, v_pages, page_table, lengths)
     batch, num_queries, heads, head_dim = q.shape
     kv_heads, page_size = k_pages.shape[2], k_pages.shape[3]
     for name, size in (("page size", page_size), ("head_dim", head_dim)):
-        if size < 16 or size & (size - 1):
+        if not interpret and (size < 16 or size & (size - 1)):
             raise ValueError(f"the GPU kernel needs a {name} that is a power of two >= 16, "
                              f"got {size}")
     group = heads // kv_heads
