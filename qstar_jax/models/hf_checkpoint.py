@@ -77,10 +77,11 @@ def _open_safetensors(path: Path, stack: contextlib.ExitStack):
 
 
 def _host_device():
-    """The CPU device, so np.asarray of a read tensor is a view, not a device round trip;
-    None (the default device) where JAX_PLATFORMS leaves out the CPU backend."""
+    """This process's CPU device, so np.asarray of a read tensor is a view, not a device
+    round trip (a multi-process run's global CPU device 0 belongs to process 0); None (the
+    default device) where JAX_PLATFORMS leaves out the CPU backend."""
     try:
-        return jax.devices("cpu")[0]
+        return jax.local_devices(backend="cpu")[0]
     except RuntimeError:
         return None
 
