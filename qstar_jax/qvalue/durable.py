@@ -75,7 +75,8 @@ def append_records(file: IO[str], records: Sequence[Any]) -> None:
     """Write JSON lines and force them to disk once, before returning."""
     file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     file.flush()
-    os.fsync(file.fileno())
+    if is_writer():  # another process appends to os.devnull, which cannot be fsynced
+        os.fsync(file.fileno())
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
