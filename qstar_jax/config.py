@@ -66,6 +66,7 @@ FROM_SCRATCH_TASKS = ("countdown", "arithmetic")
 # whose solver also writes the rest of a trace (label.stronger_model=solver).
 EXACT_VALUE_TASKS = ("countdown", "arithmetic")
 SOLVER_TASKS = ("arithmetic",)
+CODE_TASKS = ("mbpp", "mbpp_sanitized", "humaneval")  # search.utility=code_rule
 # qstar_no_q: the same A* with λ = 0 (Q̂ ignored), what Q̂ adds. best_of_n_matched:
 # best-of-N at the smallest N found to spend at least Q*'s generated tokens per problem
 # (counted up from this run's results), the budget-matched baseline.
@@ -374,6 +375,9 @@ def check_config(config: RunConfig) -> None:
     require(s.utility != Utility.countdown_rule or config.task.name == "countdown",
             "search.utility", "countdown_rule scores Countdown steps; for "
             f"task.name={config.task.name} choose zero, prm or code_rule")
+    require(s.utility != Utility.code_rule or config.task.name in CODE_TASKS,
+            "search.utility", f"code_rule reads Python; the code tasks are {CODE_TASKS}, "
+            f"for task.name={config.task.name} choose zero or prm")
     require(e.samples >= 1, "eval.samples", f"must be >= 1, got {e.samples}")
     require(e.beam_width >= 1 and e.beam_k >= 1, "eval.beam_width/beam_k", "must be >= 1")
     unknown = [m for m in e.methods if m not in METHODS + REASONER_METHODS]

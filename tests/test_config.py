@@ -45,6 +45,7 @@ def test_round_trip_through_yaml(tmp_path):
     ("stages=[collect,dance]", "dance"),
     ("search.utility=prm", "prm_model"),
     ("search.utility=countdown_rule", "countdown_rule"),
+    ("search.utility=code_rule", "code_rule reads Python"),
     ("task.name=gsm8k", "live_states_only"),
 ])
 def test_bad_values_name_the_key(override, message):
