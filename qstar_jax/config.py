@@ -406,7 +406,10 @@ def check_config(config: RunConfig) -> None:
     require(0.0 <= config.q_train.holdout_fraction < 1.0, "q_train.holdout_fraction",
             "must be in [0, 1)")
     require(not config.label.live_states_only or config.task.name in EXACT_VALUE_TASKS,
-            "label.live_states_only", f"needs a task with an exact solver {EXACT_VALUE_TASKS}")
+            "label.live_states_only", f"needs a task with an exact solver {EXACT_VALUE_TASKS}; "
+            f"the defaults are the arithmetic world's labels: for task.name="
+            f"{config.task.name} start from its config in configs/, or set "
+            "label.live_states_only=false and label.method (e.g. best_of_rollouts)")
     require(config.label.method != LabelMethod.stronger_model
             or config.label.stronger_model is not None, "label.stronger_model",
             "label.method=stronger_model needs a model")
