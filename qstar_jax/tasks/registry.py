@@ -21,6 +21,7 @@ TASK_CLASSES = {
     "countdown": ("qstar_jax.tasks.countdown", "CountdownTask"),
     "humaneval": ("qstar_jax.tasks.humaneval", "HumanEvalTask"),
     "gsm_symbolic": ("qstar_jax.tasks.gsm_symbolic", "GsmSymbolicTask"),
+    "arithmetic": ("qstar_jax.tasks.arithmetic", "ArithmeticTask"),
 }
 
 
