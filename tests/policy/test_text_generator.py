@@ -2,7 +2,6 @@
 runtime's trace end or the token limit, every slot freed, tokens charged per problem."""
 
 import collections
-import itertools
 
 import numpy as np
 import pytest
@@ -10,33 +9,23 @@ import pytest
 from qstar_jax.policy.runtime import SampledStep, stable_id
 from qstar_jax.policy.text_generator import DecoderTextGenerator
 from qstar_jax.search.interface import TextRequest
+from tests.support.scripted_runtime import ScriptedRuntime
 
 TOKENS_PER_LINE = 2
 LINES_PER_TEXT = 3
 
 
-class LineRuntime:
+class LineRuntime(ScriptedRuntime):
     """A ``PolicyRuntime`` whose sampled line is the key it was drawn with; a slot's
     trace ends at its third line."""
 
     def __init__(self):
-        self._slots = itertools.count(1)
-        self.held: set[int] = set()
+        super().__init__()
         self.lines = collections.Counter()
-        self.generated = collections.Counter()
-        self.prefilled = collections.Counter()
-
-    def prefill_texts(self, problem_indices, texts):
-        for i, text in zip(problem_indices, texts):
-            self.prefilled[i] += len(text)
-        return self._take(len(texts))
-
-    def fork(self, parents, counts):
-        return [self._take(n) for n in counts]
 
     def free(self, slots):
         assert self.held >= set(slots), "a slot freed twice"
-        self.held -= set(slots)
+        super().free(slots)
 
     def sample(self, slots, problem_indices, node_ids, temperatures):
         steps = []
@@ -47,11 +36,6 @@ class LineRuntime:
                                      logprob=0.0, hidden=np.zeros(1), slot=slot,
                                      ends_trace=self.lines[slot] == LINES_PER_TEXT))
         return steps
-
-    def _take(self, n):
-        slots = [next(self._slots) for _ in range(n)]
-        self.held |= set(slots)
-        return slots
 
 
 def request(problem, stream, samples):

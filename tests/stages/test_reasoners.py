@@ -1,8 +1,6 @@
 """evaluate's wiring of ToT and MCTSr over a scripted runtime: each method runs through
 the decoder adapters and is charged what the runtime sampled for its problem."""
 
-import collections
-import itertools
 import types
 
 import numpy as np
@@ -13,44 +11,20 @@ from qstar_jax.policy.runtime import SampledStep
 from qstar_jax.search.process_utility import ZeroUtility
 from qstar_jax.stages.reasoners import reasoner_search, reasoner_slots
 from qstar_jax.tasks.base import Problem
+from tests.support.scripted_runtime import ScriptedRuntime
 
 TOKENS = 2  # per sampled line
 
 
-class OneLineRuntime:
+class OneLineRuntime(ScriptedRuntime):
     """Every sampled line is "Score: 50" (TOKENS tokens) and ends its trace; a prompt
     costs one token per character."""
-
-    def __init__(self):
-        self._slots = itertools.count(1)
-        self.held = set()
-        self.generated = collections.Counter()
-        self.prefilled = collections.Counter()
-
-    def prefill(self, problem_indices, prefixes):
-        return self.prefill_texts(problem_indices, ["prompt"] * len(problem_indices))
-
-    def prefill_texts(self, problem_indices, texts):
-        for i, text in zip(problem_indices, texts):
-            self.prefilled[i] += len(text)
-        return self._take(len(texts))
-
-    def fork(self, parents, counts):
-        return [self._take(n) for n in counts]
-
-    def free(self, slots):
-        self.held -= set(slots)
 
     def sample(self, slots, problem_indices, node_ids, temperatures):
         for i in problem_indices:
             self.generated[i] += TOKENS
         return [SampledStep(text="Score: 50", token_ids=(0,) * TOKENS, logprob=0.0,
                             hidden=np.zeros(1), ends_trace=True, slot=s) for s in slots]
-
-    def _take(self, n):
-        slots = [next(self._slots) for _ in range(n)]
-        self.held |= set(slots)
-        return slots
 
 
 class CountingQ:
