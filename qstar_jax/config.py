@@ -318,6 +318,8 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         config = OmegaConf.to_object(OmegaConf.merge(*layers))
     except OmegaConfBaseException as error:
         raise ConfigError(str(error).splitlines()[0] + _where(error)) from None
+    except ValueError as error:  # a settings dataclass's own check (e.g. eval.mctsr)
+        raise ConfigError(str(error)) from None
     check_config(config)
     return config
 
@@ -403,6 +405,11 @@ def check_config(config: RunConfig) -> None:
     require(m.data == -1 or d.slots % m.data == 0, "decode.slots",
             f"{d.slots} slots do not split over mesh.data={m.data} shards")
     require(config.task.eval_problems >= 1, "task.eval_problems", "must be >= 1")
+    pt = config.policy_training
+    require(min(pt.steps, pt.batch_size, pt.train_problems, pt.hidden_size, pt.num_layers) >= 1
+            and pt.learning_rate > 0 and pt.warmup_steps >= 0 and pt.value_weight >= 0,
+            "policy_training", "steps, batch_size, train_problems, hidden_size and num_layers "
+            "must be >= 1, learning_rate > 0, warmup_steps and value_weight >= 0")
     require(0.0 <= config.q_train.holdout_fraction < 1.0, "q_train.holdout_fraction",
             "must be in [0, 1)")
     require(not config.label.live_states_only or config.task.name in EXACT_VALUE_TASKS,

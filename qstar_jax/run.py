@@ -2,7 +2,8 @@
 
 Runs the configured stages in order (train_policy, collect, label, train_q, evaluate);
 each is skipped when its outputs already exist in the output folder, so rerunning a
-killed run resumes it. With no arguments: the default Countdown experiment.
+killed run resumes it. With no arguments: the default experiment (arithmetic chains, Q*
+planning with its learned Q̂).
 """
 
 from __future__ import annotations
