@@ -32,6 +32,9 @@ class ProblemResult:
     # Chain methods: whether any of the complete chains is right (pass@N, a ceiling read
     # with the grader); None for the others.
     any_correct: bool | None = None
+    # Tasks graded by running tests (code): how the tests ended (passed, failed, timeout,
+    # error, memory_exceeded, killed, no_code); None for tasks graded by comparison.
+    grade_status: str | None = None
 
 
 class ResultsLog:

