@@ -1,0 +1,92 @@
+"""Where a tree search's choices go wrong, read against the exact value (synthetic worlds).
+
+Reads the trees a run dumped (``eval.dump_trees=true``) and, with the task's exact solver
+(``can_still_succeed``), sorts every expansion: of a dead node (a state that can no longer
+reach the answer: search budget spent where nothing can be won), or of a live node whose
+new children are all live, all dead, or mixed. At a mixed expansion the search's h (Q̂)
+had a choice to make: the share where its best-scored child is live is how often Q̂ chose
+right when it mattered. A Q̂ that only echoes the policy's confidence chooses about as the
+policy's own mode would; an independent judge of the step would choose live nearly always.
+
+    python -m qstar_jax.run eval.dump_trees=true task.eval_split=validation --out RUN ...
+    python experiments/search_choices.py RUN [--method qstar]
+
+Prints a line per method and, as its last line, JSON: {"qstar": {"expansions": ...,
+"dead_expansions": ..., "live_all_live": ..., "live_mixed": ..., "live_all_dead": ...,
+"mixed_best_child_live": ...}, ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+from pathlib import Path
+
+from qstar_jax.config import EXACT_VALUE_TASKS, load_config
+from qstar_jax.stages.context import RunContext
+
+
+def expansion_kinds(tree: dict, is_live) -> collections.Counter:
+    """Counts for one dumped tree; ``is_live(steps)`` is the exact value of a state."""
+    nodes = {node["id"]: node for node in tree["nodes"]}
+    children = collections.defaultdict(list)
+    for node in nodes.values():
+        if node["parent"] is not None:
+            children[node["parent"]].append(node)
+    counts = collections.Counter()
+    for node_id in tree["expansion_order"]:
+        new = children[node_id]
+        if not new:
+            continue
+        counts["expansions"] += 1
+        if not is_live(nodes[node_id]["steps"]):
+            counts["dead_expansions"] += 1
+            continue
+        live = [is_live(child["steps"]) for child in new]
+        if all(live):
+            counts["live_all_live"] += 1
+        elif not any(live):
+            counts["live_all_dead"] += 1
+        else:
+            counts["live_mixed"] += 1
+            best = max(new, key=lambda child: (child["h"], -child["id"]))
+            counts["mixed_best_child_live"] += is_live(best["steps"])
+    return counts
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path, help="a run folder with trees/ (eval.dump_trees)")
+    parser.add_argument("--method", action="append", help="methods to read (default: all "
+                        "with dumped trees)")
+    args = parser.parse_args(argv)
+    ctx = RunContext(config=load_config(args.run / "config.yaml"), out=args.run)
+    if ctx.config.task.name not in EXACT_VALUE_TASKS:
+        raise SystemExit(f"the exact value exists for {EXACT_VALUE_TASKS} only")
+    folders = sorted((args.run / "trees").glob("*"))
+    methods = args.method or [folder.name for folder in folders]
+    if not methods:
+        raise SystemExit(f"{args.run} has no trees/: run it with eval.dump_trees=true")
+    problems = ctx.problems(ctx.config.task.eval_split, ctx.config.task.eval_problems)
+    report = {}
+    for method in methods:
+        counts = collections.Counter()
+        for path in sorted((args.run / "trees" / method).glob("*.json")):
+            tree = json.loads(path.read_text())
+            problem = problems[tree["problem_index"]]
+            counts += expansion_kinds(
+                tree, lambda steps, p=problem: ctx.task.can_still_succeed(p, steps))
+        mixed = counts["live_mixed"]
+        report[method] = dict(counts, mixed_best_child_live_share=(
+            round(counts["mixed_best_child_live"] / mixed, 3) if mixed else None))
+        print(f"{method}: {counts['expansions']} expansions, {counts['dead_expansions']} of "
+              f"dead nodes; of live nodes: {counts['live_all_live']} all children live, "
+              f"{mixed} mixed, {counts['live_all_dead']} all dead; at mixed ones the best-h "
+              f"child was live {report[method]['mixed_best_child_live_share']}")
+    print(json.dumps(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""experiments/search_choices.py sorts a dumped tree's expansions by the exact value."""
+
+import importlib.util
+from pathlib import Path
+
+SCRIPT = Path(__file__).parents[1] / "experiments/search_choices.py"
+spec = importlib.util.spec_from_file_location("search_choices", SCRIPT)
+search_choices = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(search_choices)
+
+
+def node(id, parent, steps, h=0.0):
+    return {"id": id, "parent": parent, "steps": steps, "h": h}
+
+
+def test_expansions_are_sorted_by_the_exact_value_and_the_best_h_child_read():
+    # live states: every step "ok"; root expanded into a mixed pair where Q̂ prefers the
+    # dead child, which is expanded (a dead expansion); the live child into two live ones.
+    tree = {"expansion_order": [0, 2, 1, 4],
+            "nodes": [node(0, None, []), node(1, 0, ["ok"], h=0.3), node(2, 0, ["bad"], h=0.9),
+                      node(3, 2, ["bad", "ok"]), node(4, 1, ["ok", "ok"]),
+                      node(5, 1, ["ok", "ok2"]), node(6, 4, ["ok", "ok", "bad"], h=0.1),
+                      node(7, 4, ["ok", "ok", "ok"], h=0.2)]}
+    counts = search_choices.expansion_kinds(
+        tree, lambda steps: all(step.startswith("ok") for step in steps))
+    assert counts == {"expansions": 4, "dead_expansions": 1, "live_all_live": 1,
+                      "live_mixed": 2, "mixed_best_child_live": 1}
