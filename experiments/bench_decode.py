@@ -137,7 +137,6 @@ def product_seconds(rows: int, shape: tuple[int, int], copies: int, dtype,
     ``2 * copies`` products less one with ``copies``, so the call's dispatch cancels; each
     call the fastest of ``reps``."""
     import jax
-    import jax.numpy as jnp
     n_in, n_out = shape
     keys = jax.random.split(jax.random.key(0), 2 * copies + 1)
     x = jax.random.normal(keys[0], (rows, n_in), dtype)

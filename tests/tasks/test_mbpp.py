@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from qstar_jax.tasks.base import MalformedRecordError
-from qstar_jax.tasks.mbpp import (MBPP_FORMAT, HiddenTests, MbppSanitizedTask, MbppTask,
-                                  code_from_completion)
+from qstar_jax.tasks.code_answers import HiddenTests, code_from_completion
+from qstar_jax.tasks.mbpp import MBPP_FORMAT, MbppSanitizedTask, MbppTask
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "mbpp"
 

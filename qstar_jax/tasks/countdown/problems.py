@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 from qstar_jax.tasks.countdown.rules import CountdownRules
 from qstar_jax.tasks.countdown.solver import CountdownSolver
 from qstar_jax.tasks.countdown.steps import MAX_DIGITS, format_numbers
-from qstar_jax.tasks.hashed_splits import SPLITS, hashed_split
+from qstar_jax.tasks.hashed_splits import hashed_split
 from qstar_jax.tasks.hashed_splits import check_split as check_hashed_split
 
 
