@@ -31,7 +31,7 @@ import numpy as np
 
 from flax import nnx
 
-from qstar_jax.config import EXACT_VALUE_TASKS, QBackbone, load_config
+from qstar_jax.config import EXACT_VALUE_TASKS, QBackbone
 from qstar_jax.qvalue.checkpoint import load_q_head
 from qstar_jax.qvalue.dataset import load_labelled, load_step_logprobs
 from qstar_jax.qvalue.head import QHead, QHeadModel, head_inputs
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("run", type=Path, help="a synthetic-world run whose train_q stage "
                         "finished")
     run = parser.parse_args(argv).run
-    ctx = RunContext(config=load_config(run / "config.yaml"), out=run)
+    ctx = RunContext.of_run(run)
     if (ctx.config.task.name not in EXACT_VALUE_TASKS
             or ctx.config.q_train.backbone != QBackbone.policy):
         raise SystemExit(f"the exact value exists for {EXACT_VALUE_TASKS}, and this reads a "

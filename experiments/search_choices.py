@@ -23,7 +23,7 @@ import collections
 import json
 from pathlib import Path
 
-from qstar_jax.config import EXACT_VALUE_TASKS, load_config
+from qstar_jax.config import EXACT_VALUE_TASKS
 from qstar_jax.stages.context import RunContext
 
 
@@ -50,8 +50,8 @@ def expansion_kinds(tree: dict, is_live) -> collections.Counter:
             counts["live_all_dead"] += 1
         else:
             counts["live_mixed"] += 1
-            best = max(new, key=lambda child: (child["h"], -child["id"]))
-            counts["mixed_best_child_live"] += is_live(best["steps"])
+            best = max(range(len(new)), key=lambda i: (new[i]["h"], -new[i]["id"]))
+            counts["mixed_best_child_live"] += live[best]
     return counts
 
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--method", action="append", help="methods to read (default: all "
                         "with dumped trees)")
     args = parser.parse_args(argv)
-    ctx = RunContext(config=load_config(args.run / "config.yaml"), out=args.run)
+    ctx = RunContext.of_run(args.run)
     if ctx.config.task.name not in EXACT_VALUE_TASKS:
         raise SystemExit(f"the exact value exists for {EXACT_VALUE_TASKS} only")
     folders = sorted((args.run / "trees").glob("*"))

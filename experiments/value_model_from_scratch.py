@@ -28,14 +28,13 @@ import re
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 from flax import nnx
 
-from qstar_jax.config import EXACT_VALUE_TASKS, load_config
-from qstar_jax.decoding.token_batch import TokenBatch, pad_token_batch
+from qstar_jax.config import EXACT_VALUE_TASKS
+from qstar_jax.decoding.token_batch import pad_token_batch
 from qstar_jax.models.config import ModelConfig
-from qstar_jax.qvalue.backbone import BackboneQ
+from qstar_jax.qvalue.backbone import BackboneQ, BackboneQModel
 from qstar_jax.qvalue.dataset import load_labelled, load_step_logprobs
 from qstar_jax.qvalue.head import QHeadConfig
 from qstar_jax.qvalue.train import TrainConfig, roc_auc, train_q_model
@@ -102,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--characters", action="store_true", help="one token per character "
                         "instead of numbers as single tokens")
     args = parser.parse_args(argv)
-    ctx = RunContext(config=load_config(args.run / "config.yaml"), out=args.run)
+    ctx = RunContext.of_run(args.run)
     if ctx.config.task.name not in EXACT_VALUE_TASKS:
         raise SystemExit(f"needs a synthetic world with an exact solver: {EXACT_VALUE_TASKS}")
     problems = ctx.problems(ctx.config.task.train_split, ctx.config.task.train_problems)
@@ -110,20 +109,20 @@ def main(argv: list[str] | None = None) -> dict:
     steps, _ = load_labelled(ctx.labels_path)
     first_held = int(len(problems) * (1 - HELD_OUT_SHARE))
     held = np.array([s.problem_index >= first_held for s in steps])
+    train_rows, held_rows = np.flatnonzero(~held), np.flatnonzero(held)
     texts = [state_text(prompts[s.problem_index], (*s.prefix_steps, s.step_text)) for s in steps]
-    labels = [s.label for s in steps]
-    train_texts = [t for t, h in zip(texts, held) if not h]
-    train_labels = [y for y, h in zip(labels, held) if not h]
     extra_texts, extra_labels = synthetic_rows(ctx, args.synthetic, ctx.config.label.gamma,
                                                ctx.config.seed)
     vocabulary = PieceVocabulary(number_tokens=not args.characters)
-    train_ids = [vocabulary.encode(t) for t in train_texts + extra_texts]
-    train_y = np.array(train_labels + extra_labels, np.float32)
-    held_ids = [vocabulary.encode(t) for t, h in zip(texts, held) if h]
+    train_ids = [vocabulary.encode(texts[i]) for i in train_rows]
+    train_ids += [vocabulary.encode(t) for t in extra_texts]
+    train_y = np.array([steps[i].label for i in train_rows] + extra_labels, np.float32)
+    held_steps = [steps[i] for i in held_rows]
+    held_ids = [vocabulary.encode(texts[i]) for i in held_rows]
     exact = np.array([ctx.task.can_still_succeed(problems[s.problem_index],
                                                  (*s.prefix_steps, s.step_text))
-                      for s, h in zip(steps, held) if h])
-    number = np.array([len(s.prefix_steps) + 1 for s, h in zip(steps, held) if h])
+                      for s in held_steps])
+    number = np.array([len(s.prefix_steps) + 1 for s in held_steps])
 
     width = args.hidden_size
     config = ModelConfig(model_type="llama", vocab_size=len(vocabulary.ids), hidden_size=width,
@@ -141,13 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
                   training)
     seconds_per_step = (time.perf_counter() - started) / args.steps
 
-    graphdef, state = nnx.split(model)
-    scores_of = jax.jit(lambda state, tokens, lengths: nnx.merge(graphdef, state).raw_scores(
-        TokenBatch(tokens, lengths)))
-    batch = pad_token_batch(held_ids, pad_id=0, multiple_of=8)
-    scores = np.concatenate([np.asarray(scores_of(state, batch.tokens[i:i + 1024],
-                                                  batch.lengths[i:i + 1024]))
-                             for i in range(0, len(held_ids), 1024)])
+    scores = BackboneQModel(model, pad_id=0).score_texts(held_ids)
     logprobs = load_step_logprobs(ctx.labels_path)
 
     def by_step(values):

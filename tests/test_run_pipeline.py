@@ -152,7 +152,6 @@ def test_bad_configs_fail_before_any_work(override, message, tmp_path, capsys):
 
 
 def test_exact_q_experiment_scores_every_edge_by_the_solver(finished_run, tmp_path, capsys):
-    from qstar_jax.config import load_config
     from qstar_jax.stages.context import RunContext
 
     script = runpy.run_path(str(Path(__file__).parents[1] / "experiments/countdown_exact_q.py"))
@@ -161,7 +160,7 @@ def test_exact_q_experiment_scores_every_edge_by_the_solver(finished_run, tmp_pa
                            "eval.methods=[qstar]", "eval.dump_trees=true"]) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last["methods"]["qstar"]["n"] == 6
-    ctx = RunContext(config=load_config(out / "config.yaml"), out=out)
+    ctx = RunContext.of_run(out)
     problems = {p.id.replace("/", "_"): p for p in ctx.problems("test", 6)}
     scored = 0
     for dump in (out / "trees" / "qstar").glob("*.json"):

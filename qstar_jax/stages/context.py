@@ -13,7 +13,7 @@ from pathlib import Path
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from qstar_jax.config import RunConfig
+from qstar_jax.config import RunConfig, load_config
 from qstar_jax.decoding.engine import Decoder
 from qstar_jax.models.loading import LoadedModel, load_model
 from qstar_jax.policy.runtime import PolicyRuntime
@@ -29,6 +29,11 @@ class RunContext:
     out: Path
     # The devices decoding and Q-hat training spread over (qstar_jax.parallel); None: one.
     mesh: Mesh | None = None
+
+    @classmethod
+    def of_run(cls, folder: Path) -> "RunContext":
+        """A finished (or started) run's context, from the config it saved in ``folder``."""
+        return cls(config=load_config(folder / "config.yaml"), out=folder)
 
     @functools.cached_property
     def task(self) -> Task:

@@ -190,12 +190,20 @@ def _graded(ctx: RunContext, method: str, problems, results: list[SearchResult],
         problem = problems[result.problem_index]
         completion = join_steps(result.steps)
         c = result.counters
+        # Each distinct text is graded once: the answer is often one of the chains below,
+        # and grading code runs its tests in the sandbox.
+        verdicts: dict[str, tuple[bool, str | None]] = {}
+
+        def grade(text: str) -> tuple[bool, str | None]:
+            if text not in verdicts:
+                verdicts[text] = _grade(ctx.task, problem, text, True)
+            return verdicts[text]
+
+        correct, status = grade(completion) if result.completed else (False, None)
         # pass@N of a chain method (any complete chain right), pass@k of MCTSr (any node
         # right): a ceiling that needs the grader, never what the method answers.
-        any_correct = (any(ctx.task.grade(problem, join_steps(t.steps))
-                           for t in result.trajectories)
+        any_correct = (any(grade(join_steps(t.steps))[0] for t in result.trajectories)
                        if method in CHAIN_METHODS + ("mctsr",) else None)
-        correct, status = _grade(ctx.task, problem, completion, result.completed)
         yield ProblemResult(
             method=method, problem_id=problem.id, any_correct=any_correct,
             correct=correct, grade_status=status,
