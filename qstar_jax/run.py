@@ -17,6 +17,7 @@ from pathlib import Path
 
 from qstar_jax.config import SOLVER, ConfigError, Utility, load_config, to_yaml
 from qstar_jax.memory_plan import check_memory
+from qstar_jax.models.compile_cache import enable_compile_cache
 from qstar_jax.models.loading import PACKAGED_MODELS
 from qstar_jax.parallel import (barrier, check_slots, initialize_distributed, is_writer,
                                 make_mesh)
@@ -73,6 +74,7 @@ def preflight(config) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    enable_compile_cache()  # before anything compiles
     try:
         config = load_config(args.config, args.overrides)
         preflight(config)
