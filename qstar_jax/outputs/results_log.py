@@ -1,7 +1,7 @@
 """``results.jsonl``: one line per (method, problem), appended and fsynced as each
 problem finishes, so a killed run loses nothing finished and resumes where it stopped.
 
-It is read and written through ``qvalue.durable``: a torn last line (a kill mid-write) is
+It is read and written through ``outputs.durable``: a torn last line (a kill mid-write) is
 skipped and cut off before the next append; a damaged line anywhere else is an error.
 """
 
@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from qstar_jax.qvalue import durable
+from qstar_jax.outputs import durable
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

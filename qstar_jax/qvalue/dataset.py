@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from qstar_jax.qvalue import durable
+from qstar_jax.outputs import durable
 from qstar_jax.qvalue.rollouts import ProblemRollouts
 
 

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import IO, Sequence
 
-from qstar_jax.qvalue import durable
+from qstar_jax.outputs import durable
 from qstar_jax.qvalue.dataset import StepPair
 
 

@@ -17,7 +17,7 @@ from typing import IO, Literal, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from qstar_jax.qvalue import durable
+from qstar_jax.outputs import durable
 from qstar_jax.qvalue.dataset import LabelledStep, StepPair, labelled
 from qstar_jax.qvalue.rollouts import RewardFn, RolloutSampler, memoized, sample_checked
 

@@ -13,7 +13,7 @@ from typing import Callable, Protocol, Sequence
 
 from tqdm.auto import tqdm
 
-from qstar_jax.qvalue import durable
+from qstar_jax.outputs import durable
 
 # (problem_index, steps of a finished trace) -> 1.0 when the task grader accepts it, else 0.0
 RewardFn = Callable[[int, tuple[str, ...]], float]

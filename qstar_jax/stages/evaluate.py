@@ -15,11 +15,11 @@ from typing import Callable
 import numpy as np
 
 from qstar_jax.config import REASONER_METHODS, Scorer, Utility
+from qstar_jax.outputs.durable import write_atomically
 from qstar_jax.outputs.reports import matched_samples, summarize, write_reports
 from qstar_jax.outputs.results_log import ProblemResult, ResultsLog
 from qstar_jax.parallel import barrier
 from qstar_jax.policy.expander import DecoderExpander
-from qstar_jax.qvalue.durable import write_atomically
 from qstar_jax.search.astar import AStarConfig, AStarPlanner, Budget
 from qstar_jax.search.beam import BeamConfig, BeamPlanner
 from qstar_jax.search.chains import (ChainConfig, ChainPlanner, greedy_planner,

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
-from qstar_jax.qvalue.durable import write_atomically
+from qstar_jax.outputs.durable import write_atomically
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

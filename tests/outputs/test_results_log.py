@@ -4,7 +4,7 @@ import json
 import pytest
 
 from qstar_jax.outputs.results_log import ResultsLog
-from qstar_jax.qvalue.durable import CorruptRecordError
+from qstar_jax.outputs.durable import CorruptRecordError
 from tests.outputs.problem_results import result
 
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from qstar_jax.qvalue.durable import CorruptRecordError
+from qstar_jax.outputs.durable import CorruptRecordError
 from qstar_jax.qvalue.rollouts import ProblemRollouts, Rollout, collect_rollouts, read_rollouts
 
 
