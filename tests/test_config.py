@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from qstar_jax.config import Agg, ConfigError, RunConfig, load_config, to_yaml
@@ -94,3 +96,11 @@ def test_reasoner_methods_are_listed_only_on_request_and_their_settings_checked(
         load_config(overrides=["eval.tot.evaluator=prm", "search.utility=zero"])
     with pytest.raises(ConfigError, match="eval.tot: k, keep"):
         load_config(overrides=["eval.tot.keep=0"])
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in Path("configs").glob("*.yaml")))
+def test_every_shipped_config_loads_and_names_its_out_dir(path):
+    config = load_config(path)
+    assert config.out_dir == f"runs/{Path(path).stem}"
+    # No shipped config puts a verifier inside the search but the one named for it.
+    assert (config.search.utility.value == "countdown_rule") == path.endswith("verifier.yaml")
