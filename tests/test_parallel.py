@@ -3,7 +3,6 @@ decoding over two processes, each against one device."""
 
 import json
 import os
-import runpy
 import socket
 import subprocess
 import sys
@@ -123,16 +122,3 @@ def test_decoding_over_two_processes_matches_one_device():
     outputs = finish([start_child("tests.support.sharded_decoding", port, str(process),
                                   devices=2) for process in (0, 1)])
     assert_same_as_one_device(json.loads(outputs[0].splitlines()[-1]), {"4x1", "2x2"})
-
-
-@pytest.mark.slow
-def test_a_tiny_run_over_two_processes_writes_what_one_process_writes(tmp_path):
-    """Every stage as 2 processes x 2 devices (process 0 writing the shared folder)
-    against one process with the same 4x1 mesh: the same results."""
-    check = runpy.run_path(str(REPO / "experiments" / "sharding_check.py"))
-    overrides = ["task.eval_problems=4", "mesh.data=4"]
-    check["run"](tmp_path / "one", overrides, devices=4)
-    check["run"](tmp_path / "two", overrides, devices=2, processes=2)
-    assert check["rows"](tmp_path / "two") == check["rows"](tmp_path / "one")
-    for name in ("summary.json", "policy/config.json", "labels.jsonl", "q_training.json"):
-        assert (tmp_path / "two" / name).exists(), name
