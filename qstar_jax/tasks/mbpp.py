@@ -107,6 +107,12 @@ class _MbppBase(FencedCodeAnswers):
                       "reference_code": record.get("code")})
 
 
+# The columns both MBPP configurations have.
+_TASK_ID = Column(name="task_id", holds="int: the problem's id")
+_TEST_LIST = Column(name="test_list", holds="list[str]: assert statements, the first one shown")
+_CODE = Column(name="code", holds="str: a reference solution", required=False)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MbppTask(_MbppBase):
     """MBPP ``full``: hidden tests are ``test_list`` plus ``challenge_test_list``."""
@@ -114,14 +120,14 @@ class MbppTask(_MbppBase):
     name: ClassVar[str] = "mbpp"
     hub_config: ClassVar[str] = "full"
     columns: ClassVar[tuple[Column, ...]] = (
-        Column(name="task_id", holds="int: the problem's id"),
+        _TASK_ID,
         Column(name="text", holds="str: the task description"),
-        Column(name="test_list", holds="list[str]: assert statements, the first one shown"),
+        _TEST_LIST,
         Column(name="test_setup_code", holds="str: code run before the tests",
                required=False),
         Column(name="challenge_test_list", holds="list[str]: more hidden asserts",
                required=False),
-        Column(name="code", holds="str: a reference solution", required=False),
+        _CODE,
     )
 
     def _problem_from_record(self, record: dict[str, Any], default_id: str) -> Problem:
@@ -137,12 +143,12 @@ class MbppSanitizedTask(_MbppBase):
     name: ClassVar[str] = "mbpp_sanitized"
     hub_config: ClassVar[str] = "sanitized"
     columns: ClassVar[tuple[Column, ...]] = (
-        Column(name="task_id", holds="int: the problem's id"),
+        _TASK_ID,
         Column(name="prompt", holds="str: the task description"),
-        Column(name="test_list", holds="list[str]: assert statements, the first one shown"),
+        _TEST_LIST,
         Column(name="test_imports", holds="list[str]: import lines run before the tests",
                required=False),
-        Column(name="code", holds="str: a reference solution", required=False),
+        _CODE,
     )
 
     def _problem_from_record(self, record: dict[str, Any], default_id: str) -> Problem:
