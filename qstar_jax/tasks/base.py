@@ -99,3 +99,16 @@ def state_text(prompt: str, steps: Sequence[str]) -> str:
     """The text of state s = prompt ⊕ steps, each step ended by the separator as the
     policy wrote it: what the policy continues and what Q̂ reads."""
     return prompt + "".join(step + STEP_SEPARATOR for step in steps)
+
+
+def int_range(where: str, value: Any, *, lowest: int | None = None) -> tuple[int, int]:
+    """A config's inclusive ``(low, high)`` as a tuple of two integers, low <= high and
+    low >= ``lowest`` when given; anything else is a ValueError naming ``where``."""
+    bounds = tuple(value) if isinstance(value, (list, tuple)) else ()
+    floor = "" if lowest is None else f"{lowest} <= "
+    if len(bounds) != 2 or not all(isinstance(b, int) and not isinstance(b, bool)
+                                   for b in bounds) \
+            or bounds[0] > bounds[1] or (lowest is not None and bounds[0] < lowest):
+        raise ValueError(f"{where}={value!r}: give two integers (low, high), both included, "
+                         f"with {floor}low <= high")
+    return bounds

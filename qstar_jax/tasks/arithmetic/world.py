@@ -13,6 +13,7 @@ import dataclasses
 import random
 
 from qstar_jax.tasks.arithmetic.steps import OPERATORS, Operation, format_question
+from qstar_jax.tasks.base import int_range
 from qstar_jax.tasks.hashed_splits import hashed_split
 from qstar_jax.tasks.hashed_splits import check_split as check_hashed_split
 
@@ -43,12 +44,8 @@ class ArithmeticConfig:
 
     def __post_init__(self):
         for name in ("operations", "start_range", "add_range", "multiply_range"):
-            bounds = tuple(getattr(self, name))
-            if len(bounds) != 2 or not all(isinstance(b, int) for b in bounds) \
-                    or not 0 <= bounds[0] <= bounds[1]:
-                raise ValueError(f"ArithmeticConfig.{name}={getattr(self, name)!r}: give two "
-                                 "integers (low, high) with 0 <= low <= high")
-            object.__setattr__(self, name, bounds)
+            object.__setattr__(self, name, int_range(f"ArithmeticConfig.{name}",
+                                                     getattr(self, name), lowest=0))
         if self.operations[0] < 1:
             raise ValueError("ArithmeticConfig.operations: a chain needs at least 1 operation")
         if not self.operators or set(self.operators) - set(OPERATORS):

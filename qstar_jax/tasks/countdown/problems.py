@@ -18,6 +18,7 @@ import math
 import random
 from typing import Any, Mapping, Sequence
 
+from qstar_jax.tasks.base import int_range
 from qstar_jax.tasks.countdown.rules import CountdownRules
 from qstar_jax.tasks.countdown.solver import CountdownSolver
 from qstar_jax.tasks.countdown.steps import MAX_DIGITS, format_numbers
@@ -67,22 +68,13 @@ class CountdownConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "rules", from_fields(CountdownRules, self.rules))
-        for name in ("number_range", "target_range"):
-            bounds = tuple(getattr(self, name))
-            if len(bounds) != 2 or not all(isinstance(b, int) for b in bounds):
-                raise ValueError(f"CountdownConfig.{name}={getattr(self, name)!r}: give two "
-                                 "integers (low, high), both included")
-            object.__setattr__(self, name, bounds)
-        lo, hi = self.number_range
+        for name, lowest in (("number_range", 1), ("target_range", None)):
+            object.__setattr__(self, name, int_range(f"CountdownConfig.{name}",
+                                                     getattr(self, name), lowest=lowest))
+        hi = self.number_range[1]
         if self.num_count < 2:
             raise ValueError(f"CountdownConfig.num_count={self.num_count}: a step combines "
                              "two numbers, so give at least 2")
-        if not 1 <= lo <= hi:
-            raise ValueError(f"CountdownConfig.number_range={self.number_range}: give "
-                             "(low, high) with 1 <= low <= high")
-        if self.target_range[0] > self.target_range[1]:
-            raise ValueError(f"CountdownConfig.target_range={self.target_range}: give "
-                             "(low, high) with low <= high")
         if hi ** self.num_count >= 10 ** MAX_DIGITS:
             raise ValueError(f"CountdownConfig: {self.num_count} numbers up to {hi} can "
                              f"make values past {MAX_DIGITS} digits, which the step format "
