@@ -39,7 +39,7 @@ from pathlib import Path
 from flax import nnx
 from tqdm import tqdm
 
-from qstar_jax.config import load_config
+from qstar_jax.config import PolicyTrainingConfig, load_config
 from qstar_jax.models.char_tokenizer import build_char_tokenizer
 from qstar_jax.models.hf_export import save_hf_checkpoint
 from qstar_jax.models.llama import LlamaModel
@@ -108,8 +108,10 @@ class DecoderRationales:
 
 
 def train_policy_on(model: LlamaModel, tokenizer, examples: list[tuple[str, list[str]]],
-                    steps: int, seed: int, folder: Path) -> None:
-    """Trains ``model`` on (prompt, steps) pairs and saves it to ``folder`` whole (written
+                    steps: int, seed: int, folder: Path, settings: PolicyTrainingConfig
+                    ) -> None:
+    """Trains ``model`` on (prompt, steps) pairs for ``steps`` steps with the batch size,
+    learning rate and warm-up of ``settings`` and saves it to ``folder`` whole (written
     aside, then moved in)."""
     encode = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]  # noqa: E731
     prompt_ids = encode([p for p, _ in examples])
@@ -118,8 +120,9 @@ def train_policy_on(model: LlamaModel, tokenizer, examples: list[tuple[str, list
                                   for p, t in zip(prompt_ids, trace_ids)],
                                  tokenizer.pad_token_id)
     log = train_causal_lm(model, tokens, mask, LMTrainingConfig(
-        steps=steps, batch_size=64, learning_rate=3e-3, warmup_steps=min(100, steps // 5),
-        seed=seed), desc=f"train {folder.name}")
+        steps=steps, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
+        warmup_steps=min(settings.warmup_steps, steps // 5), seed=seed),
+        desc=f"train {folder.name}")
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     save_hf_checkpoint(model, tokenizer, partial)
@@ -174,7 +177,8 @@ def main() -> None:
         model = LlamaModel(policy_model_config(ctx, tokenizer), rngs=nnx.Rngs(config.seed))
         pairs = [(sp.prompt, s) for sp, s in zip(star_problems[weak], solutions[weak])]
         pairs += [(sp.hinted_prompt, s) for sp, s in zip(star_problems[weak], solutions[weak])]
-        train_policy_on(model, tokenizer, pairs, args.weak_steps, config.seed, base)
+        train_policy_on(model, tokenizer, pairs, args.weak_steps, config.seed, base,
+                        config.policy_training)
 
     by_id = {p.id: p for p in problems}
     hinted_of = {sp.id: sp.hinted_prompt for sp in star_problems}
@@ -195,7 +199,7 @@ def main() -> None:
             if args.hinted_copies:
                 pairs += [(hinted_of[e.problem_id], list(e.rationale)) for e in examples]
             train_policy_on(load_model(base).model, tokenizer, pairs, args.round_steps,
-                            config.seed + r + 1, folder)
+                            config.seed + r + 1, folder, config.policy_training)
         return folder
 
     loop = StarLoop(folder=args.out, rounds=args.rounds, samples=args.samples,
