@@ -41,7 +41,6 @@ from tqdm import tqdm
 
 from qstar_jax.config import PolicyTrainingConfig, load_config
 from qstar_jax.models.char_tokenizer import build_char_tokenizer
-from qstar_jax.models.hf_export import save_hf_checkpoint
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.models.lm_training import LMTrainingConfig, pack_examples, train_causal_lm
 from qstar_jax.models.loading import load_model
@@ -49,8 +48,9 @@ from qstar_jax.policy.text_generator import DecoderTextGenerator
 from qstar_jax.run import main as run_pipeline
 from qstar_jax.search.interface import TextRequest
 from qstar_jax.stages.context import RunContext
-from qstar_jax.stages.train_policy import policy_model_config
-from qstar_jax.tasks.base import Problem, join_steps, split_steps, state_text
+from qstar_jax.stages.train_policy import (policy_model_config, save_policy,
+                                           trace_examples)
+from qstar_jax.tasks.base import Problem, join_steps, split_steps
 from qstar_jax.tasks.countdown.steps import format_number, parse_step
 from qstar_jax.training.star import Example, StarLoop, StarProblem
 
@@ -111,23 +111,15 @@ def train_policy_on(model: LlamaModel, tokenizer, examples: list[tuple[str, list
                     steps: int, seed: int, folder: Path, settings: PolicyTrainingConfig
                     ) -> None:
     """Trains ``model`` on (prompt, steps) pairs for ``steps`` steps with the batch size,
-    learning rate and warm-up of ``settings`` and saves it to ``folder`` whole (written
-    aside, then moved in)."""
-    encode = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]  # noqa: E731
-    prompt_ids = encode([p for p, _ in examples])
-    trace_ids = encode([state_text("", s) for _, s in examples])
-    tokens, mask = pack_examples([(p, t + [tokenizer.eos_token_id])
-                                  for p, t in zip(prompt_ids, trace_ids)],
+    learning rate and warm-up of ``settings`` and saves it to ``folder``."""
+    tokens, mask = pack_examples(trace_examples(tokenizer, [p for p, _ in examples],
+                                                [s for _, s in examples]),
                                  tokenizer.pad_token_id)
     log = train_causal_lm(model, tokens, mask, LMTrainingConfig(
         steps=steps, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
         warmup_steps=min(settings.warmup_steps, steps // 5), seed=seed),
         desc=f"train {folder.name}")
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    save_hf_checkpoint(model, tokenizer, partial)
-    (partial / "training_log.json").write_text(json.dumps(log) + "\n")
-    partial.rename(folder)
+    save_policy(model, tokenizer, log, folder)
 
 
 def evaluate(policy: Path, folder: Path, overrides: list[str]) -> dict:

@@ -5,9 +5,12 @@ trained jointly on traces with a wrong step in them (``lm_training.ValueRows``).
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import shutil
+from pathlib import Path
+from typing import Iterable, Sequence
 
 from flax import nnx
 
@@ -43,11 +46,9 @@ def train_policy(ctx: RunContext) -> None:
     rng = random.Random(ctx.config.seed)
     solutions = [ctx.task.solution_steps(p, rng) for p in problems]
     tokenizer = build_char_tokenizer(ctx.task.alphabet)
-    encode = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]  # noqa: E731
+    encode = functools.partial(token_ids, tokenizer)
     prompts = ctx.prompts(problems)
-    prompt_ids = encode(prompts)
-    trace_ids = encode([state_text("", steps) for steps in solutions])
-    examples = [(p, t + [tokenizer.eos_token_id]) for p, t in zip(prompt_ids, trace_ids)]
+    examples = trace_examples(tokenizer, prompts, solutions)
     value_rows = None
     length = max(len(p) + len(c) for p, c in examples)
     if pt.value_weight > 0:
@@ -60,10 +61,28 @@ def train_policy(ctx: RunContext) -> None:
         steps=pt.steps, batch_size=pt.batch_size, learning_rate=pt.learning_rate,
         warmup_steps=pt.warmup_steps, seed=ctx.config.seed, value_weight=pt.value_weight,
         value_batch_size=pt.value_batch_size), value_rows=value_rows, mesh=ctx.mesh)
-    if not is_writer():  # process 0 saves the policy every process trained alike
-        return
-    # Written aside and moved in whole: a killed run never leaves a half-saved policy.
-    partial = ctx.out / "policy.partial"
+    if is_writer():  # process 0 saves the policy every process trained alike
+        save_policy(model, tokenizer, log, target)
+
+
+def trace_examples(tokenizer, prompts: Sequence[str], traces: Sequence[Sequence[str]]
+                   ) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, completion ids) to train a policy on: each trace's steps as the policy
+    writes them, then EOS."""
+    completions = token_ids(tokenizer, (state_text("", steps) for steps in traces))
+    return [(p, t + [tokenizer.eos_token_id])
+            for p, t in zip(token_ids(tokenizer, prompts), completions)]
+
+
+def token_ids(tokenizer, texts: Iterable[str]) -> list[list[int]]:
+    """Each text's token ids, without special tokens."""
+    return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+
+
+def save_policy(model: LlamaModel, tokenizer, log: dict, target: Path) -> None:
+    """The policy as an HF checkpoint directory with its ``training_log.json``, written
+    aside and moved in whole: a killed run never leaves a half-saved policy."""
+    partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     save_hf_checkpoint(model, tokenizer, partial)
     (partial / "training_log.json").write_text(json.dumps(log) + "\n")

@@ -104,7 +104,8 @@ def state_text(prompt: str, steps: Sequence[str]) -> str:
 def int_range(where: str, value: Any, *, lowest: int | None = None) -> tuple[int, int]:
     """A config's inclusive ``(low, high)`` as a tuple of two integers, low <= high and
     low >= ``lowest`` when given; anything else is a ValueError naming ``where``."""
-    bounds = tuple(value) if isinstance(value, (list, tuple)) else ()
+    # Any sequence but a string: YAML gives lists, OmegaConf ListConfigs, code tuples.
+    bounds = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else ()
     floor = "" if lowest is None else f"{lowest} <= "
     if len(bounds) != 2 or not all(isinstance(b, int) and not isinstance(b, bool)
                                    for b in bounds) \
