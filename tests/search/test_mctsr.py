@@ -94,15 +94,15 @@ SCRIPT = {
 
 def test_search_answers_with_the_best_q_node_not_the_right_one():
     writer = ScriptedWriter(SCRIPT)
-    [result] = run_text_search(1, lambda i: planner(rollouts=2), writer, include_trees=True,
-                               progress=False)
+    [result] = run_text_search(1, lambda i: planner(rollouts=2, root="dont_know"), writer,
+                               include_trees=True, progress=False)
     asked = [(r.prompt.split()[0], r.num_samples, r.temperature, r.stream)
              for r in writer.requests]
-    assert asked == [("score", 3, 1.0, "score/0"),
-                     ("critique", 1, 1.0, "critique/0"), ("refine", 1, 1.0, "refine/0"),
-                     ("score", 3, 1.0, "score/1"),
-                     ("critique", 1, 1.0, "critique/1"), ("refine", 1, 1.0, "refine/1"),
-                     ("score", 3, 1.0, "score/2")]
+    assert asked == [("score", 3, 0.95, "score/0"),
+                     ("critique", 1, 0.95, "critique/0"), ("refine", 1, 0.95, "refine/0"),
+                     ("score", 3, 0.95, "score/1"),
+                     ("critique", 1, 0.95, "critique/1"), ("refine", 1, 0.95, "refine/1"),
+                     ("score", 3, 0.95, "score/2")]
     # Q: seed (-60 + -55) / 2 = -57.5; "7" (46 + 62) / 2 = 54; "8" 40. Rollout 2 refines
     # "7", the fresh node. Say "8" is right: the answer is still "7", the best Q.
     assert [(t.steps, t.score) for t in result.trajectories] == [
@@ -121,9 +121,23 @@ def test_greedy_root_is_the_policy_answer_at_temperature_zero():
     [result] = run_text_search(1, lambda i: planner(rollouts=1, root="greedy"), writer,
                                progress=False)
     assert [(r.stream, r.temperature) for r in writer.requests[:2]] == [
-        ("answer", 0.0), ("score/0", 1.0)]
+        ("answer", 0.0), ("score/0", 0.95)]
     assert [t.steps for t in result.trajectories] == [("The answer is: 7",),
                                                       ("The answer is: 8",)]
+
+
+def test_the_default_seeds_two_roots_as_the_papers_code_does():
+    writer = ScriptedWriter({"answer 0": ["The answer is: 7"], **SCRIPT})
+    [result] = run_text_search(1, lambda i: planner(rollouts=1), writer, include_trees=True,
+                               progress=False)
+    assert [r.stream for r in writer.requests] == ["answer", "score/0", "score/1",
+                                                   "critique/0", "refine/0", "score/2"]
+    nodes = result.tree["nodes"]
+    # Roots: the greedy answer (Q 54) and the seed (Q -57.5); the one rollout refines the
+    # greedy answer, the better root, into "8".
+    assert [(n["answer"], n["parent"]) for n in nodes] == [
+        ("The answer is: 7", None), (DONT_KNOW, None), ("The answer is: 8", 0)]
+    assert result.steps == ("The answer is: 7",)
 
 
 def test_bad_mctsr_config_is_a_clear_error():

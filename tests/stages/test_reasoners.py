@@ -64,10 +64,11 @@ def test_tot_with_the_value_prompt_charges_its_verdicts_to_the_problem():
 
 def test_mctsr_writes_critiques_refinements_and_scores_through_the_generator():
     [result, _], _ = run("mctsr")
-    # Seed scored (2 samples), then one rollout: critique, refine, score (2 samples).
-    assert result.counters.expansions == 4
-    assert result.counters.generated_tokens == (2 + 1 + 1 + 2) * TOKENS
-    assert [t.score for t in result.trajectories] == [50, 50]
+    # Two roots: the greedy answer and the seed, each scored (2 samples); then one
+    # rollout: critique, refine, score (2 samples).
+    assert result.counters.expansions == 6
+    assert result.counters.generated_tokens == (1 + 2 + 2 + 1 + 1 + 2) * TOKENS
+    assert [t.score for t in result.trajectories] == [50, 50, 50]
 
 
 def test_slots_per_problem_cover_what_a_problem_holds():
