@@ -7,6 +7,7 @@ resumes with the problems not yet logged.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -175,11 +176,23 @@ def evaluate_best_of_n_matched(state: Path, log: ResultsLog,
     target = tokens_per_problem("qstar")
     while True:
         write_atomically(state, lambda f: f.write(json.dumps({"samples": n}).encode()))
-        search("best_of_n_matched", n)
+        if n == samples:
+            _copy_best_of_n(log)
+        else:
+            search("best_of_n_matched", n)
         if tokens_per_problem("best_of_n_matched") >= target:
             return n
         log.drop("best_of_n_matched")  # before the new N is saved: no mixed results
         n += 1
+
+
+def _copy_best_of_n(log: ResultsLog) -> None:
+    """best_of_n_matched at best_of_n's own N is best_of_n's search over again: the same
+    chains (keys come from the problem and node ids alone), ranker and token charges. Its
+    rows, wall-clock included, are copied instead of computed twice."""
+    done = log.done("best_of_n_matched")
+    log.append([dataclasses.replace(r, method="best_of_n_matched") for r in log.read()
+                if r.method == "best_of_n" and r.problem_id not in done])
 
 
 def _graded(ctx: RunContext, method: str, problems, results: list[SearchResult],

@@ -64,3 +64,15 @@ def test_a_killed_count_resumes_at_the_n_it_had_reached(tmp_path):
     assert resumed.calls == [12, 13]
     assert [r.generated_tokens for r in log.read() if r.method == "best_of_n_matched"] == [
         104, 104]
+
+
+def test_at_best_of_ns_own_n_its_rows_are_copied_not_searched_again(tmp_path):
+    log = ResultsLog(tmp_path / "results.jsonl")
+    log.append([_row("best_of_n", "a", 120, correct=True), _row("best_of_n", "b", 80)])
+    log.append([_row("qstar", p, 90) for p in PROBLEMS])  # best-of-2 already spends more
+    search = SublinearBestOfN(log)
+    assert evaluate_best_of_n_matched(tmp_path / "n.json", log, search, samples=2) == 2
+    assert search.calls == []
+    matched = [r for r in log.read() if r.method == "best_of_n_matched"]
+    assert [(r.problem_id, r.generated_tokens, r.correct) for r in matched] == [
+        ("a", 120, True), ("b", 80, False)]
