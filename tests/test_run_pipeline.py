@@ -97,6 +97,19 @@ def test_reuse_evaluates_on_the_trained_outputs_of_another_run(finished_run, tmp
                  "--out", str(tmp_path / "k2")]) == 0
 
 
+def test_self_consistency_voted_on_best_of_ns_chains_is_self_consistency_searched(
+        finished_run, tmp_path):
+    # The run evaluated both, so self-consistency voted on best-of-N's chains; alone it
+    # samples its own, and must answer and spend the same.
+    out = tmp_path / "alone"
+    assert main([*TINY, "eval.methods=[self_consistency]", "--reuse", str(finished_run),
+                 "--out", str(out)]) == 0
+    voted = [r for r in _without_wall(ResultsLog(finished_run / "results.jsonl").read())
+             if r["method"] == "self_consistency"]
+    assert len(voted) == 6
+    assert _without_wall(ResultsLog(out / "results.jsonl").read()) == voted
+
+
 def test_matched_best_of_n_is_the_smallest_n_that_spends_qstars_tokens(finished_run, tmp_path):
     def tokens_per_problem(folder, method):
         entry = json.loads((folder / "summary.json").read_text())["methods"][method]

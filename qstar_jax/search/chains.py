@@ -156,12 +156,36 @@ def self_consistency_planner(problem_index: int, config: ChainConfig,
     A chain's score is the number of votes its answer got; of equally voted answers the
     one first reached by the lower-numbered chain wins.
     """
-    def votes(finals: Sequence[Node]) -> np.ndarray:
-        keys = [answer_key(node.steps) for node in finals]
-        counts = collections.Counter(key for key in keys if key is not None)
-        return np.array([counts[key] if key is not None else 0 for key in keys], np.float64)
+    return ChainPlanner(problem_index, config,
+                        lambda finals: vote_counts([answer_key(n.steps) for n in finals]))
 
-    return ChainPlanner(problem_index, config, votes)
+
+def vote_counts(keys: Sequence[Hashable | None]) -> np.ndarray:
+    """float [len(keys)]: the votes each chain's answer got among the chains (0 for a
+    chain with no answer)."""
+    counts = collections.Counter(key for key in keys if key is not None)
+    return np.array([counts[key] if key is not None else 0 for key in keys], np.float64)
+
+
+def self_consistency_of(result: SearchResult,
+                        answer_key: Callable[[tuple[str, ...]], Hashable | None]
+                        ) -> SearchResult:
+    """Self-consistency's result from the chains of another chain search of the same
+    ChainConfig (best-of-N's): the same chains, re-ranked by votes, with no Q̂ call
+    charged. Its answer is the one ``self_consistency_planner`` would give: the complete
+    chains come in chain order, and without any the partial chain 0 stands as it is."""
+    counters = (None if result.counters is None
+                else dataclasses.replace(result.counters, q_calls=0))
+    if not result.trajectories:
+        return dataclasses.replace(result, counters=counters, tree=None)
+    votes = vote_counts([answer_key(t.steps) for t in result.trajectories])
+    best = int(np.argmax(votes))  # first maximum: ties to the lower chain
+    chosen = result.trajectories[best]
+    return dataclasses.replace(
+        result, steps=chosen.steps, node_id=chosen.node_id, score=float(votes[best]),
+        trajectories=tuple(dataclasses.replace(t, score=float(v))
+                           for t, v in zip(result.trajectories, votes)),
+        counters=counters, tree=None)
 
 
 def best_of_n_planner(problem_index: int, config: ChainConfig,

@@ -24,7 +24,7 @@ from qstar_jax.policy.expander import DecoderExpander
 from qstar_jax.search.astar import AStarConfig, AStarPlanner, Budget
 from qstar_jax.search.beam import BeamConfig, BeamPlanner
 from qstar_jax.search.chains import (ChainConfig, ChainPlanner, greedy_planner,
-                                     self_consistency_planner)
+                                     self_consistency_of, self_consistency_planner)
 from qstar_jax.search.driver import run_search
 from qstar_jax.search.interface import QValueFunction
 from qstar_jax.search.planner import Planner, SearchResult
@@ -76,6 +76,11 @@ def slots_per_problem(ctx: RunContext, method: str, samples: int | None = None) 
     return 2
 
 
+def answer_key(ctx: RunContext) -> Callable[[tuple[str, ...]], str | None]:
+    """What self-consistency votes on: the answer the task reads from a chain's text."""
+    return lambda steps: ctx.task.extract_answer(join_steps(steps))
+
+
 def planner_factory(ctx: RunContext, method: str,
                     samples: int | None = None) -> Callable[[int], Planner]:
     s, e, max_steps = ctx.config.search, ctx.config.eval, ctx.config.decode.max_steps
@@ -84,8 +89,7 @@ def planner_factory(ctx: RunContext, method: str,
     if method == "greedy":
         return lambda i: greedy_planner(i, max_steps=max_steps, agg=s.agg)
     if method == "self_consistency":
-        return lambda i: self_consistency_planner(
-            i, chains, lambda steps: ctx.task.extract_answer(join_steps(steps)))
+        return lambda i: self_consistency_planner(i, chains, answer_key(ctx))
     if method in ("best_of_n", "best_of_n_matched"):
         rank = {Scorer.f: lambda n: n.g + s.lam * n.h, Scorer.q: lambda n: n.h,
                 Scorer.prm: lambda n: n.g}[e.best_of_n_scorer]
@@ -114,11 +118,19 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
     runtime = ctx.runtime(problems)
     q_fn = load_q_function(ctx, problems) if q_fn is None else q_fn
     utility = process_utility(ctx, problems)
+    # Self-consistency votes on best-of-N's chains: the same N, temperature and keys
+    # sample the same chains, so they are sampled once (``self_consistency_of``).
+    votes_on_best_of_n = {"self_consistency", "best_of_n"} <= set(cfg.eval.methods)
+
     def search(method: str, samples: int) -> None:
         """Evaluate ``method`` (N = ``samples`` for a chain method) on the problems it has
-        no logged result for, a batch at a time."""
-        done = log.done(method)
-        pending = [i for i, p in enumerate(problems) if p.id not in done]
+        no logged result for, a batch at a time; with ``votes_on_best_of_n``, best_of_n
+        also logs self-consistency's rows."""
+        derived = (("self_consistency",) if method == "best_of_n" and votes_on_best_of_n
+                   else ())
+        done = {m: log.done(m) for m in (method, *derived)}
+        pending = [i for i, p in enumerate(problems)
+                   if any(p.id not in ids for ids in done.values())]
         search_batch = (reasoner_search(ctx, method, problems, runtime, q_fn, utility)
                         if method in REASONER_METHODS
                         else _step_search(ctx, method, samples, runtime, q_fn, utility))
@@ -129,7 +141,12 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
             began = time.perf_counter()
             results = search_batch(batch, f"{method} {start + len(batch)}/{len(pending)}")
             share = (time.perf_counter() - began) / len(batch)
-            log.append(_graded(ctx, method, problems, results, share))
+            rows = list(_graded(ctx, method, problems, results, share))
+            for other in derived:
+                rows += _graded(ctx, other, problems,
+                                [self_consistency_of(r, answer_key(ctx)) for r in results],
+                                share)
+            log.append(r for r in rows if r.problem_id not in done[r.method])
             barrier("results appended")  # so every process reads the log alike
             if cfg.eval.dump_trees:
                 _dump_trees(ctx, method, problems, results)
@@ -139,6 +156,8 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
         if method == "best_of_n_matched":
             matched = evaluate_best_of_n_matched(ctx.out / MATCHED_STATE, log, search,
                                                  cfg.eval.samples)
+        elif method == "self_consistency" and votes_on_best_of_n:
+            continue  # logged with best_of_n
         else:
             search(method, cfg.eval.samples)
     return write_reports(ctx.out, log.read(), cfg.eval.methods,

@@ -3,7 +3,8 @@ import pytest
 
 from qstar_jax.search.aggregate import Agg
 from qstar_jax.search.chains import (ChainConfig, FinalQScorer, ProcessRewardScorer,
-                                     best_of_n_planner, greedy_planner, self_consistency_planner)
+                                     best_of_n_planner, greedy_planner, self_consistency_of,
+                                     self_consistency_planner)
 from qstar_jax.search.driver import run_search
 from qstar_jax.search.planner import Outcome
 from qstar_jax.search.process_utility import RuleUtility, ZeroUtility
@@ -49,6 +50,24 @@ def test_self_consistency_returns_the_majority_answer():
     assert [[(r.num_children, r.temperature) for r in call] for call in expander.expand_calls] == [
         [(6, 0.7)], [(1, 0.7)] * 6]
     assert result.counters.q_calls == 0  # no Q̂ function: none spent
+
+
+def test_votes_on_best_of_ns_chains_give_self_consistencys_result():
+    # VOTES with Q̂ preferring chain 1's "=4": best-of-N and the vote disagree.
+    chains = tree({"": [child(f"p{i}", 0.) for i in range(6)],
+                   **{f"p{i}": [child(answer, 0.9 if i == 1 else 0.1, end=True)]
+                      for i, answer in enumerate(["=3", "=4", "=4", "=3", "=3", "none"])}})
+    config = ChainConfig(num_chains=6, temperature=0.7)
+    [searched], _ = search({0: chains},
+                           lambda i: self_consistency_planner(i, config, answer_key))
+    [best_of], _ = search({0: chains}, lambda i: best_of_n_planner(i, config, FinalQScorer()),
+                          q_fn=HiddenQ())
+    assert best_of.counters.q_calls > 0 and best_of.steps != searched.steps
+    voted = self_consistency_of(best_of, answer_key)
+    assert (voted.steps, voted.node_id, voted.score) == (searched.steps, searched.node_id, 3.0)
+    assert voted.trajectories == searched.trajectories
+    assert voted.counters.q_calls == 0
+    assert voted.counters.generated_tokens == searched.counters.generated_tokens
 
 
 def test_self_consistency_breaks_vote_ties_toward_the_earlier_chain():
