@@ -21,12 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from qstar_jax.parallel import data_collectives
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_LEN = 96
@@ -41,8 +42,6 @@ TINY = [
     "search.max_expansions=4", "eval.samples=2", "eval.beam_k=2", "eval.problems_per_batch=8",
     "eval.methods=[greedy,best_of_n,beam,qstar]",
 ]
-COLLECTIVE = re.compile(r"= (\S+) (all-reduce|all-gather|all-to-all|collective-permute|"
-                        r"reduce-scatter)(-start)?\(")
 
 
 def run(out: Path, overrides: list[str], *, devices: int, processes: int = 1,
@@ -92,16 +91,15 @@ def accuracy(table: dict) -> dict[str, float]:
 
 
 def step_data_collectives(dump: Path) -> int:
-    """Collectives in the compiled step sampler (the dumped optimized module whose ops
-    come from step_sampler.py) with the cache length among their dimensions."""
+    """Collectives in the compiled step sampler of the 4x1 run (the dumped optimized
+    module whose ops come from step_sampler.py) that move arrays with the cache length
+    between data shards."""
     count = 0
     for module in dump.glob("*after_optimizations.txt"):
         text = module.read_text()
         if "step_sampler.py" not in text or "trie_sampler.py" in text:
             continue
-        for match in COLLECTIVE.finditer(text):
-            dims = re.findall(r"\[([\d,]*)\]", match.group(1))
-            count += any(str(MAX_LEN) in d.split(",") for d in dims)
+        count += len(data_collectives(text, dim=MAX_LEN, mesh_shape=(4, 1)))
     return count
 
 

@@ -7,13 +7,16 @@ vocabulary, attention heads, MLP width). Arrays name their dimensions with logic
 ``ShardingRules`` maps those to mesh axes, in the style of jax-llm-examples'
 ``ShardingRules``. A logical axis whose size the mesh axis does not divide (SmolLM2-135M's
 3 kv heads on a 2-way model axis) is replicated instead: the jitted code stays correct
-under any placement, GSPMD only moves more data.
+under any placement, GSPMD only moves more data. ``data_collectives`` finds, in a compiled
+program's HLO text, the collectives that move data between ``data`` shards.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 from collections.abc import Sequence
 
 import jax
@@ -199,3 +202,99 @@ def barrier(name: str) -> None:
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
 
+
+_COLLECTIVE = re.compile(
+    r"^\s*(?:ROOT )?\S+ = (?P<shape>.*?) (?P<op>all-reduce|all-gather|all-to-all|"
+    r"ragged-all-to-all|collective-broadcast|collective-permute|reduce-scatter)(?:-start)?"
+    r"\((?P<operands>[^)]*)\)(?P<attributes>.*)$", re.MULTILINE)
+_DIMS = re.compile(r"\[([\d,]*)\]")
+_LIST_GROUPS = re.compile(r"(?:replica_groups|source_target_pairs)=\{((?:\{[\d,]*\},?)*)\}")
+_IOTA_GROUPS = re.compile(r"replica_groups=\[(\d+),(\d+)\]<=\[([\d,]+)\](?:T\(([\d,]+)\))?")
+_MESH_GROUPS = re.compile(r"replica_groups=mesh\[([^\]]*)\](?:, device_ids=\((.*?)\))? "
+                          r"\{([^}]*)\}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Collective:
+    """One collective instruction of an HLO module. dims: the sizes of every dimension of
+    its result and operand shapes; groups: the device ids that exchange data, one list per
+    group (None: a notation this parser does not read)."""
+
+    text: str
+    dims: frozenset[int]
+    groups: list[list[int]] | None
+
+    def crosses_data(self, model_size: int) -> bool:
+        """Whether a group spans devices of several ``data`` shards, on a (data, model) mesh
+        whose devices are numbered data-major (``make_mesh``'s). Unread groups count as
+        spanning: a check built on this errs towards finding too much."""
+        if self.groups is None:
+            return True
+        return any(len({device // model_size for device in group}) > 1
+                   for group in self.groups)
+
+
+def collectives(hlo_text: str, num_devices: int) -> list[Collective]:
+    """Every collective instruction (an async one by its start) of an HLO module's text,
+    e.g. ``jitted.lower(...).compile().as_text()``, over ``num_devices`` devices."""
+    found = []
+    for match in _COLLECTIVE.finditer(hlo_text):
+        dims = {int(d) for shape in _DIMS.findall(match["shape"] + match["operands"])
+                for d in shape.split(",") if d}
+        found.append(Collective(text=match[0].strip(), dims=frozenset(dims),
+                                groups=_device_groups(match["attributes"], num_devices)))
+    return found
+
+
+def data_collectives(hlo_text: str, *, dim: int, mesh_shape: tuple[int, int]) -> list[Collective]:
+    """The collectives of an HLO module compiled for a (data, model) mesh of ``mesh_shape``
+    that move arrays with a dimension of size ``dim`` between ``data`` shards (with ``dim``
+    the cache length: K/V rows leaving their shard)."""
+    data, model = mesh_shape
+    return [c for c in collectives(hlo_text, data * model)
+            if dim in c.dims and c.crosses_data(model)]
+
+
+def _device_groups(attributes: str, num_devices: int) -> list[list[int]] | None:
+    """The device groups of a collective's attributes in any of HLO's notations: explicit
+    lists (also a collective-permute's source-target pairs), iota ``[groups,size]<=[dims]
+    T(perm)``, or mesh axes ``mesh['a'=2,'b'=2], device_ids=(...) {'a'}``."""
+    if match := _LIST_GROUPS.search(attributes):
+        groups = [[int(d) for d in g.split(",") if d]
+                  for g in re.findall(r"\{([\d,]*)\}", match[1])]
+        return groups or [list(range(num_devices))]  # {}: all devices together
+    if match := _IOTA_GROUPS.search(attributes):
+        devices = _iota(match[3], match[4])
+        return devices.reshape(int(match[1]), int(match[2])).tolist()
+    if match := _MESH_GROUPS.search(attributes):
+        return _mesh_axes_groups(*match.groups())
+    return None
+
+
+def _mesh_axes_groups(axes: str, device_ids: str | None, grouped: str
+                      ) -> list[list[int]] | None:
+    """Groups along the ``grouped`` named axes of a mesh of devices (iota by default)."""
+    sizes = dict(re.findall(r"'([^']+)'=(\d+)", axes))
+    names = re.findall(r"'([^']+)'", grouped)
+    if not names or re.search(r"[:(]", grouped) or set(names) - set(sizes):
+        return None  # sub-axes: not read
+    devices = np.arange(math.prod(map(int, sizes.values())))
+    if device_ids is not None:
+        match = re.fullmatch(r"\[([\d,]+)\](?:T\(([\d,]+)\))?", device_ids)
+        if match is None:
+            return None
+        devices = _iota(match[1], match[2])
+    order = list(sizes)
+    devices = devices.reshape([int(sizes[n]) for n in order])
+    kept = [order.index(n) for n in order if n not in names]
+    devices = devices.transpose(kept + [order.index(n) for n in names])
+    return devices.reshape(-1, math.prod(int(sizes[n]) for n in names)).tolist()
+
+
+def _iota(dims: str, perm: str | None) -> np.ndarray:
+    """The flat device order of an iota tile assignment ``[dims]T(perm)``."""
+    shape = [int(d) for d in dims.split(",")]
+    devices = np.arange(math.prod(shape)).reshape(shape)
+    if perm:
+        devices = devices.transpose([int(p) for p in perm.split(",")])
+    return devices.reshape(-1)

@@ -1,5 +1,6 @@
 """The mesh and its sharding rules; decoding and training on 4 CPU devices, and
-decoding over two processes, each against one device."""
+decoding over two processes, each against one device; what the compiled decoder moves
+between data shards."""
 
 import json
 import os
@@ -12,7 +13,8 @@ import jax
 import pytest
 from jax.sharding import AbstractMesh, PartitionSpec
 
-from qstar_jax.parallel import MeshError, ShardingRules, initialize_distributed, make_mesh
+from qstar_jax.parallel import (MeshError, ShardingRules, collectives, data_collectives,
+                                initialize_distributed, make_mesh)
 from tests.decoding.tiny_models import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,8 +97,14 @@ def assert_same_as_one_device(report: dict, meshes: set[str]) -> None:
         assert not got["recompiled"], mesh
 
 
-def test_decoding_on_meshes_4x1_2x2_1x4_matches_one_device():
-    report = json.loads(run_child("tests.support.sharded_decoding").splitlines()[-1])
+@pytest.fixture(scope="module")
+def decoding_on_4_devices() -> dict:
+    """tests.support.sharded_decoding's report for meshes 4x1, 2x2 and 1x4."""
+    return json.loads(run_child("tests.support.sharded_decoding").splitlines()[-1])
+
+
+def test_decoding_on_meshes_4x1_2x2_1x4_matches_one_device(decoding_on_4_devices):
+    report = decoding_on_4_devices
     assert_same_as_one_device(report, {"4x1", "2x2", "1x4"})
     # Slots on data; 2 kv heads do not split 4 ways, so they are replicated on 1x4 while
     # the 4 query heads are split.
@@ -106,6 +114,65 @@ def test_decoding_on_meshes_4x1_2x2_1x4_matches_one_device():
                                                                  None))
     assert report["1x4"]["layout"]["q_proj"] == str(PartitionSpec(None, None, "model"))
     assert report["1x4"]["layout"]["k_proj"] == str(PartitionSpec(None, None, None))
+
+
+def test_decoding_keeps_cache_rows_on_their_data_shard(decoding_on_4_devices):
+    """New rows spread over the data shards, children and trie steps stay beside their
+    parents, and no compiled function moves cache rows between data shards (a fork moves
+    nothing at all); the fork jitted over the whole cache by global slot ids, which
+    gathers rows across shards, shows the check finds such moves."""
+    report = decoding_on_4_devices
+    assert report["4x1"]["shards"]["prompts"] == [0, 1, 2, 3]
+    assert report["2x2"]["shards"]["prompts"] == [0, 1, 0, 1]
+    for mesh in ("4x1", "2x2"):
+        shards, counts = report[mesh]["shards"], report[mesh]["collectives"]
+        assert shards["children_beside_parents"] and shards["trie_beside_groups"], mesh
+        assert counts["gspmd_fork"]["cache_rows"] > 0, mesh
+        for name in ("prefill", "sample_step", "sample_trie", "fork"):
+            assert counts[name]["cache_rows"] == 0, (mesh, name)
+        assert counts["fork"]["all"] == 0, mesh
+
+
+# Collectives as XLA's CPU compiler prints them for a 2x2 (data, model) mesh (devices
+# numbered data-major): which pairs of devices a notation groups, and whether they lie on
+# different data shards.
+HLO = "\n".join([
+    "  %all-reduce.1 = (f32[8,2,64,8]{3,2,1,0}, f32[8,2,64,8]{3,2,1,0}) all-reduce(%a, %b), "
+    "channel_id=2, replica_groups=mesh['axis_0'=2,'axis_1'=2] {'axis_0'}, to_apply=%add",
+    "  %all-gather.2 = f32[8,64]{1,0} all-gather(%c), channel_id=3, replica_groups="
+    "mesh['axis_0'=1,'axis_1'=2,'axis_2'=2], device_ids=([2,2]T(1,0)) {'axis_1'}, "
+    "dimensions={1}",
+    "  %all-reduce.3 = f32[1,8,64]{2,1,0} all-reduce(%d), channel_id=4, "
+    "replica_groups=[2,2]<=[2,2]T(1,0), use_global_device_ids=true, to_apply=%add",
+    "  %all-gather.4 = f32[2,64]{0,1} all-gather(%e), channel_id=5, "
+    "replica_groups=[2,2]<=[4], dimensions={1}",
+    "  %collective-permute.5 = s32[8,64]{1,0} collective-permute(%f), channel_id=6, "
+    "source_target_pairs={{0,2},{2,0}}",
+    "  %all-reduce-start.6 = f32[8,32]{1,0} all-reduce-start(%g), channel_id=7, "
+    "replica_groups={{0,1},{2,3}}, to_apply=%add",
+    "  %all-reduce-done.6 = f32[8,32]{1,0} all-reduce-done(%all-reduce-start.6)",
+    "  %get-tuple-element.7 = f32[8,2,64,8]{3,2,1,0} get-tuple-element(%all-reduce.1), "
+    "index=0",
+    "  ROOT %all-to-all.8 = f32[4,64]{1,0} all-to-all(%h), channel_id=8, "
+    "replica_groups=mesh['axis_0'=4] {'axis_0':(1)2}, dimensions={0}",
+])
+
+
+def test_collectives_are_read_in_every_replica_group_notation():
+    found = collectives(HLO, num_devices=4)
+    assert [c.text.split(" = ")[0].split()[-1] for c in found] == [
+        "%all-reduce.1", "%all-gather.2", "%all-reduce.3", "%all-gather.4",
+        "%collective-permute.5", "%all-reduce-start.6", "%all-to-all.8"]
+    assert [c.groups for c in found] == [
+        [[0, 2], [1, 3]], [[0, 1], [2, 3]], [[0, 2], [1, 3]], [[0, 1], [2, 3]],
+        [[0, 2], [2, 0]], [[0, 1], [2, 3]], None]
+    assert found[0].dims == {8, 2, 64}
+    # Across data shards: the first, third and fifth; an unread notation counts as across.
+    assert [c.crosses_data(model_size=2) for c in found] == [True, False, True, False, True,
+                                                             False, True]
+    moving_rows = data_collectives(HLO, dim=64, mesh_shape=(2, 2))
+    assert [c.text for c in moving_rows] == [found[i].text for i in (0, 2, 4, 6)]
+    assert data_collectives(HLO, dim=32, mesh_shape=(2, 2)) == []
 
 
 def test_sharded_q_training_and_checkpoints(tmp_path):

@@ -8,7 +8,9 @@ node's slot into its children, ``sample_steps`` to extend slots by one reasoning
 ``free`` them when a node is done. Inputs are checked on the host before any device work
 (``input_checks``);
 row counts are padded to powers of two and lengths to buckets so that, after warm-up,
-calls differing only in data never recompile (``trace_counts`` shows it).
+calls differing only in data never recompile (``trace_counts`` shows it). On a mesh each
+data shard holds its own slots and computes its own rows (``data_shards``): new rows are
+spread over the shards, and a child or a trie's spare goes on its parent's shard.
 """
 
 from __future__ import annotations
@@ -22,11 +24,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import PartitionSpec
 
+from qstar_jax.decoding.data_shards import RowLayout, cache_specs, on_slot_shards
 from qstar_jax.decoding.kv_cache import SlotPool, cache_shardings, fork_slots, init_cache
-from qstar_jax.decoding.input_checks import (check_step_inputs, check_token_lists,
-                                             check_trie_groups, checked_eos_ids,
-                                             checked_newline_table, checked_slots)
+from qstar_jax.decoding.input_checks import (check_children_beside_parents,
+                                             check_spares_beside_groups, check_step_inputs,
+                                             check_token_lists, check_trie_groups,
+                                             checked_eos_ids, checked_newline_table,
+                                             checked_slots)
 from qstar_jax.decoding.paged_cache import (PageTable, Paging, copy_pages, fork_slot_state,
                                             init_paged_cache)
 from qstar_jax.decoding.prefill import MIN_PREFILL_BUCKET, prefill
@@ -76,8 +82,9 @@ class Decoder:
     as one array per layer, so a decode step reads them without copying them out of the
     stacked arrays; it doubles their memory (default: on CPU only, see DecoderWeights).
     mesh: a (data, model) ``jax.sharding.Mesh`` to spread the weights and the slot pool
-    over (``qstar_jax.parallel``), laid out by ``rules``; outputs come back replicated,
-    so every process of a multi-host run reads them. None: one device.
+    over (``qstar_jax.parallel``), laid out by ``rules``; each shard of the slots' mesh axis
+    computes the rows of its own slots, and outputs come back replicated, so every
+    process of a multi-host run reads them. None: one device.
     paging: hold K/V in pages that forks share (``paged_cache``) instead of one max_len
     row per slot; one device only, and the trie sampler does not run on it yet.
     """
@@ -116,12 +123,14 @@ class Decoder:
             self.pages = PageTable(num_slots=num_slots, num_pages=paging.num_pages,
                                    page_size=paging.page_size, max_len=max_len)
         self.mesh = mesh
+        slot_axis = None  # the mesh axis the slots are split over: None, all on each device
         shardings = {}  # jit keyword arguments per function: none on one device
         if mesh is None:
             self.cache = make_cache()
         else:
             check_slots(mesh, num_slots)
             rules = rules.for_model(self.config, mesh)
+            slot_axis = rules.slots
             self._weights = place(self._weights, weight_shardings(self._weights, mesh, rules))
             cache_sharding = cache_shardings(mesh, rules)
             self.cache = jax.jit(make_cache, out_shardings=cache_sharding)()
@@ -130,27 +139,44 @@ class Decoder:
             shardings = {"prefill": cache_sharding, "fork": cache_sharding,
                          "sample_step": (cache_sharding, replicated(mesh)),
                          "sample_trie": (cache_sharding, replicated(mesh))}
-        self.pool = SlotPool(num_slots) if self.pages is None else self.pages.slots
+        shards = 1 if slot_axis is None else mesh.shape[slot_axis]
+        self.pool = SlotPool(num_slots, shards) if self.pages is None else self.pages.slots
         self._lengths = np.zeros(num_slots, np.int64)  # host mirror of cache.lengths
         self._newline_table = jnp.asarray(newline_table)
         self._eos_ids = jnp.asarray(eos_ids)
         self.trace_counts: collections.Counter[str] = collections.Counter()
         counts = self.trace_counts
 
-        def counted_jit(name, fn, **jit_kwargs):
+        def counted_jit(name, fn, in_specs, out_specs, num_static=0):
+            """``fn`` jitted with the cache (its first argument after the graphdef) donated
+            and its last ``num_static`` arguments static; in_specs, out_specs: the other
+            arguments' and the results' PartitionSpecs."""
             def traced(*args):
                 counts[name] += 1  # runs only while tracing
-                return fn(graphdef, *args)
-            if name in shardings:
-                jit_kwargs["out_shardings"] = shardings[name]
-            return jax.jit(traced, donate_argnums=1, **jit_kwargs)
+                split = len(args) - num_static
+                static = args[split:]
+                return on_slot_shards(lambda *dynamic: fn(graphdef, *dynamic, *static),
+                                      mesh, slot_axis, in_specs, out_specs)(*args[:split])
+            static_argnums = tuple(range(len(in_specs), len(in_specs) + num_static))
+            return _LastCall(jax.jit(traced, donate_argnums=1, static_argnums=static_argnums,
+                                     **_out_shardings(shardings, name)))
 
-        self._prefill = counted_jit("prefill", prefill)
-        self._sample_step = counted_jit("sample_step", sample_step, static_argnums=9)
-
-        self._sample_trie = counted_jit("sample_trie", sample_trie, static_argnums=(11, 12))
-        self._fork = (jax.jit(fork_slots, donate_argnums=0, out_shardings=shardings["fork"])
-                      if "fork" in shardings else fork_slots)
+        # PartitionSpecs over the slot axis of a function's arguments and results: the
+        # call's rows, a whole array on every shard, the cache's part on each shard.
+        rows, whole, cache = PartitionSpec(slot_axis), PartitionSpec(), cache_specs(slot_axis)
+        self._prefill = counted_jit("prefill", prefill, (whole, cache, rows, rows, rows), cache)
+        self._sample_step = counted_jit(
+            "sample_step", sample_step,
+            (whole, cache, rows, rows, rows, rows, rows, whole, whole), (cache, rows),
+            num_static=1)
+        self._sample_trie = counted_jit(
+            "sample_trie", sample_trie,
+            (whole, cache, rows, rows, whole, rows, rows, rows, whole, whole, whole),
+            (cache, rows), num_static=2)
+        self._fork = _LastCall(
+            fork_slots if mesh is None else
+            jax.jit(on_slot_shards(fork_slots, mesh, slot_axis, (cache, rows, rows), cache),
+                    donate_argnums=0, **_out_shardings(shardings, "fork")))
 
     @property
     def num_slots(self) -> int:
@@ -160,8 +186,11 @@ class Decoder:
         """Tokens held by each slot, [len(slots)]."""
         return self._lengths[self._checked_slots(slots, "slots")].copy()
 
-    def allocate(self, n: int) -> list[int]:
-        return self.pool.allocate(n)
+    def allocate(self, n: int, near: Sequence[int] | None = None) -> list[int]:
+        """``n`` free slots: each beside its parent ``near[i]`` (on the parent's data shard,
+        as ``fork`` and ``sample_trie`` need), or with ``near=None`` spread over the data
+        shards. Raises SlotPoolExhausted when a shard is full."""
+        return self.pool.allocate(n, near)
 
     def free(self, slots: Sequence[int]) -> None:
         slots = self._checked_slots(slots, "slots")
@@ -174,33 +203,36 @@ class Decoder:
         check_token_lists(token_lists, slots=len(slots), room=[self.max_len] * len(slots),
                           vocab_size=self.config.vocab_size)
         num_tokens = np.array([len(t) for t in token_lists], np.int64)
-        batch = bucket_size(len(slots), minimum=self.min_batch_bucket)
+        layout = self._layout(slots)
         length = min(bucket_size(int(num_tokens.max()), minimum=self.min_prefill_bucket),
                      self.max_len)
-        packed = pad_token_batch(token_lists, batch=batch, length=length)
+        packed = pad_token_batch(token_lists, length=length)
         self._own_pages(slots, np.zeros_like(num_tokens), num_tokens)
-        self.cache = self._prefill(self._weights, self.cache, packed.tokens, packed.lengths,
-                                   self._pad(slots, batch, self.num_slots))
+        self.cache = self._prefill(self._weights, self.cache, layout.place(packed.tokens, 0),
+                                   layout.place(packed.lengths, 0),
+                                   self._local_slots(layout, slots))
         self._lengths[slots] = num_tokens
         self._trim_pages(slots)
 
     def fork(self, parents: Sequence[int], children: Sequence[int]) -> None:
         """Make each allocated ``children[i]`` continue exactly from ``parents[i]`` (parents
-        may repeat; all are read before any child is written)."""
+        may repeat; all are read before any child is written). A child lies on its
+        parent's data shard (``allocate(n, near=parents)``)."""
         children = self._checked_slots(children, "children")
         parents = self._checked_slots(parents, "parents", distinct=False, filled=True)
         if len(parents) != len(children):
             raise ValueError(f"fork got {len(parents)} parents for {len(children)} children; "
                              "give one parent per child")
-        batch = bucket_size(len(children), minimum=self.min_batch_bucket)
+        check_children_beside_parents(self.pool, parents, children)
+        layout = self._layout(children)
         fork = self._fork
         if self.pages is not None:  # children share their parents' pages: nothing to copy
             self.pages.fork(parents, children)
             self.cache = dataclasses.replace(self.cache,
                                              page_table=jnp.asarray(self.pages.table))
             fork = fork_slot_state
-        self.cache = fork(self.cache, jnp.asarray(self._pad(parents, batch, 0)),
-                          jnp.asarray(self._pad(children, batch, self.num_slots)))
+        self.cache = fork(self.cache, layout.place(self.pool.local_ids(parents), 0),
+                          self._local_slots(layout, children))
         self._lengths[children] = self._lengths[parents]
 
     def sample_steps(self, slots: Sequence[int], *, problem_keys: jax.Array,
@@ -219,25 +251,24 @@ class Decoder:
         node_ids = np.asarray(node_ids)
         caps = np.broadcast_to(np.asarray(max_tokens), (rows,))
         check_step_inputs(rows, problem_keys, node_ids, params, caps)
-        batch = bucket_size(rows, minimum=self.min_batch_bucket)
+        layout = self._layout(slots)
         cap_bucket = bucket_size(int(caps.max()), minimum=self.min_step_bucket)
-        padded_params = _padded_params(params, batch)
         # One gather with unsigned indices (no negative-index fix-up ops), padding rows
         # repeating row 0: each eager op compiles once per distinct row count.
-        padded_keys = problem_keys[self._pad(np.arange(rows), batch, 0).astype(np.uint32)]
+        padded_keys = problem_keys[layout.place(np.arange(rows), 0).astype(np.uint32)]
         self._own_pages(slots, self._lengths[slots],
                         np.minimum(self._lengths[slots] + caps, self.max_len))
         self.cache, out = self._sample_step(
-            self._weights, self.cache, self._pad(slots, batch, self.num_slots), padded_keys,
-            self._pad(node_ids, batch, 0), padded_params, self._pad(caps, batch, 0),
+            self._weights, self.cache, self._local_slots(layout, slots), padded_keys,
+            layout.place(node_ids, 0), _padded_params(params, layout), layout.place(caps, 0),
             self._newline_table, self._eos_ids, cap_bucket)
-        out = jax.device_get(out)
+        out = layout.take(jax.device_get(out))
         width = int(caps.max())
-        self._lengths[slots] += out.num_tokens[:rows]
+        self._lengths[slots] += out.num_tokens
         self._trim_pages(slots)
-        return StepBatch(slots=slots, tokens=out.tokens[:rows, :width],
-                         logprobs=out.logprobs[:rows, :width], num_tokens=out.num_tokens[:rows],
-                         end_reason=out.end_reason[:rows], hidden=out.hidden[:rows])
+        return StepBatch(slots=slots, tokens=out.tokens[:, :width],
+                         logprobs=out.logprobs[:, :width], num_tokens=out.num_tokens,
+                         end_reason=out.end_reason, hidden=out.hidden)
 
     def sample_trie(self, slots: Sequence[int], counts: Sequence[int], spares: Sequence[int],
                     *, key_table: jax.Array, key_rows: Sequence[int], group_ids: Sequence[int],
@@ -247,8 +278,9 @@ class Decoder:
         ``sample_steps``.
 
         spares: allocated slots for the steps that split off, ``sum(counts) - len(slots)``
-        of them (a step's slot is its group's or a spare; unused spares are left as they
-        were). Group g draws with ``fold_in(key_table[key_rows[g]], group_ids[g])``;
+        of them, ``counts[g] - 1`` beside each group's slot (``allocate(n, near=...)``; a
+        step's slot is its group's or a spare; unused spares are left as they were).
+        Group g draws with ``fold_in(key_table[key_rows[g]], group_ids[g])``;
         key_table: typed PRNG keys (e.g. one per problem, gathered on device); params:
         SamplingParams [G]. Returns (the slot of each row [R], TrieOutput of R = G +
         len(spares) rows on the host, whose ``group`` is -1 for an unused spare).
@@ -262,18 +294,18 @@ class Decoder:
         key_rows, group_ids = np.asarray(key_rows), np.asarray(group_ids)
         check_trie_groups(groups, counts, spares, key_table, key_rows)
         row_slots = self._checked_slots(np.concatenate([slots, spares]), "slots and spares")
+        check_spares_beside_groups(self.pool, slots, counts, spares)
         check_step_inputs(groups, None, group_ids, params, np.asarray([max_tokens]),
                           ids_name="group_ids")
-        rows = len(row_slots)
-        batch = bucket_size(rows, minimum=self.min_batch_bucket)
+        layout = self._layout(row_slots)  # a shard's groups, then its spares
         cap_bucket = bucket_size(max_tokens, minimum=self.min_step_bucket)
         self.cache, out = self._sample_trie(
-            self._weights, self.cache, self._pad(row_slots, batch, self.num_slots),
-            self._pad(counts, batch, 0), key_table, self._pad(key_rows, batch, 0),
-            self._pad(group_ids, batch, 0), _padded_params(params, batch),
-            np.int32(max_tokens), self._newline_table, self._eos_ids, cap_bucket,
-            bucket_size(int(counts.max())))
-        out = jax.tree.map(lambda x: x[:rows], jax.device_get(out))
+            self._weights, self.cache, self._local_slots(layout, row_slots),
+            layout.place(counts, 0), key_table, layout.place(key_rows, 0),
+            layout.place(group_ids, 0), _padded_params(params, layout), np.int32(max_tokens),
+            self._newline_table, self._eos_ids, cap_bucket, bucket_size(int(counts.max())))
+        out = layout.take(jax.device_get(out))
+        out = dataclasses.replace(out, group=layout.call_rows(out.group))
         live = out.group >= 0
         self._lengths[row_slots[live]] = (self._lengths[row_slots[out.group[live]]]
                                           + out.num_tokens[live])
@@ -303,6 +335,23 @@ class Decoder:
     def _checked_slots(self, slots, what: str, **kwargs) -> np.ndarray:
         return checked_slots(slots, what, pool=self.pool, lengths=self._lengths, **kwargs)
 
+    def _layout(self, slots: np.ndarray) -> RowLayout:
+        """Where a call's rows go: with their slots' data shards."""
+        return RowLayout.of(self.pool.shard_of(slots), shards=self.pool.shards,
+                            min_rows=self.min_batch_bucket)
+
+    def _local_slots(self, layout: RowLayout, slots: np.ndarray) -> np.ndarray:
+        """Each row's slot within its shard, padding rows marked one past a shard's last."""
+        return layout.place(self.pool.local_ids(slots), self.pool.slots_per_shard)
+
+    def compiled_text(self, name: str) -> str:
+        """The optimized HLO of the jitted ``name`` ("prefill", "fork", "sample_step" or
+        "sample_trie") compiled for its last call's argument shapes and shardings: what
+        such a call computes and moves between devices."""
+        functions = {"prefill": self._prefill, "fork": self._fork,
+                     "sample_step": self._sample_step, "sample_trie": self._sample_trie}
+        return functions[name].compiled_text()
+
     @staticmethod
     def _pad(values: np.ndarray, batch: int, fill: int) -> np.ndarray:
         """values [n] -> int32 [batch], padded with ``fill``."""
@@ -311,9 +360,37 @@ class Decoder:
         return padded
 
 
-def _padded_params(params: SamplingParams, batch: int) -> SamplingParams:
-    """``params`` for its rows, then greedy padding rows up to ``batch``."""
-    padding = SamplingParams.make(batch - len(params.temperature))
-    return SamplingParams(**{f.name: np.concatenate([getattr(params, f.name),
-                                                     getattr(padding, f.name)])
+class _LastCall:
+    """A jitted function that keeps the arguments of its last call, to compile for them
+    again on request."""
+
+    def __init__(self, jitted):
+        self._jitted = jitted
+        self._args = None
+
+    def __call__(self, *args):
+        self._args = args
+        return self._jitted(*args)
+
+    def compiled_text(self) -> str:
+        if self._args is None:
+            raise ValueError("the function has not been called yet: call it once first")
+        # Shapes and shardings only: a donated argument's buffers are gone.
+        args = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+            x.shape, x.dtype, sharding=x.sharding if x.committed else None)
+            if isinstance(x, jax.Array) else x, self._args)
+        return self._jitted.lower(*args).compile().as_text()
+
+
+def _out_shardings(shardings: dict, name: str) -> dict:
+    """jit's ``out_shardings`` keyword for function ``name``, if it has one."""
+    return {"out_shardings": shardings[name]} if name in shardings else {}
+
+
+def _padded_params(params: SamplingParams, layout: RowLayout) -> SamplingParams:
+    """``params`` of the call's first rows, laid out as ``layout``; greedy for every
+    other row."""
+    greedy = SamplingParams.make(1)
+    return SamplingParams(**{f.name: layout.place(getattr(params, f.name),
+                                                  getattr(greedy, f.name)[0])
                              for f in dataclasses.fields(SamplingParams)})

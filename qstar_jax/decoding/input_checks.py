@@ -111,3 +111,27 @@ def check_trie_groups(groups: int, counts: np.ndarray, spares: np.ndarray, key_t
     if key_rows.shape != (groups,) or np.any((key_rows < 0) | (key_rows >= len(key_table))):
         raise ValueError(f"key_rows must be {groups} indices into the {len(key_table)} "
                          f"keys, got {key_rows!r}")
+
+
+def check_children_beside_parents(pool: SlotPool, parents: np.ndarray,
+                                  children: np.ndarray) -> None:
+    """Each child lies on its parent's data shard, where the copy stays on one device."""
+    apart = pool.shard_of(parents) != pool.shard_of(children)
+    if np.any(apart):
+        raise ValueError(f"children {children[apart].tolist()} lie on other data shards than "
+                         f"their parents {parents[apart].tolist()}; allocate children with "
+                         "Decoder.allocate(n, near=parents)")
+
+
+def check_spares_beside_groups(pool: SlotPool, slots: np.ndarray, counts: np.ndarray,
+                               spares: np.ndarray) -> None:
+    """Each data shard holds a spare slot for every step its groups may split off."""
+    needed = np.bincount(pool.shard_of(slots), weights=counts - 1, minlength=pool.shards)
+    held = np.bincount(pool.shard_of(spares), minlength=pool.shards)
+    short = np.flatnonzero(held < needed)
+    if short.size:
+        shard = int(short[0])
+        raise ValueError(f"the groups on data shard {shard} need {int(needed[shard])} spare "
+                         f"slots there, but {int(held[shard])} of the spares lie on it; "
+                         "allocate each group's counts[g] - 1 spares with "
+                         "Decoder.allocate(n, near=...) beside its slot")

@@ -9,7 +9,8 @@ positions <= its own, and every such position has been written first. So freeing
 or reusing it needs no zeroing.
 
 Jitted functions in ``qstar_jax.decoding`` take a row's slot equal to ``S`` (one past
-the last slot) to mean "padding row": its writes are dropped.
+the last slot) to mean "padding row": its writes are dropped. On a mesh they run on each
+data shard's part of the pool, with slot ids local to it (``data_shards``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import heapq
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from qstar_jax.models.config import ModelConfig
@@ -94,29 +96,48 @@ class SlotPoolExhausted(RuntimeError):
 
 
 class SlotPool:
-    """Host-side allocator of cache slots; hands out the lowest free slots first."""
+    """Host-side allocator of cache slots, split into ``shards`` equal ranges of
+    consecutive slots (the cache's slots on each data shard, ``shard_of``); each shard hands
+    out its lowest free slots first."""
 
-    def __init__(self, num_slots: int):
-        self.num_slots = num_slots
-        self._free = list(range(num_slots))  # a heap; sorted is a valid heap
+    def __init__(self, num_slots: int, shards: int = 1):
+        if num_slots % shards:
+            raise ValueError(f"{num_slots} slots do not split into {shards} equal shards")
+        self.num_slots, self.shards = num_slots, shards
+        self.slots_per_shard = num_slots // shards
+        per_shard = self.slots_per_shard
+        # One heap per shard; sorted is a valid heap.
+        self._free = [list(range(s * per_shard, (s + 1) * per_shard)) for s in range(shards)]
         self._allocated: set[int] = set()
 
     @property
     def num_free(self) -> int:
-        return len(self._free)
+        return sum(len(free) for free in self._free)
 
     def is_allocated(self, slot: int) -> bool:
         return slot in self._allocated
 
-    def allocate(self, n: int) -> list[int]:
+    def shard_of(self, slots) -> np.ndarray:
+        """The shard holding each slot, int64 like ``slots``."""
+        return np.asarray(slots, np.int64) // self.slots_per_shard
+
+    def local_ids(self, slots) -> np.ndarray:
+        """Each slot's index within its shard's range, int64 like ``slots``."""
+        return np.asarray(slots, np.int64) % self.slots_per_shard
+
+    def allocate(self, n: int, near=None) -> list[int]:
+        """``n`` free slots. near: one slot per new slot (a parent), each new slot going on
+        its parent's shard (so copying the parent into it stays on one device); None: each
+        on the shard with the most free slots, spreading new rows evenly."""
         if n < 0:
             raise ValueError(f"cannot allocate a negative number of slots ({n})")
-        if n > len(self._free):
+        if n > self.num_free:
             raise SlotPoolExhausted(
-                f"asked for {n} cache slots but only {len(self._free)} of {self.num_slots} "
+                f"asked for {n} cache slots but only {self.num_free} of {self.num_slots} "
                 "are free; free the slots of finished nodes, or build the decoder with a "
                 "larger num_slots")
-        slots = [heapq.heappop(self._free) for _ in range(n)]
+        shards = self._balanced_shards(n) if near is None else self._parent_shards(n, near)
+        slots = [heapq.heappop(self._free[s]) for s in shards]
         self._allocated.update(slots)
         return slots
 
@@ -130,4 +151,33 @@ class SlotPool:
                              "(freed already, or never handed out by allocate)")
         for s in slots:
             self._allocated.remove(s)
-            heapq.heappush(self._free, s)
+            heapq.heappush(self._free[s // self.slots_per_shard], s)
+
+    def _balanced_shards(self, n: int) -> list[int]:
+        """The shard of each of ``n`` new slots: in turn the one with the most free slots
+        left (the lowest such)."""
+        free = [len(f) for f in self._free]
+        shards = []
+        for _ in range(n):
+            shard = max(range(self.shards), key=lambda s: (free[s], -s))
+            free[shard] -= 1
+            shards.append(shard)
+        return shards
+
+    def _parent_shards(self, n: int, near) -> list[int]:
+        """The parents' shards, once each shard is known to have room for its new slots."""
+        near = np.asarray(near, np.int64).reshape(-1)
+        if len(near) != n or np.any((near < 0) | (near >= self.num_slots)):
+            raise ValueError(f"near must be {n} slot ids in [0, {self.num_slots}), one per "
+                             f"new slot, got {near.tolist()}")
+        shards = self.shard_of(near)
+        wanted = np.bincount(shards, minlength=self.shards)
+        short = np.flatnonzero(wanted > [len(f) for f in self._free])
+        if short.size:
+            shard = int(short[0])
+            raise SlotPoolExhausted(
+                f"asked for {wanted[shard]} cache slots beside their parents on data shard "
+                f"{shard}, but only {len(self._free[shard])} of its {self.slots_per_shard} "
+                "are free; free the slots of finished nodes, or build the decoder with a "
+                "larger num_slots")
+        return shards.tolist()

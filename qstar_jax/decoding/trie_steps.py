@@ -1,8 +1,9 @@
 """Steps sampled as a trie, as the host sees them: ``count`` independent steps after one
 slot, each distinct token prefix computed once (``trie_sampler`` does the sampling).
 
-The spare slots the trie may split into are allocated before the call and the unused
-ones freed after it, so each distinct step comes back in a slot of its own.
+The spare slots the trie may split into are allocated before the call, beside their
+group's slot, and the unused ones freed after it, so each distinct step comes back in a
+slot of its own.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def sample_trie_steps(decoder: Decoder, slots: Sequence[int], counts: Sequence[i
     a step's slot is ``slots[g]`` or a newly allocated one), and the tokens fed per group:
     the size of its trie, what the sampling computed.
     """
-    spares = decoder.allocate(max(0, sum(counts) - len(slots)))  # sample_trie checks counts
+    spare_parents = _spare_parents(slots, counts)
+    spares = decoder.allocate(len(spare_parents), near=spare_parents)
     try:
         row_slots, out = decoder.sample_trie(slots, counts, spares, key_table=key_table,
                                              key_rows=key_rows, group_ids=group_ids,
@@ -67,3 +69,12 @@ def sample_trie_steps(decoder: Decoder, slots: Sequence[int], counts: Sequence[i
             logprob=float(out.logprob[row]), end_reason=EndReason(int(out.end_reason[row])),
             hidden=out.hidden[row], count=int(out.count[row])))
     return steps, fed
+
+
+def _spare_parents(slots: Sequence[int], counts: Sequence[int]) -> np.ndarray:
+    """The group slot each spare goes beside, ``counts[g] - 1`` times slot g; none for
+    counts that ``Decoder.sample_trie`` rejects (not one integer per slot)."""
+    slots, counts = np.asarray(slots), np.asarray(counts)
+    if counts.shape != slots.shape or not np.issubdtype(counts.dtype, np.integer):
+        return np.zeros(0, np.int64)
+    return np.repeat(slots, np.maximum(counts - 1, 0))

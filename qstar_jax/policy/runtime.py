@@ -136,10 +136,11 @@ class PolicyRuntime:
                            ends_trace=ends, slot=slot)
 
     def fork(self, parents: Sequence[int], counts: Sequence[int]) -> list[list[int]]:
-        """``counts[i]`` new slots continuing from ``parents[i]``."""
-        children = self.decoder.allocate(sum(counts))
+        """``counts[i]`` new slots continuing from ``parents[i]``, beside it."""
+        parent_of_child = np.repeat(np.asarray(parents), counts)
+        children = self.decoder.allocate(len(parent_of_child), near=parent_of_child)
         if children:
-            self.decoder.fork(np.repeat(np.asarray(parents), counts), children)
+            self.decoder.fork(parent_of_child, children)
         out, start = [], 0
         for n in counts:
             out.append(children[start:start + n])

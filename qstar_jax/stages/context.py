@@ -16,6 +16,7 @@ from jax.sharding import Mesh
 from qstar_jax.config import RunConfig, load_config
 from qstar_jax.decoding.engine import Decoder
 from qstar_jax.models.loading import LoadedModel, load_model
+from qstar_jax.parallel import DATA
 from qstar_jax.policy.runtime import PolicyRuntime
 from qstar_jax.tasks.base import Problem, Task
 from qstar_jax.tasks.registry import make_task
@@ -46,6 +47,14 @@ class RunContext:
             return make_task(t.name, config={**dataclasses.asdict(world),
                                              **t.options.get("config", {})})
         return make_task(t.name, **t.options)
+
+    def searches_per_batch(self, slots_per_search: int) -> int:
+        """How many searches of ``slots_per_search`` slots each fit the slot pool side by
+        side (at least one). A search's slots all sit on one ``data`` shard (a child goes
+        on its parent's shard, so no step moves cache rows between devices), so it is the
+        shards times what one shard holds, not the pool divided by the search."""
+        shards = 1 if self.mesh is None else self.mesh.shape[DATA]
+        return max(1, shards * (self.config.decode.slots // shards // slots_per_search))
 
     @property
     def rollouts_path(self) -> Path:

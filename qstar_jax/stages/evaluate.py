@@ -134,8 +134,8 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
         search_batch = (reasoner_search(ctx, method, problems, runtime, q_fn, utility)
                         if method in REASONER_METHODS
                         else _step_search(ctx, method, samples, runtime, q_fn, utility))
-        size = max(1, min(cfg.eval.problems_per_batch, cfg.decode.slots // slots_per_problem(
-            ctx, method, samples)))
+        size = min(cfg.eval.problems_per_batch,
+                   ctx.searches_per_batch(slots_per_problem(ctx, method, samples)))
         for start in range(0, len(pending), size):
             batch = pending[start:start + size]
             began = time.perf_counter()

@@ -62,7 +62,7 @@ def train_prm(ctx: RunContext) -> None:
         sample_outcomes(missing, sampler, _reward_fn(ctx, problems), journal,
                         completions=cfg.label.rollouts_per_state,
                         temperature=cfg.collect.temperature, max_steps=cfg.decode.max_steps,
-                        batch_pairs=_pairs_per_call(cfg))
+                        batch_pairs=_pairs_per_call(ctx))
         journal.close()
     estimation = cfg.prm_training.labels.value
     labels = np.array([s.label for s in shepherd_labels(pairs, journal.known(), estimation)],

@@ -21,10 +21,10 @@ def _train_problems(ctx: RunContext):
     return ctx.problems(ctx.config.task.train_split, ctx.config.task.train_problems)
 
 
-def _pairs_per_call(cfg) -> int:
+def _pairs_per_call(ctx: RunContext) -> int:
     """As many pairs per sampler call as the slot pool holds with their rollouts: decoder
     calls are overhead-bound at small batch sizes."""
-    return max(1, cfg.decode.slots // (cfg.label.rollouts_per_state + 1))
+    return ctx.searches_per_batch(ctx.config.label.rollouts_per_state + 1)
 
 
 def _reward_fn(ctx: RunContext, problems):
@@ -54,8 +54,8 @@ def collect(ctx: RunContext) -> None:
                      per_problem=ctx.config.collect.rollouts_per_problem,
                      temperature=ctx.config.collect.temperature, out_path=ctx.rollouts_path,
                      max_steps=ctx.config.decode.max_steps,
-                     batch_problems=max(1, ctx.config.decode.slots
-                                        // (ctx.config.collect.rollouts_per_problem + 1)))
+                     batch_problems=ctx.searches_per_batch(
+                         ctx.config.collect.rollouts_per_problem + 1))
 
 
 def label(ctx: RunContext) -> None:
@@ -84,12 +84,12 @@ def label(ctx: RunContext) -> None:
         steps = best_of_rollouts_labels(pairs, sampler, reward, BestOfRolloutsConfig(
             rollouts=cfg.label.rollouts_per_state, temperature=cfg.collect.temperature,
             discount=cfg.label.gamma, max_steps=cfg.decode.max_steps,
-            batch_pairs=_pairs_per_call(cfg)), journal=journal, outcomes=outcomes)
+            batch_pairs=_pairs_per_call(ctx)), journal=journal, outcomes=outcomes)
     elif method == LabelMethod.stronger_model:
         steps = stronger_completion_labels(
             pairs, _stronger_sampler(ctx, problems), reward,
             discount=cfg.label.gamma, max_steps=cfg.decode.max_steps,
-            batch_pairs=_pairs_per_call(cfg), journal=journal)
+            batch_pairs=_pairs_per_call(ctx), journal=journal)
     else:
         steps = fitted_q_labels(ctx, pairs, features)
     save_labelled(ctx.labels_path, steps, features=features, step_logprobs=step_logprobs)

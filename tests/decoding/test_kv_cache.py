@@ -70,3 +70,25 @@ def test_slot_pool_rejects_double_or_foreign_free(to_free):
     with pytest.raises(ValueError, match="cannot free"):
         pool.free(to_free)
     assert pool.is_allocated(0) and pool.num_free == 1
+
+
+def test_sharded_slot_pool_spreads_new_rows_and_puts_children_beside_parents():
+    pool = SlotPool(8, shards=4)  # shard s holds slots 2s, 2s + 1
+    assert pool.allocate(3) == [0, 2, 4]  # the shards with the most free slots, lowest first
+    assert pool.allocate(2, near=[4, 0]) == [5, 1]
+    assert pool.allocate(2) == [6, 3]  # shard 3 had two free, then shard 1 one
+    np.testing.assert_array_equal(pool.shard_of([0, 3, 5, 6]), [0, 1, 2, 3])
+    np.testing.assert_array_equal(pool.local_ids([0, 3, 5, 6]), [0, 1, 1, 0])
+    pool.free([2])
+    assert pool.allocate(1, near=[3]) == [2]
+
+
+def test_a_full_shard_is_exhausted_though_others_have_room():
+    pool = SlotPool(4, shards=2)
+    assert pool.allocate(2, near=[0, 0]) == [0, 1]
+    with pytest.raises(SlotPoolExhausted, match="1 cache slots beside their parents on data "
+                                                "shard 0, but only 0 of its 2 are free"):
+        pool.allocate(2, near=[1, 2])
+    assert pool.num_free == 2
+    with pytest.raises(ValueError, match="near must be 1 slot ids in"):
+        pool.allocate(1, near=[0, 1])

@@ -1,14 +1,17 @@
 """Evaluation sizes batches of problems by the cache slots one problem's search holds at
-once; undercounting them runs the decoder's slot pool dry mid-evaluation."""
+once; undercounting them runs the decoder's slot pool dry mid-evaluation. Each search's
+slots sit on one data shard, so a batch is the shards times what one shard holds."""
 
 import itertools
 from types import SimpleNamespace
 
 import pytest
+from jax.sharding import AbstractMesh
 
 from qstar_jax.config import load_config
 from qstar_jax.search.driver import run_search
 from qstar_jax.search.process_utility import ZeroUtility
+from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.evaluate import planner_factory, slots_per_problem
 from tests.search.fakes import FakeExpander, HiddenQ, child, tree
 
@@ -37,3 +40,22 @@ def test_slots_per_problem_covers_what_a_search_holds_at_once(method, overrides,
                progress=False)
     assert expander.peak_held == held
     assert slots_per_problem(ctx, method) >= held
+
+
+def context(slots, data=None):
+    mesh = None if data is None else AbstractMesh((data, 1), ("data", "model"))
+    return RunContext(config=load_config(overrides=[f"decode.slots={slots}"]), out=None,
+                      mesh=mesh)
+
+
+def test_one_device_divides_the_pool():
+    assert context(256).searches_per_batch(24) == 10
+    assert context(16).searches_per_batch(24) == 1  # at least one
+
+
+def test_a_search_must_fit_one_shard():
+    # 256 slots over 4 shards: 64 a shard hold 2 searches of 24 each, not 256 // 24 = 10,
+    # which would put 3 searches (72 slots) on some shard.
+    assert context(256, data=4).searches_per_batch(24) == 8
+    assert context(256, data=4).searches_per_batch(64) == 4
+    assert context(256, data=2).searches_per_batch(24) == 10

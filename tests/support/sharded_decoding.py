@@ -1,6 +1,7 @@
 """The tiny random decoder on one device and on meshes of 4 devices, the same calls on
-each; prints one JSON line comparing every mesh with the single device. Run in a child
-process, as a process's device count is fixed before JAX first runs:
+each; prints one JSON line comparing every mesh with the single device, with where each
+mesh put the rows and what its compiled functions move between data shards. Run in a
+child process, as a process's device count is fixed before JAX first runs:
 
     JAX_NUM_CPU_DEVICES=4 python -m tests.support.sharded_decoding
         meshes 4x1, 2x2 and 1x4 in one process;
@@ -20,17 +21,20 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from qstar_jax.decoding.engine import Decoder
+from qstar_jax.decoding.kv_cache import fork_slots
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.models.llama import LlamaModel
-from qstar_jax.parallel import initialize_distributed, is_writer, make_mesh
+from qstar_jax.parallel import (collectives, data_collectives, initialize_distributed,
+                                is_writer, make_mesh)
 from tests.decoding.tiny_models import RANDOM_MAX_LEN, STEP_BUCKET, tiny_config
 PROMPTS = [[1, 2, 3], [4, 5], [6, 7, 8, 9], [10]]
+TRIE_COUNTS = [4, 3]
 
 
 def decode(model: LlamaModel, mesh) -> dict:
     """Prefill, fork, greedy and sampled steps, a trie; the same calls twice over, the
     second with other data to show it reuses the compiled functions."""
-    decoder = Decoder(model, num_slots=16, max_len=RANDOM_MAX_LEN,
+    decoder = Decoder(model, num_slots=32, max_len=RANDOM_MAX_LEN,
                       newline_table=np.zeros(64, bool), eos_ids=[], min_batch_bucket=8,
                       min_step_bucket=STEP_BUCKET, mesh=mesh)
     out = {}
@@ -39,7 +43,7 @@ def decode(model: LlamaModel, mesh) -> dict:
         decoder.prefill(slots, [[t + call for t in p] for p in PROMPTS])
         last_hidden = multihost_utils.process_allgather(decoder.cache.last_hidden, tiled=True)
         out[f"logits{call}"] = np.asarray(model.logits(np.asarray(last_hidden)[slots]))
-        children = decoder.allocate(2)
+        children = decoder.allocate(2, near=slots[:2])
         decoder.fork(slots[:2], children)
         rows = slots + children
         keys = jax.random.split(jax.random.key(call), len(rows))
@@ -48,24 +52,64 @@ def decode(model: LlamaModel, mesh) -> dict:
         hot = decoder.sample_steps(rows, problem_keys=keys, node_ids=range(len(rows)),
                                    params=SamplingParams.make(len(rows), temperature=30.0),
                                    max_tokens=5)
-        spares = decoder.allocate(5)
+        spares = decoder.allocate(sum(TRIE_COUNTS) - 2,
+                                  near=np.repeat(slots[:2], np.subtract(TRIE_COUNTS, 1)))
         trie_slots, trie = decoder.sample_trie(
-            slots[:2], [4, 3], spares, key_table=keys, key_rows=[0, 1], group_ids=[3, 4],
+            slots[:2], TRIE_COUNTS, spares, key_table=keys, key_rows=[0, 1], group_ids=[3, 4],
             params=SamplingParams.make(2, temperature=30.0), max_tokens=5)
         out[f"greedy{call}"] = greedy.tokens
         out[f"hot{call}"] = hot.tokens
         out[f"hot_logprobs{call}"] = hot.logprobs
+        # Each group's steps in the order they split off; which spare slot holds a step
+        # depends on where the spares lie.
+        steps = np.argsort(np.where(trie.group < 0, len(trie.group), trie.group),
+                           kind="stable")[:np.sum(trie.group >= 0)]
         out[f"trie{call}"] = np.concatenate([trie.tokens, trie.group[:, None],
-                                             trie.count[:, None], trie_slots[:, None]], 1)
-        out[f"trie_logprob{call}"] = trie.logprob
+                                             trie.count[:, None]], 1)[steps]
+        out[f"trie_logprob{call}"] = trie.logprob[steps]
         out[f"traces{call}"] = np.array(sorted(decoder.trace_counts.values()))
+        if mesh is not None and call == 0:
+            out["shards"] = shards(decoder, slots, children, trie_slots, trie.group)
         decoder.free(rows + list(spares))
     if mesh is not None:
         attention = decoder._weights.model["layers"]["self_attn"]
         out["layout"] = {name: str(attention[name]["kernel"].get_value().sharding.spec)
                          for name in ("q_proj", "k_proj")}
         out["layout"]["cache"] = str(decoder.cache.k.sharding.spec)
+        out["collectives"] = compiled_collectives(decoder, mesh)
     return out
+
+
+def shards(decoder: Decoder, prompts, children, trie_slots, trie_groups) -> dict:
+    """The data shard of each prompt's slot, and whether every child and trie step lies on
+    its parent's shard."""
+    shard_of = decoder.pool.shard_of
+    steps = trie_groups >= 0
+    return {"prompts": shard_of(prompts).tolist(),
+            "children_beside_parents": bool(np.all(shard_of(children)
+                                                   == shard_of(prompts[:2]))),
+            "trie_beside_groups": bool(np.all(shard_of(trie_slots[steps])
+                                              == shard_of(trie_slots[trie_groups[steps]])))}
+
+
+def compiled_collectives(decoder: Decoder, mesh) -> dict:
+    """Per compiled decoder function: its collectives that move arrays with the cache
+    length between data shards, and (fork) all its collectives. ``gspmd_fork``: the same
+    counts for the fork jitted over the whole sharded cache by global slot ids (each row
+    gathered from wherever it lies), what the finder must report."""
+    mesh_shape = (mesh.shape["data"], mesh.shape["model"])
+
+    def count(text):
+        return {"cache_rows": len(data_collectives(text, dim=RANDOM_MAX_LEN,
+                                                   mesh_shape=mesh_shape)),
+                "all": len(collectives(text, mesh.size))}
+
+    counts = {name: count(decoder.compiled_text(name))
+              for name in ("prefill", "fork", "sample_step", "sample_trie")}
+    slots = np.arange(8, dtype=np.int32)
+    counts["gspmd_fork"] = count(jax.jit(fork_slots).lower(decoder.cache, slots, slots[::-1])
+                                 .compile().as_text())
+    return counts
 
 
 def main() -> None:
@@ -90,7 +134,8 @@ def main() -> None:
                                       for c in range(2))
                             for name in ("greedy", "hot", "trie")},
             "recompiled": not np.array_equal(sharded["traces0"], sharded["traces1"]),
-            "layout": sharded["layout"]}
+            "layout": sharded["layout"], "shards": sharded["shards"],
+            "collectives": sharded["collectives"]}
     if is_writer():
         print(json.dumps(report))
 

@@ -1,0 +1,91 @@
+"""The decoder's jitted functions run on each data shard's own cache slots.
+
+Shapes: n the call's rows, B = shards x block, the rows as the jitted function takes them.
+
+The slot pool is split evenly over the mesh axis that holds the cache's slots
+(``SlotPool.shard_of``). A call's rows are grouped by their slot's shard into equal blocks
+(``RowLayout``), and the function runs under ``jax.shard_map`` over that axis
+(``on_slot_shards``): each shard gets its block of rows, with slot ids local to its part
+of the cache, so no step moves cache rows between devices. Other mesh axes (``model``)
+stay with GSPMD inside.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec
+
+from qstar_jax.decoding.kv_cache import KVCache
+from qstar_jax.decoding.token_batch import bucket_size
+
+
+@dataclasses.dataclass(frozen=True)
+class RowLayout:
+    """Where a call's rows sit in the [B] rows of a jitted call: shard s's rows, in call
+    order, from s * block on; the positions left over are padding rows.
+
+    positions: [n] int64, each call row's position.
+    """
+
+    shards: int
+    block: int
+    positions: np.ndarray
+
+    @classmethod
+    def of(cls, row_shards, *, shards: int, min_rows: int = 1) -> RowLayout:
+        """The layout of rows on shards ``row_shards`` [n], each block a power of two
+        holding the fullest shard's rows, and all blocks together at least ``min_rows``."""
+        row_shards = np.asarray(row_shards, np.int64)
+        per_shard = np.bincount(row_shards, minlength=shards)
+        block = bucket_size(int(per_shard.max()), minimum=-(-min_rows // shards))
+        order = np.argsort(row_shards, kind="stable")
+        first_of_shard = np.cumsum(per_shard) - per_shard
+        rank = np.empty(len(row_shards), np.int64)
+        rank[order] = np.arange(len(row_shards)) - first_of_shard[row_shards[order]]
+        return cls(shards=shards, block=block, positions=row_shards * block + rank)
+
+    @property
+    def size(self) -> int:
+        return self.shards * self.block
+
+    def place(self, values, fill) -> np.ndarray:
+        """values [m, ...] of the call's first m <= n rows at their positions of a [B, ...]
+        array of ``fill`` (integers as int32)."""
+        values = np.asarray(values)
+        if np.issubdtype(values.dtype, np.integer):
+            values = values.astype(np.int32)
+        placed = np.full((self.size, *values.shape[1:]), fill, values.dtype)
+        placed[self.positions[:len(values)]] = values
+        return placed
+
+    def take(self, tree):
+        """Each array's [B, ...] rows back in call order, [n, ...]."""
+        return jax.tree.map(lambda x: x[self.positions], tree)
+
+    def call_rows(self, block_rows: np.ndarray) -> np.ndarray:
+        """Rows named by their place in their own shard's block, one per call row [n]
+        (-1: none), as call rows."""
+        owner = self.place(np.arange(len(self.positions)), -1)
+        block_start = self.positions - self.positions % self.block
+        return np.where(block_rows >= 0, owner[block_start + np.maximum(block_rows, 0)], -1)
+
+
+def cache_specs(axis: str | None) -> KVCache:
+    """A KVCache of PartitionSpecs: slots on mesh ``axis``, the rest left to GSPMD."""
+    rows = PartitionSpec(None, axis)
+    return KVCache(k=rows, v=rows, lengths=PartitionSpec(axis),
+                   last_hidden=PartitionSpec(axis))
+
+
+def on_slot_shards(fn, mesh: Mesh | None, axis: str | None, in_specs, out_specs):
+    """``fn`` run once per shard of mesh ``axis`` on its part of each argument
+    (``jax.shard_map`` manual over ``axis`` alone); ``fn`` itself when there is no such
+    axis. The decoder's functions are written for any one device's rows, so their loop
+    carries are not checked for values varying over the axis."""
+    if axis is None:
+        return fn
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                         axis_names={axis}, check_vma=False)

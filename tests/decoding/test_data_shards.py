@@ -1,0 +1,44 @@
+"""Where a call's rows go on the data shards, and the checks that children and spares lie
+beside their parents (host side; the sharded decoder itself runs in
+tests/support/sharded_decoding.py)."""
+
+import numpy as np
+import pytest
+
+from qstar_jax.decoding.data_shards import RowLayout
+from qstar_jax.decoding.input_checks import (check_children_beside_parents,
+                                             check_spares_beside_groups)
+from qstar_jax.decoding.kv_cache import SlotPool
+
+
+def test_rows_are_grouped_by_shard_in_blocks_of_a_common_size():
+    layout = RowLayout.of([1, 0, 1, 1], shards=2, min_rows=2)
+    assert layout.block == 4 and layout.size == 8  # shard 1's three rows, bucketed
+    np.testing.assert_array_equal(layout.positions, [4, 0, 5, 6])
+    placed = layout.place([10, 11, 12, 13], -1)
+    np.testing.assert_array_equal(placed, [11, -1, -1, -1, 10, 12, 13, -1])
+    assert placed.dtype == np.int32
+    np.testing.assert_array_equal(layout.place([10, 11], -1), [11, -1, -1, -1, 10, -1, -1, -1])
+    np.testing.assert_array_equal(layout.take(placed), [10, 11, 12, 13])
+    # Row 0's block row 1 is row 2; row 1's block row 0 is itself.
+    np.testing.assert_array_equal(layout.call_rows(np.array([1, 0, -1, 2])), [2, 1, -1, 3])
+
+
+def test_one_shard_keeps_the_call_order_padded_to_a_bucket():
+    layout = RowLayout.of([0, 0, 0], shards=1, min_rows=8)
+    np.testing.assert_array_equal(layout.positions, [0, 1, 2])
+    assert layout.size == 8
+    np.testing.assert_array_equal(layout.call_rows(np.array([0, 0, 2])), [0, 0, 2])
+
+
+def test_children_and_spares_must_lie_beside_their_parents():
+    pool = SlotPool(8, shards=2)  # slots 0-3 on shard 0, 4-7 on shard 1
+    check_children_beside_parents(pool, np.array([0, 0, 5]), np.array([1, 2, 6]))
+    with pytest.raises(ValueError, match=r"children \[4\] lie on other data shards than "
+                                         r"their parents \[0\]; allocate children with"):
+        check_children_beside_parents(pool, np.array([0, 0]), np.array([1, 4]))
+    check_spares_beside_groups(pool, np.array([0, 5]), np.array([3, 2]), np.array([1, 2, 3, 6]))
+    with pytest.raises(ValueError, match="groups on data shard 0 need 2 spare slots there, "
+                                         "but 1 of the spares lie on it"):
+        check_spares_beside_groups(pool, np.array([0, 5]), np.array([3, 2]),
+                                   np.array([1, 6, 7]))
