@@ -20,6 +20,10 @@ from qstar_jax.search.aggregate import Agg
 from qstar_jax.search.mctsr import MCTSrConfig
 
 
+ONE_DEVICE_PAGES = ("a paged cache runs on one device for now: set mesh.data=1 "
+                    "mesh.model=1, or decode.page_size=0")
+
+
 class ConfigError(ValueError):
     """A configuration names something missing or holds a value out of range."""
 
@@ -141,6 +145,18 @@ class DecodeConfig:
     max_len: int = 160
     step_token_cap: int = 40
     max_steps: int = 8  # steps per trajectory before it is cut off
+    # A paged cache (decoding/paged_cache.py: pages that forks share, so a tree costs its
+    # distinct tokens) instead of one max_len row per slot; 0 = rows. One device only, and
+    # the trie sampler does not run on pages yet (eval.prefix_sharing=false).
+    page_size: int = 0
+    pages: int = 0  # with page_size > 0: the pool's pages (0: slots x max_len tokens' worth)
+
+    @property
+    def num_pages(self) -> int:
+        """The paged cache's pages (0 without paging)."""
+        if self.page_size <= 0:
+            return 0
+        return self.pages or self.slots * -(-self.max_len // self.page_size)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -402,7 +418,15 @@ def check_config(config: RunConfig) -> None:
     require(not unknown, "stages", f"unknown {unknown}; choose from {STAGES}")
     require(d.slots >= 1 and d.max_len > d.step_token_cap, "decode",
             "needs slots >= 1 and max_len > step_token_cap")
+    require(d.page_size >= 0 and d.pages >= 0, "decode.page_size/pages", "must be >= 0")
+    require(d.page_size == 0 or d.max_len % d.page_size == 0, "decode.page_size",
+            f"decode.max_len={d.max_len} must be a multiple of it, got {d.page_size}")
+    require(d.page_size == 0 or not e.prefix_sharing, "decode.page_size",
+            "the trie sampler (eval.prefix_sharing=true) does not run on a paged cache yet: "
+            "set eval.prefix_sharing=false")
     m = config.mesh
+    require(d.page_size == 0 or (m.data in (1, -1) and m.model == 1), "decode.page_size",
+            ONE_DEVICE_PAGES)
     require(m.model >= 1 and (m.data >= 1 or m.data == -1), "mesh",
             f"sizes must be >= 1 (data may be -1), got data={m.data} model={m.model}")
     require(m.data == -1 or d.slots % m.data == 0, "decode.slots",

@@ -80,7 +80,8 @@ def plan(cfg: ModelConfig, run: RunConfig, *, memory_bytes: int, on_cpu: bool,
     per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * dtype_bytes
     per_token //= model_axis
     decode = run.decode
-    pool = decode.slots * decode.max_len * per_token // data_axis
+    held = decode.num_pages * decode.page_size or decode.slots * decode.max_len  # tokens
+    pool = held * per_token // data_axis
     left = max(int(HEADROOM * memory_bytes) - weights, 0)
     pages = left // (page_size * per_token)
     return MemoryPlan(memory_bytes=memory_bytes, weight_bytes=weights,

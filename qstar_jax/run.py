@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from qstar_jax.config import SOLVER, ConfigError, Utility, load_config, to_yaml
+from qstar_jax.config import ONE_DEVICE_PAGES, SOLVER, ConfigError, Utility, load_config, to_yaml
 from qstar_jax.memory_plan import check_memory
 from qstar_jax.models.compile_cache import enable_compile_cache
 from qstar_jax.models.loading import PACKAGED_MODELS
@@ -82,6 +82,9 @@ def main(argv=None) -> int:
         initialize_distributed(**dataclasses.asdict(config.distributed))
         mesh = make_mesh(config.mesh.data, config.mesh.model)
         check_slots(mesh, config.decode.slots)
+        if config.decode.page_size and mesh.size > 1:
+            raise ConfigError(f"decode.page_size: {ONE_DEVICE_PAGES} (this mesh has "
+                              f"{mesh.size} devices)")
         check_memory(config)  # the weights and the cache fit, or say what does
     except ValueError as error:  # ConfigError, MeshError, bad distributed settings
         print(f"config error: {error}", file=sys.stderr)

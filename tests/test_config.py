@@ -58,6 +58,25 @@ def test_bad_values_name_the_key(override, message):
         load_config(None, [override])
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["decode.page_size=16"], "trie sampler .* does not run on a paged cache"),
+    (["decode.page_size=48", "eval.prefix_sharing=false"], "max_len=160 must be a multiple"),
+    (["decode.page_size=16", "eval.prefix_sharing=false", "mesh.model=2"], "one device"),
+    (["decode.pages=-1"], "decode.page_size/pages"),
+])
+def test_bad_paging_settings_say_what_to_change(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_paging_defaults_to_the_pages_the_rows_would_hold():
+    d = load_config(None, ["decode.page_size=16", "eval.prefix_sharing=false",
+                           "decode.slots=8"]).decode
+    assert (d.num_pages, load_config(None, []).decode.num_pages) == (8 * 160 // 16, 0)
+    assert load_config(None, ["decode.page_size=16", "eval.prefix_sharing=false",
+                              "decode.pages=20"]).decode.num_pages == 20
+
+
 def test_scratch_policy_is_for_the_synthetic_worlds_only():
     real_task = ["task.name=gsm8k", "label.live_states_only=false"]
     with pytest.raises(ConfigError, match="scratch"):

@@ -204,6 +204,18 @@ def test_prefix_sharing_computes_identical_chains_once(finished_run, tmp_path):
             greedy.generated_tokens, copies * greedy.generated_tokens)
 
 
+def test_a_paged_cache_gives_the_row_caches_results(finished_run, tmp_path):
+    """decode.page_size: the same searches on pages that forks share."""
+    results = {}
+    for pages in ("0", "16"):
+        out = tmp_path / pages
+        assert main(["--reuse", str(finished_run), "--out", str(out), *TINY,
+                     "eval.methods=[greedy,best_of_n,qstar]", "eval.prefix_sharing=false",
+                     f"decode.page_size={pages}"]) == 0
+        results[pages] = _without_wall(ResultsLog(out / "results.jsonl").read())
+    assert len(results["16"]) == 18 and results["16"] == results["0"]
+
+
 def test_label_quality_experiment_reads_labels_against_the_exact_value(finished_run):
     script = Path(__file__).parents[1] / "experiments/label_quality.py"
     rows = runpy.run_path(str(script))["main"]([str(finished_run)])

@@ -15,6 +15,7 @@ from jax.sharding import Mesh
 
 from qstar_jax.config import RunConfig, load_config
 from qstar_jax.decoding.engine import Decoder
+from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.models.loading import LoadedModel, load_model
 from qstar_jax.parallel import DATA
 from qstar_jax.policy.runtime import PolicyRuntime
@@ -104,8 +105,10 @@ class RunContext:
         d = self.config.decode
         loaded = self.policy if model is None else self.load(model)
         tokenizer = loaded.tokenizer
+        paging = Paging(page_size=d.page_size, num_pages=d.num_pages) if d.page_size else None
         decoder = Decoder(loaded.model, num_slots=d.slots, max_len=d.max_len,
                           newline_table=tokenizer.newline_table(loaded.config.vocab_size),
-                          eos_ids=tokenizer.eos_ids, mesh=self.mesh)
+                          eos_ids=tokenizer.eos_ids, paging=paging,
+                          mesh=None if paging else self.mesh)  # the config checks one device
         return PolicyRuntime(decoder, tokenizer, self.task, problems, self.prompts(problems),
                              seed=self.config.seed, step_token_cap=d.step_token_cap)

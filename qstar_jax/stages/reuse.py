@@ -16,9 +16,10 @@ from omegaconf import OmegaConf
 
 from qstar_jax.config import ConfigError, RunConfig, load_config
 
-# What only the evaluate stage reads (decode.slots sizes batches, never results).
+# What only the evaluate stage reads, or what changes how the decoder holds its cache and
+# never what it computes (decode.slots sizes batches; pages hold what rows hold).
 EVALUATION_ONLY = ("out_dir", "stages", "search", "eval", "task.eval_split",
-                   "task.eval_problems", "decode.slots")
+                   "task.eval_problems", "decode.slots", "decode.page_size", "decode.pages")
 TRAINED_OUTPUTS = ("policy", "rollouts.jsonl", "labels.jsonl", "labels.jsonl.features.npz",
                    "q_checkpoint", "q_training.json", "step_outcomes.jsonl", "prm",
                    "prm_training.json")
