@@ -90,3 +90,23 @@ def test_label_features_are_what_the_decoder_gives_search(arithmetic_run):
     np.testing.assert_allclose(hidden, np.stack([s.hidden for s in sampled]), atol=1e-4)
     np.testing.assert_allclose(logprob, [s.logprob for s in sampled], atol=1e-3)
     assert all(s.logprob < 0 for s in sampled)
+
+
+def test_second_opinion_with_the_same_policy_reads_the_saved_log_probabilities(
+        arithmetic_run):
+    """experiments/second_opinion.py recomputes each labelled step's log-probability under
+    another policy as the label stage computed it: given the run's own policy, its scores
+    are the saved ones, so every AUC and choice agrees with them."""
+    import runpy
+    from pathlib import Path
+
+    script = Path(__file__).parents[2] / "experiments/second_opinion.py"
+    report = runpy.run_path(str(script))["main"]([str(arithmetic_run),
+                                                  str(arithmetic_run / "policy")])
+    assert report["pairs"] == len((arithmetic_run / "labels.jsonl").read_text().splitlines())
+    assert report["auc"]["first"] == report["auc"]["second"] == report["auc"]["sum"]
+    for row in report["auc_by_step"].values():
+        assert row["first"] == row["second"]
+    choice = report["best_child_right"]
+    assert choice["first"] == choice["second"] == choice["sum"]
+    assert (choice["first"] is None) == (report["mixed_states"] == 0)
