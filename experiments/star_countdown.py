@@ -140,7 +140,8 @@ def main() -> None:
     parser.add_argument("--weak-problems", type=int, default=150,
                         help="solver traces the round-0 policy learns from")
     parser.add_argument("--weak-steps", type=int, default=500)
-    parser.add_argument("--star-problems", type=int, default=1500)
+    parser.add_argument("--star-problems", type=int, default=3000,
+                        help="training problems each round samples rationales for")
     parser.add_argument("--samples", type=int, default=4, help="rationales per problem")
     parser.add_argument("--round-steps", type=int, default=500,
                         help="fine-tuning steps per round")
