@@ -210,6 +210,9 @@ class QTrainConfig:
     # The head on the policy's hidden states also reads each step's log-probability under
     # the policy (its confidence in the step).
     step_logprob: bool = True
+    # A second policy's checkpoint (trained apart, e.g. from another seed): the head also
+    # reads each step's log-probability under it (experiments/second_opinion.py). None: no.
+    second_opinion: Optional[str] = None
     loss: Loss = Loss.bce
     learning_rate: float = 1e-3
     batch_size: int = 256
@@ -454,6 +457,9 @@ def check_config(config: RunConfig) -> None:
     require(config.q_train.backbone != QBackbone.separate
             or config.q_train.separate_model is not None, "q_train.separate_model",
             "q_train.backbone=separate needs a model")
+    require(config.q_train.second_opinion is None
+            or config.q_train.backbone == QBackbone.policy, "q_train.second_opinion",
+            "is read by the head on the policy's hidden states (q_train.backbone=policy)")
     require(config.policy.source != "scratch" or config.task.name in FROM_SCRATCH_TASKS,
             "policy.source", f"'scratch' (train a policy from scratch) is for the synthetic "
             f"worlds {FROM_SCRATCH_TASKS}; point it at an HF directory, a .gguf file or an alias")

@@ -69,6 +69,13 @@ def test_bad_paging_settings_say_what_to_change(overrides, message):
         load_config(None, overrides)
 
 
+def test_a_second_opinion_goes_with_the_head_on_the_policys_hidden_states():
+    with pytest.raises(ConfigError, match="q_train.second_opinion"):
+        load_config(None, ["q_train.second_opinion=runs/x/policy", "q_train.backbone=separate",
+                           "q_train.separate_model=runs/x/policy"])
+    assert load_config(None, ["q_train.second_opinion=runs/x/policy"]).q_train.second_opinion
+
+
 def test_paging_defaults_to_the_pages_the_rows_would_hold():
     d = load_config(None, ["decode.page_size=16", "eval.prefix_sharing=false",
                            "decode.slots=8"]).decode

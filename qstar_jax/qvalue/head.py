@@ -29,6 +29,9 @@ class QHeadConfig:
     # column, ``head_inputs``): the policy's own confidence in a step is evidence about it
     # that its hidden state at the step's end does not carry.
     step_logprob: bool = False
+    # And the step's log-probability under a second policy trained apart (a second
+    # opinion: its mistakes are partly not the policy's), as one more column.
+    second_opinion: bool = False
     output: Literal["sigmoid", "raw"] = "sigmoid"
 
     def __post_init__(self):
@@ -50,22 +53,25 @@ STEP_LOGPROB_SCALE = 10.0
 
 
 def head_inputs(hidden: np.ndarray, step_logprob: np.ndarray | None,
-                config: QHeadConfig) -> np.ndarray:
-    """The head's input rows [N, width]: hidden states [N, E], with the steps'
-    log-probabilities [N] (clipped at ``MIN_STEP_LOGPROB``) as one more column when the
-    head reads them."""
-    hidden = np.asarray(hidden, np.float32)
-    if not config.step_logprob:
-        return hidden
-    if step_logprob is None:
-        raise ValueError("this Q̂ head reads each step's log-probability, and none was given")
-    column = STEP_LOGPROB_SCALE * np.clip(np.asarray(step_logprob, np.float32),
-                                          MIN_STEP_LOGPROB, 0.0)
-    return np.concatenate([hidden, column.reshape(-1, 1)], axis=1)
+                config: QHeadConfig, second_logprob: np.ndarray | None = None) -> np.ndarray:
+    """The head's input rows [N, width]: hidden states [N, E], then the steps'
+    log-probabilities [N] under the policy and under the second opinion, each as one more
+    column (clipped at ``MIN_STEP_LOGPROB``) when the head reads it."""
+    columns = [np.asarray(hidden, np.float32)]
+    for reads, values, what in ((config.step_logprob, step_logprob, "log-probability"),
+                                (config.second_opinion, second_logprob,
+                                 "log-probability under the second opinion")):
+        if not reads:
+            continue
+        if values is None:
+            raise ValueError(f"this Q̂ head reads each step's {what}, and none was given")
+        columns.append(STEP_LOGPROB_SCALE * np.clip(np.asarray(values, np.float32),
+                                                    MIN_STEP_LOGPROB, 0.0).reshape(-1, 1))
+    return np.concatenate(columns, axis=1) if len(columns) > 1 else columns[0]
 
 
 def input_width(config: QHeadConfig) -> int:
-    return config.hidden_size + int(config.step_logprob)
+    return config.hidden_size + int(config.step_logprob) + int(config.second_opinion)
 
 
 def to_value(raw: jax.Array, output: str) -> jax.Array:

@@ -4,11 +4,13 @@ separate backbone reading the text of (question ⊕ steps ⊕ candidate step); a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
+from qstar_jax.models.loading import LoadedModel
 from qstar_jax.qvalue.backbone import BackboneQModel
+from qstar_jax.qvalue.features import last_step_features
 from qstar_jax.qvalue.checkpoint import load_backbone_q
 from qstar_jax.qvalue.head import QHeadModel, head_inputs
 from qstar_jax.search.interface import QItem
@@ -19,18 +21,43 @@ if TYPE_CHECKING:
 
 
 class PolicyHiddenQ:
-    """search's ``QValueFunction`` over a head reading the policy's hidden states."""
+    """search's ``QValueFunction`` over a head reading the policy's hidden states (and,
+    with ``second_opinion``, each step's log-probability under a second policy:
+    ``second_opinion(items)`` -> [N])."""
 
-    def __init__(self, model: QHeadModel):
+    def __init__(self, model: QHeadModel,
+                 second_opinion: Callable[[Sequence[QItem]], np.ndarray] | None = None):
         self.model = model
+        self._second_opinion = second_opinion
 
     def score(self, items: Sequence[QItem]) -> np.ndarray:
         if not items:
             return np.zeros(0, np.float32)
         logprobs = (None if any(item.logprob is None for item in items)
                     else np.array([item.logprob for item in items], np.float32))
+        second = None if self._second_opinion is None else self._second_opinion(items)
         return self.model.score_hidden(head_inputs(
-            np.stack([item.hidden for item in items]), logprobs, self.model.head_config))
+            np.stack([item.hidden for item in items]), logprobs, self.model.head_config,
+            second))
+
+
+class SecondOpinion:
+    """Each step's log-probability under a second policy, given its state: the label
+    stage's ``last_step_features`` over (prompt ⊕ steps so far, the step ⊕ separator)."""
+
+    def __init__(self, loaded: LoadedModel, prompts: Sequence[str]):
+        self._loaded, self._prompts = loaded, prompts
+
+    def __call__(self, items: Sequence[QItem]) -> np.ndarray:
+        return self.of_steps([(i.problem_index, i.prefix_steps, i.step_text) for i in items])
+
+    def of_steps(self, steps: Sequence[tuple[int, Sequence[str], str]]) -> np.ndarray:
+        """[N] for (problem index, steps before, step) triples."""
+        _, logprobs = last_step_features(
+            self._loaded.model, self._loaded.tokenizer,
+            [state_text(self._prompts[p], before) for p, before, _ in steps],
+            [state_text("", (step,)) for _, _, step in steps])
+        return logprobs
 
 
 class PolicyHiddenPRM:

@@ -14,7 +14,7 @@ from qstar_jax.parallel import is_writer
 from qstar_jax.qvalue.checkpoint import BackboneIdentity, QCheckpointer, load_q_head
 from qstar_jax.qvalue.dataset import load_labelled, load_step_logprobs
 from qstar_jax.qvalue.head import QHead, QHeadConfig, QHeadModel, head_inputs
-from qstar_jax.qvalue.scorers import PolicyHiddenQ, SeparateBackboneQ
+from qstar_jax.qvalue.scorers import PolicyHiddenQ, SecondOpinion, SeparateBackboneQ
 from qstar_jax.qvalue.train import TrainConfig, train_q_model
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.separate_q import train_separate_q
@@ -25,7 +25,14 @@ def head_config(ctx: RunContext) -> QHeadConfig:
     width = ctx.policy.config.hidden_size
     return QHeadConfig(hidden_size=width, mlp_widths=(width,) * q.hidden_layers,
                        output="sigmoid" if q.loss == Loss.bce else "raw",
-                       step_logprob=q.step_logprob)
+                       step_logprob=q.step_logprob,
+                       second_opinion=q.second_opinion is not None)
+
+
+def second_opinion(ctx: RunContext, problems) -> SecondOpinion | None:
+    """The second policy's log-probabilities over ``problems``' steps (None: not set)."""
+    path = ctx.config.q_train.second_opinion
+    return None if path is None else SecondOpinion(ctx.load(path), ctx.prompts(problems))
 
 
 def train_config(ctx: RunContext, examples: int) -> TrainConfig:
@@ -54,7 +61,11 @@ def train_q(ctx: RunContext) -> None:
     steps, features = load_labelled(ctx.labels_path)
     labels = np.array([s.label for s in steps], np.float32)
     config = head_config(ctx)
-    features = head_inputs(features, load_step_logprobs(ctx.labels_path), config)
+    opinion = second_opinion(ctx, ctx.problems(ctx.config.task.train_split,
+                                               ctx.config.task.train_problems))
+    second = None if opinion is None else opinion.of_steps(
+        [(s.problem_index, s.prefix_steps, s.step_text) for s in steps])
+    features = head_inputs(features, load_step_logprobs(ctx.labels_path), config, second)
     head = QHead(config, rngs=nnx.Rngs(ctx.config.seed))
     identity = BackboneIdentity.of_policy(ctx.policy.config)
     with QCheckpointer(ctx.q_dir, identity=identity, head_config=config) as checkpointer:
@@ -78,4 +89,5 @@ def load_q_function(ctx: RunContext, problems):
     """Q̂ for search over ``problems``, on the backbone it was trained with."""
     if ctx.config.q_train.backbone == QBackbone.separate:
         return SeparateBackboneQ(ctx, problems)
-    return PolicyHiddenQ(QHeadModel(load_q_head(ctx.q_dir, policy_config=ctx.policy.config)))
+    return PolicyHiddenQ(QHeadModel(load_q_head(ctx.q_dir, policy_config=ctx.policy.config)),
+                         second_opinion(ctx, problems))

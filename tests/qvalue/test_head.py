@@ -57,6 +57,17 @@ def test_a_head_reading_step_logprobs_takes_them_as_one_more_scaled_clipped_colu
     assert QHeadModel(head).score_hidden(inputs).shape == (3,)
 
 
+def test_a_second_opinion_is_one_more_column_after_the_policys_own():
+    config = QHeadConfig(hidden_size=E, step_logprob=True, second_opinion=True)
+    hidden = np.zeros((2, E), np.float32)
+    inputs = head_inputs(hidden, np.array([-1.0, -2.0]), config, np.array([-0.1, -40.0]))
+    assert inputs.shape == (2, E + 2)
+    np.testing.assert_allclose(inputs[:, E:], [[-10.0, -1.0], [-20.0, -300.0]])
+    with pytest.raises(ValueError, match="under the second opinion"):
+        head_inputs(hidden, np.array([-1.0, -2.0]), config)
+    assert QHeadModel(QHead(config, rngs=nnx.Rngs(0))).score_hidden(inputs).shape == (2,)
+
+
 def test_bad_head_config_is_rejected():
     with pytest.raises(ValueError, match="output"):
         QHeadConfig(hidden_size=E, output="tanh")

@@ -110,3 +110,19 @@ def test_second_opinion_with_the_same_policy_reads_the_saved_log_probabilities(
     choice = report["best_child_right"]
     assert choice["first"] == choice["second"] == choice["sum"]
     assert (choice["first"] is None) == (report["mixed_states"] == 0)
+
+
+def test_a_second_opinion_from_the_policy_itself_reads_the_saved_log_probabilities(
+        arithmetic_run):
+    """q_train.second_opinion scores each step with a second policy as the label stage
+    scored it with the first: given the run's own policy, the saved log-probabilities."""
+    from qstar_jax.qvalue.dataset import load_step_logprobs
+    from qstar_jax.qvalue.scorers import SecondOpinion
+
+    ctx = RunContext(config=load_config(None, TINY), out=arithmetic_run)
+    problems = ctx.problems(ctx.config.task.train_split, ctx.config.task.train_problems)
+    steps, _ = load_labelled(ctx.labels_path)
+    opinion = SecondOpinion(ctx.policy, ctx.prompts(problems))
+    np.testing.assert_allclose(
+        opinion.of_steps([(s.problem_index, s.prefix_steps, s.step_text) for s in steps]),
+        load_step_logprobs(ctx.labels_path), atol=1e-4)
