@@ -30,10 +30,9 @@ import numpy as np
 
 from qstar_jax.config import EXACT_VALUE_TASKS
 from qstar_jax.qvalue.dataset import load_labelled, load_step_logprobs
-from qstar_jax.qvalue.features import last_step_features
+from qstar_jax.qvalue.scorers import SecondOpinion
 from qstar_jax.qvalue.train import roc_auc
 from qstar_jax.stages.context import RunContext
-from qstar_jax.tasks.base import state_text
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -50,11 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     problems = ctx.problems(ctx.config.task.train_split, ctx.config.task.train_problems)
     prompts = ctx.prompts(problems)
     steps, _ = load_labelled(ctx.labels_path)
-    other = ctx.load(args.other)
-    _, second = last_step_features(
-        other.model, other.tokenizer,
-        [state_text(prompts[s.problem_index], s.prefix_steps) for s in steps],
-        [state_text("", (s.step_text,)) for s in steps])
+    second = SecondOpinion(ctx.load(args.other), prompts)(steps)
     exact = np.array([ctx.task.can_still_succeed(problems[s.problem_index],
                                                  (*s.prefix_steps, s.step_text))
                       for s in steps])

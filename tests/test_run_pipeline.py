@@ -40,6 +40,13 @@ def _without_wall(results):
     return [{k: v for k, v in vars(r).items() if k != "wall_s"} for r in results]
 
 
+def _evaluated_again(finished_run, out, *overrides):
+    """The results of evaluating ``finished_run``'s trained outputs again into ``out``
+    under ``overrides`` (``--reuse``)."""
+    assert main(["--reuse", str(finished_run), "--out", str(out), *TINY, *overrides]) == 0
+    return ResultsLog(out / "results.jsonl").read()
+
+
 def test_every_stage_writes_its_outputs(finished_run):
     out = finished_run
     for name in ("config.yaml", "policy/config.json", "policy/model.safetensors",
@@ -101,13 +108,12 @@ def test_self_consistency_voted_on_best_of_ns_chains_is_self_consistency_searche
         finished_run, tmp_path):
     # The run evaluated both, so self-consistency voted on best-of-N's chains; alone it
     # samples its own, and must answer and spend the same.
-    out = tmp_path / "alone"
-    assert main([*TINY, "eval.methods=[self_consistency]", "--reuse", str(finished_run),
-                 "--out", str(out)]) == 0
+    alone = _evaluated_again(finished_run, tmp_path / "alone",
+                             "eval.methods=[self_consistency]")
     voted = [r for r in _without_wall(ResultsLog(finished_run / "results.jsonl").read())
              if r["method"] == "self_consistency"]
     assert len(voted) == 6
-    assert _without_wall(ResultsLog(out / "results.jsonl").read()) == voted
+    assert _without_wall(alone) == voted
 
 
 def test_matched_best_of_n_is_the_smallest_n_that_spends_qstars_tokens(finished_run, tmp_path):
@@ -187,14 +193,10 @@ def test_exact_q_experiment_scores_every_edge_by_the_solver(finished_run, tmp_pa
 def test_prefix_sharing_computes_identical_chains_once(finished_run, tmp_path):
     """At temperature 0 best-of-N's chains are all the greedy chain: with prefix sharing
     it costs what greedy does, without it N times that."""
-    results = {}
-    for sharing in ("true", "false"):
-        out = tmp_path / sharing
-        assert main(["--reuse", str(finished_run), "--out", str(out), *TINY,
-                     "eval.temperature=0", "eval.methods=[greedy,best_of_n]",
-                     f"eval.prefix_sharing={sharing}"]) == 0
-        results[sharing] = {(r.method, r.problem_id): r
-                            for r in ResultsLog(out / "results.jsonl").read()}
+    results = {sharing: {(r.method, r.problem_id): r for r in _evaluated_again(
+        finished_run, tmp_path / sharing, "eval.temperature=0",
+        "eval.methods=[greedy,best_of_n]", f"eval.prefix_sharing={sharing}")}
+        for sharing in ("true", "false")}
     for (method, problem), r in results["true"].items():
         unshared = results["false"][(method, problem)]
         greedy = results["true"][("greedy", problem)]
@@ -206,13 +208,10 @@ def test_prefix_sharing_computes_identical_chains_once(finished_run, tmp_path):
 
 def test_a_paged_cache_gives_the_row_caches_results(finished_run, tmp_path):
     """decode.page_size: the same searches on pages that forks share."""
-    results = {}
-    for pages in ("0", "16"):
-        out = tmp_path / pages
-        assert main(["--reuse", str(finished_run), "--out", str(out), *TINY,
-                     "eval.methods=[greedy,best_of_n,qstar]", "eval.prefix_sharing=false",
-                     f"decode.page_size={pages}"]) == 0
-        results[pages] = _without_wall(ResultsLog(out / "results.jsonl").read())
+    results = {pages: _without_wall(_evaluated_again(
+        finished_run, tmp_path / pages, "eval.methods=[greedy,best_of_n,qstar]",
+        "eval.prefix_sharing=false", f"decode.page_size={pages}"))
+        for pages in ("0", "16")}
     assert len(results["16"]) == 18 and results["16"] == results["0"]
 
 

@@ -20,6 +20,51 @@ from qstar_jax.models.llama import LlamaModel
 from qstar_jax.models.tokenizer import Tokenizer
 
 
+class StepFeatures:
+    """``last_step_features`` for one model, its jitted pass built once: what scores the
+    steps of every search round (``scorers.SecondOpinion``) without tracing again."""
+
+    def __init__(self, model: LlamaModel, tokenizer: Tokenizer, *, batch_size: int = 64):
+        self._tokenizer, self._batch_size = tokenizer, batch_size
+        self._hidden_size = model.config.hidden_size
+        graphdef, self._state = nnx.split(model)
+
+        @jax.jit
+        def forward(state, tokens, last, step_start):
+            module = nnx.merge(graphdef, state)
+            hidden = module.forward_sequence(tokens)
+            logprobs = jax.nn.log_softmax(module.logits(hidden[:, :-1]), axis=-1)
+            token_logprobs = jnp.take_along_axis(logprobs, tokens[:, 1:, None], axis=-1)[..., 0]
+            # Position t predicts token t + 1: the step's tokens are step_start .. last.
+            predicted = jnp.arange(1, tokens.shape[1])[None, :]
+            in_step = (predicted >= step_start[:, None]) & (predicted <= last[:, None])
+            step_logprob = jnp.sum(jnp.where(in_step, token_logprobs, 0.0), axis=1)
+            return jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0], step_logprob
+
+        self._forward = forward
+
+    def __call__(self, states: Sequence[str], steps: Sequence[str]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        tokenizer, batch_size = self._tokenizer, self._batch_size
+        state_lengths = [len(tokenizer.encode(s)) for s in states]
+        token_lists = [tokenizer.encode(s + a) for s, a in zip(states, steps)]
+        hidden_out = np.zeros((len(states), self._hidden_size), np.float32)
+        logprob_out = np.zeros(len(states), np.float32)
+        # Similar lengths share a bucket.
+        order = np.argsort([len(t) for t in token_lists], kind="stable")
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            batch = pad_token_batch([token_lists[r] for r in rows], pad_id=tokenizer.pad_id,
+                                    batch=batch_size, min_length=16)
+            step_start = np.zeros(batch_size, np.int32)
+            step_start[:len(rows)] = [state_lengths[r] for r in rows]
+            hidden, step_logprob = self._forward(self._state, batch.tokens,
+                                                 last_positions(batch), step_start)
+            hidden_out[rows] = np.asarray(hidden, np.float32)[:len(rows)]
+            logprob_out[rows] = np.asarray(step_logprob, np.float32)[:len(rows)]
+        return hidden_out, logprob_out
+
+
 def last_step_features(model: LlamaModel, tokenizer: Tokenizer, states: Sequence[str],
                        steps: Sequence[str], *, batch_size: int = 64
                        ) -> tuple[np.ndarray, np.ndarray]:
@@ -27,32 +72,4 @@ def last_step_features(model: LlamaModel, tokenizer: Tokenizer, states: Sequence
     at its last token, and float32 [N], the summed log-probability of the step's tokens
     after the state's (the state is tokenized alone, so a step starts on a token
     boundary, as it does when the decoder samples it)."""
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def forward(state, tokens, last, step_start):
-        module = nnx.merge(graphdef, state)
-        hidden = module.forward_sequence(tokens)
-        logprobs = jax.nn.log_softmax(module.logits(hidden[:, :-1]), axis=-1)
-        token_logprobs = jnp.take_along_axis(logprobs, tokens[:, 1:, None], axis=-1)[..., 0]
-        # Position t predicts token t + 1: the step's tokens are step_start .. last.
-        predicted = jnp.arange(1, tokens.shape[1])[None, :]
-        in_step = (predicted >= step_start[:, None]) & (predicted <= last[:, None])
-        step_logprob = jnp.sum(jnp.where(in_step, token_logprobs, 0.0), axis=1)
-        return jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0], step_logprob
-
-    state_lengths = [len(tokenizer.encode(s)) for s in states]
-    token_lists = [tokenizer.encode(s + a) for s, a in zip(states, steps)]
-    hidden_out = np.zeros((len(states), model.config.hidden_size), np.float32)
-    logprob_out = np.zeros(len(states), np.float32)
-    order = np.argsort([len(t) for t in token_lists], kind="stable")  # similar lengths share a bucket
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        batch = pad_token_batch([token_lists[r] for r in rows], pad_id=tokenizer.pad_id,
-                                batch=batch_size, min_length=16)
-        step_start = np.zeros(batch_size, np.int32)
-        step_start[:len(rows)] = [state_lengths[r] for r in rows]
-        hidden, step_logprob = forward(state, batch.tokens, last_positions(batch), step_start)
-        hidden_out[rows] = np.asarray(hidden, np.float32)[:len(rows)]
-        logprob_out[rows] = np.asarray(step_logprob, np.float32)[:len(rows)]
-    return hidden_out, logprob_out
+    return StepFeatures(model, tokenizer, batch_size=batch_size)(states, steps)

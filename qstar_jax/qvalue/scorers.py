@@ -10,8 +10,9 @@ import numpy as np
 
 from qstar_jax.models.loading import LoadedModel
 from qstar_jax.qvalue.backbone import BackboneQModel
-from qstar_jax.qvalue.features import last_step_features
+from qstar_jax.qvalue.features import StepFeatures
 from qstar_jax.qvalue.checkpoint import load_backbone_q
+from qstar_jax.qvalue.dataset import LabelledStep
 from qstar_jax.qvalue.head import QHeadModel, head_inputs
 from qstar_jax.search.interface import QItem
 from qstar_jax.tasks.base import state_text
@@ -43,20 +44,18 @@ class PolicyHiddenQ:
 
 class SecondOpinion:
     """Each step's log-probability under a second policy, given its state: the label
-    stage's ``last_step_features`` over (prompt ⊕ steps so far, the step ⊕ separator)."""
+    stage's ``last_step_features`` over (prompt ⊕ steps so far, the step ⊕ separator),
+    with one jitted pass for all calls."""
 
     def __init__(self, loaded: LoadedModel, prompts: Sequence[str]):
-        self._loaded, self._prompts = loaded, prompts
+        self._features, self._prompts = StepFeatures(loaded.model, loaded.tokenizer), prompts
 
-    def __call__(self, items: Sequence[QItem]) -> np.ndarray:
-        return self.of_steps([(i.problem_index, i.prefix_steps, i.step_text) for i in items])
-
-    def of_steps(self, steps: Sequence[tuple[int, Sequence[str], str]]) -> np.ndarray:
-        """[N] for (problem index, steps before, step) triples."""
-        _, logprobs = last_step_features(
-            self._loaded.model, self._loaded.tokenizer,
-            [state_text(self._prompts[p], before) for p, before, _ in steps],
-            [state_text("", (step,)) for _, _, step in steps])
+    def __call__(self, steps: Sequence[QItem | LabelledStep]) -> np.ndarray:
+        """[N] for steps that name their problem, the steps before and the step itself
+        (search's QItems, the labels' LabelledSteps)."""
+        _, logprobs = self._features([state_text(self._prompts[s.problem_index],
+                                                 s.prefix_steps) for s in steps],
+                                     [state_text("", (s.step_text,)) for s in steps])
         return logprobs
 
 

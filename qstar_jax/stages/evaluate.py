@@ -121,6 +121,7 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
     # Self-consistency votes on best-of-N's chains: the same N, temperature and keys
     # sample the same chains, so they are sampled once (``self_consistency_of``).
     votes_on_best_of_n = {"self_consistency", "best_of_n"} <= set(cfg.eval.methods)
+    vote_on = answer_key(ctx)
 
     def search(method: str, samples: int) -> None:
         """Evaluate ``method`` (N = ``samples`` for a chain method) on the problems it has
@@ -144,8 +145,7 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
             rows = list(_graded(ctx, method, problems, results, share))
             for other in derived:
                 rows += _graded(ctx, other, problems,
-                                [self_consistency_of(r, answer_key(ctx)) for r in results],
-                                share)
+                                [self_consistency_of(r, vote_on) for r in results], share)
             log.append(r for r in rows if r.problem_id not in done[r.method])
             barrier("results appended")  # so every process reads the log alike
             if cfg.eval.dump_trees:
@@ -209,8 +209,9 @@ def _copy_best_of_n(log: ResultsLog) -> None:
     """best_of_n_matched at best_of_n's own N is best_of_n's search over again: the same
     chains (keys come from the problem and node ids alone), ranker and token charges. Its
     rows, wall-clock included, are copied instead of computed twice."""
-    done = log.done("best_of_n_matched")
-    log.append([dataclasses.replace(r, method="best_of_n_matched") for r in log.read()
+    rows = log.read()
+    done = {r.problem_id for r in rows if r.method == "best_of_n_matched"}
+    log.append([dataclasses.replace(r, method="best_of_n_matched") for r in rows
                 if r.method == "best_of_n" and r.problem_id not in done])
 
 

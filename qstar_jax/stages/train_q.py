@@ -63,8 +63,7 @@ def train_q(ctx: RunContext) -> None:
     config = head_config(ctx)
     opinion = second_opinion(ctx, ctx.problems(ctx.config.task.train_split,
                                                ctx.config.task.train_problems))
-    second = None if opinion is None else opinion.of_steps(
-        [(s.problem_index, s.prefix_steps, s.step_text) for s in steps])
+    second = None if opinion is None else opinion(steps)
     features = head_inputs(features, load_step_logprobs(ctx.labels_path), config, second)
     head = QHead(config, rngs=nnx.Rngs(ctx.config.seed))
     identity = BackboneIdentity.of_policy(ctx.policy.config)

@@ -124,5 +124,5 @@ def test_a_second_opinion_from_the_policy_itself_reads_the_saved_log_probabiliti
     steps, _ = load_labelled(ctx.labels_path)
     opinion = SecondOpinion(ctx.policy, ctx.prompts(problems))
     np.testing.assert_allclose(
-        opinion.of_steps([(s.problem_index, s.prefix_steps, s.step_text) for s in steps]),
+        opinion(steps),
         load_step_logprobs(ctx.labels_path), atol=1e-4)
