@@ -34,10 +34,10 @@ from flax import nnx
 from qstar_jax.config import EXACT_VALUE_TASKS, QBackbone
 from qstar_jax.qvalue.checkpoint import load_q_head
 from qstar_jax.qvalue.dataset import load_labelled, load_step_logprobs
-from qstar_jax.qvalue.head import QHead, QHeadModel, head_inputs
+from qstar_jax.qvalue.head import QHead, QHeadModel
 from qstar_jax.qvalue.train import roc_auc, split_indices, train_q_model
 from qstar_jax.stages.context import RunContext
-from qstar_jax.stages.train_q import head_config, train_config
+from qstar_jax.stages.train_q import head_config, labelled_head_inputs, train_config
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                                  (*s.prefix_steps, s.step_text))
                       for s in steps])
     step_logprobs = load_step_logprobs(ctx.labels_path)
-    inputs = head_inputs(features, step_logprobs, head_config(ctx))
+    inputs = labelled_head_inputs(ctx, steps, features)
     q = QHeadModel(load_q_head(ctx.q_dir, policy_config=ctx.policy.config)).score_hidden(inputs)
     training = train_config(ctx, len(steps))
     exact_head = QHead(head_config(ctx), rngs=nnx.Rngs(ctx.config.seed))

@@ -55,7 +55,9 @@ def preflight(config) -> None:
              "search.prm_model": config.search.prm_model,
              "label.stronger_model": (None if config.label.stronger_model == SOLVER
                                       else config.label.stronger_model),
-             "q_train.separate_model": config.q_train.separate_model}
+             "q_train.separate_model": config.q_train.separate_model,
+             "q_train.second_opinion": (None if config.q_train.second_opinion == "scratch"
+                                        else config.q_train.second_opinion)}
     if config.search.utility != Utility.prm:
         named["search.prm_model"] = None
     for key, source in named.items():

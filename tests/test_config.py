@@ -76,6 +76,12 @@ def test_a_second_opinion_goes_with_the_head_on_the_policys_hidden_states():
     assert load_config(None, ["q_train.second_opinion=runs/x/policy"]).q_train.second_opinion
 
 
+def test_a_second_policy_from_scratch_goes_with_a_policy_from_scratch():
+    with pytest.raises(ConfigError, match="policy.source=scratch"):
+        load_config(None, ["q_train.second_opinion=scratch", "policy.source=runs/x/policy"])
+    assert load_config(None, ["q_train.second_opinion=scratch"]).q_train.second_opinion
+
+
 def test_paging_defaults_to_the_pages_the_rows_would_hold():
     d = load_config(None, ["decode.page_size=16", "eval.prefix_sharing=false",
                            "decode.slots=8"]).decode
@@ -85,7 +91,8 @@ def test_paging_defaults_to_the_pages_the_rows_would_hold():
 
 
 def test_scratch_policy_is_for_the_synthetic_worlds_only():
-    real_task = ["task.name=gsm8k", "label.live_states_only=false"]
+    real_task = ["task.name=gsm8k", "label.live_states_only=false",
+                 "q_train.second_opinion=null"]
     with pytest.raises(ConfigError, match="scratch"):
         load_config(None, [*real_task, "label.method=best_of_rollouts"])
     with pytest.raises(ConfigError, match="'solver' completes traces"):

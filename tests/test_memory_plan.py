@@ -31,7 +31,8 @@ def test_parameter_counts_are_the_published_ones_and_the_models():
 
 
 def test_the_issue_s_smollm2_run_is_refused_with_the_largest_slots_that_fit():
-    run = load_config(None, ["policy.source=smollm2-135m-instruct", "decode.slots=256",
+    run = load_config(None, ["policy.source=smollm2-135m-instruct", "q_train.second_opinion=null",
+                             "decode.slots=256",
                              "decode.max_len=768"])
     figures = memory_plan.plan(ModelConfig(**SMOLLM2_135M), run, memory_bytes=8 * 10**9,
                                on_cpu=True)

@@ -158,10 +158,11 @@ def test_reuse_refuses_what_it_cannot_stand_on(finished_run, tmp_path, capsys, o
     ("search.max_generated_tokens=2", "cannot finish one step"),
     ("policy.source=/no/such/checkpoint", "does not exist"),
     ("task.options.data_files=/no/such/file.jsonl", "does not exist"),
+    ("q_train.second_opinion=/no/such/policy", "q_train.second_opinion: checkpoint"),
 ])
 def test_bad_configs_fail_before_any_work(override, message, tmp_path, capsys):
     extra = (["task.name=gsm8k", "search.utility=zero", "label.live_states_only=false",
-              "label.method=best_of_rollouts"]
+              "label.method=best_of_rollouts", "q_train.second_opinion=null"]
              if "policy.source" in override or "data_files" in override else [])
     if "data_files" in override:
         extra.append("policy.source=smollm2-135m-instruct")

@@ -80,6 +80,14 @@ class RunContext:
         source = self.config.policy.source
         return self.out / "policy" if source == "scratch" else Path(source)
 
+    @property
+    def second_opinion_dir(self) -> Path | None:
+        """The second policy whose opinion Q̂ reads (None: none): the one train_policy
+        trains beside the policy, or the configured checkpoint."""
+        source = self.config.q_train.second_opinion
+        return self.out / "second_policy" if source == "scratch" else (
+            None if source is None else Path(source))
+
     @functools.cached_property
     def policy(self) -> LoadedModel:
         return self.load(self.policy_dir)

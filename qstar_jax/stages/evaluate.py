@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from qstar_jax.config import REASONER_METHODS, Scorer, Utility
+from qstar_jax.config import REASONER_METHODS, Scorer, ToTEvaluator, Utility
 from qstar_jax.outputs.durable import write_atomically
 from qstar_jax.outputs.reports import matched_samples, summarize, write_reports
 from qstar_jax.outputs.results_log import ProblemResult, ResultsLog
@@ -109,6 +109,13 @@ def planner_factory(ctx: RunContext, method: str,
     return lambda i: AStarPlanner(i, config)
 
 
+def reads_q_hat(cfg) -> bool:
+    """Whether a configured method reads the trained Q̂ (greedy, self-consistency, MCTSr
+    and a Tree of Thoughts judged otherwise evaluate without one)."""
+    return any(m in USES_Q or (m in ("tot_bfs", "tot_dfs") and cfg.eval.tot.evaluator ==
+                               ToTEvaluator.q) for m in cfg.eval.methods)
+
+
 def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
     """Every configured method on the evaluation problems; ``q_fn`` replaces the trained
     Q̂ (e.g. an exact value function, to measure what a perfect Q̂ would give)."""
@@ -116,7 +123,8 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
     problems = ctx.problems(cfg.task.eval_split, cfg.task.eval_problems)
     log = ResultsLog(ctx.out / "results.jsonl")
     runtime = ctx.runtime(problems)
-    q_fn = load_q_function(ctx, problems) if q_fn is None else q_fn
+    if q_fn is None and reads_q_hat(cfg):
+        q_fn = load_q_function(ctx, problems)
     utility = process_utility(ctx, problems)
     # Self-consistency votes on best-of-N's chains: the same N, temperature and keys
     # sample the same chains, so they are sampled once (``self_consistency_of``).

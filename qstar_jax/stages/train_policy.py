@@ -1,10 +1,13 @@
 """Stage train_policy (synthetic worlds: Countdown, arithmetic chains): a small decoder of
 our architecture trained from scratch on solver traces, saved as an HF checkpoint
 directory in ``out/policy``. With ``policy_training.value_weight`` > 0 a value head is
-trained jointly on traces with a wrong step in them (``lm_training.ValueRows``)."""
+trained jointly on traces with a wrong step in them (``lm_training.ValueRows``). With
+``q_train.second_opinion=scratch`` a second policy is trained the same way from the next
+seed into ``out/second_policy``: the run with ``seed`` + 1 would train it alike."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import random
@@ -38,8 +41,18 @@ def policy_model_config(ctx: RunContext, tokenizer) -> ModelConfig:
 
 
 def train_policy(ctx: RunContext) -> None:
-    target = ctx.out / "policy"
-    if (target / "config.json").exists() or ctx.config.policy.source != "scratch":
+    if ctx.config.policy.source != "scratch":
+        return
+    train_from_scratch(ctx, ctx.out / "policy")
+    if ctx.config.q_train.second_opinion == "scratch":
+        next_seed = dataclasses.replace(ctx.config, seed=ctx.config.seed + 1)
+        train_from_scratch(dataclasses.replace(ctx, config=next_seed), ctx.second_opinion_dir)
+
+
+def train_from_scratch(ctx: RunContext, target: Path) -> None:
+    """A policy trained on ``ctx``'s problems, traces and seed into ``target`` (skipped
+    when it is there)."""
+    if (target / "config.json").exists():
         return
     pt = ctx.config.policy_training
     problems = ctx.problems(ctx.config.task.train_split, pt.train_problems)
@@ -60,7 +73,8 @@ def train_policy(ctx: RunContext) -> None:
     log = train_causal_lm(model, tokens, mask, LMTrainingConfig(
         steps=pt.steps, batch_size=pt.batch_size, learning_rate=pt.learning_rate,
         warmup_steps=pt.warmup_steps, seed=ctx.config.seed, value_weight=pt.value_weight,
-        value_batch_size=pt.value_batch_size), value_rows=value_rows, mesh=ctx.mesh)
+        value_batch_size=pt.value_batch_size), value_rows=value_rows, mesh=ctx.mesh,
+        desc=f"train {target.name.replace('_', ' ')}")
     if is_writer():  # process 0 saves the policy every process trained alike
         save_policy(model, tokenizer, log, target)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Sequence
 
 import numpy as np
 from flax import nnx
@@ -12,7 +13,7 @@ from flax import nnx
 from qstar_jax.config import Loss, QBackbone
 from qstar_jax.parallel import is_writer
 from qstar_jax.qvalue.checkpoint import BackboneIdentity, QCheckpointer, load_q_head
-from qstar_jax.qvalue.dataset import load_labelled, load_step_logprobs
+from qstar_jax.qvalue.dataset import LabelledStep, load_labelled, load_step_logprobs
 from qstar_jax.qvalue.head import QHead, QHeadConfig, QHeadModel, head_inputs
 from qstar_jax.qvalue.scorers import PolicyHiddenQ, SecondOpinion, SeparateBackboneQ
 from qstar_jax.qvalue.train import TrainConfig, train_q_model
@@ -31,8 +32,18 @@ def head_config(ctx: RunContext) -> QHeadConfig:
 
 def second_opinion(ctx: RunContext, problems) -> SecondOpinion | None:
     """The second policy's log-probabilities over ``problems``' steps (None: not set)."""
-    path = ctx.config.q_train.second_opinion
+    path = ctx.second_opinion_dir
     return None if path is None else SecondOpinion(ctx.load(path), ctx.prompts(problems))
+
+
+def labelled_head_inputs(ctx: RunContext, steps: Sequence[LabelledStep],
+                         features: np.ndarray) -> np.ndarray:
+    """What the head reads of the label stage's ``steps`` (their saved ``features`` and
+    log-probabilities, and the second policy's opinion where there is one)."""
+    opinion = second_opinion(ctx, ctx.problems(ctx.config.task.train_split,
+                                               ctx.config.task.train_problems))
+    return head_inputs(features, load_step_logprobs(ctx.labels_path), head_config(ctx),
+                       None if opinion is None else opinion(steps))
 
 
 def train_config(ctx: RunContext, examples: int) -> TrainConfig:
@@ -61,10 +72,7 @@ def train_q(ctx: RunContext) -> None:
     steps, features = load_labelled(ctx.labels_path)
     labels = np.array([s.label for s in steps], np.float32)
     config = head_config(ctx)
-    opinion = second_opinion(ctx, ctx.problems(ctx.config.task.train_split,
-                                               ctx.config.task.train_problems))
-    second = None if opinion is None else opinion(steps)
-    features = head_inputs(features, load_step_logprobs(ctx.labels_path), config, second)
+    features = labelled_head_inputs(ctx, steps, features)
     head = QHead(config, rngs=nnx.Rngs(ctx.config.seed))
     identity = BackboneIdentity.of_policy(ctx.policy.config)
     with QCheckpointer(ctx.q_dir, identity=identity, head_config=config) as checkpointer:

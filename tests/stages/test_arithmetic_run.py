@@ -126,3 +126,22 @@ def test_a_second_opinion_from_the_policy_itself_reads_the_saved_log_probabiliti
     np.testing.assert_allclose(
         opinion(steps),
         load_step_logprobs(ctx.labels_path), atol=1e-4)
+
+
+def test_a_second_policy_trained_in_the_run_is_the_next_seeds_and_q_hat_reads_it(tmp_path):
+    """q_train.second_opinion=scratch: train_policy also trains the policy a run with
+    seed + 1 trains (the same weights, bit for bit), and Q̂'s head gets its column."""
+    from qstar_jax.qvalue.checkpoint import load_q_head
+
+    both, alone = tmp_path / "both", tmp_path / "alone"
+    assert main([*TINY, "q_train.second_opinion=scratch", "--out", str(both)]) == 0
+    assert main([*TINY, "seed=1", "stages=[train_policy]", "--out", str(alone)]) == 0
+    assert ((both / "second_policy" / "model.safetensors").read_bytes()
+            == (alone / "policy" / "model.safetensors").read_bytes())
+    assert ((both / "second_policy" / "model.safetensors").read_bytes()
+            != (both / "policy" / "model.safetensors").read_bytes())
+    ctx = RunContext(config=load_config(None, [*TINY, "q_train.second_opinion=scratch"]),
+                     out=both)
+    head = load_q_head(ctx.q_dir, policy_config=ctx.policy.config)
+    assert head.head_config.second_opinion and head.head_config.step_logprob
+    assert json.loads((both / "summary.json").read_text())["methods"]["qstar"]["q_calls"] > 0
