@@ -25,7 +25,8 @@ TINY = [
     "decode.max_len=96", "decode.step_token_cap=32", "decode.slots=256", "decode.max_steps=4",
     "search.k=3", "search.n_complete=2", "search.max_expansions=4",
     "eval.samples=2", "eval.beam_k=2", "eval.problems_per_batch=4",
-    "search.utility=countdown_rule",
+    "search.utility=countdown_rule", "q_train.second_opinion=null",
+    "policy_training.learning_rate=3e-3",
 ]
 
 

@@ -132,13 +132,22 @@ def budget_match_note(summary: dict, results: list[ProblemResult], samples: int,
             f"{entry['generated_tokens'] / entry['n']:.0f}).\n")
 
 
+# Greedy decoding of the second policy (q_train.second_opinion): the evaluate stage adds
+# it beside greedy, so Q* is measured against the better of the two models it consults.
+SECOND_POLICY_GREEDY = "greedy_second_policy"
+
+
 def qstar_comparisons_note(summary: dict, results: list[ProblemResult]) -> str:
-    """What Q̂ adds (qstar − qstar_no_q) and the planning against sampling more (qstar −
+    """Q* against greedy decoding (of the policy, and of the second policy where Q̂ reads
+    one), what Q̂ adds (qstar − qstar_no_q) and the planning against sampling more (qstar −
     best_of_n_matched): paired differences with 95% intervals, each side's generated
     tokens and wall-clock, and whether equal tokens and equal wall-clock disagree."""
     methods = summary["methods"]
     lines = []
-    for other, what in (("qstar_no_q", "what Q̂ adds: the same search with λ = 0"),
+    for other, what in (("greedy", "against one greedy chain of the policy it searches"),
+                        (SECOND_POLICY_GREEDY, "against greedy decoding of the second policy "
+                                               "whose opinion Q̂ reads"),
+                        ("qstar_no_q", "what Q̂ adds: the same search with λ = 0"),
                         ("best_of_n_matched", "planning against sampling more, at no fewer "
                                               "generated tokens")):
         if "qstar" not in methods or other not in methods:

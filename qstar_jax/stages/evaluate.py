@@ -17,7 +17,8 @@ import numpy as np
 
 from qstar_jax.config import REASONER_METHODS, Scorer, ToTEvaluator, Utility
 from qstar_jax.outputs.durable import write_atomically
-from qstar_jax.outputs.reports import matched_samples, summarize, write_reports
+from qstar_jax.outputs.reports import (SECOND_POLICY_GREEDY, matched_samples, summarize,
+                                       write_reports)
 from qstar_jax.outputs.results_log import ProblemResult, ResultsLog
 from qstar_jax.parallel import barrier
 from qstar_jax.policy.expander import DecoderExpander
@@ -140,9 +141,15 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
         done = {m: log.done(m) for m in (method, *derived)}
         pending = [i for i, p in enumerate(problems)
                    if any(p.id not in ids for ids in done.values())]
-        search_batch = (reasoner_search(ctx, method, problems, runtime, q_fn, utility)
-                        if method in REASONER_METHODS
-                        else _step_search(ctx, method, samples, runtime, q_fn, utility))
+        if not pending:
+            return
+        if method == SECOND_POLICY_GREEDY:  # the second policy decodes, greedy
+            search_batch = _step_search(ctx, "greedy", 1, ctx.runtime(
+                problems, model=str(ctx.second_opinion_dir)), None, utility)
+        elif method in REASONER_METHODS:
+            search_batch = reasoner_search(ctx, method, problems, runtime, q_fn, utility)
+        else:
+            search_batch = _step_search(ctx, method, samples, runtime, q_fn, utility)
         size = min(cfg.eval.problems_per_batch,
                    ctx.searches_per_batch(slots_per_problem(ctx, method, samples)))
         for start in range(0, len(pending), size):
@@ -160,7 +167,8 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
                 _dump_trees(ctx, method, problems, results)
 
     matched = None
-    for method in cfg.eval.methods:
+    methods = reported_methods(ctx)
+    for method in methods:
         if method == "best_of_n_matched":
             matched = evaluate_best_of_n_matched(ctx.out / MATCHED_STATE, log, search,
                                                  cfg.eval.samples)
@@ -168,8 +176,18 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
             continue  # logged with best_of_n
         else:
             search(method, cfg.eval.samples)
-    return write_reports(ctx.out, log.read(), cfg.eval.methods,
+    return write_reports(ctx.out, log.read(), methods,
                          best_of_n_samples=cfg.eval.samples, matched=matched)
+
+
+def reported_methods(ctx: RunContext) -> tuple[str, ...]:
+    """eval.methods, and after greedy the second policy's greedy where Q̂ reads one: Q*
+    consults two models, so its table also shows the better one decoding alone."""
+    methods = ctx.config.eval.methods
+    if "greedy" not in methods or ctx.second_opinion_dir is None:
+        return methods
+    at = methods.index("greedy") + 1
+    return (*methods[:at], SECOND_POLICY_GREEDY, *methods[at:])
 
 
 def _step_search(ctx: RunContext, method: str, samples: int, runtime, q_fn: QValueFunction,

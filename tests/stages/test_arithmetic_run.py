@@ -52,7 +52,8 @@ def test_labels_are_the_solvers_exact_discounted_values(arithmetic_run):
 
 def test_every_method_runs_and_qstar_no_q_spends_no_q_hat(arithmetic_run):
     summary = json.loads((arithmetic_run / "summary.json").read_text())["methods"]
-    assert tuple(summary) == METHODS
+    # Q̂ reads the second policy's opinion, so its greedy is reported beside the policy's.
+    assert tuple(summary) == (METHODS[0], "greedy_second_policy", *METHODS[1:])
     assert summary["qstar_no_q"]["q_calls"] == 0 < summary["qstar"]["q_calls"]
     assert summary["greedy"]["prm_calls"] == summary["qstar"]["prm_calls"] == 0
     assert "pass_at_n" in summary["best_of_n"]
@@ -128,20 +129,34 @@ def test_a_second_opinion_from_the_policy_itself_reads_the_saved_log_probabiliti
         load_step_logprobs(ctx.labels_path), atol=1e-4)
 
 
-def test_a_second_policy_trained_in_the_run_is_the_next_seeds_and_q_hat_reads_it(tmp_path):
-    """q_train.second_opinion=scratch: train_policy also trains the policy a run with
-    seed + 1 trains (the same weights, bit for bit), and Q̂'s head gets its column."""
+def test_a_second_policy_trained_in_the_run_is_the_next_seeds_and_q_hat_reads_it(
+        arithmetic_run, tmp_path):
+    """q_train.second_opinion=scratch (the default): train_policy also trains the policy a
+    run with seed + 1 trains (the same weights, bit for bit), and Q̂'s head gets its column."""
     from qstar_jax.qvalue.checkpoint import load_q_head
 
-    both, alone = tmp_path / "both", tmp_path / "alone"
-    assert main([*TINY, "q_train.second_opinion=scratch", "--out", str(both)]) == 0
+    alone = tmp_path / "alone"
     assert main([*TINY, "seed=1", "stages=[train_policy]", "--out", str(alone)]) == 0
-    assert ((both / "second_policy" / "model.safetensors").read_bytes()
-            == (alone / "policy" / "model.safetensors").read_bytes())
-    assert ((both / "second_policy" / "model.safetensors").read_bytes()
-            != (both / "policy" / "model.safetensors").read_bytes())
-    ctx = RunContext(config=load_config(None, [*TINY, "q_train.second_opinion=scratch"]),
-                     out=both)
+    weights = "model.safetensors"
+    assert ((arithmetic_run / "second_policy" / weights).read_bytes()
+            == (alone / "policy" / weights).read_bytes()
+            != (arithmetic_run / "policy" / weights).read_bytes())
+    ctx = RunContext(config=load_config(None, TINY), out=arithmetic_run)
     head = load_q_head(ctx.q_dir, policy_config=ctx.policy.config)
     assert head.head_config.second_opinion and head.head_config.step_logprob
-    assert json.loads((both / "summary.json").read_text())["methods"]["qstar"]["q_calls"] > 0
+
+
+def test_the_second_policys_greedy_row_is_that_policy_decoding_alone(arithmetic_run, tmp_path):
+    """greedy_second_policy is greedy decoding with the second policy as the policy: the
+    same answers, correctness and tokens as a run that decodes with it."""
+    alone = tmp_path / "alone"
+    assert main([*TINY, f"policy.source={arithmetic_run / 'second_policy'}",
+                 "q_train.second_opinion=null", "stages=[evaluate]", "eval.methods=[greedy]",
+                 "--out", str(alone)]) == 0
+
+    def rows(folder, method):
+        return {r.problem_id: (r.answer, r.correct, r.generated_tokens)
+                for r in ResultsLog(folder / "results.jsonl").read() if r.method == method}
+
+    second = rows(arithmetic_run, "greedy_second_policy")
+    assert second == rows(alone, "greedy") and len(second) == 4
