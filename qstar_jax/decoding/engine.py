@@ -8,7 +8,10 @@ node's slot into its children, ``sample_steps`` to extend slots by one reasoning
 ``free`` them when a node is done. Inputs are checked on the host before any device work
 (``input_checks``);
 row counts are padded to powers of two and lengths to buckets so that, after warm-up,
-calls differing only in data never recompile (``trace_counts`` shows it). On a mesh each
+calls differing only in data never recompile (``trace_counts`` shows it). A step call's
+attention reads a window of each slot, not its whole ``max_len`` row: the smallest power
+of two (at least ``min_window_bucket``, at most ``max_len``) that holds every row's
+length plus the call's token cap, one compiled variant per window. On a mesh each
 data shard holds its own slots and computes its own rows (``data_shards``): new rows are
 spread over the shards, and a child or a trie's spare goes on its parent's shard.
 """
@@ -46,6 +49,7 @@ from qstar_jax.parallel import (ShardingRules, check_slots, place, replicated,
                                 weight_shardings)
 
 MIN_STEP_BUCKET = 8
+MIN_WINDOW_BUCKET = 128
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -78,7 +82,9 @@ class Decoder:
     model config's). cache_dtype: k/v storage dtype (default: the model's parameter dtype).
     Row counts are padded to powers of two of at least ``min_batch_bucket``, prompt lengths
     to at least ``min_prefill_bucket`` and step caps to at least ``min_step_bucket``: larger
-    minimums mean fewer compiled variants. per_layer_weights: also hold the layer weights
+    minimums mean fewer compiled variants. Step calls attend over windows of at least
+    ``min_window_bucket`` positions (``attention_window``; at least ``max_len``: always the
+    whole row). per_layer_weights: also hold the layer weights
     as one array per layer, so a decode step reads them without copying them out of the
     stacked arrays; it doubles their memory (default: on CPU only, see DecoderWeights).
     mesh: a (data, model) ``jax.sharding.Mesh`` to spread the weights and the slot pool
@@ -94,6 +100,7 @@ class Decoder:
                  cache_dtype=None, min_batch_bucket: int = 1,
                  min_prefill_bucket: int = MIN_PREFILL_BUCKET,
                  min_step_bucket: int = MIN_STEP_BUCKET,
+                 min_window_bucket: int = MIN_WINDOW_BUCKET,
                  per_layer_weights: bool | None = None, mesh: jax.sharding.Mesh | None = None,
                  rules: ShardingRules = ShardingRules(), paging: Paging | None = None):
         self.config = model.config
@@ -105,6 +112,7 @@ class Decoder:
         self.min_batch_bucket = min_batch_bucket
         self.min_prefill_bucket = min_prefill_bucket
         self.min_step_bucket = min_step_bucket
+        self.min_window_bucket = min_window_bucket
         graphdef = nnx.graphdef(model)
         self._weights = DecoderWeights.of(model, per_layer=per_layer_weights)
         if cache_dtype is None:
@@ -168,11 +176,11 @@ class Decoder:
         self._sample_step = counted_jit(
             "sample_step", sample_step,
             (whole, cache, rows, rows, rows, rows, rows, whole, whole), (cache, rows),
-            num_static=1)
+            num_static=2)
         self._sample_trie = counted_jit(
             "sample_trie", sample_trie,
             (whole, cache, rows, rows, whole, rows, rows, rows, whole, whole, whole),
-            (cache, rows), num_static=2)
+            (cache, rows), num_static=3)
         self._fork = _LastCall(
             fork_slots if mesh is None else
             jax.jit(on_slot_shards(fork_slots, mesh, slot_axis, (cache, rows, rows), cache),
@@ -185,6 +193,16 @@ class Decoder:
     def lengths(self, slots: Sequence[int]) -> np.ndarray:
         """Tokens held by each slot, [len(slots)]."""
         return self._lengths[self._checked_slots(slots, "slots")].copy()
+
+    def attention_window(self, slots: Sequence[int], max_tokens: int | Sequence[int]) -> int:
+        """The cache positions a step call for ``slots`` with token caps ``max_tokens``
+        attends over: a bucket holding every row's length plus its cap, at most max_len
+        (a row's tokens all lie below it, so the window changes what is read, not what is
+        computed)."""
+        slots = np.asarray(slots, np.int64)
+        caps = np.maximum(np.broadcast_to(np.asarray(max_tokens, np.int64), slots.shape), 0)
+        end = int(np.max(self._lengths[slots] + caps, initial=1))
+        return min(bucket_size(end, minimum=self.min_window_bucket), self.max_len)
 
     def allocate(self, n: int, near: Sequence[int] | None = None) -> list[int]:
         """``n`` free slots: each beside its parent ``near[i]`` (on the parent's data shard,
@@ -261,7 +279,7 @@ class Decoder:
         self.cache, out = self._sample_step(
             self._weights, self.cache, self._local_slots(layout, slots), padded_keys,
             layout.place(node_ids, 0), _padded_params(params, layout), layout.place(caps, 0),
-            self._newline_table, self._eos_ids, cap_bucket)
+            self._newline_table, self._eos_ids, cap_bucket, self.attention_window(slots, caps))
         out = layout.take(jax.device_get(out))
         width = int(caps.max())
         self._lengths[slots] += out.num_tokens
@@ -303,7 +321,8 @@ class Decoder:
             self._weights, self.cache, self._local_slots(layout, row_slots),
             layout.place(counts, 0), key_table, layout.place(key_rows, 0),
             layout.place(group_ids, 0), _padded_params(params, layout), np.int32(max_tokens),
-            self._newline_table, self._eos_ids, cap_bucket, bucket_size(int(counts.max())))
+            self._newline_table, self._eos_ids, cap_bucket, bucket_size(int(counts.max())),
+            self.attention_window(slots, max_tokens))
         out = layout.take(jax.device_get(out))
         out = dataclasses.replace(out, group=layout.call_rows(out.group))
         live = out.group >= 0

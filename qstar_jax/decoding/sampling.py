@@ -84,6 +84,14 @@ def filtered_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
     return jnp.where(greedy[:, None], logits, filtered)
 
 
+def _temperature_scaled_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
+    """``filtered_logits`` for rows that filter nothing (top_k 0, top_p 1): the logits
+    divided by the temperature (greedy rows unscaled), bit for bit what it returns."""
+    greedy = params.temperature == 0
+    scaled = logits / jnp.where(greedy, 1.0, params.temperature)[:, None]
+    return jnp.where(greedy[:, None], logits, scaled)
+
+
 def sample(logits: jax.Array, keys: jax.Array, params: SamplingParams):
     """Draw one token per row.
 
@@ -96,11 +104,17 @@ def sample(logits: jax.Array, keys: jax.Array, params: SamplingParams):
     greedy_tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
     def draw(_):
-        candidates = filtered_logits(logits, params)
+        # Sorting the vocabulary for top-k/top-p is the costly part (on CPU it took half a
+        # SmolLM2 token step at 16 rows, ``experiments/profile_decode.py``). Where no
+        # sampled row filters, it keeps every finite logit: the logits are only scaled,
+        # exactly as ``filtered_logits`` would leave them.
+        filters = (params.temperature > 0) & ((params.top_k > 0) | (params.top_p < 1))
+        candidates = jax.lax.cond(jnp.any(filters), filtered_logits,
+                                  _temperature_scaled_logits, logits, params)
         drawn = jax.vmap(jax.random.categorical)(keys, candidates).astype(jnp.int32)
         return jnp.where(params.temperature == 0, greedy_tokens, drawn)
 
-    # Sorting the vocabulary is the costly part; skip it when every row is greedy.
+    # Every row greedy: no draw at all.
     tokens = jax.lax.cond(jnp.all(params.temperature == 0), lambda _: greedy_tokens, draw, None)
     logprobs = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tokens[:, None],
                                    axis=-1)[:, 0]

@@ -7,6 +7,8 @@ One ``lax.while_loop`` repeatedly turns each row's last hidden state into logits
 samples a token, and feeds it to the model, until every row has ended its step. A row
 ends on its own when its token contains a newline, is an EOS id, reaches the row's
 token cap, or fills its slot; from then on it writes nothing (its position is M).
+Attention reads only a static window of W <= M positions of each row, one that holds
+every row's start plus its cap (``window``): a row's tokens all lie below it.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class StepRows:
     newline_table: jax.Array  # [V] bool, True for tokens containing a newline
     eos_ids: jax.Array        # [n] int32
     max_len: int = struct.field(pytree_node=False)  # M, the most tokens a slot holds
+    window: int = struct.field(pytree_node=False)   # W, the cache positions attention reads
 
 
 @struct.dataclass
@@ -98,8 +101,8 @@ def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights,
                 cache: KVCache | PagedKVCache,
                 slots: jax.Array, problem_keys: jax.Array, node_ids: jax.Array,
                 params: SamplingParams, caps: jax.Array, newline_table: jax.Array,
-                eos_ids: jax.Array,
-                max_tokens: int) -> tuple[KVCache | PagedKVCache, StepOutput]:
+                eos_ids: jax.Array, max_tokens: int,
+                window: int | None = None) -> tuple[KVCache | PagedKVCache, StepOutput]:
     """Sample one step for each row.
 
     slots: [B] int32 (``S`` marks a padding row); problem_keys: [B] typed PRNG keys;
@@ -107,8 +110,10 @@ def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights,
     ``fold_in(fold_in(problem_keys[b], node_ids[b]), p)``, so it does not depend on the
     other rows. params: per-row SamplingParams [B]; caps: [B] int32 per-row token caps
     <= max_tokens; newline_table: [V] bool, True for tokens containing a newline;
-    eos_ids: [n] int32; max_tokens: C, static. Pure: jit it with the cache donated. On a
-    PagedKVCache every row must own its pages up to its cap (``PageTable.reserve``).
+    eos_ids: [n] int32; max_tokens: C, static. window: W, static, at least every real
+    row's start position plus its cap (or M): attention reads cache positions [0, W) only
+    (None: M). Pure: jit it with the cache donated. On a PagedKVCache every row must own
+    its pages up to its cap (``PageTable.reserve``).
     """
     model = nnx.merge(graphdef, weights.model)
     num_slots, max_len = cache.num_slots, cache.max_len
@@ -119,7 +124,8 @@ def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights,
     full_at_start = start_positions >= max_len
     rows = StepRows(node_keys=jax.vmap(jax.random.fold_in)(problem_keys, node_ids),
                     model_rows=cache.model_rows(model_slots), params=params, caps=caps,
-                    newline_table=newline_table, eos_ids=eos_ids, max_len=max_len)
+                    newline_table=newline_table, eos_ids=eos_ids, max_len=max_len,
+                    window=max_len if window is None else min(window, max_len))
     initial = StepLoopState(
         k=cache.k, v=cache.v, done=is_padding | full_at_start | (caps <= 0),
         positions=start_positions, num_tokens=jnp.zeros((batch,), jnp.int32),
@@ -147,7 +153,7 @@ def _feed_one_token(model, layers, rows: StepRows, state: StepLoopState) -> Step
     tokens, logprobs = sample(model.logits(state.hidden), keys, rows.params)
     feed_positions = jnp.where(done, max_len, positions)
     hidden, k, v = model(tokens[:, None], feed_positions[:, None], rows.model_rows,
-                         state.k, state.v, layers=layers)
+                         state.k, state.v, layers=layers, key_len=rows.window)
     write_at = jnp.where(done, max_tokens, num)  # out of range: dropped
     positions = jnp.where(done, positions, positions + 1)
     num = jnp.where(done, num, num + 1)

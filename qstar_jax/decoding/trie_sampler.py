@@ -13,7 +13,9 @@ token, with its share of the count, to a spare row, whose slot first gets a copy
 parent's cache. Then every row that took a token feeds it, one model call for all. A
 group's draws therefore have the joint distribution of independent samples, while the
 model computes each distinct prefix once. The spares a call needs never exceed the
-groups' counts minus one each, so the host gives that many.
+groups' counts minus one each, so the host gives that many. Every row's tokens lie below
+a static window W <= M (its group's start plus the cap): attention reads positions
+[0, W) and a spare's copy of its parent's cache copies those alone.
 
 A row's random key is its group's key folded with each token of its prefix in turn,
 and a draw folds that with its draw number: a group's steps depend only on its own key,
@@ -70,6 +72,7 @@ class TrieRows:
     newline_table: jax.Array  # [V] bool, True for tokens containing a newline
     eos_ids: jax.Array        # [n] int32
     shifts: jax.Array         # [K - 1] int32, 1..K-1: how far a row's other draws can lie
+    window: int = struct.field(pytree_node=False)  # W, the cache positions rows use
 
 
 @struct.dataclass
@@ -98,7 +101,8 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights, cache: KVCache,
                 slots: jax.Array, counts: jax.Array, key_table: jax.Array,
                 key_rows: jax.Array, group_ids: jax.Array, params: SamplingParams,
                 cap: jax.Array, newline_table: jax.Array, eos_ids: jax.Array,
-                max_tokens: int, max_count: int) -> tuple[KVCache, TrieOutput]:
+                max_tokens: int, max_count: int,
+                window: int | None = None) -> tuple[KVCache, TrieOutput]:
     """Sample each group's steps as a trie.
 
     slots: [R] int32, distinct (``S`` marks a padding row); counts: [R] int32, a group
@@ -107,6 +111,9 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights, cache: KVCache,
     ``fold_in(key_table[key_rows[g]], group_ids[g])``); params: SamplingParams [R]; cap:
     int32 token cap <= max_tokens (C, static); max_count: K, static, >= every count.
     newline_table: [V] bool; eos_ids: [n] int32. A step ends as in ``sample_step``.
+    window: W, static, at least every group's start position plus ``cap`` (or M): the
+    cache positions attention reads and a spare's copy copies (None: M). Positions of a
+    spare at W or beyond are left as they were: past its length, never read.
     Pure: jit it with the cache donated.
     """
     model = nnx.merge(graphdef, weights.model)
@@ -117,7 +124,8 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights, cache: KVCache,
     positions = jnp.where(live, cache.lengths[model_slots], max_len)
     rows = TrieRows(slots=slots, model_slots=model_slots, cap=cap,
                     newline_table=newline_table, eos_ids=eos_ids,
-                    shifts=jnp.arange(1, max_count))  # a row's other draws lie within K - 1
+                    shifts=jnp.arange(1, max_count),  # a row's other draws lie within K - 1
+                    window=max_len if window is None else min(window, max_len))
     initial = TrieLoopState(
         k=cache.k, v=cache.v, positions=positions, num_tokens=jnp.zeros(batch, jnp.int32),
         live=live, spare=(counts == 0) & (slots < num_slots),
@@ -164,7 +172,7 @@ def _one_round(model, layers, rows: TrieRows, state: TrieLoopState) -> TrieLoopS
     new_draws = jnp.minimum(new_draws, batch - 1)
     children = jnp.where(valid, rows.slots[target[new_draws]], num_slots)
     k, v = _copy_caches(state.k, state.v, children, rows.model_slots[parent[new_draws]],
-                        jnp.sum(is_new))
+                        jnp.sum(is_new), rows.window)
 
     def moved(values, new_values=None):
         """values with each target row set from its draw's parent row (or new_values)."""
@@ -178,7 +186,7 @@ def _one_round(model, layers, rows: TrieRows, state: TrieLoopState) -> TrieLoopS
     moved_positions = moved(state.positions)
     feed_positions = jnp.where(fed_now, moved_positions, max_len)
     hidden, k, v = model(token_now[:, None], feed_positions[:, None], rows.model_slots, k, v,
-                         layers=layers)
+                         layers=layers, key_len=rows.window)
     positions = jnp.where(fed_now, moved_positions + 1, moved_positions)
     num_tokens = moved(state.num_tokens, num + 1)
     reason = end_reason_after(token_now, positions, num_tokens, rows.cap, rows.newline_table,
@@ -198,14 +206,15 @@ def _one_round(model, layers, rows: TrieRows, state: TrieLoopState) -> TrieLoopS
         hidden=jnp.where(fed_now[:, None], hidden[:, 0].astype(jnp.float32), state.hidden))
 
 
-def _copy_caches(k, v, children, parents, num_new):
-    """k/v of slot ``parents[i]`` into slot ``children[i]`` for i < num_new."""
+def _copy_caches(k, v, children, parents, num_new, window):
+    """k/v of slot ``parents[i]`` into slot ``children[i]`` for i < num_new, positions
+    below ``window`` (static) only."""
     def copy_chunk(i, kv):
         k, v = kv
         child = jax.lax.dynamic_slice(children, (i * FORK_CHUNK,), (FORK_CHUNK,))
         parent = jax.lax.dynamic_slice(parents, (i * FORK_CHUNK,), (FORK_CHUNK,))
-        return (k.at[:, child].set(k[:, parent], mode="drop"),
-                v.at[:, child].set(v[:, parent], mode="drop"))
+        return (k.at[:, child, :, :window].set(k[:, parent, :, :window], mode="drop"),
+                v.at[:, child, :, :window].set(v[:, parent, :, :window], mode="drop"))
 
     chunks = (num_new + FORK_CHUNK - 1) // FORK_CHUNK
     return jax.lax.fori_loop(0, chunks, copy_chunk, (k, v))

@@ -41,9 +41,14 @@ class PagedRows:
         return pages.at[layer, page, :, positions % page_size].set(new.astype(pages.dtype),
                                                                  mode="drop")
 
-    def gather(self, pages: jax.Array, layer) -> jax.Array:
-        """Each row's keys or values in position order: [B, K, N * S, D]."""
-        rows = pages[layer][self.page_table]  # [B, N, K, S, D]
+    def gather(self, pages: jax.Array, layer, key_len: int | None = None) -> jax.Array:
+        """Each row's keys or values in position order: [B, K, N * S, D], or with a static
+        ``key_len`` only the pages that hold positions below it: [B, K, n * S, D] with
+        n = cdiv(key_len, S)."""
+        table = self.page_table
+        if key_len is not None:
+            table = table[:, :-(-key_len // pages.shape[3])]
+        rows = pages[layer][table]  # [B, n, K, S, D]
         batch, entries, kv_heads, page_size, head_dim = rows.shape
         return rows.transpose(0, 2, 1, 3, 4).reshape(batch, kv_heads, entries * page_size,
                                                        head_dim)

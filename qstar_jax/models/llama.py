@@ -7,6 +7,10 @@ A forward call writes the new tokens' keys and values into the cache at
 ``cache[layer, slot[b], :, position[b, t]]`` and lets every query attend to the entries of
 its slot at positions ``<= position`` (and inside the sliding window). Rows with a
 position of ``M`` or more are padding: their writes are dropped, their outputs ignored.
+A caller that knows no query of the call stands at ``key_len`` or beyond passes that
+static bound, and attention reads only positions ``< key_len`` of each row instead of all
+``M``: what it computes is the same (the positions left out are masked), what it reads
+is less (``Decoder`` picks the bound from its rows' lengths).
 The layers are stacked and run under ``jax.lax.scan`` so compile time does not grow
 with depth.
 """
@@ -61,9 +65,11 @@ class Attention(nnx.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, d
         self.window = cfg.uniform_sliding_window
 
-    def __call__(self, x, positions, slots, cache_k, cache_v, layer, inv_freq):
+    def __call__(self, x, positions, slots, cache_k, cache_v, layer, inv_freq, key_len=None):
         """x: [B, T, E]; cache_k/v: [L, S, K, M, D]; layer: this layer's index. For a
         paged cache, ``slots`` is the rows' PagedRows and cache_k/v are [L, P, K, S, D].
+        key_len: static, every real query's position is below it: attend over cache
+        positions [0, key_len) only (None: all M).
 
         Returns (out, cache_k, cache_v). The cache travels whole so XLA updates it in place.
         With ``cache_k is None`` the rows attend only to their own T tokens (training).
@@ -83,7 +89,8 @@ class Attention(nnx.Module):
             if t == 1 and slots.uses_kernel():
                 out = slots.attend_one_token(q, cache_k, cache_v, layer, positions, self.window)
                 return self.o_proj(out.reshape(b, t, -1)), cache_k, cache_v
-            keys, values = slots.gather(cache_k, layer), slots.gather(cache_v, layer)
+            keys = slots.gather(cache_k, layer, key_len)
+            values = slots.gather(cache_v, layer, key_len)
             key_pos = jnp.arange(keys.shape[2])[None, :]  # [1, N * S]
         else:
             row_slots = jnp.broadcast_to(slots[:, None], positions.shape)
@@ -92,8 +99,12 @@ class Attention(nnx.Module):
                                                                      mode="drop")
             cache_v = cache_v.at[layer, row_slots, :, positions].set(v.astype(cache_v.dtype),
                                                                      mode="drop")
-            keys, values = cache_k[layer, slots], cache_v[layer, slots]  # [B, K, M, D]
-            key_pos = jnp.arange(cache_k.shape[3])[None, :]  # [1, M]
+            # Only the window of positions a query can see: the gather copies [B, K, W, D]
+            # per layer and token, and the attention reads it, rather than whole rows.
+            window = cache_k.shape[3] if key_len is None else min(key_len, cache_k.shape[3])
+            keys = cache_k[layer, slots, :, :window]  # [B, K, W, D]
+            values = cache_v[layer, slots, :, :window]
+            key_pos = jnp.arange(window)[None, :]  # [1, W]
         out = self._attend(q, keys, values, positions, key_pos)
         return self.o_proj(out.reshape(b, t, -1)), cache_k, cache_v
 
@@ -153,9 +164,9 @@ class DecoderLayer(nnx.Module):
                                                 rngs=rngs)
         self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x, positions, slots, cache_k, cache_v, layer, inv_freq):
+    def __call__(self, x, positions, slots, cache_k, cache_v, layer, inv_freq, key_len=None):
         attn, cache_k, cache_v = self.self_attn(self.input_layernorm(x), positions, slots,
-                                                cache_k, cache_v, layer, inv_freq)
+                                                cache_k, cache_v, layer, inv_freq, key_len)
         x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x)), cache_k, cache_v
 
@@ -181,7 +192,7 @@ class LlamaModel(nnx.Module):
         self.inv_freq = nnx.Variable(jnp.asarray(cfg.rope_inv_freq()))
 
     def __call__(self, tokens, positions, slots, cache_k, cache_v, *,
-                 layers: Sequence[nnx.State] | None = None):
+                 layers: Sequence[nnx.State] | None = None, key_len: int | None = None):
         """tokens, positions: [B, T] int32; slots: [B] int32; cache_k/v: [L, S, K, M, D].
 
         ``layers``: the layer weights one state per layer (``unstack_layers``), run in a
@@ -189,6 +200,10 @@ class LlamaModel(nnx.Module):
         layer's weights out of the stacked arrays, which XLA's CPU backend does by copying
         them: at batch 1 that costs more than the matrix products
         (``experiments/decode_step_breakdown.py``). The decoder passes them on CPU.
+
+        ``key_len``: static; every row's real positions are below it, so attention reads
+        cache positions [0, key_len) only (None: all M). A row at position ``M`` or more
+        is padding as always, whatever ``key_len``.
 
         Returns (hidden [B, T, E] after the final norm, cache_k, cache_v).
         """
@@ -198,7 +213,7 @@ class LlamaModel(nnx.Module):
             layer_def = nnx.graphdef(self.layers)
             for index, state in enumerate(layers):
                 x, cache_k, cache_v = nnx.merge(layer_def, state)(
-                    x, positions, slots, cache_k, cache_v, index, inv_freq)
+                    x, positions, slots, cache_k, cache_v, index, inv_freq, key_len)
             return self.norm(x), cache_k, cache_v
         layer_def, layer_state = nnx.split(self.layers)
 
@@ -206,7 +221,8 @@ class LlamaModel(nnx.Module):
             x, cache_k, cache_v = carry
             state, index = per_layer
             layer = nnx.merge(layer_def, state)
-            return layer(x, positions, slots, cache_k, cache_v, index, inv_freq), None
+            return layer(x, positions, slots, cache_k, cache_v, index, inv_freq,
+                         key_len), None
 
         indices = jnp.arange(self.config.num_layers)
         (x, cache_k, cache_v), _ = jax.lax.scan(one_layer, (x, cache_k, cache_v),

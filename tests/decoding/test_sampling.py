@@ -103,6 +103,26 @@ def test_a_row_draw_depends_only_on_its_own_key_and_logits():
     assert float(other_logprobs[3]) == float(logprobs[1])
 
 
+def test_rows_that_filter_nothing_draw_the_same_beside_rows_that_filter():
+    """With no row filtering, sampling skips the vocabulary sort; a row that filters
+    nothing draws exactly the same token there as in a batch that sorts (for another
+    row's top-k or top-p), -inf logits and greedy rows included."""
+    logits = (jax.random.normal(jax.random.key(7), (4, 300)) * 3).at[0, :5].set(-jnp.inf)
+    keys = jax.random.split(jax.random.key(8), 4)
+    plain = SamplingParams.make(4, temperature=[0.9, 1.0, 0.0, 2.5])
+    tokens, logprobs = sample(logits, keys, plain)
+    for filtering_row in range(4):
+        params = SamplingParams.make(4, temperature=[0.9, 1.0, 0.7, 2.5])
+        params.top_k[filtering_row] = 7 if filtering_row % 2 else 0
+        params.top_p[filtering_row] = 1.0 if filtering_row % 2 else 0.5
+        params.temperature[2] = 0.0 if filtering_row != 2 else 0.7
+        mixed_tokens, mixed_logprobs = sample(logits, keys, params)
+        same = [r for r in range(4) if r != filtering_row]
+        np.testing.assert_array_equal(np.asarray(mixed_tokens)[same], np.asarray(tokens)[same])
+        np.testing.assert_array_equal(np.asarray(mixed_logprobs)[same],
+                                      np.asarray(logprobs)[same])
+
+
 @pytest.mark.parametrize("settings, message", [
     (dict(temperature=-0.5), "temperature must be finite and >= 0"),
     (dict(top_k=-1), "top_k must be >= 0"),
