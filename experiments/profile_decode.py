@@ -89,7 +89,7 @@ def main() -> None:
                               **options)
             windows = []
 
-            def run(record=None):
+            def run(decoder: Decoder):
                 slots = decoder.allocate(args.rows)
                 start = time.perf_counter()
                 decoder.prefill(slots, prompts)
@@ -111,9 +111,9 @@ def main() -> None:
                 return prefill_s, sum(step_s), np.stack(tokens), np.stack(logprobs)
 
             start = time.perf_counter()
-            _, _, tokens, logprobs = run()  # compiles prefill and sample_step
+            _, _, tokens, logprobs = run(decoder)  # compiles prefill and sample_step
             compile_s = time.perf_counter() - start
-            timed = [run() for _ in range(args.reps)]
+            timed = [run(decoder) for _ in range(args.reps)]
             assert all(np.array_equal(t, tokens) for _, _, t, _ in timed), "tokens differ"
             prefill_s = statistics.median(p for p, _, _, _ in timed)
             step_s = statistics.median(s for _, s, _, _ in timed)
