@@ -38,6 +38,8 @@ class Utility(str, enum.Enum):
 
 
 SOLVER = "solver"  # label.stronger_model naming the task's exact solver
+# policy.source and q_train.second_opinion naming a model train_policy trains in the run
+SCRATCH = "scratch"
 
 
 class LabelMethod(str, enum.Enum):
@@ -88,7 +90,7 @@ DEFAULT_STAGES = tuple(stage for stage in STAGES if stage != "train_prm")
 class PolicyConfig:
     # An HF directory, a .gguf file, an alias (smollm2-135m-instruct), or "scratch": the
     # train_policy stage trains a small decoder of our architecture (Countdown only).
-    source: str = "scratch"
+    source: str = SCRATCH
     dtype: str = "float32"
     chat_template: bool = False
 
@@ -215,7 +217,7 @@ class QTrainConfig:
     # (experiments/second_opinion.py): a checkpoint trained apart, or "scratch": one that
     # train_policy trains in this run as it trains the policy, from the next seed (its own
     # initialisation, traces and batches), into out/second_policy. None: no second opinion.
-    second_opinion: Optional[str] = "scratch"
+    second_opinion: Optional[str] = SCRATCH
     loss: Loss = Loss.bce
     learning_rate: float = 1e-3
     batch_size: int = 256
@@ -463,10 +465,10 @@ def check_config(config: RunConfig) -> None:
     require(config.q_train.second_opinion is None
             or config.q_train.backbone == QBackbone.policy, "q_train.second_opinion",
             "is read by the head on the policy's hidden states (q_train.backbone=policy)")
-    require(config.q_train.second_opinion != "scratch" or config.policy.source == "scratch",
+    require(config.q_train.second_opinion != SCRATCH or config.policy.source == SCRATCH,
             "q_train.second_opinion", f"'scratch' (the default experiment's) trains a second "
             f"policy beside a policy trained from scratch (policy.source=scratch); with "
             f"policy.source={config.policy.source} set it to null or a checkpoint directory")
-    require(config.policy.source != "scratch" or config.task.name in FROM_SCRATCH_TASKS,
+    require(config.policy.source != SCRATCH or config.task.name in FROM_SCRATCH_TASKS,
             "policy.source", f"'scratch' (train a policy from scratch) is for the synthetic "
             f"worlds {FROM_SCRATCH_TASKS}; point it at an HF directory, a .gguf file or an alias")

@@ -25,7 +25,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from qstar_jax.config import ConfigError, RunConfig, load_config
+from qstar_jax.config import SCRATCH, ConfigError, RunConfig, load_config
 from qstar_jax.models.config import ModelConfig
 
 HEADROOM = 0.9  # the share of memory the weights and the cache may take
@@ -100,7 +100,7 @@ def policy_architecture(run: RunConfig, model_config: str | None = None) -> Mode
     if model_config is not None:
         return ModelConfig.from_hf(read_json(Path(model_config)))
     source = run.policy.source
-    if source == "scratch":
+    if source == SCRATCH:
         pt = run.policy_training
         return ModelConfig(model_type="llama", vocab_size=SCRATCH_VOCAB,
                            hidden_size=pt.hidden_size, intermediate_size=pt.intermediate_size,

@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from qstar_jax.config import ONE_DEVICE_PAGES, SOLVER, ConfigError, Utility, load_config, to_yaml
+from qstar_jax.config import (ONE_DEVICE_PAGES, SCRATCH, SOLVER, ConfigError, Utility,
+                              load_config, to_yaml)
 from qstar_jax.memory_plan import check_memory
 from qstar_jax.models.compile_cache import enable_compile_cache
 from qstar_jax.models.loading import PACKAGED_MODELS
@@ -51,12 +52,12 @@ def parse_args(argv):
 
 def preflight(config) -> None:
     """Every checkpoint and data file the config names must exist before work starts."""
-    named = {"policy.source": config.policy.source if config.policy.source != "scratch" else None,
+    named = {"policy.source": config.policy.source if config.policy.source != SCRATCH else None,
              "search.prm_model": config.search.prm_model,
              "label.stronger_model": (None if config.label.stronger_model == SOLVER
                                       else config.label.stronger_model),
              "q_train.separate_model": config.q_train.separate_model,
-             "q_train.second_opinion": (None if config.q_train.second_opinion == "scratch"
+             "q_train.second_opinion": (None if config.q_train.second_opinion == SCRATCH
                                         else config.q_train.second_opinion)}
     if config.search.utility != Utility.prm:
         named["search.prm_model"] = None

@@ -65,9 +65,7 @@ def filtered_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
 
     Greedy rows (temperature 0) are returned unscaled and unfiltered.
     """
-    logits = logits.astype(jnp.float32)
-    greedy = params.temperature == 0
-    scaled = logits / jnp.where(greedy, 1.0, params.temperature)[:, None]
+    scaled = temperature_scaled_logits(logits, params)
     ranked = -jnp.sort(-scaled, axis=-1)  # descending
     vocab = logits.shape[-1]
     k = jnp.where(params.top_k > 0, jnp.minimum(params.top_k, vocab), vocab)
@@ -81,15 +79,15 @@ def filtered_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
     num_kept = jnp.maximum(jnp.sum(in_nucleus, axis=-1), 1)
     cutoff = jnp.take_along_axis(ranked, (num_kept - 1)[:, None], axis=-1)
     filtered = jnp.where(scaled >= cutoff, scaled, -jnp.inf)
-    return jnp.where(greedy[:, None], logits, filtered)
+    return jnp.where((params.temperature == 0)[:, None], scaled, filtered)
 
 
-def _temperature_scaled_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
-    """``filtered_logits`` for rows that filter nothing (top_k 0, top_p 1): the logits
-    divided by the temperature (greedy rows unscaled), bit for bit what it returns."""
+def temperature_scaled_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
+    """The logits [B, V] float32 divided by each row's temperature (greedy rows, at 0, by
+    1: unchanged): what ``filtered_logits`` filters, and all it returns for rows that
+    filter nothing (top_k 0, top_p 1)."""
     greedy = params.temperature == 0
-    scaled = logits / jnp.where(greedy, 1.0, params.temperature)[:, None]
-    return jnp.where(greedy[:, None], logits, scaled)
+    return logits.astype(jnp.float32) / jnp.where(greedy, 1.0, params.temperature)[:, None]
 
 
 def sample(logits: jax.Array, keys: jax.Array, params: SamplingParams):
@@ -110,7 +108,7 @@ def sample(logits: jax.Array, keys: jax.Array, params: SamplingParams):
         # exactly as ``filtered_logits`` would leave them.
         filters = (params.temperature > 0) & ((params.top_k > 0) | (params.top_p < 1))
         candidates = jax.lax.cond(jnp.any(filters), filtered_logits,
-                                  _temperature_scaled_logits, logits, params)
+                                  temperature_scaled_logits, logits, params)
         drawn = jax.vmap(jax.random.categorical)(keys, candidates).astype(jnp.int32)
         return jnp.where(params.temperature == 0, greedy_tokens, drawn)
 

@@ -102,7 +102,7 @@ def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights,
                 slots: jax.Array, problem_keys: jax.Array, node_ids: jax.Array,
                 params: SamplingParams, caps: jax.Array, newline_table: jax.Array,
                 eos_ids: jax.Array, max_tokens: int,
-                window: int | None = None) -> tuple[KVCache | PagedKVCache, StepOutput]:
+                window: int) -> tuple[KVCache | PagedKVCache, StepOutput]:
     """Sample one step for each row.
 
     slots: [B] int32 (``S`` marks a padding row); problem_keys: [B] typed PRNG keys;
@@ -111,8 +111,8 @@ def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights,
     other rows. params: per-row SamplingParams [B]; caps: [B] int32 per-row token caps
     <= max_tokens; newline_table: [V] bool, True for tokens containing a newline;
     eos_ids: [n] int32; max_tokens: C, static. window: W, static, at least every real
-    row's start position plus its cap (or M): attention reads cache positions [0, W) only
-    (None: M). Pure: jit it with the cache donated. On a PagedKVCache every row must own
+    row's start position plus its cap (``Decoder.attention_window``; M or more: whole
+    rows): attention reads cache positions [0, W) only. Pure: jit it with the cache donated. On a PagedKVCache every row must own
     its pages up to its cap (``PageTable.reserve``).
     """
     model = nnx.merge(graphdef, weights.model)
@@ -125,7 +125,7 @@ def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights,
     rows = StepRows(node_keys=jax.vmap(jax.random.fold_in)(problem_keys, node_ids),
                     model_rows=cache.model_rows(model_slots), params=params, caps=caps,
                     newline_table=newline_table, eos_ids=eos_ids, max_len=max_len,
-                    window=max_len if window is None else min(window, max_len))
+                    window=window)
     initial = StepLoopState(
         k=cache.k, v=cache.v, done=is_padding | full_at_start | (caps <= 0),
         positions=start_positions, num_tokens=jnp.zeros((batch,), jnp.int32),

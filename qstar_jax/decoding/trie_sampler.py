@@ -101,8 +101,7 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights, cache: KVCache,
                 slots: jax.Array, counts: jax.Array, key_table: jax.Array,
                 key_rows: jax.Array, group_ids: jax.Array, params: SamplingParams,
                 cap: jax.Array, newline_table: jax.Array, eos_ids: jax.Array,
-                max_tokens: int, max_count: int,
-                window: int | None = None) -> tuple[KVCache, TrieOutput]:
+                max_tokens: int, max_count: int, window: int) -> tuple[KVCache, TrieOutput]:
     """Sample each group's steps as a trie.
 
     slots: [R] int32, distinct (``S`` marks a padding row); counts: [R] int32, a group
@@ -111,8 +110,9 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights, cache: KVCache,
     ``fold_in(key_table[key_rows[g]], group_ids[g])``); params: SamplingParams [R]; cap:
     int32 token cap <= max_tokens (C, static); max_count: K, static, >= every count.
     newline_table: [V] bool; eos_ids: [n] int32. A step ends as in ``sample_step``.
-    window: W, static, at least every group's start position plus ``cap`` (or M): the
-    cache positions attention reads and a spare's copy copies (None: M). Positions of a
+    window: W, static, at least every group's start position plus ``cap``
+    (``Decoder.attention_window``; M or more: whole rows): the cache positions attention
+    reads and a spare's copy copies. Positions of a
     spare at W or beyond are left as they were: past its length, never read.
     Pure: jit it with the cache donated.
     """
@@ -125,7 +125,7 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights, cache: KVCache,
     rows = TrieRows(slots=slots, model_slots=model_slots, cap=cap,
                     newline_table=newline_table, eos_ids=eos_ids,
                     shifts=jnp.arange(1, max_count),  # a row's other draws lie within K - 1
-                    window=max_len if window is None else min(window, max_len))
+                    window=window)
     initial = TrieLoopState(
         k=cache.k, v=cache.v, positions=positions, num_tokens=jnp.zeros(batch, jnp.int32),
         live=live, spare=(counts == 0) & (slots < num_slots),

@@ -13,7 +13,7 @@ from pathlib import Path
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from qstar_jax.config import RunConfig, load_config
+from qstar_jax.config import SCRATCH, RunConfig, load_config
 from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.models.loading import LoadedModel, load_model
@@ -78,19 +78,24 @@ class RunContext:
     def policy_dir(self) -> Path:
         """Where the policy comes from: the trained one, or the configured checkpoint."""
         source = self.config.policy.source
-        return self.out / "policy" if source == "scratch" else Path(source)
+        return self.out / "policy" if source == SCRATCH else Path(source)
 
     @property
     def second_opinion_dir(self) -> Path | None:
         """The second policy whose opinion Q̂ reads (None: none): the one train_policy
         trains beside the policy, or the configured checkpoint."""
         source = self.config.q_train.second_opinion
-        return self.out / "second_policy" if source == "scratch" else (
+        return self.out / "second_policy" if source == SCRATCH else (
             None if source is None else Path(source))
 
     @functools.cached_property
     def policy(self) -> LoadedModel:
         return self.load(self.policy_dir)
+
+    @functools.cached_property
+    def second_policy(self) -> LoadedModel:
+        """The model at ``second_opinion_dir`` (loaded once: Q̂ and its greedy row share it)."""
+        return self.load(self.second_opinion_dir)
 
     def load(self, source: str | Path) -> LoadedModel:
         loaded = load_model(source, dtype=DTYPES[self.config.policy.dtype])
@@ -108,10 +113,11 @@ class RunContext:
             chat = self.policy.tokenizer.apply_chat_template
         return [self.task.prompt(p, chat) for p in problems]
 
-    def runtime(self, problems: list[Problem], *, model: str | None = None) -> PolicyRuntime:
-        """The policy (or the model at ``model``) decoding ``problems``."""
+    def runtime(self, problems: list[Problem], *,
+                model: LoadedModel | None = None) -> PolicyRuntime:
+        """The policy (or ``model``) decoding ``problems``."""
         d = self.config.decode
-        loaded = self.policy if model is None else self.load(model)
+        loaded = self.policy if model is None else model
         tokenizer = loaded.tokenizer
         paging = Paging(page_size=d.page_size, num_pages=d.num_pages) if d.page_size else None
         decoder = Decoder(loaded.model, num_slots=d.slots, max_len=d.max_len,

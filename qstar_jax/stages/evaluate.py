@@ -145,7 +145,7 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
             return
         if method == SECOND_POLICY_GREEDY:  # the second policy decodes, greedy
             search_batch = _step_search(ctx, "greedy", 1, ctx.runtime(
-                problems, model=str(ctx.second_opinion_dir)), None, utility)
+                problems, model=ctx.second_policy), None, utility)
         elif method in REASONER_METHODS:
             search_batch = reasoner_search(ctx, method, problems, runtime, q_fn, utility)
         else:

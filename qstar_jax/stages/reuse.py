@@ -20,8 +20,8 @@ from qstar_jax.config import ConfigError, RunConfig, load_config
 # never what it computes (decode.slots sizes batches; pages hold what rows hold).
 EVALUATION_ONLY = ("out_dir", "stages", "search", "eval", "task.eval_split",
                    "task.eval_problems", "decode.slots", "decode.page_size", "decode.pages")
-TRAINED_OUTPUTS = ("policy", "second_policy", "rollouts.jsonl", "labels.jsonl", "labels.jsonl.features.npz",
-                   "q_checkpoint", "q_training.json", "step_outcomes.jsonl", "prm",
+TRAINED_OUTPUTS = ("policy", "second_policy", "rollouts.jsonl", "labels.jsonl",
+                   "labels.jsonl.features.npz", "q_checkpoint", "q_training.json", "step_outcomes.jsonl", "prm",
                    "prm_training.json")
 NOTE = "reused_from.txt"
 

@@ -42,7 +42,7 @@ def _stronger_sampler(ctx: RunContext, problems):
             raise ValueError(f"label.stronger_model=solver: task {ctx.task.name} has no exact "
                              "solver; give a model directory")
         return SolverSampler(lambda i, steps: ctx.task.solver_completion(problems[i], steps))
-    return DecoderRolloutSampler(ctx.runtime(problems, model=model),
+    return DecoderRolloutSampler(ctx.runtime(problems, model=ctx.load(model)),
                                  max_steps=ctx.config.decode.max_steps)
 
 

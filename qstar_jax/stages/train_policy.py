@@ -17,6 +17,7 @@ from typing import Iterable, Sequence
 
 from flax import nnx
 
+from qstar_jax.config import SCRATCH
 from qstar_jax.models.char_tokenizer import build_char_tokenizer
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.hf_export import save_hf_checkpoint
@@ -41,10 +42,10 @@ def policy_model_config(ctx: RunContext, tokenizer) -> ModelConfig:
 
 
 def train_policy(ctx: RunContext) -> None:
-    if ctx.config.policy.source != "scratch":
+    if ctx.config.policy.source != SCRATCH:
         return
     train_from_scratch(ctx, ctx.out / "policy")
-    if ctx.config.q_train.second_opinion == "scratch":
+    if ctx.config.q_train.second_opinion == SCRATCH:
         next_seed = dataclasses.replace(ctx.config, seed=ctx.config.seed + 1)
         train_from_scratch(dataclasses.replace(ctx, config=next_seed), ctx.second_opinion_dir)
 

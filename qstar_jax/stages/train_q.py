@@ -32,8 +32,8 @@ def head_config(ctx: RunContext) -> QHeadConfig:
 
 def second_opinion(ctx: RunContext, problems) -> SecondOpinion | None:
     """The second policy's log-probabilities over ``problems``' steps (None: not set)."""
-    path = ctx.second_opinion_dir
-    return None if path is None else SecondOpinion(ctx.load(path), ctx.prompts(problems))
+    return (None if ctx.second_opinion_dir is None
+            else SecondOpinion(ctx.second_policy, ctx.prompts(problems)))
 
 
 def labelled_head_inputs(ctx: RunContext, steps: Sequence[LabelledStep],
