@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-from typing import Any, Sequence
+from typing import Sequence
 
 from qstar_jax.search.aggregate import Agg
 from qstar_jax.search.checks import as_agg, require_positive, require_temperature
 from qstar_jax.search.interface import ExpandRequest, Node
-from qstar_jax.search.planner import (Outcome, RoundGuard, ScoredStep, ScoredTrajectory,
-                                      SearchResult)
-from qstar_jax.search.tree import SearchTree, best_by_f
+from qstar_jax.search.planner import Outcome, ScoredStep, SearchResult
+from qstar_jax.search.tree import TreePlanner, best_by_f
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -68,7 +67,7 @@ class AStarConfig:
         require_temperature(self)
 
 
-class AStarPlanner(RoundGuard):
+class AStarPlanner(TreePlanner):
     """Q* on one problem; see the module docstring for the search rules.
 
     The answer is the complete trajectory with the best f. If none was reached within
@@ -78,10 +77,8 @@ class AStarPlanner(RoundGuard):
     """
 
     def __init__(self, problem_index: int, config: AStarConfig):
-        super().__init__()
-        self.problem_index = problem_index
+        super().__init__(problem_index, agg=config.agg, lam=config.lam)
         self._config = config
-        self._tree = SearchTree(problem_index, agg=config.agg, lam=config.lam)
         self._frontier: list[tuple[float, int, int, Node]] = []
         self._push(self._tree.root)
         self._complete: list[Node] = []
@@ -117,9 +114,6 @@ class AStarPlanner(RoundGuard):
                 self._tree.release(parent)
         self._expanding = []
 
-    def take_released(self) -> list[Any]:
-        return self._tree.take_released()
-
     def result(self, *, include_tree: bool = False) -> SearchResult:
         if self._complete:
             chosen, outcome = best_by_f(self._complete), Outcome.complete
@@ -128,12 +122,8 @@ class AStarPlanner(RoundGuard):
         else:
             frontier = [entry[-1] for entry in self._frontier]
             chosen, outcome = best_by_f(frontier) if frontier else self._tree.root, Outcome.partial
-        return SearchResult(
-            problem_index=self.problem_index, steps=chosen.steps, node_id=chosen.id,
-            outcome=outcome, score=chosen.f,
-            trajectories=tuple(ScoredTrajectory(node_id=n.id, steps=n.steps, score=n.f)
-                               for n in self._complete),
-            tree=self._tree.dump() if include_tree else None)
+        return self._result(chosen, outcome, chosen.f, [(n, n.f) for n in self._complete],
+                            include_tree=include_tree)
 
     def _round_limit(self) -> int:
         budget, tree = self._config.budget, self._tree
@@ -159,8 +149,3 @@ class AStarPlanner(RoundGuard):
 
     def _push(self, node: Node, f: float | None = None) -> None:
         heapq.heappush(self._frontier, (-(node.f if f is None else f), -node.depth, node.id, node))
-
-    def _finish(self) -> None:
-        self._tree.release_all()
-        self._done = True
-

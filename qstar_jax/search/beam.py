@@ -13,14 +13,13 @@ this search ranked by its state evaluator (``search/tot.py``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from qstar_jax.search.aggregate import Agg
 from qstar_jax.search.checks import as_agg, require_positive, require_temperature
 from qstar_jax.search.interface import ExpandRequest, Node
-from qstar_jax.search.planner import (Outcome, RoundGuard, ScoredStep, ScoredTrajectory,
-                                      SearchResult)
-from qstar_jax.search.tree import SearchTree, best_by
+from qstar_jax.search.planner import Outcome, ScoredStep, SearchResult
+from qstar_jax.search.tree import TreePlanner, best_by
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -38,18 +37,16 @@ class BeamConfig:
         require_temperature(self)
 
 
-class BeamPlanner(RoundGuard):
+class BeamPlanner(TreePlanner):
     """Beam search on one problem. With no finished beam the answer is the best-f beam
     of the last round (``partial``), or the empty root if no step was ever kept.
     ``value``: what ranks nodes (default f); ties go to the lower node id."""
 
     def __init__(self, problem_index: int, config: BeamConfig,
                  value: Callable[[Node], float] = lambda node: node.f):
-        super().__init__()
-        self.problem_index = problem_index
+        super().__init__(problem_index, agg=config.agg, lam=config.lam)
         self._config = config
         self._value = value
-        self._tree = SearchTree(problem_index, agg=config.agg, lam=config.lam)
         self._live: list[Node] = [self._tree.root]
         self._last_kept: list[Node] = []
         self._finished: list[Node] = []
@@ -81,11 +78,7 @@ class BeamPlanner(RoundGuard):
             self._last_kept = kept
         if (len(self._finished) >= self._config.beam_width or not self._live
                 or self._live[0].depth >= self._config.max_steps):
-            self._tree.release_all()
-            self._done = True
-
-    def take_released(self) -> list[Any]:
-        return self._tree.take_released()
+            self._finish()
 
     def result(self, *, include_tree: bool = False) -> SearchResult:
         if self._finished:
@@ -93,10 +86,6 @@ class BeamPlanner(RoundGuard):
         else:
             chosen = best_by(self._last_kept, self._value) if self._last_kept else self._tree.root
             outcome = Outcome.partial
-        return SearchResult(
-            problem_index=self.problem_index, steps=chosen.steps, node_id=chosen.id,
-            outcome=outcome, score=self._value(chosen),
-            trajectories=tuple(ScoredTrajectory(node_id=n.id, steps=n.steps,
-                                                score=self._value(n))
-                               for n in self._finished),
-            tree=self._tree.dump() if include_tree else None)
+        return self._result(chosen, outcome, self._value(chosen),
+                            [(n, self._value(n)) for n in self._finished],
+                            include_tree=include_tree)

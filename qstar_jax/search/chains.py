@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Any, Callable, Hashable, Protocol, Sequence
+from typing import Callable, Hashable, Protocol, Sequence
 
 import numpy as np
 
 from qstar_jax.search.aggregate import Agg
 from qstar_jax.search.checks import as_agg, require_positive, require_temperature
 from qstar_jax.search.interface import ExpandRequest, Node
-from qstar_jax.search.planner import (Outcome, RoundGuard, ScoredStep, ScoredTrajectory,
-                                      SearchResult)
-from qstar_jax.search.tree import SearchTree
+from qstar_jax.search.planner import Outcome, ScoredStep, SearchResult
+from qstar_jax.search.tree import TreePlanner
 
 # Scores [n] for the final nodes of n complete chains of one problem.
 ChainRanking = Callable[[Sequence[Node]], np.ndarray]
@@ -61,7 +60,7 @@ class ProcessRewardScorer:
         return np.array([node.g for node in finals], np.float64)
 
 
-class ChainPlanner(RoundGuard):
+class ChainPlanner(TreePlanner):
     """N sampled chains of one problem, the best complete one by ``rank``.
 
     With no complete chain the answer is chain 0's partial trajectory (``partial``,
@@ -69,11 +68,9 @@ class ChainPlanner(RoundGuard):
     """
 
     def __init__(self, problem_index: int, config: ChainConfig, rank: ChainRanking):
-        super().__init__()
-        self.problem_index = problem_index
+        super().__init__(problem_index, agg=config.agg, lam=1.0)
         self._config = config
         self._rank = rank
-        self._tree = SearchTree(problem_index, agg=config.agg, lam=1.0)
         self._tips: list[Node] = []  # the last node of each chain
         self._live: list[bool] = []
         self._scores = np.zeros(0)
@@ -108,36 +105,29 @@ class ChainPlanner(RoundGuard):
         if not any(self._live):
             self._finish()
 
-    def take_released(self) -> list[Any]:
-        return self._tree.take_released()
-
     def result(self, *, include_tree: bool = False) -> SearchResult:
         complete = self._complete()
-        trajectories = tuple(ScoredTrajectory(node_id=n.id, steps=n.steps, score=float(s))
-                             for n, s in zip(complete, self._scores))
         if complete:
             best = int(np.argmax(self._scores))  # first maximum: ties to the lower chain
             chosen, outcome, score = complete[best], Outcome.complete, float(self._scores[best])
         else:
             chosen = self._tips[0] if self._tips else self._tree.root
             outcome, score = Outcome.partial, chosen.f
-        return SearchResult(problem_index=self.problem_index, steps=chosen.steps,
-                            node_id=chosen.id, outcome=outcome, score=score,
-                            trajectories=trajectories,
-                            tree=self._tree.dump() if include_tree else None)
+        return self._result(chosen, outcome, score,
+                            [(n, float(s)) for n, s in zip(complete, self._scores)],
+                            include_tree=include_tree)
 
     def _complete(self) -> list[Node]:
         return [tip for tip in self._tips if tip.terminal]
 
     def _finish(self) -> None:
-        self._tree.release_all()
+        super()._finish()
         complete = self._complete()
         if complete:
             self._scores = np.asarray(self._rank(complete), np.float64)
             if self._scores.shape != (len(complete),):
                 raise ValueError(f"chain ranking returned shape {self._scores.shape} for "
                                  f"{len(complete)} complete chains")
-        self._done = True
 
 
 def greedy_planner(problem_index: int, *, max_steps: int = 32,

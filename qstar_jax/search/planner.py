@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol, Sequence, TypeVar
 
 from qstar_jax.search.interface import ExpandRequest, Step
 
@@ -78,22 +78,32 @@ class SearchResult:
         return self.outcome is Outcome.complete
 
 
-class Planner(Protocol):
+RequestT = TypeVar("RequestT", covariant=True)
+ReplyT = TypeVar("ReplyT", contravariant=True)
+
+
+class RoundPlanner(Protocol[RequestT, ReplyT]):
+    """A planner the driver steps round by round: requests out, their replies back."""
+
     problem_index: int
 
     @property
     def done(self) -> bool: ...
 
-    def propose(self) -> list[ExpandRequest]:
+    def propose(self) -> list[RequestT]:
         """This round's requests; [] only when the planner has just finished."""
 
-    def absorb(self, children: Sequence[Sequence[ScoredStep]]) -> None:
-        """The scored children of each request of the last ``propose``, in order."""
+    def absorb(self, replies: Sequence[Sequence[ReplyT]]) -> None:
+        """The replies to each request of the last ``propose``, in order."""
+
+    def result(self, *, include_tree: bool = False) -> SearchResult: ...
+
+
+class Planner(RoundPlanner[ExpandRequest, ScoredStep], Protocol):
+    """Absorbs the scored children of each expansion it requested."""
 
     def take_released(self) -> list[Any]:
         """Handles that can be freed now; each handle is returned exactly once."""
-
-    def result(self, *, include_tree: bool = False) -> SearchResult: ...
 
 
 class RoundGuard:

@@ -7,26 +7,14 @@ the generation requests a problem made (each of one or more samples).
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence
+from typing import Callable
 
 from qstar_jax.search.driver import Tally, drive
 from qstar_jax.search.interface import Generation, TextGenerator, TextRequest
-from qstar_jax.search.planner import SearchResult
+from qstar_jax.search.planner import RoundPlanner, SearchResult
 
-
-class TextPlanner(Protocol):
-    problem_index: int
-
-    @property
-    def done(self) -> bool: ...
-
-    def propose(self) -> list[TextRequest]:
-        """This round's requests; [] only when the planner has just finished."""
-
-    def absorb(self, generations: Sequence[Sequence[Generation]]) -> None:
-        """The completions of each request of the last ``propose``, in order."""
-
-    def result(self, *, include_tree: bool = False) -> SearchResult: ...
+# Absorbs the completions of each text request it made.
+TextPlanner = RoundPlanner[TextRequest, Generation]
 
 
 def run_text_search(problems_count: int, make_planner: Callable[[int], TextPlanner],

@@ -17,15 +17,14 @@ as the driver's Q̂ scores), or the aggregated process reward (``node.g``: a PRM
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from qstar_jax.search.aggregate import Agg
 from qstar_jax.search.beam import BeamConfig, BeamPlanner
 from qstar_jax.search.checks import as_agg, require_positive, require_temperature
 from qstar_jax.search.interface import ExpandRequest, Node
-from qstar_jax.search.planner import (Outcome, RoundGuard, ScoredStep, ScoredTrajectory,
-                                      SearchResult)
-from qstar_jax.search.tree import SearchTree, best_by
+from qstar_jax.search.planner import Outcome, ScoredStep, SearchResult
+from qstar_jax.search.tree import TreePlanner, best_by
 
 StateValue = Callable[[Node], float]
 
@@ -67,7 +66,7 @@ def tot_bfs_planner(problem_index: int, config: ToTConfig, value: StateValue) ->
     return BeamPlanner(problem_index, beam, value=value)
 
 
-class ToTDFSPlanner(RoundGuard):
+class ToTDFSPlanner(TreePlanner):
     """ToT-DFS on one problem, one expansion per round (depth first is sequential).
 
     The stack holds unexplored states; children of an expansion go on it best-last, so
@@ -77,11 +76,9 @@ class ToTDFSPlanner(RoundGuard):
     """
 
     def __init__(self, problem_index: int, config: ToTConfig, value: StateValue):
-        super().__init__()
-        self.problem_index = problem_index
+        super().__init__(problem_index, agg=config.agg, lam=1.0)
         self._config = config
         self._value = value
-        self._tree = SearchTree(problem_index, agg=config.agg, lam=1.0)
         self._stack: list[Node] = [self._tree.root]
         self._complete: list[Node] = []
         self._last_expanded: Node = self._tree.root
@@ -92,8 +89,7 @@ class ToTDFSPlanner(RoundGuard):
         config = self._config
         if (not self._stack or self._tree.expansions >= config.max_expansions
                 or len(self._complete) >= config.n_complete):
-            self._tree.release_all()
-            self._done = True
+            self._finish()
             return []
         node = self._stack.pop()
         self._expanding, self._last_expanded = [node], node
@@ -120,18 +116,11 @@ class ToTDFSPlanner(RoundGuard):
                 kept.append(node)
         self._stack.extend(reversed(kept))
 
-    def take_released(self) -> list[Any]:
-        return self._tree.take_released()
-
     def result(self, *, include_tree: bool = False) -> SearchResult:
         if self._complete:
             chosen, outcome = best_by(self._complete, self._value), Outcome.complete
         else:
             chosen, outcome = self._last_expanded, Outcome.partial
-        return SearchResult(
-            problem_index=self.problem_index, steps=chosen.steps, node_id=chosen.id,
-            outcome=outcome, score=self._value(chosen),
-            trajectories=tuple(ScoredTrajectory(node_id=n.id, steps=n.steps,
-                                                score=self._value(n))
-                               for n in self._complete),
-            tree=self._tree.dump() if include_tree else None)
+        return self._result(chosen, outcome, self._value(chosen),
+                            [(n, self._value(n)) for n in self._complete],
+                            include_tree=include_tree)

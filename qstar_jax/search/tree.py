@@ -6,11 +6,12 @@ follow one rule for Q* and every baseline.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from qstar_jax.search.aggregate import Agg, aggregate
 from qstar_jax.search.interface import ExpandRequest, Node
-from qstar_jax.search.planner import ScoredStep
+from qstar_jax.search.planner import (Outcome, RoundGuard, ScoredStep, ScoredTrajectory,
+                                      SearchResult)
 
 
 class SearchTree:
@@ -111,6 +112,35 @@ class SearchTree:
                        "expansion_index": order.get(n.id)}
                       for n in self._nodes.values()],
         }
+
+
+class TreePlanner(RoundGuard):
+    """A planner over one problem's ``SearchTree`` (Q*, beam search, ToT-DFS, chains): it
+    hands back the handles the tree released, ends the search by releasing the rest, and
+    reports a chosen node as the ``SearchResult``."""
+
+    def __init__(self, problem_index: int, *, agg: Agg, lam: float):
+        super().__init__()
+        self.problem_index = problem_index
+        self._tree = SearchTree(problem_index, agg=agg, lam=lam)
+
+    def take_released(self) -> list[Any]:
+        return self._tree.take_released()
+
+    def _finish(self) -> None:
+        self._tree.release_all()
+        self._done = True
+
+    def _result(self, chosen: Node, outcome: Outcome, score: float,
+                trajectories: Iterable[tuple[Node, float]], *,
+                include_tree: bool) -> SearchResult:
+        """``chosen`` with its ``score``; ``trajectories``: each complete node and its score."""
+        return SearchResult(
+            problem_index=self.problem_index, steps=chosen.steps, node_id=chosen.id,
+            outcome=outcome, score=score,
+            trajectories=tuple(ScoredTrajectory(node_id=node.id, steps=node.steps, score=s)
+                               for node, s in trajectories),
+            tree=self._tree.dump() if include_tree else None)
 
 
 def best_by_f(nodes: Sequence[Node]) -> Node:

@@ -113,3 +113,29 @@ def int_range(where: str, value: Any, *, lowest: int | None = None) -> tuple[int
         raise ValueError(f"{where}={value!r}: give two integers (low, high), both included, "
                          f"with {floor}low <= high")
     return bounds
+
+
+SIZED_SPLITS = ("train", "validation", "test")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SplitSizes:
+    """How many problems each split of a generated task holds: what ``load`` gives when
+    no limit is asked. A config or task inherits it, so the keys stay ``train_size``,
+    ``validation_size`` and ``test_size``; a subclass's ``__post_init__`` calls this one."""
+
+    train_size: int
+    validation_size: int = 500
+    test_size: int = 500
+
+    def __post_init__(self):
+        for split in SIZED_SPLITS:
+            size = getattr(self, f"{split}_size")
+            if not (isinstance(size, int) and size >= 0):
+                raise ValueError(f"{type(self).__name__}.{split}_size must be an int >= 0, "
+                                 f"got {size!r}")
+
+    def split_size(self, split: str) -> int:
+        if split not in SIZED_SPLITS:
+            raise ValueError(f"{type(self).__name__} has splits {SIZED_SPLITS}, not {split!r}")
+        return getattr(self, f"{split}_size")

@@ -13,10 +13,9 @@ import dataclasses
 from typing import Any, ClassVar
 
 from qstar_jax.tasks.math import grading
-from qstar_jax.tasks.base import ChatFormatter, Problem
+from qstar_jax.tasks.base import Problem
 from qstar_jax.tasks.datasets import Column, DataFiles, DatasetSource, load_problems
-from qstar_jax.tasks.prompts import (PromptFormat, WorkedExample, build_prompt, check_n_shot,
-                                     first_step_answer)
+from qstar_jax.tasks.prompts import AnswerLineTraces, PromptFormat, WorkedExample, check_n_shot
 
 GSM8K_FORMAT = PromptFormat(
     instruction=("Solve the math word problem step by step. Write one step per line and "
@@ -58,24 +57,13 @@ _GSM8K_COLUMNS = (
 )
 
 
-class Gsm8kTraces:
+class Gsm8kTraces(AnswerLineTraces):
     """GSM8K's prompt, steps and grading, for any task of GSM8K-style problems whose
     reference is the answer number; the task has an ``n_shot``."""
 
-    n_shot: int
-
-    def prompt(self, problem: Problem, chat: ChatFormatter | None = None) -> str:
-        return build_prompt(GSM8K_FORMAT, problem.question, n_shot=self.n_shot, chat=chat)
-
-    def is_terminal_step(self, step: str) -> bool:
-        return grading.extract_final_answer(step) is not None
-
-    def extract_answer(self, completion: str) -> str | None:
-        return first_step_answer(completion, grading.extract_final_answer)
-
-    def grade(self, problem: Problem, completion: str) -> bool:
-        answer = self.extract_answer(completion)
-        return answer is not None and grading.number_equal(answer, problem.reference)
+    prompt_format = GSM8K_FORMAT
+    step_answer = staticmethod(grading.extract_final_answer)
+    answers_equal = staticmethod(grading.number_equal)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

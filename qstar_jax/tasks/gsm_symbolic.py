@@ -20,7 +20,7 @@ import dataclasses
 import random
 from typing import Any, ClassVar
 
-from qstar_jax.tasks.base import Problem
+from qstar_jax.tasks.base import Problem, SplitSizes
 from qstar_jax.tasks.gsm8k import GSM8K_FORMAT, Gsm8kTraces
 from qstar_jax.tasks.math import grading
 from qstar_jax.tasks.package_data import import_package, seeded_subset
@@ -33,22 +33,18 @@ _GENERATOR_SUFFIX = " Give the result as your final answer. Do not include units
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class GsmSymbolicTask(Gsm8kTraces):
-    """GSM-Symbolic from ``reasoning-gym``; sizes are problems per split."""
+class GsmSymbolicTask(Gsm8kTraces, SplitSizes):
+    """GSM-Symbolic from ``reasoning-gym``; sizes (``SplitSizes``) are problems per split."""
 
     name: ClassVar[str] = "gsm_symbolic"
     split_seed: int = 0
-    test_size: int = 500
     validation_size: int = 200
     train_size: int = 2000
     n_shot: int = 4
 
     def __post_init__(self):
         check_n_shot(GSM8K_FORMAT, self.n_shot)
-        for split in SPLITS:
-            size = getattr(self, f"{split}_size")
-            if not (isinstance(size, int) and size >= 0):
-                raise ValueError(f"gsm_symbolic {split}_size must be an int >= 0, got {size!r}")
+        super().__post_init__()
 
     def load(self, split: str, *, limit: int | None = None, seed: int = 0,
              skip_malformed: bool = False) -> list[Problem]:
@@ -72,7 +68,7 @@ class GsmSymbolicTask(Gsm8kTraces):
         """Instances dealt to ``test``, ``validation`` and ``train`` in turn, up to ``split``."""
         dataset_module = import_package("reasoning_gym.arithmetic.gsm_symbolic.gsm_symbolic",
                                         "reasoning-gym", self.name)
-        needed = {s: getattr(self, f"{s}_size") for s in SPLITS[:SPLITS.index(split) + 1]}
+        needed = {s: self.split_size(s) for s in SPLITS[:SPLITS.index(split) + 1]}
         total = sum(needed.values())
         draws = _DRAWS_PER_PROBLEM * total + 100
         dataset = dataset_module.GSMSymbolicDataset(dataset_module.GSMSymbolicDatasetConfig(

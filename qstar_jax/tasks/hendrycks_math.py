@@ -20,10 +20,9 @@ import dataclasses
 from typing import Any, ClassVar
 
 from qstar_jax.tasks.math import grading
-from qstar_jax.tasks.base import ChatFormatter, Problem
+from qstar_jax.tasks.base import Problem
 from qstar_jax.tasks.datasets import Column, DataFiles, DatasetSource, load_problems
-from qstar_jax.tasks.prompts import (PromptFormat, WorkedExample, build_prompt, check_n_shot,
-                                     first_step_answer)
+from qstar_jax.tasks.prompts import AnswerLineTraces, PromptFormat, WorkedExample, check_n_shot
 
 MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra",
                  "number_theory", "prealgebra", "precalculus")
@@ -68,8 +67,12 @@ def math_step_answer(step: str) -> str | None:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class _MathTrace:
+class _MathTrace(AnswerLineTraces):
     """Prompt, step format and grading shared by MATH and MATH-500."""
+
+    prompt_format = MATH_FORMAT
+    step_answer = staticmethod(math_step_answer)
+    answers_equal = staticmethod(grading.math_equal)
 
     data_files: DataFiles | None = None
     cache_dir: str | None = None
@@ -77,19 +80,6 @@ class _MathTrace:
 
     def __post_init__(self):
         check_n_shot(MATH_FORMAT, self.n_shot)
-
-    def prompt(self, problem: Problem, chat: ChatFormatter | None = None) -> str:
-        return build_prompt(MATH_FORMAT, problem.question, n_shot=self.n_shot, chat=chat)
-
-    def is_terminal_step(self, step: str) -> bool:
-        return math_step_answer(step) is not None
-
-    def extract_answer(self, completion: str) -> str | None:
-        return first_step_answer(completion, math_step_answer)
-
-    def grade(self, problem: Problem, completion: str) -> bool:
-        answer = self.extract_answer(completion)
-        return answer is not None and grading.math_equal(answer, problem.reference)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

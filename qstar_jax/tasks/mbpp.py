@@ -107,10 +107,14 @@ class _MbppBase(FencedCodeAnswers):
                       "reference_code": record.get("code")})
 
 
-# The columns both MBPP configurations have.
-_TASK_ID = Column(name="task_id", holds="int: the problem's id")
-_TEST_LIST = Column(name="test_list", holds="list[str]: assert statements, the first one shown")
-_CODE = Column(name="code", holds="str: a reference solution", required=False)
+def _columns(description: str, *setup: Column) -> tuple[Column, ...]:
+    """An MBPP configuration's columns: those both have, around its description column
+    and its ``setup`` columns (code or tests run besides ``test_list``)."""
+    return (Column(name="task_id", holds="int: the problem's id"),
+            Column(name=description, holds="str: the task description"),
+            Column(name="test_list", holds="list[str]: assert statements, the first one shown"),
+            *setup,
+            Column(name="code", holds="str: a reference solution", required=False))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -119,16 +123,11 @@ class MbppTask(_MbppBase):
 
     name: ClassVar[str] = "mbpp"
     hub_config: ClassVar[str] = "full"
-    columns: ClassVar[tuple[Column, ...]] = (
-        _TASK_ID,
-        Column(name="text", holds="str: the task description"),
-        _TEST_LIST,
-        Column(name="test_setup_code", holds="str: code run before the tests",
-               required=False),
+    columns: ClassVar[tuple[Column, ...]] = _columns(
+        "text",
+        Column(name="test_setup_code", holds="str: code run before the tests", required=False),
         Column(name="challenge_test_list", holds="list[str]: more hidden asserts",
-               required=False),
-        _CODE,
-    )
+               required=False))
 
     def _problem_from_record(self, record: dict[str, Any], default_id: str) -> Problem:
         return self._problem(record, default_id, description=record["text"],
@@ -142,14 +141,10 @@ class MbppSanitizedTask(_MbppBase):
 
     name: ClassVar[str] = "mbpp_sanitized"
     hub_config: ClassVar[str] = "sanitized"
-    columns: ClassVar[tuple[Column, ...]] = (
-        _TASK_ID,
-        Column(name="prompt", holds="str: the task description"),
-        _TEST_LIST,
+    columns: ClassVar[tuple[Column, ...]] = _columns(
+        "prompt",
         Column(name="test_imports", holds="list[str]: import lines run before the tests",
-               required=False),
-        _CODE,
-    )
+               required=False))
 
     def _problem_from_record(self, record: dict[str, Any], default_id: str) -> Problem:
         return self._problem(record, default_id, description=record["prompt"],

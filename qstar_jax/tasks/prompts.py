@@ -14,9 +14,9 @@ Math traces end with an answer line ``The answer is: ...`` (MATH boxes the answe
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, ClassVar
 
-from qstar_jax.tasks.base import ChatFormatter, split_steps
+from qstar_jax.tasks.base import ChatFormatter, Problem, split_steps
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -58,6 +58,36 @@ def first_step_answer(completion: str, step_answer: Callable[[str], str | None])
         if answer is not None:
             return answer
     return None
+
+
+class AnswerLineTraces:
+    """Prompt, steps and grading of a task whose trace ends at its first step that states
+    an answer (``step_answer``), which ``answers_equal`` compares with the problem's
+    reference. The task names its ``prompt_format`` and has an ``n_shot``."""
+
+    prompt_format: ClassVar[PromptFormat]
+    n_shot: int
+
+    @staticmethod
+    def step_answer(step: str) -> str | None:
+        raise NotImplementedError
+
+    @staticmethod
+    def answers_equal(answer: str, reference: str) -> bool:
+        raise NotImplementedError
+
+    def prompt(self, problem: Problem, chat: ChatFormatter | None = None) -> str:
+        return build_prompt(self.prompt_format, problem.question, n_shot=self.n_shot, chat=chat)
+
+    def is_terminal_step(self, step: str) -> bool:
+        return self.step_answer(step) is not None
+
+    def extract_answer(self, completion: str) -> str | None:
+        return first_step_answer(completion, self.step_answer)
+
+    def grade(self, problem: Problem, completion: str) -> bool:
+        answer = self.extract_answer(completion)
+        return answer is not None and self.answers_equal(answer, problem.reference)
 
 
 def _qa_block(question: str, answer: str) -> str:

@@ -14,16 +14,17 @@ import random
 
 from qstar_jax.tasks.arithmetic.steps import OPERATORS, Operation, format_question
 from qstar_jax.tasks.base import int_range
-from qstar_jax.tasks.hashed_splits import hashed_split
+from qstar_jax.tasks.hashed_splits import HashedSplits, hashed_split
 from qstar_jax.tasks.hashed_splits import check_split as check_hashed_split
 
 _MAX_DRAWS_PER_PROBLEM = 1000
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ArithmeticConfig:
+class ArithmeticConfig(HashedSplits):
     """Ranges are inclusive. ``operations``: how many operations a chain has;
-    ``add_range`` bounds the operand of + and -, ``multiply_range`` that of *.
+    ``add_range`` bounds the operand of + and -, ``multiply_range`` that of *. The split
+    fractions and sizes are ``HashedSplits``'.
 
     The defaults are the default experiment's world, chosen on the validation split: two-
     digit additions and subtractions, which the default from-scratch policy gets right
@@ -36,11 +37,7 @@ class ArithmeticConfig:
     multiply_range: tuple[int, int] = (2, 9)
     operators: str = "+-"
     max_value: int = 99
-    test_fraction: float = 0.1
-    validation_fraction: float = 0.1
     train_size: int = 50_000
-    validation_size: int = 500
-    test_size: int = 500
 
     def __post_init__(self):
         for name in ("operations", "start_range", "add_range", "multiply_range"):
@@ -54,16 +51,7 @@ class ArithmeticConfig:
         if self.start_range[1] > self.max_value or self.max_value >= 10 ** 9:
             raise ValueError(f"ArithmeticConfig.max_value={self.max_value}: must be at least "
                              "start_range's high end and below 10^9")
-        if not 0 < self.test_fraction < 1 \
-                or not 0 <= self.validation_fraction < 1 - self.test_fraction:
-            raise ValueError("ArithmeticConfig: give 0 < test_fraction < 1 and "
-                             "0 <= validation_fraction < 1 - test_fraction")
-        if min(self.train_size, self.validation_size, self.test_size) < 0:
-            raise ValueError("ArithmeticConfig: split sizes must be >= 0")
-
-    def split_size(self, split: str) -> int:
-        return {"train": self.train_size, "validation": self.validation_size,
-                "test": self.test_size}[check_split(split)]
+        super().__post_init__()
 
 
 @dataclasses.dataclass(frozen=True)

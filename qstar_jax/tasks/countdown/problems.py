@@ -22,7 +22,7 @@ from qstar_jax.tasks.base import int_range
 from qstar_jax.tasks.countdown.rules import CountdownRules
 from qstar_jax.tasks.countdown.solver import CountdownSolver
 from qstar_jax.tasks.countdown.steps import MAX_DIGITS, format_numbers
-from qstar_jax.tasks.hashed_splits import hashed_split
+from qstar_jax.tasks.hashed_splits import HashedSplits, hashed_split
 from qstar_jax.tasks.hashed_splits import check_split as check_hashed_split
 
 
@@ -49,22 +49,17 @@ def from_fields(cls: type, value: Any) -> Any:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class CountdownConfig:
-    """The game's rules and the problem distribution; ranges are inclusive.
-
-    train_size / validation_size / test_size: how many problems ``load`` gives when no
-    limit is asked.
+class CountdownConfig(HashedSplits):
+    """The game's rules and the problem distribution; ranges are inclusive. The split
+    fractions and sizes (train_size / validation_size / test_size: how many problems
+    ``load`` gives when no limit is asked) are ``HashedSplits``'.
     """
 
     rules: CountdownRules = dataclasses.field(default_factory=CountdownRules)
     num_count: int = 4
     number_range: tuple[int, int] = (1, 13)
     target_range: tuple[int, int] = (1, 100)
-    test_fraction: float = 0.1
-    validation_fraction: float = 0.1
     train_size: int = 20_000
-    validation_size: int = 500
-    test_size: int = 500
 
     def __post_init__(self):
         object.__setattr__(self, "rules", from_fields(CountdownRules, self.rules))
@@ -79,19 +74,7 @@ class CountdownConfig:
             raise ValueError(f"CountdownConfig: {self.num_count} numbers up to {hi} can "
                              f"make values past {MAX_DIGITS} digits, which the step format "
                              "does not spell; lower num_count or number_range")
-        if not 0 < self.test_fraction < 1:
-            raise ValueError(f"CountdownConfig.test_fraction={self.test_fraction}: give a "
-                             "fraction strictly between 0 and 1")
-        if not 0 <= self.validation_fraction < 1 - self.test_fraction:
-            raise ValueError(f"CountdownConfig.validation_fraction={self.validation_fraction}: "
-                             f"give a fraction in [0, 1 - test_fraction) so train keeps a share")
-        if min(self.train_size, self.validation_size, self.test_size) < 0:
-            raise ValueError("CountdownConfig.train_size, validation_size and test_size must "
-                             "be >= 0")
-
-    def split_size(self, split: str) -> int:
-        return {"train": self.train_size, "validation": self.validation_size,
-                "test": self.test_size}[check_split(split)]
+        super().__post_init__()
 
 
 # The classic: four numbers from 1..13 (a card deck), make 24, fractions allowed on the way

@@ -1,0 +1,35 @@
+import pytest
+
+from qstar_jax.outputs import durable
+
+
+def test_a_missing_file_reads_as_empty(tmp_path):
+    assert durable.read_jsonl(tmp_path / "absent.jsonl") == ([], 0)
+
+
+def test_a_torn_tail_is_skipped_then_cut_off_before_the_next_append(tmp_path):
+    path = tmp_path / "log.jsonl"
+    with durable.open_for_append(path) as f:
+        durable.append_records(f, [{"a": 1}, {"b": 2}])
+    whole = path.stat().st_size
+    with path.open("a") as f:
+        f.write('{"c": ')  # killed mid-write
+    assert durable.read_jsonl(path) == ([{"a": 1}, {"b": 2}], whole)
+    with durable.open_for_append(path) as f:
+        durable.append_record(f, {"c": 3})
+    assert durable.read_jsonl(path)[0] == [{"a": 1}, {"b": 2}, {"c": 3}]
+
+
+def test_a_damaged_complete_line_is_an_error_naming_file_and_line(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"a": 1}\n{"b"\n{"c": 3}\n')
+    with pytest.raises(durable.CorruptRecordError, match=r"log.jsonl:2 is not valid JSON"):
+        durable.read_jsonl(path)
+
+
+def test_an_atomic_write_replaces_the_whole_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "sub" / "summary.json"
+    durable.write_atomically(path, lambda f: f.write(b"old"))
+    durable.write_atomically(path, lambda f: f.write(b"new"))
+    assert path.read_bytes() == b"new"
+    assert [p.name for p in path.parent.iterdir()] == ["summary.json"]
