@@ -43,7 +43,8 @@ def parse_args(argv):
     parser.add_argument("--reuse", metavar="DIR",
                         help="evaluate on the policy, labels and Q̂ an earlier run trained in "
                              "DIR (its training settings must match; search and eval may differ)")
-    args = parser.parse_args(argv)
+    # Overrides may come before or after --out/--reuse, as users write them.
+    args = parser.parse_intermixed_args(argv)
     if args.config and "=" in args.config:  # no YAML file, only overrides
         args.overrides.insert(0, args.config)
         args.config = None
