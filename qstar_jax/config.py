@@ -149,8 +149,8 @@ class DecodeConfig:
     step_token_cap: int = 40
     max_steps: int = 8  # steps per trajectory before it is cut off
     # A paged cache (decoding/paged_cache.py: pages that forks share, so a tree costs its
-    # distinct tokens) instead of one max_len row per slot; 0 = rows. One device only, and
-    # the trie sampler does not run on pages yet (eval.prefix_sharing=false).
+    # distinct tokens; a trie's branch forks page tables) instead of one max_len row per
+    # slot; 0 = rows. One device only.
     page_size: int = 0
     pages: int = 0  # with page_size > 0: the pool's pages (0: slots x max_len tokens' worth)
 
@@ -429,9 +429,6 @@ def check_config(config: RunConfig) -> None:
     require(d.page_size >= 0 and d.pages >= 0, "decode.page_size/pages", "must be >= 0")
     require(d.page_size == 0 or d.max_len % d.page_size == 0, "decode.page_size",
             f"decode.max_len={d.max_len} must be a multiple of it, got {d.page_size}")
-    require(d.page_size == 0 or not e.prefix_sharing, "decode.page_size",
-            "the trie sampler (eval.prefix_sharing=true) does not run on a paged cache yet: "
-            "set eval.prefix_sharing=false")
     m = config.mesh
     require(d.page_size == 0 or (m.data in (1, -1) and m.model == 1), "decode.page_size",
             ONE_DEVICE_PAGES)

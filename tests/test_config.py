@@ -59,7 +59,6 @@ def test_bad_values_name_the_key(override, message):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["decode.page_size=16"], "trie sampler .* does not run on a paged cache"),
     (["decode.page_size=48", "eval.prefix_sharing=false"], "max_len=160 must be a multiple"),
     (["decode.page_size=16", "eval.prefix_sharing=false", "mesh.model=2"], "one device"),
     (["decode.pages=-1"], "decode.page_size/pages"),
@@ -88,6 +87,7 @@ def test_paging_defaults_to_the_pages_the_rows_would_hold():
     assert (d.num_pages, load_config(None, []).decode.num_pages) == (8 * 160 // 16, 0)
     assert load_config(None, ["decode.page_size=16", "eval.prefix_sharing=false",
                               "decode.pages=20"]).decode.num_pages == 20
+    assert load_config(None, ["decode.page_size=16"]).eval.prefix_sharing  # tries on pages
 
 
 def test_scratch_policy_is_for_the_synthetic_worlds_only():

@@ -208,11 +208,14 @@ def test_prefix_sharing_computes_identical_chains_once(finished_run, tmp_path):
             greedy.generated_tokens, copies * greedy.generated_tokens)
 
 
-def test_a_paged_cache_gives_the_row_caches_results(finished_run, tmp_path):
-    """decode.page_size: the same searches on pages that forks share."""
+@pytest.mark.parametrize("sharing", ["false", "true"])
+def test_a_paged_cache_gives_the_row_caches_results(finished_run, tmp_path, sharing):
+    """decode.page_size: the same searches on pages that forks share, a node's children
+    sampled one row per copy or as a trie whose splits fork page tables
+    (eval.prefix_sharing)."""
     results = {pages: _without_wall(_evaluated_again(
         finished_run, tmp_path / pages, "eval.methods=[greedy,best_of_n,qstar]",
-        "eval.prefix_sharing=false", f"decode.page_size={pages}"))
+        f"eval.prefix_sharing={sharing}", f"decode.page_size={pages}"))
         for pages in ("0", "16")}
     assert len(results["16"]) == 18 and results["16"] == results["0"]
 

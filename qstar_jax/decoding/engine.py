@@ -92,7 +92,7 @@ class Decoder:
     computes the rows of its own slots, and outputs come back replicated, so every
     process of a multi-host run reads them. None: one device.
     paging: hold K/V in pages that forks share (``paged_cache``) instead of one max_len
-    row per slot; one device only, and the trie sampler does not run on it yet.
+    row per slot; one device only. A trie's splits are page-table forks on it.
     """
 
     def __init__(self, model: LlamaModel, *, num_slots: int, max_len: int,
@@ -179,7 +179,7 @@ class Decoder:
             num_static=2)
         self._sample_trie = counted_jit(
             "sample_trie", sample_trie,
-            (whole, cache, rows, rows, whole, rows, rows, rows, whole, whole, whole),
+            (whole, cache, rows, rows, whole, rows, rows, rows, whole, whole, whole, whole),
             (cache, rows), num_static=3)
         self._fork = _LastCall(
             fork_slots if mesh is None else
@@ -302,10 +302,12 @@ class Decoder:
         key_table: typed PRNG keys (e.g. one per problem, gathered on device); params:
         SamplingParams [G]. Returns (the slot of each row [R], TrieOutput of R = G +
         len(spares) rows on the host, whose ``group`` is -1 for an unused spare).
+        On a paged cache the groups' slots get pages of their own up to the cap, and the
+        call is lent pages for its splits, before it starts (PagePoolExhausted, changing
+        nothing, when the pool is short); afterwards each used spare holds the pages of
+        its tokens (the full ones below its split shared with its parent) and the rest
+        go back.
         """
-        if self.pages is not None:
-            raise ValueError("the trie sampler does not run on a paged cache yet; build the "
-                             "decoder without paging, or sample with sample_steps")
         slots = self._checked_slots(slots, "slots", filled=True)
         groups = len(slots)
         counts, spares = np.asarray(counts), np.asarray(spares, np.int64).reshape(-1)
@@ -317,18 +319,49 @@ class Decoder:
                           ids_name="group_ids")
         layout = self._layout(row_slots)  # a shard's groups, then its spares
         cap_bucket = bucket_size(max_tokens, minimum=self.min_step_bucket)
-        self.cache, out = self._sample_trie(
-            self._weights, self.cache, self._local_slots(layout, row_slots),
-            layout.place(counts, 0), key_table, layout.place(key_rows, 0),
-            layout.place(group_ids, 0), _padded_params(params, layout), np.int32(max_tokens),
-            self._newline_table, self._eos_ids, cap_bucket, bucket_size(int(counts.max())),
-            self.attention_window(slots, max_tokens))
-        out = layout.take(jax.device_get(out))
+        lent = self._own_trie_pages(slots, counts, max_tokens, layout.size, cap_bucket)
+        try:
+            self.cache, out = self._sample_trie(
+                self._weights, self.cache, self._local_slots(layout, row_slots),
+                layout.place(counts, 0), key_table, layout.place(key_rows, 0),
+                layout.place(group_ids, 0), _padded_params(params, layout),
+                np.int32(max_tokens), self._newline_table, self._eos_ids, lent, cap_bucket,
+                bucket_size(int(counts.max())), self.attention_window(slots, max_tokens))
+            out = layout.take(jax.device_get(out))
+        except BaseException:
+            if self.pages is not None:  # nothing was forked: the lent pages go back
+                self.pages.settle([], [], [])
+            raise
         out = dataclasses.replace(out, group=layout.call_rows(out.group))
         live = out.group >= 0
         self._lengths[row_slots[live]] = (self._lengths[row_slots[out.group[live]]]
                                           + out.num_tokens[live])
+        if self.pages is not None:
+            forked = live & (np.arange(len(row_slots)) >= groups)
+            self.pages.settle(row_slots[forked], out.page_table[forked],
+                              self._lengths[row_slots[forked]])
+            self._trim_pages(slots)
         return row_slots, out
+
+    def _own_trie_pages(self, slots: np.ndarray, counts: np.ndarray, max_tokens: int,
+                        rows: int, cap_bucket: int) -> np.ndarray | None:
+        """Paged cache: give the groups' slots pages of their own up to the cap, as
+        ``sample_steps`` does, and borrow pages for the trie's splits: a group's
+        ``counts - 1`` splits each take at most the pages from its start's page to its
+        cap's. Returns the lent pages, [rows * per_row] int32 padded with P (per_row:
+        the most a split can take with a cap of ``cap_bucket``), or None on the slot pool.
+        Raises PagePoolExhausted before any change when the pool is short."""
+        if self.pages is None:
+            return None
+        size = self.pages.page_size
+        starts = self._lengths[slots]
+        ends = np.minimum(starts + max_tokens, self.max_len)
+        per_split = -(-ends // size) - starts // size
+        sources, targets = self.pages.reserve(slots, starts, ends,
+                                              lend=int(np.sum((counts - 1) * per_split)))
+        self._copy_pages(sources, targets)
+        per_row = min(-(-cap_bucket // size) + 1, self.pages.table.shape[1])
+        return jnp.asarray(self._pad(self.pages.lent, rows * per_row, self.pages.num_pages))
 
     def _own_pages(self, slots: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
         """Paged cache: give the slots pages of their own for positions [start, end) before
@@ -336,7 +369,11 @@ class Decoder:
         before any change)."""
         if self.pages is None:
             return
-        sources, targets = self.pages.reserve(slots, starts, ends)
+        self._copy_pages(*self.pages.reserve(slots, starts, ends))
+
+    def _copy_pages(self, sources: np.ndarray, targets: np.ndarray) -> None:
+        """Paged cache: copy the pages a reservation replaced (``PageTable.reserve``) and
+        upload the page tables."""
         if len(sources):
             copies = bucket_size(len(sources))
             self.cache = copy_pages(self.cache, jnp.asarray(self._pad(sources, copies, 0)),

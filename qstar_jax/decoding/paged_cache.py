@@ -12,6 +12,11 @@ write touches to the writer alone: a page shared with another slot is replaced b
 one, copied first when it holds tokens the writer keeps (the last, partly filled page of
 a fork), so a write never changes a sibling's tokens. When the pool cannot supply the
 pages, ``PagePoolExhausted`` is raised before anything changes.
+
+A call that forks slots on the device (the trie sampler) is lent free pages with its
+reservation (``reserve(..., lend=n)``): it builds the forked slots' tables from its
+parents' entries and the lent pages itself, and ``settle`` then counts what each forked
+slot holds and takes back the lent pages none of them kept.
 """
 
 from __future__ import annotations
@@ -75,14 +80,19 @@ def init_paged_cache(cfg: ModelConfig, *, slots: int, pages: int, page_size: int
                         attention=attention)
 
 
+def copied_pages(pages: jax.Array, sources: jax.Array, targets: jax.Array) -> jax.Array:
+    """pages [L, P, ...] with page ``sources[i]`` copied to ``targets[i]`` in every layer;
+    [n] int32, a target of P is padding. All sources are read before any target is
+    written."""
+    return pages.at[:, targets].set(jnp.take(pages, sources, axis=1, mode="clip"),
+                                    mode="drop")
+
+
 @functools.partial(jax.jit, donate_argnums=0)
 def copy_pages(cache: PagedKVCache, sources: jax.Array, targets: jax.Array) -> PagedKVCache:
-    """Copy page ``sources[i]`` to ``targets[i]`` in every layer; [n] int32, a target of P
-    is padding. All sources are read before any target is written."""
-    def copy(pages):
-        return pages.at[:, targets].set(jnp.take(pages, sources, axis=1, mode="clip"),
-                                        mode="drop")
-    return dataclasses.replace(cache, k=copy(cache.k), v=copy(cache.v))
+    """``copied_pages`` of the cache's keys and values."""
+    return dataclasses.replace(cache, k=copied_pages(cache.k, sources, targets),
+                               v=copied_pages(cache.v, sources, targets))
 
 
 @functools.partial(jax.jit, donate_argnums=0)
@@ -128,6 +138,7 @@ class PageTable:
         self.pages_held = np.zeros(num_slots, np.int64)  # live entries of each table row
         self.refcounts = np.zeros(num_pages, np.int64)
         self._free_pages = list(range(num_pages))  # a heap; sorted is a valid heap
+        self._lent: set[int] = set()  # pages a device call may take until ``settle``
 
     @property
     def num_free_pages(self) -> int:
@@ -160,16 +171,19 @@ class PageTable:
         for slot, length in zip(slots, lengths, strict=True):
             self._release(slot, keep=-(-int(length) // self.page_size))
 
-    def reserve(self, slots: Sequence[int], starts: Sequence[int],
-                ends: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    def reserve(self, slots: Sequence[int], starts: Sequence[int], ends: Sequence[int], *,
+                lend: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Give each slot pages of its own for positions [start, end), which it may then
         write. Returns (sources, targets) [n]: the pages to copy on the device before the
-        write (``copy_pages``); after it, ``trim`` to the lengths written. Raises PagePoolExhausted, changing nothing, when the pool is short."""
+        write (``copy_pages``); after it, ``trim`` to the lengths written. ``lend``: also
+        take that many free pages out of the pool for the call to fork slots with (``lent``;
+        ``settle`` after it). Raises PagePoolExhausted, changing nothing, when the pool is
+        short."""
         if len(set(slots)) != len(slots):
             raise ValueError(f"cannot reserve for slots {list(slots)}: a slot is listed twice")
         plan = [self._pages_to_replace(s, int(a), int(b)) for s, a, b in
                 zip(slots, starts, ends, strict=True)]
-        needed = sum(len(entries) for entries, _ in plan)
+        needed = sum(len(entries) for entries, _ in plan) + lend
         if needed > len(self._free_pages):
             raise PagePoolExhausted(
                 f"this write needs {needed} new pages of {self.page_size} tokens but only "
@@ -189,7 +203,42 @@ class PageTable:
                 self.table[slot, entry] = page
             if entries:
                 self.pages_held[slot] = max(self.pages_held[slot], entries[-1] + 1)
+        self._lent.update(heapq.heappop(self._free_pages) for _ in range(lend))
         return np.asarray(sources, np.int32), np.asarray(targets, np.int32)
+
+    @property
+    def lent(self) -> np.ndarray:
+        """The pages lent and not yet settled, in the order a device call takes them."""
+        return np.asarray(sorted(self._lent), np.int32)
+
+    def settle(self, slots: Sequence[int], tables: np.ndarray, lengths: Sequence[int]) -> None:
+        """After a device call that forked ``slots`` (allocated) with the lent pages: slot i
+        now holds ``lengths[i]`` tokens in the pages of ``tables[i]`` ([N], its page-table
+        row as the call left it). Each slot lets go of its old pages and holds the first
+        ``cdiv(lengths[i], S)`` of its new ones, counted; the lent pages no slot holds go
+        back to the free list."""
+        slots = [int(s) for s in slots]
+        unallocated = [s for s in slots if not self.slots.is_allocated(s)]
+        if unallocated or len(set(slots)) != len(slots):
+            raise ValueError(f"cannot settle slots {slots}: each must be allocated, once")
+        rows = [np.asarray(row[:-(-int(n) // self.page_size)], np.int32)
+                for row, n in zip(tables, lengths, strict=True)]
+        strays = {int(p) for row in rows for p in row
+                  if not (0 <= p < self.num_pages) or (self.refcounts[p] == 0
+                                                       and p not in self._lent)}
+        if strays:
+            raise ValueError(f"forked slots hold pages {sorted(strays)} that were neither in "
+                             "use nor lent")
+        for row in rows:  # counted before any slot lets go, as in ``fork``
+            np.add.at(self.refcounts, row, 1)
+        for slot, row in zip(slots, rows):
+            self._release(slot, keep=0)
+            self.table[slot, :len(row)] = row
+            self.pages_held[slot] = len(row)
+        for page in self._lent:
+            if self.refcounts[page] == 0:
+                heapq.heappush(self._free_pages, page)
+        self._lent.clear()
 
     def check_counts(self) -> None:
         """Raise AssertionError unless every page's count is the number of table entries
@@ -198,8 +247,8 @@ class PageTable:
         for slot in range(len(self.table)):
             np.add.at(held, self.table[slot, :self.pages_held[slot]], 1)
         assert np.array_equal(held, self.refcounts), "page counts disagree with the tables"
-        assert sorted(self._free_pages) == np.flatnonzero(self.refcounts == 0).tolist(), \
-            "the free list disagrees with the counts"
+        assert sorted([*self._free_pages, *self._lent]) == np.flatnonzero(
+            self.refcounts == 0).tolist(), "the free and lent pages disagree with the counts"
 
     def _pages_to_replace(self, slot: int, start: int, end: int) -> tuple[list[int], int]:
         """(table entries that need a new page, the entry whose old page must be copied

@@ -17,6 +17,15 @@ groups' counts minus one each, so the host gives that many. Every row's tokens l
 a static window W <= M (its group's start plus the cap): attention reads positions
 [0, W) and a spare's copy of its parent's cache copies those alone.
 
+On a paged cache (``PagedKVCache``) a row's slot is addressed through a page table the
+loop carries, and a split is a page-table fork: the new row takes its parent's entries
+for the full pages below the split (shared, never written again: every row writes only
+at and after its own position), a lent page holding a copy of the parent's partly filled
+page at the split (the one page a split copies), and lent pages for the rest of its cap.
+The host gives the groups' rows pages of their own up to the cap before the call and
+lends enough pages for every split a call can make (``PageTable.reserve``); the rows'
+final tables come back in ``TrieOutput.page_table`` for ``PageTable.settle``.
+
 A row's random key is its group's key folded with each token of its prefix in turn,
 and a draw folds that with its draw number: a group's steps depend only on its own key,
 not on the rows or groups sharing the call. Spares are taken lowest row first and never
@@ -33,16 +42,18 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from qstar_jax.decoding.kv_cache import KVCache
+from qstar_jax.decoding.paged_cache import PagedKVCache, copied_pages
 from qstar_jax.decoding.sampling import SamplingParams, sample
 from qstar_jax.decoding.step_sampler import EndReason, end_reason_after
 from qstar_jax.decoding.weights import DecoderWeights
+from qstar_jax.models.cache_pages import PagedRows
 
 FORK_CHUNK = 16  # cache copies per inner iteration: rounds rarely split more rows
 
 
 @functools.partial(jax.tree_util.register_dataclass,
                    data_fields=["group", "count", "tokens", "num_tokens", "logprob",
-                                "end_reason", "hidden", "fed"], meta_fields=[])
+                                "end_reason", "hidden", "fed", "page_table"], meta_fields=[])
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrieOutput:
     """One row per distinct step. group: [R] int32, the group's row (-1: an unused spare);
@@ -50,7 +61,9 @@ class TrieOutput:
     num_tokens, end_reason: [R] int32; logprob: [R] float32, the step's summed
     log-probability under the unmodified distribution; hidden: [R, E] float32 after the
     step's last token; fed: [R] int32 tokens the row fed itself (a group's sum is the
-    size of its trie)."""
+    size of its trie); page_table: [R, N] int32, on a paged cache each row's page table
+    as the call left it (a split row's pages past its tokens are lent pages it did not
+    use), None on the slot pool."""
 
     group: jax.Array
     count: jax.Array
@@ -60,6 +73,7 @@ class TrieOutput:
     end_reason: jax.Array
     hidden: jax.Array
     fed: jax.Array
+    page_table: jax.Array | None = None
 
 
 @struct.dataclass
@@ -72,15 +86,29 @@ class TrieRows:
     newline_table: jax.Array  # [V] bool, True for tokens containing a newline
     eos_ids: jax.Array        # [n] int32
     shifts: jax.Array         # [K - 1] int32, 1..K-1: how far a row's other draws can lie
-    window: int = struct.field(pytree_node=False)  # W, the cache positions rows use
+    max_len: int = struct.field(pytree_node=False)  # M, the most tokens a slot holds
+    window: int = struct.field(pytree_node=False)   # W, the cache positions rows use
+
+
+@struct.dataclass
+class TriePages:
+    """A paged cache's rows while a trie is sampled: their page tables and the lent pages
+    that splits take (N page-table entries per row, P pages, F lent-page capacity)."""
+
+    rows: PagedRows        # page_table [R, N] int32: each row's pages (P: none), as the
+                           # model call addresses them
+    lent: jax.Array        # [F] int32 the pages the host lent, in the order splits take
+                           # them (P past the loan)
+    taken: jax.Array       # [] int32 lent pages taken so far
 
 
 @struct.dataclass
 class TrieLoopState:
     """The while-loop's carry: one row per distinct prefix (or a free spare)."""
 
-    k: jax.Array           # [L, S, K, M, D] the pool's keys, donated through the loop
-    v: jax.Array           # [L, S, K, M, D] its values
+    k: jax.Array           # [L, S, K, M, D] the pool's keys (or [L, P, K, page, D] pages),
+                           # donated through the loop
+    v: jax.Array           # its values, likewise
     positions: jax.Array   # [R] int32, where the row's next token is written
     num_tokens: jax.Array  # [R] int32 tokens in the row's prefix
     live: jax.Array        # [R] bool, the row holds a prefix (a group or a taken spare)
@@ -95,13 +123,15 @@ class TrieLoopState:
     logprob: jax.Array     # [R] float32 the prefix's summed log-probability
     fed: jax.Array         # [R] int32 tokens the row fed itself
     hidden: jax.Array      # [R, E] float32, after the row's last fed token
+    pages: TriePages | None  # the rows' page tables on a paged cache, None on the pool
 
 
-def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights, cache: KVCache,
-                slots: jax.Array, counts: jax.Array, key_table: jax.Array,
-                key_rows: jax.Array, group_ids: jax.Array, params: SamplingParams,
-                cap: jax.Array, newline_table: jax.Array, eos_ids: jax.Array,
-                max_tokens: int, max_count: int, window: int) -> tuple[KVCache, TrieOutput]:
+def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights,
+                cache: KVCache | PagedKVCache, slots: jax.Array, counts: jax.Array,
+                key_table: jax.Array, key_rows: jax.Array, group_ids: jax.Array,
+                params: SamplingParams, cap: jax.Array, newline_table: jax.Array,
+                eos_ids: jax.Array, lent: jax.Array | None, max_tokens: int, max_count: int,
+                window: int) -> tuple[KVCache | PagedKVCache, TrieOutput]:
     """Sample each group's steps as a trie.
 
     slots: [R] int32, distinct (``S`` marks a padding row); counts: [R] int32, a group
@@ -114,6 +144,10 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights, cache: KVCache,
     (``Decoder.attention_window``; M or more: whole rows): the cache positions attention
     reads and a spare's copy copies. Positions of a
     spare at W or beyond are left as they were: past its length, never read.
+    On a PagedKVCache each group row must own its pages up to its start plus ``cap``
+    (``PageTable.reserve``), and ``lent``: [F] int32 free pages (P-padded), enough for
+    every split (a split at position p of a group that starts at s takes
+    ``cdiv(min(s + cap, M), page) - p // page`` of them); None on the slot pool.
     Pure: jit it with the cache donated.
     """
     model = nnx.merge(graphdef, weights.model)
@@ -125,7 +159,14 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights, cache: KVCache,
     rows = TrieRows(slots=slots, model_slots=model_slots, cap=cap,
                     newline_table=newline_table, eos_ids=eos_ids,
                     shifts=jnp.arange(1, max_count),  # a row's other draws lie within K - 1
-                    window=window)
+                    max_len=max_len, window=window)
+    pages = None
+    if isinstance(cache, PagedKVCache):
+        table = cache.model_rows(model_slots)
+        no_page = cache.k.shape[1]  # a spare starts with no pages: it gets them on a split
+        pages = TriePages(rows=dataclasses.replace(
+            table, page_table=jnp.where(live[:, None], table.page_table, no_page)),
+            lent=lent, taken=jnp.zeros((), jnp.int32))
     initial = TrieLoopState(
         k=cache.k, v=cache.v, positions=positions, num_tokens=jnp.zeros(batch, jnp.int32),
         live=live, spare=(counts == 0) & (slots < num_slots),
@@ -136,24 +177,33 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights, cache: KVCache,
         count=counts.astype(jnp.int32),
         keys=jax.vmap(jax.random.fold_in)(key_table[key_rows], group_ids), params=params,
         tokens=jnp.zeros((batch, max_tokens), jnp.int32), logprob=jnp.zeros(batch, jnp.float32),
-        fed=jnp.zeros(batch, jnp.int32), hidden=cache.last_hidden[model_slots])
+        fed=jnp.zeros(batch, jnp.int32), hidden=cache.last_hidden[model_slots],
+        pages=pages)
     final = jax.lax.while_loop(lambda state: jnp.any(state.live & ~state.done),
                                functools.partial(_one_round, model, weights.layers, rows),
                                initial)
     written = jnp.where(final.live, slots, num_slots)
-    cache = KVCache(k=final.k, v=final.v,
-                    lengths=cache.lengths.at[written].set(final.positions, mode="drop"),
-                    last_hidden=cache.last_hidden.at[written].set(final.hidden, mode="drop"))
+    cache = dataclasses.replace(
+        cache, k=final.k, v=final.v,
+        lengths=cache.lengths.at[written].set(final.positions, mode="drop"),
+        last_hidden=cache.last_hidden.at[written].set(final.hidden, mode="drop"))
+    page_table = None
+    if final.pages is not None:
+        page_table = final.pages.rows.page_table
+        cache = dataclasses.replace(
+            cache, page_table=cache.page_table.at[written].set(page_table, mode="drop"))
     return cache, TrieOutput(
         group=jnp.where(final.live, final.group, -1), count=final.count,
         tokens=final.tokens, num_tokens=final.num_tokens, logprob=final.logprob,
-        end_reason=final.end_reason, hidden=final.hidden, fed=final.fed)
+        end_reason=final.end_reason, hidden=final.hidden, fed=final.fed,
+        page_table=page_table)
 
 
 def _one_round(model, layers, rows: TrieRows, state: TrieLoopState) -> TrieLoopState:
     """Every unfinished row draws ``count`` next tokens; each distinct token beyond a row's
-    first moves to a spare row with a copy of the cache; every row that took a token feeds it."""
-    batch, num_slots, max_len = rows.slots.shape[0], state.k.shape[1], state.k.shape[3]
+    first moves to a spare row with a copy of the cache (a fork of its page table on a
+    paged cache); every row that took a token feeds it."""
+    batch, max_len = rows.slots.shape[0], rows.max_len
     batch_rows = jnp.arange(batch)
     going = state.live & ~state.done
     row_draws = jnp.where(going, state.count, 0)
@@ -166,13 +216,19 @@ def _one_round(model, layers, rows: TrieRows, state: TrieLoopState) -> TrieLoopS
     tokens, logprobs = sample(model.logits(state.hidden)[parent], keys, row_params)
     target, draws, is_new = _split(tokens, parent, drawn, state.spare, rows.shifts)
 
-    # The cache copies for new rows, padded to whole chunks with dropped writes.
+    # The new rows' forks, padded to whole chunks of dropped writes.
     new_draws = jnp.nonzero(is_new, size=batch + FORK_CHUNK, fill_value=batch)[0]
     valid = new_draws < batch
     new_draws = jnp.minimum(new_draws, batch - 1)
-    children = jnp.where(valid, rows.slots[target[new_draws]], num_slots)
-    k, v = _copy_caches(state.k, state.v, children, rows.model_slots[parent[new_draws]],
-                        jnp.sum(is_new), rows.window)
+    if state.pages is None:  # the slot pool: copy the parent's row into the child's slot
+        children = jnp.where(valid, rows.slots[target[new_draws]], state.k.shape[1])
+        k, v = _copy_caches(state.k, state.v, children, rows.model_slots[parent[new_draws]],
+                            jnp.sum(is_new), rows.window)
+        pages, model_rows = None, rows.model_slots
+    else:  # pages: fork the parent's page table
+        k, v, pages = _fork_pages(state, rows, jnp.where(valid, target[new_draws], batch),
+                                  parent[new_draws], jnp.sum(is_new))
+        model_rows = pages.rows
 
     def moved(values, new_values=None):
         """values with each target row set from its draw's parent row (or new_values)."""
@@ -185,7 +241,7 @@ def _one_round(model, layers, rows: TrieRows, state: TrieLoopState) -> TrieLoopS
     token_now = jnp.zeros(batch, jnp.int32).at[target].set(tokens, mode="drop")
     moved_positions = moved(state.positions)
     feed_positions = jnp.where(fed_now, moved_positions, max_len)
-    hidden, k, v = model(token_now[:, None], feed_positions[:, None], rows.model_slots, k, v,
+    hidden, k, v = model(token_now[:, None], feed_positions[:, None], model_rows, k, v,
                          layers=layers, key_len=rows.window)
     positions = jnp.where(fed_now, moved_positions + 1, moved_positions)
     num_tokens = moved(state.num_tokens, num + 1)
@@ -203,7 +259,8 @@ def _one_round(model, layers, rows: TrieRows, state: TrieLoopState) -> TrieLoopS
         tokens=moved(state.tokens, step_tokens),
         logprob=moved(state.logprob, state.logprob[parent] + logprobs),
         fed=moved(state.fed, jnp.where(is_new, 0, state.fed[parent]) + 1),
-        hidden=jnp.where(fed_now[:, None], hidden[:, 0].astype(jnp.float32), state.hidden))
+        hidden=jnp.where(fed_now[:, None], hidden[:, 0].astype(jnp.float32), state.hidden),
+        pages=pages)
 
 
 def _copy_caches(k, v, children, parents, num_new, window):
@@ -215,6 +272,54 @@ def _copy_caches(k, v, children, parents, num_new, window):
         parent = jax.lax.dynamic_slice(parents, (i * FORK_CHUNK,), (FORK_CHUNK,))
         return (k.at[:, child, :, :window].set(k[:, parent, :, :window], mode="drop"),
                 v.at[:, child, :, :window].set(v[:, parent, :, :window], mode="drop"))
+
+    chunks = (num_new + FORK_CHUNK - 1) // FORK_CHUNK
+    return jax.lax.fori_loop(0, chunks, copy_chunk, (k, v))
+
+
+def _fork_pages(state: TrieLoopState, rows: TrieRows, children: jax.Array,
+                parents: jax.Array, num_new: jax.Array):
+    """The paged splits of one round: row ``children[i]`` (R: none; the real ones first,
+    ``num_new`` of them) forks row ``parents[i]`` at the parent's position. The child's
+    table takes the parent's entries below that position's page, and lent pages from it
+    to the page of its cap; the parent's partly filled page there, if any, is copied into
+    the child's (copy on write: the parent goes on writing its own). Returns (k, v, pages)."""
+    pages = state.pages
+    table, lent = pages.rows.page_table, pages.lent
+    num_pages, page_size = state.k.shape[1], state.k.shape[3]
+    forks = children < table.shape[0]
+    position = state.positions[parents]
+    start = position - state.num_tokens[parents]  # the group's start
+    first = position // page_size  # the first entry the child writes
+    end = -(-jnp.minimum(start + rows.cap, rows.max_len) // page_size)  # past its last
+    need = jnp.where(forks, end - first, 0)
+    offsets = pages.taken + jnp.cumsum(need) - need
+    entries = jnp.arange(table.shape[1])[None, :]
+    own = jnp.take(lent, offsets[:, None] + entries - first[:, None], mode="clip")
+    parent_tables = table[parents]
+    child_tables = jnp.where(entries < first[:, None], parent_tables,
+                             jnp.where(entries < end[:, None], own, num_pages))
+    # The child's other lent pages are written before they are read.
+    partial = forks & (position % page_size != 0)
+    sources = jnp.take_along_axis(parent_tables, first[:, None], axis=1, mode="clip")[:, 0]
+    targets = jnp.take_along_axis(child_tables, first[:, None], axis=1, mode="clip")[:, 0]
+    k, v = _copy_pages(state.k, state.v, jnp.where(partial, sources, num_pages),
+                       jnp.where(partial, targets, num_pages), num_new)
+    pages = TriePages(
+        rows=dataclasses.replace(pages.rows, page_table=table.at[children].set(
+            child_tables, mode="drop")),
+        lent=lent, taken=pages.taken + jnp.sum(need))
+    return k, v, pages
+
+
+def _copy_pages(k, v, sources, targets, num_new):
+    """k/v page ``sources[i]`` into page ``targets[i]`` (P: none) for i < num_new, in
+    chunks of FORK_CHUNK. No target is a source: targets are freshly lent pages."""
+    def copy_chunk(i, kv):
+        k, v = kv
+        source = jax.lax.dynamic_slice(sources, (i * FORK_CHUNK,), (FORK_CHUNK,))
+        target = jax.lax.dynamic_slice(targets, (i * FORK_CHUNK,), (FORK_CHUNK,))
+        return copied_pages(k, source, target), copied_pages(v, source, target)
 
     chunks = (num_new + FORK_CHUNK - 1) // FORK_CHUNK
     return jax.lax.fori_loop(0, chunks, copy_chunk, (k, v))

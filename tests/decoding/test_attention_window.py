@@ -66,12 +66,15 @@ def test_windowed_steps_are_exactly_the_whole_row_steps(random_model, paged):
                                        atol=1e-6, err_msg=name)
 
 
-def test_windowed_trie_steps_are_exactly_the_whole_row_steps(random_model):
-    """Groups whose tries split (a spare copies its parent's window of the cache), one of
-    them ending on the window's last position: prompt of 11 tokens, cap 5, window 16."""
+@pytest.mark.parametrize("paged", [False, True])
+def test_windowed_trie_steps_are_exactly_the_whole_row_steps(random_model, paged):
+    """Groups whose tries split (a spare copies its parent's window of the cache, or forks
+    its page table), one of them ending on the window's last position: prompt of 11
+    tokens, cap 5, window 16."""
+    paging = Paging(page_size=4, num_pages=64) if paged else None
     results = []
     for min_window in (8, RANDOM_MAX_LEN):
-        decoder = _decoder(random_model, min_window)
+        decoder = _decoder(random_model, min_window, paging)
         slots = decoder.allocate(2)
         decoder.prefill(slots, PROMPTS[:2])
         assert decoder.attention_window(slots, 5) == (16 if min_window == 8 else 64)

@@ -224,3 +224,27 @@ def test_pool_exhaustion_is_raised_before_anything_changes():
         table.reserve([a], [10], [33])
     with pytest.raises(ValueError, match="leave a gap"):
         table.reserve([a], [20], [21])
+
+
+def test_lent_pages_come_back_unless_a_forked_slot_holds_them():
+    table = PageTable(num_slots=4, num_pages=10, page_size=PAGE_SIZE, max_len=MAX_LEN)
+    parent, child, other = table.allocate(3)
+    with pytest.raises(PagePoolExhausted, match="needs 11 new pages"):
+        table.reserve([parent], [0], [10], lend=8)
+    assert table.num_free_pages == 10 and table.lent.size == 0
+    table.reserve([parent], [0], [10], lend=4)  # 3 pages of its own, 4 lent
+    lent = table.lent
+    assert len(lent) == 4 and table.num_free_pages == 3
+    table.check_counts()
+    # A fork on the device at position 9: the parent's two full pages, then lent pages.
+    row = np.full(MAX_LEN // PAGE_SIZE, 10, np.int32)
+    row[:2], row[2:5] = table.table[parent, :2], lent[:3]
+    with pytest.raises(ValueError, match=r"pages \[9\] that were neither in use nor lent"):
+        table.settle([child], [np.where(row == lent[0], 9, row)], [14])
+    table.settle([child], [row], [14])  # 14 tokens: 4 pages, lent[2:] unused
+    assert table.table[child, :4].tolist() == row[:4].tolist()
+    assert table.refcounts[row[:4]].tolist() == [2, 2, 1, 1]
+    assert table.num_free_pages == 5 and table.lent.size == 0
+    table.check_counts()
+    table.free([parent, child, other])
+    assert not table.refcounts.any() and table.num_free_pages == 10
