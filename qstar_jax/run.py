@@ -76,6 +76,18 @@ def preflight(config) -> None:
                 raise ConfigError(f"task.options.data_files: {path} does not exist")
 
 
+def same_run(saved: Path, config) -> bool:
+    """Whether the folder whose config.yaml is ``saved`` holds this config's run: the two
+    may differ only in which stages this invocation runs."""
+    if saved.read_text() == to_yaml(config):
+        return True
+    try:
+        earlier = load_config(saved)
+    except (ValueError, OSError):  # written by another version: compare texts only
+        return False
+    return to_yaml(dataclasses.replace(earlier, stages=config.stages)) == to_yaml(config)
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     enable_compile_cache()  # before anything compiles
@@ -96,7 +108,7 @@ def main(argv=None) -> int:
     out = Path(args.out or config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     resolved = out / "config.yaml"
-    if resolved.exists() and resolved.read_text() != to_yaml(config):
+    if resolved.exists() and not same_run(resolved, config):
         print(f"config error: {out} holds a run with a different config ({resolved}); "
               "choose another --out or delete the folder", file=sys.stderr)
         return 2

@@ -86,6 +86,13 @@ def test_rerun_is_a_no_op_and_a_killed_run_resumes_to_the_same_results(finished_
     assert sorted(_without_wall(resumed), key=key) == sorted(_without_wall(original), key=key)
 
 
+def test_running_other_stages_of_a_finished_run_in_its_folder_is_allowed(finished_run):
+    original = ResultsLog(finished_run / "results.jsonl").read()
+    assert main([*TINY, "stages=[evaluate]", "--out", str(finished_run)]) == 0
+    assert _without_wall(ResultsLog(finished_run / "results.jsonl").read()) == \
+        _without_wall(original)
+
+
 def test_a_different_config_in_the_same_folder_is_refused(finished_run, capsys):
     assert main([*TINY, "search.k=4", "--out", str(finished_run)]) == 2
     assert "different config" in capsys.readouterr().err
@@ -218,6 +225,16 @@ def test_a_paged_cache_gives_the_row_caches_results(finished_run, tmp_path, shar
         f"eval.prefix_sharing={sharing}", f"decode.page_size={pages}"))
         for pages in ("0", "16")}
     assert len(results["16"]) == 18 and results["16"] == results["0"]
+
+
+def test_steps_sampled_in_chunks_give_the_one_call_results(finished_run, tmp_path):
+    """decode.step_chunk: steps sampled as chunks of 3 tokens, the rows that ended
+    dropped between chunks, give the searches a step in one call gives."""
+    results = {chunk: _without_wall(_evaluated_again(
+        finished_run, tmp_path / chunk, "eval.methods=[greedy,best_of_n,qstar]",
+        "eval.prefix_sharing=false", f"decode.step_chunk={chunk}"))
+        for chunk in ("0", "3")}
+    assert len(results["3"]) == 18 and results["3"] == results["0"]
 
 
 def test_label_quality_experiment_reads_labels_against_the_exact_value(finished_run):
