@@ -2,7 +2,8 @@
 
 Each request's prompt is prefilled once and forked into one row per sample; the rows are
 sampled a line at a time (the step sampler) until each ends: EOS, a full slot, a line
-longer than the step token cap, the task's final-answer line, or ``max_tokens`` sampled.
+longer than the step token cap, the task's final-answer line, or ``max_tokens`` sampled
+(or the request's own ``max_tokens``, when it asks for fewer).
 Tokens are charged to the request's problem, as the expander's are, so MCTSr and value
 prompts are counted like every other method.
 """
@@ -31,6 +32,8 @@ class DecoderTextGenerator:
                 for slot in slots]
         rt.free(roots)
         owners = [(requests[k], j) for k, r in enumerate(requests) for j in range(r.num_samples)]
+        limits = [min(self.max_tokens, request.max_tokens or self.max_tokens)
+                  for request, _ in owners]
         lines: list[list[str]] = [[] for _ in rows]
         counts = [0] * len(rows)
         live = list(range(len(rows)))
@@ -45,7 +48,7 @@ class DecoderTextGenerator:
             for x, step in zip(live, sampled):
                 lines[x].append(step.text)
                 counts[x] += len(step.token_ids)
-                if step.ends_trace or counts[x] >= self.max_tokens:
+                if step.ends_trace or counts[x] >= limits[x]:
                     ended.append(x)
             rt.free([rows[x] for x in ended])
             live = [x for x in live if x not in ended]

@@ -130,13 +130,15 @@ class TextRequest:
     """Sample ``num_samples`` completions of ``prompt`` (a whole text, not a step) at
     ``temperature`` (0 = greedy). ``stream`` names the request within its problem (e.g.
     "critique/3"): the random numbers derive from (problem, stream, sample), so they do
-    not depend on how requests were batched."""
+    not depend on how requests were batched. ``max_tokens``: at most this many tokens per
+    completion (None: the generator's own limit; the smaller of the two holds)."""
 
     problem_index: int
     prompt: str
     num_samples: int
     temperature: float
     stream: str
+    max_tokens: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

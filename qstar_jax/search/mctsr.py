@@ -53,6 +53,9 @@ class MCTSrConfig:
     exploration: float = 1.4  # c
     epsilon: float = 1e-5  # ε: a fresh node (N = 0) is tried before any visited sibling
     score_samples: int = 3
+    # Tokens a self-score reply may take: the prompt asks for the score first and the
+    # first number is read, so a long reply is compute spent on what is never read.
+    score_max_tokens: int = 32
     score_ceiling: float = 95.0  # scores above this are suppressed ...
     suppression: float = 50.0  # ... by this much
     temperature: float = 0.95  # critiques and refined answers (the code's 0.95)
@@ -61,7 +64,7 @@ class MCTSrConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "root", RootAnswer(self.root))
-        for name in ("rollouts", "max_children", "score_samples"):
+        for name in ("rollouts", "max_children", "score_samples", "score_max_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"MCTSrConfig.{name} must be an integer >= 1, got {value!r}")
@@ -166,7 +169,7 @@ class MCTSrPlanner:
         else:
             request = self._request(prompts.score(index, self._pending),
                                     self.config.score_samples, self.config.score_temperature,
-                                    f"score/{len(self.nodes)}")
+                                    f"score/{len(self.nodes)}", self.config.score_max_tokens)
         self._phase, self._asked = "waiting", phase
         return [request]
 
@@ -237,10 +240,11 @@ class MCTSrPlanner:
         return (len(node.children) >= self.config.max_children
                 and any(self.nodes[c].q > node.q for c in node.children))
 
-    def _request(self, prompt: str, samples: int, temperature: float,
-                 stream: str) -> TextRequest:
+    def _request(self, prompt: str, samples: int, temperature: float, stream: str,
+                 max_tokens: int | None = None) -> TextRequest:
         return TextRequest(problem_index=self.problem_index, prompt=prompt,
-                           num_samples=samples, temperature=temperature, stream=stream)
+                           num_samples=samples, temperature=temperature, stream=stream,
+                           max_tokens=max_tokens)
 
 
 def _lines(answer: str) -> tuple[str, ...]:

@@ -67,6 +67,17 @@ def test_a_text_stops_at_the_token_limit():
     assert not runtime.held
 
 
+def test_a_request_asking_for_fewer_tokens_stops_there_and_leaves_the_others():
+    runtime = LineRuntime()
+    short = TextRequest(problem_index=0, prompt="prompt", num_samples=1, temperature=1.0,
+                        stream="score/0", max_tokens=1)
+    [[cut], [whole]] = DecoderTextGenerator(runtime, max_tokens=100).generate(
+        [short, request(0, "critique/0", 1)])
+    assert cut.text == expected("score/0", 0, lines=1) and cut.generated_tokens == 2
+    assert whole.text == expected("critique/0", 0)
+    assert not runtime.held
+
+
 def test_bad_token_limit_is_a_clear_error():
     with pytest.raises(ValueError, match="max_tokens must be >= 1"):
         DecoderTextGenerator(LineRuntime(), max_tokens=0)

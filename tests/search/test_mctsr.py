@@ -132,6 +132,8 @@ def test_the_default_seeds_two_roots_as_the_papers_code_does():
                                progress=False)
     assert [r.stream for r in writer.requests] == ["answer", "score/0", "score/1",
                                                    "critique/0", "refine/0", "score/2"]
+    # Only self-scores are cut short: their first number is all that is read.
+    assert [r.max_tokens for r in writer.requests] == [None, 32, 32, None, None, 32]
     nodes = result.tree["nodes"]
     # Roots: the greedy answer (Q 54) and the seed (Q -57.5); the one rollout refines the
     # greedy answer, the better root, into "8".
