@@ -148,6 +148,14 @@ class DecodeConfig:
     max_len: int = 160
     step_token_cap: int = 40
     max_steps: int = 8  # steps per trajectory before it is cut off
+    # Sample a step in chunks of at most this many tokens per row, the rows whose step has
+    # ended dropped between chunks, so one long row does not keep the short ones computing
+    # (decoding/step_chunks.py); each distinct padded row count then compiles its own step
+    # sampler. 0: the whole step in one call, every row computed until the last one ends.
+    # 16: SmolLM2 collect on CPU (64 rows, cap 48) took 46 s of step calls against 111 s
+    # in one call, 6 compiled variants against 2 (8: about as fast, more calls and
+    # variants; 32: 48 s); experiments/profile_decode.py --collect.
+    step_chunk: int = 16
     # A paged cache (decoding/paged_cache.py: pages that forks share, so a tree costs its
     # distinct tokens; a trie's branch forks page tables) instead of one max_len row per
     # slot; 0 = rows. One device only.
@@ -427,6 +435,8 @@ def check_config(config: RunConfig) -> None:
     require(d.slots >= 1 and d.max_len > d.step_token_cap, "decode",
             "needs slots >= 1 and max_len > step_token_cap")
     require(d.page_size >= 0 and d.pages >= 0, "decode.page_size/pages", "must be >= 0")
+    require(d.step_chunk >= 0, "decode.step_chunk",
+            f"must be >= 0 (0: a step in one call), got {d.step_chunk}")
     require(d.page_size == 0 or d.max_len % d.page_size == 0, "decode.page_size",
             f"decode.max_len={d.max_len} must be a multiple of it, got {d.page_size}")
     m = config.mesh

@@ -11,9 +11,10 @@ row counts are padded to powers of two and lengths to buckets so that, after war
 calls differing only in data never recompile (``trace_counts`` shows it). A step call's
 attention reads a window of each slot, not its whole ``max_len`` row: the smallest power
 of two (at least ``min_window_bucket``, at most ``max_len``) that holds every row's
-length plus the call's token cap, one compiled variant per window. On a mesh each
-data shard holds its own slots and computes its own rows (``data_shards``): new rows are
-spread over the shards, and a child or a trie's spare goes on its parent's shard.
+length plus the call's token cap, one compiled variant per window. With ``step_chunk`` a
+step runs as several calls, each holding only the rows still going (``step_chunks``). On a
+mesh each data shard holds its own slots and computes its own rows (``data_shards``): new
+rows are spread over the shards, and a child or a trie's spare goes on its parent's shard.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ from qstar_jax.decoding.paged_cache import (PageTable, Paging, copy_pages, fork_
                                             init_paged_cache)
 from qstar_jax.decoding.prefill import MIN_PREFILL_BUCKET, prefill
 from qstar_jax.decoding.sampling import SamplingParams
-from qstar_jax.decoding.step_sampler import sample_step
+from qstar_jax.decoding.step_chunks import ChunkedStep
+from qstar_jax.decoding.step_sampler import StepOutput, sample_step
 from qstar_jax.decoding.token_batch import bucket_size, pad_token_batch
 from qstar_jax.decoding.trie_sampler import TrieOutput, sample_trie
 from qstar_jax.decoding.weights import DecoderWeights
@@ -84,9 +86,13 @@ class Decoder:
     to at least ``min_prefill_bucket`` and step caps to at least ``min_step_bucket``: larger
     minimums mean fewer compiled variants. Step calls attend over windows of at least
     ``min_window_bucket`` positions (``attention_window``; at least ``max_len``: always the
-    whole row). per_layer_weights: also hold the layer weights
-    as one array per layer, so a decode step reads them without copying them out of the
-    stacked arrays; it doubles their memory (default: on CPU only, see DecoderWeights).
+    whole row). step_chunk: sample a step in chunks of at most this many tokens per row,
+    each chunk holding only the rows whose step goes on, so rows that ended stop costing
+    compute (``step_chunks``; every distinct padded row count is a compiled variant);
+    0: one call computes every row until the last one ends. per_layer_weights: also hold
+    the layer weights as one array per layer, so a decode step reads them without copying
+    them out of the stacked arrays; it doubles their memory (default: on CPU only, see
+    DecoderWeights).
     mesh: a (data, model) ``jax.sharding.Mesh`` to spread the weights and the slot pool
     over (``qstar_jax.parallel``), laid out by ``rules``; each shard of the slots' mesh axis
     computes the rows of its own slots, and outputs come back replicated, so every
@@ -101,7 +107,8 @@ class Decoder:
                  min_prefill_bucket: int = MIN_PREFILL_BUCKET,
                  min_step_bucket: int = MIN_STEP_BUCKET,
                  min_window_bucket: int = MIN_WINDOW_BUCKET,
-                 per_layer_weights: bool | None = None, mesh: jax.sharding.Mesh | None = None,
+                 step_chunk: int = 0, per_layer_weights: bool | None = None,
+                 mesh: jax.sharding.Mesh | None = None,
                  rules: ShardingRules = ShardingRules(), paging: Paging | None = None):
         self.config = model.config
         vocab = self.config.vocab_size
@@ -113,6 +120,9 @@ class Decoder:
         self.min_prefill_bucket = min_prefill_bucket
         self.min_step_bucket = min_step_bucket
         self.min_window_bucket = min_window_bucket
+        if step_chunk < 0:
+            raise ValueError(f"step_chunk must be >= 0 (0: a step in one call), got {step_chunk}")
+        self.step_chunk = step_chunk
         graphdef = nnx.graphdef(model)
         self._weights = DecoderWeights.of(model, per_layer=per_layer_weights)
         if cache_dtype is None:
@@ -153,6 +163,10 @@ class Decoder:
         self._newline_table = jnp.asarray(newline_table)
         self._eos_ids = jnp.asarray(eos_ids)
         self.trace_counts: collections.Counter[str] = collections.Counter()
+        # What the step calls computed: "calls", padded "rows" summed over them,
+        # "row_tokens" (padded rows times the call's longest row: the loop's row-token
+        # slots, on a mesh an upper bound) and "sampled_tokens".
+        self.step_work: collections.Counter[str] = collections.Counter()
         counts = self.trace_counts
 
         def counted_jit(name, fn, in_specs, out_specs, num_static=0):
@@ -262,31 +276,53 @@ class Decoder:
         problem_keys: [B] typed PRNG keys (``jax.random.key``); node_ids: [B] ints in
         [0, 2**31); together with a token's position they fix its random draw, so a row's
         result does not depend on which rows share the batch. params: SamplingParams [B];
-        max_tokens: the token cap, one for all rows or one per row.
+        max_tokens: the token cap, one for all rows or one per row. With ``step_chunk``
+        the step runs as chunks that hold only the rows still going (``step_chunks``).
         """
         slots = self._checked_slots(slots, "slots", filled=True)
         rows = len(slots)
         node_ids = np.asarray(node_ids)
         caps = np.broadcast_to(np.asarray(max_tokens), (rows,))
         check_step_inputs(rows, problem_keys, node_ids, params, caps)
-        layout = self._layout(slots)
-        cap_bucket = bucket_size(int(caps.max()), minimum=self.min_step_bucket)
-        # One gather with unsigned indices (no negative-index fix-up ops), padding rows
-        # repeating row 0: each eager op compiles once per distinct row count.
-        padded_keys = problem_keys[layout.place(np.arange(rows), 0).astype(np.uint32)]
+        step = ChunkedStep(caps, self.step_chunk)
+        # One cap bucket for all of a step's chunks: it sizes the outputs, not the work.
+        cap_bucket = bucket_size(step.chunk, minimum=self.min_step_bucket)
         self._own_pages(slots, self._lengths[slots],
                         np.minimum(self._lengths[slots] + caps, self.max_len))
+        try:
+            while step.going.size:
+                going = step.going
+                out = self._sample_chunk(slots[going], problem_keys, going, node_ids[going],
+                                         jax.tree.map(lambda x: np.asarray(x)[going], params),
+                                         step.chunk_caps(), cap_bucket)
+                self._lengths[slots[going]] += out.num_tokens
+                step.add(out)
+        finally:  # the pages reserved up to the cap and left unwritten go back
+            self._trim_pages(slots)
+        return StepBatch(slots=slots, tokens=step.tokens, logprobs=step.logprobs,
+                         num_tokens=step.num_tokens, end_reason=step.end_reason,
+                         hidden=step.hidden)
+
+    def _sample_chunk(self, slots: np.ndarray, problem_keys: jax.Array, key_rows: np.ndarray,
+                      node_ids: np.ndarray, params: SamplingParams, caps: np.ndarray,
+                      cap_bucket: int) -> StepOutput:
+        """One jitted step-sampler call for ``slots`` [n] (row i draws with
+        ``problem_keys[key_rows[i]]``), their pages already owned up to ``caps``; the
+        output [n] on the host, in call order."""
+        layout = self._layout(slots)
+        # One gather with unsigned indices (no negative-index fix-up ops), padding rows
+        # repeating row 0: each eager op compiles once per distinct row count.
+        padded_keys = problem_keys[layout.place(key_rows, 0).astype(np.uint32)]
         self.cache, out = self._sample_step(
             self._weights, self.cache, self._local_slots(layout, slots), padded_keys,
             layout.place(node_ids, 0), _padded_params(params, layout), layout.place(caps, 0),
             self._newline_table, self._eos_ids, cap_bucket, self.attention_window(slots, caps))
         out = layout.take(jax.device_get(out))
-        width = int(caps.max())
-        self._lengths[slots] += out.num_tokens
-        self._trim_pages(slots)
-        return StepBatch(slots=slots, tokens=out.tokens[:, :width],
-                         logprobs=out.logprobs[:, :width], num_tokens=out.num_tokens,
-                         end_reason=out.end_reason, hidden=out.hidden)
+        self.step_work["calls"] += 1
+        self.step_work["rows"] += layout.size
+        self.step_work["row_tokens"] += layout.size * int(out.num_tokens.max())
+        self.step_work["sampled_tokens"] += int(out.num_tokens.sum())
+        return out
 
     def sample_trie(self, slots: Sequence[int], counts: Sequence[int], spares: Sequence[int],
                     *, key_table: jax.Array, key_rows: Sequence[int], group_ids: Sequence[int],

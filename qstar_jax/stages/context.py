@@ -122,7 +122,7 @@ class RunContext:
         paging = Paging(page_size=d.page_size, num_pages=d.num_pages) if d.page_size else None
         decoder = Decoder(loaded.model, num_slots=d.slots, max_len=d.max_len,
                           newline_table=tokenizer.newline_table(loaded.config.vocab_size),
-                          eos_ids=tokenizer.eos_ids, paging=paging,
+                          eos_ids=tokenizer.eos_ids, step_chunk=d.step_chunk, paging=paging,
                           mesh=None if paging else self.mesh)  # the config checks one device
         return PolicyRuntime(decoder, tokenizer, self.task, problems, self.prompts(problems),
                              seed=self.config.seed, step_token_cap=d.step_token_cap)

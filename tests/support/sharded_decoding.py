@@ -1,5 +1,6 @@
 """The tiny random decoder on one device and on meshes of 4 devices, the same calls on
-each; prints one JSON line comparing every mesh with the single device, with where each
+each (the meshes sampling steps in chunks, the device in one call); prints one JSON line
+comparing every mesh with the single device, with where each
 mesh put the rows and what its compiled functions move between data shards. Run in a
 child process, as a process's device count is fixed before JAX first runs:
 
@@ -29,14 +30,19 @@ from qstar_jax.parallel import (collectives, data_collectives, initialize_distri
 from tests.decoding.tiny_models import RANDOM_MAX_LEN, STEP_BUCKET, tiny_config
 PROMPTS = [[1, 2, 3], [4, 5], [6, 7, 8, 9], [10]]
 TRIE_COUNTS = [4, 3]
+# The meshes sample steps in chunks of 2 tokens, the rows that ended dropped between
+# chunks (one device in one call): rows of uneven caps leave each chunk fewer rows.
+STEP_CHUNK = 2
+UNEVEN_CAPS = [6, 1, 3, 2, 5, 4]
 
 
-def decode(model: LlamaModel, mesh) -> dict:
-    """Prefill, fork, greedy and sampled steps, a trie; the same calls twice over, the
-    second with other data to show it reuses the compiled functions."""
+def decode(model: LlamaModel, mesh, step_chunk: int) -> dict:
+    """Prefill, fork, greedy and sampled steps (one with rows of other caps), a trie; the
+    same calls twice over, the second with other data to show it reuses the compiled
+    functions. step_chunk: the decoder's (0: a step in one call)."""
     decoder = Decoder(model, num_slots=32, max_len=RANDOM_MAX_LEN,
                       newline_table=np.zeros(64, bool), eos_ids=[], min_batch_bucket=8,
-                      min_step_bucket=STEP_BUCKET, mesh=mesh)
+                      min_step_bucket=STEP_BUCKET, step_chunk=step_chunk, mesh=mesh)
     out = {}
     for call in range(2):
         slots = decoder.allocate(len(PROMPTS))
@@ -52,6 +58,9 @@ def decode(model: LlamaModel, mesh) -> dict:
         hot = decoder.sample_steps(rows, problem_keys=keys, node_ids=range(len(rows)),
                                    params=SamplingParams.make(len(rows), temperature=30.0),
                                    max_tokens=5)
+        uneven = decoder.sample_steps(rows, problem_keys=keys, node_ids=range(10, 16),
+                                      params=SamplingParams.make(len(rows), temperature=30.0),
+                                      max_tokens=UNEVEN_CAPS)
         spares = decoder.allocate(sum(TRIE_COUNTS) - 2,
                                   near=np.repeat(slots[:2], np.subtract(TRIE_COUNTS, 1)))
         trie_slots, trie = decoder.sample_trie(
@@ -60,6 +69,8 @@ def decode(model: LlamaModel, mesh) -> dict:
         out[f"greedy{call}"] = greedy.tokens
         out[f"hot{call}"] = hot.tokens
         out[f"hot_logprobs{call}"] = hot.logprobs
+        out[f"uneven{call}"] = uneven.tokens
+        out[f"uneven_logprobs{call}"] = uneven.logprobs
         # Each group's steps in the order they split off; which spare slot holds a step
         # depends on where the spares lie.
         steps = np.argsort(np.where(trie.group < 0, len(trie.group), trie.group),
@@ -120,19 +131,20 @@ def main() -> None:
         meshes = ((4, 1), (2, 2))
     model = LlamaModel(tiny_config(64), rngs=nnx.Rngs(0))
     model.lm_head.kernel[...] = model.lm_head.kernel[...] * 50  # greedy far from ties
-    single = decode(model, None)
+    single = decode(model, None, step_chunk=0)
     report = {}
     for shape in meshes:
-        sharded = decode(model, make_mesh(*shape))
+        sharded = decode(model, make_mesh(*shape), step_chunk=STEP_CHUNK)
         report["x".join(map(str, shape))] = {
             "logits_max_diff": max(float(np.abs(single[f"logits{c}"]
                                                 - sharded[f"logits{c}"]).max())
                                    for c in range(2)),
             "logprob_max_diff": max(float(np.abs(single[f"{n}{c}"] - sharded[f"{n}{c}"]).max())
-                                    for n in ("hot_logprobs", "trie_logprob") for c in range(2)),
+                                    for n in ("hot_logprobs", "uneven_logprobs", "trie_logprob")
+                                    for c in range(2)),
             "same_tokens": {name: all(np.array_equal(single[f"{name}{c}"], sharded[f"{name}{c}"])
                                       for c in range(2))
-                            for name in ("greedy", "hot", "trie")},
+                            for name in ("greedy", "hot", "uneven", "trie")},
             "recompiled": not np.array_equal(sharded["traces0"], sharded["traces1"]),
             "layout": sharded["layout"], "shards": sharded["shards"],
             "collectives": sharded["collectives"]}
