@@ -35,12 +35,13 @@ class RowLayout:
     positions: np.ndarray
 
     @classmethod
-    def of(cls, row_shards, *, shards: int, min_rows: int = 1) -> RowLayout:
+    def of(cls, row_shards, *, shards: int, min_rows: int = 1, fine: bool = False) -> RowLayout:
         """The layout of rows on shards ``row_shards`` [n], each block a power of two
-        holding the fullest shard's rows, and all blocks together at least ``min_rows``."""
+        (``fine``: or three quarters of one, ``bucket_size``) holding the fullest shard's
+        rows, and all blocks together at least ``min_rows``."""
         row_shards = np.asarray(row_shards, np.int64)
         per_shard = np.bincount(row_shards, minlength=shards)
-        block = bucket_size(int(per_shard.max()), minimum=-(-min_rows // shards))
+        block = bucket_size(int(per_shard.max()), minimum=-(-min_rows // shards), fine=fine)
         order = np.argsort(row_shards, kind="stable")
         first_of_shard = np.cumsum(per_shard) - per_shard
         rank = np.empty(len(row_shards), np.int64)

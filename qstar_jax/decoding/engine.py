@@ -43,7 +43,7 @@ from qstar_jax.decoding.prefill import MIN_PREFILL_BUCKET, prefill
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_chunks import ChunkedStep
 from qstar_jax.decoding.step_sampler import StepOutput, sample_step
-from qstar_jax.decoding.token_batch import bucket_size, pad_token_batch
+from qstar_jax.decoding.token_batch import bucket_size, length_groups, pad_token_batch
 from qstar_jax.decoding.trie_sampler import TrieOutput, sample_trie
 from qstar_jax.decoding.weights import DecoderWeights
 from qstar_jax.models.llama import LlamaModel
@@ -230,14 +230,29 @@ class Decoder:
         self._lengths[slots] = 0
 
     def prefill(self, slots: Sequence[int], token_lists: Sequence[Sequence[int]]) -> None:
-        """Replace each slot's contents with its token list (a prompt: question, steps)."""
+        """Replace each slot's contents with its token list (a prompt: question, steps).
+
+        Every token of a padded row is computed, so rows and lengths go in fine buckets
+        (``bucket_size(fine=True)``), and rows of very different lengths go in separate
+        calls when that pads fewer tokens (``length_groups``)."""
         slots = self._checked_slots(slots, "slots")
         check_token_lists(token_lists, slots=len(slots), room=[self.max_len] * len(slots),
                           vocab_size=self.config.vocab_size)
+        shards = self.pool.shards
+        groups = length_groups(
+            [len(t) for t in token_lists],
+            lambda n: min(bucket_size(n, minimum=self.min_prefill_bucket, fine=True),
+                          self.max_len),
+            lambda n: shards * bucket_size(-(-max(n, self.min_batch_bucket) // shards),
+                                           fine=True))
+        for rows, length in groups:
+            self._prefill_rows(slots[rows], [token_lists[i] for i in rows], length)
+
+    def _prefill_rows(self, slots: np.ndarray, token_lists: Sequence[Sequence[int]],
+                      length: int) -> None:
+        """One prefill call for these slots, each token list padded to ``length``."""
         num_tokens = np.array([len(t) for t in token_lists], np.int64)
-        layout = self._layout(slots)
-        length = min(bucket_size(int(num_tokens.max()), minimum=self.min_prefill_bucket),
-                     self.max_len)
+        layout = self._layout(slots, fine=True)
         packed = pad_token_batch(token_lists, length=length)
         self._own_pages(slots, np.zeros_like(num_tokens), num_tokens)
         self.cache = self._prefill(self._weights, self.cache, layout.place(packed.tokens, 0),
@@ -427,10 +442,11 @@ class Decoder:
     def _checked_slots(self, slots, what: str, **kwargs) -> np.ndarray:
         return checked_slots(slots, what, pool=self.pool, lengths=self._lengths, **kwargs)
 
-    def _layout(self, slots: np.ndarray) -> RowLayout:
-        """Where a call's rows go: with their slots' data shards."""
+    def _layout(self, slots: np.ndarray, *, fine: bool = False) -> RowLayout:
+        """Where a call's rows go: with their slots' data shards (``fine``: in finer row
+        buckets, ``RowLayout.of``)."""
         return RowLayout.of(self.pool.shard_of(slots), shards=self.pool.shards,
-                            min_rows=self.min_batch_bucket)
+                            min_rows=self.min_batch_bucket, fine=fine)
 
     def _local_slots(self, layout: RowLayout, slots: np.ndarray) -> np.ndarray:
         """Each row's slot within its shard, padding rows marked one past a shard's last."""

@@ -48,3 +48,17 @@ def test_per_layer_weights_compute_what_the_scanned_stack_computes(random_model,
     looped = random_model(tokens, positions, slots, *cache, layers=unstack_layers(random_model))
     for ours, reference in zip(looped, scanned):
         np.testing.assert_allclose(np.asarray(ours), np.asarray(reference), atol=1e-5, rtol=1e-5)
+
+
+def test_rows_prefilled_in_calls_of_their_own_length_are_what_one_call_gives(random_decoder):
+    """Five short prompts and a long one go in two calls (``length_groups``); each slot
+    then holds what prefilling its prompt alone gives."""
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(1, 64, n).tolist() for n in (5, 7, 6, 5, 7, RANDOM_MAX_LEN - 8)]
+    slots = random_decoder.allocate(len(prompts))
+    random_decoder.prefill(slots, prompts)
+    together = _last_hidden(random_decoder, slots)
+    np.testing.assert_array_equal(random_decoder.lengths(slots), [len(p) for p in prompts])
+    for slot, prompt, hidden in zip(slots, prompts, together):
+        random_decoder.prefill([slot], [prompt])
+        np.testing.assert_allclose(_last_hidden(random_decoder, slot), hidden, atol=1e-5)
