@@ -7,7 +7,8 @@ The slot pool is split evenly over the mesh axis that holds the cache's slots
 (``RowLayout``), and the function runs under ``jax.shard_map`` over that axis
 (``on_slot_shards``): each shard gets its block of rows, with slot ids local to its part
 of the cache, so no step moves cache rows between devices. Other mesh axes (``model``)
-stay with GSPMD inside.
+stay with GSPMD inside. A call's per-row sampling settings are laid out the same way
+(``padded_params``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from qstar_jax.decoding.kv_cache import KVCache
+from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.token_batch import bucket_size
 
 
@@ -73,6 +75,15 @@ class RowLayout:
         block_start = self.positions - self.positions % self.block
         return np.where(block_rows >= 0, owner[block_start + np.maximum(block_rows, 0)], -1)
 
+
+
+def padded_params(params: SamplingParams, layout: RowLayout) -> SamplingParams:
+    """``params`` of the call's first rows, laid out as ``layout``; greedy for every
+    other row."""
+    greedy = SamplingParams.make(1)
+    return SamplingParams(**{f.name: layout.place(getattr(params, f.name),
+                                                  getattr(greedy, f.name)[0])
+                             for f in dataclasses.fields(SamplingParams)})
 
 def cache_specs(axis: str | None) -> KVCache:
     """A KVCache of PartitionSpecs: slots on mesh ``axis``, the rest left to GSPMD."""

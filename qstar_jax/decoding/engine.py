@@ -15,6 +15,8 @@ length plus the call's token cap, one compiled variant per window. With ``step_c
 step runs as several calls, each holding only the rows still going (``step_chunks``). On a
 mesh each data shard holds its own slots and computes its own rows (``data_shards``): new
 rows are spread over the shards, and a child or a trie's spare goes on its parent's shard.
+On a paged cache (``paged_cache``) pages are reserved, copied and trimmed around each call
+(``page_bookkeeping``).
 """
 
 from __future__ import annotations
@@ -30,18 +32,22 @@ import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec
 
-from qstar_jax.decoding.data_shards import RowLayout, cache_specs, on_slot_shards
+from qstar_jax.decoding.data_shards import (RowLayout, cache_specs, on_slot_shards,
+                                             padded_params)
 from qstar_jax.decoding.kv_cache import SlotPool, cache_shardings, fork_slots, init_cache
 from qstar_jax.decoding.input_checks import (check_children_beside_parents,
                                              check_spares_beside_groups, check_step_inputs,
                                              check_token_lists, check_trie_groups,
                                              checked_eos_ids, checked_newline_table,
                                              checked_slots)
-from qstar_jax.decoding.paged_cache import (PageTable, Paging, copy_pages, fork_slot_state,
-                                            init_paged_cache)
+from qstar_jax.decoding.jit_calls import LastCall, out_shardings
+from qstar_jax.decoding.page_bookkeeping import (fork_pages, own_pages, own_trie_pages,
+                                                 return_lent_pages, settle_trie_pages,
+                                                 trim_pages)
+from qstar_jax.decoding.paged_cache import PageTable, Paging, fork_slot_state, init_paged_cache
 from qstar_jax.decoding.prefill import MIN_PREFILL_BUCKET, prefill
 from qstar_jax.decoding.sampling import SamplingParams
-from qstar_jax.decoding.step_chunks import ChunkedStep
+from qstar_jax.decoding.step_chunks import ChunkedStep, StepBatch
 from qstar_jax.decoding.step_sampler import StepOutput, sample_step
 from qstar_jax.decoding.token_batch import bucket_size, length_groups, pad_token_batch
 from qstar_jax.decoding.trie_sampler import TrieOutput, sample_trie
@@ -52,27 +58,6 @@ from qstar_jax.parallel import (ShardingRules, check_slots, place, replicated,
 
 MIN_STEP_BUCKET = 8
 MIN_WINDOW_BUCKET = 128
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class StepBatch:
-    """One sampled step per row, on the host.
-
-    slots: [B]; tokens, logprobs: [B, C] with entries past num_tokens set to 0, where a
-    logprob is under the model's unmodified distribution; num_tokens: [B];
-    end_reason: [B] EndReason values; hidden: [B, E] float32 final-norm hidden state after
-    the row's last token (what a Q-value head reads).
-    """
-
-    slots: np.ndarray
-    tokens: np.ndarray
-    logprobs: np.ndarray
-    num_tokens: np.ndarray
-    end_reason: np.ndarray
-    hidden: np.ndarray
-
-    def row_tokens(self, row: int) -> list[int]:
-        return self.tokens[row, :self.num_tokens[row]].tolist()
 
 
 class Decoder:
@@ -180,8 +165,8 @@ class Decoder:
                 return on_slot_shards(lambda *dynamic: fn(graphdef, *dynamic, *static),
                                       mesh, slot_axis, in_specs, out_specs)(*args[:split])
             static_argnums = tuple(range(len(in_specs), len(in_specs) + num_static))
-            return _LastCall(jax.jit(traced, donate_argnums=1, static_argnums=static_argnums,
-                                     **_out_shardings(shardings, name)))
+            return LastCall(jax.jit(traced, donate_argnums=1, static_argnums=static_argnums,
+                                    **out_shardings(shardings, name)))
 
         # PartitionSpecs over the slot axis of a function's arguments and results: the
         # call's rows, a whole array on every shard, the cache's part on each shard.
@@ -195,10 +180,10 @@ class Decoder:
             "sample_trie", sample_trie,
             (whole, cache, rows, rows, whole, rows, rows, rows, whole, whole, whole, whole),
             (cache, rows), num_static=3)
-        self._fork = _LastCall(
+        self._fork = LastCall(
             fork_slots if mesh is None else
             jax.jit(on_slot_shards(fork_slots, mesh, slot_axis, (cache, rows, rows), cache),
-                    donate_argnums=0, **_out_shardings(shardings, "fork")))
+                    donate_argnums=0, **out_shardings(shardings, "fork")))
 
     @property
     def num_slots(self) -> int:
@@ -254,12 +239,13 @@ class Decoder:
         num_tokens = np.array([len(t) for t in token_lists], np.int64)
         layout = self._layout(slots, fine=True)
         packed = pad_token_batch(token_lists, length=length)
-        self._own_pages(slots, np.zeros_like(num_tokens), num_tokens)
+        self.cache = own_pages(self.pages, self.cache, slots, np.zeros_like(num_tokens),
+                               num_tokens)
         self.cache = self._prefill(self._weights, self.cache, layout.place(packed.tokens, 0),
                                    layout.place(packed.lengths, 0),
                                    self._local_slots(layout, slots))
         self._lengths[slots] = num_tokens
-        self._trim_pages(slots)
+        trim_pages(self.pages, slots, self._lengths)
 
     def fork(self, parents: Sequence[int], children: Sequence[int]) -> None:
         """Make each allocated ``children[i]`` continue exactly from ``parents[i]`` (parents
@@ -274,9 +260,7 @@ class Decoder:
         layout = self._layout(children)
         fork = self._fork
         if self.pages is not None:  # children share their parents' pages: nothing to copy
-            self.pages.fork(parents, children)
-            self.cache = dataclasses.replace(self.cache,
-                                             page_table=jnp.asarray(self.pages.table))
+            self.cache = fork_pages(self.pages, self.cache, parents, children)
             fork = fork_slot_state
         self.cache = fork(self.cache, layout.place(self.pool.local_ids(parents), 0),
                           self._local_slots(layout, children))
@@ -302,8 +286,8 @@ class Decoder:
         step = ChunkedStep(caps, self.step_chunk)
         # One cap bucket for all of a step's chunks: it sizes the outputs, not the work.
         cap_bucket = bucket_size(step.chunk, minimum=self.min_step_bucket)
-        self._own_pages(slots, self._lengths[slots],
-                        np.minimum(self._lengths[slots] + caps, self.max_len))
+        self.cache = own_pages(self.pages, self.cache, slots, self._lengths[slots],
+                               np.minimum(self._lengths[slots] + caps, self.max_len))
         try:
             while step.going.size:
                 going = step.going
@@ -313,7 +297,7 @@ class Decoder:
                 self._lengths[slots[going]] += out.num_tokens
                 step.add(out)
         finally:  # the pages reserved up to the cap and left unwritten go back
-            self._trim_pages(slots)
+            trim_pages(self.pages, slots, self._lengths)
         return StepBatch(slots=slots, tokens=step.tokens, logprobs=step.logprobs,
                          num_tokens=step.num_tokens, end_reason=step.end_reason,
                          hidden=step.hidden)
@@ -330,7 +314,7 @@ class Decoder:
         padded_keys = problem_keys[layout.place(key_rows, 0).astype(np.uint32)]
         self.cache, out = self._sample_step(
             self._weights, self.cache, self._local_slots(layout, slots), padded_keys,
-            layout.place(node_ids, 0), _padded_params(params, layout), layout.place(caps, 0),
+            layout.place(node_ids, 0), padded_params(params, layout), layout.place(caps, 0),
             self._newline_table, self._eos_ids, cap_bucket, self.attention_window(slots, caps))
         out = layout.take(jax.device_get(out))
         self.step_work["calls"] += 1
@@ -370,74 +354,25 @@ class Decoder:
                           ids_name="group_ids")
         layout = self._layout(row_slots)  # a shard's groups, then its spares
         cap_bucket = bucket_size(max_tokens, minimum=self.min_step_bucket)
-        lent = self._own_trie_pages(slots, counts, max_tokens, layout.size, cap_bucket)
+        self.cache, lent = own_trie_pages(self.pages, self.cache, slots, self._lengths, counts,
+                                          max_tokens, self.max_len, layout.size, cap_bucket)
         try:
             self.cache, out = self._sample_trie(
                 self._weights, self.cache, self._local_slots(layout, row_slots),
                 layout.place(counts, 0), key_table, layout.place(key_rows, 0),
-                layout.place(group_ids, 0), _padded_params(params, layout),
+                layout.place(group_ids, 0), padded_params(params, layout),
                 np.int32(max_tokens), self._newline_table, self._eos_ids, lent, cap_bucket,
                 bucket_size(int(counts.max())), self.attention_window(slots, max_tokens))
             out = layout.take(jax.device_get(out))
         except BaseException:
-            if self.pages is not None:  # nothing was forked: the lent pages go back
-                self.pages.settle([], [], [])
+            return_lent_pages(self.pages)
             raise
         out = dataclasses.replace(out, group=layout.call_rows(out.group))
         live = out.group >= 0
         self._lengths[row_slots[live]] = (self._lengths[row_slots[out.group[live]]]
                                           + out.num_tokens[live])
-        if self.pages is not None:
-            forked = live & (np.arange(len(row_slots)) >= groups)
-            self.pages.settle(row_slots[forked], out.page_table[forked],
-                              self._lengths[row_slots[forked]])
-            self._trim_pages(slots)
+        settle_trie_pages(self.pages, slots, row_slots, live, out.page_table, self._lengths)
         return row_slots, out
-
-    def _own_trie_pages(self, slots: np.ndarray, counts: np.ndarray, max_tokens: int,
-                        rows: int, cap_bucket: int) -> np.ndarray | None:
-        """Paged cache: give the groups' slots pages of their own up to the cap, as
-        ``sample_steps`` does, and borrow pages for the trie's splits: a group's
-        ``counts - 1`` splits each take at most the pages from its start's page to its
-        cap's. Returns the lent pages, [rows * per_row] int32 padded with P (per_row:
-        the most a split can take with a cap of ``cap_bucket``), or None on the slot pool.
-        Raises PagePoolExhausted before any change when the pool is short."""
-        if self.pages is None:
-            return None
-        size = self.pages.page_size
-        starts = self._lengths[slots]
-        ends = np.minimum(starts + max_tokens, self.max_len)
-        per_split = -(-ends // size) - starts // size
-        sources, targets = self.pages.reserve(slots, starts, ends,
-                                              lend=int(np.sum((counts - 1) * per_split)))
-        self._copy_pages(sources, targets)
-        per_row = min(-(-cap_bucket // size) + 1, self.pages.table.shape[1])
-        return jnp.asarray(self._pad(self.pages.lent, rows * per_row, self.pages.num_pages))
-
-    def _own_pages(self, slots: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
-        """Paged cache: give the slots pages of their own for positions [start, end) before
-        a write, copying shared ones that hold earlier tokens (raises PagePoolExhausted
-        before any change)."""
-        if self.pages is None:
-            return
-        self._copy_pages(*self.pages.reserve(slots, starts, ends))
-
-    def _copy_pages(self, sources: np.ndarray, targets: np.ndarray) -> None:
-        """Paged cache: copy the pages a reservation replaced (``PageTable.reserve``) and
-        upload the page tables."""
-        if len(sources):
-            copies = bucket_size(len(sources))
-            self.cache = copy_pages(self.cache, jnp.asarray(self._pad(sources, copies, 0)),
-                                    jnp.asarray(self._pad(targets, copies,
-                                                          self.pages.num_pages)))
-        self.cache = dataclasses.replace(self.cache, page_table=jnp.asarray(self.pages.table))
-
-    def _trim_pages(self, slots: np.ndarray) -> None:
-        """Paged cache: free the pages reserved past what the slots now hold. The device's
-        page table keeps the stale entries until the next write uploads it, and nothing
-        reads them before."""
-        if self.pages is not None:
-            self.pages.trim(slots, self._lengths[slots])
 
     def _checked_slots(self, slots, what: str, **kwargs) -> np.ndarray:
         return checked_slots(slots, what, pool=self.pool, lengths=self._lengths, **kwargs)
@@ -459,46 +394,3 @@ class Decoder:
         functions = {"prefill": self._prefill, "fork": self._fork,
                      "sample_step": self._sample_step, "sample_trie": self._sample_trie}
         return functions[name].compiled_text()
-
-    @staticmethod
-    def _pad(values: np.ndarray, batch: int, fill: int) -> np.ndarray:
-        """values [n] -> int32 [batch], padded with ``fill``."""
-        padded = np.full(batch, fill, np.int32)
-        padded[:len(values)] = values
-        return padded
-
-
-class _LastCall:
-    """A jitted function that keeps the arguments of its last call, to compile for them
-    again on request."""
-
-    def __init__(self, jitted):
-        self._jitted = jitted
-        self._args = None
-
-    def __call__(self, *args):
-        self._args = args
-        return self._jitted(*args)
-
-    def compiled_text(self) -> str:
-        if self._args is None:
-            raise ValueError("the function has not been called yet: call it once first")
-        # Shapes and shardings only: a donated argument's buffers are gone.
-        args = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-            x.shape, x.dtype, sharding=x.sharding if x.committed else None)
-            if isinstance(x, jax.Array) else x, self._args)
-        return self._jitted.lower(*args).compile().as_text()
-
-
-def _out_shardings(shardings: dict, name: str) -> dict:
-    """jit's ``out_shardings`` keyword for function ``name``, if it has one."""
-    return {"out_shardings": shardings[name]} if name in shardings else {}
-
-
-def _padded_params(params: SamplingParams, layout: RowLayout) -> SamplingParams:
-    """``params`` of the call's first rows, laid out as ``layout``; greedy for every
-    other row."""
-    greedy = SamplingParams.make(1)
-    return SamplingParams(**{f.name: layout.place(getattr(params, f.name),
-                                                  getattr(greedy, f.name)[0])
-                             for f in dataclasses.fields(SamplingParams)})

@@ -1,5 +1,6 @@
 """One step sampled in chunks of at most ``chunk`` tokens per row, the rows that have ended
-dropped between chunks: the host side of ``Decoder.sample_steps``.
+dropped between chunks, and the ``StepBatch`` it comes back as: the host side of
+``Decoder.sample_steps``.
 
 Shapes: B rows, C the largest token cap, E hidden size.
 
@@ -14,9 +15,32 @@ tokens one call would; only float rounding from other batch shapes may differ.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from qstar_jax.decoding.step_sampler import EndReason, StepOutput
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StepBatch:
+    """One sampled step per row, on the host.
+
+    slots: [B]; tokens, logprobs: [B, C] with entries past num_tokens set to 0, where a
+    logprob is under the model's unmodified distribution; num_tokens: [B];
+    end_reason: [B] EndReason values; hidden: [B, E] float32 final-norm hidden state after
+    the row's last token (what a Q-value head reads).
+    """
+
+    slots: np.ndarray
+    tokens: np.ndarray
+    logprobs: np.ndarray
+    num_tokens: np.ndarray
+    end_reason: np.ndarray
+    hidden: np.ndarray
+
+    def row_tokens(self, row: int) -> list[int]:
+        return self.tokens[row, :self.num_tokens[row]].tolist()
 
 
 class ChunkedStep:

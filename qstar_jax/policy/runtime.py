@@ -16,8 +16,9 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from qstar_jax.decoding.engine import Decoder, StepBatch
+from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.sampling import SamplingParams
+from qstar_jax.decoding.step_chunks import StepBatch
 from qstar_jax.decoding.trie_steps import sample_trie_steps
 from qstar_jax.decoding.step_sampler import EndReason
 from qstar_jax.models.tokenizer import Tokenizer

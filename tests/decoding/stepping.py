@@ -5,8 +5,9 @@ from collections.abc import Iterator, Sequence
 import jax
 import numpy as np
 
-from qstar_jax.decoding.engine import Decoder, StepBatch
+from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.sampling import SamplingParams
+from qstar_jax.decoding.step_chunks import StepBatch
 from qstar_jax.decoding.step_sampler import EndReason
 
 

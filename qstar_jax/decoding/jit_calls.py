@@ -1,0 +1,35 @@
+"""What the decoder wraps its jitted functions in: ``LastCall`` keeps a function's last
+arguments so that ``Decoder.compiled_text`` can compile it for them again and show what
+such a call computes; ``out_shardings`` gives jit the results' layout a function pins.
+"""
+
+from __future__ import annotations
+
+import jax
+
+
+class LastCall:
+    """A jitted function that keeps the arguments of its last call, to compile for them
+    again on request."""
+
+    def __init__(self, jitted):
+        self._jitted = jitted
+        self._args = None
+
+    def __call__(self, *args):
+        self._args = args
+        return self._jitted(*args)
+
+    def compiled_text(self) -> str:
+        if self._args is None:
+            raise ValueError("the function has not been called yet: call it once first")
+        # Shapes and shardings only: a donated argument's buffers are gone.
+        args = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+            x.shape, x.dtype, sharding=x.sharding if x.committed else None)
+            if isinstance(x, jax.Array) else x, self._args)
+        return self._jitted.lower(*args).compile().as_text()
+
+
+def out_shardings(shardings: dict, name: str) -> dict:
+    """jit's ``out_shardings`` keyword for function ``name``, if it has one."""
+    return {"out_shardings": shardings[name]} if name in shardings else {}

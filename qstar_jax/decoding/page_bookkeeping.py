@@ -1,0 +1,112 @@
+"""The host-side page bookkeeping the decoder does around its calls on a paged cache.
+
+Shapes: P pages, G trie groups.
+
+Before a call writes, its slots get pages of their own up to where the call may write
+(``own_pages``; a trie call is also lent pages for its splits, ``own_trie_pages``), the
+shared pages they keep tokens of copied on the device and the page tables uploaded. After
+it, what a trie's splits kept is settled (``settle_trie_pages``) and the pages reserved
+past what the slots now hold go back (``trim_pages``). A fork only forks the page tables
+(``fork_pages``).
+
+Each function takes the decoder's ``PageTable``, or (all but ``fork_pages``) None for a
+decoder on the slot pool, and then changes nothing. ``lengths`` is the decoder's host
+mirror of each slot's length, [num_slots]; a function that changes the device cache takes
+the cache and returns the new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+
+from qstar_jax.decoding.paged_cache import PagedKVCache, PageTable, copy_pages
+from qstar_jax.decoding.token_batch import bucket_size
+
+
+def own_pages(pages: PageTable | None, cache, slots: np.ndarray, starts: np.ndarray,
+              ends: np.ndarray):
+    """Give the slots pages of their own for positions [start, end) before a write,
+    copying shared ones that hold earlier tokens (raises PagePoolExhausted before any
+    change)."""
+    if pages is None:
+        return cache
+    return _copy_reserved(pages, cache, *pages.reserve(slots, starts, ends))
+
+
+def own_trie_pages(pages: PageTable | None, cache, slots: np.ndarray, lengths: np.ndarray,
+                   counts: np.ndarray, max_tokens: int, max_len: int, rows: int,
+                   cap_bucket: int):
+    """Give the groups' slots pages of their own up to the cap, as ``own_pages`` does
+    before a step, and borrow pages for the trie's splits: a group's ``counts - 1``
+    splits each take at most the pages from its start's page to its cap's. Returns (the
+    cache, the lent pages [rows * per_row] int32 padded with P, per_row: the most a split
+    can take with a cap of ``cap_bucket``), the lent pages None on the slot pool. Raises
+    PagePoolExhausted before any change when the pool is short."""
+    if pages is None:
+        return cache, None
+    size = pages.page_size
+    starts = lengths[slots]
+    ends = np.minimum(starts + max_tokens, max_len)
+    per_split = -(-ends // size) - starts // size
+    sources, targets = pages.reserve(slots, starts, ends,
+                                     lend=int(np.sum((counts - 1) * per_split)))
+    cache = _copy_reserved(pages, cache, sources, targets)
+    per_row = min(-(-cap_bucket // size) + 1, pages.table.shape[1])
+    return cache, jnp.asarray(_pad(pages.lent, rows * per_row, pages.num_pages))
+
+
+def fork_pages(pages: PageTable, cache: PagedKVCache, parents: np.ndarray,
+               children: np.ndarray) -> PagedKVCache:
+    """Fork the parents' page tables into the children's and upload them: the children
+    share their parents' pages, nothing is copied."""
+    pages.fork(parents, children)
+    return dataclasses.replace(cache, page_table=jnp.asarray(pages.table))
+
+
+def return_lent_pages(pages: PageTable | None) -> None:
+    """After a trie call that failed: nothing was forked, so the lent pages go back."""
+    if pages is not None:
+        pages.settle([], [], [])
+
+
+def settle_trie_pages(pages: PageTable | None, slots: np.ndarray, row_slots: np.ndarray,
+                      live: np.ndarray, page_table: np.ndarray,
+                      lengths: np.ndarray) -> None:
+    """After a trie call on groups ``slots`` [G] whose rows went to ``row_slots`` (the
+    groups' slots, then the spares): each used spare (``live``, past the groups) holds the
+    pages of its tokens from ``page_table`` (the call's table per row), the lent pages
+    none kept go back, and the groups' slots give back the pages past their tokens."""
+    if pages is None:
+        return
+    forked = live & (np.arange(len(row_slots)) >= len(slots))
+    pages.settle(row_slots[forked], page_table[forked], lengths[row_slots[forked]])
+    trim_pages(pages, slots, lengths)
+
+
+def trim_pages(pages: PageTable | None, slots: np.ndarray, lengths: np.ndarray) -> None:
+    """Free the pages reserved past what the slots now hold. The device's page table
+    keeps the stale entries until the next write uploads it, and nothing reads them
+    before."""
+    if pages is not None:
+        pages.trim(slots, lengths[slots])
+
+
+def _copy_reserved(pages: PageTable, cache: PagedKVCache, sources: np.ndarray,
+                   targets: np.ndarray) -> PagedKVCache:
+    """Copy the pages a reservation replaced (``PageTable.reserve``) and upload the page
+    tables."""
+    if len(sources):
+        copies = bucket_size(len(sources))
+        cache = copy_pages(cache, jnp.asarray(_pad(sources, copies, 0)),
+                           jnp.asarray(_pad(targets, copies, pages.num_pages)))
+    return dataclasses.replace(cache, page_table=jnp.asarray(pages.table))
+
+
+def _pad(values: np.ndarray, batch: int, fill: int) -> np.ndarray:
+    """values [n] -> int32 [batch], padded with ``fill``."""
+    padded = np.full(batch, fill, np.int32)
+    padded[:len(values)] = values
+    return padded
