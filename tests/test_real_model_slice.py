@@ -20,7 +20,7 @@ import pytest
 from qstar_jax.run import main
 
 SLICE = [
-    "task.train_problems=2", "task.eval_problems=1", "decode.slots=8",
+    "task.train_problems=2", "task.eval_problems=1", "decode.slots=8", "decode.pages=256",
     "decode.step_token_cap=12", "decode.max_steps=2", "collect.rollouts_per_problem=1",
     "label.rollouts_per_state=1", "q_train.max_epochs=1", "search.k=2",
     "search.max_expansions=2", "eval.methods=[qstar]",
