@@ -16,6 +16,7 @@ from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.trie_steps import sample_trie_steps
+from tests.decoding.stepping import assert_same_step_batch, assert_same_trie_groups
 from tests.decoding.tiny_models import RANDOM_MAX_LEN, STEP_BUCKET
 
 PROMPTS = [[3, 14, 15, 9, 26], [5, 35, 8, 9, 7, 9, 32, 3, 8, 4, 6], [2, 7, 1]]
@@ -92,13 +93,5 @@ def test_windowed_trie_steps_are_exactly_the_whole_row_steps(random_model, paged
         results.append((steps, fed, after))
     (steps, fed, after), (whole_steps, whole_fed, whole_after) = results
     assert fed == whole_fed and sum(len(group) for group in steps) > 2  # the tries split
-    for group, whole_group in zip(steps, whole_steps):
-        assert [(s.slot, s.tokens, s.count, s.end_reason) for s in group] == \
-            [(s.slot, s.tokens, s.count, s.end_reason) for s in whole_group]
-        for s, w in zip(group, whole_group):
-            np.testing.assert_allclose(s.logprob, w.logprob, rtol=1e-5, atol=1e-6)
-            np.testing.assert_allclose(s.hidden, w.hidden, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(after.tokens, whole_after.tokens)
-    for name in ("logprobs", "hidden"):
-        np.testing.assert_allclose(getattr(after, name), getattr(whole_after, name), rtol=1e-5,
-                                   atol=1e-6, err_msg=name)
+    assert_same_trie_groups(steps, whole_steps)
+    assert_same_step_batch(after, whole_after)

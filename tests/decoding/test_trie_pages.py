@@ -14,6 +14,7 @@ from qstar_jax.decoding.paged_cache import PagePoolExhausted, Paging
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_sampler import EndReason
 from qstar_jax.decoding.trie_steps import sample_trie_steps
+from tests.decoding.stepping import assert_same_step_batch, assert_same_trie_groups
 from tests.decoding.tiny_models import RANDOM_MAX_LEN, STEP_BUCKET
 
 PAGE_SIZE, CAP = 4, 12
@@ -86,17 +87,8 @@ def test_paged_tries_sample_exactly_the_slot_pools_steps(random_model):
         results.append((steps, fed, _next_steps(decoder, steps)))
     (rows, rows_fed, rows_after), (paged, paged_fed, paged_after) = results
     assert paged_fed == rows_fed
-    for group, paged_group in zip(rows, paged):
-        assert [(s.slot, s.tokens, s.count, s.end_reason) for s in paged_group] == \
-            [(s.slot, s.tokens, s.count, s.end_reason) for s in group]
-        for s, p in zip(group, paged_group):
-            np.testing.assert_allclose(p.logprob, s.logprob, rtol=1e-5, atol=1e-5)
-            np.testing.assert_allclose(p.hidden, s.hidden, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(paged_after.tokens, rows_after.tokens)
-    np.testing.assert_array_equal(paged_after.num_tokens, rows_after.num_tokens)
-    for name in ("logprobs", "hidden"):
-        np.testing.assert_allclose(getattr(paged_after, name), getattr(rows_after, name),
-                                   rtol=1e-5, atol=1e-6, err_msg=name)
+    assert_same_trie_groups(paged, rows, logprob_atol=1e-5)
+    assert_same_step_batch(paged_after, rows_after)
     # What the comparison covered: splits at several depths, steps that end early.
     depths = {_common_prefix(a.tokens, b.tokens) for group in rows
               for a, b in itertools.combinations(group, 2)}
