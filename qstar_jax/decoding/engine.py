@@ -223,13 +223,11 @@ class Decoder:
         slots = self._checked_slots(slots, "slots")
         check_token_lists(token_lists, slots=len(slots), room=[self.max_len] * len(slots),
                           vocab_size=self.config.vocab_size)
-        shards = self.pool.shards
         groups = length_groups(
             [len(t) for t in token_lists],
             lambda n: min(bucket_size(n, minimum=self.min_prefill_bucket, fine=True),
                           self.max_len),
-            lambda n: shards * bucket_size(-(-max(n, self.min_batch_bucket) // shards),
-                                           fine=True))
+            lambda members: self._layout(slots[members], fine=True).size)
         for rows, length in groups:
             self._prefill_rows(slots[rows], [token_lists[i] for i in rows], length)
 
@@ -284,6 +282,7 @@ class Decoder:
         caps = np.broadcast_to(np.asarray(max_tokens), (rows,))
         check_step_inputs(rows, problem_keys, node_ids, params, caps)
         step = ChunkedStep(caps, self.step_chunk)
+        host_params = jax.tree.map(np.asarray, params)  # once: each chunk takes its rows
         # One cap bucket for all of a step's chunks: it sizes the outputs, not the work.
         cap_bucket = bucket_size(step.chunk, minimum=self.min_step_bucket)
         self.cache = own_pages(self.pages, self.cache, slots, self._lengths[slots],
@@ -292,7 +291,7 @@ class Decoder:
             while step.going.size:
                 going = step.going
                 out = self._sample_chunk(slots[going], problem_keys, going, node_ids[going],
-                                         jax.tree.map(lambda x: np.asarray(x)[going], params),
+                                         jax.tree.map(lambda x: x[going], host_params),
                                          step.chunk_caps(), cap_bucket)
                 self._lengths[slots[going]] += out.num_tokens
                 step.add(out)

@@ -30,16 +30,17 @@ def bucket_size(n: int, *, minimum: int = 1, fine: bool = False) -> int:
 
 
 def length_groups(lengths: Sequence[int], bucket: Callable[[int], int],
-                  rows: Callable[[int], int]) -> list[tuple[list[int], int]]:
+                  rows: Callable[[list[int]], int]) -> list[tuple[list[int], int]]:
     """How to pad rows of these ``lengths`` into calls: [(row indices, padded length)].
     One call at the longest row's ``bucket``, or one call per distinct bucket where that
-    computes at least a quarter fewer padded tokens (a call of n rows costs ``rows(n)``
-    rows, its row bucket, times its length; each call is one more dispatch and maybe
+    computes at least a quarter fewer padded tokens (a call of some rows costs
+    ``rows(their indices)`` rows, its padded row count, times its length; each call is one
+    more dispatch and maybe
     one more compiled variant, so a small saving is not worth it)."""
     buckets = [bucket(n) for n in lengths]
-    one_call = rows(len(lengths)) * max(buckets)
+    one_call = rows(list(range(len(lengths)))) * max(buckets)
     groups = {b: [i for i, own in enumerate(buckets) if own == b] for b in sorted(set(buckets))}
-    if 4 * sum(rows(len(members)) * b for b, members in groups.items()) <= 3 * one_call:
+    if 4 * sum(rows(members) * b for b, members in groups.items()) <= 3 * one_call:
         return [(members, b) for b, members in groups.items()]
     return [(list(range(len(lengths))), max(buckets))]
 

@@ -266,12 +266,19 @@ def _one_round(model, layers, rows: TrieRows, state: TrieLoopState) -> TrieLoopS
 def _copy_caches(k, v, children, parents, num_new, window):
     """k/v of slot ``parents[i]`` into slot ``children[i]`` for i < num_new, positions
     below ``window`` (static) only."""
+    return _copy_in_chunks(
+        k, v, parents, children, num_new,
+        lambda x, parent, child: x.at[:, child, :, :window].set(x[:, parent, :, :window],
+                                                                mode="drop"))
+
+
+def _copy_in_chunks(k, v, sources, targets, num_new, copy):
+    """``copy(array, sources, targets)`` of k and v for the first ``num_new`` pairs, in
+    chunks of FORK_CHUNK (the index arrays are padded to whole chunks)."""
     def copy_chunk(i, kv):
-        k, v = kv
-        child = jax.lax.dynamic_slice(children, (i * FORK_CHUNK,), (FORK_CHUNK,))
-        parent = jax.lax.dynamic_slice(parents, (i * FORK_CHUNK,), (FORK_CHUNK,))
-        return (k.at[:, child, :, :window].set(k[:, parent, :, :window], mode="drop"),
-                v.at[:, child, :, :window].set(v[:, parent, :, :window], mode="drop"))
+        source = jax.lax.dynamic_slice(sources, (i * FORK_CHUNK,), (FORK_CHUNK,))
+        target = jax.lax.dynamic_slice(targets, (i * FORK_CHUNK,), (FORK_CHUNK,))
+        return tuple(copy(x, source, target) for x in kv)
 
     chunks = (num_new + FORK_CHUNK - 1) // FORK_CHUNK
     return jax.lax.fori_loop(0, chunks, copy_chunk, (k, v))
@@ -313,16 +320,9 @@ def _fork_pages(state: TrieLoopState, rows: TrieRows, children: jax.Array,
 
 
 def _copy_pages(k, v, sources, targets, num_new):
-    """k/v page ``sources[i]`` into page ``targets[i]`` (P: none) for i < num_new, in
-    chunks of FORK_CHUNK. No target is a source: targets are freshly lent pages."""
-    def copy_chunk(i, kv):
-        k, v = kv
-        source = jax.lax.dynamic_slice(sources, (i * FORK_CHUNK,), (FORK_CHUNK,))
-        target = jax.lax.dynamic_slice(targets, (i * FORK_CHUNK,), (FORK_CHUNK,))
-        return copied_pages(k, source, target), copied_pages(v, source, target)
-
-    chunks = (num_new + FORK_CHUNK - 1) // FORK_CHUNK
-    return jax.lax.fori_loop(0, chunks, copy_chunk, (k, v))
+    """k/v page ``sources[i]`` into page ``targets[i]`` (P: none) for i < num_new. No
+    target is a source: targets are freshly lent pages."""
+    return _copy_in_chunks(k, v, sources, targets, num_new, copied_pages)
 
 
 def _split(tokens, parent, drawn, spare, shifts):

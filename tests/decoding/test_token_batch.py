@@ -47,7 +47,7 @@ def test_fine_buckets_add_three_quarters_of_each_power_of_two(n, expected):
 
 
 def test_rows_of_very_different_lengths_are_padded_in_calls_of_their_own():
-    rows = lambda n: bucket_size(n, fine=True)
+    rows = lambda members: bucket_size(len(members), fine=True)
     bucket = lambda n: bucket_size(n, minimum=16, fine=True)
     # 40 short rows and 8 long ones: 48 x 256 in one call against 48 x 96 + 8 x 256.
     lengths = [90] * 20 + [250] * 4 + [90] * 20 + [250] * 4
