@@ -38,6 +38,7 @@ import json
 import os
 import statistics
 import time
+from pathlib import Path
 
 PROMPT_TOKENS = 64
 NEW_TOKENS = 64
@@ -123,6 +124,12 @@ def roofline_tok_s(batch: int, weight_bytes: int, kv_bytes_per_token: int,
     return batch * bandwidth / step_bytes
 
 
+def kv_token_bytes(cfg, dtype) -> int:
+    """Bytes one token's keys and values take in every layer's cache, stored as ``dtype``."""
+    import numpy as np
+    return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * np.dtype(dtype).itemsize
+
+
 def layer_product_shapes(cfg) -> list[tuple[int, int]]:
     """(inputs, outputs) of each weight matrix product one decoder layer applies to a token."""
     e, f, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
@@ -165,14 +172,30 @@ def matmul_cap_tok_s(cfg, batch: int, dtype) -> float:
     return batch * NEW_TOKENS / total
 
 
-def transformers_generate(gguf_path, dtype: str, threads: int, prompt: list[int], pad_id: int):
-    """``generate`` of the same GGUF in transformers: batch -> new token ids [batch, 64]."""
+def gguf_file(model: str) -> Path:
+    """The .gguf of ``--model``: a packaged alias's file, or the path given."""
+    from qstar_jax.models.loading import PACKAGED_MODELS, resolve_alias
+    return resolve_alias(model) if model in PACKAGED_MODELS else Path(model)
+
+
+def transformers_model(gguf_path: Path, dtype: str, threads: int):
+    """The same GGUF in transformers (dequantized as our loader does), in eval mode, with
+    torch on ``threads`` threads."""
     import torch
     import transformers
 
     torch.set_num_threads(threads)
-    model = transformers.AutoModelForCausalLM.from_pretrained(
+    return transformers.AutoModelForCausalLM.from_pretrained(
         str(gguf_path.parent), gguf_file=gguf_path.name, dtype=getattr(torch, dtype)).eval()
+
+
+def transformers_generate(gguf_path: Path, dtype: str, threads: int, prompt: list[int],
+                          pad_id: int):
+    """``generate`` of the same GGUF in transformers: batch -> new token ids [batch, 64]."""
+    import torch
+    import transformers
+
+    model = transformers_model(gguf_path, dtype, threads)
     # No EOS, like our decoder here: generation neither stops nor has its logits altered.
     # The model's own generation config must lose its EOS too, or generate merges it back in.
     model.generation_config.eos_token_id = None
@@ -210,8 +233,8 @@ def main() -> None:
         prompt = [(7 * i + 3) % cfg.vocab_size for i in range(PROMPT_TOKENS)]
         name = f"random-weight Llama ({args.random_llama})"
     else:
-        from qstar_jax.models.loading import PACKAGED_MODELS, load_model, resolve_alias
-        gguf_path = resolve_alias(args.model) if args.model in PACKAGED_MODELS else args.model
+        from qstar_jax.models.loading import load_model
+        gguf_path = gguf_file(args.model)
         loaded = load_model(gguf_path, dtype=dtype)
         model, cfg, name = loaded.model, loaded.config, args.model
         prompt = loaded.tokenizer.encode(PROMPT_TEXT * 8)[:PROMPT_TOKENS]
@@ -240,7 +263,7 @@ def main() -> None:
         print(f"greedy tokens agreeing with transformers before the first difference: "
               f"{agree}/{NEW_TOKENS}")
     weight_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model)))
-    kv_bytes_per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * dtype.itemsize
+    kv_bytes_per_token = kv_token_bytes(cfg, dtype)
     bandwidth = copy_bandwidth()
     print(f"{weight_bytes / 1e6:.0f} MB of weights, {kv_bytes_per_token / 1e3:.1f} kB of KV cache "
           f"per token, {bandwidth / 1e9:.1f} GB/s measured copy bandwidth")

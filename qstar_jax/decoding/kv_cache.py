@@ -109,10 +109,15 @@ class SlotPool:
         # One heap per shard; sorted is a valid heap.
         self._free = [list(range(s * per_shard, (s + 1) * per_shard)) for s in range(shards)]
         self._allocated: set[int] = set()
+        self.peak_allocated = 0  # the most slots allocated at once since built or reset_peak
 
     @property
     def num_free(self) -> int:
         return sum(len(free) for free in self._free)
+
+    def reset_peak(self) -> None:
+        """Start ``peak_allocated`` again from the slots allocated now."""
+        self.peak_allocated = len(self._allocated)
 
     def is_allocated(self, slot: int) -> bool:
         return slot in self._allocated
@@ -139,6 +144,7 @@ class SlotPool:
         shards = self._balanced_shards(n) if near is None else self._parent_shards(n, near)
         slots = [heapq.heappop(self._free[s]) for s in shards]
         self._allocated.update(slots)
+        self.peak_allocated = max(self.peak_allocated, len(self._allocated))
         return slots
 
     def free(self, slots) -> None:

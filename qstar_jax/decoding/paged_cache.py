@@ -139,10 +139,20 @@ class PageTable:
         self.refcounts = np.zeros(num_pages, np.int64)
         self._free_pages = list(range(num_pages))  # a heap; sorted is a valid heap
         self._lent: set[int] = set()  # pages a device call may take until ``settle``
+        self.peak_pages_in_use = 0  # the most ``pages_in_use`` since built or ``reset_peak``
 
     @property
     def num_free_pages(self) -> int:
         return len(self._free_pages)
+
+    @property
+    def pages_in_use(self) -> int:
+        """Pages out of the free list: held by slots, reserved for a write or lent."""
+        return self.num_pages - len(self._free_pages)
+
+    def reset_peak(self) -> None:
+        """Start ``peak_pages_in_use`` again from the pages in use now."""
+        self.peak_pages_in_use = self.pages_in_use
 
     def allocate(self, n: int) -> list[int]:
         return self.slots.allocate(n)
@@ -204,6 +214,8 @@ class PageTable:
             if entries:
                 self.pages_held[slot] = max(self.pages_held[slot], entries[-1] + 1)
         self._lent.update(heapq.heappop(self._free_pages) for _ in range(lend))
+        # Only a reservation takes pages from the free list, so the peak is read here.
+        self.peak_pages_in_use = max(self.peak_pages_in_use, self.pages_in_use)
         return np.asarray(sources, np.int32), np.asarray(targets, np.int32)
 
     @property
