@@ -54,7 +54,7 @@ def paged_decode_attention_reference(q: jax.Array, k_pages: jax.Array, v_pages: 
     q's dtype, computed in float32. ``scale`` defaults to D ** -0.5."""
     check_paged_inputs(q, k_pages, v_pages, page_table, lengths)
     batch, num_queries, heads, head_dim = q.shape
-    kv_heads, page_size = k_pages.shape[2], k_pages.shape[3]
+    kv_heads = k_pages.shape[2]
     scale = head_dim ** -0.5 if scale is None else scale
     f32 = jnp.float32
 

@@ -293,6 +293,10 @@ class EvalConfig:
     # Token limit of one whole text the policy writes (MCTSr's answers, critiques and
     # scores; ToT's value verdicts).
     text_max_tokens: int = 256
+    # Finished text rows each problem keeps in the cache (policy/kept_rows.py) so that a
+    # prompt continuing one (MCTSr's refinement after its critique, a critique after the
+    # answer's self-scores) computes only its new tokens; 0 keeps none.
+    text_kept_rows: int = 4
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -426,6 +430,7 @@ def check_config(config: RunConfig) -> None:
     require(t.evaluator != ToTEvaluator.prm or s.utility != Utility.zero,
             "eval.tot.evaluator", "prm ranks states by g, which search.utility=zero fixes at 0")
     require(e.text_max_tokens >= 1, "eval.text_max_tokens", "must be >= 1")
+    require(e.text_kept_rows >= 0, "eval.text_kept_rows", "must be >= 0")
     if "best_of_n_matched" in e.methods:
         before = e.methods[:e.methods.index("best_of_n_matched")]
         require("best_of_n" in before and "qstar" in before, "eval.methods",

@@ -146,6 +146,7 @@ class Decoder:
         self.pool = SlotPool(num_slots, shards) if self.pages is None else self.pages.slots
         self._lengths = np.zeros(num_slots, np.int64)  # host mirror of cache.lengths
         self._newline_table = jnp.asarray(newline_table)
+        self._no_newlines = jnp.zeros_like(self._newline_table)  # texts: stop at EOS only
         self._eos_ids = jnp.asarray(eos_ids)
         self.trace_counts: collections.Counter[str] = collections.Counter()
         # What the step calls computed: "calls", padded "rows" summed over them,
@@ -171,7 +172,8 @@ class Decoder:
         # PartitionSpecs over the slot axis of a function's arguments and results: the
         # call's rows, a whole array on every shard, the cache's part on each shard.
         rows, whole, cache = PartitionSpec(slot_axis), PartitionSpec(), cache_specs(slot_axis)
-        self._prefill = counted_jit("prefill", prefill, (whole, cache, rows, rows, rows), cache)
+        self._prefill = counted_jit("prefill", prefill, (whole, cache, rows, rows, rows, rows),
+                                    cache, num_static=1)
         self._sample_step = counted_jit(
             "sample_step", sample_step,
             (whole, cache, rows, rows, rows, rows, rows, whole, whole), (cache, rows),
@@ -214,14 +216,24 @@ class Decoder:
         (self.pool if self.pages is None else self.pages).free(slots)
         self._lengths[slots] = 0
 
-    def prefill(self, slots: Sequence[int], token_lists: Sequence[Sequence[int]]) -> None:
-        """Replace each slot's contents with its token list (a prompt: question, steps).
+    def prefill(self, slots: Sequence[int], token_lists: Sequence[Sequence[int]],
+                starts: Sequence[int] | None = None) -> None:
+        """Write each token list into its slot from position ``starts[i]`` (default 0: a
+        whole prompt replacing the slot's contents). A slot keeps its first ``starts[i]``
+        tokens, which the new ones attend to, so a prompt that continues a prefix the slot
+        holds (a fork of a row that began the same way) computes only its own tokens.
 
         Every token of a padded row is computed, so rows and lengths go in fine buckets
         (``bucket_size(fine=True)``), and rows of very different lengths go in separate
         calls when that pads fewer tokens (``length_groups``)."""
         slots = self._checked_slots(slots, "slots")
-        check_token_lists(token_lists, slots=len(slots), room=[self.max_len] * len(slots),
+        starts = np.zeros(len(slots), np.int64) if starts is None else np.asarray(starts,
+                                                                                   np.int64)
+        if starts.shape != slots.shape or np.any(starts < 0) or np.any(
+                starts > self._lengths[slots]):
+            raise ValueError(f"starts {starts.tolist()} must give each slot a position in "
+                             f"[0, its length] (lengths {self._lengths[slots].tolist()})")
+        check_token_lists(token_lists, slots=len(slots), room=self.max_len - starts,
                           vocab_size=self.config.vocab_size)
         groups = length_groups(
             [len(t) for t in token_lists],
@@ -229,20 +241,27 @@ class Decoder:
                           self.max_len),
             lambda members: self._layout(slots[members], fine=True).size)
         for rows, length in groups:
-            self._prefill_rows(slots[rows], [token_lists[i] for i in rows], length)
+            self._prefill_rows(slots[rows], [token_lists[i] for i in rows], starts[rows],
+                               length)
 
     def _prefill_rows(self, slots: np.ndarray, token_lists: Sequence[Sequence[int]],
-                      length: int) -> None:
-        """One prefill call for these slots, each token list padded to ``length``."""
+                      starts: np.ndarray, length: int) -> None:
+        """One prefill call for these slots, each token list padded to ``length`` and
+        written from its start."""
         num_tokens = np.array([len(t) for t in token_lists], np.int64)
         layout = self._layout(slots, fine=True)
         packed = pad_token_batch(token_lists, length=length)
-        self.cache = own_pages(self.pages, self.cache, slots, np.zeros_like(num_tokens),
-                               num_tokens)
+        ends = starts + num_tokens
+        # Attention reads the positions the rows can see: the call's own T when every row
+        # starts at 0 (a whole prompt), else a window bucket over the longest row.
+        key_len = length if not starts.any() else min(
+            bucket_size(int(ends.max()), minimum=max(self.min_window_bucket, length)),
+            self.max_len)
+        self.cache = own_pages(self.pages, self.cache, slots, starts, ends)
         self.cache = self._prefill(self._weights, self.cache, layout.place(packed.tokens, 0),
-                                   layout.place(packed.lengths, 0),
-                                   self._local_slots(layout, slots))
-        self._lengths[slots] = num_tokens
+                                   layout.place(packed.lengths, 0), layout.place(starts.astype(np.int32), 0),
+                                   self._local_slots(layout, slots), key_len)
+        self._lengths[slots] = ends
         trim_pages(self.pages, slots, self._lengths)
 
     def fork(self, parents: Sequence[int], children: Sequence[int]) -> None:
@@ -266,9 +285,10 @@ class Decoder:
 
     def sample_steps(self, slots: Sequence[int], *, problem_keys: jax.Array,
                      node_ids: Sequence[int], params: SamplingParams,
-                     max_tokens: int | Sequence[int]) -> StepBatch:
+                     max_tokens: int | Sequence[int], newline_ends: bool = True) -> StepBatch:
         """Extend each slot by one sampled step (until a newline token, EOS, its token cap
-        or a full slot, whichever comes first).
+        or a full slot, whichever comes first; ``newline_ends=False``: a whole text, which
+        a newline does not end).
 
         problem_keys: [B] typed PRNG keys (``jax.random.key``); node_ids: [B] ints in
         [0, 2**31); together with a token's position they fix its random draw, so a row's
@@ -292,7 +312,7 @@ class Decoder:
                 going = step.going
                 out = self._sample_chunk(slots[going], problem_keys, going, node_ids[going],
                                          jax.tree.map(lambda x: x[going], host_params),
-                                         step.chunk_caps(), cap_bucket)
+                                         step.chunk_caps(), cap_bucket, newline_ends)
                 self._lengths[slots[going]] += out.num_tokens
                 step.add(out)
         finally:  # the pages reserved up to the cap and left unwritten go back
@@ -303,7 +323,7 @@ class Decoder:
 
     def _sample_chunk(self, slots: np.ndarray, problem_keys: jax.Array, key_rows: np.ndarray,
                       node_ids: np.ndarray, params: SamplingParams, caps: np.ndarray,
-                      cap_bucket: int) -> StepOutput:
+                      cap_bucket: int, newline_ends: bool) -> StepOutput:
         """One jitted step-sampler call for ``slots`` [n] (row i draws with
         ``problem_keys[key_rows[i]]``), their pages already owned up to ``caps``; the
         output [n] on the host, in call order."""
@@ -314,7 +334,8 @@ class Decoder:
         self.cache, out = self._sample_step(
             self._weights, self.cache, self._local_slots(layout, slots), padded_keys,
             layout.place(node_ids, 0), padded_params(params, layout), layout.place(caps, 0),
-            self._newline_table, self._eos_ids, cap_bucket, self.attention_window(slots, caps))
+            self._newline_table if newline_ends else self._no_newlines, self._eos_ids,
+            cap_bucket, self.attention_window(slots, caps))
         out = layout.take(jax.device_get(out))
         self.step_work["calls"] += 1
         self.step_work["rows"] += layout.size

@@ -35,6 +35,12 @@ class SampledStep:
     slot: int
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SampledText:
+    text: str  # the tokens decoded, EOS left out
+    token_ids: tuple[int, ...]
+
+
 def stable_id(*parts) -> int:
     """A 31-bit id from text parts, the same in every process and run."""
     return zlib.crc32("/".join(map(str, parts)).encode()) & 0x7FFFFFFF
@@ -64,32 +70,87 @@ class PolicyRuntime:
 
     def prefill_texts(self, problem_indices: Sequence[int], texts: Sequence[str]) -> list[int]:
         """A fresh slot per text holding it, charged to its problem."""
+        return self.prefill_tokens(problem_indices,
+                                   [self.tokenizer.encode(t) for t in texts])
+
+    def prefill_tokens(self, problem_indices: Sequence[int],
+                       token_lists: Sequence[Sequence[int]], *,
+                       sources: Sequence[int | None] | None = None,
+                       shared: Sequence[int] | None = None) -> list[int]:
+        """A fresh slot per token list holding it, charged to its problem. Where
+        ``sources[i]`` is a slot, the new slot is forked from it and keeps its first
+        ``shared[i]`` tokens (which must be the list's), so only the rest is computed and
+        charged. On failure (a full pool) the slots taken here go back."""
         if not problem_indices:
             return []
-        token_lists = [self.tokenizer.encode(t) for t in texts]
-        slots = self.decoder.allocate(len(token_lists))
-        self.decoder.prefill(slots, token_lists)
-        for i, tokens in zip(problem_indices, token_lists):
-            self.prefilled[i] += len(tokens)
-        return slots
+        n = len(token_lists)
+        sources = [None] * n if sources is None else list(sources)
+        starts = np.asarray([0] * n if shared is None else shared, np.int64)
+        starts[[k for k in range(n) if sources[k] is None]] = 0
+        forked = [k for k in range(n) if sources[k] is not None]
+        fresh = [k for k in range(n) if sources[k] is None]
+        slots = np.zeros(n, np.int64)
+        taken: list[int] = []
+        try:
+            if forked:
+                parents = [sources[k] for k in forked]
+                slots[forked] = children = self.decoder.allocate(len(forked), near=parents)
+                taken += children
+                self.decoder.fork(parents, children)
+            if fresh:
+                slots[fresh] = new = self.decoder.allocate(len(fresh))
+                taken += new
+            self.decoder.prefill(slots, [tokens[start:] for tokens, start in
+                                         zip(token_lists, starts)], starts)
+        except BaseException:
+            if taken:
+                self.decoder.free(taken)
+            raise
+        for i, tokens, start in zip(problem_indices, token_lists, starts):
+            self.prefilled[i] += len(tokens) - int(start)
+        return slots.tolist()
 
     def sample(self, slots: Sequence[int], problem_indices: Sequence[int],
                node_ids: Sequence[int], temperatures: Sequence[float]) -> list[SampledStep]:
         """One step for each slot, which it extends in place."""
         if not slots:
             return []
-        rows = len(slots)
-        params = SamplingParams.make(rows, temperature=np.asarray(temperatures, np.float32),
+        batch = self._sample_batch(slots, problem_indices, node_ids, temperatures,
+                                   self.step_token_cap, newline_ends=True)
+        steps = [self._step(batch, row) for row in range(len(slots))]
+        for i, step in zip(problem_indices, steps):
+            self.generated[i] += len(step.token_ids)
+        return steps
+
+    def sample_texts(self, slots: Sequence[int], problem_indices: Sequence[int],
+                     node_ids: Sequence[int], temperatures: Sequence[float],
+                     max_tokens: Sequence[int]) -> list[SampledText]:
+        """A whole text after each slot, which it extends in place: newlines do not end
+        it; EOS, ``max_tokens[i]`` tokens or a full slot do."""
+        if not slots:
+            return []
+        batch = self._sample_batch(slots, problem_indices, node_ids, temperatures,
+                                   np.asarray(max_tokens), newline_ends=False)
+        texts = []
+        for row, i in enumerate(problem_indices):
+            tokens = batch.row_tokens(row)
+            eos = EndReason(int(batch.end_reason[row])) == EndReason.EOS
+            texts.append(SampledText(token_ids=tuple(tokens), text=self.tokenizer.decode(
+                tokens[:-1] if eos else tokens)))
+            self.generated[i] += len(tokens)
+        return texts
+
+    def _sample_batch(self, slots, problem_indices, node_ids, temperatures, max_tokens, *,
+                      newline_ends: bool) -> StepBatch:
+        params = SamplingParams.make(len(slots),
+                                     temperature=np.asarray(temperatures, np.float32),
                                      top_k=self.top_k, top_p=self.top_p)
         # Unsigned indices: JAX skips the negative-index fix-up ops, which would each
         # compile once per distinct row count.
         keys = self._keys[np.asarray(problem_indices, np.uint32)]
-        batch = self.decoder.sample_steps(slots, problem_keys=keys, node_ids=node_ids,
-                                          params=params, max_tokens=self.step_token_cap)
-        steps = [self._step(batch, row) for row in range(rows)]
-        for i, step in zip(problem_indices, steps):
-            self.generated[i] += len(step.token_ids)
-        return steps
+        return self.decoder.sample_steps(slots, problem_keys=keys, node_ids=node_ids,
+                                         params=params, max_tokens=max_tokens,
+                                         newline_ends=newline_ends)
 
     def sample_trie(self, slots: Sequence[int], problem_indices: Sequence[int],
                     group_ids: Sequence[int], temperatures: Sequence[float],

@@ -1,66 +1,106 @@
 """Search's ``TextGenerator`` over the batched decoder: whole texts from any prompt.
 
-Each request's prompt is prefilled once and forked into one row per sample; the rows are
-sampled a line at a time (the step sampler) until each ends: EOS, a full slot, a line
-longer than the step token cap, the task's final-answer line, or ``max_tokens`` sampled
-(or the request's own ``max_tokens``, when it asks for fewer).
+Each request's prompt is prefilled once and forked into one row per sample; every row of
+a round is sampled in one step-sampler call that newlines do not end (rows leave its
+chunks as they end: EOS, a full slot, or ``max_tokens`` sampled, or the request's own
+``max_tokens`` when it asks for fewer). A text is read up to its first final-answer line
+(the task's terminal step); the tokens after it were sampled and are charged. (Sampled a
+line at a time, as before, each line's call lasted as long as the round's longest line:
+a round cost the sum of its longest lines rather than its longest text.)
 Tokens are charged to the request's problem, as the expander's are, so MCTSr and value
-prompts are counted like every other method.
+prompts are counted like every other method. Each request's finished row (its only
+sample's, or the prompt its samples share) is kept for a while (``KeptRows``): a later
+prompt of the same problem that begins the same way is forked from it and computes, and
+is charged, only its new tokens.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
+from qstar_jax.decoding.kv_cache import SlotPoolExhausted
+from qstar_jax.decoding.paged_cache import PagePoolExhausted
+from qstar_jax.policy.kept_rows import KeptRows
 from qstar_jax.policy.runtime import PolicyRuntime, stable_id
 from qstar_jax.search.interface import Generation, TextRequest
 from qstar_jax.tasks.base import STEP_SEPARATOR
 
 
 class DecoderTextGenerator:
-    def __init__(self, runtime: PolicyRuntime, *, max_tokens: int):
+    """``kept_rows_per_problem``: finished rows each problem keeps (``KeptRows``) so a
+    prompt that continues one prefills only its new tokens; 0 keeps none. Call
+    ``drop_kept`` when a batch of problems is done."""
+
+    def __init__(self, runtime: PolicyRuntime, *, max_tokens: int,
+                 kept_rows_per_problem: int = 0):
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         self.runtime = runtime
         self.max_tokens = max_tokens
+        self.kept = KeptRows(kept_rows_per_problem)
 
     def generate(self, requests: Sequence[TextRequest]) -> list[list[Generation]]:
         rt = self.runtime
-        roots = rt.prefill_texts([r.problem_index for r in requests],
-                                 [r.prompt for r in requests])
-        rows = [slot for slots in rt.fork(roots, [r.num_samples for r in requests])
-                for slot in slots]
-        rt.free(roots)
-        owners = [(requests[k], j) for k, r in enumerate(requests) for j in range(r.num_samples)]
-        limits = [min(self.max_tokens, request.max_tokens or self.max_tokens)
-                  for request, _ in owners]
-        lines: list[list[str]] = [[] for _ in rows]
-        counts = [0] * len(rows)
-        live = list(range(len(rows)))
-        for line in range(self.max_tokens):  # every line is at least one token
-            if not live:
-                break
-            sampled = rt.sample(
-                [rows[x] for x in live], [owners[x][0].problem_index for x in live],
-                [stable_id("text", owners[x][0].stream, owners[x][1], line) for x in live],
-                [owners[x][0].temperature for x in live])
-            ended = []
-            for x, step in zip(live, sampled):
-                lines[x].append(step.text)
-                counts[x] += len(step.token_ids)
-                if step.ends_trace or counts[x] >= limits[x]:
-                    ended.append(x)
-            rt.free([rows[x] for x in ended])
-            live = [x for x in live if x not in ended]
-        rt.free([rows[x] for x in live])
-        out: list[list[Generation]] = [[] for _ in requests]
-        texts = iter(zip(lines, counts))
+        prompts = [rt.tokenizer.encode(r.prompt) for r in requests]
+        roots = self._with_room(lambda: self._prefill(requests, prompts))
+        rows = [slot for slots in self._with_room(
+            lambda: rt.fork(roots, [r.num_samples for r in requests])) for slot in slots]
+        owners = [(request, j) for request in requests for j in range(request.num_samples)]
+        sampled = self._with_room(lambda: rt.sample_texts(
+            rows, [request.problem_index for request, _ in owners],
+            [stable_id("text", request.stream, j) for request, j in owners],
+            [request.temperature for request, _ in owners],
+            [min(self.max_tokens, request.max_tokens or self.max_tokens)
+             for request, _ in owners]))
+        # Each request keeps one row: its only sample's, or the prompt its samples share.
+        out, first = [], 0
         for k, request in enumerate(requests):
-            for _ in range(request.num_samples):
-                text_lines, count = next(texts)
-                out[k].append(Generation(text=STEP_SEPARATOR.join(text_lines).strip(),
-                                         generated_tokens=count))
+            samples = sampled[first:first + request.num_samples]
+            if request.num_samples == 1:
+                self._keep(request.problem_index, rows[first],
+                           [*prompts[k], *samples[0].token_ids])
+                rt.free([roots[k]])
+            else:
+                self._keep(request.problem_index, roots[k], prompts[k])
+                rt.free(rows[first:first + request.num_samples])
+            out.append([Generation(text=self._through_answer_line(t.text),
+                                   generated_tokens=len(t.token_ids)) for t in samples])
+            first += request.num_samples
         return out
+
+    def _through_answer_line(self, text: str) -> str:
+        """The text up to its first final-answer line (the task's terminal step): what
+        follows is sampled, and charged, but not read."""
+        lines = text.split(STEP_SEPARATOR)
+        ends = [k for k, line in enumerate(lines) if self.runtime.task.is_terminal_step(line)]
+        return STEP_SEPARATOR.join(lines[:ends[0] + 1] if ends else lines).strip()
+
+    def drop_kept(self) -> None:
+        """Free every kept row (a batch of problems is done)."""
+        self.runtime.free(self.kept.drop_all())
+
+    def _prefill(self, requests: Sequence[TextRequest],
+                 prompts: list[list[int]]) -> list[int]:
+        """A slot per request holding its prompt, forked from the problem's kept row that
+        shares the longest prefix with it where one does."""
+        sources = [self.kept.best_source(r.problem_index, p) for r, p in zip(requests, prompts)]
+        return self.runtime.prefill_tokens([r.problem_index for r in requests], prompts,
+                                           sources=[slot for slot, _ in sources],
+                                           shared=[n for _, n in sources])
+
+    def _keep(self, problem_index: int, slot: int, tokens: list[int]) -> None:
+        self.runtime.free(self.kept.keep(problem_index, slot, tokens))
+
+    def _with_room(self, call):
+        """``call()``; when the cache is full and rows are kept, drop them and call again
+        (a full pool raises before anything changes)."""
+        try:
+            return call()
+        except (SlotPoolExhausted, PagePoolExhausted):
+            if not len(self.kept):
+                raise
+            self.drop_kept()
+            return call()
 
     def generated_tokens(self, problem_index: int) -> int:
         return self.runtime.generated[problem_index]

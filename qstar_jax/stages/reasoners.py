@@ -35,12 +35,14 @@ def reasoner_slots(ctx: RunContext, method: str) -> int:
     round at once."""
     e, t = ctx.config.eval, ctx.config.eval.tot
     value_rows = t.value_samples + 1 if t.evaluator == ToTEvaluator.value_prompt else 0
+    kept = e.text_kept_rows  # the text generator's kept rows (policy/kept_rows.py)
     if method == "tot_bfs":  # a depth's parents and their children
-        return t.keep * (t.k + 1) + t.keep * t.k * value_rows
+        return t.keep * (t.k + 1) + t.keep * t.k * value_rows + kept * bool(value_rows)
     if method == "tot_dfs":  # up to K - 1 waiting siblings per depth, and K new children
-        return (t.k - 1) * ctx.config.decode.max_steps + t.k + 1 + t.k * value_rows
+        return ((t.k - 1) * ctx.config.decode.max_steps + t.k + 1 + t.k * value_rows
+                + kept * bool(value_rows))
     if method == "mctsr":
-        return e.mctsr.score_samples + 1
+        return e.mctsr.score_samples + 1 + kept
     raise ValueError(f"{method!r} is not one of the reasoner methods")
 
 
@@ -53,11 +55,12 @@ def reasoner_search(ctx: RunContext, method: str, problems: Sequence[Problem],
     e = cfg.eval
     chat = ctx.policy.tokenizer.apply_chat_template if cfg.policy.chat_template else None
     prompts = ReasonerPrompts(questions=tuple(p.question for p in problems), chat=chat)
-    generator = DecoderTextGenerator(runtime, max_tokens=e.text_max_tokens)
+    generator = DecoderTextGenerator(runtime, max_tokens=e.text_max_tokens,
+                                     kept_rows_per_problem=e.text_kept_rows)
     if method == "mctsr":
-        return lambda batch, description: run_text_search(
+        return _dropping_kept_rows(generator, lambda batch, description: run_text_search(
             len(batch), lambda k: MCTSrPlanner(batch[k], e.mctsr, prompts), generator,
-            include_trees=e.dump_trees, description=description)
+            include_trees=e.dump_trees, description=description))
     t = e.tot
     config = ToTConfig(k=t.k, keep=t.keep, threshold=t.threshold,
                        max_expansions=t.max_expansions, temperature=e.temperature,
@@ -70,6 +73,17 @@ def reasoner_search(ctx: RunContext, method: str, problems: Sequence[Problem],
         q_fn = None  # ranked by g: Q̂ calls would be spent for nothing
     planner = {"tot_bfs": tot_bfs_planner, "tot_dfs": ToTDFSPlanner}[method]
     expander = DecoderExpander(runtime, prefix_sharing=e.prefix_sharing)
-    return lambda batch, description: run_search(
+    return _dropping_kept_rows(generator, lambda batch, description: run_search(
         len(batch), lambda k: planner(batch[k], config, value), expander, q_fn, utility,
-        include_trees=e.dump_trees, description=description)
+        include_trees=e.dump_trees, description=description))
+
+
+def _dropping_kept_rows(generator: DecoderTextGenerator, search: BatchSearch) -> BatchSearch:
+    """``search``, after which (finished or failed) the generator's kept rows are freed,
+    so the next batch starts with every slot it was sized for."""
+    def searched(batch: list[int], description: str) -> list[SearchResult]:
+        try:
+            return search(batch, description)
+        finally:
+            generator.drop_kept()
+    return searched

@@ -108,6 +108,23 @@ def test_each_row_ends_its_step_for_its_own_reason(counting_decoder):
                                   [len(p) + len(t) for p, (t, _) in zip(prompts, got)])
 
 
+def test_a_whole_text_runs_past_newlines_to_eos_or_its_cap(counting_decoder):
+    """``newline_ends=False`` (the text generator's texts): token 7 no longer ends the
+    row; EOS and the cap still do, and no new variant is traced for it."""
+    slots = counting_decoder.allocate(2)
+    counting_decoder.prefill(slots, [[4], [1]])
+    counting_decoder.sample_steps(slots, problem_keys=_keys(0, 1), node_ids=[0, 0],
+                                  params=SamplingParams.make(2), max_tokens=[8, 3])
+    traced = dict(counting_decoder.trace_counts)
+    counting_decoder.prefill(slots, [[4], [1]])
+    step = counting_decoder.sample_steps(slots, problem_keys=_keys(0, 1), node_ids=[0, 0],
+                                         params=SamplingParams.make(2), max_tokens=[8, 3],
+                                         newline_ends=False)
+    assert [(step.row_tokens(i), EndReason(int(step.end_reason[i]))) for i in range(2)] == [
+        ([5, 6, 7, 8, 9], EndReason.EOS), ([2, 3, 4], EndReason.CAP)]
+    assert dict(counting_decoder.trace_counts) == traced
+
+
 def test_no_retrace_when_only_data_changes(random_decoder):
     def round_trip(seed, prompts, caps, params):
         slots = random_decoder.allocate(3)

@@ -1,41 +1,37 @@
-"""The decoder's TextGenerator: rows keyed by (stream, sample, line), texts ended by the
-runtime's trace end or the token limit, every slot freed, tokens charged per problem."""
+"""The decoder's TextGenerator: rows keyed by (stream, sample), texts read through their
+answer line and cut at the token limit, every slot freed, tokens charged per problem;
+finished rows kept per problem and forked for prompts that continue them."""
 
-import collections
-
-import numpy as np
 import pytest
 
-from qstar_jax.policy.runtime import SampledStep, stable_id
+from qstar_jax.decoding.kv_cache import SlotPoolExhausted
+from qstar_jax.policy.kept_rows import MIN_SHARED_TOKENS, KeptRows
+from qstar_jax.policy.runtime import SampledText, stable_id
 from qstar_jax.policy.text_generator import DecoderTextGenerator
 from qstar_jax.search.interface import TextRequest
 from tests.support.scripted_runtime import ScriptedRuntime
 
 TOKENS_PER_LINE = 2
-LINES_PER_TEXT = 3
+LINES = 4  # "<key>/0", "<key>/1", "answer <key>", "after": the last is past the answer
 
 
 class LineRuntime(ScriptedRuntime):
-    """A ``PolicyRuntime`` whose sampled line is the key it was drawn with; a slot's
-    trace ends at its third line."""
-
-    def __init__(self):
-        super().__init__()
-        self.lines = collections.Counter()
+    """A ``PolicyRuntime`` whose sampled text is four lines of two tokens each, named by
+    the key it was drawn with, cut at the row's token limit."""
 
     def free(self, slots):
         assert self.held >= set(slots), "a slot freed twice"
         super().free(slots)
 
-    def sample(self, slots, problem_indices, node_ids, temperatures):
-        steps = []
-        for slot, i, key in zip(slots, problem_indices, node_ids):
-            self.lines[slot] += 1
-            self.generated[i] += TOKENS_PER_LINE
-            steps.append(SampledStep(text=str(key), token_ids=(0,) * TOKENS_PER_LINE,
-                                     logprob=0.0, hidden=np.zeros(1), slot=slot,
-                                     ends_trace=self.lines[slot] == LINES_PER_TEXT))
-        return steps
+    def sample_texts(self, slots, problem_indices, node_ids, temperatures, max_tokens):
+        texts = []
+        for i, key, limit in zip(problem_indices, node_ids, max_tokens):
+            lines = [f"{key}/0", f"{key}/1", f"answer {key}", "after"]
+            n = min(limit, LINES * TOKENS_PER_LINE)
+            self.generated[i] += n
+            texts.append(SampledText(text="\n".join(lines[:-(-n // TOKENS_PER_LINE)]),
+                                     token_ids=(0,) * n))
+        return texts
 
 
 def request(problem, stream, samples):
@@ -43,27 +39,29 @@ def request(problem, stream, samples):
                        temperature=1.0, stream=stream)
 
 
-def expected(stream, sample, lines=LINES_PER_TEXT):
-    return "\n".join(str(stable_id("text", stream, sample, line)) for line in range(lines))
+def expected(stream, sample, lines=3):
+    key = stable_id("text", stream, sample)
+    return "\n".join([f"{key}/0", f"{key}/1", f"answer {key}"][:lines])
 
 
-def test_texts_are_keyed_by_stream_sample_and_line_whatever_the_batch():
+def test_texts_are_keyed_by_stream_and_sample_whatever_the_batch():
     runtime = LineRuntime()
     generator = DecoderTextGenerator(runtime, max_tokens=100)
     alone = generator.generate([request(0, "score/1", 2)])
     batched = generator.generate([request(1, "critique/0", 1), request(0, "score/1", 2)])
     assert batched[1:] == alone
     assert [g.text for g in alone[0]] == [expected("score/1", 0), expected("score/1", 1)]
-    assert [g.generated_tokens for g in alone[0]] == [LINES_PER_TEXT * TOKENS_PER_LINE] * 2
+    # Read through the answer line; the line after it was sampled and is charged.
+    assert [g.generated_tokens for g in alone[0]] == [LINES * TOKENS_PER_LINE] * 2
     assert not runtime.held, "every slot is freed"
-    assert generator.generated_tokens(0) == 2 * 2 * LINES_PER_TEXT * TOKENS_PER_LINE
+    assert generator.generated_tokens(0) == 2 * 2 * LINES * TOKENS_PER_LINE
     assert generator.prefilled_tokens(1) == len("prompt")
 
 
 def test_a_text_stops_at_the_token_limit():
     runtime = LineRuntime()
     [[text]] = DecoderTextGenerator(runtime, max_tokens=3).generate([request(0, "s", 1)])
-    assert text.text == expected("s", 0, lines=2) and text.generated_tokens == 4
+    assert text.text == expected("s", 0, lines=2) and text.generated_tokens == 3
     assert not runtime.held
 
 
@@ -73,7 +71,7 @@ def test_a_request_asking_for_fewer_tokens_stops_there_and_leaves_the_others():
                         stream="score/0", max_tokens=1)
     [[cut], [whole]] = DecoderTextGenerator(runtime, max_tokens=100).generate(
         [short, request(0, "critique/0", 1)])
-    assert cut.text == expected("score/0", 0, lines=1) and cut.generated_tokens == 2
+    assert cut.text == expected("score/0", 0, lines=1) and cut.generated_tokens == 1
     assert whole.text == expected("critique/0", 0)
     assert not runtime.held
 
@@ -81,3 +79,82 @@ def test_a_request_asking_for_fewer_tokens_stops_there_and_leaves_the_others():
 def test_bad_token_limit_is_a_clear_error():
     with pytest.raises(ValueError, match="max_tokens must be >= 1"):
         DecoderTextGenerator(LineRuntime(), max_tokens=0)
+
+
+class KeepingRuntime(LineRuntime):
+    """LineRuntime that records each prefill's fork sources and shared prefixes; a full
+    cache (``full`` set) refuses the next prefill once."""
+
+    def __init__(self):
+        super().__init__()
+        self.prefills = []
+        self.full = False
+
+    def prefill_tokens(self, problem_indices, token_lists, *, sources=None, shared=None):
+        if self.full:
+            self.full = False
+            raise SlotPoolExhausted("full")
+        self.prefills.append((list(sources), list(shared)))
+        return super().prefill_tokens(problem_indices, token_lists, sources=sources,
+                                      shared=shared)
+
+
+QUESTION = "a question long enough to share: "
+
+
+def ask(generator, problem, prompt, samples=1):
+    return generator.generate([TextRequest(problem_index=problem, prompt=prompt,
+                                           num_samples=samples, temperature=1.0,
+                                           stream="s")])
+
+
+def test_a_prompt_continuing_a_kept_row_is_forked_from_it_and_charged_its_new_tokens():
+    runtime = KeepingRuntime()
+    generator = DecoderTextGenerator(runtime, max_tokens=100, kept_rows_per_problem=2)
+    ask(generator, 0, QUESTION)  # kept: the prompt and its 3 lines of 2 tokens
+    [kept] = runtime.held
+    ask(generator, 0, QUESTION + "more")
+    # The row holds the prompt's characters, then sampled tokens (0s): "more" is new.
+    assert runtime.prefills[-1] == ([kept], [len(QUESTION)])
+    assert generator.prefilled_tokens(0) == len(QUESTION) + len("more")
+    ask(generator, 1, QUESTION + "more")  # another problem's rows are never its source
+    assert runtime.prefills[-1] == ([None], [0])
+    ask(generator, 0, "short")  # nothing long enough in common: a whole prefill
+    assert runtime.prefills[-1] == ([None], [0])
+    assert len(generator.kept) == 3  # problem 0 keeps its last 2 rows, problem 1 its one
+    generator.drop_kept()
+    assert not runtime.held
+
+
+def test_samples_of_one_prompt_keep_the_prompt_they_share():
+    runtime = KeepingRuntime()
+    generator = DecoderTextGenerator(runtime, max_tokens=100, kept_rows_per_problem=1)
+    ask(generator, 0, QUESTION, samples=3)
+    assert len(runtime.held) == 1  # the prompt's row; the samples went back
+    ask(generator, 0, QUESTION + "again")
+    assert runtime.prefills[-1][1] == [len(QUESTION)]
+
+
+def test_a_full_cache_drops_the_kept_rows_and_tries_again():
+    runtime = KeepingRuntime()
+    generator = DecoderTextGenerator(runtime, max_tokens=100, kept_rows_per_problem=2)
+    ask(generator, 0, QUESTION)
+    runtime.full = True
+    [[text]] = ask(generator, 0, QUESTION + "more")
+    assert text.text == expected("s", 0)
+    assert runtime.prefills[-1] == ([None], [0])  # the kept row was dropped before the retry
+    runtime.full = True
+    generator.drop_kept()
+    with pytest.raises(SlotPoolExhausted):  # with nothing kept, a full cache is an error
+        ask(generator, 0, QUESTION)
+
+
+def test_kept_rows_share_a_prefix_of_at_least_min_shared_tokens_and_leave_the_last():
+    kept = KeptRows(per_problem=2)
+    assert kept.keep(0, 5, list(range(40))) == []
+    assert kept.best_source(0, list(range(MIN_SHARED_TOKENS - 1)) + [99]) == (None, 0)
+    assert kept.best_source(0, list(range(30)) + [99]) == (5, 30)
+    assert kept.best_source(0, list(range(20))) == (5, 19)  # the last token is prefilled
+    assert kept.keep(0, 6, list(range(10))) == [] and kept.keep(0, 7, [1]) == [5]
+    assert sorted(kept.drop_all()) == [6, 7] and len(kept) == 0
+    assert KeptRows(per_problem=0).keep(0, 5, [1, 2]) == [5]  # nothing kept

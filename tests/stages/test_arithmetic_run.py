@@ -160,3 +160,41 @@ def test_the_second_policys_greedy_row_is_that_policy_decoding_alone(arithmetic_
 
     second = rows(arithmetic_run, "greedy_second_policy")
     assert second == rows(alone, "greedy") and len(second) == 4
+
+
+def test_texts_continuing_kept_rows_are_the_texts_of_whole_prompts(arithmetic_run):
+    """A prompt that continues a row the text generator kept (as MCTSr's refinement
+    continues its critique) is forked from it and prefills only its new tokens, and the
+    text sampled after it is the one a whole-prompt prefill gives."""
+    from qstar_jax.policy.text_generator import DecoderTextGenerator
+    from qstar_jax.search.interface import TextRequest
+
+    ctx = RunContext(config=load_config(None, TINY), out=arithmetic_run)
+    problems = ctx.problems("validation", 2)
+    prompts = ctx.prompts(problems)
+
+    def converse(kept_rows):
+        runtime = ctx.runtime(problems)
+        generator = DecoderTextGenerator(runtime, max_tokens=24,
+                                         kept_rows_per_problem=kept_rows)
+
+        def ask(texts, stream):
+            return [g.text for [g] in generator.generate([
+                TextRequest(problem_index=i, prompt=t, num_samples=1, temperature=1.0,
+                            stream=stream) for i, t in enumerate(texts)])]
+
+        first = ask(prompts, "first")
+        again = ask([f"{p}{a}\nSo:\n" for p, a in zip(prompts, first)], "again")
+        generator.drop_kept()
+        assert runtime.decoder.pool.num_free == runtime.decoder.num_slots
+        return first + again, [generator.prefilled_tokens(i) for i in range(2)]
+
+    texts, prefilled = converse(0)
+    kept_texts, kept_prefilled = converse(4)
+    assert kept_texts == texts
+    encode = ctx.policy.tokenizer.encode
+    whole = [len(encode(p)) + len(encode(f"{p}{a}\nSo:\n")) for p, a in zip(prompts, texts)]
+    assert prefilled == whole
+    # The second prompt computes only what follows the first answer's last line.
+    assert all(k <= len(encode(p)) + len(encode("\nSo:\n"))
+               for k, p in zip(kept_prefilled, prompts))

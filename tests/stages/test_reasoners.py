@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from qstar_jax.config import load_config
-from qstar_jax.policy.runtime import SampledStep
+from qstar_jax.policy.runtime import SampledStep, SampledText
 from qstar_jax.search.process_utility import ZeroUtility
 from qstar_jax.stages.reasoners import reasoner_search, reasoner_slots
 from qstar_jax.tasks.base import Problem
@@ -17,14 +17,19 @@ TOKENS = 2  # per sampled line
 
 
 class OneLineRuntime(ScriptedRuntime):
-    """Every sampled line is "Score: 50" (TOKENS tokens) and ends its trace; a prompt
-    costs one token per character."""
+    """Every sampled line and text is "Score: 50" (TOKENS tokens), a line ends its trace;
+    a prompt costs one token per character."""
 
     def sample(self, slots, problem_indices, node_ids, temperatures):
         for i in problem_indices:
             self.generated[i] += TOKENS
         return [SampledStep(text="Score: 50", token_ids=(0,) * TOKENS, logprob=0.0,
                             hidden=np.zeros(1), ends_trace=True, slot=s) for s in slots]
+
+    def sample_texts(self, slots, problem_indices, node_ids, temperatures, max_tokens):
+        for i in problem_indices:
+            self.generated[i] += TOKENS
+        return [SampledText(text="Score: 50", token_ids=(0,) * TOKENS) for _ in slots]
 
 
 class CountingQ:
@@ -73,6 +78,7 @@ def test_mctsr_writes_critiques_refinements_and_scores_through_the_generator():
 
 def test_slots_per_problem_cover_what_a_problem_holds():
     _, ctx = run("mctsr")
-    assert reasoner_slots(ctx, "mctsr") == 3  # a prompt row and 2 score samples
+    # A prompt row, 2 score samples and the generator's 4 kept rows (eval.text_kept_rows).
+    assert reasoner_slots(ctx, "mctsr") == 3 + 4
     assert reasoner_slots(ctx, "tot_bfs") == 2 * 3
     assert reasoner_slots(ctx, "tot_dfs") == 1 * 8 + 2 + 1  # decode.max_steps = 8

@@ -1,8 +1,21 @@
 """The slot bookkeeping of a scripted stand-in for ``PolicyRuntime``: slots handed out and
-given back, prompt characters charged per problem. Subclasses script ``sample``."""
+given back, prompt characters (its tokens) charged per problem. Subclasses script
+``sample``."""
 
 import collections
 import itertools
+
+
+class CharTokenizer:
+    def encode(self, text):
+        return [ord(c) for c in text]
+
+
+class AnswerLineTask:
+    """A line starting "answer" is the final-answer line."""
+
+    def is_terminal_step(self, line):
+        return line.startswith("answer")
 
 
 class ScriptedRuntime:
@@ -11,14 +24,20 @@ class ScriptedRuntime:
         self.held: set[int] = set()
         self.generated = collections.Counter()
         self.prefilled = collections.Counter()
+        self.tokenizer = CharTokenizer()
+        self.task = AnswerLineTask()
 
     def prefill(self, problem_indices, prefixes):
         return self.prefill_texts(problem_indices, ["prompt"] * len(problem_indices))
 
     def prefill_texts(self, problem_indices, texts):
-        for i, text in zip(problem_indices, texts):
-            self.prefilled[i] += len(text)
-        return self._take(len(texts))
+        return self.prefill_tokens(problem_indices, [self.tokenizer.encode(t) for t in texts])
+
+    def prefill_tokens(self, problem_indices, token_lists, *, sources=None, shared=None):
+        shared = shared or [0] * len(token_lists)
+        for i, tokens, kept in zip(problem_indices, token_lists, shared):
+            self.prefilled[i] += len(tokens) - kept
+        return self._take(len(token_lists))
 
     def fork(self, parents, counts):
         return [self._take(n) for n in counts]
