@@ -24,7 +24,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -285,10 +285,13 @@ class Decoder:
 
     def sample_steps(self, slots: Sequence[int], *, problem_keys: jax.Array,
                      node_ids: Sequence[int], params: SamplingParams,
-                     max_tokens: int | Sequence[int], newline_ends: bool = True) -> StepBatch:
+                     max_tokens: int | Sequence[int], newline_ends: bool = True,
+                     done: Callable[[list[int]], bool] | None = None) -> StepBatch:
         """Extend each slot by one sampled step (until a newline token, EOS, its token cap
         or a full slot, whichever comes first; ``newline_ends=False``: a whole text, which
-        a newline does not end).
+        a newline does not end). ``done``: a host check of a row's tokens so far, run
+        between chunks; True ends the row there (``EndReason.DONE``; the chunk's tokens
+        past the point the check looks for stay sampled).
 
         problem_keys: [B] typed PRNG keys (``jax.random.key``); node_ids: [B] ints in
         [0, 2**31); together with a token's position they fix its random draw, so a row's
@@ -315,6 +318,8 @@ class Decoder:
                                          step.chunk_caps(), cap_bucket, newline_ends)
                 self._lengths[slots[going]] += out.num_tokens
                 step.add(out)
+                if done is not None:
+                    step.end_where(done)
         finally:  # the pages reserved up to the cap and left unwritten go back
             trim_pages(self.pages, slots, self._lengths)
         return StepBatch(slots=slots, tokens=step.tokens, logprobs=step.logprobs,

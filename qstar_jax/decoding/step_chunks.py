@@ -16,6 +16,7 @@ tokens one call would; only float rounding from other batch shapes may differ.
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import numpy as np
 
@@ -79,3 +80,10 @@ class ChunkedStep:
         # Only the chunk's cap stopped it, and the row's own cap is not spent yet.
         self.going = rows[(out.end_reason == EndReason.CAP)
                           & (self.num_tokens[rows] < self.caps[rows])]
+
+    def end_where(self, done: Callable[[list[int]], bool]) -> None:
+        """End the going rows whose tokens so far ``done`` calls complete (EndReason.DONE)."""
+        finished = np.array([done(self.tokens[row, :self.num_tokens[row]].tolist())
+                             for row in self.going], bool)
+        self.end_reason[self.going[finished]] = EndReason.DONE
+        self.going = self.going[~finished]

@@ -35,6 +35,7 @@ class EndReason(enum.IntEnum):
     NEWLINE = 1     # the last token contains a newline: the step is complete
     CACHE_FULL = 2  # the slot holds max_len tokens and cannot grow
     CAP = 3         # the row produced its token cap without finishing the step
+    DONE = 4        # host only: between chunks, the caller's check found the row complete
 
 
 @functools.partial(jax.tree_util.register_dataclass,

@@ -126,11 +126,14 @@ class PolicyRuntime:
                      node_ids: Sequence[int], temperatures: Sequence[float],
                      max_tokens: Sequence[int]) -> list[SampledText]:
         """A whole text after each slot, which it extends in place: newlines do not end
-        it; EOS, ``max_tokens[i]`` tokens or a full slot do."""
+        it; EOS, ``max_tokens[i]`` tokens, a full slot, or a complete final-answer line
+        (the task's terminal step, checked between the sampler's chunks, so up to a chunk
+        of tokens past it stay sampled) do."""
         if not slots:
             return []
         batch = self._sample_batch(slots, problem_indices, node_ids, temperatures,
-                                   np.asarray(max_tokens), newline_ends=False)
+                                   np.asarray(max_tokens), newline_ends=False,
+                                   done=self._holds_answer_line)
         texts = []
         for row, i in enumerate(problem_indices):
             tokens = batch.row_tokens(row)
@@ -140,8 +143,13 @@ class PolicyRuntime:
             self.generated[i] += len(tokens)
         return texts
 
+    def _holds_answer_line(self, tokens: list[int]) -> bool:
+        """Whether the text of ``tokens`` has a complete final-answer line."""
+        lines = self.tokenizer.decode(tokens).split(STEP_SEPARATOR)[:-1]
+        return any(self.task.is_terminal_step(line) for line in lines)
+
     def _sample_batch(self, slots, problem_indices, node_ids, temperatures, max_tokens, *,
-                      newline_ends: bool) -> StepBatch:
+                      newline_ends: bool, done=None) -> StepBatch:
         params = SamplingParams.make(len(slots),
                                      temperature=np.asarray(temperatures, np.float32),
                                      top_k=self.top_k, top_p=self.top_p)
@@ -150,7 +158,7 @@ class PolicyRuntime:
         keys = self._keys[np.asarray(problem_indices, np.uint32)]
         return self.decoder.sample_steps(slots, problem_keys=keys, node_ids=node_ids,
                                          params=params, max_tokens=max_tokens,
-                                         newline_ends=newline_ends)
+                                         newline_ends=newline_ends, done=done)
 
     def sample_trie(self, slots: Sequence[int], problem_indices: Sequence[int],
                     group_ids: Sequence[int], temperatures: Sequence[float],

@@ -4,7 +4,8 @@ import numpy as np
 from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_sampler import EndReason
-from tests.decoding.tiny_models import COUNTING_MAX_LEN
+from tests.decoding.tiny_models import (COUNTING_EOS_ID, COUNTING_MAX_LEN, COUNTING_NEWLINE_ID,
+                                        COUNTING_VOCAB, STEP_BUCKET)
 
 PROMPTS = [[3, 14, 15, 9, 26], [5, 35, 8, 9, 7, 9, 32, 3, 8, 4, 6], [2, 7, 1]]
 SAMPLED = dict(temperature=1.0, top_k=40, top_p=0.95)
@@ -123,6 +124,25 @@ def test_a_whole_text_runs_past_newlines_to_eos_or_its_cap(counting_decoder):
     assert [(step.row_tokens(i), EndReason(int(step.end_reason[i]))) for i in range(2)] == [
         ([5, 6, 7, 8, 9], EndReason.EOS), ([2, 3, 4], EndReason.CAP)]
     assert dict(counting_decoder.trace_counts) == traced
+
+
+def test_a_host_check_between_chunks_ends_the_rows_it_calls_done(counting_model):
+    """``done`` runs on each going row's tokens after every chunk (here 4 tokens): a row
+    it calls complete ends there (EndReason.DONE) with the chunk's tokens; the others go
+    on to their own ends."""
+    newline_table = np.zeros(COUNTING_VOCAB, bool)
+    newline_table[COUNTING_NEWLINE_ID] = True
+    decoder = Decoder(counting_model, num_slots=4, max_len=COUNTING_MAX_LEN,
+                      newline_table=newline_table, eos_ids=[COUNTING_EOS_ID],
+                      min_batch_bucket=2, min_step_bucket=STEP_BUCKET, step_chunk=4)
+    slots = decoder.allocate(2)
+    decoder.prefill(slots, [[1], [10]])
+    step = decoder.sample_steps(slots, problem_keys=_keys(0, 1), node_ids=[0, 0],
+                                params=SamplingParams.make(2), max_tokens=12,
+                                newline_ends=False, done=lambda tokens: 3 in tokens)
+    assert [(step.row_tokens(i), EndReason(int(step.end_reason[i]))) for i in range(2)] == [
+        ([2, 3, 4, 5], EndReason.DONE), (list(range(11, 23)), EndReason.CAP)]
+    np.testing.assert_array_equal(decoder.lengths(slots), [5, 13])
 
 
 def test_no_retrace_when_only_data_changes(random_decoder):
