@@ -37,7 +37,7 @@ class SampledStep:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SampledText:
-    text: str  # the tokens decoded, EOS left out
+    text: str  # the tokens decoded (EOS left out) through the first final-answer line
     token_ids: tuple[int, ...]
 
 
@@ -128,7 +128,7 @@ class PolicyRuntime:
         """A whole text after each slot, which it extends in place: newlines do not end
         it; EOS, ``max_tokens[i]`` tokens, a full slot, or a complete final-answer line
         (the task's terminal step, checked between the sampler's chunks, so up to a chunk
-        of tokens past it stay sampled) do."""
+        of tokens past it stay sampled, and are charged, but are not in the text) do."""
         if not slots:
             return []
         batch = self._sample_batch(slots, problem_indices, node_ids, temperatures,
@@ -138,15 +138,22 @@ class PolicyRuntime:
         for row, i in enumerate(problem_indices):
             tokens = batch.row_tokens(row)
             eos = EndReason(int(batch.end_reason[row])) == EndReason.EOS
-            texts.append(SampledText(token_ids=tuple(tokens), text=self.tokenizer.decode(
-                tokens[:-1] if eos else tokens)))
+            lines = self.tokenizer.decode(tokens[:-1] if eos else tokens).split(STEP_SEPARATOR)
+            end = self._answer_line(lines)
+            texts.append(SampledText(token_ids=tuple(tokens), text=STEP_SEPARATOR.join(
+                lines if end is None else lines[:end + 1]).strip()))
             self.generated[i] += len(tokens)
         return texts
+
+    def _answer_line(self, lines: list[str]) -> int | None:
+        """The index of the first final-answer line (the task's terminal step), if any."""
+        return next((k for k, line in enumerate(lines) if self.task.is_terminal_step(line)),
+                    None)
 
     def _holds_answer_line(self, tokens: list[int]) -> bool:
         """Whether the text of ``tokens`` has a complete final-answer line."""
         lines = self.tokenizer.decode(tokens).split(STEP_SEPARATOR)[:-1]
-        return any(self.task.is_terminal_step(line) for line in lines)
+        return self._answer_line(lines) is not None
 
     def _sample_batch(self, slots, problem_indices, node_ids, temperatures, max_tokens, *,
                       newline_ends: bool, done=None) -> StepBatch:

@@ -1,6 +1,7 @@
 """Search's ``TextGenerator`` over the batched decoder: whole texts from any prompt.
 
-Each request's prompt is prefilled once and forked into one row per sample; every row of
+Each request's prompt is prefilled once (and forked into one row per sample where it asks
+for several); every row of
 a round is sampled in one step-sampler call that newlines do not end (rows leave its
 chunks as they end: EOS, a full slot, or ``max_tokens`` sampled, or the request's own
 ``max_tokens`` when it asks for fewer). A text is read up to its first final-answer line
@@ -23,7 +24,6 @@ from qstar_jax.decoding.paged_cache import PagePoolExhausted
 from qstar_jax.policy.kept_rows import KeptRows
 from qstar_jax.policy.runtime import PolicyRuntime, stable_id
 from qstar_jax.search.interface import Generation, TextRequest
-from qstar_jax.tasks.base import STEP_SEPARATOR
 
 
 class DecoderTextGenerator:
@@ -43,8 +43,12 @@ class DecoderTextGenerator:
         rt = self.runtime
         prompts = [rt.tokenizer.encode(r.prompt) for r in requests]
         roots = self._with_room(lambda: self._prefill(requests, prompts))
-        rows = [slot for slots in self._with_room(
-            lambda: rt.fork(roots, [r.num_samples for r in requests])) for slot in slots]
+        # A request of one sample is sampled in its prompt's slot; others fork it.
+        copies = iter(self._with_room(lambda: rt.fork(
+            [root for root, r in zip(roots, requests) if r.num_samples > 1],
+            [r.num_samples for r in requests if r.num_samples > 1])))
+        rows = [slot for root, r in zip(roots, requests)
+                for slot in ([root] if r.num_samples == 1 else next(copies))]
         owners = [(request, j) for request in requests for j in range(request.num_samples)]
         sampled = self._with_room(lambda: rt.sample_texts(
             rows, [request.problem_index for request, _ in owners],
@@ -59,21 +63,13 @@ class DecoderTextGenerator:
             if request.num_samples == 1:
                 self._keep(request.problem_index, rows[first],
                            [*prompts[k], *samples[0].token_ids])
-                rt.free([roots[k]])
             else:
                 self._keep(request.problem_index, roots[k], prompts[k])
                 rt.free(rows[first:first + request.num_samples])
-            out.append([Generation(text=self._through_answer_line(t.text),
-                                   generated_tokens=len(t.token_ids)) for t in samples])
+            out.append([Generation(text=t.text, generated_tokens=len(t.token_ids))
+                        for t in samples])
             first += request.num_samples
         return out
-
-    def _through_answer_line(self, text: str) -> str:
-        """The text up to its first final-answer line (the task's terminal step): what
-        follows is sampled, and charged, but not read."""
-        lines = text.split(STEP_SEPARATOR)
-        ends = [k for k, line in enumerate(lines) if self.runtime.task.is_terminal_step(line)]
-        return STEP_SEPARATOR.join(lines[:ends[0] + 1] if ends else lines).strip()
 
     def drop_kept(self) -> None:
         """Free every kept row (a batch of problems is done)."""

@@ -29,7 +29,8 @@ class LineRuntime(ScriptedRuntime):
             lines = [f"{key}/0", f"{key}/1", f"answer {key}", "after"]
             n = min(limit, LINES * TOKENS_PER_LINE)
             self.generated[i] += n
-            texts.append(SampledText(text="\n".join(lines[:-(-n // TOKENS_PER_LINE)]),
+            # The runtime's text ends at the answer line; "after" is sampled, not read.
+            texts.append(SampledText(text="\n".join(lines[:min(-(-n // TOKENS_PER_LINE), 3)]),
                                      token_ids=(0,) * n))
         return texts
 
