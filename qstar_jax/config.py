@@ -323,19 +323,23 @@ class DistributedConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunConfig:
+    """A run's settings, in the order a reader needs them: the seed; the model, task and
+    decoder every stage shares; the stages to run, then each stage's own settings in
+    stage order; where results go and on which devices."""
+
     seed: int = 0
-    out_dir: str = "runs/default"
-    stages: tuple[str, ...] = DEFAULT_STAGES
     policy: PolicyConfig = dataclasses.field(default_factory=PolicyConfig)
-    policy_training: PolicyTrainingConfig = dataclasses.field(default_factory=PolicyTrainingConfig)
     task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
     decode: DecodeConfig = dataclasses.field(default_factory=DecodeConfig)
+    stages: tuple[str, ...] = DEFAULT_STAGES
+    policy_training: PolicyTrainingConfig = dataclasses.field(default_factory=PolicyTrainingConfig)
     collect: CollectConfig = dataclasses.field(default_factory=CollectConfig)
     label: LabelConfig = dataclasses.field(default_factory=LabelConfig)
     q_train: QTrainConfig = dataclasses.field(default_factory=QTrainConfig)
     prm_training: PRMTrainingConfig = dataclasses.field(default_factory=PRMTrainingConfig)
     search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    out_dir: str = "runs/default"
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     distributed: DistributedConfig = dataclasses.field(default_factory=DistributedConfig)
 

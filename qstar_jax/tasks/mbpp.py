@@ -56,10 +56,39 @@ MBPP_FORMAT = PromptFormat(
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class _HubConfiguration:
+    """One of MBPP's two hub configurations and where its records keep what differs
+    between them: the description, what runs before the tests (code, or import lines
+    joined into code), and any further hidden asserts."""
+
+    name: str
+    description: str
+    setup: Column
+    challenge_tests: Column | None = None
+
+    def columns(self) -> tuple[Column, ...]:
+        extra = (self.setup,) + ((self.challenge_tests,) if self.challenge_tests else ())
+        return (Column(name="task_id", holds="int: the problem's id"),
+                Column(name=self.description, holds="str: the task description"),
+                Column(name="test_list", holds="list[str]: assert statements, the first one shown"),
+                *extra,
+                Column(name="code", holds="str: a reference solution", required=False))
+
+    def read(self, record: dict[str, Any]) -> tuple[str, str, list[str]]:
+        """The record's description, its setup code and its further hidden asserts."""
+        setup = record.get(self.setup.name) or ""
+        if isinstance(setup, list):
+            setup = "\n".join(setup)
+        challenge = (list(record.get(self.challenge_tests.name) or [])
+                     if self.challenge_tests else [])
+        return record[self.description], setup, challenge
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class _MbppBase(FencedCodeAnswers):
     """Loading, prompt, step format and grading shared by both MBPP configs; a subclass
-    names its config's columns and reads a record."""
+    names its hub configuration (``hub``)."""
 
     data_files: DataFiles | None = None
     hub_name: str = "google-research-datasets/mbpp"
@@ -68,8 +97,7 @@ class _MbppBase(FencedCodeAnswers):
     timeout_s: float = 5.0  # per program, all its tests together
     memory_mb: int = 512
 
-    hub_config: ClassVar[str]
-    columns: ClassVar[tuple[Column, ...]]
+    hub: ClassVar[_HubConfiguration]
 
     def __post_init__(self):
         check_n_shot(MBPP_FORMAT, self.n_shot)
@@ -77,7 +105,7 @@ class _MbppBase(FencedCodeAnswers):
     def load(self, split: str, *, limit: int | None = None, seed: int = 0,
              skip_malformed: bool = False) -> list[Problem]:
         source = DatasetSource(task_name=self.name, hub_name=self.hub_name,
-                               hub_configs=(self.hub_config,), columns=self.columns)
+                               hub_configs=(self.hub.name,), columns=self.hub.columns())
         return load_problems(source, split, self._problem_from_record,
                              data_files=self.data_files, cache_dir=self.cache_dir,
                              limit=limit, seed=seed, skip_malformed=skip_malformed)
@@ -91,8 +119,8 @@ class _MbppBase(FencedCodeAnswers):
         """The code the steps continue: none, the answer is the whole program."""
         return ""
 
-    def _problem(self, record: dict[str, Any], default_id: str, *, description: str,
-                 setup: str, challenge_tests: list[str]) -> Problem:
+    def _problem_from_record(self, record: dict[str, Any], default_id: str) -> Problem:
+        description, setup, challenge_tests = self.hub.read(record)
         tests = list(record["test_list"] or [])
         if not description:
             raise ValueError("empty or missing task description")
@@ -107,14 +135,15 @@ class _MbppBase(FencedCodeAnswers):
                       "reference_code": record.get("code")})
 
 
-def _columns(description: str, *setup: Column) -> tuple[Column, ...]:
-    """An MBPP configuration's columns: those both have, around its description column
-    and its ``setup`` columns (code or tests run besides ``test_list``)."""
-    return (Column(name="task_id", holds="int: the problem's id"),
-            Column(name=description, holds="str: the task description"),
-            Column(name="test_list", holds="list[str]: assert statements, the first one shown"),
-            *setup,
-            Column(name="code", holds="str: a reference solution", required=False))
+_FULL = _HubConfiguration(
+    "full", description="text",
+    setup=Column(name="test_setup_code", holds="str: code run before the tests", required=False),
+    challenge_tests=Column(name="challenge_test_list", holds="list[str]: more hidden asserts",
+                           required=False))
+_SANITIZED = _HubConfiguration(
+    "sanitized", description="prompt",
+    setup=Column(name="test_imports", holds="list[str]: import lines run before the tests",
+                 required=False))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -122,17 +151,7 @@ class MbppTask(_MbppBase):
     """MBPP ``full``: hidden tests are ``test_list`` plus ``challenge_test_list``."""
 
     name: ClassVar[str] = "mbpp"
-    hub_config: ClassVar[str] = "full"
-    columns: ClassVar[tuple[Column, ...]] = _columns(
-        "text",
-        Column(name="test_setup_code", holds="str: code run before the tests", required=False),
-        Column(name="challenge_test_list", holds="list[str]: more hidden asserts",
-               required=False))
-
-    def _problem_from_record(self, record: dict[str, Any], default_id: str) -> Problem:
-        return self._problem(record, default_id, description=record["text"],
-                             setup=record.get("test_setup_code") or "",
-                             challenge_tests=list(record.get("challenge_test_list") or []))
+    hub: ClassVar[_HubConfiguration] = _FULL
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -140,13 +159,4 @@ class MbppSanitizedTask(_MbppBase):
     """MBPP ``sanitized``: hidden tests are ``test_list`` after ``test_imports``."""
 
     name: ClassVar[str] = "mbpp_sanitized"
-    hub_config: ClassVar[str] = "sanitized"
-    columns: ClassVar[tuple[Column, ...]] = _columns(
-        "prompt",
-        Column(name="test_imports", holds="list[str]: import lines run before the tests",
-               required=False))
-
-    def _problem_from_record(self, record: dict[str, Any], default_id: str) -> Problem:
-        return self._problem(record, default_id, description=record["prompt"],
-                             setup="\n".join(record.get("test_imports") or []),
-                             challenge_tests=[])
+    hub: ClassVar[_HubConfiguration] = _SANITIZED
