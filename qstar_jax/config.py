@@ -310,15 +310,20 @@ class MeshConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DistributedConfig:
-    """Multi-process start-up (``jax.distributed.initialize``): all three, or none of
-    them (then JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, or, with
-    auto_detect, JAX's own detection on TPU pod slices, SLURM, Open MPI). Launch settings,
-    not the experiment's: config.yaml leaves them out."""
+    """Multi-process start-up (``parallel.initialize_distributed``): all three of
+    coordinator, num_processes and process_id, or none of them. None given:
+    JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, else, when the
+    environment shows a multi-process job (a SLURM step of several tasks, a TPU pod slice,
+    Open MPI), JAX's own detection; else one process. Launch settings, not the
+    experiment's: config.yaml leaves them out."""
 
     coordinator: Optional[str] = None  # host:port of process 0
     num_processes: Optional[int] = None
     process_id: Optional[int] = None
-    auto_detect: bool = False
+    # None: detect when the environment shows a cluster; true / false: always / never.
+    auto_detect: Optional[bool] = None
+    # A process silent this long counts as dead: JAX stops every other one, naming it.
+    heartbeat_timeout_s: int = 100
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -455,6 +460,8 @@ def check_config(config: RunConfig) -> None:
             f"sizes must be >= 1 (data may be -1), got data={m.data} model={m.model}")
     require(m.data == -1 or d.slots % m.data == 0, "decode.slots",
             f"{d.slots} slots do not split over mesh.data={m.data} shards")
+    require(config.distributed.heartbeat_timeout_s >= 1, "distributed.heartbeat_timeout_s",
+            f"must be >= 1, got {config.distributed.heartbeat_timeout_s}")
     require(config.task.eval_problems >= 1, "task.eval_problems", "must be >= 1")
     pt = config.policy_training
     require(min(pt.steps, pt.batch_size, pt.train_problems, pt.hidden_size, pt.num_layers) >= 1

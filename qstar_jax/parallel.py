@@ -17,14 +17,16 @@ import dataclasses
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from qstar_jax.models.config import ModelConfig
+if TYPE_CHECKING:  # a type only: the models package loads its weights onto meshes from here
+    from qstar_jax.models.config import ModelConfig
 
 DATA, MODEL = "data", "model"
 
@@ -126,9 +128,11 @@ def weight_shardings(weights, mesh: Mesh, rules: ShardingRules):
 
 def place(tree, shardings):
     """``tree``'s arrays laid out as ``shardings`` says. Works across processes: each
-    process fills the shards of its own devices from its (identical) host copy."""
+    process fills the shards of its own devices from its (identical) host copy, and an
+    array already spread over several processes (restored onto a mesh) moves between
+    layouts where it lies, as no process holds it whole."""
     def put(x, sharding):
-        if sharding.is_fully_addressable:
+        if sharding.is_fully_addressable or not getattr(x, "is_fully_addressable", True):
             return jax.device_put(x, sharding)
         host = np.asarray(x)
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
@@ -163,12 +167,16 @@ def shard_rows(tree, mesh: Mesh | None, rules: ShardingRules = ShardingRules()):
 
 
 def initialize_distributed(*, coordinator: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None, auto_detect: bool = False) -> bool:
+                           process_id: int | None = None, auto_detect: bool | None = None,
+                           heartbeat_timeout_s: int = 100) -> bool:
     """Join a multi-process run with ``jax.distributed.initialize`` before anything touches
     a device; returns whether it did. The three settings come from the arguments, else
-    from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID; with none of them
-    set, ``auto_detect`` lets JAX find the cluster (TPU pod slices, SLURM, Open MPI) and
-    without it the run is single-process."""
+    from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID. With none of them
+    set, JAX's own detection joins the cluster that ``cluster_in_environment`` sees
+    (``auto_detect``: True always asks JAX, False never; a plain machine cannot be
+    asked, as JAX raises there). ``heartbeat_timeout_s``: how long a process may fall
+    silent before JAX's coordination service stops every other process with an error
+    naming it, so a run whose process died ends instead of hanging in a collective."""
     env = os.environ
     coordinator = coordinator or env.get("JAX_COORDINATOR_ADDRESS")
     if num_processes is None and "JAX_NUM_PROCESSES" in env:
@@ -177,18 +185,41 @@ def initialize_distributed(*, coordinator: str | None = None, num_processes: int
         process_id = int(env["JAX_PROCESS_ID"])
     given = (coordinator, num_processes, process_id)
     if all(v is None for v in given):
-        if auto_detect:
-            jax.distributed.initialize()
-        return auto_detect
+        detect = cluster_in_environment(env) is not None if auto_detect is None else auto_detect
+        if detect:
+            jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_s)
+        return detect
     if any(v is None for v in given):
         raise ValueError("distributed: give coordinator, num_processes and process_id "
-                         f"together (got {given}), or none of them for auto_detect")
+                         f"together (got {given}), or none of them to detect the cluster")
     if not 0 <= process_id < num_processes:
         raise ValueError(f"distributed.process_id={process_id} must lie in "
                          f"[0, num_processes={num_processes})")
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                               process_id=process_id)
+                               process_id=process_id,
+                               heartbeat_timeout_seconds=heartbeat_timeout_s)
     return True
+
+
+def cluster_in_environment(env: Mapping[str, str]) -> str | None:
+    """The multi-process job the environment shows, as JAX's detection would find it
+    (None: none): a SLURM job step of several tasks, an Open MPI job of several ranks, a
+    TPU pod slice of several hosts, a TPU multislice run. One task, one rank or one TPU
+    VM reads as none: a single process must not wait for peers that never come."""
+    slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
+             "SLURM_LOCALID")  # what JAX's SLURM detection reads
+    tasks = int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1")))
+    if all(name in env for name in slurm) and tasks > 1:
+        return f"SLURM job {env['SLURM_JOB_ID']}, a step of {tasks} tasks"
+    ranks = int(env.get("OMPI_COMM_WORLD_SIZE", "1"))
+    if "OMPI_MCA_orte_hnp_uri" in env and ranks > 1:
+        return f"Open MPI job of {ranks} ranks"
+    hosts = (env.get("TPU_WORKER_HOSTNAMES") or env.get("TPU_PROCESS_ADDRESSES") or "").split(",")
+    if len(hosts) > 1:
+        return f"TPU pod slice of {len(hosts)} hosts"
+    if env.get("MEGASCALE_COORDINATOR_ADDRESS"):
+        return "TPU multislice run"
+    return None
 
 
 def is_writer() -> bool:

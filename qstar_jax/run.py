@@ -15,8 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-from qstar_jax.config import (ONE_DEVICE_PAGES, SCRATCH, SOLVER, ConfigError, Utility,
-                              load_config, to_yaml)
+import jax
+
+from qstar_jax.config import (ONE_DEVICE_PAGES, SCRATCH, SOLVER, ConfigError,
+                              DistributedConfig, Utility, load_config, to_yaml)
 from qstar_jax.memory_plan import check_memory
 from qstar_jax.models.compile_cache import enable_compile_cache
 from qstar_jax.models.loading import PACKAGED_MODELS
@@ -124,8 +126,22 @@ def main(argv=None) -> int:
     # writes the output folder, which the others read (it must be shared storage).
     if is_writer():
         resolved.write_text(to_yaml(config))
-    ctx = RunContext(config=config, out=out, mesh=mesh)
-    for stage in config.stages:
+    try:
+        run_stages(RunContext(config=config, out=out, mesh=mesh))
+    except jax.errors.JaxRuntimeError as error:
+        if jax.process_count() == 1:
+            raise
+        print(f"run error: {lost_process_message(error, config.distributed)}",
+              file=sys.stderr, flush=True)
+        return 3
+    if "evaluate" in config.stages and is_writer():
+        print((out / "summary.md").read_text())
+    return 0
+
+
+def run_stages(ctx: RunContext) -> None:
+    """The configured stages in order, every process in step with the others."""
+    for stage in ctx.config.stages:
         # What process 0 wrote before is on disk for all, so each process decides alike
         # whether the stage is done.
         barrier(f"before {stage}")
@@ -134,9 +150,17 @@ def main(argv=None) -> int:
         STAGE_FUNCTIONS[stage](ctx)
         print(f"[qstar] stage {stage} done in {time.perf_counter() - start:.1f}s", flush=True)
     barrier("end")
-    if "evaluate" in config.stages and is_writer():
-        print((out / "summary.md").read_text())
-    return 0
+
+
+def lost_process_message(error: Exception, distributed: DistributedConfig) -> str:
+    """What a process says when a collective with the others failed: in a multi-process
+    run that means another process died (JAX's coordination service then names it, once
+    it has been silent for the heartbeat timeout, and stops every process)."""
+    return (f"process {jax.process_index()} of {jax.process_count()} lost the others "
+            f"({str(error).splitlines()[0]}); another process most likely died: JAX names "
+            f"it below once it has been silent for distributed.heartbeat_timeout_s="
+            f"{distributed.heartbeat_timeout_s}. Start every process again with the same "
+            "command: the run resumes from what process 0 wrote.")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,13 @@ without the 7B weights."""
 
 import json
 
+import jax
 import pytest
 
 from qstar_jax.run import main
+from qstar_jax.stages import separate_q
 from tests.support.tiny_checkpoints import save_tiny_checkpoint
+from tests.support.train_q_spy import meshes_passed_to_train_q_model
 
 FIXTURES = "tests/fixtures"
 DATA = {
@@ -56,7 +59,8 @@ def test_paper_config_runs_end_to_end_with_tiny_stand_ins(config, tiny_checkpoin
     assert (summary["qstar"]["prm_calls"] > 0) == uses_prm
 
 
-def test_q_on_a_separate_trainable_backbone(tiny_checkpoint, tmp_path):
+def test_q_on_a_separate_trainable_backbone(tiny_checkpoint, tmp_path, monkeypatch):
+    meshes = meshes_passed_to_train_q_model(monkeypatch, separate_q)
     config, data = "configs/math_deepseek_math_7b.yaml", DATA["configs/math_deepseek_math_7b.yaml"]
     overrides = [f"policy.source={tiny_checkpoint}", *SMALL, "eval.methods=[qstar]",
                  f"task.options.data_files.train={data}", f"task.options.data_files.test={data}",
@@ -66,3 +70,5 @@ def test_q_on_a_separate_trainable_backbone(tiny_checkpoint, tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())["methods"]
     assert summary["qstar"]["n"] == 2 and summary["qstar"]["q_calls"] > 0
     assert json.loads((tmp_path / "q_training.json").read_text())["steps"] >= 1
+    # The backbone and head trained on the run's mesh (over all the devices there are).
+    assert [m.size for m in meshes] == [jax.device_count()]

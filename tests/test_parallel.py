@@ -13,8 +13,8 @@ import jax
 import pytest
 from jax.sharding import AbstractMesh, PartitionSpec
 
-from qstar_jax.parallel import (MeshError, ShardingRules, collectives, data_collectives,
-                                initialize_distributed, make_mesh)
+from qstar_jax.parallel import (MeshError, ShardingRules, cluster_in_environment, collectives,
+                                data_collectives, initialize_distributed, make_mesh)
 from tests.decoding.tiny_models import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,14 +78,70 @@ def test_axes_the_model_axis_does_not_divide_are_replicated():
     assert (rules.heads, rules.kv_heads, rules.vocab) == ("model", "model", None)
 
 
-def test_distributed_settings_come_all_together(monkeypatch):
-    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
-        monkeypatch.delenv(name, raising=False)
+@pytest.fixture
+def jax_initialize_calls(monkeypatch) -> list[dict]:
+    """The arguments of each jax.distributed.initialize call, in an environment cleared of
+    every cluster and JAX_* launch variable."""
+    for name in list(os.environ):
+        if name.startswith(("SLURM_", "OMPI_", "TPU_", "MEGASCALE_", "JAX_COORDINATOR_ADDRESS",
+                            "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")):
+            monkeypatch.delenv(name)
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
+    return calls
+
+
+def test_distributed_settings_come_all_together(jax_initialize_calls):
     assert initialize_distributed() is False  # nothing set: a single-process run
     with pytest.raises(ValueError, match="give coordinator, num_processes and process_id"):
         initialize_distributed(coordinator="localhost:1234")
     with pytest.raises(ValueError, match=r"process_id=2 must lie in \[0, num_processes=2\)"):
         initialize_distributed(coordinator="localhost:1234", num_processes=2, process_id=2)
+    assert jax_initialize_calls == []
+
+
+SLURM_STEP = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[1-2]", "SLURM_NTASKS": "2",
+              "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
+CLUSTERS = {
+    "SLURM job 7, a step of 2 tasks": SLURM_STEP,
+    "Open MPI job of 4 ranks": {"OMPI_MCA_orte_hnp_uri": "1.0;tcp://10.0.0.1:5000",
+                                "OMPI_COMM_WORLD_SIZE": "4"},
+    "TPU pod slice of 4 hosts": {"TPU_WORKER_HOSTNAMES": "t0,t1,t2,t3"},
+    "TPU multislice run": {"MEGASCALE_COORDINATOR_ADDRESS": "t0:8080"},
+}
+ONE_PROCESS = [
+    {},
+    {**SLURM_STEP, "SLURM_NTASKS": "1"},
+    {key: value for key, value in SLURM_STEP.items() if key != "SLURM_STEP_NODELIST"},  # sbatch
+    {"OMPI_MCA_orte_hnp_uri": "1.0;tcp://10.0.0.1:5000", "OMPI_COMM_WORLD_SIZE": "1"},
+    {"TPU_WORKER_HOSTNAMES": "localhost"},  # a single TPU VM
+]
+
+
+def test_a_multi_process_job_is_read_from_the_environment_and_one_process_is_not():
+    for described, env in CLUSTERS.items():
+        assert cluster_in_environment(env) == described
+    for env in ONE_PROCESS:
+        assert cluster_in_environment(env) is None, env
+
+
+@pytest.mark.parametrize("env, auto_detect, joins", [
+    (SLURM_STEP, None, True), ({}, None, False),  # by default: as the environment shows
+    (SLURM_STEP, False, False), ({}, True, True),  # or as auto_detect says
+])
+def test_empty_settings_let_jax_detect_the_cluster_the_environment_shows(
+        jax_initialize_calls, monkeypatch, env, auto_detect, joins):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert initialize_distributed(auto_detect=auto_detect, heartbeat_timeout_s=7) is joins
+    assert jax_initialize_calls == ([{"heartbeat_timeout_seconds": 7}] if joins else [])
+
+
+def test_explicit_settings_pass_the_heartbeat_timeout(jax_initialize_calls):
+    assert initialize_distributed(coordinator="h:1", num_processes=2, process_id=1,
+                                  heartbeat_timeout_s=7) is True
+    assert jax_initialize_calls == [{"coordinator_address": "h:1", "num_processes": 2,
+                                     "process_id": 1, "heartbeat_timeout_seconds": 7}]
 
 
 def assert_same_as_one_device(report: dict, meshes: set[str]) -> None:
@@ -178,10 +234,14 @@ def test_collectives_are_read_in_every_replica_group_notation():
 
 def test_sharded_q_training_and_checkpoints(tmp_path):
     report = json.loads(run_child("tests.support.sharded_training",
-                                  str(tmp_path / "q")).splitlines()[-1])
+                                  str(tmp_path)).splitlines()[-1])
     for mesh in ("4x1", "2x2"):
         assert report[mesh]["q"] < 1e-6 and report[mesh]["policy"] < 1e-5, mesh
     assert report["round_trip"] == {"equal": True, "shardings_as_target": True}
+    # The policy's params, saved from a 2x2 layout, restored onto 1x4's: 4-way vocabulary.
+    assert report["policy_round_trip"] == {"equal": True, "shardings_as_target": True,
+                                           "embedding_spec": str(PartitionSpec("model", None))}
+    assert report["q_head_on_a_mesh"] == {"equal": True, "replicated_on_mesh": True}
 
 
 def test_decoding_over_two_processes_matches_one_device():

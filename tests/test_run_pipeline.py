@@ -5,10 +5,18 @@ import runpy
 import shutil
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
+from flax import nnx
 
+from qstar_jax.config import load_config
+from qstar_jax.models.loading import load_model
+from qstar_jax.models.sharded_params import PARAMS_FOLDER
 from qstar_jax.outputs.results_log import ResultsLog
+from qstar_jax.parallel import make_mesh
 from qstar_jax.run import main
+from qstar_jax.stages.context import RunContext
 
 METHODS = ("greedy", "self_consistency", "best_of_n", "beam", "qstar", "qstar_no_q",
            "best_of_n_matched")
@@ -51,8 +59,9 @@ def _evaluated_again(finished_run, out, *overrides):
 def test_every_stage_writes_its_outputs(finished_run):
     out = finished_run
     for name in ("config.yaml", "policy/config.json", "policy/model.safetensors",
-                 "rollouts.jsonl", "labels.jsonl", "q_training.json", "results.jsonl",
-                 "summary.json", "summary.md", "accuracy_vs_tokens.png"):
+                 f"policy/{PARAMS_FOLDER}", "rollouts.jsonl", "labels.jsonl",
+                 "q_training.json", "results.jsonl", "summary.json", "summary.md",
+                 "accuracy_vs_tokens.png"):
         assert (out / name).exists(), name
     summary = json.loads((out / "summary.json").read_text())["methods"]
     assert tuple(summary) == METHODS
@@ -66,6 +75,25 @@ def test_every_stage_writes_its_outputs(finished_run):
     results = ResultsLog(out / "results.jsonl").read()
     assert len(results) == 6 * len(METHODS)
     assert len({(r.method, r.problem_id) for r in results}) == len(results)
+
+
+def test_later_stages_restore_the_trained_policy_onto_the_mesh(finished_run, monkeypatch):
+    """A run's context loads the policy train_policy wrote from its orbax parameters,
+    straight onto the run's mesh, without reading the HF export; the same weights."""
+    def params(model):
+        return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+    exported = params(load_model(finished_run / "policy").model)
+
+    def no_safetensors(*args, **kwargs):
+        raise AssertionError("the policy was read from its safetensors")
+    monkeypatch.setattr("qstar_jax.models.loading.load_hf_model", no_safetensors)
+    mesh = make_mesh()
+    ctx = RunContext(config=load_config(finished_run / "config.yaml"), out=finished_run,
+                     mesh=mesh)
+    restored = params(ctx.policy.model)
+    assert all(x.sharding.mesh == mesh for x in jax.tree.leaves(restored))
+    jax.tree.map(np.testing.assert_array_equal, restored, exported)
 
 
 def test_rerun_is_a_no_op_and_a_killed_run_resumes_to_the_same_results(finished_run, tmp_path):
@@ -177,6 +205,20 @@ def test_bad_configs_fail_before_any_work(override, message, tmp_path, capsys):
     assert main([override, *extra, "--out", str(tmp_path / "out")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["mesh.data=2", "mesh.model=64"], "mesh data=2 x model=64 needs 128 devices, but there are"),
+    (["mesh.model=1000"], "mesh.model=1000 does not divide the"),
+])
+def test_a_mesh_the_devices_cannot_form_stops_the_run_before_weights_load(
+        overrides, message, tmp_path, capsys, monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("weights loaded before the mesh was checked")
+    monkeypatch.setattr("qstar_jax.stages.context.load_model", no_loading)
+    assert main([*TINY, *overrides, "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_exact_q_experiment_scores_every_edge_by_the_solver(finished_run, tmp_path, capsys):

@@ -8,11 +8,13 @@ import types
 from pathlib import Path
 
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.gguf_checkpoint import load_gguf_model
-from qstar_jax.models.hf_checkpoint import generation_eos_ids, load_hf_model
+from qstar_jax.models.hf_checkpoint import generation_eos_ids, load_hf_model, read_hf_config
 from qstar_jax.models.llama import LlamaModel
+from qstar_jax.models.sharded_params import PARAMS_FOLDER, load_llama_onto_mesh
 from qstar_jax.models.tokenizer import Tokenizer
 from qstar_jax.models.weights import CheckpointError
 
@@ -56,17 +58,25 @@ def resolve_alias(alias: str) -> Path:
     return files[0]
 
 
-def load_model(source: str | Path, *, dtype=jnp.float32) -> LoadedModel:
+def load_model(source: str | Path, *, dtype=jnp.float32, mesh: Mesh | None = None
+               ) -> LoadedModel:
     """Load config, weights (cast to ``dtype``) and tokenizer.
 
     ``source``: an HF checkpoint directory (config.json, single or sharded safetensors,
-    tokenizer files), a ``.gguf`` file, or an alias from PACKAGED_MODELS.
+    tokenizer files), a ``.gguf`` file, or an alias from PACKAGED_MODELS. With a ``mesh``,
+    a directory that also holds a run's sharded parameters (a policy the run trained,
+    ``sharded_params``) loads from them straight onto the mesh, each process reading its
+    own shards; every other source loads whole onto the host, for the decoder to place.
     """
     path = Path(source)
     if not path.exists() and str(source) in PACKAGED_MODELS:
         path = resolve_alias(str(source))
     if path.is_dir():
-        config, model = load_hf_model(path, dtype=dtype)
+        if mesh is not None and (path / PARAMS_FOLDER).is_dir():
+            config = read_hf_config(path)
+            model = load_llama_onto_mesh(path / PARAMS_FOLDER, config, mesh, dtype=dtype)
+        else:
+            config, model = load_hf_model(path, dtype=dtype)
         tokenizer = None
         if any((path / name).is_file() for name in TOKENIZER_FILES):
             tokenizer = Tokenizer.from_pretrained(

@@ -20,8 +20,11 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.sharding import Mesh
 
 from qstar_jax.models.config import Llama3RopeScaling, ModelConfig
+from qstar_jax.models.sharded_params import module_template
+from qstar_jax.parallel import replicate, replicated
 from qstar_jax.qvalue.backbone import BackboneQ
 from qstar_jax.qvalue.head import QHead, QHeadConfig
 
@@ -193,24 +196,28 @@ def read_metadata(directory: str | os.PathLike) -> tuple[BackboneIdentity, QHead
 
 
 def _load_best(directory: str | os.PathLike, build: Callable[[], nnx.Module],
-               identity: BackboneIdentity, head_config: QHeadConfig) -> nnx.Module:
-    """The module ``build`` makes, with the checkpoint's best params.
-
-    Only shapes are built for the params (no random init of a large model); the other
-    state (e.g. RoPE tables) is computed under jit, where the unused param init is dead code.
-    """
-    graphdef, abstract_params, _ = nnx.split(nnx.eval_shape(build), nnx.Param, ...)
-    rest = jax.jit(lambda: nnx.split(build(), nnx.Param, ...)[2])()
+               identity: BackboneIdentity, head_config: QHeadConfig,
+               mesh: Mesh | None = None) -> nnx.Module:
+    """The module ``build`` makes, with the checkpoint's best params; with a ``mesh``,
+    restored replicated onto it, as training lays them out (each process reading its own
+    devices' copies)."""
+    graphdef, abstract, rest = module_template(build)
+    if mesh is not None:
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(mesh)), abstract)
+        rest = replicate(rest, mesh)
     with QCheckpointer(directory, identity=identity, head_config=head_config) as checkpointer:
-        params = checkpointer.restore_best_params(nnx.to_pure_dict(abstract_params))
+        params = checkpointer.restore_best_params(abstract)
     return nnx.merge(graphdef, params, rest)
 
 
-def load_q_head(directory: str | os.PathLike, *, policy_config: ModelConfig) -> QHead:
-    """The trained head for hidden states of the policy with ``policy_config``."""
+def load_q_head(directory: str | os.PathLike, *, policy_config: ModelConfig,
+                mesh: Mesh | None = None) -> QHead:
+    """The trained head for hidden states of the policy with ``policy_config`` (on
+    ``mesh``, when given)."""
     _, head_config = read_metadata(directory)
     return _load_best(directory, lambda: QHead(head_config, rngs=nnx.Rngs(0)),
-                      BackboneIdentity.of_policy(policy_config), head_config)
+                      BackboneIdentity.of_policy(policy_config), head_config, mesh)
 
 
 def load_backbone_q(directory: str | os.PathLike, *, model_config: ModelConfig | None = None,

@@ -18,6 +18,7 @@ from flax import nnx
 from qstar_jax.decoding.token_batch import last_positions, pad_token_batch
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.models.tokenizer import Tokenizer
+from qstar_jax.parallel import replicated
 
 
 class StepFeatures:
@@ -29,7 +30,6 @@ class StepFeatures:
         self._hidden_size = model.config.hidden_size
         graphdef, self._state = nnx.split(model)
 
-        @jax.jit
         def forward(state, tokens, last, step_start):
             module = nnx.merge(graphdef, state)
             hidden = module.forward_sequence(tokens)
@@ -41,7 +41,10 @@ class StepFeatures:
             step_logprob = jnp.sum(jnp.where(in_step, token_logprobs, 0.0), axis=1)
             return jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0], step_logprob
 
-        self._forward = forward
+        # A model restored onto a mesh returns its results replicated, which every process
+        # can read whole.
+        mesh = getattr(jax.tree.leaves(self._state)[0].sharding, "mesh", None)
+        self._forward = jax.jit(forward, out_shardings=None if mesh is None else replicated(mesh))
 
     def __call__(self, states: Sequence[str], steps: Sequence[str]
                  ) -> tuple[np.ndarray, np.ndarray]:

@@ -98,7 +98,9 @@ class RunContext:
         return self.load(self.second_opinion_dir)
 
     def load(self, source: str | Path) -> LoadedModel:
-        loaded = load_model(source, dtype=DTYPES[self.config.policy.dtype])
+        """The model at ``source``; one this or another run trained, restored onto the
+        run's mesh (``load_model``)."""
+        loaded = load_model(source, dtype=DTYPES[self.config.policy.dtype], mesh=self.mesh)
         if loaded.tokenizer is None:
             raise ValueError(f"model {source} ships no tokenizer; point the config at a "
                              "checkpoint with tokenizer files")

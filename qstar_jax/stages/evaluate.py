@@ -20,7 +20,7 @@ from qstar_jax.outputs.durable import write_atomically
 from qstar_jax.outputs.reports import (SECOND_POLICY_GREEDY, matched_samples, summarize,
                                        write_reports)
 from qstar_jax.outputs.results_log import ProblemResult, ResultsLog
-from qstar_jax.parallel import barrier
+from qstar_jax.parallel import barrier, is_writer
 from qstar_jax.policy.expander import DecoderExpander
 from qstar_jax.search.astar import AStarConfig, AStarPlanner, Budget
 from qstar_jax.search.beam import BeamConfig, BeamPlanner
@@ -284,6 +284,10 @@ def _grade(task, problem, completion: str, completed: bool) -> tuple[bool, str |
 
 
 def _dump_trees(ctx: RunContext, method: str, problems, results: list[SearchResult]) -> None:
+    """Each search's tree as ``trees/METHOD/PROBLEM.json``; process 0 alone writes (every
+    process searched alike)."""
+    if not is_writer():
+        return
     folder = ctx.out / "trees" / method
     folder.mkdir(parents=True, exist_ok=True)
     for result in results:

@@ -30,7 +30,7 @@ def fitted_q_labels(ctx: RunContext, pairs: Sequence[StepPair],
         rows = np.array([row[p.key] for p in fit_pairs])
         settings = dataclasses.replace(train_config(ctx, len(rows)), loss=Loss.mse.value)
         train_q_model(head, features[rows], np.asarray(targets, np.float32), settings,
-                      progress=False)
+                      progress=False, mesh=ctx.mesh)
         model = QHeadModel(head)
         # Rewards are 0 or 1 and γ <= 1, so every true Q lies in [0, 1]; the raw MSE head
         # overshoots both ways, and a value outside would become a label that BCE

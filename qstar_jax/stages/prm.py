@@ -92,9 +92,10 @@ def train_learned_prm(head: QHead, features: np.ndarray, labels: np.ndarray, set
                              mesh=mesh)
 
 
-def load_learned_prm(directory: str | Path, *, policy_config) -> PolicyHiddenPRM:
-    """The PRM train_prm wrote to ``directory``, for the policy with ``policy_config``."""
-    head = load_q_head(Path(directory) / "checkpoint", policy_config=policy_config)
+def load_learned_prm(directory: str | Path, *, policy_config, mesh=None) -> PolicyHiddenPRM:
+    """The PRM train_prm wrote to ``directory``, for the policy with ``policy_config`` (on
+    ``mesh``, when given)."""
+    head = load_q_head(Path(directory) / "checkpoint", policy_config=policy_config, mesh=mesh)
     return PolicyHiddenPRM(QHeadModel(head))
 
 
@@ -122,9 +123,9 @@ def load_prm(ctx: RunContext, problems) -> ProcessRewardModel:
             raise ConfigError(f"search.utility=prm with no search.prm_model reads this run's "
                               f"learned PRM, but {directory} holds none; list train_prm in "
                               "stages before evaluate")
-        return load_learned_prm(directory, policy_config=ctx.policy.config)
+        return load_learned_prm(directory, policy_config=ctx.policy.config, mesh=ctx.mesh)
     if prm_kind(source) == "learned":
-        return load_learned_prm(source, policy_config=ctx.policy.config)
+        return load_learned_prm(source, policy_config=ctx.policy.config, mesh=ctx.mesh)
     return shepherd_prm(ctx, problems)
 
 

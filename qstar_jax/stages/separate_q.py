@@ -45,5 +45,5 @@ def train_separate_q(ctx: RunContext, output: str,
         # power of two, which could nearly double every step's work.
         batch = pad_token_batch(tokens, pad_id=loaded.tokenizer.pad_id, multiple_of=16)
         result = train_q_model(model, batch, labels, make_train_config(ctx, len(labels)),
-                               update_mask=mask, checkpointer=checkpointer)
+                               update_mask=mask, checkpointer=checkpointer, mesh=ctx.mesh)
     return result, labels

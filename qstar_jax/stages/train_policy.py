@@ -1,9 +1,10 @@
 """Stage train_policy (synthetic worlds: Countdown, arithmetic chains): a small decoder of
 our architecture trained from scratch on solver traces, saved as an HF checkpoint
-directory in ``out/policy``. With ``policy_training.value_weight`` > 0 a value head is
-trained jointly on traces with a wrong step in them (``lm_training.ValueRows``). With
-``q_train.second_opinion=scratch`` a second policy is trained the same way from the next
-seed into ``out/second_policy``: the run with ``seed`` + 1 would train it alike."""
+directory in ``out/policy``, its parameters for meshes beside (``sharded_params``). With
+``policy_training.value_weight`` > 0 a value head is trained jointly on traces with a
+wrong step in them (``lm_training.ValueRows``). With ``q_train.second_opinion=scratch`` a
+second policy is trained the same way from the next seed into ``out/second_policy``: the
+run with ``seed`` + 1 would train it alike."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from qstar_jax.models.hf_export import save_hf_checkpoint
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.models.lm_training import (LMTrainingConfig, pack_examples,
                                           pack_value_rows, train_causal_lm)
-from qstar_jax.parallel import is_writer
+from qstar_jax.models.sharded_params import PARAMS_FOLDER, save_params
+from qstar_jax.parallel import barrier, is_writer
 from qstar_jax.stages.context import RunContext
 from qstar_jax.tasks.base import Problem, state_text
 
@@ -76,8 +78,7 @@ def train_from_scratch(ctx: RunContext, target: Path) -> None:
         warmup_steps=pt.warmup_steps, seed=ctx.config.seed, value_weight=pt.value_weight,
         value_batch_size=pt.value_batch_size), value_rows=value_rows, mesh=ctx.mesh,
         desc=f"train {target.name.replace('_', ' ')}")
-    if is_writer():  # process 0 saves the policy every process trained alike
-        save_policy(model, tokenizer, log, target)
+    save_policy(model, tokenizer, log, target)
 
 
 def trace_examples(tokenizer, prompts: Sequence[str], traces: Sequence[Sequence[str]]
@@ -95,13 +96,19 @@ def token_ids(tokenizer, texts: Iterable[str]) -> list[list[int]]:
 
 
 def save_policy(model: LlamaModel, tokenizer, log: dict, target: Path) -> None:
-    """The policy as an HF checkpoint directory with its ``training_log.json``, written
-    aside and moved in whole: a killed run never leaves a half-saved policy."""
+    """The policy as an HF checkpoint directory with its ``training_log.json``, which
+    process 0 writes, and its parameters for meshes (``sharded_params``), which every
+    process writes (its devices' shards); all aside, then moved in whole: a killed run
+    never leaves a half-saved policy. Every process calls this."""
     partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    save_hf_checkpoint(model, tokenizer, partial)
-    (partial / "training_log.json").write_text(json.dumps(log) + "\n")
-    partial.rename(target)
+    if is_writer():
+        shutil.rmtree(partial, ignore_errors=True)
+    barrier(f"{partial.name} cleared")
+    save_params(model, partial / PARAMS_FOLDER)
+    if is_writer():
+        save_hf_checkpoint(model, tokenizer, partial)
+        (partial / "training_log.json").write_text(json.dumps(log) + "\n")
+        partial.rename(target)
 
 
 def value_training_rows(ctx: RunContext, problems: list[Problem], prompts: list[str],

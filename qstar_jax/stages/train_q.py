@@ -96,5 +96,5 @@ def load_q_function(ctx: RunContext, problems):
     """Q̂ for search over ``problems``, on the backbone it was trained with."""
     if ctx.config.q_train.backbone == QBackbone.separate:
         return SeparateBackboneQ(ctx, problems)
-    return PolicyHiddenQ(QHeadModel(load_q_head(ctx.q_dir, policy_config=ctx.policy.config)),
-                         second_opinion(ctx, problems))
+    head = load_q_head(ctx.q_dir, policy_config=ctx.policy.config, mesh=ctx.mesh)
+    return PolicyHiddenQ(QHeadModel(head), second_opinion(ctx, problems))

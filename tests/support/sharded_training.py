@@ -1,7 +1,8 @@
 """Run in a child process with 4 CPU devices (``JAX_NUM_CPU_DEVICES=4 python -m
 tests.support.sharded_training DIR``): Q̂ and policy training on meshes 4x1 and 2x2
-against one device, and an orbax round trip of params saved sharded on one mesh and
-restored onto another; prints one JSON line.
+against one device, orbax round trips of Q̂ training state and of a policy's parameters
+saved sharded on one mesh and restored onto another's target shardings, and a trained Q̂
+head restored onto a mesh; prints one JSON line.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from jax.sharding import NamedSharding, PartitionSpec
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.models.lm_training import LMTrainingConfig, train_causal_lm
-from qstar_jax.parallel import make_mesh, place
-from qstar_jax.qvalue.checkpoint import BackboneIdentity, QCheckpointer
+from qstar_jax.models.sharded_params import load_llama_onto_mesh, save_params
+from qstar_jax.parallel import (ShardingRules, make_mesh, place, replicated,
+                                weight_shardings)
+from qstar_jax.qvalue.checkpoint import BackboneIdentity, QCheckpointer, load_q_head
 from qstar_jax.qvalue.head import QHead, QHeadConfig
 from qstar_jax.qvalue.train import TrainConfig, train_q_model
 
@@ -78,6 +81,47 @@ def round_trip(directory: Path) -> dict:
                                        for tree in (params, best) for k in values)}
 
 
+def params_of(module) -> dict:
+    return nnx.to_pure_dict(nnx.state(module, nnx.Param))
+
+
+def policy_round_trip(directory: Path) -> dict:
+    """A policy's params saved laid out over a 2x2 mesh (as the decoder lays them out),
+    restored onto a 1x4 mesh's layout (4-way vocabulary and MLP, the 2 heads replicated)."""
+    model = LlamaModel(POLICY, rngs=nnx.Rngs(0))
+    saved_on = make_mesh(2, 2)
+    rules = ShardingRules().for_model(POLICY, saved_on)
+    nnx.update(model, place(params_of(model), weight_shardings(params_of(model), saved_on,
+                                                               rules)))
+    save_params(model, directory)
+    target_on = make_mesh(1, 4)
+    restored = load_llama_onto_mesh(directory, POLICY, target_on, dtype=np.float32)
+    target = weight_shardings(params_of(restored), target_on,
+                              ShardingRules().for_model(POLICY, target_on))
+    return {"equal": max_difference(jax.tree.map(np.asarray, params_of(model)),
+                                    jax.tree.map(np.asarray, params_of(restored))) == 0.0,
+            "shardings_as_target": all(jax.tree.leaves(jax.tree.map(
+                lambda x, s: x.sharding == s, params_of(restored), target))),
+            "embedding_spec": str(params_of(restored)["embed_tokens"]["embedding"]
+                                  .sharding.spec)}
+
+
+def q_head_on_a_mesh(directory: Path) -> dict:
+    """A trained head restored replicated onto a 4x1 mesh."""
+    head = QHead(HEAD, rngs=nnx.Rngs(0))
+    with QCheckpointer(directory, identity=BackboneIdentity.of_policy(POLICY),
+                       head_config=HEAD) as checkpointer:
+        train_q_model(head, np.ones((16, 8), np.float32), np.ones(16, np.float32),
+                      TrainConfig(max_steps=2, batch_size=8, heldout_fraction=0.0),
+                      checkpointer=checkpointer, progress=False)
+    mesh = make_mesh(4, 1)
+    loaded = load_q_head(directory, policy_config=POLICY, mesh=mesh)
+    return {"equal": max_difference(jax.tree.map(np.asarray, params_of(head)),
+                                    jax.tree.map(np.asarray, params_of(loaded))) == 0.0,
+            "replicated_on_mesh": all(x.sharding == replicated(mesh)
+                                      for x in jax.tree.leaves(params_of(loaded)))}
+
+
 def main() -> None:
     single_q, single_policy = trained_params(None), trained_policy(None)
     report = {}
@@ -86,7 +130,10 @@ def main() -> None:
         report["x".join(map(str, shape))] = {
             "q": max_difference(single_q, trained_params(mesh)),
             "policy": max_difference(single_policy, trained_policy(mesh))}
-    report["round_trip"] = round_trip(Path(sys.argv[1]))
+    folder = Path(sys.argv[1])
+    report["round_trip"] = round_trip(folder / "q")
+    report["policy_round_trip"] = policy_round_trip(folder / "policy")
+    report["q_head_on_a_mesh"] = q_head_on_a_mesh(folder / "head")
     print(json.dumps(report))
 
 
