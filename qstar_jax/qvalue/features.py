@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from qstar_jax.decoding.token_batch import last_positions, pad_token_batch
+from qstar_jax.decoding.token_batch import bucket_size, last_positions, pad_token_batch
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.models.tokenizer import Tokenizer
 from qstar_jax.parallel import replicated
@@ -30,14 +30,15 @@ class StepFeatures:
         self._hidden_size = model.config.hidden_size
         graphdef, self._state = nnx.split(model)
 
-        def forward(state, tokens, last, step_start):
+        def forward(state, tokens, last, step_positions, step_targets, in_step):
             module = nnx.merge(graphdef, state)
             hidden = module.forward_sequence(tokens)
-            logprobs = jax.nn.log_softmax(module.logits(hidden[:, :-1]), axis=-1)
-            token_logprobs = jnp.take_along_axis(logprobs, tokens[:, 1:, None], axis=-1)[..., 0]
-            # Position t predicts token t + 1: the step's tokens are step_start .. last.
-            predicted = jnp.arange(1, tokens.shape[1])[None, :]
-            in_step = (predicted >= step_start[:, None]) & (predicted <= last[:, None])
+            # Logits only where a step's token is predicted ([B, S] positions, S a few dozen),
+            # not at every position of every row: the vocabulary projection and its
+            # softmax over [B, T, V] cost more than the whole pass otherwise.
+            at_steps = jnp.take_along_axis(hidden, step_positions[..., None], axis=1)
+            logprobs = jax.nn.log_softmax(module.logits(at_steps), axis=-1)
+            token_logprobs = jnp.take_along_axis(logprobs, step_targets[..., None], axis=-1)[..., 0]
             step_logprob = jnp.sum(jnp.where(in_step, token_logprobs, 0.0), axis=1)
             return jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0], step_logprob
 
@@ -57,15 +58,34 @@ class StepFeatures:
         order = np.argsort([len(t) for t in token_lists], kind="stable")
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            batch = pad_token_batch([token_lists[r] for r in rows], pad_id=tokenizer.pad_id,
-                                    batch=batch_size, min_length=16)
-            step_start = np.zeros(batch_size, np.int32)
-            step_start[:len(rows)] = [state_lengths[r] for r in rows]
-            hidden, step_logprob = self._forward(self._state, batch.tokens,
-                                                 last_positions(batch), step_start)
+            lists = [token_lists[r] for r in rows]
+            batch = pad_token_batch(lists, pad_id=tokenizer.pad_id, batch=batch_size,
+                                    length=bucket_size(max(map(len, lists)), minimum=16,
+                                                       fine=True))
+            hidden, step_logprob = self._forward(
+                self._state, batch.tokens, last_positions(batch),
+                *_step_predictions(lists, [state_lengths[r] for r in rows], batch_size))
             hidden_out[rows] = np.asarray(hidden, np.float32)[:len(rows)]
             logprob_out[rows] = np.asarray(step_logprob, np.float32)[:len(rows)]
         return hidden_out, logprob_out
+
+
+def _step_predictions(token_lists: Sequence[Sequence[int]], state_lengths: Sequence[int],
+                      batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each row's step tokens are predicted: [batch_size, S] int32 positions (the
+    token before each step token), int32 the step tokens, and bool which entries are
+    real. S is a power of two, so calls share a few compiled shapes."""
+    # A step shorter than nothing (its first token merged into the state's last) has none.
+    step_lengths = [max(len(t) - n, 0) for t, n in zip(token_lists, state_lengths)]
+    width = bucket_size(max(step_lengths), minimum=8)
+    positions = np.zeros((batch_size, width), np.int32)
+    targets = np.zeros((batch_size, width), np.int32)
+    in_step = np.zeros((batch_size, width), bool)
+    for row, (tokens, start, n) in enumerate(zip(token_lists, state_lengths, step_lengths)):
+        positions[row, :n] = np.arange(start - 1, start - 1 + n)
+        targets[row, :n] = tokens[start:]
+        in_step[row, :n] = True
+    return positions, targets, in_step
 
 
 def last_step_features(model: LlamaModel, tokenizer: Tokenizer, states: Sequence[str],

@@ -1,0 +1,47 @@
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from qstar_jax.models.config import ModelConfig
+from qstar_jax.models.llama import LlamaModel
+from qstar_jax.qvalue.features import StepFeatures
+
+CONFIG = ModelConfig(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=64,
+                     num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)
+
+
+class CharTokens:
+    pad_id = 0
+
+    def encode(self, text):
+        return [1] + [2 + ord(ch) % 60 for ch in text]  # BOS, then one token per character
+
+
+@pytest.fixture(scope="module")
+def model():
+    return LlamaModel(CONFIG, rngs=nnx.Rngs(0))
+
+
+def direct_features(model, state, step):
+    """The hidden state at the text's last token and the step's summed log-probability,
+    from one unpadded row with logits at every position."""
+    tokens = np.asarray([CharTokens().encode(state + step)], np.int32)
+    hidden = model.forward_sequence(tokens)
+    logprobs = np.asarray(jax.nn.log_softmax(model.logits(hidden[0]), axis=-1), np.float64)
+    start = len(CharTokens().encode(state))
+    step_logprob = sum(logprobs[t - 1, tokens[0, t]] for t in range(start, tokens.shape[1]))
+    return np.asarray(hidden[0, -1]), step_logprob
+
+
+def test_features_read_at_the_steps_positions_only_are_a_whole_rows_features(model):
+    states = ["Q: 2+3?\n", "Q: reach 24 from 4 6 1 1.\n6-1=5\n", "Q: 7*8?\n", "Q: 9-4?\n"]
+    steps = ["2+3=5\n", "5-1=4, then 4*6=24 and that is all\n", "", "9-4=5\n"]
+    features = StepFeatures(model, CharTokens(), batch_size=3)  # two calls: 3 rows, 1 row
+    hidden, step_logprob = features(states, steps)
+    for k, (state, step) in enumerate(zip(states, steps)):
+        want_hidden, want_logprob = direct_features(model, state, step)
+        np.testing.assert_allclose(hidden[k], want_hidden, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(step_logprob[k], want_logprob, rtol=1e-4, atol=1e-4)
+    assert step_logprob[2] == 0.0  # an empty step has no tokens to score
+    assert step_logprob[1] < step_logprob[0] < 0  # a long step (16 predicted tokens) sums more
