@@ -194,6 +194,11 @@ class LabelConfig:
     # state's candidate steps, instead of also on states an earlier mistake has doomed,
     # where nothing in the last step tells right from wrong.
     live_states_only: bool = True
+    # best_of_rollouts: what each collected trace did after a step counts as one of that
+    # step's rollouts_per_state rollouts, so one fewer is drawn (none for 1: the label is
+    # the trace's own discounted reward). A trace's continuation is capped by the trace's
+    # decode.max_steps; a drawn rollout gets decode.max_steps of its own.
+    trace_is_a_rollout: bool = False
 
 
 class PRMLabels(str, enum.Enum):
@@ -475,6 +480,10 @@ def check_config(config: RunConfig) -> None:
             f"the defaults are the arithmetic world's labels: for task.name="
             f"{config.task.name} start from its config in configs/, or set "
             "label.live_states_only=false and label.method (e.g. best_of_rollouts)")
+    require(not config.label.trace_is_a_rollout
+            or config.label.method == LabelMethod.best_of_rollouts, "label.trace_is_a_rollout",
+            f"counts the traces among best-of-rollouts' rollouts; label.method is "
+            f"{config.label.method.value}")
     require(config.label.method != LabelMethod.stronger_model
             or config.label.stronger_model is not None, "label.stronger_model",
             "label.method=stronger_model needs a model")

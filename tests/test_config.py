@@ -49,6 +49,7 @@ def test_round_trip_through_yaml(tmp_path):
     ("search.utility=countdown_rule", "countdown_rule"),
     ("search.utility=code_rule", "code_rule reads Python"),
     ("task.name=gsm8k", "live_states_only"),
+    ("label.trace_is_a_rollout=true", "label.trace_is_a_rollout"),
     ("eval.mctsr.rollouts=0", "MCTSrConfig.rollouts"),
     ("policy_training.steps=0", "policy_training"),
     ("policy_training.learning_rate=0", "policy_training"),

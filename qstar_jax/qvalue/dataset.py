@@ -56,6 +56,20 @@ def step_pairs(rollouts: Iterable[ProblemRollouts]) -> list[StepPair]:
     return list(pairs.values())
 
 
+def trace_continuations(rollouts: Iterable[ProblemRollouts]
+                        ) -> dict[tuple[int, tuple[str, ...], str], list[tuple[int, float]]]:
+    """For each (s, a) along the traces (keyed as ``StepPair.key``), one (steps after a,
+    the trace's reward) per trace through it: what the trace did after s' = s ⊕ a is a
+    rollout from s' by the policy that wrote it."""
+    out: dict[tuple, list[tuple[int, float]]] = {}
+    for record in rollouts:
+        for rollout in record.rollouts:
+            for t, step in enumerate(rollout.steps):
+                key = (record.problem_index, rollout.steps[:t], step)
+                out.setdefault(key, []).append((len(rollout.steps) - t - 1, rollout.reward))
+    return out
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LabelledStep:
     problem_index: int

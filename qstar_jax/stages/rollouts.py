@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from qstar_jax.config import SOLVER, LabelMethod
 from qstar_jax.policy.rollouts import DecoderRolloutSampler
-from qstar_jax.qvalue.dataset import save_labelled, step_pairs
+from qstar_jax.qvalue.dataset import save_labelled, step_pairs, trace_continuations
 from qstar_jax.qvalue.features import last_step_features
 from qstar_jax.qvalue.label_journal import LabelJournal
 from qstar_jax.qvalue.labels_best_of import BestOfRolloutsConfig, best_of_rollouts_labels
@@ -65,7 +65,8 @@ def label(ctx: RunContext) -> None:
         return
     cfg = ctx.config
     problems = _train_problems(ctx)
-    pairs = step_pairs(read_rollouts(ctx.rollouts_path))
+    rollouts = list(read_rollouts(ctx.rollouts_path))
+    pairs = step_pairs(rollouts)
     if cfg.label.live_states_only:
         pairs = [p for p in pairs
                  if ctx.task.can_still_succeed(problems[p.problem_index], p.prefix_steps)]
@@ -84,7 +85,8 @@ def label(ctx: RunContext) -> None:
         steps = best_of_rollouts_labels(pairs, sampler, reward, BestOfRolloutsConfig(
             rollouts=cfg.label.rollouts_per_state, temperature=cfg.collect.temperature,
             discount=cfg.label.gamma, max_steps=cfg.decode.max_steps,
-            batch_pairs=_pairs_per_call(ctx)), journal=journal, outcomes=outcomes)
+            batch_pairs=_pairs_per_call(ctx), trace_is_a_rollout=cfg.label.trace_is_a_rollout),
+            journal=journal, outcomes=outcomes, traces=trace_continuations(rollouts))
     elif method == LabelMethod.stronger_model:
         steps = stronger_completion_labels(
             pairs, _stronger_sampler(ctx, problems), reward,

@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from qstar_jax.qvalue.dataset import StepPair
+from qstar_jax.qvalue.dataset import StepPair, trace_continuations
+from qstar_jax.qvalue.rollouts import ProblemRollouts, Rollout
 from qstar_jax.qvalue.labels_best_of import BestOfRolloutsConfig, best_of_rollouts_labels
 from tests.qvalue.toy_tree import (PROBLEM, REWARDS, EnumeratingSampler, all_pairs, best_return,
                                    reward)
@@ -86,6 +87,46 @@ def test_bad_config_is_rejected():
         BestOfRolloutsConfig(method="beam")
     with pytest.raises(ValueError, match="discount"):
         BestOfRolloutsConfig(discount=0.0)
+    with pytest.raises(ValueError, match="trace_is_a_rollout"):
+        BestOfRolloutsConfig(method="mcts", trace_is_a_rollout=True)
+    with pytest.raises(ValueError, match="traces="):
+        best_of_rollouts_labels(all_pairs(), EnumeratingSampler(), reward,
+                                BestOfRolloutsConfig(trace_is_a_rollout=True), progress=False)
+
+
+def traces_of(*steps_and_rewards) -> ProblemRollouts:
+    return ProblemRollouts(problem_index=PROBLEM, temperature=0.9, rollouts=tuple(
+        Rollout(steps=steps, reward=r) for steps, r in steps_and_rewards))
+
+
+def test_a_traces_continuations_are_kept_per_step_and_per_trace():
+    both_b = traces_of((("b", "b1", "b11"), 1.0), (("b", "b1", "b12"), 0.0))
+    continued = trace_continuations([both_b])
+    assert continued[(PROBLEM, (), "b")] == [(2, 1.0), (2, 0.0)]
+    assert continued[(PROBLEM, ("b",), "b1")] == [(1, 1.0), (1, 0.0)]
+    assert continued[(PROBLEM, ("b", "b1"), "b12")] == [(0, 0.0)]
+
+
+def test_with_traces_that_cover_the_tree_one_rollout_each_is_the_brute_force_best():
+    pairs, sampler = all_pairs(), EnumeratingSampler()
+    traces = trace_continuations([traces_of(*REWARDS.items())])
+    config = BestOfRolloutsConfig(rollouts=1, discount=GAMMA, trace_is_a_rollout=True)
+    labels = best_of_rollouts_labels(pairs, sampler, reward, config, progress=False,
+                                     traces=traces)
+    assert [l.label for l in labels] == pytest.approx(brute_force(pairs))
+    assert sampler.calls == []  # the traces were the rollouts: nothing drawn
+
+
+def test_a_trace_counts_as_one_of_the_rollouts_and_one_fewer_is_drawn():
+    pairs = [StepPair(problem_index=PROBLEM, prefix_steps=(), step_text="a")]
+    traces = trace_continuations([traces_of((("a", "a1"), 1.0))])
+    sampler = EnumeratingSampler()
+    (label,) = best_of_rollouts_labels(
+        pairs, sampler, reward, BestOfRolloutsConfig(rollouts=2, discount=GAMMA,
+                                                     trace_is_a_rollout=True),
+        progress=False, traces=traces)
+    assert label.label == pytest.approx(GAMMA)  # the trace's a1; the one drawn was a2 (0)
+    assert [call["n"] for call in sampler.calls] == [1]
 
 
 def test_each_distinct_trace_is_graded_once():
