@@ -59,28 +59,30 @@ class StepFeatures:
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             lists = [token_lists[r] for r in rows]
-            batch = pad_token_batch(lists, pad_id=tokenizer.pad_id, batch=batch_size,
+            # A few texts (a search round's children, a small label set) pad to a few rows.
+            padded_rows = min(bucket_size(len(rows), minimum=8), batch_size)
+            batch = pad_token_batch(lists, pad_id=tokenizer.pad_id, batch=padded_rows,
                                     length=bucket_size(max(map(len, lists)), minimum=16,
                                                        fine=True))
             hidden, step_logprob = self._forward(
                 self._state, batch.tokens, last_positions(batch),
-                *_step_predictions(lists, [state_lengths[r] for r in rows], batch_size))
+                *_step_predictions(lists, [state_lengths[r] for r in rows], padded_rows))
             hidden_out[rows] = np.asarray(hidden, np.float32)[:len(rows)]
             logprob_out[rows] = np.asarray(step_logprob, np.float32)[:len(rows)]
         return hidden_out, logprob_out
 
 
 def _step_predictions(token_lists: Sequence[Sequence[int]], state_lengths: Sequence[int],
-                      batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Where each row's step tokens are predicted: [batch_size, S] int32 positions (the
+                      rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each row's step tokens are predicted: [rows, S] int32 positions (the
     token before each step token), int32 the step tokens, and bool which entries are
     real. S is a power of two, so calls share a few compiled shapes."""
     # A step shorter than nothing (its first token merged into the state's last) has none.
     step_lengths = [max(len(t) - n, 0) for t, n in zip(token_lists, state_lengths)]
     width = bucket_size(max(step_lengths), minimum=8)
-    positions = np.zeros((batch_size, width), np.int32)
-    targets = np.zeros((batch_size, width), np.int32)
-    in_step = np.zeros((batch_size, width), bool)
+    positions = np.zeros((rows, width), np.int32)
+    targets = np.zeros((rows, width), np.int32)
+    in_step = np.zeros((rows, width), bool)
     for row, (tokens, start, n) in enumerate(zip(token_lists, state_lengths, step_lengths)):
         positions[row, :n] = np.arange(start - 1, start - 1 + n)
         targets[row, :n] = tokens[start:]
