@@ -1,15 +1,46 @@
-"""What a run's decoder needs in memory, and whether it fits: size a run before renting.
+"""What a run needs in memory, and whether it fits: size a run before renting.
 
 ``python -m qstar_jax.memory_plan [CONFIG.yaml] [key=value ...] --memory 80GB
-[--model-config config.json] [--page-size 16]`` prints the policy's weights, its KV bytes
-per token, the cache the config's slot pool reserves, and, for a paged cache over the
-memory left, the pages available and the search rows that fit at full ``max_len``.
-``run`` calls ``check_memory`` before any stage and refuses a config that does not fit,
-with these figures and the largest ``decode.slots`` that would.
+[--model-config config.json] [--prm-config config.json] [--q-config config.json]
+[--page-size 16] [--prompt-tokens 768]`` prints the weights of every model the evaluate
+stage holds on the device (the policy; a Math-Shepherd PRM for ``search.utility=prm``;
+Q̂'s own model, ``q_train.separate_model`` or a ``q_train.second_opinion`` checkpoint),
+the policy's KV bytes per token, the cache the config reserves, and, for a paged cache
+over the memory left, the pages available, the rows of full ``max_len`` they hold, the
+pages one search peaks at and the searches (problems in flight) they hold. A model whose
+checkpoint is not on this machine needs its HF ``config.json`` (``--model-config`` for
+the policy, ``--prm-config``, ``--q-config``); configs/architectures/ ships those of the
+paper configs' models. ``run`` calls ``check_memory`` before any stage and refuses a
+config that does not fit, with these figures and the largest ``decode.slots`` that would.
 
-Counted: the policy's weights (twice on CPU, where the decoder also keeps one array per
-layer) and the KV cache, per device (weights split over ``mesh.model``, the cache over
-both axes). Not counted: activations, Q-hat, a PRM, XLA's scratch; hence HEADROOM.
+Counted: the models' weights (the policy's, and a second opinion's, which also decodes,
+twice on CPU, where the decoder also keeps one array per layer) and the KV cache, per
+device (weights split over ``mesh.model``, the cache over both axes). Not counted:
+activations, the PRM's scoring pass (a [rows, text length] cache of its own per call),
+the learned PRM's and Q̂'s small heads, XLA's scratch; hence HEADROOM. The label stage's
+``label.stronger_model`` is not counted either (it is not loaded beside the evaluate
+stage's models).
+
+A search's peak pages (``search_pages``), the largest over the config's step methods, with
+S = page_size, P = prompt tokens (``--prompt-tokens``; the default, 768, covers the paper
+configs' prompts: GSM8K's 4-shot prompt and question measure about 450-540 tokens, MBPP's
+about 310, HumanEval's up to 360, MATH's zero-shot question about 70), C =
+decode.step_token_cap and a path of at most min(decode.max_steps x C, max_len - P) tokens:
+
+    ceil(P / S)            the prompt, shared by the whole tree
+  + ceil(tokens / S)       the tokens the search writes
+  + leaves                 at most one partly filled page per leaf
+  + rows x ceil(C / S)     the most a sampler call reserves or lends for its rows
+
+with (tokens, leaves, rows) = (E·k·C, E·k, k) for qstar (E = search.max_expansions, k =
+search.k: the tree A* grows), (N·path, N, N) for the chain methods (N = eval.samples
+chains), (W·path + W·K·C, W + W·K, W·K) for beam (W beams, K children each) and
+(path, 1, 1) for greedy. A method without a formula here (Tree of Thoughts, MCTSr)
+counts every slot it holds (``slots_per_problem``) as a full max_len row.
+``searches_in_flight`` is the pages available over that; ``pool_searches`` the same for
+the config's own ``decode.pages``. Set ``eval.problems_per_batch`` at or below it and
+``decode.slots`` to at least ``problems_per_batch x slots_per_search`` (evaluate runs
+``decode.slots // slots_per_search`` searches at once at most).
 """
 
 from __future__ import annotations
@@ -25,11 +56,14 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from qstar_jax.config import SCRATCH, ConfigError, RunConfig, load_config
+from qstar_jax.config import (REASONER_METHODS, SCRATCH, ConfigError, QBackbone, RunConfig,
+                              Utility, load_config)
 from qstar_jax.models.config import ModelConfig
 
 HEADROOM = 0.9  # the share of memory the weights and the cache may take
 SCRATCH_VOCAB = 256  # a from-scratch policy's character vocabulary is smaller than this
+DEFAULT_PROMPT_TOKENS = 768  # see the module docstring
+CHAIN_METHODS = ("self_consistency", "best_of_n", "best_of_n_matched")
 UNITS = {"KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**10, "MIB": 2**20,
          "GIB": 2**30, "TIB": 2**40}
 
@@ -37,13 +71,19 @@ UNITS = {"KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**10, "MIB": 2**20
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MemoryPlan:
     memory_bytes: int
-    weight_bytes: int  # per device, per-layer copy included on CPU
+    weight_bytes: int  # per device, every model's (model_bytes summed)
+    model_bytes: dict[str, int]  # per model: policy, prm, q_backbone, second_opinion
     kv_bytes_per_token: int  # per device
-    slot_pool_bytes: int  # the config's slot pool: slots x max_len tokens
+    slot_pool_bytes: int  # the config's cache: slots x max_len tokens, or its pages
     page_size: int
     pages: int  # pages of page_size tokens that fit beside the weights
     rows_at_max_len: int  # rows of max_len tokens those pages hold, no sharing
     largest_slots: int  # the most decode.slots at this max_len that fit
+    prompt_tokens: int
+    search_pages: int  # the pages one search peaks at (module docstring)
+    searches_in_flight: int  # searches the available pages hold at their peak
+    pool_searches: int  # searches the config's decode.pages hold (0 without paging)
+    slots_per_search: int  # page-table rows (slots) one search holds at most
 
     @property
     def fits(self) -> bool:
@@ -51,12 +91,18 @@ class MemoryPlan:
 
     def describe(self) -> str:
         gb = 1e9
+        models = ", ".join(f"{name} {size / gb:.2f}" for name, size in self.model_bytes.items())
+        pool = (f"; the config's pages hold {self.pool_searches} searches"
+                if self.pool_searches else "")
         return (f"memory {self.memory_bytes / gb:.1f} GB (using {HEADROOM:.0%}): weights "
-                f"{self.weight_bytes / gb:.2f} GB, KV {self.kv_bytes_per_token / 1e3:.1f} KB "
-                f"per token, the slot pool {self.slot_pool_bytes / gb:.2f} GB; a paged cache "
-                f"gets {self.pages} pages of {self.page_size} tokens = "
-                f"{self.rows_at_max_len} rows at full max_len; the largest decode.slots "
-                f"that fits: {self.largest_slots}")
+                f"{self.weight_bytes / gb:.2f} GB ({models}), KV "
+                f"{self.kv_bytes_per_token / 1e3:.1f} KB per token, the config's cache "
+                f"{self.slot_pool_bytes / gb:.2f} GB; a paged cache gets {self.pages} pages "
+                f"of {self.page_size} tokens = {self.rows_at_max_len} rows at full max_len; "
+                f"the largest decode.slots that fits: {self.largest_slots}; a search "
+                f"(prompt {self.prompt_tokens} tokens) peaks at {self.search_pages} pages "
+                f"and holds up to {self.slots_per_search} slots: searches_in_flight "
+                f"{self.searches_in_flight}{pool}")
 
 
 def parameter_count(cfg: ModelConfig) -> int:
@@ -69,48 +115,159 @@ def parameter_count(cfg: ModelConfig) -> int:
     return cfg.num_layers * per_layer + embeddings + e
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def slots_per_search(run: RunConfig) -> int:
+    """The most slots one search of the config's methods holds (evaluate's count)."""
+    from qstar_jax.stages.context import RunContext
+    from qstar_jax.stages.evaluate import slots_per_problem
+
+    ctx = RunContext(config=run, out=Path(run.out_dir))
+    return max(slots_per_problem(ctx, method) for method in run.eval.methods)
+
+
+def search_pages(run: RunConfig, *, page_size: int, prompt_tokens: int) -> int:
+    """The pages one evaluate search peaks at, the largest over ``eval.methods`` (the
+    formula in the module docstring)."""
+    s, e, d = run.search, run.eval, run.decode
+    cap = d.step_token_cap
+    path = max(min(d.max_steps * cap, d.max_len - prompt_tokens), 0)
+    peaks = []
+    for method in e.methods:
+        if method in ("qstar", "qstar_no_q"):
+            expansions = min(s.max_expansions, s.max_generated_tokens // s.k + 1)
+            tokens, leaves, rows = expansions * s.k * cap, expansions * s.k, s.k
+        elif method in CHAIN_METHODS:
+            tokens, leaves, rows = e.samples * path, e.samples, e.samples
+        elif method == "beam":
+            rows = e.beam_width * e.beam_k
+            tokens, leaves = e.beam_width * path + rows * cap, e.beam_width + rows
+        elif method == "greedy":
+            tokens, leaves, rows = path, 1, 1
+        else:  # Tree of Thoughts, MCTSr: every slot a full row
+            from qstar_jax.stages.context import RunContext
+            from qstar_jax.stages.reasoners import reasoner_slots
+
+            assert method in REASONER_METHODS, method
+            slots = reasoner_slots(RunContext(config=run, out=Path(run.out_dir)), method)
+            peaks.append(slots * _cdiv(d.max_len, page_size))
+            continue
+        peaks.append(_cdiv(prompt_tokens, page_size) + _cdiv(tokens, page_size) + leaves
+                     + rows * _cdiv(cap, page_size))
+    return max(peaks)
+
+
 def plan(cfg: ModelConfig, run: RunConfig, *, memory_bytes: int, on_cpu: bool,
-         page_size: int = 16, devices: int = 1) -> MemoryPlan:
-    """The figures for ``run``'s decoder over ``cfg`` on ``devices`` devices of
-    ``memory_bytes`` each (the mesh's -1 axis takes what the other leaves)."""
+         page_size: int | None = None, devices: int = 1,
+         others: dict[str, ModelConfig] | None = None,
+         prompt_tokens: int = DEFAULT_PROMPT_TOKENS) -> MemoryPlan:
+    """The figures for ``run`` over the policy ``cfg`` and the ``others`` the evaluate
+    stage loads beside it (``evaluate_models``), on ``devices`` devices of
+    ``memory_bytes`` each (the mesh's -1 axis takes what the other leaves). page_size:
+    the paged cache's (default: decode.page_size, or 16 without paging)."""
+    decode = run.decode
+    page_size = page_size or decode.page_size or 16
     dtype_bytes = np.dtype(run.policy.dtype).itemsize
     model_axis = max(run.mesh.model, 1)
     data_axis = run.mesh.data if run.mesh.data > 0 else max(devices // model_axis, 1)
-    weights = parameter_count(cfg) * dtype_bytes * (2 if on_cpu else 1) // model_axis
+    # The decoder keeps a second copy on CPU (one array per layer) of the models it decodes.
+    decoded = {"policy", "second_opinion"}
+    models = {"policy": cfg, **(others or {})}
+    model_bytes = {name: parameter_count(c) * dtype_bytes
+                   * (2 if on_cpu and name in decoded else 1) // model_axis
+                   for name, c in models.items()}
+    weights = sum(model_bytes.values())
     per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * dtype_bytes
     per_token //= model_axis
-    decode = run.decode
     held = decode.num_pages * decode.page_size or decode.slots * decode.max_len  # tokens
     pool = held * per_token // data_axis
     left = max(int(HEADROOM * memory_bytes) - weights, 0)
     pages = left // (page_size * per_token)
+    peak = search_pages(run, page_size=page_size, prompt_tokens=prompt_tokens)
+    pool_searches = (search_pages(run, page_size=decode.page_size, prompt_tokens=prompt_tokens)
+                     if decode.page_size else 0)
     return MemoryPlan(memory_bytes=memory_bytes, weight_bytes=weights,
-                      kv_bytes_per_token=per_token, slot_pool_bytes=pool, page_size=page_size,
-                      pages=pages, rows_at_max_len=pages * page_size // decode.max_len,
-                      largest_slots=left * data_axis // (decode.max_len * per_token))
+                      model_bytes=model_bytes, kv_bytes_per_token=per_token,
+                      slot_pool_bytes=pool, page_size=page_size, pages=pages,
+                      rows_at_max_len=pages * page_size // decode.max_len,
+                      largest_slots=left * data_axis // (decode.max_len * per_token),
+                      prompt_tokens=prompt_tokens, search_pages=peak,
+                      searches_in_flight=pages // peak,
+                      pool_searches=decode.num_pages // pool_searches if pool_searches else 0,
+                      slots_per_search=slots_per_search(run))
 
 
-def policy_architecture(run: RunConfig, model_config: str | None = None) -> ModelConfig:
-    """The policy's ModelConfig without loading its weights: from ``model_config`` (an HF
-    config.json), the checkpoint's config.json or GGUF metadata, or policy_training."""
+def architecture(source: str, key: str, option: str,
+                 model_config: str | None = None) -> ModelConfig:
+    """The ModelConfig of the checkpoint ``source`` (config key ``key``) without loading
+    its weights: from ``model_config`` (an HF config.json, the command's ``option``), the
+    checkpoint's config.json or GGUF metadata."""
     from qstar_jax.models.gguf_checkpoint import gguf_config, open_gguf
     from qstar_jax.models.hf_checkpoint import read_hf_config, read_json
     from qstar_jax.models.loading import PACKAGED_MODELS, resolve_alias
 
     if model_config is not None:
         return ModelConfig.from_hf(read_json(Path(model_config)))
-    source = run.policy.source
-    if source == SCRATCH:
-        pt = run.policy_training
-        return ModelConfig(model_type="llama", vocab_size=SCRATCH_VOCAB,
-                           hidden_size=pt.hidden_size, intermediate_size=pt.intermediate_size,
-                           num_layers=pt.num_layers, num_heads=pt.num_heads,
-                           num_kv_heads=pt.num_kv_heads, head_dim=pt.hidden_size // pt.num_heads,
-                           tie_word_embeddings=True)
     path = resolve_alias(source) if source in PACKAGED_MODELS else Path(source)
+    if not path.exists():
+        raise ConfigError(f"{key} {source} is not on this machine: give its HF "
+                          f"config.json with {option} to size the run without it")
     if path.is_dir():
         return read_hf_config(path)
     return gguf_config(open_gguf(path), path)
+
+
+def _scratch_architecture(run: RunConfig) -> ModelConfig:
+    """The model train_policy trains from scratch (policy.source / second_opinion=scratch)."""
+    pt = run.policy_training
+    return ModelConfig(model_type="llama", vocab_size=SCRATCH_VOCAB,
+                       hidden_size=pt.hidden_size, intermediate_size=pt.intermediate_size,
+                       num_layers=pt.num_layers, num_heads=pt.num_heads,
+                       num_kv_heads=pt.num_kv_heads, head_dim=pt.hidden_size // pt.num_heads,
+                       tie_word_embeddings=True)
+
+
+def policy_architecture(run: RunConfig, model_config: str | None = None) -> ModelConfig:
+    """The policy's ModelConfig without loading its weights: from ``model_config`` (an HF
+    config.json), the checkpoint's config.json or GGUF metadata, or policy_training."""
+    if run.policy.source == SCRATCH and model_config is None:
+        return _scratch_architecture(run)
+    return architecture(run.policy.source, "policy.source", "--model-config", model_config)
+
+
+def evaluate_models(run: RunConfig, *, prm_config: str | None = None,
+                    q_config: str | None = None) -> dict[str, ModelConfig]:
+    """The models besides the policy that the evaluate stage loads on the device (none
+    when ``evaluate`` is not among the stages): "prm", a Math-Shepherd checkpoint for
+    ``search.utility=prm`` (a learned PRM is a small head on the policy: not counted);
+    "q_backbone", Q̂'s ``q_train.separate_model`` where a method reads Q̂; or
+    "second_opinion", the ``q_train.second_opinion`` policy, which Q̂ reads and greedy
+    also decodes. ``prm_config`` / ``q_config``: HF config.json files for a PRM / Q̂
+    model whose checkpoint is not on this machine (a missing checkpoint without one is a
+    ConfigError)."""
+    from qstar_jax.stages.evaluate import reads_q_hat
+    from qstar_jax.stages.prm import LEARNED_PRM_MARKER
+
+    if "evaluate" not in run.stages:
+        return {}
+    models = {}
+    s, q = run.search, run.q_train
+    if s.utility == Utility.prm and s.prm_model is not None and (
+            prm_config is not None or not (Path(s.prm_model) / LEARNED_PRM_MARKER).is_file()):
+        models["prm"] = architecture(s.prm_model, "search.prm_model", "--prm-config",
+                                     prm_config)
+    reads_q = reads_q_hat(run)
+    if q.backbone == QBackbone.separate and reads_q:
+        models["q_backbone"] = architecture(q.separate_model, "q_train.separate_model",
+                                            "--q-config", q_config)
+    elif q.second_opinion is not None and (reads_q or "greedy" in run.eval.methods):
+        models["second_opinion"] = (
+            _scratch_architecture(run) if q.second_opinion == SCRATCH and q_config is None
+            else architecture(q.second_opinion, "q_train.second_opinion", "--q-config",
+                              q_config))
+    return models
 
 
 def available_memory() -> tuple[int, bool]:
@@ -133,15 +290,17 @@ def available_memory() -> tuple[int, bool]:
 
 def check_memory(run: RunConfig) -> MemoryPlan:
     """Raise ConfigError, with the figures and the largest decode.slots that fits, unless
-    the policy's weights and the slot pool fit the memory the run will have."""
+    the weights of every model the run loads together (``evaluate_models``) and the
+    config's cache fit the memory the run will have."""
     memory, on_cpu = available_memory()
     figures = plan(policy_architecture(run), run, memory_bytes=memory, on_cpu=on_cpu,
-                   devices=jax.device_count())
+                   devices=jax.device_count(), others=evaluate_models(run))
     if not figures.fits:
         where = "free host memory" if on_cpu else "device memory"
-        raise ConfigError(f"decode.slots={run.decode.slots} x decode.max_len="
-                          f"{run.decode.max_len} does not fit the {where}: "
-                          f"{figures.describe()}")
+        d = run.decode
+        cache = (f"decode.pages={d.num_pages} x decode.page_size={d.page_size}" if d.page_size
+                 else f"decode.slots={d.slots} x decode.max_len={d.max_len}")
+        raise ConfigError(f"{cache} does not fit the {where}: {figures.describe()}")
     return figures
 
 
@@ -160,18 +319,32 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--memory", required=True, help="one device's memory, e.g. 80GB")
     parser.add_argument("--model-config", help="the policy's HF config.json, when its "
+                        "checkpoint is not on this machine (configs/architectures/)")
+    parser.add_argument("--prm-config", help="the PRM's (search.prm_model) HF config.json, "
+                        "when its checkpoint is not on this machine")
+    parser.add_argument("--q-config", help="the HF config.json of Q-hat's own model "
+                        "(q_train.separate_model or q_train.second_opinion), when its "
                         "checkpoint is not on this machine")
-    parser.add_argument("--page-size", type=int, default=16)
+    parser.add_argument("--page-size", type=int, default=None,
+                        help="the paged cache's page size (default: decode.page_size, or 16)")
+    parser.add_argument("--prompt-tokens", type=int, default=DEFAULT_PROMPT_TOKENS,
+                        help="a prompt's tokens, for a search's peak pages (default "
+                        f"{DEFAULT_PROMPT_TOKENS})")
     parser.add_argument("--cpu", action="store_true", help="size for the CPU backend "
                         "(weights held twice)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.config and "=" in args.config:
         args.overrides.insert(0, args.config)
         args.config = None
-    run = load_config(args.config, args.overrides)
-    figures = plan(policy_architecture(run, args.model_config), run,
-                   memory_bytes=parse_memory(args.memory), on_cpu=args.cpu,
-                   page_size=args.page_size)
+    try:
+        run = load_config(args.config, args.overrides)
+        policy = policy_architecture(run, args.model_config)
+        others = evaluate_models(run, prm_config=args.prm_config, q_config=args.q_config)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    figures = plan(policy, run, memory_bytes=parse_memory(args.memory), on_cpu=args.cpu,
+                   page_size=args.page_size, others=others, prompt_tokens=args.prompt_tokens)
     print(figures.describe())
     print(json.dumps(dataclasses.asdict(figures) | {"fits": figures.fits}))
     return 0 if figures.fits else 1

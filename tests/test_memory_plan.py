@@ -2,6 +2,9 @@
 cannot fit."""
 
 import json
+import math
+import re
+from pathlib import Path
 
 import jax
 import pytest
@@ -15,6 +18,8 @@ from qstar_jax.models.llama import LlamaModel
 LLAMA2_7B = dict(model_type="llama", vocab_size=32000, hidden_size=4096,
                  intermediate_size=11008, num_layers=32, num_heads=32, num_kv_heads=32,
                  head_dim=128)
+MISTRAL_7B_PARAMETERS = 7_241_732_096  # Math-Shepherd's PRM: Mistral-7B-v0.1, published 7.24B
+ARCHITECTURES = "configs/architectures"
 SMOLLM2_135M = dict(model_type="llama", vocab_size=49152, hidden_size=576,
                     intermediate_size=1536, num_layers=30, num_heads=9, num_kv_heads=3,
                     head_dim=64, tie_word_embeddings=True)
@@ -60,10 +65,129 @@ def test_command_sizes_a_7b_config_from_its_config_json(tmp_path, capsys):
           "num_key_value_heads": 32}
     (tmp_path / "config.json").write_text(json.dumps(hf))
     code = memory_plan.main(["configs/gsm8k_llama2_7b.yaml", "--memory", "80GB",
-                             "--model-config", str(tmp_path / "config.json")])
+                             "--model-config", str(tmp_path / "config.json"),
+                             "--prm-config", f"{ARCHITECTURES}/mistral-7b-v0.1.json"])
     figures = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert figures["weight_bytes"] == 6_738_415_616 * 2
+    assert figures["model_bytes"]["policy"] == 6_738_415_616 * 2
     assert figures["kv_bytes_per_token"] == 2 * 32 * 32 * 128 * 2
     assert code == (0 if figures["fits"] else 1)
     with pytest.raises(ValueError, match="give a number"):
         memory_plan.parse_memory("80 parsecs")
+
+
+def test_a_checkpoint_not_on_this_machine_asks_for_its_config_json(capsys):
+    code = memory_plan.main(["configs/gsm8k_llama2_7b.yaml", "--memory", "80GB"])
+    assert code == 2
+    assert "checkpoints/MetaMath-7B-V1.0 is not on this machine: give its HF config.json " \
+           "with --model-config" in capsys.readouterr().err
+
+
+def plan_json(capsys, *argv) -> tuple[int, dict]:
+    code = memory_plan.main(list(argv))
+    return code, json.loads(capsys.readouterr().out.splitlines()[-1])
+
+
+def test_the_prm_s_weights_are_counted_beside_the_policy_s(tmp_path, capsys):
+    mistral = json.loads(Path(f"{ARCHITECTURES}/mistral-7b-v0.1.json").read_text())
+    assert memory_plan.parameter_count(ModelConfig.from_hf(mistral)) == MISTRAL_7B_PARAMETERS
+    code, figures = plan_json(capsys, "configs/gsm8k_llama2_7b.yaml", "--memory", "80GB",
+                              "--model-config", f"{ARCHITECTURES}/llama-2-7b.json",
+                              "--prm-config", f"{ARCHITECTURES}/mistral-7b-v0.1.json")
+    assert figures["model_bytes"] == {"policy": 6_738_415_616 * 2,
+                                      "prm": MISTRAL_7B_PARAMETERS * 2}
+    assert figures["weight_bytes"] == (6_738_415_616 + MISTRAL_7B_PARAMETERS) * 2
+    assert figures["pages"] == (int(0.9 * 80e9) - figures["weight_bytes"]) // (16 * 524288)
+    # A PRM checkpoint on this machine is read from its config.json; run's check counts it.
+    (tmp_path / "config.json").write_text(json.dumps(mistral))
+    run = load_config("configs/gsm8k_llama2_7b.yaml", [f"search.prm_model={tmp_path}"])
+    assert memory_plan.evaluate_models(run)["prm"] == ModelConfig.from_hf(mistral)
+    # Nothing but evaluate loads it.
+    no_eval = load_config("configs/gsm8k_llama2_7b.yaml", ["stages=[collect,label]"])
+    assert memory_plan.evaluate_models(no_eval) == {}
+
+
+def test_check_memory_counts_the_prm(tmp_path, monkeypatch):
+    (tmp_path / "config.json").write_text(
+        Path(f"{ARCHITECTURES}/mistral-7b-v0.1.json").read_text())
+    run = load_config(None, ["decode.slots=8", "search.utility=prm",
+                             f"search.prm_model={tmp_path}"])
+    monkeypatch.setattr(memory_plan, "available_memory", lambda: (10**12, False))
+    assert memory_plan.check_memory(run).model_bytes["prm"] == MISTRAL_7B_PARAMETERS * 4
+    monkeypatch.setattr(memory_plan, "available_memory", lambda: (2 * 10**10, False))
+    with pytest.raises(ConfigError, match=r"does not fit the device memory.*prm 28\.97"):
+        memory_plan.check_memory(run)
+
+
+def test_a_prm_or_q_model_not_on_this_machine_asks_for_its_config_json(capsys):
+    llama = f"--model-config={ARCHITECTURES}/llama-2-7b.json"
+    assert memory_plan.main(["configs/gsm8k_llama2_7b.yaml", "--memory", "80GB", llama]) == 2
+    assert ("search.prm_model checkpoints/math-shepherd-mistral-7b-prm is not on this "
+            "machine: give its HF config.json with --prm-config") in capsys.readouterr().err
+    separate = ["configs/math_deepseek_math_7b.yaml", "q_train.backbone=separate",
+                "q_train.separate_model=checkpoints/absent", "--memory", "80GB",
+                f"--model-config={ARCHITECTURES}/deepseek-math-7b.json"]
+    assert memory_plan.main(separate) == 2
+    assert "q_train.separate_model checkpoints/absent is not on this machine: give its HF " \
+           "config.json with --q-config" in capsys.readouterr().err
+    _, figures = plan_json(capsys, *separate, f"--q-config={ARCHITECTURES}/llama-2-7b.json")
+    assert figures["model_bytes"]["q_backbone"] == 6_738_415_616 * 2
+
+
+SMALL_SEARCH = ["policy.source=smollm2-135m-instruct", "q_train.second_opinion=null",
+                "eval.methods=[greedy,best_of_n,qstar]", "decode.max_len=256",
+                "decode.step_token_cap=20", "decode.max_steps=4", "decode.page_size=16",
+                "decode.pages=100", "search.k=3", "search.max_expansions=5", "eval.samples=4"]
+
+
+def test_searches_in_flight_by_hand():
+    def figures(*overrides):
+        return memory_plan.plan(ModelConfig(**SMOLLM2_135M),
+                                load_config(None, [*SMALL_SEARCH, *overrides]),
+                                memory_bytes=10**9, on_cpu=False, prompt_tokens=50)
+
+    prompt = math.ceil(50 / 16)  # 4 pages, shared by the whole tree
+    lent = math.ceil(20 / 16)  # 2 pages a sampler row
+    qstar = prompt + math.ceil(5 * 3 * 20 / 16) + 5 * 3 + 3 * lent  # 4 + 19 + 15 + 6
+    path = min(4 * 20, 256 - 50)  # a chain's tokens: 80
+    best_of_n = prompt + math.ceil(4 * path / 16) + 4 + 4 * lent  # 4 + 20 + 4 + 8
+    greedy = prompt + math.ceil(path / 16) + 1 + lent
+    assert (qstar, best_of_n, greedy) == (44, 36, 12)
+    small = figures()
+    assert small.search_pages == 44  # the largest of the three
+    assert small.searches_in_flight == small.pages // 44 > 0
+    assert small.pool_searches == 100 // 44 == 2
+    assert small.slots_per_search == 3 * 5 + 1  # A*'s frontier: K per expansion, and one
+    # Eight chains outgrow the tree: 4 + 40 + 8 + 16 pages.
+    assert figures("eval.samples=8").search_pages == 68
+
+
+PAPER_7B = {  # config: (policy, PRM) architecture files
+    "gsm8k_llama2_7b": ("llama-2-7b", "mistral-7b-v0.1"),
+    "gsm_symbolic_llama2_7b": ("llama-2-7b", "mistral-7b-v0.1"),
+    "math_deepseek_math_7b": ("deepseek-math-7b", None),
+    "humaneval_codeqwen1.5_7b": ("codeqwen1.5-7b", None),
+    "mbpp_codeqwen1.5_7b": ("codeqwen1.5-7b", None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_7B))
+def test_the_paper_configs_fit_one_80_gb_and_one_141_gb_gpu(name, capsys):
+    """Each 7B config as shipped fits 80 GB by the plan, with many problems in flight, and
+    so do the 141 GB overrides its comment gives."""
+    path = f"configs/{name}.yaml"
+    policy, prm = PAPER_7B[name]
+    models = [f"--model-config={ARCHITECTURES}/{policy}.json"]
+    models += [f"--prm-config={ARCHITECTURES}/{prm}.json"] if prm else []
+    text = Path(path).read_text()
+    assert f"python -m qstar_jax.memory_plan {path} --memory 80GB" in text
+    assert all(m.split("=")[1] in text for m in models)
+    big = re.search(r"#\s+(decode\.pages=\d+ decode\.slots=\d+ eval\.problems_per_batch=\d+)\n",
+                    text).group(1).split()
+    for memory, overrides in (("80GB", []), ("141GB", big)):
+        run = load_config(path, overrides)
+        code, figures = plan_json(capsys, path, *overrides, "--memory", memory, *models)
+        assert code == 0 and figures["fits"]
+        assert run.decode.page_size == 16 and run.decode.pages <= figures["pages"]
+        assert 1 < run.eval.problems_per_batch <= figures["pool_searches"]
+        assert run.decode.slots >= run.eval.problems_per_batch * figures["slots_per_search"]
+        assert ("prm" in figures["model_bytes"]) == bool(prm)

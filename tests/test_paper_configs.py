@@ -27,7 +27,9 @@ PACKAGED = {
 SMALL = [
     "policy.dtype=float32", "task.options.n_shot=0",
     "task.train_problems=2", "task.eval_problems=2",
-    "decode.slots=128", "decode.max_len=512", "decode.step_token_cap=12", "decode.max_steps=3",
+    # The configs' page pools are sized for 7B models on a GPU: a small one here.
+    "decode.slots=128", "decode.pages=1024", "decode.max_len=512", "decode.step_token_cap=12",
+    "decode.max_steps=3",
     "collect.rollouts_per_problem=2", "label.rollouts_per_state=1", "q_train.max_epochs=1",
     "search.k=2", "search.n_complete=1", "search.max_expansions=3", "eval.samples=2",
 ]

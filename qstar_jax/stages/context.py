@@ -49,13 +49,25 @@ class RunContext:
                                              **t.options.get("config", {})})
         return make_task(t.name, **t.options)
 
-    def searches_per_batch(self, slots_per_search: int) -> int:
+    def searches_per_batch(self, slots_per_search: int, *, full_rows: bool = False) -> int:
         """How many searches of ``slots_per_search`` slots each fit the slot pool side by
         side (at least one). A search's slots all sit on one ``data`` shard (a child goes
         on its parent's shard, so no step moves cache rows between devices), so it is the
-        shards times what one shard holds, not the pool divided by the search."""
+        shards times what one shard holds, not the pool divided by the search.
+
+        ``full_rows``: each slot may grow to a max_len row of its own (collect's and
+        label's rollouts, which share little more than the prompt). On a paged cache
+        ``decode.slots`` counts page-table rows, sized for evaluate's trees, whose slots
+        share most of their pages; such a batch is then also held to what the pages hold
+        at max_len // page_size pages a slot, the most a slot's page table holds, so it
+        cannot run the pool dry."""
         shards = 1 if self.mesh is None else self.mesh.shape[DATA]
-        return max(1, shards * (self.config.decode.slots // shards // slots_per_search))
+        searches = shards * (self.config.decode.slots // shards // slots_per_search)
+        d = self.config.decode
+        if full_rows and d.page_size:
+            row_pages = d.max_len // d.page_size
+            searches = min(searches, d.num_pages // (slots_per_search * row_pages))
+        return max(1, searches)
 
     @property
     def rollouts_path(self) -> Path:

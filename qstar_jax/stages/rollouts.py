@@ -24,7 +24,7 @@ def _train_problems(ctx: RunContext):
 def _pairs_per_call(ctx: RunContext) -> int:
     """As many pairs per sampler call as the slot pool holds with their rollouts: decoder
     calls are overhead-bound at small batch sizes."""
-    return ctx.searches_per_batch(ctx.config.label.rollouts_per_state + 1)
+    return ctx.searches_per_batch(ctx.config.label.rollouts_per_state + 1, full_rows=True)
 
 
 def _reward_fn(ctx: RunContext, problems):
@@ -55,7 +55,7 @@ def collect(ctx: RunContext) -> None:
                      temperature=ctx.config.collect.temperature, out_path=ctx.rollouts_path,
                      max_steps=ctx.config.decode.max_steps,
                      batch_problems=ctx.searches_per_batch(
-                         ctx.config.collect.rollouts_per_problem + 1))
+                         ctx.config.collect.rollouts_per_problem + 1, full_rows=True))
 
 
 def label(ctx: RunContext) -> None:
