@@ -154,7 +154,12 @@ class DecodeConfig:
     # sampler. 0: the whole step in one call, every row computed until the last one ends.
     # 16: SmolLM2 collect on CPU (64 rows, cap 48) took 46 s of step calls against 111 s
     # in one call, 6 compiled variants against 2 (8: about as fast, more calls and
-    # variants; 32: 48 s); experiments/profile_decode.py --collect.
+    # variants; 32: 48 s); experiments/profile_decode.py --collect. A trie
+    # (eval.prefix_sharing) runs in chunks of as many rounds (decoding/trie_chunks.py):
+    # SmolLM2 on CPU, 32 HumanEval prompts x 4 steps at temperature 0.8, 4 tries: 150 s
+    # against 185 s in one call (one trie with a 48-token step: 34 s against 65 s); greedy
+    # tries of 1 row per problem gain nothing (50 problems: 92 s against 89 s), as a
+    # round's cost there is mostly fixed and each smaller row bucket compiles.
     step_chunk: int = 16
     # A paged cache (decoding/paged_cache.py: pages that forks share, so a tree costs its
     # distinct tokens; a trie's branch forks page tables) instead of one max_len row per

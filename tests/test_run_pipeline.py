@@ -269,12 +269,14 @@ def test_a_paged_cache_gives_the_row_caches_results(finished_run, tmp_path, shar
     assert len(results["16"]) == 18 and results["16"] == results["0"]
 
 
-def test_steps_sampled_in_chunks_give_the_one_call_results(finished_run, tmp_path):
-    """decode.step_chunk: steps sampled as chunks of 3 tokens, the rows that ended
-    dropped between chunks, give the searches a step in one call gives."""
+@pytest.mark.parametrize("sharing", ["false", "true"])
+def test_steps_sampled_in_chunks_give_the_one_call_results(finished_run, tmp_path, sharing):
+    """decode.step_chunk: steps sampled as chunks of 3 tokens (a node's children as a trie
+    in chunks of 3 rounds: eval.prefix_sharing), the rows that ended dropped between
+    chunks, give the searches a step in one call gives."""
     results = {chunk: _without_wall(_evaluated_again(
         finished_run, tmp_path / chunk, "eval.methods=[greedy,best_of_n,qstar]",
-        "eval.prefix_sharing=false", f"decode.step_chunk={chunk}"))
+        f"eval.prefix_sharing={sharing}", f"decode.step_chunk={chunk}"))
         for chunk in ("0", "3")}
     assert len(results["3"]) == 18 and results["3"] == results["0"]
 

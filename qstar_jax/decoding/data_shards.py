@@ -68,13 +68,6 @@ class RowLayout:
         """Each array's [B, ...] rows back in call order, [n, ...]."""
         return jax.tree.map(lambda x: x[self.positions], tree)
 
-    def call_rows(self, block_rows: np.ndarray) -> np.ndarray:
-        """Rows named by their place in their own shard's block, one per call row [n]
-        (-1: none), as call rows."""
-        owner = self.place(np.arange(len(self.positions)), -1)
-        block_start = self.positions - self.positions % self.block
-        return np.where(block_rows >= 0, owner[block_start + np.maximum(block_rows, 0)], -1)
-
 
 
 def padded_params(params: SamplingParams, layout: RowLayout) -> SamplingParams:

@@ -12,9 +12,10 @@ calls differing only in data never recompile (``trace_counts`` shows it). A step
 attention reads a window of each slot, not its whole ``max_len`` row: the smallest power
 of two (at least ``min_window_bucket``, at most ``max_len``) that holds every row's
 length plus the call's token cap, one compiled variant per window. With ``step_chunk`` a
-step runs as several calls, each holding only the rows still going (``step_chunks``). On a
-mesh each data shard holds its own slots and computes its own rows (``data_shards``): new
-rows are spread over the shards, and a child or a trie's spare goes on its parent's shard.
+step (or a trie) runs as several calls, each holding only the rows still going
+(``step_chunks``, ``trie_chunks``). On a mesh each data shard holds its own slots and
+computes its own rows (``data_shards``): new rows are spread over the shards, and a child
+or a trie's spare goes on its parent's shard.
 On a paged cache (``paged_cache``) pages are reserved, copied and trimmed around each call
 (``page_bookkeeping``).
 """
@@ -41,15 +42,16 @@ from qstar_jax.decoding.input_checks import (check_children_beside_parents,
                                              checked_eos_ids, checked_newline_table,
                                              checked_slots)
 from qstar_jax.decoding.jit_calls import LastCall, out_shardings
-from qstar_jax.decoding.page_bookkeeping import (fork_pages, own_pages, own_trie_pages,
-                                                 return_lent_pages, settle_trie_pages,
-                                                 trim_pages)
+from qstar_jax.decoding.page_bookkeeping import (fork_pages, lent_pages, own_pages,
+                                                 own_trie_pages, return_lent_pages,
+                                                 settle_trie_pages, trim_pages)
 from qstar_jax.decoding.paged_cache import PageTable, Paging, fork_slot_state, init_paged_cache
 from qstar_jax.decoding.prefill import MIN_PREFILL_BUCKET, prefill
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_chunks import ChunkedStep, StepBatch
 from qstar_jax.decoding.step_sampler import StepOutput, sample_step
 from qstar_jax.decoding.token_batch import bucket_size, length_groups, pad_token_batch
+from qstar_jax.decoding.trie_chunks import ChunkedTrie
 from qstar_jax.decoding.trie_sampler import TrieOutput, sample_trie
 from qstar_jax.decoding.weights import DecoderWeights
 from qstar_jax.models.llama import LlamaModel
@@ -71,13 +73,13 @@ class Decoder:
     to at least ``min_prefill_bucket`` and step caps to at least ``min_step_bucket``: larger
     minimums mean fewer compiled variants. Step calls attend over windows of at least
     ``min_window_bucket`` positions (``attention_window``; at least ``max_len``: always the
-    whole row). step_chunk: sample a step in chunks of at most this many tokens per row,
-    each chunk holding only the rows whose step goes on, so rows that ended stop costing
-    compute (``step_chunks``; every distinct padded row count is a compiled variant);
-    0: one call computes every row until the last one ends. per_layer_weights: also hold
-    the layer weights as one array per layer, so a decode step reads them without copying
-    them out of the stacked arrays; it doubles their memory (default: on CPU only, see
-    DecoderWeights).
+    whole row). step_chunk: sample a step in chunks of at most this many tokens per row
+    (a trie in chunks of as many rounds), each chunk holding only the rows whose step goes
+    on, so rows that ended stop costing compute (``step_chunks``, ``trie_chunks``; every
+    distinct padded row count is a compiled variant); 0: one call computes every row
+    until the last one ends. per_layer_weights: also hold the layer weights as one array
+    per layer, so a decode step reads them without copying them out of the stacked
+    arrays; it doubles their memory (default: on CPU only, see DecoderWeights).
     mesh: a (data, model) ``jax.sharding.Mesh`` to spread the weights and the slot pool
     over (``qstar_jax.parallel``), laid out by ``rules``; each shard of the slots' mesh axis
     computes the rows of its own slots, and outputs come back replicated, so every
@@ -153,6 +155,9 @@ class Decoder:
         # "row_tokens" (padded rows times the call's longest row: the loop's row-token
         # slots, on a mesh an upper bound) and "sampled_tokens".
         self.step_work: collections.Counter[str] = collections.Counter()
+        # What the trie calls computed: "calls", padded "rows" summed over them and
+        # "row_rounds" (padded rows times the rounds the call ran; on a mesh an upper bound).
+        self.trie_work: collections.Counter[str] = collections.Counter()
         counts = self.trace_counts
 
         def counted_jit(name, fn, in_specs, out_specs, num_static=0):
@@ -180,8 +185,8 @@ class Decoder:
             num_static=2)
         self._sample_trie = counted_jit(
             "sample_trie", sample_trie,
-            (whole, cache, rows, rows, whole, rows, rows, rows, whole, whole, whole, whole),
-            (cache, rows), num_static=3)
+            (whole, cache, rows, whole, rows, rows, rows, rows, whole, whole, whole, whole,
+             whole), (cache, rows), num_static=2)
         self._fork = LastCall(
             fork_slots if mesh is None else
             jax.jit(on_slot_shards(fork_slots, mesh, slot_axis, (cache, rows, rows), cache),
@@ -353,7 +358,8 @@ class Decoder:
                     params: SamplingParams, max_tokens: int) -> tuple[np.ndarray, TrieOutput]:
         """For group g, ``counts[g]`` independent steps after ``slots[g]``, each distinct
         token prefix computed once (see ``trie_sampler``). Each step ends as in
-        ``sample_steps``.
+        ``sample_steps``. With ``step_chunk`` the trie runs as chunks that hold only the
+        steps still going and the spares they may split into (``trie_chunks``).
 
         spares: allocated slots for the steps that split off, ``sum(counts) - len(slots)``
         of them, ``counts[g] - 1`` beside each group's slot (``allocate(n, near=...)``; a
@@ -363,7 +369,7 @@ class Decoder:
         SamplingParams [G]. Returns (the slot of each row [R], TrieOutput of R = G +
         len(spares) rows on the host, whose ``group`` is -1 for an unused spare).
         On a paged cache the groups' slots get pages of their own up to the cap, and the
-        call is lent pages for its splits, before it starts (PagePoolExhausted, changing
+        trie is lent pages for its splits, before it starts (PagePoolExhausted, changing
         nothing, when the pool is short); afterwards each used spare holds the pages of
         its tokens (the full ones below its split shared with its parent) and the rest
         go back.
@@ -377,27 +383,59 @@ class Decoder:
         check_spares_beside_groups(self.pool, slots, counts, spares)
         check_step_inputs(groups, None, group_ids, params, np.asarray([max_tokens]),
                           ids_name="group_ids")
-        layout = self._layout(row_slots)  # a shard's groups, then its spares
         cap_bucket = bucket_size(max_tokens, minimum=self.min_step_bucket)
-        self.cache, lent = own_trie_pages(self.pages, self.cache, slots, self._lengths, counts,
-                                          max_tokens, self.max_len, layout.size, cap_bucket)
+        trie = ChunkedTrie(counts, self.pool.shard_of(row_slots), cap_bucket)
+        # One count bound and window for all of a trie's chunks: no variants beyond rows.
+        call = functools.partial(
+            self._sample_trie_chunk, trie, row_slots, key_table=key_table,
+            key_rows=key_rows, group_ids=group_ids, params=jax.tree.map(np.asarray, params),
+            max_tokens=max_tokens, cap_bucket=cap_bucket,
+            max_count=bucket_size(int(counts.max())),
+            window=self.attention_window(slots, max_tokens))
+        self.cache = own_trie_pages(self.pages, self.cache, slots, self._lengths, counts,
+                                    max_tokens, self.max_len)
         try:
-            self.cache, out = self._sample_trie(
-                self._weights, self.cache, self._local_slots(layout, row_slots),
-                layout.place(counts, 0), key_table, layout.place(key_rows, 0),
-                layout.place(group_ids, 0), padded_params(params, layout),
-                np.int32(max_tokens), self._newline_table, self._eos_ids, lent, cap_bucket,
-                bucket_size(int(counts.max())), self.attention_window(slots, max_tokens))
-            out = layout.take(jax.device_get(out))
+            while trie.rows.size:
+                trie.add(call())
         except BaseException:
             return_lent_pages(self.pages)
             raise
-        out = dataclasses.replace(out, group=layout.call_rows(out.group))
+        out = trie.out
         live = out.group >= 0
         self._lengths[row_slots[live]] = (self._lengths[row_slots[out.group[live]]]
                                           + out.num_tokens[live])
         settle_trie_pages(self.pages, slots, row_slots, live, out.page_table, self._lengths)
         return row_slots, out
+
+    def _sample_trie_chunk(self, trie: ChunkedTrie, row_slots: np.ndarray, *,
+                           key_table: jax.Array, key_rows: np.ndarray, group_ids: np.ndarray,
+                           params: SamplingParams, max_tokens: int, cap_bucket: int,
+                           max_count: int, window: int) -> TrieOutput:
+        """One jitted trie-sampler call, of at most ``step_chunk`` rounds (0: until every
+        step ends), for the trie's next rows (``trie.rows`` of ``row_slots``; the groups'
+        ``key_rows``, ``group_ids`` and ``params`` [G]); its output [len(trie.rows)] on the
+        host, in call order."""
+        slots = row_slots[trie.rows]
+        layout = self._layout(slots)  # a shard's rows in call order
+        progress = trie.progress()
+        # A spare's draws and settings are its parent's once it splits off: group 0's
+        # stand in until then.
+        group = np.maximum(progress.group, 0)
+        self.cache, out = self._sample_trie(
+            self._weights, self.cache, self._local_slots(layout, slots), key_table,
+            layout.place(key_rows[group], 0), layout.place(group_ids[group], 0),
+            padded_params(jax.tree.map(lambda x: x[group], params), layout),
+            dataclasses.replace(jax.tree.map(lambda x: layout.place(x, 0), progress),
+                                group=layout.place(progress.group, -1)),
+            np.int32(max_tokens), self._newline_table, self._eos_ids,
+            lent_pages(self.pages, trie.out.page_table, layout.size, cap_bucket),
+            np.int32(self.step_chunk or max_tokens), max_count, window)
+        out = layout.take(jax.device_get(out))
+        self.trie_work["calls"] += 1
+        self.trie_work["rows"] += layout.size
+        self.trie_work["row_rounds"] += layout.size * int(out.num_tokens.max()
+                                                          - progress.num_tokens.max())
+        return out
 
     def _checked_slots(self, slots, what: str, **kwargs) -> np.ndarray:
         return checked_slots(slots, what, pool=self.pool, lengths=self._lengths, **kwargs)

@@ -3,7 +3,7 @@
 Shapes: P pages, G trie groups.
 
 Before a call writes, its slots get pages of their own up to where the call may write
-(``own_pages``; a trie call is also lent pages for its splits, ``own_trie_pages``), the
+(``own_pages``; a trie is also lent pages for its splits, ``own_trie_pages``), the
 shared pages they keep tokens of copied on the device and the page tables uploaded. After
 it, what a trie's splits kept is settled (``settle_trie_pages``) and the pages reserved
 past what the slots now hold go back (``trim_pages``). A fork only forks the page tables
@@ -38,25 +38,36 @@ def own_pages(pages: PageTable | None, cache, slots: np.ndarray, starts: np.ndar
 
 
 def own_trie_pages(pages: PageTable | None, cache, slots: np.ndarray, lengths: np.ndarray,
-                   counts: np.ndarray, max_tokens: int, max_len: int, rows: int,
-                   cap_bucket: int):
+                   counts: np.ndarray, max_tokens: int, max_len: int):
     """Give the groups' slots pages of their own up to the cap, as ``own_pages`` does
-    before a step, and borrow pages for the trie's splits: a group's ``counts - 1``
-    splits each take at most the pages from its start's page to its cap's. Returns (the
-    cache, the lent pages [rows * per_row] int32 padded with P, per_row: the most a split
-    can take with a cap of ``cap_bucket``), the lent pages None on the slot pool. Raises
-    PagePoolExhausted before any change when the pool is short."""
+    before a step, and borrow pages for the trie's splits (``lent_pages``): a group's
+    ``counts - 1`` splits each take at most the pages from its start's page to its
+    cap's. Raises PagePoolExhausted before any change when the pool is short."""
     if pages is None:
-        return cache, None
+        return cache
     size = pages.page_size
     starts = lengths[slots]
     ends = np.minimum(starts + max_tokens, max_len)
     per_split = -(-ends // size) - starts // size
     sources, targets = pages.reserve(slots, starts, ends,
                                      lend=int(np.sum((counts - 1) * per_split)))
-    cache = _copy_reserved(pages, cache, sources, targets)
-    per_row = min(-(-cap_bucket // size) + 1, pages.table.shape[1])
-    return cache, jnp.asarray(_pad(pages.lent, rows * per_row, pages.num_pages))
+    return _copy_reserved(pages, cache, sources, targets)
+
+
+def lent_pages(pages: PageTable | None, tables: np.ndarray | None, rows: int,
+               cap_bucket: int) -> jax.Array | None:
+    """The lent pages a trie call of ``rows`` rows may take, [rows * per_row] int32 padded
+    with P (per_row: the most a split can take with a cap of ``cap_bucket``): those no
+    row's page table in ``tables`` (the trie's rows so far, None before its first call)
+    holds, in the order splits take them (a split keeps the pages it takes in its table);
+    None on the slot pool."""
+    if pages is None:
+        return None
+    lent = pages.lent
+    if tables is not None:
+        lent = lent[~np.isin(lent, tables)]
+    per_row = min(-(-cap_bucket // pages.page_size) + 1, pages.table.shape[1])
+    return jnp.asarray(_pad(lent[:rows * per_row], rows * per_row, pages.num_pages))
 
 
 def fork_pages(pages: PageTable, cache: PagedKVCache, parents: np.ndarray,

@@ -5,7 +5,7 @@ Shapes: R rows (a batch bucket), C = the static token cap (a bucket), S slots, M
 cache length, E hidden size, V vocabulary, K = the static bound on a row's count.
 
 A row holds one distinct token prefix of a group's steps and a count: how many of the
-group's draws share it. Rows 0..G-1 start as the groups (a slot and the number of steps
+group's draws share it. The groups' rows start live (a slot and the number of steps
 wanted); the other rows are spares with slots of their own. Each round of one
 ``lax.while_loop`` draws, for every unfinished row, ``count`` next tokens from its
 distribution; the row keeps its first distinct token and hands each further distinct
@@ -30,6 +30,12 @@ A row's random key is its group's key folded with each token of its prefix in tu
 and a draw folds that with its draw number: a group's steps depend only on its own key,
 not on the rows or groups sharing the call. Spares are taken lowest row first and never
 given back, so a group's rows in row order are its steps in the order they split off.
+
+A call runs at most ``rounds`` rounds, so the host can go on with fewer rows
+(``trie_chunks``): rows start from a ``TrieProgress`` (a trie's start, or where the last
+call left them), and a live row's position, hidden state and page table are what the
+cache holds for its slot, which every call writes back. A row's key is rebuilt from its
+group's key and its prefix, so a resumed row draws what it would have drawn.
 """
 
 from __future__ import annotations
@@ -56,9 +62,10 @@ FORK_CHUNK = 16  # cache copies per inner iteration: rounds rarely split more ro
                                 "end_reason", "hidden", "fed", "page_table"], meta_fields=[])
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrieOutput:
-    """One row per distinct step. group: [R] int32, the group's row (-1: an unused spare);
-    count: [R] draws that produced the step; tokens: [R, C] (0 past num_tokens);
-    num_tokens, end_reason: [R] int32; logprob: [R] float32, the step's summed
+    """One row per distinct step. group: [R] int32, the group's call row (-1: an unused
+    spare); count: [R] draws that produced the step; tokens: [R, C] (0 past num_tokens);
+    num_tokens: [R] int32; end_reason: [R] int32 EndReason (-1: the step goes on past the
+    call's last round, or an unused spare); logprob: [R] float32, the step's summed
     log-probability under the unmodified distribution; hidden: [R, E] float32 after the
     step's last token; fed: [R] int32 tokens the row fed itself (a group's sum is the
     size of its trie); page_table: [R, N] int32, on a paged cache each row's page table
@@ -74,6 +81,20 @@ class TrieOutput:
     hidden: jax.Array
     fed: jax.Array
     page_table: jax.Array | None = None
+
+
+@struct.dataclass
+class TrieProgress:
+    """Where each row of a call starts: a trie's start (its groups' rows with their counts,
+    the rest zero) or where the last call left the rows still going and the free spares
+    they may split into."""
+
+    group: jax.Array       # [R] int32, the group's call row (-1: a spare or padding row)
+    count: jax.Array       # [R] int32 draws that share the row's prefix (0: not live)
+    tokens: jax.Array      # [R, C] int32 the prefix (0 past num_tokens)
+    num_tokens: jax.Array  # [R] int32 tokens in the prefix
+    logprob: jax.Array     # [R] float32 the prefix's summed log-probability
+    fed: jax.Array         # [R] int32 tokens the row fed itself
 
 
 @struct.dataclass
@@ -114,8 +135,8 @@ class TrieLoopState:
     live: jax.Array        # [R] bool, the row holds a prefix (a group or a taken spare)
     spare: jax.Array       # [R] bool, the row is free to take a new prefix
     done: jax.Array        # [R] bool, the row's step has ended
-    end_reason: jax.Array  # [R] int32 EndReason, final once done
-    group: jax.Array       # [R] int32, the group's row (-1: not live)
+    end_reason: jax.Array  # [R] int32 EndReason once done (-1 before)
+    group: jax.Array       # [R] int32, the group's call row (-1: not live)
     count: jax.Array       # [R] int32 draws that share the prefix
     keys: jax.Array        # [R] typed PRNG keys: the group's key folded with each token
     params: SamplingParams # [R] the group's settings
@@ -127,18 +148,19 @@ class TrieLoopState:
 
 
 def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights,
-                cache: KVCache | PagedKVCache, slots: jax.Array, counts: jax.Array,
-                key_table: jax.Array, key_rows: jax.Array, group_ids: jax.Array,
-                params: SamplingParams, cap: jax.Array, newline_table: jax.Array,
-                eos_ids: jax.Array, lent: jax.Array | None, max_tokens: int, max_count: int,
-                window: int) -> tuple[KVCache | PagedKVCache, TrieOutput]:
-    """Sample each group's steps as a trie.
+                cache: KVCache | PagedKVCache, slots: jax.Array, key_table: jax.Array,
+                key_rows: jax.Array, group_ids: jax.Array, params: SamplingParams,
+                progress: TrieProgress, cap: jax.Array, newline_table: jax.Array,
+                eos_ids: jax.Array, lent: jax.Array | None, rounds: jax.Array,
+                max_count: int, window: int) -> tuple[KVCache | PagedKVCache, TrieOutput]:
+    """Sample each group's steps as a trie, for at most ``rounds`` rounds.
 
-    slots: [R] int32, distinct (``S`` marks a padding row); counts: [R] int32, a group
-    row's number of steps (>= 1) and 0 for a spare or padding row; key_table: typed PRNG
-    keys, key_rows: [R] indices into it; group_ids: [R] int32 (a group's key is
-    ``fold_in(key_table[key_rows[g]], group_ids[g])``); params: SamplingParams [R]; cap:
-    int32 token cap <= max_tokens (C, static); max_count: K, static, >= every count.
+    slots: [R] int32, distinct (``S`` marks a padding row); progress: where each row
+    starts (a group row's count >= 1; 0 for a spare or padding row); key_table: typed
+    PRNG keys, key_rows: [R] indices into it; group_ids: [R] int32 (a row's group key is
+    ``fold_in(key_table[key_rows[r]], group_ids[r])``); params: SamplingParams [R], each
+    live row's group's (a spare takes its parent's when it splits off); cap: int32 token
+    cap <= C (``progress.tokens``' width); max_count: K, static, >= every count.
     newline_table: [V] bool; eos_ids: [n] int32. A step ends as in ``sample_step``.
     window: W, static, at least every group's start position plus ``cap``
     (``Decoder.attention_window``; M or more: whole rows): the cache positions attention
@@ -152,10 +174,10 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights,
     """
     model = nnx.merge(graphdef, weights.model)
     num_slots, max_len = cache.num_slots, cache.max_len
-    batch = slots.shape[0]
     model_slots = jnp.minimum(slots, num_slots - 1)
-    live = counts > 0
+    live = progress.count > 0
     positions = jnp.where(live, cache.lengths[model_slots], max_len)
+    done = live & (positions >= max_len)
     rows = TrieRows(slots=slots, model_slots=model_slots, cap=cap,
                     newline_table=newline_table, eos_ids=eos_ids,
                     shifts=jnp.arange(1, max_count),  # a row's other draws lie within K - 1
@@ -167,21 +189,26 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights,
         pages = TriePages(rows=dataclasses.replace(
             table, page_table=jnp.where(live[:, None], table.page_table, no_page)),
             lent=lent, taken=jnp.zeros((), jnp.int32))
+    group_keys = jax.vmap(jax.random.fold_in)(key_table[key_rows], group_ids)
     initial = TrieLoopState(
-        k=cache.k, v=cache.v, positions=positions, num_tokens=jnp.zeros(batch, jnp.int32),
-        live=live, spare=(counts == 0) & (slots < num_slots),
-        done=live & (positions >= max_len),
-        # A row not full at the start sets its own reason when it ends.
-        end_reason=jnp.full(batch, EndReason.CACHE_FULL, jnp.int32),
-        group=jnp.where(live, jnp.arange(batch), -1).astype(jnp.int32),
-        count=counts.astype(jnp.int32),
-        keys=jax.vmap(jax.random.fold_in)(key_table[key_rows], group_ids), params=params,
-        tokens=jnp.zeros((batch, max_tokens), jnp.int32), logprob=jnp.zeros(batch, jnp.float32),
-        fed=jnp.zeros(batch, jnp.int32), hidden=cache.last_hidden[model_slots],
-        pages=pages)
-    final = jax.lax.while_loop(lambda state: jnp.any(state.live & ~state.done),
-                               functools.partial(_one_round, model, weights.layers, rows),
-                               initial)
+        k=cache.k, v=cache.v, positions=positions, num_tokens=progress.num_tokens,
+        live=live, spare=~live & (slots < num_slots), done=done,
+        # A row full at the start ends there; any other sets its own reason when it ends.
+        end_reason=jnp.where(done, EndReason.CACHE_FULL, -1).astype(jnp.int32),
+        group=progress.group, count=progress.count,
+        keys=_prefix_keys(group_keys, progress.tokens, progress.num_tokens), params=params,
+        tokens=progress.tokens, logprob=progress.logprob, fed=progress.fed,
+        hidden=cache.last_hidden[model_slots], pages=pages)
+
+    def going(carry):
+        ran, state = carry
+        return (ran < rounds) & jnp.any(state.live & ~state.done)
+
+    def one_round(carry):
+        ran, state = carry
+        return ran + 1, _one_round(model, weights.layers, rows, state)
+
+    _, final = jax.lax.while_loop(going, one_round, (jnp.zeros((), jnp.int32), initial))
     written = jnp.where(final.live, slots, num_slots)
     cache = dataclasses.replace(
         cache, k=final.k, v=final.v,
@@ -193,10 +220,19 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights,
         cache = dataclasses.replace(
             cache, page_table=cache.page_table.at[written].set(page_table, mode="drop"))
     return cache, TrieOutput(
-        group=jnp.where(final.live, final.group, -1), count=final.count,
-        tokens=final.tokens, num_tokens=final.num_tokens, logprob=final.logprob,
-        end_reason=final.end_reason, hidden=final.hidden, fed=final.fed,
-        page_table=page_table)
+        group=final.group, count=final.count, tokens=final.tokens,
+        num_tokens=final.num_tokens, logprob=final.logprob, end_reason=final.end_reason,
+        hidden=final.hidden, fed=final.fed, page_table=page_table)
+
+
+def _prefix_keys(keys: jax.Array, tokens: jax.Array, num_tokens: jax.Array) -> jax.Array:
+    """keys [R], each folded with the first ``num_tokens`` [R] of its row's ``tokens``
+    [R, C] in turn: the key the rounds left the row with, rebuilt for a resumed call."""
+    def fold(i, keys):
+        return jnp.where(i < num_tokens, jax.vmap(jax.random.fold_in)(keys, tokens[:, i]),
+                         keys)
+
+    return jax.lax.fori_loop(0, jnp.max(num_tokens), fold, keys)
 
 
 def _one_round(model, layers, rows: TrieRows, state: TrieLoopState) -> TrieLoopState:

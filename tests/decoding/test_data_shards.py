@@ -20,15 +20,12 @@ def test_rows_are_grouped_by_shard_in_blocks_of_a_common_size():
     assert placed.dtype == np.int32
     np.testing.assert_array_equal(layout.place([10, 11], -1), [11, -1, -1, -1, 10, -1, -1, -1])
     np.testing.assert_array_equal(layout.take(placed), [10, 11, 12, 13])
-    # Row 0's block row 1 is row 2; row 1's block row 0 is itself.
-    np.testing.assert_array_equal(layout.call_rows(np.array([1, 0, -1, 2])), [2, 1, -1, 3])
 
 
 def test_one_shard_keeps_the_call_order_padded_to_a_bucket():
     layout = RowLayout.of([0, 0, 0], shards=1, min_rows=8)
     np.testing.assert_array_equal(layout.positions, [0, 1, 2])
     assert layout.size == 8
-    np.testing.assert_array_equal(layout.call_rows(np.array([0, 0, 2])), [0, 0, 2])
 
 
 def test_children_and_spares_must_lie_beside_their_parents():

@@ -1,7 +1,7 @@
 """The tiny random decoder on one device and on meshes of 4 devices, the same calls on
-each (the meshes sampling steps in chunks, the device in one call); prints one JSON line
-comparing every mesh with the single device, with where each
-mesh put the rows and what its compiled functions move between data shards. Run in a
+each (the meshes sampling steps and tries in chunks, the device in one call); prints one
+JSON line comparing every mesh with the single device, with where each mesh put the rows
+and what its compiled functions move between data shards. Run in a
 child process, as a process's device count is fixed before JAX first runs:
 
     JAX_NUM_CPU_DEVICES=4 python -m tests.support.sharded_decoding
@@ -29,9 +29,12 @@ from qstar_jax.parallel import (collectives, data_collectives, initialize_distri
                                 is_writer, make_mesh)
 from tests.decoding.tiny_models import RANDOM_MAX_LEN, STEP_BUCKET, tiny_config
 PROMPTS = [[1, 2, 3], [4, 5], [6, 7, 8, 9], [10]]
-TRIE_COUNTS = [4, 3]
-# The meshes sample steps in chunks of 2 tokens, the rows that ended dropped between
-# chunks (one device in one call): rows of uneven caps leave each chunk fewer rows.
+# A trie after the first two prompts and after one that fills its slot 3 tokens on.
+TRIE_COUNTS = [4, 3, 2]
+NEAR_FULL_PROMPT = [(5 * i) % 64 for i in range(RANDOM_MAX_LEN - 3)]
+# The meshes sample steps in chunks of 2 tokens (a trie in chunks of 2 rounds), the rows
+# that ended dropped between chunks (one device in one call): rows of uneven caps leave
+# each chunk fewer rows, and the trie's third chunk leaves out the full slot's steps.
 STEP_CHUNK = 2
 UNEVEN_CAPS = [6, 1, 3, 2, 5, 4]
 
@@ -61,11 +64,15 @@ def decode(model: LlamaModel, mesh, step_chunk: int) -> dict:
         uneven = decoder.sample_steps(rows, problem_keys=keys, node_ids=range(10, 16),
                                       params=SamplingParams.make(len(rows), temperature=30.0),
                                       max_tokens=UNEVEN_CAPS)
-        spares = decoder.allocate(sum(TRIE_COUNTS) - 2,
-                                  near=np.repeat(slots[:2], np.subtract(TRIE_COUNTS, 1)))
+        near_full = decoder.allocate(1)
+        decoder.prefill(near_full, [NEAR_FULL_PROMPT])
+        groups = slots[:2] + near_full
+        spares = decoder.allocate(sum(TRIE_COUNTS) - len(groups),
+                                  near=np.repeat(groups, np.subtract(TRIE_COUNTS, 1)))
         trie_slots, trie = decoder.sample_trie(
-            slots[:2], TRIE_COUNTS, spares, key_table=keys, key_rows=[0, 1], group_ids=[3, 4],
-            params=SamplingParams.make(2, temperature=30.0), max_tokens=5)
+            groups, TRIE_COUNTS, spares, key_table=keys, key_rows=[0, 1, 2],
+            group_ids=[3, 4, 5], params=SamplingParams.make(3, temperature=30.0),
+            max_tokens=5)
         out[f"greedy{call}"] = greedy.tokens
         out[f"hot{call}"] = hot.tokens
         out[f"hot_logprobs{call}"] = hot.logprobs
@@ -76,12 +83,13 @@ def decode(model: LlamaModel, mesh, step_chunk: int) -> dict:
         steps = np.argsort(np.where(trie.group < 0, len(trie.group), trie.group),
                            kind="stable")[:np.sum(trie.group >= 0)]
         out[f"trie{call}"] = np.concatenate([trie.tokens, trie.group[:, None],
-                                             trie.count[:, None]], 1)[steps]
+                                             trie.count[:, None], trie.end_reason[:, None],
+                                             trie.num_tokens[:, None]], 1)[steps]
         out[f"trie_logprob{call}"] = trie.logprob[steps]
         out[f"traces{call}"] = np.array(sorted(decoder.trace_counts.values()))
         if mesh is not None and call == 0:
             out["shards"] = shards(decoder, slots, children, trie_slots, trie.group)
-        decoder.free(rows + list(spares))
+        decoder.free(rows + near_full + list(spares))
     if mesh is not None:
         attention = decoder._weights.model["layers"]["self_attn"]
         out["layout"] = {name: str(attention[name]["kernel"].get_value().sharding.spec)

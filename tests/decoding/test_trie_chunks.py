@@ -1,0 +1,134 @@
+"""A trie sampled in chunks (``Decoder(step_chunk=...)``, ``trie_chunks``) is the trie one
+call samples: the same rows, tokens, counts, groups, end reasons and page tables,
+log-probabilities and hidden states to float32 rounding, on the slot pool and on pages;
+and each chunk holds only the steps still going and the spares they may split into."""
+
+import jax
+import numpy as np
+import pytest
+
+from qstar_jax.decoding.engine import Decoder
+from qstar_jax.decoding.paged_cache import Paging
+from qstar_jax.decoding.sampling import SamplingParams
+from qstar_jax.decoding.step_sampler import EndReason
+from tests.decoding.tiny_models import (COUNTING_MAX_LEN, COUNTING_VOCAB, RANDOM_MAX_LEN,
+                                        STEP_BUCKET)
+
+CAP, PAGE_SIZE, NUM_PAGES = 12, 4, 400
+NEWLINES, EOS = [5, 17, 40], 11  # some of the random model's likelier tokens end a step early
+# Groups after prompts of whole and partly filled pages, one of 57 tokens (57 + 12 > 64:
+# its steps end on a full slot), with counts 1 to 4.
+PROMPTS = [[3, 14, 15, 9, 26, 5, 35, 8, 9, 7], [3, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1],
+           [(7 * i) % 64 for i in range(56)] + [3], [30, 31], [42]]
+COUNTS = [4, 3, 1, 4, 2, 4]
+PARAMS = SamplingParams.make(6, temperature=[0.7, 1.0, 0.5, 1.0, 0.7, 2.0],
+                             top_k=[0, 0, 0, 0, 40, 0])
+KEYS = jax.random.split(jax.random.key(7), 6)
+OUTPUT_FIELDS = ("group", "count", "tokens", "num_tokens", "end_reason", "fed", "page_table")
+
+
+def _random_decoder(model, step_chunk, paging=None):
+    newline_table = np.zeros(64, bool)
+    newline_table[NEWLINES] = True
+    return Decoder(model, num_slots=64, max_len=RANDOM_MAX_LEN, newline_table=newline_table,
+                   eos_ids=[EOS], min_batch_bucket=1, min_step_bucket=STEP_BUCKET,
+                   step_chunk=step_chunk, paging=paging)
+
+
+def _trie(decoder, prompts, counts, params, *, group_ids, max_tokens):
+    """A trie after ``prompts`` sampled by ``Decoder.sample_trie``: (its row slots, its
+    output, the slots' lengths); every slot freed again."""
+    slots = decoder.allocate(len(prompts))
+    decoder.prefill(slots, prompts)
+    spares = decoder.allocate(sum(counts) - len(counts),
+                              near=np.repeat(slots, np.subtract(counts, 1)))
+    row_slots, out = decoder.sample_trie(
+        slots, counts, spares, key_table=KEYS, key_rows=np.arange(len(counts)) % len(KEYS),
+        group_ids=group_ids, params=params, max_tokens=max_tokens)
+    lengths = decoder.lengths(row_slots)
+    if decoder.pages is not None:
+        decoder.pages.check_counts()
+        np.testing.assert_array_equal(  # a step's slot holds exactly its tokens' pages
+            decoder.pages.pages_held[row_slots], -(-lengths // PAGE_SIZE))
+    decoder.free(row_slots)
+    return row_slots, out, lengths
+
+
+def _assert_same_trie(ours, theirs):
+    (our_slots, our_out, our_lengths), (their_slots, their_out, their_lengths) = ours, theirs
+    np.testing.assert_array_equal(our_slots, their_slots)
+    np.testing.assert_array_equal(our_lengths, their_lengths)
+    for name in OUTPUT_FIELDS:
+        np.testing.assert_array_equal(getattr(our_out, name), getattr(their_out, name), name)
+    for name in ("logprob", "hidden"):
+        np.testing.assert_allclose(getattr(our_out, name), getattr(their_out, name),
+                                   rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def one_call(random_model):
+    return {"rows": _random_decoder(random_model, 0),
+            "pages": _random_decoder(random_model, 0, Paging(page_size=PAGE_SIZE,
+                                                              num_pages=NUM_PAGES))}
+
+
+@pytest.mark.parametrize("cache", ["rows", "pages"])
+@pytest.mark.parametrize("step_chunk", [2, 4])
+def test_chunked_tries_are_the_one_call_tries(random_model, one_call, cache, step_chunk):
+    paging = Paging(page_size=PAGE_SIZE, num_pages=NUM_PAGES) if cache == "pages" else None
+    chunked = _random_decoder(random_model, step_chunk, paging)
+    one_call_rounds = one_call[cache].trie_work["row_rounds"]
+    ends, late_splits = set(), 0
+    for seed in range(3):
+        group_ids = [10 * seed + g for g in range(len(COUNTS))]
+        ours = _trie(chunked, PROMPTS, COUNTS, PARAMS, group_ids=group_ids, max_tokens=CAP)
+        theirs = _trie(one_call[cache], PROMPTS, COUNTS, PARAMS, group_ids=group_ids,
+                       max_tokens=CAP)
+        _assert_same_trie(ours, theirs)
+        out = ours[1]
+        steps = out.group >= 0
+        ends.update(zip(out.num_tokens[steps].tolist(), out.end_reason[steps].tolist()))
+        # A spare's step split off after the tokens it did not feed itself.
+        split_at = (out.num_tokens - out.fed)[steps & (np.arange(len(out.group)) >= 6)]
+        late_splits += int(np.sum(split_at >= step_chunk))
+    if paging is not None:
+        assert chunked.pages.num_free_pages == NUM_PAGES and chunked.pages.lent.size == 0
+        assert not chunked.pages.refcounts.any()
+    # What the comparison covered: steps that split off in a later chunk, and steps ending
+    # for every reason, inside chunks and on their edges.
+    assert late_splits > 0
+    reasons = {reason for _, reason in ends}
+    assert {EndReason.CAP, EndReason.NEWLINE, EndReason.EOS, EndReason.CACHE_FULL} <= reasons
+    assert {n for n, _ in ends} >= {1, 3, 4, 5, 7, CAP}, ends
+    # The chunks computed fewer rows' rounds than one call.
+    one_call_rounds = one_call[cache].trie_work["row_rounds"] - one_call_rounds
+    assert chunked.trie_work["row_rounds"] < one_call_rounds
+
+
+def test_a_chunk_holds_the_steps_still_going_and_the_spares_they_may_take(counting_model):
+    """The counting model continues i with i + 1, greedily; token 7 holds a newline, 9 is
+    EOS. Chunks of 2 rounds: the first holds all 9 rows (5 groups, 4 spares; a bucket of
+    16), the next three the steps still going (three, then the two that reach the cap)
+    and the one spare the group of 2 among them may still take (a bucket of 4), and end
+    the steps as the one call of 16 rows does."""
+    newline_table = np.zeros(COUNTING_VOCAB, bool)
+    newline_table[7] = True
+    prompts, counts = [[1, 2, 3], [5], [10], [8], [20]], [1, 2, 2, 3, 1]
+    expected = [([4, 5, 6, 7], EndReason.NEWLINE, 1), ([6, 7], EndReason.NEWLINE, 2),
+                ([11, 12, 13, 14, 15, 16, 17, 18], EndReason.CAP, 2), ([9], EndReason.EOS, 3),
+                ([21, 22, 23, 24, 25, 26, 27, 28], EndReason.CAP, 1)]
+    tries, work = [], []
+    for step_chunk in (2, 0):
+        decoder = Decoder(counting_model, num_slots=16, max_len=COUNTING_MAX_LEN,
+                          newline_table=newline_table, eos_ids=[9], min_batch_bucket=1,
+                          min_step_bucket=STEP_BUCKET, step_chunk=step_chunk)
+        tries.append(_trie(decoder, prompts, counts, SamplingParams.make(5),
+                           group_ids=range(5), max_tokens=8))
+        out = tries[-1][1]
+        assert [(out.tokens[g, :out.num_tokens[g]].tolist(), out.end_reason[g], out.count[g])
+                for g in range(5)] == expected
+        np.testing.assert_array_equal(out.group, [0, 1, 2, 3, 4, -1, -1, -1, -1])
+        work.append((dict(decoder.trie_work), decoder.trace_counts["sample_trie"]))
+    _assert_same_trie(*tries)
+    assert work == [({"calls": 4, "rows": 16 + 3 * 4, "row_rounds": 16 * 2 + 3 * 4 * 2}, 2),
+                    ({"calls": 1, "rows": 16, "row_rounds": 16 * 8}, 1)]
