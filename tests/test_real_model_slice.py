@@ -5,9 +5,10 @@ problem with Q* only (the search that uses every part: the trie sampler, Q̂ on 
 policy's hidden states, the process utility; for HumanEval the code rule and the
 sandbox) and short caps. What runs is each config's own wiring; only sizes are
 overridden. About 1 and 1.5 minutes on 2 cores from a cold compile cache, most of it
-compiling the 30-layer model for each stage's shapes."""
+compiling the 30-layer model for each stage's shapes; CI runs the first."""
 
 import json
+import os
 
 import pytest
 
@@ -26,10 +27,15 @@ SIZES = {
     "configs/smollm2_humaneval.yaml": (["task.options.train_size=2"],
                                        {"passed", "failed", "timeout", "error", "no_code"}),
 }
+# The HumanEval slice (1.5 minutes) runs when asked, to keep CI's suite well inside its
+# budget: QSTAR_REAL_MODEL_SLICE=1 make test PYTEST_ARGS=tests/test_real_model_slice.py
+OPT_IN = {"configs/smollm2_humaneval.yaml"}
 
 
 @pytest.mark.parametrize("config", sorted(SIZES))
 def test_real_model_config_runs_every_stage_on_a_slice(config, tmp_path):
+    if config in OPT_IN and os.environ.get("QSTAR_REAL_MODEL_SLICE") != "1":
+        pytest.skip("the HumanEval slice runs with QSTAR_REAL_MODEL_SLICE=1")
     sizes, grading = SIZES[config]
     assert main([config, *SLICE, *sizes, "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())["methods"]
