@@ -291,11 +291,11 @@ class Decoder:
     def sample_steps(self, slots: Sequence[int], *, problem_keys: jax.Array,
                      node_ids: Sequence[int], params: SamplingParams,
                      max_tokens: int | Sequence[int], newline_ends: bool = True,
-                     done: Callable[[list[int]], bool] | None = None) -> StepBatch:
+                     done: Callable[[int, list[int]], bool] | None = None) -> StepBatch:
         """Extend each slot by one sampled step (until a newline token, EOS, its token cap
         or a full slot, whichever comes first; ``newline_ends=False``: a whole text, which
-        a newline does not end). ``done``: a host check of a row's tokens so far, run
-        between chunks; True ends the row there (``EndReason.DONE``; the chunk's tokens
+        a newline does not end). ``done(row, tokens)``: a host check of a row's tokens so
+        far (``row`` its index in ``slots``), run between chunks; True ends the row there (``EndReason.DONE``; the chunk's tokens
         past the point the check looks for stay sampled).
 
         problem_keys: [B] typed PRNG keys (``jax.random.key``); node_ids: [B] ints in

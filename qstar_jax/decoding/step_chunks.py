@@ -81,9 +81,10 @@ class ChunkedStep:
         self.going = rows[(out.end_reason == EndReason.CAP)
                           & (self.num_tokens[rows] < self.caps[rows])]
 
-    def end_where(self, done: Callable[[list[int]], bool]) -> None:
-        """End the going rows whose tokens so far ``done`` calls complete (EndReason.DONE)."""
-        finished = np.array([done(self.tokens[row, :self.num_tokens[row]].tolist())
+    def end_where(self, done: Callable[[int, list[int]], bool]) -> None:
+        """End the going rows that ``done(row, its tokens so far)`` calls complete
+        (EndReason.DONE)."""
+        finished = np.array([done(int(row), self.tokens[row, :self.num_tokens[row]].tolist())
                              for row in self.going], bool)
         self.end_reason[self.going[finished]] = EndReason.DONE
         self.going = self.going[~finished]

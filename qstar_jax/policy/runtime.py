@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import zlib
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
@@ -124,16 +124,25 @@ class PolicyRuntime:
 
     def sample_texts(self, slots: Sequence[int], problem_indices: Sequence[int],
                      node_ids: Sequence[int], temperatures: Sequence[float],
-                     max_tokens: Sequence[int]) -> list[SampledText]:
+                     max_tokens: Sequence[int],
+                     read_complete: Sequence[Callable[[str], bool] | None] | None = None
+                     ) -> list[SampledText]:
         """A whole text after each slot, which it extends in place: newlines do not end
-        it; EOS, ``max_tokens[i]`` tokens, a full slot, or a complete final-answer line
+        it; EOS, ``max_tokens[i]`` tokens, a full slot, a complete final-answer line
         (the task's terminal step, checked between the sampler's chunks, so up to a chunk
-        of tokens past it stay sampled, and are charged, but are not in the text) do."""
+        of tokens past it stay sampled, and are charged, but are not in the text), or
+        ``read_complete[i]`` calling the text so far complete (checked there too; the
+        text is all that was sampled) do."""
         if not slots:
             return []
+        checks = list(read_complete or [None] * len(slots))
+
+        def done(row: int, tokens: list[int]) -> bool:
+            return self._holds_answer_line(tokens) or (
+                checks[row] is not None and checks[row](self.tokenizer.decode(tokens)))
+
         batch = self._sample_batch(slots, problem_indices, node_ids, temperatures,
-                                   np.asarray(max_tokens), newline_ends=False,
-                                   done=self._holds_answer_line)
+                                   np.asarray(max_tokens), newline_ends=False, done=done)
         texts = []
         for row, i in enumerate(problem_indices):
             tokens = batch.row_tokens(row)

@@ -4,7 +4,8 @@ Each request's prompt is prefilled once (and forked into one row per sample wher
 for several); every row of
 a round is sampled in one step-sampler call that newlines do not end (rows leave its
 chunks as they end: EOS, a full slot, or ``max_tokens`` sampled, or the request's own
-``max_tokens`` when it asks for fewer). A text is read up to its first final-answer line
+``max_tokens`` when it asks for fewer, or its ``read_complete`` check calling the text
+complete after a chunk). A text is read up to its first final-answer line
 (the task's terminal step); the tokens after it were sampled and are charged. (Sampled a
 line at a time, as before, each line's call lasted as long as the round's longest line:
 a round cost the sum of its longest lines rather than its longest text.)
@@ -55,7 +56,8 @@ class DecoderTextGenerator:
             [stable_id("text", request.stream, j) for request, j in owners],
             [request.temperature for request, _ in owners],
             [min(self.max_tokens, request.max_tokens or self.max_tokens)
-             for request, _ in owners]))
+             for request, _ in owners],
+            [request.read_complete for request, _ in owners]))
         # Each request keeps one row: its only sample's, or the prompt its samples share.
         out, first = [], 0
         for k, request in enumerate(requests):

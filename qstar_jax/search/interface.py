@@ -11,7 +11,7 @@ Shapes: E = hidden size of the policy.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -131,7 +131,10 @@ class TextRequest:
     ``temperature`` (0 = greedy). ``stream`` names the request within its problem (e.g.
     "critique/3"): the random numbers derive from (problem, stream, sample), so they do
     not depend on how requests were batched. ``max_tokens``: at most this many tokens per
-    completion (None: the generator's own limit; the smaller of the two holds)."""
+    completion (None: the generator's own limit; the smaller of the two holds).
+    ``read_complete``: a check of a completion's text so far, True once the part of it
+    that will be read is complete (a self-score's first number): the generator may stop
+    sampling it there, so the tokens after it are not drawn (nor charged)."""
 
     problem_index: int
     prompt: str
@@ -139,6 +142,7 @@ class TextRequest:
     temperature: float
     stream: str
     max_tokens: int | None = None
+    read_complete: Callable[[str], bool] | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

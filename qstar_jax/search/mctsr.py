@@ -36,6 +36,9 @@ from qstar_jax.search.planner import Outcome, ScoredTrajectory, SearchResult
 DONT_KNOW = "I don't know."
 SCORE_RANGE = (-100.0, 100.0)
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+# A number that nothing sampled later can extend: followed by a character that is not a
+# digit or a point, or by a point and then a non-digit.
+_COMPLETE_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:[^\d.]|\.\D)")
 
 
 class RootAnswer(str, enum.Enum):
@@ -93,6 +96,12 @@ def parse_score(text: str) -> float | None:
     if match is None:
         return None
     return min(max(float(match.group()), SCORE_RANGE[0]), SCORE_RANGE[1])
+
+
+def holds_score(text: str) -> bool:
+    """Whether the first number of a self-score reply so far is complete, so that
+    ``parse_score`` reads the same from it as from any longer reply it begins."""
+    return _COMPLETE_NUMBER.search(text) is not None
 
 
 def answer_q(scores: Sequence[float], config: MCTSrConfig) -> float:
@@ -169,7 +178,8 @@ class MCTSrPlanner:
         else:
             request = self._request(prompts.score(index, self._pending),
                                     self.config.score_samples, self.config.score_temperature,
-                                    f"score/{len(self.nodes)}", self.config.score_max_tokens)
+                                    f"score/{len(self.nodes)}", self.config.score_max_tokens,
+                                    read_complete=holds_score)
         self._phase, self._asked = "waiting", phase
         return [request]
 
@@ -241,10 +251,10 @@ class MCTSrPlanner:
                 and any(self.nodes[c].q > node.q for c in node.children))
 
     def _request(self, prompt: str, samples: int, temperature: float, stream: str,
-                 max_tokens: int | None = None) -> TextRequest:
+                 max_tokens: int | None = None, read_complete=None) -> TextRequest:
         return TextRequest(problem_index=self.problem_index, prompt=prompt,
                            num_samples=samples, temperature=temperature, stream=stream,
-                           max_tokens=max_tokens)
+                           max_tokens=max_tokens, read_complete=read_complete)
 
 
 def _lines(answer: str) -> tuple[str, ...]:

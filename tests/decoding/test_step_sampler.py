@@ -127,9 +127,9 @@ def test_a_whole_text_runs_past_newlines_to_eos_or_its_cap(counting_decoder):
 
 
 def test_a_host_check_between_chunks_ends_the_rows_it_calls_done(counting_model):
-    """``done`` runs on each going row's tokens after every chunk (here 4 tokens): a row
-    it calls complete ends there (EndReason.DONE) with the chunk's tokens; the others go
-    on to their own ends."""
+    """``done`` runs on each going row (its index in the call and its tokens) after every
+    chunk (here 4 tokens): a row it calls complete ends there (EndReason.DONE) with the
+    chunk's tokens; the others go on to their own ends."""
     newline_table = np.zeros(COUNTING_VOCAB, bool)
     newline_table[COUNTING_NEWLINE_ID] = True
     decoder = Decoder(counting_model, num_slots=4, max_len=COUNTING_MAX_LEN,
@@ -139,10 +139,11 @@ def test_a_host_check_between_chunks_ends_the_rows_it_calls_done(counting_model)
     decoder.prefill(slots, [[1], [10]])
     step = decoder.sample_steps(slots, problem_keys=_keys(0, 1), node_ids=[0, 0],
                                 params=SamplingParams.make(2), max_tokens=12,
-                                newline_ends=False, done=lambda tokens: 3 in tokens)
+                                newline_ends=False,
+                                done=lambda row, tokens: (3 if row == 0 else 15) in tokens)
     assert [(step.row_tokens(i), EndReason(int(step.end_reason[i]))) for i in range(2)] == [
-        ([2, 3, 4, 5], EndReason.DONE), (list(range(11, 23)), EndReason.CAP)]
-    np.testing.assert_array_equal(decoder.lengths(slots), [5, 13])
+        ([2, 3, 4, 5], EndReason.DONE), (list(range(11, 19)), EndReason.DONE)]
+    np.testing.assert_array_equal(decoder.lengths(slots), [5, 9])
 
 
 def test_no_retrace_when_only_data_changes(random_decoder):

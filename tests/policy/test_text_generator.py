@@ -23,11 +23,16 @@ class LineRuntime(ScriptedRuntime):
         assert self.held >= set(slots), "a slot freed twice"
         super().free(slots)
 
-    def sample_texts(self, slots, problem_indices, node_ids, temperatures, max_tokens):
+    def sample_texts(self, slots, problem_indices, node_ids, temperatures, max_tokens,
+                     read_complete):
         texts = []
-        for i, key, limit in zip(problem_indices, node_ids, max_tokens):
+        for i, key, limit, check in zip(problem_indices, node_ids, max_tokens, read_complete):
             lines = [f"{key}/0", f"{key}/1", f"answer {key}", "after"]
             n = min(limit, LINES * TOKENS_PER_LINE)
+            # A line per chunk: the check runs after each and may end the text there.
+            read = next((k for k in range(1, LINES) if check is not None
+                         and check("\n".join(lines[:k]))), None)
+            n = n if read is None else min(n, read * TOKENS_PER_LINE)
             self.generated[i] += n
             # The runtime's text ends at the answer line; "after" is sampled, not read.
             texts.append(SampledText(text="\n".join(lines[:min(-(-n // TOKENS_PER_LINE), 3)]),
@@ -75,6 +80,20 @@ def test_a_request_asking_for_fewer_tokens_stops_there_and_leaves_the_others():
     assert cut.text == expected("score/0", 0, lines=1) and cut.generated_tokens == 1
     assert whole.text == expected("critique/0", 0)
     assert not runtime.held
+
+
+def test_each_samples_read_check_goes_with_its_own_request():
+    """Two samples of a request whose check holds once its second line is written, beside
+    a request without one: the checked samples stop there, the other reads on."""
+    runtime = LineRuntime()
+    checked = TextRequest(problem_index=0, prompt="prompt", num_samples=2, temperature=1.0,
+                          stream="score/0", read_complete=lambda text: "/1" in text)
+    [cut, [whole]] = DecoderTextGenerator(runtime, max_tokens=100).generate(
+        [checked, request(1, "critique/0", 1)])
+    assert [t.text for t in cut] == [expected("score/0", j, lines=2) for j in (0, 1)]
+    assert [t.generated_tokens for t in cut] == [2 * TOKENS_PER_LINE] * 2
+    assert whole.text == expected("critique/0", 0)
+    assert whole.generated_tokens == LINES * TOKENS_PER_LINE
 
 
 def test_bad_token_limit_is_a_clear_error():

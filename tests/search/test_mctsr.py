@@ -1,9 +1,10 @@
+import itertools
 import math
 
 import pytest
 
 from qstar_jax.search.mctsr import (DONT_KNOW, MCTSrConfig, MCTSrPlanner, answer_q,
-                                    parse_score, uct)
+                                    holds_score, parse_score, uct)
 from qstar_jax.search.text_driver import run_text_search
 from tests.search.fakes import ScriptedWriter
 
@@ -36,6 +37,21 @@ def test_scores_are_parsed_suppressed_and_aggregated():
     assert answer_q([100, 90, 96], config) == pytest.approx((46 + 62) / 2)
     assert answer_q([95, 95], config) == 95  # at the ceiling: kept
     assert answer_q([], config) == -100
+
+
+def test_a_reply_holds_its_score_once_nothing_later_can_change_what_is_read():
+    """Every reply over a small alphabet, against every way it could go on: where
+    ``holds_score`` says the score is there, ``parse_score`` reads the same from the reply
+    as from any longer one."""
+    alphabet = "1.-x "
+    replies = ["".join(t) for n in range(6) for t in itertools.product(alphabet, repeat=n)]
+    endings = ["".join(t) for n in range(3) for t in itertools.product(alphabet, repeat=n)]
+    for reply in replies:
+        read = {parse_score(reply + end) for end in endings}
+        if holds_score(reply):
+            assert read == {parse_score(reply)}, reply
+    assert holds_score("Score: 85.\n") and holds_score("85/100") and not holds_score("85")
+    assert not holds_score("8.") and holds_score("8. ") and not holds_score("no score")
 
 
 def hand_built(**config):
@@ -132,8 +148,11 @@ def test_the_default_seeds_two_roots_as_the_papers_code_does():
                                progress=False)
     assert [r.stream for r in writer.requests] == ["answer", "score/0", "score/1",
                                                    "critique/0", "refine/0", "score/2"]
-    # Only self-scores are cut short: their first number is all that is read.
+    # Only self-scores are cut short: their first number is all that is read, so they
+    # may also stop once it is complete.
     assert [r.max_tokens for r in writer.requests] == [None, 32, 32, None, None, 32]
+    assert [r.read_complete for r in writer.requests] == [None, holds_score, holds_score,
+                                                          None, None, holds_score]
     nodes = result.tree["nodes"]
     # Roots: the greedy answer (Q 54) and the seed (Q -57.5); the one rollout refines the
     # greedy answer, the better root, into "8".

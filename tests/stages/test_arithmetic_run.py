@@ -162,6 +162,36 @@ def test_the_second_policys_greedy_row_is_that_policy_decoding_alone(arithmetic_
     assert second == rows(alone, "greedy") and len(second) == 4
 
 
+def test_a_text_whose_read_part_is_complete_stops_after_that_chunk(arithmetic_run):
+    """A request's ``read_complete`` check ends its samples between the sampler's chunks
+    once it holds: the text is the start of the one sampled without the check (the same
+    draws), cut at the first chunk edge where the check holds, and only that much is
+    charged; a request without a check in the same call is untouched."""
+    from qstar_jax.policy.text_generator import DecoderTextGenerator
+    from qstar_jax.search.interface import TextRequest
+
+    ctx = RunContext(config=load_config(None, [*TINY, "decode.step_chunk=4"]),
+                     out=arithmetic_run)
+    problems = ctx.problems("validation", 2)
+    prompts = ctx.prompts(problems)
+
+    def sample(check):
+        runtime = ctx.runtime(problems)
+        generator = DecoderTextGenerator(runtime, max_tokens=24)
+        # (A stream whose text runs to the cap, with an "=" early in it.)
+        [[plain], [checked]] = generator.generate([
+            TextRequest(problem_index=i, prompt=prompts[i], num_samples=1, temperature=1.0,
+                        stream="a", read_complete=c) for i, c in enumerate([None, check])])
+        return checked, plain
+
+    (whole, plain), (cut, plain_again) = sample(None), sample(lambda text: "=" in text)
+    assert plain_again == plain
+    assert "=" in cut.text and whole.text.startswith(cut.text) and cut.text != whole.text
+    tokens = ctx.policy.tokenizer.encode(cut.text)
+    assert cut.generated_tokens % 4 == 0 and cut.generated_tokens < whole.generated_tokens
+    assert "=" not in ctx.policy.tokenizer.decode(tokens[:cut.generated_tokens - 4])
+
+
 def test_texts_continuing_kept_rows_are_the_texts_of_whole_prompts(arithmetic_run):
     """A prompt that continues a row the text generator kept (as MCTSr's refinement
     continues its critique) is forked from it and prefills only its new tokens, and the

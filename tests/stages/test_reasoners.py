@@ -26,7 +26,8 @@ class OneLineRuntime(ScriptedRuntime):
         return [SampledStep(text="Score: 50", token_ids=(0,) * TOKENS, logprob=0.0,
                             hidden=np.zeros(1), ends_trace=True, slot=s) for s in slots]
 
-    def sample_texts(self, slots, problem_indices, node_ids, temperatures, max_tokens):
+    def sample_texts(self, slots, problem_indices, node_ids, temperatures, max_tokens,
+                     read_complete=None):
         for i in problem_indices:
             self.generated[i] += TOKENS
         return [SampledText(text="Score: 50", token_ids=(0,) * TOKENS) for _ in slots]
