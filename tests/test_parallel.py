@@ -242,6 +242,9 @@ def test_sharded_q_training_and_checkpoints(tmp_path):
     assert report["policy_round_trip"] == {"equal": True, "shardings_as_target": True,
                                            "embedding_spec": str(PartitionSpec("model", None))}
     assert report["q_head_on_a_mesh"] == {"equal": True, "replicated_on_mesh": True}
+    backbone = report["backbone_q_on_a_mesh"]
+    assert backbone["equal"] and backbone["replicated_on_mesh"]
+    assert backbone["scores_differ_by"] < 1e-6
 
 
 def test_decoding_over_two_processes_matches_one_device():

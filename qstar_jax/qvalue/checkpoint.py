@@ -221,9 +221,10 @@ def load_q_head(directory: str | os.PathLike, *, policy_config: ModelConfig,
 
 
 def load_backbone_q(directory: str | os.PathLike, *, model_config: ModelConfig | None = None,
-                    dtype=jnp.float32) -> BackboneQ:
-    """The trained separate-backbone Q̂; ``model_config``, when given, must be the one the
-    checkpoint was trained with (by default it is rebuilt from the checkpoint)."""
+                    dtype=jnp.float32, mesh: Mesh | None = None) -> BackboneQ:
+    """The trained separate-backbone Q̂ (on ``mesh``, when given, replicated as training
+    lays it out); ``model_config``, when given, must be the one the checkpoint was trained
+    with (by default it is rebuilt from the checkpoint)."""
     identity, head_config = read_metadata(directory)
     if identity.model_config is None:
         raise BackboneMismatchError(f"the Q̂ checkpoint in {directory} is a head on the "
@@ -231,4 +232,4 @@ def load_backbone_q(directory: str | os.PathLike, *, model_config: ModelConfig |
     config = model_config or model_config_from_dict(identity.model_config)
     return _load_best(directory,
                       lambda: BackboneQ(config, head_config, dtype=dtype, rngs=nnx.Rngs(0)),
-                      BackboneIdentity.of_separate_backbone(config), head_config)
+                      BackboneIdentity.of_separate_backbone(config), head_config, mesh)

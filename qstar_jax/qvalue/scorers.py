@@ -81,7 +81,8 @@ class SeparateBackboneQ:
         tokenizer = ctx.load(ctx.config.q_train.separate_model).tokenizer
         self._encode = tokenizer.encode
         self._prompts = ctx.prompts(problems)
-        self._model = BackboneQModel(load_backbone_q(ctx.q_dir), pad_id=tokenizer.pad_id)
+        self._model = BackboneQModel(load_backbone_q(ctx.q_dir, mesh=ctx.mesh),
+                                     pad_id=tokenizer.pad_id)
 
     def score(self, items: Sequence[QItem]) -> np.ndarray:
         if not items:

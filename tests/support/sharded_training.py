@@ -2,7 +2,7 @@
 tests.support.sharded_training DIR``): Q̂ and policy training on meshes 4x1 and 2x2
 against one device, orbax round trips of Q̂ training state and of a policy's parameters
 saved sharded on one mesh and restored onto another's target shardings, and a trained Q̂
-head restored onto a mesh; prints one JSON line.
+head and a separate-backbone Q̂ restored onto a mesh; prints one JSON line.
 """
 
 from __future__ import annotations
@@ -22,11 +22,14 @@ from qstar_jax.models.lm_training import LMTrainingConfig, train_causal_lm
 from qstar_jax.models.sharded_params import load_llama_onto_mesh, save_params
 from qstar_jax.parallel import (ShardingRules, make_mesh, place, replicated,
                                 weight_shardings)
-from qstar_jax.qvalue.checkpoint import BackboneIdentity, QCheckpointer, load_q_head
+from qstar_jax.qvalue.backbone import BackboneQ, BackboneQModel
+from qstar_jax.qvalue.checkpoint import (BackboneIdentity, QCheckpointer, load_backbone_q,
+                                         load_q_head)
 from qstar_jax.qvalue.head import QHead, QHeadConfig
 from qstar_jax.qvalue.train import TrainConfig, train_q_model
 
 HEAD = QHeadConfig(hidden_size=8, mlp_widths=(8,), output="sigmoid")
+BACKBONE_HEAD = QHeadConfig(hidden_size=8, mlp_widths=(8,))
 POLICY = ModelConfig(model_type="llama", vocab_size=16, hidden_size=8, intermediate_size=16,
                      num_layers=1, num_heads=2, num_kv_heads=2, head_dim=4)
 
@@ -122,6 +125,28 @@ def q_head_on_a_mesh(directory: Path) -> dict:
                                       for x in jax.tree.leaves(params_of(loaded)))}
 
 
+def backbone_q_on_a_mesh(directory: Path) -> dict:
+    """A separate-backbone Q̂'s checkpoint restored replicated onto a 4x1 mesh, and the
+    texts it scores there against the one-device restore."""
+    shapes = nnx.eval_shape(lambda: BackboneQ(POLICY, BACKBONE_HEAD, rngs=nnx.Rngs(0)))
+    best = jax.tree.map(lambda s: np.random.default_rng(0).normal(size=s.shape).astype(s.dtype),
+                        nnx.to_pure_dict(nnx.state(shapes, nnx.Param)))
+    with QCheckpointer(directory, identity=BackboneIdentity.of_separate_backbone(POLICY),
+                       head_config=BACKBONE_HEAD) as checkpointer:
+        checkpointer.save(1, params=best, opt_state={"count": np.zeros((), np.int32)},
+                          best_params=best, progress={"step": 1})
+    mesh = make_mesh(4, 1)
+    alone, on_mesh = load_backbone_q(directory), load_backbone_q(directory, mesh=mesh)
+    texts = [[1, 2, 3], [4, 5, 6, 7, 8], [9]]
+    return {"equal": max_difference(jax.tree.map(np.asarray, params_of(alone)),
+                                    jax.tree.map(np.asarray, params_of(on_mesh))) == 0.0,
+            "replicated_on_mesh": all(x.sharding == replicated(mesh)
+                                      for x in jax.tree.leaves(params_of(on_mesh))),
+            "scores_differ_by": float(np.max(np.abs(
+                BackboneQModel(alone).score_texts(texts, keep_last=True)
+                - BackboneQModel(on_mesh).score_texts(texts, keep_last=True))))}
+
+
 def main() -> None:
     single_q, single_policy = trained_params(None), trained_policy(None)
     report = {}
@@ -134,6 +159,7 @@ def main() -> None:
     report["round_trip"] = round_trip(folder / "q")
     report["policy_round_trip"] = policy_round_trip(folder / "policy")
     report["q_head_on_a_mesh"] = q_head_on_a_mesh(folder / "head")
+    report["backbone_q_on_a_mesh"] = backbone_q_on_a_mesh(folder / "backbone_q")
     print(json.dumps(report))
 
 
