@@ -43,12 +43,18 @@ class RowLayout:
         rows, and all blocks together at least ``min_rows``."""
         row_shards = np.asarray(row_shards, np.int64)
         per_shard = np.bincount(row_shards, minlength=shards)
-        block = bucket_size(int(per_shard.max()), minimum=-(-min_rows // shards), fine=fine)
+        block = cls.block_size(int(per_shard.max()), shards=shards, min_rows=min_rows,
+                               fine=fine)
         order = np.argsort(row_shards, kind="stable")
         first_of_shard = np.cumsum(per_shard) - per_shard
         rank = np.empty(len(row_shards), np.int64)
         rank[order] = np.arange(len(row_shards)) - first_of_shard[row_shards[order]]
         return cls(shards=shards, block=block, positions=row_shards * block + rank)
+
+    @staticmethod
+    def block_size(fullest: int, *, shards: int, min_rows: int = 1, fine: bool = False) -> int:
+        """The rows of each shard's block when the fullest shard holds ``fullest``."""
+        return bucket_size(fullest, minimum=-(-min_rows // shards), fine=fine)
 
     @property
     def size(self) -> int:

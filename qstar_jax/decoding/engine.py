@@ -13,9 +13,10 @@ attention reads a window of each slot, not its whole ``max_len`` row: the smalle
 of two (at least ``min_window_bucket``, at most ``max_len``) that holds every row's
 length plus the call's token cap, one compiled variant per window. With ``step_chunk`` a
 step (or a trie) runs as several calls, each holding only the rows still going
-(``step_chunks``, ``trie_chunks``). On a mesh each data shard holds its own slots and
-computes its own rows (``data_shards``): new rows are spread over the shards, and a child
-or a trie's spare goes on its parent's shard.
+(``step_chunks``; a trie's calls also a bounded number of spares: ``trie_chunks``, run
+by ``trie_calls``). On a mesh each data shard holds its own slots and computes its own
+rows (``data_shards``): new rows are spread over the shards, and a child or a trie's
+spare goes on its parent's shard.
 On a paged cache (``paged_cache``) pages are reserved, copied and trimmed around each call
 (``page_bookkeeping``).
 """
@@ -23,7 +24,6 @@ On a paged cache (``paged_cache``) pages are reserved, copied and trimmed around
 from __future__ import annotations
 
 import collections
-import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 
@@ -33,25 +33,22 @@ import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec
 
+from qstar_jax.decoding import trie_calls
 from qstar_jax.decoding.data_shards import (RowLayout, cache_specs, on_slot_shards,
                                              padded_params)
 from qstar_jax.decoding.kv_cache import SlotPool, cache_shardings, fork_slots, init_cache
 from qstar_jax.decoding.input_checks import (check_children_beside_parents,
-                                             check_spares_beside_groups, check_step_inputs,
-                                             check_token_lists, check_trie_groups,
+                                             check_step_inputs, check_token_lists,
                                              checked_eos_ids, checked_newline_table,
                                              checked_slots)
 from qstar_jax.decoding.jit_calls import LastCall, out_shardings
-from qstar_jax.decoding.page_bookkeeping import (fork_pages, lent_pages, own_pages,
-                                                 own_trie_pages, return_lent_pages,
-                                                 settle_trie_pages, trim_pages)
+from qstar_jax.decoding.page_bookkeeping import fork_pages, own_pages, trim_pages
 from qstar_jax.decoding.paged_cache import PageTable, Paging, fork_slot_state, init_paged_cache
 from qstar_jax.decoding.prefill import MIN_PREFILL_BUCKET, prefill
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_chunks import ChunkedStep, StepBatch
 from qstar_jax.decoding.step_sampler import StepOutput, sample_step
 from qstar_jax.decoding.token_batch import bucket_size, length_groups, pad_token_batch
-from qstar_jax.decoding.trie_chunks import ChunkedTrie
 from qstar_jax.decoding.trie_sampler import TrieOutput, sample_trie
 from qstar_jax.decoding.weights import DecoderWeights
 from qstar_jax.models.llama import LlamaModel
@@ -143,7 +140,8 @@ class Decoder:
             # so a call never recompiles for a drifted layout.
             shardings = {"prefill": cache_sharding, "fork": cache_sharding,
                          "sample_step": (cache_sharding, replicated(mesh)),
-                         "sample_trie": (cache_sharding, replicated(mesh))}
+                         "sample_trie": (cache_sharding, replicated(mesh),
+                                         replicated(mesh))}
         shards = 1 if slot_axis is None else mesh.shape[slot_axis]
         self.pool = SlotPool(num_slots, shards) if self.pages is None else self.pages.slots
         self._lengths = np.zeros(num_slots, np.int64)  # host mirror of cache.lengths
@@ -155,8 +153,9 @@ class Decoder:
         # "row_tokens" (padded rows times the call's longest row: the loop's row-token
         # slots, on a mesh an upper bound) and "sampled_tokens".
         self.step_work: collections.Counter[str] = collections.Counter()
-        # What the trie calls computed: "calls", padded "rows" summed over them and
-        # "row_rounds" (padded rows times the rounds the call ran; on a mesh an upper bound).
+        # What the trie calls computed: "calls", padded "rows" summed over them,
+        # "row_rounds" (padded rows times the rounds the call ran, shard by shard on a
+        # mesh) and "starved" (calls that stopped for want of spares: ``trie_chunks``).
         self.trie_work: collections.Counter[str] = collections.Counter()
         counts = self.trace_counts
 
@@ -186,7 +185,7 @@ class Decoder:
         self._sample_trie = counted_jit(
             "sample_trie", sample_trie,
             (whole, cache, rows, whole, rows, rows, rows, rows, whole, whole, whole, whole,
-             whole), (cache, rows), num_static=2)
+             whole), (cache, rows, rows), num_static=3)
         self._fork = LastCall(
             fork_slots if mesh is None else
             jax.jit(on_slot_shards(fork_slots, mesh, slot_axis, (cache, rows, rows), cache),
@@ -359,7 +358,9 @@ class Decoder:
         """For group g, ``counts[g]`` independent steps after ``slots[g]``, each distinct
         token prefix computed once (see ``trie_sampler``). Each step ends as in
         ``sample_steps``. With ``step_chunk`` the trie runs as chunks that hold only the
-        steps still going and the spares they may split into (``trie_chunks``).
+        steps still going and a bounded number of the spares they may split into (a
+        chunk that lacks one stops before the round that needs it, and the next one
+        holds more: ``trie_chunks``); 0: one call holding every spare (``trie_calls``).
 
         spares: allocated slots for the steps that split off, ``sum(counts) - len(slots)``
         of them, ``counts[g] - 1`` beside each group's slot (``allocate(n, near=...)``; a
@@ -374,68 +375,9 @@ class Decoder:
         its tokens (the full ones below its split shared with its parent) and the rest
         go back.
         """
-        slots = self._checked_slots(slots, "slots", filled=True)
-        groups = len(slots)
-        counts, spares = np.asarray(counts), np.asarray(spares, np.int64).reshape(-1)
-        key_rows, group_ids = np.asarray(key_rows), np.asarray(group_ids)
-        check_trie_groups(groups, counts, spares, key_table, key_rows)
-        row_slots = self._checked_slots(np.concatenate([slots, spares]), "slots and spares")
-        check_spares_beside_groups(self.pool, slots, counts, spares)
-        check_step_inputs(groups, None, group_ids, params, np.asarray([max_tokens]),
-                          ids_name="group_ids")
-        cap_bucket = bucket_size(max_tokens, minimum=self.min_step_bucket)
-        trie = ChunkedTrie(counts, self.pool.shard_of(row_slots), cap_bucket)
-        # One count bound and window for all of a trie's chunks: no variants beyond rows.
-        call = functools.partial(
-            self._sample_trie_chunk, trie, row_slots, key_table=key_table,
-            key_rows=key_rows, group_ids=group_ids, params=jax.tree.map(np.asarray, params),
-            max_tokens=max_tokens, cap_bucket=cap_bucket,
-            max_count=bucket_size(int(counts.max())),
-            window=self.attention_window(slots, max_tokens))
-        self.cache = own_trie_pages(self.pages, self.cache, slots, self._lengths, counts,
-                                    max_tokens, self.max_len)
-        try:
-            while trie.rows.size:
-                trie.add(call())
-        except BaseException:
-            return_lent_pages(self.pages)
-            raise
-        out = trie.out
-        live = out.group >= 0
-        self._lengths[row_slots[live]] = (self._lengths[row_slots[out.group[live]]]
-                                          + out.num_tokens[live])
-        settle_trie_pages(self.pages, slots, row_slots, live, out.page_table, self._lengths)
-        return row_slots, out
-
-    def _sample_trie_chunk(self, trie: ChunkedTrie, row_slots: np.ndarray, *,
-                           key_table: jax.Array, key_rows: np.ndarray, group_ids: np.ndarray,
-                           params: SamplingParams, max_tokens: int, cap_bucket: int,
-                           max_count: int, window: int) -> TrieOutput:
-        """One jitted trie-sampler call, of at most ``step_chunk`` rounds (0: until every
-        step ends), for the trie's next rows (``trie.rows`` of ``row_slots``; the groups'
-        ``key_rows``, ``group_ids`` and ``params`` [G]); its output [len(trie.rows)] on the
-        host, in call order."""
-        slots = row_slots[trie.rows]
-        layout = self._layout(slots)  # a shard's rows in call order
-        progress = trie.progress()
-        # A spare's draws and settings are its parent's once it splits off: group 0's
-        # stand in until then.
-        group = np.maximum(progress.group, 0)
-        self.cache, out = self._sample_trie(
-            self._weights, self.cache, self._local_slots(layout, slots), key_table,
-            layout.place(key_rows[group], 0), layout.place(group_ids[group], 0),
-            padded_params(jax.tree.map(lambda x: x[group], params), layout),
-            dataclasses.replace(jax.tree.map(lambda x: layout.place(x, 0), progress),
-                                group=layout.place(progress.group, -1)),
-            np.int32(max_tokens), self._newline_table, self._eos_ids,
-            lent_pages(self.pages, trie.out.page_table, layout.size, cap_bucket),
-            np.int32(self.step_chunk or max_tokens), max_count, window)
-        out = layout.take(jax.device_get(out))
-        self.trie_work["calls"] += 1
-        self.trie_work["rows"] += layout.size
-        self.trie_work["row_rounds"] += layout.size * int(out.num_tokens.max()
-                                                          - progress.num_tokens.max())
-        return out
+        return trie_calls.sample_trie(self, slots, counts, spares, key_table=key_table,
+                                      key_rows=key_rows, group_ids=group_ids, params=params,
+                                      max_tokens=max_tokens)
 
     def _checked_slots(self, slots, what: str, **kwargs) -> np.ndarray:
         return checked_slots(slots, what, pool=self.pool, lengths=self._lengths, **kwargs)

@@ -2,7 +2,8 @@
 computed once, entirely on device.
 
 Shapes: R rows (a batch bucket), C = the static token cap (a bucket), S slots, M max
-cache length, E hidden size, V vocabulary, K = the static bound on a row's count.
+cache length, E hidden size, V vocabulary, K = the static bound on a row's count, D =
+the static bound on a round's draws (the going rows' counts summed).
 
 A row holds one distinct token prefix of a group's steps and a count: how many of the
 group's draws share it. The groups' rows start live (a slot and the number of steps
@@ -12,10 +13,20 @@ distribution; the row keeps its first distinct token and hands each further dist
 token, with its share of the count, to a spare row, whose slot first gets a copy of the
 parent's cache. Then every row that took a token feeds it, one model call for all. A
 group's draws therefore have the joint distribution of independent samples, while the
-model computes each distinct prefix once. The spares a call needs never exceed the
-groups' counts minus one each, so the host gives that many. Every row's tokens lie below
-a static window W <= M (its group's start plus the cap): attention reads positions
-[0, W) and a spare's copy of its parent's cache copies those alone.
+model computes each distinct prefix once. Every row's tokens lie below a static window
+W <= M (its group's start plus the cap): attention reads positions [0, W) and a spare's
+copy of its parent's cache copies those alone.
+
+A round's draws (``trie_draws``: the tokens and where each goes) are made before the round
+runs, at the loop's start or at the end of the round before, so the loop knows how many
+spares a round takes before it writes anything: it runs the round only while the call's
+rows hold that many free spares, and otherwise stops there with every row as the last
+round left it (the call is starved). A call therefore may hold fewer spares than its rows
+could split into (at most the going rows' counts minus one each), so fewer rows than
+draws: the draws have a dimension of their own, D >= the going rows' counts summed (a
+split moves a share of a count, so the sum never grows). Where a call stopped comes back
+per row (``TrieStop``: the same on every row of a data shard), and a later call with
+more spares redraws the same tokens.
 
 On a paged cache (``PagedKVCache``) a row's slot is addressed through a page table the
 loop carries, and a split is a page-table fork: the new row takes its parent's entries
@@ -49,8 +60,9 @@ from flax import nnx, struct
 
 from qstar_jax.decoding.kv_cache import KVCache
 from qstar_jax.decoding.paged_cache import PagedKVCache, copied_pages
-from qstar_jax.decoding.sampling import SamplingParams, sample
+from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_sampler import EndReason, end_reason_after
+from qstar_jax.decoding.trie_draws import TrieDraws, round_draws
 from qstar_jax.decoding.weights import DecoderWeights
 from qstar_jax.models.cache_pages import PagedRows
 
@@ -67,10 +79,10 @@ class TrieOutput:
     num_tokens: [R] int32; end_reason: [R] int32 EndReason (-1: the step goes on past the
     call's last round, or an unused spare); logprob: [R] float32, the step's summed
     log-probability under the unmodified distribution; hidden: [R, E] float32 after the
-    step's last token; fed: [R] int32 tokens the row fed itself (a group's sum is the
-    size of its trie); page_table: [R, N] int32, on a paged cache each row's page table
-    as the call left it (a split row's pages past its tokens are lent pages it did not
-    use), None on the slot pool."""
+    step's last token (0 for an unused spare); fed: [R] int32 tokens the row fed itself
+    (a group's sum is the size of its trie); page_table: [R, N] int32, on a paged cache
+    each row's page table as the call left it (a split row's pages past its tokens are
+    lent pages it did not use), None on the slot pool."""
 
     group: jax.Array
     count: jax.Array
@@ -81,6 +93,19 @@ class TrieOutput:
     hidden: jax.Array
     fed: jax.Array
     page_table: jax.Array | None = None
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["rounds", "needed"],
+                   meta_fields=[])
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrieStop:
+    """Where a call stopped, the same on every row of a data shard. rounds: [R] int32 the
+    rounds it ran; needed: [R] int32 the spares its next round needed, more than its rows
+    held when it stopped short of its rounds with steps going (starved; otherwise
+    meaningless)."""
+
+    rounds: jax.Array
+    needed: jax.Array
 
 
 @struct.dataclass
@@ -109,6 +134,7 @@ class TrieRows:
     shifts: jax.Array         # [K - 1] int32, 1..K-1: how far a row's other draws can lie
     max_len: int = struct.field(pytree_node=False)  # M, the most tokens a slot holds
     window: int = struct.field(pytree_node=False)   # W, the cache positions rows use
+    num_draws: int = struct.field(pytree_node=False)  # D, a round's draws
 
 
 @struct.dataclass
@@ -145,6 +171,7 @@ class TrieLoopState:
     fed: jax.Array         # [R] int32 tokens the row fed itself
     hidden: jax.Array      # [R, E] float32, after the row's last fed token
     pages: TriePages | None  # the rows' page tables on a paged cache, None on the pool
+    draws: TrieDraws | None  # the next round's draws (None only while they are made)
 
 
 def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights,
@@ -152,8 +179,10 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights,
                 key_rows: jax.Array, group_ids: jax.Array, params: SamplingParams,
                 progress: TrieProgress, cap: jax.Array, newline_table: jax.Array,
                 eos_ids: jax.Array, lent: jax.Array | None, rounds: jax.Array,
-                max_count: int, window: int) -> tuple[KVCache | PagedKVCache, TrieOutput]:
-    """Sample each group's steps as a trie, for at most ``rounds`` rounds.
+                max_count: int, window: int, num_draws: int
+                ) -> tuple[KVCache | PagedKVCache, TrieOutput, TrieStop]:
+    """Sample each group's steps as a trie, for at most ``rounds`` rounds, and only while
+    the rows hold a free spare for each new row the next round needs.
 
     slots: [R] int32, distinct (``S`` marks a padding row); progress: where each row
     starts (a group row's count >= 1; 0 for a spare or padding row); key_table: typed
@@ -166,11 +195,13 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights,
     (``Decoder.attention_window``; M or more: whole rows): the cache positions attention
     reads and a spare's copy copies. Positions of a
     spare at W or beyond are left as they were: past its length, never read.
+    num_draws: D, static, at least the going rows' counts summed.
     On a PagedKVCache each group row must own its pages up to its start plus ``cap``
     (``PageTable.reserve``), and ``lent``: [F] int32 free pages (P-padded), enough for
     every split (a split at position p of a group that starts at s takes
     ``cdiv(min(s + cap, M), page) - p // page`` of them); None on the slot pool.
-    Pure: jit it with the cache donated.
+    Returns (the cache, the rows' TrieOutput, where the call stopped: TrieStop). Pure:
+    jit it with the cache donated.
     """
     model = nnx.merge(graphdef, weights.model)
     num_slots, max_len = cache.num_slots, cache.max_len
@@ -181,7 +212,7 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights,
     rows = TrieRows(slots=slots, model_slots=model_slots, cap=cap,
                     newline_table=newline_table, eos_ids=eos_ids,
                     shifts=jnp.arange(1, max_count),  # a row's other draws lie within K - 1
-                    max_len=max_len, window=window)
+                    max_len=max_len, window=window, num_draws=num_draws)
     pages = None
     if isinstance(cache, PagedKVCache):
         table = cache.model_rows(model_slots)
@@ -198,17 +229,26 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights,
         group=progress.group, count=progress.count,
         keys=_prefix_keys(group_keys, progress.tokens, progress.num_tokens), params=params,
         tokens=progress.tokens, logprob=progress.logprob, fed=progress.fed,
-        hidden=cache.last_hidden[model_slots], pages=pages)
+        hidden=cache.last_hidden[model_slots], pages=pages, draws=None)
+    initial = initial.replace(draws=round_draws(model, rows, initial))
 
     def going(carry):
         ran, state = carry
-        return (ran < rounds) & jnp.any(state.live & ~state.done)
+        # A round that needs a spare the rows lack is not run: nothing is written for it.
+        return ((ran < rounds) & jnp.any(state.live & ~state.done)
+                & (state.draws.new_rows <= jnp.sum(state.spare, dtype=jnp.int32)))
 
     def one_round(carry):
         ran, state = carry
-        return ran + 1, _one_round(model, weights.layers, rows, state)
+        state = _one_round(model, weights.layers, rows, state)
+        # The next round's draws, unless the call ends here anyway (a small operand: no
+        # cache goes through the branches).
+        small = state.replace(k=None, v=None, pages=None)
+        draws = jax.lax.cond((ran + 1 < rounds) & jnp.any(state.live & ~state.done),
+                             lambda s: round_draws(model, rows, s), lambda s: s.draws, small)
+        return ran + 1, state.replace(draws=draws)
 
-    _, final = jax.lax.while_loop(going, one_round, (jnp.zeros((), jnp.int32), initial))
+    ran, final = jax.lax.while_loop(going, one_round, (jnp.zeros((), jnp.int32), initial))
     written = jnp.where(final.live, slots, num_slots)
     cache = dataclasses.replace(
         cache, k=final.k, v=final.v,
@@ -222,7 +262,9 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights,
     return cache, TrieOutput(
         group=final.group, count=final.count, tokens=final.tokens,
         num_tokens=final.num_tokens, logprob=final.logprob, end_reason=final.end_reason,
-        hidden=final.hidden, fed=final.fed, page_table=page_table)
+        hidden=jnp.where(final.live[:, None], final.hidden, 0.0), fed=final.fed,
+        page_table=page_table), TrieStop(rounds=jnp.full(slots.shape, ran, jnp.int32),
+                                         needed=jnp.full(slots.shape, final.draws.new_rows))
 
 
 def _prefix_keys(keys: jax.Array, tokens: jax.Array, num_tokens: jax.Array) -> jax.Array:
@@ -236,26 +278,19 @@ def _prefix_keys(keys: jax.Array, tokens: jax.Array, num_tokens: jax.Array) -> j
 
 
 def _one_round(model, layers, rows: TrieRows, state: TrieLoopState) -> TrieLoopState:
-    """Every unfinished row draws ``count`` next tokens; each distinct token beyond a row's
-    first moves to a spare row with a copy of the cache (a fork of its page table on a
-    paged cache); every row that took a token feeds it."""
-    batch, max_len = rows.slots.shape[0], rows.max_len
-    batch_rows = jnp.arange(batch)
-    going = state.live & ~state.done
-    row_draws = jnp.where(going, state.count, 0)
-    ends = jnp.cumsum(row_draws)
-    drawn = batch_rows < ends[-1]
-    parent = jnp.minimum(jnp.searchsorted(ends, batch_rows, side="right"), batch - 1)
-    draw_ids = batch_rows - (ends - row_draws)[parent]
-    keys = jax.vmap(jax.random.fold_in)(state.keys[parent], draw_ids)
-    row_params = jax.tree.map(lambda x: x[parent], state.params)
-    tokens, logprobs = sample(model.logits(state.hidden)[parent], keys, row_params)
-    target, draws, is_new = _split(tokens, parent, drawn, state.spare, rows.shifts)
+    """The round ``state.draws`` drew (the rows hold a spare for each of its new rows):
+    each new row takes its spare with a copy of its parent's cache (a fork of its page
+    table on a paged cache); every row that took a token feeds it. The state's draws are
+    left for the caller to replace."""
+    batch, max_len, num_draws = rows.slots.shape[0], rows.max_len, rows.num_draws
+    drawn = state.draws
+    parent, tokens, logprobs = drawn.parent, drawn.tokens, drawn.logprobs
+    target, draws, is_new = drawn.target, drawn.draws, drawn.is_new
 
-    # The new rows' forks, padded to whole chunks of dropped writes.
-    new_draws = jnp.nonzero(is_new, size=batch + FORK_CHUNK, fill_value=batch)[0]
-    valid = new_draws < batch
-    new_draws = jnp.minimum(new_draws, batch - 1)
+    # The new rows' forks (fewer than R), padded to whole chunks of dropped writes.
+    new_draws = jnp.nonzero(is_new, size=batch + FORK_CHUNK, fill_value=num_draws)[0]
+    valid = new_draws < num_draws
+    new_draws = jnp.minimum(new_draws, num_draws - 1)
     if state.pages is None:  # the slot pool: copy the parent's row into the child's slot
         children = jnp.where(valid, rows.slots[target[new_draws]], state.k.shape[1])
         k, v = _copy_caches(state.k, state.v, children, rows.model_slots[parent[new_draws]],
@@ -272,7 +307,8 @@ def _one_round(model, layers, rows: TrieRows, state: TrieLoopState) -> TrieLoopS
         return values.at[target].set(source, mode="drop")
 
     num = state.num_tokens[parent]
-    step_tokens = state.tokens[parent].at[batch_rows, num].set(tokens, mode="drop")
+    step_tokens = state.tokens[parent].at[jnp.arange(num_draws), num].set(tokens,
+                                                                          mode="drop")
     fed_now = jnp.zeros(batch, bool).at[target].set(True, mode="drop")
     token_now = jnp.zeros(batch, jnp.int32).at[target].set(tokens, mode="drop")
     moved_positions = moved(state.positions)
@@ -296,7 +332,7 @@ def _one_round(model, layers, rows: TrieRows, state: TrieLoopState) -> TrieLoopS
         logprob=moved(state.logprob, state.logprob[parent] + logprobs),
         fed=moved(state.fed, jnp.where(is_new, 0, state.fed[parent]) + 1),
         hidden=jnp.where(fed_now[:, None], hidden[:, 0].astype(jnp.float32), state.hidden),
-        pages=pages)
+        pages=pages, draws=state.draws)
 
 
 def _copy_caches(k, v, children, parents, num_new, window):
@@ -359,32 +395,3 @@ def _copy_pages(k, v, sources, targets, num_new):
     """k/v page ``sources[i]`` into page ``targets[i]`` (P: none) for i < num_new. No
     target is a source: targets are freshly lent pages."""
     return _copy_in_chunks(k, v, sources, targets, num_new, copied_pages)
-
-
-def _split(tokens, parent, drawn, spare, shifts):
-    """Where each draw goes: its parent row for the parent's first distinct token, a spare
-    row for each further distinct token, nowhere (R) for a repeat or an empty draw.
-
-    tokens, parent: [R] int32 per draw; drawn: [R] bool; spare: [R] bool, the free rows;
-    shifts: 1..K-1 (a row's draws are contiguous and at most K, so its others lie within
-    K-1 either side). Returns (target [R], the draws of each target's token [R], whether
-    the target is a new row [R]).
-    """
-    batch = tokens.shape[0]
-
-    def alike(offsets):
-        """[R, J] twice: draw d + offsets[j] is drawn from d's parent; and took d's token."""
-        index = jnp.arange(batch)[:, None] + offsets[None, :]
-        index_ok = (index >= 0) & (index < batch)
-        index = jnp.clip(index, 0, batch - 1)
-        same_row = index_ok & drawn[index] & (parent[index] == parent[:, None])
-        return same_row, same_row & (tokens[index] == tokens[:, None]), index
-
-    same_row_before, same_token_before, before = alike(-shifts)
-    _, same_token_after, _ = alike(shifts)
-    first = drawn & ~jnp.any(same_token_before, axis=1)
-    is_new = first & jnp.any(same_row_before & first[before], axis=1)
-    free_rows = jnp.nonzero(spare, size=batch, fill_value=batch)[0]
-    new_row = free_rows[jnp.clip(jnp.cumsum(is_new) - 1, 0, batch - 1)]
-    target = jnp.where(is_new, new_row, jnp.where(first, parent, batch))
-    return target, 1 + jnp.sum(same_token_after, axis=1), is_new

@@ -3,14 +3,19 @@ call samples: the same rows, tokens, counts, groups, end reasons and page tables
 log-probabilities and hidden states to float32 rounding, on the slot pool and on pages;
 and each chunk holds only the steps still going and the spares they may split into."""
 
+import functools
+
 import jax
 import numpy as np
 import pytest
 
+from qstar_jax.decoding.data_shards import RowLayout
 from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_sampler import EndReason
+from qstar_jax.decoding.trie_chunks import ChunkedTrie
+from qstar_jax.decoding.trie_sampler import TrieOutput, TrieStop
 from tests.decoding.tiny_models import (COUNTING_MAX_LEN, COUNTING_VOCAB, RANDOM_MAX_LEN,
                                         STEP_BUCKET)
 
@@ -132,3 +137,115 @@ def test_a_chunk_holds_the_steps_still_going_and_the_spares_they_may_take(counti
     _assert_same_trie(*tries)
     assert work == [({"calls": 4, "rows": 16 + 3 * 4, "row_rounds": 16 * 2 + 3 * 4 * 2}, 2),
                     ({"calls": 1, "rows": 16, "row_rounds": 16 * 8}, 1)]
+
+
+@pytest.fixture
+def tiny_spare_budget(monkeypatch):
+    """ChunkedTrie's rule with no floor and no share: a chunk holds only the spares that
+    fill the padded block of its going rows, far fewer than the tries split into."""
+    monkeypatch.setattr(ChunkedTrie, "spare_floor", 0)
+    monkeypatch.setattr(ChunkedTrie, "spare_share", 0.0)
+
+
+def _chunk_stops(monkeypatch) -> list[tuple[int, int, bool]]:
+    """(rounds run, rounds asked, starved) of every chunk the decoders run from now on
+    (one device: every row of a chunk ran its rounds)."""
+    stops = []
+    add = ChunkedTrie.add
+
+    def recording_add(self, out, stop, rounds):
+        add(self, out, stop, rounds)
+        stops.append((int(stop.rounds.max()), rounds, bool(self.starved.any())))
+
+    monkeypatch.setattr(ChunkedTrie, "add", recording_add)
+    return stops
+
+
+@pytest.mark.parametrize("cache", ["rows", "pages"])
+def test_chunks_short_of_spares_stop_before_the_round_and_sample_the_one_call_tries(
+        random_model, one_call, tiny_spare_budget, monkeypatch, cache):
+    """Chunks of 3 rounds that hold too few spares stop before a round that needs more
+    (at a chunk's first round and at a later one), leave every row as it was, and the
+    next chunk, given the spares that round needs, draws its tokens again: the tries one
+    call samples, the same spares taken and page tables, no page left over."""
+    paging = Paging(page_size=PAGE_SIZE, num_pages=NUM_PAGES) if cache == "pages" else None
+    chunked = _random_decoder(random_model, 3, paging)
+    stops = _chunk_stops(monkeypatch)
+    for seed in range(3):
+        group_ids = [10 * seed + g for g in range(len(COUNTS))]
+        ours = _trie(chunked, PROMPTS, COUNTS, PARAMS, group_ids=group_ids, max_tokens=CAP)
+        theirs = _trie(one_call[cache], PROMPTS, COUNTS, PARAMS, group_ids=group_ids,
+                       max_tokens=CAP)
+        _assert_same_trie(ours, theirs)
+    if paging is not None:
+        assert chunked.pages.num_free_pages == NUM_PAGES and chunked.pages.lent.size == 0
+        assert not chunked.pages.refcounts.any()
+    starved_after = {ran for ran, rounds, starved in stops if starved}
+    assert all(ran < rounds for ran, rounds, starved in stops if starved)
+    assert 0 in starved_after and max(starved_after) > 0, stops
+    assert chunked.trie_work["starved"] == len([s for s in stops if s[2]])
+
+
+def test_chunks_of_a_trie_that_does_not_split_hold_few_spares(counting_model):
+    """Greedy steps never split: 6 groups of 4 draws on the counting model, 8 tokens in
+    chunks of 2 rounds. The rule before held every split the rows could make (6 + 18
+    rows: 32 padded); the bounded rule holds 8 spares (6 + 8: a block of 16, filled to
+    16 with 10 spares), so half the row-rounds, with the same tries as one call, each in
+    one compiled variant."""
+    prompts, counts = [[10], [11], [12], [20], [21], [22]], [4] * 6
+    tries, work = {}, {}
+    for rule, step_chunk in (("bounded", 2), ("all splits", 2), ("one call", 0)):
+        decoder = Decoder(counting_model, num_slots=32, max_len=COUNTING_MAX_LEN,
+                          newline_table=np.zeros(COUNTING_VOCAB, bool), eos_ids=[9],
+                          min_batch_bucket=1, min_step_bucket=STEP_BUCKET,
+                          step_chunk=step_chunk)
+        with pytest.MonkeyPatch.context() as patch:
+            if rule == "all splits":
+                patch.setattr(ChunkedTrie, "spare_floor", 1 << 30)
+            tries[rule] = _trie(decoder, prompts, counts, SamplingParams.make(6),
+                                group_ids=range(6), max_tokens=8)
+        work[rule] = (dict(decoder.trie_work), decoder.trace_counts["sample_trie"])
+        out = tries[rule][1]
+        np.testing.assert_array_equal(out.count[:6], counts)
+        np.testing.assert_array_equal(out.tokens[:6, :8], np.array(prompts) + np.arange(1, 9))
+    _assert_same_trie(tries["bounded"], tries["one call"])
+    _assert_same_trie(tries["all splits"], tries["one call"])
+    assert work == {"bounded": ({"calls": 4, "rows": 4 * 16, "row_rounds": 4 * 16 * 2}, 1),
+                    "all splits": ({"calls": 4, "rows": 4 * 32, "row_rounds": 4 * 32 * 2}, 1),
+                    "one call": ({"calls": 1, "rows": 32, "row_rounds": 32 * 8}, 1)}
+
+
+def test_the_spare_rule_per_shard(monkeypatch):
+    """Two shards of 3 groups drawn 8 times (21 spares each): 2 spares per shard (floor 2,
+    no share), then as many more as fill the block the fullest shard pads to (3 + 2 rows:
+    8), lowest first. After a chunk that starved on shard 0, its round needing 6 spares,
+    shard 0 gets 2 + 6 (3 + 8 rows: a block of 16) and both shards the 13 that fill it;
+    after a chunk that ran all its rounds, 5 again."""
+    monkeypatch.setattr(ChunkedTrie, "spare_floor", 2)
+    monkeypatch.setattr(ChunkedTrie, "spare_share", 0.0)
+    row_shards = np.array([0, 0, 0, 1, 1, 1] + [0] * 21 + [1] * 21)
+    trie = ChunkedTrie([8] * 6, row_shards, 4,
+                       block=functools.partial(RowLayout.block_size, shards=2))
+    np.testing.assert_array_equal(trie.rows, [*range(11), *range(27, 32)])
+    assert trie.num_draws() == 32  # 24 draws a round on each shard
+
+    def chunk_without_splits(rounds_run, needed):
+        """The rows as they were, each shard having run ``rounds_run`` of 2 rounds."""
+        rows = len(trie.rows)
+        going = np.arange(rows) < 6
+        on_shard = row_shards[trie.rows]
+        trie.add(TrieOutput(group=np.where(going, np.arange(rows), -1).astype(np.int32),
+                            count=np.where(going, 8, 0).astype(np.int32),
+                            tokens=np.zeros((rows, 4), np.int32),
+                            num_tokens=np.where(going, np.take(rounds_run, on_shard), 0),
+                            logprob=np.zeros(rows, np.float32),
+                            end_reason=np.full(rows, -1), hidden=np.zeros((rows, 3)),
+                            fed=np.zeros(rows, np.int32)),
+                 TrieStop(rounds=np.take(rounds_run, on_shard),
+                          needed=np.take(needed, on_shard)), 2)
+
+    chunk_without_splits([1, 2], [6, 1])
+    np.testing.assert_array_equal(trie.starved, [True, False])
+    np.testing.assert_array_equal(trie.rows, [*range(6), *range(6, 19), *range(27, 40)])
+    chunk_without_splits([2, 2], [9, 9])
+    np.testing.assert_array_equal(trie.rows, [*range(11), *range(27, 32)])

@@ -1,7 +1,9 @@
 """The tiny random decoder on one device and on meshes of 4 devices, the same calls on
 each (the meshes sampling steps and tries in chunks, the device in one call); prints one
 JSON line comparing every mesh with the single device, with where each mesh put the rows
-and what its compiled functions move between data shards. Run in a
+and what its compiled functions move between data shards. Each mesh also samples the
+first calls' trie again with chunks given almost no spares (``starved_trie``): they stop
+for want of spares on their shards and still sample the one call's trie. Run in a
 child process, as a process's device count is fixed before JAX first runs:
 
     JAX_NUM_CPU_DEVICES=4 python -m tests.support.sharded_decoding
@@ -24,6 +26,7 @@ from jax.experimental import multihost_utils
 from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.kv_cache import fork_slots
 from qstar_jax.decoding.sampling import SamplingParams
+from qstar_jax.decoding.trie_chunks import ChunkedTrie
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.parallel import (collectives, data_collectives, initialize_distributed,
                                 is_writer, make_mesh)
@@ -42,16 +45,24 @@ UNEVEN_CAPS = [6, 1, 3, 2, 5, 4]
 def decode(model: LlamaModel, mesh, step_chunk: int) -> dict:
     """Prefill, fork, greedy and sampled steps (one with rows of other caps), a trie; the
     same calls twice over, the second with other data to show it reuses the compiled
-    functions. step_chunk: the decoder's (0: a step in one call)."""
+    functions. step_chunk: the decoder's (0: a step in one call). On a mesh the first
+    calls are made a third time, the trie's chunks given only the spares that fill their
+    padded blocks (``starved_trie``, after the second calls: apart from their variants)."""
     decoder = Decoder(model, num_slots=32, max_len=RANDOM_MAX_LEN,
                       newline_table=np.zeros(64, bool), eos_ids=[], min_batch_bucket=8,
                       min_step_bucket=STEP_BUCKET, step_chunk=step_chunk, mesh=mesh)
     out = {}
-    for call in range(2):
+    # (the outputs' suffix, the calls' data): the calls, and a mesh's third ones.
+    passes = [("0", 0), ("1", 1)] + ([] if mesh is None else [("_starved", 0)])
+    default_rule = ChunkedTrie.spare_floor, ChunkedTrie.spare_share
+    for tag, call in passes:
+        if tag == "_starved":
+            ChunkedTrie.spare_floor, ChunkedTrie.spare_share = 0, 0.0
+        starved = decoder.trie_work["starved"]
         slots = decoder.allocate(len(PROMPTS))
         decoder.prefill(slots, [[t + call for t in p] for p in PROMPTS])
         last_hidden = multihost_utils.process_allgather(decoder.cache.last_hidden, tiled=True)
-        out[f"logits{call}"] = np.asarray(model.logits(np.asarray(last_hidden)[slots]))
+        out[f"logits{tag}"] = np.asarray(model.logits(np.asarray(last_hidden)[slots]))
         children = decoder.allocate(2, near=slots[:2])
         decoder.fork(slots[:2], children)
         rows = slots + children
@@ -73,23 +84,25 @@ def decode(model: LlamaModel, mesh, step_chunk: int) -> dict:
             groups, TRIE_COUNTS, spares, key_table=keys, key_rows=[0, 1, 2],
             group_ids=[3, 4, 5], params=SamplingParams.make(3, temperature=30.0),
             max_tokens=5)
-        out[f"greedy{call}"] = greedy.tokens
-        out[f"hot{call}"] = hot.tokens
-        out[f"hot_logprobs{call}"] = hot.logprobs
-        out[f"uneven{call}"] = uneven.tokens
-        out[f"uneven_logprobs{call}"] = uneven.logprobs
+        out[f"greedy{tag}"] = greedy.tokens
+        out[f"hot{tag}"] = hot.tokens
+        out[f"hot_logprobs{tag}"] = hot.logprobs
+        out[f"uneven{tag}"] = uneven.tokens
+        out[f"uneven_logprobs{tag}"] = uneven.logprobs
         # Each group's steps in the order they split off; which spare slot holds a step
         # depends on where the spares lie.
         steps = np.argsort(np.where(trie.group < 0, len(trie.group), trie.group),
                            kind="stable")[:np.sum(trie.group >= 0)]
-        out[f"trie{call}"] = np.concatenate([trie.tokens, trie.group[:, None],
-                                             trie.count[:, None], trie.end_reason[:, None],
-                                             trie.num_tokens[:, None]], 1)[steps]
-        out[f"trie_logprob{call}"] = trie.logprob[steps]
-        out[f"traces{call}"] = np.array(sorted(decoder.trace_counts.values()))
-        if mesh is not None and call == 0:
+        out[f"trie{tag}"] = np.concatenate([trie.tokens, trie.group[:, None],
+                                            trie.count[:, None], trie.end_reason[:, None],
+                                            trie.num_tokens[:, None]], 1)[steps]
+        out[f"trie_logprob{tag}"] = trie.logprob[steps]
+        out[f"traces{tag}"] = np.array(sorted(decoder.trace_counts.values()))
+        out[f"starved_calls{tag}"] = decoder.trie_work["starved"] - starved
+        if mesh is not None and tag == "0":
             out["shards"] = shards(decoder, slots, children, trie_slots, trie.group)
         decoder.free(rows + near_full + list(spares))
+    ChunkedTrie.spare_floor, ChunkedTrie.spare_share = default_rule
     if mesh is not None:
         attention = decoder._weights.model["layers"]["self_attn"]
         out["layout"] = {name: str(attention[name]["kernel"].get_value().sharding.spec)
@@ -147,12 +160,18 @@ def main() -> None:
             "logits_max_diff": max(float(np.abs(single[f"logits{c}"]
                                                 - sharded[f"logits{c}"]).max())
                                    for c in range(2)),
-            "logprob_max_diff": max(float(np.abs(single[f"{n}{c}"] - sharded[f"{n}{c}"]).max())
+            "logprob_max_diff": max(float(np.abs(single[f"{n}{c}"] - sharded[f"{n}{t}"]).max())
                                     for n in ("hot_logprobs", "uneven_logprobs", "trie_logprob")
-                                    for c in range(2)),
-            "same_tokens": {name: all(np.array_equal(single[f"{name}{c}"], sharded[f"{name}{c}"])
-                                      for c in range(2))
+                                    for c, t in ((0, 0), (1, 1), (0, "_starved"))),
+            "same_tokens": {name: all(np.array_equal(single[f"{name}{c}"], sharded[f"{name}{t}"])
+                                      for c, t in ((0, 0), (1, 1)))
                             for name in ("greedy", "hot", "uneven", "trie")},
+            # The first trie again, its chunks short of spares: they starved, and the same.
+            "starved_trie": {"same": bool(np.array_equal(single["trie0"],
+                                                         sharded["trie_starved"])),
+                             "starved_calls": int(sharded["starved_calls_starved"]),
+                             "before": int(sharded["starved_calls0"]
+                                           + sharded["starved_calls1"])},
             "recompiled": not np.array_equal(sharded["traces0"], sharded["traces1"]),
             "layout": sharded["layout"], "shards": sharded["shards"],
             "collectives": sharded["collectives"]}

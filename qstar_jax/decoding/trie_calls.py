@@ -1,0 +1,114 @@
+"""``Decoder.sample_trie`` on the host: the checks, the pages around the trie, and its
+chunks (``trie_chunks``), each one call of the decoder's jitted trie sampler
+(``trie_sampler``) for the rows the chunk holds.
+
+A chunk calls ``trie_sampler.sample_trie`` for at most ``step_chunk`` rounds (0: the
+whole trie in one call, holding every spare) on the steps still going and the spares
+``ChunkedTrie`` gives them; a chunk that lacked spares for a round stops before it, and
+the next chunk, given the spares that round needs, runs it. ``Decoder.trie_work`` counts
+the calls, their padded rows, their row-rounds (each shard's padded rows times the
+rounds it ran) and the starved calls.
+
+The functions here are the decoder's own: they use its jitted call, row layout, pages
+and host mirrors as ``Decoder`` methods would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import TYPE_CHECKING, Sequence
+
+import jax
+import numpy as np
+
+from qstar_jax.decoding.data_shards import RowLayout, padded_params
+from qstar_jax.decoding.input_checks import (check_spares_beside_groups, check_step_inputs,
+                                             check_trie_groups)
+from qstar_jax.decoding.page_bookkeeping import (lent_pages, own_trie_pages,
+                                                 return_lent_pages, settle_trie_pages)
+from qstar_jax.decoding.sampling import SamplingParams
+from qstar_jax.decoding.token_batch import bucket_size
+from qstar_jax.decoding.trie_chunks import ChunkedTrie
+from qstar_jax.decoding.trie_sampler import TrieOutput
+
+if TYPE_CHECKING:
+    from qstar_jax.decoding.engine import Decoder
+
+
+def sample_trie(decoder: Decoder, slots: Sequence[int], counts: Sequence[int],
+                spares: Sequence[int], *, key_table: jax.Array, key_rows: Sequence[int],
+                group_ids: Sequence[int], params: SamplingParams,
+                max_tokens: int) -> tuple[np.ndarray, TrieOutput]:
+    """``Decoder.sample_trie``: its arguments and results."""
+    slots = decoder._checked_slots(slots, "slots", filled=True)
+    groups = len(slots)
+    counts, spares = np.asarray(counts), np.asarray(spares, np.int64).reshape(-1)
+    key_rows, group_ids = np.asarray(key_rows), np.asarray(group_ids)
+    check_trie_groups(groups, counts, spares, key_table, key_rows)
+    row_slots = decoder._checked_slots(np.concatenate([slots, spares]), "slots and spares")
+    check_spares_beside_groups(decoder.pool, slots, counts, spares)
+    check_step_inputs(groups, None, group_ids, params, np.asarray([max_tokens]),
+                      ids_name="group_ids")
+    cap_bucket = bucket_size(max_tokens, minimum=decoder.min_step_bucket)
+    pages = decoder.pages
+    trie = ChunkedTrie(
+        counts, decoder.pool.shard_of(row_slots), cap_bucket,
+        block=functools.partial(RowLayout.block_size, shards=decoder.pool.shards,
+                                min_rows=decoder.min_batch_bucket),
+        no_page=None if pages is None else pages.num_pages, bounded=decoder.step_chunk > 0)
+    # One count bound and window for all of a trie's chunks: no variants beyond rows.
+    call = functools.partial(
+        _chunk, decoder, trie, row_slots, key_table=key_table, key_rows=key_rows,
+        group_ids=group_ids, params=jax.tree.map(np.asarray, params),
+        max_tokens=max_tokens, cap_bucket=cap_bucket,
+        max_count=bucket_size(int(counts.max())),
+        window=decoder.attention_window(slots, max_tokens))
+    lengths = decoder._lengths
+    decoder.cache = own_trie_pages(pages, decoder.cache, slots, lengths, counts, max_tokens,
+                                   decoder.max_len)
+    try:
+        while trie.rows.size:
+            call()
+    except BaseException:
+        return_lent_pages(pages)
+        raise
+    out = trie.out
+    live = out.group >= 0
+    lengths[row_slots[live]] = lengths[row_slots[out.group[live]]] + out.num_tokens[live]
+    settle_trie_pages(pages, slots, row_slots, live, out.page_table, lengths)
+    return row_slots, out
+
+
+def _chunk(decoder: Decoder, trie: ChunkedTrie, row_slots: np.ndarray, *,
+           key_table: jax.Array, key_rows: np.ndarray, group_ids: np.ndarray,
+           params: SamplingParams, max_tokens: int, cap_bucket: int, max_count: int,
+           window: int) -> None:
+    """One jitted trie-sampler call, of at most ``step_chunk`` rounds (0: until every
+    step ends), for the trie's next rows (``trie.rows`` of ``row_slots``; the groups'
+    ``key_rows``, ``group_ids`` and ``params`` [G]); its output goes to ``trie``."""
+    slots = row_slots[trie.rows]
+    layout = decoder._layout(slots)  # a shard's rows in call order
+    progress = trie.progress()
+    # A spare's draws and settings are its parent's once it splits off: group 0's stand
+    # in until then.
+    group = np.maximum(progress.group, 0)
+    rounds = decoder.step_chunk or max_tokens
+    decoder.cache, out, stop = decoder._sample_trie(
+        decoder._weights, decoder.cache, decoder._local_slots(layout, slots), key_table,
+        layout.place(key_rows[group], 0), layout.place(group_ids[group], 0),
+        padded_params(jax.tree.map(lambda x: x[group], params), layout),
+        dataclasses.replace(jax.tree.map(lambda x: layout.place(x, 0), progress),
+                            group=layout.place(progress.group, -1)),
+        np.int32(max_tokens), decoder._newline_table, decoder._eos_ids,
+        lent_pages(decoder.pages, trie.out.page_table, layout.size, cap_bucket),
+        np.int32(rounds), max_count, window, trie.num_draws())
+    out, stop = jax.device_get((out, stop))
+    trie.add(layout.take(out), layout.take(stop), rounds)
+    work = decoder.trie_work
+    work["calls"] += 1
+    work["rows"] += layout.size
+    # Each shard's block ran its own rounds (the same on all of a shard's rows).
+    work["row_rounds"] += layout.block * int(stop.rounds.reshape(layout.shards, -1)[:, 0].sum())
+    if trie.starved.any():
+        work["starved"] += 1
