@@ -9,7 +9,7 @@ child process, as a process's device count is fixed before JAX first runs:
     JAX_NUM_CPU_DEVICES=4 python -m tests.support.sharded_decoding
         meshes 4x1, 2x2 and 1x4 in one process;
     JAX_NUM_CPU_DEVICES=2 python -m tests.support.sharded_decoding PORT PROCESS_ID
-        one of two processes (jax.distributed on localhost:PORT): meshes 4x1 and 2x2
+        one of two processes (jax.distributed on localhost:PORT): meshes 2x2 and 1x4
         over both processes' devices; process 0 prints the report.
 """
 
@@ -149,7 +149,9 @@ def main() -> None:
     if len(sys.argv) == 3:
         initialize_distributed(coordinator=f"localhost:{sys.argv[1]}", num_processes=2,
                                process_id=int(sys.argv[2]))
-        meshes = ((4, 1), (2, 2))
+        # Data shards across the processes (2x2), and the model axis (1x4: each
+        # process holds half of every layer's query heads and vocabulary).
+        meshes = ((2, 2), (1, 4))
     model = LlamaModel(tiny_config(64), rngs=nnx.Rngs(0))
     model.lm_head.kernel[...] = model.lm_head.kernel[...] * 50  # greedy far from ties
     single = decode(model, None, step_chunk=0)
