@@ -85,8 +85,7 @@ def load_model(source: str | Path, *, dtype=jnp.float32, mesh: Mesh | None = Non
         config, model, has_vocabulary = load_gguf_model(path, dtype=dtype)
         tokenizer = None
         if has_vocabulary:
-            tokenizer = Tokenizer.from_pretrained(path.parent, gguf_file=path.name,
-                                                  extra_eos_ids=config.eos_token_ids)
+            tokenizer = Tokenizer.from_gguf(path, extra_eos_ids=config.eos_token_ids)
     elif path.exists():
         raise CheckpointError(f"{path} is neither a checkpoint directory nor a .gguf file; "
                               "pass an HF checkpoint directory or a .gguf file")

@@ -1,7 +1,14 @@
-"""The tokenizer the decoder and the search use: a thin wrapper over an HF fast tokenizer."""
+"""The tokenizer the decoder and the search use: a thin wrapper over an HF fast tokenizer.
+
+A GGUF's vocabulary, converted once, is kept in the tokenizer cache: ``QSTAR_TOKENIZER_CACHE``
+names the folder (default ``~/.cache/qstar_jax/tokenizers``), ``off`` converts it afresh
+on every load."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -33,6 +40,26 @@ class Tokenizer:
         kwargs = {} if gguf_file is None else {"gguf_file": gguf_file}
         hf = transformers.AutoTokenizer.from_pretrained(str(directory), **kwargs)
         return cls(hf, extra_eos_ids=extra_eos_ids)
+
+    @classmethod
+    def from_gguf(cls, path: Path, *, extra_eos_ids: Iterable[int] = ()) -> "Tokenizer":
+        """From the vocabulary inside the GGUF file ``path``. transformers rebuilds a fast
+        tokenizer from it (parsing the file again: about 10 s for SmolLM2's 49k tokens);
+        the result is kept in the tokenizer cache (``tokenizer_cache_folder``), keyed by
+        the file's name, size and modification time and the transformers version, and
+        later loads read it from there as an HF tokenizer folder."""
+        folder = tokenizer_cache_folder()
+        if folder is not None:
+            stat = path.stat()
+            saved = folder / (f"{path.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+                              f"-transformers{transformers.__version__}")
+            if (saved / "tokenizer.json").is_file():
+                return cls.from_pretrained(saved, extra_eos_ids=extra_eos_ids)
+        tokenizer = cls.from_pretrained(path.parent, gguf_file=path.name,
+                                        extra_eos_ids=extra_eos_ids)
+        if folder is not None:
+            _save_whole(tokenizer.hf_tokenizer, saved)
+        return tokenizer
 
     @property
     def hf_tokenizer(self) -> transformers.PreTrainedTokenizerBase:
@@ -86,3 +113,27 @@ class Tokenizer:
         table = np.zeros(vocab_size, dtype=bool)
         table[:known] = ["\n" in text for text in texts]
         return table
+
+
+DEFAULT_CACHE_FOLDER = Path("~/.cache/qstar_jax/tokenizers")
+
+
+def tokenizer_cache_folder() -> Path | None:
+    """The folder the environment asks for, or None when the cache is off."""
+    setting = os.environ.get("QSTAR_TOKENIZER_CACHE", str(DEFAULT_CACHE_FOLDER))
+    return None if setting.strip().lower() == "off" else Path(setting).expanduser()
+
+
+def _save_whole(hf_tokenizer: transformers.PreTrainedTokenizerBase, folder: Path) -> None:
+    """Saves ``hf_tokenizer`` as ``folder``, all at once: written beside it and renamed,
+    so a reader never sees half a folder (where another process got there first, or the
+    cache cannot be written, nothing is kept and nothing fails)."""
+    partial = None
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+        hf_tokenizer.save_pretrained(partial)
+        os.rename(partial, folder)
+    except OSError:
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
