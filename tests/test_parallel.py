@@ -151,9 +151,17 @@ def assert_same_as_one_device(report: dict, meshes: set[str]) -> None:
         assert got["logprob_max_diff"] < 1e-4, mesh
         assert got["same_tokens"] == {"greedy": True, "hot": True, "uneven": True,
                                       "trie": True}, mesh
-        # The trie in chunks short of spares stopped for want of them and is the same.
-        assert got["starved_trie"]["same"] and got["starved_trie"]["starved_calls"] > 0, mesh
         assert not got["recompiled"], mesh
+
+
+def test_chunks_short_of_spares_on_each_data_shard_sample_the_one_device_trie(
+        decoding_on_4_devices):
+    """On meshes of several data shards (4x1, 2x2), the trie's chunks given almost no
+    spares stop for want of them, shard by shard, and sample the one-device trie."""
+    for mesh in ("4x1", "2x2"):
+        starved = decoding_on_4_devices[mesh]["starved_trie"]
+        assert starved["same"] and starved["starved_calls"] > 0, mesh
+    assert "starved_trie" not in decoding_on_4_devices["1x4"]
 
 
 @pytest.fixture(scope="module")
