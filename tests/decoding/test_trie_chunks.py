@@ -77,6 +77,18 @@ def one_call(random_model):
                                                               num_pages=NUM_PAGES))}
 
 
+def _same_tries_as_one_call(chunked: Decoder, one_call: Decoder):
+    """Three seeds' tries of PROMPTS by ``chunked``, each asserted to be ``one_call``'s;
+    yields ``chunked``'s."""
+    for seed in range(3):
+        group_ids = [10 * seed + g for g in range(len(COUNTS))]
+        ours = _trie(chunked, PROMPTS, COUNTS, PARAMS, group_ids=group_ids, max_tokens=CAP)
+        theirs = _trie(one_call, PROMPTS, COUNTS, PARAMS, group_ids=group_ids,
+                       max_tokens=CAP)
+        _assert_same_trie(ours, theirs)
+        yield ours
+
+
 @pytest.mark.parametrize("cache", ["rows", "pages"])
 @pytest.mark.parametrize("step_chunk", [2, 4])
 def test_chunked_tries_are_the_one_call_tries(random_model, one_call, cache, step_chunk):
@@ -84,12 +96,7 @@ def test_chunked_tries_are_the_one_call_tries(random_model, one_call, cache, ste
     chunked = _random_decoder(random_model, step_chunk, paging)
     one_call_rounds = one_call[cache].trie_work["row_rounds"]
     ends, late_splits = set(), 0
-    for seed in range(3):
-        group_ids = [10 * seed + g for g in range(len(COUNTS))]
-        ours = _trie(chunked, PROMPTS, COUNTS, PARAMS, group_ids=group_ids, max_tokens=CAP)
-        theirs = _trie(one_call[cache], PROMPTS, COUNTS, PARAMS, group_ids=group_ids,
-                       max_tokens=CAP)
-        _assert_same_trie(ours, theirs)
+    for ours in _same_tries_as_one_call(chunked, one_call[cache]):
         out = ours[1]
         steps = out.group >= 0
         ends.update(zip(out.num_tokens[steps].tolist(), out.end_reason[steps].tolist()))
@@ -171,12 +178,7 @@ def test_chunks_short_of_spares_stop_before_the_round_and_sample_the_one_call_tr
     paging = Paging(page_size=PAGE_SIZE, num_pages=NUM_PAGES) if cache == "pages" else None
     chunked = _random_decoder(random_model, 3, paging)
     stops = _chunk_stops(monkeypatch)
-    for seed in range(3):
-        group_ids = [10 * seed + g for g in range(len(COUNTS))]
-        ours = _trie(chunked, PROMPTS, COUNTS, PARAMS, group_ids=group_ids, max_tokens=CAP)
-        theirs = _trie(one_call[cache], PROMPTS, COUNTS, PARAMS, group_ids=group_ids,
-                       max_tokens=CAP)
-        _assert_same_trie(ours, theirs)
+    list(_same_tries_as_one_call(chunked, one_call[cache]))
     if paging is not None:
         assert chunked.pages.num_free_pages == NUM_PAGES and chunked.pages.lent.size == 0
         assert not chunked.pages.refcounts.any()
