@@ -258,27 +258,23 @@ def test_prefix_sharing_computes_identical_chains_once(finished_run, tmp_path):
 
 
 @pytest.mark.parametrize("sharing", ["false", "true"])
-def test_a_paged_cache_gives_the_row_caches_results(finished_run, tmp_path, sharing):
-    """decode.page_size: the same searches on pages that forks share, a node's children
-    sampled one row per copy or as a trie whose splits fork page tables
-    (eval.prefix_sharing)."""
-    results = {pages: _without_wall(_evaluated_again(
-        finished_run, tmp_path / pages, "eval.methods=[greedy,best_of_n,qstar]",
-        f"eval.prefix_sharing={sharing}", f"decode.page_size={pages}"))
-        for pages in ("0", "16")}
-    assert len(results["16"]) == 18 and results["16"] == results["0"]
-
-
-@pytest.mark.parametrize("sharing", ["false", "true"])
-def test_steps_sampled_in_chunks_give_the_one_call_results(finished_run, tmp_path, sharing):
-    """decode.step_chunk: steps sampled as chunks of 3 tokens (a node's children as a trie
-    in chunks of 3 rounds: eval.prefix_sharing), the rows that ended dropped between
-    chunks, give the searches a step in one call gives."""
-    results = {chunk: _without_wall(_evaluated_again(
-        finished_run, tmp_path / chunk, "eval.methods=[greedy,best_of_n,qstar]",
-        f"eval.prefix_sharing={sharing}", f"decode.step_chunk={chunk}"))
-        for chunk in ("0", "3")}
-    assert len(results["3"]) == 18 and results["3"] == results["0"]
+def test_chunked_steps_and_a_paged_cache_give_the_one_call_results(finished_run, tmp_path,
+                                                                  sharing):
+    """Against steps sampled in one call on the row cache (decode.step_chunk=0), the same
+    searches from steps sampled as chunks of 3 tokens, the rows that ended dropped between
+    chunks (decode.step_chunk=3), and from a paged cache that forks share
+    (decode.page_size=16, chunks of the default 16); a node's children one row per copy,
+    or as a trie (eval.prefix_sharing) run in chunks of rounds whose splits fork rows or
+    page tables."""
+    settings = {"one call": "decode.step_chunk=0", "chunks of 3": "decode.step_chunk=3",
+                "pages": "decode.page_size=16"}
+    results = {name: _without_wall(_evaluated_again(
+        finished_run, tmp_path / f"setting{i}", "eval.methods=[greedy,best_of_n,qstar]",
+        f"eval.prefix_sharing={sharing}", setting))
+        for i, (name, setting) in enumerate(settings.items())}
+    assert len(results["one call"]) == 18
+    assert results["chunks of 3"] == results["one call"]
+    assert results["pages"] == results["one call"]
 
 
 def test_label_quality_experiment_reads_labels_against_the_exact_value(finished_run):
