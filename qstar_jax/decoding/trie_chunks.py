@@ -65,11 +65,17 @@ class ChunkedTrie:
             tokens=np.zeros((rows, width), np.int32), num_tokens=np.zeros(rows, np.int32),
             logprob=np.zeros(rows, np.float32), end_reason=np.full(rows, -1, np.int32),
             hidden=None, fed=np.zeros(rows, np.int32))
-        shards = int(self.row_shards.max(initial=0)) + 1
-        self.starved = np.zeros(shards, bool)  # per shard: the last chunk stopped short
-        self.needed = np.zeros(shards, np.int64)  # of spares, and how many it needed
+        self.num_shards = int(self.row_shards.max(initial=0)) + 1
+        # Per shard: the spares the round the last chunk stopped before needed (0: it ran
+        # its rounds or its steps ended).
+        self.needed = np.zeros(self.num_shards, np.int64)
         groups = np.arange(groups)
         self.rows = np.sort(np.concatenate([groups, self._spares_for(groups)]))  # next chunk's
+
+    @property
+    def starved(self) -> np.ndarray:
+        """[shards] bool: the last chunk stopped short of its rounds for want of spares."""
+        return self.needed > 0
 
     def progress(self) -> TrieProgress:
         """Where the next chunk's rows start, [len(rows)]."""
@@ -80,7 +86,7 @@ class ChunkedTrie:
         """D for the next chunk: the most draws a round of its rows makes on a shard (its
         going rows' counts summed: a split only moves a share of a count), as a block."""
         per_shard = np.bincount(self.row_shards[self.rows], weights=self.out.count[self.rows],
-                                minlength=len(self.starved))
+                                minlength=self.num_shards)
         return self.block(int(per_shard.max()))
 
     def add(self, out: TrieOutput, stop: TrieStop, rounds: int) -> None:
@@ -100,8 +106,7 @@ class ChunkedTrie:
         going = (out.group >= 0) & (out.end_reason < 0)
         # A shard that stopped short of its rounds with steps going lacked spares.
         starved = going & (stop.rounds < rounds)
-        self.starved[:], self.needed[:] = False, 0
-        self.starved[self.row_shards[self.rows[starved]]] = True
+        self.needed[:] = 0
         self.needed[self.row_shards[self.rows[starved]]] = stop.needed[starved]
         going = self.rows[going]
         self.rows = np.sort(np.concatenate([going, self._spares_for(going)]))
@@ -111,11 +116,10 @@ class ChunkedTrie:
         still make, as many as the spare rule gives (all of them unless ``bounded``):
         the spares those splits take, lowest first, as in one call."""
         shards = self.row_shards
-        num_shards = len(self.starved)
         splits = np.bincount(shards[going], weights=self.out.count[going] - 1,
-                             minlength=num_shards).astype(np.int64)
+                             minlength=self.num_shards).astype(np.int64)
         if self.bounded:
-            rows = np.bincount(shards[going], minlength=num_shards)
+            rows = np.bincount(shards[going], minlength=self.num_shards)
             spares = np.maximum(self.spare_floor, np.ceil(self.spare_share * rows))
             spares = np.minimum(splits, spares.astype(np.int64) + self.needed)
             # The spares that fit the padded block the call computes anyway.
