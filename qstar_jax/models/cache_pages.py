@@ -16,7 +16,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from kernels import paged_decode_attention, resolve_implementation
+from qstar_kernels import paged_decode_attention, resolve_implementation
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["page_table"],
@@ -25,7 +25,7 @@ from kernels import paged_decode_attention, resolve_implementation
 class PagedRows:
     """page_table: [B, N] int32 page ids; ``attention``: the decode-step attention,
     "auto" (a Pallas kernel on GPU/TPU, the model's own jnp attention on CPU), "pallas"
-    or "jnp" (see ``kernels.paged_attention``)."""
+    or "jnp" (see ``qstar_kernels.paged_attention``)."""
 
     page_table: jax.Array
     attention: str = "auto"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.experimental.pallas.ops.gpu import paged_attention as jax_paged_attention
 
-from kernels import (paged_decode_attention, paged_decode_attention_gpu,
+from qstar_kernels import (paged_decode_attention, paged_decode_attention_gpu,
                      paged_decode_attention_reference, paged_decode_attention_tpu,
                      resolve_implementation)
 

@@ -1,5 +1,5 @@
 """Decode attention over a paged KV cache, in plain ``jnp``: the reference every Pallas
-kernel in ``kernels/`` is tested against, and the path the decoder takes on CPU.
+kernel in ``qstar_kernels/`` is tested against, and the path the decoder takes on CPU.
 
 Shapes: B slots (one per row), T query tokens per slot (1 for a decode step, a few for a
 trie round or a speculative check), H query heads, K kv heads, G = H // K, D head_dim,

@@ -19,9 +19,9 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from kernels.online_softmax import fold_page, finish, initial_state, mask_scores
-from kernels.paged_attention_layout import first_page, from_rows, row_positions, to_rows
-from kernels.paged_attention_reference import check_paged_inputs
+from qstar_kernels.online_softmax import fold_page, finish, initial_state, mask_scores
+from qstar_kernels.paged_attention_layout import first_page, from_rows, row_positions, to_rows
+from qstar_kernels.paged_attention_reference import check_paged_inputs
 
 ROW_MULTIPLE = 8  # a TPU vector register holds 8 rows (sublanes)
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import jax
 
-from kernels.paged_attention_gpu import paged_decode_attention_gpu
-from kernels.paged_attention_reference import paged_decode_attention_reference
-from kernels.paged_attention_tpu import paged_decode_attention_tpu
+from qstar_kernels.paged_attention_gpu import paged_decode_attention_gpu
+from qstar_kernels.paged_attention_reference import paged_decode_attention_reference
+from qstar_kernels.paged_attention_tpu import paged_decode_attention_tpu
 
 IMPLEMENTATIONS = ("auto", "pallas", "jnp")
 
