@@ -111,13 +111,14 @@ def train_policy_on(model: LlamaModel, tokenizer, examples: list[tuple[str, list
                     steps: int, seed: int, folder: Path, settings: PolicyTrainingConfig
                     ) -> None:
     """Trains ``model`` on (prompt, steps) pairs for ``steps`` steps with the batch size,
-    learning rate and warm-up of ``settings`` and saves it to ``folder``."""
+    learning rate, warm-up and gradient clipping of ``settings`` and saves it to ``folder``."""
     tokens, mask = pack_examples(trace_examples(tokenizer, [p for p, _ in examples],
                                                 [s for _, s in examples]),
                                  tokenizer.pad_token_id)
     log = train_causal_lm(model, tokens, mask, LMTrainingConfig(
         steps=steps, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
-        warmup_steps=min(settings.warmup_steps, steps // 5), seed=seed),
+        warmup_steps=min(settings.warmup_steps, steps // 5), seed=seed,
+        max_grad_norm=settings.max_grad_norm),
         desc=f"train {folder.name}")
     save_policy(model, tokenizer, log, folder)
 

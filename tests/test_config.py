@@ -53,6 +53,7 @@ def test_round_trip_through_yaml(tmp_path):
     ("eval.mctsr.rollouts=0", "MCTSrConfig.rollouts"),
     ("policy_training.steps=0", "policy_training"),
     ("policy_training.learning_rate=0", "policy_training"),
+    ("policy_training.max_grad_norm=0", "policy_training.max_grad_norm"),
     ("decode.step_chunk=-1", "decode.step_chunk"),
 ])
 def test_bad_values_name_the_key(override, message):

@@ -40,6 +40,7 @@ class LMTrainingConfig:
     seed: int = 0
     value_weight: float = 0.0  # weight of the joint value head's BCE (0: no value head)
     value_batch_size: int = 32
+    max_grad_norm: float | None = None  # clip the gradient's global norm to this (None: no clip)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +116,8 @@ def train_causal_lm(model: LlamaModel, tokens: np.ndarray, mask: np.ndarray,
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, config.learning_rate, config.warmup_steps, max(config.steps, config.warmup_steps + 1))
     optimizer = optax.adamw(schedule, weight_decay=config.weight_decay)
+    if config.max_grad_norm is not None:
+        optimizer = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optimizer)
     opt_state = optimizer.init(params)
 
     def loss_fn(params, batch):

@@ -50,6 +50,25 @@ def test_training_learns_a_deterministic_continuation():
     assert (np.asarray(logits[:, 1].argmax(-1)) == tokens[:, 2]).all()
 
 
+def test_a_clipped_gradient_bounds_every_training_step():
+    """policy_training.max_grad_norm: clipped to a vanishing norm, AdamW's steps shrink
+    below its epsilon and the loss stays where it started; unclipped it falls."""
+    cfg = ModelConfig(model_type="llama", vocab_size=12, hidden_size=32, intermediate_size=64,
+                      num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
+                      tie_word_embeddings=True)
+    examples = [([1, 3 + d], [3 + (d + 1) % 8, 2]) for d in range(8)]
+    tokens, mask = pack_examples(examples, pad_id=0)
+    losses = {}
+    for clip in (None, 1e-12):
+        model = LlamaModel(cfg, rngs=nnx.Rngs(0))
+        losses[clip] = train_causal_lm(model, tokens, mask, LMTrainingConfig(
+            steps=101, batch_size=8, learning_rate=3e-3, warmup_steps=10,
+            max_grad_norm=clip))["loss"]
+    assert losses[None][0] == pytest.approx(losses[1e-12][0])
+    assert abs(losses[1e-12][-1] - losses[1e-12][0]) < 0.1
+    assert losses[None][-1] < losses[None][0] - 1.0
+
+
 def test_joint_value_head_learns_which_continuations_are_wrong():
     cfg = ModelConfig(model_type="llama", vocab_size=12, hidden_size=32, intermediate_size=64,
                       num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
