@@ -164,6 +164,13 @@ class DecodeConfig:
     # tries of 1 row per problem gain nothing (50 problems: 92 s against 89 s), as a
     # round's cost there is mostly fixed and each smaller row bucket compiles.
     step_chunk: int = 16
+    # Pad a sampler call's rows (and a trie round's draws) to a power of two of at least
+    # this many: each distinct padded count is a compiled program. 64 suits the small
+    # from-scratch policies, whose rows cost little next to a compile: the default's
+    # evaluate, from a cold compile cache, 332 s against 430 s at 1 (40 trie programs
+    # against 74, the same results). The real-model configs keep 1 (SmolLM2 HumanEval
+    # greedy was slower at 16: 128 s against 105 s, experiments/trie_chunk_times.py).
+    min_rows: int = 64
     # A paged cache (decoding/paged_cache.py: pages that forks share, so a tree costs its
     # distinct tokens; a trie's branch forks page tables) instead of one max_len row per
     # slot; 0 = rows. One device only.
@@ -464,6 +471,7 @@ def check_config(config: RunConfig) -> None:
     require(d.page_size >= 0 and d.pages >= 0, "decode.page_size/pages", "must be >= 0")
     require(d.step_chunk >= 0, "decode.step_chunk",
             f"must be >= 0 (0: a step in one call), got {d.step_chunk}")
+    require(d.min_rows >= 1, "decode.min_rows", f"must be >= 1, got {d.min_rows}")
     require(d.page_size == 0 or d.max_len % d.page_size == 0, "decode.page_size",
             f"decode.max_len={d.max_len} must be a multiple of it, got {d.page_size}")
     m = config.mesh

@@ -55,6 +55,7 @@ def test_round_trip_through_yaml(tmp_path):
     ("policy_training.learning_rate=0", "policy_training"),
     ("policy_training.max_grad_norm=0", "policy_training.max_grad_norm"),
     ("decode.step_chunk=-1", "decode.step_chunk"),
+    ("decode.min_rows=0", "decode.min_rows"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -137,6 +137,7 @@ class RunContext:
         decoder = Decoder(loaded.model, num_slots=d.slots, max_len=d.max_len,
                           newline_table=tokenizer.newline_table(loaded.config.vocab_size),
                           eos_ids=tokenizer.eos_ids, step_chunk=d.step_chunk, paging=paging,
+                          min_batch_bucket=d.min_rows,
                           mesh=None if paging else self.mesh)  # the config checks one device
         return PolicyRuntime(decoder, tokenizer, self.task, problems, self.prompts(problems),
                              seed=self.config.seed, step_token_cap=d.step_token_cap)

@@ -18,10 +18,10 @@ from qstar_jax.config import ConfigError, RunConfig, load_config
 
 # What only the evaluate stage reads, or what changes how the decoder holds its cache and
 # batches its rows, never what it computes (decode.slots sizes batches; pages hold what
-# rows hold; step chunks sample the tokens one call samples).
+# rows hold; step chunks sample the tokens one call samples; padded rows are not read).
 EVALUATION_ONLY = ("out_dir", "stages", "search", "eval", "task.eval_split",
                    "task.eval_problems", "decode.slots", "decode.page_size", "decode.pages",
-                   "decode.step_chunk")
+                   "decode.step_chunk", "decode.min_rows")
 TRAINED_OUTPUTS = ("policy", "second_policy", "rollouts.jsonl", "labels.jsonl",
                    "labels.jsonl.features.npz", "q_checkpoint", "q_training.json", "step_outcomes.jsonl", "prm",
                    "prm_training.json")
