@@ -260,17 +260,18 @@ def test_prefix_sharing_computes_identical_chains_once(finished_run, tmp_path):
 @pytest.mark.parametrize("sharing", ["false", "true"])
 def test_chunked_steps_and_a_paged_cache_give_the_one_call_results(finished_run, tmp_path,
                                                                   sharing):
-    """Against steps sampled in one call on the row cache (decode.step_chunk=0), the same
-    searches from steps sampled as chunks of 3 tokens, the rows that ended dropped between
-    chunks (decode.step_chunk=3), and from a paged cache that forks share
-    (decode.page_size=16, chunks of the default 16); a node's children one row per copy,
-    or as a trie (eval.prefix_sharing) run in chunks of rounds whose splits fork rows or
-    page tables."""
-    settings = {"one call": "decode.step_chunk=0", "chunks of 3": "decode.step_chunk=3",
-                "pages": "decode.page_size=16"}
+    """Against steps sampled in one call on the row cache (decode.step_chunk=0), rows
+    padded to powers of two from 1 (decode.min_rows=1), the same searches from steps
+    sampled as chunks of 3 tokens, the rows that ended dropped between chunks
+    (decode.step_chunk=3), and from a paged cache that forks share (decode.page_size=16,
+    chunks of the default 16), both with rows padded to at least the default 64; a node's
+    children one row per copy, or as a trie (eval.prefix_sharing) run in chunks of rounds
+    whose splits fork rows or page tables."""
+    settings = {"one call": ["decode.step_chunk=0", "decode.min_rows=1"],
+                "chunks of 3": ["decode.step_chunk=3"], "pages": ["decode.page_size=16"]}
     results = {name: _without_wall(_evaluated_again(
         finished_run, tmp_path / f"setting{i}", "eval.methods=[greedy,best_of_n,qstar]",
-        f"eval.prefix_sharing={sharing}", setting))
+        f"eval.prefix_sharing={sharing}", *setting))
         for i, (name, setting) in enumerate(settings.items())}
     assert len(results["one call"]) == 18
     assert results["chunks of 3"] == results["one call"]
