@@ -8,15 +8,14 @@ read back from the persistent cache).
 
 ``--reuse`` takes the trained outputs of a finished run of CONFIG (as ``python -m
 qstar_jax.run --reuse``); the method is evaluated alone (``stages=[evaluate]``).
-``--min-rows``: the decoder's ``min_batch_bucket`` (fewer row counts, so fewer variants,
-at the cost of padding rows). Prints one line per chunk and, last, JSON: {"method",
+``--min-rows N`` is ``decode.min_rows=N`` (fewer row counts, so fewer variants, at the
+cost of padding rows; default: the config's). Prints one line per chunk and, last, JSON: {"method",
 "min_rows", "wall_s", "chunks", "chunk_s", "new_variant_chunks", "new_variant_s"}.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import time
 
@@ -27,14 +26,16 @@ def main() -> None:
     parser.add_argument("--reuse", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--method", default="greedy")
-    parser.add_argument("--min-rows", type=int, default=1)
+    parser.add_argument("--min-rows", type=int)
     args, overrides = parser.parse_known_args()
+    if args.min_rows is not None:
+        overrides.append(f"decode.min_rows={args.min_rows}")
 
+    from qstar_jax.config import load_config
     from qstar_jax.decoding import trie_calls
     from qstar_jax.run import main as run
-    from qstar_jax.stages import context
 
-    context.Decoder = functools.partial(context.Decoder, min_batch_bucket=args.min_rows)
+    min_rows = load_config(args.config, overrides).decode.min_rows
     chunks = []  # (rows, window, seconds, new variant)
     one_chunk = trie_calls._chunk
 
@@ -54,7 +55,7 @@ def main() -> None:
     if status:
         raise SystemExit(status)
     new = [c for c in chunks if c[3]]
-    print(json.dumps(dict(method=args.method, min_rows=args.min_rows,
+    print(json.dumps(dict(method=args.method, min_rows=min_rows,
                           wall_s=round(time.perf_counter() - start, 1), chunks=len(chunks),
                           chunk_s=round(sum(c[2] for c in chunks), 1),
                           new_variant_chunks=len(new),

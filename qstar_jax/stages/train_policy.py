@@ -76,7 +76,8 @@ def train_from_scratch(ctx: RunContext, target: Path) -> None:
     log = train_causal_lm(model, tokens, mask, LMTrainingConfig(
         steps=pt.steps, batch_size=pt.batch_size, learning_rate=pt.learning_rate,
         warmup_steps=pt.warmup_steps, seed=ctx.config.seed, value_weight=pt.value_weight,
-        value_batch_size=pt.value_batch_size, max_grad_norm=pt.max_grad_norm), value_rows=value_rows, mesh=ctx.mesh,
+        value_batch_size=pt.value_batch_size, max_grad_norm=pt.max_grad_norm),
+        value_rows=value_rows, mesh=ctx.mesh,
         desc=f"train {target.name.replace('_', ' ')}")
     save_policy(model, tokenizer, log, target)
 

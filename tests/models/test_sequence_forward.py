@@ -34,14 +34,17 @@ def test_char_tokenizer_round_trips_and_isolates_newlines():
     assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
 
 
-def test_training_learns_a_deterministic_continuation():
-    cfg = ModelConfig(model_type="llama", vocab_size=12, hidden_size=32, intermediate_size=64,
+# A one-layer model and its task: the completion is the prompt's digit plus one,
+# learnable only from the prompt.
+TINY_LM = ModelConfig(model_type="llama", vocab_size=12, hidden_size=32, intermediate_size=64,
                       num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
                       tie_word_embeddings=True)
-    model = LlamaModel(cfg, rngs=nnx.Rngs(0))
-    # The completion is the prompt's digit plus one: learnable only from the prompt.
-    examples = [([1, 3 + d], [3 + (d + 1) % 8, 2]) for d in range(8)]
-    tokens, mask = pack_examples(examples, pad_id=0)
+NEXT_DIGIT = [([1, 3 + d], [3 + (d + 1) % 8, 2]) for d in range(8)]
+
+
+def test_training_learns_a_deterministic_continuation():
+    model = LlamaModel(TINY_LM, rngs=nnx.Rngs(0))
+    tokens, mask = pack_examples(NEXT_DIGIT, pad_id=0)
     assert mask.tolist()[0] == [0.0, 1.0, 1.0, 0.0]
     losses = train_causal_lm(model, tokens, mask, LMTrainingConfig(
         steps=400, batch_size=8, learning_rate=3e-3, warmup_steps=10))["loss"]
@@ -53,14 +56,10 @@ def test_training_learns_a_deterministic_continuation():
 def test_a_clipped_gradient_bounds_every_training_step():
     """policy_training.max_grad_norm: clipped to a vanishing norm, AdamW's steps shrink
     below its epsilon and the loss stays where it started; unclipped it falls."""
-    cfg = ModelConfig(model_type="llama", vocab_size=12, hidden_size=32, intermediate_size=64,
-                      num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
-                      tie_word_embeddings=True)
-    examples = [([1, 3 + d], [3 + (d + 1) % 8, 2]) for d in range(8)]
-    tokens, mask = pack_examples(examples, pad_id=0)
+    tokens, mask = pack_examples(NEXT_DIGIT, pad_id=0)
     losses = {}
     for clip in (None, 1e-12):
-        model = LlamaModel(cfg, rngs=nnx.Rngs(0))
+        model = LlamaModel(TINY_LM, rngs=nnx.Rngs(0))
         losses[clip] = train_causal_lm(model, tokens, mask, LMTrainingConfig(
             steps=101, batch_size=8, learning_rate=3e-3, warmup_steps=10,
             max_grad_norm=clip))["loss"]
@@ -70,17 +69,13 @@ def test_a_clipped_gradient_bounds_every_training_step():
 
 
 def test_joint_value_head_learns_which_continuations_are_wrong():
-    cfg = ModelConfig(model_type="llama", vocab_size=12, hidden_size=32, intermediate_size=64,
-                      num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
-                      tie_word_embeddings=True)
-    model = LlamaModel(cfg, rngs=nnx.Rngs(0))
-    examples = [([1, 3 + d], [3 + (d + 1) % 8, 2]) for d in range(8)]
+    model = LlamaModel(TINY_LM, rngs=nnx.Rngs(0))
     # Value rows: the right continuation (value 1 at its last token) and every wrong one
     # (value 0): the target is whether token 2 is token 1 plus one.
     rows = [([1, 3 + d, 3 + e], [(2, float(e == (d + 1) % 8))]) for d in range(8)
             for e in range(8)]
     assert pack_value_rows(rows[:2], pad_id=0, length=4).weights.tolist() == [[0, 0, 1, 0]] * 2
-    tokens, mask = pack_examples(examples, pad_id=0, length=4)
+    tokens, mask = pack_examples(NEXT_DIGIT, pad_id=0, length=4)
     value_rows = pack_value_rows(rows, pad_id=0, length=4)
     config = LMTrainingConfig(steps=600, batch_size=8, learning_rate=3e-3, warmup_steps=10,
                               value_weight=1.0, value_batch_size=32)
