@@ -10,8 +10,9 @@ node's slot into its children, ``sample_steps`` to extend slots by one reasoning
 row counts are padded to powers of two and lengths to buckets so that, after warm-up,
 calls differing only in data never recompile (``trace_counts`` shows it). A step call's
 attention reads a window of each slot, not its whole ``max_len`` row: the smallest power
-of two (at least ``min_window_bucket``, at most ``max_len``) that holds every row's
-length plus the call's token cap, one compiled variant per window. With ``step_chunk`` a
+of two (at least ``min_window_bucket``) that holds every row's length plus the call's
+token cap, or the whole row when that would be over three quarters of it; one compiled
+variant per window. With ``step_chunk`` a
 step (or a trie) runs as several calls, each holding only the rows still going
 (``step_chunks``; a trie's calls also a bounded number of spares: ``trie_chunks``, run
 by ``trie_calls``). On a mesh each data shard holds its own slots and computes its own
@@ -207,7 +208,15 @@ class Decoder:
         slots = np.asarray(slots, np.int64)
         caps = np.maximum(np.broadcast_to(np.asarray(max_tokens, np.int64), slots.shape), 0)
         end = int(np.max(self._lengths[slots] + caps, initial=1))
-        return min(bucket_size(end, minimum=self.min_window_bucket), self.max_len)
+        return self._window(end, self.min_window_bucket)
+
+    def _window(self, end: int, minimum: int) -> int:
+        """The window bucket holding positions below ``end``: a power of two of at least
+        ``minimum``, or the whole row when that would read more than three quarters of
+        it (a window so near max_len saves little and costs a compiled variant: the
+        default run's 128 of 160 doubled its trie programs)."""
+        window = bucket_size(end, minimum=minimum)
+        return self.max_len if 4 * window > 3 * self.max_len else window
 
     def allocate(self, n: int, near: Sequence[int] | None = None) -> list[int]:
         """``n`` free slots: each beside its parent ``near[i]`` (on the parent's data shard,
@@ -258,9 +267,8 @@ class Decoder:
         ends = starts + num_tokens
         # Attention reads the positions the rows can see: the call's own T when every row
         # starts at 0 (a whole prompt), else a window bucket over the longest row.
-        key_len = length if not starts.any() else min(
-            bucket_size(int(ends.max()), minimum=max(self.min_window_bucket, length)),
-            self.max_len)
+        key_len = length if not starts.any() else self._window(
+            int(ends.max()), max(self.min_window_bucket, length))
         self.cache = own_pages(self.pages, self.cache, slots, starts, ends)
         self.cache = self._prefill(self._weights, self.cache, layout.place(packed.tokens, 0),
                                    layout.place(packed.lengths, 0), layout.place(starts.astype(np.int32), 0),

@@ -35,6 +35,12 @@ from qstar_jax.decoding.trie_sampler import TrieOutput
 if TYPE_CHECKING:
     from qstar_jax.decoding.engine import Decoder
 
+# The least bound K on a group's count a trie call is compiled for. K only sets how far
+# apart one row's draws may lie (a [D, K] comparison, nothing the model computes), so
+# counts 1 to 8 share one compiled variant: best-of-N's first step (count N) and its
+# later ones (count 1) no longer compile apart.
+MIN_COUNT_BUCKET = 8
+
 
 def sample_trie(decoder: Decoder, slots: Sequence[int], counts: Sequence[int],
                 spares: Sequence[int], *, key_table: jax.Array, key_rows: Sequence[int],
@@ -62,7 +68,7 @@ def sample_trie(decoder: Decoder, slots: Sequence[int], counts: Sequence[int],
         _chunk, decoder, trie, row_slots, key_table=key_table, key_rows=key_rows,
         group_ids=group_ids, params=jax.tree.map(np.asarray, params),
         max_tokens=max_tokens, cap_bucket=cap_bucket,
-        max_count=bucket_size(int(counts.max())),
+        max_count=bucket_size(int(counts.max()), minimum=MIN_COUNT_BUCKET),
         window=decoder.attention_window(slots, max_tokens))
     lengths = decoder._lengths
     decoder.cache = own_trie_pages(pages, decoder.cache, slots, lengths, counts, max_tokens,

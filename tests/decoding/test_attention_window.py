@@ -95,3 +95,16 @@ def test_windowed_trie_steps_are_exactly_the_whole_row_steps(random_model, paged
     assert fed == whole_fed and sum(len(group) for group in steps) > 2  # the tries split
     assert_same_trie_groups(steps, whole_steps)
     assert_same_step_batch(after, whole_after)
+
+
+def test_a_window_over_three_quarters_of_the_row_is_the_whole_row(random_model):
+    """With max_len 40, ends up to 16 attend over 16 positions, but an end of 25 (a
+    bucket of 32, four fifths of the row) over all 40: a window that saves so little
+    is not worth a compiled variant of its own."""
+    decoder = Decoder(random_model, num_slots=4, max_len=40, newline_table=np.zeros(64, bool),
+                      eos_ids=[], min_window_bucket=8)
+    slots = decoder.allocate(2)
+    decoder.prefill(slots, PROMPTS[:2])  # lengths 5 and 11
+    assert decoder.attention_window(slots, 5) == 16
+    assert decoder.attention_window(slots, [5, 14]) == 40
+

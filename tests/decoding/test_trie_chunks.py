@@ -146,6 +146,22 @@ def test_a_chunk_holds_the_steps_still_going_and_the_spares_they_may_take(counti
                     ({"calls": 1, "rows": 16, "row_rounds": 16 * 8}, 1)]
 
 
+def test_counts_up_to_eight_share_one_compiled_trie_call(counting_model):
+    """K, the static bound on a group's count, is at least 8 (``MIN_COUNT_BUCKET``): tries
+    of count 1 (best-of-N's later steps) and of counts up to 8 (its first) in row and draw
+    blocks of the same size run one compiled program; each still samples its own
+    counts."""
+    decoder = Decoder(counting_model, num_slots=16, max_len=COUNTING_MAX_LEN,
+                      newline_table=np.zeros(COUNTING_VOCAB, bool), eos_ids=[9],
+                      min_batch_bucket=16, min_step_bucket=STEP_BUCKET)
+    for counts in ([1, 1, 1], [8, 3], [5]):
+        out = _trie(decoder, [[10 + g] for g in range(len(counts))], counts,
+                    SamplingParams.make(len(counts)), group_ids=range(len(counts)),
+                    max_tokens=4)[1]
+        np.testing.assert_array_equal(out.count[:len(counts)], counts)
+    assert decoder.trace_counts["sample_trie"] == 1
+
+
 @pytest.fixture
 def tiny_spare_budget(monkeypatch):
     """ChunkedTrie's rule with no floor and no share: a chunk holds only the spares that
