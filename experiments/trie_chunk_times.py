@@ -9,8 +9,9 @@ read back from the persistent cache).
 ``--reuse`` takes the trained outputs of a finished run of CONFIG (as ``python -m
 qstar_jax.run --reuse``); the method is evaluated alone (``stages=[evaluate]``).
 ``--min-rows N`` is ``decode.min_rows=N`` (fewer row counts, so fewer variants, at the
-cost of padding rows; default: the config's). Prints one line per chunk and, last, JSON: {"method",
-"min_rows", "wall_s", "chunks", "chunk_s", "new_variant_chunks", "new_variant_s"}.
+cost of padding rows; default: the config's). Prints one line per chunk and, last,
+JSON: {"method", "min_rows", "wall_s", "chunks", "chunk_s", "new_variant_chunks",
+"new_variant_s"}.
 """
 
 from __future__ import annotations

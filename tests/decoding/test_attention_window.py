@@ -107,4 +107,3 @@ def test_a_window_over_three_quarters_of_the_row_is_the_whole_row(random_model):
     decoder.prefill(slots, PROMPTS[:2])  # lengths 5 and 11
     assert decoder.attention_window(slots, 5) == 16
     assert decoder.attention_window(slots, [5, 14]) == 40
-
