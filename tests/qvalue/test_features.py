@@ -5,7 +5,7 @@ from flax import nnx
 
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.llama import LlamaModel
-from qstar_jax.qvalue.features import StepFeatures
+from qstar_jax.qvalue.features import StepFeatures, shared_carriers
 
 CONFIG = ModelConfig(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=64,
                      num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)
@@ -45,3 +45,26 @@ def test_features_read_at_the_steps_positions_only_are_a_whole_rows_features(mod
         np.testing.assert_allclose(step_logprob[k], want_logprob, rtol=1e-4, atol=1e-4)
     assert step_logprob[2] == 0.0  # an empty step has no tokens to score
     assert step_logprob[1] < step_logprob[0] < 0  # a long step (16 predicted tokens) sums more
+
+
+def test_the_steps_of_one_trace_share_one_row_and_keep_their_own_features(model):
+    """A trace's states and steps, a branch off it and a step of another problem: every
+    pair's features are those of its own unshared row, though the trace's pairs ride
+    on one row (its longest text's)."""
+    prompt, trace = "Q: 4+5*2?\n", ["5*2=10\n", "4+10=14\n", "#### 14\n"]
+    states = [prompt + "".join(trace[:k]) for k in range(3)] + [prompt + trace[0], "Q: 1+1?\n"]
+    steps = trace + ["10+4=14\n", "1+1=2\n"]
+    tokens = [CharTokens().encode(s + a) for s, a in zip(states, steps)]
+    assert shared_carriers(tokens) == {2: [2, 1, 0], 3: [3], 4: [4]}
+    hidden, step_logprob = StepFeatures(model, CharTokens())(states, steps)
+    for k, (state, step) in enumerate(zip(states, steps)):
+        want_hidden, want_logprob = direct_features(model, state, step)
+        np.testing.assert_allclose(hidden[k], want_hidden, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(step_logprob[k], want_logprob, rtol=1e-4, atol=1e-4)
+
+
+def test_a_text_is_carried_only_by_one_whose_tokens_begin_with_all_of_its_own():
+    # [1, 2] begins [1, 2, 3] and the duplicate [1, 2, 3] rides on the first; [1, 3] and
+    # [2] begin nothing longer; [1, 2, 4] shares a prefix but is not a prefix.
+    tokens = [[1, 2], [1, 2, 3], [1, 3], [1, 2, 3], [2], [1, 2, 4]]
+    assert shared_carriers(tokens) == {1: [1, 3, 0], 5: [5], 2: [2], 4: [4]}
