@@ -27,6 +27,7 @@ class Tokenizer:
             raise ValueError(f"{type(hf_tokenizer).__name__} is a slow tokenizer; "
                              "load a fast one (a checkpoint with tokenizer.json)")
         self._hf = hf_tokenizer
+        self._newline_tables: dict[int, np.ndarray] = {}  # by vocab size: a decode per token
         own = () if hf_tokenizer.eos_token_id is None else (hf_tokenizer.eos_token_id,)
         self._eos_ids = tuple(dict.fromkeys((*own, *map(int, extra_eos_ids))))
         if not self._eos_ids:
@@ -105,13 +106,20 @@ class Tokenizer:
         symbols (``Ċ``) and byte-fallback pieces (``<0x0A>``) back to bytes. A token holding
         part of a multi-byte character decodes to U+FFFD, and since a newline byte is never
         part of a multi-byte UTF-8 sequence this cannot hide one. Ids past the tokenizer
-        (model vocabularies are often padded) are False.
+        (model vocabularies are often padded) are False. Decoded once per size (every
+        stage's decoder asks for it); the table returned is read-only.
         """
+        if vocab_size not in self._newline_tables:
+            self._newline_tables[vocab_size] = self._decoded_newline_table(vocab_size)
+        return self._newline_tables[vocab_size]
+
+    def _decoded_newline_table(self, vocab_size: int) -> np.ndarray:
         known = min(vocab_size, len(self._hf))
         texts = self._hf.batch_decode([[i] for i in range(known)], skip_special_tokens=False,
                                       clean_up_tokenization_spaces=False)
         table = np.zeros(vocab_size, dtype=bool)
         table[:known] = ["\n" in text for text in texts]
+        table.flags.writeable = False
         return table
 
 

@@ -7,15 +7,25 @@ that fit the slot pool.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 from qstar_jax.policy.runtime import PolicyRuntime, stable_id
 
 
 class DecoderRolloutSampler:
-    def __init__(self, runtime: PolicyRuntime, *, max_steps: int):
-        self.runtime = runtime
+    def __init__(self, runtime: PolicyRuntime | Callable[[], PolicyRuntime], *,
+                 max_steps: int):
+        """runtime: the policy decoding, or what builds it when first asked to sample: a
+        stage with nothing left to sample (every rollout on disk, every label taken from
+        the traces) then builds no decoder and allocates no cache."""
+        self._runtime = runtime
         self.max_steps = max_steps  # a trace that runs longer is cut off (and unfinished)
+
+    @property
+    def runtime(self) -> PolicyRuntime:
+        if not isinstance(self._runtime, PolicyRuntime):
+            self._runtime = self._runtime()
+        return self._runtime
 
     def continue_from(self, items: Sequence[tuple[int, tuple[str, ...]]], n: int,
                       temperature: float, max_steps: int | None = None

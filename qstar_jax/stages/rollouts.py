@@ -3,6 +3,8 @@ label for every (s, a) along them, with the policy hidden features Q̂ trains on
 
 from __future__ import annotations
 
+import functools
+
 from qstar_jax.config import SOLVER, LabelMethod
 from qstar_jax.policy.rollouts import DecoderRolloutSampler
 from qstar_jax.qvalue.dataset import save_labelled, step_pairs, trace_continuations
@@ -49,7 +51,8 @@ def _stronger_sampler(ctx: RunContext, problems):
 def collect(ctx: RunContext) -> None:
     """Sample ``collect.rollouts_per_problem`` traces per training problem (resumable)."""
     problems = _train_problems(ctx)
-    sampler = DecoderRolloutSampler(ctx.runtime(problems), max_steps=ctx.config.decode.max_steps)
+    sampler = DecoderRolloutSampler(functools.partial(ctx.runtime, problems),
+                                    max_steps=ctx.config.decode.max_steps)
     collect_rollouts(list(range(len(problems))), sampler, _reward_fn(ctx, problems),
                      per_problem=ctx.config.collect.rollouts_per_problem,
                      temperature=ctx.config.collect.temperature, out_path=ctx.rollouts_path,
@@ -81,7 +84,8 @@ def label(ctx: RunContext) -> None:
     outcomes = OutcomeJournal(ctx.step_outcomes_path)
     method = cfg.label.method
     if method == LabelMethod.best_of_rollouts:
-        sampler = DecoderRolloutSampler(ctx.runtime(problems), max_steps=cfg.decode.max_steps)
+        sampler = DecoderRolloutSampler(functools.partial(ctx.runtime, problems),
+                                        max_steps=cfg.decode.max_steps)
         steps = best_of_rollouts_labels(pairs, sampler, reward, BestOfRolloutsConfig(
             rollouts=cfg.label.rollouts_per_state, temperature=cfg.collect.temperature,
             discount=cfg.label.gamma, max_steps=cfg.decode.max_steps,

@@ -99,3 +99,11 @@ def test_newline_table_on_byte_fallback_pieces():
     assert not table[lead_byte]  # the first byte of a 3-byte character
     assert not table[hf.convert_tokens_to_ids(["▁the", "</s>"])].any()
     assert table.sum() == 2
+
+
+def test_the_newline_table_is_decoded_once_per_size_and_read_only(tokenizer):
+    table = tokenizer.newline_table(VOCAB_SIZE)
+    assert tokenizer.newline_table(VOCAB_SIZE) is table  # every stage's decoder asks
+    assert tokenizer.newline_table(VOCAB_SIZE + 8) is not table
+    with pytest.raises(ValueError, match="read-only"):
+        table[0] = True

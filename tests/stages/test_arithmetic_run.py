@@ -228,3 +228,17 @@ def test_texts_continuing_kept_rows_are_the_texts_of_whole_prompts(arithmetic_ru
     # The second prompt computes only what follows the first answer's last line.
     assert all(k <= len(encode(p)) + len(encode("\nSo:\n"))
                for k, p in zip(kept_prefilled, prompts))
+
+
+def test_a_collect_stage_with_every_rollout_on_disk_builds_no_decoder(arithmetic_run, tmp_path,
+                                                                      monkeypatch):
+    """A resumed or reused run's collect stage has nothing to sample, so it allocates no
+    cache (a paged cache of a real model is gigabytes, seconds to zero)."""
+    from qstar_jax.stages.rollouts import collect
+
+    (tmp_path / "rollouts.jsonl").write_bytes((arithmetic_run / "rollouts.jsonl").read_bytes())
+    ctx = RunContext(config=load_config(None, TINY), out=tmp_path)
+    monkeypatch.setattr(RunContext, "runtime", lambda *_, **__: pytest.fail("built a decoder"))
+    collect(ctx)
+    assert (tmp_path / "rollouts.jsonl").read_bytes() == (
+        arithmetic_run / "rollouts.jsonl").read_bytes()
