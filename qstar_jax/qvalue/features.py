@@ -89,7 +89,7 @@ def shared_carriers(token_lists: Sequence[Sequence[int]]) -> dict[int, list[int]
     """{carrier: the texts it carries}: every text is carried by one text whose tokens
     begin with all of its own (itself, when no longer one does), so one pass over the
     carrier gives the text's features. Longest texts first, through a token trie."""
-    root: dict = {}
+    root: dict = {}  # a node: {token: the node after it, None: the first text through it}
     carriers: dict[int, list[int]] = {}
     for text in sorted(range(len(token_lists)), key=lambda i: -len(token_lists[i])):
         node = root
