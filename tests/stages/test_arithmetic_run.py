@@ -242,3 +242,22 @@ def test_a_collect_stage_with_every_rollout_on_disk_builds_no_decoder(arithmetic
     collect(ctx)
     assert (tmp_path / "rollouts.jsonl").read_bytes() == (
         arithmetic_run / "rollouts.jsonl").read_bytes()
+
+
+def test_the_label_feature_timer_gives_back_the_features_the_run_saved(arithmetic_run, capsys,
+                                                                        monkeypatch):
+    """experiments/label_features_time.py recomputes a run's label features as the stage
+    did: on the run's own machine and code, exactly the saved ones."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[2] / "experiments/label_features_time.py"
+    monkeypatch.setattr(sys, "argv", [str(script), str(arithmetic_run)])
+    runpy.run_path(str(script), run_name="__main__")
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["pairs"] == len(load_labelled(arithmetic_run / "labels.jsonl")[0])
+    # This tiny policy's traces end after one step, so no pair rides on another's row
+    # (tests/qvalue/test_features.py checks the sharing).
+    assert figures["rows"] == figures["pairs"]
+    assert figures["hidden_max_diff"] == 0.0 and figures["logprob_max_diff"] == 0.0
