@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from qstar_jax.qvalue.dataset import features_path, load_labelled, load_step_logprobs
-from qstar_jax.qvalue.features import StepFeatures, shared_carriers
+from qstar_jax.qvalue.features import StepFeatures, shared_carriers, step_texts
 from qstar_jax.stages.context import RunContext
-from qstar_jax.tasks.base import state_text
 
 
 def main() -> None:
@@ -37,8 +36,7 @@ def main() -> None:
     saved_logprobs = load_step_logprobs(ctx.labels_path)
     problems = ctx.problems(ctx.config.task.train_split, ctx.config.task.train_problems)
     prompts = ctx.prompts(problems)
-    states = [state_text(prompts[s.problem_index], s.prefix_steps) for s in steps]
-    actions = [state_text("", (s.step_text,)) for s in steps]
+    states, actions = step_texts(prompts, steps)
     tokenizer = ctx.policy.tokenizer
     rows = len(shared_carriers([tokenizer.encode(s + a) for s, a in zip(states, actions)]))
     features = StepFeatures(ctx.policy.model, tokenizer, fine_rows=True)

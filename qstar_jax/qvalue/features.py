@@ -11,7 +11,7 @@ trace instead of one per step.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +22,24 @@ from qstar_jax.decoding.token_batch import bucket_size, pad_token_batch
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.models.tokenizer import Tokenizer
 from qstar_jax.parallel import replicated
+from qstar_jax.tasks.base import state_text
+
+
+class NamedStep(Protocol):
+    """A step that names its problem and the steps before it (search's ``QItem``, the
+    labels' ``StepPair`` and ``LabelledStep``)."""
+
+    problem_index: int
+    prefix_steps: tuple[str, ...]
+    step_text: str
+
+
+def step_texts(prompts: Sequence[str], steps: Sequence[NamedStep]
+               ) -> tuple[list[str], list[str]]:
+    """What ``StepFeatures`` reads of each step: its state's text (prompt ⊕ steps so far)
+    and its own (the step ⊕ separator)."""
+    return ([state_text(prompts[s.problem_index], s.prefix_steps) for s in steps],
+            [state_text("", (s.step_text,)) for s in steps])
 
 
 class StepFeatures:

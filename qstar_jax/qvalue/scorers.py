@@ -10,7 +10,7 @@ import numpy as np
 
 from qstar_jax.models.loading import LoadedModel
 from qstar_jax.qvalue.backbone import BackboneQModel
-from qstar_jax.qvalue.features import StepFeatures
+from qstar_jax.qvalue.features import StepFeatures, step_texts
 from qstar_jax.qvalue.checkpoint import load_backbone_q
 from qstar_jax.qvalue.dataset import LabelledStep
 from qstar_jax.qvalue.head import QHeadModel, head_inputs
@@ -53,9 +53,7 @@ class SecondOpinion:
     def __call__(self, steps: Sequence[QItem | LabelledStep]) -> np.ndarray:
         """[N] for steps that name their problem, the steps before and the step itself
         (search's QItems, the labels' LabelledSteps)."""
-        _, logprobs = self._features([state_text(self._prompts[s.problem_index],
-                                                 s.prefix_steps) for s in steps],
-                                     [state_text("", (s.step_text,)) for s in steps])
+        _, logprobs = self._features(*step_texts(self._prompts, steps))
         return logprobs
 
 

@@ -8,7 +8,7 @@ import functools
 from qstar_jax.config import SOLVER, LabelMethod
 from qstar_jax.policy.rollouts import DecoderRolloutSampler
 from qstar_jax.qvalue.dataset import save_labelled, step_pairs, trace_continuations
-from qstar_jax.qvalue.features import last_step_features
+from qstar_jax.qvalue.features import last_step_features, step_texts
 from qstar_jax.qvalue.label_journal import LabelJournal
 from qstar_jax.qvalue.labels_best_of import BestOfRolloutsConfig, best_of_rollouts_labels
 from qstar_jax.qvalue.labels_shepherd import OutcomeJournal
@@ -16,7 +16,7 @@ from qstar_jax.qvalue.labels_completion import SolverSampler, stronger_completio
 from qstar_jax.qvalue.rollouts import collect_rollouts, read_rollouts
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.fitted_q import fitted_q_labels
-from qstar_jax.tasks.base import join_steps, state_text
+from qstar_jax.tasks.base import join_steps
 
 
 def _train_problems(ctx: RunContext):
@@ -74,10 +74,8 @@ def label(ctx: RunContext) -> None:
         pairs = [p for p in pairs
                  if ctx.task.can_still_succeed(problems[p.problem_index], p.prefix_steps)]
     prompts = ctx.prompts(problems)
-    states = [state_text(prompts[p.problem_index], p.prefix_steps) for p in pairs]
-    features, step_logprobs = last_step_features(
-        ctx.policy.model, ctx.policy.tokenizer, states,
-        [state_text("", (p.step_text,)) for p in pairs])
+    features, step_logprobs = last_step_features(ctx.policy.model, ctx.policy.tokenizer,
+                                                  *step_texts(prompts, pairs))
     reward = _reward_fn(ctx, problems)
     journal = LabelJournal(ctx.out / "labels.partial.jsonl")
     # The completions' rewards, kept for the PRM's per-step labels (stage train_prm).
