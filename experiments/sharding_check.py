@@ -3,7 +3,9 @@
 A tiny Countdown run (tiny from-scratch policy, every stage) on one CPU device, then on
 4 forced CPU devices as meshes 4x1, 2x2 and 1x4, then as 2 processes x 2 devices
 (jax.distributed on localhost, gloo collectives); each run's results.jsonl is compared
-row by row with the one-device run (every field but wall-clock). The 4x1 run also dumps
+row by row with the one-device run (every field but wall-clock). Then the same on a
+paged cache (``decode.page_size=16``): one device, 2x2, and 2 processes x 2 devices,
+each compared with the one-device paged run. The 4x1 run also dumps
 its compiled programs, and the step sampler's is searched for collectives whose
 operands carry the cache-length dimension (rows of K/V moving between data shards
 inside the token loop).
@@ -11,7 +13,8 @@ inside the token loop).
     python experiments/sharding_check.py [--problems 20] [--work DIR]
 
 Prints a line per run and as its last line JSON: {"agreement": {"4x1": a, "2x2": b,
-"1x4": c, "2proc": d}, "accuracy_delta_max": e, "step_data_collectives": n}
+"1x4": c, "2proc": d, "2x2_paged": f, "2proc_paged": g}, "accuracy_delta_max": e,
+"step_data_collectives": n}
 (agreement: the share of identical rows; accuracy_delta_max: the largest difference in
 any method's accuracy).
 """
@@ -31,6 +34,7 @@ from qstar_jax.parallel import data_collectives
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_LEN = 96
+PAGE_SIZE = 16
 TINY = [
     "policy_training.steps=60", "policy_training.train_problems=200",
     "policy_training.hidden_size=32", "policy_training.intermediate_size=64",
@@ -121,10 +125,19 @@ def main(argv=None) -> dict:
     runs = ["4x1", "2x2", "1x4"]
     run(work / "2proc", problems + ["mesh.data=4"], devices=2, processes=2)
     runs.append("2proc")
-    for name in runs:
+    # On a paged cache, against the one-device run on pages: data shards in one process
+    # and across two.
+    paged = problems + [f"decode.page_size={PAGE_SIZE}"]
+    run(work / "1dev_paged", paged, devices=1)
+    run(work / "2x2_paged", paged + ["mesh.data=2", "mesh.model=2"], devices=4)
+    run(work / "2proc_paged", paged + ["mesh.data=4"], devices=2, processes=2)
+    single_paged = rows(work / "1dev_paged")
+    for name in runs + ["2x2_paged", "2proc_paged"]:
+        base_rows = single_paged if name.endswith("_paged") else single
         table = rows(work / name)
-        agreement[name] = sum(table.get(key) == row for key, row in single.items()) / len(single)
-        accuracies, base = accuracy(table), accuracy(single)
+        agreement[name] = sum(table.get(key) == row
+                              for key, row in base_rows.items()) / len(base_rows)
+        accuracies, base = accuracy(table), accuracy(base_rows)
         deltas += [abs(accuracies.get(m, 0.0) - a) for m, a in base.items()]
         print(f"{name}: agreement {agreement[name]:.3f}, accuracy {accuracies}", flush=True)
     result = {"agreement": agreement, "accuracy_delta_max": max(deltas),

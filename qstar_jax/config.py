@@ -20,10 +20,6 @@ from qstar_jax.search.aggregate import Agg
 from qstar_jax.search.mctsr import MCTSrConfig
 
 
-ONE_DEVICE_PAGES = ("a paged cache runs on one device for now: set mesh.data=1 "
-                    "mesh.model=1, or decode.page_size=0")
-
-
 class ConfigError(ValueError):
     """A configuration names something missing or holds a value out of range."""
 
@@ -173,7 +169,7 @@ class DecodeConfig:
     min_rows: int = 64
     # A paged cache (decoding/paged_cache.py: pages that forks share, so a tree costs its
     # distinct tokens; a trie's branch forks page tables) instead of one max_len row per
-    # slot; 0 = rows. One device only.
+    # slot; 0 = rows. On a mesh the pages split over mesh.data with the slots.
     page_size: int = 0
     pages: int = 0  # with page_size > 0: the pool's pages (0: slots x max_len tokens' worth)
 
@@ -475,8 +471,8 @@ def check_config(config: RunConfig) -> None:
     require(d.page_size == 0 or d.max_len % d.page_size == 0, "decode.page_size",
             f"decode.max_len={d.max_len} must be a multiple of it, got {d.page_size}")
     m = config.mesh
-    require(d.page_size == 0 or (m.data in (1, -1) and m.model == 1), "decode.page_size",
-            ONE_DEVICE_PAGES)
+    require(d.page_size == 0 or m.data == -1 or d.num_pages % m.data == 0, "decode.pages",
+            f"{d.num_pages} pages do not split over mesh.data={m.data} shards")
     require(m.model >= 1 and (m.data >= 1 or m.data == -1), "mesh",
             f"sizes must be >= 1 (data may be -1), got data={m.data} model={m.model}")
     require(m.data == -1 or d.slots % m.data == 0, "decode.slots",

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import jax
 
-from qstar_jax.config import (ONE_DEVICE_PAGES, SCRATCH, SOLVER, ConfigError,
-                              DistributedConfig, Utility, load_config, to_yaml)
+from qstar_jax.config import (SCRATCH, SOLVER, ConfigError, DistributedConfig, Utility,
+                              load_config, to_yaml)
 from qstar_jax.memory_plan import check_memory
 from qstar_jax.models.compile_cache import enable_compile_cache
 from qstar_jax.models.loading import PACKAGED_MODELS
-from qstar_jax.parallel import (barrier, check_slots, initialize_distributed, is_writer,
-                                make_mesh)
+from qstar_jax.parallel import (DATA, barrier, check_slots, initialize_distributed,
+                                is_writer, make_mesh)
 from qstar_jax.stages.reuse import reuse_trained_outputs
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.evaluate import evaluate
@@ -100,9 +100,9 @@ def main(argv=None) -> int:
         initialize_distributed(**dataclasses.asdict(config.distributed))
         mesh = make_mesh(config.mesh.data, config.mesh.model)
         check_slots(mesh, config.decode.slots)
-        if config.decode.page_size and mesh.size > 1:
-            raise ConfigError(f"decode.page_size: {ONE_DEVICE_PAGES} (this mesh has "
-                              f"{mesh.size} devices)")
+        if config.decode.page_size and config.decode.num_pages % mesh.shape[DATA]:
+            raise ConfigError(f"decode.pages: {config.decode.num_pages} pages do not split "
+                              f"over this mesh's {mesh.shape[DATA]} data shards")
         check_memory(config)  # the weights and the cache fit, or say what does
     except ValueError as error:  # ConfigError, MeshError, bad distributed settings
         print(f"config error: {error}", file=sys.stderr)

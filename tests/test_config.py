@@ -64,7 +64,7 @@ def test_bad_values_name_the_key(override, message):
 
 @pytest.mark.parametrize("overrides, message", [
     (["decode.page_size=48", "eval.prefix_sharing=false"], "max_len=160 must be a multiple"),
-    (["decode.page_size=16", "eval.prefix_sharing=false", "mesh.model=2"], "one device"),
+    (["decode.page_size=16", "decode.pages=99", "mesh.data=2"], "99 pages do not split"),
     (["decode.pages=-1"], "decode.page_size/pages"),
 ])
 def test_bad_paging_settings_say_what_to_change(overrides, message):

@@ -172,7 +172,7 @@ def decoding_on_4_devices() -> dict:
 
 def test_decoding_on_meshes_4x1_2x2_1x4_matches_one_device(decoding_on_4_devices):
     report = decoding_on_4_devices
-    assert_same_as_one_device(report, {"4x1", "2x2", "1x4"})
+    assert_same_as_one_device(report, {"4x1", "2x2", "1x4", "2x2_paged"})
     # Slots on data; 2 kv heads do not split 4 ways, so they are replicated on 1x4 while
     # the 4 query heads are split.
     assert report["2x2"]["layout"]["cache"] == str(PartitionSpec(None, "data", "model",
@@ -198,6 +198,22 @@ def test_decoding_keeps_cache_rows_on_their_data_shard(decoding_on_4_devices):
         for name in ("prefill", "sample_step", "sample_trie", "fork"):
             assert counts[name]["cache_rows"] == 0, (mesh, name)
         assert counts["fork"]["all"] == 0, mesh
+
+
+def test_a_paged_cache_keeps_its_pages_on_their_data_shard(decoding_on_4_devices):
+    """On 2x2 the pages split over the data shards with the slots: every page a slot
+    holds (forks sharing them, copies on write, a trie's splits) lies on the slot's
+    shard, no compiled function moves pages or cache rows between data shards (a fork
+    and a page copy move nothing at all), and every page goes back; a page copy jitted
+    over the whole cache by global page ids shows the check finds such moves."""
+    paged = decoding_on_4_devices["2x2_paged"]
+    assert paged["shards"] == decoding_on_4_devices["2x2"]["shards"]
+    assert paged["pages_back"]
+    counts = paged["collectives"]
+    assert counts["gspmd_copy_pages"]["cache_rows"] > 0
+    for name in ("prefill", "sample_step", "sample_trie", "fork", "copy_pages"):
+        assert counts[name]["cache_rows"] == 0, name
+    assert counts["fork"]["all"] == counts["copy_pages"]["all"] == 0
 
 
 # Collectives as XLA's CPU compiler prints them for a 2x2 (data, model) mesh (devices
@@ -259,8 +275,11 @@ def test_sharded_q_training_and_checkpoints(tmp_path):
 
 def test_decoding_over_two_processes_matches_one_device():
     """2 processes x 2 CPU devices (jax.distributed, gloo collectives on localhost): on
-    2x2 the data axis spans the processes, on 1x4 the model axis does."""
+    2x2 the data axis spans the processes (also on a paged cache, each process holding
+    its shard's pages), on 1x4 the model axis does."""
     port = str(free_port())
     outputs = finish([start_child("tests.support.sharded_decoding", port, str(process),
                                   devices=2) for process in (0, 1)])
-    assert_same_as_one_device(json.loads(outputs[0].splitlines()[-1]), {"2x2", "1x4"})
+    report = json.loads(outputs[0].splitlines()[-1])
+    assert_same_as_one_device(report, {"2x2", "1x4", "2x2_paged"})
+    assert report["2x2_paged"]["pages_back"]

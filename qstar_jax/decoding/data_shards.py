@@ -6,7 +6,8 @@ The slot pool is split evenly over the mesh axis that holds the cache's slots
 (``SlotPool.shard_of``). A call's rows are grouped by their slot's shard into equal blocks
 (``RowLayout``), and the function runs under ``jax.shard_map`` over that axis
 (``on_slot_shards``): each shard gets its block of rows, with slot ids local to its part
-of the cache, so no step moves cache rows between devices. Other mesh axes (``model``)
+of the cache (and on a paged cache, page ids local to its part of the pages), so no step
+moves cache rows between devices. Other mesh axes (``model``)
 stay with GSPMD inside. A call's per-row sampling settings are laid out the same way
 (``padded_params``).
 """
@@ -20,6 +21,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from qstar_jax.decoding.kv_cache import KVCache
+from qstar_jax.decoding.paged_cache import PagedKVCache, Paging
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.token_batch import bucket_size
 
@@ -84,9 +86,14 @@ def padded_params(params: SamplingParams, layout: RowLayout) -> SamplingParams:
                                                   getattr(greedy, f.name)[0])
                              for f in dataclasses.fields(SamplingParams)})
 
-def cache_specs(axis: str | None) -> KVCache:
-    """A KVCache of PartitionSpecs: slots on mesh ``axis``, the rest left to GSPMD."""
+def cache_specs(axis: str | None, paging: Paging | None = None) -> KVCache | PagedKVCache:
+    """The cache's PartitionSpecs: slots (and on a paged cache, ``paging``'s, its pages)
+    on mesh ``axis``, the rest left to GSPMD."""
     rows = PartitionSpec(None, axis)
+    if paging is not None:
+        return PagedKVCache(k=rows, v=rows, page_table=PartitionSpec(axis),
+                            lengths=PartitionSpec(axis), last_hidden=PartitionSpec(axis),
+                            attention=paging.attention)
     return KVCache(k=rows, v=rows, lengths=PartitionSpec(axis),
                    last_hidden=PartitionSpec(axis))
 

@@ -44,7 +44,8 @@ from qstar_jax.decoding.input_checks import (check_children_beside_parents,
                                              checked_slots)
 from qstar_jax.decoding.jit_calls import LastCall, out_shardings
 from qstar_jax.decoding.page_bookkeeping import fork_pages, own_pages, trim_pages
-from qstar_jax.decoding.paged_cache import PageTable, Paging, fork_slot_state, init_paged_cache
+from qstar_jax.decoding.paged_cache import (PageTable, Paging, copy_pages, fork_slot_state,
+                                            init_paged_cache, paged_cache_shardings)
 from qstar_jax.decoding.prefill import MIN_PREFILL_BUCKET, prefill
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_chunks import ChunkedStep, StepBatch
@@ -83,7 +84,8 @@ class Decoder:
     computes the rows of its own slots, and outputs come back replicated, so every
     process of a multi-host run reads them. None: one device.
     paging: hold K/V in pages that forks share (``paged_cache``) instead of one max_len
-    row per slot; one device only. A trie's splits are page-table forks on it.
+    row per slot; on a mesh the pages split over the slots' axis with the slots (a
+    multiple of its size). A trie's splits are page-table forks on it.
     """
 
     def __init__(self, model: LlamaModel, *, num_slots: int, max_len: int,
@@ -114,17 +116,11 @@ class Decoder:
             cache_dtype = model.embed_tokens.embedding[...].dtype
         make_cache = functools.partial(init_cache, self.config, slots=num_slots,
                                        max_len=max_len, dtype=cache_dtype)
-        self.pages = None
         if paging is not None:
-            if mesh is not None:
-                raise ValueError("a paged cache runs on one device for now: build the "
-                                 "decoder without a mesh or without paging")
             make_cache = functools.partial(
                 init_paged_cache, self.config, slots=num_slots, pages=paging.num_pages,
                 page_size=paging.page_size, max_len=max_len, dtype=cache_dtype,
                 attention=paging.attention)
-            self.pages = PageTable(num_slots=num_slots, num_pages=paging.num_pages,
-                                   page_size=paging.page_size, max_len=max_len)
         self.mesh = mesh
         slot_axis = None  # the mesh axis the slots are split over: None, all on each device
         shardings = {}  # jit keyword arguments per function: none on one device
@@ -135,7 +131,8 @@ class Decoder:
             rules = rules.for_model(self.config, mesh)
             slot_axis = rules.slots
             self._weights = place(self._weights, weight_shardings(self._weights, mesh, rules))
-            cache_sharding = cache_shardings(mesh, rules)
+            cache_sharding = (cache_shardings(mesh, rules) if paging is None
+                              else paged_cache_shardings(mesh, rules, paging))
             self.cache = jax.jit(make_cache, out_shardings=cache_sharding)()
             # Pinning the cache's layout on the way out keeps every call's input sharding,
             # so a call never recompiles for a drifted layout.
@@ -144,6 +141,9 @@ class Decoder:
                          "sample_trie": (cache_sharding, replicated(mesh),
                                          replicated(mesh))}
         shards = 1 if slot_axis is None else mesh.shape[slot_axis]
+        self.pages = None if paging is None else PageTable(
+            num_slots=num_slots, num_pages=paging.num_pages, page_size=paging.page_size,
+            max_len=max_len, shards=shards)
         self.pool = SlotPool(num_slots, shards) if self.pages is None else self.pages.slots
         self._lengths = np.zeros(num_slots, np.int64)  # host mirror of cache.lengths
         self._newline_table = jnp.asarray(newline_table)
@@ -176,21 +176,30 @@ class Decoder:
 
         # PartitionSpecs over the slot axis of a function's arguments and results: the
         # call's rows, a whole array on every shard, the cache's part on each shard.
-        rows, whole, cache = PartitionSpec(slot_axis), PartitionSpec(), cache_specs(slot_axis)
+        rows, whole = PartitionSpec(slot_axis), PartitionSpec()
+        cache = cache_specs(slot_axis, paging)
         self._prefill = counted_jit("prefill", prefill, (whole, cache, rows, rows, rows, rows),
                                     cache, num_static=1)
         self._sample_step = counted_jit(
             "sample_step", sample_step,
             (whole, cache, rows, rows, rows, rows, rows, whole, whole), (cache, rows),
             num_static=2)
-        self._sample_trie = counted_jit(
+        self._sample_trie = counted_jit(  # the lent pages: each shard's block
             "sample_trie", sample_trie,
-            (whole, cache, rows, whole, rows, rows, rows, rows, whole, whole, whole, whole,
+            (whole, cache, rows, whole, rows, rows, rows, rows, whole, whole, whole, rows,
              whole), (cache, rows, rows), num_static=3)
-        self._fork = LastCall(
-            fork_slots if mesh is None else
-            jax.jit(on_slot_shards(fork_slots, mesh, slot_axis, (cache, rows, rows), cache),
-                    donate_argnums=0, **out_shardings(shardings, "fork")))
+
+        def on_shards(fn):
+            """``fn(cache, per-shard ids, per-shard ids)`` on each shard's part of the
+            cache (itself on one device)."""
+            return fn if mesh is None else jax.jit(
+                on_slot_shards(fn, mesh, slot_axis, (cache, rows, rows), cache),
+                donate_argnums=0, **out_shardings(shardings, "fork"))
+
+        # A fork copies slot rows, or on pages only each slot's length and last hidden
+        # state (the children share the parents' pages); a page copy stays on its shard.
+        self._fork = LastCall(on_shards(fork_slots if paging is None else fork_slot_state))
+        self._copy_pages = None if paging is None else LastCall(on_shards(copy_pages))
 
     @property
     def num_slots(self) -> int:
@@ -269,7 +278,7 @@ class Decoder:
         # starts at 0 (a whole prompt), else a window bucket over the longest row.
         key_len = length if not starts.any() else self._window(
             int(ends.max()), max(self.min_window_bucket, length))
-        self.cache = own_pages(self.pages, self.cache, slots, starts, ends)
+        self.cache = own_pages(self.pages, self.cache, slots, starts, ends, self._copy_pages)
         self.cache = self._prefill(self._weights, self.cache, layout.place(packed.tokens, 0),
                                    layout.place(packed.lengths, 0), layout.place(starts.astype(np.int32), 0),
                                    self._local_slots(layout, slots), key_len)
@@ -287,12 +296,10 @@ class Decoder:
                              "give one parent per child")
         check_children_beside_parents(self.pool, parents, children)
         layout = self._layout(children)
-        fork = self._fork
         if self.pages is not None:  # children share their parents' pages: nothing to copy
             self.cache = fork_pages(self.pages, self.cache, parents, children)
-            fork = fork_slot_state
-        self.cache = fork(self.cache, layout.place(self.pool.local_ids(parents), 0),
-                          self._local_slots(layout, children))
+        self.cache = self._fork(self.cache, layout.place(self.pool.local_ids(parents), 0),
+                                self._local_slots(layout, children))
         self._lengths[children] = self._lengths[parents]
 
     def sample_steps(self, slots: Sequence[int], *, problem_keys: jax.Array,
@@ -321,7 +328,8 @@ class Decoder:
         # One cap bucket for all of a step's chunks: it sizes the outputs, not the work.
         cap_bucket = bucket_size(step.chunk, minimum=self.min_step_bucket)
         self.cache = own_pages(self.pages, self.cache, slots, self._lengths[slots],
-                               np.minimum(self._lengths[slots] + caps, self.max_len))
+                               np.minimum(self._lengths[slots] + caps, self.max_len),
+                               self._copy_pages)
         try:
             while step.going.size:
                 going = step.going
@@ -401,9 +409,10 @@ class Decoder:
         return layout.place(self.pool.local_ids(slots), self.pool.slots_per_shard)
 
     def compiled_text(self, name: str) -> str:
-        """The optimized HLO of the jitted ``name`` ("prefill", "fork", "sample_step" or
-        "sample_trie") compiled for its last call's argument shapes and shardings: what
-        such a call computes and moves between devices."""
+        """The optimized HLO of the jitted ``name`` ("prefill", "fork", "sample_step",
+        "sample_trie" or on pages "copy_pages") compiled for its last call's argument
+        shapes and shardings: what such a call computes and moves between devices."""
         functions = {"prefill": self._prefill, "fork": self._fork,
-                     "sample_step": self._sample_step, "sample_trie": self._sample_trie}
+                     "sample_step": self._sample_step, "sample_trie": self._sample_trie,
+                     "copy_pages": self._copy_pages}
         return functions[name].compiled_text()

@@ -17,6 +17,12 @@ A call that forks slots on the device (the trie sampler) is lent free pages with
 reservation (``reserve(..., lend=n)``): it builds the forked slots' tables from its
 parents' entries and the lent pages itself, and ``settle`` then counts what each forked
 slot holds and takes back the lent pages none of them kept.
+
+On a mesh the pages split over the ``data`` axis as the slots do: each shard's devices
+hold ``P / shards`` pages, the host keeps a free list per shard, and a slot only ever
+holds pages of its own shard, so a fork (which shares pages) needs its child on its
+parent's shard, and a device call addresses a page by its index within the shard
+(``PageTable.device_table``).
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
 
-from qstar_jax.decoding.kv_cache import SlotPool
+from qstar_jax.decoding.kv_cache import SlotPool, cache_shardings
 from qstar_jax.models.cache_pages import PagedRows
 from qstar_jax.models.config import ModelConfig
 
@@ -117,6 +124,17 @@ class Paging:
     attention: str = "auto"
 
 
+def paged_cache_shardings(mesh: Mesh, rules, paging: Paging) -> PagedKVCache:
+    """A PagedKVCache of NamedShardings: its pages and slots on the rules' ``slots`` mesh
+    axis (each data shard holds its slots and the pages they use), kv heads on
+    ``kv_heads``, as ``kv_cache.cache_shardings`` lays out a slot pool."""
+    rows = cache_shardings(mesh, rules)
+    return PagedKVCache(k=rows.k, v=rows.v,
+                        page_table=NamedSharding(mesh, rules.spec("slots", None)),
+                        lengths=rows.lengths, last_hidden=rows.last_hidden,
+                        attention=paging.attention)
+
+
 class PagePoolExhausted(RuntimeError):
     """A write needs more free pages than the pool has."""
 
@@ -128,31 +146,66 @@ class PageTable:
     slot's pages hold P (no page: a write there is dropped, a read is never made).
     """
 
-    def __init__(self, *, num_slots: int, num_pages: int, page_size: int, max_len: int):
+    def __init__(self, *, num_slots: int, num_pages: int, page_size: int, max_len: int,
+                 shards: int = 1):
         if max_len % page_size:
             raise ValueError(f"max_len {max_len} must be a multiple of the page size "
                              f"{page_size}")
+        if num_pages % shards:
+            raise ValueError(f"{num_pages} pages do not split into {shards} equal data "
+                             "shards; make the page count a multiple of the shards")
         self.num_pages, self.page_size = num_pages, page_size
-        self.slots = SlotPool(num_slots)
+        self.slots = SlotPool(num_slots, shards)
+        self.pages_per_shard = num_pages // shards
         self.table = np.full((num_slots, max_len // page_size), num_pages, np.int32)
         self.pages_held = np.zeros(num_slots, np.int64)  # live entries of each table row
         self.refcounts = np.zeros(num_pages, np.int64)
-        self._free_pages = list(range(num_pages))  # a heap; sorted is a valid heap
+        # One heap per data shard, of the pages its devices hold; sorted is a valid heap.
+        per_shard = self.pages_per_shard
+        self._free_pages = [list(range(s * per_shard, (s + 1) * per_shard))
+                            for s in range(shards)]
         self._lent: set[int] = set()  # pages a device call may take until ``settle``
         self.peak_pages_in_use = 0  # the most ``pages_in_use`` since built or ``reset_peak``
 
     @property
+    def shards(self) -> int:
+        return self.slots.shards
+
+    @property
     def num_free_pages(self) -> int:
-        return len(self._free_pages)
+        return sum(len(free) for free in self._free_pages)
 
     @property
     def pages_in_use(self) -> int:
-        """Pages out of the free list: held by slots, reserved for a write or lent."""
-        return self.num_pages - len(self._free_pages)
+        """Pages out of the free lists: held by slots, reserved for a write or lent."""
+        return self.num_pages - self.num_free_pages
 
     def reset_peak(self) -> None:
         """Start ``peak_pages_in_use`` again from the pages in use now."""
         self.peak_pages_in_use = self.pages_in_use
+
+    def shard_of_pages(self, pages) -> np.ndarray:
+        """The data shard whose devices hold each page, int64."""
+        return np.asarray(pages, np.int64) // self.pages_per_shard
+
+    def device_table(self) -> np.ndarray:
+        """A new copy of ``table`` as the devices address pages: each slot's entries
+        counted within its shard's pages, no page as ``pages_per_shard`` (one shard: the
+        table itself)."""
+        return self.local_tables(self.table, self.slots.shard_of(np.arange(len(self.table))))
+
+    def local_tables(self, tables: np.ndarray, row_shards: np.ndarray) -> np.ndarray:
+        """Page-table rows [n, N] of rows on shards ``row_shards`` [n], in shard-local
+        page ids (no page: ``pages_per_shard``)."""
+        offsets = np.asarray(row_shards, np.int64)[:, None] * self.pages_per_shard
+        return np.where(tables >= self.num_pages, self.pages_per_shard,
+                        tables - offsets).astype(np.int32)
+
+    def global_tables(self, tables: np.ndarray, row_shards: np.ndarray) -> np.ndarray:
+        """``local_tables`` undone: shard-local rows [n, N] back to page ids."""
+        offsets = np.asarray(row_shards, np.int64)[:, None] * self.pages_per_shard
+        return np.where(tables >= self.pages_per_shard, self.num_pages,
+                        tables + offsets).astype(np.int32)
 
     def allocate(self, n: int) -> list[int]:
         return self.slots.allocate(n)
@@ -164,10 +217,17 @@ class PageTable:
             self._release(slot, keep=0)
 
     def fork(self, parents: Sequence[int], children: Sequence[int]) -> None:
-        """Each child (allocated; its old pages are dropped) shares its parent's pages."""
+        """Each child (allocated, on its parent's data shard; its old pages are dropped)
+        shares its parent's pages."""
         unallocated = [s for s in (*parents, *children) if not self.slots.is_allocated(s)]
         if unallocated:
             raise ValueError(f"cannot fork: slots {unallocated} are not allocated")
+        shard_of = self.slots.shard_of
+        apart = [c for p, c in zip(parents, children, strict=True) if shard_of(p) != shard_of(c)]
+        if apart:
+            raise ValueError(f"cannot fork into slots {apart}: a child shares its parent's "
+                             "pages, so it must lie on the parent's data shard "
+                             "(allocate(n, near=parents))")
         rows = [self.table[p, :self.pages_held[p]].copy() for p in parents]
         for row in rows:  # counted before any child lets go, so a page a child held and
             np.add.at(self.refcounts, row, 1)  # inherits again is never freed in between
@@ -182,27 +242,41 @@ class PageTable:
             self._release(slot, keep=-(-int(length) // self.page_size))
 
     def reserve(self, slots: Sequence[int], starts: Sequence[int], ends: Sequence[int], *,
-                lend: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                lend: int | Sequence[int] = 0) -> tuple[np.ndarray, np.ndarray]:
         """Give each slot pages of its own for positions [start, end), which it may then
-        write. Returns (sources, targets) [n]: the pages to copy on the device before the
-        write (``copy_pages``); after it, ``trim`` to the lengths written. ``lend``: also
-        take that many free pages out of the pool for the call to fork slots with (``lent``;
-        ``settle`` after it). Raises PagePoolExhausted, changing nothing, when the pool is
-        short."""
+        write, from its data shard's pages. Returns (sources, targets) [n]: the pages to
+        copy on the device before the write (``copy_pages``; a source and its target lie
+        on one shard); after it, ``trim`` to the lengths written. ``lend``: also take that
+        many free pages out of the pool (a count per shard; an int on one shard, or 0)
+        for the call to fork slots with (``lent``; ``settle`` after it). Raises
+        PagePoolExhausted, changing nothing, when a shard is short."""
         if len(set(slots)) != len(slots):
             raise ValueError(f"cannot reserve for slots {list(slots)}: a slot is listed twice")
+        if np.ndim(lend) == 0 and (self.shards == 1 or lend == 0):
+            lend = np.full(self.shards, lend, np.int64)
+        lend = np.asarray(lend, np.int64)
+        if lend.shape != (self.shards,) or np.any(lend < 0):
+            raise ValueError(f"lend must give a count >= 0 for each of the {self.shards} "
+                             f"data shards, got {lend.tolist()}")
         plan = [self._pages_to_replace(s, int(a), int(b)) for s, a, b in
                 zip(slots, starts, ends, strict=True)]
-        needed = sum(len(entries) for entries, _ in plan) + lend
-        if needed > len(self._free_pages):
+        shard_of = self.slots.shard_of(np.asarray(slots, np.int64))
+        needed = lend + np.bincount(shard_of, minlength=self.shards,
+                                    weights=[len(entries) for entries, _ in plan]
+                                    ).astype(np.int64)
+        free = np.array([len(f) for f in self._free_pages])
+        short = np.flatnonzero(needed > free)
+        if short.size:
+            shard = int(short[0])
+            where = "" if self.shards == 1 else f" on data shard {shard}"
             raise PagePoolExhausted(
-                f"this write needs {needed} new pages of {self.page_size} tokens but only "
-                f"{len(self._free_pages)} of {self.num_pages} are free; free finished "
-                "slots, run fewer rows at once, or build the cache with more pages")
+                f"this write needs {needed[shard]} new pages of {self.page_size} tokens"
+                f"{where} but only {free[shard]} of {self.pages_per_shard} are free; free "
+                "finished slots, run fewer rows at once, or build the cache with more pages")
         sources, targets = [], []
-        for slot, (entries, copy_first) in zip(slots, plan):
+        for slot, shard, (entries, copy_first) in zip(slots, shard_of, plan):
             for entry in entries:
-                page = heapq.heappop(self._free_pages)
+                page = heapq.heappop(self._free_pages[shard])
                 self.refcounts[page] = 1
                 if entry < self.pages_held[slot]:
                     old = self.table[slot, entry]
@@ -213,14 +287,16 @@ class PageTable:
                 self.table[slot, entry] = page
             if entries:
                 self.pages_held[slot] = max(self.pages_held[slot], entries[-1] + 1)
-        self._lent.update(heapq.heappop(self._free_pages) for _ in range(lend))
-        # Only a reservation takes pages from the free list, so the peak is read here.
+        for shard, count in enumerate(lend):
+            self._lent.update(heapq.heappop(self._free_pages[shard]) for _ in range(count))
+        # Only a reservation takes pages from the free lists, so the peak is read here.
         self.peak_pages_in_use = max(self.peak_pages_in_use, self.pages_in_use)
         return np.asarray(sources, np.int32), np.asarray(targets, np.int32)
 
     @property
     def lent(self) -> np.ndarray:
-        """The pages lent and not yet settled, in the order a device call takes them."""
+        """The pages lent and not yet settled, in the order a device call takes them
+        (each shard's in turn)."""
         return np.asarray(sorted(self._lent), np.int32)
 
     def settle(self, slots: Sequence[int], tables: np.ndarray, lengths: Sequence[int]) -> None:
@@ -249,7 +325,7 @@ class PageTable:
             self.pages_held[slot] = len(row)
         for page in self._lent:
             if self.refcounts[page] == 0:
-                heapq.heappush(self._free_pages, page)
+                heapq.heappush(self._free_pages[page // self.pages_per_shard], page)
         self._lent.clear()
 
     def check_counts(self) -> None:
@@ -259,8 +335,16 @@ class PageTable:
         for slot in range(len(self.table)):
             np.add.at(held, self.table[slot, :self.pages_held[slot]], 1)
         assert np.array_equal(held, self.refcounts), "page counts disagree with the tables"
-        assert sorted([*self._free_pages, *self._lent]) == np.flatnonzero(
+        free = [page for pages in self._free_pages for page in pages]
+        assert sorted([*free, *self._lent]) == np.flatnonzero(
             self.refcounts == 0).tolist(), "the free and lent pages disagree with the counts"
+        assert all(np.all(self.shard_of_pages(pages) == shard)
+                   for shard, pages in enumerate(self._free_pages)), \
+            "a shard's free list holds another shard's page"
+        held_by = self.slots.shard_of(np.arange(len(self.table)))[:, None]
+        entries = np.arange(self.table.shape[1]) < self.pages_held[:, None]
+        assert np.all(self.shard_of_pages(self.table)[entries] == np.broadcast_to(
+            held_by, self.table.shape)[entries]), "a slot holds a page of another shard"
 
     def _pages_to_replace(self, slot: int, start: int, end: int) -> tuple[list[int], int]:
         """(table entries that need a new page, the entry whose old page must be copied
@@ -290,4 +374,4 @@ class PageTable:
     def _drop_page(self, page: int) -> None:
         self.refcounts[page] -= 1
         if self.refcounts[page] == 0:
-            heapq.heappush(self._free_pages, int(page))
+            heapq.heappush(self._free_pages[page // self.pages_per_shard], int(page))

@@ -72,7 +72,7 @@ def sample_trie(decoder: Decoder, slots: Sequence[int], counts: Sequence[int],
         window=decoder.attention_window(slots, max_tokens))
     lengths = decoder._lengths
     decoder.cache = own_trie_pages(pages, decoder.cache, slots, lengths, counts, max_tokens,
-                                   decoder.max_len)
+                                   decoder.max_len, decoder._copy_pages)
     try:
         while trie.rows.size:
             call()
@@ -107,10 +107,14 @@ def _chunk(decoder: Decoder, trie: ChunkedTrie, row_slots: np.ndarray, *,
         dataclasses.replace(jax.tree.map(lambda x: layout.place(x, 0), progress),
                             group=layout.place(progress.group, -1)),
         np.int32(max_tokens), decoder._newline_table, decoder._eos_ids,
-        lent_pages(decoder.pages, trie.out.page_table, layout.size, cap_bucket),
+        lent_pages(decoder.pages, trie.out.page_table, layout, cap_bucket),
         np.int32(rounds), max_count, window, trie.num_draws())
     out, stop = jax.device_get((out, stop))
-    trie.add(layout.take(out), layout.take(stop), rounds)
+    out = layout.take(out)
+    if decoder.pages is not None:  # page ids within each row's shard back to the host's
+        out = dataclasses.replace(out, page_table=decoder.pages.global_tables(
+            out.page_table, decoder.pool.shard_of(slots)))
+    trie.add(out, layout.take(stop), rounds)
     work = decoder.trie_work
     work["calls"] += 1
     work["rows"] += layout.size

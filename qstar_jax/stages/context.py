@@ -58,15 +58,16 @@ class RunContext:
         ``full_rows``: each slot may grow to a max_len row of its own (collect's and
         label's rollouts, which share little more than the prompt). On a paged cache
         ``decode.slots`` counts page-table rows, sized for evaluate's trees, whose slots
-        share most of their pages; such a batch is then also held to what the pages hold
-        at max_len // page_size pages a slot, the most a slot's page table holds, so it
-        cannot run the pool dry."""
+        share most of their pages; such a batch is then also held to what each shard's
+        pages hold at max_len // page_size pages a slot, the most a slot's page table
+        holds, so it cannot run the pool dry."""
         shards = 1 if self.mesh is None else self.mesh.shape[DATA]
         searches = shards * (self.config.decode.slots // shards // slots_per_search)
         d = self.config.decode
-        if full_rows and d.page_size:
+        if full_rows and d.page_size:  # each shard's pages hold its own searches
             row_pages = d.max_len // d.page_size
-            searches = min(searches, d.num_pages // (slots_per_search * row_pages))
+            searches = min(searches, shards * (d.num_pages // shards
+                                               // (slots_per_search * row_pages)))
         return max(1, searches)
 
     @property
@@ -137,7 +138,6 @@ class RunContext:
         decoder = Decoder(loaded.model, num_slots=d.slots, max_len=d.max_len,
                           newline_table=tokenizer.newline_table(loaded.config.vocab_size),
                           eos_ids=tokenizer.eos_ids, step_chunk=d.step_chunk, paging=paging,
-                          min_batch_bucket=d.min_rows,
-                          mesh=None if paging else self.mesh)  # the config checks one device
+                          min_batch_bucket=d.min_rows, mesh=self.mesh)
         return PolicyRuntime(decoder, tokenizer, self.task, problems, self.prompts(problems),
                              seed=self.config.seed, step_token_cap=d.step_token_cap)

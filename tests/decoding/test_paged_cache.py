@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from qstar_jax.decoding.engine import Decoder
-from qstar_jax.decoding.kv_cache import init_cache
+from qstar_jax.decoding.kv_cache import SlotPoolExhausted, init_cache
 from qstar_jax.decoding.paged_cache import (PagePoolExhausted, PageTable, Paging, copy_pages,
                                             fork_slot_state, init_paged_cache)
 from qstar_jax.decoding.sampling import SamplingParams
@@ -177,9 +177,14 @@ def test_decode_through_the_pallas_kernel_matches_the_jnp_path(random_model):
     np.testing.assert_allclose(hidden["pallas"], hidden["jnp"], atol=1e-5)
 
 
-def test_counts_return_to_zero_over_1000_random_fork_and_free_sequences():
+@pytest.mark.parametrize("shards", [1, 3])
+def test_counts_return_to_zero_over_1000_random_fork_and_free_sequences(shards):
+    """Also with the pages split over 3 data shards: a slot only ever holds pages of its
+    own shard (``check_counts``), a child going on its parent's."""
     rng = np.random.default_rng(0)
-    table = PageTable(num_slots=12, num_pages=48, page_size=PAGE_SIZE, max_len=MAX_LEN)
+    table = PageTable(num_slots=12, num_pages=48, page_size=PAGE_SIZE, max_len=MAX_LEN,
+                      shards=shards)
+    shard_of = table.slots.shard_of
     lengths = np.zeros(12, np.int64)
     for _ in range(1000):
         held = [s for s in range(12) if table.slots.is_allocated(s)]
@@ -189,8 +194,12 @@ def test_counts_return_to_zero_over_1000_random_fork_and_free_sequences():
             lengths[slot] = 0
         elif op == 1 and held:  # into a new slot, or over a held one (itself included)
             parent = int(rng.choice(held))
-            child = (table.allocate(1)[0] if table.slots.num_free and rng.random() < 0.7
-                     else int(rng.choice(held)))
+            beside = [s for s in held if shard_of(s) == shard_of(parent)]
+            try:
+                child = (table.slots.allocate(1, near=[parent])[0] if rng.random() < 0.7
+                         else int(rng.choice(beside)))
+            except SlotPoolExhausted:  # the parent's shard is full
+                child = int(rng.choice(beside))
             table.fork([parent], [child])
             lengths[child] = lengths[parent]
         elif op == 2 and held:
@@ -207,6 +216,36 @@ def test_counts_return_to_zero_over_1000_random_fork_and_free_sequences():
         table.check_counts()
     table.free([s for s in range(12) if table.slots.is_allocated(s)])
     assert not table.refcounts.any() and table.num_free_pages == 48
+
+
+def test_pages_split_over_data_shards_go_to_their_own_shards_slots():
+    """Two shards of 2 slots and 5 pages each: a slot takes its shard's pages, one shard
+    can run short while the other has pages free, a child must share its parent's shard,
+    loans are per shard, and the devices see each shard's pages from 0."""
+    table = PageTable(num_slots=4, num_pages=10, page_size=PAGE_SIZE, max_len=MAX_LEN,
+                      shards=2)
+    a, b = table.slots.allocate(2)  # spread: one on each shard
+    assert table.slots.shard_of([a, b]).tolist() == [0, 1]
+    table.reserve([a, b], [0, 0], [10, 5])  # 3 pages on shard 0, 2 on shard 1
+    assert table.table[a, :3].tolist() == [0, 1, 2] and table.table[b, :2].tolist() == [5, 6]
+    with pytest.raises(PagePoolExhausted, match="needs 3 new pages .* on data shard 0 but "
+                                                "only 2 of 5 are free"):
+        table.reserve([a], [10], [24])
+    with pytest.raises(ValueError, match="must lie on the parent's data shard"):
+        table.fork([a], [b])
+    child = table.slots.allocate(1, near=[b])[0]
+    table.fork([b], [child])
+    table.reserve([b], [5], [6], lend=[1, 2])  # copy on write of b's shared page 6
+    assert sorted(table.lent.tolist()) == [3, 8, 9] and table.table[b, 1] == 7
+    device = table.device_table()
+    assert device[a, :4].tolist() == [0, 1, 2, 5]  # 5: no page, within a shard
+    assert device[b, :3].tolist() == [0, 2, 5] and device[child, :2].tolist() == [0, 1]
+    assert np.array_equal(table.global_tables(device, table.slots.shard_of(range(4))),
+                          table.table)
+    table.settle([], [], [])
+    table.check_counts()
+    table.free([a, b, child])
+    assert table.num_free_pages == 10
 
 
 def test_pool_exhaustion_is_raised_before_anything_changes():

@@ -17,6 +17,7 @@ child process, as a process's device count is fixed before JAX first runs:
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import jax
@@ -26,6 +27,7 @@ from jax.experimental import multihost_utils
 
 from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.kv_cache import fork_slots
+from qstar_jax.decoding.paged_cache import Paging, copy_pages
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.trie_chunks import ChunkedTrie
 from qstar_jax.models.llama import LlamaModel
@@ -41,18 +43,26 @@ NEAR_FULL_PROMPT = [(5 * i) % 64 for i in range(RANDOM_MAX_LEN - 3)]
 # each chunk fewer rows, and the trie's third chunk leaves out the full slot's steps.
 STEP_CHUNK = 2
 UNEVEN_CAPS = [6, 1, 3, 2, 5, 4]
+# The paged cache's pages (of 4 tokens: forks share partly filled pages, copied on
+# write): 56 per data shard on the 2x2 mesh, a size no other array here has, so a
+# collective carrying pages is told by it.
+PAGING = Paging(page_size=4, num_pages=112)
+PAGED_MESHES = {(2, 2)}
 
 
-def decode(model: LlamaModel, mesh, step_chunk: int, starved: bool = False) -> dict:
+def decode(model: LlamaModel, mesh, step_chunk: int, starved: bool = False,
+           paged: bool = False) -> dict:
     """Prefill, fork, greedy and sampled steps (one with rows of other caps), a trie; the
     same calls twice over, the second with other data to show it reuses the compiled
-    functions. step_chunk: the decoder's (0: a step in one call). With ``starved`` the
+    functions. step_chunk: the decoder's (0: a step in one call); ``paged``: on
+    ``PAGING``'s paged cache, whose pages all go back. With ``starved`` the
     first calls are made a third time, the trie's chunks given only the spares that fill
     their padded blocks (``starved_trie``, after the second calls: apart from their
     variants)."""
     decoder = Decoder(model, num_slots=32, max_len=RANDOM_MAX_LEN,
                       newline_table=np.zeros(64, bool), eos_ids=[], min_batch_bucket=8,
-                      min_step_bucket=STEP_BUCKET, step_chunk=step_chunk, mesh=mesh)
+                      min_step_bucket=STEP_BUCKET, step_chunk=step_chunk, mesh=mesh,
+                      paging=PAGING if paged else None)
     out = {}
     # (the outputs' suffix, the calls' data): the calls, and a mesh's third ones.
     passes = [("0", 0), ("1", 1)] + ([("_starved", 0)] if starved else [])
@@ -111,6 +121,9 @@ def decode(model: LlamaModel, mesh, step_chunk: int, starved: bool = False) -> d
                          for name in ("q_proj", "k_proj")}
         out["layout"]["cache"] = str(decoder.cache.k.sharding.spec)
         out["collectives"] = compiled_collectives(decoder, mesh)
+    if paged:
+        decoder.pages.check_counts()
+        out["pages_back"] = decoder.pages.pages_in_use == 0
     return out
 
 
@@ -138,11 +151,64 @@ def compiled_collectives(decoder: Decoder, mesh) -> dict:
                                                    mesh_shape=mesh_shape)),
                 "all": len(collectives(text, mesh.size))}
 
-    counts = {name: count(decoder.compiled_text(name))
-              for name in ("prefill", "fork", "sample_step", "sample_trie")}
+    names = ("prefill", "fork", "sample_step", "sample_trie")
+    if decoder.pages is not None:
+        return paged_collectives(decoder, mesh_shape, names)
+    counts = {name: count(decoder.compiled_text(name)) for name in names}
     slots = np.arange(8, dtype=np.int32)
     counts["gspmd_fork"] = count(jax.jit(fork_slots).lower(decoder.cache, slots, slots[::-1])
                                  .compile().as_text())
+    return counts
+
+
+def compared(single: dict, sharded: dict, starved: bool) -> dict:
+    """How a mesh's outputs compare with one device's."""
+    calls = ((0, 0), (1, 1)) + (((0, "_starved"),) if starved else ())
+    got = {
+        "logits_max_diff": max(float(np.abs(single[f"logits{c}"]
+                                            - sharded[f"logits{c}"]).max())
+                               for c in range(2)),
+        "logprob_max_diff": max(float(np.abs(single[f"{n}{c}"] - sharded[f"{n}{t}"]).max())
+                                for n in ("hot_logprobs", "uneven_logprobs", "trie_logprob")
+                                for c, t in calls),
+        "same_tokens": {name: all(np.array_equal(single[f"{name}{c}"], sharded[f"{name}{t}"])
+                                  for c, t in ((0, 0), (1, 1)))
+                        for name in ("greedy", "hot", "uneven", "trie")},
+        "recompiled": not np.array_equal(sharded["traces0"], sharded["traces1"]),
+        "layout": sharded["layout"], "shards": sharded["shards"],
+        "collectives": sharded["collectives"]}
+    if starved:  # the first trie again, its chunks short of spares: they starved
+        got["starved_trie"] = {
+            "same": bool(np.array_equal(single["trie0"], sharded["trie_starved"])),
+            "starved_calls": int(sharded["starved_calls_starved"]),
+            "before": int(sharded["starved_calls0"] + sharded["starved_calls1"])}
+    if "pages_back" in sharded:
+        got["pages_back"] = sharded["pages_back"]
+    return got
+
+
+def paged_collectives(decoder: Decoder, mesh_shape: tuple[int, int], names) -> dict:
+    """``compiled_collectives`` on a paged cache: "cache_rows" counts the collectives
+    between data shards that carry pages (an array ending in a page's [page_size,
+    head_dim], or of a shard's page count) or rows of the cache length; the page copy of
+    copy on write is counted too. ``gspmd_copy_pages``: the copy jitted over the whole
+    sharded cache by global page ids (pages of shard 0 into shard 1), which the count
+    must find."""
+    data, model = mesh_shape
+    page_slab = re.compile(rf"\[[\d,]*,{PAGING.page_size},{decoder.config.head_dim}\]")
+
+    def count(text):
+        found = collectives(text, data * model)
+        moves = [c for c in found if c.crosses_data(model) and (
+            page_slab.search(c.text) or {RANDOM_MAX_LEN, decoder.pages.pages_per_shard}
+            & c.dims)]
+        return {"cache_rows": len(moves), "all": len(found)}
+
+    counts = {name: count(decoder.compiled_text(name)) for name in (*names, "copy_pages")}
+    pages = np.arange(4, dtype=np.int32)
+    counts["gspmd_copy_pages"] = count(
+        jax.jit(copy_pages).lower(decoder.cache, pages, pages + decoder.pages.pages_per_shard)
+        .compile().as_text())
     return counts
 
 
@@ -159,30 +225,16 @@ def main() -> None:
         meshes, starved_on = ((2, 2), (1, 4)), set()
     model = LlamaModel(tiny_config(64), rngs=nnx.Rngs(0))
     model.lm_head.kernel[...] = model.lm_head.kernel[...] * 50  # greedy far from ties
-    single = decode(model, None, step_chunk=0)
+    single = {False: decode(model, None, step_chunk=0),
+              True: decode(model, None, step_chunk=0, paged=True)}
     report = {}
     for shape in meshes:
-        starved = shape in starved_on
-        sharded = decode(model, make_mesh(*shape), step_chunk=STEP_CHUNK, starved=starved)
-        calls = ((0, 0), (1, 1)) + (((0, "_starved"),) if starved else ())
-        report["x".join(map(str, shape))] = got = {
-            "logits_max_diff": max(float(np.abs(single[f"logits{c}"]
-                                                - sharded[f"logits{c}"]).max())
-                                   for c in range(2)),
-            "logprob_max_diff": max(float(np.abs(single[f"{n}{c}"] - sharded[f"{n}{t}"]).max())
-                                    for n in ("hot_logprobs", "uneven_logprobs", "trie_logprob")
-                                    for c, t in calls),
-            "same_tokens": {name: all(np.array_equal(single[f"{name}{c}"], sharded[f"{name}{t}"])
-                                      for c, t in ((0, 0), (1, 1)))
-                            for name in ("greedy", "hot", "uneven", "trie")},
-            "recompiled": not np.array_equal(sharded["traces0"], sharded["traces1"]),
-            "layout": sharded["layout"], "shards": sharded["shards"],
-            "collectives": sharded["collectives"]}
-        if starved:  # the first trie again, its chunks short of spares: they starved
-            got["starved_trie"] = {
-                "same": bool(np.array_equal(single["trie0"], sharded["trie_starved"])),
-                "starved_calls": int(sharded["starved_calls_starved"]),
-                "before": int(sharded["starved_calls0"] + sharded["starved_calls1"])}
+        for paged in (False, True) if shape in PAGED_MESHES else (False,):
+            starved = shape in starved_on and not paged
+            sharded = decode(model, make_mesh(*shape), step_chunk=STEP_CHUNK, starved=starved,
+                             paged=paged)
+            name = "x".join(map(str, shape)) + ("_paged" if paged else "")
+            report[name] = compared(single[paged], sharded, starved)
     if is_writer():
         print(json.dumps(report))
 
