@@ -56,7 +56,7 @@ copies of a forked slot's partly filled page count against it. "z_held": the sam
 
     python experiments/bench_search.py [--problems 8] [--k 4] [--expansions 4]
         [--step-tokens 48] [--temperature 0.9] [--n-complete 0] [--threads N]
-        [--config configs/smollm2_gsm_symbolic.yaml] [--fixture FILE]
+        [--config configs/smollm2_gsm_symbolic.yaml] [--fixture FILE] [--shared-prefix]
 
 Prints a line per pass, a table, and as its last line JSON: {"speedup_vs_reprefill":
 wall(c)/wall(a), "speedup_one_at_a_time": wall(c)/wall(d), "speedup_vs_slot_copy":
@@ -106,6 +106,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--fixture", type=Path,
                         default=ROOT / "experiments/fixtures/gsm_symbolic_16.jsonl",
                         help="GSM8K-layout JSONL (question, answer ending '#### N')")
+    parser.add_argument("--shared-prefix", action="store_true",
+                        help="our runs' tries attend to each group's prefix once "
+                             "(Decoder(shared_prefix=True), cascade attention)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="CPU cores for both sides (default: all this process may use)")
     return parser.parse_args()
@@ -393,7 +396,8 @@ def main() -> None:
         return Decoder(loaded.model, num_slots=num_slots, max_len=max_len,
                        newline_table=tokenizer.newline_table(loaded.config.vocab_size),
                        eos_ids=tokenizer.eos_ids, step_chunk=step_chunk,
-                       paging=Paging(page_size=page_size, num_pages=pages) if paged else None)
+                       paging=Paging(page_size=page_size, num_pages=pages) if paged else None,
+                       shared_prefix=args.shared_prefix)
 
     def our_run(name: str, dec: Decoder, one_at_a_time: bool):
         """Two passes on ``dec``: the first (metered on a paged cache) compiles, the second
@@ -475,6 +479,7 @@ def main() -> None:
                          temperature=args.temperature, n_complete=planner.n_complete,
                          threads=args.threads, max_len=max_len, page_size=page_size,
                          step_chunk=step_chunk, prefix_sharing=prefix_sharing,
+                         shared_prefix_attention=args.shared_prefix,
                          kv_token_bytes=token_bytes,
                          omp_wait_policy=os.environ["OMP_WAIT_POLICY"], warm_up="ours: one compiling pass "
                          "before the timed one; peer: one short generate",

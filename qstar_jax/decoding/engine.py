@@ -79,6 +79,10 @@ class Decoder:
     until the last one ends. per_layer_weights: also hold the layer weights as one array
     per layer, so a decode step reads them without copying them out of the stacked
     arrays; it doubles their memory (default: on CPU only, see DecoderWeights).
+    shared_prefix: a trie round's rows attend to their group's prefix once, all the
+    group's queries together, and to their own steps apart (``models/shared_prefix``;
+    not for a model with a sliding window). Off by default: on 2 CPU cores it did not
+    make a search faster (README, "Paged KV cache").
     mesh: a (data, model) ``jax.sharding.Mesh`` to spread the weights and the slot pool
     over (``qstar_jax.parallel``), laid out by ``rules``; each shard of the slots' mesh axis
     computes the rows of its own slots, and outputs come back replicated, so every
@@ -95,6 +99,7 @@ class Decoder:
                  min_step_bucket: int = MIN_STEP_BUCKET,
                  min_window_bucket: int = MIN_WINDOW_BUCKET,
                  step_chunk: int = 0, per_layer_weights: bool | None = None,
+                 shared_prefix: bool = False,
                  mesh: jax.sharding.Mesh | None = None,
                  rules: ShardingRules = ShardingRules(), paging: Paging | None = None):
         self.config = model.config
@@ -110,6 +115,10 @@ class Decoder:
         if step_chunk < 0:
             raise ValueError(f"step_chunk must be >= 0 (0: a step in one call), got {step_chunk}")
         self.step_chunk = step_chunk
+        if shared_prefix and model.config.uniform_sliding_window is not None:
+            raise ValueError("shared_prefix attention has no sliding window: build the "
+                             "decoder without it for this model")
+        self.shared_prefix = shared_prefix
         graphdef = nnx.graphdef(model)
         self._weights = DecoderWeights.of(model, per_layer=per_layer_weights)
         if cache_dtype is None:
@@ -187,7 +196,7 @@ class Decoder:
         self._sample_trie = counted_jit(  # the lent pages: each shard's block
             "sample_trie", sample_trie,
             (whole, cache, rows, whole, rows, rows, rows, rows, whole, whole, whole, rows,
-             whole), (cache, rows, rows), num_static=3)
+             whole), (cache, rows, rows), num_static=4)
 
         def on_shards(fn):
             """``fn(cache, per-shard ids, per-shard ids)`` on each shard's part of the

@@ -86,6 +86,13 @@ def sample_trie(decoder: Decoder, slots: Sequence[int], counts: Sequence[int],
     return row_slots, out
 
 
+def _prefix_groups(progress) -> int:
+    """The static group count of a chunk's shared-prefix attention: its live rows'
+    distinct groups, in a bucket of at least ``MIN_COUNT_BUCKET`` (few variants)."""
+    groups = np.unique(progress.group[progress.count > 0]).size
+    return bucket_size(groups, minimum=MIN_COUNT_BUCKET)
+
+
 def _chunk(decoder: Decoder, trie: ChunkedTrie, row_slots: np.ndarray, *,
            key_table: jax.Array, key_rows: np.ndarray, group_ids: np.ndarray,
            params: SamplingParams, max_tokens: int, cap_bucket: int, max_count: int,
@@ -108,7 +115,8 @@ def _chunk(decoder: Decoder, trie: ChunkedTrie, row_slots: np.ndarray, *,
                             group=layout.place(progress.group, -1)),
         np.int32(max_tokens), decoder._newline_table, decoder._eos_ids,
         lent_pages(decoder.pages, trie.out.page_table, layout, cap_bucket),
-        np.int32(rounds), max_count, window, trie.num_draws())
+        np.int32(rounds), max_count, window, trie.num_draws(),
+        _prefix_groups(progress) if decoder.shared_prefix else 0)
     out, stop = jax.device_get((out, stop))
     out = layout.take(out)
     if decoder.pages is not None:  # page ids within each row's shard back to the host's

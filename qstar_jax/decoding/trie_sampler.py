@@ -42,6 +42,12 @@ and a draw folds that with its draw number: a group's steps depend only on its o
 not on the rows or groups sharing the call. Spares are taken lowest row first and never
 given back, so a group's rows in row order are its steps in the order they split off.
 
+With ``prefix_groups`` the rows' model call attends through ``SharedPrefixRows``
+(``models/shared_prefix``): every row's sequence is its group's prefix (what the group's
+slot held when the call began) and then its own step, so each group's prefix keys are
+read once, from one of its rows, for all its rows' queries, and each row's own keys
+apart; the two parts merge exactly by log-sum-exp (to float rounding).
+
 A call runs at most ``rounds`` rounds, so the host can go on with fewer rows
 (``trie_chunks``): rows start from a ``TrieProgress`` (a trie's start, or where the last
 call left them), and a live row's position, hidden state and page table are what the
@@ -65,6 +71,7 @@ from qstar_jax.decoding.step_sampler import EndReason, end_reason_after
 from qstar_jax.decoding.trie_draws import TrieDraws, round_draws
 from qstar_jax.decoding.weights import DecoderWeights
 from qstar_jax.models.cache_pages import PagedRows
+from qstar_jax.models.shared_prefix import SharedPrefixRows
 
 FORK_CHUNK = 16  # cache copies per inner iteration: rounds rarely split more rows
 
@@ -135,6 +142,12 @@ class TrieRows:
     max_len: int = struct.field(pytree_node=False)  # M, the most tokens a slot holds
     window: int = struct.field(pytree_node=False)   # W, the cache positions rows use
     num_draws: int = struct.field(pytree_node=False)  # D, a round's draws
+    # With shared-prefix attention, per group (G of them, padded): the row holding its
+    # prefix (fixed for the call: below its start no row writes), its group id (-2:
+    # padding) and the prefix's tokens; None otherwise.
+    prefix_rows: jax.Array | None = None
+    prefix_group: jax.Array | None = None
+    prefix_len: jax.Array | None = None
 
 
 @struct.dataclass
@@ -179,7 +192,7 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights,
                 key_rows: jax.Array, group_ids: jax.Array, params: SamplingParams,
                 progress: TrieProgress, cap: jax.Array, newline_table: jax.Array,
                 eos_ids: jax.Array, lent: jax.Array | None, rounds: jax.Array,
-                max_count: int, window: int, num_draws: int
+                max_count: int, window: int, num_draws: int, prefix_groups: int = 0
                 ) -> tuple[KVCache | PagedKVCache, TrieOutput, TrieStop]:
     """Sample each group's steps as a trie, for at most ``rounds`` rounds, and only while
     the rows hold a free spare for each new row the next round needs.
@@ -195,7 +208,9 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights,
     (``Decoder.attention_window``; M or more: whole rows): the cache positions attention
     reads and a spare's copy copies. Positions of a
     spare at W or beyond are left as they were: past its length, never read.
-    num_draws: D, static, at least the going rows' counts summed.
+    num_draws: D, static, at least the going rows' counts summed. prefix_groups: static,
+    0, or at least the distinct groups of the live rows: attend through
+    ``SharedPrefixRows`` with that many groups (the model must have no sliding window).
     On a PagedKVCache each group row must own its pages up to its start plus ``cap``
     (``PageTable.reserve``), and ``lent``: [F] int32 free pages (P-padded), enough for
     every split (a split at position p of a group that starts at s takes
@@ -213,6 +228,9 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights,
                     newline_table=newline_table, eos_ids=eos_ids,
                     shifts=jnp.arange(1, max_count),  # a row's other draws lie within K - 1
                     max_len=max_len, window=window, num_draws=num_draws)
+    if prefix_groups:
+        rows = rows.replace(**_prefix_groups(progress.group, live, positions,
+                                             progress.num_tokens, prefix_groups))
     pages = None
     if isinstance(cache, PagedKVCache):
         table = cache.model_rows(model_slots)
@@ -313,6 +331,10 @@ def _one_round(model, layers, rows: TrieRows, state: TrieLoopState) -> TrieLoopS
     token_now = jnp.zeros(batch, jnp.int32).at[target].set(tokens, mode="drop")
     moved_positions = moved(state.positions)
     feed_positions = jnp.where(fed_now, moved_positions, max_len)
+    group = moved(state.group)
+    if rows.prefix_rows is not None:
+        model_rows = _shared_prefix_rows(rows, model_rows, group, fed_now,
+                                         state.tokens.shape[1])
     hidden, k, v = model(token_now[:, None], feed_positions[:, None], model_rows, k, v,
                          layers=layers, key_len=rows.window)
     positions = jnp.where(fed_now, moved_positions + 1, moved_positions)
@@ -325,7 +347,7 @@ def _one_round(model, layers, rows: TrieRows, state: TrieLoopState) -> TrieLoopS
         live=state.live | fed_now, spare=state.spare & ~fed_now,
         done=state.done | ends_now,
         end_reason=jnp.where(ends_now, reason, state.end_reason),
-        group=moved(state.group), count=moved(state.count, draws),
+        group=group, count=moved(state.count, draws),
         keys=moved(state.keys, jax.vmap(jax.random.fold_in)(state.keys[parent], tokens)),
         params=jax.tree.map(moved, state.params),
         tokens=moved(state.tokens, step_tokens),
@@ -333,6 +355,44 @@ def _one_round(model, layers, rows: TrieRows, state: TrieLoopState) -> TrieLoopS
         fed=moved(state.fed, jnp.where(is_new, 0, state.fed[parent]) + 1),
         hidden=jnp.where(fed_now[:, None], hidden[:, 0].astype(jnp.float32), state.hidden),
         pages=pages, draws=state.draws)
+
+
+def _prefix_groups(group, live, positions, num_tokens, num_groups: int) -> dict:
+    """TrieRows' prefix fields at a call's start: each distinct group of the live rows,
+    its first live row and its prefix (that row's position less its step's tokens),
+    padded to ``num_groups`` (at least the distinct groups)."""
+    batch = group.shape[0]
+    same = (group[:, None] == group[None, :]) & live[None, :]
+    first = live & (jnp.argmax(same, axis=1) == jnp.arange(batch))
+    reps = jnp.nonzero(first, size=num_groups, fill_value=batch)[0]
+    real, reps = reps < batch, jnp.minimum(reps, batch - 1)
+    return {"prefix_rows": reps, "prefix_group": jnp.where(real, group[reps], -2),
+            "prefix_len": jnp.where(real, positions[reps] - num_tokens[reps], 0)}
+
+
+def _shared_prefix_rows(rows: TrieRows, model_rows, group, fed, suffix_window: int
+                        ) -> SharedPrefixRows:
+    """The rows of a round's model call as ``SharedPrefixRows``: each row that feeds a
+    token sits in its group's members (a group's rows never outnumber its count, at
+    most K)."""
+    batch, num_groups = group.shape[0], rows.prefix_rows.shape[0]
+    width = rows.shifts.shape[0] + 1  # K
+    match = group[:, None] == rows.prefix_group[None, :]
+    row_group = jnp.argmax(match, axis=1).astype(jnp.int32)
+    member = fed & jnp.any(match, axis=1)
+    ahead = (row_group[:, None] == row_group[None, :]) & member[None, :] & (
+        jnp.arange(batch)[None, :] < jnp.arange(batch)[:, None])
+    row_member = jnp.where(member, jnp.sum(ahead, axis=1), width).astype(jnp.int32)
+    members = jnp.full((num_groups, width), batch, jnp.int32).at[row_group, row_member].set(
+        jnp.arange(batch, dtype=jnp.int32), mode="drop")
+    if isinstance(model_rows, PagedRows):
+        prefix = dataclasses.replace(model_rows,
+                                     page_table=model_rows.page_table[rows.prefix_rows])
+    else:
+        prefix = model_rows[rows.prefix_rows]
+    return SharedPrefixRows(rows=model_rows, prefix_rows=prefix, prefix_len=rows.prefix_len,
+                            members=members, row_group=row_group, row_member=row_member,
+                            prefix_window=rows.window, suffix_window=suffix_window)
 
 
 def _copy_caches(k, v, children, parents, num_new, window):

@@ -25,6 +25,7 @@ from flax import nnx
 
 from qstar_jax.models.cache_pages import PagedRows
 from qstar_jax.models.config import ModelConfig
+from qstar_jax.models.shared_prefix import SharedPrefixRows, write_slot_rows
 
 
 class RMSNorm(nnx.Module):
@@ -83,6 +84,11 @@ class Attention(nnx.Module):
         if cache_k is None:
             keys, values = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, T, D]
             key_pos = positions  # [B, T]
+        elif isinstance(slots, SharedPrefixRows):  # a trie round: one token per row
+            cache_k = slots.write(cache_k, layer, k, positions)
+            cache_v = slots.write(cache_v, layer, v, positions)
+            out = slots.attend_one_token(q, cache_k, cache_v, layer, positions)
+            return self.o_proj(out.reshape(b, t, -1)), cache_k, cache_v
         elif isinstance(slots, PagedRows):
             cache_k = slots.write(cache_k, layer, k, positions)
             cache_v = slots.write(cache_v, layer, v, positions)
@@ -93,12 +99,8 @@ class Attention(nnx.Module):
             values = slots.gather(cache_v, layer, key_len)
             key_pos = jnp.arange(keys.shape[2])[None, :]  # [1, N * S]
         else:
-            row_slots = jnp.broadcast_to(slots[:, None], positions.shape)
-            # Advanced indices [B, T] around a slice put the result dims first: [B, T, K, D].
-            cache_k = cache_k.at[layer, row_slots, :, positions].set(k.astype(cache_k.dtype),
-                                                                     mode="drop")
-            cache_v = cache_v.at[layer, row_slots, :, positions].set(v.astype(cache_v.dtype),
-                                                                     mode="drop")
+            cache_k = write_slot_rows(cache_k, layer, slots, k, positions)
+            cache_v = write_slot_rows(cache_v, layer, slots, v, positions)
             # Only the window of positions a query can see: the gather copies [B, K, W, D]
             # per layer and token, and the attention reads it, rather than whole rows.
             window = cache_k.shape[3] if key_len is None else min(key_len, cache_k.shape[3])

@@ -28,12 +28,12 @@ PARAMS = SamplingParams.make(4, temperature=[0.5, 0.7, 0.7, 1.0])
 KEYS = jax.random.split(jax.random.key(3), 4)
 
 
-def _decoder(model, paging=None):
+def _decoder(model, paging=None, shared_prefix=False):
     newline_table = np.zeros(64, bool)
     newline_table[NEWLINES] = True
     return Decoder(model, num_slots=64, max_len=RANDOM_MAX_LEN, newline_table=newline_table,
                    eos_ids=[EOS], min_batch_bucket=2, min_step_bucket=STEP_BUCKET,
-                   paging=paging)
+                   paging=paging, shared_prefix=shared_prefix)
 
 
 def _groups(decoder):
@@ -97,6 +97,27 @@ def test_paged_tries_sample_exactly_the_slot_pools_steps(random_model):
     assert {EndReason.NEWLINE, EndReason.CAP, EndReason.CACHE_FULL} <= reasons, reasons
     assert any(len(s.tokens) < CAP and s.end_reason != EndReason.CACHE_FULL
                for group in rows for s in group)
+
+
+@pytest.mark.parametrize("paged", [False, True])
+def test_tries_attending_to_each_groups_prefix_once_sample_the_same_steps(random_model,
+                                                                          paged):
+    """``shared_prefix``: each group's prefix read once for all its rows (cascade
+    attention, merged by log-sum-exp), on the slot pool and on pages: the same steps,
+    log-probabilities and hidden states to float32 rounding, as each row attending over
+    its own window; the groups' prefixes end mid-page and on a page's end, and one group
+    is a fork sharing its prefix's pages."""
+    results = []
+    for shared_prefix in (False, True):
+        decoder = _decoder(random_model, Paging(page_size=PAGE_SIZE, num_pages=400)
+                           if paged else None, shared_prefix)
+        _, slots = _groups(decoder)
+        steps, fed = _trie(decoder, slots)
+        results.append((steps, fed, _next_steps(decoder, steps)))
+    (rows, rows_fed, rows_after), (shared, shared_fed, shared_after) = results
+    assert shared_fed == rows_fed
+    assert_same_trie_groups(shared, rows, logprob_atol=1e-5)
+    assert_same_step_batch(shared_after, rows_after)
 
 
 def test_a_split_shares_the_full_pages_above_it_and_owns_the_rest(random_model):
