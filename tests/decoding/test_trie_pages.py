@@ -70,6 +70,22 @@ def _slot_keys(decoder, slot):
     return keys[:, :, :decoder.lengths([slot])[0]]
 
 
+def _assert_same_tries(expected_decoder, decoder):
+    """The groups' tries on both decoders, and a step after each: the same tokens,
+    slots, counts and tokens fed, log-probabilities and hidden states to float32
+    rounding, and caches that the next step reads alike. Returns the first's tries."""
+    results = []
+    for each in (expected_decoder, decoder):
+        _, slots = _groups(each)
+        steps, fed = _trie(each, slots)
+        results.append((steps, fed, _next_steps(each, steps)))
+    (expected, expected_fed, expected_after), (got, got_fed, got_after) = results
+    assert got_fed == expected_fed
+    assert_same_trie_groups(got, expected, logprob_atol=1e-5)
+    assert_same_step_batch(got_after, expected_after)
+    return expected
+
+
 def _common_prefix(a, b):
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
@@ -79,16 +95,9 @@ def test_paged_tries_sample_exactly_the_slot_pools_steps(random_model):
     slot), after prompts of whole and partly filled pages: the same tokens, slots and
     counts, log-probabilities and hidden states to float32 rounding, and caches that the
     next step reads alike."""
-    results = []
-    for paging in (None, Paging(page_size=PAGE_SIZE, num_pages=400)):
-        decoder = _decoder(random_model, paging)
-        _, slots = _groups(decoder)
-        steps, fed = _trie(decoder, slots)
-        results.append((steps, fed, _next_steps(decoder, steps)))
-    (rows, rows_fed, rows_after), (paged, paged_fed, paged_after) = results
-    assert paged_fed == rows_fed
-    assert_same_trie_groups(paged, rows, logprob_atol=1e-5)
-    assert_same_step_batch(paged_after, rows_after)
+    rows = _assert_same_tries(_decoder(random_model),
+                              _decoder(random_model, Paging(page_size=PAGE_SIZE,
+                                                            num_pages=400)))
     # What the comparison covered: splits at several depths, steps that end early.
     depths = {_common_prefix(a.tokens, b.tokens) for group in rows
               for a, b in itertools.combinations(group, 2)}
@@ -107,17 +116,9 @@ def test_tries_attending_to_each_groups_prefix_once_sample_the_same_steps(random
     log-probabilities and hidden states to float32 rounding, as each row attending over
     its own window; the groups' prefixes end mid-page and on a page's end, and one group
     is a fork sharing its prefix's pages."""
-    results = []
-    for shared_prefix in (False, True):
-        decoder = _decoder(random_model, Paging(page_size=PAGE_SIZE, num_pages=400)
-                           if paged else None, shared_prefix)
-        _, slots = _groups(decoder)
-        steps, fed = _trie(decoder, slots)
-        results.append((steps, fed, _next_steps(decoder, steps)))
-    (rows, rows_fed, rows_after), (shared, shared_fed, shared_after) = results
-    assert shared_fed == rows_fed
-    assert_same_trie_groups(shared, rows, logprob_atol=1e-5)
-    assert_same_step_batch(shared_after, rows_after)
+    paging = Paging(page_size=PAGE_SIZE, num_pages=400) if paged else None
+    _assert_same_tries(_decoder(random_model, paging),
+                       _decoder(random_model, paging, shared_prefix=True))
 
 
 def test_a_split_shares_the_full_pages_above_it_and_owns_the_rest(random_model):
