@@ -42,21 +42,24 @@ children are forks; (c): K copies of the whole node text per expansion, as ``gen
 expands the input before its prefill); generated tokens (what the decoder computed: a
 trie computes a prefix its samples share once); step tokens (the tokens of every step
 handed to the search, copies included); peak KV bytes: (a), (d) the most pages out of the
-pool at once (``PageTable.peak_pages_in_use``: held, reserved up to a step's cap, or lent
-to a trie call) x page bytes; (b) the most slots allocated at once x a max_len row's
+pool at once (``PageTable.peak_pages_in_use``: held, reserved for a write, or lent to a
+trie call) x page bytes; (b) the most slots allocated at once x a max_len row's
 bytes; (c) the largest ``generate`` call's K x (prompt + new tokens) x per-token bytes.
 
 z ("kv_bytes_vs_distinct_tokens"): (a)'s peak KV bytes over the bytes of the distinct
 tokens the live trees hold right after the decoder call that reached the peak: for each
 problem the token trie of every live slot's sequence (prompt and steps), summed over
 problems; a cache that held each distinct token once with nothing spare would give 1.
-Unfilled page ends, pages reserved up to the cap that the step did not fill and pages
-lent to a trie call for splits it did not make (the peak is reached inside a call), and
-copies of a forked slot's partly filled page count against it. "z_held": the same at the most pages held between calls (reservations trimmed).
+Unfilled page ends, pages lent to a trie chunk that its rows did not reach (the peak is
+reached inside a call: a chunk's loan is what its rows could reach in its rounds), and
+copies of a forked slot's partly filled page count against it; smaller pages
+(``--page-size``) leave less of each unfilled. "z_held": the same at the most pages held
+between calls (loans taken back).
 
     python experiments/bench_search.py [--problems 8] [--k 4] [--expansions 4]
         [--step-tokens 48] [--temperature 0.9] [--n-complete 0] [--threads N]
         [--config configs/smollm2_gsm_symbolic.yaml] [--fixture FILE] [--shared-prefix]
+        [--runs abcd] [--page-size N]
 
 Prints a line per pass, a table, and as its last line JSON: {"speedup_vs_reprefill":
 wall(c)/wall(a), "speedup_one_at_a_time": wall(c)/wall(d), "speedup_vs_slot_copy":
@@ -109,6 +112,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--shared-prefix", action="store_true",
                         help="our runs' tries attend to each group's prefix once "
                              "(Decoder(shared_prefix=True), cascade attention)")
+    parser.add_argument("--runs", default="abcd",
+                        help="which of the runs (a)-(d) to make (default all; (b) takes the "
+                             "slots (a) peaked at, or as many as (a) is given without it)")
+    parser.add_argument("--page-size", type=int, default=None,
+                        help="tokens per page of the paged runs (default: the config's)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="CPU cores for both sides (default: all this process may use)")
     return parser.parse_args()
@@ -334,6 +342,22 @@ class TransformersExpander:
         return self.prefilled[problem_index]
 
 
+def peer_run(args, config, tokenizer, task, problems, prompts, make_planner, *, cap: int,
+             token_bytes: int) -> RunFigures:
+    """(c): the searches one problem at a time through ``TransformersExpander``."""
+    model = transformers_model(gguf_file(config.policy.source), config.policy.dtype,
+                               args.threads)
+    peer = TransformersExpander(model, tokenizer, task, problems, prompts,
+                                step_token_cap=cap, kv_token_bytes=token_bytes)
+    import torch
+    with torch.inference_mode():  # warm-up: torch's first call sets up its kernels
+        model.generate(torch.tensor([tokenizer.encode(prompts[0])]), max_new_tokens=4,
+                       do_sample=False, pad_token_id=tokenizer.pad_id)
+    timed = search(peer, make_planner, len(problems), one_at_a_time=True)
+    print(f"(c) timed pass {timed.wall_s:7.1f} s", flush=True)
+    return timed.figures(first_pass_s=None, peak_kv_bytes=peer.peak_kv_bytes)
+
+
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -376,7 +400,10 @@ def main() -> None:
     def make_planner(i):
         return AStarPlanner(i, planner)
 
-    page_size = config.decode.page_size or 16
+    runs_wanted = set(args.runs)
+    if not runs_wanted or not runs_wanted <= set(RUNS):
+        raise SystemExit(f"--runs takes letters of 'abcd', not {args.runs!r}")
+    page_size = args.page_size or config.decode.page_size or 16
     # A node's tokens never pass the prompt and one capped step per expansion above it.
     max_len = page_size * cdiv(max(prompt_tokens) + expansions * cap, page_size)
     nodes = k * expansions + 2  # per problem: the tree's nodes, and the root's prefill
@@ -421,7 +448,10 @@ def main() -> None:
     runs: dict[str, RunFigures] = {}
     trees: dict[str, str] = {}
     paged = decoder(True, slots)
+    peak_slots, at_peak, at_held_peak = slots, None, None
     for name, one_at_a_time in (("a", False), ("d", True)):
+        if name not in runs_wanted:
+            continue
         paged.pages.reset_peak()
         paged.pool.reset_peak()
         timed, first_s, metered = our_run(name, paged, one_at_a_time)
@@ -432,49 +462,51 @@ def main() -> None:
             peak_slots, at_peak, at_held_peak = (paged.pool.peak_allocated, metered.at_peak,
                                                  metered.at_held_peak)
     del paged
-    rows = decoder(False, peak_slots)  # the same trees take the same slots
-    timed, first_s, _ = our_run("b", rows, False)
-    runs["b"] = timed.figures(first_pass_s=first_s,
-                              peak_kv_bytes=rows.pool.peak_allocated * max_len * token_bytes)
-    trees["b"] = timed.trees_hash
-    del rows
+    if "b" in runs_wanted:
+        rows = decoder(False, peak_slots)  # the same trees take the same slots
+        timed, first_s, _ = our_run("b", rows, False)
+        runs["b"] = timed.figures(first_pass_s=first_s,
+                                  peak_kv_bytes=rows.pool.peak_allocated * max_len * token_bytes)
+        trees["b"] = timed.trees_hash
+        del rows
 
-    model = transformers_model(gguf_file(config.policy.source), config.policy.dtype,
-                               args.threads)
-    peer = TransformersExpander(model, tokenizer, task, problems, prompts,
-                                step_token_cap=cap, kv_token_bytes=token_bytes)
-    import torch
-    with torch.inference_mode():  # warm-up: torch's first call sets up its kernels
-        model.generate(torch.tensor([tokenizer.encode(prompts[0])]), max_new_tokens=4,
-                       do_sample=False, pad_token_id=tokenizer.pad_id)
-    timed = search(peer, make_planner, n, one_at_a_time=True)
-    print(f"(c) timed pass {timed.wall_s:7.1f} s", flush=True)
-    runs["c"] = timed.figures(first_pass_s=None, peak_kv_bytes=peer.peak_kv_bytes)
+    if "c" in runs_wanted:
+        runs["c"] = peer_run(args, config, tokenizer, task, problems, prompts, make_planner,
+                             cap=cap, token_bytes=token_bytes)
 
-    z = at_peak[0] * page_size / at_peak[1]
-    z_held = at_held_peak[0] * page_size / at_held_peak[1]
+    z = None if at_peak is None else at_peak[0] * page_size / at_peak[1]
+    z_held = None if at_held_peak is None else at_held_peak[0] * page_size / at_held_peak[1]
     print(f"\nwall-clock of the timed pass (ours after a compiling pass); peak KV at "
           f"{token_bytes / 1e3:.1f} kB a token")
     print(f"{'run':<4}{'':<54}{'wall s':>8}{'first pass s':>13}{'expansions':>11}"
           f"{'prefilled':>10}{'generated':>10}{'step tokens':>12}{'peak KV MB':>11}")
-    for name in "abcd":
+    for name in sorted(runs):
         r = runs[name]
         first = "" if r.first_pass_s is None else f"{r.first_pass_s:.1f}"
         print(f"({name}) {RUNS[name]:<54}{r.wall_s:>8.1f}{first:>13}{r.expansions:>11}"
               f"{r.prefilled_tokens:>10}{r.generated_tokens:>10}{r.step_tokens:>12}"
               f"{r.peak_kv_bytes / 1e6:>11.1f}")
-    print(f"z = {at_peak[0]} peak pages x {page_size} / {at_peak[1]} distinct tokens = {z:.3f}; "
-          f"held between calls: {at_held_peak[0]} pages / {at_held_peak[1]} tokens = "
-          f"{z_held:.3f}; trees (a) {trees['a']} (b) {trees['b']} (d) {trees['d']}")
+    if z is not None:
+        print(f"z = {at_peak[0]} peak pages x {page_size} / {at_peak[1]} distinct tokens = "
+              f"{z:.3f}; held between calls: {at_held_peak[0]} pages / {at_held_peak[1]} "
+              f"tokens = {z_held:.3f}")
+    print("trees: " + ", ".join(f"({name}) {tree}" for name, tree in sorted(trees.items())))
+
+    def speedup(slower: str, faster: str) -> float | None:
+        if slower in runs and faster in runs:
+            return round(runs[slower].wall_s / runs[faster].wall_s, 3)
+        return None
+
     print(json.dumps({
-        "speedup_vs_reprefill": round(runs["c"].wall_s / runs["a"].wall_s, 3),
-        "speedup_one_at_a_time": round(runs["c"].wall_s / runs["d"].wall_s, 3),
-        "speedup_vs_slot_copy": round(runs["b"].wall_s / runs["a"].wall_s, 3),
-        "kv_bytes_vs_distinct_tokens": round(z, 3), "z_held": round(z_held, 3),
-        "same_trees": len(set(trees.values())) == 1,
+        "speedup_vs_reprefill": speedup("c", "a"),
+        "speedup_one_at_a_time": speedup("c", "d"),
+        "speedup_vs_slot_copy": speedup("b", "a"),
+        "kv_bytes_vs_distinct_tokens": None if z is None else round(z, 3),
+        "z_held": None if z_held is None else round(z_held, 3),
+        "same_trees": len(set(trees.values())) <= 1,
         "runs": {name: {key: round(v, 2) if isinstance(v, float) else v
                         for key, v in dataclasses.asdict(runs[name]).items()}
-                 for name in "abcd"},
+                 for name in sorted(runs)},
         "settings": dict(problems=n, k=k, expansions=expansions, step_tokens=cap,
                          temperature=args.temperature, n_complete=planner.n_complete,
                          threads=args.threads, max_len=max_len, page_size=page_size,

@@ -394,11 +394,11 @@ class Decoder:
         key_table: typed PRNG keys (e.g. one per problem, gathered on device); params:
         SamplingParams [G]. Returns (the slot of each row [R], TrieOutput of R = G +
         len(spares) rows on the host, whose ``group`` is -1 for an unused spare).
-        On a paged cache the groups' slots get pages of their own up to the cap, and the
-        trie is lent pages for its splits, before it starts (PagePoolExhausted, changing
-        nothing, when the pool is short); afterwards each used spare holds the pages of
-        its tokens (the full ones below its split shared with its parent) and the rest
-        go back.
+        On a paged cache each row takes pages as it reaches them, from pages lent to
+        each call for what its rows may reach in its rounds (PagePoolExhausted, changing
+        nothing, before the trie starts when the pool could not hold every step to its
+        cap); afterwards each step's slot holds the pages of its tokens (a spare's full
+        ones below its split shared with its parent) and the rest go back.
         """
         return trie_calls.sample_trie(self, slots, counts, spares, key_table=key_table,
                                       key_rows=key_rows, group_ids=group_ids, params=params,

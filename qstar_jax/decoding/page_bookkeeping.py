@@ -3,10 +3,12 @@
 Shapes: P pages, G trie groups.
 
 Before a call writes, its slots get pages of their own up to where the call may write
-(``own_pages``; a trie is also lent pages for its splits, ``own_trie_pages``), the
-shared pages they keep tokens of copied on the device and the page tables uploaded. After
-it, what a trie's splits kept is settled (``settle_trie_pages``) and the pages reserved
-past what the slots now hold go back (``trim_pages``). A fork only forks the page tables
+(``own_pages``), the shared pages they keep tokens of copied on the device and the page
+tables uploaded; after it, the pages reserved past what the slots now hold go back
+(``trim_pages``). A trie takes its pages on the device as its rows reach them: its
+groups' slots own the page they start in (``own_trie_pages``), each of its calls is lent
+what its rows may reach in its rounds (``lend_trie_pages``) and the trie's tables are
+settled at its end (``settle_trie_pages``). A fork only forks the page tables
 (``fork_pages``).
 
 Each function takes the decoder's ``PageTable``, or (all but ``fork_pages``) None for a
@@ -41,38 +43,54 @@ def own_pages(pages: PageTable | None, cache, slots: np.ndarray, starts: np.ndar
 
 def own_trie_pages(pages: PageTable | None, cache, slots: np.ndarray, lengths: np.ndarray,
                    counts: np.ndarray, max_tokens: int, max_len: int, copy=copy_pages):
-    """Give the groups' slots pages of their own up to the cap, as ``own_pages`` does
-    before a step, and borrow pages for the trie's splits (``lent_pages``) on each
-    group's data shard: a group's ``counts - 1`` splits each take at most the pages from
-    its start's page to its cap's. Raises PagePoolExhausted before any change when a
-    shard is short."""
+    """Before a trie: give each group's slot its own copy of the partly filled page it
+    starts in, if shared, as ``own_pages`` does before a step; the trie's other pages are
+    lent chunk by chunk (``lend_trie_pages``). Raises PagePoolExhausted, changing
+    nothing, unless each data shard has free the most pages the trie could take: every
+    step of a group's ``counts`` to its cap, from the page its group starts in."""
     if pages is None:
         return cache
     size = pages.page_size
     starts = lengths[slots]
     ends = np.minimum(starts + max_tokens, max_len)
-    per_split = -(-ends // size) - starts // size
-    lend = np.bincount(pages.slots.shard_of(slots), weights=(counts - 1) * per_split,
-                       minlength=pages.shards).astype(np.int64)
-    sources, targets = pages.reserve(slots, starts, ends, lend=lend)
-    return _copy_reserved(pages, cache, sources, targets, copy)
+    pages.check_free(pages.new_pages(slots, counts * (-(-ends // size) - starts // size)))
+    return _copy_reserved(pages, cache, *pages.reserve(slots, starts, starts), copy)
+
+
+def lend_trie_pages(pages: PageTable | None, tables: np.ndarray | None, row_slots: np.ndarray,
+                    going: np.ndarray, num_tokens: np.ndarray, rounds: int,
+                    max_tokens: int) -> None:
+    """Before a trie call of at most ``rounds`` rounds on ``row_slots`` [n] (its rows:
+    ``going`` steps with ``num_tokens`` tokens so far, and spares): take back the lent
+    pages no row took (not in ``tables``, the trie's page tables so far, None before its
+    first call) and lend what the call's rows may reach: a going step's next
+    ``min(rounds, max_tokens - num_tokens)`` tokens take at most that many over the page
+    size pages (it holds the page it is in), a spare's at most one more (the page it
+    splits off in). So a loan is a chunk's, not a whole step's, and goes back unused
+    when the step ends."""
+    if pages is None:
+        return
+    if tables is not None:
+        pages.recall(tables)
+    size = pages.page_size
+    reach = np.where(going, np.minimum(rounds, max_tokens - num_tokens), min(rounds, max_tokens))
+    pages.lend(pages.new_pages(row_slots, -(-reach // size) + np.where(going, 0, 1)))
 
 
 def lent_pages(pages: PageTable | None, tables: np.ndarray | None, layout: RowLayout,
-               cap_bucket: int) -> np.ndarray | None:
+               reach: int) -> np.ndarray | None:
     """The lent pages a trie call of rows laid out as ``layout`` may take, on each data
     shard ``block * per_row`` of that shard's, in shard-local ids padded with
-    ``pages_per_shard`` (per_row: the most a split can take with a cap of
-    ``cap_bucket``), [shards * block * per_row] int32: those no row's page table in
-    ``tables`` (the trie's rows so far, None before its first call) holds, in the order
-    splits take them (a split keeps the pages it takes in its table); None on the slot
-    pool."""
+    ``pages_per_shard`` (per_row: the most a row can take writing ``reach`` tokens, one
+    of them a page it splits off in), [shards * block * per_row] int32: those no row's
+    page table in ``tables`` (the trie's rows so far, None before its first call) holds,
+    in the order the rows take them; None on the slot pool."""
     if pages is None:
         return None
     lent = pages.lent
     if tables is not None:
         lent = lent[~np.isin(lent, tables)]
-    per_row = min(-(-cap_bucket // pages.page_size) + 1, pages.table.shape[1])
+    per_row = min(-(-reach // pages.page_size) + 1, pages.table.shape[1])
     room = layout.block * per_row
     shard_of = pages.shard_of_pages(lent)
     return np.concatenate([
@@ -94,18 +112,14 @@ def return_lent_pages(pages: PageTable | None) -> None:
         pages.settle([], [], [])
 
 
-def settle_trie_pages(pages: PageTable | None, slots: np.ndarray, row_slots: np.ndarray,
-                      live: np.ndarray, page_table: np.ndarray,
-                      lengths: np.ndarray) -> None:
-    """After a trie call on groups ``slots`` [G] whose rows went to ``row_slots`` (the
-    groups' slots, then the spares): each used spare (``live``, past the groups) holds the
-    pages of its tokens from ``page_table`` (the call's table per row), the lent pages
-    none kept go back, and the groups' slots give back the pages past their tokens."""
-    if pages is None:
-        return
-    forked = live & (np.arange(len(row_slots)) >= len(slots))
-    pages.settle(row_slots[forked], page_table[forked], lengths[row_slots[forked]])
-    trim_pages(pages, slots, lengths)
+def settle_trie_pages(pages: PageTable | None, row_slots: np.ndarray, live: np.ndarray,
+                      page_table: np.ndarray, lengths: np.ndarray) -> None:
+    """After a trie whose rows went to ``row_slots`` (the groups' slots, then the spares):
+    each ``live`` row's slot holds the pages of its tokens from ``page_table`` (the
+    trie's table per row), and the lent pages none kept go back."""
+    if pages is not None:
+        slots = row_slots[live]
+        pages.settle(slots, page_table[live], lengths[slots])
 
 
 def trim_pages(pages: PageTable | None, slots: np.ndarray, lengths: np.ndarray) -> None:

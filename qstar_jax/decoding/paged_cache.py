@@ -13,10 +13,11 @@ one, copied first when it holds tokens the writer keeps (the last, partly filled
 a fork), so a write never changes a sibling's tokens. When the pool cannot supply the
 pages, ``PagePoolExhausted`` is raised before anything changes.
 
-A call that forks slots on the device (the trie sampler) is lent free pages with its
-reservation (``reserve(..., lend=n)``): it builds the forked slots' tables from its
-parents' entries and the lent pages itself, and ``settle`` then counts what each forked
-slot holds and takes back the lent pages none of them kept.
+A call that takes pages on the device (the trie sampler, whose rows take pages as they
+reach them and whose splits fork page tables) is lent free pages (``lend``): it builds
+its rows' tables from their entries and the lent pages itself; ``recall`` takes back the
+lent pages no row took, and ``settle`` counts what each slot holds after it and takes
+back the lent pages none of them kept.
 
 On a mesh the pages split over the ``data`` axis as the slots do: each shard's devices
 hold ``P / shards`` pages, the host keeps a free list per shard, and a slot only ever
@@ -241,38 +242,19 @@ class PageTable:
         for slot, length in zip(slots, lengths, strict=True):
             self._release(slot, keep=-(-int(length) // self.page_size))
 
-    def reserve(self, slots: Sequence[int], starts: Sequence[int], ends: Sequence[int], *,
-                lend: int | Sequence[int] = 0) -> tuple[np.ndarray, np.ndarray]:
+    def reserve(self, slots: Sequence[int], starts: Sequence[int], ends: Sequence[int]
+                ) -> tuple[np.ndarray, np.ndarray]:
         """Give each slot pages of its own for positions [start, end), which it may then
         write, from its data shard's pages. Returns (sources, targets) [n]: the pages to
         copy on the device before the write (``copy_pages``; a source and its target lie
-        on one shard); after it, ``trim`` to the lengths written. ``lend``: also take that
-        many free pages out of the pool (a count per shard; an int on one shard, or 0)
-        for the call to fork slots with (``lent``; ``settle`` after it). Raises
+        on one shard); after it, ``trim`` to the lengths written. Raises
         PagePoolExhausted, changing nothing, when a shard is short."""
         if len(set(slots)) != len(slots):
             raise ValueError(f"cannot reserve for slots {list(slots)}: a slot is listed twice")
-        if np.ndim(lend) == 0 and (self.shards == 1 or lend == 0):
-            lend = np.full(self.shards, lend, np.int64)
-        lend = np.asarray(lend, np.int64)
-        if lend.shape != (self.shards,) or np.any(lend < 0):
-            raise ValueError(f"lend must give a count >= 0 for each of the {self.shards} "
-                             f"data shards, got {lend.tolist()}")
         plan = [self._pages_to_replace(s, int(a), int(b)) for s, a, b in
                 zip(slots, starts, ends, strict=True)]
         shard_of = self.slots.shard_of(np.asarray(slots, np.int64))
-        needed = lend + np.bincount(shard_of, minlength=self.shards,
-                                    weights=[len(entries) for entries, _ in plan]
-                                    ).astype(np.int64)
-        free = np.array([len(f) for f in self._free_pages])
-        short = np.flatnonzero(needed > free)
-        if short.size:
-            shard = int(short[0])
-            where = "" if self.shards == 1 else f" on data shard {shard}"
-            raise PagePoolExhausted(
-                f"this write needs {needed[shard]} new pages of {self.page_size} tokens"
-                f"{where} but only {free[shard]} of {self.pages_per_shard} are free; free "
-                "finished slots, run fewer rows at once, or build the cache with more pages")
+        self.check_free(self.new_pages(slots, [len(entries) for entries, _ in plan]))
         sources, targets = [], []
         for slot, shard, (entries, copy_first) in zip(slots, shard_of, plan):
             for entry in entries:
@@ -287,11 +269,53 @@ class PageTable:
                 self.table[slot, entry] = page
             if entries:
                 self.pages_held[slot] = max(self.pages_held[slot], entries[-1] + 1)
-        for shard, count in enumerate(lend):
-            self._lent.update(heapq.heappop(self._free_pages[shard]) for _ in range(count))
-        # Only a reservation takes pages from the free lists, so the peak is read here.
-        self.peak_pages_in_use = max(self.peak_pages_in_use, self.pages_in_use)
+        self._read_peak()
         return np.asarray(sources, np.int32), np.asarray(targets, np.int32)
+
+    def new_pages(self, slots: Sequence[int], counts: Sequence[int]) -> np.ndarray:
+        """[shards] int64: ``counts[i]`` pages on slot i's data shard, summed per shard."""
+        shard_of = self.slots.shard_of(np.asarray(slots, np.int64))
+        return np.bincount(shard_of, weights=np.asarray(counts, np.float64),
+                           minlength=self.shards).astype(np.int64)
+
+    def check_free(self, needed: Sequence[int]) -> None:
+        """Raise PagePoolExhausted unless each data shard has ``needed[shard]`` free pages."""
+        needed = np.asarray(needed, np.int64)
+        free = np.array([len(f) for f in self._free_pages])
+        short = np.flatnonzero(needed > free)
+        if short.size:
+            shard = int(short[0])
+            where = "" if self.shards == 1 else f" on data shard {shard}"
+            raise PagePoolExhausted(
+                f"this write needs {needed[shard]} new pages of {self.page_size} tokens"
+                f"{where} but only {free[shard]} of {self.pages_per_shard} are free; free "
+                "finished slots, run fewer rows at once, or build the cache with more pages")
+
+    def lend(self, counts: Sequence[int]) -> None:
+        """Lend ``counts[shard]`` free pages of each data shard to a device call that
+        takes pages itself (``lent``; ``recall`` or ``settle`` after it). Raises
+        PagePoolExhausted, changing nothing, when a shard is short."""
+        counts = np.asarray(counts, np.int64)
+        if counts.shape != (self.shards,) or np.any(counts < 0):
+            raise ValueError(f"a loan gives a count >= 0 for each of the {self.shards} "
+                             f"data shards, got {counts.tolist()}")
+        self.check_free(counts)
+        for shard, count in enumerate(counts):
+            self._lent.update(heapq.heappop(self._free_pages[shard]) for _ in range(count))
+        self._read_peak()
+
+    def _read_peak(self) -> None:
+        # Only a reservation or a loan takes pages from the free lists: the peak is read
+        # after each.
+        self.peak_pages_in_use = max(self.peak_pages_in_use, self.pages_in_use)
+
+    def recall(self, kept: np.ndarray) -> None:
+        """Take back the lent pages not in ``kept`` (the page tables a device call left,
+        any shape): those it did not take."""
+        back = self._lent - set(np.unique(kept).tolist())
+        for page in back:
+            heapq.heappush(self._free_pages[page // self.pages_per_shard], page)
+        self._lent -= back
 
     @property
     def lent(self) -> np.ndarray:
@@ -300,7 +324,7 @@ class PageTable:
         return np.asarray(sorted(self._lent), np.int32)
 
     def settle(self, slots: Sequence[int], tables: np.ndarray, lengths: Sequence[int]) -> None:
-        """After a device call that forked ``slots`` (allocated) with the lent pages: slot i
+        """After a device call that wrote ``slots`` (allocated) with the lent pages: slot i
         now holds ``lengths[i]`` tokens in the pages of ``tables[i]`` ([N], its page-table
         row as the call left it). Each slot lets go of its old pages and holds the first
         ``cdiv(lengths[i], S)`` of its new ones, counted; the lent pages no slot holds go
@@ -315,7 +339,7 @@ class PageTable:
                   if not (0 <= p < self.num_pages) or (self.refcounts[p] == 0
                                                        and p not in self._lent)}
         if strays:
-            raise ValueError(f"forked slots hold pages {sorted(strays)} that were neither in "
+            raise ValueError(f"settled slots hold pages {sorted(strays)} that were neither in "
                              "use nor lent")
         for row in rows:  # counted before any slot lets go, as in ``fork``
             np.add.at(self.refcounts, row, 1)

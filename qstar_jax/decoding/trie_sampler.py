@@ -31,11 +31,14 @@ more spares redraws the same tokens.
 On a paged cache (``PagedKVCache``) a row's slot is addressed through a page table the
 loop carries, and a split is a page-table fork: the new row takes its parent's entries
 for the full pages below the split (shared, never written again: every row writes only
-at and after its own position), a lent page holding a copy of the parent's partly filled
-page at the split (the one page a split copies), and lent pages for the rest of its cap.
-The host gives the groups' rows pages of their own up to the cap before the call and
-lends enough pages for every split a call can make (``PageTable.reserve``); the rows'
-final tables come back in ``TrieOutput.page_table`` for ``PageTable.settle``.
+at and after its own position) and a lent page holding a copy of the parent's partly
+filled page at the split (the one page a split copies). Every other page a row writes in
+it takes from the lent pages when it first writes there, so a step holds the pages its
+tokens fill and no more. The host gives each group's row its own copy of the partly
+filled page it starts in, if shared, and lends each call enough pages for every page its
+rows can reach in its rounds (``PageTable.lend``); the rows' tables come back in
+``TrieOutput.page_table``, for the lent pages no row took to go back between calls
+(``PageTable.recall``) and for ``PageTable.settle`` at the trie's end.
 
 A row's random key is its group's key folded with each token of its prefix in turn,
 and a draw folds that with its draw number: a group's steps depend only on its own key,
@@ -211,10 +214,11 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights,
     num_draws: D, static, at least the going rows' counts summed. prefix_groups: static,
     0, or at least the distinct groups of the live rows: attend through
     ``SharedPrefixRows`` with that many groups (the model must have no sliding window).
-    On a PagedKVCache each group row must own its pages up to its start plus ``cap``
-    (``PageTable.reserve``), and ``lent``: [F] int32 free pages (P-padded), enough for
-    every split (a split at position p of a group that starts at s takes
-    ``cdiv(min(s + cap, M), page) - p // page`` of them); None on the slot pool.
+    On a PagedKVCache each group row must own the page it starts in, if that page holds
+    earlier tokens (``PageTable.reserve``), and ``lent``: [F] int32 free pages
+    (P-padded), enough for every page the rows may reach in ``rounds`` rounds (a row
+    writing n tokens takes at most ``cdiv(n, page)`` pages, one more where it splits off
+    mid-page); None on the slot pool.
     Returns (the cache, the rows' TrieOutput, where the call stopped: TrieStop). Pure:
     jit it with the cache donated.
     """
@@ -331,6 +335,9 @@ def _one_round(model, layers, rows: TrieRows, state: TrieLoopState) -> TrieLoopS
     token_now = jnp.zeros(batch, jnp.int32).at[target].set(tokens, mode="drop")
     moved_positions = moved(state.positions)
     feed_positions = jnp.where(fed_now, moved_positions, max_len)
+    if pages is not None:
+        pages = _pages_for_writes(pages, feed_positions, state.k.shape[1], state.k.shape[3])
+        model_rows = pages.rows
     group = moved(state.group)
     if rows.prefix_rows is not None:
         model_rows = _shared_prefix_rows(rows, model_rows, group, fed_now,
@@ -424,31 +431,50 @@ def _fork_pages(state: TrieLoopState, rows: TrieRows, children: jax.Array,
     to the page of its cap; the parent's partly filled page there, if any, is copied into
     the child's (copy on write: the parent goes on writing its own). Returns (k, v, pages)."""
     pages = state.pages
-    table, lent = pages.rows.page_table, pages.lent
+    table = pages.rows.page_table
     num_pages, page_size = state.k.shape[1], state.k.shape[3]
     forks = children < table.shape[0]
     position = state.positions[parents]
-    start = position - state.num_tokens[parents]  # the group's start
     first = position // page_size  # the first entry the child writes
-    end = -(-jnp.minimum(start + rows.cap, rows.max_len) // page_size)  # past its last
-    need = jnp.where(forks, end - first, 0)
-    offsets = pages.taken + jnp.cumsum(need) - need
+    partial = forks & (position % page_size != 0)
+    own, pages = _take_lent(pages, partial, num_pages)
     entries = jnp.arange(table.shape[1])[None, :]
-    own = jnp.take(lent, offsets[:, None] + entries - first[:, None], mode="clip")
     parent_tables = table[parents]
     child_tables = jnp.where(entries < first[:, None], parent_tables,
-                             jnp.where(entries < end[:, None], own, num_pages))
-    # The child's other lent pages are written before they are read.
-    partial = forks & (position % page_size != 0)
+                             jnp.where((entries == first[:, None]) & partial[:, None],
+                                       own[:, None], num_pages))
     sources = jnp.take_along_axis(parent_tables, first[:, None], axis=1, mode="clip")[:, 0]
-    targets = jnp.take_along_axis(child_tables, first[:, None], axis=1, mode="clip")[:, 0]
     k, v = _copy_pages(state.k, state.v, jnp.where(partial, sources, num_pages),
-                       jnp.where(partial, targets, num_pages), num_new)
-    pages = TriePages(
-        rows=dataclasses.replace(pages.rows, page_table=table.at[children].set(
-            child_tables, mode="drop")),
-        lent=lent, taken=pages.taken + jnp.sum(need))
+                       jnp.where(partial, own, num_pages), num_new)
+    pages = pages.replace(rows=dataclasses.replace(
+        pages.rows, page_table=table.at[children].set(child_tables, mode="drop")))
     return k, v, pages
+
+
+def _take_lent(pages: TriePages, takes: jax.Array, no_page: int
+               ) -> tuple[jax.Array, TriePages]:
+    """The next lent page for each row of ``takes`` [n] bool, in row order (``no_page``
+    for the others, and past the loan), and the pages with them taken."""
+    need = takes.astype(jnp.int32)
+    offsets = pages.taken + jnp.cumsum(need) - need
+    taken = jnp.take(pages.lent, offsets, mode="fill", fill_value=no_page)
+    return (jnp.where(takes, taken, no_page),
+            pages.replace(taken=pages.taken + jnp.sum(need)))
+
+
+def _pages_for_writes(pages: TriePages, positions: jax.Array, no_page: int,
+                      page_size: int) -> TriePages:
+    """Each row writing at ``positions`` [R] (M or more: no write) in a page its table
+    lacks takes the next lent page there: a row's pages beyond the one it starts in are
+    taken as it reaches them, so a step that ends early holds no pages past its end."""
+    table = pages.rows.page_table
+    entry = jnp.minimum(positions // page_size, table.shape[1] - 1)
+    current = jnp.take_along_axis(table, entry[:, None], axis=1)[:, 0]
+    lacking = (positions < table.shape[1] * page_size) & (current == no_page)
+    page, pages = _take_lent(pages, lacking, no_page)
+    rows = jnp.arange(table.shape[0])
+    return pages.replace(rows=dataclasses.replace(
+        pages.rows, page_table=table.at[rows, entry].set(jnp.where(lacking, page, current))))
 
 
 def _copy_pages(k, v, sources, targets, num_new):

@@ -235,7 +235,8 @@ def test_pages_split_over_data_shards_go_to_their_own_shards_slots():
         table.fork([a], [b])
     child = table.slots.allocate(1, near=[b])[0]
     table.fork([b], [child])
-    table.reserve([b], [5], [6], lend=[1, 2])  # copy on write of b's shared page 6
+    table.reserve([b], [5], [6])  # copy on write of b's shared page 6
+    table.lend([1, 2])
     assert sorted(table.lent.tolist()) == [3, 8, 9] and table.table[b, 1] == 7
     device = table.device_table()
     assert device[a, :4].tolist() == [0, 1, 2, 5]  # 5: no page, within a shard
@@ -268,10 +269,19 @@ def test_pool_exhaustion_is_raised_before_anything_changes():
 def test_lent_pages_come_back_unless_a_forked_slot_holds_them():
     table = PageTable(num_slots=4, num_pages=10, page_size=PAGE_SIZE, max_len=MAX_LEN)
     parent, child, other = table.allocate(3)
-    with pytest.raises(PagePoolExhausted, match="needs 11 new pages"):
-        table.reserve([parent], [0], [10], lend=8)
-    assert table.num_free_pages == 10 and table.lent.size == 0
-    table.reserve([parent], [0], [10], lend=4)  # 3 pages of its own, 4 lent
+    table.reserve([parent], [0], [10])  # 3 pages of its own
+    with pytest.raises(PagePoolExhausted, match="needs 8 new pages"):
+        table.lend([8])
+    assert table.num_free_pages == 7 and table.lent.size == 0
+    with pytest.raises(ValueError, match="a count >= 0 for each of the 1 data shards"):
+        table.lend([-1])
+    table.lend([5])
+    assert len(table.lent) == 5 and table.num_free_pages == 2
+    # A call took two of them (in some row's table): recall returns the other three.
+    taken = table.lent[[1, 3]]
+    table.recall(np.array([[taken[0], 10], [taken[1], 10]]))
+    assert table.lent.tolist() == sorted(taken.tolist()) and table.num_free_pages == 5
+    table.lend([2])  # the next call's loan, beside the two taken
     lent = table.lent
     assert len(lent) == 4 and table.num_free_pages == 3
     table.check_counts()

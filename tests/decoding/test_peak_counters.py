@@ -28,7 +28,8 @@ def test_page_table_peak_counts_reserved_and_lent_pages_until_trimmed():
     assert table.pages_in_use == 2
     # The child writes from 6: its partly filled page is replaced by a copy, then 1 more
     # page, and 2 pages are lent: 2 + 2 + 2 in use at the peak.
-    table.reserve([child], [6], [10], lend=2)
+    table.reserve([child], [6], [10])
+    table.lend([2])
     assert table.peak_pages_in_use == 6
     table.settle([], [], [])
     table.trim([child], [7])

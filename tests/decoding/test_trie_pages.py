@@ -1,7 +1,7 @@
 """The trie sampler on a paged cache: a split is a page-table fork (the parent's full pages
-shared, its partly filled page copied, lent pages for the rest of the cap), its steps are
-the slot pool's, a sibling's tokens never change, no page leaks, and a short pool says so
-before anything changes."""
+shared, its partly filled page copied), a row takes lent pages as it reaches them, its
+steps are the slot pool's, a sibling's tokens never change, no page leaks, a chunk's loan
+is what its rows can reach, and a short pool says so before anything changes."""
 
 import itertools
 
@@ -28,12 +28,12 @@ PARAMS = SamplingParams.make(4, temperature=[0.5, 0.7, 0.7, 1.0])
 KEYS = jax.random.split(jax.random.key(3), 4)
 
 
-def _decoder(model, paging=None, shared_prefix=False):
+def _decoder(model, paging=None, shared_prefix=False, step_chunk=0):
     newline_table = np.zeros(64, bool)
     newline_table[NEWLINES] = True
     return Decoder(model, num_slots=64, max_len=RANDOM_MAX_LEN, newline_table=newline_table,
                    eos_ids=[EOS], min_batch_bucket=2, min_step_bucket=STEP_BUCKET,
-                   paging=paging, shared_prefix=shared_prefix)
+                   paging=paging, shared_prefix=shared_prefix, step_chunk=step_chunk)
 
 
 def _groups(decoder):
@@ -47,9 +47,9 @@ def _groups(decoder):
     return sibling[0], [*forked, *others]
 
 
-def _trie(decoder, slots, group_ids=(1, 2, 3, 4)):
+def _trie(decoder, slots, group_ids=(1, 2, 3, 4), cap=CAP):
     return sample_trie_steps(decoder, slots, COUNTS, key_table=KEYS, key_rows=[0, 1, 2, 3],
-                             group_ids=list(group_ids), params=PARAMS, max_tokens=CAP)
+                             group_ids=list(group_ids), params=PARAMS, max_tokens=cap)
 
 
 def _next_steps(decoder, steps):
@@ -152,6 +152,33 @@ def test_a_split_shares_the_full_pages_above_it_and_owns_the_rest(random_model):
     # Row copies would hold each step's pages apart; the trie holds each prefix once.
     held = sum(decoder.pages.pages_held[s.slot] for group in steps for s in group)
     assert decoder.pages.num_pages - decoder.pages.num_free_pages < held
+
+
+def test_a_chunked_trie_borrows_pages_a_chunk_at_a_time(random_model):
+    """Rows take pages as they reach them, from a loan sized to one chunk's rounds: with a
+    24-token cap, chunks of 4 rounds and 4-token pages, the most pages the trie has out
+    at once is what its steps hold at the end and at most two pages per row (a going
+    row's 4 tokens reach one new page, a split's one more: the page it splits off in),
+    well below borrowing every step's pages to its cap up front."""
+    cap, chunk = 24, 4
+    decoder = _decoder(random_model, Paging(page_size=PAGE_SIZE, num_pages=400),
+                       step_chunk=chunk)
+    _, slots = _groups(decoder)
+    starts = decoder.lengths(slots)
+    up_front = sum(count * (-(-min(start + cap, RANDOM_MAX_LEN) // PAGE_SIZE)
+                            - start // PAGE_SIZE) for count, start in zip(COUNTS, starts))
+    decoder.pages.reset_peak()
+    before = decoder.pages.pages_in_use
+    steps, _ = _trie(decoder, slots, cap=cap)
+    held = decoder.pages.pages_in_use - before
+    peak = decoder.pages.peak_pages_in_use - before
+    rows = sum(COUNTS)
+    assert held < peak <= held + 2 * rows, (held, peak)
+    assert peak < up_front - rows, (peak, up_front)
+    lengths = [len(s.tokens) for group in steps for s in group]
+    assert min(lengths) < cap // 2 and lengths.count(cap) >= rows // 3  # short and long steps
+    decoder.pages.check_counts()
+    assert decoder.pages.lent.size == 0
 
 
 def test_repeated_tries_leave_no_page_behind(random_model):
