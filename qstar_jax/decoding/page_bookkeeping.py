@@ -57,44 +57,35 @@ def own_trie_pages(pages: PageTable | None, cache, slots: np.ndarray, lengths: n
     return _copy_reserved(pages, cache, *pages.reserve(slots, starts, starts), copy)
 
 
-def lend_trie_pages(pages: PageTable | None, tables: np.ndarray | None, row_slots: np.ndarray,
-                    going: np.ndarray, num_tokens: np.ndarray, rounds: int,
-                    max_tokens: int) -> None:
+def lend_trie_pages(pages: PageTable | None, tables: np.ndarray | None, layout: RowLayout,
+                    row_slots: np.ndarray, going: np.ndarray, num_tokens: np.ndarray,
+                    rounds: int, max_tokens: int, cap_bucket: int) -> np.ndarray | None:
     """Before a trie call of at most ``rounds`` rounds on ``row_slots`` [n] (its rows:
-    ``going`` steps with ``num_tokens`` tokens so far, and spares): take back the lent
-    pages no row took (not in ``tables``, the trie's page tables so far, None before its
-    first call) and lend what the call's rows may reach: a going step's next
-    ``min(rounds, max_tokens - num_tokens)`` tokens take at most that many over the page
-    size pages (it holds the page it is in), a spare's at most one more (the page it
-    splits off in). So a loan is a chunk's, not a whole step's, and goes back unused
-    when the step ends."""
+    ``going`` steps with ``num_tokens`` tokens so far, and spares), laid out as
+    ``layout``: take back the lent pages no row took (not in ``tables``, the trie's page
+    tables so far, None before its first call) and lend what the call's rows may reach:
+    a going step's next ``min(rounds, max_tokens - num_tokens)`` tokens take at most that
+    many over the page size pages (it holds the page it is in), a spare's at most one
+    more (the page it splits off in). So a loan is a chunk's, not a whole step's, and
+    goes back unused when the step ends.
+
+    Returns the loan as the call takes it: on each data shard ``block * per_row`` of
+    that shard's pages (per_row: the most a row can take writing ``min(rounds,
+    cap_bucket)`` tokens), in shard-local ids padded with ``pages_per_shard``,
+    [shards * block * per_row] int32, in the order the rows take them; None on the slot
+    pool."""
     if pages is None:
-        return
+        return None
     if tables is not None:
         pages.recall(tables)
     size = pages.page_size
     reach = np.where(going, np.minimum(rounds, max_tokens - num_tokens), min(rounds, max_tokens))
-    pages.lend(pages.new_pages(row_slots, -(-reach // size) + np.where(going, 0, 1)))
-
-
-def lent_pages(pages: PageTable | None, tables: np.ndarray | None, layout: RowLayout,
-               reach: int) -> np.ndarray | None:
-    """The lent pages a trie call of rows laid out as ``layout`` may take, on each data
-    shard ``block * per_row`` of that shard's, in shard-local ids padded with
-    ``pages_per_shard`` (per_row: the most a row can take writing ``reach`` tokens, one
-    of them a page it splits off in), [shards * block * per_row] int32: those no row's
-    page table in ``tables`` (the trie's rows so far, None before its first call) holds,
-    in the order the rows take them; None on the slot pool."""
-    if pages is None:
-        return None
-    lent = pages.lent
-    if tables is not None:
-        lent = lent[~np.isin(lent, tables)]
-    per_row = min(-(-reach // pages.page_size) + 1, pages.table.shape[1])
+    loan = pages.lend(pages.new_pages(row_slots, -(-reach // size) + np.where(going, 0, 1)))
+    per_row = min(-(-min(rounds, cap_bucket) // size) + 1, pages.table.shape[1])
     room = layout.block * per_row
-    shard_of = pages.shard_of_pages(lent)
+    shard_of = pages.shard_of_pages(loan)
     return np.concatenate([
-        _pad(lent[shard_of == shard][:room] - shard * pages.pages_per_shard, room,
+        _pad(loan[shard_of == shard][:room] - shard * pages.pages_per_shard, room,
              pages.pages_per_shard) for shard in range(layout.shards)])
 
 

@@ -291,18 +291,20 @@ class PageTable:
                 f"{where} but only {free[shard]} of {self.pages_per_shard} are free; free "
                 "finished slots, run fewer rows at once, or build the cache with more pages")
 
-    def lend(self, counts: Sequence[int]) -> None:
+    def lend(self, counts: Sequence[int]) -> np.ndarray:
         """Lend ``counts[shard]`` free pages of each data shard to a device call that
-        takes pages itself (``lent``; ``recall`` or ``settle`` after it). Raises
-        PagePoolExhausted, changing nothing, when a shard is short."""
+        takes pages itself (``lent``; ``recall`` or ``settle`` after it) and return them,
+        sorted. Raises PagePoolExhausted, changing nothing, when a shard is short."""
         counts = np.asarray(counts, np.int64)
         if counts.shape != (self.shards,) or np.any(counts < 0):
             raise ValueError(f"a loan gives a count >= 0 for each of the {self.shards} "
                              f"data shards, got {counts.tolist()}")
         self.check_free(counts)
-        for shard, count in enumerate(counts):
-            self._lent.update(heapq.heappop(self._free_pages[shard]) for _ in range(count))
+        loan = [heapq.heappop(self._free_pages[shard])
+                for shard, count in enumerate(counts) for _ in range(count)]
+        self._lent.update(loan)
         self._read_peak()
+        return np.sort(np.asarray(loan, np.int32))
 
     def _read_peak(self) -> None:
         # Only a reservation or a loan takes pages from the free lists: the peak is read

@@ -25,7 +25,7 @@ import numpy as np
 from qstar_jax.decoding.data_shards import RowLayout, padded_params
 from qstar_jax.decoding.input_checks import (check_spares_beside_groups, check_step_inputs,
                                              check_trie_groups)
-from qstar_jax.decoding.page_bookkeeping import (lend_trie_pages, lent_pages, own_trie_pages,
+from qstar_jax.decoding.page_bookkeeping import (lend_trie_pages, own_trie_pages,
                                                  return_lent_pages, settle_trie_pages)
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.token_batch import bucket_size
@@ -107,8 +107,9 @@ def _chunk(decoder: Decoder, trie: ChunkedTrie, row_slots: np.ndarray, *,
     # in until then.
     group = np.maximum(progress.group, 0)
     rounds = decoder.step_chunk or max_tokens
-    lend_trie_pages(decoder.pages, trie.out.page_table, slots, progress.group >= 0,
-                    progress.num_tokens, rounds, max_tokens)
+    loan = lend_trie_pages(decoder.pages, trie.out.page_table, layout, slots,
+                           progress.group >= 0, progress.num_tokens, rounds, max_tokens,
+                           cap_bucket)
     decoder.cache, out, stop = decoder._sample_trie(
         decoder._weights, decoder.cache, decoder._local_slots(layout, slots), key_table,
         layout.place(key_rows[group], 0), layout.place(group_ids[group], 0),
@@ -116,7 +117,7 @@ def _chunk(decoder: Decoder, trie: ChunkedTrie, row_slots: np.ndarray, *,
         dataclasses.replace(jax.tree.map(lambda x: layout.place(x, 0), progress),
                             group=layout.place(progress.group, -1)),
         np.int32(max_tokens), decoder._newline_table, decoder._eos_ids,
-        lent_pages(decoder.pages, trie.out.page_table, layout, min(rounds, cap_bucket)),
+        loan,
         np.int32(rounds), max_count, window, trie.num_draws(),
         _prefix_groups(progress) if decoder.shared_prefix else 0)
     out, stop = jax.device_get((out, stop))
