@@ -260,6 +260,11 @@ class SearchConfig:
     # g = 0 by default: nothing inside the search knows whether an answer is right, so
     # the learned Q̂ plans (Agg is moot then; the paper's configs set min or last).
     agg: Agg = Agg.min
+    # How h folds the Q̂ of a path's edges: last, the Q̂ of the edge into the node (the
+    # paper's); product, for a Q̂ that is the chance a step from a live state keeps it
+    # live (label.gamma=1), the chance every step so far did: a slip early on lowers
+    # every node below it, where the last edge's Q̂ cannot see it.
+    h_agg: Agg = Agg.last
     utility: Utility = Utility.zero
     prm_model: Optional[str] = None
     # Math-Shepherd's format: a tag after each step, scored by P(good) over {good, bad}.

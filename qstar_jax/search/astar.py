@@ -55,6 +55,7 @@ class AStarConfig:
     n_complete: int = 6  # N
     lam: float = 1.0  # λ
     agg: Agg = Agg.min
+    h_agg: Agg = Agg.last  # folds the Q̂ of the path's edges into h (last: the paper's)
     temperature: float = 1.0
     budget: Budget = Budget()
     expansions_per_round: int = 1  # best nodes of a problem expanded in one round
@@ -62,6 +63,7 @@ class AStarConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "agg", as_agg(self.agg))
+        object.__setattr__(self, "h_agg", as_agg(self.h_agg))
         require_positive(self, "k", "n_complete", "expansions_per_round",
                          "expansions_per_node")
         require_temperature(self)
@@ -77,7 +79,7 @@ class AStarPlanner(TreePlanner):
     """
 
     def __init__(self, problem_index: int, config: AStarConfig):
-        super().__init__(problem_index, agg=config.agg, lam=config.lam)
+        super().__init__(problem_index, agg=config.agg, lam=config.lam, h_agg=config.h_agg)
         self._config = config
         self._frontier: list[tuple[float, int, int, Node]] = []
         self._push(self._tree.root)

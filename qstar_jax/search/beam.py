@@ -28,11 +28,13 @@ class BeamConfig:
     k: int  # K
     lam: float = 1.0  # λ
     agg: Agg = Agg.min
+    h_agg: Agg = Agg.last  # folds the Q̂ of the path's edges into h (last: the paper's)
     temperature: float = 1.0
     max_steps: int = 32
 
     def __post_init__(self):
         object.__setattr__(self, "agg", as_agg(self.agg))
+        object.__setattr__(self, "h_agg", as_agg(self.h_agg))
         require_positive(self, "beam_width", "k", "max_steps")
         require_temperature(self)
 
@@ -44,7 +46,7 @@ class BeamPlanner(TreePlanner):
 
     def __init__(self, problem_index: int, config: BeamConfig,
                  value: Callable[[Node], float] = lambda node: node.f):
-        super().__init__(problem_index, agg=config.agg, lam=config.lam)
+        super().__init__(problem_index, agg=config.agg, lam=config.lam, h_agg=config.h_agg)
         self._config = config
         self._value = value
         self._live: list[Node] = [self._tree.root]

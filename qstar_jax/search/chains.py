@@ -32,9 +32,11 @@ class ChainConfig:
     temperature: float
     max_steps: int = 32
     agg: Agg = Agg.min  # aggregates process rewards into g along a chain
+    h_agg: Agg = Agg.last  # folds the Q̂ of the path's edges into h (last: the paper's)
 
     def __post_init__(self):
         object.__setattr__(self, "agg", as_agg(self.agg))
+        object.__setattr__(self, "h_agg", as_agg(self.h_agg))
         require_positive(self, "num_chains", "max_steps")
         require_temperature(self)
 
@@ -68,7 +70,7 @@ class ChainPlanner(TreePlanner):
     """
 
     def __init__(self, problem_index: int, config: ChainConfig, rank: ChainRanking):
-        super().__init__(problem_index, agg=config.agg, lam=1.0)
+        super().__init__(problem_index, agg=config.agg, lam=1.0, h_agg=config.h_agg)
         self._config = config
         self._rank = rank
         self._tips: list[Node] = []  # the last node of each chain

@@ -23,9 +23,10 @@ class Node:
     ``id`` is unique within a problem and assigned in creation order (root 0), so it
     does not depend on how problems were batched; the decoder derives its sampling keys
     from it. ``g`` is the aggregated process reward, ``h`` the Q̂ of the edge that made
-    the node, ``f = g + λ·h``. ``handle`` is the expander's cache handle, opaque to search
-    (None for the root: the expander prefills the prompt itself). ``hidden`` [E] is the
-    policy's hidden state at the last token of the node's last step, or None.
+    the node (or of the path's edges, folded by the planner's ``h_agg``), ``f = g + λ·h``.
+    ``handle`` is the expander's cache handle, opaque to search (None for the root: the
+    expander prefills the prompt itself). ``hidden`` [E] is the policy's hidden state at
+    the last token of the node's last step, or None.
     """
 
     id: int

@@ -49,9 +49,11 @@ class ToTConfig:
     temperature: float = 1.0
     max_steps: int = 32  # depth limit
     agg: Agg = Agg.min
+    h_agg: Agg = Agg.last  # folds the Q̂ of the path's edges into h (last: the paper's)
 
     def __post_init__(self):
         object.__setattr__(self, "agg", as_agg(self.agg))
+        object.__setattr__(self, "h_agg", as_agg(self.h_agg))
         require_positive(self, "k", "keep", "max_expansions", "n_complete",
                          "max_steps")
         require_temperature(self)
@@ -61,7 +63,7 @@ def tot_bfs_planner(problem_index: int, config: ToTConfig, value: StateValue) ->
     """ToT-BFS: a beam of ``keep`` states, ``k`` proposals each, ranked by
     ``value``; the answer is the finished state ``value`` ranks highest."""
     beam = BeamConfig(beam_width=config.keep, k=config.k,
-                      agg=config.agg, temperature=config.temperature,
+                      agg=config.agg, h_agg=config.h_agg, temperature=config.temperature,
                       max_steps=config.max_steps)
     return BeamPlanner(problem_index, beam, value=value)
 
@@ -76,7 +78,7 @@ class ToTDFSPlanner(TreePlanner):
     """
 
     def __init__(self, problem_index: int, config: ToTConfig, value: StateValue):
-        super().__init__(problem_index, agg=config.agg, lam=1.0)
+        super().__init__(problem_index, agg=config.agg, lam=1.0, h_agg=config.h_agg)
         self._config = config
         self._value = value
         self._stack: list[Node] = [self._tree.root]

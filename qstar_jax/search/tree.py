@@ -15,15 +15,17 @@ from qstar_jax.search.planner import (Outcome, RoundGuard, ScoredStep, ScoredTra
 
 
 class SearchTree:
-    """Nodes of one problem, ids in creation order (root 0), f = g + ``lam``·h.
+    """Nodes of one problem, ids in creation order (root 0), f = g + ``lam``·h, where h
+    folds the Q̂ of the path's edges by ``h_agg`` (``Agg.last``: Q̂ of the edge into the
+    node, the paper's h).
 
     A handle is handed back for release exactly once: when its node is released, when a
     duplicate sibling is dropped, or by ``release_all`` when the search ends.
     """
 
-    def __init__(self, problem_index: int, *, agg: Agg, lam: float):
+    def __init__(self, problem_index: int, *, agg: Agg, lam: float, h_agg: Agg = Agg.last):
         self.problem_index = problem_index
-        self._agg = agg
+        self._agg, self._h_agg = agg, h_agg
         self._lam = lam
         self.root = Node(id=0, parent=None, steps=(), depth=0, g=0.0, h=0.0, f=0.0,
                          terminal=False, handle=None, step_logprob=0.0, hidden=None)
@@ -73,7 +75,7 @@ class SearchTree:
                 continue
             seen.add(step.text)
             g = aggregate(self._agg, parent.g if parent.depth else None, item.reward)
-            h = float(item.q_value)
+            h = aggregate(self._h_agg, parent.h if parent.depth else None, item.q_value)
             node = Node(id=len(self._nodes), parent=parent.id, steps=parent.steps + (step.text,),
                         depth=parent.depth + 1, g=g, h=h, f=g + self._lam * h,
                         terminal=step.ends_trace, handle=step.handle,
@@ -119,10 +121,10 @@ class TreePlanner(RoundGuard):
     hands back the handles the tree released, ends the search by releasing the rest, and
     reports a chosen node as the ``SearchResult``."""
 
-    def __init__(self, problem_index: int, *, agg: Agg, lam: float):
+    def __init__(self, problem_index: int, *, agg: Agg, lam: float, h_agg: Agg = Agg.last):
         super().__init__()
         self.problem_index = problem_index
-        self._tree = SearchTree(problem_index, agg=agg, lam=lam)
+        self._tree = SearchTree(problem_index, agg=agg, lam=lam, h_agg=h_agg)
 
     def take_released(self) -> list[Any]:
         return self._tree.take_released()

@@ -86,7 +86,7 @@ def planner_factory(ctx: RunContext, method: str,
                     samples: int | None = None) -> Callable[[int], Planner]:
     s, e, max_steps = ctx.config.search, ctx.config.eval, ctx.config.decode.max_steps
     chains = ChainConfig(num_chains=samples or e.samples, temperature=e.temperature,
-                         max_steps=max_steps, agg=s.agg)
+                         max_steps=max_steps, agg=s.agg, h_agg=s.h_agg)
     if method == "greedy":
         return lambda i: greedy_planner(i, max_steps=max_steps, agg=s.agg)
     if method == "self_consistency":
@@ -98,12 +98,12 @@ def planner_factory(ctx: RunContext, method: str,
             [rank(node) for node in finals], np.float64))
     if method == "beam":
         config = BeamConfig(beam_width=e.beam_width, k=e.beam_k,
-                            lam=s.lam, agg=s.agg, temperature=e.temperature,
+                            lam=s.lam, agg=s.agg, h_agg=s.h_agg, temperature=e.temperature,
                             max_steps=max_steps)
         return lambda i: BeamPlanner(i, config)
     lam = 0.0 if method == "qstar_no_q" else s.lam
     config = AStarConfig(k=s.k, n_complete=s.n_complete, lam=lam,
-                         agg=s.agg, temperature=s.temperature,
+                         agg=s.agg, h_agg=s.h_agg, temperature=s.temperature,
                          expansions_per_node=s.expansions_per_node,
                          budget=Budget(max_expansions=s.max_expansions,
                                        max_generated_tokens=s.max_generated_tokens))

@@ -64,7 +64,8 @@ def reasoner_search(ctx: RunContext, method: str, problems: Sequence[Problem],
     t = e.tot
     config = ToTConfig(k=t.k, keep=t.keep, threshold=t.threshold,
                        max_expansions=t.max_expansions, temperature=e.temperature,
-                       max_steps=cfg.decode.max_steps, agg=cfg.search.agg)
+                       max_steps=cfg.decode.max_steps, agg=cfg.search.agg,
+                       h_agg=cfg.search.h_agg)
     value = process_value if t.evaluator == ToTEvaluator.prm else q_value
     if t.evaluator == ToTEvaluator.value_prompt:
         q_fn = ValuePromptScorer(generator=generator, prompt=prompts.value,

@@ -132,6 +132,21 @@ def test_aggregation_of_process_rewards_sets_g_and_the_order(agg, g_a1, g_b1, an
     assert result.steps == answer
 
 
+def test_h_folds_the_q_of_the_paths_edges_by_h_agg():
+    """With h_agg = product a node's h is the product of its path's Q̂: b2 (.9 x .4) falls
+    below a2 (.5 x .6), which Q̂ of the last edge alone ranks the other way round."""
+    config = AStarConfig(k=3, n_complete=2, h_agg=Agg.product)
+    [result], _, _ = search({0: QSTAR_TREE}, config)
+    h = {tuple(n["steps"]): n["h"] for n in result.tree["nodes"]}
+    assert h[("b", "b2")] == pytest.approx(.36) and h[("a", "a2")] == pytest.approx(.3)
+    assert h[("b", "b2", "y")] == pytest.approx(.162) and h[("a", "a2", "x")] == pytest.approx(.03)
+    assert result.tree["expansion_order"] == [0, 2, 1, 5, 7, 4, 3]
+    assert [t.steps for t in result.trajectories] == [("a", "a1"), ("b", "b2", "y")]
+    assert result.steps == ("a", "a1") and result.score == pytest.approx(.4)
+    with pytest.raises(ValueError, match="unknown aggregation"):
+        AStarConfig(h_agg="mean")
+
+
 def test_identical_siblings_merge_into_the_first_sample():
     duplicates = tree({"": [child("a", .3, tokens=2), child("a", .9, tokens=3),
                             child("b", .1, tokens=4, end=True)],
