@@ -21,7 +21,11 @@ split_seed 0: the first 16 test problems of that config, in GSM8K's layout, read
     unless the environment sets it: spinning threads ran 25x slower on a loaded host);
 (d) our engine one problem at a time (a ``run_search`` per problem, paged as (a)): (a)
     against (d) is what batching across problems gives, (d) against (c) what keeping the
-    cache (no re-prefill) and our decoder give.
+    cache (no re-prefill) and our decoder give;
+(e) (b) in the KV bytes (a) peaked at: as many max_len rows as fit (a)'s peak, and the
+    problems in waves of as many as those rows hold on average ((b)'s peak slots per
+    problem; a ``run_search`` per wave). (e) against (a) is what pages buy a batched
+    search at equal memory; (b) against (a) at equal settings.
 
 Every run drives the same planner (``AStarPlanner``) with Q̂ ≡ 0 and a zero process
 utility (λ = 0, so f = 0 everywhere and the frontier's tie-break, deepest then oldest,
@@ -59,12 +63,13 @@ between calls (loans taken back).
     python experiments/bench_search.py [--problems 8] [--k 4] [--expansions 4]
         [--step-tokens 48] [--temperature 0.9] [--n-complete 0] [--threads N]
         [--config configs/smollm2_gsm_symbolic.yaml] [--fixture FILE] [--shared-prefix]
-        [--runs abcd] [--page-size N]
+        [--runs abcde] [--page-size N]
 
 Prints a line per pass, a table, and as its last line JSON: {"speedup_vs_reprefill":
 wall(c)/wall(a), "speedup_one_at_a_time": wall(c)/wall(d), "speedup_vs_slot_copy":
-wall(b)/wall(a), "kv_bytes_vs_distinct_tokens": z, "z_held": ..., "same_trees": ...,
-"runs": {"a"|"b"|"c"|"d": {"wall_s", "first_pass_s", "expansions", "prefilled_tokens",
+wall(b)/wall(a), "speedup_vs_slot_copy_equal_kv": wall(e)/wall(a) (null when (e)'s rows,
+"settings"' "equal_kv_rows", do not hold one problem's search), "kv_bytes_vs_distinct_tokens": z, "z_held": ...,
+"same_trees": ..., "runs": {"a"|"b"|"c"|"d"|"e": {"wall_s", "first_pass_s", "expansions", "prefilled_tokens",
 "generated_tokens", "step_tokens", "peak_kv_bytes"}}, "settings": {...}}. Speedups are
 ratios of speed (greater: the first-named run is faster). Targets on 2 CPU cores:
 a/c >= 5, d/c >= 1.3, a/b >= 1.3, z <= 1.25.
@@ -90,7 +95,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS = {"a": "ours, problems batched, paged cache",
         "b": "ours, problems batched, row slots",
         "c": "peer: re-encode + HF generate, one problem at a time",
-        "d": "ours, one problem at a time, paged cache"}
+        "d": "ours, one problem at a time, paged cache",
+        "e": "ours, row slots in (a)'s peak KV, problems in waves"}
 
 
 def parse_args() -> argparse.Namespace:
@@ -112,9 +118,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--shared-prefix", action="store_true",
                         help="our runs' tries attend to each group's prefix once "
                              "(Decoder(shared_prefix=True), cascade attention)")
-    parser.add_argument("--runs", default="abcd",
-                        help="which of the runs (a)-(d) to make (default all; (b) takes the "
-                             "slots (a) peaked at, or as many as (a) is given without it)")
+    parser.add_argument("--runs", default="abcde",
+                        help="which of the runs (a)-(e) to make (default all; (b) takes the "
+                             "slots (a) peaked at, or as many as (a) is given without it; "
+                             "(e) needs (a))")
     parser.add_argument("--page-size", type=int, default=None,
                         help="tokens per page of the paged runs (default: the config's)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
@@ -170,8 +177,8 @@ class CountedSteps:
         return getattr(self.expander, name)
 
 
-def search(expander, make_planner, problems: int, *, one_at_a_time: bool) -> SearchPass:
-    """Every problem's search, batched in one ``run_search`` or one ``run_search`` each."""
+def search(expander, make_planner, problems: int, *, wave: int) -> SearchPass:
+    """Every problem's search, ``wave`` problems side by side in each ``run_search``."""
     from qstar_jax.search.driver import run_search
 
     counted = CountedSteps(expander)
@@ -180,10 +187,9 @@ def search(expander, make_planner, problems: int, *, one_at_a_time: bool) -> Sea
         return run_search(count, make, counted, None, include_trees=True, progress=False)
 
     start = time.perf_counter()
-    if one_at_a_time:
-        results = [r for i in range(problems) for r in run(1, lambda _, i=i: make_planner(i))]
-    else:
-        results = run(problems, make_planner)
+    results = [r for first in range(0, problems, wave)
+               for r in run(min(wave, problems - first),
+                            lambda i, first=first: make_planner(first + i))]
     return SearchPass(wall_s=time.perf_counter() - start, results=results,
                       step_tokens=counted.step_tokens)
 
@@ -353,7 +359,7 @@ def peer_run(args, config, tokenizer, task, problems, prompts, make_planner, *, 
     with torch.inference_mode():  # warm-up: torch's first call sets up its kernels
         model.generate(torch.tensor([tokenizer.encode(prompts[0])]), max_new_tokens=4,
                        do_sample=False, pad_token_id=tokenizer.pad_id)
-    timed = search(peer, make_planner, len(problems), one_at_a_time=True)
+    timed = search(peer, make_planner, len(problems), wave=1)
     print(f"(c) timed pass {timed.wall_s:7.1f} s", flush=True)
     return timed.figures(first_pass_s=None, peak_kv_bytes=peer.peak_kv_bytes)
 
@@ -374,6 +380,7 @@ def main() -> None:
 
     from qstar_jax.config import load_config
     from qstar_jax.decoding.engine import Decoder
+    from qstar_jax.decoding.kv_cache import SlotPoolExhausted
     from qstar_jax.decoding.paged_cache import Paging
     from qstar_jax.models.loading import load_model
     from qstar_jax.policy.expander import DecoderExpander
@@ -402,7 +409,9 @@ def main() -> None:
 
     runs_wanted = set(args.runs)
     if not runs_wanted or not runs_wanted <= set(RUNS):
-        raise SystemExit(f"--runs takes letters of 'abcd', not {args.runs!r}")
+        raise SystemExit(f"--runs takes letters of 'abcde', not {args.runs!r}")
+    if "e" in runs_wanted and "a" not in runs_wanted:
+        raise SystemExit("--runs: (e) takes the KV bytes (a) peaked at; ask for (a) too")
     page_size = args.page_size or config.decode.page_size or 16
     # A node's tokens never pass the prompt and one capped step per expansion above it.
     max_len = page_size * cdiv(max(prompt_tokens) + expansions * cap, page_size)
@@ -426,7 +435,7 @@ def main() -> None:
                        paging=Paging(page_size=page_size, num_pages=pages) if paged else None,
                        shared_prefix=args.shared_prefix)
 
-    def our_run(name: str, dec: Decoder, one_at_a_time: bool):
+    def our_run(name: str, dec: Decoder, wave: int):
         """Two passes on ``dec``: the first (metered on a paged cache) compiles, the second
         is timed. Returns (the timed pass, first pass seconds, the metered runtime)."""
         first_runtime_class = metered_runtime_class() if dec.pages is not None else PolicyRuntime
@@ -436,7 +445,7 @@ def main() -> None:
                                     step_token_cap=cap)
             expander = DecoderExpander(runtime, prefix_sharing=prefix_sharing)
             traced = sum(dec.trace_counts.values())
-            passes.append(search(expander, make_planner, n, one_at_a_time=one_at_a_time))
+            passes.append(search(expander, make_planner, n, wave=wave))
             runtimes.append(runtime)
             print(f"({name}) {'first' if len(passes) == 1 else 'timed'} pass "
                   f"{passes[-1].wall_s:7.1f} s, trees {passes[-1].trees_hash}, "
@@ -449,12 +458,12 @@ def main() -> None:
     trees: dict[str, str] = {}
     paged = decoder(True, slots)
     peak_slots, at_peak, at_held_peak = slots, None, None
-    for name, one_at_a_time in (("a", False), ("d", True)):
+    for name, wave in (("a", n), ("d", 1)):
         if name not in runs_wanted:
             continue
         paged.pages.reset_peak()
         paged.pool.reset_peak()
-        timed, first_s, metered = our_run(name, paged, one_at_a_time)
+        timed, first_s, metered = our_run(name, paged, wave)
         runs[name] = timed.figures(first_pass_s=first_s, peak_kv_bytes=paged.pages.peak_pages_in_use
                                    * page_size * token_bytes)
         trees[name] = timed.trees_hash
@@ -464,11 +473,32 @@ def main() -> None:
     del paged
     if "b" in runs_wanted:
         rows = decoder(False, peak_slots)  # the same trees take the same slots
-        timed, first_s, _ = our_run("b", rows, False)
+        timed, first_s, _ = our_run("b", rows, n)
         runs["b"] = timed.figures(first_pass_s=first_s,
                                   peak_kv_bytes=rows.pool.peak_allocated * max_len * token_bytes)
         trees["b"] = timed.trees_hash
         del rows
+    equal_kv_rows = None
+    if "e" in runs_wanted:
+        equal_kv_rows = runs["a"].peak_kv_bytes // (max_len * token_bytes)
+        wave = equal_kv_rows // cdiv(peak_slots, n)
+        print(f"(e) {equal_kv_rows} max_len rows in (a)'s peak KV, {peak_slots / n:.1f} slots a "
+              f"problem at (a)'s peak: waves of {wave}", flush=True)
+        while wave >= 1 and "e" not in runs:
+            rows = decoder(False, equal_kv_rows)
+            try:
+                timed, first_s, _ = our_run("e", rows, wave)
+            except SlotPoolExhausted as error:  # a wave's searches outgrew the rows
+                print(f"(e) waves of {wave}: {error}", flush=True)
+                wave -= 1
+            else:
+                runs["e"] = timed.figures(first_pass_s=first_s, peak_kv_bytes=(
+                    rows.pool.peak_allocated * max_len * token_bytes))
+                trees["e"] = timed.trees_hash
+            del rows
+        if "e" not in runs:
+            print(f"(e) {equal_kv_rows} max_len rows do not hold one problem's search",
+                  flush=True)
 
     if "c" in runs_wanted:
         runs["c"] = peer_run(args, config, tokenizer, task, problems, prompts, make_planner,
@@ -501,6 +531,7 @@ def main() -> None:
         "speedup_vs_reprefill": speedup("c", "a"),
         "speedup_one_at_a_time": speedup("c", "d"),
         "speedup_vs_slot_copy": speedup("b", "a"),
+        "speedup_vs_slot_copy_equal_kv": speedup("e", "a"),
         "kv_bytes_vs_distinct_tokens": None if z is None else round(z, 3),
         "z_held": None if z_held is None else round(z_held, 3),
         "same_trees": len(set(trees.values())) <= 1,
@@ -510,6 +541,7 @@ def main() -> None:
         "settings": dict(problems=n, k=k, expansions=expansions, step_tokens=cap,
                          temperature=args.temperature, n_complete=planner.n_complete,
                          threads=args.threads, max_len=max_len, page_size=page_size,
+                         equal_kv_rows=equal_kv_rows,
                          step_chunk=step_chunk, prefix_sharing=prefix_sharing,
                          shared_prefix_attention=args.shared_prefix,
                          kv_token_bytes=token_bytes,
