@@ -57,8 +57,8 @@ class Loss(str, enum.Enum):
 class Scorer(str, enum.Enum):
     """What ranks complete trajectories for best-of-N."""
 
-    f = "f"  # g + λ·Q̂ of the final step: the score Q* ranks its complete trajectories by
-    q = "q"  # Q̂ of the final step
+    f = "f"  # g + λ·h of the final node: the score Q* ranks its complete trajectories by
+    q = "q"  # h of the final node: Q̂ of the final step (search.h_agg folds the path's)
     prm = "prm"  # the aggregated process reward g
 
 

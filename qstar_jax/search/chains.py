@@ -49,7 +49,8 @@ class TrajectoryScorer(Protocol):
 
 
 class FinalQScorer:
-    """Q̂ of the final step (the edge that ended the trajectory)."""
+    """h of the final node: Q̂ of the edge that ended the trajectory (or the path's Q̂,
+    folded by the chain config's ``h_agg``)."""
 
     def score_trajectories(self, finals: Sequence[Node]) -> np.ndarray:
         return np.array([node.h for node in finals], np.float64)

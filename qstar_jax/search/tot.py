@@ -30,7 +30,8 @@ StateValue = Callable[[Node], float]
 
 
 def q_value(node: Node) -> float:
-    """Q̂ of the edge into the node (the trained Q̂, or a value prompt behind the Q̂ call)."""
+    """h: Q̂ of the edge into the node, or the path's folded by ``h_agg`` (the trained Q̂,
+    or a value prompt behind the Q̂ call)."""
     return node.h
 
 

@@ -1,5 +1,5 @@
 """The ranker best-of-N uses in evaluate: planner_factory's chains ranked by the scorer
-eval.best_of_n_scorer names (f = g + λ·Q̂, Q̂, or g)."""
+eval.best_of_n_scorer names (f = g + λ·h, h, or g), h the Q̂ that search.h_agg folds."""
 
 from pathlib import Path
 
@@ -29,4 +29,23 @@ def test_best_of_n_picks_the_chain_its_scorer_ranks_highest(scorer, best, score)
                           RuleUtility(rule=expander.reward_rule), progress=False)
     assert [t.steps for t in result.trajectories] == [("a",), ("b",), ("c",)]
     assert result.steps == (best,)
+    assert result.score == pytest.approx(score)
+
+
+# Two two-step chains: Q̂ of the last step ranks b's first (.8 against .7), the product
+# of the path's Q̂ ranks a's (.9 x .7 = .63 against .6 x .8 = .48).
+TWO_STEP_CHAINS = tree({"": [child("a", q=0.9), child("b", q=0.6)],
+                        "a": [child("a1", q=0.7, end=True)],
+                        "b": [child("b1", q=0.8, end=True)]})
+
+
+@pytest.mark.parametrize("h_agg, best, score", [("last", ("b", "b1"), 0.8),
+                                                ("product", ("a", "a1"), 0.63)])
+def test_best_of_n_ranks_by_the_h_that_search_h_agg_folds(h_agg, best, score):
+    config = load_config(None, ["search.utility=zero", f"search.h_agg={h_agg}",
+                                "eval.samples=2", "eval.best_of_n_scorer=q"])
+    make = planner_factory(RunContext(config=config, out=Path("unused")), "best_of_n")
+    [result] = run_search(1, make, FakeExpander({0: TWO_STEP_CHAINS}), HiddenQ(),
+                          RuleUtility(rule=lambda *_: 0.0), progress=False)
+    assert result.steps == best
     assert result.score == pytest.approx(score)
