@@ -12,6 +12,13 @@ Llama-3.2-1B's shape (no checkpoint, no transformers side), by default in bfloat
 
     python experiments/bench_decode.py --random-llama 1b --batches 1 8 32 128
 
+``--page-size N`` runs our decoder on a paged cache of N-token pages instead of row slots,
+its decode attention forced by ``--attention`` (``pallas``: the kernel of
+``qstar_kernels``, interpreted on CPU; ``jnp``; ``auto``: the kernel on GPU/TPU, jnp on
+CPU), so the kernel and the ``jnp`` path are timed on the same model:
+
+    python experiments/bench_decode.py --random-llama 1b --page-size 16 --attention pallas
+
 Besides the whole-generation rate it times the 64 new tokens alone and reads them
 against the memory roofline: a decode step must read every weight and each row's KV
 cache once, so at the measured copy bandwidth of the device no decoder can beat
@@ -26,8 +33,9 @@ batch x 64 tokens over their sum: the "matmul cap", and its ratio to transformer
 
 Prints a table and as its last line JSON: {"batch": [...], "jax_tok_s": [...],
 "hf_tok_s": [...], "ratio": [...], "decode_tok_s": [...], "roofline_tok_s": [...],
-"matmul_cap_tok_s": [...], "bandwidth_gb_s": ..., "device": ...} (ratio = ours / HF; the
-HF lists are null without the transformers side).
+"matmul_cap_tok_s": [...], "bandwidth_gb_s": ..., "device": ..., "page_size": ...,
+"attention": ...} (ratio = ours / HF; the HF lists are null without the transformers side;
+page_size 0 and attention null on row slots, else the attention the pages resolved to).
 """
 
 from __future__ import annotations
@@ -65,9 +73,15 @@ def parse_args() -> argparse.Namespace:
                         help="a packaged alias or a .gguf file")
     parser.add_argument("--random-llama", choices=sorted(RANDOM_LLAMAS),
                         help="random weights of this shape instead of --model; ours only")
+    parser.add_argument("--page-size", type=int, default=0,
+                        help="tokens per page of a paged cache for ours (0: row slots)")
+    parser.add_argument("--attention", choices=["auto", "pallas", "jnp"], default="auto",
+                        help="the paged cache's decode attention (with --page-size)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="CPU cores for both sides (default: all this process may use)")
     args = parser.parse_args()
+    if args.page_size < 0:
+        parser.error(f"--page-size must be >= 0, got {args.page_size}")
     if args.dtype is None:
         args.dtype = "bfloat16" if args.random_llama else "float32"
     return args
@@ -221,6 +235,8 @@ def main() -> None:
     from flax import nnx
 
     from qstar_jax.decoding.engine import Decoder
+    from qstar_jax.decoding.paged_cache import Paging
+    from qstar_kernels import resolve_implementation
     from qstar_jax.decoding.sampling import SamplingParams
 
     dtype = jnp.dtype(args.dtype)
@@ -240,8 +256,12 @@ def main() -> None:
         prompt = loaded.tokenizer.encode(PROMPT_TEXT * 8)[:PROMPT_TOKENS]
         theirs = transformers_generate(gguf_path, args.dtype, args.threads, prompt,
                                        loaded.tokenizer.pad_id)
-    decoder = Decoder(model, num_slots=max(args.batches), max_len=PROMPT_TOKENS + NEW_TOKENS,
-                      newline_table=np.zeros(cfg.vocab_size, bool), eos_ids=[])
+    max_len = PROMPT_TOKENS + NEW_TOKENS
+    paging = None if not args.page_size else Paging(  # every row's max_len, and no more
+        page_size=args.page_size, attention=args.attention,
+        num_pages=max(args.batches) * -(-max_len // args.page_size))
+    decoder = Decoder(model, num_slots=max(args.batches), max_len=max_len,
+                      newline_table=np.zeros(cfg.vocab_size, bool), eos_ids=[], paging=paging)
     prefill_s: list[float] = []  # of the latest calls of ours()
 
     def ours(batch):
@@ -294,7 +314,11 @@ def main() -> None:
         "ratio": [round(a / b, 3) for a, b in zip(jax_tok_s, hf_tok_s)] if hf_tok_s else None,
         "decode_tok_s": rounded(decode_tok_s), "roofline_tok_s": rounded(roofline),
         "matmul_cap_tok_s": rounded(matmul_cap),
-        "bandwidth_gb_s": round(bandwidth / 1e9, 1), "device": device}))
+        "bandwidth_gb_s": round(bandwidth / 1e9, 1), "device": device,
+        # What the decoder was built with: its pages' size (0: row slots) and the decode
+        # attention they resolve to on this device (jnp, pallas_gpu, pallas_interpret, ...).
+        "page_size": 0 if decoder.pages is None else decoder.pages.page_size,
+        "attention": None if decoder.pages is None else resolve_implementation(args.attention)}))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ import runpy
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).parents[1] / "experiments/bench_decode.py"
 
 
@@ -14,9 +16,23 @@ def test_random_weight_benchmark_reports_decode_rate_against_the_roofline(monkey
     runpy.run_path(str(SCRIPT), run_name="__main__")
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert figures["batch"] == [1, 2] and figures["hf_tok_s"] is None
+    assert figures["page_size"] == 0 and figures["attention"] is None  # row slots
     for whole, decode, roof, cap in zip(figures["jax_tok_s"], figures["decode_tok_s"],
                                         figures["roofline_tok_s"], figures["matmul_cap_tok_s"]):
         assert 0 < whole < decode  # the whole generation also prefills the prompt
         assert roof > 0 and cap > 0
     # Two rows read the weights once per step, as one does: the roofline nearly doubles.
     assert 1.5 < figures["roofline_tok_s"][1] / figures["roofline_tok_s"][0] <= 2
+
+
+@pytest.mark.parametrize("attention, resolved", [("jnp", "jnp"), ("pallas", "pallas_interpret")])
+def test_the_benchmark_runs_ours_on_pages_with_the_attention_it_is_told(monkeypatch, capsys,
+                                                                       attention, resolved):
+    """The decoder's own pages and attention, as it resolved them on this CPU."""
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--random-llama", "tiny", "--batches", "2",
+                                      "--reps", "1", "--page-size", "16", "--attention",
+                                      attention])
+    runpy.run_path(str(SCRIPT), run_name="__main__")
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (figures["page_size"], figures["attention"]) == (16, resolved)
+    assert figures["decode_tok_s"][0] > 0 and figures["roofline_tok_s"][0] > 0

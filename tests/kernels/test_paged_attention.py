@@ -1,6 +1,8 @@
 """The paged decode-attention kernels against their jnp reference (Pallas interpret mode on
-CPU), and the reference against a float64 loop over contiguous sequences."""
+CPU; the GPU kernel compiled too where a GPU is present), and the reference against a
+float64 loop over contiguous sequences."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -85,6 +87,22 @@ def test_pallas_kernel_matches_reference_in_interpret_mode(kernel, case):
     empty_queries = np.asarray(RAGGED_LENGTHS)[:, None] - case["queries"] + np.arange(
         case["queries"]) < 0
     assert np.all(got[empty_queries] == 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="compiles the Triton kernel: needs a GPU")
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{v}" for v in c.values()))
+def test_gpu_kernel_compiled_on_a_gpu_matches_reference(case):
+    """The kernel as the decoder runs it on a GPU (compiled by Triton, not interpreted).
+    Both sides' float32 products run at full precision; the tolerance leaves room for the
+    kernel's own accumulation order over pages."""
+    case = dict(case)
+    window = case.pop("window")
+    args, _, _ = random_paged_cache(1, lengths=RAGGED_LENGTHS, **case)
+    with jax.default_matmul_precision("highest"):
+        expected = np.asarray(paged_decode_attention_reference(*args, window=window))
+    got = np.asarray(paged_decode_attention_gpu(*args, window=window))
+    np.testing.assert_allclose(got, expected, atol=2e-3)
 
 
 def test_gpu_kernel_agrees_with_jax_shipped_paged_attention():
