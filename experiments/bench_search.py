@@ -68,8 +68,9 @@ between calls (loans taken back).
 Prints a line per pass, a table, and as its last line JSON: {"speedup_vs_reprefill":
 wall(c)/wall(a), "speedup_one_at_a_time": wall(c)/wall(d), "speedup_vs_slot_copy":
 wall(b)/wall(a), "speedup_vs_slot_copy_equal_kv": wall(e)/wall(a) (null when (e)'s rows,
-"settings"' "equal_kv_rows", do not hold one problem's search), "kv_bytes_vs_distinct_tokens": z, "z_held": ...,
-"same_trees": ..., "runs": {"a"|"b"|"c"|"d"|"e": {"wall_s", "first_pass_s", "expansions", "prefilled_tokens",
+"settings"' "equal_kv_rows", do not hold one problem's search),
+"kv_bytes_vs_distinct_tokens": z, "z_held": ..., "same_trees": ..., "runs":
+{"a"|"b"|"c"|"d"|"e": {"wall_s", "first_pass_s", "expansions", "prefilled_tokens",
 "generated_tokens", "step_tokens", "peak_kv_bytes"}}, "settings": {...}}. Speedups are
 ratios of speed (greater: the first-named run is faster). Targets on 2 CPU cores:
 a/c >= 5, d/c >= 1.3, a/b >= 1.3, z <= 1.25.
@@ -471,13 +472,17 @@ def main() -> None:
             peak_slots, at_peak, at_held_peak = (paged.pool.peak_allocated, metered.at_peak,
                                                  metered.at_held_peak)
     del paged
+
+    def row_slot_run(name: str, num_slots: int, wave: int) -> None:
+        """``our_run`` on a row-slot decoder of ``num_slots`` slots, into ``runs``."""
+        rows = decoder(False, num_slots)
+        timed, first_s, _ = our_run(name, rows, wave)
+        runs[name] = timed.figures(first_pass_s=first_s, peak_kv_bytes=(
+            rows.pool.peak_allocated * max_len * token_bytes))
+        trees[name] = timed.trees_hash
+
     if "b" in runs_wanted:
-        rows = decoder(False, peak_slots)  # the same trees take the same slots
-        timed, first_s, _ = our_run("b", rows, n)
-        runs["b"] = timed.figures(first_pass_s=first_s,
-                                  peak_kv_bytes=rows.pool.peak_allocated * max_len * token_bytes)
-        trees["b"] = timed.trees_hash
-        del rows
+        row_slot_run("b", peak_slots, n)  # the same trees take the same slots
     equal_kv_rows = None
     if "e" in runs_wanted:
         equal_kv_rows = runs["a"].peak_kv_bytes // (max_len * token_bytes)
@@ -485,17 +490,11 @@ def main() -> None:
         print(f"(e) {equal_kv_rows} max_len rows in (a)'s peak KV, {peak_slots / n:.1f} slots a "
               f"problem at (a)'s peak: waves of {wave}", flush=True)
         while wave >= 1 and "e" not in runs:
-            rows = decoder(False, equal_kv_rows)
             try:
-                timed, first_s, _ = our_run("e", rows, wave)
+                row_slot_run("e", equal_kv_rows, wave)
             except SlotPoolExhausted as error:  # a wave's searches outgrew the rows
                 print(f"(e) waves of {wave}: {error}", flush=True)
                 wave -= 1
-            else:
-                runs["e"] = timed.figures(first_pass_s=first_s, peak_kv_bytes=(
-                    rows.pool.peak_allocated * max_len * token_bytes))
-                trees["e"] = timed.trees_hash
-            del rows
         if "e" not in runs:
             print(f"(e) {equal_kv_rows} max_len rows do not hold one problem's search",
                   flush=True)

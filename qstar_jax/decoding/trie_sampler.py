@@ -319,7 +319,7 @@ def _one_round(model, layers, rows: TrieRows, state: TrieLoopState) -> TrieLoopS
                             jnp.sum(is_new), rows.window)
         pages, model_rows = None, rows.model_slots
     else:  # pages: fork the parent's page table
-        k, v, pages = _fork_pages(state, rows, jnp.where(valid, target[new_draws], batch),
+        k, v, pages = _fork_pages(state, jnp.where(valid, target[new_draws], batch),
                                   parent[new_draws], jnp.sum(is_new))
         model_rows = pages.rows
 
@@ -423,13 +423,14 @@ def _copy_in_chunks(k, v, sources, targets, num_new, copy):
     return jax.lax.fori_loop(0, chunks, copy_chunk, (k, v))
 
 
-def _fork_pages(state: TrieLoopState, rows: TrieRows, children: jax.Array,
-                parents: jax.Array, num_new: jax.Array):
+def _fork_pages(state: TrieLoopState, children: jax.Array, parents: jax.Array,
+                num_new: jax.Array):
     """The paged splits of one round: row ``children[i]`` (R: none; the real ones first,
     ``num_new`` of them) forks row ``parents[i]`` at the parent's position. The child's
-    table takes the parent's entries below that position's page, and lent pages from it
-    to the page of its cap; the parent's partly filled page there, if any, is copied into
-    the child's (copy on write: the parent goes on writing its own). Returns (k, v, pages)."""
+    table takes the parent's entries below that position's page; the parent's partly
+    filled page there, if any, is copied into a lent page of the child's (copy on write:
+    the parent goes on writing its own). The child's later pages are taken as it reaches
+    them (``_pages_for_writes``). Returns (k, v, pages)."""
     pages = state.pages
     table = pages.rows.page_table
     num_pages, page_size = state.k.shape[1], state.k.shape[3]
@@ -437,15 +438,14 @@ def _fork_pages(state: TrieLoopState, rows: TrieRows, children: jax.Array,
     position = state.positions[parents]
     first = position // page_size  # the first entry the child writes
     partial = forks & (position % page_size != 0)
-    own, pages = _take_lent(pages, partial, num_pages)
+    own, pages = _take_lent(pages, partial, num_pages)  # no page where not partial
     entries = jnp.arange(table.shape[1])[None, :]
     parent_tables = table[parents]
     child_tables = jnp.where(entries < first[:, None], parent_tables,
-                             jnp.where((entries == first[:, None]) & partial[:, None],
-                                       own[:, None], num_pages))
+                             jnp.where(entries == first[:, None], own[:, None], num_pages))
     sources = jnp.take_along_axis(parent_tables, first[:, None], axis=1, mode="clip")[:, 0]
-    k, v = _copy_pages(state.k, state.v, jnp.where(partial, sources, num_pages),
-                       jnp.where(partial, own, num_pages), num_new)
+    k, v = _copy_pages(state.k, state.v, jnp.where(partial, sources, num_pages), own,
+                       num_new)
     pages = pages.replace(rows=dataclasses.replace(
         pages.rows, page_table=table.at[children].set(child_tables, mode="drop")))
     return k, v, pages

@@ -78,11 +78,7 @@ RAGGED_LENGTHS = [0, 1, 16, 33, 64, 2]  # empty, one token, page edges, full tab
                          ids=["gpu", "tpu"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{v}" for v in c.values()))
 def test_pallas_kernel_matches_reference_in_interpret_mode(kernel, case):
-    case = dict(case)
-    window = case.pop("window")
-    args, _, _ = random_paged_cache(1, lengths=RAGGED_LENGTHS, **case)
-    expected = np.asarray(paged_decode_attention_reference(*args, window=window))
-    got = np.asarray(kernel(*args, window=window, interpret=True))
+    got, expected = _kernel_and_reference(kernel, case, interpret=True)
     np.testing.assert_allclose(got, expected, atol=2e-6)
     empty_queries = np.asarray(RAGGED_LENGTHS)[:, None] - case["queries"] + np.arange(
         case["queries"]) < 0
@@ -90,19 +86,25 @@ def test_pallas_kernel_matches_reference_in_interpret_mode(kernel, case):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(jax.default_backend() != "gpu", reason="compiles the Triton kernel: needs a GPU")
+@pytest.mark.skipif(jax.default_backend() != "gpu",
+                    reason="compiles the Triton kernel: needs a GPU")
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{v}" for v in c.values()))
 def test_gpu_kernel_compiled_on_a_gpu_matches_reference(case):
     """The kernel as the decoder runs it on a GPU (compiled by Triton, not interpreted).
     Both sides' float32 products run at full precision; the tolerance leaves room for the
     kernel's own accumulation order over pages."""
+    got, expected = _kernel_and_reference(paged_decode_attention_gpu, case, interpret=False)
+    np.testing.assert_allclose(got, expected, atol=2e-3)
+
+
+def _kernel_and_reference(kernel, case, *, interpret):
+    """``kernel``'s output and the reference's on the ragged slots of ``case``."""
     case = dict(case)
     window = case.pop("window")
     args, _, _ = random_paged_cache(1, lengths=RAGGED_LENGTHS, **case)
     with jax.default_matmul_precision("highest"):
         expected = np.asarray(paged_decode_attention_reference(*args, window=window))
-    got = np.asarray(paged_decode_attention_gpu(*args, window=window))
-    np.testing.assert_allclose(got, expected, atol=2e-3)
+    return np.asarray(kernel(*args, window=window, interpret=interpret)), expected
 
 
 def test_gpu_kernel_agrees_with_jax_shipped_paged_attention():
