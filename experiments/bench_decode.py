@@ -34,7 +34,8 @@ batch x 64 tokens over their sum: the "matmul cap", and its ratio to transformer
 Prints a table and as its last line JSON: {"batch": [...], "jax_tok_s": [...],
 "hf_tok_s": [...], "ratio": [...], "decode_tok_s": [...], "roofline_tok_s": [...],
 "matmul_cap_tok_s": [...], "bandwidth_gb_s": ..., "device": ..., "page_size": ...,
-"attention": ...} (ratio = ours / HF; the HF lists are null without the transformers side;
+"attention": ...} (ratio = ours / HF; the HF lists are null without the transformers side,
+matmul_cap_tok_s with --no-matmul-cap;
 page_size 0 and attention null on row slots, else the attention the pages resolved to).
 """
 
@@ -70,7 +71,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"],
                         help="default: float32, bfloat16 with --random-llama")
     parser.add_argument("--model", default="smollm2-135m-instruct",
-                        help="a packaged alias or a .gguf file")
+                        help="a packaged alias, a .gguf file or an HF directory")
     parser.add_argument("--random-llama", choices=sorted(RANDOM_LLAMAS),
                         help="random weights of this shape instead of --model; ours only")
     parser.add_argument("--page-size", type=int, default=0,
@@ -79,6 +80,9 @@ def parse_args() -> argparse.Namespace:
                         help="the paged cache's decode attention (with --page-size)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="CPU cores for both sides (default: all this process may use)")
+    parser.add_argument("--no-matmul-cap", dest="matmul_cap", action="store_false",
+                        help="skip the matmul cap (it compiles every product shape per batch: "
+                             "minutes on a GPU, where the roofline is the bound that matters)")
     args = parser.parse_args()
     if args.page_size < 0:
         parser.error(f"--page-size must be >= 0, got {args.page_size}")
@@ -108,14 +112,17 @@ def fastest_seconds(run, reps: int) -> float:
     return min(timings(run, reps))
 
 
-def copy_bandwidth(nbytes: int = 1 << 29, reps: int = 10) -> float:
+def copy_bandwidth(reps: int = 10) -> float:
     """Bytes per second a large copy moves (read + write) in the memory the weights live
-    in: a numpy copy on a CPU (multi-threaded, unlike XLA:CPU's), an on-device one else.
-    The fastest of ``reps`` copies: on a shared host the median can halve from one run to
-    the next, and a roofline should be the best the memory gives."""
+    in: a numpy copy of 512 MiB on a CPU (multi-threaded, unlike XLA:CPU's), an on-device
+    one of 4 GiB else (a call's dispatch, tens of microseconds, is then a few percent of
+    it; at 512 MiB an H200 read 2.4-2.8 TB/s). The fastest of ``reps`` copies: on a shared
+    host the median can halve from one run to the next, and a roofline should be the best
+    the memory gives."""
     import jax
     import jax.numpy as jnp
     import numpy as np
+    nbytes = 1 << (29 if jax.default_backend() == "cpu" else 32)
     if jax.default_backend() == "cpu":
         src = np.ones(nbytes // 4, np.float32)
         dst = np.empty_like(src)
@@ -186,30 +193,33 @@ def matmul_cap_tok_s(cfg, batch: int, dtype) -> float:
     return batch * NEW_TOKENS / total
 
 
-def gguf_file(model: str) -> Path:
-    """The .gguf of ``--model``: a packaged alias's file, or the path given."""
+def model_path(model: str) -> Path:
+    """The file or folder of ``--model``: a packaged alias's .gguf, or the path given."""
     from qstar_jax.models.loading import PACKAGED_MODELS, resolve_alias
     return resolve_alias(model) if model in PACKAGED_MODELS else Path(model)
 
 
-def transformers_model(gguf_path: Path, dtype: str, threads: int):
-    """The same GGUF in transformers (dequantized as our loader does), in eval mode, with
-    torch on ``threads`` threads."""
+def transformers_model(path: Path, dtype: str, threads: int):
+    """The same model in transformers (a GGUF dequantized as our loader does, or an HF
+    directory), in eval mode, on the GPU where torch sees one, else with torch on
+    ``threads`` threads."""
     import torch
     import transformers
 
     torch.set_num_threads(threads)
-    return transformers.AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=getattr(torch, dtype)).eval()
+    where = dict(gguf_file=path.name) if path.is_file() else {}
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent if path.is_file() else path), **where, dtype=getattr(torch, dtype))
+    return model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
 
 
-def transformers_generate(gguf_path: Path, dtype: str, threads: int, prompt: list[int],
+def transformers_generate(path: Path, dtype: str, threads: int, prompt: list[int],
                           pad_id: int):
-    """``generate`` of the same GGUF in transformers: batch -> new token ids [batch, 64]."""
+    """``generate`` of the same model in transformers: batch -> new token ids [batch, 64]."""
     import torch
     import transformers
 
-    model = transformers_model(gguf_path, dtype, threads)
+    model = transformers_model(path, dtype, threads)
     # No EOS, like our decoder here: generation neither stops nor has its logits altered.
     # The model's own generation config must lose its EOS too, or generate merges it back in.
     model.generation_config.eos_token_id = None
@@ -218,9 +228,12 @@ def transformers_generate(gguf_path: Path, dtype: str, threads: int, prompt: lis
 
     def generate(batch):
         with torch.inference_mode():
-            out = model.generate(torch.tensor([prompt] * batch), generation_config=greedy_no_eos,
-                                 attention_mask=torch.ones(batch, PROMPT_TOKENS, dtype=torch.long))
-        return out[:, PROMPT_TOKENS:].numpy()
+            out = model.generate(
+                torch.tensor([prompt] * batch, device=model.device),
+                generation_config=greedy_no_eos,
+                attention_mask=torch.ones(batch, PROMPT_TOKENS, dtype=torch.long,
+                                          device=model.device))
+        return out[:, PROMPT_TOKENS:].cpu().numpy()
 
     return generate
 
@@ -250,11 +263,11 @@ def main() -> None:
         name = f"random-weight Llama ({args.random_llama})"
     else:
         from qstar_jax.models.loading import load_model
-        gguf_path = gguf_file(args.model)
-        loaded = load_model(gguf_path, dtype=dtype)
+        path = model_path(args.model)
+        loaded = load_model(path, dtype=dtype)
         model, cfg, name = loaded.model, loaded.config, args.model
         prompt = loaded.tokenizer.encode(PROMPT_TEXT * 8)[:PROMPT_TOKENS]
-        theirs = transformers_generate(gguf_path, args.dtype, args.threads, prompt,
+        theirs = transformers_generate(path, args.dtype, args.threads, prompt,
                                        loaded.tokenizer.pad_id)
     max_len = PROMPT_TOKENS + NEW_TOKENS
     paging = None if not args.page_size else Paging(  # every row's max_len, and no more
@@ -297,13 +310,16 @@ def main() -> None:
         jax_tok_s.append(tokens / total)
         decode_tok_s.append(tokens / (total - statistics.median(prefill_s[1:])))
         roofline.append(roofline_tok_s(batch, weight_bytes, kv_bytes_per_token, bandwidth))
-        matmul_cap.append(matmul_cap_tok_s(cfg, batch, dtype))
+        if args.matmul_cap:
+            matmul_cap.append(matmul_cap_tok_s(cfg, batch, dtype))
         if theirs is not None:
             hf_tok_s.append(tokens / median_seconds(lambda: theirs(batch), args.reps))
+        cap = f"{matmul_cap[-1]:>11.0f}" if matmul_cap else f"{'-':>11}"
         hf = (f"{hf_tok_s[-1]:>9.1f} {jax_tok_s[-1] / hf_tok_s[-1]:>6.2f} "
-              f"{matmul_cap[-1] / hf_tok_s[-1]:>10.2f}" if hf_tok_s else "")
+              + (f"{matmul_cap[-1] / hf_tok_s[-1]:>10.2f}" if matmul_cap else "")
+              if hf_tok_s else "")
         print(f"{batch:>5} {jax_tok_s[-1]:>11.1f} {decode_tok_s[-1]:>13.1f} {roofline[-1]:>9.0f} "
-              f"{decode_tok_s[-1] / roofline[-1]:>6.0%} {matmul_cap[-1]:>11.0f} {hf}",
+              f"{decode_tok_s[-1] / roofline[-1]:>6.0%} {cap} {hf}",
               flush=True)
 
     def rounded(values):

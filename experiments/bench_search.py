@@ -33,7 +33,9 @@ orders it: a depth-first dive; nothing reads an answer, nothing is trained). By 
 ``--n-complete 0`` keeps a search going past complete trajectories until its
 ``--expansions`` are spent, so every problem costs the same expansions. Our runs draw
 their random numbers from (problem, node, child), so (a), (b) and (d) grow the same
-trees ("same_trees" checks it on the tree dumps). (c) samples with torch's generator,
+trees in float32 ("same_trees" checks it on the tree dumps; in bfloat16 a batch of another
+shape rounds the logits otherwise, and a random model's near-uniform ones then sample other
+tokens, so (d) can differ from (a) there while costing the same). (c) samples with torch's generator,
 seeded per expansion: its trees differ, with the same expansions, K and step cap; the
 token counts show the work is comparable.
 
@@ -62,8 +64,14 @@ between calls (loans taken back).
 
     python experiments/bench_search.py [--problems 8] [--k 4] [--expansions 4]
         [--step-tokens 48] [--temperature 0.9] [--n-complete 0] [--threads N]
-        [--config configs/smollm2_gsm_symbolic.yaml] [--fixture FILE] [--shared-prefix]
-        [--runs abcde] [--page-size N]
+        [--config configs/smollm2_gsm_symbolic.yaml] [--model SOURCE] [--dtype D]
+        [--fixture FILE] [--shared-prefix] [--runs abcde] [--page-size N]
+        [--attention auto|pallas|jnp]
+
+On a GPU both sides run there (torch on CUDA where it sees one). A machine that cannot
+carry the GGUF runs SmolLM2's shape with random weights (``--model`` a directory
+``experiments/random_checkpoint.py`` wrote, ``--dtype bfloat16``): a random model's steps
+run to their cap, so its trees and token counts are not the real model's.
 
 Prints a line per pass, a table, and as its last line JSON: {"speedup_vs_reprefill":
 wall(c)/wall(a), "speedup_one_at_a_time": wall(c)/wall(d), "speedup_vs_slot_copy":
@@ -90,7 +98,7 @@ from typing import Any, Sequence
 
 # The sibling benchmark's loaders (this script's folder is on sys.path when it runs as
 # ``python experiments/bench_search.py``).
-from bench_decode import gguf_file, kv_token_bytes, transformers_model
+from bench_decode import kv_token_bytes, model_path, transformers_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = {"a": "ours, problems batched, paged cache",
@@ -113,6 +121,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--config", type=Path, default=ROOT / "configs/smollm2_gsm_symbolic.yaml",
                         help="the run config whose policy, chat template, seed and decode "
                              "settings (page size, step chunk, prefix sharing) are used")
+    parser.add_argument("--model", default=None,
+                        help="the policy: an alias, a .gguf or an HF directory (default: the "
+                             "config's; experiments/random_checkpoint.py makes a random one of "
+                             "SmolLM2's shape for a machine that cannot carry the GGUF)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                        help="both sides' weights and cache (default: the config's)")
     parser.add_argument("--fixture", type=Path,
                         default=ROOT / "experiments/fixtures/gsm_symbolic_16.jsonl",
                         help="GSM8K-layout JSONL (question, answer ending '#### N')")
@@ -125,6 +139,9 @@ def parse_args() -> argparse.Namespace:
                              "(e) needs (a))")
     parser.add_argument("--page-size", type=int, default=None,
                         help="tokens per page of the paged runs (default: the config's)")
+    parser.add_argument("--attention", choices=["auto", "pallas", "jnp"], default="auto",
+                        help="the paged runs' decode attention (auto: the Pallas kernel on a "
+                             "GPU or TPU, jnp on a CPU)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="CPU cores for both sides (default: all this process may use)")
     return parser.parse_args()
@@ -288,7 +305,7 @@ class TransformersExpander:
         self.eos = set(tokenizer.eos_ids)
         self.generation = dict(max_new_tokens=step_token_cap,
                                eos_token_id=list(tokenizer.eos_ids), pad_token_id=tokenizer.pad_id)
-        newline = torch.from_numpy(self.newline)
+        newline = torch.tensor(self.newline, device=model.device)
 
         class NewlineStop(transformers.StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
@@ -317,7 +334,8 @@ class TransformersExpander:
                                                    num_return_sequences=k)
         with torch.inference_mode():
             out = self.model.generate(
-                torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                torch.tensor([ids], device=self.model.device),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.model.device),
                 generation_config=generation, stopping_criteria=self.stop)
         self.prefilled[i] += k * len(ids)
         self.peak_kv_bytes = max(self.peak_kv_bytes, k * out.shape[1] * self.kv_token_bytes)
@@ -352,13 +370,13 @@ class TransformersExpander:
 def peer_run(args, config, tokenizer, task, problems, prompts, make_planner, *, cap: int,
              token_bytes: int) -> RunFigures:
     """(c): the searches one problem at a time through ``TransformersExpander``."""
-    model = transformers_model(gguf_file(config.policy.source), config.policy.dtype,
-                               args.threads)
+    model = transformers_model(model_path(args.model), args.dtype, args.threads)
     peer = TransformersExpander(model, tokenizer, task, problems, prompts,
                                 step_token_cap=cap, kv_token_bytes=token_bytes)
     import torch
     with torch.inference_mode():  # warm-up: torch's first call sets up its kernels
-        model.generate(torch.tensor([tokenizer.encode(prompts[0])]), max_new_tokens=4,
+        model.generate(torch.tensor([tokenizer.encode(prompts[0])], device=model.device),
+                       max_new_tokens=4,
                        do_sample=False, pad_token_id=tokenizer.pad_id)
     timed = search(peer, make_planner, len(problems), wave=1)
     print(f"(c) timed pass {timed.wall_s:7.1f} s", flush=True)
@@ -389,10 +407,13 @@ def main() -> None:
     from qstar_jax.search.astar import AStarConfig, AStarPlanner, Budget
     from qstar_jax.stages.context import DTYPES
     from qstar_jax.tasks.gsm8k import Gsm8kTask
+    from qstar_kernels import resolve_implementation
 
     config = load_config(args.config)
     n, k, expansions, cap = args.problems, args.k, args.expansions, args.step_tokens
-    loaded = load_model(config.policy.source, dtype=DTYPES[config.policy.dtype])
+    args.model = args.model or config.policy.source
+    args.dtype = args.dtype or config.policy.dtype
+    loaded = load_model(model_path(args.model), dtype=DTYPES[args.dtype])
     tokenizer = loaded.tokenizer
     task = Gsm8kTask(data_files=str(args.fixture), n_shot=0)
     problems = task.load("test")[:n]
@@ -421,9 +442,9 @@ def main() -> None:
     # Each node's own pages (its step, one page more where it starts mid-page), the
     # prompt's, and what a trie call borrows for its splits.
     pages = n * (cdiv(max(prompt_tokens), page_size) + (nodes + k) * (cdiv(cap, page_size) + 1))
-    token_bytes = kv_token_bytes(loaded.config, DTYPES[config.policy.dtype])
+    token_bytes = kv_token_bytes(loaded.config, DTYPES[args.dtype])
     prefix_sharing, step_chunk = config.eval.prefix_sharing, config.decode.step_chunk
-    print(f"SmolLM2-135M-Instruct ({config.policy.dtype}), {jax.devices()[0].device_kind}, "
+    print(f"{args.model} ({args.dtype}), {jax.devices()[0].device_kind}, "
           f"{args.threads} threads; {n} problems (prompts {min(prompt_tokens)}-"
           f"{max(prompt_tokens)} tokens), K={k}, {expansions} expansions, {cap}-token steps, "
           f"temperature {args.temperature}; max_len {max_len}, {page_size}-token pages, "
@@ -433,7 +454,8 @@ def main() -> None:
         return Decoder(loaded.model, num_slots=num_slots, max_len=max_len,
                        newline_table=tokenizer.newline_table(loaded.config.vocab_size),
                        eos_ids=tokenizer.eos_ids, step_chunk=step_chunk,
-                       paging=Paging(page_size=page_size, num_pages=pages) if paged else None,
+                       paging=Paging(page_size=page_size, num_pages=pages,
+                                     attention=args.attention) if paged else None,
                        shared_prefix=args.shared_prefix)
 
     def our_run(name: str, dec: Decoder, wave: int):
@@ -539,6 +561,8 @@ def main() -> None:
                  for name in sorted(runs)},
         "settings": dict(problems=n, k=k, expansions=expansions, step_tokens=cap,
                          temperature=args.temperature, n_complete=planner.n_complete,
+                         model=str(args.model), dtype=args.dtype,
+                         attention=resolve_implementation(args.attention),
                          threads=args.threads, max_len=max_len, page_size=page_size,
                          equal_kv_rows=equal_kv_rows,
                          step_chunk=step_chunk, prefix_sharing=prefix_sharing,

@@ -1,23 +1,30 @@
 #!/usr/bin/env bash
-# Every check that needs the GPU machine, in one call of the device tool: the paged
-# decode-attention kernel compiled on the GPU against its jnp reference, decode throughput
-# against the HBM roofline in bfloat16 (Llama-3.2-1B's shape, random weights) on row slots
-# and on pages with the kernel and with the jnp path (issue 18), and the test suite on the
-# machine's JAX 0.11 (the only place that version runs).
+# Every check that needs the GPU machine, in one call of the device tool (issue 18), most
+# wanted first: decode throughput against the HBM roofline in bfloat16 (Llama-3.2-1B's
+# shape, random weights) on row slots and on pages with the kernel and with the jnp path;
+# the paged decode-attention kernel compiled on the GPU against its jnp reference;
+# bench_search's five runs in bfloat16 on SmolLM2's shape with random weights (the GGUF is
+# over what a call carries), ours and transformers' both on the GPU, and (a) again on the
+# jnp path; and, alongside them on cores of its own, the test suite on the machine's
+# JAX 0.11 (the only place that version runs), on its CPU.
 #
-# Prepare here once: `make device-wheels` (what the machine's image lacks, into .whl/).
-# Then one call, and give the machine back:
-#     run(command="bash experiments/device_checks.sh", carry=[".whl"], timeout_s=590)
-# Each step writes $OUT/<step>.log (bench_decode's last line is its JSON) and prints its
-# exit status and last lines; a step past its time limit is stopped and the next one runs.
+# Prepare here once: `make device-files` (what the machine's image lacks into .whl/, and
+# SmolLM2's shape and tokenizer into .device_model/). Then one call, and give it back:
+#     run(command="bash experiments/device_checks.sh", carry=[".whl", ".device_model"],
+#         timeout_s=520)
+# Each step writes $OUT/<step>.log (a benchmark's last line is its JSON) and prints its
+# exit status and last lines. A step runs under its own limit and never past the call's
+# (DEVICE_CHECKS_SECONDS, default 500, less 10 s to spare): one past it is stopped, and the
+# next one runs if any time is left. STEPS="name ..." runs only the steps named (a rerun).
 #
 # Off the device: PYTHON=.venv/bin/python SKIP_WHEELS=1 DEVICE_CHECKS_MODEL=tiny
-# TEST_FILES=tests/test_bench_decode.py bash experiments/device_checks.sh runs the same
-# steps on the CPU with a tiny model, to check the script itself.
+# SEARCH_ARGS="--problems 2 --expansions 2 --step-tokens 16" TEST_FILES=tests/test_bench_decode.py
+# bash experiments/device_checks.sh runs the same steps on the CPU, small, to check the script.
 set -uo pipefail
 out=${OUT:-/tmp/device_checks}
 py=${PYTHON:-python3}
 model=${DEVICE_CHECKS_MODEL:-1b}
+deadline=$((SECONDS + ${DEVICE_CHECKS_SECONDS:-500} - 10))
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 
@@ -34,10 +41,17 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 step() {  # step NAME SECONDS COMMAND...: COMMAND's output to $out/NAME.log
   local name=$1 limit=$2
   shift 2
+  [ -n "${STEPS:-}" ] && [[ " $STEPS " != *" $name "* ]] && return
+  local left=$((deadline - SECONDS))
+  if [ "$left" -lt 20 ]; then
+    echo "== $name: skipped, ${left} s left of the call"
+    return
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
   echo "== $name (at most ${limit} s): $*"
   local start=$SECONDS
   timeout "$limit" "$@" >"$out/$name.log" 2>&1
-  echo "   exit $? after $((SECONDS - start)) s"
+  echo "   $name: exit $? after $((SECONDS - start)) s"
   tail -n 4 "$out/$name.log"
 }
 
@@ -45,15 +59,43 @@ step() {  # step NAME SECONDS COMMAND...: COMMAND's output to $out/NAME.log
   command -v nvidia-smi >/dev/null && nvidia-smi
   "$py" -c "import sys, jax, flax, transformers; print(sys.version); print('jax', jax.__version__,
 'flax', flax.__version__, 'transformers', transformers.__version__, jax.devices())"
+  nproc
 } >"$out/env.txt" 2>&1
-tail -n 2 "$out/env.txt"
+tail -n 3 "$out/env.txt"
 
-step kernels 90 "$py" -m pytest -p no:xdist -p no:cacheprovider -q -rs tests/kernels
-bench=(experiments/bench_decode.py --random-llama "$model" --batches 1 8 32 --reps 5)
-step bench_decode_rows 90 "$py" "${bench[@]}"
-for attention in pallas jnp; do
-  step "bench_decode_pages_$attention" 90 "$py" "${bench[@]}" --page-size 16 \
-    --attention "$attention"
-done
+# The suite runs on the CPU alongside the GPU steps, on cores of its own where the
+# machine has enough and lets a process be pinned; the GPU steps keep four.
+cores=$(nproc)
 read -r -a test_files <<<"${TEST_FILES:-tests}"
-step tests 150 "$py" -m pytest -q -rfE -n 8 --dist loadfile "${test_files[@]}"
+suite=(-m pytest -q -rfE --dist loadfile "${test_files[@]}")
+if [ "$cores" -ge 8 ] && taskset -c 0 true 2>/dev/null; then
+  gpu_steps=(taskset -c 0-3)
+  JAX_PLATFORMS=cpu step tests 600 taskset -c "4-$((cores - 1))" "$py" "${suite[@]}" \
+    -n $((cores - 4)) &
+  suite_pid=$!
+else
+  gpu_steps=()
+  suite_pid=
+fi
+
+bench=("${gpu_steps[@]}" "$py" experiments/bench_decode.py --random-llama "$model"
+       --batches 1 8 32 --reps 5 --no-matmul-cap)
+step bench_decode_rows 90 "${bench[@]}"
+for attention in pallas jnp; do
+  step "bench_decode_pages_$attention" 90 "${bench[@]}" --page-size 16 --attention "$attention"
+done
+step kernels 60 "${gpu_steps[@]}" "$py" -m pytest -p no:xdist -p no:cacheprovider -q -rs \
+  tests/kernels
+random_model=/tmp/smollm2-random
+step random_checkpoint 40 "${gpu_steps[@]}" "$py" experiments/random_checkpoint.py \
+  --like .device_model/smollm2 --out "$random_model"
+read -r -a search_args <<<"${SEARCH_ARGS:-}"
+search=("${gpu_steps[@]}" "$py" experiments/bench_search.py --model "$random_model"
+        --dtype bfloat16 "${search_args[@]}")
+step bench_search 200 "${search[@]}"
+step bench_search_jnp 90 "${search[@]}" --runs a --attention jnp
+if [ -n "$suite_pid" ]; then
+  wait "$suite_pid"
+else
+  JAX_PLATFORMS=cpu step tests 600 "$py" "${suite[@]}" -n "$cores"
+fi

@@ -52,8 +52,10 @@ def run(out: Path, overrides: list[str], *, devices: int, processes: int = 1,
         dump: Path | None = None) -> None:
     """``python -m qstar_jax.run`` into ``out``, as ``processes`` processes of ``devices``
     CPU devices each."""
+    # The repo first, then the caller's path (packages installed beside the interpreter's).
+    python_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices),
-           "PYTHONPATH": str(REPO)}
+           "PYTHONPATH": python_path}
     if dump is not None:
         env["XLA_FLAGS"] = f"--xla_dump_to={dump} --xla_dump_hlo_as_text"
     command = [sys.executable, "-m", "qstar_jax.run", *TINY, *overrides]

@@ -28,11 +28,13 @@ def test_random_weight_benchmark_reports_decode_rate_against_the_roofline(monkey
 @pytest.mark.parametrize("attention, resolved", [("jnp", "jnp"), ("pallas", "pallas_interpret")])
 def test_the_benchmark_runs_ours_on_pages_with_the_attention_it_is_told(monkeypatch, capsys,
                                                                        attention, resolved):
-    """The decoder's own pages and attention, as it resolved them on this CPU."""
+    """The decoder's own pages and attention, as it resolved them on this CPU (without the
+    matmul cap, as on a GPU)."""
     monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--random-llama", "tiny", "--batches", "2",
                                       "--reps", "1", "--page-size", "16", "--attention",
-                                      attention])
+                                      attention, "--no-matmul-cap"])
     runpy.run_path(str(SCRIPT), run_name="__main__")
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (figures["page_size"], figures["attention"]) == (16, resolved)
     assert figures["decode_tok_s"][0] > 0 and figures["roofline_tok_s"][0] > 0
+    assert figures["matmul_cap_tok_s"] is None

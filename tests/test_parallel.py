@@ -22,8 +22,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def start_child(module: str, *args: str, devices: int) -> subprocess.Popen:
     """``python -m module`` in a fresh process with ``devices`` CPU devices."""
+    # The repo first, then the caller's path (packages installed beside the interpreter's).
+    python_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices),
-           "PYTHONPATH": str(REPO)}
+           "PYTHONPATH": python_path}
     return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
