@@ -19,6 +19,11 @@ CPU), so the kernel and the ``jnp`` path are timed on the same model:
 
     python experiments/bench_decode.py --random-llama 1b --page-size 16 --attention pallas
 
+``--layer-weights per-layer|stacked`` sets how the step loop reads the layers' weights
+(one array per layer in a Python loop, or slices of the stacked arrays under a scan; the
+default, per layer on a CPU only, is the decoder's), and ``--no-matmul-cap`` skips the
+matmul cap below (minutes of compiling on a GPU).
+
 Besides the whole-generation rate it times the 64 new tokens alone and reads them
 against the memory roofline: a decode step must read every weight and each row's KV
 cache once, so at the measured copy bandwidth of the device no decoder can beat
@@ -34,9 +39,10 @@ batch x 64 tokens over their sum: the "matmul cap", and its ratio to transformer
 Prints a table and as its last line JSON: {"batch": [...], "jax_tok_s": [...],
 "hf_tok_s": [...], "ratio": [...], "decode_tok_s": [...], "roofline_tok_s": [...],
 "matmul_cap_tok_s": [...], "bandwidth_gb_s": ..., "device": ..., "page_size": ...,
-"attention": ...} (ratio = ours / HF; the HF lists are null without the transformers side,
-matmul_cap_tok_s with --no-matmul-cap;
-page_size 0 and attention null on row slots, else the attention the pages resolved to).
+"attention": ..., "layer_weights": ...} (ratio = ours / HF; the HF lists are null without
+the transformers side, matmul_cap_tok_s with --no-matmul-cap; page_size 0 and attention
+null on row slots, else the attention the pages resolved to; layer_weights "per-layer" or
+"stacked", as the step loop read them).
 """
 
 from __future__ import annotations
@@ -80,6 +86,12 @@ def parse_args() -> argparse.Namespace:
                         help="the paged cache's decode attention (with --page-size)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="CPU cores for both sides (default: all this process may use)")
+    parser.add_argument("--layer-weights", choices=["auto", "per-layer", "stacked"],
+                        default="auto",
+                        help="how the step loop reads the layers' weights: one array per layer "
+                             "(a Python loop), or sliced from the stacked arrays under a scan "
+                             "(auto: per layer on a CPU, stacked else; Decoder's "
+                             "per_layer_weights)")
     parser.add_argument("--no-matmul-cap", dest="matmul_cap", action="store_false",
                         help="skip the matmul cap (it compiles every product shape per batch: "
                              "minutes on a GPU, where the roofline is the bound that matters)")
@@ -273,8 +285,10 @@ def main() -> None:
     paging = None if not args.page_size else Paging(  # every row's max_len, and no more
         page_size=args.page_size, attention=args.attention,
         num_pages=max(args.batches) * -(-max_len // args.page_size))
+    per_layer = {"auto": None, "per-layer": True, "stacked": False}[args.layer_weights]
     decoder = Decoder(model, num_slots=max(args.batches), max_len=max_len,
-                      newline_table=np.zeros(cfg.vocab_size, bool), eos_ids=[], paging=paging)
+                      newline_table=np.zeros(cfg.vocab_size, bool), eos_ids=[], paging=paging,
+                      per_layer_weights=per_layer)
     prefill_s: list[float] = []  # of the latest calls of ours()
 
     def ours(batch):
@@ -334,6 +348,7 @@ def main() -> None:
         # What the decoder was built with: its pages' size (0: row slots) and the decode
         # attention they resolve to on this device (jnp, pallas_gpu, pallas_interpret, ...).
         "page_size": 0 if decoder.pages is None else decoder.pages.page_size,
+        "layer_weights": "per-layer" if decoder.per_layer_weights else "stacked",
         "attention": None if decoder.pages is None else resolve_implementation(args.attention)}))
 
 

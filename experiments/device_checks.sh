@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every check that needs the GPU machine, in one call of the device tool (issue 18), most
 # wanted first: decode throughput against the HBM roofline in bfloat16 (Llama-3.2-1B's
-# shape, random weights) on row slots and on pages with the kernel and with the jnp path;
+# shape, random weights) on row slots (with the layers' weights stacked, the default
+# there, and per layer) and on pages with the kernel and with the jnp path;
 # the paged decode-attention kernel compiled on the GPU against its jnp reference;
 # bench_search's five runs in bfloat16 on SmolLM2's shape with random weights (the GGUF is
 # over what a call carries), ours and transformers' both on the GPU, and (a) again on the
@@ -81,6 +82,8 @@ fi
 bench=("${gpu_steps[@]}" "$py" experiments/bench_decode.py --random-llama "$model"
        --batches 1 8 32 --reps 5 --no-matmul-cap)
 step bench_decode_rows 90 "${bench[@]}"
+# The scan over stacked layer weights (the GPU default) against one array per layer.
+step bench_decode_rows_per_layer 90 "${bench[@]}" --layer-weights per-layer
 for attention in pallas jnp; do
   step "bench_decode_pages_$attention" 90 "${bench[@]}" --page-size 16 --attention "$attention"
 done

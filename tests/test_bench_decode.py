@@ -17,6 +17,7 @@ def test_random_weight_benchmark_reports_decode_rate_against_the_roofline(monkey
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert figures["batch"] == [1, 2] and figures["hf_tok_s"] is None
     assert figures["page_size"] == 0 and figures["attention"] is None  # row slots
+    assert figures["layer_weights"] == "per-layer"  # the decoder's default on a CPU
     for whole, decode, roof, cap in zip(figures["jax_tok_s"], figures["decode_tok_s"],
                                         figures["roofline_tok_s"], figures["matmul_cap_tok_s"]):
         assert 0 < whole < decode  # the whole generation also prefills the prompt
@@ -29,12 +30,13 @@ def test_random_weight_benchmark_reports_decode_rate_against_the_roofline(monkey
 def test_the_benchmark_runs_ours_on_pages_with_the_attention_it_is_told(monkeypatch, capsys,
                                                                        attention, resolved):
     """The decoder's own pages and attention, as it resolved them on this CPU (without the
-    matmul cap, as on a GPU)."""
+    matmul cap and with the stacked layer weights, as on a GPU)."""
     monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--random-llama", "tiny", "--batches", "2",
                                       "--reps", "1", "--page-size", "16", "--attention",
-                                      attention, "--no-matmul-cap"])
+                                      attention, "--no-matmul-cap", "--layer-weights",
+                                      "stacked"])
     runpy.run_path(str(SCRIPT), run_name="__main__")
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (figures["page_size"], figures["attention"]) == (16, resolved)
     assert figures["decode_tok_s"][0] > 0 and figures["roofline_tok_s"][0] > 0
-    assert figures["matmul_cap_tok_s"] is None
+    assert figures["matmul_cap_tok_s"] is None and figures["layer_weights"] == "stacked"

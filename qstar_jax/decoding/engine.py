@@ -211,6 +211,12 @@ class Decoder:
         self._copy_pages = None if paging is None else LastCall(on_shards(copy_pages))
 
     @property
+    def per_layer_weights(self) -> bool:
+        """Whether the step loops read one weight array per layer (else slices of the
+        stacked arrays, under a scan)."""
+        return self._weights.layers is not None
+
+    @property
     def num_slots(self) -> int:
         return self.pool.num_slots
 
