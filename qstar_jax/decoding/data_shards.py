@@ -14,6 +14,7 @@ stay with GSPMD inside. A call's per-row sampling settings are laid out the same
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import jax
@@ -107,3 +108,19 @@ def on_slot_shards(fn, mesh: Mesh | None, axis: str | None, in_specs, out_specs)
         return fn
     return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
                          axis_names={axis}, check_vma=False)
+
+
+def loop_partitioner(mesh: Mesh | None, axis: str | None):
+    """A factory of the context the sampling loops (step and trie samplers) compile in.
+
+    On JAX 0.11 (seen on 0.11.2, on the CPU) XLA's Shardy partitioner dies of SIGSEGV
+    compiling a sampler's ``while_loop`` under the ``shard_map`` over several data shards
+    (README, "GPU and TPU"); GSPMD compiles the same function to the same tokens. So there,
+    and only for those loops, the partitioner is GSPMD; prefill, forks and page copies stay
+    with Shardy, which moves nothing between shards for them. The setting is part of jit's
+    cache key, so nothing else sees it."""
+    shards = 1 if mesh is None or axis is None else mesh.shape[axis]
+    if shards == 1 or jax.__version_info__ < (0, 11):
+        return contextlib.nullcontext
+    from jax._src import config as jax_config  # the setting's context form is not public
+    return lambda: jax_config.use_shardy_partitioner(False)

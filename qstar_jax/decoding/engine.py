@@ -25,6 +25,7 @@ On a paged cache (``paged_cache``) pages are reserved, copied and trimmed around
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 from collections.abc import Callable, Sequence
 
@@ -35,8 +36,8 @@ from flax import nnx
 from jax.sharding import PartitionSpec
 
 from qstar_jax.decoding import trie_calls
-from qstar_jax.decoding.data_shards import (RowLayout, cache_specs, on_slot_shards,
-                                             padded_params)
+from qstar_jax.decoding.data_shards import (RowLayout, cache_specs, loop_partitioner,
+                                             on_slot_shards, padded_params)
 from qstar_jax.decoding.kv_cache import SlotPool, cache_shardings, fork_slots, init_cache
 from qstar_jax.decoding.input_checks import (check_children_beside_parents,
                                              check_step_inputs, check_token_lists,
@@ -169,10 +170,11 @@ class Decoder:
         self.trie_work: collections.Counter[str] = collections.Counter()
         counts = self.trace_counts
 
-        def counted_jit(name, fn, in_specs, out_specs, num_static=0):
+        def counted_jit(name, fn, in_specs, out_specs, num_static=0,
+                        context=contextlib.nullcontext):
             """``fn`` jitted with the cache (its first argument after the graphdef) donated
             and its last ``num_static`` arguments static; in_specs, out_specs: the other
-            arguments' and the results' PartitionSpecs."""
+            arguments' and the results' PartitionSpecs; context: ``LastCall``'s."""
             def traced(*args):
                 counts[name] += 1  # runs only while tracing
                 split = len(args) - num_static
@@ -181,22 +183,23 @@ class Decoder:
                                       mesh, slot_axis, in_specs, out_specs)(*args[:split])
             static_argnums = tuple(range(len(in_specs), len(in_specs) + num_static))
             return LastCall(jax.jit(traced, donate_argnums=1, static_argnums=static_argnums,
-                                    **out_shardings(shardings, name)))
+                                    **out_shardings(shardings, name)), context)
 
         # PartitionSpecs over the slot axis of a function's arguments and results: the
         # call's rows, a whole array on every shard, the cache's part on each shard.
         rows, whole = PartitionSpec(slot_axis), PartitionSpec()
+        sampling_loops = loop_partitioner(mesh, slot_axis)
         cache = cache_specs(slot_axis, paging)
         self._prefill = counted_jit("prefill", prefill, (whole, cache, rows, rows, rows, rows),
                                     cache, num_static=1)
         self._sample_step = counted_jit(
             "sample_step", sample_step,
             (whole, cache, rows, rows, rows, rows, rows, whole, whole), (cache, rows),
-            num_static=2)
+            num_static=2, context=sampling_loops)
         self._sample_trie = counted_jit(  # the lent pages: each shard's block
             "sample_trie", sample_trie,
             (whole, cache, rows, whole, rows, rows, rows, rows, whole, whole, whole, rows,
-             whole), (cache, rows, rows), num_static=4)
+             whole), (cache, rows, rows), num_static=4, context=sampling_loops)
 
         def on_shards(fn):
             """``fn(cache, per-shard ids, per-shard ids)`` on each shard's part of the

@@ -5,20 +5,25 @@ such a call computes; ``out_shardings`` gives jit the results' layout a function
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 
 
 class LastCall:
     """A jitted function that keeps the arguments of its last call, to compile for them
-    again on request."""
+    again on request. ``context``: a factory of the context every call (and compile) runs
+    in (``data_shards.loop_partitioner``)."""
 
-    def __init__(self, jitted):
+    def __init__(self, jitted, context=contextlib.nullcontext):
         self._jitted = jitted
+        self._context = context
         self._args = None
 
     def __call__(self, *args):
         self._args = args
-        return self._jitted(*args)
+        with self._context():
+            return self._jitted(*args)
 
     def compiled_text(self) -> str:
         if self._args is None:
@@ -27,7 +32,8 @@ class LastCall:
         args = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
             x.shape, x.dtype, sharding=x.sharding if x.committed else None)
             if isinstance(x, jax.Array) else x, self._args)
-        return self._jitted.lower(*args).compile().as_text()
+        with self._context():
+            return self._jitted.lower(*args).compile().as_text()
 
 
 def out_shardings(shardings: dict, name: str) -> dict:

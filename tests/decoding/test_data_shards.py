@@ -2,10 +2,13 @@
 beside their parents (host side; the sharded decoder itself runs in
 tests/support/sharded_decoding.py)."""
 
+import types
+
+import jax
 import numpy as np
 import pytest
 
-from qstar_jax.decoding.data_shards import RowLayout
+from qstar_jax.decoding.data_shards import RowLayout, loop_partitioner
 from qstar_jax.decoding.input_checks import (check_children_beside_parents,
                                              check_spares_beside_groups)
 from qstar_jax.decoding.kv_cache import SlotPool
@@ -39,3 +42,24 @@ def test_children_and_spares_must_lie_beside_their_parents():
                                          "but 1 of the spares lie on it"):
         check_spares_beside_groups(pool, np.array([0, 5]), np.array([3, 2]),
                                    np.array([1, 6, 7]))
+
+
+def test_sampling_loops_compile_with_gspmd_only_on_jax_0_11_over_several_data_shards(
+        monkeypatch):
+    """JAX 0.11's Shardy pass crashes on the data-sharded sampling loops: there, and only
+    there, they compile with GSPMD (the setting jit keys on), and the setting is back after."""
+    mesh = types.SimpleNamespace(shape={"data": 2, "model": 1})
+    one_shard = types.SimpleNamespace(shape={"data": 1, "model": 2})
+    shardy = jax.config.jax_use_shardy_partitioner
+
+    def inside(factory):
+        with factory():
+            return jax.config.jax_use_shardy_partitioner
+
+    monkeypatch.setattr(jax, "__version_info__", (0, 10, 2))
+    assert inside(loop_partitioner(mesh, "data")) == shardy
+    monkeypatch.setattr(jax, "__version_info__", (0, 11, 2))
+    assert inside(loop_partitioner(mesh, "data")) is False
+    assert jax.config.jax_use_shardy_partitioner == shardy
+    for no_shards in [(None, None), (one_shard, "data")]:
+        assert inside(loop_partitioner(*no_shards)) == shardy
