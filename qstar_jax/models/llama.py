@@ -123,8 +123,13 @@ class Attention(nnx.Module):
         if self.window is not None:
             visible &= key_pos[:, None, :] > positions[:, :, None] - self.window
         scores = jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
-        return jnp.einsum("bkgtm,bkmd->btkgd", probs, values)
+        # The weighted sum in float32 too, as the decode step does. With bfloat16
+        # probabilities and values its result hung on XLA's version: over a cached window
+        # a two-layer model's logits drifted 0.10 from float32's on JAX 0.11.2's XLA:CPU
+        # and 0.04 on 0.10.2; in float32 both drift 0.04 (README, "GPU and TPU").
+        probs = jax.nn.softmax(scores, axis=-1)
+        return jnp.einsum("bkgtm,bkmd->btkgd", probs,
+                          values.astype(jnp.float32)).astype(values.dtype)
 
     def _attend_one_token(self, q, keys, values, positions, key_pos):
         """The decode step (T = 1) as multiply-and-reduce: q [B, 1, K, G, D] -> [B, 1, H, D].
