@@ -134,8 +134,9 @@ def copy_bandwidth(reps: int = 10) -> float:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    nbytes = 1 << (29 if jax.default_backend() == "cpu" else 32)
-    if jax.default_backend() == "cpu":
+    on_cpu = jax.default_backend() == "cpu"
+    nbytes = 1 << (29 if on_cpu else 32)
+    if on_cpu:
         src = np.ones(nbytes // 4, np.float32)
         dst = np.empty_like(src)
         copy = functools.partial(np.copyto, dst, src)
@@ -205,12 +206,6 @@ def matmul_cap_tok_s(cfg, batch: int, dtype) -> float:
     return batch * NEW_TOKENS / total
 
 
-def model_path(model: str) -> Path:
-    """The file or folder of ``--model``: a packaged alias's .gguf, or the path given."""
-    from qstar_jax.models.loading import PACKAGED_MODELS, resolve_alias
-    return resolve_alias(model) if model in PACKAGED_MODELS else Path(model)
-
-
 def transformers_model(path: Path, dtype: str, threads: int):
     """The same model in transformers (a GGUF dequantized as our loader does, or an HF
     directory), in eval mode, on the GPU where torch sees one, else with torch on
@@ -274,8 +269,8 @@ def main() -> None:
         prompt = [(7 * i + 3) % cfg.vocab_size for i in range(PROMPT_TOKENS)]
         name = f"random-weight Llama ({args.random_llama})"
     else:
-        from qstar_jax.models.loading import load_model
-        path = model_path(args.model)
+        from qstar_jax.models.loading import load_model, source_path
+        path = source_path(args.model)
         loaded = load_model(path, dtype=dtype)
         model, cfg, name = loaded.model, loaded.config, args.model
         prompt = loaded.tokenizer.encode(PROMPT_TEXT * 8)[:PROMPT_TOKENS]

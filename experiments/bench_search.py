@@ -98,7 +98,7 @@ from typing import Any, Sequence
 
 # The sibling benchmark's loaders (this script's folder is on sys.path when it runs as
 # ``python experiments/bench_search.py``).
-from bench_decode import kv_token_bytes, model_path, transformers_model
+from bench_decode import kv_token_bytes, transformers_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = {"a": "ours, problems batched, paged cache",
@@ -370,7 +370,8 @@ class TransformersExpander:
 def peer_run(args, config, tokenizer, task, problems, prompts, make_planner, *, cap: int,
              token_bytes: int) -> RunFigures:
     """(c): the searches one problem at a time through ``TransformersExpander``."""
-    model = transformers_model(model_path(args.model), args.dtype, args.threads)
+    from qstar_jax.models.loading import source_path
+    model = transformers_model(source_path(args.model), args.dtype, args.threads)
     peer = TransformersExpander(model, tokenizer, task, problems, prompts,
                                 step_token_cap=cap, kv_token_bytes=token_bytes)
     import torch
@@ -413,7 +414,7 @@ def main() -> None:
     n, k, expansions, cap = args.problems, args.k, args.expansions, args.step_tokens
     args.model = args.model or config.policy.source
     args.dtype = args.dtype or config.policy.dtype
-    loaded = load_model(model_path(args.model), dtype=DTYPES[args.dtype])
+    loaded = load_model(args.model, dtype=DTYPES[args.dtype])
     tokenizer = loaded.tokenizer
     task = Gsm8kTask(data_files=str(args.fixture), n_shot=0)
     problems = task.load("test")[:n]

@@ -41,17 +41,18 @@ def shape_and_tokenizer(like: str):
     """(ModelConfig, Tokenizer) of ``like``: a shape-only directory is read as it is, any
     other source through ``load_model``."""
     from qstar_jax.models.hf_checkpoint import read_hf_config
-    from qstar_jax.models.loading import load_model
-    from qstar_jax.models.tokenizer import Tokenizer
+    from qstar_jax.models.loading import directory_tokenizer, load_model
 
     path = Path(like)
     if path.is_dir() and not any(path.glob("*.safetensors")):
         cfg = read_hf_config(path)
-        return cfg, Tokenizer.from_pretrained(path, extra_eos_ids=cfg.eos_token_ids)
-    loaded = load_model(like)
-    if loaded.tokenizer is None:
+        cfg_and_tokenizer = cfg, directory_tokenizer(path, cfg)
+    else:
+        loaded = load_model(like)
+        cfg_and_tokenizer = loaded.config, loaded.tokenizer
+    if cfg_and_tokenizer[1] is None:
         raise SystemExit(f"{like} ships no tokenizer; a benchmark needs one")
-    return loaded.config, loaded.tokenizer
+    return cfg_and_tokenizer
 
 
 def main() -> None:

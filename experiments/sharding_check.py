@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from qstar_jax.parallel import data_collectives
+from qstar_jax.parallel import data_collectives, free_local_port, local_child_environment
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_LEN = 96
@@ -52,18 +50,12 @@ def run(out: Path, overrides: list[str], *, devices: int, processes: int = 1,
         dump: Path | None = None) -> None:
     """``python -m qstar_jax.run`` into ``out``, as ``processes`` processes of ``devices``
     CPU devices each."""
-    # The repo first, then the caller's path (packages installed beside the interpreter's).
-    python_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices),
-           "PYTHONPATH": python_path}
+    env = local_child_environment(devices, REPO)
     if dump is not None:
         env["XLA_FLAGS"] = f"--xla_dump_to={dump} --xla_dump_hlo_as_text"
     command = [sys.executable, "-m", "qstar_jax.run", *TINY, *overrides]
     if processes > 1:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        command += [f"distributed.coordinator=localhost:{port}",
+        command += [f"distributed.coordinator=localhost:{free_local_port()}",
                     f"distributed.num_processes={processes}"]
     children = [subprocess.Popen(command + ([f"distributed.process_id={i}"]
                                             if processes > 1 else []) + ["--out", str(out)],

@@ -17,6 +17,7 @@ import dataclasses
 import math
 import os
 import re
+import socket
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -220,6 +221,23 @@ def cluster_in_environment(env: Mapping[str, str]) -> str | None:
     if env.get("MEGASCALE_COORDINATOR_ADDRESS"):
         return "TPU multislice run"
     return None
+
+
+def local_child_environment(devices: int, checkout) -> dict[str, str]:
+    """The environment of a child process on this machine that sees ``devices`` CPU
+    devices and imports ``checkout`` first, then the caller's PYTHONPATH (packages
+    installed beside the interpreter's): how the multi-device and multi-process checks
+    run without an accelerator."""
+    python_path = os.pathsep.join(filter(None, [str(checkout), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices),
+            "PYTHONPATH": python_path}
+
+
+def free_local_port() -> int:
+    """A TCP port on localhost that is free now (for a local ``jax.distributed`` run)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def is_writer() -> bool:

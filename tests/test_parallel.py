@@ -4,7 +4,6 @@ between data shards."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,8 @@ import pytest
 from jax.sharding import AbstractMesh, PartitionSpec
 
 from qstar_jax.parallel import (MeshError, ShardingRules, cluster_in_environment, collectives,
-                                data_collectives, initialize_distributed, make_mesh)
+                                data_collectives, free_local_port, initialize_distributed,
+                                local_child_environment, make_mesh)
 from tests.decoding.tiny_models import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,10 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def start_child(module: str, *args: str, devices: int) -> subprocess.Popen:
     """``python -m module`` in a fresh process with ``devices`` CPU devices."""
-    # The repo first, then the caller's path (packages installed beside the interpreter's).
-    python_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices),
-           "PYTHONPATH": python_path}
+    env = local_child_environment(devices, REPO)
     return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -45,12 +42,6 @@ def finish(children: list[subprocess.Popen], timeout: int = 900) -> list[str]:
 def run_child(module: str, *args: str) -> str:
     """stdout of ``python -m module`` with 4 CPU devices."""
     return finish([start_child(module, *args, devices=4)])[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("data, model, message", [
@@ -279,7 +270,7 @@ def test_decoding_over_two_processes_matches_one_device():
     """2 processes x 2 CPU devices (jax.distributed, gloo collectives on localhost): on
     2x2 the data axis spans the processes (also on a paged cache, each process holding
     its shard's pages), on 1x4 the model axis does."""
-    port = str(free_port())
+    port = str(free_local_port())
     outputs = finish([start_child("tests.support.sharded_decoding", port, str(process),
                                   devices=2) for process in (0, 1)])
     report = json.loads(outputs[0].splitlines()[-1])

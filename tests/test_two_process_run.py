@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from qstar_jax.parallel import free_local_port
 from qstar_jax.run import main
-from tests.test_parallel import free_port, start_child
+from tests.test_parallel import start_child
 from tests.test_run_pipeline import TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ def test_when_a_process_dies_the_other_stops_naming_it_and_the_run_resumes(tmp_p
     fails and it says so, JAX's coordination service names process 1 once it has been
     silent for the heartbeat timeout and stops process 0 (no hang), and a rerun resumes
     from what process 0 wrote."""
-    port = str(free_port())
+    port = str(free_local_port())
     tiny = [*TINY, "policy_training.steps=2"]
     children = [start_child("qstar_jax.run", *tiny, f"distributed.coordinator=localhost:{port}",
                             "distributed.num_processes=2", f"distributed.process_id={i}",

@@ -58,6 +58,24 @@ def resolve_alias(alias: str) -> Path:
     return files[0]
 
 
+def source_path(source: str | Path) -> Path:
+    """The file or folder ``source`` names: the path itself, or where there is none, the
+    .gguf of the packaged alias it names."""
+    path = Path(source)
+    if not path.exists() and str(source) in PACKAGED_MODELS:
+        return resolve_alias(str(source))
+    return path
+
+
+def directory_tokenizer(path: Path, config: ModelConfig) -> Tokenizer | None:
+    """An HF directory's tokenizer, with the stop ids its config and generation config
+    add (None when the directory ships no tokenizer files)."""
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        return None
+    return Tokenizer.from_pretrained(
+        path, extra_eos_ids=(*config.eos_token_ids, *generation_eos_ids(path)))
+
+
 def load_model(source: str | Path, *, dtype=jnp.float32, mesh: Mesh | None = None
                ) -> LoadedModel:
     """Load config, weights (cast to ``dtype``) and tokenizer.
@@ -68,19 +86,14 @@ def load_model(source: str | Path, *, dtype=jnp.float32, mesh: Mesh | None = Non
     ``sharded_params``) loads from them straight onto the mesh, each process reading its
     own shards; every other source loads whole onto the host, for the decoder to place.
     """
-    path = Path(source)
-    if not path.exists() and str(source) in PACKAGED_MODELS:
-        path = resolve_alias(str(source))
+    path = source_path(source)
     if path.is_dir():
         if mesh is not None and (path / PARAMS_FOLDER).is_dir():
             config = read_hf_config(path)
             model = load_llama_onto_mesh(path / PARAMS_FOLDER, config, mesh, dtype=dtype)
         else:
             config, model = load_hf_model(path, dtype=dtype)
-        tokenizer = None
-        if any((path / name).is_file() for name in TOKENIZER_FILES):
-            tokenizer = Tokenizer.from_pretrained(
-                path, extra_eos_ids=(*config.eos_token_ids, *generation_eos_ids(path)))
+        tokenizer = directory_tokenizer(path, config)
     elif path.is_file() and path.suffix == ".gguf":
         config, model, has_vocabulary = load_gguf_model(path, dtype=dtype)
         tokenizer = None
