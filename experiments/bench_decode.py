@@ -19,10 +19,11 @@ CPU), so the kernel and the ``jnp`` path are timed on the same model:
 
     python experiments/bench_decode.py --random-llama 1b --page-size 16 --attention pallas
 
-``--layer-weights per-layer|stacked`` sets how the step loop reads the layers' weights
-(one array per layer in a Python loop, or slices of the stacked arrays under a scan; the
-default, per layer on a CPU only, is the decoder's), and ``--no-matmul-cap`` skips the
-matmul cap below (minutes of compiling on a GPU).
+``--layer-weights per-layer|stacked|unrolled`` sets how the step loop reads the layers'
+weights (one array per layer in a Python loop, or slices of the stacked arrays under a
+scan, rolled or unrolled; the default is the decoder's: ``qstar_jax/decoding/weights``),
+``--no-matmul-cap`` skips the matmul cap below (minutes of compiling on a GPU), and
+``--trace DIR`` profiles one more generation per batch (``device_trace``).
 
 Besides the whole-generation rate it times the 64 new tokens alone and reads them
 against the memory roofline: a decode step must read every weight and each row's KV
@@ -41,8 +42,8 @@ Prints a table and as its last line JSON: {"batch": [...], "jax_tok_s": [...],
 "matmul_cap_tok_s": [...], "bandwidth_gb_s": ..., "device": ..., "page_size": ...,
 "attention": ..., "layer_weights": ...} (ratio = ours / HF; the HF lists are null without
 the transformers side, matmul_cap_tok_s with --no-matmul-cap; page_size 0 and attention
-null on row slots, else the attention the pages resolved to; layer_weights "per-layer" or
-"stacked", as the step loop read them).
+null on row slots, else the attention the pages resolved to; layer_weights "per-layer",
+"stacked" or "unrolled", as the step loop read them).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ import os
 import statistics
 import time
 from pathlib import Path
+
+from device_trace import traced
 
 PROMPT_TOKENS = 64
 NEW_TOKENS = 64
@@ -86,15 +89,17 @@ def parse_args() -> argparse.Namespace:
                         help="the paged cache's decode attention (with --page-size)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="CPU cores for both sides (default: all this process may use)")
-    parser.add_argument("--layer-weights", choices=["auto", "per-layer", "stacked"],
-                        default="auto",
-                        help="how the step loop reads the layers' weights: one array per layer "
-                             "(a Python loop), or sliced from the stacked arrays under a scan "
-                             "(auto: per layer on a CPU, stacked else; Decoder's "
-                             "per_layer_weights)")
+    parser.add_argument("--layer-weights", default="auto",
+                        help="how the step loop reads the layers' weights: auto, per-layer, "
+                             "stacked or unrolled (Decoder's layer_weights, "
+                             "qstar_jax/decoding/weights.py)")
     parser.add_argument("--no-matmul-cap", dest="matmul_cap", action="store_false",
                         help="skip the matmul cap (it compiles every product shape per batch: "
                              "minutes on a GPU, where the roofline is the bound that matters)")
+    parser.add_argument("--trace", type=Path, default=None,
+                        help="after each batch's timing, one more generation under the "
+                             "profiler: its trace saved in this directory and its busiest "
+                             "kernels printed (experiments/device_trace.py)")
     args = parser.parse_args()
     if args.page_size < 0:
         parser.error(f"--page-size must be >= 0, got {args.page_size}")
@@ -280,10 +285,9 @@ def main() -> None:
     paging = None if not args.page_size else Paging(  # every row's max_len, and no more
         page_size=args.page_size, attention=args.attention,
         num_pages=max(args.batches) * -(-max_len // args.page_size))
-    per_layer = {"auto": None, "per-layer": True, "stacked": False}[args.layer_weights]
     decoder = Decoder(model, num_slots=max(args.batches), max_len=max_len,
                       newline_table=np.zeros(cfg.vocab_size, bool), eos_ids=[], paging=paging,
-                      per_layer_weights=per_layer)
+                      layer_weights=args.layer_weights)
     prefill_s: list[float] = []  # of the latest calls of ours()
 
     def ours(batch):
@@ -323,6 +327,8 @@ def main() -> None:
             matmul_cap.append(matmul_cap_tok_s(cfg, batch, dtype))
         if theirs is not None:
             hf_tok_s.append(tokens / median_seconds(lambda: theirs(batch), args.reps))
+        with traced(args.trace, f"decode_batch{batch}"):
+            ours(batch)
         cap = f"{matmul_cap[-1]:>11.0f}" if matmul_cap else f"{'-':>11}"
         hf = (f"{hf_tok_s[-1]:>9.1f} {jax_tok_s[-1] / hf_tok_s[-1]:>6.2f} "
               + (f"{matmul_cap[-1] / hf_tok_s[-1]:>10.2f}" if matmul_cap else "")
@@ -343,7 +349,7 @@ def main() -> None:
         # What the decoder was built with: its pages' size (0: row slots) and the decode
         # attention they resolve to on this device (jnp, pallas_gpu, pallas_interpret, ...).
         "page_size": 0 if decoder.pages is None else decoder.pages.page_size,
-        "layer_weights": "per-layer" if decoder.per_layer_weights else "stacked",
+        "layer_weights": decoder.layer_weights,
         "attention": None if decoder.pages is None else resolve_implementation(args.attention)}))
 
 

@@ -41,7 +41,7 @@ token counts show the work is comparable.
 
 Warm-up: each of our runs searches twice; the first pass compiles (reported as
 "first pass s") and the second is timed (its line says how many decoder functions it
-traced: 0 in steady state). (c) is timed after one short ``generate``.
+traced and how many programs XLA compiled: 0 and 0 in steady state). (c) is timed after one short ``generate``.
 
 Counted, per run: wall-clock of the timed pass; prefilled tokens (ours: each prompt once,
 children are forks; (c): K copies of the whole node text per expansion, as ``generate``
@@ -99,6 +99,7 @@ from typing import Any, Sequence
 # The sibling benchmark's loaders (this script's folder is on sys.path when it runs as
 # ``python experiments/bench_search.py``).
 from bench_decode import kv_token_bytes, transformers_model
+from device_trace import traced
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = {"a": "ours, problems batched, paged cache",
@@ -144,6 +145,10 @@ def parse_args() -> argparse.Namespace:
                              "GPU or TPU, jnp on a CPU)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="CPU cores for both sides (default: all this process may use)")
+    parser.add_argument("--trace", type=Path, default=None,
+                        help="after each of our runs' timed pass, one more under the profiler: "
+                             "its trace saved in this directory and its busiest kernels "
+                             "printed (experiments/device_trace.py)")
     return parser.parse_args()
 
 
@@ -210,6 +215,21 @@ def search(expander, make_planner, problems: int, *, wave: int) -> SearchPass:
                             lambda i, first=first: make_planner(first + i))]
     return SearchPass(wall_s=time.perf_counter() - start, results=results,
                       step_tokens=counted.step_tokens)
+
+
+def compile_counter():
+    """A function returning how many programs XLA has compiled (or read from the
+    persistent cache) since this was called: a timed pass should compile none."""
+    import jax
+
+    count = [0]
+
+    def listener(event: str, duration: float, **kwargs) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            count[0] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    return lambda: count[0]
 
 
 def distinct_tokens(sequences) -> int:
@@ -410,6 +430,7 @@ def main() -> None:
     from qstar_jax.tasks.gsm8k import Gsm8kTask
     from qstar_kernels import resolve_implementation
 
+    compiles = compile_counter()
     config = load_config(args.config)
     n, k, expansions, cap = args.problems, args.k, args.expansions, args.step_tokens
     args.model = args.model or config.policy.source
@@ -468,14 +489,20 @@ def main() -> None:
             runtime = runtime_class(dec, tokenizer, task, problems, prompts, seed=config.seed,
                                     step_token_cap=cap)
             expander = DecoderExpander(runtime, prefix_sharing=prefix_sharing)
-            traced = sum(dec.trace_counts.values())
+            traced_before, compiled_before = sum(dec.trace_counts.values()), compiles()
             passes.append(search(expander, make_planner, n, wave=wave))
             runtimes.append(runtime)
             print(f"({name}) {'first' if len(passes) == 1 else 'timed'} pass "
                   f"{passes[-1].wall_s:7.1f} s, trees {passes[-1].trees_hash}, "
-                  f"{sum(dec.trace_counts.values()) - traced} decoder functions traced",
-                  flush=True)
+                  f"{sum(dec.trace_counts.values()) - traced_before} decoder functions traced, "
+                  f"{compiles() - compiled_before} programs compiled", flush=True)
         assert passes[0].trees_hash == passes[1].trees_hash, "a rerun grew other trees"
+        if args.trace is not None:  # not timed: the profiler slows the host
+            runtime = PolicyRuntime(dec, tokenizer, task, problems, prompts, seed=config.seed,
+                                    step_token_cap=cap)
+            with traced(args.trace, f"search_{name}"):
+                search(DecoderExpander(runtime, prefix_sharing=prefix_sharing), make_planner,
+                       n, wave=wave)
         return passes[1], passes[0].wall_s, runtimes[0]
 
     runs: dict[str, RunFigures] = {}

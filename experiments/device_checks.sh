@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # Every check that needs the GPU machine, in one call of the device tool (issue 18), most
 # wanted first: decode throughput against the HBM roofline in bfloat16 (Llama-3.2-1B's
-# shape, random weights) on row slots (with the layers' weights stacked, the default
-# there, and per layer) and on pages with the kernel and with the jnp path;
-# the paged decode-attention kernel compiled on the GPU against its jnp reference;
-# bench_search's five runs in bfloat16 on SmolLM2's shape with random weights (the GGUF is
-# over what a call carries), ours and transformers' both on the GPU, and (a) again on the
-# jnp path; and, alongside them on cores of its own, the test suite on the machine's
-# JAX 0.11 (the only place that version runs), on its CPU.
+# shape, random weights) on row slots; bench_search's five runs in bfloat16 on SmolLM2's
+# shape with random weights (the GGUF is over what a call carries), ours and
+# transformers' both on the GPU; the decode throughput with the layers' weights read in
+# the other ways and with CUDA graphs, and on pages with the kernel and with the jnp
+# path; the paged decode-attention kernel compiled on the GPU against its jnp reference;
+# (a) again on the jnp path; and, alongside them on cores of its own, the test suite on
+# the machine's JAX 0.11, on its CPU.
 #
 # Prepare here once: `make device-files` (what the machine's image lacks into .whl/, and
 # SmolLM2's shape and tokenizer into .device_model/). Then one call, and give it back:
 #     run(command="bash experiments/device_checks.sh", carry=[".whl", ".device_model"],
 #         timeout_s=520)
-# Each step writes $OUT/<step>.log (a benchmark's last line is its JSON) and prints its
-# exit status and last lines. A step runs under its own limit and never past the call's
+# Each step writes <step>.log (a benchmark's last line is its JSON) and prints its exit
+# status and last lines; the benchmarks save their profiler traces beside the logs
+# (traces/, summarized in the logs: experiments/device_trace.py). All of it comes back as
+# one archive, $OUT/device_checks.tgz, rewritten after every step (the device tool brings
+# back at most 8 files). A step runs under its own limit and never past the call's
 # (DEVICE_CHECKS_SECONDS, default 500, less 10 s to spare): one past it is stopped, and the
 # next one runs if any time is left. STEPS="name ..." runs only the steps named (a rerun).
 #
@@ -22,11 +25,13 @@
 # SEARCH_ARGS="--problems 2 --expansions 2 --step-tokens 16" TEST_FILES=tests/test_bench_decode.py
 # bash experiments/device_checks.sh runs the same steps on the CPU, small, to check the script.
 set -uo pipefail
-out=${OUT:-/tmp/device_checks}
+archive=${OUT:-/tmp}/device_checks.tgz
+out=$(mktemp -d /tmp/device_checks.XXXX)
+traces=$out/traces
 py=${PYTHON:-python3}
 model=${DEVICE_CHECKS_MODEL:-1b}
 deadline=$((SECONDS + ${DEVICE_CHECKS_SECONDS:-500} - 10))
-mkdir -p "$out"
+mkdir -p "$traces" "$(dirname "$archive")"
 export PYTHONUNBUFFERED=1
 
 if [ -d .whl ] && [ -z "${SKIP_WHEELS:-}" ]; then
@@ -54,6 +59,7 @@ step() {  # step NAME SECONDS COMMAND...: COMMAND's output to $out/NAME.log
   timeout "$limit" "$@" >"$out/$name.log" 2>&1
   echo "   $name: exit $? after $((SECONDS - start)) s"
   tail -n 4 "$out/$name.log"
+  tar czf "$archive.part" -C "$out" . && mv "$archive.part" "$archive"
 }
 
 {
@@ -79,24 +85,34 @@ else
   suite_pid=
 fi
 
+read -r -a batches <<<"${BATCHES:-1 8 32}"
 bench=("${gpu_steps[@]}" "$py" experiments/bench_decode.py --random-llama "$model"
-       --batches 1 8 32 --reps 5 --no-matmul-cap)
-step bench_decode_rows 90 "${bench[@]}"
-# The scan over stacked layer weights (the GPU default) against one array per layer.
-step bench_decode_rows_per_layer 90 "${bench[@]}" --layer-weights per-layer
-for attention in pallas jnp; do
-  step "bench_decode_pages_$attention" 90 "${bench[@]}" --page-size 16 --attention "$attention"
-done
-step kernels 60 "${gpu_steps[@]}" "$py" -m pytest -p no:xdist -p no:cacheprovider -q -rs \
-  tests/kernels
+       --batches "${batches[@]}" --reps 5 --no-matmul-cap)
+# Row slots as the decoder reads the layers by default (one array per layer on a GPU).
+step bench_decode_rows 90 "${bench[@]}" --trace "$traces/rows"
 random_model=/tmp/smollm2-random
 step random_checkpoint 40 "${gpu_steps[@]}" "$py" experiments/random_checkpoint.py \
   --like .device_model/smollm2 --out "$random_model"
 read -r -a search_args <<<"${SEARCH_ARGS:-}"
 search=("${gpu_steps[@]}" "$py" experiments/bench_search.py --model "$random_model"
         --dtype bfloat16 "${search_args[@]}")
-step bench_search 200 "${search[@]}"
-step bench_search_jnp 90 "${search[@]}" --runs a --attention jnp
+step bench_search 200 "${search[@]}" --trace "$traces/search"
+# The layers' other readings: the scan over the stacked weights (which XLA:GPU copies a
+# layer out of at every token), rolled or unrolled, and the rolled scan with XLA's
+# dynamic-slice fusion (products reading the slices in place); and the default with the
+# token loop's body run as CUDA graphs.
+step bench_decode_rows_unrolled 90 "${bench[@]}" --layer-weights unrolled \
+  --trace "$traces/rows_unrolled"
+XLA_FLAGS="--xla_gpu_enable_dynamic_slice_fusion=true" step bench_decode_rows_slice_fusion 90 \
+  "${bench[@]}" --layer-weights stacked --trace "$traces/rows_slice_fusion"
+XLA_FLAGS="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CONDITIONAL,WHILE" \
+  step bench_decode_rows_graphs 90 "${bench[@]}" --trace "$traces/rows_graphs"
+for attention in pallas jnp; do
+  step "bench_decode_pages_$attention" 90 "${bench[@]}" --page-size 16 --attention "$attention"
+done
+step kernels 60 "${gpu_steps[@]}" "$py" -m pytest -p no:xdist -p no:cacheprovider -q -rs \
+  tests/kernels
+step bench_search_jnp 90 "${search[@]}" --runs a --attention jnp --trace "$traces/search_jnp"
 if [ -n "$suite_pid" ]; then
   wait "$suite_pid"
 else

@@ -172,6 +172,11 @@ class DecodeConfig:
     # slot; 0 = rows. On a mesh the pages split over mesh.data with the slots.
     page_size: int = 0
     pages: int = 0  # with page_size > 0: the pool's pages (0: slots x max_len tokens' worth)
+    # How the token loops read the layers' weights (decoding/weights.py): "auto" holds a
+    # copy split per layer on CPU and GPU, twice the layers' memory for a decode step 1.7x
+    # (batch 1) to 2.1x (batch 8) as fast on an H200 (README, "GPU and TPU"); "stacked"
+    # holds them once and scans over them (the TPU's auto); memory_plan counts either.
+    layer_weights: str = "auto"
 
     @property
     def num_pages(self) -> int:
@@ -467,6 +472,9 @@ def check_config(config: RunConfig) -> None:
                 "best_of_n_matched reads best_of_n's and qstar's tokens: list both before it")
     unknown = [st for st in config.stages if st not in STAGES]
     require(not unknown, "stages", f"unknown {unknown}; choose from {STAGES}")
+    from qstar_jax.decoding.weights import LAYER_WEIGHTS
+    require(d.layer_weights in LAYER_WEIGHTS, "decode.layer_weights",
+            f"must be one of {LAYER_WEIGHTS}, got {d.layer_weights!r}")
     require(d.slots >= 1 and d.max_len > d.step_token_cap, "decode",
             "needs slots >= 1 and max_len > step_token_cap")
     require(d.page_size >= 0 and d.pages >= 0, "decode.page_size/pages", "must be >= 0")

@@ -14,7 +14,8 @@ paper configs' models. ``run`` calls ``check_memory`` before any stage and refus
 config that does not fit, with these figures and the largest ``decode.slots`` that would.
 
 Counted: the models' weights (the policy's, and a second opinion's, which also decodes,
-twice on CPU, where the decoder also keeps one array per layer) and the KV cache, per
+its layers twice where the decoder also keeps them one array per layer:
+``decode.layer_weights``, by default on CPU and GPU) and the KV cache, per
 device (weights split over ``mesh.model``, the cache over both axes). Not counted:
 activations, the PRM's scoring pass (a [rows, text length] cache of its own per call),
 the learned PRM's and Q̂'s small heads, XLA's scratch; hence HEADROOM. The label stage's
@@ -58,6 +59,7 @@ import numpy as np
 
 from qstar_jax.config import (REASONER_METHODS, SCRATCH, ConfigError, QBackbone, RunConfig,
                               Utility, load_config)
+from qstar_jax.decoding.weights import resolve_layer_weights
 from qstar_jax.models.config import ModelConfig
 
 HEADROOM = 0.9  # the share of memory the weights and the cache may take
@@ -106,13 +108,17 @@ class MemoryPlan:
 
 
 def parameter_count(cfg: ModelConfig) -> int:
+    embeddings = cfg.vocab_size * cfg.hidden_size * (1 if cfg.tie_word_embeddings else 2)
+    return layer_parameter_count(cfg) + embeddings + cfg.hidden_size
+
+
+def layer_parameter_count(cfg: ModelConfig) -> int:
+    """The decoder layers' parameters (what a per-layer copy holds again)."""
     e, d, f = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
     attention = e * d * (cfg.num_heads * 2 + cfg.num_kv_heads * 2)
     attention += d * (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.attention_bias
     attention += e * cfg.attention_out_bias
-    per_layer = attention + 3 * e * f + 2 * e
-    embeddings = cfg.vocab_size * e * (1 if cfg.tie_word_embeddings else 2)
-    return cfg.num_layers * per_layer + embeddings + e
+    return cfg.num_layers * (attention + 3 * e * f + 2 * e)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -159,25 +165,26 @@ def search_pages(run: RunConfig, *, page_size: int, prompt_tokens: int) -> int:
     return max(peaks)
 
 
-def plan(cfg: ModelConfig, run: RunConfig, *, memory_bytes: int, on_cpu: bool,
+def plan(cfg: ModelConfig, run: RunConfig, *, memory_bytes: int, backend: str,
          page_size: int | None = None, devices: int = 1,
          others: dict[str, ModelConfig] | None = None,
          prompt_tokens: int = DEFAULT_PROMPT_TOKENS) -> MemoryPlan:
     """The figures for ``run`` over the policy ``cfg`` and the ``others`` the evaluate
     stage loads beside it (``evaluate_models``), on ``devices`` devices of
-    ``memory_bytes`` each (the mesh's -1 axis takes what the other leaves). page_size:
-    the paged cache's (default: decode.page_size, or 16 without paging)."""
+    ``memory_bytes`` each (the mesh's -1 axis takes what the other leaves), on
+    ``backend`` ("cpu", "gpu" or "tpu": where ``decode.layer_weights`` "auto" resolves).
+    page_size: the paged cache's (default: decode.page_size, or 16 without paging)."""
     decode = run.decode
     page_size = page_size or decode.page_size or 16
     dtype_bytes = np.dtype(run.policy.dtype).itemsize
     model_axis = max(run.mesh.model, 1)
     data_axis = run.mesh.data if run.mesh.data > 0 else max(devices // model_axis, 1)
-    # The decoder keeps a second copy on CPU (one array per layer) of the models it decodes.
-    decoded = {"policy", "second_opinion"}
+    # The decoder's copy of the layers, one array per layer, of the models it decodes.
+    copied = resolve_layer_weights(decode.layer_weights, backend) == "per-layer"
+    decoded = {"policy", "second_opinion"} if copied else set()
     models = {"policy": cfg, **(others or {})}
-    model_bytes = {name: parameter_count(c) * dtype_bytes
-                   * (2 if on_cpu and name in decoded else 1) // model_axis
-                   for name, c in models.items()}
+    model_bytes = {name: (parameter_count(c) + layer_parameter_count(c) * (name in decoded))
+                   * dtype_bytes // model_axis for name, c in models.items()}
     weights = sum(model_bytes.values())
     per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * dtype_bytes
     per_token //= model_axis
@@ -293,7 +300,8 @@ def check_memory(run: RunConfig) -> MemoryPlan:
     the weights of every model the run loads together (``evaluate_models``) and the
     config's cache fit the memory the run will have."""
     memory, on_cpu = available_memory()
-    figures = plan(policy_architecture(run), run, memory_bytes=memory, on_cpu=on_cpu,
+    figures = plan(policy_architecture(run), run, memory_bytes=memory,
+                   backend=jax.local_devices()[0].platform,
                    devices=jax.device_count(), others=evaluate_models(run))
     if not figures.fits:
         where = "free host memory" if on_cpu else "device memory"
@@ -330,8 +338,9 @@ def main(argv=None) -> int:
     parser.add_argument("--prompt-tokens", type=int, default=DEFAULT_PROMPT_TOKENS,
                         help="a prompt's tokens, for a search's peak pages (default "
                         f"{DEFAULT_PROMPT_TOKENS})")
-    parser.add_argument("--cpu", action="store_true", help="size for the CPU backend "
-                        "(weights held twice)")
+    parser.add_argument("--backend", choices=["gpu", "tpu", "cpu"], default="gpu",
+                        help="the device the run will use (decode.layer_weights=auto holds "
+                        "the layers twice on gpu and cpu; default gpu)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.config and "=" in args.config:
         args.overrides.insert(0, args.config)
@@ -343,7 +352,7 @@ def main(argv=None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    figures = plan(policy, run, memory_bytes=parse_memory(args.memory), on_cpu=args.cpu,
+    figures = plan(policy, run, memory_bytes=parse_memory(args.memory), backend=args.backend,
                    page_size=args.page_size, others=others, prompt_tokens=args.prompt_tokens)
     print(figures.describe())
     print(json.dumps(dataclasses.asdict(figures) | {"fits": figures.fits}))

@@ -66,6 +66,7 @@ def test_bad_values_name_the_key(override, message):
     (["decode.page_size=48", "eval.prefix_sharing=false"], "max_len=160 must be a multiple"),
     (["decode.page_size=16", "decode.pages=99", "mesh.data=2"], "99 pages do not split"),
     (["decode.pages=-1"], "decode.page_size/pages"),
+    (["decode.layer_weights=per_layer"], "decode.layer_weights: must be one of .*per-layer"),
 ])
 def test_bad_paging_settings_say_what_to_change(overrides, message):
     with pytest.raises(ConfigError, match=message):

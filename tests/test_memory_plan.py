@@ -40,14 +40,33 @@ def test_the_issue_s_smollm2_run_is_refused_with_the_largest_slots_that_fit():
                              "decode.slots=256",
                              "decode.max_len=768"])
     figures = memory_plan.plan(ModelConfig(**SMOLLM2_135M), run, memory_bytes=8 * 10**9,
-                               on_cpu=True)
+                               backend="cpu")
     assert figures.kv_bytes_per_token == 2 * 30 * 3 * 64 * 4
     assert figures.slot_pool_bytes == 256 * 768 * 46080
     assert not figures.fits
-    left = int(0.9 * 8e9) - 2 * 134_515_008 * 4
-    assert figures.largest_slots == left // (768 * 46080) == 173
+    # The layers twice: the decoder's copy one array per layer (30 x 3,540,096).
+    left = int(0.9 * 8e9) - (134_515_008 + 106_202_880) * 4
+    assert figures.largest_slots == left // (768 * 46080) == 176
     assert figures.pages == left // (16 * 46080)
     assert figures.rows_at_max_len == figures.pages * 16 // 768
+
+
+@pytest.mark.parametrize("backend, layer_weights, copied", [
+    ("gpu", "auto", True), ("cpu", "auto", True), ("tpu", "auto", False),
+    ("gpu", "stacked", False), ("tpu", "per-layer", True)])
+def test_the_decoders_per_layer_copy_is_counted_where_it_is_held(backend, layer_weights, copied):
+    """decode.layer_weights (auto: per layer on CPU and GPU) holds the policy's layers a
+    second time, not its embeddings; Q-hat's own backbone never decodes."""
+    run = load_config(None, ["policy.source=smollm2-135m-instruct", "q_train.second_opinion=null",
+                             f"decode.layer_weights={layer_weights}"])
+    cfg = ModelConfig(**SMOLLM2_135M)
+    figures = memory_plan.plan(cfg, run, memory_bytes=8 * 10**9, backend=backend,
+                               others={"q_backbone": cfg})
+    assert memory_plan.layer_parameter_count(cfg) == 30 * (576 * 64 * 24 + 3 * 576 * 1536
+                                                           + 2 * 576)
+    layers = 106_202_880 * 4 if copied else 0
+    assert figures.model_bytes == {"policy": 134_515_008 * 4 + layers,
+                                   "q_backbone": 134_515_008 * 4}
 
 
 def test_check_memory_refuses_before_a_stage_runs(monkeypatch):
@@ -143,7 +162,7 @@ def test_searches_in_flight_by_hand():
     def figures(*overrides):
         return memory_plan.plan(ModelConfig(**SMOLLM2_135M),
                                 load_config(None, [*SMALL_SEARCH, *overrides]),
-                                memory_bytes=10**9, on_cpu=False, prompt_tokens=50)
+                                memory_bytes=2 * 10**9, backend="gpu", prompt_tokens=50)
 
     prompt = math.ceil(50 / 16)  # 4 pages, shared by the whole tree
     lent = math.ceil(20 / 16)  # 2 pages a sampler row

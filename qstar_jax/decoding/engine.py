@@ -77,9 +77,9 @@ class Decoder:
     (a trie in chunks of as many rounds), each chunk holding only the rows whose step goes
     on, so rows that ended stop costing compute (``step_chunks``, ``trie_chunks``; every
     distinct padded row count is a compiled variant); 0: one call computes every row
-    until the last one ends. per_layer_weights: also hold the layer weights as one array
-    per layer, so a decode step reads them without copying them out of the stacked
-    arrays; it doubles their memory (default: on CPU only, see DecoderWeights).
+    until the last one ends. layer_weights: how the token loops read the layers' weights,
+    one of ``weights.LAYER_WEIGHTS`` ("per-layer" holds them twice; "auto": per layer on
+    CPU and GPU, see ``decoding/weights``).
     shared_prefix: a trie round's rows attend to their group's prefix once, all the
     group's queries together, and to their own steps apart (``models/shared_prefix``;
     not for a model with a sliding window). Off by default: on 2 CPU cores it did not
@@ -99,7 +99,7 @@ class Decoder:
                  min_prefill_bucket: int = MIN_PREFILL_BUCKET,
                  min_step_bucket: int = MIN_STEP_BUCKET,
                  min_window_bucket: int = MIN_WINDOW_BUCKET,
-                 step_chunk: int = 0, per_layer_weights: bool | None = None,
+                 step_chunk: int = 0, layer_weights: str = "auto",
                  shared_prefix: bool = False,
                  mesh: jax.sharding.Mesh | None = None,
                  rules: ShardingRules = ShardingRules(), paging: Paging | None = None):
@@ -121,7 +121,7 @@ class Decoder:
                              "decoder without it for this model")
         self.shared_prefix = shared_prefix
         graphdef = nnx.graphdef(model)
-        self._weights = DecoderWeights.of(model, per_layer=per_layer_weights)
+        self._weights = DecoderWeights.of(model, layer_weights)
         if cache_dtype is None:
             cache_dtype = model.embed_tokens.embedding[...].dtype
         make_cache = functools.partial(init_cache, self.config, slots=num_slots,
@@ -135,7 +135,10 @@ class Decoder:
         slot_axis = None  # the mesh axis the slots are split over: None, all on each device
         shardings = {}  # jit keyword arguments per function: none on one device
         if mesh is None:
-            self.cache = make_cache()
+            # Committed to the weights' device from the start: a jitted call's results are
+            # committed, and jit compiles apart for committed and uncommitted arguments,
+            # so a fresh (uncommitted) cache would have its first call compiled twice.
+            self.cache = jax.device_put(make_cache(), self._weights.device)
         else:
             check_slots(mesh, num_slots)
             rules = rules.for_model(self.config, mesh)
@@ -214,10 +217,10 @@ class Decoder:
         self._copy_pages = None if paging is None else LastCall(on_shards(copy_pages))
 
     @property
-    def per_layer_weights(self) -> bool:
-        """Whether the step loops read one weight array per layer (else slices of the
-        stacked arrays, under a scan)."""
-        return self._weights.layers is not None
+    def layer_weights(self) -> str:
+        """How the token loops read the layers' weights: "per-layer", "stacked" or
+        "unrolled" (``decoding/weights``)."""
+        return self._weights.mode
 
     @property
     def num_slots(self) -> int:

@@ -135,7 +135,7 @@ def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights,
         tokens=jnp.zeros((batch, max_tokens), jnp.int32),
         logprobs=jnp.zeros((batch, max_tokens), jnp.float32))
     final = jax.lax.while_loop(lambda state: ~jnp.all(state.done),
-                               functools.partial(_feed_one_token, model, weights.layers, rows),
+                               functools.partial(_feed_one_token, model, weights, rows),
                                initial)
     cache = dataclasses.replace(
         cache, k=final.k, v=final.v,
@@ -146,7 +146,8 @@ def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights,
                              hidden=final.hidden)
 
 
-def _feed_one_token(model, layers, rows: StepRows, state: StepLoopState) -> StepLoopState:
+def _feed_one_token(model, weights: DecoderWeights, rows: StepRows,
+                    state: StepLoopState) -> StepLoopState:
     """One round: every unfinished row samples a token and feeds it to the model."""
     max_len, max_tokens = rows.max_len, state.tokens.shape[1]
     done, positions, num = state.done, state.positions, state.num_tokens
@@ -154,7 +155,7 @@ def _feed_one_token(model, layers, rows: StepRows, state: StepLoopState) -> Step
     tokens, logprobs = sample(model.logits(state.hidden), keys, rows.params)
     feed_positions = jnp.where(done, max_len, positions)
     hidden, k, v = model(tokens[:, None], feed_positions[:, None], rows.model_rows,
-                         state.k, state.v, layers=layers, key_len=rows.window)
+                         state.k, state.v, key_len=rows.window, **weights.layer_arguments())
     write_at = jnp.where(done, max_tokens, num)  # out of range: dropped
     positions = jnp.where(done, positions, positions + 1)
     num = jnp.where(done, num, num + 1)

@@ -262,7 +262,7 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights,
 
     def one_round(carry):
         ran, state = carry
-        state = _one_round(model, weights.layers, rows, state)
+        state = _one_round(model, weights, rows, state)
         # The next round's draws, unless the call ends here anyway (a small operand: no
         # cache goes through the branches).
         small = state.replace(k=None, v=None, pages=None)
@@ -299,7 +299,8 @@ def _prefix_keys(keys: jax.Array, tokens: jax.Array, num_tokens: jax.Array) -> j
     return jax.lax.fori_loop(0, jnp.max(num_tokens), fold, keys)
 
 
-def _one_round(model, layers, rows: TrieRows, state: TrieLoopState) -> TrieLoopState:
+def _one_round(model, weights: DecoderWeights, rows: TrieRows,
+               state: TrieLoopState) -> TrieLoopState:
     """The round ``state.draws`` drew (the rows hold a spare for each of its new rows):
     each new row takes its spare with a copy of its parent's cache (a fork of its page
     table on a paged cache); every row that took a token feeds it. The state's draws are
@@ -343,7 +344,7 @@ def _one_round(model, layers, rows: TrieRows, state: TrieLoopState) -> TrieLoopS
         model_rows = _shared_prefix_rows(rows, model_rows, group, fed_now,
                                          state.tokens.shape[1])
     hidden, k, v = model(token_now[:, None], feed_positions[:, None], model_rows, k, v,
-                         layers=layers, key_len=rows.window)
+                         key_len=rows.window, **weights.layer_arguments())
     positions = jnp.where(fed_now, moved_positions + 1, moved_positions)
     num_tokens = moved(state.num_tokens, num + 1)
     reason = end_reason_after(token_now, positions, num_tokens, rows.cap, rows.newline_table,

@@ -1,27 +1,75 @@
-"""The weights the decoder's jitted functions read: the model's state and, on CPU, beside
-it a copy of its layer weights split into one state per layer (see
-``LlamaModel.__call__``'s ``layers``: looping over separate arrays avoids copying each
-layer out of the stacked ones at every token)."""
+"""The weights the decoder's jitted functions read, and how its token loops read the
+layers' weights (``LAYER_WEIGHTS``).
+
+``LlamaModel`` stacks every layer's weights on a leading [L] axis and scans over them. A
+scan slices each layer's weights out of the stacked arrays, and XLA's CPU and GPU
+backends do that by copying them, at every token: on the CPU the copies cost more than a
+batch-1 step's matrix products (``experiments/decode_step_breakdown.py``), and on an H200
+they held a 1B model's bfloat16 decode to 26% of the memory roofline, against 43% reading
+one array per layer (README, "GPU and TPU"). So the token loops read a copy of the
+weights split per layer there, at the cost of holding the layers' weights twice; the
+prefill keeps the scan, whose products dwarf the copies and which compiles in a fraction
+of an unrolled stack's time.
+"""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+import functools
 
 import jax
 from flax import nnx
 
 from qstar_jax.models.llama import LlamaModel, unstack_layers
 
+# How the token loops read the layers' weights: "per-layer" (a copy split per layer,
+# looped over in Python), "stacked" (slices of the stacked arrays under a scan), or
+# "unrolled" (the same scan fully unrolled, so every slice is at a constant index);
+# "auto" picks per layer on CPU and GPU, where it was measured faster, and the scan
+# elsewhere (TPU), which holds the weights once.
+LAYER_WEIGHTS = ("auto", "per-layer", "stacked", "unrolled")
 
-class DecoderWeights(NamedTuple):
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["model", "layers"],
+                   meta_fields=["unroll"])
+@dataclasses.dataclass(frozen=True)
+class DecoderWeights:
     model: nnx.State  # everything; the embeddings, final norm and LM head are read from it
     layers: list[nnx.State] | None  # layer i's weights without the [L] axis; None: scan
+    unroll: bool = False  # with layers None: unroll the scan
 
     @classmethod
-    def of(cls, model: LlamaModel, *, per_layer: bool | None = None) -> DecoderWeights:
-        """``per_layer``: keep the per-layer copy (default: on the CPU backend, where the
-        scan's copies were measured to cost more than the matrix products; elsewhere the
-        scan is kept, so accelerator memory holds the weights once)."""
-        if per_layer is None:
-            per_layer = jax.default_backend() == "cpu"
-        return cls(model=nnx.state(model), layers=unstack_layers(model) if per_layer else None)
+    def of(cls, model: LlamaModel, layer_weights: str = "auto") -> DecoderWeights:
+        """The weights for token loops that read the layers as ``layer_weights`` says."""
+        mode = resolve_layer_weights(layer_weights)
+        return cls(model=nnx.state(model),
+                   layers=unstack_layers(model) if mode == "per-layer" else None,
+                   unroll=mode == "unrolled")
+
+    @property
+    def mode(self) -> str:
+        """The resolved ``LAYER_WEIGHTS`` entry these weights were made for."""
+        if self.layers is not None:
+            return "per-layer"
+        return "unrolled" if self.unroll else "stacked"
+
+    @property
+    def device(self) -> jax.Device:
+        """The device the weights are on (one device: a mesh places them itself)."""
+        (device,) = jax.tree.leaves(self.model)[0].devices()
+        return device
+
+    def layer_arguments(self) -> dict:
+        """The keyword arguments of ``LlamaModel.__call__`` that read the layers this way."""
+        return {"layers": self.layers, "unroll": self.unroll}
+
+
+def resolve_layer_weights(layer_weights: str, backend: str | None = None) -> str:
+    """``layer_weights`` with "auto" resolved for ``backend`` ("cpu", "gpu", "tpu", ...;
+    default: JAX's default backend)."""
+    if layer_weights not in LAYER_WEIGHTS:
+        raise ValueError(f"layer_weights must be one of {LAYER_WEIGHTS}, got {layer_weights!r}")
+    if layer_weights == "auto":
+        backend = backend or jax.default_backend()
+        return "per-layer" if backend in ("cpu", "gpu", "cuda", "rocm") else "stacked"
+    return layer_weights

@@ -199,7 +199,8 @@ class LlamaModel(nnx.Module):
         self.inv_freq = nnx.Variable(jnp.asarray(cfg.rope_inv_freq()))
 
     def __call__(self, tokens, positions, slots, cache_k, cache_v, *,
-                 layers: Sequence[nnx.State] | None = None, key_len: int | None = None):
+                 layers: Sequence[nnx.State] | None = None, key_len: int | None = None,
+                 unroll: bool = False):
         """tokens, positions: [B, T] int32; slots: [B] int32; cache_k/v: [L, S, K, M, D].
 
         ``layers``: the layer weights one state per layer (``unstack_layers``), run in a
@@ -211,6 +212,9 @@ class LlamaModel(nnx.Module):
         ``key_len``: static; every row's real positions are below it, so attention reads
         cache positions [0, key_len) only (None: all M). A row at position ``M`` or more
         is padding as always, whatever ``key_len``.
+
+        ``unroll``: without ``layers``, unroll the scan, so each layer's slice of the stacked
+        weights is at a constant index.
 
         Returns (hidden [B, T, E] after the final norm, cache_k, cache_v).
         """
@@ -233,7 +237,7 @@ class LlamaModel(nnx.Module):
 
         indices = jnp.arange(self.config.num_layers)
         (x, cache_k, cache_v), _ = jax.lax.scan(one_layer, (x, cache_k, cache_v),
-                                                (layer_state, indices))
+                                                (layer_state, indices), unroll=unroll)
         return self.norm(x), cache_k, cache_v
 
     def forward_sequence(self, tokens):

@@ -138,6 +138,7 @@ class RunContext:
         decoder = Decoder(loaded.model, num_slots=d.slots, max_len=d.max_len,
                           newline_table=tokenizer.newline_table(loaded.config.vocab_size),
                           eos_ids=tokenizer.eos_ids, step_chunk=d.step_chunk, paging=paging,
-                          min_batch_bucket=d.min_rows, mesh=self.mesh)
+                          min_batch_bucket=d.min_rows, layer_weights=d.layer_weights,
+                          mesh=self.mesh)
         return PolicyRuntime(decoder, tokenizer, self.task, problems, self.prompts(problems),
                              seed=self.config.seed, step_token_cap=d.step_token_cap)

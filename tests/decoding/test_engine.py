@@ -108,3 +108,23 @@ def test_newline_table_must_match_the_vocabulary(random_model):
     with pytest.raises(ValueError, match="eos_ids .* outside the vocabulary"):
         Decoder(random_model, num_slots=2, max_len=8, newline_table=np.zeros(64, bool),
                 eos_ids=[64])
+
+
+@pytest.mark.parametrize("page_size", [0, 4])
+def test_a_new_decoder_compiles_its_first_call_once(random_model, page_size):
+    """The cache starts committed to the weights' device, as every call's results are: a
+    fresh uncommitted cache made jit compile the first call apart from every later one of
+    the same shapes (on an H200, a second compile of SmolLM2's prefill inside a timed
+    search: bench_search's (a) five times (b)'s time)."""
+    from qstar_jax.decoding.paged_cache import Paging
+
+    decoder = Decoder(random_model, num_slots=2, max_len=16,
+                      newline_table=np.zeros(random_model.config.vocab_size, bool), eos_ids=[],
+                      paging=Paging(page_size=page_size, num_pages=8) if page_size else None)
+    assert all(leaf.committed for leaf in jax.tree.leaves(decoder.cache))
+    for _ in range(2):
+        slots = decoder.allocate(2)
+        decoder.prefill(slots, [[1, 2, 3], [4, 5]])
+        decoder.free(slots)
+    assert decoder.trace_counts["prefill"] == 1
+    assert decoder._prefill._jitted._cache_size() == 1  # one executable for both calls

@@ -1,5 +1,6 @@
 import jax
 import numpy as np
+import pytest
 
 from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.sampling import SamplingParams
@@ -164,12 +165,16 @@ def test_no_retrace_when_only_data_changes(random_decoder):
     assert dict(random_decoder.trace_counts) == warm
 
 
-def test_scanned_layers_sample_what_per_layer_weights_sample(random_decoder, random_model):
-    """A decoder that scans the stacked layers (the default off CPU) samples the same steps
-    as the per-layer default on CPU."""
+@pytest.mark.parametrize("layer_weights", ["stacked", "unrolled"])
+def test_scanned_layers_sample_what_per_layer_weights_sample(random_decoder, random_model,
+                                                             layer_weights):
+    """A decoder that scans the stacked layers (the default on TPU), rolled or unrolled,
+    samples the same steps as the per-layer default on CPU."""
+    assert random_decoder.layer_weights == "per-layer"
     scanning = Decoder(random_model, num_slots=4, max_len=random_decoder.max_len,
                        newline_table=np.zeros(random_model.config.vocab_size, bool), eos_ids=[],
-                       per_layer_weights=False)
+                       layer_weights=layer_weights)
+    assert scanning.layer_weights == layer_weights
     steps = []
     for decoder in (random_decoder, scanning):
         slots = decoder.allocate(3)

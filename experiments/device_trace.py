@@ -1,0 +1,119 @@
+"""Where a benchmark's device time goes: one region under ``jax.profiler``, summarized.
+
+``traced(directory, label)`` runs its block under ``jax.profiler.trace`` with a Perfetto
+trace written (``perfetto_trace.json.gz``: every kernel the device ran, with its start and
+length) and, when the block ends, prints a summary of it: the region's wall-clock, the
+device's busy time (the union of its kernels' intervals), the number of kernels, and the
+kernels that took most of it, by name (XLA names a kernel after its fusion or custom
+call). A device busy for a small share of the wall-clock waits on the host (launches,
+transfers, Python); a busy one is as fast as its kernels, and the top ones say which.
+
+On a CPU the trace holds no device: XLA's CPU runtime threads stand in (their events are
+whole executables, not kernels), so the summary says what the host ran and little else.
+
+Used by ``bench_decode --trace DIR`` and ``bench_search --trace DIR``; read a saved trace
+again with ``python experiments/device_trace.py TRACE.json.gz [--top N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import json
+import shutil
+import time
+from collections import defaultdict
+from pathlib import Path
+
+
+def device_events(trace: dict) -> tuple[list[dict], str]:
+    """The kernel events of a Perfetto trace (``traceEvents`` of phase X) on its
+    accelerator processes (named ``/device:...``), and what they are; without any, those
+    of XLA's host runtime threads."""
+    events = trace["traceEvents"]
+    process_names = {e["pid"]: e["args"]["name"] for e in events
+                     if e.get("ph") == "M" and e.get("name") == "process_name"}
+    devices = {pid for pid, name in process_names.items() if name.startswith("/device:")}
+    if devices:
+        return [e for e in events if e.get("ph") == "X" and e["pid"] in devices], "device kernels"
+    thread_names = {(e["pid"], e.get("tid")): e["args"]["name"] for e in events
+                    if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    runtime = {key for key, name in thread_names.items() if name.startswith("tf_XLA")}
+    return ([e for e in events if e.get("ph") == "X" and (e["pid"], e.get("tid")) in runtime],
+            "host runtime events (no device in the trace)")
+
+
+def busy_us(events: list[dict]) -> float:
+    """Microseconds covered by at least one of ``events`` (overlaps counted once)."""
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted((e["ts"], e["ts"] + e.get("dur", 0.0)) for e in events):
+        if stop <= end:
+            continue
+        total += stop - max(start, end)
+        end = stop
+    return total
+
+
+def summary(trace: dict, *, top: int = 12) -> dict:
+    """Busy time, kernel count and the ``top`` kernels by total time of one trace."""
+    events, kind = device_events(trace)
+    by_name: dict[str, list[float]] = defaultdict(list)
+    for event in events:
+        by_name[event["name"]].append(event.get("dur", 0.0))
+    ranked = sorted(by_name.items(), key=lambda item: -sum(item[1]))
+    return {"kind": kind, "events": len(events), "busy_ms": busy_us(events) / 1e3,
+            "span_ms": ((max(e["ts"] + e.get("dur", 0.0) for e in events)
+                         - min(e["ts"] for e in events)) / 1e3 if events else 0.0),
+            "top": [{"name": name[:90], "count": len(durations),
+                     "total_ms": round(sum(durations) / 1e3, 3),
+                     "mean_us": round(sum(durations) / len(durations), 2)}
+                    for name, durations in ranked[:top]]}
+
+
+def print_summary(label: str, figures: dict, wall_s: float | None = None) -> None:
+    wall = f"{wall_s * 1e3:.1f} ms wall, " if wall_s is not None else ""
+    print(f"[trace {label}] {wall}{figures['events']} {figures['kind']} over "
+          f"{figures['span_ms']:.1f} ms, busy {figures['busy_ms']:.1f} ms", flush=True)
+    for row in figures["top"]:
+        print(f"[trace {label}]   {row['total_ms']:9.3f} ms {row['count']:6d}x "
+              f"{row['mean_us']:9.2f} us  {row['name']}", flush=True)
+
+
+@contextlib.contextmanager
+def traced(directory: Path | None, label: str, *, top: int = 12):
+    """Run the block under the profiler (nothing when ``directory`` is None); then save
+    its trace as ``directory/<label>.json.gz`` and print its summary."""
+    if directory is None:
+        yield
+        return
+    import jax
+
+    work = Path(directory) / f".{label}"
+    shutil.rmtree(work, ignore_errors=True)
+    start = time.perf_counter()
+    with jax.profiler.trace(str(work), create_perfetto_trace=True):
+        yield
+    wall_s = time.perf_counter() - start
+    found = sorted(work.rglob("perfetto_trace.json.gz"))
+    if not found:
+        print(f"[trace {label}] the profiler wrote no Perfetto trace under {work}")
+        return
+    saved = Path(directory) / f"{label}.json.gz"
+    shutil.move(found[-1], saved)
+    shutil.rmtree(work, ignore_errors=True)
+    with gzip.open(saved) as file:
+        print_summary(label, summary(json.load(file), top=top), wall_s)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("trace", type=Path, help="a perfetto_trace.json.gz")
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args()
+    with gzip.open(args.trace) as file:
+        print_summary(args.trace.name, summary(json.load(file), top=args.top))
+
+
+if __name__ == "__main__":
+    main()
