@@ -41,7 +41,9 @@ token counts show the work is comparable.
 
 Warm-up: each of our runs searches twice; the first pass compiles (reported as
 "first pass s") and the second is timed (its line says how many decoder functions it
-traced and how many programs XLA compiled: 0 and 0 in steady state). (c) is timed after one short ``generate``.
+traced and how many programs XLA compiled: none of either in steady state). (c) is timed
+after one short ``generate``. ``--trace DIR`` profiles a third pass of each of our runs
+(``device_trace``).
 
 Counted, per run: wall-clock of the timed pass; prefilled tokens (ours: each prompt once,
 children are forks; (c): K copies of the whole node text per expansion, as ``generate``
@@ -66,7 +68,7 @@ between calls (loans taken back).
         [--step-tokens 48] [--temperature 0.9] [--n-complete 0] [--threads N]
         [--config configs/smollm2_gsm_symbolic.yaml] [--model SOURCE] [--dtype D]
         [--fixture FILE] [--shared-prefix] [--runs abcde] [--page-size N]
-        [--attention auto|pallas|jnp]
+        [--attention auto|pallas|jnp] [--trace DIR]
 
 On a GPU both sides run there (torch on CUDA where it sees one). A machine that cannot
 carry the GGUF runs SmolLM2's shape with random weights (``--model`` a directory
