@@ -485,26 +485,27 @@ def main() -> None:
     def our_run(name: str, dec: Decoder, wave: int):
         """Two passes on ``dec``: the first (metered on a paged cache) compiles, the second
         is timed. Returns (the timed pass, first pass seconds, the metered runtime)."""
-        first_runtime_class = metered_runtime_class() if dec.pages is not None else PolicyRuntime
-        passes, runtimes = [], []
-        for runtime_class in (first_runtime_class, PolicyRuntime):
+        def one_pass(runtime_class):
             runtime = runtime_class(dec, tokenizer, task, problems, prompts, seed=config.seed,
                                     step_token_cap=cap)
             expander = DecoderExpander(runtime, prefix_sharing=prefix_sharing)
+            return search(expander, make_planner, n, wave=wave), runtime
+
+        first_runtime_class = metered_runtime_class() if dec.pages is not None else PolicyRuntime
+        passes, runtimes = [], []
+        for runtime_class in (first_runtime_class, PolicyRuntime):
             traced_before, compiled_before = sum(dec.trace_counts.values()), compiles()
-            passes.append(search(expander, make_planner, n, wave=wave))
+            one, runtime = one_pass(runtime_class)
+            passes.append(one)
             runtimes.append(runtime)
             print(f"({name}) {'first' if len(passes) == 1 else 'timed'} pass "
-                  f"{passes[-1].wall_s:7.1f} s, trees {passes[-1].trees_hash}, "
+                  f"{one.wall_s:7.1f} s, trees {one.trees_hash}, "
                   f"{sum(dec.trace_counts.values()) - traced_before} decoder functions traced, "
                   f"{compiles() - compiled_before} programs compiled", flush=True)
         assert passes[0].trees_hash == passes[1].trees_hash, "a rerun grew other trees"
         if args.trace is not None:  # not timed: the profiler slows the host
-            runtime = PolicyRuntime(dec, tokenizer, task, problems, prompts, seed=config.seed,
-                                    step_token_cap=cap)
             with traced(args.trace, f"search_{name}"):
-                search(DecoderExpander(runtime, prefix_sharing=prefix_sharing), make_planner,
-                       n, wave=wave)
+                one_pass(PolicyRuntime)
         return passes[1], passes[0].wall_s, runtimes[0]
 
     runs: dict[str, RunFigures] = {}

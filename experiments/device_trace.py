@@ -81,12 +81,9 @@ def print_summary(label: str, figures: dict, wall_s: float | None = None) -> Non
 
 
 @contextlib.contextmanager
-def traced(directory: Path | None, label: str, *, top: int = 12):
-    """Run the block under the profiler (nothing when ``directory`` is None); then save
-    its trace as ``directory/<label>.json.gz`` and print its summary."""
-    if directory is None:
-        yield
-        return
+def traced(directory: Path, label: str, *, top: int = 12):
+    """Run the block under the profiler; then save its trace as
+    ``directory/<label>.json.gz`` and print its summary."""
     import jax
 
     work = Path(directory) / f".{label}"

@@ -277,13 +277,14 @@ def evaluate_models(run: RunConfig, *, prm_config: str | None = None,
     return models
 
 
-def available_memory() -> tuple[int, bool]:
-    """(bytes one device can hold, whether it is the host's CPU memory)."""
+def available_memory() -> tuple[int, str]:
+    """(bytes one device can hold, its platform: "gpu", "tpu", or "cpu" for the host's
+    memory)."""
     device = jax.local_devices()[0]
     if device.platform != "cpu":
         stats = device.memory_stats() or {}
         if "bytes_limit" in stats:
-            return int(stats["bytes_limit"]), False
+            return int(stats["bytes_limit"]), device.platform
     meminfo = Path("/proc/meminfo")
     available = re.search(r"MemAvailable:\s+(\d+) kB", meminfo.read_text()) \
         if meminfo.is_file() else None
@@ -292,19 +293,18 @@ def available_memory() -> tuple[int, bool]:
     cgroup = Path("/sys/fs/cgroup/memory.max")
     if cgroup.is_file() and cgroup.read_text().strip().isdigit():
         limits.append(int(cgroup.read_text()))
-    return min(limits), True
+    return min(limits), "cpu"
 
 
 def check_memory(run: RunConfig) -> MemoryPlan:
     """Raise ConfigError, with the figures and the largest decode.slots that fits, unless
     the weights of every model the run loads together (``evaluate_models``) and the
     config's cache fit the memory the run will have."""
-    memory, on_cpu = available_memory()
-    figures = plan(policy_architecture(run), run, memory_bytes=memory,
-                   backend=jax.local_devices()[0].platform,
+    memory, backend = available_memory()
+    figures = plan(policy_architecture(run), run, memory_bytes=memory, backend=backend,
                    devices=jax.device_count(), others=evaluate_models(run))
     if not figures.fits:
-        where = "free host memory" if on_cpu else "device memory"
+        where = "free host memory" if backend == "cpu" else "device memory"
         d = run.decode
         cache = (f"decode.pages={d.num_pages} x decode.page_size={d.page_size}" if d.page_size
                  else f"decode.slots={d.slots} x decode.max_len={d.max_len}")

@@ -1,11 +1,10 @@
 """The profiler trace summary the benchmarks print (experiments/device_trace.py)."""
 
-import sys
+import runpy
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
-
-from device_trace import busy_us, summary  # noqa: E402
+TRACE = runpy.run_path(str(Path(__file__).parents[1] / "experiments" / "device_trace.py"))
+busy_us, summary = TRACE["busy_us"], TRACE["summary"]
 
 
 def _trace(*kernels):

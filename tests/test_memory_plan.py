@@ -71,7 +71,7 @@ def test_the_decoders_per_layer_copy_is_counted_where_it_is_held(backend, layer_
 
 def test_check_memory_refuses_before_a_stage_runs(monkeypatch):
     run = load_config(None, ["decode.slots=100000", "decode.max_len=1024"])
-    monkeypatch.setattr(memory_plan, "available_memory", lambda: (10**9, True))
+    monkeypatch.setattr(memory_plan, "available_memory", lambda: (10**9, "cpu"))
     with pytest.raises(ConfigError, match="does not fit the free host memory.*largest "
                                           "decode.slots that fits: \\d+"):
         memory_plan.check_memory(run)
@@ -130,9 +130,9 @@ def test_check_memory_counts_the_prm(tmp_path, monkeypatch):
         Path(f"{ARCHITECTURES}/mistral-7b-v0.1.json").read_text())
     run = load_config(None, ["decode.slots=8", "search.utility=prm",
                              f"search.prm_model={tmp_path}"])
-    monkeypatch.setattr(memory_plan, "available_memory", lambda: (10**12, False))
+    monkeypatch.setattr(memory_plan, "available_memory", lambda: (10**12, "gpu"))
     assert memory_plan.check_memory(run).model_bytes["prm"] == MISTRAL_7B_PARAMETERS * 4
-    monkeypatch.setattr(memory_plan, "available_memory", lambda: (2 * 10**10, False))
+    monkeypatch.setattr(memory_plan, "available_memory", lambda: (2 * 10**10, "gpu"))
     with pytest.raises(ConfigError, match=r"does not fit the device memory.*prm 28\.97"):
         memory_plan.check_memory(run)
 

@@ -71,5 +71,5 @@ def resolve_layer_weights(layer_weights: str, backend: str | None = None) -> str
         raise ValueError(f"layer_weights must be one of {LAYER_WEIGHTS}, got {layer_weights!r}")
     if layer_weights == "auto":
         backend = backend or jax.default_backend()
-        return "per-layer" if backend in ("cpu", "gpu", "cuda", "rocm") else "stacked"
+        return "per-layer" if backend in ("cpu", "gpu") else "stacked"
     return layer_weights
