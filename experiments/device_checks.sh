@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every check that needs the GPU machine, in one call of the device tool (issue 18), most
 # wanted first: decode throughput against the HBM roofline in bfloat16 (Llama-3.2-1B's
-# shape, random weights) on row slots; bench_search's five runs in bfloat16 on SmolLM2's
+# shape, random weights) on row slots, the layers read as by default and with transposed
+# attention projections; bench_search's five runs in bfloat16 on SmolLM2's
 # shape with random weights (the GGUF is over what a call carries), ours and
 # transformers' both on the GPU; the decode throughput with the layers' weights read in
 # the other ways and with CUDA graphs, and on pages with the kernel and with the jnp
@@ -88,8 +89,12 @@ fi
 read -r -a batches <<<"${BATCHES:-1 8 32}"
 bench=("${gpu_steps[@]}" "$py" experiments/bench_decode.py --random-llama "$model"
        --batches "${batches[@]}" --reps 5 --no-matmul-cap)
-# Row slots as the decoder reads the layers by default (one array per layer on a GPU).
+# Row slots as the decoder reads the layers by default (one array per layer on a GPU),
+# then with the attention's projections held transposed: XLA:GPU turns a small-batch
+# projection into a reduction, a column reduction over [in, out] kernels (RowLinear).
 step bench_decode_rows 90 "${bench[@]}" --trace "$traces/rows"
+step bench_decode_rows_transposed 90 "${bench[@]}" --layer-weights per-layer-transposed \
+  --trace "$traces/rows_transposed"
 random_model=/tmp/smollm2-random
 step random_checkpoint 40 "${gpu_steps[@]}" "$py" experiments/random_checkpoint.py \
   --like .device_model/smollm2 --out "$random_model"

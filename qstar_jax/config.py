@@ -174,8 +174,10 @@ class DecodeConfig:
     pages: int = 0  # with page_size > 0: the pool's pages (0: slots x max_len tokens' worth)
     # How the token loops read the layers' weights (decoding/weights.py): "auto" holds a
     # copy split per layer on CPU and GPU, twice the layers' memory for a decode step 1.7x
-    # (batch 1) to 2.1x (batch 8) as fast on an H200 (README, "GPU and TPU"); "stacked"
-    # holds them once and scans over them (the TPU's auto); memory_plan counts either.
+    # (batch 1) to 2.1x (batch 8) as fast on an H200 (README, "GPU and TPU");
+    # "per-layer-transposed" the same copy with the attention's projections held [out, in]
+    # (for XLA:GPU's small-batch products; not yet measured on a GPU); "stacked" holds them
+    # once and scans over them (the TPU's auto); memory_plan counts either.
     layer_weights: str = "auto"
 
     @property

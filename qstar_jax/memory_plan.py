@@ -59,7 +59,7 @@ import numpy as np
 
 from qstar_jax.config import (REASONER_METHODS, SCRATCH, ConfigError, QBackbone, RunConfig,
                               Utility, load_config)
-from qstar_jax.decoding.weights import resolve_layer_weights
+from qstar_jax.decoding.weights import COPYING_LAYER_WEIGHTS, resolve_layer_weights
 from qstar_jax.models.config import ModelConfig
 
 HEADROOM = 0.9  # the share of memory the weights and the cache may take
@@ -180,7 +180,7 @@ def plan(cfg: ModelConfig, run: RunConfig, *, memory_bytes: int, backend: str,
     model_axis = max(run.mesh.model, 1)
     data_axis = run.mesh.data if run.mesh.data > 0 else max(devices // model_axis, 1)
     # The decoder's copy of the layers, one array per layer, of the models it decodes.
-    copied = resolve_layer_weights(decode.layer_weights, backend) == "per-layer"
+    copied = resolve_layer_weights(decode.layer_weights, backend) in COPYING_LAYER_WEIGHTS
     decoded = {"policy", "second_opinion"} if copied else set()
     models = {"policy": cfg, **(others or {})}
     model_bytes = {name: (parameter_count(c) + layer_parameter_count(c) * (name in decoded))

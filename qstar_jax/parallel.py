@@ -70,14 +70,16 @@ class ShardingRules:
 
 
 # The logical axes of each weight, by its module and leaf name (HF layout turned into
-# nnx's: kernels are [in, out]). Weights not listed (norms, RoPE table) are replicated; a
-# leading stacked-layers axis is never sharded.
+# nnx's: kernels are [in, out], a ``RowLinear``'s rows [out, in]). Weights not listed
+# (norms, RoPE table, the fused q/k/v rows of a transposed per-layer copy, whose output
+# axis mixes three head layouts) are replicated; a leading stacked-layers axis is never
+# sharded.
 _WEIGHT_AXES = {
     ("embed_tokens", "embedding"): ("vocab", "embed"),
     ("q_proj", "kernel"): ("embed", "heads"), ("q_proj", "bias"): ("heads",),
     ("k_proj", "kernel"): ("embed", "kv_heads"), ("k_proj", "bias"): ("kv_heads",),
     ("v_proj", "kernel"): ("embed", "kv_heads"), ("v_proj", "bias"): ("kv_heads",),
-    ("o_proj", "kernel"): ("heads", "embed"),
+    ("o_proj", "kernel"): ("heads", "embed"), ("o_proj", "rows"): ("embed", "heads"),
     ("gate_proj", "kernel"): ("embed", "mlp"), ("up_proj", "kernel"): ("embed", "mlp"),
     ("down_proj", "kernel"): ("mlp", "embed"),
     ("lm_head", "kernel"): ("embed", "vocab"),

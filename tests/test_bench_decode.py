@@ -33,7 +33,8 @@ def test_random_weight_benchmark_reports_decode_rate_against_the_roofline(monkey
 
 
 @pytest.mark.parametrize("attention, resolved, layer_weights",
-                         [("jnp", "jnp", "stacked"), ("pallas", "pallas_interpret", "unrolled")])
+                         [("jnp", "jnp", "stacked"), ("pallas", "pallas_interpret", "unrolled"),
+                          ("jnp", "jnp", "per-layer-transposed")])
 def test_the_benchmark_runs_ours_on_pages_with_the_attention_it_is_told(
         monkeypatch, capsys, tmp_path, attention, resolved, layer_weights):
     """The decoder's own pages and attention, as it resolved them on this CPU (without the

@@ -165,7 +165,7 @@ def decoding_on_4_devices() -> dict:
 
 def test_decoding_on_meshes_4x1_2x2_1x4_matches_one_device(decoding_on_4_devices):
     report = decoding_on_4_devices
-    assert_same_as_one_device(report, {"4x1", "2x2", "1x4", "2x2_paged"})
+    assert_same_as_one_device(report, {"4x1", "2x2", "1x4", "2x2_paged", "1x4_transposed"})
     # Slots on data; 2 kv heads do not split 4 ways, so they are replicated on 1x4 while
     # the 4 query heads are split.
     assert report["2x2"]["layout"]["cache"] == str(PartitionSpec(None, "data", "model",
@@ -174,6 +174,12 @@ def test_decoding_on_meshes_4x1_2x2_1x4_matches_one_device(decoding_on_4_devices
                                                                  None))
     assert report["1x4"]["layout"]["q_proj"] == str(PartitionSpec(None, None, "model"))
     assert report["1x4"]["layout"]["k_proj"] == str(PartitionSpec(None, None, None))
+    # A per-layer copy with transposed projections: o's rows [embed, heads] split on the
+    # heads; q, k and v's fused rows, whose output axis mixes three layouts, replicated.
+    assert report["1x4_transposed"]["layout"]["o_proj_rows"] == str(PartitionSpec(None,
+                                                                                  "model"))
+    assert report["1x4_transposed"]["layout"]["qkv_proj_rows"] == str(PartitionSpec(None,
+                                                                                    None))
 
 
 def test_decoding_keeps_cache_rows_on_their_data_shard(decoding_on_4_devices):

@@ -9,7 +9,9 @@ they held a 1B model's bfloat16 decode to 26% of the memory roofline, against 43
 one array per layer (README, "GPU and TPU"). So the token loops read a copy of the
 weights split per layer there, at the cost of holding the layers' weights twice; the
 prefill keeps the scan, whose products dwarf the copies and which compiles in a fraction
-of an unrolled stack's time.
+of an unrolled stack's time. The copy may hold the attention's projections transposed
+(``per-layer-transposed``, ``RowLinear``): the same products, laid out for the reductions
+XLA:GPU makes of small-batch ones; unmeasured on a GPU yet, and no faster on a CPU.
 """
 
 from __future__ import annotations
@@ -23,34 +25,41 @@ from flax import nnx
 from qstar_jax.models.llama import LlamaModel, unstack_layers
 
 # How the token loops read the layers' weights: "per-layer" (a copy split per layer,
-# looped over in Python), "stacked" (slices of the stacked arrays under a scan), or
-# "unrolled" (the same scan fully unrolled, so every slice is at a constant index);
-# "auto" picks per layer on CPU and GPU, where it was measured faster, and the scan
-# elsewhere (TPU), which holds the weights once.
-LAYER_WEIGHTS = ("auto", "per-layer", "stacked", "unrolled")
+# looped over in Python), "per-layer-transposed" (the same with the attention's
+# projections held [out, in]: ``RowLinear``), "stacked" (slices of the stacked arrays
+# under a scan), or "unrolled" (the same scan fully unrolled, so every slice is at a
+# constant index); "auto" picks per layer on CPU and GPU, where it was measured faster,
+# and the scan elsewhere (TPU), which holds the weights once.
+LAYER_WEIGHTS = ("auto", "per-layer", "per-layer-transposed", "stacked", "unrolled")
+# The modes that hold a copy of the layers beside the stacked weights.
+COPYING_LAYER_WEIGHTS = ("per-layer", "per-layer-transposed")
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["model", "layers"],
-                   meta_fields=["unroll"])
+                   meta_fields=["layer_def", "unroll"])
 @dataclasses.dataclass(frozen=True)
 class DecoderWeights:
     model: nnx.State  # everything; the embeddings, final norm and LM head are read from it
     layers: list[nnx.State] | None  # layer i's weights without the [L] axis; None: scan
+    layer_def: nnx.GraphDef | None = None  # the graph ``layers`` fill
     unroll: bool = False  # with layers None: unroll the scan
 
     @classmethod
     def of(cls, model: LlamaModel, layer_weights: str = "auto") -> DecoderWeights:
         """The weights for token loops that read the layers as ``layer_weights`` says."""
         mode = resolve_layer_weights(layer_weights)
-        return cls(model=nnx.state(model),
-                   layers=unstack_layers(model) if mode == "per-layer" else None,
-                   unroll=mode == "unrolled")
+        if mode in COPYING_LAYER_WEIGHTS:
+            layer_def, layers = unstack_layers(
+                model, transpose_projections=mode == "per-layer-transposed")
+            return cls(model=nnx.state(model), layers=layers, layer_def=layer_def)
+        return cls(model=nnx.state(model), layers=None, unroll=mode == "unrolled")
 
     @property
     def mode(self) -> str:
         """The resolved ``LAYER_WEIGHTS`` entry these weights were made for."""
         if self.layers is not None:
-            return "per-layer"
+            transposed = self.layers[0]["self_attn"].get("qkv_proj") is not None
+            return "per-layer-transposed" if transposed else "per-layer"
         return "unrolled" if self.unroll else "stacked"
 
     @property
@@ -61,7 +70,7 @@ class DecoderWeights:
 
     def layer_arguments(self) -> dict:
         """The keyword arguments of ``LlamaModel.__call__`` that read the layers this way."""
-        return {"layers": self.layers, "unroll": self.unroll}
+        return {"layers": self.layers, "layer_def": self.layer_def, "unroll": self.unroll}
 
 
 def resolve_layer_weights(layer_weights: str, backend: str | None = None) -> str:

@@ -45,6 +45,35 @@ def _linear(n_in, n_out, bias, dtype, rngs):
                       kernel_init=nnx.initializers.normal(0.02))
 
 
+class RowLinear(nnx.Module):
+    """A linear map held as rows, [out, in], rather than ``nnx.Linear``'s [in, out]: the
+    per-layer copy's attention projections (``unstack_layers(transpose_projections=True)``).
+
+    XLA:GPU rewrites a matrix-vector product below 10M operand elements (a projection of
+    one or a few rows at decode) as a multiply and a reduction over the contracting axis.
+    Over [in, out] that is a column reduction, which an H200 profile of a 1B model's
+    batch-1 decode ran at 0.5 to 1.3 TB/s; over [out, in] it reduces along rows.
+    """
+
+    def __init__(self, rows: jax.Array, bias: jax.Array | None):
+        self.rows = nnx.Param(rows)
+        self.bias = None if bias is None else nnx.Param(bias)
+
+    @classmethod
+    def of(cls, *linears: nnx.Linear) -> RowLinear:
+        """The ``linears`` (same input) as one map whose outputs are theirs concatenated."""
+        rows = jnp.concatenate([linear.kernel[...].T for linear in linears], axis=0)
+        biases = [linear.bias for linear in linears]
+        if any(bias is None for bias in biases):
+            return cls(rows, None)
+        return cls(rows, jnp.concatenate([bias[...] for bias in biases]))
+
+    def __call__(self, x):
+        rows = self.rows[...]
+        y = jnp.einsum("...i,oi->...o", x.astype(rows.dtype), rows)
+        return y if self.bias is None else y + self.bias[...]
+
+
 def rotate_half_rope(x, positions, inv_freq):
     """x: [B, T, heads, D]; positions: [B, T]; inv_freq: [D // 2]."""
     angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, D/2]
@@ -63,6 +92,8 @@ class Attention(nnx.Module):
         self.k_proj = _linear(e, cfg.num_kv_heads * d, cfg.attention_bias, dtype, rngs)
         self.v_proj = _linear(e, cfg.num_kv_heads * d, cfg.attention_bias, dtype, rngs)
         self.o_proj = _linear(cfg.num_heads * d, e, cfg.attention_out_bias, dtype, rngs)
+        # q, k and v as one: set in a transposed copy (unstack_layers), None otherwise
+        self.qkv_proj: RowLinear | None = nnx.data(None)
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, d
         self.window = cfg.uniform_sliding_window
 
@@ -76,9 +107,10 @@ class Attention(nnx.Module):
         With ``cache_k is None`` the rows attend only to their own T tokens (training).
         """
         b, t, _ = x.shape
-        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
-        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        q, k, v = self._project_qkv(x)
+        q = q.reshape(b, t, self.num_heads, self.head_dim)
+        k = k.reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = v.reshape(b, t, self.num_kv_heads, self.head_dim)
         q = rotate_half_rope(q, positions, inv_freq)
         k = rotate_half_rope(k, positions, inv_freq)
         if cache_k is None:
@@ -109,6 +141,12 @@ class Attention(nnx.Module):
             key_pos = jnp.arange(window)[None, :]  # [1, W]
         out = self._attend(q, keys, values, positions, key_pos)
         return self.o_proj(out.reshape(b, t, -1)), cache_k, cache_v
+
+    def _project_qkv(self, x):
+        if self.qkv_proj is None:
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q_width, kv_width = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        return jnp.split(self.qkv_proj(x), [q_width, q_width + kv_width], axis=-1)
 
     def _attend(self, q, keys, values, positions, key_pos):
         """q: [B, T, H, D]; keys/values: [B, K, M, D]; key_pos: [B or 1, M] -> [B, T, H, D]."""
@@ -199,7 +237,8 @@ class LlamaModel(nnx.Module):
         self.inv_freq = nnx.Variable(jnp.asarray(cfg.rope_inv_freq()))
 
     def __call__(self, tokens, positions, slots, cache_k, cache_v, *,
-                 layers: Sequence[nnx.State] | None = None, key_len: int | None = None,
+                 layers: Sequence[nnx.State] | None = None,
+                 layer_def: nnx.GraphDef | None = None, key_len: int | None = None,
                  unroll: bool = False):
         """tokens, positions: [B, T] int32; slots: [B] int32; cache_k/v: [L, S, K, M, D].
 
@@ -208,6 +247,8 @@ class LlamaModel(nnx.Module):
         layer's weights out of the stacked arrays, which XLA's CPU backend does by copying
         them: at batch 1 that costs more than the matrix products
         (``experiments/decode_step_breakdown.py``). The decoder passes them on CPU.
+        ``layer_def``: the graph those states fill (``unstack_layers``' first result;
+        None: the stacked layers', which a copy of the same structure shares).
 
         ``key_len``: static; every row's real positions are below it, so attention reads
         cache positions [0, key_len) only (None: all M). A row at position ``M`` or more
@@ -221,7 +262,8 @@ class LlamaModel(nnx.Module):
         x = self.embed_tokens(tokens)
         inv_freq = self.inv_freq[...]
         if layers is not None:
-            layer_def = nnx.graphdef(self.layers)
+            if layer_def is None:
+                layer_def = nnx.graphdef(self.layers)
             for index, state in enumerate(layers):
                 x, cache_k, cache_v = nnx.merge(layer_def, state)(
                     x, positions, slots, cache_k, cache_v, index, inv_freq, key_len)
@@ -262,8 +304,24 @@ class LlamaModel(nnx.Module):
         return self.lm_head(hidden).astype(jnp.float32)
 
 
-def unstack_layers(model: LlamaModel) -> list[nnx.State]:
-    """A copy of the model's stacked layer weights as one state per layer (``layers=`` of
-    ``LlamaModel.__call__``)."""
-    _, stacked = nnx.split(model.layers)
-    return [jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(model.config.num_layers)]
+def unstack_layers(model: LlamaModel, transpose_projections: bool = False
+                   ) -> tuple[nnx.GraphDef, list[nnx.State]]:
+    """A copy of the model's stacked layer weights as one state per layer, and the graph
+    they fill (``layer_def=`` and ``layers=`` of ``LlamaModel.__call__``).
+
+    transpose_projections: hold each layer's q, k and v projections as one ``RowLinear``
+    and its output projection as another, [out, in], instead of ``nnx.Linear``'s [in, out]
+    (the same products; see ``RowLinear`` for why a GPU may want them so)."""
+    stacked_def, stacked = nnx.split(model.layers)
+    states = [jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(model.config.num_layers)]
+    if not transpose_projections:
+        return stacked_def, states
+    layers = []
+    for state in states:
+        layer = nnx.merge(stacked_def, state)
+        attention = layer.self_attn
+        attention.qkv_proj = RowLinear.of(attention.q_proj, attention.k_proj, attention.v_proj)
+        attention.o_proj = RowLinear.of(attention.o_proj)
+        del attention.q_proj, attention.k_proj, attention.v_proj
+        layers.append(nnx.split(layer))
+    return layers[0][0], [state for _, state in layers]

@@ -1,10 +1,13 @@
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from qstar_jax.decoding.kv_cache import init_cache
-from qstar_jax.models.llama import unstack_layers
-from tests.decoding.tiny_models import RANDOM_MAX_LEN
+from qstar_jax.models.llama import LlamaModel, unstack_layers
+from tests.decoding.tiny_models import RANDOM_MAX_LEN, tiny_config
 
 PROMPTS = [[3, 14, 15, 9, 26], [5, 35, 8, 9, 7, 9, 32, 3, 8, 4, 6], [2, 7, 1]]
 
@@ -33,21 +36,33 @@ def test_prefill_replaces_what_a_slot_held(random_decoder, full_forward):
 
 
 @pytest.mark.parametrize("tokens_per_row", [1, 5])  # the one-query attention path, and T > 1
-def test_per_layer_weights_compute_what_the_scanned_stack_computes(random_model, tokens_per_row):
-    """The decoder's loop over per-layer weights (``unstack_layers``) against the stacked
-    layers under ``lax.scan``: same hidden states, same cache writes."""
-    config = random_model.config
+@pytest.mark.parametrize("attention_bias", [False, True])  # Llama's projections, Qwen2's
+@pytest.mark.parametrize("transpose_projections", [False, True])
+def test_per_layer_weights_compute_what_the_scanned_stack_computes(tokens_per_row, attention_bias,
+                                                                    transpose_projections):
+    """The decoder's loop over per-layer weights (``unstack_layers``), with the attention's
+    projections as they are or held transposed (q, k and v as one ``RowLinear``), against
+    the stacked layers under ``lax.scan``: same hidden states, same cache writes."""
+    config = dataclasses.replace(tiny_config(64), attention_bias=attention_bias)
+    model = LlamaModel(config, rngs=nnx.Rngs(0))
     rng = np.random.default_rng(0)
+    for name in ("q_proj", "k_proj", "v_proj") if attention_bias else ():
+        bias = getattr(model.layers.self_attn, name).bias  # initialised to zeros
+        bias[...] = jnp.asarray(rng.standard_normal(bias.shape), jnp.float32)
     # Two rows into slots 2 and 0 of a 3-slot cache already holding 6 random positions.
     empty = init_cache(config, slots=3, max_len=RANDOM_MAX_LEN)
     cache = [jnp.asarray(rng.standard_normal(x.shape), jnp.float32) for x in (empty.k, empty.v)]
     tokens = jnp.asarray(rng.integers(0, config.vocab_size, (2, tokens_per_row)), jnp.int32)
     positions = 6 + jnp.broadcast_to(jnp.arange(tokens_per_row, dtype=jnp.int32), tokens.shape)
     slots = jnp.array([2, 0], jnp.int32)
-    scanned = random_model(tokens, positions, slots, *cache)
-    looped = random_model(tokens, positions, slots, *cache, layers=unstack_layers(random_model))
+    scanned = model(tokens, positions, slots, *cache)
+    layer_def, layers = unstack_layers(model, transpose_projections)
+    looped = model(tokens, positions, slots, *cache, layers=layers, layer_def=layer_def)
     for ours, reference in zip(looped, scanned):
         np.testing.assert_allclose(np.asarray(ours), np.asarray(reference), atol=1e-5, rtol=1e-5)
+    attention = layers[0]["self_attn"]
+    assert ("qkv_proj" in attention) == transpose_projections
+    assert ("q_proj" in attention) != transpose_projections
 
 
 def test_rows_prefilled_in_calls_of_their_own_length_are_what_one_call_gives(random_decoder):

@@ -165,18 +165,19 @@ def test_no_retrace_when_only_data_changes(random_decoder):
     assert dict(random_decoder.trace_counts) == warm
 
 
-@pytest.mark.parametrize("layer_weights", ["stacked", "unrolled"])
-def test_scanned_layers_sample_what_per_layer_weights_sample(random_decoder, random_model,
-                                                             layer_weights):
+@pytest.mark.parametrize("layer_weights", ["stacked", "unrolled", "per-layer-transposed"])
+def test_other_layer_weights_sample_what_per_layer_weights_sample(random_decoder, random_model,
+                                                                  layer_weights):
     """A decoder that scans the stacked layers (the default on TPU), rolled or unrolled,
-    samples the same steps as the per-layer default on CPU."""
+    or reads a per-layer copy with transposed attention projections, samples the same
+    steps as the per-layer default on CPU."""
     assert random_decoder.layer_weights == "per-layer"
-    scanning = Decoder(random_model, num_slots=4, max_len=random_decoder.max_len,
+    other = Decoder(random_model, num_slots=4, max_len=random_decoder.max_len,
                        newline_table=np.zeros(random_model.config.vocab_size, bool), eos_ids=[],
                        layer_weights=layer_weights)
-    assert scanning.layer_weights == layer_weights
+    assert other.layer_weights == layer_weights
     steps = []
-    for decoder in (random_decoder, scanning):
+    for decoder in (random_decoder, other):
         slots = decoder.allocate(3)
         decoder.prefill(slots, PROMPTS)
         steps.append(decoder.sample_steps(slots, problem_keys=_keys(0, 1, 2), node_ids=[0, 1, 2],

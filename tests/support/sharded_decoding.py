@@ -51,18 +51,19 @@ PAGED_MESHES = {(2, 2)}
 
 
 def decode(model: LlamaModel, mesh, step_chunk: int, starved: bool = False,
-           paged: bool = False) -> dict:
+           paged: bool = False, layer_weights: str = "auto") -> dict:
     """Prefill, fork, greedy and sampled steps (one with rows of other caps), a trie; the
     same calls twice over, the second with other data to show it reuses the compiled
     functions. step_chunk: the decoder's (0: a step in one call); ``paged``: on
-    ``PAGING``'s paged cache, whose pages all go back. With ``starved`` the
+    ``PAGING``'s paged cache, whose pages all go back; ``layer_weights``: the decoder's.
+    With ``starved`` the
     first calls are made a third time, the trie's chunks given only the spares that fill
     their padded blocks (``starved_trie``, after the second calls: apart from their
     variants)."""
     decoder = Decoder(model, num_slots=32, max_len=RANDOM_MAX_LEN,
                       newline_table=np.zeros(64, bool), eos_ids=[], min_batch_bucket=8,
                       min_step_bucket=STEP_BUCKET, step_chunk=step_chunk, mesh=mesh,
-                      paging=PAGING if paged else None)
+                      paging=PAGING if paged else None, layer_weights=layer_weights)
     out = {}
     # (the outputs' suffix, the calls' data): the calls, and a mesh's third ones.
     passes = [("0", 0), ("1", 1)] + ([("_starved", 0)] if starved else [])
@@ -120,6 +121,11 @@ def decode(model: LlamaModel, mesh, step_chunk: int, starved: bool = False,
         out["layout"] = {name: str(attention[name]["kernel"].get_value().sharding.spec)
                          for name in ("q_proj", "k_proj")}
         out["layout"]["cache"] = str(decoder.cache.k.sharding.spec)
+        if decoder.layer_weights == "per-layer-transposed":
+            copied = decoder._weights.layers[0]["self_attn"]
+            out["layout"].update({f"{name}_rows": str(copied[name]["rows"].get_value()
+                                                      .sharding.spec)
+                                  for name in ("qkv_proj", "o_proj")})
         out["collectives"] = compiled_collectives(decoder, mesh)
     if paged:
         decoder.pages.check_counts()
@@ -217,12 +223,14 @@ def main() -> None:
     # Chunks short of spares stop per data shard: checked where there are several (in
     # one process; the two processes' shards run the same shard_map code).
     starved_on = {(4, 1), (2, 2)}
+    # The per-layer copy with transposed attention projections, on the model axis.
+    transposed_on = {(1, 4)}
     if len(sys.argv) == 3:
         initialize_distributed(coordinator=f"localhost:{sys.argv[1]}", num_processes=2,
                                process_id=int(sys.argv[2]))
         # Data shards across the processes (2x2), and the model axis (1x4: each
         # process holds half of every layer's query heads and vocabulary).
-        meshes, starved_on = ((2, 2), (1, 4)), set()
+        meshes, starved_on, transposed_on = ((2, 2), (1, 4)), set(), set()
     model = LlamaModel(tiny_config(64), rngs=nnx.Rngs(0))
     model.lm_head.kernel[...] = model.lm_head.kernel[...] * 50  # greedy far from ties
     single = {False: decode(model, None, step_chunk=0),
@@ -235,6 +243,11 @@ def main() -> None:
                              paged=paged)
             name = "x".join(map(str, shape)) + ("_paged" if paged else "")
             report[name] = compared(single[paged], sharded, starved)
+        if shape in transposed_on:
+            sharded = decode(model, make_mesh(*shape), step_chunk=STEP_CHUNK,
+                             layer_weights="per-layer-transposed")
+            report["x".join(map(str, shape)) + "_transposed"] = compared(single[False], sharded,
+                                                                         starved=False)
     if is_writer():
         print(json.dumps(report))
 
