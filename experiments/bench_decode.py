@@ -24,7 +24,8 @@ loop reads the layers' weights (one array per layer in a Python loop, with the a
 projections as loaded or transposed, or slices of the stacked arrays under a scan, rolled
 or unrolled; the default is the decoder's: ``qstar_jax/decoding/weights``),
 ``--no-matmul-cap`` skips the matmul cap below (minutes of compiling on a GPU), and
-``--trace DIR`` profiles one more generation per batch (``device_trace``).
+``--trace DIR`` profiles one more generation per batch (``device_trace``), with the step
+loop's optimized HLO saved beside its trace and read to say what each busy kernel computes.
 
 Besides the whole-generation rate it times the 64 new tokens alone and reads them
 against the memory roofline: a decode step must read every weight and each row's KV
@@ -329,7 +330,9 @@ def main() -> None:
         if theirs is not None:
             hf_tok_s.append(tokens / median_seconds(lambda: theirs(batch), args.reps))
         if args.trace is not None:  # not timed: the profiler slows the host
-            with traced(args.trace, f"decode_batch{batch}"):
+            # The step loop's HLO says what its busiest kernels compute.
+            with traced(args.trace, f"decode_batch{batch}",
+                        hlo=lambda: decoder.compiled_text("sample_step")):
                 ours(batch)
         cap = f"{matmul_cap[-1]:>11.0f}" if matmul_cap else f"{'-':>11}"
         hf = (f"{hf_tok_s[-1]:>9.1f} {jax_tok_s[-1] / hf_tok_s[-1]:>6.2f} "

@@ -8,11 +8,19 @@ kernels that took most of it, by name (XLA names a kernel after its fusion or cu
 call). A device busy for a small share of the wall-clock waits on the host (launches,
 transfers, Python); a busy one is as fast as its kernels, and the top ones say which.
 
+Given the optimized HLO of what ran (``traced(..., hlo=...)``), it saves it beside the
+trace and says under each busy kernel what its fusion computes (``fusion_contents``): its
+operations, the JAX operations they were lowered from, and its operands' and result's
+shapes. A kernel named ``input_reduce_fusion_58`` whose operations are a multiply and a
+reduce, lowered from ``dot_general``, over a [2048, 2048] operand, is a matrix product
+XLA rewrote as a reduction.
+
 On a CPU the trace holds no device: XLA's CPU runtime threads stand in (their events are
 whole executables, not kernels), so the summary says what the host ran and little else.
 
-Used by ``bench_decode --trace DIR`` and ``bench_search --trace DIR``; read a saved trace
-again with ``python experiments/device_trace.py TRACE.json.gz [--top N]``.
+Used by ``bench_decode --trace DIR`` (with the step loop's HLO) and ``bench_search --trace
+DIR``; read a saved trace again with ``python experiments/device_trace.py TRACE.json.gz
+[--top N] [--hlo HLO.txt]``.
 """
 
 from __future__ import annotations
@@ -21,10 +29,18 @@ import argparse
 import contextlib
 import gzip
 import json
+import re
 import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable
+
+# An HLO instruction: "[ROOT ]%name = shape opcode(operands), attributes".
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+(?: \S+)*?) ([\w\-]+)\((.*)$")
+# A computation's header: "[ENTRY ]%name (parameters) -> shape {".
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) \(.*\) -> .* \{$")
+_SKIPPED_OPCODES = {"parameter", "constant", "bitcast", "get-tuple-element", "tuple"}
 
 
 def device_events(trace: dict) -> tuple[list[dict], str]:
@@ -71,19 +87,68 @@ def summary(trace: dict, *, top: int = 12) -> dict:
                     for name, durations in ranked[:top]]}
 
 
-def print_summary(label: str, figures: dict, wall_s: float | None = None) -> None:
+def kernel_name(instruction: str) -> str:
+    """The name a profiler trace gives the kernel of HLO instruction ``instruction``."""
+    return re.sub(r"[.\-]", "_", instruction)
+
+
+def fusion_contents(hlo_text: str) -> dict[str, str]:
+    """For each fusion instruction of an optimized HLO module, by its kernel name: its
+    fused computation's operations in order (parameters, constants and bitcasts left out),
+    the JAX operations they came from (the last part of each ``op_name``), and the
+    shapes it reads and writes."""
+    computations: dict[str, list[tuple[str, str, str]]] = {}  # name -> (shape, opcode, line)
+    fusions: dict[str, tuple[str, str, str]] = {}  # instruction -> (shape, computation, line)
+    current = None
+    for line in hlo_text.splitlines():
+        header = _COMPUTATION.match(line)
+        if header:
+            current = computations.setdefault(header.group(1), [])
+            continue
+        instruction = _INSTRUCTION.match(line)
+        if instruction is None or current is None:
+            continue
+        name, shape, opcode, _ = instruction.groups()
+        current.append((shape, opcode, line))
+        called = re.search(r"calls=%?([\w.\-]+)", line)
+        if opcode == "fusion" and called:
+            fusions[name] = (shape, called.group(1), line)
+    contents = {}
+    for name, (shape, called, _) in fusions.items():
+        body = computations.get(called, [])
+        opcodes = list(dict.fromkeys(op for _, op, _ in body if op not in _SKIPPED_OPCODES))
+        sources = list(dict.fromkeys(
+            match.group(1).rsplit("/", 1)[-1] for _, _, line in body
+            for match in [re.search(r'op_name="([^"]+)"', line)] if match))
+        reads = [shape for shape, op, _ in body if op == "parameter"]
+        contents[kernel_name(name)] = (
+            f"{', '.join(opcodes) or 'nothing'}"
+            + (f" (from {', '.join(sources)})" if sources else "")
+            + f"; reads {' '.join(reads) or 'nothing'}; writes {shape}")
+    return contents
+
+
+def print_summary(label: str, figures: dict, wall_s: float | None = None,
+                  contents: dict[str, str] | None = None) -> None:
+    """The summary's lines; ``contents`` (``fusion_contents``) says under each kernel it
+    names what the kernel computes."""
     wall = f"{wall_s * 1e3:.1f} ms wall, " if wall_s is not None else ""
     print(f"[trace {label}] {wall}{figures['events']} {figures['kind']} over "
           f"{figures['span_ms']:.1f} ms, busy {figures['busy_ms']:.1f} ms", flush=True)
     for row in figures["top"]:
         print(f"[trace {label}]   {row['total_ms']:9.3f} ms {row['count']:6d}x "
               f"{row['mean_us']:9.2f} us  {row['name']}", flush=True)
+        if contents and row["name"] in contents:
+            print(f"[trace {label}]       = {contents[row['name']]}", flush=True)
 
 
 @contextlib.contextmanager
-def traced(directory: Path, label: str, *, top: int = 12):
+def traced(directory: Path, label: str, *, top: int = 12,
+           hlo: Callable[[], str] | None = None):
     """Run the block under the profiler; then save its trace as
-    ``directory/<label>.json.gz`` and print its summary."""
+    ``directory/<label>.json.gz`` and print its summary. ``hlo``: returns, once the block
+    has run, the optimized HLO of what it ran, saved as ``<label>.hlo.txt`` and read to
+    say what the busiest kernels compute."""
     import jax
 
     work = Path(directory) / f".{label}"
@@ -99,17 +164,26 @@ def traced(directory: Path, label: str, *, top: int = 12):
     saved = Path(directory) / f"{label}.json.gz"
     shutil.move(found[-1], saved)
     shutil.rmtree(work, ignore_errors=True)
+    contents = None
+    if hlo is not None:
+        text = hlo()
+        (Path(directory) / f"{label}.hlo.txt").write_text(text)
+        contents = fusion_contents(text)
     with gzip.open(saved) as file:
-        print_summary(label, summary(json.load(file), top=top), wall_s)
+        print_summary(label, summary(json.load(file), top=top), wall_s, contents)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("trace", type=Path, help="a perfetto_trace.json.gz")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--hlo", type=Path, default=None,
+                        help="the optimized HLO of what ran (a saved <label>.hlo.txt)")
     args = parser.parse_args()
+    contents = fusion_contents(args.hlo.read_text()) if args.hlo else None
     with gzip.open(args.trace) as file:
-        print_summary(args.trace.name, summary(json.load(file), top=args.top))
+        print_summary(args.trace.name, summary(json.load(file), top=args.top),
+                      contents=contents)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,9 @@ def test_the_benchmark_runs_ours_on_pages_with_the_attention_it_is_told(
     assert (figures["page_size"], figures["attention"]) == (16, resolved)
     assert figures["decode_tok_s"][0] > 0 and figures["roofline_tok_s"][0] > 0
     assert figures["matmul_cap_tok_s"] is None and figures["layer_weights"] == layer_weights
-    # The profiled generation: its trace kept, its summary printed (no device on a CPU).
+    # The profiled generation: its trace kept, its summary printed (no device on a CPU),
+    # and the step loop's HLO saved beside it.
     assert (tmp_path / "decode_batch2.json.gz").stat().st_size > 0
+    assert "while" in (tmp_path / "decode_batch2.hlo.txt").read_text()
     assert any(line.startswith("[trace decode_batch2]") and "host runtime events" in line
                for line in lines)

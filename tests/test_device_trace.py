@@ -32,3 +32,54 @@ def test_summary_ranks_the_device_kernels_by_total_time():
     assert figures["busy_ms"] == 0.061 and figures["span_ms"] == 0.131  # 40 + 20 + 1 us
     assert [(row["name"], row["count"], row["total_ms"]) for row in figures["top"]] == [
         ("gemm", 2, 0.04), ("copy", 1, 0.03)]
+
+
+# A GPU module's batch-1 projection as XLA:GPU leaves it: the dot rewritten as a multiply
+# and a reduction over the weight's major axis, fused with the norm's scale.
+GPU_HLO = """HloModule jit_sample_step, is_scheduled=true
+
+%region_0.1 (a.0: f32[], b.0: f32[]) -> f32[] {
+  %a.0 = f32[] parameter(0)
+  %b.0 = f32[] parameter(1)
+  ROOT %add.3 = f32[] add(%a.0, %b.0)
+}
+
+%fused_reduce.58 (param_0.1: bf16[2048,2048], param_1.2: bf16[1,2048]) -> bf16[1,2048] {
+  %param_1.2 = bf16[1,2048]{1,0} parameter(1)
+  %bitcast.4 = bf16[2048]{0} bitcast(%param_1.2)
+  %broadcast.1 = bf16[2048,2048]{1,0} broadcast(%bitcast.4), dimensions={0}, metadata={op_name="jit(sample_step)/while/body/dot_general"}
+  %param_0.1 = bf16[2048,2048]{1,0} parameter(0)
+  %multiply.2 = bf16[2048,2048]{1,0} multiply(%broadcast.1, %param_0.1), metadata={op_name="jit(sample_step)/while/body/dot_general"}
+  %constant.9 = bf16[] constant(0)
+  ROOT %reduce.1 = bf16[1,2048]{1,0} reduce(%multiply.2, %constant.9), dimensions={0}, to_apply=%region_0.1
+}
+
+ENTRY %main.7 (p.1: bf16[2048,2048], x.1: bf16[1,2048]) -> bf16[1,2048] {
+  %p.1 = bf16[2048,2048]{1,0} parameter(0)
+  %x.1 = bf16[1,2048]{1,0} parameter(1)
+  ROOT %input_reduce_fusion.58 = bf16[1,2048]{1,0} fusion(%p.1, %x.1), kind=kInput, calls=%fused_reduce.58
+}
+"""
+
+
+def test_a_kernel_is_described_by_what_its_fusion_computes():
+    contents = TRACE["fusion_contents"](GPU_HLO)
+    assert contents == {"input_reduce_fusion_58": (
+        "broadcast, multiply, reduce (from dot_general); reads bf16[1,2048]{1,0} "
+        "bf16[2048,2048]{1,0}; writes bf16[1,2048]{1,0}")}
+
+
+def test_every_fusion_of_a_compiled_function_is_described():
+    """On this CPU's own compiled HLO: each fusion the entry computation calls, under the
+    name a trace gives its kernel, with the operations of the computation it calls."""
+    import jax
+    import jax.numpy as jnp
+
+    text = jax.jit(lambda x, w, b: jnp.tanh(jnp.sum(x[:, None] * w, axis=0) + b)).lower(
+        jnp.ones(64), jnp.ones((64, 32)), jnp.ones(32)).compile().as_text()
+    contents = TRACE["fusion_contents"](text)
+    entry = text[text.index("ENTRY"):]
+    fusions = [line.split(" = ")[0].split("%")[-1] for line in entry.splitlines()
+               if " fusion(" in line]
+    assert fusions and sorted(contents) == sorted(TRACE["kernel_name"](f) for f in fusions)
+    assert any("tanh" in described for described in contents.values())
