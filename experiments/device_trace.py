@@ -88,7 +88,8 @@ def summary(trace: dict, *, top: int = 12) -> dict:
 
 
 def kernel_name(instruction: str) -> str:
-    """The name a profiler trace gives the kernel of HLO instruction ``instruction``."""
+    """The name a GPU profiler trace gives the kernel of HLO instruction ``instruction``
+    (XLA:CPU's runtime events keep the instruction's own name: normalized the same)."""
     return re.sub(r"[.\-]", "_", instruction)
 
 
@@ -138,8 +139,9 @@ def print_summary(label: str, figures: dict, wall_s: float | None = None,
     for row in figures["top"]:
         print(f"[trace {label}]   {row['total_ms']:9.3f} ms {row['count']:6d}x "
               f"{row['mean_us']:9.2f} us  {row['name']}", flush=True)
-        if contents and row["name"] in contents:
-            print(f"[trace {label}]       = {contents[row['name']]}", flush=True)
+        described = (contents or {}).get(kernel_name(row["name"]))
+        if described:
+            print(f"[trace {label}]       = {described}", flush=True)
 
 
 @contextlib.contextmanager

@@ -53,5 +53,8 @@ def test_the_benchmark_runs_ours_on_pages_with_the_attention_it_is_told(
     # and the step loop's HLO saved beside it.
     assert (tmp_path / "decode_batch2.json.gz").stat().st_size > 0
     assert "while" in (tmp_path / "decode_batch2.hlo.txt").read_text()
+    # XLA:CPU's runtime events carry its fusions' names: some are described from the HLO.
+    assert any(line.startswith("[trace decode_batch2]       = ") and "reads" in line
+               for line in lines)
     assert any(line.startswith("[trace decode_batch2]") and "host runtime events" in line
                for line in lines)
