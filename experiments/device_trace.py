@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Callable
 
 # An HLO instruction: "[ROOT ]%name = shape opcode(operands), attributes".
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+(?: \S+)*?) ([\w\-]+)\((.*)$")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+(?: \S+)*?) ([\w\-]+)\(")
 # A computation's header: "[ENTRY ]%name (parameters) -> shape {".
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) \(.*\) -> .* \{$")
 _SKIPPED_OPCODES = {"parameter", "constant", "bitcast", "get-tuple-element", "tuple"}
@@ -99,7 +99,7 @@ def fusion_contents(hlo_text: str) -> dict[str, str]:
     the JAX operations they came from (the last part of each ``op_name``), and the
     shapes it reads and writes."""
     computations: dict[str, list[tuple[str, str, str]]] = {}  # name -> (shape, opcode, line)
-    fusions: dict[str, tuple[str, str, str]] = {}  # instruction -> (shape, computation, line)
+    fusions: dict[str, tuple[str, str]] = {}  # instruction -> (shape, computation)
     current = None
     for line in hlo_text.splitlines():
         header = _COMPUTATION.match(line)
@@ -109,13 +109,13 @@ def fusion_contents(hlo_text: str) -> dict[str, str]:
         instruction = _INSTRUCTION.match(line)
         if instruction is None or current is None:
             continue
-        name, shape, opcode, _ = instruction.groups()
+        name, shape, opcode = instruction.groups()
         current.append((shape, opcode, line))
         called = re.search(r"calls=%?([\w.\-]+)", line)
         if opcode == "fusion" and called:
-            fusions[name] = (shape, called.group(1), line)
+            fusions[name] = (shape, called.group(1))
     contents = {}
-    for name, (shape, called, _) in fusions.items():
+    for name, (shape, called) in fusions.items():
         body = computations.get(called, [])
         opcodes = list(dict.fromkeys(op for _, op, _ in body if op not in _SKIPPED_OPCODES))
         sources = list(dict.fromkeys(

@@ -51,8 +51,9 @@ class RowLinear(nnx.Module):
 
     XLA:GPU rewrites a matrix-vector product below 10M operand elements (a projection of
     one or a few rows at decode) as a multiply and a reduction over the contracting axis.
-    Over [in, out] that is a column reduction, which an H200 profile of a 1B model's
-    batch-1 decode ran at 0.5 to 1.3 TB/s; over [out, in] it reduces along rows.
+    Over [in, out] that is a column reduction (most likely the reduction kernels an H200
+    profile of a 1B model's batch-1 decode ran at 0.5 to 1.3 TB/s: README, "GPU and
+    TPU"); over [out, in] it reduces along rows.
     """
 
     def __init__(self, rows: jax.Array, bias: jax.Array | None):
@@ -64,8 +65,10 @@ class RowLinear(nnx.Module):
         """The ``linears`` (same input) as one map whose outputs are theirs concatenated."""
         rows = jnp.concatenate([linear.kernel[...].T for linear in linears], axis=0)
         biases = [linear.bias for linear in linears]
-        if any(bias is None for bias in biases):
+        if all(bias is None for bias in biases):
             return cls(rows, None)
+        if any(bias is None for bias in biases):
+            raise ValueError("RowLinear.of joins maps that all have a bias or none do")
         return cls(rows, jnp.concatenate([bias[...] for bias in biases]))
 
     def __call__(self, x):
