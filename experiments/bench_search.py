@@ -18,7 +18,8 @@ split_seed 0: the first 16 test problems of that config, in GSM8K's layout, read
     temperature without top-k/top-p, at most the step cap of new tokens, stopping at a
     token holding a newline or at EOS) on the same dequantized weights, torch pinned to
     the same cores (its OpenMP threads waiting passively, ``OMP_WAIT_POLICY=PASSIVE``
-    unless the environment sets it: spinning threads ran 25x slower on a loaded host);
+    unless the environment sets it: spinning threads ran 25x slower on a loaded host;
+    ``experiments/peer_expansion.py``);
 (d) our engine one problem at a time (a ``run_search`` per problem, paged as (a)): (a)
     against (d) is what batching across problems gives, (d) against (c) what keeping the
     cache (no re-prefill) and our decoder give;
@@ -54,11 +55,11 @@ pool at once (``PageTable.peak_pages_in_use``: held, reserved for a write, or le
 trie call) x page bytes; (b) the most slots allocated at once x a max_len row's
 bytes; (c) the largest ``generate`` call's K x (prompt + new tokens) x per-token bytes.
 
-z ("kv_bytes_vs_distinct_tokens"): (a)'s peak KV bytes over the bytes of the distinct
-tokens the live trees hold right after the decoder call that reached the peak: for each
-problem the token trie of every live slot's sequence (prompt and steps), summed over
-problems; a cache that held each distinct token once with nothing spare would give 1.
-Unfilled page ends, pages lent to a trie chunk that its rows did not reach (the peak is
+z ("kv_bytes_vs_distinct_tokens", ``experiments/metered_runtime.py``): (a)'s peak KV
+bytes over the bytes of the distinct tokens the live trees hold right after the decoder
+call that reached the peak: for each problem the token trie of every live slot's
+sequence (prompt and steps), summed over problems; a cache that held each distinct token
+once with nothing spare would give 1. Unfilled page ends, pages lent to a trie chunk that its rows did not reach (the peak is
 reached inside a call: a chunk's loan is what its rows could reach in its rounds), and
 copies of a forked slot's partly filled page count against it; smaller pages
 (``--page-size``) leave less of each unfilled. "z_held": the same at the most pages held
@@ -89,19 +90,20 @@ a/c >= 5, d/c >= 1.3, a/b >= 1.3, z <= 1.25.
 from __future__ import annotations
 
 import argparse
-import collections
 import dataclasses
 import hashlib
 import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
 
-# The sibling benchmark's loaders (this script's folder is on sys.path when it runs as
+# The sibling modules: the decode benchmark's loaders, the profiler summary, the metered
+# runtime and the peer's expander (this script's folder is on sys.path when it runs as
 # ``python experiments/bench_search.py``).
 from bench_decode import kv_token_bytes, transformers_model
 from device_trace import traced
+from metered_runtime import metered_runtime_class
+from peer_expansion import TransformersExpander
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = {"a": "ours, problems batched, paged cache",
@@ -232,161 +234,6 @@ def compile_counter():
 
     jax.monitoring.register_event_duration_secs_listener(listener)
     return lambda: count[0]
-
-
-def distinct_tokens(sequences) -> int:
-    """Nodes of the token trie of ``sequences``, each starting with its problem's marker
-    (one per problem, not counted): the distinct tokens of each problem's slots, summed."""
-    trie: dict = {}
-    nodes = 0
-    for sequence in sequences:
-        node = trie
-        for token in sequence:
-            if token not in node:
-                node[token] = {}
-                nodes += 1
-            node = node[token]
-    return nodes - len(trie)
-
-
-def metered_runtime_class():
-    """``PolicyRuntime`` that also mirrors every slot's token sequence on the host and,
-    after each call that took the paged cache to a new peak of pages in use (or of pages
-    held between calls), counts the distinct tokens the live slots hold."""
-    from qstar_jax.policy.runtime import PolicyRuntime
-
-    class MeteredRuntime(PolicyRuntime):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.sequences: dict[int, tuple[int, ...]] = {}
-            self.at_peak = (0, 0)  # (peak pages in use, distinct tokens after that call)
-            self.at_held_peak = (0, 0)  # (most pages held between calls, distinct tokens)
-
-        def prefill_texts(self, problem_indices: Sequence[int], texts: Sequence[str]):
-            slots = super().prefill_texts(problem_indices, texts)
-            for slot, i, text in zip(slots, problem_indices, texts):
-                self.sequences[slot] = (-1 - i, *self.tokenizer.encode(text))
-            self._measure()
-            return slots
-
-        def sample(self, slots, problem_indices, node_ids, temperatures):
-            steps = super().sample(slots, problem_indices, node_ids, temperatures)
-            for slot, step in zip(slots, steps):
-                self.sequences[slot] += step.token_ids
-            self._measure()
-            return steps
-
-        def sample_trie(self, slots, problem_indices, group_ids, temperatures, counts):
-            before = [self.sequences[slot] for slot in slots]
-            tries = super().sample_trie(slots, problem_indices, group_ids, temperatures, counts)
-            for sequence, steps in zip(before, tries):
-                for step in steps:
-                    self.sequences[step.slot] = sequence + step.token_ids
-            self._measure()
-            return tries
-
-        def fork(self, parents, counts):
-            children = super().fork(parents, counts)
-            for parent, slots in zip(parents, children):
-                for slot in slots:  # a trie's split slot is mirrored once the trie returns
-                    self.sequences[slot] = self.sequences.get(parent, ())
-            return children
-
-        def free(self, slots):
-            super().free(slots)
-            for slot in slots:
-                del self.sequences[slot]
-
-        def _measure(self) -> None:
-            pages = self.decoder.pages
-            if pages.peak_pages_in_use > self.at_peak[0]:
-                self.at_peak = (pages.peak_pages_in_use, distinct_tokens(self.sequences.values()))
-            if pages.pages_in_use > self.at_held_peak[0]:
-                self.at_held_peak = (pages.pages_in_use,
-                                     distinct_tokens(self.sequences.values()))
-
-    return MeteredRuntime
-
-
-class TransformersExpander:
-    """Search's StepExpander the way LLM Reasoners' and MCTSr's HF backends expand a node:
-    the node's text rebuilt (prompt and steps), encoded and handed to ``generate`` for K
-    samples that stop at a newline token or EOS, nothing kept between calls (every child's
-    handle is None). Steps end a trace as ours do: at EOS, at the cap, or on the task's
-    answer line. torch's generator is seeded per (problem, node, first child)."""
-
-    def __init__(self, model, tokenizer, task, problems, prompts, *, step_token_cap: int,
-                 kv_token_bytes: int):
-        import torch
-        import transformers
-
-        self.model, self.tokenizer, self.task = model, tokenizer, task
-        self.problems, self.prompts = problems, prompts
-        self.kv_token_bytes = kv_token_bytes
-        self.newline = tokenizer.newline_table(model.config.vocab_size)
-        self.eos = set(tokenizer.eos_ids)
-        self.generation = dict(max_new_tokens=step_token_cap,
-                               eos_token_id=list(tokenizer.eos_ids), pad_token_id=tokenizer.pad_id)
-        newline = torch.tensor(self.newline, device=model.device)
-
-        class NewlineStop(transformers.StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                return newline[input_ids[:, -1]]
-
-        self.stop = transformers.StoppingCriteriaList([NewlineStop()])
-        self.generated, self.prefilled = collections.Counter(), collections.Counter()
-        self.peak_kv_bytes = 0
-
-    def expand(self, requests):
-        return [self._expand(request) for request in requests]
-
-    def _expand(self, request):
-        import torch
-        import transformers
-
-        from qstar_jax.policy.runtime import stable_id
-        from qstar_jax.tasks.base import state_text
-
-        i, k = request.problem_index, request.num_children
-        ids = self.tokenizer.encode(state_text(self.prompts[i], request.node.steps))
-        torch.manual_seed(stable_id(self.problems[i].id, request.node.id, request.first_child))
-        sampling = (dict(do_sample=True, temperature=request.temperature, top_k=0, top_p=1.0)
-                    if request.temperature > 0 else dict(do_sample=False))
-        generation = transformers.GenerationConfig(**self.generation, **sampling,
-                                                   num_return_sequences=k)
-        with torch.inference_mode():
-            out = self.model.generate(
-                torch.tensor([ids], device=self.model.device),
-                attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.model.device),
-                generation_config=generation, stopping_criteria=self.stop)
-        self.prefilled[i] += k * len(ids)
-        self.peak_kv_bytes = max(self.peak_kv_bytes, k * out.shape[1] * self.kv_token_bytes)
-        steps = [self._step(row) for row in out[:, len(ids):].tolist()]
-        self.generated[i] += sum(len(step.token_ids) for step in steps)
-        return steps
-
-    def _step(self, row: list[int]):
-        from qstar_jax.search.interface import Step
-        from qstar_jax.tasks.base import STEP_SEPARATOR
-
-        end = next((j + 1 for j, t in enumerate(row) if self.newline[t] or t in self.eos),
-                   len(row))
-        tokens = row[:end]
-        at_eos, at_newline = tokens[-1] in self.eos, bool(self.newline[tokens[-1]])
-        text = self.tokenizer.decode(tokens[:-1] if at_eos else tokens)
-        text = text.split(STEP_SEPARATOR)[0]
-        return Step(text=text, token_ids=tuple(tokens), logprob=0.0, hidden=None,
-                    ends_trace=at_eos or not at_newline or self.task.is_terminal_step(text),
-                    handle=None)
-
-    def release(self, handles: Sequence[Any]) -> None:
-        pass
-
-    def generated_tokens(self, problem_index: int) -> int:
-        return self.generated[problem_index]
-
-    def prefilled_tokens(self, problem_index: int) -> int:
-        return self.prefilled[problem_index]
 
 
 def peer_run(args, config, tokenizer, task, problems, prompts, make_planner, *, cap: int,
