@@ -59,11 +59,11 @@ z ("kv_bytes_vs_distinct_tokens", ``experiments/metered_runtime.py``): (a)'s pea
 bytes over the bytes of the distinct tokens the live trees hold right after the decoder
 call that reached the peak: for each problem the token trie of every live slot's
 sequence (prompt and steps), summed over problems; a cache that held each distinct token
-once with nothing spare would give 1. Unfilled page ends, pages lent to a trie chunk that its rows did not reach (the peak is
-reached inside a call: a chunk's loan is what its rows could reach in its rounds), and
-copies of a forked slot's partly filled page count against it; smaller pages
-(``--page-size``) leave less of each unfilled. "z_held": the same at the most pages held
-between calls (loans taken back).
+once with nothing spare would give 1. Unfilled page ends, pages lent to a trie chunk that
+its rows did not reach (the peak is reached inside a call: a chunk's loan is what its
+rows could reach in its rounds), and copies of a forked slot's partly filled page count
+against it; smaller pages (``--page-size``) leave less of each unfilled. "z_held": the
+same at the most pages held between calls (loans taken back).
 
     python experiments/bench_search.py [--problems 8] [--k 4] [--expansions 4]
         [--step-tokens 48] [--temperature 0.9] [--n-complete 0] [--threads N]

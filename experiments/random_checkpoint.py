@@ -46,13 +46,13 @@ def shape_and_tokenizer(like: str):
     path = Path(like)
     if path.is_dir() and not any(path.glob("*.safetensors")):
         cfg = read_hf_config(path)
-        cfg_and_tokenizer = cfg, directory_tokenizer(path, cfg)
+        tokenizer = directory_tokenizer(path, cfg)
     else:
         loaded = load_model(like)
-        cfg_and_tokenizer = loaded.config, loaded.tokenizer
-    if cfg_and_tokenizer[1] is None:
+        cfg, tokenizer = loaded.config, loaded.tokenizer
+    if tokenizer is None:
         raise SystemExit(f"{like} ships no tokenizer; a benchmark needs one")
-    return cfg_and_tokenizer
+    return cfg, tokenizer
 
 
 def main() -> None:

@@ -218,8 +218,8 @@ class Decoder:
 
     @property
     def layer_weights(self) -> str:
-        """How the token loops read the layers' weights: "per-layer", "stacked" or
-        "unrolled" (``decoding/weights``)."""
+        """How the token loops read the layers' weights: the resolved entry of
+        ``weights.LAYER_WEIGHTS`` ("auto" never)."""
         return self._weights.mode
 
     @property

@@ -316,15 +316,16 @@ def unstack_layers(model: LlamaModel, transpose_projections: bool = False
     and its output projection as another, [out, in], instead of ``nnx.Linear``'s [in, out]
     (the same products; see ``RowLinear`` for why a GPU may want them so)."""
     stacked_def, stacked = nnx.split(model.layers)
-    states = [jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(model.config.num_layers)]
-    if not transpose_projections:
-        return stacked_def, states
-    layers = []
-    for state in states:
-        layer = nnx.merge(stacked_def, state)
-        attention = layer.self_attn
-        attention.qkv_proj = RowLinear.of(attention.q_proj, attention.k_proj, attention.v_proj)
-        attention.o_proj = RowLinear.of(attention.o_proj)
-        del attention.q_proj, attention.k_proj, attention.v_proj
-        layers.append(nnx.split(layer))
-    return layers[0][0], [state for _, state in layers]
+    layer_def, states = stacked_def, []
+    for index in range(model.config.num_layers):
+        state = jax.tree.map(lambda x: x[index], stacked)
+        if transpose_projections:  # layer by layer: its untransposed slices go at once
+            layer = nnx.merge(stacked_def, state)
+            attention = layer.self_attn
+            attention.qkv_proj = RowLinear.of(attention.q_proj, attention.k_proj,
+                                              attention.v_proj)
+            attention.o_proj = RowLinear.of(attention.o_proj)
+            del attention.q_proj, attention.k_proj, attention.v_proj
+            layer_def, state = nnx.split(layer)
+        states.append(state)
+    return layer_def, states
