@@ -2,7 +2,8 @@
 # Every check that needs the GPU machine, in one call of the device tool (issue 18), most
 # wanted first: decode throughput against the HBM roofline in bfloat16 (Llama-3.2-1B's
 # shape, random weights) on row slots, the layers read as by default and with transposed
-# attention projections; bench_search's five runs in bfloat16 on SmolLM2's
+# attention projections; the paged decode-attention kernel alone against the jnp path,
+# at several keys a step; bench_search's five runs in bfloat16 on SmolLM2's
 # shape with random weights (the GGUF is over what a call carries), ours and
 # transformers' both on the GPU; the decode throughput with the layers' weights read in
 # the other ways and with CUDA graphs, and on pages with the kernel and with the jnp
@@ -95,6 +96,9 @@ bench=("${gpu_steps[@]}" "$py" experiments/bench_decode.py --random-llama "$mode
 step bench_decode_rows 90 "${bench[@]}" --trace "$traces/rows"
 step bench_decode_rows_transposed 90 "${bench[@]}" --layer-weights per-layer-transposed \
   --trace "$traces/rows_transposed"
+# The paged kernel alone against the decoder's jnp path on a search round's rows
+# (SmolLM2's heads), its page loop reading 16 to 128 keys a step.
+step bench_paged_attention 60 "${gpu_steps[@]}" "$py" experiments/bench_paged_attention.py
 random_model=/tmp/smollm2-random
 step random_checkpoint 40 "${gpu_steps[@]}" "$py" experiments/random_checkpoint.py \
   --like .device_model/smollm2 --out "$random_model"

@@ -1,9 +1,11 @@
 """Paged decode attention as a Pallas Triton kernel (GPU), one program per (slot, kv head).
 
 Shapes and contract: ``paged_attention_reference``. The program loads its slot's length
-and page ids as scalars and walks only the pages that hold the slot's tokens
-(``cdiv(length, S)`` of them, fewer with a window), so a short slot costs little however
-long the page table is, and an empty slot costs nothing.
+and walks only the pages that hold the slot's tokens (``cdiv(length, S)`` of them, fewer
+with a window), a block of pages at a time, so a short slot costs little however long
+the page table is, and an empty slot costs nothing. A page at a time, the loop was
+latency-bound on an H200: some 15 µs a call for 32 rows of ~350 tokens on 16-token pages
+(``experiments/device_runs/2026-12-04-call4``).
 
 Why not JAX's own ``jax.experimental.pallas.ops.gpu.paged_attention``: it takes one
 layer's pages as ``[K, P, S, D]``, so the decoder would pass ``pages[layer]`` and XLA would
@@ -27,42 +29,57 @@ from qstar_kernels.paged_attention_layout import first_page, from_rows, row_posi
 from qstar_kernels.paged_attention_reference import check_paged_inputs
 
 MIN_ROWS = 16  # Triton's matrix product needs 16 rows or more
+# Keys each step of a program's page loop reads: several pages at once, so the loop's
+# dependent loads (a page's id, then its keys) are paid once per block, not per page.
+KEYS_PER_BLOCK = 64
 
 
 def _kernel(lengths_ref, layer_ref, page_table_ref, q_ref, k_ref, v_ref, o_ref, *,
-            num_queries: int, group: int, scale: float, window: int | None):
+            num_queries: int, group: int, scale: float, window: int | None,
+            pages_per_block: int):
     slot, head = pl.program_id(0), pl.program_id(1)
     length, layer = lengths_ref[slot], layer_ref[0]
     rows, head_dim = q_ref.shape
-    page_size = k_ref.shape[3]
+    page_size, table_width = k_ref.shape[3], page_table_ref.shape[1]
+    block_keys = pages_per_block * page_size
     q = q_ref[...]
     q_positions = row_positions(length, num_queries, group, rows)
+    first, end = first_page(length, num_queries, page_size, window), pl.cdiv(length, page_size)
 
-    def one_page(index, state):
-        page = page_table_ref[slot, index]
-        keys, values = k_ref[layer, page, head], v_ref[layer, page, head]  # [S, D]
+    def one_block(index, state):
+        # The block's page-table entries, read at once: past the slot's last page they are
+        # the pool-size sentinel (or past the table), so those read page 0, whose keys
+        # lie past every query and are masked.
+        entries = first + index * pages_per_block + jax.lax.broadcasted_iota(
+            jnp.int32, (pages_per_block,), 0)
+        pages = page_table_ref[slot, jnp.minimum(entries, table_width - 1)]
+        pages = jnp.where(entries < end, pages, 0)
+        keys = k_ref[layer, pages, head].reshape(block_keys, head_dim)
+        values = v_ref[layer, pages, head].reshape(block_keys, head_dim)
         scores = plgpu.dot(q, keys, trans_b=True).astype(jnp.float32) * scale
-        key_positions = index * page_size + jax.lax.broadcasted_iota(jnp.int32,
-                                                                      (1, page_size), 1)
+        key_positions = (first + index * pages_per_block) * page_size + \
+            jax.lax.broadcasted_iota(jnp.int32, (1, block_keys), 1)
         scores = mask_scores(scores, key_positions, q_positions, window)
         return fold_page(state, scores, values,
                          lambda a, b: plgpu.dot(a, b).astype(jnp.float32))
 
-    state = jax.lax.fori_loop(first_page(length, num_queries, page_size, window),
-                              pl.cdiv(length, page_size), one_page,
+    state = jax.lax.fori_loop(0, pl.cdiv(end - first, pages_per_block), one_block,
                               initial_state(rows, head_dim))
     o_ref[...] = finish(state).astype(o_ref.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("window", "scale", "interpret"))
+@functools.partial(jax.jit, static_argnames=("window", "scale", "keys_per_block",
+                                             "interpret"))
 def paged_decode_attention_gpu(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array,
                                page_table: jax.Array, lengths: jax.Array,
                                layer: jax.Array | int, *, window: int | None = None,
                                scale: float | None = None,
+                               keys_per_block: int = KEYS_PER_BLOCK,
                                interpret: bool = False) -> jax.Array:
     """As ``paged_decode_attention_reference``. Page size and head_dim must be powers of
     two of at least 16 (Triton's block rules); ``interpret=True`` runs it on CPU, where
-    any sizes do."""
+    any sizes do. Each step of a program's loop reads ``keys_per_block // page_size``
+    pages (at least one) together."""
     check_paged_inputs(q, k_pages, v_pages, page_table, lengths)
     batch, num_queries, heads, head_dim = q.shape
     kv_heads, page_size = k_pages.shape[2], k_pages.shape[3]
@@ -72,9 +89,12 @@ def paged_decode_attention_gpu(q: jax.Array, k_pages: jax.Array, v_pages: jax.Ar
                              f"got {size}")
     group = heads // kv_heads
     rows = max(MIN_ROWS, pl.next_power_of_2(num_queries * group))
+    if keys_per_block < 1 or keys_per_block & (keys_per_block - 1):
+        raise ValueError(f"keys_per_block must be a power of two, got {keys_per_block}")
     kernel = functools.partial(_kernel, num_queries=num_queries, group=group,
                                scale=head_dim ** -0.5 if scale is None else scale,
-                               window=window)
+                               window=window,
+                               pages_per_block=max(1, keys_per_block // page_size))
     whole = pl.BlockSpec()  # Triton reads an un-blocked operand through its pointer
     row_block = pl.BlockSpec((None, None, rows, head_dim), lambda b, h: (b, h, 0, 0))
     out = pl.pallas_call(

@@ -2,6 +2,8 @@
 CPU; the GPU kernel compiled too where a GPU is present), and the reference against a
 float64 loop over contiguous sequences."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,8 +76,15 @@ CASES = [  # page size, kv heads, query heads, queries per slot, window
 RAGGED_LENGTHS = [0, 1, 16, 33, 64, 2]  # empty, one token, page edges, full table, < queries
 
 
-@pytest.mark.parametrize("kernel", [paged_decode_attention_gpu, paged_decode_attention_tpu],
-                         ids=["gpu", "tpu"])
+KERNELS = {"gpu": paged_decode_attention_gpu,  # the default blocks: 64 keys, 4 or 2 pages
+           "gpu-page-per-step": functools.partial(paged_decode_attention_gpu,
+                                                  keys_per_block=16),
+           "gpu-8-pages-per-step": functools.partial(paged_decode_attention_gpu,
+                                                     keys_per_block=128),
+           "tpu": paged_decode_attention_tpu}
+
+
+@pytest.mark.parametrize("kernel", KERNELS.values(), ids=KERNELS.keys())
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{v}" for v in c.values()))
 def test_pallas_kernel_matches_reference_in_interpret_mode(kernel, case):
     got, expected = _kernel_and_reference(kernel, case, interpret=True)
@@ -105,6 +114,44 @@ def _kernel_and_reference(kernel, case, *, interpret):
     with jax.default_matmul_precision("highest"):
         expected = np.asarray(paged_decode_attention_reference(*args, window=window))
     return np.asarray(kernel(*args, window=window, interpret=interpret)), expected
+
+
+@pytest.mark.parametrize("kernel", KERNELS.values(), ids=KERNELS.keys())
+def test_kernels_never_read_entries_past_a_slots_last_page(kernel):
+    """The paged cache marks a slot's unused entries with the pool size, a page that does
+    not exist: a kernel that read one would, on a device, read past the pool. Here the
+    entries point (in interpret mode, clipped) at a last page full of NaN that no slot
+    uses, so a kernel that read it, even masked, would return NaN."""
+    args, _, _ = random_paged_cache(5, lengths=[0, 1, 17, 33, 50, 64], page_size=16,
+                                    kv_heads=2, heads=4, queries=1)
+    q, k_pages, v_pages, page_table, lengths, layer = args
+    pool = k_pages.shape[1]
+    used = -(-lengths // 16)
+    page_table = jnp.where(jnp.arange(page_table.shape[1]) < used[:, None], page_table, pool)
+    unused_page = int(np.setdiff1d(np.arange(pool), np.asarray(page_table)).max())
+    assert unused_page == pool - 1  # where the sentinel's reads are clipped to
+    poisoned = [pages.at[:, unused_page].set(jnp.nan) for pages in (k_pages, v_pages)]
+    expected = paged_decode_attention_reference(q, k_pages, v_pages, page_table, lengths,
+                                                layer)
+    got = kernel(q, *poisoned, page_table, lengths, layer, interpret=True)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=2e-6)
+
+
+@pytest.mark.parametrize("page_size,keys_per_block", [(16, 64), (16, 16), (32, 128)])
+def test_gpu_kernel_lowers_to_triton_without_a_gpu(page_size, keys_per_block):
+    """Interpret mode runs the kernel as jnp: it does not check that Triton can express
+    it. Lowering for CUDA here, on CPU, runs Pallas' Triton lowering on the decoder's own
+    shapes (bfloat16, SmolLM2's 3:1 heads of 64): what a GPU would compile, short of
+    Triton's own compiler."""
+    q = jax.ShapeDtypeStruct((32, 1, 9, 64), jnp.bfloat16)
+    pages = jax.ShapeDtypeStruct((30, 700, 3, page_size, 64), jnp.bfloat16)
+    table = jax.ShapeDtypeStruct((32, 352 // page_size), jnp.int32)
+    lengths, layer = jax.ShapeDtypeStruct((32,), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32)
+    attention = jax.jit(functools.partial(paged_decode_attention_gpu,
+                                          keys_per_block=keys_per_block))
+    lowered = attention.trace(q, pages, pages, table, lengths, layer).lower(
+        lowering_platforms=("cuda",))
+    assert "__gpu$xla.gpu.triton" in lowered.as_text()
 
 
 def test_gpu_kernel_agrees_with_jax_shipped_paged_attention():
