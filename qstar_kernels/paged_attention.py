@@ -1,7 +1,8 @@
 """Paged decode attention: pick the Pallas kernel of the backend, or the ``jnp`` path.
 
 ``implementation``: "auto" takes the Pallas kernel on GPU and TPU and the ``jnp``
-reference on CPU (where XLA fuses the reference well and Pallas only interprets);
+reference on CPU (where XLA fuses the reference well and Pallas only interprets), and on
+a GPU where JAX no longer has Pallas' Triton backend;
 "pallas" or "jnp" forces one. On CPU "pallas" runs the GPU kernel in interpret mode,
 which is for tests, not speed.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import jax
 
+from qstar_kernels import paged_attention_gpu
 from qstar_kernels.paged_attention_gpu import paged_decode_attention_gpu
 from qstar_kernels.paged_attention_reference import paged_decode_attention_reference
 from qstar_kernels.paged_attention_tpu import paged_decode_attention_tpu
@@ -24,7 +26,9 @@ def resolve_implementation(implementation: str, platform: str | None = None) -> 
         raise ValueError(f"attention implementation must be one of {IMPLEMENTATIONS}, got "
                          f"{implementation!r}")
     platform = jax.default_backend() if platform is None else platform
-    if implementation == "jnp" or (implementation == "auto" and platform == "cpu"):
+    gpu = platform in ("gpu", "cuda", "rocm")
+    if implementation == "jnp" or (implementation == "auto" and (
+            platform == "cpu" or (gpu and paged_attention_gpu.plgpu is None))):
         return "jnp"
     return {"gpu": "pallas_gpu", "cuda": "pallas_gpu", "rocm": "pallas_gpu",
             "tpu": "pallas_tpu"}.get(platform, "pallas_interpret")

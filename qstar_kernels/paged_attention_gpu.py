@@ -13,6 +13,10 @@ copy a whole layer of the pool into the custom call every layer of every token; 
 one query per slot and no causal mask among several. This kernel reads the layer's pages
 in place from ``[L, P, K, S, D]``. The two agree where both apply
 (``tests/kernels/test_paged_attention.py``).
+
+JAX 0.11 deprecates Pallas' Triton backend (a warning at each lowering) in favour of
+Mosaic GPU; where a JAX has removed it, this module still imports and ``auto`` takes the
+``jnp`` path on GPUs (``paged_attention.resolve_implementation``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as plgpu
+try:
+    from jax.experimental.pallas import triton as plgpu
+except ImportError:  # JAX 0.11 deprecates Pallas' Triton backend and will remove it
+    plgpu = None
 
 from qstar_kernels.online_softmax import fold_page, finish, initial_state, mask_scores
 from qstar_kernels.paged_attention_layout import first_page, from_rows, row_positions, to_rows
@@ -80,6 +87,10 @@ def paged_decode_attention_gpu(q: jax.Array, k_pages: jax.Array, v_pages: jax.Ar
     two of at least 16 (Triton's block rules); ``interpret=True`` runs it on CPU, where
     any sizes do. Each step of a program's loop reads ``keys_per_block // page_size``
     pages (at least one) together."""
+    if plgpu is None:
+        raise RuntimeError(f"JAX {jax.__version__} has no Pallas Triton backend, which the "
+                           "GPU paged-attention kernel is written for: use the jnp path "
+                           "(attention='jnp', or 'auto', which falls back to it)")
     check_paged_inputs(q, k_pages, v_pages, page_table, lengths)
     batch, num_queries, heads, head_dim = q.shape
     kv_heads, page_size = k_pages.shape[2], k_pages.shape[3]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from jax.experimental.pallas.ops.gpu import paged_attention as jax_paged_attention
 
+from qstar_kernels import paged_attention_gpu
 from qstar_kernels import (paged_decode_attention, paged_decode_attention_gpu,
                      paged_decode_attention_reference, paged_decode_attention_tpu,
                      resolve_implementation)
@@ -141,16 +142,21 @@ def test_kernels_never_read_entries_past_a_slots_last_page(kernel):
 def test_gpu_kernel_lowers_to_triton_without_a_gpu(page_size, keys_per_block):
     """Interpret mode runs the kernel as jnp: it does not check that Triton can express
     it. Lowering for CUDA here, on CPU, runs Pallas' Triton lowering on the decoder's own
-    shapes (bfloat16, SmolLM2's 3:1 heads of 64): what a GPU would compile, short of
-    Triton's own compiler."""
+    shapes (bfloat16, SmolLM2's 3:1 heads of 64) for an H200: what a GPU would compile,
+    short of Triton's own compiler."""
     q = jax.ShapeDtypeStruct((32, 1, 9, 64), jnp.bfloat16)
     pages = jax.ShapeDtypeStruct((30, 700, 3, page_size, 64), jnp.bfloat16)
     table = jax.ShapeDtypeStruct((32, 352 // page_size), jnp.int32)
     lengths, layer = jax.ShapeDtypeStruct((32,), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32)
     attention = jax.jit(functools.partial(paged_decode_attention_gpu,
                                           keys_per_block=keys_per_block))
-    lowered = attention.trace(q, pages, pages, table, lengths, layer).lower(
-        lowering_platforms=("cuda",))
+    # JAX 0.11 asks which GPU the Triton code is for where none is present (0.10 does not).
+    h200 = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", num_cores=132,
+                                       platform="gpu")
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",),
+                                                                  abstract_device=h200)):
+        lowered = attention.trace(q, pages, pages, table, lengths, layer).lower(
+            lowering_platforms=("cuda",))
     assert "__gpu$xla.gpu.triton" in lowered.as_text()
 
 
@@ -176,6 +182,19 @@ def test_auto_takes_jnp_on_cpu_and_pallas_on_accelerators():
     assert resolve_implementation("jnp", "tpu") == "jnp"
     with pytest.raises(ValueError, match="one of"):
         resolve_implementation("triton")
+
+
+def test_a_jax_without_pallas_triton_takes_the_jnp_path_on_gpus(monkeypatch):
+    """JAX 0.11 deprecates Pallas' Triton backend: once a JAX drops it, ``auto`` decodes
+    on the jnp path on a GPU, and the kernel, asked for, says why it cannot run."""
+    monkeypatch.setattr(paged_attention_gpu, "plgpu", None)
+    assert resolve_implementation("auto", "gpu") == "jnp"
+    assert resolve_implementation("auto", "tpu") == "pallas_tpu"
+    args, _, _ = random_paged_cache(3, lengths=[5, 20], page_size=16, kv_heads=1, heads=2,
+                                    queries=1)
+    # Not jitted, so no trace another test cached before the patch answers for it.
+    with jax.disable_jit(), pytest.raises(RuntimeError, match="no Pallas Triton backend"):
+        paged_decode_attention_gpu(*args, interpret=True)
 
 
 def test_forced_pallas_on_cpu_interprets_the_gpu_kernel():
