@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-jax011 bench device-files clean
+.PHONY: setup run test test-jax011 bench gpu-program device-files clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,16 @@ test-jax011:
 
 bench: $(STAMP)
 	$(PY) experiments/bench_decode.py
+
+# What XLA:GPU compiles of the decoder's token loop, for an H200, on this machine without a
+# GPU (experiments/gpu_program.py): this JAX's CUDA plugin into .cuda_plugin/ (some 180 MB)
+# first. ARGS passes arguments through.
+JAX_VERSION = $(shell $(PY) -c 'import jax; print(jax.__version__)' 2>/dev/null)
+gpu-program: $(STAMP)
+	test -d .cuda_plugin || $(PY) -m pip install -q --no-deps --target .cuda_plugin \
+	  jax-cuda12-plugin==$(JAX_VERSION) jax-cuda12-pjrt==$(JAX_VERSION)
+	JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 PYTHONPATH=.cuda_plugin \
+	  $(PY) experiments/gpu_program.py $(ARGS)
 
 # What experiments/device_checks.sh needs that the device machine's image (Python 3.12,
 # JAX 0.11, no network, 64 MiB a call) lacks: into .whl/, wheels for its Python, two

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Every check that needs the GPU machine, in one call of the device tool (issue 18), most
 # wanted first: decode throughput against the HBM roofline in bfloat16 (Llama-3.2-1B's
-# shape, random weights) on row slots, the layers read as by default and with transposed
-# attention projections; the paged decode-attention kernel alone against the jnp path,
-# at several keys a step; bench_search's five runs in bfloat16 on SmolLM2's
-# shape with random weights (the GGUF is over what a call carries), ours and
-# transformers' both on the GPU; the decode throughput with the layers' weights read in
+# shape, random weights) on row slots, the layers read as by default (the attention's
+# projections transposed) and with the plain per-layer copy; the paged decode-attention
+# kernel alone against the jnp path, at several keys a step; bench_search's five runs in
+# bfloat16 on SmolLM2's shape with random weights (the GGUF is over what a call carries),
+# ours and transformers' both on the GPU; the decode throughput with the layers' weights read in
 # the other ways and with CUDA graphs, and on pages with the kernel and with the jnp
 # path; the paged decode-attention kernel compiled on the GPU against its jnp reference;
 # (a) again on the jnp path; and, alongside them on cores of its own, the test suite on
@@ -90,12 +90,13 @@ fi
 read -r -a batches <<<"${BATCHES:-1 8 32}"
 bench=("${gpu_steps[@]}" "$py" experiments/bench_decode.py --random-llama "$model"
        --batches "${batches[@]}" --reps 5 --no-matmul-cap)
-# Row slots as the decoder reads the layers by default (one array per layer on a GPU),
-# then with the attention's projections held transposed: XLA:GPU turns a small-batch
-# projection into a reduction, a column reduction over [in, out] kernels (RowLinear).
+# Row slots as the decoder reads the layers by default on a GPU (one array per layer, the
+# attention's projections held [out, in]: RowLinear), then as it did before, [in, out],
+# where XLA:GPU stores a batch-1 projection's products and reduces them in a second kernel
+# (experiments/gpu_program.py).
 step bench_decode_rows 90 "${bench[@]}" --trace "$traces/rows"
-step bench_decode_rows_transposed 90 "${bench[@]}" --layer-weights per-layer-transposed \
-  --trace "$traces/rows_transposed"
+step bench_decode_rows_plain 90 "${bench[@]}" --layer-weights per-layer \
+  --trace "$traces/rows_plain"
 # The paged kernel alone against the decoder's jnp path on a search round's rows
 # (SmolLM2's heads), its page loop reading 16 to 128 keys a step.
 step bench_paged_attention 60 "${gpu_steps[@]}" "$py" experiments/bench_paged_attention.py

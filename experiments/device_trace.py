@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gzip
 import json
 import re
@@ -93,11 +94,19 @@ def kernel_name(instruction: str) -> str:
     return re.sub(r"[.\-]", "_", instruction)
 
 
-def fusion_contents(hlo_text: str) -> dict[str, str]:
-    """For each fusion instruction of an optimized HLO module, by its kernel name: its
-    fused computation's operations in order (parameters, constants and bitcasts left out),
-    the JAX operations they came from (the last part of each ``op_name``), and the
-    shapes it reads and writes."""
+@dataclasses.dataclass(frozen=True)
+class Fusion:
+    """A fusion instruction of an optimized HLO module and what its computation holds."""
+    shape: str  # what it writes
+    opcodes: list[str]  # its computation's operations in order, less parameters,
+    #                     constants, bitcasts and tuples
+    sources: list[str]  # the JAX operations they came from (the end of each op_name)
+    reads: list[str]  # its parameters' shapes
+    root: str  # the opcode of its computation's root ("dynamic-update-slice": in place)
+
+
+def parse_fusions(hlo_text: str) -> dict[str, Fusion]:
+    """Every fusion instruction of an optimized HLO module, by its instruction name."""
     computations: dict[str, list[tuple[str, str, str]]] = {}  # name -> (shape, opcode, line)
     fusions: dict[str, tuple[str, str]] = {}  # instruction -> (shape, computation)
     current = None
@@ -114,19 +123,33 @@ def fusion_contents(hlo_text: str) -> dict[str, str]:
         called = re.search(r"calls=%?([\w.\-]+)", line)
         if opcode == "fusion" and called:
             fusions[name] = (shape, called.group(1))
-    contents = {}
+    parsed = {}
     for name, (shape, called) in fusions.items():
         body = computations.get(called, [])
-        opcodes = list(dict.fromkeys(op for _, op, _ in body if op not in _SKIPPED_OPCODES))
-        sources = list(dict.fromkeys(
-            match.group(1).rsplit("/", 1)[-1] for _, _, line in body
-            for match in [re.search(r'op_name="([^"]+)"', line)] if match))
-        reads = [shape for shape, op, _ in body if op == "parameter"]
-        contents[kernel_name(name)] = (
-            f"{', '.join(opcodes) or 'nothing'}"
-            + (f" (from {', '.join(sources)})" if sources else "")
-            + f"; reads {' '.join(reads) or 'nothing'}; writes {shape}")
-    return contents
+        roots = [op for _, op, line in body if line.lstrip().startswith("ROOT ")]
+        parsed[name] = Fusion(
+            shape=shape,
+            opcodes=list(dict.fromkeys(op for _, op, _ in body if op not in _SKIPPED_OPCODES)),
+            sources=list(dict.fromkeys(
+                match.group(1).rsplit("/", 1)[-1] for _, _, line in body
+                for match in [re.search(r'op_name="([^"]+)"', line)] if match)),
+            reads=[shape for shape, op, _ in body if op == "parameter"],
+            root=roots[0] if roots else "")
+    return parsed
+
+
+def describe(fusion: Fusion) -> str:
+    """"multiply, reduce (from dot_general); reads ...; writes ...": what it computes."""
+    return (f"{', '.join(fusion.opcodes) or 'nothing'}"
+            + (f" (from {', '.join(fusion.sources)})" if fusion.sources else "")
+            + f"; reads {' '.join(fusion.reads) or 'nothing'}; writes {fusion.shape}")
+
+
+def fusion_contents(hlo_text: str) -> dict[str, str]:
+    """For each fusion instruction of an optimized HLO module, by its kernel name: what
+    it computes (``describe``)."""
+    return {kernel_name(name): describe(fusion)
+            for name, fusion in parse_fusions(hlo_text).items()}
 
 
 def print_summary(label: str, figures: dict, wall_s: float | None = None,

@@ -176,8 +176,10 @@ class DecodeConfig:
     # copy split per layer on CPU and GPU, twice the layers' memory for a decode step 1.7x
     # (batch 1) to 2.1x (batch 8) as fast on an H200 (README, "GPU and TPU");
     # "per-layer-transposed" the same copy with the attention's projections held [out, in]
-    # (for XLA:GPU's small-batch products; not yet measured on a GPU); "stacked" holds them
-    # once and scans over them (the TPU's auto); memory_plan counts either.
+    # (XLA:GPU then computes a batch-1 projection in one kernel instead of storing its
+    # products for a second: experiments/gpu_program.py; the GPU's auto unless a mesh
+    # splits the heads; not yet timed on a GPU); "stacked" holds them once and scans over
+    # them (the TPU's auto); memory_plan counts either.
     layer_weights: str = "auto"
 
     @property

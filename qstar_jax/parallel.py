@@ -59,6 +59,12 @@ class ShardingRules:
                              f"({axes})")
         return PartitionSpec(*axes)
 
+    def splits(self, logical: str, mesh: Mesh) -> bool:
+        """Whether these rules spread logical axis ``logical`` over more than one device
+        of ``mesh``."""
+        axis = getattr(self, logical)
+        return axis is not None and mesh.shape[axis] > 1
+
     def for_model(self, config: ModelConfig, mesh: Mesh) -> ShardingRules:
         """These rules with every logical axis the mesh cannot split evenly for ``config``
         replicated."""

@@ -79,7 +79,8 @@ class Decoder:
     distinct padded row count is a compiled variant); 0: one call computes every row
     until the last one ends. layer_weights: how the token loops read the layers' weights,
     one of ``weights.LAYER_WEIGHTS`` ("per-layer" holds them twice; "auto": per layer on
-    CPU and GPU, see ``decoding/weights``).
+    CPU and GPU, on a GPU with the attention's projections transposed unless a mesh
+    splits the heads; see ``decoding/weights``).
     shared_prefix: a trie round's rows attend to their group's prefix once, all the
     group's queries together, and to their own steps apart (``models/shared_prefix``;
     not for a model with a sliding window). Off by default: on 2 CPU cores it did not
@@ -121,7 +122,10 @@ class Decoder:
                              "decoder without it for this model")
         self.shared_prefix = shared_prefix
         graphdef = nnx.graphdef(model)
-        self._weights = DecoderWeights.of(model, layer_weights)
+        if mesh is not None:
+            rules = rules.for_model(self.config, mesh)
+        self._weights = DecoderWeights.of(
+            model, layer_weights, heads_split=mesh is not None and rules.splits("heads", mesh))
         if cache_dtype is None:
             cache_dtype = model.embed_tokens.embedding[...].dtype
         make_cache = functools.partial(init_cache, self.config, slots=num_slots,
@@ -141,7 +145,6 @@ class Decoder:
             self.cache = jax.device_put(make_cache(), self._weights.device)
         else:
             check_slots(mesh, num_slots)
-            rules = rules.for_model(self.config, mesh)
             slot_axis = rules.slots
             self._weights = place(self._weights, weight_shardings(self._weights, mesh, rules))
             cache_sharding = (cache_shardings(mesh, rules) if paging is None
@@ -429,11 +432,12 @@ class Decoder:
         """Each row's slot within its shard, padding rows marked one past a shard's last."""
         return layout.place(self.pool.local_ids(slots), self.pool.slots_per_shard)
 
-    def compiled_text(self, name: str) -> str:
+    def compiled_text(self, name: str, device: jax.Device | None = None) -> str:
         """The optimized HLO of the jitted ``name`` ("prefill", "fork", "sample_step",
         "sample_trie" or on pages "copy_pages") compiled for its last call's argument
-        shapes and shardings: what such a call computes and moves between devices."""
+        shapes and shardings (or all on ``device``, ``LastCall.compiled_text``): what
+        such a call computes and moves between devices."""
         functions = {"prefill": self._prefill, "fork": self._fork,
                      "sample_step": self._sample_step, "sample_trie": self._sample_trie,
                      "copy_pages": self._copy_pages}
-        return functions[name].compiled_text()
+        return functions[name].compiled_text(device)

@@ -25,13 +25,20 @@ class LastCall:
         with self._context():
             return self._jitted(*args)
 
-    def compiled_text(self) -> str:
+    def compiled_text(self, device: jax.Device | None = None) -> str:
+        """The optimized HLO for the last call's argument shapes and shardings, or with
+        every argument on ``device`` instead (one device; a compile-only device of
+        ``jax.experimental.topologies`` compiles for hardware this machine lacks)."""
         if self._args is None:
             raise ValueError("the function has not been called yet: call it once first")
+
+        def sharding(x):
+            if device is not None:
+                return jax.sharding.SingleDeviceSharding(device)
+            return x.sharding if x.committed else None
         # Shapes and shardings only: a donated argument's buffers are gone.
-        args = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-            x.shape, x.dtype, sharding=x.sharding if x.committed else None)
-            if isinstance(x, jax.Array) else x, self._args)
+        args = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding(x))
+                            if isinstance(x, jax.Array) else x, self._args)
         with self._context():
             return self._jitted.lower(*args).compile().as_text()
 

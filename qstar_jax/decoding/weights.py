@@ -11,7 +11,9 @@ weights split per layer there, at the cost of holding the layers' weights twice;
 prefill keeps the scan, whose products dwarf the copies and which compiles in a fraction
 of an unrolled stack's time. The copy may hold the attention's projections transposed
 (``per-layer-transposed``, ``RowLinear``): the same products, laid out for the reductions
-XLA:GPU makes of small-batch ones; unmeasured on a GPU yet, and no faster on a CPU.
+XLA:GPU makes of batch-1 ones, each then one kernel reading its weights once (compiled for
+an H200 here, ``experiments/gpu_program.py``; not yet timed on one), and no faster on a
+CPU; "auto" holds it so on a GPU.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from qstar_jax.models.llama import LlamaModel, unstack_layers
 # looped over in Python), "per-layer-transposed" (the same with the attention's
 # projections held [out, in]: ``RowLinear``), "stacked" (slices of the stacked arrays
 # under a scan), or "unrolled" (the same scan fully unrolled, so every slice is at a
-# constant index); "auto" picks per layer on CPU and GPU, where it was measured faster,
+# constant index); "auto" picks the per-layer copy on CPU and GPU, where it was measured
+# faster than the scan, transposed on a GPU (where XLA:GPU otherwise stores each batch-1
+# projection's products to reduce them in a second kernel: experiments/gpu_program.py),
 # and the scan elsewhere (TPU), which holds the weights once.
 LAYER_WEIGHTS = ("auto", "per-layer", "per-layer-transposed", "stacked", "unrolled")
 # The modes that hold a copy of the layers beside the stacked weights.
@@ -45,9 +49,11 @@ class DecoderWeights:
     unroll: bool = False  # with layers None: unroll the scan
 
     @classmethod
-    def of(cls, model: LlamaModel, layer_weights: str = "auto") -> DecoderWeights:
-        """The weights for token loops that read the layers as ``layer_weights`` says."""
-        mode = resolve_layer_weights(layer_weights)
+    def of(cls, model: LlamaModel, layer_weights: str = "auto", *,
+           heads_split: bool = False) -> DecoderWeights:
+        """The weights for token loops that read the layers as ``layer_weights`` says
+        (``resolve_layer_weights``)."""
+        mode = resolve_layer_weights(layer_weights, heads_split=heads_split)
         if mode in COPYING_LAYER_WEIGHTS:
             layer_def, layers = unstack_layers(
                 model, transpose_projections=mode == "per-layer-transposed")
@@ -73,12 +79,17 @@ class DecoderWeights:
         return {"layers": self.layers, "layer_def": self.layer_def, "unroll": self.unroll}
 
 
-def resolve_layer_weights(layer_weights: str, backend: str | None = None) -> str:
+def resolve_layer_weights(layer_weights: str, backend: str | None = None, *,
+                          heads_split: bool = False) -> str:
     """``layer_weights`` with "auto" resolved for ``backend`` ("cpu", "gpu", "tpu", ...;
-    default: JAX's default backend)."""
+    default: JAX's default backend). ``heads_split``: a mesh splits the attention heads
+    over devices, which a transposed copy's fused q/k/v rows would not be (they would be
+    held whole on every device), so "auto" keeps the plain copy there."""
     if layer_weights not in LAYER_WEIGHTS:
         raise ValueError(f"layer_weights must be one of {LAYER_WEIGHTS}, got {layer_weights!r}")
-    if layer_weights == "auto":
-        backend = backend or jax.default_backend()
-        return "per-layer" if backend in ("cpu", "gpu") else "stacked"
-    return layer_weights
+    if layer_weights != "auto":
+        return layer_weights
+    backend = backend or jax.default_backend()
+    if backend in ("gpu", "cuda", "rocm"):
+        return "per-layer" if heads_split else "per-layer-transposed"
+    return "per-layer" if backend == "cpu" else "stacked"

@@ -1,0 +1,206 @@
+"""What XLA:GPU makes of the decoder's token loop, compiled here for a GPU this machine lacks.
+
+JAX's CUDA plugin compiles for a compile-only device that a target description stands
+for (``jax.experimental.topologies``; ``experiments/gpu_targets/h200.txtpb``, an H200's
+compute capability 9.0, SM count, memory and bandwidth written as XLA's target configs
+are). This builds bench_decode's random-weight Llama (``--random-llama``, bfloat16) and a
+decoder for it on the CPU, runs one short step call (so the decoder holds the call's
+arguments), compiles that call's token loop for the device (``Decoder.compiled_text``)
+and reads the optimized HLO: the kernels one token launches (the fusions and custom calls
+of the loop's body, a conditional counted by its larger branch), those per layer, how
+many of each kind (``device_trace.describe``: what a fusion computes, reads and writes),
+and the bytes a token's products write to memory on their way (loop fusions lowered from
+``dot_general`` that write 1 MiB or more: a product XLA computes as a multiply, stores,
+and reduces in another kernel).
+
+What it does not show: how long anything takes. Nothing runs, and XLA picks its matrix
+products' tilings without autotuning (which times candidates on the device). The fusions,
+their count and what each reads and writes are XLA:GPU's own (the same passes run), their
+speed is not; the device runs (``device_checks.sh``) time them.
+
+    python experiments/gpu_program.py [--random-llama 1b] [--batches 1 8]
+        [--layer-weights per-layer per-layer-transposed] [--target h200] [--top 12]
+
+Needs this JAX version's CUDA plugin on the path: ``make gpu-program`` installs
+jax-cuda12-plugin and jax-cuda12-pjrt into .cuda_plugin/ and runs this with it (and with
+JAX_SKIP_CUDA_CONSTRAINTS_CHECK set: there is no CUDA runtime to check). ``--target cpu``
+compiles for this machine's CPU instead (what the test runs).
+
+Prints each setting's kernels and, as its last line, JSON: {"target", "model", "runs":
+[{"layer_weights", "batch", "kernels_per_token", "kernels_per_layer",
+"products_written_mb_per_token", "kinds": {description: kernels per token, the --top
+most frequent}}]}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from bench_decode import RANDOM_LLAMAS
+from device_trace import Fusion, describe, parse_fusions
+from qstar_jax.decoding.engine import Decoder
+from qstar_jax.decoding.sampling import SamplingParams
+from qstar_jax.models.config import ModelConfig
+from qstar_jax.models.llama import LlamaModel
+
+TARGETS = Path(__file__).parent / "gpu_targets"
+PRODUCT_BYTES = 1 << 20  # a materialized product: a loop fusion from dot_general this big
+_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4,
+          "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
+_ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
+_CALL = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*? (fusion|custom-call|conditional|while)\(")
+_HEADER = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) \(.*\) -> .* \{$")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--random-llama", choices=sorted(RANDOM_LLAMAS), default="1b")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--layer-weights", nargs="+",
+                        default=["per-layer", "per-layer-transposed"])
+    parser.add_argument("--target", default="h200",
+                        help="a description in experiments/gpu_targets/ (without .txtpb), "
+                             "or cpu: this machine's CPU")
+    parser.add_argument("--top", type=int, default=12, help="kinds of kernel listed per run")
+    return parser.parse_args()
+
+
+def target_device(name: str) -> jax.Device:
+    """The device to compile for: a compile-only GPU of the named description, or CPU."""
+    if name == "cpu":
+        return jax.devices("cpu")[0]
+    from jax.experimental import topologies
+    description = TARGETS / f"{name}.txtpb"
+    if not description.exists():
+        raise SystemExit(f"no target {name!r}: the descriptions are "
+                         f"{sorted(p.stem for p in TARGETS.glob('*.txtpb'))}")
+    try:
+        topology = topologies.get_topology_desc(
+            platform="cuda", target_config=description.read_text(), topology="1x1x1")
+    except Exception as error:  # the plugin missing, or a JAX without compile-only GPUs
+        raise SystemExit(f"cannot compile for a GPU here ({error}): `make gpu-program` "
+                         "installs this JAX's CUDA plugin and runs this script with it")
+    return topology.devices[0]
+
+
+def array_bytes(shape: str) -> int:
+    """Bytes of an HLO shape ("bf16[8,2048]{1,0}", or a tuple of them)."""
+    return sum(_BYTES.get(dtype, 4) * int(np.prod([int(d) for d in dims.split(",") if d]))
+               for dtype, dims in _ARRAY.findall(shape))
+
+
+def computations(hlo_text: str) -> dict[str, list[str]]:
+    """Each computation's instruction lines, by name."""
+    bodies: dict[str, list[str]] = {}
+    current = None
+    for line in hlo_text.splitlines():
+        header = _HEADER.match(line)
+        if header:
+            current = bodies.setdefault(header.group(1), [])
+        elif current is not None and line.strip() not in ("", "}"):
+            current.append(line)
+    return bodies
+
+
+def kernels(body: str, bodies: dict[str, list[str]]) -> list[str]:
+    """The kernels a run of computation ``body`` launches: its fusions and custom calls,
+    a conditional's larger branch, a nested loop's body once."""
+    launched = []
+    for line in bodies[body]:
+        call = _CALL.match(line)
+        if call is None:
+            continue
+        name, opcode = call.groups()
+        if opcode in ("fusion", "custom-call"):
+            launched.append(name)
+        elif opcode == "conditional":
+            branches = re.findall(r"(?:true|false)_computation=%?([\w.\-]+)", line) or \
+                re.findall(r"%?([\w.\-]+)", re.search(r"branch_computations=\{([^}]*)\}",
+                                                       line).group(1))
+            launched += max((kernels(branch, bodies) for branch in branches), key=len)
+        else:  # a while loop inside the token's
+            launched += kernels(re.search(r"body=%?([\w.\-]+)", line).group(1), bodies)
+    return launched
+
+
+def token_loop_kernels(hlo_text: str) -> list[str]:
+    """The kernels of the module's busiest while loop's body: one token's."""
+    bodies = computations(hlo_text)
+    loop_bodies = re.findall(r"while\(.*?body=%?([\w.\-]+)", hlo_text)
+    if not loop_bodies:
+        raise ValueError("the program has no while loop: not a token loop")
+    return max((kernels(body, bodies) for body in loop_bodies), key=len)
+
+
+def writes_a_product(fusion: Fusion) -> bool:
+    """A loop fusion that stores the elementwise part of a matrix product (1 MiB or more)
+    for another kernel to reduce: not a product itself (a dot), not a reduction, and not
+    an update of a buffer in place (the cache write: its root a scatter or a
+    dynamic-update-slice)."""
+    return ("dot_general" in fusion.sources and "dot" not in fusion.opcodes
+            and fusion.root not in ("reduce", "dynamic-update-slice", "scatter")
+            and array_bytes(fusion.shape) >= PRODUCT_BYTES)
+
+
+def analyse(hlo_text: str, num_layers: int) -> dict:
+    """One token's kernels in ``hlo_text`` (the step loop's optimized HLO), counted."""
+    fusions = parse_fusions(hlo_text)
+    launched = token_loop_kernels(hlo_text)
+    kinds = Counter(describe(fusions[name]) if name in fusions else "custom call"
+                    for name in launched)
+    products = sum(array_bytes(fusions[name].shape) for name in launched
+                   if name in fusions and writes_a_product(fusions[name]))
+    return {"kernels_per_token": len(launched),
+            "kernels_per_layer": round(len(launched) / num_layers, 2),
+            "products_written_mb_per_token": round(products / 1e6, 1),
+            "kinds": dict(kinds.most_common())}
+
+
+def step_loop_text(cfg: ModelConfig, layer_weights: str, batch: int,
+                   device: jax.Device) -> str:
+    """The optimized HLO of the decoder's step loop for ``batch`` rows, compiled for
+    ``device`` after one short call on the CPU."""
+    model = LlamaModel(cfg, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    decoder = Decoder(model, num_slots=batch, max_len=256,
+                      newline_table=np.zeros(cfg.vocab_size, bool), eos_ids=[],
+                      layer_weights=layer_weights)
+    slots = decoder.allocate(batch)
+    decoder.prefill(slots, [[3, 5, 7, 9] * 8] * batch)
+    decoder.sample_steps(slots, problem_keys=jax.random.split(jax.random.key(0), batch),
+                         node_ids=[0] * batch, params=SamplingParams.make(batch), max_tokens=2)
+    return decoder.compiled_text("sample_step", device)
+
+
+def main() -> None:
+    args = parse_args()
+    device = target_device(args.target)
+    cfg = ModelConfig.from_hf(RANDOM_LLAMAS[args.random_llama])
+    print(f"random-weight Llama ({args.random_llama}), bfloat16, its step loop compiled for "
+          f"{device.device_kind} ({args.target}) on this machine: one token's kernels")
+    runs = []
+    for layer_weights in args.layer_weights:
+        for batch in args.batches:
+            figures = analyse(step_loop_text(cfg, layer_weights, batch, device),
+                              cfg.num_layers)
+            kinds = dict(list(figures.pop("kinds").items())[:args.top])
+            runs.append({"layer_weights": layer_weights, "batch": batch, **figures,
+                         "kinds": kinds})
+            print(f"{layer_weights}, batch {batch}: {figures['kernels_per_token']} kernels a "
+                  f"token ({figures['kernels_per_layer']} a layer), products written "
+                  f"{figures['products_written_mb_per_token']} MB a token")
+            for kind, count in kinds.items():
+                print(f"  {count:5d}x {kind[:200]}")
+    print(json.dumps({"target": args.target, "model": args.random_llama, "runs": runs}))
+
+
+if __name__ == "__main__":
+    main()

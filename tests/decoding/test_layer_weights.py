@@ -1,0 +1,51 @@
+"""How the decoder's token loops read the layers' weights when told "auto"."""
+
+import numpy as np
+import pytest
+from jax.sharding import AbstractMesh
+
+from qstar_jax.decoding import weights
+from qstar_jax.decoding.engine import Decoder
+from qstar_jax.decoding.weights import resolve_layer_weights
+from qstar_jax.models.config import ModelConfig
+from qstar_jax.parallel import ShardingRules
+
+
+@pytest.mark.parametrize("backend, heads_split, resolved", [
+    ("cpu", False, "per-layer"), ("cpu", True, "per-layer"),
+    # On a GPU the attention's projections transposed (one kernel per batch-1 product
+    # rather than a stored product and a reduction: experiments/gpu_program.py) ...
+    ("gpu", False, "per-layer-transposed"), ("cuda", False, "per-layer-transposed"),
+    # ... unless a mesh splits the heads, which the fused q/k/v rows would not be.
+    ("gpu", True, "per-layer"),
+    ("tpu", False, "stacked"), ("tpu", True, "stacked")])
+def test_auto_resolves_by_backend_and_mesh(backend, heads_split, resolved):
+    assert resolve_layer_weights("auto", backend, heads_split=heads_split) == resolved
+
+
+def test_a_named_reading_is_kept_and_a_bad_one_refused():
+    assert resolve_layer_weights("stacked", "gpu") == "stacked"
+    assert resolve_layer_weights("per-layer-transposed", "gpu", heads_split=True) == \
+        "per-layer-transposed"
+    with pytest.raises(ValueError, match="must be one of"):
+        resolve_layer_weights("per_layer", "gpu")
+
+
+def test_a_mesh_splits_the_heads_only_over_a_model_axis_that_divides_them():
+    config = ModelConfig(model_type="llama", vocab_size=64, hidden_size=32,
+                         intermediate_size=64, num_layers=1, num_heads=4, num_kv_heads=2,
+                         head_dim=8, rms_norm_eps=1e-5)
+    rules = ShardingRules()
+    for shape, split in (((4, 1), False), ((2, 2), True), ((1, 4), True), ((1, 3), False)):
+        mesh = AbstractMesh(shape, ("data", "model"))
+        assert rules.for_model(config, mesh).splits("heads", mesh) == split, shape
+
+
+def test_a_decoder_on_a_gpu_reads_the_transposed_copy(monkeypatch, random_model):
+    """What a one-GPU decoder holds, its backend faked on this CPU."""
+    newlines = np.zeros(random_model.config.vocab_size, bool)
+    assert Decoder(random_model, num_slots=2, max_len=16,
+                   newline_table=newlines).layer_weights == "per-layer"
+    monkeypatch.setattr(weights.jax, "default_backend", lambda: "gpu")
+    assert Decoder(random_model, num_slots=2, max_len=16,
+                   newline_table=newlines).layer_weights == "per-layer-transposed"
