@@ -105,24 +105,30 @@ class Fusion:
     root: str  # the opcode of its computation's root ("dynamic-update-slice": in place)
 
 
-def parse_fusions(hlo_text: str) -> dict[str, Fusion]:
-    """Every fusion instruction of an optimized HLO module, by its instruction name."""
-    computations: dict[str, list[tuple[str, str, str]]] = {}  # name -> (shape, opcode, line)
-    fusions: dict[str, tuple[str, str]] = {}  # instruction -> (shape, computation)
+def computation_lines(hlo_text: str) -> dict[str, list[str]]:
+    """Each computation of an HLO module's text: its instruction lines, by its name."""
+    computations: dict[str, list[str]] = {}
     current = None
     for line in hlo_text.splitlines():
         header = _COMPUTATION.match(line)
         if header:
             current = computations.setdefault(header.group(1), [])
-            continue
-        instruction = _INSTRUCTION.match(line)
-        if instruction is None or current is None:
-            continue
-        name, shape, opcode = instruction.groups()
-        current.append((shape, opcode, line))
-        called = re.search(r"calls=%?([\w.\-]+)", line)
-        if opcode == "fusion" and called:
-            fusions[name] = (shape, called.group(1))
+        elif current is not None and _INSTRUCTION.match(line):
+            current.append(line)
+    return computations
+
+
+def parse_fusions(hlo_text: str) -> dict[str, Fusion]:
+    """Every fusion instruction of an optimized HLO module, by its instruction name."""
+    computations: dict[str, list[tuple[str, str, str]]] = {}  # name -> (shape, opcode, line)
+    fusions: dict[str, tuple[str, str]] = {}  # instruction -> (shape, computation)
+    for computation, lines in computation_lines(hlo_text).items():
+        for line in lines:
+            name, shape, opcode = _INSTRUCTION.match(line).groups()
+            computations.setdefault(computation, []).append((shape, opcode, line))
+            called = re.search(r"calls=%?([\w.\-]+)", line)
+            if opcode == "fusion" and called:
+                fusions[name] = (shape, called.group(1))
     parsed = {}
     for name, (shape, called) in fusions.items():
         body = computations.get(called, [])

@@ -46,7 +46,7 @@ import numpy as np
 from flax import nnx
 
 from bench_decode import RANDOM_LLAMAS
-from device_trace import Fusion, describe, parse_fusions
+from device_trace import Fusion, computation_lines, describe, parse_fusions
 from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.models.config import ModelConfig
@@ -58,7 +58,6 @@ _BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, 
           "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
 _ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
 _CALL = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*? (fusion|custom-call|conditional|while)\(")
-_HEADER = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) \(.*\) -> .* \{$")
 
 
 def parse_args() -> argparse.Namespace:
@@ -98,19 +97,6 @@ def array_bytes(shape: str) -> int:
                for dtype, dims in _ARRAY.findall(shape))
 
 
-def computations(hlo_text: str) -> dict[str, list[str]]:
-    """Each computation's instruction lines, by name."""
-    bodies: dict[str, list[str]] = {}
-    current = None
-    for line in hlo_text.splitlines():
-        header = _HEADER.match(line)
-        if header:
-            current = bodies.setdefault(header.group(1), [])
-        elif current is not None and line.strip() not in ("", "}"):
-            current.append(line)
-    return bodies
-
-
 def kernels(body: str, bodies: dict[str, list[str]]) -> list[str]:
     """The kernels a run of computation ``body`` launches: its fusions and custom calls,
     a conditional's larger branch, a nested loop's body once."""
@@ -134,7 +120,7 @@ def kernels(body: str, bodies: dict[str, list[str]]) -> list[str]:
 
 def token_loop_kernels(hlo_text: str) -> list[str]:
     """The kernels of the module's busiest while loop's body: one token's."""
-    bodies = computations(hlo_text)
+    bodies = computation_lines(hlo_text)
     loop_bodies = re.findall(r"while\(.*?body=%?([\w.\-]+)", hlo_text)
     if not loop_bodies:
         raise ValueError("the program has no while loop: not a token loop")

@@ -54,9 +54,9 @@ def _kernel(lengths_ref, layer_ref, page_table_ref, q_ref, k_ref, v_ref, o_ref, 
     first, end = first_page(length, num_queries, page_size, window), pl.cdiv(length, page_size)
 
     def one_block(index, state):
-        # The block's page-table entries, read at once: past the slot's last page they are
-        # the pool-size sentinel (or past the table), so those read page 0, whose keys
-        # lie past every query and are masked.
+        # The block's page-table entries, read at once. Past the slot's last page an entry
+        # is the pool-size sentinel (or lies past the table): page 0 is read in its stead,
+        # its keys at positions past every query, so masked.
         entries = first + index * pages_per_block + jax.lax.broadcasted_iota(
             jnp.int32, (pages_per_block,), 0)
         pages = page_table_ref[slot, jnp.minimum(entries, table_width - 1)]
