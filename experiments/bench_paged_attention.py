@@ -3,15 +3,16 @@ shapes (issue 18: "the kernel against the jnp path").
 
 A trie or step round of a search decodes one token for each of B rows whose sequences
 (prompt and steps) are ragged, some hundreds of tokens, on pages shuffled over the pool
-as forks leave them. This times one layer's decode attention over such rows, as the
-decoder calls it inside its token loop (``qstar_kernels.paged_decode_attention``: the
-whole pool of every layer passed, the layer's pages read in place): the ``jnp`` reference
-(the CPU default, gathering each row's window of pages) and, on a GPU, the Pallas kernel
-reading ``--keys-per-block`` keys (that many over the page size pages) each step of its
-loop. The ``jnp`` path is the model's own code, as the decoder runs it with
-``attention="jnp"``: each row's pages gathered (``PagedRows.gather``) and attended over
-(``Attention._attend``; ``cascade_attention.paged_attention``). Each call's figure is a jitted loop over the L layers, divided by L, the median of
-``--reps``. Every implementation's output is checked against the reference's.
+as forks leave them. This times one layer's decode attention over such rows as the
+decoder calls it inside its token loop, the whole pool of every layer passed and the
+layer's pages read in place, two ways: the ``jnp`` path (the CPU default; the model's
+own code, as the decoder runs it with ``attention="jnp"``: each row's pages gathered,
+``PagedRows.gather``, and attended over, ``Attention._attend``, through
+``cascade_attention.paged_attention``) and, on a GPU, the Pallas kernel
+(``qstar_kernels.paged_decode_attention_gpu``) reading ``--keys-per-block`` keys (that
+many over the page size pages) each step of its loop. Each call's figure is a jitted
+loop over the L layers, divided by L, the median of ``--reps``. Every kernel's output is
+checked against the ``jnp`` path's.
 
 On CPU the Pallas kernel only interprets (a test path, not a speed one), so only the
 ``jnp`` path is timed there unless ``--interpret`` asks for it.

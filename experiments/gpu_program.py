@@ -19,17 +19,18 @@ their count and what each reads and writes are XLA:GPU's own (the same passes ru
 speed is not; the device runs (``device_checks.sh``) time them.
 
     python experiments/gpu_program.py [--random-llama 1b] [--batches 1 8]
-        [--layer-weights per-layer per-layer-transposed] [--target h200] [--top 12]
+        [--layer-weights per-layer per-layer-transposed] [--page-size 0] [--target h200]
+        [--top 12]
 
 Needs this JAX version's CUDA plugin on the path: ``make gpu-program`` installs
 jax-cuda12-plugin and jax-cuda12-pjrt into .cuda_plugin/ and runs this with it (and with
 JAX_SKIP_CUDA_CONSTRAINTS_CHECK set: there is no CUDA runtime to check). ``--target cpu``
 compiles for this machine's CPU instead (what the test runs).
 
-Prints each setting's kernels and, as its last line, JSON: {"target", "model", "runs":
-[{"layer_weights", "batch", "kernels_per_token", "kernels_per_layer",
-"products_written_mb_per_token", "kinds": {description: kernels per token, the --top
-most frequent}}]}.
+Prints each setting's kernels and, as its last line, JSON: {"target", "model",
+"page_size", "runs": [{"layer_weights", "batch", "kernels_per_token",
+"kernels_per_layer", "products_written_mb_per_token", "kinds": {description: kernels
+per token, the --top most frequent}}]}.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from flax import nnx
 from bench_decode import RANDOM_LLAMAS
 from device_trace import Fusion, computation_lines, describe, parse_fusions
 from qstar_jax.decoding.engine import Decoder
+from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.llama import LlamaModel
@@ -66,6 +68,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--layer-weights", nargs="+",
                         default=["per-layer", "per-layer-transposed"])
+    parser.add_argument("--page-size", type=int, default=0,
+                        help="tokens per page of a paged cache, read by the jnp path (0: row "
+                             "slots); the Pallas kernel is not compiled here: the decoder "
+                             "picks it by the backend it runs on, this machine's CPU")
     parser.add_argument("--target", default="h200",
                         help="a description in experiments/gpu_targets/ (without .txtpb), "
                              "or cpu: this machine's CPU")
@@ -151,14 +157,18 @@ def analyse(hlo_text: str, num_layers: int) -> dict:
             "kinds": dict(kinds.most_common())}
 
 
-def step_loop_text(cfg: ModelConfig, layer_weights: str, batch: int,
+def step_loop_text(cfg: ModelConfig, layer_weights: str, batch: int, page_size: int,
                    device: jax.Device) -> str:
-    """The optimized HLO of the decoder's step loop for ``batch`` rows, compiled for
-    ``device`` after one short call on the CPU."""
+    """The optimized HLO of the decoder's step loop for ``batch`` rows (on pages of
+    ``page_size`` tokens, 0: row slots), compiled for ``device`` after one short call on
+    the CPU."""
     model = LlamaModel(cfg, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
-    decoder = Decoder(model, num_slots=batch, max_len=256,
+    max_len = 256
+    paging = None if not page_size else Paging(
+        page_size=page_size, num_pages=batch * -(-max_len // page_size), attention="jnp")
+    decoder = Decoder(model, num_slots=batch, max_len=max_len,
                       newline_table=np.zeros(cfg.vocab_size, bool), eos_ids=[],
-                      layer_weights=layer_weights)
+                      layer_weights=layer_weights, paging=paging)
     slots = decoder.allocate(batch)
     decoder.prefill(slots, [[3, 5, 7, 9] * 8] * batch)
     decoder.sample_steps(slots, problem_keys=jax.random.split(jax.random.key(0), batch),
@@ -170,13 +180,15 @@ def main() -> None:
     args = parse_args()
     device = target_device(args.target)
     cfg = ModelConfig.from_hf(RANDOM_LLAMAS[args.random_llama])
-    print(f"random-weight Llama ({args.random_llama}), bfloat16, its step loop compiled for "
-          f"{device.device_kind} ({args.target}) on this machine: one token's kernels")
+    cache = f"{args.page_size}-token pages (jnp)" if args.page_size else "row slots"
+    print(f"random-weight Llama ({args.random_llama}), bfloat16, on {cache}, its step loop "
+          f"compiled for {device.device_kind} ({args.target}) on this machine: one token's "
+          f"kernels")
     runs = []
     for layer_weights in args.layer_weights:
         for batch in args.batches:
-            figures = analyse(step_loop_text(cfg, layer_weights, batch, device),
-                              cfg.num_layers)
+            figures = analyse(step_loop_text(cfg, layer_weights, batch, args.page_size,
+                                             device), cfg.num_layers)
             kinds = dict(list(figures.pop("kinds").items())[:args.top])
             runs.append({"layer_weights": layer_weights, "batch": batch, **figures,
                          "kinds": kinds})
@@ -185,7 +197,8 @@ def main() -> None:
                   f"{figures['products_written_mb_per_token']} MB a token")
             for kind, count in kinds.items():
                 print(f"  {count:5d}x {kind[:200]}")
-    print(json.dumps({"target": args.target, "model": args.random_llama, "runs": runs}))
+    print(json.dumps({"target": args.target, "model": args.random_llama,
+                      "page_size": args.page_size, "runs": runs}))
 
 
 if __name__ == "__main__":
