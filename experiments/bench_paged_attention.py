@@ -31,15 +31,13 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cascade_attention import paged_attention
+from cascade_attention import paged_attention, timed
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.llama import Attention
 from qstar_kernels import paged_decode_attention_gpu
@@ -112,16 +110,6 @@ def every_layer(attention, layers: int):
     return jax.jit(run)
 
 
-def median_seconds(fn, inputs, reps: int) -> float:
-    jax.block_until_ready(fn(*inputs))  # compile
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*inputs))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     args = parse_args()
     backend = jax.default_backend()
@@ -142,7 +130,7 @@ def main() -> None:
         last = np.asarray(fn(*inputs)[1], np.float32)
         reference = last if reference is None else reference
         diffs[name] = float(np.abs(last - reference).max())
-        us[name] = median_seconds(fn, inputs, args.reps) / args.layers * 1e6
+        us[name] = timed(fn, inputs, args.reps) / args.layers * 1e3  # ms -> µs a layer
         print(f"  {name:<20} {us[name]:9.2f} µs   max |diff| vs jnp {diffs[name]:.2e}")
     kernels = [us[name] for name in us if name != "jnp"]
     print(json.dumps({"backend": backend, "rows": args.rows, "lengths": args.lengths,

@@ -157,12 +157,12 @@ def analyse(hlo_text: str, num_layers: int) -> dict:
             "kinds": dict(kinds.most_common())}
 
 
-def step_loop_text(cfg: ModelConfig, layer_weights: str, batch: int, page_size: int,
+def step_loop_text(model: LlamaModel, layer_weights: str, batch: int, page_size: int,
                    device: jax.Device) -> str:
-    """The optimized HLO of the decoder's step loop for ``batch`` rows (on pages of
-    ``page_size`` tokens, 0: row slots), compiled for ``device`` after one short call on
-    the CPU."""
-    model = LlamaModel(cfg, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    """The optimized HLO of ``model``'s decoder's step loop for ``batch`` rows (on pages
+    of ``page_size`` tokens, 0: row slots), compiled for ``device`` after one short call
+    on the CPU."""
+    cfg = model.config
     max_len = 256
     paging = None if not page_size else Paging(
         page_size=page_size, num_pages=batch * -(-max_len // page_size), attention="jnp")
@@ -180,6 +180,8 @@ def main() -> None:
     args = parse_args()
     device = target_device(args.target)
     cfg = ModelConfig.from_hf(RANDOM_LLAMAS[args.random_llama])
+    # One model for every setting: each decoder makes its own per-layer copy of it.
+    model = LlamaModel(cfg, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
     cache = f"{args.page_size}-token pages (jnp)" if args.page_size else "row slots"
     print(f"random-weight Llama ({args.random_llama}), bfloat16, on {cache}, its step loop "
           f"compiled for {device.device_kind} ({args.target}) on this machine: one token's "
@@ -187,7 +189,7 @@ def main() -> None:
     runs = []
     for layer_weights in args.layer_weights:
         for batch in args.batches:
-            figures = analyse(step_loop_text(cfg, layer_weights, batch, args.page_size,
+            figures = analyse(step_loop_text(model, layer_weights, batch, args.page_size,
                                              device), cfg.num_layers)
             kinds = dict(list(figures.pop("kinds").items())[:args.top])
             runs.append({"layer_weights": layer_weights, "batch": batch, **figures,

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import jax
 
-from qstar_kernels import paged_attention_gpu
-from qstar_kernels.paged_attention_gpu import paged_decode_attention_gpu
+from qstar_kernels.paged_attention_gpu import paged_decode_attention_gpu, triton_available
 from qstar_kernels.paged_attention_reference import paged_decode_attention_reference
 from qstar_kernels.paged_attention_tpu import paged_decode_attention_tpu
 
@@ -28,7 +27,7 @@ def resolve_implementation(implementation: str, platform: str | None = None) -> 
     platform = jax.default_backend() if platform is None else platform
     gpu = platform in ("gpu", "cuda", "rocm")
     if implementation == "jnp" or (implementation == "auto" and (
-            platform == "cpu" or (gpu and paged_attention_gpu.plgpu is None))):
+            platform == "cpu" or (gpu and not triton_available()))):
         return "jnp"
     return {"gpu": "pallas_gpu", "cuda": "pallas_gpu", "rocm": "pallas_gpu",
             "tpu": "pallas_tpu"}.get(platform, "pallas_interpret")

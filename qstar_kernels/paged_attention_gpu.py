@@ -75,6 +75,11 @@ def _kernel(lengths_ref, layer_ref, page_table_ref, q_ref, k_ref, v_ref, o_ref, 
     o_ref[...] = finish(state).astype(o_ref.dtype)
 
 
+def triton_available() -> bool:
+    """Whether this JAX still has Pallas' Triton backend, which the kernel is written for."""
+    return plgpu is not None
+
+
 @functools.partial(jax.jit, static_argnames=("window", "scale", "keys_per_block",
                                              "interpret"))
 def paged_decode_attention_gpu(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array,
@@ -87,7 +92,7 @@ def paged_decode_attention_gpu(q: jax.Array, k_pages: jax.Array, v_pages: jax.Ar
     two of at least 16 (Triton's block rules); ``interpret=True`` runs it on CPU, where
     any sizes do. Each step of a program's loop reads ``keys_per_block // page_size``
     pages (at least one) together."""
-    if plgpu is None:
+    if not triton_available():
         raise RuntimeError(f"JAX {jax.__version__} has no Pallas Triton backend, which the "
                            "GPU paged-attention kernel is written for: use the jnp path "
                            "(attention='jnp', or 'auto', which falls back to it)")

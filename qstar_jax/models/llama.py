@@ -49,11 +49,11 @@ class RowLinear(nnx.Module):
     """A linear map held as rows, [out, in], rather than ``nnx.Linear``'s [in, out]: the
     per-layer copy's attention projections (``unstack_layers(transpose_projections=True)``).
 
-    XLA:GPU rewrites a matrix-vector product below 10M operand elements (a projection of
-    one or a few rows at decode) as a multiply and a reduction over the contracting axis.
-    Over [in, out] that is a column reduction (most likely the reduction kernels an H200
-    profile of a 1B model's batch-1 decode ran at 0.5 to 1.3 TB/s: README, "GPU and
-    TPU"); over [out, in] it reduces along rows.
+    XLA:GPU rewrites a batch-1 projection as a multiply and a reduction over the
+    contracting axis. Over [in, out] it stores the product in one kernel and reduces its
+    columns in another (the reductions an H200 profile of a 1B model's decode ran at 0.5
+    to 1.3 TB/s); over [out, in] one kernel multiplies as it reduces each row (the
+    compiled programs: ``experiments/gpu_program.py``; README, "GPU and TPU").
     """
 
     def __init__(self, rows: jax.Array, bias: jax.Array | None):
