@@ -5,13 +5,16 @@ for (``jax.experimental.topologies``; ``experiments/gpu_targets/h200.txtpb``, an
 compute capability 9.0, SM count, memory and bandwidth written as XLA's target configs
 are). This builds bench_decode's random-weight Llama (``--random-llama``, bfloat16) and a
 decoder for it on the CPU, runs one short step call (so the decoder holds the call's
-arguments), compiles that call's token loop for the device (``Decoder.compiled_text``)
-and reads the optimized HLO: the kernels one token launches (the fusions and custom calls
+arguments), compiles that call's token loop for the device (``Decoder.compiled``) and
+reads the optimized HLO: the kernels one token launches (the fusions and custom calls
 of the loop's body, a conditional counted by its larger branch), those per layer, how
 many of each kind (``device_trace.describe``: what a fusion computes, reads and writes),
 and the bytes a token's products write to memory on their way (loop fusions lowered from
 ``dot_general`` that write 1 MiB or more: a product XLA computes as a multiply, stores,
-and reduces in another kernel).
+and reduces in another kernel). It also serializes the executable and names the GPU
+architectures its code is for: XLA:GPU compiles every kernel to machine code even for a
+compile-only device, so a Pallas kernel in the loop (``--attention pallas``) has gone
+through Triton's own compiler once this prints sm_90.
 
 What it does not show: how long anything takes. Nothing runs, and XLA picks its matrix
 products' tilings without autotuning (which times candidates on the device). The fusions,
@@ -19,8 +22,8 @@ their count and what each reads and writes are XLA:GPU's own (the same passes ru
 speed is not; the device runs (``device_checks.sh``) time them.
 
     python experiments/gpu_program.py [--random-llama 1b] [--batches 1 8]
-        [--layer-weights per-layer per-layer-transposed] [--page-size 0] [--target h200]
-        [--top 12]
+        [--layer-weights per-layer per-layer-transposed] [--page-size 0]
+        [--attention jnp|pallas] [--target h200] [--top 12]
 
 Needs this JAX version's CUDA plugin on the path: ``make gpu-program`` installs
 jax-cuda12-plugin and jax-cuda12-pjrt into .cuda_plugin/ and runs this with it (and with
@@ -28,9 +31,9 @@ JAX_SKIP_CUDA_CONSTRAINTS_CHECK set: there is no CUDA runtime to check). ``--tar
 compiles for this machine's CPU instead (what the test runs).
 
 Prints each setting's kernels and, as its last line, JSON: {"target", "model",
-"page_size", "runs": [{"layer_weights", "batch", "kernels_per_token",
-"kernels_per_layer", "products_written_mb_per_token", "kinds": {description: kernels
-per token, the --top most frequent}}]}.
+"page_size", "attention", "runs": [{"layer_weights", "batch", "kernels_per_token",
+"kernels_per_layer", "products_written_mb_per_token", "machine_code": {"bytes",
+"gpu_code_for"}, "kinds": {description: kernels per token, the --top most frequent}}]}.
 """
 
 from __future__ import annotations
@@ -53,12 +56,14 @@ from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.llama import LlamaModel
+from qstar_kernels import compiling_for
 
 TARGETS = Path(__file__).parent / "gpu_targets"
 PRODUCT_BYTES = 1 << 20  # a materialized product: a loop fusion from dot_general this big
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4,
           "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
 _ARRAY = re.compile(r"\b([a-z]+\d*)\[([\d,]*)\]")
+_CUSTOM_CALL = re.compile(r'%?([\w.\-]+) = [^\n]*? custom-call\([^\n]*?custom_call_target="([^"]+)"')
 _CALL = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*? (fusion|custom-call|conditional|while)\(")
 
 
@@ -69,9 +74,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--layer-weights", nargs="+",
                         default=["per-layer", "per-layer-transposed"])
     parser.add_argument("--page-size", type=int, default=0,
-                        help="tokens per page of a paged cache, read by the jnp path (0: row "
-                             "slots); the Pallas kernel is not compiled here: the decoder "
-                             "picks it by the backend it runs on, this machine's CPU")
+                        help="tokens per page of a paged cache (0: row slots)")
+    parser.add_argument("--attention", choices=["jnp", "pallas"], default="jnp",
+                        help="on pages, the decode step's attention: the jnp path or the "
+                             "target's Pallas kernel (the short call on this CPU runs it "
+                             "in interpret mode; the target's program has the kernel)")
     parser.add_argument("--target", default="h200",
                         help="a description in experiments/gpu_targets/ (without .txtpb), "
                              "or cpu: this machine's CPU")
@@ -147,8 +154,9 @@ def analyse(hlo_text: str, num_layers: int) -> dict:
     """One token's kernels in ``hlo_text`` (the step loop's optimized HLO), counted."""
     fusions = parse_fusions(hlo_text)
     launched = token_loop_kernels(hlo_text)
-    kinds = Counter(describe(fusions[name]) if name in fusions else "custom call"
-                    for name in launched)
+    targets = dict(_CUSTOM_CALL.findall(hlo_text))
+    kinds = Counter(describe(fusions[name]) if name in fusions
+                    else f"custom call {targets.get(name, '')}".strip() for name in launched)
     products = sum(array_bytes(fusions[name].shape) for name in launched
                    if name in fusions and writes_a_product(fusions[name]))
     return {"kernels_per_token": len(launched),
@@ -157,15 +165,28 @@ def analyse(hlo_text: str, num_layers: int) -> dict:
             "kinds": dict(kinds.most_common())}
 
 
-def step_loop_text(model: LlamaModel, layer_weights: str, batch: int, page_size: int,
-                   device: jax.Device) -> str:
-    """The optimized HLO of ``model``'s decoder's step loop for ``batch`` rows (on pages
-    of ``page_size`` tokens, 0: row slots), compiled for ``device`` after one short call
-    on the CPU."""
+def machine_code(compiled: jax.stages.Compiled) -> dict:
+    """What the executable holds once serialized: its bytes and the GPU architectures it
+    has code for (the sm_XX its cubins name; none on a CPU), or why JAX could not
+    serialize it."""
+    try:
+        from jax.experimental.serialize_executable import serialize
+        blob = serialize(compiled)[0]
+    except Exception as error:  # a backend or JAX version that cannot
+        return {"bytes": None, "error": f"{type(error).__name__}: {error}"[:200]}
+    return {"bytes": len(blob),
+            "gpu_code_for": sorted({arch.decode() for arch in re.findall(rb"sm_\d+a?", blob)})}
+
+
+def step_loop(model: LlamaModel, layer_weights: str, batch: int, page_size: int,
+              device: jax.Device, attention: str = "jnp") -> jax.stages.Compiled:
+    """``model``'s decoder's step loop for ``batch`` rows (on pages of ``page_size``
+    tokens read by ``attention``; 0: row slots), compiled for ``device`` after one short
+    call on the CPU."""
     cfg = model.config
     max_len = 256
     paging = None if not page_size else Paging(
-        page_size=page_size, num_pages=batch * -(-max_len // page_size), attention="jnp")
+        page_size=page_size, num_pages=batch * -(-max_len // page_size), attention=attention)
     decoder = Decoder(model, num_slots=batch, max_len=max_len,
                       newline_table=np.zeros(cfg.vocab_size, bool), eos_ids=[],
                       layer_weights=layer_weights, paging=paging)
@@ -173,7 +194,11 @@ def step_loop_text(model: LlamaModel, layer_weights: str, batch: int, page_size:
     decoder.prefill(slots, [[3, 5, 7, 9] * 8] * batch)
     decoder.sample_steps(slots, problem_keys=jax.random.split(jax.random.key(0), batch),
                          node_ids=[0] * batch, params=SamplingParams.make(batch), max_tokens=2)
-    return decoder.compiled_text("sample_step", device)
+    # Traced again for the target's platform: its Pallas kernel where the CPU call
+    # interpreted one.
+    jax.clear_caches()
+    with compiling_for(device.platform):
+        return decoder.compiled("sample_step", device)
 
 
 def main() -> None:
@@ -182,25 +207,33 @@ def main() -> None:
     cfg = ModelConfig.from_hf(RANDOM_LLAMAS[args.random_llama])
     # One model for every setting: each decoder makes its own per-layer copy of it.
     model = LlamaModel(cfg, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
-    cache = f"{args.page_size}-token pages (jnp)" if args.page_size else "row slots"
+    if args.attention == "pallas" and not args.page_size:
+        raise SystemExit("--attention pallas reads pages: give --page-size too")
+    cache = f"{args.page_size}-token pages ({args.attention})" if args.page_size else "row slots"
     print(f"random-weight Llama ({args.random_llama}), bfloat16, on {cache}, its step loop "
           f"compiled for {device.device_kind} ({args.target}) on this machine: one token's "
           f"kernels")
     runs = []
     for layer_weights in args.layer_weights:
         for batch in args.batches:
-            figures = analyse(step_loop_text(model, layer_weights, batch, args.page_size,
-                                             device), cfg.num_layers)
+            compiled = step_loop(model, layer_weights, batch, args.page_size, device,
+                                 args.attention)
+            figures = analyse(compiled.as_text(), cfg.num_layers)
             kinds = dict(list(figures.pop("kinds").items())[:args.top])
+            code = machine_code(compiled)
             runs.append({"layer_weights": layer_weights, "batch": batch, **figures,
-                         "kinds": kinds})
+                         "machine_code": code, "kinds": kinds})
             print(f"{layer_weights}, batch {batch}: {figures['kernels_per_token']} kernels a "
                   f"token ({figures['kernels_per_layer']} a layer), products written "
-                  f"{figures['products_written_mb_per_token']} MB a token")
+                  f"{figures['products_written_mb_per_token']} MB a token; executable "
+                  + (f"{code['bytes'] / 1e6:.1f} MB, GPU code for "
+                     f"{', '.join(code['gpu_code_for']) or 'none'}" if code["bytes"]
+                     else f"not serialized ({code['error']})"))
             for kind, count in kinds.items():
                 print(f"  {count:5d}x {kind[:200]}")
     print(json.dumps({"target": args.target, "model": args.random_llama,
-                      "page_size": args.page_size, "runs": runs}))
+                      "page_size": args.page_size, "attention": args.attention,
+                      "runs": runs}))
 
 
 if __name__ == "__main__":

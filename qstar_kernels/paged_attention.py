@@ -4,10 +4,14 @@
 reference on CPU (where XLA fuses the reference well and Pallas only interprets), and on
 a GPU where JAX no longer has Pallas' Triton backend;
 "pallas" or "jnp" forces one. On CPU "pallas" runs the GPU kernel in interpret mode,
-which is for tests, not speed.
+which is for tests, not speed. The platform is JAX's default backend's, or inside
+``compiling_for`` the one a program is being compiled for.
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
 
 import jax
 
@@ -16,15 +20,30 @@ from qstar_kernels.paged_attention_reference import paged_decode_attention_refer
 from qstar_kernels.paged_attention_tpu import paged_decode_attention_tpu
 
 IMPLEMENTATIONS = ("auto", "pallas", "jnp")
+_TARGET_PLATFORM = contextvars.ContextVar("paged_attention_target_platform", default=None)
+
+
+@contextlib.contextmanager
+def compiling_for(platform: str):
+    """Within it, functions traced pick their attention for ``platform`` ("gpu", "tpu" or
+    "cpu") rather than for the default backend: to compile a program for a device that
+    is not the default backend's, such as a compile-only GPU on a CPU machine
+    (``experiments/gpu_program.py``). A function traced before keeps what it picked:
+    clear JAX's caches (``jax.clear_caches``) to trace it again."""
+    token = _TARGET_PLATFORM.set(platform)
+    try:
+        yield
+    finally:
+        _TARGET_PLATFORM.reset(token)
 
 
 def resolve_implementation(implementation: str, platform: str | None = None) -> str:
     """"auto" | "pallas" | "jnp" -> "pallas_gpu" | "pallas_tpu" | "pallas_interpret" |
-    "jnp" for the platform (default: JAX's default backend)."""
+    "jnp" for the platform (default: ``compiling_for``'s, else JAX's default backend)."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"attention implementation must be one of {IMPLEMENTATIONS}, got "
                          f"{implementation!r}")
-    platform = jax.default_backend() if platform is None else platform
+    platform = platform or _TARGET_PLATFORM.get() or jax.default_backend()
     gpu = platform in ("gpu", "cuda", "rocm")
     if implementation == "jnp" or (implementation == "auto" and (
             platform == "cpu" or (gpu and not triton_available()))):

@@ -80,7 +80,7 @@ def test_one_tokens_kernels_are_counted_with_the_products_they_store():
     # Only the stored product: the reduction writes 4 KiB, the cache write is in place.
     assert figures["products_written_mb_per_token"] == round(2048 * 2048 * 2 / 1e6, 1)
     kinds = figures["kinds"]
-    assert kinds["custom call"] == 1
+    assert kinds["custom call __cublas$gemm"] == 1
     assert kinds["exponential (from exp); reads f32[1,512]{1,0}; writes f32[1,512]{1,0}"] == 2
     assert kinds["broadcast, multiply (from dot_general); reads bf16[2048,2048]{1,0} "
                  "bf16[1,2048]{1,0}; writes bf16[2048,2048]{1,0}"] == 1
@@ -99,3 +99,24 @@ def test_the_script_compiles_both_layer_readings_for_this_cpu(monkeypatch, capsy
         assert run["kernels_per_layer"] == round(run["kernels_per_token"] / 2, 2)
         assert len(run["kinds"]) == 3
         assert run["products_written_mb_per_token"] == 0  # XLA:CPU keeps dots as dots
+        code = run["machine_code"]
+        assert code["gpu_code_for"] == [] and code["bytes"] > 0, code
+
+
+def test_the_script_compiles_pages_read_by_the_kernel(monkeypatch, capsys):
+    """On pages with --attention pallas the short call interprets the kernel on this CPU
+    and the program is traced again for the target (here the CPU: interpreted again)."""
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--target", "cpu", "--random-llama", "tiny",
+                                      "--batches", "1", "--layer-weights",
+                                      "per-layer-transposed", "--page-size", "16",
+                                      "--attention", "pallas", "--top", "1"])
+    runpy.run_path(str(SCRIPT), run_name="__main__")
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (figures["page_size"], figures["attention"]) == (16, "pallas")
+    assert figures["runs"][0]["kernels_per_token"] > 2 * 10
+
+
+def test_the_kernel_needs_pages(monkeypatch):
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--target", "cpu", "--attention", "pallas"])
+    with pytest.raises(SystemExit, match="give --page-size"):
+        runpy.run_path(str(SCRIPT), run_name="__main__")

@@ -84,7 +84,7 @@ class Decoder:
     shared_prefix: a trie round's rows attend to their group's prefix once, all the
     group's queries together, and to their own steps apart (``models/shared_prefix``;
     not for a model with a sliding window). Off by default: on 2 CPU cores it did not
-    make a search faster (README, "Paged KV cache").
+    make a search faster (docs/paged_cache.md).
     mesh: a (data, model) ``jax.sharding.Mesh`` to spread the weights and the slot pool
     over (``qstar_jax.parallel``), laid out by ``rules``; each shard of the slots' mesh axis
     computes the rows of its own slots, and outputs come back replicated, so every
@@ -432,12 +432,16 @@ class Decoder:
         """Each row's slot within its shard, padding rows marked one past a shard's last."""
         return layout.place(self.pool.local_ids(slots), self.pool.slots_per_shard)
 
-    def compiled_text(self, name: str, device: jax.Device | None = None) -> str:
-        """The optimized HLO of the jitted ``name`` ("prefill", "fork", "sample_step",
-        "sample_trie" or on pages "copy_pages") compiled for its last call's argument
-        shapes and shardings (or all on ``device``, ``LastCall.compiled_text``): what
-        such a call computes and moves between devices."""
+    def compiled(self, name: str, device: jax.Device | None = None) -> jax.stages.Compiled:
+        """The jitted ``name`` ("prefill", "fork", "sample_step", "sample_trie" or on pages
+        "copy_pages") compiled for its last call's argument shapes and shardings (or all
+        on ``device``: ``LastCall.compiled``)."""
         functions = {"prefill": self._prefill, "fork": self._fork,
                      "sample_step": self._sample_step, "sample_trie": self._sample_trie,
                      "copy_pages": self._copy_pages}
-        return functions[name].compiled_text(device)
+        return functions[name].compiled(device)
+
+    def compiled_text(self, name: str, device: jax.Device | None = None) -> str:
+        """The optimized HLO of ``compiled(name, device)``: what such a call computes and
+        moves between devices."""
+        return self.compiled(name, device).as_text()

@@ -1,6 +1,6 @@
 """What the decoder wraps its jitted functions in: ``LastCall`` keeps a function's last
-arguments so that ``Decoder.compiled_text`` can compile it for them again and show what
-such a call computes; ``out_shardings`` gives jit the results' layout a function pins.
+arguments so that ``Decoder.compiled`` can compile it for them again and show what such
+a call computes; ``out_shardings`` gives jit the results' layout a function pins.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ class LastCall:
         with self._context():
             return self._jitted(*args)
 
-    def compiled_text(self, device: jax.Device | None = None) -> str:
-        """The optimized HLO for the last call's argument shapes and shardings, or with
+    def compiled(self, device: jax.Device | None = None) -> jax.stages.Compiled:
+        """The function compiled for the last call's argument shapes and shardings, or with
         every argument on ``device`` instead (one device; a compile-only device of
         ``jax.experimental.topologies`` compiles for hardware this machine lacks)."""
         if self._args is None:
@@ -40,7 +40,7 @@ class LastCall:
         args = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding(x))
                             if isinstance(x, jax.Array) else x, self._args)
         with self._context():
-            return self._jitted.lower(*args).compile().as_text()
+            return self._jitted.lower(*args).compile()
 
 
 def out_shardings(shardings: dict, name: str) -> dict:

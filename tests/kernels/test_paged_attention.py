@@ -11,9 +11,9 @@ import pytest
 from jax.experimental.pallas.ops.gpu import paged_attention as jax_paged_attention
 
 from qstar_kernels import paged_attention_gpu
-from qstar_kernels import (paged_decode_attention, paged_decode_attention_gpu,
-                     paged_decode_attention_reference, paged_decode_attention_tpu,
-                     resolve_implementation)
+from qstar_kernels import (compiling_for, paged_decode_attention, paged_decode_attention_gpu,
+                           paged_decode_attention_reference, paged_decode_attention_tpu,
+                           resolve_implementation)
 
 LAYERS, HEAD_DIM = 2, 16
 
@@ -148,16 +148,37 @@ def test_gpu_kernel_lowers_to_triton_without_a_gpu(page_size, keys_per_block):
     pages = jax.ShapeDtypeStruct((30, 700, 3, page_size, 64), jnp.bfloat16)
     table = jax.ShapeDtypeStruct((32, 352 // page_size), jnp.int32)
     lengths, layer = jax.ShapeDtypeStruct((32,), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32)
-    attention = jax.jit(functools.partial(paged_decode_attention_gpu,
-                                          keys_per_block=keys_per_block))
+    attention = functools.partial(paged_decode_attention_gpu, keys_per_block=keys_per_block)
+    assert "__gpu$xla.gpu.triton" in lowered_for_h200(attention, q, pages, pages, table,
+                                                      lengths, layer)
+
+
+def lowered_for_h200(function, *args) -> str:
+    """``function`` jitted, traced on ``args`` and lowered for CUDA on this CPU: its
+    StableHLO text."""
     # JAX 0.11 asks which GPU the Triton code is for where none is present (0.10 does not).
     h200 = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", num_cores=132,
                                        platform="gpu")
     with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",),
                                                                   abstract_device=h200)):
-        lowered = attention.trace(q, pages, pages, table, lengths, layer).lower(
-            lowering_platforms=("cuda",))
-    assert "__gpu$xla.gpu.triton" in lowered.as_text()
+        return jax.jit(function).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+
+
+def test_compiling_for_a_gpu_traces_its_kernel_on_a_cpu_machine():
+    """experiments/gpu_program.py compiles the decoder on this CPU for a GPU: traced
+    within ``compiling_for("gpu")``, "auto" takes the GPU's kernel (not interpreted)
+    where the default backend's choice is the jnp path."""
+    assert resolve_implementation("auto") == "jnp"
+    with compiling_for("gpu"):
+        assert resolve_implementation("auto") == "pallas_gpu"
+        assert resolve_implementation("pallas") == "pallas_gpu"
+        assert resolve_implementation("auto", "tpu") == "pallas_tpu"  # named: that one
+    assert resolve_implementation("pallas") == "pallas_interpret"
+    args, _, _ = random_paged_cache(5, lengths=[5, 20], page_size=16, kv_heads=1, heads=2,
+                                    queries=1)
+    with compiling_for("gpu"):
+        assert "__gpu$xla.gpu.triton" in lowered_for_h200(paged_decode_attention, *args)
+    assert "custom_call" not in jax.jit(paged_decode_attention).lower(*args).as_text()
 
 
 def test_gpu_kernel_agrees_with_jax_shipped_paged_attention():
