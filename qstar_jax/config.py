@@ -104,7 +104,7 @@ class PolicyTrainingConfig:
     # second opinion, q_train.second_opinion=scratch) in the time of one of 64 rows. At
     # 3e-3 32 rows stalled on seed 1 (next-token loss 0.34 after 1000 steps); at 2e-3
     # seeds 0, 1 and 2 reached 0.107, 0.094 and 0.157 unclipped, and seeds 1 and 2
-    # 0.082 and 0.062 with the gradient clipped to norm 1: README, "The default experiment".
+    # 0.082 and 0.062 with the gradient clipped to norm 1: docs/default_experiment.md.
     batch_size: int = 32
     learning_rate: float = 2e-3
     warmup_steps: int = 100
@@ -174,7 +174,7 @@ class DecodeConfig:
     pages: int = 0  # with page_size > 0: the pool's pages (0: slots x max_len tokens' worth)
     # How the token loops read the layers' weights (decoding/weights.py): "auto" holds a
     # copy split per layer on CPU and GPU, twice the layers' memory for a decode step 1.7x
-    # (batch 1) to 2.1x (batch 8) as fast on an H200 (README, "GPU and TPU");
+    # (batch 1) to 2.1x (batch 8) as fast on an H200 (docs/gpu_tpu.md);
     # "per-layer-transposed" the same copy with the attention's projections held [out, in]
     # (XLA:GPU then computes a batch-1 projection in one kernel instead of storing its
     # products for a second: experiments/gpu_program.py; the GPU's auto unless a mesh

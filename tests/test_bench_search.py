@@ -1,6 +1,6 @@
 """experiments/bench_search.py end to end on a tiny random checkpoint: the five runs, the
 same trees for ours, the counts and ratios its JSON reports (the figures themselves come
-from the real model, in the README)."""
+from the real model, in docs/paged_cache.md)."""
 
 import contextlib
 import io

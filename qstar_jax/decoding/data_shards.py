@@ -115,7 +115,7 @@ def loop_partitioner(mesh: Mesh | None, axis: str | None):
 
     On JAX 0.11 (seen on 0.11.2, on the CPU) XLA's Shardy partitioner dies of SIGSEGV
     compiling a sampler's ``while_loop`` under the ``shard_map`` over several data shards
-    (README, "GPU and TPU"); GSPMD compiles the same function to the same tokens. So there,
+    (docs/gpu_tpu.md); GSPMD compiles the same function to the same tokens. So there,
     and only for those loops, the partitioner is GSPMD; prefill, forks and page copies stay
     with Shardy, which moves nothing between shards for them. The setting is part of jit's
     cache key, so nothing else sees it."""

@@ -23,8 +23,8 @@ going rows could still make (a row drawn c times splits at most c - 1 more times
 as many more as fit the padded block the call computes anyway (rows are padded to a
 power of two per shard: padding rows cost what spares do). SmolLM2 on 2 CPU cores,
 HumanEval, 32 prompts x 4 samples, 48-token steps in chunks of 16 rounds
-(``experiments/profile_decode.py --trie``): see the README's "Where Q*'s tokens go",
-in "The default experiment".
+(``experiments/profile_decode.py --trie``): docs/countdown.md, "Where Q*'s tokens
+go".
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ scan slices each layer's weights out of the stacked arrays, and XLA's CPU and GP
 backends do that by copying them, at every token: on the CPU the copies cost more than a
 batch-1 step's matrix products (``experiments/decode_step_breakdown.py``), and on an H200
 they held a 1B model's bfloat16 decode to 26% of the memory roofline, against 43% reading
-one array per layer (README, "GPU and TPU"). So the token loops read a copy of the
+one array per layer (docs/gpu_tpu.md). So the token loops read a copy of the
 weights split per layer there, at the cost of holding the layers' weights twice; the
 prefill keeps the scan, whose products dwarf the copies and which compiles in a fraction
 of an unrolled stack's time. The copy may hold the attention's projections transposed

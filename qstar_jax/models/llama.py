@@ -53,7 +53,7 @@ class RowLinear(nnx.Module):
     contracting axis. Over [in, out] it stores the product in one kernel and reduces its
     columns in another (the reductions an H200 profile of a 1B model's decode ran at 0.5
     to 1.3 TB/s); over [out, in] one kernel multiplies as it reduces each row (the
-    compiled programs: ``experiments/gpu_program.py``; README, "GPU and TPU").
+    compiled programs: ``experiments/gpu_program.py``; docs/gpu_tpu.md).
     """
 
     def __init__(self, rows: jax.Array, bias: jax.Array | None):
@@ -167,7 +167,7 @@ class Attention(nnx.Module):
         # The weighted sum in float32 too, as the decode step does. With bfloat16
         # probabilities and values its result hung on XLA's version: over a cached window
         # a two-layer model's logits drifted 0.10 from float32's on JAX 0.11.2's XLA:CPU
-        # and 0.04 on 0.10.2; in float32 both drift 0.04 (README, "GPU and TPU").
+        # and 0.04 on 0.10.2; in float32 both drift 0.04 (docs/gpu_tpu.md).
         probs = jax.nn.softmax(scores, axis=-1)
         return jnp.einsum("bkgtm,bkmd->btkgd", probs,
                           values.astype(jnp.float32)).astype(values.dtype)

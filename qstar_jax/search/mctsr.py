@@ -49,8 +49,8 @@ class RootAnswer(str, enum.Enum):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MCTSrConfig:
-    # Defaults follow the paper and, where the paper is silent, its code (README, "MCTSr
-    # against the paper's code").
+    # Defaults follow the paper and, where the paper is silent, its code (docs/reasoners.md,
+    # "MCTSr against the paper's code").
     rollouts: int = 8  # the paper reports 4 and 8 rollouts
     max_children: int = 3  # the code's max_expand
     exploration: float = 1.4  # c

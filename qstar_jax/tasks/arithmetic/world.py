@@ -29,7 +29,7 @@ class ArithmeticConfig(HashedSplits):
     The defaults are the default experiment's world, chosen on the validation split: two-
     digit additions and subtractions, which the default from-scratch policy gets right
     end to end about a quarter of the time (greedy), leaving room for a search to help
-    (README, "The default experiment")."""
+    (docs/default_experiment.md)."""
 
     operations: tuple[int, int] = (3, 5)
     start_range: tuple[int, int] = (2, 60)
