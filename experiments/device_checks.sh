@@ -5,7 +5,7 @@
 # projections transposed) and with the plain per-layer copy; the paged decode-attention
 # kernel alone against the jnp path, at several keys a step; bench_search's five runs in
 # bfloat16 on SmolLM2's shape with random weights (the GGUF is over what a call carries),
-# ours and transformers' both on the GPU; the decode throughput with the layers' weights read in
+# ours and transformers' both on the GPU; (a) and the kernel alone on 8-token pages; the decode throughput with the layers' weights read in
 # the other ways and with CUDA graphs, and on pages with the kernel and with the jnp
 # path; the paged decode-attention kernel compiled on the GPU against its jnp reference;
 # (a) again on the jnp path; and, alongside them on cores of its own, the test suite on
@@ -107,6 +107,12 @@ read -r -a search_args <<<"${SEARCH_ARGS:-}"
 search=("${gpu_steps[@]}" "$py" experiments/bench_search.py --model "$random_model"
         --dtype bfloat16 "${search_args[@]}")
 step bench_search 200 "${search[@]}" --trace "$traces/search"
+# 8-token pages, which the kernel reads several a step: (a) with the kernel, for its time
+# and z (on the CPU's jnp path 1.17 there against 1.33 on 16-token pages), and the kernel
+# alone against the jnp path.
+step bench_search_pages8 90 "${search[@]}" --runs a --page-size 8
+step bench_paged_attention_pages8 40 "${gpu_steps[@]}" "$py" experiments/bench_paged_attention.py \
+  --page-size 8
 # The layers' other readings: the scan over the stacked weights (which XLA:GPU copies a
 # layer out of at every token), rolled or unrolled, and the rolled scan with XLA's
 # dynamic-slice fusion (products reading the slices in place); and the default with the

@@ -88,10 +88,11 @@ def paged_decode_attention_gpu(q: jax.Array, k_pages: jax.Array, v_pages: jax.Ar
                                scale: float | None = None,
                                keys_per_block: int = KEYS_PER_BLOCK,
                                interpret: bool = False) -> jax.Array:
-    """As ``paged_decode_attention_reference``. Page size and head_dim must be powers of
-    two of at least 16 (Triton's block rules); ``interpret=True`` runs it on CPU, where
-    any sizes do. Each step of a program's loop reads ``keys_per_block // page_size``
-    pages (at least one) together."""
+    """As ``paged_decode_attention_reference``. Each step of a program's loop reads
+    ``keys_per_block // page_size`` pages (at least one) together. Page size and head_dim
+    must be powers of two, and head_dim and the keys a step reads at least 16 (Triton's
+    block rules), so pages smaller than 16 tokens are read several a step;
+    ``interpret=True`` runs it on CPU, where any sizes do."""
     if not triton_available():
         raise RuntimeError(f"JAX {jax.__version__} has no Pallas Triton backend, which the "
                            "GPU paged-attention kernel is written for: use the jnp path "
@@ -99,14 +100,19 @@ def paged_decode_attention_gpu(q: jax.Array, k_pages: jax.Array, v_pages: jax.Ar
     check_paged_inputs(q, k_pages, v_pages, page_table, lengths)
     batch, num_queries, heads, head_dim = q.shape
     kv_heads, page_size = k_pages.shape[2], k_pages.shape[3]
-    for name, size in (("page size", page_size), ("head_dim", head_dim)):
-        if not interpret and (size < 16 or size & (size - 1)):
-            raise ValueError(f"the GPU kernel needs a {name} that is a power of two >= 16, "
-                             f"got {size}")
-    group = heads // kv_heads
-    rows = max(MIN_ROWS, pl.next_power_of_2(num_queries * group))
     if keys_per_block < 1 or keys_per_block & (keys_per_block - 1):
         raise ValueError(f"keys_per_block must be a power of two, got {keys_per_block}")
+    block_keys = max(keys_per_block, page_size)  # the keys one step of the loop reads
+    for name, size in (("page size", page_size), ("head_dim", head_dim)):
+        if not interpret and size & (size - 1):
+            raise ValueError(f"the GPU kernel needs a {name} that is a power of two, got "
+                             f"{size}")
+    for name, size in (("head_dim", head_dim), ("keys a step reads", block_keys)):
+        if not interpret and size < MIN_ROWS:
+            raise ValueError(f"the GPU kernel needs {name} of at least {MIN_ROWS} (Triton's "
+                             f"matrix product), got {size}")
+    group = heads // kv_heads
+    rows = max(MIN_ROWS, pl.next_power_of_2(num_queries * group))
     kernel = functools.partial(_kernel, num_queries=num_queries, group=group,
                                scale=head_dim ** -0.5 if scale is None else scale,
                                window=window,

@@ -73,6 +73,8 @@ CASES = [  # page size, kv heads, query heads, queries per slot, window
     dict(page_size=32, kv_heads=1, heads=4, queries=1, window=None),   # MQA, larger pages
     dict(page_size=16, kv_heads=2, heads=8, queries=3, window=None),   # a few queries per slot
     dict(page_size=16, kv_heads=2, heads=4, queries=2, window=20),     # sliding window
+    dict(page_size=8, kv_heads=3, heads=9, queries=1, window=None),    # smaller pages
+    dict(page_size=4, kv_heads=2, heads=4, queries=2, window=7),       # tiny pages, window
 ]
 RAGGED_LENGTHS = [0, 1, 16, 33, 64, 2]  # empty, one token, page edges, full table, < queries
 
@@ -111,7 +113,8 @@ def _kernel_and_reference(kernel, case, *, interpret):
     """``kernel``'s output and the reference's on the ragged slots of ``case``."""
     case = dict(case)
     window = case.pop("window")
-    args, _, _ = random_paged_cache(1, lengths=RAGGED_LENGTHS, **case)
+    args, _, _ = random_paged_cache(1, lengths=RAGGED_LENGTHS,
+                                    entries=max(RAGGED_LENGTHS) // case["page_size"], **case)
     with jax.default_matmul_precision("highest"):
         expected = np.asarray(paged_decode_attention_reference(*args, window=window))
     return np.asarray(kernel(*args, window=window, interpret=interpret)), expected
@@ -138,7 +141,8 @@ def test_kernels_never_read_entries_past_a_slots_last_page(kernel):
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=2e-6)
 
 
-@pytest.mark.parametrize("page_size,keys_per_block", [(16, 64), (16, 16), (32, 128)])
+@pytest.mark.parametrize("page_size,keys_per_block",
+                         [(16, 64), (16, 16), (32, 128), (8, 64), (8, 16), (4, 64)])
 def test_gpu_kernel_lowers_to_triton_without_a_gpu(page_size, keys_per_block):
     """Interpret mode runs the kernel as jnp: it does not check that Triton can express
     it. Lowering for CUDA here, on CPU, runs Pallas' Triton lowering on the decoder's own
@@ -230,9 +234,13 @@ def test_bad_inputs_are_named():
                                     queries=1)
     with pytest.raises(ValueError, match="cannot share"):
         paged_decode_attention_reference(*args)
+    args, _, _ = random_paged_cache(4, lengths=[5, 20], page_size=12, kv_heads=1, heads=2,
+                                    queries=1)
+    with pytest.raises(ValueError, match="page size that is a power of two, got 12"):
+        paged_decode_attention_gpu(*args)  # refused before Triton compiles anything
     args, _, _ = random_paged_cache(4, lengths=[5, 20], page_size=8, kv_heads=1, heads=2,
                                     queries=1)
-    with pytest.raises(ValueError, match="page size that is a power of two >= 16"):
-        paged_decode_attention_gpu(*args)  # refused before Triton compiles anything
+    with pytest.raises(ValueError, match="keys a step reads of at least 16 .*, got 8"):
+        paged_decode_attention_gpu(*args, keys_per_block=8)
     with pytest.raises(ValueError, match="lengths must be"):
         paged_decode_attention_reference(*args[:4], args[4][:1], args[5])
