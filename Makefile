@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test test-jax011 bench gpu-program device-files clean
+.PHONY: setup run test test-jax011 bench gpu-program tpu-program device-files clean
 
 setup: $(STAMP)
 
@@ -38,15 +38,22 @@ test-jax011:
 bench: $(STAMP)
 	$(PY) experiments/bench_decode.py
 
-# What XLA:GPU compiles of the decoder's token loop, for an H200, on this machine without a
-# GPU (experiments/gpu_program.py): this JAX's CUDA plugin into .cuda_plugin/ (some 180 MB)
-# first. ARGS passes arguments through.
+# What XLA compiles of the decoder's token loop for an H200 or a TPU, on this machine
+# without either (experiments/device_program.py): this JAX's CUDA plugin into .cuda_plugin/
+# (some 180 MB), or the libtpu jax[tpu] pins into .libtpu/ (some 700 MB), first. ARGS
+# passes arguments through (make tpu-program ARGS="--target v5e ...").
 JAX_VERSION = $(shell $(PY) -c 'import jax; print(jax.__version__)' 2>/dev/null)
+LIBTPU = $(shell $(PY) -c 'import importlib.metadata as m; print(next(r.split(";")[0] \
+  for r in m.requires("jax") if r.startswith("libtpu")))' 2>/dev/null)
 gpu-program: $(STAMP)
 	test -d .cuda_plugin || $(PY) -m pip install -q --no-deps --target .cuda_plugin \
 	  jax-cuda12-plugin==$(JAX_VERSION) jax-cuda12-pjrt==$(JAX_VERSION)
 	JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 PYTHONPATH=.cuda_plugin \
-	  $(PY) experiments/gpu_program.py $(ARGS)
+	  $(PY) experiments/device_program.py $(ARGS)
+tpu-program: $(STAMP)
+	test -d .libtpu || $(PY) -m pip install -q --no-deps --target .libtpu '$(LIBTPU)'
+	TPU_WORKER_HOSTNAMES=localhost PYTHONPATH=.libtpu \
+	  $(PY) experiments/device_program.py --target v5e $(ARGS)
 
 # What experiments/device_checks.sh needs that the device machine's image (Python 3.12,
 # JAX 0.11, no network, 64 MiB a call) lacks: into .whl/, wheels for its Python, two

@@ -93,7 +93,7 @@ bench=("${gpu_steps[@]}" "$py" experiments/bench_decode.py --random-llama "$mode
 # Row slots as the decoder reads the layers by default on a GPU (one array per layer, the
 # attention's projections held [out, in]: RowLinear), then as it did before, [in, out],
 # where XLA:GPU stores a batch-1 projection's products and reduces them in a second kernel
-# (experiments/gpu_program.py).
+# (experiments/device_program.py).
 step bench_decode_rows 90 "${bench[@]}" --trace "$traces/rows"
 step bench_decode_rows_plain 90 "${bench[@]}" --layer-weights per-layer \
   --trace "$traces/rows_plain"

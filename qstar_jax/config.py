@@ -177,7 +177,7 @@ class DecodeConfig:
     # (batch 1) to 2.1x (batch 8) as fast on an H200 (docs/gpu_tpu.md);
     # "per-layer-transposed" the same copy with the attention's projections held [out, in]
     # (XLA:GPU then computes a batch-1 projection in one kernel instead of storing its
-    # products for a second: experiments/gpu_program.py; the GPU's auto unless a mesh
+    # products for a second: experiments/device_program.py; the GPU's auto unless a mesh
     # splits the heads; not yet timed on a GPU); "stacked" holds them once and scans over
     # them (the TPU's auto); memory_plan counts either.
     layer_weights: str = "auto"

@@ -28,7 +28,7 @@ def compiling_for(platform: str):
     """Within it, functions traced pick their attention for ``platform`` ("gpu", "tpu" or
     "cpu") rather than for the default backend: to compile a program for a device that
     is not the default backend's, such as a compile-only GPU on a CPU machine
-    (``experiments/gpu_program.py``). A function traced before keeps what it picked:
+    (``experiments/device_program.py``). A function traced before keeps what it picked:
     clear JAX's caches (``jax.clear_caches``) to trace it again."""
     token = _TARGET_PLATFORM.set(platform)
     try:

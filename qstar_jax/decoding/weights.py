@@ -3,7 +3,7 @@ layers' weights (``LAYER_WEIGHTS``).
 
 ``LlamaModel`` stacks every layer's weights on a leading [L] axis and scans over them. A
 scan slices each layer's weights out of the stacked arrays, and XLA's CPU and GPU
-backends do that by copying them, at every token: on the CPU the copies cost more than a
+backends do that by copying them, at every token (XLA:TPU, compiled for, does not): on the CPU the copies cost more than a
 batch-1 step's matrix products (``experiments/decode_step_breakdown.py``), and on an H200
 they held a 1B model's bfloat16 decode to 26% of the memory roofline, against 43% reading
 one array per layer (docs/gpu_tpu.md). So the token loops read a copy of the
@@ -12,7 +12,7 @@ prefill keeps the scan, whose products dwarf the copies and which compiles in a 
 of an unrolled stack's time. The copy may hold the attention's projections transposed
 (``per-layer-transposed``, ``RowLinear``): the same products, laid out for the reductions
 XLA:GPU makes of batch-1 ones, each then one kernel reading its weights once (compiled for
-an H200 here, ``experiments/gpu_program.py``; not yet timed on one), and no faster on a
+an H200 here, ``experiments/device_program.py``; not yet timed on one), and no faster on a
 CPU; "auto" holds it so on a GPU.
 """
 
@@ -32,8 +32,9 @@ from qstar_jax.models.llama import LlamaModel, unstack_layers
 # under a scan), or "unrolled" (the same scan fully unrolled, so every slice is at a
 # constant index); "auto" picks the per-layer copy on CPU and GPU, where it was measured
 # faster than the scan, transposed on a GPU (where XLA:GPU otherwise stores each batch-1
-# projection's products to reduce them in a second kernel: experiments/gpu_program.py),
-# and the scan elsewhere (TPU), which holds the weights once.
+# projection's products to reduce them in a second kernel: experiments/device_program.py),
+# and the scan elsewhere (TPU), which holds the weights once: compiled for a TPU v5e,
+# XLA:TPU reads each layer's slice in place (experiments/device_program.py; untimed).
 LAYER_WEIGHTS = ("auto", "per-layer", "per-layer-transposed", "stacked", "unrolled")
 # The modes that hold a copy of the layers beside the stacked weights.
 COPYING_LAYER_WEIGHTS = ("per-layer", "per-layer-transposed")

@@ -53,7 +53,7 @@ class RowLinear(nnx.Module):
     contracting axis. Over [in, out] it stores the product in one kernel and reduces its
     columns in another (the reductions an H200 profile of a 1B model's decode ran at 0.5
     to 1.3 TB/s); over [out, in] one kernel multiplies as it reduces each row (the
-    compiled programs: ``experiments/gpu_program.py``; docs/gpu_tpu.md).
+    compiled programs: ``experiments/device_program.py``; docs/gpu_tpu.md).
     """
 
     def __init__(self, rows: jax.Array, bias: jax.Array | None):

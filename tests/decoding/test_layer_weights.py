@@ -14,7 +14,7 @@ from qstar_jax.parallel import ShardingRules
 @pytest.mark.parametrize("backend, heads_split, resolved", [
     ("cpu", False, "per-layer"), ("cpu", True, "per-layer"),
     # On a GPU the attention's projections transposed (one kernel per batch-1 product
-    # rather than a stored product and a reduction: experiments/gpu_program.py) ...
+    # rather than a stored product and a reduction: experiments/device_program.py) ...
     ("gpu", False, "per-layer-transposed"), ("cuda", False, "per-layer-transposed"),
     # ... unless a mesh splits the heads, which the fused q/k/v rows would not be.
     ("gpu", True, "per-layer"),

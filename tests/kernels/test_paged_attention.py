@@ -169,7 +169,7 @@ def lowered_for_h200(function, *args) -> str:
 
 
 def test_compiling_for_a_gpu_traces_its_kernel_on_a_cpu_machine():
-    """experiments/gpu_program.py compiles the decoder on this CPU for a GPU: traced
+    """experiments/device_program.py compiles the decoder on this CPU for a GPU: traced
     within ``compiling_for("gpu")``, "auto" takes the GPU's kernel (not interpreted)
     where the default backend's choice is the jnp path."""
     assert resolve_implementation("auto") == "jnp"

@@ -1,4 +1,4 @@
-"""experiments/gpu_program.py: one token's kernels read from a step loop's optimized HLO
+"""experiments/device_program.py: one token's kernels read from a step loop's optimized HLO
 (a GPU-like module written out here, since compiling for a GPU needs JAX's CUDA plugin),
 and the script end to end on this CPU."""
 
@@ -9,17 +9,25 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).parents[1] / "experiments/gpu_program.py"
+SCRIPT = Path(__file__).parents[1] / "experiments/device_program.py"
 
-# A token loop as XLA:GPU compiles a batch-1 projection over an [in, out] kernel: the
-# product stored by one kernel (8 MiB) and reduced by another; the cache updated in place;
-# the sampler under a conditional whose larger branch has two kernels; a cuBLAS call.
+# A token loop as XLA:GPU compiles a batch-1 projection over an [in, out] kernel sliced
+# from stacked layers: the slice copied out (8 MiB), the product stored by one kernel
+# (8 MiB) and reduced by another; the cache updated in place; the sampler under a
+# conditional whose larger branch has two kernels; a cuBLAS call.
 TOKEN_LOOP = """\
 %fused_multiply (p0: bf16[2048,2048], p1: bf16[1,2048]) -> bf16[2048,2048] {
   %p0 = bf16[2048,2048]{1,0} parameter(0)
   %p1 = bf16[1,2048]{1,0} parameter(1)
   %b = bf16[2048,2048]{1,0} broadcast(%p1), dimensions={0,1}, metadata={op_name="jit(f)/dot_general"}
   ROOT %m = bf16[2048,2048]{1,0} multiply(%b, %p0), metadata={op_name="jit(f)/dot_general"}
+}
+%fused_slice (p0.4: bf16[4,2048,2048], p1.4: s32[]) -> bf16[1,2048,2048] {
+  %p0.4 = bf16[4,2048,2048]{2,1,0} parameter(0)
+  %p1.4 = s32[] parameter(1)
+  %z = s32[] constant(0)
+  %ds = bf16[1,2048,2048]{2,1,0} dynamic-slice(%p0.4, %p1.4, %z, %z), dynamic_slice_sizes={1,2048,2048}, metadata={op_name="jit(f)/dynamic_slice"}
+  ROOT %cp = bf16[1,2048,2048]{2,1,0} copy(%ds), metadata={op_name="jit(f)/dynamic_slice"}
 }
 %fused_reduce (p0.1: bf16[2048,2048]) -> bf16[2048] {
   %p0.1 = bf16[2048,2048]{1,0} parameter(0)
@@ -50,6 +58,9 @@ TOKEN_LOOP = """\
   %x = bf16[1,2048]{1,0} get-tuple-element(%state), index=1
   %cache = bf16[2,1,256,64]{3,2,1,0} get-tuple-element(%state), index=2
   %logits = f32[1,512]{1,0} get-tuple-element(%state), index=3
+  %stack = bf16[4,2048,2048]{2,1,0} parameter(1)
+  %i = s32[] constant(2)
+  %loop_dynamic_slice_fusion = bf16[1,2048,2048]{2,1,0} fusion(%stack, %i), kind=kLoop, calls=%fused_slice
   %loop_multiply_fusion = bf16[2048,2048]{1,0} fusion(%w, %x), kind=kLoop, calls=%fused_multiply
   %input_reduce_fusion = bf16[2048]{0} fusion(%loop_multiply_fusion), kind=kInput, calls=%fused_reduce
   %new = bf16[1,1,1,64]{3,2,1,0} bitcast(%input_reduce_fusion)
@@ -73,14 +84,17 @@ def experiments_on_path(monkeypatch):
 
 
 def test_one_tokens_kernels_are_counted_with_the_products_they_store():
-    import gpu_program
-    figures = gpu_program.analyse(TOKEN_LOOP, num_layers=1)
-    # multiply, reduce, the cache write, the cuBLAS call, the sampled branch's two.
-    assert figures["kernels_per_token"] == 6
+    import device_program
+    figures = device_program.analyse(TOKEN_LOOP, num_layers=1)
+    # the slice's copy, multiply, reduce, the cache write, the cuBLAS call, the sampled
+    # branch's two.
+    assert figures["kernels_per_token"] == 7
     # Only the stored product: the reduction writes 4 KiB, the cache write is in place.
     assert figures["products_written_mb_per_token"] == round(2048 * 2048 * 2 / 1e6, 1)
+    assert figures["copies_written_mb_per_token"] == round(2048 * 2048 * 2 / 1e6, 1)
     kinds = figures["kinds"]
     assert kinds["custom call __cublas$gemm"] == 1
+    assert figures["custom_calls"] == {"__cublas$gemm": 1}
     assert kinds["exponential (from exp); reads f32[1,512]{1,0}; writes f32[1,512]{1,0}"] == 2
     assert kinds["broadcast, multiply (from dot_general); reads bf16[2048,2048]{1,0} "
                  "bf16[1,2048]{1,0}; writes bf16[2048,2048]{1,0}"] == 1
@@ -99,6 +113,7 @@ def test_the_script_compiles_both_layer_readings_for_this_cpu(monkeypatch, capsy
         assert run["kernels_per_layer"] == round(run["kernels_per_token"] / 2, 2)
         assert len(run["kinds"]) == 3
         assert run["products_written_mb_per_token"] == 0  # XLA:CPU keeps dots as dots
+        assert run["copies_written_mb_per_token"] == 0
         code = run["machine_code"]
         assert code["gpu_code_for"] == [] and code["bytes"] > 0, code
 
@@ -116,7 +131,67 @@ def test_the_script_compiles_pages_read_by_the_kernel(monkeypatch, capsys):
     assert figures["runs"][0]["kernels_per_token"] > 2 * 10
 
 
+def test_an_unknown_target_is_named_with_the_known_ones(monkeypatch):
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--target", "h100x"])
+    with pytest.raises(SystemExit, match=r"no target 'h100x'.*h200.*v5e"):
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+
+
 def test_the_kernel_needs_pages(monkeypatch):
     monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--target", "cpu", "--attention", "pallas"])
     with pytest.raises(SystemExit, match="give --page-size"):
         runpy.run_path(str(SCRIPT), run_name="__main__")
+
+
+# A token loop whose layers run as a nested loop, as a scan over stacked layers compiles:
+# its trip count annotated (XLA:GPU) or only in its condition (XLA:TPU).
+SCANNED_LAYERS = """\
+%fused_layer (p: f32[8]) -> f32[8] {
+  %p = f32[8]{0} parameter(0)
+  ROOT %e = f32[8]{0} exponential(%p), metadata={op_name="jit(f)/exp"}
+}
+%layer_body (a: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %a = (s32[], f32[8]) parameter(0)
+  %x = f32[8]{0} get-tuple-element(%a), index=1
+  %fusion.1 = f32[8]{0} fusion(%x), kind=kLoop, calls=%fused_layer
+  ROOT %fusion.2 = f32[8]{0} fusion(%fusion.1), kind=kLoop, calls=%fused_layer
+}
+%layer_cond (c: (s32[], f32[8])) -> pred[] {
+  %c = (s32[], f32[8]) parameter(0)
+  %constant.7 = s32[]{:T(128)} constant(16)
+  %i = s32[]{:T(128)} get-tuple-element(%c), index=0
+  ROOT %lt = pred[]{:T(512)} compare(%i, %constant.7), direction=LT
+}
+%token_body (t: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %t = (s32[], f32[8]) parameter(0)
+  %layers = (s32[], f32[8]) while(%t), condition=%layer_cond, body=%layer_body{annotation}
+  ROOT %fusion.3 = f32[8]{0} fusion(%layers), kind=kLoop, calls=%fused_layer
+}
+ENTRY %main (w: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %w = (s32[], f32[8]) parameter(0)
+  ROOT %loop = (s32[], f32[8]) while(%w), condition=%token_cond, body=%token_body
+}
+"""
+
+
+@pytest.mark.parametrize("annotation", [', backend_config={"known_trip_count":{"n":"16"}}', ""],
+                         ids=["annotated", "in-the-condition"])
+def test_a_scan_over_the_layers_counts_its_kernels_once_a_layer(annotation):
+    import device_program
+    figures = device_program.analyse(SCANNED_LAYERS.replace("{annotation}", annotation),
+                                     num_layers=16)
+    assert figures["kernels_per_token"] == 16 * 2 + 1
+
+
+def test_a_move_into_on_chip_memory_is_not_a_copy():
+    """XLA:TPU prefetches a layer's weights into another memory space (S(1) in the
+    layout); on a GPU the same slice copied within device memory is a copy."""
+    import device_program
+    from device_trace import Fusion
+
+    def slice_to(layout):
+        return Fusion(shape=f"bf16[1,2048,2048]{{{layout}}}", opcodes=["dynamic-slice"],
+                      sources=["dynamic_slice"], reads=["bf16[16,2048,2048]{2,1,0}"],
+                      root="dynamic-slice")
+    assert device_program.copies_an_array(slice_to("2,1,0"))
+    assert not device_program.copies_an_array(slice_to("1,2,0:T(8,128)(2,1)S(1)"))

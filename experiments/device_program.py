@@ -1,44 +1,57 @@
-"""What XLA:GPU makes of the decoder's token loop, compiled here for a GPU this machine lacks.
+"""What XLA makes of the decoder's token loop for a GPU or TPU, compiled here, where there
+is neither.
 
-JAX's CUDA plugin compiles for a compile-only device that a target description stands
-for (``jax.experimental.topologies``; ``experiments/gpu_targets/h200.txtpb``, an H200's
-compute capability 9.0, SM count, memory and bandwidth written as XLA's target configs
-are). This builds bench_decode's random-weight Llama (``--random-llama``, bfloat16) and a
-decoder for it on the CPU, runs one short step call (so the decoder holds the call's
-arguments), compiles that call's token loop for the device (``Decoder.compiled``) and
-reads the optimized HLO: the kernels one token launches (the fusions and custom calls
-of the loop's body, a conditional counted by its larger branch), those per layer, how
-many of each kind (``device_trace.describe``: what a fusion computes, reads and writes),
-and the bytes a token's products write to memory on their way (loop fusions lowered from
-``dot_general`` that write 1 MiB or more: a product XLA computes as a multiply, stores,
-and reduces in another kernel). It also serializes the executable and names the GPU
-architectures its code is for: XLA:GPU compiles every kernel to machine code even for a
-compile-only device, so a Pallas kernel in the loop (``--attention pallas``) has gone
-through Triton's own compiler once this prints sm_90.
+JAX's CUDA plugin and libtpu compile for compile-only devices (``jax.experimental.
+topologies``): a GPU that a target description stands for
+(``experiments/gpu_targets/h200.txtpb``, an H200's compute capability 9.0, SM count,
+memory and bandwidth written as XLA's target configs are), or one chip of a TPU
+generation (``--target v4|v5e|v5p|v6e``). This builds bench_decode's random-weight Llama
+(``--random-llama``, bfloat16) and a decoder for it on the CPU, runs one short step call
+(so the decoder holds the call's arguments), traces that call's token loop again for
+the target (its paged-attention kernel, ``qstar_kernels.compiling_for``), compiles it
+for the device (``Decoder.compiled``) and reads the optimized HLO: the kernels one token
+launches (the fusions and custom calls of the loop's body, a conditional counted by its
+larger branch), those per layer, how many of each kind (``device_trace.describe``: what
+a fusion computes, reads and writes), the bytes a token's products write to memory on
+their way (loop fusions lowered from ``dot_general`` that write 1 MiB or more: a product
+XLA computes as a multiply, stores, and reduces in another kernel), and the bytes its
+fusions only copy (1 MiB or more: on a GPU, a layer's weights copied out of the stacked
+layers). It also serializes the executable and names the GPU architectures its code is
+for: XLA:GPU compiles every kernel to machine code even for a compile-only device, so a
+Pallas kernel in the loop (``--attention pallas``) has gone through Triton's own
+compiler once this prints sm_90; on a TPU, Mosaic's compiler in libtpu has compiled the
+TPU kernel once the loop compiles.
 
 What it does not show: how long anything takes. Nothing runs, and XLA picks its matrix
 products' tilings without autotuning (which times candidates on the device). The fusions,
-their count and what each reads and writes are XLA:GPU's own (the same passes run), their
-speed is not; the device runs (``device_checks.sh``) time them.
+their count and what each reads and writes are XLA's own (the same passes run), their
+speed is not; the device runs (``device_checks.sh``) time them on a GPU. On a TPU, whose
+scalar unit runs the loop's bookkeeping outside fusions, the kernel count is the fusions'
+and custom calls' alone.
 
-    python experiments/gpu_program.py [--random-llama 1b] [--batches 1 8]
+    python experiments/device_program.py [--random-llama 1b] [--batches 1 8]
         [--layer-weights per-layer per-layer-transposed] [--page-size 0]
-        [--attention jnp|pallas] [--target h200] [--top 12]
+        [--attention jnp|pallas] [--target h200|v5e|...|cpu] [--top 12]
 
-Needs this JAX version's CUDA plugin on the path: ``make gpu-program`` installs
-jax-cuda12-plugin and jax-cuda12-pjrt into .cuda_plugin/ and runs this with it (and with
-JAX_SKIP_CUDA_CONSTRAINTS_CHECK set: there is no CUDA runtime to check). ``--target cpu``
-compiles for this machine's CPU instead (what the test runs).
+Needs this JAX version's CUDA plugin or libtpu on the path: ``make gpu-program`` installs
+jax-cuda12-plugin and jax-cuda12-pjrt into .cuda_plugin/ and runs this with it (with
+JAX_SKIP_CUDA_CONSTRAINTS_CHECK set: there is no CUDA runtime to check), ``make
+tpu-program`` the libtpu that ``jax[tpu]`` pins into .libtpu/ (with TPU_WORKER_HOSTNAMES
+set to this machine). ``--target cpu`` compiles for this machine's CPU instead (what the
+test runs).
 
 Prints each setting's kernels and, as its last line, JSON: {"target", "model",
 "page_size", "attention", "runs": [{"layer_weights", "batch", "kernels_per_token",
-"kernels_per_layer", "products_written_mb_per_token", "machine_code": {"bytes",
-"gpu_code_for"}, "kinds": {description: kernels per token, the --top most frequent}}]}.
+"kernels_per_layer", "products_written_mb_per_token", "copies_written_mb_per_token",
+"custom_calls": {target: calls per token}, "machine_code": {"bytes", "gpu_code_for"},
+"kinds": {description: kernels per token,
+the --top most frequent}}]}.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 from collections import Counter
@@ -59,6 +72,9 @@ from qstar_jax.models.llama import LlamaModel
 from qstar_kernels import compiling_for
 
 TARGETS = Path(__file__).parent / "gpu_targets"
+# A TPU generation and the smallest topology libtpu describes for it (one chip is used).
+TPU_TOPOLOGIES = {"v4": "v4:2x2x1", "v5e": "v5e:2x2", "v5p": "v5p:2x2x1", "v6e": "v6e:2x2"}
+_DATA_MOVEMENT = {"copy", "dynamic-slice", "slice", "reshape", "transpose"}
 PRODUCT_BYTES = 1 << 20  # a materialized product: a loop fusion from dot_general this big
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4,
           "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
@@ -80,28 +96,49 @@ def parse_args() -> argparse.Namespace:
                              "target's Pallas kernel (the short call on this CPU runs it "
                              "in interpret mode; the target's program has the kernel)")
     parser.add_argument("--target", default="h200",
-                        help="a description in experiments/gpu_targets/ (without .txtpb), "
-                             "or cpu: this machine's CPU")
+                        help="a GPU described in experiments/gpu_targets/ (without .txtpb), "
+                             f"a TPU ({', '.join(TPU_TOPOLOGIES)}), or cpu: this machine's "
+                             "CPU")
     parser.add_argument("--top", type=int, default=12, help="kinds of kernel listed per run")
     return parser.parse_args()
 
 
 def target_device(name: str) -> jax.Device:
-    """The device to compile for: a compile-only GPU of the named description, or CPU."""
+    """The device to compile for: a compile-only GPU of the named description or TPU of
+    the named generation, or CPU."""
     if name == "cpu":
         return jax.devices("cpu")[0]
     from jax.experimental import topologies
     description = TARGETS / f"{name}.txtpb"
-    if not description.exists():
-        raise SystemExit(f"no target {name!r}: the descriptions are "
-                         f"{sorted(p.stem for p in TARGETS.glob('*.txtpb'))}")
+    if name not in TPU_TOPOLOGIES and not description.exists():
+        raise SystemExit(f"no target {name!r}: the GPU descriptions are "
+                         f"{sorted(p.stem for p in TARGETS.glob('*.txtpb'))}, the TPUs "
+                         f"{sorted(TPU_TOPOLOGIES)}")
     try:
-        topology = topologies.get_topology_desc(
-            platform="cuda", target_config=description.read_text(), topology="1x1x1")
-    except Exception as error:  # the plugin missing, or a JAX without compile-only GPUs
-        raise SystemExit(f"cannot compile for a GPU here ({error}): `make gpu-program` "
-                         "installs this JAX's CUDA plugin and runs this script with it")
+        if name in TPU_TOPOLOGIES:
+            topology = topologies.get_topology_desc(topology_name=TPU_TOPOLOGIES[name],
+                                                    platform="tpu")
+        else:
+            topology = topologies.get_topology_desc(
+                platform="cuda", target_config=description.read_text(), topology="1x1x1")
+    except Exception as error:  # the plugin missing, or a JAX without compile-only devices
+        raise SystemExit(f"cannot compile for {name} here ({error}): `make gpu-program` "
+                         "and `make tpu-program` install this JAX's CUDA plugin or libtpu "
+                         "and run this script with it")
     return topology.devices[0]
+
+
+@contextlib.contextmanager
+def tracing_for(device: jax.Device):
+    """Trace for ``device`` rather than this CPU: the paged attention the target's
+    platform takes (``compiling_for``), and the device Pallas' lowering rules ask about
+    (an abstract device of its kind)."""
+    abstract = jax.sharding.AbstractDevice(device_kind=device.device_kind,
+                                           num_cores=getattr(device, "num_cores", 1),
+                                           platform=device.platform)
+    mesh = jax.sharding.AbstractMesh((1,), ("device",), abstract_device=abstract)
+    with compiling_for(device.platform), jax.sharding.use_abstract_mesh(mesh):
+        yield
 
 
 def array_bytes(shape: str) -> int:
@@ -110,9 +147,26 @@ def array_bytes(shape: str) -> int:
                for dtype, dims in _ARRAY.findall(shape))
 
 
+def trip_count(while_line: str, bodies: dict[str, list[str]]) -> int:
+    """How many times a while loop runs its body: the count XLA annotates (XLA:GPU), or
+    the bound its condition compares a counter from 0 against (a scan over the layers on
+    XLA:TPU, which annotates none); 1 where neither says."""
+    known = re.search(r'"known_trip_count":\{"n":"(\d+)"', while_line)
+    if known:
+        return int(known.group(1))
+    condition = bodies.get(re.search(r"condition=%?([\w.\-]+)", while_line).group(1), [])
+    constants = dict(re.findall(r"%([\w.\-]+) = s32\[\][^ ]* constant\((\d+)\)",
+                                "\n".join(condition)))
+    for line in condition:
+        bound = re.search(r"compare\(%[\w.\-]+, %([\w.\-]+)\), direction=LT", line)
+        if bound and bound.group(1) in constants:
+            return int(constants[bound.group(1)])
+    return 1
+
+
 def kernels(body: str, bodies: dict[str, list[str]]) -> list[str]:
     """The kernels a run of computation ``body`` launches: its fusions and custom calls,
-    a conditional's larger branch, a nested loop's body once."""
+    a conditional's larger branch, a nested loop's body as many times as it runs."""
     launched = []
     for line in bodies[body]:
         call = _CALL.match(line)
@@ -126,8 +180,9 @@ def kernels(body: str, bodies: dict[str, list[str]]) -> list[str]:
                 re.findall(r"%?([\w.\-]+)", re.search(r"branch_computations=\{([^}]*)\}",
                                                        line).group(1))
             launched += max((kernels(branch, bodies) for branch in branches), key=len)
-        else:  # a while loop inside the token's
-            launched += kernels(re.search(r"body=%?([\w.\-]+)", line).group(1), bodies)
+        else:  # a while loop inside the token's: the scan over stacked layers
+            launched += kernels(re.search(r"body=%?([\w.\-]+)", line).group(1),
+                                bodies) * trip_count(line, bodies)
     return launched
 
 
@@ -144,9 +199,18 @@ def writes_a_product(fusion: Fusion) -> bool:
     """A loop fusion that stores the elementwise part of a matrix product (1 MiB or more)
     for another kernel to reduce: not a product itself (a dot), not a reduction, and not
     an update of a buffer in place (the cache write: its root a scatter or a
-    dynamic-update-slice)."""
-    return ("dot_general" in fusion.sources and "dot" not in fusion.opcodes
+    dynamic-update-slice). XLA:TPU writes its products as convolutions."""
+    return ("dot_general" in fusion.sources and not {"dot", "convolution"} & set(fusion.opcodes)
             and fusion.root not in ("reduce", "dynamic-update-slice", "scatter")
+            and array_bytes(fusion.shape) >= PRODUCT_BYTES)
+
+
+def copies_an_array(fusion: Fusion) -> bool:
+    """A fusion that only moves data (1 MiB or more) into the device's main memory: a
+    layer's weights sliced out of the stacked layers into a buffer of their own, where
+    the products could have read them in place. A move into another memory space (XLA:
+    TPU's prefetch into on-chip memory, marked S(n) in the layout) is not one."""
+    return (set(fusion.opcodes) <= _DATA_MOVEMENT and "S(" not in fusion.shape
             and array_bytes(fusion.shape) >= PRODUCT_BYTES)
 
 
@@ -159,9 +223,14 @@ def analyse(hlo_text: str, num_layers: int) -> dict:
                     else f"custom call {targets.get(name, '')}".strip() for name in launched)
     products = sum(array_bytes(fusions[name].shape) for name in launched
                    if name in fusions and writes_a_product(fusions[name]))
+    copies = sum(array_bytes(fusions[name].shape) for name in launched
+                 if name in fusions and copies_an_array(fusions[name]))
+    custom_calls = Counter(targets.get(name, "?") for name in launched if name not in fusions)
     return {"kernels_per_token": len(launched),
             "kernels_per_layer": round(len(launched) / num_layers, 2),
             "products_written_mb_per_token": round(products / 1e6, 1),
+            "copies_written_mb_per_token": round(copies / 1e6, 1),
+            "custom_calls": dict(custom_calls.most_common()),
             "kinds": dict(kinds.most_common())}
 
 
@@ -197,7 +266,7 @@ def step_loop(model: LlamaModel, layer_weights: str, batch: int, page_size: int,
     # Traced again for the target's platform: its Pallas kernel where the CPU call
     # interpreted one.
     jax.clear_caches()
-    with compiling_for(device.platform):
+    with tracing_for(device):
         return decoder.compiled("sample_step", device)
 
 
@@ -225,10 +294,14 @@ def main() -> None:
                          "machine_code": code, "kinds": kinds})
             print(f"{layer_weights}, batch {batch}: {figures['kernels_per_token']} kernels a "
                   f"token ({figures['kernels_per_layer']} a layer), products written "
-                  f"{figures['products_written_mb_per_token']} MB a token; executable "
+                  f"{figures['products_written_mb_per_token']} MB a token, copies "
+                  f"{figures['copies_written_mb_per_token']} MB; executable "
                   + (f"{code['bytes'] / 1e6:.1f} MB, GPU code for "
                      f"{', '.join(code['gpu_code_for']) or 'none'}" if code["bytes"]
                      else f"not serialized ({code['error']})"))
+            print("  custom calls a token: " + (", ".join(
+                f"{count}x {target}" for target, count in figures["custom_calls"].items())
+                or "none"))
             for kind, count in kinds.items():
                 print(f"  {count:5d}x {kind[:200]}")
     print(json.dumps({"target": args.target, "model": args.random_llama,
