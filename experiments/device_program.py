@@ -136,7 +136,9 @@ def tracing_for(device: jax.Device):
     abstract = jax.sharding.AbstractDevice(device_kind=device.device_kind,
                                            num_cores=getattr(device, "num_cores", 1),
                                            platform=device.platform)
-    mesh = jax.sharding.AbstractMesh((1,), ("device",), abstract_device=abstract)
+    # Auto: a mesh of Explicit axes (JAX 0.11's default) would type every array's sharding.
+    mesh = jax.sharding.AbstractMesh((1,), ("device",), abstract_device=abstract,
+                                     axis_types=(jax.sharding.AxisType.Auto,))
     with compiling_for(device.platform), jax.sharding.use_abstract_mesh(mesh):
         yield
 
