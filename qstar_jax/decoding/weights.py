@@ -3,8 +3,9 @@ layers' weights (``LAYER_WEIGHTS``).
 
 ``LlamaModel`` stacks every layer's weights on a leading [L] axis and scans over them. A
 scan slices each layer's weights out of the stacked arrays, and XLA's CPU and GPU
-backends do that by copying them, at every token (XLA:TPU, compiled for, does not): on the CPU the copies cost more than a
-batch-1 step's matrix products (``experiments/decode_step_breakdown.py``), and on an H200
+backends do that by copying them, at every token (XLA:TPU's program, compiled here for a
+v5e, reads them in place): on the CPU the copies cost more than a batch-1 step's matrix
+products (``experiments/decode_step_breakdown.py``), and on an H200
 they held a 1B model's bfloat16 decode to 26% of the memory roofline, against 43% reading
 one array per layer (docs/gpu_tpu.md). So the token loops read a copy of the
 weights split per layer there, at the cost of holding the layers' weights twice; the
