@@ -266,9 +266,8 @@ def step_loop(model: LlamaModel, layer_weights: str, batch: int, page_size: int,
     decoder.prefill(slots, [[3, 5, 7, 9] * 8] * batch)
     decoder.sample_steps(slots, problem_keys=jax.random.split(jax.random.key(0), batch),
                          node_ids=[0] * batch, params=SamplingParams.make(batch), max_tokens=2)
-    # Traced again for the target's platform: its Pallas kernel where the CPU call
-    # interpreted one.
-    jax.clear_caches()
+    # Traced again for the target's platform (the abstract mesh is part of jit's trace
+    # context): its Pallas kernel where the CPU call interpreted one.
     with tracing_for(device):
         return decoder.compiled("sample_step", device)
 

@@ -28,8 +28,9 @@ def compiling_for(platform: str):
     """Within it, functions traced pick their attention for ``platform`` ("gpu", "tpu" or
     "cpu") rather than for the default backend: to compile a program for a device that
     is not the default backend's, such as a compile-only GPU on a CPU machine
-    (``experiments/device_program.py``). A function traced before keeps what it picked:
-    clear JAX's caches (``jax.clear_caches``) to trace it again."""
+    (``experiments/device_program.py``). The setting is not part of jit's trace context:
+    a function jit traced before keeps what it picked unless something that is changes
+    too (device_program's abstract mesh of the target's device)."""
     token = _TARGET_PLATFORM.set(platform)
     try:
         yield

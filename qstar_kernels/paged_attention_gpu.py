@@ -102,12 +102,12 @@ def paged_decode_attention_gpu(q: jax.Array, k_pages: jax.Array, v_pages: jax.Ar
     kv_heads, page_size = k_pages.shape[2], k_pages.shape[3]
     if keys_per_block < 1 or keys_per_block & (keys_per_block - 1):
         raise ValueError(f"keys_per_block must be a power of two, got {keys_per_block}")
-    block_keys = max(keys_per_block, page_size)  # the keys one step of the loop reads
+    pages_per_block = max(1, keys_per_block // page_size)  # read by one step of the loop
     for name, size in (("page size", page_size), ("head_dim", head_dim)):
         if not interpret and size & (size - 1):
             raise ValueError(f"the GPU kernel needs a {name} that is a power of two, got "
                              f"{size}")
-    for name, size in (("head_dim", head_dim), ("keys a step reads", block_keys)):
+    for name, size in (("head_dim", head_dim), ("keys a step reads", pages_per_block * page_size)):
         if not interpret and size < MIN_ROWS:
             raise ValueError(f"the GPU kernel needs {name} of at least {MIN_ROWS} (Triton's "
                              f"matrix product), got {size}")
@@ -115,8 +115,7 @@ def paged_decode_attention_gpu(q: jax.Array, k_pages: jax.Array, v_pages: jax.Ar
     rows = max(MIN_ROWS, pl.next_power_of_2(num_queries * group))
     kernel = functools.partial(_kernel, num_queries=num_queries, group=group,
                                scale=head_dim ** -0.5 if scale is None else scale,
-                               window=window,
-                               pages_per_block=max(1, keys_per_block // page_size))
+                               window=window, pages_per_block=pages_per_block)
     whole = pl.BlockSpec()  # Triton reads an un-blocked operand through its pointer
     row_block = pl.BlockSpec((None, None, rows, head_dim), lambda b, h: (b, h, 0, 0))
     out = pl.pallas_call(
