@@ -19,10 +19,11 @@ CPU), so the kernel and the ``jnp`` path are timed on the same model:
 
     python experiments/bench_decode.py --random-llama 1b --page-size 16 --attention pallas
 
-``--layer-weights per-layer|per-layer-transposed|stacked|unrolled`` sets how the step
-loop reads the layers' weights (one array per layer in a Python loop, with the attention's
-projections as loaded or transposed, or slices of the stacked arrays under a scan, rolled
-or unrolled; the default is the decoder's: ``qstar_jax/decoding/weights``),
+``--layer-weights per-layer|per-layer-transposed|per-layer-kernels|stacked|unrolled`` sets
+how the step loop reads the layers' weights (one array per layer in a Python loop, with
+the attention's projections as loaded or transposed, or every product as rows run by the
+row-products kernels, or slices of the stacked arrays under a scan, rolled or unrolled;
+the default is the decoder's: ``qstar_jax/decoding/weights``),
 ``--no-matmul-cap`` skips the matmul cap below (minutes of compiling on a GPU), and
 ``--trace DIR`` profiles one more generation per batch (``device_trace``), with the step
 loop's optimized HLO saved beside its trace and read to say what each busy kernel computes.
@@ -45,7 +46,8 @@ Prints a table and as its last line JSON: {"batch": [...], "jax_tok_s": [...],
 "attention": ..., "layer_weights": ...} (ratio = ours / HF; the HF lists are null without
 the transformers side, matmul_cap_tok_s with --no-matmul-cap; page_size 0 and attention
 null on row slots, else the attention the pages resolved to; layer_weights "per-layer",
-"per-layer-transposed", "stacked" or "unrolled", as the step loop read them).
+"per-layer-transposed", "per-layer-kernels", "stacked" or "unrolled", as the step loop
+read them).
 """
 
 from __future__ import annotations
@@ -93,8 +95,8 @@ def parse_args() -> argparse.Namespace:
                         help="CPU cores for both sides (default: all this process may use)")
     parser.add_argument("--layer-weights", default="auto",
                         help="how the step loop reads the layers' weights: auto, per-layer, "
-                             "per-layer-transposed, stacked or unrolled (Decoder's "
-                             "layer_weights, qstar_jax/decoding/weights.py)")
+                             "per-layer-transposed, per-layer-kernels, stacked or unrolled "
+                             "(Decoder's layer_weights, qstar_jax/decoding/weights.py)")
     parser.add_argument("--no-matmul-cap", dest="matmul_cap", action="store_false",
                         help="skip the matmul cap (it compiles every product shape per batch: "
                              "minutes on a GPU, where the roofline is the bound that matters)")

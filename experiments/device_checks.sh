@@ -2,8 +2,10 @@
 # Every check that needs the GPU machine, in one call of the device tool (issue 18), most
 # wanted first: decode throughput against the HBM roofline in bfloat16 (Llama-3.2-1B's
 # shape, random weights) on row slots, the layers read as by default (the attention's
-# projections transposed) and with the plain per-layer copy; the paged decode-attention
-# kernel alone against the jnp path, at several keys a step; bench_search's five runs in
+# projections transposed), with the plain per-layer copy, and with a layer's products run
+# by the row-products kernels, and those kernels alone against XLA's products at several
+# block settings; the paged decode-attention kernel alone against the jnp path, at several
+# keys a step; bench_search's five runs in
 # bfloat16 on SmolLM2's shape with random weights (the GGUF is over what a call carries),
 # ours and transformers' both on the GPU; (a) and the kernel alone on 8-token pages; the decode throughput with the layers' weights read in
 # the other ways and with CUDA graphs, and on pages with the kernel and with the jnp
@@ -97,6 +99,13 @@ bench=("${gpu_steps[@]}" "$py" experiments/bench_decode.py --random-llama "$mode
 step bench_decode_rows 90 "${bench[@]}" --trace "$traces/rows"
 step bench_decode_rows_plain 90 "${bench[@]}" --layer-weights per-layer \
   --trace "$traces/rows_plain"
+# A layer's norms, products, SiLU and residuals as four Pallas kernels at batch 1 (XLA's
+# GEMMs from batch 8, where the kernel does not run: the transposed default's program),
+# and the kernels alone against XLA's products on the 1B layer's shapes.
+step bench_decode_rows_kernels 90 "${bench[@]}" --layer-weights per-layer-kernels \
+  --trace "$traces/rows_kernels"
+step bench_row_products 60 "${gpu_steps[@]}" "$py" experiments/bench_row_products.py \
+  --shape "$([ "$model" = tiny ] && echo tiny || echo 1b)"
 # The paged kernel alone against the decoder's jnp path on a search round's rows
 # (SmolLM2's heads), its page loop reading 16 to 128 keys a step.
 step bench_paged_attention 60 "${gpu_steps[@]}" "$py" experiments/bench_paged_attention.py

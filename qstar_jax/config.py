@@ -178,8 +178,11 @@ class DecodeConfig:
     # "per-layer-transposed" the same copy with the attention's projections held [out, in]
     # (XLA:GPU then computes a batch-1 projection in one kernel instead of storing its
     # products for a second: experiments/device_program.py; the GPU's auto unless a mesh
-    # splits the heads; not yet timed on a GPU); "stacked" holds them once and scans over
-    # them (the TPU's auto); memory_plan counts either.
+    # splits the heads; not yet timed on a GPU); "per-layer-kernels" the transposed copy
+    # with the MLP's products as rows too, a layer's norms, products, SiLU and residuals
+    # run as four Pallas kernels on a GPU at decode steps of up to 4 rows (qstar_kernels/
+    # row_products_gpu.py; untimed); "stacked" holds them once and scans over them (the
+    # TPU's auto); memory_plan counts each.
     layer_weights: str = "auto"
 
     @property

@@ -16,7 +16,7 @@ in place from ``[L, P, K, S, D]``. The two agree where both apply
 
 JAX 0.11 deprecates Pallas' Triton backend (a warning at each lowering) in favour of
 Mosaic GPU; where a JAX has removed it, this module still imports and ``auto`` takes the
-``jnp`` path on GPUs (``paged_attention.resolve_implementation``).
+``jnp`` path on GPUs (``platform.resolve_implementation``).
 """
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ def test_the_issue_s_smollm2_run_is_refused_with_the_largest_slots_that_fit():
 
 @pytest.mark.parametrize("backend, layer_weights, copied", [
     ("gpu", "auto", True), ("cpu", "auto", True), ("tpu", "auto", False),
-    ("gpu", "stacked", False), ("tpu", "per-layer", True), ("gpu", "per-layer-transposed", True)])
+    ("gpu", "stacked", False), ("tpu", "per-layer", True), ("gpu", "per-layer-transposed", True),
+    ("gpu", "per-layer-kernels", True)])
 def test_the_decoders_per_layer_copy_is_counted_where_it_is_held(backend, layer_weights, copied):
     """decode.layer_weights (auto: per layer on CPU and GPU) holds the policy's layers a
     second time, not its embeddings; Q-hat's own backbone never decodes."""

@@ -29,16 +29,21 @@ from qstar_jax.models.llama import LlamaModel, unstack_layers
 
 # How the token loops read the layers' weights: "per-layer" (a copy split per layer,
 # looped over in Python), "per-layer-transposed" (the same with the attention's
-# projections held [out, in]: ``RowLinear``), "stacked" (slices of the stacked arrays
-# under a scan), or "unrolled" (the same scan fully unrolled, so every slice is at a
-# constant index); "auto" picks the per-layer copy on CPU and GPU, where it was measured
-# faster than the scan, transposed on a GPU (where XLA:GPU otherwise stores each batch-1
-# projection's products to reduce them in a second kernel: experiments/device_program.py),
-# and the scan elsewhere (TPU), which holds the weights once: compiled for a TPU v5e,
-# XLA:TPU reads each layer's slice in place (experiments/device_program.py; untimed).
-LAYER_WEIGHTS = ("auto", "per-layer", "per-layer-transposed", "stacked", "unrolled")
+# projections held [out, in]: ``RowLinear``), "per-layer-kernels" (the same with the
+# MLP's products as rows too, each layer's norms, products, SiLU and residuals run as
+# ``qstar_kernels.rows_product`` calls: four Pallas kernels a layer on a GPU at decode
+# steps of a few rows, the jnp reference elsewhere; untimed, so "auto" does not pick it),
+# "stacked" (slices of the stacked arrays under a scan), or "unrolled" (the same scan
+# fully unrolled, so every slice is at a constant index); "auto" picks the per-layer copy
+# on CPU and GPU, where it was measured faster than the scan, transposed on a GPU (where
+# XLA:GPU otherwise stores each batch-1 projection's products to reduce them in a second
+# kernel: experiments/device_program.py), and the scan elsewhere (TPU), which holds the
+# weights once: compiled for a TPU v5e, XLA:TPU reads each layer's slice in place
+# (experiments/device_program.py; untimed).
+LAYER_WEIGHTS = ("auto", "per-layer", "per-layer-transposed", "per-layer-kernels", "stacked",
+                 "unrolled")
 # The modes that hold a copy of the layers beside the stacked weights.
-COPYING_LAYER_WEIGHTS = ("per-layer", "per-layer-transposed")
+COPYING_LAYER_WEIGHTS = ("per-layer", "per-layer-transposed", "per-layer-kernels")
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["model", "layers"],
@@ -58,7 +63,8 @@ class DecoderWeights:
         mode = resolve_layer_weights(layer_weights, heads_split=heads_split)
         if mode in COPYING_LAYER_WEIGHTS:
             layer_def, layers = unstack_layers(
-                model, transpose_projections=mode == "per-layer-transposed")
+                model, transpose_projections=mode == "per-layer-transposed",
+                row_kernels="auto" if mode == "per-layer-kernels" else None)
             return cls(model=nnx.state(model), layers=layers, layer_def=layer_def)
         return cls(model=nnx.state(model), layers=None, unroll=mode == "unrolled")
 
@@ -66,6 +72,8 @@ class DecoderWeights:
     def mode(self) -> str:
         """The resolved ``LAYER_WEIGHTS`` entry these weights were made for."""
         if self.layers is not None:
+            if self.layers[0]["mlp"].get("gate_up_proj") is not None:
+                return "per-layer-kernels"
             transposed = self.layers[0]["self_attn"].get("qkv_proj") is not None
             return "per-layer-transposed" if transposed else "per-layer"
         return "unrolled" if self.unroll else "stacked"
@@ -89,6 +97,10 @@ def resolve_layer_weights(layer_weights: str, backend: str | None = None, *,
     held whole on every device), so "auto" keeps the plain copy there."""
     if layer_weights not in LAYER_WEIGHTS:
         raise ValueError(f"layer_weights must be one of {LAYER_WEIGHTS}, got {layer_weights!r}")
+    if layer_weights == "per-layer-kernels" and heads_split:
+        raise ValueError("layer_weights='per-layer-kernels' runs each layer's products as "
+                         "kernels over whole weights, and this mesh splits the attention "
+                         "heads over devices: use 'auto' or a mesh with model=1")
     if layer_weights != "auto":
         return layer_weights
     backend = backend or jax.default_backend()

@@ -17,6 +17,7 @@ with depth.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -26,6 +27,7 @@ from flax import nnx
 from qstar_jax.models.cache_pages import PagedRows
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.shared_prefix import SharedPrefixRows, write_slot_rows
+from qstar_kernels import rows_product
 
 
 class RMSNorm(nnx.Module):
@@ -76,6 +78,10 @@ class RowLinear(nnx.Module):
         y = jnp.einsum("...i,oi->...o", x.astype(rows.dtype), rows)
         return y if self.bias is None else y + self.bias[...]
 
+    @staticmethod
+    def bias_of(linear: RowLinear):
+        return None if linear.bias is None else linear.bias[...]
+
 
 def rotate_half_rope(x, positions, inv_freq):
     """x: [B, T, heads, D]; positions: [B, T]; inv_freq: [D // 2]."""
@@ -109,8 +115,17 @@ class Attention(nnx.Module):
         Returns (out, cache_k, cache_v). The cache travels whole so XLA updates it in place.
         With ``cache_k is None`` the rows attend only to their own T tokens (training).
         """
-        b, t, _ = x.shape
         q, k, v = self._project_qkv(x)
+        out, cache_k, cache_v = self.attend(q, k, v, positions, slots, cache_k, cache_v, layer,
+                                            inv_freq, key_len)
+        return self.o_proj(out), cache_k, cache_v
+
+    def attend(self, q, k, v, positions, slots, cache_k, cache_v, layer, inv_freq,
+               key_len=None):
+        """The attention between the projections: q [B, T, H * D], k and v [B, T, K * D],
+        before RoPE -> (the heads' outputs [B, T, H * D], cache_k, cache_v), as
+        ``__call__`` says."""
+        b, t, _ = q.shape
         q = q.reshape(b, t, self.num_heads, self.head_dim)
         k = k.reshape(b, t, self.num_kv_heads, self.head_dim)
         v = v.reshape(b, t, self.num_kv_heads, self.head_dim)
@@ -123,13 +138,13 @@ class Attention(nnx.Module):
             cache_k = slots.write(cache_k, layer, k, positions)
             cache_v = slots.write(cache_v, layer, v, positions)
             out = slots.attend_one_token(q, cache_k, cache_v, layer, positions)
-            return self.o_proj(out.reshape(b, t, -1)), cache_k, cache_v
+            return out.reshape(b, t, -1), cache_k, cache_v
         elif isinstance(slots, PagedRows):
             cache_k = slots.write(cache_k, layer, k, positions)
             cache_v = slots.write(cache_v, layer, v, positions)
             if t == 1 and slots.uses_kernel():
                 out = slots.attend_one_token(q, cache_k, cache_v, layer, positions, self.window)
-                return self.o_proj(out.reshape(b, t, -1)), cache_k, cache_v
+                return out.reshape(b, t, -1), cache_k, cache_v
             keys = slots.gather(cache_k, layer, key_len)
             values = slots.gather(cache_v, layer, key_len)
             key_pos = jnp.arange(keys.shape[2])[None, :]  # [1, N * S]
@@ -143,13 +158,17 @@ class Attention(nnx.Module):
             values = cache_v[layer, slots, :, :window]
             key_pos = jnp.arange(window)[None, :]  # [1, W]
         out = self._attend(q, keys, values, positions, key_pos)
-        return self.o_proj(out.reshape(b, t, -1)), cache_k, cache_v
+        return out.reshape(b, t, -1), cache_k, cache_v
 
     def _project_qkv(self, x):
         if self.qkv_proj is None:
             return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        return jnp.split(self.qkv_proj(x), self.qkv_split(), axis=-1)
+
+    def qkv_split(self) -> list[int]:
+        """Where q ends and k ends in the fused q/k/v outputs."""
         q_width, kv_width = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        return jnp.split(self.qkv_proj(x), [q_width, q_width + kv_width], axis=-1)
+        return [q_width, q_width + kv_width]
 
     def _attend(self, q, keys, values, positions, key_pos):
         """q: [B, T, H, D]; keys/values: [B, K, M, D]; key_pos: [B or 1, M] -> [B, T, H, D]."""
@@ -211,12 +230,39 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype,
                                                 rngs=rngs)
         self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
+        # Set in a copy whose products all run over rows (unstack_layers(row_kernels=...)):
+        # the qstar_kernels.rows_product implementation its calls ask for; None otherwise.
+        self.row_kernels: str | None = None
 
     def __call__(self, x, positions, slots, cache_k, cache_v, layer, inv_freq, key_len=None):
+        if self.row_kernels is not None:
+            return self._call_on_rows(x, positions, slots, cache_k, cache_v, layer, inv_freq,
+                                      key_len)
         attn, cache_k, cache_v = self.self_attn(self.input_layernorm(x), positions, slots,
                                                 cache_k, cache_v, layer, inv_freq, key_len)
         x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x)), cache_k, cache_v
+
+    def _call_on_rows(self, x, positions, slots, cache_k, cache_v, layer, inv_freq, key_len):
+        """The same layer with its norms, products, SiLU and residuals as four
+        ``rows_product`` calls on the tokens [B * T, E]: on a GPU and a few tokens, four
+        Pallas kernels (``qstar_kernels/row_products_gpu.py``)."""
+        b, t, e = x.shape
+        attention, mlp = self.self_attn, self.mlp
+        rows = functools.partial(rows_product, implementation=self.row_kernels)
+        norm, post_norm = self.input_layernorm, self.post_attention_layernorm
+        x = x.reshape(b * t, e)
+        qkv = rows(x, attention.qkv_proj.rows[...], norm_weight=norm.weight[...],
+                   eps=norm.eps, bias=RowLinear.bias_of(attention.qkv_proj))
+        q, k, v = jnp.split(qkv.reshape(b, t, -1), attention.qkv_split(), axis=-1)
+        out, cache_k, cache_v = attention.attend(q, k, v, positions, slots, cache_k, cache_v,
+                                                 layer, inv_freq, key_len)
+        x = rows(out.reshape(b * t, -1), attention.o_proj.rows[...], residual=x,
+                 bias=RowLinear.bias_of(attention.o_proj))
+        hidden = rows(x, mlp.gate_up_proj.rows[...], norm_weight=post_norm.weight[...],
+                      eps=post_norm.eps, gated=True)
+        x = rows(hidden, mlp.down_proj.rows[...], residual=x)
+        return x.reshape(b, t, e), cache_k, cache_v
 
 
 class LlamaModel(nnx.Module):
@@ -307,25 +353,36 @@ class LlamaModel(nnx.Module):
         return self.lm_head(hidden).astype(jnp.float32)
 
 
-def unstack_layers(model: LlamaModel, transpose_projections: bool = False
-                   ) -> tuple[nnx.GraphDef, list[nnx.State]]:
+def unstack_layers(model: LlamaModel, transpose_projections: bool = False,
+                   row_kernels: str | None = None) -> tuple[nnx.GraphDef, list[nnx.State]]:
     """A copy of the model's stacked layer weights as one state per layer, and the graph
     they fill (``layer_def=`` and ``layers=`` of ``LlamaModel.__call__``).
 
     transpose_projections: hold each layer's q, k and v projections as one ``RowLinear``
     and its output projection as another, [out, in], instead of ``nnx.Linear``'s [in, out]
-    (the same products; see ``RowLinear`` for why a GPU may want them so)."""
+    (the same products; see ``RowLinear`` for why a GPU may want them so).
+    row_kernels: hold the MLP's products as rows too (gate and up as one), and run each
+    layer's norms, products, SiLU and residuals through ``qstar_kernels.rows_product``
+    with this implementation ("auto", "pallas" or "jnp"); implies transposed projections.
+    """
     stacked_def, stacked = nnx.split(model.layers)
     layer_def, states = stacked_def, []
     for index in range(model.config.num_layers):
         state = jax.tree.map(lambda x: x[index], stacked)
-        if transpose_projections:  # layer by layer: its untransposed slices go at once
+        if transpose_projections or row_kernels is not None:
+            # layer by layer: its untransposed slices go at once
             layer = nnx.merge(stacked_def, state)
             attention = layer.self_attn
             attention.qkv_proj = RowLinear.of(attention.q_proj, attention.k_proj,
                                               attention.v_proj)
             attention.o_proj = RowLinear.of(attention.o_proj)
             del attention.q_proj, attention.k_proj, attention.v_proj
+            if row_kernels is not None:
+                mlp = layer.mlp
+                mlp.gate_up_proj = RowLinear.of(mlp.gate_proj, mlp.up_proj)
+                mlp.down_proj = RowLinear.of(mlp.down_proj)
+                del mlp.gate_proj, mlp.up_proj
+                layer.row_kernels = row_kernels
             layer_def, state = nnx.split(layer)
         states.append(state)
     return layer_def, states

@@ -27,8 +27,11 @@ def test_a_named_reading_is_kept_and_a_bad_one_refused():
     assert resolve_layer_weights("stacked", "gpu") == "stacked"
     assert resolve_layer_weights("per-layer-transposed", "gpu", heads_split=True) == \
         "per-layer-transposed"
+    assert resolve_layer_weights("per-layer-kernels", "gpu") == "per-layer-kernels"
     with pytest.raises(ValueError, match="must be one of"):
         resolve_layer_weights("per_layer", "gpu")
+    with pytest.raises(ValueError, match="splits the attention heads"):
+        resolve_layer_weights("per-layer-kernels", "gpu", heads_split=True)
 
 
 def test_a_mesh_splits_the_heads_only_over_a_model_axis_that_divides_them():

@@ -35,14 +35,23 @@ def test_prefill_replaces_what_a_slot_held(random_decoder, full_forward):
     np.testing.assert_allclose(_last_hidden(random_decoder, slots[1]), hidden[-1], atol=1e-5)
 
 
+# How unstack_layers holds the copy: as the stack does; the attention's projections held
+# transposed (q, k and v as one RowLinear); and every product as rows, run through
+# qstar_kernels.rows_product, its GPU kernel interpreted or its jnp reference.
+LAYOUTS = {"plain": {}, "transposed": {"transpose_projections": True},
+           "row-kernels-pallas": {"row_kernels": "pallas"},
+           "row-kernels-jnp": {"row_kernels": "jnp"}}
+
+
 @pytest.mark.parametrize("tokens_per_row", [1, 5])  # the one-query attention path, and T > 1
 @pytest.mark.parametrize("attention_bias", [False, True])  # Llama's projections, Qwen2's
-@pytest.mark.parametrize("transpose_projections", [False, True])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_per_layer_weights_compute_what_the_scanned_stack_computes(tokens_per_row, attention_bias,
-                                                                    transpose_projections):
-    """The decoder's loop over per-layer weights (``unstack_layers``), with the attention's
-    projections as they are or held transposed (q, k and v as one ``RowLinear``), against
-    the stacked layers under ``lax.scan``: same hidden states, same cache writes."""
+                                                                    layout):
+    """The decoder's loop over per-layer weights (``unstack_layers``) in each layout
+    against the stacked layers under ``lax.scan``: same hidden states, same cache writes.
+    The row kernels take the two rows' one token each (2 tokens a call, at most
+    ``MAX_ROWS``), not their five (10 tokens: the jnp path)."""
     config = dataclasses.replace(tiny_config(64), attention_bias=attention_bias)
     model = LlamaModel(config, rngs=nnx.Rngs(0))
     rng = np.random.default_rng(0)
@@ -56,13 +65,15 @@ def test_per_layer_weights_compute_what_the_scanned_stack_computes(tokens_per_ro
     positions = 6 + jnp.broadcast_to(jnp.arange(tokens_per_row, dtype=jnp.int32), tokens.shape)
     slots = jnp.array([2, 0], jnp.int32)
     scanned = model(tokens, positions, slots, *cache)
-    layer_def, layers = unstack_layers(model, transpose_projections)
+    layer_def, layers = unstack_layers(model, **LAYOUTS[layout])
     looped = model(tokens, positions, slots, *cache, layers=layers, layer_def=layer_def)
     for ours, reference in zip(looped, scanned):
         np.testing.assert_allclose(np.asarray(ours), np.asarray(reference), atol=1e-5, rtol=1e-5)
-    attention = layers[0]["self_attn"]
-    assert ("qkv_proj" in attention) == transpose_projections
-    assert ("q_proj" in attention) != transpose_projections
+    attention, mlp = layers[0]["self_attn"], layers[0]["mlp"]
+    assert ("qkv_proj" in attention) == (layout != "plain")
+    assert ("q_proj" in attention) == (layout == "plain")
+    assert ("gate_up_proj" in mlp) == layout.startswith("row-kernels")
+    assert ("gate_proj" in mlp) != layout.startswith("row-kernels")
 
 
 def test_rows_prefilled_in_calls_of_their_own_length_are_what_one_call_gives(random_decoder):

@@ -165,11 +165,13 @@ def test_no_retrace_when_only_data_changes(random_decoder):
     assert dict(random_decoder.trace_counts) == warm
 
 
-@pytest.mark.parametrize("layer_weights", ["stacked", "unrolled", "per-layer-transposed"])
+@pytest.mark.parametrize("layer_weights", ["stacked", "unrolled", "per-layer-transposed",
+                                           "per-layer-kernels"])
 def test_other_layer_weights_sample_what_per_layer_weights_sample(random_decoder, random_model,
                                                                   layer_weights):
     """A decoder that scans the stacked layers (the default on TPU), rolled or unrolled,
-    or reads a per-layer copy with transposed attention projections, samples the same
+    or reads a per-layer copy with transposed attention projections, or with every
+    product as rows (run on this CPU by the row kernels' jnp reference), samples the same
     steps as the per-layer default on CPU."""
     assert random_decoder.layer_weights == "per-layer"
     other = Decoder(random_model, num_slots=4, max_len=random_decoder.max_len,

@@ -1,0 +1,187 @@
+"""The row-products kernel against its jnp reference (Pallas interpret mode on CPU), the
+reference against float64 numpy, and the kernel lowered to Triton for an H200."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from qstar_kernels import (compiling_for, resolve_rows_implementation, rows_product,
+                           rows_product_gpu, rows_product_reference)
+from qstar_kernels.row_products_gpu import MAX_ROWS, largest_block
+from tests.kernels.test_paged_attention import lowered_for_h200
+
+WIDTH, OUTPUTS = 64, 48
+# The layer's four uses: normed q/k/v (Qwen2's with a bias), the output projection and the
+# MLP's down onto the residual (Qwen2's o without a bias, some models' with), the gated
+# gate/up.
+USES = {"normed": dict(norm=True), "normed_bias": dict(norm=True, bias=True),
+        "residual": dict(residual=True), "residual_bias": dict(residual=True, bias=True),
+        "gated": dict(norm=True, gated=True)}
+
+
+def operands(seed, tokens, *, norm=False, bias=False, residual=False, gated=False,
+             dtype=jnp.float32):
+    rng = np.random.default_rng(seed)
+    rows = 2 * OUTPUTS if gated else OUTPUTS
+
+    def draw(*shape):
+        return jnp.asarray(rng.normal(size=shape), dtype)
+    x, weights = draw(tokens, WIDTH), draw(rows, WIDTH) / np.sqrt(WIDTH)
+    options = dict(norm_weight=draw(WIDTH) if norm else None, gated=gated,
+                   bias=draw(OUTPUTS) if bias else None,
+                   residual=draw(tokens, OUTPUTS) if residual else None)
+    return x, weights, options
+
+
+def float64_rows_product(x, rows, *, norm_weight=None, gated=False, bias=None, residual=None,
+                         eps=1e-6):
+    x, rows = np.asarray(x, np.float64), np.asarray(rows, np.float64)
+    if norm_weight is not None:
+        x = x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * np.asarray(norm_weight)
+    out = x @ rows.T
+    if gated:
+        gate, up = np.split(out, 2, axis=-1)
+        out = gate / (1 + np.exp(-gate)) * up
+    if bias is not None:
+        out = out + np.asarray(bias)
+    return out if residual is None else out + np.asarray(residual)
+
+
+@pytest.mark.parametrize("use", list(USES))
+def test_reference_matches_float64(use):
+    x, rows, options = operands(0, 3, **USES[use])
+    np.testing.assert_allclose(np.asarray(rows_product_reference(x, rows, **options)),
+                               float64_rows_product(x, rows, **options), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("tokens", [1, 3, MAX_ROWS])  # 3 is padded to Triton's 4
+@pytest.mark.parametrize("use", list(USES))
+def test_gpu_kernel_matches_the_reference_in_interpret_mode(use, tokens):
+    """Several programs (48 outputs, 8 a program: 6; gated, 48 gate and 48 up rows) and
+    several steps of the loop over the width (64 columns, 16 a step: 4)."""
+    x, rows, options = operands(1, tokens, **USES[use])
+    got = rows_product_gpu(x, rows, **options, block_in=16, interpret=True)
+    assert got.shape == (tokens, OUTPUTS) and got.dtype == x.dtype
+    np.testing.assert_allclose(np.asarray(got),
+                               np.asarray(rows_product_reference(x, rows, **options)),
+                               atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(jax.default_backend() != "gpu",
+                    reason="compiles the Triton kernel: needs a GPU")
+@pytest.mark.parametrize("tokens", [1, 3])
+@pytest.mark.parametrize("use", list(USES))
+def test_gpu_kernel_compiled_on_a_gpu_matches_the_reference(use, tokens):
+    """The kernel as the decoder runs it on a GPU (compiled by Triton, not interpreted),
+    at its default blocks (64 columns: one step of 64) and at 16 columns a step."""
+    x, rows, options = operands(1, tokens, **USES[use])
+    expected = np.asarray(rows_product_reference(x, rows, **options))
+    for block_in in (512, 16):
+        got = rows_product_gpu(x, rows, **options, block_in=block_in)
+        np.testing.assert_allclose(np.asarray(got), expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("use", ["normed_bias", "gated", "residual"])
+def test_gpu_kernel_in_bfloat16_rounds_where_the_model_does(use):
+    """bfloat16 in and out, float32 inside: within a rounding of the reference."""
+    x, rows, options = operands(2, 1, **USES[use], dtype=jnp.bfloat16)
+    got = rows_product_gpu(x, rows, **options, block_in=32, interpret=True)
+    expected = rows_product_reference(x, rows, **options)
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(expected, np.float32),
+                               atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("use", ["normed_bias", "gated", "residual"])
+def test_gpu_kernel_lowers_to_triton_without_a_gpu(use):
+    """Pallas' Triton lowering on a 1B layer's shapes in bfloat16 (q/k/v 3,072 rows of
+    2,048; gate and up 8,192 each; down 2,048 rows of 8,192), one token."""
+    bf16, spec = jnp.bfloat16, jax.ShapeDtypeStruct
+    shapes = {"normed_bias": (2048, 3072), "gated": (2048, 2 * 8192), "residual": (8192, 2048)}
+    width, rows = shapes[use]
+    outputs = rows // 2 if use == "gated" else rows
+    flags = USES[use]
+    args = [spec((1, width), bf16), spec((rows, width), bf16)]
+    names = []
+    for name, shape in (("norm_weight", (width,)), ("bias", (outputs,)),
+                        ("residual", (1, outputs))):
+        if flags.get(name.split("_")[0]):
+            args.append(spec(shape, bf16))
+            names.append(name)
+
+    def call(x, rows, *extra):
+        return rows_product_gpu(x, rows, gated=flags.get("gated", False),
+                                **dict(zip(names, extra)))
+    assert "__gpu$xla.gpu.triton" in lowered_for_h200(call, *args)
+
+
+def test_auto_takes_the_kernel_on_gpus_for_a_few_tokens_only():
+    assert resolve_rows_implementation("auto") == "jnp"  # this CPU
+    assert resolve_rows_implementation("pallas") == "pallas_interpret"
+    assert resolve_rows_implementation("pallas", MAX_ROWS + 1) == "jnp"
+    with compiling_for("gpu"):
+        assert resolve_rows_implementation("auto", MAX_ROWS) == "pallas_gpu"
+        assert resolve_rows_implementation("auto", MAX_ROWS + 1) == "jnp"
+    with compiling_for("tpu"):  # no TPU version: XLA:TPU runs the layer as one program
+        assert resolve_rows_implementation("auto") == "jnp"
+        with pytest.raises(ValueError, match="no Pallas version for tpu"):
+            resolve_rows_implementation("pallas")
+
+
+def test_more_tokens_than_the_kernel_takes_run_the_reference():
+    x, rows, options = operands(3, MAX_ROWS + 1, **USES["gated"])
+    np.testing.assert_array_equal(
+        np.asarray(rows_product(x, rows, **options, implementation="pallas")),
+        np.asarray(rows_product_reference(x, rows, **options)))
+    with pytest.raises(ValueError, match=f"at most {MAX_ROWS} tokens"):
+        rows_product_gpu(x, rows, **options, interpret=True)
+
+
+def test_bad_inputs_are_named():
+    x, rows, _ = operands(4, 1)
+    with pytest.raises(ValueError, match="rows must be"):
+        rows_product_reference(x, rows[:, :-1])
+    with pytest.raises(ValueError, match="norm_weight must be"):
+        rows_product_reference(x, rows, norm_weight=jnp.ones(WIDTH + 1))
+    with pytest.raises(ValueError, match="even count"):
+        rows_product_reference(x, rows[:-1], gated=True)
+    with pytest.raises(ValueError, match="bias must be"):
+        rows_product_reference(x, rows, gated=True, bias=jnp.ones(OUTPUTS // 2))
+    with pytest.raises(ValueError, match="residual must be"):
+        rows_product_gpu(x, rows, residual=jnp.ones((2, OUTPUTS)), interpret=True)
+
+
+@pytest.mark.parametrize("size,cap,block", [(3072, 8, 8), (576, 512, 64), (960, 8, 8),
+                                            (1536, 512, 512), (12, 8, 4)])
+def test_blocks_are_the_largest_power_of_two_dividing_the_size(size, cap, block):
+    assert largest_block(size, cap) == block
+
+
+def test_a_layer_on_rows_lowers_to_four_triton_kernels_for_a_gpu():
+    """The decoder's per-layer copy with every product as rows (``unstack_layers(
+    row_kernels="auto")``), a batch-1 decode step traced for a GPU on this CPU: each
+    layer's norms, products, SiLU and residuals are four Triton calls (the attention on
+    row slots stays XLA's). Traced for this CPU, the same step has none."""
+    from flax import nnx
+
+    from qstar_jax.decoding.kv_cache import init_cache
+    from qstar_jax.models.llama import LlamaModel, unstack_layers
+    from tests.decoding.tiny_models import tiny_config
+    config = tiny_config(64)
+    model = LlamaModel(config, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    layer_def, layers = unstack_layers(model, row_kernels="auto")
+    cache = init_cache(config, slots=2, max_len=16, dtype=jnp.bfloat16)
+
+    def step(tokens, positions, slots, cache_k, cache_v):
+        return model(tokens, positions, slots, cache_k, cache_v, layers=layers,
+                     layer_def=layer_def)[0]
+    args = (jnp.zeros((1, 1), jnp.int32), jnp.full((1, 1), 3, jnp.int32),
+            jnp.zeros((1,), jnp.int32), cache.k, cache.v)
+    with compiling_for("gpu"):
+        lowered = lowered_for_h200(step, *args)
+    # Each distinct kernel's function is lowered once and called from every layer.
+    assert lowered.count("call @rows_product_gpu") == 4 * config.num_layers
+    assert lowered.count("__gpu$xla.gpu.triton") == 4
+    assert "custom_call" not in jax.jit(step).lower(*args).as_text()
