@@ -43,7 +43,8 @@ def check_rows_inputs(x, rows, *, norm_weight=None, gated=False, bias=None,
 
 
 def rms_normalise(x, norm_weight, eps):
-    """``RMSNorm`` of ``models/llama.py``: float32 inside, rounded to x's dtype."""
+    """RMS normalisation (``RMSNorm`` of ``models/llama.py``): float32 inside, rounded to
+    x's dtype."""
     x32 = x.astype(jnp.float32)
     x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
     return (x32 * norm_weight.astype(jnp.float32)).astype(x.dtype)

@@ -28,6 +28,7 @@ from qstar_jax.models.cache_pages import PagedRows
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.shared_prefix import SharedPrefixRows, write_slot_rows
 from qstar_kernels import rows_product
+from qstar_kernels.row_products_reference import rms_normalise
 
 
 class RMSNorm(nnx.Module):
@@ -37,9 +38,7 @@ class RMSNorm(nnx.Module):
         self.eps = eps
 
     def __call__(self, x):
-        x32 = x.astype(jnp.float32)
-        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (x32 * self.weight[...].astype(jnp.float32)).astype(x.dtype)
+        return rms_normalise(x, self.weight[...], self.eps)
 
 
 def _linear(n_in, n_out, bias, dtype, rngs):
