@@ -6,7 +6,10 @@ outputs (and, gated, the matching up outputs beside the gate's): it walks the in
 width ``block_in`` columns a step, reading its rows' weights once, and multiplies them
 with the step's inputs as it reads (RMS-normalised in the kernel, where a norm is asked
 for: every program sums the input's squares itself, a few KB that stay in cache). The
-SiLU, the bias and the residual are applied to its outputs before they are stored.
+products are added up elementwise, [tokens, block_out, block_in], and summed over the
+columns once, after the last step, so a step is loads and multiply-adds with no
+reduction across threads. The SiLU, the bias and the residual are applied to its outputs
+before they are stored.
 
 Why: at batch 1 XLA:GPU runs a Llama layer as some 18 kernels, most of them 1 to 6 µs of
 launch and little work (the H200 profile and the compiled programs in docs/gpu_tpu.md),
@@ -28,8 +31,11 @@ from qstar_kernels.paged_attention_gpu import plgpu, triton_available
 from qstar_kernels.row_products_reference import check_rows_inputs, finish_products
 
 BLOCK_OUT = 8  # outputs a program computes
-BLOCK_IN = 512  # input columns a step of its loop reads
-MAX_ROWS = 4  # tokens a call takes: the products are held [rows, block_out, block_in]
+BLOCK_IN = 512  # input columns a step of its loop reads, at most
+# The float32 elements of a program's running products, [tokens, block_out, block_in]:
+# block_in is cut to keep them at this (4,096: 32 registers a thread of 4 warps).
+PRODUCTS_HELD = 4096
+MAX_ROWS = 4  # tokens a call takes
 
 
 def _kernel(*refs, norm: bool, gated: bool, has_bias: bool, has_residual: bool, eps: float,
@@ -64,20 +70,21 @@ def _kernel(*refs, norm: bool, gated: bool, has_bias: bool, has_residual: bool, 
                 x_ref.dtype)
         return chunk.astype(f32)
 
-    def products(chunk, start, step):
+    def products(chunk, start, step):  # [tokens, block_out, block_in]
         weights = rows_ref[pl.ds(start, block_out), columns(step)].astype(f32)
-        return jnp.sum(chunk[:, None, :] * weights[None, :, :], axis=2)  # [tokens, out]
+        return chunk[:, None, :] * weights[None, :, :]
 
-    def one_step(step, sums):
+    def one_step(step, held):
         chunk = inputs(step)
         if gated:
-            return (sums[0] + products(chunk, first, step),
-                    sums[1] + products(chunk, first + up_offset, step))
-        return sums + products(chunk, first, step)
+            return (held[0] + products(chunk, first, step),
+                    held[1] + products(chunk, first + up_offset, step))
+        return held + products(chunk, first, step)
 
-    zeros = jnp.zeros((tokens, block_out), f32)
-    sums = jax.lax.fori_loop(0, steps, one_step, (zeros, zeros) if gated else zeros)
-    sums, up = sums if gated else (sums, None)
+    zeros = jnp.zeros((tokens, block_out, block_in), f32)
+    held = jax.lax.fori_loop(0, steps, one_step, (zeros, zeros) if gated else zeros)
+    sums, up = (jnp.sum(part, axis=2) for part in held) if gated else (
+        jnp.sum(held, axis=2), None)
     bias = bias_ref[pl.ds(first, block_out)] if has_bias else None
     residual = residual_ref[...] if has_residual else None
     out_ref[...] = finish_products(sums, out_ref.dtype, up=up, bias=bias, residual=residual)
@@ -85,7 +92,7 @@ def _kernel(*refs, norm: bool, gated: bool, has_bias: bool, has_residual: bool, 
 
 def largest_block(size: int, cap: int) -> int:
     """The largest power of two that divides ``size`` and is at most ``cap``."""
-    return min(size & -size, cap)
+    return min(size & -size, 1 << (cap.bit_length() - 1))
 
 
 @functools.partial(jax.jit, static_argnames=("eps", "gated", "block_out", "block_in",
@@ -97,7 +104,8 @@ def rows_product_gpu(x: jax.Array, rows: jax.Array, *, norm_weight: jax.Array | 
                      interpret: bool = False) -> jax.Array:
     """As ``rows_product_reference``, for at most ``MAX_ROWS`` tokens. ``block_out`` and
     ``block_in`` are caps: each is cut to the largest power of two dividing the outputs
-    (gated: F) or the width. ``num_warps`` and ``num_stages`` are Triton's.
+    (gated: F) or the width, and ``block_in`` to hold ``PRODUCTS_HELD`` running products
+    at most. ``num_warps`` and ``num_stages`` are Triton's.
     ``interpret=True`` runs it on CPU."""
     if not triton_available():
         raise RuntimeError(f"JAX {jax.__version__} has no Pallas Triton backend, which the "
@@ -109,8 +117,9 @@ def rows_product_gpu(x: jax.Array, rows: jax.Array, *, norm_weight: jax.Array | 
         raise ValueError(f"the row-products kernel takes at most {MAX_ROWS} tokens, got "
                          f"{tokens}: use the jnp path for more")
     outputs = rows.shape[0] // 2 if gated else rows.shape[0]
-    block_out, block_in = largest_block(outputs, block_out), largest_block(width, block_in)
     padded = pl.next_power_of_2(tokens)  # Triton's blocks are powers of two
+    block_out = largest_block(outputs, block_out)
+    block_in = largest_block(width, max(1, min(block_in, PRODUCTS_HELD // (padded * block_out))))
 
     def pad(rows):
         return rows if padded == tokens else jnp.pad(rows, ((0, padded - tokens), (0, 0)))

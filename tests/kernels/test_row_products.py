@@ -154,7 +154,7 @@ def test_bad_inputs_are_named():
 
 
 @pytest.mark.parametrize("size,cap,block", [(3072, 8, 8), (576, 512, 64), (960, 8, 8),
-                                            (1536, 512, 512), (12, 8, 4)])
+                                            (1536, 512, 512), (12, 8, 4), (1024, 300, 256)])
 def test_blocks_are_the_largest_power_of_two_dividing_the_size(size, cap, block):
     assert largest_block(size, cap) == block
 
