@@ -3,8 +3,8 @@
 # wanted first: decode throughput against the HBM roofline in bfloat16 (Llama-3.2-1B's
 # shape, random weights) on row slots, the layers read as by default (the attention's
 # projections transposed), with the plain per-layer copy, and with a layer's products run
-# by the row-products kernels, and those kernels alone against XLA's products at several
-# block settings; the paged decode-attention kernel alone against the jnp path, at several
+# by the row-products kernels, those kernels alone against XLA's products at several
+# block settings, and on pages with both kernels; the paged decode-attention kernel alone against the jnp path, at several
 # keys a step; bench_search's five runs in
 # bfloat16 on SmolLM2's shape with random weights (the GGUF is over what a call carries),
 # ours and transformers' both on the GPU; (a) and the kernel alone on 8-token pages; the decode throughput with the layers' weights read in
@@ -106,6 +106,10 @@ step bench_decode_rows_kernels 90 "${bench[@]}" --layer-weights per-layer-kernel
   --trace "$traces/rows_kernels"
 step bench_row_products 60 "${gpu_steps[@]}" "$py" experiments/bench_row_products.py \
   --shape "$([ "$model" = tiny ] && echo tiny || echo 1b)"
+# Both kernels together, the fewest kernels a batch-1 token has (205 compiled for an H200
+# here against the default's 284 on the same pages: experiments/device_programs/).
+step bench_decode_pages_kernels 90 "${bench[@]}" --page-size 16 --attention pallas \
+  --layer-weights per-layer-kernels --trace "$traces/pages_kernels"
 # The paged kernel alone against the decoder's jnp path on a search round's rows
 # (SmolLM2's heads), its page loop reading 16 to 128 keys a step.
 step bench_paged_attention 60 "${gpu_steps[@]}" "$py" experiments/bench_paged_attention.py
