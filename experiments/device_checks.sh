@@ -104,7 +104,7 @@ step bench_decode_rows_plain 90 "${bench[@]}" --layer-weights per-layer \
 # and the kernels alone against XLA's products on the 1B layer's shapes.
 step bench_decode_rows_kernels 90 "${bench[@]}" --layer-weights per-layer-kernels \
   --trace "$traces/rows_kernels"
-step bench_row_products 60 "${gpu_steps[@]}" "$py" experiments/bench_row_products.py \
+step bench_row_products 90 "${gpu_steps[@]}" "$py" experiments/bench_row_products.py \
   --shape "$([ "$model" = tiny ] && echo tiny || echo 1b)"
 # Both kernels together, the fewest kernels a batch-1 token has (205 compiled for an H200
 # here against the default's 284 on the same pages: experiments/device_programs/).
