@@ -101,12 +101,13 @@ step bench_decode_rows_plain 90 "${bench[@]}" --layer-weights per-layer \
   --trace "$traces/rows_plain"
 # A layer's norms, products, SiLU and residuals as four Pallas kernels at batch 1 (XLA's
 # GEMMs from batch 8, where the kernel does not run: the transposed default's program),
-# and the kernels alone against XLA's products on the 1B layer's shapes.
+# and the kernels alone against XLA's products on the 1B layer's shapes. On row slots the
+# q/k/v kernel stays XLA's RoPE and writes (qkv_into_pages is for pages).
 step bench_decode_rows_kernels 90 "${bench[@]}" --layer-weights per-layer-kernels \
   --trace "$traces/rows_kernels"
 step bench_row_products 90 "${gpu_steps[@]}" "$py" experiments/bench_row_products.py \
   --shape "$([ "$model" = tiny ] && echo tiny || echo 1b)"
-# Both kernels together, the fewest kernels a batch-1 token has (205 compiled for an H200
+# Both kernels together, the fewest kernels a batch-1 token has (139 compiled for an H200
 # here against the default's 284 on the same pages: experiments/device_programs/).
 step bench_decode_pages_kernels 90 "${bench[@]}" --page-size 16 --attention pallas \
   --layer-weights per-layer-kernels --trace "$traces/pages_kernels"

@@ -80,6 +80,12 @@ def triton_available() -> bool:
     return plgpu is not None
 
 
+def query_rows(num_queries: int, group: int) -> int:
+    """The rows of a (slot, kv head)'s query block: its T queries of G heads, padded for
+    Triton's matrix product."""
+    return max(MIN_ROWS, pl.next_power_of_2(num_queries * group))
+
+
 @functools.partial(jax.jit, static_argnames=("window", "scale", "keys_per_block",
                                              "interpret"))
 def paged_decode_attention_gpu(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array,
@@ -93,13 +99,35 @@ def paged_decode_attention_gpu(q: jax.Array, k_pages: jax.Array, v_pages: jax.Ar
     must be powers of two, and head_dim and the keys a step reads at least 16 (Triton's
     block rules), so pages smaller than 16 tokens are read several a step;
     ``interpret=True`` runs it on CPU, where any sizes do."""
+    check_paged_inputs(q, k_pages, v_pages, page_table, lengths)
+    _, num_queries, heads, _ = q.shape
+    kv_heads = k_pages.shape[2]
+    group = heads // kv_heads
+    out = paged_decode_attention_gpu_rows(
+        to_rows(q, kv_heads, query_rows(num_queries, group)), k_pages, v_pages, page_table,
+        lengths, layer, num_queries=num_queries, group=group, window=window, scale=scale,
+        keys_per_block=keys_per_block, interpret=interpret)
+    return from_rows(out, q.shape)
+
+
+@functools.partial(jax.jit, static_argnames=("num_queries", "group", "window", "scale",
+                                             "keys_per_block", "interpret"))
+def paged_decode_attention_gpu_rows(q_rows: jax.Array, k_pages: jax.Array,
+                                    v_pages: jax.Array, page_table: jax.Array,
+                                    lengths: jax.Array, layer: jax.Array | int, *,
+                                    num_queries: int, group: int, window: int | None = None,
+                                    scale: float | None = None,
+                                    keys_per_block: int = KEYS_PER_BLOCK,
+                                    interpret: bool = False) -> jax.Array:
+    """``paged_decode_attention_gpu`` on queries already laid out as the kernel's rows,
+    q_rows [B, K, R, D] (``paged_attention_layout.to_rows`` with R = ``query_rows``; what
+    ``qkv_into_pages_gpu`` writes) -> the same layout."""
     if not triton_available():
         raise RuntimeError(f"JAX {jax.__version__} has no Pallas Triton backend, which the "
                            "GPU paged-attention kernel is written for: use the jnp path "
                            "(attention='jnp', or 'auto', which falls back to it)")
-    check_paged_inputs(q, k_pages, v_pages, page_table, lengths)
-    batch, num_queries, heads, head_dim = q.shape
-    kv_heads, page_size = k_pages.shape[2], k_pages.shape[3]
+    batch, kv_heads, rows, head_dim = q_rows.shape
+    page_size = k_pages.shape[3]
     if keys_per_block < 1 or keys_per_block & (keys_per_block - 1):
         raise ValueError(f"keys_per_block must be a power of two, got {keys_per_block}")
     pages_per_block = max(1, keys_per_block // page_size)  # read by one step of the loop
@@ -111,19 +139,16 @@ def paged_decode_attention_gpu(q: jax.Array, k_pages: jax.Array, v_pages: jax.Ar
         if not interpret and size < MIN_ROWS:
             raise ValueError(f"the GPU kernel needs {name} of at least {MIN_ROWS} (Triton's "
                              f"matrix product), got {size}")
-    group = heads // kv_heads
-    rows = max(MIN_ROWS, pl.next_power_of_2(num_queries * group))
     kernel = functools.partial(_kernel, num_queries=num_queries, group=group,
                                scale=head_dim ** -0.5 if scale is None else scale,
                                window=window, pages_per_block=pages_per_block)
     whole = pl.BlockSpec()  # Triton reads an un-blocked operand through its pointer
     row_block = pl.BlockSpec((None, None, rows, head_dim), lambda b, h: (b, h, 0, 0))
-    out = pl.pallas_call(
+    return pl.pallas_call(
         kernel, grid=(batch, kv_heads),
         in_specs=[whole, whole, whole, row_block, whole, whole], out_specs=row_block,
-        out_shape=jax.ShapeDtypeStruct((batch, kv_heads, rows, head_dim), q.dtype),
+        out_shape=jax.ShapeDtypeStruct((batch, kv_heads, rows, head_dim), q_rows.dtype),
         interpret=interpret, name="paged_decode_attention",
         compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2),
     )(lengths.astype(jnp.int32), jnp.asarray(layer, jnp.int32).reshape(1),
-      page_table.astype(jnp.int32), to_rows(q, kv_heads, rows), k_pages, v_pages)
-    return from_rows(out, q.shape)
+      page_table.astype(jnp.int32), q_rows, k_pages, v_pages)

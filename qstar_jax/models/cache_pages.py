@@ -16,7 +16,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from qstar_kernels import paged_decode_attention, resolve_implementation
+from qstar_kernels import (paged_decode_attention, resolve_implementation,
+                           resolve_rows_implementation)
+from qstar_kernels.paged_attention_gpu import paged_decode_attention_gpu_rows, query_rows
+from qstar_kernels.paged_attention_layout import from_rows
+from qstar_kernels.qkv_into_pages_gpu import qkv_into_pages_gpu
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["page_table"],
@@ -32,14 +36,17 @@ class PagedRows:
 
     def write(self, pages: jax.Array, layer, new: jax.Array, positions: jax.Array) -> jax.Array:
         """pages: [L, P, K, S, D]; new: [B, T, K, D] at positions [B, T] -> pages."""
-        page_size = pages.shape[3]
+        page, offset = self.targets(positions, pages.shape[3], pages.shape[1])
+        # Advanced indices [B, T] around a slice put the result dims first: [B, T, K, D].
+        return pages.at[layer, page, :, offset].set(new.astype(pages.dtype), mode="drop")
+
+    def targets(self, positions: jax.Array, page_size: int, num_pages: int):
+        """(page, offset) [B, T] of each token at ``positions`` [B, T]: a padding row's
+        page is ``num_pages``, past the pool."""
         entries = self.page_table.shape[1]
         entry = positions // page_size
         page = jnp.take_along_axis(self.page_table, jnp.minimum(entry, entries - 1), axis=1)
-        page = jnp.where(entry < entries, page, pages.shape[1])  # padding: dropped
-        # Advanced indices [B, T] around a slice put the result dims first: [B, T, K, D].
-        return pages.at[layer, page, :, positions % page_size].set(new.astype(pages.dtype),
-                                                                 mode="drop")
+        return jnp.where(entry < entries, page, num_pages), positions % page_size
 
     def gather(self, pages: jax.Array, layer, key_len: int | None = None) -> jax.Array:
         """Each row's keys or values in position order: [B, K, N * S, D], or with a static
@@ -65,3 +72,38 @@ class PagedRows:
         return paged_decode_attention(q, cache_k, cache_v, self.page_table,
                                       lengths.astype(jnp.int32), layer, window=window,
                                       implementation=self.attention)
+
+    def fused_qkv_implementation(self, row_kernels: str, tokens: int) -> str | None:
+        """How a decode step's q/k/v projection, RoPE and cache writes run with row kernels
+        ``row_kernels`` on ``tokens`` rows: "pallas_gpu" or "pallas_interpret" where both
+        the row kernels and this attention take the GPU's kernels (then as one
+        ``qkv_into_pages_gpu`` call), None otherwise."""
+        rows = resolve_rows_implementation(row_kernels, tokens)
+        chosen = resolve_implementation(self.attention)
+        return rows if rows in ("pallas_gpu", "pallas_interpret") and chosen == rows else None
+
+    def project_write_attend(self, x, norm_weight, eps, qkv_rows, bias, cache_k, cache_v,
+                             layer, positions, inv_freq, *, num_heads: int,
+                             window: int | None, implementation: str):
+        """A decode step's attention from the layer's input in two GPU kernels: the
+        normed q/k/v rows, RoPE and the key and value written into their pages
+        (``qkv_into_pages_gpu``), then the paged attention on the queries as that left
+        them. x [B, E] (one token per row) at positions [B, 1] -> (the heads' outputs
+        [B, H * D], cache_k, cache_v)."""
+        num_pages, page_size = cache_k.shape[1], cache_k.shape[3]
+        kv_heads, head_dim = cache_k.shape[2], cache_k.shape[4]
+        group = num_heads // kv_heads
+        page, offset = self.targets(positions, page_size, num_pages)
+        valid = page[:, 0] < num_pages
+        interpret = implementation == "pallas_interpret"
+        q_rows, cache_k, cache_v = qkv_into_pages_gpu(
+            x, norm_weight, qkv_rows, bias, positions[:, 0], page[:, 0], offset[:, 0], valid,
+            cache_k, cache_v, layer, inv_freq, num_heads=num_heads, num_kv_heads=kv_heads,
+            query_rows=query_rows(1, group), eps=eps, interpret=interpret)
+        lengths = jnp.where(valid, positions[:, 0] + 1, 0).astype(jnp.int32)
+        out = paged_decode_attention_gpu_rows(
+            q_rows, cache_k, cache_v, self.page_table, lengths, layer, num_queries=1,
+            group=group, window=window, interpret=interpret)
+        batch = x.shape[0]
+        return from_rows(out, (batch, 1, num_heads, head_dim)).reshape(batch, -1), \
+            cache_k, cache_v

@@ -245,17 +245,28 @@ class DecoderLayer(nnx.Module):
     def _call_on_rows(self, x, positions, slots, cache_k, cache_v, layer, inv_freq, key_len):
         """The same layer with its norms, products, SiLU and residuals as four
         ``rows_product`` calls on the tokens [B * T, E]: on a GPU and a few tokens, four
-        Pallas kernels (``qstar_kernels/row_products_gpu.py``)."""
+        Pallas kernels (``qstar_kernels/row_products_gpu.py``). A decode step on pages
+        read by the GPU's attention kernel takes the first with RoPE and the cache writes
+        as one kernel (``PagedRows.project_write_attend``)."""
         b, t, e = x.shape
         attention, mlp = self.self_attn, self.mlp
         rows = functools.partial(rows_product, implementation=self.row_kernels)
         norm, post_norm = self.input_layernorm, self.post_attention_layernorm
         x = x.reshape(b * t, e)
-        qkv = rows(x, attention.qkv_proj.rows[...], norm_weight=norm.weight[...],
-                   eps=norm.eps, bias=RowLinear.bias_of(attention.qkv_proj))
-        q, k, v = jnp.split(qkv.reshape(b, t, -1), attention.qkv_split(), axis=-1)
-        out, cache_k, cache_v = attention.attend(q, k, v, positions, slots, cache_k, cache_v,
-                                                 layer, inv_freq, key_len)
+        fused = (isinstance(slots, PagedRows) and t == 1
+                 and slots.fused_qkv_implementation(self.row_kernels, b))
+        if fused:  # q/k/v, RoPE and the cache writes in one kernel, then the attention's
+            out, cache_k, cache_v = slots.project_write_attend(
+                x, norm.weight[...], norm.eps, attention.qkv_proj.rows[...],
+                RowLinear.bias_of(attention.qkv_proj), cache_k, cache_v, layer, positions,
+                inv_freq, num_heads=attention.num_heads, window=attention.window,
+                implementation=fused)
+        else:
+            qkv = rows(x, attention.qkv_proj.rows[...], norm_weight=norm.weight[...],
+                       eps=norm.eps, bias=RowLinear.bias_of(attention.qkv_proj))
+            q, k, v = jnp.split(qkv.reshape(b, t, -1), attention.qkv_split(), axis=-1)
+            out, cache_k, cache_v = attention.attend(q, k, v, positions, slots, cache_k,
+                                                     cache_v, layer, inv_freq, key_len)
         x = rows(out.reshape(b * t, -1), attention.o_proj.rows[...], residual=x,
                  bias=RowLinear.bias_of(attention.o_proj))
         hidden = rows(x, mlp.gate_up_proj.rows[...], norm_weight=post_norm.weight[...],
