@@ -14,5 +14,4 @@ from qstar_kernels.row_products_reference import rows_product_reference
 __all__ = ["compiling_for", "paged_decode_attention", "paged_decode_attention_gpu",
            "paged_decode_attention_reference", "paged_decode_attention_tpu",
            "qkv_into_pages_gpu", "resolve_implementation", "resolve_rows_implementation",
-           "rows_product",
-           "rows_product_gpu", "rows_product_reference"]
+           "rows_product", "rows_product_gpu", "rows_product_reference"]
