@@ -20,7 +20,7 @@ from qstar_kernels import (paged_decode_attention, resolve_implementation,
                            resolve_rows_implementation)
 from qstar_kernels.paged_attention_gpu import paged_decode_attention_gpu_rows, query_rows
 from qstar_kernels.paged_attention_layout import from_rows
-from qstar_kernels.qkv_into_pages_gpu import qkv_into_pages_gpu
+from qstar_kernels.qkv_into_pages_gpu import PAIRS, qkv_into_pages_gpu
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["page_table"],
@@ -73,14 +73,18 @@ class PagedRows:
                                       lengths.astype(jnp.int32), layer, window=window,
                                       implementation=self.attention)
 
-    def fused_qkv_implementation(self, row_kernels: str, tokens: int) -> str | None:
+    def fused_qkv_implementation(self, row_kernels: str, tokens: int,
+                                 head_dim: int) -> str | None:
         """How a decode step's q/k/v projection, RoPE and cache writes run with row kernels
         ``row_kernels`` on ``tokens`` rows: "pallas_gpu" or "pallas_interpret" where both
         the row kernels and this attention take the GPU's kernels (then as one
-        ``qkv_into_pages_gpu`` call), None otherwise."""
+        ``qkv_into_pages_gpu`` call, whose programs take a head's rotary pairs
+        ``PAIRS`` at a time), None otherwise."""
         rows = resolve_rows_implementation(row_kernels, tokens)
         chosen = resolve_implementation(self.attention)
-        return rows if rows in ("pallas_gpu", "pallas_interpret") and chosen == rows else None
+        fits = head_dim % (2 * PAIRS) == 0
+        return rows if rows in ("pallas_gpu", "pallas_interpret") and chosen == rows \
+            and fits else None
 
     def project_write_attend(self, x, norm_weight, eps, qkv_rows, bias, cache_k, cache_v,
                              layer, positions, inv_freq, *, num_heads: int,

@@ -254,7 +254,7 @@ class DecoderLayer(nnx.Module):
         norm, post_norm = self.input_layernorm, self.post_attention_layernorm
         x = x.reshape(b * t, e)
         fused = (isinstance(slots, PagedRows) and t == 1
-                 and slots.fused_qkv_implementation(self.row_kernels, b))
+                 and slots.fused_qkv_implementation(self.row_kernels, b, attention.head_dim))
         if fused:  # q/k/v, RoPE and the cache writes in one kernel, then the attention's
             out, cache_k, cache_v = slots.project_write_attend(
                 x, norm.weight[...], norm.eps, attention.qkv_proj.rows[...],

@@ -155,3 +155,19 @@ def test_a_decoder_layer_on_pages_takes_the_kernel_and_computes_what_the_stack_d
     for ours, theirs, before in zip((k_pages, v_pages), stacked[1:], pools):
         np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), atol=1e-5)
         assert np.asarray((ours != before).any(axis=(0, 2, 4))).sum() == 1  # row 0's token
+
+
+def test_the_layer_takes_the_kernel_only_where_it_applies():
+    """Both kernels on the GPU's path (here forced and interpreted), a few tokens, and a
+    head_dim the programs' rotary pairs divide; the jnp path otherwise."""
+    from qstar_kernels import compiling_for
+    rows = PagedRows(page_table=jnp.zeros((1, 2), jnp.int32), attention="pallas")
+    assert rows.fused_qkv_implementation("pallas", 4, 64) == "pallas_interpret"
+    assert rows.fused_qkv_implementation("pallas", 5, 64) is None  # more than MAX_ROWS
+    assert rows.fused_qkv_implementation("pallas", 1, 12) is None
+    assert rows.fused_qkv_implementation("auto", 1, 64) is None  # auto on this CPU: jnp
+    assert PagedRows(page_table=rows.page_table, attention="jnp").fused_qkv_implementation(
+        "pallas", 1, 64) is None
+    with compiling_for("gpu"):
+        assert PagedRows(page_table=rows.page_table).fused_qkv_implementation(
+            "auto", 1, 64) == "pallas_gpu"
