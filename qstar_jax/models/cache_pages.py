@@ -66,12 +66,16 @@ class PagedRows:
     def attend_one_token(self, q, cache_k, cache_v, layer, positions, window):
         """The decode step through the paged-attention kernel: q [B, 1, H, D] at positions
         [B, 1] -> [B, 1, H, D]. A padding row reads nothing and gets zeros."""
-        entries = self.page_table.shape[1]
-        page_size = cache_k.shape[3]
-        lengths = jnp.where(positions[:, 0] < entries * page_size, positions[:, 0] + 1, 0)
         return paged_decode_attention(q, cache_k, cache_v, self.page_table,
-                                      lengths.astype(jnp.int32), layer, window=window,
-                                      implementation=self.attention)
+                                      self.lengths(positions, cache_k.shape[3]), layer,
+                                      window=window, implementation=self.attention)
+
+    def lengths(self, positions: jax.Array, page_size: int) -> jax.Array:
+        """[B] int32: the tokens each row holds once its decode step at ``positions``
+        [B, 1] is written, 0 for a padding row (past its page table)."""
+        position = positions[:, 0]
+        inside = position < self.page_table.shape[1] * page_size
+        return jnp.where(inside, position + 1, 0).astype(jnp.int32)
 
     def fused_qkv_implementation(self, row_kernels: str, tokens: int,
                                  head_dim: int) -> str | None:
@@ -104,10 +108,9 @@ class PagedRows:
             x, norm_weight, qkv_rows, bias, positions[:, 0], page[:, 0], offset[:, 0], valid,
             cache_k, cache_v, layer, inv_freq, num_heads=num_heads, num_kv_heads=kv_heads,
             query_rows=query_rows(1, group), eps=eps, interpret=interpret)
-        lengths = jnp.where(valid, positions[:, 0] + 1, 0).astype(jnp.int32)
         out = paged_decode_attention_gpu_rows(
-            q_rows, cache_k, cache_v, self.page_table, lengths, layer, num_queries=1,
-            group=group, window=window, interpret=interpret)
+            q_rows, cache_k, cache_v, self.page_table, self.lengths(positions, page_size),
+            layer, num_queries=1, group=group, window=window, interpret=interpret)
         batch = x.shape[0]
         return from_rows(out, (batch, 1, num_heads, head_dim)).reshape(batch, -1), \
             cache_k, cache_v
