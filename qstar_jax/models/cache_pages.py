@@ -67,15 +67,16 @@ class PagedRows:
         """The decode step through the paged-attention kernel: q [B, 1, H, D] at positions
         [B, 1] -> [B, 1, H, D]. A padding row reads nothing and gets zeros."""
         return paged_decode_attention(q, cache_k, cache_v, self.page_table,
-                                      self.lengths(positions, cache_k.shape[3]), layer,
+                                      self.lengths(positions, cache_k.shape[3],
+                                                   cache_k.shape[1]), layer,
                                       window=window, implementation=self.attention)
 
-    def lengths(self, positions: jax.Array, page_size: int) -> jax.Array:
+    def lengths(self, positions: jax.Array, page_size: int, num_pages: int) -> jax.Array:
         """[B] int32: the tokens each row holds once its decode step at ``positions``
-        [B, 1] is written, 0 for a padding row (past its page table)."""
-        position = positions[:, 0]
-        inside = position < self.page_table.shape[1] * page_size
-        return jnp.where(inside, position + 1, 0).astype(jnp.int32)
+        [B, 1] is written, 0 for a padding row (whose write ``targets`` sends past the
+        pool)."""
+        page, _ = self.targets(positions, page_size, num_pages)
+        return jnp.where(page[:, 0] < num_pages, positions[:, 0] + 1, 0).astype(jnp.int32)
 
     def fused_qkv_implementation(self, row_kernels: str, tokens: int,
                                  head_dim: int) -> str | None:
@@ -102,15 +103,16 @@ class PagedRows:
         kv_heads, head_dim = cache_k.shape[2], cache_k.shape[4]
         group = num_heads // kv_heads
         page, offset = self.targets(positions, page_size, num_pages)
-        valid = page[:, 0] < num_pages
+        lengths = self.lengths(positions, page_size, num_pages)  # 0: a padding row
         interpret = implementation == "pallas_interpret"
         q_rows, cache_k, cache_v = qkv_into_pages_gpu(
-            x, norm_weight, qkv_rows, bias, positions[:, 0], page[:, 0], offset[:, 0], valid,
-            cache_k, cache_v, layer, inv_freq, num_heads=num_heads, num_kv_heads=kv_heads,
-            query_rows=query_rows(1, group), eps=eps, interpret=interpret)
+            x, norm_weight, qkv_rows, bias, positions[:, 0], page[:, 0], offset[:, 0],
+            lengths > 0, cache_k, cache_v, layer, inv_freq, num_heads=num_heads,
+            num_kv_heads=kv_heads, query_rows=query_rows(1, group), eps=eps,
+            interpret=interpret)
         out = paged_decode_attention_gpu_rows(
-            q_rows, cache_k, cache_v, self.page_table, self.lengths(positions, page_size),
-            layer, num_queries=1, group=group, window=window, interpret=interpret)
+            q_rows, cache_k, cache_v, self.page_table, lengths, layer, num_queries=1,
+            group=group, window=window, interpret=interpret)
         batch = x.shape[0]
         return from_rows(out, (batch, 1, num_heads, head_dim)).reshape(batch, -1), \
             cache_k, cache_v
