@@ -80,6 +80,13 @@ def triton_available() -> bool:
     return plgpu is not None
 
 
+def require_triton(kernel: str, advice: str = "use the jnp path") -> None:
+    """Raise RuntimeError, naming ``kernel``, where this JAX has no Pallas Triton backend."""
+    if not triton_available():
+        raise RuntimeError(f"JAX {jax.__version__} has no Pallas Triton backend, which the "
+                           f"GPU {kernel} kernel is written for: {advice}")
+
+
 def query_rows(num_queries: int, group: int) -> int:
     """The rows of a (slot, kv head)'s query block: its T queries of G heads, padded for
     Triton's matrix product."""
@@ -122,10 +129,8 @@ def paged_decode_attention_gpu_rows(q_rows: jax.Array, k_pages: jax.Array,
     """``paged_decode_attention_gpu`` on queries already laid out as the kernel's rows,
     q_rows [B, K, R, D] (``paged_attention_layout.to_rows`` with R = ``query_rows``; what
     ``qkv_into_pages_gpu`` writes) -> the same layout."""
-    if not triton_available():
-        raise RuntimeError(f"JAX {jax.__version__} has no Pallas Triton backend, which the "
-                           "GPU paged-attention kernel is written for: use the jnp path "
-                           "(attention='jnp', or 'auto', which falls back to it)")
+    require_triton("paged-attention", "use the jnp path (attention='jnp', or 'auto', which "
+                   "falls back to it)")
     batch, kv_heads, rows, head_dim = q_rows.shape
     page_size = k_pages.shape[3]
     if keys_per_block < 1 or keys_per_block & (keys_per_block - 1):

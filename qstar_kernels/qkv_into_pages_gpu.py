@@ -29,11 +29,10 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from qstar_kernels.paged_attention_gpu import plgpu, triton_available
+from qstar_kernels.paged_attention_gpu import plgpu, require_triton
+from qstar_kernels.row_products_gpu import BLOCK_IN, column_block, input_block, inverse_rms_of
 
-PAIRS = 4  # rotary pairs a program computes
-BLOCK_IN = 512  # input columns a step of its loop reads, at most
-PRODUCTS_HELD = 4096  # float32 running products a program holds (as row_products_gpu)
+PAIRS = 4  # rotary pairs a program computes (input columns a step: row_products_gpu's)
 
 
 def _kernel(x_ref, norm_ref, rows_ref, *refs, has_bias: bool, eps: float, num_heads: int,
@@ -52,15 +51,9 @@ def _kernel(x_ref, norm_ref, rows_ref, *refs, has_bias: bool, eps: float, num_he
     steps = width // block_in
 
     def columns(step):
-        return pl.ds(pl.multiple_of(step * block_in, block_in), block_in)
+        return column_block(step, block_in)
 
-    inverse_rms = []
-    for token in range(tokens):
-        def add_squares(step, total, token=token):
-            chunk = x_ref[token, columns(step)].astype(f32)
-            return total + jnp.sum(chunk * chunk)
-        squares = jax.lax.fori_loop(0, steps, add_squares, jnp.zeros((), f32))
-        inverse_rms.append(jax.lax.rsqrt(squares / width + eps))
+    inverse_rms = [inverse_rms_of(x_ref, token, block_in, eps) for token in range(tokens)]
 
     def one_step(step, held):
         scale = norm_ref[columns(step)].astype(f32)
@@ -131,9 +124,7 @@ def qkv_into_pages_gpu(x, norm_weight, qkv_rows, bias, positions, pages, offsets
 
     Returns (q as the attention kernel's rows [B, K, query_rows, D], rows past G zero;
     k_pages; v_pages)."""
-    if not triton_available():
-        raise RuntimeError(f"JAX {jax.__version__} has no Pallas Triton backend, which the "
-                           "GPU q/k/v kernel is written for: use the jnp path")
+    require_triton("q/k/v")
     tokens, width = x.shape
     head_dim = k_pages.shape[4]
     heads = num_heads + 2 * num_kv_heads
@@ -145,9 +136,7 @@ def qkv_into_pages_gpu(x, norm_weight, qkv_rows, bias, positions, pages, offsets
     if query_rows < num_heads // num_kv_heads:
         raise ValueError(f"query_rows {query_rows} is under the {num_heads // num_kv_heads} "
                          "query heads a kv head serves")
-    block_in = width & -width
-    block_in = min(block_in, BLOCK_IN, max(1, PRODUCTS_HELD // (2 * PAIRS * tokens)))
-    block_in = 1 << (block_in.bit_length() - 1)
+    block_in = input_block(width, BLOCK_IN, 2 * PAIRS * tokens)
     operands = [x, norm_weight, qkv_rows] + ([] if bias is None else [bias]) + [
         positions.astype(jnp.int32), pages.astype(jnp.int32), offsets.astype(jnp.int32),
         valid.astype(jnp.int32), jnp.asarray(layer, jnp.int32).reshape(1), inv_freq,

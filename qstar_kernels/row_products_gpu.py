@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from qstar_kernels.paged_attention_gpu import plgpu, triton_available
+from qstar_kernels.paged_attention_gpu import plgpu, require_triton
 from qstar_kernels.row_products_reference import check_rows_inputs, finish_products
 
 BLOCK_OUT = 8  # outputs a program computes
@@ -53,14 +53,10 @@ def _kernel(*refs, norm: bool, gated: bool, has_bias: bool, has_residual: bool, 
     first = pl.program_id(0) * block_out
 
     def columns(step):
-        return pl.ds(pl.multiple_of(step * block_in, block_in), block_in)
+        return column_block(step, block_in)
 
     if norm:
-        def add_squares(step, total):
-            chunk = x_ref[:, columns(step)].astype(f32)
-            return total + jnp.sum(chunk * chunk, axis=1)
-        squares = jax.lax.fori_loop(0, steps, add_squares, jnp.zeros((tokens,), f32))
-        inverse_rms = jax.lax.rsqrt(squares / width + eps)
+        inverse_rms = inverse_rms_of(x_ref, slice(None), block_in, eps)
 
     def inputs(step):
         chunk = x_ref[:, columns(step)]
@@ -95,6 +91,32 @@ def largest_block(size: int, cap: int) -> int:
     return min(size & -size, 1 << (cap.bit_length() - 1))
 
 
+def input_block(width: int, cap: int, held_per_column: int) -> int:
+    """Input columns a step reads: the largest power of two dividing ``width``, at most
+    ``cap``, that keeps a program's running products (``held_per_column`` a column) at
+    ``PRODUCTS_HELD`` or fewer."""
+    return largest_block(width, max(1, min(cap, PRODUCTS_HELD // held_per_column)))
+
+
+def column_block(step, block_in: int):
+    """The input columns step ``step`` of a program's loop reads."""
+    return pl.ds(pl.multiple_of(step * block_in, block_in), block_in)
+
+
+def inverse_rms_of(x_ref, rows, block_in: int, eps: float):
+    """1 / RMS of ``x_ref[rows]`` over its last axis, summed ``block_in`` columns a step
+    (``rows``: a token's index, a scalar result, or a slice of them)."""
+    width = x_ref.shape[-1]
+
+    def add_squares(step, total):
+        chunk = x_ref[rows, column_block(step, block_in)].astype(jnp.float32)
+        return total + jnp.sum(chunk * chunk, axis=-1)
+    shape = () if isinstance(rows, int) else (x_ref.shape[0],)
+    squares = jax.lax.fori_loop(0, width // block_in, add_squares,
+                                jnp.zeros(shape, jnp.float32))
+    return jax.lax.rsqrt(squares / width + eps)
+
+
 @functools.partial(jax.jit, static_argnames=("eps", "gated", "block_out", "block_in",
                                              "num_warps", "num_stages", "interpret"))
 def rows_product_gpu(x: jax.Array, rows: jax.Array, *, norm_weight: jax.Array | None = None,
@@ -107,9 +129,7 @@ def rows_product_gpu(x: jax.Array, rows: jax.Array, *, norm_weight: jax.Array | 
     (gated: F) or the width, and ``block_in`` to hold ``PRODUCTS_HELD`` running products
     at most. ``num_warps`` and ``num_stages`` are Triton's.
     ``interpret=True`` runs it on CPU."""
-    if not triton_available():
-        raise RuntimeError(f"JAX {jax.__version__} has no Pallas Triton backend, which the "
-                           "GPU row-products kernel is written for: use the jnp path")
+    require_triton("row-products")
     check_rows_inputs(x, rows, norm_weight=norm_weight, gated=gated, bias=bias,
                       residual=residual)
     tokens, width = x.shape
@@ -119,7 +139,7 @@ def rows_product_gpu(x: jax.Array, rows: jax.Array, *, norm_weight: jax.Array | 
     outputs = rows.shape[0] // 2 if gated else rows.shape[0]
     padded = pl.next_power_of_2(tokens)  # Triton's blocks are powers of two
     block_out = largest_block(outputs, block_out)
-    block_in = largest_block(width, max(1, min(block_in, PRODUCTS_HELD // (padded * block_out))))
+    block_in = input_block(width, block_in, padded * block_out)
 
     def pad(rows):
         return rows if padded == tokens else jnp.pad(rows, ((0, padded - tokens), (0, 0)))
