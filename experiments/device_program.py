@@ -29,9 +29,20 @@ speed is not; the device runs (``device_checks.sh``) time them on a GPU. On a TP
 scalar unit runs the loop's bookkeeping outside fusions, the kernel count is the fusions'
 and custom calls' alone.
 
+``--functions`` compiles more of the decoder's jitted functions than the step loop:
+"sample_trie" (a trie round's kernels: a token for each of its rows), and "prefill",
+"fork" and, on pages, "copy_pages" (a call's kernels, a loop's counted as often as it
+runs). The short calls on the CPU then also fork each row, continue the child's prompt
+(``prefill(..., starts=...)``: on pages, a copy of the shared partly filled page) and
+sample a two-step trie after it, so every function named has been called once. A
+function that does not compile for the target is reported with XLA's or Triton's error
+and the script exits 1: the check that every kernel the search can reach builds for the
+device, not only the step loop's.
+
     python experiments/device_program.py [--random-llama 1b] [--batches 1 8]
         [--layer-weights per-layer per-layer-transposed] [--page-size 0]
         [--attention jnp|pallas] [--target h200|v5e|...|cpu] [--top 12]
+        [--functions sample_step sample_trie prefill fork copy_pages]
 
 Needs this JAX version's CUDA plugin or libtpu on the path: ``make gpu-program`` installs
 jax-cuda12-plugin and jax-cuda12-pjrt into .cuda_plugin/ and runs this with it (with
@@ -41,11 +52,11 @@ set to this machine). ``--target cpu`` compiles for this machine's CPU instead (
 test runs).
 
 Prints each setting's kernels and, as its last line, JSON: {"target", "model",
-"page_size", "attention", "runs": [{"layer_weights", "batch", "kernels_per_token",
-"kernels_per_layer", "products_written_mb_per_token", "copies_written_mb_per_token",
+"page_size", "attention", "runs": [{"function", "layer_weights", "batch",
+"kernels_per_token" (per call for a function without a token loop), "kernels_per_layer", "products_written_mb_per_token", "copies_written_mb_per_token",
 "custom_calls": {target: calls per token}, "machine_code": {"bytes", "gpu_code_for"},
 "kinds": {description: kernels per token,
-the --top most frequent}}]}.
+the --top most frequent}} or {"function", "layer_weights", "batch", "error"}]}.
 """
 
 from __future__ import annotations
@@ -74,6 +85,9 @@ from qstar_kernels import compiling_for
 TARGETS = Path(__file__).parent / "gpu_targets"
 # A TPU generation and the smallest topology libtpu describes for it (one chip is used).
 TPU_TOPOLOGIES = {"v4": "v4:2x2x1", "v5e": "v5e:2x2", "v5p": "v5p:2x2x1", "v6e": "v6e:2x2"}
+# The decoder's jitted functions (``Decoder.compiled``); the first two run a token loop.
+FUNCTIONS = ("sample_step", "sample_trie", "prefill", "fork", "copy_pages")
+TOKEN_LOOPS = ("sample_step", "sample_trie")
 _DATA_MOVEMENT = {"copy", "dynamic-slice", "slice", "reshape", "transpose"}
 PRODUCT_BYTES = 1 << 20  # a materialized product: a loop fusion from dot_general this big
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4,
@@ -101,7 +115,13 @@ def parse_args() -> argparse.Namespace:
                              f"a TPU ({', '.join(TPU_TOPOLOGIES)}), or cpu: this machine's "
                              "CPU")
     parser.add_argument("--top", type=int, default=12, help="kinds of kernel listed per run")
-    return parser.parse_args()
+    parser.add_argument("--functions", nargs="+", choices=FUNCTIONS, default=["sample_step"],
+                        help="the decoder's jitted functions to compile (copy_pages: on "
+                             "pages only)")
+    args = parser.parse_args()
+    if "copy_pages" in args.functions and not args.page_size:
+        parser.error("copy_pages copies pages: give --page-size too")
+    return args
 
 
 def target_device(name: str) -> jax.Device:
@@ -189,6 +209,15 @@ def kernels(body: str, bodies: dict[str, list[str]]) -> list[str]:
     return launched
 
 
+def call_kernels(hlo_text: str) -> list[str]:
+    """The kernels one run of the module's entry computation launches."""
+    bodies = computation_lines(hlo_text)
+    entry = re.search(r"^ENTRY %?([\w.\-]+) ", hlo_text, re.MULTILINE)
+    if entry is None:
+        raise ValueError("the module has no ENTRY computation")
+    return kernels(entry.group(1), bodies)
+
+
 def token_loop_kernels(hlo_text: str) -> list[str]:
     """The kernels of the module's busiest while loop's body: one token's."""
     bodies = computation_lines(hlo_text)
@@ -217,10 +246,11 @@ def copies_an_array(fusion: Fusion) -> bool:
             and array_bytes(fusion.shape) >= PRODUCT_BYTES)
 
 
-def analyse(hlo_text: str, num_layers: int) -> dict:
-    """One token's kernels in ``hlo_text`` (the step loop's optimized HLO), counted."""
+def analyse(hlo_text: str, num_layers: int, per_token: bool = True) -> dict:
+    """One token's kernels in ``hlo_text`` (a token loop's optimized HLO), counted; with
+    ``per_token`` False, one call's."""
     fusions = parse_fusions(hlo_text)
-    launched = token_loop_kernels(hlo_text)
+    launched = token_loop_kernels(hlo_text) if per_token else call_kernels(hlo_text)
     targets = dict(_CUSTOM_CALL.findall(hlo_text))
     kinds = Counter(describe(fusions[name]) if name in fusions
                     else f"custom call {targets.get(name, '')}".strip() for name in launched)
@@ -250,26 +280,36 @@ def machine_code(compiled: jax.stages.Compiled) -> dict:
             "gpu_code_for": sorted({arch.decode() for arch in re.findall(rb"sm_\d+a?", blob)})}
 
 
-def step_loop(model: LlamaModel, layer_weights: str, batch: int, page_size: int,
-              device: jax.Device, attention: str = "jnp") -> jax.stages.Compiled:
-    """``model``'s decoder's step loop for ``batch`` rows (on pages of ``page_size``
-    tokens read by ``attention``; 0: row slots), compiled for ``device`` after one short
-    call on the CPU."""
+def called_decoder(model: LlamaModel, layer_weights: str, batch: int, page_size: int,
+                   attention: str = "jnp", functions: tuple[str, ...] = ("sample_step",)
+                   ) -> Decoder:
+    """A decoder for ``model`` (on pages of ``page_size`` tokens read by ``attention``; 0:
+    row slots) after a short call of each of ``functions`` for ``batch`` rows on the
+    CPU: a prefill and a two-token step call, and for the others a fork of each row,
+    the child's prompt continued and a two-step trie after it."""
     cfg = model.config
     max_len = 256
+    rows = batch if set(functions) <= {"sample_step"} else 3 * batch
     paging = None if not page_size else Paging(
-        page_size=page_size, num_pages=batch * -(-max_len // page_size), attention=attention)
-    decoder = Decoder(model, num_slots=batch, max_len=max_len,
+        page_size=page_size, num_pages=rows * -(-max_len // page_size), attention=attention)
+    decoder = Decoder(model, num_slots=rows, max_len=max_len,
                       newline_table=np.zeros(cfg.vocab_size, bool), eos_ids=[],
                       layer_weights=layer_weights, paging=paging)
+    prompt = [3, 5, 7, 9] * 8 + [11]  # on 16-token pages the last one partly filled
     slots = decoder.allocate(batch)
-    decoder.prefill(slots, [[3, 5, 7, 9] * 8] * batch)
-    decoder.sample_steps(slots, problem_keys=jax.random.split(jax.random.key(0), batch),
-                         node_ids=[0] * batch, params=SamplingParams.make(batch), max_tokens=2)
-    # Traced again for the target's platform (the abstract mesh is part of jit's trace
-    # context): its Pallas kernel where the CPU call interpreted one.
-    with tracing_for(device):
-        return decoder.compiled("sample_step", device)
+    decoder.prefill(slots, [prompt] * batch)
+    keys = jax.random.split(jax.random.key(0), batch)
+    decoder.sample_steps(slots, problem_keys=keys, node_ids=[0] * batch,
+                         params=SamplingParams.make(batch), max_tokens=2)
+    if rows > batch:
+        children = decoder.allocate(batch)
+        decoder.fork(slots, children)
+        decoder.prefill(children, [[13, 15]] * batch, starts=decoder.lengths(children))
+        decoder.sample_trie(children, [2] * batch, decoder.allocate(batch, near=children),
+                            key_table=keys, key_rows=range(batch), group_ids=[1] * batch,
+                            params=SamplingParams.make(batch, temperature=1.0),
+                            max_tokens=2)
+    return decoder
 
 
 def main() -> None:
@@ -281,34 +321,57 @@ def main() -> None:
     if args.attention == "pallas" and not args.page_size:
         raise SystemExit("--attention pallas reads pages: give --page-size too")
     cache = f"{args.page_size}-token pages ({args.attention})" if args.page_size else "row slots"
-    print(f"random-weight Llama ({args.random_llama}), bfloat16, on {cache}, its step loop "
-          f"compiled for {device.device_kind} ({args.target}) on this machine: one token's "
-          f"kernels")
+    print(f"random-weight Llama ({args.random_llama}), bfloat16, on {cache}, its "
+          f"{', '.join(args.functions)} compiled for {device.device_kind} ({args.target}) "
+          f"on this machine: one token's kernels (a call's, for a function without a token "
+          f"loop)")
     runs = []
     for layer_weights in args.layer_weights:
         for batch in args.batches:
-            compiled = step_loop(model, layer_weights, batch, args.page_size, device,
-                                 args.attention)
-            figures = analyse(compiled.as_text(), cfg.num_layers)
-            kinds = dict(list(figures.pop("kinds").items())[:args.top])
-            code = machine_code(compiled)
-            runs.append({"layer_weights": layer_weights, "batch": batch, **figures,
-                         "machine_code": code, "kinds": kinds})
-            print(f"{layer_weights}, batch {batch}: {figures['kernels_per_token']} kernels a "
-                  f"token ({figures['kernels_per_layer']} a layer), products written "
-                  f"{figures['products_written_mb_per_token']} MB a token, copies "
-                  f"{figures['copies_written_mb_per_token']} MB; executable "
-                  + (f"{code['bytes'] / 1e6:.1f} MB, GPU code for "
-                     f"{', '.join(code['gpu_code_for']) or 'none'}" if code["bytes"]
-                     else f"not serialized ({code['error']})"))
-            print("  custom calls a token: " + (", ".join(
-                f"{count}x {target}" for target, count in figures["custom_calls"].items())
-                or "none"))
-            for kind, count in kinds.items():
-                print(f"  {count:5d}x {kind[:200]}")
+            decoder = called_decoder(model, layer_weights, batch, args.page_size,
+                                     args.attention, tuple(args.functions))
+            for function in args.functions:
+                runs.append(report(decoder, function, layer_weights, batch, device,
+                                   cfg.num_layers, args.top))
     print(json.dumps({"target": args.target, "model": args.random_llama,
                       "page_size": args.page_size, "attention": args.attention,
                       "runs": runs}))
+    if any("error" in run for run in runs):
+        raise SystemExit(1)
+
+
+def report(decoder: Decoder, function: str, layer_weights: str, batch: int,
+           device: jax.Device, num_layers: int, top: int) -> dict:
+    """``function`` of ``decoder`` compiled for ``device`` (traced again for its platform:
+    its Pallas kernels where the CPU's calls interpreted them), its kernels printed and
+    returned as a run's figures, or the error that stopped it."""
+    name = f"{function}, {layer_weights}, batch {batch}"
+    try:
+        with tracing_for(device):  # the abstract mesh is part of jit's trace context
+            compiled = decoder.compiled(function, device)
+    except Exception as error:  # XLA's or Triton's: reported, the other runs go on
+        message = f"{type(error).__name__}: {error}"
+        print(f"{name}: DOES NOT COMPILE: {message[:2000]}")
+        return {"function": function, "layer_weights": layer_weights, "batch": batch,
+                "error": message[:2000]}
+    per_token = function in TOKEN_LOOPS
+    figures = analyse(compiled.as_text(), num_layers, per_token)
+    kinds = dict(list(figures.pop("kinds").items())[:top])
+    code = machine_code(compiled)
+    unit = "a token" if per_token else "a call"
+    print(f"{name}: {figures['kernels_per_token']} kernels {unit} "
+          f"({figures['kernels_per_layer']} a layer), products written "
+          f"{figures['products_written_mb_per_token']} MB {unit}, copies "
+          f"{figures['copies_written_mb_per_token']} MB; executable "
+          + (f"{code['bytes'] / 1e6:.1f} MB, GPU code for "
+             f"{', '.join(code['gpu_code_for']) or 'none'}" if code["bytes"]
+             else f"not serialized ({code['error']})"))
+    print(f"  custom calls {unit}: " + (", ".join(
+        f"{count}x {target}" for target, count in figures["custom_calls"].items()) or "none"))
+    for kind, count in kinds.items():
+        print(f"  {count:5d}x {kind[:200]}")
+    return {"function": function, "layer_weights": layer_weights, "batch": batch, **figures,
+            "machine_code": code, "kinds": kinds}
 
 
 if __name__ == "__main__":

@@ -37,6 +37,13 @@ def compiling_for(platform: str):
         _TARGET_PLATFORM.reset(token)
 
 
+def target_platform() -> str:
+    """The platform traced functions are for: ``compiling_for``'s, else JAX's default
+    backend's ("gpu" for any GPU)."""
+    platform = _TARGET_PLATFORM.get() or jax.default_backend()
+    return "gpu" if platform in GPU_PLATFORMS else platform
+
+
 def resolve_implementation(implementation: str, platform: str | None = None, *,
                            kernel_platforms: tuple[str, ...] = ("gpu", "tpu")) -> str:
     """"auto" | "pallas" | "jnp" -> "pallas_gpu" | "pallas_tpu" | "pallas_interpret" |
@@ -46,7 +53,7 @@ def resolve_implementation(implementation: str, platform: str | None = None, *,
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"kernel implementation must be one of {IMPLEMENTATIONS}, got "
                          f"{implementation!r}")
-    platform = platform or _TARGET_PLATFORM.get() or jax.default_backend()
+    platform = platform or target_platform()
     kind = "gpu" if platform in GPU_PLATFORMS else platform
     has_kernel = kind in kernel_platforms and (kind != "gpu" or triton_available())
     if implementation == "jnp" or (implementation == "auto" and not has_kernel):

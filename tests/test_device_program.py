@@ -131,6 +131,56 @@ def test_the_script_compiles_pages_read_by_the_kernel(monkeypatch, capsys):
     assert figures["runs"][0]["kernels_per_token"] > 2 * 10
 
 
+FUNCTIONS_ARGV = ["--target", "cpu", "--random-llama", "tiny", "--batches", "1",
+                  "--layer-weights", "per-layer-kernels", "--page-size", "16", "--attention",
+                  "pallas", "--top", "1", "--functions", "sample_step", "sample_trie",
+                  "prefill", "fork", "copy_pages"]
+
+
+def test_every_function_the_search_calls_is_compiled(monkeypatch, capsys):
+    """--functions: the trie round, prefill, fork and page copy too, each called once on
+    this CPU (a fork, a continued prompt, a trie) and compiled for the target."""
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), *FUNCTIONS_ARGV])
+    runpy.run_path(str(SCRIPT), run_name="__main__")
+    out = capsys.readouterr().out
+    runs = json.loads(out.strip().splitlines()[-1])["runs"]
+    assert [run["function"] for run in runs] == FUNCTIONS_ARGV[-5:]
+    assert all("error" not in run for run in runs)
+    by_function = {run["function"]: run for run in runs}
+    assert by_function["sample_trie"]["kernels_per_token"] > 2 * 10
+    assert by_function["prefill"]["kernels_per_token"] > 2 * 10  # a call's: the whole stack
+    assert "prefill, per-layer-kernels, batch 1: " in out and " kernels a call " in out
+
+
+def test_a_function_that_does_not_compile_is_reported_and_fails_the_run(monkeypatch, capsys):
+    import device_program
+
+    def compiled(decoder, name, device=None):
+        if name == "fork":
+            raise RuntimeError("Triton could not lower this")
+        return original(decoder, name, device)
+    original = device_program.Decoder.compiled
+    monkeypatch.setattr(device_program.Decoder, "compiled", compiled)
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), *FUNCTIONS_ARGV[:-5], "sample_step",
+                                      "fork"])
+    with pytest.raises(SystemExit, match="1"):
+        device_program.main()
+    out = capsys.readouterr().out
+    runs = json.loads(out.strip().splitlines()[-1])["runs"]
+    assert runs[1] == {"function": "fork", "layer_weights": "per-layer-kernels", "batch": 1,
+                       "error": "RuntimeError: Triton could not lower this"}
+    assert "error" not in runs[0]
+    assert "fork, per-layer-kernels, batch 1: DOES NOT COMPILE: RuntimeError" in out
+
+
+def test_copying_pages_needs_pages(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--target", "cpu", "--functions",
+                                      "copy_pages"])
+    with pytest.raises(SystemExit):
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+    assert "copy_pages copies pages: give --page-size too" in capsys.readouterr().err
+
+
 def test_an_unknown_target_is_named_with_the_known_ones(monkeypatch):
     monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--target", "h100x"])
     with pytest.raises(SystemExit, match=r"no target 'h100x'.*h200.*v5e"):

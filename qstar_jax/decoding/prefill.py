@@ -34,10 +34,11 @@ def prefill(graphdef: nnx.GraphDef, weights: DecoderWeights, cache: KVCache | Pa
     with the cache donated. On a PagedKVCache the slots must own their pages for the new
     tokens (``PageTable.reserve``).
 
-    The layers run as a scan over the stacked weights even where the decoder keeps a copy
-    per layer for its token loop: a prefill call's products dwarf the scan's per-layer
-    weight copies, and the scan compiles in a fraction of an unrolled stack's time, which
-    matters here, where every row and length bucket is a compiled variant.
+    The layers are read as ``DecoderWeights.prefill_layer_arguments`` says: a scan over
+    the stacked weights on a CPU, where a prefill call's products dwarf the scan's
+    per-layer weight copies and the scan compiles in a fraction of an unrolled stack's
+    time (every row and length bucket is a compiled variant); the decoder's per-layer
+    copy on a GPU, where those copies cost more than a short prompt's products.
     """
     model = nnx.merge(graphdef, weights.model)
     num_slots, max_len = cache.num_slots, cache.max_len
@@ -45,7 +46,8 @@ def prefill(graphdef: nnx.GraphDef, weights: DecoderWeights, cache: KVCache | Pa
     positions = jnp.where(steps[None, :] < num_tokens[:, None], starts[:, None] + steps,
                           max_len)
     hidden, k, v = model(tokens, positions, cache.model_rows(jnp.minimum(slots, num_slots - 1)),
-                         cache.k, cache.v, key_len=key_len)
+                         cache.k, cache.v, key_len=key_len,
+                         **weights.prefill_layer_arguments())
     last = jnp.take_along_axis(hidden, jnp.maximum(num_tokens - 1, 0)[:, None, None], axis=1)
     return dataclasses.replace(
         cache, k=k, v=v, lengths=cache.lengths.at[slots].set(starts + num_tokens, mode="drop"),

@@ -8,13 +8,13 @@ v5e, reads them in place): on the CPU the copies cost more than a batch-1 step's
 products (``experiments/decode_step_breakdown.py``), and on an H200
 they held a 1B model's bfloat16 decode to 26% of the memory roofline, against 43% reading
 one array per layer (docs/gpu_tpu.md). So the token loops read a copy of the
-weights split per layer there, at the cost of holding the layers' weights twice; the
-prefill keeps the scan, whose products dwarf the copies and which compiles in a fraction
-of an unrolled stack's time. The copy may hold the attention's projections transposed
-(``per-layer-transposed``, ``RowLinear``): the same products, laid out for the reductions
-XLA:GPU makes of batch-1 ones, each then one kernel reading its weights once (compiled for
-an H200 here, ``experiments/device_program.py``; not yet timed on one), and no faster on a
-CPU; "auto" holds it so on a GPU.
+weights split per layer there, at the cost of holding the layers' weights twice. A
+prefill reads that copy too on a GPU, and keeps the scan on a CPU
+(``DecoderWeights.prefill_layer_arguments``). The copy may hold the attention's
+projections transposed (``per-layer-transposed``, ``RowLinear``): the same products,
+laid out for the reductions XLA:GPU makes of batch-1 ones, each then one kernel reading
+its weights once (compiled for an H200 here, ``experiments/device_program.py``; not yet
+timed on one), and no faster on a CPU; "auto" holds it so on a GPU.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import jax
 from flax import nnx
 
 from qstar_jax.models.llama import LlamaModel, unstack_layers
+from qstar_kernels import target_platform
 
 # How the token loops read the layers' weights: "per-layer" (a copy split per layer,
 # looped over in Python), "per-layer-transposed" (the same with the attention's
@@ -87,6 +88,23 @@ class DecoderWeights:
     def layer_arguments(self) -> dict:
         """The keyword arguments of ``LlamaModel.__call__`` that read the layers this way."""
         return {"layers": self.layers, "layer_def": self.layer_def, "unroll": self.unroll}
+
+    def prefill_layer_arguments(self) -> dict:
+        """How a prefill reads the layers, on the platform it is traced for
+        (``qstar_kernels.target_platform``): on a GPU the per-layer copy where the
+        decoder holds one, and the scan over the stacked weights otherwise.
+
+        On a GPU the scan copies every layer's weights out of the stacked arrays each
+        call: 1.95 GB written a call for the 1B shape, compiled for an H200
+        (``experiments/device_program.py --functions prefill``), some 1 ms a call written
+        and read again, where a short prompt's products take tens of µs and reading the
+        weights once 0.6 ms (docs/gpu_tpu.md; estimates, untimed). The copy avoids them,
+        at 3.8 s of compile a prefill variant there against 1.3 s. On a CPU a prefill's products
+        dwarf the copies, and the unrolled stack compiles much more slowly; a TPU reads
+        the scan's slices in place and holds no copy."""
+        if self.layers is None or target_platform() != "gpu":
+            return {}
+        return self.layer_arguments()
 
 
 def resolve_layer_weights(layer_weights: str, backend: str | None = None, *,

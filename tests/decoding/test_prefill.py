@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.kv_cache import init_cache
 from qstar_jax.models.llama import LlamaModel, unstack_layers
+from qstar_kernels import compiling_for
 from tests.decoding.tiny_models import RANDOM_MAX_LEN, tiny_config
 
 PROMPTS = [[3, 14, 15, 9, 26], [5, 35, 8, 9, 7, 9, 32, 3, 8, 4, 6], [2, 7, 1]]
@@ -88,3 +90,29 @@ def test_rows_prefilled_in_calls_of_their_own_length_are_what_one_call_gives(ran
     for slot, prompt, hidden in zip(slots, prompts, together):
         random_decoder.prefill([slot], [prompt])
         np.testing.assert_allclose(_last_hidden(random_decoder, slot), hidden, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer_weights", ["per-layer", "per-layer-transposed", "stacked"])
+def test_a_prefill_traced_for_a_gpu_reads_the_decoders_per_layer_copy(random_model,
+                                                                       layer_weights):
+    """Traced for a GPU (``compiling_for``), a prefill reads the per-layer copy the decoder
+    holds for its token loops, not the scan over the stacked weights, whose slices XLA:GPU
+    copies every call; on a CPU, and with no copy, it keeps the scan (a while loop in
+    its program). Both write the same cache."""
+    def prefilled(platform):
+        decoder = Decoder(random_model, num_slots=4, max_len=RANDOM_MAX_LEN,
+                          newline_table=np.zeros(64, bool), eos_ids=[],
+                          layer_weights=layer_weights)
+        slots = decoder.allocate(3)
+        with compiling_for(platform):
+            decoder.prefill(slots, PROMPTS)
+            program = decoder.compiled_text("prefill")
+        return decoder.cache, program
+
+    (on_cpu, cpu_program), (for_gpu, gpu_program) = prefilled("cpu"), prefilled("gpu")
+    assert " while(" in cpu_program
+    assert (" while(" in gpu_program) == (layer_weights == "stacked")
+    for ours, reference in zip((for_gpu.k, for_gpu.v, for_gpu.last_hidden, for_gpu.lengths),
+                               (on_cpu.k, on_cpu.v, on_cpu.last_hidden, on_cpu.lengths)):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(reference), atol=1e-5,
+                                   rtol=1e-5)

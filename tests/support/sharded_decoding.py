@@ -33,6 +33,7 @@ from qstar_jax.decoding.trie_chunks import ChunkedTrie
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.parallel import (collectives, data_collectives, initialize_distributed,
                                 is_writer, make_mesh)
+from qstar_kernels import compiling_for
 from tests.decoding.tiny_models import RANDOM_MAX_LEN, STEP_BUCKET, tiny_config
 PROMPTS = [[1, 2, 3], [4, 5], [6, 7, 8, 9], [10]]
 # A trie after the first two prompts and after one that fills its slot 3 tokens on.
@@ -218,6 +219,27 @@ def paged_collectives(decoder: Decoder, mesh_shape: tuple[int, int], names) -> d
     return counts
 
 
+def prefill_as_on_a_gpu(model: LlamaModel, mesh, single: dict) -> dict:
+    """The first prompts prefilled on ``mesh`` by a decoder whose prefill is traced for a
+    GPU (``compiling_for``: the per-layer copy, not the scan; nothing here picks a Pallas
+    kernel on row slots): against one device's logits, with whether its program loops
+    and what it moves between data shards."""
+    decoder = Decoder(model, num_slots=32, max_len=RANDOM_MAX_LEN,
+                      newline_table=np.zeros(64, bool), eos_ids=[], min_batch_bucket=8,
+                      mesh=mesh)
+    slots = decoder.allocate(len(PROMPTS))
+    with compiling_for("gpu"):
+        decoder.prefill(slots, PROMPTS)
+        program = decoder.compiled_text("prefill")
+    last_hidden = multihost_utils.process_allgather(decoder.cache.last_hidden, tiled=True)
+    logits = np.asarray(model.logits(np.asarray(last_hidden)[slots]))
+    mesh_shape = (mesh.shape["data"], mesh.shape["model"])
+    return {"logits_max_diff": float(np.abs(logits - single["logits0"]).max()),
+            "loops": " while(" in program,
+            "cache_rows": len(data_collectives(program, dim=RANDOM_MAX_LEN,
+                                               mesh_shape=mesh_shape))}
+
+
 def main() -> None:
     meshes = ((4, 1), (2, 2), (1, 4))
     # Chunks short of spares stop per data shard: checked where there are several (in
@@ -248,6 +270,8 @@ def main() -> None:
                              layer_weights="per-layer-transposed")
             report["x".join(map(str, shape)) + "_transposed"] = compared(single[False], sharded,
                                                                          starved=False)
+        report["x".join(map(str, shape)) + "_gpu_prefill"] = prefill_as_on_a_gpu(
+            model, make_mesh(*shape), single[False])
     if is_writer():
         print(json.dumps(report))
 
