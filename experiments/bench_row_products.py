@@ -3,7 +3,10 @@
 
 A decode step of a few tokens reads every weight once; a layer's products are its normed
 q/k/v rows, its output projection onto the residual, the MLP's gated gate/up rows and its
-down onto the residual (``DecoderLayer._call_on_rows``). This times each of the four, on
+down onto the residual (``DecoderLayer._call_on_rows``; the output projection reading the
+attention kernel's padded rows in place, ``x_segments``, as the decoder's does on pages
+with both kernels: each kv head's G query heads' outputs in 16 rows). This times each of
+the four, on
 ``--layers`` distinct weights (so they stream from memory, as in a forward pass, rather
 than sit in a GPU's L2) in one jitted call, two ways: XLA's (the ``jnp`` reference, what
 the decoder runs without the kernel) and, on a GPU, the Pallas kernel at each
@@ -38,10 +41,11 @@ import numpy as np
 from bench_decode import copy_bandwidth
 from cascade_attention import timed
 from qstar_kernels import rows_product_gpu, rows_product_reference
+from qstar_kernels.paged_attention_gpu import query_rows
 
-# (hidden size, q/k/v outputs, MLP width) of each shape
-SHAPES = {"1b": (2048, 2048 + 2 * 512, 8192), "smollm2": (576, 576 + 2 * 192, 1536),
-          "tiny": (64, 96, 128)}
+# (hidden size, q/k/v outputs, MLP width, query heads per kv head, head_dim) of each shape
+SHAPES = {"1b": (2048, 2048 + 2 * 512, 8192, 4, 64),
+          "smollm2": (576, 576 + 2 * 192, 1536, 3, 64), "tiny": (64, 96, 128, 4, 16)}
 
 
 def parse_args() -> argparse.Namespace:
@@ -62,9 +66,12 @@ def parse_args() -> argparse.Namespace:
 
 
 def products(shape: str, layers: int, tokens: int, dtype, seed: int = 0) -> dict:
-    """Each of a layer's four products: (its rows, one array per layer, and the array
-    arguments of ``rows_product`` besides them; x [tokens, width]). "gate_up" is gated."""
-    hidden, qkv, mlp = SHAPES[shape]
+    """Each of a layer's four products: (its rows, one array per layer, the array
+    arguments of ``rows_product`` besides them, and its ``x_segments``). x is [tokens,
+    width], or for "o" the attention kernel's rows [tokens, K * R * D]. "gate_up" is
+    gated."""
+    hidden, qkv, mlp, group, head_dim = SHAPES[shape]
+    used, stride = group * head_dim, query_rows(1, group) * head_dim
     rng = np.random.default_rng(seed)
 
     def draw(*shape, scale=1.0):
@@ -74,20 +81,23 @@ def products(shape: str, layers: int, tokens: int, dtype, seed: int = 0) -> dict
         return [draw(outputs, width, scale=width ** -0.5) for _ in range(layers)]
     residual = draw(tokens, hidden)
     return {
-        "qkv": (rows(qkv, hidden), dict(x=draw(tokens, hidden), norm_weight=draw(hidden))),
-        "o": (rows(hidden, hidden), dict(x=draw(tokens, hidden), residual=residual)),
+        "qkv": (rows(qkv, hidden), dict(x=draw(tokens, hidden), norm_weight=draw(hidden)),
+                None),
+        "o": (rows(hidden, hidden), dict(x=draw(tokens, hidden // used * stride),
+                                         residual=residual), (used, stride)),
         "gate_up": (rows(2 * mlp, hidden), dict(x=draw(tokens, hidden),
-                                                norm_weight=draw(hidden))),
-        "down": (rows(hidden, mlp), dict(x=draw(tokens, mlp), residual=residual)),
+                                                norm_weight=draw(hidden)), None),
+        "down": (rows(hidden, mlp), dict(x=draw(tokens, mlp), residual=residual), None),
     }
 
 
-def every_layer(product, gated: bool):
+def every_layer(product, gated: bool, x_segments):
     """One jitted call applying ``product`` with each layer's rows, summing the outputs (so
     none is dropped), and the last layer's output to check."""
     def run(all_rows, options):
         extra = {name: value for name, value in options.items() if name != "x"}
-        outs = [product(options["x"], rows, gated=gated, **extra) for rows in all_rows]
+        outs = [product(options["x"], rows, gated=gated, x_segments=x_segments, **extra)
+                for rows in all_rows]
         return sum(out.astype(jnp.float32) for out in outs), outs[-1]
     return jax.jit(run)
 
@@ -118,12 +128,12 @@ def main() -> None:
         timed_kernels = len(implementations) > 1
         layer_us[tokens] = {"xla": 0.0, "kernel_best": 0.0 if timed_kernels else None}
         best_blocks[tokens] = {}
-        for name, (all_rows, options) in products(args.shape, args.layers, tokens,
-                                                  dtype).items():
+        for name, (all_rows, options, x_segments) in products(args.shape, args.layers,
+                                                              tokens, dtype).items():
             weight_bytes = all_rows[0].size * dtype.itemsize
             us, gb_s, diffs, reference = {}, {}, {}, None
             for impl, product in implementations.items():
-                fn = every_layer(product, gated=name == "gate_up")
+                fn = every_layer(product, gated=name == "gate_up", x_segments=x_segments)
                 last = np.asarray(fn(all_rows, options)[1], np.float32)
                 reference = last if reference is None else reference
                 diffs[impl] = float(np.abs(last - reference).max())

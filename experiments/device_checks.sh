@@ -107,7 +107,7 @@ step bench_decode_rows_kernels 90 "${bench[@]}" --layer-weights per-layer-kernel
   --trace "$traces/rows_kernels"
 step bench_row_products 90 "${gpu_steps[@]}" "$py" experiments/bench_row_products.py \
   --shape "$([ "$model" = tiny ] && echo tiny || echo 1b)"
-# Both kernels together, the fewest kernels a batch-1 token has (139 compiled for an H200
+# Both kernels together, the fewest kernels a batch-1 token has (123 compiled for an H200
 # here against the default's 284 on the same pages: experiments/device_programs/).
 step bench_decode_pages_kernels 90 "${bench[@]}" --page-size 16 --attention pallas \
   --layer-weights per-layer-kernels --trace "$traces/pages_kernels"

@@ -22,10 +22,10 @@ def resolve_rows_implementation(implementation: str, tokens: int = 1) -> str:
 
 
 def rows_product(x, rows, *, norm_weight=None, eps: float = 1e-6, gated: bool = False,
-                 bias=None, residual=None, implementation: str = "auto"):
+                 bias=None, residual=None, x_segments=None, implementation: str = "auto"):
     """Shapes and contract: ``rows_product_reference``."""
     options = dict(norm_weight=norm_weight, eps=eps, gated=gated, bias=bias,
-                   residual=residual)
+                   residual=residual, x_segments=x_segments)
     chosen = resolve_rows_implementation(implementation, x.shape[0])
     if chosen == "jnp":
         return rows_product_reference(x, rows, **options)

@@ -39,7 +39,7 @@ MAX_ROWS = 4  # tokens a call takes
 
 
 def _kernel(*refs, norm: bool, gated: bool, has_bias: bool, has_residual: bool, eps: float,
-            block_out: int, block_in: int, up_offset: int):
+            block_out: int, block_in: int, up_offset: int, x_segments):
     refs = list(refs)
     x_ref = refs.pop(0)
     norm_ref = refs.pop(0) if norm else None
@@ -48,18 +48,26 @@ def _kernel(*refs, norm: bool, gated: bool, has_bias: bool, has_residual: bool, 
     residual_ref = refs.pop(0) if has_residual else None
     (out_ref,) = refs
     f32 = jnp.float32
-    tokens, width = x_ref.shape
-    steps = width // block_in
+    tokens, steps = x_ref.shape[0], rows_ref.shape[1] // block_in
     first = pl.program_id(0) * block_out
 
     def columns(step):
         return column_block(step, block_in)
 
+    def x_columns(step):  # where x holds the inputs of ``columns(step)``
+        if x_segments is None:
+            return columns(step)
+        used, stride = x_segments
+        per_segment = used // block_in  # steps; lax's division: no floor fix-up for Triton
+        start = jax.lax.div(step, per_segment) * stride + \
+            jax.lax.rem(step, per_segment) * block_in
+        return pl.ds(pl.multiple_of(start, block_in), block_in)
+
     if norm:
         inverse_rms = inverse_rms_of(x_ref, slice(None), block_in, eps)
 
     def inputs(step):
-        chunk = x_ref[:, columns(step)]
+        chunk = x_ref[:, x_columns(step)]
         if norm:
             scale = norm_ref[columns(step)].astype(f32)
             chunk = (chunk.astype(f32) * inverse_rms[:, None] * scale[None, :]).astype(
@@ -117,29 +125,32 @@ def inverse_rms_of(x_ref, rows, block_in: int, eps: float):
     return jax.lax.rsqrt(squares / width + eps)
 
 
-@functools.partial(jax.jit, static_argnames=("eps", "gated", "block_out", "block_in",
-                                             "num_warps", "num_stages", "interpret"))
+@functools.partial(jax.jit, static_argnames=("eps", "gated", "x_segments", "block_out",
+                                             "block_in", "num_warps", "num_stages",
+                                             "interpret"))
 def rows_product_gpu(x: jax.Array, rows: jax.Array, *, norm_weight: jax.Array | None = None,
                      eps: float = 1e-6, gated: bool = False, bias: jax.Array | None = None,
-                     residual: jax.Array | None = None, block_out: int = BLOCK_OUT,
+                     residual: jax.Array | None = None,
+                     x_segments: tuple[int, int] | None = None, block_out: int = BLOCK_OUT,
                      block_in: int = BLOCK_IN, num_warps: int = 4, num_stages: int = 3,
                      interpret: bool = False) -> jax.Array:
     """As ``rows_product_reference``, for at most ``MAX_ROWS`` tokens. ``block_out`` and
     ``block_in`` are caps: each is cut to the largest power of two dividing the outputs
-    (gated: F) or the width, and ``block_in`` to hold ``PRODUCTS_HELD`` running products
-    at most. ``num_warps`` and ``num_stages`` are Triton's.
-    ``interpret=True`` runs it on CPU."""
+    (gated: F) or the width (with ``x_segments``, the inputs a segment holds), and
+    ``block_in`` to hold ``PRODUCTS_HELD`` running products at most. ``num_warps`` and
+    ``num_stages`` are Triton's. ``interpret=True`` runs it on CPU."""
     require_triton("row-products")
     check_rows_inputs(x, rows, norm_weight=norm_weight, gated=gated, bias=bias,
-                      residual=residual)
-    tokens, width = x.shape
+                      residual=residual, x_segments=x_segments)
+    tokens, width = x.shape[0], rows.shape[1]
     if tokens > MAX_ROWS:
         raise ValueError(f"the row-products kernel takes at most {MAX_ROWS} tokens, got "
                          f"{tokens}: use the jnp path for more")
     outputs = rows.shape[0] // 2 if gated else rows.shape[0]
     padded = pl.next_power_of_2(tokens)  # Triton's blocks are powers of two
     block_out = largest_block(outputs, block_out)
-    block_in = input_block(width, block_in, padded * block_out)
+    block_in = input_block(width if x_segments is None else x_segments[0], block_in,
+                           padded * block_out)
 
     def pad(rows):
         return rows if padded == tokens else jnp.pad(rows, ((0, padded - tokens), (0, 0)))
@@ -158,7 +169,7 @@ def rows_product_gpu(x: jax.Array, rows: jax.Array, *, norm_weight: jax.Array | 
     kernel = functools.partial(
         _kernel, norm=norm_weight is not None, gated=gated, has_bias=bias is not None,
         has_residual=residual is not None, eps=eps, block_out=block_out, block_in=block_in,
-        up_offset=outputs)
+        up_offset=outputs, x_segments=x_segments)
     out = pl.pallas_call(
         kernel, grid=(outputs // block_out,), in_specs=in_specs, out_specs=out_block,
         out_shape=jax.ShapeDtypeStruct((padded, outputs), x.dtype),

@@ -11,6 +11,9 @@ One operation, ``rows_product``, with three uses in a layer:
 - ``gated``: ``rows`` holds the gate's F rows then the up's F rows, and the result is
   ``silu(gate) * up`` [B, F];
 - ``residual`` given: the result is added to it (the output projection; the MLP's down).
+``x_segments`` = (used, stride): x holds its E inputs padded, the first ``used`` of every
+``stride`` columns (the output projection reading the attention kernel's padded rows as
+they are, ``PagedRows.project_write_attend``).
 Rounding is the model's own (``models/llama.py``): the normalised input, each product and
 the SiLU are rounded to the input's dtype where the modules round them, the products
 accumulated in float32.
@@ -23,12 +26,21 @@ import jax.numpy as jnp
 
 
 def check_rows_inputs(x, rows, *, norm_weight=None, gated=False, bias=None,
-                      residual=None) -> None:
+                      residual=None, x_segments=None) -> None:
     """Raise ValueError naming the first argument whose shape breaks the contract."""
     if x.ndim != 2:
         raise ValueError(f"x must be [rows, width], got shape {x.shape}")
-    if rows.ndim != 2 or rows.shape[1] != x.shape[1]:
-        raise ValueError(f"rows must be [outputs, {x.shape[1]}], got shape {rows.shape}")
+    width = x.shape[1]
+    if x_segments is not None:
+        used, stride = x_segments
+        if not 0 < used <= stride or width % stride:
+            raise ValueError(f"x_segments (used, stride) must have 0 < used <= stride and "
+                             f"stride dividing x's {width} columns, got {x_segments}")
+        if norm_weight is not None:
+            raise ValueError("x_segments is for unnormalised inputs: give no norm_weight")
+        width = width // stride * used
+    if rows.ndim != 2 or rows.shape[1] != width:
+        raise ValueError(f"rows must be [outputs, {width}], got shape {rows.shape}")
     if norm_weight is not None and norm_weight.shape != (x.shape[1],):
         raise ValueError(f"norm_weight must be [{x.shape[1]}], got shape {norm_weight.shape}")
     if gated and rows.shape[0] % 2:
@@ -63,11 +75,21 @@ def finish_products(products, dtype, *, up=None, bias=None, residual=None):
     return out if residual is None else residual + out
 
 
+def unpadded(x, x_segments):
+    """x [B, N * stride] -> its inputs [B, N * used] (``x_segments`` = (used, stride))."""
+    if x_segments is None:
+        return x
+    used, stride = x_segments
+    return x.reshape(x.shape[0], -1, stride)[:, :, :used].reshape(x.shape[0], -1)
+
+
 def rows_product_reference(x, rows, *, norm_weight=None, eps: float = 1e-6, gated=False,
-                           bias=None, residual=None):
-    """x [B, E], rows [O, E] (gated: [2F, E]) -> [B, O] (gated: [B, F]), in x's dtype."""
+                           bias=None, residual=None, x_segments=None):
+    """x [B, E] (or padded: ``x_segments``), rows [O, E] (gated: [2F, E]) -> [B, O]
+    (gated: [B, F]), in x's dtype."""
     check_rows_inputs(x, rows, norm_weight=norm_weight, gated=gated, bias=bias,
-                      residual=residual)
+                      residual=residual, x_segments=x_segments)
+    x = unpadded(x, x_segments)
     if norm_weight is not None:
         x = rms_normalise(x, norm_weight, eps)
     products = jnp.einsum("be,oe->bo", x.astype(rows.dtype), rows,

@@ -19,7 +19,6 @@ import jax.numpy as jnp
 from qstar_kernels import (paged_decode_attention, resolve_implementation,
                            resolve_rows_implementation)
 from qstar_kernels.paged_attention_gpu import paged_decode_attention_gpu_rows, query_rows
-from qstar_kernels.paged_attention_layout import from_rows
 from qstar_kernels.qkv_into_pages_gpu import PAIRS, qkv_into_pages_gpu
 
 
@@ -97,8 +96,11 @@ class PagedRows:
         """A decode step's attention from the layer's input in two GPU kernels: the
         normed q/k/v rows, RoPE and the key and value written into their pages
         (``qkv_into_pages_gpu``), then the paged attention on the queries as that left
-        them. x [B, E] (one token per row) at positions [B, 1] -> (the heads' outputs
-        [B, H * D], cache_k, cache_v)."""
+        them. x [B, E] (one token per row) at positions [B, 1] -> (the heads' outputs as
+        the attention kernel left them, in its padded rows [B, K * R * D], where a kv
+        head's G query heads' outputs are the first G * D of its R * D columns; the
+        segments (G * D, R * D), which ``rows_product``'s ``x_segments`` reads them by;
+        cache_k, cache_v)."""
         num_pages, page_size = cache_k.shape[1], cache_k.shape[3]
         kv_heads, head_dim = cache_k.shape[2], cache_k.shape[4]
         group = num_heads // kv_heads
@@ -113,6 +115,6 @@ class PagedRows:
         out = paged_decode_attention_gpu_rows(
             q_rows, cache_k, cache_v, self.page_table, lengths, layer, num_queries=1,
             group=group, window=window, interpret=interpret)
-        batch = x.shape[0]
-        return from_rows(out, (batch, 1, num_heads, head_dim)).reshape(batch, -1), \
-            cache_k, cache_v
+        rows = out.shape[2]
+        return out.reshape(x.shape[0], -1), (group * head_dim, rows * head_dim), cache_k, \
+            cache_v

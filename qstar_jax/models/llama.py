@@ -247,7 +247,8 @@ class DecoderLayer(nnx.Module):
         ``rows_product`` calls on the tokens [B * T, E]: on a GPU and a few tokens, four
         Pallas kernels (``qstar_kernels/row_products_gpu.py``). A decode step on pages
         read by the GPU's attention kernel takes the first with RoPE and the cache writes
-        as one kernel (``PagedRows.project_write_attend``)."""
+        as one kernel (``PagedRows.project_write_attend``), and the output projection reads
+        the attention kernel's padded rows as they are (``x_segments``)."""
         b, t, e = x.shape
         attention, mlp = self.self_attn, self.mlp
         rows = functools.partial(rows_product, implementation=self.row_kernels)
@@ -256,7 +257,7 @@ class DecoderLayer(nnx.Module):
         fused = (isinstance(slots, PagedRows) and t == 1
                  and slots.fused_qkv_implementation(self.row_kernels, b, attention.head_dim))
         if fused:  # q/k/v, RoPE and the cache writes in one kernel, then the attention's
-            out, cache_k, cache_v = slots.project_write_attend(
+            out, segments, cache_k, cache_v = slots.project_write_attend(
                 x, norm.weight[...], norm.eps, attention.qkv_proj.rows[...],
                 RowLinear.bias_of(attention.qkv_proj), cache_k, cache_v, layer, positions,
                 inv_freq, num_heads=attention.num_heads, window=attention.window,
@@ -267,7 +268,8 @@ class DecoderLayer(nnx.Module):
             q, k, v = jnp.split(qkv.reshape(b, t, -1), attention.qkv_split(), axis=-1)
             out, cache_k, cache_v = attention.attend(q, k, v, positions, slots, cache_k,
                                                      cache_v, layer, inv_freq, key_len)
-        x = rows(out.reshape(b * t, -1), attention.o_proj.rows[...], residual=x,
+            out, segments = out.reshape(b * t, -1), None
+        x = rows(out, attention.o_proj.rows[...], residual=x, x_segments=segments,
                  bias=RowLinear.bias_of(attention.o_proj))
         hidden = rows(x, mlp.gate_up_proj.rows[...], norm_weight=post_norm.weight[...],
                       eps=post_norm.eps, gated=True)

@@ -81,6 +81,40 @@ def test_gpu_kernel_compiled_on_a_gpu_matches_the_reference(use, tokens):
     for block_in in (512, 16):
         got = rows_product_gpu(x, rows, **options, block_in=block_in)
         np.testing.assert_allclose(np.asarray(got), expected, atol=1e-4, rtol=1e-4)
+    if "residual" in use:  # the output projection reading the attention's padded rows
+        got = rows_product_gpu(padded_inputs(x, 32, 128), rows, **options,
+                               x_segments=(32, 128))
+        np.testing.assert_allclose(np.asarray(got), expected, atol=1e-4, rtol=1e-4)
+
+
+def padded_inputs(x, used: int, stride: int, seed: int = 7):
+    """x [B, E] laid out as the attention kernel's rows: each ``used`` inputs followed by
+    ``stride - used`` columns of noise (its padding rows' outputs are not zeros)."""
+    tokens = x.shape[0]
+    noise = np.random.default_rng(seed).normal(size=(tokens, x.shape[1] // used,
+                                                     stride - used))
+    segments = np.asarray(x).reshape(tokens, -1, used)
+    return jnp.asarray(np.concatenate([segments, noise], axis=2).reshape(tokens, -1), x.dtype)
+
+
+@pytest.mark.parametrize("tokens", [1, 3, MAX_ROWS])
+@pytest.mark.parametrize("use", ["residual", "residual_bias"])  # the output projection's
+@pytest.mark.parametrize("used,stride,block_in", [(16, 64, 16), (32, 128, 16), (16, 16, 16)])
+def test_padded_inputs_read_in_place_are_the_unpadded_inputs(use, tokens, used, stride,
+                                                             block_in):
+    """``x_segments`` (used, stride): the inputs are the first ``used`` of every
+    ``stride`` columns (a kv head's G query heads' outputs in the attention kernel's R
+    padded rows); the kernel reads them where they lie, a step's block within a segment,
+    and both paths give the product of the unpadded inputs."""
+    x, rows, options = operands(5, tokens, **USES[use])
+    padded = padded_inputs(x, used, stride)
+    expected = np.asarray(rows_product_reference(x, rows, **options))
+    np.testing.assert_array_equal(
+        np.asarray(rows_product_reference(padded, rows, **options, x_segments=(used, stride))),
+        expected)
+    got = rows_product_gpu(padded, rows, **options, x_segments=(used, stride),
+                           block_in=block_in, interpret=True)
+    np.testing.assert_allclose(np.asarray(got), expected, atol=2e-5, rtol=2e-5)
 
 
 @pytest.mark.parametrize("use", ["normed_bias", "gated", "residual"])
@@ -117,6 +151,17 @@ def test_gpu_kernel_lowers_to_triton_without_a_gpu(use):
     assert "__gpu$xla.gpu.triton" in lowered_for_h200(call, *args)
 
 
+def test_output_projection_on_padded_rows_lowers_to_triton_without_a_gpu():
+    """The 1B layer's output projection reading the attention kernel's rows in place: 8
+    kv heads' 16 padded rows of 64, of which each kv head's 4 query heads' are inputs."""
+    bf16, spec = jnp.bfloat16, jax.ShapeDtypeStruct
+
+    def call(x, rows, residual):
+        return rows_product_gpu(x, rows, residual=residual, x_segments=(4 * 64, 16 * 64))
+    assert "__gpu$xla.gpu.triton" in lowered_for_h200(
+        call, spec((1, 8 * 16 * 64), bf16), spec((2048, 2048), bf16), spec((1, 2048), bf16))
+
+
 def test_auto_takes_the_kernel_on_gpus_for_a_few_tokens_only():
     assert resolve_rows_implementation("auto") == "jnp"  # this CPU
     assert resolve_rows_implementation("pallas") == "pallas_interpret"
@@ -151,6 +196,14 @@ def test_bad_inputs_are_named():
         rows_product_reference(x, rows, gated=True, bias=jnp.ones(OUTPUTS // 2))
     with pytest.raises(ValueError, match="residual must be"):
         rows_product_gpu(x, rows, residual=jnp.ones((2, OUTPUTS)), interpret=True)
+    with pytest.raises(ValueError, match=r"x_segments .* stride dividing x's 64 columns"):
+        rows_product_reference(x, rows, x_segments=(16, 48))
+    with pytest.raises(ValueError, match=r"0 < used <= stride"):
+        rows_product_gpu(x, rows, x_segments=(32, 16), interpret=True)
+    with pytest.raises(ValueError, match=r"rows must be \[outputs, 32\]"):
+        rows_product_reference(x, rows, x_segments=(16, 32))
+    with pytest.raises(ValueError, match="give no norm_weight"):
+        rows_product_reference(x, rows[:, :32], x_segments=(16, 32), norm_weight=jnp.ones(32))
 
 
 @pytest.mark.parametrize("size,cap,block", [(3072, 8, 8), (576, 512, 64), (960, 8, 8),
