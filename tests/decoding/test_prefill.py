@@ -7,6 +7,7 @@ from flax import nnx
 
 from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.kv_cache import init_cache
+from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.models.llama import LlamaModel, unstack_layers
 from qstar_kernels import compiling_for
 from tests.decoding.tiny_models import RANDOM_MAX_LEN, tiny_config
@@ -92,27 +93,37 @@ def test_rows_prefilled_in_calls_of_their_own_length_are_what_one_call_gives(ran
         np.testing.assert_allclose(_last_hidden(random_decoder, slot), hidden, atol=1e-5)
 
 
+@pytest.mark.parametrize("paged", [False, True])
 @pytest.mark.parametrize("layer_weights", ["per-layer", "per-layer-transposed", "stacked"])
 def test_a_prefill_traced_for_a_gpu_reads_the_decoders_per_layer_copy(random_model,
-                                                                       layer_weights):
+                                                                       layer_weights, paged):
     """Traced for a GPU (``compiling_for``), a prefill reads the per-layer copy the decoder
     holds for its token loops, not the scan over the stacked weights, whose slices XLA:GPU
     copies every call; on a CPU, and with no copy, it keeps the scan (a while loop in
-    its program). Both write the same cache."""
+    its program). Both write the same cache, prompts and then their continuations (on
+    pages, a shared partly filled page at each start; read by the jnp path, as nothing
+    here runs a GPU kernel)."""
     def prefilled(platform):
         decoder = Decoder(random_model, num_slots=4, max_len=RANDOM_MAX_LEN,
                           newline_table=np.zeros(64, bool), eos_ids=[],
-                          layer_weights=layer_weights)
+                          layer_weights=layer_weights,
+                          paging=Paging(page_size=4, num_pages=32, attention="jnp")
+                          if paged else None)
         slots = decoder.allocate(3)
         with compiling_for(platform):
             decoder.prefill(slots, PROMPTS)
+            decoder.prefill(slots, [[7, 8], [9], [10, 11, 12]],
+                            starts=decoder.lengths(slots))
             program = decoder.compiled_text("prefill")
-        return decoder.cache, program
+        hidden = np.asarray(decoder.cache.last_hidden)[slots]
+        return decoder.cache, hidden, program
 
-    (on_cpu, cpu_program), (for_gpu, gpu_program) = prefilled("cpu"), prefilled("gpu")
+    (on_cpu, cpu_hidden, cpu_program), (for_gpu, gpu_hidden, gpu_program) = \
+        prefilled("cpu"), prefilled("gpu")
     assert " while(" in cpu_program
     assert (" while(" in gpu_program) == (layer_weights == "stacked")
-    for ours, reference in zip((for_gpu.k, for_gpu.v, for_gpu.last_hidden, for_gpu.lengths),
-                               (on_cpu.k, on_cpu.v, on_cpu.last_hidden, on_cpu.lengths)):
+    np.testing.assert_array_equal(np.asarray(for_gpu.lengths), np.asarray(on_cpu.lengths))
+    for ours, reference in ((for_gpu.k, on_cpu.k), (for_gpu.v, on_cpu.v),
+                            (gpu_hidden, cpu_hidden)):
         np.testing.assert_allclose(np.asarray(ours), np.asarray(reference), atol=1e-5,
                                    rtol=1e-5)
