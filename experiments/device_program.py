@@ -53,10 +53,11 @@ test runs).
 
 Prints each setting's kernels and, as its last line, JSON: {"target", "model",
 "page_size", "attention", "runs": [{"function", "layer_weights", "batch",
-"kernels_per_token" (per call for a function without a token loop), "kernels_per_layer", "products_written_mb_per_token", "copies_written_mb_per_token",
-"custom_calls": {target: calls per token}, "machine_code": {"bytes", "gpu_code_for"},
-"kinds": {description: kernels per token,
-the --top most frequent}} or {"function", "layer_weights", "batch", "error"}]}.
+"kernels_per_token" (per call for a function without a token loop), "kernels_per_layer",
+"products_written_mb_per_token", "copies_written_mb_per_token", "custom_calls": {target:
+calls per token}, "machine_code": {"bytes", "gpu_code_for"}, "kinds": {description:
+kernels per token, the --top most frequent}} or {"function", "layer_weights", "batch",
+"error"}]}.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ Why: at batch 1 XLA:GPU runs a Llama layer as some 18 kernels, most of them 1 to
 launch and little work (the H200 profile and the compiled programs in docs/gpu_tpu.md),
 and stores the MLP's products to apply the SiLU in another. With these four kernels and
 the paged-attention one a layer's products, norms, SiLU and residuals take five; on
-pages, ``qkv_into_pages_gpu`` takes the first of them with the RoPE and cache writes. Written without a GPU to time it on: the block sizes are
-a first guess, which ``experiments/bench_row_products.py`` sweeps on one.
+pages, ``qkv_into_pages_gpu`` takes the first of them with the RoPE and cache writes.
+Written without a GPU to time it on: the block sizes are a first guess, which
+``experiments/bench_row_products.py`` sweeps on one.
 """
 
 from __future__ import annotations

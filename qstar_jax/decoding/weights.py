@@ -99,9 +99,9 @@ class DecoderWeights:
         (``experiments/device_program.py --functions prefill``), some 1 ms a call written
         and read again, where a short prompt's products take tens of µs and reading the
         weights once 0.6 ms (docs/gpu_tpu.md; estimates, untimed). The copy avoids them,
-        at 3.8 s of compile a prefill variant there against 1.3 s. On a CPU a prefill's products
-        dwarf the copies, and the unrolled stack compiles much more slowly; a TPU reads
-        the scan's slices in place and holds no copy."""
+        at 3.8 s of compile a prefill variant there against 1.3 s. On a CPU a prefill's
+        products dwarf the copies, and the unrolled stack compiles much more slowly; a
+        TPU reads the scan's slices in place and holds no copy."""
         if self.layers is None or target_platform() != "gpu":
             return {}
         return self.layer_arguments()

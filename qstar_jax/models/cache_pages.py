@@ -104,17 +104,16 @@ class PagedRows:
         num_pages, page_size = cache_k.shape[1], cache_k.shape[3]
         kv_heads, head_dim = cache_k.shape[2], cache_k.shape[4]
         group = num_heads // kv_heads
+        rows = query_rows(1, group)
         page, offset = self.targets(positions, page_size, num_pages)
         lengths = self.lengths(positions, page_size, num_pages)  # 0: a padding row
         interpret = implementation == "pallas_interpret"
         q_rows, cache_k, cache_v = qkv_into_pages_gpu(
             x, norm_weight, qkv_rows, bias, positions[:, 0], page[:, 0], offset[:, 0],
             lengths > 0, cache_k, cache_v, layer, inv_freq, num_heads=num_heads,
-            num_kv_heads=kv_heads, query_rows=query_rows(1, group), eps=eps,
-            interpret=interpret)
+            num_kv_heads=kv_heads, query_rows=rows, eps=eps, interpret=interpret)
         out = paged_decode_attention_gpu_rows(
             q_rows, cache_k, cache_v, self.page_table, lengths, layer, num_queries=1,
             group=group, window=window, interpret=interpret)
-        rows = out.shape[2]
         return out.reshape(x.shape[0], -1), (group * head_dim, rows * head_dim), cache_k, \
             cache_v

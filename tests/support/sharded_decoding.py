@@ -51,6 +51,20 @@ PAGING = Paging(page_size=4, num_pages=112)
 PAGED_MESHES = {(2, 2)}
 
 
+def random_decoder(model: LlamaModel, mesh, **options) -> Decoder:
+    """The decoder every run here uses (no newline or EOS stops), on ``mesh`` (None: one
+    device), with ``options`` of its own."""
+    return Decoder(model, num_slots=32, max_len=RANDOM_MAX_LEN,
+                   newline_table=np.zeros(64, bool), eos_ids=[], min_batch_bucket=8,
+                   min_step_bucket=STEP_BUCKET, mesh=mesh, **options)
+
+
+def prefilled_logits(model: LlamaModel, decoder: Decoder, slots) -> np.ndarray:
+    """The next-token logits after what ``slots`` hold, gathered from every process."""
+    last_hidden = multihost_utils.process_allgather(decoder.cache.last_hidden, tiled=True)
+    return np.asarray(model.logits(np.asarray(last_hidden)[slots]))
+
+
 def decode(model: LlamaModel, mesh, step_chunk: int, starved: bool = False,
            paged: bool = False, layer_weights: str = "auto") -> dict:
     """Prefill, fork, greedy and sampled steps (one with rows of other caps), a trie; the
@@ -61,10 +75,8 @@ def decode(model: LlamaModel, mesh, step_chunk: int, starved: bool = False,
     first calls are made a third time, the trie's chunks given only the spares that fill
     their padded blocks (``starved_trie``, after the second calls: apart from their
     variants)."""
-    decoder = Decoder(model, num_slots=32, max_len=RANDOM_MAX_LEN,
-                      newline_table=np.zeros(64, bool), eos_ids=[], min_batch_bucket=8,
-                      min_step_bucket=STEP_BUCKET, step_chunk=step_chunk, mesh=mesh,
-                      paging=PAGING if paged else None, layer_weights=layer_weights)
+    decoder = random_decoder(model, mesh, step_chunk=step_chunk,
+                             paging=PAGING if paged else None, layer_weights=layer_weights)
     out = {}
     # (the outputs' suffix, the calls' data): the calls, and a mesh's third ones.
     passes = [("0", 0), ("1", 1)] + ([("_starved", 0)] if starved else [])
@@ -75,8 +87,7 @@ def decode(model: LlamaModel, mesh, step_chunk: int, starved: bool = False,
         starved = decoder.trie_work["starved"]
         slots = decoder.allocate(len(PROMPTS))
         decoder.prefill(slots, [[t + call for t in p] for p in PROMPTS])
-        last_hidden = multihost_utils.process_allgather(decoder.cache.last_hidden, tiled=True)
-        out[f"logits{tag}"] = np.asarray(model.logits(np.asarray(last_hidden)[slots]))
+        out[f"logits{tag}"] = prefilled_logits(model, decoder, slots)
         children = decoder.allocate(2, near=slots[:2])
         decoder.fork(slots[:2], children)
         rows = slots + children
@@ -224,15 +235,12 @@ def prefill_as_on_a_gpu(model: LlamaModel, mesh, single: dict) -> dict:
     GPU (``compiling_for``: the per-layer copy, not the scan; nothing here picks a Pallas
     kernel on row slots): against one device's logits, with whether its program loops
     and what it moves between data shards."""
-    decoder = Decoder(model, num_slots=32, max_len=RANDOM_MAX_LEN,
-                      newline_table=np.zeros(64, bool), eos_ids=[], min_batch_bucket=8,
-                      mesh=mesh)
+    decoder = random_decoder(model, mesh)
     slots = decoder.allocate(len(PROMPTS))
     with compiling_for("gpu"):
         decoder.prefill(slots, PROMPTS)
         program = decoder.compiled_text("prefill")
-    last_hidden = multihost_utils.process_allgather(decoder.cache.last_hidden, tiled=True)
-    logits = np.asarray(model.logits(np.asarray(last_hidden)[slots]))
+    logits = prefilled_logits(model, decoder, slots)
     mesh_shape = (mesh.shape["data"], mesh.shape["model"])
     return {"logits_max_diff": float(np.abs(logits - single["logits0"]).max()),
             "loops": " while(" in program,
