@@ -63,7 +63,10 @@ once with nothing spare would give 1. Unfilled page ends, pages lent to a trie c
 its rows did not reach (the peak is reached inside a call: a chunk's loan is what its
 rows could reach in its rounds), and copies of a forked slot's partly filled page count
 against it; smaller pages (``--page-size``) leave less of each unfilled. "z_held": the
-same at the most pages held between calls (loans taken back).
+same at the most pages held between calls (loans taken back); "held_places" splits
+those pages' token places into the distinct tokens, tokens held twice or more (a forked
+slot's copy of a partly filled page it shared, or equal tokens sampled apart) and places
+no token fills (page ends: each live slot's last page, at most), with the live slots.
 
     python experiments/bench_search.py [--problems 8] [--k 4] [--expansions 4]
         [--step-tokens 48] [--temperature 0.9] [--n-complete 0] [--threads N]
@@ -80,7 +83,8 @@ Prints a line per pass, a table, and as its last line JSON: {"speedup_vs_reprefi
 wall(c)/wall(a), "speedup_one_at_a_time": wall(c)/wall(d), "speedup_vs_slot_copy":
 wall(b)/wall(a), "speedup_vs_slot_copy_equal_kv": wall(e)/wall(a) (null when (e)'s rows,
 "settings"' "equal_kv_rows", do not hold one problem's search),
-"kv_bytes_vs_distinct_tokens": z, "z_held": ..., "same_trees": ..., "runs":
+"kv_bytes_vs_distinct_tokens": z, "z_held": ..., "held_places": {"distinct",
+"held_twice", "unfilled", "slots"}, "same_trees": ..., "runs":
 {"a"|"b"|"c"|"d"|"e": {"wall_s", "first_pass_s", "expansions", "prefilled_tokens",
 "generated_tokens", "step_tokens", "peak_kv_bytes"}}, "settings": {...}}. Speedups are
 ratios of speed (greater: the first-named run is faster). Targets on 2 CPU cores:
@@ -404,7 +408,8 @@ def main() -> None:
                              cap=cap, token_bytes=token_bytes)
 
     z = None if at_peak is None else at_peak[0] * page_size / at_peak[1]
-    z_held = None if at_held_peak is None else at_held_peak[0] * page_size / at_held_peak[1]
+    z_held = (None if at_held_peak is None
+              else at_held_peak.pages * page_size / at_held_peak.distinct)
     print(f"\nwall-clock of the timed pass (ours after a compiling pass); peak KV at "
           f"{token_bytes / 1e3:.1f} kB a token")
     print(f"{'run':<4}{'':<54}{'wall s':>8}{'first pass s':>13}{'expansions':>11}"
@@ -416,9 +421,13 @@ def main() -> None:
               f"{r.prefilled_tokens:>10}{r.generated_tokens:>10}{r.step_tokens:>12}"
               f"{r.peak_kv_bytes / 1e6:>11.1f}")
     if z is not None:
+        places = at_held_peak.places(page_size)
         print(f"z = {at_peak[0]} peak pages x {page_size} / {at_peak[1]} distinct tokens = "
-              f"{z:.3f}; held between calls: {at_held_peak[0]} pages / {at_held_peak[1]} "
-              f"tokens = {z_held:.3f}")
+              f"{z:.3f}; held between calls: {at_held_peak.pages} pages / "
+              f"{at_held_peak.distinct} tokens = {z_held:.3f}, their "
+              f"{at_held_peak.pages * page_size} token places {places['distinct']} distinct "
+              f"tokens, {places['held_twice']} held twice or more and {places['unfilled']} "
+              f"unfilled, in {places['slots']} live slots")
     print("trees: " + ", ".join(f"({name}) {tree}" for name, tree in sorted(trees.items())))
 
     def speedup(slower: str, faster: str) -> float | None:
@@ -433,6 +442,7 @@ def main() -> None:
         "speedup_vs_slot_copy_equal_kv": speedup("e", "a"),
         "kv_bytes_vs_distinct_tokens": None if z is None else round(z, 3),
         "z_held": None if z_held is None else round(z_held, 3),
+        "held_places": None if at_held_peak is None else at_held_peak.places(page_size),
         "same_trees": len(set(trees.values())) <= 1,
         "runs": {name: {key: round(v, 2) if isinstance(v, float) else v
                         for key, v in dataclasses.asdict(runs[name]).items()}

@@ -1,10 +1,15 @@
 """The KV bytes bench_search's paged runs peak at, against the distinct tokens their
 trees hold then (its "z"): a ``PolicyRuntime`` that mirrors every slot's tokens on the
-host and counts their token trie at each new peak of pages."""
+host and counts their token trie at each new peak of pages; at the most pages held
+between calls it also splits their token places into distinct tokens, tokens held twice
+and places no token fills (``HeldPages``)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
+
+import numpy as np
 
 
 def distinct_tokens(sequences) -> int:
@@ -22,6 +27,36 @@ def distinct_tokens(sequences) -> int:
     return nodes - len(trie)
 
 
+def filled_places(table: np.ndarray, pages_held: np.ndarray, page_size: int,
+                  slots: Sequence[int], lengths: Sequence[int], num_pages: int) -> int:
+    """Token places the slots' pages fill: each page counts the most tokens any slot
+    holding it keeps in it (a page shared by a fork, partly filled, counts once)."""
+    fill = np.zeros(num_pages, np.int64)
+    for slot, length in zip(slots, lengths, strict=True):
+        held = table[slot, :pages_held[slot]]
+        np.maximum.at(fill, held, np.clip(length - page_size * np.arange(len(held)), 0,
+                                          page_size))
+    return int(fill.sum())
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldPages:
+    """The most pages the live slots held between calls, and what their places hold:
+    ``distinct`` tokens (the token trie of the slots' sequences), ``filled`` places
+    (``filled_places``: so ``filled - distinct`` tokens are held twice or more: a forked
+    slot's copy of a partly filled page it shared, or equal tokens sampled apart) and
+    the rest unfilled (the ends of partly filled pages: each slot's last, at most)."""
+
+    pages: int = 0
+    distinct: int = 0
+    filled: int = 0
+    slots: int = 0
+
+    def places(self, page_size: int) -> dict[str, int]:
+        return {"distinct": self.distinct, "held_twice": self.filled - self.distinct,
+                "unfilled": self.pages * page_size - self.filled, "slots": self.slots}
+
+
 def metered_runtime_class():
     """``PolicyRuntime`` that also mirrors every slot's token sequence on the host and,
     after each call that took the paged cache to a new peak of pages in use (or of pages
@@ -33,7 +68,7 @@ def metered_runtime_class():
             super().__init__(*args, **kwargs)
             self.sequences: dict[int, tuple[int, ...]] = {}
             self.at_peak = (0, 0)  # (peak pages in use, distinct tokens after that call)
-            self.at_held_peak = (0, 0)  # (most pages held between calls, distinct tokens)
+            self.at_held_peak = HeldPages()  # most pages held between calls
 
         def prefill_texts(self, problem_indices: Sequence[int], texts: Sequence[str]):
             slots = super().prefill_texts(problem_indices, texts)
@@ -74,8 +109,12 @@ def metered_runtime_class():
             pages = self.decoder.pages
             if pages.peak_pages_in_use > self.at_peak[0]:
                 self.at_peak = (pages.peak_pages_in_use, distinct_tokens(self.sequences.values()))
-            if pages.pages_in_use > self.at_held_peak[0]:
-                self.at_held_peak = (pages.pages_in_use,
-                                     distinct_tokens(self.sequences.values()))
+            if pages.pages_in_use > self.at_held_peak.pages:
+                slots = list(self.sequences)
+                self.at_held_peak = HeldPages(
+                    pages=pages.pages_in_use, distinct=distinct_tokens(self.sequences.values()),
+                    filled=filled_places(pages.table, pages.pages_held, pages.page_size, slots,
+                                         self.decoder.lengths(slots), len(pages.refcounts)),
+                    slots=len(slots))
 
     return MeteredRuntime

@@ -9,6 +9,7 @@ import runpy
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.support.tiny_checkpoints import save_tiny_checkpoint
@@ -59,7 +60,28 @@ def test_the_ratios_are_of_the_runs_it_reports(report):
                                                                                  1e-9)
         assert low <= figures[key] <= high, key
     assert 1.0 <= figures["z_held"] <= figures["kv_bytes_vs_distinct_tokens"] < 2.0
+    # The held pages' places: distinct tokens, tokens held twice, and page ends, at most
+    # one partly filled page a live slot.
+    places = figures["held_places"]
+    held = places["distinct"] + places["held_twice"] + places["unfilled"]
+    assert abs(held / places["distinct"] - figures["z_held"]) < 1e-3
+    assert places["held_twice"] >= 0
+    page_size = figures["settings"]["page_size"]
+    assert 0 <= places["unfilled"] <= places["slots"] * (page_size - 1)
     assert any(line.startswith("z = ") for line in lines)
     # (e): the row slots that fit (a)'s peak KV are too few to hold one problem's search.
     assert figures["speedup_vs_slot_copy_equal_kv"] is None
     assert figures["settings"]["equal_kv_rows"] >= 1
+
+
+def test_a_page_fills_as_many_places_as_the_slot_keeping_most_tokens_in_it(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    from metered_runtime import filled_places
+    # 4-token pages: slot 0 holds 6 tokens in pages 0 and 1; slot 1, forked from it and
+    # written on, 7 in page 0 (shared) and page 2 (its copy of page 1 and one token more);
+    # slot 2, forked from slot 0 before its last two tokens, 5 in pages 0 and 1.
+    table = np.array([[0, 1, 9], [0, 2, 9], [0, 1, 9]], np.int32)
+    held = np.array([2, 2, 2])
+    assert filled_places(table, held, 4, [0, 1, 2], [6, 7, 5], num_pages=9) == 4 + 2 + 3
+    assert filled_places(table, held, 4, [2], [5], num_pages=9) == 4 + 1
+    assert filled_places(table, held, 4, [], [], num_pages=9) == 0
