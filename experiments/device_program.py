@@ -268,17 +268,21 @@ def analyse(hlo_text: str, num_layers: int, per_token: bool = True) -> dict:
             "kinds": dict(kinds.most_common())}
 
 
+ARCHITECTURE = re.compile(rb"(?<![0-9A-Za-z_])sm_[0-9]{2,3}a?(?![0-9A-Za-z_])")
+
+
 def machine_code(compiled: jax.stages.Compiled) -> dict:
     """What the executable holds once serialized: its bytes and the GPU architectures it
-    has code for (the sm_XX its cubins name; none on a CPU), or why JAX could not
-    serialize it."""
+    has code for (the sm_XX its cubins name, two or three digits and a whole word, so
+    that a compressed stretch spelling "sm_9" is not read as one; none on a CPU), or
+    why JAX could not serialize it."""
     try:
         from jax.experimental.serialize_executable import serialize
         blob = serialize(compiled)[0]
     except Exception as error:  # a backend or JAX version that cannot
         return {"bytes": None, "error": f"{type(error).__name__}: {error}"[:200]}
     return {"bytes": len(blob),
-            "gpu_code_for": sorted({arch.decode() for arch in re.findall(rb"sm_\d+a?", blob)})}
+            "gpu_code_for": sorted({arch.decode() for arch in ARCHITECTURE.findall(blob)})}
 
 
 def called_decoder(model: LlamaModel, layer_weights: str, batch: int, page_size: int,

@@ -118,6 +118,12 @@ def test_the_script_compiles_both_layer_readings_for_this_cpu(monkeypatch, capsy
         assert code["gpu_code_for"] == [] and code["bytes"] > 0, code
 
 
+def test_gpu_architectures_are_whole_names_in_the_executable():
+    import device_program
+    blob = b"\x00sm_90a\x00\x9fsm_9,\x01sm_80 sm_100\x00xsm_90\x00sm_9012"
+    assert device_program.ARCHITECTURE.findall(blob) == [b"sm_90a", b"sm_80", b"sm_100"]
+
+
 def test_the_script_compiles_pages_read_by_the_kernel(monkeypatch, capsys):
     """On pages with --attention pallas the short call interprets the kernel on this CPU
     and the program is traced again for the target (here the CPU: interpreted again)."""

@@ -107,9 +107,10 @@ def sample(logits: jax.Array, keys: jax.Array, params: SamplingParams):
         # sampled row filters, it keeps every finite logit: the logits are only scaled,
         # exactly as ``filtered_logits`` would leave them.
         filters = (params.temperature > 0) & ((params.top_k > 0) | (params.top_p < 1))
-        candidates = jax.lax.cond(jnp.any(filters), filtered_logits,
-                                  temperature_scaled_logits, logits, params)
-        drawn = jax.vmap(jax.random.categorical)(keys, candidates).astype(jnp.int32)
+        perturbed = jax.lax.cond(jnp.any(filters), gumbel_perturbed(filtered_logits),
+                                 gumbel_perturbed(temperature_scaled_logits), logits, params,
+                                 keys)
+        drawn = jnp.argmax(perturbed, axis=-1).astype(jnp.int32)
         return jnp.where(params.temperature == 0, greedy_tokens, drawn)
 
     # Every row greedy: no draw at all.
@@ -117,3 +118,17 @@ def sample(logits: jax.Array, keys: jax.Array, params: SamplingParams):
     logprobs = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tokens[:, None],
                                    axis=-1)[:, 0]
     return tokens, logprobs
+
+
+def gumbel_perturbed(candidates):
+    """``candidates(logits, params)`` [B, V] plus each row's Gumbel noise from its key:
+    what ``jax.random.categorical`` takes the argmax of (the same noise, added the same
+    way), so the argmax is the token it would draw. Returned from a ``lax.cond`` branch,
+    the sum is computed in a fusion of its own: left to ``categorical``, XLA:CPU fused
+    the noise's two logarithms into the argmax's reduction, which evaluates them a
+    scalar at a time (64 rows of SmolLM2's 49,152 logits: 76 ms a draw, 43 ms so)."""
+    def perturbed(logits: jax.Array, params: SamplingParams, keys: jax.Array) -> jax.Array:
+        noise = jax.vmap(lambda key: jax.random.gumbel(key, logits.shape[-1:], jnp.float32))
+        return noise(keys) + candidates(logits, params)
+
+    return perturbed

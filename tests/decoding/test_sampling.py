@@ -123,6 +123,23 @@ def test_rows_that_filter_nothing_draw_the_same_beside_rows_that_filter():
                                       np.asarray(logprobs)[same])
 
 
+def test_a_draw_is_the_token_jax_random_categorical_draws():
+    """``sample`` adds each row's Gumbel noise itself (in a fusion apart from the argmax);
+    the token is still the one ``jax.random.categorical`` draws from the row's key, with
+    and without filtering rows, -inf logits included."""
+    logits = (jax.random.normal(jax.random.key(9), (4, 300)) * 3).at[0, :5].set(-jnp.inf)
+    keys = jax.random.split(jax.random.key(10), 4)
+    temperatures = [0.9, 1.0, 0.5, 2.5]
+    for params in (SamplingParams.make(4, temperature=temperatures),
+                   SamplingParams.make(4, temperature=temperatures, top_k=[0, 7, 0, 3],
+                                       top_p=[0.5, 1.0, 0.9, 1.0])):
+        tokens, _ = sample(logits, keys, params)
+        candidates = filtered_logits(logits, params)
+        np.testing.assert_array_equal(tokens, jax.vmap(jax.random.categorical)(keys, candidates))
+        # And no row draws the greedy token by construction: the noise moves some of them.
+        assert not np.array_equal(tokens, np.argmax(np.asarray(logits), -1))
+
+
 @pytest.mark.parametrize("settings, message", [
     (dict(temperature=-0.5), "temperature must be finite and >= 0"),
     (dict(top_k=-1), "top_k must be >= 0"),
