@@ -53,6 +53,7 @@ class HeldPages:
     slots: int = 0
 
     def places(self, page_size: int) -> dict[str, int]:
+        """The pages' ``pages * page_size`` token places, split (bench_search's JSON)."""
         return {"distinct": self.distinct, "held_twice": self.filled - self.distinct,
                 "unfilled": self.pages * page_size - self.filled, "slots": self.slots}
 
