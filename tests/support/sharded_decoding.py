@@ -267,19 +267,17 @@ def main() -> None:
               True: decode(model, None, step_chunk=0, paged=True)}
     report = {}
     for shape in meshes:
+        mesh, name = make_mesh(*shape), "x".join(map(str, shape))
         for paged in (False, True) if shape in PAGED_MESHES else (False,):
             starved = shape in starved_on and not paged
-            sharded = decode(model, make_mesh(*shape), step_chunk=STEP_CHUNK, starved=starved,
-                             paged=paged)
-            name = "x".join(map(str, shape)) + ("_paged" if paged else "")
-            report[name] = compared(single[paged], sharded, starved)
+            sharded = decode(model, mesh, step_chunk=STEP_CHUNK, starved=starved, paged=paged)
+            report[name + ("_paged" if paged else "")] = compared(single[paged], sharded,
+                                                                  starved)
         if shape in transposed_on:
-            sharded = decode(model, make_mesh(*shape), step_chunk=STEP_CHUNK,
+            sharded = decode(model, mesh, step_chunk=STEP_CHUNK,
                              layer_weights="per-layer-transposed")
-            report["x".join(map(str, shape)) + "_transposed"] = compared(single[False], sharded,
-                                                                         starved=False)
-        report["x".join(map(str, shape)) + "_gpu_prefill"] = prefill_as_on_a_gpu(
-            model, make_mesh(*shape), single[False])
+            report[name + "_transposed"] = compared(single[False], sharded, starved=False)
+        report[name + "_gpu_prefill"] = prefill_as_on_a_gpu(model, mesh, single[False])
     if is_writer():
         print(json.dumps(report))
 
