@@ -319,12 +319,12 @@ def called_decoder(model: LlamaModel, layer_weights: str, batch: int, page_size:
 
 def main() -> None:
     args = parse_args()
+    if args.attention == "pallas" and not args.page_size:
+        raise SystemExit("--attention pallas reads pages: give --page-size too")
     device = target_device(args.target)
     cfg = ModelConfig.from_hf(RANDOM_LLAMAS[args.random_llama])
     # One model for every setting: each decoder makes its own per-layer copy of it.
     model = LlamaModel(cfg, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
-    if args.attention == "pallas" and not args.page_size:
-        raise SystemExit("--attention pallas reads pages: give --page-size too")
     cache = f"{args.page_size}-token pages ({args.attention})" if args.page_size else "row slots"
     print(f"random-weight Llama ({args.random_llama}), bfloat16, on {cache}, its "
           f"{', '.join(args.functions)} compiled for {device.device_kind} ({args.target}) "

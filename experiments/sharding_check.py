@@ -52,7 +52,8 @@ def run(out: Path, overrides: list[str], *, devices: int, processes: int = 1,
     CPU devices each."""
     env = local_child_environment(devices, REPO)
     if dump is not None:
-        env["XLA_FLAGS"] = f"--xla_dump_to={dump} --xla_dump_hlo_as_text"
+        env["XLA_FLAGS"] = " ".join(filter(None, [env.get("XLA_FLAGS"), f"--xla_dump_to={dump}",
+                                                  "--xla_dump_hlo_as_text"]))
     command = [sys.executable, "-m", "qstar_jax.run", *TINY, *overrides]
     if processes > 1:
         command += [f"distributed.coordinator=localhost:{free_local_port()}",
