@@ -16,6 +16,7 @@ def experiments_on_path(monkeypatch):
     monkeypatch.syspath_prepend(str(SCRIPT.parent))
 
 
+@pytest.mark.optimized
 def test_random_weight_benchmark_reports_decode_rate_against_the_roofline(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--random-llama", "tiny", "--batches", "1",
                                       "2", "--reps", "1"])

@@ -24,6 +24,7 @@ def smollm2():
     return load_model("smollm2-135m-instruct")
 
 
+@pytest.mark.optimized
 def test_greedy_steps_equal_the_plain_greedy_loop(smollm2):
     tokenizer = smollm2.tokenizer
     prompt = tokenizer.encode(tokenizer.apply_chat_template([{"role": "user",

@@ -102,6 +102,7 @@ def test_smollm2_logits_parity_on_chat_prompt(smollm2, reference, prompt_ids):
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=LOGIT_TOLERANCE)
 
 
+@pytest.mark.optimized
 def test_smollm2_greedy_tokens_match_transformers_generate(smollm2, reference, prompt_ids):
     tokenizer = smollm2.tokenizer
     ours = greedy_generate(smollm2.model, prompt_ids, new_tokens=NEW_TOKENS,
