@@ -410,6 +410,7 @@ def main() -> None:
     z = None if at_peak is None else at_peak[0] * page_size / at_peak[1]
     z_held = (None if at_held_peak is None
               else at_held_peak.pages * page_size / at_held_peak.distinct)
+    places = None if at_held_peak is None else at_held_peak.places(page_size)
     print(f"\nwall-clock of the timed pass (ours after a compiling pass); peak KV at "
           f"{token_bytes / 1e3:.1f} kB a token")
     print(f"{'run':<4}{'':<54}{'wall s':>8}{'first pass s':>13}{'expansions':>11}"
@@ -421,7 +422,6 @@ def main() -> None:
               f"{r.prefilled_tokens:>10}{r.generated_tokens:>10}{r.step_tokens:>12}"
               f"{r.peak_kv_bytes / 1e6:>11.1f}")
     if z is not None:
-        places = at_held_peak.places(page_size)
         print(f"z = {at_peak[0]} peak pages x {page_size} / {at_peak[1]} distinct tokens = "
               f"{z:.3f}; held between calls: {at_held_peak.pages} pages / "
               f"{at_held_peak.distinct} tokens = {z_held:.3f}, their "
@@ -442,7 +442,7 @@ def main() -> None:
         "speedup_vs_slot_copy_equal_kv": speedup("e", "a"),
         "kv_bytes_vs_distinct_tokens": None if z is None else round(z, 3),
         "z_held": None if z_held is None else round(z_held, 3),
-        "held_places": None if at_held_peak is None else at_held_peak.places(page_size),
+        "held_places": places,
         "same_trees": len(set(trees.values())) <= 1,
         "runs": {name: {key: round(v, 2) if isinstance(v, float) else v
                         for key, v in dataclasses.asdict(runs[name]).items()}

@@ -25,10 +25,12 @@ os.environ.setdefault("QSTAR_COMPILE_CACHE", str(PYTEST_CACHE / "xla"))
 os.environ.setdefault("QSTAR_TOKENIZER_CACHE", str(PYTEST_CACHE / "tokenizers"))
 enable_compile_cache()
 
-# Read as JAX reads it at its import, which came first.
-OPTIMIZATIONS_OFF = os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1").lower() in (
-    "y", "yes", "t", "true", "on", "1")
-jax.config.update("jax_disable_most_optimizations", OPTIMIZATIONS_OFF)
+# JAX read the environment's setting at its import, above; where there is none, the
+# suite's is set here and in the environment (for the processes tests start).
+if "JAX_DISABLE_MOST_OPTIMIZATIONS" not in os.environ:
+    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
+    jax.config.update("jax_disable_most_optimizations", True)
+OPTIMIZATIONS_OFF = jax.config.values["jax_disable_most_optimizations"]
 
 
 @pytest.fixture(autouse=True)
