@@ -1,8 +1,9 @@
 """Model configuration for the Llama family, built from a Hugging Face ``config.json``.
 
 One frozen dataclass covers Llama-2/3/3.1/3.2, DeepSeek-Math, Mistral, Qwen2/2.5 and
-CodeQwen1.5. Any HF field that would change the computation and that this decoder does
-not implement is an error naming the field, never a silent default.
+CodeQwen1.5 (and linearly scaled RoPE, as DeepSeek-Coder's). Any HF field that would
+change the computation and that this decoder does not implement is an error naming the
+field, never a silent default.
 """
 
 from __future__ import annotations
@@ -22,10 +23,47 @@ class UnsupportedConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Llama3RopeScaling:
+    """Llama-3.1's rule: long wavelengths divided by ``factor``, short ones kept, a blend
+    between."""
+
     factor: float
     low_freq_factor: float
     high_freq_factor: float
     original_max_position_embeddings: int
+
+    def scale(self, inv_freq: np.ndarray) -> np.ndarray:
+        low_wavelen = self.original_max_position_embeddings / self.low_freq_factor
+        high_wavelen = self.original_max_position_embeddings / self.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        smooth = ((self.original_max_position_embeddings / wavelen - self.low_freq_factor)
+                  / (self.high_freq_factor - self.low_freq_factor))
+        scaled = np.where(wavelen > low_wavelen, inv_freq / self.factor, inv_freq)
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        blended = (1 - smooth) * inv_freq / self.factor + smooth * inv_freq
+        return np.where(medium, blended, scaled)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LinearRopeScaling:
+    """Position interpolation (HF's ``linear``: DeepSeek-Coder, long-context Llama-2
+    fine-tunes): every frequency divided by ``factor``."""
+
+    factor: float
+
+    def scale(self, inv_freq: np.ndarray) -> np.ndarray:
+        return inv_freq / self.factor
+
+
+RopeScaling = Llama3RopeScaling | LinearRopeScaling
+ROPE_SCALINGS = {"llama3": Llama3RopeScaling, "linear": LinearRopeScaling}
+
+
+def rope_scaling_from_fields(fields: dict[str, Any]) -> RopeScaling:
+    """The scaling whose fields ``fields`` names (``dataclasses.asdict`` read back)."""
+    for kind in ROPE_SCALINGS.values():
+        if set(fields) == {f.name for f in dataclasses.fields(kind)}:
+            return kind(**fields)
+    raise UnsupportedConfigError(f"rope_scaling fields {sorted(fields)} match no known scaling")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -40,7 +78,7 @@ class ModelConfig:
     head_dim: int
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
-    rope_scaling: Llama3RopeScaling | None = None
+    rope_scaling: RopeScaling | None = None
     max_position_embeddings: int = 4096
     tie_word_embeddings: bool = False
     attention_bias: bool = False  # bias on q, k and v projections
@@ -72,21 +110,12 @@ class ModelConfig:
         return next(iter(windows))
 
     def rope_inv_freq(self) -> np.ndarray:
-        """Inverse RoPE frequencies [head_dim // 2], Llama-3 scaled when configured."""
+        """Inverse RoPE frequencies [head_dim // 2], scaled as the config says."""
         inv_freq = 1.0 / (self.rope_theta ** (np.arange(0, self.head_dim, 2, dtype=np.float64)
                                               / self.head_dim))
-        s = self.rope_scaling
-        if s is None:
-            return inv_freq.astype(np.float32)
-        low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
-        high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
-        wavelen = 2 * math.pi / inv_freq
-        smooth = ((s.original_max_position_embeddings / wavelen - s.low_freq_factor)
-                  / (s.high_freq_factor - s.low_freq_factor))
-        scaled = np.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
-        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-        blended = (1 - smooth) * inv_freq / s.factor + smooth * inv_freq
-        return np.where(medium, blended, scaled).astype(np.float32)
+        if self.rope_scaling is not None:
+            inv_freq = self.rope_scaling.scale(inv_freq)
+        return inv_freq.astype(np.float32)
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> "ModelConfig":
@@ -135,24 +164,24 @@ def _rope_theta(hf: dict) -> float:
     return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
 
 
-def _rope_scaling(hf: dict) -> Llama3RopeScaling | None:
+def _rope_scaling(hf: dict) -> RopeScaling | None:
     scaling = hf.get("rope_scaling") or hf.get("rope_parameters")
     if not scaling:
         return None
     kind = scaling.get("rope_type", scaling.get("type"))
     if kind in (None, "default"):
         return None
-    if kind != "llama3":
+    if kind not in ROPE_SCALINGS:
         raise UnsupportedConfigError(
-            f"rope_scaling type {kind!r} is not supported (supported: default, llama3)")
+            f"rope_scaling type {kind!r} is not supported (supported: default, "
+            f"{', '.join(ROPE_SCALINGS)})")
+    fields = dataclasses.fields(ROPE_SCALINGS[kind])
     try:
-        return Llama3RopeScaling(
-            factor=float(scaling["factor"]),
-            low_freq_factor=float(scaling["low_freq_factor"]),
-            high_freq_factor=float(scaling["high_freq_factor"]),
-            original_max_position_embeddings=int(scaling["original_max_position_embeddings"]))
+        # Field types are annotation strings here ("int", "float"): each names its builtin.
+        return ROPE_SCALINGS[kind](**{f.name: {"int": int, "float": float}[f.type](
+            scaling[f.name]) for f in fields})
     except KeyError as missing:
-        raise UnsupportedConfigError(f"llama3 rope_scaling lacks {missing}") from None
+        raise UnsupportedConfigError(f"{kind} rope_scaling lacks {missing}") from None
 
 
 def _sliding_windows(hf: dict, model_type: str, num_layers: int) -> tuple[int | None, ...]:

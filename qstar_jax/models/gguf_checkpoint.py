@@ -77,6 +77,10 @@ def gguf_config(reader: gguf.GGUFReader, path: Path) -> ModelConfig:
         raise CheckpointError(f"{path}: partial rotary embedding (rope dimension {rope_dim} of "
                               f"head_dim {head_dim}) is not supported")
     scaling = key("rope.scaling.type", "none")
+    # llama.cpp writes a linear scaling's factor beside its type; ModelConfig names what
+    # any other type lacks.
+    scaling_fields = {"rope_type": scaling, **(
+        {} if key("rope.scaling.factor") is None else {"factor": key("rope.scaling.factor")})}
     hf_style = {
         "model_type": "llama",
         "vocab_size": required["vocab_size"],
@@ -88,7 +92,7 @@ def gguf_config(reader: gguf.GGUFReader, path: Path) -> ModelConfig:
         "head_dim": head_dim,
         "rms_norm_eps": key("attention.layer_norm_rms_epsilon", 1e-5),
         "rope_theta": key("rope.freq_base", 10000.0),
-        "rope_scaling": None if scaling == "none" else {"rope_type": scaling},
+        "rope_scaling": None if scaling == "none" else scaling_fields,
         "max_position_embeddings": key("context_length", 4096),
         "tie_word_embeddings": "output.weight" not in tensor_names,
         "attention_bias": "blk.0.attn_q.bias" in tensor_names,

@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
 
-from qstar_jax.models.config import Llama3RopeScaling, ModelConfig
+from qstar_jax.models.config import ModelConfig, rope_scaling_from_fields
 from qstar_jax.models.sharded_params import module_template
 from qstar_jax.parallel import replicate, replicated
 from qstar_jax.qvalue.backbone import BackboneQ
@@ -50,7 +50,7 @@ def model_config_from_dict(fields: dict[str, Any]) -> ModelConfig:
     rope = fields.get("rope_scaling")
     return ModelConfig(**{
         **fields,
-        "rope_scaling": Llama3RopeScaling(**rope) if rope else None,
+        "rope_scaling": rope_scaling_from_fields(rope) if rope else None,
         "sliding_windows": tuple(fields.get("sliding_windows", ())),
         "eos_token_ids": tuple(fields.get("eos_token_ids", ())),
     })

@@ -88,7 +88,14 @@ def test_unknown_model_type_says_what_is_supported(tiny_dir):
 def test_unsupported_rope_scaling_is_an_error(tiny_dir):
     edit_config(tiny_dir, rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0,
                                            "factor": 4.0})
-    with pytest.raises(UnsupportedConfigError, match=r"rope_scaling type 'yarn' is not supported"):
+    with pytest.raises(UnsupportedConfigError, match=r"rope_scaling type 'yarn' is not supported"
+                       r" \(supported: default, llama3, linear\)"):
+        load_model(tiny_dir)
+
+
+def test_a_rope_scaling_without_its_fields_names_the_missing_one(tiny_dir):
+    edit_config(tiny_dir, rope_parameters={"rope_type": "linear", "rope_theta": 10000.0})
+    with pytest.raises(UnsupportedConfigError, match=r"linear rope_scaling lacks 'factor'"):
         load_model(tiny_dir)
 
 

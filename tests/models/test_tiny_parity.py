@@ -69,6 +69,8 @@ def test_tiny_families_exercise_their_feature(tmp_path, token_rows):
                for f in FAMILIES}
     assert configs["llama3_rope"].rope_scaling is not None
     assert not np.allclose(configs["llama3_rope"].rope_inv_freq(), configs["llama"].rope_inv_freq())
+    np.testing.assert_allclose(configs["linear_rope"].rope_inv_freq() * 4,
+                               configs["llama"].rope_inv_freq(), rtol=1e-6)
     assert configs["mistral_sliding"].sliding_windows == (SLIDING_WINDOW, SLIDING_WINDOW)
     assert configs["qwen2"].attention_bias and configs["qwen2"].tie_word_embeddings
     assert not configs["qwen2"].attention_out_bias
@@ -107,9 +109,11 @@ def test_bfloat16_checkpoint_parity(tmp_path, token_rows):
     assert_parity(in_bf16.model, reference, token_rows, tolerance=0.1)
 
 
-def test_tiny_gguf_parity(tmp_path, token_rows):
-    """An F32 GGUF with llama.cpp's Q/K row order loads back to the original model."""
-    loaded = load_model(save_tiny_gguf(tmp_path / "tiny.gguf"))
+@pytest.mark.parametrize("family", ["llama", "linear_rope"])
+def test_tiny_gguf_parity(tmp_path, token_rows, family):
+    """An F32 GGUF with llama.cpp's Q/K row order (and, for linear_rope, llama.cpp's
+    scaling type and factor) loads back to the original model."""
+    loaded = load_model(save_tiny_gguf(tmp_path / "tiny.gguf", family=family))
     assert loaded.tokenizer is None  # the file has no vocabulary
     assert not loaded.config.tie_word_embeddings  # output.weight is present
-    assert_parity(loaded.model, make_tiny_torch_model("llama"), token_rows)
+    assert_parity(loaded.model, make_tiny_torch_model(family), token_rows)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from qstar_jax.models.config import Llama3RopeScaling, ModelConfig
+from qstar_jax.models.config import LinearRopeScaling, Llama3RopeScaling, ModelConfig
 from qstar_jax.qvalue.backbone import BackboneQ
 from qstar_jax.qvalue.checkpoint import (BackboneIdentity, BackboneMismatchError, QCheckpointer,
                                          config_fingerprint, load_backbone_q, load_q_head,
@@ -112,7 +112,9 @@ def test_separate_backbone_checkpoint_rebuilds_its_model(tmp_path):
     llama3 = dataclasses.replace(BACKBONE, eos_token_ids=(2, 3), rope_scaling=Llama3RopeScaling(
         factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
         original_max_position_embeddings=64))
-    assert model_config_from_dict(json.loads(json.dumps(dataclasses.asdict(llama3)))) == llama3
+    linear = dataclasses.replace(BACKBONE, rope_scaling=LinearRopeScaling(factor=4.0))
+    for config in (llama3, linear):
+        assert model_config_from_dict(json.loads(json.dumps(dataclasses.asdict(config)))) == config
     shapes = nnx.eval_shape(lambda: BackboneQ(BACKBONE, BACKBONE_HEAD, rngs=nnx.Rngs(0)))
     params = jax.tree.map(lambda s: np.full(s.shape, 0.5, s.dtype),
                           nnx.to_pure_dict(nnx.state(shapes, nnx.Param)))

@@ -17,7 +17,7 @@ import torch
 import transformers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-FAMILIES = ("llama", "llama3_rope", "mistral_sliding", "qwen2")
+FAMILIES = ("llama", "llama3_rope", "linear_rope", "mistral_sliding", "qwen2")
 VOCAB_SIZE = 512  # model vocab; the tiny tokenizer stays below it
 SLIDING_WINDOW = 96  # shorter than the 300-token parity sequence
 EOS_TOKEN = "<|im_end|>"
@@ -75,6 +75,9 @@ def _model_config(family: str) -> transformers.PretrainedConfig:
             "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
             "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 64})
+    if family == "linear_rope":  # DeepSeek-Coder's kind of scaling
+        return transformers.LlamaConfig(**common, rope_parameters={
+            "rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0})
     if family == "mistral_sliding":
         return transformers.MistralConfig(**common, sliding_window=SLIDING_WINDOW)
     if family == "qwen2":
@@ -135,19 +138,26 @@ def _llama_cpp_permute(weight: np.ndarray, num_heads: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(weight.shape))
 
 
-def save_tiny_gguf(path: str | Path, *, seed: int = 0, drop: Collection[str] = (),
+def save_tiny_gguf(path: str | Path, *, family: str = "llama", seed: int = 0,
+                   drop: Collection[str] = (),
                    raw: Mapping[str, tuple[np.ndarray, gguf.GGMLQuantizationType]] | None = None
                    ) -> Path:
-    """Write the tiny "llama" family model as a llama.cpp-style F32 GGUF (no vocabulary).
+    """Write the tiny ``family`` model ("llama" or "linear_rope") as a llama.cpp-style F32
+    GGUF (no vocabulary).
 
     Q/K rows are permuted as llama.cpp's converter does, so a loader must undo it. ``drop``
     leaves out GGUF tensors by name; ``raw`` replaces a tensor by (bytes, quantization type),
     for tests of bad files. Returns ``path``.
     """
+    if family not in ("llama", "linear_rope"):
+        raise ValueError(f"no GGUF writer for the tiny family {family!r}")
     path = Path(path)
-    model = make_tiny_torch_model("llama", seed=seed)
+    model = make_tiny_torch_model(family, seed=seed)
     cfg = model.config
     writer = gguf.GGUFWriter(path, arch="llama")
+    if family == "linear_rope":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(cfg.rope_parameters["factor"])
     writer.add_block_count(cfg.num_hidden_layers)
     writer.add_context_length(cfg.max_position_embeddings)
     writer.add_embedding_length(cfg.hidden_size)
