@@ -62,13 +62,15 @@ class PagedRows:
     def uses_kernel(self) -> bool:
         return resolve_implementation(self.attention) != "jnp"
 
-    def attend_one_token(self, q, cache_k, cache_v, layer, positions, window):
+    def attend_one_token(self, q, cache_k, cache_v, layer, positions, window, scale):
         """The decode step through the paged-attention kernel: q [B, 1, H, D] at positions
-        [B, 1] -> [B, 1, H, D]. A padding row reads nothing and gets zeros."""
+        [B, 1] -> [B, 1, H, D], logits scaled by ``scale``. A padding row reads nothing and
+        gets zeros."""
         return paged_decode_attention(q, cache_k, cache_v, self.page_table,
                                       self.lengths(positions, cache_k.shape[3],
                                                    cache_k.shape[1]), layer,
-                                      window=window, implementation=self.attention)
+                                      window=window, scale=scale,
+                                      implementation=self.attention)
 
     def lengths(self, positions: jax.Array, page_size: int, num_pages: int) -> jax.Array:
         """[B] int32: the tokens each row holds once its decode step at ``positions``
@@ -92,7 +94,7 @@ class PagedRows:
 
     def project_write_attend(self, x, norm_weight, eps, qkv_rows, bias, cache_k, cache_v,
                              layer, positions, inv_freq, *, num_heads: int,
-                             window: int | None, implementation: str):
+                             window: int | None, scale: float, implementation: str):
         """A decode step's attention from the layer's input in two GPU kernels: the
         normed q/k/v rows, RoPE and the key and value written into their pages
         (``qkv_into_pages_gpu``), then the paged attention on the queries as that left
@@ -114,6 +116,6 @@ class PagedRows:
             num_kv_heads=kv_heads, query_rows=rows, eps=eps, interpret=interpret)
         out = paged_decode_attention_gpu_rows(
             q_rows, cache_k, cache_v, self.page_table, lengths, layer, num_queries=1,
-            group=group, window=window, interpret=interpret)
+            group=group, window=window, scale=scale, interpret=interpret)
         return out.reshape(x.shape[0], -1), (group * head_dim, rows * head_dim), cache_k, \
             cache_v

@@ -1,69 +1,26 @@
 """Model configuration for the Llama family, built from a Hugging Face ``config.json``.
 
 One frozen dataclass covers Llama-2/3/3.1/3.2, DeepSeek-Math, Mistral, Qwen2/2.5 and
-CodeQwen1.5 (and linearly scaled RoPE, as DeepSeek-Coder's). Any HF field that would
-change the computation and that this decoder does not implement is an error naming the
-field, never a silent default.
+CodeQwen1.5, with any RoPE scaling ``rope_scaling.py`` reads (as DeepSeek-Coder's and
+Qwen2.5's long-context setting ask for). Any HF field that would change the computation
+and that this decoder does not implement is an error naming the field, never a silent
+default.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import numpy as np
+
+from qstar_jax.models.rope_scaling import RopeScaling, rope_scaling_from_hf
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
 class UnsupportedConfigError(ValueError):
     """An HF config asks for something this decoder does not compute."""
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Llama3RopeScaling:
-    """Llama-3.1's rule: long wavelengths divided by ``factor``, short ones kept, a blend
-    between."""
-
-    factor: float
-    low_freq_factor: float
-    high_freq_factor: float
-    original_max_position_embeddings: int
-
-    def scale(self, inv_freq: np.ndarray) -> np.ndarray:
-        low_wavelen = self.original_max_position_embeddings / self.low_freq_factor
-        high_wavelen = self.original_max_position_embeddings / self.high_freq_factor
-        wavelen = 2 * math.pi / inv_freq
-        smooth = ((self.original_max_position_embeddings / wavelen - self.low_freq_factor)
-                  / (self.high_freq_factor - self.low_freq_factor))
-        scaled = np.where(wavelen > low_wavelen, inv_freq / self.factor, inv_freq)
-        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-        blended = (1 - smooth) * inv_freq / self.factor + smooth * inv_freq
-        return np.where(medium, blended, scaled)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class LinearRopeScaling:
-    """Position interpolation (HF's ``linear``: DeepSeek-Coder, long-context Llama-2
-    fine-tunes): every frequency divided by ``factor``."""
-
-    factor: float
-
-    def scale(self, inv_freq: np.ndarray) -> np.ndarray:
-        return inv_freq / self.factor
-
-
-RopeScaling = Llama3RopeScaling | LinearRopeScaling
-ROPE_SCALINGS = {"llama3": Llama3RopeScaling, "linear": LinearRopeScaling}
-
-
-def rope_scaling_from_fields(fields: dict[str, Any]) -> RopeScaling:
-    """The scaling whose fields ``fields`` names (``dataclasses.asdict`` read back)."""
-    for kind in ROPE_SCALINGS.values():
-        if set(fields) == {f.name for f in dataclasses.fields(kind)}:
-            return kind(**fields)
-    raise UnsupportedConfigError(f"rope_scaling fields {sorted(fields)} match no known scaling")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -114,8 +71,15 @@ class ModelConfig:
         inv_freq = 1.0 / (self.rope_theta ** (np.arange(0, self.head_dim, 2, dtype=np.float64)
                                               / self.head_dim))
         if self.rope_scaling is not None:
-            inv_freq = self.rope_scaling.scale(inv_freq)
+            inv_freq = self.rope_scaling.scale(inv_freq, self.rope_theta)
         return inv_freq.astype(np.float32)
+
+    @property
+    def attention_scale(self) -> float:
+        """Attention's softmax scale: 1/sqrt(head_dim), times the square of the factor a
+        YaRN scaling multiplies the rotary cos and sin by (on q and on k)."""
+        factor = 1.0 if self.rope_scaling is None else self.rope_scaling.attention_factor
+        return self.head_dim ** -0.5 * factor ** 2
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> "ModelConfig":
@@ -165,23 +129,10 @@ def _rope_theta(hf: dict) -> float:
 
 
 def _rope_scaling(hf: dict) -> RopeScaling | None:
-    scaling = hf.get("rope_scaling") or hf.get("rope_parameters")
-    if not scaling:
-        return None
-    kind = scaling.get("rope_type", scaling.get("type"))
-    if kind in (None, "default"):
-        return None
-    if kind not in ROPE_SCALINGS:
-        raise UnsupportedConfigError(
-            f"rope_scaling type {kind!r} is not supported (supported: default, "
-            f"{', '.join(ROPE_SCALINGS)})")
-    fields = dataclasses.fields(ROPE_SCALINGS[kind])
     try:
-        # Field types are annotation strings here ("int", "float"): each names its builtin.
-        return ROPE_SCALINGS[kind](**{f.name: {"int": int, "float": float}[f.type](
-            scaling[f.name]) for f in fields})
-    except KeyError as missing:
-        raise UnsupportedConfigError(f"{kind} rope_scaling lacks {missing}") from None
+        return rope_scaling_from_hf(hf)
+    except ValueError as err:
+        raise UnsupportedConfigError(str(err)) from None
 
 
 def _sliding_windows(hf: dict, model_type: str, num_layers: int) -> tuple[int | None, ...]:

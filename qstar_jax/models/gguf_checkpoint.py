@@ -77,8 +77,10 @@ def gguf_config(reader: gguf.GGUFReader, path: Path) -> ModelConfig:
         raise CheckpointError(f"{path}: partial rotary embedding (rope dimension {rope_dim} of "
                               f"head_dim {head_dim}) is not supported")
     scaling = key("rope.scaling.type", "none")
-    # llama.cpp writes a linear scaling's factor beside its type; ModelConfig names what
-    # any other type lacks.
+    if scaling not in ("none", "linear"):  # llama.cpp's YaRN keys are not HF's
+        raise CheckpointError(f"{path}: GGUF RoPE scaling {scaling!r} is not supported (only "
+                              "linear); load the model's HF safetensors directory instead")
+    # llama.cpp writes a linear scaling's factor beside its type.
     scaling_fields = {"rope_type": scaling, **(
         {} if key("rope.scaling.factor") is None else {"factor": key("rope.scaling.factor")})}
     hf_style = {

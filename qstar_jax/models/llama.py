@@ -104,6 +104,7 @@ class Attention(nnx.Module):
         self.qkv_proj: RowLinear | None = nnx.data(None)
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, d
         self.window = cfg.uniform_sliding_window
+        self.scale = cfg.attention_scale
 
     def __call__(self, x, positions, slots, cache_k, cache_v, layer, inv_freq, key_len=None):
         """x: [B, T, E]; cache_k/v: [L, S, K, M, D]; layer: this layer's index. For a
@@ -136,13 +137,14 @@ class Attention(nnx.Module):
         elif isinstance(slots, SharedPrefixRows):  # a trie round: one token per row
             cache_k = slots.write(cache_k, layer, k, positions)
             cache_v = slots.write(cache_v, layer, v, positions)
-            out = slots.attend_one_token(q, cache_k, cache_v, layer, positions)
+            out = slots.attend_one_token(q, cache_k, cache_v, layer, positions, self.scale)
             return out.reshape(b, t, -1), cache_k, cache_v
         elif isinstance(slots, PagedRows):
             cache_k = slots.write(cache_k, layer, k, positions)
             cache_v = slots.write(cache_v, layer, v, positions)
             if t == 1 and slots.uses_kernel():
-                out = slots.attend_one_token(q, cache_k, cache_v, layer, positions, self.window)
+                out = slots.attend_one_token(q, cache_k, cache_v, layer, positions, self.window,
+                                             self.scale)
                 return out.reshape(b, t, -1), cache_k, cache_v
             keys = slots.gather(cache_k, layer, key_len)
             values = slots.gather(cache_v, layer, key_len)
@@ -177,7 +179,7 @@ class Attention(nnx.Module):
         if t == 1:
             return self._attend_one_token(q, keys, values, positions, key_pos)
         scores = jnp.einsum("btkgd,bkmd->bkgtm", q, keys,
-                            preferred_element_type=jnp.float32) * self.head_dim ** -0.5
+                            preferred_element_type=jnp.float32) * self.scale
         visible = key_pos[:, None, :] <= positions[:, :, None]  # [B, T, M]
         if self.window is not None:
             visible &= key_pos[:, None, :] > positions[:, :, None] - self.window
@@ -201,7 +203,7 @@ class Attention(nnx.Module):
         """
         f32 = jnp.float32
         scores = (q[:, 0, :, :, None, :].astype(f32)
-                  * keys[:, :, None].astype(f32)).sum(-1) * self.head_dim ** -0.5  # [B,K,G,M]
+                  * keys[:, :, None].astype(f32)).sum(-1) * self.scale  # [B, K, G, M]
         visible = key_pos <= positions  # [B, M]
         if self.window is not None:
             visible &= key_pos > positions - self.window
@@ -261,7 +263,7 @@ class DecoderLayer(nnx.Module):
                 x, norm.weight[...], norm.eps, attention.qkv_proj.rows[...],
                 RowLinear.bias_of(attention.qkv_proj), cache_k, cache_v, layer, positions,
                 inv_freq, num_heads=attention.num_heads, window=attention.window,
-                implementation=fused)
+                scale=attention.scale, implementation=fused)
         else:
             qkv = rows(x, attention.qkv_proj.rows[...], norm_weight=norm.weight[...],
                        eps=norm.eps, bias=RowLinear.bias_of(attention.qkv_proj))

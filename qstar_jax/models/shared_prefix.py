@@ -52,12 +52,12 @@ class SharedPrefixRows:
         return write_slot_rows(cache, layer, self.rows, new, positions)
 
     def attend_one_token(self, q: jax.Array, cache_k, cache_v, layer,
-                         positions: jax.Array) -> jax.Array:
+                         positions: jax.Array, scale: float) -> jax.Array:
         """q [R, 1, H, D] at positions [R, 1] (written already) -> [R, 1, H, D], each
-        row attending to its group's prefix and its own keys up to its position."""
+        row attending to its group's prefix and its own keys up to its position, logits
+        scaled by ``scale``."""
         rows, _, heads, head_dim = q.shape
         kv_heads = cache_k.shape[2]
-        scale = head_dim ** -0.5
         f32 = jnp.float32
         qg = q[:, 0].reshape(rows, kv_heads, heads // kv_heads, head_dim).astype(f32)
 

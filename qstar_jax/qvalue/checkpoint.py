@@ -22,7 +22,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh
 
-from qstar_jax.models.config import ModelConfig, rope_scaling_from_fields
+from qstar_jax.models.config import ModelConfig
+from qstar_jax.models.rope_scaling import rope_scaling_from_fields
 from qstar_jax.models.sharded_params import module_template
 from qstar_jax.parallel import replicate, replicated
 from qstar_jax.qvalue.backbone import BackboneQ

@@ -1,14 +1,13 @@
 """Tiny models and decoders shared by the decoding tests (one compile per shape per session)."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 from qstar_jax.decoding.engine import Decoder
-from qstar_jax.decoding.kv_cache import init_cache
 from qstar_jax.models.llama import LlamaModel
+from tests.decoding.full_forward import full_forward_of
 from tests.decoding.tiny_models import (COUNTING_EOS_ID, COUNTING_MAX_LEN, COUNTING_NEWLINE_ID,
                                         COUNTING_VOCAB, RANDOM_MAX_LEN, STEP_BUCKET, tiny_config)
 
@@ -73,26 +72,5 @@ def counting_decoder(shared_counting_decoder):
 
 @pytest.fixture(scope="session")
 def full_forward(random_model):
-    """tokens (list) -> hidden [n, E] of the whole sequence in one fresh forward pass,
-    with no incremental decoding."""
-    graphdef, state = nnx.split(random_model)
-    cfg = random_model.config
-
-    @jax.jit
-    def forward(tokens, positions):
-        cache = init_cache(cfg, slots=1, max_len=RANDOM_MAX_LEN)
-        model = nnx.merge(graphdef, state)
-        hidden, _, _ = model(tokens[None], positions[None], jnp.zeros((1,), jnp.int32),
-                             cache.k, cache.v)
-        return hidden[0], model.logits(hidden[0])
-
-    def run(tokens):
-        n = len(tokens)
-        padded = np.zeros(RANDOM_MAX_LEN, np.int32)
-        padded[:n] = tokens
-        positions = np.where(np.arange(RANDOM_MAX_LEN) < n, np.arange(RANDOM_MAX_LEN),
-                             RANDOM_MAX_LEN).astype(np.int32)
-        hidden, logits = forward(padded, positions)
-        return np.asarray(hidden[:n]), np.asarray(logits[:n])
-
-    return run
+    """``full_forward_of(random_model)``."""
+    return full_forward_of(random_model)

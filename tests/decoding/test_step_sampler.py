@@ -5,6 +5,7 @@ import pytest
 from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_sampler import EndReason
+from tests.decoding.full_forward import greedy_reference
 from tests.decoding.tiny_models import (COUNTING_EOS_ID, COUNTING_MAX_LEN, COUNTING_NEWLINE_ID,
                                         COUNTING_VOCAB, STEP_BUCKET)
 
@@ -14,20 +15,6 @@ SAMPLED = dict(temperature=1.0, top_k=40, top_p=0.95)
 
 def _keys(*seeds) -> jax.Array:
     return jax.vmap(jax.random.key)(np.array(seeds))
-
-
-def _greedy_reference(full_forward, tokens, n):
-    """Greedy continuation by re-running the whole sequence each token: (tokens, logprobs,
-    hidden after the last one)."""
-    tokens, new, logprobs = list(tokens), [], []
-    for _ in range(n):
-        _, logits = full_forward(tokens)
-        log_probs = jax.nn.log_softmax(logits[-1])
-        new.append(int(np.argmax(logits[-1])))
-        logprobs.append(float(log_probs[new[-1]]))
-        tokens.append(new[-1])
-    hidden, _ = full_forward(tokens)
-    return new, np.array(logprobs), hidden[-1]
 
 
 def test_greedy_steps_equal_the_full_forward_pass(random_decoder, full_forward):
@@ -41,7 +28,7 @@ def test_greedy_steps_equal_the_full_forward_pass(random_decoder, full_forward):
         np.testing.assert_array_equal(step.num_tokens, step_caps)
         np.testing.assert_array_equal(step.end_reason, [EndReason.CAP] * 3)
         for row, history in enumerate(histories):
-            tokens, logprobs, hidden = _greedy_reference(full_forward, history, step_caps[row])
+            tokens, logprobs, hidden = greedy_reference(full_forward, history, step_caps[row])
             assert step.row_tokens(row) == tokens, (step_index, row)
             np.testing.assert_allclose(step.logprobs[row, :step_caps[row]], logprobs, atol=1e-5)
             np.testing.assert_allclose(step.hidden[row], hidden, atol=1e-5)

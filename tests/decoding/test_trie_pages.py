@@ -28,7 +28,7 @@ PARAMS = SamplingParams.make(4, temperature=[0.5, 0.7, 0.7, 1.0])
 KEYS = jax.random.split(jax.random.key(3), 4)
 
 
-def _decoder(model, paging=None, shared_prefix=False, step_chunk=0):
+def trie_decoder(model, paging=None, shared_prefix=False, step_chunk=0):
     newline_table = np.zeros(64, bool)
     newline_table[NEWLINES] = True
     return Decoder(model, num_slots=64, max_len=RANDOM_MAX_LEN, newline_table=newline_table,
@@ -70,7 +70,7 @@ def _slot_keys(decoder, slot):
     return keys[:, :, :decoder.lengths([slot])[0]]
 
 
-def _assert_same_tries(expected_decoder, decoder):
+def assert_same_tries(expected_decoder, decoder):
     """The groups' tries on both decoders, and a step after each: the same tokens,
     slots, counts and tokens fed, log-probabilities and hidden states to float32
     rounding, and caches that the next step reads alike. Returns the first's tries."""
@@ -95,9 +95,9 @@ def test_paged_tries_sample_exactly_the_slot_pools_steps(random_model):
     slot), after prompts of whole and partly filled pages: the same tokens, slots and
     counts, log-probabilities and hidden states to float32 rounding, and caches that the
     next step reads alike."""
-    rows = _assert_same_tries(_decoder(random_model),
-                              _decoder(random_model, Paging(page_size=PAGE_SIZE,
-                                                            num_pages=400)))
+    rows = assert_same_tries(trie_decoder(random_model),
+                             trie_decoder(random_model, Paging(page_size=PAGE_SIZE,
+                                                               num_pages=400)))
     # What the comparison covered: splits at several depths, steps that end early.
     depths = {_common_prefix(a.tokens, b.tokens) for group in rows
               for a, b in itertools.combinations(group, 2)}
@@ -117,15 +117,15 @@ def test_tries_attending_to_each_groups_prefix_once_sample_the_same_steps(random
     its own window; the groups' prefixes end mid-page and on a page's end, and one group
     is a fork sharing its prefix's pages."""
     paging = Paging(page_size=PAGE_SIZE, num_pages=400) if paged else None
-    _assert_same_tries(_decoder(random_model, paging),
-                       _decoder(random_model, paging, shared_prefix=True))
+    assert_same_tries(trie_decoder(random_model, paging),
+                      trie_decoder(random_model, paging, shared_prefix=True))
 
 
 def test_a_split_shares_the_full_pages_above_it_and_owns_the_rest(random_model):
     """Two steps of a group that agree on their first d tokens hold the same pages below
     position start + d's page and no page in common from it on; the sibling that shares
     the forked group's prompt keeps its pages and tokens."""
-    decoder = _decoder(random_model, Paging(page_size=PAGE_SIZE, num_pages=400))
+    decoder = trie_decoder(random_model, Paging(page_size=PAGE_SIZE, num_pages=400))
     sibling, slots = _groups(decoder)
     before = _slot_keys(decoder, sibling)
     sibling_pages = decoder.pages.table[sibling].copy()
@@ -161,8 +161,8 @@ def test_a_chunked_trie_borrows_pages_a_chunk_at_a_time(random_model):
     row's 4 tokens reach one new page, a split's one more: the page it splits off in),
     well below borrowing every step's pages to its cap up front."""
     cap, chunk = 24, 4
-    decoder = _decoder(random_model, Paging(page_size=PAGE_SIZE, num_pages=400),
-                       step_chunk=chunk)
+    decoder = trie_decoder(random_model, Paging(page_size=PAGE_SIZE, num_pages=400),
+                           step_chunk=chunk)
     _, slots = _groups(decoder)
     starts = decoder.lengths(slots)
     up_front = sum(count * (-(-min(start + cap, RANDOM_MAX_LEN) // PAGE_SIZE)
@@ -182,7 +182,7 @@ def test_a_chunked_trie_borrows_pages_a_chunk_at_a_time(random_model):
 
 
 def test_repeated_tries_leave_no_page_behind(random_model):
-    decoder = _decoder(random_model, Paging(page_size=PAGE_SIZE, num_pages=200))
+    decoder = trie_decoder(random_model, Paging(page_size=PAGE_SIZE, num_pages=200))
     for call in range(3):
         sibling, slots = _groups(decoder)
         steps, _ = _trie(decoder, slots, group_ids=range(10 * call, 10 * call + 4))
@@ -199,7 +199,7 @@ def test_repeated_tries_leave_no_page_behind(random_model):
 def test_a_trie_that_needs_more_pages_than_are_free_says_so_before_it_writes(random_model):
     """A group of 4 after a 10-token prompt shared with a sibling, cap 12: its own slot
     needs pages for positions 10-21 (4, the first a copy) and each of 3 splits at most 4."""
-    decoder = _decoder(random_model, Paging(page_size=PAGE_SIZE, num_pages=13))
+    decoder = trie_decoder(random_model, Paging(page_size=PAGE_SIZE, num_pages=13))
     sibling = decoder.allocate(1)
     decoder.prefill(sibling, [PROMPT])
     group = decoder.allocate(1, near=sibling)
@@ -226,8 +226,8 @@ def test_paged_tries_through_the_pallas_kernel_match_the_jnp_path(random_model):
     forked page tables as the jnp path does."""
     results = []
     for attention in ("jnp", "pallas"):
-        decoder = _decoder(random_model, Paging(page_size=PAGE_SIZE, num_pages=400,
-                                                attention=attention))
+        decoder = trie_decoder(random_model, Paging(page_size=PAGE_SIZE, num_pages=400,
+                                                    attention=attention))
         _, slots = _groups(decoder)
         results.append(_trie(decoder, slots)[0])
     for group, pallas_group in zip(*results):

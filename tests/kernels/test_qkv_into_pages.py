@@ -2,6 +2,8 @@
 without it: the normed q/k/v rows (``rows_product``), RoPE, the paged writes and the
 query's rows for the attention kernel; and the kernel lowered to Triton for an H200."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -127,16 +129,18 @@ def test_kernel_lowers_to_triton_without_a_gpu():
     assert "__gpu$xla.gpu.triton" in lowered_for_h200(call, *(a for a in args if a is not None))
 
 
-def test_a_decoder_layer_on_pages_takes_the_kernel_and_computes_what_the_stack_does():
+@pytest.mark.parametrize("scaled", [False, True], ids=["plain RoPE", "YaRN"])
+def test_a_decoder_layer_on_pages_takes_the_kernel_and_computes_what_the_stack_does(scaled):
     """A tiny model's per-layer copy with the row kernels forced (interpreted) on pages
     read by the attention kernel (interpreted): a decode step runs through
     ``qkv_into_pages`` and gives the stacked layers' jnp-path hidden state and pools; the
-    second row is padding (past its page table) and writes nothing."""
+    second row is padding (past its page table) and writes nothing. With YaRN the
+    attention factor reaches the kernel's logits as it does the jnp path's."""
     from flax import nnx
 
     from qstar_jax.models.llama import LlamaModel, unstack_layers
-    from tests.decoding.tiny_models import tiny_config
-    config = tiny_config(64)
+    from tests.decoding.tiny_models import YARN, tiny_config
+    config = dataclasses.replace(tiny_config(64), rope_scaling=YARN if scaled else None)
     model = LlamaModel(config, rngs=nnx.Rngs(0))
     rng = np.random.default_rng(0)
     shape = (config.num_layers, 9, config.num_kv_heads, 4, config.head_dim)

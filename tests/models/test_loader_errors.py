@@ -86,10 +86,10 @@ def test_unknown_model_type_says_what_is_supported(tiny_dir):
 
 
 def test_unsupported_rope_scaling_is_an_error(tiny_dir):
-    edit_config(tiny_dir, rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0,
+    edit_config(tiny_dir, rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
                                            "factor": 4.0})
-    with pytest.raises(UnsupportedConfigError, match=r"rope_scaling type 'yarn' is not supported"
-                       r" \(supported: default, llama3, linear\)"):
+    with pytest.raises(UnsupportedConfigError, match=r"rope_scaling type 'longrope' is not "
+                       r"supported \(supported: default, llama3, linear, yarn\)"):
         load_model(tiny_dir)
 
 
@@ -116,6 +116,13 @@ def test_truncated_gguf_names_the_file(tmp_path):
     truncate(path, keep_fraction=0.9)
     with pytest.raises(CheckpointError, match=r"tiny\.gguf is not a readable GGUF file "
                                               r"\(corrupt or truncated\?\)"):
+        load_model(path)
+
+
+def test_a_gguf_yarn_scaling_is_refused(tmp_path):
+    """llama.cpp's YaRN keys are not transformers', so the file is not read as if they were."""
+    path = save_tiny_gguf(tmp_path / "tiny.gguf", scaling_type=gguf.RopeScalingType.YARN)
+    with pytest.raises(CheckpointError, match=r"GGUF RoPE scaling 'yarn' is not supported"):
         load_model(path)
 
 

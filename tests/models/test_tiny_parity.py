@@ -71,6 +71,12 @@ def test_tiny_families_exercise_their_feature(tmp_path, token_rows):
     assert not np.allclose(configs["llama3_rope"].rope_inv_freq(), configs["llama"].rope_inv_freq())
     np.testing.assert_allclose(configs["linear_rope"].rope_inv_freq() * 4,
                                configs["llama"].rope_inv_freq(), rtol=1e-6)
+    yarn = configs["qwen2_yarn"]
+    inv_freq, plain = yarn.rope_inv_freq(), configs["llama"].rope_inv_freq()
+    # The fastest pairs kept, the slowest divided by the factor, some in between.
+    assert inv_freq[0] == plain[0] and np.isclose(inv_freq[-1] * 4, plain[-1], rtol=1e-6)
+    assert ((inv_freq < plain) & (inv_freq * 4 > plain * (1 + 1e-6))).any()
+    assert yarn.attention_scale == pytest.approx(16 ** -0.5 * (0.1 * np.log(4) + 1) ** 2)
     assert configs["mistral_sliding"].sliding_windows == (SLIDING_WINDOW, SLIDING_WINDOW)
     assert configs["qwen2"].attention_bias and configs["qwen2"].tie_word_embeddings
     assert not configs["qwen2"].attention_out_bias

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from qstar_jax.models.config import LinearRopeScaling, Llama3RopeScaling, ModelConfig
+from qstar_jax.models.config import ModelConfig
+from qstar_jax.models.rope_scaling import LinearRopeScaling, Llama3RopeScaling
 from qstar_jax.qvalue.backbone import BackboneQ
 from qstar_jax.qvalue.checkpoint import (BackboneIdentity, BackboneMismatchError, QCheckpointer,
                                          config_fingerprint, load_backbone_q, load_q_head,

@@ -17,7 +17,7 @@ import torch
 import transformers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-FAMILIES = ("llama", "llama3_rope", "linear_rope", "mistral_sliding", "qwen2")
+FAMILIES = ("llama", "llama3_rope", "linear_rope", "mistral_sliding", "qwen2", "qwen2_yarn")
 VOCAB_SIZE = 512  # model vocab; the tiny tokenizer stays below it
 SLIDING_WINDOW = 96  # shorter than the 300-token parity sequence
 EOS_TOKEN = "<|im_end|>"
@@ -82,6 +82,12 @@ def _model_config(family: str) -> transformers.PretrainedConfig:
         return transformers.MistralConfig(**common, sliding_window=SLIDING_WINDOW)
     if family == "qwen2":
         return transformers.Qwen2Config(**common, tie_word_embeddings=True)
+    if family == "qwen2_yarn":  # Qwen2.5's long-context setting, at the tiny model's scale:
+        # positions past 64 are past the original context, and the attention factor
+        # (0.1 ln 4 + 1) scales every logit by 1.30
+        return transformers.Qwen2Config(**common, rope_parameters={
+            "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+            "original_max_position_embeddings": 64})
     raise ValueError(f"unknown tiny family {family!r}; choose one of {FAMILIES}")
 
 
@@ -140,14 +146,15 @@ def _llama_cpp_permute(weight: np.ndarray, num_heads: int) -> np.ndarray:
 
 def save_tiny_gguf(path: str | Path, *, family: str = "llama", seed: int = 0,
                    drop: Collection[str] = (),
-                   raw: Mapping[str, tuple[np.ndarray, gguf.GGMLQuantizationType]] | None = None
-                   ) -> Path:
+                   raw: Mapping[str, tuple[np.ndarray, gguf.GGMLQuantizationType]] | None = None,
+                   scaling_type: gguf.RopeScalingType | None = None) -> Path:
     """Write the tiny ``family`` model ("llama" or "linear_rope") as a llama.cpp-style F32
     GGUF (no vocabulary).
 
     Q/K rows are permuted as llama.cpp's converter does, so a loader must undo it. ``drop``
     leaves out GGUF tensors by name; ``raw`` replaces a tensor by (bytes, quantization type),
-    for tests of bad files. Returns ``path``.
+    and ``scaling_type`` names a RoPE scaling the weights were not trained with, for tests
+    of bad files. Returns ``path``.
     """
     if family not in ("llama", "linear_rope"):
         raise ValueError(f"no GGUF writer for the tiny family {family!r}")
@@ -155,9 +162,9 @@ def save_tiny_gguf(path: str | Path, *, family: str = "llama", seed: int = 0,
     model = make_tiny_torch_model(family, seed=seed)
     cfg = model.config
     writer = gguf.GGUFWriter(path, arch="llama")
-    if family == "linear_rope":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(cfg.rope_parameters["factor"])
+    if family == "linear_rope" or scaling_type is not None:
+        writer.add_rope_scaling_type(scaling_type or gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(cfg.rope_parameters.get("factor", 4.0))
     writer.add_block_count(cfg.num_hidden_layers)
     writer.add_context_length(cfg.max_position_embeddings)
     writer.add_embedding_length(cfg.hidden_size)
