@@ -1,4 +1,5 @@
-"""Hugging Face checkpoint directories: ``config.json`` plus single or sharded safetensors."""
+"""Hugging Face checkpoint directories: ``config.json`` plus single or sharded safetensors
+(or, where a directory has none, PyTorch ``.bin`` files: ``torch_checkpoint``)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from safetensors import SafetensorError, safe_open
 
 from qstar_jax.models.config import ModelConfig, UnsupportedConfigError
 from qstar_jax.models.llama import LlamaModel
+from qstar_jax.models.torch_checkpoint import open_torch_checkpoint
 from qstar_jax.models.weights import CheckpointError, StoredTensor, build_model
 
-INDEX_FILE = "model.safetensors.index.json"
-SINGLE_FILE = "model.safetensors"
+# (index, single file) of each weight format, in the order they are looked for.
+WEIGHT_FILES = (("model.safetensors.index.json", "model.safetensors"),
+                ("pytorch_model.bin.index.json", "pytorch_model.bin"))
 
 
 def read_json(path: Path) -> dict:
@@ -30,7 +33,8 @@ def read_hf_config(directory: Path) -> ModelConfig:
     if not config_path.is_file():
         raise CheckpointError(
             f"{directory} has no config.json: pass a Hugging Face checkpoint directory "
-            "(config.json, *.safetensors, tokenizer files) or a .gguf file")
+            "(config.json, *.safetensors or pytorch_model*.bin, tokenizer files) or a .gguf "
+            "file")
     try:
         return ModelConfig.from_hf(read_json(config_path))
     except UnsupportedConfigError as err:
@@ -48,32 +52,37 @@ def generation_eos_ids(directory: Path) -> tuple[int, ...]:
     return tuple(eos) if isinstance(eos, list) else (int(eos),)
 
 
-def safetensors_files(directory: Path) -> list[Path]:
-    """The weight files: the shards an index names, or the single ``model.safetensors``."""
-    index_path = directory / INDEX_FILE
-    if index_path.is_file():
-        weight_map = read_json(index_path).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise CheckpointError(f"{index_path} has no 'weight_map' object")
-        files = [directory / name for name in sorted(set(weight_map.values()))]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise CheckpointError(f"{index_path} names shards that are missing: {missing}")
-        return files
-    if (directory / SINGLE_FILE).is_file():
-        return [directory / SINGLE_FILE]
-    raise CheckpointError(
-        f"{directory} has neither {SINGLE_FILE} nor {INDEX_FILE}; only safetensors weights "
-        "are read (convert .bin / .pth checkpoints with transformers' save_pretrained)")
+def weight_files(directory: Path) -> list[Path]:
+    """The weight files: the shards an index names, or the single file; safetensors where
+    the directory has them, PyTorch .bin files otherwise."""
+    for index_name, single_name in WEIGHT_FILES:
+        index_path = directory / index_name
+        if index_path.is_file():
+            weight_map = read_json(index_path).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise CheckpointError(f"{index_path} has no 'weight_map' object")
+            files = [directory / name for name in sorted(set(weight_map.values()))]
+            missing = [f.name for f in files if not f.is_file()]
+            if missing:
+                raise CheckpointError(f"{index_path} names shards that are missing: {missing}")
+            return files
+        if (directory / single_name).is_file():
+            return [directory / single_name]
+    names = [name for pair in WEIGHT_FILES for name in pair]
+    raise CheckpointError(f"{directory} has no weights: none of {', '.join(names)} (other "
+                          "formats: re-save the model with transformers' save_pretrained)")
 
 
-def _open_safetensors(path: Path, stack: contextlib.ExitStack):
+def _safetensors_tensors(path: Path, stack: contextlib.ExitStack) -> dict[str, StoredTensor]:
     # The flax framework reads bfloat16, which safetensors' numpy framework cannot.
     try:
-        return stack.enter_context(safe_open(str(path), framework="flax"))
+        handle = stack.enter_context(safe_open(str(path), framework="flax"))
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path} is not a readable safetensors file "
                               f"(corrupt or truncated?): {err}") from None
+    return {name: StoredTensor(file=path, shape=tuple(handle.get_slice(name).get_shape()),
+                               read=_tensor_reader(handle, name, path))
+            for name in handle.keys()}
 
 
 def _host_device():
@@ -101,13 +110,12 @@ def load_hf_model(directory: Path, *, dtype) -> tuple[ModelConfig, LlamaModel]:
     cfg = read_hf_config(directory)
     with contextlib.ExitStack() as stack:
         tensors: dict[str, StoredTensor] = {}
-        for path in safetensors_files(directory):
-            handle = _open_safetensors(path, stack)
-            for name in handle.keys():
+        for path in weight_files(directory):
+            opened = (_safetensors_tensors(path, stack) if path.suffix == ".safetensors"
+                      else open_torch_checkpoint(path, stack))
+            for name, tensor in opened.items():
                 if name in tensors:
                     raise CheckpointError(
                         f"tensor {name!r} is stored twice: in {tensors[name].file} and {path}")
-                shape = tuple(handle.get_slice(name).get_shape())
-                tensors[name] = StoredTensor(file=path, shape=shape,
-                                             read=_tensor_reader(handle, name, path))
+                tensors[name] = tensor
         return cfg, build_model(cfg, tensors, dtype=dtype)

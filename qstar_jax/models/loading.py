@@ -80,8 +80,9 @@ def load_model(source: str | Path, *, dtype=jnp.float32, mesh: Mesh | None = Non
                ) -> LoadedModel:
     """Load config, weights (cast to ``dtype``) and tokenizer.
 
-    ``source``: an HF checkpoint directory (config.json, single or sharded safetensors,
-    tokenizer files), a ``.gguf`` file, or an alias from PACKAGED_MODELS. With a ``mesh``,
+    ``source``: an HF checkpoint directory (config.json, single or sharded safetensors or
+    PyTorch .bin files, tokenizer files), a ``.gguf`` file, or an alias from
+    PACKAGED_MODELS. With a ``mesh``,
     a directory that also holds a run's sharded parameters (a policy the run trained,
     ``sharded_params``) loads from them straight onto the mesh, each process reading its
     own shards; every other source loads whole onto the host, for the decoder to place.

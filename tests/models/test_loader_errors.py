@@ -105,6 +105,14 @@ def test_directory_without_config(tmp_path):
         load_model(tmp_path)
 
 
+def test_a_directory_without_weights_names_what_it_looked_for(tiny_dir):
+    (tiny_dir / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"has no weights: none of "
+                       r"model\.safetensors\.index\.json, model\.safetensors, "
+                       r"pytorch_model\.bin\.index\.json, pytorch_model\.bin"):
+        load_model(tiny_dir)
+
+
 def test_missing_path_says_what_to_pass(tmp_path):
     with pytest.raises(CheckpointError, match=r"does not exist and is not a known alias "
                                               r"\(smollm2-135m-instruct\); pass an HF checkpoint"):

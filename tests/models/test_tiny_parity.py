@@ -98,8 +98,25 @@ def test_sharded_checkpoint_parity(tmp_path, token_rows):
     assert_parity(loaded.model, make_tiny_torch_model("qwen2"), token_rows)
 
 
-def test_bfloat16_checkpoint_parity(tmp_path, token_rows):
-    path = save_tiny_checkpoint(tmp_path, "llama", dtype="bfloat16", with_tokenizer=False)
+@pytest.mark.parametrize("sharded", [False, True], ids=["one file", "sharded"])
+def test_pytorch_bin_checkpoint_parity(tmp_path, token_rows, sharded):
+    """transformers' pre-safetensors format, read without torch; Qwen2's tied embedding
+    is stored once and read for both."""
+    path = save_tiny_checkpoint(tmp_path, "qwen2", sharded=sharded, torch_bin=True,
+                                with_tokenizer=False)
+    assert not list(path.glob("*.safetensors"))
+    files = [p.name for p in path.glob("pytorch_model*.bin")]
+    if sharded:
+        assert len(files) > 1 and (path / "pytorch_model.bin.index.json").is_file()
+    else:
+        assert files == ["pytorch_model.bin"]
+    assert_parity(load_model(path).model, make_tiny_torch_model("qwen2"), token_rows)
+
+
+@pytest.mark.parametrize("torch_bin", [False, True], ids=["safetensors", "pytorch .bin"])
+def test_bfloat16_checkpoint_parity(tmp_path, token_rows, torch_bin):
+    path = save_tiny_checkpoint(tmp_path, "llama", dtype="bfloat16", with_tokenizer=False,
+                                torch_bin=torch_bin)
     reference = make_tiny_torch_model("llama")
     with torch.no_grad():  # round the weights only: RoPE buffers stay float32, as on reload
         for param in reference.parameters():

@@ -7,6 +7,7 @@ are non-zero, so parity against PyTorch is a meaningful check, not a comparison 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
@@ -124,18 +125,40 @@ def train_tiny_tokenizer() -> transformers.PreTrainedTokenizerFast:
 
 def save_tiny_checkpoint(path: str | Path, family: str, *, seed: int = 0,
                          with_tokenizer: bool = True, sharded: bool = False,
-                         dtype: str = "float32") -> Path:
+                         dtype: str = "float32", torch_bin: bool = False) -> Path:
     """Write a tiny HF checkpoint of ``family`` (one of FAMILIES) into ``path``.
 
-    ``sharded`` splits the safetensors into several files with an index; ``dtype`` is the
-    stored precision ("float32" or "bfloat16"). Returns the directory.
+    ``sharded`` splits the weights into several files with an index; ``dtype`` is the
+    stored precision ("float32" or "bfloat16"); ``torch_bin`` stores them as PyTorch
+    ``pytorch_model*.bin`` files, as transformers did before safetensors. Returns the
+    directory.
     """
     path = Path(path)
     model = make_tiny_torch_model(family, seed=seed).to(getattr(torch, dtype))
-    model.save_pretrained(path, max_shard_size="100KB" if sharded else "1GB")
+    if torch_bin:
+        _save_torch_bin(model, path, shards=3 if sharded else 1)
+    else:
+        model.save_pretrained(path, max_shard_size="100KB" if sharded else "1GB")
     if with_tokenizer:
         train_tiny_tokenizer().save_pretrained(path)
     return path
+
+
+def _save_torch_bin(model: transformers.PreTrainedModel, path: Path, shards: int) -> None:
+    """The config and ``torch.save``d state dicts in transformers' pre-safetensors names
+    (this transformers writes safetensors only); a tied head keeps its own key, sharing
+    the embedding's storage."""
+    model.config.save_pretrained(path)
+    state = model.state_dict()
+    if shards == 1:
+        torch.save(state, path / "pytorch_model.bin")
+        return
+    files = [f"pytorch_model-{i + 1:05d}-of-{shards:05d}.bin" for i in range(shards)]
+    weight_map = {name: files[i % shards] for i, name in enumerate(state)}
+    for file in files:
+        torch.save({n: t for n, t in state.items() if weight_map[n] == file}, path / file)
+    (path / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map}))
 
 
 def _llama_cpp_permute(weight: np.ndarray, num_heads: int) -> np.ndarray:
