@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+import sentencepiece
 import tokenizers
 import transformers
 
@@ -107,3 +108,30 @@ def test_the_newline_table_is_decoded_once_per_size_and_read_only(tokenizer):
     assert tokenizer.newline_table(VOCAB_SIZE + 8) is not table
     with pytest.raises(ValueError, match="read-only"):
         table[0] = True
+
+
+def test_a_directory_with_only_a_sentencepiece_model_loads_as_sentencepiece_reads_it(tmp_path):
+    """Llama-2-era checkpoints often ship tokenizer.model (SentencePiece) and no
+    tokenizer.json: transformers converts it, which needs sentencepiece installed."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("Step 1: 12 + 7 = 19.\nThe answer is 19.\n" * 50)
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(tmp_path / "sp"), vocab_size=300,
+        model_type="bpe", byte_fallback=True, character_coverage=1.0, minloglevel=2)
+    directory = tmp_path / "checkpoint"
+    directory.mkdir()
+    shutil.copy(tmp_path / "sp.model", directory / "tokenizer.model")
+    (directory / "tokenizer_config.json").write_text(json.dumps({  # as Llama-2's reads
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
+        "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False}))
+    tokenizer = Tokenizer.from_pretrained(directory)
+    reference = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "sp.model"))
+    text = "Step 2: 19 - 4 = 15.\nThe answer is 15."
+    assert tokenizer.encode("Step 2: 19 - 4 = 15.") == reference.encode("Step 2: 19 - 4 = 15.")
+    assert tokenizer.encode(text, add_special_tokens=True)[0] == reference.bos_id()
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+    newline = reference.piece_to_id("<0x0A>")
+    assert newline in tokenizer.encode(text)
+    table = tokenizer.newline_table(300)
+    assert table[newline] and table.sum() == 1
+    assert tokenizer.eos_ids == (reference.eos_id(),)
