@@ -81,8 +81,8 @@ def gguf_config(reader: gguf.GGUFReader, path: Path) -> ModelConfig:
         raise CheckpointError(f"{path}: GGUF RoPE scaling {scaling!r} is not supported (only "
                               "linear); load the model's HF safetensors directory instead")
     # llama.cpp writes a linear scaling's factor beside its type.
-    scaling_fields = {"rope_type": scaling, **(
-        {} if key("rope.scaling.factor") is None else {"factor": key("rope.scaling.factor")})}
+    factor = key("rope.scaling.factor")
+    scaling_fields = {"rope_type": scaling, **({} if factor is None else {"factor": factor})}
     hf_style = {
         "model_type": "llama",
         "vocab_size": required["vocab_size"],

@@ -64,21 +64,23 @@ def _rebuild_parameter(data, *_):
     return data
 
 
+# The functions and classes a state dict's pickle names, and what stands in for each.
+_ALLOWED_GLOBALS = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    **{("torch", name): _StorageType(dtype) for name, dtype in STORAGE_DTYPES.items()},
+}
+
+
 class _StateDictUnpickler(pickle.Unpickler):
     def __init__(self, file, path: Path):
         super().__init__(file)
         self.path = path
 
     def find_class(self, module: str, name: str):
-        allowed = {
-            ("collections", "OrderedDict"): collections.OrderedDict,
-            ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-            ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-        }
-        if (module, name) in allowed:
-            return allowed[module, name]
-        if module == "torch" and name in STORAGE_DTYPES:
-            return _StorageType(STORAGE_DTYPES[name])
+        if (module, name) in _ALLOWED_GLOBALS:
+            return _ALLOWED_GLOBALS[module, name]
         raise CheckpointError(f"{self.path} pickles {module}.{name}, which a state dict of "
                               "tensors does not hold; it is not read (convert the file with "
                               "transformers' save_pretrained if you trust it)")
