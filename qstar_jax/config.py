@@ -1,8 +1,9 @@
 """Run configuration: frozen dataclasses for every stage, filled from YAML plus overrides.
 
 OmegaConf validates a YAML file and ``key=value`` overrides against these dataclasses:
-an unknown key or a value of the wrong type is an error that names it. ``check_config``
-adds the range checks a type cannot express, so a bad run fails before any work starts.
+an unknown key or a value of the wrong type is an error that names it.
+``config_checks.check_config`` adds the range checks a type cannot express, so a bad run
+fails before any work starts.
 """
 
 from __future__ import annotations
@@ -401,6 +402,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         raise ConfigError(str(error).splitlines()[0] + _where(error)) from None
     except ValueError as error:  # a settings dataclass's own check (e.g. eval.mctsr)
         raise ConfigError(str(error)) from None
+    from qstar_jax.config_checks import check_config  # it reads this module's types
     check_config(config)
     return config
 
@@ -434,107 +436,3 @@ def to_yaml(config: RunConfig) -> str:
     process of a run writes and compares the same text."""
     config = dataclasses.replace(config, distributed=DistributedConfig())
     return OmegaConf.to_yaml(OmegaConf.structured(config))
-
-
-def check_config(config: RunConfig) -> None:
-    """Range checks no type can express; each error names the key."""
-    def require(ok: bool, key: str, message: str):
-        if not ok:
-            raise ConfigError(f"{key}: {message}")
-
-    s, e, d = config.search, config.eval, config.decode
-    require(s.k >= 1, "search.k", f"must be >= 1, got {s.k}")
-    require(s.n_complete >= 1, "search.n_complete", f"must be >= 1, got {s.n_complete}")
-    require(s.expansions_per_node >= 1, "search.expansions_per_node",
-            f"must be >= 1, got {s.expansions_per_node}")
-    require(s.max_expansions >= 1, "search.max_expansions", f"must be >= 1, got {s.max_expansions}")
-    require(s.max_generated_tokens >= d.step_token_cap, "search.max_generated_tokens",
-            f"{s.max_generated_tokens} cannot finish one step of up to "
-            f"decode.step_token_cap={d.step_token_cap} tokens")
-    require(s.utility != Utility.prm or s.prm_model is not None
-            or "train_prm" in config.stages, "search.prm_model",
-            "utility=prm needs a PRM: a Math-Shepherd checkpoint, a PRM directory written by "
-            "train_prm, or train_prm in stages (to train one in this run)")
-    require(s.utility != Utility.countdown_rule or config.task.name == "countdown",
-            "search.utility", "countdown_rule scores Countdown steps; for "
-            f"task.name={config.task.name} choose zero, prm or code_rule")
-    require(s.utility != Utility.code_rule or config.task.name in CODE_TASKS,
-            "search.utility", f"code_rule reads Python; the code tasks are {CODE_TASKS}, "
-            f"for task.name={config.task.name} choose zero or prm")
-    require(e.samples >= 1, "eval.samples", f"must be >= 1, got {e.samples}")
-    require(e.beam_width >= 1 and e.beam_k >= 1, "eval.beam_width/beam_k", "must be >= 1")
-    unknown = [m for m in e.methods if m not in METHODS + REASONER_METHODS]
-    require(not unknown, "eval.methods",
-            f"unknown {unknown}; choose from {METHODS + REASONER_METHODS}")
-    t = e.tot
-    require(min(t.k, t.keep, t.max_expansions, t.value_samples) >= 1, "eval.tot",
-            "k, keep, max_expansions and value_samples must be >= 1")
-    require(t.evaluator != ToTEvaluator.prm or s.utility != Utility.zero,
-            "eval.tot.evaluator", "prm ranks states by g, which search.utility=zero fixes at 0")
-    require(e.text_max_tokens >= 1, "eval.text_max_tokens", "must be >= 1")
-    require(e.text_kept_rows >= 0, "eval.text_kept_rows", "must be >= 0")
-    if "best_of_n_matched" in e.methods:
-        before = e.methods[:e.methods.index("best_of_n_matched")]
-        require("best_of_n" in before and "qstar" in before, "eval.methods",
-                "best_of_n_matched reads best_of_n's and qstar's tokens: list both before it")
-    unknown = [st for st in config.stages if st not in STAGES]
-    require(not unknown, "stages", f"unknown {unknown}; choose from {STAGES}")
-    from qstar_jax.decoding.weights import LAYER_WEIGHTS
-    require(d.layer_weights in LAYER_WEIGHTS, "decode.layer_weights",
-            f"must be one of {LAYER_WEIGHTS}, got {d.layer_weights!r}")
-    require(d.slots >= 1 and d.max_len > d.step_token_cap, "decode",
-            "needs slots >= 1 and max_len > step_token_cap")
-    require(d.page_size >= 0 and d.pages >= 0, "decode.page_size/pages", "must be >= 0")
-    require(d.step_chunk >= 0, "decode.step_chunk",
-            f"must be >= 0 (0: a step in one call), got {d.step_chunk}")
-    require(d.min_rows >= 1, "decode.min_rows", f"must be >= 1, got {d.min_rows}")
-    require(d.page_size == 0 or d.max_len % d.page_size == 0, "decode.page_size",
-            f"decode.max_len={d.max_len} must be a multiple of it, got {d.page_size}")
-    m = config.mesh
-    require(d.page_size == 0 or m.data == -1 or d.num_pages % m.data == 0, "decode.pages",
-            f"{d.num_pages} pages do not split over mesh.data={m.data} shards")
-    require(m.model >= 1 and (m.data >= 1 or m.data == -1), "mesh",
-            f"sizes must be >= 1 (data may be -1), got data={m.data} model={m.model}")
-    require(m.data == -1 or d.slots % m.data == 0, "decode.slots",
-            f"{d.slots} slots do not split over mesh.data={m.data} shards")
-    require(config.distributed.heartbeat_timeout_s >= 1, "distributed.heartbeat_timeout_s",
-            f"must be >= 1, got {config.distributed.heartbeat_timeout_s}")
-    require(config.task.eval_problems >= 1, "task.eval_problems", "must be >= 1")
-    pt = config.policy_training
-    require(min(pt.steps, pt.batch_size, pt.train_problems, pt.hidden_size, pt.num_layers) >= 1
-            and pt.learning_rate > 0 and pt.warmup_steps >= 0 and pt.value_weight >= 0,
-            "policy_training", "steps, batch_size, train_problems, hidden_size and num_layers "
-            "must be >= 1, learning_rate > 0, warmup_steps and value_weight >= 0")
-    require(pt.max_grad_norm is None or pt.max_grad_norm > 0, "policy_training.max_grad_norm",
-            f"must be > 0 (or null: no clipping), got {pt.max_grad_norm}")
-    require(0.0 <= config.q_train.holdout_fraction < 1.0, "q_train.holdout_fraction",
-            "must be in [0, 1)")
-    require(not config.label.live_states_only or config.task.name in EXACT_VALUE_TASKS,
-            "label.live_states_only", f"needs a task with an exact solver {EXACT_VALUE_TASKS}; "
-            f"the defaults are the arithmetic world's labels: for task.name="
-            f"{config.task.name} start from its config in configs/, or set "
-            "label.live_states_only=false and label.method (e.g. best_of_rollouts)")
-    require(not config.label.trace_is_a_rollout
-            or config.label.method == LabelMethod.best_of_rollouts, "label.trace_is_a_rollout",
-            f"counts the traces among best-of-rollouts' rollouts; label.method is "
-            f"{config.label.method.value}")
-    require(config.label.method != LabelMethod.stronger_model
-            or config.label.stronger_model is not None, "label.stronger_model",
-            "label.method=stronger_model needs a model")
-    require(config.label.method != LabelMethod.stronger_model
-            or config.label.stronger_model != SOLVER or config.task.name in SOLVER_TASKS,
-            "label.stronger_model", f"'solver' completes traces with a task's exact solver; "
-            f"the tasks that have one are {SOLVER_TASKS}: give a model directory")
-    require(config.q_train.backbone != QBackbone.separate
-            or config.q_train.separate_model is not None, "q_train.separate_model",
-            "q_train.backbone=separate needs a model")
-    require(config.q_train.second_opinion is None
-            or config.q_train.backbone == QBackbone.policy, "q_train.second_opinion",
-            "is read by the head on the policy's hidden states (q_train.backbone=policy)")
-    require(config.q_train.second_opinion != SCRATCH or config.policy.source == SCRATCH,
-            "q_train.second_opinion", f"'scratch' (the default experiment's) trains a second "
-            f"policy beside a policy trained from scratch (policy.source=scratch); with "
-            f"policy.source={config.policy.source} set it to null or a checkpoint directory")
-    require(config.policy.source != SCRATCH or config.task.name in FROM_SCRATCH_TASKS,
-            "policy.source", f"'scratch' (train a policy from scratch) is for the synthetic "
-            f"worlds {FROM_SCRATCH_TASKS}; point it at an HF directory, a .gguf file or an alias")

@@ -56,6 +56,17 @@ def test_round_trip_through_yaml(tmp_path):
     ("policy_training.max_grad_norm=0", "policy_training.max_grad_norm"),
     ("decode.step_chunk=-1", "decode.step_chunk"),
     ("decode.min_rows=0", "decode.min_rows"),
+    ("decode.slots=0", "decode.slots: must be >= 1, got 0"),
+    ("decode.max_len=40", "decode.max_len: must exceed decode.step_token_cap=40 .* got 40"),
+    ("eval.beam_k=0", "eval.beam_k: must be >= 1, got 0"),
+    ("eval.tot.value_samples=0", "eval.tot.value_samples: must be >= 1, got 0"),
+    ("eval.text_kept_rows=-2", "eval.text_kept_rows: must be >= 0, got -2"),
+    ("task.eval_problems=0", "task.eval_problems: must be >= 1, got 0"),
+    ("policy_training.num_layers=0", "policy_training.num_layers: must be >= 1, got 0"),
+    ("policy_training.value_weight=-0.5", "policy_training.value_weight: .* got -0.5"),
+    ("policy_training.learning_rate=0", "policy_training.learning_rate: must be > 0, got 0"),
+    ("q_train.holdout_fraction=1.0", r"q_train.holdout_fraction: must be in \[0, 1\), got 1.0"),
+    ("mesh.data=0", "mesh: sizes must be >= 1"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -65,7 +76,7 @@ def test_bad_values_name_the_key(override, message):
 @pytest.mark.parametrize("overrides, message", [
     (["decode.page_size=48", "eval.prefix_sharing=false"], "max_len=160 must be a multiple"),
     (["decode.page_size=16", "decode.pages=99", "mesh.data=2"], "99 pages do not split"),
-    (["decode.pages=-1"], "decode.page_size/pages"),
+    (["decode.pages=-1"], "decode.pages: must be >= 0, got -1"),
     (["decode.layer_weights=per_layer"], "decode.layer_weights: must be one of .*per-layer"),
 ])
 def test_bad_paging_settings_say_what_to_change(overrides, message):
@@ -132,7 +143,7 @@ def test_reasoner_methods_are_listed_only_on_request_and_their_settings_checked(
     assert config.eval.mctsr.rollouts == 4 and config.eval.tot.evaluator.value == "value_prompt"
     with pytest.raises(ConfigError, match="eval.tot.evaluator: prm ranks states by g"):
         load_config(overrides=["eval.tot.evaluator=prm", "search.utility=zero"])
-    with pytest.raises(ConfigError, match="eval.tot: k, keep"):
+    with pytest.raises(ConfigError, match="eval.tot.keep: must be >= 1, got 0"):
         load_config(overrides=["eval.tot.keep=0"])
 
 
