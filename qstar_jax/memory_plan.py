@@ -23,9 +23,11 @@ the learned PRM's and Q̂'s small heads, XLA's scratch; hence HEADROOM. The labe
 stage's models).
 
 A search's peak pages (``search_pages``), the largest over the config's step methods, with
-S = page_size, P = prompt tokens (``--prompt-tokens``; the default, 768, covers the paper
-configs' prompts: GSM8K's 4-shot prompt and question measure about 450-540 tokens, MBPP's
-about 310, HumanEval's up to 360, MATH's zero-shot question about 70), C =
+S = page_size, P = prompt tokens (``--prompt-tokens``, below ``decode.max_len``; the
+default, 768, covers the paper configs' prompts: GSM8K's 4-shot prompt and question
+measure about 450-540 tokens, MBPP's about 310, HumanEval's up to 360, MATH's zero-shot
+question about 70; for a config whose rows are shorter, the longest prompt that leaves
+its rows room for one step, ``max_len - C``), C =
 decode.step_token_cap and a path of at most min(decode.max_steps x C, max_len - P) tokens:
 
     ceil(P / S)            the prompt, shared by the whole tree
@@ -168,13 +170,16 @@ def search_pages(run: RunConfig, *, page_size: int, prompt_tokens: int) -> int:
 def plan(cfg: ModelConfig, run: RunConfig, *, memory_bytes: int, backend: str,
          page_size: int | None = None, devices: int = 1,
          others: dict[str, ModelConfig] | None = None,
-         prompt_tokens: int = DEFAULT_PROMPT_TOKENS) -> MemoryPlan:
+         prompt_tokens: int | None = None) -> MemoryPlan:
     """The figures for ``run`` over the policy ``cfg`` and the ``others`` the evaluate
     stage loads beside it (``evaluate_models``), on ``devices`` devices of
     ``memory_bytes`` each (the mesh's -1 axis takes what the other leaves), on
     ``backend`` ("cpu", "gpu" or "tpu": where ``decode.layer_weights`` "auto" resolves).
-    page_size: the paged cache's (default: decode.page_size, or 16 without paging)."""
+    page_size: the paged cache's (default: decode.page_size, or 16 without paging);
+    prompt_tokens: a prompt's, for a search's peak pages (default: default_prompt_tokens)."""
     decode = run.decode
+    if prompt_tokens is None:
+        prompt_tokens = default_prompt_tokens(run)
     page_size = page_size or decode.page_size or 16
     dtype_bytes = np.dtype(run.policy.dtype).itemsize
     model_axis = max(run.mesh.model, 1)
@@ -312,6 +317,12 @@ def check_memory(run: RunConfig) -> MemoryPlan:
     return figures
 
 
+def default_prompt_tokens(run: RunConfig) -> int:
+    """DEFAULT_PROMPT_TOKENS, or the longest prompt that leaves a row of the config room
+    for one step where that is shorter."""
+    return max(min(DEFAULT_PROMPT_TOKENS, run.decode.max_len - run.decode.step_token_cap), 1)
+
+
 def parse_memory(text: str) -> int:
     """'80GB', '141 GiB', '2e9' -> bytes."""
     match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([A-Za-z]*)\s*", text)
@@ -325,7 +336,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", nargs="?")
     parser.add_argument("overrides", nargs="*")
-    parser.add_argument("--memory", required=True, help="one device's memory, e.g. 80GB")
+    parser.add_argument("--memory", required=True, type=_memory_argument,
+                        help="one device's memory, e.g. 80GB")
     parser.add_argument("--model-config", help="the policy's HF config.json, when its "
                         "checkpoint is not on this machine (configs/architectures/)")
     parser.add_argument("--prm-config", help="the PRM's (search.prm_model) HF config.json, "
@@ -333,11 +345,12 @@ def main(argv=None) -> int:
     parser.add_argument("--q-config", help="the HF config.json of Q-hat's own model "
                         "(q_train.separate_model or q_train.second_opinion), when its "
                         "checkpoint is not on this machine")
-    parser.add_argument("--page-size", type=int, default=None,
+    parser.add_argument("--page-size", type=_positive_int, default=None,
                         help="the paged cache's page size (default: decode.page_size, or 16)")
-    parser.add_argument("--prompt-tokens", type=int, default=DEFAULT_PROMPT_TOKENS,
+    parser.add_argument("--prompt-tokens", type=_positive_int, default=None,
                         help="a prompt's tokens, for a search's peak pages (default "
-                        f"{DEFAULT_PROMPT_TOKENS})")
+                        f"{DEFAULT_PROMPT_TOKENS}, or decode.max_len less one step where "
+                        "that is shorter)")
     parser.add_argument("--backend", choices=["gpu", "tpu", "cpu"], default="gpu",
                         help="the device the run will use (decode.layer_weights=auto holds "
                         "the layers twice on gpu and cpu; default gpu)")
@@ -349,14 +362,34 @@ def main(argv=None) -> int:
         run = load_config(args.config, args.overrides)
         policy = policy_architecture(run, args.model_config)
         others = evaluate_models(run, prm_config=args.prm_config, q_config=args.q_config)
+        if args.prompt_tokens is not None and args.prompt_tokens >= run.decode.max_len:
+            raise ConfigError(f"--prompt-tokens {args.prompt_tokens} leaves no room in a row "
+                              f"of decode.max_len={run.decode.max_len} tokens")
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    figures = plan(policy, run, memory_bytes=parse_memory(args.memory), backend=args.backend,
+    figures = plan(policy, run, memory_bytes=args.memory, backend=args.backend,
                    page_size=args.page_size, others=others, prompt_tokens=args.prompt_tokens)
     print(figures.describe())
     print(json.dumps(dataclasses.asdict(figures) | {"fits": figures.fits}))
     return 0 if figures.fits else 1
+
+
+def _memory_argument(text: str) -> int:
+    try:
+        return parse_memory(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
 
 
 if __name__ == "__main__":

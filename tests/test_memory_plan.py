@@ -181,6 +181,33 @@ def test_searches_in_flight_by_hand():
     assert figures("eval.samples=8").search_pages == 68
 
 
+def test_the_default_prompt_leaves_a_short_row_room_for_one_step():
+    plan = memory_plan.plan(ModelConfig(**SMOLLM2_135M), load_config(None, SMALL_SEARCH),
+                            memory_bytes=2 * 10**9, backend="gpu")
+    assert plan.prompt_tokens == 256 - 20  # max_len less a step, under the default 768
+    long_rows = load_config(None, [*SMALL_SEARCH, "decode.max_len=2048"])
+    assert memory_plan.default_prompt_tokens(long_rows) == memory_plan.DEFAULT_PROMPT_TOKENS
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--memory", "80XB"], "argument --memory: memory '80XB': give a number with one of"),
+    (["--memory", "1GB", "--page-size", "0"], "argument --page-size: must be a whole number "
+                                              ">= 1, got '0'"),
+    (["--memory", "1GB", "--prompt-tokens", "-5"], "argument --prompt-tokens: must be"),
+])
+def test_bad_arguments_are_refused_by_name(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        memory_plan.main(["decode.slots=8", *argv])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_prompt_longer_than_a_row_is_refused(capsys):
+    code = memory_plan.main([*SMALL_SEARCH, "--memory", "2GB", "--prompt-tokens", "256"])
+    assert code == 2
+    assert "--prompt-tokens 256 leaves no room in a row of decode.max_len=256" \
+        in capsys.readouterr().err
+
+
 PAPER_7B = {  # config: (policy, PRM) architecture files
     "gsm8k_llama2_7b": ("llama-2-7b", "mistral-7b-v0.1"),
     "gsm_symbolic_llama2_7b": ("llama-2-7b", "mistral-7b-v0.1"),
