@@ -29,6 +29,7 @@ from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.evaluate import evaluate
 from qstar_jax.stages.prm import prm_kind, train_prm
 from qstar_jax.stages.rollouts import collect, label
+from qstar_jax.stages.stage_inputs import check_stage_inputs
 from qstar_jax.stages.train_policy import train_policy
 from qstar_jax.stages.train_q import train_q
 
@@ -108,7 +109,12 @@ def main(argv=None) -> int:
         print(f"config error: {error}", file=sys.stderr)
         return 2
     out = Path(args.out or config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file of that name, no permission, a read-only disk
+        print(f"config error: cannot use {out} as the output folder: {error.strerror}",
+              file=sys.stderr)
+        return 2
     resolved = out / "config.yaml"
     if resolved.exists() and not same_run(resolved, config):
         print(f"config error: {out} holds a run with a different config ({resolved}); "
@@ -126,8 +132,15 @@ def main(argv=None) -> int:
     # writes the output folder, which the others read (it must be shared storage).
     if is_writer():
         resolved.write_text(to_yaml(config))
+    ctx = RunContext(config=config, out=out, mesh=mesh)
+    barrier("outputs linked")  # what --reuse linked is there for every process to see
     try:
-        run_stages(RunContext(config=config, out=out, mesh=mesh))
+        check_stage_inputs(ctx)
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        return 2
+    try:
+        run_stages(ctx)
     except jax.errors.JaxRuntimeError as error:
         if jax.process_count() == 1:
             raise

@@ -20,6 +20,8 @@ from qstar_jax.qvalue.train import TrainConfig, train_q_model
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.separate_q import train_separate_q
 
+SUMMARY_FILE = "q_training.json"  # in the run folder: written when Q-hat's training ends
+
 
 def head_config(ctx: RunContext) -> QHeadConfig:
     q = ctx.config.q_train
@@ -62,7 +64,7 @@ def train_config(ctx: RunContext, examples: int) -> TrainConfig:
 
 
 def train_q(ctx: RunContext) -> None:
-    done = ctx.out / "q_training.json"
+    done = ctx.out / SUMMARY_FILE
     if done.exists():
         return
     if ctx.config.q_train.backbone == QBackbone.separate:

@@ -1,0 +1,83 @@
+"""A run whose stages leave out, or put after, the stage that writes what another reads is
+refused before any stage runs, naming the stage to add."""
+
+import pytest
+
+from qstar_jax import run
+from qstar_jax.config import ConfigError, load_config
+from qstar_jax.stages.context import RunContext
+from qstar_jax.stages.stage_inputs import check_stage_inputs
+
+
+def context(tmp_path, *overrides) -> RunContext:
+    return RunContext(config=load_config(None, list(overrides)), out=tmp_path)
+
+
+def touch(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("{}")
+
+
+@pytest.mark.parametrize("stages, stage, reads, writer", [
+    ("[collect]", "collect", "the policy trained from scratch", "train_policy"),
+    ("[train_policy,label]", "label", "the rollouts", "collect"),
+    ("[train_policy,collect,train_q,label]", "train_q", "the labels", "label"),
+    ("[train_policy,collect,label,evaluate,train_q]", "evaluate", "Q-hat", "train_q"),
+])
+def test_the_first_stage_missing_an_input_is_named_with_its_writer(tmp_path, stages, stage,
+                                                                  reads, writer):
+    with pytest.raises(ConfigError, match=f"stage {stage} reads {reads} .* list {writer} "
+                                          f"before {stage} in stages"):
+        check_stage_inputs(context(tmp_path, f"stages={stages}"))
+
+
+def test_the_default_stages_and_a_finished_runs_folder_pass(tmp_path):
+    check_stage_inputs(context(tmp_path))  # every stage's writer comes before it
+    for name in ("policy/config.json", "second_policy/config.json", "rollouts.jsonl",
+                 "labels.jsonl", "q_training.json"):
+        touch(tmp_path / name)
+    check_stage_inputs(context(tmp_path, "stages=[evaluate]"))
+
+
+def test_a_stage_whose_outputs_are_there_reads_nothing(tmp_path):
+    touch(tmp_path / "labels.jsonl")  # label will be skipped: the rollouts are not read
+    touch(tmp_path / "policy/config.json")
+    touch(tmp_path / "second_policy/config.json")
+    check_stage_inputs(context(tmp_path, "stages=[label,train_q]"))
+    (tmp_path / "labels.jsonl").unlink()
+    with pytest.raises(ConfigError, match="stage label reads the rollouts"):
+        check_stage_inputs(context(tmp_path, "stages=[label,train_q]"))
+
+
+def test_evaluate_reads_q_hat_and_the_second_policy_only_where_a_method_does(tmp_path):
+    touch(tmp_path / "policy/config.json")
+    check_stage_inputs(context(tmp_path, "stages=[evaluate]",
+                               "eval.methods=[self_consistency]"))
+    with pytest.raises(ConfigError, match="stage evaluate reads Q-hat"):
+        check_stage_inputs(context(tmp_path, "stages=[evaluate]", "eval.methods=[beam]"))
+    with pytest.raises(ConfigError, match=r"stage evaluate reads the second policy \(.*"
+                                          r"second_policy\)"):
+        check_stage_inputs(context(tmp_path, "stages=[evaluate]", "eval.methods=[greedy]"))
+    check_stage_inputs(context(tmp_path, "stages=[evaluate]", "eval.methods=[greedy]",
+                               "q_train.second_opinion=null"))
+
+
+def test_evaluate_reads_the_learned_prm_train_prm_writes(tmp_path):
+    for name in ("policy/config.json", "rollouts.jsonl", "labels.jsonl"):
+        touch(tmp_path / name)
+    settings = ["search.utility=prm", "eval.methods=[self_consistency]",
+                "stages=[train_prm,evaluate]"]
+    check_stage_inputs(context(tmp_path, *settings))
+    with pytest.raises(ConfigError, match="stage evaluate reads the learned PRM"):
+        check_stage_inputs(context(tmp_path, *settings[:2], "stages=[evaluate,train_prm]"))
+
+
+def test_the_command_refuses_before_any_stage_and_names_a_bad_output_folder(tmp_path,
+                                                                            capsys):
+    out = tmp_path / "run"
+    assert run.main(["stages=[train_q]", "--out", str(out)]) == 2
+    assert "config error: stage train_q reads the labels" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]
+    (tmp_path / "a_file").write_text("")
+    assert run.main(["--out", str(tmp_path / "a_file")]) == 2
+    assert "cannot use " in capsys.readouterr().err
