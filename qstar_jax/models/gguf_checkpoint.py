@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 
@@ -10,10 +11,12 @@ import numpy as np
 
 from qstar_jax.models.config import ModelConfig, UnsupportedConfigError
 from qstar_jax.models.llama import LlamaModel
+from qstar_jax.models.rope_scaling import PerFrequencyRopeScaling
 from qstar_jax.models.weights import (CheckpointError, StoredTensor, build_model,
                                       expected_tensor_names)
 
 SUPPORTED_ARCHITECTURE = "llama"
+ROPE_FREQS = "rope_freqs.weight"  # a factor per RoPE frequency (a Llama-3.1 scaling)
 
 
 def open_gguf(path: Path) -> gguf.GGUFReader:
@@ -51,10 +54,6 @@ def gguf_config(reader: gguf.GGUFReader, path: Path) -> ModelConfig:
             f"{path}: GGUF architecture {arch!r} is not supported (only {SUPPORTED_ARCHITECTURE!r},"
             " which covers Llama and Mistral); load the model's HF safetensors directory instead")
     tensor_names = {t.name for t in reader.tensors}
-    if "rope_freqs.weight" in tensor_names:
-        raise CheckpointError(
-            f"{path} scales RoPE with a rope_freqs tensor (Llama-3.1 style), which the GGUF "
-            "loader does not read; load the model's HF safetensors directory instead")
     if _field(reader, f"{arch}.expert_count", 0):
         raise CheckpointError(f"{path}: mixture-of-experts GGUF models are not supported")
 
@@ -77,6 +76,10 @@ def gguf_config(reader: gguf.GGUFReader, path: Path) -> ModelConfig:
         raise CheckpointError(f"{path}: partial rotary embedding (rope dimension {rope_dim} of "
                               f"head_dim {head_dim}) is not supported")
     scaling = key("rope.scaling.type", "none")
+    per_frequency = _rope_frequency_factors(reader, path, head_dim)
+    if per_frequency is not None and scaling != "none":
+        raise CheckpointError(f"{path} scales RoPE twice: by its {ROPE_FREQS} tensor and by "
+                              f"rope.scaling.type {scaling!r}")
     if scaling not in ("none", "linear"):  # llama.cpp's YaRN keys are not HF's
         raise CheckpointError(f"{path}: GGUF RoPE scaling {scaling!r} is not supported (only "
                               "linear); load the model's HF safetensors directory instead")
@@ -102,9 +105,25 @@ def gguf_config(reader: gguf.GGUFReader, path: Path) -> ModelConfig:
         "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
     }
     try:
-        return ModelConfig.from_hf(hf_style)
+        cfg = ModelConfig.from_hf(hf_style)
     except UnsupportedConfigError as err:
         raise UnsupportedConfigError(f"{path}: {err}") from None
+    return cfg if per_frequency is None else dataclasses.replace(cfg, rope_scaling=per_frequency)
+
+
+def _rope_frequency_factors(reader: gguf.GGUFReader, path: Path,
+                            head_dim: int) -> PerFrequencyRopeScaling | None:
+    """The factor llama.cpp divides each RoPE frequency by, where the file stores them as
+    a tensor (as llama.cpp's converter writes Llama-3.1's ``llama3`` scaling)."""
+    tensor = next((t for t in reader.tensors if t.name == ROPE_FREQS), None)
+    if tensor is None:
+        return None
+    factors = _dequantizer(tensor, path, None)().reshape(-1)
+    if factors.shape != (head_dim // 2,) or not np.all(factors > 0):
+        raise CheckpointError(f"{path}: its {ROPE_FREQS} tensor should hold {head_dim // 2} "
+                              f"positive factors (one per RoPE frequency), got shape "
+                              f"{factors.shape}")
+    return PerFrequencyRopeScaling(factors=tuple(factors.tolist()))
 
 
 def unpermute_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
@@ -147,6 +166,8 @@ def load_gguf_model(path: Path, *, dtype) -> tuple[ModelConfig, LlamaModel, bool
                   for hf in expected_tensor_names(cfg)}
     tensors = {}
     for tensor in reader.tensors:
+        if tensor.name == ROPE_FREQS:  # read into the config's RoPE scaling
+            continue
         hf_name = hf_name_of.get(tensor.name, tensor.name)  # unknown names stay as found
         heads = (cfg.num_heads if ".self_attn.q_proj." in hf_name
                  else cfg.num_kv_heads if ".self_attn.k_proj." in hf_name else None)

@@ -1,7 +1,7 @@
 """The RoPE frequency scalings a Hugging Face config can ask for, read as ``transformers``
 reads them: Llama-3.1's (``llama3``), position interpolation (``linear``:
 DeepSeek-Coder, long-context Llama-2 fine-tunes) and YaRN (``yarn``: Qwen2.5's long-
-context setting).
+context setting); and a factor per frequency, as a Llama-3.1 GGUF stores its scaling.
 
 Each turns the plain inverse frequencies into the scaled ones. YaRN also multiplies the
 rotary cos and sin by an attention factor, so every query-key product grows by its
@@ -110,7 +110,25 @@ class YarnRopeScaling(_Scaling):
         return inv_freq / self.factor * interpolated + inv_freq * (1 - interpolated)
 
 
-RopeScaling = Llama3RopeScaling | LinearRopeScaling | YarnRopeScaling
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PerFrequencyRopeScaling(_Scaling):
+    """Each frequency divided by its own factor: llama.cpp's ``rope_freqs`` tensor, which
+    a Llama-3.1-style GGUF carries in place of the ``llama3`` rule's parameters."""
+
+    factors: tuple[float, ...]
+
+    def __post_init__(self):  # a list read back from JSON: hashable, as configs must be
+        object.__setattr__(self, "factors", tuple(float(f) for f in self.factors))
+
+    def scale(self, inv_freq: np.ndarray, theta: float) -> np.ndarray:
+        del theta
+        if len(self.factors) != len(inv_freq):
+            raise ValueError(f"{len(self.factors)} RoPE frequency factors for "
+                             f"{len(inv_freq)} frequencies")
+        return inv_freq / np.asarray(self.factors, np.float64)
+
+
+RopeScaling = Llama3RopeScaling | LinearRopeScaling | YarnRopeScaling | PerFrequencyRopeScaling
 ROPE_SCALINGS = {"llama3": Llama3RopeScaling, "linear": LinearRopeScaling,
                  "yarn": YarnRopeScaling}
 
@@ -150,7 +168,7 @@ def rope_scaling_from_hf(hf: dict[str, Any]) -> RopeScaling | None:
 
 def rope_scaling_from_fields(fields: dict[str, Any]) -> RopeScaling:
     """The scaling whose fields ``fields`` names (``dataclasses.asdict`` read back)."""
-    for kind in ROPE_SCALINGS.values():
+    for kind in (*ROPE_SCALINGS.values(), PerFrequencyRopeScaling):
         if set(fields) == {f.name for f in dataclasses.fields(kind)}:
             return kind(**fields)
     raise ValueError(f"rope_scaling fields {sorted(fields)} match no known scaling")

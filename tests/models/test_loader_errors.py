@@ -134,6 +134,19 @@ def test_a_gguf_yarn_scaling_is_refused(tmp_path):
         load_model(path)
 
 
+def test_a_gguf_rope_freqs_tensor_of_the_wrong_size_or_beside_a_scaling_is_refused(tmp_path):
+    wrong = (np.ones(5, np.float32), gguf.GGMLQuantizationType.F32)
+    path = save_tiny_gguf(tmp_path / "wrong.gguf", family="llama3_rope",
+                          raw={"rope_freqs.weight": wrong})
+    with pytest.raises(CheckpointError, match=r"rope_freqs\.weight tensor should hold 8 "
+                                              r"positive factors .* got shape \(5,\)"):
+        load_model(path)
+    path = save_tiny_gguf(tmp_path / "twice.gguf", family="llama3_rope",
+                          scaling_type=gguf.RopeScalingType.LINEAR)
+    with pytest.raises(CheckpointError, match="scales RoPE twice"):
+        load_model(path)
+
+
 def test_gguf_missing_tensor_is_named(tmp_path):
     path = save_tiny_gguf(tmp_path / "tiny.gguf", drop={"blk.1.ffn_up.weight"})
     with pytest.raises(CheckpointError,

@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 from qstar_jax.models.config import ModelConfig
-from qstar_jax.models.rope_scaling import LinearRopeScaling, Llama3RopeScaling
+from qstar_jax.models.rope_scaling import (LinearRopeScaling, Llama3RopeScaling,
+                                           PerFrequencyRopeScaling)
 from qstar_jax.qvalue.backbone import BackboneQ
 from qstar_jax.qvalue.checkpoint import (BackboneIdentity, BackboneMismatchError, QCheckpointer,
                                          config_fingerprint, load_backbone_q, load_q_head,
@@ -114,8 +115,11 @@ def test_separate_backbone_checkpoint_rebuilds_its_model(tmp_path):
         factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
         original_max_position_embeddings=64))
     linear = dataclasses.replace(BACKBONE, rope_scaling=LinearRopeScaling(factor=4.0))
-    for config in (llama3, linear):
-        assert model_config_from_dict(json.loads(json.dumps(dataclasses.asdict(config)))) == config
+    per_frequency = dataclasses.replace(BACKBONE, rope_scaling=PerFrequencyRopeScaling(
+        factors=(1.0,) * (BACKBONE.head_dim // 4) + (8.0,) * (BACKBONE.head_dim // 4)))
+    for config in (llama3, linear, per_frequency):
+        read_back = model_config_from_dict(json.loads(json.dumps(dataclasses.asdict(config))))
+        assert read_back == config and hash(read_back) == hash(config)
     shapes = nnx.eval_shape(lambda: BackboneQ(BACKBONE, BACKBONE_HEAD, rngs=nnx.Rngs(0)))
     params = jax.tree.map(lambda s: np.full(s.shape, 0.5, s.dtype),
                           nnx.to_pure_dict(nnx.state(shapes, nnx.Param)))

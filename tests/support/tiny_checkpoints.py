@@ -161,6 +161,18 @@ def _save_torch_bin(model: transformers.PreTrainedModel, path: Path, shards: int
         json.dumps({"metadata": {}, "weight_map": weight_map}))
 
 
+ROPE_FREQS = "rope_freqs.weight"
+
+
+def rope_frequency_factors(model) -> np.ndarray:
+    """[head_dim // 2] float32: each plain RoPE frequency over the one ``model`` (a
+    transformers Llama) rotates by."""
+    cfg = model.config
+    theta, dim = cfg.rope_parameters["rope_theta"], cfg.head_dim
+    plain = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    return (plain / model.model.rotary_emb.inv_freq.double()).float().numpy()
+
+
 def _llama_cpp_permute(weight: np.ndarray, num_heads: int) -> np.ndarray:
     """llama.cpp's converter order for Q/K rows: each head's two rotary halves interleaved."""
     return (weight.reshape(num_heads, 2, weight.shape[0] // num_heads // 2, *weight.shape[1:])
@@ -171,15 +183,18 @@ def save_tiny_gguf(path: str | Path, *, family: str = "llama", seed: int = 0,
                    drop: Collection[str] = (),
                    raw: Mapping[str, tuple[np.ndarray, gguf.GGMLQuantizationType]] | None = None,
                    scaling_type: gguf.RopeScalingType | None = None) -> Path:
-    """Write the tiny ``family`` model ("llama" or "linear_rope") as a llama.cpp-style F32
-    GGUF (no vocabulary).
+    """Write the tiny ``family`` model ("llama", "linear_rope" or "llama3_rope") as a
+    llama.cpp-style F32 GGUF (no vocabulary).
 
-    Q/K rows are permuted as llama.cpp's converter does, so a loader must undo it. ``drop``
+    Q/K rows are permuted as llama.cpp's converter does, so a loader must undo it. A
+    llama3_rope model's scaling goes in as llama.cpp's converter stores it: a
+    ``rope_freqs`` tensor, the factor each frequency is divided by (here read off
+    transformers' own scaled frequencies), and no scaling keys. ``drop``
     leaves out GGUF tensors by name; ``raw`` replaces a tensor by (bytes, quantization type),
     and ``scaling_type`` names a RoPE scaling the weights were not trained with, for tests
     of bad files. Returns ``path``.
     """
-    if family not in ("llama", "linear_rope"):
+    if family not in ("llama", "linear_rope", "llama3_rope"):
         raise ValueError(f"no GGUF writer for the tiny family {family!r}")
     path = Path(path)
     model = make_tiny_torch_model(family, seed=seed)
@@ -201,15 +216,17 @@ def save_tiny_gguf(path: str | Path, *, family: str = "llama", seed: int = 0,
     writer.add_bos_token_id(cfg.bos_token_id)
     writer.add_eos_token_id(cfg.eos_token_id)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
-    for hf_name, tensor in model.state_dict().items():
-        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+    tensors = {names.get_name(hf_name, try_suffixes=(".weight", ".bias")): tensor.numpy()
+               for hf_name, tensor in model.state_dict().items()}
+    if family == "llama3_rope":
+        tensors = {ROPE_FREQS: rope_frequency_factors(model), **tensors}
+    for name, value in tensors.items():
         if name in drop:
             continue
         if raw and name in raw:
             data, quant = raw[name]
             writer.add_tensor(name, data, raw_dtype=quant)
             continue
-        value = tensor.numpy()
         if ".attn_q." in name:
             value = _llama_cpp_permute(value, cfg.num_attention_heads)
         elif ".attn_k." in name:
