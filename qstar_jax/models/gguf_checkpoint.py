@@ -15,7 +15,11 @@ from qstar_jax.models.rope_scaling import PerFrequencyRopeScaling
 from qstar_jax.models.weights import (CheckpointError, StoredTensor, build_model,
                                       expected_tensor_names)
 
-SUPPORTED_ARCHITECTURE = "llama"
+# GGUF architecture -> (its tensor names, the HF model_type it holds, whether llama.cpp's
+# converter interleaved Q/K rows: it does for the architectures whose RoPE llama.cpp
+# rotates in adjacent pairs, not for Qwen2's rotate-half).
+ARCHITECTURES = {"llama": (gguf.MODEL_ARCH.LLAMA, "llama", True),
+                 "qwen2": (gguf.MODEL_ARCH.QWEN2, "qwen2", False)}
 ROPE_FREQS = "rope_freqs.weight"  # a factor per RoPE frequency (a Llama-3.1 scaling)
 
 
@@ -48,11 +52,7 @@ def _field(reader: gguf.GGUFReader, key: str, default=None):
 
 def gguf_config(reader: gguf.GGUFReader, path: Path) -> ModelConfig:
     """The ModelConfig that the GGUF metadata describes; raises on math we do not compute."""
-    arch = _field(reader, "general.architecture")
-    if arch != SUPPORTED_ARCHITECTURE:
-        raise CheckpointError(
-            f"{path}: GGUF architecture {arch!r} is not supported (only {SUPPORTED_ARCHITECTURE!r},"
-            " which covers Llama and Mistral); load the model's HF safetensors directory instead")
+    arch = architecture(reader, path)
     tensor_names = {t.name for t in reader.tensors}
     if _field(reader, f"{arch}.expert_count", 0):
         raise CheckpointError(f"{path}: mixture-of-experts GGUF models are not supported")
@@ -87,7 +87,7 @@ def gguf_config(reader: gguf.GGUFReader, path: Path) -> ModelConfig:
     factor = key("rope.scaling.factor")
     scaling_fields = {"rope_type": scaling, **({} if factor is None else {"factor": factor})}
     hf_style = {
-        "model_type": "llama",
+        "model_type": ARCHITECTURES[arch][1],
         "vocab_size": required["vocab_size"],
         "hidden_size": hidden,
         "intermediate_size": required["feed_forward_length"],
@@ -109,6 +109,17 @@ def gguf_config(reader: gguf.GGUFReader, path: Path) -> ModelConfig:
     except UnsupportedConfigError as err:
         raise UnsupportedConfigError(f"{path}: {err}") from None
     return cfg if per_frequency is None else dataclasses.replace(cfg, rope_scaling=per_frequency)
+
+
+def architecture(reader: gguf.GGUFReader, path: Path) -> str:
+    """The file's ``general.architecture``, one of ARCHITECTURES."""
+    arch = _field(reader, "general.architecture")
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(
+            f"{path}: GGUF architecture {arch!r} is not supported (only {sorted(ARCHITECTURES)}: "
+            "llama covers Llama and Mistral, qwen2 Qwen2, Qwen2.5 and CodeQwen1.5); load the "
+            "model's HF safetensors directory instead")
+    return arch
 
 
 def _rope_frequency_factors(reader: gguf.GGUFReader, path: Path,
@@ -161,7 +172,8 @@ def load_gguf_model(path: Path, *, dtype) -> tuple[ModelConfig, LlamaModel, bool
     """
     reader = open_gguf(path)
     cfg = gguf_config(reader, path)
-    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_layers)
+    tensor_arch, _, permuted = ARCHITECTURES[architecture(reader, path)]
+    name_map = gguf.get_tensor_name_map(tensor_arch, cfg.num_layers)
     hf_name_of = {name_map.get_name(hf, try_suffixes=(".weight", ".bias")): hf
                   for hf in expected_tensor_names(cfg)}
     tensors = {}
@@ -169,7 +181,7 @@ def load_gguf_model(path: Path, *, dtype) -> tuple[ModelConfig, LlamaModel, bool
         if tensor.name == ROPE_FREQS:  # read into the config's RoPE scaling
             continue
         hf_name = hf_name_of.get(tensor.name, tensor.name)  # unknown names stay as found
-        heads = (cfg.num_heads if ".self_attn.q_proj." in hf_name
+        heads = (None if not permuted else cfg.num_heads if ".self_attn.q_proj." in hf_name
                  else cfg.num_kv_heads if ".self_attn.k_proj." in hf_name else None)
         tensors[hf_name] = StoredTensor(file=path,
                                         shape=tuple(int(d) for d in reversed(tensor.shape)),

@@ -147,6 +147,18 @@ def test_a_gguf_rope_freqs_tensor_of_the_wrong_size_or_beside_a_scaling_is_refus
         load_model(path)
 
 
+def test_a_gguf_of_another_architecture_names_the_ones_read(tmp_path):
+    writer = gguf.GGUFWriter(tmp_path / "phi.gguf", arch="phi3")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(CheckpointError, match=r"GGUF architecture 'phi3' is not supported "
+                                              r"\(only \['llama', 'qwen2'\]"):
+        load_model(tmp_path / "phi.gguf")
+
+
 def test_gguf_missing_tensor_is_named(tmp_path):
     path = save_tiny_gguf(tmp_path / "tiny.gguf", drop={"blk.1.ffn_up.weight"})
     with pytest.raises(CheckpointError,

@@ -132,16 +132,19 @@ def test_bfloat16_checkpoint_parity(tmp_path, token_rows, torch_bin):
     assert_parity(in_bf16.model, reference, token_rows, tolerance=0.1)
 
 
-@pytest.mark.parametrize("family", ["llama", "linear_rope", "llama3_rope"])
+@pytest.mark.parametrize("family", ["llama", "linear_rope", "llama3_rope", "qwen2"])
 def test_tiny_gguf_parity(tmp_path, token_rows, family):
     """An F32 GGUF with llama.cpp's Q/K row order (and, for linear_rope, llama.cpp's
-    scaling type and factor; for llama3_rope, its rope_freqs tensor) loads back to the
-    original model."""
+    scaling type and factor; for llama3_rope, its rope_freqs tensor; qwen2 with its q/k/v
+    biases, rows as transformers holds them and the head tied) loads back to the original
+    model."""
     loaded = load_model(save_tiny_gguf(tmp_path / "tiny.gguf", family=family))
     if family == "llama3_rope":  # every frequency region of the rule: kept, blended, divided
         factors = np.array(loaded.config.rope_scaling.factors)
         assert factors.min() == 1 and factors.max() == pytest.approx(8) and np.any(
             (factors > 1) & (factors < 8))
     assert loaded.tokenizer is None  # the file has no vocabulary
-    assert not loaded.config.tie_word_embeddings  # output.weight is present
+    # output.weight is present but for qwen2's tied head
+    assert loaded.config.tie_word_embeddings == (family == "qwen2")
+    assert loaded.config.attention_bias == (family == "qwen2")
     assert_parity(loaded.model, make_tiny_torch_model(family), token_rows)

@@ -183,10 +183,12 @@ def save_tiny_gguf(path: str | Path, *, family: str = "llama", seed: int = 0,
                    drop: Collection[str] = (),
                    raw: Mapping[str, tuple[np.ndarray, gguf.GGMLQuantizationType]] | None = None,
                    scaling_type: gguf.RopeScalingType | None = None) -> Path:
-    """Write the tiny ``family`` model ("llama", "linear_rope" or "llama3_rope") as a
-    llama.cpp-style F32 GGUF (no vocabulary).
+    """Write the tiny ``family`` model ("llama", "linear_rope", "llama3_rope" or "qwen2")
+    as a llama.cpp-style F32 GGUF (no vocabulary).
 
-    Q/K rows are permuted as llama.cpp's converter does, so a loader must undo it. A
+    Q/K rows of the llama architecture are permuted as llama.cpp's converter does, so a
+    loader must undo it; qwen2's are not (llama.cpp rotates them as transformers does),
+    and its tied head is left out, as the converter leaves it. A
     llama3_rope model's scaling goes in as llama.cpp's converter stores it: a
     ``rope_freqs`` tensor, the factor each frequency is divided by (here read off
     transformers' own scaled frequencies), and no scaling keys. ``drop``
@@ -194,12 +196,13 @@ def save_tiny_gguf(path: str | Path, *, family: str = "llama", seed: int = 0,
     and ``scaling_type`` names a RoPE scaling the weights were not trained with, for tests
     of bad files. Returns ``path``.
     """
-    if family not in ("llama", "linear_rope", "llama3_rope"):
+    if family not in ("llama", "linear_rope", "llama3_rope", "qwen2"):
         raise ValueError(f"no GGUF writer for the tiny family {family!r}")
     path = Path(path)
     model = make_tiny_torch_model(family, seed=seed)
     cfg = model.config
-    writer = gguf.GGUFWriter(path, arch="llama")
+    arch = gguf.MODEL_ARCH.QWEN2 if family == "qwen2" else gguf.MODEL_ARCH.LLAMA
+    writer = gguf.GGUFWriter(path, arch=gguf.MODEL_ARCH_NAMES[arch])
     if family == "linear_rope" or scaling_type is not None:
         writer.add_rope_scaling_type(scaling_type or gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(cfg.rope_parameters.get("factor", 4.0))
@@ -209,15 +212,17 @@ def save_tiny_gguf(path: str | Path, *, family: str = "llama", seed: int = 0,
     writer.add_feed_forward_length(cfg.intermediate_size)
     writer.add_head_count(cfg.num_attention_heads)
     writer.add_head_count_kv(cfg.num_key_value_heads)
-    writer.add_rope_dimension_count(cfg.head_dim)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    writer.add_rope_dimension_count(head_dim)
     writer.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
     writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     writer.add_vocab_size(cfg.vocab_size)
     writer.add_bos_token_id(cfg.bos_token_id)
     writer.add_eos_token_id(cfg.eos_token_id)
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
+    names = gguf.get_tensor_name_map(arch, cfg.num_hidden_layers)
     tensors = {names.get_name(hf_name, try_suffixes=(".weight", ".bias")): tensor.numpy()
-               for hf_name, tensor in model.state_dict().items()}
+               for hf_name, tensor in model.state_dict().items()
+               if not (cfg.tie_word_embeddings and hf_name == "lm_head.weight")}
     if family == "llama3_rope":
         tensors = {ROPE_FREQS: rope_frequency_factors(model), **tensors}
     for name, value in tensors.items():
@@ -227,7 +232,9 @@ def save_tiny_gguf(path: str | Path, *, family: str = "llama", seed: int = 0,
             data, quant = raw[name]
             writer.add_tensor(name, data, raw_dtype=quant)
             continue
-        if ".attn_q." in name:
+        if arch != gguf.MODEL_ARCH.LLAMA:
+            pass
+        elif ".attn_q." in name:
             value = _llama_cpp_permute(value, cfg.num_attention_heads)
         elif ".attn_k." in name:
             value = _llama_cpp_permute(value, cfg.num_key_value_heads)
