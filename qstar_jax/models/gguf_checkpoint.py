@@ -133,7 +133,7 @@ def _rope_frequency_factors(reader: gguf.GGUFReader, path: Path,
     if factors.shape != (head_dim // 2,) or not np.all(factors > 0):
         raise CheckpointError(f"{path}: its {ROPE_FREQS} tensor should hold {head_dim // 2} "
                               f"positive factors (one per RoPE frequency), got shape "
-                              f"{factors.shape}")
+                              f"{factors.shape}, least {factors.min(initial=np.inf):g}")
     return PerFrequencyRopeScaling(factors=tuple(factors.tolist()))
 
 

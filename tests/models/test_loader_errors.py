@@ -141,6 +141,11 @@ def test_a_gguf_rope_freqs_tensor_of_the_wrong_size_or_beside_a_scaling_is_refus
     with pytest.raises(CheckpointError, match=r"rope_freqs\.weight tensor should hold 8 "
                                               r"positive factors .* got shape \(5,\)"):
         load_model(path)
+    negative = (-np.ones(8, np.float32), gguf.GGMLQuantizationType.F32)
+    path = save_tiny_gguf(tmp_path / "negative.gguf", family="llama3_rope",
+                          raw={"rope_freqs.weight": negative})
+    with pytest.raises(CheckpointError, match=r"got shape \(8,\), least -1"):
+        load_model(path)
     path = save_tiny_gguf(tmp_path / "twice.gguf", family="llama3_rope",
                           scaling_type=gguf.RopeScalingType.LINEAR)
     with pytest.raises(CheckpointError, match="scales RoPE twice"):
