@@ -10,15 +10,20 @@ parameter is filled.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from tqdm.auto import tqdm
 
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.llama import LlamaModel
+
+
+PROGRESS_FROM_VALUES = 10**9  # parameters; SmolLM2's 135M load without a bar
 
 
 class CheckpointError(ValueError):
@@ -79,12 +84,21 @@ def build_model(cfg: ModelConfig, tensors: Mapping[str, StoredTensor], *,
     graphdef, state, params = _abstract_params(cfg, dtype)
     plan = {path: hf_names(path, cfg.num_layers) for path, _ in params}
     _check_names_and_shapes(cfg, tensors, params, plan)
+    read = [name for names in plan.values() for name in names]
+    values = sum(math.prod(tensors[name].shape) for name in read)
+    # A bar where reading (and dequantising) takes a while: a 7B checkpoint, not the tests'.
+    progress = tqdm(total=len(read), desc="reading weights", unit="tensor", mininterval=2.0,
+                    disable=values < PROGRESS_FROM_VALUES)
     for path, var in params:
-        parts = [tensors[name].read() for name in plan[path]]
+        parts = []
+        for name in plan[path]:
+            parts.append(tensors[name].read())
+            progress.update()
         value = np.stack(parts) if path[0] == "layers" else parts[0]
         if path[-1] == "kernel":  # HF stores [out, in]; nnx.Linear wants [in, out]
             value = np.swapaxes(value, -1, -2)
         var.set_value(jnp.asarray(value.astype(var.get_value().dtype)))
+    progress.close()
     state["inv_freq"].set_value(jnp.asarray(cfg.rope_inv_freq()))
     return nnx.merge(graphdef, state)
 

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from tqdm.auto import tqdm
 
 from qstar_jax.decoding.token_batch import bucket_size, pad_token_batch
 from qstar_jax.models.llama import LlamaModel
@@ -74,8 +75,9 @@ class StepFeatures:
         mesh = getattr(jax.tree.leaves(self._state)[0].sharding, "mesh", None)
         self._forward = jax.jit(forward, out_shardings=None if mesh is None else replicated(mesh))
 
-    def __call__(self, states: Sequence[str], steps: Sequence[str]
-                 ) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, states: Sequence[str], steps: Sequence[str], *,
+                 progress: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """progress: a bar's description, for a long one-off pass (None: no bar)."""
         tokenizer, batch_size = self._tokenizer, self._batch_size
         state_lengths = [len(tokenizer.encode(s)) for s in states]
         token_lists = [tokenizer.encode(s + a) for s, a in zip(states, steps)]
@@ -84,7 +86,8 @@ class StepFeatures:
         carriers = shared_carriers(token_lists)
         # Similar lengths share a call (in the texts' order where lengths tie).
         order = sorted(carriers, key=lambda c: (len(token_lists[c]), c))
-        for start in range(0, len(order), batch_size):
+        for start in tqdm(range(0, len(order), batch_size), desc=progress, unit="call",
+                          mininterval=2.0, disable=progress is None):
             rows = order[start:start + batch_size]
             lists = [token_lists[c] for c in rows]
             queries = [carriers[c] for c in rows]
@@ -160,4 +163,5 @@ def last_step_features(model: LlamaModel, tokenizer: Tokenizer, states: Sequence
     at its last token, and float32 [N], the summed log-probability of the step's tokens
     after the state's (the state is tokenized alone, so a step starts on a token
     boundary, as it does when the decoder samples it)."""
-    return StepFeatures(model, tokenizer, batch_size=batch_size, fine_rows=True)(states, steps)
+    return StepFeatures(model, tokenizer, batch_size=batch_size, fine_rows=True)(
+        states, steps, progress="step features")

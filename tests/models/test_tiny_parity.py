@@ -15,7 +15,7 @@ import torch
 
 import jax.numpy as jnp
 
-from qstar_jax.models import load_model
+from qstar_jax.models import load_model, weights
 from tests.models.model_runs import empty_cache, forward
 from tests.support.tiny_checkpoints import (FAMILIES, SLIDING_WINDOW, VOCAB_SIZE,
                                             make_tiny_torch_model, save_tiny_checkpoint,
@@ -96,6 +96,17 @@ def test_sharded_checkpoint_parity(tmp_path, token_rows):
     loaded = load_model(path)
     assert loaded.tokenizer is None
     assert_parity(loaded.model, make_tiny_torch_model("qwen2"), token_rows)
+
+
+def test_a_large_load_shows_its_progress_tensor_by_tensor(tmp_path, monkeypatch, capsys):
+    path = save_tiny_checkpoint(tmp_path, "llama", with_tokenizer=False)
+    load_model(path)
+    assert "reading weights" not in capsys.readouterr().err  # too small for a bar
+    monkeypatch.setattr(weights, "PROGRESS_FROM_VALUES", 0)
+    load_model(path)
+    bar = capsys.readouterr().err
+    # 2 layers of 9 tensors, the embedding, the final norm and the head
+    assert "reading weights: 100%" in bar and "21/21" in bar
 
 
 @pytest.mark.parametrize("sharded", [False, True], ids=["one file", "sharded"])

@@ -34,11 +34,16 @@ def direct_features(model, state, step):
     return np.asarray(hidden[0, -1]), step_logprob
 
 
-def test_features_read_at_the_steps_positions_only_are_a_whole_rows_features(model):
+def test_features_read_at_the_steps_positions_only_are_a_whole_rows_features(model, capsys):
     states = ["Q: 2+3?\n", "Q: reach 24 from 4 6 1 1.\n6-1=5\n", "Q: 7*8?\n", "Q: 9-4?\n"]
     steps = ["2+3=5\n", "5-1=4, then 4*6=24 and that is all\n", "", "9-4=5\n"]
     features = StepFeatures(model, CharTokens(), batch_size=3)  # two calls: 3 rows, 1 row
-    hidden, step_logprob = features(states, steps)
+    hidden, step_logprob = features(states, steps, progress="step features")
+    bar = capsys.readouterr().err
+    assert "step features: 100%" in bar and "2/2" in bar  # a bar over the 2 calls
+    again = features(states, steps)  # a search round's call: no bar
+    assert not capsys.readouterr().err
+    np.testing.assert_array_equal(again[0], hidden)
     for k, (state, step) in enumerate(zip(states, steps)):
         want_hidden, want_logprob = direct_features(model, state, step)
         np.testing.assert_allclose(hidden[k], want_hidden, rtol=1e-4, atol=1e-5)
