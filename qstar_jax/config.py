@@ -34,6 +34,7 @@ class Utility(str, enum.Enum):
     countdown_rule = "countdown_rule"  # -1 illegal step or lost game, +1 reaching the target
 
 
+POLICY_DTYPES = ("float32", "bfloat16")  # what the models compute and cache in
 SOLVER = "solver"  # label.stronger_model naming the task's exact solver
 # policy.source and q_train.second_opinion naming a model train_policy trains in the run
 SCRATCH = "scratch"
@@ -88,7 +89,7 @@ class PolicyConfig:
     # An HF directory, a .gguf file, an alias (smollm2-135m-instruct), or "scratch": the
     # train_policy stage trains a small decoder of our architecture (Countdown only).
     source: str = SCRATCH
-    dtype: str = "float32"
+    dtype: str = "float32"  # one of POLICY_DTYPES
     chat_template: bool = False
 
 

@@ -5,13 +5,17 @@ that key and its value."""
 from __future__ import annotations
 
 from qstar_jax.config import (CODE_TASKS, EXACT_VALUE_TASKS, FROM_SCRATCH_TASKS, METHODS,
-                              REASONER_METHODS, SCRATCH, SOLVER, SOLVER_TASKS, STAGES,
-                              ConfigError, LabelMethod, QBackbone, RunConfig, ToTEvaluator,
-                              Utility)
+                              POLICY_DTYPES, REASONER_METHODS, SCRATCH, SOLVER, SOLVER_TASKS,
+                              STAGES, ConfigError, LabelMethod, QBackbone, RunConfig,
+                              ToTEvaluator, Utility)
 
 
 def check_config(config: RunConfig) -> None:
     """Raise ConfigError at the first setting out of range."""
+    from qstar_jax.tasks.registry import TASK_CLASSES  # names only: no task module loads
+
+    _require(config.task.name in TASK_CLASSES, "task.name",
+             f"unknown task {config.task.name!r}; choose from {sorted(TASK_CLASSES)}")
     _check_search(config)
     _check_eval(config)
     _check_decode(config)
@@ -93,6 +97,8 @@ def _check_decode(config: RunConfig) -> None:
 
 def _check_training(config: RunConfig) -> None:
     pt, label, q = config.policy_training, config.label, config.q_train
+    _require(config.policy.dtype in POLICY_DTYPES, "policy.dtype",
+             f"must be one of {POLICY_DTYPES}, got {config.policy.dtype!r}")
     _at_least(1, "policy_training", pt, "steps", "batch_size", "train_problems",
               "hidden_size", "num_layers")
     _at_least(0, "policy_training", pt, "warmup_steps", "value_weight")

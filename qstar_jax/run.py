@@ -55,7 +55,9 @@ def parse_args(argv):
 
 
 def preflight(config) -> None:
-    """Every checkpoint and data file the config names must exist before work starts."""
+    """The task builds from its options, and every checkpoint and data file the config
+    names exists, before work starts."""
+    RunContext(config=config, out=Path(config.out_dir)).task  # noqa: B018 (built to check)
     named = {"policy.source": config.policy.source if config.policy.source != SCRATCH else None,
              "search.prm_model": config.search.prm_model,
              "label.stronger_model": (None if config.label.stronger_model == SOLVER

@@ -49,6 +49,7 @@ def test_round_trip_through_yaml(tmp_path):
     ("search.utility=countdown_rule", "countdown_rule"),
     ("search.utility=code_rule", "code_rule reads Python"),
     ("task.name=gsm8k", "live_states_only"),
+    ("task.name=gsm9k", "task.name: unknown task 'gsm9k'; choose from .*'gsm8k'"),
     ("label.trace_is_a_rollout=true", "label.trace_is_a_rollout"),
     ("eval.mctsr.rollouts=0", "MCTSrConfig.rollouts"),
     ("policy_training.steps=0", "policy_training"),
@@ -67,6 +68,7 @@ def test_round_trip_through_yaml(tmp_path):
     ("policy_training.learning_rate=0", "policy_training.learning_rate: must be > 0, got 0"),
     ("q_train.holdout_fraction=1.0", r"q_train.holdout_fraction: must be in \[0, 1\), got 1.0"),
     ("mesh.data=0", "mesh: sizes must be >= 1"),
+    ("policy.dtype=float16", "policy.dtype: must be one of .*'bfloat16'.*, got 'float16'"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):

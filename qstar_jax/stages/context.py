@@ -22,7 +22,7 @@ from qstar_jax.policy.runtime import PolicyRuntime
 from qstar_jax.tasks.base import Problem, Task
 from qstar_jax.tasks.registry import make_task
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # config.POLICY_DTYPES
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

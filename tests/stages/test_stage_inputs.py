@@ -78,6 +78,9 @@ def test_the_command_refuses_before_any_stage_and_names_a_bad_output_folder(tmp_
     assert run.main(["stages=[train_q]", "--out", str(out)]) == 2
     assert "config error: stage train_q reads the labels" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]
+    assert run.main(["task.options.foo=1", "--out", str(tmp_path / "other")]) == 2
+    assert "config error: task 'arithmetic' has no option(s) ['foo']" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
     (tmp_path / "a_file").write_text("")
     assert run.main(["--out", str(tmp_path / "a_file")]) == 2
     assert "cannot use " in capsys.readouterr().err
