@@ -34,9 +34,17 @@ def _at_least(minimum: int, prefix: str, settings, *fields: str) -> None:
         _require(value >= minimum, f"{prefix}.{field}", f"must be >= {minimum}, got {value}")
 
 
+def _not_negative(prefix: str, settings, *fields: str) -> None:
+    """Each of ``fields`` (a weight or a temperature) is >= 0."""
+    for field in fields:
+        value = getattr(settings, field)
+        _require(value >= 0, f"{prefix}.{field}", f"must be >= 0, got {value}")
+
+
 def _check_search(config: RunConfig) -> None:
     s, d = config.search, config.decode
     _at_least(1, "search", s, "k", "n_complete", "expansions_per_node", "max_expansions")
+    _not_negative("search", s, "lam", "temperature")
     _require(s.max_generated_tokens >= d.step_token_cap, "search.max_generated_tokens",
              f"{s.max_generated_tokens} cannot finish one step of up to "
              f"decode.step_token_cap={d.step_token_cap} tokens")
@@ -54,9 +62,12 @@ def _check_search(config: RunConfig) -> None:
 
 def _check_eval(config: RunConfig) -> None:
     e = config.eval
-    _at_least(1, "eval", e, "samples", "beam_width", "beam_k", "text_max_tokens")
+    _at_least(1, "eval", e, "samples", "beam_width", "beam_k", "text_max_tokens",
+              "problems_per_batch")
+    _not_negative("eval", e, "temperature")
     _at_least(0, "eval", e, "text_kept_rows")
     _at_least(1, "task", config.task, "eval_problems")
+    _at_least(0, "task", config.task, "train_problems")
     unknown = [m for m in e.methods if m not in METHODS + REASONER_METHODS]
     _require(not unknown, "eval.methods",
              f"unknown {unknown}; choose from {METHODS + REASONER_METHODS}")
@@ -77,7 +88,7 @@ def _check_decode(config: RunConfig) -> None:
     d, m = config.decode, config.mesh
     _require(d.layer_weights in LAYER_WEIGHTS, "decode.layer_weights",
              f"must be one of {LAYER_WEIGHTS}, got {d.layer_weights!r}")
-    _at_least(1, "decode", d, "slots", "min_rows")
+    _at_least(1, "decode", d, "slots", "min_rows", "step_token_cap", "max_steps")
     _require(d.max_len > d.step_token_cap, "decode.max_len",
              f"must exceed decode.step_token_cap={d.step_token_cap} (a row holds its prompt "
              f"and at least one whole step), got {d.max_len}")
@@ -100,12 +111,25 @@ def _check_training(config: RunConfig) -> None:
     _require(config.policy.dtype in POLICY_DTYPES, "policy.dtype",
              f"must be one of {POLICY_DTYPES}, got {config.policy.dtype!r}")
     _at_least(1, "policy_training", pt, "steps", "batch_size", "train_problems",
-              "hidden_size", "num_layers")
+              "hidden_size", "num_layers", "intermediate_size", "num_heads", "num_kv_heads",
+              "value_batch_size")
+    _require(pt.hidden_size % pt.num_heads == 0 and pt.num_heads % pt.num_kv_heads == 0,
+             "policy_training.num_heads", f"must divide hidden_size and be a multiple of "
+             f"num_kv_heads, got hidden_size={pt.hidden_size} num_heads={pt.num_heads} "
+             f"num_kv_heads={pt.num_kv_heads}")
     _at_least(0, "policy_training", pt, "warmup_steps", "value_weight")
     _require(pt.learning_rate > 0, "policy_training.learning_rate",
              f"must be > 0, got {pt.learning_rate}")
     _require(pt.max_grad_norm is None or pt.max_grad_norm > 0, "policy_training.max_grad_norm",
              f"must be > 0 (or null: no clipping), got {pt.max_grad_norm}")
+    _at_least(1, "collect", config.collect, "rollouts_per_problem")
+    _not_negative("collect", config.collect, "temperature")
+    _at_least(1, "label", label, "rollouts_per_state", "rounds")
+    _require(0 < label.gamma <= 1, "label.gamma", f"must be in (0, 1], got {label.gamma}")
+    _at_least(-1, "q_train", q, "trainable_layers")  # -1: all
+    _at_least(0, "q_train", q, "hidden_layers", "patience")
+    _at_least(1, "q_train", q, "batch_size", "max_epochs")
+    _require(q.learning_rate > 0, "q_train.learning_rate", f"must be > 0, got {q.learning_rate}")
     _require(0.0 <= q.holdout_fraction < 1.0, "q_train.holdout_fraction",
              f"must be in [0, 1), got {q.holdout_fraction}")
     _require(not label.live_states_only or config.task.name in EXACT_VALUE_TASKS,

@@ -69,6 +69,18 @@ def test_round_trip_through_yaml(tmp_path):
     ("q_train.holdout_fraction=1.0", r"q_train.holdout_fraction: must be in \[0, 1\), got 1.0"),
     ("mesh.data=0", "mesh: sizes must be >= 1"),
     ("policy.dtype=float16", "policy.dtype: must be one of .*'bfloat16'.*, got 'float16'"),
+    ("search.lam=-1", "search.lam: must be >= 0, got -1.0"),
+    ("eval.temperature=-0.5", "eval.temperature: must be >= 0, got -0.5"),
+    ("eval.problems_per_batch=0", "eval.problems_per_batch: must be >= 1, got 0"),
+    ("decode.step_token_cap=0", "decode.step_token_cap: must be >= 1, got 0"),
+    ("decode.max_steps=0", "decode.max_steps: must be >= 1, got 0"),
+    ("collect.rollouts_per_problem=0", "collect.rollouts_per_problem: must be >= 1, got 0"),
+    ("label.gamma=1.5", r"label.gamma: must be in \(0, 1\], got 1.5"),
+    ("label.rounds=0", "label.rounds: must be >= 1, got 0"),
+    ("q_train.trainable_layers=-2", "q_train.trainable_layers: must be >= -1, got -2"),
+    ("q_train.learning_rate=0", "q_train.learning_rate: must be > 0, got 0"),
+    ("policy_training.num_heads=5", "policy_training.num_heads: must divide hidden_size .*"
+                                    "hidden_size=96 num_heads=5"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
