@@ -80,12 +80,11 @@ def gguf_config(reader: gguf.GGUFReader, path: Path) -> ModelConfig:
     if per_frequency is not None and scaling != "none":
         raise CheckpointError(f"{path} scales RoPE twice: by its {ROPE_FREQS} tensor and by "
                               f"rope.scaling.type {scaling!r}")
-    if scaling not in ("none", "linear"):  # llama.cpp's YaRN keys are not HF's
+    if scaling not in ("none", "linear", "yarn"):
         raise CheckpointError(f"{path}: GGUF RoPE scaling {scaling!r} is not supported (only "
-                              "linear); load the model's HF safetensors directory instead")
-    # llama.cpp writes a linear scaling's factor beside its type.
-    factor = key("rope.scaling.factor")
-    scaling_fields = {"rope_type": scaling, **({} if factor is None else {"factor": factor})}
+                              "linear and yarn); load the model's HF safetensors directory "
+                              "instead")
+    scaling_fields = _scaling_fields(scaling, key, path)
     hf_style = {
         "model_type": ARCHITECTURES[arch][1],
         "vocab_size": required["vocab_size"],
@@ -109,6 +108,33 @@ def gguf_config(reader: gguf.GGUFReader, path: Path) -> ModelConfig:
     except UnsupportedConfigError as err:
         raise UnsupportedConfigError(f"{path}: {err}") from None
     return cfg if per_frequency is None else dataclasses.replace(cfg, rope_scaling=per_frequency)
+
+
+def _scaling_fields(scaling: str, key, path: Path) -> dict:
+    """HF's rope_scaling fields for the scaling llama.cpp's keys describe: a linear
+    scaling's factor; YaRN's factor, original context and (where written) betas, with its
+    attention factor left to HF's rule, which is llama.cpp's (0.1 ln factor + 1). A YaRN
+    key that changes llama.cpp's rule away from HF's is refused, not dropped."""
+    fields = {"rope_type": scaling, "factor": key("rope.scaling.factor")}
+    if scaling != "yarn":
+        return {k: v for k, v in fields.items() if v is not None}
+    changed = [name for name, plain in (("rope.scaling.attn_factor", 1.0),
+                                        ("rope.scaling.yarn_attn_factor", 1.0),
+                                        ("rope.scaling.yarn_ext_factor", 1.0),
+                                        ("rope.scaling.yarn_log_multiplier", 0.0))
+               if key(name, plain) != plain]
+    original = key("rope.scaling.original_context_length")
+    if None in (fields["factor"], original):
+        raise CheckpointError(f"{path}: its YaRN RoPE scaling lacks rope.scaling.factor or "
+                              "rope.scaling.original_context_length; the file is incomplete")
+    if changed:
+        raise CheckpointError(f"{path}: its YaRN RoPE scaling sets {changed}, which HF's YaRN "
+                              "rule has no counterpart for; load the model's HF safetensors "
+                              "directory instead")
+    betas = {hf: key(f"rope.scaling.yarn_{name}") for hf, name in (("beta_fast", "beta_fast"),
+                                                                   ("beta_slow", "beta_slow"))}
+    return {**fields, "original_max_position_embeddings": original,
+            **{k: v for k, v in betas.items() if v is not None}}
 
 
 def architecture(reader: gguf.GGUFReader, path: Path) -> str:

@@ -127,10 +127,15 @@ def test_truncated_gguf_names_the_file(tmp_path):
         load_model(path)
 
 
-def test_a_gguf_yarn_scaling_is_refused(tmp_path):
-    """llama.cpp's YaRN keys are not transformers', so the file is not read as if they were."""
+def test_a_gguf_yarn_scaling_without_its_context_or_with_other_keys_is_refused(tmp_path):
     path = save_tiny_gguf(tmp_path / "tiny.gguf", scaling_type=gguf.RopeScalingType.YARN)
-    with pytest.raises(CheckpointError, match=r"GGUF RoPE scaling 'yarn' is not supported"):
+    with pytest.raises(CheckpointError, match=r"YaRN RoPE scaling lacks rope\.scaling\.factor "
+                                              r"or rope\.scaling\.original_context_length"):
+        load_model(path)
+    path = save_tiny_gguf(tmp_path / "log.gguf", family="qwen2_yarn", extra_keys={
+        "qwen2.rope.scaling.yarn_log_multiplier": 0.1})
+    with pytest.raises(CheckpointError, match=r"sets \['rope\.scaling\.yarn_log_multiplier'\], "
+                                              r"which HF's YaRN rule has no counterpart for"):
         load_model(path)
 
 

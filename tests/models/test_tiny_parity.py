@@ -143,19 +143,22 @@ def test_bfloat16_checkpoint_parity(tmp_path, token_rows, torch_bin):
     assert_parity(in_bf16.model, reference, token_rows, tolerance=0.1)
 
 
-@pytest.mark.parametrize("family", ["llama", "linear_rope", "llama3_rope", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "linear_rope", "llama3_rope", "qwen2",
+                                    "qwen2_yarn"])
 def test_tiny_gguf_parity(tmp_path, token_rows, family):
     """An F32 GGUF with llama.cpp's Q/K row order (and, for linear_rope, llama.cpp's
     scaling type and factor; for llama3_rope, its rope_freqs tensor; qwen2 with its q/k/v
-    biases, rows as transformers holds them and the head tied) loads back to the original
-    model."""
+    biases, rows as transformers holds them and the head tied; qwen2_yarn with llama.cpp's
+    YaRN keys) loads back to the original model."""
     loaded = load_model(save_tiny_gguf(tmp_path / "tiny.gguf", family=family))
+    if family == "qwen2_yarn":
+        assert loaded.config.attention_scale > 1 / np.sqrt(loaded.config.head_dim)
     if family == "llama3_rope":  # every frequency region of the rule: kept, blended, divided
         factors = np.array(loaded.config.rope_scaling.factors)
         assert factors.min() == 1 and factors.max() == pytest.approx(8) and np.any(
             (factors > 1) & (factors < 8))
     assert loaded.tokenizer is None  # the file has no vocabulary
-    # output.weight is present but for qwen2's tied head
+    # output.weight is present but for the qwen2 family's tied head
     assert loaded.config.tie_word_embeddings == (family == "qwen2")
-    assert loaded.config.attention_bias == (family == "qwen2")
+    assert loaded.config.attention_bias == family.startswith("qwen2")
     assert_parity(loaded.model, make_tiny_torch_model(family), token_rows)

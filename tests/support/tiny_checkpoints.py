@@ -182,9 +182,10 @@ def _llama_cpp_permute(weight: np.ndarray, num_heads: int) -> np.ndarray:
 def save_tiny_gguf(path: str | Path, *, family: str = "llama", seed: int = 0,
                    drop: Collection[str] = (),
                    raw: Mapping[str, tuple[np.ndarray, gguf.GGMLQuantizationType]] | None = None,
-                   scaling_type: gguf.RopeScalingType | None = None) -> Path:
-    """Write the tiny ``family`` model ("llama", "linear_rope", "llama3_rope" or "qwen2")
-    as a llama.cpp-style F32 GGUF (no vocabulary).
+                   scaling_type: gguf.RopeScalingType | None = None,
+                   extra_keys: Mapping[str, float] | None = None) -> Path:
+    """Write the tiny ``family`` model ("llama", "linear_rope", "llama3_rope", "qwen2" or
+    "qwen2_yarn") as a llama.cpp-style F32 GGUF (no vocabulary).
 
     Q/K rows of the llama architecture are permuted as llama.cpp's converter does, so a
     loader must undo it; qwen2's are not (llama.cpp rotates them as transformers does),
@@ -193,19 +194,26 @@ def save_tiny_gguf(path: str | Path, *, family: str = "llama", seed: int = 0,
     ``rope_freqs`` tensor, the factor each frequency is divided by (here read off
     transformers' own scaled frequencies), and no scaling keys. ``drop``
     leaves out GGUF tensors by name; ``raw`` replaces a tensor by (bytes, quantization type),
-    and ``scaling_type`` names a RoPE scaling the weights were not trained with, for tests
-    of bad files. Returns ``path``.
+    ``scaling_type`` names a RoPE scaling the weights were not trained with, and
+    ``extra_keys`` adds float32 metadata, for tests of bad files. Returns ``path``.
     """
-    if family not in ("llama", "linear_rope", "llama3_rope", "qwen2"):
+    if family not in ("llama", "linear_rope", "llama3_rope", "qwen2", "qwen2_yarn"):
         raise ValueError(f"no GGUF writer for the tiny family {family!r}")
     path = Path(path)
     model = make_tiny_torch_model(family, seed=seed)
     cfg = model.config
-    arch = gguf.MODEL_ARCH.QWEN2 if family == "qwen2" else gguf.MODEL_ARCH.LLAMA
+    arch = gguf.MODEL_ARCH.QWEN2 if family.startswith("qwen2") else gguf.MODEL_ARCH.LLAMA
     writer = gguf.GGUFWriter(path, arch=gguf.MODEL_ARCH_NAMES[arch])
-    if family == "linear_rope" or scaling_type is not None:
+    if family == "qwen2_yarn":  # the keys llama.cpp's converter writes for a YaRN config
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(cfg.rope_parameters["factor"])
+        writer.add_rope_scaling_orig_ctx_len(
+            cfg.rope_parameters["original_max_position_embeddings"])
+    elif family == "linear_rope" or scaling_type is not None:
         writer.add_rope_scaling_type(scaling_type or gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(cfg.rope_parameters.get("factor", 4.0))
+    for name, value in (extra_keys or {}).items():
+        writer.add_float32(name, value)
     writer.add_block_count(cfg.num_hidden_layers)
     writer.add_context_length(cfg.max_position_embeddings)
     writer.add_embedding_length(cfg.hidden_size)
