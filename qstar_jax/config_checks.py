@@ -27,24 +27,17 @@ def _require(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
-def _at_least(minimum: int, prefix: str, settings, *fields: str) -> None:
+def _at_least(minimum: float, prefix: str, settings, *fields: str) -> None:
     """Each of ``fields`` of ``settings`` (named ``prefix.field``) is >= ``minimum``."""
     for field in fields:
         value = getattr(settings, field)
         _require(value >= minimum, f"{prefix}.{field}", f"must be >= {minimum}, got {value}")
 
 
-def _not_negative(prefix: str, settings, *fields: str) -> None:
-    """Each of ``fields`` (a weight or a temperature) is >= 0."""
-    for field in fields:
-        value = getattr(settings, field)
-        _require(value >= 0, f"{prefix}.{field}", f"must be >= 0, got {value}")
-
-
 def _check_search(config: RunConfig) -> None:
     s, d = config.search, config.decode
     _at_least(1, "search", s, "k", "n_complete", "expansions_per_node", "max_expansions")
-    _not_negative("search", s, "lam", "temperature")
+    _at_least(0, "search", s, "lam", "temperature")
     _require(s.max_generated_tokens >= d.step_token_cap, "search.max_generated_tokens",
              f"{s.max_generated_tokens} cannot finish one step of up to "
              f"decode.step_token_cap={d.step_token_cap} tokens")
@@ -64,7 +57,7 @@ def _check_eval(config: RunConfig) -> None:
     e = config.eval
     _at_least(1, "eval", e, "samples", "beam_width", "beam_k", "text_max_tokens",
               "problems_per_batch")
-    _not_negative("eval", e, "temperature")
+    _at_least(0, "eval", e, "temperature")
     _at_least(0, "eval", e, "text_kept_rows")
     _at_least(1, "task", config.task, "eval_problems")
     _at_least(0, "task", config.task, "train_problems")
@@ -123,7 +116,7 @@ def _check_training(config: RunConfig) -> None:
     _require(pt.max_grad_norm is None or pt.max_grad_norm > 0, "policy_training.max_grad_norm",
              f"must be > 0 (or null: no clipping), got {pt.max_grad_norm}")
     _at_least(1, "collect", config.collect, "rollouts_per_problem")
-    _not_negative("collect", config.collect, "temperature")
+    _at_least(0, "collect", config.collect, "temperature")
     _at_least(1, "label", label, "rollouts_per_state", "rounds")
     _require(0 < label.gamma <= 1, "label.gamma", f"must be in (0, 1], got {label.gamma}")
     _at_least(-1, "q_train", q, "trainable_layers")  # -1: all

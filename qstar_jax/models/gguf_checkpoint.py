@@ -96,7 +96,7 @@ def gguf_config(reader: gguf.GGUFReader, path: Path) -> ModelConfig:
         "head_dim": head_dim,
         "rms_norm_eps": key("attention.layer_norm_rms_epsilon", 1e-5),
         "rope_theta": key("rope.freq_base", 10000.0),
-        "rope_scaling": None if scaling == "none" else scaling_fields,
+        "rope_scaling": scaling_fields,
         "max_position_embeddings": key("context_length", 4096),
         "tie_word_embeddings": "output.weight" not in tensor_names,
         "attention_bias": "blk.0.attn_q.bias" in tensor_names,
@@ -110,31 +110,33 @@ def gguf_config(reader: gguf.GGUFReader, path: Path) -> ModelConfig:
     return cfg if per_frequency is None else dataclasses.replace(cfg, rope_scaling=per_frequency)
 
 
-def _scaling_fields(scaling: str, key, path: Path) -> dict:
-    """HF's rope_scaling fields for the scaling llama.cpp's keys describe: a linear
+def _scaling_fields(scaling: str, key, path: Path) -> dict | None:
+    """HF's rope_scaling fields for the scaling llama.cpp's keys describe (None: none): a
+    linear
     scaling's factor; YaRN's factor, original context and (where written) betas, with its
     attention factor left to HF's rule, which is llama.cpp's (0.1 ln factor + 1). A YaRN
     key that changes llama.cpp's rule away from HF's is refused, not dropped."""
+    if scaling == "none":
+        return None
     fields = {"rope_type": scaling, "factor": key("rope.scaling.factor")}
     if scaling != "yarn":
         return {k: v for k, v in fields.items() if v is not None}
+    original = key("rope.scaling.original_context_length")
+    if None in (fields["factor"], original):
+        raise CheckpointError(f"{path}: its YaRN RoPE scaling lacks rope.scaling.factor or "
+                              "rope.scaling.original_context_length; the file is incomplete")
     changed = [name for name, plain in (("rope.scaling.attn_factor", 1.0),
                                         ("rope.scaling.yarn_attn_factor", 1.0),
                                         ("rope.scaling.yarn_ext_factor", 1.0),
                                         ("rope.scaling.yarn_log_multiplier", 0.0))
                if key(name, plain) != plain]
-    original = key("rope.scaling.original_context_length")
-    if None in (fields["factor"], original):
-        raise CheckpointError(f"{path}: its YaRN RoPE scaling lacks rope.scaling.factor or "
-                              "rope.scaling.original_context_length; the file is incomplete")
     if changed:
         raise CheckpointError(f"{path}: its YaRN RoPE scaling sets {changed}, which HF's YaRN "
                               "rule has no counterpart for; load the model's HF safetensors "
                               "directory instead")
-    betas = {hf: key(f"rope.scaling.yarn_{name}") for hf, name in (("beta_fast", "beta_fast"),
-                                                                   ("beta_slow", "beta_slow"))}
+    betas = {name: key(f"rope.scaling.yarn_{name}") for name in ("beta_fast", "beta_slow")}
     return {**fields, "original_max_position_embeddings": original,
-            **{k: v for k, v in betas.items() if v is not None}}
+            **{name: beta for name, beta in betas.items() if beta is not None}}
 
 
 def architecture(reader: gguf.GGUFReader, path: Path) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from qstar_jax.config import SCRATCH, RunConfig, load_config
+from qstar_jax.config import POLICY_DTYPES, SCRATCH, RunConfig, load_config
 from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.models.loading import LoadedModel, load_model
@@ -22,7 +22,7 @@ from qstar_jax.policy.runtime import PolicyRuntime
 from qstar_jax.tasks.base import Problem, Task
 from qstar_jax.tasks.registry import make_task
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # config.POLICY_DTYPES
+DTYPES = {name: getattr(jnp, name) for name in POLICY_DTYPES}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

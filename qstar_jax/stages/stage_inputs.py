@@ -10,7 +10,8 @@ from pathlib import Path
 
 from qstar_jax.config import SCRATCH, ConfigError, QBackbone, Utility
 from qstar_jax.stages.context import RunContext
-from qstar_jax.stages.evaluate import reads_q_hat
+from qstar_jax.outputs.reports import SECOND_POLICY_GREEDY
+from qstar_jax.stages.evaluate import reads_q_hat, reported_methods
 from qstar_jax.stages.prm import LEARNED_PRM_MARKER, PRM_DIR, SUMMARY_FILE as PRM_SUMMARY
 from qstar_jax.stages.train_q import SUMMARY_FILE as Q_SUMMARY
 
@@ -47,8 +48,8 @@ def stage_inputs(ctx: RunContext, stage: str) -> list[Input]:
     cfg, out = ctx.config, ctx.out
     rollouts = Input("the rollouts", ctx.rollouts_path, "collect")
     labels = Input("the labels", ctx.labels_path, "label")
-    policy = ([Input("the policy trained from scratch", out / "policy" / "config.json",
-                     "train_policy", out / "policy")]
+    policy = ([Input("the policy trained from scratch", ctx.policy_dir / "config.json",
+                     "train_policy", ctx.policy_dir)]
               if cfg.policy.source == SCRATCH else [])
     second = ([Input("the second policy", ctx.second_opinion_dir / "config.json",
                      "train_policy", ctx.second_opinion_dir)]
@@ -66,7 +67,7 @@ def stage_inputs(ctx: RunContext, stage: str) -> list[Input]:
         needs = list(policy)
         if reads_q_hat(cfg):
             needs.append(Input("Q-hat", out / Q_SUMMARY, "train_q", ctx.q_dir))
-        if reads_q_hat(cfg) or "greedy" in cfg.eval.methods:
+        if reads_q_hat(cfg) or SECOND_POLICY_GREEDY in reported_methods(ctx):
             needs += second
         if cfg.search.utility == Utility.prm and cfg.search.prm_model is None:
             needs.append(Input("the learned PRM", out / PRM_DIR / LEARNED_PRM_MARKER,

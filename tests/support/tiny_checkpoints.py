@@ -18,6 +18,8 @@ import torch
 import transformers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from qstar_jax.models.gguf_checkpoint import ROPE_FREQS
+
 FAMILIES = ("llama", "llama3_rope", "linear_rope", "mistral_sliding", "qwen2", "qwen2_yarn")
 VOCAB_SIZE = 512  # model vocab; the tiny tokenizer stays below it
 SLIDING_WINDOW = 96  # shorter than the 300-token parity sequence
@@ -161,9 +163,6 @@ def _save_torch_bin(model: transformers.PreTrainedModel, path: Path, shards: int
         json.dumps({"metadata": {}, "weight_map": weight_map}))
 
 
-ROPE_FREQS = "rope_freqs.weight"
-
-
 def rope_frequency_factors(model) -> np.ndarray:
     """[head_dim // 2] float32: each plain RoPE frequency over the one ``model`` (a
     transformers Llama) rotates by."""
@@ -204,6 +203,7 @@ def save_tiny_gguf(path: str | Path, *, family: str = "llama", seed: int = 0,
     cfg = model.config
     arch = gguf.MODEL_ARCH.QWEN2 if family.startswith("qwen2") else gguf.MODEL_ARCH.LLAMA
     writer = gguf.GGUFWriter(path, arch=gguf.MODEL_ARCH_NAMES[arch])
+    interleaved = arch == gguf.MODEL_ARCH.LLAMA  # llama.cpp's pairwise RoPE order for Q/K
     if family == "qwen2_yarn":  # the keys llama.cpp's converter writes for a YaRN config
         writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
         writer.add_rope_scaling_factor(cfg.rope_parameters["factor"])
@@ -240,11 +240,9 @@ def save_tiny_gguf(path: str | Path, *, family: str = "llama", seed: int = 0,
             data, quant = raw[name]
             writer.add_tensor(name, data, raw_dtype=quant)
             continue
-        if arch != gguf.MODEL_ARCH.LLAMA:
-            pass
-        elif ".attn_q." in name:
+        if interleaved and ".attn_q." in name:
             value = _llama_cpp_permute(value, cfg.num_attention_heads)
-        elif ".attn_k." in name:
+        elif interleaved and ".attn_k." in name:
             value = _llama_cpp_permute(value, cfg.num_key_value_heads)
         writer.add_tensor(name, np.ascontiguousarray(value))
     writer.write_header_to_file()
