@@ -87,6 +87,15 @@ def test_step_legality_of_partial_traces():
     assert not grade_trace(NUMBERS, TARGET, [], RULES)
 
 
+def test_target_among_several_numbers_left_is_not_a_finish():
+    steps = ["10 * 10 = 100 (left: 4 4 100)"]
+    assert errors(steps, target=4) == [None]
+    assert not grade_trace(NUMBERS, 4, steps, RULES)
+    assert step_reward(NUMBERS, 4, steps, RULES) == 0.0
+    # No way on from 4 4 100 ends on 4 alone, so the oracle must not call it won.
+    assert not can_still_succeed(NUMBERS, 4, steps, CountdownSolver(RULES))
+
+
 def test_step_reward_is_minus_one_illegal_or_lost_plus_one_on_the_target_else_zero():
     def reward(steps, numbers=NUMBERS, target=TARGET, rules=RULES):
         return step_reward(numbers, target, steps, rules)
