@@ -143,6 +143,15 @@ JUDGEMENTS = [
     ("assert f(1) == 2 and g(2) == 3", ["2", "4"], False),
     ("assert f(1) in 'abc'", ["'b'"], True),
     ("assert f(1) == {'a': (1, b'x')}", ["{'a': (1, b'x')}"], True),
+    ("assert f(1) != 2", ["3"], True),
+    ("assert f(1) != 2", ["2"], False),
+    ("assert f(1) not in [1, 2]", ["3"], True),
+    ("assert f(1) not in [1, 2]", ["1"], False),
+    ("assert f(1) is not None", ["0"], True),
+    ("assert f(1) is not None", ["None"], False),
+    # Near zero only abs_tol can pass: rel_tol scales with |0|.
+    ("assert math.isclose(f(0), 0.0, abs_tol=1e-09)", ["1e-12"], True),
+    ("assert math.isclose(f(0), 0.0, abs_tol=1e-09)", ["1e-06"], False),
 ]
 
 
