@@ -35,6 +35,16 @@ def test_parameter_counts_are_the_published_ones_and_the_models():
     assert memory_plan.parameter_count(tiny) == sum(x.size for x in jax.tree.leaves(params))
 
 
+def test_an_output_projection_bias_is_counted():
+    common = dict(model_type="llama", vocab_size=40, hidden_size=16, intermediate_size=24,
+                  num_layers=2, num_heads=4, num_kv_heads=2, head_dim=4)
+    plain, biased = ModelConfig(**common), ModelConfig(**common, attention_out_bias=True)
+    params = nnx.state(LlamaModel(biased, rngs=nnx.Rngs(0)), nnx.Param)
+    assert memory_plan.parameter_count(biased) == sum(x.size for x in jax.tree.leaves(params))
+    # o_proj's bias: hidden_size (16) values in each of the 2 layers.
+    assert memory_plan.parameter_count(biased) == memory_plan.parameter_count(plain) + 2 * 16
+
+
 def test_the_issue_s_smollm2_run_is_refused_with_the_largest_slots_that_fit():
     run = load_config(None, ["policy.source=smollm2-135m-instruct", "q_train.second_opinion=null",
                              "decode.slots=256",
@@ -49,6 +59,25 @@ def test_the_issue_s_smollm2_run_is_refused_with_the_largest_slots_that_fit():
     assert figures.largest_slots == left // (768 * 46080) == 176
     assert figures.pages == left // (16 * 46080)
     assert figures.rows_at_max_len == figures.pages * 16 // 768
+
+
+@pytest.mark.parametrize("mesh", [["mesh.data=2"], ["mesh.data=-1"]])
+def test_a_mesh_splits_the_weights_over_model_and_the_cache_over_both_axes(mesh):
+    """Llama-2-7B in float32 on 4 devices of 80 GB, mesh.model=2 (mesh.data=-1 takes the
+    2 devices model leaves)."""
+    run = load_config(None, ["decode.layer_weights=stacked", "q_train.second_opinion=null",
+                             "decode.slots=64", "decode.max_len=1024", "mesh.model=2", *mesh])
+    figures = memory_plan.plan(ModelConfig(**LLAMA2_7B), run, memory_bytes=80 * 10**9,
+                               backend="gpu", devices=4)
+    weights = 6_738_415_616 * 4 // 2
+    assert figures.model_bytes == {"policy": weights} and figures.weight_bytes == weights
+    per_token = 2 * 32 * 32 * 128 * 4 // 2  # the KV heads split over model
+    assert figures.kv_bytes_per_token == per_token == 2**19
+    assert figures.slot_pool_bytes == 64 * 1024 * per_token // 2 == 2**34
+    left = 72 * 10**9 - weights  # 58,523,168,768
+    assert figures.pages == left // (16 * per_token) == 6976
+    # Each data shard holds its share of the slots: twice the rows one device's memory holds.
+    assert figures.largest_slots == 2 * left // (1024 * per_token) == 218
 
 
 @pytest.mark.parametrize("backend, layer_weights, copied", [
@@ -93,6 +122,15 @@ def test_command_sizes_a_7b_config_from_its_config_json(tmp_path, capsys):
     assert code == (0 if figures["fits"] else 1)
     with pytest.raises(ValueError, match="give a number"):
         memory_plan.parse_memory("80 parsecs")
+
+
+def test_memory_units_are_decimal_or_binary_as_written():
+    assert memory_plan.parse_memory("1GiB") == 2**30
+    assert memory_plan.parse_memory("141 GiB") == 141 * 2**30
+    assert memory_plan.parse_memory("1GB") == 10**9
+    assert memory_plan.parse_memory("80gb") == 80 * 10**9
+    assert memory_plan.parse_memory("2MiB") == 2 * 2**20
+    assert memory_plan.parse_memory("2e9") == 2 * 10**9
 
 
 def test_a_checkpoint_not_on_this_machine_asks_for_its_config_json(capsys):
@@ -179,6 +217,32 @@ def test_searches_in_flight_by_hand():
     assert small.slots_per_search == 3 * 5 + 1  # A*'s frontier: K per expansion, and one
     # Eight chains outgrow the tree: 4 + 40 + 8 + 16 pages.
     assert figures("eval.samples=8").search_pages == 68
+
+
+def small_search_pages(*overrides) -> int:
+    return memory_plan.search_pages(load_config(None, [*SMALL_SEARCH, *overrides]),
+                                    page_size=16, prompt_tokens=50)
+
+
+def test_each_method_s_peak_pages_by_hand():
+    """SMALL_SEARCH with a 50-token prompt: 4 prompt pages, 2 pages lent a sampler row
+    (a 20-token step), an 80-token path (4 steps of 20)."""
+    # greedy: 4 + ceil(80 / 16) + 1 leaf + 1 row x 2.
+    assert small_search_pages("eval.methods=[greedy]") == 4 + 5 + 1 + 2
+    # beam, 2 beams of 3 children: 2 x 80 path tokens and 6 x 20 child tokens, 2 + 6 leaves,
+    # 6 rows: 4 + ceil(280 / 16) + 8 + 6 x 2.
+    assert small_search_pages("eval.methods=[beam]", "eval.beam_width=2",
+                              "eval.beam_k=3") == 4 + 18 + 8 + 12
+    # qstar, 10 expansions allowed but a 21-token budget ends the search after
+    # 21 // 3 + 1 = 8 of them: 8 x 3 x 20 tokens, 24 leaves, 3 rows.
+    assert small_search_pages("eval.methods=[qstar]", "search.max_expansions=10",
+                              "search.max_generated_tokens=21") == 4 + 30 + 24 + 6
+    assert small_search_pages("eval.methods=[qstar]", "search.max_expansions=10") == \
+        4 + 38 + 30 + 6  # no budget: all 10 expansions, ceil(600 / 16) pages
+    # mctsr holds score_samples + 1 + text_kept_rows = 3 + 1 + 4 slots, each a full
+    # 256-token row of 16 pages.
+    assert small_search_pages("eval.methods=[mctsr]", "eval.mctsr.score_samples=3",
+                              "eval.text_kept_rows=4") == 8 * 16
 
 
 def test_the_default_prompt_leaves_a_short_row_room_for_one_step():
