@@ -81,6 +81,12 @@ def test_round_trip_through_yaml(tmp_path):
     ("q_train.learning_rate=0", "q_train.learning_rate: must be > 0, got 0"),
     ("policy_training.num_heads=5", "policy_training.num_heads: must divide hidden_size .*"
                                     "hidden_size=96 num_heads=5"),
+    ("policy_training.num_kv_heads=3", "policy_training.num_heads: must divide hidden_size "
+                                       "and be a multiple of num_kv_heads, got hidden_size=96 "
+                                       "num_heads=4 num_kv_heads=3"),
+    ("label.rollouts_per_state=0", "label.rollouts_per_state: must be >= 1, got 0"),
+    ("q_train.backbone=separate", "q_train.separate_model: q_train.backbone=separate needs "
+                                  "a model"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -90,6 +96,7 @@ def test_bad_values_name_the_key(override, message):
 @pytest.mark.parametrize("overrides, message", [
     (["decode.page_size=48", "eval.prefix_sharing=false"], "max_len=160 must be a multiple"),
     (["decode.page_size=16", "decode.pages=99", "mesh.data=2"], "99 pages do not split"),
+    (["decode.slots=9", "mesh.data=2"], "decode.slots: 9 slots do not split over mesh.data=2"),
     (["decode.pages=-1"], "decode.pages: must be >= 0, got -1"),
     (["decode.layer_weights=per_layer"], "decode.layer_weights: must be one of .*per-layer"),
 ])
