@@ -50,7 +50,7 @@ def test_without_rationalization_failures_are_not_retried():
 
 
 def test_rounds_resume_after_a_kill(tmp_path):
-    calls, trained, saved, kill = [], [], {}, [True]
+    calls, trained, saved, kill, sampled_from = [], [], {}, [True], []
 
     class Killed(Exception):
         pass
@@ -61,9 +61,12 @@ def test_rounds_resume_after_a_kill(tmp_path):
         trained.append(r)
         return f"policy{r}"
 
+    def sampler(policy):
+        sampled_from.append(policy)
+        return ScriptedSampler(SCRIPT, calls)
+
     def loop():
-        return StarLoop(folder=tmp_path, rounds=3, samples=2,
-                        sampler=lambda policy: ScriptedSampler(SCRIPT, calls),
+        return StarLoop(folder=tmp_path, rounds=3, samples=2, sampler=sampler,
                         finetune=finetune, save=lambda p, folder: saved.__setitem__(folder, p),
                         load=lambda folder: "base" if folder is None else saved[folder],
                         is_right=is_right)
@@ -71,10 +74,13 @@ def test_rounds_resume_after_a_kill(tmp_path):
     with pytest.raises(Killed):
         loop().run(PROBLEMS)
     assert trained == [0]
+    assert sampled_from == ["base", "policy0"]  # each round samples the last round's policy
     kill[0] = False
+    sampled_from.clear()
     sampled_before = len(calls)
     assert loop().run(PROBLEMS) == [2, 2, 2]
     assert trained == [0, 1, 2]  # round 0 was not trained again
+    assert sampled_from == ["policy0", "policy1"]  # round 1 from round 0's saved policy
     assert len(calls) == sampled_before + 2 * 2  # rounds 1 and 2 only, two calls each
     for r in range(3):
         text = (tmp_path / f"round_{r}" / "examples.jsonl").read_text()
