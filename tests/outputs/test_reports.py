@@ -30,6 +30,19 @@ def test_summary_counts_and_reports(tmp_path):
     assert (tmp_path / "accuracy_vs_tokens.png").stat().st_size > 1000
 
 
+def test_table_rows_give_per_problem_means_the_interval_and_total_wall_clock(tmp_path):
+    def counted(pid, correct, tokens, prefilled, q_calls, prm_calls, wall):
+        return dataclasses.replace(result("greedy", pid, correct, tokens),
+                                   prefilled_tokens=prefilled, q_calls=q_calls,
+                                   prm_calls=prm_calls, wall_s=wall)
+    rows = [counted("a", True, 10, 7, 3, 1, 0.5), counted("b", False, 30, 13, 5, 4, 1.0)]
+    write_reports(tmp_path, rows, ["greedy"])
+    # Wilson's 95% interval for 1 of 2: 0.5 ± 1.96 sqrt(1/8 + 1.96²/16) / (1 + 1.96²/2)
+    # = 0.5 ± 0.405; per problem 40/2 generated, 20/2 prefilled, 8/2 Q̂ and 5/2 PRM calls.
+    assert "| greedy | 50.0 (9.5–90.5) | 2 | 20.0 | 10.0 | 4.0 | 2.5 | 1.5 |\n" in \
+        (tmp_path / "summary.md").read_text()
+
+
 def test_summary_says_which_best_of_n_would_spend_qstars_tokens(tmp_path):
     # best-of-6 spends 60 tokens per problem (10 a sample), Q* 410: N = 41 matches it.
     rows = [result("best_of_n", "a", False, 60), result("qstar", "a", True, 410)]
@@ -91,6 +104,12 @@ def test_summary_ends_with_what_q_hat_adds_and_says_when_wall_clock_disagrees(tm
     assert "generated tokens per problem 100 against 80, wall-clock 10 s against 2 s" in lines[-2]
     assert lines[-1].startswith("- qstar − best_of_n_matched")
     assert "Equal tokens and equal wall-clock disagree here" in lines[-1]
+    # Q* faster than the matched best-of-N: equal tokens and wall-clock agree.
+    slow = [dataclasses.replace(r, wall_s=10.0) for r in rows[4:]]
+    write_reports(tmp_path, rows[:4] + slow, ["qstar", "qstar_no_q", "best_of_n_matched"])
+    lines = (tmp_path / "summary.md").read_text().splitlines()
+    assert "wall-clock 10 s against 20 s." in lines[-1]
+    assert "disagree" not in "\n".join(lines)
     # Without the other method there is nothing to compare.
     write_reports(tmp_path, rows[:2], ["qstar"])
     assert "qstar −" not in (tmp_path / "summary.md").read_text()
@@ -103,8 +122,9 @@ def test_best_of_n_pass_at_n_is_a_separate_ceiling_row(tmp_path):
     assert summary["methods"]["best_of_n"]["accuracy"] == pytest.approx(1 / 3)
     assert summary["methods"]["best_of_n"]["pass_at_n"]["accuracy"] == pytest.approx(2 / 3)
     table = (tmp_path / "summary.md").read_text()
+    # Wilson's interval for 2 of 3: 0.573 ± 0.365 (centre (2/3 + 1.96²/6) / (1 + 1.96²/3)).
     assert "| best_of_n pass@N: any chain right (a ceiling read with the grader, not an answer) " \
-           "| 66.7 (" in table
+           "| 66.7 (20.8–93.9) | 3 | | | | | |\n" in table
     # Methods that log no any_correct get no such entry.
     assert "pass_at_n" not in summarize([result("qstar", "a", True)], ["qstar"])["methods"]["qstar"]
 
