@@ -182,6 +182,11 @@ CASES = [
     ("1 \\pm \\sqrt{2}", "1+\\sqrt2, -1-\\sqrt2", False),
     ("1 \\pm \\sqrt{2}", "1 \\pm \\sqrt{3}", False),
     ("\\pm 3", "3", False),
+    # Up to MAX_PLUS_MINUS = 3 signs are read (1 + {±2±4±8}: eight values); a fourth makes
+    # 16 and the text is no answer, even given every value it would stand for.
+    ("1 \\pm 2 \\pm 4 \\pm 8", "15, 11, 7, 3, -1, -5, -9, -13", True),
+    ("\\pm 1\\pm 1\\pm 1\\pm 1", "4, 2, 0, -2, -4", False),
+    ("\\pm 1 \\pm 2 \\pm 4 \\pm 8", ", ".join(str(v) for v in range(15, -16, -2)), False),
     # Logarithms with a base.
     ("\\log_2 8", "3", True),
     ("\\log_{2}8", "3", True),
