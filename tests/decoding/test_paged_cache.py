@@ -158,11 +158,16 @@ def test_copy_on_write_never_changes_a_siblings_tokens(random_model):
     paged.fork([parent, parent], [first, second])
     before = paged.tokens_of(parent)
     paged.feed([first], [[1, 2, 3, 4, 5]])
-    paged.feed([second], [[6]])
+    paged.feed([second], [[6]])  # the partly filled page is still shared with the parent
+    written = {slot: paged.tokens_of(slot) for slot in (first, second)}
     paged.feed([parent], [[7, 8]])
     np.testing.assert_array_equal(paged.tokens_of(parent)[:, :, :10], before)
-    np.testing.assert_array_equal(paged.tokens_of(first)[:, :, :10], before)
-    np.testing.assert_array_equal(paged.tokens_of(second)[:, :, :10], before)
+    for slot in (first, second):  # the prefix, and what each wrote after the fork
+        np.testing.assert_array_equal(paged.tokens_of(slot)[:, :, :10], before)
+        np.testing.assert_array_equal(paged.tokens_of(slot), written[slot])
+    # The parent's write went to the page it shared with no one, not to a sibling's.
+    pages = paged.table.table[[parent, first, second], 2]
+    assert len(set(pages.tolist())) == 3, pages
     paged.table.check_counts()
 
 
