@@ -79,6 +79,17 @@ CASES = [  # page size, kv heads, query heads, queries per slot, window
 RAGGED_LENGTHS = [0, 1, 16, 33, 64, 2]  # empty, one token, page edges, full table, < queries
 
 
+def ragged_lengths(case):
+    """RAGGED_LENGTHS, and for a window case a slot whose first visible key (that of its
+    earliest query, length - queries - window + 1) is its first page's last: a kernel
+    that skipped one page too many would miss that key."""
+    if case["window"] is None:
+        return RAGGED_LENGTHS
+    edge = case["page_size"] + case["queries"] + case["window"] - 2
+    assert edge <= max(RAGGED_LENGTHS)  # fits the table RAGGED_LENGTHS sizes
+    return [*RAGGED_LENGTHS, edge]
+
+
 KERNELS = {"gpu": paged_decode_attention_gpu,  # the default blocks: 64 keys, 4 or 2 pages
            "gpu-page-per-step": functools.partial(paged_decode_attention_gpu,
                                                   keys_per_block=16),
@@ -92,7 +103,7 @@ KERNELS = {"gpu": paged_decode_attention_gpu,  # the default blocks: 64 keys, 4 
 def test_pallas_kernel_matches_reference_in_interpret_mode(kernel, case):
     got, expected = _kernel_and_reference(kernel, case, interpret=True)
     np.testing.assert_allclose(got, expected, atol=2e-6)
-    empty_queries = np.asarray(RAGGED_LENGTHS)[:, None] - case["queries"] + np.arange(
+    empty_queries = np.asarray(ragged_lengths(case))[:, None] - case["queries"] + np.arange(
         case["queries"]) < 0
     assert np.all(got[empty_queries] == 0)
 
@@ -111,9 +122,9 @@ def test_gpu_kernel_compiled_on_a_gpu_matches_reference(case):
 
 def _kernel_and_reference(kernel, case, *, interpret):
     """``kernel``'s output and the reference's on the ragged slots of ``case``."""
-    case = dict(case)
+    lengths, case = ragged_lengths(case), dict(case)
     window = case.pop("window")
-    args, _, _ = random_paged_cache(1, lengths=RAGGED_LENGTHS,
+    args, _, _ = random_paged_cache(1, lengths=lengths,
                                     entries=max(RAGGED_LENGTHS) // case["page_size"], **case)
     with jax.default_matmul_precision("highest"):
         expected = np.asarray(paged_decode_attention_reference(*args, window=window))
