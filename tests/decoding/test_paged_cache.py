@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.kv_cache import SlotPoolExhausted, init_cache
@@ -14,6 +15,7 @@ from qstar_jax.decoding.paged_cache import (PagePoolExhausted, PageTable, Paging
                                             fork_slot_state, init_paged_cache)
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.models.cache_pages import PagedRows
+from qstar_jax.models.llama import LlamaModel
 
 PAGE_SIZE, MAX_LEN = 4, 32
 
@@ -171,10 +173,17 @@ def test_copy_on_write_never_changes_a_siblings_tokens(random_model):
     paged.table.check_counts()
 
 
-def test_decode_through_the_pallas_kernel_matches_the_jnp_path(random_model):
+@pytest.mark.parametrize("window", [None, 3], ids=["full attention", "sliding window"])
+def test_decode_through_the_pallas_kernel_matches_the_jnp_path(random_model, window):
+    """With a sliding window of 3, the decode step at position 10 sees 3 of its 11 keys:
+    the window reaches the kernel as it does the jnp path."""
+    model = random_model
+    if window is not None:
+        config = dataclasses.replace(random_model.config, sliding_windows=(window,) * 2)
+        model = LlamaModel(config, rngs=nnx.Rngs(0))
     hidden = {}
     for attention in ("jnp", "pallas"):  # "pallas" interprets the GPU kernel on CPU
-        paged = PagedModel(random_model, attention=attention)
+        paged = PagedModel(model, attention=attention)
         parent, child = paged.table.allocate(2)
         paged.feed([parent], [PREFIX])
         paged.fork([parent], [child])

@@ -129,18 +129,21 @@ def test_kernel_lowers_to_triton_without_a_gpu():
     assert "__gpu$xla.gpu.triton" in lowered_for_h200(call, *(a for a in args if a is not None))
 
 
-@pytest.mark.parametrize("scaled", [False, True], ids=["plain RoPE", "YaRN"])
-def test_a_decoder_layer_on_pages_takes_the_kernel_and_computes_what_the_stack_does(scaled):
+@pytest.mark.parametrize("variant", ["plain RoPE", "YaRN", "sliding window"])
+def test_a_decoder_layer_on_pages_takes_the_kernel_and_computes_what_the_stack_does(variant):
     """A tiny model's per-layer copy with the row kernels forced (interpreted) on pages
     read by the attention kernel (interpreted): a decode step runs through
     ``qkv_into_pages`` and gives the stacked layers' jnp-path hidden state and pools; the
     second row is padding (past its page table) and writes nothing. With YaRN the
-    attention factor reaches the kernel's logits as it does the jnp path's."""
+    attention factor reaches the kernel's logits as it does the jnp path's; with a
+    sliding window of 3 the token at position 6 sees 3 of its 7 keys, as on the jnp path."""
     from flax import nnx
 
     from qstar_jax.models.llama import LlamaModel, unstack_layers
     from tests.decoding.tiny_models import YARN, tiny_config
-    config = dataclasses.replace(tiny_config(64), rope_scaling=YARN if scaled else None)
+    config = dataclasses.replace(tiny_config(64),
+                                 rope_scaling=YARN if variant == "YaRN" else None,
+                                 sliding_windows=(3, 3) if variant == "sliding window" else ())
     model = LlamaModel(config, rngs=nnx.Rngs(0))
     rng = np.random.default_rng(0)
     shape = (config.num_layers, 9, config.num_kv_heads, 4, config.head_dim)
