@@ -194,12 +194,14 @@ def test_decode_through_the_pallas_kernel_matches_the_jnp_path(random_model, win
 @pytest.mark.parametrize("shards", [1, 3])
 def test_counts_return_to_zero_over_1000_random_fork_and_free_sequences(shards):
     """Also with the pages split over 3 data shards: a slot only ever holds pages of its
-    own shard (``check_counts``), a child going on its parent's."""
+    own shard (``check_counts``), a child going on its parent's. A slot always holds
+    exactly the pages of its tokens, one a page's end included."""
     rng = np.random.default_rng(0)
     table = PageTable(num_slots=12, num_pages=48, page_size=PAGE_SIZE, max_len=MAX_LEN,
                       shards=shards)
     shard_of = table.slots.shard_of
     lengths = np.zeros(12, np.int64)
+    stopped_on_a_page_end = 0
     for _ in range(1000):
         held = [s for s in range(12) if table.slots.is_allocated(s)]
         op = rng.integers(4)
@@ -225,9 +227,14 @@ def test_counts_return_to_zero_over_1000_random_fork_and_free_sequences(shards):
                 continue
             lengths[slot] = int(rng.integers(lengths[slot], end + 1))  # a step may stop short
             table.trim([slot], [lengths[slot]])
+            # Stopped short on a page's end, with the next page reserved: trim drops it.
+            stopped_on_a_page_end += 0 < lengths[slot] < end and lengths[slot] % PAGE_SIZE == 0
         elif op == 3 and held:
             table.free([int(rng.choice(held))])
         table.check_counts()
+        held = [s for s in range(12) if table.slots.is_allocated(s)]
+        np.testing.assert_array_equal(table.pages_held[held], -(-lengths[held] // PAGE_SIZE))
+    assert stopped_on_a_page_end >= 10
     table.free([s for s in range(12) if table.slots.is_allocated(s)])
     assert not table.refcounts.any() and table.num_free_pages == 48
 
