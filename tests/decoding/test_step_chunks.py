@@ -43,6 +43,11 @@ def _trajectories(decoder, seed):
                                 node_ids=[10 * seed + r for r in range(7)], params=PARAMS,
                                 max_tokens=CAPS, max_steps=4))
     lengths = decoder.lengths(slots)
+    if decoder.pages is not None:
+        # The pages of each row's tokens and no more, a row that stopped short on a
+        # page's end included (seed 1's row 0, 20 tokens on a newline).
+        np.testing.assert_array_equal(decoder.pages.pages_held[slots],
+                                      -(-lengths // decoder.pages.page_size))
     decoder.free(slots)
     return steps, lengths
 
