@@ -90,6 +90,32 @@ def test_tiny_families_exercise_their_feature(tmp_path, token_rows):
     assert gap[SLIDING_WINDOW + 1:].max() > 0.1
 
 
+@pytest.mark.parametrize("keys", [
+    {},  # Qwen2.5's: 0.1 ln factor + 1
+    {"mscale": 0.707, "mscale_all_dim": 0.707},  # DeepSeek-V2's: the two cancel, 1
+    {"mscale": 1.0, "mscale_all_dim": 0.5},  # their ratio, numerator mscale's
+    {"mscale": 1.0},  # alone it changes nothing: Qwen2.5's again
+], ids=["factor", "equal mscales", "unequal mscales", "mscale alone"])
+def test_yarn_frequencies_and_attention_factor_are_transformers(keys):
+    """Our YaRN reading of an HF config against transformers' own (``ROPE_INIT_FUNCTIONS``):
+    the inverse frequencies and the attention factor, with DeepSeek's ``mscale`` and
+    ``mscale_all_dim`` where a config gives both and no attention factor."""
+    from transformers import Qwen2Config
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from qstar_jax.models.config import ModelConfig
+    hf = Qwen2Config(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128,
+                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                     max_position_embeddings=256,
+                     rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                                      "original_max_position_embeddings": 64, **keys})
+    inv_freq, attention_factor = ROPE_INIT_FUNCTIONS["yarn"](hf, "cpu")
+    ours = ModelConfig.from_hf(hf.to_dict())
+    np.testing.assert_allclose(ours.rope_inv_freq(), inv_freq.numpy(), rtol=1e-6)
+    assert ours.rope_scaling.attention_factor == pytest.approx(attention_factor, rel=1e-12)
+    assert ours.attention_scale == pytest.approx(16 ** -0.5 * attention_factor ** 2)
+
+
 def test_sharded_checkpoint_parity(tmp_path, token_rows):
     path = save_tiny_checkpoint(tmp_path, "qwen2", sharded=True, with_tokenizer=False)
     assert len(list(path.glob("model-*-of-*.safetensors"))) > 1
