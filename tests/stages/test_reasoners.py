@@ -1,6 +1,7 @@
 """evaluate's wiring of ToT and MCTSr over a scripted runtime: each method runs through
 the decoder adapters and is charged what the runtime sampled for its problem."""
 
+import dataclasses
 import types
 
 import numpy as np
@@ -59,6 +60,37 @@ def test_tot_expands_through_the_decoder_and_q_judges_the_states(method):
         c = r.counters
         assert (c.expansions, c.q_calls, c.generated_tokens) == (1, 2, 2 * TOKENS)
         assert r.completed and r.steps == ("Score: 50",)
+
+
+class TwoScoresRuntime(OneLineRuntime):
+    """Each state's first sampled line is "Score: 10", its second "Score: 90"."""
+
+    def sample(self, slots, problem_indices, node_ids, temperatures):
+        steps = super().sample(slots, problem_indices, node_ids, temperatures)
+        return [dataclasses.replace(s, text=f"Score: {10 + 80 * (j % 2)}")
+                for j, s in enumerate(steps)]
+
+
+class ScoreQ:
+    """Q̂ of a step is its score over 100: 0.1 for the first line, 0.9 for the second."""
+
+    def score(self, items):
+        return np.array([int(item.step_text.split()[-1]) / 100 for item in items])
+
+
+@pytest.mark.parametrize("method", ["tot_bfs", "tot_dfs"])
+def test_tot_answers_with_the_state_q_hat_values_highest(method):
+    """evaluator=q ranks by Q̂, not by g (0 here, a tie the lower node id, the first line,
+    would win): of the root's two finished children, the one Q̂ values at 0.9."""
+    config = load_config(overrides=["eval.tot.k=2", "eval.tot.keep=1",
+                                    "eval.prefix_sharing=false"])
+    problems = [Problem(id="p0", question="q0", reference=None)]
+    runtime = TwoScoresRuntime()
+    search = reasoner_search(types.SimpleNamespace(config=config), method, problems,
+                             runtime, ScoreQ(), ZeroUtility())
+    [result] = search([0], method)
+    assert result.completed and result.steps == ("Score: 90",)
+    assert result.counters.q_calls == 2
 
 
 def test_tot_with_the_value_prompt_charges_its_verdicts_to_the_problem():
