@@ -37,3 +37,13 @@ def test_label_is_the_discounted_reward_of_the_strong_greedy_completion():
 def test_bad_discount_is_rejected():
     with pytest.raises(ValueError, match="discount"):
         stronger_completion_labels([], GreedyStrongModel(), reward, discount=1.5)
+
+
+def test_a_completion_of_several_steps_is_discounted_once_per_step():
+    class LongWayToTheReward(GreedyStrongModel):
+        COMPLETIONS = {("b",): ("b1", "b11")}
+
+    [label] = stronger_completion_labels([pair((), "b")], LongWayToTheReward(), reward,
+                                         discount=0.5, progress=False)
+    # b ⊕ b1 b11 -> 1 after two steps: γ² · 1.
+    assert label.label == pytest.approx(0.25)
