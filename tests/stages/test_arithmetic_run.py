@@ -37,17 +37,79 @@ def arithmetic_run(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def solver_traces_run(arithmetic_run, tmp_path_factory):
+    """The label stage of a run beside ``arithmetic_run`` (its policy and config) over
+    traces written here: on each of two training problems the solution, a trace whose
+    first line is wrong and one whose second line is (the tiny policy's own traces go
+    wrong at their first line, so they hold no live state past the root)."""
+    import random
+    import shutil
+
+    from qstar_jax.qvalue.rollouts import ProblemRollouts, Rollout
+    from qstar_jax.stages.rollouts import label
+    from qstar_jax.tasks.base import join_steps
+
+    out = tmp_path_factory.mktemp("solver_traces")
+    shutil.copy(arithmetic_run / "config.yaml", out / "config.yaml")
+    (out / "policy").symlink_to(arithmetic_run / "policy")
+    ctx = RunContext.of_run(out)
+    task, rng = ctx.task, random.Random(0)
+    records = []
+    for i, problem in enumerate(ctx.problems("train", 2)):
+        solution = tuple(task.solution_steps(problem))
+        traces = []
+        for right in (0, 1):  # the wrong line first, so no order of rows ranks like exact
+            wrong = [*solution[:right], task.wrong_step(problem, solution[:right], rng)]
+            traces.append((*wrong, *task.solver_completion(problem, wrong)))
+        traces.append(solution)
+        records.append(ProblemRollouts(problem_index=i, temperature=1.0, rollouts=tuple(
+            Rollout(steps=t, reward=float(task.grade(problem, join_steps(t))))
+            for t in traces)))
+    ctx.rollouts_path.write_text("".join(json.dumps(r.to_json()) + "\n" for r in records))
+    label(ctx)
+    return out
+
+
 def test_labels_are_the_solvers_exact_discounted_values(arithmetic_run):
     ctx = RunContext(config=load_config(None, TINY), out=arithmetic_run)
     problems = ctx.problems("train", 6)
     steps, features = load_labelled(arithmetic_run / "labels.jsonl")
     assert len(steps) == len(features) > 0
+    live = []
     for step in steps:
         state = (*step.prefix_steps, step.step_text)
         problem = problems[step.problem_index]
         remaining = len(ctx.task.solver_completion(problem, state))
         exact = ctx.task.can_still_succeed(problem, state)
+        live.append(exact)
         assert step.label == pytest.approx(0.5 ** remaining if exact else 0.0)
+    # The tiny policy's first lines are all wrong, so this compares dead states (label 0)
+    # only; test_the_solver_labels_a_live_state_by_its_distance_to_the_answer checks the
+    # live ones on traces written for it.
+    assert not any(live)
+
+
+def test_the_solver_labels_a_live_state_by_its_distance_to_the_answer(solver_traces_run):
+    """label.stronger_model=solver: a line of the solution is labelled γ^k (γ = 0.5) for
+    the k lines the solver still writes after it (k = 0 for the answer line: its reward);
+    a wrong line, which the solver cannot bring to the answer, 0."""
+    ctx = RunContext.of_run(solver_traces_run)
+    steps, features = load_labelled(ctx.labels_path)
+    labels = {(s.problem_index, s.prefix_steps, s.step_text): s.label for s in steps}
+    expected = {}
+    for i, problem in enumerate(ctx.problems("train", 2)):
+        solution = tuple(ctx.task.solution_steps(problem))
+        assert len(solution) in (3, 4)  # 2 or 3 operations, then the answer line
+        for t, line in enumerate(solution):
+            expected[i, solution[:t], line] = 0.5 ** (len(solution) - 1 - t)
+    # The labelled live states are the solution's prefixes (a wrong line's state is
+    # dead, and live_states_only drops the pairs after it), each with one wrong child
+    # at the first and second line.
+    wrong = {key for key in labels if key not in expected}
+    assert len(wrong) == 4 and all(labels[key] == 0.0 for key in wrong)
+    assert {key: labels[key] for key in expected} == pytest.approx(expected)
+    assert len(features) == len(labels) == len(expected) + 4
 
 
 def test_every_method_runs_and_qstar_no_q_spends_no_q_hat(arithmetic_run):
@@ -94,23 +156,28 @@ def test_label_features_are_what_the_decoder_gives_search(arithmetic_run):
 
 
 def test_second_opinion_with_the_same_policy_reads_the_saved_log_probabilities(
-        arithmetic_run):
+        arithmetic_run, solver_traces_run):
     """experiments/second_opinion.py recomputes each labelled step's log-probability under
     another policy as the label stage computed it: given the run's own policy, its scores
-    are the saved ones, so every AUC and choice agrees with them."""
+    are the saved ones, so every AUC and choice agrees with them. (On the labels of the
+    written traces: the tiny policy's own labelled states are all dead, where every AUC
+    is undefined and no state has a right and a wrong child to choose between.)"""
     import runpy
     from pathlib import Path
 
     script = Path(__file__).parents[2] / "experiments/second_opinion.py"
-    report = runpy.run_path(str(script))["main"]([str(arithmetic_run),
+    report = runpy.run_path(str(script))["main"]([str(solver_traces_run),
                                                   str(arithmetic_run / "policy")])
-    assert report["pairs"] == len((arithmetic_run / "labels.jsonl").read_text().splitlines())
+    assert report["pairs"] == len(
+        (solver_traces_run / "labels.jsonl").read_text().splitlines())
+    # On each problem the root and the first line's state have a right and a wrong child.
+    assert report["mixed_states"] == 4
     assert report["auc"]["first"] == report["auc"]["second"] == report["auc"]["sum"]
+    assert set(report["auc_by_step"]) == {"1", "2", "3", "4"}
     for row in report["auc_by_step"].values():
         assert row["first"] == row["second"]
     choice = report["best_child_right"]
-    assert choice["first"] == choice["second"] == choice["sum"]
-    assert (choice["first"] is None) == (report["mixed_states"] == 0)
+    assert choice["first"] == choice["second"] == choice["sum"] is not None
 
 
 def test_a_second_opinion_from_the_policy_itself_reads_the_saved_log_probabilities(
