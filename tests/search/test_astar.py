@@ -184,6 +184,17 @@ def test_budget_falls_back_to_a_terminal_the_search_did_not_reach():
     assert result.steps == ("t",) and result.score == pytest.approx(.1)
 
 
+def test_over_budget_the_fallback_is_the_unreached_terminal_of_highest_f():
+    # After the root's one expansion the frontier holds a (.9) above three terminals
+    # listed .2, .3, .1: the answer is the .3 one, neither the first nor the last.
+    terminals = tree({"": [child("a", .9), child("t1", .2, end=True),
+                           child("t2", .3, end=True), child("t3", .1, end=True)]})
+    config = AStarConfig(k=4, budget=Budget(max_expansions=1))
+    [result], _, _ = search({0: terminals}, config)
+    assert result.outcome is Outcome.terminal_over_budget
+    assert result.steps == ("t2",) and result.score == pytest.approx(.3)
+
+
 @pytest.mark.parametrize("max_tokens, expansions", [(6, 1), (9, 1), (10, 2), (20, 2), (21, 3)])
 def test_token_budget_is_checked_before_each_round(max_tokens, expansions):
     # The root's children cost 2 + 3 + 4 = 9 tokens, b's 5 + 6: 20 in all after two.
@@ -280,3 +291,17 @@ def test_the_root_goes_back_on_the_frontier_at_its_best_childs_f():
     # a's children, so once a has had both its expansions the root samples b.
     assert result.tree["expansion_order"] == [0, 1, 1, 0]
     assert result.steps == ("b",)
+
+
+def test_the_root_re_enters_at_the_highest_f_of_its_children_not_the_last():
+    """k = 2: the root's first expansion gives a (.6) then b (.2); it re-enters at .6,
+    so after a's two expansions (a deeper tie, then nothing new) it is expanded again
+    before a1 (.4), a2 (.3) and b, and samples the answer c. At b's .2 it would come
+    after every other node had had both its expansions."""
+    spec = tree({"": [child("a", .6), child("b", .2), child("c", .9, end=True),
+                      child("d", .1)],
+                 "a": [child("a1", .4), child("a2", .3)], "a a1": [], "a a2": [], "b": []})
+    config = AStarConfig(k=2, n_complete=1, expansions_per_node=2)
+    [result], _, _ = search({0: spec}, config)
+    assert result.tree["expansion_order"] == [0, 1, 1, 0]
+    assert result.steps == ("c",) and result.node_id == 5
