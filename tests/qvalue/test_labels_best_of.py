@@ -5,6 +5,7 @@ import pytest
 from qstar_jax.qvalue.dataset import StepPair, trace_continuations
 from qstar_jax.qvalue.rollouts import ProblemRollouts, Rollout
 from qstar_jax.qvalue.labels_best_of import BestOfRolloutsConfig, best_of_rollouts_labels
+from qstar_jax.qvalue.uct import UCTConfig, uct_best_returns
 from tests.qvalue.toy_tree import (PROBLEM, REWARDS, EnumeratingSampler, all_pairs, best_return,
                                    reward)
 
@@ -140,3 +141,45 @@ def test_each_distinct_trace_is_graded_once():
     best_of_rollouts_labels(pairs, EnumeratingSampler(), counting_reward,
                             BestOfRolloutsConfig(rollouts=4), progress=False)
     assert sorted(graded) == [("a", "a1"), ("a", "a2")]  # 4 rollouts, 2 distinct traces
+
+
+class ScriptedUCTSampler:
+    """From state s the single steps sampled are CHILDREN[s] (every state below has 3);
+    a rollout from s is the one step "end", and its return ROLLOUT_RETURN[s] (0 if not
+    listed). Records the states expanded and rolled out from, in order."""
+
+    CHILDREN = {("s",): ("x", "y", "z"), ("s", "x"): ("x1", "x2", "x3"),
+                ("s", "y"): ("y1", "y2", "y3"), ("s", "z"): ("z1", "z2", "z3")}
+    ROLLOUT_RETURN = {("s", "x"): .5, ("s", "y"): .6, ("s", "z"): 0.0,
+                      ("s", "y", "y1"): .6, ("s", "x", "x1"): 1.0}
+
+    def __init__(self):
+        self.expanded, self.rolled_out = [], []
+
+    def continue_from(self, items, n, temperature, max_steps=None):
+        states = [steps for _, steps in items]
+        if max_steps == 1:
+            self.expanded += states
+            return [[(step,) for step in self.CHILDREN[s][:n]] for s in states]
+        self.rolled_out += states
+        return [[("end",)] * n for _ in states]
+
+    @classmethod
+    def reward(cls, problem, trace):
+        assert trace[-1] == "end"
+        return cls.ROLLOUT_RETURN.get(trace[:-1], 0.0)
+
+
+def test_uct_tries_each_new_child_in_order_then_the_best_mean_plus_exploration():
+    """By hand, c = 1, γ = 1. 1: expand s, roll out from its first child x (.5). 2, 3: the
+    unvisited y (.6), then z (0). 4: all visited once, so the best mean, y: expand it, roll
+    out from y1 (.6; y's mean stays .6). 5: x scores .5 + √(ln 4 / 1) = 1.68 against y's
+    .6 + √(ln 4 / 2) = 1.43 (the bonus of fewer visits outweighs y's mean): expand x,
+    roll out from x1, which reaches 1."""
+    sampler = ScriptedUCTSampler()
+    best = uct_best_returns([(0, ("s",))], sampler, sampler.reward, UCTConfig(
+        simulations=5, branching=3, exploration=1.0, discount=1.0))
+    assert sampler.expanded == [("s",), ("s", "y"), ("s", "x")]
+    assert sampler.rolled_out == [("s", "x"), ("s", "y"), ("s", "z"), ("s", "y", "y1"),
+                                  ("s", "x", "x1")]
+    assert list(best) == [1.0]
