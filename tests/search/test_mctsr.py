@@ -93,6 +93,9 @@ def test_a_node_no_child_improved_on_stays_open():
 
     # A worse child leaves the root open, and its Q (50 + 10) / 2 = 30 wins.
     assert two_nodes(10).select().answer == "root"
+    # A child only as good: the root's Q stays (50 + 50) / 2 = 50, which the child does not
+    # beat, so the root stays open and wins the tie to the older node.
+    assert two_nodes(50).select().answer == "root"
     # A better child (90 > 70) makes the root fully expanded.
     assert two_nodes(90).select().answer == "child"
 
