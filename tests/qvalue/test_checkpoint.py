@@ -14,7 +14,7 @@ from qstar_jax.qvalue.checkpoint import (BackboneIdentity, BackboneMismatchError
                                          config_fingerprint, load_backbone_q, load_q_head,
                                          model_config_from_dict, read_metadata)
 from qstar_jax.qvalue.head import QHead, QHeadConfig
-from qstar_jax.qvalue.train import TrainConfig, train_q_model
+from qstar_jax.qvalue.train import TrainConfig, make_optimizer, train_q_model
 from tests.qvalue.tiny import BACKBONE, BACKBONE_HEAD, E, separable_features
 
 POLICY = ModelConfig(model_type="llama", vocab_size=32, hidden_size=E, intermediate_size=16,
@@ -33,8 +33,9 @@ def params_of(module):
     return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(module, nnx.Param)))
 
 
-def checkpointer(directory, policy=POLICY):
-    return QCheckpointer(directory, identity=BackboneIdentity.of_policy(policy), head_config=HEAD)
+def checkpointer(directory, policy=POLICY, **kwargs):
+    return QCheckpointer(directory, identity=BackboneIdentity.of_policy(policy), head_config=HEAD,
+                         **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +88,70 @@ def test_a_finished_run_restores_without_training(tmp_path, data, uninterrupted)
     with checkpointer(tmp_path) as ck, pytest.raises(ValueError, match="same config and data"):
         train_q_model(head, *data, dataclasses.replace(CONFIG, seed=1), checkpointer=ck,
                       progress=False)
+
+
+# Saving at every evaluation, so one checkpoint holds the params of the best step.
+EVERY_3 = dataclasses.replace(CONFIG, checkpoint_every=3)
+
+
+@pytest.fixture(scope="module")
+def overfitting_data(data):
+    """``data`` with the held-out rows' labels flipped: what training learns makes the
+    held-out loss worse, so the best held-out loss is at the first evaluation."""
+    x, y = data
+    heldout = np.random.default_rng(EVERY_3.seed).permutation(len(y))[
+        :round(len(y) * EVERY_3.heldout_fraction)]  # train.split_indices' held-out rows
+    y = y.copy()
+    y[heldout] = 1 - y[heldout]
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def overfitted(overfitting_data, tmp_path_factory):
+    """The head and result of training on ``overfitting_data`` uninterrupted, and the
+    params it had at step 3, its first evaluation (from the checkpoint saved there)."""
+    directory = tmp_path_factory.mktemp("overfitted")
+    head = QHead(HEAD, rngs=nnx.Rngs(0))
+    with checkpointer(directory, max_to_keep=4) as ck:
+        result = train_q_model(head, *overfitting_data, EVERY_3, checkpointer=ck,
+                               progress=False)
+        template = nnx.to_pure_dict(nnx.state(QHead(HEAD, rngs=nnx.Rngs(0)), nnx.Param))
+        at_step_3, *_ = ck.restore(params=template, best_params=template, step=3,
+                                   opt_state=make_optimizer(EVERY_3).init(template))
+    return head, result, jax.tree.map(np.asarray, at_step_3)
+
+
+def test_a_run_ends_with_the_params_of_its_best_heldout_loss_not_its_last(overfitted):
+    head, result, at_step_3 = overfitted
+    losses = [loss for _, loss in result.heldout_losses]
+    assert [step for step, _ in result.heldout_losses] == [3, 6, 9, 12]
+    assert losses == sorted(losses) and losses[0] < losses[-1]  # rising throughout
+    assert result.best_step == 3 and result.steps == 12 and not result.stopped_early
+    jax.tree.map(np.testing.assert_array_equal, params_of(head), at_step_3)
+
+
+def test_a_run_killed_after_its_best_step_resumes_to_the_best_params(tmp_path,
+                                                                     overfitting_data,
+                                                                     overfitted):
+    """Killed at step 7, the run resumes from its step-6 checkpoint with the best params
+    saved there (step 3's), not its current ones, and ends with them."""
+    def die_at_step_7(step, loss):
+        if step == 7:
+            raise Killed
+
+    with checkpointer(tmp_path) as ck, pytest.raises(Killed):
+        train_q_model(QHead(HEAD, rngs=nnx.Rngs(0)), *overfitting_data, EVERY_3,
+                      checkpointer=ck, on_step=die_at_step_7, progress=False)
+    head = QHead(HEAD, rngs=nnx.Rngs(0))
+    with checkpointer(tmp_path) as ck:
+        assert ck.latest_step() == 6  # the last save before the kill
+        result = train_q_model(head, *overfitting_data, EVERY_3, checkpointer=ck,
+                               progress=False)
+    _, reference_result, at_step_3 = overfitted
+    assert result == reference_result
+    jax.tree.map(np.testing.assert_array_equal, params_of(head), at_step_3)
+    jax.tree.map(np.testing.assert_array_equal,
+                 params_of(load_q_head(tmp_path, policy_config=POLICY)), at_step_3)
 
 
 def test_restoring_against_another_backbone_names_both(tmp_path, data):
