@@ -100,6 +100,14 @@ def test_a_node_no_child_improved_on_stays_open():
     assert two_nodes(90).select().answer == "child"
 
 
+def test_equal_q_goes_to_the_older_node():
+    p = planner(exploration=0.0)
+    p.add_node("first", [50], parent=None)
+    p.add_node("second", [50], parent=None)
+    assert p.best().answer == "first"  # the answer of equal own Q
+    assert p.select().answer == "first"  # the node refined next, of equal UCT
+
+
 SCRIPT = {
     f"score {DONT_KNOW}": ["-50", "-60", "no idea"],
     f"critique {DONT_KNOW}": ["be concrete"],
