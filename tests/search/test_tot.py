@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import pytest
 
 from qstar_jax.search.driver import run_search
@@ -5,6 +7,7 @@ from qstar_jax.search.planner import Outcome
 from qstar_jax.search.process_utility import RuleUtility
 from qstar_jax.search.tot import (ToTConfig, ToTDFSPlanner, process_value, q_value,
                                   tot_bfs_planner)
+from qstar_jax.search.tree import best_by
 from tests.search.fakes import FakeExpander, HiddenQ, child, tree
 
 # Node ids in creation order: a 1, b 2, c 3; b's children 4-6, c's 7-9 (or a's 4-6 and
@@ -80,6 +83,29 @@ def test_dfs_backtracks_past_a_pruned_branch():
     assert [t.node_id for t in result.trajectories] == [10]
 
 
+def test_dfs_keeps_a_state_valued_at_the_threshold_and_answers_with_the_best_complete():
+    """Threshold .5, n_complete 3: a (1) at exactly .5 is kept, b (2) pruned; a's child y
+    (4) is expanded and x (3, .6) collected; y's children collect z2 (6) and z3 (7), both
+    .9, and z1 (5, .55). The answer is z2: the best value, ties to the lower node id,
+    neither the first state collected (x) nor the last (z1)."""
+    spec = tree({"": [child("a", .5), child("b", .3)],
+                 "a": [child("x", .6, end=True), child("y", .7)],
+                 "a y": [child("z1", .55, end=True), child("z2", .9, end=True),
+                         child("z3", .9, end=True)]})
+    planners = []
+
+    def make(i):
+        planners.append(ToTDFSPlanner(i, ToTConfig(k=3, threshold=.5, n_complete=3),
+                                      q_value))
+        return planners[-1]
+
+    result, expanded = search(make, spec)
+    assert expanded == [[0], [1], [4]] and planners[0].pruned == [2]
+    assert [t.node_id for t in result.trajectories] == [3, 6, 7, 5]
+    assert result.outcome is Outcome.complete and result.node_id == 6
+    assert result.steps == ("a", "y", "z2") and result.score == pytest.approx(.9)
+
+
 def test_dfs_stops_at_the_step_limit_with_the_last_expanded_state():
     config = ToTConfig(k=3, threshold=.5, max_expansions=2)
     result, expanded = search(lambda i: ToTDFSPlanner(i, config, q_value), DFS_TREE)
@@ -93,6 +119,12 @@ def test_dfs_does_not_go_deeper_than_max_steps():
     result, expanded = search(lambda i: ToTDFSPlanner(i, config, q_value), DFS_TREE)
     assert expanded == [[0]]
     assert result.outcome is Outcome.partial and result.steps == ()
+
+
+def test_best_by_takes_the_highest_value_and_ties_to_the_lowest_node_id():
+    nodes = [SimpleNamespace(id=i, v=v) for i, v in [(5, .2), (7, .9), (3, .9), (4, .1)]]
+    assert best_by(nodes, lambda node: node.v).id == 3
+    assert best_by(nodes, lambda node: -node.v).id == 4
 
 
 def test_bad_tot_config_is_a_clear_error():
