@@ -76,3 +76,19 @@ def test_at_best_of_ns_own_n_its_rows_are_copied_not_searched_again(tmp_path):
     matched = [r for r in log.read() if r.method == "best_of_n_matched"]
     assert [(r.problem_id, r.generated_tokens, r.correct) for r in matched] == [
         ("a", 120, True), ("b", 80, False)]
+
+
+def test_spending_exactly_qstars_tokens_is_a_match(tmp_path):
+    log = ResultsLog(tmp_path / "results.jsonl")
+    log.append([_row("best_of_n", p, 20) for p in PROBLEMS])  # best-of-2: 10 tokens a chain
+    log.append([_row("qstar", p, 96) for p in PROBLEMS])
+    search = SublinearBestOfN(log)
+    assert evaluate_best_of_n_matched(tmp_path / "n.json", log, search, samples=2) == 12
+    assert search.calls == [10, 11, 12]  # 8 * 12 = 96: as many tokens as Q*, not more
+    # And at best_of_n's own N when it already spends exactly Q*'s tokens: copied, no search.
+    log = ResultsLog(tmp_path / "equal.jsonl")
+    log.append([_row("best_of_n", p, 96) for p in PROBLEMS])
+    log.append([_row("qstar", p, 96) for p in PROBLEMS])
+    search = SublinearBestOfN(log)
+    assert evaluate_best_of_n_matched(tmp_path / "m.json", log, search, samples=2) == 2
+    assert search.calls == []
