@@ -1,7 +1,11 @@
 """What the evaluate stage records of grading: a test-running task's status (a timeout is
 recorded as ``timeout`` and counts as wrong); a comparison-graded task's status is None."""
 
-from qstar_jax.stages.evaluate import _grade
+from types import SimpleNamespace
+
+from qstar_jax.search.planner import Outcome, ScoredTrajectory, SearchCounters, SearchResult
+from qstar_jax.stages.evaluate import _grade, _graded
+from qstar_jax.tasks.base import join_steps
 
 
 class TaskThatRunsTests:
@@ -31,3 +35,51 @@ def test_an_unfinished_answer_is_wrong_and_never_run():
 def test_a_compared_answer_has_no_status():
     assert _grade(ComparedTask(), None, "42", True) == (True, None)
     assert _grade(ComparedTask(), None, "41", True) == (False, None)
+
+
+class AnswerGrader:
+    """Compared by the answer after the last space; records every text it grades."""
+
+    def __init__(self):
+        self.graded = []
+
+    def grade(self, problem, completion):
+        self.graded.append(completion)
+        return completion.endswith("right")
+
+    def extract_answer(self, completion):
+        return completion.split()[-1] if completion else None
+
+
+def _result(index, steps, outcome, chains=()):
+    return SearchResult(
+        problem_index=index, steps=steps, node_id=7, outcome=outcome, score=0.5,
+        trajectories=tuple(ScoredTrajectory(node_id=k, steps=t, score=0.0)
+                           for k, t in enumerate(chains)),
+        counters=SearchCounters(generated_tokens=11, prefilled_tokens=5, q_calls=3,
+                                prm_calls=2, expansions=4, wall_s=9.0))
+
+
+def test_an_answer_is_graded_as_the_method_chose_it_and_the_ceiling_only_for_chains():
+    """A chain method answers its ranked chain, wrong here though another chain is right:
+    correct is that answer's grade, any_correct the ceiling; an unfinished answer is wrong
+    without grading it; each distinct text is graded once."""
+    task = AnswerGrader()
+    problems = [SimpleNamespace(id="p0"), SimpleNamespace(id="p1")]
+    chains = [("x", "so wrong"), ("y", "so right"), ("x", "so wrong")]
+    results = [_result(0, chains[0], Outcome.complete, chains),
+               _result(1, ("y", "so right"), Outcome.partial, chains)]
+    ctx = SimpleNamespace(task=task)
+    best_of_n = list(_graded(ctx, "best_of_n", problems, results[:1], 0.123456))
+    assert [(r.problem_id, r.correct, r.any_correct, r.answer, r.completed) for r in best_of_n] \
+        == [("p0", False, True, "wrong", True)]
+    assert task.graded == [join_steps(chains[0]), join_steps(chains[1])]
+    r = best_of_n[0]
+    assert (r.method, r.completion, r.generated_tokens, r.prefilled_tokens, r.q_calls,
+            r.prm_calls, r.expansions, r.wall_s) == (
+        "best_of_n", join_steps(chains[0]), 11, 5, 3, 2, 4, 0.1235)
+    task.graded.clear()
+    [unfinished] = _graded(ctx, "qstar", problems, results[1:], 0.0)
+    assert (unfinished.correct, unfinished.any_correct, unfinished.grade_status,
+            unfinished.answer, unfinished.completed) == (False, None, None, "right", False)
+    assert task.graded == []  # neither the unfinished answer nor any chain is graded
