@@ -65,12 +65,17 @@ def test_rollout_batches_on_pages_are_held_to_what_the_pages_hold_at_max_len():
     """collect's and label's rollouts (full_rows) may each fill a max_len row of their own;
     on a paged cache, whose slots are sized for evaluate's trees sharing their pages, a
     batch of them is also held to the pages: max_len // page_size = 10 a slot here."""
-    def paged(pages):
+    def paged(pages, data=None):
+        mesh = None if data is None else AbstractMesh((data, 1), ("data", "model"))
         return RunContext(config=load_config(overrides=[
             "decode.slots=900", "decode.max_len=160", "decode.page_size=16",
-            f"decode.pages={pages}"]), out=None)
+            f"decode.pages={pages}"]), out=None, mesh=mesh)
 
     assert paged(4000).searches_per_batch(9) == 100  # slots: 900 // 9
     assert paged(4000).searches_per_batch(9, full_rows=True) == 4000 // 90 == 44
     assert paged(50).searches_per_batch(9, full_rows=True) == 1  # at least one
     assert context(900).searches_per_batch(9, full_rows=True) == 100  # the slot pool
+    # Over 2 shards each holds 2025 pages, 22 searches' rows: 44 in all (not 2 x 45, the
+    # whole pool's 4050 // 90 on each shard), though the slots would hold 2 x (450 // 9).
+    assert paged(4050, data=2).searches_per_batch(9, full_rows=True) == 44
+    assert paged(4050, data=2).searches_per_batch(9) == 100
