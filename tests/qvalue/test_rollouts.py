@@ -48,6 +48,24 @@ def test_resume_skips_stored_problems(tmp_path):
     assert [r.problem_index for r in read_rollouts(path)] == [0, 1, 2, 3]
 
 
+def test_a_collection_killed_mid_run_keeps_its_finished_batches_and_resumes_after_them(
+        tmp_path):
+    class KilledOnSecondCall(CountingSampler):
+        def continue_from(self, items, n, temperature, max_steps=None):
+            if self.asked:
+                raise KeyboardInterrupt
+            return super().continue_from(items, n, temperature, max_steps)
+
+    path = tmp_path / "rollouts.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        collect(path, [0, 1, 2, 3], KilledOnSecondCall())
+    assert [r.problem_index for r in read_rollouts(path)] == [0, 1]  # on disk before the kill
+    sampler = CountingSampler()
+    records = collect(path, [0, 1, 2, 3], sampler)
+    assert sampler.asked == [2, 3]
+    assert records == collect(tmp_path / "uninterrupted.jsonl", [0, 1, 2, 3], CountingSampler())
+
+
 def test_a_torn_last_line_is_ignored_then_cut_off_before_appending(tmp_path):
     path = tmp_path / "rollouts.jsonl"
     collect(path, [0, 1], CountingSampler())
