@@ -32,6 +32,27 @@ def test_linear_raw_head_is_an_affine_map():
     np.testing.assert_allclose(np.asarray(jax.jit(head.values)(hiddens)), expected, rtol=1e-5)
 
 
+def test_an_mlp_head_is_gelu_hidden_layers_then_a_linear_output(mlp_head):
+    """The forward pass by hand from the layers' weights: hidden widths 5 and 3, each
+    GELU(x W + b), then the output's logit, through a sigmoid."""
+    hiddens = np.random.default_rng(3).normal(size=(4, E))
+
+    def gelu(x):  # the tanh form, jax.nn.gelu's default
+        return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+    def weights(layer):
+        return (np.asarray(layer.kernel[...], np.float64), np.asarray(layer.bias[...], np.float64))
+
+    x = hiddens
+    for layer in mlp_head.hidden_layers:
+        kernel, bias = weights(layer)
+        x = gelu(x @ kernel + bias)
+    kernel, bias = weights(mlp_head.out)
+    expected = 1 / (1 + np.exp(-(x @ kernel + bias)[:, 0]))
+    got = np.asarray(jax.jit(mlp_head.values)(hiddens.astype(np.float32)))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
 def test_score_hidden_pads_to_a_bucket_and_returns_exactly_n_values(mlp_head):
     model = QHeadModel(mlp_head)
     hiddens = np.random.default_rng(2).normal(size=(5, E)).astype(np.float32)
