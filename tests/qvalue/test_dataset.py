@@ -36,3 +36,15 @@ def test_features_must_align_with_records(tmp_path):
         save_labelled(tmp_path / "l.jsonl", steps, features=np.zeros((2, 4)))
     with pytest.raises(FileNotFoundError):
         load_labelled(tmp_path / "missing.jsonl")
+
+
+def test_features_saved_apart_from_their_records_are_refused(tmp_path):
+    """A kill between the two atomic writes leaves new features beside old records."""
+    steps = [LabelledStep(problem_index=0, prefix_steps=(), step_text=f"s{i}", label=1.0)
+             for i in range(3)]
+    path, newer = tmp_path / "labels.jsonl", tmp_path / "newer.jsonl"
+    save_labelled(path, steps, features=np.zeros((3, 4), np.float32))
+    save_labelled(newer, steps[:2], features=np.ones((2, 4), np.float32))
+    features_path(newer).replace(features_path(path))
+    with pytest.raises(ValueError, match="has 2 feature rows for 3 records"):
+        load_labelled(path)
