@@ -33,3 +33,19 @@ def test_an_atomic_write_replaces_the_whole_file_and_leaves_no_temporary(tmp_pat
     durable.write_atomically(path, lambda f: f.write(b"new"))
     assert path.read_bytes() == b"new"
     assert [p.name for p in path.parent.iterdir()] == ["summary.json"]
+
+
+def test_a_write_killed_midway_leaves_the_old_file_whole(tmp_path):
+    path = tmp_path / "summary.json"
+    durable.write_atomically(path, lambda f: f.write(b"old"))
+
+    def killed(f):
+        f.write(b"half of the n")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        durable.write_atomically(path, killed)
+    assert path.read_bytes() == b"old"
+    durable.write_atomically(path, lambda f: f.write(b"new"))  # a stale temporary is no obstacle
+    assert path.read_bytes() == b"new"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
