@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 from qstar_jax.qvalue.head import QHead, QHeadConfig, QHeadModel
-from qstar_jax.qvalue.train import TrainConfig, roc_auc, train_q_model
+from qstar_jax.qvalue.train import TrainConfig, make_optimizer, roc_auc, train_q_model
 from tests.qvalue.tiny import E, separable_features
 
 
@@ -100,6 +100,25 @@ def test_bad_inputs_get_clear_errors():
                       progress=False)
     with pytest.raises(ValueError, match="warmup_steps"):
         TrainConfig(max_steps=5, warmup_steps=5)
+
+
+def test_the_learning_rate_warms_up_linearly_then_falls_on_a_cosine_to_its_floor():
+    """Adam's step under a constant gradient is the learning rate itself (m̂/√v̂ = 1), so
+    the updates read the schedule: 0 → 0.1 over 4 warmup steps, then a cosine from 0.1 to
+    0.02 that reaches it at max_steps = 12."""
+    config = TrainConfig(learning_rate=0.1, min_learning_rate=0.02, warmup_steps=4,
+                         max_steps=12, weight_decay=0.0)
+    optimizer = make_optimizer(config)
+    params = {"w": np.zeros(1, np.float32)}
+    state = optimizer.init(params)
+    rates = []
+    for _ in range(13):
+        updates, state = optimizer.update({"w": np.ones(1, np.float32)}, state, params)
+        rates.append(-float(updates["w"][0]))
+    expected = [0.1 * t / 4 for t in range(4)] + [
+        0.02 + 0.08 * 0.5 * (1 + math.cos(math.pi * (t - 4) / 8)) for t in range(4, 13)]
+    assert rates == pytest.approx(expected, rel=1e-4, abs=1e-7)
+    assert rates[4] == pytest.approx(0.1, rel=1e-4) and rates[12] == pytest.approx(0.02, rel=1e-4)
 
 
 def test_roc_auc_counts_ordered_pairs_with_ties_as_half():
