@@ -8,7 +8,7 @@ import pytest
 from qstar_jax.qvalue.labels_best_of import BestOfRolloutsConfig, best_of_rollouts_labels
 from qstar_jax.qvalue.labels_shepherd import (OutcomeJournal, missing_outcomes,
                                               sample_outcomes, shepherd_labels)
-from tests.qvalue.toy_tree import REWARDS, EnumeratingSampler, all_pairs, completions, reward
+from tests.qvalue.toy_tree import PROBLEM, REWARDS, EnumeratingSampler, all_pairs, completions, reward
 
 
 def brute_force(pairs, estimation):
@@ -48,8 +48,11 @@ def test_labels_match_brute_force_over_the_tree(tmp_path, estimation, source):
 def test_hard_and_soft_differ_where_some_completions_fail(tmp_path):
     pairs = [p for p in all_pairs() if p.next_state == ("a",)]
     journal = OutcomeJournal(tmp_path / "outcomes.jsonl")
-    sample_outcomes(pairs, EnumeratingSampler(), reward, journal, completions=2,
-                    temperature=0.9, progress=False)
+    sampler = EnumeratingSampler()
+    sample_outcomes(pairs, sampler, reward, journal, completions=2, temperature=0.9,
+                    max_steps=5, progress=False)
+    assert [(c["items"], c["n"], c["temperature"], c["max_steps"]) for c in sampler.calls] == [
+        ([(PROBLEM, ("a",))], 2, 0.9, 5)]  # the PRM's completions at the configured settings
     assert journal.known()[pairs[0].key] == [0.0, 1.0]  # a2 fails, a1 reaches the answer
     assert shepherd_labels(pairs, journal.known(), "hard")[0].label == 1.0
     assert shepherd_labels(pairs, journal.known(), "soft")[0].label == 0.5
