@@ -11,10 +11,12 @@ class CountingSampler:
 
     def __init__(self):
         self.asked: list[int] = []
+        self.settings: list[tuple] = []  # (n, temperature, max_steps) of each call
 
     def continue_from(self, items, n, temperature, max_steps=None):
         assert all(prefix == () for _, prefix in items)
         self.asked += [p for p, _ in items]
+        self.settings.append((n, temperature, max_steps))
         return [[(f"p{p} s{j}", f"answer {p + j}") for j in range(n)] for p, _ in items]
 
 
@@ -29,7 +31,9 @@ def collect(path, problems, sampler, **kw):
 
 def test_collects_grades_and_stores_one_line_per_problem(tmp_path):
     path = tmp_path / "rollouts.jsonl"
-    records = collect(path, [3, 0, 5], CountingSampler())
+    sampler = CountingSampler()
+    records = collect(path, [3, 0, 5], sampler, max_steps=7)
+    assert sampler.asked == [3, 0, 5] and sampler.settings == [(2, 0.9, 7)] * 2  # batches of 2
     assert [r.problem_index for r in records] == [3, 0, 5]
     assert records[1] == ProblemRollouts(problem_index=0, temperature=0.9, rollouts=(
         Rollout(steps=("p0 s0", "answer 0"), reward=1.0),
