@@ -73,6 +73,19 @@ def test_early_stopping_triggers_on_a_plateau():
     jax.tree.map(np.testing.assert_array_equal, params_of(head), before)
 
 
+def test_improvements_within_min_improvement_do_not_count():
+    """The held-out loss falls at every evaluation (as in the first test), but never by
+    more than 1.0: the first evaluation stays the best and two more stop the run."""
+    x, y = separable_features()
+    config = TrainConfig(learning_rate=0.05, max_steps=60, batch_size=16,
+                         heldout_fraction=0.25, eval_every=5, patience=2, min_improvement=1.0)
+    result = train_q_model(fresh_head(), x, y, config, progress=False)
+    losses = [loss for _, loss in result.heldout_losses]
+    assert losses == sorted(losses, reverse=True) and losses[0] > losses[-1]
+    assert result.stopped_early and result.steps == 15 and result.best_step == 5
+    assert result.best_heldout_loss == losses[0]
+
+
 def test_training_is_deterministic_by_seed():
     x, y = separable_features()
     runs = []
