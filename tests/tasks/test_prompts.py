@@ -23,3 +23,18 @@ def test_chat_prompts_alternate_roles_and_end_with_the_user_asking():
         {"role": "user", "content": REFINE_ASK}]
     [only] = json.loads(prompts.answer(0))
     assert only["role"] == "user" and only["content"].startswith("q0\n\nThink step by step.")
+
+
+def test_each_request_asks_its_own_question_after_the_answer():
+    # answer: the question alone; critique and score: the answer, then their own ask.
+    prompts = ReasonerPrompts(questions=("What is 2+3?",))
+    assert prompts.answer(0) == (
+        "Question: What is 2+3?\n\nThink step by step. End with the line "
+        "'The answer is: <your final answer>'.\nReply:\n")
+    assert prompts.critique(0, "The answer is: 6") == (
+        f"Question: What is 2+3?\nAnswer:\nThe answer is: 6\n\n{CRITIQUE_ASK}\nReply:\n")
+    chat = ReasonerPrompts(questions=("q0",), chat=json.dumps)
+    for request, ask in ((chat.critique, CRITIQUE_ASK), (chat.score, SCORE_ASK)):
+        assert json.loads(request(0, "A")) == [
+            {"role": "user", "content": "q0"}, {"role": "assistant", "content": "A"},
+            {"role": "user", "content": ask}]
