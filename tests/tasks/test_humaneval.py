@@ -2,13 +2,14 @@
 the sandbox (canonical solutions pass, broken ones fail), and bad input."""
 
 import logging
+import re
 import sys
 from pathlib import Path
 
 import pytest
 
 from qstar_jax.tasks import make_task
-from qstar_jax.tasks.humaneval import HumanEvalTask
+from qstar_jax.tasks.humaneval import HumanEvalTask, problem_from_record
 from qstar_jax.tasks.code_answers import HiddenTests
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "humaneval"
@@ -151,3 +152,13 @@ def test_problems_carry_their_hidden_tests(fixture_task):
     assert problem.reference == HiddenTests(setup="", tests=(
         "METADATA = {}\n\n\ndef check(candidate):\n    assert candidate(2, 3) == 5\n"
         "    assert candidate(-1, 1) == 0\n\ncheck(add)\n",))
+
+
+@pytest.mark.parametrize("entry_point", ["add; import os", "add(1)", "2add"])
+def test_an_entry_point_that_is_not_a_python_name_is_malformed(entry_point):
+    # It is pasted into the hidden test as check(<entry point>).
+    record = {"task_id": "Fixture/9", "prompt": "def add(a, b):\n", "entry_point": entry_point,
+              "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n"}
+    message = re.escape(f"entry_point {entry_point!r} is not a Python name")
+    with pytest.raises(ValueError, match=message):
+        problem_from_record(record)
