@@ -2,10 +2,12 @@
 GSM8K prompt and grading, worked solutions as training traces, and bad input."""
 
 import sys
+import types
 
 import pytest
 
 from qstar_jax.tasks import make_task
+from qstar_jax.tasks import gsm_symbolic
 from qstar_jax.tasks.gsm_symbolic import GsmSymbolicTask, problem_from_instance
 
 SIZES = {"test_size": 12, "validation_size": 5, "train_size": 20}
@@ -115,4 +117,44 @@ def test_a_missing_package_names_the_pip_install(monkeypatch):
     with pytest.raises(ModuleNotFoundError, match=r"task 'gsm_symbolic' needs the "
                                                   r"'reasoning-gym' package.*`pip install "
                                                   r"reasoning-gym`"):
+        GsmSymbolicTask(test_size=2).load("test")
+
+
+def fake_reasoning_gym(questions):
+    """A stand-in for reasoning-gym's module whose stream asks ``questions`` in order
+    (repeating the last one past their end); instance k's answer is k."""
+    def instance(index):
+        question = questions[min(index, len(questions) - 1)]
+        return {"question": question, "answer": str(index),
+                "metadata": {"answer_cot": f"Step {index}.\n#### {index}"}}
+
+    class Config:
+        def __init__(self, *, seed, size):
+            self.size = size
+
+    class Dataset:
+        def __init__(self, config):
+            self.size = config.size
+
+        def __getitem__(self, index):
+            if not 0 <= index < self.size:
+                raise IndexError(index)
+            return instance(index)
+
+    return types.SimpleNamespace(GSMSymbolicDatasetConfig=Config, GSMSymbolicDataset=Dataset)
+
+
+def test_a_repeated_question_is_skipped_so_no_problem_is_dealt_twice(monkeypatch):
+    stream = ["Q0", "Q1", "Q0", "Q2", "Q3", "Q1", "Q4", "Q5"]
+    monkeypatch.setattr(gsm_symbolic, "import_package", lambda *_: fake_reasoning_gym(stream))
+    task = GsmSymbolicTask(test_size=2, validation_size=1, train_size=2)
+    dealt = {split: [(p.id, p.question) for p in task.load(split)]
+             for split in ("test", "validation", "train")}
+    assert dealt == {"test": [("gsm_symbolic/0", "Q0"), ("gsm_symbolic/1", "Q1")],
+                     "validation": [("gsm_symbolic/3", "Q2")],
+                     "train": [("gsm_symbolic/4", "Q3"), ("gsm_symbolic/6", "Q4")]}
+    # A stream that runs out of new questions is an error, not a short split.
+    monkeypatch.setattr(gsm_symbolic, "import_package", lambda *_: fake_reasoning_gym(["Q0"]))
+    with pytest.raises(ValueError, match=r"made only 1 distinct problems in 108 draws, short "
+                                         r"of the 2 asked for"):
         GsmSymbolicTask(test_size=2).load("test")
