@@ -108,6 +108,9 @@ def test_code_from_completion():
     assert code_from_completion("```python\n" + code + "\n```") == code
     assert code_from_completion("\n" + code) == code  # cut off before the fence
     assert code_from_completion("```\nprint(1)") == ""
+    # A re-opened block after blank lines, or indented; a closing fence with spaces around.
+    assert code_from_completion("\n\n```python\n" + code + "\n```") == code
+    assert code_from_completion("  ```python\n" + code + "\n  ```  \nprint(2)") == code
     assert MbppTask().extract_answer("```") is None
 
 
