@@ -1,5 +1,6 @@
 """MBPP: loading both configs, the one-test prompt, code steps, grading on hidden tests."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,15 @@ def test_broken_or_empty_programs_fail(full):
     task = MbppTask()
     assert not task.grade(full[902], "def reverse_words(sentence)\n    return sentence\n```")
     assert not task.grade(full[902], "```")
+
+
+def test_several_test_imports_become_one_line_each_of_setup(cache_dir, tmp_path):
+    record = {"source_file": "fixture.py", "task_id": 916, "prompt": "Write a function to "
+              "find the words of a text.", "code": "def words(text):\n    return text.split()",
+              "test_imports": ["import math", "import re"],
+              "test_list": ["assert words('a b') == re.findall(r'\\w+', 'a b')"]}
+    data = tmp_path / "test.jsonl"
+    data.write_text(json.dumps(record) + "\n")
+    (problem,) = MbppSanitizedTask(data_files=str(data), cache_dir=cache_dir).load("test")
+    assert problem.reference == HiddenTests(setup="import math\nimport re",
+                                            tests=tuple(record["test_list"]))
