@@ -158,3 +158,11 @@ def test_several_test_imports_become_one_line_each_of_setup(cache_dir, tmp_path)
     (problem,) = MbppSanitizedTask(data_files=str(data), cache_dir=cache_dir).load("test")
     assert problem.reference == HiddenTests(setup="import math\nimport re",
                                             tests=tuple(record["test_list"]))
+
+
+def test_the_tasks_memory_limit_is_the_sandboxs(full):
+    # 200 MiB held while the tests run: within the default 512 MiB, not within 128.
+    greedy = ("def max_of_three(a, b, c):\n    global ballast\n"
+              "    ballast = bytearray(200 << 20)\n    return max(a, b, c)\n```")
+    assert MbppTask().grade_status(full[901], greedy) == "passed"
+    assert MbppTask(memory_mb=128).grade_status(full[901], greedy) == "memory_exceeded"
