@@ -46,6 +46,8 @@ FINAL_ANSWER_CASES = [
     ("Final Answer: 7", "7"),
     ("Natalia sold 48 clips.\n#### 72", "72"),
     ("#### 72.", "72"),
+    ("Work it out.\n  #### 72", "72"),               # an indented '####' line
+    ("She paid 5 #### 6", None),                       # '####' inside a line marks nothing
     ("We get $\\boxed{\\frac{5}{6}}$", "\\frac{5}{6}"),
     ("The answer is: $\\boxed{5}$", "5"),              # the box opens after the phrase
     ("\\boxed{1} so far; \\boxed{2} in the end", "2"),
@@ -55,6 +57,8 @@ FINAL_ANSWER_CASES = [
     ("#### 4\nThe answer is: 3", "3"),
     ("The answer is not 5, the answer is 6", "6"),
     ("The answer is:\nno answer given here", None),    # a marker with nothing after it
+    ("The answer is 5.\nCheck: \\boxed{}", "5"),      # so is an empty box
+    ("The answer isn't 5 yet", None),                  # "answer is" must be whole words
     ("#### ", None),
     ("The sum is 12.", None),
     ("", None),
@@ -72,9 +76,11 @@ def test_extract_gsm8k_reference_takes_the_last_hash_line():
     assert extract_gsm8k_reference(field) == "72"
     assert extract_gsm8k_reference("a\n#### 1,000 \n") == "1,000"
     assert extract_gsm8k_reference("#### -3\nnotes\n####  5") == "5"
+    assert extract_gsm8k_reference("a\n  #### 7") == "7"
 
 
-@pytest.mark.parametrize("field", ["Natalia sold 72 clips.", "", "#### \n", "## 72", None, 72])
+@pytest.mark.parametrize("field", ["Natalia sold 72 clips.", "", "#### \n", "## 72", None, 72,
+                                   "72 clips #### 72"])
 def test_extract_gsm8k_reference_says_what_is_missing(field):
     with pytest.raises(ValueError, match="'#### <number>' line"):
         extract_gsm8k_reference(field)
