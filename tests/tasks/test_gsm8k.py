@@ -105,6 +105,8 @@ def test_grading_right_and_wrong_answers(problems):
     assert not task.grade(nora, "4 * 15 = 60 stickers.\n60 - 22 = 38 left.")
     assert task.grade(problems[4], "4 - 10 = -6\nThe answer is: -6")
     assert not task.grade(problems[4], "The answer is: 6")
+    # The answer is a number, not an expression that evaluates to it.
+    assert not task.grade(nora, "The answer is: 60 - 22")
 
 
 def test_grading_never_raises_on_odd_text():
@@ -112,3 +114,4 @@ def test_grading_never_raises_on_odd_text():
     problem = Problem(id="x", question="q", reference="12")
     assert not task.grade(problem, "The answer is: twelve?!}{")
     assert not task.grade(problem, "")
+
