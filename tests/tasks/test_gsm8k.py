@@ -115,3 +115,9 @@ def test_grading_never_raises_on_odd_text():
     assert not task.grade(problem, "The answer is: twelve?!}{")
     assert not task.grade(problem, "")
 
+
+@pytest.mark.parametrize("record", [{"question": "", "answer": "60 - 22 = 38\n#### 38"},
+                                    {"question": "How many?", "answer": ""}])
+def test_an_empty_question_or_answer_is_malformed(record):
+    with pytest.raises(ValueError, match="empty or missing 'question' or 'answer'"):
+        Gsm8kTask()._problem_from_record(record, "gsm8k/test/0")

@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 
 from qstar_jax.tasks.base import MalformedRecordError
-from qstar_jax.tasks.hendrycks_math import MATH_FORMAT, MATH_SUBJECTS, Math500Task, MathTask
+from qstar_jax.tasks.hendrycks_math import (MATH_FORMAT, MATH_SUBJECTS, Math500Task, MathTask,
+                                            _problem_from_math500_record,
+                                            _problem_from_math_record)
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 
@@ -116,3 +118,10 @@ def test_grading_right_and_wrong(math_problems, math500_problems):
     assert not task.grade(interval, "The answer is: $\\boxed{(2, \\infty)}$")
     assert task.grade(math_problems[0], "Add 5.\nDivide by 3.\nThe answer is: $\\boxed{7}$")
     assert not task.grade(math_problems[0], "The answer is: $\\boxed{8}$")
+
+
+def test_an_empty_problem_is_malformed():
+    with pytest.raises(ValueError, match="empty or missing 'problem' or 'solution'"):
+        _problem_from_math_record({"problem": "", "solution": "So $\\boxed{7}$."}, "math/test/0")
+    with pytest.raises(ValueError, match="empty or missing 'problem' or 'answer'"):
+        _problem_from_math500_record({"problem": "", "answer": "7", "unique_id": "u"}, "x")
