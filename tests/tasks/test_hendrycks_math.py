@@ -125,3 +125,10 @@ def test_an_empty_problem_is_malformed():
         _problem_from_math_record({"problem": "", "solution": "So $\\boxed{7}$."}, "math/test/0")
     with pytest.raises(ValueError, match="empty or missing 'problem' or 'answer'"):
         _problem_from_math500_record({"problem": "", "answer": "7", "unique_id": "u"}, "x")
+
+
+def test_the_reference_is_the_box_even_when_prose_follows_it():
+    record = {"problem": "Solve $x + 1 = 8$.",
+              "solution": "So $x = \\boxed{7}$. Hence the answer is an odd number.",
+              "level": "Level 1", "type": "Algebra"}
+    assert _problem_from_math_record(record, "math/test/0").reference == "7"
