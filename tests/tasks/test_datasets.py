@@ -109,6 +109,14 @@ def test_missing_column_is_named(cache_dir):
         load_records(source, "test", data_files=str(GSM8K_TEST), cache_dir=cache_dir)
 
 
+def test_a_missing_optional_column_is_no_error(cache_dir):
+    source = DatasetSource(task_name="toy", hub_name="example/toy", hub_configs=("main",),
+                           columns=(*SOURCE.columns,
+                                    Column(name="level", holds="str", required=False)))
+    records = load_records(source, "test", data_files=str(GSM8K_TEST), cache_dir=cache_dir)
+    assert records.column_names == ["question", "answer"] and len(records) == 6
+
+
 def test_data_files_without_the_split_says_how_to_add_it(cache_dir):
     with pytest.raises(ValueError, match=r"no entry for split 'train'.*data_files\.train="):
         load_records(SOURCE, "train", data_files={"test": str(GSM8K_TEST)},
@@ -134,9 +142,10 @@ def test_no_hub_and_no_files_says_how_to_point_at_local_files(cache_dir, monkeyp
     assert "question (str: the question); answer (str: ends with '#### N')" in message
 
 
-def test_offline_flag_is_the_reason(monkeypatch):
+@pytest.mark.parametrize("value", ["1", "ON", "yes", " True "])
+def test_offline_flag_is_the_reason(monkeypatch, value):
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", value)
     assert hub_unreachable_reason() == "HF_HUB_OFFLINE is set"
 
 
@@ -222,7 +231,7 @@ def test_without_local_files_each_task_loads_its_hub_dataset(
 
 def test_a_json_array_file_loads_like_jsonl(cache_dir, tmp_path):
     records = load_records(SOURCE, "test", data_files=str(GSM8K_TEST), cache_dir=cache_dir)
-    array_file = tmp_path / "test.json"
+    array_file = tmp_path / "test.JSON"  # the extension's case does not matter
     array_file.write_text(json.dumps(records.to_list()))
     from_array = load_records(SOURCE, "test", data_files=str(array_file), cache_dir=cache_dir)
     assert from_array.to_list() == records.to_list()
