@@ -1,6 +1,7 @@
 """HumanEval: the package's problems, the prompt the policy continues, splits, grading in
 the sandbox (canonical solutions pass, broken ones fail), and bad input."""
 
+import json
 import logging
 import re
 import sys
@@ -162,3 +163,17 @@ def test_an_entry_point_that_is_not_a_python_name_is_malformed(entry_point):
     message = re.escape(f"entry_point {entry_point!r} is not a Python name")
     with pytest.raises(ValueError, match=message):
         problem_from_record(record)
+
+
+@pytest.mark.parametrize("train_size", [-1, 2.5, None])
+def test_a_bad_train_size_fails_when_the_task_is_made(train_size):
+    with pytest.raises(ValueError, match=re.escape(f"train_size must be an int >= 0, got "
+                                                   f"{train_size!r}")):
+        HumanEvalTask(train_size=train_size)
+
+
+def test_a_file_of_only_malformed_records_is_an_error_even_when_skipping(tmp_path):
+    only_bad = tmp_path / "bad.jsonl"
+    only_bad.write_text(json.dumps({"task_id": "Fixture/0", "entry_point": "add"}) + "\n")
+    with pytest.raises(ValueError, match=r"humaneval: no well-formed records in .*bad\.jsonl"):
+        HumanEvalTask(problems_file=str(only_bad)).load("full", skip_malformed=True)

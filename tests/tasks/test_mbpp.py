@@ -166,3 +166,11 @@ def test_the_tasks_memory_limit_is_the_sandboxs(full):
               "    ballast = bytearray(200 << 20)\n    return max(a, b, c)\n```")
     assert MbppTask().grade_status(full[901], greedy) == "passed"
     assert MbppTask(memory_mb=128).grade_status(full[901], greedy) == "memory_exceeded"
+
+
+def test_a_blank_test_in_test_list_is_malformed():
+    # A blank test would pass any program.
+    record = {"task_id": 917, "text": "Write a function to add one.", "test_setup_code": "",
+              "test_list": ["assert add_one(1) == 2", "  "], "challenge_test_list": []}
+    with pytest.raises(ValueError, match=r"no tests in 'test_list', or an empty one"):
+        MbppTask()._problem_from_record(record, "mbpp/test/0")
