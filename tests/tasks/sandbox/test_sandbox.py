@@ -568,6 +568,7 @@ def test_sandbox_process_is_isolated_limited_and_unprivileged(isolation: str) ->
         "assert resource.getrlimit(resource.RLIMIT_CPU) == (4, 5)",
         "assert resource.getrlimit(resource.RLIMIT_FSIZE) == (16 << 20, 16 << 20)",
         "assert resource.getrlimit(resource.RLIMIT_NOFILE) == (64, 64)",
+        "assert resource.getrlimit(resource.RLIMIT_CORE) == (0, 0)",  # hard too: no raising it
     ]
     if os.geteuid() == 0 or isolation == "bubblewrap":
         # Otherwise the limit also covers the caller's own threads.
