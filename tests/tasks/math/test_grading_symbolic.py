@@ -97,14 +97,16 @@ def test_a_spent_budget_answers_false_without_asking():
         assert fresh_checker.worker_pid is None
 
 
-def test_worker_runs_under_an_address_space_cap(checker):
+def test_worker_runs_under_an_address_space_cap_and_writes_nothing(checker):
     assert checker.equal("2\\sqrt{2}", "\\sqrt{8}", deadline=time.monotonic() + 60.0)
     limits = Path(f"/proc/{checker.worker_pid}/limits")
     if not limits.exists():
         pytest.skip("no /proc on this system")
-    address_space = next(line for line in limits.read_text().splitlines()
-                         if line.startswith("Max address space"))
-    assert address_space.split()[3:5] == [str(384 << 20)] * 2
+    soft_and_hard = {line[:26].strip(): line[26:].split()[:2]
+                     for line in limits.read_text().splitlines()[1:]}
+    assert soft_and_hard["Max address space"] == [str(384 << 20)] * 2
+    # Nor may it write files or dump core.
+    assert soft_and_hard["Max file size"] == soft_and_hard["Max core file size"] == ["0", "0"]
 
 
 def test_a_late_reply_kills_the_worker_and_the_next_check_starts_a_new_one(checker):
