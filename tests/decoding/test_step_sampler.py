@@ -4,7 +4,7 @@ import pytest
 
 from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.sampling import SamplingParams
-from qstar_jax.decoding.step_sampler import EndReason
+from qstar_jax.decoding.step_sampler import EndReason, end_reason_after
 from tests.decoding.full_forward import greedy_reference
 from tests.decoding.tiny_models import (COUNTING_EOS_ID, COUNTING_MAX_LEN, COUNTING_NEWLINE_ID,
                                         COUNTING_VOCAB, STEP_BUCKET)
@@ -174,3 +174,22 @@ def test_other_layer_weights_sample_what_per_layer_weights_sample(random_decoder
                                           max_tokens=9))
     np.testing.assert_array_equal(steps[0].tokens, steps[1].tokens)
     np.testing.assert_allclose(steps[0].hidden, steps[1].hidden, atol=1e-5)
+
+
+def test_the_first_listed_end_reason_wins_when_several_hold():
+    """``end_reason_after`` at each stop's boundary and where stops coincide: EOS, then
+    newline, then a full slot, then the cap (``EndReason``'s order). Token 1 holds a
+    newline, 2 is EOS, 3 is both (an EOS whose text holds a newline); slots hold 10."""
+    newline_table = np.array([False, True, False, True])
+    eos_ids = np.array([2, 3], np.int32)
+    # (token, position after it, tokens sampled, cap) -> reason (-1: the step goes on)
+    cases = [((0, 9, 3, 4), -1), ((0, 9, 4, 4), EndReason.CAP), ((0, 10, 3, 4),
+             EndReason.CACHE_FULL), ((0, 10, 4, 4), EndReason.CACHE_FULL),
+             ((1, 5, 1, 4), EndReason.NEWLINE), ((1, 10, 4, 4), EndReason.NEWLINE),
+             ((2, 5, 1, 4), EndReason.EOS), ((2, 10, 4, 4), EndReason.EOS),
+             ((3, 5, 1, 4), EndReason.EOS), ((3, 10, 4, 4), EndReason.EOS)]
+    tokens, positions, num_tokens, caps = (np.array(column, np.int32)
+                                           for column in zip(*(case for case, _ in cases)))
+    reasons = end_reason_after(tokens, positions, num_tokens, caps, newline_table, eos_ids,
+                               max_len=10)
+    assert np.asarray(reasons).tolist() == [int(reason) for _, reason in cases]
