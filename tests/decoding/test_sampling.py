@@ -31,6 +31,14 @@ def test_greedy_is_argmax_whatever_top_k_and_top_p():
     tokens, logprobs = sample(logits, jax.random.split(jax.random.key(1), 4), params)
     np.testing.assert_array_equal(tokens, np.argmax(logits, axis=-1))
     np.testing.assert_allclose(logprobs, np.max(jax.nn.log_softmax(logits), axis=-1), rtol=1e-6)
+    # Greedy rows beside sampled rows (the batch draws): still the argmax, on logits flat
+    # enough that a draw would rarely be (each token's probability is under 0.2).
+    flat = np.asarray(jax.random.normal(jax.random.key(2), (4, 50)))
+    assert float(jnp.max(jax.nn.softmax(flat))) < 0.2
+    mixed = SamplingParams.make(4, temperature=[0.0, 1.0, 0.0, 1.0], top_k=[5, 0, 0, 0])
+    tokens, _ = sample(flat, jax.random.split(jax.random.key(1), 4), mixed)
+    np.testing.assert_array_equal(np.asarray(tokens)[[0, 2]], np.argmax(flat, axis=-1)[[0, 2]])
+    assert not np.array_equal(tokens, np.argmax(flat, axis=-1))  # the others really drew
 
 
 def test_top_k_keeps_the_k_largest_and_ties_at_the_threshold():
