@@ -79,6 +79,24 @@ def test_rows_do_not_depend_on_batch_company_or_order(random_decoder):
     assert together[0][0] != together[2][0]  # sampling really is on
 
 
+def test_top_k_and_top_p_filter_the_steps_draws(random_decoder):
+    """At temperature 30 the random model's draws are near uniform; top-k 1, or a top-p
+    below the likeliest token's mass, leaves only the argmax: those rows sample the greedy
+    step, each token's log-probability still under the unmodified distribution."""
+    slots = random_decoder.allocate(4)
+    random_decoder.prefill(slots, [PROMPTS[1]] * 4)
+    step = random_decoder.sample_steps(
+        slots, problem_keys=_keys(0, 1, 2, 3), node_ids=[0, 1, 2, 3],
+        params=SamplingParams.make(4, temperature=[0.0, 30.0, 30.0, 30.0], top_k=[0, 1, 0, 0],
+                                   top_p=[1.0, 1.0, 0.01, 1.0]),
+        max_tokens=8)
+    greedy = step.row_tokens(0)
+    assert step.row_tokens(1) == step.row_tokens(2) == greedy
+    np.testing.assert_allclose(step.logprobs[1], step.logprobs[0], atol=1e-5)
+    np.testing.assert_allclose(step.logprobs[2], step.logprobs[0], atol=1e-5)
+    assert step.row_tokens(3) != greedy  # unfiltered, the same temperature draws others
+
+
 def test_each_row_ends_its_step_for_its_own_reason(counting_decoder):
     # The counting model continues i with i + 1; token 7 holds a newline, 9 is EOS.
     two_short_of_full = [(i - 9) % 32 for i in range(COUNTING_MAX_LEN - 2)]  # ends with 20
