@@ -128,6 +128,25 @@ def test_greedy_draws_are_one_step_counted_once(random_decoder):
     assert tuple(batch.row_tokens(0)) == steps[0].tokens
 
 
+def test_top_k_and_top_p_filter_the_tries_draws(random_decoder):
+    """Hot groups (near uniform draws) whose top-k is 1, or whose top-p is below the
+    likeliest token's mass, draw only the argmax: one step, all their draws, the greedy
+    group's step and log-probability (under the unmodified distribution); an unfiltered
+    hot group's draws differ."""
+    slots = random_decoder.allocate(4)
+    random_decoder.prefill(slots, [PROMPT] * 4)
+    params = SamplingParams.make(4, temperature=[0.0, HOT, HOT, HOT], top_k=[0, 1, 0, 0],
+                                 top_p=[1.0, 1.0, 0.01, 1.0])
+    (greedy, top_k, top_p, unfiltered), _ = sample_trie_steps(
+        random_decoder, slots, [1, 3, 2, 2], key_table=KEYS, key_rows=[0, 1, 2, 3],
+        group_ids=[7, 7, 7, 7], params=params, max_tokens=5)
+    [step] = greedy
+    for steps, count in ((top_k, 3), (top_p, 2)):
+        assert [(s.tokens, s.count) for s in steps] == [(step.tokens, count)]
+        assert steps[0].logprob == pytest.approx(step.logprob, abs=1e-4)
+    assert all(s.tokens != step.tokens for s in unfiltered)
+
+
 def test_a_full_slot_gives_one_empty_step_and_costs_nothing(random_decoder):
     slots = random_decoder.allocate(2)
     random_decoder.prefill(slots, [[1] * RANDOM_MAX_LEN, PROMPT])
