@@ -8,6 +8,8 @@ import pytest
 from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.trie_steps import sample_trie_steps
+from qstar_jax.policy.runtime import PolicyRuntime
+from qstar_jax.tasks.base import Problem
 from qstar_jax.decoding.step_sampler import EndReason
 from tests.decoding.tiny_models import RANDOM_MAX_LEN, STEP_BUCKET
 
@@ -145,6 +147,32 @@ def test_top_k_and_top_p_filter_the_tries_draws(random_decoder):
         assert [(s.tokens, s.count) for s in steps] == [(step.tokens, count)]
         assert steps[0].logprob == pytest.approx(step.logprob, abs=1e-4)
     assert all(s.tokens != step.tokens for s in unfiltered)
+
+
+def test_the_runtimes_copies_of_a_step_drawn_several_times_hold_that_step(random_decoder):
+    """``PolicyRuntime.sample_trie`` hands back one slot per draw: a step drawn c times in
+    its own slot and c - 1 forks of it. Here 6 draws give steps drawn 3, 2 and 1 times;
+    every slot holds its own step (its length and last hidden state)."""
+    class Tokens:
+        def decode(self, ids):
+            return " ".join(map(str, ids))
+
+    class NoAnswers:
+        def is_terminal_step(self, text):
+            return False
+
+    runtime = PolicyRuntime(random_decoder, Tokens(), NoAnswers(),
+                            [Problem(id="p", question="", reference=None)], [""], seed=0,
+                            step_token_cap=1)
+    [slot] = runtime.prefill_tokens([0], [PROMPT])
+    [group] = runtime.sample_trie([slot], [0], [0], [1.5], [6])
+    assert [s.token_ids for s in group] == [(37,)] * 3 + [(14,)] * 2 + [(7,)]
+    slots = [s.slot for s in group]
+    assert slots[0] == slot and len(set(slots)) == 6
+    np.testing.assert_array_equal(random_decoder.lengths(slots), [len(PROMPT) + 1] * 6)
+    last_hidden = np.asarray(random_decoder.cache.last_hidden)[slots]
+    np.testing.assert_array_equal(last_hidden, np.stack([s.hidden for s in group]))
+    assert len({s.hidden.tobytes() for s in group}) == 3
 
 
 def test_a_full_slot_gives_one_empty_step_and_costs_nothing(random_decoder):
