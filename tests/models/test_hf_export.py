@@ -1,0 +1,57 @@
+"""A model written by ``save_hf_checkpoint`` is the same model to transformers and to our
+loader: every setting a from-scratch policy may differ from the defaults in (RoPE base,
+norm epsilon, a head size apart from hidden / heads, attention biases, an untied head)
+reaches the config, every tensor its HF name and layout."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+
+from qstar_jax.models import load_model
+from qstar_jax.models.char_tokenizer import build_char_tokenizer
+from qstar_jax.models.config import ModelConfig
+from qstar_jax.models.hf_export import save_hf_checkpoint
+from qstar_jax.models.llama import LlamaModel
+
+TOKENS = [[1, 5, 9, 33, 2, 17, 40, 8, 8, 3, 26, 11]]
+
+
+def _random_model(tied: bool) -> LlamaModel:
+    # head_dim 12 is not hidden 40 / 4 heads; an epsilon and a RoPE base far from the
+    # defaults change the logits by far more than the tolerance; every projection is
+    # non-square, so a transposed one cannot load.
+    cfg = ModelConfig(model_type="llama", vocab_size=48, hidden_size=40, intermediate_size=72,
+                      num_layers=2, num_heads=4, num_kv_heads=2, head_dim=12,
+                      rms_norm_eps=0.05, rope_theta=30.0, max_position_embeddings=256,
+                      tie_word_embeddings=tied, attention_bias=True,
+                      attention_out_bias=True, bos_token_id=1, eos_token_ids=(2, 3))
+    model = LlamaModel(cfg, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(7)
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        shape = var.get_value().shape
+        noise = rng.normal(0, 0.3, shape).astype(np.float32)
+        var.set_value(jnp.asarray(1 + noise if "norm" in path[-2] else noise))
+    return model
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied head", "tied head"])
+def test_an_exported_model_is_the_same_model_to_transformers_and_to_our_loader(tmp_path,
+                                                                               tied):
+    model = _random_model(tied)
+    ours = np.asarray(model.logits(model.forward_sequence(jnp.asarray(TOKENS))))[0]
+    save_hf_checkpoint(model, build_char_tokenizer("abc\n"), tmp_path)
+
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert theirs.config.eos_token_id == [2, 3] and theirs.config.bos_token_id == 1
+    with torch.no_grad():
+        expected = theirs(torch.tensor(TOKENS)).logits[0].numpy()
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-4)
+
+    loaded = load_model(tmp_path)
+    assert loaded.config == model.config
+    back = loaded.model
+    np.testing.assert_allclose(np.asarray(back.logits(back.forward_sequence(
+        jnp.asarray(TOKENS))))[0], ours, rtol=0, atol=1e-5)
