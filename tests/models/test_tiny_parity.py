@@ -8,6 +8,7 @@ window), and a 40-token row padded with out-of-range positions.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import torch
 import jax.numpy as jnp
 
 from qstar_jax.models import load_model, weights
+from qstar_jax.models.config import ModelConfig
 from tests.models.model_runs import empty_cache, forward
 from tests.support.tiny_checkpoints import (FAMILIES, SLIDING_WINDOW, VOCAB_SIZE,
                                             make_tiny_torch_model, save_tiny_checkpoint,
@@ -187,4 +189,11 @@ def test_tiny_gguf_parity(tmp_path, token_rows, family):
     # output.weight is present but for the qwen2 family's tied head
     assert loaded.config.tie_word_embeddings == (family == "qwen2")
     assert loaded.config.attention_bias == family.startswith("qwen2")
+    # Every field the metadata carries (epsilon, RoPE base, context, token ids...) as the
+    # HF config has it; llama3_rope's scaling is the per-frequency factors, checked above.
+    hf = ModelConfig.from_hf(make_tiny_torch_model(family).config.to_dict())
+    if family == "llama3_rope":
+        hf = dataclasses.replace(hf, rope_scaling=loaded.config.rope_scaling)
+    assert loaded.config.rms_norm_eps == pytest.approx(hf.rms_norm_eps, rel=1e-6)  # float32
+    assert loaded.config == dataclasses.replace(hf, rms_norm_eps=loaded.config.rms_norm_eps)
     assert_parity(loaded.model, make_tiny_torch_model(family), token_rows)

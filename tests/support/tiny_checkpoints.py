@@ -83,8 +83,10 @@ def _model_config(family: str) -> transformers.PretrainedConfig:
             "rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0})
     if family == "mistral_sliding":
         return transformers.MistralConfig(**common, sliding_window=SLIDING_WINDOW)
-    if family == "qwen2":
-        return transformers.Qwen2Config(**common, tie_word_embeddings=True)
+    if family == "qwen2":  # Qwen2's own epsilon and RoPE base: neither is a loader's default
+        return transformers.Qwen2Config(**{**common, "rms_norm_eps": 1e-6},
+                                        tie_word_embeddings=True, rope_parameters={
+                                            "rope_type": "default", "rope_theta": 1e6})
     if family == "qwen2_yarn":  # Qwen2.5's long-context setting, at the tiny model's scale:
         # positions past 64 are past the original context, and the attention factor
         # (0.1 ln 4 + 1) scales every logit by 1.30
