@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from qstar_jax.decoding.step_sampler import EndReason
+from qstar_jax.decoding.kv_cache import SlotPoolExhausted
 from qstar_jax.policy.runtime import PolicyRuntime
 from qstar_jax.tasks.base import Problem
 from tests.decoding.tiny_models import (COUNTING_EOS_ID, COUNTING_MAX_LEN,
@@ -84,3 +84,29 @@ def test_a_steps_log_probability_and_hidden_state_are_its_own_rows(random_decode
         expected = float(sum(logprobs[i, t] for i, t in enumerate(step.token_ids)))
         assert step.logprob == pytest.approx(expected, abs=1e-3)
     assert steps[0].logprob != pytest.approx(steps[1].logprob, abs=1e-2)
+
+
+def test_a_prompt_forked_from_a_slot_computes_and_is_charged_only_past_the_shared_tokens(
+        random_decoder):
+    runtime = _runtime(random_decoder, 2, cap=4)
+    parents = runtime.prefill_tokens([0, 1], [[3, 1, 4, 1, 5], [2, 7, 1, 8]])
+    parent_hidden = np.asarray(random_decoder.cache.last_hidden)[parents]
+    prompts = [[3, 1, 4, 1, 5, 9, 2], [2, 7, 1, 8, 2], [6, 6, 6]]
+    # Each fork from its own parent; a fresh prompt's shared count is ignored: it has
+    # nothing to share.
+    slots = runtime.prefill_tokens([0, 1, 1], prompts, sources=[*parents, None],
+                                   shared=[5, 4, 2])
+    assert dict(runtime.prefilled) == {0: 5 + 2, 1: 4 + 1 + 3}
+    whole = random_decoder.allocate(3)
+    random_decoder.prefill(whole, prompts)
+    np.testing.assert_array_equal(random_decoder.lengths([*parents, *slots]), [5, 4, 7, 5, 3])
+    last_hidden = np.asarray(random_decoder.cache.last_hidden)
+    np.testing.assert_allclose(last_hidden[slots], last_hidden[whole], atol=1e-5)
+    np.testing.assert_array_equal(last_hidden[parents], parent_hidden)
+    # A pool too small for the fresh prompts: the forks taken before go back, uncharged.
+    runtime.free(whole)
+    with pytest.raises(SlotPoolExhausted):
+        runtime.prefill_tokens([0] * 4, [prompts[0]] * 2 + [prompts[2]] * 2,
+                               sources=[parents[0]] * 2 + [None] * 2, shared=[5, 5, 0, 0])
+    assert random_decoder.pool.num_free == 3
+    assert dict(runtime.prefilled) == {0: 5 + 2, 1: 4 + 1 + 3}
