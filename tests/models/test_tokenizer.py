@@ -73,6 +73,16 @@ def test_generation_config_adds_eos_ids(tiny_dir, tmp_path):
     assert load_model(directory).tokenizer.eos_ids == (2, 1)
 
 
+def test_config_eos_ids_are_stop_ids_too(tiny_dir, tmp_path):
+    """As Llama-3-Instruct's config.json lists its end-of-turn id beside the tokenizer's
+    EOS: the tokenizer's, then the config's, then the generation config's, once each."""
+    directory = shutil.copytree(tiny_dir, tmp_path / "copy")
+    for name, eos in (("config.json", [3, 2]), ("generation_config.json", [2, 1, 3])):
+        path = directory / name
+        path.write_text(json.dumps({**json.loads(path.read_text()), "eos_token_id": eos}))
+    assert load_model(directory).tokenizer.eos_ids == (2, 3, 1)
+
+
 def byte_fallback_tokenizer() -> Tokenizer:
     """A Llama-2-style vocabulary: "▁" word pieces, <0xNN> byte pieces for everything else."""
     pieces = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)),
