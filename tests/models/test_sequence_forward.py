@@ -32,6 +32,10 @@ def test_char_tokenizer_round_trips_and_isolates_newlines():
     assert len(ids) == len(text) and tok.decode(ids) == text
     assert ids[4] == tok.convert_tokens_to_ids("\n")
     assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
+    # Then each character once, in code point order, whatever order the alphabet lists.
+    tok = build_char_tokenizer("cab\n a")
+    assert len(tok) == 4 + 5
+    assert tok.convert_tokens_to_ids(list("\n abc")) == [4, 5, 6, 7, 8]
 
 
 # A one-layer model and its task: the completion is the prompt's digit plus one,
