@@ -41,3 +41,13 @@ def test_an_option_this_xla_refuses_means_no_options(monkeypatch: pytest.MonkeyP
         assert compile_options.training_compiler_options() == {}
     finally:
         compile_options.training_compiler_options.cache_clear()
+
+
+def test_another_backend_gets_no_options(monkeypatch: pytest.MonkeyPatch):
+    """The option is a CPU one: a GPU's training steps compile as they would without it."""
+    monkeypatch.setattr(compile_options.jax, "default_backend", lambda: "gpu")
+    compile_options.training_compiler_options.cache_clear()
+    try:
+        assert compile_options.training_compiler_options() == {}
+    finally:
+        compile_options.training_compiler_options.cache_clear()
