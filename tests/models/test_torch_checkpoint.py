@@ -76,3 +76,18 @@ def test_a_file_that_is_not_a_torch_zip_names_itself(tmp_path):
     with pytest.raises(CheckpointError, match=r"pytorch_model\.bin is not a zip-format "
                                               r"torch\.save file"):
         _read(path)
+
+
+def test_a_big_endian_file_is_refused(tmp_path):
+    """torch.save records its byte order; a big-endian machine's bytes would read as
+    other numbers here."""
+    torch.save({"weight": torch.ones(3)}, tmp_path / "little.bin")
+    with zipfile.ZipFile(tmp_path / "little.bin") as source, \
+            zipfile.ZipFile(tmp_path / "big.bin", "w") as out:
+        names = source.namelist()
+        assert any(name.endswith("/byteorder") for name in names)
+        for name in names:
+            out.writestr(name, b"big" if name.endswith("/byteorder") else source.read(name))
+    np.testing.assert_array_equal(_read(tmp_path / "little.bin")["weight"][1], np.ones(3))
+    with pytest.raises(CheckpointError, match=r"big\.bin stores big-endian tensors"):
+        _read(tmp_path / "big.bin")
