@@ -1,8 +1,10 @@
 import pytest
 
+from qstar_jax.search.aggregate import Agg
 from qstar_jax.search.beam import BeamConfig, BeamPlanner
 from qstar_jax.search.driver import run_search
 from qstar_jax.search.planner import Outcome
+from qstar_jax.search.process_utility import RuleUtility
 from tests.search.fakes import FakeExpander, HiddenQ, child, tree
 
 # B = 2, K = 3, f = Q̂. Round 1 keeps b .9 (2), c .7 (3), drops a (1). Round 2 pools
@@ -51,6 +53,39 @@ def test_beams_cut_by_max_steps_give_the_best_partial_beam():
     assert len(expander.expand_calls) == 1
     assert result.outcome is Outcome.partial and result.steps == ("b",)
     assert result.trajectories == ()
+
+
+# f = g + λ·h with g summing the rewards, h the largest Q̂ on the path, λ = .5. Round 1
+# keeps b (2, f .85) and a (1, f .4), in that order. Round 2: b1 (3) g 1.2, h .9, f 1.65;
+# b2 (4) 1.5, .5 (b's Q̂), 1.75; a1 (5) .4, .6, .7; a2 (6) .4, .2, .5: b2 and b1 finish.
+# Under λ = 1, g = min or h = last Q̂, b1 would rank first (2.1 > 2.0, 1.05 > .85,
+# 1.65 > 1.5).
+SCORED_TREE = tree({
+    "": [child("a", .2, reward=.3), child("b", .5, reward=.6)],
+    "a": [child("a1", .6, reward=.1, end=True), child("a2", .2, reward=.1, end=True)],
+    "b": [child("b1", .9, reward=.6, end=True), child("b2", 0., reward=.9, end=True)],
+})
+
+
+def test_beams_rank_by_f_with_the_configs_lambda_agg_and_h_agg():
+    expander = FakeExpander({0: SCORED_TREE})
+    config = BeamConfig(beam_width=2, k=2, lam=.5, agg=Agg.sum, h_agg=Agg.max)
+    [result] = run_search(1, lambda i: BeamPlanner(i, config), expander, HiddenQ(),
+                          RuleUtility(rule=expander.reward_rule), progress=False)
+    assert result.outcome is Outcome.complete and result.steps == ("b", "b2")
+    assert result.score == pytest.approx(1.5 + .5 * .5)
+    assert [(t.node_id, t.score) for t in result.trajectories] == [
+        (4, pytest.approx(1.75)), (3, pytest.approx(1.65))]
+
+
+def test_beam_ties_go_to_the_lower_node_id_and_requests_carry_the_temperature():
+    # B = 1: y (2) and z (3) tie on f = .9; y is kept, z dropped.
+    ties = tree({"": [child("x", .5), child("y", .9), child("z", .9)],
+                 "y": [child("=1", .1, end=True)], "z": [child("=2", .8, end=True)]})
+    [result], expander = search({0: ties}, BeamConfig(beam_width=1, k=3, temperature=.7))
+    assert result.steps == ("y", "=1")
+    assert [[(r.node.steps, r.num_children, r.temperature) for r in call]
+            for call in expander.expand_calls] == [[((), 3, .7)], [(("y",), 3, .7)]]
 
 
 def test_bad_beam_config_is_a_clear_error():
