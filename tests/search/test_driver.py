@@ -5,6 +5,7 @@ from qstar_jax.search.aggregate import Agg, aggregate
 from qstar_jax.search.astar import AStarConfig, AStarPlanner
 from qstar_jax.search.beam import BeamConfig, BeamPlanner
 from qstar_jax.search.chains import greedy_planner
+from qstar_jax.search import driver
 from qstar_jax.search.driver import run_search
 from qstar_jax.search.process_utility import PRMUtility
 from tests.search.fakes import FakeExpander, HiddenQ, HiddenRewardPRM, child, tree
@@ -49,6 +50,34 @@ def test_mixed_planners_share_rounds_and_counters_add_up():
     assert all(r.counters.wall_s >= 0 for r in results)
 
 
+def test_a_second_search_on_the_same_expander_counts_only_its_own_compute(monkeypatch):
+    """Methods sharing problem indices run one after another on one expander: each run's
+    counters start from what the expander had counted before it. The clock here is the
+    number of expand calls, so wall_s is the round each problem finished in."""
+    expander = FakeExpander(TREES, prompt_tokens=7)
+    monkeypatch.setattr(driver.time, "perf_counter", lambda: len(expander.expand_calls))
+    for run in range(2):
+        results = run_search(3, make_planner, expander, HiddenQ(),
+                             PRMUtility(prm=HiddenRewardPRM()), progress=False)
+        assert [(r.counters.generated_tokens, r.counters.prefilled_tokens,
+                 r.counters.q_calls, r.counters.expansions) for r in results] == [
+            (15, 7, 5, 2), (12, 7, 3, 3), (8, 7, 4, 2)], run
+        # Beam (2) finishes absorbing round 2; A* (0) pops its goal a1 in round 3's
+        # propose, greedy (1) absorbing round 3.
+        assert [r.counters.wall_s for r in results] == [3, 3, 2], run
+    assert expander.generated_tokens(0) == 2 * 15
+
+
+def test_expansions_count_requests_not_rounds():
+    # Beam of width 2: round 1 expands the root, round 2 both kept beams, a and b, in
+    # one round; every request counts.
+    trees = {0: tree({"": [child("a", .9), child("b", .8)],
+                      "a": [child("=1", .1, end=True)], "b": [child("=2", .2, end=True)]})}
+    [result] = run_search(1, lambda i: BeamPlanner(i, BeamConfig(beam_width=2, k=2)),
+                          FakeExpander(trees), HiddenQ(), progress=False)
+    assert result.counters.expansions == 1 + 2 and result.counters.q_calls == 2 + 2
+
+
 def test_planners_must_have_distinct_problem_indices():
     with pytest.raises(ValueError, match="share problem indices"):
         run_search(2, lambda i: greedy_planner(0), FakeExpander(TREES), None, progress=False)
@@ -61,6 +90,30 @@ def test_an_expander_that_drops_requests_is_an_error():
 
     with pytest.raises(ValueError, match="2 child lists for 3 requests"):
         run_search(3, make_planner, Dropping(TREES), HiddenQ(), progress=False)
+
+
+def test_an_expander_that_returns_extra_steps_is_an_error():
+    class Doubling(FakeExpander):
+        def expand(self, requests):
+            return [steps + steps for steps in super().expand(requests)]
+
+    with pytest.raises(ValueError, match=r"6 steps for a request of 3 \(problem 0\)"):
+        run_search(3, make_planner, Doubling(TREES), HiddenQ(), progress=False)
+
+
+def test_a_planner_that_proposes_nothing_before_it_is_done_is_an_error():
+    class Idle(BeamPlanner):  # idles one round (an idle planner forever would hang)
+        idled = False
+
+        def propose(self):
+            if self.idled:
+                return super().propose()
+            self.idled = True
+            return []
+
+    with pytest.raises(RuntimeError, match="problem 0 proposed nothing but is not done"):
+        run_search(1, lambda i: Idle(i, BeamConfig(beam_width=1, k=1)), FakeExpander(TREES),
+                   HiddenQ(), progress=False)
 
 
 def test_a_q_function_of_the_wrong_shape_is_an_error():
