@@ -35,6 +35,21 @@ def test_greedy_follows_the_temperature_zero_children():
     assert result.counters.expansions == 3 and result.counters.generated_tokens == 3
 
 
+def test_greedy_takes_its_agg_and_max_steps():
+    rewarded = tree({"": [child("a", .1, reward=.2)], "a": [child("a1", .2, reward=.3)],
+                     "a a1": [child("=5", .4, reward=.5, end=True)]})
+    utility = RuleUtility(rule=FakeExpander({0: rewarded}).reward_rule)
+    [summed], _ = search({0: rewarded}, lambda i: greedy_planner(i, agg=Agg.sum),
+                         utility=utility, q_fn=HiddenQ())
+    assert summed.steps == ("a", "a1", "=5")
+    assert summed.score == pytest.approx(.2 + .3 + .5 + .4)  # g sums the rewards, + Q̂
+    [cut], expander = search({0: rewarded}, lambda i: greedy_planner(i, max_steps=2),
+                             utility=utility, q_fn=HiddenQ())
+    assert cut.outcome is Outcome.partial and cut.steps == ("a", "a1")
+    assert cut.score == pytest.approx(.2 + .2)  # f of the partial chain: min g, + Q̂
+    assert len(expander.expand_calls) == 2
+
+
 # Six chains; answers =3 (chains 0, 3, 4), =4 (chains 1, 2), and no answer (chain 5).
 VOTES = tree({"": [child(f"p{i}", 0.) for i in range(6)],
               **{f"p{i}": [child(answer, 0., end=True)]
@@ -50,6 +65,9 @@ def test_self_consistency_returns_the_majority_answer():
     assert [[(r.num_children, r.temperature) for r in call] for call in expander.expand_calls] == [
         [(6, 0.7)], [(1, 0.7)] * 6]
     assert result.counters.q_calls == 0  # no Q̂ function: none spent
+    # One request of 6 children, then one of 1 per chain: 7 requests, 12 one-token steps.
+    assert (result.counters.expansions, result.counters.generated_tokens,
+            result.counters.prefilled_tokens, result.counters.prm_calls) == (7, 12, 10, 0)
 
 
 def test_votes_on_best_of_ns_chains_give_self_consistencys_result():
@@ -81,7 +99,7 @@ def test_self_consistency_breaks_vote_ties_toward_the_earlier_chain():
 
 def test_chains_that_do_not_finish_are_not_candidates():
     unfinished = tree({"": [child("loop", 0.), child("dead", 0.), child("p", 0.)],
-                       "loop": [child("again", 0.)], "loop again": [child("and again", 0.)],
+                       "loop": [child("again", .3)], "loop again": [child("and again", 0.)],
                        "dead": [], "p": [child("=7", 0., end=True)]})
     config = ChainConfig(num_chains=3, temperature=1.0, max_steps=2)
     [result], _ = search({0: unfinished}, lambda i: self_consistency_planner(i, config, answer_key))
@@ -93,6 +111,18 @@ def test_chains_that_do_not_finish_are_not_candidates():
                               answer_key))
     assert partial.outcome is Outcome.partial and partial.steps == ("loop", "again")
     assert partial.trajectories == ()
+    # Best-of-N over the same chains, Q̂ spent: chain 0 again, scored by its f (Q̂ .3 of
+    # "again"); self-consistency read from it stands as it is, no Q̂ call charged.
+    config = ChainConfig(num_chains=2, temperature=1.0, max_steps=2)
+    [best_of], _ = search({0: unfinished},
+                          lambda i: best_of_n_planner(i, config, FinalQScorer()), q_fn=HiddenQ())
+    assert best_of.outcome is Outcome.partial and best_of.steps == ("loop", "again")
+    # loop and dead, then again (dead has no next step): 3 steps scored.
+    assert best_of.score == pytest.approx(.3) and best_of.counters.q_calls == 2 + 1
+    voted = self_consistency_of(best_of, answer_key)
+    assert (voted.steps, voted.outcome, voted.score) == (partial.steps, Outcome.partial, .3)
+    assert voted.counters.q_calls == 0
+    assert voted.counters.generated_tokens == partial.counters.generated_tokens == 2 + 1
 
 
 # Final steps: Q̂ ranks chain 1 first; g ranks chain 0 first under last, chain 2 under min.
