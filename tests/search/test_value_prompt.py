@@ -15,12 +15,12 @@ def test_value_is_the_sum_of_the_mapped_verdicts_of_v_samples():
         "value 0: a|b": ["likely", "Sure. sure", "it is impossible, I think"],
         "value 1: c": ["impossible... no, likely", "no verdict", "Sure"],
     })
-    scorer = ValuePromptScorer(generator=writer, samples=3,
+    scorer = ValuePromptScorer(generator=writer, samples=3, temperature=.6,
                                prompt=lambda i, steps: f"value {i}: {'|'.join(steps)}")
     values = scorer.score([item(0, ("a",), "b"), item(1, (), "c")])
     np.testing.assert_allclose(values, [1 + 20 + 0.001, 1 + 0 + 20])
-    assert [(r.num_samples, r.stream) for r in writer.requests] == [(3, "value/a\nb"),
-                                                                    (3, "value/c")]
+    assert [(r.problem_index, r.num_samples, r.temperature, r.stream)
+            for r in writer.requests] == [(0, 3, .6, "value/a\nb"), (1, 3, .6, "value/c")]
     assert writer.generated_tokens(0) == 1 + 2 + 5
 
 
