@@ -1,11 +1,11 @@
 """Tree of Thoughts' value prompt as a ``QValueFunction``: the model judges a state.
 
 For each new state s' = s ⊕ a the model is asked ``samples`` times whether the state can
-still reach a solution; each reply's verdict (the last of "sure", "likely", "impossible"
-it names) maps to a number and the state's value is their sum (Yao et al. 2023, Game of
-24: sure 20, likely 1, impossible 0.001; a reply with no verdict counts 0). Behind the
-driver's Q̂ call, ToT ranks by it as it would by Q̂, and the tokens are charged to the
-problem like every other sample.
+still reach a solution; each reply's verdict (the last of the words "sure", "likely",
+"impossible" it names: "unsure" is none) maps to a number and the state's value is their
+sum (Yao et al. 2023, Game of 24: sure 20, likely 1, impossible 0.001; a reply with no
+verdict counts 0). Behind the driver's Q̂ call, ToT ranks by it as it would by Q̂, and
+the tokens are charged to the problem like every other sample.
 """
 
 from __future__ import annotations
@@ -48,5 +48,6 @@ class ValuePromptScorer:
                          for generations in replies], np.float64)
 
     def verdict_value(self, reply: str) -> float:
-        words = re.findall("|".join(map(re.escape, self.values)), reply.lower())
+        words = re.findall(r"\b(?:" + "|".join(map(re.escape, self.values)) + r")\b",
+                           reply.lower())
         return self.values[words[-1]] if words else 0.0

@@ -27,3 +27,11 @@ def test_value_is_the_sum_of_the_mapped_verdicts_of_v_samples():
 def test_bad_sample_count_is_a_clear_error():
     with pytest.raises(ValueError, match="samples must be >= 1"):
         ValuePromptScorer(generator=ScriptedWriter({}), prompt=lambda i, s: "", samples=0)
+
+
+def test_a_verdict_is_a_whole_word():
+    """'unsure' and 'unlikely' name no verdict: they are not 'sure' (20) or 'likely'."""
+    scorer = ValuePromptScorer(generator=ScriptedWriter({}), prompt=lambda i, s: "")
+    assert [scorer.verdict_value(reply) for reply in
+            ("Unsure.", "unlikely", "Sure!", "(impossible)", "likely\nsure")] == [
+        0.0, 0.0, 20.0, 0.001, 20.0]
