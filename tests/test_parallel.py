@@ -12,9 +12,9 @@ import jax
 import pytest
 from jax.sharding import AbstractMesh, PartitionSpec
 
-from qstar_jax.parallel import (MeshError, ShardingRules, cluster_in_environment, collectives,
-                                data_collectives, free_local_port, initialize_distributed,
-                                local_child_environment, make_mesh)
+from qstar_jax.parallel import (MeshError, ShardingRules, check_slots, cluster_in_environment,
+                                collectives, data_collectives, free_local_port,
+                                initialize_distributed, local_child_environment, make_mesh)
 from tests.decoding.tiny_models import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +52,13 @@ def run_child(module: str, *args: str) -> str:
 def test_an_impossible_mesh_is_a_clear_error(data, model, message):
     with pytest.raises(MeshError, match=message):
         make_mesh(data, model, devices=jax.devices()[:1])
+
+
+def test_the_slot_pool_must_split_evenly_over_the_data_shards():
+    mesh = AbstractMesh((4, 1), ("data", "model"))
+    check_slots(mesh, 8)
+    with pytest.raises(MeshError, match="decode.slots=6 does not split over the 4 data shards"):
+        check_slots(mesh, 6)
 
 
 def test_logical_axes_map_to_mesh_axes():
@@ -105,6 +112,7 @@ CLUSTERS = {
 ONE_PROCESS = [
     {},
     {**SLURM_STEP, "SLURM_NTASKS": "1"},
+    {**SLURM_STEP, "SLURM_STEP_NUM_TASKS": "1"},  # a one-task step of a two-task job
     {key: value for key, value in SLURM_STEP.items() if key != "SLURM_STEP_NODELIST"},  # sbatch
     {"OMPI_MCA_orte_hnp_uri": "1.0;tcp://10.0.0.1:5000", "OMPI_COMM_WORLD_SIZE": "1"},
     {"TPU_WORKER_HOSTNAMES": "localhost"},  # a single TPU VM
