@@ -7,10 +7,10 @@ import pytest
 
 from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.sampling import SamplingParams
+from qstar_jax.decoding.step_sampler import EndReason
 from qstar_jax.decoding.trie_steps import sample_trie_steps
 from qstar_jax.policy.runtime import PolicyRuntime
 from qstar_jax.tasks.base import Problem
-from qstar_jax.decoding.step_sampler import EndReason
 from tests.decoding.tiny_models import RANDOM_MAX_LEN, STEP_BUCKET
 
 PROMPT = [3, 1, 4]

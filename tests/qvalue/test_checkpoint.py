@@ -14,7 +14,7 @@ from qstar_jax.qvalue.checkpoint import (BackboneIdentity, BackboneMismatchError
                                          config_fingerprint, load_backbone_q, load_q_head,
                                          model_config_from_dict, read_metadata)
 from qstar_jax.qvalue.head import QHead, QHeadConfig
-from qstar_jax.qvalue.train import TrainConfig, make_optimizer, train_q_model
+from qstar_jax.qvalue.train import TrainConfig, make_optimizer, split_indices, train_q_model
 from tests.qvalue.tiny import BACKBONE, BACKBONE_HEAD, E, separable_features
 
 POLICY = ModelConfig(model_type="llama", vocab_size=32, hidden_size=E, intermediate_size=16,
@@ -99,8 +99,7 @@ def overfitting_data(data):
     """``data`` with the held-out rows' labels flipped: what training learns makes the
     held-out loss worse, so the best held-out loss is at the first evaluation."""
     x, y = data
-    heldout = np.random.default_rng(EVERY_3.seed).permutation(len(y))[
-        :round(len(y) * EVERY_3.heldout_fraction)]  # train.split_indices' held-out rows
+    _, heldout = split_indices(len(y), EVERY_3)
     y = y.copy()
     y[heldout] = 1 - y[heldout]
     return x, y

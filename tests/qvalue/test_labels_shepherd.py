@@ -8,7 +8,8 @@ import pytest
 from qstar_jax.qvalue.labels_best_of import BestOfRolloutsConfig, best_of_rollouts_labels
 from qstar_jax.qvalue.labels_shepherd import (OutcomeJournal, missing_outcomes,
                                               sample_outcomes, shepherd_labels)
-from tests.qvalue.toy_tree import PROBLEM, REWARDS, EnumeratingSampler, all_pairs, completions, reward
+from tests.qvalue.toy_tree import (PROBLEM, REWARDS, EnumeratingSampler, all_pairs, completions,
+                                   reward)
 
 
 def brute_force(pairs, estimation):

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
+from qstar_jax.search import driver
 from qstar_jax.search.aggregate import Agg, aggregate
 from qstar_jax.search.astar import AStarConfig, AStarPlanner
 from qstar_jax.search.beam import BeamConfig, BeamPlanner
 from qstar_jax.search.chains import greedy_planner
-from qstar_jax.search import driver
 from qstar_jax.search.driver import run_search
 from qstar_jax.search.process_utility import PRMUtility
 from tests.search.fakes import FakeExpander, HiddenQ, HiddenRewardPRM, child, tree

@@ -3,6 +3,8 @@ policy trained from scratch with its joint value head, labels by the task's exac
 solver, Q̂, and every method with no verifier inside a search (g = 0)."""
 
 import json
+import random
+import shutil
 
 import numpy as np
 
@@ -11,8 +13,11 @@ import pytest
 from qstar_jax.config import METHODS, load_config
 from qstar_jax.outputs.results_log import ResultsLog
 from qstar_jax.qvalue.dataset import load_labelled
+from qstar_jax.qvalue.rollouts import collect_rollouts
 from qstar_jax.run import main
 from qstar_jax.stages.context import RunContext
+from qstar_jax.stages.rollouts import label
+from qstar_jax.tasks.base import join_steps
 
 TINY = [
     "task.name=arithmetic", "search.utility=zero",
@@ -43,30 +48,28 @@ def solver_traces_run(arithmetic_run, tmp_path_factory):
     traces written here: on each of two training problems the solution, a trace whose
     first line is wrong and one whose second line is (the tiny policy's own traces go
     wrong at their first line, so they hold no live state past the root)."""
-    import random
-    import shutil
-
-    from qstar_jax.qvalue.rollouts import ProblemRollouts, Rollout
-    from qstar_jax.stages.rollouts import label
-    from qstar_jax.tasks.base import join_steps
-
     out = tmp_path_factory.mktemp("solver_traces")
     shutil.copy(arithmetic_run / "config.yaml", out / "config.yaml")
     (out / "policy").symlink_to(arithmetic_run / "policy")
     ctx = RunContext.of_run(out)
-    task, rng = ctx.task, random.Random(0)
-    records = []
-    for i, problem in enumerate(ctx.problems("train", 2)):
+    task, rng, problems = ctx.task, random.Random(0), ctx.problems("train", 2)
+    written = []
+    for problem in problems:
         solution = tuple(task.solution_steps(problem))
         traces = []
         for right in (0, 1):  # the wrong line first, so no order of rows ranks like exact
             wrong = [*solution[:right], task.wrong_step(problem, solution[:right], rng)]
             traces.append((*wrong, *task.solver_completion(problem, wrong)))
-        traces.append(solution)
-        records.append(ProblemRollouts(problem_index=i, temperature=1.0, rollouts=tuple(
-            Rollout(steps=t, reward=float(task.grade(problem, join_steps(t))))
-            for t in traces)))
-    ctx.rollouts_path.write_text("".join(json.dumps(r.to_json()) + "\n" for r in records))
+        written.append([*traces, solution])
+
+    class WrittenTraces:
+        def continue_from(self, items, n, temperature, max_steps=None):
+            return [written[i] for i, _ in items]
+
+    collect_rollouts([0, 1], WrittenTraces(),
+                     lambda i, trace: float(task.grade(problems[i], join_steps(trace))),
+                     per_problem=3, temperature=1.0, out_path=ctx.rollouts_path,
+                     progress=False)
     label(ctx)
     return out
 
