@@ -1,0 +1,85 @@
+"""``--reuse DIR`` links a finished run's trained outputs into a new run's folder, after
+checking that every setting its training stages read is the same in both runs."""
+
+import pytest
+
+from qstar_jax.config import ConfigError, load_config, to_yaml
+from qstar_jax.stages.reuse import reuse_trained_outputs
+
+FILES = ("rollouts.jsonl", "labels.jsonl", "labels.jsonl.features.npz", "q_training.json",
+         "step_outcomes.jsonl", "prm_training.json")
+FOLDERS = ("policy", "second_policy", "q_checkpoint", "prm")
+
+
+def trained_run(folder, *overrides):
+    """A finished run's folder: its config, every trained output, and what evaluate wrote."""
+    folder.mkdir()
+    (folder / "config.yaml").write_text(to_yaml(load_config(None, list(overrides))))
+    for name in FILES + ("results.jsonl", "summary.json"):
+        (folder / name).write_text(name)
+    for name in FOLDERS:
+        (folder / name).mkdir()
+        (folder / name / "config.json").write_text(name)
+    return folder
+
+
+def test_every_trained_output_is_linked_and_nothing_evaluate_wrote(tmp_path):
+    source, out = trained_run(tmp_path / "source"), tmp_path / "out"
+    out.mkdir()
+    linked = reuse_trained_outputs(source, out, load_config(None, ["search.k=2"]))
+    assert linked == ["policy", "second_policy", "rollouts.jsonl", "labels.jsonl",
+                      "labels.jsonl.features.npz", "q_checkpoint", "q_training.json",
+                      "step_outcomes.jsonl", "prm", "prm_training.json"]
+    for name in linked:
+        assert (out / name).is_symlink() and (out / name).resolve() == source / name
+    assert (out / "prm" / "config.json").read_text() == "prm"
+    assert sorted(p.name for p in out.iterdir()) == sorted(linked + ["reused_from.txt"])
+    assert (out / "reused_from.txt").read_text() == f"{source}\n"
+
+
+def test_a_relative_source_is_linked_by_its_absolute_path(tmp_path, monkeypatch):
+    trained_run(tmp_path / "source")
+    (tmp_path / "runs").mkdir()
+    out = tmp_path / "runs" / "out"
+    out.mkdir()
+    monkeypatch.chdir(tmp_path)
+    reuse_trained_outputs(tmp_path.joinpath("source").relative_to(tmp_path), out,
+                          load_config(None))
+    assert (out / "labels.jsonl").read_text() == "labels.jsonl"  # the link is not dangling
+    assert (out / "reused_from.txt").read_text() == f"{tmp_path / 'source'}\n"
+
+
+def test_what_the_new_run_holds_already_is_left_alone(tmp_path):
+    source, out = trained_run(tmp_path / "source"), tmp_path / "out"
+    out.mkdir()
+    (out / "labels.jsonl").write_text("its own")
+    linked = reuse_trained_outputs(source, out, load_config(None))
+    assert "labels.jsonl" not in linked and len(linked) == 9
+    assert not (out / "labels.jsonl").is_symlink()
+    assert (out / "labels.jsonl").read_text() == "its own"
+
+
+def test_a_run_without_a_finished_train_q_stage_is_refused(tmp_path):
+    source, out = trained_run(tmp_path / "source"), tmp_path / "out"
+    out.mkdir()
+    (source / "q_training.json").unlink()
+    with pytest.raises(ConfigError, match="not a run folder with a finished train_q stage"):
+        reuse_trained_outputs(source, out, load_config(None))
+    assert list(out.iterdir()) == []
+
+
+def test_only_the_settings_evaluation_alone_reads_may_differ(tmp_path):
+    source = trained_run(tmp_path / "source", "task.train_problems=50", "decode.max_len=96")
+    out = tmp_path / "out"
+    out.mkdir()
+    same = ["task.train_problems=50", "decode.max_len=96"]
+    reuse_trained_outputs(source, out, load_config(None, [
+        *same, "search.k=2", "eval.samples=3", "task.eval_split=validation",
+        "task.eval_problems=7", "decode.slots=512", "decode.page_size=16",
+        "decode.step_chunk=8", "decode.min_rows=1", "stages=[evaluate]", "out_dir=elsewhere"]))
+    with pytest.raises(ConfigError, match=r"different settings for decode\.max_len, "
+                                          r"decode\.max_steps, label\.gamma, seed, "
+                                          r"task\.train_problems; only out_dir,"):
+        reuse_trained_outputs(source, out, load_config(None, [
+            "search.k=2", "seed=1", "decode.max_steps=5", "label.gamma=0.5"]))
+
