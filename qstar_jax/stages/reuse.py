@@ -9,12 +9,13 @@ Only the settings that evaluation alone reads may differ.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from qstar_jax.config import ConfigError, RunConfig, load_config
+from qstar_jax.config import ConfigError, DistributedConfig, RunConfig, load_config
 
 # What only the evaluate stage reads, or what changes how the decoder holds its cache and
 # batches its rows, never what it computes (decode.slots sizes batches; pages hold what
@@ -38,6 +39,9 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _training_settings(config: RunConfig) -> dict[str, Any]:
+    # The launch settings are no setting of the experiment: config.yaml leaves them out
+    # (``to_yaml``), so the source's read as the defaults whatever its processes were.
+    config = dataclasses.replace(config, distributed=DistributedConfig())
     flat = _flatten(OmegaConf.to_container(OmegaConf.structured(config), resolve=True))
     return {key: value for key, value in flat.items()
             if not any(key == skip or key.startswith(skip + ".") for skip in EVALUATION_ONLY)}

@@ -83,3 +83,12 @@ def test_only_the_settings_evaluation_alone_reads_may_differ(tmp_path):
         reuse_trained_outputs(source, out, load_config(None, [
             "search.k=2", "seed=1", "decode.max_steps=5", "label.gamma=0.5"]))
 
+
+def test_launch_settings_of_a_multi_process_run_do_not_count(tmp_path):
+    """config.yaml leaves the distributed settings out, so process 0 of a multi-process
+    run that reuses a run compares its own launch settings with none."""
+    source, out = trained_run(tmp_path / "source"), tmp_path / "out"
+    out.mkdir()
+    assert len(reuse_trained_outputs(source, out, load_config(None, [
+        "distributed.coordinator=localhost:1234", "distributed.num_processes=2",
+        "distributed.process_id=0", "distributed.heartbeat_timeout_s=300"]))) == 10
