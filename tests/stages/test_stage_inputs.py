@@ -84,3 +84,33 @@ def test_the_command_refuses_before_any_stage_and_names_a_bad_output_folder(tmp_
     (tmp_path / "a_file").write_text("")
     assert run.main(["--out", str(tmp_path / "a_file")]) == 2
     assert "cannot use " in capsys.readouterr().err
+
+
+def test_train_prm_reads_the_rollouts_beside_the_labels_until_its_summary_is_there(tmp_path):
+    for name in ("policy/config.json", "labels.jsonl"):
+        touch(tmp_path / name)
+    with pytest.raises(ConfigError, match="stage train_prm reads the rollouts .* list collect "
+                                          "before train_prm"):
+        check_stage_inputs(context(tmp_path, "stages=[train_prm]"))
+    touch(tmp_path / "prm_training.json")  # train_prm will be skipped
+    (tmp_path / "labels.jsonl").unlink()
+    check_stage_inputs(context(tmp_path, "stages=[train_prm]"))
+
+
+def test_train_q_reads_both_policies_on_the_policy_backbone_and_neither_on_its_own(tmp_path):
+    touch(tmp_path / "labels.jsonl")
+    touch(tmp_path / "policy/config.json")
+    with pytest.raises(ConfigError, match="stage train_q reads the second policy"):
+        check_stage_inputs(context(tmp_path, "stages=[train_q]"))
+    (tmp_path / "policy/config.json").unlink()
+    check_stage_inputs(context(tmp_path, "stages=[train_q]", "q_train.backbone=separate",
+                               "q_train.separate_model=/a/model", "q_train.second_opinion=null"))
+
+
+def test_checkpoints_the_config_names_and_a_skipped_collect_are_no_stages_inputs(tmp_path):
+    outside = ["policy.source=/a/policy", "q_train.second_opinion=/a/second"]
+    check_stage_inputs(context(tmp_path, "stages=[collect]", *outside))
+    check_stage_inputs(context(tmp_path, "stages=[evaluate]", "eval.methods=[greedy]",
+                               "search.utility=prm", "search.prm_model=/a/prm", *outside))
+    touch(tmp_path / "rollouts.jsonl")  # collect will be skipped: it loads no policy
+    check_stage_inputs(context(tmp_path, "stages=[collect]"))
