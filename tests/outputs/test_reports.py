@@ -64,6 +64,8 @@ def test_matched_best_of_n_spends_at_least_qstars_tokens():
     assert matched_samples(summary(60, 410), 6) == 41  # 10 tokens a sample
     assert matched_samples(summary(60, 411), 6) == 42  # 41 samples would spend 410 < 411
     assert matched_samples(summary(60, 60), 6) is None
+    # 21 / (7 / 10) is 30.000000000000004 in floating point: 30 samples spend exactly 21.
+    assert matched_samples(summary(7, 21), 10) == 30
     assert matched_samples(summarize([result("qstar", "a", True)], ["qstar"]), 6) is None
 
 
@@ -110,6 +112,10 @@ def test_summary_ends_with_what_q_hat_adds_and_says_when_wall_clock_disagrees(tm
     lines = (tmp_path / "summary.md").read_text().splitlines()
     assert "wall-clock 10 s against 20 s." in lines[-1]
     assert "disagree" not in "\n".join(lines)
+    # Equal wall-clock: best-of-N could not have sampled more in Q*'s time.
+    even = [dataclasses.replace(r, wall_s=5.0) for r in rows[4:]]
+    write_reports(tmp_path, rows[:4] + even, ["qstar", "qstar_no_q", "best_of_n_matched"])
+    assert "disagree" not in (tmp_path / "summary.md").read_text()
     # Without the other method there is nothing to compare.
     write_reports(tmp_path, rows[:2], ["qstar"])
     assert "qstar −" not in (tmp_path / "summary.md").read_text()
@@ -136,3 +142,31 @@ def test_mctsr_pass_at_k_is_a_separate_ceiling_row_named_for_its_nodes(tmp_path)
     assert summary["methods"]["mctsr"]["accuracy"] == 0
     assert "| mctsr pass@k: any node right (a ceiling read with the grader, not an answer) " \
            "| 50.0 (" in (tmp_path / "summary.md").read_text()
+
+
+def test_summary_sets_qstar_against_greedy_decoding_of_each_policy(tmp_path):
+    rows = [result("qstar", "a", True, 100), result("qstar", "b", True, 100),
+            result("greedy", "a", False, 20), result("greedy", "b", True, 20),
+            result("greedy_second_policy", "a", False, 30),
+            result("greedy_second_policy", "b", False, 30)]
+    write_reports(tmp_path, rows, ["greedy", "greedy_second_policy", "qstar"])
+    lines = (tmp_path / "summary.md").read_text().splitlines()
+    # Differences 1, 0 against greedy: mean .5, sample sd .707, se .5; 1, 1: no spread.
+    assert lines[-2:] == [
+        "- qstar − greedy (against one greedy chain of the policy it searches): +50.0 points "
+        "(95% CI -48.0 to +148.0, paired over 2 problems); generated tokens per problem 100 "
+        "against 20, wall-clock 1 s against 1 s.",
+        "- qstar − greedy_second_policy (against greedy decoding of the second policy whose "
+        "opinion Q̂ reads): +100.0 points (95% CI +100.0 to +100.0, paired over 2 problems); "
+        "generated tokens per problem 100 against 30, wall-clock 1 s against 1 s."]
+
+
+def test_only_best_of_n_and_mctsr_ceilings_get_a_row_and_wall_clock_keeps_milliseconds(
+        tmp_path):
+    rows = [dataclasses.replace(result("self_consistency", p, False), any_correct=True,
+                                wall_s=wall) for p, wall in (("a", 0.1234), ("b", 0.5))]
+    summary = write_reports(tmp_path, rows, ["self_consistency"])["methods"]
+    assert summary["self_consistency"]["pass_at_n"]["accuracy"] == 1.0
+    assert summary["self_consistency"]["wall_s"] == 0.623
+    table = (tmp_path / "summary.md").read_text().splitlines()
+    assert len(table) == 3 and table[2].startswith("| self_consistency | 0.0 (")
