@@ -25,6 +25,8 @@ def test_a_damaged_complete_line_is_an_error_naming_file_and_line(tmp_path):
     path.write_text('{"a": 1}\n{"b"\n{"c": 3}\n')
     with pytest.raises(durable.CorruptRecordError, match=r"log.jsonl:2 is not valid JSON"):
         durable.read_jsonl(path)
+    path.write_text('{"a": 1}\n\n{"c": 3}\n')  # a blank line is no damage
+    assert durable.read_jsonl(path) == ([{"a": 1}, {"c": 3}], 19)
 
 
 def test_an_atomic_write_replaces_the_whole_file_and_leaves_no_temporary(tmp_path):
@@ -49,3 +51,17 @@ def test_a_write_killed_midway_leaves_the_old_file_whole(tmp_path):
     durable.write_atomically(path, lambda f: f.write(b"new"))  # a stale temporary is no obstacle
     assert path.read_bytes() == b"new"
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_a_process_other_than_the_writer_writes_nothing_and_leaves_a_torn_tail(
+        tmp_path, monkeypatch):
+    """Process 1 of a multi-process run computes the same records as process 0 and reads
+    process 0's files, which it must not touch, even to cut a tail process 0 is writing."""
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"a": 1}\n{"b": ')
+    monkeypatch.setattr(durable, "is_writer", lambda: False)
+    with durable.open_for_append(path) as f:
+        durable.append_records(f, [{"c": 3}])
+    durable.write_atomically(tmp_path / "sub" / "summary.json", lambda f: f.write(b"new"))
+    assert path.read_text() == '{"a": 1}\n{"b": '
+    assert [p.name for p in tmp_path.iterdir()] == ["log.jsonl"]
