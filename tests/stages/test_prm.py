@@ -7,13 +7,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from qstar_jax.config import ConfigError
+from qstar_jax.config import ConfigError, load_config
+from qstar_jax.outputs import durable
 from qstar_jax.qvalue.checkpoint import BackboneIdentity, BackboneMismatchError
+from qstar_jax.qvalue.dataset import labelled, save_labelled, step_pairs
 from qstar_jax.qvalue.head import QHead, QHeadConfig, QHeadModel
+from qstar_jax.qvalue.rollouts import ProblemRollouts, Rollout
 from qstar_jax.qvalue.scorers import PolicyHiddenPRM
 from qstar_jax.qvalue.train import TrainConfig
 from qstar_jax.search.interface import QItem
-from qstar_jax.stages.prm import (LEARNED_PRM_MARKER, load_learned_prm, prm_kind,
+from qstar_jax.stages.context import RunContext
+from qstar_jax.stages.prm import (LEARNED_PRM_MARKER, load_learned_prm, prm_kind, train_prm,
                                   train_learned_prm)
 from tests.decoding.tiny_models import tiny_config
 
@@ -67,5 +71,37 @@ def test_prm_kind_reads_what_the_directory_holds(trained, tmp_path):
     (hf / "config.json").write_text("{}")
     assert prm_kind(str(hf)) == "shepherd"
     assert prm_kind("smollm2-135m-instruct") == "shepherd"
+    (tmp_path / "shepherd.gguf").write_bytes(b"GGUF")
+    assert prm_kind(str(tmp_path / "shepherd.gguf")) == "shepherd"
+    (tmp_path / "shepherd.bin").write_bytes(b"")
+    (tmp_path / "folder.gguf").mkdir()
+    for neither in ("shepherd.bin", "folder.gguf"):
+        with pytest.raises(ConfigError, match="neither a PRM the train_prm stage wrote"):
+            prm_kind(str(tmp_path / neither))
     with pytest.raises(ConfigError, match="neither a PRM the train_prm stage wrote"):
         prm_kind(str(tmp_path))
+
+
+def _rollouts(path, *traces):
+    records = [ProblemRollouts(problem_index=0, temperature=1.0, rollouts=tuple(
+        Rollout(steps=steps, reward=1.0) for steps in traces))]
+    path.unlink(missing_ok=True)
+    with durable.open_for_append(path) as f:
+        durable.append_records(f, [r.to_json() for r in records])
+    return records
+
+
+def test_train_prm_refuses_labels_that_are_not_the_rollouts_before_loading_a_model(tmp_path):
+    ctx = RunContext(config=load_config(None), out=tmp_path)
+    steps = labelled(step_pairs(_rollouts(ctx.rollouts_path, ("a", "b"))), [1.0, 0.0])
+    save_labelled(ctx.labels_path, steps, features=np.zeros((2, 4), np.float32))
+    _rollouts(ctx.rollouts_path, ("a", "c"))  # collected again after the labels
+    with pytest.raises(ValueError, match="do not belong to the rollouts .* rerun the label"):
+        train_prm(ctx)
+    _rollouts(ctx.rollouts_path, ("a", "b"))
+    save_labelled(ctx.labels_path, steps)  # the same steps without their features
+    with pytest.raises(ValueError, match="do not belong to the rollouts"):
+        train_prm(ctx)
+    (tmp_path / "prm_training.json").write_text("{}")  # trained: nothing is read
+    ctx.labels_path.unlink()
+    train_prm(ctx)
