@@ -1,0 +1,70 @@
+"""What train_policy trains a from-scratch policy on: each solver trace after its prompt,
+ended by EOS; with a value head, each step's end labelled with the state's exact value,
+on the solution and on a copy with one wrong step; and the architecture it builds."""
+
+import functools
+import random
+
+import pytest
+
+from qstar_jax.config import load_config
+from qstar_jax.models.char_tokenizer import build_char_tokenizer
+from qstar_jax.stages.context import RunContext
+from qstar_jax.stages.train_policy import (policy_model_config, token_ids, trace_examples,
+                                           value_training_rows)
+
+
+def arithmetic(tmp_path, *overrides):
+    ctx = RunContext(config=load_config(None, list(overrides)), out=tmp_path)
+    return ctx, build_char_tokenizer(ctx.task.alphabet)
+
+
+def test_a_trace_is_its_steps_as_the_policy_writes_them_then_eos(tmp_path):
+    _, tokenizer = arithmetic(tmp_path)
+    [(prompt, completion)] = trace_examples(tokenizer, ["1 + 2\n"], [["1 + 2 = 3", "#### 3"]])
+    assert tokenizer.decode(prompt) == "1 + 2\n"
+    assert completion[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(completion[:-1]) == "1 + 2 = 3\n#### 3\n"
+
+
+def test_value_rows_label_each_step_end_with_the_states_exact_value(tmp_path):
+    ctx, tokenizer = arithmetic(tmp_path)
+    problems = ctx.problems("train", 2)
+    prompts = ctx.prompts(problems)
+    solutions = [ctx.task.solution_steps(p, random.Random(0)) for p in problems]
+    rows = value_training_rows(ctx, problems, prompts, solutions, random.Random(1),
+                               functools.partial(token_ids, tokenizer))
+    texts = [tokenizer.decode(ids) for ids, _ in rows]
+    assert texts == [
+        prompts[0] + "".join(f"{s}\n" for s in solutions[0]),
+        prompts[0] + "37 + 11 = 48\n#### 48\n",  # an early answer after one right step
+        prompts[1] + "".join(f"{s}\n" for s in solutions[1]),
+        prompts[1] + "96 - 9 = 87\n87 + 14 = 101\n101 + 18 = 119\n119 - 21 = 98\n#### 98\n"]
+    assert [labels for _, labels in rows] == [
+        [(53, 1.0), (66, 1.0), (78, 1.0), (90, 1.0), (103, 1.0), (111, 1.0)],
+        [(53, 1.0), (61, 0.0)],
+        [(48, 1.0), (61, 1.0), (74, 1.0), (87, 1.0), (95, 1.0)],
+        [(48, 0.0), (62, 0.0), (77, 0.0), (91, 0.0), (99, 0.0)]]
+    # Each label sits on its step's last token, the newline that ends it.
+    assert {tokenizer.decode([ids[at]]) for ids, labels in rows for at, _ in labels} == {"\n"}
+
+
+def test_a_value_head_needs_a_task_that_writes_wrong_steps(tmp_path):
+    ctx = RunContext(config=load_config(None, ["task.name=countdown",
+                                               "label.method=best_of_rollouts"]), out=tmp_path)
+    with pytest.raises(ValueError, match="needs a task that can write wrong steps .* countdown"):
+        value_training_rows(ctx, [], [], [], random.Random(0), None)
+
+
+def test_the_policys_architecture_is_policy_trainings(tmp_path):
+    ctx, tokenizer = arithmetic(tmp_path, "policy_training.hidden_size=32",
+                                "policy_training.intermediate_size=64",
+                                "policy_training.num_layers=3", "policy_training.num_heads=4",
+                                "policy_training.num_kv_heads=2", "decode.max_len=96")
+    config = policy_model_config(ctx, tokenizer)
+    assert (config.vocab_size, config.hidden_size, config.intermediate_size, config.num_layers,
+            config.num_heads, config.num_kv_heads, config.head_dim) == (
+        len(tokenizer), 32, 64, 3, 4, 2, 8)
+    assert (config.max_position_embeddings, config.tie_word_embeddings, config.bos_token_id,
+            config.eos_token_ids) == (96, True, tokenizer.bos_token_id,
+                                      (tokenizer.eos_token_id,))
