@@ -9,7 +9,7 @@ import pytest
 
 from qstar_jax.config import load_config
 from qstar_jax.policy.runtime import SampledStep, SampledText
-from qstar_jax.search.process_utility import ZeroUtility
+from qstar_jax.search.process_utility import RuleUtility, ZeroUtility
 from qstar_jax.stages.reasoners import reasoner_search, reasoner_slots
 from qstar_jax.tasks.base import Problem
 from tests.support.scripted_runtime import ScriptedRuntime
@@ -93,6 +93,34 @@ def test_tot_answers_with_the_state_q_hat_values_highest(method):
     assert result.counters.q_calls == 2
 
 
+def test_tot_dfs_prunes_at_the_configured_threshold():
+    """Above both children's Q̂ (0.1 and 0.9), eval.tot.threshold leaves no answer."""
+    config = load_config(overrides=["eval.tot.k=2", "eval.tot.keep=1",
+                                    "eval.prefix_sharing=false", "eval.tot.threshold=0.95"])
+    search = reasoner_search(types.SimpleNamespace(config=config), "tot_dfs",
+                             [Problem(id="p0", question="q0", reference=None)],
+                             TwoScoresRuntime(), ScoreQ(), ZeroUtility())
+    [result] = search([0], "tot_dfs")
+    assert not result.completed and result.steps == ()
+
+
+@pytest.mark.parametrize("method", ["tot_bfs", "tot_dfs"])
+def test_tot_judged_by_the_prm_ranks_by_g_and_spends_no_q_hat_call(method):
+    """evaluator=prm ranks by g, the process utility's score of each step (the second
+    line's here), and never calls Q̂, whose ranking (the first line's) is ignored."""
+    config = load_config(overrides=["eval.tot.k=2", "eval.tot.keep=1",
+                                    "eval.prefix_sharing=false", "eval.tot.evaluator=prm",
+                                    "search.utility=prm", "search.prm_model=/a/prm"])
+    problems = [Problem(id="p0", question="q0", reference=None)]
+    first_line_q = types.SimpleNamespace(score=lambda items: 1 - ScoreQ().score(items))
+    search = reasoner_search(types.SimpleNamespace(config=config), method, problems,
+                             TwoScoresRuntime(), first_line_q,
+                             RuleUtility(rule=lambda i, steps: int(steps[-1].split()[-1]) / 100))
+    [result] = search([0], method)
+    assert result.completed and result.steps == ("Score: 90",)
+    assert result.counters.q_calls == 0
+
+
 def test_tot_with_the_value_prompt_charges_its_verdicts_to_the_problem():
     [result, _], _ = run("tot_bfs", "eval.tot.evaluator=value_prompt", "eval.tot.value_samples=3")
     # 2 steps, then 3 verdicts for each of the 2 new states.
@@ -115,3 +143,7 @@ def test_slots_per_problem_cover_what_a_problem_holds():
     assert reasoner_slots(ctx, "mctsr") == 3 + 4
     assert reasoner_slots(ctx, "tot_bfs") == 2 * 3
     assert reasoner_slots(ctx, "tot_dfs") == 1 * 8 + 2 + 1  # decode.max_steps = 8
+    # A value prompt's 3 verdicts and its prompt row for each new child, and the kept rows.
+    _, ctx = run("mctsr", "eval.tot.evaluator=value_prompt", "eval.tot.value_samples=3")
+    assert reasoner_slots(ctx, "tot_bfs") == 2 * 3 + 2 * 2 * 4 + 4
+    assert reasoner_slots(ctx, "tot_dfs") == 1 * 8 + 2 + 1 + 2 * 4 + 4
