@@ -6,6 +6,7 @@ import pytest
 from qstar_jax import run
 from qstar_jax.config import ConfigError, load_config
 from qstar_jax.stages.context import RunContext
+from qstar_jax.stages.evaluate import reported_methods
 from qstar_jax.stages.stage_inputs import check_stage_inputs
 
 
@@ -114,3 +115,23 @@ def test_checkpoints_the_config_names_and_a_skipped_collect_are_no_stages_inputs
                                "search.utility=prm", "search.prm_model=/a/prm", *outside))
     touch(tmp_path / "rollouts.jsonl")  # collect will be skipped: it loads no policy
     check_stage_inputs(context(tmp_path, "stages=[collect]"))
+
+
+def test_tree_of_thoughts_reads_q_hat_only_when_q_hat_judges_its_states(tmp_path):
+    touch(tmp_path / "policy/config.json")
+    plain = ["stages=[evaluate]", "q_train.second_opinion=null"]
+    for method in ("tot_bfs", "tot_dfs"):
+        with pytest.raises(ConfigError, match="stage evaluate reads Q-hat"):
+            check_stage_inputs(context(tmp_path, *plain, f"eval.methods=[{method}]"))
+        check_stage_inputs(context(tmp_path, *plain, f"eval.methods=[{method}]",
+                                   "eval.tot.evaluator=value_prompt"))
+    check_stage_inputs(context(tmp_path, *plain, "eval.methods=[mctsr]"))
+
+
+def test_the_second_policys_greedy_row_follows_greedy_where_q_hat_reads_one(tmp_path):
+    methods = "eval.methods=[self_consistency,greedy,qstar]"
+    assert reported_methods(context(tmp_path, methods)) == (
+        "self_consistency", "greedy", "greedy_second_policy", "qstar")
+    assert reported_methods(context(tmp_path, methods, "q_train.second_opinion=null")) == (
+        "self_consistency", "greedy", "qstar")
+    assert reported_methods(context(tmp_path, "eval.methods=[qstar]")) == ("qstar",)
