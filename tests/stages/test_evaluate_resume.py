@@ -1,0 +1,80 @@
+"""evaluate logs each (method, problem) once, a batch of eval.problems_per_batch at a time,
+and after a kill searches only the problems some row is missing for: self-consistency's
+rows, derived from best-of-N's chains, included."""
+
+import pytest
+
+from qstar_jax.config import load_config
+from qstar_jax.outputs.results_log import ResultsLog
+from qstar_jax.search.planner import Outcome, ScoredTrajectory, SearchCounters, SearchResult
+from qstar_jax.stages import evaluate
+from qstar_jax.stages.context import RunContext
+from tests.outputs.problem_results import result
+
+STEPS = ("2 + 2 = 4", "#### 4")
+
+
+@pytest.fixture
+def searched(monkeypatch):
+    """The (method, batch) of every search evaluate runs; a problem's result spends as many
+    generated tokens as its index."""
+    calls = []
+
+    def step_search(ctx, method, samples, runtime, q_fn, utility):
+        def search(batch, description):
+            calls.append((method, list(batch)))
+            return [SearchResult(problem_index=i, steps=STEPS, node_id=1,
+                                 outcome=Outcome.complete, score=0.0,
+                                 trajectories=(ScoredTrajectory(node_id=1, steps=STEPS,
+                                                                score=0.0),),
+                                 counters=SearchCounters(generated_tokens=i,
+                                                         prefilled_tokens=0, q_calls=0,
+                                                         prm_calls=0, expansions=1,
+                                                         wall_s=0.0))
+                    for i in batch]
+        return search
+
+    monkeypatch.setattr(evaluate, "_step_search", step_search)
+    monkeypatch.setattr(RunContext, "runtime", lambda self, problems, model=None: None)
+    return calls
+
+
+def context(tmp_path):
+    return RunContext(config=load_config(None, [
+        "eval.methods=[greedy,best_of_n,self_consistency]", "task.eval_problems=5",
+        "eval.problems_per_batch=2", "q_train.second_opinion=null"]), out=tmp_path)
+
+
+def logged(tmp_path):
+    return sorted((r.method, r.problem_id, r.generated_tokens)
+                  for r in ResultsLog(tmp_path / "results.jsonl").read())
+
+
+def test_each_method_searches_the_problems_in_batches_and_logs_each_once(tmp_path, searched):
+    ctx = context(tmp_path)
+    ids = [p.id for p in ctx.problems("test", 5)]
+    summary = evaluate.evaluate(ctx, q_fn=object())
+    assert searched == [("greedy", [0, 1]), ("greedy", [2, 3]), ("greedy", [4]),
+                        ("best_of_n", [0, 1]), ("best_of_n", [2, 3]), ("best_of_n", [4])]
+    assert logged(tmp_path) == sorted((m, ids[i], i) for m in
+                                      ("greedy", "best_of_n", "self_consistency")
+                                      for i in range(5))
+    assert [summary["methods"][m]["n"] for m in ("greedy", "best_of_n", "self_consistency")] \
+        == [5, 5, 5]
+
+
+def test_a_killed_evaluation_searches_only_what_is_missing(tmp_path, searched):
+    ctx = context(tmp_path)
+    ids = [p.id for p in ctx.problems("test", 5)]
+    # Logged: greedy's first 3 problems; best-of-N's first batch and its second batch's own
+    # rows, as a kill before self-consistency's rows of that batch leaves them.
+    ResultsLog(tmp_path / "results.jsonl").append(
+        [result("greedy", ids[i], False, i) for i in range(3)]
+        + [result(m, ids[i], False, i) for m in ("best_of_n", "self_consistency")
+           for i in (0, 1)]
+        + [result("best_of_n", ids[i], False, i) for i in (2, 3)])
+    evaluate.evaluate(ctx, q_fn=object())
+    assert searched == [("greedy", [3, 4]), ("best_of_n", [2, 3]), ("best_of_n", [4])]
+    assert logged(tmp_path) == sorted((m, ids[i], i) for m in
+                                      ("greedy", "best_of_n", "self_consistency")
+                                      for i in range(5))
