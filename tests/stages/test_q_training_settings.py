@@ -1,14 +1,17 @@
 """What stage train_q hands Q̂'s training: the head's shape from q_train and the policy's
-width, and optimiser settings sized by the number of labels."""
+width, and optimiser settings sized by the number of labels; and the summary it writes."""
 
+import json
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from qstar_jax.config import load_config
 from qstar_jax.qvalue.head import QHeadConfig
-from qstar_jax.qvalue.train import TrainConfig
-from qstar_jax.stages.train_q import head_config, train_config
+from qstar_jax.qvalue.train import TrainConfig, TrainResult
+from qstar_jax.stages import train_q
+from qstar_jax.stages.train_q import _write_summary, head_config, train_config
 
 
 def context(*overrides, hidden_size=32):
@@ -49,3 +52,18 @@ def test_training_is_sized_by_the_labels(settings, examples, holdout, batch_size
 
 def test_a_single_step_of_training_has_no_warmup():
     assert train_config(context("q_train.max_epochs=1"), 9).warmup_steps == 0
+
+
+def test_the_summary_counts_labels_above_one_half_as_positive(tmp_path, monkeypatch):
+    result = TrainResult(steps=12, stopped_early=True, best_step=8, best_heldout_loss=0.25,
+                         heldout_losses=((4, 0.5), (8, 0.25)), constant_heldout_loss=0.5,
+                         heldout_auc=0.75)
+    _write_summary(tmp_path / "q_training.json", result,
+                   np.array([0.5, 0.75, 0.25, 1.0], np.float32))
+    assert json.loads((tmp_path / "q_training.json").read_text()) == {
+        "steps": 12, "stopped_early": True, "best_heldout_loss": 0.25,
+        "constant_heldout_loss": 0.5, "heldout_auc": 0.75, "examples": 4,
+        "positive_fraction": 0.5}
+    monkeypatch.setattr(train_q, "is_writer", lambda: False)  # another process
+    _write_summary(tmp_path / "other.json", result, np.ones(2, np.float32))
+    assert not (tmp_path / "other.json").exists()
