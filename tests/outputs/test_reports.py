@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from qstar_jax.outputs import reports
 from qstar_jax.outputs.reports import (matched_samples, paired_difference, summarize,
                                        wilson_interval, write_reports)
 from tests.outputs.problem_results import result
@@ -41,6 +42,14 @@ def test_table_rows_give_per_problem_means_the_interval_and_total_wall_clock(tmp
     # = 0.5 ± 0.405; per problem 40/2 generated, 20/2 prefilled, 8/2 Q̂ and 5/2 PRM calls.
     assert "| greedy | 50.0 (9.5–90.5) | 2 | 20.0 | 10.0 | 4.0 | 2.5 | 1.5 |\n" in \
         (tmp_path / "summary.md").read_text()
+
+
+def test_a_process_other_than_the_writer_summarizes_but_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(reports, "is_writer", lambda: False)
+    rows = [result("greedy", "a", True), result("greedy", "b", False)]
+    summary = write_reports(tmp_path, rows, ["greedy"], best_of_n_samples=6)
+    assert summary == summarize(rows, ["greedy"]) and summary["methods"]["greedy"]["n"] == 2
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_summary_says_which_best_of_n_would_spend_qstars_tokens(tmp_path):
