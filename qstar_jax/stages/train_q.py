@@ -23,11 +23,16 @@ from qstar_jax.stages.separate_q import train_separate_q
 SUMMARY_FILE = "q_training.json"  # in the run folder: written when Q-hat's training ends
 
 
+def head_output(ctx: RunContext) -> str:
+    """The head's squashing: a probability for BCE, a raw value for MSE."""
+    return "sigmoid" if ctx.config.q_train.loss == Loss.bce else "raw"
+
+
 def head_config(ctx: RunContext) -> QHeadConfig:
     q = ctx.config.q_train
     width = ctx.policy.config.hidden_size
     return QHeadConfig(hidden_size=width, mlp_widths=(width,) * q.hidden_layers,
-                       output="sigmoid" if q.loss == Loss.bce else "raw",
+                       output=head_output(ctx),
                        step_logprob=q.step_logprob,
                        second_opinion=q.second_opinion is not None)
 
@@ -68,7 +73,8 @@ def train_q(ctx: RunContext) -> None:
     if done.exists():
         return
     if ctx.config.q_train.backbone == QBackbone.separate:
-        result, labels = train_separate_q(ctx, head_config(ctx).output, train_config)
+        # The policy is not loaded: the separate backbone alone reads the steps.
+        result, labels = train_separate_q(ctx, head_output(ctx), train_config)
         _write_summary(done, result, labels)
         return
     steps, features = load_labelled(ctx.labels_path)

@@ -30,11 +30,13 @@ def separable_features(n: int = 240, seed: int = 0) -> tuple[np.ndarray, np.ndar
     return x[keep], (margin[keep] > 0).astype(np.float32)
 
 
-def random_backbone_q(seed: int = 0) -> BackboneQ:
-    """A ``BackboneQ`` of the tiny config with weights drawn by numpy (N(0, 0.2)): building
-    from shapes avoids compiling a random initializer for every parameter shape."""
+def random_backbone_q(seed: int = 0, config: ModelConfig = BACKBONE,
+                      head: QHeadConfig = BACKBONE_HEAD) -> BackboneQ:
+    """A ``BackboneQ`` (of the tiny config unless given) with weights drawn by numpy
+    (N(0, 0.2)): building from shapes avoids compiling a random initializer for every
+    parameter shape."""
     def build():
-        return BackboneQ(BACKBONE, BACKBONE_HEAD, rngs=nnx.Rngs(0))
+        return BackboneQ(config, head, rngs=nnx.Rngs(0))
 
     graphdef, shapes, _ = nnx.split(nnx.eval_shape(build), nnx.Param, ...)
     rest = jax.jit(lambda: nnx.split(build(), nnx.Param, ...)[2])()
