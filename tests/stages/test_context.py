@@ -1,6 +1,10 @@
 from pathlib import Path
+from types import SimpleNamespace
 
 from qstar_jax.config import CountdownWorldConfig, RunConfig, TaskConfig, load_config, to_yaml
+from qstar_jax.decoding.paged_cache import Paging
+from qstar_jax.models.loading import LoadedModel
+from qstar_jax.stages import context
 from qstar_jax.stages.context import RunContext
 from qstar_jax.tasks.hendrycks_math import Math500Task
 
@@ -57,3 +61,31 @@ def test_problems_are_the_tasks_for_the_runs_seed(tmp_path):
     seeded = RunContext(config=RunConfig(), out=tmp_path).task.load("train", limit=3, seed=1)
     assert questions(1) == [p.question for p in seeded]
     assert len(questions(1)) == 3 and questions(1) != questions(0)
+
+
+def test_the_runtime_decodes_with_the_runs_decode_settings(tmp_path, monkeypatch):
+    made = {}
+    monkeypatch.setattr(context, "Decoder", lambda model, **settings: made.update(
+        decoder=(model, settings)) or "decoder")
+    monkeypatch.setattr(context, "PolicyRuntime", lambda *args, **settings: made.update(
+        runtime=(args, settings)))
+    tokenizer = SimpleNamespace(newline_table=lambda vocab: f"newlines of {vocab}",
+                                eos_ids=(2, 3))
+    second = LoadedModel(config=SimpleNamespace(vocab_size=40), model="second model",
+                         tokenizer=tokenizer)
+    ctx = RunContext(config=load_config(None, [
+        "decode.slots=64", "decode.max_len=96", "decode.step_chunk=8", "decode.page_size=16",
+        "decode.pages=300", "decode.min_rows=4", "decode.layer_weights=stacked",
+        "decode.step_token_cap=20", "seed=5"]), out=tmp_path)
+    problems = ctx.problems("test", 2)
+    ctx.runtime(problems, model=second)
+    model, settings = made["decoder"]
+    assert model == "second model" and settings == dict(
+        num_slots=64, max_len=96, newline_table="newlines of 40", eos_ids=(2, 3), step_chunk=8,
+        paging=Paging(page_size=16, num_pages=300), min_batch_bucket=4,
+        layer_weights="stacked", mesh=None)
+    args, settings = made["runtime"]
+    assert args == ("decoder", tokenizer, ctx.task, problems, ctx.prompts(problems))
+    assert settings == dict(seed=5, step_token_cap=20)
+    RunContext(config=load_config(None), out=tmp_path).runtime(problems, model=second)
+    assert made["decoder"][1]["paging"] is None  # decode.page_size=0: a row per slot
