@@ -32,6 +32,7 @@ def full_tree():
 @pytest.mark.parametrize("method, overrides, held", [
     ("best_of_n", ["eval.samples=5"], 10),  # 5 chain tips and the 5 steps forked from them
     ("beam", ["eval.beam_width=2", "eval.beam_k=4"], 10),  # 2 beams and their 8 children
+    ("qstar", ["search.k=5", "search.max_expansions=3"], 14),  # 3 expansions of 5 children
 ])
 def test_slots_per_problem_covers_what_a_search_holds_at_once(method, overrides, held):
     ctx = SimpleNamespace(config=load_config(None, overrides))
@@ -40,6 +41,15 @@ def test_slots_per_problem_covers_what_a_search_holds_at_once(method, overrides,
                progress=False)
     assert expander.peak_held == held
     assert slots_per_problem(ctx, method) >= held
+
+
+def test_qstar_holds_k_slots_for_each_expansion_its_budget_allows():
+    def slots(*overrides):
+        return slots_per_problem(SimpleNamespace(config=load_config(None, list(overrides))),
+                                 "qstar")
+    assert slots("search.k=5", "search.max_expansions=3") == 5 * 3 + 1
+    # 100 tokens pay for at most 100 // 5 + 1 = 21 expansions of 5 children.
+    assert slots("search.k=5", "search.max_generated_tokens=100") == 5 * 21 + 1
 
 
 def context(slots, data=None):
