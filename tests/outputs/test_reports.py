@@ -24,6 +24,8 @@ def test_summary_counts_and_reports(tmp_path):
     assert summary["methods"]["greedy"]["generated_tokens"] == 40
     assert summary["methods"]["qstar"]["n"] == 1
     assert "beam" not in summary["methods"]
+    # Methods come in the configured order, whatever order their rows were logged in.
+    assert list(summarize(rows[::-1], ["greedy", "qstar"])["methods"]) == ["greedy", "qstar"]
     write_reports(tmp_path, rows, ["greedy", "qstar"])
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     table = (tmp_path / "summary.md").read_text()
