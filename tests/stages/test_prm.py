@@ -2,6 +2,7 @@
 Math-Shepherd checkpoint by what its directory holds."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,8 +18,8 @@ from qstar_jax.qvalue.scorers import PolicyHiddenPRM
 from qstar_jax.qvalue.train import TrainConfig
 from qstar_jax.search.interface import QItem
 from qstar_jax.stages.context import RunContext
-from qstar_jax.stages.prm import (LEARNED_PRM_MARKER, load_learned_prm, prm_kind, train_prm,
-                                  train_learned_prm)
+from qstar_jax.stages.prm import (LEARNED_PRM_MARKER, load_learned_prm, load_prm, prm_kind,
+                                  train_prm, train_learned_prm)
 from tests.decoding.tiny_models import tiny_config
 
 POLICY = tiny_config(64)  # hidden size 32
@@ -80,6 +81,28 @@ def test_prm_kind_reads_what_the_directory_holds(trained, tmp_path):
             prm_kind(str(tmp_path / neither))
     with pytest.raises(ConfigError, match="neither a PRM the train_prm stage wrote"):
         prm_kind(str(tmp_path))
+
+
+def test_search_loads_the_learned_prm_it_is_pointed_at_or_this_runs_own(trained, tmp_path):
+    directory, head, _ = trained
+    hiddens = np.random.default_rng(2).normal(size=(3, POLICY.hidden_size)).astype(np.float32)
+    expected = PolicyHiddenPRM(QHeadModel(head)).score_steps(_items(hiddens))
+
+    def loaded(out, *overrides):
+        config = load_config(None, ["search.utility=prm", "stages=[train_prm,evaluate]",
+                                    *overrides])
+        ctx = SimpleNamespace(config=config, out=out, mesh=None,
+                              policy=SimpleNamespace(config=POLICY))
+        return load_prm(ctx, problems=[])
+
+    named = loaded(tmp_path, f"search.prm_model={directory}")
+    np.testing.assert_array_equal(named.score_steps(_items(hiddens)), expected)
+    with pytest.raises(ConfigError, match=r"holds none; list train_prm in stages before"):
+        loaded(tmp_path)  # no search.prm_model, and this run wrote no PRM
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "prm").symlink_to(directory)  # a run whose train_prm wrote prm/
+    own = loaded(tmp_path / "run")
+    np.testing.assert_array_equal(own.score_steps(_items(hiddens)), expected)
 
 
 def _rollouts(path, *traces):
