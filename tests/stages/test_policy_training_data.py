@@ -1,6 +1,7 @@
 """What train_policy trains a from-scratch policy on: each solver trace after its prompt,
 ended by EOS; with a value head, each step's end labelled with the state's exact value,
-on the solution and on a copy with one wrong step; and the architecture it builds."""
+on the solution and on a copy with one wrong step; the architecture it builds; and the
+policies it trains."""
 
 import functools
 import random
@@ -10,6 +11,7 @@ import pytest
 from qstar_jax.config import load_config
 from qstar_jax.models.char_tokenizer import build_char_tokenizer
 from qstar_jax.stages.context import RunContext
+from qstar_jax.stages import train_policy
 from qstar_jax.stages.train_policy import (policy_model_config, token_ids, trace_examples,
                                            value_training_rows)
 
@@ -68,3 +70,19 @@ def test_the_policys_architecture_is_policy_trainings(tmp_path):
     assert (config.max_position_embeddings, config.tie_word_embeddings, config.bos_token_id,
             config.eos_token_ids) == (96, True, tokenizer.bos_token_id,
                                       (tokenizer.eos_token_id,))
+
+
+def test_the_second_policy_is_trained_from_the_next_seed_beside_the_policy(tmp_path,
+                                                                           monkeypatch):
+    trained = []
+    monkeypatch.setattr(train_policy, "train_from_scratch",
+                        lambda ctx, target: trained.append((ctx.config.seed, target)))
+
+    def trains(*overrides):
+        trained.clear()
+        train_policy.train_policy(RunContext(config=load_config(None, ["seed=4", *overrides]),
+                                             out=tmp_path))
+        return list(trained)
+    assert trains() == [(4, tmp_path / "policy"), (5, tmp_path / "second_policy")]
+    assert trains("q_train.second_opinion=null") == [(4, tmp_path / "policy")]
+    assert trains("policy.source=/a/policy", "q_train.second_opinion=null") == []
