@@ -88,6 +88,25 @@ def test_game_of_24_splits_partition_every_solvable_hand(game_of_24_solver):
         generate_problems(GAME_OF_24, "test", n_test + 1, seed=0, solver=game_of_24_solver)
 
 
+def test_two_number_splits_hold_every_problem_of_both_ranges_ends_included():
+    """2 numbers from 1..4 and targets 1..8: every solvable problem (a + b, b - a, a * b or
+    an exact b / a, written by hand) is drawn into exactly one split, the targets 1 and 8
+    and the numbers 1 and 4 among them."""
+    config = CountdownConfig(num_count=2, number_range=(1, 4), target_range=(1, 8))
+    solver = CountdownSolver(config.rules)
+    space = {((a, b), target)
+             for a, b in itertools.combinations_with_replacement(range(1, 5), 2)
+             for target in {a + b, b - a, a * b} | ({b // a} if b % a == 0 else set())
+             if 1 <= target <= 8}
+    sizes = {split: sum(split_of(n, t, 0.1, 0.1) == split for n, t in space)
+             for split in ("train", "validation", "test")}
+    assert len(space) == 25 and sizes == {"train": 19, "validation": 3, "test": 3}
+    drawn = [problem for split, size in sizes.items()
+             for problem in generate_problems(config, split, size, seed=0, solver=solver)]
+    assert len(drawn) == 25 and set(drawn) == space
+    assert {((2, 4), 8), ((4, 4), 8), ((1, 1), 1), ((4, 4), 1)} <= set(drawn)
+
+
 def test_any_step_and_signed_rules_generate_solvable_problems():
     config = CountdownConfig(rules=CountdownRules(must_use_all=False, allow_negatives=True),
                              num_count=4, number_range=(1, 6), target_range=(-10, 50))
@@ -106,7 +125,9 @@ def test_any_step_and_signed_rules_generate_solvable_problems():
     ({"target_range": (1, 5, 9)}, "two integers"),
     ({"number_range": (1.5, 9)}, "two integers"),
     ({"num_count": 12, "number_range": (1, 999)}, "digits"),
+    ({"num_count": 10, "number_range": (1, 1000)}, "digits"),  # 1000 ** 10 has 31 digits
     ({"test_fraction": 1.0}, "strictly between"),
+    ({"test_fraction": 0.0}, "strictly between"),
     ({"test_fraction": 0.5, "validation_fraction": 0.5}, "train keeps a share"),
     ({"train_size": -1}, ">= 0"),
 ])
@@ -120,6 +141,8 @@ def test_config_accepts_lists_from_yaml_and_rejects_unknown_splits():
                              rules=CountdownRules(operations=["+", "*"]))
     assert config.number_range == (1, 9) and config.target_range == (2, 20)
     assert config.rules.operations == ("+", "*")
+    # 999 ** 10 has 30 digits, the most a step spells: the widest config allowed.
+    assert CountdownConfig(num_count=10, number_range=(1, 999)).num_count == 10
     with pytest.raises(ValueError, match="splits"):
         generate(config, "dev", 1, seed=0)
     with pytest.raises(ValueError, match="different rules"):
