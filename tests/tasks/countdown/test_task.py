@@ -7,6 +7,7 @@ import pytest
 from qstar_jax.tasks.base import Problem, join_steps
 from qstar_jax.tasks.countdown import (
     COUNTDOWN_ALPHABET, CountdownConfig, CountdownRules, CountdownTask, StepError)
+from qstar_jax.tasks.countdown.problems import generate_problems
 
 SMALL = CountdownConfig(num_count=4, number_range=(1, 9), target_range=(1, 40),
                         train_size=30, test_size=10)
@@ -30,6 +31,10 @@ def test_load_is_deterministic_and_sized(task):
     assert [p.id for p in task.load("train", limit=12)] == [p.id for p in train[:12]]
     assert [p.id for p in CountdownTask(SMALL).load("train")] == [p.id for p in train]
     assert task.load("train", limit=0) == []
+    reseeded = task.load("train", limit=5, seed=1)
+    assert [(p.metadata["numbers"], p.metadata["target"]) for p in reseeded] == \
+        generate_problems(SMALL, "train", 5, seed=1, solver=task.solver)
+    assert [p.id for p in reseeded] != [p.id for p in train[:5]]
     with pytest.raises(ValueError, match="limit"):
         task.load("train", limit=-1)
 
@@ -43,8 +48,9 @@ def test_problem_record_and_prompt(task):
     chat_prompt = task.prompt(problem, chat=lambda messages: seen.append(messages) or "<chat>")
     assert chat_prompt == "<chat>"
     assert seen == [[{"role": "user", "content": "Use 2 3 5 8 to make 24."}]]
-    with pytest.raises(ValueError, match="positive integer"):
-        task.problem([0, 3], 3)
+    for numbers, target in (([0, 3], 3), ([3, 8], "24"), ([3, 8], 24.0), ([], 0)):
+        with pytest.raises(ValueError, match="positive integer"):
+            task.problem(numbers, target)
 
 
 def test_solution_traces_grade_correct_and_use_only_the_alphabet(task, any_step_task):
