@@ -6,12 +6,11 @@ import random
 import pytest
 
 from qstar_jax.tasks.arithmetic import ArithmeticConfig, ArithmeticTask, parse_answer, parse_step
-from qstar_jax.tasks.arithmetic.world import split_of
+from qstar_jax.tasks.arithmetic.steps import Operation
+from qstar_jax.tasks.arithmetic.world import Chain, split_of
 
 
 def make_problem(task, start, ops):
-    from qstar_jax.tasks.arithmetic.steps import Operation
-    from qstar_jax.tasks.arithmetic.world import Chain
     return task.problem(Chain(start, tuple(Operation(o, n) for o, n in ops)))
 
 
@@ -62,6 +61,23 @@ def test_solver_completion_is_the_exact_value():
     assert task.solver_completion(problem, ["#### 42"]) == []
 
 
+def test_wrong_steps_come_in_every_kind_and_only_digit_slips_after_the_last_line():
+    task = ArithmeticTask()
+    problem = make_problem(task, 12, [("+", 7), ("*", 3), ("-", 15)])
+    first = {task.wrong_step(problem, [], random.Random(seed)) for seed in range(100)}
+    assert "12 + 7 = 19" not in first
+    assert {"12 + 7 = 17",                   # a digit of the result
+            "12 + 3 = 15", "12 + 15 = 27",   # another operation's operand
+            "13 + 7 = 20",                   # a misread start value
+            "12 * 3 = 36",                   # the next operation, this one skipped
+            "#### 12"} <= first              # an early answer
+    solution = task.solution_steps(problem)
+    last = {task.wrong_step(problem, solution[:3], random.Random(seed)) for seed in range(40)}
+    assert len(last) > 5 and all(
+        len(line) == len("#### 42") and line.startswith("#### ")
+        and sum(a != b for a, b in zip(line, "#### 42")) == 1 for line in last)
+
+
 def test_wrong_steps_are_well_formed_and_dead():
     task = ArithmeticTask()
     rng = random.Random(0)
@@ -92,11 +108,46 @@ def test_generation_is_seeded_distinct_in_range_and_splits_are_disjoint():
             assert 2 <= len(problem.metadata["operations"]) <= 4
 
 
+def test_a_tiny_world_draws_every_chain_its_ranges_allow():
+    """Starts 2..3, 1 or 2 operations: + or - 1..2, * 2..3, every value in 0..6. The
+    splits together hold each of the 55 chains, enumerated here by hand, exactly once."""
+    config = ArithmeticConfig(operations=(1, 2), start_range=(2, 3), add_range=(1, 2),
+                              multiply_range=(2, 3), operators="+-*", max_value=6,
+                              train_size=41, validation_size=6, test_size=8)
+
+    def moves(value):
+        return [Operation(op, n) for op, operands in (("+", (1, 2)), ("-", (1, 2)),
+                                                       ("*", (2, 3)))
+                for n in operands if 0 <= Operation(op, n).apply(value) <= 6]
+
+    chains = {Chain(start, ops).question for start in (2, 3) for first in moves(start)
+              for ops in [(first,)] + [(first, then) for then in moves(first.apply(start))]}
+    assert len(chains) == 55 and "Left to right: 3 * 2 - 2" in chains
+    task = ArithmeticTask(config)
+    drawn = [p.question for split in ("train", "validation", "test") for p in task.load(split)]
+    assert len(drawn) == 55 and set(drawn) == chains
+    # The default sizes are each split's own; a negative limit is an error.
+    assert [len(task.load(split)) for split in ("train", "validation", "test")] == [41, 6, 8]
+    with pytest.raises(ValueError, match="limit=-1 must be >= 0"):
+        task.load("train", limit=-1)
+
+
+def test_numbers_are_at_most_twelve_digits():
+    assert parse_step("100000000000 + 1 = 100000000001").result == 100000000001
+    assert parse_step("1000000000000 + 1 = 1000000000001") is None
+    assert parse_answer("#### 999999999999") == 999999999999
+    assert parse_answer("#### 1000000000000") is None
+
+
 def test_bad_config_and_bad_problems_are_clear_errors():
     with pytest.raises(ValueError, match="operators"):
         ArithmeticConfig(operators="/")
     with pytest.raises(ValueError, match="start_range"):
         ArithmeticConfig(start_range=(5, 2))
+    with pytest.raises(ValueError, match="max_value=99: must be at least start_range"):
+        ArithmeticConfig(start_range=(2, 100))
+    with pytest.raises(ValueError, match="at least 1 operation"):
+        ArithmeticConfig(operations=(0, 3))
     with pytest.raises(ValueError, match="no field|unexpected keyword"):
         ArithmeticTask({"bogus": 1})
     with pytest.raises(ValueError, match="splits"):
