@@ -22,6 +22,7 @@ CASES = [
     ("\\frac12", "\\frac{1}{2}", True),
     ("\\dfrac{1}{2}", "\\frac12", True),
     ("\\tfrac{1}{2}", "1/2", True),
+    ("\\cfrac{1}{2}", "0.5", True),
     ("\\frac1{2}", "\\frac{1}2", True),
     ("\\frac{2}{4}", "\\frac{1}{2}", True),
     ("-\\frac{1}{2}", "\\frac{-1}{2}", True),
@@ -39,6 +40,7 @@ CASES = [
     ("10{,}000", "10000", True),
     # Normalised LaTeX.
     ("\\left( 1, 2 \\right)", "(1,2)", True),
+    ("\\left.\\frac{1}{2}\\right.", "0.5", True),
     ("\\$5", "5", True),
     ("$\\frac{1}{2}$", "\\frac12", True),
     ("5\\text{ cm}", "5", True),
@@ -47,6 +49,8 @@ CASES = [
     ("90^\\circ", "90", True),
     ("90^{\\circ}", "90", True),
     ("90 degrees", "90", True),
+    ("90\u00b0", "90", True),
+    ("90\\degree", "90", True),
     ("50\\%", "50", True),
     ("3.", "3", True),
     ("\\displaystyle \\frac{1}{2}", "0.5", True),
@@ -63,6 +67,7 @@ CASES = [
     ("x \\in [1, 2)", "[1,2)", True),
     ("f(x) = x^2", "x^2", True),
     ("x+y=3", "y+x=3", True),
+    ("x \\ne 3", "x \\neq 3", True),
     # Tuples and intervals keep their brackets.
     ("(1, 2)", "(1,2)", True),
     ("(1,2]", "(1, 2]", True),
@@ -77,8 +82,10 @@ CASES = [
     ("\\{5\\}", "5", True),
     ("\\{(1,2), (3,4)\\}", "\\{(3,4),(1,2)\\}", True),
     ("\\{\\frac12, -1\\}", "-1, 0.5", True),
-    # Matrices entrywise; pmatrix and bmatrix alike.
+    # Matrices entrywise; pmatrix, bmatrix and Bmatrix alike; a trailing row break adds no row.
     (PMATRIX, BMATRIX, True),
+    (PMATRIX, "\\begin{Bmatrix}1&2\\\\3&4\\end{Bmatrix}", True),
+    (PMATRIX, "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\\\ \\end{pmatrix}", True),
     (COLUMN, "\\begin{pmatrix}0.5\\\\0\\end{pmatrix}", True),
     # Multiple choice.
     ("(A)", "A", True),
@@ -123,6 +130,9 @@ CASES = [
     ("\\{1,2\\}", "\\{1,2,3\\}", False),
     ("\\{1,2\\}", "\\{1,3\\}", False),
     ("1,2", "1", False),
+    # Up to MAX_ITEMS = 64 parts are read; 65 are no answer, even in another order.
+    (", ".join(map(str, range(64))), ", ".join(map(str, range(63, -1, -1))), True),
+    (", ".join(map(str, range(65))), ", ".join(map(str, range(64, -1, -1))), False),
     # Matrices: same shape, same entries, same place.
     (PMATRIX, TRANSPOSED, False),
     (PMATRIX, ROW, False),
