@@ -80,6 +80,12 @@ def test_subsets_are_drawn_by_seed(task, splits):
     subset = task.load("train", limit=6, seed=2)
     assert len(subset) == 6 and {p.id for p in subset} <= {p.id for p in splits["train"]}
     assert subset == task.load("train", limit=6, seed=2)
+    # The split's problems at the seed's draws, kept in the split's order; a smaller limit
+    # with the same seed is a subset, another seed draws others.
+    train = splits["train"]
+    assert subset == [train[i] for i in (2, 6, 7, 10, 11, 18)]
+    assert task.load("train", limit=3, seed=2) == [train[i] for i in (6, 7, 18)]
+    assert task.load("train", limit=6, seed=3) == [train[i] for i in (3, 8, 12, 13, 16, 18)]
 
 
 def test_it_is_registered_with_its_options():
@@ -102,6 +108,16 @@ def test_splits_and_sizes_it_cannot_give_are_clear_errors(options, split, limit,
 def test_bad_sizes_fail_when_the_task_is_made():
     with pytest.raises(ValueError, match="train_size must be an int >= 0, got -1"):
         GsmSymbolicTask(train_size=-1)
+    with pytest.raises(ValueError, match=r"n_shot must be between 0 and 4 .*got 5"):
+        GsmSymbolicTask(n_shot=5)
+
+
+def test_blank_lines_of_a_worked_solution_are_no_steps():
+    instance = {"question": "Q? Give the result as your final answer. Do not include units.",
+                "answer": "4", "metadata": {"answer_cot": "2 + 2 = 4\n\n  \nSo 4.\n#### 4"}}
+    problem = problem_from_instance(instance, 3)
+    assert (problem.id, problem.question, problem.reference) == ("gsm_symbolic/3", "Q?", "4")
+    assert problem.metadata["solution_steps"] == ("2 + 2 = 4", "So 4.", "The answer is: 4")
 
 
 def test_an_instance_whose_answer_disagrees_with_its_solution_is_an_error():
