@@ -191,6 +191,8 @@ CASES = [
     ("2 3", "23", False),
     ("2 3", "6", False),
     ("x y", "xy", True),
+    ("2 x", "2x", True),
+    ("2 x", "2", False),  # one letter after a number is a factor, not a unit
     # \pm is the set of its two values; one of them, or others, is not the answer.
     ("1 \\pm \\sqrt{2}", "1+\\sqrt2, 1-\\sqrt2", True),
     ("x = 1 \\pm \\sqrt{2}", "\\{1-\\sqrt{2}, 1+\\sqrt{2}\\}", True),
@@ -241,6 +243,9 @@ CASES = [
     ("x \\le -\\frac12", "(-\\infty, -\\frac{1}{2}]", True),
     ("2 \\leq x", "[2,\\infty)", True),
     ("1 < x \\leq 3", "(1, 3]", True),
+    ("1 \\leq x < 3", "[1, 3)", True),
+    ("x_1 \\geq 2", "[2,\\infty)", True),
+    ("-1 \\leq a_{1} \\leq 1", "[-1,1]", True),
     ("x \\geq 2", "x \\in [2, \\infty)", True),
     ("x \u2265 2", "[2,\\infty)", True),
     ("x \u2264 3", "(-\\infty, 3]", True),
@@ -254,6 +259,7 @@ CASES = [
     ("x \\geq 2", "y \\geq 2", False),
     ("x <= 3", "(-\\infty,3)", False),
     ("1 < x \\leq 3", "[1, 3]", False),
+    ("1 \\leq x < 3", "(1, 3)", False),
 ]
 
 

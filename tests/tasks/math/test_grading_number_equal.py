@@ -105,6 +105,8 @@ CASES = [
     ("3:00", "3", False),
     # Not a single number.
     ("five", "5", False),
+    ("five", "five", False),  # two non-numbers are not equal numbers
+    ("2.5e3", "2.5e3", False),
     ("3 hours and 20 minutes", "3", False),
     ("18 or 19", "18", False),
     ("18, 19", "18", False),
