@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from qstar_jax.tasks import make_task
+from qstar_jax.tasks.arithmetic import ArithmeticConfig, ArithmeticTask
 from qstar_jax.tasks.gsm8k import Gsm8kTask
 from qstar_jax.tasks.hendrycks_math import Math500Task, MathTask
 from qstar_jax.tasks.mbpp import MbppSanitizedTask, MbppTask
@@ -33,9 +34,17 @@ def test_countdown_is_built_by_name():
     assert task.config is config
 
 
+def test_arithmetic_is_built_by_name_from_a_yaml_mapping():
+    task = make_task("arithmetic", config={"operations": [2, 2], "test_size": 4})
+    assert type(task) is ArithmeticTask and task.name == "arithmetic"
+    assert task.config == ArithmeticConfig(operations=(2, 2), test_size=4)
+    assert len(task.load("test")) == 4
+
+
 def test_unknown_name_lists_the_known_ones():
     with pytest.raises(ValueError, match="unknown task 'gsm9k'; known tasks: gsm8k, math, "
-                                         "math500, mbpp, mbpp_sanitized, countdown"):
+                                         "math500, mbpp, mbpp_sanitized, countdown, "
+                                         "humaneval, gsm_symbolic, arithmetic$"):
         make_task("gsm9k")
 
 
