@@ -51,6 +51,16 @@ def test_known_solvable_instance_and_its_only_trace():
                               "96 / 4 = 24 (left: 24)"),)
 
 
+def test_solve_gives_the_first_of_many_traces_unless_asked_for_all():
+    every = solve([1, 2, 3, 4], 10, all_traces=True)
+    assert every.count == len(every.traces) == 44
+    first = solve([1, 2, 3, 4], 10)
+    assert (first.solvable, first.count) == (True, 44)
+    assert first.traces == every.traces[:1] == (("2 + 1 = 3 (left: 3 4 3)",
+                                                 "3 + 3 = 6 (left: 4 6)",
+                                                 "6 + 4 = 10 (left: 10)"),)
+
+
 def test_known_unsolvable_instance():
     result = solve([1, 1, 1, 1], 24, all_traces=True)
     assert (result.solvable, result.count, result.traces) == (False, 0, ())
@@ -141,8 +151,9 @@ def test_sampled_solutions_are_seeded_and_cover_all_solutions():
 def test_bad_requests_raise_clear_errors():
     with pytest.raises(ValueError, match="no solution"):
         CountdownSolver(INTEGER).sample_solution([1, 1, 1, 1], 24, random.Random(0))
-    with pytest.raises(ValueError, match="operations"):
-        CountdownRules(operations=("^",))
+    for operations in (("^",), ("+", "+"), ()):
+        with pytest.raises(ValueError, match="operations"):
+            CountdownRules(operations=operations)
     with pytest.raises(ValueError, match="illegal"):
         CountdownSolver(INTEGER).trace_lines([3, 8], [(3, "/", 8)])
     with pytest.raises(ValueError, match="not among"):
