@@ -29,6 +29,9 @@ def test_question_solution_and_grading_by_hand():
     assert task.extract_answer("1 + 1 = 2\n#### 2") == "2"
     assert task.extract_answer("1 + 1 = 2") is None
     assert task.is_terminal_step("#### 42\n") and not task.is_terminal_step("57 - 15 = 42")
+    # Strict: an answer line with spaces around it is no answer line.
+    assert not task.is_terminal_step(" #### 42") and not task.is_terminal_step("#### 42 \n")
+    assert task.extract_answer("#### 42 ") is None and not task.grade(problem, " #### 42")
 
 
 @pytest.mark.parametrize("line", ["12 + 7 = 19", "0 * 3 = 0", "999 - 999 = 0"])

@@ -80,6 +80,9 @@ def test_terminal_steps_and_answers(task):
     assert task.is_terminal_step("5 + 3 = 8 (left: 2 8 8) done")
     assert not task.is_terminal_step("100 - 4 = 96 (left: 4 96)")
     assert not task.is_terminal_step("24")
+    # The parser is strict: a step with spaces around it is no step, terminal or not.
+    assert not task.is_terminal_step(" 96 / 4 = 24 (left: 24)")
+    assert not task.is_terminal_step("96 / 4 = 24 (left: 24) \n")
     assert task.extract_answer("10 * 10 = 100 (left: 4 4 100)\n100 - 4 = 96 (left: 4 96)\n"
                                "96 / 4 = 25 (left: 25)") == "25"
     assert task.extract_answer("10 * 10 = 100 (left: 4 4 100)") is None
@@ -98,6 +101,14 @@ def test_grade_and_reasons_on_a_known_problem(task):
         [StepError.WRONG_ARITHMETIC]
     assert task.can_still_succeed(problem, steps[:1])
     assert not task.can_still_succeed(problem, ["10 + 10 = 20 (left: 4 4 20)"])
+
+
+def test_step_rewards_play_the_tasks_own_rules(any_step_task):
+    """must_use_all off, negatives on: 'done' on the target is +1, a negative value 0."""
+    problem = any_step_task.problem([2, 3, 5, 8], 8)
+    assert [any_step_task.step_reward(problem, [step]) for step in (
+        "5 + 3 = 8 (left: 2 8 8) done", "5 - 8 = -3 (left: 2 3 -3)", "5 + 3 = 8 (left: 2 8 8)",
+        "5 + 3 = 9 (left: 2 8 9)")] == [1.0, 0.0, 0.0, -1.0]
 
 
 def test_problem_without_countdown_metadata_is_a_clear_error(task):
