@@ -82,6 +82,10 @@ def test_config_rejects_non_positive_limits():
         SymbolicCheckConfig(timeout_s=0)
     with pytest.raises(ValueError, match="memory_limit_mb must be positive"):
         SymbolicCheckConfig(memory_limit_mb=-1)
+    with pytest.raises(ValueError, match="budget_s must be positive"):
+        SymbolicCheckConfig(budget_s=0)
+    with pytest.raises(ValueError, match="startup_timeout_s must be positive"):
+        SymbolicCheckConfig(startup_timeout_s=-5.0)
 
 
 @pytest.fixture(scope="module")
