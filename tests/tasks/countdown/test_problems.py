@@ -79,6 +79,10 @@ def test_game_of_24_splits_partition_every_solvable_hand(game_of_24_solver):
     # Of the 1820 hands, 1362 make 24 with rational arithmetic (1 5 5 5 needs 1/5);
     # 458 cannot (1 1 1 1).
     assert len(solvable) == 1362 and (1, 5, 5, 5) in solvable and (1, 1, 1, 1) not in solvable
+    # The hash is part of the split: the same hands land in the same splits on any machine.
+    assert sizes == {"train": 954, "validation": 135, "test": 273}
+    assert split_of((1, 5, 5, 5), 24, 0.2, 0.1) == "test"
+    assert split_of((6, 6, 6, 6), 24, 0.2, 0.1) == "validation"
     every = [problem for problems in splits.values() for problem in problems]
     assert {t for _, t in every} == {24}
     assert {n for n, _ in every} == solvable and len(every) == len(solvable)
