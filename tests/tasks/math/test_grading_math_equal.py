@@ -58,6 +58,7 @@ CASES = [
     ("\\displaystyle \\frac{1}{2}", "0.5", True),
     ("4\\,\\sqrt{2}", "4\\sqrt2", True),
     ("{5}", "5", True),
+    ("{1}+{2}", "3", True),
     ("(5)", "5", True),
     ("\\text{Monday}", "Monday", True),
     ("Monday", "monday", True),
@@ -83,6 +84,8 @@ CASES = [
     ("\\{1,2\\}", "1,2", True),
     ("\\{5\\}", "5", True),
     ("\\{(1,2), (3,4)\\}", "\\{(3,4),(1,2)\\}", True),
+    ("(1,2),(3,4)", "(3,4),(1,2)", True),  # a list of tuples, not one tuple
+    ("\\{1\\}, \\{2, 3\\}", "\\{2, 3\\}, \\{1\\}", True),  # a list of sets
     ("\\{\\frac12, -1\\}", "-1, 0.5", True),
     ("\\lbrace 1, 2 \\rbrace", "\\{2,1\\}", True),
     ("0.\\overline{3}, 2", "2, \\frac13", True),
