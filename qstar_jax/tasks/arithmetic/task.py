@@ -75,8 +75,8 @@ class ArithmeticTask:
         """The lines a perfect solver writes after ``steps``: it reads the value the last
         computation line reached (the start if none), applies the operations not yet
         written out, and states the answer. Nothing after a finished trace; after a line
-        that is not a step, the answer line with the value before it (so the completion
-        is wrong unless that value happens to be right)."""
+        that is not a step, ``#### -1``, an answer line that cannot be right (values are
+        never negative, and the answer parser reads none), so the state's value is 0."""
         chain = _chain(problem)
         if steps and parse_answer(steps[-1]) is not None:
             return []
