@@ -97,7 +97,11 @@ def test_tiny_families_exercise_their_feature(tmp_path, token_rows):
     {"mscale": 0.707, "mscale_all_dim": 0.707},  # DeepSeek-V2's: the two cancel, 1
     {"mscale": 1.0, "mscale_all_dim": 0.5},  # their ratio, numerator mscale's
     {"mscale": 1.0},  # alone it changes nothing: Qwen2.5's again
-], ids=["factor", "equal mscales", "unequal mscales", "mscale alone"])
+    {"truncate": False},  # the ramp's ends where they fall, not rounded out to whole pairs
+    {"beta_fast": 16, "beta_slow": 2},  # a narrower ramp than the default 32 and 1
+    {"factor": None},  # the two context lengths' ratio, 256 / 64
+], ids=["factor", "equal mscales", "unequal mscales", "mscale alone", "untruncated",
+        "betas", "no factor"])
 def test_yarn_frequencies_and_attention_factor_are_transformers(keys):
     """Our YaRN reading of an HF config against transformers' own (``ROPE_INIT_FUNCTIONS``):
     the inverse frequencies and the attention factor, with DeepSeek's ``mscale`` and
@@ -116,6 +120,33 @@ def test_yarn_frequencies_and_attention_factor_are_transformers(keys):
     np.testing.assert_allclose(ours.rope_inv_freq(), inv_freq.numpy(), rtol=1e-6)
     assert ours.rope_scaling.attention_factor == pytest.approx(attention_factor, rel=1e-12)
     assert ours.attention_scale == pytest.approx(16 ** -0.5 * attention_factor ** 2)
+
+
+@pytest.mark.parametrize("inside,top_level,original", [
+    (64, None, 64), (64, 128, 128), (None, None, 256)],
+    ids=["in rope_parameters", "top-level wins", "max_position_embeddings"])
+def test_llama3_frequencies_and_their_original_context_are_transformers(inside, top_level,
+                                                                         original):
+    """Our Llama-3 reading of a raw config.json against transformers' own: the original
+    context the wavelengths are measured against is a top-level
+    original_max_position_embeddings where there is one (Phi-3's layout), else
+    rope_parameters', else max_position_embeddings (256)."""
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from qstar_jax.models.config import ModelConfig
+    rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+    raw = dict(model_type="llama", vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128,
+               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+               max_position_embeddings=256,
+               rope_parameters={**rope, **({} if inside is None else {
+                   "original_max_position_embeddings": inside})},
+               **({} if top_level is None else {"original_max_position_embeddings": top_level}))
+    ours = ModelConfig.from_hf(raw)  # first: LlamaConfig writes into the dicts it is given
+    inv_freq, _ = ROPE_INIT_FUNCTIONS["llama3"](LlamaConfig(**copy.deepcopy(raw)), "cpu")
+    assert ours.rope_scaling.original_max_position_embeddings == original
+    np.testing.assert_allclose(ours.rope_inv_freq(), inv_freq.numpy(), rtol=1e-6)
 
 
 def test_sharded_checkpoint_parity(tmp_path, token_rows):
