@@ -8,13 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dataclasses
+
 import jax
 import pytest
+from flax import nnx
 from jax.sharding import AbstractMesh, PartitionSpec
 
+from qstar_jax.decoding.weights import DecoderWeights
+from qstar_jax.models.llama import LlamaModel
 from qstar_jax.parallel import (MeshError, ShardingRules, check_slots, cluster_in_environment,
                                 collectives, data_collectives, free_local_port,
-                                initialize_distributed, local_child_environment, make_mesh)
+                                initialize_distributed, local_child_environment, make_mesh,
+                                weight_shardings)
 from tests.decoding.tiny_models import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,6 +82,54 @@ def test_axes_the_model_axis_does_not_divide_are_replicated():
                                                                      "model")
     rules = ShardingRules().for_model(tiny_config(63), AbstractMesh((1, 2), ("data", "model")))
     assert (rules.heads, rules.kv_heads, rules.vocab) == ("model", "model", None)
+
+
+def test_each_weight_splits_its_own_dimension_over_the_model_axis():
+    """Qwen2-shaped tiny weights (q/k/v biases) on a 1x4 mesh: the vocabulary, query heads
+    and MLP width split 4 ways, the 2 kv heads replicated; the stack's leading layer axis,
+    the norms and the transposed copy's fused q/k/v rows never split. Every decoder and
+    restored policy takes this layout; GSPMD computes the same tokens under any other, so
+    only the specs show a weight split along the wrong dimension."""
+    config = dataclasses.replace(tiny_config(64), model_type="qwen2", attention_bias=True)
+    mesh = AbstractMesh((1, 4), ("data", "model"))
+    rules = ShardingRules().for_model(config, mesh)
+
+    def shapes():  # of the stacked weights and of the transposed copy's first layer
+        weights = DecoderWeights.of(LlamaModel(config, rngs=nnx.Rngs(0)),
+                                    "per-layer-transposed")
+        return [nnx.to_pure_dict(state) for state in (nnx.state(weights.model, nnx.Param),
+                                                       weights.layers[0])]
+    stacked, per_layer = (
+        {jax.tree_util.keystr(path, simple=True, separator="."): sharding.spec
+         for path, sharding in jax.tree_util.tree_leaves_with_path(
+             weight_shardings(tree, mesh, rules))}
+        for tree in jax.eval_shape(shapes))
+    split, whole = "model", None
+    assert stacked == {
+        "embed_tokens.embedding": PartitionSpec(split, whole),
+        "layers.input_layernorm.weight": PartitionSpec(whole, whole),
+        "layers.post_attention_layernorm.weight": PartitionSpec(whole, whole),
+        "layers.self_attn.q_proj.kernel": PartitionSpec(whole, whole, split),
+        "layers.self_attn.q_proj.bias": PartitionSpec(whole, split),
+        "layers.self_attn.k_proj.kernel": PartitionSpec(whole, whole, whole),
+        "layers.self_attn.k_proj.bias": PartitionSpec(whole, whole),
+        "layers.self_attn.v_proj.kernel": PartitionSpec(whole, whole, whole),
+        "layers.self_attn.v_proj.bias": PartitionSpec(whole, whole),
+        "layers.self_attn.o_proj.kernel": PartitionSpec(whole, split, whole),
+        "layers.mlp.gate_proj.kernel": PartitionSpec(whole, whole, split),
+        "layers.mlp.up_proj.kernel": PartitionSpec(whole, whole, split),
+        "layers.mlp.down_proj.kernel": PartitionSpec(whole, split, whole),
+        "lm_head.kernel": PartitionSpec(whole, split),
+        "norm.weight": PartitionSpec(whole)}
+    assert per_layer == {
+        "input_layernorm.weight": PartitionSpec(whole),
+        "post_attention_layernorm.weight": PartitionSpec(whole),
+        "self_attn.qkv_proj.rows": PartitionSpec(whole, whole),
+        "self_attn.qkv_proj.bias": PartitionSpec(whole),
+        "self_attn.o_proj.rows": PartitionSpec(whole, split),  # [embed, heads]
+        "mlp.gate_proj.kernel": PartitionSpec(whole, split),
+        "mlp.up_proj.kernel": PartitionSpec(whole, split),
+        "mlp.down_proj.kernel": PartitionSpec(split, whole)}
 
 
 @pytest.fixture
