@@ -13,7 +13,7 @@ from jax.experimental.pallas.ops.gpu import paged_attention as jax_paged_attenti
 from qstar_kernels import paged_attention_gpu
 from qstar_kernels import (compiling_for, paged_decode_attention, paged_decode_attention_gpu,
                            paged_decode_attention_reference, paged_decode_attention_tpu,
-                           resolve_implementation)
+                           resolve_implementation, target_platform)
 
 LAYERS, HEAD_DIM = 2, 16
 
@@ -213,6 +213,12 @@ def test_gpu_kernel_agrees_with_jax_shipped_paged_attention():
 def test_auto_takes_jnp_on_cpu_and_pallas_on_accelerators():
     assert resolve_implementation("auto", "cpu") == "jnp"
     assert resolve_implementation("auto", "gpu") == "pallas_gpu"
+    # JAX's platform names of a GPU device are GPUs too, named or compiled for.
+    assert resolve_implementation("auto", "cuda") == "pallas_gpu"
+    assert resolve_implementation("pallas", "rocm") == "pallas_gpu"
+    with compiling_for("cuda"):
+        assert target_platform() == "gpu"
+        assert resolve_implementation("auto") == "pallas_gpu"
     assert resolve_implementation("auto", "tpu") == "pallas_tpu"
     assert resolve_implementation("pallas", "cpu") == "pallas_interpret"
     assert resolve_implementation("jnp", "tpu") == "jnp"
