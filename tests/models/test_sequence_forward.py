@@ -8,8 +8,8 @@ from qstar_jax.decoding.kv_cache import init_cache
 from qstar_jax.models.char_tokenizer import build_char_tokenizer
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.llama import LlamaModel
-from qstar_jax.models.lm_training import (LMTrainingConfig, pack_examples, pack_value_rows,
-                                          train_causal_lm)
+from qstar_jax.models.lm_training import (LMTrainingConfig, ValueHead, pack_examples,
+                                          pack_value_rows, train_causal_lm)
 
 
 @pytest.mark.parametrize("window", [None, 3])
@@ -90,3 +90,25 @@ def test_joint_value_head_learns_which_continuations_are_wrong():
     with pytest.raises(ValueError, match="one length"):
         train_causal_lm(model, tokens, mask, config,
                         value_rows=pack_value_rows(rows, pad_id=0, length=5))
+
+
+def test_the_first_losses_are_the_completions_and_the_step_ends_by_hand():
+    """The losses logged at step 0 are the untrained model's: the next-token cross-entropy
+    of the completion's 3 tokens only (not the prompt's 2, nor the 3 pads), averaged over
+    them, and the value head's BCE at the two labelled step ends only, against a head
+    drawn from seed + 1."""
+    model = LlamaModel(TINY_LM, rngs=nnx.Rngs(0))
+    tokens, mask = pack_examples([([1, 5], [6, 7, 2])], pad_id=0, length=8)
+    assert mask.tolist() == [[0, 1, 1, 1, 0, 0, 0, 0]]
+    value_rows = pack_value_rows([([1, 5, 9, 4, 3, 2], [(2, 1.0), (4, 0.0)])], pad_id=0,
+                                 length=8)
+    hidden = model.forward_sequence(jnp.asarray(np.concatenate([tokens, value_rows.tokens])))
+    log_probs = np.asarray(jax.nn.log_softmax(model.logits(hidden[:1])), np.float64)[0]
+    expected_loss = -np.mean([log_probs[t, tokens[0, t + 1]] for t in (1, 2, 3)])
+    logits = np.asarray(ValueHead(TINY_LM.hidden_size, rngs=nnx.Rngs(4))(hidden[1]))
+    expected_value_loss = np.mean([np.logaddexp(0, -logits[2]), np.logaddexp(0, logits[4])])
+    log = train_causal_lm(model, tokens, mask, LMTrainingConfig(
+        steps=1, batch_size=2, learning_rate=1e-3, warmup_steps=1, seed=3, value_weight=0.5,
+        value_batch_size=2), value_rows=value_rows)
+    assert log["loss"] == [pytest.approx(expected_loss, rel=1e-5)]
+    assert log["value_loss"] == [pytest.approx(expected_value_loss, rel=1e-5)]
