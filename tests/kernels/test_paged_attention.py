@@ -37,7 +37,7 @@ def random_paged_cache(seed, *, lengths, page_size, kv_heads, heads, queries, en
     return args, contiguous(k_pages), contiguous(v_pages)
 
 
-def float64_attention(q, keys, values, lengths, window):
+def float64_attention(q, keys, values, lengths, window, scale=HEAD_DIM ** -0.5):
     q = np.asarray(q, np.float64)
     batch, queries, heads, _ = q.shape
     group = heads // keys.shape[1]
@@ -50,7 +50,7 @@ def float64_attention(q, keys, values, lengths, window):
                 if not seen:
                     continue
                 k, v = keys[b, h // group, seen], values[b, h // group, seen]
-                scores = k @ q[b, t, h] / np.sqrt(HEAD_DIM)
+                scores = k @ q[b, t, h] * scale
                 weights = np.exp(scores - scores.max())
                 out[b, t, h] = weights @ v / weights.sum()
     return out
@@ -106,6 +106,22 @@ def test_pallas_kernel_matches_reference_in_interpret_mode(kernel, case):
     empty_queries = np.asarray(ragged_lengths(case))[:, None] - case["queries"] + np.arange(
         case["queries"]) < 0
     assert np.all(got[empty_queries] == 0)
+
+
+def test_the_tpu_kernel_and_the_reference_take_the_given_softmax_scale():
+    """A YaRN model's logits scale (not head_dim ** -0.5 = 0.25); the GPU kernel's:
+    ``tests/decoding/test_attention_scale.py``."""
+    lengths = [5, 20, 33]
+    args, keys, values = random_paged_cache(6, lengths=lengths, page_size=16, kv_heads=1,
+                                            heads=2, queries=2)
+    expected = float64_attention(args[0], keys, values, lengths, None, scale=0.7)
+    assert np.abs(expected - float64_attention(args[0], keys, values, lengths, None)).max() \
+        > 0.1
+    np.testing.assert_allclose(np.asarray(paged_decode_attention_reference(*args, scale=0.7)),
+                               expected, atol=2e-6)
+    np.testing.assert_allclose(np.asarray(paged_decode_attention_tpu(*args, scale=0.7,
+                                                                     interpret=True)),
+                               expected, atol=2e-6)
 
 
 @pytest.mark.gpu
