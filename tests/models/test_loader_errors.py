@@ -54,6 +54,20 @@ def test_unexpected_tensor_is_named_with_its_file(tiny_dir):
         load_model(tiny_dir)
 
 
+def test_rope_buffers_and_a_tied_head_stored_anyway_are_no_unexpected_tensors(tmp_path):
+    """Old checkpoints store each layer's RoPE inv_freq buffer, and a tied checkpoint may
+    store its head: both load, and the tied head stays the embedding, not the stored one."""
+    path = save_tiny_checkpoint(tmp_path / "tiny", "qwen2", with_tokenizer=False)
+    stored = load_file(path / "model.safetensors")
+    rewrite_weights(path, lambda t: t.update({
+        "model.layers.0.self_attn.rotary_emb.inv_freq": np.ones(8, np.float32),
+        "lm_head.weight": np.zeros_like(stored["model.embed_tokens.weight"])}))
+    model = load_model(path).model
+    assert model.lm_head is None
+    np.testing.assert_array_equal(np.asarray(model.embed_tokens.embedding[...]),
+                                  stored["model.embed_tokens.weight"])
+
+
 def test_shape_mismatch_names_tensor_file_and_shapes(tiny_dir):
     edit_config(tiny_dir, intermediate_size=96)
     with pytest.raises(CheckpointError, match=r"'model\.layers\.0\.mlp\.down_proj\.weight' in "
