@@ -3,18 +3,22 @@ loader: every setting a from-scratch policy may differ from the defaults in (RoP
 norm epsilon, a head size apart from hidden / heads, attention biases, an untied head)
 reaches the config, every tensor its HF name and layout."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers
 from flax import nnx
+from jax.sharding import NamedSharding
 
 from qstar_jax.models import load_model
 from qstar_jax.models.char_tokenizer import build_char_tokenizer
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.hf_export import save_hf_checkpoint
 from qstar_jax.models.llama import LlamaModel
+from qstar_jax.models.sharded_params import PARAMS_FOLDER, save_params
+from qstar_jax.parallel import make_mesh
 
 TOKENS = [[1, 5, 9, 33, 2, 17, 40, 8, 8, 3, 26, 11]]
 
@@ -55,3 +59,25 @@ def test_an_exported_model_is_the_same_model_to_transformers_and_to_our_loader(t
     back = loaded.model
     np.testing.assert_allclose(np.asarray(back.logits(back.forward_sequence(
         jnp.asarray(TOKENS))))[0], ours, rtol=0, atol=1e-5)
+
+
+def test_a_trained_policy_loads_onto_a_mesh_from_its_sharded_params_in_the_asked_dtype(
+        tmp_path):
+    """A run's policy directory holds the HF export and, in PARAMS_FOLDER, the parameters
+    every process wrote: given a mesh, ``load_model`` reads the latter (here other weights
+    than the export's), cast to bfloat16 and laid out on the mesh."""
+    exported = _random_model(tied=False)
+    save_hf_checkpoint(exported, build_char_tokenizer("abc\n"), tmp_path)
+    trained = LlamaModel(exported.config, rngs=nnx.Rngs(1))
+    save_params(trained, tmp_path / PARAMS_FOLDER)
+    mesh = make_mesh(1, 1)
+    loaded = load_model(tmp_path, dtype=jnp.bfloat16, mesh=mesh)
+    assert loaded.config == exported.config and loaded.tokenizer is not None
+
+    def params(model):
+        return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    got = params(loaded.model)
+    assert all(x.dtype == jnp.bfloat16 and isinstance(x.sharding, NamedSharding)
+               and x.sharding.mesh == mesh for x in jax.tree.leaves(got))
+    expected = jax.tree.map(lambda x: np.asarray(x.astype(jnp.bfloat16)), params(trained))
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, got), expected)
