@@ -15,6 +15,7 @@ from qstar_jax.qvalue.checkpoint import (BackboneIdentity, BackboneMismatchError
                                          model_config_from_dict, read_metadata)
 from qstar_jax.qvalue.head import QHead, QHeadConfig
 from qstar_jax.qvalue.train import TrainConfig, make_optimizer, split_indices, train_q_model
+from tests.decoding.tiny_models import YARN
 from tests.qvalue.tiny import BACKBONE, BACKBONE_HEAD, E, separable_features
 
 POLICY = ModelConfig(model_type="llama", vocab_size=32, hidden_size=E, intermediate_size=16,
@@ -181,7 +182,8 @@ def test_separate_backbone_checkpoint_rebuilds_its_model(tmp_path):
     linear = dataclasses.replace(BACKBONE, rope_scaling=LinearRopeScaling(factor=4.0))
     per_frequency = dataclasses.replace(BACKBONE, rope_scaling=PerFrequencyRopeScaling(
         factors=(1.0,) * (BACKBONE.head_dim // 4) + (8.0,) * (BACKBONE.head_dim // 4)))
-    for config in (llama3, linear, per_frequency):
+    yarn = dataclasses.replace(BACKBONE, rope_scaling=YARN)  # its truncate a JSON bool
+    for config in (llama3, linear, per_frequency, yarn):
         read_back = model_config_from_dict(json.loads(json.dumps(dataclasses.asdict(config))))
         assert read_back == config and hash(read_back) == hash(config)
     shapes = nnx.eval_shape(lambda: BackboneQ(BACKBONE, BACKBONE_HEAD, rngs=nnx.Rngs(0)))
