@@ -32,6 +32,8 @@ def test_char_tokenizer_round_trips_and_isolates_newlines():
     assert len(ids) == len(text) and tok.decode(ids) == text
     assert ids[4] == tok.convert_tokens_to_ids("\n")
     assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
+    # A character outside the alphabet is one <unk> (id 3), not dropped.
+    assert tok.encode("a?b", add_special_tokens=False) == [ids[0], 3, ids[1]]
     # Then each character once, in code point order, whatever order the alphabet lists.
     tok = build_char_tokenizer("cab\n a")
     assert len(tok) == 4 + 5
@@ -52,6 +54,7 @@ def test_training_learns_a_deterministic_continuation():
     assert mask.tolist()[0] == [0.0, 1.0, 1.0, 0.0]
     losses = train_causal_lm(model, tokens, mask, LMTrainingConfig(
         steps=400, batch_size=8, learning_rate=3e-3, warmup_steps=10))["loss"]
+    assert len(losses) == 9  # steps 0, 50, ..., 350 and the last, 399
     assert losses[-1] < 0.1 < 2.0 < losses[0]
     logits = model.logits(model.forward_sequence(jnp.asarray(tokens)))
     assert (np.asarray(logits[:, 1].argmax(-1)) == tokens[:, 2]).all()
