@@ -1,0 +1,69 @@
+"""Cascade attention (``shared_prefix``) on a hand-laid cache against plain softmax
+attention over each row's whole sequence, on pages and on row slots."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from qstar_jax.models.cache_pages import PagedRows
+from qstar_jax.models.shared_prefix import SharedPrefixRows
+
+HEADS, HEAD_DIM, PAGE_SIZE, SLOT_LEN = 2, 4, 4, 12
+PREFIX_LEN, POSITIONS = 6, [9, 8]  # the prefix ends mid-page
+TABLES = [[0, 1, 2], [0, 3, 4]]  # page 0 shared; each row its own copy of page 1
+SCALE = 0.6
+
+
+def sequences(rng):
+    """Each row's keys (or values) [T, 1, D] up to its position: a shared prefix, then
+    its own."""
+    shared = rng.normal(size=(PREFIX_LEN, 1, HEAD_DIM))
+    return [np.concatenate([shared, rng.normal(size=(pos + 1 - PREFIX_LEN, 1, HEAD_DIM))])
+            for pos in POSITIONS]
+
+
+def laid_out(seqs, *, paged: bool):
+    """The rows' sequences in a one-layer cache; every other entry 100, which a read past
+    a row's position or of a page not its own would show."""
+    if paged:
+        cache = np.full((1, 8, 1, PAGE_SIZE, HEAD_DIM), 100.0)
+        for table, seq in zip(TABLES, seqs):
+            for p, key in enumerate(seq):
+                cache[0, table[p // PAGE_SIZE], :, p % PAGE_SIZE] = key
+    else:
+        cache = np.full((1, len(seqs), 1, SLOT_LEN, HEAD_DIM), 100.0)
+        for slot, seq in enumerate(seqs):
+            cache[0, slot, :, :len(seq)] = seq.transpose(1, 0, 2)
+    return jnp.asarray(cache, jnp.float32)
+
+
+# On pages row 0's own keys (6 to 9) fill the suffix window and span two pages from
+# mid-page; on row slots a window of 8 from position 6 runs past the slot's 12 positions,
+# so it is read from 4 on.
+@pytest.mark.parametrize("paged,suffix_window", [(True, 4), (False, 8)],
+                         ids=["pages", "row slots"])
+def test_both_partial_softmaxes_merge_to_attention_over_each_whole_row(paged, suffix_window):
+    rng = np.random.default_rng(0)
+    keys, values = sequences(rng), sequences(rng)
+    q = rng.normal(size=(len(POSITIONS), 1, HEADS, HEAD_DIM))
+    if paged:
+        tables = jnp.asarray(TABLES, jnp.int32)
+        rows, prefix_rows = PagedRows(page_table=tables), PagedRows(page_table=tables[:1])
+    else:
+        rows, prefix_rows = jnp.arange(2, dtype=jnp.int32), jnp.zeros(1, jnp.int32)
+    cascade = SharedPrefixRows(
+        rows=rows, prefix_rows=prefix_rows, prefix_len=jnp.asarray([PREFIX_LEN]),
+        members=jnp.asarray([[0, 1]]), row_group=jnp.zeros(2, jnp.int32),
+        row_member=jnp.arange(2, dtype=jnp.int32), prefix_window=8,
+        suffix_window=suffix_window)
+    attend = jax.jit(lambda rows, *args: rows.attend_one_token(*args, SCALE))  # one compile
+    got = attend(cascade, jnp.asarray(q, jnp.float32), laid_out(keys, paged=paged),
+                 laid_out(values, paged=paged), 0, jnp.asarray(POSITIONS)[:, None])
+    for row in range(len(POSITIONS)):
+        for head in range(HEADS):
+            scores = keys[row][:, 0] @ q[row, 0, head] * SCALE
+            weights = np.exp(scores - scores.max())
+            np.testing.assert_allclose(np.asarray(got[row, 0, head]),
+                                       weights @ values[row][:, 0] / weights.sum(),
+                                       atol=1e-5)
