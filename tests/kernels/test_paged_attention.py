@@ -205,6 +205,9 @@ def test_compiling_for_a_gpu_traces_its_kernel_on_a_cpu_machine():
         assert resolve_implementation("pallas") == "pallas_gpu"
         assert resolve_implementation("auto", "tpu") == "pallas_tpu"  # named: that one
     assert resolve_implementation("pallas") == "pallas_interpret"
+    with pytest.raises(RuntimeError, match="a failed compile"), compiling_for("gpu"):
+        raise RuntimeError("a failed compile")
+    assert target_platform() == "cpu"  # not left on the GPU by the error
     args, _, _ = random_paged_cache(5, lengths=[5, 20], page_size=16, kv_heads=1, heads=2,
                                     queries=1)
     with compiling_for("gpu"):
