@@ -100,8 +100,9 @@ def test_tiny_families_exercise_their_feature(tmp_path, token_rows):
     {"truncate": False},  # the ramp's ends where they fall, not rounded out to whole pairs
     {"beta_fast": 16, "beta_slow": 2},  # a narrower ramp than the default 32 and 1
     {"factor": None},  # the two context lengths' ratio, 256 / 64
+    {"attention_factor": 1.2, "mscale": 1.0, "mscale_all_dim": 0.5},  # given: it wins
 ], ids=["factor", "equal mscales", "unequal mscales", "mscale alone", "untruncated",
-        "betas", "no factor"])
+        "betas", "no factor", "attention factor"])
 def test_yarn_frequencies_and_attention_factor_are_transformers(keys):
     """Our YaRN reading of an HF config against transformers' own (``ROPE_INIT_FUNCTIONS``):
     the inverse frequencies and the attention factor, with DeepSeek's ``mscale`` and
