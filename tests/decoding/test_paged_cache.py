@@ -77,6 +77,34 @@ class PagedModel:
 PREFIX = [3, 14, 15, 9, 26, 5, 35, 8, 9, 7]  # 10 tokens: the third page is partly filled
 
 
+def test_paged_rows_address_each_position_in_its_page_and_padding_past_the_pool():
+    """Rows of 3 entries of 4-token pages in a pool of 9: position p lies in entry p // 4
+    at offset p % 4; from 12 on (a full row's padding too) it is page 9, past the pool,
+    so its write is dropped and its row holds no tokens."""
+    positions = jnp.asarray([[0, 5, 11, 12], [3, 4, 13, 40]], jnp.int32)
+    # One layer of one kv head whose key at offset o of page q is 10 q + o.
+    pages = (10 * jnp.arange(9)[:, None] + jnp.arange(4)).astype(jnp.float32)[None, :, None,
+                                                                             :, None]
+
+    @jax.jit  # one compile, not one per operation
+    def addressed(table):
+        rows = PagedRows(page_table=table)
+        return (rows.targets(positions, 4, 9), rows.lengths(positions[:, 2:3], 4, 9),
+                rows.write(pages, 0, -jnp.ones((2, 4, 1, 1)), positions),
+                rows.gather(pages, 0, key_len=5), rows.gather(pages, 0))
+    (page, offset), lengths, written, first_keys, keys = addressed(
+        jnp.asarray([[7, 2, 5], [4, 0, 6]], jnp.int32))
+    assert page.tolist() == [[7, 2, 5, 9], [4, 0, 9, 9]]
+    assert offset.tolist() == [[0, 1, 3, 0], [3, 0, 1, 0]]
+    assert lengths.tolist() == [12, 0]  # after the steps at 11 and 13
+    np.testing.assert_array_equal(written[0, :, 0, :, 0] < 0,
+                                  np.isin(pages[0, :, 0, :, 0], [70, 21, 53, 43, 0]))
+    # The pages that hold positions 0 to 4: each row's first two.
+    assert first_keys[:, 0, :, 0].tolist() == [[70, 71, 72, 73, 20, 21, 22, 23],
+                                               [40, 41, 42, 43, 0, 1, 2, 3]]
+    assert keys.shape == (2, 1, 12, 1)
+
+
 def test_forked_slot_decodes_exactly_as_a_fresh_prefill_and_as_the_slot_pool_does(random_model):
     paged = PagedModel(random_model)
     parent, child, fresh = paged.table.allocate(3)
