@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from qstar_jax.models.cache_pages import PagedRows
-from qstar_jax.models.shared_prefix import SharedPrefixRows
+from qstar_jax.models.shared_prefix import SharedPrefixRows, write_slot_rows
 
 HEADS, HEAD_DIM, PAGE_SIZE, SLOT_LEN = 2, 4, 4, 12
 PREFIX_LEN, POSITIONS = 6, [9, 8]  # the prefix ends mid-page
@@ -67,3 +67,15 @@ def test_both_partial_softmaxes_merge_to_attention_over_each_whole_row(paged, su
             np.testing.assert_allclose(np.asarray(got[row, 0, head]),
                                        weights @ values[row][:, 0] / weights.sum(),
                                        atol=1e-5)
+
+
+def test_slot_writes_land_at_their_positions_and_padding_past_the_slot_is_dropped():
+    """cache [L, slots, K, M, D] = [2, 3, 1, 4, 1]: row 0 writes slot 2 at 1 and 3, row 1
+    slot 0 at 0 and at 4, the padding position M, whose write is dropped, not clipped
+    onto the slot's last position."""
+    cache = jnp.zeros((2, 3, 1, 4, 1))
+    new = jnp.asarray([[1.0, 2.0], [3.0, 4.0]])[:, :, None, None]
+    written = jax.jit(write_slot_rows)(cache, 1, jnp.asarray([2, 0]), new,
+                                       jnp.asarray([[1, 3], [0, 4]]))
+    assert not written[0].any()
+    assert written[1, :, 0, :, 0].tolist() == [[3, 0, 0, 0], [0, 0, 0, 0], [0, 1, 0, 2]]
