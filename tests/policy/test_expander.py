@@ -19,6 +19,7 @@ class RecordingRuntime:
         self.freed: list[int] = []
         self.forked: list[tuple[list[int], list[int]]] = []
         self.shared_calls: list[dict] = []
+        self.calls: list[dict] = []
 
     def prefill(self, problem_indices, prefixes):
         return [next(self._slots) for _ in problem_indices]
@@ -31,6 +32,8 @@ class RecordingRuntime:
         self.freed.extend(slots)
 
     def sample(self, slots, problem_indices, node_ids, temperatures):
+        self.calls.append(dict(slots=list(slots), problems=list(problem_indices),
+                               node_ids=list(node_ids), temperatures=list(temperatures)))
         return [SampledStep(text=str(key), token_ids=(1,), logprob=0.0, hidden=np.zeros(2),
                             ends_trace=False, slot=slot) for slot, key in zip(slots, node_ids)]
 
@@ -107,3 +110,29 @@ def test_shared_expansion_samples_one_trie_per_path_and_slices_it_back():
         [f"{c}/0", f"{c}/1"], [f"{d}/0"], [f"{e}/0", f"{e}/1"]]
     handles = [step.handle for mine in steps for step in mine]
     assert len(set(handles)) == len(handles)  # every child owns its slot
+
+
+def test_each_child_row_samples_at_its_requests_problem_and_temperature():
+    """Without prefix sharing, a row per child: a root (prefilled, forked, freed) of
+    problem 2 at temperature 0.5 beside a held node of problem 1 at 0.7."""
+    runtime = RecordingRuntime()
+    requests = [ExpandRequest(problem_index=2, node=ROOT, num_children=2, temperature=0.5),
+                ExpandRequest(problem_index=1, node=_node(4, ("x",), handle=101),
+                              num_children=1, temperature=0.7, first_child=3)]
+    steps = DecoderExpander(runtime).expand(requests)
+    root_slot = 1
+    assert runtime.forked == [([root_slot, 101], [2, 1])]
+    assert runtime.freed == [root_slot]
+    [call] = runtime.calls
+    assert call["slots"] == [2, 3, 4]
+    assert call["problems"] == [2, 2, 1]
+    assert call["temperatures"] == [0.5, 0.5, 0.7]
+    assert call["node_ids"] == [stable_id("child", 0, 0), stable_id("child", 0, 1),
+                                stable_id("child", 4, 3)]
+    assert [[step.handle for step in mine] for mine in steps] == [[2, 3], [4]]
+
+
+def test_release_frees_the_held_handles_and_skips_roots():
+    runtime = RecordingRuntime()
+    DecoderExpander(runtime).release([None, 7, None, 3])
+    assert runtime.freed == [7, 3]
