@@ -17,7 +17,12 @@ LINES = 4  # "<key>/0", "<key>/1", "answer <key>", "after": the last is past the
 
 class LineRuntime(ScriptedRuntime):
     """A ``PolicyRuntime`` whose sampled text is four lines of two tokens each, named by
-    the key it was drawn with, cut at the row's token limit."""
+    the key it was drawn with, cut at the row's token limit; each call's temperatures
+    and token limits are recorded."""
+
+    def __init__(self):
+        super().__init__()
+        self.sampled_with: list[tuple[list[float], list[int]]] = []
 
     def free(self, slots):
         assert self.held >= set(slots), "a slot freed twice"
@@ -25,6 +30,7 @@ class LineRuntime(ScriptedRuntime):
 
     def sample_texts(self, slots, problem_indices, node_ids, temperatures, max_tokens,
                      read_complete):
+        self.sampled_with.append((list(temperatures), list(max_tokens)))
         texts = []
         for i, key, limit, check in zip(problem_indices, node_ids, max_tokens, read_complete):
             lines = [f"{key}/0", f"{key}/1", f"answer {key}", "after"]
@@ -80,6 +86,19 @@ def test_a_request_asking_for_fewer_tokens_stops_there_and_leaves_the_others():
     assert cut.text == expected("score/0", 0, lines=1) and cut.generated_tokens == 1
     assert whole.text == expected("critique/0", 0)
     assert not runtime.held
+
+
+def test_rows_sample_at_their_requests_temperature_under_the_generators_token_cap():
+    """A request asking for more tokens than the generator's cap (5 > 3) gets the cap."""
+    runtime = LineRuntime()
+    greedy = TextRequest(problem_index=0, prompt="prompt", num_samples=1, temperature=0.0,
+                         stream="score/0", max_tokens=5)
+    warm = TextRequest(problem_index=1, prompt="prompt", num_samples=2, temperature=0.7,
+                       stream="critique/0")
+    [[cut], pair] = DecoderTextGenerator(runtime, max_tokens=3).generate([greedy, warm])
+    assert runtime.sampled_with == [([0.0, 0.7, 0.7], [3, 3, 3])]
+    assert cut.text == expected("score/0", 0, lines=2) and cut.generated_tokens == 3
+    assert [t.generated_tokens for t in pair] == [3, 3]
 
 
 def test_each_samples_read_check_goes_with_its_own_request():
@@ -178,3 +197,12 @@ def test_kept_rows_share_a_prefix_of_at_least_min_shared_tokens_and_leave_the_la
     assert kept.keep(0, 6, list(range(10))) == [] and kept.keep(0, 7, [1]) == [5]
     assert sorted(kept.drop_all()) == [6, 7] and len(kept) == 0
     assert KeptRows(per_problem=0).keep(0, 5, [1, 2]) == [5]  # nothing kept
+
+
+def test_a_kept_row_sharing_exactly_min_shared_tokens_is_a_source_and_counts_as_used():
+    kept = KeptRows(per_problem=2)
+    kept.keep(0, 5, list(range(40)))
+    kept.keep(0, 6, [99] * 40)
+    assert kept.best_source(0, list(range(MIN_SHARED_TOKENS)) + [99]) == (5, MIN_SHARED_TOKENS)
+    # Row 5, kept first but forked from since, is the more recently used: 6 goes first.
+    assert kept.keep(0, 7, [1]) == [6]
