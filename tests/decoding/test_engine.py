@@ -50,6 +50,7 @@ def test_exhausted_pool_says_what_to_do(random_decoder):
     ([0], [[]], "row 0 has no tokens"),
     ([0], [[1] * (RANDOM_MAX_LEN + 1)], "has 65 tokens but its slot has room for 64"),
     ([0], [[1, 64]], r"outside \[0, 64\)"),
+    ([0], [[1, -1]], r"outside \[0, 64\)"),
     ([0, 1], [[1]], "1 token lists for 2 slots; give one token list per slot"),
     ([5], [[1]], r"\[5\] are not allocated"),
     ([99], [[1]], r"\[99\] are not allocated"),
@@ -68,6 +69,7 @@ def test_bad_prefill_is_rejected_before_device_work(random_decoder, slots, token
     (dict(problem_keys=np.arange(2)), "problem_keys must be 2 typed PRNG keys"),
     (dict(problem_keys=jax.random.split(jax.random.key(0), 3)), "problem_keys must be 2"),
     (dict(node_ids=[0, -1]), r"node_ids must be 2 integers in \[0, 2\*\*31\)"),
+    (dict(node_ids=[0, 2**31]), r"node_ids must be 2 integers in \[0, 2\*\*31\)"),
     (dict(params=SamplingParams.make(3)), r"temperature has shape \(3,\), expected \(2,\)"),
     (dict(max_tokens=0), "max_tokens must be integers >= 1"),
     (dict(max_tokens=[3, 2.5]), "max_tokens must be integers >= 1"),
@@ -105,9 +107,10 @@ def test_freed_slots_cannot_be_used(random_decoder):
 def test_newline_table_must_match_the_vocabulary(random_model):
     with pytest.raises(ValueError, match=r"newline_table must be a bool array of shape \(64,\)"):
         Decoder(random_model, num_slots=2, max_len=8, newline_table=np.zeros(50, bool))
-    with pytest.raises(ValueError, match="eos_ids .* outside the vocabulary"):
-        Decoder(random_model, num_slots=2, max_len=8, newline_table=np.zeros(64, bool),
-                eos_ids=[64])
+    for eos_id in (64, -1):
+        with pytest.raises(ValueError, match="eos_ids .* outside the vocabulary"):
+            Decoder(random_model, num_slots=2, max_len=8, newline_table=np.zeros(64, bool),
+                    eos_ids=[eos_id])
 
 
 @pytest.mark.parametrize("page_size", [0, 4])
