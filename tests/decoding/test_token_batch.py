@@ -55,3 +55,8 @@ def test_rows_of_very_different_lengths_are_padded_in_calls_of_their_own():
         ([*range(20), *range(24, 44)], 96), ([*range(20, 24), *range(44, 48)], 256)]
     # Neighbouring buckets: 2 x 96 + 2 x 128 saves only an eighth of 4 x 128.
     assert length_groups([90, 100, 90, 100], bucket, rows) == [([0, 1, 2, 3], 128)]
+
+
+def test_rows_split_into_calls_that_save_exactly_a_quarter():
+    # One call: 2 rows x 4 = 8 padded tokens; split: 1 x 2 + 1 x 4 = 6, three quarters.
+    assert length_groups([2, 4], bucket=lambda n: n, rows=len) == [([0], 2), ([1], 4)]
