@@ -25,6 +25,13 @@ def test_rows_are_grouped_by_shard_in_blocks_of_a_common_size():
     np.testing.assert_array_equal(layout.take(placed), [10, 11, 12, 13])
 
 
+def test_blocks_together_hold_at_least_min_rows():
+    # 3 rows over 2 shards: blocks of 2 (of 1, the two would hold only 2).
+    layout = RowLayout.of([0], shards=2, min_rows=3)
+    assert layout.block == 2 and layout.size == 4
+    assert RowLayout.block_size(1, shards=4, min_rows=5, fine=True) == 2
+
+
 def test_one_shard_keeps_the_call_order_padded_to_a_bucket():
     layout = RowLayout.of([0, 0, 0], shards=1, min_rows=8)
     np.testing.assert_array_equal(layout.positions, [0, 1, 2])
