@@ -143,6 +143,23 @@ def test_the_default_experiment_has_no_verifier_inside_the_search():
     assert "qstar_no_q" in config.eval.methods and config.label.stronger_model == "solver"
 
 
+def test_the_defaults_are_the_documented_default_experiment():
+    """docs/default_experiment.md's run; decode.step_chunk (16) from docs/decoder_speed.md,
+    eval.text_kept_rows (4) from docs/paged_cache.md."""
+    c = load_config()
+    t = c.policy_training
+    assert (t.num_layers, t.hidden_size, t.train_problems) == (3, 96, 5000)
+    assert (t.steps, t.batch_size, t.learning_rate, t.max_grad_norm) == (1000, 32, 2e-3, 1.0)
+    assert (c.collect.rollouts_per_problem, c.task.train_problems, c.task.eval_problems) == (
+        4, 700, 500)
+    assert (c.label.method.value, c.label.stronger_model, c.label.gamma,
+            c.label.live_states_only) == ("stronger_model", "solver", 0.8, True)
+    assert (c.q_train.step_logprob, c.q_train.second_opinion) == (True, "scratch")
+    assert (c.eval.samples, c.eval.best_of_n_scorer.value, c.eval.beam_width,
+            c.eval.beam_k, c.eval.prefix_sharing) == (6, "f", 2, 3, True)
+    assert (c.decode.step_chunk, c.eval.text_kept_rows) == (16, 4)
+
+
 def test_missing_file_and_malformed_override(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
