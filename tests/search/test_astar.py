@@ -48,6 +48,13 @@ def test_expands_in_best_first_order_and_returns_the_best_complete_trajectory():
     assert c.generated_tokens == sum(range(2, 11)) and c.prefilled_tokens == 10
     assert q_fn.batches == [3, 2, 2, 1, 1] and len(expander.expand_calls) == 5
     assert expander.issued == 9
+    nodes = result.tree["nodes"]
+    assert [n["id"] for n in nodes] == list(range(10))
+    assert {n["id"]: n["expansion_index"] for n in nodes
+            if n["expansion_index"] is not None} == {0: 0, 2: 1, 1: 2, 7: 3, 5: 4}
+    y = nodes[9]
+    assert (y["parent"], y["steps"], y["depth"], y["terminal"]) == (5, ["b", "b2", "y"], 3, True)
+    assert (y["g"], y["h"], y["f"]) == (0.0, .45, .45)
     json.dumps(result.tree)  # the dump is plain JSON
 
 
@@ -231,6 +238,8 @@ def test_results_do_not_depend_on_batch_packing():
 
 @pytest.mark.parametrize("make, message", [
     (lambda: AStarConfig(k=0), "k must be an integer >= 1"),
+    (lambda: AStarConfig(k=True), "k must be an integer >= 1, got True"),
+    (lambda: AStarConfig(n_complete=2.0), "n_complete must be an integer >= 1, got 2.0"),
     (lambda: AStarConfig(agg="mean"), "unknown aggregation 'mean'"),
     (lambda: AStarConfig(temperature=-1.0), "temperature must be >= 0"),
     (lambda: Budget(max_expansions=-1), "max_expansions must be >= 0"),
