@@ -8,6 +8,7 @@ from qstar_jax.search.beam import BeamConfig, BeamPlanner
 from qstar_jax.search.chains import greedy_planner
 from qstar_jax.search.driver import run_search
 from qstar_jax.search.process_utility import PRMUtility
+from qstar_jax.search.tot import ToTConfig, ToTDFSPlanner, q_value
 from tests.search.fakes import FakeExpander, HiddenQ, HiddenRewardPRM, child, tree
 
 # Problem 0: A* expands root (3 children, 6 tokens) and a (2 children, 9 tokens).
@@ -114,6 +115,24 @@ def test_a_planner_that_proposes_nothing_before_it_is_done_is_an_error():
     with pytest.raises(RuntimeError, match="problem 0 proposed nothing but is not done"):
         run_search(1, lambda i: Idle(i, BeamConfig(beam_width=1, k=1)), FakeExpander(TREES),
                    HiddenQ(), progress=False)
+
+
+def test_planners_alternate_propose_and_absorb_and_propose_nothing_once_done():
+    for make in (lambda: AStarPlanner(0, AStarConfig(k=1)), lambda: greedy_planner(0),
+                 lambda: BeamPlanner(0, BeamConfig(beam_width=1, k=1)),
+                 lambda: ToTDFSPlanner(0, ToTConfig(k=1), q_value)):
+        planner = make()
+        [_] = planner.propose()
+        with pytest.raises(RuntimeError, match="before absorb"):
+            planner.propose()
+        with pytest.raises(ValueError, match=r"absorb\(\) got 2 child lists for 1 requests"):
+            planner.absorb([[], []])
+    planners = []
+    run_search(3, lambda i: planners.append(make_planner(i)) or planners[-1],
+               FakeExpander(TREES), HiddenQ(), progress=False)
+    for planner in planners:
+        with pytest.raises(RuntimeError, match="called on a finished planner"):
+            planner.propose()
 
 
 def test_a_q_function_of_the_wrong_shape_is_an_error():
