@@ -3,8 +3,10 @@ import math
 
 import pytest
 
+from qstar_jax.search.interface import TextRequest
 from qstar_jax.search.mctsr import (DONT_KNOW, MCTSrConfig, MCTSrPlanner, answer_q,
                                     holds_score, parse_score, uct)
+from qstar_jax.search.planner import Outcome, RoundGuard, SearchResult
 from qstar_jax.search.text_driver import run_text_search
 from tests.search.fakes import ScriptedWriter
 
@@ -177,3 +179,59 @@ def test_bad_mctsr_config_is_a_clear_error():
         MCTSrConfig(rollouts=0)
     with pytest.raises(ValueError, match="'best'"):
         MCTSrConfig(root="best")
+
+
+class AskAll(RoundGuard):
+    """A text planner that asks all its prompts in one round (after an idle round when
+    ``idle``); its result's steps are the replies."""
+
+    def __init__(self, problem_index, prompts, *, idle=False):
+        super().__init__()
+        self.problem_index, self.prompts, self.idle = problem_index, prompts, idle
+        self.replies = ()
+
+    def propose(self):
+        self._check_can_propose()
+        if self.idle:
+            self.idle = False
+            return []
+        self._expanding = [TextRequest(problem_index=self.problem_index, prompt=p,
+                                       num_samples=1, temperature=0.0, stream=p)
+                           for p in self.prompts]
+        return list(self._expanding)
+
+    def absorb(self, replies):
+        self._check_absorb(replies)
+        self.replies = tuple(g.text for [g] in replies)
+        self._expanding, self._done = [], True
+
+    def result(self, *, include_tree=False):
+        return SearchResult(problem_index=self.problem_index, steps=self.replies, node_id=0,
+                            outcome=Outcome.complete, score=0.0, trajectories=())
+
+
+QUESTIONS = {"q a": ["x y"], "q b": ["z"], "q c": ["w w w"]}
+
+
+def test_text_search_counts_each_request_and_hands_each_planner_its_replies():
+    writer = ScriptedWriter(QUESTIONS)
+    prompts = [["q a", "q b"], ["q c"]]
+    results = run_text_search(2, lambda i: AskAll(i, prompts[i]), writer, progress=False)
+    assert [r.steps for r in results] == [("x y", "z"), ("w w w",)]
+    assert [r.prompt for r in writer.requests] == ["q a", "q b", "q c"]
+    assert [(r.counters.expansions, r.counters.generated_tokens, r.counters.prefilled_tokens)
+            for r in results] == [(2, 3, 4), (1, 3, 2)]
+
+
+def test_text_search_refuses_an_idle_planner_and_a_wrong_number_of_samples():
+    with pytest.raises(RuntimeError, match="problem 0 proposed nothing but is not done"):
+        run_text_search(1, lambda i: AskAll(i, ["q a"], idle=True), ScriptedWriter(QUESTIONS),
+                        progress=False)
+
+    class Doubling(ScriptedWriter):
+        def generate(self, requests):
+            return [texts * 2 for texts in super().generate(requests)]
+
+    with pytest.raises(ValueError, match=r"generator returned \[2\] completions for "
+                                         r"requests of \[1\]"):
+        run_text_search(1, lambda i: AskAll(i, ["q a"]), Doubling(QUESTIONS), progress=False)
