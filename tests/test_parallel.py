@@ -161,6 +161,7 @@ CLUSTERS = {
     "Open MPI job of 4 ranks": {"OMPI_MCA_orte_hnp_uri": "1.0;tcp://10.0.0.1:5000",
                                 "OMPI_COMM_WORLD_SIZE": "4"},
     "TPU pod slice of 4 hosts": {"TPU_WORKER_HOSTNAMES": "t0,t1,t2,t3"},
+    "TPU pod slice of 2 hosts": {"TPU_PROCESS_ADDRESSES": "t0:8476,t1:8476"},
     "TPU multislice run": {"MEGASCALE_COORDINATOR_ADDRESS": "t0:8080"},
 }
 ONE_PROCESS = [
@@ -190,6 +191,21 @@ def test_empty_settings_let_jax_detect_the_cluster_the_environment_shows(
         monkeypatch.setenv(name, value)
     assert initialize_distributed(auto_detect=auto_detect, heartbeat_timeout_s=7) is joins
     assert jax_initialize_calls == ([{"heartbeat_timeout_seconds": 7}] if joins else [])
+
+
+def test_launch_settings_come_from_the_environment_too(jax_initialize_calls, monkeypatch):
+    monkeypatch.setenv("JAX_PROCESS_ID", "1")
+    with pytest.raises(ValueError, match=r"together \(got \(None, None, 1\)\)"):
+        initialize_distributed()
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "h:1")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    assert initialize_distributed(heartbeat_timeout_s=7) is True
+    assert initialize_distributed(coordinator="g:2", process_id=0) is True  # arguments win
+    assert jax_initialize_calls == [
+        {"coordinator_address": "h:1", "num_processes": 2, "process_id": 1,
+         "heartbeat_timeout_seconds": 7},
+        {"coordinator_address": "g:2", "num_processes": 2, "process_id": 0,
+         "heartbeat_timeout_seconds": 100}]
 
 
 def test_explicit_settings_pass_the_heartbeat_timeout(jax_initialize_calls):
