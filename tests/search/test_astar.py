@@ -314,3 +314,16 @@ def test_the_root_re_enters_at_the_highest_f_of_its_children_not_the_last():
     [result], _, _ = search({0: spec}, config)
     assert result.tree["expansion_order"] == [0, 1, 1, 0]
     assert result.steps == ("c",) and result.node_id == 5
+
+
+def test_the_root_re_enters_at_the_best_f_of_all_its_expansions_children():
+    """k = 1, three expansions a node: the root's first child a (.6) has no children, so
+    a spends its three expansions; the root's second child b scores .2, yet the root
+    re-enters at a's .6, still its best child, and samples the answer c next. At b's .2 it
+    would tie b and come after b's three expansions."""
+    spec = tree({"": [child("a", .6), child("b", .2), child("c", .9, end=True)],
+                 "a": [], "b": []})
+    config = AStarConfig(k=1, n_complete=1, expansions_per_node=3)
+    [result], _, _ = search({0: spec}, config)
+    assert result.tree["expansion_order"] == [0, 1, 1, 1, 0, 0]
+    assert result.steps == ("c",) and result.node_id == 3
