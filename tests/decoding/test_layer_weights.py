@@ -6,7 +6,7 @@ from jax.sharding import AbstractMesh
 
 from qstar_jax.decoding import weights
 from qstar_jax.decoding.engine import Decoder
-from qstar_jax.decoding.weights import resolve_layer_weights
+from qstar_jax.decoding.weights import LAYER_WEIGHTS, DecoderWeights, resolve_layer_weights
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.parallel import ShardingRules
 
@@ -16,6 +16,7 @@ from qstar_jax.parallel import ShardingRules
     # On a GPU the attention's projections transposed (one kernel per batch-1 product
     # rather than a stored product and a reduction: experiments/device_program.py) ...
     ("gpu", False, "per-layer-transposed"), ("cuda", False, "per-layer-transposed"),
+    ("rocm", False, "per-layer-transposed"),
     # ... unless a mesh splits the heads, which the fused q/k/v rows would not be.
     ("gpu", True, "per-layer"),
     ("tpu", False, "stacked"), ("tpu", True, "stacked")])
@@ -52,3 +53,11 @@ def test_a_decoder_on_a_gpu_reads_the_transposed_copy(monkeypatch, random_model)
     monkeypatch.setattr(weights.jax, "default_backend", lambda: "gpu")
     assert Decoder(random_model, num_slots=2, max_len=16,
                    newline_table=newlines).layer_weights == "per-layer-transposed"
+
+
+@pytest.mark.parametrize("mode", [m for m in LAYER_WEIGHTS if m != "auto"])
+def test_the_weights_hold_the_layers_as_each_named_reading_says(random_model, mode):
+    held = DecoderWeights.of(random_model, mode)
+    assert held.mode == mode
+    assert (held.layers is None, held.unroll) == (mode in ("stacked", "unrolled"),
+                                                  mode == "unrolled")
