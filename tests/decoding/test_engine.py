@@ -1,8 +1,12 @@
+import contextlib
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from qstar_jax.decoding.engine import Decoder
+from qstar_jax.decoding.jit_calls import LastCall, out_shardings
 from qstar_jax.decoding.kv_cache import SlotPoolExhausted
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_sampler import EndReason
@@ -131,3 +135,23 @@ def test_a_new_decoder_compiles_its_first_call_once(random_model, page_size):
         decoder.free(slots)
     assert decoder.trace_counts["prefill"] == 1
     assert decoder._prefill._jitted._cache_size() == 1  # one executable for both calls
+
+
+def test_a_jitted_call_compiles_again_for_its_last_arguments_in_its_context():
+    entered = []
+
+    @contextlib.contextmanager
+    def context():
+        entered.append(len(entered))
+        yield
+
+    double = LastCall(jax.jit(lambda x: x * 2), context)
+    with pytest.raises(ValueError, match="has not been called yet"):
+        double.compiled()
+    np.testing.assert_array_equal(double(jnp.arange(3)), [0, 2, 4])
+    double(jnp.ones(5, jnp.float32))
+    # Compiled for the last call's float32 [5] (the int32 [3] would refuse this argument).
+    np.testing.assert_array_equal(double.compiled()(jnp.full(5, 1.5, jnp.float32)), [3.0] * 5)
+    assert entered == [0, 1, 2]  # each call and the compile ran in the context
+    assert out_shardings({"fork": "layout"}, "fork") == {"out_shardings": "layout"}
+    assert out_shardings({"fork": "layout"}, "prefill") == {}
