@@ -12,7 +12,8 @@ from qstar_jax.search.interface import ExpandRequest, Node
 
 class RecordingRuntime:
     """The ``PolicyRuntime`` calls the expander makes; a sampled step's text is the node
-    id its stream was keyed by, so equal keys give equal steps."""
+    id its stream was keyed by, so equal keys give equal steps (its tokens, logprob,
+    hidden state and end read its slot)."""
 
     def __init__(self):
         self._slots = itertools.count(1)
@@ -34,8 +35,9 @@ class RecordingRuntime:
     def sample(self, slots, problem_indices, node_ids, temperatures):
         self.calls.append(dict(slots=list(slots), problems=list(problem_indices),
                                node_ids=list(node_ids), temperatures=list(temperatures)))
-        return [SampledStep(text=str(key), token_ids=(1,), logprob=0.0, hidden=np.zeros(2),
-                            ends_trace=False, slot=slot) for slot, key in zip(slots, node_ids)]
+        return [SampledStep(text=str(key), token_ids=(slot,), logprob=-slot / 10,
+                            hidden=np.full(2, slot), ends_trace=slot % 2 == 0, slot=slot)
+                for slot, key in zip(slots, node_ids)]
 
     def sample_trie(self, slots, problem_indices, group_ids, temperatures, counts):
         """Group g's steps are "<group id>/<j>" for j < counts[g], j = 0 in slots[g]."""
@@ -130,9 +132,20 @@ def test_each_child_row_samples_at_its_requests_problem_and_temperature():
     assert call["node_ids"] == [stable_id("child", 0, 0), stable_id("child", 0, 1),
                                 stable_id("child", 4, 3)]
     assert [[step.handle for step in mine] for mine in steps] == [[2, 3], [4]]
+    assert [(s.token_ids, s.logprob, s.hidden.tolist(), s.ends_trace)
+            for mine in steps for s in mine] == [((2,), -.2, [2, 2], True),
+                                                  ((3,), -.3, [3, 3], False),
+                                                  ((4,), -.4, [4, 4], True)]
 
 
 def test_release_frees_the_held_handles_and_skips_roots():
     runtime = RecordingRuntime()
     DecoderExpander(runtime).release([None, 7, None, 3])
     assert runtime.freed == [7, 3]
+
+
+def test_tokens_are_the_runtimes_counts_of_the_problem():
+    runtime = RecordingRuntime()
+    runtime.generated, runtime.prefilled = {0: 1, 3: 11}, {0: 2, 3: 5}
+    expander = DecoderExpander(runtime)
+    assert (expander.generated_tokens(3), expander.prefilled_tokens(3)) == (11, 5)
