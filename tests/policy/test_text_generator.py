@@ -122,20 +122,32 @@ def test_bad_token_limit_is_a_clear_error():
 
 class KeepingRuntime(LineRuntime):
     """LineRuntime that records each prefill's fork sources and shared prefixes; a full
-    cache (``full`` set) refuses the next prefill once."""
+    cache refuses the next call named in ``full`` ("prefill_tokens", "fork" or
+    "sample_texts") once, before it changes anything."""
 
     def __init__(self):
         super().__init__()
         self.prefills = []
-        self.full = False
+        self.full = None
+
+    def _refuse(self, call):
+        if self.full == call:
+            self.full = None
+            raise SlotPoolExhausted("full")
 
     def prefill_tokens(self, problem_indices, token_lists, *, sources=None, shared=None):
-        if self.full:
-            self.full = False
-            raise SlotPoolExhausted("full")
+        self._refuse("prefill_tokens")
         self.prefills.append((list(sources), list(shared)))
         return super().prefill_tokens(problem_indices, token_lists, sources=sources,
                                       shared=shared)
+
+    def fork(self, parents, counts):
+        self._refuse("fork")
+        return super().fork(parents, counts)
+
+    def sample_texts(self, *args):
+        self._refuse("sample_texts")
+        return super().sample_texts(*args)
 
 
 QUESTION = "a question long enough to share: "
@@ -178,14 +190,28 @@ def test_a_full_cache_drops_the_kept_rows_and_tries_again():
     runtime = KeepingRuntime()
     generator = DecoderTextGenerator(runtime, max_tokens=100, kept_rows_per_problem=2)
     ask(generator, 0, QUESTION)
-    runtime.full = True
+    runtime.full = "prefill_tokens"
     [[text]] = ask(generator, 0, QUESTION + "more")
     assert text.text == expected("s", 0)
     assert runtime.prefills[-1] == ([None], [0])  # the kept row was dropped before the retry
-    runtime.full = True
+    runtime.full = "prefill_tokens"
     generator.drop_kept()
     with pytest.raises(SlotPoolExhausted):  # with nothing kept, a full cache is an error
         ask(generator, 0, QUESTION)
+
+
+@pytest.mark.parametrize("call", ["fork", "sample_texts"])
+def test_a_cache_full_when_forking_or_sampling_drops_the_kept_rows_too(call):
+    runtime = KeepingRuntime()
+    generator = DecoderTextGenerator(runtime, max_tokens=100, kept_rows_per_problem=2)
+    ask(generator, 0, QUESTION)
+    ask(generator, 1, QUESTION)
+    runtime.full = call
+    texts = ask(generator, 0, QUESTION + "more", samples=2)
+    assert [t.text for t in texts[0]] == [expected("s", 0), expected("s", 1)]
+    assert len(generator.kept) == 1  # the others' rows went; the new prompt's is kept
+    generator.drop_kept()
+    assert not runtime.held
 
 
 def test_kept_rows_share_a_prefix_of_at_least_min_shared_tokens_and_leave_the_last():
