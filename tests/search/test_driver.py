@@ -7,7 +7,8 @@ from qstar_jax.search.astar import AStarConfig, AStarPlanner
 from qstar_jax.search.beam import BeamConfig, BeamPlanner
 from qstar_jax.search.chains import greedy_planner
 from qstar_jax.search.driver import run_search
-from qstar_jax.search.process_utility import PRMUtility
+from qstar_jax.search.interface import QItem
+from qstar_jax.search.process_utility import PRMUtility, RuleUtility
 from qstar_jax.search.tot import ToTConfig, ToTDFSPlanner, q_value
 from tests.search.fakes import FakeExpander, HiddenQ, HiddenRewardPRM, child, tree
 
@@ -151,3 +152,12 @@ def test_aggregate_folds_rewards(agg, expected):
     for reward in (.2, .8, .5):
         g = aggregate(agg, g, reward)
     assert g == pytest.approx(expected)
+
+
+def test_a_rule_utility_reads_each_items_problem_and_path_through_its_new_step():
+    seen = []
+    utility = RuleUtility(rule=lambda i, steps: seen.append((i, steps)) or 10 * i + len(steps))
+    items = [QItem(problem_index=2, prefix_steps=("a",), step_text="b", hidden=None),
+             QItem(problem_index=0, prefix_steps=(), step_text="c", hidden=None)]
+    np.testing.assert_array_equal(utility.step_rewards(items), [22.0, 1.0])
+    assert seen == [(2, ("a", "b")), (0, ("c",))]
