@@ -187,22 +187,49 @@ def test_large_but_finite_output_is_truncated_and_the_program_still_passes() -> 
     assert result.detail.endswith("y" * 4096)
 
 
+def test_output_of_exactly_the_cap_is_whole_and_one_byte_more_is_truncated() -> None:
+    whole = _run("import sys\nsys.stdout.write('z' * 4096)\n", ["assert True"])
+    assert whole.detail == "all 1 tests passed\n--- program output ---\n" + "z" * 4096
+    cut = _run("import sys\nsys.stdout.write('z' * 4096 + 'Z')\n", ["assert True"])
+    assert cut.detail == ("all 1 tests passed\n--- program output (truncated to its first "
+                          "4096 of 4097 bytes) ---\n" + "z" * 4096)
+
+
+def test_values_without_a_short_literal_come_back_as_themselves() -> None:
+    # A one-element tuple, an empty set and infinities each need their own literal form.
+    program = ("def one():\n    return (5,)\ndef empty():\n    return set()\n"
+               "def low():\n    return float('-inf')\ndef high():\n    return float('inf')\n")
+    tests = ["assert one() == (5,)", "assert empty() == set()", "assert low() == -1e999",
+             "assert high() == 1e999"]
+    assert _run(program, tests).detail == "all 4 tests passed"
+    wrong = _run(program.replace("(5,)", "5"), tests)
+    assert wrong.detail == "test 1 failed: assert one() == (5,)\n  one() returned 5"
+
+
 # ---------------------------------------------------------------- cannot fake a pass
 
+# (program, status, how the detail begins)
 EARLY_EXITS = {
-    "sys.exit(0)": "import sys\nsys.exit(0)\n",
-    "os._exit(0)": "import os\nos._exit(0)\n",
-    "exit in a test": "import os\ndef remove_odd(l):\n    os._exit(0)\n",
-    "raise SystemExit in a test": "def remove_odd(l):\n    raise SystemExit(0)\n",
+    "sys.exit(0)": ("import sys\nsys.exit(0)\n", "error",
+                    "the program (or setup) raised before the tests ran:\n"),
+    "os._exit(0)": ("import os\nos._exit(0)\n", "error",
+                    "the program's process exited with status 0 while the program was loading"),
+    "exit in a test": ("import os\ndef remove_odd(l):\n    os._exit(0)\n", "error",
+                       "the program's process exited with status 0 during test 1"),
+    "raise SystemExit in a test": ("def remove_odd(l):\n    raise SystemExit(0)\n", "failed",
+                                   "test 1 failed: assert remove_odd([1,2,3]) == [2]\n"),
     "kill itself": ("import os, signal\n"
-                    "def remove_odd(l):\n    os.kill(os.getpid(), signal.SIGKILL)\n"),
+                    "def remove_odd(l):\n    os.kill(os.getpid(), signal.SIGKILL)\n", "killed",
+                    "the program's process was killed by SIGKILL during test 1"),
 }
 
 
-@pytest.mark.parametrize("program", EARLY_EXITS.values(), ids=EARLY_EXITS.keys())
-def test_early_exit_never_passes(program: str) -> None:
+@pytest.mark.parametrize(("program", "status", "detail"), EARLY_EXITS.values(),
+                         ids=EARLY_EXITS.keys())
+def test_early_exit_never_passes(program: str, status: str, detail: str) -> None:
     result = _run(program)
-    assert not result.passed and result.status in ("error", "failed", "killed")
+    assert (result.passed, result.status) == (False, status)
+    assert result.detail.startswith(detail), result.detail
 
 
 def test_exit_status_is_reported(isolation: str) -> None:
@@ -565,7 +592,7 @@ def test_sandbox_process_is_isolated_limited_and_unprivileged(isolation: str) ->
         "assert os.getcwd() == os.environ['HOME'] == os.environ['TMPDIR'] == os.environ['PWD']",
         "assert sys.stdin.read() == ''",
         "assert resource.getrlimit(resource.RLIMIT_AS) == (256 << 20, 256 << 20)",
-        "assert resource.getrlimit(resource.RLIMIT_CPU) == (4, 5)",
+        "assert resource.getrlimit(resource.RLIMIT_CPU) == (5, 6)",  # ceil(3.5) + 1, then 1 more
         "assert resource.getrlimit(resource.RLIMIT_FSIZE) == (16 << 20, 16 << 20)",
         "assert resource.getrlimit(resource.RLIMIT_NOFILE) == (64, 64)",
         "assert resource.getrlimit(resource.RLIMIT_CORE) == (0, 0)",  # hard too: no raising it
@@ -576,7 +603,7 @@ def test_sandbox_process_is_isolated_limited_and_unprivileged(isolation: str) ->
     if os.geteuid() == 0:
         tests += ["assert os.getuid() != 0", "assert os.geteuid() != 0",
                   "assert os.getgroups() == []"]
-    result = _run("import os, resource, sys\n", tests, isolation=isolation, timeout_s=3.0,
+    result = _run("import os, resource, sys\n", tests, isolation=isolation, timeout_s=3.5,
                   memory_mb=256)
     assert result.status == "passed", result.detail
 
