@@ -117,6 +117,15 @@ def test_each_assert_of_several_is_judged_on_its_own_values() -> None:
     assert check_failure(check, ["3", "5"]) is not None
 
 
+def test_an_undecidable_assert_leaves_no_expression_to_the_next_one() -> None:
+    # Its 'f(1) == 2' part was read before 'h() is f' made it undecidable.
+    check = parse_check("assert f(1) == 2 and h() is f\nassert g(1) == 3", 1)
+    assert check.child_job() == {"steps": [{"statement": "assert f(1) == 2 and h() is f"},
+                                           {"exprs": ["g(1)"]}]}
+    assert check_failure(check, ["3"]) is None
+    assert check_failure(check, ["4"]) == "  g(1) returned 4"
+
+
 def test_expected_values_never_go_to_the_child() -> None:
     job = parse_check("assert remove_odd([1, 2, 3]) == [2, 'secret-expected']", 1).child_job()
     assert "secret-expected" not in repr(job)
@@ -152,6 +161,10 @@ JUDGEMENTS = [
     # Near zero only abs_tol can pass: rel_tol scales with |0|.
     ("assert math.isclose(f(0), 0.0, abs_tol=1e-09)", ["1e-12"], True),
     ("assert math.isclose(f(0), 0.0, abs_tol=1e-09)", ["1e-06"], False),
+    # Without tolerances, math.isclose's own: rel_tol 1e-09, abs_tol 0.
+    ("assert math.isclose(f(1), 1.0)", ["1.0000000001"], True),
+    ("assert math.isclose(f(1), 1.0)", ["1.000001"], False),
+    ("assert math.isclose(f(0), 0.0)", ["1e-12"], False),
 ]
 
 
