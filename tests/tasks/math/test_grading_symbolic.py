@@ -43,6 +43,10 @@ SLOW_PAIR = ("(x+y+1)^{60}", "(x+y+2)^{60}")
     ("5!", sympy.Integer(120)),
     ("x_1+x_{12}", sympy.Symbol("x_1") + sympy.Symbol("x_12")),
     ("\\sin^2x", sympy.sin(x)**2),
+    ("x^-2", x**-2),
+    ("2^-1", sympy.Rational(1, 2)),
+    ("5-x-2", 3 - x),
+    ("+3-x", 3 - x),
 ])
 def test_reader_builds_exact_values(latex, value):
     assert LatexToSympy(latex).parse() == value
@@ -111,6 +115,12 @@ def test_worker_runs_under_an_address_space_cap_and_writes_nothing(checker):
     assert soft_and_hard["Max address space"] == [str(384 << 20)] * 2
     # Nor may it write files or dump core.
     assert soft_and_hard["Max file size"] == soft_and_hard["Max core file size"] == ["0", "0"]
+
+
+def test_the_worker_answers_false_for_unequal_and_unreadable_answers(checker):
+    assert not checker.equal("x+1", "x")
+    assert not checker.equal("x<3", "x<3")  # the reader refuses it: nothing is shown equal
+    assert checker.equal("x^-1", "\\frac{1}{x}")
 
 
 def test_a_late_reply_kills_the_worker_and_the_next_check_starts_a_new_one(checker):
