@@ -123,6 +123,28 @@ def test_the_worker_answers_false_for_unequal_and_unreadable_answers(checker):
     assert checker.equal("x^-1", "\\frac{1}{x}")
 
 
+# A stand-in worker that replies to each request with its "pred" text, verbatim.
+ECHO_WORKER = ("import json, sys\nprint(json.dumps({'ready': True}), flush=True)\n"
+               "for line in sys.stdin:\n    print(json.loads(line)['pred'], flush=True)\n")
+
+
+def test_only_a_reply_of_equal_true_counts_as_equal(monkeypatch, tmp_path):
+    worker = tmp_path / "echo_worker.py"
+    worker.write_text(ECHO_WORKER)
+    monkeypatch.setattr(symbolic_check, "_WORKER_SCRIPT", worker)
+    with SymbolicChecker() as echo:
+        assert echo.equal('{"equal": true}', "x")
+        first_pid = echo.worker_pid
+        assert not echo.equal('{"equal": 1}', "x")
+        assert not echo.equal('{"equal": "true"}', "x")
+        assert not echo.equal('{"same": true}', "x")
+        assert echo.worker_pid == first_pid  # a well-formed reply keeps the worker
+        assert not echo.equal("[true]", "x")
+        assert echo.worker_pid is None  # a garbled reply does not
+        assert not echo.equal("equal", "x")
+        assert echo.worker_pid is None
+
+
 def test_a_late_reply_kills_the_worker_and_the_next_check_starts_a_new_one(checker):
     assert checker.equal("x+x", "2x")
     first_pid = checker.worker_pid
