@@ -70,3 +70,18 @@ def test_a_fit_returning_the_wrong_shape_is_named():
 
     with pytest.raises(ValueError, match="one value per pair"):
         fitted_q_iteration_labels(all_pairs(), bad_fit, FittedQConfig(rounds=2))
+
+
+def test_a_state_takes_the_best_of_its_own_problems_next_steps():
+    """Problem 0's 'x' leads to steps worth 1 and .5, its 'w' to one worth -1; problem 1's
+    'x' leads to one worth 0: each open step is γ times the best of its own next steps."""
+    pairs = [StepPair(problem_index=0, prefix_steps=(), step_text="x"),
+             StepPair(problem_index=0, prefix_steps=("x",), step_text="y", terminal_reward=1.0),
+             StepPair(problem_index=0, prefix_steps=("x",), step_text="z", terminal_reward=0.5),
+             StepPair(problem_index=0, prefix_steps=(), step_text="w"),
+             StepPair(problem_index=0, prefix_steps=("w",), step_text="v", terminal_reward=-1.0),
+             StepPair(problem_index=1, prefix_steps=(), step_text="x"),
+             StepPair(problem_index=1, prefix_steps=("x",), step_text="y", terminal_reward=0.0)]
+    labels, _ = fitted_q_iteration_labels(pairs, tabular_fit,
+                                          FittedQConfig(rounds=2, discount=GAMMA))
+    assert [l.label for l in labels] == pytest.approx([0.9, 1.0, 0.5, -0.9, -1.0, 0.0, 0.0])
