@@ -91,6 +91,18 @@ def test_masks_for_the_whole_backbone_and_for_the_head_alone(model):
     assert all(np.all(leaf == 1) for leaf in jax.tree.leaves(head_only["head"]))
 
 
+def test_a_mask_of_every_layer_still_freezes_the_embeddings(model):
+    all_layers = backbone_update_mask(model, 2)  # both of the 2 layers
+    np.testing.assert_array_equal(all_layers["backbone"]["layers"]["mlp"]["up_proj"]["kernel"],
+                                  np.ones((2, 1, 1)))
+    np.testing.assert_array_equal(all_layers["backbone"]["layers"]["input_layernorm"]["weight"],
+                                  np.ones((2, 1)))
+    assert all_layers["backbone"]["norm"]["weight"] == 1
+    assert all_layers["backbone"]["embed_tokens"]["embedding"] == 0  # only with None
+    assert all_layers["backbone"]["lm_head"]["kernel"] == 0
+    assert all(np.all(leaf == 1) for leaf in jax.tree.leaves(all_layers["head"]))
+
+
 def test_bad_inputs_are_rejected(model):
     with pytest.raises(ValueError, match="trainable_layers=3"):
         backbone_update_mask(model, 3)
