@@ -5,7 +5,8 @@ from flax import nnx
 
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.llama import LlamaModel
-from qstar_jax.qvalue.features import StepFeatures, shared_carriers
+from qstar_jax.qvalue.dataset import StepPair
+from qstar_jax.qvalue.features import StepFeatures, shared_carriers, step_texts
 
 CONFIG = ModelConfig(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=64,
                      num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8)
@@ -73,3 +74,9 @@ def test_a_text_is_carried_only_by_one_whose_tokens_begin_with_all_of_its_own():
     # [2] begin nothing longer; [1, 2, 4] shares a prefix but is not a prefix.
     tokens = [[1, 2], [1, 2, 3], [1, 3], [1, 2, 3], [2], [1, 2, 4]]
     assert shared_carriers(tokens) == {1: [1, 3, 0], 5: [5], 2: [2], 4: [4]}
+
+
+def test_step_texts_are_each_steps_own_problem_and_path_then_the_step():
+    steps = [StepPair(problem_index=1, prefix_steps=("a", "b"), step_text="c"),
+             StepPair(problem_index=0, prefix_steps=(), step_text="d")]
+    assert step_texts(["Q0\n", "Q1\n"], steps) == (["Q1\na\nb\n", "Q0\n"], ["c\n", "d\n"])
