@@ -1,0 +1,53 @@
+"""Q̂ over the policy's hidden states as search calls it: each item's hidden state, its
+log-probability under the policy and under a second opinion, in the head's columns."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from qstar_jax.qvalue.head import QHead, QHeadConfig, QHeadModel
+from qstar_jax.qvalue.scorers import PolicyHiddenQ
+from qstar_jax.search.interface import QItem
+
+# value = h0 - h1 + 2 * (10 * policy log-prob) - 3 * (10 * second opinion's), log-probs
+# clipped at -30.
+KERNEL = [[1.0], [-1.0], [2.0], [-3.0]]
+
+
+@pytest.fixture(scope="module")
+def head_model():
+    config = QHeadConfig(hidden_size=2, step_logprob=True, second_opinion=True, output="raw")
+    head = QHead(config, rngs=nnx.Rngs(0))
+    head.out.kernel[...] = jnp.asarray(KERNEL)
+    head.out.bias[...] = jnp.zeros(1)
+    return QHeadModel(head)
+
+
+def items(logprobs):
+    return [QItem(problem_index=i, prefix_steps=("a",) * i, step_text=f"s{i}",
+                  hidden=np.array([i, 2.0 * i], np.float32), logprob=logprob)
+            for i, logprob in enumerate(logprobs)]
+
+
+def test_each_column_reads_its_own_log_probability(head_model):
+    asked = []
+
+    def second_opinion(batch):
+        asked.append([(item.problem_index, item.step_text) for item in batch])
+        return np.array([-0.25, -1.0, -0.5], np.float32)
+
+    scores = PolicyHiddenQ(head_model, second_opinion).score(items([-0.5, -40.0, 0.0]))
+    # 0 + 2 * -5 - 3 * -2.5; 1 - 2 + 2 * -300 - 3 * -10; 2 - 4 + 0 - 3 * -5
+    np.testing.assert_allclose(scores, [-2.5, -571.0, 13.0], rtol=1e-6)
+    assert asked == [[(0, "s0"), (1, "s1"), (2, "s2")]]
+    assert PolicyHiddenQ(head_model, second_opinion).score([]).shape == (0,)
+    assert len(asked) == 1  # no items, no second opinion asked
+
+
+def test_an_item_without_a_log_probability_is_refused_by_a_head_that_reads_one(head_model):
+    with pytest.raises(ValueError, match="reads each step's log-probability, and none"):
+        PolicyHiddenQ(head_model, lambda batch: np.zeros(len(batch))).score(
+            items([-0.5, None]))
+    with pytest.raises(ValueError, match="under the second opinion, and none was given"):
+        PolicyHiddenQ(head_model).score(items([-0.5]))
