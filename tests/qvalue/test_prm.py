@@ -64,3 +64,7 @@ def test_shepherd_prm_rejects_token_ids_outside_the_vocabulary(model):
     with pytest.raises(ValueError, match="bad_token_id=64 is outside the model's vocabulary"):
         ShepherdPRM(model, encode=encode, question=QUESTIONS.__getitem__, step_tag=TAG,
                     good_token_id=GOOD, bad_token_id=64)
+    # A negative id would index the vocabulary from its end: -1 would read token 63.
+    with pytest.raises(ValueError, match="good_token_id=-1 is outside the model's vocabulary"):
+        ShepherdPRM(model, encode=encode, question=QUESTIONS.__getitem__, step_tag=TAG,
+                    good_token_id=-1, bad_token_id=BAD)
