@@ -596,6 +596,7 @@ def test_sandbox_process_is_isolated_limited_and_unprivileged(isolation: str) ->
         "assert resource.getrlimit(resource.RLIMIT_FSIZE) == (16 << 20, 16 << 20)",
         "assert resource.getrlimit(resource.RLIMIT_NOFILE) == (64, 64)",
         "assert resource.getrlimit(resource.RLIMIT_CORE) == (0, 0)",  # hard too: no raising it
+        "assert status('NoNewPrivs') == '1'",  # no setuid program gives privileges back
     ]
     if os.geteuid() == 0 or isolation == "bubblewrap":
         # Otherwise the limit also covers the caller's own threads.
@@ -603,8 +604,15 @@ def test_sandbox_process_is_isolated_limited_and_unprivileged(isolation: str) ->
     if os.geteuid() == 0:
         tests += ["assert os.getuid() != 0", "assert os.geteuid() != 0",
                   "assert os.getgroups() == []"]
-    result = _run("import os, resource, sys\n", tests, isolation=isolation, timeout_s=3.5,
-                  memory_mb=256)
+    if os.geteuid() == 0 and isolation == "bubblewrap":
+        # Bubblewrap binds the interpreter where anyone can read it: no capability is kept
+        # (under limits alone, CAP_DAC_READ_SEARCH is where strangers cannot read it).
+        tests += ["assert status('CapEff') == status('CapPrm') == '0000000000000000'"]
+    program = ("import os, resource, sys\ndef status(field):\n"
+               "    lines = open('/proc/self/status').read().splitlines()\n"
+               "    return [l.split(':')[1].strip() for l in lines\n"
+               "            if l.startswith(field + ':')][0]\n")
+    result = _run(program, tests, isolation=isolation, timeout_s=3.5, memory_mb=256)
     assert result.status == "passed", result.detail
 
 
