@@ -124,6 +124,21 @@ def test_exception_in_a_test_fails_with_its_traceback() -> None:
     assert 'File "<program>", line 2, in remove_odd' in result.detail
 
 
+def test_a_long_error_keeps_its_last_4000_characters() -> None:
+    # The end of a traceback says what was raised and why.
+    result = _run("def remove_odd(l):\n    raise ValueError('x' * 5000 + ' <- why')\n")
+    assert (result.status, result.detail) == (
+        "failed", "test 1 failed: assert remove_odd([1,2,3]) == [2]\n" + "x" * 3992 + " <- why\n")
+
+
+def test_setup_does_not_run_after_the_program_raised() -> None:
+    result = _run("raise ValueError('at load')\n" + REMOVE_ODD, setup="import math\n")
+    assert (result.status, result.detail) == (
+        "error", "the program (or setup) raised before the tests ran:\n"
+        "Traceback (most recent call last):\n  File \"<program>\", line 1, in <module>\n"
+        "    raise ValueError('at load')\nValueError: at load\n")
+
+
 def test_syntax_error_is_an_error() -> None:
     result = _run("def remove_odd(l)\n    return l\n")
     assert result.status == "error" and "SyntaxError" in result.detail
