@@ -124,6 +124,16 @@ def test_exception_in_a_test_fails_with_its_traceback() -> None:
     assert 'File "<program>", line 2, in remove_odd' in result.detail
 
 
+def test_a_value_of_up_to_a_mebibyte_of_literal_comes_back() -> None:
+    program = "def text(short):\n    return 'a' * ((1 << 20) - short)\n"
+    # Quoted, 2 ** 20 - 2 characters make a literal of exactly 2 ** 20.
+    assert _run(program, ["assert text(2) != ''"]).status == "passed"
+    result = _run(program, ["assert text(1) != ''"])
+    assert (result.status, result.detail) == (
+        "failed", "test 1 failed: assert text(1) != ''\n"
+        "text(1) returned a value whose literal exceeds 1048576 characters")
+
+
 def test_a_long_error_keeps_its_last_4000_characters() -> None:
     # The end of a traceback says what was raised and why.
     result = _run("def remove_odd(l):\n    raise ValueError('x' * 5000 + ' <- why')\n")
@@ -637,8 +647,11 @@ def test_sandbox_process_is_isolated_limited_and_unprivileged(isolation: str) ->
     ({"program": b"x = 1"}, TypeError, "program must be Python source as str"),
     ({"tests": "assert True"}, TypeError, "tests must be a list"),
     ({"setup": None}, TypeError, "setup must be Python source"),
+    ({"tests": []}, ValueError, "tests is empty: a program with no tests cannot be graded"),
     ({"timeout_s": 0}, ValueError, "timeout_s must be a positive number"),
+    ({"timeout_s": float("inf")}, ValueError, "timeout_s must be a positive number"),
     ({"memory_mb": 8}, ValueError, "memory_mb must be an int >= 64"),
+    ({"memory_mb": 512.0}, ValueError, "memory_mb must be an int >= 64"),
     ({"tests": ["assert f(1) =="]}, ValueError, "test 1 is not valid Python"),
     ({"isolation": "docker"}, ValueError, "isolation must be one of"),
 ])
