@@ -64,6 +64,26 @@ def test_an_open_pair_without_any_observed_next_step_is_an_error():
         fitted_q_iteration_labels(dangling, tabular_fit, FittedQConfig(candidates="sampled"))
 
 
+def test_a_sampler_that_ends_the_trace_after_an_open_step_is_an_error():
+    # In the tree, a1 ends the trace after a: every completion from there is empty.
+    unended = [StepPair(problem_index=PROBLEM, prefix_steps=("a",), step_text="a1")]
+    with pytest.raises(ValueError, match=r"the sampler ends the trace after \(7, \('a',\), 'a1'\)"):
+        fitted_q_iteration_labels(unended, tabular_fit, FittedQConfig(candidates="sampled"),
+                                  sampler=EnumeratingSampler())
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"rounds": 0}, "rounds=0 and sampled_candidates=6 must both be at least 1"),
+    ({"sampled_candidates": 0}, "rounds=3 and sampled_candidates=0 must both be at least 1"),
+    ({"candidates": "all"}, "candidates='all': choose 'observed' or 'sampled'"),
+    ({"discount": 0.0}, r"discount=0.0 must lie in \(0, 1\]"),
+    ({"discount": 1.5}, r"discount=1.5 must lie in \(0, 1\]"),
+])
+def test_settings_out_of_range_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        FittedQConfig(**settings)
+
+
 def test_a_fit_returning_the_wrong_shape_is_named():
     def bad_fit(pairs, targets):
         return lambda query: np.zeros(1)
