@@ -47,9 +47,21 @@ SLOW_PAIR = ("(x+y+1)^{60}", "(x+y+2)^{60}")
     ("2^-1", sympy.Rational(1, 2)),
     ("5-x-2", 3 - x),
     ("+3-x", 3 - x),
+    ("9" * 100, sympy.Integer(10**100 - 1)),  # the longest numeral read
+    ("1000!", sympy.factorial(1000)),  # the largest factorial
+    ("\\binom{1000}{2}", sympy.Integer(499500)),
 ])
 def test_reader_builds_exact_values(latex, value):
     assert LatexToSympy(latex).parse() == value
+
+
+@pytest.mark.parametrize(("command", "function"), [
+    ("sin", sympy.sin), ("cos", sympy.cos), ("tan", sympy.tan), ("cot", sympy.cot),
+    ("sec", sympy.sec), ("csc", sympy.csc), ("arcsin", sympy.asin), ("arccos", sympy.acos),
+    ("arctan", sympy.atan), ("sinh", sympy.sinh), ("cosh", sympy.cosh), ("tanh", sympy.tanh),
+    ("ln", sympy.log), ("log", sympy.log), ("exp", sympy.exp)])
+def test_reader_applies_each_function_it_names(command, function):
+    assert LatexToSympy(f"\\{command} x").parse() == function(x)
 
 
 @pytest.mark.parametrize("latex", [
@@ -62,6 +74,9 @@ def test_reader_builds_exact_values(latex, value):
     "(10^{5})!",
     "\\binom{100000}{50000}",
     "1" + "0" * 200,
+    "1" * 101,
+    "1001!",
+    "\\binom{1001}{2}",
 ])
 def test_reader_refuses_astronomical_values(latex):
     with pytest.raises(LatexParseError):
