@@ -68,3 +68,10 @@ def test_shepherd_prm_rejects_token_ids_outside_the_vocabulary(model):
     with pytest.raises(ValueError, match="good_token_id=-1 is outside the model's vocabulary"):
         ShepherdPRM(model, encode=encode, question=QUESTIONS.__getitem__, step_tag=TAG,
                     good_token_id=-1, bad_token_id=BAD)
+
+
+def test_shepherd_prm_refuses_an_input_encoded_as_no_tokens(model):
+    prm = ShepherdPRM(model, encode=lambda text: [], question=QUESTIONS.__getitem__,
+                      step_tag=TAG, good_token_id=GOOD, bad_token_id=BAD)
+    with pytest.raises(ValueError, match="encode\\(\\) returned no tokens for a PRM input"):
+        prm.score_steps([QItem(problem_index=0, prefix_steps=(), step_text="2+3=5", hidden=None)])
