@@ -274,6 +274,10 @@ ALWAYS_EQUAL = {
         "builtins.AssertionError = Never\nbuiltins.isinstance = lambda *a: True\n"
         "builtins.repr = lambda o: '[2]'\nbuiltins.sorted = lambda *a, **k: [2]\n"
         + WRONG_REMOVE_ODD),
+    # The harness writes a returned value's literal with repr: patched during the call,
+    # it would write 7 as [2].
+    "repr patched by the call": ("import builtins\ndef remove_odd(l):\n"
+                                 "    builtins.repr = lambda o: '[2]'\n    return 7\n"),
 }
 
 
