@@ -269,6 +269,8 @@ ALWAYS_EQUAL = {
                           "def remove_odd(l):\n    return Any()\n",
     "list subclass": "class L(list):\n    def __eq__(self, other):\n        return True\n"
                      "def remove_odd(l):\n    return L()\n",
+    "int subclass": "class I(int):\n    def __repr__(self):\n        return '[2]'\n"
+                    "def remove_odd(l):\n    return I(7)\n",
     "patched builtins and AssertionError": (
         "import builtins\nclass Never(Exception):\n    pass\n"
         "builtins.AssertionError = Never\nbuiltins.isinstance = lambda *a: True\n"
