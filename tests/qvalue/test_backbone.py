@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,6 +40,16 @@ def test_scores_read_the_last_real_token_whatever_the_padding(model):
     alone = [float(unpadded_value(jnp.asarray([ids], jnp.int32))) for ids in sequences]
     np.testing.assert_allclose(scores, alone, rtol=1e-5)
     assert abs(scores[0] - scores[1]) > 1e-3  # the sequences really score differently
+
+
+def test_a_raw_head_scores_texts_with_its_raw_values(model):
+    """The sigmoid head's scores are the sigmoid of what the same weights give raw."""
+    raw = nnx.clone(model)
+    raw.head.head_config = dataclasses.replace(model.head_config, output="raw")
+    sequences = SEQUENCES[:2]
+    raw_scores = BackboneQModel(raw).score_texts(sequences)
+    np.testing.assert_allclose(1 / (1 + np.exp(-raw_scores)),
+                               BackboneQModel(model).score_texts(sequences), rtol=1e-5)
 
 
 def test_a_sequence_past_the_positions_fails_or_keeps_its_last_tokens(model):
