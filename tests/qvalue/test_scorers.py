@@ -1,14 +1,20 @@
-"""Q̂ over the policy's hidden states as search calls it: each item's hidden state, its
-log-probability under the policy and under a second opinion, in the head's columns."""
+"""Q̂ as search calls it: over the policy's hidden states, each item's hidden state, its
+log-probability under the policy and under a second opinion, in the head's columns; over
+a separate backbone, the text of each item's own prompt, path and step."""
+
+from types import SimpleNamespace
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+from qstar_jax.qvalue import scorers
+from qstar_jax.qvalue.backbone import BackboneQModel
 from qstar_jax.qvalue.head import QHead, QHeadConfig, QHeadModel
 from qstar_jax.qvalue.scorers import PolicyHiddenQ
 from qstar_jax.search.interface import QItem
+from tests.qvalue.tiny import random_backbone_q
 
 # value = h0 - h1 + 2 * (10 * policy log-prob) - 3 * (10 * second opinion's), log-probs
 # clipped at -30.
@@ -51,3 +57,21 @@ def test_an_item_without_a_log_probability_is_refused_by_a_head_that_reads_one(h
             items([-0.5, None]))
     with pytest.raises(ValueError, match="under the second opinion, and none was given"):
         PolicyHiddenQ(head_model).score(items([-0.5]))
+
+
+def test_a_separate_backbone_scores_each_items_own_prompt_path_and_step(monkeypatch):
+    backbone = random_backbone_q()
+    monkeypatch.setattr(scorers, "load_backbone_q", lambda q_dir, mesh: backbone)
+    loaded = []
+    tokenizer = SimpleNamespace(encode=lambda text: [ord(c) % 40 for c in text], pad_id=0)
+    ctx = SimpleNamespace(
+        config=SimpleNamespace(q_train=SimpleNamespace(separate_model="/a/model")),
+        load=lambda source: loaded.append(source) or SimpleNamespace(tokenizer=tokenizer),
+        prompts=lambda problems: [f"P{p}\n" for p in problems], q_dir="/q", mesh=None)
+    q_fn = scorers.SeparateBackboneQ(ctx, [3, 5])
+    scores = q_fn.score([QItem(problem_index=1, prefix_steps=("a", "b"), step_text="c",
+                               hidden=None),
+                         QItem(problem_index=0, prefix_steps=(), step_text="d", hidden=None)])
+    texts = [tokenizer.encode("P5\na\nb\nc\n"), tokenizer.encode("P3\nd\n")]
+    np.testing.assert_allclose(scores, BackboneQModel(backbone).score_texts(texts), rtol=1e-6)
+    assert loaded == ["/a/model"] and q_fn.score([]).shape == (0,)
