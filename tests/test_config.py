@@ -87,10 +87,63 @@ def test_round_trip_through_yaml(tmp_path):
     ("label.rollouts_per_state=0", "label.rollouts_per_state: must be >= 1, got 0"),
     ("q_train.backbone=separate", "q_train.separate_model: q_train.backbone=separate needs "
                                   "a model"),
+    ("label.stronger_model=null", "label.stronger_model: label.method=stronger_model needs "
+                                  "a model"),
+    ("label.gamma=0", r"label.gamma: must be in \(0, 1\], got 0.0"),
+    ("q_train.holdout_fraction=-0.1", r"q_train.holdout_fraction: .* got -0.1"),
+    ("task.train_problems=-1", "task.train_problems: must be >= 0, got -1"),
+    ("mesh.data=-2", "mesh: sizes must be >= 1 .*got data=-2 model=1"),
+    ("mesh.model=0", "mesh: sizes must be >= 1 .*got data=-1 model=0"),
+    ("decode.page_size=-16", "decode.page_size: must be >= 0, got -16"),
+    ("search.max_expansions=0", "search.max_expansions: must be >= 1, got 0"),
+    ("search.temperature=-0.1", "search.temperature: must be >= 0, got -0.1"),
+    ("eval.samples=0", "eval.samples: must be >= 1, got 0"),
+    ("eval.beam_width=0", "eval.beam_width: must be >= 1, got 0"),
+    ("eval.text_max_tokens=0", "eval.text_max_tokens: must be >= 1, got 0"),
+    ("eval.tot.k=0", "eval.tot.k: must be >= 1, got 0"),
+    ("eval.tot.max_expansions=0", "eval.tot.max_expansions: must be >= 1, got 0"),
+    ("policy_training.batch_size=0", "policy_training.batch_size: must be >= 1, got 0"),
+    ("policy_training.hidden_size=0", "policy_training.hidden_size: must be >= 1, got 0"),
+    ("policy_training.intermediate_size=0", "policy_training.intermediate_size: .* got 0"),
+    ("policy_training.value_batch_size=0", "policy_training.value_batch_size: .* got 0"),
+    ("policy_training.train_problems=0", "policy_training.train_problems: .* got 0"),
+    ("policy_training.num_heads=0", "policy_training.num_heads: must be >= 1, got 0"),
+    ("policy_training.num_kv_heads=0", "policy_training.num_kv_heads: must be >= 1, got 0"),
+    ("policy_training.warmup_steps=-1", "policy_training.warmup_steps: .* got -1"),
+    ("collect.temperature=-1", "collect.temperature: must be >= 0, got -1.0"),
+    ("q_train.hidden_layers=-1", "q_train.hidden_layers: must be >= 0, got -1"),
+    ("q_train.patience=-1", "q_train.patience: must be >= 0, got -1"),
+    ("q_train.batch_size=0", "q_train.batch_size: must be >= 1, got 0"),
+    ("q_train.max_epochs=0", "q_train.max_epochs: must be >= 1, got 0"),
+    ("distributed.heartbeat_timeout_s=0", "distributed.heartbeat_timeout_s: .* got 0"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("overrides", [
+    ["label.gamma=1"], ["q_train.holdout_fraction=0"], ["q_train.trainable_layers=-1"],
+    ["eval.text_kept_rows=0"], ["decode.step_chunk=0"], ["mesh.data=-1", "decode.slots=9"],
+    ["policy_training.max_grad_norm=null"], ["task.train_problems=0"], ["search.lam=0"],
+    ["search.temperature=0"], ["q_train.hidden_layers=0"], ["q_train.patience=0"],
+    ["policy_training.warmup_steps=0"], ["policy_training.value_weight=0"],
+    ["decode.max_len=41"], ["decode.page_size=32", "decode.max_len=160"],
+    ["decode.page_size=16", "decode.pages=99", "mesh.data=-1"],
+    ["search.utility=prm", "search.prm_model=/a/prm"],
+    ["search.utility=prm", "stages=[train_policy,collect,label,train_q,train_prm,evaluate]"],
+    ["eval.methods=[qstar,best_of_n,best_of_n_matched]"],
+    ["label.method=best_of_rollouts", "label.trace_is_a_rollout=true"],
+    ["eval.tot.evaluator=prm", "search.utility=prm", "search.prm_model=/a/prm"],
+    ["task.name=humaneval", "search.utility=code_rule", "label.live_states_only=false",
+     "label.method=best_of_rollouts", "policy.source=/a/policy", "q_train.second_opinion=null"],
+])
+def test_values_on_the_edge_of_each_range_are_taken(overrides):
+    """Each bound as documented: gamma in (0, 1], holdout in [0, 1), -1 layers (all), 0
+    kept rows or chunk, data -1 (whatever devices the model axis leaves, which any slots
+    or pages split over), no clipping, a step cap one under max_len, a PRM named or
+    trained in the run."""
+    load_config(None, overrides)  # not refused
 
 
 @pytest.mark.parametrize("overrides, message", [
