@@ -302,3 +302,57 @@ def test_the_paper_configs_fit_one_80_gb_and_one_141_gb_gpu(name, capsys):
         assert 1 < run.eval.problems_per_batch <= figures["pool_searches"]
         assert run.decode.slots >= run.eval.problems_per_batch * figures["slots_per_search"]
         assert ("prm" in figures["model_bytes"]) == bool(prm)
+
+
+def test_a_paged_cache_that_does_not_fit_is_refused_by_its_pages(monkeypatch):
+    """The default run (its policy and second opinion from scratch: 3 layers of 96, 1152 KV
+    bytes a token, 634,080 float32 parameters each with the decoder's layer copy) on two
+    devices of 30 MB: the pool of 3000 pages of 16 tokens splits over mesh.data=-1's 2."""
+    run = load_config(None, ["decode.page_size=16", "decode.pages=3000", "decode.slots=8"])
+    monkeypatch.setattr(memory_plan, "available_memory", lambda: (3 * 10**7, "gpu"))
+    monkeypatch.setattr(jax, "device_count", lambda: 2)
+    left = 27 * 10**6 - 2 * 634_080 * 4  # 21,927,360
+    assert (left // (16 * 1152), left * 2 // (160 * 1152)) == (1189, 237)
+    message = ("decode.pages=3000 x decode.page_size=16 does not fit the device memory: "
+               "memory 0.0 GB (using 90%): weights 0.01 GB (policy 0.00, second_opinion 0.00), "
+               "KV 1.2 KB per token, the config's cache 0.03 GB; a paged cache gets 1189 pages "
+               "of 16 tokens = 118 rows at full max_len; the largest decode.slots that fits: "
+               "237; a search (prompt 120 tokens) peaks at 1370 pages and holds up to 385 "
+               "slots: searches_in_flight 0; the config's pages hold 2 searches")
+    with pytest.raises(ConfigError) as refusal:
+        memory_plan.check_memory(run)
+    assert str(refusal.value) == message
+    figures = memory_plan.plan(memory_plan.policy_architecture(run), run,
+                               memory_bytes=3 * 10**7, backend="gpu", devices=2)
+    assert figures.slot_pool_bytes == 3000 * 16 * 1152 // 2  # the pages, not 8 slots' rows
+
+
+def test_the_second_opinion_is_counted_where_q_hat_or_greedy_reads_it(tmp_path):
+    default = load_config()
+    scratch = memory_plan.policy_architecture(default)  # the second policy has its shape
+    assert memory_plan.evaluate_models(default) == {"second_opinion": scratch}
+    figures = memory_plan.plan(scratch, default, memory_bytes=10**9, backend="gpu",
+                               others=memory_plan.evaluate_models(default))
+    # Both decode, so both hold their layers twice: (329,376 + 304,704) x 4 bytes.
+    assert figures.model_bytes == {"policy": 2_536_320, "second_opinion": 2_536_320}
+    for methods, counted in (("[greedy]", True), ("[self_consistency,tot_bfs]", True),
+                             ("[self_consistency,mctsr]", False)):
+        run = load_config(None, [f"eval.methods={methods}"])
+        assert ("second_opinion" in memory_plan.evaluate_models(run)) == counted, methods
+    assert memory_plan.evaluate_models(load_config(None, ["q_train.second_opinion=null"])) == {}
+    llama = f"{ARCHITECTURES}/llama-2-7b.json"
+    from_file = ModelConfig.from_hf(json.loads(Path(llama).read_text()))
+    assert memory_plan.evaluate_models(default, q_config=llama) == {"second_opinion": from_file}
+    (tmp_path / "config.json").write_text(Path(llama).read_text())
+    named = load_config(None, [f"q_train.second_opinion={tmp_path}"])
+    assert memory_plan.evaluate_models(named) == {"second_opinion": from_file}
+
+
+def test_a_learned_prm_is_not_counted_unless_given_a_config(tmp_path):
+    (tmp_path / "prm.json").write_text("{}")  # train_prm's marker: a head on the policy
+    run = load_config(None, ["search.utility=prm", f"search.prm_model={tmp_path}",
+                             "q_train.second_opinion=null"])
+    assert memory_plan.evaluate_models(run) == {}
+    mistral = f"{ARCHITECTURES}/mistral-7b-v0.1.json"
+    assert memory_plan.evaluate_models(run, prm_config=mistral) == {
+        "prm": ModelConfig.from_hf(json.loads(Path(mistral).read_text()))}
