@@ -1,6 +1,19 @@
-"""The command line of ``python -m qstar_jax.run``: a config, overrides and folders."""
+"""The command line of ``python -m qstar_jax.run``: a config, overrides and folders; the
+checks before any stage runs, the stages' order and what a process says when it loses
+the others."""
 
+import pytest
+
+from qstar_jax import run
+from qstar_jax.config import ConfigError, DistributedConfig, load_config, to_yaml
 from qstar_jax.run import parse_args
+from qstar_jax.stages.context import RunContext
+
+GSM8K_TEST = "tests/fixtures/gsm8k/test.jsonl"
+# A real-data task on the packaged policy: every checkpoint named below is the test's.
+REAL_TASK = ["task.name=gsm8k", "search.utility=zero", "label.live_states_only=false",
+             "label.method=best_of_rollouts", "q_train.second_opinion=null",
+             "policy.source=smollm2-135m-instruct"]
 
 
 def test_overrides_may_follow_the_output_folder():
@@ -18,3 +31,54 @@ def test_overrides_around_reuse_keep_their_order():
 def test_with_no_config_the_first_override_is_not_taken_for_one():
     args = parse_args(["--out", "runs/x", "seed=3", "decode.slots=8"])
     assert (args.config, args.overrides) == (None, ["seed=3", "decode.slots=8"])
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["search.utility=prm", "search.prm_model=/no/such/prm"], "search.prm_model"),
+    (["label.method=stronger_model", "label.stronger_model=/no/such/model"],
+     "label.stronger_model"),
+    (["q_train.backbone=separate", "q_train.separate_model=/no/such/model"],
+     "q_train.separate_model"),
+])
+def test_preflight_names_each_missing_checkpoint_the_run_loads(overrides, key):
+    with pytest.raises(ConfigError, match=f"^{key}: checkpoint /no/such/.* does not exist; "
+                                          r"give .* one of \['smollm2-135m-instruct'\]"):
+        run.preflight(load_config(None, [*REAL_TASK, *overrides]))
+
+
+def test_preflight_passes_a_prm_the_search_does_not_use_and_each_data_file_that_exists():
+    run.preflight(load_config(None, [*REAL_TASK, "search.prm_model=/no/such/prm"]))
+    for files in (GSM8K_TEST, "{test: tests/fixtures/gsm8k/t*.jsonl}", f"{{test: [{GSM8K_TEST}]}}"):
+        run.preflight(load_config(None, [*REAL_TASK, f"task.options.data_files={files}"]))
+    listed = f"task.options.data_files={{test: [{GSM8K_TEST}, /no/such/part.jsonl]}}"
+    with pytest.raises(ConfigError, match="^task.options.data_files: /no/such/part.jsonl does "
+                                          "not exist$"):
+        run.preflight(load_config(None, [*REAL_TASK, listed]))
+
+
+def test_a_folder_holds_the_same_run_whatever_stages_ran_there(tmp_path):
+    saved = tmp_path / "config.yaml"
+    saved.write_text(to_yaml(load_config(None, ["seed=3", "stages=[train_policy,collect]"])))
+    assert run.same_run(saved, load_config(None, ["seed=3", "stages=[label]"]))
+    assert not run.same_run(saved, load_config(None, ["seed=4", "stages=[label]"]))
+    saved.write_text("search: {kk: 3}\n")  # another version's keys: only the text counts
+    assert not run.same_run(saved, load_config(None, ["seed=3"]))
+
+
+def test_stages_run_in_the_configured_order(tmp_path, monkeypatch):
+    called = []
+    monkeypatch.setattr(run, "STAGE_FUNCTIONS", {
+        name: (lambda ctx, name=name: called.append((name, ctx.out)))
+        for name in run.STAGE_FUNCTIONS})
+    config = load_config(None, ["stages=[label,collect,evaluate]"])
+    run.run_stages(RunContext(config=config, out=tmp_path))
+    assert called == [("label", tmp_path), ("collect", tmp_path), ("evaluate", tmp_path)]
+
+
+def test_a_process_that_lost_the_others_says_what_to_do():
+    error = RuntimeError("DEADLINE_EXCEEDED: barrier timed out\nstack trace ...")
+    assert run.lost_process_message(error, DistributedConfig(heartbeat_timeout_s=45)) == (
+        "process 0 of 1 lost the others (DEADLINE_EXCEEDED: barrier timed out); another "
+        "process most likely died: JAX names it below once it has been silent for "
+        "distributed.heartbeat_timeout_s=45. Start every process again with the same "
+        "command: the run resumes from what process 0 wrote.")
