@@ -25,3 +25,15 @@ def test_expansions_are_sorted_by_the_exact_value_and_the_best_h_child_read():
         tree, lambda steps: all(step.startswith("ok") for step in steps))
     assert counts == {"expansions": 4, "dead_expansions": 1, "live_all_live": 1,
                       "live_mixed": 2, "mixed_best_child_live": 1}
+
+
+def test_at_a_tie_in_h_the_lower_id_child_is_the_best():
+    # The root's children 1 (dead) and 2 (live) share h = .5: the search takes 1 first.
+    tree = {"expansion_order": [0],
+            "nodes": [node(0, None, []), node(1, 0, ["bad"], h=0.5), node(2, 0, ["ok"], h=0.5)]}
+    counts = search_choices.expansion_kinds(tree, lambda steps: "bad" not in steps)
+    assert counts == {"expansions": 1, "live_mixed": 1, "mixed_best_child_live": 0}
+    # The same pair with the live child first: it is the one read.
+    tree["nodes"][1:] = [node(1, 0, ["ok"], h=0.5), node(2, 0, ["bad"], h=0.5)]
+    counts = search_choices.expansion_kinds(tree, lambda steps: "bad" not in steps)
+    assert counts == {"expansions": 1, "live_mixed": 1, "mixed_best_child_live": 1}
