@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from qstar_jax.models.config import ModelConfig
+
 SCRIPT = Path(__file__).parents[1] / "experiments/bench_decode.py"
 
 
@@ -59,3 +61,18 @@ def test_the_benchmark_runs_ours_on_pages_with_the_attention_it_is_told(
                for line in lines)
     assert any(line.startswith("[trace decode_batch2]") and "host runtime events" in line
                for line in lines)
+
+
+def test_the_roofline_and_the_products_by_hand():
+    """A decode step reads every weight once and each row's cache at its mean length over
+    the new tokens, 64 + 64 / 2 = 96; one layer applies seven products."""
+    import bench_decode
+
+    # 2 rows: 1000 weight bytes + 2 x 96 x 10 KV bytes a step at 1 MB/s.
+    assert bench_decode.roofline_tok_s(2, 1000, 10, 1e6) == 2 * 1e6 / (1000 + 2 * 96 * 10)
+    cfg = ModelConfig(model_type="llama", vocab_size=32, hidden_size=12, intermediate_size=20,
+                      num_layers=3, num_heads=4, num_kv_heads=2, head_dim=5)
+    assert bench_decode.kv_token_bytes(cfg, "bfloat16") == 2 * 3 * 2 * 5 * 2 == 120
+    # q 4 x 5 = 20 outputs, k and v 2 x 5 = 10, o back to 12; gate, up and down over 20.
+    assert bench_decode.layer_product_shapes(cfg) == [
+        (12, 20), (12, 10), (12, 10), (20, 12), (12, 20), (12, 20), (20, 12)]
