@@ -43,3 +43,19 @@ def test_a_shape_then_random_weights_that_both_sides_read_alike(tmp_path, monkey
     with torch.inference_mode():
         their_logits = theirs(torch.tensor(np.asarray(ids))).logits.numpy()
     np.testing.assert_allclose(logits, their_logits, atol=1e-4)
+
+
+def weight_bytes(folder: Path) -> bytes:
+    return b"".join(path.read_bytes() for path in sorted(folder.glob("*.safetensors")))
+
+
+def test_the_weights_are_drawn_from_the_seed(tmp_path, monkeypatch):
+    shape = tmp_path / "shape"
+    run_script(monkeypatch, "--like", str(save_tiny_checkpoint(tmp_path / "source", "llama")),
+               "--out", str(shape), "--shape-only")
+    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+        run_script(monkeypatch, "--like", str(shape), "--out", str(tmp_path / name),
+                   "--seed", seed)
+    assert weight_bytes(tmp_path / "a") == weight_bytes(tmp_path / "b")
+    assert weight_bytes(tmp_path / "a") != weight_bytes(tmp_path / "c")
+    assert len(weight_bytes(tmp_path / "a")) > 0
