@@ -251,3 +251,30 @@ def test_a_move_into_on_chip_memory_is_not_a_copy():
                       root="dynamic-slice")
     assert device_program.copies_an_array(slice_to("2,1,0"))
     assert not device_program.copies_an_array(slice_to("1,2,0:T(8,128)(2,1)S(1)"))
+
+
+def test_a_stored_product_is_a_big_elementwise_fusion_from_a_dot_general():
+    """A loop fusion from dot_general writing 8 MiB stores a product; a dot or a
+    convolution computes one, a reduction or an in-place cache update stores none, and
+    neither does a fusion of a MiB less a byte. Only the moves of 1 MiB or more are copies;
+    a slice that also multiplies is not a move."""
+    import device_program
+    from device_trace import Fusion
+
+    def fusion(opcodes, root, shape="bf16[2048,2048]{1,0}"):
+        return Fusion(shape=shape, opcodes=opcodes, sources=["dot_general"], reads=[],
+                      root=root)
+    assert device_program.writes_a_product(fusion(["broadcast", "multiply"], "multiply"))
+    for opcodes, root in ((["dot"], "dot"), (["convolution"], "convolution"),
+                          (["multiply", "reduce"], "reduce"),
+                          (["multiply", "dynamic-update-slice"], "dynamic-update-slice"),
+                          (["multiply", "scatter"], "scatter")):
+        assert not device_program.writes_a_product(fusion(opcodes, root)), root
+    assert not device_program.writes_a_product(fusion(["multiply"], "multiply", "u8[1048575]"))
+    assert device_program.writes_a_product(fusion(["multiply"], "multiply", "u8[1048576]"))
+    assert device_program.copies_an_array(fusion(["dynamic-slice", "copy"], "copy"))
+    assert not device_program.copies_an_array(fusion(["dynamic-slice", "multiply"], "multiply"))
+    assert not device_program.copies_an_array(fusion(["copy"], "copy", "f32[262143]"))
+    # A tuple's elements summed, each at its type's width.
+    assert device_program.array_bytes("(s32[], bf16[3,4]{1,0}, pred[5], f64[2])") == \
+        4 + 24 + 5 + 16
