@@ -83,3 +83,23 @@ def test_every_fusion_of_a_compiled_function_is_described():
                if " fusion(" in line]
     assert fusions and sorted(contents) == sorted(TRACE["kernel_name"](f) for f in fusions)
     assert any("tanh" in described for described in contents.values())
+
+
+def test_without_a_device_the_host_runtime_threads_are_summarised():
+    """XLA:CPU's trace: kernels run on its tf_XLA* threads; the Python thread's events and
+    a trace of neither do not count."""
+    meta = [{"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/host:CPU"}},
+            {"ph": "M", "pid": 1, "tid": 3, "name": "thread_name",
+             "args": {"name": "tf_XLACpuCompile"}},
+            {"ph": "M", "pid": 1, "tid": 4, "name": "thread_name", "args": {"name": "python3"}}]
+    events = [{"ph": "X", "pid": 1, "tid": 3, "name": "fusion_1", "ts": 10.0, "dur": 4.0},
+              {"ph": "X", "pid": 1, "tid": 3, "name": "fusion_1", "ts": 20.0, "dur": 2.0},
+              {"ph": "X", "pid": 1, "tid": 4, "name": "PjitFunction", "ts": 0.0, "dur": 90.0}]
+    figures = summary({"traceEvents": meta + events})
+    assert figures["kind"] == "host runtime events (no device in the trace)"
+    assert (figures["events"], figures["busy_ms"], figures["span_ms"]) == (2, 0.006, 0.012)
+    assert figures["top"] == [{"name": "fusion_1", "count": 2, "total_ms": 0.006,
+                               "mean_us": 3.0}]
+    assert summary({"traceEvents": meta[:1]}) == {
+        "kind": "host runtime events (no device in the trace)", "events": 0, "busy_ms": 0.0,
+        "span_ms": 0.0, "top": []}
