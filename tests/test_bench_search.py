@@ -8,6 +8,7 @@ import json
 import runpy
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -85,3 +86,39 @@ def test_a_page_fills_as_many_places_as_the_slot_keeping_most_tokens_in_it(monke
     assert filled_places(table, held, 4, [0, 1, 2], [6, 7, 5], num_pages=9) == 4 + 2 + 3
     assert filled_places(table, held, 4, [2], [5], num_pages=9) == 4 + 1
     assert filled_places(table, held, 4, [], [], num_pages=9) == 0
+
+
+def test_a_pass_searches_in_waves_and_sums_each_results_counts(monkeypatch):
+    """search() over 5 problems in waves of 2 runs run_search on planners [0, 1], [2, 3],
+    [4], every step handed back counted; figures() sums the results' counters."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import bench_search
+
+    calls = []
+
+    def run_search(count, make_planner, expander, q_fn, *, include_trees, progress):
+        planners = [make_planner(i) for i in range(count)]
+        calls.append(planners)
+        children = expander.expand(planners)  # each planner's one request: two steps
+        return [SimpleNamespace(tree={"planner": p, "steps": len(c)}, counters=SimpleNamespace(
+            expansions=1, prefilled_tokens=10 * p, generated_tokens=p + 1))
+                for p, c in zip(planners, children)]
+
+    class Expander:
+        def expand(self, requests):
+            return [[SimpleNamespace(token_ids=[7] * r), SimpleNamespace(token_ids=[8])]
+                    for r in requests]
+
+    monkeypatch.setattr("qstar_jax.search.driver.run_search", run_search)
+    result = bench_search.search(Expander(), lambda i: i, 5, wave=2)
+    assert calls == [[0, 1], [2, 3], [4]]
+    assert result.step_tokens == (0 + 1 + 2 + 3 + 4) + 5  # r tokens and 1 each request
+    figures = result.figures(first_pass_s=2.5, peak_kv_bytes=4096)
+    assert (figures.expansions, figures.prefilled_tokens, figures.generated_tokens) == (
+        5, 100, 15)
+    assert (figures.wall_s, figures.first_pass_s, figures.step_tokens,
+            figures.peak_kv_bytes) == (result.wall_s, 2.5, 10 + 5, 4096)
+    again = bench_search.search(Expander(), lambda i: i, 5, wave=5)
+    assert calls[-1] == [0, 1, 2, 3, 4] and again.trees_hash == result.trees_hash
+    other = bench_search.search(Expander(), lambda i: 4 - i, 5, wave=5)
+    assert other.trees_hash != result.trees_hash  # the same trees in another order
