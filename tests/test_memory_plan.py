@@ -356,3 +356,25 @@ def test_a_learned_prm_is_not_counted_unless_given_a_config(tmp_path):
     mistral = f"{ARCHITECTURES}/mistral-7b-v0.1.json"
     assert memory_plan.evaluate_models(run, prm_config=mistral) == {
         "prm": ModelConfig.from_hf(json.loads(Path(mistral).read_text()))}
+
+
+def test_the_command_passes_its_page_size_prompt_and_backend_to_the_plan(tmp_path, capsys):
+    """SMALL_SEARCH at --page-size 32 and a 50-token prompt: qstar peaks at 2 prompt pages
+    + ceil(300 / 32) + 15 leaves + 3 rows x 1 = 30 pages (best_of_n 20, greedy 7); on a
+    TPU the decoder keeps no per-layer copy. (SmolLM2's shape from its config.json: the
+    GGUF's metadata takes seconds to read.)"""
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "llama", "vocab_size": 49152, "hidden_size": 576,
+        "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+        "num_key_value_heads": 3, "tie_word_embeddings": True}))
+    smollm2 = ["--model-config", str(tmp_path / "config.json")]
+    code, figures = plan_json(capsys, *SMALL_SEARCH, *smollm2, "--memory", "2GB",
+                              "--page-size", "32", "--prompt-tokens", "50", "--backend", "tpu")
+    assert code == 0 and figures["fits"]
+    assert (figures["page_size"], figures["prompt_tokens"], figures["search_pages"]) == (
+        32, 50, 2 + 10 + 15 + 3)
+    assert figures["model_bytes"] == {"policy": 134_515_008 * 4}
+    assert figures["pages"] == (int(0.9 * 2e9) - 134_515_008 * 4) // (32 * 46080)
+    _, on_gpu = plan_json(capsys, *SMALL_SEARCH, *smollm2, "--memory", "2GB")  # default: gpu
+    assert on_gpu["model_bytes"] == {"policy": (134_515_008 + 106_202_880) * 4}
+    assert (on_gpu["page_size"], on_gpu["prompt_tokens"]) == (16, 256 - 20)
