@@ -131,6 +131,15 @@ def test_memory_units_are_decimal_or_binary_as_written():
     assert memory_plan.parse_memory("80gb") == 80 * 10**9
     assert memory_plan.parse_memory("2MiB") == 2 * 2**20
     assert memory_plan.parse_memory("2e9") == 2 * 10**9
+    assert memory_plan.parse_memory("10B") == memory_plan.parse_memory(" 10 ") == 10
+    assert memory_plan.parse_memory("1.5 GB") == 1_500_000_000
+    assert memory_plan.parse_memory("3 kib") == 3 * 1024
+    assert memory_plan.parse_memory("2TiB") == 2 * 2**40
+    assert memory_plan.parse_memory("2 TB") == 2 * 10**12
+    assert memory_plan.parse_memory("5MB") == 5 * 10**6
+    for text in ("80 GiBs", "GB", "1 GB 2"):
+        with pytest.raises(ValueError, match=f"memory '{text}': give a number"):
+            memory_plan.parse_memory(text)
 
 
 def test_a_checkpoint_not_on_this_machine_asks_for_its_config_json(capsys):
