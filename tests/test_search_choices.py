@@ -1,7 +1,11 @@
 """experiments/search_choices.py sorts a dumped tree's expansions by the exact value."""
 
 import importlib.util
+import json
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 SCRIPT = Path(__file__).parents[1] / "experiments/search_choices.py"
 spec = importlib.util.spec_from_file_location("search_choices", SCRIPT)
@@ -37,3 +41,34 @@ def test_at_a_tie_in_h_the_lower_id_child_is_the_best():
     tree["nodes"][1:] = [node(1, 0, ["ok"], h=0.5), node(2, 0, ["bad"], h=0.5)]
     counts = search_choices.expansion_kinds(tree, lambda steps: "bad" not in steps)
     assert counts == {"expansions": 1, "live_mixed": 1, "mixed_best_child_live": 1}
+
+
+def test_the_report_sums_each_methods_trees_over_their_own_problems(tmp_path, monkeypatch,
+                                                                    capsys):
+    """Every tree a root with children a (h .9) and b (h .1); a state is live when its
+    steps are all in its own problem's set. qstar's trees of problems 0-3: all dead, then
+    mixed with the best child (a) dead, live, dead: a share of 1 / 3. beam's one tree, of
+    problem 0, has no mixed expansion: no share."""
+    problems = [set(), {"b"}, {"a"}, {"b", "x"}]
+    task = SimpleNamespace(can_still_succeed=lambda problem, steps: set(steps) <= problem)
+    ctx = SimpleNamespace(config=SimpleNamespace(task=SimpleNamespace(
+        name="countdown", eval_split="test", eval_problems=4)), task=task,
+        problems=lambda split, count: problems[:count])
+    monkeypatch.setattr(search_choices.RunContext, "of_run", lambda run: ctx)
+    for method, indices in (("qstar", (3, 2, 1, 0)), ("beam", (0,))):
+        (tmp_path / "trees" / method).mkdir(parents=True)
+        for index in indices:
+            (tmp_path / "trees" / method / f"{index}.json").write_text(json.dumps({
+                "problem_index": index, "expansion_order": [0],
+                "nodes": [node(0, None, []), node(1, 0, ["a"], h=0.9),
+                          node(2, 0, ["b"], h=0.1)]}))
+    report = search_choices.main([str(tmp_path)])
+    assert report == {
+        "beam": {"expansions": 1, "live_all_dead": 1, "mixed_best_child_live_share": None},
+        "qstar": {"expansions": 4, "live_all_dead": 1, "live_mixed": 3,
+                  "mixed_best_child_live": 1, "mixed_best_child_live_share": 0.333}}
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == report
+    assert list(search_choices.main([str(tmp_path), "--method", "qstar"])) == ["qstar"]
+    ctx.config.task.name = "gsm8k"
+    with pytest.raises(SystemExit, match="the exact value exists for"):
+        search_choices.main([str(tmp_path)])
