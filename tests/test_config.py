@@ -46,7 +46,9 @@ def test_round_trip_through_yaml(tmp_path):
     ("eval.methods=[best_of_n_matched,best_of_n,qstar]", "best_of_n_matched"),
     ("stages=[collect,dance]", "dance"),
     ("search.utility=prm", "prm_model"),
-    ("search.utility=countdown_rule", "countdown_rule"),
+    ("search.utility=countdown_rule", "^search.utility: countdown_rule scores Countdown "
+                                      "steps; for task.name=arithmetic choose zero, prm or "
+                                      "code_rule$"),
     ("search.utility=code_rule", "code_rule reads Python"),
     ("task.name=gsm8k", "live_states_only"),
     ("task.name=gsm9k", "task.name: unknown task 'gsm9k'; choose from .*'gsm8k'"),
@@ -116,6 +118,8 @@ def test_round_trip_through_yaml(tmp_path):
     ("q_train.batch_size=0", "q_train.batch_size: must be >= 1, got 0"),
     ("q_train.max_epochs=0", "q_train.max_epochs: must be >= 1, got 0"),
     ("distributed.heartbeat_timeout_s=0", "distributed.heartbeat_timeout_s: .* got 0"),
+    ("search.max_generated_tokens=39", "^search.max_generated_tokens: 39 cannot finish one "
+                                       "step of up to decode.step_token_cap=40 tokens$"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -128,7 +132,8 @@ def test_bad_values_name_the_key(override, message):
     ["policy_training.max_grad_norm=null"], ["task.train_problems=0"], ["search.lam=0"],
     ["search.temperature=0"], ["q_train.hidden_layers=0"], ["q_train.patience=0"],
     ["policy_training.warmup_steps=0"], ["policy_training.value_weight=0"],
-    ["decode.max_len=41"], ["decode.page_size=32", "decode.max_len=160"],
+    ["decode.max_len=41"], ["search.max_generated_tokens=40"],
+    ["decode.page_size=32", "decode.max_len=160"],
     ["decode.page_size=16", "decode.pages=99", "mesh.data=-1"],
     ["search.utility=prm", "search.prm_model=/a/prm"],
     ["search.utility=prm", "stages=[train_policy,collect,label,train_q,train_prm,evaluate]"],
