@@ -5,6 +5,10 @@ import json
 import runpy
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+
+import jax.numpy as jnp
+import numpy as np
 
 SCRIPT = Path(__file__).parents[1] / "experiments/bench_paged_attention.py"
 
@@ -23,3 +27,25 @@ def test_the_benchmark_times_each_kernel_block_against_the_jnp_path(monkeypatch,
     fastest = min(figures["us_per_call"]["pallas_16_keys"],
                   figures["us_per_call"]["pallas_64_keys"])
     assert figures["kernel_vs_jnp"] == figures["us_per_call"]["jnp"] / fastest
+
+
+def test_ragged_rows_hold_each_shuffled_page_once_and_every_layer_is_summed(monkeypatch):
+    """5 rows of 1-40 tokens on 8-token pages: each row's first ceil(length / 8) table
+    entries are pages of the pool, every page used by exactly one row, the rest of its 5
+    entries the pool size; the layer loop sums all 3 layers' outputs (1 + 2 + 3 times q)."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    bench = runpy.run_path(str(SCRIPT))
+    args = SimpleNamespace(seed=3, lengths=[1, 40], page_size=8, rows=5, layers=2,
+                           kv_heads=1, head_dim=4, heads=2)
+    q, k_pages, v_pages, table, lengths = bench["ragged_pages"](args, jnp.float32)
+    table, lengths = np.asarray(table), np.asarray(lengths)
+    used = -(-lengths // 8)
+    pool = int(used.sum())
+    assert table.shape == (5, 5) and k_pages.shape == v_pages.shape == (2, pool, 1, 8, 4)
+    assert q.shape == (5, 1, 2, 4) and all(1 <= length <= 40 for length in lengths)
+    assert sorted(np.concatenate([row[:n] for row, n in zip(table, used)])) == list(range(pool))
+    assert all((row[n:] == pool).all() for row, n in zip(table, used))
+    run = bench["every_layer"](lambda q, k, v, table, lengths, layer: q * (layer + 1), 3)
+    total, last = run(q, k_pages, v_pages, table, lengths)
+    np.testing.assert_allclose(total, 6 * q)
+    np.testing.assert_allclose(last, 3 * q)
