@@ -32,6 +32,9 @@ def test_the_benchmark_times_each_setting_against_xlas_products(monkeypatch, cap
     for tokens in ("1", "3"):
         best = figures["best_blocks"][tokens]
         by_product = {run["product"]: run for run in runs if str(run["tokens"]) == tokens}
+        for name, setting in best.items():  # the fastest setting of each product
+            settings = {k: us for k, us in by_product[name]["us"].items() if k != "xla"}
+            assert settings[setting] == min(settings.values()), (tokens, name)
         assert figures["layer_us"][tokens]["kernel_best"] == pytest.approx(
             sum(by_product[name]["us"][best[name]] for name in best))
         assert figures["layer_us"][tokens]["xla"] == pytest.approx(
