@@ -327,9 +327,13 @@ def parse_memory(text: str) -> int:
     """'80GB', '141 GiB', '2e9' -> bytes."""
     match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([A-Za-z]*)\s*", text)
     unit = match.group(2).upper() if match else None
-    if match is None or (unit not in UNITS and unit not in ("", "B")):
+    try:
+        number = float(match.group(1)) if match else None
+    except ValueError:  # the pattern admits 'e' or '1.2.3', which are no number
+        number = None
+    if number is None or (unit not in UNITS and unit not in ("", "B")):
         raise ValueError(f"memory {text!r}: give a number with one of {sorted(UNITS)}")
-    return int(float(match.group(1)) * UNITS.get(unit, 1))
+    return int(number * UNITS.get(unit, 1))
 
 
 def main(argv=None) -> int:

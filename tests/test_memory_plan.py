@@ -137,7 +137,7 @@ def test_memory_units_are_decimal_or_binary_as_written():
     assert memory_plan.parse_memory("2TiB") == 2 * 2**40
     assert memory_plan.parse_memory("2 TB") == 2 * 10**12
     assert memory_plan.parse_memory("5MB") == 5 * 10**6
-    for text in ("80 GiBs", "GB", "1 GB 2"):
+    for text in ("80 GiBs", "GB", "1 GB 2", "eGB", "1.2.3 GB"):
         with pytest.raises(ValueError, match=f"memory '{text}': give a number"):
             memory_plan.parse_memory(text)
 
