@@ -73,3 +73,21 @@ def test_a_start_past_what_the_slot_holds_is_refused(random_decoder):
         random_decoder.prefill(slot, [NEW_TAIL], starts=[len(PREFIX) + 1])
     with pytest.raises(ValueError, match="room"):
         random_decoder.prefill(slot, [[1] * (RANDOM_MAX_LEN - 4)], starts=[len(PREFIX)])
+
+
+def test_a_prompt_ending_on_a_page_end_leaves_the_next_shared_page_alone(random_model):
+    # The kept row's 16 tokens fill four 4-token pages, which the child shares. The child
+    # keeps 10 and writes 2, ending at position 12 on its third page's end, padded to the
+    # call's 16: its fourth page, still the kept row's, is past what the call writes.
+    decoder = _decoder(random_model, Paging(page_size=4, num_pages=64))
+    kept = decoder.allocate(1)
+    decoder.prefill(kept, [PREFIX + KEPT_TAIL])
+    child = decoder.allocate(1, near=kept)
+    decoder.fork(kept, child)
+    last_page = decoder.pages.table[kept[0], 3]
+    before = np.asarray(decoder.cache.k[:, last_page]), np.asarray(decoder.cache.v[:, last_page])
+    decoder.prefill(child, [NEW_TAIL[:2]], starts=[len(PREFIX)])
+    assert decoder.pages.table[kept[0], 3] == last_page
+    np.testing.assert_array_equal(decoder.lengths([*kept, *child]), [16, 12])
+    np.testing.assert_array_equal(decoder.cache.k[:, last_page], before[0])
+    np.testing.assert_array_equal(decoder.cache.v[:, last_page], before[1])
