@@ -2,12 +2,14 @@
 computed once."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_sampler import EndReason
+from qstar_jax.decoding.trie_draws import _split
 from qstar_jax.decoding.trie_steps import sample_trie_steps
 from qstar_jax.policy.runtime import PolicyRuntime
 from qstar_jax.tasks.base import Problem
@@ -214,3 +216,26 @@ def test_calls_in_the_same_buckets_compile_once(wide_decoder):
     assert wide_decoder.trace_counts["sample_trie"] == 1
     _sample(wide_decoder, [4, 1, 2], [3, 4, 5], temperature=0.5)  # 7 rows, counts up to 4
     assert wide_decoder.trace_counts["sample_trie"] == 1
+
+
+def test_a_rounds_draws_split_to_the_free_rows_in_draw_order():
+    # Six rows, K = 4: row 0 draws 5 7 8 5, row 1 draws 2 2 2, row 3 draws 2 6 1; rows
+    # 2, 4 and 5 are free. A row keeps its first token with the draws of it (5 twice, 2
+    # three times; row 3's 2 is its own, not row 1's repeat), the new tokens 7, 8, 6 take
+    # the free rows in draw order and 1, past the last, gets none (6); repeats go nowhere.
+    tokens = jnp.array([5, 7, 8, 5, 2, 2, 2, 2, 6, 1], jnp.int32)
+    parent = jnp.array([0, 0, 0, 0, 1, 1, 1, 3, 3, 3], jnp.int32)
+    spare = jnp.array([False, False, True, False, True, True])
+    split = jax.jit(_split)  # one compile, not one per eager op
+    target, draws, is_new = split(tokens, parent, jnp.ones(10, bool), spare, jnp.arange(1, 4))
+    assert target.tolist() == [0, 2, 4, 6, 1, 6, 6, 3, 5, 6]
+    assert draws.tolist() == [2, 1, 1, 1, 3, 2, 1, 1, 1, 1]
+    assert is_new.tolist() == [False, True, True, False, False, False, False, False, True, True]
+    # The draws past the going rows' counts are made from the last row (here row 1, which
+    # draws 2 three times): their 7 is no new token and their 2 no further draw of it.
+    tokens, parent = jnp.array([4, 2, 2, 2, 7, 2]), jnp.array([0, 1, 1, 1, 1, 1])
+    target, draws, is_new = split(tokens, parent, jnp.arange(6) < 4, jnp.array([False, False]),
+                                  jnp.arange(1, 4))
+    assert target.tolist() == [0, 1, 2, 2, 2, 2]
+    assert draws.tolist() == [1, 3, 2, 1, 1, 1]
+    assert is_new.tolist() == [False] * 6
