@@ -4,10 +4,12 @@ loan is what its rows can reach in its rounds."""
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from qstar_jax.decoding.data_shards import RowLayout
-from qstar_jax.decoding.page_bookkeeping import lend_trie_pages, with_page_table
-from qstar_jax.decoding.paged_cache import PageTable, init_paged_cache
+from qstar_jax.decoding.page_bookkeeping import (lend_trie_pages, own_trie_pages,
+                                                 with_page_table)
+from qstar_jax.decoding.paged_cache import PagePoolExhausted, PageTable, init_paged_cache
 from tests.decoding.tiny_models import tiny_config
 
 
@@ -56,3 +58,32 @@ def test_a_trie_call_is_lent_what_its_rows_reach_in_its_rounds_per_shard():
     assert loan.tolist() == [2, 3, 4, 5, 6, 7, *[20] * 4, 3, 4, 5, 6, *[20] * 6]
     assert pages.lent.tolist() == [1, 2, 3, 4, 5, 6, 7, 23, 24, 25, 26]
     assert pages.num_free_pages == 40 - 4 - 11
+
+
+def test_a_trie_near_a_full_slot_needs_the_pages_up_to_the_slot_and_copies_its_shared_page():
+    # A group's slot shares 30 tokens (8 four-token pages, the last partly filled) with
+    # its sibling; 4 of 12 pages are free. Its steps, capped at 8 tokens, end at the
+    # slot's 32: each takes at most the one page it is in, so 3 steps fit, 5 do not.
+    pages = PageTable(num_slots=4, num_pages=12, page_size=4, max_len=32)
+    cache = init_paged_cache(tiny_config(64), slots=4, pages=12, page_size=4, max_len=32)
+    sibling, group = pages.allocate(2)
+    pages.reserve([sibling], [0], [30])
+    pages.fork([sibling], [group])
+    lengths = np.array([30, 30, 0, 0])
+    copies = []
+
+    def copy(cache, sources, targets):
+        copies.append((sources.tolist(), targets.tolist()))
+        return cache
+
+    with pytest.raises(PagePoolExhausted, match="needs 5 new pages .* only 4 of 12"):
+        own_trie_pages(pages, cache, np.array([group]), lengths, np.array([5]), 8, 32, copy)
+    assert copies == [] and pages.num_free_pages == 4
+    cache = own_trie_pages(pages, cache, np.array([group]), lengths, np.array([3]), 8, 32,
+                           copy)
+    # Only the partly filled page is the group's own now: a copy of page 7 into page 8.
+    assert copies == [([7], [8])]
+    assert pages.table[group].tolist() == [0, 1, 2, 3, 4, 5, 6, 8]
+    np.testing.assert_array_equal(cache.page_table, pages.table)
+    assert pages.num_free_pages == 3
+    pages.check_counts()
