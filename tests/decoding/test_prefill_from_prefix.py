@@ -19,9 +19,12 @@ NEW_TAIL = [4, 4, 6, 1, 12, 30, 21]  # what the new prompt holds after it
 
 
 def _decoder(model, paging):
+    """Attention windows from 8 positions: the child's 7 tokens after 10 end at 17, so its
+    prefill call (16 tokens) attends over 32, which holds its last token's key (16
+    would not)."""
     return Decoder(model, num_slots=16, max_len=RANDOM_MAX_LEN,
                    newline_table=np.zeros(64, bool), eos_ids=[], min_batch_bucket=2,
-                   min_step_bucket=STEP_BUCKET, paging=paging)
+                   min_step_bucket=STEP_BUCKET, min_window_bucket=8, paging=paging)
 
 
 def _greedy_tokens(decoder, slots):
