@@ -8,6 +8,7 @@ import pytest
 from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.jit_calls import LastCall, out_shardings
 from qstar_jax.decoding.kv_cache import SlotPoolExhausted
+from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_sampler import EndReason
 from tests.decoding.stepping import generate_steps
@@ -155,3 +156,35 @@ def test_a_jitted_call_compiles_again_for_its_last_arguments_in_its_context():
     assert entered == [0, 1, 2]  # each call and the compile ran in the context
     assert out_shardings({"fork": "layout"}, "fork") == {"out_shardings": "layout"}
     assert out_shardings({"fork": "layout"}, "prefill") == {}
+
+
+def test_a_step_or_trie_that_fails_gives_back_the_pages_it_reserved_or_was_lent(random_model,
+                                                                              monkeypatch):
+    decoder = Decoder(random_model, num_slots=4, max_len=16, newline_table=np.zeros(64, bool),
+                      eos_ids=[], paging=Paging(page_size=4, num_pages=12))
+    parent, child = decoder.allocate(2)
+    decoder.prefill([parent], [[1, 2, 3, 4, 5, 6]])  # pages 0 and 1, the second partly full
+    decoder.fork([parent], [child])
+
+    def device_lost(*args):
+        raise RuntimeError("device lost")
+
+    # The step reserved positions 6-13 (a copy of page 1 and two pages more) and failed
+    # before its first chunk: the child keeps page 0 and its copy, the rest go back.
+    monkeypatch.setattr(decoder, "_sample_chunk", device_lost)
+    with pytest.raises(RuntimeError, match="device lost"):
+        decoder.sample_steps([child], **_step_args(1, max_tokens=8))
+    pages = decoder.pages
+    assert pages.table[child, :pages.pages_held[child]].tolist() == [0, 2]
+    assert pages.num_free_pages == 9
+    # A trie of 2 steps after the parent was lent 5 pages (2 for its step's 8 tokens, 3
+    # for a spare's) and failed in its call: they go back.
+    spare = decoder.allocate(1, near=[parent])
+    monkeypatch.setattr(decoder, "_sample_trie", device_lost)
+    with pytest.raises(RuntimeError, match="device lost"):
+        decoder.sample_trie([parent], [2], spare, key_table=jax.random.split(jax.random.key(0), 1),
+                            key_rows=[0], group_ids=[0], params=SamplingParams.make(1),
+                            max_tokens=8)
+    assert pages.lent.size == 0 and pages.num_free_pages == 9
+    pages.check_counts()
+    np.testing.assert_array_equal(decoder.lengths([parent, child, *spare]), [6, 6, 0])
