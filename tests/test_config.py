@@ -1,6 +1,8 @@
+import json
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from qstar_jax.config import Agg, ConfigError, RunConfig, load_config, to_yaml
 from qstar_jax.search.astar import AStarConfig
@@ -148,7 +150,16 @@ def test_values_on_the_edge_of_each_range_are_taken(overrides):
     kept rows or chunk, data -1 (whatever devices the model axis leaves, which any slots
     or pages split over), no clipping, a step cap one under max_len, a PRM named or
     trained in the run."""
-    load_config(None, overrides)  # not refused
+    taken = OmegaConf.create(OmegaConf.to_container(
+        OmegaConf.structured(load_config(None, overrides)), enum_to_str=True))
+    given = OmegaConf.from_dotlist(overrides)
+    for key in (override.split("=")[0] for override in overrides):  # not refused, and held
+        assert plain(OmegaConf.select(taken, key)) == plain(OmegaConf.select(given, key)), key
+
+
+def plain(value):
+    """A setting as JSON reads it: tuples and list nodes as lists, 1 and 1.0 alike."""
+    return json.loads(json.dumps(value, default=list))
 
 
 @pytest.mark.parametrize("overrides, message", [
