@@ -11,6 +11,7 @@ from qstar_jax.decoding.kv_cache import SlotPoolExhausted
 from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_sampler import EndReason
+from qstar_jax.decoding.trie_chunks import ChunkedTrie
 from tests.decoding.stepping import generate_steps
 from tests.decoding.tiny_models import RANDOM_MAX_LEN
 
@@ -188,3 +189,29 @@ def test_a_step_or_trie_that_fails_gives_back_the_pages_it_reserved_or_was_lent(
     assert pages.lent.size == 0 and pages.num_free_pages == 9
     pages.check_counts()
     np.testing.assert_array_equal(decoder.lengths([parent, child, *spare]), [6, 6, 0])
+
+
+def test_a_trie_whose_rows_never_end_stops_with_an_error_and_gives_back_its_pages(
+        random_model, monkeypatch):
+    decoder = Decoder(random_model, num_slots=4, max_len=16, newline_table=np.zeros(64, bool),
+                      eos_ids=[], step_chunk=2, paging=Paging(page_size=4, num_pages=12))
+    parent, = decoder.allocate(1)
+    decoder.prefill([parent], [[1, 2, 3, 4, 5, 6]])
+    spare = decoder.allocate(1, near=[parent])
+    add = ChunkedTrie.add
+
+    def keep_rows(trie, *args):  # a bug that never lets the last rows go
+        rows = trie.rows
+        add(trie, *args)
+        if not trie.rows.size:
+            trie.rows = rows
+
+    monkeypatch.setattr(ChunkedTrie, "add", keep_rows)
+    with pytest.raises(RuntimeError, match="still had 2 rows going after 9 calls for 4-token"):
+        decoder.sample_trie([parent], [2], spare, key_table=jax.random.split(jax.random.key(0), 1),
+                            key_rows=[0], group_ids=[0], params=SamplingParams.make(1),
+                            max_tokens=4)
+    assert decoder.trie_work["calls"] == 9
+    assert decoder.pages.lent.size == 0 and decoder.pages.num_free_pages == 10
+    decoder.pages.check_counts()
+    np.testing.assert_array_equal(decoder.lengths([parent, *spare]), [6, 0])
