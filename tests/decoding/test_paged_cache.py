@@ -346,3 +346,41 @@ def test_lent_pages_come_back_unless_a_forked_slot_holds_them():
     table.check_counts()
     table.free([parent, child, other])
     assert not table.refcounts.any() and table.num_free_pages == 10
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(max_len=30), "max_len 30 must be a multiple of the page size 4"),
+    (dict(num_pages=10, shards=4), "10 pages do not split into 4 equal data shards"),
+])
+def test_a_page_table_that_cannot_hold_whole_pages_is_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        PageTable(**{**dict(num_slots=4, num_pages=8, page_size=PAGE_SIZE, max_len=MAX_LEN),
+                     **settings})
+
+
+def test_writes_forks_and_settles_of_slots_not_allocated_or_listed_twice_change_nothing():
+    table = PageTable(num_slots=4, num_pages=8, page_size=PAGE_SIZE, max_len=MAX_LEN)
+    a, b = table.allocate(2)
+    free_slot = 3
+    table.reserve([a], [0], [6])  # pages 0 and 1
+    snapshot = (table.table.copy(), table.refcounts.copy(), table.num_free_pages)
+    refusals = [
+        (lambda: table.reserve([free_slot], [0], [4]), "cannot write to slot 3: it is not "
+                                                       "allocated"),
+        (lambda: table.reserve([a, a], [6, 6], [8, 8]), r"slots \[0, 0\]: a slot is listed "
+                                                        "twice"),
+        (lambda: table.reserve([a], [7], [6]), r"cannot write positions \[7, 6\) of slot 0"),
+        (lambda: table.fork([a], [free_slot]), r"cannot fork: slots \[3\] are not allocated"),
+        (lambda: table.fork([free_slot], [b]), r"cannot fork: slots \[3\] are not allocated"),
+        (lambda: table.settle([b, b], [table.table[a]] * 2, [6, 6]),
+         r"cannot settle slots \[1, 1\]: each must be allocated, once"),
+        (lambda: table.settle([free_slot], [table.table[a]], [6]),
+         r"cannot settle slots \[3\]: each must be allocated, once"),
+    ]
+    for refuse, message in refusals:
+        with pytest.raises(ValueError, match=message):
+            refuse()
+        assert np.array_equal(table.table, snapshot[0])
+        assert np.array_equal(table.refcounts, snapshot[1])
+        assert table.num_free_pages == snapshot[2]
+    table.check_counts()
