@@ -3,9 +3,11 @@ checks before any stage runs, the stages' order and what a process says when it 
 the others."""
 
 import pytest
+from jax.sharding import AbstractMesh
 
 from qstar_jax import run
 from qstar_jax.config import ConfigError, DistributedConfig, load_config, to_yaml
+from qstar_jax.parallel import DATA, MODEL
 from qstar_jax.run import parse_args
 from qstar_jax.stages.context import RunContext
 
@@ -82,3 +84,18 @@ def test_a_process_that_lost_the_others_says_what_to_do():
         "process most likely died: JAX names it below once it has been silent for "
         "distributed.heartbeat_timeout_s=45. Start every process again with the same "
         "command: the run resumes from what process 0 wrote.")
+
+
+def test_a_page_pool_that_does_not_split_over_the_mesh_is_refused_before_any_stage(
+        tmp_path, monkeypatch, capsys):
+    """``mesh.data=-1`` takes every device, so only the mesh tells whether the pages split
+    over its data shards: 4 here (one device stands in for four)."""
+    monkeypatch.setattr(run, "make_mesh", lambda data, model: AbstractMesh(
+        (4, 1), (DATA, MODEL)))
+    monkeypatch.setattr(run, "run_stages", lambda ctx: pytest.fail("a stage ran"))
+    overrides = ["decode.slots=8", "decode.max_len=64", "decode.page_size=16",
+                 "--out", str(tmp_path)]
+    assert run.main([*overrides, "decode.pages=30"]) == 2
+    assert capsys.readouterr().err == ("config error: decode.pages: 30 pages do not split "
+                                       "over this mesh's 4 data shards\n")
+    assert not (tmp_path / "config.yaml").exists()
