@@ -2,6 +2,7 @@ import dataclasses
 import json
 
 import pytest
+from matplotlib.figure import Figure
 
 from qstar_jax.outputs import reports
 from qstar_jax.outputs.reports import (matched_samples, paired_difference, summarize,
@@ -181,3 +182,26 @@ def test_only_best_of_n_and_mctsr_ceilings_get_a_row_and_wall_clock_keeps_millis
     assert summary["self_consistency"]["wall_s"] == 0.623
     table = (tmp_path / "summary.md").read_text().splitlines()
     assert len(table) == 3 and table[2].startswith("| self_consistency | 0.0 (")
+
+
+def test_the_plot_puts_each_method_at_its_tokens_per_problem_and_accuracy_with_its_interval(
+        tmp_path, monkeypatch):
+    saved = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, path, **_: saved.append(fig))
+    rows = [result("greedy", "a", True, 10), result("greedy", "b", False, 30),
+            result("qstar", "a", True, 50)]
+    summary = summarize(rows, ["greedy", "qstar"])
+    reports.plot_accuracy_vs_tokens(summary, tmp_path / "plot.png")
+    ax, = saved[0].axes
+    points = {}
+    for bars in ax.containers:
+        line, _, (segments,) = bars.lines
+        (x, y), = zip(line.get_xdata(), line.get_ydata())
+        (bar_x, low), (_, high) = segments.get_segments()[0]
+        points[bars.get_label()] = (x, y, bar_x, low, high)
+    greedy_low, greedy_high = (100 * v for v in wilson_interval(1, 2))
+    qstar_low, qstar_high = (100 * v for v in wilson_interval(1, 1))
+    assert points == {"greedy": pytest.approx((20, 50, 20, greedy_low, greedy_high)),
+                      "qstar": pytest.approx((50, 100, 50, qstar_low, qstar_high))}
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("generated tokens per problem",
+                                                  "accuracy (%)")
