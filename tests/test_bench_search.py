@@ -5,6 +5,7 @@ from the real model, in docs/paged_cache.md)."""
 import contextlib
 import io
 import json
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -69,7 +70,12 @@ def test_the_ratios_are_of_the_runs_it_reports(report):
     assert places["held_twice"] >= 0
     page_size = figures["settings"]["page_size"]
     assert 0 <= places["unfilled"] <= places["slots"] * (page_size - 1)
-    assert any(line.startswith("z = ") for line in lines)
+    # z is (a)'s peak pages' token places over the distinct tokens then, as printed.
+    z_line, = [line for line in lines if line.startswith("z = ")]
+    pages, size, distinct = map(int, re.match(
+        r"z = (\d+) peak pages x (\d+) / (\d+) distinct tokens = ", z_line).groups())
+    assert size == page_size and figures["kv_bytes_vs_distinct_tokens"] == round(
+        pages * size / distinct, 3)
     # (e): the row slots that fit (a)'s peak KV are too few to hold one problem's search.
     assert figures["speedup_vs_slot_copy_equal_kv"] is None
     assert figures["settings"]["equal_kv_rows"] >= 1
