@@ -60,6 +60,18 @@ def test_an_impossible_mesh_is_a_clear_error(data, model, message):
         make_mesh(data, model, devices=jax.devices()[:1])
 
 
+def test_data_minus_one_takes_the_devices_the_model_axis_leaves(monkeypatch):
+    built = []
+    monkeypatch.setattr(jax, "make_mesh", lambda shape, names, **options: built.append(
+        (shape, names, options["devices"])))
+    devices = [f"device {i}" for i in range(8)]
+    for model, data in ((1, 8), (2, 4), (4, 2), (8, 1)):
+        make_mesh(-1, model, devices=devices)
+        assert built.pop() == ((data, model), ("data", "model"), devices)
+    with pytest.raises(MeshError, match="mesh.model=3 does not divide the 8 devices"):
+        make_mesh(-1, 3, devices=devices)
+
+
 def test_the_slot_pool_must_split_evenly_over_the_data_shards():
     mesh = AbstractMesh((4, 1), ("data", "model"))
     check_slots(mesh, 8)
