@@ -67,6 +67,8 @@ from qstar_jax.models.config import ModelConfig
 HEADROOM = 0.9  # the share of memory the weights and the cache may take
 SCRATCH_VOCAB = 256  # a from-scratch policy's character vocabulary is smaller than this
 DEFAULT_PROMPT_TOKENS = 768  # see the module docstring
+# The paper configs' models' HF config.json files, in a source checkout.
+ARCHITECTURES = Path(__file__).resolve().parents[1] / "configs" / "architectures"
 CHAIN_METHODS = ("self_consistency", "best_of_n", "best_of_n_matched")
 UNITS = {"KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**10, "MIB": 2**20,
          "GIB": 2**30, "TIB": 2**40}
@@ -211,6 +213,16 @@ def plan(cfg: ModelConfig, run: RunConfig, *, memory_bytes: int, backend: str,
                       slots_per_search=slots_per_search(run))
 
 
+def shipped_architectures() -> str:
+    """Where a source checkout keeps the paper models' config.json files, to append to
+    the message asking for one ('' where there are none, as in an installed wheel)."""
+    files = sorted(ARCHITECTURES.glob("*.json"))
+    if not files:
+        return ""
+    return (f"; {os.path.relpath(ARCHITECTURES)}/ holds the paper models': "
+            + ", ".join(file.name for file in files))
+
+
 def architecture(source: str, key: str, option: str,
                  model_config: str | None = None) -> ModelConfig:
     """The ModelConfig of the checkpoint ``source`` (config key ``key``) without loading
@@ -225,7 +237,8 @@ def architecture(source: str, key: str, option: str,
     path = resolve_alias(source) if source in PACKAGED_MODELS else Path(source)
     if not path.exists():
         raise ConfigError(f"{key} {source} is not on this machine: give its HF "
-                          f"config.json with {option} to size the run without it")
+                          f"config.json with {option} to size the run without it"
+                          + shipped_architectures())
     if path.is_dir():
         return read_hf_config(path)
     return gguf_config(open_gguf(path), path)

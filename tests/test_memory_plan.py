@@ -145,8 +145,11 @@ def test_memory_units_are_decimal_or_binary_as_written():
 def test_a_checkpoint_not_on_this_machine_asks_for_its_config_json(capsys):
     code = memory_plan.main(["configs/gsm8k_llama2_7b.yaml", "--memory", "80GB"])
     assert code == 2
-    assert "checkpoints/MetaMath-7B-V1.0 is not on this machine: give its HF config.json " \
-           "with --model-config" in capsys.readouterr().err
+    assert capsys.readouterr().err.endswith(
+        "checkpoints/MetaMath-7B-V1.0 is not on this machine: give its HF config.json with "
+        "--model-config to size the run without it; configs/architectures/ holds the paper "
+        "models': codeqwen1.5-7b.json, deepseek-math-7b.json, llama-2-7b.json, "
+        "mistral-7b-v0.1.json\n")
 
 
 def plan_json(capsys, *argv) -> tuple[int, dict]:
