@@ -4,10 +4,12 @@ which of the rollouts' (s, a) pairs label labels."""
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from qstar_jax.config import load_config
 from qstar_jax.outputs import durable
 from qstar_jax.qvalue.dataset import labelled, load_labelled
+from qstar_jax.qvalue.label_journal import LabelJournal
 from qstar_jax.qvalue.rollouts import ProblemRollouts, Rollout
 from qstar_jax.stages import rollouts
 from qstar_jax.stages.context import RunContext
@@ -33,25 +35,36 @@ def test_collect_samples_each_training_problem_at_collects_settings(tmp_path, mo
             reward(0, tuple(right))) == (1.0, 0.0, 0.0)
 
 
-def test_label_drops_the_pairs_after_a_dead_state_when_asked(tmp_path, monkeypatch):
+def no_features(monkeypatch):
+    """The policy's features stood in by zeros: the label stages' tests load no model."""
     monkeypatch.setattr(rollouts, "last_step_features", lambda model, tokenizer, states,
                         steps: (np.zeros((len(steps), 4), np.float32),
                                 np.zeros(len(steps), np.float32)))
+
+
+def one_problem_run(out, *overrides):
+    """A run on training problem 0 whose rollouts.jsonl holds two traces of two steps, the
+    solution's first two and a wrong first step then the solution's second, both reward 0."""
+    ctx = RunContext(config=load_config(None, ["task.train_problems=1", *overrides]), out=out)
+    ctx.__dict__["policy"] = SimpleNamespace(model=None, tokenizer=None)  # not loaded
+    [problem] = ctx.problems("train", 1)
+    right = ctx.task.solution_steps(problem)
+    wrong = right[0].rsplit(" ", 1)[0] + " -1"  # the first step's sum miscomputed
+    with durable.open_for_append(ctx.rollouts_path) as f:
+        durable.append_records(f, [ProblemRollouts(problem_index=0, temperature=1.0, rollouts=(
+            Rollout(steps=(right[0], right[1]), reward=0.0),
+            Rollout(steps=(wrong, right[1]), reward=0.0))).to_json()])
+    return ctx, right, wrong
+
+
+def test_label_drops_the_pairs_after_a_dead_state_when_asked(tmp_path, monkeypatch):
+    no_features(monkeypatch)
     monkeypatch.setattr(rollouts, "fitted_q_labels", lambda ctx, pairs, features:
                         labelled(pairs, [0.5] * len(pairs)))
 
     def labelled_steps(*overrides):
         out = tmp_path / str(len(list(tmp_path.iterdir())))
-        ctx = RunContext(config=load_config(None, [
-            "task.train_problems=1", "label.method=fitted_q_iteration", *overrides]), out=out)
-        ctx.__dict__["policy"] = SimpleNamespace(model=None, tokenizer=None)  # not loaded
-        [problem] = ctx.problems("train", 1)
-        right = ctx.task.solution_steps(problem)
-        wrong = right[0].rsplit(" ", 1)[0] + " -1"  # the first step's sum miscomputed
-        with durable.open_for_append(ctx.rollouts_path) as f:
-            durable.append_records(f, [ProblemRollouts(problem_index=0, temperature=1.0, rollouts=(
-                Rollout(steps=(right[0], right[1]), reward=0.0),
-                Rollout(steps=(wrong, right[1]), reward=0.0))).to_json()])
+        ctx, right, wrong = one_problem_run(out, "label.method=fitted_q_iteration", *overrides)
         rollouts.label(ctx)
         ctx.rollouts_path.unlink()
         rollouts.label(ctx)  # labels.jsonl is there: the stage reads nothing, writes nothing
@@ -62,3 +75,60 @@ def test_label_drops_the_pairs_after_a_dead_state_when_asked(tmp_path, monkeypat
     assert live == [((), right[0]), ((right[0],), right[1]), ((), wrong)]
     every, _, _ = labelled_steps("label.live_states_only=false")
     assert every == live + [((wrong,), right[1])]
+
+
+class RecordedSolver(rollouts.SolverSampler):
+    """The exact solver, appending each call's items to ``calls``; it raises at call
+    number ``kill_at``, as a kill mid-stage would stop it."""
+
+    def __init__(self, complete, calls: list, kill_at: int | None = None):
+        super().__init__(complete)
+        self.calls, self.kill_at = calls, kill_at
+
+    def continue_from(self, items, n, temperature, max_steps=None):
+        self.calls.append(list(items))
+        if len(self.calls) == self.kill_at:
+            raise KeyboardInterrupt
+        return super().continue_from(items, n, temperature, max_steps)
+
+
+def test_a_killed_label_stage_keeps_its_journal_and_a_finished_one_removes_it(
+        tmp_path, monkeypatch):
+    no_features(monkeypatch)
+    # label.stronger_model=solver is the default; slots for one pair and its rollout a call.
+    ctx, right, wrong = one_problem_run(tmp_path, "label.rollouts_per_state=1", "decode.slots=2")
+    journal = LabelJournal(tmp_path / "labels.partial.jsonl")
+    killed_calls = []
+    monkeypatch.setattr(rollouts, "SolverSampler", lambda complete: RecordedSolver(
+        complete, killed_calls, kill_at=2))
+    with pytest.raises(KeyboardInterrupt):
+        rollouts.label(ctx)
+    # The open pairs, a call each; the second trace's last step ends it (reward 0).
+    assert killed_calls == [[(0, (right[0],))], [(0, (wrong,))]]
+    # right[0] then the solver's 5 steps to the answer: 0.8 ** 5 at label.gamma 0.8.
+    assert journal.known() == {(0, (), right[0]): 0.8 ** 5}
+    assert not ctx.labels_path.exists()
+
+    resumed_calls = []
+    monkeypatch.setattr(rollouts, "SolverSampler", lambda complete: RecordedSolver(
+        complete, resumed_calls))
+    save_labelled = rollouts.save_labelled
+
+    def killed_while_saving(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rollouts, "save_labelled", killed_while_saving)
+    with pytest.raises(KeyboardInterrupt):
+        rollouts.label(ctx)
+    assert resumed_calls == [[(0, (wrong,))]]  # the journalled pair is not completed again
+    # Killed before labels.jsonl is written, the journal still holds every label.
+    assert journal.known() == {(0, (), right[0]): 0.8 ** 5, (0, (), wrong): 0.0}
+    monkeypatch.setattr(rollouts, "save_labelled", save_labelled)
+    rollouts.label(ctx)
+    assert resumed_calls == [[(0, (wrong,))]]  # nothing left to complete
+    steps, _ = load_labelled(ctx.labels_path)
+    assert [(s.prefix_steps, s.step_text, s.label) for s in steps] == [
+        ((), right[0], 0.8 ** 5), ((right[0],), right[1], 0.0), ((), wrong, 0.0)]
+    assert not journal.path.exists()  # the finished stage leaves only its labels
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "labels.jsonl", "labels.jsonl.features.npz", "rollouts.jsonl"]
