@@ -37,3 +37,25 @@ def test_dropping_a_method_keeps_the_others_in_order(tmp_path):
     assert [(r.method, r.problem_id) for r in log.read()] == [("qstar", "a")]
     log.append([result("greedy", "a", False)])
     assert [(r.method, r.problem_id) for r in log.read()] == [("qstar", "a"), ("greedy", "a")]
+
+
+def test_done_names_only_the_methods_own_problems(tmp_path):
+    log = ResultsLog(tmp_path / "results.jsonl")
+    assert log.done("greedy") == set()  # no file yet
+    log.append([result("greedy", "a", True), result("qstar", "b", False),
+                result("greedy", "c", False), result("beam", "a", True)])
+    assert (log.done("greedy"), log.done("qstar"), log.done("tot")) == ({"a", "c"}, {"b"}, set())
+
+
+def test_every_field_reads_back_as_written(tmp_path):
+    log = ResultsLog(tmp_path / "results.jsonl")
+    chain = dataclasses.replace(result("self_consistency", "p", False), answer=None,
+                                any_correct=True, grade_status="timeout", wall_s=1.25)
+    log.append([chain, result("greedy", "p", True)])
+    assert log.read() == [chain, result("greedy", "p", True)]
+    first, second = log.read()
+    assert (first.answer, first.any_correct, first.grade_status) == (None, True, "timeout")
+    # The others leave any_correct and grade_status unset: None, not False.
+    assert (second.any_correct, second.grade_status) == (None, None)
+    log.drop("greedy")
+    assert log.read() == [chain]
