@@ -49,3 +49,32 @@ def test_best_of_n_ranks_by_the_h_that_search_h_agg_folds(h_agg, best, score):
                           RuleUtility(rule=lambda *_: 0.0), progress=False)
     assert result.steps == best
     assert result.score == pytest.approx(score)
+
+
+# Chain a needs 3 steps to end; b ends at its second step; c is the root's third child.
+# By g = the sum of the rewards, c (5.0) beats a (1.2), which beats b (.7 + .3 = 1.0);
+# by the minimum (the default agg), b's .3 loses to a's .4.
+CUT_CHAINS = tree({"": [child("a", q=0.0, reward=0.4), child("b", q=0.0, reward=0.7),
+                        child("c", q=0.0, reward=5.0, end=True)],
+                   "a": [child("a1", q=0.0, reward=0.4)],
+                   "a a1": [child("a2", q=0.0, reward=0.4, end=True)],
+                   "b": [child("b1", q=0.0, reward=0.3, end=True)]})
+
+
+def test_best_of_n_samples_its_given_n_at_eval_settings_and_cuts_chains_at_max_steps():
+    config = load_config(None, ["search.utility=zero", "search.agg=sum", "eval.samples=3",
+                                "eval.temperature=0.7", "search.temperature=1.0",
+                                "decode.max_steps=2", "eval.best_of_n_scorer=prm"])
+    # best_of_n_matched searches at the N it is given, not eval.samples.
+    make = planner_factory(RunContext(config=config, out=Path("unused")), "best_of_n_matched",
+                           samples=2)
+    expander = FakeExpander({0: CUT_CHAINS})
+    [result] = run_search(1, make, expander, HiddenQ(),
+                          RuleUtility(rule=expander.reward_rule), progress=False)
+    requests = [r for call in expander.expand_calls for r in call]
+    assert [(r.node.steps, r.num_children, r.temperature) for r in requests] == [
+        ((), 2, 0.7), (("a",), 1, 0.7), (("b",), 1, 0.7)]
+    # a is cut at decode.max_steps=2 steps, unfinished: b is the one complete chain.
+    assert [t.steps for t in result.trajectories] == [("b", "b1")]
+    assert result.steps == ("b", "b1")
+    assert result.score == pytest.approx(1.0)  # g summed, as search.agg says
