@@ -154,6 +154,15 @@ def test_aggregate_folds_rewards(agg, expected):
     assert g == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("agg, reward, expected", [
+    (Agg.min, .5, 0.0), (Agg.max, -.5, 0.0), (Agg.product, .5, 0.0), (Agg.sum, .5, .5),
+    (Agg.last, .5, .5)])
+def test_a_parents_g_of_zero_folds_like_any_other(agg, reward, expected):
+    """g = 0 (a rule's or a zero reward) is a path's value, not the root's missing one."""
+    assert aggregate(agg, 0.0, reward) == expected
+    assert aggregate(agg, None, reward) == reward
+
+
 def test_a_rule_utility_reads_each_items_problem_and_path_through_its_new_step():
     seen = []
     utility = RuleUtility(rule=lambda i, steps: seen.append((i, steps)) or 10 * i + len(steps))
@@ -161,3 +170,22 @@ def test_a_rule_utility_reads_each_items_problem_and_path_through_its_new_step()
              QItem(problem_index=0, prefix_steps=(), step_text="c", hidden=None)]
     np.testing.assert_array_equal(utility.step_rewards(items), [22.0, 1.0])
     assert seen == [(2, ("a", "b")), (0, ("c",))]
+
+
+def test_a_rule_utility_folds_into_g_like_a_prm_and_spends_no_prm_call():
+    expander = FakeExpander(TREES, prompt_tokens=7)
+    results = run_search(3, make_planner, expander, HiddenQ(),
+                         RuleUtility(rule=expander.reward_rule), progress=False)
+    assert [(r.counters.q_calls, r.counters.prm_calls) for r in results] == [
+        (5, 0), (3, 0), (4, 0)]
+    assert results[0].steps == ("a", "a1")
+    assert results[0].score == pytest.approx(.5 + .7 + .8)  # the rule's rewards, as the PRM's
+
+
+def test_a_prm_utility_asks_its_prm_nothing_for_no_items():
+    class NoCallPRM:
+        def score_steps(self, items):
+            raise AssertionError(f"asked to score {items}")
+
+    rewards = PRMUtility(prm=NoCallPRM()).step_rewards([])
+    assert rewards.dtype == np.float64 and rewards.shape == (0,)
