@@ -1,6 +1,7 @@
 """The learned PRM: trained, saved, restored to the same scores; told apart from a
 Math-Shepherd checkpoint by what its directory holds."""
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -17,9 +18,11 @@ from qstar_jax.qvalue.rollouts import ProblemRollouts, Rollout
 from qstar_jax.qvalue.scorers import PolicyHiddenPRM
 from qstar_jax.qvalue.train import TrainConfig
 from qstar_jax.search.interface import QItem
+from qstar_jax.stages import prm as prm_stage
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.prm import (LEARNED_PRM_MARKER, load_learned_prm, load_prm, prm_kind,
                                   train_prm, train_learned_prm)
+from qstar_jax.stages.train_q import train_config
 from tests.decoding.tiny_models import tiny_config
 
 POLICY = tiny_config(64)  # hidden size 32
@@ -128,3 +131,74 @@ def test_train_prm_refuses_labels_that_are_not_the_rollouts_before_loading_a_mod
     (tmp_path / "prm_training.json").write_text("{}")  # trained: nothing is read
     ctx.labels_path.unlink()
     train_prm(ctx)
+
+
+SAMPLERS: list = []  # each ScriptedCompletions made, in order
+
+
+class ScriptedCompletions:
+    """A DecoderRolloutSampler stand-in: from state (a, b) the completions x then y, from
+    any other y, each call recorded."""
+
+    def __init__(self, runtime, max_steps):
+        self.max_steps = max_steps
+        self.calls = []
+        SAMPLERS.append(self)
+
+    def continue_from(self, items, n, temperature, max_steps=None):
+        self.calls.append((list(items), n, temperature, max_steps))
+        return [[("x",), ("y",)][:n] if steps == ("a", "b") else [("y",)] * n
+                for _, steps in items]
+
+
+def test_train_prm_samples_the_missing_completions_and_trains_on_their_share_right(
+        tmp_path, monkeypatch):
+    ctx = RunContext(config=load_config(None, [
+        "label.rollouts_per_state=2", "collect.temperature=0.7", "decode.max_steps=6",
+        "decode.slots=3", "prm_training.labels=soft", "q_train.hidden_layers=2",
+        "q_train.loss=mse"]), out=tmp_path)
+    ctx.__dict__["policy"] = SimpleNamespace(config=POLICY)  # not loaded
+    ctx.__dict__["runtime"] = lambda problems, **kwargs: None  # the sampler needs none
+    pairs = step_pairs(_rollouts(ctx.rollouts_path, ("a", "b", "d"), ("e", "f")))
+    features = np.arange(5 * POLICY.hidden_size, dtype=np.float32).reshape(5, -1)
+    save_labelled(ctx.labels_path, labelled(pairs, [0.0] * 5), features=features)
+    # The label stage recorded the first step's completions before it was killed.
+    with durable.open_for_append(ctx.step_outcomes_path) as f:
+        durable.append_records(f, [{"problem_index": 0, "prefix_steps": [], "step_text": "a",
+                                    "rewards": [1.0, 0.0]}])
+    SAMPLERS.clear()
+    monkeypatch.setattr(prm_stage, "DecoderRolloutSampler", ScriptedCompletions)
+    monkeypatch.setattr(prm_stage, "_reward_fn", lambda ctx, problems:
+                        lambda i, steps: float(steps[-1] == "x"))
+    trained = {}
+
+    def train(head, features, labels, settings, directory, identity, *, mesh=None):
+        trained.update(head=head.head_config, features=features, labels=labels,
+                       settings=settings, directory=directory, identity=identity)
+        directory.mkdir()  # as the checkpointer makes it
+        return SimpleNamespace(steps=3, stopped_early=False, best_heldout_loss=0.5,
+                               constant_heldout_loss=0.6, heldout_auc=None)
+
+    monkeypatch.setattr(prm_stage, "train_learned_prm", train)
+    train_prm(ctx)
+    # The two open steps nothing recorded, a pair a call (3 slots hold 2 rollouts and
+    # the state), 2 completions each at collect.temperature and decode.max_steps.
+    [sampler] = SAMPLERS
+    assert sampler.max_steps == 6
+    assert sampler.calls == [([(0, ("a", "b"))], 2, 0.7, 6), ([(0, ("e",))], 2, 0.7, 6)]
+    assert [(r["prefix_steps"], r["step_text"], r["rewards"]) for r in
+            durable.read_jsonl(ctx.step_outcomes_path)[0]] == [
+        ([], "a", [1.0, 0.0]), (["a"], "b", [1.0, 0.0]), ([], "e", [0.0, 0.0])]
+    # Soft labels, the share of completions right; a trace's last step its reward, 1.
+    np.testing.assert_array_equal(trained["labels"], [0.5, 0.5, 1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(trained["features"], features)
+    assert trained["head"] == QHeadConfig(hidden_size=32, mlp_widths=(32, 32), output="sigmoid")
+    # q_train's optimiser settings, with BCE whatever q_train.loss says.
+    assert trained["settings"] == dataclasses.replace(train_config(ctx, 5), loss="bce")
+    assert trained["directory"] == tmp_path / "prm"
+    assert trained["identity"] == BackboneIdentity.of_policy(POLICY)
+    assert json.loads((tmp_path / "prm" / LEARNED_PRM_MARKER).read_text()) == {
+        "kind": "head on the policy's hidden states", "labels": "soft",
+        "completions_per_step": 2}
+    summary = json.loads((tmp_path / "prm_training.json").read_text())
+    assert (summary["examples"], summary["positive_fraction"]) == (5, 0.4)
