@@ -1,12 +1,18 @@
-"""Tree dumps (``eval.dump_trees``): in a multi-process run every process searched alike,
-and process 0 alone writes the trees."""
+"""Tree dumps (``eval.dump_trees``): the searches keep their trees only when asked, each is
+written as trees/METHOD/PROBLEM.json, and in a multi-process run, where every process
+searched alike, process 0 alone writes them."""
 
 import json
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
+from qstar_jax.config import load_config
+from qstar_jax.search.process_utility import ZeroUtility
 from qstar_jax.stages import evaluate
+from tests.stages.test_reasoners import OneLineRuntime
+from tests.stages.test_reasoners import run as run_reasoner
 
 PROBLEMS = [SimpleNamespace(id="countdown/1")]
 RESULTS = [SimpleNamespace(problem_index=0, tree={"nodes": [{"steps": [], "h": 0.5}]})]
@@ -21,3 +27,41 @@ def test_only_the_writer_process_dumps_trees(tmp_path, monkeypatch, writer):
         assert json.loads(dump.read_text()) == RESULTS[0].tree
     else:
         assert list(tmp_path.iterdir()) == []
+
+
+def test_each_tree_is_written_as_json_under_its_own_problems_id(tmp_path):
+    problems = [SimpleNamespace(id="countdown/1"), SimpleNamespace(id="countdown/2")]
+    second = {"nodes": [{"steps": ["a"], "h": 0.75}]}
+    first = {"nodes": [{"steps": [], "h": np.float32(0.25)}]}  # no JSON number: its str
+    results = [SimpleNamespace(problem_index=1, tree=second),
+               SimpleNamespace(problem_index=0, tree=first)]
+    evaluate._dump_trees(SimpleNamespace(out=tmp_path), "beam", problems, results)
+    folder = tmp_path / "trees" / "beam"
+    assert sorted(p.name for p in folder.iterdir()) == ["countdown_1.json", "countdown_2.json"]
+    assert (folder / "countdown_2.json").read_text() == (
+        '{"nodes": [{"steps": ["a"], "h": 0.75}]}\n')
+    assert (folder / "countdown_1.json").read_text() == (
+        '{"nodes": [{"steps": [], "h": "0.25"}]}\n')
+
+
+@pytest.mark.parametrize("dump", [True, False])
+def test_a_step_search_keeps_its_trees_only_under_eval_dump_trees(dump):
+    ctx = SimpleNamespace(config=load_config(overrides=[f"eval.dump_trees={dump}",
+                                                        "eval.prefix_sharing=false"]))
+    search = evaluate._step_search(ctx, "greedy", 1, OneLineRuntime(), None, ZeroUtility())
+    [result] = search([2], "greedy")
+    if not dump:
+        assert result.tree is None
+        return
+    assert result.tree["problem_index"] == 2 and result.tree["expansion_order"] == [0]
+    assert [(n["id"], n["parent"], n["steps"], n["terminal"]) for n in result.tree["nodes"]] == [
+        (0, None, [], False), (1, 0, ["Score: 50"], True)]
+
+
+@pytest.mark.parametrize("method", ["tot_bfs", "tot_dfs", "mctsr"])
+@pytest.mark.parametrize("dump", [True, False])
+def test_a_reasoner_keeps_its_trees_only_under_eval_dump_trees(method, dump):
+    results, _ = run_reasoner(method, f"eval.dump_trees={dump}")
+    assert [r.tree is not None for r in results] == [dump, dump]
+    if dump:
+        assert [r.tree["problem_index"] for r in results] == [0, 2]
