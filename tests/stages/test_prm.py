@@ -202,3 +202,40 @@ def test_train_prm_samples_the_missing_completions_and_trains_on_their_share_rig
         "completions_per_step": 2}
     summary = json.loads((tmp_path / "prm_training.json").read_text())
     assert (summary["examples"], summary["positive_fraction"]) == (5, 0.4)
+
+
+def test_a_shepherd_prm_reads_the_configured_tag_and_label_tokens_of_its_own_checkpoint(
+        tmp_path, monkeypatch):
+    model = object()
+
+    def encode(text):
+        return [ord(c) % 64 for c in text]
+
+    built = []
+    monkeypatch.setattr(prm_stage, "ShepherdPRM", lambda model, **kwargs: built.append(
+        dict(model=model, **kwargs)) or "the PRM")
+
+    def prm(*overrides):
+        ctx = RunContext(config=load_config(None, [
+            "search.utility=prm", "search.prm_model=smollm2-135m-instruct", *overrides]),
+            out=tmp_path)
+        asked = []
+        ctx.__dict__["load"] = lambda source: asked.append(source) or SimpleNamespace(
+            model=model, tokenizer=SimpleNamespace(encode=encode))
+        problems = [SimpleNamespace(question="Q0?"), SimpleNamespace(question="Reach 9.")]
+        loaded = load_prm(ctx, problems)
+        assert asked == ["smollm2-135m-instruct"]  # the PRM's checkpoint, not the policy
+        return loaded
+
+    assert prm("search.prm_step_tag=TAG", "search.prm_good_token=G",
+               "search.prm_bad_token=B") == "the PRM"
+    [kwargs] = built
+    assert kwargs.pop("model") is model and kwargs.pop("encode") is encode
+    question = kwargs.pop("question")
+    assert [question(i) for i in (1, 0)] == ["Reach 9.", "Q0?"]
+    # 'G' and 'B' are token ids 71 % 64 = 7 and 66 % 64 = 2 of the encoding.
+    assert kwargs == dict(step_tag="TAG", good_token_id=7, bad_token_id=2)
+    with pytest.raises(ValueError, match=r"prm_good_token/prm_bad_token 'BB' is 2 tokens"):
+        prm("search.prm_bad_token=BB")
+    with pytest.raises(ValueError, match=r"prm_good_token/prm_bad_token '' is 0 tokens"):
+        prm("search.prm_good_token=''")
