@@ -10,6 +10,7 @@ from qstar_jax.config import load_config
 from qstar_jax.outputs import durable
 from qstar_jax.qvalue.dataset import labelled, load_labelled
 from qstar_jax.qvalue.label_journal import LabelJournal
+from qstar_jax.qvalue.labels_best_of import BestOfRolloutsConfig
 from qstar_jax.qvalue.rollouts import ProblemRollouts, Rollout
 from qstar_jax.stages import rollouts
 from qstar_jax.stages.context import RunContext
@@ -132,3 +133,40 @@ def test_a_killed_label_stage_keeps_its_journal_and_a_finished_one_removes_it(
     assert not journal.path.exists()  # the finished stage leaves only its labels
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "labels.jsonl", "labels.jsonl.features.npz", "rollouts.jsonl"]
+
+
+def test_label_by_best_of_rollouts_samples_at_the_label_and_collect_settings(
+        tmp_path, monkeypatch):
+    no_features(monkeypatch)
+    asked = {}
+
+    def best_of_rollouts(pairs, sampler, reward, config, **journals):
+        asked.update(pairs=pairs, sampler=sampler, reward=reward, config=config, **journals)
+        return labelled(pairs, [0.25] * len(pairs))
+
+    monkeypatch.setattr(rollouts, "best_of_rollouts_labels", best_of_rollouts)
+    ctx, right, wrong = one_problem_run(tmp_path, "label.method=best_of_rollouts",
+                                        "label.rollouts_per_state=3", "label.gamma=0.9",
+                                        "label.trace_is_a_rollout=true", "collect.temperature=0.7",
+                                        "eval.temperature=0.2", "decode.max_steps=6",
+                                        "decode.slots=9")
+    rollouts.label(ctx)
+    assert asked.pop("config") == BestOfRolloutsConfig(
+        rollouts=3, temperature=0.7, discount=0.9, max_steps=6,
+        batch_pairs=2,  # 9 slots hold two pairs' states and 3 rollouts each
+        trace_is_a_rollout=True)
+    assert asked.pop("sampler").max_steps == 6
+    assert [(p.prefix_steps, p.step_text) for p in asked.pop("pairs")] == [
+        ((), right[0]), ((right[0],), right[1]), ((), wrong)]
+    assert asked.pop("journal").path == tmp_path / "labels.partial.jsonl"
+    assert asked.pop("outcomes").path == tmp_path / "step_outcomes.jsonl"
+    # Each (s, a) of the traces with (steps after a, the trace's reward) per trace.
+    assert asked.pop("traces") == {(0, (), right[0]): [(1, 0.0)],
+                                   (0, (right[0],), right[1]): [(0, 0.0)],
+                                   (0, (), wrong): [(1, 0.0)], (0, (wrong,), right[1]): [(0, 0.0)]}
+    reward = asked.pop("reward")
+    assert (reward(0, tuple(ctx.task.solution_steps(ctx.problems("train", 1)[0]))),
+            reward(0, (right[0], right[1]))) == (1.0, 0.0)
+    assert asked == {}
+    steps, _ = load_labelled(ctx.labels_path)
+    assert [s.label for s in steps] == [0.25] * 3
