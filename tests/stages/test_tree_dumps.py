@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from qstar_jax.config import load_config
+from qstar_jax.search.planner import Outcome, SearchCounters, SearchResult
 from qstar_jax.search.process_utility import ZeroUtility
 from qstar_jax.stages import evaluate
+from qstar_jax.stages.context import RunContext
 from tests.stages.test_reasoners import OneLineRuntime
 from tests.stages.test_reasoners import run as run_reasoner
 
@@ -65,3 +67,29 @@ def test_a_reasoner_keeps_its_trees_only_under_eval_dump_trees(method, dump):
     assert [r.tree is not None for r in results] == [dump, dump]
     if dump:
         assert [r.tree["problem_index"] for r in results] == [0, 2]
+
+
+@pytest.mark.parametrize("dump", [True, False])
+def test_evaluate_dumps_every_batchs_trees_only_under_eval_dump_trees(tmp_path, monkeypatch,
+                                                                       dump):
+    def step_search(ctx, method, samples, runtime, q_fn, utility):
+        return lambda batch, description: [SearchResult(
+            problem_index=i, steps=("#### 4",), node_id=1, outcome=Outcome.complete,
+            score=0.0, trajectories=(), tree={"problem_index": i},
+            counters=SearchCounters(generated_tokens=1, prefilled_tokens=0, q_calls=0,
+                                    prm_calls=0, expansions=1, wall_s=0.0)) for i in batch]
+
+    monkeypatch.setattr(evaluate, "_step_search", step_search)
+    monkeypatch.setattr(RunContext, "runtime", lambda self, problems, model=None: None)
+    ctx = RunContext(config=load_config(None, [
+        "eval.methods=[greedy]", "task.eval_problems=3", "eval.problems_per_batch=2",
+        "q_train.second_opinion=null", f"eval.dump_trees={dump}"]), out=tmp_path)
+    evaluate.evaluate(ctx)
+    if not dump:
+        assert not (tmp_path / "trees").exists()
+        return
+    ids = [p.id.replace("/", "_") for p in ctx.problems("test", 3)]
+    folder = tmp_path / "trees" / "greedy"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{i}.json" for i in ids)
+    assert [json.loads((folder / f"{i}.json").read_text()) for i in ids] == [
+        {"problem_index": 0}, {"problem_index": 1}, {"problem_index": 2}]  # both batches
