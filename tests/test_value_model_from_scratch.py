@@ -1,0 +1,92 @@
+"""experiments/value_model_from_scratch.py (docs/default_experiment.md's small value model):
+its piece vocabulary, numbers below 100 as single tokens or every character alone, and the
+solver-written training rows with their exact discounted values, on a stand-in task."""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from qstar_jax.tasks.base import STEP_SEPARATOR
+
+SCRIPT = Path(__file__).parents[1] / "experiments/value_model_from_scratch.py"
+PROMPT = "Reach 10.\n"
+
+
+@pytest.fixture
+def value_model(monkeypatch):
+    """The script as a module (``python experiments/value_model_from_scratch.py``)."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import value_model_from_scratch
+
+    return value_model_from_scratch
+
+
+def test_numbers_below_100_are_single_pieces_after_the_digits(value_model):
+    vocabulary = value_model.PieceVocabulary(number_tokens=True)
+    # <pad> 0, <unk> 1, digits 2-11, "00"-"09" 12-21, "10"-"99" 22-111, then characters.
+    assert len(vocabulary.ids) == 112 + 95 - 10 + 1
+    assert [vocabulary.ids[piece] for piece in ("0", "9", "00", "09", "10", "42", "99", " ")
+            ] == [2, 11, 12, 21, 22, 54, 111, 112]
+    # "123" is "12" then "3"; "007" is "00" then "7"; a character outside ASCII is <unk>.
+    assert vocabulary.encode("12+7=19\n") == [24, vocabulary.ids["+"], 9, vocabulary.ids["="],
+                                             31, vocabulary.ids["\n"]]
+    assert vocabulary.encode("123 007é") == [24, 5, 112, 12, 9, 1]
+
+
+def test_character_pieces_split_every_number(value_model):
+    vocabulary = value_model.PieceVocabulary(number_tokens=False)
+    assert len(vocabulary.ids) == 2 + 95 + 1
+    assert [vocabulary.ids[piece] for piece in (" ", "0", "9", "~", "\n")] == [2, 18, 27, 96, 97]
+    assert vocabulary.encode("12 é\n") == [19, 20, 2, 1, 97]
+
+
+def stand_in_context(solutions: dict[str, list[str]], loaded: list) -> SimpleNamespace:
+    """A task whose problems are solved by fixed steps; after a wrong step "w<depth>" the
+    solver goes on with "x" steps to the solution's length (none for a problem "stuck")."""
+
+    def solver_completion(problem, prefix):
+        solution = solutions[problem]
+        if list(prefix) == solution[:len(prefix)]:
+            return solution[len(prefix):]
+        return [] if problem == "stuck" else ["x"] * (len(solution) - len(prefix))
+
+    def load(split, *, limit, seed):
+        loaded.append((split, limit, seed))
+        return list(solutions)[:limit]
+
+    task = SimpleNamespace(load=load, solution_steps=lambda problem: solutions[problem],
+                           solver_completion=solver_completion,
+                           wrong_step=lambda problem, prefix, rng: f"w{len(prefix)}")
+    return SimpleNamespace(task=task, config=SimpleNamespace(task=SimpleNamespace(
+        train_split="train")), prompts=lambda problems: [PROMPT for _ in problems])
+
+
+def state(*steps: str) -> str:
+    return PROMPT + "".join(step + STEP_SEPARATOR for step in steps)
+
+
+def test_each_solution_step_is_valued_by_the_steps_left_beside_a_wrong_one(value_model,
+                                                                           monkeypatch):
+    """No dead prefixes: a 3-step solution's steps valued 0.5^2, 0.5, 1, each followed by
+    the wrong step in its place, valued 0."""
+    monkeypatch.setattr(value_model, "DEAD_PREFIX_SHARE", 0.0)
+    loaded = []
+    ctx = stand_in_context({"p": ["a", "b", "c"], "q": ["d"]}, loaded)
+    texts, labels = value_model.synthetic_rows(ctx, count=1, gamma=0.5, seed=4)
+    assert loaded == [("train", 1, 5)]
+    assert texts == [state("a"), state("w0"), state("a", "b"), state("a", "w1"),
+                     state("a", "b", "c"), state("a", "b", "w2")]
+    assert labels == [0.25, 0.0, 0.5, 0.0, 1.0, 0.0]
+
+
+def test_a_state_after_a_wrong_line_is_valued_0_and_has_no_wrong_sibling(value_model,
+                                                                         monkeypatch):
+    """Every prefix dead past the first step: a 2-step solution gives its first step
+    (0.5) and its wrong twin, then the wrong first line and the solver's next step (0);
+    where the solver has no step after the wrong line, no row."""
+    monkeypatch.setattr(value_model, "DEAD_PREFIX_SHARE", 1.0)
+    ctx = stand_in_context({"p": ["a", "b"], "stuck": ["a", "b"]}, [])
+    texts, labels = value_model.synthetic_rows(ctx, count=2, gamma=0.5, seed=0)
+    assert texts == [state("a"), state("w0"), state("w0", "x"), state("a"), state("w0")]
+    assert labels == [0.5, 0.0, 0.0, 0.5, 0.0]
