@@ -128,3 +128,16 @@ def test_a_pass_searches_in_waves_and_sums_each_results_counts(monkeypatch):
     assert calls[-1] == [0, 1, 2, 3, 4] and again.trees_hash == result.trees_hash
     other = bench_search.search(Expander(), lambda i: 4 - i, 5, wave=5)
     assert other.trees_hash != result.trees_hash  # the same trees in another order
+
+
+def test_distinct_tokens_count_each_problems_token_trie_and_the_places_split(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    from metered_runtime import HeldPages, distinct_tokens
+    # Problem 0's two slots share 5, 6 and end 7 and 8; problem 1's slot holds 5, 6 again,
+    # distinct for its own problem: 4 + 2 tokens (the markers -1 and -2 not counted).
+    assert distinct_tokens([(-1, 5, 6, 7), (-1, 5, 6, 8), (-2, 5, 6)]) == 6
+    assert distinct_tokens([(-1, 5, 6, 7), (-1, 5, 6, 7)]) == 3
+    assert distinct_tokens([]) == 0
+    # 5 pages of 4 places: 15 filled, 12 of them distinct tokens, 3 held twice, 5 unfilled.
+    assert HeldPages(pages=5, distinct=12, filled=15, slots=3).places(page_size=4) == {
+        "distinct": 12, "held_twice": 3, "unfilled": 5, "slots": 3}
