@@ -141,3 +141,25 @@ def test_distinct_tokens_count_each_problems_token_trie_and_the_places_split(mon
     # 5 pages of 4 places: 15 filled, 12 of them distinct tokens, 3 held twice, 5 unfilled.
     assert HeldPages(pages=5, distinct=12, filled=15, slots=3).places(page_size=4) == {
         "distinct": 12, "held_twice": 3, "unfilled": 5, "slots": 3}
+
+
+def test_the_peers_step_ends_at_its_first_newline_or_eos(monkeypatch):
+    """The peer's ``generate`` rows cut as our steps are: token 3 a newline, 9 EOS, the
+    others letters; a step at a newline ends the trace only on the task's answer line."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    from peer_expansion import TransformersExpander
+
+    expander = object.__new__(TransformersExpander)  # _step reads only these
+    expander.newline = np.array([t == 3 for t in range(10)])
+    expander.eos = {9}
+    expander.tokenizer = SimpleNamespace(
+        decode=lambda ids: "".join("\n" if t == 3 else "abcdefghij"[t] for t in ids))
+    expander.task = SimpleNamespace(is_terminal_step=lambda text: text.startswith("ab"))
+    steps = [expander._step(row) for row in ([1, 2, 3, 4, 3], [0, 1, 2, 3, 4], [1, 9, 2],
+                                             [1, 2, 4], [9])]
+    assert [(s.text, s.token_ids, s.ends_trace, s.handle) for s in steps] == [
+        ("bc", (1, 2, 3), False, None),  # at a newline the next step follows
+        ("abc", (0, 1, 2, 3), True, None),  # unless it is the answer line ("ab...")
+        ("b", (1, 9), True, None),  # EOS kept in the tokens, not in the text
+        ("bce", (1, 2, 4), True, None),  # at the token cap
+        ("", (9,), True, None)]
