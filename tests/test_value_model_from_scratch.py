@@ -1,10 +1,14 @@
 """experiments/value_model_from_scratch.py (docs/default_experiment.md's small value model):
 its piece vocabulary, numbers below 100 as single tokens or every character alone, and the
-solver-written training rows with their exact discounted values, on a stand-in task."""
+solver-written training rows with their exact discounted values, on a stand-in task; and
+its report (train and held-out rows, AUCs overall and by step) from stand-in steps and
+scores, the model's training left out."""
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from qstar_jax.tasks.base import STEP_SEPARATOR
@@ -90,3 +94,58 @@ def test_a_state_after_a_wrong_line_is_valued_0_and_has_no_wrong_sibling(value_m
     texts, labels = value_model.synthetic_rows(ctx, count=2, gamma=0.5, seed=0)
     assert texts == [state("a"), state("w0"), state("w0", "x"), state("a"), state("w0")]
     assert labels == [0.5, 0.0, 0.0, 0.5, 0.0]
+
+
+def step(problem_index: int, prefix: tuple[str, ...], text: str, label: float):
+    return SimpleNamespace(problem_index=problem_index, prefix_steps=prefix, step_text=text,
+                           label=label)
+
+
+# 10 training problems: the last (10%) held out. Its steps: two first steps, one that can
+# still reach the answer ("ok"), and two second steps after "ok".
+STEPS = [step(0, (), "ok", 0.5), step(3, ("ok",), "bad", 0.0), step(9, (), "ok", 0.5),
+         step(9, (), "bad", 0.0), step(9, ("ok",), "ok", 1.0), step(9, ("ok",), "ok!", 1.0)]
+
+
+def report_of(value_model, monkeypatch, capsys, *, scores, logprobs):
+    """main's report on STEPS, the held-out rows scored ``scores``; a step can still
+    succeed when all its lines are "ok" (or "ok!")."""
+    trained = []
+    ctx = SimpleNamespace(
+        config=SimpleNamespace(task=SimpleNamespace(name="arithmetic", train_split="train",
+                                                    train_problems=10),
+                               label=SimpleNamespace(gamma=0.5), seed=0),
+        problems=lambda split, count: list(range(count)),
+        prompts=lambda problems: [f"P{i}\n" for i in problems], labels_path="labels.jsonl",
+        task=SimpleNamespace(can_still_succeed=lambda problem, steps: all(
+            line.startswith("ok") for line in steps)))
+    monkeypatch.setattr(value_model.RunContext, "of_run", lambda run: ctx)
+    monkeypatch.setattr(value_model, "load_labelled", lambda path: (STEPS, None))
+    monkeypatch.setattr(value_model, "load_step_logprobs", lambda path: logprobs)
+    monkeypatch.setattr(value_model, "synthetic_rows",
+                        lambda ctx, count, gamma, seed: (["P0\nok\nok\n"] * count,
+                                                         [1.0] * count))
+    monkeypatch.setattr(value_model, "BackboneQ", lambda config, head, rngs: "model")
+    monkeypatch.setattr(value_model, "train_q_model",
+                        lambda model, ids, labels, training: trained.append(labels.tolist()))
+    monkeypatch.setattr(value_model, "BackboneQModel", lambda model, pad_id: SimpleNamespace(
+        score_texts=lambda ids: np.array(scores[:len(ids)])))
+    report = value_model.main(["run", "--synthetic", "3", "--steps", "2"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == report
+    assert trained == [[0.5, 0.0, 1.0, 1.0, 1.0]]  # the 2 training steps' labels, then 3
+    return report
+
+
+def test_the_report_reads_held_out_scores_against_the_exact_value(value_model, monkeypatch,
+                                                                  capsys):
+    """Held out: "ok" (live) 0.9, "bad" 0.5, "ok ok" 0.2, "ok ok!" 0.8: overall 2 of the 3
+    live steps outscore the dead one; at step 1 both do (1.0); step 2's are all live (no
+    AUC: 0.0). The log-probabilities rank "bad" first at step 1."""
+    report = report_of(value_model, monkeypatch, capsys, scores=[0.9, 0.5, 0.2, 0.8],
+                       logprobs=np.array([-1.0, -2.0, -3.0, -0.5, -1.0, -1.0]))
+    assert report == {"train_rows": 5, "held_out_rows": 4, "seconds_per_step": report[
+        "seconds_per_step"], "auc": 0.667, "auc_by_step": {"1": 1.0, "2": 0.0},
+        "logprob_auc_by_step": {"1": 0.0, "2": 0.0}}
+    report = report_of(value_model, monkeypatch, capsys, scores=[0.9, 0.5, 0.2, 0.8],
+                       logprobs=None)
+    assert report["logprob_auc_by_step"] is None
