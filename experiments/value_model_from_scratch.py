@@ -16,7 +16,8 @@ the answer", beside that of the step's log-probability under the policy.
     python experiments/value_model_from_scratch.py runs/default --steps 1000
 
 Prints, as its last line, JSON: {"train_rows": ..., "seconds_per_step": ...,
-"auc": ..., "auc_by_step": {"1": ..., ...}, "logprob_auc_by_step": {...}}.
+"auc": ..., "auc_by_step": {"1": ..., ...}, "logprob_auc_by_step": {...}} ("auc": null
+when every held-out step is of one class).
 """
 
 from __future__ import annotations
@@ -147,9 +148,10 @@ def main(argv: list[str] | None = None) -> dict:
         return {str(n): round(roc_auc(values[number == n], exact[number == n]) or 0.0, 3)
                 for n in sorted(set(number))}
 
+    auc = roc_auc(scores, exact)  # None when every held-out step is of one class
     report = {"train_rows": len(train_ids), "held_out_rows": len(held_ids),
               "seconds_per_step": round(seconds_per_step, 3),
-              "auc": round(roc_auc(scores, exact), 3), "auc_by_step": by_step(scores),
+              "auc": None if auc is None else round(auc, 3), "auc_by_step": by_step(scores),
               "logprob_auc_by_step": (None if logprobs is None else by_step(logprobs[held]))}
     print(json.dumps(report))
     return report

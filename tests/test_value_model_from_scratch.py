@@ -107,8 +107,8 @@ STEPS = [step(0, (), "ok", 0.5), step(3, ("ok",), "bad", 0.0), step(9, (), "ok",
          step(9, (), "bad", 0.0), step(9, ("ok",), "ok", 1.0), step(9, ("ok",), "ok!", 1.0)]
 
 
-def report_of(value_model, monkeypatch, capsys, *, scores, logprobs):
-    """main's report on STEPS, the held-out rows scored ``scores``; a step can still
+def report_of(value_model, monkeypatch, capsys, *, scores, logprobs, steps=STEPS):
+    """main's report on ``steps``, the held-out rows scored ``scores``; a step can still
     succeed when all its lines are "ok" (or "ok!")."""
     trained = []
     ctx = SimpleNamespace(
@@ -120,7 +120,7 @@ def report_of(value_model, monkeypatch, capsys, *, scores, logprobs):
         task=SimpleNamespace(can_still_succeed=lambda problem, steps: all(
             line.startswith("ok") for line in steps)))
     monkeypatch.setattr(value_model.RunContext, "of_run", lambda run: ctx)
-    monkeypatch.setattr(value_model, "load_labelled", lambda path: (STEPS, None))
+    monkeypatch.setattr(value_model, "load_labelled", lambda path: (steps, None))
     monkeypatch.setattr(value_model, "load_step_logprobs", lambda path: logprobs)
     monkeypatch.setattr(value_model, "synthetic_rows",
                         lambda ctx, count, gamma, seed: (["P0\nok\nok\n"] * count,
@@ -149,3 +149,13 @@ def test_the_report_reads_held_out_scores_against_the_exact_value(value_model, m
     report = report_of(value_model, monkeypatch, capsys, scores=[0.9, 0.5, 0.2, 0.8],
                        logprobs=None)
     assert report["logprob_auc_by_step"] is None
+
+
+def test_held_out_steps_all_of_one_class_report_no_auc(value_model, monkeypatch, capsys):
+    """Every held-out step can still succeed: no AUC overall (it crashed on round(None)
+    after training), 0.0 by step as for any one-class step."""
+    steps = [*STEPS[:2], STEPS[2], STEPS[4]]
+    report = report_of(value_model, monkeypatch, capsys, scores=[0.9, 0.2], logprobs=None,
+                       steps=steps)
+    assert (report["held_out_rows"], report["auc"], report["auc_by_step"]) == (
+        2, None, {"1": 0.0, "2": 0.0})
