@@ -105,6 +105,10 @@ def main(argv: list[str] | None = None) -> dict:
     ctx = RunContext.of_run(args.run)
     if ctx.config.task.name not in EXACT_VALUE_TASKS:
         raise SystemExit(f"needs a synthetic world with an exact solver: {EXACT_VALUE_TASKS}")
+    if not all(hasattr(ctx.task, part) for part in ("solver_completion", "wrong_step")):
+        # Countdown's solver values states but writes no completions or wrong steps.
+        raise SystemExit(f"{ctx.config.task.name}: needs a world whose solver writes "
+                         "completions and wrong steps (arithmetic)")
     problems = ctx.problems(ctx.config.task.train_split, ctx.config.task.train_problems)
     prompts = ctx.prompts(problems)
     steps, _ = load_labelled(ctx.labels_path)

@@ -118,7 +118,8 @@ def report_of(value_model, monkeypatch, capsys, *, scores, logprobs, steps=STEPS
         problems=lambda split, count: list(range(count)),
         prompts=lambda problems: [f"P{i}\n" for i in problems], labels_path="labels.jsonl",
         task=SimpleNamespace(can_still_succeed=lambda problem, steps: all(
-            line.startswith("ok") for line in steps)))
+            line.startswith("ok") for line in steps), solver_completion=None,
+            wrong_step=None))  # synthetic_rows, their reader, is a stand-in too
     monkeypatch.setattr(value_model.RunContext, "of_run", lambda run: ctx)
     monkeypatch.setattr(value_model, "load_labelled", lambda path: (steps, None))
     monkeypatch.setattr(value_model, "load_step_logprobs", lambda path: logprobs)
@@ -159,3 +160,14 @@ def test_held_out_steps_all_of_one_class_report_no_auc(value_model, monkeypatch,
                        steps=steps)
     assert (report["held_out_rows"], report["auc"], report["auc_by_step"]) == (
         2, None, {"1": 0.0, "2": 0.0})
+
+
+def test_a_world_whose_solver_writes_no_wrong_steps_is_refused_before_work(value_model,
+                                                                           monkeypatch):
+    """Countdown has an exact value but no solver completions or wrong steps (it failed
+    on solution_steps' missing rng after loading the run)."""
+    ctx = SimpleNamespace(config=SimpleNamespace(task=SimpleNamespace(name="countdown")),
+                          task=SimpleNamespace(can_still_succeed=lambda problem, steps: True))
+    monkeypatch.setattr(value_model.RunContext, "of_run", lambda run: ctx)
+    with pytest.raises(SystemExit, match="countdown: needs a world whose solver writes"):
+        value_model.main(["run"])
