@@ -16,8 +16,8 @@ the answer", beside that of the step's log-probability under the policy.
     python experiments/value_model_from_scratch.py runs/default --steps 1000
 
 Prints, as its last line, JSON: {"train_rows": ..., "seconds_per_step": ...,
-"auc": ..., "auc_by_step": {"1": ..., ...}, "logprob_auc_by_step": {...}} ("auc": null
-when every held-out step is of one class).
+"auc": ..., "auc_by_step": {"1": ..., ...}, "logprob_auc_by_step": {...}} (an AUC is
+null where the held-out steps it ranks are all of one class).
 """
 
 from __future__ import annotations
@@ -148,14 +148,17 @@ def main(argv: list[str] | None = None) -> dict:
     scores = BackboneQModel(model, pad_id=0).score_texts(held_ids)
     logprobs = load_step_logprobs(ctx.labels_path)
 
+    def rounded_auc(values, labels):  # None where the steps are all of one class
+        auc = roc_auc(values, labels)
+        return None if auc is None else round(auc, 3)
+
     def by_step(values):
-        return {str(n): round(roc_auc(values[number == n], exact[number == n]) or 0.0, 3)
+        return {str(n): rounded_auc(values[number == n], exact[number == n])
                 for n in sorted(set(number))}
 
-    auc = roc_auc(scores, exact)  # None when every held-out step is of one class
     report = {"train_rows": len(train_ids), "held_out_rows": len(held_ids),
               "seconds_per_step": round(seconds_per_step, 3),
-              "auc": None if auc is None else round(auc, 3), "auc_by_step": by_step(scores),
+              "auc": rounded_auc(scores, exact), "auc_by_step": by_step(scores),
               "logprob_auc_by_step": (None if logprobs is None else by_step(logprobs[held]))}
     print(json.dumps(report))
     return report

@@ -141,12 +141,12 @@ def test_the_report_reads_held_out_scores_against_the_exact_value(value_model, m
                                                                   capsys):
     """Held out: "ok" (live) 0.9, "bad" 0.5, "ok ok" 0.2, "ok ok!" 0.8: overall 2 of the 3
     live steps outscore the dead one; at step 1 both do (1.0); step 2's are all live (no
-    AUC: 0.0). The log-probabilities rank "bad" first at step 1."""
+    AUC: None). The log-probabilities rank "bad" first at step 1 (0.0)."""
     report = report_of(value_model, monkeypatch, capsys, scores=[0.9, 0.5, 0.2, 0.8],
                        logprobs=np.array([-1.0, -2.0, -3.0, -0.5, -1.0, -1.0]))
     assert report == {"train_rows": 5, "held_out_rows": 4, "seconds_per_step": report[
-        "seconds_per_step"], "auc": 0.667, "auc_by_step": {"1": 1.0, "2": 0.0},
-        "logprob_auc_by_step": {"1": 0.0, "2": 0.0}}
+        "seconds_per_step"], "auc": 0.667, "auc_by_step": {"1": 1.0, "2": None},
+        "logprob_auc_by_step": {"1": 0.0, "2": None}}
     report = report_of(value_model, monkeypatch, capsys, scores=[0.9, 0.5, 0.2, 0.8],
                        logprobs=None)
     assert report["logprob_auc_by_step"] is None
@@ -154,12 +154,12 @@ def test_the_report_reads_held_out_scores_against_the_exact_value(value_model, m
 
 def test_held_out_steps_all_of_one_class_report_no_auc(value_model, monkeypatch, capsys):
     """Every held-out step can still succeed: no AUC overall (it crashed on round(None)
-    after training), 0.0 by step as for any one-class step."""
+    after training), nor by step."""
     steps = [*STEPS[:2], STEPS[2], STEPS[4]]
     report = report_of(value_model, monkeypatch, capsys, scores=[0.9, 0.2], logprobs=None,
                        steps=steps)
     assert (report["held_out_rows"], report["auc"], report["auc_by_step"]) == (
-        2, None, {"1": 0.0, "2": 0.0})
+        2, None, {"1": None, "2": None})
 
 
 def test_a_world_whose_solver_writes_no_wrong_steps_is_refused_before_work(value_model,
