@@ -92,3 +92,23 @@ def test_a_full_shard_is_exhausted_though_others_have_room():
     assert pool.num_free == 2
     with pytest.raises(ValueError, match="near must be 1 slot ids in"):
         pool.allocate(1, near=[0, 1])
+
+
+@pytest.mark.parametrize("slots, max_len", [(0, 8), (2, 0)])
+def test_init_cache_refuses_an_empty_pool(slots, max_len):
+    with pytest.raises(ValueError, match=rf"slots >= 1 and max_len >= 1, got slots={slots} "
+                                         rf"max_len={max_len}"):
+        init_cache(tiny_config(16), slots=slots, max_len=max_len)
+
+
+def test_slot_pool_refuses_uneven_shards_a_negative_count_and_a_parent_past_the_pool():
+    with pytest.raises(ValueError, match="6 slots do not split into 4 equal shards"):
+        SlotPool(6, shards=4)
+    pool = SlotPool(4, shards=2)
+    with pytest.raises(ValueError, match=r"cannot allocate a negative number of slots \(-1\)"):
+        pool.allocate(-1)
+    for parent in (-1, 4):
+        with pytest.raises(ValueError, match=rf"near must be 1 slot ids in \[0, 4\), one per "
+                                             rf"new slot, got \[{parent}\]"):
+            pool.allocate(1, near=[parent])
+    assert pool.num_free == 4 and pool.allocate(1, near=[3]) == [2]
