@@ -267,3 +267,36 @@ def test_the_spare_rule_per_shard(monkeypatch):
     np.testing.assert_array_equal(trie.rows, [*range(6), *range(6, 19), *range(27, 40)])
     chunk_without_splits([2, 2], [9, 9])
     np.testing.assert_array_equal(trie.rows, [*range(11), *range(27, 32)])
+
+
+def test_the_spare_share_rounds_up_and_spares_no_chunk_took_hold_no_page(monkeypatch):
+    """One shard of 13 groups drawn 3 times (26 spares), no floor: a quarter of 13 rows is
+    3.25, so 4 spares (17 rows: a block of 32), filled to 32 with 19 spares, lowest first.
+    After that chunk, rows 32-38, which it did not hold, have no page (P = 99) and every
+    row it held the page table it left; num_draws counts the going groups' 39 draws."""
+    monkeypatch.setattr(ChunkedTrie, "spare_floor", 0)
+    trie = ChunkedTrie([3] * 13, np.zeros(13 + 26, np.int64), 4, no_page=99,
+                       block=functools.partial(RowLayout.block_size, shards=1))
+    np.testing.assert_array_equal(trie.rows, range(32))
+    assert trie.num_draws() == 64
+    rows = np.arange(32)
+    going = rows < 13
+    tables = np.stack([rows, rows + 40], axis=1).astype(np.int32)
+    trie.add(TrieOutput(group=np.where(going, rows, -1).astype(np.int32),
+                        count=np.where(going, 3, 0).astype(np.int32),
+                        tokens=np.zeros((32, 4), np.int32),
+                        num_tokens=going.astype(np.int32), logprob=np.zeros(32, np.float32),
+                        end_reason=np.full(32, -1), hidden=np.zeros((32, 3)),
+                        fed=going.astype(np.int32), page_table=tables),
+             TrieStop(rounds=np.ones(32, np.int32), needed=np.zeros(32, np.int32)), 1)
+    np.testing.assert_array_equal(trie.out.page_table[:32], tables)
+    np.testing.assert_array_equal(trie.out.page_table[32:], np.full((7, 2), 99))
+    np.testing.assert_array_equal(trie.rows, range(32))
+
+
+def test_num_draws_is_the_fullest_shards():
+    """Groups drawn 2 times on shard 0 and 8 + 8 on shard 1: 16 draws a round, a block of
+    16 on either shard."""
+    trie = ChunkedTrie([2, 8, 8], np.array([0, 1, 1, 0] + [1] * 14), 4,
+                       block=functools.partial(RowLayout.block_size, shards=2))
+    assert trie.num_draws() == 16
