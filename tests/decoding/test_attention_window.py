@@ -107,3 +107,15 @@ def test_a_window_over_three_quarters_of_the_row_is_the_whole_row(random_model):
     decoder.prefill(slots, PROMPTS[:2])  # lengths 5 and 11
     assert decoder.attention_window(slots, 5) == 16
     assert decoder.attention_window(slots, [5, 14]) == 40
+    # An end of 17 (5 + 12: its last token at position 16) needs 32 positions: all 40.
+    assert decoder.attention_window(slots, [12, 0]) == 40
+
+
+def test_a_window_of_two_thirds_of_the_row_is_kept(random_model):
+    """With max_len 48, a window of 32 reads two thirds of the row, under three quarters:
+    ends of 17 and 32 attend over 32 positions, an end of 33 (a bucket of 64) over all 48."""
+    decoder = Decoder(random_model, num_slots=4, max_len=48, newline_table=np.zeros(64, bool),
+                      eos_ids=[], min_window_bucket=8)
+    slots = decoder.allocate(2)  # empty: a row's end is its cap
+    assert [decoder.attention_window(slots, caps) for caps in ([16, 1], [17, 1], [3, 32],
+                                                               [33, 0])] == [16, 32, 32, 48]
