@@ -72,8 +72,12 @@ def test_a_prompt_prefilled_after_a_forked_prefix_is_the_whole_prompt(random_mod
 def test_a_start_past_what_the_slot_holds_is_refused(random_decoder):
     slot = random_decoder.allocate(1)
     random_decoder.prefill(slot, [PREFIX])
-    with pytest.raises(ValueError, match="starts"):
-        random_decoder.prefill(slot, [NEW_TAIL], starts=[len(PREFIX) + 1])
+    for starts in ([len(PREFIX) + 1], [-1], [0, 0]):
+        with pytest.raises(ValueError, match=rf"starts \[{', '.join(map(str, starts))}\] must "
+                                             r"give each slot a position in \[0, its length\] "
+                                             r"\(lengths \[10\]\)"):
+            random_decoder.prefill(slot, [NEW_TAIL], starts=starts)
+    assert random_decoder.lengths(slot).tolist() == [len(PREFIX)]
     with pytest.raises(ValueError, match="room"):
         random_decoder.prefill(slot, [[1] * (RANDOM_MAX_LEN - 4)], starts=[len(PREFIX)])
 
