@@ -273,25 +273,36 @@ def test_the_spare_share_rounds_up_and_spares_no_chunk_took_hold_no_page(monkeyp
     """One shard of 13 groups drawn 3 times (26 spares), no floor: a quarter of 13 rows is
     3.25, so 4 spares (17 rows: a block of 32), filled to 32 with 19 spares, lowest first.
     After that chunk, rows 32-38, which it did not hold, have no page (P = 99) and every
-    row it held the page table it left; num_draws counts the going groups' 39 draws."""
+    row it held the page table it left; num_draws counts the going groups' 39 draws. A
+    chunk that stops after 1 of 2 rounds because every step ended did not starve."""
     monkeypatch.setattr(ChunkedTrie, "spare_floor", 0)
     trie = ChunkedTrie([3] * 13, np.zeros(13 + 26, np.int64), 4, no_page=99,
                        block=functools.partial(RowLayout.block_size, shards=1))
     np.testing.assert_array_equal(trie.rows, range(32))
     assert trie.num_draws() == 64
     rows = np.arange(32)
-    going = rows < 13
+    steps = rows < 13
     tables = np.stack([rows, rows + 40], axis=1).astype(np.int32)
-    trie.add(TrieOutput(group=np.where(going, rows, -1).astype(np.int32),
-                        count=np.where(going, 3, 0).astype(np.int32),
-                        tokens=np.zeros((32, 4), np.int32),
-                        num_tokens=going.astype(np.int32), logprob=np.zeros(32, np.float32),
-                        end_reason=np.full(32, -1), hidden=np.zeros((32, 3)),
-                        fed=going.astype(np.int32), page_table=tables),
-             TrieStop(rounds=np.ones(32, np.int32), needed=np.zeros(32, np.int32)), 1)
+
+    def chunk(end_reason, rounds_run, needed, rounds):
+        trie.add(TrieOutput(group=np.where(steps, rows, -1).astype(np.int32),
+                            count=np.where(steps, 3, 0).astype(np.int32),
+                            tokens=np.zeros((32, 4), np.int32),
+                            num_tokens=steps.astype(np.int32),
+                            logprob=np.zeros(32, np.float32),
+                            end_reason=np.where(steps, end_reason, -1),
+                            hidden=np.zeros((32, 3)), fed=steps.astype(np.int32),
+                            page_table=tables),
+                 TrieStop(rounds=np.full(32, rounds_run, np.int32),
+                          needed=np.full(32, needed, np.int32)), rounds)
+
+    chunk(-1, 1, 0, 1)
     np.testing.assert_array_equal(trie.out.page_table[:32], tables)
     np.testing.assert_array_equal(trie.out.page_table[32:], np.full((7, 2), 99))
     np.testing.assert_array_equal(trie.rows, range(32))
+    chunk(EndReason.NEWLINE, 1, 5, 2)
+    np.testing.assert_array_equal(trie.starved, [False])
+    assert trie.rows.size == 0
 
 
 def test_num_draws_is_the_fullest_shards():
