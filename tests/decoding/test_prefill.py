@@ -79,13 +79,24 @@ def test_per_layer_weights_compute_what_the_scanned_stack_computes(tokens_per_ro
     assert ("gate_proj" in mlp) != layout.startswith("row-kernels")
 
 
-def test_rows_prefilled_in_calls_of_their_own_length_are_what_one_call_gives(random_decoder):
-    """Five short prompts and a long one go in two calls (``length_groups``); each slot
-    then holds what prefilling its prompt alone gives."""
+def test_rows_prefilled_in_calls_of_their_own_length_are_what_one_call_gives(random_decoder,
+                                                                            monkeypatch):
+    """Five short prompts and a long one go in two calls (``length_groups``): the five
+    padded to 16 tokens (the minimum prefill bucket), the long one's 56 to 64 (6 x 64 rows
+    in one call would be 384 padded tokens, the two 6 x 16 + 2 x 64 = 224); each slot then
+    holds what prefilling its prompt alone gives."""
     rng = np.random.default_rng(3)
     prompts = [rng.integers(1, 64, n).tolist() for n in (5, 7, 6, 5, 7, RANDOM_MAX_LEN - 8)]
     slots = random_decoder.allocate(len(prompts))
+    calls, prefill_rows = [], random_decoder._prefill_rows
+
+    def recording_prefill_rows(slots, token_lists, starts, length):
+        calls.append((slots.tolist(), length))
+        prefill_rows(slots, token_lists, starts, length)
+
+    monkeypatch.setattr(random_decoder, "_prefill_rows", recording_prefill_rows)
     random_decoder.prefill(slots, prompts)
+    assert calls == [(slots[:5], 16), (slots[5:], RANDOM_MAX_LEN)]
     together = _last_hidden(random_decoder, slots)
     np.testing.assert_array_equal(random_decoder.lengths(slots), [len(p) for p in prompts])
     for slot, prompt, hidden in zip(slots, prompts, together):
