@@ -27,6 +27,18 @@ def test_non_canonical_numbers_are_rejected(text):
     assert parse_number(text) is None
 
 
+def test_numbers_of_thirty_digits_are_read_in_full():
+    assert parse_number("9" * 30) == 10 ** 30 - 1
+    assert parse_number("-" + "9" * 30) == 1 - 10 ** 30
+    assert parse_number("1/" + "9" * 30) == Fraction(1, 10 ** 30 - 1)
+    assert parse_number("9" * 30 + "/" + "7" * 29 + "3") == Fraction(
+        10 ** 30 - 1, int("7" * 29 + "3"))
+    assert parse_number("1/" + "9" * 31) is None
+    big = "9" * 30
+    assert parse_step(f"{big} - 1 = {big[:-1]}8 (left: {big})") == Step(
+        left=10 ** 30 - 1, op="-", right=1, result=10 ** 30 - 2, remaining=(10 ** 30 - 1,))
+
+
 def test_whole_fraction_formats_as_integer():
     assert format_number(Fraction(12, 4)) == "3"
 
@@ -97,4 +109,6 @@ def test_alphabet_covers_the_question_and_steps():
                                remaining=(-24,), done=True)))
     assert set(text) <= set(COUNTDOWN_ALPHABET)
     assert COUNTDOWN_ALPHABET == "".join(sorted(set(COUNTDOWN_ALPHABET)))
+    # Its characters, in order, are the char tokenizer's vocabulary: nothing else.
+    assert COUNTDOWN_ALPHABET == "\n ()*+-./0123456789:=Uadefklmnost"
     assert format_question([2, 3, 5, 8], 24) == "Use 2 3 5 8 to make 24."
