@@ -6,9 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import qstar_kernels.row_products as row_products_module
 from qstar_kernels import (compiling_for, resolve_rows_implementation, rows_product,
                            rows_product_gpu, rows_product_reference)
-from qstar_kernels.row_products_gpu import MAX_ROWS, largest_block
+from qstar_kernels.row_products_gpu import MAX_ROWS, input_block, largest_block
 from tests.kernels.test_paged_attention import lowered_for_h200
 
 WIDTH, OUTPUTS = 64, 48
@@ -53,6 +54,26 @@ def test_reference_matches_float64(use):
     x, rows, options = operands(0, 3, **USES[use])
     np.testing.assert_allclose(np.asarray(rows_product_reference(x, rows, **options)),
                                float64_rows_product(x, rows, **options), atol=1e-5, rtol=1e-5)
+
+
+def test_eps_reaches_the_norm_on_the_reference_and_the_kernel(monkeypatch):
+    """eps=0.5, not the default 1e-6 (the models' norms have their own): the reference and
+    the kernel normalise with it, and rows_product hands it, with interpret mode on this
+    CPU, to the kernel for 2 tokens under "pallas"."""
+    x, rows, options = operands(6, 2, **USES["normed"])
+    expected = float64_rows_product(x, rows, **options, eps=0.5)
+    assert np.abs(expected - float64_rows_product(x, rows, **options)).max() > 0.1
+    np.testing.assert_allclose(np.asarray(rows_product_reference(x, rows, **options, eps=0.5)),
+                               expected, atol=1e-5, rtol=1e-5)
+    calls = []
+
+    def recording_kernel(*args, **kwargs):
+        calls.append({name: kwargs[name] for name in ("eps", "interpret")})
+        return rows_product_gpu(*args, **kwargs)
+    monkeypatch.setattr(row_products_module, "rows_product_gpu", recording_kernel)
+    got = rows_product(x, rows, **options, eps=0.5, implementation="pallas")
+    assert calls == [dict(eps=0.5, interpret=True)]
+    np.testing.assert_allclose(np.asarray(got), expected, atol=2e-5, rtol=2e-5)
 
 
 @pytest.mark.parametrize("tokens", [1, 3, MAX_ROWS])  # 3 is padded to Triton's 4
@@ -210,6 +231,16 @@ def test_bad_inputs_are_named():
                                             (1536, 512, 512), (12, 8, 4), (1024, 300, 256)])
 def test_blocks_are_the_largest_power_of_two_dividing_the_size(size, cap, block):
     assert largest_block(size, cap) == block
+
+
+@pytest.mark.parametrize("width,cap,held_per_column,block", [
+    (2048, 512, 4 * 8, 128),  # 4,096 running products: 128 columns of 4 tokens x 8 outputs
+    (2048, 512, 1 * 8, 512),  # one token: the cap binds
+    (96, 512, 2 * 8, 32),  # 256 would fit; 32 divides 96
+    (96, 512, 8192, 1),  # more than 4,096 a column: still a column a step
+])
+def test_a_step_reads_at_most_4096_running_products(width, cap, held_per_column, block):
+    assert input_block(width, cap, held_per_column) == block
 
 
 def test_a_layer_on_rows_lowers_to_four_triton_kernels_for_a_gpu():
