@@ -5,14 +5,17 @@ parsed once per process."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import transformers
 
-from qstar_jax.models.gguf_checkpoint import open_gguf
+from qstar_jax.models import CheckpointError
+from qstar_jax.models.gguf_checkpoint import architecture, open_gguf
 from qstar_jax.models.loading import resolve_alias
-from qstar_jax.models.tokenizer import Tokenizer
+from qstar_jax.models.tokenizer import DEFAULT_CACHE_FOLDER, Tokenizer, tokenizer_cache_folder
+from tests.support.tiny_checkpoints import save_tiny_gguf
 
 GGUF = resolve_alias("smollm2-135m-instruct")
 TEXTS = ["def add(a, b):\n    return a + b\n", "Natalia sold 48 clips in April. #### 72",
@@ -39,7 +42,11 @@ def test_a_gguf_tokenizer_is_converted_once_and_read_back_the_same(tmp_path, mon
     converted = Tokenizer.from_gguf(GGUF, extra_eos_ids=[2])
     cached = Tokenizer.from_gguf(GGUF, extra_eos_ids=[2])
     assert [call.get("gguf_file") for call in loads] == [GGUF.name, None]
-    assert len(list(tmp_path.iterdir())) == 1  # one entry, no partial folder left
+    # One entry, no partial folder left, keyed by the file as it is and the transformers
+    # that wrote it.
+    stat = GGUF.stat()
+    assert [entry.name for entry in tmp_path.iterdir()] == [
+        f"{GGUF.stem}-{stat.st_size}-{stat.st_mtime_ns}-transformers{transformers.__version__}"]
     chat = converted.apply_chat_template([{"role": "user", "content": TEXTS[1]}])
     assert cached.apply_chat_template([{"role": "user", "content": TEXTS[1]}]) == chat
     for text in [*TEXTS, chat]:
@@ -60,11 +67,38 @@ def test_with_the_cache_off_nothing_is_kept(tmp_path, monkeypatch, loads):
     assert not any(tmp_path.iterdir())
 
 
-def test_a_gguf_file_is_parsed_once_until_it_changes(tmp_path):
-    copy = tmp_path / "model.gguf"
-    copy.write_bytes(GGUF.read_bytes())
-    first = open_gguf(copy)
-    assert open_gguf(copy) is first
-    stat = copy.stat()
-    os.utime(copy, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # touched: read again
-    assert open_gguf(copy) is not first
+def test_the_cache_folder_is_the_environments_or_off(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("QSTAR_TOKENIZER_CACHE", raising=False)
+    assert tokenizer_cache_folder() == DEFAULT_CACHE_FOLDER.expanduser()
+    assert tokenizer_cache_folder() == tmp_path / ".cache/qstar_jax/tokenizers"
+    monkeypatch.setenv("QSTAR_TOKENIZER_CACHE", "~/tokenizers")
+    assert tokenizer_cache_folder() == tmp_path / "tokenizers"
+    monkeypatch.setenv("QSTAR_TOKENIZER_CACHE", " Off\n")
+    assert tokenizer_cache_folder() is None
+
+
+def test_a_gguf_file_is_parsed_once_until_it_changes(tmp_path, monkeypatch):
+    path = save_tiny_gguf(tmp_path / "model.gguf")
+    first = open_gguf(path)
+    assert open_gguf(path) is first
+    monkeypatch.chdir(tmp_path)
+    assert open_gguf(Path("model.gguf")) is first  # the same file by another name
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # touched: read again
+    touched = open_gguf(path)
+    assert touched is not first
+    # Replaced by a file of another size within the same modification time: read again.
+    os.replace(save_tiny_gguf(tmp_path / "new.gguf", family="qwen2"), path)
+    assert path.stat().st_size != stat.st_size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    replaced = open_gguf(path)
+    assert replaced is not touched and architecture(replaced, path) == "qwen2"
+    # Another file of the same size and time is another file.
+    other = save_tiny_gguf(tmp_path / "other.gguf", family="qwen2", seed=1)
+    assert other.stat().st_size == path.stat().st_size
+    os.utime(other, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert open_gguf(other) is not open_gguf(path)
+    path.unlink()
+    with pytest.raises(CheckpointError, match=r"model\.gguf cannot be read"):
+        open_gguf(path)
