@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from qstar_jax.tasks.math.grading import math_equal, number_equal
+from qstar_jax.tasks.math.latex_normalize import MAX_ANSWER_CHARS, MAX_NESTING
+
 HARD_LIMIT_S = 120
 CASE_LIMIT_S = 10  # "within seconds", with room for a slow shared CI machine
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -135,3 +138,18 @@ def test_every_grader_case_returns_false(verdicts):
 
 def test_extractors_return_their_exact_answer(verdicts):
     assert {name: verdicts[name] for name in EXTRACTIONS} == EXTRACTIONS
+
+
+def test_answers_are_refused_one_character_or_bracket_past_the_limits():
+    """MAX_ANSWER_CHARS = 1000 characters once stripped, MAX_NESTING = 40 brackets of any
+    kind: an answer at a limit is graded (True here), one past it is not."""
+    assert (MAX_ANSWER_CHARS, MAX_NESTING) == (1000, 40)
+    longest = "7" + " " * 998 + "."  # 1000 characters, read as 7
+    for pred, graded in [(longest, True), ("  " + longest + "\n", True),
+                         ("7" + " " * 999 + ".", False)]:
+        assert (math_equal(pred, "7"), math_equal("7", pred), number_equal(pred, "7")) == (
+            graded, graded, graded), len(pred)
+    for opener, closer in ["()", "[]", "{}"]:
+        for depth, graded in [(40, True), (41, False)]:
+            pred = opener * depth + "7" + closer * depth
+            assert math_equal(pred, "7") is graded, (opener, depth)
