@@ -207,8 +207,16 @@ def test_more_tokens_than_the_kernel_takes_run_the_reference():
 
 def test_bad_inputs_are_named():
     x, rows, _ = operands(4, 1)
+    with pytest.raises(ValueError, match=r"x must be \[rows, width\], got shape \(64,\)"):
+        rows_product_reference(x[0], rows)
     with pytest.raises(ValueError, match="rows must be"):
         rows_product_reference(x, rows[:, :-1])
+    with pytest.raises(ValueError, match=r"rows must be \[outputs, 64\], got shape \(48, 64, 1\)"):
+        rows_product_reference(x, rows[:, :, None])
+    with pytest.raises(ValueError, match=r"bias must be \[48\] on ungated rows, got shape \(47,\)"):
+        rows_product_reference(x, rows, bias=jnp.ones(OUTPUTS - 1))
+    with pytest.raises(ValueError, match=r"0 < used <= stride .* got \(0, 16\)"):
+        rows_product_reference(x, rows, x_segments=(0, 16))
     with pytest.raises(ValueError, match="norm_weight must be"):
         rows_product_reference(x, rows, norm_weight=jnp.ones(WIDTH + 1))
     with pytest.raises(ValueError, match="even count"):
