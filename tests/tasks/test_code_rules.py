@@ -44,6 +44,7 @@ CASES = [
     ("    x = 1", False, "indented first line"),
     ("def f(x):\nreturn x\n", False, "block opener not followed by an indented line"),
     ("if x:\n\ny = 2", False, "blank line, then an unindented body"),
+    ("def f(x):\n    if x:\ny = 2\n", False, "a nested opener, then a dedent past its body"),
     ("x = 1 $ 2\n", False, "a character that is no Python token"),
     ("x = 1\x00\n", False, "a NUL byte (3.12+: a tokenizer error of its own)"),
     ("x = 5 ? 3 : 2", False, "not a Python operator, even on the last line"),
