@@ -14,7 +14,8 @@ import transformers
 from qstar_jax.models import CheckpointError
 from qstar_jax.models.gguf_checkpoint import architecture, open_gguf
 from qstar_jax.models.loading import resolve_alias
-from qstar_jax.models.tokenizer import DEFAULT_CACHE_FOLDER, Tokenizer, tokenizer_cache_folder
+from qstar_jax.models.tokenizer import (DEFAULT_CACHE_FOLDER, Tokenizer, _save_whole,
+                                       tokenizer_cache_folder)
 from tests.support.tiny_checkpoints import save_tiny_gguf
 
 GGUF = resolve_alias("smollm2-135m-instruct")
@@ -65,6 +66,31 @@ def test_with_the_cache_off_nothing_is_kept(tmp_path, monkeypatch, loads):
     Tokenizer.from_gguf(GGUF)
     assert [call.get("gguf_file") for call in loads] == [GGUF.name]
     assert not any(tmp_path.iterdir())
+
+
+class _Saver:
+    """Stands in for a transformers tokenizer: saves one tokenizer.json saying ``text``."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def save_pretrained(self, folder):
+        (Path(folder) / "tokenizer.json").write_text(self.text)
+
+
+def test_an_entry_is_saved_whole_or_not_at_all(tmp_path):
+    cache = tmp_path / "cache" / "tokenizers"  # made, parents and all
+    _save_whole(_Saver("first"), cache / "entry")
+    assert [path.name for path in cache.iterdir()] == ["entry"]
+    # Another process got there first: its entry stays, nothing fails, nothing is left.
+    _save_whole(_Saver("second"), cache / "entry")
+    assert [path.name for path in cache.iterdir()] == ["entry"]
+    assert [path.name for path in (cache / "entry").iterdir()] == ["tokenizer.json"]
+    assert (cache / "entry" / "tokenizer.json").read_text() == "first"
+    # A cache that cannot be written (its folder is a file): nothing fails.
+    (tmp_path / "blocked").write_text("")
+    _save_whole(_Saver("third"), tmp_path / "blocked" / "entry")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["blocked", "cache"]
 
 
 def test_the_cache_folder_is_the_environments_or_off(monkeypatch, tmp_path):
