@@ -327,3 +327,62 @@ def test_the_root_re_enters_at_the_best_f_of_all_its_expansions_children():
     [result], _, _ = search({0: spec}, config)
     assert result.tree["expansion_order"] == [0, 1, 1, 1, 0, 0]
     assert result.steps == ("c",) and result.node_id == 3
+
+
+def test_a_terminal_on_top_between_a_rounds_pops_is_goal_tested_not_expanded():
+    """Two expansions a round: once a (.9) is popped, the terminal t (.8) is on top; it is
+    counted complete and the round's second node is b (.7), not t."""
+    spec = tree({"": [child("a", .9), child("t", .8, end=True), child("b", .7)],
+                 "a": [child("a1", .6, end=True)], "b": [child("b1", .5, end=True)]})
+    config = AStarConfig(k=3, n_complete=2, expansions_per_round=2)
+    [result], expander, _ = search({0: spec}, config)
+    assert [[r.node.id for r in call] for call in expander.expand_calls] == [[0], [1, 3]]
+    assert [t.node_id for t in result.trajectories] == [2, 4]
+    assert result.steps == ("t",) and result.score == pytest.approx(.8)
+
+
+def test_the_answer_is_the_best_complete_trajectory_not_the_first_reached():
+    # t (.6) is popped first; a's child a1 (.9) is generated and reached after it.
+    spec = tree({"": [child("t", .6, end=True), child("a", .5)],
+                 "a": [child("a1", .9, end=True)]})
+    [result], _, _ = search({0: spec}, AStarConfig(k=2, n_complete=2))
+    assert result.tree["expansion_order"] == [0, 2]
+    assert [(t.node_id, t.score) for t in result.trajectories] == [(1, .6), (3, .9)]
+    assert result.steps == ("a", "a1") and result.node_id == 3 and result.score == .9
+
+
+def test_complete_trajectories_tied_on_f_go_to_the_lower_node_id():
+    # a1 (3) and s (2) tie at .4: a1, deeper, is popped first, but s is the answer.
+    spec = tree({"": [child("a", .9), child("s", .4, end=True)],
+                 "a": [child("a1", .4, end=True)]})
+    [result], _, _ = search({0: spec}, AStarConfig(k=2, n_complete=2))
+    assert [t.node_id for t in result.trajectories] == [3, 2]
+    assert result.steps == ("s",) and result.node_id == 2
+
+
+@pytest.mark.parametrize("limit", ["max_expansions", "max_generated_tokens"])
+def test_a_budget_of_nothing_answers_the_empty_root_without_a_call(limit):
+    config = AStarConfig(k=3, budget=Budget(**{limit: 0}))
+    [result], expander, q_fn = search({0: QSTAR_TREE}, config)
+    assert expander.expand_calls == [] and q_fn.batches == []
+    assert result.outcome is Outcome.partial and result.steps == () and result.node_id == 0
+    c = result.counters
+    assert (c.expansions, c.generated_tokens, c.prefilled_tokens, c.q_calls) == (0, 0, 0, 0)
+
+
+def test_the_last_round_expands_only_what_the_expansion_budget_has_left():
+    # Two a round under a budget of 4: root, then b and a, then a2 alone (b2 would be
+    # the round's second); a1 was reached on the way.
+    config = AStarConfig(k=3, n_complete=2, expansions_per_round=2,
+                         budget=Budget(max_expansions=4))
+    [result], expander, _ = search({0: QSTAR_TREE}, config)
+    assert [[r.node.id for r in call] for call in expander.expand_calls] == [[0], [2, 1], [7]]
+    assert result.counters.expansions == 4
+    assert [t.node_id for t in result.trajectories] == [6] and result.steps == ("a", "a1")
+
+
+def test_expansions_ask_for_k_children_at_the_configs_temperature():
+    [_], expander, _ = search({0: QSTAR_TREE}, AStarConfig(k=3, n_complete=1, temperature=.5))
+    assert [(r.node.steps, r.num_children, r.temperature, r.first_child)
+            for call in expander.expand_calls for r in call] == [
+        ((), 3, .5, 0), (("b",), 3, .5, 0), (("a",), 3, .5, 0)]
