@@ -91,3 +91,40 @@ def test_beam_ties_go_to_the_lower_node_id_and_requests_carry_the_temperature():
 def test_bad_beam_config_is_a_clear_error():
     with pytest.raises(ValueError, match="beam_width must be an integer >= 1"):
         BeamConfig(beam_width=0, k=3)
+
+
+def test_a_beam_finished_later_wins_when_its_f_is_higher():
+    # B = 2: round 1 keeps t (.5, finished) and a (.4); round 2 keeps a1 (.9, finished).
+    spec = tree({"": [child("t", .5, end=True), child("a", .4)],
+                 "a": [child("a1", .9, end=True), child("a2", .1)]})
+    [result], _ = search({0: spec}, BeamConfig(beam_width=2, k=2))
+    assert [(t.node_id, t.score) for t in result.trajectories] == [(1, .5), (3, .9)]
+    assert result.outcome is Outcome.complete and result.steps == ("a", "a1")
+    assert result.node_id == 3 and result.score == .9
+
+
+def test_a_round_that_keeps_nothing_leaves_the_last_kept_beams_as_the_answer():
+    # Round 1 keeps a (.9) and b (.5); neither has a next step, so round 2 keeps nothing.
+    spec = tree({"": [child("a", .9), child("b", .5)], "a": [], "b": []})
+    [result], expander = search({0: spec}, BeamConfig(beam_width=2, k=2))
+    assert len(expander.expand_calls) == 2
+    assert result.outcome is Outcome.partial and result.steps == ("a",)
+    assert result.node_id == 1 and result.score == .9
+
+
+
+def test_a_value_other_than_f_ranks_the_beams_and_picks_and_scores_the_answer():
+    # value = 1 - Q̂ (f = Q̂), B = 2: round 1 keeps a (.8) and c (.4); round 2 keeps a1
+    # (.7) and c1 (.6), both finished; f would rank c1 (.4) above a1 (.3).
+    spec = tree({"": [child("a", .2), child("b", .9), child("c", .6)],
+                 "a": [child("a1", .3, end=True), child("a2", .95)],
+                 "c": [child("c1", .4, end=True), child("c2", .9)]})
+    [result] = run_search(1, lambda i: BeamPlanner(i, BeamConfig(beam_width=2, k=3),
+                                                   value=lambda node: 1 - node.h),
+                          FakeExpander({0: spec}), HiddenQ(), include_trees=True,
+                          progress=False)
+    assert result.tree["expansion_order"] == [0, 1, 3]
+    assert result.steps == ("a", "a1") and result.node_id == 4
+    assert result.score == pytest.approx(.7)
+    assert [(t.node_id, t.score) for t in result.trajectories] == [
+        (4, pytest.approx(.7)), (6, pytest.approx(.6))]
