@@ -165,3 +165,31 @@ def test_identical_samples_stay_separate_chains():
 def test_bad_chain_config_is_a_clear_error():
     with pytest.raises(ValueError, match="num_chains must be an integer >= 1"):
         ChainConfig(num_chains=0, temperature=1.0)
+
+
+# Q̂ along each chain: p0 .9 then .3, p1 .2 then .8, p2 .6 then .5.
+PATH_Q = tree({"": [child("p0", .9), child("p1", .2), child("p2", .6)],
+               "p0": [child("=0", .3, end=True)], "p1": [child("=1", .8, end=True)],
+               "p2": [child("=2", .5, end=True)]})
+
+
+@pytest.mark.parametrize("h_agg, answer, scores", [(Agg.last, "=1", [.3, .8, .5]),
+                                                   (Agg.min, "=2", [.3, .2, .5]),
+                                                   (Agg.max, "=0", [.9, .8, .6])])
+def test_best_of_n_by_final_q_folds_the_paths_q_by_h_agg(h_agg, answer, scores):
+    config = ChainConfig(num_chains=3, temperature=1.0, h_agg=h_agg)
+    [result], _ = search({0: PATH_Q}, lambda i: best_of_n_planner(i, config, FinalQScorer()),
+                         q_fn=HiddenQ())
+    assert result.steps[-1] == answer
+    assert [t.score for t in result.trajectories] == pytest.approx(scores)
+
+
+def test_a_ranking_of_the_wrong_shape_is_an_error():
+    class ShortScorer:
+        def score_trajectories(self, finals):
+            return np.zeros(len(finals) - 1)
+
+    config = ChainConfig(num_chains=3, temperature=1.0)
+    with pytest.raises(ValueError, match=r"returned shape \(2,\) for 3 complete chains"):
+        search({0: PATH_Q}, lambda i: best_of_n_planner(i, config, ShortScorer()),
+                q_fn=HiddenQ())
