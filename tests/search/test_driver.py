@@ -189,3 +189,49 @@ def test_a_prm_utility_asks_its_prm_nothing_for_no_items():
 
     rewards = PRMUtility(prm=NoCallPRM()).step_rewards([])
     assert rewards.dtype == np.float64 and rewards.shape == (0,)
+
+
+def test_q_and_the_utility_see_each_new_step_with_its_problem_path_hidden_state_and_logprob():
+    batches = {"q": [], "prm": []}
+
+    class RecordingQ(HiddenQ):
+        def score(self, items):
+            batches["q"].append(items)
+            return super().score(items)
+
+    class RecordingPRM(HiddenRewardPRM):
+        def score_steps(self, items):
+            batches["prm"].append(items)
+            return super().score_steps(items)
+
+    run_search(3, make_planner, FakeExpander(TREES), RecordingQ(),
+               PRMUtility(prm=RecordingPRM()), progress=False)
+    seen = [[(i.problem_index, i.prefix_steps, i.step_text, list(i.hidden), i.logprob)
+             for i in items] for items in batches["q"]]
+    assert seen == [
+        [(0, (), "a", [.9, .5], -1.0), (0, (), "b", [.1, .2], -1.0),
+         (0, (), "c", [.2, .3], -1.0), (1, (), "s", [.1, 0.], -1.0),
+         (2, (), "u", [.4, 0.], -1.0), (2, (), "v", [.3, 0.], -1.0)],
+        [(0, ("a",), "a1", [.8, .7], -1.0), (0, ("a",), "a2", [.1, .1], -1.0),
+         (1, ("s",), "t", [.2, 0.], -1.0), (2, ("u",), "=2", [.6, 0.], -1.0),
+         (2, ("u",), "w", [.1, 0.], -1.0)],
+        [(1, ("s", "t"), "=1", [.3, 0.], -1.0)]]
+    assert batches["prm"] == batches["q"]
+
+
+def test_an_expander_with_one_step_too_many_or_a_utility_of_the_wrong_shape_is_an_error():
+    class OneMore(FakeExpander):
+        def expand(self, requests):
+            return [steps + steps[:1] for steps in super().expand(requests)]
+
+    class Short:
+        calls_reward_model = False
+
+        def step_rewards(self, items):
+            return np.zeros(len(items) - 1)
+
+    with pytest.raises(ValueError, match=r"4 steps for a request of 3 \(problem 0\)"):
+        run_search(3, make_planner, OneMore(TREES), HiddenQ(), progress=False)
+    with pytest.raises(ValueError, match=r"ProcessUtility.step_rewards returned shape \(5,\) "
+                                         r"for 6 items"):
+        run_search(3, make_planner, FakeExpander(TREES), HiddenQ(), Short(), progress=False)
