@@ -386,3 +386,15 @@ def test_expansions_ask_for_k_children_at_the_configs_temperature():
     assert [(r.node.steps, r.num_children, r.temperature, r.first_child)
             for call in expander.expand_calls for r in call] == [
         ((), 3, .5, 0), (("b",), 3, .5, 0), (("a",), 3, .5, 0)]
+
+
+def test_the_n_th_complete_trajectory_reached_mid_round_ends_the_search_unexpanded():
+    """Two expansions a round, N = 1: a (.9) is popped, then t (.8) is reached, the one
+    complete trajectory asked for; a is not expanded."""
+    spec = tree({"": [child("a", .9), child("t", .8, end=True), child("b", .7)],
+                 "a": [child("a1", .6, end=True)]})
+    config = AStarConfig(k=3, n_complete=1, expansions_per_round=2)
+    [result], expander, _ = search({0: spec}, config)
+    assert [[r.node.id for r in call] for call in expander.expand_calls] == [[0]]
+    assert result.counters.expansions == 1 and result.counters.generated_tokens == 3
+    assert result.steps == ("t",) and [t.node_id for t in result.trajectories] == [2]
