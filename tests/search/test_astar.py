@@ -243,6 +243,9 @@ def test_results_do_not_depend_on_batch_packing():
     (lambda: AStarConfig(agg="mean"), "unknown aggregation 'mean'"),
     (lambda: AStarConfig(temperature=-1.0), "temperature must be >= 0"),
     (lambda: Budget(max_expansions=-1), "max_expansions must be >= 0"),
+    (lambda: Budget(max_generated_tokens=-1), "max_generated_tokens must be >= 0 or None, got -1"),
+    (lambda: AStarConfig(expansions_per_round=0), "expansions_per_round must be an integer >= 1"),
+    (lambda: AStarConfig(expansions_per_node=0), "expansions_per_node must be an integer >= 1"),
 ])
 def test_bad_config_is_a_clear_error(make, message):
     with pytest.raises(ValueError, match=message):

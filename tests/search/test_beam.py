@@ -88,9 +88,16 @@ def test_beam_ties_go_to_the_lower_node_id_and_requests_carry_the_temperature():
             for call in expander.expand_calls] == [[((), 3, .7)], [(("y",), 3, .7)]]
 
 
-def test_bad_beam_config_is_a_clear_error():
-    with pytest.raises(ValueError, match="beam_width must be an integer >= 1"):
-        BeamConfig(beam_width=0, k=3)
+@pytest.mark.parametrize("fields, message", [
+    ({"beam_width": 0}, "beam_width must be an integer >= 1"),
+    ({"k": 0}, "BeamConfig.k must be an integer >= 1, got 0"),
+    ({"max_steps": 0}, "max_steps must be an integer >= 1, got 0"),
+    ({"temperature": -.5}, "temperature must be >= 0"),
+    ({"h_agg": "mean"}, "unknown aggregation 'mean'"),
+])
+def test_bad_beam_config_is_a_clear_error(fields, message):
+    with pytest.raises(ValueError, match=message):
+        BeamConfig(**{"beam_width": 2, "k": 3, **fields})
 
 
 def test_a_beam_finished_later_wins_when_its_f_is_higher():

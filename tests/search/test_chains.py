@@ -162,9 +162,16 @@ def test_identical_samples_stay_separate_chains():
     assert [t.node_id for t in result.trajectories] == [3, 4] and result.score == 2.0
 
 
-def test_bad_chain_config_is_a_clear_error():
-    with pytest.raises(ValueError, match="num_chains must be an integer >= 1"):
-        ChainConfig(num_chains=0, temperature=1.0)
+@pytest.mark.parametrize("fields, message", [
+    ({"num_chains": 0}, "num_chains must be an integer >= 1"),
+    ({"max_steps": 0}, "ChainConfig.max_steps must be an integer >= 1, got 0"),
+    ({"temperature": -.5}, "temperature must be >= 0"),
+    ({"agg": "mean"}, "unknown aggregation 'mean'"),
+    ({"h_agg": "mean"}, "unknown aggregation 'mean'"),
+])
+def test_bad_chain_config_is_a_clear_error(fields, message):
+    with pytest.raises(ValueError, match=message):
+        ChainConfig(**{"num_chains": 2, "temperature": 1.0, **fields})
 
 
 # Q̂ along each chain: p0 .9 then .3, p1 .2 then .8, p2 .6 then .5.
