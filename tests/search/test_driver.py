@@ -1,3 +1,6 @@
+import ast
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -235,3 +238,22 @@ def test_an_expander_with_one_step_too_many_or_a_utility_of_the_wrong_shape_is_a
     with pytest.raises(ValueError, match=r"ProcessUtility.step_rewards returned shape \(5,\) "
                                          r"for 6 items"):
         run_search(3, make_planner, FakeExpander(TREES), HiddenQ(), Short(), progress=False)
+
+
+def test_search_imports_nothing_of_the_project_outside_search():
+    """Search sees the tasks only through its protocols: no module of it may import a
+    grader, a task or a model, so no planner can consult the answer."""
+    outside = []
+    for path in sorted(pathlib.Path(driver.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                names = []
+            outside += [(path.name, name) for name in names
+                        if name.split(".")[0] == "qstar_jax" and name != "qstar_jax"
+                        and not name.startswith("qstar_jax.search")]
+            assert not (isinstance(node, ast.ImportFrom) and node.level), path.name
+    assert outside == []
