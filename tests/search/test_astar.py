@@ -401,3 +401,16 @@ def test_the_n_th_complete_trajectory_reached_mid_round_ends_the_search_unexpand
     assert [[r.node.id for r in call] for call in expander.expand_calls] == [[0]]
     assert result.counters.expansions == 1 and result.counters.generated_tokens == 3
     assert result.steps == ("t",) and [t.node_id for t in result.trajectories] == [2]
+
+
+def test_the_token_budget_counts_the_merged_duplicates_tokens():
+    # The root's children cost 4 + 4 + 1 = 9 tokens, the duplicate a included: a budget
+    # of 6 is spent after them (5 tokens without the duplicate would leave room).
+    spec = tree({"": [child("a", .9, tokens=4), child("a", .9, tokens=4),
+                      child("b", .1, tokens=1)],
+                 "a": [child("a1", .5, end=True)]})
+    config = AStarConfig(k=3, budget=Budget(max_generated_tokens=6))
+    [result], _, _ = search({0: spec}, config)
+    assert result.tree["expansion_order"] == [0]
+    assert result.outcome is Outcome.partial and result.steps == ("a",)
+    assert result.counters.generated_tokens == 9
