@@ -414,3 +414,14 @@ def test_the_token_budget_counts_the_merged_duplicates_tokens():
     assert result.tree["expansion_order"] == [0]
     assert result.outcome is Outcome.partial and result.steps == ("a",)
     assert result.counters.generated_tokens == 9
+
+
+def test_the_same_step_under_two_parents_is_two_nodes():
+    # "=5" after a (.3) and after b (.7): cousins, not siblings, so neither is merged.
+    spec = tree({"": [child("a", .9), child("b", .8)],
+                 "a": [child("=5", .3, end=True)], "b": [child("=5", .7, end=True)]})
+    [result], _, _ = search({0: spec}, AStarConfig(k=2, n_complete=2))
+    assert result.tree["expansion_order"] == [0, 1, 2]
+    assert [(t.node_id, t.steps) for t in result.trajectories] == [(4, ("b", "=5")),
+                                                                 (3, ("a", "=5"))]
+    assert result.steps == ("b", "=5") and result.score == .7
