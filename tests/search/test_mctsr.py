@@ -235,3 +235,19 @@ def test_text_search_refuses_an_idle_planner_and_a_wrong_number_of_samples():
     with pytest.raises(ValueError, match=r"generator returned \[2\] completions for "
                                          r"requests of \[1\]"):
         run_text_search(1, lambda i: AskAll(i, ["q a"]), Doubling(QUESTIONS), progress=False)
+
+
+def test_text_search_calls_the_generator_only_in_rounds_that_ask_something():
+    """MCTSr finishes in the propose after its last self-score: that round asks nothing,
+    so the generator is not called with no requests."""
+    calls = []
+
+    class Counting(ScriptedWriter):
+        def generate(self, requests):
+            calls.append([r.stream for r in requests])
+            return super().generate(requests)
+
+    run_text_search(1, lambda i: planner(rollouts=2, root="dont_know"), Counting(SCRIPT),
+                    progress=False)
+    assert calls == [["score/0"], ["critique/0"], ["refine/0"], ["score/1"], ["critique/1"],
+                     ["refine/1"], ["score/2"]]
