@@ -59,6 +59,7 @@ def test_paper_config_runs_end_to_end_with_tiny_stand_ins(config, tiny_checkpoin
     assert all(entry["n"] == 2 for entry in summary.values())
     assert summary["qstar"]["q_calls"] > 0
     assert (summary["qstar"]["prm_calls"] > 0) == uses_prm
+    assert summary["greedy"]["prm_calls"] == 0  # its choices never read the PRM
 
 
 def test_q_on_a_separate_trainable_backbone(tiny_checkpoint, tmp_path, monkeypatch):

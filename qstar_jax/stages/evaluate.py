@@ -110,6 +110,20 @@ def planner_factory(ctx: RunContext, method: str,
     return lambda i: AStarPlanner(i, config)
 
 
+def reads_process_rewards(cfg, method: str) -> bool:
+    """Whether ``method``'s choices read g, the process utility's rewards (search.utility).
+    The others search with ZeroUtility, so a PRM is neither run nor charged for a search
+    that ignores it: greedy, self-consistency, best-of-N ranked by Q̂, MCTSr (its own
+    self-evaluation) and a Tree of Thoughts judged by Q̂ or a value prompt."""
+    if method in ("greedy", SECOND_POLICY_GREEDY, "self_consistency", "mctsr"):
+        return False
+    if method in ("best_of_n", "best_of_n_matched"):
+        return cfg.eval.best_of_n_scorer != Scorer.q
+    if method in ("tot_bfs", "tot_dfs"):
+        return cfg.eval.tot.evaluator == ToTEvaluator.prm
+    return True  # beam, qstar and qstar_no_q rank by f = g + λ·h
+
+
 def reads_q_hat(cfg) -> bool:
     """Whether a configured method reads the trained Q̂ (greedy, self-consistency, MCTSr
     and a Tree of Thoughts judged otherwise evaluate without one)."""
@@ -143,13 +157,14 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
                    if any(p.id not in ids for ids in done.values())]
         if not pending:
             return
+        rewards = utility if reads_process_rewards(cfg, method) else ZeroUtility()
         if method == SECOND_POLICY_GREEDY:  # the second policy decodes, greedy
             search_batch = _step_search(ctx, "greedy", 1, ctx.runtime(
-                problems, model=ctx.second_policy), None, utility)
+                problems, model=ctx.second_policy), None, rewards)
         elif method in REASONER_METHODS:
-            search_batch = reasoner_search(ctx, method, problems, runtime, q_fn, utility)
+            search_batch = reasoner_search(ctx, method, problems, runtime, q_fn, rewards)
         else:
-            search_batch = _step_search(ctx, method, samples, runtime, q_fn, utility)
+            search_batch = _step_search(ctx, method, samples, runtime, q_fn, rewards)
         size = min(cfg.eval.problems_per_batch,
                    ctx.searches_per_batch(slots_per_problem(ctx, method, samples)))
         for start in range(0, len(pending), size):

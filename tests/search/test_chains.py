@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -86,6 +88,10 @@ def test_votes_on_best_of_ns_chains_give_self_consistencys_result():
     assert voted.trajectories == searched.trajectories
     assert voted.counters.q_calls == 0
     assert voted.counters.generated_tokens == searched.counters.generated_tokens
+    # Best-of-N's PRM calls are not charged to the vote either.
+    charged = dataclasses.replace(best_of, counters=dataclasses.replace(best_of.counters,
+                                                                        prm_calls=6))
+    assert self_consistency_of(charged, answer_key).counters.prm_calls == 0
 
 
 def test_self_consistency_breaks_vote_ties_toward_the_earlier_chain():
