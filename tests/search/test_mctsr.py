@@ -41,6 +41,11 @@ def test_scores_are_parsed_suppressed_and_aggregated():
     assert answer_q([], config) == -100
 
 
+def test_a_score_keeps_its_decimals_and_is_clipped_at_both_ends():
+    assert parse_score("Score: 72.5/100") == 72.5 and parse_score("+30 points") == 30
+    assert parse_score("I give it 150") == 100 and parse_score("-100.0") == -100
+
+
 def test_a_reply_holds_its_score_once_nothing_later_can_change_what_is_read():
     """Every reply over a small alphabet, against every way it could go on: where
     ``holds_score`` says the score is there, ``parse_score`` reads the same from the reply
@@ -123,21 +128,23 @@ SCRIPT = {
 
 def test_search_answers_with_the_best_q_node_not_the_right_one():
     writer = ScriptedWriter(SCRIPT)
-    [result] = run_text_search(1, lambda i: planner(rollouts=2, root="dont_know"), writer,
-                               include_trees=True, progress=False)
+    [result] = run_text_search(1, lambda i: planner(rollouts=2, root="dont_know",
+                                                    temperature=0.7, score_temperature=0.3),
+                               writer, include_trees=True, progress=False)
     asked = [(r.prompt.split()[0], r.num_samples, r.temperature, r.stream)
              for r in writer.requests]
-    assert asked == [("score", 3, 0.95, "score/0"),
-                     ("critique", 1, 0.95, "critique/0"), ("refine", 1, 0.95, "refine/0"),
-                     ("score", 3, 0.95, "score/1"),
-                     ("critique", 1, 0.95, "critique/1"), ("refine", 1, 0.95, "refine/1"),
-                     ("score", 3, 0.95, "score/2")]
+    assert asked == [("score", 3, 0.3, "score/0"),
+                     ("critique", 1, 0.7, "critique/0"), ("refine", 1, 0.7, "refine/0"),
+                     ("score", 3, 0.3, "score/1"),
+                     ("critique", 1, 0.7, "critique/1"), ("refine", 1, 0.7, "refine/1"),
+                     ("score", 3, 0.3, "score/2")]
     # Q: seed (-60 + -55) / 2 = -57.5; "7" (46 + 62) / 2 = 54; "8" 40. Rollout 2 refines
     # "7", the fresh node. Say "8" is right: the answer is still "7", the best Q.
     assert [(t.steps, t.score) for t in result.trajectories] == [
         ((DONT_KNOW,), -57.5), (("The answer is: 7",), 54), (("The answer is: 8",), 40)]
     assert result.steps == ("The answer is: 7",) and result.node_id == 1
-    assert [n["parent"] for n in result.tree["nodes"]] == [None, 0, 1]
+    assert [(n["parent"], n["critique"]) for n in result.tree["nodes"]] == [
+        (None, None), (0, "be concrete"), (1, "check the sum")]
     c = result.counters
     assert c.expansions == 7
     assert c.generated_tokens == sum(len(t.split()) for texts in SCRIPT.values()
