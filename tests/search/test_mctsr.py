@@ -107,6 +107,37 @@ def test_a_node_no_child_improved_on_stays_open():
     assert two_nodes(90).select().answer == "child"
 
 
+def test_a_node_with_max_children_one_of_which_improved_on_it_is_closed():
+    """X (0) -> C (0) -> D (2), one child each: D's Q 2 beats C's 1, C's beats X's 0.5,
+    so X and C are fully expanded and only D is open, though C's UCT (1 + 100 sqrt(ln 3 /
+    11) = 32.6) beats D's (2 + 100 sqrt(ln 2 / 10) = 28.3) and X's (30.8) under ε = 10."""
+    p = planner(max_children=1, exploration=100.0, epsilon=10.0)
+    p.add_node("D", [2], parent=p.add_node("C", [0], parent=p.add_node("X", [0], parent=None)))
+    assert [(n.q, n.visits) for n in p.nodes] == [(0.5, 2), (1, 1), (2, 0)]
+    assert p.select().answer == "D"
+
+
+def test_a_root_is_its_own_parent_in_uct():
+    """R1 (Q 0 after its child X, visited once) counts its own visit as its parent's:
+    UCT 0 + 10 sqrt(ln 2 / 2) = 5.89 beats the unvisited root R2's 5 + 10 sqrt(ln 1) = 5."""
+    p = planner(exploration=10.0, epsilon=1.0)
+    p.add_node("X", [-90], parent=p.add_node("R1", [90], parent=None))
+    p.add_node("R2", [5], parent=None)
+    assert [(n.q, n.visits) for n in p.nodes] == [(0, 1), (-90, 0), (5, 0)]
+    assert p.select().answer == "R1"
+
+
+def test_the_answer_is_the_best_own_q_not_the_backpropagated_one():
+    """R (60) with a child A (0) backpropagates to Q' (60 + 0) / 2 = 30, below the root S
+    (40); the answer is still R, whose own Q is the highest."""
+    p = planner()
+    p.add_node("A", [0], parent=p.add_node("R", [60], parent=None))
+    p.add_node("S", [40], parent=None)
+    assert [n.q for n in p.nodes] == [30, 0, 40]
+    result = p.result()
+    assert (result.steps, result.node_id, result.score) == (("R",), 0, 60)
+
+
 def test_equal_q_goes_to_the_older_node():
     p = planner(exploration=0.0)
     p.add_node("first", [50], parent=None)
