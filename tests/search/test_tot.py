@@ -57,6 +57,30 @@ def test_bfs_with_a_prm_keeps_the_best_b_states_by_aggregated_reward():
     assert result.steps == ("a", "a3", "x3") and result.score == pytest.approx(.9)
 
 
+def temperatures(expander_calls):
+    return {r.temperature for call in expander_calls for r in call}
+
+
+def test_bfs_hands_the_beam_its_temperature_depth_limit_and_folds():
+    """Q̂ folded by h_agg=min, at temperature .7, two steps deep: depth 2 keeps b2 (.8) and
+    c1 (min(.5, .6) = .5, finished), and stops there with c1, valued .5, not .6."""
+    config = ToTConfig(k=3, keep=2, temperature=.7, h_agg="min", max_steps=2)
+    expander = FakeExpander({0: BFS_TREE})
+    [result] = run_search(1, lambda i: tot_bfs_planner(i, config, q_value), expander,
+                          HiddenQ(), progress=False)
+    assert [[r.node.id for r in call] for call in expander.expand_calls] == [[0], [2, 3]]
+    assert temperatures(expander.expand_calls) == {.7}
+    assert [(t.node_id, t.score) for t in result.trajectories] == [(7, .5)]
+    assert result.steps == ("c", "c1")
+    # Rewards summed by agg=sum: x3 is .9 + .95 + .9 = 2.75, x1 .9 + .95 + .8.
+    summed = ToTConfig(k=3, keep=2, agg="sum")
+    result, expanded = search(lambda i: tot_bfs_planner(i, summed, process_value), BFS_TREE,
+                              lambda fake: RuleUtility(rule=fake.reward_rule))
+    assert expanded == [[0], [1, 3], [6, 5]] and result.steps == ("a", "a3", "x3")
+    assert [(t.node_id, t.score) for t in result.trajectories] == [
+        (12, pytest.approx(2.75)), (10, pytest.approx(2.65))]
+
+
 # Threshold .5: c (3) is pruned at once; a's children (4-6) all fall below it, so the
 # search backtracks to b, whose best child b2 (8) leads to the terminal e1 (10).
 DFS_TREE = tree({
@@ -104,6 +128,40 @@ def test_dfs_keeps_a_state_valued_at_the_threshold_and_answers_with_the_best_com
     assert [t.node_id for t in result.trajectories] == [3, 6, 7, 5]
     assert result.outcome is Outcome.complete and result.node_id == 6
     assert result.steps == ("a", "y", "z2") and result.score == pytest.approx(.9)
+
+
+def test_dfs_samples_at_its_temperature_and_values_by_the_folded_q():
+    """Q̂ summed by h_agg=sum lifts a's children over the threshold (a1 1.2, a2 1.3, a3
+    1.0): a3 ends, so the search stops after a, answering a3 valued 1.0, c (.2) pruned."""
+    planners = []
+
+    def make(i):
+        planners.append(ToTDFSPlanner(i, ToTConfig(k=3, threshold=.5, temperature=.7,
+                                                   h_agg="sum"), q_value))
+        return planners[-1]
+
+    expander = FakeExpander({0: DFS_TREE})
+    [result] = run_search(1, make, expander, HiddenQ(), progress=False)
+    assert [[r.node.id for r in call] for call in expander.expand_calls] == [[0], [1]]
+    assert temperatures(expander.expand_calls) == {.7} and planners[0].pruned == [3]
+    assert result.steps == ("a", "a3") and result.score == pytest.approx(1.0)
+
+
+def test_dfs_merges_a_repeated_step_into_one_state():
+    """The root's second "a" is dropped (no node, its handle released): a (1) is expanded
+    once, its children (3-5) pruned, and the search backtracks to b (2)."""
+    spec = tree({"": [child("a", .9), child("a", .9), child("b", .6)],
+                 "a": [child("a1", .3), child("a2", .2), child("a3", .1)],
+                 "b": [child("e1", .8, end=True)]})
+    planners = []
+
+    def make(i):
+        planners.append(ToTDFSPlanner(i, ToTConfig(k=3, threshold=.5), q_value))
+        return planners[-1]
+
+    result, expanded = search(make, spec)
+    assert expanded == [[0], [1], [2]] and planners[0].pruned == [3, 4, 5]
+    assert result.steps == ("b", "e1") and result.node_id == 6
 
 
 def test_dfs_stops_at_the_step_limit_with_the_last_expanded_state():
