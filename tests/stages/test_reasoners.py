@@ -9,7 +9,10 @@ import pytest
 
 from qstar_jax.config import load_config
 from qstar_jax.policy.runtime import SampledStep, SampledText
+from qstar_jax.search.aggregate import Agg
 from qstar_jax.search.process_utility import RuleUtility, ZeroUtility
+from qstar_jax.search.tot import ToTConfig, q_value
+from qstar_jax.stages import reasoners
 from qstar_jax.stages.reasoners import reasoner_search, reasoner_slots
 from qstar_jax.tasks.base import Problem
 from tests.support.scripted_runtime import ScriptedRuntime
@@ -60,6 +63,20 @@ def test_tot_expands_through_the_decoder_and_q_judges_the_states(method):
         c = r.counters
         assert (c.expansions, c.q_calls, c.generated_tokens) == (1, 2, 2 * TOKENS)
         assert r.completed and r.steps == ("Score: 50",)
+
+
+@pytest.mark.parametrize("method, planner", [("tot_bfs", "tot_bfs_planner"),
+                                               ("tot_dfs", "ToTDFSPlanner")])
+def test_tot_searches_with_the_configured_settings(method, planner, monkeypatch):
+    made = []
+    real = getattr(reasoners, planner)
+    monkeypatch.setattr(reasoners, planner, lambda i, config, value: made.append(
+        (i, config, value)) or real(i, config, value))
+    run(method, "eval.tot.k=3", "eval.tot.threshold=0.25", "eval.tot.max_expansions=7",
+        "eval.temperature=0.7", "decode.max_steps=5", "search.agg=sum", "search.h_agg=min")
+    assert made == [(i, ToTConfig(k=3, keep=2, threshold=0.25, max_expansions=7,
+                                  temperature=0.7, max_steps=5, agg=Agg.sum, h_agg=Agg.min),
+                     q_value) for i in (0, 2)]
 
 
 class TwoScoresRuntime(OneLineRuntime):
@@ -147,3 +164,9 @@ def test_slots_per_problem_cover_what_a_problem_holds():
     _, ctx = run("mctsr", "eval.tot.evaluator=value_prompt", "eval.tot.value_samples=3")
     assert reasoner_slots(ctx, "tot_bfs") == 2 * 3 + 2 * 2 * 4 + 4
     assert reasoner_slots(ctx, "tot_dfs") == 1 * 8 + 2 + 1 + 2 * 4 + 4
+    # K = 3 proposals for each of b = 2 states: 2 parents and their 6 children, each child
+    # with 3 verdicts and a prompt row; depth first, 2 siblings wait at each of 8 depths.
+    _, ctx = run("mctsr", "eval.tot.k=3", "eval.tot.evaluator=value_prompt",
+                 "eval.tot.value_samples=3")
+    assert reasoner_slots(ctx, "tot_bfs") == 2 * 4 + 2 * 3 * 4 + 4
+    assert reasoner_slots(ctx, "tot_dfs") == 2 * 8 + 3 + 1 + 3 * 4 + 4
