@@ -42,6 +42,35 @@ def test_kept_rationales_are_right_and_hints_never_saved():
     assert all(is_right(None, e.rationale) for e in kept)
 
 
+def test_the_first_right_rationale_that_does_not_quote_the_hint_is_kept():
+    """Plain samples are held to the hint too: the first right one quotes it, so the
+    second right one is kept, not the third."""
+    script = {"q0": [f"{HINT}|= 7", "1 + 6 = 7", "2 + 5 = 7"]}
+    kept = kept_examples(PROBLEMS[:1], ScriptedSampler(script, []), 3, is_right)
+    assert [(e.problem_id, e.rationale, e.rationalized) for e in kept] == [
+        ("p0", ("1 + 6 = 7",), False)]
+
+
+@pytest.mark.parametrize("rationalize, trained_on, calls_per_round", [
+    (True, [("p0", ("3 + 4 = 7",)), ("p1", ("2 + 5 = 7",))], 2),
+    (False, [("p0", ("3 + 4 = 7",))], 1)])
+def test_each_round_fine_tunes_on_its_kept_examples(tmp_path, rationalize, trained_on,
+                                                      calls_per_round):
+    trained, calls = [], []
+
+    def finetune(examples, r):
+        trained.append((r, [(e.problem_id, e.rationale) for e in examples]))
+        return f"policy{r}"
+
+    loop = StarLoop(folder=tmp_path, rounds=2, samples=2,
+                    sampler=lambda policy: ScriptedSampler(SCRIPT, calls), finetune=finetune,
+                    save=lambda policy, folder: None, load=lambda folder: "base",
+                    is_right=is_right, rationalize=rationalize)
+    assert loop.run(PROBLEMS) == [len(trained_on)] * 2
+    assert trained == [(0, trained_on), (1, trained_on)]
+    assert len(calls) == 2 * calls_per_round
+
+
 def test_without_rationalization_failures_are_not_retried():
     calls = []
     kept = kept_examples(PROBLEMS, ScriptedSampler(SCRIPT, calls), 2, is_right,
