@@ -35,3 +35,11 @@ def test_a_verdict_is_a_whole_word():
     assert [scorer.verdict_value(reply) for reply in
             ("Unsure.", "unlikely", "Sure!", "(impossible)", "likely\nsure")] == [
         0.0, 0.0, 20.0, 0.001, 20.0]
+
+
+def test_a_scorer_reads_the_verdicts_it_is_given():
+    """With values {yes: 1, no: -1}, the last of those words counts; 'sure' is none."""
+    scorer = ValuePromptScorer(generator=ScriptedWriter({}), prompt=lambda i, s: "",
+                               values={"yes": 1.0, "no": -1.0})
+    assert [scorer.verdict_value(reply) for reply in ("No, yes.", "yes... no", "Sure")] == [
+        1.0, -1.0, 0.0]
