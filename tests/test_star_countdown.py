@@ -1,8 +1,12 @@
-"""The STaR experiment's hints: a solution trace written as one expression."""
+"""The STaR experiment: its hints (a solution trace written as one expression) and its rounds
+over stand-ins for the model, its training, sampling and evaluation."""
 
+import json
 import random
 import re
 import runpy
+import sys
+import types
 from fractions import Fraction
 from pathlib import Path
 
@@ -36,3 +40,94 @@ def test_a_hint_is_the_solution_as_one_expression_and_no_step_can_quote_it():
 def test_an_operand_made_twice_takes_the_latest_expression():
     steps = ["2 + 2 = 4 (left: 4 4)", "4 * 4 = 16 (left: 16)"]  # 4 given, 4 made
     assert SCRIPT["solution_expression"](steps) == "(2+2)*4"
+
+
+def test_each_round_samples_the_last_policy_and_fine_tunes_the_weak_one(tmp_path, monkeypatch,
+                                                                          capsys):
+    """Stand-ins for the model, its training, its sampling and the evaluation runs, over 2
+    weak and 3 STaR problems (indices 2-4). The weak policy's second plain sample for p2 is
+    right and p3 is right only with its hint; round 0's policy gets p2-p4 right, round 1's
+    none. Each round samples the last round's policy (round 2, after a restart, round 1's
+    saved one) and fine-tunes the weak policy, not the last round's, on the kept pairs under
+    their plain and hinted questions, seeded seed + round + 1; a round that keeps nothing
+    copies the weak policy."""
+    main = SCRIPT["main"]
+    weak, round_0, round_1 = Path("weak_policy"), Path("round_0/policy"), Path("round_1/policy")
+    right = {weak: {(2, False), (3, True)}, round_0: {(2, False), (3, False), (4, False)},
+             round_1: set()}  # (problem, hinted) each policy gets right
+    trained, sampled, evaluated = [], [], []
+
+    def train_policy_on(model, tokenizer, examples, steps, seed, folder, settings):
+        trained.append((model, examples, steps, seed, folder.relative_to(tmp_path)))
+        folder.mkdir(parents=True)
+        (folder / "trained").write_text(folder.name)
+
+    class Rationales:
+        def __init__(self, ctx, problems, prompts_of, temperature):
+            self.policy = Path(ctx.config.policy.source).relative_to(tmp_path)
+            sampled.append(self.policy)
+            self.task, self.problems, self.prompts_of = ctx.task, problems, prompts_of
+
+        def sample(self, prompts, n):
+            out = []
+            for prompt in prompts:
+                i = self.prompts_of[prompt]
+                hinted = not prompt.startswith(self.problems[i].question)
+                steps = tuple(self.task.solution_steps(self.problems[i], random.Random(0)))
+                out.append([("1 + 1 = 2",), steps if (i, hinted) in right[self.policy]
+                            else ("2 + 2 = 4",)][:n])
+            return out
+
+    def evaluate(policy, folder, overrides):
+        r = int(folder.name.removeprefix("eval_"))
+        evaluated.append((policy.relative_to(tmp_path), folder.relative_to(tmp_path)))
+        return {m: {"accuracy": accuracy[r], "ci95": [0.0, 0.123456]}
+                for m, accuracy in [("greedy", [0, .25, .5, .75]), ("qstar", [.5, .625, .75, 1])]}
+
+    for name, stand_in in [("LlamaModel", lambda config, rngs: "weak model"),
+                           ("policy_model_config", lambda ctx, tokenizer: None),
+                           ("train_policy_on", train_policy_on),
+                           ("load_model", lambda folder: types.SimpleNamespace(
+                               model=("loaded", folder.relative_to(tmp_path)))),
+                           ("DecoderRationales", Rationales), ("evaluate", evaluate)]:
+        monkeypatch.setitem(main.__globals__, name, stand_in)
+
+    def run(rounds):
+        monkeypatch.setattr(sys, "argv", [
+            "star_countdown.py", "--out", str(tmp_path), "--rounds", str(rounds),
+            "--weak-problems", "2", "--weak-steps", "5", "--star-problems", "3",
+            "--samples", "2", "--round-steps", "7"])
+        main()
+        return json.loads(capsys.readouterr().out.splitlines()[-1])
+
+    task = CountdownTask({"num_count": 3, "number_range": [1, 15], "target_range": [10, 60]})
+    problems = task.load("train", limit=5, seed=0)
+    rng = random.Random(0)
+    solutions = [task.solution_steps(p, rng) for p in problems]
+    stars = [SCRIPT["star_problem"](p, "as " + SCRIPT["solution_expression"](s))
+             for p, s in zip(problems, solutions)]
+
+    def pairs(indices, steps_of=lambda i: task.solution_steps(problems[i], random.Random(0))):
+        return ([(stars[i].prompt, list(steps_of(i))) for i in indices]
+                + [(stars[i].hinted_prompt, list(steps_of(i))) for i in indices])
+
+    result = run(2)
+    assert (result["kept"], result["rationalized"]) == ([2, 2, 3], [0, 1, 0])
+    assert trained == [("weak model", pairs([0, 1], lambda i: solutions[i]), 5, 0, weak),
+                       (("loaded", weak), pairs([2, 3]), 7, 1, round_0),
+                       (("loaded", weak), pairs([2, 3, 4]), 7, 2, round_1)]
+    assert sampled == [weak, round_0]
+    assert evaluated == [(weak, Path("eval_0")), (round_0, Path("eval_1")),
+                         (round_1, Path("eval_2"))]
+    for log in (trained, sampled, evaluated):
+        log.clear()
+    result = run(3)
+    assert trained == []
+    assert (tmp_path / "round_2/policy/trained").read_text() == "weak_policy"
+    assert sampled == [round_1]
+    assert [policy for policy, _ in evaluated] == [weak, round_0, round_1,
+                                                   Path("round_2/policy")]
+    assert {k: v for k, v in result.items() if k != "seconds"} == {
+        "rounds": 3, "kept": [2, 2, 3, 0], "rationalized": [0, 1, 0, 0],
+        "greedy_accuracy": [0, .25, .5, .75], "qstar_accuracy": [.5, .625, .75, 1],
+        "greedy_ci95": [[0.0, 0.1235]] * 4, "qstar_ci95": [[0.0, 0.1235]] * 4}
