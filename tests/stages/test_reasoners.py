@@ -10,11 +10,13 @@ import pytest
 from qstar_jax.config import load_config
 from qstar_jax.policy.runtime import SampledStep, SampledText
 from qstar_jax.search.aggregate import Agg
+from qstar_jax.search.mctsr import DONT_KNOW
 from qstar_jax.search.process_utility import RuleUtility, ZeroUtility
 from qstar_jax.search.tot import ToTConfig, q_value
 from qstar_jax.stages import reasoners
 from qstar_jax.stages.reasoners import reasoner_search, reasoner_slots
 from qstar_jax.tasks.base import Problem
+from qstar_jax.tasks.prompts import ReasonerPrompts
 from tests.support.scripted_runtime import ScriptedRuntime
 
 TOKENS = 2  # per sampled line
@@ -152,6 +154,53 @@ def test_mctsr_writes_critiques_refinements_and_scores_through_the_generator():
     assert result.counters.expansions == 6
     assert result.counters.generated_tokens == (1 + 2 + 2 + 1 + 1 + 2) * TOKENS
     assert [t.score for t in result.trajectories] == [50, 50, 50]
+
+
+class RecordingRuntime(OneLineRuntime):
+    """Records each prompt prefilled, the tokens it takes from a kept row, and each text's
+    token cap."""
+
+    def __init__(self):
+        super().__init__()
+        self.prompts, self.shared, self.caps = [], [], []
+
+    def prefill_tokens(self, problem_indices, token_lists, *, sources=None, shared=None):
+        self.prompts += ["".join(map(chr, tokens)) for tokens in token_lists]
+        self.shared += shared or [0] * len(token_lists)
+        return super().prefill_tokens(problem_indices, token_lists, sources=sources,
+                                      shared=shared)
+
+    def sample_texts(self, slots, problem_indices, node_ids, temperatures, max_tokens,
+                     read_complete=None):
+        self.caps += max_tokens
+        return super().sample_texts(slots, problem_indices, node_ids, temperatures,
+                                    max_tokens, read_complete)
+
+
+def test_mctsr_writes_under_the_configured_token_cap_kept_rows_and_chat_template():
+    """eval.text_max_tokens=20 caps every text (the self-scores' own 32 too), none of the 6
+    prompts continues a kept row under eval.text_kept_rows=0, and each is the policy's chat
+    template over the conversation."""
+    config = load_config(overrides=["eval.mctsr.rollouts=1", "eval.mctsr.score_samples=2",
+                                    "eval.text_max_tokens=20", "eval.text_kept_rows=0",
+                                    "policy.chat_template=true"])
+
+    def chat(messages):
+        return "".join(f"<{m['role']}>{m['content']}" for m in messages)
+
+    ctx = types.SimpleNamespace(config=config, policy=types.SimpleNamespace(
+        tokenizer=types.SimpleNamespace(apply_chat_template=chat)))
+    problems = [Problem(id=f"p{i}", question=f"q{i}", reference=None) for i in range(2)]
+    runtime = RecordingRuntime()
+    [result] = reasoner_search(ctx, "mctsr", problems, runtime, None, ZeroUtility())([1], "m")
+    prompts = ReasonerPrompts(questions=("q0", "q1"), chat=chat)
+    answer = "Score: 50"
+    assert runtime.prompts == [prompts.answer(1), prompts.score(1, answer),
+                               prompts.score(1, DONT_KNOW), prompts.critique(1, answer),
+                               prompts.refine(1, answer, answer), prompts.score(1, answer)]
+    assert runtime.shared == [0] * 6 and runtime.caps == [20] * 9
+    assert result.counters.prefilled_tokens == sum(map(len, runtime.prompts))
+    assert reasoner_slots(ctx, "mctsr") == 2 + 1
 
 
 def test_slots_per_problem_cover_what_a_problem_holds():
