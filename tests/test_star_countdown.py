@@ -10,6 +10,7 @@ import types
 from fractions import Fraction
 from pathlib import Path
 
+from qstar_jax.search.interface import Generation
 from qstar_jax.tasks.countdown.task import CountdownTask
 
 SCRIPT = runpy.run_path(str(Path(__file__).parents[1] / "experiments" / "star_countdown.py"))
@@ -55,7 +56,7 @@ def test_each_round_samples_the_last_policy_and_fine_tunes_the_weak_one(tmp_path
     weak, round_0, round_1 = Path("weak_policy"), Path("round_0/policy"), Path("round_1/policy")
     right = {weak: {(2, False), (3, True)}, round_0: {(2, False), (3, False), (4, False)},
              round_1: set()}  # (problem, hinted) each policy gets right
-    trained, sampled, evaluated = [], [], []
+    trained, sampled, evaluated, temperatures = [], [], [], set()
 
     def train_policy_on(model, tokenizer, examples, steps, seed, folder, settings):
         trained.append((model, examples, steps, seed, folder.relative_to(tmp_path)))
@@ -66,6 +67,7 @@ def test_each_round_samples_the_last_policy_and_fine_tunes_the_weak_one(tmp_path
         def __init__(self, ctx, problems, prompts_of, temperature):
             self.policy = Path(ctx.config.policy.source).relative_to(tmp_path)
             sampled.append(self.policy)
+            temperatures.add(temperature)
             self.task, self.problems, self.prompts_of = ctx.task, problems, prompts_of
 
         def sample(self, prompts, n):
@@ -96,7 +98,7 @@ def test_each_round_samples_the_last_policy_and_fine_tunes_the_weak_one(tmp_path
         monkeypatch.setattr(sys, "argv", [
             "star_countdown.py", "--out", str(tmp_path), "--rounds", str(rounds),
             "--weak-problems", "2", "--weak-steps", "5", "--star-problems", "3",
-            "--samples", "2", "--round-steps", "7"])
+            "--samples", "2", "--round-steps", "7", "--temperature", "0.6"])
         main()
         return json.loads(capsys.readouterr().out.splitlines()[-1])
 
@@ -116,7 +118,7 @@ def test_each_round_samples_the_last_policy_and_fine_tunes_the_weak_one(tmp_path
     assert trained == [("weak model", pairs([0, 1], lambda i: solutions[i]), 5, 0, weak),
                        (("loaded", weak), pairs([2, 3]), 7, 1, round_0),
                        (("loaded", weak), pairs([2, 3, 4]), 7, 2, round_1)]
-    assert sampled == [weak, round_0]
+    assert sampled == [weak, round_0] and temperatures == {0.6}
     assert evaluated == [(weak, Path("eval_0")), (round_0, Path("eval_1")),
                          (round_1, Path("eval_2"))]
     for log in (trained, sampled, evaluated):
@@ -131,3 +133,34 @@ def test_each_round_samples_the_last_policy_and_fine_tunes_the_weak_one(tmp_path
         "rounds": 3, "kept": [2, 2, 3, 0], "rationalized": [0, 1, 0, 0],
         "greedy_accuracy": [0, .25, .5, .75], "qstar_accuracy": [.5, .625, .75, 1],
         "greedy_ci95": [[0.0, 0.1235]] * 4, "qstar_ci95": [[0.0, 0.1235]] * 4}
+
+
+def test_rationales_are_sampled_a_few_prompts_a_call_at_half_the_slot_length(monkeypatch):
+    """7 slots hold 2 prompts of a root and 2 samples each: 5 prompts go in calls of 2, 2
+    and 1, each sample capped at max_len // 2 = 50 tokens and split into its non-empty
+    steps."""
+    made, calls = [], []
+
+    class Generator:
+        def __init__(self, runtime, max_tokens):
+            made.append((runtime, max_tokens))
+
+        def generate(self, requests):
+            calls.append([(r.problem_index, r.prompt, r.num_samples, r.temperature, r.stream)
+                          for r in requests])
+            return [[Generation(text=f"{r.prompt} 1\n\n{r.prompt} {j}", generated_tokens=2)
+                     for j in range(r.num_samples)] for r in requests]
+
+    monkeypatch.setitem(SCRIPT["DecoderRationales"].__init__.__globals__,
+                        "DecoderTextGenerator", Generator)
+    ctx = types.SimpleNamespace(runtime=lambda problems: ("runtime of", problems),
+                                config=types.SimpleNamespace(
+                                    decode=types.SimpleNamespace(max_len=101, slots=7)))
+    prompts_of = {p: i for i, p in enumerate("vwxyz")}
+    sampler = SCRIPT["DecoderRationales"](ctx, ["problems"], prompts_of, 0.8)
+    rationales = sampler.sample(list("zyxwv"), 2)
+    assert made == [(("runtime of", ["problems"]), 50)]
+    assert calls == [[(4, "z", 2, 0.8, "star"), (3, "y", 2, 0.8, "star")],
+                     [(2, "x", 2, 0.8, "star"), (1, "w", 2, 0.8, "star")],
+                     [(0, "v", 2, 0.8, "star")]]
+    assert rationales == [[(f"{p} 1", f"{p} {j}") for j in range(2)] for p in "zyxwv"]
