@@ -129,13 +129,15 @@ def test_a_root_is_its_own_parent_in_uct():
 
 def test_the_answer_is_the_best_own_q_not_the_backpropagated_one():
     """R (60) with a child A (0) backpropagates to Q' (60 + 0) / 2 = 30, below the root S
-    (40); the answer is still R, whose own Q is the highest."""
+    (40); the answer is still R, whose own Q is the highest. An answer's steps are its
+    non-empty lines."""
     p = planner()
-    p.add_node("A", [0], parent=p.add_node("R", [60], parent=None))
+    p.add_node("A", [0], parent=p.add_node("R\n\n  \nThe answer is: 6\n", [60], parent=None))
     p.add_node("S", [40], parent=None)
     assert [n.q for n in p.nodes] == [30, 0, 40]
     result = p.result()
-    assert (result.steps, result.node_id, result.score) == (("R",), 0, 60)
+    assert (result.steps, result.node_id, result.score) == (("R", "The answer is: 6"), 0, 60)
+    assert [t.steps for t in result.trajectories] == [("R", "The answer is: 6"), ("A",), ("S",)]
 
 
 def test_equal_q_goes_to_the_older_node():
@@ -185,10 +187,10 @@ def test_search_answers_with_the_best_q_node_not_the_right_one():
 
 def test_greedy_root_is_the_policy_answer_at_temperature_zero():
     writer = ScriptedWriter({"answer 0": ["The answer is: 7"], **SCRIPT})
-    [result] = run_text_search(1, lambda i: planner(rollouts=1, root="greedy"), writer,
-                               progress=False)
-    assert [(r.stream, r.temperature) for r in writer.requests[:2]] == [
-        ("answer", 0.0), ("score/0", 0.95)]
+    [result] = run_text_search(1, lambda i: planner(rollouts=1, root="greedy",
+                                                    score_max_tokens=8), writer, progress=False)
+    assert [(r.stream, r.temperature, r.max_tokens) for r in writer.requests[:2]] == [
+        ("answer", 0.0, None), ("score/0", 0.95, 8)]
     assert [t.steps for t in result.trajectories] == [("The answer is: 7",),
                                                       ("The answer is: 8",)]
 
