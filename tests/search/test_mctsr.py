@@ -129,12 +129,12 @@ def test_a_root_is_its_own_parent_in_uct():
 
 def test_the_answer_is_the_best_own_q_not_the_backpropagated_one():
     """R (60) with a child A (0) backpropagates to Q' (60 + 0) / 2 = 30, below the root S
-    (40); the answer is still R, whose own Q is the highest. An answer's steps are its
-    non-empty lines."""
-    p = planner()
+    (40); the answer is still R, whose own Q is the highest, while the node refined next
+    (without exploration) is S, whose Q' is. An answer's steps are its non-empty lines."""
+    p = planner(exploration=0.0)
     p.add_node("A", [0], parent=p.add_node("R\n\n  \nThe answer is: 6\n", [60], parent=None))
     p.add_node("S", [40], parent=None)
-    assert [n.q for n in p.nodes] == [30, 0, 40]
+    assert [n.q for n in p.nodes] == [30, 0, 40] and p.select().answer == "S"
     result = p.result()
     assert (result.steps, result.node_id, result.score) == (("R", "The answer is: 6"), 0, 60)
     assert [t.steps for t in result.trajectories] == [("R", "The answer is: 6"), ("A",), ("S",)]
