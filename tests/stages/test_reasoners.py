@@ -219,3 +219,30 @@ def test_slots_per_problem_cover_what_a_problem_holds():
                  "eval.tot.value_samples=3")
     assert reasoner_slots(ctx, "tot_bfs") == 2 * 4 + 2 * 3 * 4 + 4
     assert reasoner_slots(ctx, "tot_dfs") == 2 * 8 + 3 + 1 + 3 * 4 + 4
+
+
+
+class TwoStepsRuntime(RecordingRuntime):
+    """Sampled lines are "step <n>" for the n-th sampling call; only the second's end."""
+
+    calls = 0
+
+    def sample(self, slots, problem_indices, node_ids, temperatures):
+        self.calls += 1
+        return [dataclasses.replace(s, text=f"step {self.calls}", ends_trace=self.calls > 1)
+                for s in super().sample(slots, problem_indices, node_ids, temperatures)]
+
+
+def test_tot_asks_the_value_prompt_about_each_new_state_of_its_own_problem():
+    """Problem 2's two children at each depth are valued by prompts over their whole
+    state: ("step 1",), then ("step 1", "step 2")."""
+    config = load_config(overrides=["eval.tot.k=2", "eval.tot.keep=1", "eval.prefix_sharing=false",
+                                    "eval.tot.evaluator=value_prompt", "eval.tot.value_samples=3"])
+    problems = [Problem(id=f"p{i}", question=f"q{i}", reference=None) for i in range(3)]
+    runtime = TwoStepsRuntime()
+    [result] = reasoner_search(types.SimpleNamespace(config=config), "tot_bfs", problems,
+                               runtime, None, ZeroUtility())([2], "tot_bfs")
+    value = ReasonerPrompts(questions=("q0", "q1", "q2")).value
+    assert runtime.prompts == ["prompt", *[value(2, ("step 1",))] * 2,
+                               *[value(2, ("step 1", "step 2"))] * 2]
+    assert result.steps == ("step 1", "step 2") and result.counters.q_calls == 4
