@@ -1,5 +1,6 @@
 import itertools
 import math
+import re
 
 import pytest
 
@@ -219,6 +220,13 @@ def test_bad_mctsr_config_is_a_clear_error():
         MCTSrConfig(rollouts=0)
     with pytest.raises(ValueError, match="'best'"):
         MCTSrConfig(root="best")
+    for bad, message in [({"rollouts": True}, "rollouts must be an integer >= 1, got True"),
+                         ({"score_max_tokens": 0}, "score_max_tokens must be an integer >= 1"),
+                         ({"epsilon": 0.0}, "exploration >= 0 and epsilon > 0, got 1.4 and 0.0"),
+                         ({"exploration": -0.5}, "epsilon > 0, got -0.5 and 1e-05"),
+                         ({"score_temperature": -0.1}, "temperatures must be >= 0")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            MCTSrConfig(**bad)
 
 
 class AskAll(RoundGuard):

@@ -188,3 +188,7 @@ def test_best_by_takes_the_highest_value_and_ties_to_the_lowest_node_id():
 def test_bad_tot_config_is_a_clear_error():
     with pytest.raises(ValueError, match="keep must be an integer >= 1"):
         ToTConfig(keep=0)
+    with pytest.raises(ValueError, match="max_expansions must be an integer >= 1, got 0"):
+        ToTConfig(max_expansions=0)
+    with pytest.raises(ValueError, match=r"temperature must be >= 0 \(0 = greedy\), got -1"):
+        ToTConfig(temperature=-1.0)
