@@ -6,7 +6,8 @@ import pytest
 from flax import nnx
 
 from qstar_jax.qvalue.head import QHead, QHeadConfig, QHeadModel
-from qstar_jax.qvalue.train import TrainConfig, make_optimizer, roc_auc, train_q_model
+from qstar_jax.qvalue.train import (TrainConfig, make_optimizer, roc_auc, split_indices,
+                                    train_q_model)
 from tests.qvalue.tiny import E, separable_features
 
 
@@ -153,3 +154,39 @@ def test_roc_auc_of_graded_labels_is_the_share_of_label_ordered_pairs_scored_in_
     brute = [(s_i > s_j) + 0.5 * (s_i == s_j) for s_i, l_i in zip(scores, labels)
              for s_j, l_j in zip(scores, labels) if l_i > l_j]
     assert roc_auc(scores, labels) == pytest.approx(np.mean(brute))
+
+
+@pytest.mark.parametrize(("loss", "output", "train_loss", "heldout_loss", "constant"), [
+    # bias .25 on zero features: the logit or the value .25 for every row. BCE of logit
+    # .25 is softplus(.25) against 0, softplus(-.25) against 1; the constant predictor's
+    # mean training label 0 is clipped to 1e-6, so its held-out BCE is -ln(1e-6).
+    ("bce", "sigmoid", math.log1p(math.exp(0.25)), math.log1p(math.exp(-0.25)),
+     -math.log(1e-6)),
+    ("mse", "raw", 0.25 ** 2, 0.75 ** 2, 1.0),
+], ids=["bce", "mse"])
+def test_training_reads_only_training_rows_and_evaluates_only_held_out_ones(
+        loss, output, train_loss, heldout_loss, constant):
+    """Labels 0 on the 30 training rows and 1 on the 10 held-out ones, at learning rate 0
+    so the head stays at its bias: every step's loss is a training row's, every
+    evaluation's a held-out row's. The held-out rows are evaluated in chunks of 8 and 2,
+    the second padded with row 0, a training row; the last step (10) is evaluated though
+    eval_every is 4."""
+    config = TrainConfig(loss=loss, learning_rate=0.0, max_steps=10, batch_size=8,
+                         heldout_fraction=0.25, eval_every=4, patience=5, seed=2)
+    train, heldout = split_indices(40, config)
+    assert len(heldout) == 10 and 0 in train
+    labels = np.zeros(40, np.float32)
+    labels[heldout] = 1.0
+    head = fresh_head(output)
+    head.out.bias[...] = np.full((1,), 0.25, np.float32)
+    step_losses = []
+    result = train_q_model(head, np.zeros((40, E), np.float32), labels, config,
+                           on_step=lambda step, value: step_losses.append(value),
+                           progress=False)
+    assert step_losses == pytest.approx([train_loss] * 10, rel=1e-6)
+    assert [step for step, _ in result.heldout_losses] == [4, 8, 10]
+    assert [value for _, value in result.heldout_losses] == pytest.approx(
+        [heldout_loss] * 3, rel=1e-6)
+    assert (result.steps, result.best_step, result.stopped_early) == (10, 4, False)
+    assert result.constant_heldout_loss == pytest.approx(constant, rel=1e-6)
+    assert result.heldout_auc is None  # every held-out label is 1
