@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import re
 
 import jax
 import numpy as np
@@ -224,3 +225,23 @@ def test_progress_is_saved_as_it_was_when_save_was_called(tmp_path):
                                           best_params=params, step=step)
                 assert restored["step"] == step
                 assert restored["heldout_losses"][-1] == [step, 1.0 / step]
+
+
+def test_restoring_under_another_head_config_names_both(tmp_path):
+    """A raw head (trained with MSE) has the sigmoid head's shapes, so only the stored head
+    config tells the checkpoint is not a sigmoid head's; read back, it is raw."""
+    params = {"w": np.ones((3,), np.float32)}
+    opt_state = {"count": np.zeros((), np.int32)}
+    raw = dataclasses.replace(HEAD, output="raw")
+    identity = BackboneIdentity.of_policy(POLICY)
+    with QCheckpointer(tmp_path, identity=identity, head_config=raw) as ck:
+        ck.save(2, params=params, opt_state=opt_state, best_params=params, progress={})
+    assert read_metadata(tmp_path) == (identity, raw)
+    with checkpointer(tmp_path) as ck:  # HEAD: the sigmoid head
+        message = re.escape(f"has head {raw}, not {HEAD}; match the head config")
+        with pytest.raises(ValueError, match=message):
+            ck.restore(params=params, opt_state=opt_state, best_params=params)
+        with pytest.raises(ValueError, match=message):
+            ck.restore_best_params(params)
+    with QCheckpointer(tmp_path, identity=identity, head_config=raw) as ck:
+        jax.tree.map(np.testing.assert_array_equal, ck.restore_best_params(params), params)
