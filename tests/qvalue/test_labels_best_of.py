@@ -146,7 +146,8 @@ def test_each_distinct_trace_is_graded_once():
 class ScriptedUCTSampler:
     """From state s the single steps sampled are CHILDREN[s] (every state below has 3);
     a rollout from s is the one step "end", and its return ROLLOUT_RETURN[s] (0 if not
-    listed). Records the states expanded and rolled out from, in order."""
+    listed). Records the states expanded and rolled out from, in order, and each call's
+    (n, temperature, max_steps)."""
 
     CHILDREN = {("s",): ("x", "y", "z"), ("s", "x"): ("x1", "x2", "x3"),
                 ("s", "y"): ("y1", "y2", "y3"), ("s", "z"): ("z1", "z2", "z3")}
@@ -154,9 +155,10 @@ class ScriptedUCTSampler:
                       ("s", "y", "y1"): .6, ("s", "x", "x1"): 1.0}
 
     def __init__(self):
-        self.expanded, self.rolled_out = [], []
+        self.expanded, self.rolled_out, self.settings = [], [], []
 
     def continue_from(self, items, n, temperature, max_steps=None):
+        self.settings.append((n, temperature, max_steps))
         states = [steps for _, steps in items]
         if max_steps == 1:
             self.expanded += states
@@ -183,3 +185,23 @@ def test_uct_tries_each_new_child_in_order_then_the_best_mean_plus_exploration()
     assert sampler.rolled_out == [("s", "x"), ("s", "y"), ("s", "z"), ("s", "y", "y1"),
                                   ("s", "x", "x1")]
     assert list(best) == [1.0]
+
+
+def test_mcts_labels_search_with_the_configured_exploration_temperature_and_step_cap():
+    """The scripted tree of the test above through best_of_rollouts_labels, at exploration
+    0: simulations 1-4 as there; at 5 the best mean, y (.6 against x's .5), is descended
+    again instead of x, so y2 (0) is rolled out and x1's 1 is never found: the label is
+    .6. Expansions ask for 3 single steps, rollouts for one of at most 4 steps, all at
+    temperature .3."""
+    sampler = ScriptedUCTSampler()
+    pairs = [StepPair(problem_index=0, prefix_steps=(), step_text="s")]
+    config = BestOfRolloutsConfig(method="mcts", rollouts=5, mcts_branching=3,
+                                  mcts_exploration=0.0, temperature=0.3, max_steps=4)
+    (label,) = best_of_rollouts_labels(pairs, sampler, sampler.reward, config, progress=False)
+    assert label.label == pytest.approx(0.6)
+    assert sampler.expanded == [("s",), ("s", "y")]
+    assert sampler.rolled_out == [("s", "x"), ("s", "y"), ("s", "z"), ("s", "y", "y1"),
+                                  ("s", "y", "y2")]
+    expand, roll_out = (3, 0.3, 1), (1, 0.3, 4)
+    assert sampler.settings == [expand, roll_out, roll_out, roll_out, expand, roll_out,
+                                roll_out]
