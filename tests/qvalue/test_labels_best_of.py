@@ -5,6 +5,7 @@ import pytest
 from qstar_jax.qvalue.dataset import StepPair, trace_continuations
 from qstar_jax.qvalue.rollouts import ProblemRollouts, Rollout
 from qstar_jax.qvalue.labels_best_of import BestOfRolloutsConfig, best_of_rollouts_labels
+from qstar_jax.qvalue.labels_shepherd import OutcomeJournal, shepherd_labels
 from qstar_jax.qvalue.uct import UCTConfig, uct_best_returns
 from tests.qvalue.toy_tree import (PROBLEM, REWARDS, EnumeratingSampler, all_pairs, best_return,
                                    reward)
@@ -128,6 +129,19 @@ def test_a_trace_counts_as_one_of_the_rollouts_and_one_fewer_is_drawn():
         progress=False, traces=traces)
     assert label.label == pytest.approx(GAMMA)  # the trace's a1; the one drawn was a2 (0)
     assert [call["n"] for call in sampler.calls] == [1]
+
+
+def test_the_outcomes_recorded_for_the_prm_include_the_traces_own(tmp_path):
+    """With trace_is_a_rollout, the M completions the PRM's labels read are the one drawn
+    (a2: 0) and the trace's own (a1: 1), so soft estimation gives .5, not 0."""
+    pairs = [StepPair(problem_index=PROBLEM, prefix_steps=(), step_text="a")]
+    traces = trace_continuations([traces_of((("a", "a1"), 1.0))])
+    outcomes = OutcomeJournal(tmp_path / "outcomes.jsonl")
+    best_of_rollouts_labels(pairs, EnumeratingSampler(), reward,
+                            BestOfRolloutsConfig(rollouts=2, trace_is_a_rollout=True),
+                            progress=False, traces=traces, outcomes=outcomes)
+    assert outcomes.known() == {(PROBLEM, (), "a"): [0.0, 1.0]}
+    assert shepherd_labels(pairs, outcomes.known(), "soft")[0].label == 0.5
 
 
 def test_each_distinct_trace_is_graded_once():
