@@ -1,7 +1,7 @@
 import pytest
 
 from qstar_jax.qvalue.dataset import StepPair
-from qstar_jax.qvalue.labels_completion import stronger_completion_labels
+from qstar_jax.qvalue.labels_completion import SolverSampler, stronger_completion_labels
 from tests.qvalue.toy_tree import PROBLEM, REWARDS, reward
 
 
@@ -47,3 +47,25 @@ def test_a_completion_of_several_steps_is_discounted_once_per_step():
                                          discount=0.5, progress=False)
     # b ⊕ b1 b11 -> 1 after two steps: γ² · 1.
     assert label.label == pytest.approx(0.25)
+
+
+def test_a_solvers_completion_is_cut_at_max_steps_and_asked_per_problem_and_state():
+    asked = []
+
+    def complete(problem, steps):
+        asked.append((problem, steps))
+        return ("b1", "b11") if problem == PROBLEM else ("x",)
+
+    solver = SolverSampler(complete)
+    assert solver.continue_from([(PROBLEM, ("b",)), (3, ())], 2, 0.0, max_steps=1) == [
+        [("b1",), ("b1",)], [("x",), ("x",)]]
+    assert solver.continue_from([(PROBLEM, ("b",))], 1, 0.0) == [[("b1", "b11")]]
+    assert asked == [(PROBLEM, ("b",)), (3, ()), (PROBLEM, ("b",))]
+    # Cut after b1, the completion does not reach b11's reward: an unfinished trace is 0.
+    [capped] = stronger_completion_labels(
+        [pair((), "b")], SolverSampler(complete), lambda problem, steps: REWARDS.get(steps, 0.0),
+        discount=0.5, max_steps=1, progress=False)
+    assert capped.label == 0.0
+    [uncapped] = stronger_completion_labels([pair((), "b")], SolverSampler(complete), reward,
+                                            discount=0.5, max_steps=2, progress=False)
+    assert uncapped.label == pytest.approx(0.25)
