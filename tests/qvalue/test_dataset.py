@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from qstar_jax.qvalue.dataset import (LabelledStep, features_path, load_labelled, save_labelled,
-                                      step_pairs)
+from qstar_jax.qvalue.dataset import (LabelledStep, features_path, load_labelled,
+                                      load_step_logprobs, save_labelled, step_pairs)
 from qstar_jax.qvalue.rollouts import ProblemRollouts, Rollout
 
 
@@ -48,3 +48,20 @@ def test_features_saved_apart_from_their_records_are_refused(tmp_path):
     features_path(newer).replace(features_path(path))
     with pytest.raises(ValueError, match="has 2 feature rows for 3 records"):
         load_labelled(path)
+
+
+def test_step_logprobs_round_trip_with_the_features_and_need_them(tmp_path):
+    steps = [LabelledStep(problem_index=0, prefix_steps=(), step_text=f"s{i}", label=1.0)
+             for i in range(3)]
+    path = tmp_path / "labels.jsonl"
+    logprobs = np.array([-0.5, -2.0, -7.25], np.float32)
+    save_labelled(path, steps, features=np.zeros((3, 4), np.float32), step_logprobs=logprobs)
+    np.testing.assert_array_equal(load_step_logprobs(path), logprobs)
+    save_labelled(path, steps, features=np.zeros((3, 4), np.float32))
+    assert load_step_logprobs(path) is None  # features without log-probabilities
+    save_labelled(path, steps)
+    assert load_step_logprobs(path) is None  # no features file at all
+    for features, wrong in ((None, logprobs), (np.zeros((3, 4)), logprobs[:2]),
+                            (np.zeros((3, 4)), logprobs.reshape(3, 1))):
+        with pytest.raises(ValueError, match=r"step_logprobs go with features and must be \[N=3\]"):
+            save_labelled(path, steps, features=features, step_logprobs=wrong)
