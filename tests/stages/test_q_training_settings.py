@@ -4,14 +4,21 @@ width, and optimiser settings sized by the number of labels; and the summary it 
 import json
 from types import SimpleNamespace
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from qstar_jax.config import load_config
-from qstar_jax.qvalue.head import QHeadConfig
+from qstar_jax.models.loading import LoadedModel
+from qstar_jax.qvalue.checkpoint import BackboneIdentity
+from qstar_jax.qvalue.dataset import LabelledStep, save_labelled
+from qstar_jax.qvalue.head import QHead, QHeadConfig
 from qstar_jax.qvalue.train import TrainConfig, TrainResult
 from qstar_jax.stages import train_q
+from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.train_q import _write_summary, head_config, train_config
+from tests.qvalue.tiny import BACKBONE
 
 
 def context(*overrides, hidden_size=32):
@@ -67,3 +74,62 @@ def test_the_summary_counts_labels_above_one_half_as_positive(tmp_path, monkeypa
     monkeypatch.setattr(train_q, "is_writer", lambda: False)  # another process
     _write_summary(tmp_path / "other.json", result, np.ones(2, np.float32))
     assert not (tmp_path / "other.json").exists()
+
+
+STEPS = [LabelledStep(problem_index=1, prefix_steps=(), step_text="a = 1", label=1.0),
+         LabelledStep(problem_index=0, prefix_steps=("b = 2",), step_text="#### 2", label=0.0),
+         LabelledStep(problem_index=1, prefix_steps=("a = 1",), step_text="#### 1", label=0.5)]
+
+
+def test_train_q_fits_a_seeded_head_on_the_saved_features_and_both_log_probabilities(
+        tmp_path, monkeypatch):
+    """On the policy's features (width 16): the head reads each labelled step's saved
+    hidden state, 10 x its saved log-probability and 10 x the second policy's, asked over
+    the training problems' prompts; it starts from q_train's seed (5) and checkpoints
+    under the policy's identity in the run's q_dir."""
+    loaded = []
+    monkeypatch.setattr(RunContext, "load", lambda self, source: loaded.append(source)
+                        or LoadedModel(config=BACKBONE, model=None, tokenizer=None))
+    asked = {}
+
+    class SecondOpinion:
+        def __init__(self, model, prompts):
+            asked.update(model=model, prompts=prompts)
+
+        def __call__(self, steps):
+            asked["steps"] = list(steps)
+            return np.array([-0.25, -1.0, -3.0], np.float32)
+    monkeypatch.setattr(train_q, "SecondOpinion", SecondOpinion)
+    fitted = {}
+
+    def fit(model, inputs, labels, config, *, checkpointer, mesh):
+        fitted.update(model=model, inputs=inputs, labels=labels, config=config,
+                      identity=checkpointer.identity, head=checkpointer.head_config,
+                      directory=checkpointer.directory)
+        return TrainResult(steps=3, stopped_early=False, best_step=None,
+                           best_heldout_loss=None, heldout_losses=())
+    monkeypatch.setattr(train_q, "train_q_model", fit)
+    ctx = RunContext(config=load_config(None, ["task.train_problems=2", "seed=5"]),
+                     out=tmp_path)
+    features = np.arange(48, dtype=np.float32).reshape(3, 16)
+    save_labelled(ctx.labels_path, STEPS, features=features,
+                  step_logprobs=np.array([-0.5, -2.0, -40.0], np.float32))
+    train_q.train_q(ctx)
+
+    assert sorted(map(str, loaded)) == sorted(map(str, [ctx.policy_dir, ctx.second_opinion_dir]))
+    assert asked["prompts"] == ctx.prompts(ctx.problems("train", 2))
+    assert asked["steps"] == STEPS
+    np.testing.assert_array_equal(fitted["inputs"][:, :16], features)
+    np.testing.assert_array_equal(fitted["inputs"][:, 16:],
+                                  [[-5.0, -2.5], [-20.0, -10.0], [-300.0, -30.0]])
+    np.testing.assert_array_equal(fitted["labels"], [1.0, 0.0, 0.5])
+    assert fitted["config"] == train_config(ctx, 3)
+    head = QHeadConfig(hidden_size=16, mlp_widths=(16,), step_logprob=True,
+                       second_opinion=True, output="sigmoid")
+    assert fitted["model"].head_config == fitted["head"] == head
+    jax.tree.map(np.testing.assert_array_equal,
+                 nnx.to_pure_dict(nnx.state(fitted["model"], nnx.Param)),
+                 nnx.to_pure_dict(nnx.state(QHead(head, rngs=nnx.Rngs(5)), nnx.Param)))
+    assert fitted["identity"] == BackboneIdentity.of_policy(BACKBONE)
+    assert fitted["directory"] == ctx.q_dir
+    assert json.loads((tmp_path / "q_training.json").read_text())["examples"] == 3
