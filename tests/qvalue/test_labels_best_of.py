@@ -201,6 +201,36 @@ def test_uct_tries_each_new_child_in_order_then_the_best_mean_plus_exploration()
     assert list(best) == [1.0]
 
 
+class TraceEndingAtY(ScriptedUCTSampler):
+    """s's three sampled steps are x, x again and y; y ends the trace (worth .6), so a
+    rollout or an expansion from there is empty."""
+
+    CHILDREN = {("s",): ("x", "x", "y")}
+
+    def continue_from(self, items, n, temperature, max_steps=None):
+        [(_, state)] = items
+        if state != ("s", "y"):
+            return super().continue_from(items, n, temperature, max_steps)
+        (self.expanded if max_steps == 1 else self.rolled_out).append(state)
+        return [[()] * n]
+
+    @classmethod
+    def reward(cls, problem, trace):
+        return 0.6 if trace == ("s", "y") else super().reward(problem, trace)
+
+
+def test_uct_keeps_one_child_per_distinct_step_and_never_expands_where_a_trace_ended():
+    """1: s's steps x, x, y are two children; roll out from x (.5). 2: the unvisited y,
+    whose rollout is empty: the trace ended there (.6). 3: y's .6 + √(ln 2) beats x's:
+    y's end is backed up again, with no call to expand it."""
+    sampler = TraceEndingAtY()
+    best = uct_best_returns([(0, ("s",))], sampler, sampler.reward, UCTConfig(
+        simulations=3, branching=3, exploration=1.0, discount=1.0))
+    assert sampler.expanded == [("s",)]
+    assert sampler.rolled_out == [("s", "x"), ("s", "y")]
+    assert list(best) == [0.6]
+
+
 def test_mcts_labels_search_with_the_configured_exploration_temperature_and_step_cap():
     """The scripted tree of the test above through best_of_rollouts_labels, at exploration
     0: simulations 1-4 as there; at 5 the best mean, y (.6 against x's .5), is descended
