@@ -50,6 +50,10 @@ def test_resume_skips_stored_problems(tmp_path):
     assert sampler.asked == [2, 3]
     assert records[:2] == first
     assert [r.problem_index for r in read_rollouts(path)] == [0, 1, 2, 3]
+    # Asked for stored problems only, in another order: those records, in the order asked.
+    sampler = CountingSampler()
+    assert collect(path, [3, 1], sampler) == [records[3], records[1]]
+    assert sampler.asked == []
 
 
 def test_a_collection_killed_mid_run_keeps_its_finished_batches_and_resumes_after_them(
