@@ -2,6 +2,7 @@
 log-probability under the policy and under a second opinion, in the head's columns; over
 a separate backbone, the text of each item's own prompt, path and step."""
 
+import dataclasses
 from types import SimpleNamespace
 
 import jax.numpy as jnp
@@ -14,7 +15,7 @@ from qstar_jax.qvalue.backbone import BackboneQModel
 from qstar_jax.qvalue.head import QHead, QHeadConfig, QHeadModel
 from qstar_jax.qvalue.scorers import PolicyHiddenQ
 from qstar_jax.search.interface import QItem
-from tests.qvalue.tiny import random_backbone_q
+from tests.qvalue.tiny import BACKBONE, random_backbone_q
 
 # value = h0 - h1 + 2 * (10 * policy log-prob) - 3 * (10 * second opinion's), log-probs
 # clipped at -30.
@@ -59,6 +60,13 @@ def test_an_item_without_a_log_probability_is_refused_by_a_head_that_reads_one(h
         PolicyHiddenQ(head_model).score(items([-0.5]))
 
 
+def test_the_learned_prm_refuses_an_item_without_a_hidden_state(head_model):
+    no_hidden = [dataclasses.replace(item, hidden=None) for item in items([-0.5, -1.0])]
+    with pytest.raises(ValueError, match="reads the policy's hidden state of each step, but "
+                                         "an item has none; use an expander that returns them"):
+        scorers.PolicyHiddenPRM(head_model).score_steps(items([-0.5]) + no_hidden[1:])
+
+
 def test_a_separate_backbone_scores_each_items_own_prompt_path_and_step(monkeypatch):
     backbone = random_backbone_q()
     monkeypatch.setattr(scorers, "load_backbone_q", lambda q_dir, mesh: backbone)
@@ -69,9 +77,16 @@ def test_a_separate_backbone_scores_each_items_own_prompt_path_and_step(monkeypa
         load=lambda source: loaded.append(source) or SimpleNamespace(tokenizer=tokenizer),
         prompts=lambda problems: [f"P{p}\n" for p in problems], q_dir="/q", mesh=None)
     q_fn = scorers.SeparateBackboneQ(ctx, [3, 5])
-    scores = q_fn.score([QItem(problem_index=1, prefix_steps=("a", "b"), step_text="c",
-                               hidden=None),
-                         QItem(problem_index=0, prefix_steps=(), step_text="d", hidden=None)])
+    items_ab_c = [QItem(problem_index=1, prefix_steps=("a", "b"), step_text="c", hidden=None),
+                  QItem(problem_index=0, prefix_steps=(), step_text="d", hidden=None)]
+    scores = q_fn.score(items_ab_c)
     texts = [tokenizer.encode("P5\na\nb\nc\n"), tokenizer.encode("P3\nd\n")]
     np.testing.assert_allclose(scores, BackboneQModel(backbone).score_texts(texts), rtol=1e-6)
     assert loaded == ["/a/model"] and q_fn.score([]).shape == (0,)
+    # On a backbone of 8 positions, the 9 tokens of 'P5\na\nb\nc\n' are scored as its
+    # last 8, '5\na\nb\nc\n'.
+    short = random_backbone_q(config=dataclasses.replace(BACKBONE, max_position_embeddings=8))
+    monkeypatch.setattr(scorers, "load_backbone_q", lambda q_dir, mesh: short)
+    np.testing.assert_allclose(
+        scorers.SeparateBackboneQ(ctx, [3, 5]).score(items_ab_c[:1]),
+        BackboneQModel(short).score_texts([tokenizer.encode("5\na\nb\nc\n")]), rtol=1e-6)
