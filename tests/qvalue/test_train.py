@@ -6,8 +6,8 @@ import pytest
 from flax import nnx
 
 from qstar_jax.qvalue.head import QHead, QHeadConfig, QHeadModel
-from qstar_jax.qvalue.train import (TrainConfig, make_optimizer, roc_auc, split_indices,
-                                    train_q_model)
+from qstar_jax.qvalue.train import (TrainConfig, _batch_indices, make_optimizer, roc_auc,
+                                    split_indices, train_q_model)
 from tests.qvalue.tiny import E, separable_features
 
 
@@ -190,3 +190,17 @@ def test_training_reads_only_training_rows_and_evaluates_only_held_out_ones(
     assert (result.steps, result.best_step, result.stopped_early) == (10, 4, False)
     assert result.constant_heldout_loss == pytest.approx(constant, rel=1e-6)
     assert result.heldout_auc is None  # every held-out label is 1
+
+
+def test_each_epoch_takes_every_training_row_at_most_once_in_an_order_of_its_own():
+    """7 training rows in batches of 2: an epoch is 3 batches of 6 distinct rows (one left
+    over), each epoch shuffled anew, and a step's batch is the same whenever it is asked
+    (a resumed run replays it)."""
+    train = np.arange(11, 18)
+    config = TrainConfig(batch_size=2, seed=0)
+    batches = [_batch_indices(train, step, config) for step in range(9)]
+    epochs = [np.concatenate(batches[3 * e:3 * e + 3]) for e in range(3)]
+    for rows in epochs:
+        assert len(rows) == len(set(rows)) == 6 and set(rows) <= set(train)
+    assert len({tuple(rows) for rows in epochs}) == 3
+    np.testing.assert_array_equal(_batch_indices(train, 4, config), epochs[1][2:4])
