@@ -13,8 +13,9 @@ from qstar_jax.config import load_config
 from qstar_jax.models.loading import LoadedModel
 from qstar_jax.qvalue.checkpoint import BackboneIdentity
 from qstar_jax.qvalue.dataset import LabelledStep, save_labelled
-from qstar_jax.qvalue.head import QHead, QHeadConfig
+from qstar_jax.qvalue.head import QHead, QHeadConfig, QHeadModel, head_inputs
 from qstar_jax.qvalue.train import TrainConfig, TrainResult
+from qstar_jax.search.interface import QItem
 from qstar_jax.stages import train_q
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.train_q import _write_summary, head_config, train_config
@@ -133,3 +134,36 @@ def test_train_q_fits_a_seeded_head_on_the_saved_features_and_both_log_probabili
     assert fitted["identity"] == BackboneIdentity.of_policy(BACKBONE)
     assert fitted["directory"] == ctx.q_dir
     assert json.loads((tmp_path / "q_training.json").read_text())["examples"] == 3
+
+
+def test_q_for_search_is_the_trained_head_with_the_second_opinion_over_the_searched_problems(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(RunContext, "load", lambda self, source: LoadedModel(
+        config=BACKBONE, model=None, tokenizer=None))
+    head = QHead(QHeadConfig(hidden_size=16, step_logprob=True, second_opinion=True),
+                 rngs=nnx.Rngs(0))
+    loaded = []
+    monkeypatch.setattr(train_q, "load_q_head", lambda directory, **kwargs: loaded.append(
+        (directory, kwargs)) or head)
+    asked = {}
+
+    class SecondOpinion:
+        def __init__(self, model, prompts):
+            asked["prompts"] = prompts
+
+        def __call__(self, items):
+            asked["items"] = list(items)
+            return np.zeros(len(items), np.float32)
+    monkeypatch.setattr(train_q, "SecondOpinion", SecondOpinion)
+    mesh = object()
+    ctx = RunContext(config=load_config(None, ["task.train_problems=2"]), out=tmp_path,
+                     mesh=mesh)
+    searched = ctx.problems("test", 3)
+    q_fn = train_q.load_q_function(ctx, searched)
+    assert loaded == [(ctx.q_dir, {"policy_config": BACKBONE, "mesh": mesh})]
+    assert asked["prompts"] == ctx.prompts(searched) != ctx.prompts(ctx.problems("train", 3))
+    item = QItem(problem_index=2, prefix_steps=(), step_text="a", logprob=-1.0,
+                 hidden=np.ones(16, np.float32))
+    assert q_fn.score([item]) == pytest.approx(QHeadModel(head).score_hidden(
+        head_inputs(np.ones((1, 16)), np.array([-1.0]), head.head_config, np.zeros(1))))
+    assert asked["items"] == [item]
