@@ -204,3 +204,28 @@ def test_each_epoch_takes_every_training_row_at_most_once_in_an_order_of_its_own
         assert len(rows) == len(set(rows)) == 6 and set(rows) <= set(train)
     assert len({tuple(rows) for rows in epochs}) == 3
     np.testing.assert_array_equal(_batch_indices(train, 4, config), epochs[1][2:4])
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"loss": "hinge"}, r"loss='hinge': choose one of \('bce', 'mse'\)"),
+    ({"heldout_fraction": 1.0}, r"heldout_fraction=1.0 must lie in \[0, 1\)"),
+    ({"heldout_fraction": -0.1}, r"heldout_fraction=-0.1 must lie in \[0, 1\)"),
+    *[({name: 0}, "max_steps, batch_size, eval_every, patience and checkpoint_every must all "
+                  "be at least 1")
+      for name in ("max_steps", "batch_size", "eval_every", "patience", "checkpoint_every")],
+], ids=["loss", "heldout_1", "heldout_negative", "max_steps", "batch_size", "eval_every",
+        "patience", "checkpoint_every"])
+def test_train_settings_out_of_range_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**settings)
+
+
+def test_a_held_out_share_that_rounds_to_no_row_is_refused():
+    """.1 of 4 rows rounds to none held out, which would train without the early stopping
+    asked for; .1 of 15 rounds to 2."""
+    with pytest.raises(ValueError, match=r"heldout_fraction=0.1 of 4 examples leaves no "
+                                         "held-out example"):
+        split_indices(4, TrainConfig(heldout_fraction=0.1, batch_size=1))
+    train, heldout = split_indices(15, TrainConfig(heldout_fraction=0.1, batch_size=1))
+    assert (len(train), len(heldout)) == (13, 2)
+    assert sorted([*train, *heldout]) == list(range(15))
