@@ -249,3 +249,17 @@ def test_mcts_labels_search_with_the_configured_exploration_temperature_and_step
     expand, roll_out = (3, 0.3, 1), (1, 0.3, 4)
     assert sampler.settings == [expand, roll_out, roll_out, roll_out, expand, roll_out,
                                 roll_out]
+
+
+@pytest.mark.parametrize(("config", "settings", "message"), [
+    (BestOfRolloutsConfig, {"rollouts": 0},
+     "rollouts=0 and batch_pairs=32 must both be at least 1"),
+    (BestOfRolloutsConfig, {"batch_pairs": 0},
+     "rollouts=4 and batch_pairs=0 must both be at least 1"),
+    (BestOfRolloutsConfig, {"discount": 1.5}, r"discount=1.5 must lie in \(0, 1\]"),
+    (UCTConfig, {"simulations": 0}, "simulations=0 and branching=3 must both be at least 1"),
+    (UCTConfig, {"branching": 0}, "simulations=8 and branching=0 must both be at least 1"),
+], ids=["rollouts", "batch_pairs", "discount", "simulations", "branching"])
+def test_settings_out_of_range_are_refused(config, settings, message):
+    with pytest.raises(ValueError, match=message):
+        config(**settings)

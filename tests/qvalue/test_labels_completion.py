@@ -34,9 +34,14 @@ def test_label_is_the_discounted_reward_of_the_strong_greedy_completion():
                             ([(PROBLEM, ("b", "b1"))], 1, 0.0, 8)]
 
 
-def test_bad_discount_is_rejected():
-    with pytest.raises(ValueError, match="discount"):
-        stronger_completion_labels([], GreedyStrongModel(), reward, discount=1.5)
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"discount": 1.5}, r"discount=1.5 must lie in \(0, 1\]"),
+    ({"discount": 0.0}, r"discount=0.0 must lie in \(0, 1\]"),
+    ({"batch_pairs": 0}, "batch_pairs=0 must be at least 1"),
+])
+def test_settings_out_of_range_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        stronger_completion_labels([], GreedyStrongModel(), reward, **settings)
 
 
 def test_a_completion_of_several_steps_is_discounted_once_per_step():
