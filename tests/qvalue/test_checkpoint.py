@@ -245,3 +245,24 @@ def test_restoring_under_another_head_config_names_both(tmp_path):
             ck.restore_best_params(params)
     with QCheckpointer(tmp_path, identity=identity, head_config=raw) as ck:
         jax.tree.map(np.testing.assert_array_equal, ck.restore_best_params(params), params)
+
+
+def test_the_backbone_is_named_by_its_kind_and_the_config_fields_that_shape_its_states(
+        tmp_path):
+    """Token ids do not change hidden states: a retokenized policy is the same backbone. A
+    separate backbone of the policy's very config is not the policy's features."""
+    retokenized = dataclasses.replace(POLICY, bos_token_id=5, eos_token_ids=(7, 8))
+    assert config_fingerprint(retokenized) == config_fingerprint(POLICY)
+    params = {"w": np.ones((3,), np.float32)}
+    opt_state = {"count": np.zeros((), np.int32)}
+    with checkpointer(tmp_path / "policy") as ck:
+        ck.save(1, params=params, opt_state=opt_state, best_params=params, progress={})
+    with checkpointer(tmp_path / "policy", retokenized) as ck:
+        jax.tree.map(np.testing.assert_array_equal, ck.restore_best_params(params), params)
+    separate = BackboneIdentity.of_separate_backbone(POLICY)
+    with QCheckpointer(tmp_path / "separate", identity=separate, head_config=HEAD) as ck:
+        ck.save(1, params=params, opt_state=opt_state, best_params=params, progress={})
+    with checkpointer(tmp_path / "separate") as ck:
+        with pytest.raises(BackboneMismatchError, match="trained on the separate_backbone "
+                           r"backbone .* restored against the policy_features backbone"):
+            ck.restore_best_params(params)
