@@ -165,8 +165,9 @@ def self_consistency_of(result: SearchResult,
                         ) -> SearchResult:
     """Self-consistency's result from the chains of another chain search of the same
     ChainConfig (best-of-N's): the same chains, re-ranked by votes, with no Q̂ or PRM
-    call charged (a vote reads neither). Its answer is the one ``self_consistency_planner`` would give: the complete
-    chains come in chain order, and without any the partial chain 0 stands as it is."""
+    call charged (a vote reads neither). Its answer is the one
+    ``self_consistency_planner`` would give: the complete chains come in chain order, and
+    without any the partial chain 0 stands as it is."""
     counters = (None if result.counters is None
                 else dataclasses.replace(result.counters, q_calls=0, prm_calls=0))
     if not result.trajectories:
