@@ -266,21 +266,23 @@ def evaluate_models(run: RunConfig, *, prm_config: str | None = None,
                     q_config: str | None = None) -> dict[str, ModelConfig]:
     """The models besides the policy that the evaluate stage loads on the device (none
     when ``evaluate`` is not among the stages): "prm", a Math-Shepherd checkpoint for
-    ``search.utility=prm`` (a learned PRM is a small head on the policy: not counted);
+    ``search.utility=prm`` where a method reads its rewards (a learned PRM is a small head
+    on the policy: not counted);
     "q_backbone", Q̂'s ``q_train.separate_model`` where a method reads Q̂; or
     "second_opinion", the ``q_train.second_opinion`` policy, which Q̂ reads and greedy
     also decodes. ``prm_config`` / ``q_config``: HF config.json files for a PRM / Q̂
     model whose checkpoint is not on this machine (a missing checkpoint without one is a
     ConfigError)."""
-    from qstar_jax.stages.evaluate import reads_q_hat
+    from qstar_jax.stages.evaluate import reads_any_process_rewards, reads_q_hat
     from qstar_jax.stages.prm import LEARNED_PRM_MARKER
 
     if "evaluate" not in run.stages:
         return {}
     models = {}
     s, q = run.search, run.q_train
-    if s.utility == Utility.prm and s.prm_model is not None and (
-            prm_config is not None or not (Path(s.prm_model) / LEARNED_PRM_MARKER).is_file()):
+    if s.utility == Utility.prm and s.prm_model is not None and reads_any_process_rewards(
+            run) and (prm_config is not None
+                      or not (Path(s.prm_model) / LEARNED_PRM_MARKER).is_file()):
         models["prm"] = architecture(s.prm_model, "search.prm_model", "--prm-config",
                                      prm_config)
     reads_q = reads_q_hat(run)

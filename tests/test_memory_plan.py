@@ -171,6 +171,10 @@ def test_the_prm_s_weights_are_counted_beside_the_policy_s(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps(mistral))
     run = load_config("configs/gsm8k_llama2_7b.yaml", [f"search.prm_model={tmp_path}"])
     assert memory_plan.evaluate_models(run)["prm"] == ModelConfig.from_hf(mistral)
+    # Nor where no method reads its rewards (greedy and self-consistency ignore g).
+    unread = load_config("configs/gsm8k_llama2_7b.yaml", [f"search.prm_model={tmp_path}",
+                                                          "eval.methods=[greedy]"])
+    assert memory_plan.evaluate_models(unread) == {}
     # Nothing but evaluate loads it.
     no_eval = load_config("configs/gsm8k_llama2_7b.yaml", ["stages=[collect,label]"])
     assert memory_plan.evaluate_models(no_eval) == {}

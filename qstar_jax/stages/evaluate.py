@@ -124,6 +124,11 @@ def reads_process_rewards(cfg, method: str) -> bool:
     return True  # beam, qstar and qstar_no_q rank by f = g + λ·h
 
 
+def reads_any_process_rewards(cfg) -> bool:
+    """Whether any method of eval.methods reads the process utility's rewards."""
+    return any(reads_process_rewards(cfg, method) for method in cfg.eval.methods)
+
+
 def reads_q_hat(cfg) -> bool:
     """Whether a configured method reads the trained Q̂ (greedy, self-consistency, MCTSr
     and a Tree of Thoughts judged otherwise evaluate without one)."""
@@ -140,7 +145,9 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
     runtime = ctx.runtime(problems)
     if q_fn is None and reads_q_hat(cfg):
         q_fn = load_q_function(ctx, problems)
-    utility = process_utility(ctx, problems)
+    # A PRM no configured method reads is not loaded.
+    utility = (process_utility(ctx, problems) if reads_any_process_rewards(cfg)
+               else ZeroUtility())
     # Self-consistency votes on best-of-N's chains: the same N, temperature and keys
     # sample the same chains, so they are sampled once (``self_consistency_of``).
     votes_on_best_of_n = {"self_consistency", "best_of_n"} <= set(cfg.eval.methods)

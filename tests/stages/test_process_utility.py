@@ -76,7 +76,8 @@ def test_only_searches_that_rank_by_g_read_the_process_rewards(scorer, evaluator
 def test_evaluate_hands_the_process_utility_only_to_searches_that_read_it(tmp_path,
                                                                          monkeypatch):
     """Under a PRM, greedy and best-of-N ranked by Q̂ search with ZeroUtility: no PRM call
-    is made or charged for rewards their choices never read; Q* gets the PRM."""
+    is made or charged for rewards their choices never read; Q* gets the PRM, and where no
+    method reads it, it is not loaded."""
     prm = SimpleNamespace(name="the PRM")
     given = {}
 
@@ -98,3 +99,11 @@ def test_evaluate_hands_the_process_utility_only_to_searches_that_read_it(tmp_pa
     assert given["qstar"] is prm
     assert isinstance(given["greedy"], ZeroUtility) and isinstance(given["best_of_n"],
                                                                    ZeroUtility)
+    # Where no method reads the rewards, the PRM is not even loaded.
+    monkeypatch.setattr(evaluate, "process_utility",
+                        lambda ctx, problems: pytest.fail("the PRM was loaded"))
+    ctx = RunContext(config=load_config(None, [
+        "eval.methods=[greedy,self_consistency]", "task.eval_problems=2",
+        "q_train.second_opinion=null"]), out=tmp_path / "unread")
+    evaluate.evaluate(ctx)
+    assert isinstance(given["self_consistency"], ZeroUtility)
