@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from qstar_jax.config import load_config
-from qstar_jax.policy.runtime import SampledStep, SampledText
 from qstar_jax.search.aggregate import Agg
 from qstar_jax.search.mctsr import DONT_KNOW
 from qstar_jax.search.process_utility import RuleUtility, ZeroUtility
@@ -17,44 +16,7 @@ from qstar_jax.stages import reasoners
 from qstar_jax.stages.reasoners import reasoner_search, reasoner_slots
 from qstar_jax.tasks.base import Problem
 from qstar_jax.tasks.prompts import ReasonerPrompts
-from tests.support.scripted_runtime import ScriptedRuntime
-
-TOKENS = 2  # per sampled line
-
-
-class OneLineRuntime(ScriptedRuntime):
-    """Every sampled line and text is "Score: 50" (TOKENS tokens), a line ends its trace;
-    a prompt costs one token per character."""
-
-    def sample(self, slots, problem_indices, node_ids, temperatures):
-        for i in problem_indices:
-            self.generated[i] += TOKENS
-        return [SampledStep(text="Score: 50", token_ids=(0,) * TOKENS, logprob=0.0,
-                            hidden=np.zeros(1), ends_trace=True, slot=s) for s in slots]
-
-    def sample_texts(self, slots, problem_indices, node_ids, temperatures, max_tokens,
-                     read_complete=None):
-        for i in problem_indices:
-            self.generated[i] += TOKENS
-        return [SampledText(text="Score: 50", token_ids=(0,) * TOKENS) for _ in slots]
-
-
-class CountingQ:
-    def score(self, items):
-        return np.full(len(items), 0.5)
-
-
-def run(method, *overrides):
-    config = load_config(overrides=["eval.tot.k=2", "eval.tot.keep=2",
-                                    "eval.mctsr.rollouts=1", "eval.mctsr.score_samples=2",
-                                    "eval.prefix_sharing=false", *overrides])
-    problems = [Problem(id=f"p{i}", question=f"q{i}", reference=None) for i in range(3)]
-    runtime = OneLineRuntime()
-    ctx = types.SimpleNamespace(config=config)
-    search = reasoner_search(ctx, method, problems, runtime, CountingQ(), ZeroUtility())
-    results = search([0, 2], method)
-    assert not runtime.held, "every slot is freed"
-    return results, ctx
+from tests.stages.scripted_reasoners import TOKENS, OneLineRuntime, run
 
 
 @pytest.mark.parametrize("method", ["tot_bfs", "tot_dfs"])

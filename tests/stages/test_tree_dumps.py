@@ -13,8 +13,8 @@ from qstar_jax.search.planner import Outcome, SearchCounters, SearchResult
 from qstar_jax.search.process_utility import ZeroUtility
 from qstar_jax.stages import evaluate
 from qstar_jax.stages.context import RunContext
-from tests.stages.test_reasoners import OneLineRuntime
-from tests.stages.test_reasoners import run as run_reasoner
+from tests.stages.scripted_reasoners import OneLineRuntime
+from tests.stages.scripted_reasoners import run as run_reasoner
 
 PROBLEMS = [SimpleNamespace(id="countdown/1")]
 RESULTS = [SimpleNamespace(problem_index=0, tree={"nodes": [{"steps": [], "h": 0.5}]})]
