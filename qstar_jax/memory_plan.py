@@ -280,9 +280,10 @@ def evaluate_models(run: RunConfig, *, prm_config: str | None = None,
         return {}
     models = {}
     s, q = run.search, run.q_train
-    if s.utility == Utility.prm and s.prm_model is not None and reads_any_process_rewards(
-            run) and (prm_config is not None
-                      or not (Path(s.prm_model) / LEARNED_PRM_MARKER).is_file()):
+    reads_prm = (s.utility == Utility.prm and s.prm_model is not None
+                 and reads_any_process_rewards(run))
+    learned_prm = reads_prm and (Path(s.prm_model) / LEARNED_PRM_MARKER).is_file()
+    if reads_prm and (prm_config is not None or not learned_prm):
         models["prm"] = architecture(s.prm_model, "search.prm_model", "--prm-config",
                                      prm_config)
     reads_q = reads_q_hat(run)

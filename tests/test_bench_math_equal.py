@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from qstar_jax.tasks.math.grading import math_equal
+from tests.support.experiments import experiment_module
 
 SCRIPT = Path(__file__).parents[1] / "experiments/bench_math_equal.py"
 
@@ -16,10 +17,7 @@ SCRIPT = Path(__file__).parents[1] / "experiments/bench_math_equal.py"
 @pytest.fixture
 def bench(monkeypatch):
     """The script as a module (``python experiments/bench_math_equal.py`` runs it)."""
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    import bench_math_equal
-
-    return bench_math_equal
+    return experiment_module(monkeypatch, "bench_math_equal")
 
 
 def test_every_pair_is_shown_equal_by_the_sympy_stage(bench):

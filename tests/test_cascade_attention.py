@@ -10,6 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.support.experiments import experiment_module
+
 SCRIPT = Path(__file__).parents[1] / "experiments/cascade_attention.py"
 PAGED_MS, TWO_LEVEL_MS = 4.07, 0.8
 
@@ -17,10 +19,7 @@ PAGED_MS, TWO_LEVEL_MS = 4.07, 0.8
 @pytest.fixture
 def cascade(monkeypatch):
     """The script as a module (``python experiments/cascade_attention.py`` runs it)."""
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    import cascade_attention
-
-    return cascade_attention
+    return experiment_module(monkeypatch, "cascade_attention")
 
 
 def stand_in_times(fn, args, reps):

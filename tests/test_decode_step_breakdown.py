@@ -14,6 +14,7 @@ from flax import nnx
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.models.loading import LoadedModel
 from tests.decoding.tiny_models import tiny_config
+from tests.support.experiments import experiment_module
 
 SCRIPT = Path(__file__).parents[1] / "experiments/decode_step_breakdown.py"
 # The medians, in the order the script asks for them: the prefill alone, generations of
@@ -23,8 +24,7 @@ MEDIAN_SECONDS = [1.05, 10.0, 5.2, 0.102, 0.0805, 0.209, 0.0434]
 
 
 def test_each_part_runs_and_the_json_splits_the_step(monkeypatch, capsys):
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    import decode_step_breakdown
+    decode_step_breakdown = experiment_module(monkeypatch, "decode_step_breakdown")
 
     config = tiny_config(64)
     tiny = LoadedModel(config=config, model=LlamaModel(config, rngs=nnx.Rngs(0)),

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from qstar_jax.decoding import trie_calls
+from tests.support.experiments import experiment_module
 
 SCRIPT = Path(__file__).parents[1] / "experiments/trie_chunk_times.py"
 CONFIG = "configs/smollm2_humaneval.yaml"  # decode.min_rows: 8
@@ -20,11 +21,8 @@ CONFIG = "configs/smollm2_humaneval.yaml"  # decode.min_rows: 8
 @pytest.fixture
 def chunk_times(monkeypatch):
     """The script as a module; ``trie_calls._chunk``, which it replaces, restored after."""
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
     monkeypatch.setattr(trie_calls, "_chunk", trie_calls._chunk)
-    import trie_chunk_times
-
-    return trie_chunk_times
+    return experiment_module(monkeypatch, "trie_chunk_times")
 
 
 def run_script(chunk_times, monkeypatch, capsys, run, *args: str) -> tuple[dict, list[str]]:

@@ -5,25 +5,21 @@ its report (train and held-out rows, AUCs overall and by step) from stand-in ste
 scores, the model's training left out."""
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from qstar_jax.tasks.base import STEP_SEPARATOR
+from tests.support.experiments import experiment_module
 
-SCRIPT = Path(__file__).parents[1] / "experiments/value_model_from_scratch.py"
 PROMPT = "Reach 10.\n"
 
 
 @pytest.fixture
 def value_model(monkeypatch):
     """The script as a module (``python experiments/value_model_from_scratch.py``)."""
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    import value_model_from_scratch
-
-    return value_model_from_scratch
+    return experiment_module(monkeypatch, "value_model_from_scratch")
 
 
 def test_numbers_below_100_are_single_pieces_after_the_digits(value_model):

@@ -76,15 +76,16 @@ def sample_trie(decoder: Decoder, slots: Sequence[int], counts: Sequence[int],
     try:
         # A call runs a round on each shard, or stops short for want of the spares the next
         # call is given, so every shard's steps end within 2 calls a token.
-        for _ in range(2 * max_tokens + 1):
+        max_calls = 2 * max_tokens + 1
+        for _ in range(max_calls):
             if not trie.rows.size:
                 break
             call()
         else:
             raise RuntimeError(
-                f"the trie sampler still had {trie.rows.size} rows going after "
-                f"{2 * max_tokens + 1} calls for {max_tokens}-token steps: a bug in "
-                "qstar_jax.decoding.trie_chunks; please report it")
+                f"the trie sampler still had {trie.rows.size} rows going after {max_calls} "
+                f"calls for {max_tokens}-token steps: a bug in qstar_jax.decoding.trie_chunks; "
+                "please report it")
     except BaseException:
         return_lent_pages(pages)
         raise

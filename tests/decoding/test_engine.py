@@ -159,10 +159,15 @@ def test_a_jitted_call_compiles_again_for_its_last_arguments_in_its_context():
     assert out_shardings({"fork": "layout"}, "prefill") == {}
 
 
+def _on_4_token_pages(random_model, **options) -> Decoder:
+    """4 slots of 16 tokens over 12 pages of 4, no newline or EOS."""
+    return Decoder(random_model, num_slots=4, max_len=16, newline_table=np.zeros(64, bool),
+                   eos_ids=[], paging=Paging(page_size=4, num_pages=12), **options)
+
+
 def test_a_step_or_trie_that_fails_gives_back_the_pages_it_reserved_or_was_lent(random_model,
                                                                               monkeypatch):
-    decoder = Decoder(random_model, num_slots=4, max_len=16, newline_table=np.zeros(64, bool),
-                      eos_ids=[], paging=Paging(page_size=4, num_pages=12))
+    decoder = _on_4_token_pages(random_model)
     parent, child = decoder.allocate(2)
     decoder.prefill([parent], [[1, 2, 3, 4, 5, 6]])  # pages 0 and 1, the second partly full
     decoder.fork([parent], [child])
@@ -193,8 +198,7 @@ def test_a_step_or_trie_that_fails_gives_back_the_pages_it_reserved_or_was_lent(
 
 def test_a_trie_whose_rows_never_end_stops_with_an_error_and_gives_back_its_pages(
         random_model, monkeypatch):
-    decoder = Decoder(random_model, num_slots=4, max_len=16, newline_table=np.zeros(64, bool),
-                      eos_ids=[], step_chunk=2, paging=Paging(page_size=4, num_pages=12))
+    decoder = _on_4_token_pages(random_model, step_chunk=2)
     parent, = decoder.allocate(1)
     decoder.prefill([parent], [[1, 2, 3, 4, 5, 6]])
     spare = decoder.allocate(1, near=[parent])
