@@ -36,9 +36,9 @@ orders it: a depth-first dive; nothing reads an answer, nothing is trained). By 
 their random numbers from (problem, node, child), so (a), (b) and (d) grow the same
 trees in float32 ("same_trees" checks it on the tree dumps; in bfloat16 a batch of another
 shape rounds the logits otherwise, and a random model's near-uniform ones then sample other
-tokens, so (d) can differ from (a) there while costing the same). (c) samples with torch's generator,
-seeded per expansion: its trees differ, with the same expansions, K and step cap; the
-token counts show the work is comparable.
+tokens, so (d) can differ from (a) there while costing the same). (c) samples with torch's
+generator, seeded per expansion: its trees differ, with the same expansions, K and step
+cap; the token counts show the work is comparable.
 
 Warm-up: each of our runs searches twice; the first pass compiles (reported as
 "first pass s") and the second is timed (its line says how many decoder functions it
@@ -456,8 +456,9 @@ def main() -> None:
                          step_chunk=step_chunk, prefix_sharing=prefix_sharing,
                          shared_prefix_attention=args.shared_prefix,
                          kv_token_bytes=token_bytes,
-                         omp_wait_policy=os.environ["OMP_WAIT_POLICY"], warm_up="ours: one compiling pass "
-                         "before the timed one; peer: one short generate",
+                         omp_wait_policy=os.environ["OMP_WAIT_POLICY"],
+                         warm_up="ours: one compiling pass before the timed one; "
+                         "peer: one short generate",
                          device=jax.devices()[0].device_kind)}))
 
 

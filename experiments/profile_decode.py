@@ -46,8 +46,9 @@ Per ``--spare-rules`` value (``new``: ``ChunkedTrie``'s bounded spares; ``old``:
 split the going rows could make, the rule before; ``F:S``: the bounded rule with
 ``spare_floor`` F and ``spare_share`` S) and ``--chunks`` value, in one process (and the
 persistent compile cache on), the settings taking turns pass by pass (so that a busy
-machine slows each alike): the first pass (it compiles) and ``--reps`` timed passes, each the wall-clock of the trie calls (the prefill before
-them finished first) and the decoder's ``trie_work`` (padded row-rounds, calls, starved
+machine slows each alike): the first pass (it compiles) and ``--reps`` timed passes,
+each the wall-clock of the trie calls (the prefill before them finished first) and the
+decoder's ``trie_work`` (padded row-rounds, calls, starved
 calls, compiled variants), and each chunk's padded rows and rounds run. Every pass
 samples the same tries (a hash of their steps says so):
 

@@ -304,7 +304,8 @@ class Decoder:
             int(ends.max()), max(self.min_window_bucket, length))
         self.cache = own_pages(self.pages, self.cache, slots, starts, ends, self._copy_pages)
         self.cache = self._prefill(self._weights, self.cache, layout.place(packed.tokens, 0),
-                                   layout.place(packed.lengths, 0), layout.place(starts.astype(np.int32), 0),
+                                   layout.place(packed.lengths, 0),
+                                   layout.place(starts.astype(np.int32), 0),
                                    self._local_slots(layout, slots), key_len)
         self._lengths[slots] = ends
         trim_pages(self.pages, slots, self._lengths)
@@ -333,8 +334,9 @@ class Decoder:
         """Extend each slot by one sampled step (until a newline token, EOS, its token cap
         or a full slot, whichever comes first; ``newline_ends=False``: a whole text, which
         a newline does not end). ``done(row, tokens)``: a host check of a row's tokens so
-        far (``row`` its index in ``slots``), run between chunks; True ends the row there (``EndReason.DONE``; the chunk's tokens
-        past the point the check looks for stay sampled).
+        far (``row`` its index in ``slots``), run between chunks; True ends the row there
+        (``EndReason.DONE``; the chunk's tokens past the point the check looks for stay
+        sampled).
 
         problem_keys: [B] typed PRNG keys (``jax.random.key``); node_ids: [B] ints in
         [0, 2**31); together with a token's position they fix its random draw, so a row's

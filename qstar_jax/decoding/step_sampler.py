@@ -113,8 +113,9 @@ def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights,
     <= max_tokens; newline_table: [V] bool, True for tokens containing a newline;
     eos_ids: [n] int32; max_tokens: C, static. window: W, static, at least every real
     row's start position plus its cap (``Decoder.attention_window``; M or more: whole
-    rows): attention reads cache positions [0, W) only. Pure: jit it with the cache donated. On a PagedKVCache every row must own
-    its pages up to its cap (``PageTable.reserve``).
+    rows): attention reads cache positions [0, W) only. Pure: jit it with the cache
+    donated. On a PagedKVCache every row must own its pages up to its cap
+    (``PageTable.reserve``).
     """
     model = nnx.merge(graphdef, weights.model)
     num_slots, max_len = cache.num_slots, cache.max_len

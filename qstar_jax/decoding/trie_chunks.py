@@ -11,11 +11,11 @@ lowest free spares (``_spares_for``), so the next chunk's padded row count shrin
 rows end and stays near the going rows' while they rarely split (a low temperature).
 A round that needs more spares than its call holds is not run: the call stops there
 (starved, ``TrieStop``), and the next chunk, given on that shard the spares that round
-needs on top of the usual ones, redraws that round's tokens and runs it. The chunks sample the trie one call would:
-a row's draws depend on its group's key and its prefix alone, the kept rows keep their
-order and a chunk holds its shard's lowest free spares, so a split takes the spare it
-would have taken, and a chunk resumes from what the last one wrote back to the cache.
-Only float rounding from other batch shapes may differ.
+needs on top of the usual ones, redraws that round's tokens and runs it. The chunks
+sample the trie one call would: a row's draws depend on its group's key and its prefix
+alone, the kept rows keep their order and a chunk holds its shard's lowest free spares,
+so a split takes the spare it would have taken, and a chunk resumes from what the last
+one wrote back to the cache. Only float rounding from other batch shapes may differ.
 
 The spare rule, per shard: ``max(spare_floor, spare_share x the going rows)`` spares,
 plus after a starved chunk the spares its stopped round needed, at most the splits the

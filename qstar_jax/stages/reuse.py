@@ -24,8 +24,8 @@ EVALUATION_ONLY = ("out_dir", "stages", "search", "eval", "task.eval_split",
                    "task.eval_problems", "decode.slots", "decode.page_size", "decode.pages",
                    "decode.step_chunk", "decode.min_rows")
 TRAINED_OUTPUTS = ("policy", "second_policy", "rollouts.jsonl", "labels.jsonl",
-                   "labels.jsonl.features.npz", "q_checkpoint", "q_training.json", "step_outcomes.jsonl", "prm",
-                   "prm_training.json")
+                   "labels.jsonl.features.npz", "q_checkpoint", "q_training.json",
+                   "step_outcomes.jsonl", "prm", "prm_training.json")
 NOTE = "reused_from.txt"
 
 

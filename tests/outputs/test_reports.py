@@ -94,7 +94,8 @@ def test_paired_difference_over_shared_problems():
 def test_summary_reports_qstar_against_the_matched_best_of_n(tmp_path):
     rows = [result("best_of_n", "a", False, 60), result("best_of_n", "b", False, 60),
             result("qstar", "a", True, 400), result("qstar", "b", True, 420),
-            result("best_of_n_matched", "a", True, 410), result("best_of_n_matched", "b", False, 430)]
+            result("best_of_n_matched", "a", True, 410),
+            result("best_of_n_matched", "b", False, 430)]
     write_reports(tmp_path, rows, ["best_of_n", "qstar", "best_of_n_matched"],
                   best_of_n_samples=6, matched=43)
     note = (tmp_path / "summary.md").read_text()
@@ -115,7 +116,8 @@ def test_summary_ends_with_what_q_hat_adds_and_says_when_wall_clock_disagrees(tm
     lines = (tmp_path / "summary.md").read_text().splitlines()
     assert lines[-2].startswith("- qstar − qstar_no_q (what Q̂ adds: the same search with λ = 0): "
                                 "+50.0 points")
-    assert "generated tokens per problem 100 against 80, wall-clock 10 s against 2 s" in lines[-2]
+    assert ("generated tokens per problem 100 against 80, wall-clock 10 s against 2 s"
+            in lines[-2])
     assert lines[-1].startswith("- qstar − best_of_n_matched")
     assert "Equal tokens and equal wall-clock disagree here" in lines[-1]
     # Q* faster than the matched best-of-N: equal tokens and wall-clock agree.

@@ -229,7 +229,8 @@ def test_results_do_not_depend_on_batch_packing():
     alone = [search({i: trees[i]}, config)[0][0] for i in trees]
     reordered, _, _ = search(trees, config, problems=[2, 0, 1])
     assert [comparable(r) for r in together] == [comparable(r) for r in alone]
-    assert sorted(map(comparable, reordered), key=lambda c: c[0]) == [comparable(r) for r in together]
+    assert (sorted(map(comparable, reordered), key=lambda c: c[0])
+            == [comparable(r) for r in together])
     # One expander call and one Q̂ call per round, across problems.
     rounds = max(len(r.tree["expansion_order"]) for r in together)
     assert len(expander.expand_calls) == rounds and len(q_fn.batches) == rounds

@@ -7,9 +7,10 @@ separators, whitespace except between two digits) and spells what has several sp
 one way (``\\dfrac`` and ``\\tfrac`` as ``\\frac``, ``\\frac12`` as ``\\frac{1}{2}``,
 ``\\sqrt2`` as ``\\sqrt{2}``, ``\\le`` as ``\\leq``, ``x^{2}`` as ``x^2``, ``3 1/2`` as
 ``3\\frac{1}{2}``, ``\\log_2 8`` as ``\\log_{2}8``, ``\\mathbb{R}`` as ``(-\\infty,\\infty)``,
-answers joined by "or" as a list: ``x=2 \\text{ or } x=3`` as ``x=2,x=3``). It keeps bracket types: ``(1,2]`` stays a half-open interval. Inputs
-longer than ``MAX_ANSWER_CHARS`` or nested deeper than ``MAX_NESTING`` are refused
-(None): they are not answers, and refusing them bounds the work of every later stage.
+answers joined by "or" as a list: ``x=2 \\text{ or } x=3`` as ``x=2,x=3``). It keeps
+bracket types: ``(1,2]`` stays a half-open interval. Inputs longer than
+``MAX_ANSWER_CHARS`` or nested deeper than ``MAX_NESTING`` are refused (None): they are
+not answers, and refusing them bounds the work of every later stage.
 """
 
 from __future__ import annotations
