@@ -24,6 +24,11 @@ EARLY_EXITS = {
     "kill itself": ("import os, signal\n"
                     "def remove_odd(l):\n    os.kill(os.getpid(), signal.SIGKILL)\n", "killed",
                     "the program's process was killed by SIGKILL during test 1"),
+    # The signal the kernel sends at the CPU-time limit (the wall clock's backstop).
+    "out of CPU time": ("import os, signal\n"
+                        "def remove_odd(l):\n    os.kill(os.getpid(), signal.SIGXCPU)\n",
+                        "timeout",
+                        "the program's process ran out of CPU time (SIGXCPU) during test 1"),
 }
 
 
