@@ -13,6 +13,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from qstar_jax.models import CheckpointError, UnsupportedConfigError, load_model
+from qstar_jax.models.gguf_checkpoint import gguf_config, open_gguf
 from tests.support.tiny_checkpoints import save_tiny_checkpoint, save_tiny_gguf
 
 
@@ -151,6 +152,34 @@ def test_a_gguf_yarn_scaling_without_its_context_or_with_other_keys_is_refused(t
     with pytest.raises(CheckpointError, match=r"sets \['rope\.scaling\.yarn_log_multiplier'\], "
                                               r"which HF's YaRN rule has no counterpart for"):
         load_model(path)
+    path = save_tiny_gguf(tmp_path / "attn.gguf", family="qwen2_yarn", extra_keys={
+        "qwen2.rope.scaling.attn_factor": 1.5, "qwen2.rope.scaling.yarn_ext_factor": 0.5})
+    with pytest.raises(CheckpointError, match=re.escape(
+            "sets ['rope.scaling.attn_factor', 'rope.scaling.yarn_ext_factor'], which")):
+        load_model(path)
+
+
+def test_a_gguf_yarn_scaling_reads_its_betas_where_written(tmp_path):
+    path = save_tiny_gguf(tmp_path / "betas.gguf", family="qwen2_yarn", extra_keys={
+        "qwen2.rope.scaling.yarn_beta_fast": 16.0, "qwen2.rope.scaling.yarn_beta_slow": 2.0,
+        "qwen2.rope.scaling.attn_factor": 1.0})  # llama.cpp's plain value: no change
+    scaling = gguf_config(open_gguf(path), path).rope_scaling
+    assert (scaling.factor, scaling.original_max_position_embeddings) == (4.0, 64)
+    assert (scaling.beta_fast, scaling.beta_slow) == (16.0, 2.0)
+
+
+@pytest.mark.parametrize("keys,scaling_type,message", [
+    ({"llama.expert_count": 8}, None, "mixture-of-experts GGUF models are not supported"),
+    ({"llama.attention.key_length": 32}, None, "partial rotary embedding (rope dimension 16 "
+                                               "of head_dim 32) is not supported"),
+    ({}, gguf.RopeScalingType.LONGROPE, "GGUF RoPE scaling 'longrope' is not supported (only "
+                                        "linear and yarn)"),
+], ids=["experts", "partial rotary", "longrope"])
+def test_gguf_metadata_this_decoder_does_not_compute_is_refused(tmp_path, keys, scaling_type,
+                                                                message):
+    path = save_tiny_gguf(tmp_path / "tiny.gguf", extra_keys=keys, scaling_type=scaling_type)
+    with pytest.raises(CheckpointError, match=f"^{re.escape(f'{path}: {message}')}"):
+        gguf_config(open_gguf(path), path)
 
 
 def test_a_gguf_rope_freqs_tensor_of_the_wrong_size_or_beside_a_scaling_is_refused(tmp_path):
