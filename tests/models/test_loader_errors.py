@@ -14,6 +14,7 @@ from safetensors.numpy import load_file, save_file
 
 from qstar_jax.models import CheckpointError, UnsupportedConfigError, load_model
 from qstar_jax.models.gguf_checkpoint import gguf_config, open_gguf
+from qstar_jax.models.hf_checkpoint import weight_files
 from tests.support.tiny_checkpoints import save_tiny_checkpoint, save_tiny_gguf
 
 
@@ -126,6 +127,44 @@ def test_a_directory_without_weights_names_what_it_looked_for(tiny_dir):
                        r"model\.safetensors\.index\.json, model\.safetensors, "
                        r"pytorch_model\.bin\.index\.json, pytorch_model\.bin"):
         load_model(tiny_dir)
+
+
+def test_weight_files_take_an_index_first_then_safetensors_then_pytorch_bin(tmp_path):
+    names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+             "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin"]
+    for name in names:
+        (tmp_path / name).write_text("{}")
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"b": names[1], "a": names[0], "c": names[1]}}))
+    assert weight_files(tmp_path) == [tmp_path / names[0], tmp_path / names[1]]
+    index.unlink()
+    assert weight_files(tmp_path) == [tmp_path / "model.safetensors"]
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"pytorch_model\.bin\.index\.json has no "
+                                              r"'weight_map' object$"):
+        weight_files(tmp_path)
+    (tmp_path / "pytorch_model.bin.index.json").unlink()
+    assert weight_files(tmp_path) == [tmp_path / "pytorch_model.bin"]
+
+
+def test_a_tensor_stored_in_two_files_is_named_with_both(tiny_dir):
+    stored = load_file(tiny_dir / "model.safetensors")
+    save_file({"model.norm.weight": stored["model.norm.weight"]}, tiny_dir / "extra.safetensors")
+    weight_map = {**{name: "model.safetensors" for name in stored},
+                  "model.norm.weight": "extra.safetensors"}
+    (tiny_dir / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(CheckpointError, match=re.escape(
+            f"tensor 'model.norm.weight' is stored twice: in {tiny_dir / 'extra.safetensors'} "
+            f"and {tiny_dir / 'model.safetensors'}")):
+        load_model(tiny_dir)
+
+
+def test_a_file_that_is_no_gguf_is_refused(tmp_path):
+    path = tmp_path / "model.bin"
+    path.write_bytes(b"weights")
+    with pytest.raises(CheckpointError, match=re.escape(
+            f"{path} is neither a checkpoint directory nor a .gguf file")):
+        load_model(path)
 
 
 def test_missing_path_says_what_to_pass(tmp_path):
