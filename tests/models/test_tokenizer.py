@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 import shutil
 
 import pytest
@@ -10,7 +12,7 @@ import sentencepiece
 import tokenizers
 import transformers
 
-from qstar_jax.models import Tokenizer, load_model
+from qstar_jax.models import CheckpointError, Tokenizer, load_model
 from tests.models.byte_level import byte_level_newline_table
 from tests.support.tiny_checkpoints import VOCAB_SIZE, save_tiny_checkpoint
 
@@ -71,6 +73,19 @@ def test_generation_config_adds_eos_ids(tiny_dir, tmp_path):
     config = json.loads(generation_config.read_text())
     generation_config.write_text(json.dumps({**config, "eos_token_id": [2, 1]}))
     assert load_model(directory).tokenizer.eos_ids == (2, 1)
+    generation_config.write_text(json.dumps({**config, "eos_token_id": 1}))  # one id, bare
+    assert load_model(directory).tokenizer.eos_ids == (2, 1)
+
+
+def test_a_tokenizer_larger_than_the_models_vocabulary_is_refused(tiny_dir, tmp_path):
+    directory = shutil.copytree(tiny_dir, tmp_path / "copy")
+    hf = transformers.AutoTokenizer.from_pretrained(directory)
+    hf.add_tokens([f"<extra_{i}>" for i in range(VOCAB_SIZE + 1 - len(hf))])
+    hf.save_pretrained(directory)
+    with pytest.raises(CheckpointError, match=re.escape(
+            f"{directory}: the tokenizer has 513 tokens but the model's vocabulary is 512; "
+            "the tokenizer does not belong to this model")):
+        load_model(directory)
 
 
 def test_config_eos_ids_are_stop_ids_too(tiny_dir, tmp_path):
@@ -98,6 +113,20 @@ def byte_fallback_tokenizer() -> Tokenizer:
         tokenizers.decoders.Fuse(), tokenizers.decoders.Strip(" ", 1, 0)])
     return Tokenizer(transformers.PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"))
+
+
+def test_without_a_pad_token_eos_pads_and_without_an_eos_the_configs_must_name_one():
+    tokenizer = byte_fallback_tokenizer()
+    assert tokenizer.hf_tokenizer.pad_token_id is None
+    assert tokenizer.pad_id == tokenizer.eos_ids[0] == 2  # "</s>"
+    with pytest.raises(ValueError, match="^this tokenizer has no chat template; format"):
+        tokenizer.apply_chat_template([{"role": "user", "content": "2+2?"}])
+    without_eos = copy.deepcopy(tokenizer.hf_tokenizer)
+    without_eos.eos_token = None
+    assert Tokenizer(without_eos, extra_eos_ids=(5, 7, 5)).eos_ids == (5, 7)
+    with pytest.raises(ValueError, match="^the tokenizer defines no EOS token and the model "
+                                         "config names none, so generation could never stop"):
+        Tokenizer(without_eos)
 
 
 def test_newline_table_on_byte_fallback_pieces():
