@@ -38,7 +38,9 @@ def test_every_tensor_reads_as_torch_stored_it(tmp_path, deflated):
         transposed=base.to(torch.bfloat16).t(),  # strides (1, 5)
         offset_view=torch.arange(10, dtype=torch.int64)[3:8],  # storage offset 3
         every_other_row=base[::2], scalar=torch.tensor(2.5), empty=torch.zeros(0, 4),
-        flags=base > 0, tied=base)  # the same storage as float32
+        flags=base > 0, tied=base,  # the same storage as float32
+        double=base.double(), int32=(base * 100).int(), int16=(base * 100).short(),
+        int8=(base * 50).to(torch.int8), uint8=(base * 50).abs().to(torch.uint8))
     path = tmp_path / "state.bin"
     torch.save(state, path)
     read = _read(_recompressed(path, tmp_path) if deflated else path)
@@ -51,6 +53,8 @@ def test_every_tensor_reads_as_torch_stored_it(tmp_path, deflated):
         assert values.flags.c_contiguous, name
     assert str(read["bfloat16"][1].dtype) == "bfloat16"
     assert read["half"][1].dtype == np.float16 and read["flags"][1].dtype == np.bool_
+    assert [read[name][1].dtype for name in ("double", "int32", "int16", "int8", "uint8")] == [
+        np.float64, np.int32, np.int16, np.int8, np.uint8]
 
 
 class _RunsCode:
