@@ -115,3 +115,17 @@ def test_the_first_losses_are_the_completions_and_the_step_ends_by_hand():
         value_batch_size=2), value_rows=value_rows)
     assert log["loss"] == [pytest.approx(expected_loss, rel=1e-5)]
     assert log["value_loss"] == [pytest.approx(expected_value_loss, rel=1e-5)]
+
+
+def test_without_a_gradient_each_step_only_decays_the_weights_by_its_learning_rate():
+    """A loss mask of zeros leaves AdamW's update at zero, so step t only shrinks every
+    parameter by lr_t x weight_decay: lr 0 at step 0 (warmup from 0 over 1 step), the peak
+    0.1 at step 1 and half of it at step 2 (cosine decay over the 3 steps' last 2)."""
+    model = LlamaModel(TINY_LM, rngs=nnx.Rngs(0))
+    before = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
+    tokens, mask = pack_examples(NEXT_DIGIT, pad_id=0)
+    train_causal_lm(model, tokens, np.zeros_like(mask), LMTrainingConfig(
+        steps=3, batch_size=4, learning_rate=0.1, warmup_steps=1, weight_decay=0.5))
+    decay = (1 - 0.1 * 0.5) * (1 - 0.05 * 0.5)
+    jax.tree.map(lambda old, new: np.testing.assert_allclose(new, old * decay, rtol=1e-6),
+                 before, jax.tree.map(np.asarray, nnx.state(model, nnx.Param)))
