@@ -123,6 +123,14 @@ def test_directory_without_config(tmp_path):
         load_model(tmp_path)
 
 
+def test_a_config_json_that_does_not_parse_names_itself(tiny_dir):
+    (tiny_dir / "config.json").write_text('{"model_type": "llama",')
+    with pytest.raises(CheckpointError, match=re.escape(
+            f"cannot read {tiny_dir / 'config.json'}: Expecting property name enclosed in double "
+            "quotes: line 1 column 24 (char 23)")):
+        load_model(tiny_dir)
+
+
 def test_a_directory_without_weights_names_what_it_looked_for(tiny_dir):
     (tiny_dir / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match=r"has no weights: none of "
