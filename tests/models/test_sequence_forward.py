@@ -120,12 +120,16 @@ def test_the_first_losses_are_the_completions_and_the_step_ends_by_hand():
 def test_without_a_gradient_each_step_only_decays_the_weights_by_its_learning_rate():
     """A loss mask of zeros leaves AdamW's update at zero, so step t only shrinks every
     parameter by lr_t x weight_decay: lr 0 at step 0 (warmup from 0 over 1 step), the peak
-    0.1 at step 1 and half of it at step 2 (cosine decay over the 3 steps' last 2)."""
+    0.1 at step 1 and half of it at step 2 (cosine decay over the 3 steps' last 2). Value
+    rows under the default value_weight 0 train no head and add no gradient."""
     model = LlamaModel(TINY_LM, rngs=nnx.Rngs(0))
     before = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
     tokens, mask = pack_examples(NEXT_DIGIT, pad_id=0)
-    train_causal_lm(model, tokens, np.zeros_like(mask), LMTrainingConfig(
-        steps=3, batch_size=4, learning_rate=0.1, warmup_steps=1, weight_decay=0.5))
+    value_rows = pack_value_rows([([1, 3, 4], [(2, 1.0)])], pad_id=0, length=tokens.shape[1])
+    log = train_causal_lm(model, tokens, np.zeros_like(mask), LMTrainingConfig(
+        steps=3, batch_size=4, learning_rate=0.1, warmup_steps=1, weight_decay=0.5),
+        value_rows=value_rows)
+    assert list(log) == ["loss"] and len(log["loss"]) == 2  # steps 0 and 2
     decay = (1 - 0.1 * 0.5) * (1 - 0.05 * 0.5)
     jax.tree.map(lambda old, new: np.testing.assert_allclose(new, old * decay, rtol=1e-6),
                  before, jax.tree.map(np.asarray, nnx.state(model, nnx.Param)))
