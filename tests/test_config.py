@@ -36,9 +36,11 @@ def test_round_trip_through_yaml(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("search.kk=3", "kk"),
-    ("search.k=abc", "abc"),
-    ("search.agg=mean", "mean"),
+    ("search.kk=3", r"^Key 'kk' not in 'SearchConfig'.* \(at search\.kk\)$"),
+    ("search.k=abc", r"^Value 'abc' of type 'str' could not be converted to Integer "
+                     r"\(at search\.k\)$"),
+    ("search.agg=mean", r"^Invalid value 'mean', expected one of \[min, max, sum, last, "
+                        r"product\] \(at search\.agg\)$"),
     ("search.k=0", "search.k"),
     ("search.n_complete=0", "search.n_complete"),
     ("search.expansions_per_node=0", "search.expansions_per_node"),
@@ -172,6 +174,27 @@ def plain(value):
 def test_bad_paging_settings_say_what_to_change(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+def test_solver_labels_are_for_the_world_whose_solver_writes_the_rest_of_a_trace():
+    """Countdown's solver tells whether a state is live (live_states_only) but writes no
+    trace, so the default label.stronger_model=solver is refused there."""
+    with pytest.raises(ConfigError, match=r"^label.stronger_model: 'solver' completes traces "
+                                          r"with a task's exact solver; the tasks that have "
+                                          r"one are \('arithmetic',\): give a model "
+                                          r"directory$"):
+        load_config(None, ["task.name=countdown"])
+    config = load_config(None, ["task.name=countdown", "label.method=best_of_rollouts"])
+    assert (config.label.live_states_only, config.label.stronger_model) == (True, "solver")
+
+
+def test_the_saved_config_leaves_out_the_launch_settings():
+    """Every process of a run writes and compares the same config.yaml."""
+    launch = ["distributed.coordinator=host:1234", "distributed.num_processes=2",
+              "distributed.process_id=1", "distributed.heartbeat_timeout_s=45"]
+    saved = to_yaml(load_config(None, [*launch, "seed=3"]))
+    assert saved == to_yaml(load_config(None, ["seed=3"]))
+    assert "host:1234" not in saved and "seed: 3\n" in saved
 
 
 def test_a_second_opinion_goes_with_the_head_on_the_policys_hidden_states():
