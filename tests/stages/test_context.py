@@ -1,6 +1,9 @@
 from pathlib import Path
 from types import SimpleNamespace
 
+import jax.numpy as jnp
+import pytest
+
 from qstar_jax.config import CountdownWorldConfig, RunConfig, TaskConfig, load_config, to_yaml
 from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.models.loading import LoadedModel
@@ -89,3 +92,28 @@ def test_the_runtime_decodes_with_the_runs_decode_settings(tmp_path, monkeypatch
     assert settings == dict(seed=5, step_token_cap=20)
     RunContext(config=load_config(None), out=tmp_path).runtime(problems, model=second)
     assert made["decoder"][1]["paging"] is None  # decode.page_size=0: a row per slot
+
+
+def test_models_load_in_the_runs_dtype_onto_its_mesh_and_prompts_take_the_chat_template(
+        tmp_path, monkeypatch):
+    loads = []
+    chat = SimpleNamespace(apply_chat_template=lambda messages: f"<user>{messages}</user>")
+
+    def load_model(source, **settings):
+        loads.append((source, settings))
+        tokenizer = None if source == Path("/ckpt/bare") else chat
+        return LoadedModel(config=None, model=f"model at {source}", tokenizer=tokenizer)
+
+    monkeypatch.setattr(context, "load_model", load_model)
+    ctx = RunContext(config=load_config(None, [
+        "policy.dtype=bfloat16", "policy.chat_template=true",
+        "q_train.second_opinion=/ckpt/second"]), out=tmp_path, mesh="the run's mesh")
+    assert ctx.second_policy.model == "model at /ckpt/second"
+    problems = ctx.problems("test", 2)
+    assert ctx.prompts(problems) == [
+        f"<user>[{{'role': 'user', 'content': {p.question!r}}}]</user>" for p in problems]
+    settings = dict(dtype=jnp.bfloat16, mesh="the run's mesh")
+    assert loads == [(Path("/ckpt/second"), settings), (tmp_path / "policy", settings)]
+    with pytest.raises(ValueError, match="^model /ckpt/bare ships no tokenizer; point the "
+                                         "config at a checkpoint with tokenizer files$"):
+        ctx.load(Path("/ckpt/bare"))
