@@ -41,6 +41,8 @@ def test_with_no_config_the_first_override_is_not_taken_for_one():
      "label.stronger_model"),
     (["q_train.backbone=separate", "q_train.separate_model=/no/such/model"],
      "q_train.separate_model"),
+    (["policy.source=/no/such/policy"], "policy.source"),
+    (["q_train.second_opinion=/no/such/second"], "q_train.second_opinion"),
 ])
 def test_preflight_names_each_missing_checkpoint_the_run_loads(overrides, key):
     with pytest.raises(ConfigError, match=f"^{key}: checkpoint /no/such/.* does not exist; "
@@ -58,6 +60,17 @@ def test_preflight_passes_a_prm_the_search_does_not_use_and_each_data_file_that_
         run.preflight(load_config(None, [*REAL_TASK, listed]))
 
 
+def test_preflight_refuses_a_prm_model_that_is_neither_a_learned_prm_nor_a_checkpoint(
+        tmp_path):
+    with pytest.raises(ConfigError, match=f"^search.prm_model={tmp_path} is neither a PRM the "
+                                          "train_prm stage wrote"):
+        run.preflight(load_config(None, [*REAL_TASK, "search.utility=prm",
+                                         f"search.prm_model={tmp_path}"]))
+    (tmp_path / "config.json").write_text("{}")  # a Math-Shepherd checkpoint's shape
+    run.preflight(load_config(None, [*REAL_TASK, "search.utility=prm",
+                                     f"search.prm_model={tmp_path}"]))
+
+
 def test_a_folder_holds_the_same_run_whatever_stages_ran_there(tmp_path):
     saved = tmp_path / "config.yaml"
     saved.write_text(to_yaml(load_config(None, ["seed=3", "stages=[train_policy,collect]"])))
@@ -65,6 +78,40 @@ def test_a_folder_holds_the_same_run_whatever_stages_ran_there(tmp_path):
     assert not run.same_run(saved, load_config(None, ["seed=4", "stages=[label]"]))
     saved.write_text("search: {kk: 3}\n")  # another version's keys: only the text counts
     assert not run.same_run(saved, load_config(None, ["seed=3"]))
+
+
+def test_the_command_refuses_a_folder_of_another_run_and_resumes_its_own(tmp_path,
+                                                                         monkeypatch, capsys):
+    """A saved seed=3 run (stages [collect]): seed=4 there is refused, exit 2, its
+    config.yaml untouched; seed=3 runs its stages there and saves their list."""
+    ran = []
+    monkeypatch.setattr(run, "run_stages", lambda ctx: ran.append(ctx.config.stages))
+    saved = tmp_path / "config.yaml"
+    saved.write_text(to_yaml(load_config(None, ["decode.slots=8", "seed=3",
+                                                "stages=[collect]"])))
+    before = saved.read_text()
+    other = ["decode.slots=8", "stages=[train_policy]", "--out", str(tmp_path)]
+    assert run.main(["seed=4", *other]) == 2
+    assert capsys.readouterr().err == (
+        f"config error: {tmp_path} holds a run with a different config ({saved}); choose "
+        "another --out or delete the folder\n")
+    assert saved.read_text() == before and ran == []
+    assert run.main(["seed=3", *other]) == 0
+    assert ran == [("train_policy",)]
+    assert saved.read_text() == to_yaml(load_config(None, ["decode.slots=8", "seed=3",
+                                                           "stages=[train_policy]"]))
+
+
+def test_reuse_of_a_folder_without_a_trained_q_hat_is_a_config_error(tmp_path, monkeypatch,
+                                                                      capsys):
+    monkeypatch.setattr(run, "run_stages", lambda ctx: pytest.fail("a stage ran"))
+    source = tmp_path / "untrained"
+    source.mkdir()
+    assert run.main(["decode.slots=8", "--out", str(tmp_path / "new"),
+                     "--reuse", str(source)]) == 2
+    assert capsys.readouterr().err == (
+        f"config error: --reuse {source}: not a run folder with a finished train_q stage "
+        "(config.yaml and q_training.json); run its training stages first\n")
 
 
 def test_stages_run_in_the_configured_order(tmp_path, monkeypatch):
@@ -99,3 +146,6 @@ def test_a_page_pool_that_does_not_split_over_the_mesh_is_refused_before_any_sta
     assert capsys.readouterr().err == ("config error: decode.pages: 30 pages do not split "
                                        "over this mesh's 4 data shards\n")
     assert not (tmp_path / "config.yaml").exists()
+    assert run.main([*overrides, "decode.page_size=0", "decode.slots=6"]) == 2
+    assert capsys.readouterr().err == ("config error: decode.slots=6 does not split over the "
+                                       "4 data shards; make it a multiple of 4\n")
