@@ -1,10 +1,12 @@
 """Sizing a run: parameter counts, KV bytes, pages, and the refusal before a run that
 cannot fit."""
 
+import dataclasses
 import json
 import math
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import pytest
@@ -102,7 +104,8 @@ def test_the_decoders_per_layer_copy_is_counted_where_it_is_held(backend, layer_
 def test_check_memory_refuses_before_a_stage_runs(monkeypatch):
     run = load_config(None, ["decode.slots=100000", "decode.max_len=1024"])
     monkeypatch.setattr(memory_plan, "available_memory", lambda: (10**9, "cpu"))
-    with pytest.raises(ConfigError, match="does not fit the free host memory.*largest "
+    with pytest.raises(ConfigError, match="^decode.slots=100000 x decode.max_len=1024 does "
+                                          "not fit the free host memory: memory 1.0 GB .*largest "
                                           "decode.slots that fits: \\d+"):
         memory_plan.check_memory(run)
     assert memory_plan.check_memory(load_config(None, ["decode.slots=8"])).fits
@@ -394,3 +397,57 @@ def test_the_command_passes_its_page_size_prompt_and_backend_to_the_plan(tmp_pat
     _, on_gpu = plan_json(capsys, *SMALL_SEARCH, *smollm2, "--memory", "2GB")  # default: gpu
     assert on_gpu["model_bytes"] == {"policy": (134_515_008 + 106_202_880) * 4}
     assert (on_gpu["page_size"], on_gpu["prompt_tokens"]) == (16, 256 - 20)
+    # The config's own 100 pages are of decode.page_size 16, where qstar peaks at 44.
+    assert figures["pool_searches"] == 100 // 44 == 2
+    # 500 MB hold no SmolLM2 in float32 (538 MB): the command says so and exits 1.
+    code, small = plan_json(capsys, *SMALL_SEARCH, *smollm2, "--memory", "500MB",
+                            "--backend", "tpu")
+    assert (code, small["fits"], small["pages"], small["largest_slots"]) == (1, False, 0, 0)
+
+
+def test_a_plan_fits_at_exactly_its_share_of_the_memory():
+    figures = memory_plan.plan(ModelConfig(**SMOLLM2_135M), load_config(None, SMALL_SEARCH),
+                               memory_bytes=2 * 10**9, backend="gpu")
+    at_90 = dataclasses.replace(figures, memory_bytes=10**10, weight_bytes=8 * 10**9,
+                                slot_pool_bytes=10**9)
+    assert at_90.fits
+    assert not dataclasses.replace(at_90, slot_pool_bytes=10**9 + 1).fits
+
+
+def test_q_hats_own_backbone_is_counted_only_where_a_method_reads_q_hat():
+    separate = ["q_train.backbone=separate", "q_train.separate_model=/no/such/model",
+                "q_train.second_opinion=null"]
+    unread = load_config(None, [*separate, "eval.methods=[greedy,self_consistency,mctsr]"])
+    assert memory_plan.evaluate_models(unread) == {}  # not even its config.json is asked for
+    llama = f"{ARCHITECTURES}/llama-2-7b.json"
+    read = load_config(None, [*separate, "eval.methods=[greedy,beam]"])
+    assert memory_plan.evaluate_models(read, q_config=llama) == {
+        "q_backbone": ModelConfig.from_hf(json.loads(Path(llama).read_text()))}
+
+
+@pytest.fixture
+def host_memory(tmp_path, monkeypatch):
+    """/proc/meminfo and the cgroup's memory.max as files the test writes."""
+    files = {"/proc/meminfo": tmp_path / "meminfo",
+             "/sys/fs/cgroup/memory.max": tmp_path / "memory.max"}
+    monkeypatch.setattr(memory_plan, "Path", lambda path: files[path])
+    files["/proc/meminfo"].write_text("MemTotal:  9000 kB\nMemFree:  1000 kB\n"
+                                      "MemAvailable:    2048 kB\n")
+    return files
+
+
+def test_available_memory_is_the_devices_limit_or_the_hosts_available_memory(
+        host_memory, monkeypatch):
+    def devices(platform, stats):
+        return lambda: [SimpleNamespace(platform=platform, memory_stats=lambda: stats)]
+
+    monkeypatch.setattr(jax, "local_devices", devices("gpu", {"bytes_limit": 8 * 10**10,
+                                                              "bytes_in_use": 10**9}))
+    assert memory_plan.available_memory() == (8 * 10**10, "gpu")
+    monkeypatch.setattr(jax, "local_devices", devices("gpu", None))  # no stats: the host's
+    assert memory_plan.available_memory() == (2048 * 1024, "cpu")
+    monkeypatch.setattr(jax, "local_devices", devices("cpu", None))
+    host_memory["/sys/fs/cgroup/memory.max"].write_text("max\n")  # no cgroup limit
+    assert memory_plan.available_memory() == (2048 * 1024, "cpu")
+    host_memory["/sys/fs/cgroup/memory.max"].write_text("1000000\n")  # the cgroup's is lower
+    assert memory_plan.available_memory() == (1_000_000, "cpu")
