@@ -2,6 +2,7 @@
 checks before any stage runs, the stages' order and what a process says when it loses
 the others."""
 
+import jax
 import pytest
 from jax.sharding import AbstractMesh
 
@@ -112,6 +113,41 @@ def test_reuse_of_a_folder_without_a_trained_q_hat_is_a_config_error(tmp_path, m
     assert capsys.readouterr().err == (
         f"config error: --reuse {source}: not a run folder with a finished train_q stage "
         "(config.yaml and q_training.json); run its training stages first\n")
+
+
+def test_an_evaluating_run_prints_its_summary_and_a_lost_collective_is_exit_3(
+        tmp_path, monkeypatch, capsys):
+    """One process re-raises a failed collective; in a run of several (2 here, from the
+    stage on) it is exit 3 with the lost-process message at the config's heartbeat."""
+    (tmp_path / "policy").mkdir()
+    (tmp_path / "policy" / "config.json").write_text("{}")
+    argv = ["decode.slots=8", "stages=[evaluate]", "eval.methods=[self_consistency]",
+            "q_train.second_opinion=null", "distributed.heartbeat_timeout_s=45",
+            "--out", str(tmp_path)]
+    monkeypatch.setattr(run, "run_stages", lambda ctx: (
+        ctx.out / "summary.md").write_text("| method | accuracy |"))
+    assert run.main(argv) == 0
+    assert capsys.readouterr().out == "| method | accuracy |\n"
+    lost = jax.errors.JaxRuntimeError("DEADLINE_EXCEEDED: barrier timed out\nstack trace")
+
+    def lose(ctx):
+        raise lost
+
+    monkeypatch.setattr(run, "run_stages", lose)
+    with pytest.raises(jax.errors.JaxRuntimeError):
+        run.main(argv)
+
+    def lose_one_of_two(ctx):
+        monkeypatch.setattr(jax, "process_count", lambda: 2)
+        raise lost
+
+    monkeypatch.setattr(run, "run_stages", lose_one_of_two)
+    assert run.main(argv) == 3
+    assert capsys.readouterr().err == (
+        "run error: process 0 of 2 lost the others (DEADLINE_EXCEEDED: barrier timed out); "
+        "another process most likely died: JAX names it below once it has been silent for "
+        "distributed.heartbeat_timeout_s=45. Start every process again with the same "
+        "command: the run resumes from what process 0 wrote.\n")
 
 
 def test_stages_run_in_the_configured_order(tmp_path, monkeypatch):
