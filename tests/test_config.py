@@ -48,6 +48,9 @@ def test_round_trip_through_yaml(tmp_path):
     ("eval.methods=[greedy,magic]", "magic"),
     ("eval.methods=[qstar,best_of_n_matched]", "best_of_n_matched"),
     ("eval.methods=[best_of_n_matched,best_of_n,qstar]", "best_of_n_matched"),
+    ("eval.methods=[best_of_n,best_of_n_matched]", "^eval.methods: best_of_n_matched reads "
+                                                   "best_of_n's and qstar's tokens: list both "
+                                                   "before it$"),
     ("stages=[collect,dance]", "dance"),
     ("search.utility=prm", "prm_model"),
     ("search.utility=countdown_rule", "^search.utility: countdown_rule scores Countdown "
