@@ -414,6 +414,12 @@ def test_a_plan_fits_at_exactly_its_share_of_the_memory():
     assert not dataclasses.replace(at_90, slot_pool_bytes=10**9 + 1).fits
 
 
+def test_a_given_policy_config_json_sizes_even_a_policy_from_scratch():
+    llama = f"{ARCHITECTURES}/llama-2-7b.json"
+    assert memory_plan.policy_architecture(load_config(), llama) == ModelConfig.from_hf(
+        json.loads(Path(llama).read_text()))
+
+
 def test_q_hats_own_backbone_is_counted_only_where_a_method_reads_q_hat():
     separate = ["q_train.backbone=separate", "q_train.separate_model=/no/such/model",
                 "q_train.second_opinion=null"]
