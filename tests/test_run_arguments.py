@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import AbstractMesh
 
 from qstar_jax import run
-from qstar_jax.config import ConfigError, DistributedConfig, load_config, to_yaml
+from qstar_jax.config import STAGES, ConfigError, DistributedConfig, load_config, to_yaml
 from qstar_jax.parallel import DATA, MODEL
 from qstar_jax.run import parse_args
 from qstar_jax.stages.context import RunContext
@@ -148,6 +148,18 @@ def test_an_evaluating_run_prints_its_summary_and_a_lost_collective_is_exit_3(
         "another process most likely died: JAX names it below once it has been silent for "
         "distributed.heartbeat_timeout_s=45. Start every process again with the same "
         "command: the run resumes from what process 0 wrote.\n")
+
+
+def test_each_stage_name_runs_the_stage_function_of_that_name():
+    assert {name: f"{stage.__module__}.{stage.__name__}"
+            for name, stage in run.STAGE_FUNCTIONS.items()} == {
+        "train_policy": "qstar_jax.stages.train_policy.train_policy",
+        "collect": "qstar_jax.stages.rollouts.collect",
+        "label": "qstar_jax.stages.rollouts.label",
+        "train_q": "qstar_jax.stages.train_q.train_q",
+        "train_prm": "qstar_jax.stages.prm.train_prm",
+        "evaluate": "qstar_jax.stages.evaluate.evaluate"}
+    assert tuple(run.STAGE_FUNCTIONS) == STAGES
 
 
 def test_stages_run_in_the_configured_order(tmp_path, monkeypatch):
