@@ -142,8 +142,11 @@ def test_sampled_solutions_are_seeded_and_cover_all_solutions():
     rng = random.Random(0)
     draws = [solver.sample_solution(numbers, target, rng) for _ in range(60 * len(solutions))]
     assert set(draws) == solutions
-    # Uniform over traces: no trace drawn more than three times its fair share.
-    assert max(draws.count(s) for s in solutions) < 3 * 60
+    # Uniform over traces, not over each state's moves: on seed 0 every one of the 44
+    # traces is drawn 44 to 72 times of a fair 60 (a move's weight of 1 draws the one
+    # trace under 3 - 1 178 times and others 10).
+    counts = [draws.count(s) for s in solutions]
+    assert (min(counts), max(counts)) == (44, 72)
     again = random.Random(0)
     assert [solver.sample_solution(numbers, target, again) for _ in range(5)] == draws[:5]
 
