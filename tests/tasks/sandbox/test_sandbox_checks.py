@@ -185,7 +185,8 @@ def test_check_failure(test: str, values: list[str], passes: bool) -> None:
 
 
 @pytest.mark.parametrize("literal", [
-    "Ellipsis", "...", "__import__('os')", "nan", "[1, 2", "frozenset({1})", "x"])
+    "Ellipsis", "...", "__import__('os')", "nan", "[1, 2", "frozenset({1})", "x", "[1, ...]",
+    "{'a': (1, ...)}", "{...: 1}", "{2, ...}"])
 def test_non_plain_child_values_fail(literal: str) -> None:
     failure = check_failure(parse_check("assert f(1) == 1", 1), [literal])
     assert failure is not None and failure.startswith("f(1) returned")
@@ -194,6 +195,11 @@ def test_non_plain_child_values_fail(literal: str) -> None:
 def test_failure_message_shows_the_returned_value() -> None:
     failure = check_failure(parse_check("assert remove_odd([1,2,3]) == [2]", 1), ["[1, 3]"])
     assert failure == "  remove_odd([1,2,3]) returned [1, 3]"
+
+
+def test_a_long_value_is_shown_cut_to_300_characters() -> None:
+    failure = check_failure(parse_check("assert f(1) == 'b'", 1), [repr("a" * 400)])
+    assert failure == "  f(1) returned '" + "a" * 299 + "..."
 
 
 def test_type_errors_in_comparison_fail_the_test() -> None:
