@@ -62,6 +62,10 @@ def test_solver_completion_is_the_exact_value():
     assert not task.can_still_succeed(problem, ["12 + 7 = 19", "#### 19"])  # early answer
     assert not task.can_still_succeed(problem, ["not a step"])
     assert task.solver_completion(problem, ["#### 42"]) == []
+    # After a line that is no step, an answer no chain reaches: even one whose answer is 0.
+    zero = make_problem(task, 5, [("-", 5)])
+    assert task.solver_completion(zero, ["not a step"]) == ["#### -1"]
+    assert not task.can_still_succeed(zero, ["not a step"])
 
 
 def test_wrong_steps_come_in_every_kind_and_only_digit_slips_after_the_last_line():
@@ -151,6 +155,18 @@ def test_bad_config_and_bad_problems_are_clear_errors():
         ArithmeticConfig(start_range=(2, 100))
     with pytest.raises(ValueError, match="at least 1 operation"):
         ArithmeticConfig(operations=(0, 3))
+    with pytest.raises(ValueError, match=r"operators='': choose from \+-\*"):
+        ArithmeticConfig(operators="")
+    # Every range starts at 0: a negative operand would be written '+ -1', which no step
+    # line spells.
+    for name in ("operations", "start_range", "add_range", "multiply_range"):
+        with pytest.raises(ValueError, match=rf"ArithmeticConfig.{name}=\(-1, 2\).*0 <= low"):
+            ArithmeticConfig(**{name: (-1, 2)})
+    with pytest.raises(ValueError, match=r"max_value=1000000000: .* below 10\^9"):
+        ArithmeticConfig(max_value=10 ** 9)
+    assert ArithmeticConfig(max_value=10 ** 9 - 1).max_value == 999_999_999
+    with pytest.raises(ValueError, match="config must be an ArithmeticConfig or a mapping"):
+        ArithmeticTask(4)
     with pytest.raises(ValueError, match="no field|unexpected keyword"):
         ArithmeticTask({"bogus": 1})
     with pytest.raises(ValueError, match="splits"):
