@@ -1,6 +1,8 @@
-"""The step helpers every task shares: a completion's steps and the text of a state."""
+"""The helpers every task shares: a completion's steps, the text of a state, split sizes."""
 
-from qstar_jax.tasks.base import join_steps, split_steps, state_text
+import pytest
+
+from qstar_jax.tasks.base import SplitSizes, join_steps, split_steps, state_text
 
 
 def test_steps_are_the_lines_that_are_not_blank():
@@ -15,3 +17,15 @@ def test_a_state_is_the_prompt_then_each_step_ended_by_the_separator():
     assert state_text("Q\n", ("a", "b")) == "Q\na\nb\n"
     assert state_text("Q\n", ()) == "Q\n"
     assert state_text("", ("a",)) == "a\n"
+
+
+def test_split_sizes_are_ints_of_at_least_zero_for_each_split():
+    sizes = SplitSizes(train_size=7, test_size=0)
+    assert [sizes.split_size(s) for s in ("train", "validation", "test")] == [7, 500, 0]
+    for field, size in (("train_size", 2.5), ("validation_size", -1), ("test_size", "5")):
+        with pytest.raises(ValueError, match=rf"^SplitSizes\.{field} must be an int >= 0, "
+                                             rf"got {size!r}$"):
+            SplitSizes(**{"train_size": 1, field: size})
+    with pytest.raises(ValueError, match=r"SplitSizes has splits \('train', 'validation', "
+                                         r"'test'\), not 'dev'"):
+        sizes.split_size("dev")
