@@ -5,10 +5,10 @@ import random
 import pytest
 
 from qstar_jax.tasks.countdown.grader import (
-    can_still_succeed, check_trace, grade_trace, step_legality, step_reward)
+    StepCheck, can_still_succeed, check_trace, grade_trace, step_legality, step_reward)
 from qstar_jax.tasks.countdown.rules import CountdownRules, StepError
 from qstar_jax.tasks.countdown.solver import CountdownSolver
-from qstar_jax.tasks.countdown.steps import COUNTDOWN_ALPHABET
+from qstar_jax.tasks.countdown.steps import COUNTDOWN_ALPHABET, Step
 
 RULES = CountdownRules()
 NUMBERS, TARGET = (4, 4, 10, 10), 24
@@ -76,6 +76,19 @@ def test_any_step_mode_done_marker():
     assert errors(["5 + 3 = 8 (left: 2 8 8) done", "8 * 2 = 16 (left: 8 16)"], rules,
                   (2, 3, 5, 8), 8) == [None, StepError.AFTER_END]
     assert not grade_trace((2, 3, 5, 8), 9, ["5 + 3 = 8 (left: 2 8 8)"], rules)
+
+
+def test_lines_after_the_first_illegal_one_keep_its_error_and_their_own_parse():
+    broken = [SOLUTION[0], "100 - 4 = 95 (left: 4 95)", "95 - 4 = 91 (left: 91)", "words"]
+    checks = check_trace(NUMBERS, TARGET, broken, RULES)
+    assert [check.error for check in checks] == [None] + [StepError.WRONG_ARITHMETIC] * 3
+    assert [check.step for check in checks] == [
+        Step(left=10, op="*", right=10, result=100, remaining=(4, 4, 100)),
+        Step(left=100, op="-", right=4, result=95, remaining=(4, 95)),
+        Step(left=95, op="-", right=4, result=91, remaining=(91,)), None]
+    ended = check_trace(NUMBERS, TARGET, [*SOLUTION, "24 - 0 = 24 (left: 24)"], RULES)[-1]
+    assert ended == StepCheck(error=StepError.AFTER_END,
+                              step=Step(left=24, op="-", right=0, result=24, remaining=(24,)))
 
 
 def test_step_legality_of_partial_traces():
