@@ -174,3 +174,14 @@ def test_a_blank_test_in_test_list_is_malformed():
               "test_list": ["assert add_one(1) == 2", "  "], "challenge_test_list": []}
     with pytest.raises(ValueError, match=r"no tests in 'test_list', or an empty one"):
         MbppTask()._problem_from_record(record, "mbpp/test/0")
+
+
+def test_a_record_without_a_description_is_malformed_and_one_without_an_id_keeps_its_default():
+    record = {"task_id": None, "text": "Write a function to add one.", "test_setup_code": "",
+              "test_list": ["assert add_one(1) == 2"], "challenge_test_list": []}
+    assert MbppTask()._problem_from_record(record, "mbpp/test/3").id == "mbpp/test/3"
+    record["task_id"] = 918
+    assert MbppTask()._problem_from_record(record, "mbpp/test/3").id == "mbpp/918"
+    for description in ("", None):
+        with pytest.raises(ValueError, match="empty or missing task description"):
+            MbppTask()._problem_from_record({**record, "text": description}, "mbpp/test/3")
