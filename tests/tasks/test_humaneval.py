@@ -177,3 +177,12 @@ def test_a_file_of_only_malformed_records_is_an_error_even_when_skipping(tmp_pat
     only_bad.write_text(json.dumps({"task_id": "Fixture/0", "entry_point": "add"}) + "\n")
     with pytest.raises(ValueError, match=r"humaneval: no well-formed records in .*bad\.jsonl"):
         HumanEvalTask(problems_file=str(only_bad)).load("full", skip_malformed=True)
+
+
+@pytest.mark.parametrize("key, value", [("test", ["assert add(1, 2) == 3"]), ("prompt", 7),
+                                        ("entry_point", ["add"])])
+def test_a_field_that_is_not_text_is_malformed(key, value):
+    record = {"task_id": "Fixture/9", "prompt": "def add(a, b):\n", "entry_point": "add",
+              "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n", key: value}
+    with pytest.raises(ValueError, match=re.escape(f"missing or empty ['{key}']")):
+        problem_from_record(record)
