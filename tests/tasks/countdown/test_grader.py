@@ -35,6 +35,8 @@ def test_left_list_may_come_in_any_order():
     (["10 * 10 = 110 (left: 4 4 110)"], StepError.WRONG_ARITHMETIC),
     (["10 * 5 = 50 (left: 4 4 10 50)"], StepError.MISSING_OPERAND),
     (["4 * 4 = 16 (left: 10 10 16)", "16 + 4 = 20 (left: 10 20)"], StepError.MISSING_OPERAND),
+    (["10 * 10 = 100 (left: 4 4 100)", "100 - 100 = 0 (left: 4 4 0)"],
+     StepError.MISSING_OPERAND),
     (["10 * 10 = 100 (left: 4 100)"], StepError.WRONG_LEFT_LIST),
     (["10 * 10 = 100 (left: 4 4 10 100)"], StepError.WRONG_LEFT_LIST),
     (["4 - 4 = 0 (left: 10 10 0)", "10 / 0 = 0 (left: 10 0)"], StepError.DIVISION_BY_ZERO),
@@ -46,8 +48,8 @@ def test_left_list_may_come_in_any_order():
     (["10 * 10 = 100 (left: 4 4 100) "], StepError.MALFORMED),
     (["ten times ten"], StepError.MALFORMED),
     (SOLUTION + ["24 - 0 = 24 (left: 24)"], StepError.AFTER_END),
-], ids=["arithmetic", "operand", "reused", "left-short", "left-long", "div0", "integer",
-        "negative", "done", "spacing", "no-left", "trailing", "words", "after-end"])
+], ids=["arithmetic", "operand", "reused", "one-copy-twice", "left-short", "left-long", "div0",
+        "integer", "negative", "done", "spacing", "no-left", "trailing", "words", "after-end"])
 def test_each_illegal_step_is_caught_for_its_reason(steps, reason):
     assert errors(steps)[-1] == reason
     assert errors(steps)[:-1] == [None] * (len(steps) - 1)
