@@ -172,6 +172,12 @@ def test_a_bad_train_size_fails_when_the_task_is_made(train_size):
         HumanEvalTask(train_size=train_size)
 
 
+def test_more_shots_than_worked_examples_fail_when_the_task_is_made():
+    assert HumanEvalTask(n_shot=2).n_shot == 2
+    with pytest.raises(ValueError, match=r"n_shot must be between 0 and 2 .* got 3"):
+        HumanEvalTask(n_shot=3)
+
+
 def test_a_file_of_only_malformed_records_is_an_error_even_when_skipping(tmp_path):
     only_bad = tmp_path / "bad.jsonl"
     only_bad.write_text(json.dumps({"task_id": "Fixture/0", "entry_point": "add"}) + "\n")

@@ -185,3 +185,9 @@ def test_a_record_without_a_description_is_malformed_and_one_without_an_id_keeps
     for description in ("", None):
         with pytest.raises(ValueError, match="empty or missing task description"):
             MbppTask()._problem_from_record({**record, "text": description}, "mbpp/test/3")
+
+
+def test_more_shots_than_worked_examples_fail_when_the_task_is_made():
+    assert MbppTask(n_shot=3).n_shot == 3
+    with pytest.raises(ValueError, match=r"n_shot must be between 0 and 3 .* got 4"):
+        MbppSanitizedTask(n_shot=4)
