@@ -16,6 +16,8 @@ from qstar_jax.tasks.countdown.steps import (
 ])
 def test_canonical_numbers_round_trip(text, value):
     assert parse_number(text) == value
+    # A whole number is an int, never Fraction(n, 1): exact division checks for ints.
+    assert type(parse_number(text)) is type(value)
     assert format_number(value) == text
 
 
@@ -65,6 +67,7 @@ def test_parse_step_reads_every_field():
     "8 * 3 = 024 (left: 24 5)",
     "8 * 3 = 24 (left: 24 5) Done",
     "8 * 3 = 24 (left: 24 5)done",
+    "8 * 3 = 24 (left: 24 5) done done",
     "8 * 3 = 24 (left: 24 5)\n",
     "8 * 3 = 24 (Left: 24 5)",
     "(8 * 3) = 24 (left: 24 5)",
