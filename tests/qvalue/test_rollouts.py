@@ -111,5 +111,26 @@ def test_a_sampler_returning_the_wrong_count_is_named(tmp_path):
 
     with pytest.raises(ValueError, match="ShortSampler.continue_from"):
         collect(tmp_path / "r.jsonl", [0], ShortSampler())
+
+    class OneRowSampler(CountingSampler):
+        def continue_from(self, items, n, temperature, max_steps=None):
+            return super().continue_from(items[:1], n, temperature, max_steps)
+
+    # Two problems asked, one row back: refused, nothing stored for either.
+    with pytest.raises(ValueError, match=r"returned continuation counts \[2\] for 2 items "
+                                         r"with n=2; it must return n per item"):
+        collect(tmp_path / "r.jsonl", [0, 1], OneRowSampler())
+    assert read_rollouts(tmp_path / "r.jsonl") == []
     with pytest.raises(ValueError, match="more than once"):
         collect(tmp_path / "r.jsonl", [0, 0], CountingSampler())
+
+
+@pytest.mark.parametrize("per_problem, batch_problems", [(0, 2), (2, 0)])
+def test_a_count_below_one_is_refused_before_sampling(tmp_path, per_problem, batch_problems):
+    sampler = CountingSampler()
+    with pytest.raises(ValueError, match=f"per_problem={per_problem} and batch_problems="
+                                         f"{batch_problems} must both be at least 1"):
+        collect_rollouts([0], sampler, even_answer, per_problem=per_problem, temperature=0.9,
+                         out_path=tmp_path / "r.jsonl", batch_problems=batch_problems,
+                         progress=False)
+    assert sampler.asked == [] and not (tmp_path / "r.jsonl").exists()
