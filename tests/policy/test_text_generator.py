@@ -177,6 +177,19 @@ def test_a_prompt_continuing_a_kept_row_is_forked_from_it_and_charged_its_new_to
     assert not runtime.held
 
 
+def test_a_single_samples_row_keeps_its_sampled_tokens_after_the_prompt():
+    """A prompt that continues the sampled text (a critique quoting the answer) shares the
+    prompt and the 8 sampled tokens (LineRuntime's 0s) and is charged only "more"."""
+    runtime = KeepingRuntime()
+    generator = DecoderTextGenerator(runtime, max_tokens=100, kept_rows_per_problem=1)
+    ask(generator, 0, QUESTION)
+    [kept] = runtime.held
+    answer = "\0" * LINES * TOKENS_PER_LINE
+    ask(generator, 0, QUESTION + answer + "more")
+    assert runtime.prefills[-1] == ([kept], [len(QUESTION) + 8])
+    assert generator.prefilled_tokens(0) == len(QUESTION) + len("more")
+
+
 def test_samples_of_one_prompt_keep_the_prompt_they_share():
     runtime = KeepingRuntime()
     generator = DecoderTextGenerator(runtime, max_tokens=100, kept_rows_per_problem=1)
