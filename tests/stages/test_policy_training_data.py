@@ -3,13 +3,18 @@ ended by EOS; with a value head, each step's end labelled with the state's exact
 on the solution and on a copy with one wrong step; the architecture it builds; and the
 policies it trains."""
 
+import dataclasses
 import functools
 import random
+from types import SimpleNamespace
 
+import jax
+import numpy as np
 import pytest
 
 from qstar_jax.config import load_config
 from qstar_jax.models.char_tokenizer import build_char_tokenizer
+from qstar_jax.models.lm_training import LMTrainingConfig, pack_examples, pack_value_rows
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages import train_policy
 from qstar_jax.stages.train_policy import (policy_model_config, token_ids, trace_examples,
@@ -86,3 +91,56 @@ def test_the_second_policy_is_trained_from_the_next_seed_beside_the_policy(tmp_p
     assert trains() == [(4, tmp_path / "policy"), (5, tmp_path / "second_policy")]
     assert trains("q_train.second_opinion=null") == [(4, tmp_path / "policy")]
     assert trains("policy.source=/a/policy", "q_train.second_opinion=null") == []
+
+
+def test_a_policy_trains_on_policy_trainings_problems_settings_and_seed(tmp_path, monkeypatch):
+    """train_from_scratch at seed 3 over policy_training's 3 problems (not the task's 700):
+    their solver traces and value rows drawn from one random.Random(3), packed to the
+    longest, a model of policy_training's architecture drawn from nnx.Rngs(3), and every
+    training setting handed on; a policy already there is not trained again."""
+    trained, saved = [], []
+    # The model as drawn (building a real one costs seconds of first-use compiles).
+    monkeypatch.setattr(train_policy, "LlamaModel", lambda config, rngs: SimpleNamespace(
+        config=config, rngs=rngs))
+    monkeypatch.setattr(train_policy, "train_causal_lm", lambda model, tokens, mask, config,
+                        **kw: trained.append((model, tokens, mask, config, kw)) or {"loss": []})
+    monkeypatch.setattr(train_policy, "save_policy", lambda model, tokenizer, log, target:
+                        saved.append((log, target)))
+    ctx, tokenizer = arithmetic(
+        tmp_path, "seed=3", "policy_training.train_problems=3", "policy_training.steps=7",
+        "policy_training.batch_size=4", "policy_training.learning_rate=0.001",
+        "policy_training.warmup_steps=2", "policy_training.value_weight=0.25",
+        "policy_training.value_batch_size=5", "policy_training.max_grad_norm=0.5",
+        "policy_training.hidden_size=16", "policy_training.intermediate_size=32",
+        "policy_training.num_layers=1")
+    mesh = object()
+    ctx = dataclasses.replace(ctx, mesh=mesh)
+    train_policy.train_from_scratch(ctx, tmp_path / "policy")
+    [(model, tokens, mask, config, kw)] = trained
+    assert config == LMTrainingConfig(steps=7, batch_size=4, learning_rate=0.001,
+                                      warmup_steps=2, seed=3, value_weight=0.25,
+                                      value_batch_size=5, max_grad_norm=0.5)
+    assert (kw["mesh"], kw["desc"]) == (mesh, "train policy")
+    assert saved == [({"loss": []}, tmp_path / "policy")]
+
+    problems = ctx.problems("train", 3)
+    prompts, rng = ctx.prompts(problems), random.Random(3)
+    solutions = [ctx.task.solution_steps(p, rng) for p in problems]
+    rows = value_training_rows(ctx, problems, prompts, solutions, rng,
+                               functools.partial(token_ids, tokenizer))
+    examples = trace_examples(tokenizer, prompts, solutions)
+    length = max(len(ids) for ids in [*(p + c for p, c in examples), *(ids for ids, _ in rows)])
+    want_tokens, want_mask = pack_examples(examples, tokenizer.pad_token_id, length)
+    np.testing.assert_array_equal(tokens, want_tokens)
+    np.testing.assert_array_equal(mask, want_mask)
+    want_rows = pack_value_rows(rows, tokenizer.pad_token_id, length)
+    for field in ("tokens", "targets", "weights"):
+        np.testing.assert_array_equal(getattr(kw["value_rows"], field),
+                                      getattr(want_rows, field))
+    assert model.config == policy_model_config(ctx, tokenizer)
+    assert jax.random.key_data(model.rngs.default.key[...]).tolist() == [0, 3]  # Rngs(3)
+
+    (tmp_path / "policy").mkdir()
+    (tmp_path / "policy" / "config.json").write_text("{}")
+    train_policy.train_from_scratch(ctx, tmp_path / "policy")  # there: not trained again
+    assert len(trained) == 1 and len(saved) == 1
