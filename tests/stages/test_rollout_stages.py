@@ -8,7 +8,8 @@ import pytest
 
 from qstar_jax.config import load_config
 from qstar_jax.outputs import durable
-from qstar_jax.qvalue.dataset import labelled, load_labelled
+from qstar_jax.policy.runtime import PolicyRuntime
+from qstar_jax.qvalue.dataset import labelled, load_labelled, load_step_logprobs
 from qstar_jax.qvalue.label_journal import LabelJournal
 from qstar_jax.qvalue.labels_best_of import BestOfRolloutsConfig
 from qstar_jax.qvalue.rollouts import ProblemRollouts, Rollout
@@ -76,6 +77,34 @@ def test_label_drops_the_pairs_after_a_dead_state_when_asked(tmp_path, monkeypat
     assert live == [((), right[0]), ((right[0],), right[1]), ((), wrong)]
     every, _, _ = labelled_steps("label.live_states_only=false")
     assert every == live + [((wrong,), right[1])]
+
+
+def test_label_reads_the_policys_features_of_each_kept_pair_after_its_own_prompt(
+        tmp_path, monkeypatch):
+    """The policy's model and tokenizer read each live pair's state (the training
+    problem's prompt and the steps before) and step; the pair after the dead state is
+    not read, and the features go to Q-hat's labels as computed."""
+    read = []
+
+    def features(model, tokenizer, states, steps):
+        read.append((model, tokenizer, states, steps))
+        return (np.arange(len(steps) * 4, dtype=np.float32).reshape(-1, 4),
+                -np.arange(len(steps), dtype=np.float32))
+
+    monkeypatch.setattr(rollouts, "last_step_features", features)
+    monkeypatch.setattr(rollouts, "fitted_q_labels", lambda ctx, pairs, features:
+                        labelled(pairs, features[:, 0].tolist()))
+    ctx, right, wrong = one_problem_run(tmp_path, "label.method=fitted_q_iteration")
+    ctx.__dict__["policy"] = SimpleNamespace(model="policy model", tokenizer="its tokenizer")
+    rollouts.label(ctx)
+    [prompt] = ctx.prompts(ctx.problems("train", 1))
+    assert read == [("policy model", "its tokenizer",
+                     [prompt, f"{prompt}{right[0]}\n", prompt],
+                     [f"{right[0]}\n", f"{right[1]}\n", f"{wrong}\n"])]
+    steps, features = load_labelled(ctx.labels_path)
+    assert [s.label for s in steps] == [0.0, 4.0, 8.0]
+    np.testing.assert_array_equal(features, np.arange(12, dtype=np.float32).reshape(3, 4))
+    np.testing.assert_array_equal(load_step_logprobs(ctx.labels_path), [0.0, -1.0, -2.0])
 
 
 class RecordedSolver(rollouts.SolverSampler):
@@ -170,3 +199,41 @@ def test_label_by_best_of_rollouts_samples_at_the_label_and_collect_settings(
     assert asked == {}
     steps, _ = load_labelled(ctx.labels_path)
     assert [s.label for s in steps] == [0.25] * 3
+
+
+def test_label_by_a_stronger_model_completes_with_that_model_at_the_runs_settings(
+        tmp_path, monkeypatch):
+    """label.stronger_model=/strong: the stronger model (not the policy) is loaded and
+    decodes the training problems, capped at decode.max_steps, at label.gamma, two pairs
+    a call on 9 slots, journalled; a task without an exact solver refuses 'solver'."""
+    no_features(monkeypatch)
+    asked, loaded, built = {}, [], []
+
+    def stronger(pairs, sampler, reward, **settings):
+        asked.update(pairs=pairs, sampler=sampler, **settings)
+        return labelled(pairs, [0.5] * len(pairs))
+
+    monkeypatch.setattr(rollouts, "stronger_completion_labels", stronger)
+    monkeypatch.setattr(RunContext, "load", lambda self, source: loaded.append(source)
+                        or f"the model at {source}")
+    runtime = object.__new__(PolicyRuntime)  # a stand-in: nothing is decoded
+    monkeypatch.setattr(RunContext, "runtime", lambda self, problems, model=None:
+                        built.append((problems, model)) or runtime)
+    ctx, right, wrong = one_problem_run(tmp_path, "label.method=stronger_model",
+                                        "label.stronger_model=/strong", "label.gamma=0.9",
+                                        "label.rollouts_per_state=3", "decode.max_steps=6",
+                                        "decode.slots=9")
+    rollouts.label(ctx)
+    assert loaded == ["/strong"]
+    assert built == [(ctx.problems("train", 1), "the model at /strong")]
+    sampler = asked.pop("sampler")
+    assert sampler.runtime is runtime and sampler.max_steps == 6
+    assert [(p.prefix_steps, p.step_text) for p in asked.pop("pairs")] == [
+        ((), right[0]), ((right[0],), right[1]), ((), wrong)]
+    assert asked.pop("journal").path == tmp_path / "labels.partial.jsonl"
+    assert asked == dict(discount=0.9, max_steps=6, batch_pairs=2)
+    without_solver = SimpleNamespace(config=SimpleNamespace(label=SimpleNamespace(
+        stronger_model="solver")), task=SimpleNamespace(name="gsm8k"))
+    with pytest.raises(ValueError, match="label.stronger_model=solver: task gsm8k has no "
+                                         "exact solver; give a model directory"):
+        rollouts._stronger_sampler(without_solver, [])
