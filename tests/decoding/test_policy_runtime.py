@@ -1,14 +1,19 @@
 """``PolicyRuntime``'s steps and texts on real decoders: a step's text is its first line
 with EOS left out, its tokens all it sampled (EOS and newline included), its log
 probability and hidden state those of its own row; a step ends the trace unless it
-ended at a newline on a line that is not a final answer."""
+ended at a newline on a line that is not a final answer. Over a recording decoder: what
+it prefills for a problem, the key, filters and caps each draw is made with, and when a
+text counts as done."""
 
 import jax
 import numpy as np
 import pytest
 
 from qstar_jax.decoding.kv_cache import SlotPoolExhausted
-from qstar_jax.policy.runtime import PolicyRuntime
+from qstar_jax.decoding.step_chunks import StepBatch
+from qstar_jax.decoding.step_sampler import EndReason
+from qstar_jax.policy import runtime as runtime_module
+from qstar_jax.policy.runtime import PolicyRuntime, stable_id
 from qstar_jax.tasks.base import Problem
 from tests.decoding.tiny_models import (COUNTING_EOS_ID, COUNTING_MAX_LEN,
                                         COUNTING_NEWLINE_ID)
@@ -110,3 +115,111 @@ def test_a_prompt_forked_from_a_slot_computes_and_is_charged_only_past_the_share
                                sources=[parents[0]] * 2 + [None] * 2, shared=[5, 5, 0, 0])
     assert random_decoder.pool.num_free == 3
     assert dict(runtime.prefilled) == {0: 5 + 2, 1: 4 + 1 + 3}
+
+
+class Chars:
+    def encode(self, text):
+        return [ord(c) for c in text]
+
+    def decode(self, ids):
+        return "".join(map(chr, ids))
+
+
+class RecordingDecoder:
+    """The ``Decoder`` calls a ``PolicyRuntime`` makes, recorded: slots handed out in
+    order, prefills, and each ``sample_steps`` call's keys, params and token caps; every
+    row's step is "ok\\n", and ``done`` is asked, where given, about each of ``texts``."""
+
+    def __init__(self, texts=()):
+        self.texts, self._next = texts, 0
+        self.prefilled, self.sampled = [], []
+
+    def allocate(self, n, near=None):
+        self._next += n
+        return list(range(self._next - n, self._next))
+
+    def prefill(self, slots, tokens, starts):
+        self.prefilled.append((list(slots), [list(t) for t in tokens], list(starts)))
+
+    def sample_steps(self, slots, *, problem_keys, node_ids, params, max_tokens, newline_ends,
+                     done=None):
+        self.sampled.append(dict(
+            keys=jax.random.key_data(problem_keys).tolist(), node_ids=list(node_ids),
+            temperature=params.temperature.tolist(), top_k=params.top_k.tolist(),
+            top_p=params.top_p.tolist(), max_tokens=np.asarray(max_tokens).tolist(),
+            newline_ends=newline_ends,
+            done=None if done is None else [[done(row, Chars().encode(text))
+                                             for text in self.texts]
+                                            for row in range(len(slots))]))
+        rows, step = len(slots), Chars().encode("ok\n")
+        return StepBatch(slots=np.asarray(slots), tokens=np.tile(step, (rows, 1)),
+                         logprobs=np.zeros((rows, len(step)), np.float32),
+                         num_tokens=np.full(rows, len(step)),
+                         end_reason=np.full(rows, EndReason.NEWLINE.value),
+                         hidden=np.zeros((rows, 2), np.float32))
+
+
+def _recorded(ids, decoder, *, seed=5):
+    return PolicyRuntime(decoder, Chars(), FLinesAnswer(),
+                         [Problem(id=i, question="", reference=None) for i in ids],
+                         [f"Q {i}\n" for i in ids], seed=seed, step_token_cap=3, top_k=40,
+                         top_p=0.9)
+
+
+def test_a_problems_prompt_and_steps_are_prefilled_and_charged_to_it():
+    decoder = RecordingDecoder()
+    runtime = _recorded(["p0", "p1", "p2"], decoder)
+    assert runtime.prefill([2, 0], [("a", "b"), ()]) == [0, 1]
+    assert decoder.prefilled == [([0, 1], [Chars().encode("Q p2\na\nb\n"),
+                                           Chars().encode("Q p0\n")], [0, 0])]
+    assert dict(runtime.prefilled) == {2: 9, 0: 5}
+
+
+def test_every_draw_is_keyed_by_the_seed_and_problem_id_under_the_runtimes_filters():
+    """Problem p2's key is fold_in(key(5), stable_id("p2")) wherever p2 stands in the
+    list; steps, texts and tries all sample at top_k 40 and top_p .9."""
+    decoder = RecordingDecoder()
+    runtime = _recorded(["p0", "p1", "p2"], decoder)
+    runtime.sample([3, 4], [2, 0], node_ids=[7, 8], temperatures=[0.5, 1.0])
+    runtime.sample_texts([3], [1], node_ids=[9], temperatures=[0.0], max_tokens=[6])
+    _recorded(["p2"], decoder).sample([3], [0], node_ids=[7], temperatures=[0.5])
+
+    def key(seed, problem_id):
+        return jax.random.key_data(jax.random.fold_in(jax.random.key(seed),
+                                                       stable_id(problem_id))).tolist()
+
+    steps, texts, moved = decoder.sampled
+    assert steps["keys"] == [key(5, "p2"), key(5, "p0")] and moved["keys"] == [key(5, "p2")]
+    assert texts["keys"] == [key(5, "p1")] != [key(6, "p1")]
+    assert (steps["node_ids"], steps["temperature"], steps["max_tokens"]) == (
+        [7, 8], [0.5, 1.0], 3)
+    assert (texts["max_tokens"], steps["newline_ends"], texts["newline_ends"]) == (
+        [6], True, False)
+    assert [(c["top_k"], c["top_p"]) for c in (steps, texts)] == [
+        ([40, 40], pytest.approx([0.9, 0.9])), ([40], pytest.approx([0.9]))]
+
+
+def test_tries_draw_from_the_problems_key_table_under_the_runtimes_filters(monkeypatch):
+    runtime = _recorded(["p0", "p1", "p2"], RecordingDecoder())
+    asked = []
+    monkeypatch.setattr(runtime_module, "sample_trie_steps", lambda decoder, slots, counts,
+                        **kw: asked.append((list(slots), list(counts), kw))
+                        or ([[] for _ in slots], [0] * len(slots)))
+    assert runtime.sample_trie([3], [2], [11], [0.5], [4]) == [[]]
+    [(slots, counts, kw)] = asked
+    assert (slots, counts, kw["key_rows"], kw["group_ids"], kw["max_tokens"]) == (
+        [3], [4], [2], [11], 3)
+    assert kw["key_table"] is runtime._keys
+    assert (kw["params"].temperature.tolist(), kw["params"].top_k.tolist(),
+            kw["params"].top_p.tolist()) == ([0.5], [40], pytest.approx([0.9]))
+
+
+def test_a_text_is_done_once_an_answer_line_is_whole_or_its_rows_check_says_so():
+    """An "f" line is an answer once its newline is sampled; row 1's own check holds for
+    a text ending "be", row 0 has none."""
+    decoder = RecordingDecoder(texts=["a\nf", "a\nf\n", "a\nbe"])
+    _recorded(["p0"], decoder).sample_texts(
+        [3, 4], [0, 0], node_ids=[1, 2], temperatures=[0.0, 0.0], max_tokens=[9, 9],
+        read_complete=[None, lambda text: text.endswith("be")])
+    [call] = decoder.sampled
+    assert call["done"] == [[False, True, False], [False, True, True]]
