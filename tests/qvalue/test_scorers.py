@@ -90,3 +90,29 @@ def test_a_separate_backbone_scores_each_items_own_prompt_path_and_step(monkeypa
     np.testing.assert_allclose(
         scorers.SeparateBackboneQ(ctx, [3, 5]).score(items_ab_c[:1]),
         BackboneQModel(short).score_texts([tokenizer.encode("5\na\nb\nc\n")]), rtol=1e-6)
+
+
+def test_a_second_opinion_reads_each_items_step_after_its_own_prompt_in_one_built_pass(
+        monkeypatch):
+    """SecondOpinion builds the second policy's StepFeatures once and answers, for each
+    call, the log-probabilities (not the hidden states) of each item's step after its
+    own problem's prompt and path."""
+    built, read = [], []
+
+    class Features:
+        def __init__(self, model, tokenizer):
+            built.append((model, tokenizer))
+
+        def __call__(self, states, steps):
+            read.append((states, steps))
+            return np.ones((len(steps), 2), np.float32), -np.arange(1.0, len(steps) + 1)
+
+    monkeypatch.setattr(scorers, "StepFeatures", Features)
+    opinion = scorers.SecondOpinion(SimpleNamespace(model="second", tokenizer="its tokens"),
+                                    ["Q0\n", "Q1\n"])
+    asked = [QItem(problem_index=1, prefix_steps=("a",), step_text="b", hidden=None),
+             QItem(problem_index=0, prefix_steps=(), step_text="c", hidden=None)]
+    np.testing.assert_array_equal(opinion(asked), [-1.0, -2.0])
+    np.testing.assert_array_equal(opinion(asked[1:]), [-1.0])
+    assert built == [("second", "its tokens")]
+    assert read == [(["Q1\na\n", "Q0\n"], ["b\n", "c\n"]), (["Q0\n"], ["c\n"])]
