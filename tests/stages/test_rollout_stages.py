@@ -17,6 +17,17 @@ from qstar_jax.stages import rollouts
 from qstar_jax.stages.context import RunContext
 
 
+STAND_IN = object.__new__(PolicyRuntime)  # a runtime that decodes nothing
+
+
+def stand_in_runtime(monkeypatch) -> list:
+    """ctx.runtime answers STAND_IN; returns the (problems, model) it is asked for."""
+    built = []
+    monkeypatch.setattr(RunContext, "runtime", lambda self, problems, model=None:
+                        built.append((problems, model)) or STAND_IN)
+    return built
+
+
 def test_collect_samples_each_training_problem_at_collects_settings(tmp_path, monkeypatch):
     asked = {}
     monkeypatch.setattr(rollouts, "collect_rollouts", lambda problems, sampler, reward,
@@ -25,8 +36,12 @@ def test_collect_samples_each_training_problem_at_collects_settings(tmp_path, mo
     ctx = RunContext(config=load_config(None, [
         "task.train_problems=3", "collect.rollouts_per_problem=5", "collect.temperature=0.7",
         "eval.temperature=0.2", "decode.max_steps=6", "decode.slots=64"]), out=tmp_path)
+    built = stand_in_runtime(monkeypatch)
     rollouts.collect(ctx)
     assert asked["problems"] == [0, 1, 2] and asked["sampler"].max_steps == 6
+    # The policy decodes the 3 training problems, built only when first asked to sample.
+    assert not built and asked["sampler"].runtime is STAND_IN
+    assert built == [(ctx.problems("train", 3), None)]
     del asked["problems"], asked["sampler"]
     reward = asked.pop("reward")
     assert asked == dict(per_problem=5, temperature=0.7, out_path=tmp_path / "rollouts.jsonl",
@@ -179,7 +194,10 @@ def test_label_by_best_of_rollouts_samples_at_the_label_and_collect_settings(
                                         "label.trace_is_a_rollout=true", "collect.temperature=0.7",
                                         "eval.temperature=0.2", "decode.max_steps=6",
                                         "decode.slots=9")
+    built = stand_in_runtime(monkeypatch)
     rollouts.label(ctx)
+    assert not built and asked["sampler"].runtime is STAND_IN
+    assert built == [(ctx.problems("train", 1), None)]  # the policy on the training problem
     assert asked.pop("config") == BestOfRolloutsConfig(
         rollouts=3, temperature=0.7, discount=0.9, max_steps=6,
         batch_pairs=2,  # 9 slots hold two pairs' states and 3 rollouts each
@@ -207,7 +225,7 @@ def test_label_by_a_stronger_model_completes_with_that_model_at_the_runs_setting
     decodes the training problems, capped at decode.max_steps, at label.gamma, two pairs
     a call on 9 slots, journalled; a task without an exact solver refuses 'solver'."""
     no_features(monkeypatch)
-    asked, loaded, built = {}, [], []
+    asked, loaded = {}, []
 
     def stronger(pairs, sampler, reward, **settings):
         asked.update(pairs=pairs, sampler=sampler, **settings)
@@ -216,9 +234,7 @@ def test_label_by_a_stronger_model_completes_with_that_model_at_the_runs_setting
     monkeypatch.setattr(rollouts, "stronger_completion_labels", stronger)
     monkeypatch.setattr(RunContext, "load", lambda self, source: loaded.append(source)
                         or f"the model at {source}")
-    runtime = object.__new__(PolicyRuntime)  # a stand-in: nothing is decoded
-    monkeypatch.setattr(RunContext, "runtime", lambda self, problems, model=None:
-                        built.append((problems, model)) or runtime)
+    built = stand_in_runtime(monkeypatch)
     ctx, right, wrong = one_problem_run(tmp_path, "label.method=stronger_model",
                                         "label.stronger_model=/strong", "label.gamma=0.9",
                                         "label.rollouts_per_state=3", "decode.max_steps=6",
@@ -227,7 +243,7 @@ def test_label_by_a_stronger_model_completes_with_that_model_at_the_runs_setting
     assert loaded == ["/strong"]
     assert built == [(ctx.problems("train", 1), "the model at /strong")]
     sampler = asked.pop("sampler")
-    assert sampler.runtime is runtime and sampler.max_steps == 6
+    assert sampler.runtime is STAND_IN and sampler.max_steps == 6
     assert [(p.prefix_steps, p.step_text) for p in asked.pop("pairs")] == [
         ((), right[0]), ((right[0],), right[1]), ((), wrong)]
     assert asked.pop("journal").path == tmp_path / "labels.partial.jsonl"
