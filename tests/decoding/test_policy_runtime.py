@@ -204,8 +204,9 @@ def test_tries_draw_from_the_problems_key_table_under_the_runtimes_filters(monke
     asked = []
     monkeypatch.setattr(runtime_module, "sample_trie_steps", lambda decoder, slots, counts,
                         **kw: asked.append((list(slots), list(counts), kw))
-                        or ([[] for _ in slots], [0] * len(slots)))
+                        or ([[] for _ in slots], [5] * len(slots)))
     assert runtime.sample_trie([3], [2], [11], [0.5], [4]) == [[]]
+    assert dict(runtime.generated) == {2: 5}  # the tokens the trie fed, charged to p2
     [(slots, counts, kw)] = asked
     assert (slots, counts, kw["key_rows"], kw["group_ids"], kw["max_tokens"]) == (
         [3], [4], [2], [11], 3)
