@@ -63,6 +63,20 @@ CASES = [
     ("\\text{Monday}", "Monday", True),
     ("Monday", "monday", True),
     ("x^{2}+1", "x^2 + 1", True),
+    ("2\u03c0", "2\\pi", True),
+    ("\\(\\frac{1}{2}\\)", "0.5", True),
+    ("\\[5\\]", "5", True),
+    ("\\bigl(1, 2\\bigr)", "(1,2)", True),
+    ("\\Bigl[1, 2\\Bigr)", "[1,2)", True),
+    # Every text and font command goes and its content stays.
+    ("\\textbf{5}", "5", True),
+    ("\\textit{5}", "5", True),
+    ("\\textnormal{5}", "5", True),
+    ("\\mathrm{5}", "5", True),
+    ("\\mathbf{5}", "5", True),
+    ("\\mathit{5}", "5", True),
+    ("\\boldsymbol{5}", "5", True),
+    ("\\operatorname{5}", "5", True),
     # Assignments against bare values.
     ("x = 3", "3", True),
     ("3", "x=3", True),
@@ -71,6 +85,7 @@ CASES = [
     ("f(x) = x^2", "x^2", True),
     ("x+y=3", "y+x=3", True),
     ("x \\ne 3", "x \\neq 3", True),
+    ("\\theta = 30^\\circ", "30", True),  # a command names the value too
     # Tuples and intervals keep their brackets.
     ("(1, 2)", "(1,2)", True),
     ("(1,2]", "(1, 2]", True),
@@ -138,6 +153,7 @@ CASES = [
     ("5", "(5,5)", False),
     ("\\langle 1, 2\\rangle", "\\langle 2, 1\\rangle", False),
     ("\\langle 1, 2\\rangle", "(1, 2)", False),
+    (PMATRIX, "\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{bmatrix}", False),  # unmatched \end
     # Sets must hold the same elements.
     ("\\{1,2\\}", "\\{1,2,3\\}", False),
     ("\\{1,2\\}", "\\{1,3\\}", False),
@@ -162,6 +178,8 @@ CASES = [
     ("(A)", "(B)", False),
     ("A", "B", False),
     ("A", "5", False),
+    ("(E)", "2E-E", False),  # E is a choice too, never a symbol for sympy
+    ("A", "\\frac{2A}{2}", False),
     # Different variables, equations and expressions.
     ("x = 3", "y = 3", False),
     ("x=3", "4", False),
@@ -176,6 +194,9 @@ CASES = [
     ("\\infty", "-\\infty", False),
     ("\\frac{1}{0}", "\\frac{2}{0}", False),
     ("Monday", "Tuesday", False),
+    ("Yes", "yes", True),  # three letters make a word: neither case nor a product matters
+    ("odd", "dod", False),
+    ("\\alpha = 3", "\\beta = 3", False),
     ("2abc", "2ABC", False),
     ("5\\text{ cm}", "6", False),
     # Empty and non-string input.
@@ -222,12 +243,15 @@ CASES = [
     # \mathbb{R} is the whole line.
     ("\\mathbb{R}", "(-\\infty, \\infty)", True),
     ("x \\in \\mathbb{R}", "(-\\infty,\\infty)", True),
+    ("\\mathbb R", "(-\\infty,\\infty)", True),
     ("\\mathbb{R}", "[0, \\infty)", False),
     ("\\mathbb{R}", "(-\\infty, 0) \\cup (0, \\infty)", False),
     # Answers joined by "or" are a list.
     ("x=2 \\text{ or } x=3", "2, 3", True),
     ("x = 2 \\quad\\text{or}\\quad x = 3", "\\{3, 2\\}", True),
     ("2 or 3", "3, 2", True),
+    ("x=2\\textrm{or}x=3", "2, 3", True),  # unspaced: the command's "or" still splits
+    ("x=2\\mbox{or}x=3", "2, 3", True),
     ("x=2 \\text{ or } x=3", "2, 4", False),
     ("x=2 \\text{ or } x=3", "2", False),
     ("x=2 \\text{ or } y=3", "x=2, x=3", False),
@@ -248,6 +272,8 @@ CASES = [
     ("1 < x \\leq 3", "(1, 3]", True),
     ("1 \\leq x < 3", "[1, 3)", True),
     ("x_1 \\geq 2", "[2,\\infty)", True),
+    ("x_{12} \\geq 2", "[2,\\infty)", True),
+    ("x \\ge 2", "[2,\\infty)", True),
     ("-1 \\leq a_{1} \\leq 1", "[-1,1]", True),
     ("x \\geq 2", "x \\in [2, \\infty)", True),
     ("x \u2265 2", "[2,\\infty)", True),
