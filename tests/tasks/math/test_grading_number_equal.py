@@ -53,6 +53,7 @@ CASES = [
     ("$18 per hour", "18", True),
     ("18 apples", "18", True),
     ("12 square feet", "12", True),
+    ("12 sq. ft.", "12", True),
     ("5 hours.", "5", True),
     ("12\\text{ dollars}", "12", True),
     ("\\boxed{18}", "18", True),
@@ -65,6 +66,7 @@ CASES = [
     ("\\frac{1}{2}", "0.5", True),
     ("3/4", "0.75", True),
     ("-3/4", "-0.75", True),
+    ("3/-4", "-0.75", True),
     # Percent is a unit: the number before it is the answer.
     ("50%", "50", True),
     ("50\\%", "50", True),
@@ -79,6 +81,12 @@ CASES = [
     ("17.999999999999", "18", False),
     ("18.01", "18", False),
     ("999999999999999999999", "1000000000000000000000", False),
+    # Numerals of up to MAX_NUMERAL_CHARS = 100 characters are read, also as the two sides
+    # of a fraction (201 characters with its bar).
+    ("9" * 100, "9" * 100, True),
+    ("1" + "0" * 99, "1" + "0" * 98 + "1", False),
+    ("9" * 100 + "/" + "9" * 100, "1", True),
+    (f"\\frac{{{'9' * 100}}}{{{'3' * 100}}}", "3", True),
     ("0.333", "1/3", False),
     ("1/3", "0.33", False),
     # The known traps.
@@ -135,7 +143,14 @@ CASES = [
     ("3 1/2", "31/2", False),
     ("18 19", "1819", False),
     ("18 19", "342", False),
+    ("0.123 456", "0.123456", False),  # digits after a decimal point are not thousands
+    ("1234 567", "1234567", False),  # nor is a group of four, before or after
+    ("12 3456", "123456", False),
 ]
+
+# A word of maths after a number is no unit: "2 times 3" is not 2.
+MATH_WORDS = ["pi", "sqrt", "sin", "cos", "tan", "log", "ln", "exp", "times", "cdot", "over",
+              "plus", "minus"]
 
 
 def test_table_is_large_and_balanced():
@@ -147,3 +162,9 @@ def test_table_is_large_and_balanced():
 @pytest.mark.parametrize(("pred", "ref", "verdict"), CASES)
 def test_number_equal(pred, ref, verdict):
     assert number_equal(pred, ref) is verdict
+
+
+@pytest.mark.parametrize("word", MATH_WORDS)
+def test_a_maths_word_after_a_number_is_no_unit(word):
+    assert not number_equal(f"2 {word} 3", "2")
+    assert not number_equal(f"2 {word}", "2")
