@@ -18,6 +18,7 @@ BOXED_CASES = [
     ("\\boxed {7}", "7"),
     ("\\fbox{42}", "42"),
     ("\\boxed 5", "5"),
+    ("\\fbox\t7", "7"),
     ("so $\\boxed 12$.", "12"),
     ("\\boxed{1} then \\boxed{2}", "2"),               # the last box wins
     ("\\boxed{1} then \\fbox{3}", "3"),
