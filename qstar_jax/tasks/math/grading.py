@@ -17,7 +17,8 @@ graders do not happen: ``100000`` vs ``100001``, ``50`` vs ``0.5``, ``1/2`` vs `
 4. structures (``math_structures``), compared item by item with these same stages:
    tuples and intervals keep their brackets and order; sets, bare lists (also answers
    joined by "or") and unions of intervals compare as sets; ``a \\pm b`` is the set of
-   its two values; matrices entry by entry with the same shape;
+   its two values, also as an item of a set or list; matrices entry by entry with the
+   same shape;
 5. equations ``lhs = rhs`` side by side;
 6. plain numbers as exact rationals (``exact_numbers``): every spelling of ``1/2``;
 7. text answers (a word of three or more letters): only a single word matches, and
@@ -39,8 +40,8 @@ from qstar_jax.tasks.math.answer_extraction import (extract_boxed, extract_final
 from qstar_jax.tasks.math.answer_forms import inequality_interval, plus_minus_values
 from qstar_jax.tasks.math.exact_numbers import parse_latex_number
 from qstar_jax.tasks.math.latex_normalize import matching_close, normalize_latex
-from qstar_jax.tasks.math.math_structures import (AnswerStructure, StructureKind, TooManyItemsError,
-                                                  parse_structure)
+from qstar_jax.tasks.math.math_structures import (MAX_ITEMS, AnswerStructure, StructureKind,
+                                                  TooManyItemsError, parse_structure)
 from qstar_jax.tasks.math.symbolic_check import (SymbolicCheckConfig, SymbolicChecker,
                                                  SymbolicWorkerError, shared_checker)
 
@@ -145,6 +146,8 @@ class _Comparison:
     def _structures_equal(self, pred: AnswerStructure, ref: AnswerStructure) -> bool:
         if pred.kind != ref.kind:
             return False
+        if pred.kind is StructureKind.UNORDERED:
+            pred, ref = _plus_minus_items(pred), _plus_minus_items(ref)
         if pred.kind is StructureKind.MATRIX:
             return [len(row) for row in pred.rows] == [len(row) for row in ref.rows] and all(
                 self.equal(a, b) for pred_row, ref_row in zip(pred.rows, ref.rows)
@@ -168,11 +171,28 @@ def _named_value(text: str) -> tuple[str, str] | None:
 
 
 def _plus_minus_structure(text: str) -> AnswerStructure | None:
-    """``1 \\pm \\sqrt{2}`` as the set of its two values; None for a structure (its
-    items are compared one by one, each read on its own) or text without ``\\pm``."""
+    """``1 \\pm \\sqrt{2}`` as the set of its two values; None for a structure (a set's
+    or list's items are expanded by ``_plus_minus_items``, a tuple's compared one by one)
+    or text without ``\\pm``."""
     values = plus_minus_values(text) if parse_structure(text) is None else None
     return None if values is None else AnswerStructure(kind=StructureKind.UNORDERED,
                                                        items=values)
+
+
+def _plus_minus_items(structure: AnswerStructure) -> AnswerStructure:
+    """A set or list with each ``a \\pm b`` item as its two values: ``\\{1 \\pm 2\\}`` is
+    ``\\{3, -1\\}``, and ``1 \\pm 2, 5`` holds three values.
+
+    Raises:
+        TooManyItemsError: more than ``MAX_ITEMS`` values in all.
+    """
+    items = []
+    for item in structure.items:
+        values = _plus_minus_structure(item)
+        items.extend(values.items if values is not None else (item,))
+    if len(items) > MAX_ITEMS:
+        raise TooManyItemsError(f"an answer has more than {MAX_ITEMS} parts")
+    return dataclasses.replace(structure, items=tuple(items))
 
 
 def _as_singleton(text: str) -> AnswerStructure:

@@ -227,6 +227,18 @@ CASES = [
     ("1 \\pm \\sqrt{2}", "1+\\sqrt2, -1-\\sqrt2", False),
     ("1 \\pm \\sqrt{2}", "1 \\pm \\sqrt{3}", False),
     ("\\pm 3", "3", False),
+    # Inside a set or a list, a \pm item is its two values, whatever else the list holds.
+    ("\\{1 \\pm 2\\}", "\\{3, -1\\}", True),
+    ("1 \\pm 2, 5", "3, -1, 5", True),
+    ("x = \\pm 1, 0", "\\{-1, 0, 1\\}", True),
+    ("\\{1 \\pm 2\\}", "\\{3\\}", False),
+    ("1 \\pm 2, 5", "3, -1", False),
+    ("1 \\pm 2, 5", "3, 5", False),
+    # ... and counts its values towards MAX_ITEMS = 64: 64 values are read, 65 are not.
+    (", ".join(f"{10 * k} \\pm 1" for k in range(32)),
+     ", ".join(str(10 * k + sign) for k in range(32) for sign in (1, -1)), True),
+    (", ".join(["1 \\pm 0"] * 32), "1", True),
+    (", ".join(["1 \\pm 0"] * 32 + ["1"]), "1", False),
     # Up to MAX_PLUS_MINUS = 3 signs are read (1 + {±2±4±8}: eight values); a fourth makes
     # 16 and the text is no answer, even given every value it would stand for.
     ("1 \\pm 2 \\pm 4 \\pm 8", "15, 11, 7, 3, -1, -5, -9, -13", True),
