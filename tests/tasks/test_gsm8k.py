@@ -65,6 +65,8 @@ def test_zero_shot_prompt_and_shot_count_bounds(problems):
         f"{GSM8K_FORMAT.instruction}\n\nQuestion: {problem.question}\nAnswer:\n")
     with pytest.raises(ValueError, match="n_shot must be between 0 and 4"):
         Gsm8kTask(n_shot=5)
+    default = Gsm8kTask()  # all 4 worked examples, from the hub's main config
+    assert (default.n_shot, default.hub_name, default.hub_config) == (4, "openai/gsm8k", "main")
 
 
 def test_chat_prompt_is_system_and_user_through_the_formatter(problems):

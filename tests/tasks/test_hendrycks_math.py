@@ -36,6 +36,9 @@ def test_math_reference_is_the_last_box_of_the_solution(math_problems):
     assert geometry.id == "math/test/4"
     assert geometry.metadata["subject"] == "Geometry"
     assert geometry.metadata["level"] == "Level 2"
+    assert geometry.metadata["solution"] == (
+        "Its area would be $\\boxed{24}$, but we want the hypotenuse: "
+        "$\\sqrt{6^2 + 8^2} = \\sqrt{100} = \\boxed{10}$.")
     assert geometry.question.startswith("A right triangle has legs")
 
 
@@ -81,6 +84,8 @@ def test_prompts(math500_problems):
     assert plain == (f"{MATH_FORMAT.instruction}\n\nQuestion: {MATH_FORMAT.examples[0].question}"
                      f"\nAnswer:\n{MATH_FORMAT.examples[0].solution}\n\n"
                      f"Question: {problem.question}\nAnswer:\n")
+    # By default every one of the 4 worked examples is shown.
+    assert MathTask().n_shot == Math500Task().n_shot == len(MATH_FORMAT.examples) == 4
     messages = []
     chat = Math500Task(n_shot=0).prompt(problem, chat=lambda m: messages.extend(m) or "CHAT")
     assert chat == "CHAT"
