@@ -21,7 +21,9 @@ from qstar_jax.config import (SCRATCH, SOLVER, ConfigError, DistributedConfig, U
                               load_config, to_yaml)
 from qstar_jax.memory_plan import check_memory
 from qstar_jax.models.compile_cache import enable_compile_cache
+from qstar_jax.models.config import UnsupportedConfigError
 from qstar_jax.models.loading import PACKAGED_MODELS
+from qstar_jax.models.weights import CheckpointError
 from qstar_jax.parallel import (DATA, barrier, check_slots, initialize_distributed,
                                 is_writer, make_mesh)
 from qstar_jax.stages.reuse import reuse_trained_outputs
@@ -32,9 +34,16 @@ from qstar_jax.stages.rollouts import collect, label
 from qstar_jax.stages.stage_inputs import check_stage_inputs
 from qstar_jax.stages.train_policy import train_policy
 from qstar_jax.stages.train_q import train_q
+from qstar_jax.tasks.base import MalformedRecordError
+from qstar_jax.tasks.datasets import DatasetUnavailableError
 
 STAGE_FUNCTIONS = {"train_policy": train_policy, "collect": collect, "label": label,
                    "train_q": train_q, "train_prm": train_prm, "evaluate": evaluate}
+# What a stage raises on input it cannot use (a checkpoint without weights, a dataset the
+# hub cannot give, a malformed record): the user's to fix, said in one line; a rerun
+# resumes from what the earlier stages wrote.
+INPUT_ERRORS = (ConfigError, CheckpointError, UnsupportedConfigError,
+                DatasetUnavailableError, MalformedRecordError)
 
 
 def parse_args(argv):
@@ -143,6 +152,9 @@ def main(argv=None) -> int:
         return 2
     try:
         run_stages(ctx)
+    except INPUT_ERRORS as error:
+        print(f"run error: {error}", file=sys.stderr, flush=True)
+        return 2
     except jax.errors.JaxRuntimeError as error:
         if jax.process_count() == 1:
             raise

@@ -11,6 +11,7 @@ from qstar_jax.config import STAGES, ConfigError, DistributedConfig, load_config
 from qstar_jax.parallel import DATA, MODEL
 from qstar_jax.run import parse_args
 from qstar_jax.stages.context import RunContext
+from qstar_jax.tasks.base import MalformedRecordError
 
 GSM8K_TEST = "tests/fixtures/gsm8k/test.jsonl"
 # A real-data task on the packaged policy: every checkpoint named below is the test's.
@@ -197,3 +198,15 @@ def test_a_page_pool_that_does_not_split_over_the_mesh_is_refused_before_any_sta
     assert run.main([*overrides, "decode.page_size=0", "decode.slots=6"]) == 2
     assert capsys.readouterr().err == ("config error: decode.slots=6 does not split over the "
                                        "4 data shards; make it a multiple of 4\n")
+
+
+def test_input_a_stage_cannot_use_is_one_line_and_the_earlier_stages_are_kept(
+        tmp_path, monkeypatch, capsys):
+    def unreadable(ctx):
+        raise MalformedRecordError("gsm8k split 'train', record 2: no '#### <number>' line")
+    monkeypatch.setattr(run, "STAGE_FUNCTIONS", {
+        "train_policy": lambda ctx: (ctx.out / "policy").mkdir(), "collect": unreadable})
+    assert run.main(["stages=[train_policy,collect]", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == ("run error: gsm8k split 'train', record 2: no "
+                                       "'#### <number>' line\n")
+    assert (tmp_path / "policy").is_dir() and (tmp_path / "config.yaml").exists()

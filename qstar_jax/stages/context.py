@@ -17,6 +17,7 @@ from qstar_jax.config import POLICY_DTYPES, SCRATCH, RunConfig, load_config
 from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.models.loading import LoadedModel, load_model
+from qstar_jax.models.weights import CheckpointError
 from qstar_jax.parallel import DATA
 from qstar_jax.policy.runtime import PolicyRuntime
 from qstar_jax.tasks.base import Problem, Task
@@ -115,7 +116,7 @@ class RunContext:
         run's mesh (``load_model``)."""
         loaded = load_model(source, dtype=DTYPES[self.config.policy.dtype], mesh=self.mesh)
         if loaded.tokenizer is None:
-            raise ValueError(f"model {source} ships no tokenizer; point the config at a "
+            raise CheckpointError(f"model {source} ships no tokenizer; point the config at a "
                              "checkpoint with tokenizer files")
         return loaded
 
