@@ -17,6 +17,9 @@ import numpy as np
 from qstar_jax.models.rope_scaling import RopeScaling, rope_scaling_from_hf
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+# The shape fields every HF config.json of these model types holds; the rest have defaults.
+REQUIRED_HF_FIELDS = ("vocab_size", "hidden_size", "intermediate_size",
+                      "num_attention_heads", "num_hidden_layers")
 
 
 class UnsupportedConfigError(ValueError):
@@ -93,6 +96,10 @@ class ModelConfig:
             raise UnsupportedConfigError(f"hidden_act={act!r}: only 'silu' (SwiGLU) is supported")
         if hf.get("mlp_bias"):
             raise UnsupportedConfigError("mlp_bias=true is not supported")
+        missing = [field for field in REQUIRED_HF_FIELDS if field not in hf]
+        if missing:
+            raise UnsupportedConfigError(f"lacks {missing}, which a {model_type} config.json "
+                                         "holds; is it the checkpoint's own config.json?")
         num_heads = hf["num_attention_heads"]
         num_layers = hf["num_hidden_layers"]
         return cls(

@@ -117,6 +117,15 @@ def test_a_rope_scaling_without_its_fields_names_the_missing_one(tiny_dir):
         load_model(tiny_dir)
 
 
+def test_a_config_without_a_shape_field_names_it(tiny_dir):
+    (tiny_dir / "config.json").write_text('{"model_type": "llama", "vocab_size": 64}')
+    with pytest.raises(UnsupportedConfigError, match=re.escape(
+            "config.json: lacks ['hidden_size', 'intermediate_size', 'num_attention_heads', "
+            "'num_hidden_layers'], which a llama config.json holds; is it the checkpoint's "
+            "own config.json?")):
+        load_model(tiny_dir)
+
+
 def test_directory_without_config(tmp_path):
     with pytest.raises(CheckpointError, match=r"has no config\.json: pass a Hugging Face "
                                               r"checkpoint directory"):
