@@ -62,7 +62,8 @@ import numpy as np
 from qstar_jax.config import (REASONER_METHODS, SCRATCH, ConfigError, QBackbone, RunConfig,
                               Utility, load_config)
 from qstar_jax.decoding.weights import COPYING_LAYER_WEIGHTS, resolve_layer_weights
-from qstar_jax.models.config import ModelConfig
+from qstar_jax.models.config import ModelConfig, UnsupportedConfigError
+from qstar_jax.models.weights import CheckpointError
 
 HEADROOM = 0.9  # the share of memory the weights and the cache may take
 SCRATCH_VOCAB = 256  # a from-scratch policy's character vocabulary is smaller than this
@@ -233,7 +234,10 @@ def architecture(source: str, key: str, option: str,
     from qstar_jax.models.loading import PACKAGED_MODELS, resolve_alias
 
     if model_config is not None:
-        return ModelConfig.from_hf(read_json(Path(model_config)))
+        try:
+            return ModelConfig.from_hf(read_json(Path(model_config)))
+        except UnsupportedConfigError as err:
+            raise UnsupportedConfigError(f"{option} {model_config}: {err}") from None
     path = resolve_alias(source) if source in PACKAGED_MODELS else Path(source)
     if not path.exists():
         raise ConfigError(f"{key} {source} is not on this machine: give its HF "
@@ -385,7 +389,7 @@ def main(argv=None) -> int:
         if args.prompt_tokens is not None and args.prompt_tokens >= run.decode.max_len:
             raise ConfigError(f"--prompt-tokens {args.prompt_tokens} leaves no room in a row "
                               f"of decode.max_len={run.decode.max_len} tokens")
-    except ConfigError as error:
+    except (ConfigError, CheckpointError, UnsupportedConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     figures = plan(policy, run, memory_bytes=args.memory, backend=args.backend,

@@ -155,6 +155,20 @@ def test_a_checkpoint_not_on_this_machine_asks_for_its_config_json(capsys):
         "mistral-7b-v0.1.json\n")
 
 
+def test_a_model_config_that_cannot_be_read_is_one_line(tmp_path, capsys):
+    shapeless = tmp_path / "config.json"
+    shapeless.write_text('{"model_type": "llama", "vocab_size": 64, "hidden_size": 8, '
+                         '"intermediate_size": 16, "num_hidden_layers": 1}')
+    for model_config, message in [
+            (tmp_path / "none.json", f"cannot read {tmp_path}/none.json: [Errno 2] No such "
+                                     f"file or directory: '{tmp_path}/none.json'"),
+            (shapeless, f"--model-config {shapeless}: lacks ['num_attention_heads'], which a "
+                        "llama config.json holds; is it the checkpoint's own config.json?")]:
+        code = memory_plan.main(["configs/gsm8k_llama2_7b.yaml", "--memory", "80GB",
+                                 "--model-config", str(model_config)])
+        assert (code, capsys.readouterr().err) == (2, f"error: {message}\n")
+
+
 def plan_json(capsys, *argv) -> tuple[int, dict]:
     code = memory_plan.main(list(argv))
     return code, json.loads(capsys.readouterr().out.splitlines()[-1])
