@@ -378,7 +378,8 @@ def main(argv=None) -> int:
     parser.add_argument("--backend", choices=["gpu", "tpu", "cpu"], default="gpu",
                         help="the device the run will use (decode.layer_weights=auto holds "
                         "the layers twice on gpu and cpu; default gpu)")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    # Overrides may follow the options, as in run's command line.
+    args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
     if args.config and "=" in args.config:
         args.overrides.insert(0, args.config)
         args.config = None

@@ -169,6 +169,11 @@ def test_a_model_config_that_cannot_be_read_is_one_line(tmp_path, capsys):
         assert (code, capsys.readouterr().err) == (2, f"error: {message}\n")
 
 
+def test_overrides_may_follow_the_options(capsys):
+    _, figures = plan_json(capsys, "decode.slots=8", "--memory", "2GB", "decode.max_len=64")
+    assert figures["slot_pool_bytes"] == 8 * 64 * figures["kv_bytes_per_token"]
+
+
 def plan_json(capsys, *argv) -> tuple[int, dict]:
     code = memory_plan.main(list(argv))
     return code, json.loads(capsys.readouterr().out.splitlines()[-1])
