@@ -26,7 +26,7 @@ from qstar_jax.models.loading import PACKAGED_MODELS
 from qstar_jax.models.weights import CheckpointError
 from qstar_jax.parallel import (DATA, barrier, check_slots, initialize_distributed,
                                 is_writer, make_mesh)
-from qstar_jax.stages.reuse import reuse_trained_outputs
+from qstar_jax.stages.reuse import differing_settings, reuse_trained_outputs
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.evaluate import evaluate
 from qstar_jax.stages.prm import prm_kind, train_prm
@@ -102,6 +102,17 @@ def same_run(saved: Path, config) -> bool:
     return to_yaml(dataclasses.replace(earlier, stages=config.stages)) == to_yaml(config)
 
 
+def differences_from(saved: Path, config) -> str:
+    """': differs in KEY, ...' naming the settings of the run saved in ``saved`` that
+    ``config`` changes ('' where a config of another version cannot be read)."""
+    try:
+        earlier = load_config(saved)
+    except (ValueError, OSError):
+        return ""
+    keys = differing_settings(config, dataclasses.replace(earlier, stages=config.stages))
+    return f": differs in {', '.join(keys)}" if keys else ""
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     enable_compile_cache()  # before anything compiles
@@ -128,8 +139,9 @@ def main(argv=None) -> int:
         return 2
     resolved = out / "config.yaml"
     if resolved.exists() and not same_run(resolved, config):
-        print(f"config error: {out} holds a run with a different config ({resolved}); "
-              "choose another --out or delete the folder", file=sys.stderr)
+        print(f"config error: {out} holds a run with a different config ({resolved}"
+              f"{differences_from(resolved, config)}); choose another --out or delete the "
+              "folder", file=sys.stderr)
         return 2
     if args.reuse and is_writer():
         try:

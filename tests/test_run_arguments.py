@@ -84,8 +84,9 @@ def test_a_folder_holds_the_same_run_whatever_stages_ran_there(tmp_path):
 
 def test_the_command_refuses_a_folder_of_another_run_and_resumes_its_own(tmp_path,
                                                                          monkeypatch, capsys):
-    """A saved seed=3 run (stages [collect]): seed=4 there is refused, exit 2, its
-    config.yaml untouched; seed=3 runs its stages there and saves their list."""
+    """A saved seed=3 run (stages [collect]): seed=4 and search.k=2 there are refused by
+    those keys (the stages may differ), exit 2, its config.yaml untouched; seed=3 runs its
+    stages there and saves their list."""
     ran = []
     monkeypatch.setattr(run, "run_stages", lambda ctx: ran.append(ctx.config.stages))
     saved = tmp_path / "config.yaml"
@@ -93,10 +94,10 @@ def test_the_command_refuses_a_folder_of_another_run_and_resumes_its_own(tmp_pat
                                                 "stages=[collect]"])))
     before = saved.read_text()
     other = ["decode.slots=8", "stages=[train_policy]", "--out", str(tmp_path)]
-    assert run.main(["seed=4", *other]) == 2
+    assert run.main(["seed=4", "search.k=2", *other]) == 2
     assert capsys.readouterr().err == (
-        f"config error: {tmp_path} holds a run with a different config ({saved}); choose "
-        "another --out or delete the folder\n")
+        f"config error: {tmp_path} holds a run with a different config ({saved}: differs in "
+        "search.k, seed); choose another --out or delete the folder\n")
     assert saved.read_text() == before and ran == []
     assert run.main(["seed=3", *other]) == 0
     assert ran == [("train_policy",)]

@@ -38,12 +38,22 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _training_settings(config: RunConfig) -> dict[str, Any]:
-    # The launch settings are no setting of the experiment: config.yaml leaves them out
-    # (``to_yaml``), so the source's read as the defaults whatever its processes were.
+def settings(config: RunConfig) -> dict[str, Any]:
+    """Every setting of the experiment by its dotted key. The launch settings are none:
+    config.yaml leaves them out (``to_yaml``), so a saved run's read as the defaults
+    whatever its processes were."""
     config = dataclasses.replace(config, distributed=DistributedConfig())
-    flat = _flatten(OmegaConf.to_container(OmegaConf.structured(config), resolve=True))
-    return {key: value for key, value in flat.items()
+    return _flatten(OmegaConf.to_container(OmegaConf.structured(config), resolve=True))
+
+
+def differing_settings(ours: RunConfig, theirs: RunConfig) -> list[str]:
+    """The dotted keys whose values differ between the two configs, sorted."""
+    a, b = settings(ours), settings(theirs)
+    return sorted(key for key in a.keys() | b.keys() if a.get(key) != b.get(key))
+
+
+def _training_settings(config: RunConfig) -> dict[str, Any]:
+    return {key: value for key, value in settings(config).items()
             if not any(key == skip or key.startswith(skip + ".") for skip in EVALUATION_ONLY)}
 
 
