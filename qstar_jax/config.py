@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from qstar_jax.search.aggregate import Agg
@@ -390,12 +390,22 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+            raise ConfigError(f"config file {path} "
+                              + ("is a folder" if path.is_dir() else "does not exist"))
+        not_settings = ConfigError(f"config file {path} holds no settings: give key: value "
+                                   "lines, as the files in configs/ do")
         try:
-            layers.append(OmegaConf.load(path))
+            layer = OmegaConf.load(path)
         except yaml.YAMLError as error:
             raise ConfigError(f"config file {path} is not valid YAML: "
                               f"{_yaml_problem(error)}") from None
+        except OSError as error:  # unreadable, or (OmegaConf's word) YAML of a bare value
+            if "Invalid loaded object type" in str(error):
+                raise not_settings from None
+            raise ConfigError(f"config file {path} cannot be read: {error}") from None
+        if not isinstance(layer, DictConfig):  # a list
+            raise not_settings
+        layers.append(layer)
     layers.append(_overrides_layer(overrides))
     try:
         config = OmegaConf.to_object(OmegaConf.merge(*layers))

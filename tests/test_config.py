@@ -267,6 +267,13 @@ def test_missing_file_and_malformed_override(tmp_path):
     broken.write_text("search:\n  k: [3\n")
     with pytest.raises(ConfigError, match="broken.yaml is not valid YAML"):
         load_config(broken)
+    with pytest.raises(ConfigError, match=f"^config file {tmp_path} is a folder$"):
+        load_config(tmp_path)
+    for text in ("- search.k: 3\n", "42\n"):
+        broken.write_text(text)
+        with pytest.raises(ConfigError, match=f"^config file {broken} holds no settings: give "
+                                              "key: value lines, as the files in configs/ do$"):
+            load_config(broken)
 
 
 def test_reasoner_methods_are_listed_only_on_request_and_their_settings_checked():
