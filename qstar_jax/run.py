@@ -167,6 +167,10 @@ def main(argv=None) -> int:
     except INPUT_ERRORS as error:
         print(f"run error: {error}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what the stages wrote is kept, line by line
+        print(f"interrupted: run the same command again to resume from what {out} holds",
+              file=sys.stderr, flush=True)
+        return 130
     except jax.errors.JaxRuntimeError as error:
         if jax.process_count() == 1:
             raise

@@ -211,3 +211,12 @@ def test_input_a_stage_cannot_use_is_one_line_and_the_earlier_stages_are_kept(
     assert capsys.readouterr().err == ("run error: gsm8k split 'train', record 2: no "
                                        "'#### <number>' line\n")
     assert (tmp_path / "policy").is_dir() and (tmp_path / "config.yaml").exists()
+
+
+def test_ctrl_c_during_a_stage_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    def interrupted(ctx):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(run, "STAGE_FUNCTIONS", {"train_policy": interrupted})
+    assert run.main(["stages=[train_policy]", "--out", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == (f"interrupted: run the same command again to resume "
+                                       f"from what {tmp_path} holds\n")
