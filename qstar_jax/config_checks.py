@@ -16,6 +16,8 @@ def check_config(config: RunConfig) -> None:
 
     _require(config.task.name in TASK_CLASSES, "task.name",
              f"unknown task {config.task.name!r}; choose from {sorted(TASK_CLASSES)}")
+    # numpy's and random's generators take no negative seed
+    _require(config.seed >= 0, "seed", f"must be >= 0, got {config.seed}")
     _check_search(config)
     _check_eval(config)
     _check_decode(config)

@@ -114,6 +114,7 @@ def test_round_trip_through_yaml(tmp_path):
     ("policy_training.batch_size=0", "policy_training.batch_size: must be >= 1, got 0"),
     ("policy_training.hidden_size=0", "policy_training.hidden_size: must be >= 1, got 0"),
     ("policy_training.intermediate_size=0", "policy_training.intermediate_size: .* got 0"),
+    ("seed=-1", "^seed: must be >= 0, got -1$"),
     ("policy_training.value_batch_size=0", "policy_training.value_batch_size: .* got 0"),
     ("policy_training.train_problems=0", "policy_training.train_problems: .* got 0"),
     ("policy_training.num_heads=0", "policy_training.num_heads: must be >= 1, got 0"),
