@@ -116,8 +116,8 @@ class RunContext:
         run's mesh (``load_model``)."""
         loaded = load_model(source, dtype=DTYPES[self.config.policy.dtype], mesh=self.mesh)
         if loaded.tokenizer is None:
-            raise CheckpointError(f"model {source} ships no tokenizer; point the config at a "
-                             "checkpoint with tokenizer files")
+            raise CheckpointError(f"model {source} ships no tokenizer; point the config at "
+                                  "a checkpoint with tokenizer files")
         return loaded
 
     def problems(self, split: str, count: int) -> list[Problem]:
