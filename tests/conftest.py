@@ -44,3 +44,24 @@ def optimized_compilation_where_marked(request, monkeypatch):
     jax.config.update("jax_disable_most_optimizations", False)
     yield
     jax.config.update("jax_disable_most_optimizations", OPTIMIZATIONS_OFF)
+
+
+# The files that take longest (processes over forced devices, whole runs: from 20 s to
+# three minutes each on 2 cores), handed to the two workers first. `make test` runs with
+# `--dist loadfile --no-loadscope-reorder`, which deals files out in this order, so the
+# last files dealt are short ones and the workers finish together; the rest keep the
+# order pytest collects them in.
+LONGEST_FIRST = ("tests/test_parallel.py", "tests/test_two_process_run.py",
+                 "tests/test_run_pipeline.py", "tests/test_paper_configs.py",
+                 "tests/test_bench_decode.py", "tests/kernels/test_qkv_into_pages.py",
+                 "tests/stages/test_arithmetic_run.py", "tests/models/test_smollm2.py",
+                 "tests/test_real_model_slice.py", "tests/test_bench_row_products.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    root = config.rootpath
+    missing = [path for path in LONGEST_FIRST if not (root / path).is_file()]
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py's LONGEST_FIRST names no file at {missing}")
+    rank = {path: place for place, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.relative_to(root).as_posix(), len(rank)))
