@@ -141,6 +141,9 @@ class TaskConfig:
     eval_problems: int = 500
     train_split: str = "train"
     train_problems: int = 700
+    # A dataset record a task cannot read (no '####' answer line, an empty field) is an
+    # error naming it; true drops such records and logs how many.
+    skip_malformed: bool = False
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

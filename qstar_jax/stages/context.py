@@ -121,7 +121,8 @@ class RunContext:
         return loaded
 
     def problems(self, split: str, count: int) -> list[Problem]:
-        return self.task.load(split, limit=count, seed=self.config.seed)
+        return self.task.load(split, limit=count, seed=self.config.seed,
+                              skip_malformed=self.config.task.skip_malformed)
 
     def prompts(self, problems: list[Problem]) -> list[str]:
         chat = None

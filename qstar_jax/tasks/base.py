@@ -23,6 +23,10 @@ class MalformedRecordError(ValueError):
     """A dataset record lacks what the task needs; the message names the record index."""
 
 
+# How a malformed record's error says to skip such records, in a run and in Python.
+SKIP_MALFORMED = "task.skip_malformed=true in a run, skip_malformed=True to Task.load"
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Problem:
     """One problem. ``reference`` is what the grader compares against (an answer string,

@@ -20,7 +20,7 @@ import datasets as hf_datasets
 import huggingface_hub
 import numpy as np
 
-from qstar_jax.tasks.base import MalformedRecordError, Problem
+from qstar_jax.tasks.base import SKIP_MALFORMED, MalformedRecordError, Problem
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def load_problems(source: DatasetSource, split: str,
             if not skip_malformed:
                 raise MalformedRecordError(
                     f"{source.task_name} split {split!r}, record {index}: {err}. Fix or remove "
-                    f"that record, or pass skip_malformed=True to skip such records. Expected "
+                    f"that record, or skip such records ({SKIP_MALFORMED}). Expected "
                     f"columns: {_describe_columns(source)}.") from err
             skipped.append(f"record {index}: {err}")
     if skipped:

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from qstar_jax.tasks.base import ChatFormatter, Problem
+from qstar_jax.tasks.base import SKIP_MALFORMED, ChatFormatter, MalformedRecordError, Problem
 from qstar_jax.tasks.code_answers import CODE_FENCE, FencedCodeAnswers, HiddenTests
 from qstar_jax.tasks.package_data import import_package, seeded_subset
 from qstar_jax.tasks.prompts import PromptFormat, WorkedExample, build_prompt, check_n_shot
@@ -123,8 +123,9 @@ class HumanEvalTask(FencedCodeAnswers):
                 problems.append(problem_from_record(record))
             except ValueError as error:
                 if not skip_malformed:
-                    raise ValueError(f"humaneval record {index} of {path}: {error}; fix or "
-                                     "remove it, or pass skip_malformed=True") from error
+                    raise MalformedRecordError(f"humaneval record {index} of {path}: {error}; "
+                                               "fix or remove it, or skip such records "
+                                               f"({SKIP_MALFORMED})") from error
                 skipped.append(index)
         if skipped:
             logger.warning("humaneval: skipped %d malformed record(s) of %s: %s",

@@ -9,7 +9,10 @@ from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.models.loading import LoadedModel
 from qstar_jax.stages import context
 from qstar_jax.stages.context import RunContext
+from qstar_jax.tasks.base import MalformedRecordError
 from qstar_jax.tasks.hendrycks_math import Math500Task
+
+GSM8K_MALFORMED = Path(__file__).parents[1] / "fixtures" / "gsm8k" / "malformed.jsonl"
 
 
 def _task(tmp_path, **task):
@@ -64,6 +67,21 @@ def test_problems_are_the_tasks_for_the_runs_seed(tmp_path):
     seeded = RunContext(config=RunConfig(), out=tmp_path).task.load("train", limit=3, seed=1)
     assert questions(1) == [p.question for p in seeded]
     assert len(questions(1)) == 3 and questions(1) != questions(0)
+
+
+def test_a_malformed_record_is_an_error_naming_the_setting_that_skips_it(tmp_path):
+    """gsm8k's malformed fixture (record 2 has no '####' line) over a run's config."""
+    def problems(*overrides):
+        ctx = RunContext(config=load_config("configs/gsm8k_llama2_7b.yaml", [
+            f"task.options.data_files.test={GSM8K_MALFORMED}",
+            f"task.options.cache_dir={tmp_path / 'hf'}", *overrides]), out=tmp_path)
+        return [p.id for p in ctx.problems("test", 10)]
+    with pytest.raises(MalformedRecordError, match=r"record 2: .*or skip such records "
+                       r"\(task.skip_malformed=true in a run, skip_malformed=True to "
+                       r"Task.load\)"):
+        problems()
+    assert problems("task.skip_malformed=true") == ["gsm8k/test/0", "gsm8k/test/1",
+                                                    "gsm8k/test/3"]
 
 
 def test_the_runtime_decodes_with_the_runs_decode_settings(tmp_path, monkeypatch):

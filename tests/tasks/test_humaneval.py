@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from qstar_jax.tasks import make_task
+from qstar_jax.tasks.base import MalformedRecordError
 from qstar_jax.tasks.humaneval import HumanEvalTask, problem_from_record
 from qstar_jax.tasks.code_answers import HiddenTests
 
@@ -135,8 +136,8 @@ def test_splits_and_sizes_it_cannot_give_are_clear_errors(options, split, limit,
 
 def test_malformed_records_are_named_or_skipped():
     task = HumanEvalTask(problems_file=str(FIXTURES / "malformed.jsonl"))
-    with pytest.raises(ValueError, match=r"humaneval record 1 of .*malformed.jsonl: missing or "
-                                         r"empty \['entry_point'\]"):
+    with pytest.raises(MalformedRecordError, match=r"humaneval record 1 of .*malformed.jsonl: "
+                                                  r"missing or empty \['entry_point'\]"):
         task.load("full")
     assert [p.id for p in task.load("full", skip_malformed=True)] == ["Fixture/0", "Fixture/2"]
 
