@@ -105,15 +105,19 @@ def state_text(prompt: str, steps: Sequence[str]) -> str:
     return prompt + "".join(step + STEP_SEPARATOR for step in steps)
 
 
+def is_integer(value: Any) -> bool:
+    """An int that is not a bool: Python counts True as the int 1, a config should not."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def int_range(where: str, value: Any, *, lowest: int | None = None) -> tuple[int, int]:
     """A config's inclusive ``(low, high)`` as a tuple of two integers, low <= high and
     low >= ``lowest`` when given; anything else is a ValueError naming ``where``."""
     # Any sequence but a string: YAML gives lists, OmegaConf ListConfigs, code tuples.
     bounds = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else ()
     floor = "" if lowest is None else f"{lowest} <= "
-    if len(bounds) != 2 or not all(isinstance(b, int) and not isinstance(b, bool)
-                                   for b in bounds) \
-            or bounds[0] > bounds[1] or (lowest is not None and bounds[0] < lowest):
+    if len(bounds) != 2 or not all(map(is_integer, bounds)) or bounds[0] > bounds[1] \
+            or (lowest is not None and bounds[0] < lowest):
         raise ValueError(f"{where}={value!r}: give two integers (low, high), both included, "
                          f"with {floor}low <= high")
     return bounds
@@ -135,7 +139,7 @@ class SplitSizes:
     def __post_init__(self):
         for split in SIZED_SPLITS:
             size = getattr(self, f"{split}_size")
-            if not (isinstance(size, int) and size >= 0):
+            if not (is_integer(size) and size >= 0):
                 raise ValueError(f"{type(self).__name__}.{split}_size must be an int >= 0, "
                                  f"got {size!r}")
 

@@ -23,7 +23,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from qstar_jax.tasks.base import SKIP_MALFORMED, ChatFormatter, MalformedRecordError, Problem
+from qstar_jax.tasks.base import (SKIP_MALFORMED, ChatFormatter, MalformedRecordError, Problem,
+                                  is_integer)
 from qstar_jax.tasks.code_answers import CODE_FENCE, FencedCodeAnswers, HiddenTests
 from qstar_jax.tasks.package_data import import_package, seeded_subset
 from qstar_jax.tasks.prompts import PromptFormat, WorkedExample, build_prompt, check_n_shot
@@ -80,7 +81,7 @@ class HumanEvalTask(FencedCodeAnswers):
 
     def __post_init__(self):
         check_n_shot(HUMANEVAL_FORMAT, self.n_shot)
-        if not (isinstance(self.train_size, int) and 0 <= self.train_size):
+        if not (is_integer(self.train_size) and 0 <= self.train_size):
             raise ValueError(f"train_size must be an int >= 0, got {self.train_size!r}")
 
     def load(self, split: str, *, limit: int | None = None, seed: int = 0,

@@ -22,7 +22,8 @@ def test_a_state_is_the_prompt_then_each_step_ended_by_the_separator():
 def test_split_sizes_are_ints_of_at_least_zero_for_each_split():
     sizes = SplitSizes(train_size=7, test_size=0)
     assert [sizes.split_size(s) for s in ("train", "validation", "test")] == [7, 500, 0]
-    for field, size in (("train_size", 2.5), ("validation_size", -1), ("test_size", "5")):
+    for field, size in (("train_size", 2.5), ("validation_size", -1), ("test_size", "5"),
+                        ("test_size", True)):
         with pytest.raises(ValueError, match=rf"^SplitSizes\.{field} must be an int >= 0, "
                                              rf"got {size!r}$"):
             SplitSizes(**{"train_size": 1, field: size})

@@ -166,7 +166,7 @@ def test_an_entry_point_that_is_not_a_python_name_is_malformed(entry_point):
         problem_from_record(record)
 
 
-@pytest.mark.parametrize("train_size", [-1, 2.5, None])
+@pytest.mark.parametrize("train_size", [-1, 2.5, None, True])
 def test_a_bad_train_size_fails_when_the_task_is_made(train_size):
     with pytest.raises(ValueError, match=re.escape(f"train_size must be an int >= 0, got "
                                                    f"{train_size!r}")):

@@ -11,7 +11,8 @@ from __future__ import annotations
 import random
 from typing import Any, Mapping, Sequence
 
-from qstar_jax.tasks.base import STEP_SEPARATOR, ChatFormatter, Problem, split_steps
+from qstar_jax.tasks.base import (STEP_SEPARATOR, ChatFormatter, Problem, is_integer,
+                                  split_steps)
 from qstar_jax.tasks.countdown.grader import (
     StepCheck, can_still_succeed, check_trace, grade_trace, is_final, step_legality,
     step_reward)
@@ -36,8 +37,8 @@ class CountdownTask:
 
     def problem(self, numbers: Sequence[int], target: int) -> Problem:
         """A problem from given numbers and target (solvable or not), as ``load`` makes."""
-        if not numbers or not all(isinstance(n, int) and n > 0 for n in numbers) \
-                or not isinstance(target, int):
+        if not numbers or not all(is_integer(n) and n > 0 for n in numbers) \
+                or not is_integer(target):
             raise ValueError(f"Countdown problem {list(numbers)} -> {target!r}: give "
                              "positive integer numbers and an integer target")
         numbers = tuple(sorted(numbers))

@@ -49,7 +49,7 @@ def test_problem_record_and_prompt(task):
     assert chat_prompt == "<chat>"
     assert seen == [[{"role": "user", "content": "Use 2 3 5 8 to make 24."}]]
     for numbers, target in (([0, 3], 3), ([3, 8], "24"), ([3, 8], 24.0), ([], 0),
-                            ([3.0, 8], 24), ([3, "8"], 24)):
+                            ([3.0, 8], 24), ([3, "8"], 24), ([True, 3], 4), ([3, 8], True)):
         with pytest.raises(ValueError, match="positive integer"):
             task.problem(numbers, target)
 
