@@ -38,7 +38,7 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def settings(config: RunConfig) -> dict[str, Any]:
+def _settings(config: RunConfig) -> dict[str, Any]:
     """Every setting of the experiment by its dotted key. The launch settings are none:
     config.yaml leaves them out (``to_yaml``), so a saved run's read as the defaults
     whatever its processes were."""
@@ -48,12 +48,12 @@ def settings(config: RunConfig) -> dict[str, Any]:
 
 def differing_settings(ours: RunConfig, theirs: RunConfig) -> list[str]:
     """The dotted keys whose values differ between the two configs, sorted."""
-    a, b = settings(ours), settings(theirs)
+    a, b = _settings(ours), _settings(theirs)
     return sorted(key for key in a.keys() | b.keys() if a.get(key) != b.get(key))
 
 
 def _training_settings(config: RunConfig) -> dict[str, Any]:
-    return {key: value for key, value in settings(config).items()
+    return {key: value for key, value in _settings(config).items()
             if not any(key == skip or key.startswith(skip + ".") for skip in EVALUATION_ONLY)}
 
 
