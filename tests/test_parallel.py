@@ -13,7 +13,7 @@ import dataclasses
 import jax
 import pytest
 from flax import nnx
-from jax.sharding import AbstractMesh, PartitionSpec
+from jax.sharding import AbstractMesh, AxisType, PartitionSpec
 
 from qstar_jax.decoding.weights import DecoderWeights
 from qstar_jax.models.llama import LlamaModel
@@ -54,10 +54,22 @@ def run_child(module: str, *args: str) -> str:
     (2, 1, r"data=2 x model=1 needs 2 devices, but there are 1"),
     (-1, 2, r"mesh.model=2 does not divide the 1 devices"),
     (0, 1, r"sizes must be >= 1"),
+    (-2, 1, r"sizes must be >= 1 \(data may be -1\), got data=-2 model=1"),
+    (1, 0, r"sizes must be >= 1 \(data may be -1\), got data=1 model=0"),
+    (-1, 0, r"sizes must be >= 1 \(data may be -1\), got data=-1 model=0"),
 ])
 def test_an_impossible_mesh_is_a_clear_error(data, model, message):
     with pytest.raises(MeshError, match=message):
         make_mesh(data, model, devices=jax.devices()[:1])
+
+
+def test_mesh_axes_are_auto_so_gspmd_propagates_shardings():
+    """jax.make_mesh's own default is Explicit axes, under which every jitted function
+    would have to spell out its shardings."""
+    mesh = make_mesh(-1, 1, devices=jax.devices()[:1])
+    assert dict(mesh.shape) == {"data": 1, "model": 1}
+    assert mesh.axis_types == (AxisType.Auto, AxisType.Auto)
+    assert list(mesh.devices.flat) == jax.devices()[:1]
 
 
 def test_data_minus_one_takes_the_devices_the_model_axis_leaves(monkeypatch):
