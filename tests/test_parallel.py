@@ -13,14 +13,15 @@ import dataclasses
 import jax
 import pytest
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import AbstractMesh, AxisType, PartitionSpec
 
 from qstar_jax.decoding.weights import DecoderWeights
 from qstar_jax.models.llama import LlamaModel
-from qstar_jax.parallel import (MeshError, ShardingRules, check_slots, cluster_in_environment,
-                                collectives, data_collectives, free_local_port,
-                                initialize_distributed, local_child_environment, make_mesh,
-                                weight_shardings)
+from qstar_jax.parallel import (MeshError, ShardingRules, barrier, check_slots,
+                                cluster_in_environment, collectives, data_collectives,
+                                free_local_port, initialize_distributed, is_writer,
+                                local_child_environment, make_mesh, weight_shardings)
 from tests.decoding.tiny_models import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -237,6 +238,22 @@ def test_explicit_settings_pass_the_heartbeat_timeout(jax_initialize_calls):
                                   heartbeat_timeout_s=7) is True
     assert jax_initialize_calls == [{"coordinator_address": "h:1", "num_processes": 2,
                                      "process_id": 1, "heartbeat_timeout_seconds": 7}]
+
+
+def test_only_process_0_writes_and_only_several_processes_wait_for_each_other(monkeypatch):
+    synced = []
+    monkeypatch.setattr(multihost_utils, "sync_global_devices", synced.append)
+    monkeypatch.setattr(jax, "process_count", lambda: 1)
+    monkeypatch.setattr(jax, "process_index", lambda: 0)
+    assert is_writer() is True
+    barrier("alone")
+    assert synced == []
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    barrier("results appended")
+    assert synced == ["results appended"]
+    assert is_writer() is True
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    assert is_writer() is False
 
 
 def assert_same_as_one_device(report: dict, meshes: set[str]) -> None:
