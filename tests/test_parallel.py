@@ -11,6 +11,7 @@ from pathlib import Path
 import dataclasses
 
 import jax
+import numpy as np
 import pytest
 from flax import nnx
 from jax.experimental import multihost_utils
@@ -21,7 +22,8 @@ from qstar_jax.models.llama import LlamaModel
 from qstar_jax.parallel import (MeshError, ShardingRules, barrier, check_slots,
                                 cluster_in_environment, collectives, data_collectives,
                                 free_local_port, initialize_distributed, is_writer,
-                                local_child_environment, make_mesh, weight_shardings)
+                                local_child_environment, make_mesh, shard_rows,
+                                weight_shardings)
 from tests.decoding.tiny_models import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,6 +109,30 @@ def test_axes_the_model_axis_does_not_divide_are_replicated():
                                                                      "model")
     rules = ShardingRules().for_model(tiny_config(63), AbstractMesh((1, 2), ("data", "model")))
     assert (rules.heads, rules.kv_heads, rules.vocab) == ("model", "model", None)
+    # Each axis is checked against the mesh axis its own rule names; replicated stays so.
+    rules = ShardingRules(heads=None, mlp="data").for_model(
+        tiny_config(64), AbstractMesh((3, 2), ("data", "model")))
+    assert (rules.heads, rules.kv_heads, rules.mlp, rules.vocab) == (None, "model", None,
+                                                                     "model")
+
+
+def test_batch_rows_split_over_the_data_axis_where_it_divides_them(monkeypatch):
+    constrained = []
+    monkeypatch.setattr(jax.lax, "with_sharding_constraint",
+                        lambda x, sharding: constrained.append((x.shape, sharding.spec)) or x)
+    mesh = AbstractMesh((2, 3), ("data", "model"))
+    rows = {"even": np.zeros((4, 3)), "odd": np.zeros((3, 2)), "labels": np.zeros(6)}
+    shard_rows(rows, mesh)
+    assert sorted(constrained) == [((4, 3), PartitionSpec("data", None)),
+                                   ((6,), PartitionSpec("data"))]
+    constrained.clear()
+    shard_rows(rows, mesh, ShardingRules(batch="model"))  # 3-way: 3 and 6 rows, not 4
+    assert sorted(constrained) == [((3, 2), PartitionSpec("model", None)),
+                                   ((6,), PartitionSpec("model"))]
+    constrained.clear()
+    assert shard_rows(rows, None) is rows
+    assert shard_rows(rows, mesh, ShardingRules(batch=None)) is rows
+    assert constrained == []
 
 
 def test_each_weight_splits_its_own_dimension_over_the_model_axis():
