@@ -415,6 +415,25 @@ def test_collectives_are_read_in_every_replica_group_notation():
     assert data_collectives(HLO, dim=32, mesh_shape=(2, 2)) == []
 
 
+def test_empty_replica_groups_join_every_device_and_operand_shapes_count():
+    hlo = "\n".join([
+        "  %all-reduce.1 = f32[16,64]{1,0} all-reduce(f32[16,64]{1,0} %a), channel_id=1, "
+        "replica_groups={}, to_apply=%add",
+        "  %reduce-scatter.2 = f32[8,8]{1,0} reduce-scatter(f32[16,8]{1,0} %b), channel_id=2, "
+        "replica_groups={{0,2},{1,3}}, dimensions={0}",
+        "  %all-gather.3 = f32[4,32]{1,0} all-gather(f32[4,16]{1,0} %c), channel_id=3, "
+        "replica_groups=mesh['axis_0'=2,'axis_1'=2] {'axis_0','axis_1'}, dimensions={1}",
+    ])
+    found = collectives(hlo, num_devices=4)
+    assert [c.groups for c in found] == [[[0, 1, 2, 3]], [[0, 2], [1, 3]], [[0, 1, 2, 3]]]
+    assert [c.dims for c in found] == [{16, 64}, {8, 16}, {4, 16, 32}]
+    assert [c.crosses_data(model_size=2) for c in found] == [True, True, True]
+    # The reduce-scatter is found by its operand's 16 rows: its result holds 8 of them.
+    assert [c.text for c in data_collectives(hlo, dim=16, mesh_shape=(2, 2))] == [
+        found[0].text, found[1].text, found[2].text]
+    assert [c.text for c in data_collectives(hlo, dim=8, mesh_shape=(2, 2))] == [found[1].text]
+
+
 def test_sharded_q_training_and_checkpoints(tmp_path):
     report = json.loads(run_child("tests.support.sharded_training",
                                   str(tmp_path)).splitlines()[-1])
