@@ -7,11 +7,15 @@ import types
 import jax
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec
 
-from qstar_jax.decoding.data_shards import RowLayout, loop_partitioner
+from qstar_jax.decoding.data_shards import (RowLayout, cache_specs, loop_partitioner,
+                                            padded_params)
 from qstar_jax.decoding.input_checks import (check_children_beside_parents,
                                              check_spares_beside_groups)
-from qstar_jax.decoding.kv_cache import SlotPool
+from qstar_jax.decoding.kv_cache import KVCache, SlotPool
+from qstar_jax.decoding.paged_cache import PagedKVCache, Paging
+from qstar_jax.decoding.sampling import SamplingParams
 
 
 def test_rows_are_grouped_by_shard_in_blocks_of_a_common_size():
@@ -30,6 +34,37 @@ def test_blocks_together_hold_at_least_min_rows():
     layout = RowLayout.of([0], shards=2, min_rows=3)
     assert layout.block == 2 and layout.size == 4
     assert RowLayout.block_size(1, shards=4, min_rows=5, fine=True) == 2
+
+
+def test_fine_blocks_may_be_three_quarters_of_a_power_of_two():
+    layout = RowLayout.of([0, 0, 0, 0, 0, 1], shards=2, fine=True)
+    assert layout.block == 6 and layout.size == 12  # not 8: five rows fit in 6
+    np.testing.assert_array_equal(layout.positions, [0, 1, 2, 3, 4, 6])
+    assert RowLayout.of([0, 0, 0, 0, 0, 1], shards=2).block == 8
+
+
+def test_padding_rows_sample_greedily_and_each_row_keeps_its_own_settings():
+    layout = RowLayout.of([1, 0], shards=2)  # blocks of 1: row 0 at 1, row 1 at 0
+    params = SamplingParams.make(2, temperature=[0.7, 0.5], top_k=[5, 3], top_p=[0.9, 0.8])
+    padded = padded_params(params, layout)
+    np.testing.assert_array_equal(padded.temperature, np.float32([0.5, 0.7]))
+    np.testing.assert_array_equal(padded.top_k, [3, 5])
+    assert padded.top_k.dtype == np.int32
+    layout = RowLayout.of([1], shards=2, min_rows=4)  # blocks of 2: the row at 2
+    padded = padded_params(SamplingParams.make(1, temperature=0.7, top_k=5, top_p=0.9), layout)
+    np.testing.assert_array_equal(padded.temperature, np.float32([0, 0, 0.7, 0]))
+    np.testing.assert_array_equal(padded.top_k, [0, 0, 5, 0])
+    np.testing.assert_array_equal(padded.top_p, np.float32([1, 1, 0.9, 1]))
+
+
+def test_the_cache_splits_its_slots_and_pages_over_the_slot_axis():
+    rows = PartitionSpec(None, "data")  # [layers, slots or pages, ...]
+    assert cache_specs("data") == KVCache(k=rows, v=rows, lengths=PartitionSpec("data"),
+                                          last_hidden=PartitionSpec("data"))
+    paged = cache_specs("data", Paging(num_pages=8, attention="jnp"))
+    assert paged == PagedKVCache(k=rows, v=rows, page_table=PartitionSpec("data"),
+                                 lengths=PartitionSpec("data"),
+                                 last_hidden=PartitionSpec("data"), attention="jnp")
 
 
 def test_one_shard_keeps_the_call_order_padded_to_a_bucket():
