@@ -202,7 +202,21 @@ def test_distributed_settings_come_all_together(jax_initialize_calls):
         initialize_distributed(coordinator="localhost:1234")
     with pytest.raises(ValueError, match=r"process_id=2 must lie in \[0, num_processes=2\)"):
         initialize_distributed(coordinator="localhost:1234", num_processes=2, process_id=2)
+    with pytest.raises(ValueError, match=r"process_id=-1 must lie in \[0, num_processes=2\)"):
+        initialize_distributed(coordinator="localhost:1234", num_processes=2, process_id=-1)
     assert jax_initialize_calls == []
+
+
+def test_a_child_imports_the_checkout_before_the_callers_path(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "/site")
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/dump")
+    env = local_child_environment(4, REPO)
+    assert (env["JAX_PLATFORMS"], env["JAX_NUM_CPU_DEVICES"]) == ("cpu", "4")
+    assert env["PYTHONPATH"] == f"{REPO}{os.pathsep}/site"
+    assert env["XLA_FLAGS"] == "--xla_dump_to=/tmp/dump"  # the rest of the caller's
+    monkeypatch.delenv("PYTHONPATH")
+    assert local_child_environment(2, REPO)["PYTHONPATH"] == str(REPO)
 
 
 SLURM_STEP = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[1-2]", "SLURM_NTASKS": "2",
