@@ -29,6 +29,15 @@ def test_rows_are_grouped_by_shard_in_blocks_of_a_common_size():
     np.testing.assert_array_equal(layout.take(placed), [10, 11, 12, 13])
 
 
+def test_each_shards_rows_keep_the_call_order_past_numpys_small_sorts():
+    """40 rows alternating between 2 shards (numpy's default sort keeps a few rows' order
+    by chance, not these): row 2i of shard 1 goes to 32 + i, row 2i + 1 of shard 0 to i."""
+    layout = RowLayout.of([1, 0] * 20, shards=2)
+    assert layout.block == 32
+    np.testing.assert_array_equal(layout.positions[0::2], np.arange(20) + 32)
+    np.testing.assert_array_equal(layout.positions[1::2], np.arange(20))
+
+
 def test_blocks_together_hold_at_least_min_rows():
     # 3 rows over 2 shards: blocks of 2 (of 1, the two would hold only 2).
     layout = RowLayout.of([0], shards=2, min_rows=3)
