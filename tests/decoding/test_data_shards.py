@@ -10,12 +10,13 @@ import pytest
 from jax.sharding import PartitionSpec
 
 from qstar_jax.decoding.data_shards import (RowLayout, cache_specs, loop_partitioner,
-                                            padded_params)
+                                            on_slot_shards, padded_params)
 from qstar_jax.decoding.input_checks import (check_children_beside_parents,
                                              check_spares_beside_groups)
 from qstar_jax.decoding.kv_cache import KVCache, SlotPool
 from qstar_jax.decoding.paged_cache import PagedKVCache, Paging
 from qstar_jax.decoding.sampling import SamplingParams
+from qstar_jax.parallel import make_mesh
 
 
 def test_rows_are_grouped_by_shard_in_blocks_of_a_common_size():
@@ -74,6 +75,19 @@ def test_the_cache_splits_its_slots_and_pages_over_the_slot_axis():
     assert paged == PagedKVCache(k=rows, v=rows, page_table=PartitionSpec("data"),
                                  lengths=PartitionSpec("data"),
                                  last_hidden=PartitionSpec("data"), attention="jnp")
+
+
+def test_functions_run_per_shard_of_the_slot_axis_and_as_they_are_without_one():
+    def double(x):
+        return x * 2
+    mesh = make_mesh(1, 1, devices=jax.devices()[:1])
+    assert on_slot_shards(double, mesh, None, PartitionSpec(), PartitionSpec()) is double
+    assert on_slot_shards(double, None, None, PartitionSpec(), PartitionSpec()) is double
+    # Manual over 'data': the function sees its shard's index and the shard count.
+    per_shard = on_slot_shards(
+        lambda x: x * 10 + jax.lax.axis_index("data") + jax.lax.axis_size("data"), mesh,
+        "data", PartitionSpec("data"), PartitionSpec("data"))
+    np.testing.assert_array_equal(jax.jit(per_shard)(np.arange(3)), [1, 11, 21])
 
 
 def test_one_shard_keeps_the_call_order_padded_to_a_bucket():
