@@ -448,6 +448,17 @@ def test_empty_replica_groups_join_every_device_and_operand_shapes_count():
     assert [c.text for c in data_collectives(hlo, dim=8, mesh_shape=(2, 2))] == [found[1].text]
 
 
+def test_every_collective_op_is_found():
+    ops = ["all-reduce", "all-gather", "all-to-all", "ragged-all-to-all",
+           "collective-broadcast", "collective-permute", "reduce-scatter"]
+    hlo = "\n".join(f"  %{op}.{i} = f32[8,64]{{1,0}} {op}(%x), replica_groups={{{{0,2}}}}"
+                     for i, op in enumerate(ops))
+    hlo += "\n  %all-gather-done.7 = f32[8,64]{1,0} all-gather-done(%all-gather.1)"
+    found = collectives(hlo, num_devices=4)
+    assert [c.text.split("(")[0].split()[-1] for c in found] == ops
+    assert [c.groups for c in found] == [[[0, 2]]] * 7
+
+
 def test_sharded_q_training_and_checkpoints(tmp_path):
     report = json.loads(run_child("tests.support.sharded_training",
                                   str(tmp_path)).splitlines()[-1])
