@@ -244,6 +244,8 @@ def test_a_multi_process_job_is_read_from_the_environment_and_one_process_is_not
         assert cluster_in_environment(env) == described
     for env in ONE_PROCESS:
         assert cluster_in_environment(env) is None, env
+    for name in SLURM_STEP:  # JAX's SLURM detection reads every one of them
+        assert cluster_in_environment({k: v for k, v in SLURM_STEP.items() if k != name}) is None
 
 
 @pytest.mark.parametrize("env, auto_detect, joins", [
