@@ -42,7 +42,6 @@ class ShardingRules:
 
     batch: str | None = DATA
     slots: str | None = DATA
-    problems: str | None = DATA
     vocab: str | None = MODEL
     heads: str | None = MODEL
     kv_heads: str | None = MODEL
