@@ -5,10 +5,12 @@ import json
 import logging
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from qstar_jax.tasks import datasets as task_datasets
 from qstar_jax.tasks.base import MalformedRecordError, Problem
 from qstar_jax.tasks.datasets import (Column, DatasetSource, DatasetUnavailableError,
                                       hub_unreachable_reason, load_problems, load_records)
@@ -102,6 +104,15 @@ def test_subset_is_drawn_from_well_formed_records_only(cache_dir):
     assert [p.id for p in problems] == ["toy/test/0", "toy/test/1", "toy/test/3"]
 
 
+def test_a_split_of_malformed_records_only_is_an_error_even_when_skipping(cache_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps({"question": f"Q{i}", "answer": "no total"}) + "\n"
+                           for i in range(2)))
+    with pytest.raises(MalformedRecordError, match=r"toy split 'test' has no well-formed "
+                                                   r"records \(2 read, 2 malformed\)"):
+        load(cache_dir, data_files={"test": str(bad)}, skip_malformed=True)
+
+
 def test_missing_column_is_named(cache_dir):
     source = DatasetSource(task_name="toy", hub_name="example/toy", hub_configs=("main",),
                            columns=(Column(name="problem", holds="str: the problem"),))
@@ -123,6 +134,16 @@ def test_data_files_without_the_split_says_how_to_add_it(cache_dir):
                      cache_dir=cache_dir)
 
 
+def test_data_files_may_be_a_path_or_a_list_of_paths_per_split(cache_dir):
+    assert len(load_records(SOURCE, "test", data_files=GSM8K_TEST, cache_dir=cache_dir)) == 6
+    both = load_records(SOURCE, "test", data_files={"test": [GSM8K_TEST, GSM8K_MALFORMED]},
+                        cache_dir=cache_dir)
+    assert [answer.split()[-1] for answer in both["answer"]] == [  # the files in order
+        "38", "26", "450", "8", "-6", "195", "38", "26", "21.", "8"]
+    with pytest.raises(ValueError, match="data_files lists no files"):
+        load_records(SOURCE, "test", data_files={"test": []}, cache_dir=cache_dir)
+
+
 def test_unknown_or_mixed_extensions_are_rejected(cache_dir):
     with pytest.raises(ValueError, match=r"must end in one of \['\.json', '\.jsonl', "
                                          r"'\.parquet'\]"):
@@ -133,20 +154,82 @@ def test_unknown_or_mixed_extensions_are_rejected(cache_dir):
 
 def test_no_hub_and_no_files_says_how_to_point_at_local_files(cache_dir, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(task_datasets.hf_datasets.config, "HF_HUB_OFFLINE", False)
     with pytest.raises(DatasetUnavailableError) as raised:
         load_records(SOURCE, "test", cache_dir=cache_dir)
     message = str(raised.value)
-    assert "example/toy" in message
+    assert ("toy split 'test' needs the Hugging Face hub dataset example/toy (config(s): "
+            "main), which cannot be used: HF_DATASETS_OFFLINE is set. ") in message
     assert "task.options.data_files.test=/path/to/test.jsonl" in message
     assert "make_task('toy', data_files={'test': '/path/to/test.jsonl'})" in message
     assert "question (str: the question); answer (str: ends with '#### N')" in message
 
 
+class StubSession:
+    """Stands in for huggingface_hub's session: HEAD answers after ``delay_s``."""
+
+    def __init__(self, delay_s=0.0):
+        self.delay_s, self.timeouts = delay_s, []
+
+    def head(self, endpoint, timeout):
+        self.timeouts.append(timeout)
+        time.sleep(self.delay_s)
+
+
+@pytest.mark.parametrize("var", ["HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"])
 @pytest.mark.parametrize("value", ["1", "ON", "yes", " True "])
-def test_offline_flag_is_the_reason(monkeypatch, value):
+def test_offline_flag_is_the_reason(monkeypatch, var, value):
+    for unset in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(unset, raising=False)
+    monkeypatch.setenv(var, value)
+    assert hub_unreachable_reason() == f"{var} is set"
+
+
+@pytest.mark.parametrize("value", ["0", "off", "false", ""])
+def test_an_offline_flag_set_to_no_leaves_the_hub_to_the_probe(monkeypatch, value):
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", value)
-    assert hub_unreachable_reason() == "HF_HUB_OFFLINE is set"
+    session = StubSession()
+    monkeypatch.setattr(task_datasets.huggingface_hub, "get_session", lambda: session)
+    assert hub_unreachable_reason("http://hub.test", timeout_s=2.0) is None
+    assert session.timeouts == [2.0]
+
+
+def test_a_probe_that_hangs_is_given_up_half_a_second_past_its_timeout(monkeypatch):
+    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    # The request ignores its own timeout (as a hanging DNS lookup does).
+    session = StubSession(delay_s=1.5)
+    monkeypatch.setattr(task_datasets.huggingface_hub, "get_session", lambda: session)
+    assert hub_unreachable_reason("http://hub.test", timeout_s=0.1) == (
+        "http://hub.test did not answer within 0.1 s")
+
+
+def test_the_hub_is_probed_only_outside_offline_mode(cache_dir, monkeypatch):
+    """Outside datasets' offline mode a failed probe (given hub_probe_timeout_s) stops the
+    load before datasets is asked; in offline mode datasets reads its cache unprobed, and a
+    dataset missing there is the same clear error."""
+    probes, loads = [], []
+
+    def probe(**kwargs):
+        probes.append(kwargs)
+        return "the probe failed"
+
+    def load_dataset(name, config, *, split, cache_dir):
+        loads.append((name, config, split))
+        raise ConnectionError("not in the cache")
+
+    monkeypatch.setattr(task_datasets, "hub_unreachable_reason", probe)
+    monkeypatch.setattr(task_datasets.hf_datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr(task_datasets.hf_datasets.config, "HF_HUB_OFFLINE", False)
+    with pytest.raises(DatasetUnavailableError, match="cannot be used: the probe failed. "):
+        load_records(SOURCE, "test", cache_dir=cache_dir, hub_probe_timeout_s=0.25)
+    assert (probes, loads) == ([{"timeout_s": 0.25}], [])
+    monkeypatch.setattr(task_datasets.hf_datasets.config, "HF_HUB_OFFLINE", True)
+    with pytest.raises(DatasetUnavailableError,
+                       match=r"cannot be used: not cached \(not in the cache\)\. Point"):
+        load_records(SOURCE, "test", cache_dir=cache_dir, hub_probe_timeout_s=0.25)
+    assert (len(probes), loads) == (1, [("example/toy", "main", "test")])
 
 
 def test_probe_reports_an_endpoint_that_refuses(monkeypatch):
