@@ -3,9 +3,11 @@ strings), and the checker's process handling: limits, timeouts, restarts, clean-
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -158,6 +160,90 @@ def test_only_a_reply_of_equal_true_counts_as_equal(monkeypatch, tmp_path):
         assert echo.worker_pid is None  # a garbled reply does not
         assert not echo.equal("equal", "x")
         assert echo.worker_pid is None
+
+
+# A stand-in worker whose "pred" says what to do: "limit LO HI" is equal when the request's
+# time limit is within [LO, HI]; "pad N" is equal, its reply padded to N more characters.
+SCRIPTED_WORKER = ("import json, sys\nprint(json.dumps({'ready': True}), flush=True)\n"
+                   "for line in sys.stdin:\n    request = json.loads(line)\n"
+                   "    what, *args = request['pred'].split()\n"
+                   "    if what == 'limit':\n"
+                   "        low, high = map(float, args)\n"
+                   "        reply = {'equal': low <= request['time_limit_s'] <= high}\n"
+                   "    else:\n        reply = {'equal': True, 'pad': 'x' * int(args[0])}\n"
+                   "    print(json.dumps(reply), flush=True)\n")
+
+
+@pytest.fixture
+def stand_in_worker(monkeypatch, tmp_path):
+    """Makes checkers start the given worker source instead of the sympy worker."""
+    def use(source):
+        worker = tmp_path / "stand_in_worker.py"
+        worker.write_text(source)
+        monkeypatch.setattr(symbolic_check, "_WORKER_SCRIPT", worker)
+    return use
+
+
+def test_each_request_is_given_the_check_timeout_or_the_time_to_the_deadline(stand_in_worker):
+    stand_in_worker(SCRIPTED_WORKER)
+    with SymbolicChecker(SymbolicCheckConfig(timeout_s=2.5)) as scripted:
+        assert scripted.equal("limit 2.5 2.5", "x")
+        assert scripted.equal("limit 2.5 2.5", "x", deadline=time.monotonic() + 100.0)
+        assert scripted.equal("limit 0.5 1.0", "x", deadline=time.monotonic() + 1.0)
+
+
+def test_a_reply_past_4096_bytes_is_garbage_and_stops_the_worker(stand_in_worker):
+    stand_in_worker(SCRIPTED_WORKER)
+    with SymbolicChecker() as scripted:
+        assert scripted.equal("pad 4000", "x")
+        assert scripted.worker_pid is not None
+        assert not scripted.equal("pad 10000", "x")
+        assert scripted.worker_pid is None
+
+
+def test_start_up_waits_startup_timeout_s_for_ready_true_only(stand_in_worker):
+    # A worker slower to start than one check may take is still waited for.
+    stand_in_worker("import time\ntime.sleep(0.4)\n" + SCRIPTED_WORKER)
+    with SymbolicChecker(SymbolicCheckConfig(timeout_s=0.1, startup_timeout_s=30.0)) as slow:
+        assert slow.equal("limit 0 0.1", "x")
+    # Any first line but {"ready": true} is a failed start.
+    stand_in_worker("print('{\"ready\": false}', flush=True)\nraise SystemExit(3)\n")
+    with SymbolicChecker() as unready, \
+            pytest.raises(SymbolicWorkerError, match="worker .* exited with code 3; check"):
+        unready.equal("x", "x")
+
+
+def test_a_forked_process_makes_its_own_shared_checker_and_leaves_the_parents_worker(
+        stand_in_worker):
+    """shared_checker in a process forked from one with a checker (seen here as a checker
+    recorded under another process id) makes a new one and forgets, not stops, the old
+    worker, which is the parent's. A thread of its own gives the test its own checker."""
+    stand_in_worker(SCRIPTED_WORKER)
+    seen = {}
+
+    def as_parent_then_child():
+        parent = symbolic_check.shared_checker()
+        seen["parent equal"] = parent.equal("pad 0", "x")
+        seen["kept"] = symbolic_check.shared_checker() is parent
+        seen["parent worker"] = parent.worker_pid
+        symbolic_check._PER_THREAD.pid = -1  # the process that made it is not this one
+        child = symbolic_check.shared_checker()
+        seen["child is new"] = child is not parent
+        seen["parent forgot"] = parent.worker_pid is None
+        seen["kept in child"] = symbolic_check.shared_checker() is child
+        child.close()
+
+    thread = threading.Thread(target=as_parent_then_child)
+    thread.start()
+    thread.join()
+    parent_worker = seen.pop("parent worker")
+    try:
+        os.kill(parent_worker, 0)  # still running: the parent's to stop
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(parent_worker, signal.SIGKILL)
+    assert seen == {"parent equal": True, "kept": True, "child is new": True,
+                    "parent forgot": True, "kept in child": True}
 
 
 def test_a_late_reply_kills_the_worker_and_the_next_check_starts_a_new_one(checker):
