@@ -1,7 +1,24 @@
 import json
 
+import pytest
+
 from qstar_jax.tasks.prompts import (CRITIQUE_ASK, REFINE_ASK, SCORE_ASK, VALUE_ASK,
-                                     ReasonerPrompts)
+                                     PromptFormat, ReasonerPrompts, WorkedExample,
+                                     build_prompt, check_n_shot)
+
+TWO_EXAMPLES = PromptFormat(instruction="Solve it.",
+                            examples=(WorkedExample(question="1+1?", solution="2"),
+                                      WorkedExample(question="2+2?", solution="4")))
+
+
+@pytest.mark.parametrize("n_shot", [-1, 3])
+def test_n_shot_outside_the_examples_is_refused(n_shot):
+    # -1 would otherwise slice off the last example and show the rest.
+    message = rf"n_shot must be between 0 and 2 \(the worked examples there are\), got {n_shot}"
+    with pytest.raises(ValueError, match=message):
+        check_n_shot(TWO_EXAMPLES, n_shot)
+    with pytest.raises(ValueError, match=message):
+        build_prompt(TWO_EXAMPLES, "3+3?", n_shot=n_shot)
 
 
 def test_plain_prompts_lay_out_the_conversation_in_order():
