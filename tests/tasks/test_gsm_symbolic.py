@@ -99,6 +99,7 @@ def test_it_is_registered_with_its_options():
     ({"test_size": 4}, "test", 5, r"gsm_symbolic split 'test' has 4 problems; asked for 5\. "
                                   r".*change task\.options\.test_size"),
     ({"validation_size": 0}, "validation", None, "split 'validation' is empty"),
+    ({"test_size": 4}, "test", 2.5, r"split 'test' has 4 problems; asked for 2\.5\. "),
 ])
 def test_splits_and_sizes_it_cannot_give_are_clear_errors(options, split, limit, message):
     with pytest.raises(ValueError, match=message):
@@ -118,6 +119,18 @@ def test_blank_lines_of_a_worked_solution_are_no_steps():
     problem = problem_from_instance(instance, 3)
     assert (problem.id, problem.question, problem.reference) == ("gsm_symbolic/3", "Q?", "4")
     assert problem.metadata["solution_steps"] == ("2 + 2 = 4", "So 4.", "The answer is: 4")
+
+
+@pytest.mark.parametrize("instance", [
+    {"answer": "4", "metadata": {"answer_cot": "#### 4"}},
+    {"question": "Q?", "answer": 4, "metadata": {"answer_cot": "#### 4"}},
+    {"question": "Q?", "answer": "4", "metadata": None},
+    {"question": "Q?", "answer": "4", "metadata": {"answer_cot": ["#### 4"]}},
+], ids=["no question", "answer not a str", "no metadata", "solution not a str"])
+def test_an_instance_without_a_question_answer_or_worked_solution_is_an_error(instance):
+    with pytest.raises(ValueError, match=r"^gsm_symbolic instance 4 lacks a question, answer or "
+                                         r"worked solution \(reasoning-gym's format changed\?\)$"):
+        problem_from_instance(instance, 4)
 
 
 def test_an_instance_whose_answer_disagrees_with_its_solution_is_an_error():
