@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -263,6 +266,34 @@ def test_a_dead_worker_is_replaced_without_losing_the_verdict(checker):
     os.kill(first_pid, signal.SIGKILL)
     assert checker.equal("2\\sqrt{2}", "\\sqrt{8}")
     assert checker.worker_pid != first_pid
+
+
+def test_the_worker_arms_an_alarm_a_second_past_each_request_and_disarms_it_after():
+    """Run on its own, as an orphaned worker would be: SIGALRM ends a check that outlives
+    its time limit by a second, and an answered request leaves no alarm set. Limits
+    below zero bring the alarm within a fraction of a second."""
+    worker = subprocess.Popen(
+        [sys.executable, "-I", str(symbolic_check._WORKER_SCRIPT), str(384 << 20)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        def ask(pred, ref, time_limit_s):
+            worker.stdin.write(json.dumps({"pred": pred, "ref": ref,
+                                           "time_limit_s": time_limit_s}) + "\n")
+            worker.stdin.flush()
+
+        assert json.loads(worker.stdout.readline()) == {"ready": True}
+        ask("1", "1", -0.5)  # answered at once, within the 0.5 s its alarm allows
+        assert json.loads(worker.stdout.readline()) == {"equal": True}
+        time.sleep(0.6)
+        ask("x+x", "2x", 5.0)
+        assert json.loads(worker.stdout.readline()) == {"equal": True}
+        ask(*SLOW_PAIR, -0.8)
+        assert worker.wait(timeout=30.0) == -signal.SIGALRM
+    finally:
+        worker.kill()
+        worker.wait()
+        worker.stdin.close()
+        worker.stdout.close()
 
 
 def test_a_forgotten_checker_takes_its_worker_with_it():
