@@ -66,7 +66,10 @@ def test_problem_ids_name_task_split_and_index(cache_dir):
 
 def test_seeded_subset_is_reproducible_ordered_and_nested(cache_dir):
     three = [p.id for p in load(cache_dir, limit=3, seed=7)]
+    assert three == ["toy/test/0", "toy/test/2", "toy/test/5"]
     assert three == [p.id for p in load(cache_dir, limit=3, seed=7)]
+    # Seed 0 when none is given.
+    assert [p.id for p in load(cache_dir, limit=3)] == ["toy/test/2", "toy/test/3", "toy/test/5"]
     assert len(set(three)) == 3 and three == sorted(three)
     assert set(three) <= {p.id for p in load(cache_dir, limit=5, seed=7)}
     subsets = {tuple(p.id for p in load(cache_dir, limit=3, seed=seed)) for seed in range(6)}

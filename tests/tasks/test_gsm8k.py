@@ -38,7 +38,7 @@ def test_load_reads_question_reference_and_solution(problems):
 def test_seeded_subset(task):
     subset = task.load("test", limit=2, seed=3)
     assert [p.id for p in subset] == [p.id for p in task.load("test", limit=2, seed=3)]
-    assert len(subset) == 2
+    assert [p.id for p in subset] == ["gsm8k/test/2", "gsm8k/test/5"]  # seed 0 draws 2 and 3
 
 
 def test_answer_without_hashes_is_malformed_and_skippable(task):

@@ -76,6 +76,12 @@ def test_seeded_subset_of_math(cache_dir, math_problems):
     subset = task.load("test", limit=4, seed=11)
     assert [p.id for p in subset] == [p.id for p in task.load("test", limit=4, seed=11)]
     assert {p.id for p in subset} < {p.id for p in math_problems}
+    # The seed's draw (seed 0 draws 2, 3, 4, 6); MATH-500 ids are its unique_id.
+    assert [p.id for p in subset] == [f"math/test/{i}" for i in (1, 3, 4, 5)]
+    math500 = Math500Task(data_files={"test": str(FIXTURES / "math500" / "test.jsonl")},
+                          cache_dir=cache_dir)
+    assert [p.id for p in math500.load("test", limit=2, seed=1)] == [
+        "test/number_theory/9001.json", "test/counting_and_probability/9005.json"]
 
 
 def test_prompts(math500_problems):

@@ -39,6 +39,11 @@ def sanitized(cache_dir):
     return {p.metadata["task_id"]: p for p in task.load("test")}
 
 
+def test_a_subset_is_the_seeds_draw(full_task):
+    # Seed 0 draws 903 and 905.
+    assert [p.id for p in full_task.load("test", limit=2, seed=1)] == ["mbpp/901", "mbpp/905"]
+
+
 def test_full_config_hides_test_list_and_challenge_tests(full):
     assert sorted(full) == [901, 902, 903, 904, 905]
     evens = full[904]
