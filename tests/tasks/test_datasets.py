@@ -48,6 +48,11 @@ def test_jsonl_records_load_in_file_order(cache_dir):
     assert records[0]["answer"].endswith("#### 38")
 
 
+def test_local_files_are_prepared_under_the_given_cache_dir(tmp_path):
+    load_records(SOURCE, "test", data_files=str(GSM8K_TEST), cache_dir=str(tmp_path))
+    assert (tmp_path / "json").is_dir()  # the json builder's prepared copy, not ~/.cache's
+
+
 def test_parquet_records_keep_hub_types(cache_dir):
     source = DatasetSource(task_name="toy", hub_name="example/toy", hub_configs=(None,),
                            columns=(Column(name="test_list", holds="list[str]"),))
