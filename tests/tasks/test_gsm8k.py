@@ -35,6 +35,11 @@ def test_load_reads_question_reference_and_solution(problems):
     assert [p.reference for p in problems][2:] == ["450", "8", "-6", "195"]
 
 
+def test_the_task_prepares_its_files_under_its_cache_dir(tmp_path):
+    Gsm8kTask(data_files=str(FIXTURES / "test.jsonl"), cache_dir=str(tmp_path)).load("test")
+    assert (tmp_path / "json").is_dir()
+
+
 def test_seeded_subset(task):
     subset = task.load("test", limit=2, seed=3)
     assert [p.id for p in subset] == [p.id for p in task.load("test", limit=2, seed=3)]

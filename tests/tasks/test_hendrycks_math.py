@@ -71,6 +71,13 @@ def test_math500_record_without_answer_is_malformed(cache_dir):
     assert len(bad.load("test", skip_malformed=True)) == 2
 
 
+@pytest.mark.parametrize(("task_class", "fixture"), [(MathTask, "math"), (Math500Task, "math500")])
+def test_the_task_prepares_its_files_under_its_cache_dir(task_class, fixture, tmp_path):
+    task_class(data_files=str(FIXTURES / fixture / "test.jsonl"),
+               cache_dir=str(tmp_path)).load("test")
+    assert (tmp_path / "json").is_dir()
+
+
 def test_seeded_subset_of_math(cache_dir, math_problems):
     task = MathTask(data_files=str(FIXTURES / "math" / "test.jsonl"), cache_dir=cache_dir)
     subset = task.load("test", limit=4, seed=11)

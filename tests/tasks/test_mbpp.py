@@ -39,6 +39,11 @@ def sanitized(cache_dir):
     return {p.metadata["task_id"]: p for p in task.load("test")}
 
 
+def test_the_task_prepares_its_files_under_its_cache_dir(tmp_path):
+    MbppTask(data_files=str(FIXTURES / "full_test.parquet"), cache_dir=str(tmp_path)).load("test")
+    assert (tmp_path / "parquet").is_dir()
+
+
 def test_a_subset_is_the_seeds_draw(full_task):
     # Seed 0 draws 903 and 905.
     assert [p.id for p in full_task.load("test", limit=2, seed=1)] == ["mbpp/901", "mbpp/905"]
