@@ -9,6 +9,8 @@ from typing import Sequence, TypeVar
 
 import numpy as np
 
+from qstar_jax.tasks.base import is_integer
+
 Item = TypeVar("Item")
 
 
@@ -29,7 +31,7 @@ def seeded_subset(items: Sequence[Item], limit: int | None, seed: int, *,
     than the split holds is an error naming ``size_option``, not a silently smaller run."""
     if limit is None:
         return list(items)
-    if not (isinstance(limit, int) and 1 <= limit <= len(items)):
+    if not (is_integer(limit) and 1 <= limit <= len(items)):
         raise ValueError(f"{task} split {split!r} has {len(items)} problems; asked for "
                          f"{limit!r}. Ask for 1 to {len(items)} (task.eval_problems / "
                          f"task.train_problems), or change {size_option}")

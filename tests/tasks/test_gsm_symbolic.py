@@ -100,6 +100,7 @@ def test_it_is_registered_with_its_options():
                                   r".*change task\.options\.test_size"),
     ({"validation_size": 0}, "validation", None, "split 'validation' is empty"),
     ({"test_size": 4}, "test", 2.5, r"split 'test' has 4 problems; asked for 2\.5\. "),
+    ({"test_size": 4}, "test", True, r"split 'test' has 4 problems; asked for True\. "),
 ])
 def test_splits_and_sizes_it_cannot_give_are_clear_errors(options, split, limit, message):
     with pytest.raises(ValueError, match=message):

@@ -7,6 +7,7 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from qstar_jax.tasks import make_task
@@ -55,6 +56,11 @@ def test_train_and_test_partition_the_problems_by_split_seed():
     subset = [p.id for p in task.load("test", limit=10, seed=3)]
     assert len(subset) == 10 and set(subset) <= test
     assert subset == [p.id for p in task.load("test", limit=10, seed=3)]
+    # The seed's own draw over the split, in split order; another seed draws another.
+    in_order = [p.id for p in task.load("test")]
+    drawn = sorted(np.random.default_rng(3).permutation(len(in_order))[:10])
+    assert subset == [in_order[i] for i in drawn]
+    assert subset != [p.id for p in task.load("test", limit=10, seed=4)]
 
 
 def test_the_prompt_ends_inside_the_function_to_complete(real_problems):
