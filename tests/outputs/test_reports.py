@@ -61,6 +61,13 @@ def test_summary_says_which_best_of_n_would_spend_qstars_tokens(tmp_path):
     write_reports(tmp_path, rows, ["best_of_n", "qstar"], best_of_n_samples=6)
     assert "best-of-N takes N = 41 or more" in (tmp_path / "summary.md").read_text()
     assert "eval.samples=41" in (tmp_path / "summary.md").read_text()
+    # Q*'s tokens are per problem: 820 over problems a and b is 410 a problem, not 820.
+    rows_of_two = rows + [result("best_of_n", "b", False, 60), result("qstar", "b", True, 410)]
+    write_reports(tmp_path, rows_of_two, ["best_of_n", "qstar"], best_of_n_samples=6)
+    assert (tmp_path / "summary.md").read_text().splitlines()[-1] == (
+        f"Q* generated 410 tokens per problem: at equal tokens best-of-N takes N = 41 or more "
+        f"(`python -m qstar_jax.run --reuse {tmp_path} --out NEW_DIR 'eval.methods=[best_of_n]' "
+        f"eval.samples=41`, with this run's overrides).")
     # Nothing to say when best-of-N spent at least Q*'s tokens, or one of them is absent.
     write_reports(tmp_path, [result("best_of_n", "a", False, 600), rows[1]],
                   ["best_of_n", "qstar"], best_of_n_samples=6)
@@ -99,7 +106,8 @@ def test_summary_reports_qstar_against_the_matched_best_of_n(tmp_path):
     write_reports(tmp_path, rows, ["best_of_n", "qstar", "best_of_n_matched"],
                   best_of_n_samples=6, matched=43)
     note = (tmp_path / "summary.md").read_text()
-    assert "best_of_n_matched is best-of-43" in note and "(it spent 420)" in note
+    assert ("best_of_n_matched is best-of-43, the smallest N found to spend at least Q*'s 410 "
+            "generated tokens per problem (it spent 420).") in note
     assert ("qstar − best_of_n_matched (planning against sampling more, at no fewer generated "
             "tokens): +50.0 points") in note and "paired over 2 problems" in note
     assert "generated tokens per problem 410 against 420" in note
