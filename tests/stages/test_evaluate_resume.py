@@ -2,6 +2,8 @@
 and after a kill searches only the problems some row is missing for: self-consistency's
 rows, derived from best-of-N's chains, included."""
 
+from types import SimpleNamespace
+
 import pytest
 
 from qstar_jax.config import load_config
@@ -78,3 +80,24 @@ def test_a_killed_evaluation_searches_only_what_is_missing(tmp_path, searched):
     assert logged(tmp_path) == sorted((m, ids[i], i) for m in
                                       ("greedy", "best_of_n", "self_consistency")
                                       for i in range(5))
+
+
+def test_a_batch_shares_its_wall_clock_equally_among_its_problems(tmp_path, searched,
+                                                                    monkeypatch):
+    """Problems searched side by side each log the batch's time over the batch's size, so
+    a method's summed wall_s is the time it took; self-consistency's rows, voted on
+    best-of-N's chains, carry best-of-N's share."""
+    # Each batch reads the clock before and after its search: greedy's batches [0, 1],
+    # [2, 3] and [4] take 3, 1 and 2 s, best-of-N's .5, .25 and 4 s.
+    clock = iter([0, 3, 10, 11, 20, 22, 30, 30.5, 40, 40.25, 50, 54])
+    monkeypatch.setattr(evaluate, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    ctx = context(tmp_path)
+    ids = [p.id for p in ctx.problems("test", 5)]
+    summary = evaluate.evaluate(ctx, q_fn=object())
+    wall = {(r.method, r.problem_id): r.wall_s
+            for r in ResultsLog(tmp_path / "results.jsonl").read()}
+    assert [wall["greedy", i] for i in ids] == [1.5, 1.5, 0.5, 0.5, 2.0]
+    for method in ("best_of_n", "self_consistency"):
+        assert [wall[method, i] for i in ids] == [0.25, 0.25, 0.125, 0.125, 4.0]
+    assert [summary["methods"][m]["wall_s"] for m in
+            ("greedy", "best_of_n", "self_consistency")] == [6.0, 4.75, 4.75]
