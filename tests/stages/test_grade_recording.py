@@ -83,3 +83,26 @@ def test_an_answer_is_graded_as_the_method_chose_it_and_the_ceiling_only_for_cha
     assert (unfinished.correct, unfinished.any_correct, unfinished.grade_status,
             unfinished.answer, unfinished.completed) == (False, None, None, "right", False)
     assert task.graded == []  # neither the unfinished answer nor any chain is graded
+
+
+def test_a_test_running_tasks_status_is_logged_with_its_answer():
+    task = TaskThatRunsTests("timeout")
+    task.extract_answer = lambda completion: None
+    [row] = _graded(SimpleNamespace(task=task), "greedy", [SimpleNamespace(id="p0")],
+                    [_result(0, ("while True: pass",), Outcome.complete)], 0.0)
+    assert (row.correct, row.grade_status, row.any_correct, task.runs) == (
+        False, "timeout", None, 1)
+
+
+def test_every_chain_method_and_mctsr_log_the_any_right_ceiling_and_no_other_method_does():
+    chains = [("x", "so wrong"), ("y", "so right")]
+    results = [_result(0, chains[0], Outcome.complete, chains)]
+    ctx, problems = SimpleNamespace(task=AnswerGrader()), [SimpleNamespace(id="p0")]
+    ceilings = {method: [(r.correct, r.any_correct)
+                         for r in _graded(ctx, method, problems, results, 0.0)]
+                for method in ("self_consistency", "best_of_n", "best_of_n_matched", "mctsr",
+                               "greedy", "beam", "tot_bfs", "qstar_no_q")}
+    assert ceilings == {"self_consistency": [(False, True)], "best_of_n": [(False, True)],
+                        "best_of_n_matched": [(False, True)], "mctsr": [(False, True)],
+                        "greedy": [(False, None)], "beam": [(False, None)],
+                        "tot_bfs": [(False, None)], "qstar_no_q": [(False, None)]}
