@@ -76,7 +76,8 @@ def test_only_the_settings_evaluation_alone_reads_may_differ(tmp_path):
     reuse_trained_outputs(source, out, load_config(None, [
         *same, "search.k=2", "eval.samples=3", "task.eval_split=validation",
         "task.eval_problems=7", "decode.slots=512", "decode.page_size=16",
-        "decode.step_chunk=8", "decode.min_rows=1", "stages=[evaluate]", "out_dir=elsewhere"]))
+        "decode.step_chunk=8", "decode.min_rows=1", "decode.pages=64", "stages=[evaluate]",
+        "out_dir=elsewhere"]))
     with pytest.raises(ConfigError, match=r"different settings for decode\.max_len, "
                                           r"decode\.max_steps, label\.gamma, seed, "
                                           r"task\.train_problems; only out_dir,"):
@@ -92,3 +93,20 @@ def test_launch_settings_of_a_multi_process_run_do_not_count(tmp_path):
     assert len(reuse_trained_outputs(source, out, load_config(None, [
         "distributed.coordinator=localhost:1234", "distributed.num_processes=2",
         "distributed.process_id=0", "distributed.heartbeat_timeout_s=300"]))) == 10
+
+
+def test_an_output_the_source_run_never_trained_is_not_linked(tmp_path):
+    """A run without a PRM or a second policy leaves no prm/, prm_training.json or
+    second_policy/: the new run gets no link to them, dangling or not, so its own
+    train_prm stage can still write prm/."""
+    source, out = trained_run(tmp_path / "source"), tmp_path / "out"
+    out.mkdir()
+    for name in ("prm_training.json", "step_outcomes.jsonl"):
+        (source / name).unlink()
+    for name in ("prm", "second_policy"):
+        (source / name / "config.json").unlink()
+        (source / name).rmdir()
+    linked = reuse_trained_outputs(source, out, load_config(None))
+    assert linked == ["policy", "rollouts.jsonl", "labels.jsonl", "labels.jsonl.features.npz",
+                      "q_checkpoint", "q_training.json"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(linked + ["reused_from.txt"])
