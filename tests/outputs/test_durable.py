@@ -1,3 +1,6 @@
+import os
+from pathlib import Path
+
 import pytest
 
 from qstar_jax.outputs import durable
@@ -65,3 +68,22 @@ def test_a_process_other_than_the_writer_writes_nothing_and_leaves_a_torn_tail(
     durable.write_atomically(tmp_path / "sub" / "summary.json", lambda f: f.write(b"new"))
     assert path.read_text() == '{"a": 1}\n{"b": '
     assert [p.name for p in tmp_path.iterdir()] == ["log.jsonl"]
+
+
+def test_what_counts_is_forced_to_disk_before_it_counts(tmp_path, monkeypatch):
+    """Each fsync is recorded with what its file held then (read through /proc): the records
+    written and flushed before it, the new file's bytes before the rename, then the folder,
+    which makes the rename itself durable."""
+    synced = []
+
+    def fsync(fd):
+        target = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        synced.append((target.name, target.read_bytes() if target.is_file() else "folder"))
+    monkeypatch.setattr(durable.os, "fsync", fsync)
+    path = tmp_path / "run" / "log.jsonl"  # open_for_append makes the folder
+    with durable.open_for_append(path) as f:
+        durable.append_records(f, [{"a": 1}, {"b": "é"}])
+        assert synced == [("log.jsonl", '{"a": 1}\n{"b": "é"}\n'.encode())]
+    durable.write_atomically(path.parent / "summary.json", lambda f: f.write(b"new"))
+    assert synced[1:] == [("summary.json.tmp", b"new"), ("run", "folder")]
+    assert (path.parent / "summary.json").read_bytes() == b"new"
