@@ -101,3 +101,24 @@ def test_a_batch_shares_its_wall_clock_equally_among_its_problems(tmp_path, sear
         assert [wall[method, i] for i in ids] == [0.25, 0.25, 0.125, 0.125, 4.0]
     assert [summary["methods"][m]["wall_s"] for m in
             ("greedy", "best_of_n", "self_consistency")] == [6.0, 4.75, 4.75]
+
+
+def test_best_of_n_matched_is_searched_at_the_matched_n_and_reported_at_it(tmp_path, searched):
+    """With best-of-6 logged at 1 token a problem and Q* at 2, best_of_n_matched starts at
+    N = 12 (1/6 a sample), which spends the stand-in's 0-4 tokens, 2 a problem: a match.
+    Its batches hold what 48 slots hold at 2 x 12 slots a problem, and summary.md names
+    that N."""
+    ctx = RunContext(config=load_config(None, [
+        "eval.methods=[best_of_n,qstar,best_of_n_matched]", "task.eval_problems=5",
+        "decode.slots=48", "q_train.second_opinion=null"]), out=tmp_path)
+    ids = [p.id for p in ctx.problems("test", 5)]
+    ResultsLog(tmp_path / "results.jsonl").append(
+        [result("best_of_n", i, False, 1) for i in ids]
+        + [result("qstar", i, True, 2) for i in ids])
+    summary = evaluate.evaluate(ctx, q_fn=object())
+    assert searched == [("best_of_n_matched", [0, 1]), ("best_of_n_matched", [2, 3]),
+                        ("best_of_n_matched", [4])]
+    assert summary["methods"]["best_of_n_matched"]["generated_tokens"] == 10
+    assert (tmp_path / "best_of_n_matched.json").read_text() == '{"samples": 12}'
+    assert ("best_of_n_matched is best-of-12, the smallest N found to spend at least Q*'s 2 "
+            "generated tokens per problem (it spent 2).") in (tmp_path / "summary.md").read_text()
