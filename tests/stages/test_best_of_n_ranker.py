@@ -7,7 +7,8 @@ import pytest
 
 from qstar_jax.config import load_config
 from qstar_jax.search.driver import run_search
-from qstar_jax.search.process_utility import RuleUtility
+from qstar_jax.search.process_utility import RuleUtility, ZeroUtility
+from qstar_jax.stages import evaluate
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.evaluate import planner_factory
 from tests.search.fakes import FakeExpander, HiddenQ, child, tree
@@ -78,3 +79,30 @@ def test_best_of_n_samples_its_given_n_at_eval_settings_and_cuts_chains_at_max_s
     assert [t.steps for t in result.trajectories] == [("b", "b1")]
     assert result.steps == ("b", "b1")
     assert result.score == pytest.approx(1.0)  # g summed, as search.agg says
+
+
+@pytest.mark.parametrize("method, best", [("qstar", ("c",)), ("qstar_no_q", ("a",))])
+def test_qstar_no_q_is_the_same_search_with_lambda_zero(method, best):
+    """Over CHAINS at λ = 0.5 Q* takes c (f = 1.0); without Q̂ it takes a, the best g (.9)."""
+    config = load_config(None, ["search.utility=zero", "search.agg=sum", "search.lam=0.5",
+                                "search.k=3", "search.n_complete=1"])
+    make = planner_factory(RunContext(config=config, out=Path("unused")), method)
+    expander = FakeExpander({0: CHAINS})
+    [result] = run_search(1, make, expander, HiddenQ(), RuleUtility(rule=expander.reward_rule),
+                          progress=False)
+    assert result.steps == best
+
+
+def test_evaluate_hands_q_hat_only_to_the_searches_that_rank_by_it(monkeypatch):
+    given = {}
+    monkeypatch.setattr(evaluate, "DecoderExpander", lambda runtime, prefix_sharing: None)
+    monkeypatch.setattr(evaluate, "run_search",
+                        lambda count, make, expander, q_fn, utility, **_: q_fn)
+    ctx, q_hat = RunContext(config=load_config(None), out=Path("unused")), HiddenQ()
+    for method in ("greedy", "self_consistency", "best_of_n", "best_of_n_matched", "beam",
+                   "qstar", "qstar_no_q"):
+        search = evaluate._step_search(ctx, method, 2, None, q_hat, ZeroUtility())
+        given[method] = search([0], method) is q_hat
+    assert given == {"greedy": False, "self_consistency": False, "best_of_n": True,
+                     "best_of_n_matched": True, "beam": True, "qstar": True,
+                     "qstar_no_q": False}
