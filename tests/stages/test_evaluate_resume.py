@@ -122,3 +122,30 @@ def test_best_of_n_matched_is_searched_at_the_matched_n_and_reported_at_it(tmp_p
     assert (tmp_path / "best_of_n_matched.json").read_text() == '{"samples": 12}'
     assert ("best_of_n_matched is best-of-12, the smallest N found to spend at least Q*'s 2 "
             "generated tokens per problem (it spent 2).") in (tmp_path / "summary.md").read_text()
+
+
+def test_the_second_policy_decodes_its_own_greedy_row_reported_after_greedy(
+        tmp_path, searched, monkeypatch):
+    """Where Q̂ reads a second policy, evaluate adds its greedy decoding: greedy's search on
+    that policy's runtime without Q̂, logged and summarised right after greedy."""
+    searches = []
+    step_search = evaluate._step_search  # the fixture's stand-in
+
+    def recorded(ctx, method, samples, runtime, q_fn, utility):
+        searches.append((method, runtime, q_fn))
+        return step_search(ctx, method, samples, runtime, q_fn, utility)
+
+    monkeypatch.setattr(evaluate, "_step_search", recorded)
+    monkeypatch.setattr(RunContext, "runtime",
+                        lambda self, problems, model=None: f"runtime of {model or 'policy'}")
+    monkeypatch.setattr(RunContext, "second_policy", "second policy")
+    q_hat = object()
+    ctx = RunContext(config=load_config(None, [
+        "eval.methods=[greedy,qstar]", "task.eval_problems=2"]), out=tmp_path)
+    summary = evaluate.evaluate(ctx, q_fn=q_hat)
+    assert searches == [("greedy", "runtime of policy", q_hat),
+                        ("greedy", "runtime of second policy", None),
+                        ("qstar", "runtime of policy", q_hat)]
+    assert list(summary["methods"]) == ["greedy", "greedy_second_policy", "qstar"]
+    assert [m for m, _, _ in logged(tmp_path)] == ["greedy"] * 2 + [
+        "greedy_second_policy"] * 2 + ["qstar"] * 2
