@@ -83,6 +83,7 @@ def test_matched_best_of_n_spends_at_least_qstars_tokens():
     assert matched_samples(summary(60, 410), 6) == 41  # 10 tokens a sample
     assert matched_samples(summary(60, 411), 6) == 42  # 41 samples would spend 410 < 411
     assert matched_samples(summary(60, 60), 6) is None
+    assert matched_samples(summary(0, 410), 6) is None  # no tokens a sample: no N matches
     # 21 / (7 / 10) is 30.000000000000004 in floating point: 30 samples spend exactly 21.
     assert matched_samples(summary(7, 21), 10) == 30
     assert matched_samples(summarize([result("qstar", "a", True)], ["qstar"]), 6) is None
