@@ -76,6 +76,9 @@ def test_at_best_of_ns_own_n_its_rows_are_copied_not_searched_again(tmp_path):
     matched = [r for r in log.read() if r.method == "best_of_n_matched"]
     assert [(r.problem_id, r.generated_tokens, r.correct) for r in matched] == [
         ("a", 120, True), ("b", 80, False)]
+    # A rerun (evaluate resumed for a later method) finds them copied and copies nothing.
+    assert evaluate_best_of_n_matched(tmp_path / "n.json", log, search, samples=2) == 2
+    assert [r.problem_id for r in log.read() if r.method == "best_of_n_matched"] == ["a", "b"]
 
 
 def test_spending_exactly_qstars_tokens_is_a_match(tmp_path):
