@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 
 from qstar_jax.config import load_config
+from qstar_jax.search.astar import AStarConfig, Budget
+from qstar_jax.search.beam import BeamConfig
 from qstar_jax.search.driver import run_search
 from qstar_jax.search.process_utility import RuleUtility, ZeroUtility
 from qstar_jax.stages import evaluate
@@ -94,8 +96,9 @@ def test_qstar_no_q_is_the_same_search_with_lambda_zero(method, best):
 
 
 def test_evaluate_hands_q_hat_only_to_the_searches_that_rank_by_it(monkeypatch):
-    given = {}
-    monkeypatch.setattr(evaluate, "DecoderExpander", lambda runtime, prefix_sharing: None)
+    given, sharing = {}, []
+    monkeypatch.setattr(evaluate, "DecoderExpander",
+                        lambda runtime, prefix_sharing: sharing.append(prefix_sharing))
     monkeypatch.setattr(evaluate, "run_search",
                         lambda count, make, expander, q_fn, utility, **_: q_fn)
     ctx, q_hat = RunContext(config=load_config(None), out=Path("unused")), HiddenQ()
@@ -106,3 +109,18 @@ def test_evaluate_hands_q_hat_only_to_the_searches_that_rank_by_it(monkeypatch):
     assert given == {"greedy": False, "self_consistency": False, "best_of_n": True,
                      "best_of_n_matched": True, "beam": True, "qstar": True,
                      "qstar_no_q": False}
+    assert sharing == [True] * 7  # eval.prefix_sharing's default, one expander a method
+
+
+def test_the_beam_and_a_star_planners_take_every_setting_the_config_gives_them():
+    config = load_config(None, [
+        "search.k=4", "search.lam=0.25", "search.n_complete=2", "search.agg=sum",
+        "search.h_agg=product", "search.temperature=0.6", "search.expansions_per_node=3",
+        "search.max_expansions=9", "search.max_generated_tokens=700", "eval.beam_width=5",
+        "eval.beam_k=2", "eval.temperature=0.3", "decode.max_steps=7"])
+    ctx = RunContext(config=config, out=Path("unused"))
+    assert planner_factory(ctx, "beam")(3)._config == BeamConfig(
+        beam_width=5, k=2, lam=0.25, agg="sum", h_agg="product", temperature=0.3, max_steps=7)
+    assert planner_factory(ctx, "qstar")(3)._config == AStarConfig(
+        k=4, n_complete=2, lam=0.25, agg="sum", h_agg="product", temperature=0.6,
+        expansions_per_node=3, budget=Budget(max_expansions=9, max_generated_tokens=700))
