@@ -78,11 +78,14 @@ def test_only_the_settings_evaluation_alone_reads_may_differ(tmp_path):
         "task.eval_problems=7", "decode.slots=512", "decode.page_size=16",
         "decode.step_chunk=8", "decode.min_rows=1", "decode.pages=64", "stages=[evaluate]",
         "out_dir=elsewhere"]))
+    refused = tmp_path / "refused"
+    refused.mkdir()
     with pytest.raises(ConfigError, match=r"different settings for decode\.max_len, "
                                           r"decode\.max_steps, label\.gamma, seed, "
                                           r"task\.train_problems; only out_dir,"):
-        reuse_trained_outputs(source, out, load_config(None, [
+        reuse_trained_outputs(source, refused, load_config(None, [
             "search.k=2", "seed=1", "decode.max_steps=5", "label.gamma=0.5"]))
+    assert list(refused.iterdir()) == []  # refused before any link or note
 
 
 def test_launch_settings_of_a_multi_process_run_do_not_count(tmp_path):
