@@ -216,3 +216,14 @@ def test_the_plot_puts_each_method_at_its_tokens_per_problem_and_accuracy_with_i
                       "qstar": pytest.approx((50, 100, 50, qstar_low, qstar_high))}
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("generated tokens per problem",
                                                   "accuracy (%)")
+
+
+def test_each_side_of_a_comparison_is_per_its_own_problems(tmp_path):
+    # Q* over a and b (100 tokens each), greedy over a alone (20): 100 against 20, not 10.
+    rows = [result("qstar", "a", True, 100), result("qstar", "b", False, 100),
+            result("greedy", "a", False, 20)]
+    write_reports(tmp_path, rows, ["greedy", "qstar"])
+    assert (tmp_path / "summary.md").read_text().splitlines()[-1] == (
+        "- qstar − greedy (against one greedy chain of the policy it searches): +100.0 points "
+        "(95% CI +100.0 to +100.0, paired over 1 problems); generated tokens per problem 100 "
+        "against 20, wall-clock 1 s against 0 s.")
