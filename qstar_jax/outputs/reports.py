@@ -90,18 +90,25 @@ def matched_samples(summary: dict, samples: int) -> int | None:
     return math.ceil(per_problem["qstar"] / per_sample - 1e-9)
 
 
+def _by_problem(results: Iterable[ProblemResult],
+                methods: tuple[str, ...]) -> dict[str, dict[str, ProblemResult]]:
+    """Each of ``methods``' results by problem id."""
+    rows: dict[str, dict[str, ProblemResult]] = {method: {} for method in methods}
+    for r in results:
+        if r.method in rows:
+            rows[r.method][r.problem_id] = r
+    return rows
+
+
 def paired_difference(results: Iterable[ProblemResult], first: str,
                       second: str) -> tuple[float, float, float, int] | None:
     """Accuracy of ``first`` minus ``second`` over the problems both were evaluated on,
     with a 95% normal interval of the per-problem differences: (diff, lo, hi, n)."""
-    correct: dict[str, dict[str, bool]] = {first: {}, second: {}}
-    for r in results:
-        if r.method in correct:
-            correct[r.method][r.problem_id] = r.correct
-    shared = correct[first].keys() & correct[second].keys()
+    rows = _by_problem(results, (first, second))
+    shared = rows[first].keys() & rows[second].keys()
     if not shared:
         return None
-    diffs = [float(correct[first][p]) - float(correct[second][p]) for p in shared]
+    diffs = [float(rows[first][p].correct) - float(rows[second][p].correct) for p in shared]
     n, mean = len(diffs), sum(diffs) / len(diffs)
     variance = sum((d - mean) ** 2 for d in diffs) / max(1, n - 1)
     half = Z95 * math.sqrt(variance / n)
@@ -141,7 +148,9 @@ def qstar_comparisons_note(summary: dict, results: list[ProblemResult]) -> str:
     """Q* against greedy decoding (of the policy, and of the second policy where Q̂ reads
     one), what Q̂ adds (qstar − qstar_no_q) and the planning against sampling more (qstar −
     best_of_n_matched): paired differences with 95% intervals, each side's generated
-    tokens and wall-clock, and whether equal tokens and equal wall-clock disagree."""
+    tokens and wall-clock, and whether equal tokens and equal wall-clock disagree. Both
+    sides' costs are taken over the problems the difference is paired over, so a method
+    evaluated on more problems is not charged for them."""
     methods = summary["methods"]
     lines = []
     for other, what in (("greedy", "against one greedy chain of the policy it searches"),
@@ -153,17 +162,25 @@ def qstar_comparisons_note(summary: dict, results: list[ProblemResult]) -> str:
         if "qstar" not in methods or other not in methods:
             continue
         diff, lo, hi, n = paired_difference(results, "qstar", other)
-        q, o = methods["qstar"], methods[other]
-        q_tokens, o_tokens = q["generated_tokens"] / q["n"], o["generated_tokens"] / o["n"]
+        rows = _by_problem(results, ("qstar", other))
+        shared = rows["qstar"].keys() & rows[other].keys()
+        (q_tokens, q_wall), (o_tokens, o_wall) = (
+            (sum(rows[m][p].generated_tokens for p in shared) / n,
+             sum(rows[m][p].wall_s for p in shared)) for m in ("qstar", other))
         line = (f"- qstar − {other} ({what}): {100 * diff:+.1f} points (95% CI {100 * lo:+.1f} "
                 f"to {100 * hi:+.1f}, paired over {n} problems); generated tokens per problem "
-                f"{q_tokens:.0f} against {o_tokens:.0f}, wall-clock {q['wall_s']:.0f} s against "
-                f"{o['wall_s']:.0f} s.")
-        if other == "best_of_n_matched" and q["wall_s"] > o["wall_s"]:
+                f"{q_tokens:.0f} against {o_tokens:.0f}, wall-clock {_seconds(q_wall)} s "
+                f"against {_seconds(o_wall)} s.")
+        if other == "best_of_n_matched" and q_wall > o_wall:
             line += (" Equal tokens and equal wall-clock disagree here: Q* took longer, so at "
                      "equal wall-clock best-of-N could have sampled more.")
         lines.append(line)
     return ("\n" + "\n".join(lines) + "\n") if lines else ""
+
+
+def _seconds(wall_s: float) -> str:
+    """Whole seconds, or tenths under 10 s (half a second is not 0 s)."""
+    return f"{wall_s:.0f}" if wall_s >= 10 else f"{wall_s:.1f}"
 
 
 def plot_accuracy_vs_tokens(summary: dict, path: Path) -> None:

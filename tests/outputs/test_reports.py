@@ -125,7 +125,7 @@ def test_summary_ends_with_what_q_hat_adds_and_says_when_wall_clock_disagrees(tm
     lines = (tmp_path / "summary.md").read_text().splitlines()
     assert lines[-2].startswith("- qstar − qstar_no_q (what Q̂ adds: the same search with λ = 0): "
                                 "+50.0 points")
-    assert ("generated tokens per problem 100 against 80, wall-clock 10 s against 2 s"
+    assert ("generated tokens per problem 100 against 80, wall-clock 10 s against 2.0 s"
             in lines[-2])
     assert lines[-1].startswith("- qstar − best_of_n_matched")
     assert "Equal tokens and equal wall-clock disagree here" in lines[-1]
@@ -178,10 +178,10 @@ def test_summary_sets_qstar_against_greedy_decoding_of_each_policy(tmp_path):
     assert lines[-2:] == [
         "- qstar − greedy (against one greedy chain of the policy it searches): +50.0 points "
         "(95% CI -48.0 to +148.0, paired over 2 problems); generated tokens per problem 100 "
-        "against 20, wall-clock 1 s against 1 s.",
+        "against 20, wall-clock 1.0 s against 1.0 s.",
         "- qstar − greedy_second_policy (against greedy decoding of the second policy whose "
         "opinion Q̂ reads): +100.0 points (95% CI +100.0 to +100.0, paired over 2 problems); "
-        "generated tokens per problem 100 against 30, wall-clock 1 s against 1 s."]
+        "generated tokens per problem 100 against 30, wall-clock 1.0 s against 1.0 s."]
 
 
 def test_only_best_of_n_and_mctsr_ceilings_get_a_row_and_wall_clock_keeps_milliseconds(
@@ -218,12 +218,13 @@ def test_the_plot_puts_each_method_at_its_tokens_per_problem_and_accuracy_with_i
                                                   "accuracy (%)")
 
 
-def test_each_side_of_a_comparison_is_per_its_own_problems(tmp_path):
-    # Q* over a and b (100 tokens each), greedy over a alone (20): 100 against 20, not 10.
-    rows = [result("qstar", "a", True, 100), result("qstar", "b", False, 100),
+def test_both_sides_of_a_comparison_are_costed_over_the_problems_it_pairs(tmp_path):
+    # Q* over a (100 tokens) and b (300), greedy over a alone (20): over a, 100 against 20
+    # and 0.5 s against 0.5 s (not 200 tokens and 1.0 s for Q*, nor 10 tokens for greedy).
+    rows = [result("qstar", "a", True, 100), result("qstar", "b", False, 300),
             result("greedy", "a", False, 20)]
     write_reports(tmp_path, rows, ["greedy", "qstar"])
     assert (tmp_path / "summary.md").read_text().splitlines()[-1] == (
         "- qstar − greedy (against one greedy chain of the policy it searches): +100.0 points "
         "(95% CI +100.0 to +100.0, paired over 1 problems); generated tokens per problem 100 "
-        "against 20, wall-clock 1 s against 0 s.")
+        "against 20, wall-clock 0.5 s against 0.5 s.")
