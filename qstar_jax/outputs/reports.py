@@ -90,25 +90,30 @@ def matched_samples(summary: dict, samples: int) -> int | None:
     return math.ceil(per_problem["qstar"] / per_sample - 1e-9)
 
 
-def _by_problem(results: Iterable[ProblemResult],
-                methods: tuple[str, ...]) -> dict[str, dict[str, ProblemResult]]:
-    """Each of ``methods``' results by problem id."""
-    rows: dict[str, dict[str, ProblemResult]] = {method: {} for method in methods}
+Pair = tuple[ProblemResult, ProblemResult]
+
+
+def _pairs(results: Iterable[ProblemResult], first: str, second: str) -> list[Pair]:
+    """(``first``'s result, ``second``'s) on each problem both were evaluated on."""
+    rows: dict[str, dict[str, ProblemResult]] = {first: {}, second: {}}
     for r in results:
         if r.method in rows:
             rows[r.method][r.problem_id] = r
-    return rows
+    shared = sorted(rows[first].keys() & rows[second].keys())
+    return [(rows[first][p], rows[second][p]) for p in shared]
 
 
 def paired_difference(results: Iterable[ProblemResult], first: str,
                       second: str) -> tuple[float, float, float, int] | None:
     """Accuracy of ``first`` minus ``second`` over the problems both were evaluated on,
     with a 95% normal interval of the per-problem differences: (diff, lo, hi, n)."""
-    rows = _by_problem(results, (first, second))
-    shared = rows[first].keys() & rows[second].keys()
-    if not shared:
+    return _difference(_pairs(results, first, second))
+
+
+def _difference(pairs: list[Pair]) -> tuple[float, float, float, int] | None:
+    if not pairs:
         return None
-    diffs = [float(rows[first][p].correct) - float(rows[second][p].correct) for p in shared]
+    diffs = [float(a.correct) - float(b.correct) for a, b in pairs]
     n, mean = len(diffs), sum(diffs) / len(diffs)
     variance = sum((d - mean) ** 2 for d in diffs) / max(1, n - 1)
     half = Z95 * math.sqrt(variance / n)
@@ -161,12 +166,11 @@ def qstar_comparisons_note(summary: dict, results: list[ProblemResult]) -> str:
                                               "generated tokens")):
         if "qstar" not in methods or other not in methods:
             continue
-        diff, lo, hi, n = paired_difference(results, "qstar", other)
-        rows = _by_problem(results, ("qstar", other))
-        shared = rows["qstar"].keys() & rows[other].keys()
+        pairs = _pairs(results, "qstar", other)
+        diff, lo, hi, n = _difference(pairs)
         (q_tokens, q_wall), (o_tokens, o_wall) = (
-            (sum(rows[m][p].generated_tokens for p in shared) / n,
-             sum(rows[m][p].wall_s for p in shared)) for m in ("qstar", other))
+            (sum(pair[side].generated_tokens for pair in pairs) / n,
+             sum(pair[side].wall_s for pair in pairs)) for side in (0, 1))
         line = (f"- qstar − {other} ({what}): {100 * diff:+.1f} points (95% CI {100 * lo:+.1f} "
                 f"to {100 * hi:+.1f}, paired over {n} problems); generated tokens per problem "
                 f"{q_tokens:.0f} against {o_tokens:.0f}, wall-clock {_seconds(q_wall)} s "
