@@ -169,8 +169,9 @@ class DecodeConfig:
     # this many: each distinct padded count is a compiled program. 64 suits the small
     # from-scratch policies, whose rows cost little next to a compile: the default's
     # evaluate, from a cold compile cache, 332 s against 430 s at 1 (40 trie programs
-    # against 74, the same results). The real-model configs keep 1 (SmolLM2 HumanEval
-    # greedy was slower at 16: 128 s against 105 s, experiments/trie_chunk_times.py).
+    # against 74, the same results). The real-model configs keep 1 but SmolLM2 HumanEval's,
+    # which sets 8 (three fewer compiled row counts; its greedy was slower at 16: 128 s
+    # against 105 s, experiments/trie_chunk_times.py).
     min_rows: int = 64
     # A paged cache (decoding/paged_cache.py: pages that forks share, so a tree costs its
     # distinct tokens; a trie's branch forks page tables) instead of one max_len row per
