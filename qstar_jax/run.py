@@ -1,9 +1,9 @@
 """python -m qstar_jax.run [CONFIG.yaml] [key=value ...] [--out DIR] [--reuse DIR]
 
-Runs the configured stages in order (train_policy, collect, label, train_q, evaluate);
-each is skipped when its outputs already exist in the output folder, so rerunning a
-killed run resumes it. With no arguments: the default experiment (arithmetic chains, Q*
-planning with its learned Q̂).
+Runs the configured stages in order (by default train_policy, collect, label, train_q,
+evaluate; train_prm before evaluate when ``stages`` lists it); each is skipped when its
+outputs already exist in the output folder, so rerunning a killed run resumes it. With no
+arguments: the default experiment (arithmetic chains, Q* planning with its learned Q̂).
 """
 
 from __future__ import annotations
