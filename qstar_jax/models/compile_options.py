@@ -5,12 +5,12 @@ the batch, by first writing ``dy`` out in transposed layout, fused with the elem
 backward pass that produces it; in a profile of the default Countdown policy's training
 step (``jax.profiler``) those strided copies are the largest operations, ahead of every
 matrix product. Letting XLA hand the dots with their neighbours to YNNPACK
-(``xla_cpu_experimental_ynn_fusion_type``) avoids them: the default run's train_policy
-stage (``python -m qstar_jax.run``, 1000 steps) went from 405 s to 290 s on the same
-machine. The option is set per compilation, on training steps only (``jax.jit(...,
-compiler_options=...)``), because it makes forward-only code such as decoding slower,
-and only where this XLA accepts it: it is an experimental field that a later XLA may
-rename.
+(``xla_cpu_experimental_ynn_fusion_type``) avoids them: the train_policy stage of the
+then-default Countdown run (today ``python -m qstar_jax.run configs/countdown_verifier.yaml``,
+1000 steps) went from 405 s to 290 s on the same machine. The option is set per
+compilation, on training steps only (``jax.jit(..., compiler_options=...)``), because it
+makes forward-only code such as decoding slower, and only where this XLA accepts it: it is
+an experimental field that a later XLA may rename.
 """
 
 from __future__ import annotations
