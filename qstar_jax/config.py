@@ -148,7 +148,7 @@ class TaskConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DecodeConfig:
-    slots: int = 8192  # ~0.4 GB of cache for the default Countdown policy
+    slots: int = 8192  # 1.5 GB of cache for the default policy (python -m qstar_jax.memory_plan)
     max_len: int = 160
     step_token_cap: int = 40
     max_steps: int = 8  # steps per trajectory before it is cut off
