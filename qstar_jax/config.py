@@ -87,7 +87,8 @@ DEFAULT_STAGES = tuple(stage for stage in STAGES if stage != "train_prm")
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PolicyConfig:
     # An HF directory, a .gguf file, an alias (smollm2-135m-instruct), or "scratch": the
-    # train_policy stage trains a small decoder of our architecture (Countdown only).
+    # train_policy stage trains a small decoder of our architecture (the synthetic worlds
+    # only: FROM_SCRATCH_TASKS, Countdown and arithmetic chains).
     source: str = SCRATCH
     dtype: str = "float32"  # one of POLICY_DTYPES
     chat_template: bool = False
