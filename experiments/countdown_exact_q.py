@@ -6,8 +6,9 @@ rule utility g, the budgets — is the run's, so the gap between this and the le
 Q̂ on the same problems is what Q̂'s errors cost. It evaluates on the policy of an
 earlier run (``--reuse``, whose training settings must match the overrides):
 
-    python experiments/countdown_exact_q.py --reuse runs/base --out runs/exact \\
-        task.eval_split=validation task.eval_problems=200 'eval.methods=[qstar]'
+    python experiments/countdown_exact_q.py --config configs/countdown_verifier.yaml \\
+        --reuse runs/base --out runs/exact task.eval_split=validation \\
+        task.eval_problems=200 'eval.methods=[qstar]'
 
 Prints the summary table and, as its last line, JSON:
 {"methods": {NAME: {"accuracy": ..., "generated_tokens_per_problem": ..., "n": ...}}}.
@@ -45,10 +46,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--reuse", required=True, metavar="DIR",
                         help="a run whose training stages finished (its policy is searched)")
     parser.add_argument("--out", required=True, help="output folder (new)")
+    parser.add_argument("--config", metavar="YAML",
+                        help="the reused run's config file (default: the defaults)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     args = parser.parse_args(argv)
     try:
-        config = load_config(None, [*args.overrides, "stages=[evaluate]"])
+        config = load_config(args.config, [*args.overrides, "stages=[evaluate]"])
         if config.task.name != "countdown":
             raise ConfigError("task.name: the exact Q̂ exists for Countdown only")
         out = Path(args.out)

@@ -10,9 +10,11 @@ head on its last token, on the texts (question ⊕ steps). The held-out AUC with
 step number is what ranking siblings needs; the AUC over all states also rewards
 telling step 1 from step 2, whose positive shares differ.
 
-    python experiments/countdown_value_probe.py [--states 8000] [--steps 1500] [KEY=VALUE ...]
+    python experiments/countdown_value_probe.py --config configs/countdown_verifier.yaml \\
+        [--states 8000] [--steps 1500] [KEY=VALUE ...]
 
-(overrides as for ``python -m qstar_jax.run``: the world and the policy's shape.) Prints
+(a config file and overrides as for ``python -m qstar_jax.run``: the world and the
+policy's shape.) Prints
 a table and, as its last line, JSON: {"states": ..., "train_s": ..., "heldout_auc": ...,
 "steps": [{"step": 1, "states": ..., "positive": ..., "heldout_auc": ...}, ...]}.
 """
@@ -66,9 +68,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--states", type=int, default=8000)
     parser.add_argument("--steps", type=int, default=1500, help="most training steps")
+    parser.add_argument("--config", metavar="YAML",
+                        help="a config file as for python -m qstar_jax.run (default: the defaults)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-    config = load_config(None, args.overrides)
+    config = load_config(args.config, args.overrides)
     if config.task.name != "countdown":
         raise SystemExit("the exact value exists for Countdown only")
     ctx = RunContext(config=config, out=Path(config.out_dir))  # nothing is written there

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from qstar_jax.config import load_config
+from qstar_jax.config import load_config, to_yaml
 from qstar_jax.models.loading import load_model
 from qstar_jax.models.sharded_params import PARAMS_FOLDER
 from qstar_jax.outputs.results_log import ResultsLog
@@ -222,12 +222,14 @@ def test_a_mesh_the_devices_cannot_form_stops_the_run_before_weights_load(
 
 
 def test_exact_q_experiment_scores_every_edge_by_the_solver(finished_run, tmp_path, capsys):
-    from qstar_jax.stages.context import RunContext
-
     script = runpy.run_path(str(Path(__file__).parents[1] / "experiments/countdown_exact_q.py"))
     out = tmp_path / "exact"
-    assert script["main"](["--reuse", str(finished_run), "--out", str(out), *TINY,
-                           "eval.methods=[qstar]", "eval.dump_trees=true"]) == 0
+    # The run's settings come from a config file (--reuse refuses other training settings).
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(to_yaml(load_config(None, TINY)))
+    assert script["main"](["--config", str(config_file), "--reuse", str(finished_run),
+                           "--out", str(out), "eval.methods=[qstar]",
+                           "eval.dump_trees=true"]) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last["methods"]["qstar"]["n"] == 6
     ctx = RunContext.of_run(out)
@@ -294,10 +296,8 @@ def test_label_quality_experiment_reads_labels_against_the_exact_value(finished_
         assert auc is None or 0.0 <= auc <= 1.0
 
 
-def test_value_probe_trains_on_exactly_labelled_legal_states(capsys):
+def test_value_probe_trains_on_exactly_labelled_legal_states(capsys, tmp_path):
     script = runpy.run_path(str(Path(__file__).parents[1] / "experiments/countdown_value_probe.py"))
-    from qstar_jax.config import load_config
-    from qstar_jax.stages.context import RunContext
     from qstar_jax.tasks.base import STEP_SEPARATOR
 
     ctx = RunContext(config=load_config(None, TINY), out=Path("unused"))
@@ -312,7 +312,9 @@ def test_value_probe_trains_on_exactly_labelled_legal_states(capsys):
         assert value == float(ctx.task.can_still_succeed(by_prompt[prompt], lines))
     assert set(steps) == {1, 2} and 0 < values.mean() < 1
 
-    result = script["main"](["--states", "200", "--steps", "20", *TINY])
+    config_file = tmp_path / "tiny.yaml"  # Countdown: the defaults' world is refused
+    config_file.write_text(to_yaml(load_config(None, TINY)))
+    result = script["main"](["--states", "200", "--steps", "20", "--config", str(config_file)])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
     assert sum(row["states"] for row in result["steps"]) == 200
 
