@@ -364,6 +364,19 @@ def test_complete_trajectories_tied_on_f_go_to_the_lower_node_id():
     assert result.steps == ("s",) and result.node_id == 2
 
 
+def test_a_partial_answer_is_the_best_f_frontier_node_not_the_re_entered_root():
+    """Two expansions a node, a budget of 3: the root, then a twice (its second asks for
+    children 2 and 3, which do not exist). The root is back on the frontier at its best
+    child's .6, above b (.3), but its own f is 0 and it has no steps: the answer is b."""
+    spec = tree({"": [child("a", .6), child("b", .3)],
+                 "a": [child("a1", .1), child("a2", .05)]})
+    config = AStarConfig(k=2, expansions_per_node=2, budget=Budget(max_expansions=3))
+    [result], _, _ = search({0: spec}, config)
+    assert result.tree["expansion_order"] == [0, 1, 1]
+    assert result.outcome is Outcome.partial
+    assert (result.steps, result.node_id, result.score) == (("b",), 2, .3)
+
+
 @pytest.mark.parametrize("limit", ["max_expansions", "max_generated_tokens"])
 def test_a_budget_of_nothing_answers_the_empty_root_without_a_call(limit):
     config = AStarConfig(k=3, budget=Budget(**{limit: 0}))
