@@ -110,6 +110,19 @@ def test_a_beam_finished_later_wins_when_its_f_is_higher():
     assert result.node_id == 3 and result.score == .9
 
 
+def test_a_finished_beam_does_not_narrow_the_beams_kept_after_it():
+    # B = 2: round 1 keeps t (.5, finished) and a; round 2 still keeps two, a1 (.6) and
+    # a2 (.5), and a2's child y (.9) is the answer. Keeping B minus the finished beams
+    # would drop a2 and answer t.
+    spec = tree({"": [child("t", .5, end=True), child("a", .4)],
+                 "a": [child("a1", .6), child("a2", .5)],
+                 "a a1": [child("x", .1, end=True)], "a a2": [child("y", .9, end=True)]})
+    [result], expander = search({0: spec}, BeamConfig(beam_width=2, k=2))
+    assert [[r.node.id for r in call] for call in expander.expand_calls] == [[0], [2], [3, 4]]
+    assert [(t.node_id, t.score) for t in result.trajectories] == [(1, .5), (6, .9), (5, .1)]
+    assert result.steps == ("a", "a2", "y") and result.node_id == 6
+
+
 def test_a_round_that_keeps_nothing_leaves_the_last_kept_beams_as_the_answer():
     # Round 1 keeps a (.9) and b (.5); neither has a next step, so round 2 keeps nothing.
     spec = tree({"": [child("a", .9), child("b", .5)], "a": [], "b": []})
