@@ -179,6 +179,17 @@ def test_dfs_does_not_go_deeper_than_max_steps():
     assert result.outcome is Outcome.partial and result.steps == ()
 
 
+def test_dfs_collects_a_terminal_state_at_max_steps():
+    """max_steps 2: a's children are at the limit; the terminal a1 (.8) is collected, the
+    open a2 (.7) is dropped, and the answer is a1, complete."""
+    spec = tree({"": [child("a", .9)], "a": [child("a1", .8, end=True), child("a2", .7)]})
+    config = ToTConfig(k=2, threshold=.5, max_steps=2)
+    result, expanded = search(lambda i: ToTDFSPlanner(i, config, q_value), spec)
+    assert expanded == [[0], [1]]
+    assert result.outcome is Outcome.complete and result.steps == ("a", "a1")
+    assert [(t.node_id, t.score) for t in result.trajectories] == [(2, .8)]
+
+
 def test_best_by_takes_the_highest_value_and_ties_to_the_lowest_node_id():
     nodes = [SimpleNamespace(id=i, v=v) for i, v in [(5, .2), (7, .9), (3, .9), (4, .1)]]
     assert best_by(nodes, lambda node: node.v).id == 3
