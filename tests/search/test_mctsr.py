@@ -40,6 +40,9 @@ def test_scores_are_parsed_suppressed_and_aggregated():
     assert answer_q([100, 90, 96], config) == pytest.approx((46 + 62) / 2)
     assert answer_q([95, 95], config) == 95  # at the ceiling: kept
     assert answer_q([], config) == -100
+    # Ceiling 80, suppression 30: 90 counts 60, 80 (at the ceiling) 80; (60 + 70) / 2.
+    lower = MCTSrConfig(score_ceiling=80, suppression=30)
+    assert answer_q([90, 80, 70], lower) == pytest.approx(65)
 
 
 def test_a_score_keeps_its_decimals_and_is_clipped_at_both_ends():
@@ -194,6 +197,19 @@ def test_greedy_root_is_the_policy_answer_at_temperature_zero():
         ("answer", 0.0, None), ("score/0", 0.95, 8)]
     assert [t.steps for t in result.trajectories] == [("The answer is: 7",),
                                                       ("The answer is: 8",)]
+
+
+def test_self_scores_take_the_configs_sample_count():
+    """score_samples 2: each self-score asks for 2 samples and Q reads those two; the
+    refined answer's 100 and 90 give (50 + (50 + 90) / 2) / 2 = 60, its third sample 96 is
+    never asked for."""
+    writer = ScriptedWriter(SCRIPT)
+    [result] = run_text_search(1, lambda i: planner(rollouts=1, root="dont_know",
+                                                    score_samples=2), writer, progress=False)
+    assert [(r.stream, r.num_samples) for r in writer.requests] == [
+        ("score/0", 2), ("critique/0", 1), ("refine/0", 1), ("score/1", 2)]
+    assert [t.score for t in result.trajectories] == [-57.5, 60]
+    assert result.steps == ("The answer is: 7",)
 
 
 def test_the_default_seeds_two_roots_as_the_papers_code_does():
