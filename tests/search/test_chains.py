@@ -131,6 +131,19 @@ def test_chains_that_do_not_finish_are_not_candidates():
     assert voted.counters.generated_tokens == partial.counters.generated_tokens == 2 + 1
 
 
+def test_with_no_complete_chain_the_answer_is_chain_0_whatever_the_others_score():
+    # Both chains stop at max_steps 2 unfinished; chain 1's tip y (.8) outscores chain 0's
+    # x (.2), but the partial answer is chain 0, scored by its f.
+    unfinished = tree({"": [child("p0", .1), child("p1", .9)],
+                       "p0": [child("x", .2)], "p1": [child("y", .8)]})
+    config = ChainConfig(num_chains=2, temperature=1.0, max_steps=2)
+    [result], _ = search({0: unfinished},
+                         lambda i: best_of_n_planner(i, config, FinalQScorer()), q_fn=HiddenQ())
+    assert result.outcome is Outcome.partial and result.trajectories == ()
+    assert (result.steps, result.node_id) == (("p0", "x"), 3)
+    assert result.score == pytest.approx(.2)
+
+
 # Final steps: Q̂ ranks chain 1 first; g ranks chain 0 first under last, chain 2 under min.
 BEST_OF = tree({"": [child("p0", 0., reward=.1), child("p1", 0., reward=.9),
                      child("p2", 0., reward=.6)],
