@@ -53,6 +53,7 @@ def test_mixed_planners_share_rounds_and_counters_add_up():
     # g sums PRM rewards along the path: .5 + .7, and f adds Q̂ .8.
     assert results[0].score == pytest.approx(.5 + .7 + .8)
     assert all(r.counters.wall_s >= 0 for r in results)
+    assert [r.tree for r in results] == [None, None, None]  # include_trees not asked for
 
 
 def test_a_second_search_on_the_same_expander_counts_only_its_own_compute(monkeypatch):
