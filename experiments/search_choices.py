@@ -27,16 +27,28 @@ from qstar_jax.config import EXACT_VALUE_TASKS
 from qstar_jax.stages.context import RunContext
 
 
+def expansion_children(tree: dict) -> list[list[dict]]:
+    """The new children of each expansion of ``tree["expansion_order"]``. Node ids follow
+    creation and each expansion's children are made before the next one's, so a node
+    expanded more than once (A*'s expansions_per_node) has each child counted at the
+    expansion that made it, not at every one."""
+    positions = collections.defaultdict(list)  # node id -> where it is in the order
+    for position, node_id in enumerate(tree["expansion_order"]):
+        positions[node_id].append(position)
+    made: list[list[dict]] = [[] for _ in tree["expansion_order"]]
+    position = 0
+    for node in sorted(tree["nodes"], key=lambda node: node["id"]):
+        if node["parent"] is not None:
+            position = next(p for p in positions[node["parent"]] if p >= position)
+            made[position].append(node)
+    return made
+
+
 def expansion_kinds(tree: dict, is_live) -> collections.Counter:
     """Counts for one dumped tree; ``is_live(steps)`` is the exact value of a state."""
     nodes = {node["id"]: node for node in tree["nodes"]}
-    children = collections.defaultdict(list)
-    for node in nodes.values():
-        if node["parent"] is not None:
-            children[node["parent"]].append(node)
     counts = collections.Counter()
-    for node_id in tree["expansion_order"]:
-        new = children[node_id]
+    for node_id, new in zip(tree["expansion_order"], expansion_children(tree)):
         if not new:
             continue
         counts["expansions"] += 1

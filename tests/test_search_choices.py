@@ -7,6 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from qstar_jax.search.astar import AStarConfig, AStarPlanner
+from qstar_jax.search.driver import run_search
+from tests.search.fakes import FakeExpander, HiddenQ, child, tree
+
 SCRIPT = Path(__file__).parents[1] / "experiments/search_choices.py"
 spec = importlib.util.spec_from_file_location("search_choices", SCRIPT)
 search_choices = importlib.util.module_from_spec(spec)
@@ -41,6 +45,24 @@ def test_at_a_tie_in_h_the_lower_id_child_is_the_best():
     tree["nodes"][1:] = [node(1, 0, ["ok"], h=0.5), node(2, 0, ["bad"], h=0.5)]
     counts = search_choices.expansion_kinds(tree, lambda steps: "bad" not in steps)
     assert counts == {"expansions": 1, "live_mixed": 1, "mixed_best_child_live": 1}
+
+
+def test_a_node_expanded_twice_is_judged_by_each_expansions_own_children():
+    """A* with two expansions a node dumps the order 0 1 1 0: the root makes a (h .6) and
+    b (.2), a makes a1 and a2, a's second expansion nothing, the root's second c (.9) and
+    d. With every state through a dead: the root's first expansion is mixed with its
+    best-h child a dead, a's is a dead expansion, the root's second all live. Read over
+    all its children, the root would be mixed twice with c (.9) the best, both times."""
+    spec = tree({"": [child("a", .6), child("b", .2), child("c", .9, end=True),
+                      child("d", .1)],
+                 "a": [child("a1", .4), child("a2", .3)], "a a1": [], "a a2": [], "b": []})
+    config = AStarConfig(k=2, n_complete=1, expansions_per_node=2)
+    [result] = run_search(1, lambda i: AStarPlanner(i, config), FakeExpander({0: spec}),
+                          HiddenQ(), include_trees=True, progress=False)
+    assert result.tree["expansion_order"] == [0, 1, 1, 0]
+    counts = search_choices.expansion_kinds(result.tree, lambda steps: "a" not in steps)
+    assert counts == {"expansions": 3, "dead_expansions": 1, "live_mixed": 1,
+                      "mixed_best_child_live": 0, "live_all_live": 1}
 
 
 def test_the_report_sums_each_methods_trees_over_their_own_problems(tmp_path, monkeypatch,
