@@ -333,6 +333,16 @@ def test_the_root_re_enters_at_the_best_f_of_all_its_expansions_children():
     assert result.steps == ("c",) and result.node_id == 3
 
 
+def test_the_root_re_enters_at_its_best_childs_f_when_every_child_is_below_zero():
+    """Children a (-.2) and b (-.5): the root re-enters at -.2, where a, deeper, goes
+    first and reaches a1; at a floor of 0 the root would be sampled again before a."""
+    spec = tree({"": [child("a", -.2), child("b", -.5)], "a": [child("a1", .5, end=True)]})
+    config = AStarConfig(k=2, n_complete=1, expansions_per_node=2)
+    [result], _, _ = search({0: spec}, config)
+    assert result.tree["expansion_order"] == [0, 1]
+    assert result.steps == ("a", "a1") and result.node_id == 3
+
+
 def test_a_terminal_on_top_between_a_rounds_pops_is_goal_tested_not_expanded():
     """Two expansions a round: once a (.9) is popped, the terminal t (.8) is on top; it is
     counted complete and the round's second node is b (.7), not t."""
