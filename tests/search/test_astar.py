@@ -365,6 +365,20 @@ def test_the_answer_is_the_best_complete_trajectory_not_the_first_reached():
     assert result.steps == ("a", "a1") and result.node_id == 3 and result.score == .9
 
 
+def test_a_complete_trajectory_beats_a_better_terminal_the_budget_left_unreached():
+    """Two expansions: t (.5) is reached, then a gives a1 (.95) and the terminal a2 (.9).
+    The budget is spent with a1 on top, so a2 is never popped: the answer is t, complete,
+    the one trajectory."""
+    spec = tree({"": [child("t", .5, end=True), child("a", .4)],
+                 "a": [child("a1", .95), child("a2", .9, end=True)]})
+    config = AStarConfig(k=2, n_complete=2, budget=Budget(max_expansions=2))
+    [result], _, _ = search({0: spec}, config)
+    assert result.tree["expansion_order"] == [0, 2]
+    assert result.outcome is Outcome.complete
+    assert (result.steps, result.node_id, result.score) == (("t",), 1, .5)
+    assert [(t.node_id, t.score) for t in result.trajectories] == [(1, .5)]
+
+
 def test_complete_trajectories_tied_on_f_go_to_the_lower_node_id():
     # a1 (3) and s (2) tie at .4: a1, deeper, is popped first, but s is the answer.
     spec = tree({"": [child("a", .9), child("s", .4, end=True)],
