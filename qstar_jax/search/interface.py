@@ -25,8 +25,7 @@ class Node:
     from it. ``g`` is the aggregated process reward, ``h`` the Q̂ of the edge that made
     the node (or of the path's edges, folded by the planner's ``h_agg``), ``f = g + λ·h``.
     ``handle`` is the expander's cache handle, opaque to search (None for the root: the
-    expander prefills the prompt itself). ``hidden`` [E] is the policy's hidden state at
-    the last token of the node's last step, or None.
+    expander prefills the prompt itself).
     """
 
     id: int
@@ -38,8 +37,6 @@ class Node:
     f: float
     terminal: bool
     handle: Any
-    step_logprob: float
-    hidden: np.ndarray | None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -28,7 +28,7 @@ class SearchTree:
         self._agg, self._h_agg = agg, h_agg
         self._lam = lam
         self.root = Node(id=0, parent=None, steps=(), depth=0, g=0.0, h=0.0, f=0.0,
-                         terminal=False, handle=None, step_logprob=0.0, hidden=None)
+                         terminal=False, handle=None)
         self._nodes: dict[int, Node] = {0: self.root}
         self._held: dict[int, Any] = {}  # node id -> handle not yet released
         self._released: list[Any] = []
@@ -78,8 +78,7 @@ class SearchTree:
             h = aggregate(self._h_agg, parent.h if parent.depth else None, item.q_value)
             node = Node(id=len(self._nodes), parent=parent.id, steps=parent.steps + (step.text,),
                         depth=parent.depth + 1, g=g, h=h, f=g + self._lam * h,
-                        terminal=step.ends_trace, handle=step.handle,
-                        step_logprob=float(step.logprob), hidden=step.hidden)
+                        terminal=step.ends_trace, handle=step.handle)
             self._nodes[node.id] = node
             if step.handle is not None:
                 self._held[node.id] = step.handle

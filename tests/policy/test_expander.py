@@ -52,7 +52,7 @@ class RecordingRuntime:
 
 
 ROOT = Node(id=0, parent=None, steps=(), depth=0, g=0.0, h=0.0, f=0.0, terminal=False,
-            handle=None, step_logprob=0.0, hidden=None)
+            handle=None)
 
 
 def _texts(first_child, num_children):
@@ -71,7 +71,7 @@ def test_a_second_expansion_samples_the_children_after_the_first():
 
 def _node(id, steps, handle):
     return Node(id=id, parent=0, steps=steps, depth=len(steps), g=0.0, h=0.0, f=0.0,
-                terminal=False, handle=handle, step_logprob=0.0, hidden=None)
+                terminal=False, handle=handle)
 
 
 def test_shared_expansion_samples_one_trie_per_path_and_slices_it_back():
