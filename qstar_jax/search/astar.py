@@ -74,8 +74,11 @@ class AStarPlanner(TreePlanner):
 
     The answer is the complete trajectory with the best f. If none was reached within
     the budget it is the best-f terminal node generated (``terminal_over_budget``), else
-    the best-f frontier node, the partial trajectory the search would have expanded next
-    (``partial``; the root, with no steps, if the frontier is empty).
+    the frontier node of best f, its own, ties to the lowest id (``partial``; the root,
+    with no steps, if the frontier is empty). That is the node the search would have
+    expanded next except at a tie, where the search takes the deeper node, and where the
+    root is back on the frontier: the search ranks it by its children's best f, the
+    answer by its own (0), so a partial answer has steps wherever one was generated.
     """
 
     def __init__(self, problem_index: int, config: AStarConfig):
