@@ -74,11 +74,11 @@ class AStarPlanner(TreePlanner):
 
     The answer is the complete trajectory with the best f. If none was reached within
     the budget it is the best-f terminal node generated (``terminal_over_budget``), else
-    the frontier node of best f, its own, ties to the lowest id (``partial``; the root,
-    with no steps, if the frontier is empty). That is the node the search would have
-    expanded next except at a tie, where the search takes the deeper node, and where the
-    root is back on the frontier: the search ranks it by its children's best f, the
-    answer by its own (0), so a partial answer has steps wherever one was generated.
+    the frontier node with steps of best f, ties to the lowest id (``partial``; the root,
+    with no steps, if the frontier holds no other). That is the node the search would
+    have expanded next except at a tie, where the search takes the deeper node, and where
+    the root is back on the frontier (``expansions_per_node``) at its children's best f:
+    a partial answer has steps wherever the frontier holds one, whatever the sign of f.
     """
 
     def __init__(self, problem_index: int, config: AStarConfig):
@@ -124,8 +124,8 @@ class AStarPlanner(TreePlanner):
             chosen, outcome = best_by_f(self._complete), Outcome.complete
         elif terminals := [entry[-1] for entry in self._frontier if entry[-1].terminal]:
             chosen, outcome = best_by_f(terminals), Outcome.terminal_over_budget
-        else:
-            frontier = [entry[-1] for entry in self._frontier]
+        else:  # the root answers only where no node with steps is left to
+            frontier = [entry[-1] for entry in self._frontier if entry[-1].depth]
             chosen, outcome = best_by_f(frontier) if frontier else self._tree.root, Outcome.partial
         return self._result(chosen, outcome, chosen.f, [(n, n.f) for n in self._complete],
                             include_tree=include_tree)

@@ -401,6 +401,19 @@ def test_a_partial_answer_is_the_best_f_frontier_node_not_the_re_entered_root():
     assert (result.steps, result.node_id, result.score) == (("b",), 2, .3)
 
 
+def test_a_partial_answer_has_steps_when_every_frontier_node_is_below_the_roots_zero():
+    """As above with every f below zero (the MBPP rule's rewards are -0.5): the root is
+    back at a's -.2, a is expanded twice, and the frontier holds the root (its own f 0),
+    b (-.5), a1 (-.6) and a2 (-.7). The answer is b, not the root with no steps."""
+    spec = tree({"": [child("a", -.2), child("b", -.5)],
+                 "a": [child("a1", -.6), child("a2", -.7)]})
+    config = AStarConfig(k=2, expansions_per_node=2, budget=Budget(max_expansions=3))
+    [result], _, _ = search({0: spec}, config)
+    assert result.tree["expansion_order"] == [0, 1, 1]
+    assert result.outcome is Outcome.partial
+    assert (result.steps, result.node_id, result.score) == (("b",), 2, -.5)
+
+
 @pytest.mark.parametrize("limit", ["max_expansions", "max_generated_tokens"])
 def test_a_budget_of_nothing_answers_the_empty_root_without_a_call(limit):
     config = AStarConfig(k=3, budget=Budget(**{limit: 0}))
