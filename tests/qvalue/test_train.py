@@ -135,6 +135,18 @@ def test_the_learning_rate_warms_up_linearly_then_falls_on_a_cosine_to_its_floor
     assert rates[4] == pytest.approx(0.1, rel=1e-4) and rates[12] == pytest.approx(0.02, rel=1e-4)
 
 
+def test_weight_decay_pulls_a_parameter_with_no_gradient_towards_zero():
+    """With a zero gradient Adam's own step is 0, so AdamW's update is the decay alone:
+    -learning rate x weight_decay x the parameter, at 0.01 unless set."""
+    params = {"w": np.array([2.0, -4.0], np.float32)}
+    zero = {"w": np.zeros(2, np.float32)}
+    for config, expected in [(TrainConfig(learning_rate=0.1, weight_decay=0.5), [-0.1, 0.2]),
+                             (TrainConfig(learning_rate=0.1), [-0.002, 0.004])]:
+        optimizer = make_optimizer(config)
+        updates, _ = jax.jit(optimizer.update)(zero, optimizer.init(params), params)
+        np.testing.assert_allclose(updates["w"], expected, rtol=1e-6)
+
+
 def test_roc_auc_counts_ordered_pairs_with_ties_as_half():
     positive = np.array([True, False, True, False, False])
     # Positive scores 3 and 1 against negatives 2, 1, 0: pairs won 3>2, 3>1, 3>0, 1>0
@@ -156,6 +168,9 @@ def test_roc_auc_of_graded_labels_is_the_share_of_label_ordered_pairs_scored_in_
     assert roc_auc(scores, labels) == pytest.approx(np.mean(brute))
 
 
+SIGMOID_QUARTER = 1 / (1 + math.exp(-0.25))
+
+
 @pytest.mark.parametrize(("loss", "output", "train_loss", "heldout_loss", "constant"), [
     # bias .25 on zero features: the logit or the value .25 for every row. BCE of logit
     # .25 is softplus(.25) against 0, softplus(-.25) against 1; the constant predictor's
@@ -163,7 +178,9 @@ def test_roc_auc_of_graded_labels_is_the_share_of_label_ordered_pairs_scored_in_
     ("bce", "sigmoid", math.log1p(math.exp(0.25)), math.log1p(math.exp(-0.25)),
      -math.log(1e-6)),
     ("mse", "raw", 0.25 ** 2, 0.75 ** 2, 1.0),
-], ids=["bce", "mse"])
+    # MSE on a sigmoid head reads its value sigmoid(.25), not the logit.
+    ("mse", "sigmoid", SIGMOID_QUARTER ** 2, (1 - SIGMOID_QUARTER) ** 2, 1.0),
+], ids=["bce", "mse", "mse_sigmoid"])
 def test_training_reads_only_training_rows_and_evaluates_only_held_out_ones(
         loss, output, train_loss, heldout_loss, constant):
     """Labels 0 on the 30 training rows and 1 on the 10 held-out ones, at learning rate 0
