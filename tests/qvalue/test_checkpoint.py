@@ -14,8 +14,9 @@ from qstar_jax.qvalue.backbone import BackboneQ
 from qstar_jax.qvalue.checkpoint import (BackboneIdentity, BackboneMismatchError, QCheckpointer,
                                          config_fingerprint, load_backbone_q, load_q_head,
                                          model_config_from_dict, read_metadata)
-from qstar_jax.qvalue.head import QHead, QHeadConfig
-from qstar_jax.qvalue.train import TrainConfig, make_optimizer, split_indices, train_q_model
+from qstar_jax.qvalue.head import QHead, QHeadConfig, QHeadModel
+from qstar_jax.qvalue.train import (TrainConfig, make_optimizer, roc_auc, split_indices,
+                                    train_q_model)
 from tests.decoding.tiny_models import YARN
 from tests.qvalue.tiny import BACKBONE, BACKBONE_HEAD, E, separable_features
 
@@ -122,13 +123,20 @@ def overfitted(overfitting_data, tmp_path_factory):
     return head, result, jax.tree.map(np.asarray, at_step_3)
 
 
-def test_a_run_ends_with_the_params_of_its_best_heldout_loss_not_its_last(overfitted):
+def test_a_run_ends_with_the_params_of_its_best_heldout_loss_not_its_last(overfitting_data,
+                                                                          overfitted):
     head, result, at_step_3 = overfitted
     losses = [loss for _, loss in result.heldout_losses]
     assert [step for step, _ in result.heldout_losses] == [3, 6, 9, 12]
     assert losses == sorted(losses) and losses[0] < losses[-1]  # rising throughout
     assert result.best_step == 3 and result.steps == 12 and not result.stopped_early
     jax.tree.map(np.testing.assert_array_equal, params_of(head), at_step_3)
+    # The reported AUC is the kept (step 3) params' over the 18 held-out rows: 64 of their
+    # 77 label-ordered pairs in order; step 12's would be 20 of 77.
+    x, y = overfitting_data
+    _, heldout = split_indices(len(y), EVERY_3)
+    assert result.heldout_auc == pytest.approx(64 / 77)
+    assert result.heldout_auc == roc_auc(QHeadModel(head).score_hidden(x[heldout]), y[heldout])
 
 
 def test_a_run_killed_after_its_best_step_resumes_to_the_best_params(tmp_path,
