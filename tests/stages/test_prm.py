@@ -5,6 +5,7 @@ import dataclasses
 import json
 from types import SimpleNamespace
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -156,7 +157,7 @@ def test_train_prm_samples_the_missing_completions_and_trains_on_their_share_rig
     ctx = RunContext(config=load_config(None, [
         "label.rollouts_per_state=2", "collect.temperature=0.7", "decode.max_steps=6",
         "decode.slots=3", "prm_training.labels=soft", "q_train.hidden_layers=2",
-        "q_train.loss=mse"]), out=tmp_path)
+        "q_train.loss=mse", "seed=5"]), out=tmp_path)
     ctx.__dict__["policy"] = SimpleNamespace(config=POLICY)  # not loaded
     ctx.__dict__["runtime"] = lambda problems, **kwargs: None  # the sampler needs none
     pairs = step_pairs(_rollouts(ctx.rollouts_path, ("a", "b", "d"), ("e", "f")))
@@ -173,7 +174,8 @@ def test_train_prm_samples_the_missing_completions_and_trains_on_their_share_rig
     trained = {}
 
     def train(head, features, labels, settings, directory, identity, *, mesh=None):
-        trained.update(head=head.head_config, features=features, labels=labels,
+        trained.update(head=head.head_config, params=nnx.state(head, nnx.Param),
+                       features=features, labels=labels,
                        settings=settings, directory=directory, identity=identity)
         directory.mkdir()  # as the checkpointer makes it
         return SimpleNamespace(steps=3, stopped_early=False, best_heldout_loss=0.5,
@@ -193,6 +195,9 @@ def test_train_prm_samples_the_missing_completions_and_trains_on_their_share_rig
     np.testing.assert_array_equal(trained["labels"], [0.5, 0.5, 1.0, 0.0, 1.0])
     np.testing.assert_array_equal(trained["features"], features)
     assert trained["head"] == QHeadConfig(hidden_size=32, mlp_widths=(32, 32), output="sigmoid")
+    # The head is drawn from the run's seed, 5.
+    jax.tree.map(np.testing.assert_array_equal, trained["params"],
+                 nnx.state(QHead(trained["head"], rngs=nnx.Rngs(5)), nnx.Param))
     # q_train's optimiser settings, with BCE whatever q_train.loss says.
     assert trained["settings"] == dataclasses.replace(train_config(ctx, 5), loss="bce")
     assert trained["directory"] == tmp_path / "prm"
