@@ -7,10 +7,12 @@ from types import SimpleNamespace
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from qstar_jax.config import load_config
 from qstar_jax.models.loading import LoadedModel
+from qstar_jax.qvalue.checkpoint import BackboneIdentity
 from qstar_jax.qvalue.dataset import LabelledStep, save_labelled
 from qstar_jax.qvalue.head import QHeadConfig
 from qstar_jax.qvalue.train import TrainResult
@@ -29,7 +31,11 @@ def encode(text):
     return [ord(c) % BACKBONE.vocab_size for c in text]
 
 
-def test_separate_q_trains_the_pretrained_model_on_each_steps_text(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("trainable_layers", "layer_rows"), [(1, [0.0, 1.0]), (0, [0.0, 0.0]),
+                                                          (-1, [1.0, 1.0])])
+def test_separate_q_trains_the_pretrained_model_on_each_steps_text(tmp_path, monkeypatch,
+                                                                   trainable_layers,
+                                                                   layer_rows):
     pretrained = LoadedModel(config=BACKBONE, model=random_backbone_q(seed=7).backbone,
                              tokenizer=SimpleNamespace(encode=encode, pad_id=0))
     loaded = []
@@ -39,7 +45,7 @@ def test_separate_q_trains_the_pretrained_model_on_each_steps_text(tmp_path, mon
 
     def fit(model, batch, labels, config, *, update_mask, checkpointer, mesh):
         fitted.update(model=model, batch=batch, labels=labels, config=config,
-                      mask=update_mask)
+                      mask=update_mask, checkpointer=checkpointer)
         return TrainResult(steps=3, stopped_early=False, best_step=None,
                            best_heldout_loss=None, heldout_losses=())
     monkeypatch.setattr(separate_q, "train_q_model", fit)
@@ -49,7 +55,7 @@ def test_separate_q_trains_the_pretrained_model_on_each_steps_text(tmp_path, mon
                         random_backbone_q(seed=0, config=config, head=head))
     ctx = RunContext(config=load_config(None, [
         "q_train.backbone=separate", "q_train.separate_model=/a/model",
-        "q_train.second_opinion=null", "q_train.trainable_layers=1",
+        "q_train.second_opinion=null", f"q_train.trainable_layers={trainable_layers}",
         "q_train.hidden_layers=2", "q_train.loss=mse", "task.train_problems=2"]), out=tmp_path)
     save_labelled(ctx.labels_path, STEPS)
     train_q(ctx)
@@ -68,7 +74,13 @@ def test_separate_q_trains_the_pretrained_model_on_each_steps_text(tmp_path, mon
     jax.tree.map(np.testing.assert_array_equal,
                  nnx.to_pure_dict(nnx.state(model.backbone, nnx.Param)),
                  nnx.to_pure_dict(nnx.state(pretrained.model, nnx.Param)))
-    # The last of the 2 layers trains; the first does not.
+    # At 1 the last of the 2 layers trains, at 0 neither (the head alone), at -1 both.
     for rows in jax.tree.leaves(fitted["mask"]["backbone"]["layers"]):
-        np.testing.assert_array_equal(rows.ravel(), [0.0, 1.0])
+        np.testing.assert_array_equal(rows.ravel(), layer_rows)
+    # Checkpointed in q_dir as a separate backbone of the loaded config, which is what
+    # load_backbone_q rebuilds the model from, under the head trained.
+    checkpointer = fitted["checkpointer"]
+    assert checkpointer.directory == ctx.q_dir
+    assert checkpointer.identity == BackboneIdentity.of_separate_backbone(BACKBONE)
+    assert checkpointer.head_config == model.head_config
     assert json.loads((tmp_path / "q_training.json").read_text())["examples"] == 3
