@@ -133,3 +133,20 @@ def test_without_a_gradient_each_step_only_decays_the_weights_by_its_learning_ra
     decay = (1 - 0.1 * 0.5) * (1 - 0.05 * 0.5)
     jax.tree.map(lambda old, new: np.testing.assert_allclose(new, old * decay, rtol=1e-6),
                  before, jax.tree.map(np.asarray, nnx.state(model, nnx.Param)))
+
+
+def test_each_step_draws_its_rows_by_the_seed():
+    """A step's batch rows come from the config's seed: at seed 1 the one row of step 0 is
+    NEXT_DIGIT's row 3 (seed 0 would draw row 6), and the loss logged there is row 3's
+    completion cross-entropy under the untrained model."""
+    model = LlamaModel(TINY_LM, rngs=nnx.Rngs(0))
+    tokens, mask = pack_examples(NEXT_DIGIT, pad_id=0)
+    log_probs = np.asarray(jax.nn.log_softmax(
+        model.logits(model.forward_sequence(jnp.asarray(tokens)))), np.float64)
+    row_losses = [-np.mean([log_probs[r, t, tokens[r, t + 1]] for t in (1, 2)])
+                  for r in range(len(NEXT_DIGIT))]
+    assert mask[:, 1:3].all() and mask.sum() == 2 * len(NEXT_DIGIT)
+    assert abs(row_losses[3] - row_losses[6]) > 1e-3
+    log = train_causal_lm(model, tokens, mask, LMTrainingConfig(
+        steps=1, batch_size=1, learning_rate=1e-3, warmup_steps=0, seed=1))
+    assert log["loss"] == [pytest.approx(row_losses[3], rel=1e-5)]
