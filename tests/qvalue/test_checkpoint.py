@@ -91,6 +91,11 @@ def test_a_finished_run_restores_without_training(tmp_path, data, uninterrupted)
     with checkpointer(tmp_path) as ck, pytest.raises(ValueError, match="same config and data"):
         train_q_model(head, *data, dataclasses.replace(CONFIG, seed=1), checkpointer=ck,
                       progress=False)
+    # The same config on a label set one row shorter is another run too.
+    x, y = data
+    with checkpointer(tmp_path) as ck, pytest.raises(
+            ValueError, match=f"'examples': {len(y)}}}, not {{.*'examples': {len(y) - 1}}}"):
+        train_q_model(head, x[:-1], y[:-1], CONFIG, checkpointer=ck, progress=False)
 
 
 # Saving at every evaluation, so one checkpoint holds the params of the best step.
