@@ -29,16 +29,16 @@ per row (``TrieStop``: the same on every row of a data shard), and a later call 
 more spares redraws the same tokens.
 
 On a paged cache (``PagedKVCache``) a row's slot is addressed through a page table the
-loop carries, and a split is a page-table fork: the new row takes its parent's entries
-for the full pages below the split (shared, never written again: every row writes only
-at and after its own position) and a lent page holding a copy of the parent's partly
-filled page at the split (the one page a split copies). Every other page a row writes in
-it takes from the lent pages when it first writes there, so a step holds the pages its
-tokens fill and no more. The host gives each group's row its own copy of the partly
-filled page it starts in, if shared, and lends each call enough pages for every page its
-rows can reach in its rounds (``PageTable.lend``); the rows' tables come back in
-``TrieOutput.page_table``, for the lent pages no row took to go back between calls
-(``PageTable.recall``) and for ``PageTable.settle`` at the trie's end.
+loop carries, and a split is a page-table fork (``trie_forks``): the new row takes its
+parent's entries for the full pages below the split (shared, never written again: every
+row writes only at and after its own position) and a lent page holding a copy of the
+parent's partly filled page at the split (the one page a split copies). Every other page
+a row writes in it takes from the lent pages when it first writes there, so a step holds
+the pages its tokens fill and no more. The host gives each group's row its own copy of
+the partly filled page it starts in, if shared, and lends each call enough pages for
+every page its rows can reach in its rounds (``PageTable.lend``); the rows' tables come
+back in ``TrieOutput.page_table``, for the lent pages no row took to go back between
+calls (``PageTable.recall``) and for ``PageTable.settle`` at the trie's end.
 
 A row's random key is its group's key folded with each token of its prefix in turn,
 and a draw folds that with its draw number: a group's steps depend only on its own key,
@@ -68,15 +68,16 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from qstar_jax.decoding.kv_cache import KVCache
-from qstar_jax.decoding.paged_cache import PagedKVCache, copied_pages
+from qstar_jax.decoding.paged_cache import PagedKVCache
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_sampler import EndReason, end_reason_after
 from qstar_jax.decoding.trie_draws import TrieDraws, round_draws
+from qstar_jax.decoding.trie_forks import (FORK_CHUNK, TriePages, copy_caches, fork_pages,
+                                          pages_for_writes)
 from qstar_jax.decoding.weights import DecoderWeights
 from qstar_jax.models.cache_pages import PagedRows
 from qstar_jax.models.shared_prefix import SharedPrefixRows
 
-FORK_CHUNK = 16  # cache copies per inner iteration: rounds rarely split more rows
 
 
 @functools.partial(jax.tree_util.register_dataclass,
@@ -151,18 +152,6 @@ class TrieRows:
     prefix_rows: jax.Array | None = None
     prefix_group: jax.Array | None = None
     prefix_len: jax.Array | None = None
-
-
-@struct.dataclass
-class TriePages:
-    """A paged cache's rows while a trie is sampled: their page tables and the lent pages
-    that splits take (N page-table entries per row, P pages, F lent-page capacity)."""
-
-    rows: PagedRows        # page_table [R, N] int32: each row's pages (P: none), as the
-                           # model call addresses them
-    lent: jax.Array        # [F] int32 the pages the host lent, in the order splits take
-                           # them (P past the loan)
-    taken: jax.Array       # [] int32 lent pages taken so far
 
 
 @struct.dataclass
@@ -316,12 +305,13 @@ def _one_round(model, weights: DecoderWeights, rows: TrieRows,
     new_draws = jnp.minimum(new_draws, num_draws - 1)
     if state.pages is None:  # the slot pool: copy the parent's row into the child's slot
         children = jnp.where(valid, rows.slots[target[new_draws]], state.k.shape[1])
-        k, v = _copy_caches(state.k, state.v, children, rows.model_slots[parent[new_draws]],
-                            jnp.sum(is_new), rows.window)
+        k, v = copy_caches(state.k, state.v, children, rows.model_slots[parent[new_draws]],
+                           jnp.sum(is_new), rows.window)
         pages, model_rows = None, rows.model_slots
     else:  # pages: fork the parent's page table
-        k, v, pages = _fork_pages(state, jnp.where(valid, target[new_draws], batch),
-                                  parent[new_draws], jnp.sum(is_new))
+        k, v, pages = fork_pages(state.k, state.v, state.pages, state.positions,
+                                 jnp.where(valid, target[new_draws], batch), parent[new_draws],
+                                 jnp.sum(is_new))
         model_rows = pages.rows
 
     def moved(values, new_values=None):
@@ -337,7 +327,7 @@ def _one_round(model, weights: DecoderWeights, rows: TrieRows,
     moved_positions = moved(state.positions)
     feed_positions = jnp.where(fed_now, moved_positions, max_len)
     if pages is not None:
-        pages = _pages_for_writes(pages, feed_positions, state.k.shape[1], state.k.shape[3])
+        pages = pages_for_writes(pages, feed_positions, state.k.shape[1], state.k.shape[3])
         model_rows = pages.rows
     group = moved(state.group)
     if rows.prefix_rows is not None:
@@ -401,84 +391,3 @@ def _shared_prefix_rows(rows: TrieRows, model_rows, group, fed, suffix_window: i
     return SharedPrefixRows(rows=model_rows, prefix_rows=prefix, prefix_len=rows.prefix_len,
                             members=members, row_group=row_group, row_member=row_member,
                             prefix_window=rows.window, suffix_window=suffix_window)
-
-
-def _copy_caches(k, v, children, parents, num_new, window):
-    """k/v of slot ``parents[i]`` into slot ``children[i]`` for i < num_new, positions
-    below ``window`` (static) only."""
-    return _copy_in_chunks(
-        k, v, parents, children, num_new,
-        lambda x, parent, child: x.at[:, child, :, :window].set(x[:, parent, :, :window],
-                                                                mode="drop"))
-
-
-def _copy_in_chunks(k, v, sources, targets, num_new, copy):
-    """``copy(array, sources, targets)`` of k and v for the first ``num_new`` pairs, in
-    chunks of FORK_CHUNK (the index arrays are padded to whole chunks)."""
-    def copy_chunk(i, kv):
-        source = jax.lax.dynamic_slice(sources, (i * FORK_CHUNK,), (FORK_CHUNK,))
-        target = jax.lax.dynamic_slice(targets, (i * FORK_CHUNK,), (FORK_CHUNK,))
-        return tuple(copy(x, source, target) for x in kv)
-
-    chunks = (num_new + FORK_CHUNK - 1) // FORK_CHUNK
-    return jax.lax.fori_loop(0, chunks, copy_chunk, (k, v))
-
-
-def _fork_pages(state: TrieLoopState, children: jax.Array, parents: jax.Array,
-                num_new: jax.Array):
-    """The paged splits of one round: row ``children[i]`` (R: none; the real ones first,
-    ``num_new`` of them) forks row ``parents[i]`` at the parent's position. The child's
-    table takes the parent's entries below that position's page; the parent's partly
-    filled page there, if any, is copied into a lent page of the child's (copy on write:
-    the parent goes on writing its own). The child's later pages are taken as it reaches
-    them (``_pages_for_writes``). Returns (k, v, pages)."""
-    pages = state.pages
-    table = pages.rows.page_table
-    num_pages, page_size = state.k.shape[1], state.k.shape[3]
-    forks = children < table.shape[0]
-    position = state.positions[parents]
-    first = position // page_size  # the first entry the child writes
-    partial = forks & (position % page_size != 0)
-    own, pages = _take_lent(pages, partial, num_pages)  # no page where not partial
-    entries = jnp.arange(table.shape[1])[None, :]
-    parent_tables = table[parents]
-    child_tables = jnp.where(entries < first[:, None], parent_tables,
-                             jnp.where(entries == first[:, None], own[:, None], num_pages))
-    sources = jnp.take_along_axis(parent_tables, first[:, None], axis=1, mode="clip")[:, 0]
-    k, v = _copy_pages(state.k, state.v, jnp.where(partial, sources, num_pages), own,
-                       num_new)
-    pages = pages.replace(rows=dataclasses.replace(
-        pages.rows, page_table=table.at[children].set(child_tables, mode="drop")))
-    return k, v, pages
-
-
-def _take_lent(pages: TriePages, takes: jax.Array, no_page: int
-               ) -> tuple[jax.Array, TriePages]:
-    """The next lent page for each row of ``takes`` [n] bool, in row order (``no_page``
-    for the others, and past the loan), and the pages with them taken."""
-    need = takes.astype(jnp.int32)
-    offsets = pages.taken + jnp.cumsum(need) - need
-    taken = jnp.take(pages.lent, offsets, mode="fill", fill_value=no_page)
-    return (jnp.where(takes, taken, no_page),
-            pages.replace(taken=pages.taken + jnp.sum(need)))
-
-
-def _pages_for_writes(pages: TriePages, positions: jax.Array, no_page: int,
-                      page_size: int) -> TriePages:
-    """Each row writing at ``positions`` [R] (M or more: no write) in a page its table
-    lacks takes the next lent page there: a row's pages beyond the one it starts in are
-    taken as it reaches them, so a step that ends early holds no pages past its end."""
-    table = pages.rows.page_table
-    entry = jnp.minimum(positions // page_size, table.shape[1] - 1)
-    current = jnp.take_along_axis(table, entry[:, None], axis=1)[:, 0]
-    lacking = (positions < table.shape[1] * page_size) & (current == no_page)
-    page, pages = _take_lent(pages, lacking, no_page)
-    rows = jnp.arange(table.shape[0])
-    return pages.replace(rows=dataclasses.replace(
-        pages.rows, page_table=table.at[rows, entry].set(jnp.where(lacking, page, current))))
-
-
-def _copy_pages(k, v, sources, targets, num_new):
-    """k/v page ``sources[i]`` into page ``targets[i]`` (P: none) for i < num_new. No
-    target is a source: targets are freshly lent pages."""
-    return _copy_in_chunks(k, v, sources, targets, num_new, copied_pages)
