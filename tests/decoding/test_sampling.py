@@ -57,6 +57,14 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     assert _kept(LOGITS, temperature=1.0, top_p=1.0) == [[0, 1, 2, 3, 4]]
 
 
+def test_top_p_stops_at_the_token_whose_mass_reaches_p_exactly():
+    # Powers of two: the masses before each token, 0, .5, .75, .875, are exact in float32.
+    halving = np.log(np.array([0.5, 0.25, 0.125, 0.0625, 0.0625], np.float32))
+    assert _kept(halving, temperature=1.0, top_p=0.5) == [[0]]
+    assert _kept(halving, temperature=1.0, top_p=0.75) == [[0, 1]]
+    assert _kept(halving, temperature=1.0, top_p=0.76) == [[0, 1, 2]]
+
+
 def test_temperature_comes_before_top_p():
     # At temperature 2 the probabilities are ~[.34, .21, .19, .15, .11]: four tokens are
     # needed to reach 0.75, against three at temperature 1.
@@ -141,7 +149,9 @@ def test_a_draw_is_the_token_jax_random_categorical_draws():
     for params in (SamplingParams.make(4, temperature=temperatures),
                    # Rows 0, 1 and 3 filter, row 2 does not: a batch that must sort.
                    SamplingParams.make(4, temperature=temperatures, top_k=[0, 7, 0, 3],
-                                       top_p=[0.5, 1.0, 1.0, 1.0])):
+                                       top_p=[0.5, 1.0, 1.0, 1.0]),
+                   # Rows 1 and 3 filter by top-k alone: the batch must sort too.
+                   SamplingParams.make(4, temperature=temperatures, top_k=[0, 7, 0, 3])):
         tokens, _ = sample(logits, keys, params)
         candidates = filtered_logits(logits, params)
         np.testing.assert_array_equal(tokens, jax.vmap(jax.random.categorical)(keys, candidates))
@@ -151,6 +161,8 @@ def test_a_draw_is_the_token_jax_random_categorical_draws():
 
 @pytest.mark.parametrize("settings, message", [
     (dict(temperature=-0.5), "temperature must be finite and >= 0"),
+    (dict(temperature=np.inf), "temperature must be finite and >= 0"),
+    (dict(temperature=[1.0, np.nan]), "temperature must be finite and >= 0"),
     (dict(top_k=-1), "top_k must be >= 0"),
     (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
     (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
