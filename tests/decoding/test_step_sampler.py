@@ -79,6 +79,28 @@ def test_rows_do_not_depend_on_batch_company_or_order(random_decoder):
     assert together[0][0] != together[2][0]  # sampling really is on
 
 
+def test_a_token_is_drawn_by_its_problem_key_node_id_and_position(random_decoder,
+                                                                 full_forward):
+    """At temperature 30 (near uniform draws), row 0's tokens at positions 11-16 are the
+    ones ``jax.random.categorical`` draws with ``fold_in(fold_in(key(9), 5), position)``
+    from the full forward pass's logits; row 1 (the same prompt, key and node id) draws
+    them again, and rows 2 and 3, another node id or another key, draw other steps."""
+    slots = random_decoder.allocate(4)
+    random_decoder.prefill(slots, [PROMPTS[1]] * 4)
+    step = random_decoder.sample_steps(slots, problem_keys=_keys(9, 9, 9, 10),
+                                       node_ids=[5, 5, 6, 5],
+                                       params=SamplingParams.make(4, temperature=30.0),
+                                       max_tokens=6)
+    node_key = jax.random.fold_in(jax.random.key(9), 5)
+    history = list(PROMPTS[1])
+    for position in range(11, 17):
+        logits = full_forward(history)[1][-1]
+        history.append(int(jax.random.categorical(jax.random.fold_in(node_key, position),
+                                                  logits / 30.0)))
+    assert step.row_tokens(0) == step.row_tokens(1) == history[11:]
+    assert step.row_tokens(2) != history[11:] and step.row_tokens(3) != history[11:]
+
+
 def test_top_k_and_top_p_filter_the_steps_draws(random_decoder):
     """At temperature 30 the random model's draws are near uniform; top-k 1, or a top-p
     below the likeliest token's mass, leaves only the argmax: those rows sample the greedy
