@@ -67,6 +67,25 @@ def test_a_groups_steps_do_not_depend_on_the_other_groups(random_decoder):
         (s.tokens, s.count, s.logprob) for s in together]
 
 
+def test_a_group_draws_with_its_own_row_of_the_key_table(random_decoder):
+    """Group 7 at key row 2 of KEYS draws the trie it draws alone from a table holding only
+    KEYS[2]; group 7 at key row 0 beside it draws another."""
+    params = SamplingParams.make(1, temperature=HOT)
+    [slot] = random_decoder.allocate(1)
+    random_decoder.prefill([slot], [PROMPT])
+    (alone,), _ = sample_trie_steps(random_decoder, [slot], [3], key_table=KEYS[2:3],
+                                    key_rows=[0], group_ids=[7], params=params, max_tokens=5)
+    random_decoder.free([s.slot for s in alone])
+    slots = random_decoder.allocate(2)
+    random_decoder.prefill(slots, [PROMPT] * 2)
+    (first_row, third_row), _ = sample_trie_steps(
+        random_decoder, slots, [3, 3], key_table=KEYS, key_rows=[0, 2], group_ids=[7, 7],
+        params=SamplingParams.make(2, temperature=HOT), max_tokens=5)
+    assert [(s.tokens, s.count, s.logprob) for s in third_row] == [
+        (s.tokens, s.count, s.logprob) for s in alone]
+    assert {s.tokens for s in first_row}.isdisjoint({s.tokens for s in alone})
+
+
 def test_first_tokens_follow_the_models_distribution(random_decoder, full_forward):
     _, logits = full_forward(PROMPT)
     probs = np.asarray(jax.nn.softmax(logits[-1] / HOT))
