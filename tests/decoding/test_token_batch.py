@@ -40,8 +40,9 @@ def test_bad_batches_are_rejected(lists, kwargs, message):
         pad_token_batch(lists, **kwargs)
 
 
-@pytest.mark.parametrize("n,expected", [(1, 1), (5, 6), (6, 6), (7, 8), (40, 48), (49, 64),
-                                        (97, 128), (129, 192), (200, 256)])
+# Below 8 the buckets stay powers of two: 3 rows go in 4, not in three quarters of 4.
+@pytest.mark.parametrize("n,expected", [(1, 1), (3, 4), (4, 4), (5, 6), (6, 6), (7, 8), (40, 48),
+                                        (49, 64), (97, 128), (129, 192), (200, 256)])
 def test_fine_buckets_add_three_quarters_of_each_power_of_two(n, expected):
     assert bucket_size(n, fine=True) == expected
 
