@@ -62,6 +62,8 @@ def test_exhausted_pool_says_what_to_do(random_decoder):
     ([99], [[1]], r"\[99\] are not allocated"),
     ([0, 0], [[1], [2]], "repeat a slot"),
     (list(range(9)), [[1]] * 9, "9 slots for a pool of 8 slots"),
+    ([1.0], [[1]], "slots must be a non-empty 1-D list of slot ids"),
+    ([[0, 1]], [[1], [2]], "slots must be a non-empty 1-D list of slot ids"),
 ])
 def test_bad_prefill_is_rejected_before_device_work(random_decoder, slots, token_lists, message):
     random_decoder.allocate(2)
@@ -73,6 +75,8 @@ def test_bad_prefill_is_rejected_before_device_work(random_decoder, slots, token
 
 @pytest.mark.parametrize("overrides, message", [
     (dict(problem_keys=np.arange(2)), "problem_keys must be 2 typed PRNG keys"),
+    # A legacy raw key is a jax.Array of shape (2,) too, but of uint32, not typed.
+    (dict(problem_keys=jax.random.PRNGKey(0)), r"typed PRNG keys .*, got uint32 \(2,\)"),
     (dict(problem_keys=jax.random.split(jax.random.key(0), 3)), "problem_keys must be 2"),
     (dict(node_ids=[0, -1]), r"node_ids must be 2 integers in \[0, 2\*\*31\)"),
     (dict(node_ids=[0, 2**31]), r"node_ids must be 2 integers in \[0, 2\*\*31\)"),
@@ -113,6 +117,9 @@ def test_freed_slots_cannot_be_used(random_decoder):
 def test_newline_table_must_match_the_vocabulary(random_model):
     with pytest.raises(ValueError, match=r"newline_table must be a bool array of shape \(64,\)"):
         Decoder(random_model, num_slots=2, max_len=8, newline_table=np.zeros(50, bool))
+    with pytest.raises(ValueError, match=r"newline_table must be a bool array of shape \(64,\), "
+                                         r"got int32 \(64,\)"):
+        Decoder(random_model, num_slots=2, max_len=8, newline_table=np.zeros(64, np.int32))
     for eos_id in (64, -1):
         with pytest.raises(ValueError, match="eos_ids .* outside the vocabulary"):
             Decoder(random_model, num_slots=2, max_len=8, newline_table=np.zeros(64, bool),
