@@ -212,6 +212,7 @@ def test_a_full_slot_gives_one_empty_step_and_costs_nothing(random_decoder):
 @pytest.mark.parametrize("overrides, message", [
     (dict(counts=[2, 0]), "give one count >= 1 per slot"),
     (dict(key_rows=[0, 4]), "key_rows must be 2 indices into the 4 keys"),
+    (dict(key_rows=[0, -1]), "key_rows must be 2 indices into the 4 keys"),
     (dict(group_ids=[0, -1]), r"group_ids must be 2 integers in \[0, 2\*\*31\)"),
     (dict(params=SamplingParams.make(3)), r"temperature has shape \(3,\), expected \(2,\)"),
     (dict(max_tokens=0), "max_tokens must be integers >= 1"),
