@@ -231,6 +231,18 @@ def test_bad_trie_inputs_are_rejected_before_device_work(random_decoder, overrid
     assert random_decoder.cache is cache and random_decoder.pool.num_free == free
 
 
+def test_a_spare_that_is_a_groups_own_slot_is_refused_before_device_work(random_decoder):
+    slots = random_decoder.allocate(2)
+    random_decoder.prefill(slots, [PROMPT, PROMPT])
+    cache = random_decoder.cache
+    with pytest.raises(ValueError, match=r"slots and spares \[0, 1, 0\] repeat a slot"):
+        random_decoder.sample_trie(slots, [2, 1], [slots[0]], key_table=KEYS, key_rows=[0, 1],
+                                   group_ids=[0, 1], params=SamplingParams.make(2),
+                                   max_tokens=3)
+    assert random_decoder.cache is cache
+    np.testing.assert_array_equal(random_decoder.lengths(slots), [3, 3])
+
+
 def test_calls_in_the_same_buckets_compile_once(wide_decoder):
     _sample(wide_decoder, [3, 2], [1, 2])  # 5 rows (bucket 8), counts up to 3 (bucket 4)
     assert wide_decoder.trace_counts["sample_trie"] == 1
