@@ -1,9 +1,11 @@
 import contextlib
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.jit_calls import LastCall, out_shardings
@@ -12,6 +14,7 @@ from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_sampler import EndReason
 from qstar_jax.decoding.trie_chunks import ChunkedTrie
+from qstar_jax.models.llama import LlamaModel
 from tests.decoding.stepping import generate_steps
 from tests.decoding.tiny_models import RANDOM_MAX_LEN
 
@@ -124,6 +127,18 @@ def test_newline_table_must_match_the_vocabulary(random_model):
         with pytest.raises(ValueError, match="eos_ids .* outside the vocabulary"):
             Decoder(random_model, num_slots=2, max_len=8, newline_table=np.zeros(64, bool),
                     eos_ids=[eos_id])
+
+
+def test_a_negative_step_chunk_and_shared_prefix_over_a_sliding_window_are_refused(random_model):
+    with pytest.raises(ValueError, match=r"step_chunk must be >= 0 \(0: a step in one call\), "
+                                         "got -1"):
+        Decoder(random_model, num_slots=2, max_len=8, newline_table=np.zeros(64, bool),
+                step_chunk=-1)
+    windowed = LlamaModel(dataclasses.replace(random_model.config, sliding_windows=(3, 3)),
+                          rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="shared_prefix attention has no sliding window"):
+        Decoder(windowed, num_slots=2, max_len=8, newline_table=np.zeros(64, bool),
+                shared_prefix=True)
 
 
 @pytest.mark.parametrize("page_size", [0, 4])
