@@ -167,6 +167,8 @@ def test_a_draw_is_the_token_jax_random_categorical_draws():
     (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
     (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
     (dict(temperature=[1.0, 1.0, 1.0]), r"temperature has shape \(3,\), expected \(2,\)"),
+    (dict(top_k=[1, 2, 3]), r"top_k has shape \(3,\), expected \(2,\)"),
+    (dict(top_p=[0.5]), r"top_p has shape \(1,\), expected \(2,\)"),
 ])
 def test_bad_params_are_rejected(settings, message):
     with pytest.raises(ValueError, match=message):
