@@ -60,6 +60,7 @@ def test_exhausted_pool_says_what_to_do(random_decoder):
     ([0], [[1] * (RANDOM_MAX_LEN + 1)], "has 65 tokens but its slot has room for 64"),
     ([0], [[1, 64]], r"outside \[0, 64\)"),
     ([0], [[1, -1]], r"outside \[0, 64\)"),
+    ([0], [[1.0, 2.0]], r"row 0 holds token ids outside \[0, 64\)"),  # floats, not ids
     ([0, 1], [[1]], "1 token lists for 2 slots; give one token list per slot"),
     ([5], [[1]], r"\[5\] are not allocated"),
     ([99], [[1]], r"\[99\] are not allocated"),
