@@ -315,6 +315,22 @@ def test_pool_exhaustion_is_raised_before_anything_changes():
         table.reserve([a], [20], [21])
 
 
+def test_a_write_copies_a_shared_page_only_when_it_keeps_tokens_of_it():
+    table = PageTable(num_slots=3, num_pages=8, page_size=PAGE_SIZE, max_len=MAX_LEN)
+    a, b, c = table.allocate(3)
+    table.reserve([a], [0], [6])  # pages 0 and 1, positions 4 and 5 in page 1
+    table.fork([a, a], [b, c])
+    # From page 1's start b keeps none of its tokens: a new page, nothing copied.
+    sources, targets = table.reserve([b], [4], [8])
+    assert (sources.tolist(), targets.tolist()) == ([], [])
+    # From position 5 c keeps position 4: page 1 is copied into its new page.
+    sources, targets = table.reserve([c], [5], [8])
+    assert (sources.tolist(), targets.tolist()) == ([1], [3])
+    assert table.table[b, :2].tolist() == [0, 2] and table.table[c, :2].tolist() == [0, 3]
+    assert table.refcounts[:4].tolist() == [3, 1, 1, 1]
+    table.check_counts()
+
+
 def test_lent_pages_come_back_unless_a_forked_slot_holds_them():
     table = PageTable(num_slots=4, num_pages=10, page_size=PAGE_SIZE, max_len=MAX_LEN)
     parent, child, other = table.allocate(3)
