@@ -16,6 +16,7 @@ SPLITS = [
     ("assert not is_prime(4)", ["is_prime(4)"]),
     ("assert is_prime(5)", ["is_prime(5)"]),
     ("assert f(None) is None", ["f(None)"]),
+    ("assert f(0) is False", ["f(0)"]),
     ("assert math.isclose(area(2), 12.566, rel_tol=0.001)", ["area(2)"]),
     ("assert f(1) == 2 and g(2) == 3", ["f(1)", "g(2)"]),
     ("assert f(1) is g(1)", None),
@@ -168,6 +169,15 @@ JUDGEMENTS = [
     ("assert f(1) not in [1, 2]", ["1"], False),
     ("assert f(1) is not None", ["0"], True),
     ("assert f(1) is not None", ["None"], False),
+    ("assert f(0) is False", ["False"], True),
+    ("assert f(0) is False", ["0"], False),
+    # Each order comparison at its boundary: > and >= differ only at equality.
+    ("assert f(1) > 2", ["3"], True),
+    ("assert f(1) > 2", ["2"], False),
+    ("assert f(1) >= 2", ["2"], True),
+    ("assert f(1) >= 2", ["1"], False),
+    ("assert f(1) < 2", ["2"], False),
+    ("assert f(1) <= 2", ["2"], True),
     # Near zero only abs_tol can pass: rel_tol scales with |0|.
     ("assert math.isclose(f(0), 0.0, abs_tol=1e-09)", ["1e-12"], True),
     ("assert math.isclose(f(0), 0.0, abs_tol=1e-09)", ["1e-06"], False),
