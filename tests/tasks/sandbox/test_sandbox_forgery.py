@@ -4,10 +4,12 @@ and a killed or stopped supervisor."""
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import pytest
 
+from qstar_jax.tasks.sandbox.sandbox import _parse_report
 from tests.tasks.sandbox.programs import (HOSTILE_TIMEOUT_S, REMOVE_ODD, REMOVE_ODD_TESTS,
                                           WRONG_REMOVE_ODD, daemon_program, grade)
 
@@ -237,3 +239,29 @@ def test_stopping_the_supervisor_times_out(isolation: str, marker: str) -> None:
                + REMOVE_ODD)
     result = grade(program, isolation=isolation, timeout_s=HOSTILE_TIMEOUT_S)
     assert (result.passed, result.status) == (False, "timeout")
+
+
+# ---------------------------------------------------------------- the parent's reading
+
+NONCE = "a" * 32
+
+
+def _report_line(step: object, nonce: str = NONCE) -> str:
+    return json.dumps({"nonce": nonce, "step": step, "ok": True}) + "\n"
+
+
+def test_the_report_is_read_only_with_this_runs_nonce_and_in_order() -> None:
+    loaded = {"nonce": NONCE, "step": "program", "ok": True}
+    # A line cut short (by the kill at a timeout) is dropped; the lines before it stand.
+    cut = _report_line("program") + _report_line(0)[:20]
+    assert _parse_report(cut.encode(), NONCE, False) == ([loaded], "")
+    foreign = _report_line("program") + _report_line(0, nonce="b" * 32)
+    assert _parse_report(foreign.encode(), NONCE, False) == (
+        None, "report line without this run's nonce: "
+        + repr(_report_line(0, nonce="b" * 32)[:-1]))
+    skipped = _report_line("program") + _report_line(1)
+    assert _parse_report(skipped.encode(), NONCE, False) == (
+        None, "report steps out of order: ['program', 1]")
+    assert _parse_report(_report_line(0).encode(), NONCE, False) == (
+        None, "report steps out of order: [0]")
+    assert _parse_report(b"", NONCE, True) == (None, "the report exceeded 16777216 bytes")
