@@ -146,6 +146,24 @@ def test_values_without_a_short_literal_come_back_as_themselves() -> None:
     assert wrong.detail == "test 1 failed: assert one() == (5,)\n  one() returned 5"
 
 
+def test_every_plain_type_comes_back_as_itself() -> None:
+    # A dict (keys and values in place), bytes, None, a bool, a complex and a set.
+    program = "def data():\n    return {'a': (1, b'x\\x00'), 2: [None, True, 1.5, 2-3j, {3}]}\n"
+    tests = ["assert data() == {'a': (1, b'x\\x00'), 2: [None, True, 1.5, 2-3j, {3}]}"]
+    assert grade(program, tests).detail == "all 1 tests passed"
+    wrong = grade(program.replace("b'x", "b'y"), tests)
+    assert wrong.detail == (f"test 1 failed: {tests[0]}\n  data() returned "
+                            "{'a': (1, b'y\\x00'), 2: [None, True, 1.5, (2-3j), {3}]}")
+
+
+def test_an_int_too_long_to_print_fails_its_test() -> None:
+    result = grade("def big():\n    return 10 ** 5000\n", ["assert big() > 0"])
+    assert result.status == "failed"
+    # The rest of the line is Python's own wording.
+    assert result.detail.startswith("test 1 failed: assert big() > 0\nbig() returned an int "
+                                    "too long to print: Exceeds the limit (4300 digits)")
+
+
 # ---------------------------------------------------------------- arguments and fallback
 
 @pytest.mark.parametrize(("arguments", "error", "message"), [
