@@ -7,6 +7,7 @@ import pytest
 
 from qstar_jax.tasks.base import MalformedRecordError
 from qstar_jax.tasks.code_answers import HiddenTests, code_from_completion
+from qstar_jax.tasks.sandbox.sandbox import ExecResult
 from qstar_jax.tasks.mbpp import MBPP_FORMAT, MbppSanitizedTask, MbppTask
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "mbpp"
@@ -150,6 +151,17 @@ def test_setup_code_is_run_before_the_tests(full):
     # The tests of 903 call math.sqrt; the program itself imports nothing.
     program = "def root2(x):\n    return round(x ** 0.5, 2)\n```"
     assert MbppTask().grade(full[903], program)
+
+
+@pytest.mark.parametrize("status", ["passed", "failed", "timeout", "error", "memory_exceeded",
+                                    "killed"])
+def test_only_a_passed_run_grades_as_right(status, full, monkeypatch):
+    # A timeout, a crash or a memory limit is never a pass, whatever the tests did before it.
+    monkeypatch.setattr(HiddenTests, "run", lambda *_, **__: ExecResult(
+        passed=status == "passed", status=status, detail="stubbed"))
+    task, answer = MbppTask(), "def max_of_three(a, b, c):\n    return 5\n```"
+    assert (task.grade(full[901], answer), task.grade_status(full[901], answer)) == (
+        status == "passed", status)
 
 
 def test_broken_or_empty_programs_fail(full):
