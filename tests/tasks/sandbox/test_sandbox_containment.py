@@ -180,6 +180,17 @@ def test_bubblewrap_hides_the_repository_and_the_system_is_read_only() -> None:
     assert result.status == "passed", result.detail
 
 
+@pytest.mark.skipif(not BUBBLEWRAP_WORKS, reason="bubblewrap unusable here")
+def test_bubblewrap_gives_the_program_namespaces_of_its_own() -> None:
+    # Not the caller's: no shared memory or message queues (ipc), hostname (uts), process
+    # list (pid), network or mounts.
+    kinds = ("ipc", "uts", "pid", "net", "mnt")
+    tests = [f"assert os.readlink('/proc/self/ns/{kind}') != "
+             f"{os.readlink(f'/proc/self/ns/{kind}')!r}" for kind in kinds]
+    result = grade("import os\n", tests, isolation="bubblewrap")
+    assert result.detail == "all 5 tests passed"
+
+
 def test_sandbox_process_is_isolated_limited_and_unprivileged(isolation: str) -> None:
     tests = [
         "assert sys.flags.isolated == 1",
