@@ -156,6 +156,15 @@ def test_every_plain_type_comes_back_as_itself() -> None:
                             "{'a': (1, b'y\\x00'), 2: [None, True, 1.5, (2-3j), {3}]}")
 
 
+def test_a_value_nested_past_64_levels_fails_its_test() -> None:
+    # nest(65)'s innermost list is 64 levels below the outermost: the deepest allowed.
+    program = ("def nest(levels):\n    value = []\n    for _ in range(levels - 1):\n"
+               "        value = [value]\n    return value\n")
+    tests = [f"assert nest({n}) == {'[' * n + ']' * n}" for n in (65, 66)]
+    assert grade(program, tests).detail == (
+        f"test 2 failed: {tests[1]}\nnest(66) returned a value nested deeper than 64")
+
+
 def test_an_int_too_long_to_print_fails_its_test() -> None:
     result = grade("def big():\n    return 10 ** 5000\n", ["assert big() > 0"])
     assert result.status == "failed"
