@@ -129,6 +129,14 @@ def test_forged_worker_messages_do_not_pass(forged: str, isolation: str) -> None
     assert result.detail.startswith("test 1 failed")
 
 
+def test_a_forged_error_is_cut_to_4000_characters_by_the_supervisor() -> None:
+    # The worker keeps a traceback's last 4000 characters; a program writing its own error
+    # message gets no more through.
+    program = _forger('[{"error": "e" * 5000 + "!", "kind": "exception"}]') + "forge()\n"
+    assert grade(program).detail == (
+        "the program (or setup) raised before the tests ran:\n" + "e" * 4000)
+
+
 # HumanEval's shape: the asserts sit inside a test function called on the entry point.
 CHECK_REMOVE_ODD = ("def check(candidate):\n    assert candidate([1, 2, 3]) == [2]\n"
                     "    assert candidate([2, 4, 6]) == [2, 4, 6]\n\ncheck(remove_odd)\n")
