@@ -181,6 +181,25 @@ def test_bubblewrap_hides_the_repository_and_the_system_is_read_only() -> None:
 
 
 @pytest.mark.skipif(not BUBBLEWRAP_WORKS, reason="bubblewrap unusable here")
+def test_under_bubblewrap_only_the_scratch_and_private_trees_are_mounted_writable() -> None:
+    # The system directories, the interpreter's install and the harness are bound
+    # read-only: not even a world-writable directory inside them can be written to.
+    program = textwrap.dedent("""\
+        import os
+        def writable_mounts():
+            points = []
+            for line in open("/proc/self/mountinfo"):
+                point, options = line.split()[4:6]
+                if options.split(",")[0] == "rw" and point.split("/")[1] not in ("proc", "dev"):
+                    points.append(point)
+            return sorted(points)
+        """)
+    result = grade(program, ["assert writable_mounts() == ['/', '/tmp', os.getcwd()]"],
+                   isolation="bubblewrap")
+    assert result.detail == "all 1 tests passed"
+
+
+@pytest.mark.skipif(not BUBBLEWRAP_WORKS, reason="bubblewrap unusable here")
 def test_bubblewrap_gives_the_program_namespaces_of_its_own() -> None:
     # Not the caller's: no shared memory or message queues (ipc), hostname (uts), process
     # list (pid), network or mounts.
