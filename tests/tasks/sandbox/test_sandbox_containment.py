@@ -228,7 +228,9 @@ def test_sandbox_process_is_isolated_limited_and_unprivileged(isolation: str) ->
         tests.append("assert resource.getrlimit(resource.RLIMIT_NPROC) == (32, 32)")
     if os.geteuid() == 0:
         tests += ["assert os.getuid() != 0", "assert os.geteuid() != 0",
-                  "assert os.getgroups() == []"]
+                  "assert os.getgroups() == []",
+                  # Real, effective and saved ids alike: the throwaway user's, gid = uid.
+                  "assert os.getresuid() == os.getresgid() == (os.getuid(),) * 3"]
     if os.geteuid() == 0 and isolation == "bubblewrap":
         # Bubblewrap binds the interpreter where anyone can read it: no capability is kept
         # (under limits alone, CAP_DAC_READ_SEARCH is where strangers cannot read it).
