@@ -14,6 +14,7 @@ from qstar_jax.tasks import make_task
 from qstar_jax.tasks.base import MalformedRecordError
 from qstar_jax.tasks.humaneval import HumanEvalTask, problem_from_record
 from qstar_jax.tasks.code_answers import HiddenTests
+from qstar_jax.tasks.sandbox.sandbox import ExecResult
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "humaneval"
 REAL = ("HumanEval/0", "HumanEval/2", "HumanEval/12")  # a few of the package's problems
@@ -102,6 +103,17 @@ def test_an_answer_faking_equality_fails(fixture_task):
             "    return Same()")
     assert fixture_task.grade(problem, completion("    return a + b"))
     assert not fixture_task.grade(problem, completion(fake))
+
+
+def test_the_sandbox_runs_the_prompt_then_the_body_under_the_tasks_limits(fixture_task,
+                                                                          monkeypatch):
+    calls = []
+    monkeypatch.setattr(HiddenTests, "run", lambda tests, program, **limits: calls.append(
+        (program, limits)) or ExecResult(passed=False, status="failed", detail=""))
+    problem = fixture_task.load("full")[0]
+    HumanEvalTask().grade(problem, completion("    return a + b"))
+    assert calls == [(problem.question + "    return a + b\n",
+                      {"timeout_s": 10.0, "memory_mb": 512})]
 
 
 def test_tests_that_time_out_are_failed_and_logged_and_grading_goes_on(caplog, fixture_task):

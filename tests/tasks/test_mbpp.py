@@ -164,6 +164,18 @@ def test_only_a_passed_run_grades_as_right(status, full, monkeypatch):
         status == "passed", status)
 
 
+def test_the_sandbox_gets_the_answers_code_and_the_tasks_limits(full, monkeypatch):
+    calls = []
+    monkeypatch.setattr(HiddenTests, "run", lambda tests, program, **limits: calls.append(
+        (tests, program, limits)) or ExecResult(passed=True, status="passed", detail=""))
+    answer = "```python\ndef max_of_three(a, b, c):\n    return 5\n```\nprose"
+    MbppTask().grade(full[901], answer)
+    MbppSanitizedTask(timeout_s=2.5, memory_mb=256).grade(full[901], answer)
+    program = "def max_of_three(a, b, c):\n    return 5"
+    assert calls == [(full[901].reference, program, {"timeout_s": 5.0, "memory_mb": 512}),
+                     (full[901].reference, program, {"timeout_s": 2.5, "memory_mb": 256})]
+
+
 def test_broken_or_empty_programs_fail(full):
     task = MbppTask()
     assert not task.grade(full[902], "def reverse_words(sentence)\n    return sentence\n```")
