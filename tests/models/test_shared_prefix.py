@@ -15,24 +15,27 @@ TABLES = [[0, 1, 2], [0, 3, 4]]  # page 0 shared; each row its own copy of page 
 SCALE = 0.6
 
 
-def sequences(rng):
-    """Each row's keys (or values) [T, 1, D] up to its position: a shared prefix, then
-    its own."""
-    shared = rng.normal(size=(PREFIX_LEN, 1, HEAD_DIM))
-    return [np.concatenate([shared, rng.normal(size=(pos + 1 - PREFIX_LEN, 1, HEAD_DIM))])
-            for pos in POSITIONS]
+def sequences(rng, positions=POSITIONS, prefix_lens=(PREFIX_LEN,), row_group=(0, 0),
+              kv_heads=1):
+    """Each row's keys (or values) [T, K, D] up to its position: its group's shared
+    prefix, then its own."""
+    shared = [rng.normal(size=(length, kv_heads, HEAD_DIM)) for length in prefix_lens]
+    return [np.concatenate([shared[group], rng.normal(size=(pos + 1 - prefix_lens[group],
+                                                            kv_heads, HEAD_DIM))])
+            for pos, group in zip(positions, row_group)]
 
 
-def laid_out(seqs, *, paged: bool):
+def laid_out(seqs, *, paged: bool, tables=TABLES):
     """The rows' sequences in a one-layer cache; every other entry 100, which a read past
     a row's position or of a page not its own would show."""
+    kv_heads = seqs[0].shape[1]
     if paged:
-        cache = np.full((1, 8, 1, PAGE_SIZE, HEAD_DIM), 100.0)
-        for table, seq in zip(TABLES, seqs):
+        cache = np.full((1, 8, kv_heads, PAGE_SIZE, HEAD_DIM), 100.0)
+        for table, seq in zip(tables, seqs):
             for p, key in enumerate(seq):
                 cache[0, table[p // PAGE_SIZE], :, p % PAGE_SIZE] = key
     else:
-        cache = np.full((1, len(seqs), 1, SLOT_LEN, HEAD_DIM), 100.0)
+        cache = np.full((1, len(seqs), kv_heads, SLOT_LEN, HEAD_DIM), 100.0)
         for slot, seq in enumerate(seqs):
             cache[0, slot, :, :len(seq)] = seq.transpose(1, 0, 2)
     return jnp.asarray(cache, jnp.float32)
@@ -60,13 +63,53 @@ def test_both_partial_softmaxes_merge_to_attention_over_each_whole_row(paged, su
     attend = jax.jit(lambda rows, *args: rows.attend_one_token(*args, SCALE))  # one compile
     got = attend(cascade, jnp.asarray(q, jnp.float32), laid_out(keys, paged=paged),
                  laid_out(values, paged=paged), 0, jnp.asarray(POSITIONS)[:, None])
-    for row in range(len(POSITIONS)):
-        for head in range(HEADS):
-            scores = keys[row][:, 0] @ q[row, 0, head] * SCALE
+    np.testing.assert_allclose(np.asarray(got), attention_over_whole_rows(q, keys, values),
+                               atol=1e-5)
+
+
+# Two groups: group 0 (prefix 6) holds rows 1 and 2, group 1 (prefix 3) row 0 alone, its
+# second member entry the padding row R = 3. Each group's prefix is read from one of its
+# rows (row 1, row 0); two kv heads of two query heads each.
+GROUP_POSITIONS, GROUP_PREFIX_LENS, ROW_GROUP = [5, 9, 7], (6, 3), (1, 0, 0)
+GROUP_TABLES = [[5, 6, 7], [0, 1, 2], [0, 3, 4]]
+
+
+@pytest.mark.parametrize("paged", [True, False], ids=["pages", "row slots"])
+def test_rows_of_two_groups_attend_to_their_own_groups_prefix_over_two_kv_heads(paged):
+    rng = np.random.default_rng(1)
+    keys, values = (sequences(rng, GROUP_POSITIONS, GROUP_PREFIX_LENS, ROW_GROUP, kv_heads=2)
+                    for _ in range(2))
+    q = rng.normal(size=(len(GROUP_POSITIONS), 1, 2 * HEADS, HEAD_DIM))
+    if paged:
+        tables = jnp.asarray(GROUP_TABLES, jnp.int32)
+        rows = PagedRows(page_table=tables)
+        prefix_rows = PagedRows(page_table=tables[jnp.asarray([1, 0])])
+    else:
+        rows, prefix_rows = jnp.arange(3, dtype=jnp.int32), jnp.asarray([1, 0], jnp.int32)
+    cascade = SharedPrefixRows(
+        rows=rows, prefix_rows=prefix_rows, prefix_len=jnp.asarray(GROUP_PREFIX_LENS),
+        members=jnp.asarray([[1, 2], [0, 3]]), row_group=jnp.asarray(ROW_GROUP),
+        row_member=jnp.asarray([0, 0, 1]), prefix_window=8, suffix_window=4 if paged else 8)
+    cache_k, cache_v = (laid_out(seqs, paged=paged, tables=GROUP_TABLES)
+                        for seqs in (keys, values))
+    got = jax.jit(lambda rows, *args: rows.attend_one_token(*args, SCALE))(
+        cascade, jnp.asarray(q, jnp.float32), cache_k, cache_v, 0,
+        jnp.asarray(GROUP_POSITIONS)[:, None])
+    np.testing.assert_allclose(np.asarray(got), attention_over_whole_rows(q, keys, values),
+                               atol=1e-5)
+
+
+def attention_over_whole_rows(q, keys, values):
+    """Softmax attention at SCALE of each row's query heads [R, 1, H, D] over its keys and
+    values [T, K, D], query head h reading kv head h // (H / K)."""
+    out = np.zeros_like(q)
+    for row, (k, v) in enumerate(zip(keys, values)):
+        group = q.shape[2] // k.shape[1]
+        for head in range(q.shape[2]):
+            scores = k[:, head // group] @ q[row, 0, head] * SCALE
             weights = np.exp(scores - scores.max())
-            np.testing.assert_allclose(np.asarray(got[row, 0, head]),
-                                       weights @ values[row][:, 0] / weights.sum(),
-                                       atol=1e-5)
+            out[row, 0, head] = weights @ v[:, head // group] / weights.sum()
+    return out
 
 
 def test_slot_writes_land_at_their_positions_and_padding_past_the_slot_is_dropped():
