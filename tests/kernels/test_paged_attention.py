@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from jax.experimental.pallas.ops.gpu import paged_attention as jax_paged_attention
 
+import qstar_kernels.paged_attention as dispatch_module
 from qstar_kernels import paged_attention_gpu
 from qstar_kernels import (compiling_for, paged_decode_attention, paged_decode_attention_gpu,
                            paged_decode_attention_reference, paged_decode_attention_tpu,
@@ -243,6 +244,27 @@ def test_auto_takes_jnp_on_cpu_and_pallas_on_accelerators():
     assert resolve_implementation("jnp", "tpu") == "jnp"
     with pytest.raises(ValueError, match="one of"):
         resolve_implementation("triton")
+
+
+def test_the_dispatch_hands_window_and_scale_to_the_implementation_it_picks(monkeypatch):
+    """paged_decode_attention with window 5 and scale 0.7 calls, with both and the same
+    arguments: the reference under "jnp" and "auto" on this CPU, the GPU kernel
+    interpreted under "pallas" and compiled for a GPU, the TPU kernel for a TPU."""
+    calls = []
+    for name in ("reference", "gpu", "tpu"):
+        def record(*args, name=name, **options):
+            calls.append((name, args, options))
+        monkeypatch.setattr(dispatch_module, f"paged_decode_attention_{name}", record)
+    args = ("q", "k_pages", "v_pages", "page_table", "lengths", 1)
+    for implementation, platform in (("jnp", "cpu"), ("auto", "cpu"), ("pallas", "cpu"),
+                                     ("auto", "gpu"), ("auto", "tpu"), ("jnp", "tpu")):
+        with compiling_for(platform):
+            paged_decode_attention(*args, window=5, scale=0.7, implementation=implementation)
+    chosen = dict(window=5, scale=0.7)
+    assert calls == [("reference", args, chosen), ("reference", args, chosen),
+                     ("gpu", args, dict(chosen, interpret=True)),
+                     ("gpu", args, dict(chosen, interpret=False)), ("tpu", args, chosen),
+                     ("reference", args, chosen)]
 
 
 def test_a_jax_without_pallas_triton_takes_the_jnp_path_on_gpus(monkeypatch):
