@@ -302,3 +302,32 @@ def test_bad_inputs_are_named():
         paged_decode_attention_gpu(*args, keys_per_block=8)
     with pytest.raises(ValueError, match="lengths must be"):
         paged_decode_attention_reference(*args[:4], args[4][:1], args[5])
+
+
+def test_bad_shapes_and_sizes_are_named_by_argument():
+    args, _, _ = random_paged_cache(4, lengths=[5, 20], page_size=16, kv_heads=1, heads=2,
+                                    queries=1)
+    q, k_pages, v_pages, page_table, lengths, layer = args
+    refused = [
+        ((q[:, 0], k_pages, v_pages, page_table),
+         r"q must be \[slots, queries, heads, head_dim\], got shape \(2, 2, 16\)"),
+        ((q, k_pages, v_pages[..., :8], page_table),
+         r"k_pages and v_pages must both be .* got \(2, 9, 1, 16, 16\) and \(2, 9, 1, 16, 8\)"),
+        ((q[..., :8], k_pages, v_pages, page_table), "q's head_dim 8 differs from the pages' 16"),
+        ((q, k_pages, v_pages, page_table.astype(jnp.float32)),
+         r"page_table must be integer \[2, pages_per_slot\], got float32 \(2, 4\)"),
+        ((q, k_pages, v_pages, page_table[:1]),
+         r"page_table must be integer \[2, pages_per_slot\], got int32 \(1, 4\)")]
+    for kernel in (paged_decode_attention_reference, paged_decode_attention_gpu,
+                   paged_decode_attention_tpu):
+        for bad, message in refused:
+            with pytest.raises(ValueError, match=message):
+                kernel(*bad, lengths, layer)
+    with pytest.raises(ValueError, match="keys_per_block must be a power of two, got 48"):
+        paged_decode_attention_gpu(*args, keys_per_block=48)
+    narrow = (q[..., :8], k_pages[..., :8], v_pages[..., :8], page_table, lengths, layer)
+    with pytest.raises(ValueError, match=r"head_dim of at least 16 .*, got 8"):
+        paged_decode_attention_gpu(*narrow)
+    wide = [jnp.concatenate([x, x[..., :8]], axis=-1) for x in (q, k_pages, v_pages)]
+    with pytest.raises(ValueError, match="a head_dim that is a power of two, got 24"):
+        paged_decode_attention_gpu(*wide, page_table, lengths, layer)
