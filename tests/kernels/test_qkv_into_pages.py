@@ -105,6 +105,26 @@ def test_a_padding_row_writes_nothing():
     np.testing.assert_allclose(np.asarray(q_rows), np.asarray(expected[0]), atol=2e-5)
 
 
+def test_bad_shapes_are_named():
+    """Fused rows one short of (4 + 2 * 2) heads of 16, a head_dim of 12 (pairs of 4 a
+    program: a multiple of 8), and 1 query row for the 2 query heads of a kv head."""
+    c = case(5, [3])
+    table = PagedRows(page_table=c["table"])
+    page, offset = table.targets(c["positions"][:, None], PAGE_SIZE, c["k_pages"].shape[1])
+
+    def call(qkv_rows, k_pages, v_pages, query_rows=ROWS):
+        return qkv_into_pages_gpu(
+            c["x"], c["norm_weight"], qkv_rows, None, c["positions"], page[:, 0], offset[:, 0],
+            jnp.ones(1, jnp.int32), k_pages, v_pages, 0, c["inv_freq"], num_heads=HEADS,
+            num_kv_heads=KV_HEADS, query_rows=query_rows, interpret=True)
+    with pytest.raises(ValueError, match=r"qkv_rows must be \[128, 64\], got \(127, 64\)"):
+        call(c["qkv_rows"][:-1], c["k_pages"], c["v_pages"])
+    with pytest.raises(ValueError, match="head_dim must be a multiple of 8, got 12"):
+        call(c["qkv_rows"][:96], c["k_pages"][..., :12], c["v_pages"][..., :12])
+    with pytest.raises(ValueError, match="query_rows 1 is under the 2 query heads"):
+        call(c["qkv_rows"], c["k_pages"], c["v_pages"], query_rows=1)
+
+
 def test_kernel_in_bfloat16_rounds_where_the_decoder_does():
     c = case(3, [4, 9], bias=True, dtype=jnp.bfloat16)
     for ours, theirs in zip(kernels_path(c, 1, interpret=True), decoders_path(c, 1)):
