@@ -14,8 +14,10 @@ from qstar_jax.decoding.kv_cache import SlotPoolExhausted, init_cache
 from qstar_jax.decoding.paged_cache import (PagePoolExhausted, PageTable, Paging, copy_pages,
                                             fork_slot_state, init_paged_cache)
 from qstar_jax.decoding.sampling import SamplingParams
+from qstar_jax.models import cache_pages
 from qstar_jax.models.cache_pages import PagedRows
 from qstar_jax.models.llama import LlamaModel
+from qstar_kernels import paged_decode_attention
 
 PAGE_SIZE, MAX_LEN = 4, 32
 
@@ -202,21 +204,32 @@ def test_copy_on_write_never_changes_a_siblings_tokens(random_model):
 
 
 @pytest.mark.parametrize("window", [None, 3], ids=["full attention", "sliding window"])
-def test_decode_through_the_pallas_kernel_matches_the_jnp_path(random_model, window):
+def test_decode_through_the_pallas_kernel_matches_the_jnp_path(random_model, window,
+                                                               monkeypatch):
     """With a sliding window of 3, the decode step at position 10 sees 3 of its 11 keys:
-    the window reaches the kernel as it does the jnp path."""
+    the window reaches the kernel as it does the jnp path. Under "pallas" the decode step
+    (not the prefill) asks the kernel's dispatch for "pallas"; under "jnp" it never asks."""
     model = random_model
     if window is not None:
         config = dataclasses.replace(random_model.config, sliding_windows=(window,) * 2)
         model = LlamaModel(config, rngs=nnx.Rngs(0))
-    hidden = {}
+    asked = []
+
+    def recording_dispatch(*args, implementation, **options):
+        asked.append((args[0].shape, implementation))
+        return paged_decode_attention(*args, implementation=implementation, **options)
+    monkeypatch.setattr(cache_pages, "paged_decode_attention", recording_dispatch)
+    hidden, dispatched = {}, {}
     for attention in ("jnp", "pallas"):  # "pallas" interprets the GPU kernel on CPU
         paged = PagedModel(model, attention=attention)
         parent, child = paged.table.allocate(2)
         paged.feed([parent], [PREFIX])
         paged.fork([parent], [child])
         hidden[attention] = paged.feed([parent, child], [[11], [12]])
+        dispatched[attention], asked[:] = set(asked), []
     np.testing.assert_allclose(hidden["pallas"], hidden["jnp"], atol=1e-5)
+    heads, head_dim = model.config.num_heads, model.config.head_dim
+    assert dispatched == {"jnp": set(), "pallas": {((2, 1, heads, head_dim), "pallas")}}
 
 
 @pytest.mark.parametrize("shards", [1, 3])
