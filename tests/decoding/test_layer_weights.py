@@ -57,7 +57,14 @@ def test_a_decoder_on_a_gpu_reads_the_transposed_copy(monkeypatch, random_model)
 
 @pytest.mark.parametrize("mode", [m for m in LAYER_WEIGHTS if m != "auto"])
 def test_the_weights_hold_the_layers_as_each_named_reading_says(random_model, mode):
+    """And the token loops' model calls get that reading: the per-layer states and their
+    graph, or the scan, unrolled for 'unrolled' only."""
     held = DecoderWeights.of(random_model, mode)
     assert held.mode == mode
     assert (held.layers is None, held.unroll) == (mode in ("stacked", "unrolled"),
                                                   mode == "unrolled")
+    arguments = held.layer_arguments()
+    assert arguments.keys() == {"layers", "layer_def", "unroll"}
+    assert arguments["layers"] is held.layers and arguments["layer_def"] is held.layer_def
+    assert arguments["unroll"] is (mode == "unrolled")
+    assert (arguments["layer_def"] is None) == (mode in ("stacked", "unrolled"))
