@@ -153,8 +153,10 @@ def test_kernels_never_read_entries_past_a_slots_last_page(kernel):
     """The paged cache marks a slot's unused entries with the pool size, a page that does
     not exist: a kernel that read one would, on a device, read past the pool. Here the
     entries point (in interpret mode, clipped) at a last page full of NaN that no slot
-    uses, so a kernel that read it, even masked, would return NaN."""
-    args, _, _ = random_paged_cache(5, lengths=[0, 1, 17, 33, 50, 64], page_size=16,
+    uses, so a kernel that read it, even masked, would return NaN. A slot of 32 tokens
+    fills its first two pages exactly: its third entry, the first it must not read, is
+    where a kernel that counted its pages as 32 // 16 + 1 would read."""
+    args, _, _ = random_paged_cache(8, lengths=[0, 1, 17, 32, 33, 50, 64], page_size=16,
                                     kv_heads=2, heads=4, queries=1)
     q, k_pages, v_pages, page_table, lengths, layer = args
     pool = k_pages.shape[1]
