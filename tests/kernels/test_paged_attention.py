@@ -187,6 +187,19 @@ def test_gpu_kernel_lowers_to_triton_without_a_gpu(page_size, keys_per_block):
                                                       lengths, layer)
 
 
+def test_gpu_kernel_pads_query_rows_past_16_to_a_power_of_two():
+    """6 queries a slot (a trie round's) of SmolLM2's 3 query heads per kv head: 18 rows,
+    which Triton takes only padded to 32; lowered for an H200 as above."""
+    assert [paged_attention_gpu.query_rows(t, g) for t, g in ((1, 3), (6, 3), (1, 32))] == \
+        [16, 32, 32]
+    q = jax.ShapeDtypeStruct((4, 6, 9, 64), jnp.bfloat16)
+    pages = jax.ShapeDtypeStruct((2, 70, 3, 16, 64), jnp.bfloat16)
+    table, lengths = (jax.ShapeDtypeStruct(shape, jnp.int32) for shape in ((4, 8), (4,)))
+    assert "__gpu$xla.gpu.triton" in lowered_for_h200(
+        paged_decode_attention_gpu, q, pages, pages, table, lengths,
+        jax.ShapeDtypeStruct((), jnp.int32))
+
+
 def lowered_for_h200(function, *args) -> str:
     """``function`` jitted, traced on ``args`` and lowered for CUDA on this CPU: its
     StableHLO text."""
