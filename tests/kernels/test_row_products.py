@@ -76,6 +76,26 @@ def test_eps_reaches_the_norm_on_the_reference_and_the_kernel(monkeypatch):
     np.testing.assert_allclose(np.asarray(got), expected, atol=2e-5, rtol=2e-5)
 
 
+def test_rows_product_hands_every_option_to_the_path_it_picks(monkeypatch):
+    """Stand-ins for both paths record what rows_product hands them: under "pallas" for
+    2 tokens the kernel gets x, the rows and every option as given (with interpret=True
+    on this CPU); under "jnp", and under "pallas" for MAX_ROWS + 1 tokens, the reference
+    gets them."""
+    calls = []
+    for name in ("rows_product_gpu", "rows_product_reference"):
+        def record(*args, name=name, **options):
+            calls.append((name, args, options))
+        monkeypatch.setattr(row_products_module, name, record)
+    options = dict(norm_weight="norm", eps=0.5, gated=True, bias="bias", residual="residual",
+                   x_segments=(16, 32))
+    few, many = jnp.zeros((2, WIDTH)), jnp.zeros((MAX_ROWS + 1, WIDTH))
+    for x, implementation in ((few, "pallas"), (few, "jnp"), (many, "pallas")):
+        rows_product(x, "rows", **options, implementation=implementation)
+    assert calls == [("rows_product_gpu", (few, "rows"), dict(options, interpret=True)),
+                     ("rows_product_reference", (few, "rows"), options),
+                     ("rows_product_reference", (many, "rows"), options)]
+
+
 @pytest.mark.parametrize("tokens", [1, 3, MAX_ROWS])  # 3 is padded to Triton's 4
 @pytest.mark.parametrize("use", list(USES))
 def test_gpu_kernel_matches_the_reference_in_interpret_mode(use, tokens):
