@@ -163,3 +163,49 @@ def test_the_peers_step_ends_at_its_first_newline_or_eos(monkeypatch):
         ("b", (1, 9), True, None),  # EOS kept in the tokens, not in the text
         ("bce", (1, 2, 4), True, None),  # at the token cap
         ("", (9,), True, None)]
+
+
+def test_the_peers_expansion_counts_k_prefills_of_the_node_text_and_k_rows_of_kv(monkeypatch):
+    """A 3-child expansion of a node whose text (prompt "pq", step "r") encodes to 4
+    tokens: generate asked for 3 samples at temperature 0.7, at most 6 new tokens, no
+    top-k or top-p, seeded by the (problem, node, first child) id; it prefilled 3 x 4 =
+    12 tokens, its 3 rows of 4 + 5 tokens peak at 3 x 9 x 10 KV bytes, and its steps
+    (each cut at its first newline, token 3) generated 3 + 1 + 5 tokens."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    from peer_expansion import TransformersExpander
+    from qstar_jax.policy.runtime import stable_id
+
+    calls = []
+
+    class Model:
+        config, device = SimpleNamespace(vocab_size=10), torch.device("cpu")
+
+        def generate(self, input_ids, *, attention_mask, generation_config,
+                     stopping_criteria):
+            calls.append((input_ids.tolist(), attention_mask.tolist(), generation_config,
+                          torch.initial_seed()))
+            new = [[1, 2, 3, 0, 0], [3, 0, 0, 0, 0], [1, 2, 4, 5, 6]]
+            return torch.tensor([input_ids[0].tolist() + row for row in new])
+
+    tokenizer = SimpleNamespace(
+        encode=lambda text: [5 + "pqr\n".index(c) for c in text], eos_ids=[9], pad_id=0,
+        newline_table=lambda vocab: np.array([t == 3 for t in range(vocab)]),
+        decode=lambda ids: "".join("\n" if t == 3 else "abcdefghij"[t] for t in ids))
+    task = SimpleNamespace(is_terminal_step=lambda text: False)
+    peer = TransformersExpander(Model(), tokenizer, task, [SimpleNamespace(id="p0")], ["pq"],
+                                step_token_cap=6, kv_token_bytes=10)
+    request = SimpleNamespace(problem_index=0, num_children=3, first_child=4,
+                              temperature=0.7, node=SimpleNamespace(id=2, steps=["r"]))
+    steps, = peer.expand([request])
+    (ids, mask, generation, seed), = calls
+    assert ids == [[5, 6, 7, 8]] and mask == [[1, 1, 1, 1]]
+    assert seed == stable_id("p0", 2, 4)
+    assert (generation.num_return_sequences, generation.max_new_tokens, generation.do_sample,
+            generation.temperature, generation.top_k, generation.top_p) == (
+        3, 6, True, 0.7, 0, 1.0)
+    assert [s.token_ids for s in steps] == [(1, 2, 3), (3,), (1, 2, 4, 5, 6)]
+    assert (peer.prefilled_tokens(0), peer.generated_tokens(0)) == (3 * 4, 3 + 1 + 5)
+    assert peer.peak_kv_bytes == 3 * (4 + 5) * 10
+    assert (peer.prefilled_tokens(1), peer.generated_tokens(1)) == (0, 0)
