@@ -76,3 +76,45 @@ def test_the_roofline_and_the_products_by_hand():
     # q 4 x 5 = 20 outputs, k and v 2 x 5 = 10, o back to 12; gate, up and down over 20.
     assert bench_decode.layer_product_shapes(cfg) == [
         (12, 20), (12, 10), (12, 10), (20, 12), (12, 20), (12, 20), (20, 12)]
+
+
+def test_the_matmul_cap_by_hand(monkeypatch):
+    """Stand-in product times, a microsecond per input row and output column per copy
+    timed: the cap of 2 rows is 2 x 64 tokens over the prompt's 128 rows through every
+    layer's products (3 layers) plus 64 steps of 2 rows through them and the LM head."""
+    import bench_decode
+
+    timed = []
+
+    def product_seconds(rows, shape, copies, dtype):
+        timed.append((rows, shape, copies))
+        return rows * sum(shape) * 1e-6
+
+    monkeypatch.setattr(bench_decode, "product_seconds", product_seconds)
+    cfg = ModelConfig(model_type="llama", vocab_size=32, hidden_size=12, intermediate_size=20,
+                      num_layers=3, num_heads=4, num_kv_heads=2, head_dim=5)
+    layer = sum(sum(shape) for shape in bench_decode.layer_product_shapes(cfg))  # 218
+    head = 12 + 32
+    total = 3 * 128 * layer * 1e-6 + 64 * (3 * 2 * layer + 2 * head) * 1e-6
+    assert bench_decode.matmul_cap_tok_s(cfg, 2, "float32") == pytest.approx(2 * 64 / total)
+    # Each layer product timed on the layers' 3 distinct weights, the head on its one.
+    assert sorted(set(timed)) == sorted(
+        {(rows, shape, 3) for rows in (128, 2)
+         for shape in bench_decode.layer_product_shapes(cfg)} | {(2, (12, 32), 1)})
+
+
+def test_timings_leave_the_warm_up_call_out(monkeypatch):
+    """Calls taking 9 (the warm-up), 4, 1 and 2 s on a stand-in clock: 3 timed, the median
+    2 s and the fastest 1 s."""
+    import bench_decode
+
+    clock, durations = [0.0], iter([9.0, 4.0, 1.0, 2.0] * 2)
+
+    def run():
+        clock[0] += next(durations)
+
+    monkeypatch.setattr(bench_decode.time, "perf_counter", lambda: clock[0])
+    assert bench_decode.timings(run, 3) == [4.0, 1.0, 2.0]
+    assert bench_decode.median_seconds(run, 3) == 2.0
+    durations = iter([9.0, 4.0, 1.0, 2.0])
+    assert bench_decode.fastest_seconds(run, 3) == 1.0
