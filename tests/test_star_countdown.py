@@ -10,6 +10,9 @@ import types
 from fractions import Fraction
 from pathlib import Path
 
+import pytest
+
+from qstar_jax.config import PolicyTrainingConfig
 from qstar_jax.search.interface import Generation
 from qstar_jax.tasks.countdown.task import CountdownTask
 
@@ -164,3 +167,54 @@ def test_rationales_are_sampled_a_few_prompts_a_call_at_half_the_slot_length(mon
                      [(2, "x", 2, 0.8, "star"), (1, "w", 2, 0.8, "star")],
                      [(0, "v", 2, 0.8, "star")]]
     assert rationales == [[(f"{p} 1", f"{p} {j}") for j in range(2)] for p in "zyxwv"]
+
+
+def test_a_policy_trains_with_the_configs_settings_and_each_evaluation_runs_the_config(
+        tmp_path, monkeypatch):
+    """train_policy_on packs the (prompt, steps) pairs and trains at the settings' batch
+    size, learning rate and gradient clip, warming up for at most a fifth of its steps
+    (100 of 1000, 7 of 37), at the given seed; evaluate copies the policy into the run's
+    folder once and runs the STaR config there with the overrides, reading its methods'
+    summary, and stops the experiment where the run fails."""
+    train, evaluate = SCRIPT["train_policy_on"], SCRIPT["evaluate"]
+    packed, trained, saved, runs = [], [], [], []
+    for name, stand_in in [
+            ("trace_examples", lambda tokenizer, prompts, steps: (tokenizer, prompts, steps)),
+            ("pack_examples", lambda examples, pad: packed.append((examples, pad))
+             or ("tokens", "mask")),
+            ("train_causal_lm", lambda model, tokens, mask, config, desc:
+             trained.append((model, tokens, mask, config, desc)) or "log"),
+            ("save_policy", lambda *saving: saved.append(saving))]:
+        monkeypatch.setitem(train.__globals__, name, stand_in)
+    tokenizer = types.SimpleNamespace(pad_token_id=3)
+    settings = PolicyTrainingConfig(batch_size=8, learning_rate=0.5, warmup_steps=100,
+                                    max_grad_norm=2.5)
+    for steps, warmup in ((1000, 100), (37, 7)):
+        train("model", tokenizer, [("p1", ["a", "b"]), ("p2", ["c"])], steps, 4,
+              tmp_path / "round_0", settings)
+        config = trained[-1][3]
+        assert (config.steps, config.batch_size, config.learning_rate, config.warmup_steps,
+                config.seed, config.max_grad_norm) == (steps, 8, 0.5, warmup, 4, 2.5)
+    assert packed[-1] == ((tokenizer, ["p1", "p2"], [["a", "b"], ["c"]]), 3)
+    assert trained[-1][:3] == ("model", "tokens", "mask")
+    assert trained[-1][4] == "train round_0"
+    assert saved[-1] == ("model", tokenizer, "log", tmp_path / "round_0")
+
+    def run_pipeline(argv):
+        runs.append(argv)
+        out = Path(argv[-1])
+        (out / "summary.json").write_text(json.dumps({"methods": {"greedy": {"accuracy": .5}}}))
+        return 0 if len(runs) == 1 else 1
+
+    monkeypatch.setitem(evaluate.__globals__, "run_pipeline", run_pipeline)
+    policy = tmp_path / "weak_policy"
+    policy.mkdir()
+    (policy / "weights").write_text("weak")
+    folder = tmp_path / "eval_0"
+    assert evaluate(policy, folder, ["seed=3"]) == {"greedy": {"accuracy": .5}}
+    assert runs == [[str(SCRIPT["CONFIG"]), "seed=3", "--out", str(folder)]]
+    assert (folder / "policy" / "weights").read_text() == "weak"
+    (policy / "weights").write_text("retrained")  # a resumed evaluation keeps its copy
+    with pytest.raises(SystemExit, match=f"the evaluation run in {folder} failed"):
+        evaluate(policy, folder, [])
+    assert (folder / "policy" / "weights").read_text() == "weak"
