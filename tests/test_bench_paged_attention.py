@@ -49,3 +49,36 @@ def test_ragged_rows_hold_each_shuffled_page_once_and_every_layer_is_summed(monk
     total, last = run(q, k_pages, v_pages, table, lengths)
     np.testing.assert_allclose(total, 6 * q)
     np.testing.assert_allclose(last, 3 * q)
+
+
+def test_the_figures_are_each_loops_time_a_layer_and_each_kernels_gap_to_the_jnp_path(
+        monkeypatch, capsys):
+    """Stand-ins: the jnp path gives zeros, each kernel its keys per block everywhere, and
+    the 2-layer loops take 8, 2 and 5 ms: a layer's call is 4000, 1000 and 2500 µs, the
+    kernels differ from the jnp path by 16 and 64, and the fastest runs 4x the jnp path."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import cascade_attention
+    import qstar_kernels
+
+    kernel_calls = []
+
+    def kernel(q, k_pages, v_pages, table, lengths, layer, *, keys_per_block, interpret):
+        kernel_calls.append((keys_per_block, interpret))
+        return jnp.full(q.shape, keys_per_block, q.dtype)
+
+    loop_ms = iter([8.0, 2.0, 5.0])
+    monkeypatch.setattr(cascade_attention, "paged_attention",
+                        lambda attention, q, *args: jnp.zeros_like(q))
+    monkeypatch.setattr(cascade_attention, "timed", lambda fn, args, reps: next(loop_ms))
+    monkeypatch.setattr(qstar_kernels, "paged_decode_attention_gpu", kernel)
+    monkeypatch.setattr(sys, "argv", [
+        str(SCRIPT), "--interpret", "--rows", "3", "--lengths", "5", "70", "--layers", "2",
+        "--head-dim", "16", "--keys-per-block", "16", "64", "--reps", "1"])
+    runpy.run_path(str(SCRIPT), run_name="__main__")
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert figures["us_per_call"] == {"jnp": 4000.0, "pallas_16_keys": 1000.0,
+                                      "pallas_64_keys": 2500.0}
+    assert figures["max_abs_diff"] == {"jnp": 0.0, "pallas_16_keys": 16.0,
+                                       "pallas_64_keys": 64.0}
+    assert figures["kernel_vs_jnp"] == 4.0
+    assert set(kernel_calls) == {(16, True), (64, True)}
