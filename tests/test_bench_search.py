@@ -81,6 +81,33 @@ def test_the_ratios_are_of_the_runs_it_reports(report):
     assert figures["settings"]["equal_kv_rows"] >= 1
 
 
+def test_the_peak_kv_bytes_are_pages_or_rows_at_the_models_bytes_a_token(report):
+    """The tiny llama's token takes 2 x 2 layers x 2 KV heads x 16 x 4 bytes (float32);
+    (a) peaks at its peak pages' bytes, (b) at a max_len row's for each slot (a) peaked
+    at, and (e) gets as many rows as (a)'s peak bytes hold; max_len is the longest prompt
+    and 2 capped steps of 8 tokens, in whole pages; the searches never stop early (5
+    complete trajectories, more than 2 expansions of 2 children make)."""
+    figures, lines = report
+    runs, settings = figures["runs"], figures["settings"]
+    assert settings["dtype"] == "float32"
+    token_bytes = 2 * 2 * 2 * 16 * 4
+    assert settings["kv_token_bytes"] == token_bytes
+    page_size, max_len = settings["page_size"], settings["max_len"]
+    longest, = map(int, re.search(r"\(prompts \d+-(\d+) tokens\)", lines[0]).groups())
+    assert max_len == page_size * -(-(longest + 2 * 8) // page_size)
+    assert f"max_len {max_len}, {page_size}-token pages" in lines[0]
+    z_line, = [line for line in lines if line.startswith("z = ")]
+    pages = int(re.match(r"z = (\d+) peak pages", z_line).group(1))
+    assert runs["a"]["peak_kv_bytes"] == pages * page_size * token_bytes
+    e_line, = [line for line in lines if "max_len rows in (a)'s peak KV" in line]
+    rows, slots_a_problem = re.match(r"\(e\) (\d+) max_len rows in \(a\)'s peak KV, "
+                                     r"([\d.]+) slots a problem", e_line).groups()
+    assert runs["b"]["peak_kv_bytes"] == round(2 * float(slots_a_problem)) * max_len * token_bytes
+    assert int(rows) == settings["equal_kv_rows"] == runs["a"]["peak_kv_bytes"] // (
+        max_len * token_bytes)
+    assert settings["n_complete"] == 2 * 2 + 1
+
+
 def test_a_page_fills_as_many_places_as_the_slot_keeping_most_tokens_in_it(monkeypatch):
     monkeypatch.syspath_prepend(str(SCRIPT.parent))
     from metered_runtime import filled_places
