@@ -1,6 +1,9 @@
 """The profiler trace summary the benchmarks print (experiments/device_trace.py)."""
 
+import gzip
+import json
 import runpy
+import sys
 from pathlib import Path
 
 TRACE = runpy.run_path(str(Path(__file__).parents[1] / "experiments" / "device_trace.py"))
@@ -103,3 +106,26 @@ def test_without_a_device_the_host_runtime_threads_are_summarised():
     assert summary({"traceEvents": meta[:1]}) == {
         "kind": "host runtime events (no device in the trace)", "events": 0, "busy_ms": 0.0,
         "span_ms": 0.0, "top": []}
+
+
+def test_the_command_prints_a_saved_traces_top_kernels_and_what_they_compute(
+        tmp_path, monkeypatch, capsys):
+    """A saved trace read again with --top 2 and the HLO beside it: a header of its 4
+    kernels' span and busy time, then the 2 busiest with total ms, count and mean us,
+    the fused reduction described under its kernel."""
+    trace = tmp_path / "t.json.gz"
+    with gzip.open(trace, "wt") as file:
+        json.dump(_trace(("input_reduce_fusion_58", 0.0, 2000.0), ("copy", 2500.0, 2800.0),
+                         ("input_reduce_fusion_58", 6000.0, 1000.0), ("norm", 8000.0, 500.0)),
+                  file)
+    hlo = tmp_path / "module.hlo.txt"
+    hlo.write_text(GPU_HLO)
+    monkeypatch.setattr(sys, "argv", ["device_trace.py", str(trace), "--top", "2",
+                                      "--hlo", str(hlo)])
+    TRACE["main"]()
+    assert capsys.readouterr().out.splitlines() == [
+        "[trace t.json.gz] 4 device kernels over 8.5 ms, busy 6.3 ms",
+        "[trace t.json.gz]       3.000 ms      2x   1500.00 us  input_reduce_fusion_58",
+        "[trace t.json.gz]       = broadcast, multiply, reduce (from dot_general); reads "
+        "bf16[1,2048]{1,0} bf16[2048,2048]{1,0}; writes bf16[1,2048]{1,0}",
+        "[trace t.json.gz]       2.800 ms      1x   2800.00 us  copy"]
