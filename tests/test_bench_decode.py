@@ -1,13 +1,19 @@
 """The decode benchmark's random-weight mode (what runs on an accelerator) runs end to end."""
 
 import json
+import re
 import runpy
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
+from flax import nnx
 
+from qstar_jax.models import loading
 from qstar_jax.models.config import ModelConfig
+from qstar_jax.models.llama import LlamaModel
 
 SCRIPT = Path(__file__).parents[1] / "experiments/bench_decode.py"
 
@@ -118,3 +124,52 @@ def test_timings_leave_the_warm_up_call_out(monkeypatch):
     assert bench_decode.median_seconds(run, 3) == 2.0
     durations = iter([9.0, 4.0, 1.0, 2.0])
     assert bench_decode.fastest_seconds(run, 3) == 1.0
+
+
+def test_the_ratio_to_transformers_is_ours_over_theirs(monkeypatch, capsys):
+    """A checkpoint (the tiny random llama) and its transformers side stood in, and timings
+    too: ours takes 2.0 s a batch of 2 (its prefill 0.25 s on a stand-in clock),
+    transformers 8.0 s; its 2 x 64 tokens give ours 64 tok/s, theirs 16, a ratio of 4, and
+    the decode alone 128 / 1.75 tok/s."""
+    import bench_decode
+
+    cfg = ModelConfig.from_hf(bench_decode.RANDOM_LLAMAS["tiny"])
+    tokenizer = SimpleNamespace(encode=lambda text: list(range(len(text))), pad_id=0)
+    loaded = SimpleNamespace(model=LlamaModel(cfg, rngs=nnx.Rngs(0)), config=cfg,
+                             tokenizer=tokenizer)
+    theirs = []
+
+    def transformers_generate(path, dtype, threads, prompt, pad_id):
+        theirs.append((path, dtype, prompt, pad_id))
+        return lambda batch: np.zeros((batch, 64), np.int32)
+
+    seconds = iter([2.0, 8.0])  # ours, then theirs
+
+    def median_seconds(run, reps):
+        run(), run()  # a warm-up and a timed call, as timings makes them
+        return next(seconds)
+
+    clock = [0.0]
+
+    def perf_counter():
+        clock[0] += 0.25
+        return clock[0]
+
+    monkeypatch.setattr(loading, "source_path", lambda model: Path("/models") / model)
+    monkeypatch.setattr(loading, "load_model", lambda path, dtype: loaded)
+    monkeypatch.setattr(bench_decode, "transformers_generate", transformers_generate)
+    monkeypatch.setattr(bench_decode, "median_seconds", median_seconds)
+    monkeypatch.setattr(bench_decode, "copy_bandwidth", lambda: 1e9)
+    monkeypatch.setattr(bench_decode, "time", SimpleNamespace(perf_counter=perf_counter))
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--model", "m", "--batches", "2",
+                                      "--no-matmul-cap"])
+    bench_decode.main()
+    lines = capsys.readouterr().out.strip().splitlines()
+    figures = json.loads(lines[-1])
+    assert theirs == [(Path("/models/m"), "float32", list(range(64)), 0)]
+    assert (figures["jax_tok_s"], figures["hf_tok_s"], figures["ratio"]) == (
+        [64.0], [16.0], [4.0])
+    assert figures["decode_tok_s"] == [round(128 / 1.75, 1)]
+    assert figures["bandwidth_gb_s"] == 1.0 and figures["matmul_cap_tok_s"] is None
+    assert re.fullmatch(r"greedy tokens agreeing with transformers before the first "
+                        r"difference: \d+/64", lines[1])
