@@ -124,7 +124,7 @@ class AStarPlanner(TreePlanner):
             chosen, outcome = best_by_f(self._complete), Outcome.complete
         elif terminals := [entry[-1] for entry in self._frontier if entry[-1].terminal]:
             chosen, outcome = best_by_f(terminals), Outcome.terminal_over_budget
-        else:  # the root answers only where no node with steps is left to
+        else:  # the root, with no steps, answers only where no other node is left
             frontier = [entry[-1] for entry in self._frontier if entry[-1].depth]
             chosen, outcome = best_by_f(frontier) if frontier else self._tree.root, Outcome.partial
         return self._result(chosen, outcome, chosen.f, [(n, n.f) for n in self._complete],
