@@ -63,8 +63,7 @@ def load_records(source: DatasetSource, split: str, *, data_files: DataFiles | N
     """All records of ``split``, from ``data_files`` when given, else from the hub."""
     if data_files is not None:
         files = _files_for_split(data_files, split)
-        dataset = hf_datasets.load_dataset(_builder_for(files), data_files={split: files},
-                                           split=split, cache_dir=cache_dir)
+        dataset = _load_local_files(source, split, files, cache_dir)
         where = f"local files {files}"
     else:
         dataset = _load_from_hub(source, split, cache_dir, hub_probe_timeout_s)
@@ -117,6 +116,23 @@ def load_problems(source: DatasetSource, split: str,
         return problems
     chosen = np.random.default_rng(seed).permutation(len(problems))[:limit]
     return [problems[i] for i in sorted(chosen)]
+
+
+def _load_local_files(source: DatasetSource, split: str, files: list[str],
+                      cache_dir: str | None) -> hf_datasets.Dataset:
+    builder = _builder_for(files)
+    try:
+        return hf_datasets.load_dataset(builder, data_files={split: files}, split=split,
+                                        cache_dir=cache_dir)
+    # What datasets raises for a file it cannot parse (the cause says where), and, from
+    # its json builder, for files that hold no record at all.
+    except (hf_datasets.exceptions.DatasetGenerationError, StopIteration) as err:
+        cause = err.__cause__ if isinstance(err.__cause__, Exception) else "no records"
+        raise MalformedRecordError(
+            f"{source.task_name} split {split!r}: cannot read {builder.upper()} records from "
+            f"local files {files} ({cause}); each file needs one record per line (JSONL), "
+            f"a list of records (JSON) or a table (Parquet) with the columns: "
+            f"{_describe_columns(source)}.") from err
 
 
 def hub_unreachable_reason(endpoint: str | None = None,

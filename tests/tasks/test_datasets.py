@@ -121,6 +121,22 @@ def test_a_split_of_malformed_records_only_is_an_error_even_when_skipping(cache_
         load(cache_dir, data_files={"test": str(bad)}, skip_malformed=True)
 
 
+def test_an_empty_or_unparsable_file_is_one_malformed_error_naming_it(cache_dir, tmp_path):
+    empty, broken = tmp_path / "empty.jsonl", tmp_path / "broken.jsonl"
+    empty.write_text("")
+    broken.write_text('{"question": "Q", "answer": "#### 1"}\n{"question": "R", "answer": \n')
+    with pytest.raises(MalformedRecordError) as raised:
+        load_records(SOURCE, "test", data_files=str(empty), cache_dir=cache_dir)
+    assert str(raised.value).startswith(
+        f"toy split 'test': cannot read JSON records from local files ['{empty}'] (no records); "
+        "each file needs one record per line (JSONL), a list of records (JSON) or a table "
+        "(Parquet) with the columns: question (str: the question); answer")
+    with pytest.raises(MalformedRecordError, match=r"^toy split 'test': cannot read JSON "
+                       r"records from local files \[.*broken\.jsonl'\] \(JSON parse error: "
+                       r"Invalid value\. in row 1\)"):
+        load_records(SOURCE, "test", data_files=str(broken), cache_dir=cache_dir)
+
+
 def test_missing_column_is_named(cache_dir):
     source = DatasetSource(task_name="toy", hub_name="example/toy", hub_configs=("main",),
                            columns=(Column(name="problem", holds="str: the problem"),))
