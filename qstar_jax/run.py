@@ -35,7 +35,7 @@ from qstar_jax.stages.stage_inputs import check_stage_inputs
 from qstar_jax.stages.train_policy import train_policy
 from qstar_jax.stages.train_q import train_q
 from qstar_jax.tasks.base import MalformedRecordError
-from qstar_jax.tasks.datasets import DatasetUnavailableError
+from qstar_jax.tasks.datasets import DataFilesError, DatasetUnavailableError, builder_for
 
 STAGE_FUNCTIONS = {"train_policy": train_policy, "collect": collect, "label": label,
                    "train_q": train_q, "train_prm": train_prm, "evaluate": evaluate}
@@ -43,7 +43,7 @@ STAGE_FUNCTIONS = {"train_policy": train_policy, "collect": collect, "label": la
 # hub cannot give, a malformed record): the user's to fix, said in one line; a rerun
 # resumes from what the earlier stages wrote.
 INPUT_ERRORS = (ConfigError, CheckpointError, UnsupportedConfigError,
-                DatasetUnavailableError, MalformedRecordError)
+                DatasetUnavailableError, DataFilesError, MalformedRecordError)
 
 
 def parse_args(argv):
@@ -85,9 +85,14 @@ def preflight(config) -> None:
     data_files = config.task.options.get("data_files") or {}
     files = data_files.values() if isinstance(data_files, dict) else [data_files]
     for file in files:
-        for path in [file] if isinstance(file, str) else file:
+        paths = [file] if isinstance(file, str) else list(file)
+        for path in paths:
             if not glob.glob(path):
                 raise ConfigError(f"task.options.data_files: {path} does not exist")
+        try:
+            builder_for(paths)  # a format the loader reads
+        except DataFilesError as error:
+            raise ConfigError(f"task.options.data_files: {error}") from error
 
 
 def same_run(saved: Path, config) -> bool:

@@ -62,6 +62,15 @@ def test_preflight_passes_a_prm_the_search_does_not_use_and_each_data_file_that_
         run.preflight(load_config(None, [*REAL_TASK, listed]))
 
 
+def test_preflight_refuses_data_files_of_a_format_the_loader_does_not_read(tmp_path):
+    csv = tmp_path / "test.csv"
+    csv.write_text("question,answer\nQ,#### 1\n")
+    with pytest.raises(ConfigError) as raised:
+        run.preflight(load_config(None, [*REAL_TASK, f"task.options.data_files.test={csv}"]))
+    assert str(raised.value) == (f"task.options.data_files: cannot load '{csv}': data files "
+                                 "must end in one of ['.json', '.jsonl', '.parquet']")
+
+
 def test_preflight_refuses_a_prm_model_that_is_neither_a_learned_prm_nor_a_checkpoint(
         tmp_path):
     with pytest.raises(ConfigError, match=f"^search.prm_model={tmp_path} is neither a PRM the "
@@ -211,6 +220,16 @@ def test_input_a_stage_cannot_use_is_one_line_and_the_earlier_stages_are_kept(
     assert capsys.readouterr().err == ("run error: gsm8k split 'train', record 2: no "
                                        "'#### <number>' line\n")
     assert (tmp_path / "policy").is_dir() and (tmp_path / "config.yaml").exists()
+
+
+def test_data_files_without_a_split_a_stage_reads_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(run, "STAGE_FUNCTIONS", {"collect": lambda ctx: ctx.problems("train", 1)})
+    monkeypatch.setattr(run, "check_memory", lambda config: None)  # no model is loaded
+    assert run.main([*REAL_TASK, "stages=[collect]", f"task.options.data_files.test={GSM8K_TEST}",
+                     "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        "run error: data_files has no entry for split 'train' (it has ['test']); add one, "
+        "e.g. data_files.train=/path/to/train.jsonl\n")
 
 
 def test_ctrl_c_during_a_stage_says_how_to_resume(tmp_path, monkeypatch, capsys):

@@ -36,6 +36,10 @@ class DatasetUnavailableError(RuntimeError):
     """Neither local files nor the hub can provide a split; the message says what to do."""
 
 
+class DataFilesError(ValueError):
+    """``data_files`` gives no files for a split, or files of a format not read here."""
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Column:
     name: str
@@ -120,7 +124,7 @@ def load_problems(source: DatasetSource, split: str,
 
 def _load_local_files(source: DatasetSource, split: str, files: list[str],
                       cache_dir: str | None) -> hf_datasets.Dataset:
-    builder = _builder_for(files)
+    builder = builder_for(files)
     try:
         return hf_datasets.load_dataset(builder, data_files={split: files}, split=split,
                                         cache_dir=cache_dir)
@@ -201,7 +205,7 @@ def _describe_columns(source: DatasetSource) -> str:
 def _files_for_split(data_files: DataFiles, split: str) -> list[str]:
     if isinstance(data_files, Mapping):
         if split not in data_files:
-            raise ValueError(
+            raise DataFilesError(
                 f"data_files has no entry for split {split!r} (it has {sorted(data_files)}); "
                 f"add one, e.g. data_files.{split}=/path/to/{split}.jsonl")
         data_files = data_files[split]
@@ -210,16 +214,17 @@ def _files_for_split(data_files: DataFiles, split: str) -> list[str]:
     return [os.fspath(f) for f in data_files]
 
 
-def _builder_for(files: list[str]) -> str:
+def builder_for(files: list[str]) -> str:
+    """The ``datasets`` builder that reads ``files`` (one split's), by their extension."""
     if not files:
-        raise ValueError("data_files lists no files")
+        raise DataFilesError("data_files lists no files")
     builders = set()
     for path in files:
         extension = os.path.splitext(path)[1].lower()
         if extension not in BUILDER_BY_EXTENSION:
-            raise ValueError(f"cannot load {path!r}: data files must end in one of "
+            raise DataFilesError(f"cannot load {path!r}: data files must end in one of "
                              f"{sorted(BUILDER_BY_EXTENSION)}")
         builders.add(BUILDER_BY_EXTENSION[extension])
     if len(builders) > 1:
-        raise ValueError(f"data files of one split must share a format, got {files}")
+        raise DataFilesError(f"data files of one split must share a format, got {files}")
     return builders.pop()
