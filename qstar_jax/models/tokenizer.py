@@ -90,10 +90,14 @@ class Tokenizer:
         return self._hf.decode(list(ids), skip_special_tokens=skip_special_tokens,
                                clean_up_tokenization_spaces=False)
 
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(self._hf.chat_template)
+
     def apply_chat_template(self, messages: Sequence[dict[str, str]]) -> str:
         """The prompt text for ``messages`` ({"role", "content"} dicts), ending with the
         assistant's generation prompt."""
-        if not self._hf.chat_template:
+        if not self.has_chat_template:
             raise ValueError("this tokenizer has no chat template; format the prompt yourself "
                              "or load a checkpoint whose tokenizer_config has one")
         return self._hf.apply_chat_template(list(messages), tokenize=False,

@@ -104,7 +104,13 @@ class RunContext:
 
     @functools.cached_property
     def policy(self) -> LoadedModel:
-        return self.load(self.policy_dir)
+        loaded = self.load(self.policy_dir)
+        if self.config.policy.chat_template and not loaded.tokenizer.has_chat_template:
+            raise CheckpointError(
+                f"policy.chat_template=true, but the tokenizer of {self.policy_dir} has no "
+                "chat template; set policy.chat_template=false to prompt with plain text, or "
+                "use a checkpoint whose tokenizer_config.json (or chat_template.jinja) has one")
+        return loaded
 
     @functools.cached_property
     def second_policy(self) -> LoadedModel:

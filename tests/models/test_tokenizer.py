@@ -55,6 +55,7 @@ def test_encode_decode_round_trip(tokenizer):
 
 def test_chat_template_ends_with_generation_prompt(tokenizer):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
+    assert tokenizer.has_chat_template
     assert tokenizer.apply_chat_template(messages) == (
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n"
         "<|im_start|>assistant\n")
@@ -119,6 +120,7 @@ def test_without_a_pad_token_eos_pads_and_without_an_eos_the_configs_must_name_o
     tokenizer = byte_fallback_tokenizer()
     assert tokenizer.hf_tokenizer.pad_token_id is None
     assert tokenizer.pad_id == tokenizer.eos_ids[0] == 2  # "</s>"
+    assert not tokenizer.has_chat_template
     with pytest.raises(ValueError, match="^this tokenizer has no chat template; format"):
         tokenizer.apply_chat_template([{"role": "user", "content": "2+2?"}])
     without_eos = copy.deepcopy(tokenizer.hf_tokenizer)

@@ -7,6 +7,7 @@ import pytest
 from qstar_jax.config import CountdownWorldConfig, RunConfig, TaskConfig, load_config, to_yaml
 from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.models.loading import LoadedModel
+from qstar_jax.models.weights import CheckpointError
 from qstar_jax.stages import context
 from qstar_jax.stages.context import RunContext
 from qstar_jax.tasks.base import MalformedRecordError
@@ -115,7 +116,8 @@ def test_the_runtime_decodes_with_the_runs_decode_settings(tmp_path, monkeypatch
 def test_models_load_in_the_runs_dtype_onto_its_mesh_and_prompts_take_the_chat_template(
         tmp_path, monkeypatch):
     loads = []
-    chat = SimpleNamespace(apply_chat_template=lambda messages: f"<user>{messages}</user>")
+    chat = SimpleNamespace(apply_chat_template=lambda messages: f"<user>{messages}</user>",
+                           has_chat_template=True)
 
     def load_model(source, **settings):
         loads.append((source, settings))
@@ -135,3 +137,21 @@ def test_models_load_in_the_runs_dtype_onto_its_mesh_and_prompts_take_the_chat_t
     with pytest.raises(ValueError, match="^model /ckpt/bare ships no tokenizer; point the "
                                          "config at a checkpoint with tokenizer files$"):
         ctx.load(Path("/ckpt/bare"))
+
+
+def test_a_chat_template_asked_of_a_tokenizer_without_one_names_the_setting(
+        tmp_path, monkeypatch):
+    plain = SimpleNamespace(has_chat_template=False)
+    monkeypatch.setattr(context, "load_model", lambda source, **settings: LoadedModel(
+        config=None, model="model", tokenizer=plain))
+    checkpoint = ["policy.source=/ckpt/plain", "q_train.second_opinion=null"]
+    ctx = RunContext(config=load_config(None, [*checkpoint, "policy.chat_template=true"]),
+                     out=tmp_path)
+    with pytest.raises(CheckpointError) as raised:
+        ctx.policy  # noqa: B018 (loaded to check)
+    assert str(raised.value) == (
+        "policy.chat_template=true, but the tokenizer of /ckpt/plain has no chat template; "
+        "set policy.chat_template=false to prompt with plain text, or use a checkpoint whose "
+        "tokenizer_config.json (or chat_template.jinja) has one")
+    plain_run = RunContext(config=load_config(None, checkpoint), out=tmp_path)
+    assert plain_run.policy.tokenizer is plain
