@@ -337,6 +337,24 @@ def check_memory(run: RunConfig) -> MemoryPlan:
     return figures
 
 
+def context_warning(run: RunConfig, policy: ModelConfig) -> str | None:
+    """A line saying that ``decode.max_len`` runs past the positions the policy's checkpoint
+    was trained for, or None. Not an error: the decoder runs there, but what a model
+    generates past its context is seldom worth searching."""
+    limit = policy.max_position_embeddings
+    scaling = policy.rope_scaling
+    # YaRN (Qwen2.5's long context) and Llama-3.1's rule stretch an original context by
+    # their factor, past what max_position_embeddings may say.
+    if hasattr(scaling, "original_max_position_embeddings"):
+        limit = max(limit, int(scaling.factor * scaling.original_max_position_embeddings))
+    if run.policy.source == SCRATCH or run.decode.max_len <= limit:
+        return None
+    return (f"warning: decode.max_len={run.decode.max_len} is past the {limit} positions the "
+            f"policy ({run.policy.source}) was trained for (max_position_embeddings, or its "
+            f"RoPE scaling's reach): tokens past them sit where the model was not trained; "
+            f"set decode.max_len to at most {limit}")
+
+
 def default_prompt_tokens(run: RunConfig) -> int:
     """DEFAULT_PROMPT_TOKENS, or the longest prompt that leaves a row of the config room
     for one step where that is shorter."""
@@ -395,6 +413,9 @@ def main(argv=None) -> int:
         return 2
     figures = plan(policy, run, memory_bytes=args.memory, backend=args.backend,
                    page_size=args.page_size, others=others, prompt_tokens=args.prompt_tokens)
+    warning = context_warning(run, policy)
+    if warning:
+        print(warning, file=sys.stderr)
     print(figures.describe())
     print(json.dumps(dataclasses.asdict(figures) | {"fits": figures.fits}))
     return 0 if figures.fits else 1

@@ -19,7 +19,7 @@ import jax
 
 from qstar_jax.config import (SCRATCH, SOLVER, ConfigError, DistributedConfig, Utility,
                               load_config, to_yaml)
-from qstar_jax.memory_plan import check_memory
+from qstar_jax.memory_plan import check_memory, context_warning, policy_architecture
 from qstar_jax.models.compile_cache import enable_compile_cache
 from qstar_jax.models.config import UnsupportedConfigError
 from qstar_jax.models.loading import PACKAGED_MODELS
@@ -132,9 +132,12 @@ def main(argv=None) -> int:
             raise ConfigError(f"decode.pages: {config.decode.num_pages} pages do not split "
                               f"over this mesh's {mesh.shape[DATA]} data shards")
         check_memory(config)  # the weights and the cache fit, or say what does
+        warning = context_warning(config, policy_architecture(config))
     except ValueError as error:  # ConfigError, MeshError, bad distributed settings
         print(f"config error: {error}", file=sys.stderr)
         return 2
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     out = Path(args.out or config.out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)

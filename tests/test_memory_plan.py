@@ -476,3 +476,26 @@ def test_available_memory_is_the_devices_limit_or_the_hosts_available_memory(
     assert memory_plan.available_memory() == (2048 * 1024, "cpu")
     host_memory["/sys/fs/cgroup/memory.max"].write_text("1000000\n")  # the cgroup's is lower
     assert memory_plan.available_memory() == (1_000_000, "cpu")
+
+
+def test_a_max_len_past_the_checkpoint_s_context_is_warned_of(tmp_path, capsys):
+    hf = json.loads(Path(f"{ARCHITECTURES}/llama-2-7b.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**hf, "max_position_embeddings": 1024}))
+    run = load_config("configs/gsm8k_llama2_7b.yaml", [f"policy.source={tmp_path}"])
+    assert memory_plan.context_warning(run, memory_plan.policy_architecture(run)) == (
+        f"warning: decode.max_len=1536 is past the 1024 positions the policy ({tmp_path}) was "
+        "trained for (max_position_embeddings, or its RoPE scaling's reach): tokens past them "
+        "sit where the model was not trained; set decode.max_len to at most 1024")
+    memory_plan.main(["configs/gsm8k_llama2_7b.yaml", "--memory", "80GB",
+                      "--model-config", str(tmp_path / "config.json"),
+                      "--prm-config", f"{ARCHITECTURES}/mistral-7b-v0.1.json"])
+    assert capsys.readouterr().err.startswith("warning: decode.max_len=1536 is past")
+    within = load_config("configs/gsm8k_llama2_7b.yaml", [f"policy.source={tmp_path}",
+                                                            "decode.max_len=1024"])
+    assert memory_plan.context_warning(within, memory_plan.policy_architecture(within)) is None
+    yarn = {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 1024}
+    (tmp_path / "config.json").write_text(json.dumps({**hf, "max_position_embeddings": 1024,
+                                                      "rope_scaling": yarn}))
+    assert memory_plan.context_warning(run, memory_plan.policy_architecture(run)) is None
+    scratch = load_config(None, ["decode.max_len=8192"])  # trained at decode.max_len
+    assert memory_plan.context_warning(scratch, memory_plan.policy_architecture(scratch)) is None
