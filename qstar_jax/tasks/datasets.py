@@ -52,13 +52,15 @@ class DatasetSource:
     """Where a task's records come from and which columns it reads.
 
     ``hub_configs`` are loaded and concatenated in order (MATH has one per subject);
-    ``(None,)`` loads the dataset's default config.
+    ``(None,)`` loads the dataset's default config. ``other_layout``: a sentence ending a
+    missing-column error, naming the task that reads files of a related layout.
     """
 
     task_name: str
     hub_name: str
     hub_configs: tuple[str | None, ...]
     columns: tuple[Column, ...]
+    other_layout: str = ""
 
 
 def load_records(source: DatasetSource, split: str, *, data_files: DataFiles | None = None,
@@ -77,7 +79,8 @@ def load_records(source: DatasetSource, split: str, *, data_files: DataFiles | N
     if missing:
         raise MalformedRecordError(
             f"{source.task_name} split {split!r} from {where} lacks the column(s) {missing}; "
-            f"it has {dataset.column_names}. Expected columns: {_describe_columns(source)}.")
+            f"it has {dataset.column_names}. Expected columns: {_describe_columns(source)}."
+            + (f" {source.other_layout}" if source.other_layout else ""))
     return dataset
 
 

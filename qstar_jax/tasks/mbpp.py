@@ -66,6 +66,7 @@ class _HubConfiguration:
     description: str
     setup: Column
     challenge_tests: Column | None = None
+    other_layout: str = ""  # the task that reads the other configuration's files
 
     def columns(self) -> tuple[Column, ...]:
         extra = (self.setup,) + ((self.challenge_tests,) if self.challenge_tests else ())
@@ -105,7 +106,8 @@ class _MbppBase(FencedCodeAnswers):
     def load(self, split: str, *, limit: int | None = None, seed: int = 0,
              skip_malformed: bool = False) -> list[Problem]:
         source = DatasetSource(task_name=self.name, hub_name=self.hub_name,
-                               hub_configs=(self.hub.name,), columns=self.hub.columns())
+                               hub_configs=(self.hub.name,), columns=self.hub.columns(),
+                               other_layout=self.hub.other_layout)
         return load_problems(source, split, self._problem_from_record,
                              data_files=self.data_files, cache_dir=self.cache_dir,
                              limit=limit, seed=seed, skip_malformed=skip_malformed)
@@ -139,11 +141,15 @@ _FULL = _HubConfiguration(
     "full", description="text",
     setup=Column(name="test_setup_code", holds="str: code run before the tests", required=False),
     challenge_tests=Column(name="challenge_test_list", holds="list[str]: more hidden asserts",
-                           required=False))
+                           required=False),
+    other_layout="Files of MBPP's sanitized configuration (a 'prompt' column) load with "
+                 "task.name=mbpp_sanitized.")
 _SANITIZED = _HubConfiguration(
     "sanitized", description="prompt",
     setup=Column(name="test_imports", holds="list[str]: import lines run before the tests",
-                 required=False))
+                 required=False),
+    other_layout="Files of MBPP's full configuration (a 'text' column) load with "
+                 "task.name=mbpp.")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -82,6 +82,26 @@ def test_records_without_tests_are_malformed(cache_dir):
         [911, 912]
 
 
+def test_files_of_the_other_configuration_name_the_task_that_reads_them(cache_dir):
+    with pytest.raises(MalformedRecordError) as raised:
+        MbppTask(data_files=str(FIXTURES / "sanitized_test.jsonl"), cache_dir=cache_dir).load(
+            "test")
+    assert str(raised.value).startswith("mbpp split 'test' from local files ")
+    assert str(raised.value).endswith(
+        "lacks the column(s) ['text']; it has ['source_file', 'task_id', 'prompt', 'code', "
+        "'test_imports', 'test_list']. Expected columns: task_id (int: the problem's id); text "
+        "(str: the task description); test_list (list[str]: assert statements, the first one "
+        "shown); test_setup_code (str: code run before the tests, optional); "
+        "challenge_test_list (list[str]: more hidden asserts, optional); code (str: a "
+        "reference solution, optional). Files of MBPP's sanitized configuration (a 'prompt' "
+        "column) load with task.name=mbpp_sanitized.")
+    with pytest.raises(MalformedRecordError, match=r"lacks the column\(s\) \['prompt'\]; .*\. "
+                       r"Files of MBPP's full configuration \(a 'text' column\) load with "
+                       r"task\.name=mbpp\.$"):
+        MbppSanitizedTask(data_files=str(FIXTURES / "full_test.parquet"),
+                          cache_dir=cache_dir).load("test")
+
+
 def test_prompt_shows_the_description_and_only_the_first_test(full):
     problem = full[901]
     prompt = MbppTask(n_shot=1).prompt(problem)
