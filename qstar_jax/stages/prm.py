@@ -134,14 +134,14 @@ def shepherd_prm(ctx: RunContext, problems) -> ShepherdPRM:
     loaded = ctx.load(s.prm_model)
     encode = loaded.tokenizer.encode
 
-    def token_id(text: str) -> int:
+    def token_id(key: str, text: str) -> int:
         ids = encode(text)
         if len(ids) != 1:
-            raise ValueError(f"search.prm_good_token/prm_bad_token {text!r} is {len(ids)} tokens "
-                             f"for the PRM's tokenizer; give a single-token label")
+            raise ConfigError(f"search.{key}={text!r} is {len(ids)} tokens for the tokenizer of "
+                              f"search.prm_model={s.prm_model}; give a single-token label")
         return ids[0]
 
     return ShepherdPRM(loaded.model, encode=encode,
                        question=lambda i: problems[i].question, step_tag=s.prm_step_tag,
-                       good_token_id=token_id(s.prm_good_token),
-                       bad_token_id=token_id(s.prm_bad_token))
+                       good_token_id=token_id("prm_good_token", s.prm_good_token),
+                       bad_token_id=token_id("prm_bad_token", s.prm_bad_token))

@@ -240,7 +240,11 @@ def test_a_shepherd_prm_reads_the_configured_tag_and_label_tokens_of_its_own_che
     assert [question(i) for i in (1, 0)] == ["Reach 9.", "Q0?"]
     # 'G' and 'B' are token ids 71 % 64 = 7 and 66 % 64 = 2 of the encoding.
     assert kwargs == dict(step_tag="TAG", good_token_id=7, bad_token_id=2)
-    with pytest.raises(ValueError, match=r"prm_good_token/prm_bad_token 'BB' is 2 tokens"):
+    # A ConfigError: the run reports it in one line (run.INPUT_ERRORS), the stages before kept.
+    with pytest.raises(ConfigError) as raised:
         prm("search.prm_bad_token=BB")
-    with pytest.raises(ValueError, match=r"prm_good_token/prm_bad_token '' is 0 tokens"):
+    assert str(raised.value) == ("search.prm_bad_token='BB' is 2 tokens for the tokenizer of "
+                                 "search.prm_model=smollm2-135m-instruct; give a single-token "
+                                 "label")
+    with pytest.raises(ConfigError, match=r"^search\.prm_good_token='' is 0 tokens for "):
         prm("search.prm_good_token=''")
