@@ -128,3 +128,15 @@ def test_grading_never_raises_on_odd_text():
 def test_an_empty_question_or_answer_is_malformed(record):
     with pytest.raises(ValueError, match="empty or missing 'question' or 'answer'"):
         Gsm8kTask()._problem_from_record(record, "gsm8k/test/0")
+
+
+@pytest.mark.parametrize("total, read", [("forty", "'forty'"), ("N/A", "'N/A'"),
+                                         ("2.5e3", "'2.5e3'")])
+def test_a_total_that_is_not_a_number_is_malformed(total, read):
+    record = {"question": "How many?", "answer": f"4 * 10 = 40\n#### {total}"}
+    with pytest.raises(ValueError) as raised:
+        Gsm8kTask()._problem_from_record(record, "gsm8k/test/0")
+    assert str(raised.value) == f"its '####' line holds {read}, which is not a number"
+    for number, reference in (("1,200", "1,200"), ("$18.50", "$18.50"), ("-3", "-3")):
+        record["answer"] = f"x\n#### {number}"
+        assert Gsm8kTask()._problem_from_record(record, "p").reference == reference
