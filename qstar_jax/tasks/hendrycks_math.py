@@ -134,6 +134,8 @@ def _problem_from_math_record(record: dict[str, Any], default_id: str) -> Proble
     answer = grading.extract_boxed(solution)
     if answer is None:
         raise ValueError("its 'solution' has no \\boxed{...} answer")
+    if not answer.strip():  # math_equal is never True against an empty reference
+        raise ValueError("its 'solution' boxes an empty answer (\\boxed{})")
     return Problem(id=default_id, question=problem, reference=answer,
                    metadata={"solution": solution, "level": record.get("level"),
                              "subject": record.get("type")})
@@ -141,7 +143,7 @@ def _problem_from_math_record(record: dict[str, Any], default_id: str) -> Proble
 
 def _problem_from_math500_record(record: dict[str, Any], default_id: str) -> Problem:
     problem, answer = record["problem"], record["answer"]
-    if not problem or not answer:
+    if not problem or not answer or not answer.strip():
         raise ValueError("empty or missing 'problem' or 'answer'")
     return Problem(id=record["unique_id"] or default_id, question=problem, reference=answer,
                    metadata={"solution": record.get("solution"), "level": record.get("level"),

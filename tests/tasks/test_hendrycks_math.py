@@ -145,6 +145,15 @@ def test_an_empty_problem_is_malformed():
         _problem_from_math500_record({"problem": "", "answer": "7", "unique_id": "u"}, "x")
 
 
+@pytest.mark.parametrize("box", ["\\boxed{}", "\\boxed{ }", "\\fbox{}"])
+def test_an_empty_boxed_answer_or_a_blank_answer_is_malformed(box):
+    with pytest.raises(ValueError) as raised:
+        _problem_from_math_record({"problem": "Solve.", "solution": f"So ${box}$."}, "m/0")
+    assert str(raised.value) == "its 'solution' boxes an empty answer (\\boxed{})"
+    with pytest.raises(ValueError, match="^empty or missing 'problem' or 'answer'$"):
+        _problem_from_math500_record({"problem": "Solve.", "answer": " ", "unique_id": "u"}, "x")
+
+
 def test_the_reference_is_the_box_even_when_prose_follows_it():
     record = {"problem": "Solve $x + 1 = 8$.",
               "solution": "So $x = \\boxed{7}$. Hence the answer is an odd number.",
