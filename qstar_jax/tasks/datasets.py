@@ -223,10 +223,13 @@ def builder_for(files: list[str]) -> str:
         raise DataFilesError("data_files lists no files")
     builders = set()
     for path in files:
+        if os.path.isdir(path):
+            raise DataFilesError(f"{path!r} is a folder; give the files in it, e.g. "
+                                 f"'{os.path.join(path, '*.jsonl')}'")
         extension = os.path.splitext(path)[1].lower()
         if extension not in BUILDER_BY_EXTENSION:
             raise DataFilesError(f"cannot load {path!r}: data files must end in one of "
-                             f"{sorted(BUILDER_BY_EXTENSION)}")
+                                 f"{sorted(BUILDER_BY_EXTENSION)}")
         builders.add(BUILDER_BY_EXTENSION[extension])
     if len(builders) > 1:
         raise DataFilesError(f"data files of one split must share a format, got {files}")

@@ -176,6 +176,13 @@ def test_unknown_or_mixed_extensions_are_rejected(cache_dir):
         load_records(SOURCE, "test", data_files=["a.jsonl", "b.parquet"], cache_dir=cache_dir)
 
 
+def test_a_folder_given_as_data_files_asks_for_the_files_in_it(cache_dir, tmp_path):
+    with pytest.raises(task_datasets.DataFilesError) as raised:
+        load_records(SOURCE, "test", data_files=str(tmp_path), cache_dir=cache_dir)
+    assert str(raised.value) == (f"'{tmp_path}' is a folder; give the files in it, e.g. "
+                                 f"'{tmp_path}/*.jsonl'")
+
+
 def test_no_hub_and_no_files_says_how_to_point_at_local_files(cache_dir, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setattr(task_datasets.hf_datasets.config, "HF_HUB_OFFLINE", False)
