@@ -19,7 +19,8 @@ import jax
 
 from qstar_jax.config import (SCRATCH, SOLVER, ConfigError, DistributedConfig, Utility,
                               load_config, to_yaml)
-from qstar_jax.memory_plan import check_memory, context_warning, policy_architecture
+from qstar_jax.memory_plan import (architecture, check_memory, context_warning,
+                                   policy_architecture)
 from qstar_jax.models.compile_cache import enable_compile_cache
 from qstar_jax.models.config import UnsupportedConfigError
 from qstar_jax.models.loading import PACKAGED_MODELS
@@ -80,8 +81,17 @@ def preflight(config) -> None:
         if source is not None and source not in PACKAGED_MODELS and not Path(source).exists():
             raise ConfigError(f"{key}: checkpoint {source} does not exist; give an HF "
                               f"directory, a .gguf file or one of {sorted(PACKAGED_MODELS)}")
-    if named["search.prm_model"] is not None:
-        prm_kind(named["search.prm_model"])  # neither a learned PRM nor a checkpoint: error
+    # Neither a learned PRM nor a checkpoint: an error. A learned one has no architecture.
+    if named["search.prm_model"] is not None and prm_kind(named["search.prm_model"]) == "learned":
+        named["search.prm_model"] = None
+    # check_memory reads the policy's architecture next; the others' are read only when a
+    # stage loads them, maybe hours in: one the loader refuses is refused now.
+    for key, source in named.items():
+        if key != "policy.source" and source is not None and source not in PACKAGED_MODELS:
+            try:
+                architecture(source, key, "")
+            except (CheckpointError, UnsupportedConfigError) as error:
+                raise ConfigError(f"{key}: {error}") from error
     data_files = config.task.options.get("data_files") or {}
     files = data_files.values() if isinstance(data_files, dict) else [data_files]
     for file in files:

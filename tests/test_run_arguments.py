@@ -2,6 +2,9 @@
 checks before any stage runs, the stages' order and what a process says when it loses
 the others."""
 
+import json
+from pathlib import Path
+
 import jax
 import pytest
 from jax.sharding import AbstractMesh
@@ -14,6 +17,7 @@ from qstar_jax.stages.context import RunContext
 from qstar_jax.tasks.base import MalformedRecordError
 
 GSM8K_TEST = "tests/fixtures/gsm8k/test.jsonl"
+ARCHITECTURES = "configs/architectures"
 # A real-data task on the packaged policy: every checkpoint named below is the test's.
 REAL_TASK = ["task.name=gsm8k", "search.utility=zero", "label.live_states_only=false",
              "label.method=best_of_rollouts", "q_train.second_opinion=null",
@@ -62,6 +66,19 @@ def test_preflight_passes_a_prm_the_search_does_not_use_and_each_data_file_that_
         run.preflight(load_config(None, [*REAL_TASK, listed]))
 
 
+def test_preflight_refuses_a_checkpoint_of_an_architecture_the_loader_does_not_read(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(ConfigError) as raised:
+        run.preflight(load_config(None, [*REAL_TASK, "label.method=stronger_model",
+                                         f"label.stronger_model={tmp_path}"]))
+    assert str(raised.value) == (f"label.stronger_model: {tmp_path}/config.json: "
+                                 "model_type='gpt2' is not supported; supported: ('llama', "
+                                 "'mistral', 'qwen2')")
+    with pytest.raises(ConfigError, match=f"^q_train.separate_model: {tmp_path}/config.json: "):
+        run.preflight(load_config(None, [*REAL_TASK, "q_train.backbone=separate",
+                                         f"q_train.separate_model={tmp_path}"]))
+
+
 def test_preflight_refuses_data_files_of_a_format_the_loader_does_not_read(tmp_path):
     csv = tmp_path / "test.csv"
     csv.write_text("question,answer\nQ,#### 1\n")
@@ -77,7 +94,8 @@ def test_preflight_refuses_a_prm_model_that_is_neither_a_learned_prm_nor_a_check
                                           "train_prm stage wrote"):
         run.preflight(load_config(None, [*REAL_TASK, "search.utility=prm",
                                          f"search.prm_model={tmp_path}"]))
-    (tmp_path / "config.json").write_text("{}")  # a Math-Shepherd checkpoint's shape
+    # A Math-Shepherd checkpoint's shape: an HF directory with a config.json.
+    (tmp_path / "config.json").write_text(Path(f"{ARCHITECTURES}/mistral-7b-v0.1.json").read_text())
     run.preflight(load_config(None, [*REAL_TASK, "search.utility=prm",
                                      f"search.prm_model={tmp_path}"]))
 
