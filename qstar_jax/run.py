@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import glob
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,7 +37,8 @@ from qstar_jax.stages.stage_inputs import check_stage_inputs
 from qstar_jax.stages.train_policy import train_policy
 from qstar_jax.stages.train_q import train_q
 from qstar_jax.tasks.base import MalformedRecordError
-from qstar_jax.tasks.datasets import DataFilesError, DatasetUnavailableError, builder_for
+from qstar_jax.tasks.datasets import (DataFilesError, DatasetUnavailableError, builder_for,
+                                      files_for_split)
 
 STAGE_FUNCTIONS = {"train_policy": train_policy, "collect": collect, "label": label,
                    "train_q": train_q, "train_prm": train_prm, "evaluate": evaluate}
@@ -105,6 +107,30 @@ def preflight(config) -> None:
             raise ConfigError(f"task.options.data_files: {error}") from error
 
 
+def shared_split_warning(config) -> str | None:
+    """A line saying that the train and eval splits' data files share a file, where the run
+    evaluates: Q-hat and the PRM would learn on problems they are judged on. None else."""
+    data_files, task = config.task.options.get("data_files"), config.task
+    if not data_files or "evaluate" not in config.stages or task.train_split == task.eval_split:
+        return None
+
+    def files(split: str) -> set[str]:
+        try:
+            globs = files_for_split(data_files, split)
+        except DataFilesError:  # a split with no files: the stage that reads it says so
+            return set()
+        return {os.path.realpath(f) for pattern in globs for f in glob.glob(pattern)}
+
+    shared = sorted(files(task.train_split) & files(task.eval_split))
+    if not shared:
+        return None
+    return (f"warning: task.options.data_files gives the {task.train_split!r} and "
+            f"{task.eval_split!r} splits the same file(s) {shared}: the stages that learn "
+            f"(collect, label, train_q) read the problems evaluate scores; give each split "
+            f"its own files (task.options.data_files.{task.train_split}=... and "
+            f".{task.eval_split}=...)")
+
+
 def same_run(saved: Path, config) -> bool:
     """Whether the folder whose config.yaml is ``saved`` holds this config's run: the two
     may differ only in which stages this invocation runs."""
@@ -142,11 +168,12 @@ def main(argv=None) -> int:
             raise ConfigError(f"decode.pages: {config.decode.num_pages} pages do not split "
                               f"over this mesh's {mesh.shape[DATA]} data shards")
         check_memory(config)  # the weights and the cache fit, or say what does
-        warning = context_warning(config, policy_architecture(config))
+        warnings = [context_warning(config, policy_architecture(config)),
+                    shared_split_warning(config)]
     except ValueError as error:  # ConfigError, MeshError, bad distributed settings
         print(f"config error: {error}", file=sys.stderr)
         return 2
-    if warning:
+    for warning in filter(None, warnings):
         print(warning, file=sys.stderr, flush=True)
     out = Path(args.out or config.out_dir)
     try:

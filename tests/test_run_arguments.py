@@ -88,6 +88,29 @@ def test_preflight_refuses_data_files_of_a_format_the_loader_does_not_read(tmp_p
                                  "must end in one of ['.json', '.jsonl', '.parquet']")
 
 
+def test_train_and_eval_splits_reading_the_same_file_are_warned_of(tmp_path):
+    train = tmp_path / "train.jsonl"
+    train.write_text(Path(GSM8K_TEST).read_text())
+    test = Path(GSM8K_TEST).resolve()
+
+    def warning(*overrides):
+        return run.shared_split_warning(load_config(None, [*REAL_TASK, *overrides]))
+
+    assert warning(f"task.options.data_files={GSM8K_TEST}") == (
+        f"warning: task.options.data_files gives the 'train' and 'test' splits the same "
+        f"file(s) ['{test}']: the stages that learn (collect, label, train_q) read the problems "
+        "evaluate scores; give each split its own files (task.options.data_files.train=... "
+        "and .test=...)")
+    assert f"['{train.resolve()}']" in warning(f"task.options.data_files.train={tmp_path}/*.jsonl",
+                                               f"task.options.data_files.test=[{GSM8K_TEST}, "
+                                               f"{train}]")
+    assert warning(f"task.options.data_files.train={train}",
+                   f"task.options.data_files.test={GSM8K_TEST}") is None
+    assert warning(f"task.options.data_files.test={GSM8K_TEST}") is None  # no train files
+    assert warning(f"task.options.data_files={GSM8K_TEST}", "stages=[collect]") is None
+    assert warning() is None  # the hub's splits
+
+
 def test_preflight_refuses_a_prm_model_that_is_neither_a_learned_prm_nor_a_checkpoint(
         tmp_path):
     with pytest.raises(ConfigError, match=f"^search.prm_model={tmp_path} is neither a PRM the "

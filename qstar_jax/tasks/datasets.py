@@ -68,7 +68,7 @@ def load_records(source: DatasetSource, split: str, *, data_files: DataFiles | N
                  hub_probe_timeout_s: float = HUB_PROBE_TIMEOUT_S) -> hf_datasets.Dataset:
     """All records of ``split``, from ``data_files`` when given, else from the hub."""
     if data_files is not None:
-        files = _files_for_split(data_files, split)
+        files = files_for_split(data_files, split)
         dataset = _load_local_files(source, split, files, cache_dir)
         where = f"local files {files}"
     else:
@@ -205,7 +205,8 @@ def _describe_columns(source: DatasetSource) -> str:
                      for c in source.columns)
 
 
-def _files_for_split(data_files: DataFiles, split: str) -> list[str]:
+def files_for_split(data_files: DataFiles, split: str) -> list[str]:
+    """The paths or globs ``data_files`` gives ``split`` (a bare path or list: every split)."""
     if isinstance(data_files, Mapping):
         if split not in data_files:
             raise DataFilesError(
