@@ -121,6 +121,10 @@ class RunContext:
         """The model at ``source``; one this or another run trained, restored onto the
         run's mesh (``load_model``)."""
         loaded = load_model(source, dtype=DTYPES[self.config.policy.dtype], mesh=self.mesh)
+        if loaded.tokenizer is None and Path(source).suffix == ".gguf":
+            raise CheckpointError(f"model {source} ships no tokenizer: the file holds no "
+                                  "vocabulary (tokenizer.ggml.tokens); use a GGUF converted "
+                                  "with its tokenizer, or the model's HF directory")
         if loaded.tokenizer is None:
             raise CheckpointError(f"model {source} ships no tokenizer; point the config at "
                                   "a checkpoint with tokenizer files")

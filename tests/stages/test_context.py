@@ -121,7 +121,7 @@ def test_models_load_in_the_runs_dtype_onto_its_mesh_and_prompts_take_the_chat_t
 
     def load_model(source, **settings):
         loads.append((source, settings))
-        tokenizer = None if source == Path("/ckpt/bare") else chat
+        tokenizer = None if source.stem == "bare" else chat
         return LoadedModel(config=None, model=f"model at {source}", tokenizer=tokenizer)
 
     monkeypatch.setattr(context, "load_model", load_model)
@@ -137,6 +137,12 @@ def test_models_load_in_the_runs_dtype_onto_its_mesh_and_prompts_take_the_chat_t
     with pytest.raises(ValueError, match="^model /ckpt/bare ships no tokenizer; point the "
                                          "config at a checkpoint with tokenizer files$"):
         ctx.load(Path("/ckpt/bare"))
+    with pytest.raises(CheckpointError) as raised:
+        ctx.load(Path("/ckpt/bare.gguf"))
+    assert str(raised.value) == (
+        "model /ckpt/bare.gguf ships no tokenizer: the file holds no vocabulary "
+        "(tokenizer.ggml.tokens); use a GGUF converted with its tokenizer, or the model's HF "
+        "directory")
 
 
 def test_a_chat_template_asked_of_a_tokenizer_without_one_names_the_setting(
