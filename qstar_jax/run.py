@@ -96,6 +96,12 @@ def preflight(config) -> None:
                 raise ConfigError(f"{key}: {error}") from error
     data_files = config.task.options.get("data_files") or {}
     files = data_files.values() if isinstance(data_files, dict) else [data_files]
+    # evaluate reads its split last, maybe hours in: that the files give it is checked now
+    if data_files and isinstance(data_files, dict) and "evaluate" in config.stages:
+        try:
+            files_for_split(data_files, config.task.eval_split)
+        except DataFilesError as error:
+            raise ConfigError(f"task.options.data_files: {error} (task.eval_split)") from error
     for file in files:
         paths = [file] if isinstance(file, str) else list(file)
         for path in paths:

@@ -88,6 +88,18 @@ def test_preflight_refuses_data_files_of_a_format_the_loader_does_not_read(tmp_p
                                  "must end in one of ['.json', '.jsonl', '.parquet']")
 
 
+def test_preflight_refuses_data_files_without_the_split_evaluate_reads():
+    with pytest.raises(ConfigError) as raised:
+        run.preflight(load_config(None, [*REAL_TASK, "task.eval_split=validation",
+                                         f"task.options.data_files.test={GSM8K_TEST}"]))
+    assert str(raised.value) == (
+        "task.options.data_files: data_files has no entry for split 'validation' (it has "
+        "['test']); add one, e.g. data_files.validation=/path/to/validation.jsonl "
+        "(task.eval_split)")
+    run.preflight(load_config(None, [*REAL_TASK, "task.eval_split=validation", "stages=[collect]",
+                                     f"task.options.data_files.train={GSM8K_TEST}"]))
+
+
 def test_train_and_eval_splits_reading_the_same_file_are_warned_of(tmp_path):
     train = tmp_path / "train.jsonl"
     train.write_text(Path(GSM8K_TEST).read_text())
