@@ -10,35 +10,30 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
-import os
 import sys
 import time
 from pathlib import Path
 
 import jax
 
-from qstar_jax.config import (SCRATCH, SOLVER, ConfigError, DistributedConfig, Utility,
-                              load_config, to_yaml)
-from qstar_jax.memory_plan import (architecture, check_memory, context_warning,
-                                   policy_architecture)
+from qstar_jax.config import ConfigError, DistributedConfig, load_config, to_yaml
+from qstar_jax.memory_plan import check_memory, context_warning, policy_architecture
 from qstar_jax.models.compile_cache import enable_compile_cache
 from qstar_jax.models.config import UnsupportedConfigError
-from qstar_jax.models.loading import PACKAGED_MODELS
 from qstar_jax.models.weights import CheckpointError
 from qstar_jax.parallel import (DATA, barrier, check_slots, initialize_distributed,
                                 is_writer, make_mesh)
+from qstar_jax.preflight import preflight, shared_split_warning
 from qstar_jax.stages.reuse import differing_settings, reuse_trained_outputs
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.evaluate import evaluate
-from qstar_jax.stages.prm import prm_kind, train_prm
+from qstar_jax.stages.prm import train_prm
 from qstar_jax.stages.rollouts import collect, label
 from qstar_jax.stages.stage_inputs import check_stage_inputs
 from qstar_jax.stages.train_policy import train_policy
 from qstar_jax.stages.train_q import train_q
 from qstar_jax.tasks.base import MalformedRecordError
-from qstar_jax.tasks.datasets import (DataFilesError, DatasetUnavailableError, builder_for,
-                                      files_for_split)
+from qstar_jax.tasks.datasets import DataFilesError, DatasetUnavailableError
 
 STAGE_FUNCTIONS = {"train_policy": train_policy, "collect": collect, "label": label,
                    "train_q": train_q, "train_prm": train_prm, "evaluate": evaluate}
@@ -64,77 +59,6 @@ def parse_args(argv):
         args.overrides.insert(0, args.config)
         args.config = None
     return args
-
-
-def preflight(config) -> None:
-    """The task builds from its options, and every checkpoint and data file the config
-    names exists, before work starts."""
-    RunContext(config=config, out=Path(config.out_dir)).task  # noqa: B018 (built to check)
-    named = {"policy.source": config.policy.source if config.policy.source != SCRATCH else None,
-             "search.prm_model": config.search.prm_model,
-             "label.stronger_model": (None if config.label.stronger_model == SOLVER
-                                      else config.label.stronger_model),
-             "q_train.separate_model": config.q_train.separate_model,
-             "q_train.second_opinion": (None if config.q_train.second_opinion == SCRATCH
-                                        else config.q_train.second_opinion)}
-    if config.search.utility != Utility.prm:
-        named["search.prm_model"] = None
-    for key, source in named.items():
-        if source is not None and source not in PACKAGED_MODELS and not Path(source).exists():
-            raise ConfigError(f"{key}: checkpoint {source} does not exist; give an HF "
-                              f"directory, a .gguf file or one of {sorted(PACKAGED_MODELS)}")
-    # Neither a learned PRM nor a checkpoint: an error. A learned one has no architecture.
-    if named["search.prm_model"] is not None and prm_kind(named["search.prm_model"]) == "learned":
-        named["search.prm_model"] = None
-    # check_memory reads the policy's architecture next; the others' are read only when a
-    # stage loads them, maybe hours in: one the loader refuses is refused now.
-    for key, source in named.items():
-        if key != "policy.source" and source is not None and source not in PACKAGED_MODELS:
-            try:
-                architecture(source, key, "")
-            except (CheckpointError, UnsupportedConfigError) as error:
-                raise ConfigError(f"{key}: {error}") from error
-    data_files = config.task.options.get("data_files") or {}
-    files = data_files.values() if isinstance(data_files, dict) else [data_files]
-    # evaluate reads its split last, maybe hours in: that the files give it is checked now
-    if data_files and isinstance(data_files, dict) and "evaluate" in config.stages:
-        try:
-            files_for_split(data_files, config.task.eval_split)
-        except DataFilesError as error:
-            raise ConfigError(f"task.options.data_files: {error} (task.eval_split)") from error
-    for file in files:
-        paths = [file] if isinstance(file, str) else list(file)
-        for path in paths:
-            if not glob.glob(path):
-                raise ConfigError(f"task.options.data_files: {path} does not exist")
-        try:
-            builder_for(paths)  # a format the loader reads
-        except DataFilesError as error:
-            raise ConfigError(f"task.options.data_files: {error}") from error
-
-
-def shared_split_warning(config) -> str | None:
-    """A line saying that the train and eval splits' data files share a file, where the run
-    evaluates: Q-hat and the PRM would learn on problems they are judged on. None else."""
-    data_files, task = config.task.options.get("data_files"), config.task
-    if not data_files or "evaluate" not in config.stages or task.train_split == task.eval_split:
-        return None
-
-    def files(split: str) -> set[str]:
-        try:
-            globs = files_for_split(data_files, split)
-        except DataFilesError:  # a split with no files: the stage that reads it says so
-            return set()
-        return {os.path.realpath(f) for pattern in globs for f in glob.glob(pattern)}
-
-    shared = sorted(files(task.train_split) & files(task.eval_split))
-    if not shared:
-        return None
-    return (f"warning: task.options.data_files gives the {task.train_split!r} and "
-            f"{task.eval_split!r} splits the same file(s) {shared}: the stages that learn "
-            f"(collect, label, train_q) read the problems evaluate scores; give each split "
-            f"its own files (task.options.data_files.{task.train_split}=... and "
-            f".{task.eval_split}=...)")
 
 
 def same_run(saved: Path, config) -> bool:

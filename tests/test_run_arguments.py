@@ -12,6 +12,7 @@ from jax.sharding import AbstractMesh
 from qstar_jax import run
 from qstar_jax.config import STAGES, ConfigError, DistributedConfig, load_config, to_yaml
 from qstar_jax.parallel import DATA, MODEL
+from qstar_jax.preflight import preflight, shared_split_warning
 from qstar_jax.run import parse_args
 from qstar_jax.stages.context import RunContext
 from qstar_jax.tasks.base import MalformedRecordError
@@ -53,29 +54,29 @@ def test_with_no_config_the_first_override_is_not_taken_for_one():
 def test_preflight_names_each_missing_checkpoint_the_run_loads(overrides, key):
     with pytest.raises(ConfigError, match=f"^{key}: checkpoint /no/such/.* does not exist; "
                                           r"give .* one of \['smollm2-135m-instruct'\]"):
-        run.preflight(load_config(None, [*REAL_TASK, *overrides]))
+        preflight(load_config(None, [*REAL_TASK, *overrides]))
 
 
 def test_preflight_passes_a_prm_the_search_does_not_use_and_each_data_file_that_exists():
-    run.preflight(load_config(None, [*REAL_TASK, "search.prm_model=/no/such/prm"]))
+    preflight(load_config(None, [*REAL_TASK, "search.prm_model=/no/such/prm"]))
     for files in (GSM8K_TEST, "{test: tests/fixtures/gsm8k/t*.jsonl}", f"{{test: [{GSM8K_TEST}]}}"):
-        run.preflight(load_config(None, [*REAL_TASK, f"task.options.data_files={files}"]))
+        preflight(load_config(None, [*REAL_TASK, f"task.options.data_files={files}"]))
     listed = f"task.options.data_files={{test: [{GSM8K_TEST}, /no/such/part.jsonl]}}"
     with pytest.raises(ConfigError, match="^task.options.data_files: /no/such/part.jsonl does "
                                           "not exist$"):
-        run.preflight(load_config(None, [*REAL_TASK, listed]))
+        preflight(load_config(None, [*REAL_TASK, listed]))
 
 
 def test_preflight_refuses_a_checkpoint_of_an_architecture_the_loader_does_not_read(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(ConfigError) as raised:
-        run.preflight(load_config(None, [*REAL_TASK, "label.method=stronger_model",
+        preflight(load_config(None, [*REAL_TASK, "label.method=stronger_model",
                                          f"label.stronger_model={tmp_path}"]))
     assert str(raised.value) == (f"label.stronger_model: {tmp_path}/config.json: "
                                  "model_type='gpt2' is not supported; supported: ('llama', "
                                  "'mistral', 'qwen2')")
     with pytest.raises(ConfigError, match=f"^q_train.separate_model: {tmp_path}/config.json: "):
-        run.preflight(load_config(None, [*REAL_TASK, "q_train.backbone=separate",
+        preflight(load_config(None, [*REAL_TASK, "q_train.backbone=separate",
                                          f"q_train.separate_model={tmp_path}"]))
 
 
@@ -83,20 +84,20 @@ def test_preflight_refuses_data_files_of_a_format_the_loader_does_not_read(tmp_p
     csv = tmp_path / "test.csv"
     csv.write_text("question,answer\nQ,#### 1\n")
     with pytest.raises(ConfigError) as raised:
-        run.preflight(load_config(None, [*REAL_TASK, f"task.options.data_files.test={csv}"]))
+        preflight(load_config(None, [*REAL_TASK, f"task.options.data_files.test={csv}"]))
     assert str(raised.value) == (f"task.options.data_files: cannot load '{csv}': data files "
                                  "must end in one of ['.json', '.jsonl', '.parquet']")
 
 
 def test_preflight_refuses_data_files_without_the_split_evaluate_reads():
     with pytest.raises(ConfigError) as raised:
-        run.preflight(load_config(None, [*REAL_TASK, "task.eval_split=validation",
+        preflight(load_config(None, [*REAL_TASK, "task.eval_split=validation",
                                          f"task.options.data_files.test={GSM8K_TEST}"]))
     assert str(raised.value) == (
         "task.options.data_files: data_files has no entry for split 'validation' (it has "
         "['test']); add one, e.g. data_files.validation=/path/to/validation.jsonl "
         "(task.eval_split)")
-    run.preflight(load_config(None, [*REAL_TASK, "task.eval_split=validation", "stages=[collect]",
+    preflight(load_config(None, [*REAL_TASK, "task.eval_split=validation", "stages=[collect]",
                                      f"task.options.data_files.train={GSM8K_TEST}"]))
 
 
@@ -106,7 +107,7 @@ def test_train_and_eval_splits_reading_the_same_file_are_warned_of(tmp_path):
     test = Path(GSM8K_TEST).resolve()
 
     def warning(*overrides):
-        return run.shared_split_warning(load_config(None, [*REAL_TASK, *overrides]))
+        return shared_split_warning(load_config(None, [*REAL_TASK, *overrides]))
 
     assert warning(f"task.options.data_files={GSM8K_TEST}") == (
         f"warning: task.options.data_files gives the 'train' and 'test' splits the same "
@@ -127,11 +128,11 @@ def test_preflight_refuses_a_prm_model_that_is_neither_a_learned_prm_nor_a_check
         tmp_path):
     with pytest.raises(ConfigError, match=f"^search.prm_model={tmp_path} is neither a PRM the "
                                           "train_prm stage wrote"):
-        run.preflight(load_config(None, [*REAL_TASK, "search.utility=prm",
+        preflight(load_config(None, [*REAL_TASK, "search.utility=prm",
                                          f"search.prm_model={tmp_path}"]))
     # A Math-Shepherd checkpoint's shape: an HF directory with a config.json.
     (tmp_path / "config.json").write_text(Path(f"{ARCHITECTURES}/mistral-7b-v0.1.json").read_text())
-    run.preflight(load_config(None, [*REAL_TASK, "search.utility=prm",
+    preflight(load_config(None, [*REAL_TASK, "search.utility=prm",
                                      f"search.prm_model={tmp_path}"]))
 
 

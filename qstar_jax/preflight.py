@@ -1,0 +1,102 @@
+"""What ``run`` checks of a config before any work, so that a mistake a later stage would
+meet hours in is one line now: the task builds from its options; every checkpoint the
+config names exists and is of an architecture the loader reads; every data file exists
+and is of a format the loader reads, and the files give the split evaluate reads. And
+what it warns of: the train and eval splits reading the same file.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+from qstar_jax.config import SCRATCH, SOLVER, ConfigError, Utility
+from qstar_jax.memory_plan import architecture
+from qstar_jax.models.config import UnsupportedConfigError
+from qstar_jax.models.loading import PACKAGED_MODELS
+from qstar_jax.models.weights import CheckpointError
+from qstar_jax.stages.context import RunContext
+from qstar_jax.stages.prm import prm_kind
+from qstar_jax.tasks.datasets import DataFilesError, builder_for, files_for_split
+
+
+def preflight(config) -> None:
+    """Raise ConfigError for the first of the checks above that fails."""
+    RunContext(config=config, out=Path(config.out_dir)).task  # noqa: B018 (built to check)
+    check_checkpoints(config)
+    check_data_files(config)
+
+
+def check_checkpoints(config) -> None:
+    """Every checkpoint the run will load exists; each but the policy's (which
+    ``check_memory`` reads next) is of an architecture the loader reads."""
+    named = {"policy.source": config.policy.source if config.policy.source != SCRATCH else None,
+             "search.prm_model": config.search.prm_model,
+             "label.stronger_model": (None if config.label.stronger_model == SOLVER
+                                      else config.label.stronger_model),
+             "q_train.separate_model": config.q_train.separate_model,
+             "q_train.second_opinion": (None if config.q_train.second_opinion == SCRATCH
+                                        else config.q_train.second_opinion)}
+    if config.search.utility != Utility.prm:
+        named["search.prm_model"] = None
+    for key, source in named.items():
+        if source is not None and source not in PACKAGED_MODELS and not Path(source).exists():
+            raise ConfigError(f"{key}: checkpoint {source} does not exist; give an HF "
+                              f"directory, a .gguf file or one of {sorted(PACKAGED_MODELS)}")
+    # Neither a learned PRM nor a checkpoint: an error. A learned one has no architecture.
+    if named["search.prm_model"] is not None and prm_kind(named["search.prm_model"]) == "learned":
+        named["search.prm_model"] = None
+    # The others' are read only when a stage loads them, maybe hours in.
+    for key, source in named.items():
+        if key != "policy.source" and source is not None and source not in PACKAGED_MODELS:
+            try:
+                architecture(source, key, "")
+            except (CheckpointError, UnsupportedConfigError) as error:
+                raise ConfigError(f"{key}: {error}") from error
+
+
+def check_data_files(config) -> None:
+    """Every data file exists and is of a format the loader reads; a mapping of splits
+    gives the split evaluate reads."""
+    data_files = config.task.options.get("data_files") or {}
+    files = data_files.values() if isinstance(data_files, dict) else [data_files]
+    # evaluate reads its split last, maybe hours in: that the files give it is checked now
+    if data_files and isinstance(data_files, dict) and "evaluate" in config.stages:
+        try:
+            files_for_split(data_files, config.task.eval_split)
+        except DataFilesError as error:
+            raise ConfigError(f"task.options.data_files: {error} (task.eval_split)") from error
+    for file in files:
+        paths = [file] if isinstance(file, str) else list(file)
+        for path in paths:
+            if not glob.glob(path):
+                raise ConfigError(f"task.options.data_files: {path} does not exist")
+        try:
+            builder_for(paths)  # a format the loader reads
+        except DataFilesError as error:
+            raise ConfigError(f"task.options.data_files: {error}") from error
+
+
+def shared_split_warning(config) -> str | None:
+    """A line saying that the train and eval splits' data files share a file, where the run
+    evaluates: Q-hat and the PRM would learn on problems they are judged on. None else."""
+    data_files, task = config.task.options.get("data_files"), config.task
+    if not data_files or "evaluate" not in config.stages or task.train_split == task.eval_split:
+        return None
+
+    def files(split: str) -> set[str]:
+        try:
+            globs = files_for_split(data_files, split)
+        except DataFilesError:  # a split with no files: the stage that reads it says so
+            return set()
+        return {os.path.realpath(f) for pattern in globs for f in glob.glob(pattern)}
+
+    shared = sorted(files(task.train_split) & files(task.eval_split))
+    if not shared:
+        return None
+    return (f"warning: task.options.data_files gives the {task.train_split!r} and "
+            f"{task.eval_split!r} splits the same file(s) {shared}: the stages that learn "
+            f"(collect, label, train_q) read the problems evaluate scores; give each split "
+            f"its own files (task.options.data_files.{task.train_split}=... and "
+            f".{task.eval_split}=...)")
