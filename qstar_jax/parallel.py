@@ -203,6 +203,10 @@ def initialize_distributed(*, coordinator: str | None = None, num_processes: int
     if not 0 <= process_id < num_processes:
         raise ValueError(f"distributed.process_id={process_id} must lie in "
                          f"[0, num_processes={num_processes})")
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit():  # JAX would fail deep inside with an IndexError
+        raise ValueError(f"distributed.coordinator={coordinator!r} must be HOST:PORT of "
+                         "process 0, e.g. localhost:1234")
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id,
                                heartbeat_timeout_seconds=heartbeat_timeout_s)

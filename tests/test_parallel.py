@@ -204,6 +204,10 @@ def test_distributed_settings_come_all_together(jax_initialize_calls):
         initialize_distributed(coordinator="localhost:1234", num_processes=2, process_id=2)
     with pytest.raises(ValueError, match=r"process_id=-1 must lie in \[0, num_processes=2\)"):
         initialize_distributed(coordinator="localhost:1234", num_processes=2, process_id=-1)
+    for address in ("localhost", "localhost:", ":1234", "localhost:port"):
+        with pytest.raises(ValueError, match=f"distributed.coordinator='{address}' must be "
+                                             "HOST:PORT of process 0, e.g. localhost:1234"):
+            initialize_distributed(coordinator=address, num_processes=2, process_id=0)
     assert jax_initialize_calls == []
 
 
