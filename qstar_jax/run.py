@@ -17,6 +17,8 @@ from pathlib import Path
 import jax
 
 from qstar_jax.config import ConfigError, DistributedConfig, load_config, to_yaml
+from qstar_jax.decoding.kv_cache import SlotPoolExhausted
+from qstar_jax.decoding.paged_cache import PagePoolExhausted
 from qstar_jax.memory_plan import check_memory, context_warning, policy_architecture
 from qstar_jax.models.compile_cache import enable_compile_cache
 from qstar_jax.models.config import UnsupportedConfigError
@@ -142,6 +144,9 @@ def main(argv=None) -> int:
     except INPUT_ERRORS as error:
         print(f"run error: {error}", file=sys.stderr, flush=True)
         return 2
+    except (SlotPoolExhausted, PagePoolExhausted) as error:
+        print(f"run error: {cache_full_message(error, out)}", file=sys.stderr, flush=True)
+        return 2
     except KeyboardInterrupt:  # Ctrl-C: what the stages wrote is kept, line by line
         print(f"interrupted: run the same command again to resume from what {out} holds",
               file=sys.stderr, flush=True)
@@ -168,6 +173,17 @@ def run_stages(ctx: RunContext) -> None:
         STAGE_FUNCTIONS[stage](ctx)
         print(f"[qstar] stage {stage} done in {time.perf_counter() - start:.1f}s", flush=True)
     barrier("end")
+
+
+def cache_full_message(error: Exception, out: Path) -> str:
+    """What a run says when a search outgrew the KV cache: the decoder's figures, and the
+    settings that size the cache rather than the decoder's own advice."""
+    key = "decode.pages" if isinstance(error, PagePoolExhausted) else "decode.slots"
+    return (f"the KV cache is full: {str(error).split(';')[0]}; raise {key} (python -m "
+            "qstar_jax.memory_plan sizes it for your device) or lower "
+            f"eval.problems_per_batch. {out} keeps what was done, under its own settings: "
+            f"to go on under new ones, run with --out NEW --reuse {out} (once its training "
+            "stages have finished)")
 
 
 def lost_process_message(error: Exception, distributed: DistributedConfig) -> str:

@@ -11,6 +11,8 @@ from jax.sharding import AbstractMesh
 
 from qstar_jax import run
 from qstar_jax.config import STAGES, ConfigError, DistributedConfig, load_config, to_yaml
+from qstar_jax.decoding.kv_cache import SlotPoolExhausted
+from qstar_jax.decoding.paged_cache import PagePoolExhausted
 from qstar_jax.parallel import DATA, MODEL
 from qstar_jax.preflight import preflight, shared_split_warning
 from qstar_jax.run import parse_args
@@ -285,6 +287,28 @@ def test_data_files_without_a_split_a_stage_reads_is_one_line(tmp_path, monkeypa
     assert capsys.readouterr().err == (
         "run error: data_files has no entry for split 'train' (it has ['test']); add one, "
         "e.g. data_files.train=/path/to/train.jsonl\n")
+
+
+@pytest.mark.parametrize("full, key", [
+    (PagePoolExhausted("this write needs 8 new pages of 16 tokens but only 2 of 2 are free; "
+                       "free finished slots, or build the cache with more pages"), "decode.pages"),
+    (SlotPoolExhausted("asked for 2 cache slots but only 1 of 2 are free; free the slots of "
+                       "finished nodes, or build the decoder with a larger num_slots"),
+     "decode.slots")])
+def test_a_search_that_outgrows_the_cache_names_the_setting_to_raise(
+        tmp_path, monkeypatch, capsys, full, key):
+    def outgrown(ctx):
+        raise full
+    monkeypatch.setattr(run, "STAGE_FUNCTIONS", {
+        "train_policy": lambda ctx: (ctx.out / "policy").mkdir(), "collect": outgrown})
+    assert run.main(["stages=[train_policy,collect]", "--out", str(tmp_path)]) == 2
+    figures = str(full).split(";")[0]
+    assert capsys.readouterr().err == (
+        f"run error: the KV cache is full: {figures}; raise {key} (python -m "
+        "qstar_jax.memory_plan sizes it for your device) or lower eval.problems_per_batch. "
+        f"{tmp_path} keeps what was done, under its own settings: to go on under new ones, "
+        f"run with --out NEW --reuse {tmp_path} (once its training stages have finished)\n")
+    assert (tmp_path / "policy").is_dir()
 
 
 def test_ctrl_c_during_a_stage_says_how_to_resume(tmp_path, monkeypatch, capsys):
