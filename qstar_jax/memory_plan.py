@@ -43,7 +43,10 @@ counts every slot it holds (``slots_per_problem``) as a full max_len row.
 ``searches_in_flight`` is the pages available over that; ``pool_searches`` the same for
 the config's own ``decode.pages``. Set ``eval.problems_per_batch`` at or below it and
 ``decode.slots`` to at least ``problems_per_batch x slots_per_search`` (evaluate runs
-``decode.slots // slots_per_search`` searches at once at most).
+``decode.slots // slots_per_search`` searches at once at most). On a mesh the pages,
+rows, slots and searches are those of every ``mesh.data`` shard together, each shard's
+share whole (a search stays on its shard), so the pages and slots printed are settings
+``run`` accepts.
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ class MemoryPlan:
     kv_bytes_per_token: int  # per device
     slot_pool_bytes: int  # the config's cache: slots x max_len tokens, or its pages
     page_size: int
+    # Over all mesh.data shards, each a whole multiple of them (what run accepts):
     pages: int  # pages of page_size tokens that fit beside the weights
     rows_at_max_len: int  # rows of max_len tokens those pages hold, no sharing
     largest_slots: int  # the most decode.slots at this max_len that fit
@@ -198,19 +202,24 @@ def plan(cfg: ModelConfig, run: RunConfig, *, memory_bytes: int, backend: str,
     per_token //= model_axis
     held = decode.num_pages * decode.page_size or decode.slots * decode.max_len  # tokens
     pool = held * per_token // data_axis
-    left = max(int(HEADROOM * memory_bytes) - weights, 0)
-    pages = left // (page_size * per_token)
+    left = max(int(HEADROOM * memory_bytes) - weights, 0)  # on each device
+    # What one data shard's devices hold, times the shards: the pool's slots and pages
+    # split evenly over them and a search's tree stays on one, so these are settings
+    # run accepts (decode.pages, decode.slots) and searches their pools hold.
+    shard_pages = left // (page_size * per_token)
     peak = search_pages(run, page_size=page_size, prompt_tokens=prompt_tokens)
-    pool_searches = (search_pages(run, page_size=decode.page_size, prompt_tokens=prompt_tokens)
-                     if decode.page_size else 0)
+    pool_peak = (search_pages(run, page_size=decode.page_size, prompt_tokens=prompt_tokens)
+                 if decode.page_size else 0)
     return MemoryPlan(memory_bytes=memory_bytes, weight_bytes=weights,
                       model_bytes=model_bytes, kv_bytes_per_token=per_token,
-                      slot_pool_bytes=pool, page_size=page_size, pages=pages,
-                      rows_at_max_len=pages * page_size // decode.max_len,
-                      largest_slots=left * data_axis // (decode.max_len * per_token),
+                      slot_pool_bytes=pool, page_size=page_size,
+                      pages=shard_pages * data_axis,
+                      rows_at_max_len=shard_pages * page_size // decode.max_len * data_axis,
+                      largest_slots=left // (decode.max_len * per_token) * data_axis,
                       prompt_tokens=prompt_tokens, search_pages=peak,
-                      searches_in_flight=pages // peak,
-                      pool_searches=decode.num_pages // pool_searches if pool_searches else 0,
+                      searches_in_flight=shard_pages // peak * data_axis,
+                      pool_searches=(decode.num_pages // data_axis // pool_peak * data_axis
+                                     if pool_peak else 0),
                       slots_per_search=slots_per_search(run))
 
 

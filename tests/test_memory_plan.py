@@ -77,7 +77,7 @@ def test_a_mesh_splits_the_weights_over_model_and_the_cache_over_both_axes(mesh)
     assert figures.kv_bytes_per_token == per_token == 2**19
     assert figures.slot_pool_bytes == 64 * 1024 * per_token // 2 == 2**34
     left = 72 * 10**9 - weights  # 58,523,168,768
-    assert figures.pages == left // (16 * per_token) == 6976
+    assert figures.pages == 2 * (left // (16 * per_token)) == 2 * 6976  # both data shards
     # Each data shard holds its share of the slots: twice the rows one device's memory holds.
     assert figures.largest_slots == 2 * left // (1024 * per_token) == 218
 
@@ -351,11 +351,12 @@ def test_a_paged_cache_that_does_not_fit_is_refused_by_its_pages(monkeypatch):
     monkeypatch.setattr(jax, "device_count", lambda: 2)
     left = 27 * 10**6 - 2 * 634_080 * 4  # 21,927,360
     assert (left // (16 * 1152), left * 2 // (160 * 1152)) == (1189, 237)
+    # Each shard's pages and rows, times the 2 shards (settings that split over them).
     message = ("decode.pages=3000 x decode.page_size=16 does not fit the device memory: "
                "memory 0.0 GB (using 90%): weights 0.01 GB (policy 0.00, second_opinion 0.00), "
-               "KV 1.2 KB per token, the config's cache 0.03 GB; a paged cache gets 1189 pages "
-               "of 16 tokens = 118 rows at full max_len; the largest decode.slots that fits: "
-               "237; a search (prompt 120 tokens) peaks at 1370 pages and holds up to 385 "
+               "KV 1.2 KB per token, the config's cache 0.03 GB; a paged cache gets 2378 pages "
+               "of 16 tokens = 236 rows at full max_len; the largest decode.slots that fits: "
+               "236; a search (prompt 120 tokens) peaks at 1370 pages and holds up to 385 "
                "slots: searches_in_flight 0; the config's pages hold 2 searches")
     with pytest.raises(ConfigError) as refusal:
         memory_plan.check_memory(run)
@@ -363,6 +364,34 @@ def test_a_paged_cache_that_does_not_fit_is_refused_by_its_pages(monkeypatch):
     figures = memory_plan.plan(memory_plan.policy_architecture(run), run,
                                memory_bytes=3 * 10**7, backend="gpu", devices=2)
     assert figures.slot_pool_bytes == 3000 * 16 * 1152 // 2  # the pages, not 8 slots' rows
+
+
+def test_on_a_data_mesh_the_largest_pages_and_slots_of_a_plan_are_what_run_accepts(
+        monkeypatch):
+    """Two devices of 30 MB, mesh.data=-1's 2 shards, greedy alone: the plan's pages and
+    slots count both shards' pools, split evenly over them, so run's checks accept them
+    and refuse one more of each per shard; the searches the plan says those pages hold
+    are what the config's own pages then hold."""
+    monkeypatch.setattr(memory_plan, "available_memory", lambda: (3 * 10**7, "gpu"))
+    monkeypatch.setattr(jax, "device_count", lambda: 2)
+    greedy = ["eval.methods=[greedy]", "decode.slots=8"]
+    run = load_config(None, greedy)
+    figures = memory_plan.plan(memory_plan.policy_architecture(run), run,
+                               memory_bytes=3 * 10**7, backend="gpu", devices=2,
+                               others=memory_plan.evaluate_models(run))
+    pages, slots = figures.pages, figures.largest_slots
+    assert pages % 2 == slots % 2 == 0 and figures.searches_in_flight > 0
+    assert figures.searches_in_flight == 2 * (pages // 2 // figures.search_pages)
+    for pages, fits in ((pages, True), (pages + 2, False)):
+        run = load_config(None, [*greedy, "decode.page_size=16", f"decode.pages={pages}"])
+        if fits:
+            assert memory_plan.check_memory(run).pool_searches == figures.searches_in_flight
+        else:
+            with pytest.raises(ConfigError, match="does not fit"):
+                memory_plan.check_memory(run)
+    assert memory_plan.check_memory(load_config(None, [f"decode.slots={slots}"])).fits
+    with pytest.raises(ConfigError, match="does not fit"):
+        memory_plan.check_memory(load_config(None, [f"decode.slots={slots + 2}"]))
 
 
 def test_the_second_opinion_is_counted_where_q_hat_or_greedy_reads_it(tmp_path):
