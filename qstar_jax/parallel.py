@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # a type only: the models package loads its weights onto mesh
     from qstar_jax.models.config import ModelConfig
 
 DATA, MODEL = "data", "model"
+JOIN_TIMEOUT_S = 300  # how long a process waits for the others to start (JAX's default)
 
 
 class MeshError(ValueError):
@@ -207,8 +208,12 @@ def initialize_distributed(*, coordinator: str | None = None, num_processes: int
     if not host or not port.isdigit():  # JAX would fail deep inside with an IndexError
         raise ValueError(f"distributed.coordinator={coordinator!r} must be HOST:PORT of "
                          "process 0, e.g. localhost:1234")
+    # JAX waits for every process in silence, then aborts blaming a task that "died".
+    print(f"[qstar] process {process_id} of {num_processes}: joining the others at "
+          f"{coordinator} (waiting up to {JOIN_TIMEOUT_S} s for all {num_processes})",
+          flush=True)
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                               process_id=process_id,
+                               process_id=process_id, initialization_timeout=JOIN_TIMEOUT_S,
                                heartbeat_timeout_seconds=heartbeat_timeout_s)
     return True
 

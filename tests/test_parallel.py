@@ -274,16 +274,23 @@ def test_launch_settings_come_from_the_environment_too(jax_initialize_calls, mon
     assert initialize_distributed(coordinator="g:2", process_id=0) is True  # arguments win
     assert jax_initialize_calls == [
         {"coordinator_address": "h:1", "num_processes": 2, "process_id": 1,
-         "heartbeat_timeout_seconds": 7},
+         "initialization_timeout": 300, "heartbeat_timeout_seconds": 7},
         {"coordinator_address": "g:2", "num_processes": 2, "process_id": 0,
-         "heartbeat_timeout_seconds": 100}]
+         "initialization_timeout": 300, "heartbeat_timeout_seconds": 100}]
 
 
-def test_explicit_settings_pass_the_heartbeat_timeout(jax_initialize_calls):
+def test_explicit_settings_pass_the_heartbeat_timeout_and_say_whom_they_wait_for(
+        jax_initialize_calls, capsys):
+    """JAX waits for the others in silence (a wrong address: 5 minutes, then an abort
+    blaming a task that died), so the process first says where it joins and how long it
+    waits."""
     assert initialize_distributed(coordinator="h:1", num_processes=2, process_id=1,
                                   heartbeat_timeout_s=7) is True
     assert jax_initialize_calls == [{"coordinator_address": "h:1", "num_processes": 2,
-                                     "process_id": 1, "heartbeat_timeout_seconds": 7}]
+                                     "process_id": 1, "initialization_timeout": 300,
+                                     "heartbeat_timeout_seconds": 7}]
+    assert capsys.readouterr().out == ("[qstar] process 1 of 2: joining the others at h:1 "
+                                       "(waiting up to 300 s for all 2)\n")
 
 
 def test_only_process_0_writes_and_only_several_processes_wait_for_each_other(monkeypatch):
