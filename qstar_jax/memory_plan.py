@@ -16,7 +16,9 @@ config that does not fit, with these figures and the largest ``decode.slots`` th
 Counted: the models' weights (the policy's, and a second opinion's, which also decodes,
 its layers twice where the decoder also keeps them one array per layer:
 ``decode.layer_weights``, by default on CPU and GPU) and the KV cache, per
-device (weights split over ``mesh.model``, the cache over both axes). Not counted:
+device (weights split over ``mesh.model``, the cache over both axes; heads, kv heads, a
+vocabulary or an MLP width the model axis does not divide are held whole, as
+``ShardingRules.for_model`` replicates them, and so are the norms). Not counted:
 activations, the PRM's scoring pass (a [rows, text length] cache of its own per call),
 the learned PRM's and Q̂'s small heads, XLA's scratch; hence HEADROOM. The label stage's
 ``label.stronger_model`` is not counted either (it is not loaded beside the evaluate
@@ -116,18 +118,37 @@ class MemoryPlan:
                 f"{self.searches_in_flight}{pool}")
 
 
-def parameter_count(cfg: ModelConfig) -> int:
+def parameter_count(cfg: ModelConfig, model_axis: int = 1) -> int:
+    """The model's parameters, or those one device holds with ``model_axis`` devices on
+    the mesh's model axis (``_split``)."""
     embeddings = cfg.vocab_size * cfg.hidden_size * (1 if cfg.tie_word_embeddings else 2)
-    return layer_parameter_count(cfg) + embeddings + cfg.hidden_size
+    return (layer_parameter_count(cfg, model_axis)
+            + embeddings // _split(cfg.vocab_size, model_axis) + cfg.hidden_size)
 
 
-def layer_parameter_count(cfg: ModelConfig) -> int:
-    """The decoder layers' parameters (what a per-layer copy holds again)."""
+def layer_parameter_count(cfg: ModelConfig, model_axis: int = 1) -> int:
+    """The decoder layers' parameters (what a per-layer copy holds again), or one device's
+    share of them (``_split``)."""
     e, d, f = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
-    attention = e * d * (cfg.num_heads * 2 + cfg.num_kv_heads * 2)
-    attention += d * (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.attention_bias
-    attention += e * cfg.attention_out_bias
-    return cfg.num_layers * (attention + 3 * e * f + 2 * e)
+    q_and_o = d * cfg.num_heads * (2 * e + cfg.attention_bias)
+    k_and_v = 2 * d * cfg.num_kv_heads * (e + cfg.attention_bias)
+    attention = (q_and_o // _split(cfg.num_heads, model_axis)
+                 + k_and_v // _split(cfg.num_kv_heads, model_axis) + e * cfg.attention_out_bias)
+    return cfg.num_layers * (attention + 3 * e * f // _split(f, model_axis) + 2 * e)
+
+
+def _split(size: int, model_axis: int) -> int:
+    """How many ways a model axis of ``model_axis`` devices splits a logical axis of
+    ``size`` (vocabulary, heads, kv heads, MLP width): all of them, or none where it does
+    not divide ``size``, which ``ShardingRules.for_model`` then replicates (norms are
+    never split)."""
+    return model_axis if size % model_axis == 0 else 1
+
+
+def kv_bytes_per_token(cfg: ModelConfig, dtype_bytes: int, model_axis: int = 1) -> int:
+    """One token's keys and values over every layer, on one device of the model axis."""
+    return (2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * dtype_bytes
+            // _split(cfg.num_kv_heads, model_axis))
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -195,11 +216,11 @@ def plan(cfg: ModelConfig, run: RunConfig, *, memory_bytes: int, backend: str,
     copied = resolve_layer_weights(decode.layer_weights, backend) in COPYING_LAYER_WEIGHTS
     decoded = {"policy", "second_opinion"} if copied else set()
     models = {"policy": cfg, **(others or {})}
-    model_bytes = {name: (parameter_count(c) + layer_parameter_count(c) * (name in decoded))
-                   * dtype_bytes // model_axis for name, c in models.items()}
+    model_bytes = {name: (parameter_count(c, model_axis)
+                          + layer_parameter_count(c, model_axis) * (name in decoded))
+                   * dtype_bytes for name, c in models.items()}
     weights = sum(model_bytes.values())
-    per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * dtype_bytes
-    per_token //= model_axis
+    per_token = kv_bytes_per_token(cfg, dtype_bytes, model_axis)
     held = decode.num_pages * decode.page_size or decode.slots * decode.max_len  # tokens
     pool = held * per_token // data_axis
     left = max(int(HEADROOM * memory_bytes) - weights, 0)  # on each device

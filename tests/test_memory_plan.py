@@ -71,15 +71,36 @@ def test_a_mesh_splits_the_weights_over_model_and_the_cache_over_both_axes(mesh)
                              "decode.slots=64", "decode.max_len=1024", "mesh.model=2", *mesh])
     figures = memory_plan.plan(ModelConfig(**LLAMA2_7B), run, memory_bytes=80 * 10**9,
                                backend="gpu", devices=4)
-    weights = 6_738_415_616 * 4 // 2
+    norms = (2 * 32 + 1) * 4096  # held whole on every device
+    weights = (6_738_415_616 - norms) * 4 // 2 + norms * 4
     assert figures.model_bytes == {"policy": weights} and figures.weight_bytes == weights
     per_token = 2 * 32 * 32 * 128 * 4 // 2  # the KV heads split over model
     assert figures.kv_bytes_per_token == per_token == 2**19
     assert figures.slot_pool_bytes == 64 * 1024 * per_token // 2 == 2**34
-    left = 72 * 10**9 - weights  # 58,523,168,768
+    left = 72 * 10**9 - weights  # 58,522,636,288
     assert figures.pages == 2 * (left // (16 * per_token)) == 2 * 6976  # both data shards
     # Each data shard holds its share of the slots: twice the rows one device's memory holds.
     assert figures.largest_slots == 2 * left // (1024 * per_token) == 218
+
+
+def test_heads_or_a_vocabulary_the_model_axis_does_not_divide_are_counted_whole():
+    """SmolLM2-135M (9 heads, 3 kv heads, a 49,152 vocabulary, MLP 1,536) in float32 on
+    mesh.model=2: ShardingRules replicates q, k, v, o and so the KV cache, and splits the
+    embeddings and the MLP; on mesh.model=3 everything but the norms splits."""
+    cfg = ModelConfig(**SMOLLM2_135M)
+    e, layers = 576, 30
+    attention = layers * 576 * 64 * 24  # q and o (9 heads), k and v (3), 64 wide
+    mlp, embeddings, norms = layers * 3 * e * 1536, 49152 * e, (2 * layers + 1) * e
+    assert attention + mlp + embeddings + norms == 134_515_008
+    run = load_config(None, ["policy.source=smollm2-135m-instruct", "q_train.second_opinion=null",
+                             "decode.layer_weights=stacked", "mesh.model=2"])
+    figures = memory_plan.plan(cfg, run, memory_bytes=8 * 10**9, backend="gpu", devices=2)
+    assert figures.kv_bytes_per_token == 2 * layers * 3 * 64 * 4  # no halving
+    assert figures.weight_bytes == (attention + (mlp + embeddings) // 2 + norms) * 4
+    thirds = memory_plan.plan(cfg, dataclasses.replace(run, mesh=dataclasses.replace(
+        run.mesh, model=3)), memory_bytes=8 * 10**9, backend="gpu", devices=3)
+    assert thirds.kv_bytes_per_token == 2 * layers * 3 * 64 * 4 // 3
+    assert thirds.weight_bytes == ((attention + mlp + embeddings) // 3 + norms) * 4
 
 
 @pytest.mark.parametrize("backend, layer_weights, copied", [
