@@ -1,7 +1,8 @@
 """What ``run`` checks of a config before any work, so that a mistake a later stage would
 meet hours in is one line now: the task builds from its options; every checkpoint the
 config names exists and is of an architecture the loader reads; every data file exists
-and is of a format the loader reads, and the files give the split evaluate reads. And
+and is of a format the loader reads, and the files give the split evaluate reads; and,
+once the mesh is built, ``decode.layer_weights`` can hold each decoding model on it. And
 what it warns of: the train and eval splits reading the same file.
 """
 
@@ -12,10 +13,12 @@ import os
 from pathlib import Path
 
 from qstar_jax.config import SCRATCH, SOLVER, ConfigError, Utility
-from qstar_jax.memory_plan import architecture
+from qstar_jax.decoding.weights import resolve_layer_weights
+from qstar_jax.memory_plan import architecture, evaluate_models, policy_architecture
 from qstar_jax.models.config import UnsupportedConfigError
 from qstar_jax.models.loading import PACKAGED_MODELS
 from qstar_jax.models.weights import CheckpointError
+from qstar_jax.parallel import MODEL, ShardingRules
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.prm import prm_kind
 from qstar_jax.tasks.datasets import DataFilesError, builder_for, files_for_split
@@ -76,6 +79,21 @@ def check_data_files(config) -> None:
             builder_for(paths)  # a format the loader reads
         except DataFilesError as error:
             raise ConfigError(f"task.options.data_files: {error}") from error
+
+
+def check_layer_weights(config, mesh) -> None:
+    """``decode.layer_weights`` can hold each model that decodes (the policy, a second
+    opinion) on ``mesh``, said before any weight loads rather than when a stage first
+    builds a decoder."""
+    decoded = [policy_architecture(config)]
+    decoded += [m for name, m in evaluate_models(config).items() if name == "second_opinion"]
+    for model in decoded:
+        heads_split = ShardingRules().for_model(model, mesh).splits("heads", mesh)
+        try:
+            resolve_layer_weights(config.decode.layer_weights, heads_split=heads_split)
+        except ValueError as error:
+            raise ConfigError(f"decode.{error} (mesh.model={mesh.shape[MODEL]} splits the "
+                              f"{model.num_heads} heads)") from None
 
 
 def shared_split_warning(config) -> str | None:

@@ -25,7 +25,7 @@ from qstar_jax.models.config import UnsupportedConfigError
 from qstar_jax.models.weights import CheckpointError
 from qstar_jax.parallel import (DATA, barrier, check_slots, initialize_distributed,
                                 is_writer, make_mesh)
-from qstar_jax.preflight import preflight, shared_split_warning
+from qstar_jax.preflight import check_layer_weights, preflight, shared_split_warning
 from qstar_jax.stages.reuse import differing_settings, reuse_trained_outputs
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.evaluate import evaluate
@@ -99,6 +99,7 @@ def main(argv=None) -> int:
         if config.decode.page_size and config.decode.num_pages % mesh.shape[DATA]:
             raise ConfigError(f"decode.pages: {config.decode.num_pages} pages do not split "
                               f"over this mesh's {mesh.shape[DATA]} data shards")
+        check_layer_weights(config, mesh)
         check_memory(config)  # the weights and the cache fit, or say what does
         warnings = [context_warning(config, policy_architecture(config)),
                     shared_split_warning(config)]

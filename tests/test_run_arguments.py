@@ -14,7 +14,7 @@ from qstar_jax.config import STAGES, ConfigError, DistributedConfig, load_config
 from qstar_jax.decoding.kv_cache import SlotPoolExhausted
 from qstar_jax.decoding.paged_cache import PagePoolExhausted
 from qstar_jax.parallel import DATA, MODEL
-from qstar_jax.preflight import preflight, shared_split_warning
+from qstar_jax.preflight import check_layer_weights, preflight, shared_split_warning
 from qstar_jax.run import parse_args
 from qstar_jax.stages.context import RunContext
 from qstar_jax.tasks.base import MalformedRecordError
@@ -264,6 +264,27 @@ def test_a_page_pool_that_does_not_split_over_the_mesh_is_refused_before_any_sta
     assert run.main([*overrides, "decode.page_size=0", "decode.slots=6"]) == 2
     assert capsys.readouterr().err == ("config error: decode.slots=6 does not split over the "
                                        "4 data shards; make it a multiple of 4\n")
+
+
+def test_layer_weights_a_mesh_cannot_hold_are_refused_before_any_stage(
+        tmp_path, monkeypatch, capsys):
+    """per-layer-kernels needs whole heads: on a model axis of 2, which splits the default
+    policy's 4 heads (and its second opinion's), it is a config error before training,
+    where the first decoder used to raise it once the policy was trained."""
+    monkeypatch.setattr(run, "make_mesh", lambda data, model: AbstractMesh(
+        (1, 2), (DATA, MODEL)))
+    monkeypatch.setattr(run, "run_stages", lambda ctx: pytest.fail("a stage ran"))
+    assert run.main(["decode.layer_weights=per-layer-kernels", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        "config error: decode.layer_weights='per-layer-kernels' runs each layer's products as "
+        "kernels over whole weights, and this mesh splits the attention heads over devices: "
+        "use 'auto' or a mesh with model=1 (mesh.model=2 splits the 4 heads)\n")
+    assert not (tmp_path / "config.yaml").exists()
+    mesh = AbstractMesh((1, 2), (DATA, MODEL))
+    check_layer_weights(load_config(None, ["decode.layer_weights=auto"]), mesh)
+    three_heads = ["policy_training.num_heads=3", "policy_training.num_kv_heads=1"]
+    check_layer_weights(load_config(None, [*three_heads,  # held whole: no split
+                                               "decode.layer_weights=per-layer-kernels"]), mesh)
 
 
 def test_input_a_stage_cannot_use_is_one_line_and_the_earlier_stages_are_kept(
