@@ -102,6 +102,11 @@ class MemoryPlan:
     def fits(self) -> bool:
         return self.weight_bytes + self.slot_pool_bytes <= HEADROOM * self.memory_bytes
 
+    @property
+    def weights_fit(self) -> bool:
+        """Whether the weights alone fit, leaving any room for a cache."""
+        return self.weight_bytes < HEADROOM * self.memory_bytes
+
     def describe(self) -> str:
         gb = 1e9
         models = ", ".join(f"{name} {size / gb:.2f}" for name, size in self.model_bytes.items())
@@ -115,7 +120,9 @@ class MemoryPlan:
                 f"the largest decode.slots that fits: {self.largest_slots}; a search "
                 f"(prompt {self.prompt_tokens} tokens) peaks at {self.search_pages} pages "
                 f"and holds up to {self.slots_per_search} slots: searches_in_flight "
-                f"{self.searches_in_flight}{pool}")
+                f"{self.searches_in_flight}{pool}"
+                + ("" if self.weights_fit else "; the weights alone do not fit: split them "
+                   "over devices with mesh.model, or use a device with more memory"))
 
 
 def parameter_count(cfg: ModelConfig, model_axis: int = 1) -> int:
@@ -363,7 +370,8 @@ def check_memory(run: RunConfig) -> MemoryPlan:
         d = run.decode
         cache = (f"decode.pages={d.num_pages} x decode.page_size={d.page_size}" if d.page_size
                  else f"decode.slots={d.slots} x decode.max_len={d.max_len}")
-        raise ConfigError(f"{cache} does not fit the {where}: {figures.describe()}")
+        what = f"{cache} does" if figures.weights_fit else "the models' weights alone do"
+        raise ConfigError(f"{what} not fit the {where}: {figures.describe()}")
     return figures
 
 

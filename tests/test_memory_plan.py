@@ -132,6 +132,27 @@ def test_check_memory_refuses_before_a_stage_runs(monkeypatch):
     assert memory_plan.check_memory(load_config(None, ["decode.slots=8"])).fits
 
 
+def test_weights_that_alone_do_not_fit_are_named_as_what_does_not_fit(monkeypatch, capsys):
+    """gsm8k_llama2_7b's policy and PRM (27.96 GB in bfloat16) on a 16 GB device: the
+    refusal blamed the cache and printed 0 pages without saying why."""
+    models = [f"--model-config={ARCHITECTURES}/llama-2-7b.json",
+              f"--prm-config={ARCHITECTURES}/mistral-7b-v0.1.json"]
+    code = memory_plan.main(["configs/gsm8k_llama2_7b.yaml", "--memory", "16GB", *models])
+    described, figures = capsys.readouterr().out.splitlines()
+    advice = ("; the weights alone do not fit: split them over devices with mesh.model, or "
+              "use a device with more memory")
+    assert code == 1 and json.loads(figures)["pages"] == 0 and described.endswith(advice)
+    run = load_config(None, ["decode.slots=8"])
+    assert advice not in memory_plan.plan(memory_plan.policy_architecture(run), run,
+                                          memory_bytes=10**9, backend="cpu").describe()
+    monkeypatch.setattr(memory_plan, "available_memory", lambda: (10**6, "gpu"))
+    with pytest.raises(ConfigError) as refusal:
+        memory_plan.check_memory(run)
+    message = str(refusal.value)
+    assert message.startswith("the models' weights alone do not fit the device memory: ")
+    assert message.endswith(advice)
+
+
 def test_command_sizes_a_7b_config_from_its_config_json(tmp_path, capsys):
     hf = {"model_type": "llama", "vocab_size": 32000, "hidden_size": 4096,
           "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
@@ -231,7 +252,8 @@ def test_check_memory_counts_the_prm(tmp_path, monkeypatch):
     monkeypatch.setattr(memory_plan, "available_memory", lambda: (10**12, "gpu"))
     assert memory_plan.check_memory(run).model_bytes["prm"] == MISTRAL_7B_PARAMETERS * 4
     monkeypatch.setattr(memory_plan, "available_memory", lambda: (2 * 10**10, "gpu"))
-    with pytest.raises(ConfigError, match=r"does not fit the device memory.*prm 28\.97"):
+    with pytest.raises(ConfigError, match=r"weights alone do not fit the device memory.*"
+                                          r"prm 28\.97"):
         memory_plan.check_memory(run)
 
 
