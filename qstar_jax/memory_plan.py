@@ -2,7 +2,7 @@
 
 ``python -m qstar_jax.memory_plan [CONFIG.yaml] [key=value ...] --memory 80GB
 [--model-config config.json] [--prm-config config.json] [--q-config config.json]
-[--page-size 16] [--prompt-tokens 768]`` prints the weights of every model the evaluate
+[--page-size 16] [--prompt-tokens 768] [--devices 8]`` prints the weights of every model the evaluate
 stage holds on the device (the policy; a Math-Shepherd PRM for ``search.utility=prm``;
 Q̂'s own model, ``q_train.separate_model`` or a ``q_train.second_opinion`` checkpoint),
 the policy's KV bytes per token, the cache the config reserves, and, for a paged cache
@@ -431,6 +431,9 @@ def main(argv=None) -> int:
                         help="a prompt's tokens, for a search's peak pages (default "
                         f"{DEFAULT_PROMPT_TOKENS}, or decode.max_len less one step where "
                         "that is shorter)")
+    parser.add_argument("--devices", type=_positive_int, default=1,
+                        help="the devices the run will have, all hosts together, which "
+                        "mesh.data=-1 spreads the cache over (default 1)")
     parser.add_argument("--backend", choices=["gpu", "tpu", "cpu"], default="gpu",
                         help="the device the run will use (decode.layer_weights=auto holds "
                         "the layers twice on gpu and cpu; default gpu)")
@@ -450,7 +453,8 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     figures = plan(policy, run, memory_bytes=args.memory, backend=args.backend,
-                   page_size=args.page_size, others=others, prompt_tokens=args.prompt_tokens)
+                   page_size=args.page_size, devices=args.devices, others=others,
+                   prompt_tokens=args.prompt_tokens)
     warning = context_warning(run, policy)
     if warning:
         print(warning, file=sys.stderr)

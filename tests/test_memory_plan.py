@@ -339,6 +339,7 @@ def test_the_default_prompt_leaves_a_short_row_room_for_one_step():
     (["--memory", "1GB", "--page-size", "0"], "argument --page-size: must be a whole number "
                                               ">= 1, got '0'"),
     (["--memory", "1GB", "--prompt-tokens", "-5"], "argument --prompt-tokens: must be"),
+    (["--memory", "1GB", "--devices", "0"], "argument --devices: must be a whole number"),
 ])
 def test_bad_arguments_are_refused_by_name(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -468,7 +469,8 @@ def test_a_learned_prm_is_not_counted_unless_given_a_config(tmp_path):
         "prm": ModelConfig.from_hf(json.loads(Path(mistral).read_text()))}
 
 
-def test_the_command_passes_its_page_size_prompt_and_backend_to_the_plan(tmp_path, capsys):
+def test_the_command_passes_its_page_size_prompt_backend_and_devices_to_the_plan(
+        tmp_path, capsys):
     """SMALL_SEARCH at --page-size 32 and a 50-token prompt: qstar peaks at 2 prompt pages
     + ceil(300 / 32) + 15 leaves + 3 rows x 1 = 30 pages (best_of_n 20, greedy 7); on a
     TPU the decoder keeps no per-layer copy. (SmolLM2's shape from its config.json: the
@@ -494,6 +496,11 @@ def test_the_command_passes_its_page_size_prompt_and_backend_to_the_plan(tmp_pat
     code, small = plan_json(capsys, *SMALL_SEARCH, *smollm2, "--memory", "500MB",
                             "--backend", "tpu")
     assert (code, small["fits"], small["pages"], small["largest_slots"]) == (1, False, 0, 0)
+    # mesh.data=-1 on --devices 4 of mesh.model=2: 2 data shards, as run's check counts.
+    _, meshed = plan_json(capsys, *SMALL_SEARCH, *smollm2, "--memory", "2GB", "--backend",
+                          "tpu", "--page-size", "32", "--devices", "4", "mesh.model=2")
+    per_shard = (int(0.9 * 2e9) - meshed["weight_bytes"]) // (32 * 46080)  # 3 kv heads whole
+    assert meshed["pages"] == 2 * per_shard
 
 
 def test_a_plan_fits_at_exactly_its_share_of_the_memory():
