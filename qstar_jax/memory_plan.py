@@ -409,6 +409,8 @@ def parse_memory(text: str) -> int:
         number = None
     if number is None or (unit not in UNITS and unit not in ("", "B")):
         raise ValueError(f"memory {text!r}: give a number with one of {sorted(UNITS)}")
+    if int(number * UNITS.get(unit, 1)) < 1:
+        raise ValueError(f"memory {text!r}: must be at least one byte, e.g. 80GB")
     return int(number * UNITS.get(unit, 1))
 
 

@@ -185,6 +185,9 @@ def test_memory_units_are_decimal_or_binary_as_written():
     for text in ("80 GiBs", "GB", "1 GB 2", "eGB", "1.2.3 GB"):
         with pytest.raises(ValueError, match=f"memory '{text}': give a number"):
             memory_plan.parse_memory(text)
+    for text in ("0", "0GB", "0.1 B"):  # a plan of nothing would print zeros and exit 1
+        with pytest.raises(ValueError, match=f"memory '{text}': must be at least one byte"):
+            memory_plan.parse_memory(text)
 
 
 def test_a_checkpoint_not_on_this_machine_asks_for_its_config_json(capsys):
