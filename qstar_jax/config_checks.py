@@ -95,9 +95,11 @@ def _check_decode(config: RunConfig) -> None:
     _require(m.model >= 1 and (m.data >= 1 or m.data == -1), "mesh",
              f"sizes must be >= 1 (data may be -1), got data={m.data} model={m.model}")
     _require(d.page_size == 0 or m.data == -1 or d.num_pages % m.data == 0, "decode.pages",
-             f"{d.num_pages} pages do not split over mesh.data={m.data} shards")
+             f"{d.num_pages} pages do not split over mesh.data={m.data} shards; make it a "
+             f"multiple of {m.data}")
     _require(m.data == -1 or d.slots % m.data == 0, "decode.slots",
-             f"{d.slots} slots do not split over mesh.data={m.data} shards")
+             f"{d.slots} slots do not split over mesh.data={m.data} shards; make it a "
+             f"multiple of {m.data}")
     _at_least(1, "distributed", config.distributed, "heartbeat_timeout_s")
 
 

@@ -98,7 +98,8 @@ def main(argv=None) -> int:
         check_slots(mesh, config.decode.slots)
         if config.decode.page_size and config.decode.num_pages % mesh.shape[DATA]:
             raise ConfigError(f"decode.pages: {config.decode.num_pages} pages do not split "
-                              f"over this mesh's {mesh.shape[DATA]} data shards")
+                              f"over this mesh's {mesh.shape[DATA]} data shards; make it a "
+                              f"multiple of {mesh.shape[DATA]}")
         check_layer_weights(config, mesh)
         check_memory(config)  # the weights and the cache fit, or say what does
         warnings = [context_warning(config, policy_architecture(config)),

@@ -170,8 +170,10 @@ def plain(value):
 
 @pytest.mark.parametrize("overrides, message", [
     (["decode.page_size=48", "eval.prefix_sharing=false"], "max_len=160 must be a multiple"),
-    (["decode.page_size=16", "decode.pages=99", "mesh.data=2"], "99 pages do not split"),
-    (["decode.slots=9", "mesh.data=2"], "decode.slots: 9 slots do not split over mesh.data=2"),
+    (["decode.page_size=16", "decode.pages=99", "mesh.data=2"],
+     "99 pages do not split over mesh.data=2 shards; make it a multiple of 2$"),
+    (["decode.slots=9", "mesh.data=2"],
+     "decode.slots: 9 slots do not split over mesh.data=2 shards; make it a multiple of 2$"),
     (["decode.pages=-1"], "decode.pages: must be >= 0, got -1"),
     (["decode.layer_weights=per_layer"], "decode.layer_weights: must be one of .*per-layer"),
 ])

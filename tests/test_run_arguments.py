@@ -259,7 +259,8 @@ def test_a_page_pool_that_does_not_split_over_the_mesh_is_refused_before_any_sta
                  "--out", str(tmp_path)]
     assert run.main([*overrides, "decode.pages=30"]) == 2
     assert capsys.readouterr().err == ("config error: decode.pages: 30 pages do not split "
-                                       "over this mesh's 4 data shards\n")
+                                       "over this mesh's 4 data shards; make it a "
+                                       "multiple of 4\n")
     assert not (tmp_path / "config.yaml").exists()
     assert run.main([*overrides, "decode.page_size=0", "decode.slots=6"]) == 2
     assert capsys.readouterr().err == ("config error: decode.slots=6 does not split over the "
