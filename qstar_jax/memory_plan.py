@@ -69,6 +69,7 @@ from qstar_jax.config import (REASONER_METHODS, SCRATCH, ConfigError, QBackbone,
 from qstar_jax.decoding.weights import COPYING_LAYER_WEIGHTS, resolve_layer_weights
 from qstar_jax.models.config import ModelConfig, UnsupportedConfigError
 from qstar_jax.models.weights import CheckpointError
+from qstar_jax.parallel import MeshError, mesh_shape
 
 HEADROOM = 0.9  # the share of memory the weights and the cache may take
 SCRATCH_VOCAB = 256  # a from-scratch policy's character vocabulary is smaller than this
@@ -433,9 +434,10 @@ def main(argv=None) -> int:
                         help="a prompt's tokens, for a search's peak pages (default "
                         f"{DEFAULT_PROMPT_TOKENS}, or decode.max_len less one step where "
                         "that is shorter)")
-    parser.add_argument("--devices", type=_positive_int, default=1,
+    parser.add_argument("--devices", type=_positive_int, default=None,
                         help="the devices the run will have, all hosts together, which "
-                        "mesh.data=-1 spreads the cache over (default 1)")
+                        "mesh.data=-1 spreads the cache over and the mesh must fit "
+                        "(default: one, not checked against the mesh)")
     parser.add_argument("--backend", choices=["gpu", "tpu", "cpu"], default="gpu",
                         help="the device the run will use (decode.layer_weights=auto holds "
                         "the layers twice on gpu and cpu; default gpu)")
@@ -448,14 +450,16 @@ def main(argv=None) -> int:
         run = load_config(args.config, args.overrides)
         policy = policy_architecture(run, args.model_config)
         others = evaluate_models(run, prm_config=args.prm_config, q_config=args.q_config)
+        if args.devices is not None:  # as run builds its mesh
+            mesh_shape(run.mesh.data, run.mesh.model, args.devices)
         if args.prompt_tokens is not None and args.prompt_tokens >= run.decode.max_len:
             raise ConfigError(f"--prompt-tokens {args.prompt_tokens} leaves no room in a row "
                               f"of decode.max_len={run.decode.max_len} tokens")
-    except (ConfigError, CheckpointError, UnsupportedConfigError) as error:
+    except (ConfigError, CheckpointError, UnsupportedConfigError, MeshError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     figures = plan(policy, run, memory_bytes=args.memory, backend=args.backend,
-                   page_size=args.page_size, devices=args.devices, others=others,
+                   page_size=args.page_size, devices=args.devices or 1, others=others,
                    prompt_tokens=args.prompt_tokens)
     warning = context_warning(run, policy)
     if warning:

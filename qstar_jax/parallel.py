@@ -98,7 +98,16 @@ def make_mesh(data: int = -1, model: int = 1, *, devices: Sequence[jax.Device] |
     ``data = -1`` takes all the devices the model axis leaves. Raises MeshError, before
     anything is loaded, when the sizes do not multiply to the device count."""
     devices = list(jax.devices() if devices is None else devices)
-    count = len(devices)
+    data, model = mesh_shape(data, model, len(devices))
+    # Auto axes, said explicitly: jax.make_mesh defaults to Explicit, which would make
+    # every jitted function spell out its shardings instead of letting GSPMD propagate.
+    return jax.make_mesh((data, model), (DATA, MODEL), devices=devices,
+                         axis_types=(AxisType.Auto, AxisType.Auto))
+
+
+def mesh_shape(data: int, model: int, count: int) -> tuple[int, int]:
+    """The (data, model) sizes ``make_mesh`` builds over ``count`` devices (``data = -1``:
+    what the model axis leaves); MeshError when they cannot be."""
     if model < 1 or (data < 1 and data != -1):
         raise MeshError(f"mesh sizes must be >= 1 (data may be -1), got data={data} "
                         f"model={model}")
@@ -110,10 +119,7 @@ def make_mesh(data: int = -1, model: int = 1, *, devices: Sequence[jax.Device] |
     if data * model != count:
         raise MeshError(f"mesh data={data} x model={model} needs {data * model} devices, but "
                         f"there are {count}; set mesh.data=-1 to use every device")
-    # Auto axes, said explicitly: jax.make_mesh defaults to Explicit, which would make
-    # every jitted function spell out its shardings instead of letting GSPMD propagate.
-    return jax.make_mesh((data, model), (DATA, MODEL), devices=devices,
-                         axis_types=(AxisType.Auto, AxisType.Auto))
+    return data, model
 
 
 def check_slots(mesh: Mesh, slots: int) -> None:

@@ -504,6 +504,11 @@ def test_the_command_passes_its_page_size_prompt_backend_and_devices_to_the_plan
                           "tpu", "--page-size", "32", "--devices", "4", "mesh.model=2")
     per_shard = (int(0.9 * 2e9) - meshed["weight_bytes"]) // (32 * 46080)  # 3 kv heads whole
     assert meshed["pages"] == 2 * per_shard
+    # A mesh the devices cannot form is refused as run refuses it.
+    assert memory_plan.main([*SMALL_SEARCH, *smollm2, "--memory", "2GB", "--devices", "2",
+                             "mesh.data=4"]) == 2
+    assert capsys.readouterr().err == ("error: mesh data=4 x model=1 needs 4 devices, but "
+                                       "there are 2; set mesh.data=-1 to use every device\n")
 
 
 def test_a_plan_fits_at_exactly_its_share_of_the_memory():
