@@ -195,9 +195,9 @@ def initialize_distributed(*, coordinator: str | None = None, num_processes: int
     env = os.environ
     coordinator = coordinator or env.get("JAX_COORDINATOR_ADDRESS")
     if num_processes is None and "JAX_NUM_PROCESSES" in env:
-        num_processes = int(env["JAX_NUM_PROCESSES"])
+        num_processes = _whole_number(env, "JAX_NUM_PROCESSES")
     if process_id is None and "JAX_PROCESS_ID" in env:
-        process_id = int(env["JAX_PROCESS_ID"])
+        process_id = _whole_number(env, "JAX_PROCESS_ID")
     given = (coordinator, num_processes, process_id)
     if all(v is None for v in given):
         detect = cluster_in_environment(env) is not None if auto_detect is None else auto_detect
@@ -222,6 +222,13 @@ def initialize_distributed(*, coordinator: str | None = None, num_processes: int
                                process_id=process_id, initialization_timeout=JOIN_TIMEOUT_S,
                                heartbeat_timeout_seconds=heartbeat_timeout_s)
     return True
+
+
+def _whole_number(env: Mapping[str, str], name: str) -> int:
+    try:
+        return int(env[name])
+    except ValueError:
+        raise ValueError(f"{name}={env[name]!r} must be a whole number") from None
 
 
 def cluster_in_environment(env: Mapping[str, str]) -> str | None:

@@ -265,6 +265,9 @@ def test_empty_settings_let_jax_detect_the_cluster_the_environment_shows(
 
 
 def test_launch_settings_come_from_the_environment_too(jax_initialize_calls, monkeypatch):
+    monkeypatch.setenv("JAX_PROCESS_ID", "one")
+    with pytest.raises(ValueError, match="^JAX_PROCESS_ID='one' must be a whole number$"):
+        initialize_distributed()
     monkeypatch.setenv("JAX_PROCESS_ID", "1")
     with pytest.raises(ValueError, match=r"together \(got \(None, None, 1\)\)"):
         initialize_distributed()
