@@ -12,9 +12,9 @@ import glob
 import os
 from pathlib import Path
 
+from qstar_jax.architectures import architecture, evaluate_models, policy_architecture
 from qstar_jax.config import SCRATCH, SOLVER, ConfigError, Utility
 from qstar_jax.decoding.weights import resolve_layer_weights
-from qstar_jax.memory_plan import architecture, evaluate_models, policy_architecture
 from qstar_jax.models.config import UnsupportedConfigError
 from qstar_jax.models.loading import PACKAGED_MODELS
 from qstar_jax.models.weights import CheckpointError

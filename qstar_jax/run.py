@@ -16,10 +16,11 @@ from pathlib import Path
 
 import jax
 
+from qstar_jax.architectures import context_warning, policy_architecture
 from qstar_jax.config import ConfigError, DistributedConfig, load_config, to_yaml
 from qstar_jax.decoding.kv_cache import SlotPoolExhausted
 from qstar_jax.decoding.paged_cache import PagePoolExhausted
-from qstar_jax.memory_plan import check_memory, context_warning, policy_architecture
+from qstar_jax.memory_plan import check_memory
 from qstar_jax.models.compile_cache import enable_compile_cache
 from qstar_jax.models.config import UnsupportedConfigError
 from qstar_jax.models.weights import CheckpointError

@@ -12,7 +12,7 @@ import jax
 import pytest
 from flax import nnx
 
-from qstar_jax import memory_plan
+from qstar_jax import architectures, memory_plan
 from qstar_jax.config import ConfigError, load_config
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.llama import LlamaModel
@@ -143,7 +143,7 @@ def test_weights_that_alone_do_not_fit_are_named_as_what_does_not_fit(monkeypatc
               "use a device with more memory")
     assert code == 1 and json.loads(figures)["pages"] == 0 and described.endswith(advice)
     run = load_config(None, ["decode.slots=8"])
-    assert advice not in memory_plan.plan(memory_plan.policy_architecture(run), run,
+    assert advice not in memory_plan.plan(architectures.policy_architecture(run), run,
                                           memory_bytes=10**9, backend="cpu").describe()
     monkeypatch.setattr(memory_plan, "available_memory", lambda: (10**6, "gpu"))
     with pytest.raises(ConfigError) as refusal:
@@ -237,14 +237,14 @@ def test_the_prm_s_weights_are_counted_beside_the_policy_s(tmp_path, capsys):
     # A PRM checkpoint on this machine is read from its config.json; run's check counts it.
     (tmp_path / "config.json").write_text(json.dumps(mistral))
     run = load_config("configs/gsm8k_llama2_7b.yaml", [f"search.prm_model={tmp_path}"])
-    assert memory_plan.evaluate_models(run)["prm"] == ModelConfig.from_hf(mistral)
+    assert architectures.evaluate_models(run)["prm"] == ModelConfig.from_hf(mistral)
     # Nor where no method reads its rewards (greedy and self-consistency ignore g).
     unread = load_config("configs/gsm8k_llama2_7b.yaml", [f"search.prm_model={tmp_path}",
                                                           "eval.methods=[greedy]"])
-    assert memory_plan.evaluate_models(unread) == {}
+    assert architectures.evaluate_models(unread) == {}
     # Nothing but evaluate loads it.
     no_eval = load_config("configs/gsm8k_llama2_7b.yaml", ["stages=[collect,label]"])
-    assert memory_plan.evaluate_models(no_eval) == {}
+    assert architectures.evaluate_models(no_eval) == {}
 
 
 def test_check_memory_counts_the_prm(tmp_path, monkeypatch):
@@ -408,7 +408,7 @@ def test_a_paged_cache_that_does_not_fit_is_refused_by_its_pages(monkeypatch):
     with pytest.raises(ConfigError) as refusal:
         memory_plan.check_memory(run)
     assert str(refusal.value) == message
-    figures = memory_plan.plan(memory_plan.policy_architecture(run), run,
+    figures = memory_plan.plan(architectures.policy_architecture(run), run,
                                memory_bytes=3 * 10**7, backend="gpu", devices=2)
     assert figures.slot_pool_bytes == 3000 * 16 * 1152 // 2  # the pages, not 8 slots' rows
 
@@ -423,9 +423,9 @@ def test_on_a_data_mesh_the_largest_pages_and_slots_of_a_plan_are_what_run_accep
     monkeypatch.setattr(jax, "device_count", lambda: 2)
     greedy = ["eval.methods=[greedy]", "decode.slots=8"]
     run = load_config(None, greedy)
-    figures = memory_plan.plan(memory_plan.policy_architecture(run), run,
+    figures = memory_plan.plan(architectures.policy_architecture(run), run,
                                memory_bytes=3 * 10**7, backend="gpu", devices=2,
-                               others=memory_plan.evaluate_models(run))
+                               others=architectures.evaluate_models(run))
     pages, slots = figures.pages, figures.largest_slots
     assert pages % 2 == slots % 2 == 0 and figures.searches_in_flight > 0
     assert figures.searches_in_flight == 2 * (pages // 2 // figures.search_pages)
@@ -443,32 +443,32 @@ def test_on_a_data_mesh_the_largest_pages_and_slots_of_a_plan_are_what_run_accep
 
 def test_the_second_opinion_is_counted_where_q_hat_or_greedy_reads_it(tmp_path):
     default = load_config()
-    scratch = memory_plan.policy_architecture(default)  # the second policy has its shape
-    assert memory_plan.evaluate_models(default) == {"second_opinion": scratch}
+    scratch = architectures.policy_architecture(default)  # the second policy has its shape
+    assert architectures.evaluate_models(default) == {"second_opinion": scratch}
     figures = memory_plan.plan(scratch, default, memory_bytes=10**9, backend="gpu",
-                               others=memory_plan.evaluate_models(default))
+                               others=architectures.evaluate_models(default))
     # Both decode, so both hold their layers twice: (329,376 + 304,704) x 4 bytes.
     assert figures.model_bytes == {"policy": 2_536_320, "second_opinion": 2_536_320}
     for methods, counted in (("[greedy]", True), ("[self_consistency,tot_bfs]", True),
                              ("[self_consistency,mctsr]", False)):
         run = load_config(None, [f"eval.methods={methods}"])
-        assert ("second_opinion" in memory_plan.evaluate_models(run)) == counted, methods
-    assert memory_plan.evaluate_models(load_config(None, ["q_train.second_opinion=null"])) == {}
+        assert ("second_opinion" in architectures.evaluate_models(run)) == counted, methods
+    assert architectures.evaluate_models(load_config(None, ["q_train.second_opinion=null"])) == {}
     llama = f"{ARCHITECTURES}/llama-2-7b.json"
     from_file = ModelConfig.from_hf(json.loads(Path(llama).read_text()))
-    assert memory_plan.evaluate_models(default, q_config=llama) == {"second_opinion": from_file}
+    assert architectures.evaluate_models(default, q_config=llama) == {"second_opinion": from_file}
     (tmp_path / "config.json").write_text(Path(llama).read_text())
     named = load_config(None, [f"q_train.second_opinion={tmp_path}"])
-    assert memory_plan.evaluate_models(named) == {"second_opinion": from_file}
+    assert architectures.evaluate_models(named) == {"second_opinion": from_file}
 
 
 def test_a_learned_prm_is_not_counted_unless_given_a_config(tmp_path):
     (tmp_path / "prm.json").write_text("{}")  # train_prm's marker: a head on the policy
     run = load_config(None, ["search.utility=prm", f"search.prm_model={tmp_path}",
                              "q_train.second_opinion=null"])
-    assert memory_plan.evaluate_models(run) == {}
+    assert architectures.evaluate_models(run) == {}
     mistral = f"{ARCHITECTURES}/mistral-7b-v0.1.json"
-    assert memory_plan.evaluate_models(run, prm_config=mistral) == {
+    assert architectures.evaluate_models(run, prm_config=mistral) == {
         "prm": ModelConfig.from_hf(json.loads(Path(mistral).read_text()))}
 
 
@@ -522,7 +522,7 @@ def test_a_plan_fits_at_exactly_its_share_of_the_memory():
 
 def test_a_given_policy_config_json_sizes_even_a_policy_from_scratch():
     llama = f"{ARCHITECTURES}/llama-2-7b.json"
-    assert memory_plan.policy_architecture(load_config(), llama) == ModelConfig.from_hf(
+    assert architectures.policy_architecture(load_config(), llama) == ModelConfig.from_hf(
         json.loads(Path(llama).read_text()))
 
 
@@ -530,10 +530,10 @@ def test_q_hats_own_backbone_is_counted_only_where_a_method_reads_q_hat():
     separate = ["q_train.backbone=separate", "q_train.separate_model=/no/such/model",
                 "q_train.second_opinion=null"]
     unread = load_config(None, [*separate, "eval.methods=[greedy,self_consistency,mctsr]"])
-    assert memory_plan.evaluate_models(unread) == {}  # not even its config.json is asked for
+    assert architectures.evaluate_models(unread) == {}  # not even its config.json is asked for
     llama = f"{ARCHITECTURES}/llama-2-7b.json"
     read = load_config(None, [*separate, "eval.methods=[greedy,beam]"])
-    assert memory_plan.evaluate_models(read, q_config=llama) == {
+    assert architectures.evaluate_models(read, q_config=llama) == {
         "q_backbone": ModelConfig.from_hf(json.loads(Path(llama).read_text()))}
 
 
@@ -569,7 +569,7 @@ def test_a_max_len_past_the_checkpoint_s_context_is_warned_of(tmp_path, capsys):
     hf = json.loads(Path(f"{ARCHITECTURES}/llama-2-7b.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**hf, "max_position_embeddings": 1024}))
     run = load_config("configs/gsm8k_llama2_7b.yaml", [f"policy.source={tmp_path}"])
-    assert memory_plan.context_warning(run, memory_plan.policy_architecture(run)) == (
+    assert architectures.context_warning(run, architectures.policy_architecture(run)) == (
         f"warning: decode.max_len=1536 is past the 1024 positions the policy ({tmp_path}) was "
         "trained for (max_position_embeddings, or its RoPE scaling's reach): tokens past them "
         "sit where the model was not trained; set decode.max_len to at most 1024")
@@ -579,10 +579,10 @@ def test_a_max_len_past_the_checkpoint_s_context_is_warned_of(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("warning: decode.max_len=1536 is past")
     within = load_config("configs/gsm8k_llama2_7b.yaml", [f"policy.source={tmp_path}",
                                                             "decode.max_len=1024"])
-    assert memory_plan.context_warning(within, memory_plan.policy_architecture(within)) is None
+    assert architectures.context_warning(within, architectures.policy_architecture(within)) is None
     yarn = {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 1024}
     (tmp_path / "config.json").write_text(json.dumps({**hf, "max_position_embeddings": 1024,
                                                       "rope_scaling": yarn}))
-    assert memory_plan.context_warning(run, memory_plan.policy_architecture(run)) is None
+    assert architectures.context_warning(run, architectures.policy_architecture(run)) is None
     scratch = load_config(None, ["decode.max_len=8192"])  # trained at decode.max_len
-    assert memory_plan.context_warning(scratch, memory_plan.policy_architecture(scratch)) is None
+    assert architectures.context_warning(scratch, architectures.policy_architecture(scratch)) is None
