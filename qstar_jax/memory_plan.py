@@ -2,16 +2,17 @@
 
 ``python -m qstar_jax.memory_plan [CONFIG.yaml] [key=value ...] --memory 80GB
 [--model-config config.json] [--prm-config config.json] [--q-config config.json]
-[--page-size 16] [--prompt-tokens 768] [--devices 8]`` prints the weights of every model the evaluate
-stage holds on the device (the policy; a Math-Shepherd PRM for ``search.utility=prm``;
-Q̂'s own model, ``q_train.separate_model`` or a ``q_train.second_opinion`` checkpoint),
-the policy's KV bytes per token, the cache the config reserves, and, for a paged cache
-over the memory left, the pages available, the rows of full ``max_len`` they hold, the
-pages one search peaks at and the searches (problems in flight) they hold. A model whose
-checkpoint is not on this machine needs its HF ``config.json`` (``--model-config`` for
-the policy, ``--prm-config``, ``--q-config``); configs/architectures/ ships those of the
-paper configs' models. ``run`` calls ``check_memory`` before any stage and refuses a
-config that does not fit, with these figures and the largest ``decode.slots`` that would.
+[--page-size 16] [--prompt-tokens 768] [--devices 8]`` prints the weights of every model
+the evaluate stage holds on the device (the policy; a Math-Shepherd PRM for
+``search.utility=prm``; Q̂'s own model, ``q_train.separate_model`` or a
+``q_train.second_opinion`` checkpoint), the policy's KV bytes per token, the cache the
+config reserves, and, for a paged cache over the memory left, the pages available, the
+rows of full ``max_len`` they hold, the pages one search peaks at and the searches
+(problems in flight) they hold. A model whose checkpoint is not on this machine needs
+its HF ``config.json`` (``--model-config`` for the policy, ``--prm-config``,
+``--q-config``); configs/architectures/ ships those of the paper configs' models.
+``run`` calls ``check_memory`` before any stage and refuses a config that does not fit,
+with these figures and the largest ``decode.slots`` that would.
 
 Counted: the models' weights (the policy's, and a second opinion's, which also decodes,
 its layers twice where the decoder also keeps them one array per layer:
