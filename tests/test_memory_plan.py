@@ -585,4 +585,5 @@ def test_a_max_len_past_the_checkpoint_s_context_is_warned_of(tmp_path, capsys):
                                                       "rope_scaling": yarn}))
     assert architectures.context_warning(run, architectures.policy_architecture(run)) is None
     scratch = load_config(None, ["decode.max_len=8192"])  # trained at decode.max_len
-    assert architectures.context_warning(scratch, architectures.policy_architecture(scratch)) is None
+    scratch_policy = architectures.policy_architecture(scratch)
+    assert architectures.context_warning(scratch, scratch_policy) is None
