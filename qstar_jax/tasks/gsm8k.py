@@ -93,7 +93,7 @@ class Gsm8kTask(Gsm8kTraces):
         if not question or not solution:
             raise ValueError("empty or missing 'question' or 'answer'")
         reference = grading.extract_gsm8k_reference(solution)
-        if not grading.number_equal(reference, reference):  # no answer could ever equal it
+        if grading.gsm8k_number(reference) is None:  # no answer could ever equal it
             raise ValueError(f"its '####' line holds {reference!r}, which is not a number")
         return Problem(id=default_id, question=question, reference=reference,
                        metadata={"solution": solution})

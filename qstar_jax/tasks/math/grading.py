@@ -65,7 +65,7 @@ def number_equal(pred: str, ref: str) -> bool:
     equals ``50`` but not ``0.5`` (GSM8K writes percentages as the bare number).
     Anything else, e.g. ``2.5e3`` or ``five``, is not a number: False.
     """
-    pred_value, ref_value = _gsm8k_number(pred), _gsm8k_number(ref)
+    pred_value, ref_value = gsm8k_number(pred), gsm8k_number(ref)
     return pred_value is not None and pred_value == ref_value
 
 
@@ -92,7 +92,9 @@ def math_equal(pred: str, ref: str, *, symbolic: SymbolicChecker | None = None) 
         return False
 
 
-def _gsm8k_number(text: str) -> Fraction | None:
+def gsm8k_number(text: str) -> Fraction | None:
+    """The number a GSM8K-style answer holds, as ``number_equal`` reads it; None for
+    anything else."""
     if not isinstance(text, str):
         return None
     normalized = normalize_latex(text.rpartition("=")[2])
