@@ -27,9 +27,9 @@ from qstar_jax.models.weights import CheckpointError
 from qstar_jax.parallel import (DATA, barrier, check_slots, initialize_distributed,
                                 is_writer, make_mesh)
 from qstar_jax.preflight import check_layer_weights, preflight, shared_split_warning
-from qstar_jax.stages.reuse import differing_settings, reuse_trained_outputs
+from qstar_jax.stages.reuse import CACHE_LAYOUT, differing_settings, reuse_trained_outputs
 from qstar_jax.stages.context import RunContext
-from qstar_jax.stages.evaluate import evaluate
+from qstar_jax.stages.evaluate import RESULTS_LOG, evaluate
 from qstar_jax.stages.prm import train_prm
 from qstar_jax.stages.rollouts import collect, label
 from qstar_jax.stages.stage_inputs import check_stage_inputs
@@ -64,27 +64,33 @@ def parse_args(argv):
     return args
 
 
-def same_run(saved: Path, config) -> bool:
-    """Whether the folder whose config.yaml is ``saved`` holds this config's run: the two
-    may differ only in which stages this invocation runs."""
+def changed_settings(saved: Path, config) -> list[str] | None:
+    """The settings ``config`` changes from the run whose config.yaml is ``saved``, other
+    than which stages this invocation runs: [] for the same run, None where ``saved`` was
+    written by another version and its text differs (it cannot be compared key by key)."""
     if saved.read_text() == to_yaml(config):
-        return True
-    try:
-        earlier = load_config(saved)
-    except (ValueError, OSError):  # written by another version: compare texts only
-        return False
-    return to_yaml(dataclasses.replace(earlier, stages=config.stages)) == to_yaml(config)
-
-
-def differences_from(saved: Path, config) -> str:
-    """': differs in KEY, ...' naming the settings of the run saved in ``saved`` that
-    ``config`` changes ('' where a config of another version cannot be read)."""
+        return []
     try:
         earlier = load_config(saved)
     except (ValueError, OSError):
-        return ""
-    keys = differing_settings(config, dataclasses.replace(earlier, stages=config.stages))
-    return f": differs in {', '.join(keys)}" if keys else ""
+        return None
+    return differing_settings(config, dataclasses.replace(earlier, stages=config.stages))
+
+
+def resumes_with_new_layout(changed: list[str], out: Path) -> bool:
+    """Whether a run may go on in ``out`` under ``changed`` settings: only the cache's
+    layout (reuse.CACHE_LAYOUT, which never changes what is computed), and only before
+    evaluate has logged a result, as the layout moves its wall-clock figures."""
+    return (all(key in CACHE_LAYOUT for key in changed)
+            and not (out / RESULTS_LOG).exists())
+
+
+def different_config_advice(changed: list[str] | None, out: Path) -> str:
+    """What to do about a folder that holds another run's config."""
+    if changed and all(key in CACHE_LAYOUT for key in changed):
+        return (f"its evaluate stage has begun, whose wall-clock these settings move: to "
+                f"evaluate under them, run with --out NEW --reuse {out}")
+    return "choose another --out or delete the folder"
 
 
 def main(argv=None) -> int:
@@ -118,11 +124,15 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     resolved = out / "config.yaml"
-    if resolved.exists() and not same_run(resolved, config):
+    changed = changed_settings(resolved, config) if resolved.exists() else []
+    if changed is None or (changed and not resumes_with_new_layout(changed, out)):
         print(f"config error: {out} holds a run with a different config ({resolved}"
-              f"{differences_from(resolved, config)}); choose another --out or delete the "
-              "folder", file=sys.stderr)
+              f"{': differs in ' + ', '.join(changed) if changed else ''}); "
+              f"{different_config_advice(changed, out)}", file=sys.stderr)
         return 2
+    if changed:
+        print(f"[qstar] resuming {out} under new cache settings: {', '.join(changed)}",
+              flush=True)
     if args.reuse and is_writer():
         try:
             linked = reuse_trained_outputs(Path(args.reuse), out, config)
@@ -147,7 +157,7 @@ def main(argv=None) -> int:
     except INPUT_ERRORS as error:
         print(f"run error: {error}", file=sys.stderr, flush=True)
         return 2
-    except (SlotPoolExhausted, PagePoolExhausted) as error:
+    except CacheOutgrown as error:
         print(f"run error: {cache_full_message(error, out)}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: what the stages wrote is kept, line by line
@@ -173,20 +183,35 @@ def run_stages(ctx: RunContext) -> None:
         barrier(f"before {stage}")
         start = time.perf_counter()
         print(f"[qstar] stage {stage} ...", flush=True)
-        STAGE_FUNCTIONS[stage](ctx)
+        try:
+            STAGE_FUNCTIONS[stage](ctx)
+        except (SlotPoolExhausted, PagePoolExhausted) as error:
+            raise CacheOutgrown(stage, error) from error
         print(f"[qstar] stage {stage} done in {time.perf_counter() - start:.1f}s", flush=True)
     barrier("end")
 
 
-def cache_full_message(error: Exception, out: Path) -> str:
+class CacheOutgrown(Exception):
+    """A stage's search outgrew the KV cache (``full``: the decoder's error)."""
+
+    def __init__(self, stage: str, full: SlotPoolExhausted | PagePoolExhausted):
+        super().__init__(f"{stage}: {full}")
+        self.stage, self.full = stage, full
+
+
+def cache_full_message(error: CacheOutgrown, out: Path) -> str:
     """What a run says when a search outgrew the KV cache: the decoder's figures, and the
-    settings that size the cache rather than the decoder's own advice."""
-    key = "decode.pages" if isinstance(error, PagePoolExhausted) else "decode.slots"
-    return (f"the KV cache is full: {str(error).split(';')[0]}; raise {key} (python -m "
-            "qstar_jax.memory_plan sizes it for your device) or lower "
-            f"eval.problems_per_batch. {out} keeps what was done, under its own settings: "
-            f"to go on under new ones, run with --out NEW --reuse {out} (once its training "
-            "stages have finished)")
+    settings that size the cache rather than the decoder's own advice. Before evaluate the
+    run goes on in its own folder under a larger cache; evaluate's batches are also
+    bounded by eval.problems_per_batch, and its wall-clock figures keep their settings."""
+    key = "decode.pages" if isinstance(error.full, PagePoolExhausted) else "decode.slots"
+    full = (f"the KV cache is full in stage {error.stage}: {str(error.full).split(';')[0]}; "
+            f"raise {key} (python -m qstar_jax.memory_plan sizes it for your device)")
+    if error.stage != "evaluate":
+        return (f"{full} and run again with it, in the same folder: the run goes on from "
+                f"what {out} keeps")
+    return (f"{full} or lower eval.problems_per_batch. {out} keeps what was done, under its "
+            f"own settings: to go on under new ones, run with --out NEW --reuse {out}")
 
 
 def lost_process_message(error: Exception, distributed: DistributedConfig) -> str:

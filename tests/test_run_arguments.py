@@ -141,10 +141,12 @@ def test_preflight_refuses_a_prm_model_that_is_neither_a_learned_prm_nor_a_check
 def test_a_folder_holds_the_same_run_whatever_stages_ran_there(tmp_path):
     saved = tmp_path / "config.yaml"
     saved.write_text(to_yaml(load_config(None, ["seed=3", "stages=[train_policy,collect]"])))
-    assert run.same_run(saved, load_config(None, ["seed=3", "stages=[label]"]))
-    assert not run.same_run(saved, load_config(None, ["seed=4", "stages=[label]"]))
+    assert run.changed_settings(saved, load_config(None, ["seed=3", "stages=[label]"])) == []
+    assert run.changed_settings(saved, load_config(None, ["seed=4", "decode.pages=64",
+                                                          "stages=[label]"])) == \
+        ["decode.pages", "seed"]
     saved.write_text("search: {kk: 3}\n")  # another version's keys: only the text counts
-    assert not run.same_run(saved, load_config(None, ["seed=3"]))
+    assert run.changed_settings(saved, load_config(None, ["seed=3"])) is None
 
 
 def test_the_command_refuses_a_folder_of_another_run_and_resumes_its_own(tmp_path,
@@ -319,18 +321,49 @@ def test_data_files_without_a_split_a_stage_reads_is_one_line(tmp_path, monkeypa
      "decode.slots")])
 def test_a_search_that_outgrows_the_cache_names_the_setting_to_raise(
         tmp_path, monkeypatch, capsys, full, key):
+    """Before evaluate, the run goes on in its folder under the larger cache; in evaluate,
+    whose wall-clock figures keep their settings, under --reuse in a new one."""
     def outgrown(ctx):
         raise full
     monkeypatch.setattr(run, "STAGE_FUNCTIONS", {
-        "train_policy": lambda ctx: (ctx.out / "policy").mkdir(), "collect": outgrown})
-    assert run.main(["stages=[train_policy,collect]", "--out", str(tmp_path)]) == 2
+        "train_policy": lambda ctx: (ctx.out / "policy").mkdir(), "collect": outgrown,
+        "evaluate": outgrown})
     figures = str(full).split(";")[0]
+    assert run.main(["stages=[train_policy,collect]", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err == (
-        f"run error: the KV cache is full: {figures}; raise {key} (python -m "
+        f"run error: the KV cache is full in stage collect: {figures}; raise {key} (python -m "
+        "qstar_jax.memory_plan sizes it for your device) and run again with it, in the same "
+        f"folder: the run goes on from what {tmp_path} keeps\n")
+    assert (tmp_path / "policy").is_dir()
+    monkeypatch.setattr(run, "check_stage_inputs", lambda ctx: None)  # no Q̂ trained here
+    assert run.main(["stages=[evaluate]", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"run error: the KV cache is full in stage evaluate: {figures}; raise {key} (python -m "
         "qstar_jax.memory_plan sizes it for your device) or lower eval.problems_per_batch. "
         f"{tmp_path} keeps what was done, under its own settings: to go on under new ones, "
-        f"run with --out NEW --reuse {tmp_path} (once its training stages have finished)\n")
-    assert (tmp_path / "policy").is_dir()
+        f"run with --out NEW --reuse {tmp_path}\n")
+
+
+def test_a_run_resumes_under_a_new_cache_layout_until_evaluate_has_begun(
+        tmp_path, monkeypatch, capsys):
+    """decode.slots and decode.pages change how rows are held, not what they compute: a
+    run killed by a full cache goes on in its folder under larger ones. Once evaluate has
+    logged a result they are refused there, as they move its wall-clock figures."""
+    ran = []
+    monkeypatch.setattr(run, "run_stages", lambda ctx: ran.append(ctx.config.decode.slots))
+    saved = tmp_path / "config.yaml"
+    saved.write_text(to_yaml(load_config(None, ["decode.slots=8", "stages=[train_policy]"])))
+    assert run.main(["decode.slots=16", "stages=[train_policy]", "--out", str(tmp_path)]) == 0
+    assert ran == [16] and load_config(saved).decode.slots == 16
+    assert capsys.readouterr().out.startswith(
+        f"[qstar] resuming {tmp_path} under new cache settings: decode.slots\n")
+    (tmp_path / "results.jsonl").write_text("")
+    assert run.main(["decode.slots=32", "stages=[train_policy]", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"config error: {tmp_path} holds a run with a different config ({saved}: differs in "
+        "decode.slots); its evaluate stage has begun, whose wall-clock these settings move: "
+        f"to evaluate under them, run with --out NEW --reuse {tmp_path}\n")
+    assert ran == [16] and load_config(saved).decode.slots == 16
 
 
 def test_ctrl_c_during_a_stage_says_how_to_resume(tmp_path, monkeypatch, capsys):

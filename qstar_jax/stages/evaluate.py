@@ -41,6 +41,7 @@ from qstar_jax.tasks.code_rules import python_tokenizes
 # Greedy decoding and majority voting never read Q̂, so they spend no Q̂ calls.
 USES_Q = ("best_of_n", "beam", "qstar", "best_of_n_matched")
 CHAIN_METHODS = ("self_consistency", "best_of_n", "best_of_n_matched")
+RESULTS_LOG = "results.jsonl"  # a line per (method, problem)
 MATCHED_STATE = "best_of_n_matched.json"  # the N best_of_n_matched is evaluated at
 
 
@@ -141,7 +142,7 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
     Q̂ (e.g. an exact value function, to measure what a perfect Q̂ would give)."""
     cfg = ctx.config
     problems = ctx.problems(cfg.task.eval_split, cfg.task.eval_problems)
-    log = ResultsLog(ctx.out / "results.jsonl")
+    log = ResultsLog(ctx.out / RESULTS_LOG)
     runtime = ctx.runtime(problems)
     if q_fn is None and reads_q_hat(cfg):
         q_fn = load_q_function(ctx, problems)
