@@ -418,8 +418,34 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         raise ConfigError(str(error).splitlines()[0] + _where(error)) from None
     except ValueError as error:  # a settings dataclass's own check (e.g. eval.mctsr)
         raise ConfigError(str(error)) from None
+    config = _home_expanded(config)
     from qstar_jax.config_checks import check_config  # it reads this module's types
     check_config(config)
+    return config
+
+
+# The settings that name a file or folder (the task's data_files are expanded where they
+# are read, tasks/datasets.py).
+PATH_SETTINGS = ("out_dir", "policy.source", "label.stronger_model", "q_train.separate_model",
+                 "q_train.second_opinion", "search.prm_model")
+
+
+def _home_expanded(config: RunConfig) -> RunConfig:
+    """``config`` with a leading ``~`` of each path setting made the home folder: a shell
+    expands it only at a word's start or after a plain ``name=``, so ``policy.source=~/m``
+    and YAML files would otherwise keep it, a folder named '~'."""
+    for key in PATH_SETTINGS:
+        *parents, name = key.split(".")
+        holders = [config]
+        for parent in parents:
+            holders.append(getattr(holders[-1], parent))
+        value = getattr(holders[-1], name)
+        if not (isinstance(value, str) and value.startswith("~")):
+            continue
+        replaced = dataclasses.replace(holders[-1], **{name: str(Path(value).expanduser())})
+        for holder, parent in zip(reversed(holders[:-1]), reversed(parents)):
+            replaced = dataclasses.replace(holder, **{parent: replaced})
+        config = replaced
     return config
 
 

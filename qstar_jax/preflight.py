@@ -21,7 +21,8 @@ from qstar_jax.models.weights import CheckpointError
 from qstar_jax.parallel import MODEL, ShardingRules
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.prm import prm_kind
-from qstar_jax.tasks.datasets import DataFilesError, builder_for, files_for_split
+from qstar_jax.tasks.datasets import (DataFilesError, builder_for, expanded_paths,
+                                     files_for_split)
 
 
 def preflight(config) -> None:
@@ -71,7 +72,7 @@ def check_data_files(config) -> None:
         except DataFilesError as error:
             raise ConfigError(f"task.options.data_files: {error} (task.eval_split)") from error
     for file in files:
-        paths = [file] if isinstance(file, str) else list(file)
+        paths = expanded_paths(file)
         for path in paths:
             if not glob.glob(path):
                 raise ConfigError(f"task.options.data_files: {path} does not exist")

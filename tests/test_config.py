@@ -28,6 +28,22 @@ def test_yaml_then_overrides(tmp_path):
     assert config.task.countdown.num_count == 3
 
 
+def test_a_leading_tilde_in_a_path_setting_is_the_home_folder(tmp_path, monkeypatch):
+    """A shell leaves '~' in key.with.dots=~/x and YAML always does: each setting that names
+    a file or folder reads it as the home folder; 'scratch' and 'solver' stay names."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = tmp_path / "c.yaml"
+    path.write_text("out_dir: ~/runs/a\nlabel:\n  stronger_model: ~/strong\n")
+    config = load_config(path, ["policy.source=~/m.gguf", "q_train.second_opinion=~/second",
+                                "search.prm_model=~/prm", "q_train.separate_model=~/sep"])
+    assert (config.out_dir, config.policy.source, config.label.stronger_model,
+            config.q_train.second_opinion, config.search.prm_model,
+            config.q_train.separate_model) == tuple(
+        f"{tmp_path}/{name}" for name in ("runs/a", "m.gguf", "strong", "second", "prm", "sep"))
+    defaults = load_config()
+    assert (defaults.policy.source, defaults.label.stronger_model) == ("scratch", "solver")
+
+
 def test_round_trip_through_yaml(tmp_path):
     config = load_config(None, ["search.k=2", "seed=7"])
     path = tmp_path / "resolved.yaml"

@@ -59,8 +59,11 @@ def test_preflight_names_each_missing_checkpoint_the_run_loads(overrides, key):
         preflight(load_config(None, [*REAL_TASK, *overrides]))
 
 
-def test_preflight_passes_a_prm_the_search_does_not_use_and_each_data_file_that_exists():
+def test_preflight_passes_a_prm_the_search_does_not_use_and_each_data_file_that_exists(
+        monkeypatch):
     preflight(load_config(None, [*REAL_TASK, "search.prm_model=/no/such/prm"]))
+    monkeypatch.setenv("HOME", str(Path(GSM8K_TEST).parents[1].absolute()))
+    preflight(load_config(None, [*REAL_TASK, "task.options.data_files.test=~/gsm8k/test.jsonl"]))
     for files in (GSM8K_TEST, "{test: tests/fixtures/gsm8k/t*.jsonl}", f"{{test: [{GSM8K_TEST}]}}"):
         preflight(load_config(None, [*REAL_TASK, f"task.options.data_files={files}"]))
     listed = f"task.options.data_files={{test: [{GSM8K_TEST}, /no/such/part.jsonl]}}"

@@ -213,9 +213,15 @@ def files_for_split(data_files: DataFiles, split: str) -> list[str]:
                 f"data_files has no entry for split {split!r} (it has {sorted(data_files)}); "
                 f"add one, e.g. data_files.{split}=/path/to/{split}.jsonl")
         data_files = data_files[split]
-    if isinstance(data_files, (str, os.PathLike)):
-        return [os.fspath(data_files)]
-    return [os.fspath(f) for f in data_files]
+    return expanded_paths(data_files)
+
+
+def expanded_paths(files: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """A path or glob, or a list of them, as a list with a leading ``~`` made the home
+    folder, as a shell would."""
+    if isinstance(files, (str, os.PathLike)):
+        files = [files]
+    return [os.path.expanduser(f) for f in files]
 
 
 def builder_for(files: list[str]) -> str:

@@ -168,6 +168,14 @@ def test_data_files_may_be_a_path_or_a_list_of_paths_per_split(cache_dir):
         load_records(SOURCE, "test", data_files={"test": []}, cache_dir=cache_dir)
 
 
+def test_a_leading_tilde_in_data_files_is_the_home_folder(cache_dir, monkeypatch):
+    """As a shell would read it: YAML and key.with.dots=~/x overrides keep the '~'."""
+    monkeypatch.setenv("HOME", str(FIXTURES))
+    records = load_records(SOURCE, "test", data_files={"test": "~/gsm8k/test.jsonl"},
+                           cache_dir=cache_dir)
+    assert len(records) == 6 and records["answer"][0].endswith("#### 38")
+
+
 def test_unknown_or_mixed_extensions_are_rejected(cache_dir):
     with pytest.raises(ValueError, match=r"must end in one of \['\.json', '\.jsonl', "
                                          r"'\.parquet'\]"):
