@@ -88,6 +88,9 @@ def _check_decode(config: RunConfig) -> None:
              f"must exceed decode.step_token_cap={d.step_token_cap} (a row holds its prompt "
              f"and at least one whole step), got {d.max_len}")
     _at_least(0, "decode", d, "page_size", "pages")
+    _require(d.pages == 0 or d.page_size > 0, "decode.pages",
+             f"sizes a paged cache, which decode.page_size=0 (rows) does not build; set "
+             f"decode.page_size (e.g. 16) too, got pages={d.pages}")
     _require(d.step_chunk >= 0, "decode.step_chunk",
              f"must be >= 0 (0: a step in one call), got {d.step_chunk}")
     _require(d.page_size == 0 or d.max_len % d.page_size == 0, "decode.page_size",

@@ -191,6 +191,9 @@ def plain(value):
     (["decode.slots=9", "mesh.data=2"],
      "decode.slots: 9 slots do not split over mesh.data=2 shards; make it a multiple of 2$"),
     (["decode.pages=-1"], "decode.pages: must be >= 0, got -1"),
+    (["decode.pages=512"], r"^decode.pages: sizes a paged cache, which decode.page_size=0 "
+                           r"\(rows\) does not build; set decode.page_size \(e.g. 16\) too, "
+                           r"got pages=512$"),
     (["decode.layer_weights=per_layer"], "decode.layer_weights: must be one of .*per-layer"),
 ])
 def test_bad_paging_settings_say_what_to_change(overrides, message):

@@ -145,9 +145,9 @@ def test_a_folder_holds_the_same_run_whatever_stages_ran_there(tmp_path):
     saved = tmp_path / "config.yaml"
     saved.write_text(to_yaml(load_config(None, ["seed=3", "stages=[train_policy,collect]"])))
     assert run.changed_settings(saved, load_config(None, ["seed=3", "stages=[label]"])) == []
-    assert run.changed_settings(saved, load_config(None, ["seed=4", "decode.pages=64",
+    assert run.changed_settings(saved, load_config(None, ["seed=4", "decode.slots=64",
                                                           "stages=[label]"])) == \
-        ["decode.pages", "seed"]
+        ["decode.slots", "seed"]
     saved.write_text("search: {kk: 3}\n")  # another version's keys: only the text counts
     assert run.changed_settings(saved, load_config(None, ["seed=3"])) is None
 
