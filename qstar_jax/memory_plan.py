@@ -132,15 +132,22 @@ def parameter_count(cfg: ModelConfig, model_axis: int = 1) -> int:
             + embeddings // _split(cfg.vocab_size, model_axis) + cfg.hidden_size)
 
 
-def layer_parameter_count(cfg: ModelConfig, model_axis: int = 1) -> int:
+def layer_parameter_count(cfg: ModelConfig, model_axis: int = 1, *,
+                          layout: str = "per-layer") -> int:
     """The decoder layers' parameters (what a per-layer copy holds again), or one device's
-    share of them (``_split``)."""
+    share of them (``_split``), as ``layout`` (a resolved ``decode.layer_weights``) holds
+    them: fused rows are never split (``parallel._WEIGHT_AXES``), q, k and v as one in
+    "per-layer-transposed" and "per-layer-kernels", and the latter's MLP rows too."""
     e, d, f = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
-    q_and_o = d * cfg.num_heads * (2 * e + cfg.attention_bias)
+    fused_qkv = layout in ("per-layer-transposed", "per-layer-kernels")
+    q = d * cfg.num_heads * (e + cfg.attention_bias)
     k_and_v = 2 * d * cfg.num_kv_heads * (e + cfg.attention_bias)
-    attention = (q_and_o // _split(cfg.num_heads, model_axis)
-                 + k_and_v // _split(cfg.num_kv_heads, model_axis) + e * cfg.attention_out_bias)
-    return cfg.num_layers * (attention + 3 * e * f // _split(f, model_axis) + 2 * e)
+    attention = (q + k_and_v if fused_qkv else
+                 q // _split(cfg.num_heads, model_axis)
+                 + k_and_v // _split(cfg.num_kv_heads, model_axis))
+    attention += d * cfg.num_heads * e // _split(cfg.num_heads, model_axis)  # o
+    mlp = 3 * e * f // (1 if layout == "per-layer-kernels" else _split(f, model_axis))
+    return cfg.num_layers * (attention + e * cfg.attention_out_bias + mlp + 2 * e)
 
 
 def _split(size: int, model_axis: int) -> int:
@@ -210,7 +217,8 @@ def plan(cfg: ModelConfig, run: RunConfig, *, memory_bytes: int, backend: str,
     ``memory_bytes`` each (the mesh's -1 axis takes what the other leaves), on
     ``backend`` ("cpu", "gpu" or "tpu": where ``decode.layer_weights`` "auto" resolves).
     page_size: the paged cache's (default: decode.page_size, or 16 without paging);
-    prompt_tokens: a prompt's, for a search's peak pages (default: default_prompt_tokens)."""
+    prompt_tokens: a prompt's, for a search's peak pages (default: default_prompt_tokens).
+    ConfigError for a ``decode.layer_weights`` the mesh cannot hold, as run refuses it."""
     decode = run.decode
     if prompt_tokens is None:
         prompt_tokens = default_prompt_tokens(run)
@@ -218,12 +226,9 @@ def plan(cfg: ModelConfig, run: RunConfig, *, memory_bytes: int, backend: str,
     dtype_bytes = np.dtype(run.policy.dtype).itemsize
     model_axis = max(run.mesh.model, 1)
     data_axis = run.mesh.data if run.mesh.data > 0 else max(devices // model_axis, 1)
-    # The decoder's copy of the layers, one array per layer, of the models it decodes.
-    copied = resolve_layer_weights(decode.layer_weights, backend) in COPYING_LAYER_WEIGHTS
-    decoded = {"policy", "second_opinion"} if copied else set()
     models = {"policy": cfg, **(others or {})}
     model_bytes = {name: (parameter_count(c, model_axis)
-                          + layer_parameter_count(c, model_axis) * (name in decoded))
+                          + _decoder_copy(c, name, decode.layer_weights, backend, model_axis))
                    * dtype_bytes for name, c in models.items()}
     weights = sum(model_bytes.values())
     per_token = kv_bytes_per_token(cfg, dtype_bytes, model_axis)
@@ -248,6 +253,23 @@ def plan(cfg: ModelConfig, run: RunConfig, *, memory_bytes: int, backend: str,
                       pool_searches=(decode.num_pages // data_axis // pool_peak * data_axis
                                      if pool_peak else 0),
                       slots_per_search=slots_per_search(run))
+
+
+def _decoder_copy(cfg: ModelConfig, name: str, layer_weights: str, backend: str,
+                  model_axis: int) -> int:
+    """The parameters one device holds again in the decoder's copy of the layers, one
+    array per layer (``decode.layer_weights``), of a model that decodes (the policy, a
+    second opinion): 0 where the layout holds none."""
+    if name not in ("policy", "second_opinion"):
+        return 0
+    try:
+        layout = resolve_layer_weights(layer_weights, backend,
+                                       heads_split=_split(cfg.num_heads, model_axis) > 1)
+    except ValueError as error:  # per-layer-kernels on a mesh that splits the heads
+        raise ConfigError(f"decode.{error}") from None
+    if layout not in COPYING_LAYER_WEIGHTS:
+        return 0
+    return layer_parameter_count(cfg, model_axis, layout=layout)
 
 
 def available_memory() -> tuple[int, str]:
@@ -347,12 +369,12 @@ def main(argv=None) -> int:
         if args.prompt_tokens is not None and args.prompt_tokens >= run.decode.max_len:
             raise ConfigError(f"--prompt-tokens {args.prompt_tokens} leaves no room in a row "
                               f"of decode.max_len={run.decode.max_len} tokens")
+        figures = plan(policy, run, memory_bytes=args.memory, backend=args.backend,
+                       page_size=args.page_size, devices=args.devices or 1, others=others,
+                       prompt_tokens=args.prompt_tokens)
     except (ConfigError, CheckpointError, UnsupportedConfigError, MeshError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    figures = plan(policy, run, memory_bytes=args.memory, backend=args.backend,
-                   page_size=args.page_size, devices=args.devices or 1, others=others,
-                   prompt_tokens=args.prompt_tokens)
     warning = context_warning(run, policy)
     if warning:
         print(warning, file=sys.stderr)

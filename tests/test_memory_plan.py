@@ -122,6 +122,34 @@ def test_the_decoders_per_layer_copy_is_counted_where_it_is_held(backend, layer_
                                    "q_backbone": 134_515_008 * 4}
 
 
+@pytest.mark.parametrize("layer_weights, copy", [
+    # each layer on 3 devices: q, k, v, o, the MLP split three ways, the norms whole
+    ("per-layer", 331_776 // 3 + 221_184 // 3 + 331_776 // 3 + 2_654_208 // 3 + 2 * 576),
+    ("auto", 331_776 // 3 + 221_184 // 3 + 331_776 // 3 + 2_654_208 // 3 + 2 * 576),  # plain
+    # q, k and v fused into rows whose output axis mixes three head layouts: held whole
+    ("per-layer-transposed", 331_776 + 221_184 + 331_776 // 3 + 2_654_208 // 3 + 2 * 576)])
+def test_a_mesh_splitting_the_heads_splits_the_copy_as_its_layout_allows(layer_weights, copy):
+    """SmolLM2 (9 heads, 3 kv heads) on mesh.model=3, on a GPU: 'auto' keeps the plain
+    copy there, and a forced transposed copy holds its fused q/k/v rows whole on every
+    device (parallel._WEIGHT_AXES lists no axes for them)."""
+    run = load_config(None, ["policy.source=smollm2-135m-instruct", "q_train.second_opinion=null",
+                             "mesh.model=3", f"decode.layer_weights={layer_weights}"])
+    cfg = ModelConfig(**SMOLLM2_135M)
+    figures = memory_plan.plan(cfg, run, memory_bytes=8 * 10**9, backend="gpu", devices=3)
+    assert figures.model_bytes["policy"] == (memory_plan.parameter_count(cfg, 3)
+                                             + 30 * copy) * 4
+
+
+def test_a_layout_the_mesh_cannot_hold_is_refused_as_run_refuses_it(capsys):
+    assert memory_plan.main(["--memory", "80GB", "policy.source=smollm2-135m-instruct",
+                             "q_train.second_opinion=null", "mesh.model=3",
+                             "decode.layer_weights=per-layer-kernels"]) == 2
+    assert capsys.readouterr().err == (
+        "error: decode.layer_weights='per-layer-kernels' runs each layer's products as "
+        "kernels over whole weights, and this mesh splits the attention heads over devices: "
+        "use 'auto' or a mesh with model=1\n")
+
+
 def test_check_memory_refuses_before_a_stage_runs(monkeypatch):
     run = load_config(None, ["decode.slots=100000", "decode.max_len=1024"])
     monkeypatch.setattr(memory_plan, "available_memory", lambda: (10**9, "cpu"))
