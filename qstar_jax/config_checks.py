@@ -7,7 +7,7 @@ from __future__ import annotations
 from qstar_jax.config import (CODE_TASKS, EXACT_VALUE_TASKS, FROM_SCRATCH_TASKS, METHODS,
                               POLICY_DTYPES, REASONER_METHODS, SCRATCH, SOLVER, SOLVER_TASKS,
                               STAGES, ConfigError, LabelMethod, QBackbone, RunConfig,
-                              ToTEvaluator, Utility)
+                              Scorer, ToTEvaluator, Utility)
 
 
 def check_config(config: RunConfig) -> None:
@@ -73,6 +73,9 @@ def _check_eval(config: RunConfig) -> None:
     _at_least(1, "eval.tot", e.tot, "k", "keep", "max_expansions", "value_samples")
     _require(e.tot.evaluator != ToTEvaluator.prm or config.search.utility != Utility.zero,
              "eval.tot.evaluator", "prm ranks states by g, which search.utility=zero fixes at 0")
+    _require(e.best_of_n_scorer != Scorer.prm or config.search.utility != Utility.zero,
+             "eval.best_of_n_scorer", "prm ranks chains by g, which search.utility=zero "
+             "fixes at 0: choose f or q, or a search.utility")
     unknown = [stage for stage in config.stages if stage not in STAGES]
     _require(not unknown, "stages", f"unknown {unknown}; choose from {STAGES}")
 

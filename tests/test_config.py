@@ -86,6 +86,9 @@ def test_round_trip_through_yaml(tmp_path):
     ("decode.max_len=40", "decode.max_len: must exceed decode.step_token_cap=40 .* got 40"),
     ("eval.beam_k=0", "eval.beam_k: must be >= 1, got 0"),
     ("eval.tot.value_samples=0", "eval.tot.value_samples: must be >= 1, got 0"),
+    ("eval.best_of_n_scorer=prm", "^eval.best_of_n_scorer: prm ranks chains by g, which "
+                                  "search.utility=zero fixes at 0: choose f or q, or a "
+                                  "search.utility$"),
     ("eval.text_kept_rows=-2", "eval.text_kept_rows: must be >= 0, got -2"),
     ("task.eval_problems=0", "task.eval_problems: must be >= 1, got 0"),
     ("policy_training.num_layers=0", "policy_training.num_layers: must be >= 1, got 0"),
@@ -164,6 +167,7 @@ def test_bad_values_name_the_key(override, message):
     ["eval.methods=[qstar,best_of_n,best_of_n_matched]"],
     ["label.method=best_of_rollouts", "label.trace_is_a_rollout=true"],
     ["eval.tot.evaluator=prm", "search.utility=prm", "search.prm_model=/a/prm"],
+    ["eval.best_of_n_scorer=prm", "search.utility=prm", "search.prm_model=/a/prm"],
     ["task.name=humaneval", "search.utility=code_rule", "label.live_states_only=false",
      "label.method=best_of_rollouts", "policy.source=/a/policy", "q_train.second_opinion=null"],
 ])

@@ -15,6 +15,10 @@ from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.evaluate import planner_factory
 from tests.search.fakes import FakeExpander, HiddenQ, child, tree
 
+# g summed over a chain's rewards, which the tests' RuleUtility gives (the PRM named is not
+# loaded): search.utility=zero would fix g at 0, which a PRM-scored best-of-N cannot rank by.
+REWARDS = ["search.utility=prm", "search.prm_model=unused", "search.agg=sum"]
+
 # Three one-step chains; with λ = 0.5: f(a) = 0.9, f(b) = 0.5, f(c) = 0.6 + 0.4 = 1.0.
 CHAINS = tree({"": [child("a", q=0.0, reward=0.9, end=True),
                     child("b", q=1.0, reward=0.0, end=True),
@@ -24,8 +28,8 @@ CHAINS = tree({"": [child("a", q=0.0, reward=0.9, end=True),
 @pytest.mark.parametrize("scorer, best, score", [("f", "c", 1.0), ("q", "b", 1.0),
                                                  ("prm", "a", 0.9)])
 def test_best_of_n_picks_the_chain_its_scorer_ranks_highest(scorer, best, score):
-    config = load_config(None, ["search.utility=zero", "search.agg=sum", "search.lam=0.5",
-                                "eval.samples=3", f"eval.best_of_n_scorer={scorer}"])
+    config = load_config(None, [*REWARDS, "search.lam=0.5", "eval.samples=3",
+                                f"eval.best_of_n_scorer={scorer}"])
     make = planner_factory(RunContext(config=config, out=Path("unused")), "best_of_n")
     expander = FakeExpander({0: CHAINS})
     [result] = run_search(1, make, expander, HiddenQ(),
@@ -65,9 +69,9 @@ CUT_CHAINS = tree({"": [child("a", q=0.0, reward=0.4), child("b", q=0.0, reward=
 
 
 def test_best_of_n_samples_its_given_n_at_eval_settings_and_cuts_chains_at_max_steps():
-    config = load_config(None, ["search.utility=zero", "search.agg=sum", "eval.samples=3",
-                                "eval.temperature=0.7", "search.temperature=1.0",
-                                "decode.max_steps=2", "eval.best_of_n_scorer=prm"])
+    config = load_config(None, [*REWARDS, "eval.samples=3", "eval.temperature=0.7",
+                                "search.temperature=1.0", "decode.max_steps=2",
+                                "eval.best_of_n_scorer=prm"])
     # best_of_n_matched searches at the N it is given, not eval.samples.
     make = planner_factory(RunContext(config=config, out=Path("unused")), "best_of_n_matched",
                            samples=2)
