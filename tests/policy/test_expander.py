@@ -13,7 +13,8 @@ from qstar_jax.search.interface import ExpandRequest, Node
 class RecordingRuntime:
     """The ``PolicyRuntime`` calls the expander makes; a sampled step's text is the node
     id its stream was keyed by, so equal keys give equal steps (its tokens, logprob,
-    hidden state and end read its slot)."""
+    hidden state and end read its slot). A fork from a freed slot fails, as the decoder
+    refuses one (its parent must hold tokens)."""
 
     def __init__(self):
         self._slots = itertools.count(1)
@@ -26,6 +27,7 @@ class RecordingRuntime:
         return [next(self._slots) for _ in problem_indices]
 
     def fork(self, parents, counts):
+        assert not set(parents) & set(self.freed), "forked from a freed slot"
         self.forked.append((list(parents), list(counts)))
         return [[next(self._slots) for _ in range(n)] for n in counts]
 
