@@ -127,16 +127,21 @@ class Chars:
 
 class RecordingDecoder:
     """The ``Decoder`` calls a ``PolicyRuntime`` makes, recorded: slots handed out in
-    order, prefills, and each ``sample_steps`` call's keys, params and token caps; every
-    row's step is "ok\\n", and ``done`` is asked, where given, about each of ``texts``."""
+    order (and the parents they go beside), forks, prefills, and each ``sample_steps``
+    call's keys, params and token caps; every row samples ``step`` ("ok\\n"), and ``done``
+    is asked, where given, about each of ``texts``."""
 
-    def __init__(self, texts=()):
-        self.texts, self._next = texts, 0
-        self.prefilled, self.sampled = [], []
+    def __init__(self, texts=(), step="ok\n"):
+        self.texts, self.step, self._next = texts, step, 0
+        self.prefilled, self.sampled, self.near, self.forked = [], [], [], []
 
     def allocate(self, n, near=None):
+        self.near.append(None if near is None else list(near))
         self._next += n
         return list(range(self._next - n, self._next))
+
+    def fork(self, parents, children):
+        self.forked.append((list(parents), list(children)))
 
     def prefill(self, slots, tokens, starts):
         self.prefilled.append((list(slots), [list(t) for t in tokens], list(starts)))
@@ -151,7 +156,7 @@ class RecordingDecoder:
             done=None if done is None else [[done(row, Chars().encode(text))
                                              for text in self.texts]
                                             for row in range(len(slots))]))
-        rows, step = len(slots), Chars().encode("ok\n")
+        rows, step = len(slots), Chars().encode(self.step)
         return StepBatch(slots=np.asarray(slots), tokens=np.tile(step, (rows, 1)),
                          logprobs=np.zeros((rows, len(step)), np.float32),
                          num_tokens=np.full(rows, len(step)),
@@ -224,3 +229,20 @@ def test_a_text_is_done_once_an_answer_line_is_whole_or_its_rows_check_says_so()
         read_complete=[None, lambda text: text.endswith("be")])
     [call] = decoder.sampled
     assert call["done"] == [[False, True, False], [False, True, True]]
+
+
+def test_forked_slots_are_allocated_beside_their_parents_and_returned_per_parent():
+    """Each child is allocated near its parent (on a mesh, its data shard: the decoder
+    refuses a fork across shards) and forked from it; a count of 0 gets no slot."""
+    decoder = RecordingDecoder()
+    runtime = _recorded(["p0"], decoder)
+    assert runtime.fork([7, 3, 9], [2, 0, 1]) == [[0, 1], [], [2]]
+    assert decoder.near == [[7, 7, 9]] and decoder.forked == [([7, 7, 9], [0, 1, 2])]
+
+
+def test_a_text_ends_at_its_first_answer_line():
+    """A chunk sampled past the answer line may hold another: the text stops at the first."""
+    decoder = RecordingDecoder(step="a\nf1\nf2\n")
+    [text] = _recorded(["p0"], decoder).sample_texts([3], [0], node_ids=[1],
+                                                      temperatures=[0.0], max_tokens=[9])
+    assert text.text == "a\nf1" and len(text.token_ids) == len("a\nf1\nf2\n")
