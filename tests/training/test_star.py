@@ -115,3 +115,28 @@ def test_rounds_resume_after_a_kill(tmp_path):
         text = (tmp_path / f"round_{r}" / "examples.jsonl").read_text()
         assert HINT not in text and "hint" not in text
         assert [json.loads(line)["prompt"] for line in text.splitlines()] == ["q0", "q1"]
+
+
+def test_a_round_killed_while_saving_its_policy_is_trained_again(tmp_path):
+    """A round counts as done only once its policy is saved: a kill inside ``save`` leaves
+    no done.json, and the rerun trains the round again and loads what it saved."""
+    trained, saved, kill = [], {}, [True]
+
+    def save(policy, folder):
+        if kill[0]:
+            raise KeyboardInterrupt
+        saved[folder] = policy
+
+    def loop():
+        return StarLoop(folder=tmp_path, rounds=1, samples=2,
+                        sampler=lambda policy: ScriptedSampler(SCRIPT, []),
+                        finetune=lambda examples, r: trained.append(r) or f"policy{r}",
+                        save=save, load=lambda folder: "base" if folder is None
+                        else saved[folder], is_right=is_right)
+
+    with pytest.raises(KeyboardInterrupt):
+        loop().run(PROBLEMS)
+    assert not (tmp_path / "round_0" / "done.json").exists()
+    kill[0] = False
+    assert loop().run(PROBLEMS) == [2] and trained == [0, 0]
+    assert saved == {tmp_path / "round_0" / "policy": "policy0"}
