@@ -245,3 +245,9 @@ def test_a_kept_row_sharing_exactly_min_shared_tokens_is_a_source_and_counts_as_
     assert kept.best_source(0, list(range(MIN_SHARED_TOKENS)) + [99]) == (5, MIN_SHARED_TOKENS)
     # Row 5, kept first but forked from since, is the more recently used: 6 goes first.
     assert kept.keep(0, 7, [1]) == [6]
+
+
+def test_a_negative_number_of_kept_rows_is_refused():
+    with pytest.raises(ValueError, match=r"^per_problem must be >= 0 \(0 keeps nothing\), "
+                                         r"got -1$"):
+        KeptRows(per_problem=-1)
