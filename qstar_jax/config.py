@@ -91,6 +91,7 @@ class PolicyConfig:
     # only: FROM_SCRATCH_TASKS, Countdown and arithmetic chains).
     source: str = SCRATCH
     dtype: str = "float32"  # one of POLICY_DTYPES
+    # Prompt through the tokenizer's chat template (a checkpoint's: a scratch policy has none).
     chat_template: bool = False
 
 

@@ -158,6 +158,10 @@ def _check_training(config: RunConfig) -> None:
              "q_train.second_opinion", f"'scratch' (the default experiment's) trains a second "
              f"policy beside a policy trained from scratch (policy.source=scratch); with "
              f"policy.source={config.policy.source} set it to null or a checkpoint directory")
+    _require(not config.policy.chat_template or config.policy.source != SCRATCH,
+             "policy.chat_template", "a policy trained from scratch (policy.source=scratch) "
+             "reads plain text through a character tokenizer with no chat template: set it "
+             "to false")
     _require(config.policy.source != SCRATCH or config.task.name in FROM_SCRATCH_TASKS,
              "policy.source", f"'scratch' (train a policy from scratch) is for the synthetic "
              f"worlds {FROM_SCRATCH_TASKS}; point it at an HF directory, a .gguf file or an "

@@ -134,6 +134,10 @@ def test_round_trip_through_yaml(tmp_path):
     ("policy_training.hidden_size=0", "policy_training.hidden_size: must be >= 1, got 0"),
     ("policy_training.intermediate_size=0", "policy_training.intermediate_size: .* got 0"),
     ("seed=-1", "^seed: must be >= 0, got -1$"),
+    ("policy.chat_template=true", r"^policy.chat_template: a policy trained from scratch "
+                                  r"\(policy.source=scratch\) reads plain text through a "
+                                  "character tokenizer with no chat template: set it to "
+                                  "false$"),
     ("policy_training.value_batch_size=0", "policy_training.value_batch_size: .* got 0"),
     ("policy_training.train_problems=0", "policy_training.train_problems: .* got 0"),
     ("policy_training.num_heads=0", "policy_training.num_heads: must be >= 1, got 0"),
@@ -168,6 +172,7 @@ def test_bad_values_name_the_key(override, message):
     ["label.method=best_of_rollouts", "label.trace_is_a_rollout=true"],
     ["eval.tot.evaluator=prm", "search.utility=prm", "search.prm_model=/a/prm"],
     ["eval.best_of_n_scorer=prm", "search.utility=prm", "search.prm_model=/a/prm"],
+    ["policy.chat_template=true", "policy.source=/a/policy", "q_train.second_opinion=null"],
     ["task.name=humaneval", "search.utility=code_rule", "label.live_states_only=false",
      "label.method=best_of_rollouts", "policy.source=/a/policy", "q_train.second_opinion=null"],
 ])

@@ -126,14 +126,14 @@ def test_models_load_in_the_runs_dtype_onto_its_mesh_and_prompts_take_the_chat_t
 
     monkeypatch.setattr(context, "load_model", load_model)
     ctx = RunContext(config=load_config(None, [
-        "policy.dtype=bfloat16", "policy.chat_template=true",
+        "policy.source=/ckpt/policy", "policy.dtype=bfloat16", "policy.chat_template=true",
         "q_train.second_opinion=/ckpt/second"]), out=tmp_path, mesh="the run's mesh")
     assert ctx.second_policy.model == "model at /ckpt/second"
     problems = ctx.problems("test", 2)
     assert ctx.prompts(problems) == [
         f"<user>[{{'role': 'user', 'content': {p.question!r}}}]</user>" for p in problems]
     settings = dict(dtype=jnp.bfloat16, mesh="the run's mesh")
-    assert loads == [(Path("/ckpt/second"), settings), (tmp_path / "policy", settings)]
+    assert loads == [(Path("/ckpt/second"), settings), (Path("/ckpt/policy"), settings)]
     with pytest.raises(ValueError, match="^model /ckpt/bare ships no tokenizer; point the "
                                          "config at a checkpoint with tokenizer files$"):
         ctx.load(Path("/ckpt/bare"))

@@ -145,6 +145,7 @@ def test_mctsr_writes_under_the_configured_token_cap_kept_rows_and_chat_template
     template over the conversation."""
     config = load_config(overrides=["eval.mctsr.rollouts=1", "eval.mctsr.score_samples=2",
                                     "eval.text_max_tokens=20", "eval.text_kept_rows=0",
+                                    "policy.source=/ckpt/chat", "q_train.second_opinion=null",
                                     "policy.chat_template=true"])
 
     def chat(messages):
