@@ -42,12 +42,13 @@ class RunContext:
     def task(self) -> Task:
         """The configured task. A synthetic world's settings sit in the task config's field
         of its name (``task.countdown``): its constructor gets them as ``config``, under
-        whatever ``task.options.config`` overrides (and no other option)."""
+        whatever ``task.options.config`` overrides, and the other options as they are (an
+        unknown one refused, as every task's is)."""
         t = self.config.task
         world = getattr(t, t.name, None)
         if dataclasses.is_dataclass(world):
-            return make_task(t.name, config={**dataclasses.asdict(world),
-                                             **t.options.get("config", {})})
+            return make_task(t.name, **{**t.options, "config": {
+                **dataclasses.asdict(world), **t.options.get("config", {})}})
         return make_task(t.name, **t.options)
 
     def searches_per_batch(self, slots_per_search: int, *, full_rows: bool = False) -> int:

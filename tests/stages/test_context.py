@@ -34,6 +34,14 @@ def test_a_worlds_settings_reach_its_task_under_the_options_overrides(tmp_path):
         3, (1, 9), (24, 24))
 
 
+def test_a_worlds_task_refuses_an_option_it_does_not_know(tmp_path):
+    """Countdown's constructor takes only ``config``: a stray option is refused by name, as
+    every other task's is, not dropped."""
+    with pytest.raises(ValueError, match=r"^task 'countdown' has no option\(s\) "
+                                         r"\['split_seed'\]; its options are: config$"):
+        _task(tmp_path, name="countdown", options={"split_seed": 4})
+
+
 def test_a_task_without_world_settings_gets_its_options(tmp_path):
     task = _task(tmp_path, name="math500", options={"n_shot": 0})
     assert isinstance(task, Math500Task) and task.n_shot == 0
