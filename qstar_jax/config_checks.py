@@ -63,6 +63,9 @@ def _check_eval(config: RunConfig) -> None:
     _at_least(0, "eval", e, "text_kept_rows")
     _at_least(1, "task", config.task, "eval_problems")
     _at_least(0, "task", config.task, "train_problems")
+    _require(e.methods or "evaluate" not in config.stages, "eval.methods",
+             f"lists no method for the evaluate stage; choose from {METHODS + REASONER_METHODS}"
+             ", or leave evaluate out of stages")
     unknown = [m for m in e.methods if m not in METHODS + REASONER_METHODS]
     _require(not unknown, "eval.methods",
              f"unknown {unknown}; choose from {METHODS + REASONER_METHODS}")

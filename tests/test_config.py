@@ -62,6 +62,8 @@ def test_round_trip_through_yaml(tmp_path):
     ("search.expansions_per_node=0", "search.expansions_per_node"),
     ("search.max_generated_tokens=3", "cannot finish one step"),
     ("eval.methods=[greedy,magic]", "magic"),
+    ("eval.methods=[]", r"^eval.methods: lists no method for the evaluate stage; choose from "
+                        r"\('greedy'.*'mctsr'\), or leave evaluate out of stages$"),
     ("eval.methods=[qstar,best_of_n_matched]", "best_of_n_matched"),
     ("eval.methods=[best_of_n_matched,best_of_n,qstar]", "best_of_n_matched"),
     ("eval.methods=[best_of_n,best_of_n_matched]", "^eval.methods: best_of_n_matched reads "
@@ -173,6 +175,7 @@ def test_bad_values_name_the_key(override, message):
     ["eval.tot.evaluator=prm", "search.utility=prm", "search.prm_model=/a/prm"],
     ["eval.best_of_n_scorer=prm", "search.utility=prm", "search.prm_model=/a/prm"],
     ["policy.chat_template=true", "policy.source=/a/policy", "q_train.second_opinion=null"],
+    ["eval.methods=[]", "stages=[train_policy,collect]"],
     ["task.name=humaneval", "search.utility=code_rule", "label.live_states_only=false",
      "label.method=best_of_rollouts", "policy.source=/a/policy", "q_train.second_opinion=null"],
 ])
