@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, TupleConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from qstar_jax.search.aggregate import Agg
@@ -412,11 +412,14 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         if not isinstance(layer, DictConfig):  # a list
             raise not_settings
         layers.append(layer)
-    layers.append(_overrides_layer(overrides))
+    layers.append(_overrides_layer(overrides, layers[0]))
     try:
         config = OmegaConf.to_object(OmegaConf.merge(*layers))
     except OmegaConfBaseException as error:
         raise ConfigError(str(error).splitlines()[0] + _where(error)) from None
+    except TypeError:  # OmegaConf's word for a list given as a mapping, or the reverse
+        raise ConfigError("a setting that is a list is given as a mapping, or the reverse: "
+                          "write a list as [a, b] and a mapping as {key: value}") from None
     except ValueError as error:  # a settings dataclass's own check (e.g. eval.mctsr)
         raise ConfigError(str(error)) from None
     config = _home_expanded(config)
@@ -450,12 +453,16 @@ def _home_expanded(config: RunConfig) -> RunConfig:
     return config
 
 
-def _overrides_layer(overrides: Sequence[str]):
+def _overrides_layer(overrides: Sequence[str], schema: DictConfig):
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"overrides must look like key=value, got {bad}")
     layer = OmegaConf.create()
     for override in overrides:  # one at a time, to name the one YAML cannot read
+        listed = _list_holding(override.split("=")[0], schema)
+        if listed:  # a dotted index would become a mapping key that cannot merge with it
+            raise ConfigError(f"override {override!r}: {listed} is a list; give it whole, "
+                              f"e.g. {listed}=[a,b]")
         try:
             layer.merge_with_dotlist([override])
         except yaml.YAMLError as error:
@@ -463,6 +470,18 @@ def _overrides_layer(overrides: Sequence[str]):
                               f"({_yaml_problem(error)}; a flow mapping needs a space after "
                               "each colon: {key: value})") from None
     return layer
+
+
+def _list_holding(key: str, schema: DictConfig) -> str | None:
+    """The list setting of which ``key`` names an element (eval.methods for
+    eval.methods.0), if any."""
+    parts = key.replace("[", ".").replace("]", "").split(".")
+    for end in range(1, len(parts)):
+        prefix = ".".join(parts[:end])
+        if isinstance(OmegaConf.select(schema, prefix, default=None),
+                      (ListConfig, TupleConfig)):
+            return prefix
+    return None
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:

@@ -289,6 +289,24 @@ def test_the_defaults_are_the_documented_default_experiment():
     assert (c.decode.step_chunk, c.eval.text_kept_rows) == (16, 4)
 
 
+@pytest.mark.parametrize("override, key", [("eval.methods.0=beam", "eval.methods"),
+                                           ("task.countdown.number_range.1=5",
+                                            "task.countdown.number_range")])
+def test_an_override_of_one_element_of_a_list_says_to_give_the_whole_list(override, key):
+    with pytest.raises(ConfigError, match=f"^override {override!r}: {key} is a list; give it "
+                                          r"whole, e\.g\. " f"{key}=\\[a,b\\]$"):
+        load_config(None, ["search.k=3", override])
+
+
+def test_a_list_written_as_a_mapping_in_a_file_is_a_config_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("eval:\n  methods: {0: beam}\n")
+    with pytest.raises(ConfigError, match="^a setting that is a list is given as a mapping, "
+                                          r"or the reverse: write a list as \[a, b\] and a "
+                                          r"mapping as \{key: value\}$"):
+        load_config(path)
+
+
 def test_missing_file_and_malformed_override(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
