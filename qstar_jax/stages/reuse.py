@@ -73,7 +73,11 @@ def reuse_trained_outputs(source: Path, out: Path, config: RunConfig) -> list[st
     if not resolved.exists() or not (source / "q_training.json").exists():
         raise ConfigError(f"--reuse {source}: not a run folder with a finished train_q stage "
                           "(config.yaml and q_training.json); run its training stages first")
-    theirs = _training_settings(load_config(resolved))
+    try:
+        theirs = _training_settings(load_config(resolved))
+    except ConfigError as error:  # saved by a version that took what the checks now refuse
+        raise ConfigError(f"--reuse {source}: its config.yaml no longer loads ({error}); "
+                          "correct that setting there") from None
     ours = _training_settings(config)
     differing = sorted(key for key in ours.keys() | theirs.keys()
                        if ours.get(key) != theirs.get(key))

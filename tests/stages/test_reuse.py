@@ -1,6 +1,8 @@
 """``--reuse DIR`` links a finished run's trained outputs into a new run's folder, after
 checking that every setting its training stages read is the same in both runs."""
 
+import re
+
 import pytest
 
 from qstar_jax.config import ConfigError, load_config, to_yaml
@@ -64,6 +66,20 @@ def test_a_run_without_a_finished_train_q_stage_is_refused(tmp_path):
     out.mkdir()
     (source / "q_training.json").unlink()
     with pytest.raises(ConfigError, match="not a run folder with a finished train_q stage"):
+        reuse_trained_outputs(source, out, load_config(None))
+    assert list(out.iterdir()) == []
+
+
+def test_a_source_config_the_checks_now_refuse_is_named_as_the_sources(tmp_path):
+    """A run saved before a check was added (decode.pages without paging, then taken and
+    ignored) is refused naming its folder, not as if the new run's config were wrong."""
+    source, out = trained_run(tmp_path / "source"), tmp_path / "out"
+    out.mkdir()
+    saved = source / "config.yaml"
+    saved.write_text(saved.read_text().replace("pages: 0", "pages: 4000"))
+    message = (f"^--reuse {re.escape(str(source))}: its config.yaml no longer loads "
+               r"\(decode.pages: 4000 pages size .*\); correct that setting there$")
+    with pytest.raises(ConfigError, match=message):
         reuse_trained_outputs(source, out, load_config(None))
     assert list(out.iterdir()) == []
 
