@@ -313,11 +313,13 @@ def test_missing_file_and_malformed_override(tmp_path):
     with pytest.raises(ConfigError, match="key=value"):
         load_config(None, ["search.k"])
     bad_yaml = "task.options={config:{rules: 1}}"  # YAML wants a space after each colon
-    with pytest.raises(ConfigError, match=r"'task.options=\{config:.*not valid YAML"):
+    with pytest.raises(ConfigError, match=r"'task.options=\{config:.*not valid YAML \(found "
+                                          "unexpected ':'; a flow mapping needs a space"):
         load_config(None, ["search.k=3", bad_yaml])
     broken = tmp_path / "broken.yaml"
     broken.write_text("search:\n  k: [3\n")
-    with pytest.raises(ConfigError, match="broken.yaml is not valid YAML"):
+    with pytest.raises(ConfigError, match="broken.yaml is not valid YAML: did not find "
+                                          r"expected ',' or '\]'$"):
         load_config(broken)
     with pytest.raises(ConfigError, match=f"^config file {tmp_path} is a folder$"):
         load_config(tmp_path)
