@@ -1,9 +1,10 @@
 """What ``run`` checks of a config before any work, so that a mistake a later stage would
 meet hours in is one line now: the task builds from its options; every checkpoint the
 config names exists and is of an architecture the loader reads; every data file exists
-and is of a format the loader reads, and the files give the split evaluate reads; and,
-once the mesh is built, ``decode.layer_weights`` can hold each decoding model on it. And
-what it warns of: the train and eval splits reading the same file.
+and is of a format the loader reads, and the files give the split evaluate reads; a
+synthetic world has the splits the run reads; and, once the mesh is built,
+``decode.layer_weights`` can hold each decoding model on it. And what it warns of: the
+train and eval splits reading the same file.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 from pathlib import Path
 
 from qstar_jax.architectures import architecture, evaluate_models, policy_architecture
-from qstar_jax.config import SCRATCH, SOLVER, ConfigError, Utility
+from qstar_jax.config import FROM_SCRATCH_TASKS, SCRATCH, SOLVER, ConfigError, Utility
 from qstar_jax.decoding.weights import resolve_layer_weights
 from qstar_jax.models.config import UnsupportedConfigError
 from qstar_jax.models.loading import PACKAGED_MODELS
@@ -23,13 +24,26 @@ from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.prm import prm_kind
 from qstar_jax.tasks.datasets import (DataFilesError, builder_for, expanded_paths,
                                      files_for_split)
+from qstar_jax.tasks.hashed_splits import check_split as check_hashed_split
 
 
 def preflight(config) -> None:
     """Raise ConfigError for the first of the checks above that fails."""
     RunContext(config=config, out=Path(config.out_dir)).task  # noqa: B018 (built to check)
+    check_world_splits(config)
     check_checkpoints(config)
     check_data_files(config)
+
+
+def check_world_splits(config) -> None:
+    """A synthetic world's splits are known without any data: the two the run reads exist
+    (evaluate would meet an unknown eval split after every training stage)."""
+    if config.task.name in FROM_SCRATCH_TASKS:
+        for key in ("train_split", "eval_split"):
+            try:
+                check_hashed_split(getattr(config.task, key), config.task.name)
+            except ValueError as error:
+                raise ConfigError(f"task.{key}: {error}") from None
 
 
 def check_checkpoints(config) -> None:

@@ -106,6 +106,18 @@ def test_preflight_refuses_data_files_without_the_split_evaluate_reads():
                                      f"task.options.data_files.train={GSM8K_TEST}"]))
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["task.eval_split=tset"], "task.eval_split: arithmetic has splits ('train', "
+                               "'validation', 'test'), not 'tset'"),
+    (["task.name=countdown", "label.method=best_of_rollouts", "task.train_split=dev"],
+     "task.train_split: countdown has splits ('train', 'validation', 'test'), not 'dev'")])
+def test_preflight_refuses_a_split_a_synthetic_world_does_not_have(overrides, message):
+    """Evaluate would meet an unknown eval split only after every training stage."""
+    with pytest.raises(ConfigError) as raised:
+        preflight(load_config(None, overrides))
+    assert str(raised.value) == message
+
+
 def test_train_and_eval_splits_reading_the_same_file_are_warned_of(tmp_path):
     train = tmp_path / "train.jsonl"
     train.write_text(Path(GSM8K_TEST).read_text())
