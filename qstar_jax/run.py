@@ -24,6 +24,7 @@ from qstar_jax.memory_plan import check_memory
 from qstar_jax.models.compile_cache import enable_compile_cache
 from qstar_jax.models.config import UnsupportedConfigError
 from qstar_jax.models.weights import CheckpointError
+from qstar_jax.outputs.folder_lock import FolderInUseError, lock_folder
 from qstar_jax.parallel import (DATA, barrier, check_slots, initialize_distributed,
                                 is_writer, make_mesh)
 from qstar_jax.preflight import check_layer_weights, preflight, shared_split_warning
@@ -119,10 +120,25 @@ def main(argv=None) -> int:
     out = Path(args.out or config.out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        lock = lock_folder(out)
     except OSError as error:  # a file of that name, no permission, a read-only disk
         print(f"config error: cannot use {out} as the output folder: {error.strerror}",
               file=sys.stderr)
         return 2
+    except FolderInUseError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        return 2
+    try:
+        return run_in_folder(out, config, mesh, args.reuse)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def run_in_folder(out: Path, config, mesh, reuse: str | None) -> int:
+    """The run in its locked output folder ``out`` (reusing the trained outputs of the
+    folder ``reuse``): checked against the run ``out`` holds, then its stages; the exit
+    status."""
     resolved = out / "config.yaml"
     changed = changed_settings(resolved, config) if resolved.exists() else []
     if changed is None or (changed and not resumes_with_new_layout(changed, out)):
@@ -133,13 +149,13 @@ def main(argv=None) -> int:
     if changed:
         print(f"[qstar] resuming {out} under new cache settings: {', '.join(changed)}",
               flush=True)
-    if args.reuse and is_writer():
+    if reuse and is_writer():
         try:
-            linked = reuse_trained_outputs(Path(args.reuse), out, config)
+            linked = reuse_trained_outputs(Path(reuse), out, config)
         except ConfigError as error:
             print(f"config error: {error}", file=sys.stderr)
             return 2
-        print(f"[qstar] reusing {', '.join(linked) or 'nothing new'} from {args.reuse}",
+        print(f"[qstar] reusing {', '.join(linked) or 'nothing new'} from {reuse}",
               flush=True)
     # Every process of a multi-process run computes everything, in step; process 0 alone
     # writes the output folder, which the others read (it must be shared storage).

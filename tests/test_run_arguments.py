@@ -3,6 +3,7 @@ checks before any stage runs, the stages' order and what a process says when it 
 the others."""
 
 import json
+import os
 from pathlib import Path
 
 import jax
@@ -13,6 +14,7 @@ from qstar_jax import run
 from qstar_jax.config import STAGES, ConfigError, DistributedConfig, load_config, to_yaml
 from qstar_jax.decoding.kv_cache import SlotPoolExhausted
 from qstar_jax.decoding.paged_cache import PagePoolExhausted
+from qstar_jax.outputs.folder_lock import lock_folder
 from qstar_jax.parallel import DATA, MODEL
 from qstar_jax.preflight import check_layer_weights, preflight, shared_split_warning
 from qstar_jax.run import parse_args
@@ -388,3 +390,21 @@ def test_ctrl_c_during_a_stage_says_how_to_resume(tmp_path, monkeypatch, capsys)
     assert run.main(["stages=[train_policy]", "--out", str(tmp_path)]) == 130
     assert capsys.readouterr().err == (f"interrupted: run the same command again to resume "
                                        f"from what {tmp_path} holds\n")
+
+
+def test_a_folder_another_run_is_using_is_refused_and_free_once_it_ends(
+        tmp_path, monkeypatch, capsys):
+    """While one run holds its folder a second there is exit 2, naming the first's process,
+    before any stage; the lock ends with the run that held it."""
+    ran = []
+    monkeypatch.setattr(run, "run_stages", lambda ctx: ran.append(ctx.out))
+    argv = ["decode.slots=8", "stages=[train_policy]", "--out", str(tmp_path)]
+    holder = lock_folder(tmp_path)
+    assert run.main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"config error: another run (process {os.getpid()}) is using {tmp_path}; wait for it "
+        "to end or choose another --out\n")
+    assert ran == []
+    holder.close()
+    assert run.main(argv) == 0 and ran == [tmp_path]
+    lock_folder(tmp_path).close()  # the run let go of the folder when it ended

@@ -78,7 +78,7 @@ def test_the_command_refuses_before_any_stage_and_names_a_bad_output_folder(tmp_
     out = tmp_path / "run"
     assert run.main(["stages=[train_q]", "--out", str(out)]) == 2
     assert "config error: stage train_q reads the labels" in capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "config.yaml"]
     assert run.main(["task.options.foo=1", "--out", str(tmp_path / "other")]) == 2
     assert "config error: task 'arithmetic' has no option(s) ['foo']" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
