@@ -184,10 +184,10 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
             for other in derived:
                 rows += _graded(ctx, other, problems,
                                 [self_consistency_of(r, vote_on) for r in results], share)
+            if cfg.eval.dump_trees:  # before the rows: a logged problem is not searched again
+                _dump_trees(ctx, method, problems, results)
             log.append(r for r in rows if r.problem_id not in done[r.method])
             barrier("results appended")  # so every process reads the log alike
-            if cfg.eval.dump_trees:
-                _dump_trees(ctx, method, problems, results)
 
     matched = None
     methods = reported_methods(ctx)
@@ -307,12 +307,13 @@ def _grade(task, problem, completion: str, completed: bool) -> tuple[bool, str |
 
 
 def _dump_trees(ctx: RunContext, method: str, problems, results: list[SearchResult]) -> None:
-    """Each search's tree as ``trees/METHOD/PROBLEM.json``; process 0 alone writes (every
-    process searched alike)."""
+    """Each search's tree as ``trees/METHOD/PROBLEM.json``, whole or not at all; process 0
+    alone writes (every process searched alike)."""
     if not is_writer():
         return
     folder = ctx.out / "trees" / method
     folder.mkdir(parents=True, exist_ok=True)
     for result in results:
         name = problems[result.problem_index].id.replace("/", "_")
-        (folder / f"{name}.json").write_text(json.dumps(result.tree, default=str) + "\n")
+        text = json.dumps(result.tree, default=str) + "\n"
+        write_atomically(folder / f"{name}.json", lambda f: f.write(text.encode()))

@@ -149,3 +149,24 @@ def test_the_second_policy_decodes_its_own_greedy_row_reported_after_greedy(
     assert list(summary["methods"]) == ["greedy", "greedy_second_policy", "qstar"]
     assert [m for m, _, _ in logged(tmp_path)] == ["greedy"] * 2 + [
         "greedy_second_policy"] * 2 + ["qstar"] * 2
+
+
+def test_a_run_killed_while_dumping_trees_has_every_tree_once_resumed(tmp_path, searched,
+                                                                       monkeypatch):
+    """A kill as a batch's trees are written leaves that batch unlogged, so the resumed
+    run searches it again and dumps its trees: none is missing."""
+    ctx = RunContext(config=load_config(None, [
+        "eval.methods=[greedy]", "task.eval_problems=3", "eval.problems_per_batch=2",
+        "q_train.second_opinion=null", "eval.dump_trees=true"]), out=tmp_path)
+    dump = evaluate._dump_trees
+
+    def killed(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(evaluate, "_dump_trees", killed)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.evaluate(ctx)
+    monkeypatch.setattr(evaluate, "_dump_trees", dump)
+    evaluate.evaluate(ctx)
+    ids = [p.id.replace("/", "_") for p in ctx.problems("test", 3)]
+    assert sorted(p.stem for p in (tmp_path / "trees" / "greedy").iterdir()) == sorted(ids)
+    assert searched == [("greedy", [0, 1]), ("greedy", [0, 1]), ("greedy", [2])]
