@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 
-from qstar_jax.config import SOLVER, LabelMethod
+from qstar_jax.config import SOLVER, ConfigError, LabelMethod
 from qstar_jax.policy.rollouts import DecoderRolloutSampler
 from qstar_jax.qvalue.dataset import save_labelled, step_pairs, trace_continuations
 from qstar_jax.qvalue.features import last_step_features, step_texts
@@ -69,6 +69,11 @@ def label(ctx: RunContext) -> None:
     cfg = ctx.config
     problems = _train_problems(ctx)
     rollouts = list(read_rollouts(ctx.rollouts_path))
+    collected = {r.problem_index for r in rollouts}
+    if not collected >= set(range(len(problems))):  # a collect stage killed, not rerun
+        raise ConfigError(f"{ctx.rollouts_path} holds the rollouts of {len(collected)} of the "
+                          f"{len(problems)} training problems: their collection was cut "
+                          "short; list collect in stages to finish it")
     pairs = step_pairs(rollouts)
     if cfg.label.live_states_only:
         pairs = [p for p in pairs

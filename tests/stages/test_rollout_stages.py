@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from qstar_jax.config import load_config
+from qstar_jax.config import ConfigError, load_config
 from qstar_jax.outputs import durable
 from qstar_jax.policy.runtime import PolicyRuntime
 from qstar_jax.qvalue.dataset import labelled, load_labelled, load_step_logprobs
@@ -253,3 +253,15 @@ def test_label_by_a_stronger_model_completes_with_that_model_at_the_runs_setting
     with pytest.raises(ValueError, match="label.stronger_model=solver: task gsm8k has no "
                                          "exact solver; give a model directory"):
         rollouts._stronger_sampler(without_solver, [])
+
+
+def test_label_refuses_rollouts_a_killed_collect_stage_left_unfinished(tmp_path, monkeypatch):
+    """A run killed in collect and resumed without it (stages=[label,...]) would label the
+    problems collected so far as if they were all: the label stage names the gap."""
+    no_features(monkeypatch)
+    ctx, _, _ = one_problem_run(tmp_path, "task.train_problems=2")
+    with pytest.raises(ConfigError, match=(
+            r"^\S+rollouts.jsonl holds the rollouts of 1 of the 2 training problems: their "
+            "collection was cut short; list collect in stages to finish it$")):
+        rollouts.label(ctx)
+    assert not ctx.labels_path.exists()
