@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import sys
 import time
 from pathlib import Path
@@ -46,6 +47,9 @@ STAGE_FUNCTIONS = {"train_policy": train_policy, "collect": collect, "label": la
 # resumes from what the earlier stages wrote.
 INPUT_ERRORS = (ConfigError, CheckpointError, UnsupportedConfigError,
                 DatasetUnavailableError, DataFilesError, MalformedRecordError)
+# A disk that fills (or a quota met, or a folder gone read-only) mid-run: what was written
+# before is whole (appends and atomic writes), so making room and rerunning resumes.
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 def parse_args(argv):
@@ -175,6 +179,13 @@ def run_in_folder(out: Path, config, mesh, reuse: str | None) -> int:
         return 2
     except CacheOutgrown as error:
         print(f"run error: {cache_full_message(error, out)}", file=sys.stderr, flush=True)
+        return 2
+    except OSError as error:
+        if error.errno not in DISK_ERRORS:
+            raise
+        print(f"run error: cannot write {error.filename or out}: {error.strerror}; once it "
+              f"can be written, run the same command again to resume from what {out} holds",
+              file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: what the stages wrote is kept, line by line
         print(f"interrupted: run the same command again to resume from what {out} holds",

@@ -2,6 +2,7 @@
 checks before any stage runs, the stages' order and what a process says when it loses
 the others."""
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -408,3 +409,22 @@ def test_a_folder_another_run_is_using_is_refused_and_free_once_it_ends(
     holder.close()
     assert run.main(argv) == 0 and ran == [tmp_path]
     lock_folder(tmp_path).close()  # the run let go of the folder when it ended
+
+
+@pytest.mark.parametrize("filename", [None, "results.jsonl"])
+def test_a_disk_that_fills_during_a_stage_is_one_line_and_other_os_errors_are_raised(
+        tmp_path, monkeypatch, capsys, filename):
+    def disk_full(ctx):
+        raise OSError(errno.ENOSPC, "No space left on device", filename)
+    monkeypatch.setattr(run, "STAGE_FUNCTIONS", {"train_policy": disk_full})
+    argv = ["stages=[train_policy]", "--out", str(tmp_path)]
+    assert run.main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"run error: cannot write {filename or tmp_path}: No space left on device; once it "
+        f"can be written, run the same command again to resume from what {tmp_path} holds\n")
+
+    def missing(ctx):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", "x")
+    monkeypatch.setattr(run, "STAGE_FUNCTIONS", {"train_policy": missing})
+    with pytest.raises(FileNotFoundError):
+        run.main(argv)
