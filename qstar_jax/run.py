@@ -29,7 +29,8 @@ from qstar_jax.outputs.folder_lock import FolderInUseError, lock_folder
 from qstar_jax.parallel import (DATA, barrier, check_slots, initialize_distributed,
                                 is_writer, make_mesh)
 from qstar_jax.preflight import check_layer_weights, preflight, shared_split_warning
-from qstar_jax.stages.reuse import CACHE_LAYOUT, differing_settings, reuse_trained_outputs
+from qstar_jax.stages.reuse import (CACHE_LAYOUT, differing_settings, evaluation_only,
+                                    reuse_trained_outputs)
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.evaluate import RESULTS_LOG, evaluate
 from qstar_jax.stages.prm import train_prm
@@ -91,11 +92,13 @@ def resumes_with_new_layout(changed: list[str], out: Path) -> bool:
 
 
 def different_config_advice(changed: list[str] | None, out: Path) -> str:
-    """What to do about a folder that holds another run's config."""
-    if changed and all(key in CACHE_LAYOUT for key in changed):
-        return (f"its evaluate stage has begun, whose wall-clock these settings move: to "
-                f"evaluate under them, run with --out NEW --reuse {out}")
-    return "choose another --out or delete the folder"
+    """What to do about a folder that holds another run's config: where every changed
+    setting is one --reuse may change, --reuse, which keeps that run's training."""
+    if not changed or not all(map(evaluation_only, changed)):
+        return "choose another --out or delete the folder"
+    began = ("its evaluate stage has begun, whose wall-clock these settings move: "
+             if all(key in CACHE_LAYOUT for key in changed) else "")
+    return f"{began}to evaluate these settings on what it trained, use --out NEW --reuse {out}"
 
 
 def main(argv=None) -> int:

@@ -170,8 +170,9 @@ def test_a_folder_holds_the_same_run_whatever_stages_ran_there(tmp_path):
 def test_the_command_refuses_a_folder_of_another_run_and_resumes_its_own(tmp_path,
                                                                          monkeypatch, capsys):
     """A saved seed=3 run (stages [collect]): seed=4 and search.k=2 there are refused by
-    those keys (the stages may differ), exit 2, its config.yaml untouched; seed=3 runs its
-    stages there and saves their list."""
+    those keys (the stages may differ), exit 2, its config.yaml untouched; evaluation
+    settings alone are refused pointing at --reuse; seed=3 runs its stages there and saves
+    their list."""
     ran = []
     monkeypatch.setattr(run, "run_stages", lambda ctx: ran.append(ctx.config.stages))
     saved = tmp_path / "config.yaml"
@@ -184,6 +185,11 @@ def test_the_command_refuses_a_folder_of_another_run_and_resumes_its_own(tmp_pat
         f"config error: {tmp_path} holds a run with a different config ({saved}: differs in "
         "search.k, seed); choose another --out or delete the folder\n")
     assert saved.read_text() == before and ran == []
+    assert run.main(["seed=3", "search.k=2", "eval.samples=3", *other]) == 2
+    assert capsys.readouterr().err == (  # what evaluation alone reads: --reuse keeps the rest
+        f"config error: {tmp_path} holds a run with a different config ({saved}: differs in "
+        f"eval.samples, search.k); to evaluate these settings on what it trained, use --out "
+        f"NEW --reuse {tmp_path}\n")
     assert run.main(["seed=3", *other]) == 0
     assert ran == [("train_policy",)]
     assert saved.read_text() == to_yaml(load_config(None, ["decode.slots=8", "seed=3",
@@ -380,7 +386,7 @@ def test_a_run_resumes_under_a_new_cache_layout_until_evaluate_has_begun(
     assert capsys.readouterr().err == (
         f"config error: {tmp_path} holds a run with a different config ({saved}: differs in "
         "decode.slots); its evaluate stage has begun, whose wall-clock these settings move: "
-        f"to evaluate under them, run with --out NEW --reuse {tmp_path}\n")
+        f"to evaluate these settings on what it trained, use --out NEW --reuse {tmp_path}\n")
     assert ran == [16] and load_config(saved).decode.slots == 16
 
 

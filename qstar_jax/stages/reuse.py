@@ -56,9 +56,13 @@ def differing_settings(ours: RunConfig, theirs: RunConfig) -> list[str]:
     return sorted(key for key in a.keys() | b.keys() if a.get(key) != b.get(key))
 
 
+def evaluation_only(key: str) -> bool:
+    """Whether the dotted setting ``key`` is one a run reusing another's may change."""
+    return any(key == skip or key.startswith(skip + ".") for skip in EVALUATION_ONLY)
+
+
 def _training_settings(config: RunConfig) -> dict[str, Any]:
-    return {key: value for key, value in _settings(config).items()
-            if not any(key == skip or key.startswith(skip + ".") for skip in EVALUATION_ONLY)}
+    return {key: value for key, value in _settings(config).items() if not evaluation_only(key)}
 
 
 def reuse_trained_outputs(source: Path, out: Path, config: RunConfig) -> list[str]:
