@@ -10,6 +10,7 @@ Only the settings that evaluation alone reads may differ.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,10 @@ EVALUATION_ONLY = ("out_dir", "stages", "search", "eval", "task.eval_split",
 TRAINED_OUTPUTS = ("policy", "second_policy", "rollouts.jsonl", "labels.jsonl",
                    "labels.jsonl.features.npz", "q_checkpoint", "q_training.json",
                    "step_outcomes.jsonl", "prm", "prm_training.json")
+# What train_prm writes or extends: linked only once the source's train_prm has finished
+# (its PRM_SUMMARY is there), else this run's train_prm would resume inside the source.
+PRM_OUTPUTS = ("step_outcomes.jsonl", "prm")
+PRM_SUMMARY = "prm_training.json"
 NOTE = "reused_from.txt"
 
 
@@ -70,7 +75,9 @@ def reuse_trained_outputs(source: Path, out: Path, config: RunConfig) -> list[st
 
     ``source`` must hold a finished train_q stage (so nothing linked is still being
     written, and no stage of this run writes into a link) and a config that agrees with
-    ``config`` on every setting outside EVALUATION_ONLY; otherwise ConfigError.
+    ``config`` on every setting outside EVALUATION_ONLY; otherwise ConfigError. A PRM
+    whose training has not finished there is not linked, and the label stage's
+    completions (step_outcomes.jsonl) are copied for this run's train_prm to extend.
     """
     source = source.absolute()
     resolved = source / "config.yaml"
@@ -88,11 +95,17 @@ def reuse_trained_outputs(source: Path, out: Path, config: RunConfig) -> list[st
     if differing:
         raise ConfigError(f"--reuse {source}: its run was trained with different settings for "
                           f"{', '.join(differing)}; only {', '.join(EVALUATION_ONLY)} may differ")
+    prm_trained = (source / PRM_SUMMARY).exists()
     linked = []
     for name in TRAINED_OUTPUTS:
         target, link = source / name, out / name
-        if target.exists() and not link.exists():
-            link.symlink_to(target, target_is_directory=target.is_dir())
-            linked.append(name)
+        if not target.exists() or link.exists():
+            continue
+        if name in PRM_OUTPUTS and not prm_trained:
+            if target.is_file():
+                shutil.copyfile(target, link)
+            continue
+        link.symlink_to(target, target_is_directory=target.is_dir())
+        linked.append(name)
     (out / NOTE).write_text(f"{source}\n")
     return linked

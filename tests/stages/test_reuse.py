@@ -129,3 +129,22 @@ def test_an_output_the_source_run_never_trained_is_not_linked(tmp_path):
     assert linked == ["policy", "rollouts.jsonl", "labels.jsonl", "labels.jsonl.features.npz",
                       "q_checkpoint", "q_training.json"]
     assert sorted(p.name for p in out.iterdir()) == sorted(linked + ["reused_from.txt"])
+
+
+def test_a_prm_whose_training_has_not_finished_is_not_linked_nor_written_through(tmp_path):
+    """A source killed in train_prm (or still in it) holds prm/ without prm_training.json.
+    Linked, this run's train_prm would resume inside the source's folder, appending to its
+    step_outcomes.jsonl and checkpointing into its prm/. Neither is linked: the label
+    stage's completions are copied for this run's train_prm to extend in its own folder."""
+    source, out = trained_run(tmp_path / "source"), tmp_path / "out"
+    out.mkdir()
+    (source / "prm_training.json").unlink()
+    linked = reuse_trained_outputs(source, out, load_config(None))
+    assert linked == ["policy", "second_policy", "rollouts.jsonl", "labels.jsonl",
+                      "labels.jsonl.features.npz", "q_checkpoint", "q_training.json"]
+    assert not (out / "prm").exists()
+    outcomes = out / "step_outcomes.jsonl"
+    assert not outcomes.is_symlink() and outcomes.read_text() == "step_outcomes.jsonl"
+    with outcomes.open("a") as f:
+        f.write("this run's")
+    assert (source / "step_outcomes.jsonl").read_text() == "step_outcomes.jsonl"
