@@ -170,3 +170,21 @@ def test_a_run_killed_while_dumping_trees_has_every_tree_once_resumed(tmp_path, 
     ids = [p.id.replace("/", "_") for p in ctx.problems("test", 3)]
     assert sorted(p.stem for p in (tmp_path / "trees" / "greedy").iterdir()) == sorted(ids)
     assert searched == [("greedy", [0, 1]), ("greedy", [0, 1]), ("greedy", [2])]
+
+
+def test_a_method_with_every_problem_logged_builds_no_search(tmp_path, monkeypatch):
+    """A method whose problems are all logged (a finished run rerun, or one resumed past
+    it) builds no search, nor for the second policy's greedy row a runtime on that
+    policy: the reports are written again from the log."""
+    monkeypatch.setattr(evaluate, "_step_search", lambda *args: pytest.fail("a search built"))
+    monkeypatch.setattr(RunContext, "runtime", lambda self, problems, model=None: None)
+    monkeypatch.setattr(RunContext, "second_policy", property(
+        lambda self: pytest.fail("the second policy was loaded")))
+    ctx = RunContext(config=load_config(None, [
+        "eval.methods=[greedy,best_of_n,self_consistency]", "task.eval_problems=2"]),
+        out=tmp_path)
+    methods = ("greedy", "greedy_second_policy", "best_of_n", "self_consistency")
+    ResultsLog(tmp_path / "results.jsonl").append(
+        [result(m, p.id, True, 1) for m in methods for p in ctx.problems("test", 2)])
+    summary = evaluate.evaluate(ctx, q_fn=object())
+    assert [(m, s["n"]) for m, s in summary["methods"].items()] == [(m, 2) for m in methods]
