@@ -25,6 +25,7 @@ from qstar_jax.memory_plan import check_memory
 from qstar_jax.models.compile_cache import enable_compile_cache
 from qstar_jax.models.config import UnsupportedConfigError
 from qstar_jax.models.weights import CheckpointError
+from qstar_jax.outputs.durable import write_atomically
 from qstar_jax.outputs.folder_lock import FolderInUseError, lock_folder
 from qstar_jax.parallel import (DATA, barrier, check_slots, initialize_distributed,
                                 is_writer, make_mesh)
@@ -166,8 +167,8 @@ def run_in_folder(out: Path, config, mesh, reuse: str | None) -> int:
               flush=True)
     # Every process of a multi-process run computes everything, in step; process 0 alone
     # writes the output folder, which the others read (it must be shared storage).
-    if is_writer():
-        resolved.write_text(to_yaml(config))
+    # Whole or not at all: a half-written config.yaml would refuse this run's own folder.
+    write_atomically(resolved, lambda f: f.write(to_yaml(config).encode()))
     ctx = RunContext(config=config, out=out, mesh=mesh)
     barrier("outputs linked")  # what --reuse linked is there for every process to see
     try:

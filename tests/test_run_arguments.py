@@ -5,6 +5,8 @@ the others."""
 import errno
 import json
 import os
+import resource
+import signal
 from pathlib import Path
 
 import jax
@@ -194,6 +196,27 @@ def test_the_command_refuses_a_folder_of_another_run_and_resumes_its_own(tmp_pat
     assert ran == [("train_policy",)]
     assert saved.read_text() == to_yaml(load_config(None, ["decode.slots=8", "seed=3",
                                                            "stages=[train_policy]"]))
+
+
+def test_a_failed_write_of_the_config_keeps_the_runs_own(tmp_path, monkeypatch):
+    """Each invocation saves config.yaml again. A write cut short (the disk full, here a
+    file-size limit) must leave the saved one whole, or the next invocation would refuse
+    the folder as another run's and tell the user to delete what it holds."""
+    monkeypatch.setattr(run, "run_stages", lambda ctx: None)
+    argv = ["decode.slots=8", "stages=[train_policy]", "--out", str(tmp_path)]
+    assert run.main(argv) == 0
+    saved = (tmp_path / "config.yaml").read_text()
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not a kill
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100, limits[1]))
+    try:
+        with pytest.raises(OSError):
+            run.main(argv)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, previous)
+    assert (tmp_path / "config.yaml").read_text() == saved
+    assert run.main(argv) == 0
 
 
 def test_reuse_of_a_folder_without_a_trained_q_hat_is_a_config_error(tmp_path, monkeypatch,
