@@ -23,7 +23,7 @@ from qstar_jax.models.loading import PACKAGED_MODELS
 from qstar_jax.parallel import is_writer
 from qstar_jax.policy.rollouts import DecoderRolloutSampler
 from qstar_jax.qvalue.checkpoint import BackboneIdentity, QCheckpointer, load_q_head
-from qstar_jax.qvalue.dataset import load_labelled, step_pairs
+from qstar_jax.qvalue.dataset import load_labelled
 from qstar_jax.qvalue.head import QHead, QHeadConfig, QHeadModel
 from qstar_jax.qvalue.labels_shepherd import (OutcomeJournal, missing_outcomes,
                                               sample_outcomes, shepherd_labels)
@@ -33,7 +33,8 @@ from qstar_jax.qvalue.scorers import PolicyHiddenPRM
 from qstar_jax.qvalue.train import train_q_model
 from qstar_jax.search.interface import ProcessRewardModel
 from qstar_jax.stages.context import RunContext
-from qstar_jax.stages.rollouts import _pairs_per_call, _reward_fn, _train_problems
+from qstar_jax.stages.rollouts import (_pairs_per_call, _reward_fn, _train_problems,
+                                      labelled_pairs)
 from qstar_jax.stages.train_q import _write_summary, train_config
 
 PRM_DIR = "prm"  # in the run folder: the learned PRM
@@ -49,7 +50,8 @@ def train_prm(ctx: RunContext) -> None:
         return
     cfg = ctx.config
     steps, features = load_labelled(ctx.labels_path)
-    pairs = step_pairs(read_rollouts(ctx.rollouts_path))
+    problems = _train_problems(ctx)
+    pairs = labelled_pairs(ctx, problems, read_rollouts(ctx.rollouts_path))
     if features is None or [p.key for p in pairs] != [
             (s.problem_index, s.prefix_steps, s.step_text) for s in steps]:
         raise ValueError(f"{ctx.labels_path} and its features do not belong to the rollouts "
@@ -57,7 +59,6 @@ def train_prm(ctx: RunContext) -> None:
     journal = OutcomeJournal(ctx.step_outcomes_path)
     missing = missing_outcomes(pairs, journal)
     if missing:  # another label method, UCT rollouts, or a label stage killed mid-batch
-        problems = _train_problems(ctx)
         sampler = DecoderRolloutSampler(ctx.runtime(problems), max_steps=cfg.decode.max_steps)
         sample_outcomes(missing, sampler, _reward_fn(ctx, problems), journal,
                         completions=cfg.label.rollouts_per_state,

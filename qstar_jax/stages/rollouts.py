@@ -7,7 +7,8 @@ import functools
 
 from qstar_jax.config import SOLVER, ConfigError, LabelMethod
 from qstar_jax.policy.rollouts import DecoderRolloutSampler
-from qstar_jax.qvalue.dataset import save_labelled, step_pairs, trace_continuations
+from qstar_jax.qvalue.dataset import (StepPair, save_labelled, step_pairs,
+                                      trace_continuations)
 from qstar_jax.qvalue.features import last_step_features, step_texts
 from qstar_jax.qvalue.label_journal import LabelJournal
 from qstar_jax.qvalue.labels_best_of import BestOfRolloutsConfig, best_of_rollouts_labels
@@ -61,6 +62,16 @@ def collect(ctx: RunContext) -> None:
                          ctx.config.collect.rollouts_per_problem + 1, full_rows=True))
 
 
+def labelled_pairs(ctx: RunContext, problems, rollouts) -> list[StepPair]:
+    """The (s, a) pairs of ``rollouts`` the label stage labels: every one, or with
+    label.live_states_only those taken in a state that can still succeed."""
+    pairs = step_pairs(rollouts)
+    if ctx.config.label.live_states_only:
+        pairs = [p for p in pairs
+                 if ctx.task.can_still_succeed(problems[p.problem_index], p.prefix_steps)]
+    return pairs
+
+
 def label(ctx: RunContext) -> None:
     """One label per distinct (s, a) of the rollouts, by the configured estimator; the
     rollout-based estimators journal each finished batch, so a killed stage resumes."""
@@ -74,10 +85,7 @@ def label(ctx: RunContext) -> None:
         raise ConfigError(f"{ctx.rollouts_path} holds the rollouts of {len(collected)} of the "
                           f"{len(problems)} training problems: their collection was cut "
                           "short; list collect in stages to finish it")
-    pairs = step_pairs(rollouts)
-    if cfg.label.live_states_only:
-        pairs = [p for p in pairs
-                 if ctx.task.can_still_succeed(problems[p.problem_index], p.prefix_steps)]
+    pairs = labelled_pairs(ctx, problems, rollouts)
     prompts = ctx.prompts(problems)
     features, step_logprobs = last_step_features(ctx.policy.model, ctx.policy.tokenizer,
                                                   *step_texts(prompts, pairs))

@@ -20,11 +20,13 @@ from qstar_jax.qvalue.scorers import PolicyHiddenPRM
 from qstar_jax.qvalue.train import TrainConfig
 from qstar_jax.search.interface import QItem
 from qstar_jax.stages import prm as prm_stage
+from qstar_jax.stages import rollouts
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.prm import (LEARNED_PRM_MARKER, load_learned_prm, load_prm, prm_kind,
                                   train_prm, train_learned_prm)
 from qstar_jax.stages.train_q import train_config
 from tests.decoding.tiny_models import tiny_config
+from tests.stages.test_rollout_stages import no_features, one_problem_run
 
 POLICY = tiny_config(64)  # hidden size 32
 
@@ -157,7 +159,7 @@ def test_train_prm_samples_the_missing_completions_and_trains_on_their_share_rig
     ctx = RunContext(config=load_config(None, [
         "label.rollouts_per_state=2", "collect.temperature=0.7", "decode.max_steps=6",
         "decode.slots=3", "prm_training.labels=soft", "q_train.hidden_layers=2",
-        "q_train.loss=mse", "seed=5"]), out=tmp_path)
+        "q_train.loss=mse", "seed=5", "label.live_states_only=false"]), out=tmp_path)
     ctx.__dict__["policy"] = SimpleNamespace(config=POLICY)  # not loaded
     ctx.__dict__["runtime"] = lambda problems, **kwargs: None  # the sampler needs none
     pairs = step_pairs(_rollouts(ctx.rollouts_path, ("a", "b", "d"), ("e", "f")))
@@ -207,6 +209,43 @@ def test_train_prm_samples_the_missing_completions_and_trains_on_their_share_rig
         "completions_per_step": 2}
     summary = json.loads((tmp_path / "prm_training.json").read_text())
     assert (summary["examples"], summary["positive_fraction"]) == (5, 0.4)
+
+
+def test_train_prm_trains_on_the_pairs_the_label_stage_kept(tmp_path, monkeypatch):
+    """With label.live_states_only (the default) the label stage drops the steps taken
+    after a state that can no longer succeed; train_prm reads those labels and their
+    features, so it takes the same pairs rather than refusing them as not the rollouts'
+    (which rerunning the label stage could not mend)."""
+    no_features(monkeypatch)
+    monkeypatch.setattr(rollouts, "fitted_q_labels", lambda ctx, pairs, features:
+                        labelled(pairs, [0.5] * len(pairs)))
+    ctx, right, wrong = one_problem_run(tmp_path, "label.method=fitted_q_iteration",
+                                        "label.rollouts_per_state=3")
+    rollouts.label(ctx)
+    ctx.__dict__["policy"] = SimpleNamespace(config=POLICY)
+    ctx.__dict__["runtime"] = lambda problems, **kwargs: None  # the sampler needs none
+    monkeypatch.setattr(prm_stage, "DecoderRolloutSampler", ScriptedCompletions)
+    monkeypatch.setattr(prm_stage, "_reward_fn", lambda ctx, problems:
+                        lambda i, steps: float(steps[-1] == "x"))
+    trained = {}
+
+    def train(head, features, labels, settings, directory, identity, *, mesh=None):
+        trained.update(features=features, labels=labels)
+        directory.mkdir()
+        return SimpleNamespace(steps=1, stopped_early=False, best_heldout_loss=None,
+                               constant_heldout_loss=None, heldout_auc=None)
+
+    monkeypatch.setattr(prm_stage, "train_learned_prm", train)
+    SAMPLERS.clear()
+    train_prm(ctx)
+    # The two open steps of the live states are completed, label.rollouts_per_state
+    # times each (y: wrong); right[1] after right[0] ends its trace, reward 0; the step
+    # after the wrong one is not labelled.
+    [sampler] = SAMPLERS
+    assert [(items, n) for items, n, *_ in sampler.calls] == [
+        ([(0, (right[0],)), (0, (wrong,))], 3)]
+    np.testing.assert_array_equal(trained["labels"], [0.0, 0.0, 0.0])
+    assert trained["features"].shape == (3, 4)
 
 
 def test_a_shepherd_prm_reads_the_configured_tag_and_label_tokens_of_its_own_checkpoint(
