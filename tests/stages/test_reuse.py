@@ -78,7 +78,8 @@ def test_a_source_config_the_checks_now_refuse_is_named_as_the_sources(tmp_path)
     saved = source / "config.yaml"
     saved.write_text(saved.read_text().replace("pages: 0", "pages: 4000"))
     message = (f"^--reuse {re.escape(str(source))}: its config.yaml no longer loads "
-               r"\(decode.pages: 4000 pages size .*\); correct that setting there$")
+               r"\(decode.pages: sizes a paged cache, .*got pages=4000\); correct that setting "
+               "there$")
     with pytest.raises(ConfigError, match=message):
         reuse_trained_outputs(source, out, load_config(None))
     assert list(out.iterdir()) == []
