@@ -21,6 +21,7 @@ from qstar_jax.architectures import context_warning, policy_architecture
 from qstar_jax.config import ConfigError, DistributedConfig, load_config, to_yaml
 from qstar_jax.decoding.kv_cache import SlotPoolExhausted
 from qstar_jax.decoding.paged_cache import PagePoolExhausted
+from qstar_jax.interrupts import interrupts_until_handled
 from qstar_jax.memory_plan import check_memory
 from qstar_jax.models.compile_cache import enable_compile_cache
 from qstar_jax.models.config import UnsupportedConfigError
@@ -177,7 +178,8 @@ def run_in_folder(out: Path, config, mesh, reuse: str | None) -> int:
         print(f"config error: {error}", file=sys.stderr)
         return 2
     try:
-        run_stages(ctx)
+        with interrupts_until_handled():
+            run_stages(ctx)
     except INPUT_ERRORS as error:
         print(f"run error: {error}", file=sys.stderr, flush=True)
         return 2

@@ -7,6 +7,7 @@ import json
 import os
 import resource
 import signal
+import time
 from pathlib import Path
 
 import jax
@@ -420,6 +421,24 @@ def test_ctrl_c_during_a_stage_says_how_to_resume(tmp_path, monkeypatch, capsys)
     assert run.main(["stages=[train_policy]", "--out", str(tmp_path)]) == 130
     assert capsys.readouterr().err == (f"interrupted: run the same command again to resume "
                                        f"from what {tmp_path} holds\n")
+
+
+def test_a_ctrl_c_a_callback_swallowed_is_raised_again(tmp_path, monkeypatch, capsys):
+    """A KeyboardInterrupt raised inside a callback Python calls for a library (JAX's
+    garbage-collector hook) is dropped; the run raises another half a second later, so
+    the stage ends and the run says how to resume, instead of going on to its end."""
+    def swallowed_then_working(ctx):
+        try:  # as Python's hook for unraisable exceptions drops one
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+        except KeyboardInterrupt:
+            pass
+        time.sleep(10)
+        pytest.fail("the stage went on after Ctrl-C")
+    monkeypatch.setattr(run, "STAGE_FUNCTIONS", {"train_policy": swallowed_then_working})
+    assert run.main(["stages=[train_policy]", "--out", str(tmp_path)]) == 130
+    assert capsys.readouterr().err.startswith("interrupted: run the same command again")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
 def test_a_folder_another_run_is_using_is_refused_and_free_once_it_ends(
