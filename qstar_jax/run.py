@@ -30,6 +30,7 @@ from qstar_jax.outputs.durable import write_atomically
 from qstar_jax.outputs.folder_lock import FolderInUseError, lock_folder
 from qstar_jax.parallel import (DATA, barrier, check_slots, initialize_distributed,
                                 is_writer, make_mesh)
+from qstar_jax.policy.runtime import PromptTooLong
 from qstar_jax.preflight import check_layer_weights, preflight, shared_split_warning
 from qstar_jax.stages.reuse import (CACHE_LAYOUT, differing_settings, evaluation_only,
                                     reuse_trained_outputs)
@@ -193,6 +194,9 @@ def run_in_folder(out: Path, config, mesh, reuse: str | None) -> int:
               f"can be written, run the same command again to resume from what {out} holds",
               file=sys.stderr, flush=True)
         return 2
+    except PromptTooLong as error:
+        print(f"run error: {prompt_too_long_message(error, out)}", file=sys.stderr, flush=True)
+        return 2
     except KeyboardInterrupt:  # Ctrl-C: what the stages wrote is kept, line by line
         print(f"interrupted: run the same command again to resume from what {out} holds",
               file=sys.stderr, flush=True)
@@ -245,6 +249,16 @@ def cache_full_message(error: CacheOutgrown, out: Path) -> str:
                 f"what {out} keeps")
     return (f"{full} or lower eval.problems_per_batch. {out} keeps what was done, under its "
             f"own settings: to go on under new ones, run with --out NEW --reuse {out}")
+
+
+def prompt_too_long_message(error: PromptTooLong, out: Path) -> str:
+    """What a run says when a prompt outgrew a cache row: MCTSr's refinement prompt quotes
+    an answer and its critique, ToT's value prompt the steps so far."""
+    return (f"{error}: raise decode.max_len or, for MCTSr's prompts and ToT's value prompt "
+            "(which quote the policy's own answers, critiques or steps), lower "
+            f"eval.text_max_tokens or decode.max_steps. {out} keeps what was done: a new "
+            f"eval.text_max_tokens goes on with --out NEW --reuse {out}; the other two need "
+            "a new run (the training stages read them)")
 
 
 def lost_process_message(error: Exception, distributed: DistributedConfig) -> str:

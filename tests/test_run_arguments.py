@@ -20,6 +20,7 @@ from qstar_jax.decoding.kv_cache import SlotPoolExhausted
 from qstar_jax.decoding.paged_cache import PagePoolExhausted
 from qstar_jax.outputs.folder_lock import lock_folder
 from qstar_jax.parallel import DATA, MODEL
+from qstar_jax.policy.runtime import PromptTooLong
 from qstar_jax.preflight import check_layer_weights, preflight, shared_split_warning
 from qstar_jax.run import parse_args
 from qstar_jax.stages.context import RunContext
@@ -412,6 +413,23 @@ def test_a_run_resumes_under_a_new_cache_layout_until_evaluate_has_begun(
         "decode.slots); its evaluate stage has begun, whose wall-clock these settings move: "
         f"to evaluate these settings on what it trained, use --out NEW --reuse {tmp_path}\n")
     assert ran == [16] and load_config(saved).decode.slots == 16
+
+
+def test_a_prompt_longer_than_a_cache_row_names_the_settings_that_make_room(
+        tmp_path, monkeypatch, capsys):
+    def long_prompt(ctx):
+        raise PromptTooLong("a prompt of problem p3 has 530 tokens, more than a cache row's 512")
+    monkeypatch.setattr(run, "STAGE_FUNCTIONS", {
+        "train_policy": lambda ctx: (ctx.out / "policy").mkdir(), "collect": long_prompt})
+    assert run.main(["stages=[train_policy,collect]", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        "run error: a prompt of problem p3 has 530 tokens, more than a cache row's 512: raise "
+        "decode.max_len or, for MCTSr's prompts and ToT's value prompt (which quote the "
+        "policy's own answers, critiques or steps), lower eval.text_max_tokens or "
+        f"decode.max_steps. {tmp_path} keeps what was done: a new eval.text_max_tokens goes "
+        f"on with --out NEW --reuse {tmp_path}; the other two need a new run (the training "
+        "stages read them)\n")
+    assert (tmp_path / "policy").is_dir()
 
 
 def test_ctrl_c_during_a_stage_says_how_to_resume(tmp_path, monkeypatch, capsys):

@@ -46,6 +46,11 @@ def stable_id(*parts) -> int:
     return zlib.crc32("/".join(map(str, parts)).encode()) & 0x7FFFFFFF
 
 
+class PromptTooLong(ValueError):
+    """A prompt longer than a cache row (the decoder's max_len): a question, or a prompt of
+    MCTSr or ToT's value prompt quoting the policy's own texts."""
+
+
 class PolicyRuntime:
     """Prompts in slots, steps out of them; counts prefilled and generated tokens."""
 
@@ -83,6 +88,11 @@ class PolicyRuntime:
         charged. On failure (a full pool) the slots taken here go back."""
         if not problem_indices:
             return []
+        for i, tokens in zip(problem_indices, token_lists):
+            if len(tokens) > self.decoder.max_len:
+                raise PromptTooLong(f"a prompt of problem {self.problems[i].id} has "
+                                    f"{len(tokens)} tokens, more than a cache row's "
+                                    f"{self.decoder.max_len}")
         n = len(token_lists)
         sources = [None] * n if sources is None else list(sources)
         starts = np.asarray([0] * n if shared is None else shared, np.int64)

@@ -13,7 +13,7 @@ from qstar_jax.decoding.kv_cache import SlotPoolExhausted
 from qstar_jax.decoding.step_chunks import StepBatch
 from qstar_jax.decoding.step_sampler import EndReason
 from qstar_jax.policy import runtime as runtime_module
-from qstar_jax.policy.runtime import PolicyRuntime, stable_id
+from qstar_jax.policy.runtime import PolicyRuntime, PromptTooLong, stable_id
 from qstar_jax.tasks.base import Problem
 from tests.decoding.tiny_models import (COUNTING_EOS_ID, COUNTING_MAX_LEN,
                                         COUNTING_NEWLINE_ID)
@@ -131,6 +131,8 @@ class RecordingDecoder:
     call's keys, params and token caps; every row samples ``step`` ("ok\\n"), and ``done``
     is asked, where given, about each of ``texts``."""
 
+    max_len = 16
+
     def __init__(self, texts=(), step="ok\n"):
         self.texts, self.step, self._next = texts, step, 0
         self.prefilled, self.sampled, self.near, self.forked = [], [], [], []
@@ -178,6 +180,15 @@ def test_a_problems_prompt_and_steps_are_prefilled_and_charged_to_it():
     assert decoder.prefilled == [([0, 1], [Chars().encode("Q p2\na\nb\n"),
                                            Chars().encode("Q p0\n")], [0, 0])]
     assert dict(runtime.prefilled) == {2: 9, 0: 5}
+
+
+def test_a_prompt_longer_than_a_cache_row_is_refused_by_name_before_any_slot_is_taken():
+    decoder = RecordingDecoder()
+    runtime = _recorded(["p0", "p1"], decoder)
+    with pytest.raises(PromptTooLong, match="^a prompt of problem p1 has 17 tokens, more than "
+                                            "a cache row's 16$"):
+        runtime.prefill_tokens([0, 1], [[1] * 16, [1] * 17])
+    assert decoder._next == 0 and decoder.prefilled == [] and not runtime.prefilled
 
 
 def test_every_draw_is_keyed_by_the_seed_and_problem_id_under_the_runtimes_filters():
