@@ -2,7 +2,8 @@
 meet hours in is one line now: the task builds from its options; every checkpoint the
 config names exists and is of an architecture the loader reads; every data file exists
 and is of a format the loader reads, and the files give the split evaluate reads; a
-synthetic world has the splits the run reads; and, once the mesh is built,
+synthetic world has the splits the run reads; the policy can read the English that
+MCTSr and ToT's value prompt ask it in; and, once the mesh is built,
 ``decode.layer_weights`` can hold each decoding model on it. And what it warns of: the
 train and eval splits reading the same file.
 """
@@ -14,7 +15,8 @@ import os
 from pathlib import Path
 
 from qstar_jax.architectures import architecture, evaluate_models, policy_architecture
-from qstar_jax.config import FROM_SCRATCH_TASKS, SCRATCH, SOLVER, ConfigError, Utility
+from qstar_jax.config import (FROM_SCRATCH_TASKS, SCRATCH, SOLVER, ConfigError, ToTEvaluator,
+                              Utility)
 from qstar_jax.decoding.weights import resolve_layer_weights
 from qstar_jax.models.config import UnsupportedConfigError
 from qstar_jax.models.loading import PACKAGED_MODELS
@@ -33,6 +35,7 @@ def preflight(config) -> None:
     check_world_splits(config)
     check_checkpoints(config)
     check_data_files(config)
+    check_reasoner_prompts(config)
 
 
 def check_world_splits(config) -> None:
@@ -94,6 +97,25 @@ def check_data_files(config) -> None:
             builder_for(paths)  # a format the loader reads
         except DataFilesError as error:
             raise ConfigError(f"task.options.data_files: {error}") from error
+
+
+def check_reasoner_prompts(config) -> None:
+    """MCTSr's critiques and self-scores and ToT's value prompt are questions in English; a
+    policy trained from scratch reads only its task's characters (the others are <unk>)."""
+    if config.policy.source != SCRATCH or "evaluate" not in config.stages:
+        return
+    methods = config.eval.methods
+    cannot_read = ("which a policy trained from scratch (policy.source=scratch) cannot read: "
+                   "it knows only the task's characters")
+    if "mctsr" in methods:
+        raise ConfigError(f"eval.methods: mctsr asks the policy in English to critique, refine "
+                          f"and score its answers, {cannot_read}; drop mctsr or give a "
+                          "pretrained chat model as policy.source")
+    if ({"tot_bfs", "tot_dfs"} & set(methods)
+            and config.eval.tot.evaluator == ToTEvaluator.value_prompt):
+        raise ConfigError(f"eval.tot.evaluator: value_prompt asks the policy in English whether "
+                          f"a state can still succeed, {cannot_read}; use q, or give a "
+                          "pretrained chat model as policy.source")
 
 
 def check_layer_weights(config, mesh) -> None:

@@ -79,6 +79,32 @@ def test_preflight_passes_a_prm_the_search_does_not_use_and_each_data_file_that_
         preflight(load_config(None, [*REAL_TASK, listed]))
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["eval.methods=[greedy,mctsr]"], "^eval.methods: mctsr asks the policy in English to "
+                                      "critique, refine and score its answers, which a policy "
+                                      r"trained from scratch \(policy.source=scratch\) cannot "
+                                      "read: it knows only the task's characters; drop mctsr "
+                                      "or give a pretrained chat model as policy.source$"),
+    (["eval.methods=[tot_dfs]", "eval.tot.evaluator=value_prompt"],
+     "^eval.tot.evaluator: value_prompt asks the policy in English whether a state can still "
+     "succeed, which a policy trained from scratch .*; use q, or give a pretrained chat model "
+     "as policy.source$"),
+])
+def test_preflight_refuses_english_prompts_to_a_policy_trained_from_scratch(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        preflight(load_config(None, overrides))
+
+
+@pytest.mark.parametrize("overrides", [
+    ["eval.methods=[tot_bfs,tot_dfs]"],  # judged by Q̂
+    ["eval.methods=[greedy]", "eval.tot.evaluator=value_prompt"],  # no ToT to ask
+    ["eval.methods=[mctsr]", "stages=[train_policy,collect]"],  # nothing evaluated
+    [*REAL_TASK, "eval.methods=[mctsr,tot_bfs]", "eval.tot.evaluator=value_prompt"],
+])
+def test_preflight_lets_reasoners_ask_a_pretrained_policy_or_none(overrides):
+    preflight(load_config(None, overrides))
+
+
 def test_preflight_refuses_a_checkpoint_of_an_architecture_the_loader_does_not_read(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(ConfigError) as raised:
