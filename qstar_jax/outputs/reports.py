@@ -134,10 +134,11 @@ def budget_match_note(summary: dict, results: list[ProblemResult], samples: int,
         estimate = matched_samples(summary, samples)
         if estimate is None:
             return ""
+        # The run's resolved config.yaml holds its file and overrides alike.
         return (f"\nQ* generated {qstar_tokens:.0f} tokens per problem: at equal tokens "
-                f"best-of-N takes N = {estimate} or more (`python -m qstar_jax.run --reuse "
-                f"{out_dir} --out NEW_DIR 'eval.methods=[best_of_n]' eval.samples={estimate}`, "
-                f"with this run's overrides).\n")
+                f"best-of-N takes N = {estimate} or more (`python -m qstar_jax.run "
+                f"{out_dir / 'config.yaml'} --reuse {out_dir} --out NEW_DIR "
+                f"'eval.methods=[best_of_n]' eval.samples={estimate}`).\n")
     entry = methods["best_of_n_matched"]
     return (f"\nbest_of_n_matched is best-of-{matched}, the smallest N found to spend at least "
             f"Q*'s {qstar_tokens:.0f} generated tokens per problem (it spent "

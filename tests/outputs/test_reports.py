@@ -66,8 +66,8 @@ def test_summary_says_which_best_of_n_would_spend_qstars_tokens(tmp_path):
     write_reports(tmp_path, rows_of_two, ["best_of_n", "qstar"], best_of_n_samples=6)
     assert (tmp_path / "summary.md").read_text().splitlines()[-1] == (
         f"Q* generated 410 tokens per problem: at equal tokens best-of-N takes N = 41 or more "
-        f"(`python -m qstar_jax.run --reuse {tmp_path} --out NEW_DIR 'eval.methods=[best_of_n]' "
-        f"eval.samples=41`, with this run's overrides).")
+        f"(`python -m qstar_jax.run {tmp_path}/config.yaml --reuse {tmp_path} --out NEW_DIR "
+        f"'eval.methods=[best_of_n]' eval.samples=41`).")
     # Nothing to say when best-of-N spent at least Q*'s tokens, or one of them is absent.
     write_reports(tmp_path, [result("best_of_n", "a", False, 600), rows[1]],
                   ["best_of_n", "qstar"], best_of_n_samples=6)
