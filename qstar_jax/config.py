@@ -420,8 +420,8 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     except TypeError:  # OmegaConf's word for a list given as a mapping, or the reverse
         raise ConfigError("a setting that is a list is given as a mapping, or the reverse: "
                           "write a list as [a, b] and a mapping as {key: value}") from None
-    except ValueError as error:  # a settings dataclass's own check (e.g. eval.mctsr)
-        raise ConfigError(str(error)) from None
+    except ValueError as error:  # MCTSrConfig's own checks, named as the user wrote them
+        raise ConfigError(str(error).replace(MCTSrConfig.__name__, "eval.mctsr")) from None
     config = _home_expanded(config)
     from qstar_jax.config_checks import check_config  # it reads this module's types
     check_config(config)
