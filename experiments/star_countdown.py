@@ -39,7 +39,7 @@ from pathlib import Path
 from flax import nnx
 from tqdm import tqdm
 
-from qstar_jax.config import PolicyTrainingConfig, load_config
+from qstar_jax.config import ConfigError, PolicyTrainingConfig, load_config
 from qstar_jax.models.char_tokenizer import build_char_tokenizer
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.models.lm_training import LMTrainingConfig, pack_examples, train_causal_lm
@@ -156,7 +156,13 @@ def main() -> None:
         parser.error("--rounds, --weak-problems, --weak-steps, --star-problems, --samples and "
                      "--round-steps must be >= 1")
     started = time.perf_counter()
-    config = load_config(CONFIG, args.overrides)
+    try:
+        config = load_config(CONFIG, args.overrides)
+    except ConfigError as error:
+        parser.error(f"config error: {error}")
+    if not {"greedy", "qstar"} <= set(config.eval.methods):  # each round reports both
+        parser.error(f"eval.methods={list(config.eval.methods)}: the evaluation runs report "
+                     "greedy and qstar; list both")
     ctx = RunContext(config=config, out=args.out)
     task, rng = ctx.task, random.Random(config.seed)
     problems = ctx.problems(config.task.train_split, args.weak_problems + args.star_problems)

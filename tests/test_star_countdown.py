@@ -138,6 +138,21 @@ def test_each_round_samples_the_last_policy_and_fine_tunes_the_weak_one(tmp_path
         "greedy_ci95": [[0.0, 0.1235]] * 4, "qstar_ci95": [[0.0, 0.1235]] * 4}
 
 
+@pytest.mark.parametrize("override, message", [
+    ("eval.methods=[greedy]", r"eval.methods=\['greedy'\]: the evaluation runs report greedy "
+                              "and qstar; list both"),
+    ("search.k=0", "config error: search.k: must be >= 1, got 0"),
+])
+def test_overrides_the_evaluations_cannot_run_stop_it_before_any_training(
+        tmp_path, monkeypatch, capsys, override, message):
+    monkeypatch.setattr(sys, "argv", ["star_countdown.py", "--out", str(tmp_path), override])
+    with pytest.raises(SystemExit) as stopped:
+        SCRIPT["main"]()
+    assert stopped.value.code == 2
+    assert re.search(f"error: {message}$", capsys.readouterr().err.strip())
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_rationales_are_sampled_a_few_prompts_a_call_at_half_the_slot_length(monkeypatch):
     """7 slots hold 2 prompts of a root and 2 samples each: 5 prompts go in calls of 2, 2
     and 1, each sample capped at max_len // 2 = 50 tokens and split into its non-empty
