@@ -174,7 +174,8 @@ def slots_per_search(run: RunConfig) -> int:
     from qstar_jax.stages.evaluate import slots_per_problem
 
     ctx = RunContext(config=run, out=Path(run.out_dir))
-    return max(slots_per_problem(ctx, method) for method in run.eval.methods)
+    # no methods: a run without evaluate, whose stages hold a row or two a problem
+    return max((slots_per_problem(ctx, method) for method in run.eval.methods), default=1)
 
 
 def search_pages(run: RunConfig, *, page_size: int, prompt_tokens: int) -> int:
@@ -205,7 +206,7 @@ def search_pages(run: RunConfig, *, page_size: int, prompt_tokens: int) -> int:
             continue
         peaks.append(_cdiv(prompt_tokens, page_size) + _cdiv(tokens, page_size) + leaves
                      + rows * _cdiv(cap, page_size))
-    return max(peaks)
+    return max(peaks, default=1)  # no methods: no evaluate search
 
 
 def plan(cfg: ModelConfig, run: RunConfig, *, memory_bytes: int, backend: str,

@@ -150,6 +150,14 @@ def test_a_layout_the_mesh_cannot_hold_is_refused_as_run_refuses_it(capsys):
         "use 'auto' or a mesh with model=1\n")
 
 
+def test_a_run_without_evaluate_may_list_no_method():
+    """eval.methods=[] with evaluate left out of stages (the config checks refuse it with
+    evaluate) is sized, not a 'max() arg is an empty sequence' config error."""
+    run = load_config(None, ["eval.methods=[]", "stages=[train_policy,collect]"])
+    figures = memory_plan.check_memory(run)
+    assert (figures.slots_per_search, figures.search_pages) == (1, 1)
+
+
 def test_check_memory_refuses_before_a_stage_runs(monkeypatch):
     run = load_config(None, ["decode.slots=100000", "decode.max_len=1024"])
     monkeypatch.setattr(memory_plan, "available_memory", lambda: (10**9, "cpu"))
