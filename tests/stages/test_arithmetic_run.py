@@ -2,15 +2,15 @@
 policy trained from scratch with its joint value head, labels by the task's exact
 solver, Q̂, and every method with no verifier inside a search (g = 0)."""
 
+import dataclasses
 import json
 import random
-import shutil
 
 import numpy as np
 
 import pytest
 
-from qstar_jax.config import METHODS, load_config
+from qstar_jax.config import METHODS, load_config, to_yaml
 from qstar_jax.outputs.results_log import ResultsLog
 from qstar_jax.qvalue.dataset import load_labelled
 from qstar_jax.qvalue.rollouts import collect_rollouts
@@ -49,7 +49,9 @@ def solver_traces_run(arithmetic_run, tmp_path_factory):
     first line is wrong and one whose second line is (the tiny policy's own traces go
     wrong at their first line, so they hold no live state past the root)."""
     out = tmp_path_factory.mktemp("solver_traces")
-    shutil.copy(arithmetic_run / "config.yaml", out / "config.yaml")
+    config = load_config(arithmetic_run / "config.yaml")  # its first two training problems
+    (out / "config.yaml").write_text(to_yaml(dataclasses.replace(
+        config, task=dataclasses.replace(config.task, train_problems=2))))
     (out / "policy").symlink_to(arithmetic_run / "policy")
     ctx = RunContext.of_run(out)
     task, rng, problems = ctx.task, random.Random(0), ctx.problems("train", 2)
