@@ -11,7 +11,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Hashable
 
 import numpy as np
 
@@ -78,9 +78,12 @@ def slots_per_problem(ctx: RunContext, method: str, samples: int | None = None) 
     return 2
 
 
-def answer_key(ctx: RunContext) -> Callable[[tuple[str, ...]], str | None]:
-    """What self-consistency votes on: the answer the task reads from a chain's text."""
-    return lambda steps: ctx.task.extract_answer(join_steps(steps))
+def answer_key(ctx: RunContext) -> Callable[[tuple[str, ...]], Hashable | None]:
+    """What self-consistency votes on: the task's ``answer_key`` of a chain's text where
+    it has one (the answer's value, so GSM8K's ``$18`` and ``18 dollars`` are one vote),
+    else the answer it reads (a synthetic world or code task writes each answer one way)."""
+    key = getattr(ctx.task, "answer_key", ctx.task.extract_answer)
+    return lambda steps: key(join_steps(steps))
 
 
 def planner_factory(ctx: RunContext, method: str,

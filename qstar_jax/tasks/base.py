@@ -41,7 +41,9 @@ class Problem:
 class Task(Protocol):
     """What every task has. A synthetic world (Countdown, the arithmetic chains) may also
     have the optional parts of ``SyntheticWorld``; a stage that needs one checks for it
-    with ``hasattr`` and says so when it is missing."""
+    with ``hasattr`` and says so when it is missing. A task whose answers have several
+    spellings (GSM8K, MATH) also has ``answer_key(completion)``, the answer's value, which
+    self-consistency votes on in place of ``extract_answer``."""
 
     name: str
 

@@ -64,6 +64,7 @@ class Gsm8kTraces(AnswerLineTraces):
     prompt_format = GSM8K_FORMAT
     step_answer = staticmethod(grading.extract_final_answer)
     answers_equal = staticmethod(grading.number_equal)
+    answer_value = staticmethod(grading.gsm8k_number)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

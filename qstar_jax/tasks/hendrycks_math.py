@@ -73,6 +73,7 @@ class _MathTrace(AnswerLineTraces):
     prompt_format = MATH_FORMAT
     step_answer = staticmethod(math_step_answer)
     answers_equal = staticmethod(grading.math_equal)
+    answer_value = staticmethod(grading.math_answer_value)
 
     data_files: DataFiles | None = None
     cache_dir: str | None = None

@@ -14,7 +14,7 @@ Math traces end with an answer line ``The answer is: ...`` (MATH boxes the answe
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Hashable
 
 from qstar_jax.tasks.base import ChatFormatter, Problem, split_steps
 
@@ -76,6 +76,12 @@ class AnswerLineTraces:
     def answers_equal(answer: str, reference: str) -> bool:
         raise NotImplementedError
 
+    @staticmethod
+    def answer_value(answer: str) -> Hashable | None:
+        """The value an answer states, one per value however it is spelt; None when it
+        states none the task can read."""
+        raise NotImplementedError
+
     def prompt(self, problem: Problem, chat: ChatFormatter | None = None) -> str:
         return build_prompt(self.prompt_format, problem.question, n_shot=self.n_shot, chat=chat)
 
@@ -88,6 +94,16 @@ class AnswerLineTraces:
     def grade(self, problem: Problem, completion: str) -> bool:
         answer = self.extract_answer(completion)
         return answer is not None and self.answers_equal(answer, problem.reference)
+
+    def answer_key(self, completion: str) -> Hashable | None:
+        """What self-consistency votes on: the completion's answer as its value
+        (``answer_value``), so ``$18`` and ``18 dollars`` are one vote; an answer with no
+        value the task can read votes as its text; None when there is no answer."""
+        answer = self.extract_answer(completion)
+        if answer is None:
+            return None
+        value = self.answer_value(answer)
+        return answer if value is None else value
 
 
 def _qa_block(question: str, answer: str) -> str:

@@ -1,5 +1,6 @@
 """GSM8K: loading, prompts, the answer line, grading."""
 
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,12 @@ def test_a_total_that_is_not_a_number_is_malformed(total, read):
     for number, reference in (("1,200", "1,200"), ("$18.50", "$18.50"), ("-3", "-3")):
         record["answer"] = f"x\n#### {number}"
         assert Gsm8kTask()._problem_from_record(record, "p").reference == reference
+
+
+def test_self_consistency_votes_on_the_number_however_it_is_spelt():
+    task = Gsm8kTask()
+    spellings = ["The answer is: 18", "The answer is: $18.", "So the answer is 18 dollars.",
+                 "#### 18.00", "The answer is: x = 18", "The answer is: 1,8"]
+    assert [task.answer_key(text) for text in spellings] == [Fraction(18)] * 5 + ["1,8"]
+    assert task.answer_key("The answer is: 0.5") == task.answer_key("The answer is: 1/2")
+    assert task.answer_key("4 * 15 = 60") is None

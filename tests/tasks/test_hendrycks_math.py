@@ -1,5 +1,6 @@
 """MATH and MATH-500: loading, the boxed answer line, prompts, grading."""
 
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,15 @@ def test_the_reference_is_the_box_even_when_prose_follows_it():
               "solution": "So $x = \\boxed{7}$. Hence the answer is an odd number.",
               "level": "Level 1", "type": "Algebra"}
     assert _problem_from_math_record(record, "math/test/0").reference == "7"
+
+
+def test_self_consistency_votes_on_the_answer_in_one_spelling():
+    task = MathTask()
+    halves = ["The answer is: $\\boxed{\\frac{1}{2}}$", "So it is $\\boxed{\\dfrac12}$.",
+              "The answer is: $0.5$", "The answer is: $\\boxed{\\tfrac{1}{2}}$"]
+    assert [task.answer_key(text) for text in halves] == [Fraction(1, 2)] * 4
+    roots = ["The answer is: $\\boxed{\\frac{\\sqrt{3}}{2}}$",
+             "The answer is: $\\boxed{\\dfrac{\\sqrt3}{2}}$"]
+    assert [task.answer_key(text) for text in roots] == ["\\frac{\\sqrt{3}}{2}"] * 2
+    assert task.answer_key("The answer is: $\\boxed{(1, 2)}$") == "(1,2)"
+    assert task.answer_key("We add the fractions.") is None

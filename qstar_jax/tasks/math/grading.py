@@ -46,7 +46,8 @@ from qstar_jax.tasks.math.symbolic_check import (SymbolicCheckConfig, SymbolicCh
                                                  SymbolicWorkerError, shared_checker)
 
 __all__ = ["SymbolicCheckConfig", "SymbolicChecker", "SymbolicWorkerError", "extract_boxed",
-           "extract_final_answer", "extract_gsm8k_reference", "math_equal", "number_equal"]
+           "extract_final_answer", "extract_gsm8k_reference", "math_answer_value", "math_equal",
+           "number_equal"]
 
 _CHOICE = re.compile(r"\(?([A-E])\)?")
 _ASSIGNMENT = re.compile(r"(?P<name>[A-Za-z](?:_\{?[A-Za-z0-9]+\}?|\([A-Za-z,]+\))?|\\[A-Za-z]+)"
@@ -99,6 +100,20 @@ def gsm8k_number(text: str) -> Fraction | None:
         return None
     normalized = normalize_latex(text.rpartition("=")[2])
     return None if normalized is None else parse_latex_number(normalized)
+
+
+def math_answer_value(text: str) -> Fraction | str | None:
+    """A MATH answer in one spelling, for votes: the exact value of a plain number
+    (``0.5``, ``\\frac12`` and ``\\dfrac{1}{2}`` are one), else the normalised LaTeX
+    (``latex_normalize``); None for text that is no answer. Cheaper and coarser than
+    ``math_equal``: ``2\\sqrt2`` and ``\\sqrt8`` stay two."""
+    if not isinstance(text, str):
+        return None
+    normalized = normalize_latex(text)
+    if not normalized:
+        return None
+    number = parse_latex_number(normalized)
+    return normalized if number is None else number
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
