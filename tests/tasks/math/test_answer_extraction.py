@@ -81,7 +81,7 @@ def test_extract_gsm8k_reference_takes_the_last_hash_line():
 
 
 @pytest.mark.parametrize("field", ["Natalia sold 72 clips.", "", "#### \n", "## 72", None, 72,
-                                   "72 clips #### 72"])
+                                   "72 clips #### 72", "#### 72\n#### "])
 def test_extract_gsm8k_reference_says_what_is_missing(field):
     with pytest.raises(ValueError, match="'#### <number>' line"):
         extract_gsm8k_reference(field)

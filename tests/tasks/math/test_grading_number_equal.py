@@ -75,6 +75,9 @@ CASES = [
     # The right-hand side of an equation is the answer.
     ("x = 18", "18", True),
     ("5 + 13 = 18", "18", True),
+    # Of a chain of equations, the last side: a model working to its answer on the line.
+    ("3 * 4 = 12 + 6 = 18", "18", True),
+    ("3 * 4 = 12 + 6 = 18", "12", False),
     # Exact comparison: no float tolerance, however close.
     ("100000", "100001", False),
     ("100001", "100000", False),
