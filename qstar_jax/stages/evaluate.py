@@ -35,6 +35,7 @@ from qstar_jax.stages.prm import load_prm
 from qstar_jax.stages.reasoners import BatchSearch, reasoner_search, reasoner_slots
 from qstar_jax.stages.train_q import load_q_function
 from qstar_jax.tasks.base import join_steps, state_text
+from qstar_jax.tasks.code_answers import code_lines
 from qstar_jax.tasks.code_rules import python_tokenizes
 
 
@@ -50,9 +51,10 @@ def process_utility(ctx: RunContext, problems):
     if kind == Utility.zero:
         return ZeroUtility()
     if kind == Utility.code_rule:
-        # The steps continue the task's code prefix (HumanEval's signature and docstring).
+        # The steps continue the task's code prefix (HumanEval's signature and docstring);
+        # the rule reads their code as grading runs it, without the block's fences.
         return RuleUtility(rule=lambda i, steps: 0.0 if python_tokenizes(
-            state_text(ctx.task.code_prefix(problems[i]), steps)) else -0.5)
+            state_text(ctx.task.code_prefix(problems[i]), code_lines(steps))) else -0.5)
     if kind == Utility.countdown_rule:
         return RuleUtility(rule=lambda i, steps: ctx.task.step_reward(problems[i], steps))
     return PRMUtility(prm=load_prm(ctx, problems))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Sequence
 
 from qstar_jax.tasks.base import STEP_SEPARATOR, Problem
 from qstar_jax.tasks.sandbox import sandbox
@@ -31,7 +32,13 @@ class HiddenTests:
 def code_from_completion(completion: str) -> str:
     """The program in a completion: its lines up to the closing fence. An opening fence
     on the first non-blank line (a reply that re-opens the block) is dropped."""
-    lines = completion.split(STEP_SEPARATOR)
+    return STEP_SEPARATOR.join(code_lines(completion.split(STEP_SEPARATOR))).strip("\n")
+
+
+def code_lines(lines: Sequence[str]) -> list[str]:
+    """The lines of code among ``lines`` (a completion's, or a trace's steps), as
+    ``code_from_completion`` reads them: those before the closing fence, less an opening
+    fence on the first non-blank line."""
     first = next((i for i, line in enumerate(lines) if line.strip()), len(lines))
     if first < len(lines) and lines[first].strip().startswith(CODE_FENCE) \
             and lines[first].strip() != CODE_FENCE:
@@ -41,7 +48,7 @@ def code_from_completion(completion: str) -> str:
         if line.strip() == CODE_FENCE:
             break
         code.append(line)
-    return STEP_SEPARATOR.join(code).strip("\n")
+    return code
 
 
 class FencedCodeAnswers:

@@ -43,6 +43,17 @@ def test_the_code_rule_reads_the_steps_after_each_problems_code_prefix():
     np.testing.assert_array_equal(rewards, [0.0, -0.5, 0.0, 0.0, -0.5])
 
 
+def test_the_code_rule_reads_the_code_as_grading_runs_it_without_its_fences():
+    code = utility(Utility.code_rule, SimpleNamespace(code_prefix=lambda p: p.question))
+    rewards = code.step_rewards([
+        item(0, "    return x", "```"),  # the closing fence ends a sound program
+        item(0, "    return x)", "```"),  # and a broken one
+        item(1, "```python", "    return s"),  # a reply that re-opens the block
+        item(1, "```python", "return s"),
+    ])
+    np.testing.assert_array_equal(rewards, [0.0, -0.5, 0.0, -0.5])
+
+
 def test_the_countdown_rule_is_the_tasks_step_reward_of_that_problem():
     asked = []
 
