@@ -109,6 +109,7 @@ def test_grading_right_and_wrong_answers(problems):
     assert task.grade(nora, "4 * 15 = 60 stickers.\n60 - 22 = 38 left.\nThe answer is: 38")
     assert task.grade(nora, "The answer is: 38.0")
     assert task.grade(nora, "60 - 22 = 38\nSo the answer is 38 stickers.")
+    assert task.grade(nora, "60 - 22 = 38\n**The final answer is 38.**")  # a chat model's
     assert not task.grade(nora, "4 * 15 = 60 stickers.\nThe answer is: 37")
     assert not task.grade(nora, "4 * 15 = 60 stickers.\n60 - 22 = 38 left.")
     assert task.grade(problems[4], "4 - 10 = -6\nThe answer is: -6")

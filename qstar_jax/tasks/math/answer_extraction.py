@@ -18,10 +18,14 @@ _SPACE_BOX = re.compile(r"\\(?:boxed|fbox)[ \t]+(?P<answer>[^\s${}]+)")
 # Answers are captured to the end of their line and trimmed in Python: a lazy capture
 # followed by optional trailing spaces backtracks quadratically on long runs of spaces.
 _GSM8K_REFERENCE = re.compile(r"^[ \t]*####(?P<answer>[^\n]*)", re.MULTILINE)
-_ANSWER_PHRASE = re.compile(r"\banswer\s+is\b|\bfinal\s+answer\s*:", re.IGNORECASE)
+# "**Final answer**: 5": emphasis may close between the words and the colon.
+_ANSWER_PHRASE = re.compile(r"\banswer\s+is\b|\bfinal\s+answer(?:\*\*)?\s*:", re.IGNORECASE)
 _HASH_LINE = re.compile(r"^[ \t]*####", re.MULTILINE)
 # A full stop that ends a sentence ("... is 3.5. So" gives "3.5"), not a decimal point.
 _SENTENCE_END = re.compile(r"\.(?=\s|$)")
+# Markdown emphasis and code marks, which chat models put around an answer line or the
+# answer ("**The answer is 5.**", "`5`"): never part of an answer at its ends.
+_MARKS = "*_`"
 
 
 def extract_boxed(text: str) -> str | None:
@@ -61,7 +65,8 @@ def extract_final_answer(completion: str) -> str | None:
     last wins, because a model's latest statement is its answer. So with several boxes
     the last one wins, and in "The answer is: $\\boxed{5}$" the box (which starts after
     the phrase) gives ``5``. A marker with nothing after it is ignored; a trailing full
-    stop is dropped.
+    stop and Markdown emphasis or code marks around the answer (``**5**``, ``__5__``) are
+    dropped.
     """
     if not isinstance(completion, str):
         return None
@@ -104,9 +109,14 @@ def _answer_after_last(marker: re.Pattern[str], text: str) -> tuple[int, str] | 
     if last is None:
         return None
     line_end = text.find("\n", last.end())
-    answer = text[last.end():line_end if line_end >= 0 else len(text)].strip()
-    answer = answer.removeprefix(":").lstrip()
+    answer = _unmarked(text[last.end():line_end if line_end >= 0 else len(text)])
+    answer = _unmarked(answer.removeprefix(":"))
     sentence_end = _SENTENCE_END.search(answer)
     if sentence_end is not None:
-        answer = answer[:sentence_end.start()].rstrip()
+        answer = _unmarked(answer[:sentence_end.start()])
     return (last.start(), answer) if answer else None
+
+
+def _unmarked(text: str) -> str:
+    """``text`` without spaces and Markdown marks (``_MARKS``) at its ends."""
+    return text.strip().strip(_MARKS).strip()

@@ -61,6 +61,18 @@ FINAL_ANSWER_CASES = [
     ("The answer is 5.\nCheck: \\boxed{}", "5"),      # so is an empty box
     ("The answer isn't 5 yet", None),                  # "answer is" must be whole words
     ("#### ", None),
+    # Markdown emphasis or code marks around the answer (chat models bold their answer
+    # lines) are not part of it; a product keeps its stars.
+    ("The answer is: **18**", "18"),
+    ("**The final answer is 18.**", "18"),
+    ("**Final Answer:** 18", "18"),
+    ("**Final answer**: 18", "18"),
+    ("The answer is: `18`.", "18"),
+    ("So the answer is __18 apples__.", "18 apples"),
+    ("#### **72**", "72"),
+    ("The answer is: **$\\frac{1}{2}$**", "$\\frac{1}{2}$"),
+    ("The answer is: 3 * 4 = 12", "3 * 4 = 12"),
+    ("The answer is: **", None),
     ("The sum is 12.", None),
     ("", None),
 ]
