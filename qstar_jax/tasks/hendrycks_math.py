@@ -144,6 +144,9 @@ def _problem_from_math_record(record: dict[str, Any], default_id: str) -> Proble
 
 def _problem_from_math500_record(record: dict[str, Any], default_id: str) -> Problem:
     problem, answer = record["problem"], record["answer"]
+    if answer is not None and not isinstance(answer, str):
+        raise ValueError(f"its 'answer' is the {type(answer).__name__} {answer!r}, not text: "
+                         "write it as a string")
     if not problem or not answer or not answer.strip():
         raise ValueError("empty or missing 'problem' or 'answer'")
     return Problem(id=record["unique_id"] or default_id, question=problem, reference=answer,

@@ -172,3 +172,14 @@ def test_self_consistency_votes_on_the_answer_in_one_spelling():
     assert [task.answer_key(text) for text in roots] == ["\\frac{\\sqrt{3}}{2}"] * 2
     assert task.answer_key("The answer is: $\\boxed{(1, 2)}$") == "(1,2)"
     assert task.answer_key("We add the fractions.") is None
+
+
+@pytest.mark.parametrize("answer, read", [(5, "the int 5"), (0, "the int 0"),
+                                          (0.5, "the float 0.5"), (["5"], "the list ['5']")])
+def test_a_math500_answer_that_is_not_text_is_malformed(answer, read):
+    # A file whose answers are all numbers loads them as numbers: a malformed record the
+    # run can name or skip, not an AttributeError.
+    record = {"problem": "Add 2 and 3.", "answer": answer, "unique_id": "u"}
+    with pytest.raises(ValueError) as raised:
+        _problem_from_math500_record(record, "math500/test/0")
+    assert str(raised.value) == f"its 'answer' is {read}, not text: write it as a string"
