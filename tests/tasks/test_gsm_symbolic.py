@@ -86,6 +86,7 @@ def test_subsets_are_drawn_by_seed(task, splits):
     assert subset == [train[i] for i in (2, 6, 7, 10, 11, 18)]
     assert task.load("train", limit=3, seed=2) == [train[i] for i in (6, 7, 18)]
     assert task.load("train", limit=6, seed=3) == [train[i] for i in (3, 8, 12, 13, 16, 18)]
+    assert task.load("train", limit=20, seed=3) == train  # the whole split may be asked for
 
 
 def test_it_is_registered_with_its_options():
