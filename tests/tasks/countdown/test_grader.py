@@ -39,6 +39,7 @@ def test_left_list_may_come_in_any_order():
      StepError.MISSING_OPERAND),
     (["10 * 10 = 100 (left: 4 100)"], StepError.WRONG_LEFT_LIST),
     (["10 * 10 = 100 (left: 4 4 10 100)"], StepError.WRONG_LEFT_LIST),
+    (["10 * 10 = 100 (left: 4 5 100)"], StepError.WRONG_LEFT_LIST),
     (["4 - 4 = 0 (left: 10 10 0)", "10 / 0 = 0 (left: 10 0)"], StepError.DIVISION_BY_ZERO),
     (["10 / 4 = 5/2 (left: 4 10 5/2)"], StepError.NOT_AN_INTEGER),
     (["4 - 10 = -6 (left: 4 10 -6)"], StepError.NEGATIVE_RESULT),
@@ -48,8 +49,9 @@ def test_left_list_may_come_in_any_order():
     (["10 * 10 = 100 (left: 4 4 100) "], StepError.MALFORMED),
     (["ten times ten"], StepError.MALFORMED),
     (SOLUTION + ["24 - 0 = 24 (left: 24)"], StepError.AFTER_END),
-], ids=["arithmetic", "operand", "reused", "one-copy-twice", "left-short", "left-long", "div0",
-        "integer", "negative", "done", "spacing", "no-left", "trailing", "words", "after-end"])
+], ids=["arithmetic", "operand", "reused", "one-copy-twice", "left-short", "left-long",
+        "left-miscopied", "div0", "integer", "negative", "done", "spacing", "no-left",
+        "trailing", "words", "after-end"])
 def test_each_illegal_step_is_caught_for_its_reason(steps, reason):
     assert errors(steps)[-1] == reason
     assert errors(steps)[:-1] == [None] * (len(steps) - 1)
