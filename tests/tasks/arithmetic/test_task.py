@@ -174,3 +174,13 @@ def test_bad_config_and_bad_problems_are_clear_errors():
     from qstar_jax.tasks.base import Problem
     with pytest.raises(ValueError, match="no arithmetic chain"):
         ArithmeticTask().solution_steps(Problem(id="x", question="q", reference="1"))
+
+
+def test_the_default_worlds_first_problems_are_the_same_on_every_machine():
+    # Each split draws from its own stream, a function of the split and the seed alone:
+    # the default experiment's test problems are these whatever else a run asks for.
+    task = ArithmeticTask()
+    assert [p.question for p in task.load("test", limit=2)] == [
+        "Left to right: 32 + 24 - 8 - 1 - 15 + 8", "Left to right: 31 + 5 - 23 - 2 - 2 - 2"]
+    assert [p.question for p in task.load("train", limit=2)] == [
+        "Left to right: 37 + 11 - 13 - 2 - 7 + 25", "Left to right: 46 - 9 + 14 + 18 - 21"]
