@@ -11,7 +11,10 @@ child process, as a process's device count is fixed before JAX first runs:
         meshes 4x1, 2x2 and 1x4 in one process;
     JAX_NUM_CPU_DEVICES=2 python -m tests.support.sharded_decoding PORT PROCESS_ID
         one of two processes (jax.distributed on localhost:PORT): meshes 2x2 and 1x4
-        over both processes' devices; process 0 prints the report.
+        over both processes' devices; process 0 alone decodes on one device, compares
+        and prints the report.
+
+Both read and write the suite's compile cache (the folder QSTAR_COMPILE_CACHE names).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from qstar_jax.decoding.kv_cache import fork_slots
 from qstar_jax.decoding.paged_cache import Paging, copy_pages
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.trie_chunks import ChunkedTrie
+from qstar_jax.models.compile_cache import enable_compile_cache
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.parallel import (collectives, data_collectives, initialize_distributed,
                                 is_writer, make_mesh)
@@ -60,8 +64,11 @@ def random_decoder(model: LlamaModel, mesh, **options) -> Decoder:
 
 
 def prefilled_logits(model: LlamaModel, decoder: Decoder, slots) -> np.ndarray:
-    """The next-token logits after what ``slots`` hold, gathered from every process."""
-    last_hidden = multihost_utils.process_allgather(decoder.cache.last_hidden, tiled=True)
+    """The next-token logits after what ``slots`` hold, gathered from every process (one
+    device's: this process's own)."""
+    last_hidden = decoder.cache.last_hidden
+    if decoder.mesh is not None:
+        last_hidden = multihost_utils.process_allgather(last_hidden, tiled=True)
     return np.asarray(model.logits(np.asarray(last_hidden)[slots]))
 
 
@@ -230,19 +237,18 @@ def paged_collectives(decoder: Decoder, mesh_shape: tuple[int, int], names) -> d
     return counts
 
 
-def prefill_as_on_a_gpu(model: LlamaModel, mesh, single: dict) -> dict:
+def prefill_as_on_a_gpu(model: LlamaModel, mesh) -> dict:
     """The first prompts prefilled on ``mesh`` by a decoder whose prefill is traced for a
     GPU (``compiling_for``: the per-layer copy, not the scan; nothing here picks a Pallas
-    kernel on row slots): against one device's logits, with whether its program loops
-    and what it moves between data shards."""
+    kernel on row slots): their logits, whether its program loops and what it moves
+    between data shards."""
     decoder = random_decoder(model, mesh)
     slots = decoder.allocate(len(PROMPTS))
     with compiling_for("gpu"):
         decoder.prefill(slots, PROMPTS)
         program = decoder.compiled_text("prefill")
-    logits = prefilled_logits(model, decoder, slots)
     mesh_shape = (mesh.shape["data"], mesh.shape["model"])
-    return {"logits_max_diff": float(np.abs(logits - single["logits0"]).max()),
+    return {"logits": prefilled_logits(model, decoder, slots),
             "loops": " while(" in program,
             "cache_rows": len(data_collectives(program, dim=RANDOM_MAX_LEN,
                                                mesh_shape=mesh_shape))}
@@ -261,25 +267,35 @@ def main() -> None:
         # Data shards across the processes (2x2), and the model axis (1x4: each
         # process holds half of every layer's query heads and vocabulary).
         meshes, starved_on, transposed_on = ((2, 2), (1, 4)), set(), set()
+    enable_compile_cache()  # the suite's (the folder QSTAR_COMPILE_CACHE names)
     model = LlamaModel(tiny_config(64), rngs=nnx.Rngs(0))
     model.lm_head.kernel[...] = model.lm_head.kernel[...] * 50  # greedy far from ties
-    single = {False: decode(model, None, step_chunk=0),
-              True: decode(model, None, step_chunk=0, paged=True)}
-    report = {}
+    on_meshes, gpu_prefills = {}, {}  # name: (paged, the mesh's outputs, starved)
     for shape in meshes:
         mesh, name = make_mesh(*shape), "x".join(map(str, shape))
         for paged in (False, True) if shape in PAGED_MESHES else (False,):
             starved = shape in starved_on and not paged
-            sharded = decode(model, mesh, step_chunk=STEP_CHUNK, starved=starved, paged=paged)
-            report[name + ("_paged" if paged else "")] = compared(single[paged], sharded,
-                                                                  starved)
+            on_meshes[name + ("_paged" if paged else "")] = (paged, decode(
+                model, mesh, step_chunk=STEP_CHUNK, starved=starved, paged=paged), starved)
         if shape in transposed_on:
-            sharded = decode(model, mesh, step_chunk=STEP_CHUNK,
-                             layer_weights="per-layer-transposed")
-            report[name + "_transposed"] = compared(single[False], sharded, starved=False)
-        report[name + "_gpu_prefill"] = prefill_as_on_a_gpu(model, mesh, single[False])
-    if is_writer():
-        print(json.dumps(report))
+            on_meshes[name + "_transposed"] = (False, decode(
+                model, mesh, step_chunk=STEP_CHUNK, layer_weights="per-layer-transposed"),
+                False)
+        gpu_prefills[name] = prefill_as_on_a_gpu(model, mesh)
+    if not is_writer():
+        return
+    # One device's outputs: only the writer compares (and prints), so only it decodes
+    # them, after the meshes (the other process waits for it at exit, not inside a
+    # collective, whose first use times out in 30 s).
+    single = {False: decode(model, None, step_chunk=0),
+              True: decode(model, None, step_chunk=0, paged=True)}
+    report = {name: compared(single[paged], sharded, starved)
+              for name, (paged, sharded, starved) in on_meshes.items()}
+    for name, got in gpu_prefills.items():
+        logits = got.pop("logits")
+        report[name + "_gpu_prefill"] = {
+            "logits_max_diff": float(np.abs(logits - single[False]["logits0"]).max()), **got}
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from qstar_jax.models.compile_cache import enable_compile_cache
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.models.lm_training import LMTrainingConfig, train_causal_lm
@@ -148,6 +149,7 @@ def backbone_q_on_a_mesh(directory: Path) -> dict:
 
 
 def main() -> None:
+    enable_compile_cache()  # the suite's (the folder QSTAR_COMPILE_CACHE names)
     single_q, single_policy = trained_params(None), trained_policy(None)
     report = {}
     for shape in ((4, 1), (2, 2)):
