@@ -365,13 +365,25 @@ def test_layer_weights_a_mesh_cannot_hold_are_refused_before_any_stage(
                                                "decode.layer_weights=per-layer-kernels"]), mesh)
 
 
+def failing_stage(error: BaseException):
+    def stage(ctx):
+        raise error
+    return stage
+
+
+def run_failing_in(stage: str, error: BaseException, monkeypatch, out: Path) -> int:
+    """run.main over train_policy (which makes policy/) and ``stage``, which raises
+    ``error``."""
+    monkeypatch.setattr(run, "STAGE_FUNCTIONS", {
+        "train_policy": lambda ctx: (ctx.out / "policy").mkdir(exist_ok=True),
+        stage: failing_stage(error)})
+    return run.main([f"stages=[train_policy,{stage}]", "--out", str(out)])
+
+
 def test_input_a_stage_cannot_use_is_one_line_and_the_earlier_stages_are_kept(
         tmp_path, monkeypatch, capsys):
-    def unreadable(ctx):
-        raise MalformedRecordError("gsm8k split 'train', record 2: no '#### <number>' line")
-    monkeypatch.setattr(run, "STAGE_FUNCTIONS", {
-        "train_policy": lambda ctx: (ctx.out / "policy").mkdir(), "collect": unreadable})
-    assert run.main(["stages=[train_policy,collect]", "--out", str(tmp_path)]) == 2
+    unreadable = MalformedRecordError("gsm8k split 'train', record 2: no '#### <number>' line")
+    assert run_failing_in("collect", unreadable, monkeypatch, tmp_path) == 2
     assert capsys.readouterr().err == ("run error: gsm8k split 'train', record 2: no "
                                        "'#### <number>' line\n")
     assert (tmp_path / "policy").is_dir() and (tmp_path / "config.yaml").exists()
@@ -398,20 +410,15 @@ def test_a_search_that_outgrows_the_cache_names_the_setting_to_raise(
         tmp_path, monkeypatch, capsys, full, key):
     """Before evaluate, the run goes on in its folder under the larger cache; in evaluate,
     whose wall-clock figures keep their settings, under --reuse in a new one."""
-    def outgrown(ctx):
-        raise full
-    monkeypatch.setattr(run, "STAGE_FUNCTIONS", {
-        "train_policy": lambda ctx: (ctx.out / "policy").mkdir(), "collect": outgrown,
-        "evaluate": outgrown})
     figures = str(full).split(";")[0]
-    assert run.main(["stages=[train_policy,collect]", "--out", str(tmp_path)]) == 2
+    assert run_failing_in("collect", full, monkeypatch, tmp_path) == 2
     assert capsys.readouterr().err == (
         f"run error: the KV cache is full in stage collect: {figures}; raise {key} (python -m "
         "qstar_jax.memory_plan sizes it for your device) and run again with it, in the same "
         f"folder: the run goes on from what {tmp_path} keeps\n")
     assert (tmp_path / "policy").is_dir()
     monkeypatch.setattr(run, "check_stage_inputs", lambda ctx: None)  # no Q̂ trained here
-    assert run.main(["stages=[evaluate]", "--out", str(tmp_path)]) == 2
+    assert run_failing_in("evaluate", full, monkeypatch, tmp_path) == 2
     assert capsys.readouterr().err == (
         f"run error: the KV cache is full in stage evaluate: {figures}; raise {key} (python -m "
         "qstar_jax.memory_plan sizes it for your device) or lower eval.problems_per_batch. "
@@ -443,11 +450,9 @@ def test_a_run_resumes_under_a_new_cache_layout_until_evaluate_has_begun(
 
 def test_a_prompt_longer_than_a_cache_row_names_the_settings_that_make_room(
         tmp_path, monkeypatch, capsys):
-    def long_prompt(ctx):
-        raise PromptTooLong("a prompt of problem p3 has 530 tokens, more than a cache row's 512")
-    monkeypatch.setattr(run, "STAGE_FUNCTIONS", {
-        "train_policy": lambda ctx: (ctx.out / "policy").mkdir(), "collect": long_prompt})
-    assert run.main(["stages=[train_policy,collect]", "--out", str(tmp_path)]) == 2
+    long_prompt = PromptTooLong("a prompt of problem p3 has 530 tokens, more than a cache "
+                                "row's 512")
+    assert run_failing_in("collect", long_prompt, monkeypatch, tmp_path) == 2
     assert capsys.readouterr().err == (
         "run error: a prompt of problem p3 has 530 tokens, more than a cache row's 512: raise "
         "decode.max_len or, for MCTSr's prompts and ToT's value prompt (which quote the "
