@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import yaml
-from omegaconf import DictConfig, ListConfig, OmegaConf, TupleConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf, TupleConfig, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from qstar_jax.search.aggregate import Agg
@@ -414,7 +414,9 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         layers.append(layer)
     layers.append(_overrides_layer(overrides, layers[0]))
     try:
-        config = OmegaConf.to_object(OmegaConf.merge(*layers))
+        merged = OmegaConf.merge(*layers)
+        _expand_home(merged)
+        config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         raise ConfigError(str(error).splitlines()[0] + _where(error)) from None
     except TypeError:  # OmegaConf's word for a list given as a mapping, or the reverse
@@ -422,7 +424,6 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
                           "write a list as [a, b] and a mapping as {key: value}") from None
     except ValueError as error:  # MCTSrConfig's own checks, named as the user wrote them
         raise ConfigError(str(error).replace(MCTSrConfig.__name__, "eval.mctsr")) from None
-    config = _home_expanded(config)
     from qstar_jax.config_checks import check_config  # it reads this module's types
     check_config(config)
     return config
@@ -434,23 +435,16 @@ PATH_SETTINGS = ("out_dir", "policy.source", "label.stronger_model", "q_train.se
                  "q_train.second_opinion", "search.prm_model")
 
 
-def _home_expanded(config: RunConfig) -> RunConfig:
-    """``config`` with a leading ``~`` of each path setting made the home folder: a shell
+def _expand_home(merged: DictConfig) -> None:
+    """A leading ``~`` of each path setting made the home folder, in ``merged``: a shell
     expands it only at a word's start or after a plain ``name=``, so ``policy.source=~/m``
     and YAML files would otherwise keep it, a folder named '~'."""
     for key in PATH_SETTINGS:
-        *parents, name = key.split(".")
-        holders = [config]
-        for parent in parents:
-            holders.append(getattr(holders[-1], parent))
-        value = getattr(holders[-1], name)
-        if not (isinstance(value, str) and value.startswith("~")):
-            continue
-        replaced = dataclasses.replace(holders[-1], **{name: str(Path(value).expanduser())})
-        for holder, parent in zip(reversed(holders[:-1]), reversed(parents)):
-            replaced = dataclasses.replace(holder, **{parent: replaced})
-        config = replaced
-    return config
+        parent, _, name = key.rpartition(".")
+        holder = OmegaConf.select(merged, parent) if parent else merged
+        if isinstance(holder[name], str) and holder[name].startswith("~"):
+            with read_write(holder):  # each frozen settings dataclass merges read-only
+                holder[name] = str(Path(holder[name]).expanduser())
 
 
 def _overrides_layer(overrides: Sequence[str], schema: DictConfig):

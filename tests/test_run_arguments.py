@@ -102,7 +102,7 @@ def test_preflight_refuses_english_prompts_to_a_policy_trained_from_scratch(over
     [*REAL_TASK, "eval.methods=[mctsr,tot_bfs]", "eval.tot.evaluator=value_prompt"],
 ])
 def test_preflight_lets_reasoners_ask_a_pretrained_policy_or_none(overrides):
-    preflight(load_config(None, overrides))
+    assert preflight(load_config(None, overrides)) is None  # no refusal
 
 
 def test_preflight_refuses_a_checkpoint_of_an_architecture_the_loader_does_not_read(tmp_path):
