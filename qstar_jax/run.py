@@ -18,7 +18,7 @@ from pathlib import Path
 import jax
 
 from qstar_jax.architectures import context_warning, policy_architecture
-from qstar_jax.config import ConfigError, DistributedConfig, load_config, to_yaml
+from qstar_jax.config import ConfigError, load_config, to_yaml
 from qstar_jax.decoding.kv_cache import SlotPoolExhausted
 from qstar_jax.decoding.paged_cache import PagePoolExhausted
 from qstar_jax.interrupts import interrupts_until_handled
@@ -32,8 +32,9 @@ from qstar_jax.parallel import (DATA, barrier, check_slots, initialize_distribut
                                 is_writer, make_mesh)
 from qstar_jax.policy.runtime import PromptTooLong
 from qstar_jax.preflight import check_layer_weights, preflight, shared_split_warning
-from qstar_jax.stages.reuse import (CACHE_LAYOUT, differing_settings, evaluation_only,
-                                    reuse_trained_outputs)
+from qstar_jax.run_messages import (cache_full_message, different_config_advice,
+                                    lost_process_message, prompt_too_long_message)
+from qstar_jax.stages.reuse import CACHE_LAYOUT, differing_settings, reuse_trained_outputs
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.evaluate import RESULTS_LOG, evaluate
 from qstar_jax.stages.prm import train_prm
@@ -86,24 +87,6 @@ def changed_settings(saved: Path, config) -> list[str] | None:
     return differing_settings(config, dataclasses.replace(earlier, stages=config.stages))
 
 
-def resumes_with_new_layout(changed: list[str], out: Path) -> bool:
-    """Whether a run may go on in ``out`` under ``changed`` settings: only the cache's
-    layout (reuse.CACHE_LAYOUT, which never changes what is computed), and only before
-    evaluate has logged a result, as the layout moves its wall-clock figures."""
-    return (all(key in CACHE_LAYOUT for key in changed)
-            and not (out / RESULTS_LOG).exists())
-
-
-def different_config_advice(changed: list[str] | None, out: Path) -> str:
-    """What to do about a folder that holds another run's config: where every changed
-    setting is one --reuse may change, --reuse, which keeps that run's training."""
-    if not changed or not all(map(evaluation_only, changed)):
-        return "choose another --out or delete the folder"
-    began = ("its evaluate stage has begun, whose wall-clock these settings move: "
-             if all(key in CACHE_LAYOUT for key in changed) else "")
-    return f"{began}to evaluate these settings on what it trained, use --out NEW --reuse {out}"
-
-
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     enable_compile_cache()  # before anything compiles
@@ -151,10 +134,14 @@ def run_in_folder(out: Path, config, mesh, reuse: str | None) -> int:
     status."""
     resolved = out / "config.yaml"
     changed = changed_settings(resolved, config) if resolved.exists() else []
-    if changed is None or (changed and not resumes_with_new_layout(changed, out)):
+    # The run goes on under changed settings only where they are the cache's layout
+    # (reuse.CACHE_LAYOUT, which never changes what is computed), and only before evaluate
+    # has logged a result, as the layout moves its wall-clock figures.
+    layout_only = changed is not None and all(key in CACHE_LAYOUT for key in changed)
+    if changed is None or (changed and (not layout_only or (out / RESULTS_LOG).exists())):
         print(f"config error: {out} holds a run with a different config ({resolved}"
               f"{': differs in ' + ', '.join(changed) if changed else ''}); "
-              f"{different_config_advice(changed, out)}", file=sys.stderr)
+              f"{different_config_advice(changed, out, layout_only)}", file=sys.stderr)
         return 2
     if changed:
         print(f"[qstar] resuming {out} under new cache settings: {', '.join(changed)}",
@@ -185,7 +172,8 @@ def run_in_folder(out: Path, config, mesh, reuse: str | None) -> int:
         print(f"run error: {error}", file=sys.stderr, flush=True)
         return 2
     except CacheOutgrown as error:
-        print(f"run error: {cache_full_message(error, out)}", file=sys.stderr, flush=True)
+        print(f"run error: {cache_full_message(error.stage, error.full, out)}",
+              file=sys.stderr, flush=True)
         return 2
     except OSError as error:
         if error.errno not in DISK_ERRORS:
@@ -234,42 +222,6 @@ class CacheOutgrown(Exception):
     def __init__(self, stage: str, full: SlotPoolExhausted | PagePoolExhausted):
         super().__init__(f"{stage}: {full}")
         self.stage, self.full = stage, full
-
-
-def cache_full_message(error: CacheOutgrown, out: Path) -> str:
-    """What a run says when a search outgrew the KV cache: the decoder's figures, and the
-    settings that size the cache rather than the decoder's own advice. Before evaluate the
-    run goes on in its own folder under a larger cache; evaluate's batches are also
-    bounded by eval.problems_per_batch, and its wall-clock figures keep their settings."""
-    key = "decode.pages" if isinstance(error.full, PagePoolExhausted) else "decode.slots"
-    full = (f"the KV cache is full in stage {error.stage}: {str(error.full).split(';')[0]}; "
-            f"raise {key} (python -m qstar_jax.memory_plan sizes it for your device)")
-    if error.stage != "evaluate":
-        return (f"{full} and run again with it, in the same folder: the run goes on from "
-                f"what {out} keeps")
-    return (f"{full} or lower eval.problems_per_batch. {out} keeps what was done, under its "
-            f"own settings: to go on under new ones, run with --out NEW --reuse {out}")
-
-
-def prompt_too_long_message(error: PromptTooLong, out: Path) -> str:
-    """What a run says when a prompt outgrew a cache row: MCTSr's refinement prompt quotes
-    an answer and its critique, ToT's value prompt the steps so far."""
-    return (f"{error}: raise decode.max_len or, for MCTSr's prompts and ToT's value prompt "
-            "(which quote the policy's own answers, critiques or steps), lower "
-            f"eval.text_max_tokens or decode.max_steps. {out} keeps what was done: a new "
-            f"eval.text_max_tokens goes on with --out NEW --reuse {out}; the other two need "
-            "a new run (the training stages read them)")
-
-
-def lost_process_message(error: Exception, distributed: DistributedConfig) -> str:
-    """What a process says when a collective with the others failed: in a multi-process
-    run that means another process died (JAX's coordination service then names it, once
-    it has been silent for the heartbeat timeout, and stops every process)."""
-    return (f"process {jax.process_index()} of {jax.process_count()} lost the others "
-            f"({str(error).splitlines()[0]}); another process most likely died: JAX names "
-            f"it below once it has been silent for distributed.heartbeat_timeout_s="
-            f"{distributed.heartbeat_timeout_s}. Start every process again with the same "
-            "command: the run resumes from what process 0 wrote.")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from qstar_jax.parallel import DATA, MODEL
 from qstar_jax.policy.runtime import PromptTooLong
 from qstar_jax.preflight import check_layer_weights, preflight, shared_split_warning
 from qstar_jax.run import parse_args
+from qstar_jax.run_messages import lost_process_message
 from qstar_jax.stages.context import RunContext
 from qstar_jax.tasks.base import MalformedRecordError
 
@@ -318,7 +319,7 @@ def test_stages_run_in_the_configured_order(tmp_path, monkeypatch):
 
 def test_a_process_that_lost_the_others_says_what_to_do():
     error = RuntimeError("DEADLINE_EXCEEDED: barrier timed out\nstack trace ...")
-    assert run.lost_process_message(error, DistributedConfig(heartbeat_timeout_s=45)) == (
+    assert lost_process_message(error, DistributedConfig(heartbeat_timeout_s=45)) == (
         "process 0 of 1 lost the others (DEADLINE_EXCEEDED: barrier timed out); another "
         "process most likely died: JAX names it below once it has been silent for "
         "distributed.heartbeat_timeout_s=45. Start every process again with the same "

@@ -1,0 +1,64 @@
+"""What ``run`` says when it refuses a folder or a stage stops it: one line each, naming
+the settings that decide it and what to do, built from the errors the run met."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+
+from qstar_jax.config import DistributedConfig
+from qstar_jax.decoding.kv_cache import SlotPoolExhausted
+from qstar_jax.decoding.paged_cache import PagePoolExhausted
+from qstar_jax.policy.runtime import PromptTooLong
+from qstar_jax.stages.reuse import evaluation_only
+
+
+def different_config_advice(changed: list[str] | None, out: Path, layout_only: bool) -> str:
+    """What to do about a folder that holds another run's config: where every changed
+    setting is one --reuse may change, --reuse, which keeps that run's training.
+    ``layout_only``: every changed setting is the cache's layout, refused only because
+    the run's evaluate stage has begun."""
+    if not changed or not all(map(evaluation_only, changed)):
+        return "choose another --out or delete the folder"
+    began = ("its evaluate stage has begun, whose wall-clock these settings move: "
+             if layout_only else "")
+    return f"{began}to evaluate these settings on what it trained, use --out NEW --reuse {out}"
+
+
+def cache_full_message(stage: str, full: SlotPoolExhausted | PagePoolExhausted,
+                       out: Path) -> str:
+    """What a run says when a search in ``stage`` outgrew the KV cache (``full``: the
+    decoder's error): the decoder's figures, and the settings that size the cache rather
+    than the decoder's own advice. Before evaluate the run goes on in its own folder under
+    a larger cache; evaluate's batches are also bounded by eval.problems_per_batch, and
+    its wall-clock figures keep their settings."""
+    key = "decode.pages" if isinstance(full, PagePoolExhausted) else "decode.slots"
+    message = (f"the KV cache is full in stage {stage}: {str(full).split(';')[0]}; "
+               f"raise {key} (python -m qstar_jax.memory_plan sizes it for your device)")
+    if stage != "evaluate":
+        return (f"{message} and run again with it, in the same folder: the run goes on from "
+                f"what {out} keeps")
+    return (f"{message} or lower eval.problems_per_batch. {out} keeps what was done, under "
+            f"its own settings: to go on under new ones, run with --out NEW --reuse {out}")
+
+
+def prompt_too_long_message(error: PromptTooLong, out: Path) -> str:
+    """What a run says when a prompt outgrew a cache row: MCTSr's refinement prompt quotes
+    an answer and its critique, ToT's value prompt the steps so far."""
+    return (f"{error}: raise decode.max_len or, for MCTSr's prompts and ToT's value prompt "
+            "(which quote the policy's own answers, critiques or steps), lower "
+            f"eval.text_max_tokens or decode.max_steps. {out} keeps what was done: a new "
+            f"eval.text_max_tokens goes on with --out NEW --reuse {out}; the other two need "
+            "a new run (the training stages read them)")
+
+
+def lost_process_message(error: Exception, distributed: DistributedConfig) -> str:
+    """What a process says when a collective with the others failed: in a multi-process
+    run that means another process died (JAX's coordination service then names it, once
+    it has been silent for the heartbeat timeout, and stops every process)."""
+    return (f"process {jax.process_index()} of {jax.process_count()} lost the others "
+            f"({str(error).splitlines()[0]}); another process most likely died: JAX names "
+            f"it below once it has been silent for distributed.heartbeat_timeout_s="
+            f"{distributed.heartbeat_timeout_s}. Start every process again with the same "
+            "command: the run resumes from what process 0 wrote.")
