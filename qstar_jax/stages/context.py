@@ -135,6 +135,10 @@ class RunContext:
         return self.task.load(split, limit=count, seed=self.config.seed,
                               skip_malformed=self.config.task.skip_malformed)
 
+    def train_problems(self) -> list[Problem]:
+        """The problems the policy's rollouts, their labels and Q̂ learn from."""
+        return self.problems(self.config.task.train_split, self.config.task.train_problems)
+
     def prompts(self, problems: list[Problem]) -> list[str]:
         chat = None
         if self.config.policy.chat_template:

@@ -33,9 +33,8 @@ from qstar_jax.qvalue.scorers import PolicyHiddenPRM
 from qstar_jax.qvalue.train import train_q_model
 from qstar_jax.search.interface import ProcessRewardModel
 from qstar_jax.stages.context import RunContext
-from qstar_jax.stages.rollouts import (_pairs_per_call, _reward_fn, _train_problems,
-                                      labelled_pairs)
-from qstar_jax.stages.train_q import _write_summary, train_config
+from qstar_jax.stages.rollouts import labelled_pairs, pairs_per_call, reward_fn
+from qstar_jax.stages.train_q import train_config, write_training_summary
 
 PRM_DIR = "prm"  # in the run folder: the learned PRM
 LEARNED_PRM_MARKER = "prm.json"  # what tells a learned PRM's directory apart
@@ -50,7 +49,7 @@ def train_prm(ctx: RunContext) -> None:
         return
     cfg = ctx.config
     steps, features = load_labelled(ctx.labels_path)
-    problems = _train_problems(ctx)
+    problems = ctx.train_problems()
     pairs = labelled_pairs(ctx, problems, read_rollouts(ctx.rollouts_path))
     if features is None or [p.key for p in pairs] != [
             (s.problem_index, s.prefix_steps, s.step_text) for s in steps]:
@@ -60,10 +59,10 @@ def train_prm(ctx: RunContext) -> None:
     missing = missing_outcomes(pairs, journal)
     if missing:  # another label method, UCT rollouts, or a label stage killed mid-batch
         sampler = DecoderRolloutSampler(ctx.runtime(problems), max_steps=cfg.decode.max_steps)
-        sample_outcomes(missing, sampler, _reward_fn(ctx, problems), journal,
+        sample_outcomes(missing, sampler, reward_fn(ctx, problems), journal,
                         completions=cfg.label.rollouts_per_state,
                         temperature=cfg.collect.temperature, max_steps=cfg.decode.max_steps,
-                        batch_pairs=_pairs_per_call(ctx))
+                        batch_pairs=pairs_per_call(ctx))
         journal.close()
     estimation = cfg.prm_training.labels.value
     labels = np.array([s.label for s in shepherd_labels(pairs, journal.known(), estimation)],
@@ -80,7 +79,7 @@ def train_prm(ctx: RunContext) -> None:
         (directory / LEARNED_PRM_MARKER).write_text(json.dumps(
             {"kind": "head on the policy's hidden states", "labels": estimation,
              "completions_per_step": cfg.label.rollouts_per_state}) + "\n")
-    _write_summary(done, result, labels)
+    write_training_summary(done, result, labels)
 
 
 def train_learned_prm(head: QHead, features: np.ndarray, labels: np.ndarray, settings,

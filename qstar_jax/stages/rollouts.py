@@ -20,17 +20,14 @@ from qstar_jax.stages.fitted_q import fitted_q_labels
 from qstar_jax.tasks.base import join_steps
 
 
-def _train_problems(ctx: RunContext):
-    return ctx.problems(ctx.config.task.train_split, ctx.config.task.train_problems)
-
-
-def _pairs_per_call(ctx: RunContext) -> int:
+def pairs_per_call(ctx: RunContext) -> int:
     """As many pairs per sampler call as the slot pool holds with their rollouts: decoder
     calls are overhead-bound at small batch sizes."""
     return ctx.searches_per_batch(ctx.config.label.rollouts_per_state + 1, full_rows=True)
 
 
-def _reward_fn(ctx: RunContext, problems):
+def reward_fn(ctx: RunContext, problems):
+    """The reward of a trace of ``problems``: 1.0 where the task grades its steps right."""
     def reward(problem_index: int, steps: tuple[str, ...]) -> float:
         return 1.0 if ctx.task.grade(problems[problem_index], join_steps(steps)) else 0.0
     return reward
@@ -51,10 +48,10 @@ def _stronger_sampler(ctx: RunContext, problems):
 
 def collect(ctx: RunContext) -> None:
     """Sample ``collect.rollouts_per_problem`` traces per training problem (resumable)."""
-    problems = _train_problems(ctx)
+    problems = ctx.train_problems()
     sampler = DecoderRolloutSampler(functools.partial(ctx.runtime, problems),
                                     max_steps=ctx.config.decode.max_steps)
-    collect_rollouts(list(range(len(problems))), sampler, _reward_fn(ctx, problems),
+    collect_rollouts(list(range(len(problems))), sampler, reward_fn(ctx, problems),
                      per_problem=ctx.config.collect.rollouts_per_problem,
                      temperature=ctx.config.collect.temperature, out_path=ctx.rollouts_path,
                      max_steps=ctx.config.decode.max_steps,
@@ -78,7 +75,7 @@ def label(ctx: RunContext) -> None:
     if ctx.labels_path.exists():
         return
     cfg = ctx.config
-    problems = _train_problems(ctx)
+    problems = ctx.train_problems()
     rollouts = list(read_rollouts(ctx.rollouts_path))
     collected = {r.problem_index for r in rollouts}
     if not collected >= set(range(len(problems))):  # a collect stage killed, not rerun
@@ -89,7 +86,7 @@ def label(ctx: RunContext) -> None:
     prompts = ctx.prompts(problems)
     features, step_logprobs = last_step_features(ctx.policy.model, ctx.policy.tokenizer,
                                                   *step_texts(prompts, pairs))
-    reward = _reward_fn(ctx, problems)
+    reward = reward_fn(ctx, problems)
     journal = LabelJournal(ctx.out / "labels.partial.jsonl")
     # The completions' rewards, kept for the PRM's per-step labels (stage train_prm).
     outcomes = OutcomeJournal(ctx.step_outcomes_path)
@@ -100,13 +97,13 @@ def label(ctx: RunContext) -> None:
         steps = best_of_rollouts_labels(pairs, sampler, reward, BestOfRolloutsConfig(
             rollouts=cfg.label.rollouts_per_state, temperature=cfg.collect.temperature,
             discount=cfg.label.gamma, max_steps=cfg.decode.max_steps,
-            batch_pairs=_pairs_per_call(ctx), trace_is_a_rollout=cfg.label.trace_is_a_rollout),
+            batch_pairs=pairs_per_call(ctx), trace_is_a_rollout=cfg.label.trace_is_a_rollout),
             journal=journal, outcomes=outcomes, traces=trace_continuations(rollouts))
     elif method == LabelMethod.stronger_model:
         steps = stronger_completion_labels(
             pairs, _stronger_sampler(ctx, problems), reward,
             discount=cfg.label.gamma, max_steps=cfg.decode.max_steps,
-            batch_pairs=_pairs_per_call(ctx), journal=journal)
+            batch_pairs=pairs_per_call(ctx), journal=journal)
     else:
         steps = fitted_q_labels(ctx, pairs, features)
     save_labelled(ctx.labels_path, steps, features=features, step_logprobs=step_logprobs)

@@ -33,7 +33,7 @@ def train_separate_q(ctx: RunContext, output: str,
     model = BackboneQ(loaded.config, config, rngs=nnx.Rngs(ctx.config.seed))
     nnx.update(model.backbone, nnx.state(loaded.model))  # start from the pretrained weights
     steps, _ = load_labelled(ctx.labels_path)
-    problems = ctx.problems(ctx.config.task.train_split, ctx.config.task.train_problems)
+    problems = ctx.train_problems()
     prompts = ctx.prompts(problems)
     tokens = [loaded.tokenizer.encode(state_text(prompts[s.problem_index],
                                                  (*s.prefix_steps, s.step_text))) for s in steps]

@@ -47,8 +47,7 @@ def labelled_head_inputs(ctx: RunContext, steps: Sequence[LabelledStep],
                          features: np.ndarray) -> np.ndarray:
     """What the head reads of the label stage's ``steps`` (their saved ``features`` and
     log-probabilities, and the second policy's opinion where there is one)."""
-    opinion = second_opinion(ctx, ctx.problems(ctx.config.task.train_split,
-                                               ctx.config.task.train_problems))
+    opinion = second_opinion(ctx, ctx.train_problems())
     return head_inputs(features, load_step_logprobs(ctx.labels_path), head_config(ctx),
                        None if opinion is None else opinion(steps))
 
@@ -75,7 +74,7 @@ def train_q(ctx: RunContext) -> None:
     if ctx.config.q_train.backbone == QBackbone.separate:
         # The policy is not loaded: the separate backbone alone reads the steps.
         result, labels = train_separate_q(ctx, head_output(ctx), train_config)
-        _write_summary(done, result, labels)
+        write_training_summary(done, result, labels)
         return
     steps, features = load_labelled(ctx.labels_path)
     labels = np.array([s.label for s in steps], np.float32)
@@ -86,10 +85,12 @@ def train_q(ctx: RunContext) -> None:
     with QCheckpointer(ctx.q_dir, identity=identity, head_config=config) as checkpointer:
         result = train_q_model(head, features, labels, train_config(ctx, len(labels)),
                                checkpointer=checkpointer, mesh=ctx.mesh)
-    _write_summary(done, result, labels)
+    write_training_summary(done, result, labels)
 
 
-def _write_summary(path, result, labels: np.ndarray) -> None:
+def write_training_summary(path, result, labels: np.ndarray) -> None:
+    """The JSON at ``path`` that marks a head's training done (Q̂'s, the PRM's): how it
+    went (``result``: the TrainResult) and what it learnt from (``labels``)."""
     if not is_writer():
         return
     path.write_text(json.dumps({"steps": result.steps, "stopped_early": result.stopped_early,

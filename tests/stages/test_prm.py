@@ -171,7 +171,7 @@ def test_train_prm_samples_the_missing_completions_and_trains_on_their_share_rig
                                     "rewards": [1.0, 0.0]}])
     SAMPLERS.clear()
     monkeypatch.setattr(prm_stage, "DecoderRolloutSampler", ScriptedCompletions)
-    monkeypatch.setattr(prm_stage, "_reward_fn", lambda ctx, problems:
+    monkeypatch.setattr(prm_stage, "reward_fn", lambda ctx, problems:
                         lambda i, steps: float(steps[-1] == "x"))
     trained = {}
 
@@ -225,7 +225,7 @@ def test_train_prm_trains_on_the_pairs_the_label_stage_kept(tmp_path, monkeypatc
     ctx.__dict__["policy"] = SimpleNamespace(config=POLICY)
     ctx.__dict__["runtime"] = lambda problems, **kwargs: None  # the sampler needs none
     monkeypatch.setattr(prm_stage, "DecoderRolloutSampler", ScriptedCompletions)
-    monkeypatch.setattr(prm_stage, "_reward_fn", lambda ctx, problems:
+    monkeypatch.setattr(prm_stage, "reward_fn", lambda ctx, problems:
                         lambda i, steps: float(steps[-1] == "x"))
     trained = {}
 

@@ -18,7 +18,7 @@ from qstar_jax.qvalue.train import TrainConfig, TrainResult
 from qstar_jax.search.interface import QItem
 from qstar_jax.stages import train_q
 from qstar_jax.stages.context import RunContext
-from qstar_jax.stages.train_q import _write_summary, head_config, train_config
+from qstar_jax.stages.train_q import head_config, train_config, write_training_summary
 from tests.qvalue.tiny import BACKBONE
 
 
@@ -66,14 +66,14 @@ def test_the_summary_counts_labels_above_one_half_as_positive(tmp_path, monkeypa
     result = TrainResult(steps=12, stopped_early=True, best_step=8, best_heldout_loss=0.25,
                          heldout_losses=((4, 0.5), (8, 0.25)), constant_heldout_loss=0.5,
                          heldout_auc=0.75)
-    _write_summary(tmp_path / "q_training.json", result,
-                   np.array([0.5, 0.75, 0.25, 1.0], np.float32))
+    write_training_summary(tmp_path / "q_training.json", result,
+                           np.array([0.5, 0.75, 0.25, 1.0], np.float32))
     assert json.loads((tmp_path / "q_training.json").read_text()) == {
         "steps": 12, "stopped_early": True, "best_heldout_loss": 0.25,
         "constant_heldout_loss": 0.5, "heldout_auc": 0.75, "examples": 4,
         "positive_fraction": 0.5}
     monkeypatch.setattr(train_q, "is_writer", lambda: False)  # another process
-    _write_summary(tmp_path / "other.json", result, np.ones(2, np.float32))
+    write_training_summary(tmp_path / "other.json", result, np.ones(2, np.float32))
     assert not (tmp_path / "other.json").exists()
 
 
