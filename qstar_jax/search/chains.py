@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Callable, Hashable, Protocol, Sequence
+from typing import Callable, Hashable, Sequence
 
 import numpy as np
 
@@ -39,28 +39,6 @@ class ChainConfig:
         object.__setattr__(self, "h_agg", as_agg(self.h_agg))
         require_positive(self, "num_chains", "max_steps")
         require_temperature(self)
-
-
-class TrajectoryScorer(Protocol):
-    """Ranks complete trajectories for best-of-N: an ORM, the aggregated PRM, or Q̂."""
-
-    def score_trajectories(self, finals: Sequence[Node]) -> np.ndarray:
-        """float [len(finals)] for the final nodes of one problem's complete chains."""
-
-
-class FinalQScorer:
-    """h of the final node: Q̂ of the edge that ended the trajectory (or the path's Q̂,
-    folded by the chain config's ``h_agg``)."""
-
-    def score_trajectories(self, finals: Sequence[Node]) -> np.ndarray:
-        return np.array([node.h for node in finals], np.float64)
-
-
-class ProcessRewardScorer:
-    """g: the process rewards of the chain aggregated by the chain config's Agg."""
-
-    def score_trajectories(self, finals: Sequence[Node]) -> np.ndarray:
-        return np.array([node.g for node in finals], np.float64)
 
 
 class ChainPlanner(TreePlanner):
@@ -181,8 +159,3 @@ def self_consistency_of(result: SearchResult,
                            for t, v in zip(result.trajectories, votes)),
         counters=counters, tree=None)
 
-
-def best_of_n_planner(problem_index: int, config: ChainConfig,
-                      scorer: TrajectoryScorer) -> ChainPlanner:
-    """The complete chain the scorer ranks highest."""
-    return ChainPlanner(problem_index, config, scorer.score_trajectories)

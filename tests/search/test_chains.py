@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 
 from qstar_jax.search.aggregate import Agg
-from qstar_jax.search.chains import (ChainConfig, FinalQScorer, ProcessRewardScorer,
-                                     best_of_n_planner, greedy_planner, self_consistency_of,
-                                     self_consistency_planner)
+from qstar_jax.search.chains import (ChainConfig, ChainPlanner, greedy_planner,
+                                     self_consistency_of, self_consistency_planner)
 from qstar_jax.search.driver import run_search
 from qstar_jax.search.planner import Outcome
 from qstar_jax.search.process_utility import RuleUtility, ZeroUtility
@@ -22,6 +21,16 @@ def search(trees, make_planner, *, utility=ZeroUtility(), q_fn=None):
 
 def answer_key(steps):
     return steps[-1] if steps and steps[-1].startswith("=") else None
+
+
+def by_final_q(finals):
+    """Best-of-N's ranking by Q̂: h of each final node."""
+    return np.array([node.h for node in finals])
+
+
+def by_g(finals):
+    """Best-of-N's ranking by the PRM: g, the process rewards aggregated along the chain."""
+    return np.array([node.g for node in finals])
 
 
 def test_greedy_follows_the_temperature_zero_children():
@@ -80,7 +89,7 @@ def test_votes_on_best_of_ns_chains_give_self_consistencys_result():
     config = ChainConfig(num_chains=6, temperature=0.7)
     [searched], _ = search({0: chains},
                            lambda i: self_consistency_planner(i, config, answer_key))
-    [best_of], _ = search({0: chains}, lambda i: best_of_n_planner(i, config, FinalQScorer()),
+    [best_of], _ = search({0: chains}, lambda i: ChainPlanner(i, config, by_final_q),
                           q_fn=HiddenQ())
     assert best_of.counters.q_calls > 0 and best_of.steps != searched.steps
     voted = self_consistency_of(best_of, answer_key)
@@ -121,7 +130,7 @@ def test_chains_that_do_not_finish_are_not_candidates():
     # "again"); self-consistency read from it stands as it is, no Q̂ call charged.
     config = ChainConfig(num_chains=2, temperature=1.0, max_steps=2)
     [best_of], _ = search({0: unfinished},
-                          lambda i: best_of_n_planner(i, config, FinalQScorer()), q_fn=HiddenQ())
+                          lambda i: ChainPlanner(i, config, by_final_q), q_fn=HiddenQ())
     assert best_of.outcome is Outcome.partial and best_of.steps == ("loop", "again")
     # loop and dead, then again (dead has no next step): 3 steps scored.
     assert best_of.score == pytest.approx(.3) and best_of.counters.q_calls == 2 + 1
@@ -138,7 +147,7 @@ def test_with_no_complete_chain_the_answer_is_chain_0_whatever_the_others_score(
                        "p0": [child("x", .2)], "p1": [child("y", .8)]})
     config = ChainConfig(num_chains=2, temperature=1.0, max_steps=2)
     [result], _ = search({0: unfinished},
-                         lambda i: best_of_n_planner(i, config, FinalQScorer()), q_fn=HiddenQ())
+                         lambda i: ChainPlanner(i, config, by_final_q), q_fn=HiddenQ())
     assert result.outcome is Outcome.partial and result.trajectories == ()
     assert (result.steps, result.node_id) == (("p0", "x"), 3)
     assert result.score == pytest.approx(.2)
@@ -152,23 +161,21 @@ BEST_OF = tree({"": [child("p0", 0., reward=.1), child("p1", 0., reward=.9),
                 "p2": [child("=2", .5, reward=.5, end=True)]})
 
 
-class AnswerORM:
+def answer_orm(finals):
     """An outcome reward model that likes one answer."""
-
-    def score_trajectories(self, finals):
-        return np.array([1.0 if node.steps[-1] == "=2" else 0.0 for node in finals])
+    return np.array([1.0 if node.steps[-1] == "=2" else 0.0 for node in finals])
 
 
-@pytest.mark.parametrize("scorer, agg, answer, score", [
-    (FinalQScorer(), Agg.last, "=1", .8),
-    (ProcessRewardScorer(), Agg.last, "=0", .9),
-    (ProcessRewardScorer(), Agg.min, "=2", .5),
-    (AnswerORM(), Agg.last, "=2", 1.0),
+@pytest.mark.parametrize("rank, agg, answer, score", [
+    (by_final_q, Agg.last, "=1", .8),
+    (by_g, Agg.last, "=0", .9),
+    (by_g, Agg.min, "=2", .5),
+    (answer_orm, Agg.last, "=2", 1.0),
 ])
-def test_best_of_n_returns_the_top_scored_chain(scorer, agg, answer, score):
+def test_best_of_n_returns_the_top_scored_chain(rank, agg, answer, score):
     expander = FakeExpander({0: BEST_OF})
     config = ChainConfig(num_chains=3, temperature=1.0, agg=agg)
-    [result], _ = search({0: BEST_OF}, lambda i: best_of_n_planner(i, config, scorer),
+    [result], _ = search({0: BEST_OF}, lambda i: ChainPlanner(i, config, rank),
                          utility=RuleUtility(rule=expander.reward_rule), q_fn=HiddenQ())
     assert result.steps[-1] == answer and result.score == pytest.approx(score)
     assert len(result.trajectories) == 3
@@ -204,18 +211,14 @@ PATH_Q = tree({"": [child("p0", .9), child("p1", .2), child("p2", .6)],
                                                    (Agg.max, "=0", [.9, .8, .6])])
 def test_best_of_n_by_final_q_folds_the_paths_q_by_h_agg(h_agg, answer, scores):
     config = ChainConfig(num_chains=3, temperature=1.0, h_agg=h_agg)
-    [result], _ = search({0: PATH_Q}, lambda i: best_of_n_planner(i, config, FinalQScorer()),
+    [result], _ = search({0: PATH_Q}, lambda i: ChainPlanner(i, config, by_final_q),
                          q_fn=HiddenQ())
     assert result.steps[-1] == answer
     assert [t.score for t in result.trajectories] == pytest.approx(scores)
 
 
 def test_a_ranking_of_the_wrong_shape_is_an_error():
-    class ShortScorer:
-        def score_trajectories(self, finals):
-            return np.zeros(len(finals) - 1)
-
     config = ChainConfig(num_chains=3, temperature=1.0)
     with pytest.raises(ValueError, match=r"returned shape \(2,\) for 3 complete chains"):
-        search({0: PATH_Q}, lambda i: best_of_n_planner(i, config, ShortScorer()),
-                q_fn=HiddenQ())
+        search({0: PATH_Q}, lambda i: ChainPlanner(i, config, lambda finals: np.zeros(
+            len(finals) - 1)), q_fn=HiddenQ())
