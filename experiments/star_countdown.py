@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import time
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from qstar_jax.models.char_tokenizer import build_char_tokenizer
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.models.lm_training import LMTrainingConfig, pack_examples, train_causal_lm
 from qstar_jax.models.loading import load_model
+from qstar_jax.outputs.durable import copy_folder_atomically
 from qstar_jax.policy.text_generator import DecoderTextGenerator
 from qstar_jax.run import main as run_pipeline
 from qstar_jax.search.interface import TextRequest
@@ -127,7 +127,7 @@ def evaluate(policy: Path, folder: Path, overrides: list[str]) -> dict:
     """A pipeline run of ``configs/star_countdown.yaml`` on ``policy``: its summary."""
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "policy").exists():
-        shutil.copytree(policy, folder / "policy")
+        copy_folder_atomically(policy, folder / "policy")  # a killed copy is not reused
     if run_pipeline([str(CONFIG), *overrides, "--out", str(folder)]) != 0:
         raise SystemExit(f"the evaluation run in {folder} failed")
     return json.loads((folder / "summary.json").read_text())["methods"]
@@ -193,7 +193,7 @@ def main() -> None:
     def finetune(examples: list[Example], r: int) -> Path:
         folder = args.out / f"round_{r}" / "policy"
         if not examples and not folder.exists():  # nothing kept: the round keeps the base
-            shutil.copytree(base, folder)
+            copy_folder_atomically(base, folder)
         if not folder.exists():
             pairs = [(e.prompt, list(e.rationale)) for e in examples]
             if args.hinted_copies:

@@ -5,6 +5,7 @@ import json
 import random
 import re
 import runpy
+import shutil
 import sys
 import types
 from fractions import Fraction
@@ -233,3 +234,37 @@ def test_a_policy_trains_with_the_configs_settings_and_each_evaluation_runs_the_
     with pytest.raises(SystemExit, match=f"the evaluation run in {folder} failed"):
         evaluate(policy, folder, [])
     assert (folder / "policy" / "weights").read_text() == "weak"
+
+
+def test_an_evaluation_killed_while_copying_its_policy_copies_it_whole_when_resumed(
+        tmp_path, monkeypatch):
+    """The evaluation run reuses a policy copy it finds; one killed after its first file
+    leaves none, so the resumed evaluation copies the policy again, whole."""
+    evaluate, runs = SCRIPT["evaluate"], []
+
+    def run_pipeline(argv):
+        runs.append(sorted(p.name for p in (Path(argv[-1]) / "policy").iterdir()))
+        (Path(argv[-1]) / "summary.json").write_text(json.dumps({"methods": {}}))
+        return 0
+
+    monkeypatch.setitem(evaluate.__globals__, "run_pipeline", run_pipeline)
+    policy = tmp_path / "weak_policy"
+    policy.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (policy / name).write_text(name)
+    copyfile, copied = shutil.copyfile, []
+
+    def killed_after_one_file(src, dst, **kwargs):
+        if copied:
+            raise KeyboardInterrupt
+        copied.append(src)
+        return copyfile(src, dst, **kwargs)
+
+    monkeypatch.setattr(shutil, "copyfile", killed_after_one_file)
+    folder = tmp_path / "eval_0"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(policy, folder, [])
+    assert not (folder / "policy").exists()
+    monkeypatch.setattr(shutil, "copyfile", copyfile)
+    assert evaluate(policy, folder, []) == {}
+    assert runs == [["config.json", "model.safetensors"]]

@@ -1,4 +1,5 @@
-"""Crash-safe files: append-only JSONL that survives a kill mid-write, and atomic writes.
+"""Crash-safe files: append-only JSONL that survives a kill mid-write, atomic writes
+and atomic folder copies.
 
 A JSONL record counts only once its closing newline is on disk, so a kill during a write
 leaves at most a torn tail after the last newline. Readers skip that tail; appenders cut
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import IO, Any, Callable, Sequence
 
@@ -91,8 +93,31 @@ def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
+    _sync_folder(path.parent)  # makes the rename itself durable
+
+
+def copy_folder_atomically(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copy the folder ``source`` to ``target``, which must not exist, whole or not at all:
+    into ``<target>.partial`` beside it, each file forced to disk, then renamed, so a kill
+    mid-copy never leaves a partial ``target`` that a resumed run takes for whole."""
+    if not is_writer():
+        return
+    target = Path(target)
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)  # what a killed copy left
+    shutil.copytree(source, partial)
+    for copied in partial.rglob("*"):
+        if copied.is_file():
+            with open(copied, "rb") as f:
+                os.fsync(f.fileno())
+    os.rename(partial, target)
+    _sync_folder(target.parent)
+
+
+def _sync_folder(path: Path) -> None:
+    """Force ``path``'s entries (a rename into it) to disk."""
+    directory = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(directory)  # makes the rename itself durable
+        os.fsync(directory)
     finally:
         os.close(directory)

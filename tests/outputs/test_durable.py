@@ -87,3 +87,38 @@ def test_what_counts_is_forced_to_disk_before_it_counts(tmp_path, monkeypatch):
     durable.write_atomically(path.parent / "summary.json", lambda f: f.write(b"new"))
     assert synced[1:] == [("summary.json.tmp", b"new"), ("run", "folder")]
     assert (path.parent / "summary.json").read_bytes() == b"new"
+
+
+def test_a_folder_copy_killed_midway_leaves_no_folder_and_the_next_copy_is_whole(
+        tmp_path, monkeypatch):
+    """A copy killed after its first file leaves no ``target`` (a partial one would pass
+    for whole); the next copy clears what the killed one left and is forced to disk, each
+    file in the temporary folder and then the folder the rename lands in."""
+    source = tmp_path / "weak_policy"
+    (source / "sub").mkdir(parents=True)
+    (source / "config.json").write_text("{}")
+    (source / "sub" / "weights").write_text("w")
+    target = tmp_path / "round_0" / "policy"
+    copied = []
+
+    def killed_after_one_file(src, dst, **kwargs):
+        if copied:
+            raise KeyboardInterrupt
+        copied.append(src)
+        return copyfile(src, dst, **kwargs)
+    copyfile = durable.shutil.copyfile
+    monkeypatch.setattr(durable.shutil, "copyfile", killed_after_one_file)
+    with pytest.raises(KeyboardInterrupt):
+        durable.copy_folder_atomically(source, target)
+    assert len(copied) == 1 and not target.exists()
+    monkeypatch.setattr(durable.shutil, "copyfile", copyfile)
+    synced = []
+    monkeypatch.setattr(durable.os, "fsync", lambda fd: synced.append(
+        os.readlink(f"/proc/self/fd/{fd}").removeprefix(str(tmp_path))))
+    durable.copy_folder_atomically(source, target)
+    assert (target / "config.json").read_text() == "{}"
+    assert (target / "sub" / "weights").read_text() == "w"
+    assert [p.name for p in target.parent.iterdir()] == ["policy"]
+    assert sorted(synced[:2]) == ["/round_0/policy.partial/config.json",
+                                  "/round_0/policy.partial/sub/weights"]
+    assert synced[2:] == ["/round_0"]
