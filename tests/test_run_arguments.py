@@ -21,11 +21,14 @@ from qstar_jax.decoding.paged_cache import PagePoolExhausted
 from qstar_jax.outputs.folder_lock import lock_folder
 from qstar_jax.parallel import DATA, MODEL
 from qstar_jax.policy.runtime import PromptTooLong
+from qstar_jax.qvalue import checkpoint
+from qstar_jax.qvalue.head import QHeadConfig
 from qstar_jax.preflight import check_layer_weights, preflight, shared_split_warning
 from qstar_jax.run import parse_args
 from qstar_jax.run_messages import lost_process_message
 from qstar_jax.stages.context import RunContext
 from qstar_jax.tasks.base import MalformedRecordError
+from tests.decoding.tiny_models import tiny_config
 
 GSM8K_TEST = "tests/fixtures/gsm8k/test.jsonl"
 ARCHITECTURES = "configs/architectures"
@@ -526,3 +529,32 @@ def test_a_disk_that_fills_during_a_stage_is_one_line_and_other_os_errors_are_ra
     monkeypatch.setattr(run, "STAGE_FUNCTIONS", {"train_policy": missing})
     with pytest.raises(FileNotFoundError):
         run.main(argv)
+
+
+# What tensorstore raises through orbax for a checkpoint write on a full disk.
+ORBAX_DISK_FULL = ValueError(
+    'RESOURCE_EXHAUSTED: Error writing local file "/out/q_checkpoint/3.orbax-checkpoint-tmp/'
+    'params/manifest.ocdbt": Failed to write 113 bytes to file 7: No space left on device '
+    "[os_error_code='28']")
+
+
+@pytest.mark.parametrize("failing", ["save", "wait_until_finished"])
+def test_a_disk_that_fills_during_a_checkpoint_save_is_the_same_one_line(
+        tmp_path, monkeypatch, capsys, failing):
+    """Orbax raises a full disk as a ValueError, from the save that meets it or from the
+    next save or close that waits for it: the run says it as it says any full disk."""
+    def full(*args, **kwargs):
+        raise ORBAX_DISK_FULL
+    monkeypatch.setattr(checkpoint.ocp.CheckpointManager, failing, full)
+
+    def saves_a_checkpoint(ctx):
+        with checkpoint.QCheckpointer(
+                ctx.q_dir, identity=checkpoint.BackboneIdentity.of_policy(tiny_config(32)),
+                head_config=QHeadConfig(hidden_size=32, mlp_widths=())) as checkpointer:
+            checkpointer.save(3, params={}, opt_state={}, best_params={}, progress={})
+    monkeypatch.setattr(run, "STAGE_FUNCTIONS", {"train_policy": saves_a_checkpoint})
+    assert run.main(["stages=[train_policy]", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"run error: cannot write {tmp_path.absolute() / 'q_checkpoint'}: No space left on "
+        f"device; once it can be written, run the same command again to resume from what "
+        f"{tmp_path} holds\n")

@@ -21,6 +21,7 @@ from jax.sharding import Mesh
 
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.llama import LlamaModel
+from qstar_jax.outputs.disk_full import orbax_write_errors_as_os_errors
 from qstar_jax.parallel import ShardingRules, replicate, weight_shardings
 
 # The folder of a checkpoint directory that holds its parameters for meshes.
@@ -31,7 +32,8 @@ def save_params(model: nnx.Module, directory: str | os.PathLike) -> None:
     """``model``'s parameters into ``directory``, which must not exist yet. Every process
     of a run calls this; orbax writes each shard once and returns when all are on disk."""
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    with ocp.StandardCheckpointer() as checkpointer:
+    with (orbax_write_errors_as_os_errors(directory),  # a full disk: an OSError
+          ocp.StandardCheckpointer() as checkpointer):
         checkpointer.save(Path(directory).absolute(), params)
 
 

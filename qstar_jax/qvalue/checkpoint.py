@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.rope_scaling import rope_scaling_from_fields
 from qstar_jax.models.sharded_params import module_template
+from qstar_jax.outputs.disk_full import orbax_write_errors_as_os_errors
 from qstar_jax.parallel import replicate, replicated
 from qstar_jax.qvalue.backbone import BackboneQ
 from qstar_jax.qvalue.head import QHead, QHeadConfig
@@ -118,7 +119,8 @@ class QCheckpointer:
 
     def close(self) -> None:
         """Wait for pending writes and release the manager."""
-        self._manager.wait_until_finished()
+        with orbax_write_errors_as_os_errors(self.directory):
+            self._manager.wait_until_finished()
         self._manager.close()
 
     def latest_step(self) -> int | None:
@@ -128,14 +130,18 @@ class QCheckpointer:
         """Save the arrays (pytrees) and the JSON-able ``progress`` as ``step``.
 
         The save is asynchronous, so ``progress`` is copied now: the caller goes on
-        mutating its bookkeeping while orbax writes in the background.
+        mutating its bookkeeping while orbax writes in the background. A write that
+        failed (this save's, or the last one's, which it waits for) raises here or in
+        ``close``; a full disk as an OSError.
         """
         meta = {"identity": dataclasses.asdict(self.identity),
                 "head_config": dataclasses.asdict(self.head_config)}
-        self._manager.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
-            best_params=ocp.args.StandardSave(best_params), meta=ocp.args.JsonSave(meta),
-            progress=ocp.args.JsonSave(copy.deepcopy(progress))))
+        with orbax_write_errors_as_os_errors(self.directory):
+            self._manager.save(step, args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params),
+                opt_state=ocp.args.StandardSave(opt_state),
+                best_params=ocp.args.StandardSave(best_params), meta=ocp.args.JsonSave(meta),
+                progress=ocp.args.JsonSave(copy.deepcopy(progress))))
 
     def restore(self, *, params, opt_state, best_params, step: int | None = None
                 ) -> tuple[Any, Any, Any, dict]:

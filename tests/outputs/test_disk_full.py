@@ -1,0 +1,42 @@
+import errno
+import os
+
+import pytest
+from flax import nnx
+
+from qstar_jax.models import sharded_params
+from qstar_jax.outputs.disk_full import orbax_write_errors_as_os_errors
+
+
+@pytest.mark.parametrize("message, number", [
+    ('RESOURCE_EXHAUSTED: Error writing local file "/out/policy/x": Failed to write 113 bytes '
+     "to file 7: No space left on device [os_error_code='28']", errno.ENOSPC),
+    ("RESOURCE_EXHAUSTED: Error writing local file \"/out/policy/x\": Disk quota exceeded "
+     "[os_error_code='122']", errno.EDQUOT),
+    ("PERMISSION_DENIED: Error opening file \"/out/policy/x\": Read-only file system "
+     "[os_error_code='30']", errno.EROFS),
+    ("RESOURCE_EXHAUSTED: out of space", errno.ENOSPC),  # no OS error number: a full disk
+])
+def test_an_orbax_write_error_with_an_os_error_is_that_os_error(message, number):
+    with pytest.raises(OSError) as raised, orbax_write_errors_as_os_errors("/out/policy"):
+        raise ValueError(message)
+    assert (raised.value.errno, raised.value.strerror, raised.value.filename) == (
+        number, os.strerror(number), "/out/policy")
+    assert str(raised.value.__cause__) == message
+
+
+def test_other_errors_pass_as_they_are():
+    with pytest.raises(ValueError, match="^INVALID_ARGUMENT: bad shape$"), \
+            orbax_write_errors_as_os_errors("/out/policy"):
+        raise ValueError("INVALID_ARGUMENT: bad shape")
+
+
+def test_saving_a_policys_parameters_on_a_full_disk_is_an_os_error(tmp_path, monkeypatch):
+    def full(self, directory, params):
+        raise ValueError("RESOURCE_EXHAUSTED: Error writing local file: No space left on "
+                         "device [os_error_code='28']")
+    monkeypatch.setattr(sharded_params.ocp.StandardCheckpointer, "save", full)
+    with pytest.raises(OSError) as raised:
+        sharded_params.save_params(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), tmp_path / "params")
+    assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC,
+                                                           str(tmp_path / "params"))
