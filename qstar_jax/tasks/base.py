@@ -149,3 +149,16 @@ class SplitSizes:
         if split not in SIZED_SPLITS:
             raise ValueError(f"{type(self).__name__} has splits {SIZED_SPLITS}, not {split!r}")
         return getattr(self, f"{split}_size")
+
+
+def check_unique_ids(problems: Sequence[Problem], where: str) -> None:
+    """MalformedRecordError naming ``where`` (what the records were read from) and the id
+    where two of ``problems`` share one: a run keys its results, its resume and its paired
+    comparisons by problem id, so the second would pass for done and its result be lost."""
+    seen = set()
+    for problem in problems:
+        if problem.id in seen:
+            raise MalformedRecordError(
+                f"{where}: two records have the id {problem.id!r}; a run keys its results and "
+                "resumes by problem id: give each record an id of its own")
+        seen.add(problem.id)

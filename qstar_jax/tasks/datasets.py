@@ -20,7 +20,8 @@ import datasets as hf_datasets
 import huggingface_hub
 import numpy as np
 
-from qstar_jax.tasks.base import SKIP_MALFORMED, MalformedRecordError, Problem
+from qstar_jax.tasks.base import (SKIP_MALFORMED, MalformedRecordError, Problem,
+                                  check_unique_ids)
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +69,11 @@ def load_records(source: DatasetSource, split: str, *, data_files: DataFiles | N
                  hub_probe_timeout_s: float = HUB_PROBE_TIMEOUT_S) -> hf_datasets.Dataset:
     """All records of ``split``, from ``data_files`` when given, else from the hub."""
     if data_files is not None:
-        files = files_for_split(data_files, split)
-        dataset = _load_local_files(source, split, files, cache_dir)
-        where = f"local files {files}"
+        dataset = _load_local_files(source, split, files_for_split(data_files, split),
+                                    cache_dir)
     else:
         dataset = _load_from_hub(source, split, cache_dir, hub_probe_timeout_s)
-        where = f"hub dataset {source.hub_name}"
+    where = records_origin(source, data_files, split)
     missing = [c.name for c in source.columns
                if c.required and c.name not in dataset.column_names]
     if missing:
@@ -96,7 +96,8 @@ def load_problems(source: DatasetSource, split: str,
     for a malformed record. That is an error naming the record's index, or, with
     ``skip_malformed``, the record is dropped and the count logged. Subsets are drawn from
     the well-formed records only, and a smaller ``limit`` with the same seed gives a
-    subset of a larger one.
+    subset of a larger one. Two problems of one id are an error naming the files and the
+    id (``check_unique_ids``).
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of problems or None, got {limit}")
@@ -119,10 +120,19 @@ def load_problems(source: DatasetSource, split: str,
         raise MalformedRecordError(
             f"{source.task_name} split {split!r} has no well-formed records "
             f"({len(records)} read, {len(skipped)} malformed).")
+    check_unique_ids(problems, f"{source.task_name} split {split!r} from "
+                               f"{records_origin(source, data_files, split)}")
     if limit is None or limit >= len(problems):
         return problems
     chosen = np.random.default_rng(seed).permutation(len(problems))[:limit]
     return [problems[i] for i in sorted(chosen)]
+
+
+def records_origin(source: DatasetSource, data_files: DataFiles | None, split: str) -> str:
+    """Where ``split``'s records come from, for messages: the local files or the hub."""
+    if data_files is None:
+        return f"hub dataset {source.hub_name}"
+    return f"local files {files_for_split(data_files, split)}"
 
 
 def _load_local_files(source: DatasetSource, split: str, files: list[str],

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from qstar_jax.tasks.base import (SKIP_MALFORMED, ChatFormatter, MalformedRecordError, Problem,
-                                  is_integer)
+                                  check_unique_ids, is_integer)
 from qstar_jax.tasks.code_answers import CODE_FENCE, FencedCodeAnswers, HiddenTests
 from qstar_jax.tasks.package_data import import_package, seeded_subset
 from qstar_jax.tasks.prompts import PromptFormat, WorkedExample, build_prompt, check_n_shot
@@ -133,6 +133,7 @@ class HumanEvalTask(FencedCodeAnswers):
                            len(skipped), path, skipped[:10])
         if not problems:
             raise ValueError(f"humaneval: no well-formed records in {path}")
+        check_unique_ids(problems, f"humaneval problems_file {path}")
         return problems
 
 

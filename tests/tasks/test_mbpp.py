@@ -82,6 +82,16 @@ def test_records_without_tests_are_malformed(cache_dir):
         [911, 912]
 
 
+def test_two_records_of_one_task_id_are_refused(cache_dir, tmp_path):
+    records = (FIXTURES / "sanitized_test.jsonl").read_text().splitlines(keepends=True)
+    data = tmp_path / "test.jsonl"
+    data.write_text("".join(records + records[:1]))
+    with pytest.raises(MalformedRecordError, match=(
+            f"^mbpp_sanitized split 'test' from local files \\['{data}'\\]: two records have "
+            "the id 'mbpp_sanitized/911'; ")):
+        MbppSanitizedTask(data_files=str(data), cache_dir=cache_dir).load("test")
+
+
 def test_files_of_the_other_configuration_name_the_task_that_reads_them(cache_dir):
     with pytest.raises(MalformedRecordError) as raised:
         MbppTask(data_files=str(FIXTURES / "sanitized_test.jsonl"), cache_dir=cache_dir).load(
