@@ -73,6 +73,10 @@ def _check_eval(config: RunConfig) -> None:
         before = e.methods[:e.methods.index("best_of_n_matched")]
         _require("best_of_n" in before and "qstar" in before, "eval.methods",
                  "best_of_n_matched reads best_of_n's and qstar's tokens: list both before it")
+    _require("mctsr" not in e.methods or config.task.name not in CODE_TASKS, "eval.methods",
+             "mctsr's prompts ask for an answer ending in the line 'The answer is: ...', which "
+             f"task.name={config.task.name} ignores: it grades the answer's code; drop mctsr, "
+             "or run it on a math task")
     _at_least(1, "eval.tot", e.tot, "k", "keep", "max_expansions", "value_samples")
     _require(e.tot.evaluator != ToTEvaluator.prm or config.search.utility != Utility.zero,
              "eval.tot.evaluator", "prm ranks states by g, which search.utility=zero fixes at 0")

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from qstar_jax.config import Agg, ConfigError, RunConfig, load_config, to_yaml
+from qstar_jax.config import (CODE_TASKS, Agg, ConfigError, RunConfig, load_config,
+                              to_yaml)
 from qstar_jax.search.astar import AStarConfig
 
 
@@ -340,6 +341,18 @@ def test_reasoner_methods_are_listed_only_on_request_and_their_settings_checked(
         load_config(overrides=["eval.tot.evaluator=prm", "search.utility=zero"])
     with pytest.raises(ConfigError, match="eval.tot.keep: must be >= 1, got 0"):
         load_config(overrides=["eval.tot.keep=0"])
+
+
+@pytest.mark.parametrize("task", CODE_TASKS)
+def test_mctsr_on_a_code_task_is_refused_and_the_step_methods_and_tot_are_not(task):
+    code = [f"task.name={task}", "label.method=best_of_rollouts", "label.live_states_only=false",
+            "policy.source=smollm2-135m-instruct", "q_train.second_opinion=null"]
+    with pytest.raises(ConfigError, match=(
+            "^eval.methods: mctsr's prompts ask for an answer ending in the line 'The answer "
+            f"is: ...', which task.name={task} ignores: it grades the answer's code; drop "
+            "mctsr, or run it on a math task$")):
+        load_config(overrides=[*code, "eval.methods=[greedy,mctsr]"])
+    assert load_config(overrides=[*code, "eval.methods=[greedy,qstar,tot_bfs]"]).task.name == task
 
 
 @pytest.mark.parametrize("path", sorted(str(p) for p in Path("configs").glob("*.yaml")))
