@@ -96,6 +96,20 @@ class FakeExpander:
             self.live.remove(handle)
             self.released_after[handle] = len(self.expand_calls)
 
+    def assert_released_promptly(self) -> None:
+        """Every handle was freed as soon as its node could not be expanded: an expanded
+        node's after the expand call of its round returned, a terminal child's in the
+        round that made it, and every other handle by the end of the search."""
+        for round_number, call in enumerate(self.expand_calls, start=1):
+            for request in call:
+                if request.node.handle is not None:
+                    assert self.released_after[request.node.handle] == round_number, (
+                        f"{request.node.steps}, expanded in round {round_number}, was freed "
+                        f"after round {self.released_after[request.node.handle]}")
+        late = [h for h in self.terminal_handles if self.released_after[h] != self.issued_in[h]]
+        assert not late, f"terminal handles {late} were not freed in the round that made them"
+        assert set(self.released_after) == set(range(1, self.issued + 1))
+
     def generated_tokens(self, problem_index: int) -> int:
         return self._generated[problem_index]
 

@@ -60,14 +60,7 @@ def test_expands_in_best_first_order_and_returns_the_best_complete_trajectory():
 
 def test_handles_are_released_as_soon_as_their_node_cannot_be_expanded():
     _, expander, _ = search({0: QSTAR_TREE}, AStarConfig(k=3, n_complete=2))
-    for round_number, call in enumerate(expander.expand_calls, start=1):
-        for request in call:
-            if request.node.handle is not None:  # an expanded node: freed after its round
-                assert expander.released_after[request.node.handle] == round_number
-    # Terminal children are freed in the round that made them; all the rest at the end.
-    assert all(expander.released_after[h] == expander.issued_in[h]
-               for h in expander.terminal_handles)
-    assert set(expander.released_after) == set(range(1, expander.issued + 1))
+    expander.assert_released_promptly()
 
 
 def test_stops_after_n_complete_trajectories():

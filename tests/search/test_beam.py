@@ -36,6 +36,8 @@ def test_keeps_the_top_b_children_and_returns_the_best_finished_beam():
     assert result.counters.q_calls == 3 + 6 + 3
     # The dropped child a is released in round 1, before anything else is expanded.
     assert 1 in expander.release_calls[0]
+    # b and c after round 2, which expanded them, and the finished b3 in round 2 too.
+    expander.assert_released_promptly()
 
 
 def test_duplicate_children_take_one_beam_slot():

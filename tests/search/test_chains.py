@@ -103,6 +103,18 @@ def test_votes_on_best_of_ns_chains_give_self_consistencys_result():
     assert self_consistency_of(charged, answer_key).counters.prm_calls == 0
 
 
+def test_a_chain_holds_the_slot_of_its_last_step_only():
+    """Chain a is three steps long: its first step is freed once the second is sampled
+    (after round 2), not when the search ends; chain b's answer in round 2, its last."""
+    chains = tree({"": [child("a", 0.), child("b", 0.)], "a": [child("a1", 0.)],
+                   "b": [child("=1", 0., end=True)], "a a1": [child("=2", 0., end=True)]})
+    config = ChainConfig(num_chains=2, temperature=1.0)
+    [result], expander = search({0: chains},
+                                lambda i: self_consistency_planner(i, config, answer_key))
+    assert len(expander.expand_calls) == 3 and len(result.trajectories) == 2
+    expander.assert_released_promptly()
+
+
 def test_self_consistency_breaks_vote_ties_toward_the_earlier_chain():
     tie = tree({"": [child(f"p{i}", 0.) for i in range(4)],
                 **{f"p{i}": [child(answer, 0., end=True)]

@@ -123,11 +123,15 @@ def test_dfs_keeps_a_state_valued_at_the_threshold_and_answers_with_the_best_com
                                       q_value))
         return planners[-1]
 
-    result, expanded = search(make, spec)
+    expander = FakeExpander({0: spec})
+    [result] = run_search(1, make, expander, HiddenQ(), progress=False)
+    expanded = [[r.node.id for r in call] for call in expander.expand_calls]
     assert expanded == [[0], [1], [4]] and planners[0].pruned == [2]
     assert [t.node_id for t in result.trajectories] == [3, 6, 7, 5]
     assert result.outcome is Outcome.complete and result.node_id == 6
     assert result.steps == ("a", "y", "z2") and result.score == pytest.approx(.9)
+    # a after round 2, which expanded it, and the collected x in round 2, not at the end.
+    expander.assert_released_promptly()
 
 
 def test_dfs_samples_at_its_temperature_and_values_by_the_folded_q():
