@@ -65,3 +65,20 @@ def test_missing_completions_and_unknown_estimations_are_errors(tmp_path):
         shepherd_labels(pairs, {}, "hard")
     with pytest.raises(ValueError, match="choose one of"):
         shepherd_labels(pairs, {}, "medium")
+
+
+def test_the_label_stage_records_each_pairs_own_completion_rewards(tmp_path):
+    """Both non-terminal pairs of one batch, a and b, have soft label .5, so labels alone
+    cannot tell their rows apart; the rewards recorded for each are its own, in sample
+    order, as the PRM stage would sample them itself."""
+    pairs = all_pairs()
+    stage, sampled = (OutcomeJournal(tmp_path / f"{name}.jsonl") for name in ("stage", "own"))
+    best_of_rollouts_labels(pairs, EnumeratingSampler(), reward,
+                            BestOfRolloutsConfig(rollouts=4, batch_pairs=2),
+                            progress=False, outcomes=stage)
+    sample_outcomes(missing_outcomes(pairs, sampled), EnumeratingSampler(), reward, sampled,
+                    completions=4, temperature=0.9, batch_pairs=2, progress=False)
+    assert stage.known() == sampled.known() == {
+        (PROBLEM, (), "a"): [0.0, 1.0, 0.0, 1.0],  # a a2 fails, a a1 is right
+        (PROBLEM, (), "b"): [1.0, 0.0, 1.0, 0.0],  # b b1 b11 is right, b b1 b12 fails
+        (PROBLEM, ("b",), "b1"): [1.0, 0.0, 1.0, 0.0]}
