@@ -153,7 +153,7 @@ class DecodeConfig:
     slots: int = 8192  # 1.5 GB of cache for the default policy (python -m qstar_jax.memory_plan)
     max_len: int = 160
     step_token_cap: int = 40
-    max_steps: int = 8  # steps per trajectory before it is cut off
+    max_steps: int = 8  # steps per trajectory before it is cut off (in every search, Q*'s too)
     # Sample a step in chunks of at most this many tokens per row, the rows whose step has
     # ended dropped between chunks, so one long row does not keep the short ones computing
     # (decoding/step_chunks.py); each distinct padded row count then compiles its own step

@@ -8,7 +8,8 @@ instead of widening breadth-first over equally scored nodes, as A* breaks ties t
 the larger g. Goal test on pop: a popped terminal node is a complete trajectory. Goal
 tests cost nothing, so terminal nodes at the top of the frontier are popped even when
 the expansion budget is spent. Identical sibling steps (same text) merge into the first
-sample (``SearchTree.add_children``).
+sample (``SearchTree.add_children``). With ``max_steps``, an open node that deep is cut:
+never expanded, as a baseline's chain is cut there.
 
 The paper expands a node once. With ``expansions_per_node`` > 1 an expanded node goes
 back on the frontier at its own f until it has been expanded that many times, each time
@@ -60,12 +61,18 @@ class AStarConfig:
     budget: Budget = Budget()
     expansions_per_round: int = 1  # best nodes of a problem expanded in one round
     expansions_per_node: int = 1  # times a node may be expanded (paper: once)
+    max_steps: int | None = None  # depth limit: an open node this deep is cut (None: none)
 
     def __post_init__(self):
         object.__setattr__(self, "agg", as_agg(self.agg))
         object.__setattr__(self, "h_agg", as_agg(self.h_agg))
         require_positive(self, "k", "n_complete", "expansions_per_round",
                          "expansions_per_node")
+        if self.max_steps is not None and (isinstance(self.max_steps, bool)
+                                           or not isinstance(self.max_steps, int)
+                                           or self.max_steps < 1):
+            raise ValueError(f"AStarConfig.max_steps must be an integer >= 1 or None, got "
+                             f"{self.max_steps!r}")
         require_temperature(self)
 
 
@@ -79,6 +86,8 @@ class AStarPlanner(TreePlanner):
     have expanded next except at a tie, where the search takes the deeper node, and where
     the root is back on the frontier (``expansions_per_node``) at its children's best f:
     a partial answer has steps wherever the frontier holds one, whatever the sign of f.
+    Nodes cut at ``max_steps`` stand beside the frontier's here, as a chain cut there
+    answers its tip.
     """
 
     def __init__(self, problem_index: int, config: AStarConfig):
@@ -87,6 +96,7 @@ class AStarPlanner(TreePlanner):
         self._frontier: list[tuple[float, int, int, Node]] = []
         self._push(self._tree.root)
         self._complete: list[Node] = []
+        self._cut: list[Node] = []  # open nodes at max_steps, never expanded
         self._root_best = float("-inf")
 
     def propose(self) -> list[ExpandRequest]:
@@ -112,6 +122,10 @@ class AStarPlanner(TreePlanner):
             for child in new:
                 if child.terminal:
                     self._tree.release(child)
+                elif self._too_deep(child):
+                    self._tree.release(child)
+                    self._cut.append(child)
+                    continue
                 self._push(child)
             if self._tree.expansions_of(parent) < self._config.expansions_per_node:
                 self._push(parent, self._reentry_f(parent, new))
@@ -125,7 +139,7 @@ class AStarPlanner(TreePlanner):
         elif terminals := [entry[-1] for entry in self._frontier if entry[-1].terminal]:
             chosen, outcome = best_by_f(terminals), Outcome.terminal_over_budget
         else:  # the root, with no steps, answers only where no other node is left
-            frontier = [entry[-1] for entry in self._frontier if entry[-1].depth]
+            frontier = [entry[-1] for entry in self._frontier if entry[-1].depth] + self._cut
             chosen, outcome = best_by_f(frontier) if frontier else self._tree.root, Outcome.partial
         return self._result(chosen, outcome, chosen.f, [(n, n.f) for n in self._complete],
                             include_tree=include_tree)
@@ -138,6 +152,9 @@ class AStarPlanner(TreePlanner):
         if budget.max_expansions is None:
             return self._config.expansions_per_round
         return min(self._config.expansions_per_round, budget.max_expansions - tree.expansions)
+
+    def _too_deep(self, node: Node) -> bool:
+        return self._config.max_steps is not None and node.depth >= self._config.max_steps
 
     def _goal_test_top(self) -> None:
         while (self._frontier and self._frontier[0][-1].terminal

@@ -110,7 +110,7 @@ def planner_factory(ctx: RunContext, method: str,
     lam = 0.0 if method == "qstar_no_q" else s.lam
     config = AStarConfig(k=s.k, n_complete=s.n_complete, lam=lam,
                          agg=s.agg, h_agg=s.h_agg, temperature=s.temperature,
-                         expansions_per_node=s.expansions_per_node,
+                         expansions_per_node=s.expansions_per_node, max_steps=max_steps,
                          budget=Budget(max_expansions=s.max_expansions,
                                        max_generated_tokens=s.max_generated_tokens))
     return lambda i: AStarPlanner(i, config)

@@ -204,6 +204,38 @@ def test_token_budget_is_checked_before_each_round(max_tokens, expansions):
     assert result.counters.expansions == expansions
 
 
+# a (.9) leads to the best answer x (.95), three steps deep; b's b1 (.4) ends at two.
+DEEP_TREE = tree({
+    "": [child("a", .9), child("b", .5)],
+    "a": [child("a1", .8), child("a2", .1, end=True)],
+    "a a1": [child("x", .95, end=True)],
+    "b": [child("b1", .4, end=True)],
+})
+
+
+def test_max_steps_cuts_a_path_as_the_baselines_chains_are_cut():
+    """At max_steps 2, a1 (depth 2, open) is not expanded, as a greedy or best-of-N chain
+    is cut there: the search goes on to b and answers b b1, not a a1 x three steps deep;
+    a1's handle is freed when it is cut. Without the limit the search takes a a1 x."""
+    [cut], expander, _ = search({0: DEEP_TREE}, AStarConfig(k=2, n_complete=1, max_steps=2))
+    assert cut.tree["expansion_order"] == [0, 1, 2]
+    assert cut.outcome is Outcome.complete and cut.steps == ("b", "b1")
+    a1_handle = 3  # issued third: a, b, then a1
+    assert expander.released_after[a1_handle] == expander.issued_in[a1_handle] == 2
+    expander.assert_released_promptly()
+    [deep], _, _ = search({0: DEEP_TREE}, AStarConfig(k=2, n_complete=1))
+    assert deep.steps == ("a", "a1", "x") and deep.tree["expansion_order"] == [0, 1, 3]
+
+
+def test_a_search_cut_everywhere_answers_the_best_cut_node_as_partial():
+    """At max_steps 1 the root's children a (.9) and b (.5) are both cut: the search ends
+    after one expansion with the partial a, as a chain cut unfinished answers its tip."""
+    [result], _, _ = search({0: DEEP_TREE}, AStarConfig(k=2, max_steps=1))
+    assert result.tree["expansion_order"] == [0]
+    assert result.outcome is Outcome.partial and result.steps == ("a",)
+    assert result.score == pytest.approx(.9)
+
+
 def test_a_root_without_children_gives_the_empty_partial_answer():
     [result], _, _ = search({0: tree({"": []})}, AStarConfig())
     assert result.outcome is Outcome.partial and result.steps == () and result.node_id == 0
@@ -240,6 +272,7 @@ def test_results_do_not_depend_on_batch_packing():
     (lambda: Budget(max_generated_tokens=-1), "max_generated_tokens must be >= 0 or None, got -1"),
     (lambda: AStarConfig(expansions_per_round=0), "expansions_per_round must be an integer >= 1"),
     (lambda: AStarConfig(expansions_per_node=0), "expansions_per_node must be an integer >= 1"),
+    (lambda: AStarConfig(max_steps=0), "max_steps must be an integer >= 1 or None, got 0"),
 ])
 def test_bad_config_is_a_clear_error(make, message):
     with pytest.raises(ValueError, match=message):

@@ -127,4 +127,5 @@ def test_the_beam_and_a_star_planners_take_every_setting_the_config_gives_them()
         beam_width=5, k=2, lam=0.25, agg="sum", h_agg="product", temperature=0.3, max_steps=7)
     assert planner_factory(ctx, "qstar")(3)._config == AStarConfig(
         k=4, n_complete=2, lam=0.25, agg="sum", h_agg="product", temperature=0.6,
-        expansions_per_node=3, budget=Budget(max_expansions=9, max_generated_tokens=700))
+        expansions_per_node=3, max_steps=7,
+        budget=Budget(max_expansions=9, max_generated_tokens=700))
