@@ -38,15 +38,17 @@ def test_features_must_align_with_records(tmp_path):
         load_labelled(tmp_path / "missing.jsonl")
 
 
-def test_features_saved_apart_from_their_records_are_refused(tmp_path):
-    """A kill between the two atomic writes leaves new features beside old records."""
+@pytest.mark.parametrize("rows", [2, 4])
+def test_features_saved_apart_from_their_records_are_refused(tmp_path, rows):
+    """A kill between the two atomic writes leaves new features beside old records: of a
+    smaller label set, or of a larger one, whose first rows would pair with the records."""
     steps = [LabelledStep(problem_index=0, prefix_steps=(), step_text=f"s{i}", label=1.0)
-             for i in range(3)]
+             for i in range(4)]
     path, newer = tmp_path / "labels.jsonl", tmp_path / "newer.jsonl"
-    save_labelled(path, steps, features=np.zeros((3, 4), np.float32))
-    save_labelled(newer, steps[:2], features=np.ones((2, 4), np.float32))
+    save_labelled(path, steps[:3], features=np.zeros((3, 4), np.float32))
+    save_labelled(newer, steps[:rows], features=np.ones((rows, 4), np.float32))
     features_path(newer).replace(features_path(path))
-    with pytest.raises(ValueError, match="has 2 feature rows for 3 records"):
+    with pytest.raises(ValueError, match=f"has {rows} feature rows for 3 records"):
         load_labelled(path)
 
 
