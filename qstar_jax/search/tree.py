@@ -103,7 +103,8 @@ class SearchTree:
             self._released.append(handle)
 
     def dump(self) -> dict[str, Any]:
-        """JSON-serialisable: every node with its steps, scores and expansion index."""
+        """JSON-serialisable: every node with its steps, scores and expansion index (its
+        last expansion's place in ``expansion_order``; None if never expanded)."""
         order = {node_id: i for i, node_id in enumerate(self._expansion_order)}
         return {
             "problem_index": self.problem_index,

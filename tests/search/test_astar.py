@@ -330,6 +330,8 @@ def test_the_root_goes_back_on_the_frontier_at_its_best_childs_f():
     # a's children, so once a has had both its expansions the root samples b.
     assert result.tree["expansion_order"] == [0, 1, 1, 0]
     assert result.steps == ("b",)
+    # A node expanded twice is dumped with its last expansion's index.
+    assert [n["expansion_index"] for n in result.tree["nodes"][:2]] == [3, 2]
 
 
 def test_the_root_re_enters_at_the_highest_f_of_its_children_not_the_last():
