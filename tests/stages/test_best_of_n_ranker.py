@@ -8,6 +8,7 @@ import pytest
 from qstar_jax.config import load_config
 from qstar_jax.search.astar import AStarConfig, Budget
 from qstar_jax.search.beam import BeamConfig
+from qstar_jax.search.chains import ChainConfig
 from qstar_jax.search.driver import run_search
 from qstar_jax.search.process_utility import RuleUtility, ZeroUtility
 from qstar_jax.stages import evaluate
@@ -116,13 +117,16 @@ def test_evaluate_hands_q_hat_only_to_the_searches_that_rank_by_it(monkeypatch):
     assert sharing == [True] * 7  # eval.prefix_sharing's default, one expander a method
 
 
-def test_the_beam_and_a_star_planners_take_every_setting_the_config_gives_them():
+def test_greedy_beam_and_a_star_planners_take_every_setting_the_config_gives_them():
     config = load_config(None, [
         "search.k=4", "search.lam=0.25", "search.n_complete=2", "search.agg=sum",
         "search.h_agg=product", "search.temperature=0.6", "search.expansions_per_node=3",
         "search.max_expansions=9", "search.max_generated_tokens=700", "eval.beam_width=5",
         "eval.beam_k=2", "eval.temperature=0.3", "decode.max_steps=7"])
     ctx = RunContext(config=config, out=Path("unused"))
+    # Greedy's g (its dumped trees, its score) folds the rewards by search.agg.
+    assert planner_factory(ctx, "greedy")(3)._config == ChainConfig(
+        num_chains=1, temperature=0.0, max_steps=7, agg="sum")
     assert planner_factory(ctx, "beam")(3)._config == BeamConfig(
         beam_width=5, k=2, lam=0.25, agg="sum", h_agg="product", temperature=0.3, max_steps=7)
     assert planner_factory(ctx, "qstar")(3)._config == AStarConfig(
