@@ -75,7 +75,10 @@ class SearchResult:
 
     @property
     def completed(self) -> bool:
-        return self.outcome is Outcome.complete
+        """The answer is a finished trajectory (it ends in a terminal step), reached by
+        the search or, when the budget ran out first, generated (``terminal_over_budget``):
+        either way it is what the method answers, and evaluate grades it."""
+        return self.outcome is not Outcome.partial
 
 
 RequestT = TypeVar("RequestT", covariant=True)

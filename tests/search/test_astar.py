@@ -180,7 +180,8 @@ def test_budget_falls_back_to_a_terminal_the_search_did_not_reach():
     low_terminal = tree({"": [child("a", .9), child("t", .1, end=True)]})
     config = AStarConfig(k=2, budget=Budget(max_expansions=1))
     [result], _, _ = search({0: low_terminal}, config)
-    assert result.outcome is Outcome.terminal_over_budget and not result.completed
+    # The answer ends in a terminal step, so it is complete and evaluate grades it.
+    assert result.outcome is Outcome.terminal_over_budget and result.completed
     assert result.steps == ("t",) and result.score == pytest.approx(.1)
 
 

@@ -106,3 +106,13 @@ def test_every_chain_method_and_mctsr_log_the_any_right_ceiling_and_no_other_met
                         "best_of_n_matched": [(False, True)], "mctsr": [(False, True)],
                         "greedy": [(False, None)], "beam": [(False, None)],
                         "tot_bfs": [(False, None)], "qstar_no_q": [(False, None)]}
+
+
+def test_a_terminal_generated_after_the_budget_ran_out_is_graded_as_answered():
+    """Q* answers the best terminal it generated when its budget ran out before it popped
+    one: the method chose that answer without the grader, so it is graded like any other."""
+    task = AnswerGrader()
+    [row] = _graded(SimpleNamespace(task=task), "qstar", [SimpleNamespace(id="p0")],
+                    [_result(0, ("y", "so right"), Outcome.terminal_over_budget)], 0.0)
+    assert (row.correct, row.completed, row.answer) == (True, True, "right")
+    assert task.graded == [join_steps(("y", "so right"))]
