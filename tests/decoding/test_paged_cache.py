@@ -344,6 +344,26 @@ def test_a_write_copies_a_shared_page_only_when_it_keeps_tokens_of_it():
     table.check_counts()
 
 
+def test_a_write_from_before_a_forked_slots_end_lets_go_of_the_pages_past_it():
+    """A prompt continuing a shorter prefix of what a forked slot holds (prefill with
+    ``starts``): the child writes [2, 6) of its parent's 10 tokens, replacing only the
+    shared page 0 (copied, it keeps 2 tokens) and page 1; after trimming to 6 it holds two
+    pages of its own, and its share of the parent's page 2 is given back."""
+    table = PageTable(num_slots=2, num_pages=8, page_size=PAGE_SIZE, max_len=MAX_LEN)
+    parent, child = table.allocate(2)
+    table.reserve([parent], [0], [10])  # pages 0, 1, 2
+    table.fork([parent], [child])
+    sources, targets = table.reserve([child], [2], [6])
+    assert (sources.tolist(), targets.tolist()) == ([0], [3])
+    assert table.table[child, :3].tolist() == [3, 4, 2] and table.pages_held[child] == 3
+    table.trim([child], [6])
+    assert table.table[child, :3].tolist() == [3, 4, 8] and table.pages_held[child] == 2
+    assert table.refcounts[:5].tolist() == [1, 1, 1, 1, 1]
+    table.check_counts()
+    table.free([parent, child])
+    assert table.num_free_pages == 8
+
+
 def test_lent_pages_come_back_unless_a_forked_slot_holds_them():
     table = PageTable(num_slots=4, num_pages=10, page_size=PAGE_SIZE, max_len=MAX_LEN)
     parent, child, other = table.allocate(3)
