@@ -57,6 +57,15 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     assert _kept(LOGITS, temperature=1.0, top_p=1.0) == [[0, 1, 2, 3, 4]]
 
 
+def test_top_p_of_one_keeps_the_tail_that_float32_mass_rounds_away():
+    """A peaked distribution: in float32 the top token's probability is 1.0, so every later
+    token's mass before it is 1.0 too; top_p = 1 (off) still keeps them all, alone and
+    beside top_k."""
+    peaked = np.array([0.0, -20.0, -20.0, -20.0, -20.0])
+    assert _kept(peaked, temperature=1.0, top_p=1.0) == [[0, 1, 2, 3, 4]]
+    assert _kept(peaked, temperature=1.0, top_k=5) == [[0, 1, 2, 3, 4]]
+
+
 def test_top_p_stops_at_the_token_whose_mass_reaches_p_exactly():
     # Powers of two: the masses before each token, 0, .5, .75, .875, are exact in float32.
     halving = np.log(np.array([0.5, 0.25, 0.125, 0.0625, 0.0625], np.float32))
