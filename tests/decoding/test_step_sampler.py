@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from qstar_jax.decoding.engine import Decoder
+from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_sampler import EndReason, end_reason_after
 from tests.decoding.full_forward import greedy_reference
@@ -172,6 +173,29 @@ def test_a_host_check_between_chunks_ends_the_rows_it_calls_done(counting_model)
     assert [(step.row_tokens(i), EndReason(int(step.end_reason[i]))) for i in range(2)] == [
         ([2, 3, 4, 5], EndReason.DONE), (list(range(11, 19)), EndReason.DONE)]
     np.testing.assert_array_equal(decoder.lengths(slots), [5, 9])
+
+
+def test_a_host_check_that_raises_gives_back_the_pages_reserved_past_what_was_sampled(
+        counting_model):
+    """On pages a step reserves its cap's pages up front (1 + 12 tokens: 4 four-token
+    pages a row); a ``done`` that raises after the first 4-token chunk leaves each row
+    holding its 5 tokens' 2 pages, the rest back in the pool."""
+    decoder = Decoder(counting_model, num_slots=4, max_len=COUNTING_MAX_LEN,
+                      newline_table=np.zeros(COUNTING_VOCAB, bool), eos_ids=[],
+                      min_batch_bucket=2, min_step_bucket=STEP_BUCKET, step_chunk=4,
+                      paging=Paging(page_size=4, num_pages=16))
+    slots = decoder.allocate(2)
+    decoder.prefill(slots, [[1], [10]])
+
+    def done(row, tokens):
+        raise RuntimeError("the caller's check failed")
+    with pytest.raises(RuntimeError, match="the caller's check failed"):
+        decoder.sample_steps(slots, problem_keys=_keys(0, 1), node_ids=[0, 0],
+                             params=SamplingParams.make(2), max_tokens=12, done=done)
+    np.testing.assert_array_equal(decoder.lengths(slots), [5, 5])
+    np.testing.assert_array_equal(decoder.pages.pages_held[slots], [2, 2])
+    assert decoder.pages.num_free_pages == 12
+    decoder.pages.check_counts()
 
 
 def test_no_retrace_when_only_data_changes(random_decoder):
