@@ -196,6 +196,25 @@ def test_repeated_tries_leave_no_page_behind(random_model):
     assert decoder.trace_counts["sample_trie"] == 1
 
 
+def test_a_trie_whose_call_fails_gives_back_its_loan_and_its_spares(random_model):
+    """A trie call that raises (a device error, an interrupt) hands back the pages lent to
+    it and the spare slots: once the rows are freed the whole pool is free again."""
+    decoder = trie_decoder(random_model, Paging(page_size=PAGE_SIZE, num_pages=200))
+    sibling, slots = _groups(decoder)
+    free_slots = decoder.pool.num_free
+
+    def failing_call(*args):
+        assert decoder.pages.lent.size > 0  # the call was lent its pages
+        raise RuntimeError("the device call failed")
+    decoder._sample_trie = failing_call
+    with pytest.raises(RuntimeError, match="the device call failed"):
+        _trie(decoder, slots)
+    assert decoder.pages.lent.size == 0 and decoder.pool.num_free == free_slots
+    decoder.pages.check_counts()
+    decoder.free([sibling, *slots])
+    assert decoder.pages.num_free_pages == 200
+
+
 def test_a_trie_that_needs_more_pages_than_are_free_says_so_before_it_writes(random_model):
     """A group of 4 after a 10-token prompt shared with a sibling, cap 12: its own slot
     needs pages for positions 10-21 (4, the first a copy) and each of 3 splits at most 4."""
