@@ -20,6 +20,7 @@ import functools
 from typing import TYPE_CHECKING, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from qstar_jax.decoding.data_shards import RowLayout, padded_params
@@ -73,6 +74,10 @@ def sample_trie(decoder: Decoder, slots: Sequence[int], counts: Sequence[int],
     lengths = decoder._lengths
     decoder.cache = own_trie_pages(pages, decoder.cache, slots, lengths, counts, max_tokens,
                                    decoder.max_len, decoder._copy_pages)
+    # Each call writes its rows' lengths and hidden states back to the device, which the
+    # host's mirror and page tables only take in at the end: a trie that fails puts the
+    # slots back as it found them.
+    found = jnp.copy(decoder.cache.lengths), jnp.copy(decoder.cache.last_hidden)
     try:
         # A call runs a round on each shard, or stops short for want of the spares the next
         # call is given, so every shard's steps end within 2 calls a token.
@@ -88,6 +93,8 @@ def sample_trie(decoder: Decoder, slots: Sequence[int], counts: Sequence[int],
                 "please report it")
     except BaseException:
         return_lent_pages(pages)
+        decoder.cache = dataclasses.replace(decoder.cache, lengths=found[0],
+                                            last_hidden=found[1])
         raise
     out = trie.out
     live = out.group >= 0

@@ -16,6 +16,7 @@ from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_sampler import EndReason
 from qstar_jax.decoding.trie_chunks import ChunkedTrie
 from qstar_jax.decoding.trie_sampler import TrieOutput, TrieStop
+from qstar_jax.decoding.trie_steps import sample_trie_steps
 from tests.decoding.tiny_models import (COUNTING_MAX_LEN, COUNTING_VOCAB, RANDOM_MAX_LEN,
                                         STEP_BUCKET)
 
@@ -115,6 +116,41 @@ def test_chunked_tries_are_the_one_call_tries(random_model, one_call, cache, ste
     # The chunks computed fewer rows' rounds than one call.
     one_call_rounds = one_call[cache].trie_work["row_rounds"] - one_call_rounds
     assert chunked.trie_work["row_rounds"] < one_call_rounds
+
+
+@pytest.mark.parametrize("cache", ["rows", "pages"])
+def test_a_trie_that_fails_after_a_chunk_leaves_its_slot_as_it_found_it(random_model, cache):
+    """The first 2-round chunk writes its rows' positions and hidden states back to the
+    device; when the next call fails (an interrupt, a device error), the group's slot holds
+    its prompt alone again, on the host and on the device: its next steps are those of a
+    slot the prompt was just prefilled into."""
+    paging = Paging(page_size=PAGE_SIZE, num_pages=NUM_PAGES) if cache == "pages" else None
+    decoder = _random_decoder(random_model, 2, paging)
+    slot = decoder.allocate(1)
+    decoder.prefill(slot, PROMPTS[:1])
+    real, calls = decoder._sample_trie, []
+
+    def second_call_fails(*args):
+        calls.append(len(calls))
+        if len(calls) == 2:
+            raise RuntimeError("interrupted")
+        return real(*args)
+    decoder._sample_trie = second_call_fails
+    with pytest.raises(RuntimeError, match="interrupted"):
+        sample_trie_steps(decoder, slot, [3], key_table=KEYS, key_rows=[0], group_ids=[1],
+                          params=SamplingParams.make(1, temperature=2.0),
+                          max_tokens=CAP)
+    assert len(calls) == 2
+    length = len(PROMPTS[0])
+    assert decoder.lengths(slot).tolist() == [length]
+    assert np.asarray(decoder.cache.lengths)[slot].tolist() == [length]
+    fresh = decoder.allocate(1)
+    decoder.prefill(fresh, PROMPTS[:1])
+    steps = [decoder.sample_steps(rows, problem_keys=KEYS[:1], node_ids=[0],
+                                  params=SamplingParams.make(1, temperature=1.0), max_tokens=8)
+             for rows in (slot, fresh)]
+    assert steps[0].row_tokens(0) == steps[1].row_tokens(0)
+    np.testing.assert_allclose(steps[0].hidden, steps[1].hidden, atol=1e-5)
 
 
 def test_a_chunk_holds_the_steps_still_going_and_the_spares_they_may_take(counting_model):
