@@ -152,6 +152,9 @@ class TaskConfig:
 class DecodeConfig:
     slots: int = 8192  # 1.5 GB of cache for the default policy (python -m qstar_jax.memory_plan)
     max_len: int = 160
+    # The most tokens a step samples. A line that reaches it is cut there and gets a line
+    # break written after it (one more token in the cache): the step is an ordinary step
+    # and its trace goes on, on a new line, up to max_steps (docs/reasoners.md).
     step_token_cap: int = 40
     max_steps: int = 8  # steps per trajectory before it is cut off (in every search, Q*'s too)
     # Sample a step in chunks of at most this many tokens per row, the rows whose step has

@@ -5,7 +5,8 @@ Shapes: B rows, C token cap, E hidden size, V vocabulary.
 Callers speak in slots: ``allocate`` slots, ``prefill`` prompts into them, ``fork`` a
 node's slot into its children, ``sample_steps`` to extend slots by one reasoning step
 (or ``sample_trie`` for several steps after one slot, shared prefixes computed once),
-``free`` them when a node is done. Inputs are checked on the host before any device work
+``append_token`` to write a token no step sampled (a line break where a step reached its
+cap), ``free`` them when a node is done. Inputs are checked on the host before any device work
 (``input_checks``);
 row counts are padded to powers of two and lengths to buckets so that, after warm-up,
 calls differing only in data never recompile (``trace_counts`` shows it). A step call's
@@ -219,6 +220,16 @@ class Decoder:
         self._fork = LastCall(on_shards(fork_slots if paging is None else fork_slot_state))
         self._copy_pages = None if paging is None else LastCall(on_shards(copy_pages))
 
+        def rows_hidden_and_logprobs(weights, last_hidden, slots, token):
+            """[B, E] the slots' last hidden states, [B] ``token``'s log-probability there."""
+            hidden = last_hidden[slots]
+            logits = nnx.merge(graphdef, weights.model).logits(hidden)
+            return hidden, jax.nn.log_softmax(logits, axis=-1)[:, token]
+
+        self._rows_hidden_and_logprobs = jax.jit(
+            rows_hidden_and_logprobs, **({} if mesh is None else
+                                         {"out_shardings": replicated(mesh)}))
+
     @property
     def layer_weights(self) -> str:
         """How the token loops read the layers' weights: the resolved entry of
@@ -326,6 +337,22 @@ class Decoder:
         self.cache = self._fork(self.cache, layout.place(self.pool.local_ids(parents), 0),
                                 self._local_slots(layout, children))
         self._lengths[children] = self._lengths[parents]
+
+    def append_token(self, slots: Sequence[int], token: int) -> tuple[np.ndarray, np.ndarray]:
+        """Write ``token`` after each slot's tokens, as a step would had it sampled it
+        there (a line break where a step reached its token cap). Returns float32 [n] its
+        log-probability under each slot's next-token distribution, and float32 [n, E]
+        each slot's hidden state after it (its new last hidden state)."""
+        slots = self._checked_slots(slots, "slots", filled=True)
+        # Rows padded to a power of two (repeating the first), so few shapes compile.
+        rows = np.resize(slots, bucket_size(len(slots))).astype(np.int32)
+        _, logprobs = self._rows_hidden_and_logprobs(self._weights, self.cache.last_hidden,
+                                                     rows, token)
+        self.prefill(slots, [[token]] * len(slots), self._lengths[slots])
+        hidden, _ = self._rows_hidden_and_logprobs(self._weights, self.cache.last_hidden,
+                                                   rows, token)
+        return (np.asarray(logprobs, np.float32)[:len(slots)],
+                np.asarray(hidden, np.float32)[:len(slots)])
 
     def sample_steps(self, slots: Sequence[int], *, problem_keys: jax.Array,
                      node_ids: Sequence[int], params: SamplingParams,

@@ -127,7 +127,8 @@ class PolicyRuntime:
             return []
         batch = self._sample_batch(slots, problem_indices, node_ids, temperatures,
                                    self.step_token_cap, newline_ends=True)
-        steps = [self._step(batch, row) for row in range(len(slots))]
+        steps = self._break_cut_lines([self._step(batch, row) for row in range(len(slots))],
+                                      [EndReason(int(r)) for r in batch.end_reason])
         for i, step in zip(problem_indices, steps):
             self.generated[i] += len(step.token_ids)
         return steps
@@ -201,18 +202,20 @@ class PolicyRuntime:
         tries, fed = sample_trie_steps(self.decoder, slots, counts, key_table=self._keys,
                                        key_rows=problem_indices, group_ids=group_ids,
                                        params=params, max_tokens=self.step_token_cap)
-        for i, tokens in zip(problem_indices, fed):
-            self.generated[i] += tokens
-        copies = self.fork([s.slot for steps in tries for s in steps],
-                           [s.count - 1 for steps in tries for s in steps])
-        copies.reverse()
+        flat = [s for steps in tries for s in steps]
+        # Line breaks go in before the forks, so that a step's copies hold its break too.
+        broken = iter(self._break_cut_lines(
+            [self._sampled_step(list(s.tokens), s.end_reason, s.logprob, s.hidden, s.slot)
+             for s in flat], [s.end_reason for s in flat]))
+        copies = iter(self.fork([s.slot for s in flat], [s.count - 1 for s in flat]))
         out = []
-        for steps in tries:
+        for i, tokens, steps in zip(problem_indices, fed, tries):
             group = []
             for s in steps:
-                step = self._sampled_step(list(s.tokens), s.end_reason, s.logprob, s.hidden,
-                                          s.slot)
-                group += [step, *(dataclasses.replace(step, slot=c) for c in copies.pop())]
+                step = next(broken)
+                self.generated[i] += len(step.token_ids) - len(s.tokens)  # a line break
+                group += [step, *(dataclasses.replace(step, slot=c) for c in next(copies))]
+            self.generated[i] += tokens
             out.append(group)
         return out
 
@@ -227,9 +230,40 @@ class PolicyRuntime:
         text_tokens = tokens[:-1] if reason == EndReason.EOS else tokens
         # A merged token may carry text past the newline; the step is the first line.
         text = self.tokenizer.decode(text_tokens).split(STEP_SEPARATOR)[0]
-        ends = (reason != EndReason.NEWLINE) or self.task.is_terminal_step(text)
+        # A step cut at the cap is a step like any other; EOS and a full row end the trace.
+        ends = (reason in (EndReason.EOS, EndReason.CACHE_FULL)
+                or self.task.is_terminal_step(text))
         return SampledStep(text=text, token_ids=tuple(tokens), logprob=logprob, hidden=hidden,
                            ends_trace=ends, slot=slot)
+
+    def _break_cut_lines(self, steps: list[SampledStep], reasons: Sequence[EndReason]
+                         ) -> list[SampledStep]:
+        """``steps`` with a line break written after each one that reached the token cap
+        and goes on: the trace's text (its steps each ended by the separator) is then what
+        its slot holds, so the next step starts a new line, as it does after a prefill of
+        the text. The break is one of the step's tokens: its log-probability joins the
+        step's and the hidden state after it becomes the step's, the features the label
+        stage reads from the text (``qvalue.features``)."""
+        cut = [k for k, (step, reason) in enumerate(zip(steps, reasons))
+               if reason == EndReason.CAP and not step.ends_trace]
+        if not cut:
+            return steps
+        line_break = self._line_break_token()
+        logprobs, hidden = self.decoder.append_token([steps[k].slot for k in cut], line_break)
+        steps = list(steps)
+        for k, logprob, after in zip(cut, logprobs, hidden):
+            steps[k] = dataclasses.replace(
+                steps[k], token_ids=steps[k].token_ids + (line_break,),
+                logprob=steps[k].logprob + float(logprob), hidden=after)
+        return steps
+
+    def _line_break_token(self) -> int:
+        """The separator's one token."""
+        tokens = self.tokenizer.encode(STEP_SEPARATOR)
+        if len(tokens) != 1:
+            raise ValueError(f"the step separator {STEP_SEPARATOR!r} encodes as {tokens}, not "
+                             "one token: a step cut at decode.step_token_cap cannot be ended")
+        return tokens[0]
 
     def fork(self, parents: Sequence[int], counts: Sequence[int]) -> list[list[int]]:
         """``counts[i]`` new slots continuing from ``parents[i]``, beside it."""

@@ -54,9 +54,10 @@ class ExpandRequest:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Step:
-    """One sampled next step. ``ends_trace``: EOS or the task's final-answer line, so the
-    child is terminal. ``handle``: the cache handle of the child state (None when the
-    expander keeps no cache for it). ``hidden`` [E] or None as in ``Node``."""
+    """One sampled next step. ``ends_trace``: EOS, the task's final-answer line or a full
+    cache row, so the child is terminal (a step cut at its token cap is not). ``handle``:
+    the cache handle of the child state (None when the expander keeps no cache for it).
+    ``hidden`` [E] or None as in ``Node``."""
 
     text: str
     token_ids: tuple[int, ...]

@@ -1,9 +1,9 @@
 """``PolicyRuntime``'s steps and texts on real decoders: a step's text is its first line
 with EOS left out, its tokens all it sampled (EOS and newline included), its log
-probability and hidden state those of its own row; a step ends the trace unless it
-ended at a newline on a line that is not a final answer. Over a recording decoder: what
-it prefills for a problem, the key, filters and caps each draw is made with, and when a
-text counts as done."""
+probability and hidden state those of its own row; a step ends the trace at EOS, a full
+row or a final-answer line, and one cut at its token cap gets a line break and goes on.
+Over a recording decoder: what it prefills for a problem, the key, filters and caps each
+draw is made with, and when a text counts as done."""
 
 import jax
 import numpy as np
@@ -14,6 +14,8 @@ from qstar_jax.decoding.step_chunks import StepBatch
 from qstar_jax.decoding.step_sampler import EndReason
 from qstar_jax.policy import runtime as runtime_module
 from qstar_jax.policy.runtime import PolicyRuntime, PromptTooLong, stable_id
+from qstar_jax.qvalue.dataset import StepPair
+from qstar_jax.qvalue.features import StepFeatures, step_texts
 from qstar_jax.tasks.base import Problem
 from tests.decoding.tiny_models import (COUNTING_EOS_ID, COUNTING_MAX_LEN,
                                         COUNTING_NEWLINE_ID)
@@ -26,6 +28,10 @@ class Letters:
     def decode(self, ids):
         return "".join("\n!" if i == COUNTING_NEWLINE_ID else "<eos>" if i == COUNTING_EOS_ID
                        else chr(ord("a") + i) for i in ids)
+
+    def encode(self, text):
+        assert text == "\n", "only the line break a step cut at its cap gets is encoded"
+        return [COUNTING_NEWLINE_ID]
 
 
 class FLinesAnswer:
@@ -54,14 +60,33 @@ def test_a_steps_text_tokens_and_end_follow_why_its_row_stopped(counting_decoder
         ("efg", (4, 5, 6, 7), True),       # NEWLINE on a final-answer line
         ("g", (6, 7), False),              # NEWLINE on another line: the trace goes on
         ("i", (8, 9), True),               # EOS: kept in the tokens, not in the text
-        ("lmnop", (11, 12, 13, 14, 15), True),  # CAP
+        ("lmnop", (11, 12, 13, 14, 15, 7), False),  # CAP: a line break written, goes on
         ("vw", (21, 22), True),            # CACHE_FULL
     ]
     assert [s.slot for s in steps] == slots
     np.testing.assert_array_equal(np.stack([s.hidden for s in steps]),
                                   np.asarray(counting_decoder.cache.last_hidden)[slots])
-    assert dict(runtime.generated) == {0: 4 + 2, 1: 2 + 5, 2: 2}
+    assert counting_decoder.lengths(slots).tolist() == [5, 3, 3, 7, COUNTING_MAX_LEN]
+    assert dict(runtime.generated) == {0: 4 + 2, 1: 2 + 6, 2: 2}
     assert dict(runtime.prefilled) == {0: 2, 1: 2, 2: COUNTING_MAX_LEN - 2}
+    # The cut step's slot goes on after its line break: greedy 8, then EOS.
+    [after] = runtime.sample([slots[3]], [1], node_ids=[1], temperatures=[0.0])
+    assert (after.text, after.token_ids, after.ends_trace) == ("i", (8, 9), True)
+
+
+def test_a_step_drawn_twice_in_a_trie_and_cut_at_its_cap_has_its_line_break_in_both_slots(
+        counting_decoder):
+    runtime = _runtime(counting_decoder, 1, cap=5)
+    [slot] = runtime.prefill_tokens([0], [[10]])
+    [steps] = runtime.sample_trie([slot], [0], group_ids=[3], temperatures=[0.0], counts=[2])
+    assert [(s.text, s.token_ids, s.ends_trace) for s in steps] == [
+        ("lmnop", (11, 12, 13, 14, 15, 7), False)] * 2
+    slots = [s.slot for s in steps]
+    assert slots[0] == slot and counting_decoder.lengths(slots).tolist() == [7, 7]
+    assert dict(runtime.generated) == {0: 5 + 1}  # the trie's 5 tokens and one line break
+    np.testing.assert_array_equal(steps[1].hidden, steps[0].hidden)
+    after = runtime.sample(slots, [0, 0], node_ids=[1, 2], temperatures=[0.0, 0.0])
+    assert [(s.text, s.token_ids) for s in after] == [("i", (8, 9))] * 2
 
 
 def test_a_text_leaves_out_eos_and_stops_at_its_answer_line(counting_decoder):
@@ -82,13 +107,55 @@ def test_a_steps_log_probability_and_hidden_state_are_its_own_rows(random_decode
     slots = runtime.prefill_tokens([0, 1], prompts)
     steps = runtime.sample(slots, [0, 1], node_ids=[5, 6], temperatures=[30.0, 30.0])
     for prompt, step in zip(prompts, steps):
-        assert len(step.token_ids) == 4 and step.ends_trace  # CAP: no newline or EOS ids
+        # CAP (no newline or EOS ids): 4 tokens sampled, then the line break written.
+        assert len(step.token_ids) == 5 and step.token_ids[-1] == COUNTING_NEWLINE_ID
+        assert not step.ends_trace
         hidden, logits = full_forward(prompt + list(step.token_ids))
         np.testing.assert_allclose(step.hidden, hidden[-1], atol=1e-4)
         logprobs = jax.nn.log_softmax(logits[len(prompt) - 1:-1], axis=-1)
         expected = float(sum(logprobs[i, t] for i, t in enumerate(step.token_ids)))
         assert step.logprob == pytest.approx(expected, abs=1e-3)
     assert steps[0].logprob != pytest.approx(steps[1].logprob, abs=1e-2)
+
+
+class Glyphs:
+    """Token i reads as one character of its own, the newline token as a newline: a text
+    encodes back to the tokens it was decoded from."""
+
+    pad_id = 0
+
+    def decode(self, ids):
+        return "".join("\n" if i == COUNTING_NEWLINE_ID else chr(0x100 + i) for i in ids)
+
+    def encode(self, text):
+        return [COUNTING_NEWLINE_ID if c == "\n" else ord(c) - 0x100 for c in text]
+
+
+def test_a_step_cut_at_its_cap_has_the_features_labelling_reads_from_its_text(
+        random_decoder, random_model):
+    """Q̂ reads the same hidden state and log-probability of a cut step at search time as
+    the label stage computes from the trace's text (the step ended by the separator), and
+    the next step, sampled from the step's slot, is the one sampled after a prefill of
+    that text."""
+    prompt = Glyphs().decode([3, 1, 4, 1, 5])
+    runtime = PolicyRuntime(random_decoder, Glyphs(), FLinesAnswer(),
+                            [Problem(id="p0", question="", reference=None)], [prompt], seed=0,
+                            step_token_cap=4)
+    [slot] = runtime.prefill([0], [()])
+    [cut] = runtime.sample([slot], [0], node_ids=[5], temperatures=[30.0])
+    assert len(cut.text) == 4 and not cut.ends_trace  # 4 tokens, none a newline
+    [next_step] = runtime.sample([slot], [0], node_ids=[7], temperatures=[30.0])
+    assert len(next_step.text) == 4 and not next_step.ends_trace  # cut too
+    [fresh] = runtime.prefill([0], [(cut.text,)])
+    [from_text] = runtime.sample([fresh], [0], node_ids=[7], temperatures=[30.0])
+    assert from_text.token_ids == next_step.token_ids
+    items = [StepPair(problem_index=0, prefix_steps=(), step_text=cut.text),
+             StepPair(problem_index=0, prefix_steps=(cut.text,),
+                      step_text=next_step.text)]
+    hidden, logprob = StepFeatures(random_model, Glyphs())(*step_texts([prompt], items))
+    for k, step in enumerate([cut, next_step]):
+        np.testing.assert_allclose(step.hidden, hidden[k], rtol=1e-4, atol=1e-4)
+        assert step.logprob == pytest.approx(float(logprob[k]), abs=1e-3)
 
 
 def test_a_prompt_forked_from_a_slot_computes_and_is_charged_only_past_the_shared_tokens(

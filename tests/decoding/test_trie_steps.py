@@ -173,16 +173,17 @@ def test_top_k_and_top_p_filter_the_tries_draws(random_decoder):
 def test_the_runtimes_copies_of_a_step_drawn_several_times_hold_that_step(random_decoder):
     """``PolicyRuntime.sample_trie`` hands back one slot per draw: a step drawn c times in
     its own slot and c - 1 forks of it. Here 6 draws give steps drawn 3, 2 and 1 times;
-    every slot holds its own step (its length and last hidden state)."""
+    every slot holds its own step (its length and last hidden state). Each step is a final
+    answer, so none cut at the cap gets a line break (test_policy_runtime has those)."""
     class Tokens:
         def decode(self, ids):
             return " ".join(map(str, ids))
 
-    class NoAnswers:
+    class EveryLineAnswers:
         def is_terminal_step(self, text):
-            return False
+            return True
 
-    runtime = PolicyRuntime(random_decoder, Tokens(), NoAnswers(),
+    runtime = PolicyRuntime(random_decoder, Tokens(), EveryLineAnswers(),
                             [Problem(id="p", question="", reference=None)], [""], seed=0,
                             step_token_cap=1)
     [slot] = runtime.prefill_tokens([0], [PROMPT])
