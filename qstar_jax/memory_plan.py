@@ -31,16 +31,18 @@ default, 768, covers the paper configs' prompts: GSM8K's 4-shot prompt and quest
 measure about 450-540 tokens, MBPP's about 310, HumanEval's up to 360, MATH's zero-shot
 question about 70; for a config whose rows are shorter, the longest prompt that leaves
 its rows room for one step, ``max_len - C``), C =
-decode.step_token_cap and a path of at most min(decode.max_steps x C, max_len - P) tokens:
+decode.step_token_cap, a step of at most C + 1 tokens (a line cut at the cap holds the line
+break written after it) and a path of at most min(decode.max_steps x (C + 1), max_len - P)
+tokens:
 
     ceil(P / S)            the prompt, shared by the whole tree
   + ceil(tokens / S)       the tokens the search writes
   + leaves                 at most one partly filled page per leaf
   + rows x ceil(C / S)     the most a sampler call reserves or lends for its rows
 
-with (tokens, leaves, rows) = (E·k·C, E·k, k) for qstar (E = search.max_expansions, k =
-search.k: the tree A* grows), (N·path, N, N) for the chain methods (N = eval.samples
-chains), (W·path + W·K·C, W + W·K, W·K) for beam (W beams, K children each) and
+with (tokens, leaves, rows) = (E·k·(C + 1), E·k, k) for qstar (E = search.max_expansions,
+k = search.k: the tree A* grows), (N·path, N, N) for the chain methods (N = eval.samples
+chains), (W·path + W·K·(C + 1), W + W·K, W·K) for beam (W beams, K children each) and
 (path, 1, 1) for greedy. A method without a formula here (Tree of Thoughts, MCTSr)
 counts every slot it holds (``slots_per_problem``) as a full max_len row.
 ``searches_in_flight`` is the pages available over that; ``pool_searches`` the same for
@@ -183,17 +185,18 @@ def search_pages(run: RunConfig, *, page_size: int, prompt_tokens: int) -> int:
     formula in the module docstring)."""
     s, e, d = run.search, run.eval, run.decode
     cap = d.step_token_cap
-    path = max(min(d.max_steps * cap, d.max_len - prompt_tokens), 0)
+    step = cap + 1  # a step cut at the cap also holds the line break written after it
+    path = max(min(d.max_steps * step, d.max_len - prompt_tokens), 0)
     peaks = []
     for method in e.methods:
         if method in ("qstar", "qstar_no_q"):
             expansions = min(s.max_expansions, s.max_generated_tokens // s.k + 1)
-            tokens, leaves, rows = expansions * s.k * cap, expansions * s.k, s.k
+            tokens, leaves, rows = expansions * s.k * step, expansions * s.k, s.k
         elif method in CHAIN_METHODS:
             tokens, leaves, rows = e.samples * path, e.samples, e.samples
         elif method == "beam":
             rows = e.beam_width * e.beam_k
-            tokens, leaves = e.beam_width * path + rows * cap, e.beam_width + rows
+            tokens, leaves = e.beam_width * path + rows * step, e.beam_width + rows
         elif method == "greedy":
             tokens, leaves, rows = path, 1, 1
         else:  # Tree of Thoughts, MCTSr: every slot a full row

@@ -325,18 +325,19 @@ def test_searches_in_flight_by_hand():
 
     prompt = math.ceil(50 / 16)  # 4 pages, shared by the whole tree
     lent = math.ceil(20 / 16)  # 2 pages a sampler row
-    qstar = prompt + math.ceil(5 * 3 * 20 / 16) + 5 * 3 + 3 * lent  # 4 + 19 + 15 + 6
-    path = min(4 * 20, 256 - 50)  # a chain's tokens: 80
-    best_of_n = prompt + math.ceil(4 * path / 16) + 4 + 4 * lent  # 4 + 20 + 4 + 8
+    # A step holds up to 21 tokens: 20 sampled and the line break after a cut one.
+    qstar = prompt + math.ceil(5 * 3 * 21 / 16) + 5 * 3 + 3 * lent  # 4 + 20 + 15 + 6
+    path = min(4 * 21, 256 - 50)  # a chain's tokens: 84
+    best_of_n = prompt + math.ceil(4 * path / 16) + 4 + 4 * lent  # 4 + 21 + 4 + 8
     greedy = prompt + math.ceil(path / 16) + 1 + lent
-    assert (qstar, best_of_n, greedy) == (44, 36, 12)
+    assert (qstar, best_of_n, greedy) == (45, 37, 13)
     small = figures()
-    assert small.search_pages == 44  # the largest of the three
-    assert small.searches_in_flight == small.pages // 44 > 0
-    assert small.pool_searches == 100 // 44 == 2
+    assert small.search_pages == 45  # the largest of the three
+    assert small.searches_in_flight == small.pages // 45 > 0
+    assert small.pool_searches == 100 // 45 == 2
     assert small.slots_per_search == 3 * 5 + 1  # A*'s frontier: K per expansion, and one
-    # Eight chains outgrow the tree: 4 + 40 + 8 + 16 pages.
-    assert figures("eval.samples=8").search_pages == 68
+    # Eight chains outgrow the tree: 4 + 42 + 8 + 16 pages.
+    assert figures("eval.samples=8").search_pages == 70
 
 
 def small_search_pages(*overrides) -> int:
@@ -346,19 +347,20 @@ def small_search_pages(*overrides) -> int:
 
 def test_each_method_s_peak_pages_by_hand():
     """SMALL_SEARCH with a 50-token prompt: 4 prompt pages, 2 pages lent a sampler row
-    (a 20-token step), an 80-token path (4 steps of 20)."""
-    # greedy: 4 + ceil(80 / 16) + 1 leaf + 1 row x 2.
-    assert small_search_pages("eval.methods=[greedy]") == 4 + 5 + 1 + 2
-    # beam, 2 beams of 3 children: 2 x 80 path tokens and 6 x 20 child tokens, 2 + 6 leaves,
-    # 6 rows: 4 + ceil(280 / 16) + 8 + 6 x 2.
+    (a 20-token cap), steps of up to 21 tokens (a cut one holds the line break written
+    after it), an 84-token path (4 steps of 21)."""
+    # greedy: 4 + ceil(84 / 16) + 1 leaf + 1 row x 2.
+    assert small_search_pages("eval.methods=[greedy]") == 4 + 6 + 1 + 2
+    # beam, 2 beams of 3 children: 2 x 84 path tokens and 6 x 21 child tokens, 2 + 6 leaves,
+    # 6 rows: 4 + ceil(294 / 16) + 8 + 6 x 2.
     assert small_search_pages("eval.methods=[beam]", "eval.beam_width=2",
-                              "eval.beam_k=3") == 4 + 18 + 8 + 12
+                              "eval.beam_k=3") == 4 + 19 + 8 + 12
     # qstar, 10 expansions allowed but a 21-token budget ends the search after
-    # 21 // 3 + 1 = 8 of them: 8 x 3 x 20 tokens, 24 leaves, 3 rows.
+    # 21 // 3 + 1 = 8 of them: 8 x 3 x 21 tokens, 24 leaves, 3 rows.
     assert small_search_pages("eval.methods=[qstar]", "search.max_expansions=10",
-                              "search.max_generated_tokens=21") == 4 + 30 + 24 + 6
+                              "search.max_generated_tokens=21") == 4 + 32 + 24 + 6
     assert small_search_pages("eval.methods=[qstar]", "search.max_expansions=10") == \
-        4 + 38 + 30 + 6  # no budget: all 10 expansions, ceil(600 / 16) pages
+        4 + 40 + 30 + 6  # no budget: all 10 expansions, ceil(630 / 16) pages
     # mctsr holds score_samples + 1 + text_kept_rows = 3 + 1 + 4 slots, each a full
     # 256-token row of 16 pages.
     assert small_search_pages("eval.methods=[mctsr]", "eval.mctsr.score_samples=3",
@@ -439,7 +441,7 @@ def test_a_paged_cache_that_does_not_fit_is_refused_by_its_pages(monkeypatch):
                "memory 0.0 GB (using 90%): weights 0.01 GB (policy 0.00, second_opinion 0.00), "
                "KV 1.2 KB per token, the config's cache 0.03 GB; a paged cache gets 2378 pages "
                "of 16 tokens = 236 rows at full max_len; the largest decode.slots that fits: "
-               "236; a search (prompt 120 tokens) peaks at 1370 pages and holds up to 385 "
+               "236; a search (prompt 120 tokens) peaks at 1394 pages and holds up to 385 "
                "slots: searches_in_flight 0; the config's pages hold 2 searches")
     with pytest.raises(ConfigError) as refusal:
         memory_plan.check_memory(run)
