@@ -46,6 +46,17 @@ def stable_id(*parts) -> int:
     return zlib.crc32("/".join(map(str, parts)).encode()) & 0x7FFFFFFF
 
 
+def line_break_token(tokenizer: Tokenizer) -> int:
+    """The token that ends a step cut at its cap: of the separator's tokens, the one whose
+    text holds it (a Llama-2 tokenizer encodes "\n" as "▁" and the byte "<0x0A>")."""
+    tokens = tokenizer.encode(STEP_SEPARATOR)
+    breaks = [t for t in tokens if STEP_SEPARATOR in tokenizer.decode([t])]
+    if len(breaks) != 1:
+        raise ValueError(f"the step separator {STEP_SEPARATOR!r} encodes as {tokens}, with no "
+                         "one token holding it to end a step cut at decode.step_token_cap")
+    return breaks[0]
+
+
 class PromptTooLong(ValueError):
     """A prompt longer than a cache row (the decoder's max_len): a question, or a prompt of
     MCTSr or ToT's value prompt quoting the policy's own texts."""
@@ -248,7 +259,7 @@ class PolicyRuntime:
                if reason == EndReason.CAP and not step.ends_trace]
         if not cut:
             return steps
-        line_break = self._line_break_token()
+        line_break = line_break_token(self.tokenizer)
         logprobs, hidden = self.decoder.append_token([steps[k].slot for k in cut], line_break)
         steps = list(steps)
         for k, logprob, after in zip(cut, logprobs, hidden):
@@ -256,14 +267,6 @@ class PolicyRuntime:
                 steps[k], token_ids=steps[k].token_ids + (line_break,),
                 logprob=steps[k].logprob + float(logprob), hidden=after)
         return steps
-
-    def _line_break_token(self) -> int:
-        """The separator's one token."""
-        tokens = self.tokenizer.encode(STEP_SEPARATOR)
-        if len(tokens) != 1:
-            raise ValueError(f"the step separator {STEP_SEPARATOR!r} encodes as {tokens}, not "
-                             "one token: a step cut at decode.step_token_cap cannot be ended")
-        return tokens[0]
 
     def fork(self, parents: Sequence[int], counts: Sequence[int]) -> list[list[int]]:
         """``counts[i]`` new slots continuing from ``parents[i]``, beside it."""

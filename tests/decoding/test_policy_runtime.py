@@ -13,12 +13,13 @@ from qstar_jax.decoding.kv_cache import SlotPoolExhausted
 from qstar_jax.decoding.step_chunks import StepBatch
 from qstar_jax.decoding.step_sampler import EndReason
 from qstar_jax.policy import runtime as runtime_module
-from qstar_jax.policy.runtime import PolicyRuntime, PromptTooLong, stable_id
+from qstar_jax.policy.runtime import PolicyRuntime, PromptTooLong, line_break_token, stable_id
 from qstar_jax.qvalue.dataset import StepPair
 from qstar_jax.qvalue.features import StepFeatures, step_texts
 from qstar_jax.tasks.base import Problem
 from tests.decoding.tiny_models import (COUNTING_EOS_ID, COUNTING_MAX_LEN,
                                         COUNTING_NEWLINE_ID)
+from tests.models.test_tokenizer import byte_fallback_tokenizer
 
 
 class Letters:
@@ -116,6 +117,16 @@ def test_a_steps_log_probability_and_hidden_state_are_its_own_rows(random_decode
         expected = float(sum(logprobs[i, t] for i, t in enumerate(step.token_ids)))
         assert step.logprob == pytest.approx(expected, abs=1e-3)
     assert steps[0].logprob != pytest.approx(steps[1].logprob, abs=1e-2)
+
+
+def test_a_cut_step_is_ended_by_the_separators_own_token_where_it_encodes_as_two():
+    """A Llama-2-style tokenizer encodes "\n" as "▁" and the byte piece "<0x0A>"; SmolLM2's
+    as one token, "Ċ"."""
+    llama_style = byte_fallback_tokenizer()
+    assert line_break_token(llama_style) == \
+        llama_style.hf_tokenizer.convert_tokens_to_ids("<0x0A>")
+    assert len(llama_style.encode("\n")) == 2
+    assert line_break_token(Letters()) == COUNTING_NEWLINE_ID
 
 
 class Glyphs:
