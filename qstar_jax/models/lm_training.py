@@ -111,14 +111,14 @@ def train_causal_lm(model: LlamaModel, tokens: np.ndarray, mask: np.ndarray,
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     head_def, head_params = nnx.split(head)
     params = {"model": params, "value_head": head_params} if joint else {"model": params}
-    if mesh is not None:
-        params, rest = replicate(params, mesh), replicate(rest, mesh)
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, config.learning_rate, config.warmup_steps, max(config.steps, config.warmup_steps + 1))
     optimizer = optax.adamw(schedule, weight_decay=config.weight_decay)
     if config.max_grad_norm is not None:
         optimizer = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optimizer)
     opt_state = optimizer.init(params)
+    if mesh is not None:  # the optimizer's step counts too, as the step returns them
+        params, rest, opt_state = replicate((params, rest, opt_state), mesh)
 
     def loss_fn(params, batch):
         module = nnx.merge(graphdef, params["model"], rest)

@@ -216,6 +216,8 @@ def train_q_model(model: nnx.Module, inputs: Any, labels: np.ndarray, config: Tr
 
     has_heldout = len(heldout) > 0
     opt_state = optimizer.init(params)
+    if mesh is not None:  # its step counts too, as the step returns them
+        opt_state = replicate(opt_state, mesh)
     best_params = jax.tree.map(jnp.copy, params) if has_heldout else None
     run = {"config": dataclasses.asdict(config), "examples": len(labels)}
     state = {"run": run, "step": 0, "best_step": None, "best_loss": None, "evals_since_best": 0,

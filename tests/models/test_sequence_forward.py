@@ -6,10 +6,12 @@ from flax import nnx
 
 from qstar_jax.decoding.kv_cache import init_cache
 from qstar_jax.models.char_tokenizer import build_char_tokenizer
+from qstar_jax.models import lm_training
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.models.lm_training import (LMTrainingConfig, ValueHead, pack_examples,
                                           pack_value_rows, train_causal_lm)
+from qstar_jax.parallel import make_mesh, shard_rows
 
 
 @pytest.mark.parametrize("window", [None, 3])
@@ -150,3 +152,17 @@ def test_each_step_draws_its_rows_by_the_seed():
     log = train_causal_lm(model, tokens, mask, LMTrainingConfig(
         steps=1, batch_size=1, learning_rate=1e-3, warmup_steps=0, seed=1))
     assert log["loss"] == [pytest.approx(row_losses[3], rel=1e-5)]
+
+
+def test_training_on_a_mesh_traces_its_step_once(monkeypatch):
+    """On a mesh the step's inputs start with the shardings it returns (the optimizer's
+    step counts replicated, as the parameters are), so the second step reuses the first
+    one's program rather than tracing and compiling the step again."""
+    traced = []
+    monkeypatch.setattr(lm_training, "shard_rows",
+                        lambda batch, mesh: traced.append(mesh) or shard_rows(batch, mesh))
+    tokens, mask = pack_examples(NEXT_DIGIT, pad_id=0)
+    mesh = make_mesh(1, 1, devices=jax.devices()[:1])
+    train_causal_lm(LlamaModel(TINY_LM, rngs=nnx.Rngs(0)), tokens, mask, LMTrainingConfig(
+        steps=3, batch_size=8, learning_rate=1e-3, warmup_steps=1), mesh=mesh)
+    assert traced == [mesh]

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from qstar_jax.parallel import make_mesh, shard_rows
+from qstar_jax.qvalue import train as q_train
 from qstar_jax.qvalue.head import QHead, QHeadConfig, QHeadModel
 from qstar_jax.qvalue.train import (TrainConfig, _batch_indices, make_optimizer, roc_auc,
                                     split_indices, train_q_model)
@@ -246,3 +248,17 @@ def test_a_held_out_share_that_rounds_to_no_row_is_refused():
     train, heldout = split_indices(15, TrainConfig(heldout_fraction=0.1, batch_size=1))
     assert (len(train), len(heldout)) == (13, 2)
     assert sorted([*train, *heldout]) == list(range(15))
+
+
+def test_training_on_a_mesh_traces_its_step_once(monkeypatch):
+    """On a mesh the step's inputs start with the shardings it returns (the optimizer's
+    step counts replicated, as the parameters are), so the later steps reuse the first
+    one's program rather than tracing and compiling the step again."""
+    traced = []
+    monkeypatch.setattr(q_train, "shard_rows",
+                        lambda rows, mesh: traced.append(mesh) or shard_rows(rows, mesh))
+    x, y = separable_features()
+    mesh = make_mesh(1, 1, devices=jax.devices()[:1])
+    train_q_model(fresh_head(), x, y, TrainConfig(max_steps=3, batch_size=16),
+                  progress=False, mesh=mesh)
+    assert traced == [mesh]
