@@ -1,6 +1,6 @@
-"""Whole runs over two processes: against one process, and with one process dying (in a
-file of its own, so that pytest's workers run it beside tests/test_parallel.py rather
-than after it)."""
+"""Whole runs over two processes: one process dying, the run resumed over two processes
+again, and what it wrote against one process (in a file of its own, so that pytest's
+workers run it beside tests/test_parallel.py rather than after it)."""
 
 import re
 import runpy
@@ -10,41 +10,30 @@ from pathlib import Path
 import pytest
 
 from qstar_jax.parallel import free_local_port
-from qstar_jax.run import main
 from tests.test_parallel import start_child
-from tests.test_run_pipeline import TINY
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_a_tiny_run_over_two_processes_writes_what_one_process_writes(tmp_path):
-    """Every stage as 2 processes x 2 devices (process 0 writing the shared folder)
-    against one process with the same 4x1 mesh: the same results."""
+@pytest.fixture(scope="module")
+def killed_then_resumed(tmp_path_factory) -> dict:
+    """A tiny run as 2 processes x 2 devices whose process 1 is killed once both have
+    trained the policy (how process 0 stopped, and how long after), then started again
+    as 2 processes with the same settings, which resumes it; and the same run as one
+    process with the same 4x1 mesh. One run serves the tests of dying, resuming and
+    agreeing: each is a tiny run's worth of processes and compilation."""
     check = runpy.run_path(str(REPO / "experiments" / "sharding_check.py"))
     # Greedy and Q* run every kind of decoder program (prefill, fork, the step and trie
     # samplers) and Q-hat scoring; a 10-step policy is as good as a trained one for
     # comparing two ways of computing the same thing.
     overrides = ["task.eval_problems=4", "mesh.data=4", "policy_training.steps=10",
                  "eval.methods=[greedy,qstar]"]
-    check["run"](tmp_path / "one", overrides, devices=4)
-    check["run"](tmp_path / "two", overrides, devices=2, processes=2)
-    assert check["rows"](tmp_path / "two") == check["rows"](tmp_path / "one")
-    for name in ("summary.json", "policy/config.json", "labels.jsonl", "q_training.json"):
-        assert (tmp_path / "two" / name).exists(), name
-
-
-@pytest.mark.slow
-def test_when_a_process_dies_the_other_stops_naming_it_and_the_run_resumes(tmp_path):
-    """Process 1 is killed once both have trained the policy: process 0's next collective
-    fails and it says so, JAX's coordination service names process 1 once it has been
-    silent for the heartbeat timeout and stops process 0 (no hang), and a rerun resumes
-    from what process 0 wrote."""
+    one, two = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
     port = str(free_local_port())
-    tiny = [*TINY, "policy_training.steps=2"]
-    children = [start_child("qstar_jax.run", *tiny, f"distributed.coordinator=localhost:{port}",
+    children = [start_child("qstar_jax.run", *check["TINY"], *overrides,
+                            f"distributed.coordinator=localhost:{port}",
                             "distributed.num_processes=2", f"distributed.process_id={i}",
-                            "distributed.heartbeat_timeout_s=5", "--out", str(tmp_path),
+                            "distributed.heartbeat_timeout_s=5", "--out", str(two),
                             devices=2) for i in (0, 1)]
     try:
         for line in children[1].stdout:
@@ -57,10 +46,35 @@ def test_when_a_process_dies_the_other_stops_naming_it_and_the_run_resumes(tmp_p
     finally:
         for child in children:
             child.kill()
-    assert children[0].returncode != 0 and stopped_after < 30
-    assert "run error: process 0 of 2 lost the others" in stderr
-    assert re.search(r"unhealthy \(stopped sending heartbeats\):\s*1\b", stderr)
-    policy = tmp_path / "policy" / "model.safetensors"
+    policy = two / "policy" / "model.safetensors"
     written = policy.stat().st_mtime_ns
-    assert main([*tiny, "stages=[train_policy]", "--out", str(tmp_path)]) == 0
-    assert policy.stat().st_mtime_ns == written  # resumed: not trained again
+    check["run"](two, overrides, devices=2, processes=2)
+    check["run"](one, overrides, devices=4)
+    return {"returncode": children[0].returncode, "stderr": stderr,
+            "stopped_after": stopped_after, "policy_retrained": policy.stat().st_mtime_ns
+            != written, "one": one, "two": two, "rows": check["rows"]}
+
+
+@pytest.mark.slow
+def test_when_a_process_dies_the_other_stops_naming_it_and_the_run_resumes(
+        killed_then_resumed):
+    """Process 0's next collective after process 1 dies fails and it says so, JAX's
+    coordination service names process 1 once it has been silent for the heartbeat
+    timeout and stops process 0 (no hang), and the run started again resumes from what
+    process 0 wrote: the policy is not trained again."""
+    run = killed_then_resumed
+    assert run["returncode"] != 0 and run["stopped_after"] < 30
+    assert "run error: process 0 of 2 lost the others" in run["stderr"]
+    assert re.search(r"unhealthy \(stopped sending heartbeats\):\s*1\b", run["stderr"])
+    assert not run["policy_retrained"]
+
+
+@pytest.mark.slow
+def test_a_tiny_run_over_two_processes_writes_what_one_process_writes(killed_then_resumed):
+    """Every stage as 2 processes x 2 devices (process 0 writing the shared folder; the
+    policies trained before process 1 died) against one process with the same 4x1 mesh:
+    the same results."""
+    run = killed_then_resumed
+    assert run["rows"](run["two"]) == run["rows"](run["one"])
+    for name in ("summary.json", "policy/config.json", "labels.jsonl", "q_training.json"):
+        assert (run["two"] / name).exists(), name
