@@ -346,9 +346,17 @@ def test_chunks_short_of_spares_on_each_data_shard_sample_the_one_device_trie(
 
 
 @pytest.fixture(scope="module")
-def decoding_on_4_devices() -> dict:
+def one_device_outputs(tmp_path_factory) -> Path:
+    """Where the 4-device run of tests.support.sharded_decoding writes its one-device
+    outputs, which the two-process run compares its meshes with."""
+    return tmp_path_factory.mktemp("decoding") / "one_device.npz"
+
+
+@pytest.fixture(scope="module")
+def decoding_on_4_devices(one_device_outputs) -> dict:
     """tests.support.sharded_decoding's report for meshes 4x1, 2x2 and 1x4."""
-    return json.loads(run_child("tests.support.sharded_decoding").splitlines()[-1])
+    return json.loads(run_child("tests.support.sharded_decoding",
+                                str(one_device_outputs)).splitlines()[-1])
 
 
 def test_decoding_on_meshes_4x1_2x2_1x4_matches_one_device(decoding_on_4_devices):
@@ -490,13 +498,15 @@ def test_sharded_q_training_and_checkpoints(tmp_path):
     assert backbone["scores_differ_by"] < 1e-6
 
 
-def test_decoding_over_two_processes_matches_one_device():
+def test_decoding_over_two_processes_matches_one_device(decoding_on_4_devices,
+                                                        one_device_outputs):
     """2 processes x 2 CPU devices (jax.distributed, gloo collectives on localhost): on
     2x2 the data axis spans the processes (also on a paged cache, each process holding
-    its shard's pages), on 1x4 the model axis does."""
+    its shard's pages), on 1x4 the model axis does. Against the one device's outputs
+    the 4-device run decoded."""
     port = str(free_local_port())
     outputs = finish([start_child("tests.support.sharded_decoding", port, str(process),
-                                  devices=2) for process in (0, 1)])
+                                  str(one_device_outputs), devices=2) for process in (0, 1)])
     report = json.loads(outputs[0].splitlines()[-1])
     assert_same_as_one_device(report, {"2x2", "1x4", "2x2_paged"})
     assert report["2x2_paged"]["pages_back"]

@@ -7,12 +7,14 @@ no spares (``starved_trie``): they stop for want of spares on their shards and s
 sample the one call's trie. Run in a
 child process, as a process's device count is fixed before JAX first runs:
 
-    JAX_NUM_CPU_DEVICES=4 python -m tests.support.sharded_decoding
-        meshes 4x1, 2x2 and 1x4 in one process;
-    JAX_NUM_CPU_DEVICES=2 python -m tests.support.sharded_decoding PORT PROCESS_ID
+    JAX_NUM_CPU_DEVICES=4 python -m tests.support.sharded_decoding ONE_DEVICE.npz
+        meshes 4x1, 2x2 and 1x4 in one process; the one device's outputs are also
+        written to ONE_DEVICE.npz;
+    JAX_NUM_CPU_DEVICES=2 python -m tests.support.sharded_decoding PORT PROCESS_ID ONE_DEVICE.npz
         one of two processes (jax.distributed on localhost:PORT): meshes 2x2 and 1x4
-        over both processes' devices; process 0 alone decodes on one device, compares
-        and prints the report.
+        over both processes' devices; process 0 alone compares them with the one
+        device's outputs the first command wrote (the same model and calls: decoding
+        them again would give the same arrays) and prints the report.
 
 Both read and write the suite's compile cache (the folder QSTAR_COMPILE_CACHE names).
 """
@@ -254,6 +256,22 @@ def prefill_as_on_a_gpu(model: LlamaModel, mesh) -> dict:
                                                mesh_shape=mesh_shape))}
 
 
+def write_one_device(path: str, single: dict) -> None:
+    """One device's outputs (plain and paged: ``decode``'s dicts of arrays) to ``path``."""
+    np.savez(path, **{f"{int(paged)}/{name}": value for paged, outputs in single.items()
+                      for name, value in outputs.items()})
+
+
+def read_one_device(path: str) -> dict:
+    """What ``write_one_device`` wrote."""
+    single = {False: {}, True: {}}
+    with np.load(path) as saved:
+        for key in saved.files:
+            paged, name = key.split("/")
+            single[bool(int(paged))][name] = saved[key]
+    return single
+
+
 def main() -> None:
     meshes = ((4, 1), (2, 2), (1, 4))
     # Chunks short of spares stop per data shard: checked where there are several (in
@@ -261,7 +279,8 @@ def main() -> None:
     starved_on = {(4, 1), (2, 2)}
     # The per-layer copy with transposed attention projections, on the model axis.
     transposed_on = {(1, 4)}
-    if len(sys.argv) == 3:
+    one_device_file = sys.argv[-1]
+    if len(sys.argv) == 4:
         initialize_distributed(coordinator=f"localhost:{sys.argv[1]}", num_processes=2,
                                process_id=int(sys.argv[2]))
         # Data shards across the processes (2x2), and the model axis (1x4: each
@@ -284,11 +303,14 @@ def main() -> None:
         gpu_prefills[name] = prefill_as_on_a_gpu(model, mesh)
     if not is_writer():
         return
-    # One device's outputs: only the writer compares (and prints), so only it decodes
-    # them, after the meshes (the other process waits for it at exit, not inside a
-    # collective, whose first use times out in 30 s).
-    single = {False: decode(model, None, step_chunk=0),
-              True: decode(model, None, step_chunk=0, paged=True)}
+    # One device's outputs: only the writer compares (and prints), so only it decodes or
+    # reads them, after the meshes.
+    if jax.process_count() > 1:
+        single = read_one_device(one_device_file)
+    else:
+        single = {False: decode(model, None, step_chunk=0),
+                  True: decode(model, None, step_chunk=0, paged=True)}
+        write_one_device(one_device_file, single)
     report = {name: compared(single[paged], sharded, starved)
               for name, (paged, sharded, starved) in on_meshes.items()}
     for name, got in gpu_prefills.items():
