@@ -76,11 +76,11 @@ def prefilled_logits(model: LlamaModel, decoder: Decoder, slots) -> np.ndarray:
 
 def decode(model: LlamaModel, mesh, step_chunk: int, starved: bool = False,
            paged: bool = False, layer_weights: str = "auto") -> dict:
-    """Prefill, fork, greedy and sampled steps (one with rows of other caps), a trie; the
-    same calls twice over, the second with other data to show it reuses the compiled
-    functions. step_chunk: the decoder's (0: a step in one call); ``paged``: on
-    ``PAGING``'s paged cache, whose pages all go back; ``layer_weights``: the decoder's.
-    With ``starved`` the
+    """Prefill, fork, greedy and sampled steps (one with rows of other caps), a token
+    appended (``append_token``: a cut step's line break), a trie; the same calls twice
+    over, the second with other data to show it reuses the compiled functions.
+    step_chunk: the decoder's (0: a step in one call); ``paged``: on ``PAGING``'s paged
+    cache, whose pages all go back; ``layer_weights``: the decoder's. With ``starved`` the
     first calls are made a third time, the trie's chunks given only the spares that fill
     their padded blocks (``starved_trie``, after the second calls: apart from their
     variants)."""
@@ -109,6 +109,8 @@ def decode(model: LlamaModel, mesh, step_chunk: int, starved: bool = False,
         uneven = decoder.sample_steps(rows, problem_keys=keys, node_ids=range(10, 16),
                                       params=SamplingParams.make(len(rows), temperature=30.0),
                                       max_tokens=UNEVEN_CAPS)
+        # A line break written after the rows, as after a step cut at its cap.
+        appended_logprobs, appended_hidden = decoder.append_token(rows, 3 + call)
         near_full = decoder.allocate(1)
         decoder.prefill(near_full, [NEAR_FULL_PROMPT])
         groups = slots[:2] + near_full
@@ -123,6 +125,8 @@ def decode(model: LlamaModel, mesh, step_chunk: int, starved: bool = False,
         out[f"hot_logprobs{tag}"] = hot.logprobs
         out[f"uneven{tag}"] = uneven.tokens
         out[f"uneven_logprobs{tag}"] = uneven.logprobs
+        out[f"appended_logprobs{tag}"] = appended_logprobs
+        out[f"appended_hidden{tag}"] = appended_hidden
         # Each group's steps in the order they split off; which spare slot holds a step
         # depends on where the spares lie.
         steps = np.argsort(np.where(trie.group < 0, len(trie.group), trie.group),
@@ -196,7 +200,8 @@ def compared(single: dict, sharded: dict, starved: bool) -> dict:
                                             - sharded[f"logits{c}"]).max())
                                for c in range(2)),
         "logprob_max_diff": max(float(np.abs(single[f"{n}{c}"] - sharded[f"{n}{t}"]).max())
-                                for n in ("hot_logprobs", "uneven_logprobs", "trie_logprob")
+                                for n in ("hot_logprobs", "uneven_logprobs", "trie_logprob",
+                                          "appended_logprobs", "appended_hidden")
                                 for c, t in calls),
         "same_tokens": {name: all(np.array_equal(single[f"{name}{c}"], sharded[f"{name}{t}"])
                                   for c, t in ((0, 0), (1, 1)))
