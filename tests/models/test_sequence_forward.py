@@ -11,7 +11,8 @@ from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.models.lm_training import (LMTrainingConfig, ValueHead, pack_examples,
                                           pack_value_rows, train_causal_lm)
-from qstar_jax.parallel import make_mesh, shard_rows
+from qstar_jax.parallel import make_mesh
+from tests.support.step_traces import count_step_traces
 
 
 @pytest.mark.parametrize("window", [None, 3])
@@ -158,9 +159,7 @@ def test_training_on_a_mesh_traces_its_step_once(monkeypatch):
     """On a mesh the step's inputs start with the shardings it returns (the optimizer's
     step counts replicated, as the parameters are), so the second step reuses the first
     one's program rather than tracing and compiling the step again."""
-    traced = []
-    monkeypatch.setattr(lm_training, "shard_rows",
-                        lambda batch, mesh: traced.append(mesh) or shard_rows(batch, mesh))
+    traced = count_step_traces(monkeypatch, lm_training)
     tokens, mask = pack_examples(NEXT_DIGIT, pad_id=0)
     mesh = make_mesh(1, 1, devices=jax.devices()[:1])
     train_causal_lm(LlamaModel(TINY_LM, rngs=nnx.Rngs(0)), tokens, mask, LMTrainingConfig(

@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from qstar_jax.parallel import make_mesh, shard_rows
+from qstar_jax.parallel import make_mesh
 from qstar_jax.qvalue import train as q_train
 from qstar_jax.qvalue.head import QHead, QHeadConfig, QHeadModel
 from qstar_jax.qvalue.train import (TrainConfig, _batch_indices, make_optimizer, roc_auc,
                                     split_indices, train_q_model)
 from tests.qvalue.tiny import E, separable_features
+from tests.support.step_traces import count_step_traces
 
 
 def params_of(head):
@@ -254,9 +255,7 @@ def test_training_on_a_mesh_traces_its_step_once(monkeypatch):
     """On a mesh the step's inputs start with the shardings it returns (the optimizer's
     step counts replicated, as the parameters are), so the later steps reuse the first
     one's program rather than tracing and compiling the step again."""
-    traced = []
-    monkeypatch.setattr(q_train, "shard_rows",
-                        lambda rows, mesh: traced.append(mesh) or shard_rows(rows, mesh))
+    traced = count_step_traces(monkeypatch, q_train)
     x, y = separable_features()
     mesh = make_mesh(1, 1, devices=jax.devices()[:1])
     train_q_model(fresh_head(), x, y, TrainConfig(max_steps=3, batch_size=16),
