@@ -220,15 +220,14 @@ class Decoder:
         self._fork = LastCall(on_shards(fork_slots if paging is None else fork_slot_state))
         self._copy_pages = None if paging is None else LastCall(on_shards(copy_pages))
 
-        def rows_hidden_and_logprobs(weights, last_hidden, slots, token):
-            """[B, E] the slots' last hidden states, [B] ``token``'s log-probability there."""
-            hidden = last_hidden[slots]
-            logits = nnx.merge(graphdef, weights.model).logits(hidden)
-            return hidden, jax.nn.log_softmax(logits, axis=-1)[:, token]
+        def rows_logprobs(weights, last_hidden, slots, token):
+            """[B] ``token``'s log-probability after each slot's last token."""
+            logits = nnx.merge(graphdef, weights.model).logits(last_hidden[slots])
+            return jax.nn.log_softmax(logits, axis=-1)[:, token]
 
-        self._rows_hidden_and_logprobs = jax.jit(
-            rows_hidden_and_logprobs, **({} if mesh is None else
-                                         {"out_shardings": replicated(mesh)}))
+        on_host = {} if mesh is None else {"out_shardings": replicated(mesh)}
+        self._rows_logprobs = jax.jit(rows_logprobs, **on_host)
+        self._rows_hidden = jax.jit(lambda last_hidden, slots: last_hidden[slots], **on_host)
 
     @property
     def layer_weights(self) -> str:
@@ -346,11 +345,9 @@ class Decoder:
         slots = self._checked_slots(slots, "slots", filled=True)
         # Rows padded to a power of two (repeating the first), so few shapes compile.
         rows = np.resize(slots, bucket_size(len(slots))).astype(np.int32)
-        _, logprobs = self._rows_hidden_and_logprobs(self._weights, self.cache.last_hidden,
-                                                     rows, token)
+        logprobs = self._rows_logprobs(self._weights, self.cache.last_hidden, rows, token)
         self.prefill(slots, [[token]] * len(slots), self._lengths[slots])
-        hidden, _ = self._rows_hidden_and_logprobs(self._weights, self.cache.last_hidden,
-                                                   rows, token)
+        hidden = self._rows_hidden(self.cache.last_hidden, rows)
         return (np.asarray(logprobs, np.float32)[:len(slots)],
                 np.asarray(hidden, np.float32)[:len(slots)])
 

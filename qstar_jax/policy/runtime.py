@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import zlib
 from typing import Callable, Sequence
 
@@ -247,6 +248,12 @@ class PolicyRuntime:
         return SampledStep(text=text, token_ids=tuple(tokens), logprob=logprob, hidden=hidden,
                            ends_trace=ends, slot=slot)
 
+    @functools.cached_property
+    def _line_break(self) -> int:
+        """The token written after a step cut at its cap (``line_break_token``), found once:
+        the tokenizer is read only when a step is first cut."""
+        return line_break_token(self.tokenizer)
+
     def _break_cut_lines(self, steps: list[SampledStep], reasons: Sequence[EndReason]
                          ) -> list[SampledStep]:
         """``steps`` with a line break written after each one that reached the token cap
@@ -259,7 +266,7 @@ class PolicyRuntime:
                if reason == EndReason.CAP and not step.ends_trace]
         if not cut:
             return steps
-        line_break = line_break_token(self.tokenizer)
+        line_break = self._line_break
         logprobs, hidden = self.decoder.append_token([steps[k].slot for k in cut], line_break)
         steps = list(steps)
         for k, logprob, after in zip(cut, logprobs, hidden):
