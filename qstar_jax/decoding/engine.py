@@ -42,8 +42,9 @@ from qstar_jax.decoding.data_shards import (RowLayout, cache_specs, loop_partiti
 from qstar_jax.decoding.kv_cache import SlotPool, cache_shardings, fork_slots, init_cache
 from qstar_jax.decoding.input_checks import (check_children_beside_parents,
                                              check_step_inputs, check_token_lists,
-                                             checked_eos_ids, checked_newline_table,
-                                             checked_slots)
+                                             checked_eos_ids, checked_slots,
+                                             checked_token_table)
+from qstar_jax.decoding.line_tables import LineTables
 from qstar_jax.decoding.jit_calls import LastCall, out_shardings
 from qstar_jax.decoding.page_bookkeeping import fork_pages, own_pages, trim_pages
 from qstar_jax.decoding.paged_cache import (PageTable, Paging, copy_pages, fork_slot_state,
@@ -56,6 +57,7 @@ from qstar_jax.decoding.token_batch import bucket_size, length_groups, pad_token
 from qstar_jax.decoding.trie_sampler import TrieOutput, sample_trie
 from qstar_jax.decoding.weights import DecoderWeights
 from qstar_jax.models.llama import LlamaModel
+from qstar_jax.models.tokenizer import BlankStepTables
 from qstar_jax.parallel import (ShardingRules, check_slots, place, replicated,
                                 weight_shardings)
 
@@ -68,7 +70,9 @@ class Decoder:
     to ``max_len`` tokens.
 
     newline_table: [V] bool, True for the tokens whose text contains a newline (the step
-    boundary; all False disables it). eos_ids: the ids that end a trajectory (default: the
+    boundary; all False disables it). blank_steps: the tokenizer's ``BlankStepTables``:
+    a step's sampler never draws a token that would end the step blank (a blank line;
+    ``line_tables``); None: a blank line is a step like any other. eos_ids: the ids that end a trajectory (default: the
     model config's). cache_dtype: k/v storage dtype (default: the model's parameter dtype).
     Row counts are padded to powers of two of at least ``min_batch_bucket``, prompt lengths
     to at least ``min_prefill_bucket`` and step caps to at least ``min_step_bucket``: larger
@@ -96,7 +100,8 @@ class Decoder:
     """
 
     def __init__(self, model: LlamaModel, *, num_slots: int, max_len: int,
-                 newline_table: np.ndarray, eos_ids: Sequence[int] | None = None,
+                 newline_table: np.ndarray, blank_steps: BlankStepTables | None = None,
+                 eos_ids: Sequence[int] | None = None,
                  cache_dtype=None, min_batch_bucket: int = 1,
                  min_prefill_bucket: int = MIN_PREFILL_BUCKET,
                  min_step_bucket: int = MIN_STEP_BUCKET,
@@ -107,7 +112,12 @@ class Decoder:
                  rules: ShardingRules = ShardingRules(), paging: Paging | None = None):
         self.config = model.config
         vocab = self.config.vocab_size
-        newline_table = checked_newline_table(newline_table, vocab)
+        newline_table = checked_token_table(newline_table, vocab)
+        if blank_steps is not None:
+            blank_steps = BlankStepTables(*(
+                checked_token_table(table, vocab, f"blank_steps.{name}",
+                                    "Tokenizer.blank_step_tables")
+                for name, table in zip(BlankStepTables._fields, blank_steps)))
         eos_ids = checked_eos_ids(self.config.eos_token_ids if eos_ids is None else eos_ids,
                                   vocab)
         self.max_len = max_len
@@ -163,8 +173,9 @@ class Decoder:
             max_len=max_len, shards=shards)
         self.pool = SlotPool(num_slots, shards) if self.pages is None else self.pages.slots
         self._lengths = np.zeros(num_slots, np.int64)  # host mirror of cache.lengths
-        self._newline_table = jnp.asarray(newline_table)
-        self._no_newlines = jnp.zeros_like(self._newline_table)  # texts: stop at EOS only
+        self._lines = LineTables.make(newline_table, blank_steps)
+        self._text_lines = self._lines.without_newlines()  # texts: stop at EOS only
+        self._whitespace = np.asarray(self._lines.whitespace)  # on the host, for chunks
         self._eos_ids = jnp.asarray(eos_ids)
         self.trace_counts: collections.Counter[str] = collections.Counter()
         # What the step calls computed: "calls", padded "rows" summed over them,
@@ -201,7 +212,7 @@ class Decoder:
                                     cache, num_static=1)
         self._sample_step = counted_jit(
             "sample_step", sample_step,
-            (whole, cache, rows, rows, rows, rows, rows, whole, whole), (cache, rows),
+            (whole, cache, rows, rows, rows, rows, rows, rows, whole, whole), (cache, rows),
             num_static=2, context=sampling_loops)
         self._sample_trie = counted_jit(  # the lent pages: each shard's block
             "sample_trie", sample_trie,
@@ -385,7 +396,8 @@ class Decoder:
                 going = step.going
                 out = self._sample_chunk(slots[going], problem_keys, going, node_ids[going],
                                          jax.tree.map(lambda x: x[going], host_params),
-                                         step.chunk_caps(), cap_bucket, newline_ends)
+                                         step.chunk_caps(), step.going_blank(self._whitespace),
+                                         cap_bucket, newline_ends)
                 self._lengths[slots[going]] += out.num_tokens
                 step.add(out)
                 if done is not None:
@@ -398,10 +410,11 @@ class Decoder:
 
     def _sample_chunk(self, slots: np.ndarray, problem_keys: jax.Array, key_rows: np.ndarray,
                       node_ids: np.ndarray, params: SamplingParams, caps: np.ndarray,
-                      cap_bucket: int, newline_ends: bool) -> StepOutput:
+                      blank: np.ndarray, cap_bucket: int, newline_ends: bool) -> StepOutput:
         """One jitted step-sampler call for ``slots`` [n] (row i draws with
-        ``problem_keys[key_rows[i]]``), their pages already owned up to ``caps``; the
-        output [n] on the host, in call order."""
+        ``problem_keys[key_rows[i]]``), their pages already owned up to ``caps``, whose
+        steps so far are whitespace only where ``blank``; the output [n] on the host, in
+        call order."""
         layout = self._layout(slots)
         # One gather with unsigned indices (no negative-index fix-up ops), padding rows
         # repeating row 0: each eager op compiles once per distinct row count.
@@ -409,7 +422,8 @@ class Decoder:
         self.cache, out = self._sample_step(
             self._weights, self.cache, self._local_slots(layout, slots), padded_keys,
             layout.place(node_ids, 0), padded_params(params, layout), layout.place(caps, 0),
-            self._newline_table if newline_ends else self._no_newlines, self._eos_ids,
+            layout.place(blank, True), self._lines if newline_ends else self._text_lines,
+            self._eos_ids,
             cap_bucket, self.attention_window(slots, caps))
         out = layout.take(jax.device_get(out))
         self.step_work["calls"] += 1

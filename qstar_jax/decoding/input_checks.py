@@ -16,13 +16,16 @@ from qstar_jax.decoding.sampling import SamplingParams
 MAX_NODE_ID = 2**31 - 1
 
 
-def checked_newline_table(newline_table, vocab: int) -> np.ndarray:
-    newline_table = np.asarray(newline_table)
-    if newline_table.shape != (vocab,) or newline_table.dtype != np.bool_:
-        raise ValueError(f"newline_table must be a bool array of shape ({vocab},), got "
-                         f"{newline_table.dtype} {newline_table.shape}; build it with "
-                         "Tokenizer.newline_table(model.config.vocab_size)")
-    return newline_table
+def checked_token_table(table, vocab: int, name: str = "newline_table",
+                        built_by: str = "Tokenizer.newline_table") -> np.ndarray:
+    """``table`` as a bool array of one entry per token, or ValueError naming ``name`` and
+    the Tokenizer method ``built_by`` that builds it."""
+    table = np.asarray(table)
+    if table.shape != (vocab,) or table.dtype != np.bool_:
+        raise ValueError(f"{name} must be a bool array of shape ({vocab},), got "
+                         f"{table.dtype} {table.shape}; build it with "
+                         f"{built_by}(model.config.vocab_size)")
+    return table
 
 
 def checked_eos_ids(eos_ids: Sequence[int], vocab: int) -> np.ndarray:

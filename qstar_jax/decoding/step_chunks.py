@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from qstar_jax.decoding.line_tables import blank_so_far
 from qstar_jax.decoding.step_sampler import EndReason, StepOutput
 
 
@@ -62,6 +63,12 @@ class ChunkedStep:
     def chunk_caps(self) -> np.ndarray:
         """[len(going)] each going row's cap in the next chunk."""
         return np.minimum(self.caps[self.going] - self.num_tokens[self.going], self.chunk)
+
+    def going_blank(self, whitespace: np.ndarray) -> np.ndarray:
+        """[len(going)] bool: whether each going row's step so far is whitespace only
+        (``whitespace``: the [V] bool table), as a step with no tokens is."""
+        rows = self.going
+        return blank_so_far(whitespace, self.tokens[rows], self.num_tokens[rows])
 
     def add(self, out: StepOutput) -> None:
         """Append a chunk's output, ``out`` [len(going)] on the host, and drop the rows that

@@ -6,7 +6,9 @@ E hidden size, V vocabulary.
 One ``lax.while_loop`` repeatedly turns each row's last hidden state into logits,
 samples a token, and feeds it to the model, until every row has ended its step. A row
 ends on its own when its token contains a newline, is an EOS id, reaches the row's
-token cap, or fills its slot; from then on it writes nothing (its position is M).
+token cap, or fills its slot; from then on it writes nothing (its position is M). While
+a row's step is blank, the tokens that would end it blank are not drawn where the line
+tables say so (``line_tables``).
 Attention reads only a static window of W <= M positions of each row, one that holds
 every row's start plus its cap (``window``): a row's tokens all lie below it.
 """
@@ -22,6 +24,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from qstar_jax.decoding.kv_cache import KVCache
+from qstar_jax.decoding.line_tables import LineTables
 from qstar_jax.decoding.paged_cache import PagedKVCache
 from qstar_jax.decoding.sampling import SamplingParams, sample
 from qstar_jax.decoding.weights import DecoderWeights
@@ -64,7 +67,7 @@ class StepRows:
                               # the start), or their page tables for a paged cache
     params: SamplingParams    # [B] per-row settings
     caps: jax.Array           # [B] int32 token caps
-    newline_table: jax.Array  # [V] bool, True for tokens containing a newline
+    lines: LineTables         # [V] tables: which tokens end a step, which may not open one
     eos_ids: jax.Array        # [n] int32
     max_len: int = struct.field(pytree_node=False)  # M, the most tokens a slot holds
     window: int = struct.field(pytree_node=False)   # W, the cache positions attention reads
@@ -78,6 +81,7 @@ class StepLoopState:
                            # donated through the loop
     v: jax.Array           # its values, likewise
     done: jax.Array        # [B] bool, the row's step has ended
+    blank: jax.Array       # [B] bool, the row's step is whitespace only so far
     positions: jax.Array   # [B] int32, where the row's next token is written
     num_tokens: jax.Array  # [B] int32 tokens sampled so far
     hidden: jax.Array      # [B, E] float32, after the row's last fed token
@@ -101,8 +105,8 @@ def end_reason_after(tokens: jax.Array, positions: jax.Array, num_tokens: jax.Ar
 def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights,
                 cache: KVCache | PagedKVCache,
                 slots: jax.Array, problem_keys: jax.Array, node_ids: jax.Array,
-                params: SamplingParams, caps: jax.Array, newline_table: jax.Array,
-                eos_ids: jax.Array, max_tokens: int,
+                params: SamplingParams, caps: jax.Array, blank: jax.Array,
+                lines: LineTables, eos_ids: jax.Array, max_tokens: int,
                 window: int) -> tuple[KVCache | PagedKVCache, StepOutput]:
     """Sample one step for each row.
 
@@ -110,8 +114,8 @@ def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights,
     node_ids: [B] int32. The token at absolute position p of row b is drawn with
     ``fold_in(fold_in(problem_keys[b], node_ids[b]), p)``, so it does not depend on the
     other rows. params: per-row SamplingParams [B]; caps: [B] int32 per-row token caps
-    <= max_tokens; newline_table: [V] bool, True for tokens containing a newline;
-    eos_ids: [n] int32; max_tokens: C, static. window: W, static, at least every real
+    <= max_tokens; blank: [B] bool, the row's step so far (an earlier chunk's tokens) is
+    whitespace only, as it is with none; lines: the LineTables; eos_ids: [n] int32; max_tokens: C, static. window: W, static, at least every real
     row's start position plus its cap (``Decoder.attention_window``; M or more: whole
     rows): attention reads cache positions [0, W) only. Pure: jit it with the cache
     donated. On a PagedKVCache every row must own its pages up to its cap
@@ -126,10 +130,10 @@ def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights,
     full_at_start = start_positions >= max_len
     rows = StepRows(node_keys=jax.vmap(jax.random.fold_in)(problem_keys, node_ids),
                     model_rows=cache.model_rows(model_slots), params=params, caps=caps,
-                    newline_table=newline_table, eos_ids=eos_ids, max_len=max_len,
+                    lines=lines, eos_ids=eos_ids, max_len=max_len,
                     window=window)
     initial = StepLoopState(
-        k=cache.k, v=cache.v, done=is_padding | full_at_start | (caps <= 0),
+        k=cache.k, v=cache.v, done=is_padding | full_at_start | (caps <= 0), blank=blank,
         positions=start_positions, num_tokens=jnp.zeros((batch,), jnp.int32),
         hidden=cache.last_hidden[model_slots],
         end_reason=jnp.where(full_at_start, EndReason.CACHE_FULL, EndReason.CAP).astype(jnp.int32),
@@ -153,19 +157,21 @@ def _feed_one_token(model, weights: DecoderWeights, rows: StepRows,
     max_len, max_tokens = rows.max_len, state.tokens.shape[1]
     done, positions, num = state.done, state.positions, state.num_tokens
     keys = jax.vmap(jax.random.fold_in)(rows.node_keys, positions)
-    tokens, logprobs = sample(model.logits(state.hidden), keys, rows.params)
+    tokens, logprobs = sample(model.logits(state.hidden), keys, rows.params,
+                              rows.lines.banned(state.blank))
     feed_positions = jnp.where(done, max_len, positions)
     hidden, k, v = model(tokens[:, None], feed_positions[:, None], rows.model_rows,
                          state.k, state.v, key_len=rows.window, **weights.layer_arguments())
     write_at = jnp.where(done, max_tokens, num)  # out of range: dropped
     positions = jnp.where(done, positions, positions + 1)
     num = jnp.where(done, num, num + 1)
-    reason = end_reason_after(tokens, positions, num, rows.caps, rows.newline_table,
+    reason = end_reason_after(tokens, positions, num, rows.caps, rows.lines.newline,
                               rows.eos_ids, max_len)
     ends_now = ~done & (reason >= 0)
     batch_rows = jnp.arange(tokens.shape[0])
     return StepLoopState(
         k=k, v=v, done=done | ends_now, positions=positions, num_tokens=num,
+        blank=jnp.where(done, state.blank, rows.lines.still_blank(state.blank, tokens)),
         hidden=jnp.where(done[:, None], state.hidden, hidden[:, 0].astype(jnp.float32)),
         end_reason=jnp.where(ends_now, reason, state.end_reason),
         tokens=state.tokens.at[batch_rows, write_at].set(tokens, mode="drop"),

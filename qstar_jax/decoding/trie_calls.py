@@ -133,7 +133,7 @@ def _chunk(decoder: Decoder, trie: ChunkedTrie, row_slots: np.ndarray, *,
         padded_params(jax.tree.map(lambda x: x[group], params), layout),
         dataclasses.replace(jax.tree.map(lambda x: layout.place(x, 0), progress),
                             group=layout.place(progress.group, -1)),
-        np.int32(max_tokens), decoder._newline_table, decoder._eos_ids,
+        np.int32(max_tokens), decoder._lines, decoder._eos_ids,
         loan,
         np.int32(rounds), max_count, window, trie.num_draws(),
         _prefix_groups(progress) if decoder.shared_prefix else 0)

@@ -68,6 +68,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from qstar_jax.decoding.kv_cache import KVCache
+from qstar_jax.decoding.line_tables import LineTables, blank_so_far
 from qstar_jax.decoding.paged_cache import PagedKVCache
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_sampler import EndReason, end_reason_after
@@ -140,7 +141,7 @@ class TrieRows:
     slots: jax.Array          # [R] int32 (S: a padding row)
     model_slots: jax.Array    # [R] int32 slots clipped into the pool
     cap: jax.Array            # [] int32 token cap
-    newline_table: jax.Array  # [V] bool, True for tokens containing a newline
+    lines: LineTables         # [V] tables: which tokens end a step, which may not open one
     eos_ids: jax.Array        # [n] int32
     shifts: jax.Array         # [K - 1] int32, 1..K-1: how far a row's other draws can lie
     max_len: int = struct.field(pytree_node=False)  # M, the most tokens a slot holds
@@ -166,6 +167,7 @@ class TrieLoopState:
     live: jax.Array        # [R] bool, the row holds a prefix (a group or a taken spare)
     spare: jax.Array       # [R] bool, the row is free to take a new prefix
     done: jax.Array        # [R] bool, the row's step has ended
+    blank: jax.Array       # [R] bool, the row's prefix is whitespace only (or empty)
     end_reason: jax.Array  # [R] int32 EndReason once done (-1 before)
     group: jax.Array       # [R] int32, the group's call row (-1: not live)
     count: jax.Array       # [R] int32 draws that share the prefix
@@ -182,7 +184,7 @@ class TrieLoopState:
 def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights,
                 cache: KVCache | PagedKVCache, slots: jax.Array, key_table: jax.Array,
                 key_rows: jax.Array, group_ids: jax.Array, params: SamplingParams,
-                progress: TrieProgress, cap: jax.Array, newline_table: jax.Array,
+                progress: TrieProgress, cap: jax.Array, lines: LineTables,
                 eos_ids: jax.Array, lent: jax.Array | None, rounds: jax.Array,
                 max_count: int, window: int, num_draws: int, prefix_groups: int = 0
                 ) -> tuple[KVCache | PagedKVCache, TrieOutput, TrieStop]:
@@ -195,7 +197,8 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights,
     ``fold_in(key_table[key_rows[r]], group_ids[r])``); params: SamplingParams [R], each
     live row's group's (a spare takes its parent's when it splits off); cap: int32 token
     cap <= C (``progress.tokens``' width); max_count: K, static, >= every count.
-    newline_table: [V] bool; eos_ids: [n] int32. A step ends as in ``sample_step``.
+    lines: the LineTables; eos_ids: [n] int32. A step ends, and a blank one is kept from
+    ending, as in ``sample_step``.
     window: W, static, at least every group's start position plus ``cap``
     (``Decoder.attention_window``; M or more: whole rows): the cache positions attention
     reads and a spare's copy copies. Positions of a
@@ -218,7 +221,7 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights,
     positions = jnp.where(live, cache.lengths[model_slots], max_len)
     done = live & (positions >= max_len)
     rows = TrieRows(slots=slots, model_slots=model_slots, cap=cap,
-                    newline_table=newline_table, eos_ids=eos_ids,
+                    lines=lines, eos_ids=eos_ids,
                     shifts=jnp.arange(1, max_count),  # a row's other draws lie within K - 1
                     max_len=max_len, window=window, num_draws=num_draws)
     if prefix_groups:
@@ -235,6 +238,7 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights,
     initial = TrieLoopState(
         k=cache.k, v=cache.v, positions=positions, num_tokens=progress.num_tokens,
         live=live, spare=~live & (slots < num_slots), done=done,
+        blank=blank_so_far(lines.whitespace, progress.tokens, progress.num_tokens),
         # A row full at the start ends there; any other sets its own reason when it ends.
         end_reason=jnp.where(done, EndReason.CACHE_FULL, -1).astype(jnp.int32),
         group=progress.group, count=progress.count,
@@ -337,13 +341,14 @@ def _one_round(model, weights: DecoderWeights, rows: TrieRows,
                          key_len=rows.window, **weights.layer_arguments())
     positions = jnp.where(fed_now, moved_positions + 1, moved_positions)
     num_tokens = moved(state.num_tokens, num + 1)
-    reason = end_reason_after(token_now, positions, num_tokens, rows.cap, rows.newline_table,
+    reason = end_reason_after(token_now, positions, num_tokens, rows.cap, rows.lines.newline,
                               rows.eos_ids, max_len)
     ends_now = fed_now & (reason >= 0)
     return TrieLoopState(
         k=k, v=v, positions=positions, num_tokens=num_tokens,
         live=state.live | fed_now, spare=state.spare & ~fed_now,
         done=state.done | ends_now,
+        blank=moved(state.blank, rows.lines.still_blank(state.blank[parent], tokens)),
         end_reason=jnp.where(ends_now, reason, state.end_reason),
         group=group, count=moved(state.count, draws),
         keys=moved(state.keys, jax.vmap(jax.random.fold_in)(state.keys[parent], tokens)),

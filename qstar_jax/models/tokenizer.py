@@ -11,13 +11,14 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import transformers
 
 
 class Tokenizer:
-    """Encoding, decoding, the chat template, stop ids, and the per-token newline table."""
+    """Encoding, decoding, the chat template, stop ids, and the per-token line tables."""
 
     def __init__(self, hf_tokenizer: transformers.PreTrainedTokenizerBase, *,
                  extra_eos_ids: Iterable[int] = ()):
@@ -27,7 +28,7 @@ class Tokenizer:
             raise ValueError(f"{type(hf_tokenizer).__name__} is a slow tokenizer; "
                              "load a fast one (a checkpoint with tokenizer.json)")
         self._hf = hf_tokenizer
-        self._newline_tables: dict[int, np.ndarray] = {}  # by vocab size: a decode per token
+        self._token_tables: dict[int, _TokenTables] = {}  # by vocab size: a decode per token
         own = () if hf_tokenizer.eos_token_id is None else (hf_tokenizer.eos_token_id,)
         self._eos_ids = tuple(dict.fromkeys((*own, *map(int, extra_eos_ids))))
         if not self._eos_ids:
@@ -113,18 +114,51 @@ class Tokenizer:
         (model vocabularies are often padded) are False. Decoded once per size (every
         stage's decoder asks for it); the table returned is read-only.
         """
-        if vocab_size not in self._newline_tables:
-            self._newline_tables[vocab_size] = self._decoded_newline_table(vocab_size)
-        return self._newline_tables[vocab_size]
+        return self._tables(vocab_size).newline
 
-    def _decoded_newline_table(self, vocab_size: int) -> np.ndarray:
+    def blank_step_tables(self, vocab_size: int) -> BlankStepTables:
+        """The tables that keep a step from ending blank (``decoding.line_tables``), read
+        from the same decoded texts as ``newline_table``: ids past the tokenizer are
+        neither."""
+        tables = self._tables(vocab_size)
+        return BlankStepTables(blank_line=tables.blank_line, whitespace=tables.whitespace)
+
+    def _tables(self, vocab_size: int) -> _TokenTables:
+        if vocab_size not in self._token_tables:
+            self._token_tables[vocab_size] = self._decoded_tables(vocab_size)
+        return self._token_tables[vocab_size]
+
+    def _decoded_tables(self, vocab_size: int) -> _TokenTables:
         known = min(vocab_size, len(self._hf))
         texts = self._hf.batch_decode([[i] for i in range(known)], skip_special_tokens=False,
                                       clean_up_tokenization_spaces=False)
-        table = np.zeros(vocab_size, dtype=bool)
-        table[:known] = ["\n" in text for text in texts]
-        table.flags.writeable = False
-        return table
+
+        def table(values: list[bool]) -> np.ndarray:
+            out = np.zeros(vocab_size, dtype=bool)
+            out[:known] = values
+            out.flags.writeable = False
+            return out
+
+        return _TokenTables(
+            newline=table(["\n" in text for text in texts]),
+            blank_line=table(["\n" in text and not text.split("\n", 1)[0].strip()
+                              for text in texts]),
+            whitespace=table([not text.strip() for text in texts]))
+
+
+class BlankStepTables(NamedTuple):
+    """bool [V] tables on the host: ``blank_line``, the token holds a newline with only
+    whitespace before it (it would end a blank step); ``whitespace``, its text is
+    whitespace only (a blank step stays blank after it)."""
+
+    blank_line: np.ndarray
+    whitespace: np.ndarray
+
+
+class _TokenTables(NamedTuple):
+    newline: np.ndarray
+    blank_line: np.ndarray
+    whitespace: np.ndarray
 
 
 DEFAULT_CACHE_FOLDER = Path("~/.cache/qstar_jax/tokenizers")

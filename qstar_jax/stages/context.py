@@ -154,6 +154,7 @@ class RunContext:
         paging = Paging(page_size=d.page_size, num_pages=d.num_pages) if d.page_size else None
         decoder = Decoder(loaded.model, num_slots=d.slots, max_len=d.max_len,
                           newline_table=tokenizer.newline_table(loaded.config.vocab_size),
+                          blank_steps=tokenizer.blank_step_tables(loaded.config.vocab_size),
                           eos_ids=tokenizer.eos_ids, step_chunk=d.step_chunk, paging=paging,
                           min_batch_bucket=d.min_rows, layer_weights=d.layer_weights,
                           mesh=self.mesh)

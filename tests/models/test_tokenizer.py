@@ -46,6 +46,32 @@ def test_newline_table_handles_partial_utf8_tokens(tokenizer):
     assert not tokenizer.newline_table(VOCAB_SIZE)[lead_byte_id]
 
 
+def test_blank_step_tables_mark_tokens_that_would_end_a_blank_line(tokenizer):
+    """``blank_line``: a newline with only whitespace before it in the token (it would end
+    a step that is blank so far); ``whitespace``: the token's text is whitespace only.
+    Read from the same decoded texts as the newline table."""
+    tables = tokenizer.blank_step_tables(VOCAB_SIZE)
+    newline = tokenizer.newline_table(VOCAB_SIZE)
+
+    def one(text):
+        ids = tokenizer.encode(text)
+        assert len(ids) == 1, f"{text!r} should be one token of the tiny vocabulary"
+        return ids[0]
+
+    for text, blank_line, whitespace in [("\n", True, True), ("\n\n", True, True),
+                                         (".\n", False, False), (":\n", False, False),
+                                         (" ", False, True), ("Step", False, False)]:
+        token = one(text)
+        assert (tables.blank_line[token], tables.whitespace[token]) == (blank_line, whitespace)
+    decoded = [tokenizer.decode([i]) for i in range(tokenizer.vocab_size)]
+    assert tables.blank_line[:tokenizer.vocab_size].tolist() == [
+        "\n" in text and not text.split("\n")[0].strip() for text in decoded]
+    assert not (tables.blank_line & ~newline).any()
+    assert not tables.blank_line[tokenizer.vocab_size:].any()
+    assert not tables.whitespace[tokenizer.vocab_size:].any()
+    assert not tables.whitespace.flags.writeable
+
+
 def test_encode_decode_round_trip(tokenizer):
     text = "Step 1: 8 × 3 = 24.\n\nCafé\n"
     ids = tokenizer.encode(text)

@@ -100,6 +100,7 @@ def test_the_runtime_decodes_with_the_runs_decode_settings(tmp_path, monkeypatch
     monkeypatch.setattr(context, "PolicyRuntime", lambda *args, **settings: made.update(
         runtime=(args, settings)))
     tokenizer = SimpleNamespace(newline_table=lambda vocab: f"newlines of {vocab}",
+                                blank_step_tables=lambda vocab: f"blank steps of {vocab}",
                                 eos_ids=(2, 3))
     second = LoadedModel(config=SimpleNamespace(vocab_size=40), model="second model",
                          tokenizer=tokenizer)
@@ -111,7 +112,8 @@ def test_the_runtime_decodes_with_the_runs_decode_settings(tmp_path, monkeypatch
     ctx.runtime(problems, model=second)
     model, settings = made["decoder"]
     assert model == "second model" and settings == dict(
-        num_slots=64, max_len=96, newline_table="newlines of 40", eos_ids=(2, 3), step_chunk=8,
+        num_slots=64, max_len=96, newline_table="newlines of 40",
+        blank_steps="blank steps of 40", eos_ids=(2, 3), step_chunk=8,
         paging=Paging(page_size=16, num_pages=300), min_batch_bucket=4,
         layer_weights="stacked", mesh=None)
     args, settings = made["runtime"]
