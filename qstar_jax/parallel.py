@@ -18,8 +18,9 @@ import math
 import os
 import re
 import socket
+import sys
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import jax
 import numpy as np
@@ -273,6 +274,22 @@ def is_writer() -> bool:
     """Whether this process writes the run's shared outputs (process 0 of a multi-process
     run; every single-process run)."""
     return jax.process_index() == 0
+
+
+def leave_at_once(code: int) -> NoReturn:
+    """Exit with status ``code`` without waiting for the other processes of a
+    multi-process run. Exiting the usual way, a process first waits in JAX's shutdown
+    barrier (up to 300 s) for the others; one that failed on its own would wait there for
+    processes that wait on it in their next collective, and all would hang until one of
+    them gave up. Gone, it fails their collective (on CPUs at once), or JAX's coordination
+    service stops them once it has been silent for the heartbeat timeout. What a run wrote
+    is whole already (appended lines, atomic files); only the standard streams need
+    flushing. In a single-process run: ``sys.exit(code)``."""
+    if jax.distributed.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def barrier(name: str) -> None:

@@ -13,7 +13,9 @@ import dataclasses
 import errno
 import sys
 import time
+import traceback
 from pathlib import Path
+from typing import NoReturn
 
 import jax
 
@@ -29,7 +31,7 @@ from qstar_jax.models.weights import CheckpointError
 from qstar_jax.outputs.durable import write_atomically
 from qstar_jax.outputs.folder_lock import FolderInUseError, lock_folder
 from qstar_jax.parallel import (DATA, barrier, check_slots, initialize_distributed,
-                                is_writer, make_mesh)
+                                is_writer, leave_at_once, make_mesh)
 from qstar_jax.policy.runtime import PromptTooLong
 from qstar_jax.preflight import check_layer_weights, preflight, shared_split_warning
 from qstar_jax.run_messages import (cache_full_message, different_config_advice,
@@ -55,6 +57,9 @@ INPUT_ERRORS = (ConfigError, CheckpointError, UnsupportedConfigError,
 # A disk that fills (or a quota met, or a folder gone read-only) mid-run: what was written
 # before is whole (appends and atomic writes), so making room and rerunning resumes.
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+# The exit status of a process of a multi-process run whose collective with the others
+# failed: another process most likely died.
+LOST_OTHERS = 3
 
 
 def parse_args(argv):
@@ -194,7 +199,7 @@ def run_in_folder(out: Path, config, mesh, reuse: str | None) -> int:
             raise
         print(f"run error: {lost_process_message(error, config.distributed)}",
               file=sys.stderr, flush=True)
-        return 3
+        return LOST_OTHERS
     if "evaluate" in config.stages and is_writer():
         print((out / "summary.md").read_text())
     return 0
@@ -224,5 +229,24 @@ class CacheOutgrown(Exception):
         self.stage, self.full = stage, full
 
 
+def command(argv=None) -> NoReturn:
+    """``main`` as the command. A process of a multi-process run that fails on its own
+    (any status but 0 and LOST_OTHERS; an error nothing caught included, its traceback
+    printed first) leaves without waiting for the others, which wait on it
+    (``leave_at_once``). One that lost the others exits the usual way: JAX's coordination
+    service then names the process that died, once it has been silent for the heartbeat
+    timeout, and ends this one."""
+    try:
+        code = main(argv)
+    except BaseException as error:
+        if not jax.distributed.is_initialized():
+            raise
+        traceback.print_exc()
+        code = 130 if isinstance(error, KeyboardInterrupt) else 1
+    if code in (0, LOST_OTHERS):
+        sys.exit(code)
+    leave_at_once(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    command()

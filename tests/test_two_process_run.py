@@ -78,3 +78,40 @@ def test_a_tiny_run_over_two_processes_writes_what_one_process_writes(killed_the
     assert run["rows"](run["two"]) == run["rows"](run["one"])
     for name in ("summary.json", "policy/config.json", "labels.jsonl", "q_training.json"):
         assert (run["two"] / name).exists(), name
+
+
+@pytest.mark.slow
+def test_a_process_that_fails_alone_leaves_at_once_and_the_other_follows(tmp_path):
+    """Process 0 meets a full disk as the run's first stage starts while process 1 goes on
+    into it: process 0 says so and leaves at once, instead of waiting in JAX's shutdown
+    barrier for process 1, which waits on it in a collective (until that collective times
+    out: 30 s on CPUs). Process 1 then stops too: its collective fails and it says it lost
+    the others, or (process 0 being the coordination service's leader) JAX's client ends
+    it, saying another task died."""
+    check = runpy.run_path(str(REPO / "experiments" / "sharding_check.py"))
+    port = str(free_local_port())
+    children = [start_child("tests.support.writer_fails", *check["TINY"], "mesh.data=4",
+                            f"distributed.coordinator=localhost:{port}",
+                            "distributed.num_processes=2", f"distributed.process_id={i}",
+                            "distributed.heartbeat_timeout_s=5", "--out", str(tmp_path),
+                            devices=2) for i in (0, 1)]
+    try:
+        said = []
+        for line in children[0].stderr:
+            said.append(line)
+            if line.startswith("run error: "):
+                break
+        error_at = time.monotonic()
+        children[0].wait(timeout=200)
+        left_after = time.monotonic() - error_at
+        stderr_0 = "".join(said) + children[0].stderr.read()
+        _, stderr_1 = children[1].communicate(timeout=200)
+    finally:
+        for child in children:
+            child.kill()
+    assert children[0].returncode == 2, stderr_0[-2000:]
+    assert "run error: cannot write" in stderr_0 and "No space left on device" in stderr_0
+    assert left_after < 10, left_after
+    assert children[1].returncode != 0, stderr_1[-2000:]
+    assert ("run error: process 1 of 2 lost the others" in stderr_1
+            or "another task died" in stderr_1), stderr_1[-2000:]
