@@ -90,19 +90,15 @@ def temperature_scaled_logits(logits: jax.Array, params: SamplingParams) -> jax.
     return logits.astype(jnp.float32) / jnp.where(greedy, 1.0, params.temperature)[:, None]
 
 
-def sample(logits: jax.Array, keys: jax.Array, params: SamplingParams,
-           banned: jax.Array | None = None):
+def sample(logits: jax.Array, keys: jax.Array, params: SamplingParams):
     """Draw one token per row.
 
-    logits: [B, V]; keys: [B] typed PRNG keys, one per row; banned: [B, V] bool, tokens
-    the row may not draw (a greedy row takes the best token left), or None.
+    logits: [B, V]; keys: [B] typed PRNG keys, one per row.
     Returns (tokens [B] int32, logprobs [B] float32), where a logprob is the log-probability
     of the chosen token under the model's unmodified distribution ``log_softmax(logits)``
-    (no temperature, no top-k/top-p renormalisation, no ban): the quantity a search scores
-    paths by.
+    (no temperature, no top-k/top-p renormalisation): the quantity a search scores paths by.
     """
-    model_logits = logits.astype(jnp.float32)
-    logits = model_logits if banned is None else jnp.where(banned, -jnp.inf, model_logits)
+    logits = logits.astype(jnp.float32)
     greedy_tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
     def draw(_):
@@ -119,7 +115,7 @@ def sample(logits: jax.Array, keys: jax.Array, params: SamplingParams,
 
     # Every row greedy: no draw at all.
     tokens = jax.lax.cond(jnp.all(params.temperature == 0), lambda _: greedy_tokens, draw, None)
-    logprobs = jnp.take_along_axis(jax.nn.log_softmax(model_logits, axis=-1), tokens[:, None],
+    logprobs = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tokens[:, None],
                                    axis=-1)[:, 0]
     return tokens, logprobs
 

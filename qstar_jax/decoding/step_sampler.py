@@ -6,9 +6,9 @@ E hidden size, V vocabulary.
 One ``lax.while_loop`` repeatedly turns each row's last hidden state into logits,
 samples a token, and feeds it to the model, until every row has ended its step. A row
 ends on its own when its token contains a newline, is an EOS id, reaches the row's
-token cap, or fills its slot; from then on it writes nothing (its position is M). While
-a row's step is blank, the tokens that would end it blank are not drawn where the line
-tables say so (``line_tables``).
+token cap, or fills its slot; from then on it writes nothing (its position is M). Where
+the line tables say so, a newline that would end a blank step ends nothing: the blank
+lines join the line after them (``line_tables``).
 Attention reads only a static window of W <= M positions of each row, one that holds
 every row's start plus its cap (``window``): a row's tokens all lie below it.
 """
@@ -67,7 +67,7 @@ class StepRows:
                               # the start), or their page tables for a paged cache
     params: SamplingParams    # [B] per-row settings
     caps: jax.Array           # [B] int32 token caps
-    lines: LineTables         # [V] tables: which tokens end a step, which may not open one
+    lines: LineTables         # [V] tables: which tokens end a step's line
     eos_ids: jax.Array        # [n] int32
     max_len: int = struct.field(pytree_node=False)  # M, the most tokens a slot holds
     window: int = struct.field(pytree_node=False)   # W, the cache positions attention reads
@@ -91,12 +91,13 @@ class StepLoopState:
 
 
 def end_reason_after(tokens: jax.Array, positions: jax.Array, num_tokens: jax.Array,
-                     caps: jax.Array, newline_table: jax.Array, eos_ids: jax.Array,
+                     caps: jax.Array, ends_line: jax.Array, eos_ids: jax.Array,
                      max_len: int) -> jax.Array:
     """[B] int32: the EndReason of a row that just fed ``tokens`` and now stands at
-    ``positions`` with ``num_tokens`` sampled, or -1 while its step goes on."""
+    ``positions`` with ``num_tokens`` sampled, or -1 while its step goes on; ``ends_line``
+    [B] bool: the token ends the step's line (``LineTables.ends_line``)."""
     return jnp.select(
-        [jnp.isin(tokens, eos_ids), newline_table[tokens], positions >= max_len,
+        [jnp.isin(tokens, eos_ids), ends_line, positions >= max_len,
          num_tokens >= caps],
         [EndReason.EOS, EndReason.NEWLINE, EndReason.CACHE_FULL, EndReason.CAP], -1
     ).astype(jnp.int32)
@@ -157,15 +158,15 @@ def _feed_one_token(model, weights: DecoderWeights, rows: StepRows,
     max_len, max_tokens = rows.max_len, state.tokens.shape[1]
     done, positions, num = state.done, state.positions, state.num_tokens
     keys = jax.vmap(jax.random.fold_in)(rows.node_keys, positions)
-    tokens, logprobs = sample(model.logits(state.hidden), keys, rows.params,
-                              rows.lines.banned(state.blank))
+    tokens, logprobs = sample(model.logits(state.hidden), keys, rows.params)
     feed_positions = jnp.where(done, max_len, positions)
     hidden, k, v = model(tokens[:, None], feed_positions[:, None], rows.model_rows,
                          state.k, state.v, key_len=rows.window, **weights.layer_arguments())
     write_at = jnp.where(done, max_tokens, num)  # out of range: dropped
     positions = jnp.where(done, positions, positions + 1)
     num = jnp.where(done, num, num + 1)
-    reason = end_reason_after(tokens, positions, num, rows.caps, rows.lines.newline,
+    reason = end_reason_after(tokens, positions, num, rows.caps,
+                              rows.lines.ends_line(state.blank, tokens),
                               rows.eos_ids, max_len)
     ends_now = ~done & (reason >= 0)
     batch_rows = jnp.arange(tokens.shape[0])

@@ -53,8 +53,7 @@ def round_draws(model, rows: TrieRows, state: TrieLoopState) -> TrieDraws:
     draw_ids = draw_rows - (ends - row_draws)[parent]
     keys = jax.vmap(jax.random.fold_in)(state.keys[parent], draw_ids)
     row_params = jax.tree.map(lambda x: x[parent], state.params)
-    tokens, logprobs = sample(model.logits(state.hidden)[parent], keys, row_params,
-                              rows.lines.banned(state.blank[parent]))
+    tokens, logprobs = sample(model.logits(state.hidden)[parent], keys, row_params)
     target, draws, is_new = _split(tokens, parent, drawn, state.spare, rows.shifts)
     return TrieDraws(parent=parent, tokens=tokens, logprobs=logprobs, target=target,
                      draws=draws, is_new=is_new)

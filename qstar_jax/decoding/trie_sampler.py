@@ -141,7 +141,7 @@ class TrieRows:
     slots: jax.Array          # [R] int32 (S: a padding row)
     model_slots: jax.Array    # [R] int32 slots clipped into the pool
     cap: jax.Array            # [] int32 token cap
-    lines: LineTables         # [V] tables: which tokens end a step, which may not open one
+    lines: LineTables         # [V] tables: which tokens end a step's line
     eos_ids: jax.Array        # [n] int32
     shifts: jax.Array         # [K - 1] int32, 1..K-1: how far a row's other draws can lie
     max_len: int = struct.field(pytree_node=False)  # M, the most tokens a slot holds
@@ -197,8 +197,7 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights,
     ``fold_in(key_table[key_rows[r]], group_ids[r])``); params: SamplingParams [R], each
     live row's group's (a spare takes its parent's when it splits off); cap: int32 token
     cap <= C (``progress.tokens``' width); max_count: K, static, >= every count.
-    lines: the LineTables; eos_ids: [n] int32. A step ends, and a blank one is kept from
-    ending, as in ``sample_step``.
+    lines: the LineTables; eos_ids: [n] int32. A step ends as in ``sample_step``.
     window: W, static, at least every group's start position plus ``cap``
     (``Decoder.attention_window``; M or more: whole rows): the cache positions attention
     reads and a spare's copy copies. Positions of a
@@ -341,7 +340,8 @@ def _one_round(model, weights: DecoderWeights, rows: TrieRows,
                          key_len=rows.window, **weights.layer_arguments())
     positions = jnp.where(fed_now, moved_positions + 1, moved_positions)
     num_tokens = moved(state.num_tokens, num + 1)
-    reason = end_reason_after(token_now, positions, num_tokens, rows.cap, rows.lines.newline,
+    reason = end_reason_after(token_now, positions, num_tokens, rows.cap,
+                              rows.lines.ends_line(moved(state.blank), token_now),
                               rows.eos_ids, max_len)
     ends_now = fed_now & (reason >= 0)
     return TrieLoopState(

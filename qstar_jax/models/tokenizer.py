@@ -117,9 +117,9 @@ class Tokenizer:
         return self._tables(vocab_size).newline
 
     def blank_step_tables(self, vocab_size: int) -> BlankStepTables:
-        """The tables that keep a step from ending blank (``decoding.line_tables``), read
-        from the same decoded texts as ``newline_table``: ids past the tokenizer are
-        neither."""
+        """The tables with which a blank line joins the step after it instead of being a
+        step (``decoding.line_tables``), read from the same decoded texts as
+        ``newline_table``: ids past the tokenizer are neither."""
         tables = self._tables(vocab_size)
         return BlankStepTables(blank_line=tables.blank_line, whitespace=tables.whitespace)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import re
 import zlib
 from typing import Callable, Sequence
 
@@ -45,6 +46,17 @@ class SampledText:
 def stable_id(*parts) -> int:
     """A 31-bit id from text parts, the same in every process and run."""
     return zlib.crc32("/".join(map(str, parts)).encode()) & 0x7FFFFFFF
+
+
+def step_line(decoded: str) -> str:
+    """A step's text from its decoded tokens: up to the first newline after some text.
+    Blank lines before that text are the step's (they joined it: ``decoding.line_tables``),
+    so the trace's text stays what its row holds; a merged token may carry text past the
+    newline, which is not the step's. A step of whitespace alone ends at its first
+    newline."""
+    text = re.search(r"\S", decoded)
+    end = decoded.find(STEP_SEPARATOR, text.start() if text else 0)
+    return decoded if end < 0 else decoded[:end]
 
 
 def line_break_token(tokenizer: Tokenizer) -> int:
@@ -240,11 +252,10 @@ class PolicyRuntime:
     def _sampled_step(self, tokens: list[int], reason: EndReason, logprob: float,
                       hidden: np.ndarray, slot: int) -> SampledStep:
         text_tokens = tokens[:-1] if reason == EndReason.EOS else tokens
-        # A merged token may carry text past the newline; the step is the first line.
-        text = self.tokenizer.decode(text_tokens).split(STEP_SEPARATOR)[0]
+        text = step_line(self.tokenizer.decode(text_tokens))
         # A step cut at the cap is a step like any other; EOS and a full row end the trace.
         ends = (reason in (EndReason.EOS, EndReason.CACHE_FULL)
-                or self.task.is_terminal_step(text))
+                or self.task.is_terminal_step(text.rsplit(STEP_SEPARATOR, 1)[-1]))
         return SampledStep(text=text, token_ids=tuple(tokens), logprob=logprob, hidden=hidden,
                            ends_trace=ends, slot=slot)
 

@@ -9,16 +9,19 @@ import jax
 import numpy as np
 import pytest
 
+from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.kv_cache import SlotPoolExhausted
 from qstar_jax.decoding.step_chunks import StepBatch
 from qstar_jax.decoding.step_sampler import EndReason
+from qstar_jax.models.tokenizer import BlankStepTables
 from qstar_jax.policy import runtime as runtime_module
-from qstar_jax.policy.runtime import PolicyRuntime, PromptTooLong, line_break_token, stable_id
+from qstar_jax.policy.runtime import (PolicyRuntime, PromptTooLong, line_break_token,
+                                      stable_id, step_line)
 from qstar_jax.qvalue.dataset import StepPair
 from qstar_jax.qvalue.features import StepFeatures, step_texts
-from qstar_jax.tasks.base import Problem
+from qstar_jax.tasks.base import Problem, state_text
 from tests.decoding.tiny_models import (COUNTING_EOS_ID, COUNTING_MAX_LEN,
-                                        COUNTING_NEWLINE_ID)
+                                        COUNTING_NEWLINE_ID, COUNTING_VOCAB, STEP_BUCKET)
 from tests.models.test_tokenizer import byte_fallback_tokenizer
 
 
@@ -73,6 +76,47 @@ def test_a_steps_text_tokens_and_end_follow_why_its_row_stopped(counting_decoder
     # The cut step's slot goes on after its line break: greedy 8, then EOS.
     [after] = runtime.sample([slots[3]], [1], node_ids=[1], temperatures=[0.0])
     assert (after.text, after.token_ids, after.ends_trace) == ("i", (8, 9), True)
+
+
+class Spaced(Letters):
+    """Token 6 reads as a space, the newline token as a newline alone and EOS's id as a
+    letter (the decoder here has no EOS)."""
+
+    def decode(self, ids):
+        return "".join({6: " ", COUNTING_NEWLINE_ID: "\n", COUNTING_EOS_ID: "j"}.get(i)
+                       or Letters.decode(self, [i])
+                       for i in ids)
+
+
+def test_a_blank_line_is_the_start_of_the_steps_text_and_the_task_reads_its_last_line(
+        counting_model):
+    """With the tokenizer's blank-step tables (here: 6 and 7 whitespace, 7 a newline with
+    nothing before it) a step that opens with a blank line goes on past it: its text
+    keeps the blank line, so the trace's text is what the row holds, and the task is
+    asked whether its last line ends the trace."""
+    decoder = Decoder(counting_model, num_slots=4, max_len=COUNTING_MAX_LEN,
+                      newline_table=np.arange(COUNTING_VOCAB) == COUNTING_NEWLINE_ID,
+                      blank_steps=BlankStepTables(
+                          blank_line=np.arange(COUNTING_VOCAB) == COUNTING_NEWLINE_ID,
+                          whitespace=np.isin(np.arange(COUNTING_VOCAB), [6, 7])),
+                      eos_ids=[], min_batch_bucket=2, min_step_bucket=STEP_BUCKET)
+    runtime = PolicyRuntime(decoder, Spaced(), FLinesAnswer(),
+                            [Problem(id="p0", question="", reference=None)], [""], seed=0,
+                            step_token_cap=5)
+    slots = runtime.prefill_tokens([0, 0], [[5], [2]])
+    steps = runtime.sample(slots, [0, 0], node_ids=[0, 1], temperatures=[0.0, 0.0])
+    assert [(s.text, s.token_ids, s.ends_trace) for s in steps] == [
+        (" \nijk", (6, 7, 8, 9, 10, 7), False),  # cut at the cap: a line break written
+        ("def ", (3, 4, 5, 6, 7), True)]          # its newline follows text: "f" answers
+    row = Spaced().decode([5, *steps[0].token_ids])
+    assert row == state_text(Spaced().decode([5]), [steps[0].text])
+
+
+@pytest.mark.parametrize("decoded, text", [
+    ("abc\ndef", "abc"), ("\n\nThe answer\nmore", "\n\nThe answer"), ("  \n  x", "  \n  x"),
+    (" \n", " "), ("", ""), ("    return x\n", "    return x"), ("x.\n\n", "x.")])
+def test_a_steps_text_runs_to_the_first_newline_after_some_text(decoded, text):
+    assert step_line(decoded) == text
 
 
 def test_a_step_drawn_twice_in_a_trie_and_cut_at_its_cap_has_its_line_break_in_both_slots(

@@ -182,25 +182,3 @@ def test_a_draw_is_the_token_jax_random_categorical_draws():
 def test_bad_params_are_rejected(settings, message):
     with pytest.raises(ValueError, match=message):
         SamplingParams.make(2, **settings)
-
-
-def test_banned_tokens_are_never_drawn_and_logprobs_stay_the_models():
-    """A banned token leaves the row's distribution (the others keep their ratios; a
-    greedy row takes the best token left), and a drawn token's log-probability is still
-    the model's own, ban or no ban."""
-    draws = 20000
-    logits = jnp.broadcast_to(jnp.asarray(LOGITS), (draws, len(PROBS)))
-    banned = np.zeros((draws, len(PROBS)), bool)
-    banned[:, 0] = True
-    banned[0, 1] = True  # row 0 (greedy) loses its two best tokens
-    temperature = np.ones(draws, np.float32)
-    temperature[0] = 0.0
-    keys = jax.random.split(jax.random.key(3), draws)
-    tokens, logprobs = sample(logits, keys, SamplingParams.make(draws, temperature=temperature),
-                              jnp.asarray(banned))
-    tokens = np.asarray(tokens)
-    assert tokens[0] == 2
-    frequencies = np.bincount(tokens[1:], minlength=5) / (draws - 1)
-    np.testing.assert_allclose(frequencies, np.append(0.0, PROBS[1:] / PROBS[1:].sum()),
-                               atol=0.015)
-    np.testing.assert_allclose(logprobs, np.log(PROBS)[tokens], rtol=1e-5)

@@ -254,6 +254,6 @@ def test_the_first_listed_end_reason_wins_when_several_hold():
              ((3, 5, 1, 4), EndReason.EOS), ((3, 10, 4, 4), EndReason.EOS)]
     tokens, positions, num_tokens, caps = (np.array(column, np.int32)
                                            for column in zip(*(case for case, _ in cases)))
-    reasons = end_reason_after(tokens, positions, num_tokens, caps, newline_table, eos_ids,
-                               max_len=10)
+    reasons = end_reason_after(tokens, positions, num_tokens, caps, newline_table[tokens],
+                               eos_ids, max_len=10)
     assert np.asarray(reasons).tolist() == [int(reason) for _, reason in cases]

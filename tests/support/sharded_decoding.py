@@ -58,18 +58,18 @@ PAGING = Paging(page_size=4, num_pages=112)
 PAGED_MESHES = {(2, 2)}
 
 
-# Blank-step tables (no token ends a step here, but the ban holds all the same): while a
-# row has drawn only even tokens its step is "blank" and it may not draw a multiple of 3,
-# so the meshes' chunks carry each row's blankness from one chunk to the next.
-BLANK_STEPS = BlankStepTables(blank_line=np.arange(64) % 3 == 0,
-                              whitespace=np.arange(64) % 2 == 0)
+# Steps end at multiples of 7 (no EOS), but not while the step is "blank", every token
+# it holds even (blank-step tables): the meshes' chunks carry each row's blankness from
+# one chunk to the next, and a step's end depends on it.
+NEWLINES = np.arange(64) % 7 == 0
+BLANK_STEPS = BlankStepTables(blank_line=NEWLINES, whitespace=np.arange(64) % 2 == 0)
 
 
 def random_decoder(model: LlamaModel, mesh, **options) -> Decoder:
-    """The decoder every run here uses (no newline or EOS stops; BLANK_STEPS), on
-    ``mesh`` (None: one device), with ``options`` of its own."""
+    """The decoder every run here uses (NEWLINES and BLANK_STEPS, no EOS), on ``mesh``
+    (None: one device), with ``options`` of its own."""
     return Decoder(model, num_slots=32, max_len=RANDOM_MAX_LEN,
-                   newline_table=np.zeros(64, bool), blank_steps=BLANK_STEPS, eos_ids=[],
+                   newline_table=NEWLINES, blank_steps=BLANK_STEPS, eos_ids=[],
                    min_batch_bucket=8, min_step_bucket=STEP_BUCKET, mesh=mesh, **options)
 
 
@@ -200,16 +200,6 @@ def compiled_collectives(decoder: Decoder, mesh) -> dict:
     return counts
 
 
-def blank_ban_held(tokens: np.ndarray) -> bool:
-    """Whether no row of ``tokens`` [B, C] drew a multiple of 3 while its step held only
-    even tokens (BLANK_STEPS; a row's zeros past its end are even and never checked
-    against a ban they could not break: after them come only zeros)."""
-    even_before = np.cumprod(np.pad(tokens[:, :-1] % 2 == 0, ((0, 0), (1, 0)),
-                                    constant_values=True), axis=1).astype(bool)
-    past_end = np.cumsum(tokens[:, ::-1] != 0, axis=1)[:, ::-1] == 0
-    return not np.any(even_before & (tokens % 3 == 0) & ~past_end)
-
-
 def compared(single: dict, sharded: dict, starved: bool) -> dict:
     """How a mesh's outputs compare with one device's."""
     calls = ((0, 0), (1, 1)) + (((0, "_starved"),) if starved else ())
@@ -225,8 +215,6 @@ def compared(single: dict, sharded: dict, starved: bool) -> dict:
                                   for c, t in ((0, 0), (1, 1)))
                         for name in ("greedy", "hot", "uneven", "trie")},
         "recompiled": not np.array_equal(sharded["traces0"], sharded["traces1"]),
-        "blank_ban_held": all(blank_ban_held(sharded[f"{name}{c}"])
-                              for name in ("hot", "uneven") for c in range(2)),
         "layout": sharded["layout"], "shards": sharded["shards"],
         "collectives": sharded["collectives"]}
     if starved:  # the first trie again, its chunks short of spares: they starved
