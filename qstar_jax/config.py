@@ -315,6 +315,7 @@ class ToTSettings:
     threshold: float = 0.5  # tot_dfs: a state valued below this is pruned
     max_expansions: int = 100  # tot_dfs: the step limit
     value_samples: int = 3  # V, for the value prompt
+    value_temperature: float = 1.0  # the value prompt's replies are sampled at this
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

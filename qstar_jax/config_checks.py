@@ -78,6 +78,7 @@ def _check_eval(config: RunConfig) -> None:
              f"task.name={config.task.name} ignores: it grades the answer's code; drop mctsr, "
              "or run it on a math task")
     _at_least(1, "eval.tot", e.tot, "k", "keep", "max_expansions", "value_samples")
+    _at_least(0, "eval.tot", e.tot, "value_temperature")
     _require(e.tot.evaluator != ToTEvaluator.prm or config.search.utility != Utility.zero,
              "eval.tot.evaluator", "prm ranks states by g, which search.utility=zero fixes at 0")
     _require(e.best_of_n_scorer != Scorer.prm or config.search.utility != Utility.zero,

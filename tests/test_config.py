@@ -90,6 +90,7 @@ def test_round_trip_through_yaml(tmp_path):
     ("decode.max_len=40", "decode.max_len: must exceed decode.step_token_cap=40 .* got 40"),
     ("eval.beam_k=0", "eval.beam_k: must be >= 1, got 0"),
     ("eval.tot.value_samples=0", "eval.tot.value_samples: must be >= 1, got 0"),
+    ("eval.tot.value_temperature=-1", "eval.tot.value_temperature: must be >= 0, got -1.0"),
     ("eval.best_of_n_scorer=prm", "^eval.best_of_n_scorer: prm ranks chains by g, which "
                                   "search.utility=zero fixes at 0: choose f or q, or a "
                                   "search.utility$"),

@@ -69,7 +69,7 @@ def reasoner_search(ctx: RunContext, method: str, problems: Sequence[Problem],
     value = process_value if t.evaluator == ToTEvaluator.prm else q_value
     if t.evaluator == ToTEvaluator.value_prompt:
         q_fn = ValuePromptScorer(generator=generator, prompt=prompts.value,
-                                 samples=t.value_samples)
+                                 samples=t.value_samples, temperature=t.value_temperature)
     elif t.evaluator == ToTEvaluator.prm:
         q_fn = None  # ranked by g: Q̂ calls would be spent for nothing
     planner = {"tot_bfs": tot_bfs_planner, "tot_dfs": ToTDFSPlanner}[method]

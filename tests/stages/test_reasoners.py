@@ -109,6 +109,16 @@ def test_tot_with_the_value_prompt_charges_its_verdicts_to_the_problem():
     assert result.counters.q_calls == 2
 
 
+def test_the_value_prompt_samples_its_configured_verdicts_at_its_temperature(monkeypatch):
+    made = []
+    real = reasoners.ValuePromptScorer
+    monkeypatch.setattr(reasoners, "ValuePromptScorer", lambda **settings: made.append(
+        settings) or real(**settings))
+    run("tot_bfs", "eval.tot.evaluator=value_prompt", "eval.tot.value_samples=2",
+        "eval.tot.value_temperature=0.3")
+    assert [(s["samples"], s["temperature"]) for s in made] == [(2, 0.3)]
+
+
 def test_mctsr_writes_critiques_refinements_and_scores_through_the_generator():
     [result, _], _ = run("mctsr")
     # Two roots: the greedy answer and the seed, each scored (2 samples); then one
