@@ -15,7 +15,9 @@ the answer", beside that of the step's log-probability under the policy.
 
     python experiments/value_model_from_scratch.py runs/default --steps 1000
 
-Prints, as its last line, JSON: {"train_rows": ..., "seconds_per_step": ...,
+A synthetic problem that asks what a held-out problem asks is left out (the world can deal
+one twice). Prints, as its last line, JSON: {"train_rows": ..., "held_out_rows": ...,
+"synthetic_problems_left_out": ..., "seconds_per_step": ...,
 "auc": ..., "auc_by_step": {"1": ..., ...}, "logprob_auc_by_step": {...}} (an AUC is
 null where the held-out steps it ranks are all of one class).
 """
@@ -61,14 +63,21 @@ class PieceVocabulary:
         return [self.ids.get(piece, 1) for piece in self._pattern.findall(text)]
 
 
-def synthetic_rows(ctx: RunContext, count: int, gamma: float, seed: int
-                   ) -> tuple[list[str], list[float]]:
+def synthetic_rows(ctx: RunContext, count: int, gamma: float, seed: int,
+                   held_out_prompts: frozenset[str] = frozenset()
+                   ) -> tuple[list[str], list[float], int]:
     """States from the solver's traces of ``count`` fresh training problems, with their
-    exact discounted values (see the module docstring)."""
+    exact discounted values (see the module docstring), and how many of the problems were
+    left out for asking what a held-out problem asks (``held_out_prompts``): a procedural
+    world can deal the same problem twice, and its solver's steps would then be trained
+    on."""
     task, rng = ctx.task, random.Random(seed)
-    texts, labels = [], []
+    texts, labels, left_out = [], [], 0
     for problem in ctx.task.load(ctx.config.task.train_split, limit=count, seed=seed + 1):
         solution, prompt = task.solution_steps(problem), ctx.prompts([problem])[0]
+        if prompt in held_out_prompts:
+            left_out += 1
+            continue
         for depth in range(len(solution)):
             prefix, live = list(solution[:depth]), True
             if depth and rng.random() < DEAD_PREFIX_SHARE:
@@ -86,7 +95,7 @@ def synthetic_rows(ctx: RunContext, count: int, gamma: float, seed: int
             if live:
                 texts.append(state_text(prompt, (*prefix, task.wrong_step(problem, prefix, rng))))
                 labels.append(0.0)
-    return texts, labels
+    return texts, labels, left_out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -116,8 +125,9 @@ def main(argv: list[str] | None = None) -> dict:
     held = np.array([s.problem_index >= first_held for s in steps])
     train_rows, held_rows = np.flatnonzero(~held), np.flatnonzero(held)
     texts = [state_text(prompts[s.problem_index], (*s.prefix_steps, s.step_text)) for s in steps]
-    extra_texts, extra_labels = synthetic_rows(ctx, args.synthetic, ctx.config.label.gamma,
-                                               ctx.config.seed)
+    extra_texts, extra_labels, left_out = synthetic_rows(
+        ctx, args.synthetic, ctx.config.label.gamma, ctx.config.seed,
+        held_out_prompts=frozenset(prompts[first_held:]))
     vocabulary = PieceVocabulary(number_tokens=not args.characters)
     train_ids = [vocabulary.encode(texts[i]) for i in train_rows]
     train_ids += [vocabulary.encode(t) for t in extra_texts]
@@ -157,6 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
                 for n in sorted(set(number))}
 
     report = {"train_rows": len(train_ids), "held_out_rows": len(held_ids),
+              "synthetic_problems_left_out": left_out,
               "seconds_per_step": round(seconds_per_step, 3),
               "auc": rounded_auc(scores, exact), "auc_by_step": by_step(scores),
               "logprob_auc_by_step": (None if logprobs is None else by_step(logprobs[held]))}

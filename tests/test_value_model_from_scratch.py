@@ -73,11 +73,19 @@ def test_each_solution_step_is_valued_by_the_steps_left_beside_a_wrong_one(value
     monkeypatch.setattr(value_model, "DEAD_PREFIX_SHARE", 0.0)
     loaded = []
     ctx = stand_in_context({"p": ["a", "b", "c"], "q": ["d"]}, loaded)
-    texts, labels = value_model.synthetic_rows(ctx, count=1, gamma=0.5, seed=4)
+    texts, labels, left_out = value_model.synthetic_rows(ctx, count=1, gamma=0.5, seed=4)
     assert loaded == [("train", 1, 5)]
     assert texts == [state("a"), state("w0"), state("a", "b"), state("a", "w1"),
                      state("a", "b", "c"), state("a", "b", "w2")]
     assert labels == [0.25, 0.0, 0.5, 0.0, 1.0, 0.0]
+    assert left_out == 0
+
+
+def test_a_synthetic_problem_that_asks_what_a_held_out_one_asks_is_left_out(value_model):
+    """Both problems' prompts are a held-out prompt: no rows, two left out."""
+    ctx = stand_in_context({"p": ["a", "b", "c"], "q": ["d"]}, [])
+    assert value_model.synthetic_rows(ctx, count=2, gamma=0.5, seed=4,
+                                      held_out_prompts=frozenset({PROMPT})) == ([], [], 2)
 
 
 def test_a_state_after_a_wrong_line_is_valued_0_and_has_no_wrong_sibling(value_model,
@@ -87,7 +95,7 @@ def test_a_state_after_a_wrong_line_is_valued_0_and_has_no_wrong_sibling(value_m
     where the solver has no step after the wrong line, no row."""
     monkeypatch.setattr(value_model, "DEAD_PREFIX_SHARE", 1.0)
     ctx = stand_in_context({"p": ["a", "b"], "stuck": ["a", "b"]}, [])
-    texts, labels = value_model.synthetic_rows(ctx, count=2, gamma=0.5, seed=0)
+    texts, labels, _ = value_model.synthetic_rows(ctx, count=2, gamma=0.5, seed=0)
     assert texts == [state("a"), state("w0"), state("w0", "x"), state("a"), state("w0")]
     assert labels == [0.5, 0.0, 0.0, 0.5, 0.0]
 
@@ -119,9 +127,10 @@ def report_of(value_model, monkeypatch, capsys, *, scores, logprobs, steps=STEPS
     monkeypatch.setattr(value_model.RunContext, "of_run", lambda run: ctx)
     monkeypatch.setattr(value_model, "load_labelled", lambda path: (steps, None))
     monkeypatch.setattr(value_model, "load_step_logprobs", lambda path: logprobs)
+    asked = []
     monkeypatch.setattr(value_model, "synthetic_rows",
-                        lambda ctx, count, gamma, seed: (["P0\nok\nok\n"] * count,
-                                                         [1.0] * count))
+                        lambda ctx, count, gamma, seed, held_out_prompts: asked.append(
+                            held_out_prompts) or (["P0\nok\nok\n"] * count, [1.0] * count, 1))
     monkeypatch.setattr(value_model, "BackboneQ", lambda config, head, rngs: "model")
     monkeypatch.setattr(value_model, "train_q_model",
                         lambda model, ids, labels, training: trained.append(labels.tolist()))
@@ -130,6 +139,7 @@ def report_of(value_model, monkeypatch, capsys, *, scores, logprobs, steps=STEPS
     report = value_model.main(["run", "--synthetic", "3", "--steps", "2"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == report
     assert trained == [[0.5, 0.0, 1.0, 1.0, 1.0]]  # the 2 training steps' labels, then 3
+    assert asked == [{"P9\n"}]  # the held-out problem's prompt
     return report
 
 
@@ -140,7 +150,8 @@ def test_the_report_reads_held_out_scores_against_the_exact_value(value_model, m
     AUC: None). The log-probabilities rank "bad" first at step 1 (0.0)."""
     report = report_of(value_model, monkeypatch, capsys, scores=[0.9, 0.5, 0.2, 0.8],
                        logprobs=np.array([-1.0, -2.0, -3.0, -0.5, -1.0, -1.0]))
-    assert report == {"train_rows": 5, "held_out_rows": 4, "seconds_per_step": report[
+    assert report == {"train_rows": 5, "held_out_rows": 4, "synthetic_problems_left_out": 1,
+                      "seconds_per_step": report[
         "seconds_per_step"], "auc": 0.667, "auc_by_step": {"1": 1.0, "2": None},
         "logprob_auc_by_step": {"1": 0.0, "2": None}}
     report = report_of(value_model, monkeypatch, capsys, scores=[0.9, 0.5, 0.2, 0.8],
