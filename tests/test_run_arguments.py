@@ -489,9 +489,12 @@ def test_a_ctrl_c_a_callback_swallowed_is_raised_again(tmp_path, monkeypatch, ca
         time.sleep(10)
         pytest.fail("the stage went on after Ctrl-C")
     monkeypatch.setattr(run, "STAGE_FUNCTIONS", {"train_policy": swallowed_then_working})
+    # What the process had before (Python's default, unless an earlier test in this
+    # worker left another): the run restores it.
+    before = signal.getsignal(signal.SIGINT)
     assert run.main(["stages=[train_policy]", "--out", str(tmp_path)]) == 130
     assert capsys.readouterr().err.startswith("interrupted: run the same command again")
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_a_folder_another_run_is_using_is_refused_and_free_once_it_ends(

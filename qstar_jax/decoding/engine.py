@@ -72,11 +72,11 @@ class Decoder:
     newline_table: [V] bool, True for the tokens whose text contains a newline (the step
     boundary; all False disables it). blank_steps: the tokenizer's ``BlankStepTables``:
     a newline ends no step that is blank so far, so blank lines join the line after them
-    (``line_tables``); None: a blank line is a step like any other. eos_ids: the ids that end a trajectory (default: the
-    model config's). cache_dtype: k/v storage dtype (default: the model's parameter dtype).
-    Row counts are padded to powers of two of at least ``min_batch_bucket``, prompt lengths
-    to at least ``min_prefill_bucket`` and step caps to at least ``min_step_bucket``: larger
-    minimums mean fewer compiled variants. Step calls attend over windows of at least
+    (``line_tables``); None: a blank line is a step like any other. eos_ids: the ids that
+    end a trajectory (default: the model config's). cache_dtype: k/v storage dtype
+    (default: the model's parameter dtype). Row counts are padded to powers of two of at
+    least ``min_batch_bucket``, prompt lengths to at least ``min_prefill_bucket`` and step
+    caps to at least ``min_step_bucket``: larger minimums mean fewer compiled variants. Step calls attend over windows of at least
     ``min_window_bucket`` positions (``attention_window``; at least ``max_len``: always the
     whole row). step_chunk: sample a step in chunks of at most this many tokens per row
     (a trie in chunks of as many rounds), each chunk holding only the rows whose step goes

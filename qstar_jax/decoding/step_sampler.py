@@ -116,11 +116,11 @@ def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights,
     ``fold_in(fold_in(problem_keys[b], node_ids[b]), p)``, so it does not depend on the
     other rows. params: per-row SamplingParams [B]; caps: [B] int32 per-row token caps
     <= max_tokens; blank: [B] bool, the row's step so far (an earlier chunk's tokens) is
-    whitespace only, as it is with none; lines: the LineTables; eos_ids: [n] int32; max_tokens: C, static. window: W, static, at least every real
-    row's start position plus its cap (``Decoder.attention_window``; M or more: whole
-    rows): attention reads cache positions [0, W) only. Pure: jit it with the cache
-    donated. On a PagedKVCache every row must own its pages up to its cap
-    (``PageTable.reserve``).
+    whitespace only, as it is with none; lines: the LineTables; eos_ids: [n] int32;
+    max_tokens: C, static. window: W, static, at least every real row's start position
+    plus its cap (``Decoder.attention_window``; M or more: whole rows): attention reads
+    cache positions [0, W) only. Pure: jit it with the cache donated. On a PagedKVCache
+    every row must own its pages up to its cap (``PageTable.reserve``).
     """
     model = nnx.merge(graphdef, weights.model)
     num_slots, max_len = cache.num_slots, cache.max_len
