@@ -28,7 +28,8 @@ class Tokenizer:
             raise ValueError(f"{type(hf_tokenizer).__name__} is a slow tokenizer; "
                              "load a fast one (a checkpoint with tokenizer.json)")
         self._hf = hf_tokenizer
-        self._token_tables: dict[int, _TokenTables] = {}  # by vocab size: a decode per token
+        # By vocab size, each from one decode per token: the newline table and the others.
+        self._token_tables: dict[int, tuple[np.ndarray, BlankStepTables]] = {}
         own = () if hf_tokenizer.eos_token_id is None else (hf_tokenizer.eos_token_id,)
         self._eos_ids = tuple(dict.fromkeys((*own, *map(int, extra_eos_ids))))
         if not self._eos_ids:
@@ -114,21 +115,20 @@ class Tokenizer:
         (model vocabularies are often padded) are False. Decoded once per size (every
         stage's decoder asks for it); the table returned is read-only.
         """
-        return self._tables(vocab_size).newline
+        return self._tables(vocab_size)[0]
 
     def blank_step_tables(self, vocab_size: int) -> BlankStepTables:
         """The tables with which a blank line joins the step after it instead of being a
         step (``decoding.line_tables``), read from the same decoded texts as
         ``newline_table``: ids past the tokenizer are neither."""
-        tables = self._tables(vocab_size)
-        return BlankStepTables(blank_line=tables.blank_line, whitespace=tables.whitespace)
+        return self._tables(vocab_size)[1]
 
-    def _tables(self, vocab_size: int) -> _TokenTables:
+    def _tables(self, vocab_size: int) -> tuple[np.ndarray, BlankStepTables]:
         if vocab_size not in self._token_tables:
             self._token_tables[vocab_size] = self._decoded_tables(vocab_size)
         return self._token_tables[vocab_size]
 
-    def _decoded_tables(self, vocab_size: int) -> _TokenTables:
+    def _decoded_tables(self, vocab_size: int) -> tuple[np.ndarray, BlankStepTables]:
         known = min(vocab_size, len(self._hf))
         texts = self._hf.batch_decode([[i] for i in range(known)], skip_special_tokens=False,
                                       clean_up_tokenization_spaces=False)
@@ -139,8 +139,7 @@ class Tokenizer:
             out.flags.writeable = False
             return out
 
-        return _TokenTables(
-            newline=table(["\n" in text for text in texts]),
+        return table(["\n" in text for text in texts]), BlankStepTables(
             blank_line=table(["\n" in text and not text.split("\n", 1)[0].strip()
                               for text in texts]),
             whitespace=table([not text.strip() for text in texts]))
@@ -151,12 +150,6 @@ class BlankStepTables(NamedTuple):
     whitespace before it (it would end a blank step); ``whitespace``, its text is
     whitespace only (a blank step stays blank after it)."""
 
-    blank_line: np.ndarray
-    whitespace: np.ndarray
-
-
-class _TokenTables(NamedTuple):
-    newline: np.ndarray
     blank_line: np.ndarray
     whitespace: np.ndarray
 
