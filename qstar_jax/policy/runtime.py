@@ -24,7 +24,7 @@ from qstar_jax.decoding.step_chunks import StepBatch
 from qstar_jax.decoding.trie_steps import sample_trie_steps
 from qstar_jax.decoding.step_sampler import EndReason
 from qstar_jax.models.tokenizer import Tokenizer
-from qstar_jax.tasks.base import STEP_SEPARATOR, Problem, Task, state_text
+from qstar_jax.tasks.base import STEP_SEPARATOR, Problem, Task, last_line, state_text
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -48,12 +48,16 @@ def stable_id(*parts) -> int:
     return zlib.crc32("/".join(map(str, parts)).encode()) & 0x7FFFFFFF
 
 
-def step_line(decoded: str) -> str:
-    """A step's text from its decoded tokens: up to the first newline after some text.
-    Blank lines before that text are the step's (they joined it: ``decoding.line_tables``),
-    so the trace's text stays what its row holds; a merged token may carry text past the
-    newline, which is not the step's. A step of whitespace alone ends at its first
-    newline."""
+def step_line(decoded: str, ended_at_newline: bool) -> str:
+    """A step's text from its decoded tokens. A step that ended at a newline runs up to the
+    first newline after some text: blank lines before that text are the step's (they
+    joined it: ``decoding.line_tables``), so the trace's text stays what its row holds; a
+    merged token may carry text past the newline, which is not the step's; a step of
+    whitespace alone (blank lines that were steps) ends at its first newline. A step that
+    ended otherwise (cut at its cap, at EOS, in a full row) holds no newline after text,
+    and all of it is its text, a step of blank lines alone included."""
+    if not ended_at_newline:
+        return decoded
     text = re.search(r"\S", decoded)
     end = decoded.find(STEP_SEPARATOR, text.start() if text else 0)
     return decoded if end < 0 else decoded[:end]
@@ -252,10 +256,10 @@ class PolicyRuntime:
     def _sampled_step(self, tokens: list[int], reason: EndReason, logprob: float,
                       hidden: np.ndarray, slot: int) -> SampledStep:
         text_tokens = tokens[:-1] if reason == EndReason.EOS else tokens
-        text = step_line(self.tokenizer.decode(text_tokens))
+        text = step_line(self.tokenizer.decode(text_tokens), reason == EndReason.NEWLINE)
         # A step cut at the cap is a step like any other; EOS and a full row end the trace.
         ends = (reason in (EndReason.EOS, EndReason.CACHE_FULL)
-                or self.task.is_terminal_step(text.rsplit(STEP_SEPARATOR, 1)[-1]))
+                or self.task.is_terminal_step(last_line(text)))
         return SampledStep(text=text, token_ids=tuple(tokens), logprob=logprob, hidden=hidden,
                            ends_trace=ends, slot=slot)
 

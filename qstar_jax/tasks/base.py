@@ -97,6 +97,12 @@ def split_steps(completion: str) -> list[str]:
     return [line for line in completion.split(STEP_SEPARATOR) if line.strip()]
 
 
+def last_line(step: str) -> str:
+    """A step's last line: what it says, past the blank lines that joined it
+    (``decoding.line_tables``); a one-line step is itself."""
+    return step.rsplit(STEP_SEPARATOR, 1)[-1]
+
+
 def join_steps(steps: Sequence[str]) -> str:
     return STEP_SEPARATOR.join(steps)
 

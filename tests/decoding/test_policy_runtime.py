@@ -88,21 +88,26 @@ class Spaced(Letters):
                        for i in ids)
 
 
-def test_a_blank_line_is_the_start_of_the_steps_text_and_the_task_reads_its_last_line(
-        counting_model):
-    """With the tokenizer's blank-step tables (here: 6 and 7 whitespace, 7 a newline with
-    nothing before it) a step that opens with a blank line goes on past it: its text
-    keeps the blank line, so the trace's text is what the row holds, and the task is
-    asked whether its last line ends the trace."""
+def _blank_steps_runtime(counting_model, cap: int) -> PolicyRuntime:
+    """A runtime whose decoder has blank-step tables: 6 and 7 whitespace, 7 a newline with
+    nothing before it."""
     decoder = Decoder(counting_model, num_slots=4, max_len=COUNTING_MAX_LEN,
                       newline_table=np.arange(COUNTING_VOCAB) == COUNTING_NEWLINE_ID,
                       blank_steps=BlankStepTables(
                           blank_line=np.arange(COUNTING_VOCAB) == COUNTING_NEWLINE_ID,
                           whitespace=np.isin(np.arange(COUNTING_VOCAB), [6, 7])),
                       eos_ids=[], min_batch_bucket=2, min_step_bucket=STEP_BUCKET)
-    runtime = PolicyRuntime(decoder, Spaced(), FLinesAnswer(),
-                            [Problem(id="p0", question="", reference=None)], [""], seed=0,
-                            step_token_cap=5)
+    return PolicyRuntime(decoder, Spaced(), FLinesAnswer(),
+                         [Problem(id="p0", question="", reference=None)], [""], seed=0,
+                         step_token_cap=cap)
+
+
+def test_a_blank_line_is_the_start_of_the_steps_text_and_the_task_reads_its_last_line(
+        counting_model):
+    """A step that opens with a blank line goes on past it: its text keeps the blank line,
+    so the trace's text is what the row holds, and the task is asked whether its last line
+    ends the trace."""
+    runtime = _blank_steps_runtime(counting_model, cap=5)
     slots = runtime.prefill_tokens([0, 0], [[5], [2]])
     steps = runtime.sample(slots, [0, 0], node_ids=[0, 1], temperatures=[0.0, 0.0])
     assert [(s.text, s.token_ids, s.ends_trace) for s in steps] == [
@@ -112,11 +117,28 @@ def test_a_blank_line_is_the_start_of_the_steps_text_and_the_task_reads_its_last
     assert row == state_text(Spaced().decode([5]), [steps[0].text])
 
 
+def test_a_step_of_blank_lines_alone_cut_at_its_cap_keeps_them_all_in_its_text(
+        counting_model):
+    runtime = _blank_steps_runtime(counting_model, cap=2)
+    slots = runtime.prefill_tokens([0], [[5]])
+    [step] = runtime.sample(slots, [0], node_ids=[0], temperatures=[0.0])
+    assert (step.text, step.token_ids, step.ends_trace) == (" \n", (6, 7, 7), False)
+    row = Spaced().decode([5, *step.token_ids])
+    assert row == state_text(Spaced().decode([5]), [step.text])
+
+
 @pytest.mark.parametrize("decoded, text", [
-    ("abc\ndef", "abc"), ("\n\nThe answer\nmore", "\n\nThe answer"), ("  \n  x", "  \n  x"),
-    (" \n", " "), ("", ""), ("    return x\n", "    return x"), ("x.\n\n", "x.")])
-def test_a_steps_text_runs_to_the_first_newline_after_some_text(decoded, text):
-    assert step_line(decoded) == text
+    ("abc\ndef", "abc"), ("\n\nThe answer\nmore", "\n\nThe answer"), (" \n", " "),
+    ("\n\n", ""), ("    return x\n", "    return x"), ("x.\n\n", "x.")])
+def test_a_step_ended_at_a_newline_runs_to_the_first_newline_after_some_text(decoded, text):
+    assert step_line(decoded, ended_at_newline=True) == text
+
+
+@pytest.mark.parametrize("decoded", ["abc", "  \n  x", "\n\n \n", ""])
+def test_a_step_ended_otherwise_is_all_its_text(decoded):
+    """Cut at its cap or at EOS: it holds no newline after text, and a step of blank
+    lines alone (they join the next step, and the cap came first) is its blank lines."""
+    assert step_line(decoded, ended_at_newline=False) == decoded
 
 
 def test_a_step_drawn_twice_in_a_trie_and_cut_at_its_cap_has_its_line_break_in_both_slots(

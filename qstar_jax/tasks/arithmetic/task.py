@@ -15,7 +15,8 @@ from typing import Any, Mapping, Sequence
 from qstar_jax.tasks.arithmetic.steps import (ARITHMETIC_ALPHABET, Operation, format_answer,
                                               format_step, parse_answer, parse_step)
 from qstar_jax.tasks.arithmetic.world import ArithmeticConfig, Chain, generate_chains
-from qstar_jax.tasks.base import STEP_SEPARATOR, ChatFormatter, Problem, split_steps
+from qstar_jax.tasks.base import (STEP_SEPARATOR, ChatFormatter, Problem, last_line,
+                                  split_steps)
 
 
 class ArithmeticTask:
@@ -78,10 +79,11 @@ class ArithmeticTask:
         that is not a step, ``#### -1``, an answer line that cannot be right (values are
         never negative, and the answer parser reads none), so the state's value is 0."""
         chain = _chain(problem)
-        if steps and parse_answer(steps[-1]) is not None:
+        said = [last_line(step) for step in steps]  # past the blank lines that joined them
+        if said and parse_answer(said[-1]) is not None:
             return []
         value, done = chain.start, 0
-        for line in steps:
+        for line in said:
             parsed = parse_step(line)
             if parsed is None:
                 return [format_answer(-1)]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+from qstar_jax.tasks.base import last_line
 from qstar_jax.tasks.countdown.rules import (
     CountdownRules, Number, StepError, apply_operation, take_operands)
 from qstar_jax.tasks.countdown.solver import CountdownSolver
@@ -63,10 +64,11 @@ def check_step(remaining: Sequence[Number], target: Number, line: str,
 
 def check_trace(numbers: Sequence[int], target: int, steps: Sequence[str],
                 rules: CountdownRules) -> list[StepCheck]:
-    """One verdict per line. Once a line is illegal the state is unknown, so every
-    later line gets that same error; a line after the trace ended gets AFTER_END."""
+    """One verdict per step, read from its last line (blank lines before it joined the
+    step: ``decoding.line_tables``). Once a step is illegal the state is unknown, so every
+    later step gets that same error; a step after the trace ended gets AFTER_END."""
     checks, remaining, ended = [], tuple(numbers), False
-    for line in steps:
+    for line in map(last_line, steps):
         if checks and not checks[-1].legal:
             checks.append(StepCheck(error=checks[-1].error, step=parse_step(line)))
         elif ended:

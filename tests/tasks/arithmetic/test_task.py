@@ -66,6 +66,11 @@ def test_solver_completion_is_the_exact_value():
     zero = make_problem(task, 5, [("-", 5)])
     assert task.solver_completion(zero, ["not a step"]) == ["#### -1"]
     assert not task.can_still_succeed(zero, ["not a step"])
+    # A step is read from its last line, past the blank lines that joined it.
+    assert task.solver_completion(problem, ["\n\n12 + 7 = 19"]) == ["19 * 3 = 57",
+                                                                   "57 - 15 = 42", "#### 42"]
+    assert task.solver_completion(problem, ["12 + 7 = 19", "19 * 3 = 57", " \n#### 42"]) == []
+    assert task.can_still_succeed(problem, ["\n12 + 7 = 19", "\n19 * 3 = 57"])
 
 
 def test_wrong_steps_come_in_every_kind_and_only_digit_slips_after_the_last_line():

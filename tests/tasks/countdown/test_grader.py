@@ -104,6 +104,16 @@ def test_step_legality_of_partial_traces():
     assert not grade_trace(NUMBERS, TARGET, [], RULES)
 
 
+def test_a_step_is_read_from_its_last_line_past_the_blank_lines_that_joined_it():
+    joined = ["\n" + SOLUTION[0], SOLUTION[1], " \n\n" + SOLUTION[2]]
+    assert errors(joined) == [None, None, None]
+    assert grade_trace(NUMBERS, TARGET, joined, RULES)
+    assert step_reward(NUMBERS, TARGET, joined, RULES) == 1.0
+    assert can_still_succeed(NUMBERS, TARGET, joined[:1], CountdownSolver(RULES))
+    # A line that is no step stays one, blank lines before it or not.
+    assert errors(["\n10 * 10 = 100"]) == [StepError.MALFORMED]
+
+
 def test_target_among_several_numbers_left_is_not_a_finish():
     steps = ["10 * 10 = 100 (left: 4 4 100)"]
     assert errors(steps, target=4) == [None]
