@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import scipy.stats
 from flax import nnx
 from tqdm.auto import tqdm
 
@@ -281,7 +280,8 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     same. Items go in by rising label into a Fenwick tree over score ranks, each counting
     the lower-labelled items it outscores: O(n log n)."""
     labels = np.asarray(labels, np.float64)
-    ranks = scipy.stats.rankdata(np.asarray(scores, np.float64), method="dense").astype(np.int64)
+    # Dense ranks from 1: equal scores share a rank.
+    ranks = np.unique(np.asarray(scores, np.float64), return_inverse=True)[1].reshape(-1) + 1
     tree = np.zeros(int(ranks.max(initial=0)) + 1, np.int64)
 
     def count_at_or_below(rank: int) -> int:

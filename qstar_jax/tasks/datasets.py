@@ -14,14 +14,16 @@ import logging
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Union
+from typing import TYPE_CHECKING, Any, Callable, Union
 
-import datasets as hf_datasets
 import huggingface_hub
 import numpy as np
 
 from qstar_jax.tasks.base import (SKIP_MALFORMED, MalformedRecordError, Problem,
                                   check_unique_ids)
+
+if TYPE_CHECKING:
+    import datasets as hf_datasets
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +139,7 @@ def records_origin(source: DatasetSource, data_files: DataFiles | None, split: s
 
 def _load_local_files(source: DatasetSource, split: str, files: list[str],
                       cache_dir: str | None) -> hf_datasets.Dataset:
+    import datasets as hf_datasets  # here, not at the top: it takes a second to import
     builder = builder_for(files)
     try:
         return hf_datasets.load_dataset(builder, data_files={split: files}, split=split,
@@ -182,6 +185,7 @@ def hub_unreachable_reason(endpoint: str | None = None,
 
 def _load_from_hub(source: DatasetSource, split: str, cache_dir: str | None,
                    probe_timeout_s: float) -> hf_datasets.Dataset:
+    import datasets as hf_datasets  # as in _load_local_files
     # In datasets' own offline mode it reads its cache without network retries, so the
     # probe is only needed when that mode is off.
     if not hf_datasets.config.HF_HUB_OFFLINE:

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import datasets
 import pytest
 
 from qstar_jax.tasks import datasets as task_datasets
@@ -213,7 +214,7 @@ def test_a_folder_given_as_data_files_asks_for_the_files_in_it(cache_dir, tmp_pa
 
 def test_no_hub_and_no_files_says_how_to_point_at_local_files(cache_dir, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setattr(task_datasets.hf_datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     with pytest.raises(DatasetUnavailableError) as raised:
         load_records(SOURCE, "test", cache_dir=cache_dir)
     message = str(raised.value)
@@ -279,12 +280,12 @@ def test_the_hub_is_probed_only_outside_offline_mode(cache_dir, monkeypatch):
         raise ConnectionError("not in the cache")
 
     monkeypatch.setattr(task_datasets, "hub_unreachable_reason", probe)
-    monkeypatch.setattr(task_datasets.hf_datasets, "load_dataset", load_dataset)
-    monkeypatch.setattr(task_datasets.hf_datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     with pytest.raises(DatasetUnavailableError, match="cannot be used: the probe failed. "):
         load_records(SOURCE, "test", cache_dir=cache_dir, hub_probe_timeout_s=0.25)
     assert (probes, loads) == ([{"timeout_s": 0.25}], [])
-    monkeypatch.setattr(task_datasets.hf_datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     with pytest.raises(DatasetUnavailableError,
                        match=r"cannot be used: not cached \(not in the cache\)\. Point"):
         load_records(SOURCE, "test", cache_dir=cache_dir, hub_probe_timeout_s=0.25)
@@ -345,9 +346,6 @@ def test_without_local_files_each_task_loads_its_hub_dataset(
         task_name, hub_name, configs, fixture, cache_dir, monkeypatch):
     """Where the hub answers, ``datasets.load_dataset`` gets the task's hub name and every
     config in order (MATH: all seven subjects), and their records are concatenated."""
-    import datasets
-
-    from qstar_jax.tasks import datasets as task_datasets
     from qstar_jax.tasks.registry import make_task
 
     builder = "parquet" if fixture.suffix == ".parquet" else "json"
@@ -363,8 +361,8 @@ def test_without_local_files_each_task_loads_its_hub_dataset(
         return one_config
 
     monkeypatch.setattr(task_datasets, "hub_unreachable_reason", lambda **_: None)
-    monkeypatch.setattr(task_datasets.hf_datasets, "load_dataset", hub)
-    monkeypatch.setattr(task_datasets.hf_datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     from_hub = make_task(task_name, cache_dir=cache_dir).load("test")
     assert calls == [(hub_name, config, "test") for config in configs]
     assert ([(p.question, p.reference) for p in from_hub]
