@@ -13,6 +13,7 @@ model for optimised code to pay for its compilation is marked ``optimized`` and 
 as a run does. The benchmarks under experiments/, run as commands, always do."""
 
 import os
+import signal
 from pathlib import Path
 
 import jax
@@ -44,6 +45,17 @@ def optimized_compilation_where_marked(request, monkeypatch):
     jax.config.update("jax_disable_most_optimizations", False)
     yield
     jax.config.update("jax_disable_most_optimizations", OPTIMIZATIONS_OFF)
+
+
+@pytest.fixture(autouse=True)
+def sigint_handler_left_as_found():
+    """A test that leaves SIGINT's handler changed fails here, naming it: a later test in
+    the same worker would otherwise meet the change (a run restores the handler it found,
+    so a Ctrl-C test there would see it)."""
+    found = signal.getsignal(signal.SIGINT)
+    yield
+    left = signal.getsignal(signal.SIGINT)
+    assert left is found, f"the test left SIGINT's handler {left!r}; it found {found!r}"
 
 
 # The files that take longest (processes over forced devices, whole runs: from 20 s to
