@@ -7,7 +7,7 @@ as forks leave them. This times one layer's decode attention over such rows as t
 decoder calls it inside its token loop, the whole pool of every layer passed and the
 layer's pages read in place, two ways: the ``jnp`` path (the CPU default; the model's
 own code, as the decoder runs it with ``attention="jnp"``: each row's pages gathered,
-``PagedRows.gather``, and attended over, ``Attention._attend``, through
+``PagedRows.gather``, and attended over, ``Attention.attend_keys``, through
 ``cascade_attention.paged_attention``) and, on a GPU, the Pallas kernel
 (``qstar_kernels.paged_decode_attention_gpu``) reading ``--keys-per-block`` keys (that
 many over the page size pages) each step of its loop. Each call's figure is a jitted

@@ -63,13 +63,13 @@ def parse_args() -> argparse.Namespace:
 
 def paged_attention(attention, q, k_pages, v_pages, page_table, lengths, layer=0):
     """Our CPU path, the model's own code: each row's window of pages gathered
-    (``PagedRows.gather``) and one query per row attending over it (``Attention._attend``).
+    (``PagedRows.gather``) and one query per row attending over it (``Attention.attend_keys``).
     q: [B, H, D]; pages [L, P, K, S, D]; page_table [B, n], the window's entries; lengths
     [B] (the query's position + 1); layer: whose pages to read."""
     rows = PagedRows(page_table=page_table, attention="jnp")
     keys, values = rows.gather(k_pages, layer), rows.gather(v_pages, layer)
     key_pos = jnp.arange(keys.shape[2])[None, :]
-    return attention._attend(q[:, None], keys, values, (lengths - 1)[:, None], key_pos)[:, 0]
+    return attention.attend_keys(q[:, None], keys, values, (lengths - 1)[:, None], key_pos)[:, 0]
 
 
 def _partial(scores, values_einsum):

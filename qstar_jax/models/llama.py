@@ -158,7 +158,7 @@ class Attention(nnx.Module):
             keys = cache_k[layer, slots, :, :window]  # [B, K, W, D]
             values = cache_v[layer, slots, :, :window]
             key_pos = jnp.arange(window)[None, :]  # [1, W]
-        out = self._attend(q, keys, values, positions, key_pos)
+        out = self.attend_keys(q, keys, values, positions, key_pos)
         return out.reshape(b, t, -1), cache_k, cache_v
 
     def _project_qkv(self, x):
@@ -171,8 +171,10 @@ class Attention(nnx.Module):
         q_width, kv_width = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         return [q_width, q_width + kv_width]
 
-    def _attend(self, q, keys, values, positions, key_pos):
-        """q: [B, T, H, D]; keys/values: [B, K, M, D]; key_pos: [B or 1, M] -> [B, T, H, D]."""
+    def attend_keys(self, q, keys, values, positions, key_pos):
+        """Queries at ``positions`` [B, T] over keys at ``key_pos``, causal (and windowed
+        where the model is): q [B, T, H, D]; keys/values [B, K, M, D]; key_pos [B or 1, M]
+        -> [B, T, H, D]. Public for the experiments that attend over keys they gather."""
         b, t = positions.shape
         groups = self.num_heads // self.num_kv_heads
         q = q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)
