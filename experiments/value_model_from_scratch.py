@@ -74,10 +74,11 @@ def synthetic_rows(ctx: RunContext, count: int, gamma: float, seed: int,
     task, rng = ctx.task, random.Random(seed)
     texts, labels, left_out = [], [], 0
     for problem in ctx.task.load(ctx.config.task.train_split, limit=count, seed=seed + 1):
-        solution, prompt = task.solution_steps(problem), ctx.prompts([problem])[0]
+        prompt = ctx.prompts([problem])[0]
         if prompt in held_out_prompts:
             left_out += 1
             continue
+        solution = task.solution_steps(problem)
         for depth in range(len(solution)):
             prefix, live = list(solution[:depth]), True
             if depth and rng.random() < DEAD_PREFIX_SHARE:

@@ -70,22 +70,22 @@ class Decoder:
     to ``max_len`` tokens.
 
     newline_table: [V] bool, True for the tokens whose text contains a newline (the step
-    boundary; all False disables it). blank_steps: the tokenizer's ``BlankStepTables``:
-    a newline ends no step that is blank so far, so blank lines join the line after them
+    boundary; all False disables it). blank_steps: the tokenizer's ``BlankStepTables``: a
+    newline ends no step that is blank so far, so blank lines join the line after them
     (``line_tables``); None: a blank line is a step like any other. eos_ids: the ids that
-    end a trajectory (default: the model config's). cache_dtype: k/v storage dtype
-    (default: the model's parameter dtype). Row counts are padded to powers of two of at
-    least ``min_batch_bucket``, prompt lengths to at least ``min_prefill_bucket`` and step
-    caps to at least ``min_step_bucket``: larger minimums mean fewer compiled variants. Step calls attend over windows of at least
-    ``min_window_bucket`` positions (``attention_window``; at least ``max_len``: always the
-    whole row). step_chunk: sample a step in chunks of at most this many tokens per row
-    (a trie in chunks of as many rounds), each chunk holding only the rows whose step goes
-    on, so rows that ended stop costing compute (``step_chunks``, ``trie_chunks``; every
-    distinct padded row count is a compiled variant); 0: one call computes every row
-    until the last one ends. layer_weights: how the token loops read the layers' weights,
-    one of ``weights.LAYER_WEIGHTS`` ("per-layer" holds them twice; "auto": per layer on
-    CPU and GPU, on a GPU with the attention's projections transposed unless a mesh
-    splits the heads; see ``decoding/weights``).
+    end a trajectory (default: the model config's). cache_dtype: k/v storage dtype (default:
+    the model's parameter dtype). Row counts are padded to powers of two of at least
+    ``min_batch_bucket``, prompt lengths to at least ``min_prefill_bucket`` and step caps to
+    at least ``min_step_bucket``: larger minimums mean fewer compiled variants. Step calls
+    attend over windows of at least ``min_window_bucket`` positions (``attention_window``;
+    at least ``max_len``: always the whole row). step_chunk: sample a step in chunks of at
+    most this many tokens per row (a trie in chunks of as many rounds), each chunk holding
+    only the rows whose step goes on, so rows that ended stop costing compute
+    (``step_chunks``, ``trie_chunks``; every distinct padded row count is a compiled
+    variant); 0: one call computes every row until the last one ends. layer_weights: how the
+    token loops read the layers' weights, one of ``weights.LAYER_WEIGHTS`` ("per-layer"
+    holds them twice; "auto": per layer on CPU and GPU, on a GPU with the attention's
+    projections transposed unless a mesh splits the heads; see ``decoding/weights``).
     shared_prefix: a trie round's rows attend to their group's prefix once, all the
     group's queries together, and to their own steps apart (``models/shared_prefix``;
     not for a model with a sliding window). Off by default: on 2 CPU cores it did not
