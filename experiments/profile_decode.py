@@ -3,11 +3,13 @@
 The collect stage steps rollouts through ``PolicyRuntime``: prompts prefilled into slots
 (``Decoder.prefill``), then one reasoning step at a time for every live row
 (``Decoder.sample_steps``) over a slot pool of ``decode.slots`` slots of
-``decode.max_len`` tokens. This makes the same calls on the real model and times them
-for each (slots, max_len) setting asked for: ``--rows`` rows with prompts of about
-``--prompt-tokens`` tokens (lengths spread by +-10%, as real prompts are), then
-``--steps`` consecutive steps of ``--step-tokens`` tokens each (no newline or EOS stops,
-so every row makes exactly that many; sampled at temperature 0.9 with seeded keys).
+``decode.max_len`` tokens (``--page-size N``: a paged cache of N-token pages, ``--pages``
+of them, as a config with ``decode.page_size`` runs). This makes the same calls on the
+real model and times them for each (slots, max_len) setting asked for: ``--rows`` rows
+with prompts of about ``--prompt-tokens`` tokens (lengths spread by +-10%, as real
+prompts are), then ``--steps`` consecutive steps of ``--step-tokens`` tokens each (no
+newline or EOS stops, so every row makes exactly that many; sampled at temperature 0.9
+with seeded keys).
 
 What scales with what says where the time goes: a per-token time that grows with
 ``max_len`` at a fixed row content means the sampler touches whole cache rows (the
@@ -19,6 +21,7 @@ settings sample the same tokens (they must), equal logprob hashes the same bits.
     python experiments/profile_decode.py [--rows 16] [--slots 64 256] [--max-lens 256 768]
         [--prompt-tokens 200] [--step-tokens 48] [--steps 1] [--reps 2]
         [--temperature 0.9] [--full-window] [--chunks 0] [--threads N]
+        [--page-size 16 [--pages N]]
 
 ``--collect CONFIG`` times collect itself instead: ``--problems`` training problems of
 the config's task, prompted as the run prompts them, ``--rollouts`` rollouts each
@@ -86,6 +89,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=1, help="step calls per repetition")
     parser.add_argument("--reps", type=int, default=2, help="timed repetitions after warm-up")
     parser.add_argument("--temperature", type=float, default=0.9)
+    parser.add_argument("--page-size", type=int, default=0,
+                        help="a paged cache of pages of this many tokens (0: the slot pool)")
+    parser.add_argument("--pages", type=int, default=0,
+                        help="--page-size: the pool's pages (default: slots * max_len worth)")
     parser.add_argument("--full-window", action="store_true",
                         help="attend over whole max_len rows (min_window_bucket = max_len)")
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -122,6 +129,7 @@ def main() -> None:
     import numpy as np
 
     from qstar_jax.decoding.engine import Decoder
+    from qstar_jax.decoding.paged_cache import Paging
     from qstar_jax.decoding.sampling import SamplingParams
     from qstar_jax.models.loading import load_model
 
@@ -143,6 +151,9 @@ def main() -> None:
             print(f"skip slots={num_slots} max_len={max_len}: the rows do not fit")
             continue
         options = dict(min_window_bucket=max_len) if args.full_window else {}
+        if args.page_size:
+            options["paging"] = Paging(page_size=args.page_size, num_pages=args.pages or
+                                       -(-num_slots * max_len // args.page_size))
         decoder = Decoder(loaded.model, num_slots=num_slots, max_len=max_len,
                           newline_table=np.zeros(cfg.vocab_size, bool), eos_ids=[],
                           step_chunk=chunk, **options)
@@ -197,6 +208,7 @@ def main() -> None:
     print(json.dumps(dict(settings=settings, rows=args.rows, prompt_tokens=args.prompt_tokens,
                           step_tokens=args.step_tokens, steps=args.steps, reps=args.reps,
                           temperature=args.temperature, full_window=args.full_window,
+                          page_size=args.page_size,
                           threads=args.threads, device=jax.devices()[0].device_kind)))
 
 
