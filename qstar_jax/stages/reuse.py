@@ -57,8 +57,12 @@ def _settings(config: RunConfig) -> dict[str, Any]:
 
 def differing_settings(ours: RunConfig, theirs: RunConfig) -> list[str]:
     """The dotted keys whose values differ between the two configs, sorted."""
-    a, b = _settings(ours), _settings(theirs)
-    return sorted(key for key in a.keys() | b.keys() if a.get(key) != b.get(key))
+    return _differing(_settings(ours), _settings(theirs))
+
+
+def _differing(ours: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
+    """The keys of either settings map whose values differ (absent in one: differs)."""
+    return sorted(key for key in ours.keys() | theirs.keys() if ours.get(key) != theirs.get(key))
 
 
 def evaluation_only(key: str) -> bool:
@@ -89,9 +93,7 @@ def reuse_trained_outputs(source: Path, out: Path, config: RunConfig) -> list[st
     except ConfigError as error:  # saved by a version that took what the checks now refuse
         raise ConfigError(f"--reuse {source}: its config.yaml no longer loads ({error}); "
                           "correct that setting there") from None
-    ours = _training_settings(config)
-    differing = sorted(key for key in ours.keys() | theirs.keys()
-                       if ours.get(key) != theirs.get(key))
+    differing = _differing(_training_settings(config), theirs)
     if differing:
         raise ConfigError(f"--reuse {source}: its run was trained with different settings for "
                           f"{', '.join(differing)}; only {', '.join(EVALUATION_ONLY)} may differ")
