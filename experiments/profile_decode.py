@@ -92,7 +92,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--page-size", type=int, default=0,
                         help="a paged cache of pages of this many tokens (0: the slot pool)")
     parser.add_argument("--pages", type=int, default=0,
-                        help="--page-size: the pool's pages (default: slots * max_len worth)")
+                        help="--page-size: the pool's pages (default, as decode.pages: a full "
+                        "max_len row for every slot)")
     parser.add_argument("--full-window", action="store_true",
                         help="attend over whole max_len rows (min_window_bucket = max_len)")
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -128,6 +129,7 @@ def main() -> None:
     import jax.numpy as jnp
     import numpy as np
 
+    from qstar_jax.config import DecodeConfig
     from qstar_jax.decoding.engine import Decoder
     from qstar_jax.decoding.paged_cache import Paging
     from qstar_jax.decoding.sampling import SamplingParams
@@ -152,8 +154,9 @@ def main() -> None:
             continue
         options = dict(min_window_bucket=max_len) if args.full_window else {}
         if args.page_size:
-            options["paging"] = Paging(page_size=args.page_size, num_pages=args.pages or
-                                       -(-num_slots * max_len // args.page_size))
+            pages = DecodeConfig(slots=num_slots, max_len=max_len, page_size=args.page_size,
+                                 pages=args.pages).num_pages
+            options["paging"] = Paging(page_size=args.page_size, num_pages=pages)
         decoder = Decoder(loaded.model, num_slots=num_slots, max_len=max_len,
                           newline_table=np.zeros(cfg.vocab_size, bool), eos_ids=[],
                           step_chunk=chunk, **options)
