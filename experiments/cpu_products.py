@@ -1,0 +1,142 @@
+"""Why XLA:CPU's decode step trails transformers at 8 and 32 rows on some CPUs: the weight
+products alone, XLA against PyTorch, each at its own thread settings.
+
+``bench_decode.py``'s matmul cap times every product shape as XLA runs it; this sets those
+shapes (SmolLM2-135M-Instruct's: q and o 576x576, k and v 576x192, gate and up 576x1536,
+down 1536x576, the LM head 576x49152) beside PyTorch's, on 1 and on all threads, and
+beside XLA with the rows split over two host devices (``--xla_force_host_platform_
+device_count=2``, one computation each, run side by side). Each XLA figure is one product
+of a jitted chain of eight run one after another, so the call's dispatch is spread over
+them; the weights stay
+in cache between repetitions, as in the matmul cap (a decode step streams them from
+memory, so both sides are slower there).
+
+    python experiments/cpu_products.py [--rows 1 8 32] [--reps 800]
+
+Prints a table (microseconds a product, and GFLOP/s) and, as its last line, JSON:
+{"rows": [...], "shapes": [...], "xla_us": [[...]], "xla_two_devices_us": [[...]],
+"torch_one_thread_us": [[...]], "torch_us": [[...]], "token_ms": [{...}], "threads": T}
+with one inner list per row count, in ``shapes`` order; "token_ms" sums each column over
+one decode token's products (each layer's seven, thirty layers, and the LM head: the
+"a token" lines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+if __name__ == "__main__":  # two host devices for the split column, before JAX starts
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_force_host_platform_device_count=2").strip()
+
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
+
+SHAPES = ((576, 576), (576, 192), (576, 1536), (1536, 576), (576, 49152))
+# How many of each shape one decode token runs: q and o, k and v, gate and up, down, in
+# each of the 30 layers, and the LM head once.
+LAYERS = 30
+PER_TOKEN = (2 * LAYERS, 2 * LAYERS, 2 * LAYERS, LAYERS, 1)
+CHAIN = 8
+
+
+def per_call_us(run, reps: int) -> float:
+    """Mean microseconds of ``run()`` over ``reps`` calls after a few warm-up calls (the
+    first after a change of torch's thread count also starts its threads)."""
+    for _ in range(max(3, reps // 20)):
+        jax.block_until_ready(run())
+    start = time.perf_counter()
+    for _ in range(reps):
+        out = run()
+    jax.block_until_ready(out)
+    return 1e6 * (time.perf_counter() - start) / reps
+
+
+def product_chain(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``CHAIN`` products of ``a`` by ``b``, each input shifted by a scalar of the one
+    before's output: the products run one after another, as a decode step's do (left
+    independent, XLA may run them side by side on the two cores)."""
+    out = a @ b
+    for _ in range(CHAIN - 1):
+        out = (a + 1e-9 * out[:, :1]) @ b
+    return out
+
+
+def xla_us(x: np.ndarray, w: np.ndarray, reps: int, mesh: Mesh | None) -> float:
+    """One product's microseconds in a jitted ``product_chain``; with ``mesh``, the rows
+    split over its devices."""
+    chain = jax.jit(product_chain)
+    if mesh is None:
+        xa, wa = jnp.asarray(x), jnp.asarray(w)
+    else:
+        xa = jax.device_put(x, NamedSharding(mesh, PartitionSpec("rows")))
+        wa = jax.device_put(w, NamedSharding(mesh, PartitionSpec()))
+    return per_call_us(lambda: chain(xa, wa), max(1, reps // CHAIN)) / CHAIN
+
+
+def torch_us(x: np.ndarray, w: np.ndarray, reps: int, threads: int) -> float:
+    torch.set_num_threads(threads)
+    xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+    with torch.inference_mode():
+        return per_call_us(lambda: xt @ wt, reps)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--reps", type=int, default=800, help="calls timed per figure")
+    args = parser.parse_args()
+    if any(rows < 2 or rows % 2 for rows in args.rows if rows != 1):
+        parser.error("--rows: 1 or an even count (the split column halves the rows)")
+    threads = torch.get_num_threads()
+    devices = jax.devices()  # one where JAX started before this module (a test)
+    mesh = Mesh(np.array(devices[:2]), ("rows",)) if len(devices) > 1 else None
+    rng = np.random.default_rng(0)
+    print(f"{jax.devices()[0].platform}, {threads} threads; microseconds a product "
+          "(GFLOP/s)")
+    print(f"{'rows':>4}  {'shape':>9}  {'XLA':>14}  {'XLA, 2 devices':>14}  "
+          f"{'torch, 1 thread':>15}  {'torch':>14}")
+    result = {"rows": args.rows, "shapes": [list(s) for s in SHAPES], "xla_us": [],
+              "xla_two_devices_us": [], "torch_one_thread_us": [], "torch_us": [],
+              "token_ms": [], "threads": threads}
+    for rows in args.rows:
+        figures = {key: [] for key in ("xla_us", "xla_two_devices_us",
+                                       "torch_one_thread_us", "torch_us")}
+        for k, n in SHAPES:
+            x = rng.standard_normal((rows, k), dtype=np.float32)
+            w = rng.standard_normal((k, n), dtype=np.float32)
+            reps = args.reps if n < 10_000 else max(8, args.reps // 10)
+            row = {"xla_us": xla_us(x, w, reps, None),
+                   "xla_two_devices_us": (xla_us(x, w, reps, mesh)
+                                          if mesh is not None and rows > 1 else None),
+                   "torch_one_thread_us": torch_us(x, w, reps, 1),
+                   "torch_us": torch_us(x, w, reps, threads)}
+            kflop = 2 * rows * k * n / 1e3  # over microseconds: GFLOP/s
+            cells = [f"{us:7.1f} ({kflop / us:4.0f})" if us else f"{'-':>14}"
+                     for us in row.values()]
+            print(f"{rows:>4}  {k:>4}x{n:<5}  {cells[0]:>14}  {cells[1]:>14}  "
+                  f"{cells[2]:>15}  {cells[3]:>14}")
+            for key, us in row.items():
+                figures[key].append(None if us is None else round(us, 1))
+        token_ms = {key.removesuffix("_us"): None if None in values else
+                    round(sum(n * us for n, us in zip(PER_TOKEN, values)) / 1e3, 1)
+                    for key, values in figures.items()}
+        print(f"{rows:>4}  {'a token':>9}  " + "  ".join(
+            f"{'-' if ms is None else f'{ms:.1f} ms':>{width}}"
+            for ms, width in zip(token_ms.values(), (14, 14, 15, 14))))
+        for key, values in figures.items():
+            result[key].append(values)
+        result["token_ms"].append(token_ms)
+    torch.set_num_threads(threads)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

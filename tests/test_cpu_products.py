@@ -1,0 +1,81 @@
+"""experiments/cpu_products.py (docs/decoder_speed.md's products, XLA against PyTorch):
+its chain computes the products it times, one after another; each figure's call runs,
+and the JSON holds the stand-in timings (XLA's per product of the chain of eight) and
+their sums over a token's products."""
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from tests.support.experiments import experiment_module
+
+SCRIPT = Path(__file__).parents[1] / "experiments/cpu_products.py"
+
+
+def test_the_chain_feeds_each_product_the_one_before(monkeypatch):
+    cpu_products = experiment_module(monkeypatch, "cpu_products")
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((2, 3), dtype=np.float32)
+    b = rng.standard_normal((3, 5), dtype=np.float32)
+    want = a @ b
+    for _ in range(cpu_products.CHAIN - 1):
+        want = (a + 1e-9 * want[:, :1]) @ b
+    got = np.asarray(jax.jit(cpu_products.product_chain)(a, b))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    # The shift is too small to show in the values: the program holds the eight
+    # products and, between each two, the slice of the output before that feeds the next.
+    primitives = [eqn.primitive.name
+                  for eqn in jax.make_jaxpr(cpu_products.product_chain)(a, b).jaxpr.eqns]
+    products = [i for i, name in enumerate(primitives) if name == "dot_general"]
+    assert len(products) == cpu_products.CHAIN == 8
+    assert all("slice" in primitives[first:second]
+               for first, second in zip(products, products[1:]))
+
+
+def test_each_figure_runs_and_the_json_sums_a_token(monkeypatch, capsys):
+    cpu_products = experiment_module(monkeypatch, "cpu_products")
+    monkeypatch.setattr(cpu_products, "SHAPES", ((4, 6), (6, 4)))
+    monkeypatch.setattr(cpu_products, "PER_TOKEN", (3, 1))
+    # In the order the script asks for them, for each row count and shape: XLA's chain
+    # (eight products), then PyTorch on one thread and on all. Under pytest JAX has one
+    # device, so the two-device column is skipped.
+    calls = iter([8000.0, 300.0, 200.0, 16000.0, 500.0, 400.0,
+                  24000.0, 600.0, 400.0, 8000.0, 700.0, 100.0])
+    ran = []
+
+    def per_call_us(run, reps):
+        ran.append(np.asarray(run()).shape)
+        return next(calls)
+
+    monkeypatch.setattr(cpu_products, "per_call_us", per_call_us)
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--rows", "1", "2", "--reps", "10"])
+    cpu_products.main()
+    assert next(calls, None) is None
+    assert ran == [(1, 6)] * 3 + [(1, 4)] * 3 + [(2, 6)] * 3 + [(2, 4)] * 3
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(lines[-1]) == {
+        "rows": [1, 2], "shapes": [[4, 6], [6, 4]],
+        "xla_us": [[1000.0, 2000.0], [3000.0, 1000.0]],
+        "xla_two_devices_us": [[None, None], [None, None]],
+        "torch_one_thread_us": [[300.0, 500.0], [600.0, 700.0]],
+        "torch_us": [[200.0, 400.0], [400.0, 100.0]],
+        # Three of the first shape and one of the second, in ms: XLA at one row
+        # (3 * 1000 + 2000) / 1000 = 5.0.
+        "token_ms": [{"xla": 5.0, "xla_two_devices": None, "torch_one_thread": 1.4,
+                      "torch": 1.0},
+                     {"xla": 10.0, "xla_two_devices": None, "torch_one_thread": 2.5,
+                      "torch": 1.3}],
+        "threads": cpu_products.torch.get_num_threads()}
+
+
+@pytest.mark.parametrize("rows", ["3", "0"])
+def test_a_row_count_the_split_cannot_halve_is_refused(monkeypatch, rows):
+    cpu_products = experiment_module(monkeypatch, "cpu_products")
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--rows", rows])
+    with pytest.raises(SystemExit) as refused:
+        cpu_products.main()
+    assert refused.value.code == 2
