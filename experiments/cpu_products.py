@@ -1,29 +1,32 @@
-"""Why XLA:CPU's decode step trails transformers at 8 and 32 rows on some CPUs: the weight
+"""Why XLA:CPU's decode step trails transformers at 32 rows on some CPUs: the weight
 products alone, XLA against PyTorch, each at its own thread settings.
 
 ``bench_decode.py``'s matmul cap times every product shape as XLA runs it; this sets those
 shapes (SmolLM2-135M-Instruct's: q and o 576x576, k and v 576x192, gate and up 576x1536,
 down 1536x576, the LM head 576x49152) beside PyTorch's, on 1 and on all threads, and
 beside XLA with the rows split over two host devices (``--xla_force_host_platform_
-device_count=2``, one computation each, run side by side). Each XLA figure is one product
-of a jitted chain of eight run one after another, so the call's dispatch is spread over
-them; the weights stay
-in cache between repetitions, as in the matmul cap (a decode step streams them from
-memory, so both sides are slower there).
+device_count=2``, one computation each, run side by side). Each figure is one product of
+a sequence run one after another (``product_chain`` on XLA's side), so a call's dispatch
+is spread over its products. By default a chain multiplies by one weight array
+eight times, which stays in cache, as in the matmul cap; with ``--streamed`` by distinct
+copies of it, at least 256 MiB of them, so that each product reads its weights from
+memory, as a decode step's 538 MB of weights are.
 
-    python experiments/cpu_products.py [--rows 1 8 32] [--reps 800]
+    python experiments/cpu_products.py [--rows 1 8 32] [--reps 800] [--streamed]
 
 Prints a table (microseconds a product, and GFLOP/s) and, as its last line, JSON:
 {"rows": [...], "shapes": [...], "xla_us": [[...]], "xla_two_devices_us": [[...]],
-"torch_one_thread_us": [[...]], "torch_us": [[...]], "token_ms": [{...}], "threads": T}
-with one inner list per row count, in ``shapes`` order; "token_ms" sums each column over
-one decode token's products (each layer's seven, thirty layers, and the LM head: the
-"a token" lines).
+"torch_one_thread_us": [[...]], "torch_us": [[...]], "token_ms": [{...}], "threads": T,
+"streamed": S} with one inner list per row count, in ``shapes`` order; "token_ms" sums
+each column over one decode token's products (each layer's seven, thirty layers, and the
+LM head: the "a token" lines).
 """
+
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 
@@ -44,7 +47,10 @@ SHAPES = ((576, 576), (576, 192), (576, 1536), (1536, 576), (576, 49152))
 # each of the 30 layers, and the LM head once.
 LAYERS = 30
 PER_TOKEN = (2 * LAYERS, 2 * LAYERS, 2 * LAYERS, LAYERS, 1)
-CHAIN = 8
+CHAIN = 8  # products a chain runs with its weights in cache
+# With --streamed, each shape's chain runs over distinct copies of its weights, this many
+# bytes of them at least, so that every product reads its weights from memory.
+STREAMED_BYTES = 256 * 2**20
 
 
 def per_call_us(run, reps: int) -> float:
@@ -59,39 +65,64 @@ def per_call_us(run, reps: int) -> float:
     return 1e6 * (time.perf_counter() - start) / reps
 
 
-def product_chain(a: jax.Array, b: jax.Array) -> jax.Array:
-    """``CHAIN`` products of ``a`` by ``b``, each input shifted by a scalar of the one
-    before's output: the products run one after another, as a decode step's do (left
+def product_chain(a: jax.Array, weights: list[jax.Array]) -> jax.Array:
+    """``a`` times each of ``weights`` in turn, each input shifted by a scalar of the
+    product before: the products run one after another, as a decode step's do (left
     independent, XLA may run them side by side on the two cores)."""
-    out = a @ b
-    for _ in range(CHAIN - 1):
-        out = (a + 1e-9 * out[:, :1]) @ b
+    out = a @ weights[0]
+    for w in weights[1:]:
+        out = (a + 1e-9 * out[:, :1]) @ w
     return out
 
 
-def xla_us(x: np.ndarray, w: np.ndarray, reps: int, mesh: Mesh | None) -> float:
+def xla_us(x: np.ndarray, weights: list[np.ndarray], reps: int, mesh: Mesh | None) -> float:
     """One product's microseconds in a jitted ``product_chain``; with ``mesh``, the rows
     split over its devices."""
     chain = jax.jit(product_chain)
     if mesh is None:
-        xa, wa = jnp.asarray(x), jnp.asarray(w)
+        xa, put = jnp.asarray(x), jnp.asarray
     else:
         xa = jax.device_put(x, NamedSharding(mesh, PartitionSpec("rows")))
-        wa = jax.device_put(w, NamedSharding(mesh, PartitionSpec()))
-    return per_call_us(lambda: chain(xa, wa), max(1, reps // CHAIN)) / CHAIN
+        put = functools.partial(jax.device_put, device=NamedSharding(mesh, PartitionSpec()))
+    placed = {}  # one array on the device per distinct weight array, as torch shares it
+    wa = [placed.setdefault(id(w), put(w)) for w in weights]
+    calls = max(1, reps // len(weights))
+    return per_call_us(lambda: chain(xa, wa), calls) / len(weights)
 
 
-def torch_us(x: np.ndarray, w: np.ndarray, reps: int, threads: int) -> float:
+def torch_us(x: np.ndarray, weights: list[np.ndarray], reps: int, threads: int) -> float:
+    """One product's microseconds over ``x`` times each of ``weights``, on ``threads``.
+    Eager PyTorch runs them one after another anyway, so no shift joins them (its small
+    operations would cost more than XLA's, fused into the products)."""
     torch.set_num_threads(threads)
-    xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+    xt, wt = torch.from_numpy(x), [torch.from_numpy(w) for w in weights]
+
+    def products():
+        for w in wt:
+            out = xt @ w
+        return out
+
     with torch.inference_mode():
-        return per_call_us(lambda: xt @ wt, reps)
+        return per_call_us(products, max(1, reps // len(weights))) / len(weights)
+
+
+def chain_weights(rng: np.random.Generator, k: int, n: int, streamed: bool) -> list:
+    """The weights a shape's chain multiplies by: one [k, n] array ``CHAIN`` times (it
+    stays in cache), or with ``streamed`` enough distinct ones to fill
+    ``STREAMED_BYTES``."""
+    if not streamed:
+        return [rng.standard_normal((k, n), dtype=np.float32)] * CHAIN
+    copies = max(CHAIN, -(-STREAMED_BYTES // (4 * k * n)))
+    return [rng.standard_normal((k, n), dtype=np.float32) for _ in range(copies)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--reps", type=int, default=800, help="calls timed per figure")
+    parser.add_argument("--reps", type=int, default=800, help="products timed per figure")
+    parser.add_argument("--streamed", action="store_true",
+                        help="distinct weights for each product of a chain, read from "
+                             "memory as in a decode step (default: one, in cache)")
     args = parser.parse_args()
     if any(rows < 2 or rows % 2 for rows in args.rows if rows != 1):
         parser.error("--rows: 1 or an even count (the split column halves the rows)")
@@ -99,25 +130,26 @@ def main() -> None:
     devices = jax.devices()  # one where JAX started before this module (a test)
     mesh = Mesh(np.array(devices[:2]), ("rows",)) if len(devices) > 1 else None
     rng = np.random.default_rng(0)
-    print(f"{jax.devices()[0].platform}, {threads} threads; microseconds a product "
-          "(GFLOP/s)")
+    print(f"{jax.devices()[0].platform}, {threads} threads, weights "
+          f"{'streamed from memory' if args.streamed else 'in cache'}; microseconds a "
+          "product (GFLOP/s)")
     print(f"{'rows':>4}  {'shape':>9}  {'XLA':>14}  {'XLA, 2 devices':>14}  "
           f"{'torch, 1 thread':>15}  {'torch':>14}")
     result = {"rows": args.rows, "shapes": [list(s) for s in SHAPES], "xla_us": [],
               "xla_two_devices_us": [], "torch_one_thread_us": [], "torch_us": [],
-              "token_ms": [], "threads": threads}
+              "token_ms": [], "threads": threads, "streamed": args.streamed}
     for rows in args.rows:
         figures = {key: [] for key in ("xla_us", "xla_two_devices_us",
                                        "torch_one_thread_us", "torch_us")}
         for k, n in SHAPES:
             x = rng.standard_normal((rows, k), dtype=np.float32)
-            w = rng.standard_normal((k, n), dtype=np.float32)
+            weights = chain_weights(rng, k, n, args.streamed)
             reps = args.reps if n < 10_000 else max(8, args.reps // 10)
-            row = {"xla_us": xla_us(x, w, reps, None),
-                   "xla_two_devices_us": (xla_us(x, w, reps, mesh)
+            row = {"xla_us": xla_us(x, weights, reps, None),
+                   "xla_two_devices_us": (xla_us(x, weights, reps, mesh)
                                           if mesh is not None and rows > 1 else None),
-                   "torch_one_thread_us": torch_us(x, w, reps, 1),
-                   "torch_us": torch_us(x, w, reps, threads)}
+                   "torch_one_thread_us": torch_us(x, weights, reps, 1),
+                   "torch_us": torch_us(x, weights, reps, threads)}
             kflop = 2 * rows * k * n / 1e3  # over microseconds: GFLOP/s
             cells = [f"{us:7.1f} ({kflop / us:4.0f})" if us else f"{'-':>14}"
                      for us in row.values()]

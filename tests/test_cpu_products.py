@@ -1,7 +1,8 @@
 """experiments/cpu_products.py (docs/decoder_speed.md's products, XLA against PyTorch):
-its chain computes the products it times, one after another; each figure's call runs,
-and the JSON holds the stand-in timings (XLA's per product of the chain of eight) and
-their sums over a token's products."""
+XLA's chain computes the products it times, one after another; a chain reuses one weight
+array (in cache) or, streamed, distinct ones; each figure's call runs, and the JSON holds
+the stand-in timings (each per product of a pass over eight) and their sums over a
+token's products."""
 
 import json
 import sys
@@ -20,31 +21,48 @@ def test_the_chain_feeds_each_product_the_one_before(monkeypatch):
     cpu_products = experiment_module(monkeypatch, "cpu_products")
     rng = np.random.default_rng(1)
     a = rng.standard_normal((2, 3), dtype=np.float32)
-    b = rng.standard_normal((3, 5), dtype=np.float32)
-    want = a @ b
-    for _ in range(cpu_products.CHAIN - 1):
-        want = (a + 1e-9 * want[:, :1]) @ b
-    got = np.asarray(jax.jit(cpu_products.product_chain)(a, b))
+    weights = [rng.standard_normal((3, 5), dtype=np.float32) for _ in range(3)]
+    want = a @ weights[0]
+    for w in weights[1:]:
+        want = (a + 1e-9 * want[:, :1]) @ w
+    got = np.asarray(jax.jit(cpu_products.product_chain)(a, weights))
     np.testing.assert_allclose(got, want, rtol=1e-6)
-    # The shift is too small to show in the values: the program holds the eight
+    # The shift is too small to show in the values: the program holds the three
     # products and, between each two, the slice of the output before that feeds the next.
-    primitives = [eqn.primitive.name
-                  for eqn in jax.make_jaxpr(cpu_products.product_chain)(a, b).jaxpr.eqns]
+    primitives = [eqn.primitive.name for eqn in
+                  jax.make_jaxpr(cpu_products.product_chain)(a, weights).jaxpr.eqns]
     products = [i for i, name in enumerate(primitives) if name == "dot_general"]
-    assert len(products) == cpu_products.CHAIN == 8
+    assert len(products) == 3
     assert all("slice" in primitives[first:second]
                for first, second in zip(products, products[1:]))
+
+
+def test_a_chain_reuses_one_array_in_cache_or_streams_distinct_ones(monkeypatch):
+    cpu_products = experiment_module(monkeypatch, "cpu_products")
+    rng = np.random.default_rng(2)
+    cached = cpu_products.chain_weights(rng, 4, 6, streamed=False)
+    assert len(cached) == cpu_products.CHAIN == 8
+    assert all(w is cached[0] for w in cached)
+    # Enough [4, 6] float32 arrays (96 bytes) to pass STREAMED_BYTES; a shape whose eight
+    # copies already pass it gets eight.
+    monkeypatch.setattr(cpu_products, "STREAMED_BYTES", 4 * 4 * 6 * 10 + 1)
+    streamed = cpu_products.chain_weights(rng, 4, 6, streamed=True)
+    assert len(streamed) == 11
+    assert len({id(w) for w in streamed}) == 11
+    assert not np.array_equal(streamed[0], streamed[1])
+    monkeypatch.setattr(cpu_products, "STREAMED_BYTES", 4 * 4 * 6 * 3)
+    assert len(cpu_products.chain_weights(rng, 4, 6, streamed=True)) == 8
 
 
 def test_each_figure_runs_and_the_json_sums_a_token(monkeypatch, capsys):
     cpu_products = experiment_module(monkeypatch, "cpu_products")
     monkeypatch.setattr(cpu_products, "SHAPES", ((4, 6), (6, 4)))
     monkeypatch.setattr(cpu_products, "PER_TOKEN", (3, 1))
-    # In the order the script asks for them, for each row count and shape: XLA's chain
-    # (eight products), then PyTorch on one thread and on all. Under pytest JAX has one
-    # device, so the two-device column is skipped.
-    calls = iter([8000.0, 300.0, 200.0, 16000.0, 500.0, 400.0,
-                  24000.0, 600.0, 400.0, 8000.0, 700.0, 100.0])
+    # In the order the script asks for them, for each row count and shape: XLA's chain,
+    # then PyTorch on one thread and on all, each a pass over the chain's eight products.
+    # Under pytest JAX has one device, so the two-device column is skipped.
+    calls = iter([8000.0, 2400.0, 1600.0, 16000.0, 4000.0, 3200.0,
+                  24000.0, 4800.0, 3200.0, 8000.0, 5600.0, 800.0])
     ran = []
 
     def per_call_us(run, reps):
@@ -57,6 +75,8 @@ def test_each_figure_runs_and_the_json_sums_a_token(monkeypatch, capsys):
     assert next(calls, None) is None
     assert ran == [(1, 6)] * 3 + [(1, 4)] * 3 + [(2, 6)] * 3 + [(2, 4)] * 3
     lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == ("cpu, {} threads, weights in cache; microseconds a product "
+                        "(GFLOP/s)".format(cpu_products.torch.get_num_threads()))
     assert json.loads(lines[-1]) == {
         "rows": [1, 2], "shapes": [[4, 6], [6, 4]],
         "xla_us": [[1000.0, 2000.0], [3000.0, 1000.0]],
@@ -69,7 +89,7 @@ def test_each_figure_runs_and_the_json_sums_a_token(monkeypatch, capsys):
                       "torch": 1.0},
                      {"xla": 10.0, "xla_two_devices": None, "torch_one_thread": 2.5,
                       "torch": 1.3}],
-        "threads": cpu_products.torch.get_num_threads()}
+        "threads": cpu_products.torch.get_num_threads(), "streamed": False}
 
 
 @pytest.mark.parametrize("rows", ["3", "0"])
