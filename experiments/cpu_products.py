@@ -2,7 +2,8 @@
 products alone, XLA against PyTorch, each at its own thread settings.
 
 ``bench_decode.py``'s matmul cap times every product shape as XLA runs it; this sets those
-shapes (SmolLM2-135M-Instruct's: q and o 576x576, k and v 576x192, gate and up 576x1536,
+shapes (its ``layer_product_shapes`` and the LM head, of ``--model``'s config; for the
+default SmolLM2-135M-Instruct q and o 576x576, k and v 576x192, gate and up 576x1536,
 down 1536x576, the LM head 576x49152) beside PyTorch's, on 1 and on all threads, and
 beside XLA with the rows split over two host devices (``--xla_force_host_platform_
 device_count=2``, one computation each, run side by side). Each figure is one product of
@@ -10,15 +11,15 @@ a sequence run one after another (``product_chain`` on XLA's side), so a call's 
 is spread over its products. By default a chain multiplies by one weight array
 eight times, which stays in cache, as in the matmul cap; with ``--streamed`` by distinct
 copies of it, at least 256 MiB of them, so that each product reads its weights from
-memory, as a decode step's 538 MB of weights are.
+memory, as a decode step's weights are (SmolLM2's 538 MB).
 
-    python experiments/cpu_products.py [--rows 1 8 32] [--reps 800] [--streamed]
+    python experiments/cpu_products.py [--model M] [--rows 1 8 32] [--reps 800] [--streamed]
 
 Prints a table (microseconds a product, and GFLOP/s) and, as its last line, JSON:
 {"rows": [...], "shapes": [...], "xla_us": [[...]], "xla_two_devices_us": [[...]],
 "torch_one_thread_us": [[...]], "torch_us": [[...]], "token_ms": [{...}], "threads": T,
 "streamed": S} with one inner list per row count, in ``shapes`` order; "token_ms" sums
-each column over one decode token's products (each layer's seven, thirty layers, and the
+each column over one decode token's products (each layer's seven, in every layer, and the
 LM head: the "a token" lines).
 """
 
@@ -34,23 +35,34 @@ if __name__ == "__main__":  # two host devices for the split column, before JAX 
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_force_host_platform_device_count=2").strip()
 
+import collections  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+# The sibling benchmark's list of a layer's products (this script's folder is on sys.path
+# when it runs as ``python experiments/cpu_products.py``).
+from bench_decode import layer_product_shapes  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
-SHAPES = ((576, 576), (576, 192), (576, 1536), (1536, 576), (576, 49152))
-# How many of each shape one decode token runs: q and o, k and v, gate and up, down, in
-# each of the 30 layers, and the LM head once.
-LAYERS = 30
-PER_TOKEN = (2 * LAYERS, 2 * LAYERS, 2 * LAYERS, LAYERS, 1)
+from qstar_jax.architectures import architecture  # noqa: E402
+
 CHAIN = 8  # products a chain runs with its weights in cache
 # With --streamed, each shape's chain runs over distinct copies of its weights, this many
 # bytes of them at least, so that every product reads its weights from memory.
 STREAMED_BYTES = 256 * 2**20
+
+
+def model_products(model: str) -> list[tuple[tuple[int, int], int]]:
+    """((inputs, outputs), how many of it one decode token runs) for each distinct weight
+    product of ``model`` (its config read without its weights), in the order a layer
+    first applies it, the LM head last."""
+    cfg = architecture(model, "--model", "--model")
+    per_layer = collections.Counter(layer_product_shapes(cfg))
+    return ([(shape, count * cfg.num_layers) for shape, count in per_layer.items()]
+            + [((cfg.hidden_size, cfg.vocab_size), 1)])
 
 
 def per_call_us(run, reps: int) -> float:
@@ -118,6 +130,9 @@ def chain_weights(rng: np.random.Generator, k: int, n: int, streamed: bool) -> l
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct",
+                        help="a packaged alias, a .gguf file or an HF directory: whose "
+                             "product shapes to time")
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--reps", type=int, default=800, help="products timed per figure")
     parser.add_argument("--streamed", action="store_true",
@@ -126,6 +141,7 @@ def main() -> None:
     args = parser.parse_args()
     if any(rows < 2 or rows % 2 for rows in args.rows if rows != 1):
         parser.error("--rows: 1 or an even count (the split column halves the rows)")
+    products = model_products(args.model)
     threads = torch.get_num_threads()
     devices = jax.devices()  # one where JAX started before this module (a test)
     mesh = Mesh(np.array(devices[:2]), ("rows",)) if len(devices) > 1 else None
@@ -135,13 +151,13 @@ def main() -> None:
           "product (GFLOP/s)")
     print(f"{'rows':>4}  {'shape':>9}  {'XLA':>14}  {'XLA, 2 devices':>14}  "
           f"{'torch, 1 thread':>15}  {'torch':>14}")
-    result = {"rows": args.rows, "shapes": [list(s) for s in SHAPES], "xla_us": [],
+    result = {"rows": args.rows, "shapes": [list(shape) for shape, _ in products], "xla_us": [],
               "xla_two_devices_us": [], "torch_one_thread_us": [], "torch_us": [],
               "token_ms": [], "threads": threads, "streamed": args.streamed}
     for rows in args.rows:
         figures = {key: [] for key in ("xla_us", "xla_two_devices_us",
                                        "torch_one_thread_us", "torch_us")}
-        for k, n in SHAPES:
+        for (k, n), _ in products:
             x = rng.standard_normal((rows, k), dtype=np.float32)
             weights = chain_weights(rng, k, n, args.streamed)
             reps = args.reps if n < 10_000 else max(8, args.reps // 10)
@@ -158,7 +174,7 @@ def main() -> None:
             for key, us in row.items():
                 figures[key].append(None if us is None else round(us, 1))
         token_ms = {key.removesuffix("_us"): None if None in values else
-                    round(sum(n * us for n, us in zip(PER_TOKEN, values)) / 1e3, 1)
+                    round(sum(count * us for (_, count), us in zip(products, values)) / 1e3, 1)
                     for key, values in figures.items()}
         print(f"{rows:>4}  {'a token':>9}  " + "  ".join(
             f"{'-' if ms is None else f'{ms:.1f} ms':>{width}}"

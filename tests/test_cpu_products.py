@@ -1,8 +1,8 @@
-"""experiments/cpu_products.py (docs/decoder_speed.md's products, XLA against PyTorch):
-XLA's chain computes the products it times, one after another; a chain reuses one weight
-array (in cache) or, streamed, distinct ones; each figure's call runs, and the JSON holds
-the stand-in timings (each per product of a pass over eight) and their sums over a
-token's products."""
+"""experiments/cpu_products.py (docs/decoder_speed.md's products, XLA against PyTorch): a
+token's products are the model's layer products and LM head; XLA's chain computes the
+products it times, one after another; a chain reuses one weight array (in cache) or,
+streamed, distinct ones; each figure's call runs, and the JSON holds the stand-in
+timings (each per product of a pass over eight) and their sums over a token's products."""
 
 import json
 import sys
@@ -54,10 +54,19 @@ def test_a_chain_reuses_one_array_in_cache_or_streams_distinct_ones(monkeypatch)
     assert len(cpu_products.chain_weights(rng, 4, 6, streamed=True)) == 8
 
 
+def test_smollm2s_token_runs_each_layers_seven_products_thirty_times_and_the_head_once(
+        monkeypatch):
+    cpu_products = experiment_module(monkeypatch, "cpu_products")
+    assert cpu_products.model_products("smollm2-135m-instruct") == [
+        ((576, 576), 60), ((576, 192), 60), ((576, 1536), 60), ((1536, 576), 30),
+        ((576, 49152), 1)]
+
+
 def test_each_figure_runs_and_the_json_sums_a_token(monkeypatch, capsys):
     cpu_products = experiment_module(monkeypatch, "cpu_products")
-    monkeypatch.setattr(cpu_products, "SHAPES", ((4, 6), (6, 4)))
-    monkeypatch.setattr(cpu_products, "PER_TOKEN", (3, 1))
+    models = []
+    monkeypatch.setattr(cpu_products, "model_products",
+                        lambda model: models.append(model) or [((4, 6), 3), ((6, 4), 1)])
     # In the order the script asks for them, for each row count and shape: XLA's chain,
     # then PyTorch on one thread and on all, each a pass over the chain's eight products.
     # Under pytest JAX has one device, so the two-device column is skipped.
@@ -72,6 +81,7 @@ def test_each_figure_runs_and_the_json_sums_a_token(monkeypatch, capsys):
     monkeypatch.setattr(cpu_products, "per_call_us", per_call_us)
     monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--rows", "1", "2", "--reps", "10"])
     cpu_products.main()
+    assert models == ["smollm2-135m-instruct"]
     assert next(calls, None) is None
     assert ran == [(1, 6)] * 3 + [(1, 4)] * 3 + [(2, 6)] * 3 + [(2, 4)] * 3
     lines = capsys.readouterr().out.strip().splitlines()
