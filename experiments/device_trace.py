@@ -15,6 +15,11 @@ shapes. A kernel named ``input_reduce_fusion_58`` whose operations are a multipl
 reduce, lowered from ``dot_general``, over a [2048, 2048] operand, is a matrix product
 XLA rewrote as a reduction.
 
+Where the trace says which HLO module ran a kernel (XLA:CPU's runtime events do), the
+kernel is named after it, ``jit_sample_step:ynn_fusion.2``, and only the given HLO's own
+kernels are described: every compiled program numbers its own fusions, so a prefill and a
+step loop may both run a ``ynn_fusion.2``.
+
 On a CPU the trace holds no device: XLA's CPU runtime threads stand in (their events are
 whole executables, not kernels), so the summary says what the host ran and little else.
 
@@ -72,12 +77,21 @@ def busy_us(events: list[dict]) -> float:
     return total
 
 
+def event_name(event: dict) -> str:
+    """A kernel event's name, after "MODULE:" where the trace says which HLO module ran it
+    (``args.hlo_module``): each compiled program numbers its own fusions, so a prefill's
+    ``ynn_fusion.2`` and a step loop's are different kernels."""
+    module = event.get("args", {}).get("hlo_module")
+    return f"{module}:{event['name']}" if module else event["name"]
+
+
 def summary(trace: dict, *, top: int = 12) -> dict:
-    """Busy time, kernel count and the ``top`` kernels by total time of one trace."""
+    """Busy time, kernel count and the ``top`` kernels (``event_name``) by total time of
+    one trace."""
     events, kind = device_events(trace)
     by_name: dict[str, list[float]] = defaultdict(list)
     for event in events:
-        by_name[event["name"]].append(event.get("dur", 0.0))
+        by_name[event_name(event)].append(event.get("dur", 0.0))
     ranked = sorted(by_name.items(), key=lambda item: -sum(item[1]))
     return {"kind": kind, "events": len(events), "busy_ms": busy_us(events) / 1e3,
             "span_ms": ((max(e["ts"] + e.get("dur", 0.0) for e in events)
@@ -158,19 +172,35 @@ def fusion_contents(hlo_text: str) -> dict[str, str]:
             for name, fusion in parse_fusions(hlo_text).items()}
 
 
+def module_name(hlo_text: str) -> str | None:
+    """The name of an HLO module's text ("HloModule jit_sample_step, ..."): what a
+    trace's events of it give as ``hlo_module``."""
+    match = re.match(r"HloModule ([\w.\-]+)", hlo_text)
+    return match.group(1) if match else None
+
+
+def described(name: str, contents: dict[str, str], module: str | None) -> str | None:
+    """What kernel ``name`` (``event_name``) computes, from ``contents`` of HLO module
+    ``module``: nothing for another module's kernel of the same name."""
+    ran_in, _, kernel = name.rpartition(":")
+    if ran_in and module is not None and ran_in != module:
+        return None
+    return contents.get(kernel_name(kernel))
+
+
 def print_summary(label: str, figures: dict, wall_s: float | None = None,
-                  contents: dict[str, str] | None = None) -> None:
-    """The summary's lines; ``contents`` (``fusion_contents``) says under each kernel it
-    names what the kernel computes."""
+                  contents: dict[str, str] | None = None, module: str | None = None) -> None:
+    """The summary's lines; ``contents`` (``fusion_contents`` of HLO module ``module``)
+    says under each of that module's kernels what it computes."""
     wall = f"{wall_s * 1e3:.1f} ms wall, " if wall_s is not None else ""
     print(f"[trace {label}] {wall}{figures['events']} {figures['kind']} over "
           f"{figures['span_ms']:.1f} ms, busy {figures['busy_ms']:.1f} ms", flush=True)
     for row in figures["top"]:
         print(f"[trace {label}]   {row['total_ms']:9.3f} ms {row['count']:6d}x "
               f"{row['mean_us']:9.2f} us  {row['name']}", flush=True)
-        described = (contents or {}).get(kernel_name(row["name"]))
-        if described:
-            print(f"[trace {label}]       = {described}", flush=True)
+        what = described(row["name"], contents or {}, module)
+        if what:
+            print(f"[trace {label}]       = {what}", flush=True)
 
 
 @contextlib.contextmanager
@@ -195,13 +225,13 @@ def traced(directory: Path, label: str, *, top: int = 12,
     saved = Path(directory) / f"{label}.json.gz"
     shutil.move(found[-1], saved)
     shutil.rmtree(work, ignore_errors=True)
-    contents = None
+    contents = module = None
     if hlo is not None:
         text = hlo()
         (Path(directory) / f"{label}.hlo.txt").write_text(text)
-        contents = fusion_contents(text)
+        contents, module = fusion_contents(text), module_name(text)
     with gzip.open(saved) as file:
-        print_summary(label, summary(json.load(file), top=top), wall_s, contents)
+        print_summary(label, summary(json.load(file), top=top), wall_s, contents, module)
 
 
 def main() -> None:
@@ -211,10 +241,11 @@ def main() -> None:
     parser.add_argument("--hlo", type=Path, default=None,
                         help="the optimized HLO of what ran (a saved <label>.hlo.txt)")
     args = parser.parse_args()
-    contents = fusion_contents(args.hlo.read_text()) if args.hlo else None
+    text = args.hlo.read_text() if args.hlo else None
+    contents = fusion_contents(text) if text else None
     with gzip.open(args.trace) as file:
         print_summary(args.trace.name, summary(json.load(file), top=args.top),
-                      contents=contents)
+                      contents=contents, module=module_name(text) if text else None)
 
 
 if __name__ == "__main__":

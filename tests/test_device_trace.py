@@ -129,3 +129,30 @@ def test_the_command_prints_a_saved_traces_top_kernels_and_what_they_compute(
         "[trace t.json.gz]       = broadcast, multiply, reduce (from dot_general); reads "
         "bf16[1,2048]{1,0} bf16[2048,2048]{1,0}; writes bf16[1,2048]{1,0}",
         "[trace t.json.gz]       2.800 ms      1x   2800.00 us  copy"]
+
+
+def test_kernels_of_two_modules_are_told_apart_and_only_the_given_ones_described(
+        monkeypatch, capsys):
+    """XLA:CPU's events carry their HLO module: the prefill's input_reduce_fusion.58 is
+    not the step loop's, whose HLO is given, though both have its name."""
+    def event(module, start, length):
+        return {"ph": "X", "pid": 2, "tid": 0, "name": "input_reduce_fusion_58", "ts": start,
+                "dur": length, "args": {"hlo_module": module}}
+
+    trace = _trace(("copy", 0.0, 100.0))
+    trace["traceEvents"] += [event("jit_prefill", 200.0, 3000.0),
+                             event("jit_sample_step", 4000.0, 1000.0),
+                             event("jit_sample_step", 6000.0, 1000.0)]
+    figures = summary(trace)
+    assert [(row["name"], row["count"]) for row in figures["top"]] == [
+        ("jit_prefill:input_reduce_fusion_58", 1), ("jit_sample_step:input_reduce_fusion_58", 2),
+        ("copy", 1)]
+    assert TRACE["module_name"](GPU_HLO) == "jit_sample_step"
+    TRACE["print_summary"]("t", figures, contents=TRACE["fusion_contents"](GPU_HLO),
+                           module="jit_sample_step")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].endswith("jit_prefill:input_reduce_fusion_58")
+    assert lines[2].endswith("jit_sample_step:input_reduce_fusion_58")
+    assert lines[3].startswith("[trace t]       = broadcast, multiply, reduce")
+    assert lines[4].endswith("copy") and len(lines) == 5
+

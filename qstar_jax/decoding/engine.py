@@ -199,6 +199,8 @@ class Decoder:
                 static = args[split:]
                 return on_slot_shards(lambda *dynamic: fn(graphdef, *dynamic, *static),
                                       mesh, slot_axis, in_specs, out_specs)(*args[:split])
+            # Its HLO module is jit_<name>, as a profiler trace names its kernels' module.
+            traced.__name__ = traced.__qualname__ = name
             static_argnums = tuple(range(len(in_specs), len(in_specs) + num_static))
             return LastCall(jax.jit(traced, donate_argnums=1, static_argnums=static_argnums,
                                     **out_shardings(shardings, name)), context)
