@@ -112,7 +112,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--spare-rules", nargs="+", default=["old", "new"],
                         help="--trie: ChunkedTrie's spare rules: old, new or FLOOR:SHARE")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.page_size < 0 or args.pages < 0:
+        parser.error("--page-size and --pages must be >= 0")
+    if args.pages and not args.page_size:
+        parser.error("--pages sizes a paged cache: give --page-size too")
+    if args.page_size and (args.trie or args.collect):
+        parser.error("--page-size and --pages set the step timings' cache; --trie and "
+                     "--collect do not read them")
+    return args
 
 
 def main() -> None:
