@@ -35,7 +35,10 @@ batch / ((weight bytes + KV bytes) / bandwidth) tokens per second.
 
 Where many rows share a step, the matrix products rather than memory set the limit, so
 it also times the products alone: every weight product of the generation (prompt and
-new tokens), each shape run by XLA as a separate operation. Where they take the time (a
+new tokens), each shape run by XLA as a separate operation, with the weights laid out
+and fused as the decoder holds them for the prefill and for the step loop (on a CPU by
+default the scan's weights as loaded, then the per-layer copy as rows: ``layer_products``).
+Where they take the time (a
 real model, not the tiny test one), a decoder built on XLA's products cannot beat
 batch x 64 tokens over their sum: the "matmul cap", and its ratio to transformers the
 "ratio cap".
@@ -180,18 +183,38 @@ def layer_product_shapes(cfg) -> list[tuple[int, int]]:
     return [(e, q), (e, kv), (e, kv), (q, e), (e, f), (e, f), (f, e)]
 
 
+def layer_products(cfg, layout: str) -> list[tuple[tuple[int, int], bool]]:
+    """((inputs, outputs), held as rows) of each weight product one decoder layer applies
+    to a token, as ``layout`` (a resolved ``decode.layer_weights``) holds the weights:
+    "per-layer-transposed" q, k and v as one product and o, over rows [out, in];
+    "per-layer-kernels" those and the MLP's too, gate and up as one
+    (``models/llama.unstack_layers``); otherwise ``layer_product_shapes`` as loaded."""
+    e, f, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    q, kv = cfg.num_heads * d, cfg.num_kv_heads * d
+    if layout == "per-layer-kernels":
+        return [((e, q + 2 * kv), True), ((q, e), True), ((e, 2 * f), True), ((f, e), True)]
+    if layout == "per-layer-transposed":
+        return [((e, q + 2 * kv), True), ((q, e), True), ((e, f), False), ((e, f), False),
+                ((f, e), False)]
+    return [(shape, False) for shape in layer_product_shapes(cfg)]
+
+
 def product_seconds(rows: int, shape: tuple[int, int], copies: int, dtype,
-                    reps: int = 3) -> float:
+                    as_rows: bool = False, reps: int = 3) -> float:
     """Seconds XLA takes for one [rows, n_in] x [n_in, n_out] product, on ``copies``
     distinct weights (they stream from memory as in a forward pass): one jitted call with
     ``2 * copies`` products less one with ``copies``, so the call's dispatch cancels; each
-    call the fastest of ``reps``."""
+    call the fastest of ``reps``. ``as_rows``: the weights held [n_out, n_in], each output
+    one row's dot product with the input."""
     import jax
     n_in, n_out = shape
     keys = jax.random.split(jax.random.key(0), 2 * copies + 1)
     x = jax.random.normal(keys[0], (rows, n_in), dtype)
-    weights = [jax.random.normal(key, shape, dtype) for key in keys[1:]]
-    products = jax.jit(lambda x, weights: [x @ w for w in weights])
+    held = (n_out, n_in) if as_rows else shape
+    weights = [jax.random.normal(key, held, dtype) for key in keys[1:]]
+    contract = 1 if as_rows else 0
+    products = jax.jit(lambda x, weights: [
+        jax.lax.dot_general(x, w, (((1,), (contract,)), ((), ()))) for w in weights])
 
     def fastest(weights):
         return fastest_seconds(lambda: jax.block_until_ready(products(x, weights)), reps)
@@ -199,19 +222,24 @@ def product_seconds(rows: int, shape: tuple[int, int], copies: int, dtype,
     return max(fastest(weights) - fastest(weights[:copies]), 1e-9) / copies
 
 
-def matmul_cap_tok_s(cfg, batch: int, dtype) -> float:
+def matmul_cap_tok_s(cfg, batch: int, dtype, layout: str = "per-layer",
+                     prefill_layout: str = "stacked") -> float:
     """The most tokens/s a decoder built on XLA's matrix products can give here: the
-    generation's weight products alone (every layer on the prompt's batch x 64 rows, then
-    every layer and the LM head on the batch's rows per new token), each shape timed as
-    XLA runs it, with nothing else (no attention, no cache, no sampling)."""
+    generation's weight products alone (every layer on the prompt's batch x 64 rows, as
+    ``prefill_layout`` holds the weights, then every layer, as ``layout`` holds them, and
+    the LM head on the batch's rows per new token: a tied head reads the embeddings as
+    rows), each shape timed as XLA runs it, with nothing else (no attention, no cache, no
+    sampling)."""
     layers = cfg.num_layers
 
-    def layer_pass(rows):
-        return layers * sum(product_seconds(rows, shape, layers, dtype)
-                            for shape in layer_product_shapes(cfg))
+    def layer_pass(rows, held):
+        return layers * sum(product_seconds(rows, shape, layers, dtype, as_rows)
+                            for shape, as_rows in layer_products(cfg, held))
 
-    head = product_seconds(batch, (cfg.hidden_size, cfg.vocab_size), 1, dtype)
-    total = layer_pass(batch * PROMPT_TOKENS) + NEW_TOKENS * (layer_pass(batch) + head)
+    head = product_seconds(batch, (cfg.hidden_size, cfg.vocab_size), 1, dtype,
+                           cfg.tie_word_embeddings)
+    total = (layer_pass(batch * PROMPT_TOKENS, prefill_layout)
+             + NEW_TOKENS * (layer_pass(batch, layout) + head))
     return batch * NEW_TOKENS / total
 
 
@@ -328,7 +356,8 @@ def main() -> None:
         decode_tok_s.append(tokens / (total - statistics.median(prefill_s[1:])))
         roofline.append(roofline_tok_s(batch, weight_bytes, kv_bytes_per_token, bandwidth))
         if args.matmul_cap:
-            matmul_cap.append(matmul_cap_tok_s(cfg, batch, dtype))
+            matmul_cap.append(matmul_cap_tok_s(cfg, batch, dtype, decoder.layer_weights,
+                                               decoder.prefill_layer_weights))
         if theirs is not None:
             hf_tok_s.append(tokens / median_seconds(lambda: theirs(batch), args.reps))
         if args.trace is not None:  # not timed: the profiler slows the host

@@ -4,8 +4,10 @@ products alone, XLA against PyTorch, each at its own thread settings.
 ``bench_decode.py``'s matmul cap times every product shape as XLA runs it; this sets those
 shapes (its ``layer_product_shapes`` and the LM head, of ``--model``'s config; for the
 default SmolLM2-135M-Instruct q and o 576x576, k and v 576x192, gate and up 576x1536,
-down 1536x576, the LM head 576x49152) beside PyTorch's, on 1 and on all threads, and
-beside XLA with the rows split over two host devices (``--xla_force_host_platform_
+down 1536x576, the LM head 576x49152) beside PyTorch's, on 1 and on all threads, beside
+XLA with the weights held as rows, [outputs, inputs] (as the decoder's layers hold them on
+a CPU, ``per-layer-kernels``, and a tied LM head is), and beside XLA with the rows split
+over two host devices (``--xla_force_host_platform_
 device_count=2``, one computation each, run side by side). Each figure is one product of
 a sequence run one after another (``product_chain`` on XLA's side), so a call's dispatch
 is spread over its products. By default a chain multiplies by one weight array
@@ -16,7 +18,8 @@ memory, as a decode step's weights are (SmolLM2's 538 MB).
     python experiments/cpu_products.py [--model M] [--rows 1 8 32] [--reps 800] [--streamed]
 
 Prints a table (microseconds a product, and GFLOP/s) and, as its last line, JSON:
-{"rows": [...], "shapes": [...], "xla_us": [[...]], "xla_two_devices_us": [[...]],
+{"rows": [...], "shapes": [...], "xla_us": [[...]], "xla_rows_us": [[...]],
+"xla_two_devices_us": [[...]],
 "torch_one_thread_us": [[...]], "torch_us": [[...]], "token_ms": [{...}], "threads": T,
 "streamed": S} with one inner list per row count, in ``shapes`` order; "token_ms" sums
 each column over one decode token's products (each layer's seven, in every layer, and the
@@ -77,27 +80,34 @@ def per_call_us(run, reps: int) -> float:
     return 1e6 * (time.perf_counter() - start) / reps
 
 
-def product_chain(a: jax.Array, weights: list[jax.Array]) -> jax.Array:
+def product_chain(a: jax.Array, weights: list[jax.Array], rows: bool = False) -> jax.Array:
     """``a`` times each of ``weights`` in turn, each input shifted by a scalar of the
     product before: the products run one after another, as a decode step's do (left
-    independent, XLA may run them side by side on the two cores)."""
-    out = a @ weights[0]
+    independent, XLA may run them side by side on the two cores). ``rows``: the weights
+    are held [outputs, inputs], each output one row's dot product with the input, as the
+    decoder's layers hold them on a CPU (``per-layer-kernels``) and a tied LM head is."""
+    def product(x, w):
+        return jax.lax.dot_general(x, w, (((1,), (1,)), ((), ()))) if rows else x @ w
+
+    out = product(a, weights[0])
     for w in weights[1:]:
-        out = (a + 1e-9 * out[:, :1]) @ w
+        out = product(a + 1e-9 * out[:, :1], w)
     return out
 
 
-def xla_us(x: np.ndarray, weights: list[np.ndarray], reps: int, mesh: Mesh | None) -> float:
+def xla_us(x: np.ndarray, weights: list[np.ndarray], reps: int, mesh: Mesh | None,
+           rows: bool = False) -> float:
     """One product's microseconds in a jitted ``product_chain``; with ``mesh``, the rows
-    split over its devices."""
-    chain = jax.jit(product_chain)
+    split over its devices; with ``rows``, the weights held as rows (transposed)."""
+    chain = jax.jit(functools.partial(product_chain, rows=rows))
     if mesh is None:
         xa, put = jnp.asarray(x), jnp.asarray
     else:
         xa = jax.device_put(x, NamedSharding(mesh, PartitionSpec("rows")))
         put = functools.partial(jax.device_put, device=NamedSharding(mesh, PartitionSpec()))
     placed = {}  # one array on the device per distinct weight array, as torch shares it
-    wa = [placed.setdefault(id(w), put(w)) for w in weights]
+    wa = [placed.setdefault(id(w), put(np.ascontiguousarray(w.T) if rows else w))
+          for w in weights]
     calls = max(1, reps // len(weights))
     return per_call_us(lambda: chain(xa, wa), calls) / len(weights)
 
@@ -149,19 +159,22 @@ def main() -> None:
     print(f"{jax.devices()[0].platform}, {threads} threads, weights "
           f"{'streamed from memory' if args.streamed else 'in cache'}; microseconds a "
           "product (GFLOP/s)")
-    print(f"{'rows':>4}  {'shape':>9}  {'XLA':>14}  {'XLA, 2 devices':>14}  "
-          f"{'torch, 1 thread':>15}  {'torch':>14}")
-    result = {"rows": args.rows, "shapes": [list(shape) for shape, _ in products], "xla_us": [],
-              "xla_two_devices_us": [], "torch_one_thread_us": [], "torch_us": [],
+    widths = (14, 14, 14, 15, 14)
+    print(f"{'rows':>4}  {'shape':>9}  {'XLA':>14}  {'XLA, as rows':>14}  "
+          f"{'XLA, 2 devices':>14}  {'torch, 1 thread':>15}  {'torch':>14}")
+    columns = ("xla_us", "xla_rows_us", "xla_two_devices_us", "torch_one_thread_us",
+               "torch_us")
+    result = {"rows": args.rows, "shapes": [list(shape) for shape, _ in products],
+              **{key: [] for key in columns},
               "token_ms": [], "threads": threads, "streamed": args.streamed}
     for rows in args.rows:
-        figures = {key: [] for key in ("xla_us", "xla_two_devices_us",
-                                       "torch_one_thread_us", "torch_us")}
+        figures = {key: [] for key in columns}
         for (k, n), _ in products:
             x = rng.standard_normal((rows, k), dtype=np.float32)
             weights = chain_weights(rng, k, n, args.streamed)
             reps = args.reps if n < 10_000 else max(8, args.reps // 10)
             row = {"xla_us": xla_us(x, weights, reps, None),
+                   "xla_rows_us": xla_us(x, weights, reps, None, rows=True),
                    "xla_two_devices_us": (xla_us(x, weights, reps, mesh)
                                           if mesh is not None and rows > 1 else None),
                    "torch_one_thread_us": torch_us(x, weights, reps, 1),
@@ -169,8 +182,8 @@ def main() -> None:
             kflop = 2 * rows * k * n / 1e3  # over microseconds: GFLOP/s
             cells = [f"{us:7.1f} ({kflop / us:4.0f})" if us else f"{'-':>14}"
                      for us in row.values()]
-            print(f"{rows:>4}  {k:>4}x{n:<5}  {cells[0]:>14}  {cells[1]:>14}  "
-                  f"{cells[2]:>15}  {cells[3]:>14}")
+            print(f"{rows:>4}  {k:>4}x{n:<5}  " + "  ".join(
+                f"{cell:>{width}}" for cell, width in zip(cells, widths)))
             for key, us in row.items():
                 figures[key].append(None if us is None else round(us, 1))
         token_ms = {key.removesuffix("_us"): None if None in values else
@@ -178,7 +191,7 @@ def main() -> None:
                     for key, values in figures.items()}
         print(f"{rows:>4}  {'a token':>9}  " + "  ".join(
             f"{'-' if ms is None else f'{ms:.1f} ms':>{width}}"
-            for ms, width in zip(token_ms.values(), (14, 14, 15, 14))))
+            for ms, width in zip(token_ms.values(), widths)))
         for key, values in figures.items():
             result[key].append(values)
         result["token_ms"].append(token_ms)

@@ -185,15 +185,18 @@ class DecodeConfig:
     pages: int = 0  # with page_size > 0: the pool's pages (0: slots x max_len tokens' worth)
     # How the token loops read the layers' weights (decoding/weights.py): "auto" holds a
     # copy split per layer on CPU and GPU, twice the layers' memory for a decode step 1.7x
-    # (batch 1) to 2.1x (batch 8) as fast on an H200 (docs/gpu_tpu.md);
+    # (batch 1) to 2.1x (batch 8) as fast on an H200 (docs/gpu_tpu.md); "per-layer" the
+    # copy as loaded;
     # "per-layer-transposed" the same copy with the attention's projections held [out, in]
     # (XLA:GPU then computes a batch-1 projection in one kernel instead of storing its
     # products for a second: experiments/device_program.py; the GPU's auto unless a mesh
     # splits the heads; not yet timed on a GPU); "per-layer-kernels" the transposed copy
     # with the MLP's products as rows too, a layer's norms, products, SiLU and residuals
     # run as four Pallas kernels on a GPU at decode steps of up to 4 rows (qstar_kernels/
-    # row_products_gpu.py; untimed); "stacked" holds them once and scans over them (the
-    # TPU's auto); memory_plan counts each.
+    # row_products_gpu.py; untimed there), the jnp path elsewhere (the CPU's auto unless
+    # a mesh splits the heads: SmolLM2 decodes 4-10% faster, docs/decoder_speed.md);
+    # "stacked" holds them once and scans over them (the TPU's auto); memory_plan counts
+    # each.
     layer_weights: str = "auto"
 
     @property

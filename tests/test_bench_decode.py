@@ -1,5 +1,6 @@
 """The decode benchmark's random-weight mode (what runs on an accelerator) runs end to end."""
 
+import dataclasses
 import json
 import re
 import runpy
@@ -32,7 +33,7 @@ def test_random_weight_benchmark_reports_decode_rate_against_the_roofline(monkey
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert figures["batch"] == [1, 2] and figures["hf_tok_s"] is None
     assert figures["page_size"] == 0 and figures["attention"] is None  # row slots
-    assert figures["layer_weights"] == "per-layer"  # the decoder's default on a CPU
+    assert figures["layer_weights"] == "per-layer-kernels"  # the decoder's default on a CPU
     for whole, decode, roof, cap in zip(figures["jax_tok_s"], figures["decode_tok_s"],
                                         figures["roofline_tok_s"], figures["matmul_cap_tok_s"]):
         assert 0 < whole < decode  # the whole generation also prefills the prompt
@@ -82,6 +83,17 @@ def test_the_roofline_and_the_products_by_hand():
     # q 4 x 5 = 20 outputs, k and v 2 x 5 = 10, o back to 12; gate, up and down over 20.
     assert bench_decode.layer_product_shapes(cfg) == [
         (12, 20), (12, 10), (12, 10), (20, 12), (12, 20), (12, 20), (20, 12)]
+    # As each layer_weights holds them: the copy as loaded, or q/k/v as one and o over
+    # rows (transposed), or every product over rows with gate and up as one (kernels).
+    assert bench_decode.layer_products(cfg, "stacked") == [
+        (shape, False) for shape in bench_decode.layer_product_shapes(cfg)]
+    assert bench_decode.layer_products(cfg, "per-layer-transposed") == [
+        ((12, 40), True), ((20, 12), True), ((12, 20), False), ((12, 20), False),
+        ((20, 12), False)]
+    assert bench_decode.layer_products(cfg, "per-layer-kernels") == [
+        ((12, 40), True), ((20, 12), True), ((12, 40), True), ((20, 12), True)]
+    # A product timed over rows runs [rows, 12] against [40, 12] weights.
+    assert 0 < bench_decode.product_seconds(2, (12, 40), 2, "float32", as_rows=True, reps=1)
 
 
 def test_the_matmul_cap_by_hand(monkeypatch):
@@ -92,9 +104,9 @@ def test_the_matmul_cap_by_hand(monkeypatch):
 
     timed = []
 
-    def product_seconds(rows, shape, copies, dtype):
-        timed.append((rows, shape, copies))
-        return rows * sum(shape) * 1e-6
+    def product_seconds(rows, shape, copies, dtype, as_rows):
+        timed.append((rows, shape, copies, as_rows))
+        return rows * sum(shape) * 1e-6 * (0.5 if as_rows else 1)
 
     monkeypatch.setattr(bench_decode, "product_seconds", product_seconds)
     cfg = ModelConfig(model_type="llama", vocab_size=32, hidden_size=12, intermediate_size=20,
@@ -105,8 +117,21 @@ def test_the_matmul_cap_by_hand(monkeypatch):
     assert bench_decode.matmul_cap_tok_s(cfg, 2, "float32") == pytest.approx(2 * 64 / total)
     # Each layer product timed on the layers' 3 distinct weights, the head on its one.
     assert sorted(set(timed)) == sorted(
-        {(rows, shape, 3) for rows in (128, 2)
-         for shape in bench_decode.layer_product_shapes(cfg)} | {(2, (12, 32), 1)})
+        {(rows, shape, 3, False) for rows in (128, 2)
+         for shape in bench_decode.layer_product_shapes(cfg)} | {(2, (12, 32), 1, False)})
+    # The CPU's default: the prompt through the scan's weights as loaded, each new token
+    # through the copy's four products over rows (q/k/v 12 -> 40 and gate/up 12 -> 40 as
+    # one each, o 20 -> 12, down 20 -> 12), a tied head over the embeddings' rows.
+    timed.clear()
+    tied = dataclasses.replace(cfg, tie_word_embeddings=True)
+    rows_layer = (52 + 32 + 52 + 32) * 0.5
+    total = 3 * 128 * layer * 1e-6 + 64 * (3 * 2 * rows_layer + 2 * head * 0.5) * 1e-6
+    assert bench_decode.matmul_cap_tok_s(tied, 2, "float32", "per-layer-kernels",
+                                         "stacked") == pytest.approx(2 * 64 / total)
+    assert sorted(set(timed)) == sorted(
+        {(128, shape, 3, False) for shape in bench_decode.layer_product_shapes(cfg)}
+        | {(2, shape, 3, True) for shape in ((12, 40), (20, 12), (12, 40), (20, 12))}
+        | {(2, (12, 32), 1, True)})
 
 
 def test_timings_leave_the_warm_up_call_out(monkeypatch):

@@ -4,6 +4,7 @@ products it times, one after another; a chain reuses one weight array (in cache)
 streamed, distinct ones; each figure's call runs, and the JSON holds the stand-in
 timings (each per product of a pass over eight) and their sums over a token's products."""
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -35,6 +36,11 @@ def test_the_chain_feeds_each_product_the_one_before(monkeypatch):
     assert len(products) == 3
     assert all("slice" in primitives[first:second]
                for first, second in zip(products, products[1:]))
+    # Held as rows, the transposed weights give the same products.
+    rows = [np.ascontiguousarray(w.T) for w in weights]
+    got_rows = np.asarray(jax.jit(functools.partial(cpu_products.product_chain, rows=True))(
+        a, rows))
+    np.testing.assert_allclose(got_rows, want, rtol=1e-6)
 
 
 def test_a_chain_reuses_one_array_in_cache_or_streams_distinct_ones(monkeypatch):
@@ -68,10 +74,11 @@ def test_each_figure_runs_and_the_json_sums_a_token(monkeypatch, capsys):
     monkeypatch.setattr(cpu_products, "model_products",
                         lambda model: models.append(model) or [((4, 6), 3), ((6, 4), 1)])
     # In the order the script asks for them, for each row count and shape: XLA's chain,
-    # then PyTorch on one thread and on all, each a pass over the chain's eight products.
-    # Under pytest JAX has one device, so the two-device column is skipped.
-    calls = iter([8000.0, 2400.0, 1600.0, 16000.0, 4000.0, 3200.0,
-                  24000.0, 4800.0, 3200.0, 8000.0, 5600.0, 800.0])
+    # on the weights as given and held as rows, then PyTorch on one thread and on all,
+    # each a pass over the chain's eight products. Under pytest JAX has one device, so
+    # the two-device column is skipped.
+    calls = iter([8000.0, 4000.0, 2400.0, 1600.0, 16000.0, 12000.0, 4000.0, 3200.0,
+                  24000.0, 16000.0, 4800.0, 3200.0, 8000.0, 8000.0, 5600.0, 800.0])
     ran = []
 
     def per_call_us(run, reps):
@@ -83,22 +90,23 @@ def test_each_figure_runs_and_the_json_sums_a_token(monkeypatch, capsys):
     cpu_products.main()
     assert models == ["smollm2-135m-instruct"]
     assert next(calls, None) is None
-    assert ran == [(1, 6)] * 3 + [(1, 4)] * 3 + [(2, 6)] * 3 + [(2, 4)] * 3
+    assert ran == [(1, 6)] * 4 + [(1, 4)] * 4 + [(2, 6)] * 4 + [(2, 4)] * 4
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == ("cpu, {} threads, weights in cache; microseconds a product "
                         "(GFLOP/s)".format(cpu_products.torch.get_num_threads()))
     assert json.loads(lines[-1]) == {
         "rows": [1, 2], "shapes": [[4, 6], [6, 4]],
         "xla_us": [[1000.0, 2000.0], [3000.0, 1000.0]],
+        "xla_rows_us": [[500.0, 1500.0], [2000.0, 1000.0]],
         "xla_two_devices_us": [[None, None], [None, None]],
         "torch_one_thread_us": [[300.0, 500.0], [600.0, 700.0]],
         "torch_us": [[200.0, 400.0], [400.0, 100.0]],
         # Three of the first shape and one of the second, in ms: XLA at one row
         # (3 * 1000 + 2000) / 1000 = 5.0.
-        "token_ms": [{"xla": 5.0, "xla_two_devices": None, "torch_one_thread": 1.4,
-                      "torch": 1.0},
-                     {"xla": 10.0, "xla_two_devices": None, "torch_one_thread": 2.5,
-                      "torch": 1.3}],
+        "token_ms": [{"xla": 5.0, "xla_rows": 3.0, "xla_two_devices": None,
+                      "torch_one_thread": 1.4, "torch": 1.0},
+                     {"xla": 10.0, "xla_rows": 7.0, "xla_two_devices": None,
+                      "torch_one_thread": 2.5, "torch": 1.3}],
         "threads": cpu_products.torch.get_num_threads(), "streamed": False}
 
 

@@ -84,8 +84,9 @@ class Decoder:
     (``step_chunks``, ``trie_chunks``; every distinct padded row count is a compiled
     variant); 0: one call computes every row until the last one ends. layer_weights: how the
     token loops read the layers' weights, one of ``weights.LAYER_WEIGHTS`` ("per-layer"
-    holds them twice; "auto": per layer on CPU and GPU, on a GPU with the attention's
-    projections transposed unless a mesh splits the heads; see ``decoding/weights``).
+    holds them twice; "auto": per layer on CPU and GPU, unless a mesh splits the heads
+    on a CPU with every product as rows and on a GPU with the attention's projections
+    transposed; see ``decoding/weights``).
     shared_prefix: a trie round's rows attend to their group's prefix once, all the
     group's queries together, and to their own steps apart (``models/shared_prefix``;
     not for a model with a sliding window). Off by default: on 2 CPU cores it did not
@@ -247,6 +248,11 @@ class Decoder:
         """How the token loops read the layers' weights: the resolved entry of
         ``weights.LAYER_WEIGHTS`` ("auto" never)."""
         return self._weights.mode
+
+    @property
+    def prefill_layer_weights(self) -> str:
+        """How a prefill reads them (``DecoderWeights.prefill_mode``)."""
+        return self._weights.prefill_mode
 
     @property
     def num_slots(self) -> int:

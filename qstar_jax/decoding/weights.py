@@ -14,7 +14,11 @@ prefill reads that copy too on a GPU, and keeps the scan on a CPU
 projections transposed (``per-layer-transposed``, ``RowLinear``): the same products,
 laid out for the reductions XLA:GPU makes of batch-1 ones, each then one kernel reading
 its weights once (compiled for an H200 here, ``experiments/device_program.py``; not yet
-timed on one), and no faster on a CPU; "auto" holds it so on a GPU.
+timed on one); "auto" holds it so on a GPU. On a CPU "auto" holds every product of the
+copy as rows, [out, in], the MLP's gate and up as one (``per-layer-kernels``, run by the
+row kernels' ``jnp`` path there): XLA:CPU's products over rows run faster at 8 and more
+rows (``experiments/cpu_products.py``), and SmolLM2's decode 4-10% faster than on the
+copy as loaded (docs/decoder_speed.md).
 """
 
 from __future__ import annotations
@@ -33,10 +37,12 @@ from qstar_kernels import target_platform
 # projections held [out, in]: ``RowLinear``), "per-layer-kernels" (the same with the
 # MLP's products as rows too, each layer's norms, products, SiLU and residuals run as
 # ``qstar_kernels.rows_product`` calls: four Pallas kernels a layer on a GPU at decode
-# steps of a few rows, the jnp reference elsewhere; untimed, so "auto" does not pick it),
+# steps of a few rows, the jnp reference elsewhere; untimed on a GPU, so "auto" picks it
+# on a CPU only),
 # "stacked" (slices of the stacked arrays under a scan), or "unrolled" (the same scan
-# fully unrolled, so every slice is at a constant index); "auto" picks the per-layer copy
-# on CPU and GPU, where it was measured faster than the scan, transposed on a GPU (where
+# fully unrolled, so every slice is at a constant index); "auto" picks a per-layer copy
+# on CPU and GPU, where it was measured faster than the scan: every product as rows on a
+# CPU (measured faster than the copy as loaded), transposed on a GPU (where
 # XLA:GPU otherwise stores each batch-1 projection's products to reduce them in a second
 # kernel: experiments/device_program.py), and the scan elsewhere (TPU), which holds the
 # weights once: compiled for a TPU v5e, XLA:TPU reads each layer's slice in place
@@ -78,6 +84,12 @@ class DecoderWeights:
             transposed = self.layers[0]["self_attn"].get("qkv_proj") is not None
             return "per-layer-transposed" if transposed else "per-layer"
         return "unrolled" if self.unroll else "stacked"
+
+    @property
+    def prefill_mode(self) -> str:
+        """The ``LAYER_WEIGHTS`` entry a prefill reads the layers as
+        (``prefill_layer_arguments``): the copy's, or the scan's."""
+        return self.mode if self.prefill_layer_arguments() else "stacked"
 
     @property
     def device(self) -> jax.Device:
@@ -124,4 +136,6 @@ def resolve_layer_weights(layer_weights: str, backend: str | None = None, *,
     backend = backend or jax.default_backend()
     if backend in ("gpu", "cuda", "rocm"):
         return "per-layer" if heads_split else "per-layer-transposed"
-    return "per-layer" if backend == "cpu" else "stacked"
+    if backend == "cpu":
+        return "per-layer" if heads_split else "per-layer-kernels"
+    return "stacked"

@@ -12,7 +12,9 @@ from qstar_jax.parallel import ShardingRules
 
 
 @pytest.mark.parametrize("backend, heads_split, resolved", [
-    ("cpu", False, "per-layer"), ("cpu", True, "per-layer"),
+    # On a CPU every product as rows, run by the row kernels' jnp path (faster there:
+    # docs/decoder_speed.md), unless a mesh splits the heads, which rows would not be.
+    ("cpu", False, "per-layer-kernels"), ("cpu", True, "per-layer"),
     # On a GPU the attention's projections transposed (one kernel per batch-1 product
     # rather than a stored product and a reduction: experiments/device_program.py) ...
     ("gpu", False, "per-layer-transposed"), ("cuda", False, "per-layer-transposed"),
@@ -49,10 +51,22 @@ def test_a_decoder_on_a_gpu_reads_the_transposed_copy(monkeypatch, random_model)
     """What a one-GPU decoder holds, its backend faked on this CPU."""
     newlines = np.zeros(random_model.config.vocab_size, bool)
     assert Decoder(random_model, num_slots=2, max_len=16,
-                   newline_table=newlines).layer_weights == "per-layer"
+                   newline_table=newlines).layer_weights == "per-layer-kernels"
     monkeypatch.setattr(weights.jax, "default_backend", lambda: "gpu")
     assert Decoder(random_model, num_slots=2, max_len=16,
                    newline_table=newlines).layer_weights == "per-layer-transposed"
+
+
+@pytest.mark.parametrize("platform, layer_weights, prefill_reads", [
+    ("cpu", "auto", "stacked"), ("cpu", "per-layer", "stacked"),
+    ("gpu", "per-layer-transposed", "per-layer-transposed"), ("gpu", "stacked", "stacked"),
+    ("gpu", "unrolled", "stacked")])
+def test_a_prefill_reads_the_copy_on_a_gpu_and_the_scan_elsewhere(
+        monkeypatch, random_model, platform, layer_weights, prefill_reads):
+    monkeypatch.setattr(weights, "target_platform", lambda: platform)
+    decoder = Decoder(random_model, num_slots=2, max_len=16, layer_weights=layer_weights,
+                      newline_table=np.zeros(random_model.config.vocab_size, bool))
+    assert decoder.prefill_layer_weights == prefill_reads
 
 
 @pytest.mark.parametrize("mode", [m for m in LAYER_WEIGHTS if m != "auto"])

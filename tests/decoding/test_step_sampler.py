@@ -216,15 +216,26 @@ def test_no_retrace_when_only_data_changes(random_decoder):
     assert dict(random_decoder.trace_counts) == warm
 
 
-@pytest.mark.parametrize("layer_weights", ["stacked", "unrolled", "per-layer-transposed",
-                                           "per-layer-kernels"])
-def test_other_layer_weights_sample_what_per_layer_weights_sample(random_decoder, random_model,
-                                                                  layer_weights):
-    """A decoder that scans the stacked layers (the default on TPU), rolled or unrolled,
-    or reads a per-layer copy with transposed attention projections, or with every
-    product as rows (run on this CPU by the row kernels' jnp reference), samples the same
-    steps as the per-layer default on CPU."""
-    assert random_decoder.layer_weights == "per-layer"
+def test_the_decoders_programs_are_named_for_what_they_run(random_decoder):
+    """Each jitted decoder function's HLO module is jit_<its name>, as a profiler trace
+    names the module its kernels ran in (experiments/device_trace.py)."""
+    slots = random_decoder.allocate(1)
+    random_decoder.prefill(slots, [[1, 2, 3]])
+    random_decoder.sample_steps(slots, problem_keys=_keys(0), node_ids=[0],
+                                params=SamplingParams.make(1), max_tokens=2)
+    for name in ("prefill", "sample_step"):
+        assert random_decoder.compiled_text(name).startswith(f"HloModule jit_{name},")
+
+
+@pytest.mark.parametrize("layer_weights", ["per-layer", "stacked", "unrolled",
+                                           "per-layer-transposed"])
+def test_other_layer_weights_sample_what_the_cpu_default_samples(random_decoder, random_model,
+                                                                 layer_weights):
+    """A decoder that reads a per-layer copy as loaded, or scans the stacked layers (the
+    default on TPU), rolled or unrolled, or reads a per-layer copy with transposed
+    attention projections, samples the same steps as the CPU's default, a per-layer copy
+    with every product as rows (run on this CPU by the row kernels' jnp reference)."""
+    assert random_decoder.layer_weights == "per-layer-kernels"
     other = Decoder(random_model, num_slots=4, max_len=random_decoder.max_len,
                        newline_table=np.zeros(random_model.config.vocab_size, bool), eos_ids=[],
                        layer_weights=layer_weights)
