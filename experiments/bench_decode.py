@@ -56,6 +56,7 @@ read them).
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import json
 import os
@@ -189,14 +190,14 @@ def layer_products(cfg, layout: str) -> list[tuple[tuple[int, int], bool]]:
     "per-layer-transposed" q, k and v as one product and o, over rows [out, in];
     "per-layer-kernels" those and the MLP's too, gate and up as one
     (``models/llama.unstack_layers``); otherwise ``layer_product_shapes`` as loaded."""
+    loaded = [(shape, False) for shape in layer_product_shapes(cfg)]
+    if layout not in ("per-layer-transposed", "per-layer-kernels"):
+        return loaded
     e, f, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
     q, kv = cfg.num_heads * d, cfg.num_kv_heads * d
-    if layout == "per-layer-kernels":
-        return [((e, q + 2 * kv), True), ((q, e), True), ((e, 2 * f), True), ((f, e), True)]
-    if layout == "per-layer-transposed":
-        return [((e, q + 2 * kv), True), ((q, e), True), ((e, f), False), ((e, f), False),
-                ((f, e), False)]
-    return [(shape, False) for shape in layer_product_shapes(cfg)]
+    attention = [((e, q + 2 * kv), True), ((q, e), True)]
+    mlp = [((e, 2 * f), True), ((f, e), True)] if layout == "per-layer-kernels" else loaded[4:]
+    return attention + mlp
 
 
 def product_seconds(rows: int, shape: tuple[int, int], copies: int, dtype,
@@ -232,9 +233,10 @@ def matmul_cap_tok_s(cfg, batch: int, dtype, layout: str = "per-layer",
     sampling)."""
     layers = cfg.num_layers
 
-    def layer_pass(rows, held):
-        return layers * sum(product_seconds(rows, shape, layers, dtype, as_rows)
-                            for shape, as_rows in layer_products(cfg, held))
+    def layer_pass(rows, held):  # a shape a layer applies twice (k and v) is timed once
+        products = collections.Counter(layer_products(cfg, held))
+        return layers * sum(count * product_seconds(rows, shape, layers, dtype, as_rows)
+                            for (shape, as_rows), count in products.items())
 
     head = product_seconds(batch, (cfg.hidden_size, cfg.vocab_size), 1, dtype,
                            cfg.tie_word_embeddings)

@@ -159,11 +159,12 @@ def main() -> None:
     print(f"{jax.devices()[0].platform}, {threads} threads, weights "
           f"{'streamed from memory' if args.streamed else 'in cache'}; microseconds a "
           "product (GFLOP/s)")
-    widths = (14, 14, 14, 15, 14)
-    print(f"{'rows':>4}  {'shape':>9}  {'XLA':>14}  {'XLA, as rows':>14}  "
-          f"{'XLA, 2 devices':>14}  {'torch, 1 thread':>15}  {'torch':>14}")
-    columns = ("xla_us", "xla_rows_us", "xla_two_devices_us", "torch_one_thread_us",
-               "torch_us")
+    titles = {"xla_us": "XLA", "xla_rows_us": "XLA, as rows",
+              "xla_two_devices_us": "XLA, 2 devices", "torch_one_thread_us": "torch, 1 thread",
+              "torch_us": "torch"}  # the table's columns, in the JSON's keys
+    columns, widths = tuple(titles), [max(14, len(title)) for title in titles.values()]
+    print(f"{'rows':>4}  {'shape':>9}  " + "  ".join(
+        f"{title:>{width}}" for title, width in zip(titles.values(), widths)))
     result = {"rows": args.rows, "shapes": [list(shape) for shape, _ in products],
               **{key: [] for key in columns},
               "token_ms": [], "threads": threads, "streamed": args.streamed}

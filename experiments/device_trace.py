@@ -189,16 +189,18 @@ def described(name: str, contents: dict[str, str], module: str | None) -> str | 
 
 
 def print_summary(label: str, figures: dict, wall_s: float | None = None,
-                  contents: dict[str, str] | None = None, module: str | None = None) -> None:
-    """The summary's lines; ``contents`` (``fusion_contents`` of HLO module ``module``)
-    says under each of that module's kernels what it computes."""
+                  hlo_text: str | None = None) -> None:
+    """The summary's lines; ``hlo_text``, the optimized HLO of what ran, says under each
+    of its module's kernels what it computes (``fusion_contents``)."""
+    contents = fusion_contents(hlo_text) if hlo_text else {}
+    module = module_name(hlo_text) if hlo_text else None
     wall = f"{wall_s * 1e3:.1f} ms wall, " if wall_s is not None else ""
     print(f"[trace {label}] {wall}{figures['events']} {figures['kind']} over "
           f"{figures['span_ms']:.1f} ms, busy {figures['busy_ms']:.1f} ms", flush=True)
     for row in figures["top"]:
         print(f"[trace {label}]   {row['total_ms']:9.3f} ms {row['count']:6d}x "
               f"{row['mean_us']:9.2f} us  {row['name']}", flush=True)
-        what = described(row["name"], contents or {}, module)
+        what = described(row["name"], contents, module)
         if what:
             print(f"[trace {label}]       = {what}", flush=True)
 
@@ -225,13 +227,12 @@ def traced(directory: Path, label: str, *, top: int = 12,
     saved = Path(directory) / f"{label}.json.gz"
     shutil.move(found[-1], saved)
     shutil.rmtree(work, ignore_errors=True)
-    contents = module = None
+    text = None
     if hlo is not None:
         text = hlo()
         (Path(directory) / f"{label}.hlo.txt").write_text(text)
-        contents, module = fusion_contents(text), module_name(text)
     with gzip.open(saved) as file:
-        print_summary(label, summary(json.load(file), top=top), wall_s, contents, module)
+        print_summary(label, summary(json.load(file), top=top), wall_s, text)
 
 
 def main() -> None:
@@ -241,11 +242,9 @@ def main() -> None:
     parser.add_argument("--hlo", type=Path, default=None,
                         help="the optimized HLO of what ran (a saved <label>.hlo.txt)")
     args = parser.parse_args()
-    text = args.hlo.read_text() if args.hlo else None
-    contents = fusion_contents(text) if text else None
     with gzip.open(args.trace) as file:
         print_summary(args.trace.name, summary(json.load(file), top=args.top),
-                      contents=contents, module=module_name(text) if text else None)
+                      hlo_text=args.hlo.read_text() if args.hlo else None)
 
 
 if __name__ == "__main__":

@@ -194,7 +194,7 @@ class DecodeConfig:
     # with the MLP's products as rows too, a layer's norms, products, SiLU and residuals
     # run as four Pallas kernels on a GPU at decode steps of up to 4 rows (qstar_kernels/
     # row_products_gpu.py; untimed there), the jnp path elsewhere (the CPU's auto unless
-    # a mesh splits the heads: SmolLM2 decodes 4-10% faster, docs/decoder_speed.md);
+    # a mesh splits the heads: SmolLM2 decodes 3-10% faster, docs/decoder_speed.md);
     # "stacked" holds them once and scans over them (the TPU's auto); memory_plan counts
     # each.
     layer_weights: str = "auto"

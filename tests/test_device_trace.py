@@ -148,8 +148,7 @@ def test_kernels_of_two_modules_are_told_apart_and_only_the_given_ones_described
         ("jit_prefill:input_reduce_fusion_58", 1), ("jit_sample_step:input_reduce_fusion_58", 2),
         ("copy", 1)]
     assert TRACE["module_name"](GPU_HLO) == "jit_sample_step"
-    TRACE["print_summary"]("t", figures, contents=TRACE["fusion_contents"](GPU_HLO),
-                           module="jit_sample_step")
+    TRACE["print_summary"]("t", figures, hlo_text=GPU_HLO)
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].endswith("jit_prefill:input_reduce_fusion_58")
     assert lines[2].endswith("jit_sample_step:input_reduce_fusion_58")

@@ -16,9 +16,9 @@ laid out for the reductions XLA:GPU makes of batch-1 ones, each then one kernel 
 its weights once (compiled for an H200 here, ``experiments/device_program.py``; not yet
 timed on one); "auto" holds it so on a GPU. On a CPU "auto" holds every product of the
 copy as rows, [out, in], the MLP's gate and up as one (``per-layer-kernels``, run by the
-row kernels' ``jnp`` path there): XLA:CPU's products over rows run faster at 8 and more
-rows (``experiments/cpu_products.py``), and SmolLM2's decode 4-10% faster than on the
-copy as loaded (docs/decoder_speed.md).
+row kernels' ``jnp`` path there): XLA:CPU's products over rows run faster at 32 rows
+(``experiments/cpu_products.py``), and with the fused products SmolLM2 decodes 3-10%
+faster than on the copy as loaded (docs/decoder_speed.md).
 """
 
 from __future__ import annotations
