@@ -46,11 +46,12 @@ batch x 64 tokens over their sum: the "matmul cap", and its ratio to transformer
 Prints a table and as its last line JSON: {"batch": [...], "jax_tok_s": [...],
 "hf_tok_s": [...], "ratio": [...], "decode_tok_s": [...], "roofline_tok_s": [...],
 "matmul_cap_tok_s": [...], "bandwidth_gb_s": ..., "device": ..., "page_size": ...,
-"attention": ..., "layer_weights": ...} (ratio = ours / HF; the HF lists are null without
-the transformers side, matmul_cap_tok_s with --no-matmul-cap; page_size 0 and attention
-null on row slots, else the attention the pages resolved to; layer_weights "per-layer",
-"per-layer-transposed", "per-layer-kernels", "stacked" or "unrolled", as the step loop
-read them).
+"attention": ..., "layer_weights": ..., "row_windows": ...} (ratio = ours / HF; the HF
+lists are null without the transformers side, matmul_cap_tok_s with --no-matmul-cap;
+page_size 0 and attention null on row slots, else the attention the pages resolved to;
+layer_weights "per-layer", "per-layer-transposed", "per-layer-kernels", "stacked" or
+"unrolled", as the step loop read them; row_windows true where it ran over a copy of its
+rows' windows).
 """
 
 from __future__ import annotations
@@ -101,6 +102,10 @@ def parse_args() -> argparse.Namespace:
                         help="how the step loop reads the layers' weights: auto, per-layer, "
                              "per-layer-transposed, per-layer-kernels, stacked or unrolled "
                              "(Decoder's layer_weights, qstar_jax/decoding/weights.py)")
+    parser.add_argument("--row-windows", choices=["auto", "on", "off"], default="auto",
+                        help="the step loop over a copy of its rows' cache windows (Decoder's "
+                             "row_windows, qstar_jax/models/row_windows.py; auto: on a CPU "
+                             "with row slots)")
     parser.add_argument("--no-matmul-cap", dest="matmul_cap", action="store_false",
                         help="skip the matmul cap (it compiles every product shape per batch: "
                              "minutes on a GPU, where the roofline is the bound that matters)")
@@ -321,7 +326,8 @@ def main() -> None:
         num_pages=max(args.batches) * -(-max_len // args.page_size))
     decoder = Decoder(model, num_slots=max(args.batches), max_len=max_len,
                       newline_table=np.zeros(cfg.vocab_size, bool), eos_ids=[], paging=paging,
-                      layer_weights=args.layer_weights)
+                      layer_weights=args.layer_weights,
+                      row_windows={"auto": None, "on": True, "off": False}[args.row_windows])
     prefill_s: list[float] = []  # of the latest calls of ours()
 
     def ours(batch):
@@ -387,7 +393,7 @@ def main() -> None:
         # What the decoder was built with: its pages' size (0: row slots) and the decode
         # attention they resolve to on this device (jnp, pallas_gpu, pallas_interpret, ...).
         "page_size": 0 if decoder.pages is None else decoder.pages.page_size,
-        "layer_weights": decoder.layer_weights,
+        "layer_weights": decoder.layer_weights, "row_windows": decoder.row_windows,
         "attention": None if decoder.pages is None else resolve_implementation(args.attention)}))
 
 

@@ -111,6 +111,10 @@ def parse_args() -> argparse.Namespace:
                         help="--trie: no newline ends a step (EOS and the cap do)")
     parser.add_argument("--spare-rules", nargs="+", default=["old", "new"],
                         help="--trie: ChunkedTrie's spare rules: old, new or FLOOR:SHARE")
+    parser.add_argument("--row-windows", choices=["auto", "on", "off"], default="auto",
+                        help="the step loop over a copy of its rows' cache windows (Decoder's "
+                             "row_windows; auto: on a CPU with row slots); not with --trie "
+                             "or --page-size, whose paged cache has no row windows")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     args = parser.parse_args()
     if args.page_size < 0 or args.pages < 0:
@@ -120,6 +124,9 @@ def parse_args() -> argparse.Namespace:
     if args.page_size and (args.trie or args.collect):
         parser.error("--page-size and --pages set the step timings' cache; --trie and "
                      "--collect do not read them")
+    if args.row_windows == "on" and (args.trie or args.page_size):
+        parser.error("--row-windows on needs row slots: --trie and --page-size page the cache")
+    args.row_windows = {"auto": None, "on": True, "off": False}[args.row_windows]
     return args
 
 
@@ -167,7 +174,7 @@ def main() -> None:
             options["paging"] = Paging(page_size=args.page_size, num_pages=pages)
         decoder = Decoder(loaded.model, num_slots=num_slots, max_len=max_len,
                           newline_table=np.zeros(cfg.vocab_size, bool), eos_ids=[],
-                          step_chunk=chunk, **options)
+                          step_chunk=chunk, row_windows=args.row_windows, **options)
         windows = []
 
         def run(decoder: Decoder):
@@ -247,7 +254,8 @@ def profile_collect(args: argparse.Namespace) -> None:
         decoder = Decoder(policy.model, num_slots=len(problems) * (args.rollouts + 1),
                           max_len=config.decode.max_len,
                           newline_table=tokenizer.newline_table(policy.config.vocab_size),
-                          eos_ids=tokenizer.eos_ids, step_chunk=chunk)
+                          eos_ids=tokenizer.eos_ids, step_chunk=chunk,
+                          row_windows=args.row_windows)
         calls = []  # per step call: (seconds, rows, tokens sampled)
         sample_steps = decoder.sample_steps
 

@@ -52,7 +52,7 @@ from qstar_jax.decoding.paged_cache import (PageTable, Paging, copy_pages, fork_
 from qstar_jax.decoding.prefill import MIN_PREFILL_BUCKET, prefill
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_chunks import ChunkedStep, StepBatch
-from qstar_jax.decoding.step_sampler import StepOutput, sample_step
+from qstar_jax.decoding.step_sampler import StepOutput, sample_step, use_row_windows
 from qstar_jax.decoding.token_batch import bucket_size, length_groups, pad_token_batch
 from qstar_jax.decoding.trie_sampler import TrieOutput, sample_trie
 from qstar_jax.decoding.weights import DecoderWeights
@@ -86,7 +86,10 @@ class Decoder:
     token loops read the layers' weights, one of ``weights.LAYER_WEIGHTS`` ("per-layer"
     holds them twice; "auto": per layer on CPU and GPU, unless a mesh splits the heads
     on a CPU with every product as rows and on a GPU with the attention's projections
-    transposed; see ``decoding/weights``).
+    transposed; see ``decoding/weights``). row_windows: a step call's token loop runs
+    over a copy of its rows' cache windows instead of gathering them at every token
+    (``models/row_windows``); for row slots read by a per-layer copy on one device only;
+    None: on a CPU there.
     shared_prefix: a trie round's rows attend to their group's prefix once, all the
     group's queries together, and to their own steps apart (``models/shared_prefix``;
     not for a model with a sliding window). Off by default: on 2 CPU cores it did not
@@ -108,7 +111,7 @@ class Decoder:
                  min_step_bucket: int = MIN_STEP_BUCKET,
                  min_window_bucket: int = MIN_WINDOW_BUCKET,
                  step_chunk: int = 0, layer_weights: str = "auto",
-                 shared_prefix: bool = False,
+                 row_windows: bool | None = None, shared_prefix: bool = False,
                  mesh: jax.sharding.Mesh | None = None,
                  rules: ShardingRules = ShardingRules(), paging: Paging | None = None):
         self.config = model.config
@@ -138,6 +141,9 @@ class Decoder:
             rules = rules.for_model(self.config, mesh)
         self._weights = DecoderWeights.of(
             model, layer_weights, heads_split=mesh is not None and rules.splits("heads", mesh))
+        self.row_windows = use_row_windows(
+            row_windows, platform=self._weights.device.platform if mesh is None else None,
+            per_layer=self._weights.layers is not None, paged=paging is not None)
         if cache_dtype is None:
             cache_dtype = model.embed_tokens.embedding[...].dtype
         make_cache = functools.partial(init_cache, self.config, slots=num_slots,
@@ -216,7 +222,7 @@ class Decoder:
         self._sample_step = counted_jit(
             "sample_step", sample_step,
             (whole, cache, rows, rows, rows, rows, rows, rows, whole, whole), (cache, rows),
-            num_static=2, context=sampling_loops)
+            num_static=3, context=sampling_loops)
         self._sample_trie = counted_jit(  # the lent pages: each shard's block
             "sample_trie", sample_trie,
             (whole, cache, rows, whole, rows, rows, rows, rows, whole, whole, whole, rows,
@@ -432,7 +438,7 @@ class Decoder:
             layout.place(node_ids, 0), padded_params(params, layout), layout.place(caps, 0),
             layout.place(blank, True), self._lines if newline_ends else self._text_lines,
             self._eos_ids,
-            cap_bucket, self.attention_window(slots, caps))
+            cap_bucket, self.attention_window(slots, caps), self.row_windows)
         out = layout.take(jax.device_get(out))
         self.step_work["calls"] += 1
         self.step_work["rows"] += layout.size

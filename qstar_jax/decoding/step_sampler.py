@@ -10,7 +10,9 @@ token cap, or fills its slot; from then on it writes nothing (its position is M)
 the line tables say so, a newline that would end a blank step ends nothing: the blank
 lines join the line after them (``line_tables``).
 Attention reads only a static window of W <= M positions of each row, one that holds
-every row's start plus its cap (``window``): a row's tokens all lie below it.
+every row's start plus its cap (``window``): a row's tokens all lie below it. On a CPU
+the loop runs over a copy of its rows' windows, taken once a call and written back at its
+end (``row_windows``), rather than gathering them out of the slots at every token.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from qstar_jax.decoding.line_tables import LineTables
 from qstar_jax.decoding.paged_cache import PagedKVCache
 from qstar_jax.decoding.sampling import SamplingParams, sample
 from qstar_jax.decoding.weights import DecoderWeights
+from qstar_jax.models import row_windows as windows
 from qstar_jax.models.cache_pages import PagedRows
 
 
@@ -62,9 +65,10 @@ class StepRows:
     """What stays fixed while a step is sampled."""
 
     node_keys: jax.Array      # [B] typed PRNG keys: fold_in(problem key, node id)
-    model_rows: jax.Array | PagedRows  # the rows' slots clipped into the pool (a padding
-                              # row reads slot S - 1 and writes nothing: it is done from
-                              # the start), or their page tables for a paged cache
+    model_rows: jax.Array | PagedRows | windows.RowWindows  # the rows' slots clipped
+                              # into the pool (a padding row reads slot S - 1 and writes
+                              # nothing: it is done from the start), their page tables for
+                              # a paged cache, or RowWindows over a copy of their windows
     params: SamplingParams    # [B] per-row settings
     caps: jax.Array           # [B] int32 token caps
     lines: LineTables         # [V] tables: which tokens end a step's line
@@ -77,9 +81,9 @@ class StepRows:
 class StepLoopState:
     """The while-loop's carry."""
 
-    k: jax.Array           # [L, S, K, M, D] the pool's keys (or [L, P, K, page, D] pages),
-                           # donated through the loop
-    v: jax.Array           # its values, likewise
+    k: jax.Array | tuple   # [L, S, K, M, D] the pool's keys (or [L, P, K, page, D] pages),
+                           # donated through the loop; over row windows, L [B, K, D, W]
+    v: jax.Array | tuple   # its values, likewise; over row windows, L [B, K, W, D]
     done: jax.Array        # [B] bool, the row's step has ended
     blank: jax.Array       # [B] bool, the row's step is whitespace only so far
     positions: jax.Array   # [B] int32, where the row's next token is written
@@ -103,12 +107,26 @@ def end_reason_after(tokens: jax.Array, positions: jax.Array, num_tokens: jax.Ar
     ).astype(jnp.int32)
 
 
+def use_row_windows(requested: bool | None, *, platform: str | None, per_layer: bool,
+                    paged: bool) -> bool:
+    """Whether step calls run over a copy of their rows' windows (``row_windows``):
+    ``requested``, checked, or where None on a CPU. The copy's rows are one device's
+    slots (``platform`` None: a mesh), written by one token loop per layer
+    (``per_layer``: weights split per layer, ``DecoderWeights.layers``), on row slots."""
+    possible = platform is not None and per_layer and not paged
+    if requested and not possible:
+        raise ValueError("row_windows needs row slots (no paging) on one device (no mesh), "
+                         "read by a per-layer copy of the weights (layer_weights per-layer, "
+                         "per-layer-transposed or per-layer-kernels)")
+    return possible and platform == "cpu" if requested is None else requested
+
+
 def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights,
                 cache: KVCache | PagedKVCache,
                 slots: jax.Array, problem_keys: jax.Array, node_ids: jax.Array,
                 params: SamplingParams, caps: jax.Array, blank: jax.Array,
                 lines: LineTables, eos_ids: jax.Array, max_tokens: int,
-                window: int) -> tuple[KVCache | PagedKVCache, StepOutput]:
+                window: int, row_windows: bool) -> tuple[KVCache | PagedKVCache, StepOutput]:
     """Sample one step for each row.
 
     slots: [B] int32 (``S`` marks a padding row); problem_keys: [B] typed PRNG keys;
@@ -119,8 +137,10 @@ def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights,
     whitespace only, as it is with none; lines: the LineTables; eos_ids: [n] int32;
     max_tokens: C, static. window: W, static, at least every real row's start position
     plus its cap (``Decoder.attention_window``; M or more: whole rows): attention reads
-    cache positions [0, W) only. Pure: jit it with the cache donated. On a PagedKVCache
-    every row must own its pages up to its cap (``PageTable.reserve``).
+    cache positions [0, W) only. row_windows: static; on a KVCache read by per-layer
+    weights only: the loop runs over a copy of the rows' windows (``row_windows``). Pure:
+    jit it with the cache donated. On a PagedKVCache every row must own its pages up to
+    its cap (``PageTable.reserve``).
     """
     model = nnx.merge(graphdef, weights.model)
     num_slots, max_len = cache.num_slots, cache.max_len
@@ -129,12 +149,17 @@ def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights,
     is_padding = slots >= num_slots
     start_positions = jnp.where(is_padding, max_len, cache.lengths[model_slots])
     full_at_start = start_positions >= max_len
+    k, v = cache.k, cache.v
+    model_rows = cache.model_rows(model_slots)
+    if row_windows:
+        k, v = windows.take(k, v, model_slots, window)
+        model_rows = windows.RowWindows()
     rows = StepRows(node_keys=jax.vmap(jax.random.fold_in)(problem_keys, node_ids),
-                    model_rows=cache.model_rows(model_slots), params=params, caps=caps,
+                    model_rows=model_rows, params=params, caps=caps,
                     lines=lines, eos_ids=eos_ids, max_len=max_len,
                     window=window)
     initial = StepLoopState(
-        k=cache.k, v=cache.v, done=is_padding | full_at_start | (caps <= 0), blank=blank,
+        k=k, v=v, done=is_padding | full_at_start | (caps <= 0), blank=blank,
         positions=start_positions, num_tokens=jnp.zeros((batch,), jnp.int32),
         hidden=cache.last_hidden[model_slots],
         end_reason=jnp.where(full_at_start, EndReason.CACHE_FULL, EndReason.CAP).astype(jnp.int32),
@@ -143,8 +168,11 @@ def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights,
     final = jax.lax.while_loop(lambda state: ~jnp.all(state.done),
                                functools.partial(_feed_one_token, model, weights, rows),
                                initial)
+    k, v = final.k, final.v
+    if row_windows:
+        k, v = windows.put(cache.k, cache.v, slots, k, v)
     cache = dataclasses.replace(
-        cache, k=final.k, v=final.v,
+        cache, k=k, v=v,
         lengths=cache.lengths.at[slots].set(final.positions, mode="drop"),
         last_hidden=cache.last_hidden.at[slots].set(final.hidden, mode="drop"))
     return cache, StepOutput(tokens=final.tokens, logprobs=final.logprobs,

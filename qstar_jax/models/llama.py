@@ -26,6 +26,7 @@ from flax import nnx
 
 from qstar_jax.models.cache_pages import PagedRows
 from qstar_jax.models.config import ModelConfig
+from qstar_jax.models.row_windows import RowWindows
 from qstar_jax.models.shared_prefix import SharedPrefixRows, write_slot_rows
 from qstar_kernels import rows_product
 from qstar_kernels.row_products_reference import rms_normalise
@@ -139,6 +140,13 @@ class Attention(nnx.Module):
             cache_v = slots.write(cache_v, layer, v, positions)
             out = slots.attend_one_token(q, cache_k, cache_v, layer, positions, self.scale)
             return out.reshape(b, t, -1), cache_k, cache_v
+        elif isinstance(slots, RowWindows):  # a CPU step loop's copy: one token per row
+            cache_k, cache_v, keys, values = slots.write(cache_k, cache_v, layer, k, v,
+                                                         positions)
+            key_pos = jnp.arange(values.shape[2])[None, :]
+            out = self._attend_one_token(self._grouped(q), keys, values, positions, key_pos,
+                                         keys_transposed=True)
+            return out.reshape(b, t, -1), cache_k, cache_v
         elif isinstance(slots, PagedRows):
             cache_k = slots.write(cache_k, layer, k, positions)
             cache_v = slots.write(cache_v, layer, v, positions)
@@ -176,8 +184,7 @@ class Attention(nnx.Module):
         where the model is): q [B, T, H, D]; keys/values [B, K, M, D]; key_pos [B or 1, M]
         -> [B, T, H, D]. Public for the experiments that attend over keys they gather."""
         b, t = positions.shape
-        groups = self.num_heads // self.num_kv_heads
-        q = q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)
+        q = self._grouped(q)
         if t == 1:
             return self._attend_one_token(q, keys, values, positions, key_pos)
         scores = jnp.einsum("btkgd,bkmd->bkgtm", q, keys,
@@ -194,18 +201,29 @@ class Attention(nnx.Module):
         return jnp.einsum("bkgtm,bkmd->btkgd", probs,
                           values.astype(jnp.float32)).astype(values.dtype)
 
-    def _attend_one_token(self, q, keys, values, positions, key_pos):
+    def _grouped(self, q):
+        """q [B, T, H, D] -> [B, T, K, G, D]: each kv head's G query heads."""
+        b, t = q.shape[:2]
+        groups = self.num_heads // self.num_kv_heads
+        return q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)
+
+    def _attend_one_token(self, q, keys, values, positions, key_pos, keys_transposed=False):
         """The decode step (T = 1) as multiply-and-reduce: q [B, 1, K, G, D] -> [B, 1, H, D].
 
         For one query per row the einsums above lower to B·K tiny matrix products, which
         XLA's CPU backend runs at a fraction of the bandwidth of a fused elementwise
         product summed over D (``experiments/decode_step_breakdown.py``: a batch-32
         SmolLM2 token drops from 123 to 110 ms). The arithmetic is the same, in float32
-        whatever the cache dtype.
+        whatever the cache dtype. Transposed keys [B, K, D, M] sum over D as their
+        second-minor axis (``row_windows``).
         """
         f32 = jnp.float32
-        scores = (q[:, 0, :, :, None, :].astype(f32)
-                  * keys[:, :, None].astype(f32)).sum(-1) * self.scale  # [B, K, G, M]
+        if keys_transposed:
+            scores = (q[:, 0, :, :, :, None].astype(f32)
+                      * keys[:, :, None].astype(f32)).sum(-2) * self.scale  # [B, K, G, M]
+        else:
+            scores = (q[:, 0, :, :, None, :].astype(f32)
+                      * keys[:, :, None].astype(f32)).sum(-1) * self.scale
         visible = key_pos <= positions  # [B, M]
         if self.window is not None:
             visible &= key_pos > positions - self.window
