@@ -102,10 +102,10 @@ def parse_args() -> argparse.Namespace:
                         help="how the step loop reads the layers' weights: auto, per-layer, "
                              "per-layer-transposed, per-layer-kernels, stacked or unrolled "
                              "(Decoder's layer_weights, qstar_jax/decoding/weights.py)")
-    parser.add_argument("--row-windows", choices=["auto", "on", "off"], default="auto",
-                        help="the step loop over a copy of its rows' cache windows (Decoder's "
-                             "row_windows, qstar_jax/models/row_windows.py; auto: on a CPU "
-                             "with row slots)")
+    parser.add_argument("--row-windows", choices=["gather", "copy"], default="gather",
+                        help="copy: the step loop over a copy of its rows' cache windows "
+                             "(Decoder's row_windows, qstar_jax/models/row_windows.py; "
+                             "row slots only)")
     parser.add_argument("--no-matmul-cap", dest="matmul_cap", action="store_false",
                         help="skip the matmul cap (it compiles every product shape per batch: "
                              "minutes on a GPU, where the roofline is the bound that matters)")
@@ -302,6 +302,7 @@ def main() -> None:
     from qstar_jax.decoding.paged_cache import Paging
     from qstar_kernels import resolve_implementation
     from qstar_jax.decoding.sampling import SamplingParams
+    from qstar_jax.decoding.step_sampler import ROW_WINDOWS
 
     dtype = jnp.dtype(args.dtype)
     theirs = None
@@ -327,7 +328,7 @@ def main() -> None:
     decoder = Decoder(model, num_slots=max(args.batches), max_len=max_len,
                       newline_table=np.zeros(cfg.vocab_size, bool), eos_ids=[], paging=paging,
                       layer_weights=args.layer_weights,
-                      row_windows={"auto": None, "on": True, "off": False}[args.row_windows])
+                      row_windows=ROW_WINDOWS[args.row_windows])
     prefill_s: list[float] = []  # of the latest calls of ours()
 
     def ours(batch):

@@ -111,10 +111,10 @@ def parse_args() -> argparse.Namespace:
                         help="--trie: no newline ends a step (EOS and the cap do)")
     parser.add_argument("--spare-rules", nargs="+", default=["old", "new"],
                         help="--trie: ChunkedTrie's spare rules: old, new or FLOOR:SHARE")
-    parser.add_argument("--row-windows", choices=["auto", "on", "off"], default="auto",
-                        help="the step loop over a copy of its rows' cache windows (Decoder's "
-                             "row_windows; auto: on a CPU with row slots); not with --trie "
-                             "or --page-size, whose paged cache has no row windows")
+    parser.add_argument("--row-windows", choices=["gather", "copy"], default="gather",
+                        help="copy: the step loop over a copy of its rows' cache windows "
+                             "(Decoder's row_windows); not with --trie or --page-size, whose "
+                             "paged cache has no row windows")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     args = parser.parse_args()
     if args.page_size < 0 or args.pages < 0:
@@ -124,9 +124,9 @@ def parse_args() -> argparse.Namespace:
     if args.page_size and (args.trie or args.collect):
         parser.error("--page-size and --pages set the step timings' cache; --trie and "
                      "--collect do not read them")
-    if args.row_windows == "on" and (args.trie or args.page_size):
-        parser.error("--row-windows on needs row slots: --trie and --page-size page the cache")
-    args.row_windows = {"auto": None, "on": True, "off": False}[args.row_windows]
+    if args.row_windows == "copy" and (args.trie or args.page_size):
+        parser.error("--row-windows copy needs row slots: --trie and --page-size page the "
+                     "cache")
     return args
 
 
@@ -148,6 +148,7 @@ def main() -> None:
     from qstar_jax.decoding.engine import Decoder
     from qstar_jax.decoding.paged_cache import Paging
     from qstar_jax.decoding.sampling import SamplingParams
+    from qstar_jax.decoding.step_sampler import ROW_WINDOWS
     from qstar_jax.models.loading import load_model
 
     loaded = load_model(args.model, dtype=jnp.float32)
@@ -174,7 +175,8 @@ def main() -> None:
             options["paging"] = Paging(page_size=args.page_size, num_pages=pages)
         decoder = Decoder(loaded.model, num_slots=num_slots, max_len=max_len,
                           newline_table=np.zeros(cfg.vocab_size, bool), eos_ids=[],
-                          step_chunk=chunk, row_windows=args.row_windows, **options)
+                          step_chunk=chunk,
+                          row_windows=ROW_WINDOWS[args.row_windows], **options)
         windows = []
 
         def run(decoder: Decoder):
@@ -239,6 +241,7 @@ def profile_collect(args: argparse.Namespace) -> None:
 
     from qstar_jax.config import load_config
     from qstar_jax.decoding.engine import Decoder
+    from qstar_jax.decoding.step_sampler import ROW_WINDOWS
     from qstar_jax.policy.rollouts import DecoderRolloutSampler
     from qstar_jax.policy.runtime import PolicyRuntime
     from qstar_jax.stages.context import RunContext
@@ -255,7 +258,7 @@ def profile_collect(args: argparse.Namespace) -> None:
                           max_len=config.decode.max_len,
                           newline_table=tokenizer.newline_table(policy.config.vocab_size),
                           eos_ids=tokenizer.eos_ids, step_chunk=chunk,
-                          row_windows=args.row_windows)
+                          row_windows=ROW_WINDOWS[args.row_windows])
         calls = []  # per step call: (seconds, rows, tokens sampled)
         sample_steps = decoder.sample_steps
 

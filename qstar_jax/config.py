@@ -198,6 +198,12 @@ class DecodeConfig:
     # "stacked" holds them once and scans over them (the TPU's auto); memory_plan counts
     # each.
     layer_weights: str = "auto"
+    # "copy": a step call's token loop runs over one copy of its rows' cache windows,
+    # taken and written back once a call, instead of gathering every row's window at every
+    # token ("gather"; models/row_windows.py; row slots, a per-layer copy, no mesh). On a
+    # CPU SmolLM2 decodes 5-9% faster at batch 1-32 and collect's step calls ~10% faster,
+    # but the default run's evaluate stage took 214 s against 178 (docs/decoder_speed.md).
+    row_windows: str = "gather"
 
     @property
     def num_pages(self) -> int:

@@ -89,11 +89,14 @@ def _check_eval(config: RunConfig) -> None:
 
 
 def _check_decode(config: RunConfig) -> None:
-    from qstar_jax.decoding.weights import LAYER_WEIGHTS  # the decoder's import, kept lazy
+    from qstar_jax.decoding.step_sampler import ROW_WINDOWS  # the decoder's imports, lazy
+    from qstar_jax.decoding.weights import LAYER_WEIGHTS
 
     d, m = config.decode, config.mesh
     _require(d.layer_weights in LAYER_WEIGHTS, "decode.layer_weights",
              f"must be one of {LAYER_WEIGHTS}, got {d.layer_weights!r}")
+    _require(d.row_windows in ROW_WINDOWS, "decode.row_windows",
+             f"must be one of {tuple(ROW_WINDOWS)}, got {d.row_windows!r}")
     _at_least(1, "decode", d, "slots", "min_rows", "step_token_cap", "max_steps")
     _require(d.max_len > d.step_token_cap, "decode.max_len",
              f"must exceed decode.step_token_cap={d.step_token_cap} (a row holds its prompt "

@@ -15,8 +15,8 @@ from tests.support.experiments import experiment_module
     (["--page-size", "16", "--pages", "-1"], "--page-size and --pages must be >= 0"),
     (["--page-size", "16", "--trie", "c.yaml"], "--trie and --collect do not read them"),
     (["--page-size", "16", "--collect", "c.yaml"], "--trie and --collect do not read them"),
-    (["--row-windows", "on", "--trie", "c.yaml"], "--row-windows on needs row slots"),
-    (["--row-windows", "on", "--page-size", "16"], "--row-windows on needs row slots"),
+    (["--row-windows", "copy", "--trie", "c.yaml"], "--row-windows copy needs row slots"),
+    (["--row-windows", "copy", "--page-size", "16"], "--row-windows copy needs row slots"),
 ])
 def test_paging_flags_refuse_what_they_cannot_do(monkeypatch, capsys, argv, message):
     profile_decode = experiment_module(monkeypatch, "profile_decode")
@@ -32,13 +32,4 @@ def test_paging_flags_pass_through_where_they_apply(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["profile_decode.py", "--page-size", "16", "--pages", "64"])
     args = profile_decode.parse_args()
     assert (args.page_size, args.pages, args.trie, args.collect) == (16, 64, None, None)
-    assert args.row_windows is None  # auto: the decoder decides
-
-
-@pytest.mark.parametrize("flag, decoder_argument", [("auto", None), ("on", True),
-                                                     ("off", False)])
-def test_the_row_windows_flag_becomes_the_decoders_argument(monkeypatch, flag,
-                                                            decoder_argument):
-    profile_decode = experiment_module(monkeypatch, "profile_decode")
-    monkeypatch.setattr(sys, "argv", ["profile_decode.py", "--row-windows", flag])
-    assert profile_decode.parse_args().row_windows is decoder_argument
+    assert args.row_windows == "gather"  # the decoder's default

@@ -10,9 +10,9 @@ token cap, or fills its slot; from then on it writes nothing (its position is M)
 the line tables say so, a newline that would end a blank step ends nothing: the blank
 lines join the line after them (``line_tables``).
 Attention reads only a static window of W <= M positions of each row, one that holds
-every row's start plus its cap (``window``): a row's tokens all lie below it. On a CPU
-the loop runs over a copy of its rows' windows, taken once a call and written back at its
-end (``row_windows``), rather than gathering them out of the slots at every token.
+every row's start plus its cap (``window``): a row's tokens all lie below it. With
+``row_windows`` the loop runs over a copy of its rows' windows, taken once a call and
+written back at its end, rather than gathering them out of the slots at every token.
 """
 
 from __future__ import annotations
@@ -107,18 +107,21 @@ def end_reason_after(tokens: jax.Array, positions: jax.Array, num_tokens: jax.Ar
     ).astype(jnp.int32)
 
 
-def use_row_windows(requested: bool | None, *, platform: str | None, per_layer: bool,
-                    paged: bool) -> bool:
-    """Whether step calls run over a copy of their rows' windows (``row_windows``):
-    ``requested``, checked, or where None on a CPU. The copy's rows are one device's
-    slots (``platform`` None: a mesh), written by one token loop per layer
-    (``per_layer``: weights split per layer, ``DecoderWeights.layers``), on row slots."""
-    possible = platform is not None and per_layer and not paged
-    if requested and not possible:
+# decode.row_windows's settings (and the experiments' --row-windows), as Decoder's
+# row_windows argument: "copy" runs over row windows, "gather" gathers at every token.
+# (Not on/off, which YAML reads as booleans.)
+ROW_WINDOWS = {"gather": False, "copy": True}
+
+
+def check_row_windows(*, mesh: bool, per_layer: bool, paged: bool) -> None:
+    """Raises unless step calls can run over a copy of their rows' windows
+    (``row_windows``): their rows are one device's slots (no ``mesh``), on row slots (not
+    ``paged``), written by one token loop per layer (``per_layer``: weights split per
+    layer, ``DecoderWeights.layers``)."""
+    if mesh or paged or not per_layer:
         raise ValueError("row_windows needs row slots (no paging) on one device (no mesh), "
                          "read by a per-layer copy of the weights (layer_weights per-layer, "
                          "per-layer-transposed or per-layer-kernels)")
-    return possible and platform == "cpu" if requested is None else requested
 
 
 def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights,

@@ -140,7 +140,7 @@ class Attention(nnx.Module):
             cache_v = slots.write(cache_v, layer, v, positions)
             out = slots.attend_one_token(q, cache_k, cache_v, layer, positions, self.scale)
             return out.reshape(b, t, -1), cache_k, cache_v
-        elif isinstance(slots, RowWindows):  # a CPU step loop's copy: one token per row
+        elif isinstance(slots, RowWindows):  # a step loop's copy: one token per row
             cache_k, cache_v, keys, values = slots.write(cache_k, cache_v, layer, k, v,
                                                          positions)
             key_pos = jnp.arange(values.shape[2])[None, :]

@@ -1,4 +1,4 @@
-"""A step loop's working copy of its rows' cache windows: how a CPU decodes one token a row.
+"""A step loop's working copy of its rows' cache windows (``decode.row_windows=copy``).
 
 Shapes: L layers, S slots, B rows, K kv heads, M max cache length, W the window
 (positions a step loop's attention reads), D head_dim.
@@ -10,7 +10,7 @@ attention then reads those copies. On a CPU the copies cost: in a batch-32 SmolL
 (``experiments/bench_decode.py --trace``; docs/decoder_speed.md). A slice of one array
 per layer is copied the same way, so the pool's layout cannot avoid them.
 
-So a step loop there takes its rows' windows once per call (``take``), one array per
+So a step loop may take its rows' windows once per call instead (``take``), one array per
 layer, row b of each the call's row b, and its tokens attend over and write into them in
 place; the call writes them back into the pool at its end (``put``). The keys are held
 transposed, [B, K, D, W]: a query's scores then sum over D along rows of W positions,
@@ -21,6 +21,9 @@ weighted sum already runs along D.
 The copy costs a call one gather and one scatter of its rows' windows (in that batch-32
 trace the gathers came to some 110 ms a call, five tokens' worth of the per-token ones,
 so a call of very few tokens loses), and holds them beside the pool while the call runs.
+So it is an option, off by default: SmolLM2's batch decode and collect ran 5-10% faster
+over it on a CPU, and the default run's evaluate stage (a small policy, short steps)
+20% slower (docs/decoder_speed.md).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from jax.sharding import Mesh
 
 from qstar_jax.config import POLICY_DTYPES, SCRATCH, RunConfig, load_config
 from qstar_jax.decoding.engine import Decoder
+from qstar_jax.decoding.step_sampler import ROW_WINDOWS
 from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.models.loading import LoadedModel, load_model
 from qstar_jax.models.weights import CheckpointError
@@ -157,6 +158,6 @@ class RunContext:
                           blank_steps=tokenizer.blank_step_tables(loaded.config.vocab_size),
                           eos_ids=tokenizer.eos_ids, step_chunk=d.step_chunk, paging=paging,
                           min_batch_bucket=d.min_rows, layer_weights=d.layer_weights,
-                          mesh=self.mesh)
+                          row_windows=ROW_WINDOWS[d.row_windows], mesh=self.mesh)
         return PolicyRuntime(decoder, tokenizer, self.task, problems, self.prompts(problems),
                              seed=self.config.seed, step_token_cap=d.step_token_cap)

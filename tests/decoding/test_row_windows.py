@@ -13,9 +13,9 @@ from flax import nnx
 from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.decoding.sampling import SamplingParams
-from qstar_jax.decoding.step_sampler import use_row_windows
 from qstar_jax.models import row_windows
 from qstar_jax.models.llama import LlamaModel
+from qstar_jax.parallel import make_mesh
 from tests.decoding.full_forward import full_forward_of, greedy_reference
 from tests.decoding.stepping import assert_same_step_batch
 from tests.decoding.tiny_models import RANDOM_MAX_LEN, STEP_BUCKET
@@ -110,22 +110,11 @@ def test_a_row_window_write_past_the_window_is_dropped():
     np.testing.assert_array_equal(written_v, expected_v)
 
 
-@pytest.mark.parametrize("requested, platform, per_layer, paged, expected", [
-    (None, "cpu", True, False, True),
-    (None, "gpu", True, False, False),
-    (None, None, True, False, False),     # a mesh
-    (None, "cpu", False, False, False),   # the scan over stacked weights
-    (None, "cpu", True, True, False),     # a paged cache
-    (True, "gpu", True, False, True),
-    (False, "cpu", True, False, False),
-])
-def test_row_windows_are_used_on_a_cpu_where_the_loop_can_run_over_them(
-        requested, platform, per_layer, paged, expected):
-    assert use_row_windows(requested, platform=platform, per_layer=per_layer,
-                           paged=paged) is expected
-
-
 def test_row_windows_are_refused_where_the_loop_cannot_run_over_them(random_model):
+    """Pages, the scan over stacked weights and a mesh have no row windows; the decoder
+    gathers unless told to copy."""
+    assert not Decoder(random_model, num_slots=2, max_len=16,
+                       newline_table=np.zeros(64, bool)).row_windows
     message = "row_windows needs row slots"
     with pytest.raises(ValueError, match=message):
         Decoder(random_model, num_slots=2, max_len=16, newline_table=np.zeros(64, bool),
@@ -133,3 +122,6 @@ def test_row_windows_are_refused_where_the_loop_cannot_run_over_them(random_mode
     with pytest.raises(ValueError, match=message):
         Decoder(random_model, num_slots=2, max_len=16, newline_table=np.zeros(64, bool),
                 layer_weights="stacked", row_windows=True)
+    with pytest.raises(ValueError, match=message):
+        Decoder(random_model, num_slots=2, max_len=16, newline_table=np.zeros(64, bool),
+                mesh=make_mesh(1, 1, devices=jax.devices()[:1]), row_windows=True)

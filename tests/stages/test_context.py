@@ -107,7 +107,7 @@ def test_the_runtime_decodes_with_the_runs_decode_settings(tmp_path, monkeypatch
     ctx = RunContext(config=load_config(None, [
         "decode.slots=64", "decode.max_len=96", "decode.step_chunk=8", "decode.page_size=16",
         "decode.pages=300", "decode.min_rows=4", "decode.layer_weights=stacked",
-        "decode.step_token_cap=20", "seed=5"]), out=tmp_path)
+        "decode.row_windows=gather", "decode.step_token_cap=20", "seed=5"]), out=tmp_path)
     problems = ctx.problems("test", 2)
     ctx.runtime(problems, model=second)
     model, settings = made["decoder"]
@@ -115,7 +115,7 @@ def test_the_runtime_decodes_with_the_runs_decode_settings(tmp_path, monkeypatch
         num_slots=64, max_len=96, newline_table="newlines of 40",
         blank_steps="blank steps of 40", eos_ids=(2, 3), step_chunk=8,
         paging=Paging(page_size=16, num_pages=300), min_batch_bucket=4,
-        layer_weights="stacked", mesh=None)
+        layer_weights="stacked", row_windows=False, mesh=None)
     args, settings = made["runtime"]
     assert args == ("decoder", tokenizer, ctx.task, problems, ctx.prompts(problems))
     assert settings == dict(seed=5, step_token_cap=20)
