@@ -23,8 +23,8 @@ vocabulary or an MLP width the model axis does not divide are held whole, as
 activations, the PRM's scoring pass (a [rows, text length] cache of its own per call),
 the learned PRM's and Q̂'s small heads, the copy a step call holds of its rows' cache
 windows under ``decode.row_windows=copy`` (those rows' share of the cache), XLA's
-scratch; hence HEADROOM. The label stage's ``label.stronger_model`` is not counted either (it is not
-loaded beside the evaluate stage's models).
+scratch; hence HEADROOM. The label stage's ``label.stronger_model`` is not counted
+either (it is not loaded beside the evaluate stage's models).
 
 A search's peak pages (``search_pages``), the largest over the config's step methods, with
 S = page_size, P = prompt tokens (``--prompt-tokens``, below ``decode.max_len``; the

@@ -152,11 +152,11 @@ def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights,
     is_padding = slots >= num_slots
     start_positions = jnp.where(is_padding, max_len, cache.lengths[model_slots])
     full_at_start = start_positions >= max_len
-    k, v = cache.k, cache.v
-    model_rows = cache.model_rows(model_slots)
     if row_windows:
-        k, v = windows.take(k, v, model_slots, window)
+        k, v = windows.take(cache.k, cache.v, model_slots, window)
         model_rows = windows.RowWindows()
+    else:
+        k, v, model_rows = cache.k, cache.v, cache.model_rows(model_slots)
     rows = StepRows(node_keys=jax.vmap(jax.random.fold_in)(problem_keys, node_ids),
                     model_rows=model_rows, params=params, caps=caps,
                     lines=lines, eos_ids=eos_ids, max_len=max_len,

@@ -15,8 +15,8 @@ from jax.sharding import Mesh
 
 from qstar_jax.config import POLICY_DTYPES, SCRATCH, RunConfig, load_config
 from qstar_jax.decoding.engine import Decoder
-from qstar_jax.decoding.step_sampler import ROW_WINDOWS
 from qstar_jax.decoding.paged_cache import Paging
+from qstar_jax.decoding.step_sampler import ROW_WINDOWS
 from qstar_jax.models.loading import LoadedModel, load_model
 from qstar_jax.models.weights import CheckpointError
 from qstar_jax.parallel import DATA

@@ -21,9 +21,8 @@ from qstar_jax.config import ConfigError, DistributedConfig, RunConfig, load_con
 # What changes how the decoder holds its cache and batches its rows, never what it
 # computes (decode.slots sizes batches; pages hold what rows hold; step chunks sample the
 # tokens one call samples; padded rows are not read; row windows are the rows' cache
-# windows copied). A run may also resume in its own
-# folder under new values of these, until its evaluate stage, whose wall-clock they move,
-# has begun (run.py).
+# windows copied). A run may also resume in its own folder under new values of these,
+# until its evaluate stage, whose wall-clock they move, has begun (run.py).
 CACHE_LAYOUT = ("decode.slots", "decode.page_size", "decode.pages", "decode.step_chunk",
                 "decode.min_rows", "decode.row_windows")
 # What only the evaluate stage reads, or the cache's layout.
