@@ -271,7 +271,7 @@ def main() -> None:
     # Imported only now, so that both thread pools size themselves to the pinned cores.
     import jax
 
-    from qstar_jax.config import load_config
+    from qstar_jax.config_loading import load_config
     from qstar_jax.decoding.engine import Decoder
     from qstar_jax.decoding.kv_cache import SlotPoolExhausted
     from qstar_jax.decoding.paged_cache import Paging

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from qstar_jax.config import ConfigError, load_config, to_yaml
+from qstar_jax.config import ConfigError
+from qstar_jax.config_loading import load_config, to_yaml
 from qstar_jax.stages.reuse import reuse_trained_outputs
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.evaluate import evaluate

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from qstar_jax.config import load_config
+from qstar_jax.config_loading import load_config
 from qstar_jax.decoding.token_batch import pad_token_batch
 from qstar_jax.models.char_tokenizer import build_char_tokenizer
 from qstar_jax.qvalue.backbone import BackboneQ, BackboneQModel

@@ -239,7 +239,7 @@ def profile_collect(args: argparse.Namespace) -> None:
 
     import jax
 
-    from qstar_jax.config import load_config
+    from qstar_jax.config_loading import load_config
     from qstar_jax.decoding.engine import Decoder
     from qstar_jax.decoding.step_sampler import ROW_WINDOWS
     from qstar_jax.policy.rollouts import DecoderRolloutSampler
@@ -319,7 +319,7 @@ def profile_trie(args: argparse.Namespace) -> None:
     import jax
     import numpy as np
 
-    from qstar_jax.config import load_config
+    from qstar_jax.config_loading import load_config
     from qstar_jax.decoding.data_shards import RowLayout
     from qstar_jax.decoding.engine import Decoder
     from qstar_jax.decoding.paged_cache import Paging

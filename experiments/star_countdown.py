@@ -38,7 +38,8 @@ from pathlib import Path
 from flax import nnx
 from tqdm import tqdm
 
-from qstar_jax.config import ConfigError, PolicyTrainingConfig, load_config
+from qstar_jax.config import ConfigError, PolicyTrainingConfig
+from qstar_jax.config_loading import load_config
 from qstar_jax.models.char_tokenizer import build_char_tokenizer
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.models.lm_training import LMTrainingConfig, pack_examples, train_causal_lm

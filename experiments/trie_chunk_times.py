@@ -32,7 +32,7 @@ def main() -> None:
     if args.min_rows is not None:
         overrides.append(f"decode.min_rows={args.min_rows}")
 
-    from qstar_jax.config import load_config
+    from qstar_jax.config_loading import load_config
     from qstar_jax.decoding import trie_calls
     from qstar_jax.run import main as run
 

@@ -69,7 +69,8 @@ import jax
 import numpy as np
 
 from qstar_jax.architectures import context_warning, evaluate_models, policy_architecture
-from qstar_jax.config import REASONER_METHODS, ConfigError, RunConfig, load_config
+from qstar_jax.config import REASONER_METHODS, ConfigError, RunConfig
+from qstar_jax.config_loading import load_config
 from qstar_jax.decoding.weights import COPYING_LAYER_WEIGHTS, resolve_layer_weights
 from qstar_jax.models.config import ModelConfig, UnsupportedConfigError
 from qstar_jax.models.weights import CheckpointError

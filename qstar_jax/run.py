@@ -20,7 +20,8 @@ from typing import NoReturn
 import jax
 
 from qstar_jax.architectures import context_warning, policy_architecture
-from qstar_jax.config import ConfigError, load_config, to_yaml
+from qstar_jax.config import ConfigError
+from qstar_jax.config_loading import load_config, to_yaml
 from qstar_jax.decoding.kv_cache import SlotPoolExhausted
 from qstar_jax.decoding.paged_cache import PagePoolExhausted
 from qstar_jax.interrupts import interrupts_until_handled

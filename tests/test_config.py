@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from qstar_jax.config import (CODE_TASKS, Agg, ConfigError, RunConfig, load_config,
-                              to_yaml)
+from qstar_jax.config import CODE_TASKS, Agg, ConfigError, RunConfig
+from qstar_jax.config_loading import load_config, to_yaml
 from qstar_jax.search.astar import AStarConfig
 
 

@@ -13,7 +13,8 @@ import pytest
 from flax import nnx
 
 from qstar_jax import architectures, memory_plan
-from qstar_jax.config import ConfigError, load_config
+from qstar_jax.config import ConfigError
+from qstar_jax.config_loading import load_config
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.llama import LlamaModel
 

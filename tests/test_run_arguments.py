@@ -15,7 +15,8 @@ import pytest
 from jax.sharding import AbstractMesh
 
 from qstar_jax import run
-from qstar_jax.config import STAGES, ConfigError, DistributedConfig, load_config, to_yaml
+from qstar_jax.config import STAGES, ConfigError, DistributedConfig
+from qstar_jax.config_loading import load_config, to_yaml
 from qstar_jax.decoding.kv_cache import SlotPoolExhausted
 from qstar_jax.decoding.paged_cache import PagePoolExhausted
 from qstar_jax.outputs.folder_lock import lock_folder

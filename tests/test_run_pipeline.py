@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from qstar_jax.config import load_config, to_yaml
+from qstar_jax.config_loading import load_config, to_yaml
 from qstar_jax.models.loading import load_model
 from qstar_jax.models.sharded_params import PARAMS_FOLDER
 from qstar_jax.outputs.results_log import ResultsLog

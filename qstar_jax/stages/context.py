@@ -13,7 +13,8 @@ from pathlib import Path
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from qstar_jax.config import POLICY_DTYPES, SCRATCH, RunConfig, load_config
+from qstar_jax.config import POLICY_DTYPES, SCRATCH, RunConfig
+from qstar_jax.config_loading import load_config
 from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.decoding.step_sampler import ROW_WINDOWS

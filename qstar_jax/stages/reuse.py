@@ -16,7 +16,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from qstar_jax.config import ConfigError, DistributedConfig, RunConfig, load_config
+from qstar_jax.config import ConfigError, DistributedConfig, RunConfig
+from qstar_jax.config_loading import load_config
 
 # What changes how the decoder holds its cache and batches its rows, never what it
 # computes (decode.slots sizes batches; pages hold what rows hold; step chunks sample the

@@ -5,7 +5,7 @@ import types
 
 import numpy as np
 
-from qstar_jax.config import load_config
+from qstar_jax.config_loading import load_config
 from qstar_jax.policy.runtime import SampledStep, SampledText
 from qstar_jax.search.process_utility import ZeroUtility
 from qstar_jax.stages.reasoners import reasoner_search

@@ -10,7 +10,8 @@ import numpy as np
 
 import pytest
 
-from qstar_jax.config import METHODS, load_config, to_yaml
+from qstar_jax.config import METHODS
+from qstar_jax.config_loading import load_config, to_yaml
 from qstar_jax.outputs.results_log import ResultsLog
 from qstar_jax.qvalue.dataset import load_labelled
 from qstar_jax.qvalue.rollouts import collect_rollouts

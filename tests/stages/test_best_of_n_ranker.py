@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from qstar_jax.config import load_config
+from qstar_jax.config_loading import load_config
 from qstar_jax.search.astar import AStarConfig, Budget
 from qstar_jax.search.beam import BeamConfig
 from qstar_jax.search.chains import ChainConfig

@@ -4,7 +4,8 @@ from types import SimpleNamespace
 import jax.numpy as jnp
 import pytest
 
-from qstar_jax.config import CountdownWorldConfig, RunConfig, TaskConfig, load_config, to_yaml
+from qstar_jax.config import CountdownWorldConfig, RunConfig, TaskConfig
+from qstar_jax.config_loading import load_config, to_yaml
 from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.models.loading import LoadedModel
 from qstar_jax.models.weights import CheckpointError

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from qstar_jax.config import load_config
+from qstar_jax.config_loading import load_config
 from qstar_jax.outputs.results_log import ResultsLog
 from qstar_jax.search.planner import Outcome, ScoredTrajectory, SearchCounters, SearchResult
 from qstar_jax.stages import evaluate

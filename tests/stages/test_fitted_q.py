@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from qstar_jax.config import load_config
+from qstar_jax.config_loading import load_config
 from qstar_jax.qvalue.dataset import load_labelled, step_pairs
 from qstar_jax.qvalue.head import QHead, QHeadConfig
 from qstar_jax.qvalue.rollouts import read_rollouts

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from qstar_jax.config import load_config
+from qstar_jax.config_loading import load_config
 from qstar_jax.models.char_tokenizer import build_char_tokenizer
 from qstar_jax.models.lm_training import LMTrainingConfig, pack_examples, pack_value_rows
 from qstar_jax.stages.context import RunContext

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from qstar_jax.config import ConfigError, load_config
+from qstar_jax.config import ConfigError
+from qstar_jax.config_loading import load_config
 from qstar_jax.outputs import durable
 from qstar_jax.qvalue.checkpoint import BackboneIdentity, BackboneMismatchError
 from qstar_jax.qvalue.dataset import labelled, save_labelled, step_pairs

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from qstar_jax.config import Scorer, ToTEvaluator, Utility, load_config
+from qstar_jax.config import Scorer, ToTEvaluator, Utility
+from qstar_jax.config_loading import load_config
 from qstar_jax.outputs.reports import SECOND_POLICY_GREEDY
 from qstar_jax.search.interface import QItem
 from qstar_jax.search.planner import Outcome, SearchCounters, SearchResult

@@ -7,7 +7,7 @@ import types
 import numpy as np
 import pytest
 
-from qstar_jax.config import load_config
+from qstar_jax.config_loading import load_config
 from qstar_jax.search.aggregate import Agg
 from qstar_jax.search.mctsr import DONT_KNOW
 from qstar_jax.search.process_utility import RuleUtility, ZeroUtility

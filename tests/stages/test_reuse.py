@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from qstar_jax.config import ConfigError, load_config, to_yaml
+from qstar_jax.config import ConfigError
+from qstar_jax.config_loading import load_config, to_yaml
 from qstar_jax.stages.reuse import reuse_trained_outputs
 
 FILES = ("rollouts.jsonl", "labels.jsonl", "labels.jsonl.features.npz", "q_training.json",

@@ -6,7 +6,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from qstar_jax.config import ConfigError, load_config
+from qstar_jax.config import ConfigError
+from qstar_jax.config_loading import load_config
 from qstar_jax.outputs import durable
 from qstar_jax.policy.runtime import PolicyRuntime
 from qstar_jax.qvalue.dataset import labelled, load_labelled, load_step_logprobs

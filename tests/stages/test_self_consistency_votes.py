@@ -3,7 +3,7 @@
 
 from pathlib import Path
 
-from qstar_jax.config import load_config
+from qstar_jax.config_loading import load_config
 from qstar_jax.search.driver import run_search
 from qstar_jax.search.process_utility import ZeroUtility
 from qstar_jax.stages.context import RunContext

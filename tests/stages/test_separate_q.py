@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from qstar_jax.config import load_config
+from qstar_jax.config_loading import load_config
 from qstar_jax.models.loading import LoadedModel
 from qstar_jax.qvalue.checkpoint import BackboneIdentity
 from qstar_jax.qvalue.dataset import LabelledStep, save_labelled

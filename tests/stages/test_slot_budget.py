@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from jax.sharding import AbstractMesh
 
-from qstar_jax.config import load_config
+from qstar_jax.config_loading import load_config
 from qstar_jax.search.driver import run_search
 from qstar_jax.search.process_utility import ZeroUtility
 from qstar_jax.stages.context import RunContext

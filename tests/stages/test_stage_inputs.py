@@ -4,7 +4,8 @@ refused before any stage runs, naming the stage to add."""
 import pytest
 
 from qstar_jax import run
-from qstar_jax.config import ConfigError, load_config
+from qstar_jax.config import ConfigError
+from qstar_jax.config_loading import load_config
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.evaluate import reported_methods
 from qstar_jax.stages.stage_inputs import check_stage_inputs

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from qstar_jax.config import load_config
+from qstar_jax.config_loading import load_config
 from qstar_jax.search.planner import Outcome, SearchCounters, SearchResult
 from qstar_jax.search.process_utility import ZeroUtility
 from qstar_jax.stages import evaluate
