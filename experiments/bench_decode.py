@@ -102,10 +102,10 @@ def parse_args() -> argparse.Namespace:
                         help="how the step loop reads the layers' weights: auto, per-layer, "
                              "per-layer-transposed, per-layer-kernels, stacked or unrolled "
                              "(Decoder's layer_weights, qstar_jax/decoding/weights.py)")
-    parser.add_argument("--row-windows", choices=["gather", "copy"], default="gather",
+    parser.add_argument("--row-windows", choices=["auto", "gather", "copy"], default="auto",
                         help="copy: the step loop over a copy of its rows' cache windows "
                              "(Decoder's row_windows, qstar_jax/models/row_windows.py; "
-                             "row slots only)")
+                             "row slots only); auto: copy on a CPU where it can")
     parser.add_argument("--no-matmul-cap", dest="matmul_cap", action="store_false",
                         help="skip the matmul cap (it compiles every product shape per batch: "
                              "minutes on a GPU, where the roofline is the bound that matters)")

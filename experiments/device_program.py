@@ -297,9 +297,11 @@ def called_decoder(model: LlamaModel, layer_weights: str, batch: int, page_size:
     rows = batch if set(functions) <= {"sample_step"} else 3 * batch
     paging = None if not page_size else Paging(
         page_size=page_size, num_pages=rows * -(-max_len // page_size), attention=attention)
+    # Gathering rows' windows, as a GPU or TPU runs the step loop ("auto" copies them
+    # only on a CPU, where these calls run).
     decoder = Decoder(model, num_slots=rows, max_len=max_len,
                       newline_table=np.zeros(cfg.vocab_size, bool), eos_ids=[],
-                      layer_weights=layer_weights, paging=paging)
+                      layer_weights=layer_weights, paging=paging, row_windows=False)
     prompt = [3, 5, 7, 9] * 8 + [11]  # on 16-token pages the last one partly filled
     slots = decoder.allocate(batch)
     decoder.prefill(slots, [prompt] * batch)

@@ -34,7 +34,10 @@ tokens sampled):
 
     python experiments/profile_decode.py --collect configs/smollm2_gsm_symbolic.yaml
         [--problems 16] [--rollouts 4] [--steps 2] [--step-tokens 48] [--reps 1]
-        [--chunks 0 8 16 32]
+        [--chunks 0 8 16 32] [--row-windows gather|copy] [--run-mesh]
+
+(``--run-mesh``: the policy and decoder on the mesh a run builds from the config, a 1x1
+mesh on one device, as ``python -m qstar_jax.run`` runs them; without it, no mesh.)
 
 ``--trie CONFIG`` times the trie sampler (``Decoder.sample_trie``, as a search expands
 nodes with ``eval.prefix_sharing``): ``--problems`` eval problems of the config's task,
@@ -111,10 +114,14 @@ def parse_args() -> argparse.Namespace:
                         help="--trie: no newline ends a step (EOS and the cap do)")
     parser.add_argument("--spare-rules", nargs="+", default=["old", "new"],
                         help="--trie: ChunkedTrie's spare rules: old, new or FLOOR:SHARE")
-    parser.add_argument("--row-windows", choices=["gather", "copy"], default="gather",
+    parser.add_argument("--row-windows", choices=["auto", "gather", "copy"], default="auto",
                         help="copy: the step loop over a copy of its rows' cache windows "
-                             "(Decoder's row_windows); not with --trie or --page-size, whose "
-                             "paged cache has no row windows")
+                             "(Decoder's row_windows; auto: on a CPU where it can); copy not "
+                             "with --trie or --page-size, whose paged cache has none")
+    parser.add_argument("--run-mesh", action="store_true",
+                        help="--collect: load the policy and build the decoder on the mesh "
+                             "a run builds from the config (on one device, 1x1), as "
+                             "python -m qstar_jax.run does")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     args = parser.parse_args()
     if args.page_size < 0 or args.pages < 0:
@@ -124,6 +131,8 @@ def parse_args() -> argparse.Namespace:
     if args.page_size and (args.trie or args.collect):
         parser.error("--page-size and --pages set the step timings' cache; --trie and "
                      "--collect do not read them")
+    if args.run_mesh and not args.collect:
+        parser.error("--run-mesh times --collect on a run's mesh: give --collect")
     if args.row_windows == "copy" and (args.trie or args.page_size):
         parser.error("--row-windows copy needs row slots: --trie and --page-size page the "
                      "cache")
@@ -242,12 +251,14 @@ def profile_collect(args: argparse.Namespace) -> None:
     from qstar_jax.config_loading import load_config
     from qstar_jax.decoding.engine import Decoder
     from qstar_jax.decoding.step_sampler import ROW_WINDOWS
+    from qstar_jax.parallel import make_mesh
     from qstar_jax.policy.rollouts import DecoderRolloutSampler
     from qstar_jax.policy.runtime import PolicyRuntime
     from qstar_jax.stages.context import RunContext
 
     config = load_config(args.collect)
-    ctx = RunContext(config=config, out=Path(tempfile.mkdtemp()))
+    mesh = make_mesh(config.mesh.data, config.mesh.model) if args.run_mesh else None
+    ctx = RunContext(config=config, out=Path(tempfile.mkdtemp()), mesh=mesh)
     problems = ctx.problems(config.task.train_split, args.problems)
     prompts = ctx.prompts(problems)
     policy, tokenizer = ctx.policy, ctx.policy.tokenizer
@@ -258,7 +269,7 @@ def profile_collect(args: argparse.Namespace) -> None:
                           max_len=config.decode.max_len,
                           newline_table=tokenizer.newline_table(policy.config.vocab_size),
                           eos_ids=tokenizer.eos_ids, step_chunk=chunk,
-                          row_windows=ROW_WINDOWS[args.row_windows])
+                          row_windows=ROW_WINDOWS[args.row_windows], mesh=mesh)
         calls = []  # per step call: (seconds, rows, tokens sampled)
         sample_steps = decoder.sample_steps
 
@@ -289,6 +300,7 @@ def profile_collect(args: argparse.Namespace) -> None:
                 rows=[r for _, r, _ in calls], tokens=tokens,
                 ms_per_row_token=round(1e3 * step_s / tokens, 2),
                 computed_row_tokens=work["row_tokens"], jitted_calls=work["calls"],
+                row_windows=decoder.row_windows,
                 useful=round(work["sampled_tokens"] / work["row_tokens"], 3),
                 new_step_variants=decoder.trace_counts["sample_step"]
                 - traces.get("sample_step", 0),
@@ -307,6 +319,7 @@ def profile_collect(args: argparse.Namespace) -> None:
                           step_tokens=args.step_tokens, temperature=args.temperature,
                           prompt_tokens=[min(prompt_tokens), max(prompt_tokens)],
                           threads=args.threads, max_len=config.decode.max_len,
+                          mesh=None if mesh is None else dict(mesh.shape),
                           device=jax.devices()[0].device_kind)))
 
 

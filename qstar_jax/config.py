@@ -194,11 +194,12 @@ class DecodeConfig:
     # each.
     layer_weights: str = "auto"
     # "copy": a step call's token loop runs over one copy of its rows' cache windows,
-    # taken and written back once a call, instead of gathering every row's window at every
-    # token ("gather"; models/row_windows.py; row slots, a per-layer copy, no mesh). On a
-    # CPU SmolLM2 decodes 5-9% faster at batch 1-32 and collect's step calls ~10% faster,
-    # but the default run's evaluate stage took 214 s against 178 (docs/decoder_speed.md).
-    row_windows: str = "gather"
+    # taken once a call and its new positions written back, instead of gathering every
+    # row's window at every token ("gather"; models/row_windows.py; row slots, a per-layer
+    # copy, a mesh.model of 1). "auto": copy on a CPU where it can, gather elsewhere (untimed
+    # on a GPU or TPU). On a CPU SmolLM2's collect step calls ran 12-14% faster and the default
+    # run's evaluate stage as fast (158 s against 161), the same results (docs/decoder_speed.md).
+    row_windows: str = "auto"
 
     @property
     def num_pages(self) -> int:

@@ -21,8 +21,8 @@ device (weights split over ``mesh.model``, the cache over both axes; heads, kv h
 vocabulary or an MLP width the model axis does not divide are held whole, as
 ``ShardingRules.for_model`` replicates them, and so are the norms). Not counted:
 activations, the PRM's scoring pass (a [rows, text length] cache of its own per call),
-the learned PRM's and Q̂'s small heads, the copy a step call holds of its rows' cache
-windows under ``decode.row_windows=copy`` (those rows' share of the cache), XLA's
+the learned PRM's and Q̂'s small heads, the copy of its rows' cache windows a step call
+holds over row windows (``decode.row_windows``; those rows' share of the cache), XLA's
 scratch; hence HEADROOM. The label stage's ``label.stronger_model`` is not counted
 either (it is not loaded beside the evaluate stage's models).
 

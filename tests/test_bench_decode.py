@@ -28,13 +28,13 @@ def experiments_on_path(monkeypatch):
 @pytest.mark.optimized
 def test_random_weight_benchmark_reports_decode_rate_against_the_roofline(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--random-llama", "tiny", "--batches", "1",
-                                      "2", "--reps", "1", "--row-windows", "copy"])
+                                      "2", "--reps", "1"])
     runpy.run_path(str(SCRIPT), run_name="__main__")
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert figures["batch"] == [1, 2] and figures["hf_tok_s"] is None
     assert figures["page_size"] == 0 and figures["attention"] is None  # row slots
     assert figures["layer_weights"] == "per-layer-kernels"  # the decoder's default on a CPU
-    assert figures["row_windows"] is True
+    assert figures["row_windows"] is True  # auto: on a CPU, over row windows
     for whole, decode, roof, cap in zip(figures["jax_tok_s"], figures["decode_tok_s"],
                                         figures["roofline_tok_s"], figures["matmul_cap_tok_s"]):
         assert 0 < whole < decode  # the whole generation also prefills the prompt
@@ -60,7 +60,7 @@ def test_the_benchmark_runs_ours_on_pages_with_the_attention_it_is_told(
     assert (figures["page_size"], figures["attention"]) == (16, resolved)
     assert figures["decode_tok_s"][0] > 0 and figures["roofline_tok_s"][0] > 0
     assert figures["matmul_cap_tok_s"] is None and figures["layer_weights"] == layer_weights
-    assert figures["row_windows"] is False  # the decoder's default
+    assert figures["row_windows"] is False  # auto, on pages: gathering
     # The profiled generation: its trace kept, its summary printed (no device on a CPU),
     # and the step loop's HLO saved beside it.
     assert (tmp_path / "decode_batch2.json.gz").stat().st_size > 0

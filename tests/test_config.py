@@ -86,8 +86,8 @@ def test_round_trip_through_yaml(tmp_path):
     ("policy_training.max_grad_norm=0", "policy_training.max_grad_norm"),
     ("decode.step_chunk=-1", "decode.step_chunk"),
     ("decode.min_rows=0", "decode.min_rows"),
-    ("decode.row_windows=off", "^decode.row_windows: must be one of \\('gather', 'copy'\\), "
-                               "got 'False'$"),  # YAML's off is False
+    ("decode.row_windows=off", "^decode.row_windows: must be one of "
+                               "\\('auto', 'gather', 'copy'\\), got 'False'$"),  # YAML's off
     ("decode.slots=0", "decode.slots: must be >= 1, got 0"),
     ("decode.max_len=40", "decode.max_len: must exceed decode.step_token_cap=40 .* got 40"),
     ("eval.beam_k=0", "eval.beam_k: must be >= 1, got 0"),

@@ -361,7 +361,8 @@ def decoding_on_4_devices(one_device_outputs) -> dict:
 
 def test_decoding_on_meshes_4x1_2x2_1x4_matches_one_device(decoding_on_4_devices):
     report = decoding_on_4_devices
-    assert_same_as_one_device(report, {"4x1", "2x2", "1x4", "2x2_paged", "1x4_transposed"})
+    assert_same_as_one_device(report, {"4x1", "2x2", "1x4", "2x2_paged", "1x4_transposed",
+                                       "4x1_row_windows"})
     # Slots on data; 2 kv heads do not split 4 ways, so they are replicated on 1x4 while
     # the 4 query heads are split.
     assert report["2x2"]["layout"]["cache"] == str(PartitionSpec(None, "data", "model",
@@ -386,7 +387,7 @@ def test_decoding_keeps_cache_rows_on_their_data_shard(decoding_on_4_devices):
     report = decoding_on_4_devices
     assert report["4x1"]["shards"]["prompts"] == [0, 1, 2, 3]
     assert report["2x2"]["shards"]["prompts"] == [0, 1, 0, 1]
-    for mesh in ("4x1", "2x2"):
+    for mesh in ("4x1", "2x2", "4x1_row_windows"):  # the last: step calls over row windows
         shards, counts = report[mesh]["shards"], report[mesh]["collectives"]
         assert shards["children_beside_parents"] and shards["trie_beside_groups"], mesh
         assert counts["gspmd_fork"]["cache_rows"] > 0, mesh

@@ -1,6 +1,6 @@
-"""experiments/profile_decode.py's arguments: the paged cache's flags, and row windows
-(which need row slots), refuse, with a message naming them, the settings in which they
-would be ignored or meaningless."""
+"""experiments/profile_decode.py's arguments: the paged cache's flags, row windows
+(which need row slots) and a run's mesh (collect's) refuse, with a message naming them,
+the settings in which they would be ignored or meaningless."""
 
 import sys
 
@@ -17,6 +17,8 @@ from tests.support.experiments import experiment_module
     (["--page-size", "16", "--collect", "c.yaml"], "--trie and --collect do not read them"),
     (["--row-windows", "copy", "--trie", "c.yaml"], "--row-windows copy needs row slots"),
     (["--row-windows", "copy", "--page-size", "16"], "--row-windows copy needs row slots"),
+    (["--run-mesh"], "--run-mesh times --collect on a run's mesh: give --collect"),
+    (["--run-mesh", "--trie", "c.yaml"], "--run-mesh times --collect on a run's mesh"),
 ])
 def test_paging_flags_refuse_what_they_cannot_do(monkeypatch, capsys, argv, message):
     profile_decode = experiment_module(monkeypatch, "profile_decode")
@@ -32,4 +34,4 @@ def test_paging_flags_pass_through_where_they_apply(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["profile_decode.py", "--page-size", "16", "--pages", "64"])
     args = profile_decode.parse_args()
     assert (args.page_size, args.pages, args.trie, args.collect) == (16, 64, None, None)
-    assert args.row_windows == "gather"  # the decoder's default
+    assert args.row_windows == "auto"  # the decoder's default

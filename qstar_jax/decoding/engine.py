@@ -52,13 +52,13 @@ from qstar_jax.decoding.paged_cache import (PageTable, Paging, copy_pages, fork_
 from qstar_jax.decoding.prefill import MIN_PREFILL_BUCKET, prefill
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_chunks import ChunkedStep, StepBatch
-from qstar_jax.decoding.step_sampler import StepOutput, check_row_windows, sample_step
+from qstar_jax.decoding.step_sampler import StepOutput, resolve_row_windows, sample_step
 from qstar_jax.decoding.token_batch import bucket_size, length_groups, pad_token_batch
 from qstar_jax.decoding.trie_sampler import TrieOutput, sample_trie
 from qstar_jax.decoding.weights import DecoderWeights
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.models.tokenizer import BlankStepTables
-from qstar_jax.parallel import (ShardingRules, check_slots, place, replicated,
+from qstar_jax.parallel import (MODEL, ShardingRules, check_slots, place, replicated,
                                 weight_shardings)
 
 MIN_STEP_BUCKET = 8
@@ -88,9 +88,10 @@ class Decoder:
     on a CPU with every product as rows and on a GPU with the attention's projections
     transposed; see ``decoding/weights``). row_windows: a step call's token loop runs
     over a copy of its rows' cache windows instead of gathering them at every token
-    (``models/row_windows``; for row slots read by a per-layer copy on one device only):
-    faster for SmolLM2's long steps on a CPU, slower for the default run's short ones
-    (docs/decoder_speed.md).
+    (``models/row_windows``; for row slots read by a per-layer copy, on a mesh whose
+    model axis is one device); None: on a CPU wherever it can (``resolve_row_windows``),
+    where SmolLM2's collect ran 12-14% faster and the default run no slower
+    (docs/decoder_speed.md); untimed on a GPU or TPU, which gather.
     shared_prefix: a trie round's rows attend to their group's prefix once, all the
     group's queries together, and to their own steps apart (``models/shared_prefix``;
     not for a model with a sliding window). Off by default: on 2 CPU cores it did not
@@ -112,7 +113,7 @@ class Decoder:
                  min_step_bucket: int = MIN_STEP_BUCKET,
                  min_window_bucket: int = MIN_WINDOW_BUCKET,
                  step_chunk: int = 0, layer_weights: str = "auto",
-                 row_windows: bool = False, shared_prefix: bool = False,
+                 row_windows: bool | None = None, shared_prefix: bool = False,
                  mesh: jax.sharding.Mesh | None = None,
                  rules: ShardingRules = ShardingRules(), paging: Paging | None = None):
         self.config = model.config
@@ -142,10 +143,9 @@ class Decoder:
             rules = rules.for_model(self.config, mesh)
         self._weights = DecoderWeights.of(
             model, layer_weights, heads_split=mesh is not None and rules.splits("heads", mesh))
-        if row_windows:
-            check_row_windows(mesh=mesh is not None, per_layer=self._weights.layers is not None,
-                              paged=paging is not None)
-        self.row_windows = row_windows
+        self.row_windows = resolve_row_windows(
+            row_windows, split_model=mesh is not None and mesh.shape[MODEL] > 1,
+            per_layer=self._weights.layers is not None, paged=paging is not None)
         if cache_dtype is None:
             cache_dtype = model.embed_tokens.embedding[...].dtype
         make_cache = functools.partial(init_cache, self.config, slots=num_slots,

@@ -11,8 +11,9 @@ the line tables say so, a newline that would end a blank step ends nothing: the 
 lines join the line after them (``line_tables``).
 Attention reads only a static window of W <= M positions of each row, one that holds
 every row's start plus its cap (``window``): a row's tokens all lie below it. With
-``row_windows`` the loop runs over a copy of its rows' windows, taken once a call and
-written back at its end, rather than gathering them out of the slots at every token.
+``row_windows`` the loop runs over a copy of its rows' windows, taken once a call, its
+new positions written back at its end, rather than gathering them out of the slots at
+every token.
 """
 
 from __future__ import annotations
@@ -108,20 +109,29 @@ def end_reason_after(tokens: jax.Array, positions: jax.Array, num_tokens: jax.Ar
 
 
 # decode.row_windows's settings (and the experiments' --row-windows), as Decoder's
-# row_windows argument: "copy" runs over row windows, "gather" gathers at every token.
-# (Not on/off, which YAML reads as booleans.)
-ROW_WINDOWS = {"gather": False, "copy": True}
+# row_windows argument: "copy" runs over row windows, "gather" gathers at every token,
+# "auto" copies on a CPU wherever it can (``resolve_row_windows``). (Not on/off, which
+# YAML reads as booleans.)
+ROW_WINDOWS = {"auto": None, "gather": False, "copy": True}
 
 
-def check_row_windows(*, mesh: bool, per_layer: bool, paged: bool) -> None:
-    """Raises unless step calls can run over a copy of their rows' windows
-    (``row_windows``): their rows are one device's slots (no ``mesh``), on row slots (not
-    ``paged``), written by one token loop per layer (``per_layer``: weights split per
-    layer, ``DecoderWeights.layers``)."""
-    if mesh or paged or not per_layer:
-        raise ValueError("row_windows needs row slots (no paging) on one device (no mesh), "
-                         "read by a per-layer copy of the weights (layer_weights per-layer, "
+def resolve_row_windows(requested: bool | None, *, split_model: bool, per_layer: bool,
+                        paged: bool, backend: str | None = None) -> bool:
+    """Whether step calls run over a copy of their rows' windows (``row_windows``): as
+    ``requested``, or where None on a CPU (``backend``, default JAX's) wherever they can
+    (untimed on a GPU or TPU). They can on row slots (not ``paged``), each data shard's
+    rows computed whole on one device (not ``split_model``: a mesh whose model axis has
+    several devices), written by one token loop per layer (``per_layer``: weights split
+    per layer, ``DecoderWeights.layers``); requested where they cannot, it raises."""
+    possible = not split_model and per_layer and not paged
+    if requested is None:
+        return possible and (backend or jax.default_backend()) == "cpu"
+    if requested and not possible:
+        raise ValueError("row_windows needs row slots (no paging), whole layers on each "
+                         "device (no mesh model axis of more than one device), read by a "
+                         "per-layer copy of the weights (layer_weights per-layer, "
                          "per-layer-transposed or per-layer-kernels)")
+    return requested
 
 
 def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights,
@@ -173,7 +183,7 @@ def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights,
                                initial)
     k, v = final.k, final.v
     if row_windows:
-        k, v = windows.put(cache.k, cache.v, slots, k, v)
+        k, v = windows.put(cache.k, cache.v, slots, k, v, start_positions, max_tokens)
     cache = dataclasses.replace(
         cache, k=k, v=v,
         lengths=cache.lengths.at[slots].set(final.positions, mode="drop"),

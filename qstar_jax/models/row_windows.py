@@ -12,18 +12,19 @@ per layer is copied the same way, so the pool's layout cannot avoid them.
 
 So a step loop may take its rows' windows once per call instead (``take``), one array per
 layer, row b of each the call's row b, and its tokens attend over and write into them in
-place; the call writes them back into the pool at its end (``put``). The keys are held
-transposed, [B, K, D, W]: a query's scores then sum over D along rows of W positions,
-which XLA:CPU computes in about two thirds of the time of the reduction over D as the
-minor axis (the same products, in float32). The values keep [B, K, W, D], where the
+place; at its end the call writes back into the pool the positions its tokens may have
+written, at most C a row from its start (``put``). The keys are held transposed,
+[B, K, D, W]: a query's scores then sum over D along rows of W positions, which XLA:CPU
+computes in about two thirds of the time of the reduction over D as the minor axis (the
+same products, in float32). The values keep [B, K, W, D], where the
 weighted sum already runs along D.
 
-The copy costs a call one gather and one scatter of its rows' windows (in that batch-32
-trace the gathers came to some 110 ms a call, five tokens' worth of the per-token ones,
-so a call of very few tokens loses), and holds them beside the pool while the call runs.
-So it is an option, off by default: SmolLM2's batch decode and collect ran 5-10% faster
-over it on a CPU, and the default run's evaluate stage (a small policy, short steps)
-20% slower (docs/decoder_speed.md).
+The copy costs a call one gather of its rows' windows (in that batch-32 trace some 110
+ms a call, five tokens' worth of the per-token ones, so a call of very few tokens
+loses) and a scatter of its new positions, and holds the windows beside the pool while
+the call runs. On a CPU it is the default (``decode.row_windows=auto``): SmolLM2's
+collect step calls ran 12-14% faster over it and the default run's evaluate stage as fast,
+with the same results (docs/decoder_speed.md). Untimed on a GPU or TPU, which gather.
 """
 
 from __future__ import annotations
@@ -71,13 +72,23 @@ def take(cache_k: jax.Array, cache_v: jax.Array, slots: jax.Array,
 
 
 def put(cache_k: jax.Array, cache_v: jax.Array, slots: jax.Array,
-        keys: tuple[jax.Array, ...], values: tuple[jax.Array, ...]) -> tuple[jax.Array,
-                                                                              jax.Array]:
-    """The pool with ``take``'s windows written back into ``slots`` [B] (S or more: a
-    padding row, dropped)."""
+        keys: tuple[jax.Array, ...], values: tuple[jax.Array, ...], starts: jax.Array,
+        count: int) -> tuple[jax.Array, jax.Array]:
+    """The pool with positions [starts[b], starts[b] + count) of ``take``'s windows
+    written back into ``slots`` [B]: the positions a call's tokens may have written (at
+    most ``count`` a row from its start); the rest of each window is what ``take``
+    copied. A padding row (slot S or more) and positions at W or past it go nowhere."""
     window = values[0].shape[2]
+    positions = starts[:, None] + jnp.arange(count)  # [B, C]
+    read_at = jnp.minimum(positions, window - 1)
+    write_at = jnp.where(positions < window, positions, cache_k.shape[3])  # M: dropped
+    rows = slots[:, None]
     for layer, (layer_keys, layer_values) in enumerate(zip(keys, values)):
-        cache_k = cache_k.at[layer, slots, :, :window].set(layer_keys.swapaxes(2, 3),
+        # Advanced indices apart around a slice put their dims first: [B, C, K, D].
+        new_keys = jnp.take_along_axis(layer_keys, read_at[:, None, None, :], axis=3)
+        new_values = jnp.take_along_axis(layer_values, read_at[:, None, :, None], axis=2)
+        cache_k = cache_k.at[layer, rows, :, write_at].set(new_keys.transpose(0, 3, 1, 2),
                                                            mode="drop")
-        cache_v = cache_v.at[layer, slots, :, :window].set(layer_values, mode="drop")
+        cache_v = cache_v.at[layer, rows, :, write_at].set(new_values.swapaxes(1, 2),
+                                                           mode="drop")
     return cache_k, cache_v

@@ -13,6 +13,7 @@ from flax import nnx
 from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.decoding.sampling import SamplingParams
+from qstar_jax.decoding.step_sampler import resolve_row_windows
 from qstar_jax.models import row_windows
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.parallel import make_mesh
@@ -29,11 +30,11 @@ PARAMS = SamplingParams.make(3, temperature=[0.0, 1.0, 0.7], top_k=[0, 0, 40],
                              top_p=[1.0, 1.0, 0.95])
 
 
-def _decoder(model, row_windows):
+def _decoder(model, row_windows, mesh=None):
     return Decoder(model, num_slots=8, max_len=RANDOM_MAX_LEN,
                    newline_table=np.zeros(model.config.vocab_size, bool), eos_ids=[],
                    min_batch_bucket=4, min_step_bucket=STEP_BUCKET, min_window_bucket=16,
-                   row_windows=row_windows)
+                   row_windows=row_windows, mesh=mesh)
 
 
 def _two_steps(decoder, prompts=PROMPTS):
@@ -51,9 +52,12 @@ def _two_steps(decoder, prompts=PROMPTS):
     return steps, slots + [bystander]
 
 
-@pytest.mark.parametrize("window", [None, 3], ids=["full attention", "sliding window"])
+@pytest.mark.parametrize("window,mesh", [(None, False), (3, False), (None, True)],
+                         ids=["full attention", "sliding window", "one-device mesh"])
 def test_row_windows_sample_what_gathering_samples_and_leave_the_same_pool(random_model,
-                                                                           window):
+                                                                           window, mesh):
+    """With ``mesh`` the loop over row windows runs as a run builds it on one device, in
+    the shard_map over a 1x1 mesh, against gathering with no mesh."""
     model = random_model
     if window is not None:
         config = dataclasses.replace(random_model.config, sliding_windows=(window,) * 2)
@@ -61,7 +65,8 @@ def test_row_windows_sample_what_gathering_samples_and_leave_the_same_pool(rando
         model.lm_head.kernel[...] = model.lm_head.kernel[...] * 50
     results = {}
     for copied in (True, False):
-        decoder = _decoder(model, copied)
+        on = make_mesh(1, 1, devices=jax.devices()[:1]) if mesh and copied else None
+        decoder = _decoder(model, copied, on)
         assert decoder.row_windows is copied
         steps, filled = _two_steps(decoder)
         results[copied] = steps, decoder, filled
@@ -88,7 +93,9 @@ def test_row_windows_sample_what_gathering_samples_and_leave_the_same_pool(rando
 def test_a_row_window_write_past_the_window_is_dropped():
     """``take`` copies the rows' windows (keys transposed), ``RowWindows.write`` writes a
     token where its row stands and drops one at W or past it (a finished or padding row),
-    and ``put`` writes the windows back into their slots, a padding row's (slot S) nowhere."""
+    and ``put`` writes back into their slots the positions from each row's start on that
+    the call's tokens may have written, none at W or past it and a padding row's (slot
+    S) nowhere."""
     layers, slots, heads, max_len, dim, window = 2, 4, 1, 6, 2, 4
     rng = np.random.default_rng(0)
     cache_k = jnp.asarray(rng.standard_normal((layers, slots, heads, max_len, dim)), jnp.float32)
@@ -102,26 +109,40 @@ def test_a_row_window_write_past_the_window_is_dropped():
     keys, values, layer_keys, layer_values = row_windows.RowWindows().write(
         keys, values, 1, new, new - 1, jnp.array([[2], [window]], jnp.int32))
     assert keys[1] is layer_keys and values[1] is layer_values
+    # Before row 0's start: not written back (a call's tokens never write there).
+    keys = (keys[0].at[0, :, :, 0].set(55.0),) + keys[1:]
+    # Row 0 from its start, 2, for 3 positions: 2 and 3, and 4, past W, nowhere.
     written_k, written_v = row_windows.put(cache_k, cache_v, jnp.array([3, slots], jnp.int32),
-                                           keys, values)
+                                           keys, values, jnp.array([2, max_len], jnp.int32),
+                                           3)
     expected_k = cache_k.at[1, 3, :, 2].set(-7.0)
     expected_v = cache_v.at[1, 3, :, 2].set(-8.0)
     np.testing.assert_array_equal(written_k, expected_k)  # slot 1's row was padding
     np.testing.assert_array_equal(written_v, expected_v)
 
 
-def test_row_windows_are_refused_where_the_loop_cannot_run_over_them(random_model):
-    """Pages, the scan over stacked weights and a mesh have no row windows; the decoder
-    gathers unless told to copy."""
-    assert not Decoder(random_model, num_slots=2, max_len=16,
-                       newline_table=np.zeros(64, bool)).row_windows
+def test_row_windows_run_on_a_cpu_where_they_can_and_are_refused_where_they_cannot(
+        random_model):
+    """By default ("auto") a CPU's decoder runs over row windows, and gathers on pages,
+    over stacked weights, on a mesh whose model axis splits the layers and on a GPU or TPU
+    (untimed there); asked for where they cannot run, they are refused."""
+    def decoder(**options):
+        return Decoder(random_model, num_slots=2, max_len=16,
+                       newline_table=np.zeros(64, bool), **options)
+
+    pages = Paging(page_size=4, num_pages=8)
+    assert decoder().row_windows
+    assert not decoder(paging=pages).row_windows
+    assert not decoder(layer_weights="stacked").row_windows
+    assert not decoder(row_windows=False).row_windows
     message = "row_windows needs row slots"
     with pytest.raises(ValueError, match=message):
-        Decoder(random_model, num_slots=2, max_len=16, newline_table=np.zeros(64, bool),
-                paging=Paging(page_size=4, num_pages=8), row_windows=True)
+        decoder(paging=pages, row_windows=True)
     with pytest.raises(ValueError, match=message):
-        Decoder(random_model, num_slots=2, max_len=16, newline_table=np.zeros(64, bool),
-                layer_weights="stacked", row_windows=True)
-    with pytest.raises(ValueError, match=message):
-        Decoder(random_model, num_slots=2, max_len=16, newline_table=np.zeros(64, bool),
-                mesh=make_mesh(1, 1, devices=jax.devices()[:1]), row_windows=True)
+        decoder(layer_weights="stacked", row_windows=True)
+    able = dict(split_model=False, per_layer=True, paged=False)
+    with pytest.raises(ValueError, match=message):  # a 1x2 mesh needs two devices
+        resolve_row_windows(True, **{**able, "split_model": True})
+    assert not resolve_row_windows(None, **{**able, "split_model": True})
+    assert [resolve_row_windows(None, **able, backend=backend)
+            for backend in ("cpu", "gpu", "tpu")] == [True, False, False]

@@ -8,8 +8,8 @@ sample the one call's trie. Run in a
 child process, as a process's device count is fixed before JAX first runs:
 
     JAX_NUM_CPU_DEVICES=4 python -m tests.support.sharded_decoding ONE_DEVICE.npz
-        meshes 4x1, 2x2 and 1x4 in one process; the one device's outputs are also
-        written to ONE_DEVICE.npz;
+        meshes 4x1, 2x2 and 1x4 in one process (4x1 also over row windows); the one
+        device's outputs are also written to ONE_DEVICE.npz;
     JAX_NUM_CPU_DEVICES=2 python -m tests.support.sharded_decoding PORT PROCESS_ID ONE_DEVICE.npz
         one of two processes (jax.distributed on localhost:PORT): meshes 2x2 and 1x4
         over both processes' devices; process 0 alone compares them with the one
@@ -83,17 +83,20 @@ def prefilled_logits(model: LlamaModel, decoder: Decoder, slots) -> np.ndarray:
 
 
 def decode(model: LlamaModel, mesh, step_chunk: int, starved: bool = False,
-           paged: bool = False, layer_weights: str = "auto") -> dict:
+           paged: bool = False, layer_weights: str = "auto", row_windows: bool = False
+           ) -> dict:
     """Prefill, fork, greedy and sampled steps (one with rows of other caps), a token
     appended (``append_token``: a cut step's line break), a trie; the same calls twice
     over, the second with other data to show it reuses the compiled functions.
     step_chunk: the decoder's (0: a step in one call); ``paged``: on ``PAGING``'s paged
-    cache, whose pages all go back; ``layer_weights``: the decoder's. With ``starved`` the
+    cache, whose pages all go back; ``layer_weights``, ``row_windows``: the decoder's.
+    With ``starved`` the
     first calls are made a third time, the trie's chunks given only the spares that fill
     their padded blocks (``starved_trie``, after the second calls: apart from their
     variants)."""
     decoder = random_decoder(model, mesh, step_chunk=step_chunk,
-                             paging=PAGING if paged else None, layer_weights=layer_weights)
+                             paging=PAGING if paged else None, layer_weights=layer_weights,
+                             row_windows=row_windows)
     out = {}
     # (the outputs' suffix, the calls' data): the calls, and a mesh's third ones.
     passes = [("0", 0), ("1", 1)] + ([("_starved", 0)] if starved else [])
@@ -292,13 +295,16 @@ def main() -> None:
     starved_on = {(4, 1), (2, 2)}
     # The per-layer copy with transposed attention projections, on the model axis.
     transposed_on = {(1, 4)}
+    # Step calls over a copy of their rows' windows, each data shard its own rows'.
+    row_windows_on = {(4, 1)}
     one_device_file = sys.argv[-1]
     if len(sys.argv) == 4:
         initialize_distributed(coordinator=f"localhost:{sys.argv[1]}", num_processes=2,
                                process_id=int(sys.argv[2]))
         # Data shards across the processes (2x2), and the model axis (1x4: each
         # process holds half of every layer's query heads and vocabulary).
-        meshes, starved_on, transposed_on = ((2, 2), (1, 4)), set(), set()
+        meshes = ((2, 2), (1, 4))
+        starved_on, transposed_on, row_windows_on = set(), set(), set()
     enable_compile_cache()  # the suite's (the folder QSTAR_COMPILE_CACHE names)
     model = LlamaModel(tiny_config(64), rngs=nnx.Rngs(0))
     model.lm_head.kernel[...] = model.lm_head.kernel[...] * 50  # greedy far from ties
@@ -313,6 +319,9 @@ def main() -> None:
             on_meshes[name + "_transposed"] = (False, decode(
                 model, mesh, step_chunk=STEP_CHUNK, layer_weights="per-layer-transposed"),
                 False)
+        if shape in row_windows_on:
+            on_meshes[name + "_row_windows"] = (False, decode(
+                model, mesh, step_chunk=STEP_CHUNK, row_windows=True), False)
         gpu_prefills[name] = prefill_as_on_a_gpu(model, mesh)
     if not is_writer():
         return
