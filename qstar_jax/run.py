@@ -37,7 +37,8 @@ from qstar_jax.policy.runtime import PromptTooLong
 from qstar_jax.preflight import check_layer_weights, preflight, shared_split_warning
 from qstar_jax.run_messages import (cache_full_message, different_config_advice,
                                     lost_process_message, prompt_too_long_message)
-from qstar_jax.stages.reuse import CACHE_LAYOUT, differing_settings, reuse_trained_outputs
+from qstar_jax.stages.reuse import (CACHE_LAYOUT, differing_settings, reuse_trained_outputs,
+                                    setting_values)
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.evaluate import RESULTS_LOG, evaluate
 from qstar_jax.stages.prm import train_prm
@@ -145,9 +146,10 @@ def run_in_folder(out: Path, config, mesh, reuse: str | None) -> int:
     # has logged a result, as the layout moves its wall-clock figures.
     layout_only = changed is not None and all(key in CACHE_LAYOUT for key in changed)
     if changed is None or (changed and (not layout_only or (out / RESULTS_LOG).exists())):
+        saved = setting_values(load_config(resolved), changed) if layout_only else None
         print(f"config error: {out} holds a run with a different config ({resolved}"
               f"{': differs in ' + ', '.join(changed) if changed else ''}); "
-              f"{different_config_advice(changed, out, layout_only)}", file=sys.stderr)
+              f"{different_config_advice(changed, out, layout_only, saved)}", file=sys.stderr)
         return 2
     if changed:
         print(f"[qstar] resuming {out} under new cache settings: {', '.join(changed)}",

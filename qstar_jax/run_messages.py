@@ -4,6 +4,7 @@ the settings that decide it and what to do, built from the errors the run met.""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import jax
 
@@ -14,16 +15,22 @@ from qstar_jax.policy.runtime import PromptTooLong
 from qstar_jax.stages.reuse import evaluation_only
 
 
-def different_config_advice(changed: list[str] | None, out: Path, layout_only: bool) -> str:
+def different_config_advice(changed: list[str] | None, out: Path, layout_only: bool,
+                            saved: dict[str, Any] | None = None) -> str:
     """What to do about a folder that holds another run's config: where every changed
     setting is one --reuse may change, --reuse, which keeps that run's training.
     ``layout_only``: every changed setting is the cache's layout, refused only because
-    the run's evaluate stage has begun."""
+    the run's evaluate stage has begun; ``saved``: the folder's values of those settings,
+    which go on with it."""
     if not changed or not all(map(evaluation_only, changed)):
         return "choose another --out or delete the folder"
     began = ("its evaluate stage has begun, whose wall-clock these settings move: "
              if layout_only else "")
-    return f"{began}to evaluate these settings on what it trained, use --out NEW --reuse {out}"
+    advice = f"{began}to evaluate these settings on what it trained, use --out NEW --reuse {out}"
+    if layout_only and saved:
+        advice += ("; to go on in it as it ran, give "
+                   + " ".join(f"{key}={value}" for key, value in saved.items()))
+    return advice
 
 
 def cache_full_message(stage: str, full: SlotPoolExhausted | PagePoolExhausted,

@@ -457,7 +457,8 @@ def test_a_run_resumes_under_a_new_cache_layout_until_evaluate_has_begun(
         tmp_path, monkeypatch, capsys):
     """decode.slots and decode.pages change how rows are held, not what they compute: a
     run killed by a full cache goes on in its folder under larger ones. Once evaluate has
-    logged a result they are refused there, as they move its wall-clock figures."""
+    logged a result they are refused there, as they move its wall-clock figures, and the
+    refusal gives the folder's values, with which it goes on."""
     ran = []
     monkeypatch.setattr(run, "run_stages", lambda ctx: ran.append(ctx.config.decode.slots))
     saved = tmp_path / "config.yaml"
@@ -471,8 +472,11 @@ def test_a_run_resumes_under_a_new_cache_layout_until_evaluate_has_begun(
     assert capsys.readouterr().err == (
         f"config error: {tmp_path} holds a run with a different config ({saved}: differs in "
         "decode.slots); its evaluate stage has begun, whose wall-clock these settings move: "
-        f"to evaluate these settings on what it trained, use --out NEW --reuse {tmp_path}\n")
+        f"to evaluate these settings on what it trained, use --out NEW --reuse {tmp_path}; "
+        "to go on in it as it ran, give decode.slots=16\n")
     assert ran == [16] and load_config(saved).decode.slots == 16
+    assert run.main(["decode.slots=16", "stages=[train_policy]", "--out", str(tmp_path)]) == 0
+    assert ran == [16, 16]
 
 
 def test_a_prompt_longer_than_a_cache_row_names_the_settings_that_make_room(

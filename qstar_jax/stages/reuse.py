@@ -56,6 +56,12 @@ def _settings(config: RunConfig) -> dict[str, Any]:
     return _flatten(OmegaConf.to_container(OmegaConf.structured(config), resolve=True))
 
 
+def setting_values(config: RunConfig, keys: list[str]) -> dict[str, Any]:
+    """``config``'s values of the dotted settings ``keys``, in that order."""
+    settings = _settings(config)
+    return {key: settings.get(key) for key in keys}
+
+
 def differing_settings(ours: RunConfig, theirs: RunConfig) -> list[str]:
     """The dotted keys whose values differ between the two configs, sorted."""
     return _differing(_settings(ours), _settings(theirs))
