@@ -20,14 +20,14 @@ def different_config_advice(changed: list[str] | None, out: Path, layout_only: b
     """What to do about a folder that holds another run's config: where every changed
     setting is one --reuse may change, --reuse, which keeps that run's training.
     ``layout_only``: every changed setting is the cache's layout, refused only because
-    the run's evaluate stage has begun; ``saved``: the folder's values of those settings,
-    which go on with it."""
+    the run's evaluate stage has begun; ``saved``: then, the folder's values of those
+    settings, which go on with it."""
     if not changed or not all(map(evaluation_only, changed)):
         return "choose another --out or delete the folder"
     began = ("its evaluate stage has begun, whose wall-clock these settings move: "
              if layout_only else "")
     advice = f"{began}to evaluate these settings on what it trained, use --out NEW --reuse {out}"
-    if layout_only and saved:
+    if saved:
         advice += ("; to go on in it as it ran, give "
                    + " ".join(f"{key}={value}" for key, value in saved.items()))
     return advice
