@@ -35,9 +35,12 @@ tokens sampled):
     python experiments/profile_decode.py --collect configs/smollm2_gsm_symbolic.yaml
         [--problems 16] [--rollouts 4] [--steps 2] [--step-tokens 48] [--reps 1]
         [--chunks 0 8 16 32] [--row-windows gather|copy] [--run-mesh]
+        [--page-size 16 [--pages N]]
 
 (``--run-mesh``: the policy and decoder on the mesh a run builds from the config, a 1x1
-mesh on one device, as ``python -m qstar_jax.run`` runs them; without it, no mesh.)
+mesh on one device, as ``python -m qstar_jax.run`` runs them; without it, no mesh.
+``--page-size``: a paged cache, as the config's ``decode.page_size`` builds one; without
+it, row slots.)
 
 ``--trie CONFIG`` times the trie sampler (``Decoder.sample_trie``, as a search expands
 nodes with ``eval.prefix_sharing``): ``--problems`` eval problems of the config's task,
@@ -117,7 +120,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--row-windows", choices=["auto", "gather", "copy"], default="auto",
                         help="copy: the step loop over a copy of its rows' cache windows "
                              "(Decoder's row_windows; auto: on a CPU where it can); copy not "
-                             "with --trie or --page-size, whose paged cache has none")
+                             "with --trie, whose trie sampler has none")
     parser.add_argument("--run-mesh", action="store_true",
                         help="--collect: load the policy and build the decoder on the mesh "
                              "a run builds from the config (on one device, 1x1), as "
@@ -128,14 +131,14 @@ def parse_args() -> argparse.Namespace:
         parser.error("--page-size and --pages must be >= 0")
     if args.pages and not args.page_size:
         parser.error("--pages sizes a paged cache: give --page-size too")
-    if args.page_size and (args.trie or args.collect):
-        parser.error("--page-size and --pages set the step timings' cache; --trie and "
-                     "--collect do not read them")
+    if args.page_size and args.trie:
+        parser.error("--page-size and --pages set the step and collect timings' cache; "
+                     "--trie pages its cache as its config says")
     if args.run_mesh and not args.collect:
         parser.error("--run-mesh times --collect on a run's mesh: give --collect")
-    if args.row_windows == "copy" and (args.trie or args.page_size):
-        parser.error("--row-windows copy needs row slots: --trie and --page-size page the "
-                     "cache")
+    if args.row_windows == "copy" and args.trie:
+        parser.error("--row-windows copy runs the step sampler over row windows: --trie "
+                     "times the trie sampler, which has none")
     return args
 
 
@@ -248,8 +251,10 @@ def profile_collect(args: argparse.Namespace) -> None:
 
     import jax
 
+    from qstar_jax.config import DecodeConfig
     from qstar_jax.config_loading import load_config
     from qstar_jax.decoding.engine import Decoder
+    from qstar_jax.decoding.paged_cache import Paging
     from qstar_jax.decoding.step_sampler import ROW_WINDOWS
     from qstar_jax.parallel import make_mesh
     from qstar_jax.policy.rollouts import DecoderRolloutSampler
@@ -264,12 +269,17 @@ def profile_collect(args: argparse.Namespace) -> None:
     policy, tokenizer = ctx.policy, ctx.policy.tokenizer
     prompt_tokens = [len(tokenizer.encode(p)) for p in prompts]
     settings = []
+    num_slots, max_len = len(problems) * (args.rollouts + 1), config.decode.max_len
+    paging = None if not args.page_size else Paging(
+        page_size=args.page_size, num_pages=DecodeConfig(
+            slots=num_slots, max_len=max_len, page_size=args.page_size,
+            pages=args.pages).num_pages)
     for chunk in args.chunks:
-        decoder = Decoder(policy.model, num_slots=len(problems) * (args.rollouts + 1),
-                          max_len=config.decode.max_len,
+        decoder = Decoder(policy.model, num_slots=num_slots, max_len=max_len,
                           newline_table=tokenizer.newline_table(policy.config.vocab_size),
                           eos_ids=tokenizer.eos_ids, step_chunk=chunk,
-                          row_windows=ROW_WINDOWS[args.row_windows], mesh=mesh)
+                          row_windows=ROW_WINDOWS[args.row_windows], mesh=mesh,
+                          paging=paging)
         calls = []  # per step call: (seconds, rows, tokens sampled)
         sample_steps = decoder.sample_steps
 
@@ -301,6 +311,7 @@ def profile_collect(args: argparse.Namespace) -> None:
                 ms_per_row_token=round(1e3 * step_s / tokens, 2),
                 computed_row_tokens=work["row_tokens"], jitted_calls=work["calls"],
                 row_windows=decoder.row_windows,
+                row_window_calls=work["row_window_calls"],
                 useful=round(work["sampled_tokens"] / work["row_tokens"], 3),
                 new_step_variants=decoder.trace_counts["sample_step"]
                 - traces.get("sample_step", 0),
@@ -318,7 +329,8 @@ def profile_collect(args: argparse.Namespace) -> None:
                           rollouts=args.rollouts, steps=args.steps,
                           step_tokens=args.step_tokens, temperature=args.temperature,
                           prompt_tokens=[min(prompt_tokens), max(prompt_tokens)],
-                          threads=args.threads, max_len=config.decode.max_len,
+                          threads=args.threads, max_len=max_len, page_size=args.page_size,
+                          pages=None if paging is None else paging.num_pages,
                           mesh=None if mesh is None else dict(mesh.shape),
                           device=jax.devices()[0].device_kind)))
 

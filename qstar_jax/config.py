@@ -195,10 +195,13 @@ class DecodeConfig:
     layer_weights: str = "auto"
     # "copy": a step call's token loop runs over one copy of its rows' cache windows,
     # taken once a call and its new positions written back, instead of gathering every
-    # row's window at every token ("gather"; models/row_windows.py; row slots, a per-layer
-    # copy, a mesh.model of 1). "auto": copy on a CPU where it can, gather elsewhere (untimed
-    # on a GPU or TPU). On a CPU SmolLM2's collect step calls ran 12-14% faster and the default
-    # run's evaluate stage as fast (158 s against 161), the same results (docs/decoder_speed.md).
+    # row's window at every token ("gather"; models/row_windows.py; a per-layer copy, a
+    # mesh.model of 1, on pages the jnp attention). "auto": copy on a CPU where it can, on
+    # pages only for a call whose windows hold at most a sixteenth of the pool's positions
+    # (step_sampler.PAGED_WINDOWS_SHARE: rows share pages, their copies do not); gather
+    # elsewhere (untimed on a GPU or TPU). On a CPU SmolLM2's 64-row collect step calls ran
+    # 12-14% faster on row slots, 14-25% on pages with copy, and the default run's evaluate
+    # stage as fast (158 s against 161), the same results (docs/decoder_speed.md).
     row_windows: str = "auto"
 
     @property

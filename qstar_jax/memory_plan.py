@@ -22,8 +22,9 @@ vocabulary or an MLP width the model axis does not divide are held whole, as
 ``ShardingRules.for_model`` replicates them, and so are the norms). Not counted:
 activations, the PRM's scoring pass (a [rows, text length] cache of its own per call),
 the learned PRM's and Q̂'s small heads, the copy of its rows' cache windows a step call
-holds over row windows (``decode.row_windows``; those rows' share of the cache), XLA's
-scratch; hence HEADROOM. The label stage's ``label.stronger_model`` is not counted
+holds over row windows (``decode.row_windows``; on row slots at most those rows' slots,
+on pages at most a sixteenth of the pages, ``PAGED_WINDOWS_SHARE``), XLA's scratch;
+hence HEADROOM. The label stage's ``label.stronger_model`` is not counted
 either (it is not loaded beside the evaluate stage's models).
 
 A search's peak pages (``search_pages``), the largest over the config's step methods, with

@@ -17,6 +17,7 @@ from pathlib import Path
 from qstar_jax.architectures import architecture, evaluate_models, policy_architecture
 from qstar_jax.config import (FROM_SCRATCH_TASKS, SCRATCH, SOLVER, ConfigError, ToTEvaluator,
                               Utility)
+from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.decoding.step_sampler import ROW_WINDOWS, resolve_row_windows
 from qstar_jax.decoding.weights import COPYING_LAYER_WEIGHTS, resolve_layer_weights
 from qstar_jax.models.config import UnsupportedConfigError
@@ -124,24 +125,27 @@ def check_layer_weights(config, mesh) -> None:
     opinion) on ``mesh``, and their step calls can run over row windows where
     ``decode.row_windows`` asks: said before any weight loads rather than when a stage
     first builds a decoder."""
+    d = config.decode
+    paged_kernel = d.page_size > 0 and Paging(page_size=d.page_size,
+                                              num_pages=d.num_pages).uses_kernel()
     decoded = [policy_architecture(config)]
     decoded += [m for name, m in evaluate_models(config).items() if name == "second_opinion"]
     for model in decoded:
         heads_split = ShardingRules().for_model(model, mesh).splits("heads", mesh)
         try:
-            mode = resolve_layer_weights(config.decode.layer_weights, heads_split=heads_split)
+            mode = resolve_layer_weights(d.layer_weights, heads_split=heads_split)
         except ValueError as error:
             raise ConfigError(f"decode.{error} (mesh.model={mesh.shape[MODEL]} splits the "
                               f"{model.num_heads} heads)") from None
-        if ROW_WINDOWS[config.decode.row_windows]:  # "auto" falls back to gathering
+        if ROW_WINDOWS[d.row_windows]:  # "auto" falls back to gathering
             try:
                 resolve_row_windows(True, split_model=mesh.shape[MODEL] > 1,
                                     per_layer=mode in COPYING_LAYER_WEIGHTS,
-                                    paged=config.decode.page_size > 0)
+                                    paged_kernel=paged_kernel)
             except ValueError as error:
                 raise ConfigError(f"decode.row_windows=copy: {error} (mesh.model="
                                   f"{mesh.shape[MODEL]}, decode.layer_weights={mode}, "
-                                  f"decode.page_size={config.decode.page_size})") from None
+                                  f"decode.page_size={d.page_size})") from None
 
 
 def shared_split_warning(config) -> str | None:

@@ -60,7 +60,8 @@ def test_the_benchmark_runs_ours_on_pages_with_the_attention_it_is_told(
     assert (figures["page_size"], figures["attention"]) == (16, resolved)
     assert figures["decode_tok_s"][0] > 0 and figures["roofline_tok_s"][0] > 0
     assert figures["matmul_cap_tok_s"] is None and figures["layer_weights"] == layer_weights
-    assert figures["row_windows"] is False  # auto, on pages: gathering
+    # auto, on pages: over row windows where the jnp attention reads per-layer weights
+    assert figures["row_windows"] is (layer_weights == "per-layer-transposed")
     # The profiled generation: its trace kept, its summary printed (no device on a CPU),
     # and the step loop's HLO saved beside it.
     assert (tmp_path / "decode_batch2.json.gz").stat().st_size > 0

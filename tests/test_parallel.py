@@ -362,7 +362,7 @@ def decoding_on_4_devices(one_device_outputs) -> dict:
 def test_decoding_on_meshes_4x1_2x2_1x4_matches_one_device(decoding_on_4_devices):
     report = decoding_on_4_devices
     assert_same_as_one_device(report, {"4x1", "2x2", "1x4", "2x2_paged", "1x4_transposed",
-                                       "4x1_row_windows"})
+                                       "4x1_row_windows", "4x1_paged_row_windows"})
     # Slots on data; 2 kv heads do not split 4 ways, so they are replicated on 1x4 while
     # the 4 query heads are split.
     assert report["2x2"]["layout"]["cache"] == str(PartitionSpec(None, "data", "model",
@@ -396,19 +396,21 @@ def test_decoding_keeps_cache_rows_on_their_data_shard(decoding_on_4_devices):
         assert counts["fork"]["all"] == 0, mesh
 
 
-def test_a_paged_cache_keeps_its_pages_on_their_data_shard(decoding_on_4_devices):
-    """On 2x2 the pages split over the data shards with the slots: every page a slot
-    holds (forks sharing them, copies on write, a trie's splits) lies on the slot's
-    shard, no compiled function moves pages or cache rows between data shards (a fork
-    and a page copy move nothing at all), and every page goes back; a page copy jitted
-    over the whole cache by global page ids shows the check finds such moves."""
-    paged = decoding_on_4_devices["2x2_paged"]
-    assert paged["shards"] == decoding_on_4_devices["2x2"]["shards"]
+@pytest.mark.parametrize("mesh", ["2x2", "4x1"])
+def test_a_paged_cache_keeps_its_pages_on_their_data_shard(decoding_on_4_devices, mesh):
+    """On 2x2, and on 4x1 with step calls over row windows, the pages split over the data
+    shards with the slots: every page a slot holds (forks sharing them, copies on write,
+    a trie's splits) lies on the slot's shard, no compiled function moves pages or cache
+    rows between data shards (a fork and a page copy move nothing at all), and every page
+    goes back; a page copy jitted over the whole cache by global page ids shows the check
+    finds such moves."""
+    paged = decoding_on_4_devices[mesh + ("_paged" if mesh == "2x2" else "_paged_row_windows")]
+    assert paged["shards"] == decoding_on_4_devices[mesh]["shards"]
     assert paged["pages_back"]
     counts = paged["collectives"]
     assert counts["gspmd_copy_pages"]["cache_rows"] > 0
     for name in ("prefill", "sample_step", "sample_trie", "fork", "copy_pages"):
-        assert counts[name]["cache_rows"] == 0, name
+        assert counts[name]["cache_rows"] == 0, (mesh, name)
     assert counts["fork"]["all"] == counts["copy_pages"]["all"] == 0
 
 

@@ -18,7 +18,7 @@ from qstar_jax import run
 from qstar_jax.config import STAGES, ConfigError, DistributedConfig
 from qstar_jax.config_loading import load_config, to_yaml
 from qstar_jax.decoding.kv_cache import SlotPoolExhausted
-from qstar_jax.decoding.paged_cache import PagePoolExhausted
+from qstar_jax.decoding.paged_cache import PagePoolExhausted, Paging
 from qstar_jax.outputs.folder_lock import lock_folder
 from qstar_jax.parallel import DATA, MODEL
 from qstar_jax.policy.runtime import PromptTooLong
@@ -370,26 +370,32 @@ def test_layer_weights_a_mesh_cannot_hold_are_refused_before_any_stage(
                                                "decode.layer_weights=per-layer-kernels"]), mesh)
 
 
-@pytest.mark.parametrize("layer_weights,page_size,mesh_shape", [
-    ("per-layer", 16, (1, 1)), ("stacked", 0, (1, 1)), ("per-layer", 0, (1, 2))])
+@pytest.mark.parametrize("layer_weights,page_size,mesh_shape,kernel", [
+    ("per-layer", 16, (1, 1), True), ("stacked", 0, (1, 1), False),
+    ("per-layer", 0, (1, 2), False)])
 def test_row_windows_a_run_cannot_use_are_refused_before_any_stage(
-        tmp_path, monkeypatch, capsys, layer_weights, page_size, mesh_shape):
-    """decode.row_windows=copy on pages, over stacked weights or on a model axis of 2 is a
-    config error before any stage, naming the setting that stands in its way; on the
-    one-device mesh a run builds, with the CPU's per-layer weights, it is accepted."""
+        tmp_path, monkeypatch, capsys, layer_weights, page_size, mesh_shape, kernel):
+    """decode.row_windows=copy on pages read by the paged-attention kernel (as on a GPU or
+    TPU), over stacked weights or on a model axis of 2 is a config error before any
+    stage, naming the setting that stands in its way; on the one-device mesh a run builds,
+    with the CPU's per-layer weights, it is accepted, on row slots and on pages."""
     monkeypatch.setattr(run, "make_mesh", lambda data, model: AbstractMesh(
         mesh_shape, (DATA, MODEL)))
+    monkeypatch.setattr(Paging, "uses_kernel", lambda paging: kernel)
     monkeypatch.setattr(run, "run_stages", lambda ctx: pytest.fail("a stage ran"))
     assert run.main(["decode.row_windows=copy", f"decode.layer_weights={layer_weights}",
                      f"decode.page_size={page_size}", "--out", str(tmp_path)]) == 2
     error = capsys.readouterr().err
-    assert error.startswith("config error: decode.row_windows=copy: row_windows needs row "
-                            "slots (no paging), whole layers on each device")
+    assert error.startswith("config error: decode.row_windows=copy: row_windows needs whole "
+                            "layers on each device")
     assert error.endswith(f"(mesh.model={mesh_shape[1]}, decode.layer_weights="
                           f"{layer_weights}, decode.page_size={page_size})\n")
     assert not (tmp_path / "config.yaml").exists()
-    check_layer_weights(load_config(None, ["decode.row_windows=copy"]),
-                        AbstractMesh((1, 1), (DATA, MODEL)))
+    monkeypatch.undo()
+    for page_size in (0, 16):
+        check_layer_weights(load_config(None, ["decode.row_windows=copy",
+                                               f"decode.page_size={page_size}"]),
+                            AbstractMesh((1, 1), (DATA, MODEL)))
 
 
 def failing_stage(error: BaseException):

@@ -52,7 +52,8 @@ from qstar_jax.decoding.paged_cache import (PageTable, Paging, copy_pages, fork_
 from qstar_jax.decoding.prefill import MIN_PREFILL_BUCKET, prefill
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_chunks import ChunkedStep, StepBatch
-from qstar_jax.decoding.step_sampler import StepOutput, resolve_row_windows, sample_step
+from qstar_jax.decoding.step_sampler import (StepOutput, paged_windows_fit, resolve_row_windows,
+                                             sample_step)
 from qstar_jax.decoding.token_batch import bucket_size, length_groups, pad_token_batch
 from qstar_jax.decoding.trie_sampler import TrieOutput, sample_trie
 from qstar_jax.decoding.weights import DecoderWeights
@@ -88,10 +89,12 @@ class Decoder:
     on a CPU with every product as rows and on a GPU with the attention's projections
     transposed; see ``decoding/weights``). row_windows: a step call's token loop runs
     over a copy of its rows' cache windows instead of gathering them at every token
-    (``models/row_windows``; for row slots read by a per-layer copy, on a mesh whose
-    model axis is one device); None: on a CPU wherever it can (``resolve_row_windows``),
-    where SmolLM2's collect ran 12-14% faster and the default run no slower
-    (docs/decoder_speed.md); untimed on a GPU or TPU, which gather.
+    (``models/row_windows``; for row slots or pages read by a per-layer copy and the jnp
+    attention, on a mesh whose model axis is one device); None: on a CPU wherever it can
+    (``resolve_row_windows``), on pages only for calls whose windows fit
+    ``PAGED_WINDOWS_SHARE`` of the pool (SmolLM2's collect ran 12-14% faster on row slots,
+    the default run no slower, docs/decoder_speed.md); untimed on a GPU or TPU, which
+    gather.
     shared_prefix: a trie round's rows attend to their group's prefix once, all the
     group's queries together, and to their own steps apart (``models/shared_prefix``;
     not for a model with a sliding window). Off by default: on 2 CPU cores it did not
@@ -143,9 +146,11 @@ class Decoder:
             rules = rules.for_model(self.config, mesh)
         self._weights = DecoderWeights.of(
             model, layer_weights, heads_split=mesh is not None and rules.splits("heads", mesh))
+        self._windows_bounded = row_windows is None  # auto: on pages, within their share
         self.row_windows = resolve_row_windows(
             row_windows, split_model=mesh is not None and mesh.shape[MODEL] > 1,
-            per_layer=self._weights.layers is not None, paged=paging is not None)
+            per_layer=self._weights.layers is not None,
+            paged_kernel=paging is not None and paging.uses_kernel())
         if cache_dtype is None:
             cache_dtype = model.embed_tokens.embedding[...].dtype
         make_cache = functools.partial(init_cache, self.config, slots=num_slots,
@@ -189,7 +194,8 @@ class Decoder:
         self.trace_counts: collections.Counter[str] = collections.Counter()
         # What the step calls computed: "calls", padded "rows" summed over them,
         # "row_tokens" (padded rows times the call's longest row: the loop's row-token
-        # slots, on a mesh an upper bound) and "sampled_tokens".
+        # slots, on a mesh an upper bound), "sampled_tokens" and "row_window_calls" (the
+        # calls that ran over row windows).
         self.step_work: collections.Counter[str] = collections.Counter()
         # What the trie calls computed: "calls", padded "rows" summed over them,
         # "row_rounds" (padded rows times the rounds the call ran, shard by shard on a
@@ -435,14 +441,19 @@ class Decoder:
         # One gather with unsigned indices (no negative-index fix-up ops), padding rows
         # repeating row 0: each eager op compiles once per distinct row count.
         padded_keys = problem_keys[layout.place(key_rows, 0).astype(np.uint32)]
+        window = self.attention_window(slots, caps)
+        row_windows = self.row_windows and (
+            self.pages is None or not self._windows_bounded or paged_windows_fit(
+                layout.size, window, self.pages.page_size, self.pages.num_pages))
         self.cache, out = self._sample_step(
             self._weights, self.cache, self._local_slots(layout, slots), padded_keys,
             layout.place(node_ids, 0), padded_params(params, layout), layout.place(caps, 0),
             layout.place(blank, True), self._lines if newline_ends else self._text_lines,
             self._eos_ids,
-            cap_bucket, self.attention_window(slots, caps), self.row_windows)
+            cap_bucket, window, row_windows)
         out = layout.take(jax.device_get(out))
         self.step_work["calls"] += 1
+        self.step_work["row_window_calls"] += row_windows
         self.step_work["rows"] += layout.size
         self.step_work["row_tokens"] += layout.size * int(out.num_tokens.max())
         self.step_work["sampled_tokens"] += int(out.num_tokens.sum())

@@ -41,6 +41,7 @@ from jax.sharding import Mesh, NamedSharding
 from qstar_jax.decoding.kv_cache import SlotPool, cache_shardings
 from qstar_jax.models.cache_pages import PagedRows
 from qstar_jax.models.config import ModelConfig
+from qstar_kernels import resolve_implementation
 
 
 @functools.partial(jax.tree_util.register_dataclass,
@@ -123,6 +124,11 @@ class Paging:
     page_size: int = 16
     num_pages: int
     attention: str = "auto"
+
+    def uses_kernel(self) -> bool:
+        """Whether the decode step attends through the paged-attention kernel here (not
+        the model's jnp attention: "auto" on a CPU)."""
+        return resolve_implementation(self.attention) != "jnp"
 
 
 def paged_cache_shardings(mesh: Mesh, rules, paging: Paging) -> PagedKVCache:

@@ -12,8 +12,8 @@ lines join the line after them (``line_tables``).
 Attention reads only a static window of W <= M positions of each row, one that holds
 every row's start plus its cap (``window``): a row's tokens all lie below it. With
 ``row_windows`` the loop runs over a copy of its rows' windows, taken once a call, its
-new positions written back at its end, rather than gathering them out of the slots at
-every token.
+new positions written back at its end, rather than gathering them out of the slots (or
+pages) at every token.
 """
 
 from __future__ import annotations
@@ -116,22 +116,42 @@ ROW_WINDOWS = {"auto": None, "gather": False, "copy": True}
 
 
 def resolve_row_windows(requested: bool | None, *, split_model: bool, per_layer: bool,
-                        paged: bool, backend: str | None = None) -> bool:
+                        paged_kernel: bool, backend: str | None = None) -> bool:
     """Whether step calls run over a copy of their rows' windows (``row_windows``): as
     ``requested``, or where None on a CPU (``backend``, default JAX's) wherever they can
-    (untimed on a GPU or TPU). They can on row slots (not ``paged``), each data shard's
-    rows computed whole on one device (not ``split_model``: a mesh whose model axis has
-    several devices), written by one token loop per layer (``per_layer``: weights split
-    per layer, ``DecoderWeights.layers``); requested where they cannot, it raises."""
-    possible = not split_model and per_layer and not paged
+    (untimed on a GPU or TPU). They can where each data shard's rows are computed whole
+    on one device (not ``split_model``: a mesh whose model axis has several devices),
+    written by one token loop per layer (``per_layer``: weights split per layer,
+    ``DecoderWeights.layers``), and attended by the model's own jnp attention, over row
+    slots or pages (not ``paged_kernel``: a paged cache whose decode step runs the
+    paged-attention kernel, ``PagedRows.uses_kernel``); requested where they cannot, it
+    raises."""
+    possible = not split_model and per_layer and not paged_kernel
     if requested is None:
         return possible and (backend or jax.default_backend()) == "cpu"
     if requested and not possible:
-        raise ValueError("row_windows needs row slots (no paging), whole layers on each "
-                         "device (no mesh model axis of more than one device), read by a "
-                         "per-layer copy of the weights (layer_weights per-layer, "
-                         "per-layer-transposed or per-layer-kernels)")
+        raise ValueError("row_windows needs whole layers on each device (no mesh model "
+                         "axis of more than one device), read by a per-layer copy of the "
+                         "weights (layer_weights per-layer, per-layer-transposed or "
+                         "per-layer-kernels), and on pages the jnp attention (not the "
+                         "paged-attention kernel)")
     return requested
+
+
+# On pages, the most positions a step call's row windows may hold, as a share of the
+# pool's: rows share the pages of the tokens they share, and their windows copy those
+# once a row, so the copies could outgrow the pages. A sixteenth of the cache's bytes
+# is at most 5.6% of the memory (``memory_plan`` lets weights and cache take 90%),
+# about half of what the plan leaves free; a call of more windows gathers. (On row
+# slots a call's windows are at most its rows' slots.)
+PAGED_WINDOWS_SHARE = 1 / 16
+
+
+def paged_windows_fit(rows: int, window: int, page_size: int, num_pages: int) -> bool:
+    """Whether ``rows`` row windows of ``window`` positions (whole pages) fit in
+    ``PAGED_WINDOWS_SHARE`` of a pool of ``num_pages`` pages."""
+    positions = rows * -(-window // page_size) * page_size
+    return positions <= PAGED_WINDOWS_SHARE * num_pages * page_size
 
 
 def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights,
@@ -150,8 +170,9 @@ def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights,
     whitespace only, as it is with none; lines: the LineTables; eos_ids: [n] int32;
     max_tokens: C, static. window: W, static, at least every real row's start position
     plus its cap (``Decoder.attention_window``; M or more: whole rows): attention reads
-    cache positions [0, W) only. row_windows: static; on a KVCache read by per-layer
-    weights only: the loop runs over a copy of the rows' windows (``row_windows``). Pure:
+    cache positions [0, W) only. row_windows: static; read by per-layer weights and the
+    jnp attention only: the loop runs over a copy of the rows' windows (``row_windows``;
+    on pages, of the pages holding them). Pure:
     jit it with the cache donated. On a PagedKVCache every row must own its pages up to
     its cap (``PageTable.reserve``).
     """
@@ -162,11 +183,11 @@ def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights,
     is_padding = slots >= num_slots
     start_positions = jnp.where(is_padding, max_len, cache.lengths[model_slots])
     full_at_start = start_positions >= max_len
+    pool_rows = cache.model_rows(model_slots)
+    k, v, model_rows = cache.k, cache.v, pool_rows
     if row_windows:
-        k, v = windows.take(cache.k, cache.v, model_slots, window)
+        k, v = windows.take(cache.k, cache.v, pool_rows, window)
         model_rows = windows.RowWindows()
-    else:
-        k, v, model_rows = cache.k, cache.v, cache.model_rows(model_slots)
     rows = StepRows(node_keys=jax.vmap(jax.random.fold_in)(problem_keys, node_ids),
                     model_rows=model_rows, params=params, caps=caps,
                     lines=lines, eos_ids=eos_ids, max_len=max_len,
@@ -182,8 +203,9 @@ def sample_step(graphdef: nnx.GraphDef, weights: DecoderWeights,
                                functools.partial(_feed_one_token, model, weights, rows),
                                initial)
     k, v = final.k, final.v
-    if row_windows:
-        k, v = windows.put(cache.k, cache.v, slots, k, v, start_positions, max_tokens)
+    if row_windows:  # a padding row's end is its start: it writes nothing back
+        k, v = windows.put(cache.k, cache.v, pool_rows, k, v, start_positions,
+                           final.positions, max_tokens)
     cache = dataclasses.replace(
         cache, k=k, v=v,
         lengths=cache.lengths.at[slots].set(final.positions, mode="drop"),

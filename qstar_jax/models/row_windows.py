@@ -5,15 +5,17 @@ Shapes: L layers, S slots, B rows, K kv heads, M max cache length, W the window
 
 Over the slot pool ([L, S, K, M, D]) a decode step gathers every row's window out of its
 slot at every layer, [B, K, W, D] for the keys and again for the values, and the
-attention then reads those copies. On a CPU the copies cost: in a batch-32 SmolLM2 step
+attention then reads those copies; over pages ([L, P, K, S, D]) it gathers the pages
+that hold the window, in the order the row's page table lists them. On a CPU the copies cost: in a batch-32 SmolLM2 step
 (64 tokens over a 128-position window) XLA:CPU spent about 21 ms of some 120 ms on them
 (``experiments/bench_decode.py --trace``; docs/decoder_speed.md). A slice of one array
 per layer is copied the same way, so the pool's layout cannot avoid them.
 
-So a step loop may take its rows' windows once per call instead (``take``), one array per
-layer, row b of each the call's row b, and its tokens attend over and write into them in
-place; at its end the call writes back into the pool the positions its tokens may have
-written, at most C a row from its start (``put``). The keys are held transposed,
+So a step loop may take its rows' windows once per call instead (``take``; on pages, whole
+pages), one array per layer, row b of each the call's row b, and its tokens attend over
+and write into them in place; at its end the call writes back into the pool (or into the
+pages the rows' tables name) the positions its tokens wrote, at most C a row from its
+start (``put``). The keys are held transposed,
 [B, K, D, W]: a query's scores then sum over D along rows of W positions, which XLA:CPU
 computes in about two thirds of the time of the reduction over D as the minor axis (the
 same products, in float32). The values keep [B, K, W, D], where the
@@ -32,6 +34,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import struct
+
+from qstar_jax.models.cache_pages import PagedRows
+from qstar_jax.models.shared_prefix import write_slot_rows
 
 
 @struct.dataclass
@@ -60,35 +65,62 @@ def _replaced(arrays: tuple, index: int, array) -> tuple:
     return arrays[:index] + (array,) + arrays[index + 1:]
 
 
-def take(cache_k: jax.Array, cache_v: jax.Array, slots: jax.Array,
+def take(cache_k: jax.Array, cache_v: jax.Array, rows: jax.Array | PagedRows,
          window: int) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...]]:
-    """The pool's windows of ``slots`` [B] (each below S): (keys, one [B, K, D, W] per
-    layer, values, one [B, K, W, D] per layer), W = min(window, M)."""
-    window = min(window, cache_k.shape[3])
+    """The windows of ``rows``: slots [B] of a pool [L, S, K, M, D] (each below S), or
+    the rows' PagedRows over pages [L, P, K, S, D] -> (keys, one [B, K, D, W] per layer,
+    values, one [B, K, W, D] per layer). W = min(window, M) over slots; over pages
+    the positions of the pages that hold the first ``window`` (a page's positions whole:
+    a multiple of the page size), at most the rows' table's."""
     layers = range(cache_k.shape[0])
-    keys = tuple(cache_k[layer, slots, :, :window].swapaxes(2, 3) for layer in layers)
-    values = tuple(cache_v[layer, slots, :, :window] for layer in layers)
+    keys = tuple(_window(cache_k, layer, rows, window).swapaxes(2, 3) for layer in layers)
+    values = tuple(_window(cache_v, layer, rows, window) for layer in layers)
     return keys, values
 
 
-def put(cache_k: jax.Array, cache_v: jax.Array, slots: jax.Array,
+def put(cache_k: jax.Array, cache_v: jax.Array, rows: jax.Array | PagedRows,
         keys: tuple[jax.Array, ...], values: tuple[jax.Array, ...], starts: jax.Array,
-        count: int) -> tuple[jax.Array, jax.Array]:
-    """The pool with positions [starts[b], starts[b] + count) of ``take``'s windows
-    written back into ``slots`` [B]: the positions a call's tokens may have written (at
-    most ``count`` a row from its start); the rest of each window is what ``take``
-    copied. A padding row (slot S or more) and positions at W or past it go nowhere."""
+        ends: jax.Array, count: int) -> tuple[jax.Array, jax.Array]:
+    """The pool (or pages) with positions [starts[b], ends[b]) of ``take``'s windows
+    written back into row b of ``rows`` (as ``take`` takes them): the positions a call's
+    tokens wrote, at most ``count`` a row (static). Nothing else is written: not the rest
+    of a window, which is what ``take`` copied, nor positions at W or past it, nor a row
+    whose end is its start (a padding row), so a page another row owns past a row's
+    written positions is never touched."""
     window = values[0].shape[2]
     positions = starts[:, None] + jnp.arange(count)  # [B, C]
     read_at = jnp.minimum(positions, window - 1)
-    write_at = jnp.where(positions < window, positions, cache_k.shape[3])  # M: dropped
-    rows = slots[:, None]
+    written = (positions < ends[:, None]) & (positions < window)
+    # Past every row (M over slots, a table's N * S positions over pages): dropped.
+    write_at = jnp.where(written, positions, _row_length(cache_k, rows))
     for layer, (layer_keys, layer_values) in enumerate(zip(keys, values)):
-        # Advanced indices apart around a slice put their dims first: [B, C, K, D].
         new_keys = jnp.take_along_axis(layer_keys, read_at[:, None, None, :], axis=3)
         new_values = jnp.take_along_axis(layer_values, read_at[:, None, :, None], axis=2)
-        cache_k = cache_k.at[layer, rows, :, write_at].set(new_keys.transpose(0, 3, 1, 2),
-                                                           mode="drop")
-        cache_v = cache_v.at[layer, rows, :, write_at].set(new_values.swapaxes(1, 2),
-                                                           mode="drop")
+        # [B, K, D, C] and [B, K, C, D] -> [B, C, K, D], as the writes take new tokens.
+        cache_k = _write(cache_k, layer, rows, new_keys.transpose(0, 3, 1, 2), write_at)
+        cache_v = _write(cache_v, layer, rows, new_values.swapaxes(1, 2), write_at)
     return cache_k, cache_v
+
+
+def _window(cache: jax.Array, layer: int, rows: jax.Array | PagedRows,
+            window: int) -> jax.Array:
+    """Layer ``layer``'s first positions of ``rows``, as ``take`` says: [B, K, W, D]."""
+    if isinstance(rows, PagedRows):
+        return rows.gather(cache, layer, min(window, _row_length(cache, rows)))
+    return cache[layer, rows, :, :window]
+
+
+def _row_length(cache: jax.Array, rows: jax.Array | PagedRows) -> int:
+    """The positions a row can hold: M over slots, N * S over pages."""
+    if isinstance(rows, PagedRows):
+        return rows.page_table.shape[1] * cache.shape[3]
+    return cache.shape[3]
+
+
+def _write(cache: jax.Array, layer: int, rows: jax.Array | PagedRows, new: jax.Array,
+           positions: jax.Array) -> jax.Array:
+    """``new`` [B, C, K, D] written into layer ``layer`` of ``rows`` at ``positions``
+    [B, C], a position past the row dropped."""
+    if isinstance(rows, PagedRows):
+        return rows.write(cache, layer, new, positions)
+    return write_slot_rows(cache, layer, rows, new, positions)

@@ -120,7 +120,7 @@ def test_each_row_ends_for_its_own_reason_on_a_chunk_edge(counting_model,
     # 4), then of row 7 alone twice, the last for 1 token.
     assert dict(chunked.step_work) == {"calls": 4, "rows": 8 + 4 + 1 + 1,
                                        "row_tokens": 8 * 2 + 4 * 2 + 1 * 2 + 1 * 1,
-                                       "sampled_tokens": 23}
+                                       "sampled_tokens": 23, "row_window_calls": 4}
 
 
 def test_a_chunk_holds_only_the_rows_still_going(random_model):
@@ -140,8 +140,9 @@ def test_a_chunk_holds_only_the_rows_still_going(random_model):
         np.testing.assert_array_equal(step.num_tokens, [16] + [1] * 7)
         work.append((dict(decoder.step_work), decoder.trace_counts["sample_step"]))
     assert work == [({"calls": 4, "rows": 8 + 3 * 1, "row_tokens": 8 * 4 + 3 * 4,
-                      "sampled_tokens": 23}, 2),  # compiled for 8 rows and for 1
-                    ({"calls": 1, "rows": 8, "row_tokens": 8 * 16, "sampled_tokens": 23}, 1)]
+                      "sampled_tokens": 23, "row_window_calls": 4}, 2),  # 8 rows and 1
+                    ({"calls": 1, "rows": 8, "row_tokens": 8 * 16, "sampled_tokens": 23,
+                      "row_window_calls": 1}, 1)]
 
 
 @pytest.mark.parametrize("step_chunk", [2, 3])

@@ -295,7 +295,8 @@ def main() -> None:
     starved_on = {(4, 1), (2, 2)}
     # The per-layer copy with transposed attention projections, on the model axis.
     transposed_on = {(1, 4)}
-    # Step calls over a copy of their rows' windows, each data shard its own rows'.
+    # Step calls over a copy of their rows' windows, each data shard its own rows' (on
+    # pages, through its own pages' local ids).
     row_windows_on = {(4, 1)}
     one_device_file = sys.argv[-1]
     if len(sys.argv) == 4:
@@ -319,9 +320,11 @@ def main() -> None:
             on_meshes[name + "_transposed"] = (False, decode(
                 model, mesh, step_chunk=STEP_CHUNK, layer_weights="per-layer-transposed"),
                 False)
-        if shape in row_windows_on:
-            on_meshes[name + "_row_windows"] = (False, decode(
-                model, mesh, step_chunk=STEP_CHUNK, row_windows=True), False)
+        if shape in row_windows_on:  # on row slots and on pages
+            for paged in (False, True):
+                on_meshes[name + ("_paged" if paged else "") + "_row_windows"] = (
+                    paged, decode(model, mesh, step_chunk=STEP_CHUNK, paged=paged,
+                                  row_windows=True), False)
         gpu_prefills[name] = prefill_as_on_a_gpu(model, mesh)
     if not is_writer():
         return
