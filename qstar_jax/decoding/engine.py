@@ -26,7 +26,6 @@ On a paged cache (``paged_cache``) pages are reserved, copied and trimmed around
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
 from collections.abc import Callable, Sequence
 
@@ -34,28 +33,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import PartitionSpec
 
 from qstar_jax.decoding import trie_calls
-from qstar_jax.decoding.data_shards import (RowLayout, cache_specs, loop_partitioner,
-                                             on_slot_shards, padded_params)
-from qstar_jax.decoding.kv_cache import SlotPool, cache_shardings, fork_slots, init_cache
+from qstar_jax.decoding.data_shards import RowLayout, padded_params
+from qstar_jax.decoding.kv_cache import SlotPool, cache_shardings, init_cache
 from qstar_jax.decoding.input_checks import (check_children_beside_parents,
                                              check_step_inputs, check_token_lists,
                                              checked_eos_ids, checked_slots,
                                              checked_token_table)
 from qstar_jax.decoding.line_tables import LineTables
-from qstar_jax.decoding.jit_calls import LastCall, out_shardings
+from qstar_jax.decoding.jit_calls import decoder_calls
 from qstar_jax.decoding.page_bookkeeping import fork_pages, own_pages, trim_pages
-from qstar_jax.decoding.paged_cache import (PageTable, Paging, copy_pages, fork_slot_state,
-                                            init_paged_cache, paged_cache_shardings)
-from qstar_jax.decoding.prefill import MIN_PREFILL_BUCKET, prefill
+from qstar_jax.decoding.paged_cache import (PageTable, Paging, init_paged_cache,
+                                            paged_cache_shardings)
+from qstar_jax.decoding.prefill import MIN_PREFILL_BUCKET
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_chunks import ChunkedStep, StepBatch
-from qstar_jax.decoding.step_sampler import (StepOutput, paged_windows_fit, resolve_row_windows,
-                                             sample_step)
+from qstar_jax.decoding.step_sampler import StepOutput, paged_windows_fit, resolve_row_windows
 from qstar_jax.decoding.token_batch import bucket_size, length_groups, pad_token_batch
-from qstar_jax.decoding.trie_sampler import TrieOutput, sample_trie
+from qstar_jax.decoding.trie_sampler import TrieOutput
 from qstar_jax.decoding.weights import DecoderWeights
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.models.tokenizer import BlankStepTables
@@ -201,61 +197,12 @@ class Decoder:
         # "row_rounds" (padded rows times the rounds the call ran, shard by shard on a
         # mesh) and "starved" (calls that stopped for want of spares: ``trie_chunks``).
         self.trie_work: collections.Counter[str] = collections.Counter()
-        counts = self.trace_counts
-
-        def counted_jit(name, fn, in_specs, out_specs, num_static=0,
-                        context=contextlib.nullcontext):
-            """``fn`` jitted with the cache (its first argument after the graphdef) donated
-            and its last ``num_static`` arguments static; in_specs, out_specs: the other
-            arguments' and the results' PartitionSpecs; context: ``LastCall``'s."""
-            def traced(*args):
-                counts[name] += 1  # runs only while tracing
-                split = len(args) - num_static
-                static = args[split:]
-                return on_slot_shards(lambda *dynamic: fn(graphdef, *dynamic, *static),
-                                      mesh, slot_axis, in_specs, out_specs)(*args[:split])
-            # Its HLO module is jit_<name>, as a profiler trace names its kernels' module.
-            traced.__name__ = traced.__qualname__ = name
-            static_argnums = tuple(range(len(in_specs), len(in_specs) + num_static))
-            return LastCall(jax.jit(traced, donate_argnums=1, static_argnums=static_argnums,
-                                    **out_shardings(shardings, name)), context)
-
-        # PartitionSpecs over the slot axis of a function's arguments and results: the
-        # call's rows, a whole array on every shard, the cache's part on each shard.
-        rows, whole = PartitionSpec(slot_axis), PartitionSpec()
-        sampling_loops = loop_partitioner(mesh, slot_axis)
-        cache = cache_specs(slot_axis, paging)
-        self._prefill = counted_jit("prefill", prefill, (whole, cache, rows, rows, rows, rows),
-                                    cache, num_static=1)
-        self._sample_step = counted_jit(
-            "sample_step", sample_step,
-            (whole, cache, rows, rows, rows, rows, rows, rows, whole, whole), (cache, rows),
-            num_static=3, context=sampling_loops)
-        self._sample_trie = counted_jit(  # the lent pages: each shard's block
-            "sample_trie", sample_trie,
-            (whole, cache, rows, whole, rows, rows, rows, rows, whole, whole, whole, rows,
-             whole), (cache, rows, rows), num_static=4, context=sampling_loops)
-
-        def on_shards(fn):
-            """``fn(cache, per-shard ids, per-shard ids)`` on each shard's part of the
-            cache (itself on one device)."""
-            return fn if mesh is None else jax.jit(
-                on_slot_shards(fn, mesh, slot_axis, (cache, rows, rows), cache),
-                donate_argnums=0, **out_shardings(shardings, "fork"))
-
-        # A fork copies slot rows, or on pages only each slot's length and last hidden
-        # state (the children share the parents' pages); a page copy stays on its shard.
-        self._fork = LastCall(on_shards(fork_slots if paging is None else fork_slot_state))
-        self._copy_pages = None if paging is None else LastCall(on_shards(copy_pages))
-
-        def rows_logprobs(weights, last_hidden, slots, token):
-            """[B] ``token``'s log-probability after each slot's last token."""
-            logits = nnx.merge(graphdef, weights.model).logits(last_hidden[slots])
-            return jax.nn.log_softmax(logits, axis=-1)[:, token]
-
-        on_host = {} if mesh is None else {"out_shardings": replicated(mesh)}
-        self._rows_logprobs = jax.jit(rows_logprobs, **on_host)
-        self._rows_hidden = jax.jit(lambda last_hidden, slots: last_hidden[slots], **on_host)
+        calls = decoder_calls(graphdef, mesh=mesh, slot_axis=slot_axis, shardings=shardings,
+                              paging=paging, counts=self.trace_counts)
+        self._prefill, self._sample_step = calls.prefill, calls.sample_step
+        self._sample_trie, self._fork = calls.sample_trie, calls.fork
+        self._copy_pages = calls.copy_pages
+        self._rows_logprobs, self._rows_hidden = calls.rows_logprobs, calls.rows_hidden
 
     @property
     def layer_weights(self) -> str:
