@@ -105,7 +105,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--row-windows", choices=["auto", "gather", "copy"], default="auto",
                         help="copy: the step loop over a copy of its rows' cache windows "
                              "(Decoder's row_windows, qstar_jax/models/row_windows.py; "
-                             "row slots only); auto: copy on a CPU where it can")
+                             "not with the paged-attention kernel); auto: copy on a CPU "
+                             "where it can, on pages while the copies fit a sixteenth of "
+                             "the pool")
     parser.add_argument("--no-matmul-cap", dest="matmul_cap", action="store_false",
                         help="skip the matmul cap (it compiles every product shape per batch: "
                              "minutes on a GPU, where the roofline is the bound that matters)")

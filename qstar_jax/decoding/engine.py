@@ -88,9 +88,9 @@ class Decoder:
     (``models/row_windows``; for row slots or pages read by a per-layer copy and the jnp
     attention, on a mesh whose model axis is one device); None: on a CPU wherever it can
     (``resolve_row_windows``), on pages only for calls whose windows fit
-    ``PAGED_WINDOWS_SHARE`` of the pool (SmolLM2's collect ran 12-14% faster on row slots,
-    the default run no slower, docs/decoder_speed.md); untimed on a GPU or TPU, which
-    gather.
+    ``PAGED_WINDOWS_SHARE`` of the pool (SmolLM2's 64-row collect ran 12-14% faster on row
+    slots, 14-25% on pages asked to copy, the default run no slower,
+    docs/decoder_speed.md); untimed on a GPU or TPU, which gather.
     shared_prefix: a trie round's rows attend to their group's prefix once, all the
     group's queries together, and to their own steps apart (``models/shared_prefix``;
     not for a model with a sliding window). Off by default: on 2 CPU cores it did not

@@ -124,7 +124,7 @@ def resolve_row_windows(requested: bool | None, *, split_model: bool, per_layer:
     written by one token loop per layer (``per_layer``: weights split per layer,
     ``DecoderWeights.layers``), and attended by the model's own jnp attention, over row
     slots or pages (not ``paged_kernel``: a paged cache whose decode step runs the
-    paged-attention kernel, ``PagedRows.uses_kernel``); requested where they cannot, it
+    paged-attention kernel, ``Paging.uses_kernel``); requested where they cannot, it
     raises."""
     possible = not split_model and per_layer and not paged_kernel
     if requested is None:
