@@ -156,9 +156,7 @@ def main() -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from qstar_jax.config import DecodeConfig
     from qstar_jax.decoding.engine import Decoder
-    from qstar_jax.decoding.paged_cache import Paging
     from qstar_jax.decoding.sampling import SamplingParams
     from qstar_jax.decoding.step_sampler import ROW_WINDOWS
     from qstar_jax.models.loading import load_model
@@ -182,9 +180,7 @@ def main() -> None:
             continue
         options = dict(min_window_bucket=max_len) if args.full_window else {}
         if args.page_size:
-            pages = DecodeConfig(slots=num_slots, max_len=max_len, page_size=args.page_size,
-                                 pages=args.pages).num_pages
-            options["paging"] = Paging(page_size=args.page_size, num_pages=pages)
+            options["paging"] = requested_paging(args, num_slots, max_len)
         decoder = Decoder(loaded.model, num_slots=num_slots, max_len=max_len,
                           newline_table=np.zeros(cfg.vocab_size, bool), eos_ids=[],
                           step_chunk=chunk,
@@ -244,6 +240,17 @@ def main() -> None:
                           threads=args.threads, device=jax.devices()[0].device_kind)))
 
 
+def requested_paging(args: argparse.Namespace, num_slots: int, max_len: int):
+    """The paged cache ``--page-size`` and ``--pages`` ask for, sized as decode.pages sizes
+    one (``--pages`` 0: a full max_len row for every slot)."""
+    from qstar_jax.config import DecodeConfig
+    from qstar_jax.decoding.paged_cache import Paging
+
+    pages = DecodeConfig(slots=num_slots, max_len=max_len, page_size=args.page_size,
+                         pages=args.pages).num_pages
+    return Paging(page_size=args.page_size, num_pages=pages)
+
+
 def profile_collect(args: argparse.Namespace) -> None:
     """Collect's rollouts per ``--chunks`` value; prints a line per pass and JSON last."""
     import tempfile
@@ -251,10 +258,8 @@ def profile_collect(args: argparse.Namespace) -> None:
 
     import jax
 
-    from qstar_jax.config import DecodeConfig
     from qstar_jax.config_loading import load_config
     from qstar_jax.decoding.engine import Decoder
-    from qstar_jax.decoding.paged_cache import Paging
     from qstar_jax.decoding.step_sampler import ROW_WINDOWS
     from qstar_jax.parallel import make_mesh
     from qstar_jax.policy.rollouts import DecoderRolloutSampler
@@ -270,10 +275,7 @@ def profile_collect(args: argparse.Namespace) -> None:
     prompt_tokens = [len(tokenizer.encode(p)) for p in prompts]
     settings = []
     num_slots, max_len = len(problems) * (args.rollouts + 1), config.decode.max_len
-    paging = None if not args.page_size else Paging(
-        page_size=args.page_size, num_pages=DecodeConfig(
-            slots=num_slots, max_len=max_len, page_size=args.page_size,
-            pages=args.pages).num_pages)
+    paging = requested_paging(args, num_slots, max_len) if args.page_size else None
     for chunk in args.chunks:
         decoder = Decoder(policy.model, num_slots=num_slots, max_len=max_len,
                           newline_table=tokenizer.newline_table(policy.config.vocab_size),

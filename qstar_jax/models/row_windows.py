@@ -6,27 +6,30 @@ Shapes: L layers, S slots, B rows, K kv heads, M max cache length, W the window
 Over the slot pool ([L, S, K, M, D]) a decode step gathers every row's window out of its
 slot at every layer, [B, K, W, D] for the keys and again for the values, and the
 attention then reads those copies; over pages ([L, P, K, S, D]) it gathers the pages
-that hold the window, in the order the row's page table lists them. On a CPU the copies cost: in a batch-32 SmolLM2 step
-(64 tokens over a 128-position window) XLA:CPU spent about 21 ms of some 120 ms on them
-(``experiments/bench_decode.py --trace``; docs/decoder_speed.md). A slice of one array
-per layer is copied the same way, so the pool's layout cannot avoid them.
+that hold the window, in the order the row's page table lists them. On a CPU the copies
+cost: in a batch-32 SmolLM2 step (64 tokens over a 128-position window) XLA:CPU spent
+about 21 ms of some 120 ms on them (``experiments/bench_decode.py --trace``;
+docs/decoder_speed.md). A slice of one array per layer is copied the same way, so the
+pool's layout cannot avoid them.
 
 So a step loop may take its rows' windows once per call instead (``take``; on pages, whole
 pages), one array per layer, row b of each the call's row b, and its tokens attend over
 and write into them in place; at its end the call writes back into the pool (or into the
 pages the rows' tables name) the positions its tokens wrote, at most C a row from its
-start (``put``). The keys are held transposed,
-[B, K, D, W]: a query's scores then sum over D along rows of W positions, which XLA:CPU
-computes in about two thirds of the time of the reduction over D as the minor axis (the
-same products, in float32). The values keep [B, K, W, D], where the
-weighted sum already runs along D.
+start (``put``). The keys are held transposed, [B, K, D, W]: a query's scores then sum
+over D along rows of W positions, which XLA:CPU computes in about two thirds of the time
+of the reduction over D as the minor axis (the same products, in float32). The values
+keep [B, K, W, D], where the weighted sum already runs along D.
 
 The copy costs a call one gather of its rows' windows (in that batch-32 trace some 110
 ms a call, five tokens' worth of the per-token ones, so a call of very few tokens
 loses) and a scatter of its new positions, and holds the windows beside the pool while
-the call runs. On a CPU it is the default (``decode.row_windows=auto``): SmolLM2's
-collect step calls ran 12-14% faster over it and the default run's evaluate stage as fast,
-with the same results (docs/decoder_speed.md). Untimed on a GPU or TPU, which gather.
+the call runs (on pages, where rows share pages their windows do not, ``auto`` copies
+only while they fit ``step_sampler.PAGED_WINDOWS_SHARE`` of the pool). On a CPU it is the
+default (``decode.row_windows=auto``): SmolLM2's 64-row collect step calls ran 12-14%
+faster over it on row slots and 14-25% on pages, the default run's evaluate stage as
+fast, with the same results (docs/decoder_speed.md). Untimed on a GPU or TPU, which
+gather.
 """
 
 from __future__ import annotations
@@ -91,8 +94,8 @@ def put(cache_k: jax.Array, cache_v: jax.Array, rows: jax.Array | PagedRows,
     positions = starts[:, None] + jnp.arange(count)  # [B, C]
     read_at = jnp.minimum(positions, window - 1)
     written = (positions < ends[:, None]) & (positions < window)
-    # Past every row (M over slots, a table's N * S positions over pages): dropped.
-    write_at = jnp.where(written, positions, _row_length(cache_k, rows))
+    # A position past every row, which both writes drop (past M, past a table's N * S).
+    write_at = jnp.where(written, positions, jnp.iinfo(jnp.int32).max)
     for layer, (layer_keys, layer_values) in enumerate(zip(keys, values)):
         new_keys = jnp.take_along_axis(layer_keys, read_at[:, None, None, :], axis=3)
         new_values = jnp.take_along_axis(layer_values, read_at[:, None, :, None], axis=2)
@@ -104,17 +107,11 @@ def put(cache_k: jax.Array, cache_v: jax.Array, rows: jax.Array | PagedRows,
 
 def _window(cache: jax.Array, layer: int, rows: jax.Array | PagedRows,
             window: int) -> jax.Array:
-    """Layer ``layer``'s first positions of ``rows``, as ``take`` says: [B, K, W, D]."""
+    """Layer ``layer``'s first positions of ``rows``, as ``take`` says (both slices stop
+    at the row's end): [B, K, W, D]."""
     if isinstance(rows, PagedRows):
-        return rows.gather(cache, layer, min(window, _row_length(cache, rows)))
+        return rows.gather(cache, layer, window)
     return cache[layer, rows, :, :window]
-
-
-def _row_length(cache: jax.Array, rows: jax.Array | PagedRows) -> int:
-    """The positions a row can hold: M over slots, N * S over pages."""
-    if isinstance(rows, PagedRows):
-        return rows.page_table.shape[1] * cache.shape[3]
-    return cache.shape[3]
 
 
 def _write(cache: jax.Array, layer: int, rows: jax.Array | PagedRows, new: jax.Array,
