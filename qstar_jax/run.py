@@ -23,7 +23,7 @@ from qstar_jax.architectures import context_warning, policy_architecture
 from qstar_jax.config import ConfigError
 from qstar_jax.config_loading import load_config, to_yaml
 from qstar_jax.decoding.kv_cache import SlotPoolExhausted
-from qstar_jax.decoding.paged_cache import PagePoolExhausted
+from qstar_jax.decoding.page_table import PagePoolExhausted
 from qstar_jax.interrupts import interrupts_until_handled
 from qstar_jax.memory_plan import check_memory
 from qstar_jax.models.compile_cache import enable_compile_cache

@@ -10,7 +10,7 @@ import jax
 
 from qstar_jax.config import DistributedConfig
 from qstar_jax.decoding.kv_cache import SlotPoolExhausted
-from qstar_jax.decoding.paged_cache import PagePoolExhausted
+from qstar_jax.decoding.page_table import PagePoolExhausted
 from qstar_jax.policy.runtime import PromptTooLong
 from qstar_jax.stages.reuse import evaluation_only
 

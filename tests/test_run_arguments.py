@@ -18,7 +18,8 @@ from qstar_jax import run
 from qstar_jax.config import STAGES, ConfigError, DistributedConfig
 from qstar_jax.config_loading import load_config, to_yaml
 from qstar_jax.decoding.kv_cache import SlotPoolExhausted
-from qstar_jax.decoding.paged_cache import PagePoolExhausted, Paging
+from qstar_jax.decoding.page_table import PagePoolExhausted
+from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.outputs.folder_lock import lock_folder
 from qstar_jax.parallel import DATA, MODEL
 from qstar_jax.policy.runtime import PromptTooLong

@@ -15,8 +15,8 @@ of two (at least ``min_window_bucket``) that holds every row's length plus the c
 token cap, or the whole row when that would be over three quarters of it; one compiled
 variant per window. With ``step_chunk`` a
 step (or a trie) runs as several calls, each holding only the rows still going
-(``step_chunks``; a trie's calls also a bounded number of spares: ``trie_chunks``, run
-by ``trie_calls``). On a mesh each data shard holds its own slots and computes its own
+(``step_chunks``, run by ``step_calls``; a trie's calls also a bounded number of
+spares: ``trie_chunks``, run by ``trie_calls``). On a mesh each data shard holds its own slots and computes its own
 rows (``data_shards``): new rows are spread over the shards, and a child or a trie's
 spare goes on its parent's shard.
 On a paged cache (``paged_cache``) pages are reserved, copied and trimmed around each call
@@ -34,29 +34,27 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from qstar_jax.decoding import trie_calls
-from qstar_jax.decoding.data_shards import RowLayout, padded_params
+from qstar_jax.decoding import step_calls, trie_calls
+from qstar_jax.decoding.data_shards import RowLayout
 from qstar_jax.decoding.kv_cache import SlotPool, cache_shardings, init_cache
 from qstar_jax.decoding.input_checks import (check_children_beside_parents,
-                                             check_step_inputs, check_token_lists,
-                                             checked_eos_ids, checked_slots,
-                                             checked_token_table)
+                                             check_token_lists, checked_eos_ids,
+                                             checked_slots, checked_token_table)
 from qstar_jax.decoding.line_tables import LineTables
 from qstar_jax.decoding.jit_calls import decoder_calls
 from qstar_jax.decoding.page_bookkeeping import fork_pages, own_pages, trim_pages
-from qstar_jax.decoding.paged_cache import (PageTable, Paging, init_paged_cache,
-                                            paged_cache_shardings)
+from qstar_jax.decoding.page_table import PageTable
+from qstar_jax.decoding.paged_cache import Paging, init_paged_cache, paged_cache_shardings
 from qstar_jax.decoding.prefill import MIN_PREFILL_BUCKET
 from qstar_jax.decoding.sampling import SamplingParams
-from qstar_jax.decoding.step_chunks import ChunkedStep, StepBatch
-from qstar_jax.decoding.step_sampler import StepOutput, paged_windows_fit, resolve_row_windows
+from qstar_jax.decoding.step_chunks import StepBatch
+from qstar_jax.decoding.step_sampler import resolve_row_windows
 from qstar_jax.decoding.token_batch import bucket_size, length_groups, pad_token_batch
 from qstar_jax.decoding.trie_sampler import TrieOutput
 from qstar_jax.decoding.weights import DecoderWeights
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.models.tokenizer import BlankStepTables
-from qstar_jax.parallel import (MODEL, ShardingRules, check_slots, place, replicated,
-                                weight_shardings)
+from qstar_jax.parallel import MODEL, ShardingRules, check_slots, place, weight_shardings
 
 MIN_STEP_BUCKET = 8
 MIN_WINDOW_BUCKET = 128
@@ -158,7 +156,7 @@ class Decoder:
                 attention=paging.attention)
         self.mesh = mesh
         slot_axis = None  # the mesh axis the slots are split over: None, all on each device
-        shardings = {}  # jit keyword arguments per function: none on one device
+        cache_sharding = None  # the cache's layout on the mesh
         if mesh is None:
             # Committed to the weights' device from the start: a jitted call's results are
             # committed, and jit compiles apart for committed and uncommitted arguments,
@@ -171,12 +169,6 @@ class Decoder:
             cache_sharding = (cache_shardings(mesh, rules) if paging is None
                               else paged_cache_shardings(mesh, rules, paging))
             self.cache = jax.jit(make_cache, out_shardings=cache_sharding)()
-            # Pinning the cache's layout on the way out keeps every call's input sharding,
-            # so a call never recompiles for a drifted layout.
-            shardings = {"prefill": cache_sharding, "fork": cache_sharding,
-                         "sample_step": (cache_sharding, replicated(mesh)),
-                         "sample_trie": (cache_sharding, replicated(mesh),
-                                         replicated(mesh))}
         shards = 1 if slot_axis is None else mesh.shape[slot_axis]
         self.pages = None if paging is None else PageTable(
             num_slots=num_slots, num_pages=paging.num_pages, page_size=paging.page_size,
@@ -197,8 +189,9 @@ class Decoder:
         # "row_rounds" (padded rows times the rounds the call ran, shard by shard on a
         # mesh) and "starved" (calls that stopped for want of spares: ``trie_chunks``).
         self.trie_work: collections.Counter[str] = collections.Counter()
-        calls = decoder_calls(graphdef, mesh=mesh, slot_axis=slot_axis, shardings=shardings,
-                              paging=paging, counts=self.trace_counts)
+        calls = decoder_calls(graphdef, mesh=mesh, slot_axis=slot_axis,
+                              cache_sharding=cache_sharding, paging=paging,
+                              counts=self.trace_counts)
         self._prefill, self._sample_step = calls.prefill, calls.sample_step
         self._sample_trie, self._fork = calls.sample_trie, calls.fork
         self._copy_pages = calls.copy_pages
@@ -348,63 +341,10 @@ class Decoder:
         max_tokens: the token cap, one for all rows or one per row. With ``step_chunk``
         the step runs as chunks that hold only the rows still going (``step_chunks``).
         """
-        slots = self._checked_slots(slots, "slots", filled=True)
-        rows = len(slots)
-        node_ids = np.asarray(node_ids)
-        caps = np.broadcast_to(np.asarray(max_tokens), (rows,))
-        check_step_inputs(rows, problem_keys, node_ids, params, caps)
-        step = ChunkedStep(caps, self.step_chunk)
-        host_params = jax.tree.map(np.asarray, params)  # once: each chunk takes its rows
-        # One cap bucket for all of a step's chunks: it sizes the outputs, not the work.
-        cap_bucket = bucket_size(step.chunk, minimum=self.min_step_bucket)
-        self.cache = own_pages(self.pages, self.cache, slots, self._lengths[slots],
-                               np.minimum(self._lengths[slots] + caps, self.max_len),
-                               self._copy_pages)
-        try:
-            while step.going.size:
-                going = step.going
-                out = self._sample_chunk(slots[going], problem_keys, going, node_ids[going],
-                                         jax.tree.map(lambda x: x[going], host_params),
-                                         step.chunk_caps(), step.going_blank(self._whitespace),
-                                         cap_bucket, newline_ends)
-                self._lengths[slots[going]] += out.num_tokens
-                step.add(out)
-                if done is not None:
-                    step.end_where(done)
-        finally:  # the pages reserved up to the cap and left unwritten go back
-            trim_pages(self.pages, slots, self._lengths)
-        return StepBatch(slots=slots, tokens=step.tokens, logprobs=step.logprobs,
-                         num_tokens=step.num_tokens, end_reason=step.end_reason,
-                         hidden=step.hidden)
-
-    def _sample_chunk(self, slots: np.ndarray, problem_keys: jax.Array, key_rows: np.ndarray,
-                      node_ids: np.ndarray, params: SamplingParams, caps: np.ndarray,
-                      blank: np.ndarray, cap_bucket: int, newline_ends: bool) -> StepOutput:
-        """One jitted step-sampler call for ``slots`` [n] (row i draws with
-        ``problem_keys[key_rows[i]]``), their pages already owned up to ``caps``, whose
-        steps so far are whitespace only where ``blank``; the output [n] on the host, in
-        call order."""
-        layout = self._layout(slots)
-        # One gather with unsigned indices (no negative-index fix-up ops), padding rows
-        # repeating row 0: each eager op compiles once per distinct row count.
-        padded_keys = problem_keys[layout.place(key_rows, 0).astype(np.uint32)]
-        window = self.attention_window(slots, caps)
-        row_windows = self.row_windows and (
-            self.pages is None or not self._windows_bounded or paged_windows_fit(
-                layout.size, window, self.pages.page_size, self.pages.num_pages))
-        self.cache, out = self._sample_step(
-            self._weights, self.cache, self._local_slots(layout, slots), padded_keys,
-            layout.place(node_ids, 0), padded_params(params, layout), layout.place(caps, 0),
-            layout.place(blank, True), self._lines if newline_ends else self._text_lines,
-            self._eos_ids,
-            cap_bucket, window, row_windows)
-        out = layout.take(jax.device_get(out))
-        self.step_work["calls"] += 1
-        self.step_work["row_window_calls"] += row_windows
-        self.step_work["rows"] += layout.size
-        self.step_work["row_tokens"] += layout.size * int(out.num_tokens.max())
-        self.step_work["sampled_tokens"] += int(out.num_tokens.sum())
-        return out
+        return step_calls.sample_steps(self, slots, problem_keys=problem_keys,
+                                       node_ids=node_ids, params=params,
+                                       max_tokens=max_tokens, newline_ends=newline_ends,
+                                       done=done)
 
     def sample_trie(self, slots: Sequence[int], counts: Sequence[int], spares: Sequence[int],
                     *, key_table: jax.Array, key_rows: Sequence[int], group_ids: Sequence[int],

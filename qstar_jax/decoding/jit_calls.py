@@ -81,13 +81,20 @@ class DecoderCalls:
 
 
 def decoder_calls(graphdef: nnx.GraphDef, *, mesh: Mesh | None, slot_axis: str | None,
-                  shardings: dict, paging: Paging | None,
+                  cache_sharding, paging: Paging | None,
                   counts: collections.Counter) -> DecoderCalls:
     """The jitted functions of a decoder of model ``graphdef``: on ``mesh`` each under a
     ``shard_map`` over ``slot_axis`` (the data shards' slots; None: all on each device),
-    their results laid out as ``shardings`` pins them (jit keyword arguments per
-    function), on a paged cache when ``paging``. ``counts[name]`` counts the traces of
-    each of prefill, sample_step and sample_trie."""
+    the cache they return laid out as ``cache_sharding`` (on the mesh; None on one
+    device) and their other results replicated, on a paged cache when ``paging``.
+    ``counts[name]`` counts the traces of each of prefill, sample_step and sample_trie."""
+    shardings = {}  # jit keyword arguments per function: none on one device
+    if mesh is not None:
+        # Pinning the cache's layout on the way out keeps every call's input sharding,
+        # so a call never recompiles for a drifted layout.
+        shardings = {"prefill": cache_sharding, "fork": cache_sharding,
+                     "sample_step": (cache_sharding, replicated(mesh)),
+                     "sample_trie": (cache_sharding, replicated(mesh), replicated(mesh))}
 
     def counted_jit(name, fn, in_specs, out_specs, num_static=0,
                     context=contextlib.nullcontext):

@@ -27,7 +27,8 @@ import jax
 import numpy as np
 
 from qstar_jax.decoding.data_shards import RowLayout
-from qstar_jax.decoding.paged_cache import PagedKVCache, PageTable, copy_pages
+from qstar_jax.decoding.page_table import PageTable
+from qstar_jax.decoding.paged_cache import PagedKVCache, copy_pages
 from qstar_jax.decoding.token_batch import bucket_size
 
 

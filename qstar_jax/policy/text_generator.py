@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from qstar_jax.decoding.kv_cache import SlotPoolExhausted
-from qstar_jax.decoding.paged_cache import PagePoolExhausted
+from qstar_jax.decoding.page_table import PagePoolExhausted
 from qstar_jax.policy.kept_rows import KeptRows
 from qstar_jax.policy.runtime import PolicyRuntime, stable_id
 from qstar_jax.search.interface import Generation, TextRequest

@@ -200,7 +200,7 @@ def test_a_step_or_trie_that_fails_gives_back_the_pages_it_reserved_or_was_lent(
 
     # The step reserved positions 6-13 (a copy of page 1 and two pages more) and failed
     # before its first chunk: the child keeps page 0 and its copy, the rest go back.
-    monkeypatch.setattr(decoder, "_sample_chunk", device_lost)
+    monkeypatch.setattr(decoder, "_sample_step", device_lost)
     with pytest.raises(RuntimeError, match="device lost"):
         decoder.sample_steps([child], **_step_args(1, max_tokens=8))
     pages = decoder.pages

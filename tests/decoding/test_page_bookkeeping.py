@@ -9,7 +9,8 @@ import pytest
 from qstar_jax.decoding.data_shards import RowLayout
 from qstar_jax.decoding.page_bookkeeping import (lend_trie_pages, own_trie_pages,
                                                  with_page_table)
-from qstar_jax.decoding.paged_cache import PagePoolExhausted, PageTable, init_paged_cache
+from qstar_jax.decoding.page_table import PagePoolExhausted, PageTable
+from qstar_jax.decoding.paged_cache import init_paged_cache
 from tests.decoding.tiny_models import tiny_config
 
 

@@ -11,8 +11,8 @@ from flax import nnx
 
 from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.kv_cache import SlotPoolExhausted, init_cache
-from qstar_jax.decoding.paged_cache import (PagePoolExhausted, PageTable, Paging, copy_pages,
-                                            fork_slot_state, init_paged_cache)
+from qstar_jax.decoding.page_table import PagePoolExhausted, PageTable
+from qstar_jax.decoding.paged_cache import Paging, copy_pages, fork_slot_state, init_paged_cache
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.models import cache_pages
 from qstar_jax.models.cache_pages import PagedRows

@@ -3,7 +3,7 @@ the most slots allocated, and the most pages out of the free list, reservations 
 lent pages included."""
 
 from qstar_jax.decoding.kv_cache import SlotPool
-from qstar_jax.decoding.paged_cache import PageTable
+from qstar_jax.decoding.page_table import PageTable
 
 
 def test_slot_pool_peak_is_the_most_slots_allocated_at_once():

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from qstar_jax.decoding.engine import Decoder
-from qstar_jax.decoding.paged_cache import PagePoolExhausted, Paging
+from qstar_jax.decoding.page_table import PagePoolExhausted
+from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_sampler import EndReason
 from qstar_jax.decoding.trie_steps import sample_trie_steps

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from qstar_jax.models.llama import RowLinear
+from qstar_jax.models.row_linear import RowLinear
 
 
 def _linear(n_out: int, bias: bool, seed: int, dtype=jnp.float32) -> nnx.Linear:
