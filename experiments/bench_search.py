@@ -142,6 +142,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--shared-prefix", action="store_true",
                         help="our runs' tries attend to each group's prefix once "
                              "(Decoder(shared_prefix=True), cascade attention)")
+    parser.add_argument("--row-windows", choices=["auto", "gather", "copy"], default="auto",
+                        help="our runs' step and trie calls over a copy of their rows' "
+                             "cache windows (Decoder's row_windows; auto: on a CPU where it "
+                             "can, on pages where the copies fit their share of the pool)")
     parser.add_argument("--runs", default="abcde",
                         help="which of the runs (a)-(e) to make (default all; (b) takes the "
                              "slots (a) peaked at, or as many as (a) is given without it; "
@@ -275,6 +279,7 @@ def main() -> None:
     from qstar_jax.decoding.engine import Decoder
     from qstar_jax.decoding.kv_cache import SlotPoolExhausted
     from qstar_jax.decoding.paged_cache import Paging
+    from qstar_jax.decoding.step_sampler import ROW_WINDOWS
     from qstar_jax.models.loading import load_model
     from qstar_jax.policy.expander import DecoderExpander
     from qstar_jax.policy.runtime import PolicyRuntime
@@ -331,7 +336,8 @@ def main() -> None:
                        eos_ids=tokenizer.eos_ids, step_chunk=step_chunk,
                        paging=Paging(page_size=page_size, num_pages=pages,
                                      attention=args.attention) if paged else None,
-                       shared_prefix=args.shared_prefix)
+                       shared_prefix=args.shared_prefix,
+                       row_windows=ROW_WINDOWS[args.row_windows])
 
     def our_run(name: str, dec: Decoder, wave: int):
         """Two passes on ``dec``: the first (metered on a paged cache) compiles, the second
@@ -455,6 +461,7 @@ def main() -> None:
                          equal_kv_rows=equal_kv_rows,
                          step_chunk=step_chunk, prefix_sharing=prefix_sharing,
                          shared_prefix_attention=args.shared_prefix,
+                         row_windows=args.row_windows,
                          kv_token_bytes=token_bytes,
                          omp_wait_policy=os.environ["OMP_WAIT_POLICY"],
                          warm_up="ours: one compiling pass before the timed one; "
