@@ -143,9 +143,10 @@ def parse_args() -> argparse.Namespace:
                         help="our runs' tries attend to each group's prefix once "
                              "(Decoder(shared_prefix=True), cascade attention)")
     parser.add_argument("--row-windows", choices=["auto", "gather", "copy"], default="auto",
-                        help="our runs' step and trie calls over a copy of their rows' "
-                             "cache windows (Decoder's row_windows; auto: on a CPU where it "
-                             "can, on pages where the copies fit their share of the pool)")
+                        help="our runs' step calls over a copy of their rows' cache "
+                             "windows (Decoder's row_windows; auto: on a CPU where it can, "
+                             "on pages where the copies fit their share of the pool); the "
+                             "tries gather")
     parser.add_argument("--runs", default="abcde",
                         help="which of the runs (a)-(e) to make (default all; (b) takes the "
                              "slots (a) peaked at, or as many as (a) is given without it; "

@@ -58,14 +58,13 @@ persistent compile cache on), the settings taking turns pass by pass (so that a 
 machine slows each alike): the first pass (it compiles) and ``--reps`` timed passes,
 each the wall-clock of the trie calls (the prefill before them finished first) and the
 decoder's ``trie_work`` (padded row-rounds, calls, starved
-calls, calls over row windows, compiled variants), and each chunk's padded rows and rounds run. Every pass
+calls, compiled variants), and each chunk's padded rows and rounds run. Every pass
 samples the same tries (a hash of their steps says so):
 
     python experiments/profile_decode.py --trie configs/smollm2_humaneval.yaml
         [--problems 32] [--samples 4] [--steps 1] [--step-tokens 48] [--temperature 0.2]
         [--reps 1] [--whole-steps]
         [--chunks 16 (default: the config's)] [--spare-rules old new]
-        [--row-windows auto|gather|copy]
 
 Prints a line per setting and, as its last line, JSON: {"settings": [{"slots", "max_len",
 "chunk", "compile_s", "prefill_ms", "ms_per_token", "ms_per_row_token", "windows", "tokens_hash",
@@ -119,9 +118,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--spare-rules", nargs="+", default=["old", "new"],
                         help="--trie: ChunkedTrie's spare rules: old, new or FLOOR:SHARE")
     parser.add_argument("--row-windows", choices=["auto", "gather", "copy"], default="auto",
-                        help="copy: the step loop (or the trie's rounds) over a copy of "
-                             "its rows' cache windows (Decoder's row_windows; auto: on a CPU "
-                             "where it can, on pages where the copies fit their share)")
+                        help="copy: the step loop over a copy of its rows' cache windows "
+                             "(Decoder's row_windows; auto: on a CPU where it can); copy not "
+                             "with --trie, whose trie sampler has none")
     parser.add_argument("--run-mesh", action="store_true",
                         help="--collect: load the policy and build the decoder on the mesh "
                              "a run builds from the config (on one device, 1x1), as "
@@ -137,6 +136,9 @@ def parse_args() -> argparse.Namespace:
                      "--trie pages its cache as its config says")
     if args.run_mesh and not args.collect:
         parser.error("--run-mesh times --collect on a run's mesh: give --collect")
+    if args.row_windows == "copy" and args.trie:
+        parser.error("--row-windows copy runs the step sampler over row windows: --trie "
+                     "times the trie sampler, which has none")
     return args
 
 
@@ -349,7 +351,7 @@ def profile_trie(args: argparse.Namespace) -> None:
     from qstar_jax.decoding.engine import Decoder
     from qstar_jax.decoding.paged_cache import Paging
     from qstar_jax.decoding.sampling import SamplingParams
-    from qstar_jax.decoding.step_sampler import ROW_WINDOWS, EndReason
+    from qstar_jax.decoding.step_sampler import EndReason
     from qstar_jax.decoding.trie_chunks import ChunkedTrie
     from qstar_jax.decoding.trie_steps import sample_trie_steps
     from qstar_jax.models.compile_cache import enable_compile_cache
@@ -386,7 +388,7 @@ def profile_trie(args: argparse.Namespace) -> None:
     settings = list(itertools.product(args.spare_rules, chunks))
     decoders = [Decoder(policy.model, num_slots=groups * args.samples, max_len=max_len,
                         newline_table=newline_table, eos_ids=tokenizer.eos_ids,
-                        step_chunk=chunk, row_windows=ROW_WINDOWS[args.row_windows],
+                        step_chunk=chunk,
                         paging=Paging(page_size=page_size, num_pages=num_pages))
                 for _, chunk in settings]
     passes = [[] for _ in settings]
@@ -432,14 +434,12 @@ def profile_trie(args: argparse.Namespace) -> None:
         one = dict(rule=rule, chunk=chunk, compiles=rep == 0, trie_s=round(wall, 2),
                    calls=work.get("calls", 0), rows=work.get("rows", 0),
                    row_rounds=work.get("row_rounds", 0), starved=work.get("starved", 0),
-                   row_window_calls=work.get("row_window_calls", 0),
                    new_variants=decoder.trace_counts["sample_trie"] - traces,
                    distinct_steps=sum(map(len, steps)), fed=fed, chunks=list(chunk_log),
                    trie_hash=hashlib.sha256(json.dumps(steps).encode()).hexdigest()[:12])
         print(f"rule={rule} chunk={chunk:3d} {'first' if rep == 0 else 'timed'}: trie "
               f"{wall:6.1f} s, {one['row_rounds']} row-rounds in {one['calls']} calls "
-              f"({one['starved']} starved, {one['rows']} rows, "
-              f"{one['row_window_calls']} over row windows), {one['new_variants']} new "
+              f"({one['starved']} starved, {one['rows']} rows), {one['new_variants']} new "
               f"variants, {one['distinct_steps']} distinct steps, {one['fed']} tokens fed, "
               f"trie {one['trie_hash']}; chunks (rows, rounds, starved) {chunk_log}",
               flush=True)

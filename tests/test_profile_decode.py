@@ -14,6 +14,7 @@ from tests.support.experiments import experiment_module
     (["--page-size", "-16"], "--page-size and --pages must be >= 0"),
     (["--page-size", "16", "--pages", "-1"], "--page-size and --pages must be >= 0"),
     (["--page-size", "16", "--trie", "c.yaml"], "--trie pages its cache as its config says"),
+    (["--row-windows", "copy", "--trie", "c.yaml"], "the trie sampler, which has none"),
     (["--run-mesh"], "--run-mesh times --collect on a run's mesh: give --collect"),
     (["--run-mesh", "--trie", "c.yaml"], "--run-mesh times --collect on a run's mesh"),
 ])

@@ -187,8 +187,7 @@ class Decoder:
         self.step_work: collections.Counter[str] = collections.Counter()
         # What the trie calls computed: "calls", padded "rows" summed over them,
         # "row_rounds" (padded rows times the rounds the call ran, shard by shard on a
-        # mesh), "starved" (calls that stopped for want of spares: ``trie_chunks``) and
-        # "row_window_calls".
+        # mesh) and "starved" (calls that stopped for want of spares: ``trie_chunks``).
         self.trie_work: collections.Counter[str] = collections.Counter()
         calls = decoder_calls(graphdef, mesh=mesh, slot_axis=slot_axis,
                               cache_sharding=cache_sharding, paging=paging,

@@ -142,7 +142,7 @@ def decoder_calls(graphdef: nnx.GraphDef, *, mesh: Mesh | None, slot_axis: str |
         sample_trie=counted_jit(  # the lent pages: each shard's block
             "sample_trie", sample_trie,
             (whole, cache, rows, whole, rows, rows, rows, rows, whole, whole, whole, rows,
-             whole), (cache, rows, rows), num_static=5, context=sampling_loops),
+             whole), (cache, rows, rows), num_static=4, context=sampling_loops),
         # A fork copies slot rows, or on pages only each slot's length and last hidden
         # state (the children share the parents' pages); a page copy stays on its shard.
         fork=LastCall(on_shards(fork_slots if paging is None else fork_slot_state)),

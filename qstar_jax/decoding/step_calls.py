@@ -67,16 +67,6 @@ def sample_steps(decoder: Decoder, slots: Sequence[int], *, problem_keys: jax.Ar
                      hidden=step.hidden)
 
 
-def copies_windows(decoder: Decoder, rows: int, window: int) -> bool:
-    """Whether a call of ``rows`` padded rows attending over ``window`` positions runs
-    over a copy of their windows: where the decoder's ``row_windows`` holds and, on pages
-    under ``auto``, the copies fit their share of the pool (``paged_windows_fit``)."""
-    pages = decoder.pages
-    return decoder.row_windows and (
-        pages is None or not decoder._windows_bounded or paged_windows_fit(
-            rows, window, pages.page_size, pages.num_pages))
-
-
 def _sample_chunk(decoder: Decoder, slots: np.ndarray, problem_keys: jax.Array,
                   key_rows: np.ndarray, node_ids: np.ndarray, params: SamplingParams,
                   caps: np.ndarray, blank: np.ndarray, cap_bucket: int,
@@ -90,7 +80,10 @@ def _sample_chunk(decoder: Decoder, slots: np.ndarray, problem_keys: jax.Array,
     # repeating row 0: each eager op compiles once per distinct row count.
     padded_keys = problem_keys[layout.place(key_rows, 0).astype(np.uint32)]
     window = decoder.attention_window(slots, caps)
-    row_windows = copies_windows(decoder, layout.size, window)
+    pages = decoder.pages
+    row_windows = decoder.row_windows and (
+        pages is None or not decoder._windows_bounded or paged_windows_fit(
+            layout.size, window, pages.page_size, pages.num_pages))
     decoder.cache, out = decoder._sample_step(
         decoder._weights, decoder.cache, decoder._local_slots(layout, slots), padded_keys,
         layout.place(node_ids, 0), padded_params(params, layout), layout.place(caps, 0),

@@ -29,7 +29,6 @@ from qstar_jax.decoding.input_checks import (check_spares_beside_groups, check_s
 from qstar_jax.decoding.page_bookkeeping import (lend_trie_pages, own_trie_pages,
                                                  return_lent_pages, settle_trie_pages)
 from qstar_jax.decoding.sampling import SamplingParams
-from qstar_jax.decoding.step_calls import copies_windows
 from qstar_jax.decoding.token_batch import bucket_size
 from qstar_jax.decoding.trie_chunks import ChunkedTrie
 from qstar_jax.decoding.trie_sampler import TrieOutput
@@ -128,8 +127,6 @@ def _chunk(decoder: Decoder, trie: ChunkedTrie, row_slots: np.ndarray, *,
     loan = lend_trie_pages(decoder.pages, trie.out.page_table, layout, slots,
                            progress.group >= 0, progress.num_tokens, rounds, max_tokens,
                            cap_bucket)
-    # Shared-prefix attention reads the pool's pages itself: no row windows with it.
-    row_windows = not decoder.shared_prefix and copies_windows(decoder, layout.size, window)
     decoder.cache, out, stop = decoder._sample_trie(
         decoder._weights, decoder.cache, decoder._local_slots(layout, slots), key_table,
         layout.place(key_rows[group], 0), layout.place(group_ids[group], 0),
@@ -139,7 +136,7 @@ def _chunk(decoder: Decoder, trie: ChunkedTrie, row_slots: np.ndarray, *,
         np.int32(max_tokens), decoder._lines, decoder._eos_ids,
         loan,
         np.int32(rounds), max_count, window, trie.num_draws(),
-        _prefix_groups(progress) if decoder.shared_prefix else 0, row_windows)
+        _prefix_groups(progress) if decoder.shared_prefix else 0)
     out, stop = jax.device_get((out, stop))
     out = layout.take(out)
     if decoder.pages is not None:  # page ids within each row's shard back to the host's
@@ -148,7 +145,6 @@ def _chunk(decoder: Decoder, trie: ChunkedTrie, row_slots: np.ndarray, *,
     trie.add(out, layout.take(stop), rounds)
     work = decoder.trie_work
     work["calls"] += 1
-    work["row_window_calls"] += row_windows
     work["rows"] += layout.size
     # Each shard's block ran its own rounds (the same on all of a shard's rows).
     work["row_rounds"] += layout.block * int(stop.rounds.reshape(layout.shards, -1)[:, 0].sum())

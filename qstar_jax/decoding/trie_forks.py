@@ -45,15 +45,6 @@ def copy_caches(k, v, children, parents, num_new, window):
                                                                 mode="drop"))
 
 
-def copy_windows(keys: tuple, values: tuple, children, parents, num_new):
-    """Row ``parents[i]`` of each layer's window (``models/row_windows``: L keys [R, K,
-    D, W], L values [R, K, W, D]) into row ``children[i]`` (R: none) for i < num_new."""
-    return _copy_in_chunks(
-        keys, values, parents, children, num_new,
-        lambda layers, parent, child: tuple(x.at[child].set(x[parent], mode="drop")
-                                            for x in layers))
-
-
 def _copy_in_chunks(k, v, sources, targets, num_new, copy):
     """``copy(array, sources, targets)`` of k and v for the first ``num_new`` pairs, in
     chunks of FORK_CHUNK (the index arrays are padded to whole chunks)."""

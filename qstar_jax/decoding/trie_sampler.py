@@ -73,10 +73,9 @@ from qstar_jax.decoding.paged_cache import PagedKVCache
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_sampler import EndReason, end_reason_after
 from qstar_jax.decoding.trie_draws import TrieDraws, round_draws
-from qstar_jax.decoding.trie_forks import (FORK_CHUNK, TriePages, copy_caches, copy_windows,
-                                          fork_pages, pages_for_writes)
+from qstar_jax.decoding.trie_forks import (FORK_CHUNK, TriePages, copy_caches, fork_pages,
+                                          pages_for_writes)
 from qstar_jax.decoding.weights import DecoderWeights
-from qstar_jax.models import row_windows as windows
 from qstar_jax.models.cache_pages import PagedRows
 from qstar_jax.models.shared_prefix import SharedPrefixRows
 
@@ -180,13 +179,6 @@ class TrieLoopState:
     hidden: jax.Array      # [R, E] float32, after the row's last fed token
     pages: TriePages | None  # the rows' page tables on a paged cache, None on the pool
     draws: TrieDraws | None  # the next round's draws (None only while they are made)
-    # Over row windows: L [R, K, D, W] keys and L [R, K, W, D] values, row r the call's
-    # row r, which the rows feed instead of the pool (None otherwise), and [R] int32
-    # the first position each row writes back at the call's end (its own start, or its
-    # parent's for a split row: the child's window holds what its parent fed).
-    window_k: tuple | None = None
-    window_v: tuple | None = None
-    starts: jax.Array | None = None
 
 
 def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights,
@@ -194,8 +186,7 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights,
                 key_rows: jax.Array, group_ids: jax.Array, params: SamplingParams,
                 progress: TrieProgress, cap: jax.Array, lines: LineTables,
                 eos_ids: jax.Array, lent: jax.Array | None, rounds: jax.Array,
-                max_count: int, window: int, num_draws: int, prefix_groups: int = 0,
-                row_windows: bool = False
+                max_count: int, window: int, num_draws: int, prefix_groups: int = 0
                 ) -> tuple[KVCache | PagedKVCache, TrieOutput, TrieStop]:
     """Sample each group's steps as a trie, for at most ``rounds`` rounds, and only while
     the rows hold a free spare for each new row the next round needs.
@@ -214,9 +205,6 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights,
     num_draws: D, static, at least the going rows' counts summed. prefix_groups: static,
     0, or at least the distinct groups of the live rows: attend through
     ``SharedPrefixRows`` with that many groups (the model must have no sliding window).
-    row_windows: static; read by per-layer weights and the jnp attention only, not with
-    prefix_groups: the rounds feed a copy of the rows' windows (``models/row_windows``),
-    a split copies its parent's window row, and the call writes back what its rows fed.
     On a PagedKVCache each group row must own the page it starts in, if that page holds
     earlier tokens (``PageTable.reserve``), and ``lent``: [F] int32 free pages
     (P-padded), enough for every page the rows may reach in ``rounds`` rounds (a row
@@ -245,13 +233,6 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights,
         pages = TriePages(rows=dataclasses.replace(
             table, page_table=jnp.where(live[:, None], table.page_table, no_page)),
             lent=lent, taken=jnp.zeros((), jnp.int32))
-    if row_windows and prefix_groups:
-        raise ValueError("a trie call runs over row windows or shared-prefix attention, "
-                         "not both")
-    pool_rows = model_slots if pages is None else pages.rows
-    window_k = window_v = None
-    if row_windows:  # a spare's window is its parent's copy once it splits off
-        window_k, window_v = windows.take(cache.k, cache.v, pool_rows, window)
     group_keys = jax.vmap(jax.random.fold_in)(key_table[key_rows], group_ids)
     initial = TrieLoopState(
         k=cache.k, v=cache.v, positions=positions, num_tokens=progress.num_tokens,
@@ -262,8 +243,7 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights,
         group=progress.group, count=progress.count,
         keys=_prefix_keys(group_keys, progress.tokens, progress.num_tokens), params=params,
         tokens=progress.tokens, logprob=progress.logprob, fed=progress.fed,
-        hidden=cache.last_hidden[model_slots], pages=pages, draws=None,
-        window_k=window_k, window_v=window_v, starts=positions)
+        hidden=cache.last_hidden[model_slots], pages=pages, draws=None)
     initial = initial.replace(draws=round_draws(model, rows, initial))
 
     def going(carry):
@@ -277,21 +257,15 @@ def sample_trie(graphdef: nnx.GraphDef, weights: DecoderWeights,
         state = _one_round(model, weights, rows, state)
         # The next round's draws, unless the call ends here anyway (a small operand: no
         # cache goes through the branches).
-        small = state.replace(k=None, v=None, pages=None, window_k=None, window_v=None)
+        small = state.replace(k=None, v=None, pages=None)
         draws = jax.lax.cond((ran + 1 < rounds) & jnp.any(state.live & ~state.done),
                              lambda s: round_draws(model, rows, s), lambda s: s.draws, small)
         return ran + 1, state.replace(draws=draws)
 
     ran, final = jax.lax.while_loop(going, one_round, (jnp.zeros((), jnp.int32), initial))
-    k, v = final.k, final.v
-    if row_windows:  # a row that never fed ends at its start: it writes nothing back
-        k, v = windows.put(k, v, model_slots if final.pages is None else final.pages.rows,
-                           final.window_k, final.window_v, final.starts,
-                           jnp.where(final.live, final.positions, final.starts),
-                           progress.tokens.shape[1])
     written = jnp.where(final.live, slots, num_slots)
     cache = dataclasses.replace(
-        cache, k=k, v=v,
+        cache, k=final.k, v=final.v,
         lengths=cache.lengths.at[written].set(final.positions, mode="drop"),
         last_hidden=cache.last_hidden.at[written].set(final.hidden, mode="drop"))
     page_table = None
@@ -362,17 +336,8 @@ def _one_round(model, weights: DecoderWeights, rows: TrieRows,
     if rows.prefix_rows is not None:
         model_rows = _shared_prefix_rows(rows, model_rows, group, fed_now,
                                          state.tokens.shape[1])
-    window_k, window_v = state.window_k, state.window_v
-    if window_k is None:
-        hidden, k, v = model(token_now[:, None], feed_positions[:, None], model_rows, k, v,
-                             key_len=rows.window, **weights.layer_arguments())
-    else:  # the child's window row is its parent's; the pool waits for the call's end
-        window_k, window_v = copy_windows(window_k, window_v,
-                                          jnp.where(valid, target[new_draws], batch),
-                                          parent[new_draws], jnp.sum(is_new))
-        hidden, window_k, window_v = model(
-            token_now[:, None], feed_positions[:, None], windows.RowWindows(), window_k,
-            window_v, key_len=rows.window, **weights.layer_arguments())
+    hidden, k, v = model(token_now[:, None], feed_positions[:, None], model_rows, k, v,
+                         key_len=rows.window, **weights.layer_arguments())
     positions = jnp.where(fed_now, moved_positions + 1, moved_positions)
     num_tokens = moved(state.num_tokens, num + 1)
     reason = end_reason_after(token_now, positions, num_tokens, rows.cap,
@@ -392,8 +357,7 @@ def _one_round(model, weights: DecoderWeights, rows: TrieRows,
         logprob=moved(state.logprob, state.logprob[parent] + logprobs),
         fed=moved(state.fed, jnp.where(is_new, 0, state.fed[parent]) + 1),
         hidden=jnp.where(fed_now[:, None], hidden[:, 0].astype(jnp.float32), state.hidden),
-        pages=pages, draws=state.draws, window_k=window_k, window_v=window_v,
-        starts=moved(state.starts))
+        pages=pages, draws=state.draws)
 
 
 def _prefix_groups(group, live, positions, num_tokens, num_groups: int) -> dict:

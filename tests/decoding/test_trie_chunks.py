@@ -178,10 +178,8 @@ def test_a_chunk_holds_the_steps_still_going_and_the_spares_they_may_take(counti
         np.testing.assert_array_equal(out.group, [0, 1, 2, 3, 4, -1, -1, -1, -1])
         work.append((dict(decoder.trie_work), decoder.trace_counts["sample_trie"]))
     _assert_same_trie(*tries)
-    # On a CPU every call runs over row windows (decode.row_windows=auto).
-    assert work == [({"calls": 4, "row_window_calls": 4, "rows": 16 + 3 * 4,
-                      "row_rounds": 16 * 2 + 3 * 4 * 2}, 2),
-                    ({"calls": 1, "row_window_calls": 1, "rows": 16, "row_rounds": 16 * 8}, 1)]
+    assert work == [({"calls": 4, "rows": 16 + 3 * 4, "row_rounds": 16 * 2 + 3 * 4 * 2}, 2),
+                    ({"calls": 1, "rows": 16, "row_rounds": 16 * 8}, 1)]
 
 
 def test_counts_up_to_eight_share_one_compiled_trie_call(counting_model):
@@ -266,12 +264,9 @@ def test_chunks_of_a_trie_that_does_not_split_hold_few_spares(counting_model):
         np.testing.assert_array_equal(out.tokens[:6, :8], np.array(prompts) + np.arange(1, 9))
     _assert_same_trie(tries["bounded"], tries["one call"])
     _assert_same_trie(tries["all splits"], tries["one call"])
-    assert work == {"bounded": ({"calls": 4, "row_window_calls": 4, "rows": 4 * 16,
-                                 "row_rounds": 4 * 16 * 2}, 1),
-                    "all splits": ({"calls": 4, "row_window_calls": 4, "rows": 4 * 32,
-                                    "row_rounds": 4 * 32 * 2}, 1),
-                    "one call": ({"calls": 1, "row_window_calls": 1, "rows": 32,
-                                  "row_rounds": 32 * 8}, 1)}
+    assert work == {"bounded": ({"calls": 4, "rows": 4 * 16, "row_rounds": 4 * 16 * 2}, 1),
+                    "all splits": ({"calls": 4, "rows": 4 * 32, "row_rounds": 4 * 32 * 2}, 1),
+                    "one call": ({"calls": 1, "rows": 32, "row_rounds": 32 * 8}, 1)}
 
 
 def test_the_spare_rule_per_shard(monkeypatch):

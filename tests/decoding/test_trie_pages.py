@@ -3,13 +3,11 @@ shared, its partly filled page copied), a row takes lent pages as it reaches the
 steps are the slot pool's, a sibling's tokens never change, no page leaks, a chunk's loan
 is what its rows can reach, and a short pool says so before anything changes."""
 
-import dataclasses
 import itertools
 
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.page_table import PagePoolExhausted
@@ -17,7 +15,6 @@ from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_sampler import EndReason
 from qstar_jax.decoding.trie_steps import sample_trie_steps
-from qstar_jax.models.llama import LlamaModel
 from tests.decoding.stepping import assert_same_step_batch, assert_same_trie_groups
 from tests.decoding.tiny_models import RANDOM_MAX_LEN, STEP_BUCKET
 
@@ -32,13 +29,12 @@ PARAMS = SamplingParams.make(4, temperature=[0.5, 0.7, 0.7, 1.0])
 KEYS = jax.random.split(jax.random.key(3), 4)
 
 
-def trie_decoder(model, paging=None, shared_prefix=False, step_chunk=0, row_windows=None):
+def trie_decoder(model, paging=None, shared_prefix=False, step_chunk=0):
     newline_table = np.zeros(64, bool)
     newline_table[NEWLINES] = True
     return Decoder(model, num_slots=64, max_len=RANDOM_MAX_LEN, newline_table=newline_table,
                    eos_ids=[EOS], min_batch_bucket=2, min_step_bucket=STEP_BUCKET,
-                   paging=paging, shared_prefix=shared_prefix, step_chunk=step_chunk,
-                   row_windows=row_windows)
+                   paging=paging, shared_prefix=shared_prefix, step_chunk=step_chunk)
 
 
 def _groups(decoder):
@@ -124,45 +120,6 @@ def test_tries_attending_to_each_groups_prefix_once_sample_the_same_steps(random
     paging = Paging(page_size=PAGE_SIZE, num_pages=400) if paged else None
     assert_same_tries(trie_decoder(random_model, paging),
                       trie_decoder(random_model, paging, shared_prefix=True))
-
-
-@pytest.mark.parametrize("paged,step_chunk,window", [
-    (False, 0, None), (True, 0, None), (False, 4, None), (True, 4, None), (True, 4, 3)],
-    ids=["slots", "pages", "slots, chunks of 4 rounds", "pages, chunks of 4 rounds",
-         "pages, chunks, sliding window"])
-def test_tries_over_row_windows_sample_what_gathering_samples_and_leave_the_same_pool(
-        random_model, paged, step_chunk, window):
-    """A trie whose rounds feed a copy of the rows' windows (a split copying its parent's
-    window row, each call writing back what its rows fed, a split row from its parent's
-    start) against one gathering each row's window every round: the same steps, slots,
-    page tables and pools (everywhere: nothing else written), and a next step that
-    reads both caches alike. In chunks a row that split in one call starts the next."""
-    model = random_model
-    if window is not None:
-        config = dataclasses.replace(random_model.config, sliding_windows=(window,) * 2)
-        model = LlamaModel(config, rngs=nnx.Rngs(0))
-    results = {}
-    for copied in (True, False):
-        decoder = trie_decoder(model, Paging(page_size=PAGE_SIZE, num_pages=400)
-                               if paged else None, step_chunk=step_chunk, row_windows=copied)
-        _, slots = _groups(decoder)
-        steps, fed = _trie(decoder, slots)
-        results[copied] = decoder, steps, fed
-    (copied, steps, fed), (gathered, expected, expected_fed) = results[True], results[False]
-    assert fed == expected_fed
-    assert_same_trie_groups(steps, expected, logprob_atol=1e-5)
-    work = copied.trie_work
-    assert work["row_window_calls"] == work["calls"] > (2 if step_chunk else 0)
-    assert gathered.trie_work["row_window_calls"] == 0
-    assert sum(len(group) for group in steps) > len(steps)  # rows split
-    if paged:
-        np.testing.assert_array_equal(copied.pages.table, gathered.pages.table)
-        copied.pages.check_counts()
-    for name in ("k", "v"):
-        np.testing.assert_allclose(np.asarray(getattr(copied.cache, name)),
-                                   np.asarray(getattr(gathered.cache, name)),
-                                   rtol=1e-5, atol=1e-6, err_msg=name)
-    assert_same_step_batch(_next_steps(copied, steps), _next_steps(gathered, expected))
 
 
 def test_a_split_shares_the_full_pages_above_it_and_owns_the_rest(random_model):
