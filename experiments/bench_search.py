@@ -72,7 +72,7 @@ no token fills (page ends: each live slot's last page, at most), with the live s
         [--step-tokens 48] [--temperature 0.9] [--n-complete 0] [--threads N]
         [--config configs/smollm2_gsm_symbolic.yaml] [--model SOURCE] [--dtype D]
         [--fixture FILE] [--shared-prefix] [--runs abcde] [--page-size N]
-        [--attention auto|pallas|jnp] [--trace DIR]
+        [--attention auto|pallas|jnp] [--row-windows auto|gather|copy] [--trace DIR]
 
 On a GPU both sides run there (torch on CUDA where it sees one). A machine that cannot
 carry the GGUF runs SmolLM2's shape with random weights (``--model`` a directory
