@@ -13,12 +13,12 @@ calls differing only in data never recompile (``trace_counts`` shows it). A step
 attention reads a window of each slot, not its whole ``max_len`` row: the smallest power
 of two (at least ``min_window_bucket``) that holds every row's length plus the call's
 token cap, or the whole row when that would be over three quarters of it; one compiled
-variant per window. With ``step_chunk`` a
-step (or a trie) runs as several calls, each holding only the rows still going
-(``step_chunks``, run by ``step_calls``; a trie's calls also a bounded number of
-spares: ``trie_chunks``, run by ``trie_calls``). On a mesh each data shard holds its own slots and computes its own
-rows (``data_shards``): new rows are spread over the shards, and a child or a trie's
-spare goes on its parent's shard.
+variant per window. With ``step_chunk`` a step (or a trie) runs as several calls, each
+holding only the rows still going (``step_chunks``, run by ``step_calls``; a trie's
+calls also a bounded number of spares: ``trie_chunks``, run by ``trie_calls``). On a
+mesh each data shard holds its own slots and computes its own rows (``data_shards``):
+new rows are spread over the shards, and a child or a trie's spare goes on its parent's
+shard.
 On a paged cache (``paged_cache``) pages are reserved, copied and trimmed around each call
 (``page_bookkeeping``).
 """

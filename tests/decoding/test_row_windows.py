@@ -23,7 +23,8 @@ from tests.decoding.full_forward import full_forward_of, greedy_reference
 from tests.decoding.stepping import assert_same_step_batch
 from tests.decoding.tiny_models import RANDOM_MAX_LEN, STEP_BUCKET
 
-PROMPTS = [[3, 14, 15, 9, 26], [5, 35, 8, 9, 7, 9, 32, 3, 8, 4, 6, 2, 9, 17, 40, 1, 22, 3, 60, 11], [2, 7, 1]]
+PROMPTS = [[3, 14, 15, 9, 26],
+           [5, 35, 8, 9, 7, 9, 32, 3, 8, 4, 6, 2, 9, 17, 40, 1, 22, 3, 60, 11], [2, 7, 1]]
 # Three steps a row, rows stopping apart. Row 1 (20 tokens) ends its first step on
 # position 31, the last of that call's 32-position window, and its third on 63, the
 # pool row's last.
