@@ -122,6 +122,11 @@ class SlotPool:
     def is_allocated(self, slot: int) -> bool:
         return slot in self._allocated
 
+    @property
+    def allocated(self) -> frozenset[int]:
+        """The slots handed out now."""
+        return frozenset(self._allocated)
+
     def shard_of(self, slots) -> np.ndarray:
         """The shard holding each slot, int64 like ``slots``."""
         return np.asarray(slots, np.int64) // self.slots_per_shard

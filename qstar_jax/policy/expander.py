@@ -3,15 +3,18 @@
 A root (handle None) is prefilled on each expansion and its slot freed right after, so
 no slot is held for a node that may never be expanded again. A child's sampling stream
 is keyed by (problem, parent node, child number), so a search does not depend on batch
-packing and a node expanded again samples new steps.
+packing and a node expanded again samples new steps. A call that finds the cache full
+frees what it took and raises NoRoom, so the driver can make it again later.
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
+from qstar_jax.decoding.kv_cache import SlotPoolExhausted
+from qstar_jax.decoding.page_table import PagePoolExhausted
 from qstar_jax.policy.runtime import PolicyRuntime, SampledStep, stable_id
-from qstar_jax.search.interface import ExpandRequest, Step
+from qstar_jax.search.interface import ExpandRequest, NoRoom, Step
 
 
 class DecoderExpander:
@@ -25,6 +28,13 @@ class DecoderExpander:
         self.prefix_sharing = prefix_sharing
 
     def expand(self, requests: Sequence[ExpandRequest]) -> list[list[Step]]:
+        try:
+            with self.runtime.undone_when_full():
+                return self._expand(requests)
+        except (SlotPoolExhausted, PagePoolExhausted) as full:
+            raise NoRoom(str(full)) from full
+
+    def _expand(self, requests: Sequence[ExpandRequest]) -> list[list[Step]]:
         rt = self.runtime
         roots = [k for k, r in enumerate(requests) if r.node.handle is None]
         root_slots = dict(zip(roots, rt.prefill([requests[k].problem_index for k in roots],

@@ -9,16 +9,19 @@ the same way and draw the same random numbers for the same (problem, node, posit
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import re
 import zlib
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import jax
 import numpy as np
 
 from qstar_jax.decoding.engine import Decoder
+from qstar_jax.decoding.kv_cache import SlotPoolExhausted
+from qstar_jax.decoding.page_table import PagePoolExhausted
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_chunks import StepBatch
 from qstar_jax.decoding.trie_steps import sample_trie_steps
@@ -94,6 +97,25 @@ class PolicyRuntime:
         self._keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(seed), ids)
         self.generated = collections.Counter()
         self.prefilled = collections.Counter()
+
+    @contextlib.contextmanager
+    def undone_when_full(self) -> Iterator[None]:
+        """Runs the body; when a decoder call in it finds the cache full (which raises
+        before that call changes anything), frees every slot the body allocated and puts
+        the token counts back, then raises again: the body may then be run again, later,
+        as if it had never run. The body must not free slots it did not allocate."""
+        before = self.decoder.pool.allocated
+        generated, prefilled = self.generated.copy(), self.prefilled.copy()
+        try:
+            yield
+        except (SlotPoolExhausted, PagePoolExhausted):
+            taken = sorted(self.decoder.pool.allocated - before)
+            if taken:
+                self.decoder.free(taken)
+            for counts, kept in ((self.generated, generated), (self.prefilled, prefilled)):
+                counts.clear()
+                counts.update(kept)
+            raise
 
     def prefill(self, problem_indices: Sequence[int], prefixes: Sequence[Sequence[str]]
                 ) -> list[int]:

@@ -81,6 +81,12 @@ class QItem:
     logprob: float | None = None
 
 
+class NoRoom(RuntimeError):
+    """An expander found no room for a call's children (the decoder's KV cache full) and
+    changed nothing: the call may be made again once handles are released. The decoder's
+    own error is the cause."""
+
+
 class StepExpander(Protocol):
     """The decoder as search sees it.
 
@@ -91,7 +97,8 @@ class StepExpander(Protocol):
 
     def expand(self, requests: Sequence[ExpandRequest]) -> list[list[Step]]:
         """One batched call for every request of a round, across problems: for each
-        request, at most ``num_children`` steps in a deterministic order."""
+        request, at most ``num_children`` steps in a deterministic order. Raises NoRoom,
+        having changed nothing, when the cache cannot hold every request's children."""
 
     def release(self, handles: Sequence[Any]) -> None:
         """Free the cache slots behind these handles."""

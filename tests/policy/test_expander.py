@@ -1,6 +1,7 @@
 """The decoder adapter keys each child's sampling stream by (node, child number); with
 prefix sharing it samples one trie per (problem, path, temperature) and slices it back."""
 
+import contextlib
 import itertools
 
 import numpy as np
@@ -25,6 +26,9 @@ class RecordingRuntime:
 
     def prefill(self, problem_indices, prefixes):
         return [next(self._slots) for _ in problem_indices]
+
+    def undone_when_full(self):
+        return contextlib.nullcontext()
 
     def fork(self, parents, counts):
         assert not set(parents) & set(self.freed), "forked from a freed slot"

@@ -1,4 +1,5 @@
 import ast
+import dataclasses
 import pathlib
 
 import numpy as np
@@ -10,7 +11,7 @@ from qstar_jax.search.astar import AStarConfig, AStarPlanner
 from qstar_jax.search.beam import BeamConfig, BeamPlanner
 from qstar_jax.search.chains import greedy_planner
 from qstar_jax.search.driver import run_search
-from qstar_jax.search.interface import QItem
+from qstar_jax.search.interface import NoRoom, QItem
 from qstar_jax.search.process_utility import PRMUtility, RuleUtility
 from qstar_jax.search.tot import ToTConfig, ToTDFSPlanner, q_value
 from tests.search.fakes import FakeExpander, HiddenQ, HiddenRewardPRM, child, tree
@@ -87,6 +88,69 @@ def test_expansions_count_requests_not_rounds():
 def test_planners_must_have_distinct_problem_indices():
     with pytest.raises(ValueError, match="share problem indices"):
         run_search(2, lambda i: greedy_planner(0), FakeExpander(TREES), None, progress=False)
+
+
+class CacheFull(RuntimeError):
+    """The decoder's error a room-limited expander's NoRoom carries."""
+
+
+class RoomLimitedExpander(FakeExpander):
+    """Holds at most ``room`` handles at once, counting a call's parents (released only
+    after it returns), the roots it prefills and its new children: a call that would
+    hold more raises NoRoom, caused by CacheFull, before it changes anything."""
+
+    def __init__(self, trees, room: int):
+        super().__init__(trees, prompt_tokens=7)
+        self.room, self.refused = room, 0
+
+    def expand(self, requests):
+        new = sum(len(self.trees[r.problem_index][r.node.steps][:r.num_children]) if
+                  r.temperature else r.num_children for r in requests)
+        new += sum(r.node.handle is None for r in requests)  # a root's prefilled slot
+        if len(self.live) + new > self.room:
+            self.refused += 1
+            try:
+                raise CacheFull(f"{len(self.live)} held and {new} new: over {self.room}")
+            except CacheFull as full:
+                raise NoRoom(str(full)) from full
+        return super().expand(requests)
+
+
+def test_planners_wait_for_room_in_the_cache_and_search_as_they_would_with_room(capsys):
+    """Room for 6 handles. Round 1's three roots and their children (9) do not fit, the
+    first two problems' (6) do: the beam (problem 2) waits with its root. Round 2: all
+    three do not fit, nor A* and greedy; A* alone does (its first two of the halving),
+    and greedy waits with s. Round 3: A* has found a1 and is done; greedy alone fits
+    before the beam, which goes on in round 4 beside greedy's last step, as A* has
+    released its tree. Every search is what it is with room for all, and a line after
+    the progress bar says that searches waited."""
+    roomy = run_search(3, make_planner, FakeExpander(TREES, prompt_tokens=7), HiddenQ(),
+                       PRMUtility(prm=HiddenRewardPRM()), progress=False)
+    tight = RoomLimitedExpander(TREES, room=6)
+    results = run_search(3, make_planner, tight, HiddenQ(), PRMUtility(prm=HiddenRewardPRM()),
+                         description="mixed")
+    assert capsys.readouterr().out == (
+        "[qstar] mixed: the KV cache had no room for every search's round 3 times, and some "
+        "searches waited (the same results; more decode.pages or decode.slots would run them "
+        "side by side)\n")
+    assert tight.refused > 0 and tight.peak_held <= 6 and not tight.live
+    tight.assert_released_promptly()
+    assert [[(r.problem_index, r.node.steps) for r in call] for call in tight.expand_calls] == [
+        [(0, ()), (1, ())], [(0, ("a",))], [(1, ("s",))], [(1, ("s", "t")), (2, ())],
+        [(2, ("u",))]]
+    assert tight.refused == 1 + 2 + 1
+    without_wall = [dataclasses.replace(r, counters=dataclasses.replace(r.counters, wall_s=0))
+                    for r in results]
+    assert without_wall == [dataclasses.replace(r, counters=dataclasses.replace(
+        r.counters, wall_s=0)) for r in roomy]
+
+
+def test_a_search_no_room_holds_even_alone_raises_the_decoders_error():
+    """A* alone (problem 0) needs its root and three children, 4 handles, of room for 2:
+    nothing can free room for it, so the round raises what the decoder raised."""
+    with pytest.raises(CacheFull, match="0 held and 4 new: over 2"):
+        run_search(1, make_planner, RoomLimitedExpander(TREES, room=2), HiddenQ(),
+                   progress=False)
 
 
 def test_an_expander_that_drops_requests_is_an_error():
