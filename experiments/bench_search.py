@@ -53,7 +53,9 @@ trie computes a prefix its samples share once); step tokens (the tokens of every
 handed to the search, copies included); peak KV bytes: (a), (d) the most pages out of the
 pool at once (``PageTable.peak_pages_in_use``: held, reserved for a write, or lent to a
 trie call) x page bytes; (b) the most slots allocated at once x a max_len row's
-bytes; (c) the largest ``generate`` call's K x (prompt + new tokens) x per-token bytes.
+bytes; (c) the largest ``generate`` call's K x (prompt + new tokens) x per-token bytes;
+the calls that found the cache full ("refused_calls": ``--pages`` below what (a) peaks at
+makes its searches wait for others' pages, ``search/driver.py``, growing the same trees).
 
 z ("kv_bytes_vs_distinct_tokens", ``experiments/metered_runtime.py``): (a)'s peak KV
 bytes over the bytes of the distinct tokens the live trees hold right after the decoder
@@ -153,6 +155,9 @@ def parse_args() -> argparse.Namespace:
                              "(e) needs (a))")
     parser.add_argument("--page-size", type=int, default=None,
                         help="tokens per page of the paged runs (default: the config's)")
+    parser.add_argument("--pages", type=int, default=None,
+                        help="the paged runs' pool (default: room for every tree at once); "
+                             "fewer make searches wait for others' pages (the same trees)")
     parser.add_argument("--attention", choices=["auto", "pallas", "jnp"], default="auto",
                         help="the paged runs' decode attention (auto: the Pallas kernel on a "
                              "GPU or TPU, jnp on a CPU)")
@@ -176,6 +181,7 @@ class RunFigures:
     generated_tokens: int
     step_tokens: int
     peak_kv_bytes: int
+    refused_calls: int  # expander calls that found the cache full: their searches waited
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -183,6 +189,7 @@ class SearchPass:
     wall_s: float
     results: list
     step_tokens: int
+    refused_calls: int
 
     @property
     def trees_hash(self) -> str:
@@ -195,17 +202,25 @@ class SearchPass:
                           expansions=sum(c.expansions for c in counters),
                           prefilled_tokens=sum(c.prefilled_tokens for c in counters),
                           generated_tokens=sum(c.generated_tokens for c in counters),
-                          step_tokens=self.step_tokens, peak_kv_bytes=peak_kv_bytes)
+                          step_tokens=self.step_tokens, peak_kv_bytes=peak_kv_bytes,
+                          refused_calls=self.refused_calls)
 
 
 class CountedSteps:
-    """A StepExpander passed through, counting the tokens of every step it hands back."""
+    """A StepExpander passed through, counting the tokens of every step it hands back and
+    the calls that found the cache full (NoRoom: the driver makes them again later)."""
 
     def __init__(self, expander):
-        self.expander, self.step_tokens = expander, 0
+        self.expander, self.step_tokens, self.refused_calls = expander, 0, 0
 
     def expand(self, requests):
-        children = self.expander.expand(requests)
+        from qstar_jax.search.interface import NoRoom
+
+        try:
+            children = self.expander.expand(requests)
+        except NoRoom:
+            self.refused_calls += 1
+            raise
         self.step_tokens += sum(len(step.token_ids) for steps in children for step in steps)
         return children
 
@@ -227,7 +242,7 @@ def search(expander, make_planner, problems: int, *, wave: int) -> SearchPass:
                for r in run(min(wave, problems - first),
                             lambda i, first=first: make_planner(first + i))]
     return SearchPass(wall_s=time.perf_counter() - start, results=results,
-                      step_tokens=counted.step_tokens)
+                      step_tokens=counted.step_tokens, refused_calls=counted.refused_calls)
 
 
 def compile_counter():
@@ -322,7 +337,8 @@ def main() -> None:
     slots = n * nodes
     # Each node's own pages (its step, one page more where it starts mid-page), the
     # prompt's, and what a trie call borrows for its splits.
-    pages = n * (cdiv(max(prompt_tokens), page_size) + (nodes + k) * (cdiv(cap, page_size) + 1))
+    pages = args.pages or n * (cdiv(max(prompt_tokens), page_size)
+                               + (nodes + k) * (cdiv(cap, page_size) + 1))
     token_bytes = kv_token_bytes(loaded.config, DTYPES[args.dtype])
     prefix_sharing, step_chunk = config.eval.prefix_sharing, config.decode.step_chunk
     print(f"{args.model} ({args.dtype}), {jax.devices()[0].device_kind}, "
@@ -359,7 +375,8 @@ def main() -> None:
             print(f"({name}) {'first' if len(passes) == 1 else 'timed'} pass "
                   f"{one.wall_s:7.1f} s, trees {one.trees_hash}, "
                   f"{sum(dec.trace_counts.values()) - traced_before} decoder functions traced, "
-                  f"{compiles() - compiled_before} programs compiled", flush=True)
+                  f"{compiles() - compiled_before} programs compiled, {one.refused_calls} "
+                  "calls found the cache full", flush=True)
         assert passes[0].trees_hash == passes[1].trees_hash, "a rerun grew other trees"
         if args.trace is not None:  # not timed: the profiler slows the host
             with traced(args.trace, f"search_{name}"):
@@ -459,6 +476,7 @@ def main() -> None:
                          model=str(args.model), dtype=args.dtype,
                          attention=resolve_implementation(args.attention),
                          threads=args.threads, max_len=max_len, page_size=page_size,
+                         pages=pages,
                          equal_kv_rows=equal_kv_rows,
                          step_chunk=step_chunk, prefix_sharing=prefix_sharing,
                          shared_prefix_attention=args.shared_prefix,

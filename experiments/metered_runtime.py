@@ -104,7 +104,7 @@ def metered_runtime_class():
         def free(self, slots):
             super().free(slots)
             for slot in slots:
-                del self.sequences[slot]
+                self.sequences.pop(slot, None)  # a call undone when full frees its slots
 
         def _measure(self) -> None:
             pages = self.decoder.pages

@@ -52,8 +52,8 @@ the config's own ``decode.pages``. Set ``eval.problems_per_batch`` at or below i
 ``decode.slots`` to at least ``problems_per_batch x slots_per_search`` (evaluate runs
 ``decode.slots // slots_per_search`` searches at once at most). Searches rarely all peak
 at once: above it, a search round that finds the pages short waits for others to release
-theirs (``search/driver.py``), with the same results, and only one that does not fit
-alone stops the run. On a mesh the pages,
+theirs, or a search begins again to make room (``search/room.py``), with the same
+results, and only a search that does not fit alone stops the run. On a mesh the pages,
 rows, slots and searches are those of every ``mesh.data`` shard together, each shard's
 share whole (a search stays on its shard), so the pages and slots printed are settings
 ``run`` accepts.

@@ -20,13 +20,15 @@ SCRIPT = Path(__file__).parents[1] / "experiments/bench_search.py"
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> tuple[dict, list[str]]:
-    """The script's JSON and printed lines for all five runs, small: 2 problems, K = 2,
-    2 expansions each, 8-token steps (one run, shared by the tests: compiling is most of
-    its 30-odd seconds)."""
-    model = save_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "llama", "llama")
-    argv = [str(SCRIPT), "--model", str(model), "--runs", "abcde", "--problems", "2",
-            "--expansions", "2", "--k", "2", "--step-tokens", "8"]
+def tiny_model(tmp_path_factory) -> Path:
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "llama", "llama")
+
+
+def run_bench(model: Path, *options: str) -> tuple[dict, list[str]]:
+    """The script's JSON and printed lines, small: 2 problems, K = 2, 2 expansions each,
+    8-token steps."""
+    argv = [str(SCRIPT), "--model", str(model), "--problems", "2", "--expansions", "2",
+            "--k", "2", "--step-tokens", "8", *options]
     out = io.StringIO()
     # As ``python experiments/bench_search.py`` has it: its folder's modules importable.
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out):
@@ -35,6 +37,19 @@ def report(tmp_path_factory) -> tuple[dict, list[str]]:
         runpy.run_path(str(SCRIPT), run_name="__main__")
     lines = out.getvalue().strip().splitlines()
     return json.loads(lines[-1]), lines
+
+
+@pytest.fixture(scope="module")
+def report(tiny_model) -> tuple[dict, list[str]]:
+    """All five runs (one run, shared by the tests: compiling is most of its 30-odd
+    seconds)."""
+    return run_bench(tiny_model, "--runs", "abcde")
+
+
+def trees_of(lines: list[str]) -> dict[str, str]:
+    """Each run's tree hash, from the script's "trees:" line."""
+    trees_line, = [line for line in lines if line.startswith("trees: ")]
+    return dict(re.findall(r"\((\w)\) (\w+)", trees_line))
 
 
 def test_our_runs_grow_the_same_trees_at_the_same_cost(report):
@@ -48,6 +63,26 @@ def test_our_runs_grow_the_same_trees_at_the_same_cost(report):
     assert runs["c"]["prefilled_tokens"] >= 2 * runs["a"]["prefilled_tokens"]
     # One max_len row a slot holds more than the pages a tree's distinct tokens take.
     assert runs["a"]["peak_kv_bytes"] < runs["b"]["peak_kv_bytes"]
+
+
+def test_a_pool_short_of_the_peak_makes_searches_wait_and_grow_the_same_trees(
+        report, tiny_model):
+    """(a) on a page fewer than it peaks at: some of its calls find the pool full (so do
+    the compiling pass's), the searches wait for room and grow the same trees, in no more
+    pages than the pool has. (Two fewer, and the two problems' trees together outgrow the
+    pool: neither's round fits alone, and the search stops with the pool's error.)"""
+    figures, lines = report
+    token_bytes, page_size = figures["settings"]["kv_token_bytes"], figures["settings"][
+        "page_size"]
+    peak = figures["runs"]["a"]["peak_kv_bytes"] // (page_size * token_bytes)
+    assert figures["runs"]["a"]["refused_calls"] == 0
+    tight, tight_lines = run_bench(tiny_model, "--runs", "a", "--pages", str(peak - 1))
+    assert tight["settings"]["pages"] == peak - 1
+    assert tight["runs"]["a"]["refused_calls"] > 0
+    assert tight["runs"]["a"]["peak_kv_bytes"] <= (peak - 1) * page_size * token_bytes
+    assert trees_of(tight_lines)["a"] == trees_of(lines)["a"]
+    passes = [line for line in tight_lines if line.startswith("(a) ")]
+    assert all(not line.endswith(" 0 calls found the cache full") for line in passes)
 
 
 def test_the_ratios_are_of_the_runs_it_reports(report):

@@ -111,7 +111,7 @@ class PolicyRuntime:
         except (SlotPoolExhausted, PagePoolExhausted):
             taken = sorted(self.decoder.pool.allocated - before)
             if taken:
-                self.decoder.free(taken)
+                self.free(taken)
             for counts, kept in ((self.generated, generated), (self.prefilled, prefilled)):
                 counts.clear()
                 counts.update(kept)

@@ -4,14 +4,9 @@ Each round collects the requests of every unfinished planner, calls the expander
 scores every new child with one Q̂ call and one process-utility call, hands the children
 back to their planners and releases the handles they no longer need, in one call.
 
-When the cache has no room for a round's children (the expander raises ``NoRoom``,
-having changed nothing), the round expands the requests of the first half of its
-planners, then of the first quarter, down to the first alone, then of each other planner
-alone; the planners left out wait with their requests for a later round, when planners
-that went on have released nodes or finished. A search's tree does not depend on which
-round expands a node (the samples are keyed by node), so waiting changes no result but
-wall-clock. Only when no planner's requests fit alone does the round raise the
-decoder's error.
+When the cache has no room for a round's children, some planners wait for a later round
+and, where waiting searches hold the room, some searches begin again (``search/room.py``):
+the same results, more wall-clock.
 """
 
 from __future__ import annotations
@@ -23,10 +18,11 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from qstar_jax.search.interface import (ExpandRequest, NoRoom, ProcessUtility, QItem,
-                                        QValueFunction, Step, StepExpander, TextGenerator)
+from qstar_jax.search.interface import (ProcessUtility, QItem, QValueFunction, Step,
+                                        StepExpander, TextGenerator)
 from qstar_jax.search.planner import Planner, ScoredStep, SearchCounters, SearchResult
 from qstar_jax.search.process_utility import ZeroUtility
+from qstar_jax.search.room import RoomKeeper
 
 
 def run_search(problems_count: int, make_planner: Callable[[int], Planner],
@@ -40,20 +36,16 @@ def run_search(problems_count: int, make_planner: Callable[[int], Planner],
     that do not use it, such as self-consistency). A tqdm bar counts finished problems,
     and a line after it says whether searches waited for room in the cache.
     """
-    waiting: dict[int, list[ExpandRequest]] = {}  # by problem index: requests left out
-    rounds_short_of_room = 0
+    planners = [make_planner(i) for i in range(problems_count)]
+    room = RoomKeeper(expander, make_planner, planners)
 
-    def run_round(planners: list[Planner], tallies: list[Tally]) -> None:
-        nonlocal rounds_short_of_room
-        _run_round(planners, tallies, expander, q_fn, utility, waiting)
-        rounds_short_of_room += bool(waiting)
+    def run_round(active: list[Planner], tallies: list[Tally]) -> None:
+        _run_round(active, tallies, expander, q_fn, utility, room)
 
-    results = drive([make_planner(i) for i in range(problems_count)], expander, run_round,
-                    include_trees=include_trees, progress=progress, description=description)
-    if rounds_short_of_room and progress:
-        print(f"[qstar] {description}: the KV cache had no room for every search's round "
-              f"{rounds_short_of_room} times, and some searches waited (the same results; "
-              "more decode.pages or decode.slots would run them side by side)", flush=True)
+    results = drive(planners, expander, run_round, include_trees=include_trees,
+                    progress=progress, description=description)
+    if progress and (line := room.report(description)):
+        print(line, flush=True)
     return results
 
 
@@ -94,6 +86,12 @@ class Tally:
     expansions: int = 0
     wall_s: float | None = None
 
+    def begin_again(self, tokens: StepExpander | TextGenerator, index: int) -> None:
+        """Count from now: the search of problem ``index`` begins again."""
+        self.generated_before = tokens.generated_tokens(index)
+        self.prefilled_before = tokens.prefilled_tokens(index)
+        self.q_calls = self.prm_calls = self.expansions = 0
+
     def counters(self, tokens: StepExpander | TextGenerator, index: int) -> SearchCounters:
         return SearchCounters(
             generated_tokens=tokens.generated_tokens(index) - self.generated_before,
@@ -103,22 +101,22 @@ class Tally:
 
 
 def _run_round(planners: list[Planner], tallies: list[Tally], expander: StepExpander,
-               q_fn: QValueFunction | None, utility: ProcessUtility,
-               waiting: dict[int, list[ExpandRequest]]) -> None:
-    """One expander call (more where the cache is full), one Q̂ call, one utility call,
-    one release call (if needed). A planner's requests that ``waiting`` holds are made
-    again instead of asking it for new ones; those this round leaves out go there."""
-    proposals = [waiting.pop(planner.problem_index, None) or planner.propose()
-                 for planner in planners]
+               q_fn: QValueFunction | None, utility: ProcessUtility, room: RoomKeeper) -> None:
+    """One expander call (more where the cache is full: ``room``), one Q̂ call, one
+    utility call, and a release call before the expander's (for the planners that have
+    just finished) and after it (for the rest), where there are handles to free."""
+    proposals = room.proposals(planners)
     for planner, proposal in zip(planners, proposals):
         if not proposal and not planner.done:
             raise RuntimeError(f"planner of problem {planner.problem_index} proposed nothing "
                                "but is not done")
-    going, children = _expand_with_room(expander, proposals)
-    for k, (planner, proposal) in enumerate(zip(planners, proposals)):
-        if proposal and k not in going:
-            waiting[planner.problem_index] = proposal
-    proposals = [proposal if k in going else [] for k, proposal in enumerate(proposals)]
+    # What the planners that have just finished held is freed before the call, which
+    # may need the room.
+    finished = [handle for planner, proposal in zip(planners, proposals) if not proposal
+                for handle in planner.take_released()]
+    if finished:
+        expander.release(finished)
+    children = room.expand(planners, tallies, proposals)
     requests = [request for proposal in proposals for request in proposal]
     items = [QItem(problem_index=r.problem_index, prefix_steps=r.node.steps,
                    step_text=step.text, hidden=step.hidden, logprob=step.logprob)
@@ -139,38 +137,6 @@ def _run_round(planners: list[Planner], tallies: list[Tally], expander: StepExpa
         released += planner.take_released()
     if released:
         expander.release(released)
-
-
-def _expand_with_room(expander: StepExpander, proposals: list[list[ExpandRequest]]
-                      ) -> tuple[set[int], list[list[Step]]]:
-    """(the planners whose proposals were expanded, the children of their requests in
-    order): every planner's where the cache has room, else the first half's, the first
-    quarter's, ... the first's, then each other's alone (module docstring)."""
-    asking = [k for k, proposal in enumerate(proposals) if proposal]
-    sizes = [len(asking)]
-    while sizes[-1] > 1:
-        sizes.append(-(-sizes[-1] // 2))
-    full = None
-    for going in [asking[:n] for n in sizes] + [[k] for k in asking[1:]]:
-        try:
-            return set(going), _expand(expander, [r for k in going for r in proposals[k]])
-        except NoRoom as error:
-            full = error
-    raise full.__cause__ or full
-
-
-def _expand(expander: StepExpander, requests: list[ExpandRequest]) -> list[list[Step]]:
-    if not requests:
-        return []
-    children = expander.expand(requests)
-    if len(children) != len(requests):
-        raise ValueError(f"expander returned {len(children)} child lists for "
-                         f"{len(requests)} requests")
-    for request, steps in zip(requests, children):
-        if len(steps) > request.num_children:
-            raise ValueError(f"expander returned {len(steps)} steps for a request of "
-                             f"{request.num_children} (problem {request.problem_index})")
-    return children
 
 
 def _scores(score: Callable[[Sequence[QItem]], np.ndarray], items: list[QItem],

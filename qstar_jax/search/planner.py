@@ -108,6 +108,14 @@ class Planner(RoundPlanner[ExpandRequest, ScoredStep], Protocol):
     def take_released(self) -> list[Any]:
         """Handles that can be freed now; each handle is returned exactly once."""
 
+    @property
+    def holds_handles(self) -> bool:
+        """Whether any handle it was given is not yet handed back."""
+
+    def abandon(self) -> list[Any]:
+        """Every handle not yet handed back, to be freed: the search is given up (to begin
+        again with a fresh planner) and this planner is not used again."""
+
 
 class RoundGuard:
     """The propose/absorb alternation every planner keeps: ``propose`` only on a live

@@ -90,6 +90,11 @@ class SearchTree:
         if node.id in self._held:
             self._release_handle(self._held.pop(node.id))
 
+    @property
+    def holds_handles(self) -> bool:
+        """Whether a handle is held or released and not yet taken."""
+        return bool(self._held or self._released)
+
     def release_all(self) -> None:
         for node_id in sorted(self._held):
             self._release_handle(self._held.pop(node_id))
@@ -127,6 +132,14 @@ class TreePlanner(RoundGuard):
         self._tree = SearchTree(problem_index, agg=agg, lam=lam, h_agg=h_agg)
 
     def take_released(self) -> list[Any]:
+        return self._tree.take_released()
+
+    @property
+    def holds_handles(self) -> bool:
+        return self._tree.holds_handles
+
+    def abandon(self) -> list[Any]:
+        self._finish()
         return self._tree.take_released()
 
     def _finish(self) -> None:

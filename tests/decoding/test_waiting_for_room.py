@@ -1,7 +1,7 @@
 """Searches on a real decoder whose page pool cannot hold every problem's tree at once:
 the expander's call that finds the pool full leaves the decoder and the token counts as
-it found them, and the driver's planners that wait for pages grow the trees that a pool
-with room for all grows."""
+it found them, and the searches that wait for pages, or are begun again to make room,
+grow the trees that a pool with room for all grows."""
 
 import numpy as np
 import pytest
@@ -45,7 +45,7 @@ class VowelAnswers:
         return any(c in "aeiou" for c in text)
 
 
-def _searched(random_model, pages: int):
+def _searched(random_model, pages: int, *, progress: bool = False):
     """(the results of A* on PROBLEMS problems over ``pages`` pages, the expander)."""
     newlines = np.zeros(64, bool)
     newlines[:NEWLINES] = True
@@ -58,7 +58,7 @@ def _searched(random_model, pages: int):
                              for i in range(PROBLEMS)], prompts, seed=0, step_token_cap=6)
     expander = DecoderExpander(runtime)
     results = run_search(PROBLEMS, lambda i: AStarPlanner(i, CONFIG), expander, HiddenQ(),
-                         include_trees=True, progress=False)
+                         include_trees=True, progress=progress, description="astar")
     decoder.pages.check_counts()
     assert decoder.pages.num_free_pages == pages and not decoder.pool.allocated
     return results, expander
@@ -79,30 +79,35 @@ def _scores(results):
     return [[r.score] + [n["h"] for n in r.tree["nodes"]] for r in results]
 
 
-def test_searches_that_wait_for_pages_grow_the_trees_a_roomy_pool_grows(random_model,
-                                                                        monkeypatch):
-    """The four searches peak at 34 pages (of 4 tokens) together. On 20, some calls find
-    the pool full and their planners wait; every tree, answer and token count is the one
-    of 400 pages, where no call does (scores to float32 rounding), and every page goes
-    back."""
-    refused = []
-    expand = DecoderExpander.expand
+@pytest.fixture(scope="module")
+def roomy(random_model):
+    """The searches on 400 pages, where no call finds the pool full."""
+    results, _ = _searched(random_model, pages=400, progress=True)
+    return results
 
-    def counting(self, requests):
-        try:
-            return expand(self, requests)
-        except NoRoom:
-            refused.append(len(requests))
-            raise
 
-    monkeypatch.setattr(DecoderExpander, "expand", counting)
-    roomy, _ = _searched(random_model, pages=400)
-    assert not refused
-    tight, _ = _searched(random_model, pages=20)
-    assert refused
+@pytest.mark.parametrize("pages, waited", [
+    (20, "6 rounds left searches waiting, 0 searches were begun again"),
+    (18, "4 rounds left searches waiting, 1 searches were begun again")])
+def test_searches_short_of_pages_grow_the_trees_a_roomy_pool_grows(random_model, roomy,
+                                                                  capsys, pages, waited):
+    """The four searches peak at 34 pages (of 4 tokens) together. On 20, some rounds find
+    the pool full and their planners wait; on 18, the waiting searches' trees also hold
+    the pages the first needs, and one search is begun again. Every tree, answer and
+    token count is the one of 400 pages (scores to float32 rounding), and every page
+    goes back. (On 17 the first search alone outgrows what the pool leaves it, and the
+    search stops with the pool's error.)"""
+    capsys.readouterr()
+    tight, _ = _searched(random_model, pages=pages, progress=True)
+    assert f"[qstar] astar: the KV cache was short of room: {waited} " in capsys.readouterr().out
     assert _grown(tight) == _grown(roomy)
     for tight_scores, roomy_scores in zip(_scores(tight), _scores(roomy)):
         np.testing.assert_allclose(tight_scores, roomy_scores, rtol=1e-5, atol=1e-6)
+
+
+def test_a_search_the_pool_cannot_hold_alone_stops_with_the_pools_error(random_model):
+    with pytest.raises(PagePoolExhausted, match="only 4 of 17 are free"):
+        _searched(random_model, pages=17)
 
 
 def test_a_call_that_finds_the_pool_full_leaves_the_decoder_and_counts_as_they_were(

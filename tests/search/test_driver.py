@@ -7,7 +7,7 @@ import pytest
 
 from qstar_jax.search import driver
 from qstar_jax.search.aggregate import Agg, aggregate
-from qstar_jax.search.astar import AStarConfig, AStarPlanner
+from qstar_jax.search.astar import AStarConfig, AStarPlanner, Budget
 from qstar_jax.search.beam import BeamConfig, BeamPlanner
 from qstar_jax.search.chains import greedy_planner
 from qstar_jax.search.driver import run_search
@@ -49,7 +49,9 @@ def test_mixed_planners_share_rounds_and_counters_add_up():
     # Round 1: three roots; round 2: a, s, u; round 3: s t only.
     assert [len(call) for call in expander.expand_calls] == [3, 3, 1]
     assert q_fn.batches == [6, 5, 1]
-    assert len(expander.release_calls) <= 3  # at most one release call per round
+    # One release call after each round's expansions, and one before the call of a round
+    # in which a planner has just finished (A* ends in round 4, proposing nothing).
+    assert expander.release_calls == [[6], [7, 1, 4, 5, 11, 10], [2, 3, 8], [9, 12]]
     assert [r.steps for r in results] == [("a", "a1"), ("s", "t", "=1"), ("u", "=2")]
     # g sums PRM rewards along the path: .5 + .7, and f adds Q̂ .8.
     assert results[0].score == pytest.approx(.5 + .7 + .8)
@@ -120,25 +122,62 @@ def test_planners_wait_for_room_in_the_cache_and_search_as_they_would_with_room(
     """Room for 6 handles. Round 1's three roots and their children (9) do not fit, the
     first two problems' (6) do: the beam (problem 2) waits with its root. Round 2: all
     three do not fit, nor A* and greedy; A* alone does (its first two of the halving),
-    and greedy waits with s. Round 3: A* has found a1 and is done; greedy alone fits
-    before the beam, which goes on in round 4 beside greedy's last step, as A* has
-    released its tree. Every search is what it is with room for all, and a line after
-    the progress bar says that searches waited."""
+    and greedy waits with s. Round 3: A* has found a1 and is done, and what it held is
+    freed before the call, in which greedy and the beam fit together. Every search is
+    what it is with room for all, and a line after the progress bar says that searches
+    waited."""
     roomy = run_search(3, make_planner, FakeExpander(TREES, prompt_tokens=7), HiddenQ(),
                        PRMUtility(prm=HiddenRewardPRM()), progress=False)
     tight = RoomLimitedExpander(TREES, room=6)
     results = run_search(3, make_planner, tight, HiddenQ(), PRMUtility(prm=HiddenRewardPRM()),
                          description="mixed")
     assert capsys.readouterr().out == (
-        "[qstar] mixed: the KV cache had no room for every search's round 3 times, and some "
-        "searches waited (the same results; more decode.pages or decode.slots would run them "
-        "side by side)\n")
+        "[qstar] mixed: the KV cache was short of room: 2 rounds left searches waiting, 0 "
+        "searches were begun again (the same results, each counted for the attempt that "
+        "finished; more decode.pages or decode.slots would run them side by side)\n")
     assert tight.refused > 0 and tight.peak_held <= 6 and not tight.live
     tight.assert_released_promptly()
     assert [[(r.problem_index, r.node.steps) for r in call] for call in tight.expand_calls] == [
-        [(0, ()), (1, ())], [(0, ("a",))], [(1, ("s",))], [(1, ("s", "t")), (2, ())],
-        [(2, ("u",))]]
-    assert tight.refused == 1 + 2 + 1
+        [(0, ()), (1, ())], [(0, ("a",))], [(1, ("s",)), (2, ())],
+        [(1, ("s", "t")), (2, ("u",))]]
+    assert tight.refused == 1 + 2
+    without_wall = [dataclasses.replace(r, counters=dataclasses.replace(r.counters, wall_s=0))
+                    for r in results]
+    assert without_wall == [dataclasses.replace(r, counters=dataclasses.replace(
+        r.counters, wall_s=0)) for r in roomy]
+
+
+def test_a_search_that_holds_the_room_another_needs_begins_again_with_the_same_results(
+        capsys):
+    """Two A* searches (K = 3, 3 expansions, no early end) in room for 9 handles. Round 1
+    starts both (8). Round 2 fits the first's expansion alone: the second waits, holding
+    its three children. Round 3: the first's next expansion does not fit, nor does the
+    second's, alone or together: the second, holding handles, is begun again, its handles
+    freed, and the first goes on. The second's search then runs alone from its root, and
+    both grow the trees, answers and counts they grow with room for both."""
+    def spec(p):
+        return tree({"": [child(p + "a", .9), child(p + "b", .5), child(p + "c", .1)],
+                     p + "a": [child(p + "a1", .8), child(p + "a2", .4), child(p + "a3", .2)],
+                     f"{p}a {p}a1": [child(p + "d1", .7, end=True), child(p + "d2", .3),
+                                     child(p + "d3", .1)]})
+
+    trees = {0: spec("p"), 1: spec("q")}
+
+    def astar(i):
+        return AStarPlanner(i, AStarConfig(k=3, n_complete=9, agg=Agg.sum,
+                                           budget=Budget(max_expansions=3)))
+
+    roomy = run_search(2, astar, FakeExpander(trees, prompt_tokens=7), HiddenQ(),
+                       include_trees=True, progress=False)
+    tight = RoomLimitedExpander(trees, room=9)
+    results = run_search(2, astar, tight, HiddenQ(), include_trees=True, description="two")
+    assert [[(r.problem_index, r.node.steps) for r in call] for call in tight.expand_calls] == [
+        [(0, ()), (1, ())], [(0, ("pa",))], [(0, ("pa", "pa1"))], [(1, ())], [(1, ("qa",))],
+        [(1, ("qa", "qa1"))]]
+    assert tight.peak_held <= 9 and not tight.live
+    assert capsys.readouterr().out.startswith(
+        "[qstar] two: the KV cache was short of room: 1 rounds left searches waiting, 1 "
+        "searches were begun again")
     without_wall = [dataclasses.replace(r, counters=dataclasses.replace(r.counters, wall_s=0))
                     for r in results]
     assert without_wall == [dataclasses.replace(r, counters=dataclasses.replace(

@@ -3,6 +3,7 @@ given back, prompt characters (its tokens) charged per problem. Subclasses scrip
 ``sample``."""
 
 import collections
+import contextlib
 import itertools
 
 
@@ -41,6 +42,10 @@ class ScriptedRuntime:
 
     def fork(self, parents, counts):
         return [self._take(n) for n in counts]
+
+    def undone_when_full(self):
+        """A scripted cache is never full."""
+        return contextlib.nullcontext()
 
     def free(self, slots):
         self.held -= set(slots)
