@@ -55,7 +55,7 @@ pool at once (``PageTable.peak_pages_in_use``: held, reserved for a write, or le
 trie call) x page bytes; (b) the most slots allocated at once x a max_len row's
 bytes; (c) the largest ``generate`` call's K x (prompt + new tokens) x per-token bytes;
 the calls that found the cache full ("refused_calls": ``--pages`` below what (a) peaks at
-makes its searches wait for others' pages, ``search/driver.py``, growing the same trees).
+makes its searches wait for others' pages, ``search/room.py``, growing the same trees).
 
 z ("kv_bytes_vs_distinct_tokens", ``experiments/metered_runtime.py``): (a)'s peak KV
 bytes over the bytes of the distinct tokens the live trees hold right after the decoder
@@ -73,7 +73,7 @@ no token fills (page ends: each live slot's last page, at most), with the live s
     python experiments/bench_search.py [--problems 8] [--k 4] [--expansions 4]
         [--step-tokens 48] [--temperature 0.9] [--n-complete 0] [--threads N]
         [--config configs/smollm2_gsm_symbolic.yaml] [--model SOURCE] [--dtype D]
-        [--fixture FILE] [--shared-prefix] [--runs abcde] [--page-size N]
+        [--fixture FILE] [--shared-prefix] [--runs abcde] [--page-size N] [--pages N]
         [--attention auto|pallas|jnp] [--row-windows auto|gather|copy] [--trace DIR]
 
 On a GPU both sides run there (torch on CUDA where it sees one). A machine that cannot

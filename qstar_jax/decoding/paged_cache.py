@@ -7,9 +7,9 @@ The device holds the pages and, per slot, its page table, length and last hidden
 (``PagedKVCache``); the host holds each slot's page table and every page's reference
 count (``page_table.PageTable``), and gives the device calls their tables. A fork
 copies the parent's table and bumps the counts; on the device only the parent's length
-and last hidden state are copied to the child (``fork_slot_state``). A page shared with another
-slot is copied (``copy_pages``) before a write that keeps its tokens, so a write never
-changes a sibling's tokens.
+and last hidden state are copied to the child (``fork_slot_state``). A page shared with
+another slot is copied (``copy_pages``) before a write that keeps its tokens, so a write
+never changes a sibling's tokens.
 
 On a mesh the pages split over the ``data`` axis as the slots do: each shard's devices
 hold ``P / shards`` pages (``paged_cache_shardings``), and a device call addresses a page

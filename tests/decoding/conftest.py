@@ -28,9 +28,8 @@ def shared_random_decoder(random_model) -> Decoder:
 
 
 def _free_all(decoder: Decoder) -> None:
-    allocated = [s for s in range(decoder.num_slots) if decoder.pool.is_allocated(s)]
-    if allocated:
-        decoder.free(allocated)
+    if decoder.pool.allocated:
+        decoder.free(sorted(decoder.pool.allocated))
 
 
 @pytest.fixture

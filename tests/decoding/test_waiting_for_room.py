@@ -45,23 +45,28 @@ class VowelAnswers:
         return any(c in "aeiou" for c in text)
 
 
-def _searched(random_model, pages: int, *, progress: bool = False):
-    """(the results of A* on PROBLEMS problems over ``pages`` pages, the expander)."""
-    newlines = np.zeros(64, bool)
-    newlines[:NEWLINES] = True
-    decoder = Decoder(random_model, num_slots=48, max_len=RANDOM_MAX_LEN,
+def _runtime(random_model, prompts: list[str], *, pages: int, num_slots: int,
+             newlines: np.ndarray) -> PolicyRuntime:
+    """A runtime of one problem per prompt, on a decoder of ``pages`` pages."""
+    decoder = Decoder(random_model, num_slots=num_slots, max_len=RANDOM_MAX_LEN,
                       newline_table=newlines, eos_ids=[], min_batch_bucket=4,
                       paging=Paging(page_size=PAGE_SIZE, num_pages=pages))
-    prompts = ["bcdfg", "hjk", "lmnpqrst", "vwx"]
-    runtime = PolicyRuntime(decoder, Letters(), VowelAnswers(),
-                            [Problem(id=f"p{i}", question="", reference=None)
-                             for i in range(PROBLEMS)], prompts, seed=0, step_token_cap=6)
-    expander = DecoderExpander(runtime)
-    results = run_search(PROBLEMS, lambda i: AStarPlanner(i, CONFIG), expander, HiddenQ(),
-                         include_trees=True, progress=progress, description="astar")
-    decoder.pages.check_counts()
-    assert decoder.pages.num_free_pages == pages and not decoder.pool.allocated
-    return results, expander
+    return PolicyRuntime(decoder, Letters(), VowelAnswers(),
+                         [Problem(id=f"p{i}", question="", reference=None)
+                          for i in range(len(prompts))], prompts, seed=0, step_token_cap=6)
+
+
+def _searched(random_model, pages: int, *, progress: bool = False):
+    """The results of A* on PROBLEMS problems over ``pages`` pages, every page back."""
+    newlines = np.zeros(64, bool)
+    newlines[:NEWLINES] = True
+    runtime = _runtime(random_model, ["bcdfg", "hjk", "lmnpqrst", "vwx"], pages=pages,
+                       num_slots=48, newlines=newlines)
+    results = run_search(PROBLEMS, lambda i: AStarPlanner(i, CONFIG), DecoderExpander(runtime),
+                         HiddenQ(), include_trees=True, progress=progress, description="astar")
+    runtime.decoder.pages.check_counts()
+    assert runtime.decoder.pages.num_free_pages == pages and not runtime.decoder.pool.allocated
+    return results
 
 
 def _grown(results):
@@ -82,8 +87,7 @@ def _scores(results):
 @pytest.fixture(scope="module")
 def roomy(random_model):
     """The searches on 400 pages, where no call finds the pool full."""
-    results, _ = _searched(random_model, pages=400, progress=True)
-    return results
+    return _searched(random_model, pages=400, progress=True)
 
 
 @pytest.mark.parametrize("pages, waited", [
@@ -98,7 +102,7 @@ def test_searches_short_of_pages_grow_the_trees_a_roomy_pool_grows(random_model,
     goes back. (On 17 the first search alone outgrows what the pool leaves it, and the
     search stops with the pool's error.)"""
     capsys.readouterr()
-    tight, _ = _searched(random_model, pages=pages, progress=True)
+    tight = _searched(random_model, pages=pages, progress=True)
     assert f"[qstar] astar: the KV cache was short of room: {waited} " in capsys.readouterr().out
     assert _grown(tight) == _grown(roomy)
     for tight_scores, roomy_scores in zip(_scores(tight), _scores(roomy)):
@@ -115,13 +119,9 @@ def test_a_call_that_finds_the_pool_full_leaves_the_decoder_and_counts_as_they_w
     """Two roots of 24 tokens and their three children each need more of 14 pages than
     are free: the call raises NoRoom, caused by the pool's error, with no slot or page
     taken and nothing charged; the same call on a pool with room then succeeds."""
-    decoder = Decoder(random_model, num_slots=16, max_len=RANDOM_MAX_LEN,
-                      newline_table=np.zeros(64, bool), eos_ids=[], min_batch_bucket=4,
-                      paging=Paging(page_size=PAGE_SIZE, num_pages=14))
-    runtime = PolicyRuntime(decoder, Letters(), VowelAnswers(),
-                            [Problem(id=f"p{i}", question="", reference=None)
-                             for i in range(2)], ["b" * 24, "c" * 24], seed=0,
-                            step_token_cap=6)
+    runtime = _runtime(random_model, ["b" * 24, "c" * 24], pages=14, num_slots=16,
+                       newlines=np.zeros(64, bool))
+    decoder = runtime.decoder
     [held] = runtime.prefill_tokens([0], [[9, 10, 11]])  # a slot held before the call
     root = Node(id=0, parent=None, steps=(), depth=0, g=0.0, h=0.0, f=0.0, terminal=False,
                 handle=None)
