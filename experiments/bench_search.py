@@ -25,8 +25,12 @@ split_seed 0: the first 16 test problems of that config, in GSM8K's layout, read
     cache (no re-prefill) and our decoder give;
 (e) (b) in the KV bytes (a) peaked at: as many max_len rows as fit (a)'s peak, and the
     problems in waves of as many as those rows hold on average ((b)'s peak slots per
-    problem; a ``run_search`` per wave). (e) against (a) is what pages buy a batched
-    search at equal memory; (b) against (a) at equal settings.
+    problem; a ``run_search`` per wave, whose searches wait for rows where they outgrow
+    them and begin again where waiting cannot help: ``search/room.py``). (e) against (a)
+    is what pages buy a batched search at equal memory; (b) against (a) at equal
+    settings. ``--e-wave N`` sets the wave (``--e-wave`` of all the problems: every
+    search begun at once in the rows, as ``run`` begins a batch too large for its cache,
+    which times the waiting).
 
 Every run drives the same planner (``AStarPlanner``) with Q̂ ≡ 0 and a zero process
 utility (λ = 0, so f = 0 everywhere and the frontier's tie-break, deepest then oldest,
@@ -48,14 +52,18 @@ after one short ``generate``. ``--trace DIR`` profiles a third pass of each of o
 
 Counted, per run: wall-clock of the timed pass; prefilled tokens (ours: each prompt once,
 children are forks; (c): K copies of the whole node text per expansion, as ``generate``
-expands the input before its prefill); generated tokens (what the decoder computed: a
-trie computes a prefix its samples share once); step tokens (the tokens of every step
-handed to the search, copies included); peak KV bytes: (a), (d) the most pages out of the
-pool at once (``PageTable.peak_pages_in_use``: held, reserved for a write, or lent to a
-trie call) x page bytes; (b) the most slots allocated at once x a max_len row's
-bytes; (c) the largest ``generate`` call's K x (prompt + new tokens) x per-token bytes;
-the calls that found the cache full ("refused_calls": ``--pages`` below what (a) peaks at
-makes its searches wait for others' pages, ``search/room.py``, growing the same trees).
+expands the input before its prefill); generated tokens (what the decoder computed for
+the attempts that finished: a trie computes a prefix its samples share once); step
+tokens (the tokens of every step handed to the search, copies and given-up attempts'
+included); peak KV bytes: (a), (d) the most pages out of the pool at once
+(``PageTable.peak_pages_in_use``: held, reserved for a write, or lent to a trie call) x
+page bytes; (b), (e) the most slots allocated at once x a max_len row's bytes; (c) the
+largest ``generate`` call's K x (prompt + new tokens) x per-token bytes; the calls that
+found the cache full ("refused_calls": ``--pages`` below what (a) peaks at makes its
+searches wait for others' pages, ``search/room.py``, growing the same trees); the
+searches begun again where waiting could not help ("begun_again") and the tokens their
+given-up attempts generated ("given_up_tokens": a search is counted for the attempt that
+finished, so these show in wall-clock and here alone).
 
 z ("kv_bytes_vs_distinct_tokens", ``experiments/metered_runtime.py``): (a)'s peak KV
 bytes over the bytes of the distinct tokens the live trees hold right after the decoder
@@ -73,8 +81,9 @@ no token fills (page ends: each live slot's last page, at most), with the live s
     python experiments/bench_search.py [--problems 8] [--k 4] [--expansions 4]
         [--step-tokens 48] [--temperature 0.9] [--n-complete 0] [--threads N]
         [--config configs/smollm2_gsm_symbolic.yaml] [--model SOURCE] [--dtype D]
-        [--fixture FILE] [--shared-prefix] [--runs abcde] [--page-size N] [--pages N]
-        [--attention auto|pallas|jnp] [--row-windows auto|gather|copy] [--trace DIR]
+        [--fixture FILE] [--shared-prefix] [--runs abcde] [--e-wave N] [--page-size N]
+        [--pages N] [--attention auto|pallas|jnp] [--row-windows auto|gather|copy]
+        [--trace DIR]
 
 On a GPU both sides run there (torch on CUDA where it sees one). A machine that cannot
 carry the GGUF runs SmolLM2's shape with random weights (``--model`` a directory
@@ -88,7 +97,8 @@ wall(b)/wall(a), "speedup_vs_slot_copy_equal_kv": wall(e)/wall(a) (null when (e)
 "kv_bytes_vs_distinct_tokens": z, "z_held": ..., "held_places": {"distinct",
 "held_twice", "unfilled", "slots"}, "same_trees": ..., "runs":
 {"a"|"b"|"c"|"d"|"e": {"wall_s", "first_pass_s", "expansions", "prefilled_tokens",
-"generated_tokens", "step_tokens", "peak_kv_bytes"}}, "settings": {...}}. Speedups are
+"generated_tokens", "step_tokens", "peak_kv_bytes", "refused_calls", "begun_again",
+"given_up_tokens"}}, "settings": {...}}. Speedups are
 ratios of speed (greater: the first-named run is faster). Targets on 2 CPU cores:
 a/c >= 5, d/c >= 1.3, a/b >= 1.3, z <= 1.25.
 """
@@ -153,6 +163,9 @@ def parse_args() -> argparse.Namespace:
                         help="which of the runs (a)-(e) to make (default all; (b) takes the "
                              "slots (a) peaked at, or as many as (a) is given without it; "
                              "(e) needs (a))")
+    parser.add_argument("--e-wave", type=int, default=None,
+                        help="(e)'s problems side by side (default: as many as its rows "
+                             "hold at (b)'s peak slots per problem)")
     parser.add_argument("--page-size", type=int, default=None,
                         help="tokens per page of the paged runs (default: the config's)")
     parser.add_argument("--pages", type=int, default=None,
@@ -182,6 +195,8 @@ class RunFigures:
     step_tokens: int
     peak_kv_bytes: int
     refused_calls: int  # expander calls that found the cache full: their searches waited
+    begun_again: int  # searches begun again from their roots to make room (search/room.py)
+    given_up_tokens: int  # generated by the attempts of searches begun again, not counted above
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -190,6 +205,12 @@ class SearchPass:
     results: list
     step_tokens: int
     refused_calls: int
+    begun_again: int
+    generated_all: int  # every token the decoder generated, given-up attempts' too
+
+    @property
+    def given_up_tokens(self) -> int:
+        return self.generated_all - sum(r.counters.generated_tokens for r in self.results)
 
     @property
     def trees_hash(self) -> str:
@@ -203,7 +224,8 @@ class SearchPass:
                           prefilled_tokens=sum(c.prefilled_tokens for c in counters),
                           generated_tokens=sum(c.generated_tokens for c in counters),
                           step_tokens=self.step_tokens, peak_kv_bytes=peak_kv_bytes,
-                          refused_calls=self.refused_calls)
+                          refused_calls=self.refused_calls, begun_again=self.begun_again,
+                          given_up_tokens=self.given_up_tokens)
 
 
 class CountedSteps:
@@ -229,20 +251,26 @@ class CountedSteps:
 
 
 def search(expander, make_planner, problems: int, *, wave: int) -> SearchPass:
-    """Every problem's search, ``wave`` problems side by side in each ``run_search``."""
+    """Every problem's search, ``wave`` problems side by side in each ``run_search``; a
+    planner made again for a problem is its search begun again."""
     from qstar_jax.search.driver import run_search
 
     counted = CountedSteps(expander)
+    planners_made = [0]
 
-    def run(count, make):
+    def run(count, first):
+        def make(i):
+            planners_made[0] += 1
+            return make_planner(first + i)
         return run_search(count, make, counted, None, include_trees=True, progress=False)
 
     start = time.perf_counter()
     results = [r for first in range(0, problems, wave)
-               for r in run(min(wave, problems - first),
-                            lambda i, first=first: make_planner(first + i))]
+               for r in run(min(wave, problems - first), first)]
     return SearchPass(wall_s=time.perf_counter() - start, results=results,
-                      step_tokens=counted.step_tokens, refused_calls=counted.refused_calls)
+                      step_tokens=counted.step_tokens, refused_calls=counted.refused_calls,
+                      begun_again=planners_made[0] - problems,
+                      generated_all=sum(counted.generated_tokens(i) for i in range(problems)))
 
 
 def compile_counter():
@@ -376,7 +404,8 @@ def main() -> None:
                   f"{one.wall_s:7.1f} s, trees {one.trees_hash}, "
                   f"{sum(dec.trace_counts.values()) - traced_before} decoder functions traced, "
                   f"{compiles() - compiled_before} programs compiled, {one.refused_calls} "
-                  "calls found the cache full", flush=True)
+                  f"calls found the cache full, {one.begun_again} searches begun again "
+                  f"({one.given_up_tokens} tokens given up)", flush=True)
         assert passes[0].trees_hash == passes[1].trees_hash, "a rerun grew other trees"
         if args.trace is not None:  # not timed: the profiler slows the host
             with traced(args.trace, f"search_{name}"):
@@ -411,21 +440,17 @@ def main() -> None:
 
     if "b" in runs_wanted:
         row_slot_run("b", peak_slots, n)  # the same trees take the same slots
-    equal_kv_rows = None
+    equal_kv_rows = e_wave = None
     if "e" in runs_wanted:
         equal_kv_rows = runs["a"].peak_kv_bytes // (max_len * token_bytes)
-        wave = equal_kv_rows // cdiv(peak_slots, n)
+        e_wave = min(n, args.e_wave or max(1, equal_kv_rows // cdiv(peak_slots, n)))
         print(f"(e) {equal_kv_rows} max_len rows in (a)'s peak KV, {peak_slots / n:.1f} slots a "
-              f"problem at (a)'s peak: waves of {wave}", flush=True)
-        while wave >= 1 and "e" not in runs:
-            try:
-                row_slot_run("e", equal_kv_rows, wave)
-            except SlotPoolExhausted as error:  # a wave's searches outgrew the rows
-                print(f"(e) waves of {wave}: {error}", flush=True)
-                wave -= 1
-        if "e" not in runs:
-            print(f"(e) {equal_kv_rows} max_len rows do not hold one problem's search",
-                  flush=True)
+              f"problem at (a)'s peak: waves of {e_wave}", flush=True)
+        try:
+            row_slot_run("e", equal_kv_rows, e_wave)
+        except SlotPoolExhausted as error:  # a search alone outgrew the rows
+            print(f"(e) {equal_kv_rows} max_len rows do not hold one problem's search: "
+                  f"{error}", flush=True)
 
     if "c" in runs_wanted:
         runs["c"] = peer_run(args, config, tokenizer, task, problems, prompts, make_planner,
@@ -477,7 +502,7 @@ def main() -> None:
                          attention=resolve_implementation(args.attention),
                          threads=args.threads, max_len=max_len, page_size=page_size,
                          pages=pages,
-                         equal_kv_rows=equal_kv_rows,
+                         equal_kv_rows=equal_kv_rows, e_wave=e_wave,
                          step_chunk=step_chunk, prefix_sharing=prefix_sharing,
                          shared_prefix_attention=args.shared_prefix,
                          row_windows=args.row_windows,

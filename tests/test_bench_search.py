@@ -85,6 +85,33 @@ def test_a_pool_short_of_the_peak_makes_searches_wait_and_grow_the_same_trees(
     assert all(not line.endswith(" 0 calls found the cache full") for line in passes)
 
 
+def test_row_slots_in_as_few_bytes_as_pages_make_searches_wait_and_begin_again(tiny_model):
+    """(e) on 4 problems: (a)'s peak KV holds 4 max_len rows, a search's worth, so the
+    row-slot searches, all begun at once (``--e-wave 4``), wait for rows and some begin
+    again; they grow (a)'s trees, counted for the attempts that finished, and the given-up
+    attempts' tokens are reported apart."""
+    figures, lines = run_bench(tiny_model, "--problems", "4", "--runs", "ae", "--e-wave", "4")
+    runs = figures["runs"]
+    assert (figures["settings"]["equal_kv_rows"], figures["settings"]["e_wave"]) == (4, 4)
+    assert "(e) 4 max_len rows in (a)'s peak KV, 4.0 slots a problem at (a)'s peak: waves of 4" \
+        in lines
+    assert trees_of(lines)["e"] == trees_of(lines)["a"] and figures["same_trees"] is True
+    assert runs["e"]["refused_calls"] > 0 and runs["e"]["begun_again"] > 0
+    assert runs["e"]["given_up_tokens"] > 0
+    for count in ("expansions", "prefilled_tokens", "generated_tokens"):
+        assert runs["e"][count] == runs["a"][count], count
+    # The step tokens count every step handed back, the given-up attempts' too.
+    assert runs["e"]["step_tokens"] > runs["a"]["step_tokens"]
+    assert (runs["a"]["refused_calls"], runs["a"]["begun_again"],
+            runs["a"]["given_up_tokens"]) == (0, 0, 0)
+    assert runs["e"]["peak_kv_bytes"] <= runs["a"]["peak_kv_bytes"]
+    assert figures["speedup_vs_slot_copy_equal_kv"] > 0
+    e_passes = [line for line in lines if line.startswith("(e) ") and " pass " in line]
+    assert len(e_passes) == 2 and all(
+        f"{runs['e']['begun_again']} searches begun again "
+        f"({runs['e']['given_up_tokens']} tokens given up)" in line for line in e_passes)
+
+
 def test_the_ratios_are_of_the_runs_it_reports(report):
     figures, lines = report
     runs = figures["runs"]
@@ -111,8 +138,12 @@ def test_the_ratios_are_of_the_runs_it_reports(report):
         r"z = (\d+) peak pages x (\d+) / (\d+) distinct tokens = ", z_line).groups())
     assert size == page_size and figures["kv_bytes_vs_distinct_tokens"] == round(
         pages * size / distinct, 3)
-    # (e): the row slots that fit (a)'s peak KV are too few to hold one problem's search.
+    # (e): the row slots that fit (a)'s peak KV are too few to hold one problem's search
+    # (test_row_slots_in_as_few_bytes_as_pages_make_searches_wait_and_begin_again gives
+    # them enough).
     assert figures["speedup_vs_slot_copy_equal_kv"] is None
+    e_line, = [line for line in lines if "do not hold one problem's search" in line]
+    assert e_line.startswith(f"(e) {figures['settings']['equal_kv_rows']} max_len rows")
     assert figures["settings"]["equal_kv_rows"] >= 1
 
 
@@ -177,6 +208,9 @@ def test_a_pass_searches_in_waves_and_sums_each_results_counts(monkeypatch):
             return [[SimpleNamespace(token_ids=[7] * r), SimpleNamespace(token_ids=[8])]
                     for r in requests]
 
+        def generated_tokens(self, problem_index):
+            return problem_index + 1  # what each result counts: nothing given up
+
     monkeypatch.setattr("qstar_jax.search.driver.run_search", run_search)
     result = bench_search.search(Expander(), lambda i: i, 5, wave=2)
     assert calls == [[0, 1], [2, 3], [4]]
@@ -186,6 +220,7 @@ def test_a_pass_searches_in_waves_and_sums_each_results_counts(monkeypatch):
         5, 100, 15)
     assert (figures.wall_s, figures.first_pass_s, figures.step_tokens,
             figures.peak_kv_bytes) == (result.wall_s, 2.5, 10 + 5, 4096)
+    assert (figures.begun_again, figures.given_up_tokens) == (0, 0)
     again = bench_search.search(Expander(), lambda i: i, 5, wave=5)
     assert calls[-1] == [0, 1, 2, 3, 4] and again.trees_hash == result.trees_hash
     other = bench_search.search(Expander(), lambda i: 4 - i, 5, wave=5)
