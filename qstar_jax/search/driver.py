@@ -107,7 +107,7 @@ def _run_round(planners: list[Planner], tallies: list[Tally], expander: StepExpa
     just finished) and after it (for the rest), where there are handles to free."""
     proposals = room.proposals(planners)
     for planner, proposal in zip(planners, proposals):
-        if not proposal and not planner.done:
+        if not proposal and not planner.done and not room.holds_back(planner):
             raise RuntimeError(f"planner of problem {planner.problem_index} proposed nothing "
                                "but is not done")
     # What the planners that have just finished held is freed before the call, which

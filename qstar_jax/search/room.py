@@ -11,6 +11,14 @@ its search begun again from its root by a fresh planner), and the round is tried
 down to the first planner, which is never restarted. Only a search that does not fit
 alone in the cache raises the decoder's error.
 
+Once a search has been restarted, the batch is known not to fit at once: that search
+and every other holding nothing (not yet begun, or restarted before) are held back from
+the rounds, and one rejoins, the earliest problem first, each time a search finishes
+(or when every unfinished search is held back). Let back at once, they would take the
+room again and other searches would be begun again in their place: SmolLM2's eight
+searches in a search's worth of row slots were begun again 11 times so, giving up half
+the tokens they kept (``experiments/bench_search.py --runs ae --e-wave 8``).
+
 A search's tree does not depend on which round expands a node, nor on how often it was
 begun (the samples are keyed by problem and node), so waiting and restarting change no
 result but wall-clock: a restarted search counts the tokens, expansions and calls of the
@@ -35,13 +43,60 @@ class RoomKeeper:
         self.expander, self.make_planner, self.planners = expander, make_planner, planners
         self.position = {planner.problem_index: k for k, planner in enumerate(planners)}
         self.waiting: dict[int, list[ExpandRequest]] = {}
+        self.held_back: list[int] = []  # problem indices, in problem order (_hold_back)
+        self._finished: set[int] = set()  # problems finished when last counted
         self.rounds_short = 0  # rounds that left some planners' requests out
         self.restarts = 0
 
     def proposals(self, planners: list[Planner]) -> list[list[ExpandRequest]]:
-        """Each planner's requests for this round: those it waits with, else new ones."""
-        return [self.waiting.pop(planner.problem_index, None) or planner.propose()
-                for planner in planners]
+        """Each planner's requests for this round: those it waits with, else new ones;
+        none from a planner held back. A search that finishes as it proposes (nothing
+        left to ask) lets a held-back one in, which then proposes too."""
+        proposals: dict[int, list[ExpandRequest]] = {}
+        while True:
+            self._let_back_in(planners)
+            asked = [k for k, planner in enumerate(planners)
+                     if k not in proposals and not self.holds_back(planner)]
+            if not asked:
+                return [proposals.get(k, []) for k in range(len(planners))]
+            for k in asked:
+                index = planners[k].problem_index
+                proposals[k] = self.waiting.pop(index, None) or planners[k].propose()
+
+    def holds_back(self, planner: Planner) -> bool:
+        """Whether the planner's search waits to begin until another finishes."""
+        return planner.problem_index in self.held_back
+
+    def _let_back_in(self, planners: list[Planner]) -> None:
+        """One held-back search rejoins for each search finished since last counted; the
+        first of them when every one of ``planners`` (the unfinished) is held back."""
+        finished = self._count_finished()
+        del self.held_back[:len(finished)]
+        if self.held_back and all(self.holds_back(planner) for planner in planners):
+            del self.held_back[0]
+
+    def _count_finished(self) -> set[int]:
+        """The problems whose searches have finished since last counted."""
+        finished = {planner.problem_index for planner in self.planners if planner.done}
+        new, self._finished = finished - self._finished, finished
+        return new
+
+    def _hold_back(self, planners: list[Planner],
+                   proposals: list[list[ExpandRequest]]) -> None:
+        """Hold back every unfinished search of the batch that holds nothing, keeping the
+        requests of those in this round (``planners``) for when they rejoin; only searches
+        finishing from now on let them in."""
+        self._count_finished()
+        in_round = {planner.problem_index: k for k, planner in enumerate(planners)}
+        for planner in self.planners:
+            index = planner.problem_index
+            if planner.done or planner.holds_handles or index in self.held_back:
+                continue
+            self.held_back.append(index)
+            k = in_round.get(index)
+            if k is not None and proposals[k]:
+                self.waiting[index], proposals[k] = proposals[k], []
+        self.held_back.sort(key=self.position.__getitem__)
 
     def expand(self, planners: list[Planner], tallies: list,
                proposals: list[list[ExpandRequest]]) -> list[list[Step]]:
@@ -72,6 +127,7 @@ class RoomKeeper:
             self.planners[self.position[index]] = planners[k] = fresh
             self.waiting.pop(index, None)
             proposals[k] = []
+            self._hold_back(planners, proposals)
             tallies[k].begin_again(self.expander, index)
             self.restarts += 1
             return True

@@ -147,6 +147,20 @@ def test_planners_wait_for_room_in_the_cache_and_search_as_they_would_with_room(
         r.counters, wall_s=0)) for r in roomy]
 
 
+def three_deep_tree(p: str) -> dict:
+    """A search tree for A* with K = 3: each expansion's first child is expanded next."""
+    return tree({"": [child(p + "a", .9), child(p + "b", .5), child(p + "c", .1)],
+                 p + "a": [child(p + "a1", .8), child(p + "a2", .4), child(p + "a3", .2)],
+                 f"{p}a {p}a1": [child(p + "d1", .7, end=True), child(p + "d2", .3),
+                                 child(p + "d3", .1)]})
+
+
+def three_expansion_astar(i: int) -> AStarPlanner:
+    """A* with K = 3 and 3 expansions, not ending early."""
+    return AStarPlanner(i, AStarConfig(k=3, n_complete=9, agg=Agg.sum,
+                                       budget=Budget(max_expansions=3)))
+
+
 def test_a_search_that_holds_the_room_another_needs_begins_again_with_the_same_results(
         capsys):
     """Two A* searches (K = 3, 3 expansions, no early end) in room for 9 handles. Round 1
@@ -155,17 +169,8 @@ def test_a_search_that_holds_the_room_another_needs_begins_again_with_the_same_r
     second's, alone or together: the second, holding handles, is begun again, its handles
     freed, and the first goes on. The second's search then runs alone from its root, and
     both grow the trees, answers and counts they grow with room for both."""
-    def spec(p):
-        return tree({"": [child(p + "a", .9), child(p + "b", .5), child(p + "c", .1)],
-                     p + "a": [child(p + "a1", .8), child(p + "a2", .4), child(p + "a3", .2)],
-                     f"{p}a {p}a1": [child(p + "d1", .7, end=True), child(p + "d2", .3),
-                                     child(p + "d3", .1)]})
-
-    trees = {0: spec("p"), 1: spec("q")}
-
-    def astar(i):
-        return AStarPlanner(i, AStarConfig(k=3, n_complete=9, agg=Agg.sum,
-                                           budget=Budget(max_expansions=3)))
+    trees = {0: three_deep_tree("p"), 1: three_deep_tree("q")}
+    astar = three_expansion_astar
 
     roomy = run_search(2, astar, FakeExpander(trees, prompt_tokens=7), HiddenQ(),
                        include_trees=True, progress=False)
@@ -177,6 +182,35 @@ def test_a_search_that_holds_the_room_another_needs_begins_again_with_the_same_r
     assert tight.peak_held <= 9 and not tight.live
     assert capsys.readouterr().out.startswith(
         "[qstar] two: the KV cache was short of room: 1 rounds left searches waiting, 1 "
+        "searches were begun again")
+    without_wall = [dataclasses.replace(r, counters=dataclasses.replace(r.counters, wall_s=0))
+                    for r in results]
+    assert without_wall == [dataclasses.replace(r, counters=dataclasses.replace(
+        r.counters, wall_s=0)) for r in roomy]
+
+
+def test_searches_begun_again_and_not_yet_begun_wait_for_one_to_finish_before_each_begins(
+        capsys):
+    """Four such searches in room for 9 handles. As above, the second is begun again in
+    round 3; the third and fourth, waiting with their roots, hold nothing, and all three
+    are held back: each begins when the one before it has finished, and none is begun
+    again. (Let in as soon as their roots fit, the third and fourth began beside the
+    first's last expansion, the second then took their room back from them, and three
+    searches were begun again.)"""
+    trees = {i: three_deep_tree(p) for i, p in enumerate("pqrs")}
+    roomy = run_search(4, three_expansion_astar, FakeExpander(trees, prompt_tokens=7),
+                       HiddenQ(), include_trees=True, progress=False)
+    tight = RoomLimitedExpander(trees, room=9)
+    results = run_search(4, three_expansion_astar, tight, HiddenQ(), include_trees=True,
+                         description="four")
+    alone = [[[(i, ())], [(i, (p + "a",))], [(i, (p + "a", p + "a1"))]]
+             for i, p in enumerate("qrs", start=1)]
+    assert [[(r.problem_index, r.node.steps) for r in call] for call in tight.expand_calls] == [
+        [(0, ()), (1, ())], [(0, ("pa",))], [(0, ("pa", "pa1"))], *alone[0], *alone[1],
+        *alone[2]]
+    assert tight.peak_held <= 9 and not tight.live
+    assert capsys.readouterr().out.startswith(
+        "[qstar] four: the KV cache was short of room: 2 rounds left searches waiting, 1 "
         "searches were begun again")
     without_wall = [dataclasses.replace(r, counters=dataclasses.replace(r.counters, wall_s=0))
                     for r in results]
