@@ -191,7 +191,7 @@ def test_a_pass_searches_in_waves_and_sums_each_results_counts(monkeypatch):
     """search() over 5 problems in waves of 2 runs run_search on planners [0, 1], [2, 3],
     [4], every step handed back counted; figures() sums the results' counters."""
     monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    import bench_search
+    import search_passes
 
     calls = []
 
@@ -212,7 +212,7 @@ def test_a_pass_searches_in_waves_and_sums_each_results_counts(monkeypatch):
             return problem_index + 1  # what each result counts: nothing given up
 
     monkeypatch.setattr("qstar_jax.search.driver.run_search", run_search)
-    result = bench_search.search(Expander(), lambda i: i, 5, wave=2)
+    result = search_passes.search(Expander(), lambda i: i, 5, wave=2)
     assert calls == [[0, 1], [2, 3], [4]]
     assert result.step_tokens == (0 + 1 + 2 + 3 + 4) + 5  # r tokens and 1 each request
     figures = result.figures(first_pass_s=2.5, peak_kv_bytes=4096)
@@ -221,9 +221,9 @@ def test_a_pass_searches_in_waves_and_sums_each_results_counts(monkeypatch):
     assert (figures.wall_s, figures.first_pass_s, figures.step_tokens,
             figures.peak_kv_bytes) == (result.wall_s, 2.5, 10 + 5, 4096)
     assert (figures.begun_again, figures.given_up_tokens) == (0, 0)
-    again = bench_search.search(Expander(), lambda i: i, 5, wave=5)
+    again = search_passes.search(Expander(), lambda i: i, 5, wave=5)
     assert calls[-1] == [0, 1, 2, 3, 4] and again.trees_hash == result.trees_hash
-    other = bench_search.search(Expander(), lambda i: 4 - i, 5, wave=5)
+    other = search_passes.search(Expander(), lambda i: 4 - i, 5, wave=5)
     assert other.trees_hash != result.trees_hash  # the same trees in another order
 
 
