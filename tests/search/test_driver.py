@@ -118,6 +118,12 @@ class RoomLimitedExpander(FakeExpander):
         return super().expand(requests)
 
 
+def without_wall(results):
+    """The results with their wall-clock zeroed: what a schedule must not change."""
+    return [dataclasses.replace(r, counters=dataclasses.replace(r.counters, wall_s=0))
+            for r in results]
+
+
 def test_planners_wait_for_room_in_the_cache_and_search_as_they_would_with_room(capsys):
     """Room for 6 handles. Round 1's three roots and their children (9) do not fit, the
     first two problems' (6) do: the beam (problem 2) waits with its root. Round 2: all
@@ -141,10 +147,7 @@ def test_planners_wait_for_room_in_the_cache_and_search_as_they_would_with_room(
         [(0, ()), (1, ())], [(0, ("a",))], [(1, ("s",)), (2, ())],
         [(1, ("s", "t")), (2, ("u",))]]
     assert tight.refused == 1 + 2
-    without_wall = [dataclasses.replace(r, counters=dataclasses.replace(r.counters, wall_s=0))
-                    for r in results]
-    assert without_wall == [dataclasses.replace(r, counters=dataclasses.replace(
-        r.counters, wall_s=0)) for r in roomy]
+    assert without_wall(results) == without_wall(roomy)
 
 
 def three_deep_tree(p: str) -> dict:
@@ -161,6 +164,21 @@ def three_expansion_astar(i: int) -> AStarPlanner:
                                        budget=Budget(max_expansions=3)))
 
 
+def calls_in_room(trees: dict, room: int, description: str) -> list[list[tuple]]:
+    """``three_expansion_astar`` on each of ``trees`` in room for ``room`` handles: the
+    (problem, node steps) of each expander call's requests, once the searches are checked
+    to grow what they grow with room for all, in that room, every handle freed."""
+    roomy = run_search(len(trees), three_expansion_astar,
+                       FakeExpander(trees, prompt_tokens=7), HiddenQ(), include_trees=True,
+                       progress=False)
+    tight = RoomLimitedExpander(trees, room=room)
+    results = run_search(len(trees), three_expansion_astar, tight, HiddenQ(),
+                         include_trees=True, description=description)
+    assert without_wall(results) == without_wall(roomy)
+    assert tight.peak_held <= room and not tight.live
+    return [[(r.problem_index, r.node.steps) for r in call] for call in tight.expand_calls]
+
+
 def test_a_search_that_holds_the_room_another_needs_begins_again_with_the_same_results(
         capsys):
     """Two A* searches (K = 3, 3 expansions, no early end) in room for 9 handles. Round 1
@@ -169,24 +187,12 @@ def test_a_search_that_holds_the_room_another_needs_begins_again_with_the_same_r
     second's, alone or together: the second, holding handles, is begun again, its handles
     freed, and the first goes on. The second's search then runs alone from its root, and
     both grow the trees, answers and counts they grow with room for both."""
-    trees = {0: three_deep_tree("p"), 1: three_deep_tree("q")}
-    astar = three_expansion_astar
-
-    roomy = run_search(2, astar, FakeExpander(trees, prompt_tokens=7), HiddenQ(),
-                       include_trees=True, progress=False)
-    tight = RoomLimitedExpander(trees, room=9)
-    results = run_search(2, astar, tight, HiddenQ(), include_trees=True, description="two")
-    assert [[(r.problem_index, r.node.steps) for r in call] for call in tight.expand_calls] == [
-        [(0, ()), (1, ())], [(0, ("pa",))], [(0, ("pa", "pa1"))], [(1, ())], [(1, ("qa",))],
-        [(1, ("qa", "qa1"))]]
-    assert tight.peak_held <= 9 and not tight.live
+    calls = calls_in_room({0: three_deep_tree("p"), 1: three_deep_tree("q")}, 9, "two")
+    assert calls == [[(0, ()), (1, ())], [(0, ("pa",))], [(0, ("pa", "pa1"))], [(1, ())],
+                     [(1, ("qa",))], [(1, ("qa", "qa1"))]]
     assert capsys.readouterr().out.startswith(
         "[qstar] two: the KV cache was short of room: 1 rounds left searches waiting, 1 "
         "searches were begun again")
-    without_wall = [dataclasses.replace(r, counters=dataclasses.replace(r.counters, wall_s=0))
-                    for r in results]
-    assert without_wall == [dataclasses.replace(r, counters=dataclasses.replace(
-        r.counters, wall_s=0)) for r in roomy]
 
 
 def test_searches_begun_again_and_not_yet_begun_wait_for_one_to_finish_before_each_begins(
@@ -197,25 +203,14 @@ def test_searches_begun_again_and_not_yet_begun_wait_for_one_to_finish_before_ea
     again. (Let in as soon as their roots fit, the third and fourth began beside the
     first's last expansion, the second then took their room back from them, and three
     searches were begun again.)"""
-    trees = {i: three_deep_tree(p) for i, p in enumerate("pqrs")}
-    roomy = run_search(4, three_expansion_astar, FakeExpander(trees, prompt_tokens=7),
-                       HiddenQ(), include_trees=True, progress=False)
-    tight = RoomLimitedExpander(trees, room=9)
-    results = run_search(4, three_expansion_astar, tight, HiddenQ(), include_trees=True,
-                         description="four")
+    calls = calls_in_room({i: three_deep_tree(p) for i, p in enumerate("pqrs")}, 9, "four")
     alone = [[[(i, ())], [(i, (p + "a",))], [(i, (p + "a", p + "a1"))]]
              for i, p in enumerate("qrs", start=1)]
-    assert [[(r.problem_index, r.node.steps) for r in call] for call in tight.expand_calls] == [
-        [(0, ()), (1, ())], [(0, ("pa",))], [(0, ("pa", "pa1"))], *alone[0], *alone[1],
-        *alone[2]]
-    assert tight.peak_held <= 9 and not tight.live
+    assert calls == [[(0, ()), (1, ())], [(0, ("pa",))], [(0, ("pa", "pa1"))], *alone[0],
+                     *alone[1], *alone[2]]
     assert capsys.readouterr().out.startswith(
         "[qstar] four: the KV cache was short of room: 2 rounds left searches waiting, 1 "
         "searches were begun again")
-    without_wall = [dataclasses.replace(r, counters=dataclasses.replace(r.counters, wall_s=0))
-                    for r in results]
-    assert without_wall == [dataclasses.replace(r, counters=dataclasses.replace(
-        r.counters, wall_s=0)) for r in roomy]
 
 
 def test_a_search_no_room_holds_even_alone_raises_the_decoders_error():
