@@ -140,7 +140,9 @@ class RoomKeeper:
         return (f"[qstar] {description}: the KV cache was short of room: {self.rounds_short} "
                 f"rounds left searches waiting, {self.restarts} searches were begun again "
                 "(the same results, each counted for the attempt that finished; more "
-                "decode.pages or decode.slots would run them side by side)")
+                "decode.pages or decode.slots would run them side by side, and "
+                "eval.problems_per_batch at python -m qstar_jax.memory_plan's "
+                "searches_in_flight would spare the wait)")
 
 
 def _expand_with_room(expander: StepExpander, proposals: list[list[ExpandRequest]]

@@ -140,7 +140,9 @@ def test_planners_wait_for_room_in_the_cache_and_search_as_they_would_with_room(
     assert capsys.readouterr().out == (
         "[qstar] mixed: the KV cache was short of room: 2 rounds left searches waiting, 0 "
         "searches were begun again (the same results, each counted for the attempt that "
-        "finished; more decode.pages or decode.slots would run them side by side)\n")
+        "finished; more decode.pages or decode.slots would run them side by side, and "
+        "eval.problems_per_batch at python -m qstar_jax.memory_plan's searches_in_flight "
+        "would spare the wait)\n")
     assert tight.refused > 0 and tight.peak_held <= 6 and not tight.live
     tight.assert_released_promptly()
     assert [[(r.problem_index, r.node.steps) for r in call] for call in tight.expand_calls] == [
