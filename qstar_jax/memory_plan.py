@@ -53,7 +53,9 @@ the config's own ``decode.pages``. Set ``eval.problems_per_batch`` at or below i
 ``decode.slots // slots_per_search`` searches at once at most). Searches rarely all peak
 at once: above it, a search round that finds the pages short waits for others to release
 theirs, or a search begins again to make room (``search/room.py``), with the same
-results, and only a search that does not fit alone stops the run. On a mesh the pages,
+results but more wall-clock (eight SmolLM2 searches begun at once in a search's worth of
+row slots took some 20% longer than one at a time: docs/paged_cache.md), and only a
+search that does not fit alone stops the run. On a mesh the pages,
 rows, slots and searches are those of every ``mesh.data`` shard together, each shard's
 share whole (a search stays on its shard), so the pages and slots printed are settings
 ``run`` accepts.
