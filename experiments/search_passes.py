@@ -84,11 +84,12 @@ def search(expander, make_planner, problems: int, *, wave: int) -> SearchPass:
     from qstar_jax.search.driver import run_search
 
     counted = CountedSteps(expander)
-    planners_made = [0]
+    planners_made = 0
 
     def run(count, first):
         def make(i):
-            planners_made[0] += 1
+            nonlocal planners_made
+            planners_made += 1
             return make_planner(first + i)
         return run_search(count, make, counted, None, include_trees=True, progress=False)
 
@@ -97,5 +98,5 @@ def search(expander, make_planner, problems: int, *, wave: int) -> SearchPass:
                for r in run(min(wave, problems - first), first)]
     return SearchPass(wall_s=time.perf_counter() - start, results=results,
                       step_tokens=counted.step_tokens, refused_calls=counted.refused_calls,
-                      begun_again=planners_made[0] - problems,
+                      begun_again=planners_made - problems,
                       generated_all=sum(counted.generated_tokens(i) for i in range(problems)))

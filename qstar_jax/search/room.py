@@ -83,18 +83,16 @@ class RoomKeeper:
 
     def _hold_back(self, planners: list[Planner],
                    proposals: list[list[ExpandRequest]]) -> None:
-        """Hold back every unfinished search of the batch that holds nothing, keeping the
-        requests of those in this round (``planners``) for when they rejoin; only searches
+        """Hold back every unfinished search that holds nothing (``planners``, the round's,
+        are every unfinished one), keeping its requests for when it rejoins; only searches
         finishing from now on let them in."""
         self._count_finished()
-        in_round = {planner.problem_index: k for k, planner in enumerate(planners)}
-        for planner in self.planners:
+        for k, planner in enumerate(planners):
             index = planner.problem_index
             if planner.done or planner.holds_handles or index in self.held_back:
                 continue
             self.held_back.append(index)
-            k = in_round.get(index)
-            if k is not None and proposals[k]:
+            if proposals[k]:
                 self.waiting[index], proposals[k] = proposals[k], []
         self.held_back.sort(key=self.position.__getitem__)
 
