@@ -15,7 +15,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from qstar_jax.search.interface import ExpandRequest, Generation, QItem, Step, TextRequest
+from qstar_jax.search.interface import (ExpandRequest, Generation, NoRoom, QItem, Step,
+                                       TextRequest)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -120,6 +121,38 @@ class FakeExpander:
         """A ``RuleUtility`` rule: the reward written on the step's child entry."""
         listed = self.trees[problem_index][steps[:-1]]
         return next(fake.reward for fake in listed if fake.text == steps[-1])
+
+
+class CacheFull(RuntimeError):
+    """The decoder's error a room-limited expander's NoRoom carries."""
+
+
+class RoomLimitedExpander(FakeExpander):
+    """Holds at most ``room`` handles at once, counting a call's parents (released only
+    after it returns), the roots it prefills and its new children: a call that would
+    hold more raises NoRoom, caused by CacheFull, before it changes anything."""
+
+    def __init__(self, trees, room: int):
+        super().__init__(trees, prompt_tokens=7)
+        self.room, self.refused = room, 0
+
+    def expand(self, requests):
+        new = sum(len(self.trees[r.problem_index][r.node.steps][:r.num_children]) if
+                  r.temperature else r.num_children for r in requests)
+        new += sum(r.node.handle is None for r in requests)  # a root's prefilled slot
+        if len(self.live) + new > self.room:
+            self.refused += 1
+            try:
+                raise CacheFull(f"{len(self.live)} held and {new} new: over {self.room}")
+            except CacheFull as full:
+                raise NoRoom(str(full)) from full
+        return super().expand(requests)
+
+
+def without_wall(results):
+    """The results with their wall-clock zeroed: what a schedule must not change."""
+    return [dataclasses.replace(r, counters=dataclasses.replace(r.counters, wall_s=0))
+            for r in results]
 
 
 class HiddenQ:

@@ -1,5 +1,4 @@
 import ast
-import dataclasses
 import pathlib
 
 import numpy as np
@@ -11,10 +10,11 @@ from qstar_jax.search.astar import AStarConfig, AStarPlanner, Budget
 from qstar_jax.search.beam import BeamConfig, BeamPlanner
 from qstar_jax.search.chains import greedy_planner
 from qstar_jax.search.driver import run_search
-from qstar_jax.search.interface import NoRoom, QItem
+from qstar_jax.search.interface import QItem
 from qstar_jax.search.process_utility import PRMUtility, RuleUtility
 from qstar_jax.search.tot import ToTConfig, ToTDFSPlanner, q_value
-from tests.search.fakes import FakeExpander, HiddenQ, HiddenRewardPRM, child, tree
+from tests.search.fakes import (CacheFull, FakeExpander, HiddenQ, HiddenRewardPRM,
+                                RoomLimitedExpander, child, tree, without_wall)
 
 # Problem 0: A* expands root (3 children, 6 tokens) and a (2 children, 9 tokens).
 # Problem 1: greedy takes 3 steps of 4 tokens. Problem 2: beam, 2 rounds of 2 children.
@@ -90,38 +90,6 @@ def test_expansions_count_requests_not_rounds():
 def test_planners_must_have_distinct_problem_indices():
     with pytest.raises(ValueError, match="share problem indices"):
         run_search(2, lambda i: greedy_planner(0), FakeExpander(TREES), None, progress=False)
-
-
-class CacheFull(RuntimeError):
-    """The decoder's error a room-limited expander's NoRoom carries."""
-
-
-class RoomLimitedExpander(FakeExpander):
-    """Holds at most ``room`` handles at once, counting a call's parents (released only
-    after it returns), the roots it prefills and its new children: a call that would
-    hold more raises NoRoom, caused by CacheFull, before it changes anything."""
-
-    def __init__(self, trees, room: int):
-        super().__init__(trees, prompt_tokens=7)
-        self.room, self.refused = room, 0
-
-    def expand(self, requests):
-        new = sum(len(self.trees[r.problem_index][r.node.steps][:r.num_children]) if
-                  r.temperature else r.num_children for r in requests)
-        new += sum(r.node.handle is None for r in requests)  # a root's prefilled slot
-        if len(self.live) + new > self.room:
-            self.refused += 1
-            try:
-                raise CacheFull(f"{len(self.live)} held and {new} new: over {self.room}")
-            except CacheFull as full:
-                raise NoRoom(str(full)) from full
-        return super().expand(requests)
-
-
-def without_wall(results):
-    """The results with their wall-clock zeroed: what a schedule must not change."""
-    return [dataclasses.replace(r, counters=dataclasses.replace(r.counters, wall_s=0))
-            for r in results]
 
 
 def test_planners_wait_for_room_in_the_cache_and_search_as_they_would_with_room(capsys):
