@@ -123,8 +123,7 @@ class RoomKeeper:
             self.expander.release(planners[k].abandon())
             fresh = self.make_planner(self.position[index])
             self.planners[self.position[index]] = planners[k] = fresh
-            self.waiting.pop(index, None)
-            proposals[k] = []
+            proposals[k] = []  # the round's requests are out of ``waiting`` (proposals)
             self._hold_back(planners, proposals)
             tallies[k].begin_again(self.expander, index)
             self.restarts += 1
