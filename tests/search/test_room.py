@@ -84,9 +84,12 @@ def test_random_searches_in_random_rooms_end_as_room_for_all_ends_them(seed):
         alone = FakeExpander({0: trees[i]}, prompt_tokens=7)
         run_search(1, make, alone, HiddenQ(), progress=False)
         alone_needs.append(alone.peak_held)
-    roomy = FakeExpander(trees, prompt_tokens=7)
-    expected = run_search(len(makers), lambda i: makers[i](i), roomy, HiddenQ(),
+    def searched(expander):
+        return run_search(len(makers), lambda i: makers[i](i), expander, HiddenQ(),
                           include_trees=True, progress=False)
+
+    roomy = FakeExpander(trees, prompt_tokens=7)
+    expected = searched(roomy)
     need = max(alone_needs)
     assert need <= roomy.peak_held
     rng = np.random.default_rng(seed)
@@ -95,12 +98,10 @@ def test_random_searches_in_random_rooms_end_as_room_for_all_ends_them(seed):
         tight = RoomLimitedExpander(trees, room)
         if room < need:
             with pytest.raises(CacheFull), ends_within(10):
-                run_search(len(makers), lambda i: makers[i](i), tight, HiddenQ(),
-                           include_trees=True, progress=False)
+                searched(tight)
             continue
         with ends_within(10):
-            results = run_search(len(makers), lambda i: makers[i](i), tight, HiddenQ(),
-                                 include_trees=True, progress=False)
+            results = searched(tight)
         assert without_wall(results) == without_wall(expected), room
         assert tight.peak_held <= room and not tight.live, room
         assert (tight.refused == 0) == (room >= roomy.peak_held), room
