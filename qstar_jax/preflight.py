@@ -81,24 +81,32 @@ def check_checkpoints(config) -> None:
 
 def check_data_files(config) -> None:
     """Every data file exists and is of a format the loader reads; a mapping of splits
-    gives the split evaluate reads."""
-    data_files = config.task.options.get("data_files") or {}
+    gives the split evaluate reads; HumanEval's ``problems_file`` is a file."""
+    options = config.task.options
+    problems_file = options.get("problems_file")  # HumanEval's one file
+    if problems_file is not None and not Path(str(problems_file)).expanduser().is_file():
+        raise ConfigError(f"task.options.problems_file: {problems_file} is not a file")
+    if "data_files" in options and options["data_files"] is not None \
+            and not options["data_files"]:
+        raise ConfigError("task.options.data_files is empty: name the files, or leave it out "
+                          "to load the task's dataset from the hub")
+    data_files = options.get("data_files") or {}
     files = data_files.values() if isinstance(data_files, dict) else [data_files]
+    for file in files:
+        try:
+            paths = expanded_paths(file)
+            for path in paths:
+                if not glob.glob(path):
+                    raise ConfigError(f"task.options.data_files: {path} does not exist")
+            builder_for(paths)  # a format the loader reads
+        except DataFilesError as error:
+            raise ConfigError(f"task.options.data_files: {error}") from error
     # evaluate reads its split last, maybe hours in: that the files give it is checked now
     if data_files and isinstance(data_files, dict) and "evaluate" in config.stages:
         try:
             files_for_split(data_files, config.task.eval_split)
         except DataFilesError as error:
             raise ConfigError(f"task.options.data_files: {error} (task.eval_split)") from error
-    for file in files:
-        paths = expanded_paths(file)
-        for path in paths:
-            if not glob.glob(path):
-                raise ConfigError(f"task.options.data_files: {path} does not exist")
-        try:
-            builder_for(paths)  # a format the loader reads
-        except DataFilesError as error:
-            raise ConfigError(f"task.options.data_files: {error}") from error
 
 
 def check_reasoner_prompts(config) -> None:

@@ -86,6 +86,23 @@ def test_preflight_passes_a_prm_the_search_does_not_use_and_each_data_file_that_
 
 
 @pytest.mark.parametrize("overrides, message", [
+    (["task.options.data_files={}"], "^task.options.data_files is empty: name the files, or "
+                                     "leave it out to load the task's dataset from the hub$"),
+    (["task.options.data_files=[]"], "^task.options.data_files is empty"),
+    (["task.options.data_files=5"], "^task.options.data_files: data files must be a path or "
+                                    "glob, or a list of them, got 5$"),
+    (["task.options.data_files.test=null"], "^task.options.data_files: data files must be a "
+                                            "path or glob, or a list of them, got None$"),
+    (["task.name=humaneval", "task.options={problems_file: /no/such/he.jsonl}"],
+     "^task.options.problems_file: /no/such/he.jsonl is not a file$"),
+], ids=["empty mapping", "empty list", "a number", "a null split", "missing problems file"])
+def test_preflight_refuses_data_files_that_name_no_file(overrides, message):
+    # Each was met at collect or evaluate, after the model loaded, or as a TypeError.
+    with pytest.raises(ConfigError, match=message):
+        preflight(load_config(None, [*REAL_TASK, *overrides]))
+
+
+@pytest.mark.parametrize("overrides, message", [
     (["eval.methods=[greedy,mctsr]"], "^eval.methods: mctsr asks the policy in English to "
                                       "critique, refine and score its answers, which a policy "
                                       r"trained from scratch \(policy.source=scratch\) cannot "

@@ -20,6 +20,8 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 # The shape fields every HF config.json of these model types holds; the rest have defaults.
 REQUIRED_HF_FIELDS = ("vocab_size", "hidden_size", "intermediate_size",
                       "num_attention_heads", "num_hidden_layers")
+# Shape fields a config.json may leave out (or null) for a default.
+OPTIONAL_HF_SHAPE_FIELDS = ("num_key_value_heads", "head_dim", "max_position_embeddings")
 
 
 class UnsupportedConfigError(ValueError):
@@ -86,7 +88,11 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> "ModelConfig":
-        """Build from a parsed HF ``config.json``; raises on unsupported math."""
+        """Build from a parsed HF ``config.json``; raises on unsupported math, and on a
+        shape field that is not a positive integer or a token id that is not an integer."""
+        if not isinstance(hf, dict):
+            raise UnsupportedConfigError(f"holds a JSON {type(hf).__name__}, where a "
+                                         "config.json holds an object of settings")
         model_type = hf.get("model_type")
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise UnsupportedConfigError(
@@ -100,6 +106,11 @@ class ModelConfig:
         if missing:
             raise UnsupportedConfigError(f"lacks {missing}, which a {model_type} config.json "
                                          "holds; is it the checkpoint's own config.json?")
+        shapes = REQUIRED_HF_FIELDS + tuple(field for field in OPTIONAL_HF_SHAPE_FIELDS
+                                            if hf.get(field) is not None)
+        bad = [f"{field}={hf[field]!r}" for field in shapes if not _is_positive_int(hf[field])]
+        if bad:
+            raise UnsupportedConfigError(f"{', '.join(bad)}: each must be a positive integer")
         num_heads = hf["num_attention_heads"]
         num_layers = hf["num_hidden_layers"]
         return cls(
@@ -119,15 +130,36 @@ class ModelConfig:
             attention_bias=model_type == "qwen2" or bool(hf.get("attention_bias", False)),
             attention_out_bias=model_type != "qwen2" and bool(hf.get("attention_bias", False)),
             sliding_windows=_sliding_windows(hf, model_type, num_layers),
-            bos_token_id=hf.get("bos_token_id"),
-            eos_token_ids=_as_tuple(hf.get("eos_token_id")),
+            bos_token_id=_token_ids(hf, "bos_token_id", many=False),
+            eos_token_ids=_token_ids(hf, "eos_token_id"),
         )
 
 
-def _as_tuple(value) -> tuple[int, ...]:
-    if value is None:
-        return ()
-    return tuple(value) if isinstance(value, (list, tuple)) else (int(value),)
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def token_ids(value: Any) -> tuple[int, ...]:
+    """A token-id setting (``eos_token_id`` of config.json or generation_config.json) as
+    ids: null, one id or a list of ids. Anything else (a token's text, say) is a
+    ValueError."""
+    ids = () if value is None else tuple(value) if isinstance(value, list) else (value,)
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise ValueError(f"{value!r:.60} is not a token id or a list of them (integers >= 0)")
+    return ids
+
+
+def _token_ids(hf: dict, field: str, *, many: bool = True):
+    try:
+        ids = token_ids(hf.get(field))
+    except ValueError as error:
+        raise UnsupportedConfigError(f"{field}: {error}") from None
+    if many:
+        return ids
+    if len(ids) > 1:
+        raise UnsupportedConfigError(f"{field}={hf[field]!r} names {len(ids)} tokens; one is "
+                                     "read")
+    return ids[0] if ids else None
 
 
 def _rope_theta(hf: dict) -> float:

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from qstar_jax.models.config import ModelConfig, UnsupportedConfigError
+from qstar_jax.models.config import ModelConfig, UnsupportedConfigError, token_ids
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.models.torch_checkpoint import open_torch_checkpoint
 from qstar_jax.models.weights import CheckpointError, StoredTensor, build_model
@@ -46,10 +46,14 @@ def generation_eos_ids(directory: Path) -> tuple[int, ...]:
     path = directory / "generation_config.json"
     if not path.is_file():
         return ()
-    eos = read_json(path).get("eos_token_id")
-    if eos is None:
-        return ()
-    return tuple(eos) if isinstance(eos, list) else (int(eos),)
+    settings = read_json(path)
+    if not isinstance(settings, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(settings).__name__}, where it holds "
+                              "an object of settings")
+    try:
+        return token_ids(settings.get("eos_token_id"))
+    except ValueError as error:
+        raise CheckpointError(f"{path}: eos_token_id: {error}") from None
 
 
 def weight_files(directory: Path) -> list[Path]:

@@ -72,8 +72,14 @@ def directory_tokenizer(path: Path, config: ModelConfig) -> Tokenizer | None:
     add (None when the directory ships no tokenizer files)."""
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         return None
-    return Tokenizer.from_pretrained(
-        path, extra_eos_ids=(*config.eos_token_ids, *generation_eos_ids(path)))
+    extra_eos_ids = (*config.eos_token_ids, *generation_eos_ids(path))
+    try:
+        return Tokenizer.from_pretrained(path, extra_eos_ids=extra_eos_ids)
+    # transformers' errors for tokenizer files it cannot parse (JSONDecodeError is a
+    # ValueError; a git-LFS pointer in place of tokenizer.json is one) name no file.
+    except (ValueError, OSError) as error:
+        raise CheckpointError(f"{path}: cannot load the tokenizer from its files "
+                              f"({type(error).__name__}: {error})") from error
 
 
 def load_model(source: str | Path, *, dtype=jnp.float32, mesh: Mesh | None = None

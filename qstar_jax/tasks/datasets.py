@@ -140,14 +140,18 @@ def records_origin(source: DatasetSource, data_files: DataFiles | None, split: s
 def _load_local_files(source: DatasetSource, split: str, files: list[str],
                       cache_dir: str | None) -> hf_datasets.Dataset:
     import datasets as hf_datasets  # here, not at the top: it takes a second to import
+    import pyarrow
     builder = builder_for(files)
     try:
         return hf_datasets.load_dataset(builder, data_files={split: files}, split=split,
                                         cache_dir=cache_dir)
-    # What datasets raises for a file it cannot parse (the cause says where), and, from
-    # its json builder, for files that hold no record at all.
-    except (hf_datasets.exceptions.DatasetGenerationError, StopIteration) as err:
-        cause = err.__cause__ if isinstance(err.__cause__, Exception) else "no records"
+    # What datasets raises for a file it cannot parse (the cause says where); from its
+    # json builder, for files that hold no record at all; and from its parquet builder,
+    # pyarrow's own error for a file that is not Parquet or is cut short.
+    except (hf_datasets.exceptions.DatasetGenerationError, StopIteration,
+            pyarrow.ArrowException) as err:
+        cause = (err if isinstance(err, pyarrow.ArrowException)
+                 else err.__cause__ if isinstance(err.__cause__, Exception) else "no records")
         raise MalformedRecordError(
             f"{source.task_name} split {split!r}: cannot read {builder.upper()} records from "
             f"local files {files} ({cause}); each file needs one record per line (JSONL), "
@@ -235,6 +239,10 @@ def expanded_paths(files: str | os.PathLike | Sequence[str | os.PathLike]) -> li
     folder, as a shell would."""
     if isinstance(files, (str, os.PathLike)):
         files = [files]
+    if not (isinstance(files, Sequence)
+            and all(isinstance(f, (str, os.PathLike)) for f in files)):
+        raise DataFilesError(f"data files must be a path or glob, or a list of them, got "
+                             f"{files!r:.80}")
     return [os.path.expanduser(f) for f in files]
 
 

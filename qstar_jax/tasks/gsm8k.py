@@ -16,6 +16,7 @@ from qstar_jax.tasks.math import grading
 from qstar_jax.tasks.base import Problem
 from qstar_jax.tasks.datasets import Column, DataFiles, DatasetSource, load_problems
 from qstar_jax.tasks.prompts import AnswerLineTraces, PromptFormat, WorkedExample, check_n_shot
+from qstar_jax.tasks.record_fields import record_text
 
 GSM8K_FORMAT = PromptFormat(
     instruction=("Solve the math word problem step by step. Write one step per line and "
@@ -90,9 +91,7 @@ class Gsm8kTask(Gsm8kTraces):
                              limit=limit, seed=seed, skip_malformed=skip_malformed)
 
     def _problem_from_record(self, record: dict[str, Any], default_id: str) -> Problem:
-        question, solution = record["question"], record["answer"]
-        if not question or not solution:
-            raise ValueError("empty or missing 'question' or 'answer'")
+        question, solution = record_text(record, "question"), record_text(record, "answer")
         reference = grading.extract_gsm8k_reference(solution)
         if grading.gsm8k_number(reference) is None:  # no answer could ever equal it
             raise ValueError(f"its '####' line holds {reference!r}, which is not a number")

@@ -23,6 +23,7 @@ from qstar_jax.tasks.math import grading
 from qstar_jax.tasks.base import Problem
 from qstar_jax.tasks.datasets import Column, DataFiles, DatasetSource, load_problems
 from qstar_jax.tasks.prompts import AnswerLineTraces, PromptFormat, WorkedExample, check_n_shot
+from qstar_jax.tasks.record_fields import record_id, record_text
 
 MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra",
                  "number_theory", "prealgebra", "precalculus")
@@ -129,9 +130,7 @@ class Math500Task(_MathTrace):
 
 
 def _problem_from_math_record(record: dict[str, Any], default_id: str) -> Problem:
-    problem, solution = record["problem"], record["solution"]
-    if not problem or not solution:
-        raise ValueError("empty or missing 'problem' or 'solution'")
+    problem, solution = record_text(record, "problem"), record_text(record, "solution")
     answer = grading.extract_boxed(solution)
     if answer is None:
         raise ValueError("its 'solution' has no \\boxed{...} answer")
@@ -143,12 +142,8 @@ def _problem_from_math_record(record: dict[str, Any], default_id: str) -> Proble
 
 
 def _problem_from_math500_record(record: dict[str, Any], default_id: str) -> Problem:
-    problem, answer = record["problem"], record["answer"]
-    if answer is not None and not isinstance(answer, str):
-        raise ValueError(f"its 'answer' is the {type(answer).__name__} {answer!r}, not text: "
-                         "write it as a string")
-    if not problem or not answer or not answer.strip():
-        raise ValueError("empty or missing 'problem' or 'answer'")
-    return Problem(id=record["unique_id"] or default_id, question=problem, reference=answer,
+    problem, answer = record_text(record, "problem"), record_text(record, "answer")
+    return Problem(id=record_id(record, "unique_id", default_id), question=problem,
+                   reference=answer,
                    metadata={"solution": record.get("solution"), "level": record.get("level"),
                              "subject": record.get("subject")})

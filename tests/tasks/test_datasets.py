@@ -14,8 +14,9 @@ import pytest
 
 from qstar_jax.tasks import datasets as task_datasets
 from qstar_jax.tasks.base import MalformedRecordError, Problem
-from qstar_jax.tasks.datasets import (Column, DatasetSource, DatasetUnavailableError,
-                                      hub_unreachable_reason, load_problems, load_records)
+from qstar_jax.tasks.datasets import (Column, DataFilesError, DatasetSource,
+                                      DatasetUnavailableError, hub_unreachable_reason,
+                                      load_problems, load_records)
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 GSM8K_TEST = FIXTURES / "gsm8k" / "test.jsonl"  # 6 records
@@ -156,6 +157,27 @@ def test_an_empty_or_unparsable_file_is_one_malformed_error_naming_it(cache_dir,
                        r"records from local files \[.*broken\.jsonl'\] \(JSON parse error: "
                        r"Invalid value\. in row 1\)"):
         load_records(SOURCE, "test", data_files=str(broken), cache_dir=cache_dir)
+
+
+def test_a_file_that_is_not_parquet_or_is_cut_short_is_a_malformed_error_naming_it(
+        cache_dir, tmp_path):
+    # pyarrow's own error came through as it was, naming no file.
+    not_parquet, cut = tmp_path / "not.parquet", tmp_path / "cut.parquet"
+    not_parquet.write_text("question,answer\nQ,#### 1\n")
+    whole = (FIXTURES / "mbpp" / "full_malformed.parquet").read_bytes()
+    cut.write_bytes(whole[:len(whole) // 2])
+    for path in (not_parquet, cut):
+        with pytest.raises(MalformedRecordError, match=(
+                rf"^toy split 'test': cannot read PARQUET records from local files "
+                rf"\['{path}'\] \(Parquet magic bytes not found in footer")):
+            load_records(SOURCE, "test", data_files=str(path), cache_dir=cache_dir)
+
+
+@pytest.mark.parametrize("data_files", [5, {"test": None}, {"test": [str(GSM8K_TEST), 3]}])
+def test_data_files_that_are_not_paths_are_refused(cache_dir, data_files):
+    with pytest.raises(DataFilesError, match="^data files must be a path or glob, or a list "
+                                             "of them, got "):
+        load_records(SOURCE, "test", data_files=data_files, cache_dir=cache_dir)
 
 
 def test_missing_column_is_named(cache_dir):

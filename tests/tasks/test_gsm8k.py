@@ -1,5 +1,6 @@
 """GSM8K: loading, prompts, the answer line, grading."""
 
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -125,10 +126,16 @@ def test_grading_never_raises_on_odd_text():
     assert not task.grade(problem, "")
 
 
-@pytest.mark.parametrize("record", [{"question": "", "answer": "60 - 22 = 38\n#### 38"},
-                                    {"question": "How many?", "answer": ""}])
-def test_an_empty_question_or_answer_is_malformed(record):
-    with pytest.raises(ValueError, match="empty or missing 'question' or 'answer'"):
+@pytest.mark.parametrize("record, message", [
+    ({"question": "", "answer": "60 - 22 = 38\n#### 38"}, "its 'question' holds blank text"),
+    ({"question": "How many?", "answer": ""}, "its 'answer' holds blank text"),
+    ({"question": 5, "answer": "#### 5"}, "its 'question' holds the int 5"),
+    ({"question": ["How many?"], "answer": "#### 5"}, "its 'question' holds the list"),
+    ({"answer": "#### 5"}, "its 'question' holds nothing"),
+], ids=["empty question", "empty answer", "a number", "a list", "missing"])
+def test_a_question_or_answer_that_is_not_text_is_malformed(record, message):
+    # A number or a list was read as it was, and prompted as 'Question: 5'.
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}.*, where the task needs text$"):
         Gsm8kTask()._problem_from_record(record, "gsm8k/test/0")
 
 

@@ -140,9 +140,9 @@ def test_grading_right_and_wrong(math_problems, math500_problems):
 
 
 def test_an_empty_problem_is_malformed():
-    with pytest.raises(ValueError, match="empty or missing 'problem' or 'solution'"):
+    with pytest.raises(ValueError, match="its 'problem' holds blank text"):
         _problem_from_math_record({"problem": "", "solution": "So $\\boxed{7}$."}, "math/test/0")
-    with pytest.raises(ValueError, match="empty or missing 'problem' or 'answer'"):
+    with pytest.raises(ValueError, match="its 'problem' holds blank text"):
         _problem_from_math500_record({"problem": "", "answer": "7", "unique_id": "u"}, "x")
 
 
@@ -151,7 +151,8 @@ def test_an_empty_boxed_answer_or_a_blank_answer_is_malformed(box):
     with pytest.raises(ValueError) as raised:
         _problem_from_math_record({"problem": "Solve.", "solution": f"So ${box}$."}, "m/0")
     assert str(raised.value) == "its 'solution' boxes an empty answer (\\boxed{})"
-    with pytest.raises(ValueError, match="^empty or missing 'problem' or 'answer'$"):
+    with pytest.raises(ValueError, match="^its 'answer' holds blank text, where the task needs "
+                                         "text$"):
         _problem_from_math500_record({"problem": "Solve.", "answer": " ", "unique_id": "u"}, "x")
 
 
@@ -182,4 +183,15 @@ def test_a_math500_answer_that_is_not_text_is_malformed(answer, read):
     record = {"problem": "Add 2 and 3.", "answer": answer, "unique_id": "u"}
     with pytest.raises(ValueError) as raised:
         _problem_from_math500_record(record, "math500/test/0")
-    assert str(raised.value) == f"its 'answer' is {read}, not text: write it as a string"
+    assert str(raised.value) == f"its 'answer' holds {read}, where the task needs text"
+
+
+@pytest.mark.parametrize("unique_id, problem_id", [
+    ("test/algebra/1.json", "test/algebra/1.json"), (12, "12"), (None, "math500/test/0"),
+    ("", "math500/test/0")])
+def test_a_math500_id_is_text_or_an_integer_kept_as_text(unique_id, problem_id):
+    record = {"problem": "Add 2 and 3.", "answer": "5", "unique_id": unique_id}
+    assert _problem_from_math500_record(record, "math500/test/0").id == problem_id
+    with pytest.raises(ValueError, match=r"^its 'unique_id' holds the float 1\.5, where an id "
+                                         r"is text or an integer$"):
+        _problem_from_math500_record({**record, "unique_id": 1.5}, "math500/test/0")

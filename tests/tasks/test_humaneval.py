@@ -14,6 +14,7 @@ from qstar_jax.tasks import make_task
 from qstar_jax.tasks.base import MalformedRecordError
 from qstar_jax.tasks.humaneval import HumanEvalTask, problem_from_record
 from qstar_jax.tasks.code_answers import HiddenTests
+from qstar_jax.tasks.datasets import DataFilesError
 from qstar_jax.tasks.sandbox.sandbox import ExecResult
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "humaneval"
@@ -154,8 +155,9 @@ def test_splits_and_sizes_it_cannot_give_are_clear_errors(options, split, limit,
 
 def test_malformed_records_are_named_or_skipped():
     task = HumanEvalTask(problems_file=str(FIXTURES / "malformed.jsonl"))
-    with pytest.raises(MalformedRecordError, match=r"humaneval record 1 of .*malformed.jsonl: "
-                                                  r"missing or empty \['entry_point'\]"):
+    with pytest.raises(MalformedRecordError, match=r"humaneval record 1 \(line 2\) of "
+                                                  r".*malformed.jsonl: missing or empty "
+                                                  r"\['entry_point'\]"):
         task.load("full")
     assert [p.id for p in task.load("full", skip_malformed=True)] == ["Fixture/0", "Fixture/2"]
 
@@ -220,3 +222,46 @@ def test_a_field_that_is_not_text_is_malformed(key, value):
               "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n", key: value}
     with pytest.raises(ValueError, match=re.escape(f"missing or empty ['{key}']")):
         problem_from_record(record)
+
+
+
+def test_a_line_that_is_not_a_json_object_is_named_by_its_line_or_skipped(tmp_path):
+    good = (FIXTURES / "problems.jsonl").read_text().splitlines()
+    data = tmp_path / "problems.jsonl"
+    data.write_text("\n".join([good[0], "", '{"task_id": "H/1", ', good[1]]) + "\n")
+    task = HumanEvalTask(problems_file=str(data))
+    with pytest.raises(MalformedRecordError, match=(
+            r"^humaneval record 1 \(line 3\) of .*problems\.jsonl: it is not JSON: Expecting "
+            r"property name enclosed in double quotes at column 20; fix or remove it")):
+        task.load("full")
+    assert [p.id for p in task.load("full", skip_malformed=True)] == ["Fixture/0", "Fixture/1"]
+    data.write_text("\n".join([good[0], "[1, 2]"]) + "\n")
+    with pytest.raises(MalformedRecordError, match=(
+            r"^humaneval record 1 \(line 2\) of .*: it holds the list \[1, 2\], where a record "
+            r"is a JSON object; ")):
+        task.load("full")
+
+
+def test_a_problems_file_that_cannot_be_read_is_named(tmp_path):
+    not_gzip = tmp_path / "problems.jsonl.gz"
+    not_gzip.write_text((FIXTURES / "problems.jsonl").read_text())
+    with pytest.raises(MalformedRecordError, match=(
+            rf"^cannot read humaneval problems_file {re.escape(str(not_gzip))}: Not a gzipped "
+            r"file .*; it must be JSONL, or JSONL compressed with gzip \(\.gz\)$")):
+        HumanEvalTask(problems_file=str(not_gzip)).load("full")
+    with pytest.raises(DataFilesError, match=rf"^humaneval problems_file {tmp_path} is a folder$"):
+        HumanEvalTask(problems_file=str(tmp_path)).load("full")
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"split_seed": -1}, "split_seed must be an int >= 0, got -1"),
+    ({"split_seed": "abc"}, "split_seed must be an int >= 0, got 'abc'"),
+    ({"n_shot": 1.5}, "n_shot must be between 0 and 2 (the worked examples there are), got 1.5"),
+    ({"n_shot": True}, "n_shot must be between 0 and 2 (the worked examples there are), got True"),
+    ({"n_shot": "abc"}, "n_shot must be between 0 and 2 (the worked examples there are), got "
+                        "'abc'"),
+])
+def test_options_of_the_wrong_type_fail_when_the_task_is_made(options, message):
+    # Each failed later, in a sort or a slice, or, for n_shot=True, meant one shot.
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        HumanEvalTask(**options)

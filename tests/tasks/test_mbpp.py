@@ -71,7 +71,8 @@ def test_sanitized_config_runs_test_imports_as_setup(sanitized):
 
 
 def test_records_without_tests_are_malformed(cache_dir):
-    with pytest.raises(MalformedRecordError, match="mbpp split 'test', record 1: no tests"):
+    with pytest.raises(MalformedRecordError,
+                       match="mbpp split 'test', record 1: its 'test_list' is an empty list"):
         MbppTask(data_files=str(FIXTURES / "full_malformed.parquet"),
                  cache_dir=cache_dir).load("test")
     sanitized = MbppSanitizedTask(data_files=str(FIXTURES / "sanitized_malformed.jsonl"),
@@ -236,7 +237,8 @@ def test_a_blank_test_in_test_list_is_malformed():
     # A blank test would pass any program.
     record = {"task_id": 917, "text": "Write a function to add one.", "test_setup_code": "",
               "test_list": ["assert add_one(1) == 2", "  "], "challenge_test_list": []}
-    with pytest.raises(ValueError, match=r"no tests in 'test_list', or an empty one"):
+    with pytest.raises(ValueError, match=r"its 'test_list' holds the str '  ' among its items, "
+                                         r"where each must be text that is not blank"):
         MbppTask()._problem_from_record(record, "mbpp/test/0")
 
 
@@ -246,8 +248,9 @@ def test_a_record_without_a_description_is_malformed_and_one_without_an_id_keeps
     assert MbppTask()._problem_from_record(record, "mbpp/test/3").id == "mbpp/test/3"
     record["task_id"] = 918
     assert MbppTask()._problem_from_record(record, "mbpp/test/3").id == "mbpp/918"
-    for description in ("", None):
-        with pytest.raises(ValueError, match="empty or missing task description"):
+    for description, held in (("", "blank text"), (None, "nothing")):
+        with pytest.raises(ValueError, match=f"its 'text' holds {held}, where the task needs "
+                                             "text"):
             MbppTask()._problem_from_record({**record, "text": description}, "mbpp/test/3")
 
 
@@ -255,3 +258,26 @@ def test_more_shots_than_worked_examples_fail_when_the_task_is_made():
     assert MbppTask(n_shot=3).n_shot == 3
     with pytest.raises(ValueError, match=r"n_shot must be between 0 and 3 .* got 4"):
         MbppSanitizedTask(n_shot=4)
+
+
+@pytest.mark.parametrize("column", ["test_list", "challenge_test_list"])
+def test_a_list_of_tests_written_as_one_string_is_malformed(column):
+    # Read as a list, the string was a "test" per character: graded on '(' or 'a', every
+    # program failed or the run stopped at grading, after generation.
+    record = {"task_id": 917, "text": "Write a function to add one.", "test_setup_code": "",
+              "test_list": ["assert add_one(1) == 2"], "challenge_test_list": [],
+              column: "assert add_one(2) == 3"}
+    with pytest.raises(ValueError, match=(
+            f"^its '{column}' holds the str 'assert add_one\\(2\\) == 3', where the task "
+            "needs a list of strings$")):
+        MbppTask()._problem_from_record(record, "mbpp/test/0")
+
+
+def test_setup_code_is_text_or_a_list_of_lines():
+    record = {"task_id": 917, "prompt": "Write a function to add one.",
+              "test_list": ["assert add_one(1) == 2"], "test_imports": ["import math", "import re"]}
+    assert MbppSanitizedTask()._problem_from_record(record, "x").reference.setup == \
+        "import math\nimport re"
+    with pytest.raises(ValueError, match="^its 'test_imports' holds the int 5, where the task "
+                                         "needs code$"):
+        MbppSanitizedTask()._problem_from_record({**record, "test_imports": 5}, "x")
