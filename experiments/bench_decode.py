@@ -65,6 +65,7 @@ import statistics
 import time
 from pathlib import Path
 
+from cli_args import cpu_threads, positive_int
 from device_trace import traced
 
 PROMPT_TOKENS = 64
@@ -84,8 +85,9 @@ RANDOM_LLAMAS = {
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--reps", type=int, default=5, help="timed repetitions after warm-up")
+    parser.add_argument("--batches", type=positive_int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--reps", type=positive_int, default=5,
+                        help="timed repetitions after warm-up")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"],
                         help="default: float32, bfloat16 with --random-llama")
     parser.add_argument("--model", default="smollm2-135m-instruct",
@@ -96,7 +98,7 @@ def parse_args() -> argparse.Namespace:
                         help="tokens per page of a paged cache for ours (0: row slots)")
     parser.add_argument("--attention", choices=["auto", "pallas", "jnp"], default="auto",
                         help="the paged cache's decode attention (with --page-size)")
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+    parser.add_argument("--threads", type=cpu_threads, default=len(os.sched_getaffinity(0)),
                         help="CPU cores for both sides (default: all this process may use)")
     parser.add_argument("--layer-weights", default="auto",
                         help="how the step loop reads the layers' weights: auto, per-layer, "

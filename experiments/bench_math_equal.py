@@ -20,6 +20,7 @@ import json
 import statistics
 import time
 
+from cli_args import positive_int
 from qstar_jax.tasks.math.grading import SymbolicChecker, math_equal
 from qstar_jax.tasks.math.symbolic_check import shared_checker
 
@@ -45,7 +46,7 @@ def cold_call(pred: str, ref: str) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--calls", type=positive_int, default=20)
     args = parser.parse_args()
     for pred, ref in PAIRS:  # start the shared worker and let sympy build its caches
         math_equal(pred, ref)

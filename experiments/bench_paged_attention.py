@@ -38,6 +38,7 @@ import numpy as np
 from flax import nnx
 
 from cascade_attention import paged_attention, timed
+from cli_args import positive_int
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.llama import Attention
 from qstar_kernels import paged_decode_attention_gpu
@@ -45,22 +46,28 @@ from qstar_kernels import paged_decode_attention_gpu
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=32, help="slots decoding side by side")
-    parser.add_argument("--lengths", type=int, nargs=2, default=[200, 352],
+    parser.add_argument("--rows", type=positive_int, default=32, help="slots decoding side by side")
+    parser.add_argument("--lengths", type=positive_int, nargs=2, default=[200, 352],
                         metavar=("MIN", "MAX"), help="rows' tokens, drawn uniformly")
-    parser.add_argument("--page-size", type=int, default=16)
-    parser.add_argument("--heads", type=int, default=9, help="default: SmolLM2-135M's")
-    parser.add_argument("--kv-heads", type=int, default=3)
-    parser.add_argument("--head-dim", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=30)
-    parser.add_argument("--keys-per-block", type=int, nargs="+", default=[16, 32, 64, 128])
-    parser.add_argument("--dtype", default=None,
+    parser.add_argument("--page-size", type=positive_int, default=16)
+    parser.add_argument("--heads", type=positive_int, default=9, help="default: SmolLM2-135M's")
+    parser.add_argument("--kv-heads", type=positive_int, default=3)
+    parser.add_argument("--head-dim", type=positive_int, default=64)
+    parser.add_argument("--layers", type=positive_int, default=30)
+    parser.add_argument("--keys-per-block", type=positive_int, nargs="+",
+                        default=[16, 32, 64, 128])
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                         help="default: bfloat16 on an accelerator, float32 on CPU")
-    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--reps", type=positive_int, default=20)
     parser.add_argument("--interpret", action="store_true",
                         help="time the kernel in interpret mode on CPU (slow: a check)")
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.lengths[0] > args.lengths[1]:
+        parser.error(f"--lengths LOW HIGH: LOW must not exceed HIGH, got {args.lengths}")
+    if args.heads % args.kv_heads:
+        parser.error(f"--heads {args.heads} is not a multiple of --kv-heads {args.kv_heads}")
+    return args
 
 
 def ragged_pages(args, dtype):

@@ -40,6 +40,7 @@ import numpy as np
 
 from bench_decode import copy_bandwidth
 from cascade_attention import timed
+from cli_args import positive_int
 from qstar_kernels import rows_product_gpu, rows_product_reference
 from qstar_kernels.paged_attention_gpu import query_rows
 
@@ -48,18 +49,28 @@ SHAPES = {"1b": (2048, 2048 + 2 * 512, 8192, 4, 64),
           "smollm2": (576, 576 + 2 * 192, 1536, 3, 64), "tiny": (64, 96, 128, 4, 16)}
 
 
+def block_setting(text: str) -> str:
+    """An argparse type: a kernel setting, OUTxINxWARPS, three whole numbers >= 1."""
+    parts = text.split("x")
+    if len(parts) != 3 or not all(part.isdigit() and int(part) >= 1 for part in parts):
+        raise argparse.ArgumentTypeError(f"give OUTxINxWARPS, three whole numbers >= 1 (as "
+                                         f"8x512x4), got {text!r}")
+    return text
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="1b",
                         help="1b: Llama-3.2-1B's layer; smollm2: SmolLM2-135M's")
-    parser.add_argument("--tokens", type=int, nargs="+", default=[1, 4])
-    parser.add_argument("--blocks", nargs="+",
+    parser.add_argument("--tokens", type=positive_int, nargs="+", default=[1, 4])
+    parser.add_argument("--blocks", type=block_setting, nargs="+",
                         default=["8x512x4", "4x512x4", "16x256x4", "8x1024x8", "16x512x8"],
                         help="kernel settings, OUTxINxWARPS")
-    parser.add_argument("--layers", type=int, default=16, help="distinct weights per call")
-    parser.add_argument("--dtype", default=None,
+    parser.add_argument("--layers", type=positive_int, default=16,
+                        help="distinct weights per call")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                         help="default: bfloat16 on an accelerator, float32 on CPU")
-    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--reps", type=positive_int, default=20)
     parser.add_argument("--interpret", action="store_true",
                         help="time the kernel in interpret mode on CPU (slow: a check)")
     return parser.parse_args()

@@ -115,6 +115,7 @@ from pathlib import Path
 # runtime, the peer's expander and the search passes (this script's folder is on
 # sys.path when it runs as ``python experiments/bench_search.py``).
 from bench_decode import kv_token_bytes, transformers_model
+from cli_args import cpu_threads, positive_int
 from device_trace import traced
 from metered_runtime import metered_runtime_class
 from peer_expansion import TransformersExpander
@@ -130,10 +131,10 @@ RUNS = {"a": "ours, problems batched, paged cache",
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--problems", type=int, default=8, help="first N fixture problems")
+    parser.add_argument("--problems", type=positive_int, default=8, help="first N fixture problems")
     parser.add_argument("--k", type=int, default=4, help="children per expansion (K)")
-    parser.add_argument("--expansions", type=int, default=4, help="expansions per problem")
-    parser.add_argument("--step-tokens", type=int, default=48, help="step token cap")
+    parser.add_argument("--expansions", type=positive_int, default=4, help="expansions per problem")
+    parser.add_argument("--step-tokens", type=positive_int, default=48, help="step token cap")
     parser.add_argument("--temperature", type=float, default=0.9)
     parser.add_argument("--n-complete", type=int, default=0,
                         help="stop a search after this many complete trajectories (0: never; "
@@ -162,7 +163,7 @@ def parse_args() -> argparse.Namespace:
                         help="which of the runs (a)-(e) to make (default all; (b) takes the "
                              "slots (a) peaked at, or as many as (a) is given without it; "
                              "(e) needs (a))")
-    parser.add_argument("--e-wave", type=int, default=None,
+    parser.add_argument("--e-wave", type=positive_int, default=None,
                         help="(e)'s problems side by side (default: as many as its rows "
                              "hold at (b)'s peak slots per problem)")
     parser.add_argument("--page-size", type=int, default=None,
@@ -173,7 +174,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--attention", choices=["auto", "pallas", "jnp"], default="auto",
                         help="the paged runs' decode attention (auto: the Pallas kernel on a "
                              "GPU or TPU, jnp on a CPU)")
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+    parser.add_argument("--threads", type=cpu_threads, default=len(os.sched_getaffinity(0)),
                         help="CPU cores for both sides (default: all this process may use)")
     parser.add_argument("--trace", type=Path, default=None,
                         help="after each of our runs' timed pass, one more under the profiler: "

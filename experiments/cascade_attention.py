@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from cli_args import positive_int
 from qstar_jax.models.cache_pages import PagedRows
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.llama import Attention
@@ -51,13 +52,15 @@ SMOLLM2_ATTENTION = ModelConfig(model_type="llama", vocab_size=49152, hidden_siz
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--groups", type=int, default=8, help="nodes expanded side by side")
-    parser.add_argument("--children", type=int, nargs="+", default=[4, 16])
-    parser.add_argument("--prefix", type=int, nargs="+", default=[128, 320],
+    parser.add_argument("--groups", type=positive_int, default=8,
+                        help="nodes expanded side by side")
+    parser.add_argument("--children", type=positive_int, nargs="+", default=[4, 16])
+    parser.add_argument("--prefix", type=positive_int, nargs="+", default=[128, 320],
                         help="tokens of the node's sequence (prompt and steps)")
-    parser.add_argument("--suffix", type=int, default=48, help="tokens of each child's step")
-    parser.add_argument("--page-size", type=int, default=16)
-    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--suffix", type=positive_int, default=48,
+                        help="tokens of each child's step")
+    parser.add_argument("--page-size", type=positive_int, default=16)
+    parser.add_argument("--reps", type=positive_int, default=20)
     return parser.parse_args()
 
 

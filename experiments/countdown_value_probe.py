@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="a config file as for python -m qstar_jax.run (default: the defaults)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
+    if min(args.states, args.steps) < 1:
+        parser.error(f"--states and --steps must be >= 1, got {args.states} and {args.steps}")
     config = load_config(args.config, args.overrides)
     if config.task.name != "countdown":
         raise SystemExit("the exact value exists for Countdown only")

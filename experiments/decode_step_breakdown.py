@@ -31,6 +31,7 @@ import os
 # The sibling benchmark's shapes and timer (this script's folder is on sys.path when it
 # runs as ``python experiments/decode_step_breakdown.py``).
 from bench_decode import NEW_TOKENS, PROMPT_TOKENS, median_seconds
+from cli_args import cpu_threads, positive_int
 
 
 def median_ms(run, reps: int) -> float:
@@ -39,9 +40,9 @@ def median_ms(run, reps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--batch", type=positive_int, default=32)
+    parser.add_argument("--reps", type=positive_int, default=5)
+    parser.add_argument("--threads", type=cpu_threads, default=len(os.sched_getaffinity(0)))
     args = parser.parse_args()
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.threads])
     import jax

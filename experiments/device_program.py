@@ -120,6 +120,8 @@ def parse_args() -> argparse.Namespace:
                         help="the decoder's jitted functions to compile (copy_pages: on "
                              "pages only)")
     args = parser.parse_args()
+    if args.top < 1:
+        parser.error(f"--top must be at least 1, got {args.top}")
     if "copy_pages" in args.functions and not args.page_size:
         parser.error("copy_pages copies pages: give --page-size too")
     return args

@@ -242,9 +242,18 @@ def main() -> None:
     parser.add_argument("--hlo", type=Path, default=None,
                         help="the optimized HLO of what ran (a saved <label>.hlo.txt)")
     args = parser.parse_args()
-    with gzip.open(args.trace) as file:
-        print_summary(args.trace.name, summary(json.load(file), top=args.top),
-                      hlo_text=args.hlo.read_text() if args.hlo else None)
+    if args.top < 1:
+        parser.error(f"--top must be at least 1, got {args.top}")
+    if not args.trace.is_file():
+        parser.error(f"{args.trace} is not a file: give the <label>.json.gz a --trace DIR "
+                     "holds, or a profiler's perfetto_trace.json.gz")
+    try:
+        with gzip.open(args.trace) as file:
+            trace = json.load(file)
+    except (OSError, EOFError, ValueError) as error:  # not gzip, cut short, not JSON
+        parser.error(f"cannot read {args.trace} as a gzipped JSON trace: {error}")
+    print_summary(args.trace.name, summary(trace, top=args.top),
+                  hlo_text=args.hlo.read_text() if args.hlo else None)
 
 
 if __name__ == "__main__":

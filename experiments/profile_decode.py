@@ -84,20 +84,38 @@ import os
 import statistics
 import time
 
-# --trie's profile, a sibling module (this script's folder is on sys.path when it runs as
-# ``python experiments/profile_decode.py``).
+# Sibling modules, the argument types and --trie's profile (this script's folder is on
+# sys.path when it runs as ``python experiments/profile_decode.py``).
+from cli_args import cpu_threads, positive_int
 from profile_trie import profile_trie
+
+
+def spare_rule(text: str) -> str:
+    """An argparse type: old, new or FLOOR:SHARE, two numbers (profile_trie reads it)."""
+    if text in ("old", "new"):
+        return text
+    parts = text.split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        for part in parts:
+            float(part)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give old, new or FLOOR:SHARE (two numbers), got "
+                                         f"{text!r}") from None
+    return text
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=16)
-    parser.add_argument("--slots", type=int, nargs="+", default=[64, 256])
-    parser.add_argument("--max-lens", type=int, nargs="+", default=[256, 768])
-    parser.add_argument("--prompt-tokens", type=int, default=200)
-    parser.add_argument("--step-tokens", type=int, default=48)
-    parser.add_argument("--steps", type=int, default=1, help="step calls per repetition")
-    parser.add_argument("--reps", type=int, default=2, help="timed repetitions after warm-up")
+    parser.add_argument("--rows", type=positive_int, default=16)
+    parser.add_argument("--slots", type=positive_int, nargs="+", default=[64, 256])
+    parser.add_argument("--max-lens", type=positive_int, nargs="+", default=[256, 768])
+    parser.add_argument("--prompt-tokens", type=positive_int, default=200)
+    parser.add_argument("--step-tokens", type=positive_int, default=48)
+    parser.add_argument("--steps", type=positive_int, default=1, help="step calls per repetition")
+    parser.add_argument("--reps", type=positive_int, default=2,
+                        help="timed repetitions after warm-up")
     parser.add_argument("--temperature", type=float, default=0.9)
     parser.add_argument("--page-size", type=int, default=0,
                         help="a paged cache of pages of this many tokens (0: the slot pool)")
@@ -107,19 +125,19 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--full-window", action="store_true",
                         help="attend over whole max_len rows (min_window_bucket = max_len)")
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--chunks", type=int, nargs="+",
+    parser.add_argument("--chunks", type=positive_int, nargs="+",
                         help="Decoder step_chunk values to time (0: a step in one call; "
                         "default 0, with --trie the config's decode.step_chunk)")
     parser.add_argument("--collect", metavar="CONFIG",
                         help="time collect-like rollouts of this run config's task")
-    parser.add_argument("--problems", type=int, default=16)
-    parser.add_argument("--rollouts", type=int, default=4)
+    parser.add_argument("--problems", type=positive_int, default=16)
+    parser.add_argument("--rollouts", type=positive_int, default=4)
     parser.add_argument("--trie", metavar="CONFIG",
                         help="time tries of this run config's eval prompts")
-    parser.add_argument("--samples", type=int, default=4, help="--trie: steps per group")
+    parser.add_argument("--samples", type=positive_int, default=4, help="--trie: steps per group")
     parser.add_argument("--whole-steps", action="store_true",
                         help="--trie: no newline ends a step (EOS and the cap do)")
-    parser.add_argument("--spare-rules", nargs="+", default=["old", "new"],
+    parser.add_argument("--spare-rules", type=spare_rule, nargs="+", default=["old", "new"],
                         help="--trie: ChunkedTrie's spare rules: old, new or FLOOR:SHARE")
     parser.add_argument("--row-windows", choices=["auto", "gather", "copy"], default="auto",
                         help="copy: the step loop over a copy of its rows' cache windows "
@@ -129,7 +147,7 @@ def parse_args() -> argparse.Namespace:
                         help="--collect: load the policy and build the decoder on the mesh "
                              "a run builds from the config (on one device, 1x1), as "
                              "python -m qstar_jax.run does")
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--threads", type=cpu_threads, default=len(os.sched_getaffinity(0)))
     args = parser.parse_args()
     if args.page_size < 0 or args.pages < 0:
         parser.error("--page-size and --pages must be >= 0")

@@ -80,6 +80,10 @@ def main(argv: list[str] | None = None) -> dict:
     methods = args.method or [folder.name for folder in folders]
     if not methods:
         raise SystemExit(f"{args.run} has no trees/: run it with eval.dump_trees=true")
+    unknown = sorted(set(methods) - {folder.name for folder in folders})
+    if unknown:
+        raise SystemExit(f"{args.run}/trees has no trees of {unknown}; it has "
+                         f"{[folder.name for folder in folders]}")
     problems = ctx.problems(ctx.config.task.eval_split, ctx.config.task.eval_problems)
     report = {}
     for method in methods:

@@ -156,6 +156,10 @@ def main() -> None:
            args.round_steps) < 1:
         parser.error("--rounds, --weak-problems, --weak-steps, --star-problems, --samples and "
                      "--round-steps must be >= 1")
+    if not args.temperature > 0:  # met by the sampler only after the weak policy trains
+        parser.error(f"--temperature must be greater than 0, got {args.temperature}")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file; name a folder")
     started = time.perf_counter()
     try:
         config = load_config(CONFIG, args.overrides)

@@ -80,7 +80,7 @@ from qstar_jax.config_loading import load_config
 from qstar_jax.decoding.weights import COPYING_LAYER_WEIGHTS, resolve_layer_weights
 from qstar_jax.models.config import ModelConfig, UnsupportedConfigError
 from qstar_jax.models.weights import CheckpointError
-from qstar_jax.parallel import MeshError, mesh_shape
+from qstar_jax.parallel import MeshError, check_cache_split, mesh_shape
 
 HEADROOM = 0.9  # the share of memory the weights and the cache may take
 DEFAULT_PROMPT_TOKENS = 768  # see the module docstring
@@ -376,8 +376,14 @@ def main(argv=None) -> int:
         run = load_config(args.config, args.overrides)
         policy = policy_architecture(run, args.model_config)
         others = evaluate_models(run, prm_config=args.prm_config, q_config=args.q_config)
-        if args.devices is not None:  # as run builds its mesh
-            mesh_shape(run.mesh.data, run.mesh.model, args.devices)
+        if args.devices is not None:  # as run builds its mesh and splits its cache
+            data_shards, _ = mesh_shape(run.mesh.data, run.mesh.model, args.devices)
+            d = run.decode
+            check_cache_split(data_shards, slots=d.slots, pages=d.page_size and d.num_pages)
+        if args.page_size is not None and run.decode.max_len % args.page_size:
+            raise ConfigError(f"--page-size {args.page_size}: decode.max_len="
+                              f"{run.decode.max_len} must be a multiple of it, as run "
+                              "requires of decode.page_size")
         if args.prompt_tokens is not None and args.prompt_tokens >= run.decode.max_len:
             raise ConfigError(f"--prompt-tokens {args.prompt_tokens} leaves no room in a row "
                               f"of decode.max_len={run.decode.max_len} tokens")

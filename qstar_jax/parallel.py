@@ -125,9 +125,19 @@ def mesh_shape(data: int, model: int, count: int) -> tuple[int, int]:
 
 def check_slots(mesh: Mesh, slots: int) -> None:
     """The slot pool is split evenly over ``data``."""
-    if slots % mesh.shape[DATA]:
-        raise MeshError(f"decode.slots={slots} does not split over the {mesh.shape[DATA]} "
-                        f"data shards; make it a multiple of {mesh.shape[DATA]}")
+    check_cache_split(mesh.shape[DATA], slots=slots)
+
+
+def check_cache_split(data_shards: int, *, slots: int, pages: int = 0) -> None:
+    """The slot pool, and a paged cache's pages (0: none), split evenly over
+    ``data_shards``: what ``run`` checks of its mesh and ``memory_plan`` of the devices
+    it is told of."""
+    if slots % data_shards:
+        raise MeshError(f"decode.slots={slots} does not split over the {data_shards} "
+                        f"data shards; make it a multiple of {data_shards}")
+    if pages % data_shards:
+        raise MeshError(f"decode.pages: {pages} pages do not split over the {data_shards} "
+                        f"data shards; make it a multiple of {data_shards}")
 
 
 def weight_shardings(weights, mesh: Mesh, rules: ShardingRules):

@@ -31,7 +31,7 @@ from qstar_jax.models.config import UnsupportedConfigError
 from qstar_jax.models.weights import CheckpointError
 from qstar_jax.outputs.durable import write_atomically
 from qstar_jax.outputs.folder_lock import FolderInUseError, lock_folder
-from qstar_jax.parallel import (DATA, barrier, check_slots, initialize_distributed,
+from qstar_jax.parallel import (DATA, barrier, check_cache_split, initialize_distributed,
                                 is_writer, leave_at_once, make_mesh)
 from qstar_jax.policy.runtime import PromptTooLong
 from qstar_jax.preflight import check_layer_weights, preflight, shared_split_warning
@@ -103,11 +103,8 @@ def main(argv=None) -> int:
         # Before anything touches a device; the mesh is checked before weights load.
         initialize_distributed(**dataclasses.asdict(config.distributed))
         mesh = make_mesh(config.mesh.data, config.mesh.model)
-        check_slots(mesh, config.decode.slots)
-        if config.decode.page_size and config.decode.num_pages % mesh.shape[DATA]:
-            raise ConfigError(f"decode.pages: {config.decode.num_pages} pages do not split "
-                              f"over this mesh's {mesh.shape[DATA]} data shards; make it a "
-                              f"multiple of {mesh.shape[DATA]}")
+        check_cache_split(mesh.shape[DATA], slots=config.decode.slots,
+                          pages=config.decode.page_size and config.decode.num_pages)
         check_layer_weights(config, mesh)
         check_memory(config)  # the weights and the cache fit, or say what does
         warnings = [context_warning(config, policy_architecture(config)),

@@ -6,6 +6,8 @@ import runpy
 import sys
 from pathlib import Path
 
+import pytest
+
 TRACE = runpy.run_path(str(Path(__file__).parents[1] / "experiments" / "device_trace.py"))
 busy_us, summary = TRACE["busy_us"], TRACE["summary"]
 
@@ -155,3 +157,15 @@ def test_kernels_of_two_modules_are_told_apart_and_only_the_given_ones_described
     assert lines[3].startswith("[trace t]       = broadcast, multiply, reduce")
     assert lines[4].endswith("copy") and len(lines) == 5
 
+
+
+def test_a_folder_or_a_file_that_is_no_gzipped_trace_is_refused_by_name(tmp_path, monkeypatch,
+                                                                         capsys):
+    plain = tmp_path / "trace.json.gz"
+    plain.write_text("{}")
+    for path, message in [(tmp_path, f"{tmp_path} is not a file: give the <label>.json.gz"),
+                          (plain, f"cannot read {plain} as a gzipped JSON trace: ")]:
+        monkeypatch.setattr(sys, "argv", ["device_trace.py", str(path)])
+        with pytest.raises(SystemExit) as stopped:
+            TRACE["main"]()
+        assert stopped.value.code == 2 and message in capsys.readouterr().err

@@ -389,6 +389,22 @@ def test_bad_arguments_are_refused_by_name(argv, message, capsys):
     assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_a_page_size_or_devices_run_would_refuse_are_refused_as_run_refuses_them(capsys):
+    # Each was planned and said to fit; run refuses the page size in its config checks and
+    # the slots or pages that do not split over the data shards when it builds its mesh.
+    assert memory_plan.main([*SMALL_SEARCH, "--memory", "2GB", "--page-size", "5"]) == 2
+    assert capsys.readouterr().err == ("error: --page-size 5: decode.max_len=256 must be a "
+                                       "multiple of it, as run requires of decode.page_size\n")
+    assert memory_plan.main([*SMALL_SEARCH, "--memory", "2GB", "--devices", "3",
+                             "decode.slots=8"]) == 2
+    assert capsys.readouterr().err == ("error: decode.slots=8 does not split over the 3 data "
+                                       "shards; make it a multiple of 3\n")
+    assert memory_plan.main([*SMALL_SEARCH, "--memory", "2GB", "--devices", "3",
+                             "decode.slots=9", "decode.page_size=16", "decode.pages=100"]) == 2
+    assert capsys.readouterr().err == ("error: decode.pages: 100 pages do not split over the 3 "
+                                       "data shards; make it a multiple of 3\n")
+
+
 def test_a_prompt_longer_than_a_row_is_refused(capsys):
     code = memory_plan.main([*SMALL_SEARCH, "--memory", "2GB", "--prompt-tokens", "256"])
     assert code == 2

@@ -91,6 +91,9 @@ def test_the_report_sums_each_methods_trees_over_their_own_problems(tmp_path, mo
                   "mixed_best_child_live": 1, "mixed_best_child_live_share": 0.333}}
     assert json.loads(capsys.readouterr().out.splitlines()[-1]) == report
     assert list(search_choices.main([str(tmp_path), "--method", "qstar"])) == ["qstar"]
+    with pytest.raises(SystemExit, match=r"trees has no trees of \['bogus'\]; it has "
+                                         r"\['beam', 'qstar'\]"):  # not a report of nothing
+        search_choices.main([str(tmp_path), "--method", "bogus"])
     ctx.config.task.name = "gsm8k"
     with pytest.raises(SystemExit, match="the exact value exists for"):
         search_choices.main([str(tmp_path)])

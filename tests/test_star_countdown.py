@@ -143,8 +143,9 @@ def test_each_round_samples_the_last_policy_and_fine_tunes_the_weak_one(tmp_path
     ("eval.methods=[greedy]", r"eval.methods=\['greedy'\]: the evaluation runs report greedy "
                               "and qstar; list both"),
     ("search.k=0", "config error: search.k: must be >= 1, got 0"),
+    ("--temperature=0", "--temperature must be greater than 0, got 0.0"),
 ])
-def test_overrides_the_evaluations_cannot_run_stop_it_before_any_training(
+def test_settings_the_runs_cannot_use_stop_it_before_any_training(
         tmp_path, monkeypatch, capsys, override, message):
     monkeypatch.setattr(sys, "argv", ["star_countdown.py", "--out", str(tmp_path), override])
     with pytest.raises(SystemExit) as stopped:
@@ -268,3 +269,15 @@ def test_an_evaluation_killed_while_copying_its_policy_copies_it_whole_when_resu
     monkeypatch.setattr(shutil, "copyfile", copyfile)
     assert evaluate(policy, folder, []) == {}
     assert runs == [["config.json", "model.safetensors"]]
+
+
+def test_an_out_that_is_a_file_stops_it_before_any_training(tmp_path, monkeypatch, capsys):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    monkeypatch.setattr(sys, "argv", ["star_countdown.py", "--out", str(taken)])
+    with pytest.raises(SystemExit) as stopped:
+        SCRIPT["main"]()
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(f"error: --out {taken} is a file; name a "
+                                                    "folder")
+    assert taken.read_text() == "mine"
