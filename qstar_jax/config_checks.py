@@ -16,8 +16,9 @@ def check_config(config: RunConfig) -> None:
 
     _require(config.task.name in TASK_CLASSES, "task.name",
              f"unknown task {config.task.name!r}; choose from {sorted(TASK_CLASSES)}")
-    # numpy's and random's generators take no negative seed
-    _require(config.seed >= 0, "seed", f"must be >= 0, got {config.seed}")
+    # numpy's and random's generators take no negative seed; JAX's keys none of 2**63 or
+    # more, and a second policy trains from seed + 1
+    _require(0 <= config.seed < 2 ** 32, "seed", f"must be in [0, 2**32), got {config.seed}")
     _check_search(config)
     _check_eval(config)
     _check_decode(config)
@@ -47,6 +48,9 @@ def _check_search(config: RunConfig) -> None:
              or "train_prm" in config.stages, "search.prm_model",
              "utility=prm needs a PRM: a Math-Shepherd checkpoint, a PRM directory written by "
              "train_prm, or train_prm in stages (to train one in this run)")
+    _require(s.prm_good_token != s.prm_bad_token, "search.prm_good_token",
+             f"a Math-Shepherd PRM's score compares two tokens' probabilities: "
+             f"prm_bad_token must differ, both are {s.prm_good_token!r}")
     _require(s.utility != Utility.countdown_rule or config.task.name == "countdown",
              "search.utility", "countdown_rule scores Countdown steps; for "
              f"task.name={config.task.name} choose zero, prm or code_rule")
@@ -63,6 +67,9 @@ def _check_eval(config: RunConfig) -> None:
     _at_least(0, "eval", e, "text_kept_rows")
     _at_least(1, "task", config.task, "eval_problems")
     _at_least(0, "task", config.task, "train_problems")
+    _require(config.task.train_problems >= 1 or "collect" not in config.stages,
+             "task.train_problems", "collect reads train problems: must be >= 1 with collect "
+             "in stages, got 0")
     _require(e.methods or "evaluate" not in config.stages, "eval.methods",
              f"lists no method for the evaluate stage; choose from {METHODS + REASONER_METHODS}"
              ", or leave evaluate out of stages")
@@ -109,6 +116,13 @@ def _check_decode(config: RunConfig) -> None:
              f"must be >= 0 (0: a step in one call), got {d.step_chunk}")
     _require(d.page_size == 0 or d.max_len % d.page_size == 0, "decode.page_size",
              f"decode.max_len={d.max_len} must be a multiple of it, got {d.page_size}")
+    row_pages = d.page_size and d.max_len // d.page_size
+    shards = max(m.data, 1)  # -1: as many as the devices, which only the mesh knows
+    _require(d.num_pages // shards >= row_pages, "decode.pages",
+             f"{d.num_pages} pages" + (f" over mesh.data={m.data} shards" if shards > 1 else "")
+             + f" hold no row of decode.max_len={d.max_len} tokens ({row_pages} pages of "
+             f"{d.page_size}), which one rollout may fill: give at least "
+             f"{row_pages * shards}")
     _require(m.model >= 1 and (m.data >= 1 or m.data == -1), "mesh",
              f"sizes must be >= 1 (data may be -1), got data={m.data} model={m.model}")
     _require(d.page_size == 0 or m.data == -1 or d.num_pages % m.data == 0, "decode.pages",
@@ -131,6 +145,9 @@ def _check_training(config: RunConfig) -> None:
              "policy_training.num_heads", f"must divide hidden_size and be a multiple of "
              f"num_kv_heads, got hidden_size={pt.hidden_size} num_heads={pt.num_heads} "
              f"num_kv_heads={pt.num_kv_heads}")
+    _require(pt.hidden_size // pt.num_heads % 2 == 0, "policy_training.num_heads",
+             f"RoPE rotates pairs of a head's dimensions: hidden_size / num_heads must be "
+             f"even, got {pt.hidden_size} / {pt.num_heads} = {pt.hidden_size // pt.num_heads}")
     _at_least(0, "policy_training", pt, "warmup_steps", "value_weight")
     _require(pt.learning_rate > 0, "policy_training.learning_rate",
              f"must be > 0, got {pt.learning_rate}")
@@ -141,8 +158,8 @@ def _check_training(config: RunConfig) -> None:
     _at_least(1, "label", label, "rollouts_per_state", "rounds")
     _require(0 < label.gamma <= 1, "label.gamma", f"must be in (0, 1], got {label.gamma}")
     _at_least(-1, "q_train", q, "trainable_layers")  # -1: all
-    _at_least(0, "q_train", q, "hidden_layers", "patience")
-    _at_least(1, "q_train", q, "batch_size", "max_epochs")
+    _at_least(0, "q_train", q, "hidden_layers")
+    _at_least(1, "q_train", q, "batch_size", "max_epochs", "patience")
     _require(q.learning_rate > 0, "q_train.learning_rate", f"must be > 0, got {q.learning_rate}")
     _require(0.0 <= q.holdout_fraction < 1.0, "q_train.holdout_fraction",
              f"must be in [0, 1), got {q.holdout_fraction}")

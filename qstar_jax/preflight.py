@@ -37,6 +37,7 @@ def preflight(config) -> None:
     check_world_splits(config)
     check_checkpoints(config)
     check_data_files(config)
+    check_task_splits(config)
     check_reasoner_prompts(config)
 
 
@@ -74,9 +75,14 @@ def check_checkpoints(config) -> None:
     for key, source in named.items():
         if key != "policy.source" and source is not None and source not in PACKAGED_MODELS:
             try:
-                architecture(source, key, "")
+                model = architecture(source, key, "")
             except (CheckpointError, UnsupportedConfigError) as error:
                 raise ConfigError(f"{key}: {error}") from error
+            layers = config.q_train.trainable_layers
+            if key == "q_train.separate_model" and layers > model.num_layers:
+                raise ConfigError(f"q_train.trainable_layers={layers}: {source} has "
+                                  f"{model.num_layers} layers; give at most that, or -1 for "
+                                  "all")
 
 
 def check_data_files(config) -> None:
@@ -109,6 +115,25 @@ def check_data_files(config) -> None:
             raise ConfigError(f"task.options.data_files: {error} (task.eval_split)") from error
 
 
+def check_task_splits(config) -> None:
+    """The splits collect and evaluate read exist and hold the problems they ask for (a
+    packaged or generated split refuses a count it does not hold), loaded as those stages
+    load them, where that needs no hub: a dataset the hub serves is read when a stage
+    first needs it."""
+    task = RunContext(config=config, out=Path(config.out_dir)).task
+    if getattr(task, "hub_name", None) and getattr(task, "data_files", None) is None:
+        return
+    t, stages = config.task, config.stages
+    reads = [("train_split", t.train_split, t.train_problems, "collect" in stages),
+             ("eval_split", t.eval_split, t.eval_problems, "evaluate" in stages)]
+    for key, split, count, read in reads:
+        if read:
+            try:
+                task.load(split, limit=count, seed=config.seed, skip_malformed=t.skip_malformed)
+            except ValueError as error:
+                raise ConfigError(f"task.{key}={split!r}: {error}") from error
+
+
 def check_reasoner_prompts(config) -> None:
     """MCTSr's critiques and self-scores and ToT's value prompt are questions in English; a
     policy trained from scratch reads only its task's characters (the others are <unk>)."""
@@ -134,11 +159,11 @@ def check_layer_weights(config, mesh) -> None:
     ``decode.row_windows`` asks: said before any weight loads rather than when a stage
     first builds a decoder."""
     d = config.decode
-    paged_kernel = d.page_size > 0 and Paging(page_size=d.page_size,
-                                              num_pages=d.num_pages).uses_kernel()
     decoded = [policy_architecture(config)]
     decoded += [m for name, m in evaluate_models(config).items() if name == "second_opinion"]
     for model in decoded:
+        paged_kernel = d.page_size > 0 and Paging(
+            page_size=d.page_size, num_pages=d.num_pages).for_heads(model.head_dim).uses_kernel()
         heads_split = ShardingRules().for_model(model, mesh).splits("heads", mesh)
         try:
             mode = resolve_layer_weights(d.layer_weights, heads_split=heads_split)
@@ -157,10 +182,17 @@ def check_layer_weights(config, mesh) -> None:
 
 
 def shared_split_warning(config) -> str | None:
-    """A line saying that the train and eval splits' data files share a file, where the run
-    evaluates: Q-hat and the PRM would learn on problems they are judged on. None else."""
+    """A line saying that the train and eval splits are one split, or their data files
+    share a file, where the run evaluates: Q-hat and the PRM would learn on problems they
+    are judged on. None else."""
     data_files, task = config.task.options.get("data_files"), config.task
-    if not data_files or "evaluate" not in config.stages or task.train_split == task.eval_split:
+    if "evaluate" not in config.stages:
+        return None
+    if task.train_split == task.eval_split:
+        return (f"warning: task.train_split and task.eval_split are both "
+                f"{task.eval_split!r}: the stages that learn (collect, label, train_q) read "
+                "the problems evaluate scores; give evaluate a split of its own")
+    if not data_files:
         return None
 
     def files(split: str) -> set[str]:

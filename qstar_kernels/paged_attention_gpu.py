@@ -117,6 +117,21 @@ def paged_decode_attention_gpu(q: jax.Array, k_pages: jax.Array, v_pages: jax.Ar
     return from_rows(out, q.shape)
 
 
+def gpu_kernel_refusal(page_size: int, head_dim: int,
+                       keys_per_block: int = KEYS_PER_BLOCK) -> str | None:
+    """Why the compiled GPU kernel cannot read pages of ``page_size`` tokens with heads
+    ``head_dim`` wide, or None where it can (interpret mode takes any)."""
+    for name, size in (("page size", page_size), ("head_dim", head_dim)):
+        if size & (size - 1):
+            return f"the GPU kernel needs a {name} that is a power of two, got {size}"
+    keys_a_step = max(1, keys_per_block // page_size) * page_size
+    for name, size in (("head_dim", head_dim), ("keys a step reads", keys_a_step)):
+        if size < MIN_ROWS:
+            return (f"the GPU kernel needs {name} of at least {MIN_ROWS} (Triton's matrix "
+                    f"product), got {size}")
+    return None
+
+
 @functools.partial(jax.jit, static_argnames=("num_queries", "group", "window", "scale",
                                              "keys_per_block", "interpret"))
 def paged_decode_attention_gpu_rows(q_rows: jax.Array, k_pages: jax.Array,
@@ -136,14 +151,9 @@ def paged_decode_attention_gpu_rows(q_rows: jax.Array, k_pages: jax.Array,
     if keys_per_block < 1 or keys_per_block & (keys_per_block - 1):
         raise ValueError(f"keys_per_block must be a power of two, got {keys_per_block}")
     pages_per_block = max(1, keys_per_block // page_size)  # read by one step of the loop
-    for name, size in (("page size", page_size), ("head_dim", head_dim)):
-        if not interpret and size & (size - 1):
-            raise ValueError(f"the GPU kernel needs a {name} that is a power of two, got "
-                             f"{size}")
-    for name, size in (("head_dim", head_dim), ("keys a step reads", pages_per_block * page_size)):
-        if not interpret and size < MIN_ROWS:
-            raise ValueError(f"the GPU kernel needs {name} of at least {MIN_ROWS} (Triton's "
-                             f"matrix product), got {size}")
+    refusal = None if interpret else gpu_kernel_refusal(page_size, head_dim, keys_per_block)
+    if refusal:
+        raise ValueError(refusal)
     kernel = functools.partial(_kernel, num_queries=num_queries, group=group,
                                scale=head_dim ** -0.5 if scale is None else scale,
                                window=window, pages_per_block=pages_per_block)

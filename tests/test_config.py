@@ -140,7 +140,17 @@ def test_round_trip_through_yaml(tmp_path):
     ("policy_training.batch_size=0", "policy_training.batch_size: must be >= 1, got 0"),
     ("policy_training.hidden_size=0", "policy_training.hidden_size: must be >= 1, got 0"),
     ("policy_training.intermediate_size=0", "policy_training.intermediate_size: .* got 0"),
-    ("seed=-1", "^seed: must be >= 0, got -1$"),
+    ("seed=-1", r"^seed: must be in \[0, 2\*\*32\), got -1$"),
+    ("seed=4294967296", r"^seed: must be in \[0, 2\*\*32\), got 4294967296$"),
+    ("q_train.patience=0", "^q_train.patience: must be >= 1, got 0$"),
+    ("policy_training.num_heads=32", r"^policy_training.num_heads: RoPE rotates pairs of a "
+                                     r"head's dimensions: hidden_size / num_heads must be "
+                                     r"even, got 96 / 32 = 3$"),
+    ("search.prm_bad_token=+", "^search.prm_good_token: a Math-Shepherd PRM's score compares "
+                               "two tokens' probabilities: prm_bad_token must differ, both "
+                               "are '[+]'$"),
+    ("task.train_problems=0", "^task.train_problems: collect reads train problems: must be "
+                              ">= 1 with collect in stages, got 0$"),
     ("policy.chat_template=true", r"^policy.chat_template: a policy trained from scratch "
                                   r"\(policy.source=scratch\) reads plain text through a "
                                   "character tokenizer with no chat template: set it to "
@@ -152,7 +162,7 @@ def test_round_trip_through_yaml(tmp_path):
     ("policy_training.warmup_steps=-1", "policy_training.warmup_steps: .* got -1"),
     ("collect.temperature=-1", "collect.temperature: must be >= 0, got -1.0"),
     ("q_train.hidden_layers=-1", "q_train.hidden_layers: must be >= 0, got -1"),
-    ("q_train.patience=-1", "q_train.patience: must be >= 0, got -1"),
+    ("q_train.patience=-1", "q_train.patience: must be >= 1, got -1"),
     ("q_train.batch_size=0", "q_train.batch_size: must be >= 1, got 0"),
     ("q_train.max_epochs=0", "q_train.max_epochs: must be >= 1, got 0"),
     ("distributed.heartbeat_timeout_s=0", "distributed.heartbeat_timeout_s: .* got 0"),
@@ -164,12 +174,26 @@ def test_bad_values_name_the_key(override, message):
         load_config(None, [override])
 
 
+def test_a_page_pool_that_holds_no_whole_row_is_refused():
+    # Met at the first prefill of collect before.
+    paged = ["decode.page_size=16", "decode.max_len=160"]
+    load_config(None, [*paged, "decode.pages=10"])
+    with pytest.raises(ConfigError, match=r"^decode.pages: 9 pages hold no row of "
+                                          r"decode.max_len=160 tokens \(10 pages of 16\), "
+                                          r"which one rollout may fill: give at least 10$"):
+        load_config(None, [*paged, "decode.pages=9"])
+    with pytest.raises(ConfigError, match=r"^decode.pages: 18 pages over mesh.data=2 shards "
+                                          r"hold no row .* give at least 20$"):
+        load_config(None, [*paged, "decode.pages=18", "mesh.data=2", "decode.slots=8"])
+
+
 @pytest.mark.parametrize("overrides", [
     ["label.gamma=1"], ["q_train.holdout_fraction=0"], ["q_train.trainable_layers=-1"],
     ["eval.text_kept_rows=0"], ["decode.step_chunk=0"], ["mesh.data=-1", "decode.slots=9"],
-    ["policy_training.max_grad_norm=null"], ["task.train_problems=0"], ["search.lam=0"],
-    ["search.temperature=0"], ["q_train.hidden_layers=0"], ["q_train.patience=0"],
-    ["policy_training.warmup_steps=0"], ["policy_training.value_weight=0"],
+    ["policy_training.max_grad_norm=null"], ["search.lam=0"],
+    ["search.temperature=0"], ["q_train.hidden_layers=0"], ["q_train.patience=1"],
+    ["policy_training.warmup_steps=0"],
+    ["seed=4294967295"], ["task.train_problems=0", "stages=[evaluate]"], ["policy_training.value_weight=0"],
     ["decode.max_len=41"], ["search.max_generated_tokens=40"],
     ["decode.page_size=32", "decode.max_len=160"],
     ["decode.page_size=16", "decode.pages=99", "mesh.data=-1"],

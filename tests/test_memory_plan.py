@@ -372,7 +372,7 @@ def test_the_default_prompt_leaves_a_short_row_room_for_one_step():
     plan = memory_plan.plan(ModelConfig(**SMOLLM2_135M), load_config(None, SMALL_SEARCH),
                             memory_bytes=2 * 10**9, backend="gpu")
     assert plan.prompt_tokens == 256 - 20  # max_len less a step, under the default 768
-    long_rows = load_config(None, [*SMALL_SEARCH, "decode.max_len=2048"])
+    long_rows = load_config(None, [*SMALL_SEARCH, "decode.max_len=2048", "decode.pages=128"])
     assert memory_plan.default_prompt_tokens(long_rows) == memory_plan.DEFAULT_PROMPT_TOKENS
 
 

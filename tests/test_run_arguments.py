@@ -5,6 +5,7 @@ the others."""
 import errno
 import json
 import os
+import re
 import resource
 import signal
 import time
@@ -73,12 +74,14 @@ def test_preflight_names_each_missing_checkpoint_the_run_loads(overrides, key):
 
 
 def test_preflight_passes_a_prm_the_search_does_not_use_and_each_data_file_that_exists(
-        monkeypatch):
+        monkeypatch, tmp_path):
     preflight(load_config(None, [*REAL_TASK, "search.prm_model=/no/such/prm"]))
     monkeypatch.setenv("HOME", str(Path(GSM8K_TEST).parents[1].absolute()))
-    preflight(load_config(None, [*REAL_TASK, "task.options.data_files.test=~/gsm8k/test.jsonl"]))
+    # Reads the test split alone; datasets' cache, under HOME by default, out of the repo.
+    evaluate = [*REAL_TASK, "stages=[evaluate]", f"task.options.cache_dir={tmp_path}"]
+    preflight(load_config(None, [*evaluate, "task.options.data_files.test=~/gsm8k/test.jsonl"]))
     for files in (GSM8K_TEST, "{test: tests/fixtures/gsm8k/t*.jsonl}", f"{{test: [{GSM8K_TEST}]}}"):
-        preflight(load_config(None, [*REAL_TASK, f"task.options.data_files={files}"]))
+        preflight(load_config(None, [*evaluate, f"task.options.data_files={files}"]))
     listed = f"task.options.data_files={{test: [{GSM8K_TEST}, /no/such/part.jsonl]}}"
     with pytest.raises(ConfigError, match="^task.options.data_files: /no/such/part.jsonl does "
                                           "not exist$"):
@@ -141,6 +144,35 @@ def test_preflight_refuses_a_checkpoint_of_an_architecture_the_loader_does_not_r
                                          f"q_train.separate_model={tmp_path}"]))
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["task.eval_problems=200"], "task.eval_split='test': humaneval split 'test' has 152 "
+                                 "problems; asked for 200."),
+    (["task.eval_split=validation"], "task.eval_split='validation': humaneval has no split "
+                                     "'validation'; its splits are ('train', 'test', 'full')"),
+    (["task.train_problems=13", "task.options.train_size=12"],
+     "task.train_split='train': humaneval split 'train' has 12 problems; asked for 13."),
+])
+def test_preflight_refuses_a_split_that_does_not_hold_what_a_stage_asks_of_it(overrides,
+                                                                            message):
+    # Met when collect or evaluate loaded the split, after the stages before it.
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+        preflight(load_config("configs/smollm2_humaneval.yaml", overrides))
+    preflight(load_config("configs/smollm2_humaneval.yaml", [*overrides, "stages=[]"]))
+
+
+def test_preflight_refuses_more_trainable_layers_than_the_separate_backbone_has(tmp_path):
+    # Met by train_q, after collect and label, before.
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "llama", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
+        "num_attention_heads": 4, "num_hidden_layers": 3}))
+    separate = [*REAL_TASK, "q_train.backbone=separate", f"q_train.separate_model={tmp_path}"]
+    preflight(load_config(None, [*separate, "q_train.trainable_layers=3"]))
+    with pytest.raises(ConfigError, match=re.escape(
+            f"q_train.trainable_layers=4: {tmp_path} has 3 layers; give at most that, or -1 "
+            "for all")):
+        preflight(load_config(None, [*separate, "q_train.trainable_layers=4"]))
+
+
 def test_preflight_refuses_data_files_of_a_format_the_loader_does_not_read(tmp_path):
     csv = tmp_path / "test.csv"
     csv.write_text("question,answer\nQ,#### 1\n")
@@ -195,6 +227,10 @@ def test_train_and_eval_splits_reading_the_same_file_are_warned_of(tmp_path):
     assert warning(f"task.options.data_files.test={GSM8K_TEST}") is None  # no train files
     assert warning(f"task.options.data_files={GSM8K_TEST}", "stages=[collect]") is None
     assert warning() is None  # the hub's splits
+    assert warning("task.eval_split=train") == (  # one split, wherever it comes from
+        "warning: task.train_split and task.eval_split are both 'train': the stages that "
+        "learn (collect, label, train_q) read the problems evaluate scores; give evaluate a "
+        "split of its own")
 
 
 def test_preflight_refuses_a_prm_model_that_is_neither_a_learned_prm_nor_a_checkpoint(
@@ -359,8 +395,7 @@ def test_a_page_pool_that_does_not_split_over_the_mesh_is_refused_before_any_sta
                  "--out", str(tmp_path)]
     assert run.main([*overrides, "decode.pages=30"]) == 2
     assert capsys.readouterr().err == ("config error: decode.pages: 30 pages do not split "
-                                       "over this mesh's 4 data shards; make it a "
-                                       "multiple of 4\n")
+                                       "over the 4 data shards; make it a multiple of 4\n")
     assert not (tmp_path / "config.yaml").exists()
     assert run.main([*overrides, "decode.page_size=0", "decode.slots=6"]) == 2
     assert capsys.readouterr().err == ("config error: decode.slots=6 does not split over the "
@@ -446,9 +481,9 @@ def test_data_files_without_a_split_a_stage_reads_is_one_line(tmp_path, monkeypa
         monkeypatch.setattr(run, reads_the_model, lambda *args: None)  # SmolLM2's GGUF: 3 s
     assert run.main([*REAL_TASK, "stages=[collect]", f"task.options.data_files.test={GSM8K_TEST}",
                      "--out", str(tmp_path)]) == 2
-    assert capsys.readouterr().err == (
-        "run error: data_files has no entry for split 'train' (it has ['test']); add one, "
-        "e.g. data_files.train=/path/to/train.jsonl\n")
+    assert capsys.readouterr().err == (  # said by preflight, before collect
+        "config error: task.train_split='train': data_files has no entry for split 'train' "
+        "(it has ['test']); add one, e.g. data_files.train=/path/to/train.jsonl\n")
 
 
 @pytest.mark.parametrize("full, key", [

@@ -114,6 +114,8 @@ class Decoder:
                  mesh: jax.sharding.Mesh | None = None,
                  rules: ShardingRules = ShardingRules(), paging: Paging | None = None):
         self.config = model.config
+        if paging is not None:
+            paging = paging.for_heads(self.config.head_dim)
         vocab = self.config.vocab_size
         newline_table = checked_token_table(newline_table, vocab)
         if blank_steps is not None:

@@ -29,6 +29,7 @@ from qstar_jax.decoding.kv_cache import cache_shardings
 from qstar_jax.models.cache_pages import PagedRows
 from qstar_jax.models.config import ModelConfig
 from qstar_kernels import resolve_implementation
+from qstar_kernels.paged_attention_gpu import gpu_kernel_refusal
 
 
 @functools.partial(jax.tree_util.register_dataclass,
@@ -116,6 +117,21 @@ class Paging:
         """Whether the decode step attends through the paged-attention kernel here (not
         the model's jnp attention: "auto" on a CPU)."""
         return resolve_implementation(self.attention) != "jnp"
+
+    def for_heads(self, head_dim: int) -> Paging:
+        """This paging as a decoder of ``head_dim``-wide heads runs it: where the decode
+        step would take the compiled GPU kernel and the kernel cannot read these pages or
+        heads, "auto" takes the jnp attention instead and "pallas" is a ValueError saying
+        why (before anything compiles, where the kernel met it at the first step)."""
+        if resolve_implementation(self.attention) != "pallas_gpu":
+            return self
+        refusal = gpu_kernel_refusal(self.page_size, head_dim)
+        if refusal is None:
+            return self
+        if self.attention == "pallas":
+            raise ValueError(f"Paging(attention='pallas') with {self.page_size}-token pages "
+                             f"and heads of {head_dim}: {refusal}")
+        return dataclasses.replace(self, attention="jnp")
 
 
 def paged_cache_shardings(mesh: Mesh, rules, paging: Paging) -> PagedKVCache:

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 from flax import nnx
 
-from qstar_jax.config import Loss, QBackbone
+from qstar_jax.config import ConfigError, Loss, QBackbone
 from qstar_jax.parallel import is_writer
 from qstar_jax.qvalue.checkpoint import BackboneIdentity, QCheckpointer, load_q_head
 from qstar_jax.qvalue.dataset import LabelledStep, load_labelled, load_step_logprobs
@@ -56,7 +56,10 @@ def train_config(ctx: RunContext, examples: int) -> TrainConfig:
     q = ctx.config.q_train
     # Too few labels to hold any out: train on all of them, without early stopping.
     holdout = q.holdout_fraction if examples * q.holdout_fraction >= 1 else 0.0
-    train_examples = max(1, int(examples * (1 - holdout)))
+    train_examples = examples - round(examples * holdout)  # as split_indices holds out
+    if train_examples < 1:
+        raise ConfigError(f"q_train.holdout_fraction={q.holdout_fraction} holds out all "
+                          f"{examples} labelled examples, leaving none to train on: lower it")
     batch_size = min(q.batch_size, train_examples)  # a small label set is one batch
     steps_per_epoch = math.ceil(train_examples / batch_size)
     return TrainConfig(loss=q.loss.value, learning_rate=q.learning_rate,

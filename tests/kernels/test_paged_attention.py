@@ -3,6 +3,7 @@ CPU; the GPU kernel compiled too where a GPU is present), and the reference agai
 float64 loop over contiguous sequences."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -11,10 +12,13 @@ import pytest
 from jax.experimental.pallas.ops.gpu import paged_attention as jax_paged_attention
 
 import qstar_kernels.paged_attention as dispatch_module
+from qstar_jax.decoding import paged_cache
+from qstar_jax.decoding.paged_cache import Paging
 from qstar_kernels import paged_attention_gpu
 from qstar_kernels import (compiling_for, paged_decode_attention, paged_decode_attention_gpu,
                            paged_decode_attention_reference, paged_decode_attention_tpu,
                            resolve_implementation, target_platform)
+from qstar_kernels.paged_attention_gpu import gpu_kernel_refusal
 
 LAYERS, HEAD_DIM = 2, 16
 
@@ -346,3 +350,31 @@ def test_bad_shapes_and_sizes_are_named_by_argument():
     wide = [jnp.concatenate([x, x[..., :8]], axis=-1) for x in (q, k_pages, v_pages)]
     with pytest.raises(ValueError, match="a head_dim that is a power of two, got 24"):
         paged_decode_attention_gpu(*wide, page_table, lengths, layer)
+
+
+@pytest.mark.parametrize("page_size, head_dim, refusal", [
+    (16, 64, None), (8, 64, None), (4, 16, None),
+    (24, 64, "the GPU kernel needs a page size that is a power of two, got 24"),
+    (16, 24, "the GPU kernel needs a head_dim that is a power of two, got 24"),
+    (16, 8, "the GPU kernel needs head_dim of at least 16 (Triton's matrix product), got 8"),
+])
+def test_a_gpu_run_whose_pages_or_heads_the_kernel_cannot_read_takes_the_jnp_attention(
+        monkeypatch, page_size, head_dim, refusal):
+    """Met at the first decode step of a run on a GPU before (decode.page_size=24, or the
+    default world's 24-wide heads on 16-token pages); now "auto" decodes on the jnp path
+    there and a forced "pallas" is refused when the decoder is built."""
+    assert gpu_kernel_refusal(page_size, head_dim) == refusal
+    monkeypatch.setattr(paged_cache, "resolve_implementation",
+                        lambda attention: "jnp" if attention == "jnp" else "pallas_gpu")
+    auto = Paging(page_size=page_size, num_pages=8)
+    assert auto.for_heads(head_dim).attention == ("auto" if refusal is None else "jnp")
+    forced = Paging(page_size=page_size, num_pages=8, attention="pallas")
+    if refusal is None:
+        assert forced.for_heads(head_dim) == forced
+    else:
+        with pytest.raises(ValueError, match=re.escape(
+                f"Paging(attention='pallas') with {page_size}-token pages and heads of "
+                f"{head_dim}: {refusal}")):
+            forced.for_heads(head_dim)
+    monkeypatch.setattr(paged_cache, "resolve_implementation", lambda attention: "jnp")
+    assert Paging(page_size=24, num_pages=8).for_heads(24).attention == "auto"  # a CPU

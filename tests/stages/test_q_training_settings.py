@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from qstar_jax.config import ConfigError
 from qstar_jax.config_loading import load_config
 from qstar_jax.models.loading import LoadedModel
 from qstar_jax.qvalue.checkpoint import BackboneIdentity
@@ -56,6 +57,16 @@ def test_training_is_sized_by_the_labels(settings, examples, holdout, batch_size
         loss="mse", learning_rate=0.01, max_steps=30 * steps_per_epoch, batch_size=batch_size,
         heldout_fraction=holdout, eval_every=steps_per_epoch, patience=7,
         checkpoint_every=steps_per_epoch, warmup_steps=warmup, seed=5)
+
+
+def test_a_holdout_that_leaves_nothing_to_train_on_says_so():
+    # 0.99 of 40 rounds to 40 held out, as the training split counts them; sized apart,
+    # training met "0 training examples cannot fill batch_size=1".
+    assert train_config(context("q_train.holdout_fraction=0.97"), 40).batch_size == 1
+    with pytest.raises(ConfigError, match=r"^q_train.holdout_fraction=0.99 holds out all 40 "
+                                          r"labelled examples, leaving none to train on: lower "
+                                          r"it$"):
+        train_config(context("q_train.holdout_fraction=0.99"), 40)
 
 
 def test_a_single_step_of_training_has_no_warmup():
