@@ -210,3 +210,25 @@ def shared_split_warning(config) -> str | None:
             f"(collect, label, train_q) read the problems evaluate scores; give each split "
             f"its own files (task.options.data_files.{task.train_split}=... and "
             f".{task.eval_split}=...)")
+
+
+def identical_samples_warning(config) -> str | None:
+    """A line naming each setting that samples several copies of one thing at temperature
+    0, where every copy is the greedy one: N chains of best-of-N or self-consistency, the
+    rollouts collect samples a problem (and label's, which take its temperature), A*'s K
+    children. None where there is none."""
+    e, c, s = config.eval, config.collect, config.search
+    evaluated = set(e.methods) if "evaluate" in config.stages else set()
+    copies = []
+    chains = sorted(evaluated & {"best_of_n", "self_consistency", "best_of_n_matched"})
+    if e.temperature == 0 and e.samples > 1 and chains:
+        copies.append(f"eval.temperature=0 gives {chains} eval.samples={e.samples} equal chains")
+    if c.temperature == 0 and c.rollouts_per_problem > 1 and "collect" in config.stages:
+        copies.append(f"collect.temperature=0 gives collect.rollouts_per_problem="
+                      f"{c.rollouts_per_problem} equal rollouts (and label's rollouts take it)")
+    if s.temperature == 0 and s.k > 1 and evaluated & {"qstar", "qstar_no_q"}:
+        copies.append(f"search.temperature=0 makes A*'s search.k={s.k} children one step")
+    if not copies:
+        return None
+    return (f"warning: temperature 0 decodes greedily, so {'; '.join(copies)}: each costs "
+            "its copies' tokens for one sample's result")

@@ -34,7 +34,8 @@ from qstar_jax.outputs.folder_lock import FolderInUseError, lock_folder
 from qstar_jax.parallel import (DATA, barrier, check_cache_split, initialize_distributed,
                                 is_writer, leave_at_once, make_mesh)
 from qstar_jax.policy.runtime import PromptTooLong
-from qstar_jax.preflight import check_layer_weights, preflight, shared_split_warning
+from qstar_jax.preflight import (check_layer_weights, identical_samples_warning, preflight,
+                                 shared_split_warning)
 from qstar_jax.run_messages import (cache_full_message, different_config_advice,
                                     lost_process_message, prompt_too_long_message)
 from qstar_jax.stages.reuse import (CACHE_LAYOUT, differing_settings, reuse_trained_outputs,
@@ -108,7 +109,7 @@ def main(argv=None) -> int:
         check_layer_weights(config, mesh)
         check_memory(config)  # the weights and the cache fit, or say what does
         warnings = [context_warning(config, policy_architecture(config)),
-                    shared_split_warning(config)]
+                    shared_split_warning(config), identical_samples_warning(config)]
     except ValueError as error:  # ConfigError, MeshError, bad distributed settings
         print(f"config error: {error}", file=sys.stderr)
         return 2

@@ -26,7 +26,8 @@ from qstar_jax.parallel import DATA, MODEL
 from qstar_jax.policy.runtime import PromptTooLong
 from qstar_jax.qvalue import checkpoint
 from qstar_jax.qvalue.head import QHeadConfig
-from qstar_jax.preflight import check_layer_weights, preflight, shared_split_warning
+from qstar_jax.preflight import (check_layer_weights, identical_samples_warning, preflight,
+                                 shared_split_warning)
 from qstar_jax.run import parse_args
 from qstar_jax.run_messages import lost_process_message
 from qstar_jax.stages.context import RunContext
@@ -231,6 +232,24 @@ def test_train_and_eval_splits_reading_the_same_file_are_warned_of(tmp_path):
         "warning: task.train_split and task.eval_split are both 'train': the stages that "
         "learn (collect, label, train_q) read the problems evaluate scores; give evaluate a "
         "split of its own")
+
+
+def test_settings_that_sample_copies_of_the_greedy_one_are_warned_of():
+    def warning(*overrides):
+        return identical_samples_warning(load_config(None, [
+            "eval.methods=[greedy,best_of_n,qstar]", *overrides]))
+
+    assert warning() is None  # the defaults sample
+    assert warning("eval.temperature=0") == (
+        "warning: temperature 0 decodes greedily, so eval.temperature=0 gives ['best_of_n'] "
+        "eval.samples=6 equal chains: each costs its copies' tokens for one sample's result")
+    assert warning("eval.temperature=0", "eval.samples=1") is None
+    assert warning("eval.temperature=0", "eval.methods=[greedy,qstar]") is None
+    assert "collect.rollouts_per_problem=4 equal rollouts" in warning("collect.temperature=0")
+    assert warning("collect.temperature=0", "stages=[evaluate]") is None
+    assert "search.temperature=0 makes A*'s search.k=6 children one step" in warning(
+        "search.temperature=0")
+    assert warning("search.temperature=0", "search.k=1") is None
 
 
 def test_preflight_refuses_a_prm_model_that_is_neither_a_learned_prm_nor_a_checkpoint(
