@@ -180,10 +180,7 @@ def parse_args() -> argparse.Namespace:
                         help="after each of our runs' timed pass, one more under the profiler: "
                              "its trace saved in this directory and its busiest kernels "
                              "printed (experiments/device_trace.py)")
-    args = parser.parse_args()
-    if args.e_wave is not None and args.e_wave < 1:
-        parser.error(f"--e-wave must be at least 1, got {args.e_wave}")
-    return args
+    return parser.parse_args()
 
 
 def compile_counter():

@@ -71,6 +71,8 @@ CODE_TASKS = ("mbpp", "mbpp_sanitized", "humaneval")  # search.utility=code_rule
 # (counted up from this run's results), the budget-matched baseline.
 METHODS = ("greedy", "self_consistency", "best_of_n", "beam", "qstar", "qstar_no_q",
            "best_of_n_matched")
+# The methods that sample eval.samples independent chains a problem.
+CHAIN_METHODS = ("self_consistency", "best_of_n", "best_of_n_matched")
 # The other reasoners on the same engine, run only when eval.methods lists them: Tree of
 # Thoughts (breadth and depth first over steps) and MCTS self-refine (whole answers).
 REASONER_METHODS = ("tot_bfs", "tot_dfs", "mctsr")

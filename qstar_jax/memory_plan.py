@@ -75,7 +75,7 @@ import jax
 import numpy as np
 
 from qstar_jax.architectures import context_warning, evaluate_models, policy_architecture
-from qstar_jax.config import REASONER_METHODS, ConfigError, RunConfig
+from qstar_jax.config import CHAIN_METHODS, REASONER_METHODS, ConfigError, RunConfig
 from qstar_jax.config_loading import load_config
 from qstar_jax.decoding.weights import COPYING_LAYER_WEIGHTS, resolve_layer_weights
 from qstar_jax.models.config import ModelConfig, UnsupportedConfigError
@@ -84,7 +84,6 @@ from qstar_jax.parallel import MeshError, check_cache_split, mesh_shape
 
 HEADROOM = 0.9  # the share of memory the weights and the cache may take
 DEFAULT_PROMPT_TOKENS = 768  # see the module docstring
-CHAIN_METHODS = ("self_consistency", "best_of_n", "best_of_n_matched")
 UNITS = {"KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**10, "MIB": 2**20,
          "GIB": 2**30, "TIB": 2**40}
 
@@ -378,8 +377,7 @@ def main(argv=None) -> int:
         others = evaluate_models(run, prm_config=args.prm_config, q_config=args.q_config)
         if args.devices is not None:  # as run builds its mesh and splits its cache
             data_shards, _ = mesh_shape(run.mesh.data, run.mesh.model, args.devices)
-            d = run.decode
-            check_cache_split(data_shards, slots=d.slots, pages=d.page_size and d.num_pages)
+            check_cache_split(data_shards, slots=run.decode.slots, pages=run.decode.num_pages)
         if args.page_size is not None and run.decode.max_len % args.page_size:
             raise ConfigError(f"--page-size {args.page_size}: decode.max_len="
                               f"{run.decode.max_len} must be a multiple of it, as run "

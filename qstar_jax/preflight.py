@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 
 from qstar_jax.architectures import architecture, evaluate_models, policy_architecture
-from qstar_jax.config import (FROM_SCRATCH_TASKS, SCRATCH, SOLVER, ConfigError, ToTEvaluator,
-                              Utility)
+from qstar_jax.config import (CHAIN_METHODS, FROM_SCRATCH_TASKS, SCRATCH, SOLVER, ConfigError,
+                              ToTEvaluator, Utility)
 from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.decoding.step_sampler import ROW_WINDOWS, resolve_row_windows
 from qstar_jax.decoding.weights import COPYING_LAYER_WEIGHTS, resolve_layer_weights
@@ -92,11 +92,11 @@ def check_data_files(config) -> None:
     problems_file = options.get("problems_file")  # HumanEval's one file
     if problems_file is not None and not Path(str(problems_file)).expanduser().is_file():
         raise ConfigError(f"task.options.problems_file: {problems_file} is not a file")
-    if "data_files" in options and options["data_files"] is not None \
-            and not options["data_files"]:
+    data_files = options.get("data_files")
+    if data_files is not None and not data_files:
         raise ConfigError("task.options.data_files is empty: name the files, or leave it out "
                           "to load the task's dataset from the hub")
-    data_files = options.get("data_files") or {}
+    data_files = data_files or {}
     files = data_files.values() if isinstance(data_files, dict) else [data_files]
     for file in files:
         try:
@@ -220,7 +220,7 @@ def identical_samples_warning(config) -> str | None:
     e, c, s = config.eval, config.collect, config.search
     evaluated = set(e.methods) if "evaluate" in config.stages else set()
     copies = []
-    chains = sorted(evaluated & {"best_of_n", "self_consistency", "best_of_n_matched"})
+    chains = sorted(evaluated & set(CHAIN_METHODS))
     if e.temperature == 0 and e.samples > 1 and chains:
         copies.append(f"eval.temperature=0 gives {chains} eval.samples={e.samples} equal chains")
     if c.temperature == 0 and c.rollouts_per_problem > 1 and "collect" in config.stages:

@@ -105,7 +105,7 @@ def main(argv=None) -> int:
         initialize_distributed(**dataclasses.asdict(config.distributed))
         mesh = make_mesh(config.mesh.data, config.mesh.model)
         check_cache_split(mesh.shape[DATA], slots=config.decode.slots,
-                          pages=config.decode.page_size and config.decode.num_pages)
+                          pages=config.decode.num_pages)
         check_layer_weights(config, mesh)
         check_memory(config)  # the weights and the cache fit, or say what does
         warnings = [context_warning(config, policy_architecture(config)),

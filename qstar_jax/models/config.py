@@ -130,13 +130,18 @@ class ModelConfig:
             attention_bias=model_type == "qwen2" or bool(hf.get("attention_bias", False)),
             attention_out_bias=model_type != "qwen2" and bool(hf.get("attention_bias", False)),
             sliding_windows=_sliding_windows(hf, model_type, num_layers),
-            bos_token_id=_token_ids(hf, "bos_token_id", many=False),
-            eos_token_ids=_token_ids(hf, "eos_token_id"),
+            bos_token_id=_hf_token_id(hf, "bos_token_id"),
+            eos_token_ids=_hf_token_ids(hf, "eos_token_id"),
         )
 
 
+def _is_int(value: Any) -> bool:
+    """An int that is not a bool (JSON's true would read as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _is_positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return _is_int(value) and value > 0
 
 
 def token_ids(value: Any) -> tuple[int, ...]:
@@ -144,18 +149,21 @@ def token_ids(value: Any) -> tuple[int, ...]:
     ids: null, one id or a list of ids. Anything else (a token's text, say) is a
     ValueError."""
     ids = () if value is None else tuple(value) if isinstance(value, list) else (value,)
-    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+    if not all(_is_int(i) and i >= 0 for i in ids):
         raise ValueError(f"{value!r:.60} is not a token id or a list of them (integers >= 0)")
     return ids
 
 
-def _token_ids(hf: dict, field: str, *, many: bool = True):
+def _hf_token_ids(hf: dict, field: str) -> tuple[int, ...]:
     try:
-        ids = token_ids(hf.get(field))
+        return token_ids(hf.get(field))
     except ValueError as error:
         raise UnsupportedConfigError(f"{field}: {error}") from None
-    if many:
-        return ids
+
+
+def _hf_token_id(hf: dict, field: str) -> int | None:
+    """A field the decoder reads one id of (a one-item list is that id)."""
+    ids = _hf_token_ids(hf, field)
     if len(ids) > 1:
         raise UnsupportedConfigError(f"{field}={hf[field]!r} names {len(ids)} tokens; one is "
                                      "read")

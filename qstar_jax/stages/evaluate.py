@@ -15,7 +15,7 @@ from typing import Callable, Hashable
 
 import numpy as np
 
-from qstar_jax.config import REASONER_METHODS, Scorer, ToTEvaluator, Utility
+from qstar_jax.config import CHAIN_METHODS, REASONER_METHODS, Scorer, ToTEvaluator, Utility
 from qstar_jax.outputs.durable import write_atomically
 from qstar_jax.outputs.reports import (SECOND_POLICY_GREEDY, matched_samples, summarize,
                                        write_reports)
@@ -41,7 +41,6 @@ from qstar_jax.tasks.code_rules import python_tokenizes
 
 # Greedy decoding and majority voting never read Q̂, so they spend no Q̂ calls.
 USES_Q = ("best_of_n", "beam", "qstar", "best_of_n_matched")
-CHAIN_METHODS = ("self_consistency", "best_of_n", "best_of_n_matched")
 RESULTS_LOG = "results.jsonl"  # a line per (method, problem)
 MATCHED_STATE = "best_of_n_matched.json"  # the N best_of_n_matched is evaluated at
 

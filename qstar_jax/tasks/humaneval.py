@@ -126,11 +126,9 @@ class HumanEvalTask(FencedCodeAnswers):
             raise DataFilesError(f"humaneval problems_file {path} "
                                  f"{'is a folder' if path.is_dir() else 'does not exist'}")
         problems, skipped = [], []
-        for index, (line, record) in enumerate(_jsonl_records(path)):
+        for index, (line, text) in enumerate(_jsonl_lines(path)):
             try:
-                if isinstance(record, ValueError):
-                    raise record
-                problems.append(problem_from_record(record))
+                problems.append(problem_from_record(_json_record(text)))
             except ValueError as error:
                 if not skip_malformed:
                     raise MalformedRecordError(
@@ -146,24 +144,26 @@ class HumanEvalTask(FencedCodeAnswers):
         return problems
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, record) for each line of a JSONL or JSONL.gz file that is not blank;
-    a line that is not JSON gives a ValueError saying so in place of its record."""
+def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) for each line of a JSONL or JSONL.gz file that is not blank."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt", encoding="utf-8") as lines:
             for number, line in enumerate(lines, 1):
                 if line.strip():
-                    try:
-                        yield number, json.loads(line.rstrip("\r\n"))
-                    except json.JSONDecodeError as error:
-                        yield number, ValueError(f"it is not JSON: {error.msg} at column "
-                                                 f"{error.colno}")
+                    yield number, line.rstrip("\r\n")
     # gzip's BadGzipFile is an OSError; EOFError: a gzip file cut short.
     except (OSError, EOFError, UnicodeDecodeError) as error:
         raise MalformedRecordError(f"cannot read humaneval problems_file {path}: {error}; "
                                    "it must be JSONL, or JSONL compressed with gzip (.gz)"
                                    ) from error
+
+
+def _json_record(line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as error:  # a ValueError: the record is malformed
+        raise ValueError(f"it is not JSON: {error.msg} at column {error.colno}") from None
 
 
 def problem_from_record(record: dict[str, Any]) -> Problem:
