@@ -3,9 +3,11 @@ meet hours in is one line now: the task builds from its options; every checkpoin
 config names exists and is of an architecture the loader reads; every data file exists
 and is of a format the loader reads, and the files give the split evaluate reads; a
 synthetic world has the splits the run reads; the policy can read the English that
-MCTSr and ToT's value prompt ask it in; and, once the mesh is built,
+MCTSr and ToT's value prompt ask it in; a Math-Shepherd PRM's tokenizer reads each of its
+labels as one token; and, once the mesh is built,
 ``decode.layer_weights`` can hold each decoding model on it. And what it warns of: the
-train and eval splits reading the same file.
+train and eval splits reading the same file, temperature 0 where several samples are
+asked for, and a warmup as long as the policy's training.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.decoding.step_sampler import ROW_WINDOWS, resolve_row_windows
 from qstar_jax.decoding.weights import COPYING_LAYER_WEIGHTS, resolve_layer_weights
 from qstar_jax.models.config import UnsupportedConfigError
-from qstar_jax.models.loading import PACKAGED_MODELS
+from qstar_jax.models.loading import (PACKAGED_MODELS, checkpoint_tokenizer, missing_tokenizer,
+                                      source_path)
 from qstar_jax.models.weights import CheckpointError
 from qstar_jax.parallel import MODEL, ShardingRules
 from qstar_jax.stages.context import RunContext
-from qstar_jax.stages.prm import prm_kind
+from qstar_jax.stages.prm import prm_kind, prm_label_ids
 from qstar_jax.tasks.datasets import (DataFilesError, builder_for, expanded_paths,
                                      files_for_split)
 from qstar_jax.tasks.hashed_splits import check_split as check_hashed_split
@@ -39,6 +42,7 @@ def preflight(config) -> None:
     check_data_files(config)
     check_task_splits(config)
     check_reasoner_prompts(config)
+    check_prm_labels(config)
 
 
 def check_world_splits(config) -> None:
@@ -153,6 +157,23 @@ def check_reasoner_prompts(config) -> None:
                           "pretrained chat model as policy.source")
 
 
+def check_prm_labels(config) -> None:
+    """A Math-Shepherd PRM's tokenizer exists and reads each of its labels as one token
+    (read without the PRM's weights; evaluate loads the PRM after every training stage)."""
+    s = config.search
+    if (s.utility != Utility.prm or s.prm_model is None or "evaluate" not in config.stages
+            or prm_kind(s.prm_model) != "shepherd"):
+        return
+    try:
+        tokenizer = checkpoint_tokenizer(source_path(s.prm_model),
+                                         architecture(s.prm_model, "search.prm_model", ""))
+        if tokenizer is None:
+            raise missing_tokenizer(s.prm_model)
+    except CheckpointError as error:
+        raise ConfigError(f"search.prm_model: {error}") from error
+    prm_label_ids(tokenizer.encode, s)
+
+
 def check_layer_weights(config, mesh) -> None:
     """``decode.layer_weights`` can hold each model that decodes (the policy, a second
     opinion) on ``mesh``, and their step calls can run over row windows where
@@ -232,3 +253,15 @@ def identical_samples_warning(config) -> str | None:
         return None
     return (f"warning: temperature 0 decodes greedily, so {'; '.join(copies)}: each costs "
             "its copies' tokens for one sample's result")
+
+
+def warmup_warning(config) -> str | None:
+    """A line where a policy trained from scratch never reaches its peak learning rate:
+    ``policy_training.warmup_steps`` at or past its ``steps``. None otherwise."""
+    pt = config.policy_training
+    trains = "train_policy" in config.stages and config.policy.source == SCRATCH
+    if not trains or pt.warmup_steps < pt.steps:
+        return None
+    return (f"warning: policy_training.warmup_steps={pt.warmup_steps} is not below its "
+            f"steps={pt.steps}: the learning rate climbs the whole run and never reaches "
+            f"policy_training.learning_rate={pt.learning_rate:g}; give fewer warmup steps")

@@ -4,6 +4,7 @@ Runs the configured stages in order (by default train_policy, collect, label, tr
 evaluate; train_prm before evaluate when ``stages`` lists it); each is skipped when its
 outputs already exist in the output folder, so rerunning a killed run resumes it. With no
 arguments: the default experiment (arithmetic chains, Q* planning with its learned Q̂).
+``stages=[]`` checks a config (everything checked before a stage) and runs nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import NoReturn
 import jax
 
 from qstar_jax.architectures import context_warning, policy_architecture
-from qstar_jax.config import ConfigError
+from qstar_jax.config import STAGES, ConfigError
 from qstar_jax.config_loading import load_config, to_yaml
 from qstar_jax.decoding.kv_cache import SlotPoolExhausted
 from qstar_jax.decoding.page_table import PagePoolExhausted
@@ -35,7 +36,7 @@ from qstar_jax.parallel import (DATA, barrier, check_cache_split, initialize_dis
                                 is_writer, leave_at_once, make_mesh)
 from qstar_jax.policy.runtime import PromptTooLong
 from qstar_jax.preflight import (check_layer_weights, identical_samples_warning, preflight,
-                                 shared_split_warning)
+                                 shared_split_warning, warmup_warning)
 from qstar_jax.run_messages import (cache_full_message, different_config_advice,
                                     lost_process_message, prompt_too_long_message)
 from qstar_jax.stages.reuse import (CACHE_LAYOUT, differing_settings, reuse_trained_outputs,
@@ -109,12 +110,18 @@ def main(argv=None) -> int:
         check_layer_weights(config, mesh)
         check_memory(config)  # the weights and the cache fit, or say what does
         warnings = [context_warning(config, policy_architecture(config)),
-                    shared_split_warning(config), identical_samples_warning(config)]
+                    shared_split_warning(config), identical_samples_warning(config),
+                    warmup_warning(config)]
     except ValueError as error:  # ConfigError, MeshError, bad distributed settings
         print(f"config error: {error}", file=sys.stderr)
         return 2
     for warning in filter(None, warnings):
         print(warning, file=sys.stderr, flush=True)
+    if not config.stages:  # a check of the config alone: nothing to write
+        print(f"stages=[]: the config passed every check made before a stage; no stage ran "
+              f"and nothing was written (stages to choose from: {', '.join(STAGES)})",
+              flush=True)
+        return 0
     out = Path(args.out or config.out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)

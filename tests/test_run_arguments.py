@@ -27,12 +27,13 @@ from qstar_jax.policy.runtime import PromptTooLong
 from qstar_jax.qvalue import checkpoint
 from qstar_jax.qvalue.head import QHeadConfig
 from qstar_jax.preflight import (check_layer_weights, identical_samples_warning, preflight,
-                                 shared_split_warning)
+                                 shared_split_warning, warmup_warning)
 from qstar_jax.run import parse_args
 from qstar_jax.run_messages import lost_process_message
 from qstar_jax.stages.context import RunContext
 from qstar_jax.tasks.base import MalformedRecordError
 from tests.decoding.tiny_models import tiny_config
+from tests.support.tiny_checkpoints import save_tiny_checkpoint
 
 GSM8K_TEST = "tests/fixtures/gsm8k/test.jsonl"
 ARCHITECTURES = "configs/architectures"
@@ -252,16 +253,49 @@ def test_settings_that_sample_copies_of_the_greedy_one_are_warned_of():
     assert warning("search.temperature=0", "search.k=1") is None
 
 
+def test_a_warmup_as_long_as_the_policys_training_is_warned_of():
+    def warning(*overrides):
+        return warmup_warning(load_config(None, list(overrides)))
+
+    assert warning() is None  # the default world: 1000 steps, 100 of warmup
+    assert warning("policy_training.steps=100") == (
+        "warning: policy_training.warmup_steps=100 is not below its steps=100: the learning "
+        "rate climbs the whole run and never reaches policy_training.learning_rate=0.002; "
+        "give fewer warmup steps")
+    assert warning("policy_training.steps=100", "policy_training.warmup_steps=99") is None
+    assert warning("policy_training.steps=100", "stages=[evaluate]") is None
+    assert warning("policy_training.steps=100", *REAL_TASK) is None  # a checkpoint's policy
+
+
 def test_preflight_refuses_a_prm_model_that_is_neither_a_learned_prm_nor_a_checkpoint(
         tmp_path):
     with pytest.raises(ConfigError, match=f"^search.prm_model={tmp_path} is neither a PRM the "
                                           "train_prm stage wrote"):
         preflight(load_config(None, [*REAL_TASK, "search.utility=prm",
                                          f"search.prm_model={tmp_path}"]))
-    # A Math-Shepherd checkpoint's shape: an HF directory with a config.json.
+    # A Math-Shepherd checkpoint's shape: an HF directory with a config.json (its tokenizer
+    # is read when evaluate scores with it, so a run without evaluate needs none).
     (tmp_path / "config.json").write_text(Path(f"{ARCHITECTURES}/mistral-7b-v0.1.json").read_text())
     preflight(load_config(None, [*REAL_TASK, "search.utility=prm",
-                                     f"search.prm_model={tmp_path}"]))
+                                     f"search.prm_model={tmp_path}", "stages=[collect]"]))
+
+
+def test_preflight_reads_a_math_shepherd_prms_labels_with_its_tokenizer(tmp_path):
+    # Met when evaluate loaded the PRM, after every training stage.
+    prm = save_tiny_checkpoint(tmp_path / "prm", "llama")
+    scored = [*REAL_TASK, "search.utility=prm", f"search.prm_model={prm}"]
+    preflight(load_config(None, scored))  # '+' and '-' are one token each
+    with pytest.raises(ConfigError) as raised:
+        preflight(load_config(None, [*scored, "search.prm_bad_token=--"]))
+    assert str(raised.value) == (f"search.prm_bad_token='--' is 2 tokens for the tokenizer of "
+                                 f"search.prm_model={prm}; give a single-token label")
+    preflight(load_config(None, [*scored, "search.prm_bad_token=--", "stages=[collect]"]))
+    (prm / "tokenizer.json").unlink()
+    (prm / "tokenizer_config.json").unlink()
+    with pytest.raises(ConfigError) as raised:
+        preflight(load_config(None, scored))
+    assert str(raised.value) == (f"search.prm_model: model {prm} ships no tokenizer; point the "
+                                 "config at a checkpoint with tokenizer files")
 
 
 def test_a_folder_holds_the_same_run_whatever_stages_ran_there(tmp_path):
@@ -392,6 +426,17 @@ def test_stages_run_in_the_configured_order(tmp_path, monkeypatch):
     config = load_config(None, ["stages=[label,collect,evaluate]"])
     run.run_stages(RunContext(config=config, out=tmp_path))
     assert called == [("label", tmp_path), ("collect", tmp_path), ("evaluate", tmp_path)]
+
+
+def test_no_stages_checks_the_config_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run.main(["stages=[]", "--out", str(out)]) == 0
+    assert capsys.readouterr().out == (
+        "stages=[]: the config passed every check made before a stage; no stage ran and "
+        "nothing was written (stages to choose from: train_policy, collect, label, train_q, "
+        "train_prm, evaluate)\n")
+    assert not out.exists()
+    assert run.main(["stages=[]", "decode.slots=0"]) == 2  # the checks still run
 
 
 def test_a_process_that_lost_the_others_says_what_to_do():

@@ -193,8 +193,13 @@ def _dequantizer(tensor, path: Path, permuted_heads: int | None):
     return read
 
 
-def load_gguf_model(path: Path, *, dtype) -> tuple[ModelConfig, LlamaModel, bool]:
-    """Config, filled model, and whether the file carries a tokenizer vocabulary.
+def has_vocabulary(path: Path) -> bool:
+    """Whether the GGUF file carries a tokenizer vocabulary."""
+    return open_gguf(path).get_field("tokenizer.ggml.tokens") is not None
+
+
+def load_gguf_model(path: Path, *, dtype) -> tuple[ModelConfig, LlamaModel]:
+    """Config and filled model.
 
     Errors name the tensor and the file.
     """
@@ -214,5 +219,4 @@ def load_gguf_model(path: Path, *, dtype) -> tuple[ModelConfig, LlamaModel, bool
         tensors[hf_name] = StoredTensor(file=path,
                                         shape=tuple(int(d) for d in reversed(tensor.shape)),
                                         read=_dequantizer(tensor, path, heads))
-    has_vocabulary = reader.get_field("tokenizer.ggml.tokens") is not None
-    return cfg, build_model(cfg, tensors, dtype=dtype), has_vocabulary
+    return cfg, build_model(cfg, tensors, dtype=dtype)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from qstar_jax.models.config import ModelConfig
-from qstar_jax.models.gguf_checkpoint import load_gguf_model
+from qstar_jax.models.gguf_checkpoint import has_vocabulary, load_gguf_model
 from qstar_jax.models.hf_checkpoint import generation_eos_ids, load_hf_model, read_hf_config
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.models.sharded_params import PARAMS_FOLDER, load_llama_onto_mesh
@@ -82,6 +82,26 @@ def directory_tokenizer(path: Path, config: ModelConfig) -> Tokenizer | None:
                               f"({type(error).__name__}: {error})") from error
 
 
+def checkpoint_tokenizer(path: Path, config: ModelConfig) -> Tokenizer | None:
+    """The tokenizer of the checkpoint directory or .gguf file ``path`` (of ``config``),
+    read without its weights; None where it ships none."""
+    if path.is_dir():
+        return directory_tokenizer(path, config)
+    if not has_vocabulary(path):
+        return None
+    return Tokenizer.from_gguf(path, extra_eos_ids=config.eos_token_ids)
+
+
+def missing_tokenizer(source: str | Path) -> CheckpointError:
+    """The error for a checkpoint a stage must tokenize with that ships no tokenizer."""
+    if Path(source).suffix == ".gguf":
+        return CheckpointError(f"model {source} ships no tokenizer: the file holds no "
+                               "vocabulary (tokenizer.ggml.tokens); use a GGUF converted "
+                               "with its tokenizer, or the model's HF directory")
+    return CheckpointError(f"model {source} ships no tokenizer; point the config at a "
+                           "checkpoint with tokenizer files")
+
+
 def load_model(source: str | Path, *, dtype=jnp.float32, mesh: Mesh | None = None
                ) -> LoadedModel:
     """Load config, weights (cast to ``dtype``) and tokenizer.
@@ -100,12 +120,8 @@ def load_model(source: str | Path, *, dtype=jnp.float32, mesh: Mesh | None = Non
             model = load_llama_onto_mesh(path / PARAMS_FOLDER, config, mesh, dtype=dtype)
         else:
             config, model = load_hf_model(path, dtype=dtype)
-        tokenizer = directory_tokenizer(path, config)
     elif path.is_file() and path.suffix == ".gguf":
-        config, model, has_vocabulary = load_gguf_model(path, dtype=dtype)
-        tokenizer = None
-        if has_vocabulary:
-            tokenizer = Tokenizer.from_gguf(path, extra_eos_ids=config.eos_token_ids)
+        config, model = load_gguf_model(path, dtype=dtype)
     elif path.exists():
         raise CheckpointError(f"{path} is neither a checkpoint directory nor a .gguf file; "
                               "pass an HF checkpoint directory or a .gguf file")
@@ -113,6 +129,7 @@ def load_model(source: str | Path, *, dtype=jnp.float32, mesh: Mesh | None = Non
         raise CheckpointError(
             f"'{source}' does not exist and is not a known alias ({', '.join(PACKAGED_MODELS)}); "
             "pass an HF checkpoint directory (config.json + *.safetensors) or a .gguf file")
+    tokenizer = checkpoint_tokenizer(path, config)
     if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
         raise CheckpointError(
             f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary "

@@ -18,7 +18,7 @@ from qstar_jax.config_loading import load_config
 from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.decoding.step_sampler import ROW_WINDOWS
-from qstar_jax.models.loading import LoadedModel, load_model
+from qstar_jax.models.loading import LoadedModel, load_model, missing_tokenizer
 from qstar_jax.models.weights import CheckpointError
 from qstar_jax.parallel import DATA
 from qstar_jax.policy.runtime import PolicyRuntime
@@ -124,13 +124,8 @@ class RunContext:
         """The model at ``source``; one this or another run trained, restored onto the
         run's mesh (``load_model``)."""
         loaded = load_model(source, dtype=DTYPES[self.config.policy.dtype], mesh=self.mesh)
-        if loaded.tokenizer is None and Path(source).suffix == ".gguf":
-            raise CheckpointError(f"model {source} ships no tokenizer: the file holds no "
-                                  "vocabulary (tokenizer.ggml.tokens); use a GGUF converted "
-                                  "with its tokenizer, or the model's HF directory")
         if loaded.tokenizer is None:
-            raise CheckpointError(f"model {source} ships no tokenizer; point the config at "
-                                  "a checkpoint with tokenizer files")
+            raise missing_tokenizer(source)
         return loaded
 
     def problems(self, split: str, count: int) -> list[Problem]:

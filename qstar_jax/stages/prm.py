@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from qstar_jax.config import ConfigError
+from qstar_jax.config import ConfigError, SearchConfig
 from qstar_jax.models.loading import PACKAGED_MODELS
 from qstar_jax.parallel import is_writer
 from qstar_jax.policy.rollouts import DecoderRolloutSampler
@@ -133,15 +133,21 @@ def shepherd_prm(ctx: RunContext, problems) -> ShepherdPRM:
     s = ctx.config.search
     loaded = ctx.load(s.prm_model)
     encode = loaded.tokenizer.encode
+    good, bad = prm_label_ids(encode, s)
+    return ShepherdPRM(loaded.model, encode=encode,
+                       question=lambda i: problems[i].question, step_tag=s.prm_step_tag,
+                       good_token_id=good, bad_token_id=bad)
 
-    def token_id(key: str, text: str) -> int:
+
+def prm_label_ids(encode, search: SearchConfig) -> tuple[int, int]:
+    """The ids of ``search.prm_good_token`` and ``prm_bad_token`` under the Math-Shepherd
+    PRM's tokenizer (``encode``); a label of any other length than one token is refused."""
+    def token_id(key: str) -> int:
+        text = getattr(search, key)
         ids = encode(text)
         if len(ids) != 1:
             raise ConfigError(f"search.{key}={text!r} is {len(ids)} tokens for the tokenizer of "
-                              f"search.prm_model={s.prm_model}; give a single-token label")
+                              f"search.prm_model={search.prm_model}; give a single-token label")
         return ids[0]
 
-    return ShepherdPRM(loaded.model, encode=encode,
-                       question=lambda i: problems[i].question, step_tag=s.prm_step_tag,
-                       good_token_id=token_id("prm_good_token", s.prm_good_token),
-                       bad_token_id=token_id("prm_bad_token", s.prm_bad_token))
+    return token_id("prm_good_token"), token_id("prm_bad_token")
