@@ -4,6 +4,9 @@ that key and its value."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 from qstar_jax.config import (CODE_TASKS, EXACT_VALUE_TASKS, FROM_SCRATCH_TASKS, METHODS,
                               POLICY_DTYPES, REASONER_METHODS, SCRATCH, SOLVER, SOLVER_TASKS,
                               STAGES, ConfigError, LabelMethod, QBackbone, RunConfig,
@@ -19,6 +22,7 @@ def check_config(config: RunConfig) -> None:
     # numpy's and random's generators take no negative seed; JAX's keys none of 2**63 or
     # more, and a second policy trains from seed + 1
     _require(0 <= config.seed < 2 ** 32, "seed", f"must be in [0, 2**32), got {config.seed}")
+    _check_finite(config)
     _check_search(config)
     _check_eval(config)
     _check_decode(config)
@@ -28,6 +32,18 @@ def check_config(config: RunConfig) -> None:
 def _require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {message}")
+
+
+def _check_finite(settings, prefix: str = "") -> None:
+    """No number setting is NaN or infinite: NaN passes every range check below (it
+    compares false), and an infinite temperature or λ failed, or scored every node alike,
+    inside a stage."""
+    for field in dataclasses.fields(settings):
+        value, key = getattr(settings, field.name), f"{prefix}{field.name}"
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, f"{key}.")
+        elif isinstance(value, float):
+            _require(math.isfinite(value), key, f"must be a finite number, got {value}")
 
 
 def _at_least(minimum: float, prefix: str, settings, *fields: str) -> None:

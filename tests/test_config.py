@@ -140,6 +140,12 @@ def test_round_trip_through_yaml(tmp_path):
     ("policy_training.batch_size=0", "policy_training.batch_size: must be >= 1, got 0"),
     ("policy_training.hidden_size=0", "policy_training.hidden_size: must be >= 1, got 0"),
     ("policy_training.intermediate_size=0", "policy_training.intermediate_size: .* got 0"),
+    # NaN passes every >= check, and an infinite temperature failed inside evaluate
+    ("eval.temperature=inf", "^eval.temperature: must be a finite number, got inf$"),
+    ("search.lam=.inf", "^search.lam: must be a finite number, got inf$"),
+    ("eval.tot.threshold=nan", "^eval.tot.threshold: must be a finite number, got nan$"),
+    ("eval.mctsr.exploration=nan", "^eval.mctsr.exploration: must be a finite number, "
+                                   "got nan$"),
     ("seed=-1", r"^seed: must be in \[0, 2\*\*32\), got -1$"),
     ("seed=4294967296", r"^seed: must be in \[0, 2\*\*32\), got 4294967296$"),
     ("q_train.patience=0", "^q_train.patience: must be >= 1, got 0$"),

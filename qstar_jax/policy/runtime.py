@@ -97,6 +97,7 @@ class PolicyRuntime:
         self._keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(jax.random.key(seed), ids)
         self.generated = collections.Counter()
         self.prefilled = collections.Counter()
+        self._prompts_with_room: set[int] = set()  # problems whose prompt leaves room
 
     @contextlib.contextmanager
     def undone_when_full(self) -> Iterator[None]:
@@ -119,9 +120,22 @@ class PolicyRuntime:
 
     def prefill(self, problem_indices: Sequence[int], prefixes: Sequence[Sequence[str]]
                 ) -> list[int]:
-        """A fresh slot per item holding the prompt and the given steps."""
+        """A fresh slot per item holding the prompt and the given steps. A prompt alone
+        that fills a cache row is refused: its search would answer an empty text."""
+        for i in {i for i, steps in zip(problem_indices, prefixes) if not steps}:
+            self._check_room_after_prompt(i)
         return self.prefill_texts(problem_indices, [
             state_text(self.prompts[i], steps) for i, steps in zip(problem_indices, prefixes)])
+
+    def _check_room_after_prompt(self, i: int) -> None:
+        if i in self._prompts_with_room:
+            return
+        length = len(self.tokenizer.encode(self.prompts[i]))
+        if length >= self.decoder.max_len:
+            raise PromptTooLong(f"a prompt of problem {self.problems[i].id} has {length} "
+                                f"tokens, filling a cache row of {self.decoder.max_len} "
+                                "with no room left for a step")
+        self._prompts_with_room.add(i)
 
     def prefill_texts(self, problem_indices: Sequence[int], texts: Sequence[str]) -> list[int]:
         """A fresh slot per text holding it, charged to its problem."""

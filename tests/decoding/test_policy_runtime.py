@@ -335,6 +335,21 @@ def test_a_prompt_longer_than_a_cache_row_is_refused_by_name_before_any_slot_is_
     assert decoder._next == 0 and decoder.prefilled == [] and not runtime.prefilled
 
 
+def test_a_problems_prompt_that_fills_a_cache_row_is_refused_and_its_steps_are_not():
+    # A prompt alone of max_len tokens left no room: its search answered '' as complete.
+    decoder = RecordingDecoder()
+    runtime = PolicyRuntime(decoder, Chars(), FLinesAnswer(),
+                            [Problem(id=i, question="", reference=None) for i in ("p0", "p1")],
+                            ["Q p0\n", "Q" * 15 + "\n"], seed=5, step_token_cap=3)
+    with pytest.raises(PromptTooLong, match="^a prompt of problem p1 has 16 tokens, filling a "
+                                            "cache row of 16 with no room left for a step$"):
+        runtime.prefill([0, 1], [(), ()])
+    assert decoder._next == 0 and decoder.prefilled == []
+    assert runtime.prefill([0], [()]) == [0]
+    # A node whose steps fill the row is a search state that ran out of room, not refused.
+    assert runtime.prefill([0], [("a" * 10,)]) == [1]
+
+
 def test_every_draw_is_keyed_by_the_seed_and_problem_id_under_the_runtimes_filters():
     """Problem p2's key is fold_in(key(5), stable_id("p2")) wherever p2 stands in the
     list; steps, texts and tries all sample at top_k 40 and top_p .9."""
