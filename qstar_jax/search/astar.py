@@ -36,7 +36,9 @@ from qstar_jax.search.tree import TreePlanner, best_by_f
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Budget:
     """Per-problem limits; None = unlimited. The token limit is checked before each
-    round, so the last round may overshoot it by what that round generates."""
+    round against the tokens the expander charged (the result's ``generated_tokens``:
+    with prefix sharing, the steps' distinct tokens), so the last round may overshoot it
+    by what that round generates."""
 
     max_expansions: int | None = None
     max_generated_tokens: int | None = None
@@ -145,13 +147,14 @@ class AStarPlanner(TreePlanner):
                             include_tree=include_tree)
 
     def _round_limit(self) -> int:
-        budget, tree = self._config.budget, self._tree
+        budget = self._config.budget
         if (budget.max_generated_tokens is not None
-                and tree.generated_tokens >= budget.max_generated_tokens):
+                and self._generated_tokens >= budget.max_generated_tokens):
             return 0
         if budget.max_expansions is None:
             return self._config.expansions_per_round
-        return min(self._config.expansions_per_round, budget.max_expansions - tree.expansions)
+        return min(self._config.expansions_per_round,
+                   budget.max_expansions - self._tree.expansions)
 
     def _too_deep(self, node: Node) -> bool:
         return self._config.max_steps is not None and node.depth >= self._config.max_steps

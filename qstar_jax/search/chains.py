@@ -16,7 +16,8 @@ from typing import Callable, Hashable, Sequence
 import numpy as np
 
 from qstar_jax.search.aggregate import Agg
-from qstar_jax.search.checks import as_agg, require_positive, require_temperature
+from qstar_jax.search.checks import (as_agg, checked_scores, require_positive,
+                                     require_temperature)
 from qstar_jax.search.interface import ExpandRequest, Node
 from qstar_jax.search.planner import Outcome, ScoredStep, SearchResult
 from qstar_jax.search.tree import TreePlanner
@@ -105,10 +106,8 @@ class ChainPlanner(TreePlanner):
         super()._finish()
         complete = self._complete()
         if complete:
-            self._scores = np.asarray(self._rank(complete), np.float64)
-            if self._scores.shape != (len(complete),):
-                raise ValueError(f"chain ranking returned shape {self._scores.shape} for "
-                                 f"{len(complete)} complete chains")
+            self._scores = checked_scores(self._rank(complete), len(complete),
+                                          "chain ranking", "complete chains")
 
 
 def greedy_planner(problem_index: int, *, max_steps: int = 32,

@@ -1,8 +1,11 @@
-"""Checks on planner configs; each error names the field and the accepted values."""
+"""Checks on planner configs and on the scores planners rank by; each error names the
+field or the scorer, and what it accepts."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import numpy as np
 
 from qstar_jax.search.aggregate import Agg
 
@@ -27,3 +30,18 @@ def require_temperature(config: Any) -> None:
     if config.temperature < 0:
         raise ValueError(f"{type(config).__name__}.temperature must be >= 0 (0 = greedy), "
                          f"got {config.temperature}")
+
+
+def checked_scores(values: Any, count: int, name: str, what: str = "items") -> np.ndarray:
+    """``values`` as float64 [count], or a ValueError naming the scorer ``name`` where they
+    have another shape or any is NaN or infinite: a NaN would win an argmax, and every
+    comparison a ranking makes with it is false."""
+    scores = np.asarray(values, np.float64)
+    if scores.shape != (count,):
+        raise ValueError(f"{name} returned shape {scores.shape} for {count} {what}; "
+                         f"expected ({count},)")
+    non_finite = int(np.count_nonzero(~np.isfinite(scores)))
+    if non_finite:
+        raise ValueError(f"{name} returned {non_finite} non-finite scores (NaN or infinite) "
+                         f"for {count} {what}")
+    return scores

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from qstar_jax.search.checks import checked_scores
 from qstar_jax.search.interface import (ProcessUtility, QItem, QValueFunction, Step,
                                         StepExpander, TextGenerator)
 from qstar_jax.search.planner import Planner, ScoredStep, SearchCounters, SearchResult
@@ -92,9 +93,13 @@ class Tally:
         self.prefilled_before = tokens.prefilled_tokens(index)
         self.q_calls = self.prm_calls = self.expansions = 0
 
+    def generated(self, tokens: StepExpander | TextGenerator, index: int) -> int:
+        """Tokens charged to problem ``index`` since its search began."""
+        return tokens.generated_tokens(index) - self.generated_before
+
     def counters(self, tokens: StepExpander | TextGenerator, index: int) -> SearchCounters:
         return SearchCounters(
-            generated_tokens=tokens.generated_tokens(index) - self.generated_before,
+            generated_tokens=self.generated(tokens, index),
             prefilled_tokens=tokens.prefilled_tokens(index) - self.prefilled_before,
             q_calls=self.q_calls, prm_calls=self.prm_calls, expansions=self.expansions,
             wall_s=self.wall_s)
@@ -104,7 +109,8 @@ def _run_round(planners: list[Planner], tallies: list[Tally], expander: StepExpa
                q_fn: QValueFunction | None, utility: ProcessUtility, room: RoomKeeper) -> None:
     """One expander call (more where the cache is full: ``room``), one Q̂ call, one
     utility call, and a release call before the expander's (for the planners that have
-    just finished) and after it (for the rest), where there are handles to free."""
+    just finished) and after it (for the rest), where there are handles to free. Each
+    planner expanded is told the tokens charged to its search so far, then absorbs."""
     proposals = room.proposals(planners)
     for planner, proposal in zip(planners, proposals):
         if not proposal and not planner.done and not room.holds_back(planner):
@@ -128,6 +134,7 @@ def _run_round(planners: list[Planner], tallies: list[Tally], expander: StepExpa
     released = []
     for planner, tally, proposal in zip(planners, tallies, proposals):
         if proposal:
+            planner.note_generated_tokens(tally.generated(expander, planner.problem_index))
             mine = [next(scored) for _ in proposal]
             planner.absorb(mine)
             new = sum(len(steps) for steps in mine)
@@ -141,13 +148,10 @@ def _run_round(planners: list[Planner], tallies: list[Tally], expander: StepExpa
 
 def _scores(score: Callable[[Sequence[QItem]], np.ndarray], items: list[QItem],
             name: str) -> np.ndarray:
+    """``score(items)``, checked: one finite float per item."""
     if not items:
         return np.zeros(0)
-    values = np.asarray(score(items), np.float64)
-    if values.shape != (len(items),):
-        raise ValueError(f"{name} returned shape {values.shape} for {len(items)} items; "
-                         f"expected ({len(items)},)")
-    return values
+    return checked_scores(score(items), len(items), name)
 
 
 def _scored_steps(children: list[list[Step]], q_values: np.ndarray,

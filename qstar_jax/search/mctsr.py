@@ -98,6 +98,15 @@ def parse_score(text: str) -> float | None:
     return min(max(float(match.group()), SCORE_RANGE[0]), SCORE_RANGE[1])
 
 
+def read_score(reply: Generation, max_tokens: int) -> float | None:
+    """``parse_score`` of a self-score reply, or None where the reply ran to its
+    ``max_tokens`` before its first number was complete: the number may have been cut
+    short ("5" of "50"), so it is treated as a reply with no score."""
+    if reply.generated_tokens >= max_tokens and not holds_score(reply.text):
+        return None
+    return parse_score(reply.text)
+
+
 def holds_score(text: str) -> bool:
     """Whether the first number of a self-score reply so far is complete, so that
     ``parse_score`` reads the same from it as from any longer reply it begins."""
@@ -195,7 +204,8 @@ class MCTSrPlanner:
         elif self._asked == "refine":
             self._pending, self._phase = texts[0].text, "score"
         else:
-            scores = [s for s in (parse_score(g.text) for g in texts) if s is not None]
+            limit = self.config.score_max_tokens
+            scores = [s for s in (read_score(g, limit) for g in texts) if s is not None]
             self.add_node(self._pending, scores, parent=self._selected,
                           critique=self._critique)
             if self._selected is not None:

@@ -62,7 +62,9 @@ class SearchResult:
     """The chosen trajectory of one problem. ``score`` is the planner's ranking value of
     it (f for Q* and beam search, votes for self-consistency, the scorer's value for
     best-of-N); ``trajectories`` are all complete ones with their scores. ``counters``
-    is filled by the driver; ``tree`` is a JSON-serialisable dump when asked for."""
+    is filled by the driver; ``tree`` is a JSON-serialisable dump when asked for.
+    ``pruned``: the states a threshold cut (ToT-DFS; 0 where no search prunes), so an
+    empty partial answer tells whether every state was pruned."""
 
     problem_index: int
     steps: tuple[str, ...]
@@ -72,6 +74,7 @@ class SearchResult:
     trajectories: tuple[ScoredTrajectory, ...]
     counters: SearchCounters | None = None
     tree: dict[str, Any] | None = None
+    pruned: int = 0
 
     @property
     def completed(self) -> bool:
@@ -104,6 +107,10 @@ class RoundPlanner(Protocol[RequestT, ReplyT]):
 
 class Planner(RoundPlanner[ExpandRequest, ScoredStep], Protocol):
     """Absorbs the scored children of each expansion it requested."""
+
+    def note_generated_tokens(self, tokens: int) -> None:
+        """The tokens the expander has charged this search so far, the figure its result's
+        counters report; told before each ``absorb``."""
 
     def take_released(self) -> list[Any]:
         """Handles that can be freed now; each handle is returned exactly once."""

@@ -74,8 +74,11 @@ class ToTDFSPlanner(TreePlanner):
 
     The stack holds unexplored states; children of an expansion go on it best-last, so
     the best is expanded next and the rest wait for backtracking. Ties in value go to
-    the lower node id. The answer is the best-valued terminal state collected; with
-    none, the last state expanded (``partial``; the root before any expansion).
+    the lower node id. The answer is the best-valued terminal state collected. With none
+    it is ``partial``: the best-valued state kept but never expanded, left on the stack
+    when the search stopped or cut at ``max_steps``, as A* answers from its frontier and
+    cut nodes; where no such state is left, the last state expanded (the root before any
+    expansion). The result counts the states the threshold pruned.
     """
 
     def __init__(self, problem_index: int, config: ToTConfig, value: StateValue):
@@ -85,6 +88,7 @@ class ToTDFSPlanner(TreePlanner):
         self._stack: list[Node] = [self._tree.root]
         self._complete: list[Node] = []
         self._last_expanded: Node = self._tree.root
+        self._cut: list[Node] = []  # open states at max_steps, never expanded
         self.pruned: list[int] = []  # node ids cut by the threshold, in order
 
     def propose(self) -> list[ExpandRequest]:
@@ -114,6 +118,7 @@ class ToTDFSPlanner(TreePlanner):
                 self._complete.append(node)
                 self._tree.release(node)
             elif node.depth >= self._config.max_steps:
+                self._cut.append(node)
                 self._tree.release(node)
             else:
                 kept.append(node)
@@ -123,7 +128,13 @@ class ToTDFSPlanner(TreePlanner):
         if self._complete:
             chosen, outcome = best_by(self._complete, self._value), Outcome.complete
         else:
-            chosen, outcome = self._last_expanded, Outcome.partial
-        return self._result(chosen, outcome, self._value(chosen),
-                            [(n, self._value(n)) for n in self._complete],
-                            include_tree=include_tree)
+            chosen, outcome = self._partial_answer(), Outcome.partial
+        result = self._result(chosen, outcome, self._value(chosen),
+                              [(n, self._value(n)) for n in self._complete],
+                              include_tree=include_tree)
+        return dataclasses.replace(result, pruned=len(self.pruned))
+
+    def _partial_answer(self) -> Node:
+        """The best-valued state left unexpanded (the root aside), else the last expanded."""
+        unexpanded = [node for node in self._stack if node.depth] + self._cut
+        return best_by(unexpanded, self._value) if unexpanded else self._last_expanded

@@ -35,7 +35,6 @@ class SearchTree:
         self._expansion_order: list[int] = []
         self._requests: dict[int, list[int]] = {}  # node id -> children asked, per expansion
         self._child_texts: dict[int, set[str]] = {}  # node id -> its children's step texts
-        self.generated_tokens = 0  # tokens of every step received, duplicates included
 
     @property
     def expansions(self) -> int:
@@ -69,7 +68,6 @@ class SearchTree:
         seen = self._child_texts.setdefault(parent.id, set()) if merge_identical else set()
         for item in scored:
             step = item.step
-            self.generated_tokens += len(step.token_ids)
             if merge_identical and step.text in seen:
                 self._release_handle(step.handle)
                 continue
@@ -130,6 +128,10 @@ class TreePlanner(RoundGuard):
         super().__init__()
         self.problem_index = problem_index
         self._tree = SearchTree(problem_index, agg=agg, lam=lam, h_agg=h_agg)
+        self._generated_tokens = 0  # as the expander charged them (note_generated_tokens)
+
+    def note_generated_tokens(self, tokens: int) -> None:
+        self._generated_tokens = tokens
 
     def take_released(self) -> list[Any]:
         return self._tree.take_released()

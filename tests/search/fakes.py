@@ -5,6 +5,8 @@ the children an expansion samples, in order. At temperature 0 the expander retur
 first listed child (repeated), otherwise ``num_children`` listed from ``first_child``
 on. Each child's hidden vector is [q, reward], so ``HiddenQ`` reads Q̂ from it and
 ``reward_rule`` looks the reward up: every value a planner sees is written in the test.
+A child's ``tokens`` are all charged unless ``charged`` says fewer, as a decoder that
+samples siblings as a trie charges their shared prefix once.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ class FakeChild:
     reward: float = 0.0
     tokens: int = 1
     end: bool = False
+    charged: int | None = None  # tokens the expander charges for it (None: all)
 
 
 def child(text: str, q: float, *, reward: float = 0.0, tokens: int = 1,
-          end: bool = False) -> FakeChild:
-    return FakeChild(text=text, q=q, reward=reward, tokens=tokens, end=end)
+          end: bool = False, charged: int | None = None) -> FakeChild:
+    return FakeChild(text=text, q=q, reward=reward, tokens=tokens, end=end, charged=charged)
 
 
 def tree(spec: Mapping[str, Sequence[FakeChild]]) -> dict[tuple[str, ...], list[FakeChild]]:
@@ -84,7 +87,7 @@ class FakeExpander:
             self.issued_in[self.issued] = len(self.expand_calls)
             if fake.end:
                 self.terminal_handles.add(self.issued)
-            self._generated[problem] += fake.tokens
+            self._generated[problem] += fake.tokens if fake.charged is None else fake.charged
             steps.append(Step(text=fake.text, token_ids=tuple(range(fake.tokens)), logprob=-1.0,
                               hidden=np.array([fake.q, fake.reward]), ends_trace=fake.end,
                               handle=self.issued))

@@ -205,6 +205,23 @@ def test_token_budget_is_checked_before_each_round(max_tokens, expansions):
     assert result.counters.expansions == expansions
 
 
+# Six root children of seven tokens sampled as a trie: the five b's share a's first six
+# tokens, so the expander charges 7 + 5 · 1 = 12 of the 42 the steps hold; a1 costs 3.
+TRIE_TREE = tree({
+    "": [child("a", .9, tokens=7)] + [child(f"b{i}", .1, tokens=7, charged=1)
+                                      for i in range(5)],
+    "a": [child("a1", .8, tokens=3, end=True)],
+})
+
+
+@pytest.mark.parametrize("max_tokens, expansions", [(12, 1), (13, 2), (30, 2)])
+def test_token_budget_counts_the_tokens_the_expander_charged(max_tokens, expansions):
+    config = AStarConfig(k=6, n_complete=1, budget=Budget(max_generated_tokens=max_tokens))
+    [result], _, _ = search({0: TRIE_TREE}, config)
+    assert result.counters.expansions == expansions
+    assert result.counters.generated_tokens == 12 + 3 * (expansions - 1)
+
+
 # a (.9) leads to the best answer x (.95), three steps deep; b's b1 (.4) ends at two.
 DEEP_TREE = tree({
     "": [child("a", .9), child("b", .5)],

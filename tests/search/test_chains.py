@@ -234,3 +234,23 @@ def test_a_ranking_of_the_wrong_shape_is_an_error():
     with pytest.raises(ValueError, match=r"returned shape \(2,\) for 3 complete chains"):
         search({0: PATH_Q}, lambda i: ChainPlanner(i, config, lambda finals: np.zeros(
             len(finals) - 1)), q_fn=HiddenQ())
+
+
+def test_a_nan_score_never_wins_best_of_n():
+    """Chains scored .9, NaN and .1: np.argmax would pick the NaN chain. A NaN Q̂ is
+    refused as it enters the search, and a ranking that makes a NaN of finite scores is
+    refused before any chain is picked."""
+    nan_chain = tree({"": [child("p0", .9), child("p1", np.nan), child("p2", .1)],
+                      "p0": [child("=0", .9, end=True)], "p1": [child("=1", np.nan, end=True)],
+                      "p2": [child("=2", .1, end=True)]})
+    config = ChainConfig(num_chains=3, temperature=1.0)
+    with pytest.raises(ValueError, match="QValueFunction.score returned 1 non-finite scores"):
+        search({0: nan_chain}, lambda i: ChainPlanner(i, config, by_final_q), q_fn=HiddenQ())
+
+    def nan_for_the_second(finals):
+        return np.array([.9, np.nan, .1])[:len(finals)]
+
+    with pytest.raises(ValueError, match=r"chain ranking returned 1 non-finite scores "
+                                         r"\(NaN or infinite\) for 3 complete chains"):
+        search({0: PATH_Q}, lambda i: ChainPlanner(i, config, nan_for_the_second),
+               q_fn=HiddenQ())

@@ -251,6 +251,29 @@ def test_a_q_function_of_the_wrong_shape_is_an_error():
         run_search(3, make_planner, FakeExpander(TREES), Scalar(), progress=False)
 
 
+def test_a_non_finite_q_value_or_reward_is_an_error_naming_the_scorer_and_the_count():
+    """A NaN Q̂ would win every argmax and sit anywhere in a heap; an infinite reward would
+    outrank every finite path. Both are refused where the scores enter the search."""
+    class NaNForB:
+        def score(self, items):
+            return np.array([np.nan if item.step_text.startswith("b") else 0.5
+                             for item in items])
+
+    class InfiniteFirst:
+        calls_reward_model = False
+
+        def step_rewards(self, items):
+            return np.array([np.inf] + [0.0] * (len(items) - 1))
+
+    with pytest.raises(ValueError, match=r"QValueFunction.score returned 1 non-finite scores "
+                                         r"\(NaN or infinite\) for 6 items"):
+        run_search(3, make_planner, FakeExpander(TREES), NaNForB(), progress=False)
+    with pytest.raises(ValueError, match=r"ProcessUtility.step_rewards returned 1 non-finite "
+                                         r"scores \(NaN or infinite\) for 6 items"):
+        run_search(3, make_planner, FakeExpander(TREES), HiddenQ(), InfiniteFirst(),
+                   progress=False)
+
+
 @pytest.mark.parametrize("agg, expected", [(Agg.min, .2), (Agg.max, .8), (Agg.sum, 1.5),
                                            (Agg.last, .5), (Agg.product, .08)])
 def test_aggregate_folds_rewards(agg, expected):

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from qstar_jax.search.interface import TextRequest
+from qstar_jax.search.interface import Generation, TextRequest
 from qstar_jax.search.mctsr import (DONT_KNOW, MCTSrConfig, MCTSrPlanner, answer_q,
                                     holds_score, parse_score, uct)
 from qstar_jax.search.planner import Outcome, RoundGuard, SearchResult
@@ -63,6 +63,19 @@ def test_a_reply_holds_its_score_once_nothing_later_can_change_what_is_read():
             assert read == {parse_score(reply)}, reply
     assert holds_score("Score: 85.\n") and holds_score("85/100") and not holds_score("85")
     assert not holds_score("8.") and holds_score("8. ") and not holds_score("no score")
+
+
+def test_a_self_score_cut_off_at_its_token_limit_is_not_read():
+    """score_max_tokens 2: "Score: 5" ran to the limit right after its number, which may
+    be the start of "50", so it counts as a reply with no score; "5", ended before the
+    limit, and "50 points", whose number was done before it, are read as they are."""
+    p = planner(root="dont_know", score_samples=3, score_max_tokens=2)
+    [request] = p.propose()
+    assert request.max_tokens == 2
+    p.absorb([[Generation(text="Score: 5", generated_tokens=2),
+               Generation(text="5", generated_tokens=1),
+               Generation(text="50 points", generated_tokens=2)]])
+    assert p.nodes[0].scores == [5, 50]
 
 
 def hand_built(**config):

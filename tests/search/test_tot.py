@@ -168,19 +168,38 @@ def test_dfs_merges_a_repeated_step_into_one_state():
     assert result.steps == ("b", "e1") and result.node_id == 6
 
 
-def test_dfs_stops_at_the_step_limit_with_the_last_expanded_state():
-    config = ToTConfig(k=3, threshold=.5, max_expansions=2)
+@pytest.mark.parametrize("max_expansions, answer, value", [(1, ("a",), .9), (2, ("b",), .6)])
+def test_dfs_stops_at_the_step_limit_with_the_best_state_left_unexpanded(max_expansions,
+                                                                         answer, value):
+    """One expansion leaves a (.9) and b (.6) on the stack: a answers, not the root. Two
+    expand a, whose children are all pruned: b, the state left, answers, as A* answers
+    from its frontier."""
+    config = ToTConfig(k=3, threshold=.5, max_expansions=max_expansions)
     result, expanded = search(lambda i: ToTDFSPlanner(i, config, q_value), DFS_TREE)
-    assert expanded == [[0], [1]]
-    assert result.outcome is Outcome.partial and result.steps == ("a",)
-    assert result.trajectories == ()
+    assert expanded == [[0], [1]][:max_expansions]
+    assert result.outcome is Outcome.partial and result.steps == answer
+    assert result.score == pytest.approx(value) and result.trajectories == ()
 
 
-def test_dfs_does_not_go_deeper_than_max_steps():
+def test_dfs_does_not_go_deeper_than_max_steps_and_answers_the_best_state_cut_there():
     config = ToTConfig(k=3, threshold=.5, max_steps=1)
     result, expanded = search(lambda i: ToTDFSPlanner(i, config, q_value), DFS_TREE)
     assert expanded == [[0]]
+    assert result.outcome is Outcome.partial and result.steps == ("a",)
+    assert result.score == pytest.approx(.9)
+
+
+def test_dfs_says_how_many_states_it_pruned():
+    """A threshold above every value prunes all three of the root's children: the answer
+    is the empty root, and the result says three states were pruned."""
+    config = ToTConfig(k=3, threshold=.95)
+    result, expanded = search(lambda i: ToTDFSPlanner(i, config, q_value), DFS_TREE)
+    assert expanded == [[0]]
     assert result.outcome is Outcome.partial and result.steps == ()
+    assert result.pruned == 3
+    backtracked, _ = search(lambda i: ToTDFSPlanner(i, ToTConfig(k=3, threshold=.5), q_value),
+                            DFS_TREE)
+    assert backtracked.pruned == 5
 
 
 def test_dfs_collects_a_terminal_state_at_max_steps():
