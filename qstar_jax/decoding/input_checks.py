@@ -4,6 +4,7 @@ drop or clip the bad rows silently)."""
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import jax
@@ -29,10 +30,20 @@ def checked_token_table(table, vocab: int, name: str = "newline_table",
 
 
 def checked_eos_ids(eos_ids: Sequence[int], vocab: int) -> np.ndarray:
-    eos_ids = np.asarray(eos_ids, np.int32).reshape(-1)
-    if np.any((eos_ids < 0) | (eos_ids >= vocab)):
-        raise ValueError(f"eos_ids {eos_ids.tolist()} fall outside the vocabulary [0, {vocab})")
-    return eos_ids
+    """``eos_ids`` as int32 token ids in [0, vocab), or ValueError: a float (2.7) or a bool
+    would otherwise be cast to an id silently."""
+    flat = np.asarray(eos_ids, dtype=object).reshape(-1)
+    if not all(_is_integer(i) for i in flat):
+        raise ValueError(f"eos_ids must be integer token ids, got {flat.tolist()}")
+    ids = np.asarray(flat.tolist(), np.int64)
+    if np.any((ids < 0) | (ids >= vocab)):
+        raise ValueError(f"eos_ids {ids.tolist()} fall outside the vocabulary [0, {vocab})")
+    return ids.astype(np.int32)
+
+
+def _is_integer(value) -> bool:
+    """Whether ``value`` is an integer (a bool is not)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 def checked_slots(slots, what: str, *, pool: SlotPool, lengths: np.ndarray,

@@ -4,7 +4,16 @@ Shapes: B rows, V vocabulary.
 
 The logits are transformed in the order HF ``generate`` and vLLM use: temperature, then
 top-k, then top-p (the nucleus is taken over the temperature-scaled, top-k-filtered
-distribution). Ties at a threshold are kept, as in HF.
+distribution).
+
+Tokens tied at a threshold are all kept. At top-k this is HF's rule: every token whose
+logit equals the k-th largest stays, so a tie may keep more than k. At top-p it is not:
+the nucleus is the fewest most likely tokens whose mass reaches top_p, and every token
+whose logit equals that of the nucleus's least likely token stays beside them, so the kept
+mass may pass top_p by a whole tie. HF's ``TopPLogitsWarper`` cuts inside the tie instead,
+keeping only as many of the tied tokens as the mass needs (which ones, by its sort order):
+on logits [2, 2, 2, 2, 1] at top_p 0.5 it keeps tokens 1, 2 and 3, where we keep tokens 0
+to 3 (``filtered_logits`` shows it).
 """
 
 from __future__ import annotations
@@ -21,7 +30,8 @@ import numpy as np
                    data_fields=["temperature", "top_k", "top_p"], meta_fields=[])
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SamplingParams:
-    """Per-row sampling settings, each [B].
+    """Per-row sampling settings, each a [B] array (``make`` builds them from scalars or
+    lists; ``check`` refuses anything else).
 
     temperature: float32, 0 means greedy (argmax; top-k and top-p are then ignored).
     top_k: int32, 0 means off. top_p: float32 in (0, 1], 1 means off.
@@ -46,7 +56,12 @@ class SamplingParams:
     def check(self, batch: int) -> None:
         """Raise ValueError unless these are valid host-side params for ``batch`` rows."""
         for name in ("temperature", "top_k", "top_p"):
-            shape = np.shape(getattr(self, name))
+            value = getattr(self, name)
+            if not isinstance(value, (np.ndarray, jax.Array)):
+                raise ValueError(f"SamplingParams.{name} must be an array, got "
+                                 f"{type(value).__name__}; SamplingParams.make takes scalars "
+                                 "and lists")
+            shape = np.shape(value)
             if shape != (batch,):
                 raise ValueError(f"SamplingParams.{name} has shape {shape}, expected ({batch},) "
                                  "— one entry per row; SamplingParams.make broadcasts scalars")
@@ -63,7 +78,13 @@ class SamplingParams:
 def filtered_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
     """Temperature-scaled logits [B, V] float32 with tokens outside top-k / top-p at -inf.
 
-    Greedy rows (temperature 0) are returned unscaled and unfiltered.
+    Greedy rows (temperature 0) are returned unscaled and unfiltered. A tie at the top-p
+    threshold is kept whole (the module's docstring says how HF differs):
+
+    >>> params = SamplingParams.make(1, temperature=1.0, top_p=0.5)
+    >>> kept = filtered_logits(jnp.array([[2.0, 2.0, 2.0, 2.0, 1.0]]), params) > -jnp.inf
+    >>> kept.astype(int).tolist()
+    [[1, 1, 1, 1, 0]]
     """
     scaled = temperature_scaled_logits(logits, params)
     ranked = -jnp.sort(-scaled, axis=-1)  # descending

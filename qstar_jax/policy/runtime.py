@@ -122,10 +122,22 @@ class PolicyRuntime:
                 ) -> list[int]:
         """A fresh slot per item holding the prompt and the given steps. A prompt alone
         that fills a cache row is refused: its search would answer an empty text."""
+        self._check_problem_indices(problem_indices)
         for i in {i for i, steps in zip(problem_indices, prefixes) if not steps}:
             self._check_room_after_prompt(i)
         return self.prefill_texts(problem_indices, [
             state_text(self.prompts[i], steps) for i, steps in zip(problem_indices, prefixes)])
+
+    def _check_problem_indices(self, problem_indices: Sequence[int]) -> None:
+        """Raise ValueError unless each index names one of this runtime's problems. Left
+        unchecked, an index past the end would draw the last problem's random numbers (a
+        JAX gather clamps it) and be charged tokens under a problem that does not exist."""
+        count = len(self.problems)
+        bad = [i for i in problem_indices
+               if not (isinstance(i, (int, np.integer)) and 0 <= i < count)]
+        if bad:
+            raise ValueError(f"problem_indices {bad} fall outside [0, {count}): this runtime "
+                             f"holds {count} problems")
 
     def _check_room_after_prompt(self, i: int) -> None:
         if i in self._prompts_with_room:
@@ -150,6 +162,7 @@ class PolicyRuntime:
         ``sources[i]`` is a slot, the new slot is forked from it and keeps its first
         ``shared[i]`` tokens (which must be the list's), so only the rest is computed and
         charged. On failure (a full pool) the slots taken here go back."""
+        self._check_problem_indices(problem_indices)
         if not problem_indices:
             return []
         for i, tokens in zip(problem_indices, token_lists):
@@ -159,7 +172,8 @@ class PolicyRuntime:
                                     f"{self.decoder.max_len}")
         n = len(token_lists)
         sources = [None] * n if sources is None else list(sources)
-        starts = np.asarray([0] * n if shared is None else shared, np.int64)
+        # A copy, so that zeroing the fresh rows' counts below leaves the caller's array be.
+        starts = np.array([0] * n if shared is None else shared, np.int64, copy=True)
         starts[[k for k in range(n) if sources[k] is None]] = 0
         forked = [k for k in range(n) if sources[k] is not None]
         fresh = [k for k in range(n) if sources[k] is None]
@@ -241,6 +255,7 @@ class PolicyRuntime:
 
     def _sample_batch(self, slots, problem_indices, node_ids, temperatures, max_tokens, *,
                       newline_ends: bool, done=None) -> StepBatch:
+        self._check_problem_indices(problem_indices)
         params = SamplingParams.make(len(slots),
                                      temperature=np.asarray(temperatures, np.float32),
                                      top_k=self.top_k, top_p=self.top_p)
@@ -258,6 +273,7 @@ class PolicyRuntime:
         (``sample_trie_steps``): a problem is charged the distinct tokens computed. Each
         step has its own slot, ``slots[g]`` among them; a step drawn c times is forked into
         c slots after sampling (a cache copy, no tokens)."""
+        self._check_problem_indices(problem_indices)
         if not slots:
             return []
         params = SamplingParams.make(len(slots),

@@ -18,13 +18,38 @@ is charged, only its new tokens.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Sequence
 
 from qstar_jax.decoding.kv_cache import SlotPoolExhausted
 from qstar_jax.decoding.page_table import PagePoolExhausted
 from qstar_jax.policy.kept_rows import KeptRows
-from qstar_jax.policy.runtime import PolicyRuntime, stable_id
+from qstar_jax.policy.runtime import PolicyRuntime, SampledText, stable_id
 from qstar_jax.search.interface import Generation, TextRequest
+
+
+def check_requests(requests: Sequence[TextRequest]) -> None:
+    """Raise ValueError naming the first bad setting of a request: a temperature that is
+    not finite and >= 0, num_samples not an integer >= 1, max_tokens neither None (the
+    generator's own limit) nor an integer >= 1."""
+    for k, r in enumerate(requests):
+        if not (isinstance(r.temperature, numbers.Real) and math.isfinite(r.temperature)
+                and r.temperature >= 0):
+            raise ValueError(f"requests[{k}].temperature must be finite and >= 0 (0 = greedy), "
+                             f"got {r.temperature!r}")
+        if not _is_count(r.num_samples):
+            raise ValueError(f"requests[{k}].num_samples must be an integer >= 1, got "
+                             f"{r.num_samples!r}")
+        if r.max_tokens is not None and not _is_count(r.max_tokens):
+            raise ValueError(f"requests[{k}].max_tokens must be None (the generator's own "
+                             f"limit) or an integer >= 1, got {r.max_tokens!r}")
+
+
+def _is_count(value) -> bool:
+    """Whether ``value`` is an integer >= 1 (a bool is not)."""
+    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            and value >= 1)
 
 
 class DecoderTextGenerator:
@@ -41,24 +66,50 @@ class DecoderTextGenerator:
         self.kept = KeptRows(kept_rows_per_problem)
 
     def generate(self, requests: Sequence[TextRequest]) -> list[list[Generation]]:
+        """Each request's samples, in order. Bad requests are refused before any slot is
+        taken; if anything fails later, the slots taken in the call are freed."""
+        check_requests(requests)
         rt = self.runtime
         prompts = [rt.tokenizer.encode(r.prompt) for r in requests]
         roots = self._with_room(lambda: self._prefill(requests, prompts))
-        # A request of one sample is sampled in its prompt's slot; others fork it.
-        copies = iter(self._with_room(lambda: rt.fork(
-            [root for root, r in zip(roots, requests) if r.num_samples > 1],
-            [r.num_samples for r in requests if r.num_samples > 1])))
-        rows = [slot for root, r in zip(roots, requests)
+        rows = roots  # the samples' slots: the prompts' own until forks are taken
+        try:
+            rows = self._sample_rows(requests, roots)
+            sampled = self._sample(requests, rows)
+        except BaseException:
+            rt.free(sorted(set(roots) | set(rows)))
+            raise
+        return self._read(requests, prompts, roots, rows, sampled)
+
+    def _sample_rows(self, requests: Sequence[TextRequest], roots: list[int]) -> list[int]:
+        """A slot per sample: a request of one sample is sampled in its prompt's slot;
+        others fork it, once per sample."""
+        many = [(root, r.num_samples) for root, r in zip(roots, requests) if r.num_samples > 1]
+        copies = iter(self._with_room(lambda: self.runtime.fork(
+            [root for root, _ in many], [n for _, n in many])))
+        return [slot for root, r in zip(roots, requests)
                 for slot in ([root] if r.num_samples == 1 else next(copies))]
+
+    def _sample(self, requests: Sequence[TextRequest], rows: list[int]) -> list[SampledText]:
         owners = [(request, j) for request in requests for j in range(request.num_samples)]
-        sampled = self._with_room(lambda: rt.sample_texts(
+        return self._with_room(lambda: self.runtime.sample_texts(
             rows, [request.problem_index for request, _ in owners],
             [stable_id("text", request.stream, j) for request, j in owners],
             [request.temperature for request, _ in owners],
-            [min(self.max_tokens, request.max_tokens or self.max_tokens)
-             for request, _ in owners],
+            [self._token_limit(request) for request, _ in owners],
             [request.read_complete for request, _ in owners]))
-        # Each request keeps one row: its only sample's, or the prompt its samples share.
+
+    def _token_limit(self, request: TextRequest) -> int:
+        """The request's own limit where it sets one below the generator's."""
+        if request.max_tokens is None:
+            return self.max_tokens
+        return min(self.max_tokens, request.max_tokens)
+
+    def _read(self, requests: Sequence[TextRequest], prompts: list[list[int]],
+              roots: list[int], rows: list[int], sampled: list[SampledText]
+              ) -> list[list[Generation]]:
+        """The generations per request. Each request keeps one row: its only sample's, or
+        the prompt its samples share (whose sample rows are freed)."""
         out, first = [], 0
         for k, request in enumerate(requests):
             samples = sampled[first:first + request.num_samples]
@@ -67,7 +118,7 @@ class DecoderTextGenerator:
                            [*prompts[k], *samples[0].token_ids])
             else:
                 self._keep(request.problem_index, roots[k], prompts[k])
-                rt.free(rows[first:first + request.num_samples])
+                self.runtime.free(rows[first:first + request.num_samples])
             out.append([Generation(text=t.text, generated_tokens=len(t.token_ids))
                         for t in samples])
             first += request.num_samples

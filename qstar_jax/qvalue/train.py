@@ -133,10 +133,17 @@ def _batch_indices(train: np.ndarray, step: int, config: TrainConfig) -> np.ndar
 def _validate(inputs, labels: np.ndarray, loss: str, output: str) -> None:
     if labels.ndim != 1:
         raise ValueError(f"labels must be [N], got shape {labels.shape}")
+    if not len(labels):
+        raise ValueError("labels are empty: training needs at least one labelled example")
+    bad = np.count_nonzero(~np.isfinite(labels))
+    if bad:
+        raise ValueError(f"labels hold {bad} NaN or infinite values; every label must be a "
+                         "finite number")
     sizes = {leaf.shape[0] for leaf in jax.tree.leaves(inputs)}
     if sizes != {len(labels)}:
         raise ValueError(f"inputs have leading sizes {sorted(sizes)} but there are "
                          f"{len(labels)} labels; every input needs one label")
+    _check_finite_features(inputs)
     if loss == "bce":
         if output != "sigmoid":
             raise ValueError("loss='bce' needs a head with output='sigmoid' (the raw output is "
@@ -144,6 +151,18 @@ def _validate(inputs, labels: np.ndarray, loss: str, output: str) -> None:
         if labels.min() < 0 or labels.max() > 1:
             raise ValueError(f"loss='bce' needs labels in [0, 1], got [{labels.min()}, "
                              f"{labels.max()}]; rescale them or use loss='mse'")
+
+
+def _check_finite_features(inputs) -> None:
+    """Raise ValueError if a floating-point input (stored features) holds NaN or infinity;
+    integer inputs (token ids) are left to the model."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(inputs):
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            continue
+        bad = np.count_nonzero(~np.isfinite(np.asarray(leaf)))
+        if bad:
+            raise ValueError(f"inputs{jax.tree_util.keystr(path)} hold {bad} NaN or infinite "
+                             "values; every feature must be a finite number")
 
 
 def train_q_model(model: nnx.Module, inputs: Any, labels: np.ndarray, config: TrainConfig, *,

@@ -130,6 +130,14 @@ def test_newline_table_must_match_the_vocabulary(random_model):
                     eos_ids=[eos_id])
 
 
+@pytest.mark.parametrize("eos_ids", [[2.7], [2.0], [True], [1, True], np.array([3.0])])
+def test_eos_ids_that_are_not_integers_are_refused(random_model, eos_ids):
+    """Cast to int32, [2.7] became EOS id 2 silently."""
+    with pytest.raises(ValueError, match=r"^eos_ids must be integer token ids, got \["):
+        Decoder(random_model, num_slots=2, max_len=8, newline_table=np.zeros(64, bool),
+                eos_ids=eos_ids)
+
+
 def test_a_negative_step_chunk_and_shared_prefix_over_a_sliding_window_are_refused(random_model):
     with pytest.raises(ValueError, match=r"step_chunk must be >= 0 \(0: a step in one call\), "
                                          "got -1"):

@@ -416,3 +416,40 @@ def test_a_text_ends_at_its_first_answer_line():
     [text] = _recorded(["p0"], decoder).sample_texts([3], [0], node_ids=[1],
                                                       temperatures=[0.0], max_tokens=[9])
     assert text.text == "a\nf1" and len(text.token_ids) == len("a\nf1\nf2\n")
+
+
+ENTRY_POINTS = {
+    "prefill": lambda runtime, bad: runtime.prefill([0, bad], [(), ("a",)]),
+    "prefill_texts": lambda runtime, bad: runtime.prefill_texts([bad], ["x"]),
+    "prefill_tokens": lambda runtime, bad: runtime.prefill_tokens([bad], [[1]]),
+    "sample": lambda runtime, bad: runtime.sample([3], [bad], node_ids=[0],
+                                                  temperatures=[0.0]),
+    "sample_texts": lambda runtime, bad: runtime.sample_texts(
+        [3], [bad], node_ids=[0], temperatures=[0.0], max_tokens=[4]),
+    "sample_trie": lambda runtime, bad: runtime.sample_trie([3], [bad], [0], [0.0], [2]),
+}
+
+
+@pytest.mark.parametrize("bad", [2, 5, -1])
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+def test_a_problem_index_outside_the_runtimes_problems_is_refused_before_the_decoder(
+        entry, bad):
+    """A JAX gather clamps an index past the end: problem 5 of 2 drew problem 1's random
+    numbers and was charged under a problem that does not exist."""
+    decoder = RecordingDecoder()
+    runtime = _recorded(["p0", "p1"], decoder)
+    with pytest.raises(ValueError, match=rf"^problem_indices \[{bad}\] fall outside \[0, 2\): "
+                                         r"this runtime holds 2 problems$"):
+        ENTRY_POINTS[entry](runtime, bad)
+    assert decoder._next == 0 and decoder.prefilled == [] and decoder.sampled == []
+    assert not runtime.generated and not runtime.prefilled
+
+
+def test_prefill_tokens_leaves_the_callers_shared_counts_as_they_were():
+    """A fresh row's shared count is read as 0, in the runtime's own copy of the counts."""
+    decoder = RecordingDecoder()
+    shared = np.array([2, 3], np.int64)
+    _recorded(["p0"], decoder).prefill_tokens([0, 0], [[1, 2, 3], [4, 5, 6, 7]],
+                                              sources=[9, None], shared=shared)
+    assert shared.tolist() == [2, 3]
+    assert decoder.prefilled[-1][2] == [2, 0]

@@ -1,3 +1,5 @@
+import doctest
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -72,6 +74,20 @@ def test_top_p_stops_at_the_token_whose_mass_reaches_p_exactly():
     assert _kept(halving, temperature=1.0, top_p=0.5) == [[0]]
     assert _kept(halving, temperature=1.0, top_p=0.75) == [[0, 1]]
     assert _kept(halving, temperature=1.0, top_p=0.76) == [[0, 1, 2]]
+
+
+def test_a_tie_at_the_top_p_threshold_is_kept_whole_where_hf_cuts_inside_it():
+    """What the module's docstring says of top-p ties, and its example in
+    ``filtered_logits``' docstring, run as a doctest."""
+    tie = np.array([2.0, 2.0, 2.0, 2.0, 1.0], np.float32)
+    assert _kept(tie, temperature=1.0, top_p=0.5) == [[0, 1, 2, 3]]
+    results = doctest.testmod(sampling)
+    assert results.attempted and not results.failed
+    torch = pytest.importorskip("torch")
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    hf = TopPLogitsWarper(top_p=0.5)(None, torch.tensor(tie[None]))
+    assert torch.nonzero(hf[0] > -torch.inf).flatten().tolist() == [1, 2, 3]
 
 
 def test_temperature_comes_before_top_p():
@@ -182,3 +198,13 @@ def test_a_draw_is_the_token_jax_random_categorical_draws():
 def test_bad_params_are_rejected(settings, message):
     with pytest.raises(ValueError, match=message):
         SamplingParams.make(2, **settings)
+
+
+@pytest.mark.parametrize("name", ["temperature", "top_k", "top_p"])
+def test_params_built_from_lists_are_refused_with_the_way_to_build_them(name):
+    """Lists passed the checks and failed deep in the step sampler with an IndexError."""
+    fields = dict(temperature=np.array([0.0]), top_k=np.array([0]), top_p=np.array([1.0]))
+    fields[name] = fields[name].tolist()
+    with pytest.raises(ValueError, match=f"^SamplingParams.{name} must be an array, got list; "
+                                         "SamplingParams.make takes scalars and lists$"):
+        SamplingParams(**fields).check(1)

@@ -5,6 +5,7 @@ finished rows kept per problem and forked for prompts that continue them."""
 import pytest
 
 from qstar_jax.decoding.kv_cache import SlotPoolExhausted
+from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.policy.kept_rows import MIN_SHARED_TOKENS, KeptRows
 from qstar_jax.policy.runtime import SampledText, stable_id
 from qstar_jax.policy.text_generator import DecoderTextGenerator
@@ -251,3 +252,70 @@ def test_a_negative_number_of_kept_rows_is_refused():
     with pytest.raises(ValueError, match=r"^per_problem must be >= 0 \(0 keeps nothing\), "
                                          r"got -1$"):
         KeptRows(per_problem=-1)
+
+
+def bad_request(**setting):
+    return TextRequest(**{**dict(problem_index=0, prompt="prompt", num_samples=1,
+                                 temperature=1.0, stream="s"), **setting})
+
+
+@pytest.mark.parametrize("setting, message", [
+    (dict(temperature=-0.5), r"requests\[1\]\.temperature must be finite and >= 0 "
+                             r"\(0 = greedy\), got -0\.5"),
+    (dict(temperature=float("nan")), r"requests\[1\]\.temperature must be finite"),
+    (dict(temperature=float("inf")), r"requests\[1\]\.temperature must be finite"),
+    (dict(num_samples=0), r"requests\[1\]\.num_samples must be an integer >= 1, got 0"),
+    (dict(num_samples=1.5), r"requests\[1\]\.num_samples must be an integer >= 1"),
+    (dict(max_tokens=-3), r"requests\[1\]\.max_tokens must be None \(the generator's own "
+                          r"limit\) or an integer >= 1, got -3"),
+    (dict(max_tokens=0), r"requests\[1\]\.max_tokens must be None .* got 0"),
+])
+def test_a_bad_request_is_refused_by_name_before_any_slot_is_taken(setting, message):
+    runtime = LineRuntime()
+    with pytest.raises(ValueError, match=message):
+        DecoderTextGenerator(runtime, max_tokens=100).generate(
+            [request(0, "ok", 2), bad_request(**setting)])
+    assert not runtime.held and not runtime.prefilled and runtime.sampled_with == []
+
+
+class FourSlotRuntime(LineRuntime):
+    """LineRuntime whose cache holds four slots and whose sampling refuses bad settings
+    as PolicyRuntime's does (SamplingParams.make, the step sampler's token caps): after
+    the prompts took their slots."""
+
+    def _take(self, n):
+        if len(self.held) + n > 4:
+            raise SlotPoolExhausted(f"{len(self.held)} of 4 slots held, {n} more asked for")
+        return super()._take(n)
+
+    def sample_texts(self, slots, problem_indices, node_ids, temperatures, max_tokens,
+                     read_complete):
+        SamplingParams.make(len(slots), temperature=temperatures)
+        if min(max_tokens) < 1:
+            raise ValueError(f"max_tokens must be integers >= 1, got {max_tokens}")
+        return super().sample_texts(slots, problem_indices, node_ids, temperatures,
+                                    max_tokens, read_complete)
+
+
+def test_failed_calls_free_the_slots_they_took_and_leave_the_kept_rows():
+    """Four failed calls on a four-slot cache, one of them failing after its prompt was
+    prefilled and forked (its read check raises): every slot they took goes back, and a
+    call needing all four slots then succeeds, the kept row dropped to make room."""
+    runtime = FourSlotRuntime()
+    generator = DecoderTextGenerator(runtime, max_tokens=100, kept_rows_per_problem=1)
+    ask(generator, 0, QUESTION)
+    [kept] = runtime.held
+
+    def broken_check(text):
+        raise RuntimeError("a read check that fails")
+
+    for bad in [bad_request(temperature=-1.0), bad_request(max_tokens=-3),
+                bad_request(num_samples=0),
+                bad_request(num_samples=2, read_complete=broken_check)]:
+        with pytest.raises((ValueError, RuntimeError)):
+            generator.generate([bad])
+        assert runtime.held == {kept} and len(generator.kept) == 1
+    texts = ask(generator, 1, QUESTION, samples=3)
+    assert [t.text for t in texts[0]] == [expected("s", j) for j in range(3)]
+    generator.drop_kept()
+    assert not runtime.held

@@ -261,3 +261,31 @@ def test_training_on_a_mesh_traces_its_step_once(monkeypatch):
     train_q_model(fresh_head(), x, y, TrainConfig(max_steps=3, batch_size=16),
                   progress=False, mesh=mesh)
     assert traced == [mesh]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("loss, output", [("bce", "sigmoid"), ("mse", "raw")])
+def test_non_finite_labels_or_features_are_refused(bad, loss, output):
+    """NaN passed the bce range check (every comparison with it is False): the run
+    trained on it and reported NaN losses and an AUC of 0.5."""
+    x, y = separable_features()
+    config = TrainConfig(loss=loss, max_steps=2, batch_size=16)
+    labels = y.copy()
+    labels[3] = bad
+    with pytest.raises(ValueError, match="^labels hold 1 NaN or infinite values; every label "
+                                         "must be a finite number$"):
+        train_q_model(fresh_head(output), x, labels, config, progress=False)
+    features = x.copy()
+    features[5, 1] = bad
+    with pytest.raises(ValueError, match="^inputs hold 1 NaN or infinite values; every "
+                                         "feature must be a finite number$"):
+        train_q_model(fresh_head(output), features, y, config, progress=False)
+
+
+@pytest.mark.parametrize("loss, output", [("bce", "sigmoid"), ("mse", "raw")])
+def test_empty_inputs_are_refused(loss, output):
+    with pytest.raises(ValueError, match="^labels are empty: training needs at least one "
+                                         "labelled example$"):
+        train_q_model(fresh_head(output), np.zeros((0, E), np.float32),
+                      np.zeros(0, np.float32), TrainConfig(loss=loss, max_steps=2),
+                      progress=False)
