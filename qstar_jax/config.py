@@ -67,8 +67,8 @@ EXACT_VALUE_TASKS = ("countdown", "arithmetic")
 SOLVER_TASKS = ("arithmetic",)
 CODE_TASKS = ("mbpp", "mbpp_sanitized", "humaneval")  # search.utility=code_rule
 # qstar_no_q: the same A* with λ = 0 (Q̂ ignored), what Q̂ adds. best_of_n_matched:
-# best-of-N at the smallest N found to spend at least Q*'s generated tokens per problem
-# (counted up from this run's results), the budget-matched baseline.
+# best-of-N at the smallest N that spends at least Q*'s generated tokens per problem
+# (searched from an estimate on this run's results), the budget-matched baseline.
 METHODS = ("greedy", "self_consistency", "best_of_n", "beam", "qstar", "qstar_no_q",
            "best_of_n_matched")
 # The methods that sample eval.samples independent chains a problem.

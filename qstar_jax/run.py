@@ -30,7 +30,7 @@ from qstar_jax.memory_plan import check_memory
 from qstar_jax.models.compile_cache import enable_compile_cache
 from qstar_jax.models.config import UnsupportedConfigError
 from qstar_jax.models.weights import CheckpointError
-from qstar_jax.outputs.durable import write_atomically
+from qstar_jax.outputs.durable import write_text_atomically
 from qstar_jax.outputs.folder_lock import FolderInUseError, lock_folder
 from qstar_jax.parallel import (DATA, barrier, check_cache_split, initialize_distributed,
                                 is_writer, leave_at_once, make_mesh)
@@ -170,7 +170,7 @@ def run_in_folder(out: Path, config, mesh, reuse: str | None) -> int:
     # Every process of a multi-process run computes everything, in step; process 0 alone
     # writes the output folder, which the others read (it must be shared storage).
     # Whole or not at all: a half-written config.yaml would refuse this run's own folder.
-    write_atomically(resolved, lambda f: f.write(to_yaml(config).encode()))
+    write_text_atomically(resolved, to_yaml(config))
     ctx = RunContext(config=config, out=out, mesh=mesh)
     barrier("outputs linked")  # what --reuse linked is there for every process to see
     try:

@@ -96,6 +96,11 @@ def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]
     _sync_folder(path.parent)  # makes the rename itself durable
 
 
+def write_text_atomically(path: str | os.PathLike, text: str) -> None:
+    """``write_atomically`` of a text, UTF-8."""
+    write_atomically(path, lambda f: f.write(text.encode("utf-8")))
+
+
 def copy_folder_atomically(source: str | os.PathLike, target: str | os.PathLike) -> None:
     """Copy the folder ``source`` to ``target``, which must not exist, whole or not at all:
     into ``<target>.partial`` beside it, each file forced to disk, then renamed, so a kill

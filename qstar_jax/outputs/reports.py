@@ -3,11 +3,13 @@ Markdown table and the paired comparisons) and the accuracy-against-tokens plot.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
 from typing import Iterable
 
+from qstar_jax.outputs.durable import write_text_atomically
 from qstar_jax.outputs.results_log import ProblemResult
 from qstar_jax.parallel import is_writer
 
@@ -45,6 +47,10 @@ def summarize(results: Iterable[ProblemResult], methods: Iterable[str]) -> dict:
         for counter in COUNTERS:
             total = sum(getattr(r, counter) for r in rows)
             entry[counter] = round(total, 3) if counter == "wall_s" else int(total)
+        if all(r.pruned is not None for r in rows):
+            entry["pruned"] = sum(r.pruned for r in rows)
+            entry["pruned_empty_answers"] = sum(r.pruned > 0 and not r.completion
+                                                for r in rows)
         if all(r.any_correct is not None for r in rows):
             hits = sum(r.any_correct for r in rows)
             entry["pass_at_n"] = {"accuracy": hits / len(rows),
@@ -71,23 +77,37 @@ def markdown_table(summary: dict) -> str:
             lines.append(f"| {method} {CEILING_ROWS[method]} (a ceiling read with the grader, "
                          f"not an answer) | {100 * ceiling['accuracy']:.1f} ({100 * lo:.1f}–"
                          f"{100 * hi:.1f}) | {s['n']} | | | | | |")
+    lines += [f"\n{method} pruned {s['pruned'] / s['n']:.1f} states a problem below "
+              f"eval.tot.threshold; on {s['pruned_empty_answers']} of {s['n']} problems it "
+              "pruned states and answered no step." for method, s in summary["methods"].items()
+              if "pruned" in s]
     return "\n".join(lines) + "\n"
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MatchedN:
+    """The N best_of_n_matched was evaluated at, and whether best-of-N spent at least Q*'s
+    tokens there (``reached``); short of them, ``stalled`` says one more chain added no
+    tokens, else N reached its limit."""
+    samples: int
+    reached: bool
+    stalled: bool = False
+
+
 def matched_samples(summary: dict, samples: int) -> int | None:
-    """The smallest N whose best-of-N spends at least Q*'s generated tokens per problem,
-    at the tokens per sample best-of-``samples`` spent; None when either method is
-    missing or best-of-``samples`` already spent as much as Q*. With prefix sharing a
-    chain costs less the more chains share it, so best-of-N may need a larger N."""
+    """The N estimated to spend Q*'s generated tokens per problem, at the tokens a chain
+    of best-of-``samples`` spent: the smallest N whose chains at that rate spend at least
+    Q*'s; None when either method is missing or best-of-N spent none. With prefix sharing
+    a chain's tokens move with N, so the estimate is where a search for N begins."""
     methods = summary["methods"]
     if "best_of_n" not in methods or "qstar" not in methods:
         return None
     per_problem = {m: methods[m]["generated_tokens"] / methods[m]["n"]
                    for m in ("best_of_n", "qstar")}
     per_sample = per_problem["best_of_n"] / samples
-    if per_sample <= 0 or per_problem["best_of_n"] >= per_problem["qstar"]:
+    if per_sample <= 0:
         return None
-    return math.ceil(per_problem["qstar"] / per_sample - 1e-9)
+    return max(1, math.ceil(per_problem["qstar"] / per_sample - 1e-9))
 
 
 Pair = tuple[ProblemResult, ProblemResult]
@@ -106,43 +126,73 @@ def _pairs(results: Iterable[ProblemResult], first: str, second: str) -> list[Pa
 def paired_difference(results: Iterable[ProblemResult], first: str,
                       second: str) -> tuple[float, float, float, int] | None:
     """Accuracy of ``first`` minus ``second`` over the problems both were evaluated on,
-    with a 95% normal interval of the per-problem differences: (diff, lo, hi, n)."""
+    with a 95% interval: (diff, lo, hi, n); ``_difference`` says which."""
     return _difference(_pairs(results, first, second))
 
 
 def _difference(pairs: list[Pair]) -> tuple[float, float, float, int] | None:
+    """The paired difference of two accuracies with Newcombe's hybrid score interval
+    (method 10 of Newcombe, Statistics in Medicine 17:2635, 1998): each accuracy's Wilson
+    interval, joined through the correlation of the pairs. Unlike a normal interval of
+    the per-problem differences it has width where every pair agrees and stays within
+    [-1, 1]."""
     if not pairs:
         return None
-    diffs = [float(a.correct) - float(b.correct) for a, b in pairs]
-    n, mean = len(diffs), sum(diffs) / len(diffs)
-    variance = sum((d - mean) ** 2 for d in diffs) / max(1, n - 1)
-    half = Z95 * math.sqrt(variance / n)
-    return mean, mean - half, mean + half, n
+    n = len(pairs)
+    both = sum(a.correct and b.correct for a, b in pairs)
+    first_only = sum(a.correct and not b.correct for a, b in pairs)
+    second_only = sum(b.correct and not a.correct for a, b in pairs)
+    neither = n - both - first_only - second_only
+    p1, p2 = (both + first_only) / n, (both + second_only) / n
+    (l1, u1), (l2, u2) = wilson_interval(both + first_only, n), wilson_interval(
+        both + second_only, n)
+    margins = ((both + first_only) * (second_only + neither) * (both + second_only)
+               * (first_only + neither))
+    # The correlation of the pairs, with Newcombe's continuity correction of a positive one.
+    cross = both * neither - first_only * second_only
+    cross = max(0.0, cross - n / 2) if cross > 0 else cross
+    phi = cross / math.sqrt(margins) if margins else 0.0
+    diff = p1 - p2
+    below = math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    above = math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
+    return diff, diff - below, diff + above, n
 
 
 def budget_match_note(summary: dict, results: list[ProblemResult], samples: int,
-                      out_dir: Path, matched: int | None = None) -> str:
-    """Q* against best-of-N at equal generated tokens: the paired accuracy difference
-    when the run evaluated ``best_of_n_matched`` (at N = ``matched``), else the N that
-    would match and the command that evaluates it; "" when best-of-N already spent at
-    least Q*'s tokens."""
+                      out_dir: Path, matched: MatchedN | None = None) -> str:
+    """Q* against best-of-N at equal generated tokens: which N best_of_n_matched was
+    evaluated at and whether it spent Q*'s tokens there, or, where the run did not
+    evaluate it, the N estimated to match and the command that evaluates it ("" where
+    that is best-of-N's own N)."""
     methods = summary["methods"]
     if "qstar" not in methods:
         return ""
     qstar_tokens = methods["qstar"]["generated_tokens"] / methods["qstar"]["n"]
     if "best_of_n_matched" not in methods or matched is None:
         estimate = matched_samples(summary, samples)
-        if estimate is None:
+        if estimate is None or estimate == samples:
             return ""
+        spent = methods["best_of_n"]["generated_tokens"] / methods["best_of_n"]["n"]
         # The run's resolved config.yaml holds its file and overrides alike.
-        return (f"\nQ* generated {qstar_tokens:.0f} tokens per problem: at equal tokens "
-                f"best-of-N takes N = {estimate} or more (`python -m qstar_jax.run "
+        return (f"\nQ* generated {qstar_tokens:.0f} tokens per problem and best-of-{samples} "
+                f"{spent:.0f}: at equal tokens best-of-N takes about N = {estimate}, at "
+                f"best-of-{samples}'s tokens a chain (`python -m qstar_jax.run "
                 f"{out_dir / 'config.yaml'} --reuse {out_dir} --out NEW_DIR "
-                f"'eval.methods=[best_of_n]' eval.samples={estimate}`).\n")
+                f"'eval.methods=[best_of_n]' eval.samples={estimate}`; best_of_n_matched in "
+                "eval.methods searches for the smallest N that spends Q*'s tokens).\n")
+    n = matched.samples
     entry = methods["best_of_n_matched"]
-    return (f"\nbest_of_n_matched is best-of-{matched}, the smallest N found to spend at least "
-            f"Q*'s {qstar_tokens:.0f} generated tokens per problem (it spent "
-            f"{entry['generated_tokens'] / entry['n']:.0f}).\n")
+    spent = entry["generated_tokens"] / entry["n"]
+    if matched.reached:
+        below = f"; best-of-{n - 1} spent fewer" if n > 1 else ""
+        return (f"\nbest_of_n_matched is best-of-{n}, the smallest N whose chains spend at "
+                f"least Q*'s {qstar_tokens:.0f} generated tokens per problem (it spent "
+                f"{spent:.0f}{below}).\n")
+    why = ("one more chain added no tokens (equal chains, as temperature 0 with prefix "
+           "sharing samples)" if matched.stalled else "N stopped at its limit")
+    return (f"\nbest_of_n_matched is best-of-{n} and spent {spent:.0f} generated tokens per "
+            f"problem, short of Q*'s {qstar_tokens:.0f}: {why}. Its comparison below is at "
+            "fewer tokens than Q*'s.\n")
 
 
 # Greedy decoding of the second policy (q_train.second_opinion): the evaluate stage adds
@@ -150,7 +200,8 @@ def budget_match_note(summary: dict, results: list[ProblemResult], samples: int,
 SECOND_POLICY_GREEDY = "greedy_second_policy"
 
 
-def qstar_comparisons_note(summary: dict, results: list[ProblemResult]) -> str:
+def qstar_comparisons_note(summary: dict, results: list[ProblemResult],
+                           matched: MatchedN | None = None) -> str:
     """Q* against greedy decoding (of the policy, and of the second policy where Q̂ reads
     one), what Q̂ adds (qstar − qstar_no_q) and the planning against sampling more (qstar −
     best_of_n_matched): paired differences with 95% intervals, each side's generated
@@ -163,15 +214,16 @@ def qstar_comparisons_note(summary: dict, results: list[ProblemResult]) -> str:
                         (SECOND_POLICY_GREEDY, "against greedy decoding of the second policy "
                                                "whose opinion Q̂ reads"),
                         ("qstar_no_q", "what Q̂ adds: the same search with λ = 0"),
-                        ("best_of_n_matched", "planning against sampling more, at no fewer "
-                                              "generated tokens")):
+                        ("best_of_n_matched", "planning against sampling more, at "
+                         + ("fewer generated tokens than Q*'s" if matched and not
+                            matched.reached else "no fewer generated tokens"))):
         if "qstar" not in methods or other not in methods:
             continue
         pairs = _pairs(results, "qstar", other)
         diff, lo, hi, n = _difference(pairs)
         (q_tokens, q_wall), (o_tokens, o_wall) = (
             (sum(pair[side].generated_tokens for pair in pairs) / n,
-             sum(pair[side].wall_s for pair in pairs)) for side in (0, 1))
+             round(sum(pair[side].wall_s for pair in pairs), 3)) for side in (0, 1))
         line = (f"- qstar − {other} ({what}): {100 * diff:+.1f} points (95% CI {100 * lo:+.1f} "
                 f"to {100 * hi:+.1f}, paired over {n} problems); generated tokens per problem "
                 f"{q_tokens:.0f} against {o_tokens:.0f}, wall-clock {_seconds(q_wall)} s "
@@ -180,7 +232,12 @@ def qstar_comparisons_note(summary: dict, results: list[ProblemResult]) -> str:
             line += (" Equal tokens and equal wall-clock disagree here: Q* took longer, so at "
                      "equal wall-clock best-of-N could have sampled more.")
         lines.append(line)
-    return ("\n" + "\n".join(lines) + "\n") if lines else ""
+    if not lines:
+        return ""
+    first = next(iter(methods))
+    return (f"\nWall-clock is each method's own searches, compiling included: {first}, "
+            "evaluated first, also compiled programs the methods after it reuse.\n\n"
+            + "\n".join(lines) + "\n")
 
 
 def _seconds(wall_s: float) -> str:
@@ -211,18 +268,18 @@ def plot_accuracy_vs_tokens(summary: dict, path: Path) -> None:
 
 
 def write_reports(out_dir: Path, results: list[ProblemResult], methods: Iterable[str], *,
-                  best_of_n_samples: int | None = None, matched: int | None = None) -> dict:
+                  best_of_n_samples: int | None = None, matched: MatchedN | None = None) -> dict:
     """summary.json, summary.md (with the budget-match note when ``best_of_n_samples``,
-    eval.samples, is given; ``matched``: best_of_n_matched's N) and the plot; process 0
-    alone writes them in a multi-process run."""
+    eval.samples, is given; ``matched``: best_of_n_matched's N) and the plot, each
+    written whole or not at all; process 0 alone writes them in a multi-process run."""
     summary = summarize(results, methods)
     if not is_writer():
         return summary
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomically(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     note = (budget_match_note(summary, results, best_of_n_samples, out_dir, matched)
             if best_of_n_samples else "")
-    (out_dir / "summary.md").write_text(markdown_table(summary) + note
-                                        + qstar_comparisons_note(summary, results))
+    write_text_atomically(out_dir / "summary.md", markdown_table(summary) + note
+                          + qstar_comparisons_note(summary, results, matched))
     if summary["methods"]:
         plot_accuracy_vs_tokens(summary, out_dir / "accuracy_vs_tokens.png")
     return summary

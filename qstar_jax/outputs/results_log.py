@@ -35,6 +35,8 @@ class ProblemResult:
     # Tasks graded by running tests (code): how the tests ended (passed, failed, timeout,
     # error, memory_exceeded, killed, no_code); None for tasks graded by comparison.
     grade_status: str | None = None
+    # Tree of Thoughts DFS: the states eval.tot.threshold pruned; None for the others.
+    pruned: int | None = None
 
 
 class ResultsLog:
@@ -60,4 +62,4 @@ class ResultsLog:
 
     def _rewrite(self, results: list[ProblemResult]) -> None:
         text = "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in results)
-        durable.write_atomically(self.path, lambda f: f.write(text.encode()))
+        durable.write_text_atomically(self.path, text)

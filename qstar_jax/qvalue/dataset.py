@@ -106,7 +106,7 @@ def save_labelled(path: str | os.PathLike, steps: Sequence[LabelledStep], *,
         durable.write_atomically(features_path(path), lambda f: f.write(buffer.getvalue()))
     else:
         features_path(path).unlink(missing_ok=True)  # stale rows would pair with new records
-    durable.write_atomically(path, lambda f: f.write(lines.encode("utf-8")))
+    durable.write_text_atomically(path, lines)
 
 
 def load_labelled(path: str | os.PathLike) -> tuple[list[LabelledStep], np.ndarray | None]:

@@ -16,9 +16,9 @@ from typing import Callable, Hashable
 import numpy as np
 
 from qstar_jax.config import CHAIN_METHODS, REASONER_METHODS, Scorer, ToTEvaluator, Utility
-from qstar_jax.outputs.durable import write_atomically
-from qstar_jax.outputs.reports import (SECOND_POLICY_GREEDY, matched_samples, summarize,
-                                       write_reports)
+from qstar_jax.outputs.durable import write_text_atomically
+from qstar_jax.outputs.reports import (SECOND_POLICY_GREEDY, MatchedN, matched_samples,
+                                       summarize, write_reports)
 from qstar_jax.outputs.results_log import ProblemResult, ResultsLog
 from qstar_jax.parallel import barrier, is_writer
 from qstar_jax.policy.expander import DecoderExpander
@@ -39,10 +39,10 @@ from qstar_jax.tasks.code_answers import code_lines
 from qstar_jax.tasks.code_rules import python_tokenizes
 
 
-# Greedy decoding and majority voting never read Q̂, so they spend no Q̂ calls.
-USES_Q = ("best_of_n", "beam", "qstar", "best_of_n_matched")
 RESULTS_LOG = "results.jsonl"  # a line per (method, problem)
 MATCHED_STATE = "best_of_n_matched.json"  # the N best_of_n_matched is evaluated at
+# Up from its first N, best_of_n_matched stops short of Q*'s tokens at this many times it.
+MATCHED_GROWTH = 4
 
 
 def process_utility(ctx: RunContext, problems):
@@ -134,11 +134,25 @@ def reads_any_process_rewards(cfg) -> bool:
     return any(reads_process_rewards(cfg, method) for method in cfg.eval.methods)
 
 
+def reads_q(cfg, method: str) -> bool:
+    """Whether ``method``'s choices read Q̂ (h): best-of-N ranked by f with λ ≠ 0 or by
+    Q̂, beam search and Q* with λ ≠ 0, a Tree of Thoughts judged by Q̂. The others search
+    without it, so Q̂ is neither run nor charged where nothing reads it: greedy,
+    self-consistency, MCTSr, qstar_no_q (λ = 0), best-of-N ranked by the process reward."""
+    lam = cfg.search.lam != 0
+    if method in ("best_of_n", "best_of_n_matched"):
+        scorer = cfg.eval.best_of_n_scorer
+        return scorer == Scorer.q or (scorer == Scorer.f and lam)
+    if method in ("beam", "qstar"):
+        return lam
+    if method in ("tot_bfs", "tot_dfs"):
+        return cfg.eval.tot.evaluator == ToTEvaluator.q
+    return False
+
+
 def reads_q_hat(cfg) -> bool:
-    """Whether a configured method reads the trained Q̂ (greedy, self-consistency, MCTSr
-    and a Tree of Thoughts judged otherwise evaluate without one)."""
-    return any(m in USES_Q or (m in ("tot_bfs", "tot_dfs") and cfg.eval.tot.evaluator ==
-                               ToTEvaluator.q) for m in cfg.eval.methods)
+    """Whether a configured method reads the trained Q̂ (``reads_q``)."""
+    return any(reads_q(cfg, method) for method in cfg.eval.methods)
 
 
 def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
@@ -224,38 +238,74 @@ def _step_search(ctx: RunContext, method: str, samples: int, runtime, q_fn: QVal
     # One expander per method: its token counts are that method's alone.
     expander = DecoderExpander(runtime, prefix_sharing=ctx.config.eval.prefix_sharing)
     return lambda batch, description: run_search(
-        len(batch), lambda k: make(batch[k]), expander, q_fn if method in USES_Q else None,
+        len(batch), lambda k: make(batch[k]), expander,
+        q_fn if reads_q(ctx.config, method) else None,
         utility, include_trees=ctx.config.eval.dump_trees, description=description)
 
 
 def evaluate_best_of_n_matched(state: Path, log: ResultsLog,
-                               search: Callable[[str, int], None], samples: int) -> int:
-    """best_of_n_matched: best-of-N at the smallest N found whose results spend at least
-    Q*'s generated tokens per problem; returns that N. N starts from best_of_n's tokens
-    per sample (``matched_samples``; eval.samples when best_of_n already spent as much)
-    and, while the method spends less, grows by one, its results dropped and searched
-    again: with prefix sharing a chain costs less the more chains share it, so the start
-    can fall short. ``state`` (JSON) keeps the N in use, so a killed run resumes at it.
-    The config checks list best_of_n and qstar before it."""
+                               search: Callable[[str, int], None], samples: int) -> MatchedN:
+    """best_of_n_matched: best-of-N at the smallest N whose results spend at least Q*'s
+    generated tokens per problem. N starts from the estimate (``matched_samples``: Q*'s
+    tokens at the tokens a chain of best-of-``samples`` spent) and steps down while the
+    N below still spends as much, up while it spends less: with prefix sharing a chain's
+    tokens move with N either way. Each N is a search of every problem (best_of_n's rows
+    copied at its own N); going down, the rows of the last N that spent enough are kept
+    to be put back. Going up, it stops short where one more chain adds no tokens (equal
+    chains: eval.temperature=0 with prefix sharing) or at MATCHED_GROWTH times the first
+    N; best_of_n_matched then stays below Q*'s budget, and says so. ``state`` (JSON)
+    keeps the N in use and what the Ns tried gave, so a killed run resumes there. The
+    config checks list best_of_n and qstar before it."""
     def tokens_per_problem(method: str) -> float:
         entry = summarize(log.read(), (method,))["methods"][method]
         return entry["generated_tokens"] / entry["n"]
 
-    if state.exists():
-        n = json.loads(state.read_text())["samples"]
-    else:
-        n = matched_samples(summarize(log.read(), ("best_of_n", "qstar")), samples) or samples
-    target = tokens_per_problem("qstar")
-    while True:
-        write_atomically(state, lambda f: f.write(json.dumps({"samples": n}).encode()))
+    def save(n: int) -> None:
+        write_text_atomically(state, json.dumps({"samples": n, "short": short,
+                                                 "enough": enough}))
+
+    def run_at(n: int) -> None:
         if n == samples:
             _copy_best_of_n(log)
         else:
             search("best_of_n_matched", n)
-        if tokens_per_problem("best_of_n_matched") >= target:
-            return n
+
+    def evaluate_at(n: int) -> float:
+        save(n)
+        run_at(n)
+        return tokens_per_problem("best_of_n_matched")
+
+    saved = json.loads(state.read_text()) if state.exists() else {}
+    first = matched_samples(summarize(log.read(), ("best_of_n", "qstar")), samples) or samples
+    n = saved.get("samples", first)
+    short = saved.get("short")  # [N, tokens]: the largest N found spending less than Q*
+    enough = saved.get("enough")  # the smallest N found spending at least Q*'s tokens
+    kept: list[ProblemResult] | None = None  # enough's rows, while a smaller N is tried
+    target = tokens_per_problem("qstar")
+    while True:
+        tokens = evaluate_at(n)
+        if tokens >= target:
+            enough = n
+            if n == 1 or (short is not None and short[0] == n - 1):
+                return MatchedN(samples=n, reached=True)
+            kept = [r for r in log.read() if r.method == "best_of_n_matched"]
+            step = -1
+        elif enough == n + 1:  # n spends less, n + 1 enough: n + 1's rows go back
+            short = [n, tokens]
+            save(enough)
+            log.drop("best_of_n_matched")
+            if kept is None:  # the run was killed since they were kept: searched again
+                run_at(enough)
+            else:
+                log.append(kept)
+            return MatchedN(samples=enough, reached=True)
+        else:
+            stalled = short is not None and short[0] == n - 1 and tokens <= short[1]
+            if stalled or n >= MATCHED_GROWTH * first:
+                return MatchedN(samples=n, reached=False, stalled=stalled)
+            short, step = [n, tokens], 1
         log.drop("best_of_n_matched")  # before the new N is saved: no mixed results
-        n += 1
+        n += step
 
 
 def _copy_best_of_n(log: ResultsLog) -> None:
@@ -296,7 +346,8 @@ def _graded(ctx: RunContext, method: str, problems, results: list[SearchResult],
             answer=ctx.task.extract_answer(completion), completion=completion,
             completed=result.completed, generated_tokens=c.generated_tokens,
             prefilled_tokens=c.prefilled_tokens, q_calls=c.q_calls, prm_calls=c.prm_calls,
-            expansions=c.expansions, wall_s=round(wall_share, 4))
+            expansions=c.expansions, wall_s=round(wall_share, 4),
+            pruned=result.pruned if method == "tot_dfs" else None)
 
 
 def _grade(task, problem, completion: str, completed: bool) -> tuple[bool, str | None]:
@@ -320,4 +371,4 @@ def _dump_trees(ctx: RunContext, method: str, problems, results: list[SearchResu
     for result in results:
         name = problems[result.problem_index].id.replace("/", "_")
         text = json.dumps(result.tree, default=str) + "\n"
-        write_atomically(folder / f"{name}.json", lambda f: f.write(text.encode()))
+        write_text_atomically(folder / f"{name}.json", text)

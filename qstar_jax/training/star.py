@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
-from qstar_jax.outputs.durable import write_atomically
+from qstar_jax.outputs.durable import write_text_atomically
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -90,12 +90,11 @@ class StarLoop:
                 continue
             examples = kept_examples(problems, self.sampler(policy), self.samples,
                                      self.is_right, self.rationalize)
-            write_atomically(self.round_folder(r) / "examples.jsonl", lambda f: f.write("".join(
-                json.dumps(dataclasses.asdict(e)) + "\n" for e in examples).encode()))
+            write_text_atomically(self.round_folder(r) / "examples.jsonl", "".join(
+                json.dumps(dataclasses.asdict(e)) + "\n" for e in examples))
             policy = self.finetune(examples, r)
             self.save(policy, self.round_folder(r) / "policy")
-            write_atomically(done, lambda f: f.write(
-                json.dumps({"kept": len(examples)}).encode()))
+            write_text_atomically(done, json.dumps({"kept": len(examples)}))
         return [json.loads((self.round_folder(r) / "done.json").read_text())["kept"]
                 for r in range(self.rounds)]
 

@@ -1,12 +1,13 @@
 import dataclasses
 import json
+import math
 
 import pytest
 from matplotlib.figure import Figure
 
 from qstar_jax.outputs import reports
-from qstar_jax.outputs.reports import (matched_samples, paired_difference, summarize,
-                                       wilson_interval, write_reports)
+from qstar_jax.outputs.reports import (MatchedN, matched_samples, paired_difference,
+                                       summarize, wilson_interval, write_reports)
 from tests.outputs.problem_results import result
 
 
@@ -59,17 +60,23 @@ def test_summary_says_which_best_of_n_would_spend_qstars_tokens(tmp_path):
     # best-of-6 spends 60 tokens per problem (10 a sample), Q* 410: N = 41 matches it.
     rows = [result("best_of_n", "a", False, 60), result("qstar", "a", True, 410)]
     write_reports(tmp_path, rows, ["best_of_n", "qstar"], best_of_n_samples=6)
-    assert "best-of-N takes N = 41 or more" in (tmp_path / "summary.md").read_text()
+    assert "best-of-N takes about N = 41" in (tmp_path / "summary.md").read_text()
     assert "eval.samples=41" in (tmp_path / "summary.md").read_text()
     # Q*'s tokens are per problem: 820 over problems a and b is 410 a problem, not 820.
     rows_of_two = rows + [result("best_of_n", "b", False, 60), result("qstar", "b", True, 410)]
     write_reports(tmp_path, rows_of_two, ["best_of_n", "qstar"], best_of_n_samples=6)
     assert (tmp_path / "summary.md").read_text().splitlines()[-1] == (
-        f"Q* generated 410 tokens per problem: at equal tokens best-of-N takes N = 41 or more "
-        f"(`python -m qstar_jax.run {tmp_path}/config.yaml --reuse {tmp_path} --out NEW_DIR "
-        f"'eval.methods=[best_of_n]' eval.samples=41`).")
-    # Nothing to say when best-of-N spent at least Q*'s tokens, or one of them is absent.
+        f"Q* generated 410 tokens per problem and best-of-6 60: at equal tokens best-of-N "
+        f"takes about N = 41, at best-of-6's tokens a chain (`python -m qstar_jax.run "
+        f"{tmp_path}/config.yaml --reuse {tmp_path} --out NEW_DIR 'eval.methods=[best_of_n]' "
+        "eval.samples=41`; best_of_n_matched in eval.methods searches for the smallest N "
+        "that spends Q*'s tokens).")
+    # Best-of-N spending more than Q*: a smaller N (600 / 6 = 100 a chain, 410 / 100).
     write_reports(tmp_path, [result("best_of_n", "a", False, 600), rows[1]],
+                  ["best_of_n", "qstar"], best_of_n_samples=6)
+    assert "best-of-N takes about N = 5," in (tmp_path / "summary.md").read_text()
+    # Nothing to say at best-of-N's own N, or where one of them is absent.
+    write_reports(tmp_path, [result("best_of_n", "a", False, 420), rows[1]],
                   ["best_of_n", "qstar"], best_of_n_samples=6)
     assert "best-of-N takes" not in (tmp_path / "summary.md").read_text()
     write_reports(tmp_path, rows[1:], ["qstar"], best_of_n_samples=6)
@@ -82,7 +89,9 @@ def test_matched_best_of_n_spends_at_least_qstars_tokens():
                           result("qstar", "a", True, qstar_tokens)], ["best_of_n", "qstar"])
     assert matched_samples(summary(60, 410), 6) == 41  # 10 tokens a sample
     assert matched_samples(summary(60, 411), 6) == 42  # 41 samples would spend 410 < 411
-    assert matched_samples(summary(60, 60), 6) is None
+    assert matched_samples(summary(60, 60), 6) == 6
+    assert matched_samples(summary(600, 410), 6) == 5  # 100 a sample: 5 spend 500 >= 410
+    assert matched_samples(summary(600, 10), 6) == 1
     assert matched_samples(summary(0, 410), 6) is None  # no tokens a sample: no N matches
     # 21 / (7 / 10) is 30.000000000000004 in floating point: 30 samples spend exactly 21.
     assert matched_samples(summary(7, 21), 10) == 30
@@ -93,10 +102,34 @@ def test_paired_difference_over_shared_problems():
     rows = [result("qstar", p, c) for p, c in zip("abcd", (True, True, False, True))]
     rows += [result("best_of_n_matched", p, c) for p, c in zip("abce", (True, False, False, True))]
     diff, lo, hi, n = paired_difference(rows, "qstar", "best_of_n_matched")
-    # Shared: a, b, c; differences 0, 1, 0: mean 1/3, sample sd 0.577, se 0.333.
+    # Shared: a (both right), b (Q* alone), c (neither): 2/3 against 1/3.
     assert n == 3 and diff == pytest.approx(1 / 3)
-    assert (lo, hi) == pytest.approx((1 / 3 - 1.959964 / 3, 1 / 3 + 1.959964 / 3))
+    assert (lo, hi) == pytest.approx((-0.3158, 0.7178), abs=1e-4)
     assert paired_difference(rows, "qstar", "beam") is None
+
+
+def _paired_rows(both, first_only, second_only, neither):
+    outcomes = ([(True, True)] * both + [(True, False)] * first_only
+                + [(False, True)] * second_only + [(False, False)] * neither)
+    return [result(method, str(k), right) for k, pair in enumerate(outcomes)
+            for method, right in zip(("qstar", "greedy"), pair)]
+
+
+def test_the_paired_interval_is_newcombes_with_width_where_every_pair_agrees():
+    # Newcombe (1998) method 10 on the worked example of Altman et al. (2000, Table 6.2):
+    # 14 pairs both right, 5 the first alone, 22 neither: 0.122 (0.0115 to 0.2265).
+    diff, lo, hi, n = paired_difference(_paired_rows(14, 5, 0, 22), "qstar", "greedy")
+    assert (diff, lo, hi, n) == pytest.approx((5 / 41, 0.0115, 0.2265, 41), abs=1e-4)
+    # Every pair alike: 0 with each side's Wilson half-width, not a zero-width interval.
+    diff, lo, hi, _ = paired_difference(_paired_rows(0, 0, 0, 6), "qstar", "greedy")
+    assert (diff, lo, hi) == pytest.approx((0, -wilson_interval(0, 6)[1],
+                                            wilson_interval(0, 6)[1]))
+    # Right on every problem against wrong on every one: within [-1, 1], not past 100 points.
+    diff, lo, hi, _ = paired_difference(_paired_rows(0, 5, 0, 0), "qstar", "greedy")
+    assert diff == 1 and hi == pytest.approx(1) and 0 < lo < 1
+    # No pair disagrees the other way, so no correlation: the two Wilson bounds add.
+    assert lo == pytest.approx(1 - math.hypot(1 - wilson_interval(5, 5)[0],
+                                              wilson_interval(0, 5)[1]))
 
 
 def test_summary_reports_qstar_against_the_matched_best_of_n(tmp_path):
@@ -104,14 +137,26 @@ def test_summary_reports_qstar_against_the_matched_best_of_n(tmp_path):
             result("qstar", "a", True, 400), result("qstar", "b", True, 420),
             result("best_of_n_matched", "a", True, 410),
             result("best_of_n_matched", "b", False, 430)]
-    write_reports(tmp_path, rows, ["best_of_n", "qstar", "best_of_n_matched"],
-                  best_of_n_samples=6, matched=43)
+    methods = ["best_of_n", "qstar", "best_of_n_matched"]
+    write_reports(tmp_path, rows, methods, best_of_n_samples=6,
+                  matched=MatchedN(samples=43, reached=True))
     note = (tmp_path / "summary.md").read_text()
-    assert ("best_of_n_matched is best-of-43, the smallest N found to spend at least Q*'s 410 "
-            "generated tokens per problem (it spent 420).") in note
+    assert ("best_of_n_matched is best-of-43, the smallest N whose chains spend at least Q*'s "
+            "410 generated tokens per problem (it spent 420; best-of-42 spent fewer).") in note
     assert ("qstar − best_of_n_matched (planning against sampling more, at no fewer generated "
             "tokens): +50.0 points") in note and "paired over 2 problems" in note
     assert "generated tokens per problem 410 against 420" in note
+    # Short of Q*'s tokens, the note and the comparison say so.
+    write_reports(tmp_path, rows, methods, best_of_n_samples=6,
+                  matched=MatchedN(samples=43, reached=False, stalled=True))
+    note = (tmp_path / "summary.md").read_text()
+    assert ("best_of_n_matched is best-of-43 and spent 420 generated tokens per problem, short "
+            "of Q*'s 410: one more chain added no tokens (equal chains, as temperature 0 with "
+            "prefix sharing samples). Its comparison below is at fewer tokens than Q*'s.") in note
+    assert "(planning against sampling more, at fewer generated tokens than Q*'s)" in note
+    write_reports(tmp_path, rows, methods, best_of_n_samples=6,
+                  matched=MatchedN(samples=1, reached=True))
+    assert "(it spent 420)." in (tmp_path / "summary.md").read_text()
 
 
 def test_summary_ends_with_what_q_hat_adds_and_says_when_wall_clock_disagrees(tmp_path):
@@ -174,13 +219,13 @@ def test_summary_sets_qstar_against_greedy_decoding_of_each_policy(tmp_path):
             result("greedy_second_policy", "b", False, 30)]
     write_reports(tmp_path, rows, ["greedy", "greedy_second_policy", "qstar"])
     lines = (tmp_path / "summary.md").read_text().splitlines()
-    # Differences 1, 0 against greedy: mean .5, sample sd .707, se .5; 1, 1: no spread.
+    # Newcombe's intervals: one pair alike and one apart, then both apart (within ±100).
     assert lines[-2:] == [
         "- qstar − greedy (against one greedy chain of the policy it searches): +50.0 points "
-        "(95% CI -48.0 to +148.0, paired over 2 problems); generated tokens per problem 100 "
+        "(95% CI -27.3 to +90.5, paired over 2 problems); generated tokens per problem 100 "
         "against 20, wall-clock 1.0 s against 1.0 s.",
         "- qstar − greedy_second_policy (against greedy decoding of the second policy whose "
-        "opinion Q̂ reads): +100.0 points (95% CI +100.0 to +100.0, paired over 2 problems); "
+        "opinion Q̂ reads): +100.0 points (95% CI +7.0 to +100.0, paired over 2 problems); "
         "generated tokens per problem 100 against 30, wall-clock 1.0 s against 1.0 s."]
 
 
@@ -226,5 +271,26 @@ def test_both_sides_of_a_comparison_are_costed_over_the_problems_it_pairs(tmp_pa
     write_reports(tmp_path, rows, ["greedy", "qstar"])
     assert (tmp_path / "summary.md").read_text().splitlines()[-1] == (
         "- qstar − greedy (against one greedy chain of the policy it searches): +100.0 points "
-        "(95% CI +100.0 to +100.0, paired over 1 problems); generated tokens per problem 100 "
+        "(95% CI -12.2 to +100.0, paired over 1 problems); generated tokens per problem 100 "
         "against 20, wall-clock 0.5 s against 0.5 s.")
+
+
+def test_tree_of_thoughts_dfs_says_how_much_it_pruned_and_where_it_answered_nothing(tmp_path):
+    rows = [dataclasses.replace(result("tot_dfs", p, False), completion=text, pruned=pruned)
+            for p, text, pruned in (("a", "", 5), ("b", "12", 2), ("c", "", 0))]
+    summary = write_reports(tmp_path, rows, ["tot_dfs"])["methods"]["tot_dfs"]
+    assert (summary["pruned"], summary["pruned_empty_answers"]) == (7, 1)
+    assert (tmp_path / "summary.md").read_text().endswith(
+        "\ntot_dfs pruned 2.3 states a problem below eval.tot.threshold; on 1 of 3 problems it "
+        "pruned states and answered no step.\n")
+    # Rows logged before the count (or of other methods) carry none: no line.
+    write_reports(tmp_path, [result("tot_dfs", "a", False)], ["tot_dfs"])
+    assert "pruned" not in (tmp_path / "summary.md").read_text()
+
+
+def test_the_comparisons_say_the_first_method_evaluated_carries_the_compiling(tmp_path):
+    rows = [result("greedy", "a", False, 20), result("qstar", "a", True, 100)]
+    write_reports(tmp_path, rows, ["greedy", "qstar"])
+    assert ("\nWall-clock is each method's own searches, compiling included: greedy, evaluated "
+            "first, also compiled programs the methods after it reuse.\n\n- qstar − greedy"
+            in (tmp_path / "summary.md").read_text())

@@ -2,6 +2,7 @@
 and after a kill searches only the problems some row is missing for: self-consistency's
 rows, derived from best-of-N's chains, included."""
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -19,17 +20,20 @@ STEPS = ("2 + 2 = 4", "#### 4")
 @pytest.fixture
 def searched(monkeypatch):
     """The (method, batch) of every search evaluate runs; a problem's result spends as many
-    generated tokens as its index."""
+    generated tokens as its index (best_of_n_matched at N: index x N / 12, rounded down)."""
     calls = []
 
     def step_search(ctx, method, samples, runtime, q_fn, utility):
+        def tokens(i):
+            return i * samples // 12 if method == "best_of_n_matched" else i
+
         def search(batch, description):
             calls.append((method, list(batch)))
             return [SearchResult(problem_index=i, steps=STEPS, node_id=1,
                                  outcome=Outcome.complete, score=0.0,
                                  trajectories=(ScoredTrajectory(node_id=1, steps=STEPS,
                                                                 score=0.0),),
-                                 counters=SearchCounters(generated_tokens=i,
+                                 counters=SearchCounters(generated_tokens=tokens(i),
                                                          prefilled_tokens=0, q_calls=0,
                                                          prm_calls=0, expansions=1,
                                                          wall_s=0.0))
@@ -105,9 +109,9 @@ def test_a_batch_shares_its_wall_clock_equally_among_its_problems(tmp_path, sear
 
 def test_best_of_n_matched_is_searched_at_the_matched_n_and_reported_at_it(tmp_path, searched):
     """With best-of-6 logged at 1 token a problem and Q* at 2, best_of_n_matched starts at
-    N = 12 (1/6 a sample), which spends the stand-in's 0-4 tokens, 2 a problem: a match.
-    Its batches hold what 48 slots hold at 2 x 12 slots a problem, and summary.md names
-    that N."""
+    N = 12 (1/6 a sample), which spends the stand-in's 0-4 tokens, 2 a problem: enough;
+    N = 11 spends 0, 0, 1, 2, 3, too few, so N = 12's rows are put back. Its batches hold
+    what 48 slots hold at 2 x N slots a problem, and summary.md names that N."""
     ctx = RunContext(config=load_config(None, [
         "eval.methods=[best_of_n,qstar,best_of_n_matched]", "task.eval_problems=5",
         "decode.slots=48", "q_train.second_opinion=null"]), out=tmp_path)
@@ -116,12 +120,14 @@ def test_best_of_n_matched_is_searched_at_the_matched_n_and_reported_at_it(tmp_p
         [result("best_of_n", i, False, 1) for i in ids]
         + [result("qstar", i, True, 2) for i in ids])
     summary = evaluate.evaluate(ctx, q_fn=object())
-    assert searched == [("best_of_n_matched", [0, 1]), ("best_of_n_matched", [2, 3]),
-                        ("best_of_n_matched", [4])]
+    assert searched == 2 * [("best_of_n_matched", [0, 1]), ("best_of_n_matched", [2, 3]),
+                            ("best_of_n_matched", [4])]
     assert summary["methods"]["best_of_n_matched"]["generated_tokens"] == 10
-    assert (tmp_path / "best_of_n_matched.json").read_text() == '{"samples": 12}'
-    assert ("best_of_n_matched is best-of-12, the smallest N found to spend at least Q*'s 2 "
-            "generated tokens per problem (it spent 2).") in (tmp_path / "summary.md").read_text()
+    assert json.loads((tmp_path / "best_of_n_matched.json").read_text()) == {
+        "samples": 12, "short": [11, 1.2], "enough": 12}
+    assert ("best_of_n_matched is best-of-12, the smallest N whose chains spend at least Q*'s "
+            "2 generated tokens per problem (it spent 2; best-of-11 spent fewer).") in (
+        tmp_path / "summary.md").read_text()
 
 
 def test_the_second_policy_decodes_its_own_greedy_row_reported_after_greedy(

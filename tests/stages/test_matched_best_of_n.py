@@ -1,7 +1,9 @@
-"""best_of_n_matched counts N up until best-of-N really spends Q*'s tokens."""
+"""best_of_n_matched searches for the smallest N whose best-of-N really spends Q*'s
+tokens, down from an estimate that overshoots and up from one that falls short."""
 
 import json
 
+from qstar_jax.outputs.reports import MatchedN
 from qstar_jax.outputs.results_log import ProblemResult, ResultsLog
 from qstar_jax.stages.evaluate import evaluate_best_of_n_matched
 
@@ -14,13 +16,13 @@ def _row(method, problem, tokens, correct=False):
                          prefilled_tokens=1, q_calls=0, prm_calls=0, expansions=1, wall_s=0.1)
 
 
-class SublinearBestOfN:
-    """A stand-in for the searches: best-of-N costs 8 tokens a chain (best-of-2's 10 a
-    chain overestimates it, as shared prefixes make it), logged problem by problem;
-    ``fail_after`` problems in all, it is killed."""
+class FakeBestOfN:
+    """A stand-in for the searches: best-of-N spends ``tokens(N)`` a problem (by default 8
+    a chain, where best-of-2's 10 a chain overestimates it, as shared prefixes make it),
+    logged problem by problem; ``fail_after`` problems in all, it is killed."""
 
-    def __init__(self, log, fail_after=None):
-        self.log, self.fail_after, self.calls = log, fail_after, []
+    def __init__(self, log, tokens=lambda n: 8 * n, fail_after=None):
+        self.log, self.tokens, self.fail_after, self.calls = log, tokens, fail_after, []
 
     def __call__(self, method, samples):
         self.calls.append(samples)
@@ -29,69 +31,122 @@ class SublinearBestOfN:
                 if self.fail_after == 0:
                     raise KeyboardInterrupt
                 self.fail_after -= 1
-            self.log.append([_row(method, problem, 8 * samples)])
+            self.log.append([_row(method, problem, self.tokens(samples))])
 
 
-def _log(tmp_path):
+def _log(tmp_path, best_of_n=20, qstar=100):
     log = ResultsLog(tmp_path / "results.jsonl")
-    log.append([_row("best_of_n", p, 20) for p in PROBLEMS])  # best-of-2: 10 tokens a chain
-    log.append([_row("qstar", p, 100) for p in PROBLEMS])
+    log.append([_row("best_of_n", p, best_of_n) for p in PROBLEMS])
+    log.append([_row("qstar", p, qstar) for p in PROBLEMS])
     return log
 
 
+def _matched_tokens(log):
+    return [r.generated_tokens for r in log.read() if r.method == "best_of_n_matched"]
+
+
 def test_n_grows_from_the_estimate_until_best_of_n_spends_qstars_tokens(tmp_path):
-    log = _log(tmp_path)
-    search = SublinearBestOfN(log)
+    log = _log(tmp_path)  # best-of-2: 10 tokens a chain; Q* 100
+    search = FakeBestOfN(log)
     state = tmp_path / "best_of_n_matched.json"
-    assert evaluate_best_of_n_matched(state, log, search, samples=2) == 13  # 8 * 13 = 104 >= 100
+    assert evaluate_best_of_n_matched(state, log, search, samples=2) == MatchedN(
+        samples=13, reached=True)  # 8 * 13 = 104 >= 100
     assert search.calls == [10, 11, 12, 13]  # 10 from the estimate: 100 / (20 / 2)
-    matched = [r for r in log.read() if r.method == "best_of_n_matched"]
-    assert [r.generated_tokens for r in matched] == [104, 104]  # only the last N's results
-    assert json.loads(state.read_text()) == {"samples": 13}
+    assert _matched_tokens(log) == [104, 104]  # only the last N's results
+    assert json.loads(state.read_text()) == {"samples": 13, "short": [12, 96.0],
+                                             "enough": None}
+
+
+def test_n_falls_from_an_estimate_that_overshoots_and_the_smallest_ns_rows_stay(tmp_path):
+    # Chains sharing prefixes: best-of-N spends 10 + 2N, so best-of-6's 22 (3.7 a chain)
+    # puts Q*'s 16 at N = 5, which spends 20; 3 spends exactly 16 and 2 spends 14.
+    log = _log(tmp_path, best_of_n=22, qstar=16)
+    search = FakeBestOfN(log, tokens=lambda n: 10 + 2 * n)
+    state = tmp_path / "n.json"
+    assert evaluate_best_of_n_matched(state, log, search, samples=6) == MatchedN(
+        samples=3, reached=True)
+    assert search.calls == [5, 4, 3, 2]
+    assert _matched_tokens(log) == [16, 16]  # best-of-3's rows, put back after 2's
+    # A rerun (evaluate resumed for a later method) asks for best-of-3 alone, every
+    # problem of which is logged, and changes nothing.
+    again = FakeBestOfN(log, tokens=lambda n: 10 + 2 * n)
+    assert evaluate_best_of_n_matched(state, log, again, samples=6).samples == 3
+    assert again.calls == [3] and _matched_tokens(log) == [16, 16]
+
+
+def test_a_run_killed_below_the_n_that_spent_enough_searches_that_n_again(tmp_path):
+    log = _log(tmp_path, best_of_n=22, qstar=16)
+    state = tmp_path / "n.json"
+    killed = FakeBestOfN(log, tokens=lambda n: 10 + 2 * n, fail_after=7)  # 5, 4, 3; 2 cut
+    try:
+        evaluate_best_of_n_matched(state, log, killed, samples=6)
+    except KeyboardInterrupt:
+        pass
+    assert killed.calls == [5, 4, 3, 2]
+    resumed = FakeBestOfN(log, tokens=lambda n: 10 + 2 * n)
+    assert evaluate_best_of_n_matched(state, log, resumed, samples=6).samples == 3
+    assert resumed.calls == [2, 3] and _matched_tokens(log) == [16, 16]
 
 
 def test_a_killed_count_resumes_at_the_n_it_had_reached(tmp_path):
     log = _log(tmp_path)
     state = tmp_path / "best_of_n_matched.json"
-    killed = SublinearBestOfN(log, fail_after=5)  # 10, 11 done; 12 killed after one problem
+    killed = FakeBestOfN(log, fail_after=5)  # 10, 11 done; 12 killed after one problem
     try:
         evaluate_best_of_n_matched(state, log, killed, samples=2)
     except KeyboardInterrupt:
         pass
-    assert killed.calls == [10, 11, 12] and json.loads(state.read_text()) == {"samples": 12}
-    resumed = SublinearBestOfN(log)
-    assert evaluate_best_of_n_matched(state, log, resumed, samples=2) == 13
+    assert killed.calls == [10, 11, 12] and json.loads(state.read_text())["samples"] == 12
+    resumed = FakeBestOfN(log)
+    assert evaluate_best_of_n_matched(state, log, resumed, samples=2).samples == 13
     assert resumed.calls == [12, 13]
-    assert [r.generated_tokens for r in log.read() if r.method == "best_of_n_matched"] == [
-        104, 104]
+    assert _matched_tokens(log) == [104, 104]
 
 
-def test_at_best_of_ns_own_n_its_rows_are_copied_not_searched_again(tmp_path):
+def test_at_best_of_ns_own_n_its_rows_are_copied_once_the_n_below_falls_short(tmp_path):
     log = ResultsLog(tmp_path / "results.jsonl")
     log.append([_row("best_of_n", "a", 120, correct=True), _row("best_of_n", "b", 80)])
     log.append([_row("qstar", p, 90) for p in PROBLEMS])  # best-of-2 already spends more
-    search = SublinearBestOfN(log)
-    assert evaluate_best_of_n_matched(tmp_path / "n.json", log, search, samples=2) == 2
-    assert search.calls == []
+    search = FakeBestOfN(log)
+    assert evaluate_best_of_n_matched(tmp_path / "n.json", log, search, samples=2) == MatchedN(
+        samples=2, reached=True)
+    assert search.calls == [1]  # best-of-1 spends 8: too few
     matched = [r for r in log.read() if r.method == "best_of_n_matched"]
     assert [(r.problem_id, r.generated_tokens, r.correct) for r in matched] == [
         ("a", 120, True), ("b", 80, False)]
-    # A rerun (evaluate resumed for a later method) finds them copied and copies nothing.
-    assert evaluate_best_of_n_matched(tmp_path / "n.json", log, search, samples=2) == 2
+    # A rerun finds them copied and copies nothing.
+    assert evaluate_best_of_n_matched(tmp_path / "n.json", log, search, samples=2).samples == 2
+    assert search.calls == [1]
     assert [r.problem_id for r in log.read() if r.method == "best_of_n_matched"] == ["a", "b"]
 
 
 def test_spending_exactly_qstars_tokens_is_a_match(tmp_path):
-    log = ResultsLog(tmp_path / "results.jsonl")
-    log.append([_row("best_of_n", p, 20) for p in PROBLEMS])  # best-of-2: 10 tokens a chain
-    log.append([_row("qstar", p, 96) for p in PROBLEMS])
-    search = SublinearBestOfN(log)
-    assert evaluate_best_of_n_matched(tmp_path / "n.json", log, search, samples=2) == 12
+    log = _log(tmp_path, qstar=96)
+    search = FakeBestOfN(log)
+    assert evaluate_best_of_n_matched(tmp_path / "n.json", log, search, samples=2).samples == 12
     assert search.calls == [10, 11, 12]  # 8 * 12 = 96: as many tokens as Q*, not more
-    # And at best_of_n's own N when it already spends exactly Q*'s tokens: copied, no search.
-    log = ResultsLog(tmp_path / "equal.jsonl")
+    # Best-of-1 spending it already: nothing smaller to try.
+    log = ResultsLog(tmp_path / "one.jsonl")
     log.append([_row("best_of_n", p, 96) for p in PROBLEMS])
-    log.append([_row("qstar", p, 96) for p in PROBLEMS])
-    search = SublinearBestOfN(log)
-    assert evaluate_best_of_n_matched(tmp_path / "m.json", log, search, samples=2) == 2
-    assert search.calls == []
+    log.append([_row("qstar", p, 8) for p in PROBLEMS])
+    search = FakeBestOfN(log)
+    assert evaluate_best_of_n_matched(tmp_path / "m.json", log, search, samples=2) == MatchedN(
+        samples=1, reached=True)
+    assert search.calls == [1]
+
+
+def test_n_stops_short_where_one_more_chain_adds_no_tokens_or_at_its_limit(tmp_path):
+    # Equal chains (temperature 0 with prefix sharing): N chains cost one chain's tokens,
+    # so no N reaches Q*'s; the count stopped only when the cache filled.
+    log = _log(tmp_path)
+    search = FakeBestOfN(log, tokens=lambda n: 20)
+    assert evaluate_best_of_n_matched(tmp_path / "n.json", log, search, samples=2) == MatchedN(
+        samples=11, reached=False, stalled=True)
+    assert search.calls == [10, 11] and _matched_tokens(log) == [20, 20]
+    # Growing, but slower than the estimate: at most four times the first N.
+    (tmp_path / "slow").mkdir()
+    log = _log(tmp_path / "slow", best_of_n=102, qstar=300)
+    search = FakeBestOfN(log, tokens=lambda n: 100 + n)
+    assert evaluate_best_of_n_matched(tmp_path / "m.json", log, search, samples=2) == MatchedN(
+        samples=24, reached=False)  # 6 from the estimate: 300 / 51
+    assert search.calls == list(range(6, 25))

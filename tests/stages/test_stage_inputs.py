@@ -7,7 +7,7 @@ from qstar_jax import run
 from qstar_jax.config import ConfigError
 from qstar_jax.config_loading import load_config
 from qstar_jax.stages.context import RunContext
-from qstar_jax.stages.evaluate import reported_methods
+from qstar_jax.stages.evaluate import reads_q, reads_q_hat, reported_methods
 from qstar_jax.stages.stage_inputs import check_stage_inputs
 
 
@@ -136,3 +136,21 @@ def test_the_second_policys_greedy_row_follows_greedy_where_q_hat_reads_one(tmp_
     assert reported_methods(context(tmp_path, methods, "q_train.second_opinion=null")) == (
         "self_consistency", "greedy", "qstar")
     assert reported_methods(context(tmp_path, "eval.methods=[qstar]")) == ("qstar",)
+
+
+def test_only_a_method_whose_choices_read_q_hat_runs_it_and_is_charged_for_it():
+    def reading(*overrides):
+        config = load_config(None, ["eval.methods=[best_of_n,beam,qstar,qstar_no_q]",
+                                    *overrides])
+        return {m for m in (*config.eval.methods, "greedy", "self_consistency", "mctsr",
+                            "best_of_n_matched") if reads_q(config, m)}
+
+    assert reading() == {"best_of_n", "best_of_n_matched", "beam", "qstar"}
+    # Best-of-N ranked by the process reward alone was charged Q̂ calls it never read.
+    assert reading("eval.best_of_n_scorer=prm", "search.utility=prm",
+                   "stages=[train_prm,evaluate]") == {"beam", "qstar"}
+    assert reading("eval.best_of_n_scorer=q", "search.lam=0") == {"best_of_n",
+                                                                 "best_of_n_matched"}
+    assert reading("search.lam=0") == set()  # f = g + 0·h reads no Q̂
+    assert not reads_q_hat(load_config(None, ["eval.methods=[best_of_n,qstar]",
+                                              "search.lam=0"]))
