@@ -268,17 +268,24 @@ def plot_accuracy_vs_tokens(summary: dict, path: Path) -> None:
 
 
 def write_reports(out_dir: Path, results: list[ProblemResult], methods: Iterable[str], *,
-                  best_of_n_samples: int | None = None, matched: MatchedN | None = None) -> dict:
+                  best_of_n_samples: int | None = None, matched: MatchedN | None = None,
+                  uncached_scorer: str | None = None) -> dict:
     """summary.json, summary.md (with the budget-match note when ``best_of_n_samples``,
-    eval.samples, is given; ``matched``: best_of_n_matched's N) and the plot, each
-    written whole or not at all; process 0 alone writes them in a multi-process run."""
+    eval.samples, is given; ``matched``: best_of_n_matched's N; ``uncached_scorer``: the
+    model Q̂ runs uncached over each child, whose tokens no column counts) and the plot,
+    each written whole or not at all; process 0 alone writes them in a multi-process
+    run."""
     summary = summarize(results, methods)
     if not is_writer():
         return summary
     write_text_atomically(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     note = (budget_match_note(summary, results, best_of_n_samples, out_dir, matched)
             if best_of_n_samples else "")
-    write_text_atomically(out_dir / "summary.md", markdown_table(summary) + note
+    scoring = (f"\nQ̂ runs {uncached_scorer} over each child it scores, prompt and steps, in a "
+               "forward pass no cache serves: those tokens are in no column (the Q̂ calls "
+               "column counts the children), and the wall-clock includes them.\n"
+               if uncached_scorer else "")
+    write_text_atomically(out_dir / "summary.md", markdown_table(summary) + scoring + note
                           + qstar_comparisons_note(summary, results, matched))
     if summary["methods"]:
         plot_accuracy_vs_tokens(summary, out_dir / "accuracy_vs_tokens.png")

@@ -15,7 +15,8 @@ from typing import Callable, Hashable
 
 import numpy as np
 
-from qstar_jax.config import CHAIN_METHODS, REASONER_METHODS, Scorer, ToTEvaluator, Utility
+from qstar_jax.config import (CHAIN_METHODS, REASONER_METHODS, QBackbone, Scorer,
+                              ToTEvaluator, Utility)
 from qstar_jax.outputs.durable import write_text_atomically
 from qstar_jax.outputs.reports import (SECOND_POLICY_GREEDY, MatchedN, matched_samples,
                                        summarize, write_reports)
@@ -217,8 +218,20 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
             continue  # logged with best_of_n
         else:
             search(method, cfg.eval.samples)
-    return write_reports(ctx.out, log.read(), methods,
-                         best_of_n_samples=cfg.eval.samples, matched=matched)
+    return write_reports(ctx.out, log.read(), methods, best_of_n_samples=cfg.eval.samples,
+                         matched=matched, uncached_scorer=uncached_q_scorer(ctx))
+
+
+def uncached_q_scorer(ctx: RunContext) -> str | None:
+    """The model Q̂ runs over each scored child's whole text, uncached, where a method
+    reads Q̂ through one (the second policy, or a separate backbone); None otherwise."""
+    if not reads_q_hat(ctx.config):
+        return None
+    if ctx.config.q_train.backbone == QBackbone.separate:
+        return f"its separate backbone ({ctx.config.q_train.separate_model})"
+    if ctx.second_opinion_dir is not None:
+        return "the second policy"
+    return None
 
 
 def reported_methods(ctx: RunContext) -> tuple[str, ...]:

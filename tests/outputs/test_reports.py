@@ -294,3 +294,14 @@ def test_the_comparisons_say_the_first_method_evaluated_carries_the_compiling(tm
     assert ("\nWall-clock is each method's own searches, compiling included: greedy, evaluated "
             "first, also compiled programs the methods after it reuse.\n\n- qstar − greedy"
             in (tmp_path / "summary.md").read_text())
+
+
+def test_the_summary_says_which_scoring_tokens_no_column_counts(tmp_path):
+    rows = [result("qstar", "a", True, 100)]
+    write_reports(tmp_path, rows, ["qstar"], uncached_scorer="the second policy")
+    assert ("\nQ̂ runs the second policy over each child it scores, prompt and steps, in a "
+            "forward pass no cache serves: those tokens are in no column (the Q̂ calls column "
+            "counts the children), and the wall-clock includes them.\n"
+            in (tmp_path / "summary.md").read_text())
+    write_reports(tmp_path, rows, ["qstar"])
+    assert "no cache serves" not in (tmp_path / "summary.md").read_text()

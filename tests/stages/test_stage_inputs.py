@@ -7,7 +7,8 @@ from qstar_jax import run
 from qstar_jax.config import ConfigError
 from qstar_jax.config_loading import load_config
 from qstar_jax.stages.context import RunContext
-from qstar_jax.stages.evaluate import reads_q, reads_q_hat, reported_methods
+from qstar_jax.stages.evaluate import (reads_q, reads_q_hat, reported_methods,
+                                      uncached_q_scorer)
 from qstar_jax.stages.stage_inputs import check_stage_inputs
 
 
@@ -154,3 +155,14 @@ def test_only_a_method_whose_choices_read_q_hat_runs_it_and_is_charged_for_it():
     assert reading("search.lam=0") == set()  # f = g + 0·h reads no Q̂
     assert not reads_q_hat(load_config(None, ["eval.methods=[best_of_n,qstar]",
                                               "search.lam=0"]))
+
+
+def test_the_model_q_hat_runs_uncached_over_each_child_is_named_for_the_summary(tmp_path):
+    def scorer(*overrides):
+        return uncached_q_scorer(context(tmp_path, *overrides))
+
+    assert scorer() == "the second policy"  # the default experiment's Q̂
+    assert scorer("q_train.second_opinion=null") is None  # the policy's own hidden states
+    assert scorer("eval.methods=[greedy,qstar_no_q]") is None  # nothing reads Q̂
+    assert scorer("q_train.backbone=separate", "q_train.second_opinion=null",
+                  "q_train.separate_model=models/q") == "its separate backbone (models/q)"
