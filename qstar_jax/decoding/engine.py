@@ -55,6 +55,7 @@ from qstar_jax.decoding.weights import DecoderWeights
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.models.tokenizer import BlankStepTables
 from qstar_jax.parallel import MODEL, ShardingRules, check_slots, place, weight_shardings
+from qstar_jax.values import is_integer
 
 MIN_STEP_BUCKET = 8
 MIN_WINDOW_BUCKET = 128
@@ -113,6 +114,12 @@ class Decoder:
                  row_windows: bool | None = None, shared_prefix: bool = False,
                  mesh: jax.sharding.Mesh | None = None,
                  rules: ShardingRules = ShardingRules(), paging: Paging | None = None):
+        if getattr(model, "layers", None) is None:
+            raise TypeError(f"Decoder takes the model itself (a LlamaModel: load_model(...)"
+                            f".model), got {type(model).__name__}")
+        for name, value in (("num_slots", num_slots), ("max_len", max_len)):
+            if not (is_integer(value) and value >= 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         self.config = model.config
         if paging is not None:
             paging = paging.for_heads(self.config.head_dim)

@@ -4,7 +4,6 @@ drop or clip the bad rows silently)."""
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 
 import jax
@@ -13,6 +12,7 @@ import numpy as np
 
 from qstar_jax.decoding.kv_cache import SlotPool
 from qstar_jax.decoding.sampling import SamplingParams
+from qstar_jax.values import is_integer
 
 MAX_NODE_ID = 2**31 - 1
 
@@ -33,17 +33,12 @@ def checked_eos_ids(eos_ids: Sequence[int], vocab: int) -> np.ndarray:
     """``eos_ids`` as int32 token ids in [0, vocab), or ValueError: a float (2.7) or a bool
     would otherwise be cast to an id silently."""
     flat = np.asarray(eos_ids, dtype=object).reshape(-1)
-    if not all(_is_integer(i) for i in flat):
+    if not all(is_integer(i) for i in flat):
         raise ValueError(f"eos_ids must be integer token ids, got {flat.tolist()}")
     ids = np.asarray(flat.tolist(), np.int64)
     if np.any((ids < 0) | (ids >= vocab)):
         raise ValueError(f"eos_ids {ids.tolist()} fall outside the vocabulary [0, {vocab})")
     return ids.astype(np.int32)
-
-
-def _is_integer(value) -> bool:
-    """Whether ``value`` is an integer (a bool is not)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 def checked_slots(slots, what: str, *, pool: SlotPool, lengths: np.ndarray,

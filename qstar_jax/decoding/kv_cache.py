@@ -25,6 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from qstar_jax.models.config import ModelConfig
+from qstar_jax.values import is_integer
 
 
 @functools.partial(jax.tree_util.register_dataclass,
@@ -139,8 +140,9 @@ class SlotPool:
         """``n`` free slots. near: one slot per new slot (a parent), each new slot going on
         its parent's shard (so copying the parent into it stays on one device); None: each
         on the shard with the most free slots, spreading new rows evenly."""
-        if n < 0:
-            raise ValueError(f"cannot allocate a negative number of slots ({n})")
+        if not (is_integer(n) and n >= 0):
+            raise ValueError(f"the number of slots to allocate must be an integer >= 0, got "
+                             f"{n!r}")
         if n > self.num_free:
             raise SlotPoolExhausted(
                 f"asked for {n} cache slots but only {self.num_free} of {self.num_slots} "

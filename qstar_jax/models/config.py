@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from qstar_jax.models.rope_scaling import RopeScaling, rope_scaling_from_hf
+from qstar_jax.values import is_integer
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 # The shape fields every HF config.json of these model types holds; the rest have defaults.
@@ -135,13 +136,8 @@ class ModelConfig:
         )
 
 
-def _is_int(value: Any) -> bool:
-    """An int that is not a bool (JSON's true would read as 1)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_positive_int(value: Any) -> bool:
-    return _is_int(value) and value > 0
+    return is_integer(value) and value > 0
 
 
 def token_ids(value: Any) -> tuple[int, ...]:
@@ -149,7 +145,7 @@ def token_ids(value: Any) -> tuple[int, ...]:
     ids: null, one id or a list of ids. Anything else (a token's text, say) is a
     ValueError."""
     ids = () if value is None else tuple(value) if isinstance(value, list) else (value,)
-    if not all(_is_int(i) and i >= 0 for i in ids):
+    if not all(is_integer(i) and i >= 0 for i in ids):
         raise ValueError(f"{value!r:.60} is not a token id or a list of them (integers >= 0)")
     return ids
 

@@ -27,7 +27,8 @@ import heapq
 from typing import Sequence
 
 from qstar_jax.search.aggregate import Agg
-from qstar_jax.search.checks import as_agg, require_positive, require_temperature
+from qstar_jax.search.checks import (as_agg, require_count_or_none, require_finite,
+                                     require_positive, require_temperature)
 from qstar_jax.search.interface import ExpandRequest, Node
 from qstar_jax.search.planner import Outcome, ScoredStep, SearchResult
 from qstar_jax.search.tree import TreePlanner, best_by_f
@@ -44,10 +45,7 @@ class Budget:
     max_generated_tokens: int | None = None
 
     def __post_init__(self):
-        for name in ("max_expansions", "max_generated_tokens"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"Budget.{name} must be >= 0 or None, got {value}")
+        require_count_or_none(self, 0, "max_expansions", "max_generated_tokens")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -70,12 +68,12 @@ class AStarConfig:
         object.__setattr__(self, "h_agg", as_agg(self.h_agg))
         require_positive(self, "k", "n_complete", "expansions_per_round",
                          "expansions_per_node")
-        if self.max_steps is not None and (isinstance(self.max_steps, bool)
-                                           or not isinstance(self.max_steps, int)
-                                           or self.max_steps < 1):
-            raise ValueError(f"AStarConfig.max_steps must be an integer >= 1 or None, got "
-                             f"{self.max_steps!r}")
+        require_count_or_none(self, 1, "max_steps")
         require_temperature(self)
+        require_finite(self, "lam")
+        if not isinstance(self.budget, Budget):
+            raise ValueError(f"AStarConfig.budget must be a Budget, got "
+                             f"{type(self.budget).__name__}")
 
 
 class AStarPlanner(TreePlanner):

@@ -16,7 +16,7 @@ import dataclasses
 from typing import Callable, Sequence
 
 from qstar_jax.search.aggregate import Agg
-from qstar_jax.search.checks import as_agg, require_positive, require_temperature
+from qstar_jax.search.checks import as_agg, require_finite, require_positive, require_temperature
 from qstar_jax.search.interface import ExpandRequest, Node
 from qstar_jax.search.planner import Outcome, ScoredStep, SearchResult
 from qstar_jax.search.tree import TreePlanner, best_by
@@ -37,6 +37,7 @@ class BeamConfig:
         object.__setattr__(self, "h_agg", as_agg(self.h_agg))
         require_positive(self, "beam_width", "k", "max_steps")
         require_temperature(self)
+        require_finite(self, "lam")
 
 
 class BeamPlanner(TreePlanner):

@@ -3,6 +3,8 @@ field or the scorer, and what it accepts."""
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -18,15 +20,38 @@ def as_agg(value: Agg | str) -> Agg:
                          f"{[a.value for a in Agg]}") from None
 
 
+def _is_count(value: Any, minimum: int) -> bool:
+    """An int (not a bool: Python counts True as 1) of at least ``minimum``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
 def require_positive(config: Any, *names: str) -> None:
     for name in names:
         value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not _is_count(value, 1):
             raise ValueError(f"{type(config).__name__}.{name} must be an integer >= 1, "
                              f"got {value!r}")
 
 
+def require_count_or_none(config: Any, minimum: int, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and not _is_count(value, minimum):
+            raise ValueError(f"{type(config).__name__}.{name} must be an integer >= {minimum} "
+                             f"or None, got {value!r}")
+
+
+def require_finite(config: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(
+                value):
+            raise ValueError(f"{type(config).__name__}.{name} must be a finite number, got "
+                             f"{value!r}")
+
+
 def require_temperature(config: Any) -> None:
+    require_finite(config, "temperature")
     if config.temperature < 0:
         raise ValueError(f"{type(config).__name__}.temperature must be >= 0 (0 = greedy), "
                          f"got {config.temperature}")

@@ -12,6 +12,8 @@ import dataclasses
 import random
 from typing import Any, Callable, Protocol, Sequence
 
+from qstar_jax.values import is_integer
+
 STEP_SEPARATOR = "\n"
 
 # (messages) -> prompt text; e.g. a tokenizer's ``apply_chat_template(..., tokenize=False,
@@ -111,11 +113,6 @@ def state_text(prompt: str, steps: Sequence[str]) -> str:
     """The text of state s = prompt ⊕ steps, each step ended by the separator as the
     policy wrote it: what the policy continues and what Q̂ reads."""
     return prompt + "".join(step + STEP_SEPARATOR for step in steps)
-
-
-def is_integer(value: Any) -> bool:
-    """An int that is not a bool: Python counts True as the int 1, a config should not."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def int_range(where: str, value: Any, *, lowest: int | None = None) -> tuple[int, int]:

@@ -21,6 +21,7 @@ import numpy as np
 
 from qstar_jax.tasks.base import (SKIP_MALFORMED, MalformedRecordError, Problem,
                                   check_unique_ids)
+from qstar_jax.values import is_integer
 
 if TYPE_CHECKING:
     import datasets as hf_datasets
@@ -101,8 +102,8 @@ def load_problems(source: DatasetSource, split: str,
     subset of a larger one. Two problems of one id are an error naming the files and the
     id (``check_unique_ids``).
     """
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be a positive number of problems or None, got {limit}")
+    if limit is not None and not (is_integer(limit) and limit >= 1):
+        raise ValueError(f"limit must be a positive number of problems or None, got {limit!r}")
     records = load_records(source, split, data_files=data_files, cache_dir=cache_dir)
     problems, skipped = [], []
     for index, record in enumerate(records):

@@ -26,12 +26,13 @@ from typing import Any, ClassVar, Iterator
 import numpy as np
 
 from qstar_jax.tasks.base import (SKIP_MALFORMED, ChatFormatter, MalformedRecordError, Problem,
-                                  check_unique_ids, is_integer)
+                                  check_unique_ids)
 from qstar_jax.tasks.code_answers import CODE_FENCE, FencedCodeAnswers, HiddenTests
 from qstar_jax.tasks.datasets import DataFilesError
 from qstar_jax.tasks.package_data import import_package, seeded_subset
 from qstar_jax.tasks.prompts import PromptFormat, WorkedExample, build_prompt, check_n_shot
 from qstar_jax.tasks.record_fields import held
+from qstar_jax.values import is_integer
 
 logger = logging.getLogger(__name__)
 

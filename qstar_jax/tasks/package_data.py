@@ -9,7 +9,7 @@ from typing import Sequence, TypeVar
 
 import numpy as np
 
-from qstar_jax.tasks.base import is_integer
+from qstar_jax.values import is_integer
 
 Item = TypeVar("Item")
 

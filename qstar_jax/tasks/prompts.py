@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, ClassVar, Hashable
 
-from qstar_jax.tasks.base import ChatFormatter, Problem, is_integer, split_steps
+from qstar_jax.tasks.base import ChatFormatter, Problem, split_steps
+from qstar_jax.values import is_integer
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

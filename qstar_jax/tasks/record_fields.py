@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qstar_jax.tasks.base import is_integer
+from qstar_jax.values import is_integer
 
 
 def held(value: Any) -> str:

@@ -15,6 +15,7 @@ from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.decoding.step_sampler import EndReason
 from qstar_jax.decoding.trie_chunks import ChunkedTrie
 from qstar_jax.models.llama import LlamaModel
+from qstar_jax.models.loading import LoadedModel
 from tests.decoding.stepping import generate_steps
 from tests.decoding.tiny_models import RANDOM_MAX_LEN
 
@@ -136,6 +137,33 @@ def test_eos_ids_that_are_not_integers_are_refused(random_model, eos_ids):
     with pytest.raises(ValueError, match=r"^eos_ids must be integer token ids, got \["):
         Decoder(random_model, num_slots=2, max_len=8, newline_table=np.zeros(64, bool),
                 eos_ids=eos_ids)
+
+
+@pytest.mark.parametrize("sizes, message", [
+    (dict(num_slots=2.5), "num_slots must be an integer >= 1, got 2.5"),
+    (dict(max_len=64.0), "max_len must be an integer >= 1, got 64.0"),
+    (dict(num_slots=0), "num_slots must be an integer >= 1, got 0"),
+])
+def test_sizes_that_are_no_positive_integers_are_refused_by_name(random_model, sizes, message):
+    """2.5 slots or a max_len of 64.0 failed in JAX's shape checks, naming neither."""
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        Decoder(random_model, newline_table=np.zeros(64, bool),
+                **{"num_slots": 2, "max_len": 8, **sizes})
+
+
+def test_a_loaded_model_in_place_of_its_model_says_which_to_give(random_model):
+    loaded = LoadedModel(config=random_model.config, model=random_model, tokenizer=None)
+    with pytest.raises(TypeError, match=r"^Decoder takes the model itself \(a LlamaModel: "
+                                        r"load_model\(...\).model\), got LoadedModel$"):
+        Decoder(loaded, num_slots=2, max_len=8, newline_table=np.zeros(64, bool))
+
+
+@pytest.mark.parametrize("n", [2.5, True, -1])
+def test_a_slot_count_that_is_no_integer_is_refused(random_decoder, n):
+    """2.5 read as 'only 2 of 8 are free' (SlotPoolExhausted), True as one slot."""
+    with pytest.raises(ValueError, match=f"^the number of slots to allocate must be an integer "
+                                         f">= 0, got {n!r}$"):
+        random_decoder.allocate(n)
 
 
 def test_a_negative_step_chunk_and_shared_prefix_over_a_sliding_window_are_refused(random_model):

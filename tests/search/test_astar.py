@@ -286,8 +286,15 @@ def test_results_do_not_depend_on_batch_packing():
     (lambda: AStarConfig(n_complete=2.0), "n_complete must be an integer >= 1, got 2.0"),
     (lambda: AStarConfig(agg="mean"), "unknown aggregation 'mean'"),
     (lambda: AStarConfig(temperature=-1.0), "temperature must be >= 0"),
-    (lambda: Budget(max_expansions=-1), "max_expansions must be >= 0"),
-    (lambda: Budget(max_generated_tokens=-1), "max_generated_tokens must be >= 0 or None, got -1"),
+    (lambda: Budget(max_expansions=-1), "max_expansions must be an integer >= 0"),
+    (lambda: Budget(max_generated_tokens=-1), "max_generated_tokens must be an integer >= 0 or "
+                                              "None, got -1"),
+    (lambda: Budget(max_expansions=2.5), "max_expansions must be an integer >= 0 or None, "
+                                         "got 2.5"),
+    (lambda: AStarConfig(budget={"max_expansions": 3}), "budget must be a Budget, got dict"),
+    (lambda: AStarConfig(lam="1"), "lam must be a finite number, got '1'"),
+    (lambda: AStarConfig(lam=float("nan")), "lam must be a finite number, got nan"),
+    (lambda: AStarConfig(temperature=float("inf")), "temperature must be a finite number"),
     (lambda: AStarConfig(expansions_per_round=0), "expansions_per_round must be an integer >= 1"),
     (lambda: AStarConfig(expansions_per_node=0), "expansions_per_node must be an integer >= 1"),
     (lambda: AStarConfig(max_steps=0), "max_steps must be an integer >= 1 or None, got 0"),

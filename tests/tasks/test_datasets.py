@@ -89,9 +89,11 @@ def test_limit_at_or_above_size_keeps_everything(cache_dir):
     assert len(load(cache_dir, limit=100)) == 6
 
 
-def test_nonpositive_limit_is_rejected(cache_dir):
-    with pytest.raises(ValueError, match="limit must be a positive"):
-        load(cache_dir, limit=0)
+@pytest.mark.parametrize("limit", [0, True, 2.5])  # True was one problem, 2.5 a TypeError
+def test_a_limit_that_is_no_positive_integer_is_rejected(cache_dir, limit):
+    with pytest.raises(ValueError, match=f"limit must be a positive number of problems or "
+                                         f"None, got {limit!r}"):
+        load(cache_dir, limit=limit)
 
 
 def test_malformed_record_error_names_its_index(cache_dir):

@@ -11,8 +11,7 @@ from __future__ import annotations
 import random
 from typing import Any, Mapping, Sequence
 
-from qstar_jax.tasks.base import (STEP_SEPARATOR, ChatFormatter, Problem, is_integer,
-                                  split_steps)
+from qstar_jax.tasks.base import STEP_SEPARATOR, ChatFormatter, Problem, split_steps
 from qstar_jax.tasks.countdown.grader import (
     StepCheck, can_still_succeed, check_trace, grade_trace, is_final, step_legality,
     step_reward)
@@ -21,6 +20,7 @@ from qstar_jax.tasks.countdown.problems import (
 from qstar_jax.tasks.countdown.solver import CountdownSolver
 from qstar_jax.tasks.countdown.steps import (COUNTDOWN_ALPHABET, format_number, format_question,
                                             parse_step)
+from qstar_jax.values import is_integer
 
 
 class CountdownTask:
