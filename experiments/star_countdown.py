@@ -44,7 +44,7 @@ from qstar_jax.models.char_tokenizer import build_char_tokenizer
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.models.lm_training import LMTrainingConfig, pack_examples, train_causal_lm
 from qstar_jax.models.loading import load_model
-from qstar_jax.outputs.durable import copy_folder_atomically
+from qstar_jax.outputs.durable import copy_folder_atomically, write_text_atomically
 from qstar_jax.policy.text_generator import DecoderTextGenerator
 from qstar_jax.run import main as run_pipeline
 from qstar_jax.search.interface import TextRequest
@@ -134,6 +134,32 @@ def evaluate(policy: Path, folder: Path, overrides: list[str]) -> dict:
     return json.loads((folder / "summary.json").read_text())["methods"]
 
 
+# The settings a folder's weak policy, rounds and evaluations were made with (--rounds
+# aside: a rerun with more rounds goes on from the last one).
+SETTINGS_FILE = "star_settings.json"
+SETTINGS = ("weak_problems", "weak_steps", "star_problems", "samples", "round_steps",
+            "temperature", "hinted_copies", "overrides")
+
+
+def check_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Stop unless ``args`` are the settings ``--out`` was first made with (saved there
+    on a first run): the script reuses what the folder holds, so a rerun under others
+    would report its own settings over another run's policies."""
+    settings = {name: getattr(args, name) for name in SETTINGS}
+    saved_path = args.out / SETTINGS_FILE
+    if not saved_path.is_file():
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(saved_path, json.dumps(settings))
+        return
+    saved = json.loads(saved_path.read_text())
+    differ = [f"--{name.replace('_', '-')} {saved.get(name)!r} there, {settings[name]!r} now"
+              for name in SETTINGS if saved.get(name) != settings[name]]
+    if differ:
+        parser.error(f"--out {args.out} holds a run made with other settings "
+                     f"({'; '.join(differ)}): rerun with its settings to go on, or name "
+                     "another --out")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -168,6 +194,7 @@ def main() -> None:
     if not {"greedy", "qstar"} <= set(config.eval.methods):  # each round reports both
         parser.error(f"eval.methods={list(config.eval.methods)}: the evaluation runs report "
                      "greedy and qstar; list both")
+    check_settings(parser, args)
     ctx = RunContext(config=config, out=args.out)
     task, rng = ctx.task, random.Random(config.seed)
     problems = ctx.problems(config.task.train_split, args.weak_problems + args.star_problems)

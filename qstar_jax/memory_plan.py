@@ -12,11 +12,14 @@ rows of full ``max_len`` they hold, the pages one search peaks at and the search
 its HF ``config.json`` (``--model-config`` for the policy, ``--prm-config``,
 ``--q-config``); configs/architectures/ ships those of the paper configs' models.
 ``run`` calls ``check_memory`` before any stage and refuses a config that does not fit,
-with these figures and the largest ``decode.slots`` that would.
+with these figures and the largest ``decode.slots`` (or, on pages, ``decode.pages``)
+that would.
 
 Counted: the models' weights (the policy's, and a second opinion's, which also decodes,
 its layers twice where the decoder also keeps them one array per layer:
-``decode.layer_weights``, by default on CPU and GPU) and the KV cache, per
+``decode.layer_weights``, by default on CPU and GPU), the KV cache, and the second
+policy's own cache where evaluate decodes it greedy (one batch of greedy's rows,
+``evaluate.greedy_rows``), per
 device (weights split over ``mesh.model``, the cache over both axes; heads, kv heads, a
 vocabulary or an MLP width the model axis does not divide are held whole, as
 ``ShardingRules.for_model`` replicates them, and so are the norms). Not counted:
@@ -95,6 +98,9 @@ class MemoryPlan:
     model_bytes: dict[str, int]  # per model: policy, prm, q_backbone, second_opinion
     kv_bytes_per_token: int  # per device
     slot_pool_bytes: int  # the config's cache: slots x max_len tokens, or its pages
+    # The second policy's own cache, where greedy_second_policy decodes in it (greedy_rows)
+    second_cache_bytes: int
+    paged: bool  # whether the config pages its cache (decode.page_size)
     page_size: int
     # Over all mesh.data shards, each a whole multiple of them (what run accepts):
     pages: int  # pages of page_size tokens that fit beside the weights
@@ -108,7 +114,8 @@ class MemoryPlan:
 
     @property
     def fits(self) -> bool:
-        return self.weight_bytes + self.slot_pool_bytes <= HEADROOM * self.memory_bytes
+        return (self.weight_bytes + self.second_cache_bytes + self.slot_pool_bytes
+                <= HEADROOM * self.memory_bytes)
 
     @property
     def weights_fit(self) -> bool:
@@ -120,12 +127,16 @@ class MemoryPlan:
         models = ", ".join(f"{name} {size / gb:.2f}" for name, size in self.model_bytes.items())
         pool = (f"; the config's pages hold {self.pool_searches} searches"
                 if self.pool_searches else "")
+        second = (f", the second policy's greedy cache {self.second_cache_bytes / gb:.2f} GB"
+                  if self.second_cache_bytes else "")
+        largest = ("" if self.paged else
+                   f"; the largest decode.slots that fits: {self.largest_slots}")
         return (f"memory {self.memory_bytes / gb:.1f} GB (using {HEADROOM:.0%}): weights "
                 f"{self.weight_bytes / gb:.2f} GB ({models}), KV "
                 f"{self.kv_bytes_per_token / 1e3:.1f} KB per token, the config's cache "
-                f"{self.slot_pool_bytes / gb:.2f} GB; a paged cache gets {self.pages} pages "
-                f"of {self.page_size} tokens = {self.rows_at_max_len} rows at full max_len; "
-                f"the largest decode.slots that fits: {self.largest_slots}; a search "
+                f"{self.slot_pool_bytes / gb:.2f} GB{second}; a paged cache gets {self.pages} "
+                f"pages of {self.page_size} tokens = {self.rows_at_max_len} rows at full "
+                f"max_len{largest}; a search "
                 f"(prompt {self.prompt_tokens} tokens) peaks at {self.search_pages} pages "
                 f"and holds up to {self.slots_per_search} slots: searches_in_flight "
                 f"{self.searches_in_flight}{pool}"
@@ -245,7 +256,9 @@ def plan(cfg: ModelConfig, run: RunConfig, *, memory_bytes: int, backend: str,
     per_token = kv_bytes_per_token(cfg, dtype_bytes, model_axis)
     held = decode.num_pages * decode.page_size or decode.slots * decode.max_len  # tokens
     pool = held * per_token // data_axis
-    left = max(int(HEADROOM * memory_bytes) - weights, 0)  # on each device
+    second = _second_cache_bytes(run, models.get("second_opinion"), dtype_bytes, model_axis,
+                                 data_axis)
+    left = max(int(HEADROOM * memory_bytes) - weights - second, 0)  # on each device
     # What one data shard's devices hold, times the shards: the pool's slots and pages
     # split evenly over them and a search's tree stays on one, so these are settings
     # run accepts (decode.pages, decode.slots) and searches their pools hold.
@@ -255,7 +268,8 @@ def plan(cfg: ModelConfig, run: RunConfig, *, memory_bytes: int, backend: str,
                  if decode.page_size else 0)
     return MemoryPlan(memory_bytes=memory_bytes, weight_bytes=weights,
                       model_bytes=model_bytes, kv_bytes_per_token=per_token,
-                      slot_pool_bytes=pool, page_size=page_size,
+                      slot_pool_bytes=pool, second_cache_bytes=second,
+                      paged=bool(decode.page_size), page_size=page_size,
                       pages=shard_pages * data_axis,
                       rows_at_max_len=shard_pages * page_size // decode.max_len * data_axis,
                       largest_slots=left // (decode.max_len * per_token) * data_axis,
@@ -264,6 +278,19 @@ def plan(cfg: ModelConfig, run: RunConfig, *, memory_bytes: int, backend: str,
                       pool_searches=(decode.num_pages // data_axis // pool_peak * data_axis
                                      if pool_peak else 0),
                       slots_per_search=slots_per_search(run))
+
+
+def _second_cache_bytes(run: RunConfig, second: ModelConfig | None, dtype_bytes: int,
+                        model_axis: int, data_axis: int) -> int:
+    """What one device holds of the cache the second policy decodes greedy in
+    (``greedy_rows`` max_len rows), where evaluate runs greedy with a second opinion."""
+    from qstar_jax.stages.evaluate import greedy_rows
+
+    if second is None or "greedy" not in run.eval.methods:
+        return 0
+    rows = greedy_rows(run, data_axis)
+    return (rows * run.decode.max_len * kv_bytes_per_token(second, dtype_bytes, model_axis)
+            // data_axis)
 
 
 def _decoder_copy(cfg: ModelConfig, name: str, layer_weights: str, backend: str,

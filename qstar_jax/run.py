@@ -4,7 +4,7 @@ Runs the configured stages in order (by default train_policy, collect, label, tr
 evaluate; train_prm before evaluate when ``stages`` lists it); each is skipped when its
 outputs already exist in the output folder, so rerunning a killed run resumes it. With no
 arguments: the default experiment (arithmetic chains, Q* planning with its learned Q̂).
-``stages=[]`` checks a config (everything checked before a stage) and runs nothing.
+``--check`` makes every check made before the config's stages and runs none of them.
 """
 
 from __future__ import annotations
@@ -75,6 +75,9 @@ def parse_args(argv):
     parser.add_argument("--reuse", metavar="DIR",
                         help="evaluate on the policy, labels and Q̂ an earlier run trained in "
                              "DIR (its training settings must match; search and eval may differ)")
+    parser.add_argument("--check", action="store_true",
+                        help="make every check run makes before its stages (settings, files, "
+                             "memory on this machine) and exit without running one")
     # Overrides may come before or after --out/--reuse, as users write them.
     args = parser.parse_intermixed_args(argv)
     if args.config and "=" in args.config:  # no YAML file, only overrides
@@ -117,10 +120,12 @@ def main(argv=None) -> int:
         return 2
     for warning in filter(None, warnings):
         print(warning, file=sys.stderr, flush=True)
-    if not config.stages:  # a check of the config alone: nothing to write
-        print(f"stages=[]: the config passed every check made before a stage; no stage ran "
-              f"and nothing was written (stages to choose from: {', '.join(STAGES)})",
-              flush=True)
+    if args.check or not config.stages:  # nothing to run: nothing to write
+        stages = ", ".join(config.stages)
+        print(f"the config passed every check made before its stages ({stages}); no stage "
+              "ran and nothing was written" if args.check else
+              f"stages=[]: no stage to run and nothing was written (stages: "
+              f"{', '.join(STAGES)}; --check checks a config before a run)", flush=True)
         return 0
     out = Path(args.out or config.out_dir)
     try:

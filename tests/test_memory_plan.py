@@ -447,25 +447,31 @@ def test_the_paper_configs_fit_one_80_gb_and_one_141_gb_gpu(name, capsys):
 def test_a_paged_cache_that_does_not_fit_is_refused_by_its_pages(monkeypatch):
     """The default run (its policy and second opinion from scratch: 3 layers of 96, 1152 KV
     bytes a token, 634,080 float32 parameters each with the decoder's layer copy) on two
-    devices of 30 MB: the pool of 3000 pages of 16 tokens splits over mesh.data=-1's 2."""
+    devices of 30 MB: the pool of 3000 pages of 16 tokens splits over mesh.data=-1's 2.
+    Greedy decodes the second policy too, in a cache of its own: a batch of 100 problems'
+    2 rows each, 200 rows of 160 tokens, half on each device."""
     run = load_config(None, ["decode.page_size=16", "decode.pages=3000", "decode.slots=8"])
     monkeypatch.setattr(memory_plan, "available_memory", lambda: (3 * 10**7, "gpu"))
     monkeypatch.setattr(jax, "device_count", lambda: 2)
-    left = 27 * 10**6 - 2 * 634_080 * 4  # 21,927,360
-    assert (left // (16 * 1152), left * 2 // (160 * 1152)) == (1189, 237)
-    # Each shard's pages and rows, times the 2 shards (settings that split over them).
+    second = 200 * 160 * 1152 // 2  # 18,432,000
+    left = 27 * 10**6 - 2 * 634_080 * 4 - second  # 3,495,360
+    assert (left // (16 * 1152), left // (16 * 1152) * 16 // 160) == (189, 18)
+    # Each shard's pages and rows, times the 2 shards (settings that split over them); on
+    # pages, decode.slots is no setting to lower, so no largest one is named.
     message = ("decode.pages=3000 x decode.page_size=16 does not fit the device memory: "
                "memory 0.0 GB (using 90%): weights 0.01 GB (policy 0.00, second_opinion 0.00), "
-               "KV 1.2 KB per token, the config's cache 0.03 GB; a paged cache gets 2378 pages "
-               "of 16 tokens = 236 rows at full max_len; the largest decode.slots that fits: "
-               "236; a search (prompt 120 tokens) peaks at 1394 pages and holds up to 385 "
+               "KV 1.2 KB per token, the config's cache 0.03 GB, the second policy's greedy "
+               "cache 0.02 GB; a paged cache gets 378 pages of 16 tokens = 36 rows at full "
+               "max_len; a search (prompt 120 tokens) peaks at 1394 pages and holds up to 385 "
                "slots: searches_in_flight 0; the config's pages hold 2 searches")
     with pytest.raises(ConfigError) as refusal:
         memory_plan.check_memory(run)
     assert str(refusal.value) == message
     figures = memory_plan.plan(architectures.policy_architecture(run), run,
-                               memory_bytes=3 * 10**7, backend="gpu", devices=2)
+                               memory_bytes=3 * 10**7, backend="gpu", devices=2,
+                               others=architectures.evaluate_models(run))
     assert figures.slot_pool_bytes == 3000 * 16 * 1152 // 2  # the pages, not 8 slots' rows
+    assert figures.second_cache_bytes == second
 
 
 def test_on_a_data_mesh_the_largest_pages_and_slots_of_a_plan_are_what_run_accepts(

@@ -428,15 +428,26 @@ def test_stages_run_in_the_configured_order(tmp_path, monkeypatch):
     assert called == [("label", tmp_path), ("collect", tmp_path), ("evaluate", tmp_path)]
 
 
-def test_no_stages_checks_the_config_and_writes_nothing(tmp_path, capsys):
+def test_check_makes_the_checks_of_the_configs_stages_and_writes_nothing(tmp_path, capsys,
+                                                                         monkeypatch):
     out = tmp_path / "run"
-    assert run.main(["stages=[]", "--out", str(out)]) == 0
+    assert run.main(["--check", "--out", str(out), "stages=[collect,evaluate]"]) == 0
     assert capsys.readouterr().out == (
-        "stages=[]: the config passed every check made before a stage; no stage ran and "
-        "nothing was written (stages to choose from: train_policy, collect, label, train_q, "
-        "train_prm, evaluate)\n")
+        "the config passed every check made before its stages (collect, evaluate); no stage "
+        "ran and nothing was written\n")
     assert not out.exists()
-    assert run.main(["stages=[]", "decode.slots=0"]) == 2  # the checks still run
+    assert run.main(["--check", "decode.slots=0"]) == 2  # the checks run
+    capsys.readouterr()
+    # Evaluate's models are counted in the memory check, as the run counts them.
+    checked = []
+    monkeypatch.setattr(run, "check_memory", lambda config: checked.append(config.stages))
+    assert run.main(["--check"]) == 0 and checked == [run.load_config(None, []).stages]
+    capsys.readouterr()
+    # No stage to run: said so, and nothing written.
+    assert run.main(["stages=[]", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("stages=[]: no stage to run and nothing was "
+                                              "written")
+    assert not out.exists()
 
 
 def test_a_process_that_lost_the_others_says_what_to_do():

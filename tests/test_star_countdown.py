@@ -98,11 +98,11 @@ def test_each_round_samples_the_last_policy_and_fine_tunes_the_weak_one(tmp_path
                            ("DecoderRationales", Rationales), ("evaluate", evaluate)]:
         monkeypatch.setitem(main.__globals__, name, stand_in)
 
-    def run(rounds):
+    def run(rounds, samples=2):
         monkeypatch.setattr(sys, "argv", [
             "star_countdown.py", "--out", str(tmp_path), "--rounds", str(rounds),
             "--weak-problems", "2", "--weak-steps", "5", "--star-problems", "3",
-            "--samples", "2", "--round-steps", "7", "--temperature", "0.6"])
+            "--samples", str(samples), "--round-steps", "7", "--temperature", "0.6"])
         main()
         return json.loads(capsys.readouterr().out.splitlines()[-1])
 
@@ -137,6 +137,14 @@ def test_each_round_samples_the_last_policy_and_fine_tunes_the_weak_one(tmp_path
         "rounds": 3, "kept": [2, 2, 3, 0], "rationalized": [0, 1, 0, 0],
         "greedy_accuracy": [0, .25, .5, .75], "qstar_accuracy": [.5, .625, .75, 1],
         "greedy_ci95": [[0.0, 0.1235]] * 4, "qstar_ci95": [[0.0, 0.1235]] * 4}
+    # The folder's rounds were made with 2 samples a problem: a rerun with 8 would reuse
+    # them and report 8, so it stops, naming the setting.
+    with pytest.raises(SystemExit) as stopped:
+        run(3, samples=8)
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"error: --out {tmp_path} holds a run made with other settings (--samples 2 there, 8 "
+        "now): rerun with its settings to go on, or name another --out")
 
 
 @pytest.mark.parametrize("override, message", [

@@ -143,13 +143,16 @@ class RunContext:
         return [self.task.prompt(p, chat) for p in problems]
 
     def runtime(self, problems: list[Problem], *,
-                model: LoadedModel | None = None) -> PolicyRuntime:
-        """The policy (or ``model``) decoding ``problems``."""
+                model: LoadedModel | None = None, rows: int | None = None) -> PolicyRuntime:
+        """The policy (or ``model``) decoding ``problems``, in a cache of decode.slots
+        (and decode.pages), or of ``rows`` max_len rows (a multiple of the data shards)."""
         d = self.config.decode
         loaded = self.policy if model is None else model
         tokenizer = loaded.tokenizer
-        paging = Paging(page_size=d.page_size, num_pages=d.num_pages) if d.page_size else None
-        decoder = Decoder(loaded.model, num_slots=d.slots, max_len=d.max_len,
+        slots, pages = (d.slots, d.num_pages) if rows is None else (
+            rows, rows * -(-d.max_len // d.page_size) if d.page_size else 0)
+        paging = Paging(page_size=d.page_size, num_pages=pages) if d.page_size else None
+        decoder = Decoder(loaded.model, num_slots=slots, max_len=d.max_len,
                           newline_table=tokenizer.newline_table(loaded.config.vocab_size),
                           blank_steps=tokenizer.blank_step_tables(loaded.config.vocab_size),
                           eos_ids=tokenizer.eos_ids, step_chunk=d.step_chunk, paging=paging,

@@ -21,7 +21,7 @@ from qstar_jax.outputs.durable import write_text_atomically
 from qstar_jax.outputs.reports import (SECOND_POLICY_GREEDY, MatchedN, matched_samples,
                                        summarize, write_reports)
 from qstar_jax.outputs.results_log import ProblemResult, ResultsLog
-from qstar_jax.parallel import barrier, is_writer
+from qstar_jax.parallel import DATA, barrier, is_writer
 from qstar_jax.policy.expander import DecoderExpander
 from qstar_jax.search.astar import AStarConfig, AStarPlanner, Budget
 from qstar_jax.search.beam import BeamConfig, BeamPlanner
@@ -185,9 +185,11 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
         if not pending:
             return
         rewards = utility if reads_process_rewards(cfg, method) else ZeroUtility()
-        if method == SECOND_POLICY_GREEDY:  # the second policy decodes, greedy
+        if method == SECOND_POLICY_GREEDY:  # the second policy decodes, greedy, in a cache
+            # of one batch's rows beside the policy's (which the methods after it reuse)
+            rows = greedy_rows(cfg, 1 if ctx.mesh is None else ctx.mesh.shape[DATA])
             search_batch = _step_search(ctx, "greedy", 1, ctx.runtime(
-                problems, model=ctx.second_policy), None, rewards)
+                problems, model=ctx.second_policy, rows=rows), None, rewards)
         elif method in REASONER_METHODS:
             search_batch = reasoner_search(ctx, method, problems, runtime, q_fn, rewards)
         else:
@@ -232,6 +234,14 @@ def uncached_q_scorer(ctx: RunContext) -> str | None:
     if ctx.second_opinion_dir is not None:
         return "the second policy"
     return None
+
+
+def greedy_rows(config, data_shards: int) -> int:
+    """The cache rows a batch of eval.problems_per_batch greedy searches holds at once
+    (``slots_per_problem``: 2 a problem), each shard holding its share whole: the size of
+    the second policy's cache for ``greedy_second_policy``, which ``memory_plan`` counts
+    beside the policy's. A batch the policy's slots hold to fewer problems uses less."""
+    return data_shards * 2 * -(-config.eval.problems_per_batch // data_shards)
 
 
 def reported_methods(ctx: RunContext) -> tuple[str, ...]:

@@ -120,6 +120,10 @@ def test_the_runtime_decodes_with_the_runs_decode_settings(tmp_path, monkeypatch
     args, settings = made["runtime"]
     assert args == ("decoder", tokenizer, ctx.task, problems, ctx.prompts(problems))
     assert settings == dict(seed=5, step_token_cap=20)
+    # A cache of 6 rows: 6 slots, each with the 6 pages a 96-token row fills.
+    ctx.runtime(problems, model=second, rows=6)
+    assert made["decoder"][1]["num_slots"] == 6
+    assert made["decoder"][1]["paging"] == Paging(page_size=16, num_pages=36)
     RunContext(config=load_config(None), out=tmp_path).runtime(problems, model=second)
     assert made["decoder"][1]["paging"] is None  # decode.page_size=0: a row per slot
 

@@ -41,7 +41,7 @@ def searched(monkeypatch):
         return search
 
     monkeypatch.setattr(evaluate, "_step_search", step_search)
-    monkeypatch.setattr(RunContext, "runtime", lambda self, problems, model=None: None)
+    monkeypatch.setattr(RunContext, "runtime", lambda self, problems, model=None, rows=None: None)
     return calls
 
 
@@ -133,7 +133,9 @@ def test_best_of_n_matched_is_searched_at_the_matched_n_and_reported_at_it(tmp_p
 def test_the_second_policy_decodes_its_own_greedy_row_reported_after_greedy(
         tmp_path, searched, monkeypatch):
     """Where Q̂ reads a second policy, evaluate adds its greedy decoding: greedy's search on
-    that policy's runtime without Q̂, logged and summarised right after greedy."""
+    that policy's runtime without Q̂, logged and summarised right after greedy. Its cache
+    holds one batch of greedy's rows (2 a problem for eval.problems_per_batch=3), not a
+    second decode.slots beside the policy's (memory_plan counts it)."""
     searches = []
     step_search = evaluate._step_search  # the fixture's stand-in
 
@@ -142,15 +144,16 @@ def test_the_second_policy_decodes_its_own_greedy_row_reported_after_greedy(
         return step_search(ctx, method, samples, runtime, q_fn, utility)
 
     monkeypatch.setattr(evaluate, "_step_search", recorded)
-    monkeypatch.setattr(RunContext, "runtime",
-                        lambda self, problems, model=None: f"runtime of {model or 'policy'}")
+    monkeypatch.setattr(RunContext, "runtime", lambda self, problems, model=None, rows=None: (
+        f"runtime of {model or 'policy'}" + ("" if rows is None else f" in {rows} rows")))
     monkeypatch.setattr(RunContext, "second_policy", "second policy")
     q_hat = object()
     ctx = RunContext(config=load_config(None, [
-        "eval.methods=[greedy,qstar]", "task.eval_problems=2"]), out=tmp_path)
+        "eval.methods=[greedy,qstar]", "task.eval_problems=2",
+        "eval.problems_per_batch=3"]), out=tmp_path)
     summary = evaluate.evaluate(ctx, q_fn=q_hat)
     assert searches == [("greedy", "runtime of policy", q_hat),
-                        ("greedy", "runtime of second policy", None),
+                        ("greedy", "runtime of second policy in 6 rows", None),
                         ("qstar", "runtime of policy", q_hat)]
     assert list(summary["methods"]) == ["greedy", "greedy_second_policy", "qstar"]
     assert [m for m, _, _ in logged(tmp_path)] == ["greedy"] * 2 + [
@@ -183,7 +186,7 @@ def test_a_method_with_every_problem_logged_builds_no_search(tmp_path, monkeypat
     it) builds no search, nor for the second policy's greedy row a runtime on that
     policy: the reports are written again from the log."""
     monkeypatch.setattr(evaluate, "_step_search", lambda *args: pytest.fail("a search built"))
-    monkeypatch.setattr(RunContext, "runtime", lambda self, problems, model=None: None)
+    monkeypatch.setattr(RunContext, "runtime", lambda self, problems, model=None, rows=None: None)
     monkeypatch.setattr(RunContext, "second_policy", property(
         lambda self: pytest.fail("the second policy was loaded")))
     ctx = RunContext(config=load_config(None, [

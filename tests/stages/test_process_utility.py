@@ -103,7 +103,7 @@ def test_evaluate_hands_the_process_utility_only_to_searches_that_read_it(tmp_pa
 
     monkeypatch.setattr(evaluate, "_step_search", step_search)
     monkeypatch.setattr(evaluate, "process_utility", lambda ctx, problems: prm)
-    monkeypatch.setattr(RunContext, "runtime", lambda self, problems, model=None: None)
+    monkeypatch.setattr(RunContext, "runtime", lambda self, problems, model=None, rows=None: None)
     ctx = RunContext(config=load_config(None, [
         "eval.methods=[greedy,best_of_n,qstar]", "eval.best_of_n_scorer=q",
         "task.eval_problems=2", "q_train.second_opinion=null"]), out=tmp_path)

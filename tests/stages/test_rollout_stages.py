@@ -24,7 +24,7 @@ STAND_IN = object.__new__(PolicyRuntime)  # a runtime that decodes nothing
 def stand_in_runtime(monkeypatch) -> list:
     """ctx.runtime answers STAND_IN; returns the (problems, model) it is asked for."""
     built = []
-    monkeypatch.setattr(RunContext, "runtime", lambda self, problems, model=None:
+    monkeypatch.setattr(RunContext, "runtime", lambda self, problems, model=None, rows=None:
                         built.append((problems, model)) or STAND_IN)
     return built
 

@@ -80,7 +80,7 @@ def test_evaluate_dumps_every_batchs_trees_only_under_eval_dump_trees(tmp_path, 
                                     prm_calls=0, expansions=1, wall_s=0.0)) for i in batch]
 
     monkeypatch.setattr(evaluate, "_step_search", step_search)
-    monkeypatch.setattr(RunContext, "runtime", lambda self, problems, model=None: None)
+    monkeypatch.setattr(RunContext, "runtime", lambda self, problems, model=None, rows=None: None)
     ctx = RunContext(config=load_config(None, [
         "eval.methods=[greedy]", "task.eval_problems=3", "eval.problems_per_batch=2",
         "q_train.second_opinion=null", f"eval.dump_trees={dump}"]), out=tmp_path)
