@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import hashlib
+import signal
 import sys
 import time
 import traceback
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import NoReturn
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from qstar_jax.architectures import context_warning, policy_architecture
 from qstar_jax.config import STAGES, ConfigError
@@ -99,6 +103,23 @@ def changed_settings(saved: Path, config) -> list[str] | None:
     return differing_settings(config, dataclasses.replace(earlier, stages=config.stages))
 
 
+def join_processes(config) -> None:
+    """In a run of several processes: a stop signal stops this one (JAX's preemption
+    notifier, installed with the distributed service, caught SIGTERM and ran on), and
+    every process holds process 0's config, launch settings aside (processes started with
+    different problems ran to exit 0 and logged empty answers); a ConfigError otherwise."""
+    if jax.process_count() == 1:
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    digest = np.frombuffer(hashlib.sha256(to_yaml(config).encode()).digest(), np.uint32)
+    try:
+        multihost_utils.assert_equal(digest, "configs differ")
+    except AssertionError:
+        raise ConfigError(f"the {jax.process_count()} processes were started with different "
+                          "configs (a file or an override differs between them): start "
+                          "every process with the same command, distributed.* aside") from None
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     enable_compile_cache()  # before anything compiles
@@ -107,6 +128,7 @@ def main(argv=None) -> int:
         preflight(config)
         # Before anything touches a device; the mesh is checked before weights load.
         initialize_distributed(**dataclasses.asdict(config.distributed))
+        join_processes(config)
         mesh = make_mesh(config.mesh.data, config.mesh.model)
         check_cache_split(mesh.shape[DATA], slots=config.decode.slots,
                           pages=config.decode.num_pages)

@@ -41,8 +41,13 @@ def cache_full_message(stage: str, full: SlotPoolExhausted | PagePoolExhausted,
     a larger cache; evaluate's batches are also bounded by eval.problems_per_batch, and
     its wall-clock figures keep their settings."""
     key = "decode.pages" if isinstance(full, PagePoolExhausted) else "decode.slots"
-    message = (f"the KV cache is full in stage {stage}: {str(full).split(';')[0]}; "
-               f"raise {key} (python -m qstar_jax.memory_plan sizes it for your device)")
+    figures = str(full).split(";")[0]
+    # A search's rows all sit on one data shard: lowering the batch cannot make a shard's
+    # share hold a search it is too small for.
+    share = (f" ({key} is split evenly over the mesh's data shards, and each shard's share "
+             f"must hold a whole search)" if "data shard" in figures else "")
+    message = (f"the KV cache is full in stage {stage}: {figures}; raise {key}{share} "
+               f"(python -m qstar_jax.memory_plan sizes it for your device)")
     if stage != "evaluate":
         return (f"{message} and run again with it, in the same folder: the run goes on from "
                 f"what {out} keeps")

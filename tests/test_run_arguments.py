@@ -450,6 +450,25 @@ def test_check_makes_the_checks_of_the_configs_stages_and_writes_nothing(tmp_pat
     assert not out.exists()
 
 
+def test_a_process_of_several_stops_on_sigterm_and_checks_its_config_is_process_0s(
+        monkeypatch):
+    """JAX's preemption notifier, installed with the distributed service, caught SIGTERM
+    and the run went on; one process alone keeps Python's handlers as they are."""
+    compared = []
+    monkeypatch.setattr(run.multihost_utils, "assert_equal",
+                        lambda tree, message: compared.append(tree.dtype))
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        config = load_config(None, [])
+        run.join_processes(config)  # one process: nothing to do
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL and compared == []
+        monkeypatch.setattr(run.jax, "process_count", lambda: 2)
+        run.join_processes(config)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and compared == ["uint32"]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_a_process_that_lost_the_others_says_what_to_do():
     error = RuntimeError("DEADLINE_EXCEEDED: barrier timed out\nstack trace ...")
     assert lost_process_message(error, DistributedConfig(heartbeat_timeout_s=45)) == (
@@ -585,6 +604,19 @@ def test_a_search_that_outgrows_the_cache_names_the_setting_to_raise(
         "qstar_jax.memory_plan sizes it for your device) or lower eval.problems_per_batch. "
         f"{tmp_path} keeps what was done, under its own settings: to go on under new ones, "
         f"run with --out NEW --reuse {tmp_path}\n")
+
+
+def test_a_cache_full_on_a_data_shard_says_each_shards_share_must_hold_a_search(
+        tmp_path, monkeypatch, capsys):
+    """On a mesh a search's rows stay on one data shard, so a shard's share too small for
+    one search fails whatever eval.problems_per_batch is."""
+    full = SlotPoolExhausted("asked for 2 cache slots beside their parents on data shard 0, "
+                             "but only 0 of its 4 are free; raise num_slots")
+    monkeypatch.setattr(run, "check_stage_inputs", lambda ctx: None)  # no Q̂ trained here
+    assert run_failing_in("evaluate", full, monkeypatch, tmp_path) == 2
+    assert ("raise decode.slots (decode.slots is split evenly over the mesh's data shards, "
+            "and each shard's share must hold a whole search) (python -m qstar_jax.memory_plan"
+            in capsys.readouterr().err)
 
 
 def test_a_run_resumes_under_a_new_cache_layout_until_evaluate_has_begun(

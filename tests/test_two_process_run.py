@@ -115,3 +115,27 @@ def test_a_process_that_fails_alone_leaves_at_once_and_the_other_follows(tmp_pat
     assert children[1].returncode != 0, stderr_1[-2000:]
     assert ("run error: process 1 of 2 lost the others" in stderr_1
             or "another task died" in stderr_1), stderr_1[-2000:]
+
+
+def test_processes_started_with_different_configs_stop_before_any_stage(tmp_path):
+    """Process 1 started with another task.eval_problems than process 0: both ran to exit
+    0 and logged empty answers for the problem one of them lacked. Both now stop with a
+    config error before any stage (--check: the checks alone), and a SIGTERM would stop
+    either (JAX's preemption notifier caught it, so neither did)."""
+    check = runpy.run_path(str(REPO / "experiments" / "sharding_check.py"))
+    port = str(free_local_port())
+    children = [start_child("qstar_jax.run", *check["TINY"], "mesh.data=4", "--check",
+                            f"task.eval_problems={4 - i}",
+                            f"distributed.coordinator=localhost:{port}",
+                            "distributed.num_processes=2", f"distributed.process_id={i}",
+                            "distributed.heartbeat_timeout_s=5", "--out", str(tmp_path),
+                            devices=2) for i in (0, 1)]
+    try:
+        outputs = [child.communicate(timeout=200) for child in children]
+    finally:
+        for child in children:
+            child.kill()
+    for child, (_, stderr) in zip(children, outputs):
+        assert child.returncode == 2, stderr[-2000:]
+        assert ("config error: the 2 processes were started with different configs (a file "
+                "or an override differs between them)") in stderr, stderr[-2000:]

@@ -96,6 +96,13 @@ def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]
     _sync_folder(path.parent)  # makes the rename itself durable
 
 
+def remove_file(path: str | os.PathLike) -> None:
+    """Delete ``path`` where it exists, on the writing process alone: another process
+    reaching this first would delete what process 0 has not yet replaced."""
+    if is_writer():
+        Path(path).unlink(missing_ok=True)
+
+
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:
     """``write_atomically`` of a text, UTF-8."""
     write_atomically(path, lambda f: f.write(text.encode("utf-8")))

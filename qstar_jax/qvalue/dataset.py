@@ -105,7 +105,7 @@ def save_labelled(path: str | os.PathLike, steps: Sequence[LabelledStep], *,
             {} if step_logprobs is None else {"step_logprobs": step_logprobs}))
         durable.write_atomically(features_path(path), lambda f: f.write(buffer.getvalue()))
     else:
-        features_path(path).unlink(missing_ok=True)  # stale rows would pair with new records
+        durable.remove_file(features_path(path))  # stale rows would pair with new records
     durable.write_text_atomically(path, lines)
 
 

@@ -42,7 +42,7 @@ class LabelJournal:
         if self._file is not None:
             self._file.close()
             self._file = None
-        self.path.unlink(missing_ok=True)
+        durable.remove_file(self.path)
 
 
 def starting_labels(pairs: Sequence[StepPair],

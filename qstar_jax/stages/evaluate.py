@@ -278,7 +278,8 @@ def evaluate_best_of_n_matched(state: Path, log: ResultsLog,
     chains: eval.temperature=0 with prefix sharing) or at MATCHED_GROWTH times the first
     N; best_of_n_matched then stays below Q*'s budget, and says so. ``state`` (JSON)
     keeps the N in use and what the Ns tried gave, so a killed run resumes there. The
-    config checks list best_of_n and qstar before it."""
+    config checks list best_of_n and qstar before it. Process 0 alone changes the log,
+    and every process reads it: each change is followed by a barrier."""
     def tokens_per_problem(method: str) -> float:
         entry = summarize(log.read(), (method,))["methods"][method]
         return entry["generated_tokens"] / entry["n"]
@@ -290,8 +291,13 @@ def evaluate_best_of_n_matched(state: Path, log: ResultsLog,
     def run_at(n: int) -> None:
         if n == samples:
             _copy_best_of_n(log)
+            barrier("best_of_n_matched copied")
         else:
             search("best_of_n_matched", n)
+
+    def drop() -> None:
+        log.drop("best_of_n_matched")
+        barrier("best_of_n_matched dropped")
 
     def evaluate_at(n: int) -> float:
         save(n)
@@ -316,18 +322,19 @@ def evaluate_best_of_n_matched(state: Path, log: ResultsLog,
         elif enough == n + 1:  # n spends less, n + 1 enough: n + 1's rows go back
             short = [n, tokens]
             save(enough)
-            log.drop("best_of_n_matched")
+            drop()
             if kept is None:  # the run was killed since they were kept: searched again
                 run_at(enough)
             else:
                 log.append(kept)
+                barrier("best_of_n_matched put back")
             return MatchedN(samples=enough, reached=True)
         else:
             stalled = short is not None and short[0] == n - 1 and tokens <= short[1]
             if stalled or n >= MATCHED_GROWTH * first:
                 return MatchedN(samples=n, reached=False, stalled=stalled)
             short, step = [n, tokens], 1
-        log.drop("best_of_n_matched")  # before the new N is saved: no mixed results
+        drop()  # before the new N is saved: no mixed results
         n += step
 
 

@@ -66,8 +66,14 @@ def test_a_process_other_than_the_writer_writes_nothing_and_leaves_a_torn_tail(
     with durable.open_for_append(path) as f:
         durable.append_records(f, [{"c": 3}])
     durable.write_atomically(tmp_path / "sub" / "summary.json", lambda f: f.write(b"new"))
+    # Process 1 removing the label journal before process 0 wrote the labels lost them.
+    durable.remove_file(path)
     assert path.read_text() == '{"a": 1}\n{"b": '
     assert [p.name for p in tmp_path.iterdir()] == ["log.jsonl"]
+    monkeypatch.setattr(durable, "is_writer", lambda: True)
+    durable.remove_file(path)
+    durable.remove_file(path)  # gone already: nothing to do
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_what_counts_is_forced_to_disk_before_it_counts(tmp_path, monkeypatch):

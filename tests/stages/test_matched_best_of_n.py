@@ -5,6 +5,7 @@ import json
 
 from qstar_jax.outputs.reports import MatchedN
 from qstar_jax.outputs.results_log import ProblemResult, ResultsLog
+from qstar_jax.stages import evaluate
 from qstar_jax.stages.evaluate import evaluate_best_of_n_matched
 
 PROBLEMS = ("a", "b")
@@ -150,3 +151,49 @@ def test_n_stops_short_where_one_more_chain_adds_no_tokens_or_at_its_limit(tmp_p
     assert evaluate_best_of_n_matched(tmp_path / "m.json", log, search, samples=2) == MatchedN(
         samples=24, reached=False)  # 6 from the estimate: 300 / 51
     assert search.calls == list(range(6, 25))
+
+
+class WatchedLog(ResultsLog):
+    """A results log that notes each read and write in ``events`` beside the barriers."""
+
+    def __init__(self, path, events):
+        super().__init__(path)
+        self.events = events
+
+    def read(self):
+        self.events.append("read")
+        return super().read()
+
+    def append(self, results):
+        self.events.append("write")
+        super().append(results)
+
+    def drop(self, method):  # reads the log, then writes it
+        super().drop(method)
+        self.events.append("write")
+
+
+def test_every_change_to_the_log_is_followed_by_a_barrier_before_it_is_read(tmp_path,
+                                                                          monkeypatch):
+    """Process 0 alone writes results.jsonl and every process reads it: without a barrier
+    after a drop, a copy or rows put back, process 1 read the log before process 0 had
+    changed it and the two searched different things (a deadlock)."""
+    events = []
+    monkeypatch.setattr(evaluate, "barrier", lambda name: events.append("barrier"))
+    log = WatchedLog(tmp_path / "results.jsonl", events)
+    log.append([_row("best_of_n", p, 22) for p in PROBLEMS])
+    log.append([_row("qstar", p, 16) for p in PROBLEMS])
+
+    def search(method, samples):  # as evaluate's search: what is left, then a barrier
+        pending = sorted(set(PROBLEMS) - log.done(method))
+        log.append([_row(method, p, 10 + 2 * samples) for p in pending])
+        evaluate.barrier("results appended")
+
+    events.clear()
+    # At best-of-3's own N (copied, 22 >= 16), then best-of-2 searched (14): short, so
+    # best-of-3's rows are put back.
+    assert evaluate_best_of_n_matched(tmp_path / "n.json", log, search, samples=3).samples == 3
+    assert _matched_tokens(log) == [22, 22]
+    writes = [k for k, event in enumerate(events) if event == "write"]
+    assert writes and all("barrier" in events[k:events.index("read", k)]
+                          for k in writes if "read" in events[k:])
