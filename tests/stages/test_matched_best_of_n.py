@@ -5,8 +5,8 @@ import json
 
 from qstar_jax.outputs.reports import MatchedN
 from qstar_jax.outputs.results_log import ProblemResult, ResultsLog
-from qstar_jax.stages import evaluate
-from qstar_jax.stages.evaluate import evaluate_best_of_n_matched
+from qstar_jax.stages import matched_best_of_n
+from qstar_jax.stages.matched_best_of_n import evaluate_best_of_n_matched
 
 PROBLEMS = ("a", "b")
 
@@ -179,7 +179,7 @@ def test_every_change_to_the_log_is_followed_by_a_barrier_before_it_is_read(tmp_
     after a drop, a copy or rows put back, process 1 read the log before process 0 had
     changed it and the two searched different things (a deadlock)."""
     events = []
-    monkeypatch.setattr(evaluate, "barrier", lambda name: events.append("barrier"))
+    monkeypatch.setattr(matched_best_of_n, "barrier", lambda name: events.append("barrier"))
     log = WatchedLog(tmp_path / "results.jsonl", events)
     log.append([_row("best_of_n", p, 22) for p in PROBLEMS])
     log.append([_row("qstar", p, 16) for p in PROBLEMS])
@@ -187,7 +187,7 @@ def test_every_change_to_the_log_is_followed_by_a_barrier_before_it_is_read(tmp_
     def search(method, samples):  # as evaluate's search: what is left, then a barrier
         pending = sorted(set(PROBLEMS) - log.done(method))
         log.append([_row(method, p, 10 + 2 * samples) for p in pending])
-        evaluate.barrier("results appended")
+        matched_best_of_n.barrier("results appended")
 
     events.clear()
     # At best-of-3's own N (copied, 22 >= 16), then best-of-2 searched (14): short, so
