@@ -36,11 +36,12 @@ from qstar_jax.tasks.hashed_splits import check_split as check_hashed_split
 
 def preflight(config) -> None:
     """Raise ConfigError for the first of the checks above that fails."""
-    RunContext(config=config, out=Path(config.out_dir)).task  # noqa: B018 (built to check)
+    ctx = RunContext(config=config, out=Path(config.out_dir))
+    ctx.task  # noqa: B018 (built to check)
     check_world_splits(config)
     check_checkpoints(config)
     check_data_files(config)
-    check_task_splits(config)
+    check_task_splits(ctx)
     check_reasoner_prompts(config)
     check_prm_labels(config)
 
@@ -119,21 +120,21 @@ def check_data_files(config) -> None:
             raise ConfigError(f"task.options.data_files: {error} (task.eval_split)") from error
 
 
-def check_task_splits(config) -> None:
+def check_task_splits(ctx: RunContext) -> None:
     """The splits collect and evaluate read exist and hold the problems they ask for (a
     packaged or generated split refuses a count it does not hold), loaded as those stages
-    load them, where that needs no hub: a dataset the hub serves is read when a stage
-    first needs it."""
-    task = RunContext(config=config, out=Path(config.out_dir)).task
+    load them (``RunContext.problems``), where that needs no hub: a dataset the hub
+    serves is read when a stage first needs it."""
+    task = ctx.task
     if getattr(task, "hub_name", None) and getattr(task, "data_files", None) is None:
         return
-    t, stages = config.task, config.stages
+    t, stages = ctx.config.task, ctx.config.stages
     reads = [("train_split", t.train_split, t.train_problems, "collect" in stages),
              ("eval_split", t.eval_split, t.eval_problems, "evaluate" in stages)]
     for key, split, count, read in reads:
         if read:
             try:
-                task.load(split, limit=count, seed=config.seed, skip_malformed=t.skip_malformed)
+                ctx.problems(split, count)
             except ValueError as error:
                 raise ConfigError(f"task.{key}={split!r}: {error}") from error
 

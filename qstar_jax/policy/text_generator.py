@@ -27,6 +27,7 @@ from qstar_jax.decoding.page_table import PagePoolExhausted
 from qstar_jax.policy.kept_rows import KeptRows
 from qstar_jax.policy.runtime import PolicyRuntime, SampledText, stable_id
 from qstar_jax.search.interface import Generation, TextRequest
+from qstar_jax.values import is_integer
 
 
 def check_requests(requests: Sequence[TextRequest]) -> None:
@@ -38,18 +39,12 @@ def check_requests(requests: Sequence[TextRequest]) -> None:
                 and r.temperature >= 0):
             raise ValueError(f"requests[{k}].temperature must be finite and >= 0 (0 = greedy), "
                              f"got {r.temperature!r}")
-        if not _is_count(r.num_samples):
+        if not (is_integer(r.num_samples) and r.num_samples >= 1):
             raise ValueError(f"requests[{k}].num_samples must be an integer >= 1, got "
                              f"{r.num_samples!r}")
-        if r.max_tokens is not None and not _is_count(r.max_tokens):
+        if r.max_tokens is not None and not (is_integer(r.max_tokens) and r.max_tokens >= 1):
             raise ValueError(f"requests[{k}].max_tokens must be None (the generator's own "
                              f"limit) or an integer >= 1, got {r.max_tokens!r}")
-
-
-def _is_count(value) -> bool:
-    """Whether ``value`` is an integer >= 1 (a bool is not)."""
-    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
-            and value >= 1)
 
 
 class DecoderTextGenerator:

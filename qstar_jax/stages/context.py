@@ -149,10 +149,10 @@ class RunContext:
         d = self.config.decode
         loaded = self.policy if model is None else model
         tokenizer = loaded.tokenizer
-        slots, pages = (d.slots, d.num_pages) if rows is None else (
-            rows, rows * -(-d.max_len // d.page_size) if d.page_size else 0)
-        paging = Paging(page_size=d.page_size, num_pages=pages) if d.page_size else None
-        decoder = Decoder(loaded.model, num_slots=slots, max_len=d.max_len,
+        if rows is not None:  # each row's pages, as decode.pages defaults to them
+            d = dataclasses.replace(d, slots=rows, pages=0)
+        paging = Paging(page_size=d.page_size, num_pages=d.num_pages) if d.page_size else None
+        decoder = Decoder(loaded.model, num_slots=d.slots, max_len=d.max_len,
                           newline_table=tokenizer.newline_table(loaded.config.vocab_size),
                           blank_steps=tokenizer.blank_step_tables(loaded.config.vocab_size),
                           eos_ids=tokenizer.eos_ids, step_chunk=d.step_chunk, paging=paging,
