@@ -120,14 +120,15 @@ class QHeadModel:
         self._values = jax.jit(lambda params, hiddens: nnx.merge(graphdef, params).values(hiddens))
 
     def score_hidden(self, hiddens: np.ndarray | jax.Array) -> np.ndarray:
-        """hiddens [N, E] at each candidate step's last token -> Q̂ values [N] (float32)."""
-        n = hiddens.shape[0]
+        """hiddens [N, E] at each candidate step's last token -> Q̂ values [N] (float32).
+        Any array-like of that shape (a list of rows too)."""
+        # On the host: an eager op shaped by N would compile once per distinct N.
+        hiddens = np.asarray(hiddens)
         width = input_width(self.head_config)
         if hiddens.ndim != 2 or hiddens.shape[1] != width:
             raise ValueError(f"score_hidden takes [N, W={width}] head inputs (head_inputs), "
                              f"got shape {hiddens.shape}")
-        # Padded on the host: an eager op shaped by N would compile once per distinct N.
-        hiddens = np.asarray(hiddens)
+        n = hiddens.shape[0]
         padded = np.zeros((bucket_size(n, minimum=8), hiddens.shape[1]), hiddens.dtype)
         padded[:n] = hiddens
         return np.asarray(self._values(self._params, padded), np.float32)[:n]

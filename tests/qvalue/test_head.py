@@ -65,6 +65,15 @@ def test_score_hidden_pads_to_a_bucket_and_returns_exactly_n_values(mlp_head):
         model.score_hidden(hiddens[:, :4])
 
 
+def test_score_hidden_takes_a_list_of_rows_as_it_takes_an_array(mlp_head):
+    model = QHeadModel(mlp_head)
+    hiddens = np.random.default_rng(3).normal(size=(3, E)).astype(np.float32)
+    np.testing.assert_allclose(model.score_hidden(hiddens.tolist()), model.score_hidden(hiddens),
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match=r"got shape \(6,\)"):
+        model.score_hidden(hiddens[0].tolist())
+
+
 def test_a_head_reading_step_logprobs_takes_them_as_one_more_scaled_clipped_column():
     config = QHeadConfig(hidden_size=E, mlp_widths=(4,), step_logprob=True)
     hidden = np.ones((3, E), np.float32)
