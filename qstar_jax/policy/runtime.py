@@ -44,6 +44,7 @@ class SampledStep:
 class SampledText:
     text: str  # the tokens decoded (EOS left out) through the first final-answer line
     token_ids: tuple[int, ...]
+    cut: bool = False  # ended at a limit (its max_tokens or a full slot), not of itself
 
 
 def stable_id(*parts) -> int:
@@ -235,11 +236,13 @@ class PolicyRuntime:
         texts = []
         for row, i in enumerate(problem_indices):
             tokens = batch.row_tokens(row)
-            eos = EndReason(int(batch.end_reason[row])) == EndReason.EOS
+            reason = EndReason(int(batch.end_reason[row]))
+            eos = reason == EndReason.EOS
             lines = self.tokenizer.decode(tokens[:-1] if eos else tokens).split(STEP_SEPARATOR)
             end = self._answer_line(lines)
             texts.append(SampledText(token_ids=tuple(tokens), text=STEP_SEPARATOR.join(
-                lines if end is None else lines[:end + 1]).strip()))
+                lines if end is None else lines[:end + 1]).strip(),
+                cut=reason in (EndReason.CAP, EndReason.CACHE_FULL)))
             self.generated[i] += len(tokens)
         return texts
 

@@ -114,7 +114,7 @@ class DecoderTextGenerator:
             else:
                 self._keep(request.problem_index, roots[k], prompts[k])
                 self.runtime.free(rows[first:first + request.num_samples])
-            out.append([Generation(text=t.text, generated_tokens=len(t.token_ids))
+            out.append([Generation(text=t.text, generated_tokens=len(t.token_ids), cut=t.cut)
                         for t in samples])
             first += request.num_samples
         return out

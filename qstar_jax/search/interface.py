@@ -157,6 +157,9 @@ class Generation:
 
     text: str
     generated_tokens: int
+    # Ended at a limit (the request's max_tokens, the generator's own, or a full cache
+    # row), not of itself: its text may stop mid-word.
+    cut: bool = False
 
 
 class TextGenerator(Protocol):

@@ -5,10 +5,13 @@ fixed "I don't know" seed, or both side by side (the paper's code seeds both). E
 rollout
 
 1. selects, among the nodes not fully expanded, the one with the highest
-   UCT(a) = Q(a) + c·sqrt(ln(N(parent(a)) + 1) / (N(a) + ε)) (a root stands as its own
-   parent). A node is fully expanded once it has ``max_children`` children and one of
-   them has a higher Q than it (the paper's rule: a node no child has improved on stays
-   open);
+   UCT(a) = Q(a) + c·sqrt(ln(N(parent(a)) + 1) / (N(a) + ε)), where N(a) is 1 for the
+   node's own evaluation plus one for each rollout that selected it or a node below it
+   (the paper's code counts a node's reward samples: one when it is made, one each time
+   it is selected), and the roots are the children of one virtual parent whose N is the
+   sum of theirs. A node is fully expanded once it has ``max_children`` children and one
+   of them has a higher Q than it (the paper's rule: a node no child has improved on
+   stays open);
 2. expands it: the model critiques the answer, then writes a refined answer that takes
    the critique into account: the new child;
 3. evaluates the child: the model scores it from -100 to 100 ``score_samples`` times;
@@ -100,9 +103,10 @@ def parse_score(text: str) -> float | None:
 
 def read_score(reply: Generation, max_tokens: int) -> float | None:
     """``parse_score`` of a self-score reply, or None where the reply ran to its
-    ``max_tokens`` before its first number was complete: the number may have been cut
+    ``max_tokens`` (or its generator says it was cut at a limit of its own, such as a
+    full cache row) before its first number was complete: the number may have been cut
     short ("5" of "50"), so it is treated as a reply with no score."""
-    if reply.generated_tokens >= max_tokens and not holds_score(reply.text):
+    if (reply.cut or reply.generated_tokens >= max_tokens) and not holds_score(reply.text):
         return None
     return parse_score(reply.text)
 
@@ -135,7 +139,7 @@ class AnswerNode:
     scores: list[float]
     own_q: float  # Q(a), from the node's own scores
     q: float  # Q'(a), after backpropagation
-    visits: int = 0
+    visits: int  # N(a): its own evaluation and the rollouts through it
     children: list[int] = dataclasses.field(default_factory=list)
 
 
@@ -216,8 +220,10 @@ class MCTSrPlanner:
 
     def select(self) -> AnswerNode:
         """The open node with the highest UCT, ties to the older node."""
+        roots_visits = sum(n.visits for n in self.nodes if n.parent is None)
+
         def parent_visits(node: AnswerNode) -> int:
-            return self.nodes[node.parent if node.parent is not None else node.id].visits
+            return roots_visits if node.parent is None else self.nodes[node.parent].visits
 
         open_nodes = [n for n in self.nodes if not self._fully_expanded(n)]
         return max(open_nodes, key=lambda n: (uct(n.q, parent_visits(n), n.visits,
@@ -228,7 +234,8 @@ class MCTSrPlanner:
         """A scored answer, as a child of ``parent`` (None: a root), backpropagated."""
         q = answer_q(scores, self.config)
         node = AnswerNode(id=len(self.nodes), parent=None if parent is None else parent.id,
-                          answer=answer, critique=critique, scores=list(scores), own_q=q, q=q)
+                          answer=answer, critique=critique, scores=list(scores), own_q=q, q=q,
+                          visits=1)  # its evaluation is its first visit
         self.nodes.append(node)
         ancestor = parent
         if ancestor is not None:

@@ -167,6 +167,17 @@ def test_a_text_leaves_out_eos_and_stops_at_its_answer_line(counting_decoder):
     assert dict(runtime.generated) == {0: 8, 1: 4}
 
 
+def test_a_text_says_whether_it_was_cut_at_its_token_limit_or_a_full_row(counting_decoder):
+    """Cut: 2, 3, 4 at its limit of 3, and a row with 3 places left; not cut: 6..EOS."""
+    runtime = _runtime(counting_decoder, 3, cap=5)
+    slots = runtime.prefill_tokens([0, 1, 2], [[1], [5], [0] * (COUNTING_MAX_LEN - 4) + [10]])
+    capped, ended, full = runtime.sample_texts(slots, [0, 1, 2], node_ids=[0, 0, 0],
+                                               temperatures=[0.0] * 3, max_tokens=[3, 12, 12])
+    assert capped.token_ids == (2, 3, 4) and capped.cut
+    assert ended.token_ids == (6, 7, 8, 9) and not ended.cut
+    assert full.token_ids == (11, 12, 13) and full.cut
+
+
 def test_a_steps_log_probability_and_hidden_state_are_its_own_rows(random_decoder,
                                                                    full_forward):
     runtime = _runtime(random_decoder, 2, cap=4)

@@ -43,7 +43,7 @@ class LineRuntime(ScriptedRuntime):
             self.generated[i] += n
             # The runtime's text ends at the answer line; "after" is sampled, not read.
             texts.append(SampledText(text="\n".join(lines[:min(-(-n // TOKENS_PER_LINE), 3)]),
-                                     token_ids=(0,) * n))
+                                     token_ids=(0,) * n, cut=read is None and n == limit))
         return texts
 
 
@@ -86,6 +86,7 @@ def test_a_request_asking_for_fewer_tokens_stops_there_and_leaves_the_others():
         [short, request(0, "critique/0", 1)])
     assert cut.text == expected("score/0", 0, lines=1) and cut.generated_tokens == 1
     assert whole.text == expected("critique/0", 0)
+    assert cut.cut and not whole.cut  # the runtime's word, passed on
     assert not runtime.held
 
 

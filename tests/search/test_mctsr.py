@@ -78,6 +78,17 @@ def test_a_self_score_cut_off_at_its_token_limit_is_not_read():
     assert p.nodes[0].scores == [5, 50]
 
 
+def test_a_self_score_its_generator_cut_short_of_score_max_tokens_is_not_read():
+    """A reply cut at a limit of the generator's own (a full cache row, its token cap)
+    reads as one cut at score_max_tokens: "Score: 5" may be the start of "50"; in "Score:
+    50 of" the number is whole, so it is read."""
+    p = planner(root="dont_know", score_samples=2, score_max_tokens=32)
+    p.propose()
+    p.absorb([[Generation(text="Score: 5", generated_tokens=3, cut=True),
+               Generation(text="Score: 50 of", generated_tokens=4, cut=True)]])
+    assert p.nodes[0].scores == [50]
+
+
 def hand_built(**config):
     """root R (0) [0]; A (1) [40] and B (2) [5] under R; C (3) [-10] under A."""
     p = planner(**config)
@@ -93,20 +104,23 @@ def test_backpropagation_by_hand():
     root, a, b, c = p.nodes
     # A: (40 + max(C -10)) / 2 = 15; R: (0 + max(A 15, B 5)) / 2 = 7.5.
     assert (a.q, root.q, b.q, c.q) == (15, 7.5, 5, -10)
-    assert (root.visits, a.visits, b.visits, c.visits) == (3, 1, 0, 0)
+    # N: each node's own evaluation, and one for each node made below it.
+    assert (root.visits, a.visits, b.visits, c.visits) == (4, 2, 1, 1)
     assert [n.own_q for n in p.nodes] == [0, 40, 5, -10]
 
 
-def test_uct_picks_the_unvisited_child_and_greedy_q_without_exploration():
+def test_uct_by_hand_explores_the_less_visited_node_as_c_grows():
+    """R has its 2 children and A (15) beats it (7.5): fully expanded, not selectable. A
+    (N 2, under R's 4) against B (N 1, under R's 4) and C (N 1, under A's 2)."""
     p = hand_built(max_children=2)
     root, a, b, c = p.nodes
-    # R has its 2 children and A (15) beats it (7.5): fully expanded, not selectable.
-    assert uct(a.q, 3, 1, p.config) == pytest.approx(
-        15 + 1.4 * math.sqrt(math.log(4) / 1.00001))
-    assert uct(b.q, 3, 0, p.config) == pytest.approx(5 + 1.4 * math.sqrt(math.log(4) / 1e-5))
-    assert uct(c.q, 1, 0, p.config) == pytest.approx(-10 + 1.4 * math.sqrt(math.log(2) / 1e-5))
-    assert p.select() is b  # 526 against C's 359 and A's 16.6
-    assert hand_built(exploration=0.0).select().answer == "A"  # the best open Q: 15
+    assert uct(a.q, 4, 2, p.config) == pytest.approx(
+        15 + 1.4 * math.sqrt(math.log(5) / 2.00001))
+    assert uct(b.q, 4, 1, p.config) == pytest.approx(5 + 1.4 * math.sqrt(math.log(5) / 1.00001))
+    assert uct(c.q, 2, 1, p.config) == pytest.approx(-10 + 1.4 * math.sqrt(math.log(3) / 1.00001))
+    assert p.select() is a  # 16.3 against B's 6.8 and C's -8.5
+    assert hand_built(max_children=2, exploration=0.0).select().answer == "A"  # best Q: 15
+    assert hand_built(max_children=2, exploration=30.0).select().answer == "B"  # 43.1 > 41.9
 
 
 def test_a_node_no_child_improved_on_stays_open():
@@ -126,22 +140,33 @@ def test_a_node_no_child_improved_on_stays_open():
 
 def test_a_node_with_max_children_one_of_which_improved_on_it_is_closed():
     """X (0) -> C (0) -> D (2), one child each: D's Q 2 beats C's 1, C's beats X's 0.5,
-    so X and C are fully expanded and only D is open, though C's UCT (1 + 100 sqrt(ln 3 /
-    11) = 32.6) beats D's (2 + 100 sqrt(ln 2 / 10) = 28.3) and X's (30.8) under ε = 10."""
+    so X and C are fully expanded and only D is open, though C's UCT (1 + 100 sqrt(ln 4 /
+    12) = 35.0) beats D's (2 + 100 sqrt(ln 3 / 11) = 33.6) and X's (33.2) under ε = 10."""
     p = planner(max_children=1, exploration=100.0, epsilon=10.0)
     p.add_node("D", [2], parent=p.add_node("C", [0], parent=p.add_node("X", [0], parent=None)))
-    assert [(n.q, n.visits) for n in p.nodes] == [(0.5, 2), (1, 1), (2, 0)]
+    assert [(n.q, n.visits) for n in p.nodes] == [(0.5, 3), (1, 2), (2, 1)]
     assert p.select().answer == "D"
 
 
-def test_a_root_is_its_own_parent_in_uct():
-    """R1 (Q 0 after its child X, visited once) counts its own visit as its parent's:
-    UCT 0 + 10 sqrt(ln 2 / 2) = 5.89 beats the unvisited root R2's 5 + 10 sqrt(ln 1) = 5."""
+def test_the_roots_are_children_of_one_virtual_parent_in_uct():
+    """R1 (Q' 0 after its child X; N 2) and R2 (5; N 1) under a parent of N 3: R2's UCT
+    5 + 10 sqrt(ln 4 / 2) = 13.3 beats R1's 0 + 10 sqrt(ln 4 / 3) = 6.8 and X's -82.6.
+    (When a root stood as its own parent, R2 had no exploration term and R1 won.)"""
     p = planner(exploration=10.0, epsilon=1.0)
     p.add_node("X", [-90], parent=p.add_node("R1", [90], parent=None))
     p.add_node("R2", [5], parent=None)
-    assert [(n.q, n.visits) for n in p.nodes] == [(0, 1), (-90, 0), (5, 0)]
-    assert p.select().answer == "R1"
+    assert [(n.q, n.visits) for n in p.nodes] == [(0, 2), (-90, 1), (5, 1)]
+    assert p.select().answer == "R2"
+
+
+def test_a_fresh_answer_is_not_refined_ahead_of_a_better_one():
+    """At the defaults (c 1.4, ε 1e-5) a new node's N is 1, not 0: a child of Q 40 gets
+    40 + 1.4 sqrt(ln 3) = 41.5, not the 368 more of ε alone, so the untried root R2 (45:
+    46.6) is refined next, ahead of R1 (Q' 45, N 2: 46.2) and the child."""
+    p = planner()
+    p.add_node("child", [40], parent=p.add_node("R1", [50], parent=None))
+    p.add_node("R2", [45], parent=None)
+    assert p.select().answer == "R2"
 
 
 def test_the_answer_is_the_best_own_q_not_the_backpropagated_one():
