@@ -211,9 +211,19 @@ def initialize_distributed(*, coordinator: str | None = None, num_processes: int
         process_id = _whole_number(env, "JAX_PROCESS_ID")
     given = (coordinator, num_processes, process_id)
     if all(v is None for v in given):
-        detect = cluster_in_environment(env) is not None if auto_detect is None else auto_detect
+        cluster = cluster_in_environment(env)
+        detect = cluster is not None if auto_detect is None else auto_detect
         if detect:
-            jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_s)
+            try:
+                jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_s)
+            except ValueError as error:  # e.g. "coordinator_address should be defined"
+                if cluster is not None:
+                    raise
+                raise ValueError(
+                    "distributed.auto_detect=true, but JAX finds no multi-process job here "
+                    "(no SLURM step of several tasks, Open MPI job or TPU pod slice); give "
+                    "distributed.coordinator, num_processes and process_id, or leave "
+                    f"auto_detect unset (JAX: {error})") from None
         return detect
     if any(v is None for v in given):
         raise ValueError("distributed: give coordinator, num_processes and process_id "

@@ -264,6 +264,24 @@ def test_empty_settings_let_jax_detect_the_cluster_the_environment_shows(
     assert jax_initialize_calls == ([{"heartbeat_timeout_seconds": 7}] if joins else [])
 
 
+def test_auto_detect_on_a_machine_that_shows_no_job_says_what_to_give(jax_initialize_calls,
+                                                                      monkeypatch):
+    """JAX's own words on a plain machine ("coordinator_address should be defined") name
+    none of the run's settings; within a job the environment shows, JAX's error stands."""
+    def refuse(**kwargs):
+        raise ValueError("coordinator_address should be defined.")
+
+    monkeypatch.setattr(jax.distributed, "initialize", refuse)
+    with pytest.raises(ValueError, match=r"^distributed\.auto_detect=true, but JAX finds no "
+                                         r"multi-process job here .* give distributed\."
+                                         r"coordinator, num_processes and process_id"):
+        initialize_distributed(auto_detect=True)
+    for name, value in SLURM_STEP.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match="^coordinator_address should be defined.$"):
+        initialize_distributed(auto_detect=True)
+
+
 def test_launch_settings_come_from_the_environment_too(jax_initialize_calls, monkeypatch):
     monkeypatch.setenv("JAX_PROCESS_ID", "one")
     with pytest.raises(ValueError, match="^JAX_PROCESS_ID='one' must be a whole number$"):
