@@ -34,8 +34,9 @@ def run_search(problems_count: int, make_planner: Callable[[int], Planner],
 
     Planners must have distinct ``problem_index`` values: the expander counts tokens per
     problem index. ``q_fn=None`` sets every Q̂ to 0 and spends no Q̂ calls (for planners
-    that do not use it, such as self-consistency). A tqdm bar counts finished problems,
-    and a line after it says whether searches waited for room in the cache.
+    that do not use it, such as self-consistency). A tqdm bar counts finished problems
+    and the rounds and tokens so far, and a line after it says whether searches waited
+    for room in the cache.
     """
     planners = [make_planner(i) for i in range(problems_count)]
     room = RoomKeeper(expander, make_planner, planners)
@@ -60,7 +61,7 @@ def drive(planners: list, tokens: StepExpander | TextGenerator,
         raise ValueError(f"planners share problem indices {sorted(indices)}; run problems "
                          "with the same index (e.g. two methods) in separate run_search calls")
     tallies = [Tally(tokens.generated_tokens(i), tokens.prefilled_tokens(i)) for i in indices]
-    start = time.perf_counter()
+    start, rounds = time.perf_counter(), 0
     with tqdm(total=len(planners), desc=description, disable=not progress) as bar:
         while True:
             for planner, tally in zip(planners, tallies):
@@ -71,6 +72,10 @@ def drive(planners: list, tokens: StepExpander | TextGenerator,
             if not active:
                 break
             run_round([planners[slot] for slot in active], [tallies[slot] for slot in active])
+            rounds += 1
+            if progress:  # batched problems finish together: show the work as it goes
+                generated = sum(t.generated(tokens, i) for t, i in zip(tallies, indices))
+                bar.set_postfix_str(f"round {rounds}, {generated} tokens generated")
     return [dataclasses.replace(planner.result(include_tree=include_trees),
                                 counters=tally.counters(tokens, index))
             for planner, tally, index in zip(planners, tallies, indices)]

@@ -59,6 +59,18 @@ def test_mixed_planners_share_rounds_and_counters_add_up():
     assert [r.tree for r in results] == [None, None, None]  # include_trees not asked for
 
 
+def test_the_progress_bar_shows_each_rounds_tokens_before_problems_finish(capsys):
+    """Batched problems finish together, so the bar also shows the rounds run and the
+    tokens generated so far: 6 + 4 + 4 in round 1, then 9 + 4 + 4, then 4."""
+    run_search(3, make_planner, FakeExpander(TREES, prompt_tokens=7), HiddenQ(),
+               PRMUtility(prm=HiddenRewardPRM()), description="mixed")
+    err = capsys.readouterr().err
+    for shown in ("round 1, 14 tokens generated", "round 2, 31 tokens generated",
+                  "round 3, 35 tokens generated"):
+        assert shown in err
+    assert "mixed: 100%" in err and "3/3" in err
+
+
 def test_a_second_search_on_the_same_expander_counts_only_its_own_compute(monkeypatch):
     """Methods sharing problem indices run one after another on one expander: each run's
     counters start from what the expander had counted before it. The clock here is the
