@@ -62,6 +62,8 @@ class PieceVocabulary:
     def encode(self, text: str) -> list[int]:
         return [self.ids.get(piece, 1) for piece in self._pattern.findall(text)]
 
+    encode_input = encode  # no BOS
+
 
 def synthetic_rows(ctx: RunContext, count: int, gamma: float, seed: int,
                    held_out_prompts: frozenset[str] = frozenset()

@@ -35,6 +35,10 @@ class Tokenizer:
         if not self._eos_ids:
             raise ValueError("the tokenizer defines no EOS token and the model config names none, "
                              "so generation could never stop; set eos_token_id in config.json")
+        bos = hf_tokenizer.bos_token_id
+        # Whether the tokenizer starts its inputs with BOS (Llama-2, Mistral, DeepSeek do).
+        self._input_bos = (bos if bos is not None and hf_tokenizer.encode(
+            "a", add_special_tokens=True)[:1] == [bos] else None)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, gguf_file: str | None = None,
@@ -87,6 +91,15 @@ class Tokenizer:
         """Token ids of ``text``. Special tokens are off by default: chat-template output
         already carries them, and a second BOS changes what the model sees."""
         return self._hf.encode(text, add_special_tokens=add_special_tokens)
+
+    def encode_input(self, text: str) -> list[int]:
+        """Token ids of ``text`` as the whole of a model's input (a prompt and the steps
+        after it): BOS first where the tokenizer starts its inputs with one and the text
+        does not already begin with it (chat-template output often does), as
+        ``transformers`` encodes a prompt; otherwise ``encode(text)``."""
+        ids = self.encode(text)
+        bos = self._input_bos
+        return ids if bos is None or ids[:1] == [bos] else [bos, *ids]
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = False) -> str:
         return self._hf.decode(list(ids), skip_special_tokens=skip_special_tokens,

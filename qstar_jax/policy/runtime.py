@@ -143,7 +143,7 @@ class PolicyRuntime:
     def _check_room_after_prompt(self, i: int) -> None:
         if i in self._prompts_with_room:
             return
-        length = len(self.tokenizer.encode(self.prompts[i]))
+        length = len(self.tokenizer.encode_input(self.prompts[i]))
         if length >= self.decoder.max_len:
             raise PromptTooLong(f"a prompt of problem {self.problems[i].id} has {length} "
                                 f"tokens, filling a cache row of {self.decoder.max_len} "
@@ -153,7 +153,7 @@ class PolicyRuntime:
     def prefill_texts(self, problem_indices: Sequence[int], texts: Sequence[str]) -> list[int]:
         """A fresh slot per text holding it, charged to its problem."""
         return self.prefill_tokens(problem_indices,
-                                   [self.tokenizer.encode(t) for t in texts])
+                                   [self.tokenizer.encode_input(t) for t in texts])
 
     def prefill_tokens(self, problem_indices: Sequence[int],
                        token_lists: Sequence[Sequence[int]], *,

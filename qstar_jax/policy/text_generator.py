@@ -65,7 +65,7 @@ class DecoderTextGenerator:
         taken; if anything fails later, the slots taken in the call are freed."""
         check_requests(requests)
         rt = self.runtime
-        prompts = [rt.tokenizer.encode(r.prompt) for r in requests]
+        prompts = [rt.tokenizer.encode_input(r.prompt) for r in requests]
         roots = self._with_room(lambda: self._prefill(requests, prompts))
         rows = roots  # the samples' slots: the prompts' own until forks are taken
         try:

@@ -79,8 +79,8 @@ class StepFeatures:
                  progress: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """progress: a bar's description, for a long one-off pass (None: no bar)."""
         tokenizer, batch_size = self._tokenizer, self._batch_size
-        state_lengths = [len(tokenizer.encode(s)) for s in states]
-        token_lists = [tokenizer.encode(s + a) for s, a in zip(states, steps)]
+        state_lengths = [len(tokenizer.encode_input(s)) for s in states]
+        token_lists = [tokenizer.encode_input(s + a) for s, a in zip(states, steps)]
         hidden_out = np.zeros((len(states), self._hidden_size), np.float32)
         logprob_out = np.zeros(len(states), np.float32)
         carriers = shared_carriers(token_lists)

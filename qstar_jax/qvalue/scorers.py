@@ -77,7 +77,7 @@ class SeparateBackboneQ:
 
     def __init__(self, ctx: RunContext, problems):
         tokenizer = ctx.load(ctx.config.q_train.separate_model).tokenizer
-        self._encode = tokenizer.encode
+        self._encode = tokenizer.encode_input
         self._prompts = ctx.prompts(problems)
         self._model = BackboneQModel(load_backbone_q(ctx.q_dir, mesh=ctx.mesh),
                                      pad_id=tokenizer.pad_id)

@@ -132,9 +132,8 @@ def load_prm(ctx: RunContext, problems) -> ProcessRewardModel:
 def shepherd_prm(ctx: RunContext, problems) -> ShepherdPRM:
     s = ctx.config.search
     loaded = ctx.load(s.prm_model)
-    encode = loaded.tokenizer.encode
-    good, bad = prm_label_ids(encode, s)
-    return ShepherdPRM(loaded.model, encode=encode,
+    good, bad = prm_label_ids(loaded.tokenizer.encode, s)
+    return ShepherdPRM(loaded.model, encode=loaded.tokenizer.encode_input,
                        question=lambda i: problems[i].question, step_tag=s.prm_step_tag,
                        good_token_id=good, bad_token_id=bad)
 

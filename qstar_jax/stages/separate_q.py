@@ -35,7 +35,7 @@ def train_separate_q(ctx: RunContext, output: str,
     steps, _ = load_labelled(ctx.labels_path)
     problems = ctx.train_problems()
     prompts = ctx.prompts(problems)
-    tokens = [loaded.tokenizer.encode(state_text(prompts[s.problem_index],
+    tokens = [loaded.tokenizer.encode_input(state_text(prompts[s.problem_index],
                                                  (*s.prefix_steps, s.step_text))) for s in steps]
     labels = np.array([s.label for s in steps], np.float32)
     mask = backbone_update_mask(model, None if q.trainable_layers < 0 else q.trainable_layers)

@@ -218,6 +218,8 @@ class Glyphs:
     def encode(self, text):
         return [COUNTING_NEWLINE_ID if c == "\n" else ord(c) - 0x100 for c in text]
 
+    encode_input = encode  # no BOS
+
 
 def test_a_step_cut_at_its_cap_has_the_features_labelling_reads_from_its_text(
         random_decoder, random_model):
@@ -275,6 +277,8 @@ def test_a_prompt_forked_from_a_slot_computes_and_is_charged_only_past_the_share
 class Chars:
     def encode(self, text):
         return [ord(c) for c in text]
+
+    encode_input = encode  # no BOS
 
     def decode(self, ids):
         return "".join(map(chr, ids))
@@ -335,6 +339,25 @@ def test_a_problems_prompt_and_steps_are_prefilled_and_charged_to_it():
     assert decoder.prefilled == [([0, 1], [Chars().encode("Q p2\na\nb\n"),
                                            Chars().encode("Q p0\n")], [0, 0])]
     assert dict(runtime.prefilled) == {2: 9, 0: 5}
+
+
+class BosChars(Chars):
+    """A tokenizer that starts a model's input with BOS (id 1), as Llama-2's does."""
+
+    def encode_input(self, text):
+        return [1, *self.encode(text)]
+
+
+def test_a_prompt_and_a_text_start_with_the_bos_their_tokenizer_starts_inputs_with():
+    decoder = RecordingDecoder()
+    runtime = PolicyRuntime(decoder, BosChars(), FLinesAnswer(),
+                            [Problem(id="p0", question="", reference=None)], ["Q\n"], seed=5,
+                            step_token_cap=3)
+    runtime.prefill([0], [("a",)])
+    runtime.prefill_texts([0], ["critique"])
+    assert [tokens for _, lists, _ in decoder.prefilled for tokens in lists] == [
+        [1, *Chars().encode("Q\na\n")], [1, *Chars().encode("critique")]]
+    assert runtime.prefilled[0] == 5 + 9
 
 
 def test_a_prompt_longer_than_a_cache_row_is_refused_by_name_before_any_slot_is_taken():

@@ -37,6 +37,8 @@ class Letters:
     def encode(self, text):
         return [0 if c == "\n" else NEWLINES + (ord(c) - ord("a")) % 26 for c in text]
 
+    encode_input = encode  # no BOS
+
 
 class VowelAnswers:
     """A line holding a vowel is a final answer: some steps end their trace, most not."""

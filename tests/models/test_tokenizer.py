@@ -202,3 +202,19 @@ def test_a_directory_with_only_a_sentencepiece_model_loads_as_sentencepiece_read
     table = tokenizer.newline_table(300)
     assert table[newline] and table.sum() == 1
     assert tokenizer.eos_ids == (reference.eos_id(),)
+
+
+def test_a_models_input_starts_with_bos_where_its_tokenizer_starts_inputs_with_one():
+    """As transformers encodes a prompt: Llama-2's tokenizer adds BOS to every input, so a
+    plain-text prompt gets it; chat-template output that begins with it keeps one; a
+    tokenizer that adds none (SmolLM2's, the from-scratch policy's) is unchanged."""
+    plain = byte_fallback_tokenizer()
+    assert plain.encode_input("the.") == plain.encode("the.") == [267]
+    hf = copy.deepcopy(plain.hf_tokenizer)
+    hf._tokenizer.post_processor = tokenizers.processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", 1)])
+    with_bos = Tokenizer(hf)
+    assert with_bos.encode("the.") == [267]
+    for text in ("the.", "t\nthe.", ""):
+        assert with_bos.encode_input(text) == hf(text).input_ids == [1, *with_bos.encode(text)]
+    assert with_bos.encode_input("<s>the.") == [1, 267]  # not a second BOS

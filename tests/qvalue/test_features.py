@@ -18,6 +18,8 @@ class CharTokens:
     def encode(self, text):
         return [1] + [2 + ord(ch) % 60 for ch in text]  # BOS, then one token per character
 
+    encode_input = encode
+
 
 @pytest.fixture(scope="module")
 def model():

@@ -71,7 +71,11 @@ def test_a_separate_backbone_scores_each_items_own_prompt_path_and_step(monkeypa
     backbone = random_backbone_q()
     monkeypatch.setattr(scorers, "load_backbone_q", lambda q_dir, mesh: backbone)
     loaded = []
-    tokenizer = SimpleNamespace(encode=lambda text: [ord(c) % 40 for c in text], pad_id=0)
+
+    def encode(text):
+        return [ord(c) % 40 for c in text]
+
+    tokenizer = SimpleNamespace(encode=encode, encode_input=encode, pad_id=0)
     ctx = SimpleNamespace(
         config=SimpleNamespace(q_train=SimpleNamespace(separate_model="/a/model")),
         load=lambda source: loaded.append(source) or SimpleNamespace(tokenizer=tokenizer),

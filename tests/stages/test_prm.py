@@ -256,6 +256,9 @@ def test_a_shepherd_prm_reads_the_configured_tag_and_label_tokens_of_its_own_che
     def encode(text):
         return [ord(c) % 64 for c in text]
 
+    def encode_input(text):
+        return [1, *encode(text)]  # with the BOS this tokenizer starts its inputs with
+
     built = []
     monkeypatch.setattr(prm_stage, "ShepherdPRM", lambda model, **kwargs: built.append(
         dict(model=model, **kwargs)) or "the PRM")
@@ -266,7 +269,7 @@ def test_a_shepherd_prm_reads_the_configured_tag_and_label_tokens_of_its_own_che
             out=tmp_path)
         asked = []
         ctx.__dict__["load"] = lambda source: asked.append(source) or SimpleNamespace(
-            model=model, tokenizer=SimpleNamespace(encode=encode))
+            model=model, tokenizer=SimpleNamespace(encode=encode, encode_input=encode_input))
         problems = [SimpleNamespace(question="Q0?"), SimpleNamespace(question="Reach 9.")]
         loaded = load_prm(ctx, problems)
         assert asked == ["smollm2-135m-instruct"]  # the PRM's checkpoint, not the policy
@@ -275,7 +278,8 @@ def test_a_shepherd_prm_reads_the_configured_tag_and_label_tokens_of_its_own_che
     assert prm("search.prm_step_tag=TAG", "search.prm_good_token=G",
                "search.prm_bad_token=B") == "the PRM"
     [kwargs] = built
-    assert kwargs.pop("model") is model and kwargs.pop("encode") is encode
+    # The PRM's inputs start with BOS; its label tokens are read without it.
+    assert kwargs.pop("model") is model and kwargs.pop("encode") is encode_input
     question = kwargs.pop("question")
     assert [question(i) for i in (1, 0)] == ["Reach 9.", "Q0?"]
     # 'G' and 'B' are token ids 71 % 64 = 7 and 66 % 64 = 2 of the encoding.

@@ -37,7 +37,8 @@ def test_separate_q_trains_the_pretrained_model_on_each_steps_text(tmp_path, mon
                                                                    trainable_layers,
                                                                    layer_rows):
     pretrained = LoadedModel(config=BACKBONE, model=random_backbone_q(seed=7).backbone,
-                             tokenizer=SimpleNamespace(encode=encode, pad_id=0))
+                             tokenizer=SimpleNamespace(encode=encode, encode_input=encode,
+                                                       pad_id=0))
     loaded = []
     monkeypatch.setattr(RunContext, "load", lambda self, source: loaded.append(source)
                         or pretrained)

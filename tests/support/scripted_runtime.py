@@ -11,6 +11,8 @@ class CharTokenizer:
     def encode(self, text):
         return [ord(c) for c in text]
 
+    encode_input = encode  # no BOS
+
 
 class AnswerLineTask:
     """A line starting "answer" is the final-answer line."""
