@@ -95,7 +95,7 @@ def reuse_trained_outputs(source: Path, out: Path, config: RunConfig) -> list[st
     """
     source = source.absolute()
     resolved = source / "config.yaml"
-    if not resolved.exists() or not (source / "q_training.json").exists():
+    if not resolved.exists() or not training_finished(source):
         raise ConfigError(f"--reuse {source}: not a run folder with a finished train_q stage "
                           "(config.yaml and q_training.json); run its training stages first")
     try:
@@ -108,6 +108,16 @@ def reuse_trained_outputs(source: Path, out: Path, config: RunConfig) -> list[st
         raise ConfigError(f"--reuse {source}: its run was trained with different settings for "
                           f"{', '.join(differing)}; only {', '.join(EVALUATION_ONLY)} may differ")
     prm_trained = (source / PRM_SUMMARY).exists()
+    # A trained output of the folder's own (a killed run's Q̂ checkpoint) left beside links
+    # to the source's would mix two runs: the source's q_training.json over its own Q̂.
+    own = [name for name in TRAINED_OUTPUTS
+           if (source / name).exists() and (out / name).exists()
+           and not _links_to(out / name, source / name)
+           and not (name in PRM_OUTPUTS and not prm_trained)]
+    if own:
+        raise ConfigError(f"--reuse {source}: {out} already holds trained outputs of its own "
+                          f"({', '.join(own)}), which would be mixed with {source}'s; reuse "
+                          "into a new --out, or delete them")
     linked = []
     for name in TRAINED_OUTPUTS:
         target, link = source / name, out / name
@@ -121,3 +131,12 @@ def reuse_trained_outputs(source: Path, out: Path, config: RunConfig) -> list[st
         linked.append(name)
     (out / NOTE).write_text(f"{source}\n")
     return linked
+
+
+def training_finished(folder: Path) -> bool:
+    """Whether the run in ``folder`` finished its train_q stage, as --reuse needs."""
+    return (folder / "q_training.json").exists()
+
+
+def _links_to(link: Path, target: Path) -> bool:
+    return link.is_symlink() and link.resolve() == target.resolve()

@@ -52,14 +52,21 @@ def test_a_relative_source_is_linked_by_its_absolute_path(tmp_path, monkeypatch)
     assert (out / "reused_from.txt").read_text() == f"{tmp_path / 'source'}\n"
 
 
-def test_what_the_new_run_holds_already_is_left_alone(tmp_path):
+def test_a_folder_holding_trained_outputs_of_its_own_is_refused_and_its_links_are_not(
+        tmp_path):
+    """A run killed in train_q leaves its own q_checkpoint/: linked beside it, the source's
+    q_training.json marked train_q done and evaluate read the folder's half-trained Q̂.
+    Links made by an earlier --reuse of the same source are this run's, and stay."""
     source, out = trained_run(tmp_path / "source"), tmp_path / "out"
     out.mkdir()
-    (out / "labels.jsonl").write_text("its own")
-    linked = reuse_trained_outputs(source, out, load_config(None))
-    assert "labels.jsonl" not in linked and len(linked) == 9
-    assert not (out / "labels.jsonl").is_symlink()
-    assert (out / "labels.jsonl").read_text() == "its own"
+    (out / "q_checkpoint").mkdir()
+    with pytest.raises(ConfigError, match=r"already holds trained outputs of its own "
+                                          r"\(q_checkpoint\), which would be mixed with"):
+        reuse_trained_outputs(source, out, load_config(None))
+    assert sorted(p.name for p in out.iterdir()) == ["q_checkpoint"]  # nothing linked
+    (out / "q_checkpoint").rmdir()
+    assert len(reuse_trained_outputs(source, out, load_config(None))) == 10
+    assert reuse_trained_outputs(source, out, load_config(None)) == []  # run again: all there
 
 
 def test_a_run_without_a_finished_train_q_stage_is_refused(tmp_path):
