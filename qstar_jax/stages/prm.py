@@ -20,6 +20,7 @@ from flax import nnx
 
 from qstar_jax.config import ConfigError, SearchConfig
 from qstar_jax.models.loading import PACKAGED_MODELS
+from qstar_jax.outputs.durable import write_text_atomically
 from qstar_jax.parallel import is_writer
 from qstar_jax.policy.rollouts import DecoderRolloutSampler
 from qstar_jax.qvalue.checkpoint import BackboneIdentity, QCheckpointer, load_q_head
@@ -76,7 +77,7 @@ def train_prm(ctx: RunContext) -> None:
     result = train_learned_prm(head, features, labels, settings, directory,
                                BackboneIdentity.of_policy(ctx.policy.config), mesh=ctx.mesh)
     if is_writer():
-        (directory / LEARNED_PRM_MARKER).write_text(json.dumps(
+        write_text_atomically(directory / LEARNED_PRM_MARKER, json.dumps(
             {"kind": "head on the policy's hidden states", "labels": estimation,
              "completions_per_step": cfg.label.rollouts_per_state}) + "\n")
     write_training_summary(done, result, labels)

@@ -11,6 +11,7 @@ import numpy as np
 from flax import nnx
 
 from qstar_jax.config import ConfigError, Loss, QBackbone
+from qstar_jax.outputs.durable import write_text_atomically
 from qstar_jax.parallel import is_writer
 from qstar_jax.qvalue.checkpoint import BackboneIdentity, QCheckpointer, load_q_head
 from qstar_jax.qvalue.dataset import LabelledStep, load_labelled, load_step_logprobs
@@ -96,12 +97,13 @@ def write_training_summary(path, result, labels: np.ndarray) -> None:
     went (``result``: the TrainResult) and what it learnt from (``labels``)."""
     if not is_writer():
         return
-    path.write_text(json.dumps({"steps": result.steps, "stopped_early": result.stopped_early,
-                                "best_heldout_loss": result.best_heldout_loss,
-                                "constant_heldout_loss": result.constant_heldout_loss,
-                                "heldout_auc": result.heldout_auc,
-                                "examples": len(labels),
-                                "positive_fraction": float((labels > 0.5).mean())}) + "\n")
+    # Whole or not at all: it marks the stage done, and an empty one was taken as done.
+    summary = {"steps": result.steps, "stopped_early": result.stopped_early,
+               "best_heldout_loss": result.best_heldout_loss,
+               "constant_heldout_loss": result.constant_heldout_loss,
+               "heldout_auc": result.heldout_auc, "examples": len(labels),
+               "positive_fraction": float((labels > 0.5).mean())}
+    write_text_atomically(path, json.dumps(summary) + "\n")
 
 
 def load_q_function(ctx: RunContext, problems):

@@ -12,6 +12,7 @@ from flax import nnx
 from qstar_jax.config import ConfigError
 from qstar_jax.config_loading import load_config
 from qstar_jax.models.loading import LoadedModel
+from qstar_jax.outputs import durable
 from qstar_jax.qvalue.checkpoint import BackboneIdentity
 from qstar_jax.qvalue.dataset import LabelledStep, save_labelled
 from qstar_jax.qvalue.head import QHead, QHeadConfig, QHeadModel, head_inputs
@@ -86,6 +87,21 @@ def test_the_summary_counts_labels_above_one_half_as_positive(tmp_path, monkeypa
     monkeypatch.setattr(train_q, "is_writer", lambda: False)  # another process
     write_training_summary(tmp_path / "other.json", result, np.ones(2, np.float32))
     assert not (tmp_path / "other.json").exists()
+
+
+def test_the_summary_marking_training_done_is_written_whole_or_not_at_all(tmp_path,
+                                                                           monkeypatch):
+    """A kill mid-write left an empty q_training.json, which the next run took for a
+    finished train_q stage: the file now appears only once whole (a rename)."""
+    def killed(source, target):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(durable.os, "replace", killed)
+    result = TrainResult(steps=1, stopped_early=False, best_step=1, best_heldout_loss=0.5,
+                         heldout_losses=(), constant_heldout_loss=0.5, heldout_auc=None)
+    with pytest.raises(KeyboardInterrupt):
+        write_training_summary(tmp_path / "q_training.json", result, np.ones(2, np.float32))
+    assert not (tmp_path / "q_training.json").exists()
 
 
 STEPS = [LabelledStep(problem_index=1, prefix_steps=(), step_text="a = 1", label=1.0),
