@@ -12,7 +12,7 @@ from qstar_jax.config import DistributedConfig
 from qstar_jax.decoding.kv_cache import SlotPoolExhausted
 from qstar_jax.decoding.page_table import PagePoolExhausted
 from qstar_jax.policy.runtime import PromptTooLong
-from qstar_jax.stages.reuse import evaluation_only
+from qstar_jax.stages.reuse import evaluation_only, training_finished
 
 
 def different_config_advice(changed: list[str] | None, out: Path, layout_only: bool,
@@ -24,6 +24,10 @@ def different_config_advice(changed: list[str] | None, out: Path, layout_only: b
     settings, which go on with it."""
     if not changed or not all(map(evaluation_only, changed)):
         return "choose another --out or delete the folder"
+    if not training_finished(out):
+        return ("its training stages have not finished, and --reuse takes a run whose "
+                "train_q has: finish them under its own settings first (its own command), "
+                f"then evaluate these with --out NEW --reuse {out}")
     began = ("its evaluate stage has begun, whose wall-clock these settings move: "
              if layout_only else "")
     advice = f"{began}to evaluate these settings on what it trained, use --out NEW --reuse {out}"

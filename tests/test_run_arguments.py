@@ -36,7 +36,6 @@ from tests.decoding.tiny_models import tiny_config
 from tests.support.tiny_checkpoints import save_tiny_checkpoint
 
 GSM8K_TEST = "tests/fixtures/gsm8k/test.jsonl"
-ARCHITECTURES = "configs/architectures"
 # A real-data task on the packaged policy: every checkpoint named below is the test's.
 REAL_TASK = ["task.name=gsm8k", "search.utility=zero", "label.live_states_only=false",
              "label.method=best_of_rollouts", "q_train.second_opinion=null",
@@ -164,15 +163,13 @@ def test_preflight_refuses_a_split_that_does_not_hold_what_a_stage_asks_of_it(ov
 
 def test_preflight_refuses_more_trainable_layers_than_the_separate_backbone_has(tmp_path):
     # Met by train_q, after collect and label, before.
-    (tmp_path / "config.json").write_text(json.dumps({
-        "model_type": "llama", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
-        "num_attention_heads": 4, "num_hidden_layers": 3}))
-    separate = [*REAL_TASK, "q_train.backbone=separate", f"q_train.separate_model={tmp_path}"]
-    preflight(load_config(None, [*separate, "q_train.trainable_layers=3"]))
+    backbone = save_tiny_checkpoint(tmp_path, "llama")  # 2 layers
+    separate = [*REAL_TASK, "q_train.backbone=separate", f"q_train.separate_model={backbone}"]
+    preflight(load_config(None, [*separate, "q_train.trainable_layers=2"]))
     with pytest.raises(ConfigError, match=re.escape(
-            f"q_train.trainable_layers=4: {tmp_path} has 3 layers; give at most that, or -1 "
+            f"q_train.trainable_layers=3: {backbone} has 2 layers; give at most that, or -1 "
             "for all")):
-        preflight(load_config(None, [*separate, "q_train.trainable_layers=4"]))
+        preflight(load_config(None, [*separate, "q_train.trainable_layers=3"]))
 
 
 def test_preflight_refuses_data_files_of_a_format_the_loader_does_not_read(tmp_path):
@@ -273,9 +270,9 @@ def test_preflight_refuses_a_prm_model_that_is_neither_a_learned_prm_nor_a_check
                                           "train_prm stage wrote"):
         preflight(load_config(None, [*REAL_TASK, "search.utility=prm",
                                          f"search.prm_model={tmp_path}"]))
-    # A Math-Shepherd checkpoint's shape: an HF directory with a config.json (its tokenizer
-    # is read when evaluate scores with it, so a run without evaluate needs none).
-    (tmp_path / "config.json").write_text(Path(f"{ARCHITECTURES}/mistral-7b-v0.1.json").read_text())
+    # A Math-Shepherd checkpoint: an HF directory (checked whatever the stages; its labels
+    # are read with its tokenizer where evaluate scores with it).
+    save_tiny_checkpoint(tmp_path, "mistral_sliding")
     preflight(load_config(None, [*REAL_TASK, "search.utility=prm",
                                      f"search.prm_model={tmp_path}", "stages=[collect]"]))
 
@@ -328,7 +325,16 @@ def test_the_command_refuses_a_folder_of_another_run_and_resumes_its_own(tmp_pat
         "search.k, seed); choose another --out or delete the folder\n")
     assert saved.read_text() == before and ran == []
     assert run.main(["seed=3", "search.k=2", "eval.samples=3", *other]) == 2
-    assert capsys.readouterr().err == (  # what evaluation alone reads: --reuse keeps the rest
+    # What evaluation alone reads: --reuse keeps the rest, once the training has finished
+    # (--reuse refuses a run without q_training.json).
+    assert capsys.readouterr().err == (
+        f"config error: {tmp_path} holds a run with a different config ({saved}: differs in "
+        f"eval.samples, search.k); its training stages have not finished, and --reuse takes "
+        f"a run whose train_q has: finish them under its own settings first (its own "
+        f"command), then evaluate these with --out NEW --reuse {tmp_path}\n")
+    (tmp_path / "q_training.json").write_text("{}")
+    assert run.main(["seed=3", "search.k=2", "eval.samples=3", *other]) == 2
+    assert capsys.readouterr().err == (
         f"config error: {tmp_path} holds a run with a different config ({saved}: differs in "
         f"eval.samples, search.k); to evaluate these settings on what it trained, use --out "
         f"NEW --reuse {tmp_path}\n")
@@ -633,6 +639,7 @@ def test_a_run_resumes_under_a_new_cache_layout_until_evaluate_has_begun(
     assert ran == [16] and load_config(saved).decode.slots == 16
     assert capsys.readouterr().out.startswith(
         f"[qstar] resuming {tmp_path} under new cache settings: decode.slots\n")
+    (tmp_path / "q_training.json").write_text("{}")  # evaluate begins after training
     (tmp_path / "results.jsonl").write_text("")
     assert run.main(["decode.slots=32", "stages=[train_policy]", "--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err == (
