@@ -7,7 +7,9 @@ and the docstring), ``entry_point``, ``canonical_solution`` and ``test`` (a
 ```` ```python ```` block: a step is one line of the function's body and the terminal
 step is the closing fence. Grading runs the prompt plus the completed lines, then
 ``check(<entry point>)``, in the sandbox, where each assert's values are judged by the
-parent (``sandbox_checks``).
+parent (``sandbox_checks``). Helpers the prompt defines besides the entry point (``poly``,
+``encode_cyclic``) are defined again in the test, so an answer cannot redefine what the
+test checks with.
 
 HumanEval has one split of 164. Q* needs training problems, so ``train`` and ``test``
 partition it by ``split_seed`` (``train_size`` problems to train on, the rest to test);
@@ -16,6 +18,7 @@ partition it by ``split_seed`` (``train_size`` problems to train on, the rest to
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import gzip
 import json
@@ -177,9 +180,26 @@ def problem_from_record(record: dict[str, Any]) -> Problem:
     entry_point = record["entry_point"]
     if not entry_point.isidentifier():
         raise ValueError(f"entry_point {entry_point!r} is not a Python name")
-    test = f"{record['test'].rstrip()}\n\ncheck({entry_point})\n"
+    test = f"{_prompt_helpers(record['prompt'], entry_point)}{record['test'].rstrip()}\n\n" \
+           f"check({entry_point})\n"
     return Problem(id=record["task_id"], question=record["prompt"],
                    reference=HiddenTests(setup="", tests=(test,)),
                    metadata={"entry_point": entry_point,
                              "canonical_solution": record.get("canonical_solution")})
 
+
+def _prompt_helpers(prompt: str, entry_point: str) -> str:
+    """The prompt's own definitions other than the entry point (``poly`` of HumanEval/32,
+    ``encode_cyclic`` of /38), with its imports, for the test to define again in its own
+    namespace: the test calls them, and an answer that redefined them must not change
+    what the test checks. Empty when the prompt defines nothing else."""
+    try:
+        statements = ast.parse(prompt).body
+    except (SyntaxError, ValueError):
+        return ""
+    helpers = [node for node in statements if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+               and node.name != entry_point]
+    if not helpers:
+        return ""
+    imports = [node for node in statements if isinstance(node, (ast.Import, ast.ImportFrom))]
+    return "".join(ast.unparse(node) + "\n\n" for node in imports + helpers)

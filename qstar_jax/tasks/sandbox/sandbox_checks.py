@@ -1,30 +1,40 @@
 """Which part of a test the sandbox evaluates, and how the parent decides it passed.
 
 A test such as ``assert remove_odd([1, 2, 3]) == [2]`` is split: the child evaluates only
-``remove_odd([1, 2, 3])`` and returns its value as a Python literal of builtin types; the
-parent reads it back with ``ast.literal_eval``, checks the types, and compares it with
-``[2]``, which never enters the sandbox. A program therefore passes only by computing the
-right value: an object whose ``__eq__`` always returns True is not plain data, and
-patching builtins, ``AssertionError`` or the child's channel to its supervisor changes
-nothing the parent looks at.
+``remove_odd([1, 2, 3])`` and returns its value as a literal of plain data; the parent
+reads it back as data (``sandbox_values``) and compares it with ``[2]``, which never
+enters the sandbox. A program therefore passes only by computing the right value: an
+object whose ``__eq__`` always returns True is not plain data, and patching builtins,
+modules, ``AssertionError`` or the child's channel to its supervisor changes nothing the
+parent looks at.
 
-Decided in the parent (any operand may be a literal, kept in the parent, or an
-expression, evaluated in the child):
+Decided in the parent (any operand may be a literal, kept in the parent, an expression,
+evaluated in the child, or ``abs``, ``+``, ``-`` of operands, applied by the parent):
   * comparisons: ``==  !=  <  <=  >  >=  in  not in``, chains of them, and ``is`` /
-    ``is not`` against ``None``, ``True`` or ``False``;
+    ``is not`` against ``None``, ``True`` or ``False``; a comparison of one of these
+    conditions with ``True`` or ``False`` (``(f(1) == 2) is True``) is that condition;
   * ``math.isclose(a, b, rel_tol=..., abs_tol=...)`` with literal tolerances;
-  * ``not X``, ``X and Y`` of the above, and the truth of any other expression's value.
+  * ``not X``, ``X and Y``, ``X or Y`` of the above, and the truth of any other
+    expression's value.
+Python stops at the first part of ``and``/``or`` (and of a comparison chain) that
+settles it; the child evaluates every part, so an error of a later part goes to the
+parent as that value's error (``lazy``), failing the test only where Python would have
+evaluated that part. A later part that does not end, or has side effects, still runs.
+
 A test of several statements runs them in order in the child, which evaluates the
 expressions of each top-level assert of these forms where the assert stands (``r =
 f(1)`` then ``assert r == 2``: the child returns ``r``, the parent compares it with 2).
 A test in HumanEval's shape, a test function called once on the entry point (``def
 check(candidate): assert candidate(1) == 2`` then ``check(f)``), is judged the same way:
-its body is inlined (``candidate = f``, then the body's statements) and its asserts are
-split as top-level ones, in a namespace of its own (a copy of the program's), as the
-function's locals would be. What is left (``is`` between objects, an assert inside a
-loop, a test with no assert) the child runs as plain statements and reports only
-whether they raised: a program can fake that report (it shares the child's process), so
-only the parent's comparisons prove a value right. Builtins are restored before each test.
+its body is inlined (``sandbox_inline``) and its asserts are split as top-level ones, in a
+namespace of its own (a copy of the program's), as the function's locals would be. What
+is left (``is`` between objects, an assert inside a loop, a test with no assert) the
+child runs as plain statements and reports only whether they raised. There, and inside
+what the child evaluates (``all(f(x) == y for ...)``), the child makes the operands of
+comparisons, arithmetic and truth tests pass ``require_plain`` (``sandbox_worker``), so an
+object equal to anything raises; but a program can fake a statement's report (it shares
+the child's process), so only the parent's comparisons prove a value right. Module
+state the program changed is restored before each test.
 """
 
 from __future__ import annotations
@@ -35,6 +45,9 @@ import math
 import operator
 from typing import Any, Callable, Union
 
+from qstar_jax.tasks.sandbox.sandbox_inline import inlined_test_function
+from qstar_jax.tasks.sandbox.sandbox_values import Unavailable, read_value, shown
+
 _COMPARISONS: dict[type[ast.cmpop], tuple[str, Callable[[Any, Any], bool]]] = {
     ast.Eq: ("==", operator.eq), ast.NotEq: ("!=", operator.ne),
     ast.Lt: ("<", operator.lt), ast.LtE: ("<=", operator.le),
@@ -43,21 +56,26 @@ _COMPARISONS: dict[type[ast.cmpop], tuple[str, Callable[[Any, Any], bool]]] = {
     ast.Is: ("is", operator.is_), ast.IsNot: ("is not", operator.is_not),
 }
 _SINGLETONS = (None, True, False)
-_PLAIN_SCALARS = (type(None), bool, int, float, complex, str, bytes)
-_SHOWN_VALUE_CHARS = 300
+# Applied by the parent to plain values, so the program never sees the other operand.
+_OPERATIONS: dict[str, Callable[..., Any]] = {
+    "abs": abs, "+": operator.add, "-": operator.sub, "neg": operator.neg}
+_BINARY = {ast.Add: "+", ast.Sub: "-"}
 
 
-class _NotPlain(Exception):
-    """A child value that is not a literal of builtin scalars and containers."""
+class _Needed(Exception):
+    """The condition needs a value the child could not produce."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Operand:
-    """A literal held by the parent, or the value of child expression ``index``."""
+    """A literal held by the parent, the value of child expression ``index``, or
+    ``operation`` (a key of ``_OPERATIONS``) applied by the parent to ``arguments``."""
 
     source: str
     index: int | None = None
     literal: Any = None
+    operation: str | None = None
+    arguments: tuple[Operand, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -89,15 +107,31 @@ class Conjunction:
     parts: tuple[Condition, ...]
 
 
-Condition = Union[Comparison, IsClose, Truth, Negation, Conjunction]
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Disjunction:
+    parts: tuple[Condition, ...]
+
+
+Condition = Union[Comparison, IsClose, Truth, Negation, Conjunction, Disjunction]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ChildStep:
-    """Statements the child runs, or (``statement`` None) expressions it evaluates."""
+    """Statements the child runs, or (``statement`` None) expressions it evaluates;
+    ``lazy``: positions of those Python might not evaluate, whose errors are sent as
+    values for the parent to weigh."""
 
     statement: str | None = None
     expressions: tuple[str, ...] = ()
+    lazy: tuple[int, ...] = ()
+
+    def job(self) -> dict[str, Any]:
+        if self.statement is not None:
+            return {"statement": self.statement}
+        job: dict[str, Any] = {"exprs": list(self.expressions)}
+        if self.lazy:
+            job["lazy"] = list(self.lazy)
+        return job
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -117,8 +151,7 @@ class Check:
 
     def child_job(self) -> dict[str, Any]:
         """What the child is told; expected values stay out of it."""
-        steps = [{"statement": step.statement} if step.statement is not None
-                 else {"exprs": list(step.expressions)} for step in self.steps]
+        steps = [step.job() for step in self.steps]
         return {"steps": steps, "own_scope": True} if self.own_scope else {"steps": steps}
 
 
@@ -142,16 +175,18 @@ def parse_check(test: str, number: int) -> Check:
             steps.append(ChildStep(statement=ast.unparse(ast.Module(statements, []))))
             statements.clear()
 
-    inlined = _inlined_test_function(module.body)
+    inlined = inlined_test_function(module.body)
     for node in module.body if inlined is None else inlined:
         first = len(builder.expressions)
         condition = builder.condition(node.test) if isinstance(node, ast.Assert) else None
         if condition is None:
             del builder.expressions[first:]  # an undecidable part may have added some
+            del builder.lazy[first:]
             statements.append(node)
             continue
         flush_statements()
-        steps.append(ChildStep(expressions=tuple(builder.expressions[first:])))
+        lazy = tuple(i for i, flag in enumerate(builder.lazy[first:]) if flag)
+        steps.append(ChildStep(expressions=tuple(builder.expressions[first:]), lazy=lazy))
         conditions.append(condition)
     if not conditions:
         return Check(test=test, condition=None, steps=(ChildStep(statement=test),))
@@ -169,72 +204,25 @@ def check_failure(check: Check, literals: list[str]) -> str | None:
     if len(literals) != len(check.child_expressions):
         return (f"the sandbox returned {len(literals)} values for "
                 f"{len(check.child_expressions)} expressions")
-    try:
-        values = [_read_plain(text, source)
-                  for text, source in zip(literals, check.child_expressions)]
-    except _NotPlain as reason:
-        return str(reason)
+    values = [read_value(sent, source) for sent, source in zip(literals, check.child_expressions)]
     try:
         holds = _holds(check.condition, values)
+    except _Needed as missing:
+        return str(missing)
     except Exception as error:  # noqa: BLE001 - e.g. '<' between str and int, as in Python
         return f"{type(error).__name__}: {error}\n{_shown(check, values)}"
     return None if holds else _shown(check, values)
 
 
-def _inlined_test_function(statements: list[ast.stmt]) -> list[ast.stmt] | None:
-    """The statements of a test that ends by calling, once, a test function it defines
-    with one parameter (``def check(candidate): ...`` then ``check(f)``), with that call
-    replaced by ``candidate = f`` and the function's body; None for any other shape, or
-    when the body could not run inlined (``return``, ``yield``, ``global``, ``nonlocal``
-    at its level, or the function referred to anywhere but the call)."""
-    if not statements:
-        return None
-    call = statements[-1]
-    if not (isinstance(call, ast.Expr) and isinstance(call.value, ast.Call)
-            and isinstance(call.value.func, ast.Name) and len(call.value.args) == 1
-            and not call.value.keywords and not isinstance(call.value.args[0], ast.Starred)):
-        return None
-    name = call.value.func.id
-    definitions = [node for node in statements[:-1]
-                   if isinstance(node, ast.FunctionDef) and node.name == name]
-    if len(definitions) != 1:
-        return None
-    function = definitions[0]
-    arguments = function.args
-    if (function.decorator_list or arguments.posonlyargs or arguments.kwonlyargs
-            or arguments.vararg or arguments.kwarg or arguments.defaults
-            or len(arguments.args) != 1):
-        return None
-    rest = [node for node in statements[:-1] if node is not function]
-    uses = sum(isinstance(node, ast.Name) and node.id == name
-               for statement in [*rest, *function.body] for node in ast.walk(statement))
-    if uses or any(isinstance(node, _NOT_INLINABLE) for node in _own_level(function.body)):
-        return None
-    binding = ast.Assign(targets=[ast.Name(arguments.args[0].arg, ast.Store())],
-                         value=call.value.args[0], lineno=call.lineno)
-    return [*rest, ast.fix_missing_locations(binding), *function.body]
-
-
-_NOT_INLINABLE = (ast.Return, ast.Yield, ast.YieldFrom, ast.Await, ast.Global, ast.Nonlocal)
-_NEW_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
-
-
-def _own_level(statements: list[ast.stmt]):
-    """Every node of ``statements`` outside nested functions, lambdas and classes."""
-    pending: list[ast.AST] = list(statements)
-    while pending:
-        node = pending.pop()
-        yield node
-        if not isinstance(node, _NEW_SCOPES):
-            pending.extend(ast.iter_child_nodes(node))
-
-
 class _ConditionBuilder:
-    """Turns an assert's expression into a Condition, collecting child expressions."""
+    """Turns an assert's expression into a Condition, collecting child expressions and
+    whether Python evaluates each only depending on earlier ones (``lazy``)."""
 
     def __init__(self, test: str) -> None:
         self.test = test
         self.expressions: list[str] = []
+        self.lazy: list[bool] = []
+        self._conditional = 0  # how many short-circuits the node being built sits behind
 
     def condition(self, node: ast.expr) -> Condition | None:
         if isinstance(node, ast.Compare):
@@ -242,25 +230,31 @@ class _ConditionBuilder:
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
             inner = self.condition(node.operand)
             return None if inner is None else Negation(inner=inner)
-        if isinstance(node, ast.BoolOp) and isinstance(node.op, ast.And):
-            # Exact without short-circuiting: if an earlier part is false the test fails
-            # whatever a later part does.
-            parts = [self.condition(value) for value in node.values]
-            return None if None in parts else Conjunction(parts=tuple(parts))
+        if isinstance(node, ast.BoolOp):
+            parts = [self.condition(node.values[0]), *self._later(self.condition, node.values[1:])]
+            if None in parts:
+                return None
+            joined = Conjunction if isinstance(node.op, ast.And) else Disjunction
+            return joined(parts=tuple(parts))
         if _is_math_isclose(node):
             return self.isclose(node)
         return Truth(operand=self.operand(node))
 
-    def comparison(self, node: ast.Compare) -> Comparison | None:
+    def comparison(self, node: ast.Compare) -> Condition | None:
         if any(type(op) not in _COMPARISONS for op in node.ops):
             return None
+        against_bool = _compared_with_bool(node)
+        if against_bool is not None:  # (f(1) == 2) is True: the inner comparison decides
+            inner_node, negated = against_bool
+            inner = self.condition(inner_node)
+            return Negation(inner=inner) if negated and inner is not None else inner
         nodes = [node.left, *node.comparators]
         for op, left, right in zip(node.ops, nodes, nodes[1:]):
             singleton = _is_singleton(left) or _is_singleton(right)
             if isinstance(op, (ast.Is, ast.IsNot)) and not singleton:
                 return None  # identity of objects does not survive the trip out of the sandbox
-        return Comparison(operands=tuple(self.operand(n) for n in nodes),
-                          operators=tuple(type(op) for op in node.ops))
+        operands = [self.operand(n) for n in nodes[:2]] + self._later(self.operand, nodes[2:])
+        return Comparison(operands=tuple(operands), operators=tuple(type(op) for op in node.ops))
 
     def isclose(self, node: ast.Call) -> IsClose | None:
         tolerances = {}
@@ -277,8 +271,22 @@ class _ConditionBuilder:
         value = _literal(node)
         if value is not _NOT_LITERAL:
             return Operand(source=source, literal=value)
+        parts = _arithmetic(node)
+        if parts is not None:
+            operation, arguments = parts
+            return Operand(source=source, operation=operation,
+                           arguments=tuple(self.operand(a) for a in arguments))
         self.expressions.append(source)
+        self.lazy.append(self._conditional > 0)
         return Operand(source=source, index=len(self.expressions) - 1)
+
+    def _later(self, build: Callable[[ast.expr], Any], nodes: list[ast.expr]) -> list[Any]:
+        """``build`` for nodes Python evaluates only depending on the ones before."""
+        self._conditional += 1
+        try:
+            return [build(node) for node in nodes]
+        finally:
+            self._conditional -= 1
 
 
 _NOT_LITERAL = object()
@@ -289,6 +297,40 @@ def _literal(node: ast.expr) -> Any:
         return ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return _NOT_LITERAL
+
+
+def _arithmetic(node: ast.expr) -> tuple[str, list[ast.expr]] | None:
+    """``abs(x)``, ``x + y``, ``x - y`` and ``-x`` as (operation, operands), else None."""
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        return _BINARY[type(node.op)], [node.left, node.right]
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return "neg", [node.operand]
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "abs"
+            and len(node.args) == 1 and not node.keywords
+            and not isinstance(node.args[0], ast.Starred)):
+        return "abs", list(node.args)
+    return None
+
+
+def _compared_with_bool(node: ast.Compare) -> tuple[ast.expr, bool] | None:
+    """For ``X == True``, ``X is False``, ``True != X``... where X is itself a condition
+    (a comparison, ``not``, ``and``/``or`` of them): X, and whether the test negates it."""
+    if len(node.ops) != 1 or not isinstance(node.ops[0], (ast.Eq, ast.NotEq, ast.Is, ast.IsNot)):
+        return None
+    for constant, other in ((node.comparators[0], node.left), (node.left, node.comparators[0])):
+        if (isinstance(constant, ast.Constant) and type(constant.value) is bool
+                and _is_boolean(other)):
+            negated = isinstance(node.ops[0], (ast.NotEq, ast.IsNot)) != (not constant.value)
+            return other, negated
+    return None
+
+
+def _is_boolean(node: ast.expr) -> bool:
+    """Whether ``node``'s value, on plain data, is always a bool."""
+    if isinstance(node, ast.BoolOp):
+        return all(map(_is_boolean, node.values))
+    return (isinstance(node, ast.Compare) or _is_math_isclose(node)
+            or (isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not)))
 
 
 def _is_singleton(node: ast.expr) -> bool:
@@ -302,10 +344,16 @@ def _is_math_isclose(node: ast.expr) -> bool:
 
 
 def _holds(condition: Condition, values: list[Any]) -> bool:
+    """Whether ``condition`` holds, evaluated as Python would: ``and``, ``or`` and
+    comparison chains stop as soon as the outcome is known."""
     if isinstance(condition, Comparison):
-        operands = [_value(o, values) for o in condition.operands]
-        return all(_COMPARISONS[op][1](a, b)
-                   for op, a, b in zip(condition.operators, operands, operands[1:]))
+        left = _value(condition.operands[0], values)
+        for op, operand in zip(condition.operators, condition.operands[1:]):
+            right = _value(operand, values)
+            if not _COMPARISONS[op][1](left, right):
+                return False
+            left = right
+        return True
     if isinstance(condition, IsClose):
         return math.isclose(_value(condition.first, values), _value(condition.second, values),
                             rel_tol=condition.rel_tol, abs_tol=condition.abs_tol)
@@ -313,41 +361,22 @@ def _holds(condition: Condition, values: list[Any]) -> bool:
         return bool(_value(condition.operand, values))
     if isinstance(condition, Negation):
         return not _holds(condition.inner, values)
-    return all(_holds(part, values) for part in condition.parts)
+    if isinstance(condition, Conjunction):
+        return all(_holds(part, values) for part in condition.parts)
+    return any(_holds(part, values) for part in condition.parts)
 
 
 def _value(operand: Operand, values: list[Any]) -> Any:
-    return operand.literal if operand.index is None else values[operand.index]
-
-
-def _read_plain(text: str, source: str) -> Any:
-    """A child's literal back as data, refusing anything but builtin scalars/containers."""
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        raise _NotPlain(f"{source} returned something that is not a plain literal: "
-                          f"{text[:_SHOWN_VALUE_CHARS]!r}") from None
-    if not _is_plain(value):
-        raise _NotPlain(f"{source} returned a non-plain value: {text[:_SHOWN_VALUE_CHARS]!r}")
+    if operand.operation is not None:
+        return _OPERATIONS[operand.operation](*(_value(a, values) for a in operand.arguments))
+    if operand.index is None:
+        return operand.literal
+    value = values[operand.index]
+    if isinstance(value, Unavailable):
+        raise _Needed(value.reason)
     return value
 
 
-def _is_plain(value: Any) -> bool:
-    kind = type(value)
-    if kind in _PLAIN_SCALARS:
-        return True
-    if kind in (list, tuple, set):
-        return all(_is_plain(item) for item in value)
-    if kind is dict:
-        return all(_is_plain(k) and _is_plain(v) for k, v in value.items())
-    return False
-
-
 def _shown(check: Check, values: list[Any]) -> str:
-    lines = []
-    for source, value in zip(check.child_expressions, values):
-        text = repr(value)
-        if len(text) > _SHOWN_VALUE_CHARS:
-            text = text[:_SHOWN_VALUE_CHARS] + "..."
-        lines.append(f"  {source} returned {text}")
+    lines = [shown(source, value) for source, value in zip(check.child_expressions, values)]
     return "\n".join(lines) if lines else "  (no expression to evaluate)"

@@ -1,8 +1,10 @@
-"""Child side of the code sandbox: a supervisor, and the worker that runs the program.
+"""Child side of the code sandbox: a supervisor, and (``sandbox_worker``) the worker that
+runs the program.
 
 ``sandbox.py`` starts this file as ``python -I sandbox_harness.py REPORT_FD`` and writes to
-its stdin a length-prefixed JSON job, then a nonce. It is stdlib only and imports nothing
-from qstar_jax: inside bubblewrap only the interpreter is visible, not the repository.
+its stdin a length-prefixed JSON job, then a nonce. It and the worker's modules beside it
+(``sandbox_worker``, ``sandbox_literals``) are stdlib only and import nothing from
+qstar_jax: inside bubblewrap only the interpreter and these files are visible.
 
 Trust split. The supervisor (this process) reads the job, applies resource limits, drops to
 the sandbox's user, then forks the worker. Only after the fork does it read the nonce, and
@@ -16,8 +18,10 @@ Worker -> supervisor messages (4-byte big-endian length + JSON), one for the pro
 setup), then one per check, in order::
 
     {"ok": true}                                  program/setup ran; a check of statements only ran
-    {"values": ["<literal>", ...]}                the check's expressions, as Python literals
-    {"error": "<text>", "kind": "exception" | "memory" | "not_plain"}
+    {"values": ["<literal>" | ERROR, ...]}        the check's expressions, as literals
+                                                  (``sandbox_literals``); ERROR for a lazy
+                                                  one (see ``sandbox_checks``) that failed
+    ERROR = {"error": "<text>", "kind": "exception" | "memory" | "not_plain"}
 
 Supervisor -> parent report lines (JSON, each with the nonce)::
 
@@ -28,26 +32,21 @@ Supervisor -> parent report lines (JSON, each with the nonce)::
 
 from __future__ import annotations
 
-import builtins
 import ctypes
 import json
-import linecache
-import math
 import os
 import resource
 import signal
 import socket
-import struct
 import sys
-import traceback
-import types
 
-_LENGTH = struct.Struct(">I")
+# The worker's modules sit beside this file; ``-I`` leaves this folder off sys.path.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sandbox_worker import ERROR_KINDS, ERROR_TEXT_LIMIT, LENGTH, run_worker  # noqa: E402
+
+del sys.path[0]
 _NONCE_CHARS = 32
 _MESSAGE_LIMIT = 4 << 20
-_ERROR_TEXT_LIMIT = 4000
-_PLAIN_DEPTH_LIMIT = 64
-_ERROR_KINDS = ("exception", "memory", "not_plain")
 
 _CLONE_NEWNET = 0x40000000
 _PR_SET_PDEATHSIG = 1
@@ -67,13 +66,9 @@ class _CapabilitySet(ctypes.Structure):
                 ("inheritable", ctypes.c_uint32)]
 
 
-class _NotPlain(Exception):
-    """A value that is not plain data (builtin scalars and containers only)."""
-
-
 def main(argv: list[str]) -> None:
     report_fd = int(argv[1])
-    (length,) = _LENGTH.unpack(_read_exact(0, _LENGTH.size))
+    (length,) = LENGTH.unpack(_read_exact(0, LENGTH.size))
     job = json.loads(_read_exact(0, length))
     libc = ctypes.CDLL(None, use_errno=True)
     _apply_limits(job["limits"])
@@ -94,7 +89,7 @@ def main(argv: list[str]) -> None:
         # the supervisor's), while the supervisor's stay closed to it.
         _prctl(libc, _PR_SET_DUMPABLE, 1)
         try:
-            _run_worker(job, worker_end)
+            run_worker(job, worker_end)
         finally:
             os._exit(1)  # never fall through into the supervisor's code
     worker_end.close()
@@ -177,7 +172,7 @@ def _supervise(channel: socket.socket, report_fd: int, nonce: str, worker_pid: i
             if step == "program" and "ok" not in fields:
                 break
     except (ValueError, OSError, RecursionError) as error:
-        protocol_error = f"{type(error).__name__}: {error}"[:_ERROR_TEXT_LIMIT]
+        protocol_error = f"{type(error).__name__}: {error}"[:ERROR_TEXT_LIMIT]
     complete = received == len(steps)
     if complete or protocol_error is not None:
         os.kill(worker_pid, signal.SIGKILL)
@@ -192,10 +187,10 @@ def _supervise(channel: socket.socket, report_fd: int, nonce: str, worker_pid: i
 
 
 def _receive(channel: socket.socket) -> dict | None:
-    header = _receive_exact(channel, _LENGTH.size)
+    header = _receive_exact(channel, LENGTH.size)
     if header is None:
         return None
-    (length,) = _LENGTH.unpack(header)
+    (length,) = LENGTH.unpack(header)
     if length > _MESSAGE_LIMIT:
         raise ValueError(f"worker message of {length} bytes exceeds {_MESSAGE_LIMIT}")
     body = _receive_exact(channel, length)
@@ -211,211 +206,26 @@ def _validated(message: dict) -> dict:
     """The worker is untrusted: pass on only well-formed fields of one message shape."""
     if message == {"ok": True}:
         return {"ok": True}
-    if set(message) == {"values"}:
-        values = message["values"]
-        if isinstance(values, list) and all(isinstance(v, str) for v in values):
+    if set(message) == {"values"} and isinstance(message["values"], list):
+        values = [value if isinstance(value, str) else _error(value)
+                  for value in message["values"]]
+        if None not in values:
             return {"values": values}
-    if set(message) == {"error", "kind"}:
-        error, kind = message["error"], message["kind"]
-        if isinstance(error, str) and kind in _ERROR_KINDS:
-            return {"error": error[:_ERROR_TEXT_LIMIT], "kind": kind}
+    error = _error(message)
+    if error is not None:
+        return error
     raise ValueError(f"malformed worker message with keys {sorted(message)[:5]}")
 
 
-# ---------------------------------------------------------------- worker
-
-def _run_worker(job: dict, channel: socket.socket) -> None:
-    """Run program, setup and checks, answer over ``channel``, then exit. Never returns."""
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    # Built now: once memory is exhausted there may be none left to build it.
-    memory_message = _frame({"error": "MemoryError", "kind": "memory"})
-    restore_builtins = _builtins_restorer()
-    program = types.ModuleType("__main__")
-    sys.modules["__main__"] = program
-    namespace = program.__dict__
-
-    def send(message: dict) -> None:
-        try:
-            frame = _frame(message)
-        except MemoryError:
-            frame = memory_message
-        _flush_output()  # the supervisor may kill this process as soon as it has the answer
-        channel.sendall(frame)
-
-    outcome = _execute(job["program"], "<program>", namespace)
-    if outcome == {"ok": True} and job["setup"]:
-        outcome = _execute(job["setup"], "<setup>", namespace)
-    restore_builtins()
-    send(outcome)
-    if outcome == {"ok": True}:
-        for index, check in enumerate(job["checks"]):
-            # An inlined test function gets a namespace of its own, as its locals were.
-            scope = dict(namespace) if check.get("own_scope") else namespace
-            outcome = _run_check(check["steps"], f"<test {index + 1}>", scope)
-            restore_builtins()
-            if "values" in outcome:
-                outcome = _encoded(outcome["values"], outcome["exprs"], job["value_limit"])
-            send(outcome)
-            restore_builtins()
-    os._exit(0)
-
-
-def _run_check(steps: list[dict], filename: str, namespace: dict) -> dict:
-    """Run a test's steps in order: ``{"ok": True}`` when they are all statements,
-    ``{"values": [objects], "exprs": [...]}`` of every evaluated expression otherwise, or
-    the first error."""
-    values, expressions = [], []
-    for step in steps:
-        if "statement" in step:
-            outcome = _execute(step["statement"], filename, namespace)
-        else:
-            outcome = _evaluate(step["exprs"], filename, namespace)
-        if "error" in outcome:
-            return outcome
-        if "values" in outcome:
-            values += outcome["values"]
-            expressions += step["exprs"]
-    if all("statement" in step for step in steps):
-        return {"ok": True}
-    return {"values": values, "exprs": expressions}
-
-
-def _builtins_restorer():
-    """A function that undoes whatever the program did to the builtins module, so that
-    tests and the harness's own code (json, socket) see the real ones."""
-    pristine = dict(vars(builtins))
-    current = vars(builtins)
-
-    def restore() -> None:
-        for name in current.keys() - pristine.keys():
-            del current[name]
-        current.update(pristine)
-
-    return restore
-
-
-def _execute(source: str, filename: str, namespace: dict) -> dict:
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    try:
-        exec(compile(source, filename, "exec"), namespace)
-    except MemoryError:
-        return {"error": "MemoryError", "kind": "memory"}
-    except BaseException as error:  # noqa: BLE001 - SystemExit too: exiting is a failure
-        return {"error": _describe(error), "kind": "exception"}
-    return {"ok": True}
-
-
-def _evaluate(expressions: list[str], filename: str, namespace: dict) -> dict:
-    """``{"values": [objects]}``, or the error an expression raised."""
-    values = []
-    try:
-        for expression in expressions:
-            linecache.cache[filename] = (len(expression), None, [expression], filename)
-            values.append(eval(compile(expression, filename, "eval"), namespace))
-    except MemoryError:
-        return {"error": "MemoryError", "kind": "memory"}
-    except BaseException as error:  # noqa: BLE001
-        return {"error": _describe(error), "kind": "exception"}
-    return {"values": values}
-
-
-def _encoded(values: list[object], expressions: list[str], limit: int) -> dict:
-    """The values as literals, or which one is not plain data."""
-    literals = []
-    for expression, value in zip(expressions, values):
-        try:
-            literals.append(_plain_literal(value, limit))
-        except _NotPlain as reason:
-            return {"error": f"{expression} {reason}", "kind": "not_plain"}
-        except MemoryError:
-            return {"error": "MemoryError", "kind": "memory"}
-    return {"values": literals}
-
-
-def _plain_literal(value: object, limit: int) -> str:
-    """``value`` as a Python literal that ``ast.literal_eval`` reads back to an equal value.
-
-    Only exact builtin types (no subclasses, so no program-defined ``__eq__`` or
-    ``__repr__``) are accepted; ``frozenset`` and NaN have no literal form.
-    """
-    parts: list[str] = []
-    budget = [limit]
-
-    def emit(text: str) -> None:
-        budget[0] -= len(text)
-        if budget[0] < 0:
-            raise _NotPlain(f"returned a value whose literal exceeds {limit} characters")
-        parts.append(text)
-
-    def walk(item: object, depth: int) -> None:
-        kind = type(item)
-        if depth > _PLAIN_DEPTH_LIMIT:
-            raise _NotPlain(f"returned a value nested deeper than {_PLAIN_DEPTH_LIMIT}")
-        if item is None or kind in (bool, int, str, bytes):
-            try:
-                emit(repr(item))
-            except ValueError as error:  # an int past sys.get_int_max_str_digits()
-                raise _NotPlain(f"returned an int too long to print: {error}") from None
-        elif kind is float:
-            if math.isnan(item):
-                raise _NotPlain("returned NaN, which has no literal form")
-            emit(repr(item) if math.isfinite(item) else ("1e999" if item > 0 else "-1e999"))
-        elif kind is complex:
-            if not (math.isfinite(item.real) and math.isfinite(item.imag)):
-                raise _NotPlain("returned a non-finite complex number")
-            emit(repr(item))
-        elif kind in (list, tuple, set):
-            if kind is set and not item:
-                emit("set()")
-                return
-            emit({list: "[", tuple: "(", set: "{"}[kind])
-            for position, element in enumerate(item):
-                if position:
-                    emit(", ")
-                walk(element, depth + 1)
-            emit({list: "]", tuple: ",)" if len(item) == 1 else ")", set: "}"}[kind])
-        elif kind is dict:
-            emit("{")
-            for position, (key, element) in enumerate(item.items()):
-                if position:
-                    emit(", ")
-                walk(key, depth + 1)
-                emit(": ")
-                walk(element, depth + 1)
-            emit("}")
-        else:
-            raise _NotPlain(f"returned an object of type {kind.__name__}, which is not plain "
-                            "data (builtin scalars and list/tuple/set/dict only)")
-
-    walk(value, 0)
-    return "".join(parts)
-
-
-def _describe(error: BaseException) -> str:
-    try:
-        # Without the harness's own frame, where exec/eval was called.
-        text = "".join(traceback.format_exception(type(error), error, error.__traceback__.tb_next))
-    except BaseException:  # noqa: BLE001 - a hostile __str__ must not take the worker down
-        text = type(error).__name__
-    return text[-_ERROR_TEXT_LIMIT:]
-
-
-def _flush_output() -> None:
-    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-        try:
-            stream.flush()
-        except BaseException:  # noqa: BLE001 - the program may have replaced or closed them
-            pass
+def _error(message: object) -> dict | None:
+    if isinstance(message, dict) and set(message) == {"error", "kind"}:
+        error, kind = message["error"], message["kind"]
+        if isinstance(error, str) and kind in ERROR_KINDS:
+            return {"error": error[:ERROR_TEXT_LIMIT], "kind": kind}
+    return None
 
 
 # ---------------------------------------------------------------- framing
-
-def _frame(message: dict) -> bytes:
-    body = json.dumps(message).encode()
-    return _LENGTH.pack(len(body)) + body
-
 
 def _read_exact(fd: int, count: int) -> bytes:
     """Exactly ``count`` bytes, never more: what follows in the pipe stays in the pipe."""

