@@ -35,7 +35,7 @@ def architecture(source: str, key: str, option: str,
     checkpoint's config.json or GGUF metadata."""
     from qstar_jax.models.gguf_checkpoint import gguf_config, open_gguf
     from qstar_jax.models.hf_checkpoint import read_hf_config, read_json
-    from qstar_jax.models.loading import PACKAGED_MODELS, resolve_alias
+    from qstar_jax.models.loading import PACKAGED_MODELS, checkpoint_path, resolve_alias
 
     if model_config is not None:
         try:
@@ -47,6 +47,7 @@ def architecture(source: str, key: str, option: str,
         raise ConfigError(f"{key} {source} is not on this machine: give its HF "
                           f"config.json with {option} to size the run without it"
                           + shipped_architectures())
+    path = checkpoint_path(path)  # a directory or a .gguf file, or the loader's refusal
     if path.is_dir():
         return read_hf_config(path)
     return gguf_config(open_gguf(path), path)

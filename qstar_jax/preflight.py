@@ -1,10 +1,11 @@
 """What ``run`` checks of a config before any work, so that a mistake a later stage would
 meet hours in is one line now: the task builds from its options; every checkpoint the
-config names exists and is of an architecture the loader reads; every data file exists
-and is of a format the loader reads, and the files give the split evaluate reads; a
-synthetic world has the splits the run reads; the policy can read the English that
-MCTSr and ToT's value prompt ask it in; a Math-Shepherd PRM's tokenizer reads each of its
-labels as one token; and, once the mesh is built,
+config names exists and would load, read without its weights (its config, its tensors'
+names and shapes, its tokenizer, and a chat template where the policy prompts through
+one); every data file exists and is of a format the loader reads, and the files give the
+split evaluate reads; a synthetic world has the splits the run reads; the policy can read
+the English that MCTSr and ToT's value prompt ask it in; a Math-Shepherd PRM's tokenizer
+reads each of its labels as one token; and, once the mesh is built,
 ``decode.layer_weights`` can hold each decoding model on it. And what it warns of: the
 train and eval splits reading the same file, temperature 0 where several samples are
 asked for, and a warmup as long as the policy's training.
@@ -23,8 +24,8 @@ from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.decoding.step_sampler import ROW_WINDOWS, resolve_row_windows
 from qstar_jax.decoding.weights import COPYING_LAYER_WEIGHTS, resolve_layer_weights
 from qstar_jax.models.config import UnsupportedConfigError
-from qstar_jax.models.loading import (PACKAGED_MODELS, checkpoint_tokenizer, missing_tokenizer,
-                                      source_path)
+from qstar_jax.models.loading import (PACKAGED_MODELS, check_checkpoint, checkpoint_tokenizer,
+                                      missing_tokenizer, source_path)
 from qstar_jax.models.weights import CheckpointError
 from qstar_jax.parallel import MODEL, ShardingRules
 from qstar_jax.stages.context import RunContext
@@ -58,8 +59,9 @@ def check_world_splits(config) -> None:
 
 
 def check_checkpoints(config) -> None:
-    """Every checkpoint the run will load exists; each but the policy's (which
-    ``check_memory`` reads next) is of an architecture the loader reads."""
+    """Every checkpoint the config names exists and would load (``check_checkpoint``, no
+    weight read), whichever stages this invocation runs: the same run's next invocation
+    may run the stage that loads it."""
     named = {"policy.source": config.policy.source if config.policy.source != SCRATCH else None,
              "search.prm_model": config.search.prm_model,
              "label.stronger_model": (None if config.label.stronger_model == SOLVER
@@ -73,21 +75,21 @@ def check_checkpoints(config) -> None:
         if source is not None and source not in PACKAGED_MODELS and not Path(source).exists():
             raise ConfigError(f"{key}: checkpoint {source} does not exist; give an HF "
                               f"directory, a .gguf file or one of {sorted(PACKAGED_MODELS)}")
-    # Neither a learned PRM nor a checkpoint: an error. A learned one has no architecture.
+    # Neither a learned PRM nor a checkpoint: an error. A learned one is no checkpoint.
     if named["search.prm_model"] is not None and prm_kind(named["search.prm_model"]) == "learned":
         named["search.prm_model"] = None
-    # The others' are read only when a stage loads them, maybe hours in.
     for key, source in named.items():
-        if key != "policy.source" and source is not None and source not in PACKAGED_MODELS:
-            try:
-                model = architecture(source, key, "")
-            except (CheckpointError, UnsupportedConfigError) as error:
-                raise ConfigError(f"{key}: {error}") from error
-            layers = config.q_train.trainable_layers
-            if key == "q_train.separate_model" and layers > model.num_layers:
-                raise ConfigError(f"q_train.trainable_layers={layers}: {source} has "
-                                  f"{model.num_layers} layers; give at most that, or -1 for "
-                                  "all")
+        if source is None:
+            continue
+        try:
+            model = check_checkpoint(source, chat_template=(key == "policy.source"
+                                                            and config.policy.chat_template))
+        except (CheckpointError, UnsupportedConfigError) as error:
+            raise ConfigError(f"{key}: {error}") from error
+        layers = config.q_train.trainable_layers
+        if key == "q_train.separate_model" and layers > model.num_layers:
+            raise ConfigError(f"q_train.trainable_layers={layers}: {source} has "
+                              f"{model.num_layers} layers; give at most that, or -1 for all")
 
 
 def check_data_files(config) -> None:

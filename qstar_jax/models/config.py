@@ -61,16 +61,18 @@ class ModelConfig:
         if len(self.sliding_windows) != self.num_layers:
             raise UnsupportedConfigError(
                 f"{len(self.sliding_windows)} sliding-window entries for {self.num_layers} layers")
-
-    @property
-    def uniform_sliding_window(self) -> int | None:
-        """The single window every layer uses; layers are scanned, so they must agree."""
+        # Layers are scanned, so they must agree; refused here, where the config is read,
+        # not when a stage builds the model.
         windows = set(self.sliding_windows)
         if len(windows) > 1:
             raise UnsupportedConfigError(
                 f"layers mix attention windows {sorted(windows, key=str)}; "
                 "per-layer windows are not supported by the scanned decoder")
-        return next(iter(windows))
+
+    @property
+    def uniform_sliding_window(self) -> int | None:
+        """The single window every layer uses (None: full attention)."""
+        return self.sliding_windows[0]
 
     def rope_inv_freq(self) -> np.ndarray:
         """Inverse RoPE frequencies [head_dim // 2], scaled as the config says."""
@@ -103,6 +105,15 @@ class ModelConfig:
             raise UnsupportedConfigError(f"hidden_act={act!r}: only 'silu' (SwiGLU) is supported")
         if hf.get("mlp_bias"):
             raise UnsupportedConfigError("mlp_bias=true is not supported")
+        quantization = hf.get("quantization_config")
+        if quantization:
+            method = (quantization.get("quant_method") if isinstance(quantization, dict)
+                      else None)
+            raise UnsupportedConfigError(
+                f"quantization_config (quant_method={method!r}): weights packed by a "
+                "quantization method are not read; use the model's unquantized checkpoint "
+                "(float32, float16 or bfloat16) or a GGUF file of it (a GGUF's quantized "
+                "weights are dequantized as they load)")
         missing = [field for field in REQUIRED_HF_FIELDS if field not in hf]
         if missing:
             raise UnsupportedConfigError(f"lacks {missing}, which a {model_type} config.json "
@@ -114,6 +125,7 @@ class ModelConfig:
             raise UnsupportedConfigError(f"{', '.join(bad)}: each must be a positive integer")
         num_heads = hf["num_attention_heads"]
         num_layers = hf["num_hidden_layers"]
+        llama_bias = model_type == "llama" and bool(hf.get("attention_bias", False))
         return cls(
             model_type=model_type,
             vocab_size=hf["vocab_size"],
@@ -128,8 +140,9 @@ class ModelConfig:
             rope_scaling=_rope_scaling(hf),
             max_position_embeddings=hf.get("max_position_embeddings", 4096),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            attention_bias=model_type == "qwen2" or bool(hf.get("attention_bias", False)),
-            attention_out_bias=model_type != "qwen2" and bool(hf.get("attention_bias", False)),
+            # Qwen2 biases q, k and v whatever the field says; Mistral ignores it.
+            attention_bias=model_type == "qwen2" or llama_bias,
+            attention_out_bias=llama_bias,
             sliding_windows=_sliding_windows(hf, model_type, num_layers),
             bos_token_id=_hf_token_id(hf, "bos_token_id"),
             eos_token_ids=_hf_token_ids(hf, "eos_token_id"),

@@ -13,7 +13,7 @@ from qstar_jax.models.config import ModelConfig, UnsupportedConfigError
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.models.rope_scaling import PerFrequencyRopeScaling
 from qstar_jax.models.weights import (CheckpointError, StoredTensor, build_model,
-                                      expected_tensor_names)
+                                      check_tensors, expected_tensor_names)
 
 # GGUF architecture -> (its tensor names, the HF model_type it holds, whether llama.cpp's
 # converter interleaved Q/K rows: it does for the architectures whose RoPE llama.cpp
@@ -198,11 +198,31 @@ def has_vocabulary(path: Path) -> bool:
     return open_gguf(path).get_field("tokenizer.ggml.tokens") is not None
 
 
+def has_chat_template(path: Path) -> bool:
+    """Whether the GGUF file carries a chat template (transformers' tokenizer of the file
+    takes its template from this key)."""
+    return open_gguf(path).get_field("tokenizer.chat_template") is not None
+
+
 def load_gguf_model(path: Path, *, dtype) -> tuple[ModelConfig, LlamaModel]:
     """Config and filled model.
 
     Errors name the tensor and the file.
     """
+    cfg, tensors = _config_and_tensors(path)
+    return cfg, build_model(cfg, tensors, dtype=dtype)
+
+
+def check_gguf_checkpoint(path: Path) -> ModelConfig:
+    """The file's config, once its header says that ``load_gguf_model`` finds every
+    tensor it reads, of the shape it reads (no tensor is read)."""
+    cfg, tensors = _config_and_tensors(path)
+    check_tensors(cfg, tensors)
+    return cfg
+
+
+def _config_and_tensors(path: Path) -> tuple[ModelConfig, dict[str, StoredTensor]]:
+    """The file's config and its tensors under HF names, none read yet."""
     reader = open_gguf(path)
     cfg = gguf_config(reader, path)
     tensor_arch, _, permuted = ARCHITECTURES[architecture(reader, path)]
@@ -219,4 +239,4 @@ def load_gguf_model(path: Path, *, dtype) -> tuple[ModelConfig, LlamaModel]:
         tensors[hf_name] = StoredTensor(file=path,
                                         shape=tuple(int(d) for d in reversed(tensor.shape)),
                                         read=_dequantizer(tensor, path, heads))
-    return cfg, build_model(cfg, tensors, dtype=dtype)
+    return cfg, tensors

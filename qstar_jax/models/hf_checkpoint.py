@@ -14,7 +14,8 @@ from safetensors import SafetensorError, safe_open
 from qstar_jax.models.config import ModelConfig, UnsupportedConfigError, token_ids
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.models.torch_checkpoint import open_torch_checkpoint
-from qstar_jax.models.weights import CheckpointError, StoredTensor, build_model
+from qstar_jax.models.weights import (CheckpointError, StoredTensor, build_model,
+                                      check_tensors)
 
 # (index, single file) of each weight format, in the order they are looked for.
 WEIGHT_FILES = (("model.safetensors.index.json", "model.safetensors"),
@@ -109,17 +110,32 @@ def _tensor_reader(handle, name: str, path: Path):
     return read
 
 
+def _stored_tensors(directory: Path, stack: contextlib.ExitStack) -> dict[str, StoredTensor]:
+    """Every tensor of the directory's weight files, by name, none read yet (the files
+    stay open on ``stack``)."""
+    tensors: dict[str, StoredTensor] = {}
+    for path in weight_files(directory):
+        opened = (_safetensors_tensors(path, stack) if path.suffix == ".safetensors"
+                  else open_torch_checkpoint(path, stack))
+        for name, tensor in opened.items():
+            if name in tensors:
+                raise CheckpointError(
+                    f"tensor {name!r} is stored twice: in {tensors[name].file} and {path}")
+            tensors[name] = tensor
+    return tensors
+
+
 def load_hf_model(directory: Path, *, dtype) -> tuple[ModelConfig, LlamaModel]:
     """Config and filled model from an HF directory; errors name the tensor and file."""
     cfg = read_hf_config(directory)
     with contextlib.ExitStack() as stack:
-        tensors: dict[str, StoredTensor] = {}
-        for path in weight_files(directory):
-            opened = (_safetensors_tensors(path, stack) if path.suffix == ".safetensors"
-                      else open_torch_checkpoint(path, stack))
-            for name, tensor in opened.items():
-                if name in tensors:
-                    raise CheckpointError(
-                        f"tensor {name!r} is stored twice: in {tensors[name].file} and {path}")
-                tensors[name] = tensor
-        return cfg, build_model(cfg, tensors, dtype=dtype)
+        return cfg, build_model(cfg, _stored_tensors(directory, stack), dtype=dtype)
+
+
+def check_hf_checkpoint(directory: Path) -> ModelConfig:
+    """The directory's config, once its weight files' headers say that ``load_hf_model``
+    finds every tensor it reads, of the shape it reads (no tensor is read)."""
+    cfg = read_hf_config(directory)
+    with contextlib.ExitStack() as stack:
+        check_tensors(cfg, _stored_tensors(directory, stack))
+    return cfg

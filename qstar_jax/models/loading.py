@@ -11,8 +11,10 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from qstar_jax.models.config import ModelConfig
-from qstar_jax.models.gguf_checkpoint import has_vocabulary, load_gguf_model
-from qstar_jax.models.hf_checkpoint import generation_eos_ids, load_hf_model, read_hf_config
+from qstar_jax.models.gguf_checkpoint import (check_gguf_checkpoint, has_chat_template,
+                                              has_vocabulary, load_gguf_model)
+from qstar_jax.models.hf_checkpoint import (check_hf_checkpoint, generation_eos_ids,
+                                            load_hf_model, read_hf_config)
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.models.sharded_params import PARAMS_FOLDER, load_llama_onto_mesh
 from qstar_jax.models.tokenizer import Tokenizer
@@ -102,6 +104,59 @@ def missing_tokenizer(source: str | Path) -> CheckpointError:
                            "checkpoint with tokenizer files")
 
 
+def checkpoint_path(source: str | Path) -> Path:
+    """The HF checkpoint directory or .gguf file ``source`` names (for a packaged alias,
+    the .gguf its package ships); CheckpointError for anything else."""
+    path = source_path(source)
+    if path.is_dir() or (path.is_file() and path.suffix == ".gguf"):
+        return path
+    if not path.exists():
+        raise CheckpointError(
+            f"'{source}' does not exist and is not a known alias ({', '.join(PACKAGED_MODELS)}); "
+            "pass an HF checkpoint directory (config.json + *.safetensors) or a .gguf file")
+    holder = (f" (here {path.parent}, which holds this file)"
+              if (path.parent / "config.json").is_file() else "")
+    raise CheckpointError(f"{path} is neither a checkpoint directory nor a .gguf file; pass "
+                          f"an HF checkpoint directory{holder} or a .gguf file")
+
+
+def check_checkpoint(source: str | Path, *, chat_template: bool = False) -> ModelConfig:
+    """What loading ``source`` for a stage would refuse, found without reading a weight:
+    the config; each tensor's name and shape against the model the config describes
+    (from the safetensors and GGUF headers, the .bin pickles); a tokenizer, loaded from
+    a directory's files (a GGUF's vocabulary is only looked for); and, with
+    ``chat_template``, a chat template in it. Returns the config."""
+    path = checkpoint_path(source)
+    if path.is_file():
+        config = check_gguf_checkpoint(path)
+        shipped, templated = has_vocabulary(path), has_chat_template(path)
+    else:
+        # A model a run trained loads from its parameters for meshes (load_model).
+        config = (read_hf_config(path) if (path / PARAMS_FOLDER).is_dir()
+                  else check_hf_checkpoint(path))
+        tokenizer = _model_tokenizer(path, config)
+        shipped = tokenizer is not None
+        templated = shipped and tokenizer.has_chat_template
+    if not shipped:
+        raise missing_tokenizer(source)
+    if chat_template and not templated:
+        raise CheckpointError(
+            f"the tokenizer of {source} has no chat template, and policy.chat_template=true "
+            "prompts through one; set policy.chat_template=false to prompt with plain text, "
+            "or use a checkpoint whose tokenizer has one")
+    return config
+
+
+def _model_tokenizer(path: Path, config: ModelConfig) -> Tokenizer | None:
+    """``checkpoint_tokenizer``, refused where it has more tokens than the model."""
+    tokenizer = checkpoint_tokenizer(path, config)
+    if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
+        raise CheckpointError(
+            f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary "
+            f"is {config.vocab_size}; the tokenizer does not belong to this model")
+    return tokenizer
+
+
 def load_model(source: str | Path, *, dtype=jnp.float32, mesh: Mesh | None = None
                ) -> LoadedModel:
     """Load config, weights (cast to ``dtype``) and tokenizer.
@@ -113,25 +168,12 @@ def load_model(source: str | Path, *, dtype=jnp.float32, mesh: Mesh | None = Non
     ``sharded_params``) loads from them straight onto the mesh, each process reading its
     own shards; every other source loads whole onto the host, for the decoder to place.
     """
-    path = source_path(source)
-    if path.is_dir():
-        if mesh is not None and (path / PARAMS_FOLDER).is_dir():
-            config = read_hf_config(path)
-            model = load_llama_onto_mesh(path / PARAMS_FOLDER, config, mesh, dtype=dtype)
-        else:
-            config, model = load_hf_model(path, dtype=dtype)
-    elif path.is_file() and path.suffix == ".gguf":
+    path = checkpoint_path(source)
+    if path.is_file():
         config, model = load_gguf_model(path, dtype=dtype)
-    elif path.exists():
-        raise CheckpointError(f"{path} is neither a checkpoint directory nor a .gguf file; "
-                              "pass an HF checkpoint directory or a .gguf file")
+    elif mesh is not None and (path / PARAMS_FOLDER).is_dir():
+        config = read_hf_config(path)
+        model = load_llama_onto_mesh(path / PARAMS_FOLDER, config, mesh, dtype=dtype)
     else:
-        raise CheckpointError(
-            f"'{source}' does not exist and is not a known alias ({', '.join(PACKAGED_MODELS)}); "
-            "pass an HF checkpoint directory (config.json + *.safetensors) or a .gguf file")
-    tokenizer = checkpoint_tokenizer(path, config)
-    if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
-        raise CheckpointError(
-            f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary "
-            f"is {config.vocab_size}; the tokenizer does not belong to this model")
-    return LoadedModel(config=config, model=model, tokenizer=tokenizer)
+        config, model = load_hf_model(path, dtype=dtype)
+    return LoadedModel(config=config, model=model, tokenizer=_model_tokenizer(path, config))

@@ -82,7 +82,7 @@ def build_model(cfg: ModelConfig, tensors: Mapping[str, StoredTensor], *,
     tensor, or a shape mismatch; all three are checked before any tensor is read.
     """
     graphdef, state, params = _abstract_params(cfg, dtype)
-    plan = {path: hf_names(path, cfg.num_layers) for path, _ in params}
+    plan = _read_plan(cfg, params)
     _check_names_and_shapes(cfg, tensors, params, plan)
     read = [name for names in plan.values() for name in names]
     values = sum(math.prod(tensors[name].shape) for name in read)
@@ -101,6 +101,18 @@ def build_model(cfg: ModelConfig, tensors: Mapping[str, StoredTensor], *,
     progress.close()
     state["inv_freq"].set_value(jnp.asarray(cfg.rope_inv_freq()))
     return nnx.merge(graphdef, state)
+
+
+def check_tensors(cfg: ModelConfig, tensors: Mapping[str, StoredTensor]) -> None:
+    """What ``build_model`` checks before it reads a tensor, and nothing read: each
+    tensor's name and shape against the model ``cfg`` describes (CheckpointError)."""
+    _, _, params = _abstract_params(cfg, jnp.float32)
+    _check_names_and_shapes(cfg, tensors, params, _read_plan(cfg, params))
+
+
+def _read_plan(cfg: ModelConfig, params) -> dict[tuple[str, ...], list[str]]:
+    """The HF names each parameter is read from."""
+    return {path: hf_names(path, cfg.num_layers) for path, _ in params}
 
 
 def _check_names_and_shapes(cfg, tensors, params, plan) -> None:

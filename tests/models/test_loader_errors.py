@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from qstar_jax.architectures import architecture
 from qstar_jax.models import CheckpointError, UnsupportedConfigError, load_model
 from qstar_jax.models.gguf_checkpoint import gguf_config, open_gguf
 from qstar_jax.models.hf_checkpoint import weight_files
@@ -184,6 +185,29 @@ def test_a_file_that_is_no_gguf_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match=re.escape(
             f"{path} is neither a checkpoint directory nor a .gguf file")):
         load_model(path)
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors"])
+def test_a_file_of_a_checkpoint_directory_is_told_to_be_the_directory(tiny_dir, name):
+    # The architecture read (memory plan, run's checks) called it a corrupt GGUF file.
+    message = re.escape(f"{tiny_dir / name} is neither a checkpoint directory nor a .gguf "
+                        f"file; pass an HF checkpoint directory (here {tiny_dir}, which holds "
+                        "this file) or a .gguf file")
+    with pytest.raises(CheckpointError, match=f"^{message}$"):
+        load_model(tiny_dir / name)
+    with pytest.raises(CheckpointError, match=f"^{message}$"):
+        architecture(str(tiny_dir / name), "policy.source", "--model-config")
+
+
+def test_a_quantized_checkpoint_is_refused_naming_its_quantization(tiny_dir):
+    # A GPTQ checkpoint failed on its first 'g_idx' tensor, naming no quantization.
+    edit_config(tiny_dir, quantization_config={"quant_method": "gptq", "bits": 4})
+    rewrite_weights(tiny_dir, lambda t: t.update(
+        {"model.layers.0.self_attn.q_proj.g_idx": np.zeros(64, np.int32)}))
+    with pytest.raises(UnsupportedConfigError, match=re.escape(
+            f"{tiny_dir / 'config.json'}: quantization_config (quant_method='gptq'): weights "
+            "packed by a quantization method are not read")):
+        load_model(tiny_dir)
 
 
 def test_missing_path_says_what_to_pass(tmp_path):

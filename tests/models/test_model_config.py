@@ -49,6 +49,13 @@ def test_every_field_is_read_from_its_key():
         assert (qwen2.attention_bias, qwen2.attention_out_bias) == (True, False)
 
 
+def test_mistral_has_no_attention_bias_whatever_its_config_says():
+    # As transformers' Mistral, which builds its projections without bias and ignores the
+    # field; read as Llama's, it refused the checkpoint's weights as not its config's.
+    mistral = read(model_type="mistral", attention_bias=True)
+    assert (mistral.attention_bias, mistral.attention_out_bias) == (False, False)
+
+
 @pytest.mark.parametrize("changes,message", [
     ({"model_type": "gemma"}, "model_type='gemma' is not supported; supported: "
                               "('llama', 'mistral', 'qwen2')"),
@@ -59,8 +66,18 @@ def test_every_field_is_read_from_its_key():
     ({"rope_scaling": {"rope_type": "linear", "factor": "four"}},
      "linear rope_scaling {'rope_type': 'linear', 'factor': 'four'} is malformed: could not "
      "convert string to float: 'four'"),
-], ids=["model type", "activation", "mlp bias", "kv heads", "malformed scaling"])
+    ({"quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 128}},
+     "quantization_config (quant_method='gptq'): weights packed by a quantization method are "
+     "not read; use the model's unquantized checkpoint (float32, float16 or bfloat16) or a "
+     "GGUF file of it (a GGUF's quantized weights are dequantized as they load)"),
+    ({"quantization_config": {"quant_method": "awq", "bits": 4}},
+     "quantization_config (quant_method='awq'): weights packed by a quantization method are "
+     "not read; use the model's unquantized checkpoint (float32, float16 or bfloat16) or a "
+     "GGUF file of it (a GGUF's quantized weights are dequantized as they load)"),
+], ids=["model type", "activation", "mlp bias", "kv heads", "malformed scaling", "gptq",
+        "awq"])
 def test_math_this_decoder_does_not_compute_is_refused_by_name(changes, message):
+    # A GPTQ config was read as plain weights: the load failed on its 'g_idx' tensors.
     with pytest.raises(UnsupportedConfigError, match=f"^{re.escape(message)}$"):
         read(**changes)
 
@@ -76,26 +93,34 @@ def test_hidden_act_silu_and_mlp_bias_false_are_taken():
     ({"model_type": "qwen2", "sliding_window": 8, "max_window_layers": 1},
      (None, None, None)),  # not switched on: Qwen2.5's use_sliding_window false
     ({"model_type": "qwen2", "sliding_window": 8, "use_sliding_window": True,
-      "max_window_layers": 1}, (None, 8, 8)),  # layers from max_window_layers on
+      "max_window_layers": 0}, (8, 8, 8)),  # layers from max_window_layers on
     ({"model_type": "qwen2", "sliding_window": 8, "use_sliding_window": True},
      (None, None, None)),  # max_window_layers defaults to every layer: none windowed
     ({"model_type": "mistral", "sliding_window": 8,
-      "layer_types": ["full_attention", "sliding_attention", "full_attention"]},
-     (None, 8, None)),
-], ids=["llama", "mistral", "mistral null", "qwen2 off", "qwen2 from layer 1",
+      "layer_types": ["sliding_attention"] * 3}, (8, 8, 8)),
+], ids=["llama", "mistral", "mistral null", "qwen2 off", "qwen2 from layer 0",
         "qwen2 no max layers", "layer types"])
 def test_sliding_windows_per_layer(changes, windows):
     assert read(**changes).sliding_windows == windows
 
 
+@pytest.mark.parametrize("changes", [
+    {"model_type": "qwen2", "sliding_window": 8, "use_sliding_window": True,
+     "max_window_layers": 1},  # full attention in layer 0, windowed from layer 1 on
+    {"model_type": "mistral", "sliding_window": 8,
+     "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]},
+], ids=["qwen2 from layer 1", "layer types"])
+def test_layers_that_mix_windows_are_refused_as_the_config_is_read(changes):
+    # Read, they were refused only when a stage built the model.
+    with pytest.raises(UnsupportedConfigError, match=re.escape(
+            "layers mix attention windows [8, None]; per-layer windows are not supported by "
+            "the scanned decoder")):
+        read(**changes)
+
+
 def test_the_scanned_decoder_needs_one_window_for_every_layer():
     assert read(model_type="mistral", sliding_window=8).uniform_sliding_window == 8
     assert read().uniform_sliding_window is None
-    mixed = read(model_type="mistral", sliding_window=8,
-                 layer_types=["sliding_attention", "full_attention", "sliding_attention"])
-    with pytest.raises(UnsupportedConfigError, match=re.escape(
-            "layers mix attention windows [8, None]; per-layer windows are not supported")):
-        mixed.uniform_sliding_window
     with pytest.raises(UnsupportedConfigError, match="^2 sliding-window entries for 3 layers$"):
         ModelConfig(model_type="mistral", vocab_size=32, hidden_size=64, intermediate_size=96,
                     num_layers=3, num_heads=4, num_kv_heads=2, head_dim=16,

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 import torch
+import transformers
 
 import jax.numpy as jnp
 
@@ -148,6 +150,19 @@ def test_llama3_frequencies_and_their_original_context_are_transformers(inside, 
     inv_freq, _ = ROPE_INIT_FUNCTIONS["llama3"](LlamaConfig(**copy.deepcopy(raw)), "cpu")
     assert ours.rope_scaling.original_max_position_embeddings == original
     np.testing.assert_allclose(ours.rope_inv_freq(), inv_freq.numpy(), rtol=1e-6)
+
+
+def test_a_mistral_config_that_sets_attention_bias_runs_as_transformers_runs_it(tmp_path,
+                                                                              token_rows):
+    # transformers' Mistral ignores the field (no bias anywhere); read as Llama's, it asked
+    # for bias tensors the checkpoint does not hold, and the load was refused.
+    path = save_tiny_checkpoint(tmp_path, "mistral_sliding", with_tokenizer=False)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "attention_bias": True}))
+    reference = transformers.AutoModelForCausalLM.from_pretrained(
+        path, attn_implementation="eager").eval()
+    assert reference.model.layers[0].self_attn.q_proj.bias is None
+    assert_parity(load_model(path).model, reference, token_rows)
 
 
 def test_sharded_checkpoint_parity(tmp_path, token_rows):

@@ -184,7 +184,8 @@ def save_tiny_gguf(path: str | Path, *, family: str = "llama", seed: int = 0,
                    drop: Collection[str] = (),
                    raw: Mapping[str, tuple[np.ndarray, gguf.GGMLQuantizationType]] | None = None,
                    scaling_type: gguf.RopeScalingType | None = None,
-                   extra_keys: Mapping[str, float | int] | None = None) -> Path:
+                   extra_keys: Mapping[str, float | int | str | list[str]] | None = None
+                   ) -> Path:
     """Write the tiny ``family`` model ("llama", "linear_rope", "llama3_rope", "qwen2" or
     "qwen2_yarn") as a llama.cpp-style F32 GGUF (no vocabulary).
 
@@ -196,8 +197,8 @@ def save_tiny_gguf(path: str | Path, *, family: str = "llama", seed: int = 0,
     transformers' own scaled frequencies), and no scaling keys. ``drop``
     leaves out GGUF tensors by name; ``raw`` replaces a tensor by (bytes, quantization type),
     ``scaling_type`` names a RoPE scaling the weights were not trained with, and
-    ``extra_keys`` adds metadata (a float as float32, an int as uint32), for tests of bad
-    files. Returns ``path``.
+    ``extra_keys`` adds metadata (a float as float32, an int as uint32, a string, a list of
+    strings), for tests of bad files and of tokenizer keys. Returns ``path``.
     """
     if family not in ("llama", "linear_rope", "llama3_rope", "qwen2", "qwen2_yarn"):
         raise ValueError(f"no GGUF writer for the tiny family {family!r}")
@@ -215,8 +216,10 @@ def save_tiny_gguf(path: str | Path, *, family: str = "llama", seed: int = 0,
     elif family == "linear_rope" or scaling_type is not None:
         writer.add_rope_scaling_type(scaling_type or gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(cfg.rope_parameters.get("factor", 4.0))
+    adders = {int: writer.add_uint32, float: writer.add_float32, str: writer.add_string,
+              list: writer.add_array}
     for name, value in (extra_keys or {}).items():
-        (writer.add_uint32 if isinstance(value, int) else writer.add_float32)(name, value)
+        adders[type(value)](name, value)
     writer.add_block_count(cfg.num_hidden_layers)
     writer.add_context_length(cfg.max_position_embeddings)
     writer.add_embedding_length(cfg.hidden_size)
