@@ -34,7 +34,7 @@ from qstar_jax.memory_plan import check_memory
 from qstar_jax.models.compile_cache import enable_compile_cache
 from qstar_jax.models.config import UnsupportedConfigError
 from qstar_jax.models.weights import CheckpointError
-from qstar_jax.outputs.durable import write_text_atomically
+from qstar_jax.outputs.durable import DamagedOutputError, write_text_atomically
 from qstar_jax.outputs.folder_lock import FolderInUseError, lock_folder
 from qstar_jax.parallel import (DATA, barrier, check_cache_split, initialize_distributed,
                                 is_writer, leave_at_once, make_mesh)
@@ -58,10 +58,11 @@ from qstar_jax.tasks.datasets import DataFilesError, DatasetUnavailableError
 STAGE_FUNCTIONS = {"train_policy": train_policy, "collect": collect, "label": label,
                    "train_q": train_q, "train_prm": train_prm, "evaluate": evaluate}
 # What a stage raises on input it cannot use (a checkpoint without weights, a dataset the
-# hub cannot give, a malformed record): the user's to fix, said in one line; a rerun
-# resumes from what the earlier stages wrote.
+# hub cannot give, a malformed record, a damaged file of the run folder): the user's to
+# fix, said in one line; a rerun resumes from what the earlier stages wrote.
 INPUT_ERRORS = (ConfigError, CheckpointError, UnsupportedConfigError,
-                DatasetUnavailableError, DataFilesError, MalformedRecordError)
+                DatasetUnavailableError, DataFilesError, MalformedRecordError,
+                DamagedOutputError)
 # A disk that fills (or a quota met, or a folder gone read-only) mid-run: what was written
 # before is whole (appends and atomic writes), so making room and rerunning resumes.
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)

@@ -21,10 +21,12 @@ from qstar_jax.config_loading import load_config, to_yaml
 from qstar_jax.decoding.kv_cache import SlotPoolExhausted
 from qstar_jax.decoding.page_table import PagePoolExhausted
 from qstar_jax.decoding.paged_cache import Paging
+from qstar_jax.outputs.durable import DamagedOutputError
 from qstar_jax.outputs.folder_lock import lock_folder
 from qstar_jax.parallel import DATA, MODEL
 from qstar_jax.policy.runtime import PromptTooLong
 from qstar_jax.qvalue import checkpoint
+from qstar_jax.qvalue.dataset import load_labelled
 from qstar_jax.qvalue.head import QHeadConfig
 from qstar_jax.preflight import (check_layer_weights, identical_samples_warning, preflight,
                                  shared_split_warning, warmup_warning)
@@ -573,6 +575,19 @@ def test_input_a_stage_cannot_use_is_one_line_and_the_earlier_stages_are_kept(
     assert capsys.readouterr().err == ("run error: gsm8k split 'train', record 2: no "
                                        "'#### <number>' line\n")
     assert (tmp_path / "policy").is_dir() and (tmp_path / "config.yaml").exists()
+
+
+def test_a_damaged_file_of_the_run_folder_is_one_line_saying_what_to_delete(
+        tmp_path, monkeypatch, capsys):
+    damaged = tmp_path / "labels.jsonl"
+    damaged.write_text('{"a": 1}\n{"b"\n{"c": 3}\n')
+    with pytest.raises(DamagedOutputError) as read:
+        load_labelled(damaged)
+    assert run_failing_in("train_q", read.value, monkeypatch, tmp_path) == 2
+    assert capsys.readouterr().err == (
+        f"run error: {damaged}:2 is not valid JSON (Expecting ':' delimiter): the file is "
+        f"damaged beyond a torn last line; delete {damaged} so that stage label labels the "
+        "rollouts again\n")
 
 
 def test_data_files_without_a_split_a_stage_reads_is_one_line(tmp_path, monkeypatch, capsys):

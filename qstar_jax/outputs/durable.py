@@ -23,16 +23,41 @@ from qstar_jax.parallel import is_writer
 logger = logging.getLogger(__name__)
 
 
-class CorruptRecordError(ValueError):
+class DamagedOutputError(ValueError):
+    """A file a run wrote does not read back (damaged on disk, beyond the torn tail a kill
+    leaves, which readers skip): the message names it and what to delete so that a rerun
+    writes it again."""
+
+
+class CorruptRecordError(DamagedOutputError):
     """A complete JSONL line (not the torn tail) does not parse: the file was damaged."""
 
 
-def read_jsonl(path: str | os.PathLike) -> tuple[list[Any], int]:
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of ``error``'s message, at most ``limit`` characters (tensorstore's
+    run to kilobytes), for a one-line report."""
+    text = str(error).strip().split("\n", 1)[0] or type(error).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def read_failure(error: BaseException | None) -> BaseException | None:
+    """``error``, or the one it was raised from, where it is what reading a damaged file
+    raises (a ValueError, OSError or KeyError: orbax raises tensorstore's from a bare
+    Exception); None for any other error."""
+    while error is not None and not isinstance(error, (ValueError, OSError, KeyError)):
+        error = error.__cause__
+    return error
+
+
+def read_jsonl(path: str | os.PathLike, *, remedy: str | None = None
+               ) -> tuple[list[Any], int]:
     """All complete records of a JSONL file and the byte length they span.
 
     A missing file reads as empty. A torn last line (no closing newline, as a kill
     mid-write leaves) is skipped with a warning; any other unparseable line raises
-    ``CorruptRecordError`` naming the file and line.
+    ``CorruptRecordError`` naming the file and line, and ``remedy`` (what to delete; by
+    default that line or the file, as in an append-only file whose records a rerun
+    makes again where they are missing).
     """
     path = Path(path)
     if not path.exists():
@@ -49,9 +74,11 @@ def read_jsonl(path: str | os.PathLike) -> tuple[list[Any], int]:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as err:
+            remedy = remedy or ("delete that line (or the file) and run again: the run "
+                                "makes again the records it is missing")
             raise CorruptRecordError(
-                f"{path}:{number} is not valid JSON ({err.msg}); the file is damaged beyond a "
-                "torn last line: repair or delete that line, or start a new file") from None
+                f"{path}:{number} is not valid JSON ({err.msg}): the file is damaged beyond a "
+                f"torn last line; {remedy}") from None
     return records, complete
 
 

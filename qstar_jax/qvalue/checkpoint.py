@@ -3,15 +3,19 @@
 Each step directory holds the trainable params, the optimizer state, the best params so
 far (what search should load), the training progress, and metadata naming the backbone
 (its kind, hidden size and a fingerprint of its config) and the head's config. Restoring
-against a different backbone raises ``BackboneMismatchError`` naming both.
+against a different backbone raises ``BackboneMismatchError`` naming both. A step whose
+files do not read back (damaged on disk) is passed over for the one before it, which
+orbax keeps; where none reads, ``DamagedOutputError`` names the directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -25,15 +29,23 @@ from jax.sharding import Mesh
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.rope_scaling import rope_scaling_from_fields
 from qstar_jax.models.sharded_params import module_template
-from qstar_jax.outputs.disk_full import orbax_write_errors_as_os_errors
+from qstar_jax.outputs.disk_full import (orbax_write_errors_as_os_errors,
+                                        quiet_orbax_failures)
+from qstar_jax.outputs.durable import DamagedOutputError, first_line, read_failure
 from qstar_jax.parallel import replicate, replicated
 from qstar_jax.qvalue.backbone import BackboneQ
 from qstar_jax.qvalue.head import QHead, QHeadConfig
 
 _ARRAY_ITEMS = ("params", "opt_state", "best_params")
 
+logger = logging.getLogger(__name__)
 
-class BackboneMismatchError(ValueError):
+
+class CheckpointMismatchError(ValueError):
+    """A Q̂ checkpoint was trained with another head or backbone than it is restored for."""
+
+
+class BackboneMismatchError(CheckpointMismatchError):
     """A Q̂ checkpoint was trained on another backbone than the one it is restored against."""
 
 
@@ -110,11 +122,18 @@ class QCheckpointer:
                 # A kill mid-save leaves a temporary step directory; the resumed run saves
                 # that step again.
                 cleanup_tmp_directories=True))
+        # A failed save (a full disk, a Ctrl-C while one is waited for) is raised by
+        # ``save`` or ``close``: orbax's threads' own reports of it stay off the terminal,
+        # to the end of the process where one failed, as they go on reporting it.
+        self._quiet = contextlib.ExitStack()
+        self._quiet.enter_context(quiet_orbax_failures())
 
     def __enter__(self) -> "QCheckpointer":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, failed, *exc) -> None:
+        if failed is not None:  # maybe a save: orbax's threads stay quiet
+            self._quiet.pop_all()
         self.close()
 
     def close(self) -> None:
@@ -122,6 +141,7 @@ class QCheckpointer:
         with orbax_write_errors_as_os_errors(self.directory):
             self._manager.wait_until_finished()
         self._manager.close()
+        self._quiet.close()
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -145,29 +165,36 @@ class QCheckpointer:
 
     def restore(self, *, params, opt_state, best_params, step: int | None = None
                 ) -> tuple[Any, Any, Any, dict]:
-        """(params, opt_state, best_params, progress) at ``step`` (default: the latest).
+        """(params, opt_state, best_params, progress) at ``step`` (default: the newest that
+        reads whole; the damaged steps after it are deleted, for training to save again).
 
         The arguments are templates giving each pytree's structure, shapes and dtypes.
         """
-        step = self._checked_step(step)
         templates = {"params": params, "opt_state": opt_state, "best_params": best_params}
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            progress=ocp.args.JsonRestore(),
-            **{name: ocp.args.StandardRestore(_abstract(templates[name]))
-               for name in _ARRAY_ITEMS}))
+        at, restored = self._restore(step, progress=ocp.args.JsonRestore(), **{
+            name: ocp.args.StandardRestore(_abstract(templates[name])) for name in _ARRAY_ITEMS})
+        if step is None:
+            for damaged in self._manager.all_steps():
+                if damaged > at:
+                    self._manager.delete(damaged)
         return restored.params, restored.opt_state, restored.best_params, restored.progress
 
     def restore_best_params(self, template, step: int | None = None):
-        """Only the best params (for search), restored into ``template``'s structure."""
-        step = self._checked_step(step)
-        return self._manager.restore(step, args=ocp.args.Composite(
-            best_params=ocp.args.StandardRestore(_abstract(template)))).best_params
+        """Only the best params (for search), restored into ``template``'s structure, at
+        ``step`` (default: the newest that reads whole)."""
+        _, restored = self._restore(
+            step, best_params=ocp.args.StandardRestore(_abstract(template)))
+        return restored.best_params
 
-    def _checked_step(self, step: int | None) -> int:
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no Q̂ checkpoint in {self.directory}")
-        stored_identity, stored_head = _read_meta(self._manager, step)
+    def _restore(self, step: int | None, **items) -> tuple[int, Any]:
+        """(the step, its ``items`` restored), the step checked against this head and
+        backbone first."""
+        def read(at: int):
+            self._check(*_read_meta(self._manager, at))
+            return self._manager.restore(at, args=ocp.args.Composite(**items))
+        return _newest_readable(self._manager, self.directory, read, step)
+
+    def _check(self, stored_identity: BackboneIdentity, stored_head: QHeadConfig) -> None:
         if not stored_identity.same_backbone(self.identity):
             raise BackboneMismatchError(
                 f"the Q̂ checkpoint in {self.directory} was trained on the "
@@ -175,10 +202,39 @@ class QCheckpointer:
                 f"{self.identity.describe()}; use a checkpoint trained on this backbone, "
                 "or retrain Q̂ (in a new directory)")
         if stored_head != self.head_config:
-            raise ValueError(f"the Q̂ checkpoint in {self.directory} has head {stored_head}, "
-                             f"not {self.head_config}; match the head config or use a new "
-                             "directory")
-        return step
+            raise CheckpointMismatchError(
+                f"the Q̂ checkpoint in {self.directory} has head {stored_head}, not "
+                f"{self.head_config}; match the head config or use a new directory")
+
+
+def _newest_readable(manager: ocp.CheckpointManager, directory: Path,
+                     read: Callable[[int], Any], step: int | None = None) -> tuple[int, Any]:
+    """(step, ``read(step)``) for ``step``, or by default for the newest step of
+    ``manager`` that reads whole: a damaged one is passed over, with a warning, for the
+    one before. DamagedOutputError where none reads; a mismatch is raised as it is."""
+    steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
+    if not steps:
+        raise FileNotFoundError(f"no Q̂ checkpoint in {directory}")
+    damaged = []
+    for at in steps:
+        try:
+            result = read(at)
+        except CheckpointMismatchError:
+            raise
+        except Exception as error:  # noqa: BLE001 (orbax wraps some in a bare Exception)
+            cause = read_failure(error)
+            if cause is None:
+                raise
+            damaged.append(f"step {at}: {first_line(cause)}")
+            continue
+        for problem in damaged:
+            logger.warning("%s: passing over the damaged %s; restored step %d", directory,
+                           problem, at)
+        return at, result
+    raise DamagedOutputError(
+        f"cannot read the checkpoint in {directory} ({'; '.join(damaged)}): it is damaged; "
+        "delete it, and in a run folder the *_training.json that marks its training done, "
+        "so that it is trained again")
 
 
 def _read_meta(manager: ocp.CheckpointManager, step: int
@@ -190,16 +246,15 @@ def _read_meta(manager: ocp.CheckpointManager, step: int
 
 
 def read_metadata(directory: str | os.PathLike) -> tuple[BackboneIdentity, QHeadConfig]:
-    """The backbone identity and head config of the latest checkpoint in ``directory``."""
+    """The backbone identity and head config of the newest readable checkpoint in
+    ``directory``."""
     directory = Path(directory).absolute()
     if not directory.is_dir():
         raise FileNotFoundError(f"no Q̂ checkpoint directory at {directory}")
     with ocp.CheckpointManager(directory,
                                options=ocp.CheckpointManagerOptions(create=False)) as manager:
-        step = manager.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"no Q̂ checkpoint in {directory}")
-        return _read_meta(manager, step)
+        return _newest_readable(manager, directory,
+                                lambda step: _read_meta(manager, step))[1]
 
 
 def _load_best(directory: str | os.PathLike, build: Callable[[], nnx.Module],

@@ -11,6 +11,7 @@ import dataclasses
 import io
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -110,30 +111,49 @@ def save_labelled(path: str | os.PathLike, steps: Sequence[LabelledStep], *,
 
 
 def load_labelled(path: str | os.PathLike) -> tuple[list[LabelledStep], np.ndarray | None]:
-    """The records at ``path`` and their features [N, E] (None when none were saved)."""
+    """The records at ``path`` and their features [N, E] (None when none were saved); a
+    DamagedOutputError where the two do not read back whole, or not as one pair."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no labelled dataset at {path}")
-    records, _ = durable.read_jsonl(path)
+    records, _ = durable.read_jsonl(path, remedy=_relabel(path))
     steps = [LabelledStep(problem_index=int(r["problem_index"]),
                           prefix_steps=tuple(r["prefix_steps"]), step_text=r["step_text"],
                           label=float(r["label"])) for r in records]
-    feature_file = features_path(path)
-    if not feature_file.exists():
+    arrays = _saved_arrays(path)
+    if arrays is None:
         return steps, None
-    with np.load(feature_file) as archive:
-        features = archive["features"]
+    features = arrays["features"]
     if len(features) != len(steps):
-        raise ValueError(f"{feature_file} has {len(features)} feature rows for {len(steps)} "
-                         f"records in {path}; the two were not saved together: save again")
+        raise durable.DamagedOutputError(
+            f"{features_path(path)} has {len(features)} feature rows for {len(steps)} records "
+            f"in {path}: the two were not saved together; {_relabel(path)}")
     return steps, features
 
 
 def load_step_logprobs(path: str | os.PathLike) -> np.ndarray | None:
     """The labelled steps' log-probabilities under the policy [N], saved with the features
     (None when none were saved)."""
+    arrays = _saved_arrays(path)
+    return None if arrays is None else arrays.get("step_logprobs")
+
+
+def _saved_arrays(path: str | os.PathLike) -> dict[str, np.ndarray] | None:
+    """The arrays saved beside the labelled dataset at ``path`` (None: none were)."""
     feature_file = features_path(path)
     if not feature_file.exists():
         return None
-    with np.load(feature_file) as archive:
-        return archive["step_logprobs"] if "step_logprobs" in archive.files else None
+    try:
+        with np.load(feature_file) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    # What numpy and zipfile raise on a cut or overwritten archive.
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise durable.DamagedOutputError(
+            f"cannot read {feature_file} ({durable.first_line(error)}): it is damaged; "
+            f"{_relabel(path)}") from error
+    return arrays
+
+
+def _relabel(path: str | os.PathLike) -> str:
+    """What to do about a damaged labelled dataset at ``path``."""
+    return f"delete {path} so that stage label labels the rollouts again"

@@ -168,7 +168,8 @@ def _check_finite_features(inputs) -> None:
 def train_q_model(model: nnx.Module, inputs: Any, labels: np.ndarray, config: TrainConfig, *,
                   update_mask: Any = None, checkpointer: QCheckpointer | None = None,
                   on_step: Callable[[int, float], None] | None = None,
-                  progress: bool = True, mesh: jax.sharding.Mesh | None = None) -> TrainResult:
+                  progress: bool = True, mesh: jax.sharding.Mesh | None = None,
+                  progress_label: str = "Q̂ training") -> TrainResult:
     """Fit ``model`` (in place) to ``labels`` [N] on ``inputs`` (a pytree of [N, ...]).
 
     With a held-out split the model ends with the params of its best held-out loss, else
@@ -176,6 +177,7 @@ def train_q_model(model: nnx.Module, inputs: Any, labels: np.ndarray, config: Tr
     checkpoint. ``on_step(step, train_loss)`` is called after every step (for logging).
     With a ``mesh`` (``qstar_jax.parallel``) the parameters and data are replicated and
     each minibatch is split over its ``data`` axis (``parallel.shard_rows``).
+    ``progress_label`` names its progress bar.
     """
     labels = np.asarray(labels, np.float32)
     output = model.head_config.output
@@ -249,7 +251,7 @@ def train_q_model(model: nnx.Module, inputs: Any, labels: np.ndarray, config: Tr
                 f"{checkpointer.directory} holds a run with {state['run']}, not {run}; a "
                 "resumed run must use the same config and data (or a new directory)")
 
-    with tqdm(total=config.max_steps, initial=state["step"], desc="Q̂ training", unit="step",
+    with tqdm(total=config.max_steps, initial=state["step"], desc=progress_label, unit="step",
               disable=not progress) as bar:
         while not state["finished"]:
             batch = _batch_indices(train, state["step"], config)

@@ -18,8 +18,12 @@ from qstar_jax.config_loading import load_config
 from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.decoding.step_sampler import ROW_WINDOWS
+from qstar_jax.models.config import UnsupportedConfigError
 from qstar_jax.models.loading import LoadedModel, load_model, missing_tokenizer
+from qstar_jax.models.sharded_params import PARAMS_FOLDER
 from qstar_jax.models.weights import CheckpointError
+from qstar_jax.outputs.disk_full import quiet_orbax_failures
+from qstar_jax.outputs.durable import DamagedOutputError, first_line, read_failure
 from qstar_jax.parallel import DATA
 from qstar_jax.policy.runtime import PolicyRuntime
 from qstar_jax.tasks.base import Problem, Task
@@ -122,8 +126,24 @@ class RunContext:
 
     def load(self, source: str | Path) -> LoadedModel:
         """The model at ``source``; one this or another run trained, restored onto the
-        run's mesh (``load_model``)."""
-        loaded = load_model(source, dtype=DTYPES[self.config.policy.dtype], mesh=self.mesh)
+        run's mesh (``load_model``), a DamagedOutputError where its parameters do not
+        read back."""
+        try:
+            with quiet_orbax_failures():  # its coroutines' errors where a read fails
+                loaded = load_model(source, dtype=DTYPES[self.config.policy.dtype],
+                                    mesh=self.mesh)
+        except Exception as error:  # noqa: BLE001 (orbax wraps some in a bare Exception)
+            params = Path(source) / PARAMS_FOLDER
+            cause = read_failure(error)
+            if (cause is None or isinstance(error, (CheckpointError, UnsupportedConfigError))
+                    or self.mesh is None or not params.is_dir()):
+                raise
+            remedy = (f"delete {source} so that stage train_policy trains it again"
+                      if Path(source).parent == self.out else
+                      "restore it from a copy or train it again")
+            raise DamagedOutputError(f"cannot read the trained parameters in {params} "
+                                     f"({first_line(cause)}): they are damaged; {remedy}"
+                                     ) from error
         if loaded.tokenizer is None:
             raise missing_tokenizer(source)
         return loaded

@@ -90,7 +90,7 @@ def train_learned_prm(head: QHead, features: np.ndarray, labels: np.ndarray, set
     with QCheckpointer(directory / "checkpoint", identity=identity,
                        head_config=head.head_config) as checkpointer:
         return train_q_model(head, features, labels, settings, checkpointer=checkpointer,
-                             mesh=mesh)
+                             mesh=mesh, progress_label="PRM training")
 
 
 def load_learned_prm(directory: str | Path, *, policy_config, mesh=None) -> PolicyHiddenPRM:

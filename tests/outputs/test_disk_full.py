@@ -1,11 +1,14 @@
 import errno
+import logging
 import os
+import sys
+from types import SimpleNamespace
 
 import pytest
 from flax import nnx
 
 from qstar_jax.models import sharded_params
-from qstar_jax.outputs.disk_full import orbax_write_errors_as_os_errors
+from qstar_jax.outputs.disk_full import orbax_write_errors_as_os_errors, quiet_orbax_failures
 
 
 @pytest.mark.parametrize("message, number", [
@@ -40,3 +43,43 @@ def test_saving_a_policys_parameters_on_a_full_disk_is_an_os_error(tmp_path, mon
         sharded_params.save_params(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), tmp_path / "params")
     assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC,
                                                            str(tmp_path / "params"))
+
+
+def test_orbaxs_own_reports_of_a_failure_are_quiet_within_and_the_rest_is_not(
+        caplog, monkeypatch):
+    """What orbax's threads log and what Python prints of its abandoned coroutines and
+    tensorstore's late callbacks stay off the terminal; other logs and errors do not."""
+    absl = logging.getLogger("absl")
+
+    def log(level, pathname):
+        absl.handle(absl.makeRecord("absl", level, pathname, 1, "%s from %s", (level, pathname),
+                                    None))
+
+    printed = []
+    monkeypatch.setattr(sys, "unraisablehook", printed.append)
+
+    async def from_here():
+        pass
+
+    orbax_coroutine = SimpleNamespace(cr_code=SimpleNamespace(
+        co_filename="/venv/site-packages/orbax/checkpoint/_src/serialization/serialization.py"))
+    ours = from_here()
+    closed = SimpleNamespace(exc_type=RuntimeError, exc_value=RuntimeError("Event loop is closed"),
+                             object=None)
+    abandoned = SimpleNamespace(exc_type=Exception, exc_value=Exception("read failed"),
+                                object=orbax_coroutine)
+    other = SimpleNamespace(exc_type=Exception, exc_value=Exception("a bug"), object=ours)
+    with caplog.at_level(logging.WARNING), quiet_orbax_failures():
+        log(logging.ERROR, "/venv/site-packages/orbax/checkpoint/checkpoint_manager.py")
+        log(logging.WARNING, "/venv/site-packages/orbax/checkpoint/checkpoint_manager.py")
+        log(logging.ERROR, "/venv/site-packages/other/module.py")
+        for raised in (closed, abandoned, other):
+            sys.unraisablehook(raised)
+    ours.close()
+    assert [(r.levelno, r.pathname) for r in caplog.records] == [
+        (logging.WARNING, "/venv/site-packages/orbax/checkpoint/checkpoint_manager.py"),
+        (logging.ERROR, "/venv/site-packages/other/module.py")]
+    assert printed == [other]
+    log(logging.ERROR, "/venv/site-packages/orbax/checkpoint/checkpoint_manager.py")
+    sys.unraisablehook(closed)
+    assert len(caplog.records) == 3 and printed == [other, closed]  # as before, after

@@ -32,6 +32,37 @@ def test_a_damaged_complete_line_is_an_error_naming_file_and_line(tmp_path):
     assert durable.read_jsonl(path) == ([{"a": 1}, {"c": 3}], 19)
 
 
+def test_a_damaged_line_is_damaged_output_saying_what_to_delete(tmp_path):
+    """Damaged output is one error type, which run reports in one line; by default the line
+    (or the file) goes, as an append-only file's missing records are made again."""
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"a": 1}\n{"b"\n{"c": 3}\n')
+    with pytest.raises(durable.DamagedOutputError) as raised:
+        durable.read_jsonl(path)
+    assert str(raised.value) == (
+        f"{path}:2 is not valid JSON (Expecting ':' delimiter): the file is damaged beyond a "
+        "torn last line; delete that line (or the file) and run again: the run makes again "
+        "the records it is missing")
+    with pytest.raises(durable.DamagedOutputError, match=r"torn last line; delete it all$"):
+        durable.read_jsonl(path, remedy="delete it all")
+
+
+def test_an_errors_first_line_is_cut_short_for_a_one_line_report():
+    assert durable.first_line(ValueError("OUT_OF_RANGE: short\n  {json: 1}")) == (
+        "OUT_OF_RANGE: short")
+    assert durable.first_line(ValueError("x" * 300), limit=10) == "xxxxxxx..."
+    assert durable.first_line(KeyError()) == "KeyError"
+
+
+def test_a_read_failure_is_found_under_the_bare_exception_orbax_raises_it_from():
+    cut = ValueError("OUT_OF_RANGE: byte range [0, 3825) is not valid for value of size 10")
+    try:
+        raise Exception("Encountered error while reading array index") from cut
+    except Exception as wrapped:  # noqa: BLE001
+        assert durable.read_failure(wrapped) is cut
+    assert durable.read_failure(TypeError("a bug")) is None
+
+
 def test_an_atomic_write_replaces_the_whole_file_and_leaves_no_temporary(tmp_path):
     path = tmp_path / "sub" / "summary.json"
     durable.write_atomically(path, lambda f: f.write(b"old"))

@@ -1,6 +1,8 @@
 import dataclasses
 import json
+import logging
 import re
+import shutil
 
 import jax
 import numpy as np
@@ -11,6 +13,7 @@ from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.rope_scaling import (LinearRopeScaling, Llama3RopeScaling,
                                            PerFrequencyRopeScaling)
 from qstar_jax.qvalue.backbone import BackboneQ
+from qstar_jax.outputs.durable import DamagedOutputError
 from qstar_jax.qvalue.checkpoint import (BackboneIdentity, BackboneMismatchError, QCheckpointer,
                                          config_fingerprint, load_backbone_q, load_q_head,
                                          model_config_from_dict, read_metadata)
@@ -166,6 +169,86 @@ def test_a_run_killed_after_its_best_step_resumes_to_the_best_params(tmp_path,
     jax.tree.map(np.testing.assert_array_equal, params_of(head), at_step_3)
     jax.tree.map(np.testing.assert_array_equal,
                  params_of(load_q_head(tmp_path, policy_config=POLICY)), at_step_3)
+
+
+def cut(files) -> None:
+    """Damage each of ``files`` as a disk can: cut it short."""
+    for file in files:
+        with open(file, "r+b") as f:
+            f.truncate(5)
+
+
+def test_a_damaged_last_step_resumes_from_the_one_before_to_the_same_result(
+        tmp_path, data, uninterrupted, caplog):
+    """Orbax keeps two steps: training resumes from the older when the newer does not read,
+    and saves the newer again."""
+    with checkpointer(tmp_path) as ck:
+        train_q_model(QHead(HEAD, rngs=nnx.Rngs(0)), *data, CONFIG, checkpointer=ck,
+                      progress=False)
+    cut([tmp_path / "12" / "progress" / "metadata"])
+    steps_run = []
+    head = QHead(HEAD, rngs=nnx.Rngs(0))
+    with checkpointer(tmp_path) as ck, caplog.at_level(logging.WARNING):
+        result = train_q_model(head, *data, CONFIG, checkpointer=ck, progress=False,
+                               on_step=lambda step, loss: steps_run.append(step))
+        assert ck.latest_step() == 12
+    assert f"{tmp_path}: passing over the damaged step 12: " in caplog.text
+    assert "restored step 8" in caplog.text
+    assert steps_run == [9, 10, 11, 12] and result == uninterrupted[1]
+    jax.tree.map(np.testing.assert_array_equal, params_of(head), params_of(uninterrupted[0]))
+
+
+def test_search_loads_the_step_before_a_damaged_one_and_names_the_folder_when_none_reads(
+        tmp_path, data):
+    with checkpointer(tmp_path / "trained") as ck:
+        train_q_model(QHead(HEAD, rngs=nnx.Rngs(0)), *data, CONFIG, checkpointer=ck,
+                      progress=False)
+        template = nnx.to_pure_dict(nnx.state(QHead(HEAD, rngs=nnx.Rngs(0)), nnx.Param))
+        at_step_8 = ck.restore_best_params(template, step=8)
+    # A copy, which tensorstore has not read through its caches in this process.
+    directory = shutil.copytree(tmp_path / "trained", tmp_path / "damaged")
+    cut((directory / "12" / "best_params").rglob("d/*"))
+    jax.tree.map(np.testing.assert_array_equal,
+                 params_of(load_q_head(directory, policy_config=POLICY)), at_step_8)
+    cut([directory / "8" / "meta" / "metadata"])
+    with pytest.raises(DamagedOutputError) as raised:
+        load_q_head(directory, policy_config=POLICY)
+    message = str(raised.value)
+    assert message.startswith(f"cannot read the checkpoint in {directory} (step 12: ")
+    assert "; step 8: Unterminated string" in message and "\n" not in message
+    assert message.endswith("): it is damaged; delete it, and in a run folder the "
+                            "*_training.json that marks its training done, so that it is "
+                            "trained again")
+
+
+def test_a_ctrl_c_while_a_save_is_waited_for_logs_nothing(tmp_path, caplog):
+    """The KeyboardInterrupt reaches the caller, which says what to do; orbax's own report
+    of it (an ERROR with a traceback) stays off the terminal."""
+    params = {"w": np.ones((3,), np.float32)}
+    ck = checkpointer(tmp_path)
+    ck.save(1, params=params, opt_state=params, best_params=params, progress={})
+    finalize = ck._manager._finalize_thread.get_not_none()
+    join = finalize.join
+
+    def interrupted(*args, **kwargs):
+        finalize.join = join  # once
+        raise KeyboardInterrupt
+
+    finalize.join = interrupted
+    with caplog.at_level(logging.INFO), pytest.raises(KeyboardInterrupt):
+        ck.close()
+    join()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_checkpointer_closed_cleanly_leaves_orbaxs_errors_reported(tmp_path, caplog):
+    params = {"w": np.ones((3,), np.float32)}
+    with checkpointer(tmp_path) as ck:
+        ck.save(1, params=params, opt_state=params, best_params=params, progress={})
+    absl = logging.getLogger("absl")
+    absl.handle(absl.makeRecord("absl", logging.ERROR, "/site-packages/orbax/checkpoint/x.py",
+                                1, "reported again", (), None))
+    assert "reported again" in caplog.text
 
 
 def test_restoring_against_another_backbone_names_both(tmp_path, data):

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from qstar_jax.outputs.durable import DamagedOutputError
 from qstar_jax.qvalue.dataset import (LabelledStep, features_path, load_labelled,
                                       load_step_logprobs, save_labelled, step_pairs)
 from qstar_jax.qvalue.rollouts import ProblemRollouts, Rollout
@@ -48,8 +49,47 @@ def test_features_saved_apart_from_their_records_are_refused(tmp_path, rows):
     save_labelled(path, steps[:3], features=np.zeros((3, 4), np.float32))
     save_labelled(newer, steps[:rows], features=np.ones((rows, 4), np.float32))
     features_path(newer).replace(features_path(path))
-    with pytest.raises(ValueError, match=f"has {rows} feature rows for 3 records"):
+    with pytest.raises(DamagedOutputError, match=f"has {rows} feature rows for 3 records"):
         load_labelled(path)
+
+
+def saved_with_features(path, count=3):
+    steps = [LabelledStep(problem_index=0, prefix_steps=(), step_text=f"s{i}", label=1.0)
+             for i in range(count)]
+    save_labelled(path, steps, features=np.zeros((count, 4), np.float32),
+                  step_logprobs=np.zeros(count, np.float32))
+    return steps
+
+
+def test_a_torn_labels_file_says_to_delete_it_so_the_label_stage_runs_again(tmp_path):
+    """labels.jsonl is written whole: a torn last line is damage, whose records no longer
+    match their feature rows, and saving again is no advice a run's user can follow."""
+    path = tmp_path / "labels.jsonl"
+    saved_with_features(path)
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(DamagedOutputError) as raised:
+        load_labelled(path)
+    assert str(raised.value) == (
+        f"{features_path(path)} has 3 feature rows for 2 records in {path}: the two were not "
+        f"saved together; delete {path} so that stage label labels the rollouts again")
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text(lines[0] + lines[1][:10] + "\n")  # a damaged complete line
+    with pytest.raises(DamagedOutputError, match=f":2 is not valid JSON .*; delete {path} so "
+                       "that stage label labels the rollouts again$"):
+        load_labelled(path)
+
+
+@pytest.mark.parametrize("size", [1000, 30])
+def test_a_cut_feature_file_says_to_delete_the_labels(tmp_path, size):
+    path = tmp_path / "labels.jsonl"
+    saved_with_features(path, count=100)
+    with open(features_path(path), "r+b") as f:
+        f.truncate(size)
+    for load in (load_labelled, load_step_logprobs):
+        with pytest.raises(DamagedOutputError, match=(
+                f"^cannot read {features_path(path)} \\(.*\\): it is damaged; delete {path} so "
+                "that stage label labels the rollouts again$")):
+            load(path)
 
 
 def test_step_logprobs_round_trip_with_the_features_and_need_them(tmp_path):

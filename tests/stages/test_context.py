@@ -8,7 +8,9 @@ from qstar_jax.config import CountdownWorldConfig, RunConfig, TaskConfig
 from qstar_jax.config_loading import load_config, to_yaml
 from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.models.loading import LoadedModel
+from qstar_jax.models.sharded_params import PARAMS_FOLDER
 from qstar_jax.models.weights import CheckpointError
+from qstar_jax.outputs.durable import DamagedOutputError
 from qstar_jax.stages import context
 from qstar_jax.stages.context import RunContext
 from qstar_jax.tasks.base import MalformedRecordError
@@ -176,3 +178,36 @@ def test_a_chat_template_asked_of_a_tokenizer_without_one_names_the_setting(
         "tokenizer_config.json (or chat_template.jinja) has one")
     plain_run = RunContext(config=load_config(None, checkpoint), out=tmp_path)
     assert plain_run.policy.tokenizer is plain
+
+
+def test_a_trained_model_whose_parameters_do_not_read_back_says_what_to_delete(
+        tmp_path, monkeypatch):
+    """Tensorstore's error for a cut parameter file runs to kilobytes: the run says its
+    first line, and which folder to delete so that train_policy trains the policy again."""
+    def load_model(source, **settings):
+        if (source / "config.json").exists():
+            raise CheckpointError(f"{source}/config.json: cannot read it")
+        # Orbax raises some of tensorstore's errors from a bare Exception.
+        raise Exception("Encountered error while reading array index") from ValueError(
+            'OUT_OF_RANGE: Error reading "norm.weight/.zarray"\n  {"spec": 1}')
+
+    monkeypatch.setattr(context, "load_model", load_model)
+    ctx = RunContext(config=load_config(None), out=tmp_path, mesh="the run's mesh")
+    policy = tmp_path / "policy"
+    (policy / PARAMS_FOLDER).mkdir(parents=True)
+    with pytest.raises(DamagedOutputError) as raised:
+        ctx.policy  # noqa: B018 (loaded to check)
+    assert str(raised.value) == (
+        f'cannot read the trained parameters in {policy / PARAMS_FOLDER} (OUT_OF_RANGE: Error '
+        f'reading "norm.weight/.zarray"): they are damaged; delete {policy} so that stage '
+        "train_policy trains it again")
+    elsewhere = tmp_path / "other_run" / "policy"
+    (elsewhere / PARAMS_FOLDER).mkdir(parents=True)
+    with pytest.raises(DamagedOutputError, match="; restore it from a copy or train it again$"):
+        ctx.load(elsewhere)
+    with pytest.raises(Exception, match="^Encountered error") as raised:  # no parameters
+        ctx.load(tmp_path / "hf_checkpoint")
+    assert not isinstance(raised.value, DamagedOutputError)
+    (policy / "config.json").touch()
+    with pytest.raises(CheckpointError, match="config.json: cannot read it"):
+        ctx.load(policy)

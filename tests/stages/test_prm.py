@@ -53,6 +53,16 @@ def trained(tmp_path_factory):
     return directory, head, result
 
 
+def test_the_prm_trains_under_a_progress_bar_of_its_own_name(tmp_path, capsys):
+    head = QHead(QHeadConfig(hidden_size=POLICY.hidden_size, mlp_widths=()), rngs=nnx.Rngs(0))
+    settings = TrainConfig(loss="bce", max_steps=2, batch_size=4, heldout_fraction=0.0)
+    train_learned_prm(head, np.zeros((8, POLICY.hidden_size), np.float32),
+                      np.ones(8, np.float32), settings, tmp_path,
+                      BackboneIdentity.of_policy(POLICY))
+    bar = capsys.readouterr().err
+    assert "PRM training" in bar and "Q̂ training" not in bar
+
+
 def test_restored_prm_scores_exactly_what_the_trained_one_did(trained):
     directory, head, result = trained
     assert result.steps > 0
