@@ -18,6 +18,7 @@ from transformers import PreTrainedTokenizerBase
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.llama import LlamaModel
 from qstar_jax.models.weights import hf_names
+from qstar_jax.outputs.disk_full import rust_write_errors_as_os_errors
 
 
 def hf_config_dict(cfg: ModelConfig) -> dict:
@@ -55,7 +56,10 @@ def save_hf_checkpoint(model: LlamaModel, tokenizer: PreTrainedTokenizerBase,
         names = hf_names(path, cfg.num_layers)
         parts = value if path[0] == "layers" else value[None]
         tensors.update({name: np.ascontiguousarray(part) for name, part in zip(names, parts)})
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
-    (directory / "config.json").write_text(json.dumps(hf_config_dict(cfg), indent=2) + "\n")
-    tokenizer.save_pretrained(str(directory))
+    # A full disk is an OSError, as run reports in one line (safetensors and tokenizers
+    # raise their own errors for it).
+    with rust_write_errors_as_os_errors(directory):
+        save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+        (directory / "config.json").write_text(json.dumps(hf_config_dict(cfg), indent=2) + "\n")
+        tokenizer.save_pretrained(str(directory))
     return directory

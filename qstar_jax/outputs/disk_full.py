@@ -24,6 +24,8 @@ import sys
 from typing import Iterator
 
 OS_ERROR_CODE = re.compile(r"\[os_error_code='(\d+)'\]")
+# How Rust's io errors end, as safetensors and tokenizers raise them: "... (os error 28)".
+RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
 
 @contextlib.contextmanager
@@ -39,6 +41,23 @@ def orbax_write_errors_as_os_errors(directory: str | os.PathLike) -> Iterator[No
             raise
         number = errno.ENOSPC if code is None else int(code.group(1))
         raise OSError(number, os.strerror(number), os.fspath(directory)) from error
+
+
+@contextlib.contextmanager
+def rust_write_errors_as_os_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Within, an error of safetensors' or tokenizers' Rust writers that carries an OS error
+    number (a SafetensorError, or a bare Exception from tokenizers) is raised as that
+    OSError, naming ``path``; any other error as it is."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as error:  # noqa: BLE001 - tokenizers raises a bare Exception
+        code = RUST_OS_ERROR.search(str(error))
+        if code is None:
+            raise
+        number = int(code.group(1))
+        raise OSError(number, os.strerror(number), os.fspath(path)) from error
 
 
 @contextlib.contextmanager

@@ -3,6 +3,8 @@ loader: every setting a from-scratch policy may differ from the defaults in (RoP
 norm epsilon, a head size apart from hidden / heads, attention biases, an untied head)
 reaches the config, every tensor its HF name and layout."""
 
+import errno
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,8 +13,9 @@ import torch
 import transformers
 from flax import nnx
 from jax.sharding import NamedSharding
+from safetensors import SafetensorError
 
-from qstar_jax.models import load_model
+from qstar_jax.models import hf_export, load_model
 from qstar_jax.models.char_tokenizer import build_char_tokenizer
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.hf_export import save_hf_checkpoint
@@ -81,3 +84,22 @@ def test_a_trained_policy_loads_onto_a_mesh_from_its_sharded_params_in_the_asked
                and x.sharding.mesh == mesh for x in jax.tree.leaves(got))
     expected = jax.tree.map(lambda x: np.asarray(x.astype(jnp.bfloat16)), params(trained))
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, got), expected)
+
+
+@pytest.mark.parametrize("writer", ["weights", "tokenizer"])
+def test_an_export_on_a_full_disk_is_an_os_error(tmp_path, monkeypatch, writer):
+    """safetensors and tokenizers raise their own errors for a full disk (not OSError),
+    which run reported as a traceback, exit 1, where a full disk is one line, exit 2."""
+    tokenizer = build_char_tokenizer("abc\n")
+
+    def full(*args, **kwargs):
+        raise (SafetensorError if writer == "weights" else Exception)(
+            "No space left on device (os error 28)")
+
+    if writer == "weights":
+        monkeypatch.setattr(hf_export, "save_file", full)
+    else:
+        monkeypatch.setattr(tokenizer, "save_pretrained", full)
+    with pytest.raises(OSError) as raised:
+        save_hf_checkpoint(_random_model(tied=False), tokenizer, tmp_path)
+    assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC, str(tmp_path))

@@ -6,9 +6,11 @@ from types import SimpleNamespace
 
 import pytest
 from flax import nnx
+from safetensors import SafetensorError
 
 from qstar_jax.models import sharded_params
-from qstar_jax.outputs.disk_full import orbax_write_errors_as_os_errors, quiet_orbax_failures
+from qstar_jax.outputs.disk_full import (orbax_write_errors_as_os_errors, quiet_orbax_failures,
+                                        rust_write_errors_as_os_errors)
 
 
 @pytest.mark.parametrize("message, number", [
@@ -26,6 +28,19 @@ def test_an_orbax_write_error_with_an_os_error_is_that_os_error(message, number)
     assert (raised.value.errno, raised.value.strerror, raised.value.filename) == (
         number, os.strerror(number), "/out/policy")
     assert str(raised.value.__cause__) == message
+
+
+@pytest.mark.parametrize("error", [
+    SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+                    'message: "No space left on device" }) (os error 28)'),
+    Exception("No space left on device (os error 28)")])  # tokenizers' save
+def test_a_rust_writers_error_with_an_os_error_is_that_os_error(error):
+    with pytest.raises(OSError) as raised, rust_write_errors_as_os_errors("/out/policy"):
+        raise error
+    assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC, "/out/policy")
+    with pytest.raises(ValueError, match="^not an io error$"), \
+            rust_write_errors_as_os_errors("/out/policy"):
+        raise ValueError("not an io error")
 
 
 def test_other_errors_pass_as_they_are():
