@@ -71,7 +71,7 @@ def _abstract_params(cfg: ModelConfig, dtype):
 def expected_tensor_names(cfg: ModelConfig) -> list[str]:
     """The HF names of every tensor a checkpoint for ``cfg`` must hold."""
     _, _, params = _abstract_params(cfg, jnp.float32)
-    return [name for path, _ in params for name in hf_names(path, cfg.num_layers)]
+    return [name for names in _read_plan(cfg, params).values() for name in names]
 
 
 def build_model(cfg: ModelConfig, tensors: Mapping[str, StoredTensor], *,

@@ -39,8 +39,8 @@ def orbax_write_errors_as_os_errors(directory: str | os.PathLike) -> Iterator[No
         code = OS_ERROR_CODE.search(str(error))
         if code is None and not str(error).startswith("RESOURCE_EXHAUSTED"):
             raise
-        number = errno.ENOSPC if code is None else int(code.group(1))
-        raise OSError(number, os.strerror(number), os.fspath(directory)) from error
+        raise _os_error(errno.ENOSPC if code is None else int(code.group(1)),
+                        directory) from error
 
 
 @contextlib.contextmanager
@@ -56,8 +56,12 @@ def rust_write_errors_as_os_errors(path: str | os.PathLike) -> Iterator[None]:
         code = RUST_OS_ERROR.search(str(error))
         if code is None:
             raise
-        number = int(code.group(1))
-        raise OSError(number, os.strerror(number), os.fspath(path)) from error
+        raise _os_error(int(code.group(1)), path) from error
+
+
+def _os_error(number: int, path: str | os.PathLike) -> OSError:
+    """The OSError Python's own write of ``path`` would raise for error ``number``."""
+    return OSError(number, os.strerror(number), os.fspath(path))
 
 
 @contextlib.contextmanager

@@ -120,7 +120,7 @@ def load_labelled(path: str | os.PathLike) -> tuple[list[LabelledStep], np.ndarr
     steps = [LabelledStep(problem_index=int(r["problem_index"]),
                           prefix_steps=tuple(r["prefix_steps"]), step_text=r["step_text"],
                           label=float(r["label"])) for r in records]
-    arrays = _saved_arrays(path)
+    arrays = _saved_arrays(path, "features")
     if arrays is None:
         return steps, None
     features = arrays["features"]
@@ -134,18 +134,19 @@ def load_labelled(path: str | os.PathLike) -> tuple[list[LabelledStep], np.ndarr
 def load_step_logprobs(path: str | os.PathLike) -> np.ndarray | None:
     """The labelled steps' log-probabilities under the policy [N], saved with the features
     (None when none were saved)."""
-    arrays = _saved_arrays(path)
+    arrays = _saved_arrays(path, "step_logprobs")
     return None if arrays is None else arrays.get("step_logprobs")
 
 
-def _saved_arrays(path: str | os.PathLike) -> dict[str, np.ndarray] | None:
-    """The arrays saved beside the labelled dataset at ``path`` (None: none were)."""
+def _saved_arrays(path: str | os.PathLike, *names: str) -> dict[str, np.ndarray] | None:
+    """Those of the arrays ``names`` saved beside the labelled dataset at ``path`` (None:
+    none were saved), each read only when asked for: the features run to N x hidden."""
     feature_file = features_path(path)
     if not feature_file.exists():
         return None
     try:
         with np.load(feature_file) as archive:
-            arrays = {name: archive[name] for name in archive.files}
+            arrays = {name: archive[name] for name in names if name in archive.files}
     # What numpy and zipfile raise on a cut or overwritten archive.
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise durable.DamagedOutputError(

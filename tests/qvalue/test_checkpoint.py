@@ -1,4 +1,5 @@
 import dataclasses
+import gc
 import json
 import logging
 import re
@@ -221,9 +222,16 @@ def test_search_loads_the_step_before_a_damaged_one_and_names_the_folder_when_no
                             "trained again")
 
 
+# A tensorstore callback of the interrupted save may report "Event loop is closed" after
+# the test has ended, outside the checkpointer's quiet: not this test's finding.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_ctrl_c_while_a_save_is_waited_for_logs_nothing(tmp_path, caplog):
     """The KeyboardInterrupt reaches the caller, which says what to do; orbax's own report
     of it (an ERROR with a traceback) stays off the terminal."""
+    # Futures an earlier test's failed reads left behind log "Future exception was never
+    # retrieved" (asyncio, ERROR) when they are collected: collected here, not counted.
+    gc.collect()
+    caplog.clear()
     params = {"w": np.ones((3,), np.float32)}
     ck = checkpointer(tmp_path)
     ck.save(1, params=params, opt_state=params, best_params=params, progress={})

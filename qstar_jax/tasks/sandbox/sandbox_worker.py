@@ -73,11 +73,11 @@ def run_worker(job: dict, channel: socket.socket) -> None:
             scope = dict(namespace) if check.get("own_scope") else namespace
             scope[_GUARD] = require_plain
             outcome = _run_check(check["steps"], f"<test {index + 1}>", scope, restore_modules)
+            # Before the values are written out; the next check's steps restore again.
             restore_modules()
             if "values" in outcome:
                 outcome = _encoded(outcome, job["value_limit"])
             send(outcome)
-            restore_modules()
     os._exit(0)
 
 
