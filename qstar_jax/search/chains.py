@@ -144,17 +144,22 @@ def self_consistency_of(result: SearchResult,
     ChainConfig (best-of-N's): the same chains, re-ranked by votes, with no Q̂ or PRM
     call charged (a vote reads neither). Its answer is the one
     ``self_consistency_planner`` would give: the complete chains come in chain order, and
-    without any the partial chain 0 stands as it is."""
+    without any the partial chain 0 stands as it is. Its tree, where the search kept one,
+    is the search's with each complete chain's votes by its last node (``votes``): the
+    nodes' Q̂ and PRM scores in it are the other search's, which the vote did not read."""
     counters = (None if result.counters is None
                 else dataclasses.replace(result.counters, q_calls=0, prm_calls=0))
-    if not result.trajectories:
-        return dataclasses.replace(result, counters=counters, tree=None)
     votes = vote_counts([answer_key(t.steps) for t in result.trajectories])
+    tree = (None if result.tree is None else
+            {**result.tree, "votes": {str(t.node_id): int(v)
+                                      for t, v in zip(result.trajectories, votes)}})
+    if not result.trajectories:
+        return dataclasses.replace(result, counters=counters, tree=tree)
     best = int(np.argmax(votes))  # first maximum: ties to the lower chain
     chosen = result.trajectories[best]
     return dataclasses.replace(
         result, steps=chosen.steps, node_id=chosen.node_id, score=float(votes[best]),
         trajectories=tuple(dataclasses.replace(t, score=float(v))
                            for t, v in zip(result.trajectories, votes)),
-        counters=counters, tree=None)
+        counters=counters, tree=tree)
 

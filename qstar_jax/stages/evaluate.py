@@ -196,12 +196,13 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
             began = time.perf_counter()
             results = search_batch(batch, f"{method} {start + len(batch)}/{len(pending)}")
             share = (time.perf_counter() - began) / len(batch)
-            rows = list(_graded(ctx, method, problems, results, share))
-            for other in derived:
-                rows += _graded(ctx, other, problems,
-                                [self_consistency_of(r, vote_on) for r in results], share)
+            searched = {method: results, **{other: [self_consistency_of(r, vote_on)
+                                                    for r in results] for other in derived}}
+            rows = [row for m, rs in searched.items()
+                    for row in _graded(ctx, m, problems, rs, share)]
             if cfg.eval.dump_trees:  # before the rows: a logged problem is not searched again
-                _dump_trees(ctx, method, problems, results)
+                for m, rs in searched.items():
+                    _dump_trees(ctx, tree_folder(m, samples), problems, rs)
             log.append(r for r in rows if r.problem_id not in done[r.method])
             barrier("results appended")  # so every process reads the log alike
 
@@ -304,12 +305,18 @@ def _grade(task, problem, completion: str, completed: bool) -> tuple[bool, str |
     return task.grade(problem, completion), None
 
 
-def _dump_trees(ctx: RunContext, method: str, problems, results: list[SearchResult]) -> None:
-    """Each search's tree as ``trees/METHOD/PROBLEM.json``, whole or not at all; process 0
+def tree_folder(method: str, samples: int) -> str:
+    """Where ``trees/`` keeps a method's trees: best_of_n_matched's under each N it was
+    searched at (``n8``), as the N it settles on may be one searched before another."""
+    return f"{method}/n{samples}" if method == "best_of_n_matched" else method
+
+
+def _dump_trees(ctx: RunContext, folder: str, problems, results: list[SearchResult]) -> None:
+    """Each search's tree as ``trees/FOLDER/PROBLEM.json``, whole or not at all; process 0
     alone writes (every process searched alike)."""
     if not is_writer():
         return
-    folder = ctx.out / "trees" / method
+    folder = ctx.out / "trees" / folder
     folder.mkdir(parents=True, exist_ok=True)
     for result in results:
         name = problems[result.problem_index].id.replace("/", "_")

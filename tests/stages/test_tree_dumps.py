@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from qstar_jax.config_loading import load_config
-from qstar_jax.search.planner import Outcome, SearchCounters, SearchResult
+from qstar_jax.search.planner import Outcome, ScoredTrajectory, SearchCounters, SearchResult
 from qstar_jax.search.process_utility import ZeroUtility
 from qstar_jax.stages import evaluate
 from qstar_jax.stages.context import RunContext
@@ -93,3 +93,37 @@ def test_evaluate_dumps_every_batchs_trees_only_under_eval_dump_trees(tmp_path, 
     assert sorted(p.name for p in folder.iterdir()) == sorted(f"{i}.json" for i in ids)
     assert [json.loads((folder / f"{i}.json").read_text()) for i in ids] == [
         {"problem_index": 0}, {"problem_index": 1}, {"problem_index": 2}]  # both batches
+
+
+def test_self_consistency_read_from_best_of_n_keeps_its_tree_with_the_votes(tmp_path,
+                                                                              monkeypatch):
+    """Self-consistency votes on best-of-N's chains: its trees are best-of-N's, with each
+    complete chain's votes by its last node."""
+    chains = (ScoredTrajectory(steps=("#### 4",), node_id=1, score=0.9),
+              ScoredTrajectory(steps=("#### 5",), node_id=2, score=0.1),
+              ScoredTrajectory(steps=("so", "#### 5"), node_id=3, score=0.2))
+
+    def step_search(ctx, method, samples, runtime, q_fn, utility):
+        return lambda batch, description: [SearchResult(
+            problem_index=i, steps=("#### 4",), node_id=1, outcome=Outcome.complete,
+            score=0.9, trajectories=chains, tree={"problem_index": i},
+            counters=SearchCounters(generated_tokens=3, prefilled_tokens=0, q_calls=3,
+                                    prm_calls=0, expansions=1, wall_s=0.0)) for i in batch]
+
+    monkeypatch.setattr(evaluate, "_step_search", step_search)
+    monkeypatch.setattr(RunContext, "runtime", lambda self, problems, model=None, rows=None: None)
+    monkeypatch.setattr(evaluate, "load_q_function", lambda ctx, problems: None)
+    ctx = RunContext(config=load_config(None, [
+        "eval.methods=[self_consistency,best_of_n]", "task.eval_problems=2",
+        "q_train.second_opinion=null", "eval.dump_trees=true"]), out=tmp_path)
+    evaluate.evaluate(ctx)
+    [first, _] = [p.id.replace("/", "_") for p in ctx.problems("test", 2)]
+    best_of_n = json.loads((tmp_path / "trees" / "best_of_n" / f"{first}.json").read_text())
+    voted = json.loads((tmp_path / "trees" / "self_consistency" / f"{first}.json").read_text())
+    assert best_of_n == {"problem_index": 0}
+    assert voted == {"problem_index": 0, "votes": {"1": 1, "2": 2, "3": 2}}
+
+
+def test_best_of_n_matched_keeps_each_ns_trees_apart():
+    assert evaluate.tree_folder("best_of_n_matched", 8) == "best_of_n_matched/n8"
+    assert evaluate.tree_folder("best_of_n", 8) == "best_of_n"
