@@ -177,6 +177,41 @@ def check_prm_labels(config) -> None:
     prm_label_ids(tokenizer.encode, s)
 
 
+def first_expansion_slots(config, method: str) -> int:
+    """The cache slots a search of ``method`` holds at its first expansion at the least: its
+    root's and its first children's, as a node's slot is freed only after its children
+    are forked (best_of_n_matched's N is found as it runs: its floor is a chain's)."""
+    e = config.eval
+    if method in ("best_of_n", "self_consistency"):
+        return e.samples + 1
+    if method == "beam":
+        return e.beam_k + 1
+    if method in ("qstar", "qstar_no_q"):
+        return config.search.k + 1
+    if method in ("tot_bfs", "tot_dfs"):
+        return e.tot.k + 1
+    return 2  # greedy, best_of_n_matched, MCTSr: a prompt and one sample
+
+
+def check_searches_fit_a_shard(config, data_shards: int) -> None:
+    """Each evaluate method's search fits one data shard's share of decode.slots (a
+    search's rows all sit on one shard): said before the training stages run, where
+    evaluate would stop on it after them."""
+    if "evaluate" not in config.stages:
+        return
+    share = config.decode.slots // data_shards
+    for method in config.eval.methods:
+        need = first_expansion_slots(config, method)
+        if need > share:
+            split = (f" gives each of the {data_shards} data shards {share}, and a search's "
+                     f"rows all sit on one shard" if data_shards > 1 else "")
+            raise ConfigError(
+                f"decode.slots={config.decode.slots}{split}: a {method} search holds {need} "
+                f"slots at its first expansion (its root and {need - 1} children) and more "
+                f"as its tree grows; raise decode.slots above {need * data_shards - 1} "
+                "(python -m qstar_jax.memory_plan sizes the cache for a device)")
+
+
 def check_layer_weights(config, mesh) -> None:
     """``decode.layer_weights`` can hold each model that decodes (the policy, a second
     opinion) on ``mesh``, and their step calls can run over row windows where

@@ -39,7 +39,8 @@ from qstar_jax.outputs.folder_lock import FolderInUseError, lock_folder
 from qstar_jax.parallel import (DATA, barrier, check_cache_split, initialize_distributed,
                                 is_writer, leave_at_once, make_mesh)
 from qstar_jax.policy.runtime import PromptTooLong
-from qstar_jax.preflight import (check_layer_weights, identical_samples_warning, preflight,
+from qstar_jax.preflight import (check_layer_weights, check_searches_fit_a_shard,
+                                 identical_samples_warning, preflight,
                                  shared_split_warning, warmup_warning)
 from qstar_jax.run_messages import (cache_full_message, different_config_advice,
                                     lost_process_message, prompt_too_long_message)
@@ -133,6 +134,7 @@ def main(argv=None) -> int:
         mesh = make_mesh(config.mesh.data, config.mesh.model)
         check_cache_split(mesh.shape[DATA], slots=config.decode.slots,
                           pages=config.decode.num_pages)
+        check_searches_fit_a_shard(config, mesh.shape[DATA])
         check_layer_weights(config, mesh)
         check_memory(config)  # the weights and the cache fit, or say what does
         warnings = [context_warning(config, policy_architecture(config)),
