@@ -115,6 +115,11 @@ class PolicyTrainingConfig:
     value_batch_size: int = 32
     # Clip each step's gradient to this global norm (null: no clipping).
     max_grad_norm: float | None = 1.0
+    # Steps between checkpoints of the training (out/policy.training, deleted once the
+    # policy is saved; also saved after the last step): a killed run resumes from the last
+    # one to the policy a run never killed trains (bit for bit where its steps compute
+    # deterministically, as on CPUs).
+    checkpoint_every: int = 200
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

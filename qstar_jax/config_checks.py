@@ -156,7 +156,7 @@ def _check_training(config: RunConfig) -> None:
              f"must be one of {POLICY_DTYPES}, got {config.policy.dtype!r}")
     _at_least(1, "policy_training", pt, "steps", "batch_size", "train_problems",
               "hidden_size", "num_layers", "intermediate_size", "num_heads", "num_kv_heads",
-              "value_batch_size")
+              "value_batch_size", "checkpoint_every")
     _require(pt.hidden_size % pt.num_heads == 0 and pt.num_heads % pt.num_kv_heads == 0,
              "policy_training.num_heads", f"must divide hidden_size and be a multiple of "
              f"num_kv_heads, got hidden_size={pt.hidden_size} num_heads={pt.num_heads} "

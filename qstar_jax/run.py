@@ -44,8 +44,8 @@ from qstar_jax.preflight import (check_layer_weights, check_searches_fit_a_shard
                                  shared_split_warning, warmup_warning)
 from qstar_jax.run_messages import (cache_full_message, different_config_advice,
                                     lost_process_message, prompt_too_long_message)
-from qstar_jax.stages.reuse import (CACHE_LAYOUT, differing_settings, reuse_trained_outputs,
-                                    setting_values)
+from qstar_jax.stages.reuse import (CACHE_LAYOUT, NO_RESULT, differing_settings,
+                                    reuse_trained_outputs, setting_values)
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.evaluate import RESULTS_LOG, evaluate
 from qstar_jax.stages.prm import train_prm
@@ -176,18 +176,20 @@ def run_in_folder(out: Path, config, mesh, reuse: str | None) -> int:
     status."""
     resolved = out / "config.yaml"
     changed = changed_settings(resolved, config) if resolved.exists() else []
-    # The run goes on under changed settings only where they are the cache's layout
-    # (reuse.CACHE_LAYOUT, which never changes what is computed), and only before evaluate
-    # has logged a result, as the layout moves its wall-clock figures.
-    layout_only = changed is not None and all(key in CACHE_LAYOUT for key in changed)
-    if changed is None or (changed and (not layout_only or (out / RESULTS_LOG).exists())):
-        saved = setting_values(load_config(resolved), changed) if layout_only else None
+    # The run goes on under changed settings only where they save its progress otherwise
+    # (reuse.NO_RESULT) or are the cache's layout (reuse.CACHE_LAYOUT, which never changes
+    # what is computed), and the layout only before evaluate has logged a result, as it
+    # moves its wall-clock figures.
+    computed = None if changed is None else [key for key in changed if key not in NO_RESULT]
+    layout_only = computed is not None and all(key in CACHE_LAYOUT for key in computed)
+    if computed is None or (computed and (not layout_only or (out / RESULTS_LOG).exists())):
+        saved = setting_values(load_config(resolved), computed) if layout_only else None
         print(f"config error: {out} holds a run with a different config ({resolved}"
               f"{': differs in ' + ', '.join(changed) if changed else ''}); "
               f"{different_config_advice(changed, out, layout_only, saved)}", file=sys.stderr)
         return 2
     if changed:
-        print(f"[qstar] resuming {out} under new cache settings: {', '.join(changed)}",
+        print(f"[qstar] resuming {out} under new settings: {', '.join(changed)}",
               flush=True)
     if reuse and is_writer():
         try:

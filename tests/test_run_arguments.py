@@ -653,7 +653,7 @@ def test_a_run_resumes_under_a_new_cache_layout_until_evaluate_has_begun(
     assert run.main(["decode.slots=16", "stages=[train_policy]", "--out", str(tmp_path)]) == 0
     assert ran == [16] and load_config(saved).decode.slots == 16
     assert capsys.readouterr().out.startswith(
-        f"[qstar] resuming {tmp_path} under new cache settings: decode.slots\n")
+        f"[qstar] resuming {tmp_path} under new settings: decode.slots\n")
     (tmp_path / "q_training.json").write_text("{}")  # evaluate begins after training
     (tmp_path / "results.jsonl").write_text("")
     assert run.main(["decode.slots=32", "stages=[train_policy]", "--out", str(tmp_path)]) == 2
@@ -665,6 +665,23 @@ def test_a_run_resumes_under_a_new_cache_layout_until_evaluate_has_begun(
     assert ran == [16] and load_config(saved).decode.slots == 16
     assert run.main(["decode.slots=16", "stages=[train_policy]", "--out", str(tmp_path)]) == 0
     assert ran == [16, 16]
+
+
+def test_a_run_resumes_under_another_checkpoint_interval_whenever_it_was_stopped(
+        tmp_path, monkeypatch, capsys):
+    """policy_training.checkpoint_every changes when training saves, not what it computes:
+    a run goes on in its folder under another, even once evaluate has begun."""
+    ran = []
+    monkeypatch.setattr(run, "run_stages",
+                        lambda ctx: ran.append(ctx.config.policy_training.checkpoint_every))
+    saved = tmp_path / "config.yaml"
+    saved.write_text(to_yaml(load_config(None, ["stages=[train_policy]"])))
+    (tmp_path / "results.jsonl").write_text("")
+    assert run.main(["policy_training.checkpoint_every=7", "stages=[train_policy]",
+                     "--out", str(tmp_path)]) == 0
+    assert ran == [7] and load_config(saved).policy_training.checkpoint_every == 7
+    assert capsys.readouterr().out.startswith(
+        f"[qstar] resuming {tmp_path} under new settings: policy_training.checkpoint_every\n")
 
 
 def test_a_prompt_longer_than_a_cache_row_names_the_settings_that_make_room(

@@ -10,12 +10,21 @@ state there (1 while the trace can still reach the answer, 0 once it cannot), an
 the head's BCE on them to the loss. The head is thrown away after training; what it
 leaves behind is a trunk whose hidden state at a step's end carries whether the trace
 has gone wrong, which is what Q̂, a head fitted later on those hidden states, needs.
+
+Given a ``checkpoint_dir``, training saves its state there every
+``LMTrainingConfig.checkpoint_every`` steps and after the last (``lm_checkpoint``), and a
+run started again resumes from the newest checkpoint that reads back, to the parameters
+and log a run never stopped ends with (bit for bit, at the same seed, where the step
+computes deterministically, as on CPUs); a checkpoint of other settings or data is not
+resumed from: training starts over, with a warning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import os
 from typing import Sequence
 
 import jax
@@ -27,6 +36,7 @@ from tqdm.auto import tqdm
 
 from qstar_jax.models.compile_options import training_compiler_options
 from qstar_jax.models.llama import LlamaModel
+from qstar_jax.models.lm_checkpoint import LMCheckpointer, training_fingerprint
 from qstar_jax.parallel import replicate, shard_rows
 
 
@@ -41,6 +51,13 @@ class LMTrainingConfig:
     value_weight: float = 0.0  # weight of the joint value head's BCE (0: no value head)
     value_batch_size: int = 32
     max_grad_norm: float | None = None  # clip the gradient's global norm to this (None: no clip)
+    # Steps between checkpoints, when train_causal_lm is given a checkpoint_dir (it also
+    # saves after the last step); resuming under another value gives the same result.
+    checkpoint_every: int = 100
+
+    def __post_init__(self):
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be at least 1, got {self.checkpoint_every}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,12 +114,23 @@ def pack_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], pad_i
 def train_causal_lm(model: LlamaModel, tokens: np.ndarray, mask: np.ndarray,
                     config: LMTrainingConfig, *, value_rows: ValueRows | None = None,
                     desc: str = "train policy",
-                    mesh: jax.sharding.Mesh | None = None) -> dict[str, list[float]]:
+                    mesh: jax.sharding.Mesh | None = None,
+                    checkpoint_dir: str | os.PathLike | None = None) -> dict[str, list[float]]:
     """Trains ``model`` in place on packed rows (and, with ``value_rows`` and
     ``config.value_weight`` > 0, a joint value head on them); returns the next-token loss
     every 50 steps (``loss``) and the value head's BCE (``value_loss``, joint only).
     With a ``mesh`` the parameters are replicated and each batch's rows split over its
-    ``data`` axis (``parallel.shard_rows``)."""
+    ``data`` axis (``parallel.shard_rows``).
+
+    With a ``checkpoint_dir`` the parameters, optimizer state, batch generator and log
+    are saved there every ``config.checkpoint_every`` steps and after the last
+    (``lm_checkpoint.LMCheckpointer``); a run that finds a checkpoint of the same
+    training there resumes from its newest readable step (one line says so; its progress
+    bar starts there) and ends as a run never stopped would, bit for bit. A checkpoint
+    written for other settings, data or initial model is not resumed from, nor one that
+    does not read back: training starts over from step 0, with a warning, and replaces
+    it. The caller deletes the folder once it has saved the result. Every process of a
+    multi-process run calls this alike."""
     joint = value_rows is not None and config.value_weight > 0
     if joint and value_rows.tokens.shape[1] != tokens.shape[1]:
         raise ValueError(f"value rows are {value_rows.tokens.shape[1]} tokens long and LM rows "
@@ -117,6 +145,13 @@ def train_causal_lm(model: LlamaModel, tokens: np.ndarray, mask: np.ndarray,
     if config.max_grad_norm is not None:
         optimizer = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optimizer)
     opt_state = optimizer.init(params)
+    fingerprint = None
+    if checkpoint_dir is not None:
+        data = {"tokens": tokens, "mask": mask}
+        if joint:
+            data.update(value_tokens=value_rows.tokens, value_targets=value_rows.targets,
+                        value_weights=value_rows.weights)
+        fingerprint = training_fingerprint(config, model.config, params, data)
     if mesh is not None:  # the optimizer's step counts too, as the step returns them
         params, rest, opt_state = replicate((params, rest, opt_state), mesh)
 
@@ -149,21 +184,40 @@ def train_causal_lm(model: LlamaModel, tokens: np.ndarray, mask: np.ndarray,
 
     rng = np.random.default_rng(config.seed)
     log: dict[str, list[float]] = {"loss": [], **({"value_loss": []} if joint else {})}
-    progress = tqdm(range(config.steps), desc=desc, mininterval=2.0)
-    for step in progress:
-        rows = rng.integers(0, len(tokens), config.batch_size)
-        batch = {"tokens": tokens[rows], "mask": mask[rows]}
-        if joint:
-            rows = rng.integers(0, len(value_rows.tokens), config.value_batch_size)
-            batch.update(value_tokens=value_rows.tokens[rows],
-                         value_targets=value_rows.targets[rows],
-                         value_weights=value_rows.weights[rows])
-        params, opt_state, loss = train_step(params, opt_state, batch)
-        if step % 50 == 0 or step == config.steps - 1:
-            log["loss"].append(float(loss[0]))
+    start = 0
+    with contextlib.ExitStack() as stack:  # a checkpointer waits for its last save on exit
+        checkpointer = None
+        if checkpoint_dir is not None:
+            checkpointer = stack.enter_context(
+                LMCheckpointer(checkpoint_dir, fingerprint=fingerprint))
+            resumed = checkpointer.restore(params=params, opt_state=opt_state)
+            if resumed is not None:
+                start, params, opt_state = resumed.step, resumed.params, resumed.opt_state
+                rng.bit_generator.state = resumed.rng_state
+                log = {key: list(resumed.log[key]) for key in log}
+                tqdm.write(f"[qstar] {desc}: resuming at step {start} of {config.steps} "
+                           f"from {checkpointer.directory}")
+        progress = tqdm(range(start, config.steps), desc=desc, mininterval=2.0,
+                        initial=start, total=config.steps)
+        for step in progress:
+            rows = rng.integers(0, len(tokens), config.batch_size)
+            batch = {"tokens": tokens[rows], "mask": mask[rows]}
             if joint:
-                log["value_loss"].append(float(loss[1]))
-            progress.set_postfix({k: f"{v[-1]:.3f}" for k, v in log.items()})
+                rows = rng.integers(0, len(value_rows.tokens), config.value_batch_size)
+                batch.update(value_tokens=value_rows.tokens[rows],
+                             value_targets=value_rows.targets[rows],
+                             value_weights=value_rows.weights[rows])
+            params, opt_state, loss = train_step(params, opt_state, batch)
+            if step % 50 == 0 or step == config.steps - 1:
+                log["loss"].append(float(loss[0]))
+                if joint:
+                    log["value_loss"].append(float(loss[1]))
+                progress.set_postfix({k: f"{v[-1]:.3f}" for k, v in log.items()})
+            done = step + 1
+            if checkpointer is not None and (done % config.checkpoint_every == 0
+                                             or done == config.steps):
+                checkpointer.save(done, params=params, opt_state=opt_state,
+                                  rng_state=rng.bit_generator.state, log=log)
     nnx.update(model, params["model"])
     return log
 

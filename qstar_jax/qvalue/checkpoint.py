@@ -10,12 +10,10 @@ orbax keeps; where none reads, ``DamagedOutputError`` names the directory.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -29,16 +27,12 @@ from jax.sharding import Mesh
 from qstar_jax.models.config import ModelConfig
 from qstar_jax.models.rope_scaling import rope_scaling_from_fields
 from qstar_jax.models.sharded_params import module_template
-from qstar_jax.outputs.disk_full import (orbax_write_errors_as_os_errors,
-                                        quiet_orbax_failures)
-from qstar_jax.outputs.durable import DamagedOutputError, first_line, read_failure
+from qstar_jax.outputs.orbax_steps import StepCheckpointer, abstract_like, newest_readable
 from qstar_jax.parallel import replicate, replicated
 from qstar_jax.qvalue.backbone import BackboneQ
 from qstar_jax.qvalue.head import QHead, QHeadConfig
 
 _ARRAY_ITEMS = ("params", "opt_state", "best_params")
-
-logger = logging.getLogger(__name__)
 
 
 class CheckpointMismatchError(ValueError):
@@ -101,50 +95,14 @@ class BackboneIdentity:
             other.kind, other.hidden_size, other.config_fingerprint)
 
 
-def _abstract(tree):
-    """Shape/dtype/sharding templates for arrays or already-abstract leaves."""
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-        tree)
-
-
-class QCheckpointer:
+class QCheckpointer(StepCheckpointer):
     """Saves and restores Q̂ training state in ``directory`` with an orbax CheckpointManager."""
 
     def __init__(self, directory: str | os.PathLike, *, identity: BackboneIdentity,
                  head_config: QHeadConfig, max_to_keep: int = 2):
-        self.directory = Path(directory).absolute()
+        super().__init__(directory, max_to_keep=max_to_keep)
         self.identity = identity
         self.head_config = head_config
-        self._manager = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep,
-                # A kill mid-save leaves a temporary step directory; the resumed run saves
-                # that step again.
-                cleanup_tmp_directories=True))
-        # A failed save (a full disk, a Ctrl-C while one is waited for) is raised by
-        # ``save`` or ``close``: orbax's threads' own reports of it stay off the terminal,
-        # to the end of the process where one failed, as they go on reporting it.
-        self._quiet = contextlib.ExitStack()
-        self._quiet.enter_context(quiet_orbax_failures())
-
-    def __enter__(self) -> "QCheckpointer":
-        return self
-
-    def __exit__(self, failed, *exc) -> None:
-        if failed is not None:  # maybe a save: orbax's threads stay quiet
-            self._quiet.pop_all()
-        self.close()
-
-    def close(self) -> None:
-        """Wait for pending writes and release the manager."""
-        with orbax_write_errors_as_os_errors(self.directory):
-            self._manager.wait_until_finished()
-        self._manager.close()
-        self._quiet.close()
-
-    def latest_step(self) -> int | None:
-        return self._manager.latest_step()
 
     def save(self, step: int, *, params, opt_state, best_params, progress: dict) -> None:
         """Save the arrays (pytrees) and the JSON-able ``progress`` as ``step``.
@@ -156,12 +114,10 @@ class QCheckpointer:
         """
         meta = {"identity": dataclasses.asdict(self.identity),
                 "head_config": dataclasses.asdict(self.head_config)}
-        with orbax_write_errors_as_os_errors(self.directory):
-            self._manager.save(step, args=ocp.args.Composite(
-                params=ocp.args.StandardSave(params),
-                opt_state=ocp.args.StandardSave(opt_state),
-                best_params=ocp.args.StandardSave(best_params), meta=ocp.args.JsonSave(meta),
-                progress=ocp.args.JsonSave(copy.deepcopy(progress))))
+        self._save(step, params=ocp.args.StandardSave(params),
+                   opt_state=ocp.args.StandardSave(opt_state),
+                   best_params=ocp.args.StandardSave(best_params), meta=ocp.args.JsonSave(meta),
+                   progress=ocp.args.JsonSave(copy.deepcopy(progress)))
 
     def restore(self, *, params, opt_state, best_params, step: int | None = None
                 ) -> tuple[Any, Any, Any, dict]:
@@ -172,18 +128,17 @@ class QCheckpointer:
         """
         templates = {"params": params, "opt_state": opt_state, "best_params": best_params}
         at, restored = self._restore(step, progress=ocp.args.JsonRestore(), **{
-            name: ocp.args.StandardRestore(_abstract(templates[name])) for name in _ARRAY_ITEMS})
+            name: ocp.args.StandardRestore(abstract_like(templates[name]))
+            for name in _ARRAY_ITEMS})
         if step is None:
-            for damaged in self._manager.all_steps():
-                if damaged > at:
-                    self._manager.delete(damaged)
+            self._delete_steps_after(at)
         return restored.params, restored.opt_state, restored.best_params, restored.progress
 
     def restore_best_params(self, template, step: int | None = None):
         """Only the best params (for search), restored into ``template``'s structure, at
         ``step`` (default: the newest that reads whole)."""
         _, restored = self._restore(
-            step, best_params=ocp.args.StandardRestore(_abstract(template)))
+            step, best_params=ocp.args.StandardRestore(abstract_like(template)))
         return restored.best_params
 
     def _restore(self, step: int | None, **items) -> tuple[int, Any]:
@@ -191,7 +146,7 @@ class QCheckpointer:
         backbone first."""
         def read(at: int):
             self._check(*_read_meta(self._manager, at))
-            return self._manager.restore(at, args=ocp.args.Composite(**items))
+            return self._read(at, **items)
         return _newest_readable(self._manager, self.directory, read, step)
 
     def _check(self, stored_identity: BackboneIdentity, stored_head: QHeadConfig) -> None:
@@ -209,32 +164,12 @@ class QCheckpointer:
 
 def _newest_readable(manager: ocp.CheckpointManager, directory: Path,
                      read: Callable[[int], Any], step: int | None = None) -> tuple[int, Any]:
-    """(step, ``read(step)``) for ``step``, or by default for the newest step of
-    ``manager`` that reads whole: a damaged one is passed over, with a warning, for the
-    one before. DamagedOutputError where none reads; a mismatch is raised as it is."""
-    steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
-    if not steps:
-        raise FileNotFoundError(f"no Q̂ checkpoint in {directory}")
-    damaged = []
-    for at in steps:
-        try:
-            result = read(at)
-        except CheckpointMismatchError:
-            raise
-        except Exception as error:  # noqa: BLE001 (orbax wraps some in a bare Exception)
-            cause = read_failure(error)
-            if cause is None:
-                raise
-            damaged.append(f"step {at}: {first_line(cause)}")
-            continue
-        for problem in damaged:
-            logger.warning("%s: passing over the damaged %s; restored step %d", directory,
-                           problem, at)
-        return at, result
-    raise DamagedOutputError(
-        f"cannot read the checkpoint in {directory} ({'; '.join(damaged)}): it is damaged; "
-        "delete it, and in a run folder the *_training.json that marks its training done, "
-        "so that it is trained again")
+    """``orbax_steps.newest_readable`` of a Q̂ checkpoint: a mismatch is raised as it is."""
+    return newest_readable(
+        manager, directory, read, step, name="Q̂ checkpoint",
+        passed_on=(CheckpointMismatchError,),
+        remedy="delete it, and in a run folder the *_training.json that marks its training "
+               "done, so that it is trained again")
 
 
 def _read_meta(manager: ocp.CheckpointManager, step: int

@@ -26,12 +26,15 @@ from qstar_jax.config_loading import load_config
 # until its evaluate stage, whose wall-clock they move, has begun (run.py).
 CACHE_LAYOUT = ("decode.slots", "decode.page_size", "decode.pages", "decode.step_chunk",
                 "decode.min_rows", "decode.row_windows")
+# What changes when a run saves its progress, never what it computes: a run may change
+# these in its own folder at any time, and a run reusing another's may differ in them.
+NO_RESULT = ("policy_training.checkpoint_every",)
 # What only the evaluate stage reads, the cache's layout, or the device mesh: trained
 # outputs load onto any mesh (models/sharded_params.py), so a run trained on eight devices
 # can be evaluated on one; a mesh changes only the order of sharded sums. (Not a resume in
 # the run's own folder: a training stage would go on under other rounding.)
 EVALUATION_ONLY = ("out_dir", "stages", "search", "eval", "task.eval_split",
-                   "task.eval_problems", *CACHE_LAYOUT, "mesh")
+                   "task.eval_problems", *CACHE_LAYOUT, "mesh", *NO_RESULT)
 TRAINED_OUTPUTS = ("policy", "second_policy", "rollouts.jsonl", "labels.jsonl",
                    "labels.jsonl.features.npz", "q_checkpoint", "q_training.json",
                    "step_outcomes.jsonl", "prm", "prm_training.json")

@@ -4,7 +4,10 @@ directory in ``out/policy``, its parameters for meshes beside (``sharded_params`
 ``policy_training.value_weight`` > 0 a value head is trained jointly on traces with a
 wrong step in them (``lm_training.ValueRows``). With ``q_train.second_opinion=scratch`` a
 second policy is trained the same way from the next seed into ``out/second_policy``: the
-run with ``seed`` + 1 would train it alike."""
+run with ``seed`` + 1 would train it alike. Training checkpoints its progress beside its
+target (``out/policy.training``, every ``policy_training.checkpoint_every`` steps): a
+killed run resumes from the last checkpoint, not from step 0, to the policy a run never
+killed trains; the checkpoints are deleted once the policy is saved."""
 
 from __future__ import annotations
 
@@ -52,10 +55,21 @@ def train_policy(ctx: RunContext) -> None:
         train_from_scratch(dataclasses.replace(ctx, config=next_seed), ctx.second_opinion_dir)
 
 
+def training_checkpoint_dir(target: Path) -> Path:
+    """Where the training of the policy saved into ``target`` checkpoints its progress
+    (``<target>.training``, beside it) until the policy is saved."""
+    return target.with_name(target.name + ".training")
+
+
 def train_from_scratch(ctx: RunContext, target: Path) -> None:
     """A policy trained on ``ctx``'s problems, traces and seed into ``target`` (skipped
-    when it is there)."""
+    when it is there). Training checkpoints its progress every
+    ``policy_training.checkpoint_every`` steps into ``training_checkpoint_dir(target)``, so
+    a killed run resumes from its last checkpoint to the policy a run never killed
+    trains; once the policy is saved, the checkpoints are deleted."""
+    checkpoints = training_checkpoint_dir(target)
     if (target / "config.json").exists():
+        _remove_checkpoints(checkpoints)  # a kill between saving and deleting left them
         return
     pt = ctx.config.policy_training
     problems = ctx.problems(ctx.config.task.train_split, pt.train_problems)
@@ -76,10 +90,19 @@ def train_from_scratch(ctx: RunContext, target: Path) -> None:
     log = train_causal_lm(model, tokens, mask, LMTrainingConfig(
         steps=pt.steps, batch_size=pt.batch_size, learning_rate=pt.learning_rate,
         warmup_steps=pt.warmup_steps, seed=ctx.config.seed, value_weight=pt.value_weight,
-        value_batch_size=pt.value_batch_size, max_grad_norm=pt.max_grad_norm),
-        value_rows=value_rows, mesh=ctx.mesh,
+        value_batch_size=pt.value_batch_size, max_grad_norm=pt.max_grad_norm,
+        checkpoint_every=pt.checkpoint_every),
+        value_rows=value_rows, mesh=ctx.mesh, checkpoint_dir=checkpoints,
         desc=f"train {target.name.replace('_', ' ')}")
     save_policy(model, tokenizer, log, target)
+    _remove_checkpoints(checkpoints)
+
+
+def _remove_checkpoints(folder: Path) -> None:
+    """Delete a saved policy's training checkpoints (on process 0, which writes the
+    run's outputs)."""
+    if is_writer():
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def trace_examples(tokenizer, prompts: Sequence[str], traces: Sequence[Sequence[str]]

@@ -97,7 +97,8 @@ def test_a_policy_trains_on_policy_trainings_problems_settings_and_seed(tmp_path
     """train_from_scratch at seed 3 over policy_training's 3 problems (not the task's 700):
     their solver traces and value rows drawn from one random.Random(3), packed to the
     longest, a model of policy_training's architecture drawn from nnx.Rngs(3), and every
-    training setting handed on; a policy already there is not trained again."""
+    training setting handed on, with the folder it checkpoints into; a policy already
+    there is not trained again."""
     trained, saved = [], []
     # The model as drawn (building a real one costs seconds of first-use compiles).
     monkeypatch.setattr(train_policy, "LlamaModel", lambda config, rngs: SimpleNamespace(
@@ -111,16 +112,18 @@ def test_a_policy_trains_on_policy_trainings_problems_settings_and_seed(tmp_path
         "policy_training.batch_size=4", "policy_training.learning_rate=0.001",
         "policy_training.warmup_steps=2", "policy_training.value_weight=0.25",
         "policy_training.value_batch_size=5", "policy_training.max_grad_norm=0.5",
-        "policy_training.hidden_size=16", "policy_training.intermediate_size=32",
-        "policy_training.num_layers=1")
+        "policy_training.checkpoint_every=3", "policy_training.hidden_size=16",
+        "policy_training.intermediate_size=32", "policy_training.num_layers=1")
     mesh = object()
     ctx = dataclasses.replace(ctx, mesh=mesh)
     train_policy.train_from_scratch(ctx, tmp_path / "policy")
     [(model, tokens, mask, config, kw)] = trained
     assert config == LMTrainingConfig(steps=7, batch_size=4, learning_rate=0.001,
                                       warmup_steps=2, seed=3, value_weight=0.25,
-                                      value_batch_size=5, max_grad_norm=0.5)
+                                      value_batch_size=5, max_grad_norm=0.5,
+                                      checkpoint_every=3)
     assert (kw["mesh"], kw["desc"]) == (mesh, "train policy")
+    assert kw["checkpoint_dir"] == tmp_path / "policy.training"
     assert saved == [({"loss": []}, tmp_path / "policy")]
 
     problems = ctx.problems("train", 3)

@@ -102,7 +102,8 @@ def test_only_the_settings_evaluation_alone_reads_may_differ(tmp_path):
         *same, "search.k=2", "eval.samples=3", "task.eval_split=validation",
         "task.eval_problems=7", "decode.slots=512", "decode.page_size=16",
         "decode.step_chunk=8", "decode.min_rows=1", "decode.pages=64", "stages=[evaluate]",
-        "decode.row_windows=gather", "out_dir=elsewhere", "mesh.data=1", "mesh.model=2"]))
+        "decode.row_windows=gather", "out_dir=elsewhere", "mesh.data=1", "mesh.model=2",
+        "policy_training.checkpoint_every=9"]))
     refused = tmp_path / "refused"
     refused.mkdir()
     with pytest.raises(ConfigError, match=r"different settings for decode\.max_len, "
