@@ -166,7 +166,8 @@ def layer_parameter_count(cfg: ModelConfig, model_axis: int = 1, *,
                  q // _split(cfg.num_heads, model_axis)
                  + k_and_v // _split(cfg.num_kv_heads, model_axis))
     attention += d * cfg.num_heads * e // _split(cfg.num_heads, model_axis)  # o
-    mlp = 3 * e * f // (1 if layout == "per-layer-kernels" else _split(f, model_axis))
+    mlp_split = 1 if layout == "per-layer-kernels" else _split(f, model_axis)
+    mlp = (3 * e * f + 2 * f * cfg.mlp_bias) // mlp_split + e * cfg.mlp_bias  # down's bias whole
     return cfg.num_layers * (attention + e * cfg.attention_out_bias + mlp + 2 * e)
 
 

@@ -88,6 +88,7 @@ _WEIGHT_AXES = {
     ("v_proj", "kernel"): ("embed", "kv_heads"), ("v_proj", "bias"): ("kv_heads",),
     ("o_proj", "kernel"): ("heads", "embed"), ("o_proj", "rows"): ("embed", "heads"),
     ("gate_proj", "kernel"): ("embed", "mlp"), ("up_proj", "kernel"): ("embed", "mlp"),
+    ("gate_proj", "bias"): ("mlp",), ("up_proj", "bias"): ("mlp",),
     ("down_proj", "kernel"): ("mlp", "embed"),
     ("lm_head", "kernel"): ("embed", "vocab"),
 }

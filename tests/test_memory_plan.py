@@ -48,6 +48,19 @@ def test_an_output_projection_bias_is_counted():
     assert memory_plan.parameter_count(biased) == memory_plan.parameter_count(plain) + 2 * 16
 
 
+def test_mlp_biases_are_counted():
+    common = dict(model_type="llama", vocab_size=40, hidden_size=16, intermediate_size=24,
+                  num_layers=2, num_heads=4, num_kv_heads=2, head_dim=4)
+    plain, biased = ModelConfig(**common), ModelConfig(**common, mlp_bias=True)
+    params = nnx.state(LlamaModel(biased, rngs=nnx.Rngs(0)), nnx.Param)
+    assert memory_plan.parameter_count(biased) == sum(x.size for x in jax.tree.leaves(params))
+    # gate's and up's (24 each) and down's (16) in each of the 2 layers.
+    assert memory_plan.parameter_count(biased) == memory_plan.parameter_count(plain) + 2 * 64
+    # On a model axis of 2 the gate's and up's are split with their products.
+    assert (memory_plan.parameter_count(biased, 2) - memory_plan.parameter_count(plain, 2)
+            == 2 * (24 + 16))
+
+
 def test_the_issue_s_smollm2_run_is_refused_with_the_largest_slots_that_fit():
     run = load_config(None, ["policy.source=smollm2-135m-instruct", "q_train.second_opinion=null",
                              "decode.slots=256",

@@ -183,6 +183,23 @@ def test_each_weight_splits_its_own_dimension_over_the_model_axis():
         "mlp.down_proj.kernel": PartitionSpec(split, whole)}
 
 
+def test_llamas_mlp_biases_split_with_their_products():
+    """Llama's MLP biases (mlp_bias) on a 1x4 mesh: the gate's and the up product's split
+    over the model axis as their products' outputs are; the down product's, added to the
+    whole residual, is held whole."""
+    config = dataclasses.replace(tiny_config(64), mlp_bias=True)
+    rules = ShardingRules().for_model(config, AbstractMesh((1, 4), ("data", "model")))
+    weights = jax.eval_shape(lambda: nnx.to_pure_dict(
+        nnx.state(LlamaModel(config, rngs=nnx.Rngs(0)), nnx.Param)))
+    specs = {jax.tree_util.keystr(path, simple=True, separator="."): sharding.spec
+             for path, sharding in jax.tree_util.tree_leaves_with_path(
+                 weight_shardings(weights, AbstractMesh((1, 4), ("data", "model")), rules))}
+    assert {k: v for k, v in specs.items() if k.endswith("bias")} == {
+        "layers.mlp.gate_proj.bias": PartitionSpec(None, "model"),
+        "layers.mlp.up_proj.bias": PartitionSpec(None, "model"),
+        "layers.mlp.down_proj.bias": PartitionSpec(None, None)}
+
+
 @pytest.fixture
 def jax_initialize_calls(monkeypatch) -> list[dict]:
     """The arguments of each jax.distributed.initialize call, in an environment cleared of

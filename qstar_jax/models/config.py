@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from qstar_jax.models.rope_scaling import RopeScaling, rope_scaling_from_hf
+from qstar_jax.models.rope_scaling import RopeScaling, rope_scaling_from_hf, rope_theta_from_hf
 from qstar_jax.values import is_integer
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -23,6 +23,15 @@ REQUIRED_HF_FIELDS = ("vocab_size", "hidden_size", "intermediate_size",
                       "num_attention_heads", "num_hidden_layers")
 # Shape fields a config.json may leave out (or null) for a default.
 OPTIONAL_HF_SHAPE_FIELDS = ("num_key_value_heads", "head_dim", "max_position_embeddings")
+# What transformers' config class of each type puts where a config.json leaves a field
+# out (MistralConfig, Qwen2Config), for the fields that change what the model computes.
+HF_CLASS_DEFAULTS = {"mistral": {"num_key_value_heads": 8, "sliding_window": 4096},
+                     "qwen2": {"num_key_value_heads": 32, "max_window_layers": 28}}
+# Fields transformers 5 reads nowhere in these three models' code, so the logits it
+# computes are the same with them as without, and ours too: Gemma's
+# attn_logit_softcapping and final_logit_softcapping, Cohere's logit_scale, Llama-2's
+# pretraining_tp (a split of the products used in training, no longer read), and
+# attention_dropout (training only). Nothing reads them here either.
 
 
 class UnsupportedConfigError(ValueError):
@@ -46,6 +55,7 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     attention_bias: bool = False  # bias on q, k and v projections
     attention_out_bias: bool = False  # bias on the output projection (Llama's attention_bias)
+    mlp_bias: bool = False  # bias on the MLP's gate, up and down projections (Llama's)
     # One entry per layer: the attention window in tokens, or None for full attention.
     sliding_windows: tuple[int | None, ...] = ()
     bos_token_id: int | None = None
@@ -100,11 +110,10 @@ class ModelConfig:
         if model_type not in SUPPORTED_MODEL_TYPES:
             raise UnsupportedConfigError(
                 f"model_type={model_type!r} is not supported; supported: {SUPPORTED_MODEL_TYPES}")
+        hf = {**HF_CLASS_DEFAULTS.get(model_type, {}), **hf}
         act = hf.get("hidden_act", "silu")
         if act != "silu":
             raise UnsupportedConfigError(f"hidden_act={act!r}: only 'silu' (SwiGLU) is supported")
-        if hf.get("mlp_bias"):
-            raise UnsupportedConfigError("mlp_bias=true is not supported")
         quantization = hf.get("quantization_config")
         if quantization:
             method = (quantization.get("quant_method") if isinstance(quantization, dict)
@@ -126,6 +135,7 @@ class ModelConfig:
         num_heads = hf["num_attention_heads"]
         num_layers = hf["num_hidden_layers"]
         llama_bias = model_type == "llama" and bool(hf.get("attention_bias", False))
+        rope_theta, rope_scaling = _rope(hf)
         return cls(
             model_type=model_type,
             vocab_size=hf["vocab_size"],
@@ -136,13 +146,16 @@ class ModelConfig:
             num_kv_heads=hf.get("num_key_value_heads") or num_heads,
             head_dim=hf.get("head_dim") or hf["hidden_size"] // num_heads,
             rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
-            rope_theta=_rope_theta(hf),
-            rope_scaling=_rope_scaling(hf),
+            rope_theta=rope_theta,
+            rope_scaling=rope_scaling,
             max_position_embeddings=hf.get("max_position_embeddings", 4096),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             # Qwen2 biases q, k and v whatever the field says; Mistral ignores it.
             attention_bias=model_type == "qwen2" or llama_bias,
             attention_out_bias=llama_bias,
+            # Llama's MLP has biases where mlp_bias says; Mistral's and Qwen2's never do,
+            # whatever the field says (their MLPs are built with bias=False).
+            mlp_bias=model_type == "llama" and bool(hf.get("mlp_bias", False)),
             sliding_windows=_sliding_windows(hf, model_type, num_layers),
             bos_token_id=_hf_token_id(hf, "bos_token_id"),
             eos_token_ids=_hf_token_ids(hf, "eos_token_id"),
@@ -179,28 +192,35 @@ def _hf_token_id(hf: dict, field: str) -> int | None:
     return ids[0] if ids else None
 
 
-def _rope_theta(hf: dict) -> float:
-    params = hf.get("rope_parameters") or {}
-    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
-
-
-def _rope_scaling(hf: dict) -> RopeScaling | None:
+def _rope(hf: dict) -> tuple[float, RopeScaling | None]:
+    """RoPE's base and scaling, as ``rope_scaling.py`` reads them."""
     try:
-        return rope_scaling_from_hf(hf)
+        return rope_theta_from_hf(hf), rope_scaling_from_hf(hf)
     except ValueError as err:
         raise UnsupportedConfigError(str(err)) from None
 
 
 def _sliding_windows(hf: dict, model_type: str, num_layers: int) -> tuple[int | None, ...]:
+    """Each layer's window as transformers' model of the type reads the config: Llama
+    has none; Mistral's attention and mask read sliding_window alone, for every layer,
+    whatever layer_types says; Qwen2 windows only where use_sliding_window says, the
+    layers layer_types names (without it, those from max_window_layers on)."""
     window = hf.get("sliding_window")
-    if model_type == "llama" or window is None:
+    if model_type == "llama":
         return (None,) * num_layers
+    if model_type == "mistral":
+        return (None if window is None else int(window),) * num_layers
+    on = hf.get("use_sliding_window", False) and window is not None
     layer_types = hf.get("layer_types")
-    if layer_types is not None:
-        return tuple(window if t == "sliding_attention" else None for t in layer_types)
-    if model_type == "qwen2":
-        if not hf.get("use_sliding_window", False):
-            return (None,) * num_layers
-        first = hf.get("max_window_layers", num_layers)
-        return tuple(window if i >= first else None for i in range(num_layers))
-    return (int(window),) * num_layers
+    if layer_types is None:
+        first = hf["max_window_layers"]
+        if on and not is_integer(first):
+            raise UnsupportedConfigError(f"max_window_layers={first!r}: must be an integer")
+        return tuple(int(window) if on and i >= first else None for i in range(num_layers))
+    sliding = [kind == "sliding_attention" for kind in layer_types]
+    if any(sliding) and not on:  # transformers fails on it: a window of None
+        raise UnsupportedConfigError(
+            "layer_types names sliding_attention layers, but no window is on "
+            f"(use_sliding_window={hf.get('use_sliding_window', False)!r}, "
+            f"sliding_window={window!r})")
+    return tuple(int(window) if s else None for s in sliding)

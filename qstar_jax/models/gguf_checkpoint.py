@@ -100,6 +100,9 @@ def gguf_config(reader: gguf.GGUFReader, path: Path) -> ModelConfig:
         "max_position_embeddings": key("context_length", 4096),
         "tie_word_embeddings": "output.weight" not in tensor_names,
         "attention_bias": "blk.0.attn_q.bias" in tensor_names,
+        # llama.cpp's llama architecture reads optional biases of the MLP's products
+        "mlp_bias": any(f"blk.0.{name}.bias" in tensor_names
+                        for name in ("ffn_gate", "ffn_up", "ffn_down")),
         "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
         "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
     }

@@ -34,6 +34,7 @@ def hf_config_dict(cfg: ModelConfig) -> dict:
         "head_dim": cfg.head_dim, "rms_norm_eps": cfg.rms_norm_eps, "rope_theta": cfg.rope_theta,
         "max_position_embeddings": cfg.max_position_embeddings,
         "tie_word_embeddings": cfg.tie_word_embeddings, "attention_bias": cfg.attention_bias,
+        "mlp_bias": cfg.mlp_bias,
         "bos_token_id": cfg.bos_token_id,
         "eos_token_id": list(cfg.eos_token_ids) if len(cfg.eos_token_ids) > 1
         else (cfg.eos_token_ids[0] if cfg.eos_token_ids else None),

@@ -30,7 +30,7 @@ from qstar_jax.models.row_linear import RowLinear
 from qstar_jax.models.row_windows import RowWindows
 from qstar_jax.models.shared_prefix import SharedPrefixRows, write_slot_rows
 from qstar_kernels import rows_product
-from qstar_kernels.row_products_reference import rms_normalise
+from qstar_kernels.row_products_reference import finish_products, rms_normalise
 
 
 class RMSNorm(nnx.Module):
@@ -201,9 +201,9 @@ class Attention(nnx.Module):
 class MLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
         e, f = cfg.hidden_size, cfg.intermediate_size
-        self.gate_proj = _linear(e, f, False, dtype, rngs)
-        self.up_proj = _linear(e, f, False, dtype, rngs)
-        self.down_proj = _linear(f, e, False, dtype, rngs)
+        self.gate_proj = _linear(e, f, cfg.mlp_bias, dtype, rngs)
+        self.up_proj = _linear(e, f, cfg.mlp_bias, dtype, rngs)
+        self.down_proj = _linear(f, e, cfg.mlp_bias, dtype, rngs)
 
     def __call__(self, x):
         return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -235,7 +235,9 @@ class DecoderLayer(nnx.Module):
         Pallas kernels (``qstar_kernels/row_products_gpu.py``). A decode step on pages
         read by the GPU's attention kernel takes the first with RoPE and the cache writes
         as one kernel (``PagedRows.project_write_attend``), and the output projection reads
-        the attention kernel's padded rows as they are (``x_segments``)."""
+        the attention kernel's padded rows as they are (``x_segments``). With MLP biases
+        (Llama's mlp_bias) the gate and up products take theirs ungated, and the SiLU
+        gating runs after the call."""
         b, t, e = x.shape
         attention, mlp = self.self_attn, self.mlp
         rows = functools.partial(rows_product, implementation=self.row_kernels)
@@ -258,9 +260,14 @@ class DecoderLayer(nnx.Module):
             out, segments = out.reshape(b * t, -1), None
         x = rows(out, attention.o_proj.rows[...], residual=x, x_segments=segments,
                  bias=RowLinear.bias_of(attention.o_proj))
+        gate_up_bias = RowLinear.bias_of(mlp.gate_up_proj)
         hidden = rows(x, mlp.gate_up_proj.rows[...], norm_weight=post_norm.weight[...],
-                      eps=post_norm.eps, gated=True)
-        x = rows(hidden, mlp.down_proj.rows[...], residual=x)
+                      eps=post_norm.eps, gated=gate_up_bias is None, bias=gate_up_bias)
+        if gate_up_bias is not None:  # a gated call adds no bias: the gating after it
+            gate, up = jnp.split(hidden, 2, axis=-1)
+            hidden = finish_products(gate, hidden.dtype, up=up)
+        x = rows(hidden, mlp.down_proj.rows[...], residual=x,
+                 bias=RowLinear.bias_of(mlp.down_proj))
         return x.reshape(b, t, e), cache_k, cache_v
 
 

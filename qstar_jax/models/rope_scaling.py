@@ -137,18 +137,46 @@ def _yarn_mscale(factor: float, mscale: float = 1.0) -> float:
     return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
 
 
+def hf_rope_parameters(hf: dict[str, Any]) -> dict[str, Any]:
+    """The RoPE settings of an HF ``config.json`` as transformers 5 takes them: a
+    (transformers 4) rope_scaling in place of rope_parameters where it has both; a
+    ValueError for settings given per layer type, on which these three models' rotary
+    embeddings fail (they read one ``rope_type``)."""
+    params = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
+    if not isinstance(params, dict):
+        raise ValueError(f"rope_scaling/rope_parameters {params!r:.60} is not an object of "
+                         "settings")
+    per_layer_type = sorted(key for key, value in params.items() if isinstance(value, dict))
+    if per_layer_type:
+        raise ValueError(f"RoPE settings per layer type ({', '.join(per_layer_type)}) are not "
+                         "supported")
+    return params
+
+
+def rope_theta_from_hf(hf: dict[str, Any]) -> float:
+    """RoPE's base: the RoPE settings' rope_theta, else the top-level one, else 10000."""
+    return float(hf_rope_parameters(hf).get("rope_theta", hf.get("rope_theta", 10000.0)))
+
+
 def rope_scaling_from_hf(hf: dict[str, Any]) -> RopeScaling | None:
     """The scaling an HF ``config.json`` asks for, None for plain RoPE; a ValueError
     naming the type or the field where it asks for one this decoder does not compute."""
-    scaling = hf.get("rope_scaling") or hf.get("rope_parameters")
-    if not scaling:
-        return None
+    scaling = hf_rope_parameters(hf)
     kind = scaling.get("rope_type", scaling.get("type"))
     if kind in (None, "default"):
+        # transformers' plain RoPE (each model's compute_default_rope_parameters) rotates
+        # the whole head whatever partial_rotary_factor says, and so does ours.
         return None
     if kind not in ROPE_SCALINGS:
         raise ValueError(f"rope_scaling type {kind!r} is not supported (supported: default, "
                          f"{', '.join(ROPE_SCALINGS)})")
+    # A scaled RoPE's frequencies in transformers cover int(head_dim * factor) of each
+    # head, which its rotation of whole heads then fails on (or, where that rounds to
+    # head_dim less one, runs at other frequencies).
+    partial = scaling.get("partial_rotary_factor", hf.get("partial_rotary_factor"))
+    if partial is not None and partial != 1:
+        raise ValueError(f"partial_rotary_factor={partial!r} with {kind} RoPE scaling is not "
+                         "supported: RoPE over part of each head is not computed")
     if kind in ("llama3", "yarn"):
         # transformers' reading: a top-level original_max_position_embeddings wins, the
         # model's max_position_embeddings stands in where neither says.

@@ -1,7 +1,7 @@
 """A model written by ``save_hf_checkpoint`` is the same model to transformers and to our
 loader: every setting a from-scratch policy may differ from the defaults in (RoPE base,
-norm epsilon, a head size apart from hidden / heads, attention biases, an untied head)
-reaches the config, every tensor its HF name and layout."""
+norm epsilon, a head size apart from hidden / heads, attention and MLP biases, an untied
+head) reaches the config, every tensor its HF name and layout."""
 
 import errno
 
@@ -34,7 +34,8 @@ def _random_model(tied: bool) -> LlamaModel:
                       num_layers=2, num_heads=4, num_kv_heads=2, head_dim=12,
                       rms_norm_eps=0.05, rope_theta=30.0, max_position_embeddings=256,
                       tie_word_embeddings=tied, attention_bias=True,
-                      attention_out_bias=True, bos_token_id=1, eos_token_ids=(2, 3))
+                      attention_out_bias=True, mlp_bias=True, bos_token_id=1,
+                      eos_token_ids=(2, 3))
     model = LlamaModel(cfg, rngs=nnx.Rngs(0))
     rng = np.random.default_rng(7)
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):

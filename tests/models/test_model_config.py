@@ -60,7 +60,6 @@ def test_mistral_has_no_attention_bias_whatever_its_config_says():
     ({"model_type": "gemma"}, "model_type='gemma' is not supported; supported: "
                               "('llama', 'mistral', 'qwen2')"),
     ({"hidden_act": "gelu"}, "hidden_act='gelu': only 'silu' (SwiGLU) is supported"),
-    ({"mlp_bias": True}, "mlp_bias=true is not supported"),
     ({"num_key_value_heads": 3}, "num_attention_heads=4 is not a multiple of "
                                  "num_key_value_heads=3"),
     ({"rope_scaling": {"rope_type": "linear", "factor": "four"}},
@@ -74,8 +73,7 @@ def test_mistral_has_no_attention_bias_whatever_its_config_says():
      "quantization_config (quant_method='awq'): weights packed by a quantization method are "
      "not read; use the model's unquantized checkpoint (float32, float16 or bfloat16) or a "
      "GGUF file of it (a GGUF's quantized weights are dequantized as they load)"),
-], ids=["model type", "activation", "mlp bias", "kv heads", "malformed scaling", "gptq",
-        "awq"])
+], ids=["model type", "activation", "kv heads", "malformed scaling", "gptq", "awq"])
 def test_math_this_decoder_does_not_compute_is_refused_by_name(changes, message):
     # A GPTQ config was read as plain weights: the load failed on its 'g_idx' tensors.
     with pytest.raises(UnsupportedConfigError, match=f"^{re.escape(message)}$"):
@@ -84,6 +82,14 @@ def test_math_this_decoder_does_not_compute_is_refused_by_name(changes, message)
 
 def test_hidden_act_silu_and_mlp_bias_false_are_taken():
     assert read(hidden_act="silu", mlp_bias=False) == read()
+
+
+def test_mlp_bias_is_llamas_alone():
+    # As transformers builds the MLPs: LlamaMLP with bias=config.mlp_bias, MistralMLP and
+    # Qwen2MLP with bias=False whatever the config says. It was refused for all three.
+    assert read(mlp_bias=True).mlp_bias
+    assert not read(model_type="mistral", mlp_bias=True).mlp_bias
+    assert not read(model_type="qwen2", mlp_bias=True).mlp_bias
 
 
 @pytest.mark.parametrize("changes,windows", [
@@ -107,9 +113,13 @@ def test_sliding_windows_per_layer(changes, windows):
 @pytest.mark.parametrize("changes", [
     {"model_type": "qwen2", "sliding_window": 8, "use_sliding_window": True,
      "max_window_layers": 1},  # full attention in layer 0, windowed from layer 1 on
-    {"model_type": "mistral", "sliding_window": 8,
+    {"model_type": "qwen2", "sliding_window": 8, "use_sliding_window": True,
      "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]},
-], ids=["qwen2 from layer 1", "layer types"])
+    # Qwen2Config's max_window_layers is 28 where the config leaves it out: 30 layers
+    # window their last two (read as every layer's count, none were windowed).
+    {"model_type": "qwen2", "sliding_window": 8, "use_sliding_window": True,
+     "num_hidden_layers": 30},
+], ids=["qwen2 from layer 1", "layer types", "qwen2 default max layers"])
 def test_layers_that_mix_windows_are_refused_as_the_config_is_read(changes):
     # Read, they were refused only when a stage built the model.
     with pytest.raises(UnsupportedConfigError, match=re.escape(
