@@ -64,7 +64,8 @@ def test_a_policy_prompted_through_a_chat_template_needs_a_tokenizer_with_one(tm
     assert str(raised.value) == (
         f"policy.source: the tokenizer of {path} has no chat template, and "
         "policy.chat_template=true prompts through one; set policy.chat_template=false to "
-        "prompt with plain text, or use a checkpoint whose tokenizer has one")
+        "prompt with plain text, or use a checkpoint whose tokenizer_config.json (or "
+        "chat_template.jinja) has one")
     preflight(load_config(None, [*TASK, f"policy.source={tiny}", "policy.chat_template=true"]))
 
 

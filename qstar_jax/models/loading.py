@@ -140,11 +140,16 @@ def check_checkpoint(source: str | Path, *, chat_template: bool = False) -> Mode
     if not shipped:
         raise missing_tokenizer(source)
     if chat_template and not templated:
-        raise CheckpointError(
-            f"the tokenizer of {source} has no chat template, and policy.chat_template=true "
-            "prompts through one; set policy.chat_template=false to prompt with plain text, "
-            "or use a checkpoint whose tokenizer has one")
+        raise no_chat_template(source)
     return config
+
+
+def no_chat_template(source: str | Path) -> CheckpointError:
+    """The error for a policy prompted through a chat template its tokenizer lacks."""
+    return CheckpointError(
+        f"the tokenizer of {source} has no chat template, and policy.chat_template=true "
+        "prompts through one; set policy.chat_template=false to prompt with plain text, "
+        "or use a checkpoint whose tokenizer_config.json (or chat_template.jinja) has one")
 
 
 def _model_tokenizer(path: Path, config: ModelConfig) -> Tokenizer | None:

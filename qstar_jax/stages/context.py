@@ -19,7 +19,7 @@ from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.paged_cache import Paging
 from qstar_jax.decoding.step_sampler import ROW_WINDOWS
 from qstar_jax.models.config import UnsupportedConfigError
-from qstar_jax.models.loading import LoadedModel, load_model, missing_tokenizer
+from qstar_jax.models.loading import LoadedModel, load_model, missing_tokenizer, no_chat_template
 from qstar_jax.models.sharded_params import PARAMS_FOLDER
 from qstar_jax.models.weights import CheckpointError
 from qstar_jax.outputs.disk_full import quiet_orbax_failures
@@ -113,10 +113,7 @@ class RunContext:
     def policy(self) -> LoadedModel:
         loaded = self.load(self.policy_dir)
         if self.config.policy.chat_template and not loaded.tokenizer.has_chat_template:
-            raise CheckpointError(
-                f"policy.chat_template=true, but the tokenizer of {self.policy_dir} has no "
-                "chat template; set policy.chat_template=false to prompt with plain text, or "
-                "use a checkpoint whose tokenizer_config.json (or chat_template.jinja) has one")
+            raise no_chat_template(self.policy_dir)
         return loaded
 
     @functools.cached_property

@@ -124,7 +124,8 @@ def test_a_chat_template_is_asked_for_where_the_policy_prompts_through_one(tmp_p
     check_checkpoint(path)
     no_template = (f"the tokenizer of {path} has no chat template, and policy.chat_template=true "
                    "prompts through one; set policy.chat_template=false to prompt with plain "
-                   "text, or use a checkpoint whose tokenizer has one")
+                   "text, or use a checkpoint whose tokenizer_config.json (or "
+                   "chat_template.jinja) has one")
     with pytest.raises(CheckpointError) as checking:
         check_checkpoint(path, chat_template=True)
     assert str(checking.value) == no_template

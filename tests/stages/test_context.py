@@ -173,9 +173,9 @@ def test_a_chat_template_asked_of_a_tokenizer_without_one_names_the_setting(
     with pytest.raises(CheckpointError) as raised:
         ctx.policy  # noqa: B018 (loaded to check)
     assert str(raised.value) == (
-        "policy.chat_template=true, but the tokenizer of /ckpt/plain has no chat template; "
-        "set policy.chat_template=false to prompt with plain text, or use a checkpoint whose "
-        "tokenizer_config.json (or chat_template.jinja) has one")
+        "the tokenizer of /ckpt/plain has no chat template, and policy.chat_template=true "
+        "prompts through one; set policy.chat_template=false to prompt with plain text, or "
+        "use a checkpoint whose tokenizer_config.json (or chat_template.jinja) has one")
     plain_run = RunContext(config=load_config(None, checkpoint), out=tmp_path)
     assert plain_run.policy.tokenizer is plain
 
