@@ -49,8 +49,9 @@ from qstar_jax.policy.text_generator import DecoderTextGenerator
 from qstar_jax.run import main as run_pipeline
 from qstar_jax.search.interface import TextRequest
 from qstar_jax.stages.context import RunContext
-from qstar_jax.stages.train_policy import (policy_model_config, save_policy,
-                                           trace_examples)
+from qstar_jax.stages.train_policy import (policy_model_config, remove_training_checkpoints,
+                                           save_policy, trace_examples,
+                                           training_checkpoint_dir)
 from qstar_jax.tasks.base import Problem, join_steps, split_steps
 from qstar_jax.tasks.countdown.steps import format_number, parse_step
 from qstar_jax.training.star import Example, StarLoop, StarProblem
@@ -112,16 +113,18 @@ def train_policy_on(model: LlamaModel, tokenizer, examples: list[tuple[str, list
                     steps: int, seed: int, folder: Path, settings: PolicyTrainingConfig
                     ) -> None:
     """Trains ``model`` on (prompt, steps) pairs for ``steps`` steps with the batch size,
-    learning rate, warm-up and gradient clipping of ``settings`` and saves it to ``folder``."""
+    learning rate, warm-up, gradient clipping and checkpoint interval of ``settings`` and
+    saves it to ``folder`` (a killed round resumes from its last checkpoint)."""
     tokens, mask = pack_examples(trace_examples(tokenizer, [p for p, _ in examples],
                                                 [s for _, s in examples]),
                                  tokenizer.pad_token_id)
     log = train_causal_lm(model, tokens, mask, LMTrainingConfig(
         steps=steps, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
         warmup_steps=min(settings.warmup_steps, steps // 5), seed=seed,
-        max_grad_norm=settings.max_grad_norm),
-        desc=f"train {folder.name}")
+        max_grad_norm=settings.max_grad_norm, checkpoint_every=settings.checkpoint_every),
+        desc=f"train {folder.name}", checkpoint_dir=training_checkpoint_dir(folder))
     save_policy(model, tokenizer, log, folder)
+    remove_training_checkpoints(folder)
 
 
 def evaluate(policy: Path, folder: Path, overrides: list[str]) -> dict:

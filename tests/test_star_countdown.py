@@ -197,7 +197,8 @@ def test_rationales_are_sampled_a_few_prompts_a_call_at_half_the_slot_length(mon
 def test_a_policy_trains_with_the_configs_settings_and_each_evaluation_runs_the_config(
         tmp_path, monkeypatch):
     """train_policy_on packs the (prompt, steps) pairs and trains at the settings' batch
-    size, learning rate and gradient clip, warming up for at most a fifth of its steps
+    size, learning rate, gradient clip and checkpoint interval (checkpoints beside the
+    round's folder, removed once it is saved), warming up for at most a fifth of its steps
     (100 of 1000, 7 of 37), at the given seed; evaluate copies the policy into the run's
     folder once and runs the STaR config there with the overrides, reading its methods'
     summary, and stops the experiment where the run fails."""
@@ -207,23 +208,26 @@ def test_a_policy_trains_with_the_configs_settings_and_each_evaluation_runs_the_
             ("trace_examples", lambda tokenizer, prompts, steps: (tokenizer, prompts, steps)),
             ("pack_examples", lambda examples, pad: packed.append((examples, pad))
              or ("tokens", "mask")),
-            ("train_causal_lm", lambda model, tokens, mask, config, desc:
-             trained.append((model, tokens, mask, config, desc)) or "log"),
-            ("save_policy", lambda *saving: saved.append(saving))]:
+            ("train_causal_lm", lambda model, tokens, mask, config, desc, checkpoint_dir:
+             trained.append((model, tokens, mask, config, desc, checkpoint_dir)) or "log"),
+            ("save_policy", lambda *saving: saved.append(saving)),
+            ("remove_training_checkpoints", lambda folder: saved.append(("removed", folder)))]:
         monkeypatch.setitem(train.__globals__, name, stand_in)
     tokenizer = types.SimpleNamespace(pad_token_id=3)
     settings = PolicyTrainingConfig(batch_size=8, learning_rate=0.5, warmup_steps=100,
-                                    max_grad_norm=2.5)
+                                    max_grad_norm=2.5, checkpoint_every=50)
     for steps, warmup in ((1000, 100), (37, 7)):
         train("model", tokenizer, [("p1", ["a", "b"]), ("p2", ["c"])], steps, 4,
               tmp_path / "round_0", settings)
         config = trained[-1][3]
         assert (config.steps, config.batch_size, config.learning_rate, config.warmup_steps,
-                config.seed, config.max_grad_norm) == (steps, 8, 0.5, warmup, 4, 2.5)
+                config.seed, config.max_grad_norm, config.checkpoint_every
+                ) == (steps, 8, 0.5, warmup, 4, 2.5, 50)
     assert packed[-1] == ((tokenizer, ["p1", "p2"], [["a", "b"], ["c"]]), 3)
     assert trained[-1][:3] == ("model", "tokens", "mask")
-    assert trained[-1][4] == "train round_0"
-    assert saved[-1] == ("model", tokenizer, "log", tmp_path / "round_0")
+    assert trained[-1][4:] == ("train round_0", tmp_path / "round_0.training")
+    assert saved[-2:] == [("model", tokenizer, "log", tmp_path / "round_0"),
+                          ("removed", tmp_path / "round_0")]
 
     def run_pipeline(argv):
         runs.append(argv)

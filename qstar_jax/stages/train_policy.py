@@ -69,7 +69,7 @@ def train_from_scratch(ctx: RunContext, target: Path) -> None:
     trains; once the policy is saved, the checkpoints are deleted."""
     checkpoints = training_checkpoint_dir(target)
     if (target / "config.json").exists():
-        _remove_checkpoints(checkpoints)  # a kill between saving and deleting left them
+        remove_training_checkpoints(target)  # a kill between saving and deleting left them
         return
     pt = ctx.config.policy_training
     problems = ctx.problems(ctx.config.task.train_split, pt.train_problems)
@@ -95,14 +95,14 @@ def train_from_scratch(ctx: RunContext, target: Path) -> None:
         value_rows=value_rows, mesh=ctx.mesh, checkpoint_dir=checkpoints,
         desc=f"train {target.name.replace('_', ' ')}")
     save_policy(model, tokenizer, log, target)
-    _remove_checkpoints(checkpoints)
+    remove_training_checkpoints(target)
 
 
-def _remove_checkpoints(folder: Path) -> None:
-    """Delete a saved policy's training checkpoints (on process 0, which writes the
-    run's outputs)."""
+def remove_training_checkpoints(target: Path) -> None:
+    """Delete the training checkpoints of the policy saved into ``target`` (on process 0,
+    which writes the run's outputs)."""
     if is_writer():
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(training_checkpoint_dir(target), ignore_errors=True)
 
 
 def trace_examples(tokenizer, prompts: Sequence[str], traces: Sequence[Sequence[str]]
