@@ -4,7 +4,8 @@ Hub: ``openai/gsm8k``, config ``main``, splits train/test; records hold ``questi
 ``answer`` (a worked solution whose last line is ``#### N``). A trace is one reasoning
 step per line ending with ``The answer is: N``. A step that states an answer (by
 ``grading.extract_final_answer``: an answer phrase, a ``####`` line or a box) is
-terminal, and its answer is compared with ``N`` as a number.
+terminal, and its answer is compared with ``N`` as a number (``gsm8k_numbers``: units,
+magnitude words, the phrase's first value).
 """
 
 from __future__ import annotations

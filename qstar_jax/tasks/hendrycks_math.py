@@ -10,8 +10,10 @@ records hold ``problem``, ``solution``, ``answer``, ``subject``, ``level`` (an i
 A trace is one step per line ending with ``The answer is: $\\boxed{ANSWER}$``. A step
 that states an answer (by ``grading.extract_final_answer``: an answer phrase, or any
 complete ``\\boxed{...}``, since math-tuned models box their answer in their own words)
-is terminal; a step whose box never closes (cut off by the token cap) is not. Grading
-is ``math_equal``.
+is terminal; a step whose box never closes (cut off by the token cap) is not, nor is one
+whose answer holds nothing ("So the answer is \\["): the trace goes on, and if no step
+states an answer the display that later lines close is read (``prompts``). Grading is
+``math_equal``; votes are on ``math_answer_value``.
 """
 
 from __future__ import annotations

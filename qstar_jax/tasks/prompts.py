@@ -8,7 +8,10 @@ user message, format them with the caller's ``ChatFormatter``, and append the sa
 ``answer_opening`` so the reply starts inside it.
 
 Math traces end with an answer line ``The answer is: ...`` (MATH boxes the answer:
-``The answer is: $\\boxed{...}$``); a trace ends at its first terminal step.
+``The answer is: $\\boxed{...}$``); a trace ends at its first terminal step. An answer
+line that only opens a display ("So the answer is $$") states no answer, so the trace goes
+on; when no step states one, the display's content on the lines after it is the answer
+(``answer_extraction.extract_display_answer``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import dataclasses
 from typing import Callable, ClassVar, Hashable
 
 from qstar_jax.tasks.base import ChatFormatter, Problem, split_steps
+from qstar_jax.tasks.math.answer_extraction import extract_display_answer
 from qstar_jax.values import is_integer
 
 
@@ -90,7 +94,10 @@ class AnswerLineTraces:
         return self.step_answer(step) is not None
 
     def extract_answer(self, completion: str) -> str | None:
-        return first_step_answer(completion, self.step_answer)
+        """The first terminal step's answer; without one, a display an answer line opened
+        (see the module docstring)."""
+        answer = first_step_answer(completion, self.step_answer)
+        return answer if answer is not None else extract_display_answer(completion)
 
     def grade(self, problem: Problem, completion: str) -> bool:
         answer = self.extract_answer(completion)

@@ -158,3 +158,45 @@ def test_self_consistency_votes_on_the_number_however_it_is_spelt():
     assert [task.answer_key(text) for text in spellings] == [Fraction(18)] * 5 + ["1,8"]
     assert task.answer_key("The answer is: 0.5") == task.answer_key("The answer is: 1/2")
     assert task.answer_key("4 * 15 = 60") is None
+
+
+@pytest.mark.parametrize("step", [
+    "So the answer is $$", "So the answer is \\[", "The answer is: \\text{}",
+    "The answer is: $\\boxed{}$", "The answer is: \\boxed{", "Answer: let's compute"])
+def test_a_step_whose_answer_holds_nothing_is_not_terminal(step):
+    assert not Gsm8kTask().is_terminal_step(step)
+
+
+@pytest.mark.parametrize("completion, verdict", [
+    ("So the answer is $$\n18\n$$", True),  # a display on the lines after the answer line
+    ("So the answer is \\[\n18\n\\]", True),
+    ("So the answer is $$\n20\n$$", False),
+    ("So the answer is $$\n18", False),  # cut off before it closes
+    ("So the answer is $$\n18\n$$\nThe answer is: 20", False),  # a step's answer comes first
+    ("The answer is: 18. This answer is reasonable.", True),
+    ("The answer is 20, since 9 + 9 = 18.", False),
+    ("The answer is 18 (3 * 6 = 18).", True),
+    ("The answer is 18, which is the total.", True),
+    ("Answer: 18", True),
+    ("**Answer:** 18", True),
+    ("The answer to the question is 18.", True),
+    ("Final answer - 18", True),
+    ("It happens 18 times.\nThe answer is: 18 times", True),
+])
+def test_grading_reads_the_stated_answer(completion, verdict):
+    assert Gsm8kTask().grade(Problem(id="x", question="q", reference="18"), completion) is verdict
+
+
+def test_a_display_answer_line_lets_the_trace_go_on():
+    task = Gsm8kTask()
+    lines = ["9 + 9 = 18", "So the answer is $$", "18", "$$"]
+    assert [task.is_terminal_step(line) for line in lines] == [False] * 4
+    assert task.extract_answer("\n".join(lines)) == "18"
+    assert task.answer_key("\n".join(lines)) == Fraction(18)
+
+
+def test_votes_count_units_and_magnitudes_as_their_number():
+    task = Gsm8kTask()
+    assert task.answer_key("The answer is: 1.5 million") == Fraction(1_500_000)
+    assert task.answer_key("The answer is: 3 dozen") == Fraction(36)
+    assert task.answer_key("The answer is: 18m") == task.answer_key("The answer is: 18")

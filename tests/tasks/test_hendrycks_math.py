@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from qstar_jax.tasks.base import MalformedRecordError
+from qstar_jax.tasks.base import MalformedRecordError, Problem
 from qstar_jax.tasks.hendrycks_math import (MATH_FORMAT, MATH_SUBJECTS, Math500Task, MathTask,
                                             _problem_from_math500_record,
                                             _problem_from_math_record)
@@ -195,3 +195,46 @@ def test_a_math500_id_is_text_or_an_integer_kept_as_text(unique_id, problem_id):
     with pytest.raises(ValueError, match=r"^its 'unique_id' holds the float 1\.5, where an id "
                                          r"is text or an integer$"):
         _problem_from_math500_record({**record, "unique_id": 1.5}, "math500/test/0")
+
+
+@pytest.mark.parametrize("step", [
+    "So the answer is \\[", "So the answer is $$", "The answer is: \\text{}",
+    "The answer is: $\\boxed{}$", "The answer is: $\\boxed{\\text{}}$", "Answer: let's see",
+    "The answer is: \\boxed{"])
+def test_a_step_whose_answer_holds_nothing_is_not_terminal(step):
+    assert not MathTask().is_terminal_step(step)
+
+
+def test_an_answer_set_as_a_display_on_the_next_lines():
+    task = MathTask()
+    boxed = ["So the answer is \\[", "\\boxed{5}", "\\]"]
+    assert [task.is_terminal_step(line) for line in boxed] == [False, True, False]
+    assert task.extract_answer("\n".join(boxed)) == "5"
+    plain = "So the answer is \\[\n\\frac{5}{6}\n\\]"
+    assert not any(task.is_terminal_step(line) for line in plain.split("\n"))
+    assert task.extract_answer(plain) == "\\frac{5}{6}"
+
+
+@pytest.mark.parametrize("completion, reference", [
+    ("The answer is $\\boxed{5}$, and this answer is consistent with the constraints.", "5"),
+    ("The final answer is $\\boxed{7}$. I hope the answer is correct.", "7"),
+    ("So the answer is \\[\n\\boxed{5}\n\\]", "5"),
+    ("**Answer:** $\\frac{5}{6}$", "\\frac56"),
+    ("The answer is: $\\boxed{AB = 5}$", "5"),
+    ("The answer is: $\\boxed{\\sin 30^\\circ}$", "\\frac{1}{2}"),
+])
+def test_grading_reads_the_stated_answer(completion, reference):
+    assert MathTask().grade(Problem(id="x", question="q", reference=reference), completion)
+
+
+def test_votes_merge_a_named_value_and_a_list_in_any_order():
+    task = MathTask()
+    assert task.answer_key("The answer is: $\\boxed{x = 5}$") == \
+        task.answer_key("The answer is: $\\boxed{5}$") == Fraction(5)
+    assert task.answer_key("The answer is: $\\boxed{1, 2}$") == \
+        task.answer_key("The answer is: $\\boxed{\\{2, 1\\}}$") == \
+        task.answer_key("The answer is: $\\boxed{x = 2 \\text{ or } x = 1}$")
+    assert task.answer_key("The answer is: $\\boxed{1, 1, 2}$") != \
+        task.answer_key("The answer is: $\\boxed{1, 2, 2}$")
+    assert task.answer_key("The answer is: $\\boxed{(1, 2)}$") != \
+        task.answer_key("The answer is: $\\boxed{(2, 1)}$")

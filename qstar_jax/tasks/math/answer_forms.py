@@ -1,6 +1,8 @@
 """Answer forms that say what a structure says: ``a \\pm b`` is the two values ``a + b``
 and ``a - b``; an inequality in one variable is an interval (``x \\geq 2`` is
-``[2, \\infty)``, ``1 < x \\leq 3`` is ``(1, 3]``).
+``[2, \\infty)``, ``1 < x \\leq 3`` is ``(1, 3]``); a value given a name
+(``x = 3``, ``AB = 5``, ``f^{-1}(x) = \\frac{x-1}{2}``, ``(x,y) = (3,4)``,
+``x \\in [1,2)``) is the value under that name.
 
 Both read normalised answers (``latex_normalize.normalize_latex``) and return normalised
 answers, so the grader compares what they give with its usual stages.
@@ -26,8 +28,25 @@ _ONE_SIDED = (
     re.compile(rf"(?P<name>{_NAME})(?P<op>{_LESS}|{_GREATER})(?P<bound>{_BOUND})"),
     re.compile(rf"(?P<bound>{_BOUND})(?P<op>{_LESS}|{_GREATER})(?P<name>{_NAME})"),
 )
+# A name: one or two letters or a command (``x``, ``AB``, ``\\theta``) with an optional
+# subscript and primes; a function of letters (``f(x)``, ``f^{-1}(x)``, ``g'(t)``); or a
+# tuple of names (``(x,y)``). Qwen2.5-Math's grader strips a left side of up to two
+# characters; a longer name, or a left side that is an expression, is an equation.
+_SCRIPT = r"(?:_\{?[A-Za-z0-9]+\}?)?"
+_VARIABLE = rf"(?:[A-Za-z]{{1,2}}|\\[A-Za-z]+){_SCRIPT}(?:'+|\^\{{?\\prime\}}?)?"
+_FUNCTION = rf"[A-Za-z]{_SCRIPT}(?:'+|\^\{{?-1\}}?)?\([A-Za-z](?:,[A-Za-z])*\)"
+_ASSIGNMENT = re.compile(rf"(?P<name>{_FUNCTION}|\({_VARIABLE}(?:,{_VARIABLE})+\)|{_VARIABLE})"
+                         r"(?:=|\\in(?![A-Za-z]))(?P<value>[^=]+)")
 _BETWEEN = re.compile(rf"(?P<low>{_BOUND})(?P<low_op>{_LESS})(?P<name>{_NAME})"
                       rf"(?P<high_op>{_LESS})(?P<high>{_BOUND})")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NamedValue:
+    """``name`` (normalised, e.g. ``x`` or ``f(x)``) stands for ``value``."""
+
+    name: str
+    value: str
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -36,6 +55,17 @@ class NamedInterval:
 
     name: str
     interval: str
+
+
+def named_value(text: str) -> NamedValue | None:
+    """The name and value of ``x = 3``, ``x \\in [1,2)`` or an inequality (its interval),
+    or None for any other text."""
+    assignment = _ASSIGNMENT.fullmatch(text)
+    if assignment is not None:
+        return NamedValue(name=assignment["name"], value=assignment["value"])
+    inequality = inequality_interval(text)
+    return None if inequality is None else NamedValue(name=inequality.name,
+                                                      value=inequality.interval)
 
 
 def plus_minus_values(text: str) -> tuple[str, ...] | None:

@@ -10,16 +10,19 @@ graders do not happen: ``100000`` vs ``100001``, ``50`` vs ``0.5``, ``1/2`` vs `
 
 1. equal canonical strings;
 2. multiple-choice letters: ``(A)``, ``A`` and ``\\text{(A)}`` agree, and a letter only
-   ever equals the same letter;
-3. ``x = 3`` / ``f(x) = x^2`` / ``x \\in [1,2)`` against ``3`` / ``x^2`` / ``[1,2)``, and an
-   inequality as its interval (``x \\geq 2`` is ``[2,\\infty)``, ``answer_forms``); two
-   different names on the two sides do not agree;
+   ever equals the same letter; against a letter, ``(D) 4`` is its choice ``D``;
+3. ``x = 3`` / ``AB = 5`` / ``f^{-1}(x) = x^2`` / ``(x,y) = (3,4)`` / ``x \\in [1,2)``
+   against ``3`` / ``5`` / ``x^2`` / ``(3,4)`` / ``[1,2)`` when the other answer has no
+   ``=``, and an inequality as its interval (``x \\geq 2`` is ``[2,\\infty)``,
+   ``answer_forms``); two different names on the two sides do not agree;
 4. structures (``math_structures``), compared item by item with these same stages:
    tuples and intervals keep their brackets and order; sets, bare lists (also answers
-   joined by "or") and unions of intervals compare as sets; ``a \\pm b`` is the set of
-   its two values, also as an item of a set or list; matrices entry by entry with the
-   same shape;
-5. equations ``lhs = rhs`` side by side;
+   joined by "or" or "and") and unions of intervals compare as multisets, in any order
+   but item for item (``1,1,2`` is not ``1,2,2``); ``a \\pm b`` is its two values,
+   also as an item of a set or list; matrices entry by entry with the same shape;
+5. equations ``lhs = rhs`` side by side, else (sympy) ``lhs - rhs`` equal up to sign,
+   as Qwen2.5-Math's grader does (``y = 2x + 3`` is ``2x - y + 3 = 0``; a multiple,
+   ``2y = 4x + 6``, is not);
 6. plain numbers as exact rationals (``exact_numbers``): every spelling of ``1/2``;
 7. text answers (a word of three or more letters): only a single word matches, and
    case-insensitively (``Monday`` = ``monday``);
@@ -30,28 +33,30 @@ graders do not happen: ``100000`` vs ``100001``, ``50`` vs ``0.5``, ``1/2`` vs `
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 import time
-from fractions import Fraction
+from typing import Hashable
 
-from qstar_jax.tasks.math.answer_extraction import (extract_boxed, extract_final_answer,
+from qstar_jax.tasks.math.answer_extraction import (extract_boxed, extract_display_answer,
+                                                    extract_final_answer,
                                                     extract_gsm8k_reference)
-from qstar_jax.tasks.math.answer_forms import inequality_interval, plus_minus_values
+from qstar_jax.tasks.math.answer_forms import named_value, plus_minus_values
 from qstar_jax.tasks.math.exact_numbers import parse_latex_number
+from qstar_jax.tasks.math.gsm8k_numbers import gsm8k_number
 from qstar_jax.tasks.math.latex_normalize import matching_close, normalize_latex
 from qstar_jax.tasks.math.math_structures import (MAX_ITEMS, AnswerStructure, StructureKind,
-                                                  TooManyItemsError, parse_structure)
+                                                  TooManyItemsError, parse_structure,
+                                                  same_multiset)
 from qstar_jax.tasks.math.symbolic_check import (SymbolicCheckConfig, SymbolicChecker,
                                                  SymbolicWorkerError, shared_checker)
 
 __all__ = ["SymbolicCheckConfig", "SymbolicChecker", "SymbolicWorkerError", "extract_boxed",
-           "extract_final_answer", "extract_gsm8k_reference", "math_answer_value", "math_equal",
-           "number_equal"]
+           "extract_display_answer", "extract_final_answer", "extract_gsm8k_reference",
+           "gsm8k_number", "math_answer_value", "math_equal", "number_equal"]
 
 _CHOICE = re.compile(r"\(?([A-E])\)?")
-_ASSIGNMENT = re.compile(r"(?P<name>[A-Za-z](?:_\{?[A-Za-z0-9]+\}?|\([A-Za-z,]+\))?|\\[A-Za-z]+)"
-                         r"(?:=|\\in(?![A-Za-z]))(?P<value>[^=]+)")
+# "(D) 4": the choice, then what it says; not one of several choices ("(A), (C)").
+_CHOICE_FIRST = re.compile(r"\(([A-E])\)(?![,;(]|\\cup)")
 _SEPARATE_NUMBERS = re.compile(r"\d \d")  # kept apart by normalize_latex
 _WORD = re.compile(r"(?<![A-Za-z\\])[A-Za-z]{3,}")
 
@@ -59,12 +64,8 @@ _WORD = re.compile(r"(?<![A-Za-z\\])[A-Za-z]{3,}")
 def number_equal(pred: str, ref: str) -> bool:
     """Whether two GSM8K-style answers are the same number, exactly.
 
-    Read: thousands commas (``1,000``), currency signs (``$``, ``\\$``, ``€``, ``£``),
-    a trailing full stop, decimals (``5.00`` is 5), signs (``-``, ``−``), fractions
-    (``3/4``, ``\\frac{3}{4}``), unit words after the number (``18 dollars``), and
-    the right-hand side of ``x = 18``. A percent sign is read as a unit, so ``50%``
-    equals ``50`` but not ``0.5`` (GSM8K writes percentages as the bare number).
-    Anything else, e.g. ``2.5e3`` or ``five``, is not a number: False.
+    How an answer is read: ``gsm8k_numbers.gsm8k_number``. Anything it cannot read,
+    e.g. ``2.5e3``, ``five`` or ``18 or 19``, is not a number: False.
     """
     pred_value, ref_value = gsm8k_number(pred), gsm8k_number(ref)
     return pred_value is not None and pred_value == ref_value
@@ -93,27 +94,35 @@ def math_equal(pred: str, ref: str, *, symbolic: SymbolicChecker | None = None) 
         return False
 
 
-def gsm8k_number(text: str) -> Fraction | None:
-    """The number a GSM8K-style answer holds, as ``number_equal`` reads it; None for
-    anything else."""
-    if not isinstance(text, str):
-        return None
-    normalized = normalize_latex(text.rpartition("=")[2])
-    return None if normalized is None else parse_latex_number(normalized)
-
-
-def math_answer_value(text: str) -> Fraction | str | None:
-    """A MATH answer in one spelling, for votes: the exact value of a plain number
-    (``0.5``, ``\\frac12`` and ``\\dfrac{1}{2}`` are one), else the normalised LaTeX
-    (``latex_normalize``); None for text that is no answer. Cheaper and coarser than
-    ``math_equal``: ``2\\sqrt2`` and ``\\sqrt8`` stay two."""
+def math_answer_value(text: str) -> Hashable | None:
+    """A MATH answer in one spelling, for votes: the value under a name (``x = 5`` is
+    ``5``, as ``math_equal`` reads it against a bare answer); the exact value of a plain
+    number (``0.5``, ``\\frac12`` and ``\\dfrac{1}{2}`` are one); a set or list as the
+    sorted tuple of its items' values (``1,2`` and ``\\{2,1\\}`` are one, ``1,1,2`` is
+    another; one item is that item's value); else the normalised LaTeX
+    (``latex_normalize``). None for text that is no answer. Cheaper and coarser than
+    ``math_equal``: ``2\\sqrt2`` and ``\\sqrt8`` stay two, and ``x = 3`` and
+    ``y = 3`` are one."""
     if not isinstance(text, str):
         return None
     normalized = normalize_latex(text)
-    if not normalized:
-        return None
-    number = parse_latex_number(normalized)
-    return normalized if number is None else number
+    return _value_key(normalized) if normalized else None
+
+
+def _value_key(text: str) -> Hashable:
+    named = named_value(text)
+    if named is not None:
+        text = named.value
+    try:
+        structure = parse_structure(text)
+    except TooManyItemsError:
+        return text
+    if structure is not None and structure.kind is StructureKind.UNORDERED:
+        keys = sorted((_value_key(item) for item in structure.items),
+                      key=lambda key: (type(key).__name__, str(key)))
+        return keys[0] if len(keys) == 1 else tuple(keys)
+    number = parse_latex_number(text)
+    return text if number is None else number
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -130,13 +139,17 @@ class _Comparison:
             return False
         pred_choice, ref_choice = _CHOICE.fullmatch(pred), _CHOICE.fullmatch(ref)
         if pred_choice or ref_choice:
+            pred_choice = pred_choice or _CHOICE_FIRST.match(pred)
+            ref_choice = ref_choice or _CHOICE_FIRST.match(ref)
             return bool(pred_choice and ref_choice and pred_choice[1] == ref_choice[1])
-        pred_named, ref_named = _named_value(pred), _named_value(ref)
-        if pred_named or ref_named:
-            if pred_named and ref_named and pred_named[0] != ref_named[0]:
-                return False
-            return self.equal(pred_named[1] if pred_named else pred,
-                              ref_named[1] if ref_named else ref)
+        pred_named, ref_named = named_value(pred), named_value(ref)
+        if pred_named and ref_named:
+            return pred_named.name == ref_named.name and self.equal(pred_named.value,
+                                                                    ref_named.value)
+        if pred_named and "=" not in ref:
+            return self.equal(pred_named.value, ref)
+        if ref_named and "=" not in pred:
+            return self.equal(pred, ref_named.value)
         pred_structure = _plus_minus_structure(pred) or parse_structure(pred)
         ref_structure = _plus_minus_structure(ref) or parse_structure(ref)
         if pred_structure or ref_structure:
@@ -147,18 +160,28 @@ class _Comparison:
     def _expressions_equal(self, pred: str, ref: str) -> bool:
         if pred == ref:
             return True
-        if "=" in pred or "=" in ref:
-            pred_sides, ref_sides = pred.split("="), ref.split("=")
-            return len(pred_sides) == len(ref_sides) == 2 and all(
-                self.equal(a, b) for a, b in zip(pred_sides, ref_sides))
         if _SEPARATE_NUMBERS.search(pred) or _SEPARATE_NUMBERS.search(ref):
             return False  # "18 19" is two numbers; no parser may read it as one
+        if "=" in pred or "=" in ref:
+            return self._equations_equal(pred.split("="), ref.split("="))
         pred_number, ref_number = parse_latex_number(pred), parse_latex_number(ref)
         if pred_number is not None and ref_number is not None:
             return pred_number == ref_number
         if _WORD.search(pred) or _WORD.search(ref):
             return pred.isalpha() and ref.isalpha() and pred.casefold() == ref.casefold()
         return self.checker.equal(pred, ref, deadline=self.deadline)
+
+    def _equations_equal(self, pred: list[str], ref: list[str]) -> bool:
+        """Two equations: side by side, else ``lhs - rhs`` equal up to sign (sympy)."""
+        if not len(pred) == len(ref) == 2 or not all(pred + ref):
+            return False
+        if all(self.equal(a, b) for a, b in zip(pred, ref)):
+            return True
+        if any(_WORD.search(side) for side in pred + ref):
+            return False
+        # One sympy call: (l - r)^2 equal means l - r equal up to sign.
+        return self.checker.equal(f"({pred[0]}-({pred[1]}))^2", f"({ref[0]}-({ref[1]}))^2",
+                                  deadline=self.deadline)
 
     def _structures_equal(self, pred: AnswerStructure, ref: AnswerStructure) -> bool:
         if pred.kind != ref.kind:
@@ -172,19 +195,7 @@ class _Comparison:
         if pred.kind is StructureKind.ORDERED:
             return pred.brackets == ref.brackets and len(pred.items) == len(ref.items) and all(
                 self.equal(a, b) for a, b in zip(pred.items, ref.items))
-        items_equal = functools.cache(lambda i, j: self.equal(pred.items[i], ref.items[j]))
-        pred_range, ref_range = range(len(pred.items)), range(len(ref.items))
-        return all(any(items_equal(i, j) for j in ref_range) for i in pred_range) and all(
-            any(items_equal(i, j) for i in pred_range) for j in ref_range)
-
-
-def _named_value(text: str) -> tuple[str, str] | None:
-    """(name, value) of ``x = 3``, ``x \\in [1,2)`` or an inequality (its interval)."""
-    assignment = _ASSIGNMENT.fullmatch(text)
-    if assignment is not None:
-        return assignment["name"], assignment["value"]
-    inequality = inequality_interval(text)
-    return None if inequality is None else (inequality.name, inequality.interval)
+        return same_multiset(pred.items, ref.items, self.equal)
 
 
 def _plus_minus_structure(text: str) -> AnswerStructure | None:

@@ -8,9 +8,12 @@ compare them item by item with the same rules. Bracket types are kept: ``(1,2)``
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
+import functools
 import re
+from typing import Callable, Sequence
 
 from qstar_jax.tasks.math.latex_normalize import matching_close
 
@@ -99,6 +102,30 @@ def split_top_level(text: str, separator: str) -> list[str]:
         index += 1
     parts.append(text[start:])
     return parts
+
+
+def same_multiset(pred: Sequence[str], ref: Sequence[str],
+                  equal: Callable[[str, str], bool]) -> bool:
+    """Whether the items of ``pred`` and ``ref`` pair off one to one, each pair ``equal``:
+    ``1,1,2`` is not ``1,2,2``. ``equal`` is asked once per pair of distinct strings
+    (at most ``MAX_ITEMS`` squared), a maximum matching (augmenting paths) does the rest."""
+    if len(pred) != len(ref):
+        return False
+    if collections.Counter(pred) == collections.Counter(ref):
+        return True
+    items_equal = functools.cache(equal)
+    owner: list[int | None] = [None] * len(ref)  # the pred item each ref item is paired with
+
+    def pair(i: int, tried: set[int]) -> bool:
+        for j in range(len(ref)):
+            if j not in tried and items_equal(pred[i], ref[j]):
+                tried.add(j)
+                if owner[j] is None or pair(owner[j], tried):
+                    owner[j] = i
+                    return True
+        return False
+
+    return all(pair(i, set()) for i in range(len(pred)))
 
 
 def _closes_at_end(text: str, open_index: int) -> bool:

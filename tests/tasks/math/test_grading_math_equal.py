@@ -237,7 +237,7 @@ CASES = [
     # ... and counts its values towards MAX_ITEMS = 64: 64 values are read, 65 are not.
     (", ".join(f"{10 * k} \\pm 1" for k in range(32)),
      ", ".join(str(10 * k + sign) for k in range(32) for sign in (1, -1)), True),
-    (", ".join(["1 \\pm 0"] * 32), "1", True),
+    (", ".join(["1 \\pm 0"] * 32), ", ".join(["1"] * 64), True),  # a list counts each item
     (", ".join(["1 \\pm 0"] * 32 + ["1"]), "1", False),
     # Up to MAX_PLUS_MINUS = 3 signs are read (1 + {±2±4±8}: eight values); a fourth makes
     # 16 and the text is no answer, even given every value it would stand for.
@@ -301,6 +301,66 @@ CASES = [
     ("x <= 3", "(-\\infty,3)", False),
     ("1 < x \\leq 3", "[1, 3]", False),
     ("1 \\leq x < 3", "(1, 3)", False),
+    # Lists and sets count their items: in any order, but item for item.
+    ("1,1,2", "1,2,2", False),
+    ("1, 2, 2", "1, 2", False),
+    ("\\{1, 1\\}", "\\{1\\}", False),
+    ("2, 1, 1", "1, 2, 1", True),
+    ("\\frac12, 0.5", "\\frac{1}{2}, \\frac24", True),
+    ("\\frac12, 0.5", "\\frac{1}{2}, 1", False),
+    # \dbinom, \tbinom and {n \choose k} are \binom.
+    ("\\binom{10}{3}", "\\dbinom{10}{3}", True),
+    ("120", "\\dbinom{10}{3}", True),
+    ("{10 \\choose 3}", "120", True),
+    ("\\tbinom{10}{3}", "10 \\choose 3", True),
+    ("\\dbinom{10}{3}", "121", False),
+    # A degree sign in a trigonometric function's argument makes the angle radians; on
+    # an angle answer it goes; a bare \circ (composition) stays.
+    ("\\sin 30^\\circ", "\\frac12", True),
+    ("\\sin 30\u00b0", "0.5", True),
+    ("\\cos(60^{\\circ})", "\\frac{1}{2}", True),
+    ("\\cos 60^\\circ", "\\cos 60", False),
+    ("\\sin 30^\\circ", "\\sin 30", False),
+    ("f \\circ g", "fg", False),
+    ("f \\circ g", "f\\circ g", True),
+    ("(30^\\circ, 60^\\circ)", "(30, 60)", True),
+    # A short name on the left (letters, a subscript, primes), a function of letters or a
+    # tuple of names goes when the other answer has no "=".
+    ("AB = 5", "5", True),
+    ("BC=12", "12", True),
+    ("x_1' = 4", "4", True),
+    ("AB = 5", "BC = 5", False),
+    ("AB = 5", "6", False),
+    ("ABC = 5", "5", False),  # three letters: an expression, as in Qwen's grader
+    ("(x,y)=(3,4)", "(3,4)", True),
+    ("(x, y) = (3, 4)", "(4, 3)", False),
+    ("(x,y)=(3,4)", "(a,b)=(3,4)", False),
+    ("f^{-1}(x)=\\frac{x-1}{2}", "\\frac{x-1}{2}", True),
+    ("g(t) = t^2 + 1", "t^2+1", True),
+    ("f^{-1}(x)=\\frac{x-1}{2}", "\\frac{x+1}{2}", False),
+    # An equation against an equation: side by side, else lhs - rhs up to sign.
+    ("2x - y + 3 = 0", "y = 2x + 3", True),
+    ("x = 3", "3 = x", True),
+    ("y = 2x + 3", "2x + 3 = y", True),
+    ("2x - y + 3 = 0", "y = 2x - 3", False),
+    ("4x - 2y + 6 = 0", "y = 2x + 3", False),  # a multiple: not Qwen's rule either
+    ("x + y = 3", "x = 3", False),
+    # "and" joins answers into a list as "or" does; +\infty is \infty; against a choice
+    # letter, "(D) 4" is its choice.
+    ("1 \\text{ and } 2", "1, 2", True),
+    ("1, 2, and 3", "\\{3, 2, 1\\}", True),
+    ("1 \\text{ and } 2", "1", False),
+    ("+\\infty", "\\infty", True),
+    ("(0, +\\infty)", "(0,\\infty)", True),
+    ("+\\infty", "-\\infty", False),
+    ("(D) 4", "D", True),
+    ("\\text{(D) } 4", "(D)", True),
+    ("(D) 4", "C", False),
+    ("(D) 4", "4", False),
+    ("(A), (C)", "A", False),
+    ("(A)(C)", "A", False),
+    ("\\cos\\theta^\\circ", "\\cos\\theta", False),
+    ("\\tan 45^\\circ + 1", "2", True),
 ]
 
 

@@ -151,8 +151,67 @@ CASES = [
     ("12 3456", "123456", False),
 ]
 
-# A word of maths after a number is no unit: "2 times 3" is not 2.
-MATH_WORDS = ["pi", "sqrt", "sin", "cos", "tan", "log", "ln", "exp", "times", "cdot", "over",
+# Units written any way after the number, counts, magnitude words, and the clause an
+# answer phrase ends with (what GSM8K answers write, each once graded wrong).
+UNIT_CASES = [
+    ("4 times", "4", True),  # "How many times ...?"
+    ("18 m", "18", True),
+    ("18 h", "18", True),
+    ("18m", "18", True),
+    ("18cm", "18", True),
+    ("18kg", "18", True),
+    ("18 ft\u00b2", "18", True),
+    ("18 m^2", "18", True),
+    ("18 \u00b0F", "18", True),
+    ("$18/hour", "18", True),
+    ("18 km/h", "18", True),
+    ("18 (dollars)", "18", True),
+    ("(18)", "18", True),
+    ("18, which is the total", "18", True),
+    ("18 (eighteen)", "18", True),
+    ("18 dollars!", "18", True),
+    ("**18** apples", "18", True),
+    # A magnitude word multiplies; it is no unit.
+    ("3 dozen", "3", False),
+    ("3 dozen", "36", True),
+    ("5 hundred", "5", False),
+    ("5 hundred", "500", True),
+    ("1.5 million", "1500000", True),
+    ("$1.5 million", "1,500,000", True),
+    ("2 thousand dollars", "2000", True),
+    ("1.5 million", "1.5", False),
+    # Still refused: two numbers, a time, a product, a letter after the number.
+    ("18 or 19", "18", False),
+    ("18 and 19", "18", False),
+    ("1 or 234", "1234", False),
+    ("1, 234", "1234", False),
+    ("7:30", "7", False),
+    ("7:30", "730", False),
+    ("3 x 6", "3", False),
+    ("3 x 6", "18", False),
+    ("18 x", "18", False),
+    ("18e", "18", False),
+    ("1.234", "1234", False),  # a decimal point, never a thousands separator
+    ("18 (19)", "18", False),
+    ("18 (or 19)", "18", False),
+    # The answer is the phrase's first value: a reason after it is not the answer...
+    ("20, since 9 + 9 = 18", "18", False),
+    ("20, since 9 + 9 = 18", "20", True),
+    ("20 because 9 + 9 = 18", "18", False),
+    ("20; 9 + 9 = 18", "18", False),
+    ("18 (3 * 6 = 18)", "18", True),
+    ("20 (3 * 6 = 18)", "18", False),
+    ("18 = 3 * 6", "18", True),  # the number first, its working after
+    ("18 = 3 * 6", "3", False),
+    # ... and an equation chain gives its last side only when the phrase is the chain.
+    ("Total = 18", "18", True),
+    ("3 apples * 6 = 18", "18", True),
+    ("20 and 9 + 9 = 18", "18", False),
+]
+
+# A word of maths after a number is no unit: "2 times 3" is not 2. ("4 times" alone is a
+# count, the answer to "how many times": tested in UNIT_CASES.)
+MATH_WORDS = ["pi", "sqrt", "sin", "cos", "tan", "log", "ln", "exp", "cdot", "over",
               "plus", "minus"]
 
 
@@ -167,7 +226,18 @@ def test_number_equal(pred, ref, verdict):
     assert number_equal(pred, ref) is verdict
 
 
+@pytest.mark.parametrize(("pred", "ref", "verdict"), UNIT_CASES)
+def test_units_counts_magnitudes_and_clauses(pred, ref, verdict):
+    assert number_equal(pred, ref) is verdict
+
+
 @pytest.mark.parametrize("word", MATH_WORDS)
 def test_a_maths_word_after_a_number_is_no_unit(word):
     assert not number_equal(f"2 {word} 3", "2")
     assert not number_equal(f"2 {word}", "2")
+
+
+def test_times_between_numbers_is_a_product_and_after_one_a_count():
+    assert not number_equal("2 times 3", "2")
+    assert not number_equal("2 times 3", "6")
+    assert number_equal("2 times", "2")

@@ -25,8 +25,8 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 CHILD_SCRIPT = r'''
 import json, random, time
 from qstar_jax.tasks.math.grading import (SymbolicCheckConfig, SymbolicChecker, extract_boxed,
-                                          extract_final_answer, extract_gsm8k_reference,
-                                          math_equal, number_equal)
+                                          extract_display_answer, extract_final_answer,
+                                          extract_gsm8k_reference, math_equal, number_equal)
 
 megabyte_number = "1" + "0" * 10**6
 noise = "".join(random.Random(0).choices("\\{}()[]^_0123456789+-*/x,&=$ ", k=1000)) * 1000
@@ -43,6 +43,10 @@ math_cases = {
     "huge binomial": ("\\binom{100000}{50000}", "1"),
     "huge symbolic exponent": ("x^{100000}", "x^{100000}+1"),
     "slow expansion": ("(x+y+1)^{60}", "(x+y+2)^{60}"),
+    "slow equations, compared up to sign": ("(x+y+1)^{60} = y", "y = (x+y+2)^{60}"),
+    "degrees of a tower": ("\\sin 9^{9^{9^{9}}}^\\circ", "\\sin 9^\\circ"),
+    "64 list items, none equal": (", ".join(f"{k}\\sqrt{{2}}" for k in range(64)),
+                                  ", ".join(f"{k}\\sqrt{{3}}" for k in range(64))),
     "5000 nested braces": ("{" * 5000 + "1" + "}" * 5000, "1"),
     "200 nested braces": ("{" * 200 + "1" + "}" * 200, "1"),
     "nested fractions": ("\\frac{1}{" * 30 + "2" + "}" * 30, "1"),
@@ -91,6 +95,13 @@ verdicts.update({
         extract_final_answer("the answer is" + " " * 10**6 + "x."),
     "extract_gsm8k_reference: megabyte of spaces":
         extract_gsm8k_reference("#### " + " " * 10**6 + "72 " + " " * 10**6),
+    "extract_final_answer: spaces between two phrases":
+        extract_final_answer("The answer is 1" + " " * 10**6 + "2 and the answer is 5"),
+    "extract_final_answer: repeated labels": extract_final_answer("Answer:\n" * 10**5 + "Answer: 7"),
+    "extract_final_answer: empty boxes after one": extract_final_answer("\\boxed{5}" + "\\boxed{}" * 10**5),
+    "extract_display_answer: open displays": extract_display_answer("The answer is \\[\n" * 10**5),
+    "extract_display_answer: empty displays":
+        extract_display_answer("The answer is $$\n$$\n" * 10**5 + "The answer is $$\n8\n$$"),
 })
 print(json.dumps({"verdicts": verdicts, "seconds": seconds}))
 '''
@@ -105,8 +116,13 @@ EXTRACTIONS = {
     "extract_final_answer: megabyte of spaces": "5",
     "extract_final_answer: spaces after phrase": "x",
     "extract_gsm8k_reference: megabyte of spaces": "72",
+    "extract_final_answer: spaces between two phrases": "5",
+    "extract_final_answer: repeated labels": "7",
+    "extract_final_answer: empty boxes after one": "5",
+    "extract_display_answer: open displays": None,
+    "extract_display_answer: empty displays": "8",
 }
-GRADER_CASES = 23 + 8
+GRADER_CASES = 26 + 8
 
 
 @pytest.fixture(scope="module")
