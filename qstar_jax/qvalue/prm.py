@@ -1,8 +1,9 @@
 """A Math-Shepherd style process reward model over our ``LlamaModel``.
 
-The PRM reads ``question step_1 TAG\\nstep_2 TAG ...`` and, at the last step tag, the
-probability of the "good" token against the "bad" one (a softmax over those two logits)
-is the probability that the latest step is good.
+The PRM reads ``question Step 1: step_1 TAG\\nStep 2: step_2 TAG ...``, as Math-Shepherd's
+training data and its model card's example number the steps, and, at the last step tag,
+the probability of the "good" token against the "bad" one (a softmax over those two
+logits) is the probability that the latest step is good.
 
 Shapes: B rows (padded to a power of two), T tokens (padded to a power of two), E hidden.
 """
@@ -24,8 +25,12 @@ from qstar_jax.search.interface import QItem
 
 
 def shepherd_text(question: str, steps: Sequence[str], step_tag: str) -> str:
-    """The PRM's input: each step followed by the tag, steps one per line."""
-    return f"{question} " + "\n".join(f"{step} {step_tag}" for step in steps)
+    """The PRM's input: the question, then each step numbered ("Step 1: ") and followed by
+    the tag, one per line, each step's own line breaks and edge spaces aside (the tag
+    closes a line of Math-Shepherd's data)."""
+    return f"{question} " + "\n".join(
+        f"Step {number}: {' '.join(step.split())} {step_tag}"
+        for number, step in enumerate(steps, start=1))
 
 
 class ShepherdPRM:

@@ -52,12 +52,23 @@ def test_shepherd_prm_matches_a_direct_computation(model):
                    hidden=None)]
     texts = [shepherd_text(QUESTIONS[i.problem_index], i.prefix_steps + (i.step_text,), TAG)
              for i in items]
-    assert texts[1] == "Reach 24 from 4 6 1 1. 6-1=5 #\n5-1=4 #\n4*6=24 #"
+    assert texts[1] == "Reach 24 from 4 6 1 1. Step 1: 6-1=5 #\nStep 2: 5-1=4 #\nStep 3: 4*6=24 #"
     got = prm.score_steps(items)  # three rows of different lengths, padded to 4 x 64
     expected = [direct_good_probability(model, text) for text in texts]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert len(set(np.round(got, 6))) == 3  # the rows are really different
     assert prm.score_steps([]).shape == (0,)
+
+
+def test_the_prm_reads_steps_numbered_one_a_line_as_math_shepherds_data_holds_them():
+    """Math-Shepherd's data and model card: "{question} Step 1: {step} ки\\nStep 2: ..."; a
+    step the policy began with a blank line (steps keep the line breaks before them) or
+    broke over lines is one line there."""
+    steps = ("Janet's ducks lay 16 eggs per day.", "\n\nShe eats 3, so 16 - 3 = 13 left. ",
+             "The answer is:\n 18")
+    assert shepherd_text("How much?", steps, "ки") == (
+        "How much? Step 1: Janet's ducks lay 16 eggs per day. ки\n"
+        "Step 2: She eats 3, so 16 - 3 = 13 left. ки\nStep 3: The answer is: 18 ки")
 
 
 def test_shepherd_prm_rejects_token_ids_outside_the_vocabulary(model):
