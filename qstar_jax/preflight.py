@@ -293,6 +293,22 @@ def identical_samples_warning(config) -> str | None:
             "its copies' tokens for one sample's result")
 
 
+def shallow_search_warning(config) -> str | None:
+    """A line where A*'s expansion budget is below the steps a trace may take: each
+    expansion takes the tree one step deeper at most, so Q* cannot finish a trace longer
+    than search.max_expansions steps, where the other methods finish up to
+    decode.max_steps. None where it can."""
+    s, max_steps = config.search, config.decode.max_steps
+    searched = sorted({"qstar", "qstar_no_q"} & set(config.eval.methods))
+    if not searched or "evaluate" not in config.stages or s.max_expansions >= max_steps:
+        return None
+    return (f"warning: search.max_expansions={s.max_expansions} is below decode.max_steps="
+            f"{max_steps}: A* ({', '.join(searched)}) takes its tree one step deeper an "
+            f"expansion at most, so it cannot finish a trace longer than {s.max_expansions} "
+            f"steps, which the other methods finish up to {max_steps}; raise "
+            "search.max_expansions to decode.max_steps or more")
+
+
 def warmup_warning(config) -> str | None:
     """A line where a policy trained from scratch never reaches its peak learning rate:
     ``policy_training.warmup_steps`` at or past its ``steps``. None otherwise."""

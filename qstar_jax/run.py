@@ -41,7 +41,7 @@ from qstar_jax.parallel import (DATA, barrier, check_cache_split, initialize_dis
 from qstar_jax.policy.runtime import PromptTooLong
 from qstar_jax.preflight import (check_layer_weights, check_searches_fit_a_shard,
                                  identical_samples_warning, preflight,
-                                 shared_split_warning, warmup_warning)
+                                 shallow_search_warning, shared_split_warning, warmup_warning)
 from qstar_jax.run_messages import (cache_full_message, different_config_advice,
                                     lost_process_message, prompt_too_long_message)
 from qstar_jax.stages.reuse import (CACHE_LAYOUT, NO_RESULT, differing_settings,
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
         check_memory(config)  # the weights and the cache fit, or say what does
         warnings = [context_warning(config, policy_architecture(config)),
                     shared_split_warning(config), identical_samples_warning(config),
-                    warmup_warning(config)]
+                    shallow_search_warning(config), warmup_warning(config)]
     except ValueError as error:  # ConfigError, MeshError, bad distributed settings
         print(f"config error: {error}", file=sys.stderr)
         return 2
