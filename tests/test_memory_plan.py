@@ -38,27 +38,22 @@ def test_parameter_counts_are_the_published_ones_and_the_models():
     assert memory_plan.parameter_count(tiny) == sum(x.size for x in jax.tree.leaves(params))
 
 
-def test_an_output_projection_bias_is_counted():
-    common = dict(model_type="llama", vocab_size=40, hidden_size=16, intermediate_size=24,
-                  num_layers=2, num_heads=4, num_kv_heads=2, head_dim=4)
-    plain, biased = ModelConfig(**common), ModelConfig(**common, attention_out_bias=True)
-    params = nnx.state(LlamaModel(biased, rngs=nnx.Rngs(0)), nnx.Param)
-    assert memory_plan.parameter_count(biased) == sum(x.size for x in jax.tree.leaves(params))
-    # o_proj's bias: hidden_size (16) values in each of the 2 layers.
-    assert memory_plan.parameter_count(biased) == memory_plan.parameter_count(plain) + 2 * 16
+# A bias field, and the values it adds to each layer whole and on a model axis of 2:
+# o_proj's (hidden_size, 16, held whole); gate's and up's (intermediate_size, 24 each,
+# split with their products) and down's (16, whole).
+BIAS_PARAMETERS = [("attention_out_bias", 16, 16), ("mlp_bias", 24 + 24 + 16, 12 + 12 + 16)]
 
 
-def test_mlp_biases_are_counted():
+@pytest.mark.parametrize("field, per_layer, per_layer_split", BIAS_PARAMETERS)
+def test_biases_are_counted(field, per_layer, per_layer_split):
     common = dict(model_type="llama", vocab_size=40, hidden_size=16, intermediate_size=24,
                   num_layers=2, num_heads=4, num_kv_heads=2, head_dim=4)
-    plain, biased = ModelConfig(**common), ModelConfig(**common, mlp_bias=True)
+    plain, biased = ModelConfig(**common), ModelConfig(**common, **{field: True})
     params = nnx.state(LlamaModel(biased, rngs=nnx.Rngs(0)), nnx.Param)
     assert memory_plan.parameter_count(biased) == sum(x.size for x in jax.tree.leaves(params))
-    # gate's and up's (24 each) and down's (16) in each of the 2 layers.
-    assert memory_plan.parameter_count(biased) == memory_plan.parameter_count(plain) + 2 * 64
-    # On a model axis of 2 the gate's and up's are split with their products.
+    assert memory_plan.parameter_count(biased) == memory_plan.parameter_count(plain) + 2 * per_layer
     assert (memory_plan.parameter_count(biased, 2) - memory_plan.parameter_count(plain, 2)
-            == 2 * (24 + 16))
+            == 2 * per_layer_split)
 
 
 def test_the_issue_s_smollm2_run_is_refused_with_the_largest_slots_that_fit():

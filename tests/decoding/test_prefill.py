@@ -46,20 +46,29 @@ LAYOUTS = {"plain": {}, "transposed": {"transpose_projections": True},
            "row-kernels-jnp": {"row_kernels": "jnp"}}
 
 
+# Which products have biases: none (Llama's), q, k and v (Qwen2's), the MLP's (Llama's
+# mlp_bias, which the row kernels' gated call cannot add: the gate and up rows run
+# ungated, and the gating after them).
+BIASES = {"none": ({}, ()),
+          "attention": ({"attention_bias": True}, [("self_attn", n) for n in "qkv"]),
+          "mlp": ({"mlp_bias": True}, [("mlp", n) for n in ("gate", "up", "down")])}
+
+
 @pytest.mark.parametrize("tokens_per_row", [1, 5])  # the one-query attention path, and T > 1
-@pytest.mark.parametrize("attention_bias", [False, True])  # Llama's projections, Qwen2's
+@pytest.mark.parametrize("biases", list(BIASES))
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_per_layer_weights_compute_what_the_scanned_stack_computes(tokens_per_row, attention_bias,
+def test_per_layer_weights_compute_what_the_scanned_stack_computes(tokens_per_row, biases,
                                                                     layout):
     """The decoder's loop over per-layer weights (``unstack_layers``) in each layout
     against the stacked layers under ``lax.scan``: same hidden states, same cache writes.
     The row kernels take the two rows' one token each (2 tokens a call, at most
     ``MAX_ROWS``), not their five (10 tokens: the jnp path)."""
-    config = dataclasses.replace(tiny_config(64), attention_bias=attention_bias)
+    fields, biased = BIASES[biases]
+    config = dataclasses.replace(tiny_config(64), **fields)
     model = LlamaModel(config, rngs=nnx.Rngs(0))
     rng = np.random.default_rng(0)
-    for name in ("q_proj", "k_proj", "v_proj") if attention_bias else ():
-        bias = getattr(model.layers.self_attn, name).bias  # initialised to zeros
+    for block, name in biased:
+        bias = getattr(getattr(model.layers, block), f"{name}_proj").bias  # zeros at first
         bias[...] = jnp.asarray(rng.standard_normal(bias.shape), jnp.float32)
     # Two rows into slots 2 and 0 of a 3-slot cache already holding 6 random positions.
     empty = init_cache(config, slots=3, max_len=RANDOM_MAX_LEN)
@@ -77,6 +86,7 @@ def test_per_layer_weights_compute_what_the_scanned_stack_computes(tokens_per_ro
     assert ("q_proj" in attention) == (layout == "plain")
     assert ("gate_up_proj" in mlp) == layout.startswith("row-kernels")
     assert ("gate_proj" in mlp) != layout.startswith("row-kernels")
+    assert ("bias" in mlp["down_proj"]) == (biases == "mlp")
 
 
 def test_rows_prefilled_in_calls_of_their_own_length_are_what_one_call_gives(random_decoder,

@@ -11,20 +11,16 @@ from __future__ import annotations
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers
 
 from qstar_jax.decoding.engine import Decoder
-from qstar_jax.decoding.kv_cache import init_cache
 from qstar_jax.decoding.sampling import SamplingParams
 from qstar_jax.models import load_model
-from qstar_jax.models.llama import unstack_layers
 from qstar_jax.models.loading import check_checkpoint
 from qstar_jax.models.weights import CheckpointError
-from tests.decoding.test_prefill import LAYOUTS
 from tests.models.test_tiny_parity import assert_parity
 from tests.support import tiny_checkpoints
 from tests.support.tiny_checkpoints import (make_tiny_torch_model, save_tiny_checkpoint,
@@ -94,29 +90,6 @@ def test_a_check_finds_the_mlp_biases_without_reading_them(tmp_path, with_mlp_bi
 @pytest.fixture
 def biased_llama(tmp_path, with_mlp_bias):
     return load_model(save_tiny_checkpoint(tmp_path, "llama", with_tokenizer=False)).model
-
-
-@pytest.mark.parametrize("tokens_per_row", [1, 5])
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_per_layer_weights_take_the_mlp_biases(biased_llama, layout, tokens_per_row):
-    """Each layout of ``unstack_layers`` against the scanned stack; the row kernels'
-    gated call adds no bias, so with biases the gate and up rows run ungated and the
-    gating after them."""
-    model, rng = biased_llama, np.random.default_rng(0)
-    empty = init_cache(model.config, slots=3, max_len=16)
-    cache = [jnp.asarray(rng.standard_normal(x.shape), jnp.float32) for x in (empty.k, empty.v)]
-    tokens = jnp.asarray(rng.integers(0, 512, (2, tokens_per_row)), jnp.int32)
-    positions = 6 + jnp.broadcast_to(jnp.arange(tokens_per_row, dtype=jnp.int32), tokens.shape)
-    slots = jnp.array([2, 0], jnp.int32)
-    scanned = model(tokens, positions, slots, *cache)
-    layer_def, layers = unstack_layers(model, **LAYOUTS[layout])
-    looped = model(tokens, positions, slots, *cache, layers=layers, layer_def=layer_def)
-    for ours, reference in zip(looped, scanned):
-        np.testing.assert_allclose(np.asarray(ours), np.asarray(reference), atol=1e-5, rtol=1e-5)
-    mlp = layers[0]["mlp"]
-    fused = layout.startswith("row-kernels")
-    assert (mlp["gate_up_proj" if fused else "gate_proj"]["bias"].shape
-            == ((2 if fused else 1) * model.config.intermediate_size,))
 
 
 def torch_greedy(model, prompt: list[int], count: int) -> list[int]:
