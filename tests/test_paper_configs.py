@@ -7,8 +7,10 @@ import json
 import jax
 import pytest
 
+from qstar_jax.config_loading import load_config
 from qstar_jax.run import main
 from qstar_jax.stages import separate_q
+from qstar_jax.tasks.registry import make_task
 from tests.support.tiny_checkpoints import save_tiny_checkpoint
 from tests.support.train_q_spy import meshes_passed_to_train_q_model
 
@@ -33,6 +35,26 @@ SMALL = [
     "collect.rollouts_per_problem=2", "label.rollouts_per_state=1", "q_train.max_epochs=1",
     "search.k=2", "search.n_complete=1", "search.max_expansions=3", "eval.samples=2",
 ]
+
+
+# How each paper config prompts its policy: as the model's authors evaluated it (MetaMath's
+# Alpaca prompt, DeepSeek-Math's chat turn; MBPP's three tests shown, graded on test_list).
+PROMPTS = {
+    "configs/gsm8k_llama2_7b.yaml": ({"prompt_style": "metamath", "n_shot": 0}, False),
+    "configs/gsm_symbolic_llama2_7b.yaml": ({"prompt_style": "metamath", "n_shot": 0}, False),
+    "configs/math_deepseek_math_7b.yaml": ({"prompt_style": "deepseek_math", "n_shot": 0}, True),
+    "configs/mbpp_codeqwen1.5_7b.yaml": ({"shown_tests": "all", "challenge_tests": False}, True),
+}
+
+
+@pytest.mark.parametrize("config", sorted(PROMPTS))
+def test_paper_configs_prompt_their_policies_as_the_models_were_evaluated(config):
+    loaded = load_config(config)
+    options, chat_template = PROMPTS[config]
+    assert {key: loaded.task.options.get(key) for key in options} == options
+    assert loaded.policy.chat_template is chat_template
+    task = make_task(loaded.task.name, **loaded.task.options)  # the task takes them
+    assert all(getattr(task, key) == value for key, value in options.items())
 
 
 @pytest.fixture(scope="module")

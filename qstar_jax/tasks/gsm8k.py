@@ -6,6 +6,12 @@ step per line ending with ``The answer is: N``. A step that states an answer (by
 ``grading.extract_final_answer``: an answer phrase, a ``####`` line or a box) is
 terminal, and its answer is compared with ``N`` as a number (``gsm8k_numbers``: units,
 magnitude words, the phrase's first value).
+
+The prompt (``prompt_style``): ``default``, the instruction and ``n_shot`` worked examples
+below; or ``metamath``, MetaMath's zero-shot Alpaca prompt ending ``### Response: Let's
+think step by step.`` (plain text only), whose first step continues that line after a
+space and whose answers end ``The answer is: N`` (after a ``#### N`` line, itself
+terminal).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from typing import Any, ClassVar
 from qstar_jax.tasks.math import grading
 from qstar_jax.tasks.base import Problem
 from qstar_jax.tasks.datasets import Column, DataFiles, DatasetSource, load_problems
-from qstar_jax.tasks.prompts import AnswerLineTraces, PromptFormat, WorkedExample, check_n_shot
+from qstar_jax.tasks.prompts import METAMATH, AnswerLineTraces, PromptFormat, WorkedExample
 from qstar_jax.tasks.record_fields import record_text
 
 GSM8K_FORMAT = PromptFormat(
@@ -61,9 +67,10 @@ _GSM8K_COLUMNS = (
 
 class Gsm8kTraces(AnswerLineTraces):
     """GSM8K's prompt, steps and grading, for any task of GSM8K-style problems whose
-    reference is the answer number; the task has an ``n_shot``."""
+    reference is the answer number; the task has an ``n_shot`` and a ``prompt_style``."""
 
     prompt_format = GSM8K_FORMAT
+    model_prompts = (METAMATH,)
     step_answer = staticmethod(grading.extract_final_answer)
     answers_equal = staticmethod(grading.number_equal)
     answer_value = staticmethod(grading.gsm8k_number)
@@ -79,9 +86,10 @@ class Gsm8kTask(Gsm8kTraces):
     hub_config: str = "main"
     cache_dir: str | None = None
     n_shot: int = 4
+    prompt_style: str = "default"
 
     def __post_init__(self):
-        check_n_shot(GSM8K_FORMAT, self.n_shot)
+        self.check_prompt_options()
 
     def load(self, split: str, *, limit: int | None = None, seed: int = 0,
              skip_malformed: bool = False) -> list[Problem]:

@@ -2,9 +2,9 @@
 
 Each instance has a question, a worked solution (``answer_cot``, GSM8K's layout: one
 step per line, last line ``#### N``) and the answer N. Prompt, steps and grading are
-GSM8K's (``gsm8k.Gsm8kTraces``): one step per line, ``The answer is: N``, compared as a number
-(``grading.number_equal``). ``solution_steps`` gives the worked solution in that
-layout, for training traces.
+GSM8K's (``gsm8k.Gsm8kTraces``, ``prompt_style`` included): one step per line, ``The
+answer is: N``, compared as a number (``grading.number_equal``). ``solution_steps``
+gives the worked solution in that layout, for training traces.
 
 The generator is procedural, so splits are made, not read: instances are drawn in order
 from one ``reasoning-gym`` stream seeded by ``split_seed`` and dealt out to ``test``, then
@@ -21,10 +21,9 @@ import random
 from typing import Any, ClassVar
 
 from qstar_jax.tasks.base import Problem, SplitSizes
-from qstar_jax.tasks.gsm8k import GSM8K_FORMAT, Gsm8kTraces
+from qstar_jax.tasks.gsm8k import Gsm8kTraces
 from qstar_jax.tasks.math import grading
 from qstar_jax.tasks.package_data import import_package, seeded_subset
-from qstar_jax.tasks.prompts import check_n_shot
 
 SPLITS = ("test", "validation", "train")  # the order instances are dealt in
 # Draws allowed per problem asked for before giving up: repeats are rare (about 1 in 200).
@@ -41,9 +40,10 @@ class GsmSymbolicTask(Gsm8kTraces, SplitSizes):
     validation_size: int = 200
     train_size: int = 2000
     n_shot: int = 4
+    prompt_style: str = "default"
 
     def __post_init__(self):
-        check_n_shot(GSM8K_FORMAT, self.n_shot)
+        self.check_prompt_options()
         super().__post_init__()
 
     def load(self, split: str, *, limit: int | None = None, seed: int = 0,

@@ -14,6 +14,14 @@ is terminal; a step whose box never closes (cut off by the token cap) is not, no
 whose answer holds nothing ("So the answer is \\["): the trace goes on, and if no step
 states an answer the display that later lines close is read (``prompts``). Grading is
 ``math_equal``; votes are on ``math_answer_value``.
+
+The prompt (``prompt_style``): ``default``, the instruction and ``n_shot`` worked examples
+below (in the system message under a chat template); ``metamath``, MetaMath's zero-shot
+Alpaca prompt (plain text; answers end ``The answer is: X``, unboxed); or
+``deepseek_math``, DeepSeek-Math-Instruct/RL's chain-of-thought user turn, the problem
+then ``Please reason step by step, and put your final answer within \\boxed{}.`` on a
+line of its own, with no system message (chat template only). Either model's first step
+continues the prompt's last line after a space.
 """
 
 from __future__ import annotations
@@ -24,7 +32,8 @@ from typing import Any, ClassVar
 from qstar_jax.tasks.math import grading
 from qstar_jax.tasks.base import Problem
 from qstar_jax.tasks.datasets import Column, DataFiles, DatasetSource, load_problems
-from qstar_jax.tasks.prompts import AnswerLineTraces, PromptFormat, WorkedExample, check_n_shot
+from qstar_jax.tasks.prompts import (DEEPSEEK_MATH, METAMATH, AnswerLineTraces, PromptFormat,
+                                     WorkedExample)
 from qstar_jax.tasks.record_fields import record_id, record_text
 
 MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra",
@@ -74,6 +83,7 @@ class _MathTrace(AnswerLineTraces):
     """Prompt, step format and grading shared by MATH and MATH-500."""
 
     prompt_format = MATH_FORMAT
+    model_prompts = (METAMATH, DEEPSEEK_MATH)
     step_answer = staticmethod(math_step_answer)
     answers_equal = staticmethod(grading.math_equal)
     answer_value = staticmethod(grading.math_answer_value)
@@ -81,9 +91,10 @@ class _MathTrace(AnswerLineTraces):
     data_files: DataFiles | None = None
     cache_dir: str | None = None
     n_shot: int = 4
+    prompt_style: str = "default"
 
     def __post_init__(self):
-        check_n_shot(MATH_FORMAT, self.n_shot)
+        self.check_prompt_options()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

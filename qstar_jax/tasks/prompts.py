@@ -7,6 +7,10 @@ prompts put the instruction and examples in the system message and the question 
 user message, format them with the caller's ``ChatFormatter``, and append the same
 ``answer_opening`` so the reply starts inside it.
 
+A task may also take a model's own zero-shot prompt (``ModelPrompt``: MetaMath's Alpaca
+prompt, DeepSeek-Math's chat turn), named by its ``prompt_style`` option, so a policy is
+measured on the prompt it was trained and evaluated with; ``default`` is the layout above.
+
 Math traces end with an answer line ``The answer is: ...`` (MATH boxes the answer:
 ``The answer is: $\\boxed{...}$``); a trace ends at its first terminal step. An answer
 line that only opens a display ("So the answer is $$") states no answer, so the trace goes
@@ -56,6 +60,40 @@ def check_n_shot(fmt: PromptFormat, n_shot: int) -> None:
                          f"(the worked examples there are), got {n_shot!r}")
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelPrompt:
+    """A model's own zero-shot prompt, as its authors evaluate it: ``template`` with the
+    question at ``{question}``, sent as plain text (``chat=False``) or as the whole user
+    turn of the chat template, with no system message (``chat=True``)."""
+
+    name: str
+    template: str
+    chat: bool
+
+    def prompt(self, question: str, chat: ChatFormatter | None) -> str:
+        if (chat is not None) != self.chat:
+            raise ValueError(f"prompt_style={self.name} is " + (
+                "the user turn of the model's chat template: set policy.chat_template=true"
+                if self.chat else "the model's plain-text prompt, which a chat template "
+                "would wrap in another layout: set policy.chat_template=false"))
+        text = self.template.replace("{question}", question)
+        return text if chat is None else chat([{"role": "user", "content": text}])
+
+
+DEFAULT_STYLE = "default"  # the task's own instruction and worked examples (build_prompt)
+# MetaMath's Alpaca prompt (its eval_gsm8k.py and eval_math.py); answers end "The answer is: X".
+METAMATH = ModelPrompt(
+    name="metamath", chat=False,
+    template=("Below is an instruction that describes a task. Write a response that "
+              "appropriately completes the request.\n\n### Instruction:\n{question}\n\n"
+              "### Response: Let's think step by step."))
+# DeepSeek-Math-Instruct/RL's chain-of-thought prompt (its model card): the user turn only.
+DEEPSEEK_MATH = ModelPrompt(
+    name="deepseek_math", chat=True,
+    template="{question}\nPlease reason step by step, and put your final answer within "
+             "\\boxed{}.")
+
+
 def first_step_answer(completion: str, step_answer: Callable[[str], str | None]) -> str | None:
     """The answer of the first step that gives one; a trace ends at its terminal step."""
     for step in split_steps(completion):
@@ -68,10 +106,13 @@ def first_step_answer(completion: str, step_answer: Callable[[str], str | None])
 class AnswerLineTraces:
     """Prompt, steps and grading of a task whose trace ends at its first step that states
     an answer (``step_answer``), which ``answers_equal`` compares with the problem's
-    reference. The task names its ``prompt_format`` and has an ``n_shot``."""
+    reference. The task names its ``prompt_format`` (and any ``model_prompts``), has an
+    ``n_shot`` and a ``prompt_style``, and calls ``check_prompt_options`` when made."""
 
     prompt_format: ClassVar[PromptFormat]
+    model_prompts: ClassVar[tuple[ModelPrompt, ...]] = ()  # the other prompt_style values
     n_shot: int
+    prompt_style: str
 
     @staticmethod
     def step_answer(step: str) -> str | None:
@@ -87,7 +128,22 @@ class AnswerLineTraces:
         states none the task can read."""
         raise NotImplementedError
 
+    def check_prompt_options(self) -> None:
+        """ValueError for an ``n_shot`` or ``prompt_style`` the task cannot prompt with."""
+        check_n_shot(self.prompt_format, self.n_shot)
+        styles = [DEFAULT_STYLE, *(p.name for p in self.model_prompts)]
+        if self.prompt_style not in styles:
+            raise ValueError(f"prompt_style must be one of {styles}, got {self.prompt_style!r}")
+        if self.prompt_style != DEFAULT_STYLE and self.n_shot != 0:
+            raise ValueError(f"prompt_style={self.prompt_style} is zero-shot, as the model "
+                             f"was evaluated: set n_shot=0 (got {self.n_shot})")
+
     def prompt(self, problem: Problem, chat: ChatFormatter | None = None) -> str:
+        """The default style's prompt (``build_prompt``), or the model's own
+        (``ModelPrompt``) named by ``prompt_style``."""
+        for model_prompt in self.model_prompts:
+            if model_prompt.name == self.prompt_style:
+                return model_prompt.prompt(problem.question, chat)
         return build_prompt(self.prompt_format, problem.question, n_shot=self.n_shot, chat=chat)
 
     def is_terminal_step(self, step: str) -> bool:

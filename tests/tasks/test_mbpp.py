@@ -1,4 +1,4 @@
-"""MBPP: loading both configs, the one-test prompt, code steps, grading on hidden tests."""
+"""MBPP: loading both configs, the prompt's shown tests, code steps, grading on hidden tests."""
 
 import json
 from pathlib import Path
@@ -8,7 +8,7 @@ import pytest
 from qstar_jax.tasks.base import MalformedRecordError, Problem
 from qstar_jax.tasks.code_answers import HiddenTests, code_from_completion
 from qstar_jax.tasks.sandbox.sandbox import ExecResult
-from qstar_jax.tasks.mbpp import MBPP_FORMAT, MbppSanitizedTask, MbppTask
+from qstar_jax.tasks.mbpp import MBPP_FORMAT, MBPP_FORMATS, MbppSanitizedTask, MbppTask
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "mbpp"
 
@@ -34,6 +34,13 @@ def full(full_task):
 
 
 @pytest.fixture(scope="module")
+def with_challenge(cache_dir):
+    task = MbppTask(data_files={"test": str(FIXTURES / "full_test.parquet")},
+                    cache_dir=cache_dir, challenge_tests=True)
+    return {p.metadata["task_id"]: p for p in task.load("test")}
+
+
+@pytest.fixture(scope="module")
 def sanitized(cache_dir):
     task = MbppSanitizedTask(data_files=str(FIXTURES / "sanitized_test.jsonl"),
                              cache_dir=cache_dir)
@@ -50,16 +57,19 @@ def test_a_subset_is_the_seeds_draw(full_task):
     assert [p.id for p in full_task.load("test", limit=2, seed=1)] == ["mbpp/901", "mbpp/905"]
 
 
-def test_full_config_hides_test_list_and_challenge_tests(full):
+def test_full_config_grades_test_list_and_challenge_tests_only_when_asked(full, with_challenge):
     assert sorted(full) == [901, 902, 903, 904, 905]
     evens = full[904]
     assert evens.id == "mbpp/904"
     assert evens.question == "Write a function to count the even numbers in a list."
-    assert evens.reference == HiddenTests(setup="", tests=(
-        "assert count_even([1, 2, 3, 4]) == 2", "assert count_even([]) == 0",
-        "assert count_even([5, 7]) == 0", "assert count_even(list(range(100))) == 50"))
-    assert evens.metadata["shown_test"] == "assert count_even([1, 2, 3, 4]) == 2"
+    test_list = ("assert count_even([1, 2, 3, 4]) == 2", "assert count_even([]) == 0",
+                 "assert count_even([5, 7]) == 0")
+    assert evens.reference == HiddenTests(setup="", tests=test_list)  # as MBPP is scored
+    assert with_challenge[904].reference == HiddenTests(setup="", tests=(
+        *test_list, "assert count_even(list(range(100))) == 50"))
+    assert evens.metadata["test_list"] == with_challenge[904].metadata["test_list"] == test_list
     assert full[903].reference.setup == "import math"
+    assert with_challenge[901].reference == full[901].reference  # it has no challenge tests
 
 
 def test_sanitized_config_runs_test_imports_as_setup(sanitized):
@@ -101,8 +111,8 @@ def test_files_of_the_other_configuration_name_the_task_that_reads_them(cache_di
     assert str(raised.value).endswith(
         "lacks the column(s) ['text']; it has ['source_file', 'task_id', 'prompt', 'code', "
         "'test_imports', 'test_list']. Expected columns: task_id (int: the problem's id); text "
-        "(str: the task description); test_list (list[str]: assert statements, the first one "
-        "shown); test_setup_code (str: code run before the tests, optional); "
+        "(str: the task description); test_list (list[str]: the asserts shown and graded); "
+        "test_setup_code (str: code run before the tests, optional); "
         "challenge_test_list (list[str]: more hidden asserts, optional); code (str: a "
         "reference solution, optional). Files of MBPP's sanitized configuration (a 'prompt' "
         "column) load with task.name=mbpp_sanitized.")
@@ -135,6 +145,63 @@ def test_chat_prompt_opens_the_code_block_after_the_template(full):
                                     "assert reverse_words('hello big world') == "
                                     "'world big hello'"},
     ]) + "```python\n"
+
+
+def test_all_shown_tests_are_the_test_list_under_these_tests(full):
+    problem = full[901]
+    prompt = MbppTask(n_shot=0, shown_tests="all").prompt(problem)
+    assert prompt == (
+        "Write a Python function for the task. Reply with the code only, in one ```python "
+        "block, and make sure it passes the given tests.\n\n"
+        "Question: Write a function to find the largest of three numbers.\n"
+        "Your code should pass these tests:\n\n"
+        "assert max_of_three(1, 5, 3) == 5\nassert max_of_three(-1, -5, -3) == -1\n"
+        "assert max_of_three(7, 7, 2) == 7\n"
+        "Answer:\n```python\n")
+
+
+def test_all_shown_tests_in_a_chat_turn_and_the_examples_agree(full):
+    problem = full[902]
+    prompt = MbppTask(n_shot=3, shown_tests="all").prompt(problem, chat=fake_chat)
+    system = MBPP_FORMATS["all"].instruction + "\n\nExamples:\n\n" + "\n\n".join(
+        f"Question: {ex.question}\nAnswer:\n```python\n{ex.solution}"
+        for ex in MBPP_FORMATS["all"].examples)
+    assert prompt == fake_chat([
+        {"role": "system", "content": system},
+        {"role": "user", "content": "Write a function to reverse the order of the words in a "
+                                    "sentence.\nYour code should pass these tests:\n\n"
+                                    "assert reverse_words('hello big world') == "
+                                    "'world big hello'\nassert reverse_words('one') == 'one'\n"
+                                    "assert reverse_words('a b') == 'b a'"}]) + "```python\n"
+    assert "Write a function to count the vowels in a string.\nYour code should pass these "\
+           "tests:\n\nassert count_vowels(\"banana\") == 3\n" in system
+    assert "this test" not in prompt and "given test." not in prompt
+    assert prompt.count("Your code should pass these tests:\n\nassert ") == 4
+    first = MbppTask(n_shot=3).prompt(problem, chat=fake_chat)
+    assert "these tests" not in first and first.count("Your code should pass this test:\n") == 4
+    assert "given test." in first and "count_vowels(\"rhythm\")" not in first
+
+
+def test_the_worked_examples_pass_the_tests_they_show():
+    for example in MBPP_FORMATS["all"].examples:
+        description, tests = example.question.split("\nYour code should pass these tests:\n\n")
+        problem = Problem(id="example", question=description,
+                          reference=HiddenTests(setup="", tests=tuple(tests.split("\n"))))
+        assert len(problem.reference.tests) == 3
+        assert MbppTask().grade(problem, example.solution), description
+    assert [ex.solution for ex in MBPP_FORMATS["all"].examples] == \
+        [ex.solution for ex in MBPP_FORMAT.examples]
+
+
+@pytest.mark.parametrize(("task_class", "options", "message"), [
+    (MbppTask, {"shown_tests": "three"}, r"shown_tests must be one of \('first', 'all'\), got "
+                                         r"'three'"),
+    (MbppTask, {"challenge_tests": "yes"}, "challenge_tests must be true or false, got 'yes'"),
+    (MbppSanitizedTask, {"challenge_tests": True}, "mbpp_sanitized has no challenge tests"),
+])
+def test_bad_test_options_fail_when_the_task_is_made(task_class, options, message):
+    with pytest.raises(ValueError, match=message):
+        task_class(**options)
 
 
 def test_terminal_step_is_the_closing_fence():
@@ -192,10 +259,13 @@ def test_a_program_that_passes_only_the_shown_test_fails(full):
     assert not task.grade(problem, cheat)
 
 
-def test_challenge_tests_are_graded_too(full):
+def test_challenge_tests_are_graded_only_with_challenge_tests(full, with_challenge):
     only_small_lists = ("def count_even(numbers):\n"
                         "    return min(2, sum(1 for n in numbers if n % 2 == 0))\n```")
-    assert not MbppTask().grade(full[904], only_small_lists)
+    assert MbppTask().grade(full[904], only_small_lists)
+    assert not MbppTask(challenge_tests=True).grade(with_challenge[904], only_small_lists)
+    reference = with_challenge[904].metadata["reference_code"] + "\n```"
+    assert MbppTask(challenge_tests=True).grade(with_challenge[904], reference)
 
 
 def test_setup_code_is_run_before_the_tests(full):

@@ -55,8 +55,9 @@ def test_bad_option_value_fails_when_the_task_is_made():
 
 def test_unknown_option_lists_the_task_options():
     with pytest.raises(ValueError, match=r"task 'mbpp' has no option\(s\) \['nshot'\]; its "
-                                         r"options are: cache_dir, data_files, hub_name, "
-                                         r"memory_mb, n_shot, timeout_s"):
+                                         r"options are: cache_dir, challenge_tests, "
+                                         r"data_files, hub_name, memory_mb, n_shot, "
+                                         r"shown_tests, timeout_s"):
         make_task("mbpp", nshot=2)
 
 
