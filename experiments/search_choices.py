@@ -62,7 +62,11 @@ def expansion_kinds(tree: dict, is_live) -> collections.Counter:
             counts["live_all_dead"] += 1
         else:
             counts["live_mixed"] += 1
-            best = max(range(len(new)), key=lambda i: (new[i]["h"], -new[i]["id"]))
+            scored = [i for i in range(len(new)) if new[i]["h"] is not None]
+            if len(scored) < len(new):  # a chain's step whose Q̂ it never read: no choice
+                counts["mixed_unscored"] += 1
+                continue
+            best = max(scored, key=lambda i: (new[i]["h"], -new[i]["id"]))
             counts["mixed_best_child_live"] += live[best]
     return counts
 
@@ -76,24 +80,26 @@ def main(argv: list[str] | None = None) -> dict:
     ctx = RunContext.of_run(args.run)
     if ctx.config.task.name not in EXACT_VALUE_TASKS:
         raise SystemExit(f"the exact value exists for {EXACT_VALUE_TASKS} only")
-    folders = sorted((args.run / "trees").glob("*"))
-    methods = args.method or [folder.name for folder in folders]
+    trees = args.run / "trees"
+    # A method's folder (best_of_n_matched's: one for each N it searched, n4/).
+    dumped = sorted({path.parent.relative_to(trees).as_posix()
+                     for path in trees.rglob("*.json")}) if trees.is_dir() else []
+    methods = args.method or dumped
     if not methods:
         raise SystemExit(f"{args.run} has no trees/: run it with eval.dump_trees=true")
-    unknown = sorted(set(methods) - {folder.name for folder in folders})
+    unknown = sorted(set(methods) - set(dumped))
     if unknown:
-        raise SystemExit(f"{args.run}/trees has no trees of {unknown}; it has "
-                         f"{[folder.name for folder in folders]}")
+        raise SystemExit(f"{args.run}/trees has no trees of {unknown}; it has {dumped}")
     problems = ctx.problems(ctx.config.task.eval_split, ctx.config.task.eval_problems)
     report = {}
     for method in methods:
         counts = collections.Counter()
-        for path in sorted((args.run / "trees" / method).glob("*.json")):
+        for path in sorted((trees / method).glob("*.json")):
             tree = json.loads(path.read_text())
             problem = problems[tree["problem_index"]]
             counts += expansion_kinds(
                 tree, lambda steps, p=problem: ctx.task.can_still_succeed(p, steps))
-        mixed = counts["live_mixed"]
+        mixed = counts["live_mixed"] - counts["mixed_unscored"]
         report[method] = dict(counts, mixed_best_child_live_share=(
             round(counts["mixed_best_child_live"] / mixed, 3) if mixed else None))
         print(f"{method}: {counts['expansions']} expansions, {counts['dead_expansions']} of "

@@ -35,6 +35,15 @@ def test_expansions_are_sorted_by_the_exact_value_and_the_best_h_child_read():
                       "live_mixed": 2, "mixed_best_child_live": 1}
 
 
+def test_children_whose_q_a_chain_search_never_read_make_no_choice():
+    """Best-of-N reads Q̂ of a chain's last step only: the root's children, h None in the
+    dump, are a mixed expansion with no best child."""
+    tree = {"expansion_order": [0],
+            "nodes": [node(0, None, []), node(1, 0, ["bad"], h=None), node(2, 0, ["ok"], h=None)]}
+    counts = search_choices.expansion_kinds(tree, lambda steps: "bad" not in steps)
+    assert counts == {"expansions": 1, "live_mixed": 1, "mixed_unscored": 1}
+
+
 def test_at_a_tie_in_h_the_lower_id_child_is_the_best():
     # The root's children 1 (dead) and 2 (live) share h = .5: the search takes 1 first.
     tree = {"expansion_order": [0],
@@ -77,7 +86,8 @@ def test_the_report_sums_each_methods_trees_over_their_own_problems(tmp_path, mo
         name="countdown", eval_split="test", eval_problems=4)), task=task,
         problems=lambda split, count: problems[:count])
     monkeypatch.setattr(search_choices.RunContext, "of_run", lambda run: ctx)
-    for method, indices in (("qstar", (3, 2, 1, 0)), ("beam", (0,))):
+    for method, indices in (("qstar", (3, 2, 1, 0)), ("beam", (0,)),
+                            ("best_of_n_matched/n2", (0,))):
         (tmp_path / "trees" / method).mkdir(parents=True)
         for index in indices:
             (tmp_path / "trees" / method / f"{index}.json").write_text(json.dumps({
@@ -87,12 +97,14 @@ def test_the_report_sums_each_methods_trees_over_their_own_problems(tmp_path, mo
     report = search_choices.main([str(tmp_path)])
     assert report == {
         "beam": {"expansions": 1, "live_all_dead": 1, "mixed_best_child_live_share": None},
+        "best_of_n_matched/n2": {"expansions": 1, "live_all_dead": 1,
+                                 "mixed_best_child_live_share": None},
         "qstar": {"expansions": 4, "live_all_dead": 1, "live_mixed": 3,
                   "mixed_best_child_live": 1, "mixed_best_child_live_share": 0.333}}
     assert json.loads(capsys.readouterr().out.splitlines()[-1]) == report
     assert list(search_choices.main([str(tmp_path), "--method", "qstar"])) == ["qstar"]
     with pytest.raises(SystemExit, match=r"trees has no trees of \['bogus'\]; it has "
-                                         r"\['beam', 'qstar'\]"):  # not a report of nothing
+                                         r"\['beam', 'best_of_n_matched/n2', 'qstar'\]"):  # not a report of nothing
         search_choices.main([str(tmp_path), "--method", "bogus"])
     ctx.config.task.name = "gsm8k"
     with pytest.raises(SystemExit, match="the exact value exists for"):

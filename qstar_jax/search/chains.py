@@ -5,12 +5,18 @@ child), then each live chain by one child per round, through the same expander a
 so compute is counted the same way. A chain ends at a terminal step, after
 ``max_steps`` steps, or when the expander returns no step for it. The complete chains
 are ranked by a function of their final nodes; the best wins, ties to the lower chain.
+
+Under ``h_agg=last`` a chain's h is the Q̂ of its final step alone, so only a step that
+ends its chain is scored by Q̂ (``ChainPlanner.q_reads``): a terminal step or one at
+``max_steps``. Chain 0's last step when the expander ends it with no step and no chain
+completes (the partial answer, scored by its f) is scored as the search finishes.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 from typing import Callable, Hashable, Sequence
 
 import numpy as np
@@ -18,7 +24,7 @@ import numpy as np
 from qstar_jax.search.aggregate import Agg
 from qstar_jax.search.checks import (as_agg, checked_scores, require_positive,
                                      require_temperature)
-from qstar_jax.search.interface import ExpandRequest, Node
+from qstar_jax.search.interface import ExpandRequest, Node, QItem, Step
 from qstar_jax.search.planner import Outcome, ScoredStep, SearchResult
 from qstar_jax.search.tree import TreePlanner
 
@@ -47,6 +53,9 @@ class ChainPlanner(TreePlanner):
 
     With no complete chain the answer is chain 0's partial trajectory (``partial``,
     scored by its f); with no chain at all, the empty root.
+
+    ``rank`` sees only the final nodes of complete chains: under ``h_agg=last`` the
+    other nodes' Q̂ is not scored (their h and f are NaN; ``q_reads``).
     """
 
     def __init__(self, problem_index: int, config: ChainConfig, rank: ChainRanking):
@@ -56,6 +65,34 @@ class ChainPlanner(TreePlanner):
         self._tips: list[Node] = []  # the last node of each chain
         self._live: list[bool] = []
         self._scores = np.zeros(0)
+        # Chain 0's tip as a Q̂ item while its Q̂ is unscored: the partial answer, should
+        # the chain end with no step and no chain complete. Owed: asked for on finishing.
+        self._tip_0_item: QItem | None = None
+        self._owed: list[QItem] = []
+
+    def q_reads(self, children: Sequence[Sequence[Step]]) -> list[list[bool]]:
+        """Under ``h_agg=last`` (h: the Q̂ of a node's own step) the steps that end their
+        chain as they come: terminal, or at ``max_steps``; these are the final nodes the
+        ranking and a partial answer read. Every step under another ``h_agg``, which
+        folds the Q̂ of the path's steps."""
+        if self._config.h_agg is not Agg.last:
+            return super().q_reads(children)
+        depths = [1 if chain == ROOT else self._tips[chain].depth + 1
+                  for chain in self._expanding]
+        return [[step.ends_trace or depth >= self._config.max_steps for step in steps]
+                for depth, steps in zip(depths, children)]
+
+    def take_owed_q(self) -> list[QItem]:
+        owed, self._owed = self._owed, []
+        return owed
+
+    def absorb_owed_q(self, q_values: np.ndarray) -> None:
+        """Chain 0's tip, the partial answer, with its Q̂ (``_finish``)."""
+        if len(q_values) != 1 or self._tip_0_item is None:
+            super().absorb_owed_q(q_values)
+            return
+        self._tips[0] = self._tree.score_q(self._tips[0], float(q_values[0]))
+        self._tip_0_item = None
 
     def propose(self) -> list[ExpandRequest]:
         self._check_can_propose()
@@ -79,6 +116,8 @@ class ChainPlanner(TreePlanner):
                 self._tips[chain] = nodes[0]
             else:
                 self._live[chain] = False
+            if chain in (ROOT, 0) and nodes:  # chain 0's new tip: its first child
+                self._note_tip_0(parent, nodes[0], scored[0].step)
         self._expanding = []
         for chain, tip in enumerate(self._tips):
             if self._live[chain] and (tip.terminal or tip.depth >= self._config.max_steps):
@@ -102,12 +141,22 @@ class ChainPlanner(TreePlanner):
     def _complete(self) -> list[Node]:
         return [tip for tip in self._tips if tip.terminal]
 
+    def _note_tip_0(self, parent: Node, tip: Node, step: Step) -> None:
+        """Keeps chain 0's new ``tip`` (``step`` after ``parent``) as a Q̂ item while its
+        Q̂ is unscored."""
+        self._tip_0_item = (
+            QItem(problem_index=self.problem_index, prefix_steps=parent.steps,
+                  step_text=step.text, hidden=step.hidden, logprob=step.logprob)
+            if math.isnan(tip.h) else None)
+
     def _finish(self) -> None:
         super()._finish()
         complete = self._complete()
         if complete:
             self._scores = checked_scores(self._rank(complete), len(complete),
                                           "chain ranking", "complete chains")
+        elif self._tip_0_item is not None:  # the partial answer is read by its f
+            self._owed = [self._tip_0_item]
 
 
 def greedy_planner(problem_index: int, *, max_steps: int = 32,

@@ -1,8 +1,15 @@
 """Runs many per-problem planners side by side, one batched decoder call per round.
 
 Each round collects the requests of every unfinished planner, calls the expander once,
-scores every new child with one Q̂ call and one process-utility call, hands the children
+scores the new children with one Q̂ call and one process-utility call, hands the children
 back to their planners and releases the handles they no longer need, in one call.
+
+Q̂ scores only the children whose h their planner will read (``TreePlanner.q_reads``:
+every child of a tree search, only the steps that end a chain for a chain planner under
+h_agg=last); the others reach ``absorb`` with a NaN Q̂ and count no Q̂ call. A planner
+that finds on finishing that it reads one of those after all (``take_owed_q``: a chain
+planner's partial answer) has it scored in a second Q̂ call of the round. The process
+utility scores every child: g folds every step's reward.
 
 When the cache has no room for a round's children, some planners wait for a later round
 and, where waiting searches hold the room, some searches begin again (``search/room.py``):
@@ -112,10 +119,11 @@ class Tally:
 
 def _run_round(planners: list[Planner], tallies: list[Tally], expander: StepExpander,
                q_fn: QValueFunction | None, utility: ProcessUtility, room: RoomKeeper) -> None:
-    """One expander call (more where the cache is full: ``room``), one Q̂ call, one
-    utility call, and a release call before the expander's (for the planners that have
-    just finished) and after it (for the rest), where there are handles to free. Each
-    planner expanded is told the tokens charged to its search so far, then absorbs."""
+    """One expander call (more where the cache is full: ``room``), one Q̂ call (of the
+    children the planners read, ``_q_reads``; a second for what finished planners owe),
+    one utility call, and a release call before the expander's (for the planners that
+    have just finished) and after it (for the rest), where there are handles to free.
+    Each planner expanded is told the tokens charged to its search so far, then absorbs."""
     proposals = room.proposals(planners)
     for planner, proposal in zip(planners, proposals):
         if not proposal and not planner.done and not room.holds_back(planner):
@@ -132,23 +140,65 @@ def _run_round(planners: list[Planner], tallies: list[Tally], expander: StepExpa
     items = [QItem(problem_index=r.problem_index, prefix_steps=r.node.steps,
                    step_text=step.text, hidden=step.hidden, logprob=step.logprob)
              for r, steps in zip(requests, children) for step in steps]
-    q_values = (_scores(q_fn.score, items, "QValueFunction.score") if q_fn is not None
-                else np.zeros(len(items)))
+    # The children whose Q̂ each planner reads are scored (none without a Q̂ function:
+    # every Q̂ is 0); the others' is NaN, not scored and not read.
+    groups = iter(children)
+    theirs = [[next(groups) for _ in proposal] for proposal in proposals]
+    reads = [_q_reads(planner, steps) if q_fn is not None and steps
+             else [[False] * len(s) for s in steps] for planner, steps in zip(planners, theirs)]
+    wanted = np.array([read for mine in reads for flags in mine for read in flags], bool)
+    q_values = np.zeros(len(items)) if q_fn is None else np.full(len(items), np.nan)
+    if q_fn is not None and wanted.any():
+        q_values[wanted] = _scores(q_fn.score, [item for item, read in zip(items, wanted)
+                                                if read], "QValueFunction.score")
     rewards = _scores(utility.step_rewards, items, "ProcessUtility.step_rewards")
     scored = iter(_scored_steps(children, q_values, rewards))
     released = []
-    for planner, tally, proposal in zip(planners, tallies, proposals):
+    for planner, tally, proposal, mine_read in zip(planners, tallies, proposals, reads):
         if proposal:
             planner.note_generated_tokens(tally.generated(expander, planner.problem_index))
             mine = [next(scored) for _ in proposal]
             planner.absorb(mine)
             new = sum(len(steps) for steps in mine)
             tally.expansions += len(proposal)
-            tally.q_calls += new if q_fn is not None else 0
+            tally.q_calls += sum(map(sum, mine_read))
             tally.prm_calls += new if utility.calls_reward_model else 0
         released += planner.take_released()
+    if q_fn is not None:
+        _score_owed(planners, tallies, q_fn)
     if released:
         expander.release(released)
+
+
+def _q_reads(planner: Planner, children: list[list[Step]]) -> list[list[bool]]:
+    """``planner.q_reads(children)`` (every child where the planner has no such method),
+    checked: a flag per child."""
+    reads_of = getattr(planner, "q_reads", None)
+    if reads_of is None:
+        return [[True] * len(steps) for steps in children]
+    reads = [[bool(read) for read in flags] for flags in reads_of(children)]
+    if [len(flags) for flags in reads] != [len(steps) for steps in children]:
+        raise ValueError(f"planner of problem {planner.problem_index} said which Q̂ it reads "
+                         f"for {[len(flags) for flags in reads]} children of its requests, "
+                         f"which have {[len(steps) for steps in children]}")
+    return reads
+
+
+def _score_owed(planners: list[Planner], tallies: list[Tally], q_fn: QValueFunction) -> None:
+    """One Q̂ call for the steps the planners owe (``take_owed_q``), each counted as its
+    planner's Q̂ call, the values handed back to each."""
+    owed = [(planner, tally, getattr(planner, "take_owed_q", list)())
+            for planner, tally in zip(planners, tallies)]
+    items = [item for _, _, mine in owed for item in mine]
+    if not items:
+        return
+    q_values = _scores(q_fn.score, items, "QValueFunction.score")
+    flat = 0
+    for planner, tally, mine in owed:
+        if mine:
+            planner.absorb_owed_q(q_values[flat:flat + len(mine)])
+            tally.q_calls += len(mine)
+            flat += len(mine)
 
 
 def _scores(score: Callable[[Sequence[QItem]], np.ndarray], items: list[QItem],

@@ -33,7 +33,7 @@ class Node:
     steps: tuple[str, ...]
     depth: int
     g: float
-    h: float
+    h: float  # NaN where its Q̂ was not scored (a chain step whose h no ranking reads)
     f: float
     terminal: bool
     handle: Any

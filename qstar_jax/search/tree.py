@@ -6,10 +6,14 @@ follow one rule for Q* and every baseline.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
+
 from qstar_jax.search.aggregate import Agg, aggregate
-from qstar_jax.search.interface import ExpandRequest, Node
+from qstar_jax.search.interface import ExpandRequest, Node, QItem, Step
 from qstar_jax.search.planner import (Outcome, RoundGuard, ScoredStep, ScoredTrajectory,
                                       SearchResult)
 
@@ -18,6 +22,11 @@ class SearchTree:
     """Nodes of one problem, ids in creation order (root 0), f = g + ``lam``·h, where h
     folds the Q̂ of the path's edges by ``h_agg`` (``Agg.last``: Q̂ of the edge into the
     node, the paper's h).
+
+    A child whose Q̂ was not scored (its planner said it would not read it,
+    ``TreePlanner.q_reads``) comes with a NaN Q̂; under ``Agg.last`` its h and f are NaN,
+    so a read of them shows (a ranking refuses it), and the dump writes them as None.
+    ``score_q`` fills them in where a planner finds late that it reads them after all.
 
     A handle is handed back for release exactly once: when its node is released, when a
     duplicate sibling is dropped, or by ``release_all`` when the search ends.
@@ -73,6 +82,9 @@ class SearchTree:
                 continue
             seen.add(step.text)
             g = aggregate(self._agg, parent.g if parent.depth else None, item.reward)
+            if math.isnan(item.q_value) and self._h_agg is not Agg.last:
+                raise ValueError(f"a step with no Q̂ scored under h_agg={self._h_agg.value}: "
+                                 "h folds the Q̂ of every step of the path")
             h = aggregate(self._h_agg, parent.h if parent.depth else None, item.q_value)
             node = Node(id=len(self._nodes), parent=parent.id, steps=parent.steps + (step.text,),
                         depth=parent.depth + 1, g=g, h=h, f=g + self._lam * h,
@@ -82,6 +94,17 @@ class SearchTree:
                 self._held[node.id] = step.handle
             children.append(node)
         return children
+
+    def score_q(self, node: Node, q_value: float) -> Node:
+        """``node``, a leaf added with no Q̂ scored, with its Q̂ now ``q_value``: the node
+        that replaces it (h and f set; its id, place and handle are the same)."""
+        if not math.isnan(node.h) or self._nodes.get(node.id) is not node:
+            raise ValueError(f"node {node.id} is not an unscored node of this tree")
+        parent = self._nodes[node.parent]
+        h = aggregate(self._h_agg, parent.h if parent.depth else None, q_value)
+        scored = dataclasses.replace(node, h=h, f=node.g + self._lam * h)
+        self._nodes[node.id] = scored
+        return scored
 
     def release(self, node: Node) -> None:
         """The node will not be expanded (again): its handle can be freed."""
@@ -107,13 +130,14 @@ class SearchTree:
 
     def dump(self) -> dict[str, Any]:
         """JSON-serialisable: every node with its steps, scores and expansion index (its
-        last expansion's place in ``expansion_order``; None if never expanded)."""
+        last expansion's place in ``expansion_order``; None if never expanded). A node
+        whose Q̂ was never scored has h and f None."""
         order = {node_id: i for i, node_id in enumerate(self._expansion_order)}
         return {
             "problem_index": self.problem_index,
             "expansion_order": list(self._expansion_order),
             "nodes": [{"id": n.id, "parent": n.parent, "steps": list(n.steps), "depth": n.depth,
-                       "g": n.g, "h": n.h, "f": n.f, "terminal": n.terminal,
+                       "g": n.g, "h": _scored(n.h), "f": _scored(n.f), "terminal": n.terminal,
                        "expansion_index": order.get(n.id)}
                       for n in self._nodes.values()],
         }
@@ -132,6 +156,24 @@ class TreePlanner(RoundGuard):
 
     def note_generated_tokens(self, tokens: int) -> None:
         self._generated_tokens = tokens
+
+    def q_reads(self, children: Sequence[Sequence[Step]]) -> list[list[bool]]:
+        """Which new children the planner will read the Q̂ (h) of, for each request of its
+        last ``propose`` as the expander answered it, before they are scored: the driver
+        scores only these and hands the others to ``absorb`` with a NaN Q̂. Every one
+        here: a tree search ranks its frontier by every child's f."""
+        return [[True] * len(steps) for steps in children]
+
+    def take_owed_q(self) -> list[QItem]:
+        """Steps it absorbed unscored whose Q̂ it found, on finishing, that it reads after
+        all (each asked once); the driver scores them and hands the values to
+        ``absorb_owed_q``. None here."""
+        return []
+
+    def absorb_owed_q(self, q_values: np.ndarray) -> None:
+        """The Q̂ of the items of the last ``take_owed_q``, in order."""
+        if len(q_values):
+            raise ValueError(f"{len(q_values)} Q̂ values for no step owed")
 
     def take_released(self) -> list[Any]:
         return self._tree.take_released()
@@ -158,6 +200,11 @@ class TreePlanner(RoundGuard):
             trajectories=tuple(ScoredTrajectory(node_id=node.id, steps=node.steps, score=s)
                                for node, s in trajectories),
             tree=self._tree.dump() if include_tree else None)
+
+
+def _scored(value: float) -> float | None:
+    """A dumped h or f: None where no Q̂ was scored (NaN)."""
+    return None if math.isnan(value) else value
 
 
 def best_by_f(nodes: Sequence[Node]) -> Node:

@@ -17,7 +17,8 @@ from tests.search.fakes import (CacheFull, FakeExpander, HiddenQ, HiddenRewardPR
                                 RoomLimitedExpander, child, tree, without_wall)
 
 # Problem 0: A* expands root (3 children, 6 tokens) and a (2 children, 9 tokens).
-# Problem 1: greedy takes 3 steps of 4 tokens. Problem 2: beam, 2 rounds of 2 children.
+# Problem 1: greedy takes 3 steps of 4 tokens, Q̂ scoring only its last (h_agg=last: the
+# final step's Q̂ is the only one its f reads). Problem 2: beam, 2 rounds of 2 children.
 TREES = {
     0: tree({"": [child("a", .9, reward=.5, tokens=1), child("b", .1, reward=.2, tokens=2),
                   child("c", .2, reward=.3, tokens=3)],
@@ -45,10 +46,11 @@ def test_mixed_planners_share_rounds_and_counters_add_up():
     assert not expander.live
     counters = [(r.counters.generated_tokens, r.counters.prefilled_tokens, r.counters.q_calls,
                  r.counters.prm_calls, r.counters.expansions) for r in results]
-    assert counters == [(15, 7, 5, 5, 2), (12, 7, 3, 3, 3), (8, 7, 4, 4, 2)]
-    # Round 1: three roots; round 2: a, s, u; round 3: s t only.
+    assert counters == [(15, 7, 5, 5, 2), (12, 7, 1, 3, 3), (8, 7, 4, 4, 2)]
+    # Round 1: three roots; round 2: a, s, u; round 3: s t only. Greedy's s and t are
+    # sampled and rewarded but not scored by Q̂.
     assert [len(call) for call in expander.expand_calls] == [3, 3, 1]
-    assert q_fn.batches == [6, 5, 1]
+    assert q_fn.batches == [5, 4, 1]
     # One release call after each round's expansions, and one before the call of a round
     # in which a planner has just finished (A* ends in round 4, proposing nothing).
     assert expander.release_calls == [[6], [7, 1, 4, 5, 11, 10], [2, 3, 8], [9, 12]]
@@ -82,7 +84,7 @@ def test_a_second_search_on_the_same_expander_counts_only_its_own_compute(monkey
                              PRMUtility(prm=HiddenRewardPRM()), progress=False)
         assert [(r.counters.generated_tokens, r.counters.prefilled_tokens,
                  r.counters.q_calls, r.counters.expansions) for r in results] == [
-            (15, 7, 5, 2), (12, 7, 3, 3), (8, 7, 4, 2)], run
+            (15, 7, 5, 2), (12, 7, 1, 3), (8, 7, 4, 2)], run
         # Beam (2) finishes absorbing round 2; A* (0) pops its goal a1 in round 3's
         # propose, greedy (1) absorbing round 3.
         assert [r.counters.wall_s for r in results] == [3, 3, 2], run
@@ -259,7 +261,7 @@ def test_a_q_function_of_the_wrong_shape_is_an_error():
         def score(self, items):
             return np.zeros(())
 
-    with pytest.raises(ValueError, match=r"QValueFunction.score returned shape \(\) for 6 items"):
+    with pytest.raises(ValueError, match=r"QValueFunction.score returned shape \(\) for 5 items"):
         run_search(3, make_planner, FakeExpander(TREES), Scalar(), progress=False)
 
 
@@ -278,7 +280,7 @@ def test_a_non_finite_q_value_or_reward_is_an_error_naming_the_scorer_and_the_co
             return np.array([np.inf] + [0.0] * (len(items) - 1))
 
     with pytest.raises(ValueError, match=r"QValueFunction.score returned 1 non-finite scores "
-                                         r"\(NaN or infinite\) for 6 items"):
+                                         r"\(NaN or infinite\) for 5 items"):
         run_search(3, make_planner, FakeExpander(TREES), NaNForB(), progress=False)
     with pytest.raises(ValueError, match=r"ProcessUtility.step_rewards returned 1 non-finite "
                                          r"scores \(NaN or infinite\) for 6 items"):
@@ -318,7 +320,7 @@ def test_a_rule_utility_folds_into_g_like_a_prm_and_spends_no_prm_call():
     results = run_search(3, make_planner, expander, HiddenQ(),
                          RuleUtility(rule=expander.reward_rule), progress=False)
     assert [(r.counters.q_calls, r.counters.prm_calls) for r in results] == [
-        (5, 0), (3, 0), (4, 0)]
+        (5, 0), (1, 0), (4, 0)]
     assert results[0].steps == ("a", "a1")
     assert results[0].score == pytest.approx(.5 + .7 + .8)  # the rule's rewards, as the PRM's
 
@@ -347,9 +349,10 @@ def test_q_and_the_utility_see_each_new_step_with_its_problem_path_hidden_state_
 
     run_search(3, make_planner, FakeExpander(TREES), RecordingQ(),
                PRMUtility(prm=RecordingPRM()), progress=False)
-    seen = [[(i.problem_index, i.prefix_steps, i.step_text, list(i.hidden), i.logprob)
-             for i in items] for items in batches["q"]]
-    assert seen == [
+    seen = {scorer: [[(i.problem_index, i.prefix_steps, i.step_text, list(i.hidden),
+                       i.logprob) for i in items] for items in calls]
+            for scorer, calls in batches.items()}
+    assert seen["prm"] == [
         [(0, (), "a", [.9, .5], -1.0), (0, (), "b", [.1, .2], -1.0),
          (0, (), "c", [.2, .3], -1.0), (1, (), "s", [.1, 0.], -1.0),
          (2, (), "u", [.4, 0.], -1.0), (2, (), "v", [.3, 0.], -1.0)],
@@ -357,7 +360,10 @@ def test_q_and_the_utility_see_each_new_step_with_its_problem_path_hidden_state_
          (1, ("s",), "t", [.2, 0.], -1.0), (2, ("u",), "=2", [.6, 0.], -1.0),
          (2, ("u",), "w", [.1, 0.], -1.0)],
         [(1, ("s", "t"), "=1", [.3, 0.], -1.0)]]
-    assert batches["prm"] == batches["q"]
+    # Q̂ the same, but greedy's (problem 1) steps before its last, whose Q̂ it never reads.
+    assert seen["q"] == [[item for item in call if item[:3] not in ((1, (), "s"),
+                                                                   (1, ("s",), "t"))]
+                         for call in seen["prm"]]
 
 
 def test_an_expander_with_one_step_too_many_or_a_utility_of_the_wrong_shape_is_an_error():
