@@ -43,8 +43,22 @@ def preflight(config) -> None:
     check_checkpoints(config)
     check_data_files(config)
     check_task_splits(ctx)
+    check_prompt_style(ctx)
     check_reasoner_prompts(config)
     check_prm_labels(config)
+
+
+def check_prompt_style(ctx: RunContext) -> None:
+    """A model's own prompt (``task.options.prompt_style``) goes through the chat template
+    or not as its authors sent it: said here, where building the first prompt would say it
+    after the policy has loaded."""
+    style = getattr(ctx.task, "prompt_style", None)
+    for prompt in getattr(ctx.task, "model_prompts", ()):
+        if prompt.name == style:
+            try:
+                prompt.check_chat(ctx.config.policy.chat_template)
+            except ValueError as error:
+                raise ConfigError(f"task.options.prompt_style: {error}") from None
 
 
 def check_world_splits(config) -> None:

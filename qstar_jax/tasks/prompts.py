@@ -70,12 +70,17 @@ class ModelPrompt:
     template: str
     chat: bool
 
-    def prompt(self, question: str, chat: ChatFormatter | None) -> str:
-        if (chat is not None) != self.chat:
+    def check_chat(self, chat_template: bool) -> None:
+        """ValueError where the policy's prompts do (``chat_template``) or do not go
+        through a chat template and this prompt is sent the other way."""
+        if chat_template != self.chat:
             raise ValueError(f"prompt_style={self.name} is " + (
                 "the user turn of the model's chat template: set policy.chat_template=true"
                 if self.chat else "the model's plain-text prompt, which a chat template "
                 "would wrap in another layout: set policy.chat_template=false"))
+
+    def prompt(self, question: str, chat: ChatFormatter | None) -> str:
+        self.check_chat(chat is not None)
         text = self.template.replace("{question}", question)
         return text if chat is None else chat([{"role": "user", "content": text}])
 
