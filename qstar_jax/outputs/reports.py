@@ -7,9 +7,10 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from qstar_jax.outputs.durable import write_text_atomically
+from qstar_jax.outputs.report_notes import INTERVALS_NOTE, scorer_tokens_note, wall_clock_note
 from qstar_jax.outputs.results_log import ProblemResult
 from qstar_jax.parallel import is_writer
 
@@ -17,9 +18,11 @@ Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
 # Methods whose any-right ceiling gets its own row in the table, and what it counts.
 CEILING_ROWS = {"best_of_n": "pass@N: any chain right", "mctsr": "pass@k: any node right"}
 
-# Counters summed per method in summary.json.
+# Counters summed per method in summary.json; the scorers' tokens are null where a row
+# was logged before they were counted.
 COUNTERS = ("generated_tokens", "prefilled_tokens", "q_calls", "prm_calls", "expansions",
             "wall_s")
+SCORER_COUNTERS = ("q_scorer_tokens", "prm_scorer_tokens")
 
 
 def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -47,6 +50,9 @@ def summarize(results: Iterable[ProblemResult], methods: Iterable[str]) -> dict:
         for counter in COUNTERS:
             total = sum(getattr(r, counter) for r in rows)
             entry[counter] = round(total, 3) if counter == "wall_s" else int(total)
+        for counter in SCORER_COUNTERS:
+            counts = [getattr(r, counter) for r in rows]
+            entry[counter] = None if None in counts else sum(counts)
         if all(r.pruned is not None for r in rows):
             entry["pruned"] = sum(r.pruned for r in rows)
             entry["pruned_empty_answers"] = sum(r.pruned > 0 and not r.completion
@@ -61,14 +67,16 @@ def summarize(results: Iterable[ProblemResult], methods: Iterable[str]) -> dict:
 
 def markdown_table(summary: dict) -> str:
     lines = ["| method | accuracy (95% CI) | n | generated tok/problem | prefilled tok/problem "
-             "| Q̂ calls/problem | PRM calls/problem | wall s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| scorer tok/problem | Q̂ calls/problem | PRM calls/problem | wall s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for method, s in summary["methods"].items():
         n = s["n"]
         lo, hi = s["ci95"]
+        scorer = _scorer_tokens(s)
         lines.append(
             f"| {method} | {100 * s['accuracy']:.1f} ({100 * lo:.1f}–{100 * hi:.1f}) | {n} "
             f"| {s['generated_tokens'] / n:.1f} | {s['prefilled_tokens'] / n:.1f} "
+            f"| {'–' if scorer is None else f'{scorer / n:.1f}'} "
             f"| {s['q_calls'] / n:.1f} | {s['prm_calls'] / n:.1f} | {s['wall_s']:.1f} |")
     for method, s in summary["methods"].items():
         if method in CEILING_ROWS and "pass_at_n" in s:
@@ -76,12 +84,18 @@ def markdown_table(summary: dict) -> str:
             lo, hi = ceiling["ci95"]
             lines.append(f"| {method} {CEILING_ROWS[method]} (a ceiling read with the grader, "
                          f"not an answer) | {100 * ceiling['accuracy']:.1f} ({100 * lo:.1f}–"
-                         f"{100 * hi:.1f}) | {s['n']} | | | | | |")
+                         f"{100 * hi:.1f}) | {s['n']} | | | | | | |")
     lines += [f"\n{method} pruned {s['pruned'] / s['n']:.1f} states a problem below "
               f"eval.tot.threshold; on {s['pruned_empty_answers']} of {s['n']} problems it "
               "pruned states and answered no step." for method, s in summary["methods"].items()
               if "pruned" in s]
     return "\n".join(lines) + "\n"
+
+
+def _scorer_tokens(entry: dict) -> int | None:
+    """A summary entry's Q̂ and PRM scorer tokens together; None where not counted."""
+    counts = [entry.get(counter) for counter in SCORER_COUNTERS]
+    return None if None in counts else sum(counts)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -175,7 +189,7 @@ def budget_match_note(summary: dict, results: list[ProblemResult], samples: int,
         spent = methods["best_of_n"]["generated_tokens"] / methods["best_of_n"]["n"]
         # The run's resolved config.yaml holds its file and overrides alike.
         return (f"\nQ* generated {qstar_tokens:.0f} tokens per problem and best-of-{samples} "
-                f"{spent:.0f}: at equal tokens best-of-N takes about N = {estimate}, at "
+                f"{spent:.0f}: at equal generated tokens best-of-N takes about N = {estimate}, at "
                 f"best-of-{samples}'s tokens a chain (`python -m qstar_jax.run "
                 f"{out_dir / 'config.yaml'} --reuse {out_dir} --out NEW_DIR "
                 f"'eval.methods=[best_of_n]' eval.samples={estimate}`; best_of_n_matched in "
@@ -187,12 +201,17 @@ def budget_match_note(summary: dict, results: list[ProblemResult], samples: int,
         below = f"; best-of-{n - 1} spent fewer" if n > 1 else ""
         return (f"\nbest_of_n_matched is best-of-{n}, the smallest N whose chains spend at "
                 f"least Q*'s {qstar_tokens:.0f} generated tokens per problem (it spent "
-                f"{spent:.0f}{below}).\n")
+                f"{spent:.0f}{below}). {MATCHED_ON}\n")
     why = ("one more chain added no tokens (equal chains, as temperature 0 with prefix "
            "sharing samples)" if matched.stalled else "N stopped at its limit")
     return (f"\nbest_of_n_matched is best-of-{n} and spent {spent:.0f} generated tokens per "
             f"problem, short of Q*'s {qstar_tokens:.0f}: {why}. Its comparison below is at "
-            "fewer tokens than Q*'s.\n")
+            f"fewer tokens than Q*'s. {MATCHED_ON}\n")
+
+
+# What best_of_n_matched's N leaves unmatched.
+MATCHED_ON = ("Its N matches generated tokens alone, not prefilled tokens, the scorers' "
+              "tokens or wall-clock: the comparison below sets those side by side.")
 
 
 # Greedy decoding of the second policy (q_train.second_opinion): the evaluate stage adds
@@ -205,9 +224,11 @@ def qstar_comparisons_note(summary: dict, results: list[ProblemResult],
     """Q* against greedy decoding (of the policy, and of the second policy where Q̂ reads
     one), what Q̂ adds (qstar − qstar_no_q) and the planning against sampling more (qstar −
     best_of_n_matched): paired differences with 95% intervals, each side's generated
-    tokens and wall-clock, and whether equal tokens and equal wall-clock disagree. Both
-    sides' costs are taken over the problems the difference is paired over, so a method
-    evaluated on more problems is not charged for them."""
+    tokens, all its forward tokens (generated, prefilled and the scorers') and wall-clock,
+    and whether best_of_n_matched's equal generated tokens and equal forward tokens or
+    equal wall-clock disagree. Both sides' costs are taken over the problems the
+    difference is paired over, so a method evaluated on more problems is not charged for
+    them."""
     methods = summary["methods"]
     lines = []
     for other, what in (("greedy", "against one greedy chain of the policy it searches"),
@@ -221,23 +242,56 @@ def qstar_comparisons_note(summary: dict, results: list[ProblemResult],
             continue
         pairs = _pairs(results, "qstar", other)
         diff, lo, hi, n = _difference(pairs)
-        (q_tokens, q_wall), (o_tokens, o_wall) = (
-            (sum(pair[side].generated_tokens for pair in pairs) / n,
-             round(sum(pair[side].wall_s for pair in pairs), 3)) for side in (0, 1))
+        qstar, rival = (Costs.of([pair[side] for pair in pairs]) for side in (0, 1))
+        forward = ("all forward tokens (generated + prefilled + scorer) "
+                   f"{qstar.forward:.0f} against {rival.forward:.0f}" if qstar.counted
+                   and rival.counted else
+                   "all forward tokens not counted (rows logged before the scorers' were)")
         line = (f"- qstar − {other} ({what}): {100 * diff:+.1f} points (95% CI {100 * lo:+.1f} "
                 f"to {100 * hi:+.1f}, paired over {n} problems); generated tokens per problem "
-                f"{q_tokens:.0f} against {o_tokens:.0f}, wall-clock {_seconds(q_wall)} s "
-                f"against {_seconds(o_wall)} s.")
-        if other == "best_of_n_matched" and q_wall > o_wall:
-            line += (" Equal tokens and equal wall-clock disagree here: Q* took longer, so at "
-                     "equal wall-clock best-of-N could have sampled more.")
-        lines.append(line)
-    if not lines:
-        return ""
-    first = next(iter(methods))
-    return (f"\nWall-clock is each method's own searches, compiling included: {first}, "
-            "evaluated first, also compiled programs the methods after it reuse.\n\n"
-            + "\n".join(lines) + "\n")
+                f"{qstar.generated:.0f} against {rival.generated:.0f}, {forward}, wall-clock "
+                f"{_seconds(qstar.wall_s)} s against {_seconds(rival.wall_s)} s.")
+        lines.append(line + (_disagreements(qstar, rival) if other == "best_of_n_matched"
+                             else ""))
+    return "".join(f"\n{line}" for line in lines) + "\n" if lines else ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Costs:
+    """One side of a comparison, over the problems it pairs: generated tokens and all
+    forward tokens per problem (None where a row's scorer tokens were not counted), and
+    the wall-clock summed."""
+
+    generated: float
+    forward: float | None
+    wall_s: float
+
+    @classmethod
+    def of(cls, rows: list[ProblemResult]) -> "Costs":
+        forward = [r.forward_tokens for r in rows]
+        return cls(sum(r.generated_tokens for r in rows) / len(rows),
+                   None if None in forward else sum(forward) / len(rows),
+                   round(sum(r.wall_s for r in rows), 3))
+
+    @property
+    def counted(self) -> bool:
+        return self.forward is not None
+
+
+def _disagreements(qstar: Costs, matched: Costs) -> str:
+    """Where Q* against best_of_n_matched, matched on generated tokens, comes out another
+    way counting every forward token, or by wall-clock."""
+    text = ""
+    if qstar.counted and matched.counted and (
+            (qstar.generated > matched.generated) != (qstar.forward > matched.forward)):
+        text += (" Generated tokens and all forward tokens disagree here: counting every "
+                 + ("forward token Q* spent more, so at equal forward tokens best-of-N could "
+                    "have sampled more." if qstar.forward > matched.forward else
+                    "forward token best_of_n_matched spent no fewer than Q*."))
+    if qstar.wall_s > matched.wall_s:
+        text += (" Equal generated tokens and equal wall-clock disagree here: Q* took longer, "
+                 "so at equal wall-clock best-of-N could have sampled more.")
+    return text
 
 
 def _seconds(wall_s: float) -> str:
@@ -269,23 +323,23 @@ def plot_accuracy_vs_tokens(summary: dict, path: Path) -> None:
 
 def write_reports(out_dir: Path, results: list[ProblemResult], methods: Iterable[str], *,
                   best_of_n_samples: int | None = None, matched: MatchedN | None = None,
-                  uncached_scorer: str | None = None) -> dict:
+                  uncached_scorers: Sequence[str] = ()) -> dict:
     """summary.json, summary.md (with the budget-match note when ``best_of_n_samples``,
-    eval.samples, is given; ``matched``: best_of_n_matched's N; ``uncached_scorer``: the
-    model Q̂ runs uncached over each child, whose tokens no column counts) and the plot,
-    each written whole or not at all; process 0 alone writes them in a multi-process
-    run."""
+    eval.samples, is given; ``matched``: best_of_n_matched's N; ``uncached_scorers``: the
+    models that run uncached over each child scored, whose tokens the scorer column
+    counts) and the plot, each written whole or not at all; process 0 alone writes them
+    in a multi-process run."""
     summary = summarize(results, methods)
     if not is_writer():
         return summary
     write_text_atomically(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     note = (budget_match_note(summary, results, best_of_n_samples, out_dir, matched)
             if best_of_n_samples else "")
-    scoring = (f"\nQ̂ runs {uncached_scorer} over each child it scores, prompt and steps, in a "
-               "forward pass no cache serves: those tokens are in no column (the Q̂ calls "
-               "column counts the children), and the wall-clock includes them.\n"
-               if uncached_scorer else "")
-    write_text_atomically(out_dir / "summary.md", markdown_table(summary) + scoring + note
+    methods = summary["methods"]
+    uncounted = [m for m, entry in methods.items() if _scorer_tokens(entry) is None]
+    notes = (scorer_tokens_note(uncached_scorers, uncounted) + wall_clock_note(list(methods))
+             + INTERVALS_NOTE)
+    write_text_atomically(out_dir / "summary.md", markdown_table(summary) + notes + note
                           + qstar_comparisons_note(summary, results, matched))
     if summary["methods"]:
         plot_accuracy_vs_tokens(summary, out_dir / "accuracy_vs_tokens.png")

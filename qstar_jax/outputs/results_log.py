@@ -37,6 +37,26 @@ class ProblemResult:
     grade_status: str | None = None
     # Tree of Thoughts DFS: the states eval.tot.threshold pruned; None for the others.
     pruned: int | None = None
+    # Tokens the uncached scorers read in forward passes of their own (prompt, steps and
+    # step of each child scored, padding aside): Q̂'s second policy or separate backbone,
+    # and a Math-Shepherd PRM. A Q̂ or learned PRM on the policy's hidden states reads
+    # none (0). None in a log written before they were counted.
+    q_scorer_tokens: int | None = None
+    prm_scorer_tokens: int | None = None
+
+    @property
+    def scorer_tokens(self) -> int | None:
+        """Both scorers' tokens; None where either was not counted."""
+        if self.q_scorer_tokens is None or self.prm_scorer_tokens is None:
+            return None
+        return self.q_scorer_tokens + self.prm_scorer_tokens
+
+    @property
+    def forward_tokens(self) -> int | None:
+        """Every token a forward pass read for this problem: generated, prefilled and the
+        scorers'; None where the scorers' were not counted."""
+        scorer = self.scorer_tokens
+        return None if scorer is None else self.generated_tokens + self.prefilled_tokens + scorer
 
 
 class ResultsLog:

@@ -21,6 +21,7 @@ from flax import nnx
 from qstar_jax.decoding.kv_cache import init_cache
 from qstar_jax.decoding.token_batch import bucket_size, last_positions, pad_token_batch
 from qstar_jax.models.llama import LlamaModel
+from qstar_jax.qvalue.scorers import ForwardTokens
 from qstar_jax.search.interface import QItem
 
 
@@ -39,7 +40,8 @@ class ShepherdPRM:
     ``encode`` turns text into token ids (BOS included if the model wants one; nothing
     after the text, so the last token is the tag's). ``question(problem_index)`` gives
     the question text of a problem. The forward pass is one ``jax.jit`` of a pure
-    function of the model state, compiled once per (B, T) bucket.
+    function of the model state, compiled once per (B, T) bucket, over each item's whole
+    text, uncached: ``forward_tokens`` counts those tokens per problem.
     """
 
     def __init__(self, model: LlamaModel, *, encode: Callable[[str], list[int]],
@@ -51,6 +53,7 @@ class ShepherdPRM:
                 raise ValueError(f"{name}={token} is outside the model's vocabulary [0, {vocab})")
         graphdef, self._state = nnx.split(model)
         self._encode, self._question, self._step_tag = encode, question, step_tag
+        self.forward_tokens = ForwardTokens()
         self._good_probability = jax.jit(
             functools.partial(_good_probability, graphdef, good_token_id, bad_token_id))
 
@@ -64,6 +67,7 @@ class ShepherdPRM:
                 for item in items]
         if any(not row for row in rows):
             raise ValueError("encode() returned no tokens for a PRM input")
+        self.forward_tokens.add([item.problem_index for item in items], rows)
         batch = pad_token_batch(rows, batch=bucket_size(len(rows)), min_length=1)
         length = batch.tokens.shape[1]
         steps = np.arange(length)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Callable, Hashable
+from typing import Callable, Hashable, Mapping
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from qstar_jax.outputs.reports import SECOND_POLICY_GREEDY, write_reports
 from qstar_jax.outputs.results_log import ProblemResult, ResultsLog
 from qstar_jax.parallel import DATA, barrier, is_writer
 from qstar_jax.policy.expander import DecoderExpander
+from qstar_jax.qvalue.scorers import ScorerTokens
 from qstar_jax.search.astar import AStarConfig, AStarPlanner, Budget
 from qstar_jax.search.beam import BeamConfig, BeamPlanner
 from qstar_jax.search.chains import (ChainConfig, ChainPlanner, greedy_planner,
@@ -30,7 +31,7 @@ from qstar_jax.search.planner import Planner, SearchResult
 from qstar_jax.search.process_utility import PRMUtility, RuleUtility, ZeroUtility
 from qstar_jax.stages.context import RunContext
 from qstar_jax.stages.matched_best_of_n import MATCHED_STATE, evaluate_best_of_n_matched
-from qstar_jax.stages.prm import load_prm
+from qstar_jax.stages.prm import load_prm, prm_kind
 from qstar_jax.stages.reasoners import BatchSearch, reasoner_search, reasoner_slots
 from qstar_jax.stages.train_q import load_q_function
 from qstar_jax.tasks.base import join_steps, state_text
@@ -167,6 +168,7 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
     # sample the same chains, so they are sampled once (``self_consistency_of``).
     votes_on_best_of_n = {"self_consistency", "best_of_n"} <= set(cfg.eval.methods)
     vote_on = answer_key(ctx)
+    scorers = ScorerTokens.of(q_fn, utility)
 
     def search(method: str, samples: int) -> None:
         """Evaluate ``method`` (N = ``samples`` for a chain method) on the problems it has
@@ -193,13 +195,16 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
                    ctx.searches_per_batch(slots_per_problem(ctx, method, samples)))
         for start in range(0, len(pending), size):
             batch = pending[start:start + size]
+            for i in batch:
+                scorers.begin(i)
             began = time.perf_counter()
             results = search_batch(batch, f"{method} {start + len(batch)}/{len(pending)}")
             share = (time.perf_counter() - began) / len(batch)
             searched = {method: results, **{other: [self_consistency_of(r, vote_on)
                                                     for r in results] for other in derived}}
+            read = {i: scorers.read(i) for i in batch}  # a vote reads no scorer
             rows = [row for m, rs in searched.items()
-                    for row in _graded(ctx, m, problems, rs, share)]
+                    for row in _graded(ctx, m, problems, rs, share, read if m == method else {})]
             if cfg.eval.dump_trees:  # before the rows: a logged problem is not searched again
                 for m, rs in searched.items():
                     _dump_trees(ctx, tree_folder(m, samples), problems, rs)
@@ -216,8 +221,20 @@ def evaluate(ctx: RunContext, q_fn: QValueFunction | None = None) -> dict:
             continue  # logged with best_of_n
         else:
             search(method, cfg.eval.samples)
+    scoring = tuple(name for name in (uncached_q_scorer(ctx), uncached_prm(cfg)) if name)
     return write_reports(ctx.out, log.read(), methods, best_of_n_samples=cfg.eval.samples,
-                         matched=matched, uncached_scorer=uncached_q_scorer(ctx))
+                         matched=matched, uncached_scorers=scoring)
+
+
+def uncached_prm(cfg) -> str | None:
+    """The PRM that runs its own model over each scored child's whole text, uncached,
+    where a method reads one (a Math-Shepherd checkpoint); None otherwise: a learned PRM
+    reads the policy's hidden states."""
+    source = cfg.search.prm_model
+    if (not reads_any_process_rewards(cfg) or cfg.search.utility != Utility.prm
+            or source is None or prm_kind(source) != "shepherd"):
+        return None
+    return f"the Math-Shepherd PRM ({source})"
 
 
 def uncached_q_scorer(ctx: RunContext) -> str | None:
@@ -226,9 +243,9 @@ def uncached_q_scorer(ctx: RunContext) -> str | None:
     if not reads_q_hat(ctx.config):
         return None
     if ctx.config.q_train.backbone == QBackbone.separate:
-        return f"its separate backbone ({ctx.config.q_train.separate_model})"
+        return f"Q̂'s separate backbone ({ctx.config.q_train.separate_model})"
     if ctx.second_opinion_dir is not None:
-        return "the second policy"
+        return "Q̂'s second policy"
     return None
 
 
@@ -256,20 +273,24 @@ def _step_search(ctx: RunContext, method: str, samples: int, runtime, q_fn: QVal
     make = planner_factory(ctx, method, samples)
     # One expander per method: its token counts are that method's alone.
     expander = DecoderExpander(runtime, prefix_sharing=ctx.config.eval.prefix_sharing)
+    made = ScorerTokens.of(q_fn, utility).counting(make)
     return lambda batch, description: run_search(
-        len(batch), lambda k: make(batch[k]), expander,
-        q_fn if reads_q(ctx.config, method) else None,
-        utility, include_trees=ctx.config.eval.dump_trees, description=description)
+        len(batch), lambda k: made(batch[k]), expander,
+        q_fn if reads_q(ctx.config, method) else None, utility,
+        include_trees=ctx.config.eval.dump_trees, description=description)
 
 
 def _graded(ctx: RunContext, method: str, problems, results: list[SearchResult],
-            wall_share: float):
+            wall_share: float, scorer_tokens: Mapping[int, tuple[int, int]] | None = None):
     """Results as logged; problems searched side by side share the batch's wall-clock
-    equally, so a method's summed wall_s is the time it really took."""
+    equally, so a method's summed wall_s is the time it really took. ``scorer_tokens``:
+    (Q̂'s, the PRM's) uncached forward tokens by problem index (``ScorerTokens``); a
+    problem it lacks (or all, where None) read none."""
     for result in results:
         problem = problems[result.problem_index]
         completion = join_steps(result.steps)
         c = result.counters
+        q_tokens, prm_tokens = (scorer_tokens or {}).get(result.problem_index, (0, 0))
         # Each distinct text is graded once: the answer is often one of the chains below,
         # and grading code runs its tests in the sandbox.
         verdicts: dict[str, tuple[bool, str | None]] = {}
@@ -291,7 +312,8 @@ def _graded(ctx: RunContext, method: str, problems, results: list[SearchResult],
             completed=result.completed, generated_tokens=c.generated_tokens,
             prefilled_tokens=c.prefilled_tokens, q_calls=c.q_calls, prm_calls=c.prm_calls,
             expansions=c.expansions, wall_s=round(wall_share, 4),
-            pruned=result.pruned if method == "tot_dfs" else None)
+            pruned=result.pruned if method == "tot_dfs" else None,
+            q_scorer_tokens=q_tokens, prm_scorer_tokens=prm_tokens)
 
 
 def _grade(task, problem, completion: str, completed: bool) -> tuple[bool, str | None]:

@@ -13,6 +13,7 @@ from qstar_jax.config import ToTEvaluator
 from qstar_jax.policy.expander import DecoderExpander
 from qstar_jax.policy.runtime import PolicyRuntime
 from qstar_jax.policy.text_generator import DecoderTextGenerator
+from qstar_jax.qvalue.scorers import ScorerTokens
 from qstar_jax.search.driver import run_search
 from qstar_jax.search.interface import ProcessUtility, QValueFunction
 from qstar_jax.search.mctsr import MCTSrPlanner
@@ -74,8 +75,9 @@ def reasoner_search(ctx: RunContext, method: str, problems: Sequence[Problem],
         q_fn = None  # ranked by g: Q̂ calls would be spent for nothing
     planner = {"tot_bfs": tot_bfs_planner, "tot_dfs": ToTDFSPlanner}[method]
     expander = DecoderExpander(runtime, prefix_sharing=e.prefix_sharing)
+    made = ScorerTokens.of(q_fn, utility).counting(lambda index: planner(index, config, value))
     return _dropping_kept_rows(generator, lambda batch, description: run_search(
-        len(batch), lambda k: planner(batch[k], config, value), expander, q_fn, utility,
+        len(batch), lambda k: made(batch[k]), expander, q_fn, utility,
         include_trees=e.dump_trees, description=description))
 
 

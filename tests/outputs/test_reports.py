@@ -36,15 +36,17 @@ def test_summary_counts_and_reports(tmp_path):
 
 
 def test_table_rows_give_per_problem_means_the_interval_and_total_wall_clock(tmp_path):
-    def counted(pid, correct, tokens, prefilled, q_calls, prm_calls, wall):
-        return dataclasses.replace(result("greedy", pid, correct, tokens),
+    def counted(pid, correct, tokens, prefilled, scorer, q_calls, prm_calls, wall):
+        return dataclasses.replace(result("greedy", pid, correct, tokens, scorer),
                                    prefilled_tokens=prefilled, q_calls=q_calls,
                                    prm_calls=prm_calls, wall_s=wall)
-    rows = [counted("a", True, 10, 7, 3, 1, 0.5), counted("b", False, 30, 13, 5, 4, 1.0)]
+    rows = [counted("a", True, 10, 7, (60, 6), 3, 1, 0.5),
+            counted("b", False, 30, 13, (100, 0), 5, 4, 1.0)]
     write_reports(tmp_path, rows, ["greedy"])
     # Wilson's 95% interval for 1 of 2: 0.5 ± 1.96 sqrt(1/8 + 1.96²/16) / (1 + 1.96²/2)
-    # = 0.5 ± 0.405; per problem 40/2 generated, 20/2 prefilled, 8/2 Q̂ and 5/2 PRM calls.
-    assert "| greedy | 50.0 (9.5–90.5) | 2 | 20.0 | 10.0 | 4.0 | 2.5 | 1.5 |\n" in \
+    # = 0.5 ± 0.405; per problem 40/2 generated, 20/2 prefilled, 166/2 scorer tokens (Q̂'s
+    # and the PRM's), 8/2 Q̂ and 5/2 PRM calls.
+    assert "| greedy | 50.0 (9.5–90.5) | 2 | 20.0 | 10.0 | 83.0 | 4.0 | 2.5 | 1.5 |\n" in \
         (tmp_path / "summary.md").read_text()
 
 
@@ -66,8 +68,8 @@ def test_summary_says_which_best_of_n_would_spend_qstars_tokens(tmp_path):
     rows_of_two = rows + [result("best_of_n", "b", False, 60), result("qstar", "b", True, 410)]
     write_reports(tmp_path, rows_of_two, ["best_of_n", "qstar"], best_of_n_samples=6)
     assert (tmp_path / "summary.md").read_text().splitlines()[-1] == (
-        f"Q* generated 410 tokens per problem and best-of-6 60: at equal tokens best-of-N "
-        f"takes about N = 41, at best-of-6's tokens a chain (`python -m qstar_jax.run "
+        f"Q* generated 410 tokens per problem and best-of-6 60: at equal generated tokens "
+        f"best-of-N takes about N = 41, at best-of-6's tokens a chain (`python -m qstar_jax.run "
         f"{tmp_path}/config.yaml --reuse {tmp_path} --out NEW_DIR 'eval.methods=[best_of_n]' "
         "eval.samples=41`; best_of_n_matched in eval.methods searches for the smallest N "
         "that spends Q*'s tokens).")
@@ -142,7 +144,9 @@ def test_summary_reports_qstar_against_the_matched_best_of_n(tmp_path):
                   matched=MatchedN(samples=43, reached=True))
     note = (tmp_path / "summary.md").read_text()
     assert ("best_of_n_matched is best-of-43, the smallest N whose chains spend at least Q*'s "
-            "410 generated tokens per problem (it spent 420; best-of-42 spent fewer).") in note
+            "410 generated tokens per problem (it spent 420; best-of-42 spent fewer). Its N "
+            "matches generated tokens alone, not prefilled tokens, the scorers' tokens or "
+            "wall-clock: the comparison below sets those side by side.\n") in note
     assert ("qstar − best_of_n_matched (planning against sampling more, at no fewer generated "
             "tokens): +50.0 points") in note and "paired over 2 problems" in note
     assert "generated tokens per problem 410 against 420" in note
@@ -152,7 +156,8 @@ def test_summary_reports_qstar_against_the_matched_best_of_n(tmp_path):
     note = (tmp_path / "summary.md").read_text()
     assert ("best_of_n_matched is best-of-43 and spent 420 generated tokens per problem, short "
             "of Q*'s 410: one more chain added no tokens (equal chains, as temperature 0 with "
-            "prefix sharing samples). Its comparison below is at fewer tokens than Q*'s.") in note
+            "prefix sharing samples). Its comparison below is at fewer tokens than Q*'s. Its N "
+            "matches generated tokens alone") in note
     assert "(planning against sampling more, at fewer generated tokens than Q*'s)" in note
     write_reports(tmp_path, rows, methods, best_of_n_samples=6,
                   matched=MatchedN(samples=1, reached=True))
@@ -170,10 +175,12 @@ def test_summary_ends_with_what_q_hat_adds_and_says_when_wall_clock_disagrees(tm
     lines = (tmp_path / "summary.md").read_text().splitlines()
     assert lines[-2].startswith("- qstar − qstar_no_q (what Q̂ adds: the same search with λ = 0): "
                                 "+50.0 points")
-    assert ("generated tokens per problem 100 against 80, wall-clock 10 s against 2.0 s"
-            in lines[-2])
+    assert ("generated tokens per problem 100 against 80, all forward tokens (generated + "
+            "prefilled + scorer) 105 against 85, wall-clock 10 s against 2.0 s." in lines[-2])
     assert lines[-1].startswith("- qstar − best_of_n_matched")
-    assert "Equal tokens and equal wall-clock disagree here" in lines[-1]
+    assert lines[-1].endswith(" Equal generated tokens and equal wall-clock disagree here: Q* "
+                              "took longer, so at equal wall-clock best-of-N could have sampled "
+                              "more.")
     # Q* faster than the matched best-of-N: equal tokens and wall-clock agree.
     slow = [dataclasses.replace(r, wall_s=10.0) for r in rows[4:]]
     write_reports(tmp_path, rows[:4] + slow, ["qstar", "qstar_no_q", "best_of_n_matched"])
@@ -198,7 +205,7 @@ def test_best_of_n_pass_at_n_is_a_separate_ceiling_row(tmp_path):
     table = (tmp_path / "summary.md").read_text()
     # Wilson's interval for 2 of 3: 0.573 ± 0.365 (centre (2/3 + 1.96²/6) / (1 + 1.96²/3)).
     assert "| best_of_n pass@N: any chain right (a ceiling read with the grader, not an answer) " \
-           "| 66.7 (20.8–93.9) | 3 | | | | | |\n" in table
+           "| 66.7 (20.8–93.9) | 3 | | | | | | |\n" in table
     # Methods that log no any_correct get no such entry.
     assert "pass_at_n" not in summarize([result("qstar", "a", True)], ["qstar"])["methods"]["qstar"]
 
@@ -223,10 +230,12 @@ def test_summary_sets_qstar_against_greedy_decoding_of_each_policy(tmp_path):
     assert lines[-2:] == [
         "- qstar − greedy (against one greedy chain of the policy it searches): +50.0 points "
         "(95% CI -27.3 to +90.5, paired over 2 problems); generated tokens per problem 100 "
-        "against 20, wall-clock 1.0 s against 1.0 s.",
+        "against 20, all forward tokens (generated + prefilled + scorer) 105 against 25, "
+        "wall-clock 1.0 s against 1.0 s.",
         "- qstar − greedy_second_policy (against greedy decoding of the second policy whose "
         "opinion Q̂ reads): +100.0 points (95% CI +7.0 to +100.0, paired over 2 problems); "
-        "generated tokens per problem 100 against 30, wall-clock 1.0 s against 1.0 s."]
+        "generated tokens per problem 100 against 30, all forward tokens (generated + "
+        "prefilled + scorer) 105 against 35, wall-clock 1.0 s against 1.0 s."]
 
 
 def test_only_best_of_n_and_mctsr_ceilings_get_a_row_and_wall_clock_keeps_milliseconds(
@@ -236,7 +245,7 @@ def test_only_best_of_n_and_mctsr_ceilings_get_a_row_and_wall_clock_keeps_millis
     summary = write_reports(tmp_path, rows, ["self_consistency"])["methods"]
     assert summary["self_consistency"]["pass_at_n"]["accuracy"] == 1.0
     assert summary["self_consistency"]["wall_s"] == 0.623
-    table = (tmp_path / "summary.md").read_text().splitlines()
+    table = (tmp_path / "summary.md").read_text().split("\n\n")[0].splitlines()
     assert len(table) == 3 and table[2].startswith("| self_consistency | 0.0 (")
 
 
@@ -272,7 +281,8 @@ def test_both_sides_of_a_comparison_are_costed_over_the_problems_it_pairs(tmp_pa
     assert (tmp_path / "summary.md").read_text().splitlines()[-1] == (
         "- qstar − greedy (against one greedy chain of the policy it searches): +100.0 points "
         "(95% CI -12.2 to +100.0, paired over 1 problems); generated tokens per problem 100 "
-        "against 20, wall-clock 0.5 s against 0.5 s.")
+        "against 20, all forward tokens (generated + prefilled + scorer) 105 against 25, "
+        "wall-clock 0.5 s against 0.5 s.")
 
 
 def test_tree_of_thoughts_dfs_says_how_much_it_pruned_and_where_it_answered_nothing(tmp_path):
@@ -280,28 +290,43 @@ def test_tree_of_thoughts_dfs_says_how_much_it_pruned_and_where_it_answered_noth
             for p, text, pruned in (("a", "", 5), ("b", "12", 2), ("c", "", 0))]
     summary = write_reports(tmp_path, rows, ["tot_dfs"])["methods"]["tot_dfs"]
     assert (summary["pruned"], summary["pruned_empty_answers"]) == (7, 1)
-    assert (tmp_path / "summary.md").read_text().endswith(
-        "\ntot_dfs pruned 2.3 states a problem below eval.tot.threshold; on 1 of 3 problems it "
-        "pruned states and answered no step.\n")
+    assert ("|\n\ntot_dfs pruned 2.3 states a problem below eval.tot.threshold; on 1 of 3 "
+            "problems it pruned states and answered no step.\n" in
+            (tmp_path / "summary.md").read_text())
     # Rows logged before the count (or of other methods) carry none: no line.
     write_reports(tmp_path, [result("tot_dfs", "a", False)], ["tot_dfs"])
     assert "pruned" not in (tmp_path / "summary.md").read_text()
 
 
-def test_the_comparisons_say_the_first_method_evaluated_carries_the_compiling(tmp_path):
-    rows = [result("greedy", "a", False, 20), result("qstar", "a", True, 100)]
-    write_reports(tmp_path, rows, ["greedy", "qstar"])
-    assert ("\nWall-clock is each method's own searches, compiling included: greedy, evaluated "
-            "first, also compiled programs the methods after it reuse.\n\n- qstar − greedy"
-            in (tmp_path / "summary.md").read_text())
 
 
-def test_the_summary_says_which_scoring_tokens_no_column_counts(tmp_path):
-    rows = [result("qstar", "a", True, 100)]
-    write_reports(tmp_path, rows, ["qstar"], uncached_scorer="the second policy")
-    assert ("\nQ̂ runs the second policy over each child it scores, prompt and steps, in a "
-            "forward pass no cache serves: those tokens are in no column (the Q̂ calls column "
-            "counts the children), and the wall-clock includes them.\n"
-            in (tmp_path / "summary.md").read_text())
-    write_reports(tmp_path, rows, ["qstar"])
-    assert "no cache serves" not in (tmp_path / "summary.md").read_text()
+def test_the_matched_comparison_says_where_generated_and_all_forward_tokens_disagree(
+        tmp_path):
+    """best_of_n_matched is matched on generated tokens; counting the prefilled and the
+    scorers' tokens too, Q* may spend more: the comparison gives both and says so."""
+    def row(method, problem, correct, generated, scorer):
+        return result(method, problem, correct, generated, (scorer, 0))
+    rows = [row("qstar", "a", True, 100, 300), row("qstar", "b", True, 100, 300),
+            row("best_of_n_matched", "a", True, 110, 200),
+            row("best_of_n_matched", "b", False, 110, 200)]
+    methods = ["qstar", "best_of_n_matched"]
+    write_reports(tmp_path, rows, methods, matched=MatchedN(samples=6, reached=True))
+    assert (tmp_path / "summary.md").read_text().splitlines()[-1] == (
+        "- qstar − best_of_n_matched (planning against sampling more, at no fewer generated "
+        "tokens): +50.0 points (95% CI -27.3 to +90.5, paired over 2 problems); generated "
+        "tokens per problem 100 against 110, all forward tokens (generated + prefilled + "
+        "scorer) 405 against 315, wall-clock 1.0 s against 1.0 s. Generated tokens and all "
+        "forward tokens disagree here: counting every forward token Q* spent more, so at "
+        "equal forward tokens best-of-N could have sampled more.")
+    # Short of Q*'s generated tokens but not of its forward tokens: said the other way.
+    write_reports(tmp_path, [dataclasses.replace(r, generated_tokens=90) if r.method ==
+                             "best_of_n_matched" else dataclasses.replace(r, q_scorer_tokens=0)
+                             for r in rows], methods, matched=MatchedN(samples=6, reached=False))
+    assert (tmp_path / "summary.md").read_text().endswith(
+        "all forward tokens (generated + prefilled + scorer) 105 against 295, wall-clock 1.0 s "
+        "against 1.0 s. Generated tokens and all forward tokens disagree here: counting every "
+        "forward token best_of_n_matched spent no fewer than Q*.\n")
+    # Both counts agree: nothing to say.
+    write_reports(tmp_path, [dataclasses.replace(r, q_scorer_tokens=0) for r in rows], methods,
+                  matched=MatchedN(samples=6, reached=True))
+    assert "disagree" not in (tmp_path / "summary.md").read_text()

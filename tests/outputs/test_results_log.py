@@ -59,3 +59,17 @@ def test_every_field_reads_back_as_written(tmp_path):
     assert (second.any_correct, second.grade_status) == (None, None)
     log.drop("greedy")
     assert log.read() == [chain]
+
+
+def test_a_row_logged_before_scorer_tokens_were_counted_reads_with_none(tmp_path):
+    """A results.jsonl line without the scorers' tokens (an older log) reads back with
+    None for them, not 0; a new row's round-trip, and all its forward tokens add up."""
+    log = ResultsLog(tmp_path / "results.jsonl")
+    record = dataclasses.asdict(result("qstar", "a", True, 100))
+    del record["q_scorer_tokens"], record["prm_scorer_tokens"]
+    log.path.write_text(json.dumps(record) + "\n")
+    counted = result("qstar", "b", True, 100, (300, 40))
+    log.append([counted])
+    old, new = log.read()
+    assert (old.q_scorer_tokens, old.prm_scorer_tokens, old.forward_tokens) == (None, None, None)
+    assert new == counted and (new.scorer_tokens, new.forward_tokens) == (340, 445)

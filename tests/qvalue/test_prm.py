@@ -58,6 +58,9 @@ def test_shepherd_prm_matches_a_direct_computation(model):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert len(set(np.round(got, 6))) == 3  # the rows are really different
     assert prm.score_steps([]).shape == (0,)
+    # Each item's whole text is read uncached, counted for its problem (padding aside).
+    assert (prm.forward_tokens[0], prm.forward_tokens[1]) == (
+        len(encode(texts[0])) + len(encode(texts[2])), len(encode(texts[1])))
 
 
 def test_the_prm_reads_steps_numbered_one_a_line_as_math_shepherds_data_holds_them():

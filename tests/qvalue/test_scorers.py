@@ -87,13 +87,17 @@ def test_a_separate_backbone_scores_each_items_own_prompt_path_and_step(monkeypa
     texts = [tokenizer.encode("P5\na\nb\nc\n"), tokenizer.encode("P3\nd\n")]
     np.testing.assert_allclose(scores, BackboneQModel(backbone).score_texts(texts), rtol=1e-6)
     assert loaded == ["/a/model"] and q_fn.score([]).shape == (0,)
+    # The backbone's forward tokens, each problem's own: 9 and 5 characters.
+    assert (q_fn.forward_tokens[1], q_fn.forward_tokens[0]) == (9, 5)
     # On a backbone of 8 positions, the 9 tokens of 'P5\na\nb\nc\n' are scored as its
-    # last 8, '5\na\nb\nc\n'.
+    # last 8, '5\na\nb\nc\n', and 8 are counted.
     short = random_backbone_q(config=dataclasses.replace(BACKBONE, max_position_embeddings=8))
     monkeypatch.setattr(scorers, "load_backbone_q", lambda q_dir, mesh: short)
+    q_fn = scorers.SeparateBackboneQ(ctx, [3, 5])
     np.testing.assert_allclose(
-        scorers.SeparateBackboneQ(ctx, [3, 5]).score(items_ab_c[:1]),
+        q_fn.score(items_ab_c[:1]),
         BackboneQModel(short).score_texts([tokenizer.encode("5\na\nb\nc\n")]), rtol=1e-6)
+    assert q_fn.forward_tokens[1] == 8
 
 
 def test_a_second_opinion_reads_each_items_step_after_its_own_prompt_in_one_built_pass(
@@ -112,11 +116,49 @@ def test_a_second_opinion_reads_each_items_step_after_its_own_prompt_in_one_buil
             return np.ones((len(steps), 2), np.float32), -np.arange(1.0, len(steps) + 1)
 
     monkeypatch.setattr(scorers, "StepFeatures", Features)
-    opinion = scorers.SecondOpinion(SimpleNamespace(model="second", tokenizer="its tokens"),
+    tokenizer = SimpleNamespace(encode_input=lambda text: [ord(c) for c in text])
+    opinion = scorers.SecondOpinion(SimpleNamespace(model="second", tokenizer=tokenizer),
                                     ["Q0\n", "Q1\n"])
     asked = [QItem(problem_index=1, prefix_steps=("a",), step_text="b", hidden=None),
              QItem(problem_index=0, prefix_steps=(), step_text="c", hidden=None)]
     np.testing.assert_array_equal(opinion(asked), [-1.0, -2.0])
     np.testing.assert_array_equal(opinion(asked[1:]), [-1.0])
-    assert built == [("second", "its tokens")]
+    assert built == [("second", tokenizer)]
     assert read == [(["Q1\na\n", "Q0\n"], ["b\n", "c\n"]), (["Q0\n"], ["c\n"])]
+    # The second policy read 'Q1\na\nb\n' for problem 1, 'Q0\nc\n' twice for problem 0.
+    assert (opinion.forward_tokens[1], opinion.forward_tokens[0]) == (7, 10)
+    assert PolicyHiddenQ(None, opinion).forward_tokens is opinion.forward_tokens
+
+
+def test_a_second_opinion_counts_a_text_read_in_a_longer_ones_row_once(monkeypatch):
+    """StepFeatures reads a text whose tokens begin another's (a sibling step sampled
+    twice) in that one's row: it is not counted again; a problem's count begins again
+    with its search, and a Q̂ with no second opinion reads no tokens of its own."""
+    monkeypatch.setattr(scorers, "StepFeatures", lambda model, tokenizer: lambda states, steps: (
+        None, np.zeros(len(steps), np.float32)))
+    tokenizer = SimpleNamespace(encode_input=lambda text: [ord(c) for c in text])
+    opinion = scorers.SecondOpinion(SimpleNamespace(model=None, tokenizer=tokenizer), ["Q\n"])
+    opinion([QItem(problem_index=0, prefix_steps=(), step_text=text, hidden=None)
+             for text in ("ab", "ab", "abc", "x")])
+    assert opinion.forward_tokens[0] == len("Q\nab\n") + len("Q\nabc\n") + len("Q\nx\n")
+    opinion.forward_tokens.begin(0)
+    assert opinion.forward_tokens[0] == 0
+    assert PolicyHiddenQ(None).forward_tokens is None
+
+
+def test_a_searchs_scorer_tokens_are_its_q_hats_and_its_prms_each_from_its_begin():
+    """evaluate reads a search's scorer tokens through ScorerTokens: Q̂'s and the process
+    utility's PRM's, 0 for one with no forward pass of its own or none at all."""
+    q_tokens, prm_tokens = scorers.ForwardTokens(), scorers.ForwardTokens()
+    q_fn = SimpleNamespace(forward_tokens=q_tokens)
+    utility = SimpleNamespace(prm=SimpleNamespace(forward_tokens=prm_tokens))
+    q_tokens.add([0, 1, 0], [[1, 2], [3], [4, 5, 6]])
+    prm_tokens.add([1], [[7, 8]])
+    both = scorers.ScorerTokens.of(q_fn, utility)
+    assert [both.read(i) for i in (0, 1, 2)] == [(5, 0), (1, 2), (0, 0)]
+    both.begin(1)
+    assert both.read(1) == (0, 0) and both.read(0) == (5, 0)
+    # A Q̂ on the policy's hidden states alone, a rule or zero utility: nothing to count.
+    alone = scorers.ScorerTokens.of(object(), SimpleNamespace())
+    alone.begin(0)
+    assert alone.read(0) == (0, 0) and scorers.ScorerTokens.of(None, None).read(3) == (0, 0)

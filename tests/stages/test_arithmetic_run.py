@@ -123,6 +123,9 @@ def test_every_method_runs_and_qstar_no_q_spends_no_q_hat(arithmetic_run):
     # Q̂ reads the second policy's opinion, so its greedy is reported beside the policy's.
     assert tuple(summary) == (METHODS[0], "greedy_second_policy", *METHODS[1:])
     assert summary["qstar_no_q"]["q_calls"] == 0 < summary["qstar"]["q_calls"]
+    # The second policy Q̂ reads runs over each child Q* scores; with λ = 0 it never runs.
+    assert summary["qstar_no_q"]["q_scorer_tokens"] == 0 < summary["qstar"]["q_scorer_tokens"]
+    assert summary["greedy"]["q_scorer_tokens"] == summary["qstar"]["prm_scorer_tokens"] == 0
     assert summary["greedy"]["prm_calls"] == summary["qstar"]["prm_calls"] == 0
     assert "pass_at_n" in summary["best_of_n"]
     results = ResultsLog(arithmetic_run / "results.jsonl").read()

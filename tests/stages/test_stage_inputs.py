@@ -161,8 +161,8 @@ def test_the_model_q_hat_runs_uncached_over_each_child_is_named_for_the_summary(
     def scorer(*overrides):
         return uncached_q_scorer(context(tmp_path, *overrides))
 
-    assert scorer() == "the second policy"  # the default experiment's Q̂
+    assert scorer() == "Q̂'s second policy"  # the default experiment's Q̂
     assert scorer("q_train.second_opinion=null") is None  # the policy's own hidden states
     assert scorer("eval.methods=[greedy,qstar_no_q]") is None  # nothing reads Q̂
     assert scorer("q_train.backbone=separate", "q_train.second_opinion=null",
-                  "q_train.separate_model=models/q") == "its separate backbone (models/q)"
+                  "q_train.separate_model=models/q") == "Q̂'s separate backbone (models/q)"
