@@ -11,7 +11,7 @@ trace instead of one per step.
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -76,14 +76,20 @@ class StepFeatures:
         self._forward = jax.jit(forward, out_shardings=None if mesh is None else replicated(mesh))
 
     def __call__(self, states: Sequence[str], steps: Sequence[str], *,
-                 progress: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """progress: a bar's description, for a long one-off pass (None: no bar)."""
+                 progress: str | None = None,
+                 rows_read: Callable[[dict[int, list[int]]], None] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """progress: a bar's description, for a long one-off pass (None: no bar).
+        rows_read: told {text: its token ids} of the texts whose rows the pass reads (a
+        text whose tokens begin another's is read in that one's row: ``shared_carriers``)."""
         tokenizer, batch_size = self._tokenizer, self._batch_size
         state_lengths = [len(tokenizer.encode_input(s)) for s in states]
         token_lists = [tokenizer.encode_input(s + a) for s, a in zip(states, steps)]
         hidden_out = np.zeros((len(states), self._hidden_size), np.float32)
         logprob_out = np.zeros(len(states), np.float32)
         carriers = shared_carriers(token_lists)
+        if rows_read is not None:
+            rows_read({c: token_lists[c] for c in carriers})
         # Similar lengths share a call (in the texts' order where lengths tie).
         order = sorted(carriers, key=lambda c: (len(token_lists[c]), c))
         for start in tqdm(range(0, len(order), batch_size), desc=progress, unit="call",

@@ -16,7 +16,7 @@ import numpy as np
 
 from qstar_jax.models.loading import LoadedModel
 from qstar_jax.qvalue.backbone import BackboneQModel
-from qstar_jax.qvalue.features import StepFeatures, shared_carriers, step_texts
+from qstar_jax.qvalue.features import StepFeatures, step_texts
 from qstar_jax.qvalue.checkpoint import load_backbone_q
 from qstar_jax.qvalue.dataset import LabelledStep
 from qstar_jax.qvalue.head import QHeadModel, head_inputs
@@ -120,19 +120,14 @@ class SecondOpinion:
 
     def __init__(self, loaded: LoadedModel, prompts: Sequence[str]):
         self._features, self._prompts = StepFeatures(loaded.model, loaded.tokenizer), prompts
-        self._encode = loaded.tokenizer.encode_input
         self.forward_tokens = ForwardTokens()
 
     def __call__(self, steps: Sequence[QItem | LabelledStep]) -> np.ndarray:
         """[N] for steps that name their problem, the steps before and the step itself
         (search's QItems, the labels' LabelledSteps)."""
-        states, texts = step_texts(self._prompts, steps)
-        _, logprobs = self._features(states, texts)
-        # The texts as StepFeatures tokenizes them, once more to count what it read.
-        rows = [self._encode(state + text) for state, text in zip(states, texts)]
-        carriers = list(shared_carriers(rows))
-        self.forward_tokens.add([steps[c].problem_index for c in carriers],
-                                [rows[c] for c in carriers])
+        read: dict[int, list[int]] = {}
+        _, logprobs = self._features(*step_texts(self._prompts, steps), rows_read=read.update)
+        self.forward_tokens.add([steps[c].problem_index for c in read], list(read.values()))
         return logprobs
 
 

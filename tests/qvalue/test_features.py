@@ -64,7 +64,10 @@ def test_the_steps_of_one_trace_share_one_row_and_keep_their_own_features(model)
     steps = trace + ["10+4=14\n", "1+1=2\n"]
     tokens = [CharTokens().encode(s + a) for s, a in zip(states, steps)]
     assert shared_carriers(tokens) == {2: [2, 1, 0], 3: [3], 4: [4]}
-    hidden, step_logprob = StepFeatures(model, CharTokens())(states, steps)
+    read = {}
+    hidden, step_logprob = StepFeatures(model, CharTokens())(states, steps,
+                                                             rows_read=read.update)
+    assert read == {c: tokens[c] for c in (2, 3, 4)}  # the rows the pass read, each once
     for k, (state, step) in enumerate(zip(states, steps)):
         want_hidden, want_logprob = direct_features(model, state, step)
         np.testing.assert_allclose(hidden[k], want_hidden, rtol=1e-4, atol=1e-5)

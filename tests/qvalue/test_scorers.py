@@ -12,6 +12,7 @@ from flax import nnx
 
 from qstar_jax.qvalue import scorers
 from qstar_jax.qvalue.backbone import BackboneQModel
+from qstar_jax.qvalue.features import shared_carriers
 from qstar_jax.qvalue.head import QHead, QHeadConfig, QHeadModel
 from qstar_jax.qvalue.scorers import PolicyHiddenQ
 from qstar_jax.search.interface import QItem
@@ -110,9 +111,12 @@ def test_a_second_opinion_reads_each_items_step_after_its_own_prompt_in_one_buil
     class Features:
         def __init__(self, model, tokenizer):
             built.append((model, tokenizer))
+            self.tokenizer = tokenizer
 
-        def __call__(self, states, steps):
+        def __call__(self, states, steps, rows_read):  # no text here begins another
             read.append((states, steps))
+            rows_read({k: self.tokenizer.encode_input(s + a)
+                       for k, (s, a) in enumerate(zip(states, steps))})
             return np.ones((len(steps), 2), np.float32), -np.arange(1.0, len(steps) + 1)
 
     monkeypatch.setattr(scorers, "StepFeatures", Features)
@@ -134,9 +138,14 @@ def test_a_second_opinion_counts_a_text_read_in_a_longer_ones_row_once(monkeypat
     """StepFeatures reads a text whose tokens begin another's (a sibling step sampled
     twice) in that one's row: it is not counted again; a problem's count begins again
     with its search, and a Q̂ with no second opinion reads no tokens of its own."""
-    monkeypatch.setattr(scorers, "StepFeatures", lambda model, tokenizer: lambda states, steps: (
-        None, np.zeros(len(steps), np.float32)))
     tokenizer = SimpleNamespace(encode_input=lambda text: [ord(c) for c in text])
+
+    def features(states, steps, rows_read):  # StepFeatures's rows: its carriers'
+        rows = [tokenizer.encode_input(s + a) for s, a in zip(states, steps)]
+        rows_read({c: rows[c] for c in shared_carriers(rows)})
+        return None, np.zeros(len(steps), np.float32)
+
+    monkeypatch.setattr(scorers, "StepFeatures", lambda model, tokenizer: features)
     opinion = scorers.SecondOpinion(SimpleNamespace(model=None, tokenizer=tokenizer), ["Q\n"])
     opinion([QItem(problem_index=0, prefix_steps=(), step_text=text, hidden=None)
              for text in ("ab", "ab", "abc", "x")])
