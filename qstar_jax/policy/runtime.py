@@ -38,6 +38,7 @@ class SampledStep:
     hidden: np.ndarray
     ends_trace: bool
     slot: int
+    carry: str = ""  # what the row holds past the step's line break (``step_line``)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -52,19 +53,37 @@ def stable_id(*parts) -> int:
     return zlib.crc32("/".join(map(str, parts)).encode()) & 0x7FFFFFFF
 
 
-def step_line(decoded: str, ended_at_newline: bool) -> str:
-    """A step's text from its decoded tokens. A step that ended at a newline runs up to the
-    first newline after some text: blank lines before that text are the step's (they
-    joined it: ``decoding.line_tables``), so the trace's text stays what its row holds; a
-    merged token may carry text past the newline, which is not the step's; a step of
-    whitespace alone (blank lines that were steps) ends at its first newline. A step that
-    ended otherwise (cut at its cap, at EOS, in a full row) holds no newline after text,
-    and all of it is its text, a step of blank lines alone included."""
+def step_line(decoded: str, ended_at_newline: bool) -> tuple[str, str]:
+    """A step's text from its decoded tokens, and what its row holds past that text (the
+    text that opens the next line, which the next step's text starts with). A step that
+    ended at a newline runs up to the first newline after some text: blank lines before
+    that text are the step's (they joined it: ``decoding.line_tables``), so the trace's
+    text stays what its row holds; a merged token may carry text past the newline (SmolLM2
+    writes a newline and the next line's indentation as one token, ``"\\n   "``), which is
+    the next line's, not this step's. A step of whitespace alone (blank lines that were
+    steps) ends at its first newline. A step that ended otherwise (cut at its cap, at EOS,
+    in a full row) holds no newline after text, and all of it is its text, a step of blank
+    lines alone included.
+
+    >>> step_line("def f(x):\\n   ", True)
+    ('def f(x):', '   ')
+    """
     if not ended_at_newline:
-        return decoded
+        return decoded, ""
     text = re.search(r"\S", decoded)
     end = decoded.find(STEP_SEPARATOR, text.start() if text else 0)
-    return decoded if end < 0 else decoded[:end]
+    if end < 0:
+        return decoded, ""
+    return decoded[:end], decoded[end + len(STEP_SEPARATOR):]
+
+
+def row_carry(tokenizer: Tokenizer, tokens: Sequence[int]) -> str:
+    """What a row of ``tokens`` holds past its last line break, where its last token
+    carries it (a prefilled prompt or trace ends with its break: nothing, as a rule)."""
+    if not tokens:
+        return ""
+    last = tokenizer.decode([tokens[-1]])
+    return last.rsplit(STEP_SEPARATOR, 1)[1] if STEP_SEPARATOR in last else ""
 
 
 def line_break_token(tokenizer: Tokenizer) -> int:
@@ -99,6 +118,9 @@ class PolicyRuntime:
         self.generated = collections.Counter()
         self.prefilled = collections.Counter()
         self._prompts_with_room: set[int] = set()  # problems whose prompt leaves room
+        # What each slot's row holds past its last line break (``step_line``): the start
+        # of the next step's line, which that step's text opens with.
+        self._carries: dict[int, str] = {}
 
     @contextlib.contextmanager
     def undone_when_full(self) -> Iterator[None]:
@@ -197,6 +219,8 @@ class PolicyRuntime:
             raise
         for i, tokens, start in zip(problem_indices, token_lists, starts):
             self.prefilled[i] += len(tokens) - int(start)
+        self._carries.update(zip(slots.tolist(), (row_carry(self.tokenizer, tokens)
+                                                  for tokens in token_lists)))
         return slots.tolist()
 
     def sample(self, slots: Sequence[int], problem_indices: Sequence[int],
@@ -210,7 +234,7 @@ class PolicyRuntime:
                                       [EndReason(int(r)) for r in batch.end_reason])
         for i, step in zip(problem_indices, steps):
             self.generated[i] += len(step.token_ids)
-        return steps
+        return self._carried(steps)
 
     def sample_texts(self, slots: Sequence[int], problem_indices: Sequence[int],
                      node_ids: Sequence[int], temperatures: Sequence[float],
@@ -286,10 +310,14 @@ class PolicyRuntime:
                                        key_rows=problem_indices, group_ids=group_ids,
                                        params=params, max_tokens=self.step_token_cap)
         flat = [s for steps in tries for s in steps]
+        # Each step opens with what its group's row carried, read before its slots change.
+        carried = [self._carries.get(slot, "") for slot, steps in zip(slots, tries)
+                   for _ in steps]
         # Line breaks go in before the forks, so that a step's copies hold its break too.
-        broken = iter(self._break_cut_lines(
-            [self._sampled_step(list(s.tokens), s.end_reason, s.logprob, s.hidden, s.slot)
-             for s in flat], [s.end_reason for s in flat]))
+        broken = iter(self._carried(self._break_cut_lines(
+            [self._sampled_step(list(s.tokens), s.end_reason, s.logprob, s.hidden, s.slot,
+                                opening=opening)
+             for s, opening in zip(flat, carried)], [s.end_reason for s in flat])))
         copies = iter(self.fork([s.slot for s in flat], [s.count - 1 for s in flat]))
         out = []
         for i, tokens, steps in zip(problem_indices, fed, tries):
@@ -304,19 +332,30 @@ class PolicyRuntime:
 
     def _step(self, batch: StepBatch, row: int) -> SampledStep:
         tokens = batch.row_tokens(row)
+        slot = int(batch.slots[row])
         return self._sampled_step(tokens, EndReason(int(batch.end_reason[row])),
                                   float(batch.logprobs[row, :len(tokens)].sum()),
-                                  batch.hidden[row], int(batch.slots[row]))
+                                  batch.hidden[row], slot,
+                                  opening=self._carries.get(slot, ""))
 
     def _sampled_step(self, tokens: list[int], reason: EndReason, logprob: float,
-                      hidden: np.ndarray, slot: int) -> SampledStep:
+                      hidden: np.ndarray, slot: int, *, opening: str) -> SampledStep:
+        """The step of ``tokens``; its text opens with ``opening``, what its row carried
+        past its last line break (a merged token's indentation: ``step_line``)."""
         text_tokens = tokens[:-1] if reason == EndReason.EOS else tokens
-        text = step_line(self.tokenizer.decode(text_tokens), reason == EndReason.NEWLINE)
+        line, carry = step_line(self.tokenizer.decode(text_tokens),
+                                reason == EndReason.NEWLINE)
+        text = opening + line
         # A step cut at the cap is a step like any other; EOS and a full row end the trace.
         ends = (reason in (EndReason.EOS, EndReason.CACHE_FULL)
                 or self.task.is_terminal_step(last_line(text)))
         return SampledStep(text=text, token_ids=tuple(tokens), logprob=logprob, hidden=hidden,
-                           ends_trace=ends, slot=slot)
+                           ends_trace=ends, slot=slot, carry=carry)
+
+    def _carried(self, steps: list[SampledStep]) -> list[SampledStep]:
+        """``steps``, each slot noted as carrying what its step's row holds past it."""
+        self._carries.update((step.slot, step.carry) for step in steps)
+        return steps
 
     @functools.cached_property
     def _line_break(self) -> int:
@@ -342,7 +381,7 @@ class PolicyRuntime:
         for k, logprob, after in zip(cut, logprobs, hidden):
             steps[k] = dataclasses.replace(
                 steps[k], token_ids=steps[k].token_ids + (line_break,),
-                logprob=steps[k].logprob + float(logprob), hidden=after)
+                logprob=steps[k].logprob + float(logprob), hidden=after, carry="")
         return steps
 
     def fork(self, parents: Sequence[int], counts: Sequence[int]) -> list[list[int]]:
@@ -351,6 +390,8 @@ class PolicyRuntime:
         children = self.decoder.allocate(len(parent_of_child), near=parent_of_child)
         if children:
             self.decoder.fork(parent_of_child, children)
+        self._carries.update((child, self._carries.get(int(parent), ""))
+                             for child, parent in zip(children, parent_of_child))
         out, start = [], 0
         for n in counts:
             out.append(children[start:start + n])
@@ -360,3 +401,5 @@ class PolicyRuntime:
     def free(self, slots: Sequence[int]) -> None:
         if len(slots):
             self.decoder.free(slots)
+            for slot in slots:
+                self._carries.pop(int(slot), None)

@@ -13,6 +13,8 @@ from qstar_jax.decoding.engine import Decoder
 from qstar_jax.decoding.kv_cache import SlotPoolExhausted
 from qstar_jax.decoding.step_chunks import StepBatch
 from qstar_jax.decoding.step_sampler import EndReason
+from qstar_jax.models.gguf_checkpoint import check_gguf_checkpoint
+from qstar_jax.models.loading import checkpoint_tokenizer, resolve_alias
 from qstar_jax.models.tokenizer import BlankStepTables
 from qstar_jax.policy import runtime as runtime_module
 from qstar_jax.policy.runtime import (PolicyRuntime, PromptTooLong, line_break_token,
@@ -63,7 +65,8 @@ def test_a_steps_text_tokens_and_end_follow_why_its_row_stopped(counting_decoder
     assert [(s.text, s.token_ids, s.ends_trace) for s in steps] == [
         ("efg", (4, 5, 6, 7), True),       # NEWLINE on a final-answer line
         ("g", (6, 7), False),              # NEWLINE on another line: the trace goes on
-        ("i", (8, 9), True),               # EOS: kept in the tokens, not in the text
+        ("!i", (8, 9), True),              # EOS: kept in the tokens, not in the text;
+        #                                    its row's merged newline carried the "!"
         ("lmnop", (11, 12, 13, 14, 15, 7), False),  # CAP: a line break written, goes on
         ("vw", (21, 22), True),            # CACHE_FULL
     ]
@@ -76,6 +79,9 @@ def test_a_steps_text_tokens_and_end_follow_why_its_row_stopped(counting_decoder
     # The cut step's slot goes on after its line break: greedy 8, then EOS.
     [after] = runtime.sample([slots[3]], [1], node_ids=[1], temperatures=[0.0])
     assert (after.text, after.token_ids, after.ends_trace) == ("i", (8, 9), True)
+    # The step after one that ended at the merged newline opens with what it carried.
+    [after] = runtime.sample([slots[1]], [1], node_ids=[1], temperatures=[0.0])
+    assert (after.text, after.token_ids, after.ends_trace) == ("!i", (8, 9), True)
 
 
 class Spaced(Letters):
@@ -127,18 +133,21 @@ def test_a_step_of_blank_lines_alone_cut_at_its_cap_keeps_them_all_in_its_text(
     assert row == state_text(Spaced().decode([5]), [step.text])
 
 
-@pytest.mark.parametrize("decoded, text", [
-    ("abc\ndef", "abc"), ("\n\nThe answer\nmore", "\n\nThe answer"), (" \n", " "),
-    ("\n\n", ""), ("    return x\n", "    return x"), ("x.\n\n", "x.")])
-def test_a_step_ended_at_a_newline_runs_to_the_first_newline_after_some_text(decoded, text):
-    assert step_line(decoded, ended_at_newline=True) == text
+@pytest.mark.parametrize("decoded, text, carry", [
+    ("abc\ndef", "abc", "def"), ("\n\nThe answer\nmore", "\n\nThe answer", "more"),
+    (" \n", " ", ""), ("\n\n", "", "\n"), ("    return x\n", "    return x", ""),
+    ("x.\n\n", "x.", "\n"), ("def f(x):\n   ", "def f(x):", "   ")])
+def test_a_step_ended_at_a_newline_runs_to_the_first_newline_after_some_text(
+        decoded, text, carry):
+    """What follows that newline (a merged token's indentation) is the next line's."""
+    assert step_line(decoded, ended_at_newline=True) == (text, carry)
 
 
 @pytest.mark.parametrize("decoded", ["abc", "  \n  x", "\n\n \n", ""])
 def test_a_step_ended_otherwise_is_all_its_text(decoded):
     """Cut at its cap or at EOS: it holds no newline after text, and a step of blank
     lines alone (they join the next step, and the cap came first) is its blank lines."""
-    assert step_line(decoded, ended_at_newline=False) == decoded
+    assert step_line(decoded, ended_at_newline=False) == (decoded, "")
 
 
 def test_a_step_drawn_twice_in_a_trie_and_cut_at_its_cap_has_its_line_break_in_both_slots(
@@ -154,6 +163,30 @@ def test_a_step_drawn_twice_in_a_trie_and_cut_at_its_cap_has_its_line_break_in_b
     np.testing.assert_array_equal(steps[1].hidden, steps[0].hidden)
     after = runtime.sample(slots, [0, 0], node_ids=[1, 2], temperatures=[0.0, 0.0])
     assert [(s.text, s.token_ids) for s in after] == [("i", (8, 9))] * 2
+
+
+def test_what_a_merged_newline_carries_opens_the_next_step_in_forks_tries_and_not_after_free(
+        counting_decoder):
+    """The newline token reads as "\\n!": the "!" is the next line's start (SmolLM2 writes
+    a newline and the next line's indentation as one token), so every step after it,
+    sampled in its slot, a fork of it or a trie over it, opens with "!", and the trace's
+    text is what the row holds. A slot freed and taken again carries nothing."""
+    runtime = _runtime(counting_decoder, 1, cap=5)
+    [slot] = runtime.prefill_tokens([0], [[5]])
+    [step] = runtime.sample([slot], [0], node_ids=[0], temperatures=[0.0])
+    assert (step.text, step.token_ids, step.carry) == ("g", (6, 7), "!")
+    [forks] = runtime.fork([slot], [1])
+    [[in_trie, copy]] = runtime.sample_trie([slot], [0], group_ids=[1], temperatures=[0.0],
+                                            counts=[2])
+    [forked] = runtime.sample(forks, [0], node_ids=[2], temperatures=[0.0])
+    assert [(s.text, s.token_ids) for s in (in_trie, copy, forked)] == [("!i", (8, 9))] * 3
+    row = Letters().decode([5, *step.token_ids, *forked.token_ids[:-1]])
+    assert row == state_text(Letters().decode([5]), [step.text]) + forked.text
+    runtime.free([in_trie.slot, copy.slot, *forks])
+    [fresh] = runtime.prefill_tokens([0], [[10]])
+    assert fresh in (in_trie.slot, copy.slot, *forks)
+    [step] = runtime.sample([fresh], [0], node_ids=[3], temperatures=[0.0])
+    assert step.text == "lmnop"
 
 
 def test_a_text_leaves_out_eos_and_stops_at_its_answer_line(counting_decoder):
@@ -487,3 +520,51 @@ def test_prefill_tokens_leaves_the_callers_shared_counts_as_they_were():
                                               sources=[9, None], shared=shared)
     assert shared.tolist() == [2, 3]
     assert decoder.prefilled[-1][2] == [2, 0]
+
+
+class ReplayDecoder(RecordingDecoder):
+    """A ``RecordingDecoder`` whose every row samples the next of ``steps`` (token lists,
+    each ended at a newline), one a call."""
+
+    max_len = 64
+
+    def __init__(self, steps):
+        super().__init__()
+        self.steps = iter(steps)
+
+    def sample_steps(self, slots, **kwargs):
+        step = next(self.steps)
+        rows = len(slots)
+        return StepBatch(slots=np.asarray(slots), tokens=np.tile(step, (rows, 1)),
+                         logprobs=np.zeros((rows, len(step)), np.float32),
+                         num_tokens=np.full(rows, len(step)),
+                         end_reason=np.full(rows, EndReason.NEWLINE.value),
+                         hidden=np.zeros((rows, 2), np.float32))
+
+
+class NoAnswerLines:
+    def is_terminal_step(self, text):
+        return False
+
+
+def test_smollm2s_newline_and_indentation_token_leaves_each_code_line_its_indentation():
+    """SmolLM2 writes a newline and the next line's indentation as one token ("\\n   "), so
+    a step ends at that token and the indentation is the next step's: the program's lines
+    keep it (HumanEval's programs lost it, every nested line an IndentationError)."""
+    path = resolve_alias("smollm2-135m-instruct")
+    tokenizer = checkpoint_tokenizer(path, check_gguf_checkpoint(path))
+    program = "def f(x):\n    if x:\n        return x\n    return 0\n"
+    tokens = tokenizer.encode(program)
+    assert any(text.startswith("\n ") for text in map(tokenizer.decode, ([t] for t in tokens)))
+    steps, start = [], 0
+    for end, token in enumerate(tokens, 1):
+        if "\n" in tokenizer.decode([token]):
+            steps.append(tokens[start:end])
+            start = end
+    runtime = PolicyRuntime(ReplayDecoder(steps), tokenizer, NoAnswerLines(),
+                            [Problem(id="p0", question="", reference=None)], [""], seed=0,
+                            step_token_cap=16)
+    [slot] = runtime.prefill_tokens([0], [tokenizer.encode("```python\n")])
+    texts = [runtime.sample([slot], [0], node_ids=[k], temperatures=[1.0])[0].text
+             for k in range(len(steps))]
+    assert state_text("", texts) == program
