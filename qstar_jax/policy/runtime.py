@@ -119,7 +119,10 @@ class PolicyRuntime:
         self.prefilled = collections.Counter()
         self._prompts_with_room: set[int] = set()  # problems whose prompt leaves room
         # What each slot's row holds past its last line break (``step_line``): the start
-        # of the next step's line, which that step's text opens with.
+        # of the next step's line, which that step's text opens with. Kept by the step
+        # calls; a whole text (``sample_texts``) leaves it be, as no step is sampled after
+        # a text in its slot (the text generator frees such a row or keeps it only as a
+        # prefill's source, and a prefill notes its own).
         self._carries: dict[int, str] = {}
 
     @contextlib.contextmanager

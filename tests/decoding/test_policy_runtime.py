@@ -317,6 +317,16 @@ class Chars:
         return "".join(map(chr, ids))
 
 
+def newline_steps(slots, step) -> StepBatch:
+    """Every row of ``slots`` sampled the tokens ``step``, ended at its newline."""
+    rows = len(slots)
+    return StepBatch(slots=np.asarray(slots), tokens=np.tile(step, (rows, 1)),
+                     logprobs=np.zeros((rows, len(step)), np.float32),
+                     num_tokens=np.full(rows, len(step)),
+                     end_reason=np.full(rows, EndReason.NEWLINE.value),
+                     hidden=np.zeros((rows, 2), np.float32))
+
+
 class RecordingDecoder:
     """The ``Decoder`` calls a ``PolicyRuntime`` makes, recorded: slots handed out in
     order (and the parents they go beside), forks, prefills, and each ``sample_steps``
@@ -350,12 +360,7 @@ class RecordingDecoder:
             done=None if done is None else [[done(row, Chars().encode(text))
                                              for text in self.texts]
                                             for row in range(len(slots))]))
-        rows, step = len(slots), Chars().encode(self.step)
-        return StepBatch(slots=np.asarray(slots), tokens=np.tile(step, (rows, 1)),
-                         logprobs=np.zeros((rows, len(step)), np.float32),
-                         num_tokens=np.full(rows, len(step)),
-                         end_reason=np.full(rows, EndReason.NEWLINE.value),
-                         hidden=np.zeros((rows, 2), np.float32))
+        return newline_steps(slots, Chars().encode(self.step))
 
 
 def _recorded(ids, decoder, *, seed=5):
@@ -533,13 +538,7 @@ class ReplayDecoder(RecordingDecoder):
         self.steps = iter(steps)
 
     def sample_steps(self, slots, **kwargs):
-        step = next(self.steps)
-        rows = len(slots)
-        return StepBatch(slots=np.asarray(slots), tokens=np.tile(step, (rows, 1)),
-                         logprobs=np.zeros((rows, len(step)), np.float32),
-                         num_tokens=np.full(rows, len(step)),
-                         end_reason=np.full(rows, EndReason.NEWLINE.value),
-                         hidden=np.zeros((rows, 2), np.float32))
+        return newline_steps(slots, next(self.steps))
 
 
 class NoAnswerLines:
